@@ -1,0 +1,159 @@
+//! npurt-backends: the [`Backend`] contract and the backends that ship with npurt.
+//!
+//! The contract follows ggml-backend's split (device / buffer / executor) and ONNX
+//! Runtime's execution providers (a backend compiles a whole claimed subgraph into one
+//! executable, as an NPU SDK does):
+//!
+//! - a backend describes itself ([`Capabilities`]) and answers per node whether it can
+//!   run it ([`Backend::supports`]);
+//! - it allocates [`DeviceBuffer`]s tagged [`BufferUsage::Weights`] or activations/state;
+//! - it prepares (repacks) each weight once ([`Backend::prepare_weight`]);
+//! - it compiles a (sub)graph into an [`Executable`] that runs against [`Bindings`];
+//! - it synchronises ([`Backend::synchronize`]).
+//!
+//! Backends are open: the runtime only ever holds `Arc<dyn Backend>` and finds them in
+//! a [`Registry`], so a vendor's crate plugs in without editing npurt.
+
+#[cfg(feature = "cpu")]
+pub mod cpu;
+mod registry;
+
+pub use registry::Registry;
+
+use npurt_graph::{DType, Graph, NodeId, TensorFact};
+use npurt_kernels::HostTensor;
+use std::any::Any;
+use std::sync::Arc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("backend `{backend}` does not support node `{node}`: {reason}")]
+    Unsupported { backend: String, node: String, reason: String },
+    #[error("backend `{backend}` is not available: {reason}")]
+    Unavailable { backend: String, reason: String },
+    #[error("no backend named `{0}` is registered (known: {1})")]
+    UnknownBackend(String, String),
+    #[error("binding error: {0}")]
+    Binding(String),
+    #[error("out of memory allocating {bytes} bytes for {what}")]
+    OutOfMemory { what: String, bytes: usize },
+    #[error("execution failed at node `{node}`: {reason}")]
+    Execution { node: String, reason: String },
+}
+
+pub type Result<T, E = BackendError> = std::result::Result<T, E>;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BufferUsage {
+    /// Read-only weights, prepared once and shared by every session.
+    Weights,
+    /// Per-session persistent state (KV cache).
+    State,
+    /// Inputs/outputs and intermediate values.
+    Activations,
+}
+
+/// What a backend is and what it can run.
+#[derive(Clone, Debug)]
+pub struct Capabilities {
+    pub name: String,
+    /// e.g. "portable Rust, 2 threads", "lavapipe (Vulkan, CPU)".
+    pub device: String,
+    /// Activation dtypes it computes in.
+    pub compute_dtypes: Vec<DType>,
+    /// Weight dtypes it accepts in `prepare_weight`.
+    pub weight_dtypes: Vec<DType>,
+    /// Largest single buffer it can allocate.
+    pub max_buffer_bytes: usize,
+    /// True for host-memory backends (no transfers needed to or from the CPU).
+    pub host_memory: bool,
+}
+
+/// A buffer owned by a backend. The runtime treats it as opaque; a backend downcasts
+/// its own buffers through `as_any`.
+pub trait DeviceBuffer: Send + Sync {
+    fn fact(&self) -> &TensorFact;
+    fn usage(&self) -> BufferUsage;
+    fn as_any(&self) -> &dyn Any;
+}
+
+/// Buffers bound to a graph's sources and outputs for one run, keyed by the source
+/// node (inputs, weights, states) or the output name.
+#[derive(Clone, Default)]
+pub struct Bindings {
+    pub sources: Vec<(NodeId, Arc<dyn DeviceBuffer>)>,
+    pub outputs: Vec<(String, Arc<dyn DeviceBuffer>)>,
+}
+
+impl Bindings {
+    pub fn source(&self, id: NodeId) -> Option<&Arc<dyn DeviceBuffer>> {
+        self.sources.iter().find(|(n, _)| *n == id).map(|(_, b)| b)
+    }
+    pub fn output(&self, name: &str) -> Option<&Arc<dyn DeviceBuffer>> {
+        self.outputs.iter().find(|(n, _)| n == name).map(|(_, b)| b)
+    }
+}
+
+/// Per-user (per-session) scratch memory of an executable: intermediates live here so
+/// one compiled executable can serve many sessions at once.
+pub trait Scratch: Send {
+    fn as_any_mut(&mut self) -> &mut dyn Any;
+}
+
+/// A compiled (sub)graph.
+pub trait Executable: Send + Sync {
+    /// Allocates scratch for one concurrent user.
+    fn new_scratch(&self) -> Result<Box<dyn Scratch>>;
+    /// Runs the graph. Every source must be bound except weights, which the backend
+    /// captured at compile time; every graph output must be bound to a buffer.
+    fn run(&self, bindings: &Bindings, scratch: &mut dyn Scratch) -> Result<()>;
+}
+
+/// Whether a backend can run a node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Support {
+    Supported,
+    Unsupported(String),
+}
+
+pub trait Backend: Send + Sync {
+    fn capabilities(&self) -> &Capabilities;
+
+    fn name(&self) -> &str {
+        &self.capabilities().name
+    }
+
+    /// Can this backend run node `id` of `graph` (op, dtypes, shapes, limits)?
+    fn supports(&self, graph: &Graph, id: NodeId) -> Support;
+
+    /// Allocates a zero-filled buffer.
+    fn alloc(&self, fact: &TensorFact, usage: BufferUsage) -> Result<Arc<dyn DeviceBuffer>>;
+
+    /// Uploads a weight and repacks it into this backend's layout, once.
+    fn prepare_weight(&self, name: &str, tensor: &HostTensor) -> Result<Arc<dyn DeviceBuffer>>;
+
+    /// Compiles `graph` (all of whose nodes this backend supports). `weights` are the
+    /// prepared buffers of the graph's weight sources, by node id.
+    fn compile(&self, graph: &Graph, weights: &[(NodeId, Arc<dyn DeviceBuffer>)]) -> Result<Arc<dyn Executable>>;
+
+    fn write(&self, buf: &dyn DeviceBuffer, data: &HostTensor) -> Result<()>;
+    fn read(&self, buf: &dyn DeviceBuffer) -> Result<HostTensor>;
+    /// Copies rows `[0, rows)` of a 2-D buffer into another of the same width (KV-cache
+    /// truncation and session forks use it).
+    fn copy_rows(&self, src: &dyn DeviceBuffer, dst: &dyn DeviceBuffer, rows: usize) -> Result<()>;
+
+    /// Waits for all submitted work (a no-op on synchronous backends).
+    fn synchronize(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Checks that every node of `graph` is supported; the first unsupported one is an error.
+pub fn check_support(backend: &dyn Backend, graph: &Graph) -> Result<()> {
+    for id in graph.ids() {
+        if let Support::Unsupported(reason) = backend.supports(graph, id) {
+            return Err(BackendError::Unsupported { backend: backend.name().to_string(), node: graph.node(id).name.clone(), reason });
+        }
+    }
+    Ok(())
+}

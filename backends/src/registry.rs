@@ -1,0 +1,44 @@
+//! An open registry of backends by name. npurt registers its own; embedders and
+//! vendors register theirs with `Registry::register` (no enum to edit).
+
+use crate::{Backend, BackendError, Result};
+use std::sync::Arc;
+
+type Factory = Box<dyn Fn() -> Result<Arc<dyn Backend>> + Send + Sync>;
+
+pub struct Registry {
+    factories: Vec<(String, Factory)>,
+}
+
+impl Registry {
+    pub fn empty() -> Self {
+        Registry { factories: Vec::new() }
+    }
+
+    /// The backends built into this crate (by feature).
+    pub fn with_builtin() -> Self {
+        let mut r = Self::empty();
+        #[cfg(feature = "cpu")]
+        // cpu registered once implemented
+        r
+    }
+
+    /// Adds (or replaces) a backend factory under `name`.
+    pub fn register(&mut self, name: &str, factory: impl Fn() -> Result<Arc<dyn Backend>> + Send + Sync + 'static) {
+        self.factories.retain(|(n, _)| n != name);
+        self.factories.push((name.to_string(), Box::new(factory)));
+    }
+
+    pub fn names(&self) -> Vec<&str> {
+        self.factories.iter().map(|(n, _)| n.as_str()).collect()
+    }
+
+    pub fn create(&self, name: &str) -> Result<Arc<dyn Backend>> {
+        let (_, f) = self
+            .factories
+            .iter()
+            .find(|(n, _)| n == name)
+            .ok_or_else(|| BackendError::UnknownBackend(name.to_string(), self.names().join(", ")))?;
+        f()
+    }
+}

@@ -1,0 +1,83 @@
+//! Element types, including quantized weight formats as first-class dtypes.
+//!
+//! Quantized formats are block formats: `block_elems` values along the innermost
+//! (reduction) dimension share one block of `block_bytes` bytes. A tensor of a block
+//! dtype must have an innermost dimension that is a multiple of the block size.
+
+use std::fmt;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum DType {
+    F32,
+    F16,
+    BF16,
+    I32,
+    I16,
+    I8,
+    /// GGUF Q4_0: 32 values, f16 scale d, 4-bit q in [0,16): x = d * (q - 8).
+    Q4_0,
+    /// GGUF Q4_1: 32 values, f16 scale d and f16 min m: x = d * q + m.
+    Q4_1,
+    /// GGUF Q8_0: 32 values, f16 scale d, i8 q: x = d * q.
+    Q8_0,
+}
+
+impl DType {
+    /// Values per block (1 for plain element types).
+    pub const fn block_elems(self) -> usize {
+        match self {
+            DType::Q4_0 | DType::Q4_1 | DType::Q8_0 => 32,
+            _ => 1,
+        }
+    }
+
+    /// Bytes per block (the element size for plain types).
+    pub const fn block_bytes(self) -> usize {
+        match self {
+            DType::F32 | DType::I32 => 4,
+            DType::F16 | DType::BF16 | DType::I16 => 2,
+            DType::I8 => 1,
+            DType::Q4_0 => 2 + 16,
+            DType::Q4_1 => 2 + 2 + 16,
+            DType::Q8_0 => 2 + 32,
+        }
+    }
+
+    pub const fn is_quantized(self) -> bool {
+        self.block_elems() > 1
+    }
+
+    pub const fn is_float(self) -> bool {
+        matches!(self, DType::F32 | DType::F16 | DType::BF16)
+    }
+
+    /// Storage bytes for `elems` values, or `None` if `elems` is not a whole number of
+    /// blocks or the size overflows. Callers use this to validate untrusted headers
+    /// before allocating.
+    pub fn storage_bytes(self, elems: usize) -> Option<usize> {
+        if elems % self.block_elems() != 0 {
+            return None;
+        }
+        (elems / self.block_elems()).checked_mul(self.block_bytes())
+    }
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            DType::F32 => "f32",
+            DType::F16 => "f16",
+            DType::BF16 => "bf16",
+            DType::I32 => "i32",
+            DType::I16 => "i16",
+            DType::I8 => "i8",
+            DType::Q4_0 => "q4_0",
+            DType::Q4_1 => "q4_1",
+            DType::Q8_0 => "q8_0",
+        }
+    }
+}
+
+impl fmt::Display for DType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}

@@ -1,0 +1,275 @@
+//! The op set: one enum variant per IR node kind, each with its shape/type rule.
+//!
+//! The IR is deliberately narrow (tract's lesson): an op only knows its attributes and
+//! how to infer its output fact. Kernels live in `npurt-kernels`, per-backend lowering
+//! in `npurt-backends`. Conventions:
+//! - activations are row-major `[rows, features]`; a "row" is one token position;
+//! - `MatMul { transpose_b: true }` takes `b` as `[N, K]` (PyTorch `Linear.weight`
+//!   layout), `transpose_b: false` takes `b` as `[K, N]`;
+//! - position inputs (`pos`, `n_valid`) are `i32[1]` scalars bound at run time, so
+//!   one static-shape graph serves every chunk of a prompt.
+
+use crate::{DType, TensorFact};
+
+/// How RoPE frequencies are scaled (HF `rope_scaling` / `rope_parameters`).
+#[derive(Clone, Debug, PartialEq)]
+pub enum RopeScaling {
+    None,
+    /// Positions divided by `factor`.
+    Linear { factor: f32 },
+    /// HF "dynamic" NTK: the base grows once the sequence exceeds `original_max_position`.
+    DynamicNtk { factor: f32, original_max_position: usize },
+    /// Llama 3.x wavelength-banded scaling.
+    Llama3 { factor: f32, low_freq_factor: f32, high_freq_factor: f32, original_max_position: usize },
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct RopeParams {
+    pub head_dim: usize,
+    /// Dimensions rotated per head (HF `partial_rotary_factor`; = head_dim for Llama).
+    pub rotary_dim: usize,
+    pub theta: f32,
+    pub scaling: RopeScaling,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Op {
+    /// A run-time input (token ids, embeddings, positions), bound per execution.
+    Input { name: String, fact: TensorFact },
+    /// A constant weight, prepared (repacked) once by the backend.
+    Weight { name: String, fact: TensorFact },
+    /// Persistent per-session state (the KV cache), bound per session.
+    State { name: String, fact: TensorFact },
+    /// Embedding lookup: `(table [V, H], ids i32[T]) -> [T, H]`.
+    Gather,
+    /// `(a [M, K], b) -> [M, N]`, see module docs for `transpose_b`.
+    MatMul { transpose_b: bool },
+    /// Elementwise; `b` may broadcast over leading dims (its shape a suffix of `a`'s).
+    Add,
+    Mul,
+    /// `(x [.., H], w [H]) -> x * rsqrt(mean(x^2) + eps) * w`.
+    RmsNorm { eps: f32 },
+    /// `(x [.., H], w [H], b [H])`.
+    LayerNorm { eps: f32 },
+    /// HF rotate_half RoPE on `x [T, heads * head_dim]` at positions `pos + t`:
+    /// `(x, pos i32[1], n_valid i32[1])` (n_valid drives dynamic NTK scaling).
+    Rope { params: RopeParams },
+    /// Write `new [T, D]` into rows `pos .. pos+T` of `cache [S, D]`:
+    /// `(cache, new, pos i32[1]) -> cache'`. The output aliases the cache state.
+    KvWrite,
+    /// Causal GQA attention of `q [T, nh*hd]` over `k_cache, v_cache [S, nkv*hd]`:
+    /// `(q, k_cache, v_cache, pos i32[1], n_valid i32[1]) -> [T, nh*hd]`. Query `t`
+    /// (absolute position `pos+t`) sees keys `0 ..= pos+t`, and never keys at or past
+    /// `pos + n_valid` (padding of the last chunk). Query head `h` uses KV head
+    /// `h / (nh / nkv)` (HF repeat_kv).
+    Attention { n_heads: usize, n_kv_heads: usize, head_dim: usize, scale: f32 },
+    Silu,
+    /// Exact (erf) GELU, or the tanh approximation.
+    Gelu { tanh: bool },
+    /// Softmax over the last dimension.
+    Softmax,
+    Reshape { shape: Vec<usize> },
+    /// Permutes dimensions; `perm[i]` is the input dim that becomes output dim `i`.
+    Transpose { perm: Vec<usize> },
+    /// `(x [T, H], index i32[1]) -> [1, H]`: one row chosen at run time
+    /// (the last valid position of a padded chunk feeds the output head).
+    SelectRow,
+}
+
+/// Why an op rejected its inputs; the graph wraps it with the node's name.
+pub type InferError = String;
+
+fn same_fact(a: &TensorFact, b: &TensorFact, what: &str) -> Result<(), InferError> {
+    if a != b {
+        return Err(format!("{what}: {a} vs {b}"));
+    }
+    Ok(())
+}
+
+fn want_dtype(f: &TensorFact, d: DType, what: &str) -> Result<(), InferError> {
+    if f.dtype != d {
+        return Err(format!("{what} must be {d}, got {f}"));
+    }
+    Ok(())
+}
+
+fn want_scalar_i32(f: &TensorFact, what: &str) -> Result<(), InferError> {
+    if f.dtype != DType::I32 || f.elems() != Some(1) {
+        return Err(format!("{what} must be i32[1], got {f}"));
+    }
+    Ok(())
+}
+
+fn want_rank(f: &TensorFact, r: usize, what: &str) -> Result<(), InferError> {
+    if f.rank() != r {
+        return Err(format!("{what} must have rank {r}, got {f}"));
+    }
+    Ok(())
+}
+
+fn want_float(f: &TensorFact, what: &str) -> Result<(), InferError> {
+    if !f.dtype.is_float() {
+        return Err(format!("{what} must be a float tensor, got {f}"));
+    }
+    Ok(())
+}
+
+impl Op {
+    /// Short kind name, used in logs, `npurt inspect` and conformance tables.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Op::Input { .. } => "input",
+            Op::Weight { .. } => "weight",
+            Op::State { .. } => "state",
+            Op::Gather => "gather",
+            Op::MatMul { .. } => "matmul",
+            Op::Add => "add",
+            Op::Mul => "mul",
+            Op::RmsNorm { .. } => "rms_norm",
+            Op::LayerNorm { .. } => "layer_norm",
+            Op::Rope { .. } => "rope",
+            Op::KvWrite => "kv_write",
+            Op::Attention { .. } => "attention",
+            Op::Silu => "silu",
+            Op::Gelu { .. } => "gelu",
+            Op::Softmax => "softmax",
+            Op::Reshape { .. } => "reshape",
+            Op::Transpose { .. } => "transpose",
+            Op::SelectRow => "select_row",
+        }
+    }
+
+    /// Graph sources (no inputs, bound from outside).
+    pub fn is_source(&self) -> bool {
+        matches!(self, Op::Input { .. } | Op::Weight { .. } | Op::State { .. })
+    }
+
+    pub fn arity(&self) -> usize {
+        match self {
+            Op::Input { .. } | Op::Weight { .. } | Op::State { .. } => 0,
+            Op::Silu | Op::Gelu { .. } | Op::Softmax | Op::Reshape { .. } | Op::Transpose { .. } => 1,
+            Op::Gather | Op::MatMul { .. } | Op::Add | Op::Mul | Op::RmsNorm { .. } | Op::SelectRow => 2,
+            Op::LayerNorm { .. } | Op::Rope { .. } | Op::KvWrite => 3,
+            Op::Attention { .. } => 5,
+        }
+    }
+
+    /// Shape and type inference: the output fact for these input facts, or why not.
+    pub fn output_fact(&self, inputs: &[&TensorFact]) -> Result<TensorFact, InferError> {
+        if inputs.len() != self.arity() {
+            return Err(format!("{} takes {} inputs, got {}", self.kind(), self.arity(), inputs.len()));
+        }
+        match self {
+            Op::Input { fact, .. } | Op::Weight { fact, .. } | Op::State { fact, .. } => {
+                fact.elems().ok_or("shape overflows")?;
+                if fact.bytes().is_none() {
+                    return Err(format!("{fact} is not a whole number of {} blocks", fact.dtype));
+                }
+                Ok(fact.clone())
+            }
+            Op::Gather => {
+                let (table, ids) = (inputs[0], inputs[1]);
+                want_rank(table, 2, "gather table")?;
+                want_dtype(ids, DType::I32, "gather ids")?;
+                want_rank(ids, 1, "gather ids")?;
+                Ok(TensorFact::f32([ids.shape[0], table.shape[1]]))
+            }
+            Op::MatMul { transpose_b } => {
+                let (a, b) = (inputs[0], inputs[1]);
+                want_rank(a, 2, "matmul a")?;
+                want_rank(b, 2, "matmul b")?;
+                want_float(a, "matmul a")?;
+                let (bk, n) = if *transpose_b { (b.shape[1], b.shape[0]) } else { (b.shape[0], b.shape[1]) };
+                if a.shape[1] != bk {
+                    return Err(format!("matmul inner dims differ: a {a}, b {b} (transpose_b={transpose_b})"));
+                }
+                if b.dtype.is_quantized() && !transpose_b {
+                    return Err("quantized matmul weights must be [N, K] (transpose_b)".into());
+                }
+                Ok(TensorFact::f32([a.shape[0], n]))
+            }
+            Op::Add | Op::Mul => {
+                let (a, b) = (inputs[0], inputs[1]);
+                want_float(a, "lhs")?;
+                want_float(b, "rhs")?;
+                if b.rank() > a.rank() || a.shape[a.rank() - b.rank()..] != b.shape[..] {
+                    return Err(format!("cannot broadcast {b} onto {a}"));
+                }
+                Ok(TensorFact::f32(a.shape.clone()))
+            }
+            Op::RmsNorm { .. } | Op::LayerNorm { .. } => {
+                let x = inputs[0];
+                want_float(x, "norm input")?;
+                for (i, p) in inputs[1..].iter().enumerate() {
+                    if p.shape != [x.last_dim()] {
+                        return Err(format!("norm parameter {} must be [{}], got {p}", i + 1, x.last_dim()));
+                    }
+                }
+                Ok(TensorFact::f32(x.shape.clone()))
+            }
+            Op::Rope { params } => {
+                let x = inputs[0];
+                want_rank(x, 2, "rope input")?;
+                want_scalar_i32(inputs[1], "rope pos")?;
+                want_scalar_i32(inputs[2], "rope n_valid")?;
+                if params.head_dim == 0 || x.shape[1] % params.head_dim != 0 {
+                    return Err(format!("rope: width {} is not a multiple of head_dim {}", x.shape[1], params.head_dim));
+                }
+                if params.rotary_dim % 2 != 0 || params.rotary_dim > params.head_dim {
+                    return Err(format!("rope: rotary_dim {} must be even and <= head_dim", params.rotary_dim));
+                }
+                Ok(x.clone())
+            }
+            Op::KvWrite => {
+                let (cache, new) = (inputs[0], inputs[1]);
+                want_rank(cache, 2, "kv cache")?;
+                want_rank(new, 2, "kv rows")?;
+                want_scalar_i32(inputs[2], "kv_write pos")?;
+                if cache.shape[1] != new.shape[1] || new.shape[0] > cache.shape[0] {
+                    return Err(format!("kv_write: cannot write {new} into {cache}"));
+                }
+                Ok(cache.clone())
+            }
+            Op::Attention { n_heads, n_kv_heads, head_dim, .. } => {
+                let (q, k, v) = (inputs[0], inputs[1], inputs[2]);
+                want_rank(q, 2, "attention q")?;
+                same_fact(k, v, "attention k/v caches differ")?;
+                want_rank(k, 2, "attention k cache")?;
+                want_scalar_i32(inputs[3], "attention pos")?;
+                want_scalar_i32(inputs[4], "attention n_valid")?;
+                if *n_kv_heads == 0 || n_heads % n_kv_heads != 0 {
+                    return Err(format!("attention: {n_heads} heads not divisible by {n_kv_heads} kv heads"));
+                }
+                if q.shape[1] != n_heads * head_dim || k.shape[1] != n_kv_heads * head_dim {
+                    return Err(format!("attention: q {q} / kv {k} do not match {n_heads}x{head_dim} / {n_kv_heads}x{head_dim}"));
+                }
+                Ok(TensorFact::f32(q.shape.clone()))
+            }
+            Op::Silu | Op::Gelu { .. } | Op::Softmax => {
+                want_float(inputs[0], "activation input")?;
+                Ok(TensorFact::f32(inputs[0].shape.clone()))
+            }
+            Op::Reshape { shape } => {
+                let x = inputs[0];
+                let out = TensorFact::new(x.dtype, shape.clone());
+                if out.elems() != x.elems() {
+                    return Err(format!("reshape {x} to {shape:?} changes the element count"));
+                }
+                Ok(out)
+            }
+            Op::Transpose { perm } => {
+                let x = inputs[0];
+                let mut seen = vec![false; x.rank()];
+                if perm.len() != x.rank() || perm.iter().any(|&p| p >= x.rank() || std::mem::replace(&mut seen[p], true)) {
+                    return Err(format!("transpose: {perm:?} is not a permutation of {x}'s dims"));
+                }
+                Ok(TensorFact::new(x.dtype, perm.iter().map(|&p| x.shape[p]).collect::<Vec<_>>()))
+            }
+            Op::SelectRow => {
+                want_rank(inputs[0], 2, "select_row input")?;
+                want_scalar_i32(inputs[1], "select_row index")?;
+                Ok(TensorFact::new(inputs[0].dtype, [1, inputs[0].shape[1]]))
+            }
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! HF model directory loader (stub; see the loader task).

@@ -1,0 +1,23 @@
+//! npurt-models: what a model *is*, independent of where it runs.
+//!
+//! - [`config`]: `LlamaConfig` (HF config.json or GGUF metadata), validated;
+//! - [`weights`]: `WeightStore`, memory-mapped tensors under HF names;
+//! - [`gguf`], [`hf_dir`]: the two loaders; [`source`]: open either by path;
+//! - [`tokenizer`], [`chat`]: tokenizers and chat templates;
+//! - [`llama`]: the one LLaMA-family graph builder (prefill-chunk and decode graphs).
+
+pub mod chat;
+pub mod config;
+mod error;
+pub mod gguf;
+pub mod hf_dir;
+pub mod llama;
+pub mod source;
+pub mod tokenizer;
+pub mod weights;
+
+pub use chat::{ChatMessage, ChatTemplate};
+pub use config::LlamaConfig;
+pub use error::{ModelError, Result};
+pub use source::ModelSource;
+pub use weights::WeightStore;

@@ -1,0 +1,1 @@
+//! LLaMA-family graph builder (stub).

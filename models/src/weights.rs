@@ -1,0 +1,142 @@
+//! `WeightStore`: the tensors of a checkpoint, memory-mapped, under HF Llama names.
+//!
+//! Loaders (GGUF, safetensors directories) only *describe* tensors: file, byte range,
+//! stored dtype and shape, and a row permutation if the format reorders rows. Nothing
+//! is copied until a consumer asks for a tensor in the dtype it wants, and then it is
+//! converted straight out of the mapping. Every entry's range was checked against its
+//! file's length when the loader created it.
+
+use crate::{ModelError, Result};
+use memmap2::Mmap;
+use npurt_graph::{DType, TensorFact};
+use npurt_kernels::{quant, HostTensor};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// GGUF (llama.cpp's converter) stores q/k projection rows permuted so that RoPE can
+/// rotate adjacent pairs; HF dim `d` of a head is GGUF row `2*(d % (hd/2)) + d / (hd/2)`.
+/// Undoing it at load lets one rotate_half RoPE serve every format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UnpermuteRope {
+    pub head_dim: usize,
+}
+
+impl UnpermuteRope {
+    /// Source row (in the file) of output row `r`.
+    pub fn source_row(&self, r: usize) -> usize {
+        let (head, d) = (r / self.head_dim, r % self.head_dim);
+        let half = self.head_dim / 2;
+        head * self.head_dim + 2 * (d % half) + d / half
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct WeightEntry {
+    /// Stored dtype and row-major shape (`[rows, cols]` for matrices).
+    pub fact: TensorFact,
+    pub file: usize,
+    pub offset: usize,
+    pub len: usize,
+    pub unpermute: Option<UnpermuteRope>,
+}
+
+#[derive(Default)]
+pub struct WeightStore {
+    files: Vec<Arc<Mmap>>,
+    entries: BTreeMap<String, WeightEntry>,
+}
+
+impl WeightStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers a mapped file; returns its index for `insert`.
+    pub fn add_file(&mut self, map: Arc<Mmap>) -> usize {
+        self.files.push(map);
+        self.files.len() - 1
+    }
+
+    /// Registers a tensor. The loader must have checked that `offset + len` lies in the
+    /// file and that `len` matches the fact; this re-checks both (cheap) so that no
+    /// later read can go out of bounds.
+    pub fn insert(&mut self, name: String, entry: WeightEntry, file_name: &str) -> Result<()> {
+        let file_len = self.files.get(entry.file).map(|m| m.len()).unwrap_or(0);
+        let end = entry.offset.checked_add(entry.len);
+        if end.is_none_or(|e| e > file_len) {
+            return Err(ModelError::Truncated { file: file_name.into(), what: format!("tensor `{name}`"), offset: entry.offset as u64, needed: entry.len as u64, len: file_len as u64 });
+        }
+        if entry.fact.bytes() != Some(entry.len) {
+            return Err(ModelError::LyingHeader { file: file_name.into(), field: format!("tensor `{name}` size"), detail: format!("{} bytes for {}", entry.len, entry.fact) });
+        }
+        if let Some(u) = entry.unpermute {
+            if entry.fact.rank() != 2 || u.head_dim == 0 || u.head_dim % 2 != 0 || entry.fact.shape[0] % u.head_dim != 0 {
+                return Err(ModelError::ShapeMismatch { tensor: name, expected: vec![u.head_dim], found: entry.fact.shape.clone() });
+            }
+        }
+        self.entries.insert(name, entry);
+        Ok(())
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.entries.keys().map(String::as_str)
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.entries.contains_key(name)
+    }
+
+    pub fn entry(&self, name: &str) -> Result<&WeightEntry> {
+        self.entries.get(name).ok_or_else(|| ModelError::MissingTensor(name.into()))
+    }
+
+    pub fn fact(&self, name: &str) -> Result<&TensorFact> {
+        Ok(&self.entry(name)?.fact)
+    }
+
+    /// The stored bytes exactly as in the file (row permutation not applied).
+    pub fn raw(&self, name: &str) -> Result<&[u8]> {
+        let e = self.entry(name)?;
+        Ok(&self.files[e.file][e.offset..e.offset + e.len])
+    }
+
+    /// Checks a tensor's shape against what the config implies.
+    pub fn expect_shape(&self, name: &str, shape: &[usize]) -> Result<()> {
+        let f = self.fact(name)?;
+        if f.shape != shape {
+            return Err(ModelError::ShapeMismatch { tensor: name.into(), expected: shape.to_vec(), found: f.shape.clone() });
+        }
+        Ok(())
+    }
+
+    /// Dequantizes/converts a tensor to f32 (applying the row permutation), straight
+    /// from the mapping.
+    pub fn to_f32(&self, name: &str) -> Result<HostTensor> {
+        let e = self.entry(name)?;
+        let raw = self.raw(name)?;
+        let n = e.fact.elems().expect("validated at insert");
+        let mut out = vec![0f32; n];
+        let row_len = e.fact.last_dim();
+        let row_bytes = e.fact.dtype.storage_bytes(row_len).expect("validated at insert");
+        let ok = match e.unpermute {
+            None => quant::dequantize(e.fact.dtype, raw, &mut out),
+            Some(u) => out.chunks_exact_mut(row_len).enumerate().all(|(r, dst)| {
+                let s = u.source_row(r) * row_bytes;
+                quant::dequantize(e.fact.dtype, &raw[s..s + row_bytes], dst)
+            }),
+        };
+        if !ok {
+            return Err(ModelError::UnsupportedDType { tensor: name.into(), dtype: e.fact.dtype.to_string() });
+        }
+        Ok(HostTensor::f32(e.fact.shape.clone(), out))
+    }
+
+    /// Total stored bytes per dtype (for `inspect` and load logs).
+    pub fn bytes_by_dtype(&self) -> BTreeMap<DType, usize> {
+        let mut m = BTreeMap::new();
+        for e in self.entries.values() {
+            *m.entry(e.fact.dtype).or_insert(0) += e.len;
+        }
+        m
+    }
+}

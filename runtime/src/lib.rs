@@ -1,0 +1,1 @@
+//! npurt runtime (being written).

@@ -1,0 +1,72 @@
+//! Shared helpers for npurt's integration tests: locating `../shared/golden` and the
+//! fetched model, reading golden tensors, and the tolerances the golden README states.
+
+use std::path::PathBuf;
+
+/// The project root (the workspace directory).
+pub fn project_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+}
+
+/// `../shared/golden` relative to the project root. Panics with a clear message if it is
+/// missing: golden tests fail, they never skip.
+pub fn golden_dir() -> PathBuf {
+    let dir = project_root().join("../shared/golden");
+    assert!(
+        dir.join("README.md").is_file(),
+        "golden data not found at {} (expected ../shared/golden relative to the project root); \
+         golden tests cannot run without it",
+        dir.display()
+    );
+    dir
+}
+
+pub fn golden(rel: &str) -> PathBuf {
+    golden_dir().join(rel)
+}
+
+pub fn read_json(rel: &str) -> serde_json::Value {
+    let p = golden(rel);
+    let s = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("reading {}: {e}", p.display()));
+    serde_json::from_str(&s).unwrap_or_else(|e| panic!("parsing {}: {e}", p.display()))
+}
+
+/// The fetched SmolLM2 GGUF (`scripts/fetch-model.sh`). Panics with the fix if missing.
+pub fn smollm2_gguf() -> PathBuf {
+    let p = project_root().join("models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(p.is_file(), "{} is missing: run scripts/fetch-model.sh (the README's test command does)", p.display());
+    p
+}
+
+/// Reads a golden safetensors file into (name -> (shape, f32 or i32 values as f64-free vecs)).
+pub struct GoldenTensors {
+    bytes: Vec<u8>,
+}
+
+impl GoldenTensors {
+    pub fn open(rel: &str) -> Self {
+        let p = golden(rel);
+        GoldenTensors { bytes: std::fs::read(&p).unwrap_or_else(|e| panic!("reading {}: {e}", p.display())) }
+    }
+    fn view(&self, name: &str) -> safetensors::tensor::TensorView<'_> {
+        let st = safetensors::SafeTensors::deserialize(&self.bytes).expect("golden safetensors parse");
+        let v = st.tensor(name).unwrap_or_else(|_| panic!("golden tensor {name} missing"));
+        safetensors::tensor::TensorView::new(v.dtype(), v.shape().to_vec(), v.data()).unwrap()
+    }
+    pub fn f32(&self, name: &str) -> (Vec<usize>, Vec<f32>) {
+        let v = self.view(name);
+        assert_eq!(v.dtype(), safetensors::Dtype::F32, "{name} is not f32");
+        (v.shape().to_vec(), v.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect())
+    }
+    pub fn i32(&self, name: &str) -> (Vec<usize>, Vec<i32>) {
+        let v = self.view(name);
+        assert_eq!(v.dtype(), safetensors::Dtype::I32, "{name} is not i32");
+        (v.shape().to_vec(), v.data().chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().unwrap())).collect())
+    }
+}
+
+/// The README's relative tolerance: `max abs(ours - ref) <= rel * max abs(ref)`.
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "length mismatch");
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
