@@ -19,7 +19,7 @@ impl Registry {
     pub fn with_builtin() -> Self {
         let mut r = Self::empty();
         #[cfg(feature = "cpu")]
-        // cpu registered once implemented
+        r.register("cpu", || Ok(Arc::new(crate::cpu::CpuBackend::new(crate::cpu::CpuOptions::default())) as Arc<dyn Backend>));
         r
     }
 

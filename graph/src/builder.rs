@@ -44,8 +44,15 @@ impl Builder {
     pub fn input(&mut self, name: &str, fact: TensorFact) -> R {
         self.graph.add(name, Op::Input { name: name.into(), fact }, &[])
     }
-    /// Weights are named by their full (checkpoint) name, not the scope.
+    /// Weights are named by their full (checkpoint) name, not the scope. Declaring the
+    /// same weight again returns the existing node (tied embeddings use one table twice);
+    /// a different fact for the same name is an error at validation.
     pub fn weight(&mut self, name: &str, fact: TensorFact) -> R {
+        if let Some(id) = self.graph.find_source("weight", name) {
+            if *self.graph.fact(id) == fact {
+                return Ok(id);
+            }
+        }
         self.graph.add(name, Op::Weight { name: name.into(), fact }, &[])
     }
     pub fn state(&mut self, name: &str, fact: TensorFact) -> R {

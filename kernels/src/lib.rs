@@ -5,6 +5,7 @@
 //! - [`reference`]: one plain scalar kernel per IR op: the oracle every backend's
 //!   conformance case is checked against. Written for clarity, not speed.
 
+pub mod cpu;
 pub mod quant;
 pub mod reference;
 pub mod tensor;

@@ -1,1 +1,30 @@
-//! Reference kernels (being written).
+//! Scalar reference kernels: one per IR op, the oracle for every backend's
+//! conformance cases. Plain loops, f32 math with f64 only where HF does better than
+//! f32 would (none so far), no threading, no SIMD. Row-major slices everywhere.
+//!
+//! Each kernel checks what it cannot trust (token ids, run-time positions) and returns
+//! a `KernelError` instead of panicking; shapes are the caller's contract (the graph
+//! already validated them).
+
+mod attention;
+mod elementwise;
+mod gather;
+mod kv_write;
+mod layout;
+mod matmul;
+mod norm;
+mod rope;
+
+pub use attention::attention;
+pub use elementwise::{add, gelu, gelu_erf, gelu_tanh, mul, silu, softmax};
+pub use gather::gather;
+pub use kv_write::kv_write;
+pub use layout::{select_row, transpose};
+pub use matmul::matmul;
+pub use norm::{layer_norm, rms_norm};
+pub use rope::{rope, rope_inv_freq};
+
+/// A run-time value a kernel cannot accept (bad token id, position past the cache).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{0}")]
+pub struct KernelError(pub String);

@@ -1,0 +1,252 @@
+//! The CPU executable: the compiled graph walked in topological order, each node
+//! calling its CPU kernel. Intermediates live in per-session scratch, preallocated at
+//! their static sizes, so a run allocates nothing.
+
+use super::buffer::CpuBuffer;
+use crate::{BackendError, Bindings, BufferUsage, DeviceBuffer, Executable, Result, Scratch};
+use npurt_graph::{DType, Graph, NodeId, Op};
+use npurt_kernels::{cpu as k, reference as r, HostData};
+use std::any::Any;
+use std::sync::{Arc, RwLockReadGuard, RwLockWriteGuard};
+
+/// Where a node's value lives during a run.
+#[derive(Clone, Copy, Debug)]
+enum Loc {
+    /// A bound or captured source buffer (index into the run's guards).
+    Source,
+    /// The value is the state buffer it was written into (KV write aliases its cache).
+    Alias(NodeId),
+    /// Per-session scratch.
+    Scratch,
+}
+
+pub struct CpuExecutable {
+    graph: Graph,
+    loc: Vec<Loc>,
+    weights: Vec<Option<Arc<dyn DeviceBuffer>>>,
+    pool: Option<Arc<rayon::ThreadPool>>,
+}
+
+struct CpuScratch {
+    values: Vec<Vec<f32>>,
+}
+
+impl Scratch for CpuScratch {
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+}
+
+enum Guard<'a> {
+    Read(RwLockReadGuard<'a, HostData>),
+    Write(RwLockWriteGuard<'a, HostData>),
+}
+
+impl Guard<'_> {
+    fn data(&self) -> &HostData {
+        match self {
+            Guard::Read(g) => g,
+            Guard::Write(g) => g,
+        }
+    }
+}
+
+fn exec_err(graph: &Graph, id: NodeId, reason: impl Into<String>) -> BackendError {
+    BackendError::Execution { node: graph.node(id).name.clone(), reason: reason.into() }
+}
+
+impl CpuExecutable {
+    pub(crate) fn new(graph: &Graph, weights: &[(NodeId, Arc<dyn DeviceBuffer>)], pool: Option<Arc<rayon::ThreadPool>>) -> Result<Self> {
+        let mut loc = Vec::with_capacity(graph.nodes.len());
+        let mut w: Vec<Option<Arc<dyn DeviceBuffer>>> = vec![None; graph.nodes.len()];
+        for (id, n) in graph.nodes.iter().enumerate() {
+            loc.push(match &n.op {
+                Op::Input { .. } | Op::State { .. } => Loc::Source,
+                Op::Weight { name, .. } => {
+                    let (_, b) = weights.iter().find(|(wid, _)| wid.0 == id).ok_or_else(|| BackendError::Binding(format!("weight `{name}` was not prepared")))?;
+                    if b.fact() != &n.fact {
+                        return Err(BackendError::Binding(format!("weight `{name}` is {}, the graph wants {}", b.fact(), n.fact)));
+                    }
+                    CpuBuffer::downcast(b.as_ref())?;
+                    w[id] = Some(b.clone());
+                    Loc::Source
+                }
+                Op::KvWrite => match loc[n.inputs[0].0] {
+                    Loc::Alias(s) => Loc::Alias(s),
+                    _ => Loc::Alias(n.inputs[0]),
+                },
+                _ => Loc::Scratch,
+            });
+        }
+        Ok(CpuExecutable { graph: graph.clone(), loc, weights: w, pool })
+    }
+
+    fn resolve(&self, id: NodeId) -> NodeId {
+        match self.loc[id.0] {
+            Loc::Alias(s) => s,
+            _ => id,
+        }
+    }
+
+    fn run_inner(&self, bindings: &Bindings, scratch: &mut CpuScratch) -> Result<()> {
+        let g = &self.graph;
+        // Lock every source once for the whole run.
+        let mut bufs: Vec<(NodeId, Arc<dyn DeviceBuffer>)> = Vec::new();
+        for id in g.ids().filter(|id| g.node(*id).op.is_source()) {
+            let b = match &self.weights[id.0] {
+                Some(w) => w.clone(),
+                None => bindings.source(id).cloned().ok_or_else(|| BackendError::Binding(format!("`{}` is not bound", g.node(id).name)))?,
+            };
+            if b.fact() != g.fact(id) {
+                return Err(BackendError::Binding(format!("`{}` bound to a {} buffer, needs {}", g.node(id).name, b.fact(), g.fact(id))));
+            }
+            if bufs.iter().any(|(_, o)| std::ptr::addr_eq(Arc::as_ptr(o), Arc::as_ptr(&b))) {
+                return Err(BackendError::Binding(format!("`{}` is bound to a buffer already bound to another source", g.node(id).name)));
+            }
+            bufs.push((id, b));
+        }
+        let mut guard_of = vec![usize::MAX; g.nodes.len()];
+        let mut guards = Vec::with_capacity(bufs.len());
+        for (i, (id, b)) in bufs.iter().enumerate() {
+            let cb = CpuBuffer::downcast(b.as_ref())?;
+            guard_of[id.0] = i;
+            let poisoned = || BackendError::Binding(format!("buffer of `{}` was poisoned by a panic", g.node(*id).name));
+            guards.push(if cb.usage == BufferUsage::State {
+                Guard::Write(cb.data.write().map_err(|_| poisoned())?)
+            } else {
+                Guard::Read(cb.data.read().map_err(|_| poisoned())?)
+            });
+        }
+
+        for id in g.ids() {
+            let node = g.node(id);
+            if !matches!(self.loc[id.0], Loc::Scratch) && !matches!(node.op, Op::KvWrite) {
+                continue;
+            }
+            let mut out = std::mem::take(&mut scratch.values[id.0]);
+            {
+                let values = &scratch.values;
+                let f32_of = |x: NodeId| -> Result<&[f32]> {
+                    let x = self.resolve(x);
+                    match self.loc[x.0] {
+                        Loc::Scratch => Ok(&values[x.0]),
+                        _ => match guards[guard_of[x.0]].data() {
+                            HostData::F32(v) => Ok(v),
+                            _ => Err(exec_err(g, id, format!("input `{}` is not f32 on the cpu backend", g.node(x).name))),
+                        },
+                    }
+                };
+                let scalar = |x: NodeId| -> Result<usize> {
+                    match guards.get(guard_of[x.0]).map(Guard::data) {
+                        Some(HostData::I32(v)) if v.len() == 1 && v[0] >= 0 => Ok(v[0] as usize),
+                        _ => Err(exec_err(g, id, format!("`{}` must be a non-negative i32 scalar", g.node(x).name))),
+                    }
+                };
+                let ins = &node.inputs;
+                let kerr = |e: r::KernelError| exec_err(g, id, e.0);
+                match &node.op {
+                    Op::Gather => {
+                        let ids = match guards.get(guard_of[ins[1].0]).map(Guard::data) {
+                            Some(HostData::I32(v)) => v.as_slice(),
+                            _ => return Err(exec_err(g, id, "gather ids must be a bound i32 input")),
+                        };
+                        r::gather(f32_of(ins[0])?, node.fact.shape[1], ids, &mut out).map_err(kerr)?;
+                    }
+                    Op::MatMul { transpose_b } => {
+                        let a = g.fact(ins[0]);
+                        let (m, kk, n) = (a.shape[0], a.shape[1], node.fact.shape[1]);
+                        k::matmul_f32(f32_of(ins[0])?, f32_of(ins[1])?, m, kk, n, *transpose_b, &mut out);
+                    }
+                    Op::Add => r::add(f32_of(ins[0])?, f32_of(ins[1])?, &mut out),
+                    Op::Mul => r::mul(f32_of(ins[0])?, f32_of(ins[1])?, &mut out),
+                    Op::RmsNorm { eps } => r::rms_norm(f32_of(ins[0])?, f32_of(ins[1])?, *eps, &mut out),
+                    Op::LayerNorm { eps } => r::layer_norm(f32_of(ins[0])?, f32_of(ins[1])?, f32_of(ins[2])?, *eps, &mut out),
+                    Op::Rope { params } => {
+                        r::rope(f32_of(ins[0])?, node.fact.shape[1], params, scalar(ins[1])?, scalar(ins[2])?, &mut out);
+                    }
+                    Op::Attention { n_heads, n_kv_heads, head_dim, scale } => {
+                        k::attention_f32(f32_of(ins[0])?, f32_of(ins[1])?, f32_of(ins[2])?, scalar(ins[3])?, scalar(ins[4])?, *n_heads, *n_kv_heads, *head_dim, *scale, &mut out)
+                            .map_err(kerr)?;
+                    }
+                    Op::Silu => r::silu(f32_of(ins[0])?, &mut out),
+                    Op::Gelu { tanh } => r::gelu(f32_of(ins[0])?, *tanh, &mut out),
+                    Op::Softmax => r::softmax(f32_of(ins[0])?, node.fact.last_dim(), &mut out),
+                    Op::Reshape { .. } => out.copy_from_slice(f32_of(ins[0])?),
+                    Op::Transpose { perm } => r::transpose(f32_of(ins[0])?, &g.fact(ins[0]).shape, perm, &mut out),
+                    Op::SelectRow => {
+                        let idx = scalar(ins[1])?;
+                        r::select_row(f32_of(ins[0])?, node.fact.shape[1], idx as i32, &mut out).map_err(kerr)?;
+                    }
+                    Op::KvWrite => {} // below: needs the state guard mutably
+                    Op::Input { .. } | Op::Weight { .. } | Op::State { .. } => unreachable!("sources are not computed"),
+                }
+            }
+            if let Op::KvWrite = node.op {
+                let ins = &node.inputs;
+                let pos = match guards.get(guard_of[ins[2].0]).map(Guard::data) {
+                    Some(HostData::I32(v)) if v.len() == 1 && v[0] >= 0 => v[0] as usize,
+                    _ => return Err(exec_err(g, id, "kv_write pos must be a non-negative i32 scalar")),
+                };
+                let new_id = self.resolve(ins[1]);
+                if !matches!(self.loc[new_id.0], Loc::Scratch) {
+                    return Err(exec_err(g, id, "kv_write rows must be computed by the graph"));
+                }
+                let new = &scratch.values[new_id.0];
+                let state = self.resolve(ins[0]);
+                let width = node.fact.shape[1];
+                match &mut guards[guard_of[state.0]] {
+                    Guard::Write(gd) => match &mut **gd {
+                        HostData::F32(cache) => r::kv_write(cache, new, width, pos).map_err(|e| exec_err(g, id, e.0))?,
+                        _ => return Err(exec_err(g, id, "kv cache must be f32 on the cpu backend")),
+                    },
+                    Guard::Read(_) => return Err(exec_err(g, id, "kv cache must be a State buffer")),
+                }
+            }
+            scratch.values[id.0] = out;
+        }
+
+        for (name, id) in &g.outputs {
+            let ob = bindings.output(name).ok_or_else(|| BackendError::Binding(format!("output `{name}` is not bound")))?;
+            let cb = CpuBuffer::downcast(ob.as_ref())?;
+            let src = self.resolve(*id);
+            let data: &[f32] = match self.loc[src.0] {
+                Loc::Scratch => &scratch.values[src.0],
+                _ => match guards[guard_of[src.0]].data() {
+                    HostData::F32(v) => v,
+                    _ => return Err(BackendError::Binding(format!("output `{name}` is not f32"))),
+                },
+            };
+            let mut dst = cb.data.write().map_err(|_| BackendError::Binding(format!("output `{name}` buffer poisoned")))?;
+            match &mut *dst {
+                HostData::F32(v) if v.len() == data.len() => v.copy_from_slice(data),
+                _ => return Err(BackendError::Binding(format!("output `{name}` buffer is not f32{:?}", g.fact(*id).shape))),
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Executable for CpuExecutable {
+    fn new_scratch(&self) -> Result<Box<dyn Scratch>> {
+        let mut values = Vec::with_capacity(self.graph.nodes.len());
+        for (i, n) in self.graph.nodes.iter().enumerate() {
+            let len = match self.loc[i] {
+                Loc::Scratch if n.fact.dtype == DType::F32 => n.fact.elems().unwrap_or(0),
+                _ => 0,
+            };
+            let mut v = Vec::new();
+            v.try_reserve_exact(len).map_err(|_| BackendError::OutOfMemory { what: format!("scratch for `{}`", n.name), bytes: len * 4 })?;
+            v.resize(len, 0.0);
+            values.push(v);
+        }
+        Ok(Box::new(CpuScratch { values }))
+    }
+
+    fn run(&self, bindings: &Bindings, scratch: &mut dyn Scratch) -> Result<()> {
+        let scratch = scratch.as_any_mut().downcast_mut::<CpuScratch>().ok_or_else(|| BackendError::Binding("scratch from another executable".into()))?;
+        match &self.pool {
+            Some(p) => p.install(|| self.run_inner(bindings, scratch)),
+            None => self.run_inner(bindings, scratch),
+        }
+    }
+}
