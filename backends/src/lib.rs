@@ -18,7 +18,7 @@
 pub mod cpu;
 mod registry;
 
-pub use registry::Registry;
+pub use registry::{BackendOptions, Registry};
 
 use npurt_graph::{DType, Graph, NodeId, TensorFact};
 use npurt_kernels::HostTensor;
@@ -130,7 +130,7 @@ pub trait Backend: Send + Sync {
     fn alloc(&self, fact: &TensorFact, usage: BufferUsage) -> Result<Arc<dyn DeviceBuffer>>;
 
     /// Uploads a weight and repacks it into this backend's layout, once.
-    fn prepare_weight(&self, name: &str, tensor: &HostTensor) -> Result<Arc<dyn DeviceBuffer>>;
+    fn prepare_weight(&self, name: &str, tensor: HostTensor) -> Result<Arc<dyn DeviceBuffer>>;
 
     /// Compiles `graph` (all of whose nodes this backend supports). `weights` are the
     /// prepared buffers of the graph's weight sources, by node id.

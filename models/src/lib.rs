@@ -13,6 +13,7 @@ pub mod gguf;
 pub mod hf_dir;
 pub mod llama;
 pub mod source;
+pub mod testfiles;
 pub mod tokenizer;
 pub mod weights;
 

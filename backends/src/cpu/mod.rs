@@ -86,11 +86,11 @@ impl Backend for CpuBackend {
         Ok(Arc::new(CpuBuffer::new(HostTensor { fact: fact.clone(), data }, usage)))
     }
 
-    fn prepare_weight(&self, name: &str, tensor: &HostTensor) -> Result<Arc<dyn DeviceBuffer>> {
+    fn prepare_weight(&self, name: &str, tensor: HostTensor) -> Result<Arc<dyn DeviceBuffer>> {
         if tensor.fact.dtype != DType::F32 {
             return Err(BackendError::Unsupported { backend: "cpu".into(), node: name.into(), reason: format!("{} weights", tensor.fact.dtype) });
         }
-        Ok(Arc::new(CpuBuffer::new(tensor.clone(), BufferUsage::Weights)))
+        Ok(Arc::new(CpuBuffer::new(tensor, BufferUsage::Weights)))
     }
 
     fn compile(&self, graph: &Graph, weights: &[(NodeId, Arc<dyn DeviceBuffer>)]) -> Result<Arc<dyn Executable>> {

@@ -1,1 +1,239 @@
-fn main() {}
+//! `npurt`: the command-line frontend. Every subcommand takes `--backend` and `--model`
+//! (default: the fetched SmolLM2 GGUF). Errors print their cause chain and exit 1.
+
+use clap::{Args, Parser, Subcommand};
+use npurt_models::ChatMessage;
+use npurt_runtime::{perplexity, stats, GenerateOptions, LoadOptions, Model, Runtime, SamplingOptions, Session};
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+const DEFAULT_MODEL: &str = "models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
+
+#[derive(Parser)]
+#[command(name = "npurt", version, about = "npurt: static-graph LLM/VLM runtime for on-device NPUs, GPUs and CPUs")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Args, Clone)]
+struct Common {
+    /// Model: a .gguf file or an HF model directory (default: the fetched SmolLM2).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Backend name (see `npurt backends`).
+    #[arg(long, default_value = "cpu")]
+    backend: String,
+    /// Worker threads (default: one per core).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Prefill chunk size (rows of the static prefill graph).
+    #[arg(long, default_value_t = npurt_runtime::DEFAULT_CHUNK)]
+    chunk: usize,
+    /// Context length in tokens (default: min(model maximum, 2048)).
+    #[arg(long)]
+    ctx: Option<usize>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Generate text from a raw prompt or a chat message.
+    Run {
+        #[command(flatten)]
+        common: Common,
+        /// Raw text fed as is.
+        #[arg(long, conflicts_with = "chat", required_unless_present = "chat")]
+        prompt: Option<String>,
+        /// A user message, wrapped in the model's chat template.
+        #[arg(long)]
+        chat: Option<String>,
+        #[arg(long, default_value_t = 128)]
+        max_tokens: usize,
+        #[arg(long, default_value_t = 0.0)]
+        temperature: f32,
+        #[arg(long, default_value_t = 0)]
+        top_k: usize,
+        #[arg(long, default_value_t = 1.0)]
+        top_p: f32,
+        #[arg(long, default_value_t = 1.0)]
+        repetition_penalty: f32,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Stop when the text contains this string (repeatable).
+        #[arg(long)]
+        stop: Vec<String>,
+        /// Print one JSON object instead of streaming text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write fp32 logits [T, vocab] for the given ids to a safetensors file.
+    Logits {
+        #[command(flatten)]
+        common: Common,
+        /// Comma-separated token ids.
+        #[arg(long, value_delimiter = ',')]
+        ids: Vec<i64>,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Print the token ids of a text as a JSON array.
+    Tokenize {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long)]
+        text: String,
+    },
+    /// Strided-window perplexity of a text file, as JSON. `--ctx` is the window length
+    /// (default 512).
+    Perplexity {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long)]
+        text_file: PathBuf,
+        #[arg(long, default_value_t = 256)]
+        stride: usize,
+        /// Only the first N tokens of the text.
+        #[arg(long)]
+        max_tokens: Option<usize>,
+    },
+    /// List the registered backends and what they report.
+    Backends,
+}
+
+fn default_model() -> PathBuf {
+    if let Ok(p) = std::env::var("NPURT_MODEL") {
+        return p.into();
+    }
+    let in_cwd = PathBuf::from(DEFAULT_MODEL);
+    if in_cwd.is_file() {
+        return in_cwd;
+    }
+    // The project checkout this binary was built from.
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join(DEFAULT_MODEL)
+}
+
+fn load(c: &Common, ctx_at_least: Option<usize>) -> anyhow_lite::Result<Arc<Model>> {
+    let path = c.model.clone().unwrap_or_else(default_model);
+    if c.model.is_none() && !path.exists() {
+        return Err(anyhow_lite::msg(format!("the default model {} is not there: run scripts/fetch-model.sh", path.display())));
+    }
+    let ctx = match (c.ctx, ctx_at_least) {
+        (Some(x), _) => Some(x),
+        (None, Some(n)) => Some(n.max(npurt_runtime::DEFAULT_CTX)),
+        (None, None) => None,
+    };
+    let opts = LoadOptions { backend: c.backend.clone(), threads: c.threads, chunk: c.chunk, ctx };
+    Ok(Runtime::new().load(&path, opts)?)
+}
+
+fn main() {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let cli = Cli::parse();
+    if let Err(e) = run(cli) {
+        eprintln!("error: {e}");
+        let mut src = e.source();
+        while let Some(s) = src {
+            eprintln!("  caused by: {s}");
+            src = s.source();
+        }
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> anyhow_lite::Result<()> {
+    match cli.cmd {
+        Cmd::Run { common, prompt, chat, max_tokens, temperature, top_k, top_p, repetition_penalty, seed, stop, json } => {
+            let model = load(&common, None)?;
+            let text = match (prompt, chat) {
+                (Some(p), _) => p,
+                (None, Some(c)) => model.render_chat(&[ChatMessage::new("user", c)])?,
+                (None, None) => unreachable!("clap requires --prompt or --chat"),
+            };
+            let ids = model.encode(&text)?;
+            let mut session = Session::new(model.clone())?;
+            let opts = GenerateOptions {
+                max_tokens,
+                sampling: SamplingOptions { temperature, top_k, top_p, repetition_penalty, seed },
+                stop_at_eos: true,
+                stop_strings: stop,
+            };
+            let mut stdout = std::io::stdout();
+            let g = session.generate(&ids, &opts, |piece, _| {
+                if !json {
+                    print!("{piece}");
+                    let _ = stdout.flush();
+                }
+                true
+            })?;
+            let rss = stats::peak_rss_bytes().unwrap_or(0);
+            if json {
+                let v = serde_json::json!({
+                    "text": g.text, "tokens": g.tokens.len(), "load_ms": model.load_ms,
+                    "prefill_tok_s": g.prefill_tok_s(), "decode_tok_s": g.decode_tok_s(), "peak_rss_bytes": rss,
+                });
+                println!("{v}");
+            } else {
+                println!();
+                println!(
+                    "[load {:.0} ms | prefill {} tok at {:.1} tok/s | decode {} tok at {:.1} tok/s | peak RSS {:.1} MiB | {} | stop: {:?}]",
+                    model.load_ms,
+                    g.prompt_tokens,
+                    g.prefill_tok_s(),
+                    g.tokens.len(),
+                    g.decode_tok_s(),
+                    rss as f64 / (1 << 20) as f64,
+                    model.backend.capabilities().device,
+                    g.stop
+                );
+            }
+        }
+        Cmd::Logits { common, ids, out } => {
+            let model = load(&common, Some(ids.len()))?;
+            let vocab = model.config.vocab_size;
+            let ids: Vec<u32> = ids
+                .iter()
+                .enumerate()
+                .map(|(index, &id)| u32::try_from(id).ok().filter(|&v| (v as usize) < vocab).ok_or(npurt_runtime::RuntimeError::TokenOutOfRange { id, index, vocab }))
+                .collect::<Result<_, _>>()?;
+            let mut session = Session::new(model.clone())?;
+            let rows = session.feed_all_logits(&ids)?;
+            let flat: Vec<u8> = rows.iter().flatten().flat_map(|v| v.to_le_bytes()).collect();
+            let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![rows.len(), vocab], &flat).map_err(|e| anyhow_lite::msg(e.to_string()))?;
+            safetensors::serialize_to_file([("logits", view)], &None, &out).map_err(|e| anyhow_lite::msg(format!("writing {}: {e}", out.display())))?;
+        }
+        Cmd::Tokenize { common, text } => {
+            let model = load(&common, None)?;
+            println!("{}", serde_json::to_string(&model.encode(&text)?)?);
+        }
+        Cmd::Perplexity { common, text_file, stride, max_tokens } => {
+            let window = common.ctx.unwrap_or(512);
+            let text = std::fs::read_to_string(&text_file).map_err(|e| anyhow_lite::msg(format!("reading {}: {e}", text_file.display())))?;
+            let model = load(&common, Some(window))?;
+            let mut ids = model.encode(&text)?;
+            if let Some(n) = max_tokens {
+                ids.truncate(n);
+            }
+            let p = perplexity(&model, &ids, window, stride)?;
+            println!("{}", serde_json::json!({"tokens": p.tokens, "scored": p.scored, "nll": p.nll, "ppl": p.ppl}));
+        }
+        Cmd::Backends => {
+            let rt = Runtime::new();
+            for name in rt.registry().names() {
+                match rt.registry().create(name, &Default::default()) {
+                    Ok(b) => println!("{name}: {}", b.capabilities().device),
+                    Err(e) => println!("{name}: unavailable ({e})"),
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A boxed error with its source chain kept, without pulling in anyhow.
+mod anyhow_lite {
+    pub type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
+    pub fn msg(s: String) -> Box<dyn std::error::Error + Send + Sync> {
+        s.into()
+    }
+}

@@ -1,0 +1,25 @@
+use npurt_backends::BackendError;
+use npurt_models::ModelError;
+
+/// Everything the runtime API can refuse or fail at, each naming its cause.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    #[error(transparent)]
+    Graph(#[from] npurt_graph::GraphError),
+    #[error("the input needs {needed} positions but the context holds {ctx} ({used} already used)")]
+    ContextOverflow { needed: usize, used: usize, ctx: usize },
+    #[error("token id {id} at input position {index} is out of range (vocabulary size {vocab})")]
+    TokenOutOfRange { id: i64, index: usize, vocab: usize },
+    #[error("invalid option `{option}`: {reason}")]
+    InvalidOption { option: &'static str, reason: String },
+    #[error("the model has no chat template")]
+    NoChatTemplate,
+    #[error("nothing to generate from: the session is empty")]
+    EmptySession,
+}
+
+pub type Result<T, E = RuntimeError> = std::result::Result<T, E>;

@@ -1,0 +1,240 @@
+//! Loading and compiling: a checkpoint becomes a `Model` holding the backend's prepared
+//! weights (once) and the ahead-of-time compiled static-shape graphs that sessions run:
+//! a prefill chunk of C rows (logits for the last row, or for all rows) and a 1-row
+//! decode step, all sharing the same weights and the same KV-cache state names.
+
+use crate::{Result, RuntimeError};
+use npurt_backends::{Backend, BackendOptions, DeviceBuffer, Executable, Registry};
+use npurt_graph::passes::{PassReport, Pipeline};
+use npurt_graph::{Graph, NodeId};
+use npurt_models::llama::{self, InputKind, LlamaGraphOptions, LogitsMode};
+use npurt_models::tokenizer::Tokenizer;
+use npurt_models::{ChatTemplate, LlamaConfig, ModelError, ModelSource};
+use rayon::prelude::*;
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// The chunk size BlueLM-V-3B uses on the NPU ("t128").
+pub const DEFAULT_CHUNK: usize = 128;
+/// Default context when none is asked for (capped by the model's own maximum).
+pub const DEFAULT_CTX: usize = 2048;
+
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    pub backend: String,
+    pub threads: Option<usize>,
+    /// Prefill chunk rows (C).
+    pub chunk: usize,
+    /// Context length in tokens (`None`: min(model max, 2048)).
+    pub ctx: Option<usize>,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions { backend: "cpu".into(), threads: None, chunk: DEFAULT_CHUNK, ctx: None }
+    }
+}
+
+/// The executable graphs a model is compiled into.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum GraphKind {
+    /// C rows, logits of the last valid row.
+    Prefill,
+    /// C rows, logits of every row.
+    PrefillAllLogits,
+    /// 1 row.
+    Decode,
+}
+
+/// One compiled static-shape graph and the ids of the sources the runtime binds.
+pub struct CompiledGraph {
+    pub kind: GraphKind,
+    pub graph: Graph,
+    pub exec: Arc<dyn Executable>,
+    pub rows: usize,
+    pub ids: NodeId,
+    pub pos: NodeId,
+    pub n_valid: NodeId,
+    pub last_row: Option<NodeId>,
+    /// (state node, state name) for the KV cache.
+    pub states: Vec<(NodeId, String)>,
+    pub pass_reports: Vec<PassReport>,
+}
+
+pub struct Model {
+    pub config: LlamaConfig,
+    pub tokenizer: Tokenizer,
+    pub chat_template: Option<ChatTemplate>,
+    pub description: String,
+    pub backend: Arc<dyn Backend>,
+    pub options: LoadOptions,
+    /// Context length sessions get.
+    pub ctx: usize,
+    /// KV-cache rows: ctx + chunk - 1, so a padded chunk written at any position that
+    /// still has room for its valid rows stays inside the cache.
+    pub cache_rows: usize,
+    pub graphs: HashMap<GraphKind, CompiledGraph>,
+    pub load_ms: f64,
+    pub weight_bytes: usize,
+}
+
+/// Owns the backend registry; loads models.
+pub struct Runtime {
+    registry: Registry,
+}
+
+impl Default for Runtime {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Runtime {
+    /// A runtime with npurt's built-in backends registered.
+    pub fn new() -> Self {
+        Runtime { registry: Registry::with_builtin() }
+    }
+
+    pub fn with_registry(registry: Registry) -> Self {
+        Runtime { registry }
+    }
+
+    /// Register more backends here (vendor crates, tests).
+    pub fn registry_mut(&mut self) -> &mut Registry {
+        &mut self.registry
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    pub fn load(&self, path: &Path, opts: LoadOptions) -> Result<Arc<Model>> {
+        let t0 = Instant::now();
+        let source = ModelSource::open(path)?;
+        let backend = self.registry.create(&opts.backend, &BackendOptions { threads: opts.threads })?;
+        let mut model = Model::compile(source, backend, opts)?;
+        model.load_ms = t0.elapsed().as_secs_f64() * 1e3;
+        log::info!("loaded {} on {} in {:.0} ms", model.description, model.backend.capabilities().device, model.load_ms);
+        Ok(Arc::new(model))
+    }
+}
+
+fn invalid(option: &'static str, reason: impl Into<String>) -> RuntimeError {
+    RuntimeError::InvalidOption { option, reason: reason.into() }
+}
+
+impl Model {
+    /// Builds, optimises and compiles every graph kind for `backend`, preparing each
+    /// weight once.
+    pub fn compile(source: ModelSource, backend: Arc<dyn Backend>, opts: LoadOptions) -> Result<Model> {
+        let cfg = source.config.clone();
+        let ctx = opts.ctx.unwrap_or(DEFAULT_CTX.min(cfg.max_position_embeddings));
+        if ctx == 0 || ctx > npurt_models::config::MAX_CONTEXT {
+            return Err(invalid("ctx", format!("{ctx} is outside 1..={}", npurt_models::config::MAX_CONTEXT)));
+        }
+        if opts.chunk == 0 || opts.chunk > 4096 {
+            return Err(invalid("chunk", format!("{} is outside 1..=4096", opts.chunk)));
+        }
+        let cache_rows = ctx + opts.chunk - 1;
+
+        let kinds = [(GraphKind::Prefill, opts.chunk, LogitsMode::Last), (GraphKind::PrefillAllLogits, opts.chunk, LogitsMode::All), (GraphKind::Decode, 1, LogitsMode::Last)];
+        let mut built = Vec::new();
+        for (kind, rows, logits) in kinds {
+            let mut graph = llama::build(&cfg, &LlamaGraphOptions { rows, cache_rows, logits, input: InputKind::Ids, taps: false })?;
+            let reports = Pipeline::default_optimize().run(&mut graph)?;
+            built.push((kind, rows, graph, reports));
+        }
+
+        // Prepare every weight any graph uses, once, in parallel (dequantisation and
+        // repacking are the slow part of loading).
+        let mut names: Vec<String> = built.iter().flat_map(|(_, _, g, _)| g.sources("weight").into_iter().map(|(_, n, _)| n.to_string())).collect();
+        names.sort();
+        names.dedup();
+        for (_, _, g, _) in &built {
+            for (_, name, fact) in g.sources("weight") {
+                let stored = source.weights.fact(name)?;
+                if stored.shape != fact.shape {
+                    return Err(ModelError::ShapeMismatch { tensor: name.into(), expected: fact.shape.clone(), found: stored.shape.clone() }.into());
+                }
+            }
+        }
+        let prepared: Vec<(String, Arc<dyn DeviceBuffer>)> = names
+            .par_iter()
+            .map(|name| -> Result<_> {
+                let t = source.weights.to_f32(name)?;
+                Ok((name.clone(), backend.prepare_weight(name, t)?))
+            })
+            .collect::<Result<_>>()?;
+        let weight_bytes = prepared.iter().map(|(_, b)| b.fact().bytes().unwrap_or(0)).sum();
+        let by_name: HashMap<&str, &Arc<dyn DeviceBuffer>> = prepared.iter().map(|(n, b)| (n.as_str(), b)).collect();
+
+        let mut graphs = HashMap::new();
+        for (kind, rows, graph, pass_reports) in built {
+            let weights: Vec<(NodeId, Arc<dyn DeviceBuffer>)> = graph.sources("weight").into_iter().map(|(id, n, _)| (id, by_name[n].clone())).collect();
+            let exec = backend.compile(&graph, &weights)?;
+            let find = |n: &str| graph.find_source("input", n).ok_or_else(|| invalid("graph", format!("compiled graph lacks input `{n}`")));
+            let states = graph.sources("state").into_iter().map(|(id, n, _)| (id, n.to_string())).collect();
+            let cg = CompiledGraph {
+                kind,
+                rows,
+                ids: find("ids")?,
+                pos: find("pos")?,
+                n_valid: find("n_valid")?,
+                last_row: graph.find_source("input", "last_row"),
+                states,
+                exec,
+                graph,
+                pass_reports,
+            };
+            graphs.insert(kind, cg);
+        }
+        Ok(Model {
+            config: cfg,
+            tokenizer: source.tokenizer,
+            chat_template: source.chat_template,
+            description: source.description,
+            backend,
+            options: opts,
+            ctx,
+            cache_rows,
+            graphs,
+            load_ms: 0.0,
+            weight_bytes,
+        })
+    }
+
+    pub fn graph(&self, kind: GraphKind) -> &CompiledGraph {
+        &self.graphs[&kind]
+    }
+
+    /// Token ids that end generation (config EOS ids plus the tokenizer's EOS).
+    pub fn eos_ids(&self) -> Vec<u32> {
+        let mut v = self.config.eos_token_ids.clone();
+        if let Some(t) = &self.chat_template {
+            if let Some(id) = self.tokenizer.token_to_id(&t.eos_token) {
+                v.push(id);
+            }
+        }
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+
+    /// Encodes text (no special tokens are added beyond what the tokenizer's
+    /// post-processor adds; special-token strings in the text map to their ids).
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        Ok(npurt_models::tokenizer::encode(&self.tokenizer, text)?)
+    }
+
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        Ok(npurt_models::tokenizer::decode(&self.tokenizer, ids)?)
+    }
+
+    /// Renders a conversation with the model's chat template (generation prompt added).
+    pub fn render_chat(&self, messages: &[npurt_models::ChatMessage]) -> Result<String> {
+        let t = self.chat_template.as_ref().ok_or(RuntimeError::NoChatTemplate)?;
+        Ok(t.render(messages, true)?)
+    }
+}

@@ -1,0 +1,490 @@
+//! Bad inputs: truncated, lying and corrupted model files and absurd configs must come
+//! back as typed errors whose message names the problem, never as a panic or an
+//! allocation sized by a hostile header.
+//!
+//! The files are synthetic (`npurt_models::testfiles`): a tiny llama in GGUF and in HF
+//! safetensors form, corrupted at known positions.
+
+use npurt_models::gguf::{self, GgmlType, GgufArray, GgufFile, GgufValue};
+use npurt_models::hf_dir;
+use npurt_models::testfiles::{safetensors_f32, safetensors_raw, temp_path, write_json, GgufLayout, GgufWriter, TinyLlama};
+use npurt_models::{ModelError, ModelSource};
+use serde_json::{json, Value};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+
+/// A temp file removed on drop.
+struct TempFile(PathBuf);
+
+impl TempFile {
+    fn new(name: &str, bytes: &[u8]) -> Self {
+        let p = temp_path(name);
+        std::fs::write(&p, bytes).expect("write temp file");
+        TempFile(p)
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        std::fs::remove_file(&self.0).ok();
+    }
+}
+
+/// A temp directory holding the tiny llama in HF form, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn tiny_hf(name: &str) -> Self {
+        let d = TempDir(temp_path(name));
+        TinyLlama::default().write_hf_dir(&d.0).expect("write tiny HF dir");
+        d
+    }
+    fn path(&self, file: &str) -> PathBuf {
+        self.0.join(file)
+    }
+    fn edit_config(&self, edit: impl FnOnce(&mut Value)) {
+        let mut cfg = TinyLlama::default().hf_config();
+        edit(&mut cfg);
+        write_json(&self.path("config.json"), &cfg).expect("write config");
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        std::fs::remove_dir_all(&self.0).ok();
+    }
+}
+
+fn tiny_gguf() -> (Vec<u8>, GgufLayout) {
+    TinyLlama::default().gguf()
+}
+
+fn put_u64(b: &mut [u8], at: usize, x: u64) {
+    b[at..at + 8].copy_from_slice(&x.to_le_bytes());
+}
+
+fn put_u32(b: &mut [u8], at: usize, x: u32) {
+    b[at..at + 4].copy_from_slice(&x.to_le_bytes());
+}
+
+/// Loads `bytes` as a GGUF file through the full loader; the error it must give.
+fn gguf_err(bytes: &[u8]) -> ModelError {
+    let f = TempFile::new("bad.gguf", bytes);
+    match gguf::load(&f.0) {
+        Ok(_) => panic!("a corrupt GGUF loaded"),
+        Err(e) => e,
+    }
+}
+
+fn hf_err(dir: &Path) -> ModelError {
+    match hf_dir::load(dir) {
+        Ok(_) => panic!("a corrupt HF dir loaded"),
+        Err(e) => e,
+    }
+}
+
+fn assert_mentions(err: &ModelError, needles: &[&str]) {
+    let msg = err.to_string();
+    for n in needles {
+        assert!(msg.contains(n), "error {msg:?} should mention {n:?}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// GGUF
+
+#[test]
+fn gguf_truncated_anywhere_is_an_error() {
+    let (bytes, layout) = tiny_gguf();
+    let cuts = [
+        ("empty", 0, None),
+        ("inside the magic", 3, None),
+        ("inside the header", 10, Some("tensor_count")),
+        ("inside the first key", layout.kvs[0].1 + 4, None),
+        ("inside the token list", layout.value_at("tokenizer.ggml.tokens") + 40, None),
+        ("inside the tensor infos", layout.tensor_infos[3].1 + 5, None),
+        ("inside the data", layout.data_at + 5, Some("data of tensor `")),
+        ("one byte short", bytes.len() - 1, Some("data of tensor `output_norm.weight`")),
+    ];
+    for (what, at, needle) in cuts {
+        let err = gguf_err(&bytes[..at]);
+        assert!(
+            matches!(err, ModelError::Truncated { .. } | ModelError::LyingHeader { .. } | ModelError::BadFormat { .. }),
+            "cut {what}: {err}"
+        );
+        assert_mentions(&err, &["bad.gguf"]);
+        if let Some(n) = needle {
+            assert_mentions(&err, &[n]);
+        }
+    }
+    // Past the header, a cut is a truncation or a count that no longer fits, never a
+    // format error.
+    let err = gguf_err(&bytes[..layout.data_at + 5]);
+    assert!(matches!(err, ModelError::Truncated { .. }), "{err}");
+}
+
+#[test]
+fn gguf_tensor_offset_beyond_the_file_names_the_tensor() {
+    let (bytes, layout) = tiny_gguf();
+    let (name, at) = layout.tensor_offset_fields.last().cloned().unwrap();
+    for offset in [1u64 << 40, u64::MAX - 31] {
+        let mut b = bytes.clone();
+        put_u64(&mut b, at, offset);
+        let err = gguf_err(&b);
+        assert!(matches!(err, ModelError::Truncated { .. }), "{err}");
+        assert_mentions(&err, &[&format!("`{name}`")]);
+    }
+    // A misaligned offset is a lie about the layout.
+    let mut b = bytes.clone();
+    put_u64(&mut b, at, 33);
+    let err = gguf_err(&b);
+    assert!(matches!(err, ModelError::LyingHeader { .. }), "{err}");
+    assert_mentions(&err, &[&format!("`{name}`"), "alignment"]);
+}
+
+#[test]
+fn gguf_lying_tensor_count_is_refused_before_allocating() {
+    let (bytes, layout) = tiny_gguf();
+    for count in [1u64 << 40, u64::MAX] {
+        let mut b = bytes.clone();
+        put_u64(&mut b, layout.tensor_count_at, count);
+        let err = gguf_err(&b);
+        assert!(matches!(err, ModelError::LyingHeader { .. }), "{err}");
+        assert_mentions(&err, &["tensor_count"]);
+    }
+}
+
+#[test]
+fn gguf_lying_kv_count_is_refused_before_allocating() {
+    let (bytes, layout) = tiny_gguf();
+    for count in [1u64 << 40, u64::MAX] {
+        let mut b = bytes.clone();
+        put_u64(&mut b, layout.kv_count_at, count);
+        let err = gguf_err(&b);
+        assert!(matches!(err, ModelError::LyingHeader { .. }), "{err}");
+        assert_mentions(&err, &["kv_count"]);
+    }
+}
+
+#[test]
+fn gguf_lying_string_lengths_are_refused() {
+    let (bytes, layout) = tiny_gguf();
+    // The first metadata key's length.
+    let mut b = bytes.clone();
+    put_u64(&mut b, layout.kvs[0].1, 1 << 62);
+    let err = gguf_err(&b);
+    assert!(matches!(err, ModelError::LyingHeader { .. }), "{err}");
+    assert_mentions(&err, &["length of key of metadata entry #0"]);
+
+    // A string value's length.
+    let mut b = bytes.clone();
+    put_u64(&mut b, layout.value_at("general.name"), 1 << 62);
+    let err = gguf_err(&b);
+    assert!(matches!(err, ModelError::LyingHeader { .. }), "{err}");
+    assert_mentions(&err, &["general.name"]);
+
+    // A tensor name's length.
+    let mut b = bytes.clone();
+    put_u64(&mut b, layout.tensor_infos[0].1, 1 << 62);
+    let err = gguf_err(&b);
+    assert!(matches!(err, ModelError::LyingHeader { .. }), "{err}");
+    assert_mentions(&err, &["name of tensor #0"]);
+}
+
+#[test]
+fn gguf_lying_array_length_is_refused() {
+    let (bytes, layout) = tiny_gguf();
+    // Array value: u32 element type, then the u64 count.
+    let count_at = layout.value_at("tokenizer.ggml.tokens") + 4;
+    for count in [1u64 << 61, u64::MAX] {
+        let mut b = bytes.clone();
+        put_u64(&mut b, count_at, count);
+        let err = gguf_err(&b);
+        assert!(matches!(err, ModelError::LyingHeader { .. }), "{err}");
+        assert_mentions(&err, &["array length of metadata key `tokenizer.ggml.tokens`"]);
+    }
+}
+
+#[test]
+fn gguf_bad_magic_and_version_are_format_errors() {
+    let (bytes, _) = tiny_gguf();
+    let mut b = bytes.clone();
+    b[..4].copy_from_slice(b"GGML");
+    let err = gguf_err(&b);
+    assert!(matches!(err, ModelError::BadFormat { .. }), "{err}");
+    assert_mentions(&err, &["magic"]);
+
+    for (version, needle) in [(1u32, "v1"), (7, "version 7"), (3u32.swap_bytes(), "big-endian")] {
+        let mut b = bytes.clone();
+        put_u32(&mut b, 4, version);
+        let err = gguf_err(&b);
+        assert!(matches!(err, ModelError::BadFormat { .. }), "{err}");
+        assert_mentions(&err, &[needle]);
+    }
+}
+
+#[test]
+fn gguf_deeply_nested_arrays_are_refused() {
+    let mut a = GgufArray::U8(vec![1]);
+    for _ in 0..1000 {
+        a = GgufArray::Array(vec![a]);
+    }
+    let mut w = GgufWriter::new();
+    w.kv("bomb", GgufValue::Array(a));
+    let err = GgufFile::parse(&w.build().0, "nested.gguf").unwrap_err();
+    assert!(matches!(err, ModelError::LyingHeader { .. }), "{err}");
+    assert_mentions(&err, &["bomb", "nested"]);
+}
+
+#[test]
+fn gguf_unknown_value_type_names_the_key() {
+    let (bytes, layout) = tiny_gguf();
+    let mut b = bytes.clone();
+    let (key, _, value_at) = layout.kvs[1].clone();
+    put_u32(&mut b, value_at - 4, 99);
+    let err = gguf_err(&b);
+    assert!(matches!(err, ModelError::LyingHeader { .. }), "{err}");
+    assert_mentions(&err, &[&key, "unknown value type 99"]);
+}
+
+#[test]
+fn gguf_unsupported_tensor_type_names_the_tensor() {
+    let tiny = TinyLlama::default();
+    let mut w = tiny.gguf_writer();
+    w.tensor("output.weight", &[256, tiny.vocab as u64], GgmlType::Q6_K, vec![0; 210 * tiny.vocab]);
+    let err = gguf_err(&w.build().0);
+    assert!(matches!(&err, ModelError::UnsupportedDType { tensor, .. } if tensor == "output.weight"), "{err}");
+    assert_mentions(&err, &["q6_k"]);
+
+    // An id no ggml version has: the layout cannot even be checked.
+    let (mut b, layout) = tiny.gguf();
+    let (name, offset_at) = layout.tensor_offset_fields[0].clone();
+    put_u32(&mut b, offset_at - 4, 1000);
+    let err = gguf_err(&b);
+    assert!(matches!(&err, ModelError::UnsupportedDType { tensor, .. } if *tensor == name), "{err}");
+    assert_mentions(&err, &["ggml type 1000"]);
+}
+
+#[test]
+fn gguf_shape_disagreeing_with_config_names_the_tensor() {
+    let (mut b, layout) = tiny_gguf();
+    put_u32(&mut b, layout.value_at("llama.feed_forward_length"), 96);
+    let err = gguf_err(&b);
+    assert!(matches!(&err, ModelError::ShapeMismatch { tensor, .. } if tensor == "model.layers.0.mlp.gate_proj.weight"), "{err}");
+    assert_mentions(&err, &["[96, 32]", "[64, 32]"]);
+}
+
+#[test]
+fn gguf_missing_tensor_is_named() {
+    let mut w = TinyLlama::default().gguf_writer();
+    w.remove_tensor("blk.1.ffn_up.weight");
+    let err = gguf_err(&w.build().0);
+    assert!(matches!(&err, ModelError::MissingTensor(t) if t == "model.layers.1.mlp.up_proj.weight"), "{err}");
+}
+
+#[test]
+fn gguf_absurd_config_names_the_field() {
+    for (key, value, field) in [
+        ("llama.block_count", 0, "num_hidden_layers"),
+        ("llama.embedding_length", u32::MAX, "hidden_size"),
+        ("llama.attention.head_count", 5, "num_attention_heads"),
+    ] {
+        let (mut b, layout) = tiny_gguf();
+        put_u32(&mut b, layout.value_at(key), value);
+        let err = gguf_err(&b);
+        assert!(matches!(&err, ModelError::BadConfig { field: f, .. } if f == field), "{key}: {err}");
+    }
+}
+
+/// Overwrites bytes of a valid tiny GGUF at 200 seeded positions (half of them in the
+/// header and metadata, where the structure is) and opens each result: every outcome
+/// must be `Ok` or `Err`, never a panic.
+#[test]
+fn gguf_corrupted_bytes_never_panic() {
+    let (bytes, layout) = tiny_gguf();
+    let mut rng = Lcg(0x5eed_1234);
+    let mut errors = 0;
+    for i in 0..200 {
+        let mut b = bytes.clone();
+        let range = if i % 2 == 0 { layout.data_at } else { b.len() };
+        let at = rng.below(range);
+        // Mix single-bit flips, random bytes and extreme values.
+        match rng.below(3) {
+            0 => b[at] ^= 1 << rng.below(8),
+            1 => b[at] = rng.next() as u8,
+            _ => b[at] = 0xff,
+        }
+        let f = TempFile::new("fuzz.gguf", &b);
+        let outcome = catch_unwind(AssertUnwindSafe(|| {
+            let parsed = GgufFile::parse(&b, "fuzz.gguf").is_ok();
+            let loaded = gguf::load(&f.0).is_ok();
+            let opened = ModelSource::open(&f.0).is_ok();
+            (parsed, loaded, opened)
+        }));
+        match outcome {
+            Ok((_, loaded, _)) => errors += usize::from(!loaded),
+            Err(_) => panic!("iteration {i}: overwriting byte {at} made the loader panic"),
+        }
+    }
+    // Most structural corruptions must actually be detected, not silently accepted.
+    assert!(errors >= 40, "only {errors} of 200 corruptions were detected");
+}
+
+/// The same for safetensors: corrupt the header of a valid file.
+#[test]
+fn safetensors_corrupted_bytes_never_panic() {
+    let dir = TempDir::tiny_hf("fuzz_hf");
+    let bytes = std::fs::read(dir.path("model.safetensors")).unwrap();
+    let header_end = 8 + u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let mut rng = Lcg(0xfeed_beef);
+    for i in 0..200 {
+        let mut b = bytes.clone();
+        let at = rng.below(header_end);
+        b[at] = rng.next() as u8;
+        std::fs::write(dir.path("model.safetensors"), &b).unwrap();
+        let outcome = catch_unwind(AssertUnwindSafe(|| {
+            let _ = hf_dir::parse_safetensors(&b, "fuzz.safetensors");
+            let _ = hf_dir::load(&dir.0);
+        }));
+        assert!(outcome.is_ok(), "iteration {i}: overwriting byte {at} made the loader panic");
+    }
+}
+
+/// A 64-bit LCG (Knuth's MMIX constants): deterministic, no rand crate.
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 >> 33
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// safetensors / HF directories
+
+#[test]
+fn safetensors_truncated_anywhere_is_an_error() {
+    let dir = TempDir::tiny_hf("trunc_hf");
+    let bytes = std::fs::read(dir.path("model.safetensors")).unwrap();
+    let header_end = 8 + u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    for (what, at, needle) in [
+        ("empty", 0, "header length"),
+        ("inside the length", 4, "header length"),
+        ("inside the header", 20, "JSON header"),
+        ("at the end of the header", header_end, "tensor `"),
+        ("inside the data", header_end + 100, "tensor `"),
+        ("one byte short", bytes.len() - 1, "tensor `"),
+    ] {
+        std::fs::write(dir.path("model.safetensors"), &bytes[..at]).unwrap();
+        let err = hf_err(&dir.0);
+        assert!(matches!(err, ModelError::Truncated { .. }), "cut {what}: {err}");
+        assert_mentions(&err, &["model.safetensors", needle]);
+    }
+}
+
+#[test]
+fn safetensors_header_length_beyond_the_file_is_refused() {
+    let dir = TempDir::tiny_hf("hdr_hf");
+    let bytes = std::fs::read(dir.path("model.safetensors")).unwrap();
+    // Credible but larger than the file: a truncation of the header.
+    let mut b = bytes.clone();
+    b[..8].copy_from_slice(&(bytes.len() as u64).to_le_bytes());
+    std::fs::write(dir.path("model.safetensors"), &b).unwrap();
+    let err = hf_err(&dir.0);
+    assert!(matches!(err, ModelError::Truncated { .. }), "{err}");
+    assert_mentions(&err, &["JSON header"]);
+    // Beyond any credible header: a lie, refused before reading.
+    for len in [1u64 << 40, u64::MAX] {
+        b[..8].copy_from_slice(&len.to_le_bytes());
+        std::fs::write(dir.path("model.safetensors"), &b).unwrap();
+        let err = hf_err(&dir.0);
+        assert!(matches!(err, ModelError::LyingHeader { .. }), "{err}");
+        assert_mentions(&err, &["header length"]);
+    }
+}
+
+#[test]
+fn safetensors_byte_length_disagreeing_with_shape_names_the_tensor() {
+    let dir = TempDir::tiny_hf("len_hf");
+    let header = json!({"model.norm.weight": {"dtype": "F32", "shape": [32], "data_offsets": [0, 100]}});
+    std::fs::write(dir.path("model.safetensors"), safetensors_raw(&header, &[0; 128])).unwrap();
+    let err = hf_err(&dir.0);
+    assert!(matches!(err, ModelError::LyingHeader { .. }), "{err}");
+    assert_mentions(&err, &["`model.norm.weight`", "100 bytes", "128"]);
+
+    let header = json!({"model.norm.weight": {"dtype": "F32", "shape": [1u64 << 62, 1u64 << 62], "data_offsets": [0, 128]}});
+    std::fs::write(dir.path("model.safetensors"), safetensors_raw(&header, &[0; 128])).unwrap();
+    let err = hf_err(&dir.0);
+    assert!(matches!(err, ModelError::LyingHeader { .. }), "{err}");
+    assert_mentions(&err, &["`model.norm.weight`", "overflows"]);
+}
+
+#[test]
+fn hf_shape_disagreeing_with_config_names_the_tensor() {
+    let dir = TempDir::tiny_hf("shape_hf");
+    let mut tensors = TinyLlama::default().hf_tensors();
+    let down = tensors.iter_mut().find(|(n, _)| n == "model.layers.1.mlp.down_proj.weight").unwrap();
+    down.1 = vec![32, 96];
+    std::fs::write(dir.path("model.safetensors"), safetensors_f32(&tensors)).unwrap();
+    let err = hf_err(&dir.0);
+    assert!(matches!(&err, ModelError::ShapeMismatch { tensor, expected, found } if tensor == "model.layers.1.mlp.down_proj.weight" && expected == &[32, 64] && found == &[32, 96]), "{err}");
+}
+
+#[test]
+fn hf_missing_tensor_and_files_are_named() {
+    let dir = TempDir::tiny_hf("missing_hf");
+    let mut tensors = TinyLlama::default().hf_tensors();
+    tensors.retain(|(n, _)| n != "model.layers.0.self_attn.k_proj.weight");
+    std::fs::write(dir.path("model.safetensors"), safetensors_f32(&tensors)).unwrap();
+    let err = hf_err(&dir.0);
+    assert!(matches!(&err, ModelError::MissingTensor(t) if t == "model.layers.0.self_attn.k_proj.weight"), "{err}");
+
+    // A config that unties the embeddings needs lm_head.weight.
+    dir.edit_config(|c| c["tie_word_embeddings"] = json!(false));
+    std::fs::write(dir.path("model.safetensors"), safetensors_f32(&TinyLlama::default().hf_tensors())).unwrap();
+    let err = hf_err(&dir.0);
+    assert!(matches!(&err, ModelError::MissingTensor(t) if t == "lm_head.weight"), "{err}");
+
+    std::fs::remove_file(dir.path("model.safetensors")).unwrap();
+    let err = hf_err(&dir.0);
+    assert!(matches!(&err, ModelError::Io { path, .. } if path.ends_with("model.safetensors")), "{err}");
+
+    std::fs::remove_file(dir.path("config.json")).unwrap();
+    let err = hf_err(&dir.0);
+    assert!(matches!(&err, ModelError::Io { path, .. } if path.ends_with("config.json")), "{err}");
+    let err = ModelSource::open(&dir.0).err().expect("no config.json");
+    assert!(matches!(&err, ModelError::Io { path, .. } if path.ends_with("config.json")), "{err}");
+}
+
+#[test]
+fn hf_absurd_configs_name_the_field() {
+    let dir = TempDir::tiny_hf("config_hf");
+    let cases: [(&str, Value, &str); 5] = [
+        ("hidden_size", json!(1u64 << 40), "hidden_size"),
+        ("num_hidden_layers", json!(0), "num_hidden_layers"),
+        // 5 heads do not divide hidden 32 (and no head_dim says otherwise).
+        ("num_attention_heads", json!(5), "num_attention_heads"),
+        ("vocab_size", json!(-3), "vocab_size"),
+        ("intermediate_size", json!("big"), "intermediate_size"),
+    ];
+    for (key, value, field) in cases {
+        dir.edit_config(|c| {
+            c[key] = value.clone();
+            if key == "num_attention_heads" {
+                c.as_object_mut().unwrap().remove("head_dim");
+                c["num_key_value_heads"] = json!(5);
+            }
+        });
+        let err = hf_err(&dir.0);
+        assert!(matches!(&err, ModelError::BadConfig { field: f, .. } if f == field), "{key}: {err}");
+    }
+
+    std::fs::write(dir.path("config.json"), b"{\"hidden_size\": 32,").unwrap();
+    let err = hf_err(&dir.0);
+    assert!(matches!(err, ModelError::BadFormat { .. }), "{err}");
+    assert_mentions(&err, &["config.json"]);
+}
