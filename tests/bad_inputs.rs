@@ -272,6 +272,17 @@ fn gguf_shape_disagreeing_with_config_names_the_tensor() {
     let err = gguf_err(&b);
     assert!(matches!(&err, ModelError::ShapeMismatch { tensor, .. } if tensor == "model.layers.0.mlp.gate_proj.weight"), "{err}");
     assert_mentions(&err, &["[96, 32]", "[64, 32]"]);
+
+    // A q projection whose rows are not whole heads (so cannot be un-permuted) is
+    // reported against the config's shape, not as a permutation problem.
+    let mut w = TinyLlama::default().gguf_writer();
+    w.remove_tensor("blk.0.attn_q.weight");
+    w.tensor("blk.0.attn_q.weight", &[32, 24], GgmlType::F32, vec![0; 32 * 24 * 4]);
+    let err = gguf_err(&w.build().0);
+    assert!(
+        matches!(&err, ModelError::ShapeMismatch { tensor, expected, found } if tensor == "model.layers.0.self_attn.q_proj.weight" && expected == &[32, 32] && found == &[24, 32]),
+        "{err}"
+    );
 }
 
 #[test]

@@ -133,6 +133,10 @@ fn tensor_entry(name: &str, info: &Value, data_start: u64, data_len: u64, file: 
         "F32" => DType::F32,
         "F16" => DType::F16,
         "BF16" => DType::BF16,
+        // Integer tensors are no weights, but golden and auxiliary files hold them.
+        "I32" => DType::I32,
+        "I16" => DType::I16,
+        "I8" => DType::I8,
         other => return Err(ModelError::UnsupportedDType { tensor: name.into(), dtype: other.into() }),
     };
     let shape: Option<Vec<usize>> = info
