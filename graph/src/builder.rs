@@ -1,7 +1,7 @@
 //! A thin builder over `Graph::add` that scopes node names (`layers.3.attn.q`) so model
 //! code reads like the model and errors point at the exact layer.
 
-use crate::{Graph, GraphError, NodeId, Op, RopeParams, TensorFact};
+use crate::{ActPrecision, Epilogue, Graph, GraphError, NodeId, Op, RopeParams, TensorFact};
 
 pub struct Builder {
     pub graph: Graph,
@@ -53,7 +53,7 @@ impl Builder {
                 return Ok(id);
             }
         }
-        self.graph.add(name, Op::Weight { name: name.into(), fact }, &[])
+        self.graph.add(name, Op::Weight { name: name.into(), fact, parts: Vec::new() }, &[])
     }
     pub fn state(&mut self, name: &str, fact: TensorFact) -> R {
         self.graph.add(name, Op::State { name: name.into(), fact }, &[])
@@ -63,7 +63,7 @@ impl Builder {
     }
     /// `x [M,K] @ w^T` with `w` stored `[N, K]` (PyTorch Linear).
     pub fn linear(&mut self, name: &str, x: NodeId, w: NodeId) -> R {
-        self.op(name, Op::MatMul { transpose_b: true }, &[x, w])
+        self.op(name, Op::MatMul { transpose_b: true, act: ActPrecision::F32, epilogue: Epilogue::None }, &[x, w])
     }
     pub fn add(&mut self, name: &str, a: NodeId, b: NodeId) -> R {
         self.op(name, Op::Add, &[a, b])

@@ -20,6 +20,10 @@ pub enum DType {
     Q4_1,
     /// GGUF Q8_0: 32 values, f16 scale d, i8 q: x = d * q.
     Q8_0,
+    /// Q8 per output channel: a `[rows, cols]` matrix stored as all i8 values
+    /// (row-major), then one f32 scale per row: x = scale[row] * q. Not a block format:
+    /// its size depends on the row count, so use `TensorFact::bytes`.
+    Q8Channel,
 }
 
 impl DType {
@@ -40,11 +44,12 @@ impl DType {
             DType::Q4_0 => 2 + 16,
             DType::Q4_1 => 2 + 2 + 16,
             DType::Q8_0 => 2 + 32,
+            DType::Q8Channel => 1,
         }
     }
 
     pub const fn is_quantized(self) -> bool {
-        self.block_elems() > 1
+        self.block_elems() > 1 || matches!(self, DType::Q8Channel)
     }
 
     pub const fn is_float(self) -> bool {
@@ -55,7 +60,7 @@ impl DType {
     /// blocks or the size overflows. Callers use this to validate untrusted headers
     /// before allocating.
     pub fn storage_bytes(self, elems: usize) -> Option<usize> {
-        if elems % self.block_elems() != 0 {
+        if self == DType::Q8Channel || elems % self.block_elems() != 0 {
             return None;
         }
         (elems / self.block_elems()).checked_mul(self.block_bytes())
@@ -72,6 +77,7 @@ impl DType {
             DType::Q4_0 => "q4_0",
             DType::Q4_1 => "q4_1",
             DType::Q8_0 => "q8_0",
+            DType::Q8Channel => "q8_channel",
         }
     }
 }

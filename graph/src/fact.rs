@@ -28,6 +28,10 @@ impl TensorFact {
     }
     /// Bytes of storage, `None` on overflow or a shape that is not whole blocks.
     pub fn bytes(&self) -> Option<usize> {
+        if self.dtype == DType::Q8Channel {
+            // i8 values, then an f32 scale per row.
+            return self.elems()?.checked_add(self.rows().checked_mul(4)?).filter(|_| self.rank() == 2);
+        }
         self.dtype.storage_bytes(self.elems()?)
     }
     /// Size of the last dimension (1 for scalars).

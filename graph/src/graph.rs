@@ -76,7 +76,7 @@ impl Graph {
             .enumerate()
             .filter(|(_, n)| n.op.kind() == kind)
             .map(|(i, n)| match &n.op {
-                Op::Input { name, fact } | Op::Weight { name, fact } | Op::State { name, fact } => (NodeId(i), name.as_str(), fact),
+                Op::Input { name, fact } | Op::Weight { name, fact, .. } | Op::State { name, fact } => (NodeId(i), name.as_str(), fact),
                 _ => unreachable!("kind() matched a source"),
             })
             .collect()

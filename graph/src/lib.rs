@@ -16,7 +16,7 @@ pub use builder::Builder;
 pub use dtype::DType;
 pub use fact::TensorFact;
 pub use graph::{Graph, Node, NodeId};
-pub use op::{InferError, Op, RopeParams, RopeScaling};
+pub use op::{ActPrecision, Epilogue, InferError, Op, RopeParams, RopeScaling};
 
 #[derive(Debug, thiserror::Error)]
 pub enum GraphError {

@@ -32,18 +32,87 @@ pub struct RopeParams {
     pub scaling: RopeScaling,
 }
 
+/// Precision a matmul quantizes its activations to before multiplying (the compile
+/// policy picks it per module). Scales are dynamic, computed from the data at run time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum ActPrecision {
+    #[default]
+    F32,
+    /// i16 with one scale per row (BlueLM-V's INT16 LLM activations).
+    I16,
+    /// i8 with one scale per 32-value block (matches the weight groups; VNNI dot products).
+    I8,
+}
+
+impl ActPrecision {
+    pub fn name(self) -> &'static str {
+        match self {
+            ActPrecision::F32 => "f32",
+            ActPrecision::I16 => "i16",
+            ActPrecision::I8 => "i8",
+        }
+    }
+}
+
+/// Work fused into a matmul's output stage. Extra inputs follow `a, b` in this order:
+/// bias `[N]`, then residual `[M, N]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum Epilogue {
+    #[default]
+    None,
+    Bias,
+    Residual,
+    BiasResidual,
+    /// `b` is `[2N, K]`: gate rows `0..N`, then up rows `N..2N`; the output `[M, N]` is
+    /// `silu(a @ gate^T) * (a @ up^T)` (LLaMA's MLP from one fused gate+up matmul).
+    SwiGlu,
+}
+
+impl Epilogue {
+    pub fn has_bias(self) -> bool {
+        matches!(self, Epilogue::Bias | Epilogue::BiasResidual)
+    }
+    pub fn has_residual(self) -> bool {
+        matches!(self, Epilogue::Residual | Epilogue::BiasResidual)
+    }
+    pub fn extra_inputs(self) -> usize {
+        self.has_bias() as usize + self.has_residual() as usize
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Epilogue::None => "",
+            Epilogue::Bias => "+bias",
+            Epilogue::Residual => "+residual",
+            Epilogue::BiasResidual => "+bias+residual",
+            Epilogue::SwiGlu => "+swiglu",
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub enum Op {
     /// A run-time input (token ids, embeddings, positions), bound per execution.
     Input { name: String, fact: TensorFact },
-    /// A constant weight, prepared (repacked) once by the backend.
-    Weight { name: String, fact: TensorFact },
+    /// A constant weight, prepared (repacked) once by the backend. `parts` empty: the
+    /// checkpoint tensor `name`; otherwise the rows of these checkpoint tensors
+    /// concatenated in order (fused q/k/v or gate/up weights). `fact.dtype` is the
+    /// format the compiled graph wants; the loader converts (losslessly if the
+    /// checkpoint already stores that format).
+    Weight { name: String, fact: TensorFact, parts: Vec<String> },
     /// Persistent per-session state (the KV cache), bound per session.
     State { name: String, fact: TensorFact },
     /// Embedding lookup: `(table [V, H], ids i32[T]) -> [T, H]`.
     Gather,
-    /// `(a [M, K], b) -> [M, N]`, see module docs for `transpose_b`.
-    MatMul { transpose_b: bool },
+    /// `(a [M, K], b, extra..) -> [M, N]`, see module docs for `transpose_b`; `a` is
+    /// quantized to `act` on the fly; `epilogue` adds fused output work.
+    MatMul { transpose_b: bool, act: ActPrecision, epilogue: Epilogue },
+    /// Conv2D patch embedding (kernel = stride = `patch`, no padding), the ViT stem:
+    /// `(pixels [B, C, H, W], weight [D, C*patch*patch], bias [D])` ->
+    /// `[B * (H/patch) * (W/patch), D]`, patches row-major within each image.
+    /// The weight is the PyTorch conv weight `[D, C, p, p]` flattened per out channel.
+    PatchEmbed { patch: usize },
+    /// Columns `start .. start+len` of `x [M, N]` (splits a fused q/k/v output).
+    SliceCols { start: usize, len: usize },
     /// Elementwise; `b` may broadcast over leading dims (its shape a suffix of `a`'s).
     Add,
     Mul,
@@ -136,6 +205,8 @@ impl Op {
             Op::Reshape { .. } => "reshape",
             Op::Transpose { .. } => "transpose",
             Op::SelectRow => "select_row",
+            Op::SliceCols { .. } => "slice_cols",
+            Op::PatchEmbed { .. } => "patch_embed",
         }
     }
 
@@ -147,9 +218,10 @@ impl Op {
     pub fn arity(&self) -> usize {
         match self {
             Op::Input { .. } | Op::Weight { .. } | Op::State { .. } => 0,
-            Op::Silu | Op::Gelu { .. } | Op::Softmax | Op::Reshape { .. } | Op::Transpose { .. } => 1,
-            Op::Gather | Op::MatMul { .. } | Op::Add | Op::Mul | Op::RmsNorm { .. } | Op::SelectRow => 2,
-            Op::LayerNorm { .. } | Op::Rope { .. } | Op::KvWrite => 3,
+            Op::Silu | Op::Gelu { .. } | Op::Softmax | Op::Reshape { .. } | Op::Transpose { .. } | Op::SliceCols { .. } => 1,
+            Op::MatMul { epilogue, .. } => 2 + epilogue.extra_inputs(),
+            Op::Gather | Op::Add | Op::Mul | Op::RmsNorm { .. } | Op::SelectRow => 2,
+            Op::LayerNorm { .. } | Op::Rope { .. } | Op::KvWrite | Op::PatchEmbed { .. } => 3,
             Op::Attention { .. } => 5,
         }
     }
@@ -174,19 +246,54 @@ impl Op {
                 want_rank(ids, 1, "gather ids")?;
                 Ok(TensorFact::f32([ids.shape[0], table.shape[1]]))
             }
-            Op::MatMul { transpose_b } => {
+            Op::MatMul { transpose_b, epilogue, .. } => {
                 let (a, b) = (inputs[0], inputs[1]);
                 want_rank(a, 2, "matmul a")?;
                 want_rank(b, 2, "matmul b")?;
                 want_float(a, "matmul a")?;
-                let (bk, n) = if *transpose_b { (b.shape[1], b.shape[0]) } else { (b.shape[0], b.shape[1]) };
+                let (bk, mut n) = if *transpose_b { (b.shape[1], b.shape[0]) } else { (b.shape[0], b.shape[1]) };
                 if a.shape[1] != bk {
                     return Err(format!("matmul inner dims differ: a {a}, b {b} (transpose_b={transpose_b})"));
                 }
-                if b.dtype.is_quantized() && !transpose_b {
-                    return Err("quantized matmul weights must be [N, K] (transpose_b)".into());
+                if (b.dtype.is_quantized() || *epilogue != Epilogue::None) && !transpose_b {
+                    return Err("quantized or fused matmul weights must be [N, K] (transpose_b)".into());
+                }
+                if *epilogue == Epilogue::SwiGlu {
+                    if n % 2 != 0 {
+                        return Err(format!("swiglu matmul needs an even number of weight rows, got {b}"));
+                    }
+                    n /= 2;
+                }
+                let mut extra = inputs[2..].iter();
+                if epilogue.has_bias() && extra.next().map(|f| f.shape != [n]).unwrap_or(true) {
+                    return Err(format!("matmul bias must be [{n}]"));
+                }
+                if epilogue.has_residual() && extra.next().map(|f| f.shape != [a.shape[0], n]).unwrap_or(true) {
+                    return Err(format!("matmul residual must be [{}, {n}]", a.shape[0]));
                 }
                 Ok(TensorFact::f32([a.shape[0], n]))
+            }
+            Op::PatchEmbed { patch } => {
+                let (x, w, b) = (inputs[0], inputs[1], inputs[2]);
+                want_rank(x, 4, "patch_embed pixels")?;
+                want_float(x, "patch_embed pixels")?;
+                let (bt, c, h, wd) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3]);
+                if *patch == 0 || h < *patch || wd < *patch {
+                    return Err(format!("patch {patch} does not fit {x}"));
+                }
+                let d = w.shape.first().copied().unwrap_or(0);
+                if w.rank() != 2 || w.shape[1] != c * patch * patch || b.shape != [d] {
+                    return Err(format!("patch_embed weight must be [D, {}] and bias [D], got {w} and {b}", c * patch * patch));
+                }
+                Ok(TensorFact::f32([bt * (h / patch) * (wd / patch), d]))
+            }
+            Op::SliceCols { start, len } => {
+                let x = inputs[0];
+                want_rank(x, 2, "slice_cols input")?;
+                if *len == 0 || start + len > x.shape[1] {
+                    return Err(format!("slice_cols {start}..{} outside {x}", start + len));
+                }
+                Ok(TensorFact::new(x.dtype, [x.shape[0], *len]))
             }
             Op::Add | Op::Mul => {
                 let (a, b) = (inputs[0], inputs[1]);

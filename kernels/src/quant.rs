@@ -54,7 +54,7 @@ pub fn dequantize(dtype: DType, src: &[u8], dst: &mut [f32]) -> bool {
                 }
             }
         }
-        DType::I32 | DType::I16 | DType::I8 => return false,
+        DType::I32 | DType::I16 | DType::I8 | DType::Q8Channel => return false,
     }
     true
 }
@@ -85,5 +85,124 @@ mod tests {
         assert!(dequantize(DType::Q8_0, &blk, &mut out));
         assert_eq!(out[0], -1.0);
         assert!(!dequantize(DType::Q8_0, &blk[..33], &mut out));
+    }
+}
+
+/// Quantizes a row-major `[rows, cols]` f32 matrix to `dtype` with round-to-nearest
+/// (the rule npurt uses when compiling f32/f16/bf16 checkpoints to low-bit formats):
+/// - Q8_0: d = max|x| / 127, q = round(x / d);
+/// - Q4_0: as llama.cpp: d = m / -8 where m is the value of largest magnitude (sign
+///   kept), q = clamp(round(x / d) + 8, 0, 15);
+/// - Q4_1: d = (max - min) / 15, m = min, q = clamp(round((x - min) / d), 0, 15);
+/// - Q8Channel: per row, scale = max|x| / 127, q = round(x / scale);
+/// - F32/F16/BF16: conversion. Scales are stored as f16 (f32 for Q8Channel), and the
+///   rounding uses the stored (f16-rounded) scale so dequantization matches exactly.
+///
+/// Returns `None` if `cols` is not a multiple of the block size or the dtype is not a
+/// weight format.
+pub fn quantize(dtype: DType, x: &[f32], cols: usize) -> Option<Vec<u8>> {
+    if cols == 0 || x.len() % cols != 0 || cols % dtype.block_elems() != 0 {
+        return None;
+    }
+    let mut out = Vec::with_capacity(npurt_graph::TensorFact::new(dtype, [x.len() / cols, cols]).bytes()?);
+    match dtype {
+        DType::F32 => x.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
+        DType::F16 => x.iter().for_each(|v| out.extend_from_slice(&f16::from_f32(*v).to_le_bytes())),
+        DType::BF16 => x.iter().for_each(|v| out.extend_from_slice(&bf16::from_f32(*v).to_le_bytes())),
+        DType::Q8_0 => {
+            for blk in x.chunks_exact(32) {
+                let amax = blk.iter().fold(0f32, |a, v| a.max(v.abs()));
+                let d = f16::from_f32(amax / 127.0);
+                let inv = if d.to_f32() != 0.0 { 1.0 / d.to_f32() } else { 0.0 };
+                out.extend_from_slice(&d.to_le_bytes());
+                out.extend(blk.iter().map(|v| ((v * inv).round().clamp(-127.0, 127.0) as i8) as u8));
+            }
+        }
+        DType::Q4_0 | DType::Q4_1 => {
+            for blk in x.chunks_exact(32) {
+                let q: Vec<u8> = if dtype == DType::Q4_0 {
+                    let m = blk.iter().fold(0f32, |a, &v| if v.abs() > a.abs() { v } else { a });
+                    let d = f16::from_f32(m / -8.0);
+                    out.extend_from_slice(&d.to_le_bytes());
+                    let inv = if d.to_f32() != 0.0 { 1.0 / d.to_f32() } else { 0.0 };
+                    blk.iter().map(|v| (v * inv + 8.0).round().clamp(0.0, 15.0) as u8).collect()
+                } else {
+                    let (mn, mx) = blk.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
+                    let d = f16::from_f32((mx - mn) / 15.0);
+                    let m = f16::from_f32(mn);
+                    out.extend_from_slice(&d.to_le_bytes());
+                    out.extend_from_slice(&m.to_le_bytes());
+                    let inv = if d.to_f32() != 0.0 { 1.0 / d.to_f32() } else { 0.0 };
+                    blk.iter().map(|v| ((v - m.to_f32()) * inv).round().clamp(0.0, 15.0) as u8).collect()
+                };
+                out.extend((0..16).map(|j| q[j] | (q[j + 16] << 4)));
+            }
+        }
+        DType::Q8Channel => {
+            let mut scales = Vec::with_capacity(x.len() / cols);
+            for row in x.chunks_exact(cols) {
+                let s = row.iter().fold(0f32, |a, v| a.max(v.abs())) / 127.0;
+                let inv = if s != 0.0 { 1.0 / s } else { 0.0 };
+                out.extend(row.iter().map(|v| ((v * inv).round().clamp(-127.0, 127.0) as i8) as u8));
+                scales.push(s);
+            }
+            scales.iter().for_each(|s| out.extend_from_slice(&s.to_le_bytes()));
+        }
+        DType::I32 | DType::I16 | DType::I8 => return None,
+    }
+    Some(out)
+}
+
+/// Dequantizes any weight format, including `Q8Channel` (which needs the row length).
+pub fn dequantize_matrix(dtype: DType, src: &[u8], cols: usize, dst: &mut [f32]) -> bool {
+    if dtype != DType::Q8Channel {
+        return dequantize(dtype, src, dst);
+    }
+    if cols == 0 || dst.len() % cols != 0 {
+        return false;
+    }
+    let rows = dst.len() / cols;
+    if src.len() != dst.len() + 4 * rows {
+        return false;
+    }
+    let (vals, scales) = src.split_at(dst.len());
+    for (r, out) in dst.chunks_exact_mut(cols).enumerate() {
+        let s = f32::from_le_bytes([scales[4 * r], scales[4 * r + 1], scales[4 * r + 2], scales[4 * r + 3]]);
+        for (o, &q) in out.iter_mut().zip(&vals[r * cols..(r + 1) * cols]) {
+            *o = s * (q as i8) as f32;
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod quantize_tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_errors_are_within_half_a_step() {
+        let x: Vec<f32> = (0..128).map(|i| ((i * 37 % 101) as f32 - 50.0) / 17.0).collect();
+        for (dt, steps) in [(DType::Q8_0, 127.0), (DType::Q4_0, 8.0), (DType::Q4_1, 15.0), (DType::Q8Channel, 127.0)] {
+            let q = quantize(dt, &x, 64).unwrap();
+            let mut y = vec![0f32; 128];
+            assert!(dequantize_matrix(dt, &q, 64, &mut y), "{dt}");
+            let amax = x.iter().fold(0f32, |a, v| a.max(v.abs()));
+            let err = x.iter().zip(&y).fold(0f32, |a, (p, q)| a.max((p - q).abs()));
+            assert!(err <= amax * 2.0 / steps, "{dt}: max error {err}");
+        }
+    }
+
+    #[test]
+    fn requantizing_gguf_blocks_is_lossless() {
+        let x: Vec<f32> = (0..64).map(|i| (i as f32 * 0.731).sin()).collect();
+        for dt in [DType::Q8_0, DType::Q4_0, DType::Q4_1] {
+            let q = quantize(dt, &x, 64).unwrap();
+            let mut y = vec![0f32; 64];
+            dequantize(dt, &q, &mut y);
+            let q2 = quantize(dt, &y, 64).unwrap();
+            let mut y2 = vec![0f32; 64];
+            dequantize(dt, &q2, &mut y2);
+            assert_eq!(y, y2, "{dt}: quantize(dequantize(q)) must reproduce the values");
+        }
     }
 }

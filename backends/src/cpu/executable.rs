@@ -152,11 +152,26 @@ impl CpuExecutable {
                         };
                         r::gather(f32_of(ins[0])?, node.fact.shape[1], ids, &mut out).map_err(kerr)?;
                     }
-                    Op::MatMul { transpose_b } => {
+                    Op::MatMul { transpose_b, epilogue, .. } => {
                         let a = g.fact(ins[0]);
-                        let (m, kk, n) = (a.shape[0], a.shape[1], node.fact.shape[1]);
-                        k::matmul_f32(f32_of(ins[0])?, f32_of(ins[1])?, m, kk, n, *transpose_b, &mut out);
+                        let b = g.fact(ins[1]);
+                        let (m, kk) = (a.shape[0], a.shape[1]);
+                        let n_b = if *transpose_b { b.shape[0] } else { b.shape[1] };
+                        if *epilogue == npurt_graph::Epilogue::None {
+                            k::matmul_f32(f32_of(ins[0])?, f32_of(ins[1])?, m, kk, n_b, *transpose_b, &mut out);
+                        } else {
+                            let mut pre = vec![0f32; m * n_b];
+                            k::matmul_f32(f32_of(ins[0])?, f32_of(ins[1])?, m, kk, n_b, *transpose_b, &mut pre);
+                            let bias = if epilogue.has_bias() { Some(f32_of(ins[2])?) } else { None };
+                            let residual = if epilogue.has_residual() { Some(f32_of(ins[ins.len() - 1])?) } else { None };
+                            r::epilogue(&pre, m, n_b, *epilogue, bias, residual, &mut out);
+                        }
                     }
+                    Op::PatchEmbed { patch } => {
+                        let sh = &g.fact(ins[0]).shape;
+                        r::patch_embed(f32_of(ins[0])?, [sh[0], sh[1], sh[2], sh[3]], f32_of(ins[1])?, f32_of(ins[2])?, *patch, &mut out);
+                    }
+                    Op::SliceCols { start, len } => r::slice_cols(f32_of(ins[0])?, g.fact(ins[0]).shape[1], *start, *len, &mut out),
                     Op::Add => r::add(f32_of(ins[0])?, f32_of(ins[1])?, &mut out),
                     Op::Mul => r::mul(f32_of(ins[0])?, f32_of(ins[1])?, &mut out),
                     Op::RmsNorm { eps } => r::rms_norm(f32_of(ins[0])?, f32_of(ins[1])?, *eps, &mut out),

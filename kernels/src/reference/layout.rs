@@ -32,3 +32,38 @@ pub fn select_row(x: &[f32], width: usize, index: i32, out: &mut [f32]) -> Resul
     out.copy_from_slice(&x[i * width..(i + 1) * width]);
     Ok(())
 }
+
+/// Columns `start..start+len` of `x [rows, width]`.
+pub fn slice_cols(x: &[f32], width: usize, start: usize, len: usize, out: &mut [f32]) {
+    for (row, o) in x.chunks_exact(width).zip(out.chunks_exact_mut(len)) {
+        o.copy_from_slice(&row[start..start + len]);
+    }
+}
+
+/// Conv2D with kernel = stride = `patch`, no padding: `pixels [B, C, H, W]`,
+/// `weight [D, C*patch*patch]` (PyTorch `[D, C, p, p]` flattened), `bias [D]` ->
+/// `out [B * (H/p) * (W/p), D]`, patches row-major.
+pub fn patch_embed(pixels: &[f32], shape: [usize; 4], weight: &[f32], bias: &[f32], patch: usize, out: &mut [f32]) {
+    let [b, c, h, w] = shape;
+    let (gh, gw, d) = (h / patch, w / patch, bias.len());
+    let kk = c * patch * patch;
+    let mut col = vec![0f32; kk];
+    for img in 0..b {
+        for py in 0..gh {
+            for px in 0..gw {
+                for ch in 0..c {
+                    for ky in 0..patch {
+                        for kx in 0..patch {
+                            col[(ch * patch + ky) * patch + kx] = pixels[((img * c + ch) * h + py * patch + ky) * w + px * patch + kx];
+                        }
+                    }
+                }
+                let row = (img * gh + py) * gw + px;
+                for o in 0..d {
+                    let wr = &weight[o * kk..(o + 1) * kk];
+                    out[row * d + o] = bias[o] + wr.iter().zip(&col).map(|(a, b)| a * b).sum::<f32>();
+                }
+            }
+        }
+    }
+}

@@ -12,3 +12,32 @@ pub fn matmul(a: &[f32], b: &[f32], m: usize, k: usize, n: usize, transpose_b: b
         }
     }
 }
+
+/// Applies a fused matmul epilogue to the raw product `pre [m, n_b]` (`n_b` = weight
+/// rows): bias `[n]`, residual `[m, n]`, or SwiGLU (`n_b = 2n`: gate columns `0..n`,
+/// up columns `n..2n`; `out = silu(gate) * up`).
+pub fn epilogue(pre: &[f32], m: usize, n_b: usize, epi: npurt_graph::Epilogue, bias: Option<&[f32]>, residual: Option<&[f32]>, out: &mut [f32]) {
+    use npurt_graph::Epilogue;
+    if epi == Epilogue::SwiGlu {
+        let n = n_b / 2;
+        for i in 0..m {
+            for j in 0..n {
+                let (g, u) = (pre[i * n_b + j], pre[i * n_b + n + j]);
+                out[i * n + j] = g / (1.0 + (-g).exp()) * u;
+            }
+        }
+        return;
+    }
+    for i in 0..m {
+        for j in 0..n_b {
+            let mut v = pre[i * n_b + j];
+            if let Some(b) = bias {
+                v += b[j];
+            }
+            if let Some(r) = residual {
+                v += r[i * n_b + j];
+            }
+            out[i * n_b + j] = v;
+        }
+    }
+}

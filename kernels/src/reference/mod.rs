@@ -19,8 +19,8 @@ pub use attention::attention;
 pub use elementwise::{add, gelu, gelu_erf, gelu_tanh, mul, silu, softmax};
 pub use gather::gather;
 pub use kv_write::kv_write;
-pub use layout::{select_row, transpose};
-pub use matmul::matmul;
+pub use layout::{patch_embed, select_row, slice_cols, transpose};
+pub use matmul::{epilogue, matmul};
 pub use norm::{layer_norm, rms_norm};
 pub use rope::{rope, rope_inv_freq};
 
