@@ -16,7 +16,11 @@
 
 #[cfg(feature = "cpu")]
 pub mod cpu;
+/// The backend conformance suite (every op vs the reference kernels, by NMSE).
+pub mod conformance;
 mod registry;
+#[cfg(feature = "wgpu")]
+pub mod wgpu;
 
 pub use registry::{BackendOptions, Registry};
 
@@ -141,6 +145,18 @@ pub trait Backend: Send + Sync {
     /// Copies rows `[0, rows)` of a 2-D buffer into another of the same width (KV-cache
     /// truncation and session forks use it).
     fn copy_rows(&self, src: &dyn DeviceBuffer, dst: &dyn DeviceBuffer, rows: usize) -> Result<()>;
+
+    /// The kernel this backend runs for node `id` (for `npurt inspect` and logs), e.g.
+    /// `matmul[q4_1 x i16 +swiglu, avx512]`.
+    fn kernel_name(&self, graph: &Graph, id: NodeId) -> String {
+        let n = graph.node(id);
+        match &n.op {
+            npurt_graph::Op::MatMul { act, epilogue, .. } => {
+                format!("matmul[{} x {}{}]", graph.fact(n.inputs[1]).dtype, act.name(), epilogue.name())
+            }
+            op => op.kind().to_string(),
+        }
+    }
 
     /// Waits for all submitted work (a no-op on synchronous backends).
     fn synchronize(&self) -> Result<()> {

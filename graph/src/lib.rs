@@ -11,11 +11,13 @@ mod fact;
 mod graph;
 mod op;
 pub mod passes;
+mod precision;
 
 pub use builder::Builder;
 pub use dtype::DType;
 pub use fact::TensorFact;
 pub use graph::{Graph, Node, NodeId};
+pub use precision::{PrecisionPolicy, WeightFormat};
 pub use op::{ActPrecision, Epilogue, InferError, Op, RopeParams, RopeScaling};
 
 #[derive(Debug, thiserror::Error)]

@@ -198,4 +198,70 @@ mod tests {
             assert!(g.find_source("weight", "lm_head.weight").is_none());
         }
     }
+
+    /// Runs `graph` on the CPU backend with weights from `w` (parts concatenated).
+    fn run_cpu(graph: &Graph, w: &std::collections::HashMap<String, Vec<f32>>, ids: &[i32]) -> Vec<f32> {
+        use npurt_backends::{cpu::{CpuBackend, CpuOptions}, Backend, Bindings, BufferUsage};
+        use npurt_graph::Op;
+        use npurt_kernels::HostTensor;
+        let be = CpuBackend::new(CpuOptions::default());
+        let mut weights = Vec::new();
+        for id in graph.ids() {
+            if let Op::Weight { name, fact, parts } = &graph.node(id).op {
+                let names = if parts.is_empty() { vec![name.clone()] } else { parts.clone() };
+                let data: Vec<f32> = names.iter().flat_map(|n| w[n].iter().copied()).collect();
+                weights.push((id, be.prepare_weight(name, HostTensor::f32(fact.shape.clone(), data)).unwrap()));
+            }
+        }
+        let exec = be.compile(graph, &weights).unwrap();
+        let mut b = Bindings::default();
+        for (name, v) in [("ids", ids.to_vec()), ("pos", vec![0]), ("n_valid", vec![ids.len() as i32])] {
+            let t = HostTensor::i32([v.len()], v);
+            let buf = be.alloc(&t.fact, BufferUsage::Activations).unwrap();
+            be.write(buf.as_ref(), &t).unwrap();
+            b.sources.push((graph.find_source("input", name).unwrap(), buf));
+        }
+        for (id, _, fact) in graph.sources("state") {
+            b.sources.push((id, be.alloc(fact, BufferUsage::State).unwrap()));
+        }
+        let out = graph.fact(graph.output("logits").unwrap()).clone();
+        b.outputs.push(("logits".into(), be.alloc(&out, BufferUsage::Activations).unwrap()));
+        exec.run(&b, exec.new_scratch().unwrap().as_mut()).unwrap();
+        be.read(b.output("logits").unwrap().as_ref()).unwrap().into_f32().unwrap()
+    }
+
+    #[test]
+    fn fused_graph_computes_what_the_plain_graph_does() {
+        use npurt_graph::passes::Pipeline;
+        use npurt_graph::PrecisionPolicy;
+        let cfg = tiny();
+        let opts = LlamaGraphOptions { rows: 5, cache_rows: 8, logits: LogitsMode::All, input: InputKind::Ids, taps: false };
+        let plain = build(&cfg, &opts).unwrap();
+        let mut fused = plain.clone();
+        let reports = Pipeline::compile(PrecisionPolicy::F32, Box::new(|_| None)).run(&mut fused).unwrap();
+        assert!(reports.iter().any(|r| r.pass == "fuse-swiglu" && r.changed));
+        // Per layer: one qkv matmul (+bias), one o_proj (+bias+residual), one gate+up
+        // (+swiglu), one down (+residual); plus the head.
+        let kinds = fused.op_histogram();
+        let count = |k: &str| kinds.iter().find(|(n, _)| *n == k).map(|(_, c)| *c).unwrap_or(0);
+        assert_eq!(count("matmul"), 4 * cfg.num_hidden_layers + 1, "{fused}");
+        assert_eq!(count("slice_cols"), 3 * cfg.num_hidden_layers);
+        assert_eq!(count("add") + count("mul") + count("silu"), 0, "{fused}");
+        let mut seed = 7u64;
+        let mut w = std::collections::HashMap::new();
+        for (_, name, fact) in plain.sources("weight") {
+            let n = fact.elems().unwrap();
+            let v: Vec<f32> = (0..n)
+                .map(|_| {
+                    seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    ((seed >> 33) as f32 / (1u64 << 31) as f32 - 0.5) * 0.4 + if name.contains("norm") { 1.0 } else { 0.0 }
+                })
+                .collect();
+            w.insert(name.to_string(), v);
+        }
+        let ids = [3, 17, 42, 0, 63];
+        let (a, b) = (run_cpu(&plain, &w, &ids), run_cpu(&fused, &w, &ids));
+        let d = a.iter().zip(&b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+        assert!(d < 1e-5, "fused graph differs by {d}");
+    }
 }

@@ -131,6 +131,64 @@ impl WeightStore {
         Ok(HostTensor::f32(e.fact.shape.clone(), out))
     }
 
+    /// Stored bytes of one checkpoint tensor with the row permutation applied.
+    fn rows_in_order(&self, name: &str) -> Result<Vec<u8>> {
+        let e = self.entry(name)?;
+        let raw = self.raw(name)?;
+        let Some(u) = e.unpermute else { return Ok(raw.to_vec()) };
+        let row_bytes = e.fact.dtype.storage_bytes(e.fact.last_dim()).ok_or_else(|| ModelError::UnsupportedDType { tensor: name.into(), dtype: e.fact.dtype.to_string() })?;
+        let mut out = Vec::with_capacity(raw.len());
+        for r in 0..e.fact.shape[0] {
+            let s = u.source_row(r) * row_bytes;
+            out.extend_from_slice(&raw[s..s + row_bytes]);
+        }
+        Ok(out)
+    }
+
+    /// The tensor a compiled graph's weight node wants: the rows of `parts` (or of
+    /// `name` alone) concatenated, in `fact.dtype`. Parts already stored in that block
+    /// format are copied (lossless import: no f32 copy is made); others go through f32
+    /// and `quantize` (round to nearest).
+    pub fn materialize(&self, name: &str, parts: &[String], fact: &TensorFact) -> Result<HostTensor> {
+        let single = [name.to_string()];
+        let parts = if parts.is_empty() { &single[..] } else { parts };
+        let target = fact.dtype;
+        let mut rows = 0;
+        for p in parts {
+            let f = self.fact(p)?;
+            if f.shape[1..] != fact.shape[1..] {
+                return Err(ModelError::ShapeMismatch { tensor: p.clone(), expected: fact.shape[1..].to_vec(), found: f.shape.clone() });
+            }
+            rows += f.shape.first().copied().unwrap_or(1);
+        }
+        if fact.shape.first() != Some(&rows) {
+            return Err(ModelError::ShapeMismatch { tensor: name.into(), expected: fact.shape.clone(), found: vec![rows] });
+        }
+        let unsupported = || ModelError::UnsupportedDType { tensor: name.into(), dtype: target.to_string() };
+        if target == DType::F32 {
+            let mut v = Vec::with_capacity(fact.elems().unwrap_or(0));
+            for p in parts {
+                v.extend(self.to_f32(p)?.into_f32().expect("to_f32 gives f32"));
+            }
+            return Ok(HostTensor::f32(fact.shape.clone(), v));
+        }
+        let lossless = target != DType::Q8Channel && parts.iter().all(|p| self.fact(p).map(|f| f.dtype == target).unwrap_or(false));
+        let bytes = if lossless {
+            let mut b = Vec::with_capacity(fact.bytes().unwrap_or(0));
+            for p in parts {
+                b.extend(self.rows_in_order(p)?);
+            }
+            b
+        } else {
+            let mut v = Vec::with_capacity(fact.elems().unwrap_or(0));
+            for p in parts {
+                v.extend(self.to_f32(p)?.into_f32().expect("to_f32 gives f32"));
+            }
+            quant::quantize(target, &v, fact.last_dim()).ok_or_else(unsupported)?
+        };
+        HostTensor::bytes(fact.clone(), bytes).ok_or_else(unsupported)
+    }
+
     /// Total stored bytes per dtype (for `inspect` and load logs).
     pub fn bytes_by_dtype(&self) -> BTreeMap<DType, usize> {
         let mut m = BTreeMap::new();

@@ -15,6 +15,7 @@
 //! ```
 
 mod error;
+pub mod inspect;
 mod model;
 mod perplexity;
 pub mod sampling;

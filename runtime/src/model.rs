@@ -6,7 +6,7 @@
 use crate::{Result, RuntimeError};
 use npurt_backends::{Backend, BackendOptions, DeviceBuffer, Executable, Registry};
 use npurt_graph::passes::{PassReport, Pipeline};
-use npurt_graph::{Graph, NodeId};
+use npurt_graph::{DType, Graph, NodeId, Op, PrecisionPolicy};
 use npurt_models::llama::{self, InputKind, LlamaGraphOptions, LogitsMode};
 use npurt_models::tokenizer::Tokenizer;
 use npurt_models::{ChatTemplate, LlamaConfig, ModelError, ModelSource};
@@ -29,11 +29,13 @@ pub struct LoadOptions {
     pub chunk: usize,
     /// Context length in tokens (`None`: min(model max, 2048)).
     pub ctx: Option<usize>,
+    /// Weight formats and activation precisions (a compile policy).
+    pub precision: PrecisionPolicy,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions { backend: "cpu".into(), threads: None, chunk: DEFAULT_CHUNK, ctx: None }
+        LoadOptions { backend: "cpu".into(), threads: None, chunk: DEFAULT_CHUNK, ctx: None, precision: PrecisionPolicy::F32 }
     }
 }
 
@@ -140,30 +142,37 @@ impl Model {
         let cache_rows = ctx + opts.chunk - 1;
 
         let kinds = [(GraphKind::Prefill, opts.chunk, LogitsMode::Last), (GraphKind::PrefillAllLogits, opts.chunk, LogitsMode::All), (GraphKind::Decode, 1, LogitsMode::Last)];
+        let stored: HashMap<String, DType> = source.weights.names().filter_map(|n| Some((n.to_string(), source.weights.fact(n).ok()?.dtype))).collect();
+        let stored = Arc::new(stored);
         let mut built = Vec::new();
         for (kind, rows, logits) in kinds {
             let mut graph = llama::build(&cfg, &LlamaGraphOptions { rows, cache_rows, logits, input: InputKind::Ids, taps: false })?;
-            let reports = Pipeline::default_optimize().run(&mut graph)?;
+            let st = stored.clone();
+            let reports = Pipeline::compile(opts.precision.clone(), Box::new(move |n| st.get(n).copied())).run(&mut graph)?;
             built.push((kind, rows, graph, reports));
         }
 
-        // Prepare every weight any graph uses, once, in parallel (dequantisation and
-        // repacking are the slow part of loading).
-        let mut names: Vec<String> = built.iter().flat_map(|(_, _, g, _)| g.sources("weight").into_iter().map(|(_, n, _)| n.to_string())).collect();
-        names.sort();
-        names.dedup();
+        // Every weight node any graph uses (graphs share names, so each is prepared
+        // once), converted to the format the compiled graph wants and handed to the
+        // backend to repack, in parallel (the slow part of loading).
+        let mut wanted: Vec<(String, Vec<String>, npurt_graph::TensorFact)> = Vec::new();
         for (_, _, g, _) in &built {
-            for (_, name, fact) in g.sources("weight") {
-                let stored = source.weights.fact(name)?;
-                if stored.shape != fact.shape {
-                    return Err(ModelError::ShapeMismatch { tensor: name.into(), expected: fact.shape.clone(), found: stored.shape.clone() }.into());
+            for n in &g.nodes {
+                if let Op::Weight { name, fact, parts } = &n.op {
+                    match wanted.iter().find(|(w, _, _)| w == name) {
+                        Some((_, _, f)) if f != fact => {
+                            return Err(ModelError::ShapeMismatch { tensor: name.clone(), expected: f.shape.clone(), found: fact.shape.clone() }.into())
+                        }
+                        Some(_) => {}
+                        None => wanted.push((name.clone(), parts.clone(), fact.clone())),
+                    }
                 }
             }
         }
-        let prepared: Vec<(String, Arc<dyn DeviceBuffer>)> = names
+        let prepared: Vec<(String, Arc<dyn DeviceBuffer>)> = wanted
             .par_iter()
-            .map(|name| -> Result<_> {
-                let t = source.weights.to_f32(name)?;
+            .map(|(name, parts, fact)| -> Result<_> {
+                let t = source.weights.materialize(name, parts, fact)?;
                 Ok((name.clone(), backend.prepare_weight(name, t)?))
             })
             .collect::<Result<_>>()?;

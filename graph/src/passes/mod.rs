@@ -3,12 +3,17 @@
 //! broke it (tract's discipline).
 
 mod dce;
+mod fuse;
 mod identity;
+mod quantize;
+mod rewrite;
 
 pub use dce::DeadCodeElimination;
+pub use fuse::{FuseBias, FuseResidual, FuseSharedInput, FuseSwiGlu};
 pub use identity::RemoveIdentityReshapes;
+pub use quantize::{Quantize, StoredDType};
 
-use crate::{Graph, GraphError};
+use crate::{Graph, GraphError, PrecisionPolicy};
 
 pub trait Pass: Send + Sync {
     fn name(&self) -> &'static str;
@@ -46,6 +51,20 @@ impl Pipeline {
     /// The default optimisation pipeline every model graph goes through.
     pub fn default_optimize() -> Self {
         Pipeline::new("optimize").with(RemoveIdentityReshapes).with(DeadCodeElimination)
+    }
+
+    /// Lowering for the NPU execution model: apply the precision policy, then fuse
+    /// into few fat kernels, then clean up. `stored` tells the quantize pass what the
+    /// checkpoint holds so matching formats import losslessly.
+    pub fn compile(policy: PrecisionPolicy, stored: StoredDType) -> Self {
+        Pipeline::new("compile")
+            .with(Quantize { policy, stored })
+            .with(FuseBias)
+            .with(FuseSwiGlu)
+            .with(FuseSharedInput)
+            .with(FuseResidual)
+            .with(RemoveIdentityReshapes)
+            .with(DeadCodeElimination)
     }
 
     /// Runs every pass in order, repeating the sequence until no pass changes the graph.

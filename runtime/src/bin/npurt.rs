@@ -2,6 +2,7 @@
 //! (default: the fetched SmolLM2 GGUF). Errors print their cause chain and exit 1.
 
 use clap::{Args, Parser, Subcommand};
+use npurt_graph::PrecisionPolicy;
 use npurt_models::ChatMessage;
 use npurt_runtime::{perplexity, stats, GenerateOptions, LoadOptions, Model, Runtime, SamplingOptions, Session};
 use std::io::Write;
@@ -34,6 +35,9 @@ struct Common {
     /// Context length in tokens (default: min(model maximum, 2048)).
     #[arg(long)]
     ctx: Option<usize>,
+    /// Precision preset: f32 (reference), w8a16, w4a16, w4a8.
+    #[arg(long, default_value = "f32")]
+    precision: String,
 }
 
 #[derive(Subcommand)]
@@ -97,6 +101,18 @@ enum Cmd {
         #[arg(long)]
         max_tokens: Option<usize>,
     },
+    /// Print the compiled graphs: node counts per pass, each node's kernel and
+    /// precision, and weight bytes per format.
+    Inspect {
+        #[command(flatten)]
+        common: Common,
+        /// Which graph: prefill, prefill-all, decode.
+        #[arg(long, default_value = "prefill")]
+        graph: String,
+        /// Only the summary (no per-node listing).
+        #[arg(long)]
+        summary: bool,
+    },
     /// List the registered backends and what they report.
     Backends,
 }
@@ -123,7 +139,9 @@ fn load(c: &Common, ctx_at_least: Option<usize>) -> anyhow_lite::Result<Arc<Mode
         (None, Some(n)) => Some(n.max(npurt_runtime::DEFAULT_CTX)),
         (None, None) => None,
     };
-    let opts = LoadOptions { backend: c.backend.clone(), threads: c.threads, chunk: c.chunk, ctx };
+    let precision = PrecisionPolicy::by_name(&c.precision)
+        .ok_or_else(|| anyhow_lite::msg(format!("unknown precision `{}` (known: {})", c.precision, PrecisionPolicy::names().join(", "))))?;
+    let opts = LoadOptions { backend: c.backend.clone(), threads: c.threads, chunk: c.chunk, ctx, precision };
     Ok(Runtime::new().load(&path, opts)?)
 }
 
@@ -216,6 +234,16 @@ fn run(cli: Cli) -> anyhow_lite::Result<()> {
             }
             let p = perplexity(&model, &ids, window, stride)?;
             println!("{}", serde_json::json!({"tokens": p.tokens, "scored": p.scored, "nll": p.nll, "ppl": p.ppl}));
+        }
+        Cmd::Inspect { common, graph, summary } => {
+            let model = load(&common, None)?;
+            let kind = match graph.as_str() {
+                "prefill" => npurt_runtime::GraphKind::Prefill,
+                "prefill-all" => npurt_runtime::GraphKind::PrefillAllLogits,
+                "decode" => npurt_runtime::GraphKind::Decode,
+                other => return Err(anyhow_lite::msg(format!("unknown graph `{other}` (prefill, prefill-all, decode)"))),
+            };
+            print!("{}", npurt_runtime::inspect::describe(&model, kind, !summary));
         }
         Cmd::Backends => {
             let rt = Runtime::new();

@@ -1,0 +1,216 @@
+//! Fusion passes that turn the builder's plain LLaMA graph into the few fat kernels an
+//! NPU (or a good CPU kernel) wants:
+//! - `FuseBias`: `add(matmul, bias weight)` -> matmul with a bias epilogue;
+//! - `FuseSwiGlu`: `mul(silu(x @ Wg), x @ Wu)` -> one matmul over `[Wg; Wu]` with the
+//!   SwiGLU epilogue (reads `x` once, one launch);
+//! - `FuseSharedInput`: plain matmuls reading the same activation (q, k, v) -> one
+//!   matmul over the row-concatenated weights, then `slice_cols` per original output;
+//! - `FuseResidual`: `add(x, matmul)` where the matmul has no other reader -> the
+//!   matmul with a residual epilogue.
+
+use super::rewrite::{use_counts, Rewrite};
+use super::Pass;
+use crate::{ActPrecision, Epilogue, Graph, GraphError, NodeId, Op, TensorFact};
+
+
+/// Name for a fused weight made of `parts` (`...q_proj.weight` + `...k_proj.weight` ->
+/// `...q_proj+k_proj.weight`).
+fn fused_name(parts: &[String]) -> String {
+    let stem = |s: &str| s.strip_suffix(".weight").or_else(|| s.strip_suffix(".bias")).unwrap_or(s).to_string();
+    let first = stem(&parts[0]);
+    let (prefix, _) = first.rsplit_once('.').unwrap_or(("", &first));
+    let suffix = if parts[0].ends_with(".bias") { "bias" } else { "weight" };
+    let leaves: Vec<String> = parts.iter().map(|p| stem(p).rsplit('.').next().unwrap_or_default().to_string()).collect();
+    format!("{prefix}.{}.{suffix}", leaves.join("+"))
+}
+
+/// Emits a weight whose rows are the rows of `weights` (old-graph Weight nodes).
+fn concat_weights(rw: &mut Rewrite, weights: &[NodeId]) -> Result<NodeId, GraphError> {
+    let mut parts = Vec::new();
+    let mut rows = 0;
+    let first = rw.old.fact(weights[0]).clone();
+    for &w in weights {
+        match &rw.old.node(w).op {
+            Op::Weight { name, parts: p, fact } => {
+                if p.is_empty() {
+                    parts.push(name.clone());
+                } else {
+                    parts.extend(p.iter().cloned());
+                }
+                rows += fact.shape[0];
+            }
+            _ => unreachable!("callers pass weight nodes"),
+        }
+    }
+    let mut shape = first.shape.clone();
+    shape[0] = rows;
+    let fact = TensorFact::new(first.dtype, shape);
+    let name = fused_name(&parts);
+    rw.new.add(name.clone(), Op::Weight { name, fact, parts }, &[])
+}
+
+fn is_weight(g: &Graph, id: NodeId) -> bool {
+    matches!(g.node(id).op, Op::Weight { .. })
+}
+
+/// A plain `x @ W^T` (no epilogue) with a weight operand.
+fn plain_matmul(g: &Graph, id: NodeId) -> Option<(NodeId, NodeId, ActPrecision)> {
+    match g.node(id).op {
+        Op::MatMul { transpose_b: true, act, epilogue: Epilogue::None } if is_weight(g, g.node(id).inputs[1]) => Some((g.node(id).inputs[0], g.node(id).inputs[1], act)),
+        _ => None,
+    }
+}
+
+pub struct FuseBias;
+
+impl Pass for FuseBias {
+    fn name(&self) -> &'static str {
+        "fuse-bias"
+    }
+    fn run(&self, g: &mut Graph) -> Result<bool, GraphError> {
+        let uses = use_counts(g);
+        let out = Rewrite::run(g, |rw, id| {
+            let n = rw.old.node(id);
+            if !matches!(n.op, Op::Add) {
+                return Ok(None);
+            }
+            let (mm, bias) = (n.inputs[0], n.inputs[1]);
+            let Some((x, w, act)) = plain_matmul(rw.old, mm) else { return Ok(None) };
+            if uses[mm.0] != 1 || !is_weight(rw.old, bias) || rw.old.fact(bias).rank() != 1 {
+                return Ok(None);
+            }
+            let ins = [rw.get(x), rw.get(w), rw.get(bias)];
+            let name = rw.old.node(mm).name.clone();
+            Ok(Some(rw.new.add(name, Op::MatMul { transpose_b: true, act, epilogue: Epilogue::Bias }, &ins)?))
+        })?;
+        Ok(out.map(|n| *g = n).is_some())
+    }
+}
+
+pub struct FuseSwiGlu;
+
+impl Pass for FuseSwiGlu {
+    fn name(&self) -> &'static str {
+        "fuse-swiglu"
+    }
+    fn run(&self, g: &mut Graph) -> Result<bool, GraphError> {
+        let uses = use_counts(g);
+        let out = Rewrite::run(g, |rw, id| {
+            let n = rw.old.node(id);
+            if !matches!(n.op, Op::Mul) {
+                return Ok(None);
+            }
+            let (act_node, up) = (n.inputs[0], n.inputs[1]);
+            if !matches!(rw.old.node(act_node).op, Op::Silu) || uses[act_node.0] != 1 {
+                return Ok(None);
+            }
+            let gate = rw.old.node(act_node).inputs[0];
+            let (Some((xg, wg, ag)), Some((xu, wu, au))) = (plain_matmul(rw.old, gate), plain_matmul(rw.old, up)) else { return Ok(None) };
+            if xg != xu || ag != au || uses[gate.0] != 1 || uses[up.0] != 1 || rw.old.fact(wg) != rw.old.fact(wu) {
+                return Ok(None);
+            }
+            let w = concat_weights(rw, &[wg, wu])?;
+            let x = rw.get(xg);
+            let name = format!("{}+swiglu", rw.old.node(gate).name);
+            Ok(Some(rw.new.add(name, Op::MatMul { transpose_b: true, act: ag, epilogue: Epilogue::SwiGlu }, &[x, w])?))
+        })?;
+        Ok(out.map(|n| *g = n).is_some())
+    }
+}
+
+pub struct FuseSharedInput;
+
+impl Pass for FuseSharedInput {
+    fn name(&self) -> &'static str {
+        "fuse-shared-input"
+    }
+    fn run(&self, g: &mut Graph) -> Result<bool, GraphError> {
+        // Group plain and bias matmuls by what must agree to share one weight matrix:
+        // (input, weight dtype, K, activation precision, epilogue).
+        let key = |m: NodeId| {
+            let n = g.node(m);
+            let wf = g.fact(n.inputs[1]);
+            let Op::MatMul { act, epilogue, .. } = n.op else { unreachable!("only matmuls are keyed") };
+            (n.inputs[0], wf.dtype, wf.shape[1], act, epilogue)
+        };
+        let mut groups: Vec<Vec<NodeId>> = Vec::new();
+        for id in g.ids() {
+            let n = g.node(id);
+            let Op::MatMul { transpose_b: true, epilogue, .. } = n.op else { continue };
+            if !matches!(epilogue, Epilogue::None | Epilogue::Bias) || !is_weight(g, n.inputs[1]) || (epilogue == Epilogue::Bias && !is_weight(g, n.inputs[2])) {
+                continue;
+            }
+            match groups.iter_mut().find(|grp| key(grp[0]) == key(id)) {
+                Some(grp) => grp.push(id),
+                None => groups.push(vec![id]),
+            }
+        }
+        groups.retain(|grp| grp.len() > 1);
+        if groups.is_empty() {
+            return Ok(false);
+        }
+        let out = Rewrite::run(g, |rw, id| {
+            let Some(grp) = groups.iter().find(|grp| grp[0] == id) else { return Ok(None) };
+            let n = rw.old.node(id);
+            let Op::MatMul { act, epilogue, .. } = n.op else { unreachable!() };
+            let weights: Vec<NodeId> = grp.iter().map(|m| rw.old.node(*m).inputs[1]).collect();
+            let w = concat_weights(rw, &weights)?;
+            let mut ins = vec![rw.get(n.inputs[0]), w];
+            if epilogue == Epilogue::Bias {
+                let biases: Vec<NodeId> = grp.iter().map(|m| rw.old.node(*m).inputs[2]).collect();
+                ins.push(concat_weights(rw, &biases)?);
+            }
+            let names: Vec<&str> = grp.iter().map(|m| rw.old.node(*m).name.as_str()).collect();
+            let fused = rw.new.add(names.join("+"), Op::MatMul { transpose_b: true, act, epilogue }, &ins)?;
+            let mut start = 0;
+            let mut first = None;
+            for &m in grp {
+                let len = rw.old.fact(m).shape[1];
+                let s = rw.new.add(rw.old.node(m).name.clone(), Op::SliceCols { start, len }, &[fused])?;
+                start += len;
+                if m == id {
+                    first = Some(s);
+                } else {
+                    rw.map[m.0] = Some(s);
+                }
+            }
+            Ok(first)
+        })?;
+        Ok(out.map(|n| *g = n).is_some())
+    }
+}
+
+pub struct FuseResidual;
+
+impl Pass for FuseResidual {
+    fn name(&self) -> &'static str {
+        "fuse-residual"
+    }
+    fn run(&self, g: &mut Graph) -> Result<bool, GraphError> {
+        let uses = use_counts(g);
+        let out = Rewrite::run(g, |rw, id| {
+            let n = rw.old.node(id);
+            if !matches!(n.op, Op::Add) {
+                return Ok(None);
+            }
+            for (mm, x) in [(n.inputs[1], n.inputs[0]), (n.inputs[0], n.inputs[1])] {
+                let mn = rw.old.node(mm);
+                let Op::MatMul { transpose_b: true, act, epilogue } = mn.op else { continue };
+                let epi = match epilogue {
+                    Epilogue::None => Epilogue::Residual,
+                    Epilogue::Bias => Epilogue::BiasResidual,
+                    _ => continue,
+                };
+                if uses[mm.0] != 1 || rw.old.fact(x) != rw.old.fact(mm) || x == mm {
+                    continue;
+                }
+                let mut ins: Vec<NodeId> = mn.inputs.iter().map(|&i| rw.get(i)).collect();
+                ins.push(rw.get(x));
+                let name = format!("{}+residual", mn.name);
+                return Ok(Some(rw.new.add(name, Op::MatMul { transpose_b: true, act, epilogue: epi }, &ins)?));
+            }
+            Ok(None)
+        })?;
+        Ok(out.map(|n| *g = n).is_some())
+    }
+}

@@ -1,0 +1,94 @@
+//! Applies a `PrecisionPolicy`: sets each weight's storage format and each matmul's
+//! activation precision, by the role the weight plays (found from its consumers, not
+//! its name): embedding table, output head (a matmul producing a graph output), or
+//! linear layer. A tied embedding/head table gets the head's format.
+
+use super::Pass;
+use crate::{ActPrecision, DType, Graph, GraphError, NodeId, Op, PrecisionPolicy, WeightFormat};
+
+/// The checkpoint's stored dtype of a weight (by checkpoint name).
+pub type StoredDType = Box<dyn Fn(&str) -> Option<DType> + Send + Sync>;
+
+pub struct Quantize {
+    pub policy: PrecisionPolicy,
+    pub stored: StoredDType,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Role {
+    None,
+    Linear,
+    Embedding,
+    Head,
+}
+
+impl Quantize {
+    fn roles(g: &Graph) -> Vec<Role> {
+        let outputs: Vec<NodeId> = g.outputs.iter().map(|(_, id)| *id).collect();
+        let mut role = vec![Role::None; g.nodes.len()];
+        for (i, n) in g.nodes.iter().enumerate() {
+            match &n.op {
+                Op::Gather => {
+                    let t = n.inputs[0].0;
+                    if role[t] != Role::Head {
+                        role[t] = Role::Embedding;
+                    }
+                }
+                Op::MatMul { transpose_b: true, .. } => {
+                    let w = n.inputs[1].0;
+                    if outputs.contains(&NodeId(i)) {
+                        role[w] = Role::Head;
+                    } else if role[w] == Role::None {
+                        role[w] = Role::Linear;
+                    }
+                }
+                _ => {}
+            }
+        }
+        role
+    }
+}
+
+impl Pass for Quantize {
+    fn name(&self) -> &'static str {
+        "quantize"
+    }
+
+    fn run(&self, g: &mut Graph) -> Result<bool, GraphError> {
+        let roles = Self::roles(g);
+        let mut changed = false;
+        let mut act_of = vec![None; g.nodes.len()];
+        for (i, n) in g.nodes.iter_mut().enumerate() {
+            let Op::Weight { name, fact, parts } = &mut n.op else { continue };
+            let (format, act) = match roles[i] {
+                Role::None => continue,
+                Role::Linear => (self.policy.linear, self.policy.linear_act),
+                Role::Embedding => (self.policy.embedding, ActPrecision::F32),
+                Role::Head => (self.policy.head, self.policy.head_act),
+            };
+            let checkpoint_name = parts.first().unwrap_or(name);
+            let stored = (self.stored)(checkpoint_name).unwrap_or(DType::F32);
+            let mut dtype = format.resolve(stored);
+            if fact.rank() != 2 || fact.last_dim() % dtype.block_elems() != 0 {
+                dtype = WeightFormat::Exact(DType::F32).resolve(stored);
+            }
+            if fact.dtype != dtype {
+                fact.dtype = dtype;
+                n.fact.dtype = dtype;
+                changed = true;
+            }
+            act_of[i] = Some(if dtype.is_quantized() { act } else { ActPrecision::F32 });
+        }
+        for n in g.nodes.iter_mut() {
+            if let Op::MatMul { act, .. } = &mut n.op {
+                if let Some(want) = act_of[n.inputs[1].0] {
+                    if *act != want {
+                        *act = want;
+                        changed = true;
+                    }
+                }
+            }
+        }
+        Ok(changed)
+    }
+}
