@@ -1,1 +1,246 @@
-fn main() {}
+//! CPU kernel benches: the packed quantized matmul (GEMV m = 1, decode; GEMM m = 128, a
+//! prefill chunk) per weight format x activation precision, the f32 matmul baseline,
+//! and whole-model matmul sweeps of SmolLM2-135M (decode step and a 128-token prefill
+//! chunk) that read as tokens per second.
+//!
+//! Each benchmark runs in a dedicated rayon pool of 1 or 2 threads (`t1`/`t2` in the
+//! id). Throughput is weight bytes per second for GEMV (memory-bound) and operations
+//! (2 m n k) per second for GEMM, reported by criterion as elem/s = op/s; a summary
+//! table with both (GB/s and GOP/s) for every benchmark is printed at the end.
+//!
+//! `cargo bench -p npurt-benches --bench kernels -- <filter>`; e.g. `-- gemv/q4_1_i8`,
+//! `-- model`. `NPURT_CPU_ISA=avx2|portable` benches a lower kernel path.
+
+use criterion::{BenchmarkId, Criterion, Throughput};
+use npurt_graph::{ActPrecision, DType, Epilogue};
+use npurt_kernels::cpu::{isa, matmul_f32, matmul_packed, pack, PackedMatrix};
+use std::cell::RefCell;
+use std::time::Duration;
+
+/// Shapes as `[n (out), k (in)]`: SmolLM2-135M's projections (576 wide, kv 192, MLP
+/// 1536; 576x1536 is the down projection) and a 2.5B-class model's (2560, MLP 6912).
+const SHAPES: [(usize, usize); 7] = [(576, 576), (192, 576), (1536, 576), (576, 1536), (2560, 2560), (6912, 2560), (2560, 6912)];
+/// The tied embedding / LM head of SmolLM2 (Q8_0).
+const HEAD: (usize, usize) = (49152, 576);
+const PREFILL_ROWS: usize = 128;
+
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 >> 33
+    }
+    fn f(&mut self) -> f32 {
+        self.next() as f32 / (1u64 << 30) as f32 - 1.0
+    }
+}
+
+/// Random GGUF bytes for a `[n, k]` weight: plausible f16 scales, random quants. (Fast
+/// for the ~100 MB model sweep; the values do not matter for speed.)
+fn random_raw(dtype: DType, n: usize, k: usize, rng: &mut Lcg) -> Vec<u8> {
+    let f16 = |x: f32| half::f16::from_f32(x).to_le_bytes();
+    let mut out = Vec::with_capacity(n * k);
+    match dtype {
+        DType::F32 => (0..n * k).for_each(|_| out.extend_from_slice(&(rng.f() * 0.1).to_le_bytes())),
+        _ => {
+            for _ in 0..n * k / 32 {
+                out.extend_from_slice(&f16(0.01 + 0.01 * rng.f().abs()));
+                match dtype {
+                    DType::Q4_1 => out.extend_from_slice(&f16(-0.08)),
+                    DType::Q4_0 => {}
+                    _ => out.extend((0..16).map(|_| rng.next() as u8)),
+                }
+                out.extend((0..16).map(|_| rng.next() as u8));
+            }
+        }
+    }
+    out
+}
+
+fn pools() -> Vec<(usize, rayon::ThreadPool)> {
+    [1, 2].into_iter().map(|t| (t, rayon::ThreadPoolBuilder::new().num_threads(t).build().expect("pool"))).collect()
+}
+
+fn fmt_name(dtype: DType) -> &'static str {
+    match dtype {
+        DType::Q4_0 => "q4_0",
+        DType::Q4_1 => "q4_1",
+        DType::Q8_0 => "q8_0",
+        _ => "f32",
+    }
+}
+
+/// (group/id, seconds per iteration, weight bytes, ops) of every benchmark run, for
+/// the summary table.
+struct Row {
+    /// `group/function/parameter` as passed to criterion.
+    id: String,
+    bytes: usize,
+    ops: usize,
+}
+
+thread_local! {
+    static ROWS: RefCell<Vec<Row>> = const { RefCell::new(Vec::new()) };
+}
+
+fn quantized_matmuls(c: &mut Criterion) {
+    let pools = pools();
+    let mut rng = Lcg(7);
+    let mut cases: Vec<(DType, (usize, usize))> = Vec::new();
+    for dtype in [DType::Q4_1, DType::Q4_0, DType::Q8_0] {
+        cases.extend(SHAPES.iter().map(|&s| (dtype, s)));
+    }
+    cases.push((DType::Q8_0, HEAD));
+    for (dtype, (n, k)) in cases {
+        let raw = random_raw(dtype, n, k, &mut rng);
+        let w = pack(dtype, &raw, n, k).expect("pack");
+        drop(raw);
+        for act in [ActPrecision::I8, ActPrecision::I16] {
+            for m in [1, PREFILL_ROWS] {
+                bench_packed(c, &pools, &w, dtype, act, m, &mut rng);
+            }
+        }
+    }
+}
+
+fn bench_packed(c: &mut Criterion, pools: &[(usize, rayon::ThreadPool)], w: &PackedMatrix, dtype: DType, act: ActPrecision, m: usize, rng: &mut Lcg) {
+    let (n, k) = (w.n(), w.k());
+    let a: Vec<f32> = (0..m * k).map(|_| rng.f()).collect();
+    let mut out = vec![0f32; m * n];
+    let kind = if m == 1 { "gemv" } else { "gemm" };
+    let group_name = format!("{kind}/{}_{}", fmt_name(dtype), act.name());
+    let mut g = c.benchmark_group(&group_name);
+    g.throughput(if m == 1 { Throughput::Bytes(w.bytes() as u64) } else { Throughput::Elements((2 * m * n * k) as u64) });
+    for (t, pool) in pools {
+        let id = BenchmarkId::new(format!("t{t}"), format!("{n}x{k}"));
+        ROWS.with(|r| r.borrow_mut().push(Row { id: format!("{group_name}/t{t}/{n}x{k}"), bytes: w.bytes(), ops: 2 * m * n * k }));
+        g.bench_function(id, |b| {
+            pool.install(|| b.iter(|| matmul_packed(&a, m, w, act, Epilogue::None, None, None, &mut out).expect("matmul")))
+        });
+    }
+    g.finish();
+}
+
+fn f32_baseline(c: &mut Criterion) {
+    let pools = pools();
+    let mut rng = Lcg(9);
+    for (n, k) in SHAPES {
+        let w: Vec<f32> = (0..n * k).map(|_| rng.f() * 0.1).collect();
+        for m in [1, PREFILL_ROWS] {
+            let a: Vec<f32> = (0..m * k).map(|_| rng.f()).collect();
+            let mut out = vec![0f32; m * n];
+            let kind = if m == 1 { "gemv" } else { "gemm" };
+            let group_name = format!("{kind}/f32_matmul_f32");
+            let mut g = c.benchmark_group(&group_name);
+            g.throughput(if m == 1 { Throughput::Bytes((4 * n * k) as u64) } else { Throughput::Elements((2 * m * n * k) as u64) });
+            for (t, pool) in &pools {
+                ROWS.with(|r| r.borrow_mut().push(Row { id: format!("{group_name}/t{t}/{n}x{k}"), bytes: 4 * n * k, ops: 2 * m * n * k }));
+                g.bench_function(BenchmarkId::new(format!("t{t}"), format!("{n}x{k}")), |b| {
+                    pool.install(|| b.iter(|| matmul_f32(&a, &w, m, k, n, true, &mut out)))
+                });
+            }
+            g.finish();
+        }
+    }
+}
+
+/// SmolLM2-135M's matmuls for one step: 30 layers of q, k, v, o (576x576, 192x576 x2,
+/// 576x576), fused gate+up with SwiGLU (3072x576) and down with residual (576x1536),
+/// all Q4_1, then the Q8_0 LM head (49152x576). Every layer has its own weights, so a
+/// decode step streams ~96 MB from DRAM like the real model. Throughput is in tokens
+/// (elem/s = tokens/s).
+fn model_sweep(c: &mut Criterion) {
+    const LAYERS: usize = 30;
+    let mut rng = Lcg(11);
+    let layer_shapes: [(usize, usize, Epilogue); 6] = [
+        (576, 576, Epilogue::None),
+        (192, 576, Epilogue::None),
+        (192, 576, Epilogue::None),
+        (576, 576, Epilogue::Residual),
+        (3072, 576, Epilogue::SwiGlu),
+        (576, 1536, Epilogue::Residual),
+    ];
+    let mut weights = Vec::new();
+    for _ in 0..LAYERS {
+        for &(n, k, epi) in &layer_shapes {
+            weights.push((pack(DType::Q4_1, &random_raw(DType::Q4_1, n, k, &mut rng), n, k).expect("pack"), epi));
+        }
+    }
+    let head = pack(DType::Q8_0, &random_raw(DType::Q8_0, HEAD.0, HEAD.1, &mut rng), HEAD.0, HEAD.1).expect("pack");
+    let bytes: usize = weights.iter().map(|(w, _)| w.bytes()).sum::<usize>() + head.bytes();
+    let pools = pools();
+    for act in [ActPrecision::I8, ActPrecision::I16] {
+        for m in [1, PREFILL_ROWS] {
+            let kind = if m == 1 { "decode" } else { "prefill" };
+            let group_name = format!("model/smollm2_{kind}_q4_1_{}", act.name());
+            let mut g = c.benchmark_group(&group_name);
+            g.throughput(Throughput::Elements(m as u64));
+            let a: Vec<f32> = (0..m * 1536).map(|_| rng.f()).collect();
+            let res: Vec<f32> = (0..m * 576).map(|_| rng.f()).collect();
+            let mut out = vec![0f32; m * HEAD.0];
+            let ops: usize = 2 * m * (weights.iter().map(|(w, _)| w.n() * w.k()).sum::<usize>() + HEAD.0 * HEAD.1);
+            for (t, pool) in &pools {
+                ROWS.with(|r| r.borrow_mut().push(Row { id: format!("{group_name}/t{t}/step"), bytes, ops }));
+                g.bench_function(BenchmarkId::new(format!("t{t}"), "step"), |b| {
+                    pool.install(|| {
+                        b.iter(|| {
+                            for (w, epi) in &weights {
+                                let n_out = if *epi == Epilogue::SwiGlu { w.n() / 2 } else { w.n() };
+                                let resid = (*epi == Epilogue::Residual).then_some(&res[..m * n_out]);
+                                matmul_packed(&a[..m * w.k()], m, w, act, *epi, None, resid, &mut out[..m * n_out]).expect("matmul");
+                            }
+                            // Decode runs the head on the last position only.
+                            matmul_packed(&a[..576], 1, &head, act, Epilogue::None, None, None, &mut out[..HEAD.0]).expect("head");
+                        })
+                    })
+                });
+            }
+            g.finish();
+        }
+    }
+}
+
+/// Mean time of a finished benchmark from criterion's `estimates.json`.
+/// Only estimates written by this run count (`since`), so filtered-out benchmarks do not
+/// show stale numbers.
+fn mean_seconds(id: &str, since: std::time::SystemTime) -> Option<f64> {
+    let dir = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../target").into());
+    // criterion's directory: the group with '/' made safe, then function and parameter.
+    let (group, rest) = id.split_once('/')?.1.split_once('/').map(|(a, b)| (format!("{}_{a}", id.split('/').next().unwrap_or("")), b))?;
+    let path = format!("{dir}/criterion/{group}/{rest}/new/estimates.json");
+    if std::fs::metadata(&path).and_then(|m| m.modified()).ok()? < since {
+        return None;
+    }
+    let s = std::fs::read_to_string(path).ok()?;
+    let i = s.find("\"mean\"")?;
+    let rest = &s[i..];
+    let j = rest.find("\"point_estimate\":")? + "\"point_estimate\":".len();
+    let num: String = rest[j..].chars().take_while(|c| c.is_ascii_digit() || matches!(c, '.' | 'e' | 'E' | '-' | '+')).collect();
+    num.parse::<f64>().ok().map(|ns| ns * 1e-9)
+}
+
+fn summary(since: std::time::SystemTime) {
+    let rows = ROWS.with(|r| std::mem::take(&mut *r.borrow_mut()));
+    println!("\nsummary (kernels {}): mean time, weight GB/s, GOP/s", isa().name());
+    println!("{:<52} {:>11} {:>9} {:>9}", "benchmark", "time", "GB/s", "GOP/s");
+    for row in rows {
+        let Some(s) = mean_seconds(&row.id, since) else { continue };
+        let time = if s < 1e-3 { format!("{:.1} us", s * 1e6) } else { format!("{:.2} ms", s * 1e3) };
+        println!("{:<52} {:>11} {:>9.1} {:>9.1}", row.id, time, row.bytes as f64 / s * 1e-9, row.ops as f64 / s * 1e-9);
+    }
+}
+
+fn main() {
+    let since = std::time::SystemTime::now();
+    let mut c = Criterion::default()
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_millis(1000))
+        .configure_from_args();
+    quantized_matmuls(&mut c);
+    f32_baseline(&mut c);
+    model_sweep(&mut c);
+    c.final_summary();
+    summary(since);
+}

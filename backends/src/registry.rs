@@ -27,6 +27,8 @@ impl Registry {
         let mut r = Self::empty();
         #[cfg(feature = "cpu")]
         r.register("cpu", |o| Ok(Arc::new(crate::cpu::CpuBackend::new(crate::cpu::CpuOptions { threads: o.threads })) as Arc<dyn Backend>));
+        #[cfg(feature = "wgpu")]
+        r.register("wgpu", |_| Ok(Arc::new(crate::wgpu::WgpuBackend::new(crate::wgpu::WgpuOptions::default())?) as Arc<dyn Backend>));
         r
     }
 

@@ -9,5 +9,6 @@ pub mod cpu;
 pub mod quant;
 pub mod reference;
 pub mod tensor;
+pub mod wgsl;
 
 pub use tensor::{HostData, HostTensor};

@@ -14,9 +14,11 @@
 //! # Ok(()) }
 //! ```
 
+pub mod bench;
 mod error;
 pub mod inspect;
 mod model;
+pub mod partition;
 mod perplexity;
 pub mod sampling;
 mod session;

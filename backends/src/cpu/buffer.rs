@@ -4,6 +4,7 @@
 
 use crate::{BackendError, BufferUsage, DeviceBuffer, Result};
 use npurt_graph::TensorFact;
+use npurt_kernels::cpu::PackedMatrix;
 use npurt_kernels::{HostData, HostTensor};
 use std::any::Any;
 use std::sync::RwLock;
@@ -12,11 +13,18 @@ pub struct CpuBuffer {
     pub(crate) fact: TensorFact,
     pub(crate) usage: BufferUsage,
     pub(crate) data: RwLock<HostData>,
+    /// Quantized weights, repacked once into the kernels' tile layout (then `data` is
+    /// empty: no f32 or raw copy is kept).
+    pub(crate) packed: Option<PackedMatrix>,
 }
 
 impl CpuBuffer {
     pub(crate) fn new(t: HostTensor, usage: BufferUsage) -> Self {
-        CpuBuffer { fact: t.fact, usage, data: RwLock::new(t.data) }
+        CpuBuffer { fact: t.fact, usage, data: RwLock::new(t.data), packed: None }
+    }
+
+    pub(crate) fn packed(fact: TensorFact, packed: PackedMatrix) -> Self {
+        CpuBuffer { fact, usage: BufferUsage::Weights, data: RwLock::new(HostData::Bytes(Vec::new())), packed: Some(packed) }
     }
 
     pub(crate) fn downcast(b: &dyn DeviceBuffer) -> Result<&CpuBuffer> {

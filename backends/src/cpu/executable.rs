@@ -144,13 +144,24 @@ impl CpuExecutable {
                 };
                 let ins = &node.inputs;
                 let kerr = |e: r::KernelError| exec_err(g, id, e.0);
+                // A weight repacked for the fused quantized kernels.
+                let packed = |x: NodeId| self.weights[x.0].as_ref().and_then(|b| CpuBuffer::downcast(b.as_ref()).ok()).and_then(|c| c.packed.as_ref());
                 match &node.op {
                     Op::Gather => {
                         let ids = match guards.get(guard_of[ins[1].0]).map(Guard::data) {
                             Some(HostData::I32(v)) => v.as_slice(),
                             _ => return Err(exec_err(g, id, "gather ids must be a bound i32 input")),
                         };
-                        r::gather(f32_of(ins[0])?, node.fact.shape[1], ids, &mut out).map_err(kerr)?;
+                        match packed(ins[0]) {
+                            Some(table) => k::gather_packed(table, ids, &mut out).map_err(kerr)?,
+                            None => r::gather(f32_of(ins[0])?, node.fact.shape[1], ids, &mut out).map_err(kerr)?,
+                        }
+                    }
+                    Op::MatMul { act, epilogue, .. } if packed(ins[1]).is_some() => {
+                        let w = packed(ins[1]).expect("checked by the guard");
+                        let bias = if epilogue.has_bias() { Some(f32_of(ins[2])?) } else { None };
+                        let residual = if epilogue.has_residual() { Some(f32_of(ins[ins.len() - 1])?) } else { None };
+                        k::matmul_packed(f32_of(ins[0])?, g.fact(ins[0]).shape[0], w, *act, *epilogue, bias, residual, &mut out).map_err(kerr)?;
                     }
                     Op::MatMul { transpose_b, epilogue, .. } => {
                         let a = g.fact(ins[0]);

@@ -11,6 +11,9 @@ use npurt_graph::{DType, Graph, NodeId, Op, TensorFact};
 use npurt_kernels::{HostData, HostTensor};
 use std::sync::Arc;
 
+/// Weight formats the fused CPU kernels take.
+const QUANTIZED: [DType; 4] = [DType::Q4_0, DType::Q4_1, DType::Q8_0, DType::Q8Channel];
+
 #[derive(Clone, Debug, Default)]
 pub struct CpuOptions {
     /// Worker threads; `None` uses rayon's global pool (one per core).
@@ -36,7 +39,7 @@ impl CpuBackend {
             name: "cpu".into(),
             device: format!("host CPU, {threads} threads, kernels {}", npurt_kernels::cpu::isa().name()),
             compute_dtypes: vec![DType::F32],
-            weight_dtypes: vec![DType::F32],
+            weight_dtypes: [DType::F32, DType::F16, DType::BF16].into_iter().chain(QUANTIZED).collect(),
             max_buffer_bytes: isize::MAX as usize,
             host_memory: true,
         };
@@ -55,13 +58,49 @@ impl Backend for CpuBackend {
 
     fn supports(&self, graph: &Graph, id: NodeId) -> Support {
         let n = graph.node(id);
-        let non_f32 = |x: &TensorFact| !matches!(x.dtype, DType::F32 | DType::I32);
+        // Float weights are widened to f32 at prepare time; quantized ones are packed
+        // for the fused kernels, which serve matmuls (as `b`) and embedding gathers.
+        let f32_like = |x: &TensorFact| matches!(x.dtype, DType::F32 | DType::I32 | DType::F16 | DType::BF16);
+        let packable = |x: &TensorFact| QUANTIZED.contains(&x.dtype) && x.rank() == 2;
         match &n.op {
-            Op::Weight { fact, .. } | Op::State { fact, .. } if fact.dtype != DType::F32 => {
-                Support::Unsupported(format!("{} tensors need the quantized CPU kernels", fact.dtype))
+            Op::State { fact, .. } if fact.dtype != DType::F32 => Support::Unsupported(format!("{} state", fact.dtype)),
+            Op::Weight { fact, .. } if f32_like(fact) => Support::Supported,
+            Op::Weight { fact, .. } if packable(fact) => {
+                let users_ok = graph.nodes.iter().filter(|u| u.inputs.contains(&id)).all(|u| match u.op {
+                    Op::MatMul { transpose_b: true, .. } => u.inputs[1] == id && !u.inputs[2..].contains(&id),
+                    Op::Gather => u.inputs[0] == id,
+                    _ => false,
+                });
+                if users_ok {
+                    Support::Supported
+                } else {
+                    Support::Unsupported(format!("{} weights only feed matmul (as weights) or gather", fact.dtype))
+                }
             }
-            _ if non_f32(&n.fact) || n.inputs.iter().any(|i| non_f32(graph.fact(*i))) => Support::Unsupported("only f32 activations".into()),
-            _ => Support::Supported,
+            Op::Weight { fact, .. } => Support::Unsupported(format!("{} weights", fact.dtype)),
+            _ if !f32_like(&n.fact) => Support::Unsupported(format!("{} activations", n.fact.dtype)),
+            _ => {
+                let bad = n.inputs.iter().map(|i| graph.fact(*i)).find(|f| !f32_like(f) && !packable(f));
+                match bad {
+                    Some(f) => Support::Unsupported(format!("input {f}")),
+                    None => Support::Supported,
+                }
+            }
+        }
+    }
+
+    fn kernel_name(&self, graph: &Graph, id: NodeId) -> String {
+        let n = graph.node(id);
+        let isa = npurt_kernels::cpu::isa().name();
+        match &n.op {
+            Op::MatMul { act, epilogue, .. } => {
+                let w = graph.fact(n.inputs[1]).dtype;
+                let kernel = if QUANTIZED.contains(&w) { "matmul_packed" } else { "matmul_f32" };
+                format!("{kernel}[{w} x {}{}, {isa}]", act.name(), epilogue.name())
+            }
+            Op::Gather => format!("gather[{}]", graph.fact(n.inputs[0]).dtype),
+            Op::Attention { .. } => format!("attention_f32[online softmax, {isa}]"),
+            op => format!("{}[reference]", op.kind()),
         }
     }
 
@@ -87,10 +126,23 @@ impl Backend for CpuBackend {
     }
 
     fn prepare_weight(&self, name: &str, tensor: HostTensor) -> Result<Arc<dyn DeviceBuffer>> {
-        if tensor.fact.dtype != DType::F32 {
-            return Err(BackendError::Unsupported { backend: "cpu".into(), node: name.into(), reason: format!("{} weights", tensor.fact.dtype) });
+        let fact = tensor.fact.clone();
+        let unsupported = |reason: String| BackendError::Unsupported { backend: "cpu".into(), node: name.into(), reason };
+        match (&tensor.data, fact.dtype) {
+            (HostData::F32(_), DType::F32) => Ok(Arc::new(CpuBuffer::new(tensor, BufferUsage::Weights))),
+            (HostData::Bytes(raw), DType::F16 | DType::BF16) => {
+                let mut v = vec![0f32; fact.elems().unwrap_or(0)];
+                if !npurt_kernels::quant::dequantize(fact.dtype, raw, &mut v) {
+                    return Err(unsupported(format!("{} bytes do not match {fact}", raw.len())));
+                }
+                Ok(Arc::new(CpuBuffer::new(HostTensor { fact, data: HostData::F32(v) }, BufferUsage::Weights)))
+            }
+            (HostData::Bytes(raw), d) if QUANTIZED.contains(&d) && fact.rank() == 2 => {
+                let packed = npurt_kernels::cpu::pack(d, raw, fact.shape[0], fact.shape[1]).map_err(|e| unsupported(e.0))?;
+                Ok(Arc::new(CpuBuffer::packed(fact, packed)))
+            }
+            _ => Err(unsupported(format!("{fact} weights"))),
         }
-        Ok(Arc::new(CpuBuffer::new(tensor, BufferUsage::Weights)))
     }
 
     fn compile(&self, graph: &Graph, weights: &[(NodeId, Arc<dyn DeviceBuffer>)]) -> Result<Arc<dyn Executable>> {

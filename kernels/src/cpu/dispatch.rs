@@ -1,14 +1,24 @@
-//! Run-time instruction-set selection. `NPURT_CPU_ISA=portable|avx2` forces a path
-//! (tests use it to cover every path the machine supports).
+//! Run-time instruction-set selection.
+//!
+//! The best path the CPU supports is detected once. `NPURT_CPU_ISA=portable|avx2|avx512`
+//! forces a lower path for the whole process; [`with_isa`] forces one for the calling
+//! thread only (tests use it to cover every path in one process). Kernels resolve
+//! [`isa()`] once at their API entry, on the calling thread, and pass it down to their
+//! rayon tasks explicitly: a thread-local override would not be visible on the workers.
 
+use std::cell::Cell;
 use std::sync::OnceLock;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Kernel paths, ordered from least to most capable (so `min` is a downgrade).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Isa {
-    /// Baseline target features only.
+    /// Baseline target features only: plain Rust, correct on any CPU.
     Portable,
-    /// x86-64 AVX2 + FMA.
+    /// x86-64 AVX2 + FMA + F16C (Haswell and later, Zen 1 and later).
     Avx2Fma,
+    /// AVX2 path plus AVX-512 F/BW/VL and VNNI (`vpdpbusd`, `vpdpwssd`): Ice Lake and
+    /// later, Zen 4 and later.
+    Avx512Vnni,
 }
 
 impl Isa {
@@ -16,33 +26,87 @@ impl Isa {
         match self {
             Isa::Portable => "portable",
             Isa::Avx2Fma => "avx2+fma",
+            Isa::Avx512Vnni => "avx512+vnni",
         }
+    }
+
+    /// All paths, lowest first.
+    pub const ALL: [Isa; 3] = [Isa::Portable, Isa::Avx2Fma, Isa::Avx512Vnni];
+
+    /// Whether this CPU can run the path.
+    pub fn is_supported(self) -> bool {
+        self <= detected()
+    }
+
+    /// The paths this CPU can run, lowest first (tests loop over these).
+    pub fn supported() -> Vec<Isa> {
+        Isa::ALL.into_iter().filter(|i| i.is_supported()).collect()
     }
 }
 
-fn detect() -> Isa {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-            return Isa::Avx2Fma;
+/// The best path this CPU supports (ignores every override).
+pub fn detected() -> Isa {
+    static DETECTED: OnceLock<Isa> = OnceLock::new();
+    *DETECTED.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            if has!("avx2") && has!("fma") && has!("f16c") {
+                if has!("avx512f") && has!("avx512bw") && has!("avx512vl") && has!("avx512vnni") {
+                    return Isa::Avx512Vnni;
+                }
+                return Isa::Avx2Fma;
+            }
         }
-    }
-    Isa::Portable
+        Isa::Portable
+    })
 }
 
-/// The ISA in use: detected once, optionally forced down by `NPURT_CPU_ISA`.
-pub fn isa() -> Isa {
+/// The process-wide path: detected, optionally forced down by `NPURT_CPU_ISA`.
+fn process_isa() -> Isa {
     static ISA: OnceLock<Isa> = OnceLock::new();
     *ISA.get_or_init(|| {
-        let best = detect();
-        match std::env::var("NPURT_CPU_ISA").as_deref() {
+        let best = detected();
+        let want = match std::env::var("NPURT_CPU_ISA").as_deref() {
             Ok("portable") => Isa::Portable,
-            Ok("avx2") if best == Isa::Avx2Fma => Isa::Avx2Fma,
+            Ok("avx2") => Isa::Avx2Fma,
+            Ok("avx512") => Isa::Avx512Vnni,
             Ok(other) if !other.is_empty() => {
-                log::warn!("NPURT_CPU_ISA={other} is not available here; using {}", best.name());
+                log::warn!("NPURT_CPU_ISA={other} is not one of portable|avx2|avx512; using {}", best.name());
                 best
             }
             _ => best,
+        };
+        if want > best {
+            log::warn!("NPURT_CPU_ISA asks for {} but this CPU supports at most {}; using it", want.name(), best.name());
         }
+        want.min(best)
     })
+}
+
+thread_local! {
+    static OVERRIDE: Cell<Option<Isa>> = const { Cell::new(None) };
+}
+
+/// The ISA in use on this thread: the process-wide path, lowered by [`with_isa`].
+pub fn isa() -> Isa {
+    let base = process_isa();
+    match OVERRIDE.with(|o| o.get()) {
+        Some(o) => o.min(base),
+        None => base,
+    }
+}
+
+/// Runs `f` with kernels called from this thread using at most `isa` (a request above
+/// what the CPU or `NPURT_CPU_ISA` allows is lowered to that). Nests; restores the
+/// previous setting even if `f` panics.
+pub fn with_isa<R>(isa: Isa, f: impl FnOnce() -> R) -> R {
+    struct Restore(Option<Isa>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            OVERRIDE.with(|o| o.set(self.0));
+        }
+    }
+    let _restore = Restore(OVERRIDE.with(|o| o.replace(Some(isa))));
+    f()
 }

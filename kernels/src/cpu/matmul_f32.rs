@@ -83,11 +83,12 @@ unsafe fn block_avx2(a: &[f32], b: &[f32], m: usize, k: usize, n: usize, j0: usi
     block(a, b, m, k, n, j0, j1, out)
 }
 
-fn run_block(a: &[f32], b: &[f32], m: usize, k: usize, n: usize, j0: usize, j1: usize, out: SendPtr) {
-    match isa() {
+#[allow(clippy::too_many_arguments)]
+fn run_block(isa: Isa, a: &[f32], b: &[f32], m: usize, k: usize, n: usize, j0: usize, j1: usize, out: SendPtr) {
+    match isa {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: isa() only reports Avx2Fma when the CPU has both features.
-        Isa::Avx2Fma => unsafe { block_avx2(a, b, m, k, n, j0, j1, out) },
+        // SAFETY: isa() only reports Avx2Fma or better when the CPU has AVX2 and FMA.
+        Isa::Avx2Fma | Isa::Avx512Vnni => unsafe { block_avx2(a, b, m, k, n, j0, j1, out) },
         _ => block(a, b, m, k, n, j0, j1, out),
     }
 }
@@ -105,10 +106,12 @@ pub fn matmul_f32(a: &[f32], b: &[f32], m: usize, k: usize, n: usize, transpose_
         }
         return matmul_f32(a, &bt, m, k, n, true, out);
     }
+    // Resolved here, on the calling thread (`with_isa` is thread-local).
+    let isa = isa();
     let ptr = SendPtr(out.as_mut_ptr());
     let tasks = n.div_ceil(COLS_PER_TASK);
     (0..tasks).into_par_iter().for_each(|t| {
         let j0 = t * COLS_PER_TASK;
-        run_block(a, b, m, k, n, j0, (j0 + COLS_PER_TASK).min(n), ptr);
+        run_block(isa, a, b, m, k, n, j0, (j0 + COLS_PER_TASK).min(n), ptr);
     });
 }

@@ -1,15 +1,26 @@
-//! CPU kernels the CPU backend runs: portable Rust written so the compiler vectorizes
-//! it, compiled twice (baseline and AVX2+FMA) and picked at run time by CPU feature
-//! detection, threaded with rayon. Hand-written SIMD microkernels for quantized
-//! formats extend this module (one file per kernel family).
+//! CPU kernels the CPU backend runs, picked at run time by CPU feature detection
+//! ([`isa`]) and threaded with rayon:
+//!
+//! - `matmul_f32`, `attention_f32`: portable Rust the compiler vectorizes, compiled
+//!   for the baseline and for AVX2+FMA;
+//! - [`pack`] / [`matmul_packed`] / [`gather_packed`]: quantized weights (Q4_0, Q4_1,
+//!   Q8_0, Q8Channel, f32) repacked once into 16-row interleaved tiles, multiplied by
+//!   activations quantized on the fly (I16 per row, I8 per 32-value block, or f32) with
+//!   hand-written microkernels per ISA (`microkernels/`), fused epilogues included.
 
+mod act_quant;
 mod attention_f32;
 mod dispatch;
 mod matmul_f32;
+mod matmul_packed;
+mod microkernels;
+mod packed;
 
 pub use attention_f32::attention_f32;
-pub use dispatch::{isa, Isa};
+pub use dispatch::{detected, isa, with_isa, Isa};
 pub use matmul_f32::matmul_f32;
+pub use matmul_packed::{matmul_packed, matmul_packed_with};
+pub use packed::{gather_packed, pack, PackedMatrix, BLOCK, TILE_ROWS};
 
 /// A raw pointer that may cross threads. Used only where each task writes a disjoint
 /// region of one output slice (documented at every use).

@@ -26,9 +26,10 @@ struct Common {
     /// Backend name (see `npurt backends`).
     #[arg(long, default_value = "cpu")]
     backend: String,
-    /// Worker threads (default: one per core).
-    #[arg(long)]
-    threads: Option<usize>,
+    /// Worker threads (default: one per core). `bench` takes a list (`1,2`) and runs
+    /// each; other commands use the first.
+    #[arg(long, value_delimiter = ',')]
+    threads: Vec<usize>,
     /// Prefill chunk size (rows of the static prefill graph).
     #[arg(long, default_value_t = npurt_runtime::DEFAULT_CHUNK)]
     chunk: usize,
@@ -113,8 +114,29 @@ enum Cmd {
         #[arg(long)]
         summary: bool,
     },
+    /// Throughput table like llama-bench: ppN (prefill N tokens) and tgN (N decode
+    /// steps) in tokens/s, mean ± sd over repetitions, per thread count.
+    Bench {
+        #[command(flatten)]
+        common: Common,
+        /// Prefill lengths.
+        #[arg(short = 'p', long = "n-prompt", value_delimiter = ',', default_value = "128,512")]
+        prompt: Vec<usize>,
+        /// Decode steps.
+        #[arg(short = 'n', long = "n-gen", value_delimiter = ',', default_value = "128")]
+        gen: Vec<usize>,
+        /// Repetitions per test.
+        #[arg(short = 'r', long, default_value_t = 3)]
+        reps: usize,
+        #[arg(long)]
+        json: bool,
+    },
     /// List the registered backends and what they report.
     Backends,
+}
+
+fn rayon_threads() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
 
 fn default_model() -> PathBuf {
@@ -141,7 +163,7 @@ fn load(c: &Common, ctx_at_least: Option<usize>) -> anyhow_lite::Result<Arc<Mode
     };
     let precision = PrecisionPolicy::by_name(&c.precision)
         .ok_or_else(|| anyhow_lite::msg(format!("unknown precision `{}` (known: {})", c.precision, PrecisionPolicy::names().join(", "))))?;
-    let opts = LoadOptions { backend: c.backend.clone(), threads: c.threads, chunk: c.chunk, ctx, precision };
+    let opts = LoadOptions { backend: c.backend.clone(), threads: c.threads.first().copied(), chunk: c.chunk, ctx, precision };
     Ok(Runtime::new().load(&path, opts)?)
 }
 
@@ -244,6 +266,45 @@ fn run(cli: Cli) -> anyhow_lite::Result<()> {
                 other => return Err(anyhow_lite::msg(format!("unknown graph `{other}` (prefill, prefill-all, decode)"))),
             };
             print!("{}", npurt_runtime::inspect::describe(&model, kind, !summary));
+        }
+        Cmd::Bench { common, prompt, gen, reps, json } => {
+            let threads = if common.threads.is_empty() { vec![rayon_threads()] } else { common.threads.clone() };
+            let ctx = prompt.iter().chain(&gen).copied().max().unwrap_or(128) + 1;
+            let mut rows = Vec::new();
+            let mut machine = Vec::new();
+            for &t in &threads {
+                let model = load(&Common { threads: vec![t], ctx: Some(common.ctx.unwrap_or(ctx).max(ctx)), ..common.clone() }, None)?;
+                let weight_mib = model.weight_bytes as f64 / (1 << 20) as f64;
+                let bw = npurt_runtime::bench::read_bandwidth_gb_s(t);
+                machine.push(serde_json::json!({"threads": t, "read_bandwidth_gb_s": bw, "weight_mib": weight_mib}));
+                for &p in &prompt {
+                    rows.push(npurt_runtime::bench::row(&model, format!("pp{p}"), t, &npurt_runtime::bench::prefill(&model, p, reps)?));
+                }
+                for &n in &gen {
+                    let r = npurt_runtime::bench::decode(&model, n, reps)?;
+                    rows.push(npurt_runtime::bench::row(&model, format!("tg{n}"), t, &r));
+                }
+                if !json {
+                    eprintln!("threads {t}: weights {weight_mib:.1} MiB, measured read bandwidth {bw:.1} GB/s");
+                }
+            }
+            if json {
+                println!("{}", serde_json::json!({"rows": rows, "machine": machine}));
+            } else {
+                println!("| model | precision | backend | kernels | threads | test | t/s |");
+                println!("|---|---|---|---|---|---|---|");
+                let desc = common.model.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "SmolLM2-135M-Instruct Q4_1".into());
+                for r in &rows {
+                    println!("| {desc} | {} | {} | {} | {} | {} | {:.2} ± {:.2} |", r.precision, common.backend, r.kernels, r.threads, r.test, r.tok_s_mean, r.tok_s_sd);
+                }
+                for m in &machine {
+                    let (t, bw, w) = (m["threads"].as_u64().unwrap_or(0), m["read_bandwidth_gb_s"].as_f64().unwrap_or(0.0), m["weight_mib"].as_f64().unwrap_or(0.0));
+                    if let Some(tg) = rows.iter().find(|r| r.threads as u64 == t && r.test.starts_with("tg")) {
+                        let gbs = tg.tok_s_mean * w * (1 << 20) as f64 / 1e9;
+                        println!("decode at {t} thread(s) reads {gbs:.1} GB/s of weights = {:.0}% of the measured {bw:.1} GB/s", 100.0 * gbs / bw);
+                    }
+                }
+            }
         }
         Cmd::Backends => {
             let rt = Runtime::new();

@@ -1,0 +1,220 @@
+//! The GPU context: adapter selection, the device and queue, error scopes that turn
+//! wgpu validation/out-of-memory errors into typed errors, and the deferred checks of
+//! kernel status words (see `kernels/src/wgsl/status.wgsl`).
+
+use super::pipelines::PipelineCache;
+use crate::{BackendError, Result};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+const NAME: &str = "wgpu";
+
+pub(crate) fn unavailable(reason: impl Into<String>) -> BackendError {
+    BackendError::Unavailable { backend: NAME.into(), reason: reason.into() }
+}
+
+/// A kernel status word to check once the run that wrote it has finished.
+pub(crate) struct StatusCheck {
+    /// MAP_READ copy of the run's status words.
+    pub readback: ::wgpu::Buffer,
+    /// Executable label and node names, to name the failing node.
+    pub label: Arc<str>,
+    pub node_names: Arc<Vec<String>>,
+    /// Cleared once checked, so the scratch may reuse the readback buffer.
+    pub in_flight: Arc<std::sync::atomic::AtomicBool>,
+}
+
+pub(crate) struct GpuContext {
+    pub device: ::wgpu::Device,
+    pub queue: ::wgpu::Queue,
+    pub info: ::wgpu::AdapterInfo,
+    pub limits: ::wgpu::Limits,
+    /// Largest bytes one storage binding may cover (weights are split into parts no
+    /// larger; `WgpuOptions::max_binding_bytes` may lower it for testing).
+    pub max_binding: u64,
+    pub pipelines: PipelineCache,
+    pending: Mutex<Vec<StatusCheck>>,
+    next_buffer_id: AtomicU64,
+    /// Mappable buffers for `read`, reused across calls.
+    staging: Mutex<Vec<::wgpu::Buffer>>,
+}
+
+fn adapter_rank(t: ::wgpu::DeviceType) -> u8 {
+    use ::wgpu::DeviceType::*;
+    match t {
+        DiscreteGpu => 0,
+        IntegratedGpu => 1,
+        VirtualGpu => 2,
+        Other => 3,
+        Cpu => 4,
+    }
+}
+
+impl GpuContext {
+    pub(crate) fn new(backends: ::wgpu::Backends, max_binding_bytes: Option<u64>) -> Result<Arc<GpuContext>> {
+        let mut desc = ::wgpu::InstanceDescriptor::new_without_display_handle();
+        desc.backends = backends;
+        let instance = ::wgpu::Instance::new(desc);
+        let mut adapters = pollster::block_on(instance.enumerate_adapters(backends));
+        // Prefer real GPUs; lavapipe (a CPU Vulkan driver) is the fallback CI runs on.
+        adapters.sort_by_key(|a| adapter_rank(a.get_info().device_type));
+        let adapter = adapters.into_iter().find(|a| a.get_downlevel_capabilities().flags.contains(::wgpu::DownlevelFlags::COMPUTE_SHADERS)).ok_or_else(|| {
+            unavailable(format!(
+                "no Vulkan/Metal/DX12 adapter with compute shaders found (backends {backends:?}): install mesa-vulkan-drivers (lavapipe) or a GPU driver"
+            ))
+        })?;
+        let info = adapter.get_info();
+        let limits = adapter.limits();
+        let (device, queue) = pollster::block_on(adapter.request_device(&::wgpu::DeviceDescriptor {
+            label: Some("npurt"),
+            required_features: ::wgpu::Features::empty(),
+            required_limits: limits.clone(),
+            experimental_features: ::wgpu::ExperimentalFeatures::disabled(),
+            memory_hints: ::wgpu::MemoryHints::Performance,
+            trace: ::wgpu::Trace::Off,
+        }))
+        .map_err(|e| unavailable(format!("adapter `{}` refused a device: {e}", info.name)))?;
+        // Errors outside our error scopes must not panic the process (wgpu's default).
+        device.on_uncaptured_error(Arc::new(|e: ::wgpu::Error| log::error!("wgpu: {e}")));
+        device.set_device_lost_callback(|reason, msg| log::error!("wgpu device lost ({reason:?}): {msg}"));
+        let binding = limits.max_storage_buffer_binding_size.min(limits.max_buffer_size);
+        let max_binding = max_binding_bytes.map(|m| m.min(binding)).unwrap_or(binding) & !3;
+        log::info!("wgpu adapter: {} ({:?}, {:?}), max storage binding {} bytes", info.name, info.backend, info.device_type, max_binding);
+        Ok(Arc::new(GpuContext {
+            device,
+            queue,
+            info,
+            limits,
+            max_binding,
+            pipelines: PipelineCache::default(),
+            pending: Mutex::new(Vec::new()),
+            next_buffer_id: AtomicU64::new(1),
+            staging: Mutex::new(Vec::new()),
+        }))
+    }
+
+    pub(crate) fn next_id(&self) -> u64 {
+        self.next_buffer_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Runs `f` inside validation and out-of-memory error scopes; a captured error becomes
+    /// `on_err(message, is_oom)`.
+    pub(crate) fn scoped<T>(&self, f: impl FnOnce() -> T, on_err: impl FnOnce(String, bool) -> BackendError) -> Result<T> {
+        let oom = self.device.push_error_scope(::wgpu::ErrorFilter::OutOfMemory);
+        let validation = self.device.push_error_scope(::wgpu::ErrorFilter::Validation);
+        let value = f();
+        let v = pollster::block_on(validation.pop());
+        let o = pollster::block_on(oom.pop());
+        match (o, v) {
+            (Some(e), _) => Err(on_err(e.to_string(), true)),
+            (None, Some(e)) => Err(on_err(e.to_string(), false)),
+            (None, None) => Ok(value),
+        }
+    }
+
+    pub(crate) fn wait_idle(&self) -> Result<()> {
+        self.device
+            .poll(::wgpu::PollType::wait_indefinitely())
+            .map(|_| ())
+            .map_err(|e| BackendError::Execution { node: "<queue>".into(), reason: format!("waiting for the GPU failed: {e}") })
+    }
+
+    pub(crate) fn add_check(&self, check: StatusCheck) {
+        if let Ok(mut p) = self.pending.lock() {
+            p.push(check);
+        }
+    }
+
+    /// Waits for the queue, then reads every pending status word. Returns the first
+    /// failure as an `Execution` error naming the node.
+    pub(crate) fn resolve_checks(&self) -> Result<()> {
+        self.wait_idle()?;
+        let checks: Vec<StatusCheck> = match self.pending.lock() {
+            Ok(mut p) => std::mem::take(&mut *p),
+            Err(_) => return Err(BackendError::Execution { node: "<queue>".into(), reason: "status list poisoned".into() }),
+        };
+        if checks.is_empty() {
+            return Ok(());
+        }
+        for c in &checks {
+            c.readback.map_async(::wgpu::MapMode::Read, .., |_| {});
+        }
+        self.wait_idle()?;
+        let mut first_error = None;
+        for c in checks {
+            let words = match c.readback.get_mapped_range(..) {
+                Ok(view) => {
+                    let b: &[u8] = &view;
+                    [u32::from_le_bytes([b[0], b[1], b[2], b[3]]), u32::from_le_bytes([b[4], b[5], b[6], b[7]])]
+                }
+                Err(e) => {
+                    first_error.get_or_insert(BackendError::Execution { node: c.label.to_string(), reason: format!("reading kernel status: {e}") });
+                    [0, u32::MAX]
+                }
+            };
+            c.readback.unmap();
+            c.in_flight.store(false, Ordering::Release);
+            if words[0] != 0 && first_error.is_none() {
+                let node = c.node_names.get(words[1] as usize).cloned().unwrap_or_else(|| c.label.to_string());
+                first_error = Some(BackendError::Execution { node, reason: describe_status(words[0]) });
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Copies `size` bytes at `offset` of `src` to the host through a reused staging
+    /// buffer.
+    pub(crate) fn download(&self, src: &::wgpu::Buffer, offset: u64, size: u64) -> Result<Vec<u8>> {
+        let size4 = (size + 3) & !3;
+        let staging = {
+            let mut pool = self.staging.lock().map_err(|_| BackendError::Binding("staging pool poisoned".into()))?;
+            match pool.iter().position(|b| b.size() >= size4) {
+                Some(i) => pool.swap_remove(i),
+                None => self.scoped(
+                    || {
+                        self.device.create_buffer(&::wgpu::BufferDescriptor {
+                            label: Some("npurt staging"),
+                            size: size4.max(4),
+                            usage: ::wgpu::BufferUsages::MAP_READ | ::wgpu::BufferUsages::COPY_DST,
+                            mapped_at_creation: false,
+                        })
+                    },
+                    |_, _| BackendError::OutOfMemory { what: "staging buffer".into(), bytes: size4 as usize },
+                )?,
+            }
+        };
+        let mut enc = self.device.create_command_encoder(&::wgpu::CommandEncoderDescriptor { label: Some("npurt read") });
+        enc.copy_buffer_to_buffer(src, offset, &staging, 0, size4);
+        self.queue.submit([enc.finish()]);
+        staging.map_async(::wgpu::MapMode::Read, ..size4, |_| {});
+        self.wait_idle()?;
+        let data = {
+            let view = staging.get_mapped_range(..size4).map_err(|e| BackendError::Binding(format!("mapping a staging buffer: {e}")))?;
+            view[..size as usize].to_vec()
+        };
+        staging.unmap();
+        if let Ok(mut pool) = self.staging.lock() {
+            // Keep a few; larger ones first so big reads find a home.
+            pool.push(staging);
+            pool.sort_by_key(|b| b.size());
+            if pool.len() > 4 {
+                pool.remove(0);
+            }
+        }
+        Ok(data)
+    }
+}
+
+fn describe_status(flags: u32) -> String {
+    let mut what = Vec::new();
+    if flags & 1 != 0 {
+        what.push("a token id outside the embedding table");
+    }
+    if flags & 2 != 0 {
+        what.push("run-time positions (pos/n_valid) outside the chunk or the KV cache");
+    }
+    if flags & 4 != 0 {
+        what.push("a selected row outside the input");
+    }
+    format!("the kernel rejected {} (that work was skipped)", what.join(" and "))
+}

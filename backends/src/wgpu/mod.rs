@@ -1,0 +1,181 @@
+//! The wgpu compute backend: WGSL kernels (`kernels/src/wgsl/`) on any Vulkan, Metal or
+//! DX12 adapter, including Mesa's lavapipe (a CPU Vulkan driver) on machines without
+//! a GPU.
+//!
+//! - Weights are uploaded once in `prepare_weight`, repacked into aligned segments
+//!   and split into row parts no larger than the adapter's storage binding limit.
+//!   Quantized formats (Q4_0, Q4_1, Q8_0, Q8Channel) and f16/bf16 are dequantized
+//!   inside the shaders (f16 through `unpack2x16float`, so SHADER_F16 is not needed).
+//! - `compile` lowers every node to dispatches, plans scratch memory (greedy reuse by
+//!   lifetime), compiles pipelines once per (shader, entry, defines) and uploads every
+//!   dispatch's parameters into one uniform buffer.
+//! - `run` records the whole graph into one command encoder and submits once; bind
+//!   groups are cached per scratch and set of bound buffers.
+//! - Matmuls compute in f32 whatever `ActPrecision` asks (I16/I8 activation
+//!   quantization is a CPU/NPU concern; on a GPU f32 is as fast and more precise).
+//! - Run-time scalars (pos, n_valid, last_row) stay on the GPU; kernels validate them
+//!   and report through a status word that `synchronize`/`read` turn into a typed
+//!   error, since a submitted run cannot return one.
+
+mod buffers;
+mod device;
+mod executable;
+mod ops;
+mod pipelines;
+mod plan;
+mod support;
+mod weights;
+
+pub use ::wgpu::Backends;
+pub use buffers::WgpuBuffer;
+pub use executable::WgpuExecutable;
+
+use crate::{Backend, BackendError, BufferUsage, Capabilities, DeviceBuffer, Executable, Result, Support};
+use device::GpuContext;
+use npurt_graph::{DType, Graph, NodeId, TensorFact};
+use npurt_kernels::HostTensor;
+use std::sync::Arc;
+
+#[derive(Clone, Debug)]
+pub struct WgpuOptions {
+    /// Graphics APIs to look for adapters on. Defaults to `WGPU_BACKEND` from the
+    /// environment (e.g. `vulkan`), else all of Vulkan/Metal/DX12.
+    pub backends: ::wgpu::Backends,
+    /// Lowers the per-binding size limit (weights are split into parts no larger);
+    /// `None` uses the adapter's `max_storage_buffer_binding_size`. Tests use it to
+    /// exercise splitting on small tensors.
+    pub max_binding_bytes: Option<u64>,
+}
+
+impl Default for WgpuOptions {
+    fn default() -> Self {
+        WgpuOptions { backends: ::wgpu::Backends::from_env().unwrap_or(::wgpu::Backends::PRIMARY), max_binding_bytes: None }
+    }
+}
+
+pub struct WgpuBackend {
+    caps: Capabilities,
+    ctx: Arc<GpuContext>,
+}
+
+impl WgpuBackend {
+    /// Opens the best adapter (a GPU, else lavapipe). No adapter is
+    /// `BackendError::Unavailable` naming the driver to install.
+    pub fn new(opts: WgpuOptions) -> Result<Self> {
+        let ctx = GpuContext::new(opts.backends, opts.max_binding_bytes)?;
+        let info = &ctx.info;
+        let caps = Capabilities {
+            name: "wgpu".into(),
+            device: format!("{} ({:?}, {:?}, driver {} {})", info.name, info.backend, info.device_type, info.driver, info.driver_info).replace(", driver  )", ")"),
+            compute_dtypes: vec![DType::F32],
+            weight_dtypes: support::WEIGHT_DTYPES.to_vec(),
+            max_buffer_bytes: ctx.max_binding as usize,
+            host_memory: false,
+        };
+        Ok(WgpuBackend { caps, ctx })
+    }
+
+    /// The adapter's name and API, e.g. "llvmpipe (LLVM 15.0.6, 256 bits) (Vulkan, Cpu)".
+    pub fn adapter(&self) -> &str {
+        &self.caps.device
+    }
+
+    /// Largest bytes one binding covers (weights are split into parts no larger).
+    pub fn max_binding_bytes(&self) -> u64 {
+        self.ctx.max_binding
+    }
+
+    /// Distinct compute pipelines compiled so far.
+    pub fn pipeline_count(&self) -> usize {
+        self.ctx.pipelines.len()
+    }
+
+    /// Parts a prepared weight is split into.
+    pub fn weight_parts(buf: &dyn DeviceBuffer) -> usize {
+        WgpuBuffer::downcast(buf).map(|b| b.parts.len()).unwrap_or(0)
+    }
+
+    fn same_device(b: &dyn DeviceBuffer) -> Result<&WgpuBuffer> {
+        WgpuBuffer::downcast(b)
+    }
+}
+
+impl Backend for WgpuBackend {
+    fn capabilities(&self) -> &Capabilities {
+        &self.caps
+    }
+
+    fn supports(&self, graph: &Graph, id: NodeId) -> Support {
+        support::supports(graph, id, self.ctx.max_binding)
+    }
+
+    fn alloc(&self, fact: &TensorFact, usage: BufferUsage) -> Result<Arc<dyn DeviceBuffer>> {
+        Ok(buffers::into_arc(buffers::alloc(&self.ctx, fact, usage)?))
+    }
+
+    fn prepare_weight(&self, name: &str, tensor: HostTensor) -> Result<Arc<dyn DeviceBuffer>> {
+        if !support::WEIGHT_DTYPES.contains(&tensor.fact.dtype) && tensor.fact.dtype != DType::I32 {
+            return Err(BackendError::Unsupported { backend: "wgpu".into(), node: name.into(), reason: format!("{} weights", tensor.fact.dtype) });
+        }
+        Ok(buffers::into_arc(buffers::upload_weight(&self.ctx, name, &tensor)?))
+    }
+
+    fn compile(&self, graph: &Graph, weights: &[(NodeId, Arc<dyn DeviceBuffer>)]) -> Result<Arc<dyn Executable>> {
+        crate::check_support(self, graph)?;
+        Ok(Arc::new(WgpuExecutable::new(self.ctx.clone(), graph, weights)?))
+    }
+
+    fn write(&self, buf: &dyn DeviceBuffer, data: &HostTensor) -> Result<()> {
+        let b = Self::same_device(buf)?;
+        if b.fact != data.fact {
+            return Err(BackendError::Binding(format!("cannot write {} into a {} buffer", data.fact, b.fact)));
+        }
+        let src = weights::host_bytes(data);
+        let (cols, rows) = (b.fact.last_dim(), b.fact.rows().max(1));
+        for part in &b.parts {
+            let packed = if b.usage == BufferUsage::Weights { weights::pack(b.fact.dtype, cols, rows, &src, &part.layout) } else { src.to_vec() };
+            let mut packed = packed;
+            packed.resize(packed.len().div_ceil(4) * 4, 0);
+            self.ctx.queue.write_buffer(&part.buffer, 0, &packed);
+        }
+        Ok(())
+    }
+
+    fn read(&self, buf: &dyn DeviceBuffer) -> Result<HostTensor> {
+        let b = Self::same_device(buf)?;
+        // Reading waits for the queue anyway: report kernel errors of finished runs.
+        self.ctx.resolve_checks()?;
+        let bytes = b.fact.bytes().ok_or_else(|| BackendError::Binding(format!("{} has no byte size", b.fact)))?;
+        let data = if b.usage == BufferUsage::Weights {
+            let (cols, rows) = (b.fact.last_dim(), b.fact.rows().max(1));
+            let mut out = vec![0u8; bytes];
+            for part in &b.parts {
+                let packed = self.ctx.download(&part.buffer, 0, part.layout.bytes)?;
+                weights::unpack(b.fact.dtype, cols, rows, &packed, &part.layout, &mut out);
+            }
+            out
+        } else {
+            self.ctx.download(b.whole()?, 0, bytes as u64)?
+        };
+        weights::host_tensor(&b.fact, data).ok_or_else(|| BackendError::Binding(format!("read back {} of the wrong size", b.fact)))
+    }
+
+    fn copy_rows(&self, src: &dyn DeviceBuffer, dst: &dyn DeviceBuffer, rows: usize) -> Result<()> {
+        let (s, d) = (Self::same_device(src)?, Self::same_device(dst)?);
+        if s.fact.rank() != 2 || s.fact != d.fact || rows > s.fact.shape[0] || !matches!(s.fact.dtype, DType::F32 | DType::I32) {
+            return Err(BackendError::Binding(format!("copy_rows: {rows} rows from {} to {}", s.fact, d.fact)));
+        }
+        if s.id == d.id || rows == 0 {
+            return Ok(());
+        }
+        let bytes = (rows * s.fact.shape[1] * 4) as u64;
+        let mut enc = self.ctx.device.create_command_encoder(&::wgpu::CommandEncoderDescriptor { label: Some("npurt copy_rows") });
+        enc.copy_buffer_to_buffer(s.whole()?, 0, d.whole()?, 0, bytes);
+        self.ctx.queue.submit([enc.finish()]);
+        Ok(())
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        self.ctx.resolve_checks()
+    }
+}

@@ -1,0 +1,453 @@
+//! Lowering: each graph node becomes a list of dispatches (pipeline key, uniform
+//! parameters, bindings, workgroup counts). Nothing here touches the GPU; the
+//! executable resolves the bindings to buffers and records the dispatches.
+//! Binding numbers and parameter orders mirror the `.wgsl` files in
+//! `kernels/src/wgsl/` (each documents its own).
+
+use super::buffers::WgpuBuffer;
+use super::pipelines::PipelineKey;
+use crate::DeviceBuffer;
+use npurt_graph::{DType, Epilogue, Graph, NodeId, Op, RopeScaling};
+use std::sync::Arc;
+
+/// Max workgroups per dispatch dimension (WebGPU's guaranteed limit).
+pub(crate) const MAX_GROUPS: u32 = 65535;
+/// Rows up to which a matmul uses the GEMV kernel (matmul.wgsl `MAX_M`).
+pub(crate) const GEMV_MAX_ROWS: usize = 8;
+/// attention.wgsl `MAX_HEAD_DIM`.
+pub(crate) const MAX_HEAD_DIM: usize = 256;
+/// transpose.wgsl handles up to 8 dims.
+pub(crate) const MAX_TRANSPOSE_RANK: usize = 8;
+/// status.wgsl's binding.
+const STATUS_BINDING: u32 = 15;
+
+/// What a binding refers to; resolved to a buffer per run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum BindRef {
+    /// This dispatch's uniform parameters.
+    Params,
+    /// Wherever node `id`'s value lives (bound source, weight, scratch slot, alias).
+    Value(NodeId),
+    /// Part `p` of the weight at node `id`.
+    WeightPart(NodeId, usize),
+    /// Temporary `i` of the node being lowered (scratch, live during the node only).
+    Temp(usize),
+    /// Constant buffer `i` of the node being lowered (uploaded at compile time).
+    Const(usize),
+    /// The run's kernel status words.
+    Status,
+}
+
+pub(crate) struct Dispatch {
+    pub key: PipelineKey,
+    pub params: Vec<u32>,
+    pub bindings: Vec<(u32, BindRef)>,
+    pub groups: [u32; 3],
+}
+
+#[derive(Default)]
+pub(crate) struct Lowered {
+    pub dispatches: Vec<Dispatch>,
+    /// Bytes of each temporary.
+    pub temps: Vec<u64>,
+    /// Contents of each constant buffer.
+    pub consts: Vec<Vec<u8>>,
+}
+
+/// What lowering needs to know beyond the graph.
+pub(crate) struct LowerCtx<'a> {
+    pub graph: &'a Graph,
+    /// Prepared weights by node index.
+    pub weights: &'a [Option<Arc<dyn DeviceBuffer>>],
+}
+
+impl LowerCtx<'_> {
+    /// The prepared weight behind `id` (following reshapes), if `id` is one.
+    pub(crate) fn weight(&self, mut id: NodeId) -> Option<&WgpuBuffer> {
+        loop {
+            let n = self.graph.node(id);
+            match n.op {
+                Op::Reshape { .. } => id = n.inputs[0],
+                Op::Weight { .. } => return self.weights[id.0].as_ref().and_then(|b| WgpuBuffer::downcast(b.as_ref()).ok()),
+                _ => return None,
+            }
+        }
+    }
+}
+
+fn f(v: f32) -> u32 {
+    v.to_bits()
+}
+
+fn as_u32(v: usize, what: &str) -> Result<u32, String> {
+    u32::try_from(v).map_err(|_| format!("{what} ({v}) exceeds 32 bits"))
+}
+
+/// Workgroup counts for `threads` threads in groups of `wg`, folded into y past 65535.
+pub(crate) fn grid_1d(threads: usize, wg: usize) -> Result<[u32; 3], String> {
+    let groups = threads.div_ceil(wg).max(1);
+    if groups <= MAX_GROUPS as usize {
+        return Ok([groups as u32, 1, 1]);
+    }
+    let y = groups.div_ceil(MAX_GROUPS as usize);
+    if y > MAX_GROUPS as usize {
+        return Err(format!("{threads} threads exceed one dispatch"));
+    }
+    Ok([MAX_GROUPS, y as u32, 1])
+}
+
+const EW: usize = 256;
+
+fn weight_defines(dtype: DType) -> Result<&'static [&'static str], String> {
+    Ok(match dtype {
+        DType::F32 => &["W_F32"],
+        DType::F16 => &["W_F16", "W_HALF"],
+        DType::BF16 => &["W_BF16", "W_HALF"],
+        DType::Q4_0 => &["W_Q4_0"],
+        DType::Q4_1 => &["W_Q4_1"],
+        DType::Q8_0 => &["W_Q8_0"],
+        DType::Q8Channel => &["W_Q8_CHANNEL"],
+        d => return Err(format!("{d} weights are not supported by the wgpu backend")),
+    })
+}
+
+/// A weight-like operand: the parts to bind (one for activations), with their rows
+/// and scale offsets.
+struct WeightOperand {
+    dtype: DType,
+    parts: Vec<(BindRef, std::ops::Range<usize>, u32)>,
+}
+
+fn weight_operand(cx: &LowerCtx, id: NodeId) -> WeightOperand {
+    let fact = cx.graph.fact(id);
+    match cx.weight(id) {
+        Some(w) => WeightOperand {
+            dtype: w.fact.dtype,
+            parts: w.parts.iter().enumerate().map(|(i, p)| (BindRef::WeightPart(id_of_weight(cx, id), i), p.layout.rows.clone(), p.layout.scale_offset_words)).collect(),
+        },
+        None => WeightOperand { dtype: fact.dtype, parts: vec![(BindRef::Value(id), 0..fact.rows().max(1), 0)] },
+    }
+}
+
+fn id_of_weight(cx: &LowerCtx, mut id: NodeId) -> NodeId {
+    while let Op::Reshape { .. } = cx.graph.node(id).op {
+        id = cx.graph.node(id).inputs[0];
+    }
+    id
+}
+
+fn elementwise(entry: &'static str, n: usize, y_len: usize, cols: usize, x: BindRef, y: Option<BindRef>, out: BindRef) -> Result<Dispatch, String> {
+    let mut bindings = vec![(0, BindRef::Params), (1, x), (3, out)];
+    if let Some(y) = y {
+        bindings.push((2, y));
+    }
+    Ok(Dispatch {
+        key: PipelineKey::new("elementwise.wgsl", entry, &[]),
+        params: vec![as_u32(n, "elements")?, as_u32(y_len.max(1), "broadcast length")?, as_u32(cols, "columns")?],
+        bindings,
+        groups: grid_1d(n, EW)?,
+    })
+}
+
+/// Lowers node `id`. Sources and reshapes produce no dispatch.
+pub(crate) fn lower(cx: &LowerCtx, id: NodeId) -> Result<Lowered, String> {
+    let g = cx.graph;
+    let node = g.node(id);
+    let ins = &node.inputs;
+    let out = BindRef::Value(id);
+    let n_out = node.fact.elems().ok_or("output size overflows")?;
+    let node_idx = as_u32(id.0, "node index")?;
+    let mut l = Lowered::default();
+    let d = &mut l.dispatches;
+    match &node.op {
+        Op::Input { .. } | Op::Weight { .. } | Op::State { .. } | Op::Reshape { .. } => {}
+        Op::Add | Op::Mul => {
+            let entry = if matches!(node.op, Op::Add) { "add" } else { "mul" };
+            let y_len = g.fact(ins[1]).elems().unwrap_or(1);
+            d.push(elementwise(entry, n_out, y_len, 0, BindRef::Value(ins[0]), Some(BindRef::Value(ins[1])), out)?);
+        }
+        Op::Silu => d.push(elementwise("silu_op", n_out, 1, 0, BindRef::Value(ins[0]), None, out)?),
+        Op::Gelu { tanh } => d.push(elementwise(if *tanh { "gelu_tanh_op" } else { "gelu_erf_op" }, n_out, 1, 0, BindRef::Value(ins[0]), None, out)?),
+        Op::RmsNorm { eps } | Op::LayerNorm { eps } => {
+            let x = g.fact(ins[0]);
+            let (rows, h) = (x.rows().max(1), x.last_dim());
+            let layer = matches!(node.op, Op::LayerNorm { .. });
+            let mut bindings = vec![(0, BindRef::Params), (1, BindRef::Value(ins[0])), (2, BindRef::Value(ins[1])), (4, out)];
+            if layer {
+                bindings.push((3, BindRef::Value(ins[2])));
+            }
+            d.push(Dispatch {
+                key: PipelineKey::new("norm.wgsl", if layer { "layer_norm" } else { "rms_norm" }, &[]),
+                params: vec![as_u32(rows, "rows")?, as_u32(h, "row length")?, f(*eps)],
+                bindings,
+                groups: grid_1d(rows, 1)?,
+            });
+        }
+        Op::Softmax => {
+            let x = g.fact(ins[0]);
+            let (rows, h) = (x.rows().max(1), x.last_dim());
+            d.push(Dispatch {
+                key: PipelineKey::new("norm.wgsl", "softmax", &[]),
+                params: vec![as_u32(rows, "rows")?, as_u32(h, "row length")?, 0],
+                bindings: vec![(0, BindRef::Params), (1, BindRef::Value(ins[0])), (4, out)],
+                groups: grid_1d(rows, 1)?,
+            });
+        }
+        Op::Rope { params: p } => {
+            let width = node.fact.shape[1];
+            // Position-independent frequencies are computed here exactly as the
+            // reference does; dynamic NTK rescales in the shader from pos + n_valid.
+            let inv = npurt_kernels::reference::rope_inv_freq(p, 0);
+            l.consts.push(inv.iter().flat_map(|v| v.to_le_bytes()).collect());
+            let (dynamic, factor, orig) = match p.scaling {
+                RopeScaling::DynamicNtk { factor, original_max_position } => (1, factor, original_max_position),
+                _ => (0, 1.0, 0),
+            };
+            l.dispatches.push(Dispatch {
+                key: PipelineKey::new("rope.wgsl", "rope", &[]),
+                params: vec![
+                    as_u32(n_out, "elements")?,
+                    as_u32(width, "width")?,
+                    as_u32(p.head_dim, "head_dim")?,
+                    as_u32(p.rotary_dim, "rotary_dim")?,
+                    dynamic,
+                    f(p.theta),
+                    f(factor),
+                    as_u32(orig, "original_max_position")?,
+                    node_idx,
+                ],
+                bindings: vec![
+                    (0, BindRef::Params),
+                    (1, BindRef::Value(ins[0])),
+                    (2, BindRef::Value(ins[1])),
+                    (3, BindRef::Value(ins[2])),
+                    (4, BindRef::Const(0)),
+                    (5, out),
+                    (STATUS_BINDING, BindRef::Status),
+                ],
+                groups: grid_1d(n_out, EW)?,
+            });
+            return Ok(l);
+        }
+        Op::KvWrite => {
+            let cache = g.fact(ins[0]);
+            let new = g.fact(ins[1]);
+            let n = new.elems().ok_or("kv rows overflow")?;
+            d.push(Dispatch {
+                key: PipelineKey::new("kv_write.wgsl", "kv_write", &[]),
+                params: vec![as_u32(n, "elements")?, as_u32(cache.shape[1], "width")?, as_u32(cache.shape[0], "cache rows")?, as_u32(new.shape[0], "rows")?, node_idx],
+                bindings: vec![(0, BindRef::Params), (1, BindRef::Value(ins[1])), (2, BindRef::Value(ins[2])), (3, BindRef::Value(ins[0])), (STATUS_BINDING, BindRef::Status)],
+                groups: grid_1d(n, EW)?,
+            });
+        }
+        Op::Attention { n_heads, n_kv_heads, head_dim, scale } => {
+            let t = g.fact(ins[0]).shape[0];
+            let s = g.fact(ins[1]).shape[0];
+            if *head_dim > MAX_HEAD_DIM {
+                return Err(format!("head_dim {head_dim} > {MAX_HEAD_DIM}"));
+            }
+            d.push(Dispatch {
+                key: PipelineKey::new("attention.wgsl", "attention", &[]),
+                params: vec![as_u32(t, "rows")?, as_u32(*n_heads, "heads")?, as_u32(*n_kv_heads, "kv heads")?, as_u32(*head_dim, "head_dim")?, as_u32(s, "cache rows")?, f(*scale), node_idx],
+                bindings: (0..7)
+                    .map(|b| (b, if b == 0 { BindRef::Params } else if b == 6 { out } else { BindRef::Value(ins[b as usize - 1]) }))
+                    .chain([(STATUS_BINDING, BindRef::Status)])
+                    .collect(),
+                groups: [as_u32(*n_heads, "heads")?.min(MAX_GROUPS), as_u32(t, "rows")?.min(MAX_GROUPS), 1],
+            });
+            if *n_heads > MAX_GROUPS as usize || t > MAX_GROUPS as usize {
+                return Err("attention with more than 65535 heads or rows".into());
+            }
+        }
+        Op::SliceCols { start, len } => {
+            let x = g.fact(ins[0]);
+            d.push(Dispatch {
+                key: PipelineKey::new("rows.wgsl", "slice_cols", &[]),
+                params: vec![as_u32(n_out, "elements")?, as_u32(x.shape[0], "rows")?, as_u32(x.shape[1], "width")?, as_u32(*start, "start")?, as_u32(*len, "len")?, node_idx],
+                bindings: vec![(0, BindRef::Params), (1, BindRef::Value(ins[0])), (3, out)],
+                groups: grid_1d(n_out, EW)?,
+            });
+        }
+        Op::SelectRow => {
+            let x = g.fact(ins[0]);
+            d.push(Dispatch {
+                key: PipelineKey::new("rows.wgsl", "select_row", &[]),
+                params: vec![as_u32(n_out, "elements")?, as_u32(x.shape[0], "rows")?, as_u32(x.shape[1], "width")?, 0, as_u32(x.shape[1], "width")?, node_idx],
+                bindings: vec![(0, BindRef::Params), (1, BindRef::Value(ins[0])), (2, BindRef::Value(ins[1])), (3, out), (STATUS_BINDING, BindRef::Status)],
+                groups: grid_1d(n_out, EW)?,
+            });
+        }
+        Op::Transpose { perm } => {
+            let shape = &g.fact(ins[0]).shape;
+            if perm.len() > MAX_TRANSPOSE_RANK {
+                return Err(format!("transpose of rank {} > {MAX_TRANSPOSE_RANK}", perm.len()));
+            }
+            let mut in_strides = vec![1usize; shape.len()];
+            for i in (0..shape.len().saturating_sub(1)).rev() {
+                in_strides[i] = in_strides[i + 1] * shape[i + 1];
+            }
+            let mut params = vec![as_u32(n_out, "elements")?, perm.len() as u32, 0, 0];
+            let mut out_shape = [1u32; 8];
+            let mut walk = [0u32; 8];
+            for (i, &p) in perm.iter().enumerate() {
+                out_shape[i] = as_u32(shape[p], "dim")?;
+                walk[i] = as_u32(in_strides[p], "stride")?;
+            }
+            params.extend(out_shape);
+            params.extend(walk);
+            d.push(Dispatch {
+                key: PipelineKey::new("transpose.wgsl", "transpose", &[]),
+                params,
+                bindings: vec![(0, BindRef::Params), (1, BindRef::Value(ins[0])), (3, out)],
+                groups: grid_1d(n_out, EW)?,
+            });
+        }
+        Op::PatchEmbed { patch } => {
+            let sh = &g.fact(ins[0]).shape;
+            let dim = node.fact.shape[1];
+            d.push(Dispatch {
+                key: PipelineKey::new("patch_embed.wgsl", "patch_embed", &[]),
+                params: vec![
+                    as_u32(n_out, "elements")?,
+                    as_u32(dim, "channels")?,
+                    as_u32(sh[1], "channels")?,
+                    as_u32(sh[2], "height")?,
+                    as_u32(sh[3], "width")?,
+                    as_u32(*patch, "patch")?,
+                    as_u32(sh[2] / patch, "grid")?,
+                    as_u32(sh[3] / patch, "grid")?,
+                ],
+                bindings: vec![(0, BindRef::Params), (1, BindRef::Value(ins[0])), (2, BindRef::Value(ins[1])), (3, BindRef::Value(ins[2])), (4, out)],
+                groups: grid_1d(n_out, EW)?,
+            });
+        }
+        Op::Gather => {
+            let table = weight_operand(cx, ins[0]);
+            let tf = g.fact(ins[0]);
+            let (vocab, width) = (tf.shape[0], tf.shape[1]);
+            let tokens = g.fact(ins[1]).shape[0];
+            let threads = tokens * width.div_ceil(4);
+            for (bind, rows, soff) in table.parts {
+                d.push(Dispatch {
+                    key: PipelineKey::new("gather.wgsl", "gather", weight_defines(table.dtype)?),
+                    params: vec![
+                        as_u32(tokens, "tokens")?,
+                        as_u32(width, "width")?,
+                        as_u32(vocab, "vocab")?,
+                        as_u32(rows.start, "row")?,
+                        as_u32(rows.len(), "rows")?,
+                        soff,
+                        node_idx,
+                    ],
+                    bindings: vec![(0, BindRef::Params), (1, BindRef::Value(ins[1])), (2, bind), (3, out), (STATUS_BINDING, BindRef::Status)],
+                    groups: grid_1d(threads, EW)?,
+                });
+            }
+        }
+        Op::MatMul { transpose_b, epilogue, .. } => lower_matmul(cx, id, *transpose_b, *epilogue, &mut l)?,
+    }
+    Ok(l)
+}
+
+/// One matmul dispatch over one weight part; see matmul.wgsl `Params`.
+struct MatmulArgs {
+    m: usize,
+    k: usize,
+    n: usize,
+    n_base: usize,
+    ldo: usize,
+    lda: usize,
+    a_k0: usize,
+    soff: u32,
+    w_ld: usize,
+    up_row: usize,
+    accumulate: bool,
+}
+
+fn matmul_dispatch(defines: &[&'static str], gemv: bool, x: MatmulArgs, bindings: Vec<(u32, BindRef)>) -> Result<Dispatch, String> {
+    let params = vec![
+        as_u32(x.m, "m")?,
+        as_u32(x.k, "k")?,
+        as_u32(x.n, "n")?,
+        as_u32(x.n_base, "n")?,
+        as_u32(x.ldo, "n")?,
+        as_u32(x.lda, "k")?,
+        as_u32(x.a_k0, "k")?,
+        x.soff,
+        as_u32(x.w_ld, "n")?,
+        as_u32(x.up_row, "n")?,
+        x.accumulate as u32,
+    ];
+    let groups = if gemv {
+        grid_1d(x.n.div_ceil(4), 1)?
+    } else {
+        let (gx, gy) = (x.n.div_ceil(32), x.m.div_ceil(32));
+        if gx > MAX_GROUPS as usize || gy > MAX_GROUPS as usize {
+            return Err(format!("matmul {}x{} exceeds one dispatch", x.m, x.n));
+        }
+        [gx as u32, gy as u32, 1]
+    };
+    Ok(Dispatch { key: PipelineKey::new("matmul.wgsl", if gemv { "gemv" } else { "gemm" }, defines), params, bindings, groups })
+}
+
+fn lower_matmul(cx: &LowerCtx, id: NodeId, transpose_b: bool, epilogue: Epilogue, l: &mut Lowered) -> Result<(), String> {
+    let g = cx.graph;
+    let ins = &g.node(id).inputs;
+    let a = g.fact(ins[0]);
+    let (m, k) = (a.shape[0], a.shape[1]);
+    let b = weight_operand(cx, ins[1]);
+    let bf = g.fact(ins[1]);
+    let out = BindRef::Value(id);
+    let mut defines: Vec<&'static str> = weight_defines(b.dtype)?.to_vec();
+    if !transpose_b {
+        // b is [K, N]; parts split K, so later parts accumulate. No epilogue here (the
+        // graph only allows fused work on [N, K] weights).
+        if !matches!(b.dtype, DType::F32 | DType::F16 | DType::BF16) || epilogue != Epilogue::None {
+            return Err("a [K, N] matmul weight must be f32/f16/bf16 without an epilogue".into());
+        }
+        defines.push("W_KN");
+        let n = bf.shape[1];
+        for (i, (bind, rows, _)) in b.parts.into_iter().enumerate() {
+            let args = MatmulArgs { m, k: rows.len(), n, n_base: 0, ldo: n, lda: k, a_k0: rows.start, soff: 0, w_ld: n, up_row: 0, accumulate: i > 0 };
+            l.dispatches.push(matmul_dispatch(&defines, false, args, vec![(0, BindRef::Params), (1, BindRef::Value(ins[0])), (2, bind), (3, out)])?);
+        }
+        return Ok(());
+    }
+    let n_b = bf.shape[0];
+    let gemv = m <= GEMV_MAX_ROWS;
+    let mut extra = vec![];
+    if epilogue.has_bias() {
+        defines.push("HAS_BIAS");
+        extra.push((4, BindRef::Value(ins[2])));
+    }
+    if epilogue.has_residual() {
+        defines.push("HAS_RESIDUAL");
+        extra.push((5, BindRef::Value(ins[ins.len() - 1])));
+    }
+    if epilogue == Epilogue::SwiGlu && b.parts.len() > 1 {
+        // Gate and up rows live in different parts: compute the raw [M, 2N] product
+        // into a temporary, then combine.
+        l.temps.push((m * n_b * 4) as u64);
+        for (bind, rows, soff) in b.parts {
+            let args = MatmulArgs { m, k, n: rows.len(), n_base: rows.start, ldo: n_b, lda: k, a_k0: 0, soff, w_ld: 0, up_row: 0, accumulate: false };
+            l.dispatches.push(matmul_dispatch(&defines, gemv, args, vec![(0, BindRef::Params), (1, BindRef::Value(ins[0])), (2, bind), (3, BindRef::Temp(0))])?);
+        }
+        l.dispatches.push(elementwise("swiglu", m * n_b / 2, 1, n_b / 2, BindRef::Temp(0), None, out)?);
+        return Ok(());
+    }
+    if epilogue == Epilogue::SwiGlu {
+        defines.push("SWIGLU");
+        let n = n_b / 2;
+        let (bind, _, soff) = b.parts[0].clone();
+        let args = MatmulArgs { m, k, n, n_base: 0, ldo: n, lda: k, a_k0: 0, soff, w_ld: 0, up_row: n, accumulate: false };
+        l.dispatches.push(matmul_dispatch(&defines, gemv, args, vec![(0, BindRef::Params), (1, BindRef::Value(ins[0])), (2, bind), (3, out)])?);
+        return Ok(());
+    }
+    for (bind, rows, soff) in b.parts {
+        let args = MatmulArgs { m, k, n: rows.len(), n_base: rows.start, ldo: n_b, lda: k, a_k0: 0, soff, w_ld: 0, up_row: 0, accumulate: false };
+        let mut bindings = vec![(0, BindRef::Params), (1, BindRef::Value(ins[0])), (2, bind), (3, out)];
+        bindings.extend(extra.iter().copied());
+        l.dispatches.push(matmul_dispatch(&defines, gemv, args, bindings)?);
+    }
+    Ok(())
+}

@@ -1,0 +1,332 @@
+//! Activation preparation for the packed matmul: dynamic quantization (I16: one scale
+//! per row; I8: one scale per 32-value block) or a plain f32 copy, written in the
+//! layout the microkernels broadcast from.
+//!
+//! # Layout
+//!
+//! Rows are taken in groups of [`GROUP`] = 8 (the largest row block a microkernel
+//! computes at once; the last group is zero-padded). Within a group, data is ordered
+//! block-major then row: `[group][block][row of 8][32 values]` for i8/i16 and
+//! `[group][k][row of 8]` for f32. A kernel working on rows `r0..r0+MR` of one group
+//! then finds every row's operand for a block at one base pointer plus a constant
+//! offset, instead of juggling MR row pointers (the ggml `block_q8_0x4` idea).
+//! Per-block side data (`blk_scale`, `blk_bias`, `blk_sum`) is `[group][block][row]`.
+//!
+//! Rounding is round-half-to-even (`vcvtps2dq`'s default, and `round_ties_even` in the
+//! portable path), so every path produces the same integers.
+
+use super::Isa;
+use rayon::prelude::*;
+
+/// Rows per activation group (the largest microkernel row block).
+pub(crate) const GROUP: usize = 8;
+const BLOCK: usize = 32;
+
+/// How the activations are prepared for one matmul call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ActPlan {
+    /// f32, transposed per group: `f[group][k][row]`.
+    F32,
+    /// i8 per 32-value block (`q8`, `blk_scale`); `blk_bias = -offset * sum(q)` and
+    /// `blk_sum = scale * sum(q)` per block.
+    I8 { offset: i32 },
+    /// i16 with one scale per row (`q16`, `row_scale`); within each 32-value block
+    /// position `p` holds value `perm[p]` (the order the kernel's weight unpacking
+    /// produces); `blk_bias = -offset * sum(q)`, `blk_sum = sum(q)` as f32.
+    I16 { offset: i32, perm: Option<&'static [u8; 32]> },
+    /// The f32 layout holding quantize-then-dequantize values (f32 weights with an
+    /// integer activation policy: the same numerics, computed in f32).
+    FakeI8,
+    FakeI16,
+}
+
+/// The quantized activations, reused across calls (thread-local in the driver).
+#[derive(Default)]
+pub(crate) struct ActScratch {
+    pub q8: Vec<i8>,
+    pub q16: Vec<i16>,
+    pub f: Vec<f32>,
+    pub blk_scale: Vec<f32>,
+    pub blk_bias: Vec<i32>,
+    pub blk_sum: Vec<f32>,
+    pub row_scale: Vec<f32>,
+    /// Geometry of the last `prepare`: rows padded to whole groups, k, blocks per row.
+    pub groups: usize,
+    pub k: usize,
+    pub kb: usize,
+}
+
+fn refill<T: Copy + Default>(v: &mut Vec<T>, len: usize) {
+    v.clear();
+    v.resize(len, T::default());
+}
+
+/// Pair order of i16 activations for the Q4 I16 kernels: vector `v = 4L + s` of a
+/// block takes nibble `s` (0..4) of both 16-bit words of each dword of load `L`; word 0
+/// is GGUF quant bytes `4L, 4L+1`, word 1 bytes `4L+2, 4L+3`, and nibble `s` of a word
+/// is the low (s even) or high (s odd) nibble of byte `s / 2`. A low nibble of byte `j`
+/// is value `j`, a high nibble value `j + 16`.
+pub(crate) const Q4_I16_PERM: [u8; 32] = {
+    let mut p = [0u8; 32];
+    let mut v = 0;
+    while v < 16 {
+        let (l, s) = (v / 4, v % 4);
+        let base = 4 * l + s / 2 + 16 * (s % 2);
+        p[2 * v] = base as u8;
+        p[2 * v + 1] = (base + 2) as u8;
+        v += 1;
+    }
+    p
+};
+
+/// Pair order of i16 activations for the Q8 I16 kernels: vector `v = 2L + h` holds the
+/// sign-extended low (h = 0) or high (h = 1) bytes of the 16-bit words of load `L`,
+/// i.e. values `4L + h` and `4L + h + 2`.
+pub(crate) const Q8_I16_PERM: [u8; 32] = {
+    let mut p = [0u8; 32];
+    let mut v = 0;
+    while v < 16 {
+        let (l, h) = (v / 2, v % 2);
+        p[2 * v] = (4 * l + h) as u8;
+        p[2 * v + 1] = (4 * l + h + 2) as u8;
+        v += 1;
+    }
+    p
+};
+
+/// Quantizes (or copies) `a [m, k]` into `s` for `plan`. Large inputs are split over
+/// groups on the current rayon pool.
+pub(crate) fn prepare(a: &[f32], m: usize, k: usize, plan: ActPlan, isa: Isa, s: &mut ActScratch) {
+    let groups = m.div_ceil(GROUP);
+    let kb = k.div_ceil(BLOCK);
+    s.groups = groups;
+    s.k = k;
+    s.kb = kb;
+    let rows = groups * GROUP;
+    let uses_f = matches!(plan, ActPlan::F32 | ActPlan::FakeI8 | ActPlan::FakeI16);
+    let uses_q8 = matches!(plan, ActPlan::I8 { .. });
+    let uses_q16 = matches!(plan, ActPlan::I16 { .. });
+    let uses_rs = matches!(plan, ActPlan::I16 { .. } | ActPlan::FakeI16);
+    let uses_blk = uses_q8 || uses_q16;
+    // Per-group chunk length of each array, 0 where the plan does not use it.
+    let fk = if uses_f { GROUP * k } else { 0 };
+    let q8k = if uses_q8 { GROUP * kb * BLOCK } else { 0 };
+    let q16k = if uses_q16 { GROUP * kb * BLOCK } else { 0 };
+    let bsk = if uses_q8 { GROUP * kb } else { 0 };
+    let bk = if uses_blk { GROUP * kb } else { 0 };
+    let rsk = if uses_rs { GROUP } else { 0 };
+    refill(&mut s.f, groups * fk);
+    refill(&mut s.q8, groups * q8k);
+    refill(&mut s.q16, groups * q16k);
+    refill(&mut s.blk_scale, groups * bsk);
+    refill(&mut s.blk_bias, groups * bk);
+    refill(&mut s.blk_sum, groups * bk);
+    refill(&mut s.row_scale, groups * rsk);
+    let _ = rows;
+    let per_group = |g: usize, f: &mut [f32], q8: &mut [i8], q16: &mut [i16], bs: &mut [f32], bb: &mut [i32], bsum: &mut [f32], rs: &mut [f32]| {
+        let rows_here = (m - g * GROUP).min(GROUP);
+        let a = &a[g * GROUP * k..][..rows_here * k];
+        dispatch_group(isa, a, rows_here, k, plan, f, q8, q16, bs, bb, bsum, rs);
+    };
+    let parallel = m >= 32 && m * k >= 1 << 15 && rayon::current_num_threads() > 1;
+    if !parallel {
+        // The decode path: no allocation, groups in order.
+        fn part<T>(v: &mut [T], g: usize, len: usize) -> &mut [T] {
+            &mut v[g * len..(g + 1) * len]
+        }
+        for g in 0..groups {
+            per_group(
+                g,
+                part(&mut s.f, g, fk),
+                part(&mut s.q8, g, q8k),
+                part(&mut s.q16, g, q16k),
+                part(&mut s.blk_scale, g, bsk),
+                part(&mut s.blk_bias, g, bk),
+                part(&mut s.blk_sum, g, bk),
+                part(&mut s.row_scale, g, rsk),
+            );
+        }
+        return;
+    }
+    // Split every array into per-group chunks (unused arrays give empty chunks).
+    fn chunks<T>(v: &mut [T], len: usize, groups: usize) -> Vec<&mut [T]> {
+        if len == 0 {
+            (0..groups).map(|_| <&mut [T]>::default()).collect()
+        } else {
+            v.chunks_mut(len).collect()
+        }
+    }
+    let f = chunks(&mut s.f, fk, groups);
+    let q8 = chunks(&mut s.q8, q8k, groups);
+    let q16 = chunks(&mut s.q16, q16k, groups);
+    let bs = chunks(&mut s.blk_scale, bsk, groups);
+    let bb = chunks(&mut s.blk_bias, bk, groups);
+    let bsum = chunks(&mut s.blk_sum, bk, groups);
+    let rs = chunks(&mut s.row_scale, rsk, groups);
+    let work: Vec<_> = f.into_iter().zip(q8).zip(q16).zip(bs).zip(bb).zip(bsum).zip(rs).enumerate().collect();
+    debug_assert_eq!(work.len(), groups);
+    work.into_par_iter().for_each(|(g, ((((((f, q8), q16), bs), bb), bsum), rs))| per_group(g, f, q8, q16, bs, bb, bsum, rs));
+}
+
+#[allow(clippy::too_many_arguments)]
+fn dispatch_group(
+    isa: Isa,
+    a: &[f32],
+    rows: usize,
+    k: usize,
+    plan: ActPlan,
+    f: &mut [f32],
+    q8: &mut [i8],
+    q16: &mut [i16],
+    bs: &mut [f32],
+    bb: &mut [i32],
+    bsum: &mut [f32],
+    rs: &mut [f32],
+) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `isa` is at most what `detected()` found on this CPU.
+        Isa::Avx512Vnni => unsafe { group_avx512(a, rows, k, plan, f, q8, q16, bs, bb, bsum, rs) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        Isa::Avx2Fma => unsafe { group_avx2(a, rows, k, plan, f, q8, q16, bs, bb, bsum, rs) },
+        _ => group(a, rows, k, plan, f, q8, q16, bs, bb, bsum, rs),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn group_avx512(a: &[f32], rows: usize, k: usize, plan: ActPlan, f: &mut [f32], q8: &mut [i8], q16: &mut [i16], bs: &mut [f32], bb: &mut [i32], bsum: &mut [f32], rs: &mut [f32]) {
+    group(a, rows, k, plan, f, q8, q16, bs, bb, bsum, rs)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn group_avx2(a: &[f32], rows: usize, k: usize, plan: ActPlan, f: &mut [f32], q8: &mut [i8], q16: &mut [i16], bs: &mut [f32], bb: &mut [i32], bsum: &mut [f32], rs: &mut [f32]) {
+    group(a, rows, k, plan, f, q8, q16, bs, bb, bsum, rs)
+}
+
+#[inline(always)]
+fn amax(x: &[f32]) -> f32 {
+    // Eight partial maxima so the loop vectorizes (f32 max is not associative for the
+    // compiler because of NaN; this order is explicit).
+    let mut m = [0f32; 8];
+    let mut chunks = x.chunks_exact(8);
+    for c in &mut chunks {
+        for i in 0..8 {
+            m[i] = m[i].max(c[i].abs());
+        }
+    }
+    for v in chunks.remainder() {
+        m[0] = m[0].max(v.abs());
+    }
+    m.iter().fold(0f32, |a, &b| a.max(b))
+}
+
+/// One group of up to `GROUP` rows (`a` is `rows * k` values); pad rows stay zero.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn group(a: &[f32], rows: usize, k: usize, plan: ActPlan, f: &mut [f32], q8: &mut [i8], q16: &mut [i16], bs: &mut [f32], bb: &mut [i32], bsum: &mut [f32], rs: &mut [f32]) {
+    let kb = k.div_ceil(BLOCK);
+    match plan {
+        ActPlan::F32 | ActPlan::FakeI8 | ActPlan::FakeI16 => {
+            let mut tmp = [0f32; BLOCK];
+            for r in 0..rows {
+                let row = &a[r * k..][..k];
+                let row_scale = amax(row) / 32767.0;
+                let row_inv = if row_scale != 0.0 { 1.0 / row_scale } else { 0.0 };
+                for (b, x) in row.chunks(BLOCK).enumerate() {
+                    let t = &mut tmp[..x.len()];
+                    match plan {
+                        ActPlan::F32 => t.copy_from_slice(x),
+                        ActPlan::FakeI8 => {
+                            let s = amax(x) / 127.0;
+                            let inv = if s != 0.0 { 1.0 / s } else { 0.0 };
+                            for (t, &v) in t.iter_mut().zip(x) {
+                                *t = (v * inv).round_ties_even().clamp(-127.0, 127.0) * s;
+                            }
+                        }
+                        _ => {
+                            for (t, &v) in t.iter_mut().zip(x) {
+                                *t = (v * row_inv).round_ties_even().clamp(-32767.0, 32767.0) * row_scale;
+                            }
+                        }
+                    }
+                    for (j, &v) in t.iter().enumerate() {
+                        f[(b * BLOCK + j) * GROUP + r] = v;
+                    }
+                }
+            }
+        }
+        ActPlan::I8 { offset } => {
+            for r in 0..rows {
+                let row = &a[r * k..][..k];
+                for (b, x) in row.chunks_exact(BLOCK).enumerate() {
+                    let s = amax(x) / 127.0;
+                    let inv = if s != 0.0 { 1.0 / s } else { 0.0 };
+                    let dst = &mut q8[(b * GROUP + r) * BLOCK..][..BLOCK];
+                    let mut sum = 0i32;
+                    for (d, &v) in dst.iter_mut().zip(x) {
+                        // |v * inv| <= 127 up to rounding of inv; the clamp guards it.
+                        let q = (v * inv).round_ties_even().clamp(-127.0, 127.0) as i32;
+                        *d = q as i8;
+                        sum += q;
+                    }
+                    let i = b * GROUP + r;
+                    bs[i] = s;
+                    // |sum| <= 32 * 127 = 4064, so offset * sum fits easily (offset <= 128).
+                    bb[i] = -offset * sum;
+                    bsum[i] = s * sum as f32;
+                }
+            }
+        }
+        ActPlan::I16 { offset, perm } => {
+            let mut tmp = [0i16; BLOCK];
+            for r in 0..rows {
+                let row = &a[r * k..][..k];
+                let s = amax(row) / 32767.0;
+                let inv = if s != 0.0 { 1.0 / s } else { 0.0 };
+                rs[r] = s;
+                for (b, x) in row.chunks_exact(BLOCK).enumerate() {
+                    let mut sum = 0i32;
+                    for (t, &v) in tmp.iter_mut().zip(x) {
+                        let q = (v * inv).round_ties_even().clamp(-32767.0, 32767.0) as i32;
+                        *t = q as i16;
+                        sum += q;
+                    }
+                    let dst = &mut q16[(b * GROUP + r) * BLOCK..][..BLOCK];
+                    match perm {
+                        Some(p) => {
+                            for (d, &src) in dst.iter_mut().zip(p.iter()) {
+                                *d = tmp[src as usize];
+                            }
+                        }
+                        None => dst.copy_from_slice(&tmp),
+                    }
+                    let i = b * GROUP + r;
+                    // |sum| <= 32 * 32767 < 2^21: exact in f32, and offset (<= 8 here)
+                    // times it fits i32.
+                    bb[i] = -offset * sum;
+                    bsum[i] = sum as f32;
+                }
+            }
+        }
+    }
+    let _ = kb;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn permutations_are_permutations() {
+        for p in [Q4_I16_PERM, Q8_I16_PERM] {
+            let mut seen = [false; 32];
+            p.iter().for_each(|&i| seen[i as usize] = true);
+            assert!(seen.iter().all(|&s| s));
+        }
+    }
+}

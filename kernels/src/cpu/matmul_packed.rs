@@ -1,0 +1,243 @@
+//! The packed (quantized) matmul: `out [m, n_out] = epilogue(a [m, k] @ W^T)` for a
+//! [`PackedMatrix`] `W [n, k]`, with the activations quantized on the fly to the
+//! requested [`ActPrecision`].
+//!
+//! Work split: the output is cut into 16-column tiles (one packed weight tile each) and
+//! row groups of 8. Tasks own contiguous ranges of tiles (and, when there are too few
+//! tiles to feed every thread, ranges of row groups), so every weight tile is unpacked
+//! once per row block and streamed from memory once per call in decode. Within a task,
+//! rows are walked in chunks small enough that their quantized activations stay in L2
+//! while all of the task's tiles pass over them; within a chunk a tile is loaded once
+//! and reused by every row block (8 rows per microkernel call on AVX-512).
+
+use super::act_quant::{self, ActScratch, GROUP};
+use super::microkernels::{self, Job, KernelSet, TileOut};
+use super::packed::{PackedMatrix, TILE_ROWS};
+use super::{dispatch, isa, Isa, SendPtr};
+use crate::reference::KernelError;
+use npurt_graph::{ActPrecision, Epilogue};
+use rayon::prelude::*;
+use std::cell::RefCell;
+
+thread_local! {
+    /// Quantized activations of the last call on this thread, reused so decode does
+    /// not allocate. Taken out for the duration of a call (a nested call on the same
+    /// thread, e.g. from rayon work stealing, simply gets a fresh one).
+    static SCRATCH: RefCell<ActScratch> = RefCell::new(ActScratch::default());
+}
+
+/// Activation bytes per L2-resident row chunk (Zen 4 / most x86 have >= 512 KiB L2;
+/// half is left for the weight tiles streaming through).
+const ROW_CHUNK_BYTES: usize = 192 * 1024;
+/// Below this many multiply-adds a call runs on the calling thread: waking workers
+/// costs more than it saves.
+const PARALLEL_MIN_MACS: usize = 1 << 17;
+
+/// `out [m, n_out] = epilogue(a [m, k] @ w^T)` with activations quantized to `act`
+/// (I16: one scale per row; I8: one per 32-value block; F32: as given). `n_out` is
+/// `w.n()`, or `w.n() / 2` for [`Epilogue::SwiGlu`] (gate rows `0..n/2`, up rows
+/// `n/2..n`, `out = silu(gate) * up`). `bias` is `[n_out]` (Bias, BiasResidual),
+/// `residual` `[m, n_out]` (Residual, BiasResidual). Runs on the current rayon pool,
+/// using the best kernels this CPU supports (see [`super::with_isa`]).
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_packed(
+    a: &[f32],
+    m: usize,
+    w: &PackedMatrix,
+    act: ActPrecision,
+    epilogue: Epilogue,
+    bias: Option<&[f32]>,
+    residual: Option<&[f32]>,
+    out: &mut [f32],
+) -> Result<(), KernelError> {
+    matmul_packed_with(isa(), a, m, w, act, epilogue, bias, residual, out)
+}
+
+/// [`matmul_packed`] on an explicit kernel path (lowered to what the CPU supports).
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_packed_with(
+    isa: Isa,
+    a: &[f32],
+    m: usize,
+    w: &PackedMatrix,
+    act: ActPrecision,
+    epilogue: Epilogue,
+    bias: Option<&[f32]>,
+    residual: Option<&[f32]>,
+    out: &mut [f32],
+) -> Result<(), KernelError> {
+    let isa = isa.min(dispatch::detected());
+    let (n, k) = (w.n(), w.k());
+    let fail = |what: String| Err(KernelError(format!("matmul_packed ({} [{n}, {k}], m = {m}): {what}", w.dtype())));
+    let n_out = if epilogue == Epilogue::SwiGlu {
+        if n % 2 != 0 {
+            return fail("SwiGLU needs an even number of weight rows".into());
+        }
+        n / 2
+    } else {
+        n
+    };
+    if Some(a.len()) != m.checked_mul(k) {
+        return fail(format!("a has {} values, want m * k", a.len()));
+    }
+    if Some(out.len()) != m.checked_mul(n_out) {
+        return fail(format!("out has {} values, want {m} * {n_out}", out.len()));
+    }
+    match (epilogue.has_bias(), bias) {
+        (true, Some(b)) if b.len() == n_out => {}
+        (true, Some(b)) => return fail(format!("bias has {} values, want {n_out}", b.len())),
+        (true, None) => return fail(format!("epilogue {epilogue:?} needs a bias")),
+        (false, Some(_)) => return fail(format!("epilogue {epilogue:?} takes no bias")),
+        (false, None) => {}
+    }
+    match (epilogue.has_residual(), residual) {
+        (true, Some(r)) if r.len() == out.len() => {}
+        (true, Some(r)) => return fail(format!("residual has {} values, want {}", r.len(), out.len())),
+        (true, None) => return fail(format!("epilogue {epilogue:?} needs a residual")),
+        (false, Some(_)) => return fail(format!("epilogue {epilogue:?} takes no residual")),
+        (false, None) => {}
+    }
+    if m == 0 {
+        return Ok(());
+    }
+    if epilogue == Epilogue::SwiGlu && n_out % TILE_ROWS != 0 {
+        // The up rows do not start on a tile boundary, so a tile of gate columns has no
+        // matching up tile: multiply first, then apply SwiGLU (allocates; no LLaMA
+        // shape takes this path, their intermediate sizes are multiples of 16).
+        let mut pre = vec![0f32; m * n];
+        matmul_packed_with(isa, a, m, w, act, Epilogue::None, None, None, &mut pre)?;
+        crate::reference::epilogue(&pre, m, n, epilogue, None, None, out);
+        return Ok(());
+    }
+
+    let set = microkernels::select(w.format, act, isa);
+    let mut scratch = SCRATCH.with(|s| s.try_borrow_mut().map(|mut s| std::mem::take(&mut *s)).unwrap_or_default());
+    act_quant::prepare(a, m, k, set.plan, isa, &mut scratch);
+    let job = Call {
+        w,
+        set: &set,
+        act: &scratch,
+        m,
+        n_out,
+        up_tiles: if epilogue == Epilogue::SwiGlu { Some(n_out / TILE_ROWS) } else { None },
+        epilogue,
+        bias,
+        residual,
+        out: SendPtr(out.as_mut_ptr()),
+    };
+    job.run(act);
+    SCRATCH.with(|s| {
+        if let Ok(mut s) = s.try_borrow_mut() {
+            *s = scratch;
+        }
+    });
+    Ok(())
+}
+
+/// One validated call.
+struct Call<'a> {
+    w: &'a PackedMatrix,
+    set: &'a KernelSet,
+    act: &'a ActScratch,
+    m: usize,
+    n_out: usize,
+    /// SwiGLU: the up tile of output tile `t` is `t + up_tiles`.
+    up_tiles: Option<usize>,
+    epilogue: Epilogue,
+    bias: Option<&'a [f32]>,
+    residual: Option<&'a [f32]>,
+    out: SendPtr,
+}
+
+impl Call<'_> {
+    fn run(&self, act: ActPrecision) {
+        let tiles = self.n_out.div_ceil(TILE_ROWS);
+        let groups = self.m.div_ceil(GROUP);
+        let threads = rayon::current_num_threads();
+        let macs = self.m * self.w.n() * self.w.k();
+        if threads <= 1 || macs < PARALLEL_MIN_MACS {
+            return self.run_range(0..tiles, 0..groups, act);
+        }
+        // About four tasks per thread (rayon steals, so a thread slowed by a neighbour
+        // process does not hold the others up) of whole tiles; split rows as well when
+        // there are too few tiles.
+        let want = threads * 4;
+        let tile_tasks = tiles.min(want);
+        let group_tasks = want.div_ceil(tile_tasks).min(groups);
+        (0..tile_tasks * group_tasks).into_par_iter().for_each(|i| {
+            let (ti, gi) = (i % tile_tasks, i / tile_tasks);
+            let t = ti * tiles / tile_tasks..(ti + 1) * tiles / tile_tasks;
+            let g = gi * groups / group_tasks..(gi + 1) * groups / group_tasks;
+            self.run_range(t, g, act);
+        });
+    }
+
+    /// Output tiles `tiles` for row groups `groups`.
+    fn run_range(&self, tiles: std::ops::Range<usize>, groups: std::ops::Range<usize>, act: ActPrecision) {
+        let k = self.w.k();
+        let row_bytes = match act {
+            ActPrecision::F32 => 4 * k,
+            ActPrecision::I16 => 2 * k + k / 4,
+            ActPrecision::I8 => k + k * 3 / 8,
+        };
+        let chunk = (ROW_CHUNK_BYTES / (row_bytes * GROUP).max(1)).max(1);
+        let mut g0 = groups.start;
+        while g0 < groups.end {
+            let g1 = (g0 + chunk).min(groups.end);
+            for t in tiles.clone() {
+                for g in g0..g1 {
+                    let rows = (self.m - g * GROUP).min(GROUP);
+                    let mut r0 = 0;
+                    while r0 < rows {
+                        let (mr, kernel) = self.set.pick(rows - r0);
+                        self.tile(kernel, t, g, r0, mr);
+                        r0 += mr;
+                    }
+                }
+            }
+            g0 = g1;
+        }
+    }
+
+    /// One microkernel call (two for SwiGLU) and its epilogue.
+    fn tile(&self, kernel: microkernels::TileKernel, t: usize, g: usize, r0: usize, mr: usize) {
+        let mut acc: TileOut = [[0f32; TILE_ROWS]; GROUP];
+        // SAFETY: the kernel set was selected for an ISA the CPU supports and its plan
+        // prepared `self.act`; rows r0..r0+mr of group g exist (< m), and tile t (and
+        // its up tile) exist in `w`.
+        unsafe { kernel(&Job::new(self.w, t, self.act, g, r0), &mut acc) };
+        let j0 = t * TILE_ROWS;
+        let cols = (self.n_out - j0).min(TILE_ROWS);
+        let row0 = g * GROUP + r0;
+        let n_out = self.n_out;
+        if let Some(up_tiles) = self.up_tiles {
+            let mut up: TileOut = [[0f32; TILE_ROWS]; GROUP];
+            // SAFETY: as above, for the up tile t + up_tiles < w's tiles.
+            unsafe { kernel(&Job::new(self.w, t + up_tiles, self.act, g, r0), &mut up) };
+            for r in 0..mr {
+                let o = (row0 + r) * n_out + j0;
+                for c in 0..cols {
+                    let (gv, uv) = (acc[r][c], up[r][c]);
+                    // SAFETY: this task alone writes columns j0..j0+cols of its rows.
+                    unsafe { *self.out.at(o + c) = gv / (1.0 + (-gv).exp()) * uv };
+                }
+            }
+            return;
+        }
+        for r in 0..mr {
+            let o = (row0 + r) * n_out + j0;
+            let row = &mut acc[r][..cols];
+            if let Some(b) = self.bias {
+                row.iter_mut().zip(&b[j0..j0 + cols]).for_each(|(v, b)| *v += b);
+            }
+            if let Some(res) = self.residual {
+                row.iter_mut().zip(&res[o..o + cols]).for_each(|(v, x)| *v += x);
+            }
+            for (c, &v) in row.iter().enumerate() {
+                // SAFETY: as above.
+                unsafe { *self.out.at(o + c) = v };
+            }
+        }
+        let _ = self.epilogue;
+    }
+}

@@ -1,0 +1,172 @@
+//! AVX-512 (BW + VNNI) microkernels for Q8_0 / Q8Channel weights (i8 values; per-block
+//! f16 scales, or one f32 scale per row when `PER_ROW`). Lane `r` of a tile is weight
+//! row `r`, as in `avx512_q4.rs`; a block is 8 loads of 64 bytes (4 values per row).
+//!
+//! I8: `vpdpbusd` multiplies u8 x i8, so the weights are flipped to `w + 128` (0..255,
+//! one `vpxord`) and the accumulator starts at `-128 * sum(a)` (`blk_bias`). i32 bound
+//! per block: 32 * 255 * 127 = 1_036_320 plus the bias (<= 520_192): far below 2^31.
+//! I16: i8 weights are sign-extended to the two i16 halves of each dword (`vpsllw` +
+//! `vpsraw`), activations permuted to match (`act_quant::Q8_I16_PERM`); per block
+//! |sum| <= 32 * 128 * 32767 = 134_213_632 < 2^31.
+
+use super::{Job, TileOut, GROUP};
+use std::arch::x86_64::*;
+
+#[inline(always)]
+unsafe fn bcast<T>(p: *const T, i: usize) -> __m512i {
+    // SAFETY: callers pass a block pointer with at least i + 1 dwords.
+    unsafe { _mm512_set1_epi32((p as *const i32).add(i).read_unaligned()) }
+}
+
+/// Block `b`'s 16 f16 scales as f32 (Q8_0 only).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn block_scales(job: &Job, b: usize) -> __m512 {
+    // SAFETY: Q8_0 tiles hold kb * 32 scale bytes.
+    unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(job.scales.add(b * 32) as *const __m256i)) }
+}
+
+/// Q8Channel: the 16 rows' f32 scales.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn row_scales(job: &Job) -> __m512 {
+    // SAFETY: Q8Channel tiles hold 16 f32 scales.
+    unsafe { _mm512_loadu_ps(job.scales as *const f32) }
+}
+
+/// Q8 x I8 via `vpdpbusd` on `w + 128`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub(crate) unsafe fn q8_i8<const PER_ROW: bool, const MR: usize>(job: &Job, out: &mut TileOut) {
+    let split = MR <= 2;
+    let flip = _mm512_set1_epi8(-128);
+    let mut acc = [_mm512_setzero_ps(); MR];
+    for b in 0..job.kb {
+        // SAFETY (whole body): offsets stay inside the tile and the prepared activation
+        // arrays, per the Job contract.
+        unsafe {
+            let w = job.vals.add(b * 512);
+            let a = job.q8.add(b * GROUP * 32);
+            let mut dot = [_mm512_setzero_si512(); MR];
+            let mut dot2 = [_mm512_setzero_si512(); MR];
+            for (r, dot) in dot.iter_mut().enumerate() {
+                *dot = _mm512_set1_epi32(*job.blk_bias.add(b * GROUP + r));
+            }
+            for l in 0..8 {
+                let v = _mm512_xor_si512(_mm512_load_si512(w.add(l * 64) as *const _), flip);
+                for r in 0..MR {
+                    let x = bcast(a.add(r * 32), l);
+                    if split && l % 2 == 1 {
+                        dot2[r] = _mm512_dpbusd_epi32(dot2[r], v, x);
+                    } else {
+                        dot[r] = _mm512_dpbusd_epi32(dot[r], v, x);
+                    }
+                }
+            }
+            let d = if PER_ROW { _mm512_set1_ps(1.0) } else { block_scales(job, b) };
+            for r in 0..MR {
+                let tot = if split { _mm512_add_epi32(dot[r], dot2[r]) } else { dot[r] };
+                let sa = _mm512_set1_ps(*job.blk_scale.add(b * GROUP + r));
+                let s = if PER_ROW { sa } else { _mm512_mul_ps(d, sa) };
+                acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(tot), s, acc[r]);
+            }
+        }
+    }
+    for r in 0..MR {
+        // SAFETY: out rows hold 16 f32; Q8Channel tiles hold row scales.
+        unsafe {
+            let v = if PER_ROW { _mm512_mul_ps(acc[r], row_scales(job)) } else { acc[r] };
+            _mm512_storeu_ps(out[r].as_mut_ptr(), v);
+        }
+    }
+}
+
+/// Q8 x I16 via `vpdpwssd` on sign-extended weights.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub(crate) unsafe fn q8_i16<const PER_ROW: bool, const MR: usize>(job: &Job, out: &mut TileOut) {
+    let split = MR <= 2;
+    let mut acc = [_mm512_setzero_ps(); MR];
+    for b in 0..job.kb {
+        // SAFETY: as in q8_i8.
+        unsafe {
+            let w = job.vals.add(b * 512);
+            let a = job.q16.add(b * GROUP * 32);
+            let mut dot = [_mm512_setzero_si512(); MR];
+            let mut dot2 = [_mm512_setzero_si512(); MR];
+            for l in 0..8 {
+                let v = _mm512_load_si512(w.add(l * 64) as *const _);
+                let lo = _mm512_srai_epi16::<8>(_mm512_slli_epi16::<8>(v));
+                let hi = _mm512_srai_epi16::<8>(v);
+                for r in 0..MR {
+                    let ar = a.add(r * 32);
+                    dot[r] = _mm512_dpwssd_epi32(dot[r], lo, bcast(ar, 2 * l));
+                    if split {
+                        dot2[r] = _mm512_dpwssd_epi32(dot2[r], hi, bcast(ar, 2 * l + 1));
+                    } else {
+                        dot[r] = _mm512_dpwssd_epi32(dot[r], hi, bcast(ar, 2 * l + 1));
+                    }
+                }
+            }
+            for r in 0..MR {
+                let tot = _mm512_cvtepi32_ps(if split { _mm512_add_epi32(dot[r], dot2[r]) } else { dot[r] });
+                acc[r] = if PER_ROW { _mm512_add_ps(tot, acc[r]) } else { _mm512_fmadd_ps(tot, block_scales(job, b), acc[r]) };
+            }
+        }
+    }
+    for r in 0..MR {
+        // SAFETY: row r0 + r exists; out rows hold 16 f32.
+        unsafe {
+            let mut v = _mm512_mul_ps(acc[r], _mm512_set1_ps(*job.row_scale.add(r)));
+            if PER_ROW {
+                v = _mm512_mul_ps(v, row_scales(job));
+            }
+            _mm512_storeu_ps(out[r].as_mut_ptr(), v);
+        }
+    }
+}
+
+/// Q8 x f32: `d * q` (exact for Q8_0) then FMA; Q8Channel applies its row scale last.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub(crate) unsafe fn q8_f32<const PER_ROW: bool, const MR: usize>(job: &Job, out: &mut TileOut) {
+    let split = MR <= 2;
+    let mut acc = [_mm512_setzero_ps(); MR];
+    let mut acc2 = [_mm512_setzero_ps(); MR];
+    for b in 0..job.kb {
+        // SAFETY: as in q8_i8.
+        unsafe {
+            let w = job.vals.add(b * 512);
+            let d = if PER_ROW { _mm512_set1_ps(1.0) } else { block_scales(job, b) };
+            for l in 0..8 {
+                let v = _mm512_load_si512(w.add(l * 64) as *const _);
+                let qs = [
+                    _mm512_srai_epi32::<24>(_mm512_slli_epi32::<24>(v)),
+                    _mm512_srai_epi32::<24>(_mm512_slli_epi32::<16>(v)),
+                    _mm512_srai_epi32::<24>(_mm512_slli_epi32::<8>(v)),
+                    _mm512_srai_epi32::<24>(v),
+                ];
+                for (j, &q) in qs.iter().enumerate() {
+                    let qf = _mm512_cvtepi32_ps(q);
+                    let wf = if PER_ROW { qf } else { _mm512_mul_ps(qf, d) };
+                    let av = job.f.add((b * 32 + 4 * l + j) * GROUP);
+                    for r in 0..MR {
+                        let x = _mm512_set1_ps(*av.add(r));
+                        if split && j % 2 == 1 {
+                            acc2[r] = _mm512_fmadd_ps(wf, x, acc2[r]);
+                        } else {
+                            acc[r] = _mm512_fmadd_ps(wf, x, acc[r]);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    for r in 0..MR {
+        // SAFETY: out rows hold 16 f32; Q8Channel tiles hold row scales.
+        unsafe {
+            let mut v = if split { _mm512_add_ps(acc[r], acc2[r]) } else { acc[r] };
+            if PER_ROW {
+                v = _mm512_mul_ps(v, row_scales(job));
+            }
+            _mm512_storeu_ps(out[r].as_mut_ptr(), v);
+        }
+    }
+}

@@ -1,0 +1,204 @@
+//! Tile microkernels of the packed matmul: one call computes a 16-column tile of the
+//! output (16 weight rows, see `packed.rs`) for `MR` activation rows of one group (see
+//! `act_quant.rs`), over the whole k range, with every scale applied. The driver
+//! (`matmul_packed.rs`) adds the epilogue.
+//!
+//! One file per ISA and weight family: `portable.rs` (any CPU, plain Rust),
+//! `avx2_q4.rs`/`avx2_q8.rs`/`avx2_f32.rs` (AVX2+FMA+F16C, a tile as two 8-lane halves),
+//! `avx512_q4.rs`/`avx512_q8.rs`/`avx512_f32.rs` (AVX-512 BW + VNNI, a tile per zmm).
+
+use super::act_quant::{ActPlan, ActScratch, GROUP, Q4_I16_PERM, Q8_I16_PERM};
+use super::packed::{Format, PackedMatrix, TILE_ROWS};
+use super::Isa;
+use npurt_graph::ActPrecision;
+
+mod portable;
+#[cfg(target_arch = "x86_64")]
+mod avx2_f32;
+#[cfg(target_arch = "x86_64")]
+mod avx2_q4;
+#[cfg(target_arch = "x86_64")]
+mod avx2_q8;
+#[cfg(target_arch = "x86_64")]
+mod avx512_f32;
+#[cfg(target_arch = "x86_64")]
+mod avx512_q4;
+#[cfg(target_arch = "x86_64")]
+mod avx512_q8;
+
+/// A kernel's results: `[row of the block][column of the tile]`.
+pub(crate) type TileOut = [[f32; TILE_ROWS]; GROUP];
+
+/// Everything a microkernel reads, as raw pointers already offset to the tile and to
+/// the first activation row of the block (row `r0` of group `g`). Pointers into arrays
+/// the plan does not use are dangling and never read.
+pub(crate) struct Job {
+    /// The tile's values and scales (see `packed.rs`).
+    pub vals: *const u8,
+    pub scales: *const u8,
+    /// 32-value blocks per row (k for f32 weights).
+    pub kb: usize,
+    /// `[block][row][32]` i8 / i16 activations (`act_quant.rs`), from row `r0`.
+    pub q8: *const i8,
+    pub q16: *const i16,
+    /// `[k][row]` f32 activations, from row `r0`.
+    pub f: *const f32,
+    /// `[block][row]` side data, from row `r0`.
+    pub blk_scale: *const f32,
+    pub blk_bias: *const i32,
+    pub blk_sum: *const f32,
+    /// `[row]` I16 scales, from row `r0`.
+    pub row_scale: *const f32,
+}
+
+impl Job {
+    /// The job for tile `t` of `w` and rows `r0..` of group `g` of `act`.
+    pub(crate) fn new(w: &PackedMatrix, t: usize, act: &ActScratch, g: usize, r0: usize) -> Job {
+        let tile = w.tile(t).as_ptr();
+        let (kb, k) = (act.kb, act.k);
+        let blk = g * GROUP * kb + r0;
+        Job {
+            vals: tile,
+            scales: tile.wrapping_add(w.scales_offset),
+            kb: w.kb,
+            q8: act.q8.as_ptr().wrapping_add(g * GROUP * kb * 32 + r0 * 32),
+            q16: act.q16.as_ptr().wrapping_add(g * GROUP * kb * 32 + r0 * 32),
+            f: act.f.as_ptr().wrapping_add(g * GROUP * k + r0),
+            blk_scale: act.blk_scale.as_ptr().wrapping_add(blk),
+            blk_bias: act.blk_bias.as_ptr().wrapping_add(blk),
+            blk_sum: act.blk_sum.as_ptr().wrapping_add(blk),
+            row_scale: act.row_scale.as_ptr().wrapping_add(g * GROUP + r0),
+        }
+    }
+}
+
+/// A microkernel for a fixed row count. SAFETY contract: the CPU supports the kernel's
+/// ISA, `job` was built by `Job::new` for a prepared `ActScratch` whose plan is the
+/// kernel set's, and the block's rows exist.
+pub(crate) type TileKernel = unsafe fn(&Job, &mut TileOut);
+
+/// The kernels and activation plan for one (format, activation precision, ISA).
+pub(crate) struct KernelSet {
+    pub plan: ActPlan,
+    /// Kernels for 1, 2, 4 and 8 rows (`None` where the ISA has too few registers).
+    pub by_rows: [Option<TileKernel>; 4],
+}
+
+impl KernelSet {
+    /// The largest supported row block of at most `rows` rows.
+    pub(crate) fn pick(&self, rows: usize) -> (usize, TileKernel) {
+        for (i, mr) in [8usize, 4, 2, 1].into_iter().enumerate() {
+            if mr <= rows {
+                if let Some(k) = self.by_rows[3 - i] {
+                    return (mr, k);
+                }
+            }
+        }
+        // by_rows[0] is always present (every set has a 1-row kernel).
+        (1, self.by_rows[0].unwrap_or(portable::f32w_f32::<1>))
+    }
+}
+
+macro_rules! by_rows {
+    ($m:ident :: $f:ident $(, $g:expr)*) => {
+        [
+            Some($m::$f::<$($g,)* 1> as TileKernel),
+            Some($m::$f::<$($g,)* 2> as TileKernel),
+            Some($m::$f::<$($g,)* 4> as TileKernel),
+            Some($m::$f::<$($g,)* 8> as TileKernel),
+        ]
+    };
+}
+
+macro_rules! by_rows_4 {
+    ($m:ident :: $f:ident $(, $g:expr)*) => {
+        [Some($m::$f::<$($g,)* 1> as TileKernel), Some($m::$f::<$($g,)* 2> as TileKernel), Some($m::$f::<$($g,)* 4> as TileKernel), None]
+    };
+}
+
+/// The kernel set for a weight format, an activation precision and an ISA.
+pub(crate) fn select(format: Format, act: ActPrecision, isa: Isa) -> KernelSet {
+    use ActPrecision as A;
+    use Format as F;
+    // Integer offsets folded into each block's accumulator start (see act_quant): Q4_0
+    // stores q = x/d + 8, so sum((q - 8) a) = sum(q a) - 8 sum(a). VNNI multiplies u8 x
+    // i8, so the Q8 kernels there flip signed weights to w + 128 and subtract 128 sum(a).
+    let q4_off = |f: Format| if f == F::Q4_0 { 8 } else { 0 };
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Vnni => {
+            use {avx512_f32 as f32w, avx512_q4 as q4, avx512_q8 as q8};
+            match (format, act) {
+                (F::Q4_0, A::I8) => KernelSet { plan: ActPlan::I8 { offset: 8 }, by_rows: by_rows!(q4::q4_i8, false) },
+                (F::Q4_1, A::I8) => KernelSet { plan: ActPlan::I8 { offset: 0 }, by_rows: by_rows!(q4::q4_i8, true) },
+                (F::Q4_0, A::I16) => KernelSet { plan: ActPlan::I16 { offset: 8, perm: Some(&Q4_I16_PERM) }, by_rows: by_rows!(q4::q4_i16, false) },
+                (F::Q4_1, A::I16) => KernelSet { plan: ActPlan::I16 { offset: 0, perm: Some(&Q4_I16_PERM) }, by_rows: by_rows!(q4::q4_i16, true) },
+                (F::Q4_0, A::F32) => KernelSet { plan: ActPlan::F32, by_rows: by_rows!(q4::q4_f32, false) },
+                (F::Q4_1, A::F32) => KernelSet { plan: ActPlan::F32, by_rows: by_rows!(q4::q4_f32, true) },
+                (F::Q8_0, A::I8) => KernelSet { plan: ActPlan::I8 { offset: 128 }, by_rows: by_rows!(q8::q8_i8, false) },
+                (F::Q8Channel, A::I8) => KernelSet { plan: ActPlan::I8 { offset: 128 }, by_rows: by_rows!(q8::q8_i8, true) },
+                (F::Q8_0, A::I16) => KernelSet { plan: ActPlan::I16 { offset: 0, perm: Some(&Q8_I16_PERM) }, by_rows: by_rows!(q8::q8_i16, false) },
+                (F::Q8Channel, A::I16) => KernelSet { plan: ActPlan::I16 { offset: 0, perm: Some(&Q8_I16_PERM) }, by_rows: by_rows!(q8::q8_i16, true) },
+                (F::Q8_0, A::F32) => KernelSet { plan: ActPlan::F32, by_rows: by_rows!(q8::q8_f32, false) },
+                (F::Q8Channel, A::F32) => KernelSet { plan: ActPlan::F32, by_rows: by_rows!(q8::q8_f32, true) },
+                (F::F32, a) => KernelSet { plan: f32_plan(a), by_rows: by_rows!(f32w::f32w_f32) },
+            }
+        }
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2Fma => {
+            use {avx2_f32 as f32w, avx2_q4 as q4, avx2_q8 as q8};
+            match (format, act) {
+                (F::Q4_0 | F::Q4_1, A::I8) => KernelSet {
+                    plan: ActPlan::I8 { offset: q4_off(format) },
+                    by_rows: if format == F::Q4_1 { by_rows_4!(q4::q4_i8, true) } else { by_rows_4!(q4::q4_i8, false) },
+                },
+                (F::Q4_0 | F::Q4_1, A::I16) => KernelSet {
+                    plan: ActPlan::I16 { offset: q4_off(format), perm: Some(&Q4_I16_PERM) },
+                    by_rows: if format == F::Q4_1 { by_rows_4!(q4::q4_i16, true) } else { by_rows_4!(q4::q4_i16, false) },
+                },
+                (F::Q4_0, A::F32) => KernelSet { plan: ActPlan::F32, by_rows: by_rows_4!(q4::q4_f32, false) },
+                (F::Q4_1, A::F32) => KernelSet { plan: ActPlan::F32, by_rows: by_rows_4!(q4::q4_f32, true) },
+                // AVX2 multiplies |w| by sign(w) * a (vpsignb), so no offset here.
+                (F::Q8_0, A::I8) => KernelSet { plan: ActPlan::I8 { offset: 0 }, by_rows: by_rows_4!(q8::q8_i8, false) },
+                (F::Q8Channel, A::I8) => KernelSet { plan: ActPlan::I8 { offset: 0 }, by_rows: by_rows_4!(q8::q8_i8, true) },
+                (F::Q8_0, A::I16) => KernelSet { plan: ActPlan::I16 { offset: 0, perm: Some(&Q8_I16_PERM) }, by_rows: by_rows_4!(q8::q8_i16, false) },
+                (F::Q8Channel, A::I16) => KernelSet { plan: ActPlan::I16 { offset: 0, perm: Some(&Q8_I16_PERM) }, by_rows: by_rows_4!(q8::q8_i16, true) },
+                (F::Q8_0, A::F32) => KernelSet { plan: ActPlan::F32, by_rows: by_rows_4!(q8::q8_f32, false) },
+                (F::Q8Channel, A::F32) => KernelSet { plan: ActPlan::F32, by_rows: by_rows_4!(q8::q8_f32, true) },
+                (F::F32, a) => KernelSet { plan: f32_plan(a), by_rows: by_rows_4!(f32w::f32w_f32) },
+            }
+        }
+        _ => {
+            use portable as p;
+            match (format, act) {
+                (F::Q4_0 | F::Q4_1, A::I8) => KernelSet {
+                    plan: ActPlan::I8 { offset: q4_off(format) },
+                    by_rows: if format == F::Q4_1 { by_rows!(p::q4_i8, true) } else { by_rows!(p::q4_i8, false) },
+                },
+                (F::Q4_0 | F::Q4_1, A::I16) => KernelSet {
+                    plan: ActPlan::I16 { offset: q4_off(format), perm: None },
+                    by_rows: if format == F::Q4_1 { by_rows!(p::q4_i16, true) } else { by_rows!(p::q4_i16, false) },
+                },
+                (F::Q4_0, A::F32) => KernelSet { plan: ActPlan::F32, by_rows: by_rows!(p::q4_f32, false) },
+                (F::Q4_1, A::F32) => KernelSet { plan: ActPlan::F32, by_rows: by_rows!(p::q4_f32, true) },
+                (F::Q8_0, A::I8) => KernelSet { plan: ActPlan::I8 { offset: 0 }, by_rows: by_rows!(p::q8_i8, false) },
+                (F::Q8Channel, A::I8) => KernelSet { plan: ActPlan::I8 { offset: 0 }, by_rows: by_rows!(p::q8_i8, true) },
+                (F::Q8_0, A::I16) => KernelSet { plan: ActPlan::I16 { offset: 0, perm: None }, by_rows: by_rows!(p::q8_i16, false) },
+                (F::Q8Channel, A::I16) => KernelSet { plan: ActPlan::I16 { offset: 0, perm: None }, by_rows: by_rows!(p::q8_i16, true) },
+                (F::Q8_0, A::F32) => KernelSet { plan: ActPlan::F32, by_rows: by_rows!(p::q8_f32, false) },
+                (F::Q8Channel, A::F32) => KernelSet { plan: ActPlan::F32, by_rows: by_rows!(p::q8_f32, true) },
+                (F::F32, a) => KernelSet { plan: f32_plan(a), by_rows: by_rows!(p::f32w_f32) },
+            }
+        }
+    }
+}
+
+/// f32 weights with an integer activation policy: quantize-dequantize the activations
+/// (same numerics as the integer kernels would give), then multiply in f32.
+fn f32_plan(act: ActPrecision) -> ActPlan {
+    match act {
+        ActPrecision::F32 => ActPlan::F32,
+        ActPrecision::I16 => ActPlan::FakeI16,
+        ActPrecision::I8 => ActPlan::FakeI8,
+    }
+}

@@ -1,0 +1,227 @@
+// out[m, n] = sum_k a[m, k] * w'[k, n] with the weight dequantized while it is loaded
+// (defines W_* pick its format, see weights.wgsl), then the fused epilogue.
+// Two kernels:
+//   gemv: few rows (decode, M <= MAX_M): each weight row is read once; 16 threads
+//         split its K range, every thread keeps one partial per activation row, and
+//         workgroup memory adds the 16 partials;
+//   gemm: 32x32 output tiles, K in steps of 32 (one quant block per weight row), A and
+//         the dequantized B tile staged in workgroup memory, 4x4 outputs per thread.
+// Defines: W_KN (weight stored [K, N], f32/f16/bf16 only; otherwise [N, K]),
+// HAS_BIAS, HAS_RESIDUAL, SWIGLU (out = silu(a @ gate^T) * (a @ up^T), gate row n and
+// up row `up_row + n` of the same weight buffer). Activations are f32 throughout:
+// ActPrecision::I16/I8 are computed as f32 on this backend.
+#include "common.wgsl"
+
+const MAX_M: u32 = 8u;
+const GEMV_COLS: u32 = 4u;
+const GEMV_LANES: u32 = 16u;
+const TILE: u32 = 32u;
+const TILE_STRIDE: u32 = 33u;
+
+struct Params {
+    // Rows of a and out.
+    m: u32,
+    // Reduction length of this dispatch (a weight part split along K covers a slice).
+    k: u32,
+    // Output columns this dispatch computes.
+    n: u32,
+    // First output column of this dispatch (weight parts split along N).
+    n_base: u32,
+    // Row stride of out and residual (the full N).
+    ldo: u32,
+    // Row stride of a.
+    lda: u32,
+    // First column of a this dispatch reads (weight parts split along K).
+    a_k0: u32,
+    // Word offset of the scale segment in w.
+    w_soff: u32,
+    // W_KN: the weight's row length (N).
+    w_ld: u32,
+    // SWIGLU: weight row of `up` for output column 0.
+    up_row: u32,
+    // 1: add to what out already holds (the second and later K parts).
+    accumulate: u32,
+}
+
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<storage, read> a: array<f32>;
+@group(0) @binding(2) var<storage, read> w: array<u32>;
+@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+#ifdef HAS_BIAS
+@group(0) @binding(4) var<storage, read> bias: array<f32>;
+#endif
+#ifdef HAS_RESIDUAL
+@group(0) @binding(5) var<storage, read> residual: array<f32>;
+#endif
+
+#include "weights.wgsl"
+
+// a[m, col..col+3] of this dispatch's K slice; columns at or past k read 0.
+fn a_quad(m: u32, col: u32) -> vec4<f32> {
+    let e = m * params.lda + params.a_k0 + col;
+    if col + 4u <= params.k {
+        return vec4<f32>(a[e], a[e + 1u], a[e + 2u], a[e + 3u]);
+    }
+    var v = vec4<f32>(0.0);
+    for (var i = 0u; i < 4u; i++) {
+        if col + i < params.k {
+            v[i] = a[e + i];
+        }
+    }
+    return v;
+}
+
+fn write_out(m: u32, n: u32, gate: f32, up: f32) {
+    let o = m * params.ldo + params.n_base + n;
+#ifdef SWIGLU
+    out[o] = silu(gate) * up;
+#else
+    var v = gate;
+    if params.accumulate != 0u {
+        v = out[o] + v;
+    }
+#ifdef HAS_BIAS
+    v += bias[params.n_base + n];
+#endif
+#ifdef HAS_RESIDUAL
+    v += residual[o];
+#endif
+    out[o] = v;
+#endif
+}
+
+var<workgroup> partials: array<f32, 512>;   // 64 threads x MAX_M
+#ifdef SWIGLU
+var<workgroup> partials_up: array<f32, 512>;
+#endif
+
+@compute @workgroup_size(64)
+fn gemv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let col = (wg.x + wg.y * nwg.x) * GEMV_COLS + li / GEMV_LANES;
+    let lane = li % GEMV_LANES;
+    var acc: array<f32, MAX_M>;
+    var acc_up: array<f32, MAX_M>;
+    if col < params.n {
+        for (var k = lane * 4u; k < params.k; k += GEMV_LANES * 4u) {
+            let b = w_quad(col, k, params.k, params.w_soff);
+#ifdef SWIGLU
+            let u = w_quad(params.up_row + col, k, params.k, params.w_soff);
+#endif
+            for (var m = 0u; m < params.m; m++) {
+                let av = a_quad(m, k);
+                acc[m] += dot(av, b);
+#ifdef SWIGLU
+                acc_up[m] += dot(av, u);
+#endif
+            }
+        }
+    }
+    for (var m = 0u; m < params.m; m++) {
+        partials[m * 64u + li] = acc[m];
+#ifdef SWIGLU
+        partials_up[m * 64u + li] = acc_up[m];
+#endif
+    }
+    workgroupBarrier();
+    if lane == 0u && col < params.n {
+        for (var m = 0u; m < params.m; m++) {
+            var s = 0.0;
+            var s_up = 0.0;
+            for (var l = 0u; l < GEMV_LANES; l++) {
+                s += partials[m * 64u + li + l];
+#ifdef SWIGLU
+                s_up += partials_up[m * 64u + li + l];
+#endif
+            }
+            write_out(m, col, s, s_up);
+        }
+    }
+}
+
+var<workgroup> a_tile: array<f32, 1056>;   // TILE x TILE_STRIDE
+var<workgroup> b_tile: array<f32, 1056>;
+#ifdef SWIGLU
+var<workgroup> u_tile: array<f32, 1056>;
+#endif
+
+@compute @workgroup_size(64)
+fn gemm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let tx = li % 8u;
+    let ty = li / 8u;
+    let m0 = wg.y * TILE;
+    let n0 = wg.x * TILE;
+    // Tile loads: thread li fills row li / 2, columns (li % 2) * 16 .. + 16.
+    let lr = li >> 1u;
+    let lc = (li & 1u) * 16u;
+    var acc: array<array<f32, 4>, 4>;
+    var acc_up: array<array<f32, 4>, 4>;
+    for (var k0 = 0u; k0 < params.k; k0 += TILE) {
+        for (var q = 0u; q < 4u; q++) {
+            let c = lc + q * 4u;
+            var av = vec4<f32>(0.0);
+            if m0 + lr < params.m {
+                av = a_quad(m0 + lr, k0 + c);
+            }
+            for (var i = 0u; i < 4u; i++) {
+                a_tile[lr * TILE_STRIDE + c + i] = av[i];
+            }
+#ifdef W_KN
+            // Weight [K, N]: lr indexes k, c..c+3 index n.
+            for (var i = 0u; i < 4u; i++) {
+                let n = n0 + c + i;
+                var bv = 0.0;
+                if n < params.n && k0 + lr < params.k {
+                    bv = w_at(k0 + lr, n, params.w_ld, 0u);
+                }
+                b_tile[(c + i) * TILE_STRIDE + lr] = bv;
+            }
+#else
+            var bv = vec4<f32>(0.0);
+            if n0 + lr < params.n {
+                bv = w_quad(n0 + lr, k0 + c, params.k, params.w_soff);
+            }
+            for (var i = 0u; i < 4u; i++) {
+                b_tile[lr * TILE_STRIDE + c + i] = bv[i];
+            }
+#ifdef SWIGLU
+            var uv = vec4<f32>(0.0);
+            if n0 + lr < params.n {
+                uv = w_quad(params.up_row + n0 + lr, k0 + c, params.k, params.w_soff);
+            }
+            for (var i = 0u; i < 4u; i++) {
+                u_tile[lr * TILE_STRIDE + c + i] = uv[i];
+            }
+#endif
+#endif
+        }
+        workgroupBarrier();
+        for (var kk = 0u; kk < TILE; kk++) {
+            var av: array<f32, 4>;
+            for (var i = 0u; i < 4u; i++) {
+                av[i] = a_tile[(ty + 8u * i) * TILE_STRIDE + kk];
+            }
+            for (var j = 0u; j < 4u; j++) {
+                let bv = b_tile[(tx + 8u * j) * TILE_STRIDE + kk];
+#ifdef SWIGLU
+                let uv = u_tile[(tx + 8u * j) * TILE_STRIDE + kk];
+#endif
+                for (var i = 0u; i < 4u; i++) {
+                    acc[i][j] += av[i] * bv;
+#ifdef SWIGLU
+                    acc_up[i][j] += av[i] * uv;
+#endif
+                }
+            }
+        }
+        workgroupBarrier();
+    }
+    for (var i = 0u; i < 4u; i++) {
+        for (var j = 0u; j < 4u; j++) {
+            let m = m0 + ty + 8u * i;
+            let n = n0 + tx + 8u * j;
+            if m < params.m && n < params.n {
+                write_out(m, n, acc[i][j], acc_up[i][j]);
+            }
+        }
+    }
+}

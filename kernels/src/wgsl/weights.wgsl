@@ -1,0 +1,126 @@
+// Weight element access for every storage format the wgpu backend prepares. The
+// including shader declares `w: array<u32>` (one buffer part: rows of `k` values) and
+// defines exactly one of W_F32, W_F16, W_BF16, W_Q4_0, W_Q4_1, W_Q8_0, W_Q8_CHANNEL.
+// Part layouts (written by backends/src/wgpu/weights.rs):
+//   f32:        k words per row;
+//   f16, bf16:  2 values per word, element e = row * k + col at bits 16 * (e % 2);
+//   q4_0:       4 words of nibbles per 32-value block (GGUF order: byte j holds value j
+//               in its low nibble and j + 16 in its high one), then from word `soff`
+//               the f16 block scales, 2 per word;
+//   q4_1:       as q4_0, then one word per block: f16 d (low half), f16 min (high half);
+//   q8_0:       8 words of i8 per block, then f16 scales, 2 per word;
+//   q8_channel: each row's i8 values padded to a multiple of 4 bytes, then one f32
+//               scale per row.
+// Quantized blocks are stored as aligned segments (values, then scales), so every
+// load is an aligned u32: GGUF's 18/20/34-byte blocks would straddle words.
+
+// Sign-extends the 4 bytes of `v` (little-endian order) to i32.
+fn unpack_i8x4(v: u32) -> vec4<f32> {
+    return vec4<f32>(vec4<i32>(
+        bitcast<i32>(v << 24u) >> 24u,
+        bitcast<i32>(v << 16u) >> 24u,
+        bitcast<i32>(v << 8u) >> 24u,
+        bitcast<i32>(v) >> 24u));
+}
+
+fn f16_scale(soff: u32, blk: u32) -> f32 {
+    return unpack2x16float(w[soff + (blk >> 1u)])[blk & 1u];
+}
+
+// Nibbles of one word: the 4 values 4q..4q+3 of a q4 block, q in 0..8.
+fn q4_quad(blk: u32, q: u32) -> vec4<f32> {
+    let word = w[blk * 4u + (q & 3u)] >> ((q >> 2u) * 4u);
+    return vec4<f32>(vec4<u32>(word, word >> 8u, word >> 16u, word >> 24u) & vec4<u32>(15u));
+}
+
+// Value `col` of 16-bit-float row `row`.
+fn half_at(e: u32) -> f32 {
+    let bits = (w[e >> 1u] >> ((e & 1u) * 16u)) & 0xffffu;
+#ifdef W_BF16
+    return bitcast<f32>(bits << 16u);
+#else
+    return unpack2x16float(bits).x;
+#endif
+}
+
+// One weight value: row `row`, column `col`, rows of `k` values.
+fn w_at(row: u32, col: u32, k: u32, soff: u32) -> f32 {
+#ifdef W_F32
+    return bitcast<f32>(w[row * k + col]);
+#endif
+#ifdef W_F16
+    return half_at(row * k + col);
+#endif
+#ifdef W_BF16
+    return half_at(row * k + col);
+#endif
+#ifdef W_Q4_0
+    let v = w_quad(row, col & ~3u, k, soff);
+    return v[col & 3u];
+#endif
+#ifdef W_Q4_1
+    let v = w_quad(row, col & ~3u, k, soff);
+    return v[col & 3u];
+#endif
+#ifdef W_Q8_0
+    let v = w_quad(row, col & ~3u, k, soff);
+    return v[col & 3u];
+#endif
+#ifdef W_Q8_CHANNEL
+    let v = w_quad(row, col & ~3u, k, soff);
+    return v[col & 3u];
+#endif
+}
+
+// Values col..col+3 of row `row` (col a multiple of 4); values at or past `k` read 0.
+fn w_quad(row: u32, col: u32, k: u32, soff: u32) -> vec4<f32> {
+#ifdef W_F32
+    let e = row * k + col;
+    if col + 4u <= k {
+        return vec4<f32>(bitcast<f32>(w[e]), bitcast<f32>(w[e + 1u]), bitcast<f32>(w[e + 2u]), bitcast<f32>(w[e + 3u]));
+    }
+    var v = vec4<f32>(0.0);
+    for (var i = 0u; i < 4u; i++) {
+        if col + i < k {
+            v[i] = bitcast<f32>(w[e + i]);
+        }
+    }
+    return v;
+#endif
+#ifdef W_HALF
+    let e = row * k + col;
+    if col + 4u <= k && (e & 1u) == 0u {
+        let lo = w[e >> 1u];
+        let hi = w[(e >> 1u) + 1u];
+#ifdef W_BF16
+        return vec4<f32>(bitcast<f32>(lo << 16u), bitcast<f32>(lo & 0xffff0000u), bitcast<f32>(hi << 16u), bitcast<f32>(hi & 0xffff0000u));
+#else
+        return vec4<f32>(unpack2x16float(lo), unpack2x16float(hi));
+#endif
+    }
+    var v = vec4<f32>(0.0);
+    for (var i = 0u; i < 4u; i++) {
+        if col + i < k {
+            v[i] = half_at(e + i);
+        }
+    }
+    return v;
+#endif
+#ifdef W_Q4_0
+    let blk = row * (k >> 5u) + (col >> 5u);
+    return f16_scale(soff, blk) * (q4_quad(blk, (col & 31u) >> 2u) - 8.0);
+#endif
+#ifdef W_Q4_1
+    let blk = row * (k >> 5u) + (col >> 5u);
+    let dm = unpack2x16float(w[soff + blk]);
+    return dm.x * q4_quad(blk, (col & 31u) >> 2u) + dm.y;
+#endif
+#ifdef W_Q8_0
+    let blk = row * (k >> 5u) + (col >> 5u);
+    return f16_scale(soff, blk) * unpack_i8x4(w[blk * 8u + ((col & 31u) >> 2u)]);
+#endif
+#ifdef W_Q8_CHANNEL
+    let words_per_row = (k + 3u) >> 2u;
+    return bitcast<f32>(w[soff + row]) * unpack_i8x4(w[row * words_per_row + (col >> 2u)]);
+#endif
+}

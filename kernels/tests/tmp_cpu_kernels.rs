@@ -1,0 +1,1 @@
+../../tests/cpu_kernels.rs

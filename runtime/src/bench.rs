@@ -1,0 +1,98 @@
+//! `npurt bench`: llama-bench-style throughput. `ppN` = prefill of N tokens into an
+//! empty session (chunked), `tgN` = N single-token decode steps; each repeated, mean
+//! and standard deviation in tokens/s. The same run measures the machine's memory
+//! read bandwidth, so decode can be quoted as a fraction of what the memory allows.
+
+use crate::{Model, Result, Session};
+use std::sync::Arc;
+use std::time::Instant;
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct BenchRow {
+    pub test: String,
+    pub threads: usize,
+    pub precision: String,
+    pub kernels: String,
+    pub tok_s_mean: f64,
+    pub tok_s_sd: f64,
+    pub reps: usize,
+}
+
+fn mean_sd(v: &[f64]) -> (f64, f64) {
+    let n = v.len() as f64;
+    let m = v.iter().sum::<f64>() / n;
+    let var = if v.len() > 1 { v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0) } else { 0.0 };
+    (m, var.sqrt())
+}
+
+/// Deterministic token ids in the vocabulary (benchmarks don't depend on content).
+fn tokens(n: usize, vocab: usize) -> Vec<u32> {
+    (0..n).map(|i| ((i * 7919 + 13) % vocab) as u32).collect()
+}
+
+pub fn prefill(model: &Arc<Model>, n: usize, reps: usize) -> Result<Vec<f64>> {
+    let ids = tokens(n, model.config.vocab_size);
+    let mut s = Session::new(model.clone())?;
+    s.feed(&ids[..n.min(8)])?; // warm-up: scratch allocation, page faults
+    let mut rates = Vec::new();
+    for _ in 0..reps {
+        s.reset();
+        let t = Instant::now();
+        s.feed(&ids)?;
+        rates.push(n as f64 / t.elapsed().as_secs_f64());
+    }
+    Ok(rates)
+}
+
+pub fn decode(model: &Arc<Model>, n: usize, reps: usize) -> Result<Vec<f64>> {
+    let ids = tokens(n + 1, model.config.vocab_size);
+    let mut s = Session::new(model.clone())?;
+    let mut rates = Vec::new();
+    for r in 0..=reps {
+        s.reset();
+        s.feed(&ids[..1])?;
+        let t = Instant::now();
+        for &id in &ids[1..] {
+            s.feed(&[id])?;
+        }
+        if r > 0 {
+            // Repetition 0 is a warm-up.
+            rates.push(n as f64 / t.elapsed().as_secs_f64());
+        }
+    }
+    Ok(rates)
+}
+
+pub fn row(model: &Model, test: String, threads: usize, rates: &[f64]) -> BenchRow {
+    let (m, sd) = mean_sd(rates);
+    BenchRow {
+        test,
+        threads,
+        precision: model.options.precision.name.to_string(),
+        kernels: npurt_kernels::cpu::isa().name().to_string(),
+        tok_s_mean: m,
+        tok_s_sd: sd,
+        reps: rates.len(),
+    }
+}
+
+/// Memory read bandwidth in GB/s on `threads` threads (a 512 MiB buffer summed;
+/// best of 3), the ceiling for bandwidth-bound decode.
+pub fn read_bandwidth_gb_s(threads: usize) -> f64 {
+    use rayon::prelude::*;
+    let n = 128 << 20; // u32s = 512 MiB
+    let buf: Vec<u32> = (0..n as u32).collect();
+    let pool = match rayon::ThreadPoolBuilder::new().num_threads(threads.max(1)).build() {
+        Ok(p) => p,
+        Err(_) => return 0.0,
+    };
+    let mut best = 0f64;
+    for _ in 0..3 {
+        let t = Instant::now();
+        let s: u64 = pool.install(|| buf.par_chunks(1 << 16).map(|c| c.iter().map(|&x| x as u64).sum::<u64>()).sum());
+        let gbs = (n * 4) as f64 / t.elapsed().as_secs_f64() / 1e9;
+        std::hint::black_box(s);
+        best = best.max(gbs);
+    }
+    best
+}

@@ -1,0 +1,357 @@
+//! CPU quantized kernels against the scalar reference: `pack` + `matmul_packed` for
+//! every weight format x activation precision x epilogue x kernel path this machine
+//! supports x {1, 2} threads, on shapes that are not multiples of the tile sizes; the
+//! packing is lossless; `gather_packed`; bad inputs are errors, not panics.
+//!
+//! The oracle is `reference::matmul` on the dequantized weights with the exact f32
+//! activations, then `reference::epilogue`. Integer activation policies are lossy by
+//! design, so each case compares with a normalised mean squared error (NMSE, as ggml's
+//! test-backend-ops) against a threshold written next to it with its reason.
+
+use npurt_graph::{ActPrecision, DType, Epilogue};
+use npurt_kernels::cpu::{gather_packed, matmul_packed, pack, with_isa, Isa, PackedMatrix};
+use npurt_kernels::{quant, reference};
+
+/// A small LCG (Knuth's MMIX constants): seeded, reproducible, no dependency.
+struct Lcg(u64);
+
+impl Lcg {
+    fn next_u32(&mut self) -> u32 {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (self.0 >> 33) as u32
+    }
+    /// Uniform in [-1, 1).
+    fn f(&mut self) -> f32 {
+        self.next_u32() as f32 / (1u64 << 30) as f32 - 1.0
+    }
+    fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
+        (0..n).map(|_| self.f() * scale).collect()
+    }
+}
+
+/// Activations with a different magnitude per row and a few outliers, as real hidden
+/// states have (outliers are what per-block I8 scales are for).
+fn activations(rng: &mut Lcg, m: usize, k: usize) -> Vec<f32> {
+    let mut a = Vec::with_capacity(m * k);
+    for i in 0..m {
+        let s = 0.5 + (i % 7) as f32;
+        for p in 0..k {
+            let mut v = rng.f() * s;
+            if (p * 31 + i * 7) % 97 == 0 {
+                v *= 8.0;
+            }
+            a.push(v);
+        }
+    }
+    a
+}
+
+fn nmse(got: &[f32], want: &[f32]) -> f64 {
+    assert_eq!(got.len(), want.len());
+    let (mut err, mut sig) = (0f64, 0f64);
+    for (&g, &w) in got.iter().zip(want) {
+        assert!(g.is_finite(), "non-finite output {g}");
+        err += (g as f64 - w as f64).powi(2);
+        sig += (w as f64).powi(2);
+    }
+    err / sig.max(1e-30)
+}
+
+/// The activations the kernels actually multiply: quantized as the spec says (I16: one
+/// scale `max|row| / 32767` per row; I8: one scale `max|block| / 127` per 32 values; both
+/// round half to even) and dequantized. The reference on these is the tight oracle.
+fn fake_quantize(a: &[f32], m: usize, k: usize, act: ActPrecision) -> Vec<f32> {
+    let q = |x: &[f32], levels: f32, out: &mut Vec<f32>| {
+        let s = x.iter().fold(0f32, |acc, v| acc.max(v.abs())) / levels;
+        let inv = if s != 0.0 { 1.0 / s } else { 0.0 };
+        out.extend(x.iter().map(|v| (v * inv).round_ties_even().clamp(-levels, levels) * s));
+    };
+    let mut out = Vec::with_capacity(a.len());
+    match act {
+        ActPrecision::F32 => out.extend_from_slice(a),
+        ActPrecision::I16 => a.chunks(k).for_each(|row| q(row, 32767.0, &mut out)),
+        ActPrecision::I8 => a.chunks(k).for_each(|row| row.chunks(32).for_each(|b| q(b, 127.0, &mut out))),
+    }
+    assert_eq!(out.len(), m * k);
+    out
+}
+
+/// Error against the reference on the kernel's own quantized activations: only the
+/// order of f32 operations differs (integer dot products are exact), so this is tight
+/// for every precision (worst observed ~6e-13). Normalised by the output's energy plus
+/// that of the products' magnitudes (`|a| @ |w|^T`), so an output that cancels to
+/// nearly zero is judged by the rounding its terms allow, not by its own size.
+const EXACT_NMSE: f64 = 1e-10;
+
+/// NMSE against the f32 oracle (exact activations), calibrated on this suite's data
+/// (worst observed in the comments) with a wide margin:
+/// - F32: the kernels dequantize exactly; only the summation order differs (~1e-14);
+/// - I16: one scale per row, step max|a| / 32767: rounding noise ~1e-9 of the signal
+///   with these 8x outliers in a row's scale (~1.5e-8 expected, ~3e-8 observed);
+/// - I8: one scale per 32-value block, step max|block| / 127: ~2e-5 of the signal in
+///   plain blocks, 64x that in blocks holding an 8x outlier (~1/3 of them here), so
+///   ~3e-4 on average and up to ~7e-4 observed with few outputs.
+/// Only asserted with at least 32 outputs: NMSE of a handful of dot products is
+/// dominated by whichever one happens to be near zero.
+fn threshold(act: ActPrecision) -> f64 {
+    match act {
+        ActPrecision::F32 => 1e-10,
+        ActPrecision::I16 => 3e-7,
+        ActPrecision::I8 => 3e-3,
+    }
+}
+
+/// Worst NMSE seen per (activation precision, oracle), printed by each test.
+static WORST: std::sync::Mutex<[[f64; 2]; 3]> = std::sync::Mutex::new([[0.0; 2]; 3]);
+
+fn record(act: ActPrecision, oracle: usize, e: f64) {
+    let i = ACTS.iter().position(|a| *a == act).unwrap_or(0);
+    let mut w = WORST.lock().unwrap_or_else(|p| p.into_inner());
+    w[i][oracle] = w[i][oracle].max(e);
+}
+
+fn report() {
+    let w = *WORST.lock().unwrap_or_else(|p| p.into_inner());
+    for (i, act) in ACTS.iter().enumerate() {
+        eprintln!("worst NMSE act={}: vs quantized-activation oracle {:.2e}, vs f32 oracle {:.2e}", act.name(), w[i][0], w[i][1]);
+    }
+}
+
+const FORMATS: [DType; 6] = [DType::Q4_1, DType::Q4_0, DType::Q8_0, DType::Q8Channel, DType::F32, DType::F16];
+const ACTS: [ActPrecision; 3] = [ActPrecision::I8, ActPrecision::I16, ActPrecision::F32];
+const EPILOGUES: [Epilogue; 5] = [Epilogue::None, Epilogue::Bias, Epilogue::Residual, Epilogue::BiasResidual, Epilogue::SwiGlu];
+
+/// One weight matrix: its raw storage, the dequantized oracle values, and the packing.
+struct Weight {
+    dtype: DType,
+    n: usize,
+    k: usize,
+    deq: Vec<f32>,
+    packed: PackedMatrix,
+}
+
+fn weight(rng: &mut Lcg, dtype: DType, n: usize, k: usize) -> Weight {
+    // Rows of different magnitudes, so per-row and per-block scales matter.
+    let mut x = Vec::with_capacity(n * k);
+    for r in 0..n {
+        let s = 0.05 * (1 + r % 5) as f32;
+        x.extend(rng.vec(k, s));
+    }
+    let raw = quant::quantize(dtype, &x, k).expect("quantize");
+    let mut deq = vec![0f32; n * k];
+    assert!(quant::dequantize_matrix(dtype, &raw, k, &mut deq));
+    let packed = pack(dtype, &raw, n, k).unwrap_or_else(|e| panic!("pack {dtype} [{n}, {k}]: {e}"));
+    Weight { dtype, n, k, deq, packed }
+}
+
+fn pools() -> Vec<(usize, rayon::ThreadPool)> {
+    [1, 2].into_iter().map(|t| (t, rayon::ThreadPoolBuilder::new().num_threads(t).build().expect("thread pool"))).collect()
+}
+
+/// Checks one (weight, activations, act, epilogue) case on every given path and
+/// thread count against both oracles.
+#[allow(clippy::too_many_arguments)]
+fn check(w: &Weight, a: &[f32], m: usize, act: ActPrecision, epi: Epilogue, pools: &[(usize, rayon::ThreadPool)], rng: &mut Lcg, isas: &[Isa], threads: &[usize]) {
+    let n_out = if epi == Epilogue::SwiGlu { w.n / 2 } else { w.n };
+    let bias = epi.has_bias().then(|| rng.vec(n_out, 1.0));
+    let residual = epi.has_residual().then(|| rng.vec(m * n_out, 1.0));
+    let oracle = |a: &[f32]| {
+        let pre = reference_product(w, a, m);
+        let mut want = vec![0f32; m * n_out];
+        reference::epilogue(&pre, m, w.n, epi, bias.as_deref(), residual.as_deref(), &mut want);
+        want
+    };
+    let a_q = fake_quantize(a, m, w.k, act);
+    let want_exact = oracle(&a_q);
+    let magnitude: f64 = {
+        let abs_a: Vec<f32> = a_q.iter().map(|v| v.abs()).collect();
+        let abs_w: Vec<f32> = w.deq.iter().map(|v| v.abs()).collect();
+        let mut mag = vec![0f32; m * w.n];
+        reference::matmul(&abs_a, &abs_w, m, w.k, w.n, true, &mut mag);
+        mag.iter().map(|&v| (v as f64).powi(2)).sum()
+    };
+    let want_f32 = if act == ActPrecision::F32 { want_exact.clone() } else { oracle(a) };
+    for &isa in isas {
+        for (t, pool) in pools.iter().filter(|(t, _)| threads.contains(t)) {
+            let mut got = vec![f32::NAN; m * n_out];
+            pool.install(|| with_isa(isa, || matmul_packed(a, m, &w.packed, act, epi, bias.as_deref(), residual.as_deref(), &mut got)))
+                .unwrap_or_else(|e| panic!("{}: {e}", w.dtype));
+            let what = format!("{} [{}, {}] m={m} act={} {epi:?} isa={} threads={t}", w.dtype, w.n, w.k, act.name(), isa.name());
+            let energy: f64 = want_exact.iter().map(|&v| (v as f64).powi(2)).sum();
+            let e = nmse(&got, &want_exact) * energy.max(1e-30) / (energy + magnitude).max(1e-30);
+            record(act, 0, e);
+            assert!(e <= EXACT_NMSE, "{what}: NMSE vs the quantized-activation oracle {e:.3e} > {EXACT_NMSE:.0e}");
+            let e = nmse(&got, &want_f32);
+            if m * n_out >= 32 {
+                record(act, 1, e);
+                assert!(e <= threshold(act), "{what}: NMSE vs the f32 oracle {e:.3e} > {:.0e}", threshold(act));
+            }
+        }
+    }
+}
+
+fn reference_product(w: &Weight, a: &[f32], m: usize) -> Vec<f32> {
+    let mut pre = vec![0f32; m * w.n];
+    reference::matmul(a, &w.deq, m, w.k, w.n, true, &mut pre);
+    pre
+}
+
+/// The full cross product of format x act x epilogue x ISA x threads, on small shapes
+/// (rows 1, 5 and 17 exercise every row-block size of the microkernels).
+#[test]
+fn every_format_act_epilogue_isa_and_thread_count() {
+    let isas = Isa::supported();
+    eprintln!("kernel paths under test: {:?}", isas.iter().map(|i| i.name()).collect::<Vec<_>>());
+    let pools = pools();
+    let mut rng = Lcg(0x5eed_0001);
+    for dtype in FORMATS {
+        // 64 rows: SwiGLU halves of 32 = two whole tiles (the fused path).
+        let w = weight(&mut rng, dtype, 64, 96);
+        for m in [1, 5, 17] {
+            let a = activations(&mut rng, m, w.k);
+            for act in ACTS {
+                for epi in EPILOGUES {
+                    check(&w, &a, m, act, epi, &pools, &mut rng, &isas, &[1, 2]);
+                }
+            }
+        }
+    }
+    report();
+}
+
+/// Odd shapes: m in {1, 2, 3, 5, 17, 64, 130}, k in {32, 96, 576, 1536}, n in {1, 3, 13,
+/// 65, 200, 577} (plus even n for SwiGLU, fused when n/2 is a multiple of 16 and
+/// through the unaligned fallback otherwise), each on every path and thread count; the
+/// epilogue rotates so each appears across shapes and formats.
+#[test]
+fn odd_shapes_on_every_path() {
+    let isas = Isa::supported();
+    let pools = pools();
+    let shapes: [(usize, usize, usize); 14] = [
+        (1, 32, 1),
+        (2, 96, 3),
+        (3, 576, 13),
+        (5, 1536, 65),
+        (17, 32, 200),
+        (64, 96, 577),
+        (130, 576, 65),
+        (1, 1536, 577),
+        (17, 576, 13),
+        (130, 32, 3),
+        (64, 1536, 200),
+        (2, 576, 1),
+        (5, 96, 1152),
+        (130, 96, 200),
+    ];
+    let mut rng = Lcg(0x5eed_0002);
+    for (fi, dtype) in FORMATS.into_iter().enumerate() {
+        for (si, &(m, k, n)) in shapes.iter().enumerate() {
+            let w = weight(&mut rng, dtype, n, k);
+            let a = activations(&mut rng, m, k);
+            for (ai, act) in ACTS.into_iter().enumerate() {
+                let choices: Vec<Epilogue> = EPILOGUES.into_iter().filter(|e| *e != Epilogue::SwiGlu || n % 2 == 0).collect();
+                let epi = choices[(fi + si + ai) % choices.len()];
+                check(&w, &a, m, act, epi, &pools, &mut rng, &isas, &[1, 2]);
+            }
+        }
+    }
+    report();
+}
+
+/// Packing is lossless: every format's packed matrix dequantizes to exactly what
+/// `quant::dequantize_matrix` gives from the GGUF bytes, bit for bit.
+#[test]
+fn packing_is_lossless() {
+    let mut rng = Lcg(0x5eed_0003);
+    for dtype in [DType::Q4_1, DType::Q4_0, DType::Q8_0, DType::Q8Channel, DType::F32, DType::F16, DType::BF16] {
+        for (n, k) in [(1, 32), (13, 96), (577, 64), (40, 1536)] {
+            let mut x = rng.vec(n * k, 2.0);
+            // Exercise extremes: a zero block, and GGUF's raw -128 in Q8_0.
+            x[..32].iter_mut().for_each(|v| *v = 0.0);
+            let mut raw = quant::quantize(dtype, &x, k).unwrap();
+            if dtype == DType::Q8_0 && raw.len() >= 34 * 2 {
+                raw[34 + 2] = 0x80;
+            }
+            let mut want = vec![0f32; n * k];
+            assert!(quant::dequantize_matrix(dtype, &raw, k, &mut want));
+            let p = pack(dtype, &raw, n, k).unwrap();
+            let mut got = vec![0f32; n * k];
+            p.dequantize_rows(0..n, &mut got).unwrap();
+            let same = got.iter().zip(&want).all(|(g, w)| g.to_bits() == w.to_bits());
+            assert!(same, "{dtype} [{n}, {k}]: packed values differ from quant::dequantize");
+            if dtype.is_quantized() {
+                // The packed size is the GGUF size plus the last tile's zero padding.
+                let tiles = n.div_ceil(16);
+                assert!(p.bytes() >= raw.len() && p.bytes() <= raw.len() / n * tiles * 16 + tiles * 64, "{dtype}: {} bytes", p.bytes());
+            }
+        }
+    }
+}
+
+#[test]
+fn gather_rows_and_bad_ids() {
+    let mut rng = Lcg(0x5eed_0004);
+    for dtype in [DType::Q8_0, DType::Q4_1, DType::Q4_0] {
+        let w = weight(&mut rng, dtype, 37, 64);
+        let ids = [0, 36, 5, 5, 17];
+        let mut got = vec![0f32; ids.len() * 64];
+        gather_packed(&w.packed, &ids, &mut got).unwrap();
+        let mut want = vec![0f32; ids.len() * 64];
+        reference::gather(&w.deq, 64, &ids, &mut want).unwrap();
+        assert_eq!(got, want, "{dtype}");
+        for bad in [37, -1, i32::MAX] {
+            let e = gather_packed(&w.packed, &[1, bad], &mut got[..128]).unwrap_err();
+            assert!(e.0.contains(&bad.to_string()), "error should name id {bad}: {e}");
+        }
+        assert!(gather_packed(&w.packed, &[1], &mut got[..63]).is_err());
+    }
+}
+
+#[test]
+fn bad_inputs_are_errors() {
+    let mut rng = Lcg(0x5eed_0005);
+    // Wrong byte counts, k not a whole number of blocks, empty, non-weight dtypes.
+    assert!(pack(DType::Q4_1, &[0u8; 19], 1, 32).is_err());
+    assert!(pack(DType::Q4_0, &[0u8; 18], 1, 16).is_err());
+    assert!(pack(DType::Q8Channel, &[0u8; 33], 1, 32).is_err());
+    assert!(pack(DType::Q8_0, &[], 0, 32).is_err());
+    assert!(pack(DType::I8, &[0u8; 32], 1, 32).is_err());
+    assert!(pack(DType::Q4_1, &[0u8; 20], usize::MAX / 2, 64).is_err());
+    let w = weight(&mut rng, DType::Q4_1, 20, 64);
+    let a = rng.vec(2 * 64, 1.0);
+    let mut out = vec![0f32; 2 * 20];
+    let mut out_half = vec![0f32; 2 * 10];
+    let bias = vec![0f32; 20];
+    let res = vec![0f32; 40];
+    let act = ActPrecision::I8;
+    assert!(matmul_packed(&a[..127], 2, &w.packed, act, Epilogue::None, None, None, &mut out).is_err());
+    assert!(matmul_packed(&a, 2, &w.packed, act, Epilogue::None, None, None, &mut out[..39]).is_err());
+    assert!(matmul_packed(&a, 2, &w.packed, act, Epilogue::Bias, None, None, &mut out).is_err());
+    assert!(matmul_packed(&a, 2, &w.packed, act, Epilogue::Bias, Some(&bias[..19]), None, &mut out).is_err());
+    assert!(matmul_packed(&a, 2, &w.packed, act, Epilogue::Residual, None, Some(&res[..39]), &mut out).is_err());
+    assert!(matmul_packed(&a, 2, &w.packed, act, Epilogue::None, Some(&bias), None, &mut out).is_err());
+    assert!(matmul_packed(&a, 2, &w.packed, act, Epilogue::SwiGlu, None, None, &mut out).is_err());
+    matmul_packed(&a, 2, &w.packed, act, Epilogue::SwiGlu, None, None, &mut out_half).unwrap();
+    let odd = weight(&mut rng, DType::Q4_1, 21, 64);
+    assert!(matmul_packed(&a, 2, &odd.packed, act, Epilogue::SwiGlu, None, None, &mut out_half).is_err());
+    // m = 0 is an empty product, not an error.
+    matmul_packed(&[], 0, &w.packed, act, Epilogue::None, None, None, &mut []).unwrap();
+}
+
+/// Non-finite activations must not crash any path (the values are garbage in, garbage
+/// out, but the process survives).
+#[test]
+fn non_finite_activations_do_not_panic() {
+    let mut rng = Lcg(0x5eed_0006);
+    let w = weight(&mut rng, DType::Q4_1, 32, 64);
+    let mut a = rng.vec(3 * 64, 1.0);
+    a[5] = f32::NAN;
+    a[70] = f32::INFINITY;
+    a[140] = f32::NEG_INFINITY;
+    let mut out = vec![0f32; 3 * 32];
+    for isa in Isa::supported() {
+        for act in ACTS {
+            with_isa(isa, || matmul_packed(&a, 3, &w.packed, act, Epilogue::None, None, None, &mut out)).unwrap();
+        }
+    }
+}

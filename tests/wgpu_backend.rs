@@ -1,0 +1,735 @@
+//! The wgpu backend against the reference kernels (the oracle), op by op, on seeded
+//! random data with odd shapes (not multiples of any workgroup or tile size), every
+//! weight format, every matmul epilogue, weights split across bindings, run-time
+//! positions, bad run-time values, and SmolLM2 end to end against HF goldens.
+//!
+//! CI has no GPU: these run on Mesa's lavapipe (scripts/test.sh installs it). A missing
+//! adapter fails the tests, it never skips them.
+
+use npurt_backends::wgpu::{WgpuBackend, WgpuOptions};
+use npurt_backends::{Backend, BackendError, Bindings, BufferUsage, Support};
+use npurt_graph::{ActPrecision, DType, Epilogue, Graph, NodeId, Op, RopeParams, RopeScaling, TensorFact};
+use npurt_kernels::{quant, reference as r, HostTensor};
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
+/// One backend for the whole binary: tests run on it concurrently.
+fn be() -> &'static WgpuBackend {
+    static B: OnceLock<WgpuBackend> = OnceLock::new();
+    B.get_or_init(|| WgpuBackend::new(WgpuOptions::default()).unwrap_or_else(|e| panic!("wgpu backend: {e}")))
+}
+
+/// A backend whose bindings are capped at `bytes`, so small weights split into parts.
+fn small_binding_backend(bytes: u64) -> WgpuBackend {
+    WgpuBackend::new(WgpuOptions { max_binding_bytes: Some(bytes), ..Default::default() }).expect("wgpu backend")
+}
+
+/// Seeded linear congruential generator: values in [-1, 1).
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self) -> f32 {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (self.0 >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    }
+    fn vec(&mut self, n: usize) -> Vec<f32> {
+        (0..n).map(|_| self.next()).collect()
+    }
+    fn below(&mut self, n: usize) -> usize {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((self.0 >> 33) % n as u64) as usize
+    }
+}
+
+fn assert_close(what: &str, ours: &[f32], want: &[f32], rel: f32) {
+    assert_eq!(ours.len(), want.len(), "{what}: length");
+    let scale = want.iter().fold(0f32, |a, v| a.max(v.abs())).max(1e-6);
+    let mut worst = (0f32, 0usize);
+    for (i, (a, b)) in ours.iter().zip(want).enumerate() {
+        let d = (a - b).abs();
+        assert!(!a.is_nan(), "{what}: NaN at {i}");
+        if d > worst.0 {
+            worst = (d, i);
+        }
+    }
+    assert!(worst.0 <= rel * scale, "{what}: max diff {} at {} (ours {}, ref {}) > {rel} x {scale}", worst.0, worst.1, ours[worst.1], want[worst.1]);
+}
+
+/// Graph-building shorthand.
+struct G {
+    g: Graph,
+}
+
+impl G {
+    fn new() -> Self {
+        G { g: Graph::new() }
+    }
+    fn input(&mut self, name: &str, fact: TensorFact) -> NodeId {
+        self.g.add(name, Op::Input { name: name.into(), fact }, &[]).unwrap()
+    }
+    fn weight(&mut self, name: &str, fact: TensorFact) -> NodeId {
+        self.g.add(name, Op::Weight { name: name.into(), fact, parts: vec![] }, &[]).unwrap()
+    }
+    fn state(&mut self, name: &str, fact: TensorFact) -> NodeId {
+        self.g.add(name, Op::State { name: name.into(), fact }, &[]).unwrap()
+    }
+    fn op(&mut self, name: &str, op: Op, ins: &[NodeId]) -> NodeId {
+        self.g.add(name, op, ins).unwrap()
+    }
+    fn out(&mut self, name: &str, id: NodeId) {
+        self.g.set_output(name, id);
+    }
+}
+
+/// Sources for one run, by source name.
+#[derive(Default)]
+struct Feeds {
+    inputs: Vec<(&'static str, HostTensor)>,
+    weights: Vec<(&'static str, HostTensor)>,
+    states: Vec<(&'static str, HostTensor)>,
+}
+
+struct Ran {
+    outputs: HashMap<String, Vec<f32>>,
+    states: HashMap<String, Vec<f32>>,
+}
+
+fn f32s(t: HostTensor) -> Vec<f32> {
+    t.into_f32().expect("f32 output")
+}
+
+fn run_on(be: &dyn Backend, g: &Graph, feeds: &Feeds) -> Result<Ran, BackendError> {
+    let mut weights = Vec::new();
+    for (id, name, _) in g.sources("weight") {
+        let (_, t) = feeds.weights.iter().find(|(n, _)| *n == name).unwrap_or_else(|| panic!("no weight {name}"));
+        weights.push((id, be.prepare_weight(name, t.clone())?));
+    }
+    let exec = be.compile(g, &weights)?;
+    let mut b = Bindings::default();
+    for (name, t) in &feeds.inputs {
+        let buf = be.alloc(&t.fact, BufferUsage::Activations)?;
+        be.write(buf.as_ref(), t)?;
+        b.sources.push((g.find_source("input", name).unwrap_or_else(|| panic!("no input {name}")), buf));
+    }
+    let mut states = Vec::new();
+    for (name, t) in &feeds.states {
+        let buf = be.alloc(&t.fact, BufferUsage::State)?;
+        be.write(buf.as_ref(), t)?;
+        b.sources.push((g.find_source("state", name).unwrap(), buf.clone()));
+        states.push((name.to_string(), buf));
+    }
+    for (name, id) in &g.outputs {
+        b.outputs.push((name.clone(), be.alloc(g.fact(*id), BufferUsage::Activations)?));
+    }
+    let mut scratch = exec.new_scratch()?;
+    exec.run(&b, scratch.as_mut())?;
+    be.synchronize()?;
+    let mut outputs = HashMap::new();
+    for (name, buf) in &b.outputs {
+        outputs.insert(name.clone(), f32s(be.read(buf.as_ref())?));
+    }
+    let mut st = HashMap::new();
+    for (name, buf) in states {
+        st.insert(name, f32s(be.read(buf.as_ref())?));
+    }
+    Ok(Ran { outputs, states: st })
+}
+
+fn run(g: &Graph, feeds: &Feeds) -> Ran {
+    run_on(be(), g, feeds).unwrap_or_else(|e| panic!("wgpu run: {e}"))
+}
+
+fn scalar(v: i32) -> HostTensor {
+    HostTensor::i32([1], vec![v])
+}
+
+#[test]
+fn adapter_is_reported() {
+    let caps = be().capabilities();
+    assert_eq!(caps.name, "wgpu");
+    assert!(!caps.device.is_empty());
+    assert!(caps.weight_dtypes.contains(&DType::Q4_0) && caps.weight_dtypes.contains(&DType::Q8Channel));
+    eprintln!("wgpu adapter: {} (binding limit {} bytes)", caps.device, be().max_binding_bytes());
+}
+
+#[test]
+fn no_adapter_is_a_typed_unavailable_error() {
+    match WgpuBackend::new(WgpuOptions { backends: npurt_backends::wgpu::Backends::empty(), ..Default::default() }) {
+        Err(BackendError::Unavailable { backend, reason }) => {
+            assert_eq!(backend, "wgpu");
+            assert!(reason.contains("mesa-vulkan-drivers"), "{reason}");
+        }
+        Err(e) => panic!("wrong error: {e}"),
+        Ok(_) => panic!("an empty backend set found an adapter"),
+    }
+}
+
+#[test]
+fn elementwise_ops_match_reference() {
+    let mut rng = Lcg(1);
+    for (shape, bshape) in [(vec![7, 37], vec![37]), (vec![3, 5, 7], vec![5, 7]), (vec![33, 65], vec![33, 65]), (vec![1000, 300], vec![300])] {
+        let n: usize = shape.iter().product();
+        let a = rng.vec(n).iter().map(|v| v * 4.0).collect::<Vec<_>>();
+        let b = rng.vec(bshape.iter().product());
+        let mut g = G::new();
+        let x = g.input("a", TensorFact::f32(shape.clone()));
+        let y = g.input("b", TensorFact::f32(bshape.clone()));
+        let ops = [("add", Op::Add), ("mul", Op::Mul)];
+        for (name, op) in ops {
+            let o = g.op(name, op, &[x, y]);
+            g.out(name, o);
+        }
+        for (name, op) in [("silu", Op::Silu), ("gelu", Op::Gelu { tanh: false }), ("gelu_tanh", Op::Gelu { tanh: true }), ("softmax", Op::Softmax)] {
+            let o = g.op(name, op, &[x]);
+            g.out(name, o);
+        }
+        let ran = run(&g.g, &Feeds { inputs: vec![("a", HostTensor::f32(shape.clone(), a.clone())), ("b", HostTensor::f32(bshape.clone(), b.clone()))], ..Default::default() });
+        let mut want = vec![0f32; n];
+        r::add(&a, &b, &mut want);
+        assert_close(&format!("add {shape:?}"), &ran.outputs["add"], &want, 1e-6);
+        r::mul(&a, &b, &mut want);
+        assert_close(&format!("mul {shape:?}"), &ran.outputs["mul"], &want, 1e-6);
+        r::silu(&a, &mut want);
+        assert_close(&format!("silu {shape:?}"), &ran.outputs["silu"], &want, 1e-6);
+        r::gelu(&a, false, &mut want);
+        assert_close(&format!("gelu {shape:?}"), &ran.outputs["gelu"], &want, 1e-6);
+        r::gelu(&a, true, &mut want);
+        assert_close(&format!("gelu_tanh {shape:?}"), &ran.outputs["gelu_tanh"], &want, 1e-6);
+        r::softmax(&a, *shape.last().unwrap(), &mut want);
+        assert_close(&format!("softmax {shape:?}"), &ran.outputs["softmax"], &want, 1e-5);
+    }
+}
+
+#[test]
+fn gelu_is_precise_over_a_wide_range() {
+    // WGSL has no erf; the shader's must match the reference's to float precision.
+    let xs: Vec<f32> = (-2000..2000).map(|i| i as f32 * 0.005).collect();
+    let mut g = G::new();
+    let x = g.input("x", TensorFact::f32([xs.len()]));
+    let o = g.op("gelu", Op::Gelu { tanh: false }, &[x]);
+    g.out("gelu", o);
+    let ran = run(&g.g, &Feeds { inputs: vec![("x", HostTensor::f32([xs.len()], xs.clone()))], ..Default::default() });
+    for (v, ours) in xs.iter().zip(&ran.outputs["gelu"]) {
+        let want = r::gelu_erf(*v);
+        assert!((ours - want).abs() <= 2e-6 * want.abs().max(1.0), "gelu({v}) = {ours}, reference {want}");
+    }
+}
+
+#[test]
+fn norms_match_reference() {
+    let mut rng = Lcg(2);
+    for (rows, h) in [(7, 37), (5, 576), (33, 65), (1, 1000)] {
+        let x: Vec<f32> = rng.vec(rows * h).iter().map(|v| v * 3.0 + 0.5).collect();
+        let w = rng.vec(h);
+        let bias = rng.vec(h);
+        let mut g = G::new();
+        let xi = g.input("x", TensorFact::f32([rows, h]));
+        let wi = g.weight("w", TensorFact::f32([h]));
+        let bi = g.weight("b", TensorFact::f32([h]));
+        let rms = g.op("rms", Op::RmsNorm { eps: 1e-5 }, &[xi, wi]);
+        let ln = g.op("ln", Op::LayerNorm { eps: 1e-6 }, &[xi, wi, bi]);
+        g.out("rms", rms);
+        g.out("ln", ln);
+        let feeds = Feeds { inputs: vec![("x", HostTensor::f32([rows, h], x.clone()))], weights: vec![("w", HostTensor::f32([h], w.clone())), ("b", HostTensor::f32([h], bias.clone()))], ..Default::default() };
+        let ran = run(&g.g, &feeds);
+        let mut want = vec![0f32; rows * h];
+        r::rms_norm(&x, &w, 1e-5, &mut want);
+        assert_close(&format!("rms_norm {rows}x{h}"), &ran.outputs["rms"], &want, 2e-6);
+        r::layer_norm(&x, &w, &bias, 1e-6, &mut want);
+        assert_close(&format!("layer_norm {rows}x{h}"), &ran.outputs["ln"], &want, 2e-6);
+    }
+}
+
+#[test]
+fn rope_matches_reference_for_every_scaling() {
+    let mut rng = Lcg(3);
+    let scalings = [
+        RopeScaling::None,
+        RopeScaling::Linear { factor: 4.0 },
+        RopeScaling::Llama3 { factor: 8.0, low_freq_factor: 1.0, high_freq_factor: 4.0, original_max_position: 64 },
+        RopeScaling::DynamicNtk { factor: 2.0, original_max_position: 16 },
+    ];
+    for scaling in scalings {
+        for (rows, heads, head_dim, rotary_dim, pos, n_valid) in [(7, 3, 64, 64, 0, 7), (5, 2, 24, 16, 300, 3), (9, 4, 32, 32, 1000, 9)] {
+            let params = RopeParams { head_dim, rotary_dim, theta: 10000.0, scaling: scaling.clone() };
+            let width = heads * head_dim;
+            let x = rng.vec(rows * width);
+            let mut g = G::new();
+            let xi = g.input("x", TensorFact::f32([rows, width]));
+            let p = g.input("pos", TensorFact::i32([1]));
+            let nv = g.input("n_valid", TensorFact::i32([1]));
+            let o = g.op("rope", Op::Rope { params: params.clone() }, &[xi, p, nv]);
+            g.out("rope", o);
+            let feeds = Feeds { inputs: vec![("x", HostTensor::f32([rows, width], x.clone())), ("pos", scalar(pos)), ("n_valid", scalar(n_valid))], ..Default::default() };
+            let ran = run(&g.g, &feeds);
+            let mut want = vec![0f32; x.len()];
+            r::rope(&x, width, &params, pos as usize, n_valid as usize, &mut want);
+            assert_close(&format!("rope {scaling:?} pos {pos} rot {rotary_dim}/{head_dim}"), &ran.outputs["rope"], &want, 2e-5);
+        }
+    }
+}
+
+fn weight_tensor(dt: DType, rows: usize, cols: usize, values: &[f32]) -> (HostTensor, Vec<f32>) {
+    let fact = TensorFact::new(dt, [rows, cols]);
+    let t = if dt == DType::F32 { HostTensor::f32([rows, cols], values.to_vec()) } else { HostTensor::bytes(fact, quant::quantize(dt, values, cols).unwrap()).unwrap() };
+    let mut deq = vec![0f32; rows * cols];
+    match &t.data {
+        npurt_kernels::HostData::F32(v) => deq.copy_from_slice(v),
+        npurt_kernels::HostData::Bytes(b) => assert!(quant::dequantize_matrix(dt, b, cols, &mut deq)),
+        _ => unreachable!(),
+    }
+    (t, deq)
+}
+
+const ALL_WEIGHTS: [DType; 7] = [DType::F32, DType::F16, DType::BF16, DType::Q4_0, DType::Q4_1, DType::Q8_0, DType::Q8Channel];
+
+#[test]
+fn gather_matches_reference_for_every_table_format() {
+    let mut rng = Lcg(4);
+    for dt in ALL_WEIGHTS {
+        let (vocab, width) = if dt.block_elems() > 1 { (37, 96) } else { (37, 65) };
+        let (table, deq) = weight_tensor(dt, vocab, width, &rng.vec(vocab * width));
+        let ids: Vec<i32> = (0..11).map(|_| rng.below(vocab) as i32).collect();
+        let mut g = G::new();
+        let t = g.weight("table", TensorFact::new(dt, [vocab, width]));
+        let i = g.input("ids", TensorFact::i32([ids.len()]));
+        let o = g.op("gather", Op::Gather, &[t, i]);
+        g.out("x", o);
+        let ran = run(&g.g, &Feeds { inputs: vec![("ids", HostTensor::i32([ids.len()], ids.clone()))], weights: vec![("table", table)], ..Default::default() });
+        let mut want = vec![0f32; ids.len() * width];
+        r::gather(&deq, width, &ids, &mut want).unwrap();
+        assert_close(&format!("gather {dt}"), &ran.outputs["x"], &want, 1e-6);
+    }
+}
+
+struct MatmulCase {
+    dt: DType,
+    m: usize,
+    k: usize,
+    n: usize,
+    transpose_b: bool,
+    epilogue: Epilogue,
+}
+
+fn check_matmul(be: &dyn Backend, c: &MatmulCase, seed: u64) {
+    let mut rng = Lcg(seed);
+    let n_b = if c.epilogue == Epilogue::SwiGlu { 2 * c.n } else { c.n };
+    let a = rng.vec(c.m * c.k);
+    let (wrows, wcols) = if c.transpose_b { (n_b, c.k) } else { (c.k, n_b) };
+    let (w, deq) = weight_tensor(c.dt, wrows, wcols, &rng.vec(wrows * wcols));
+    let bias = rng.vec(c.n);
+    let residual = rng.vec(c.m * c.n);
+    let mut g = G::new();
+    let ai = g.input("a", TensorFact::f32([c.m, c.k]));
+    let wi = g.weight("w", TensorFact::new(c.dt, [wrows, wcols]));
+    let mut ins = vec![ai, wi];
+    if c.epilogue.has_bias() {
+        ins.push(g.weight("bias", TensorFact::f32([c.n])));
+    }
+    if c.epilogue.has_residual() {
+        ins.push(g.input("residual", TensorFact::f32([c.m, c.n])));
+    }
+    let o = g.op("mm", Op::MatMul { transpose_b: c.transpose_b, act: ActPrecision::F32, epilogue: c.epilogue }, &ins);
+    g.out("y", o);
+    let feeds = Feeds {
+        inputs: vec![("a", HostTensor::f32([c.m, c.k], a.clone())), ("residual", HostTensor::f32([c.m, c.n], residual.clone()))]
+            .into_iter()
+            .filter(|(n, _)| *n == "a" || c.epilogue.has_residual())
+            .collect(),
+        weights: vec![("w", w), ("bias", HostTensor::f32([c.n], bias.clone()))],
+        ..Default::default()
+    };
+    let ran = run_on(be, &g.g, &feeds).unwrap_or_else(|e| panic!("{e}"));
+    let mut pre = vec![0f32; c.m * n_b];
+    r::matmul(&a, &deq, c.m, c.k, n_b, c.transpose_b, &mut pre);
+    let mut want = vec![0f32; c.m * c.n];
+    r::epilogue(&pre, c.m, n_b, c.epilogue, c.epilogue.has_bias().then_some(&bias[..]), c.epilogue.has_residual().then_some(&residual[..]), &mut want);
+    let what = format!("matmul {} {}x{}x{} transpose_b={} {:?}", c.dt, c.m, c.k, c.n, c.transpose_b, c.epilogue);
+    assert_close(&what, &ran.outputs["y"], &want, 2e-5 * (c.k as f32).sqrt());
+}
+
+#[test]
+fn matmul_every_weight_format_and_row_count() {
+    let mut seed = 10;
+    for dt in ALL_WEIGHTS {
+        let k = if dt.block_elems() > 1 { 96 } else { 37 };
+        for m in [1, 7, 33] {
+            for n in [37, 65] {
+                seed += 1;
+                check_matmul(be(), &MatmulCase { dt, m, k, n, transpose_b: true, epilogue: Epilogue::None }, seed);
+            }
+        }
+    }
+}
+
+#[test]
+fn matmul_with_k_n_weights() {
+    for (i, dt) in [DType::F32, DType::F16, DType::BF16].into_iter().enumerate() {
+        for (m, k, n) in [(1, 37, 65), (7, 64, 33), (33, 65, 7)] {
+            check_matmul(be(), &MatmulCase { dt, m, k, n, transpose_b: false, epilogue: Epilogue::None }, 100 + i as u64);
+        }
+    }
+}
+
+#[test]
+fn matmul_epilogues() {
+    let mut seed = 200;
+    for epilogue in [Epilogue::Bias, Epilogue::Residual, Epilogue::BiasResidual, Epilogue::SwiGlu] {
+        for dt in [DType::F32, DType::Q4_0, DType::Q8_0, DType::Q4_1, DType::F16] {
+            let k = if dt.block_elems() > 1 { 64 } else { 45 };
+            for m in [1, 5, 40] {
+                seed += 1;
+                check_matmul(be(), &MatmulCase { dt, m, k, n: 37, transpose_b: true, epilogue }, seed);
+            }
+        }
+    }
+}
+
+#[test]
+fn weights_split_across_bindings() {
+    // 1 KiB bindings: every weight below spans several parts; gather and matmul run one
+    // dispatch per part, [K, N] parts accumulate, a split SwiGLU goes through a temporary.
+    let small = small_binding_backend(1024);
+    let mut seed = 300;
+    for dt in ALL_WEIGHTS {
+        let k = if dt.block_elems() > 1 { 64 } else { 40 };
+        for (m, epilogue) in [(1, Epilogue::None), (9, Epilogue::BiasResidual), (3, Epilogue::SwiGlu), (40, Epilogue::SwiGlu), (12, Epilogue::Bias)] {
+            seed += 1;
+            check_matmul(&small, &MatmulCase { dt, m, k, n: 37, transpose_b: true, epilogue }, seed);
+        }
+    }
+    for dt in [DType::F32, DType::F16] {
+        for m in [1, 20] {
+            seed += 1;
+            check_matmul(&small, &MatmulCase { dt, m, k: 70, n: 23, transpose_b: false, epilogue: Epilogue::None }, seed);
+        }
+    }
+    let mut rng = Lcg(seed);
+    for dt in [DType::F32, DType::Q8_0, DType::Q4_1] {
+        let (vocab, width) = (50, 64);
+        let (table, deq) = weight_tensor(dt, vocab, width, &rng.vec(vocab * width));
+        let buf = small.prepare_weight("t", table.clone()).unwrap();
+        assert!(WgpuBackend::weight_parts(buf.as_ref()) > 2, "{dt} table should be split");
+        assert_eq!(small.read(buf.as_ref()).unwrap(), table, "{dt}: reading a split weight back");
+        let ids: Vec<i32> = (0..9).map(|_| rng.below(vocab) as i32).collect();
+        let mut g = G::new();
+        let t = g.weight("table", TensorFact::new(dt, [vocab, width]));
+        let i = g.input("ids", TensorFact::i32([ids.len()]));
+        let o = g.op("gather", Op::Gather, &[t, i]);
+        g.out("x", o);
+        let ran = run_on(&small, &g.g, &Feeds { inputs: vec![("ids", HostTensor::i32([ids.len()], ids.clone()))], weights: vec![("table", table)], ..Default::default() }).unwrap();
+        let mut want = vec![0f32; ids.len() * width];
+        r::gather(&deq, width, &ids, &mut want).unwrap();
+        assert_close(&format!("split gather {dt}"), &ran.outputs["x"], &want, 0.0);
+    }
+}
+
+#[test]
+fn matmul_weight_larger_than_one_binding() {
+    // f32 [36000, 1024] is 147 MB, past lavapipe's 128 MiB storage binding limit.
+    let (n, k, m) = (36000, 1024, 3);
+    let mut rng = Lcg(400);
+    let a = rng.vec(m * k);
+    let w = rng.vec(n * k);
+    let buf = be().prepare_weight("big", HostTensor::f32([n, k], w.clone())).unwrap();
+    let parts = WgpuBackend::weight_parts(buf.as_ref());
+    if (n * k * 4) as u64 > be().max_binding_bytes() {
+        assert!(parts >= 2, "a {} byte weight must be split (limit {})", n * k * 4, be().max_binding_bytes());
+    }
+    let mut g = G::new();
+    let ai = g.input("a", TensorFact::f32([m, k]));
+    let wi = g.weight("big", TensorFact::f32([n, k]));
+    let o = g.op("mm", Op::MatMul { transpose_b: true, act: ActPrecision::F32, epilogue: Epilogue::None }, &[ai, wi]);
+    g.out("y", o);
+    let exec = be().compile(&g.g, &[(wi, buf)]).unwrap();
+    let abuf = be().alloc(&TensorFact::f32([m, k]), BufferUsage::Activations).unwrap();
+    be().write(abuf.as_ref(), &HostTensor::f32([m, k], a.clone())).unwrap();
+    let ybuf = be().alloc(&TensorFact::f32([m, n]), BufferUsage::Activations).unwrap();
+    let b = Bindings { sources: vec![(ai, abuf)], outputs: vec![("y".into(), ybuf.clone())] };
+    exec.run(&b, exec.new_scratch().unwrap().as_mut()).unwrap();
+    be().synchronize().unwrap();
+    let ours = f32s(be().read(ybuf.as_ref()).unwrap());
+    drop(exec);
+    let mut want = vec![0f32; m * n];
+    r::matmul(&a, &w, m, k, n, true, &mut want);
+    assert_close(&format!("matmul f32 [{n}, {k}] in {parts} parts"), &ours, &want, 1e-5 * (k as f32).sqrt());
+}
+
+fn attention_case(t_rows: usize, s_rows: usize, nh: usize, nkv: usize, hd: usize, pos: usize, n_valid: usize, seed: u64) {
+    let mut rng = Lcg(seed);
+    let (qw, kw) = (nh * hd, nkv * hd);
+    let q = rng.vec(t_rows * qw);
+    let new_k = rng.vec(t_rows * kw);
+    let new_v = rng.vec(t_rows * kw);
+    let k_cache0 = rng.vec(s_rows * kw);
+    let v_cache0 = rng.vec(s_rows * kw);
+    let scale = 1.0 / (hd as f32).sqrt();
+    let mut g = G::new();
+    let qi = g.input("q", TensorFact::f32([t_rows, qw]));
+    let ki = g.input("k", TensorFact::f32([t_rows, kw]));
+    let vi = g.input("v", TensorFact::f32([t_rows, kw]));
+    let p = g.input("pos", TensorFact::i32([1]));
+    let nv = g.input("n_valid", TensorFact::i32([1]));
+    let kc = g.state("k_cache", TensorFact::f32([s_rows, kw]));
+    let vc = g.state("v_cache", TensorFact::f32([s_rows, kw]));
+    // Rows come through a cheap op, as in the model (kv_write takes computed rows).
+    let k1 = g.op("k1", Op::Mul, &[ki, ki]);
+    let v1 = g.op("v1", Op::Add, &[vi, vi]);
+    let kw1 = g.op("kw", Op::KvWrite, &[kc, k1, p]);
+    let vw1 = g.op("vw", Op::KvWrite, &[vc, v1, p]);
+    let o = g.op("attn", Op::Attention { n_heads: nh, n_kv_heads: nkv, head_dim: hd, scale }, &[qi, kw1, vw1, p, nv]);
+    g.out("out", o);
+    let feeds = Feeds {
+        inputs: vec![
+            ("q", HostTensor::f32([t_rows, qw], q.clone())),
+            ("k", HostTensor::f32([t_rows, kw], new_k.clone())),
+            ("v", HostTensor::f32([t_rows, kw], new_v.clone())),
+            ("pos", scalar(pos as i32)),
+            ("n_valid", scalar(n_valid as i32)),
+        ],
+        states: vec![("k_cache", HostTensor::f32([s_rows, kw], k_cache0.clone())), ("v_cache", HostTensor::f32([s_rows, kw], v_cache0.clone()))],
+        ..Default::default()
+    };
+    let ran = run(&g.g, &feeds);
+    let (mut kc_ref, mut vc_ref) = (k_cache0, v_cache0);
+    let k_rows: Vec<f32> = new_k.iter().map(|x| x * x).collect();
+    let v_rows: Vec<f32> = new_v.iter().map(|x| x + x).collect();
+    r::kv_write(&mut kc_ref, &k_rows, kw, pos).unwrap();
+    r::kv_write(&mut vc_ref, &v_rows, kw, pos).unwrap();
+    assert_eq!(ran.states["k_cache"], kc_ref, "k cache after kv_write");
+    assert_eq!(ran.states["v_cache"], vc_ref, "v cache after kv_write");
+    let mut want = vec![0f32; t_rows * qw];
+    r::attention(&q, &kc_ref, &vc_ref, pos, n_valid, nh, nkv, hd, scale, &mut want).unwrap();
+    // Rows past n_valid are padding: the reference still computes them (keys clipped).
+    assert_close(&format!("attention T{t_rows} S{s_rows} {nh}/{nkv}x{hd} pos {pos} valid {n_valid}"), &ran.outputs["out"], &want, 2e-5);
+}
+
+#[test]
+fn kv_write_and_gqa_attention_match_reference() {
+    attention_case(7, 40, 6, 2, 16, 0, 7, 500);
+    attention_case(7, 40, 6, 2, 16, 5, 4, 501);
+    attention_case(1, 300, 9, 3, 64, 200, 1, 502);
+    attention_case(5, 200, 4, 4, 96, 130, 5, 503);
+    attention_case(33, 100, 3, 1, 256, 60, 30, 504);
+}
+
+#[test]
+fn layout_ops_match_reference() {
+    let mut rng = Lcg(600);
+    let x = rng.vec(3 * 5 * 7);
+    let mut g = G::new();
+    let xi = g.input("x", TensorFact::f32([3, 5, 7]));
+    let t = g.op("t", Op::Transpose { perm: vec![2, 0, 1] }, &[xi]);
+    let rsh = g.op("r", Op::Reshape { shape: vec![15, 7] }, &[xi]);
+    let s = g.op("s", Op::SliceCols { start: 2, len: 4 }, &[rsh]);
+    let idx = g.input("row", TensorFact::i32([1]));
+    let sel = g.op("sel", Op::SelectRow, &[rsh, idx]);
+    g.out("t", t);
+    g.out("r", rsh);
+    g.out("s", s);
+    g.out("sel", sel);
+    let ran = run(&g.g, &Feeds { inputs: vec![("x", HostTensor::f32([3, 5, 7], x.clone())), ("row", scalar(11))], ..Default::default() });
+    let mut want = vec![0f32; x.len()];
+    r::transpose(&x, &[3, 5, 7], &[2, 0, 1], &mut want);
+    assert_eq!(ran.outputs["t"], want, "transpose");
+    assert_eq!(ran.outputs["r"], x, "reshape");
+    let mut want = vec![0f32; 15 * 4];
+    r::slice_cols(&x, 7, 2, 4, &mut want);
+    assert_eq!(ran.outputs["s"], want, "slice_cols");
+    let mut want = vec![0f32; 7];
+    r::select_row(&x, 7, 11, &mut want).unwrap();
+    assert_eq!(ran.outputs["sel"], want, "select_row");
+
+    // Conv2D patch embedding: 2 images, 3 channels, 12x8 pixels, patch 4, 5 channels out.
+    let (b, c, h, w, p, d) = (2, 3, 12, 8, 4, 5);
+    let pixels = rng.vec(b * c * h * w);
+    let weight = rng.vec(d * c * p * p);
+    let bias = rng.vec(d);
+    let mut g = G::new();
+    let pi = g.input("pixels", TensorFact::f32([b, c, h, w]));
+    let wi = g.weight("w", TensorFact::f32([d, c * p * p]));
+    let bi = g.weight("b", TensorFact::f32([d]));
+    let o = g.op("pe", Op::PatchEmbed { patch: p }, &[pi, wi, bi]);
+    g.out("pe", o);
+    let feeds = Feeds {
+        inputs: vec![("pixels", HostTensor::f32([b, c, h, w], pixels.clone()))],
+        weights: vec![("w", HostTensor::f32([d, c * p * p], weight.clone())), ("b", HostTensor::f32([d], bias.clone()))],
+        ..Default::default()
+    };
+    let ran = run(&g.g, &feeds);
+    let mut want = vec![0f32; b * (h / p) * (w / p) * d];
+    r::patch_embed(&pixels, [b, c, h, w], &weight, &bias, p, &mut want);
+    assert_close("patch_embed", &ran.outputs["pe"], &want, 1e-6);
+}
+
+#[test]
+fn bad_run_time_values_are_typed_errors_and_the_backend_recovers() {
+    let mut g = G::new();
+    let t = g.weight("table", TensorFact::f32([10, 8]));
+    let ids = g.input("ids", TensorFact::i32([3]));
+    let x = g.op("embed", Op::Gather, &[t, ids]);
+    let pos = g.input("pos", TensorFact::i32([1]));
+    let cache = g.state("cache", TensorFact::f32([4, 8]));
+    let w = g.op("write", Op::KvWrite, &[cache, x, pos]);
+    let row = g.input("row", TensorFact::i32([1]));
+    let sel = g.op("sel", Op::SelectRow, &[w, row]);
+    g.out("y", sel);
+    let be = be();
+    let table = be.prepare_weight("table", HostTensor::f32([10, 8], (0..80).map(|i| i as f32).collect())).unwrap();
+    let exec = be.compile(&g.g, &[(t, table)]).unwrap();
+    let alloc = |f: TensorFact, v: HostTensor| {
+        let b = be.alloc(&f, BufferUsage::Activations).unwrap();
+        be.write(b.as_ref(), &v).unwrap();
+        b
+    };
+    let kv = be.alloc(&TensorFact::f32([4, 8]), BufferUsage::State).unwrap();
+    let y = be.alloc(&TensorFact::f32([1, 8]), BufferUsage::Activations).unwrap();
+    let mut scratch = exec.new_scratch().unwrap();
+    let mut attempt = |id_vals: Vec<i32>, p: i32, r: i32| {
+        let b = Bindings {
+            sources: vec![
+                (ids, alloc(TensorFact::i32([3]), HostTensor::i32([3], id_vals))),
+                (pos, alloc(TensorFact::i32([1]), scalar(p))),
+                (row, alloc(TensorFact::i32([1]), scalar(r))),
+                (cache, kv.clone()),
+            ],
+            outputs: vec![("y".into(), y.clone())],
+        };
+        exec.run(&b, scratch.as_mut()).and_then(|_| be.synchronize())
+    };
+    let expect_err = |res: Result<(), BackendError>, node: &str, what: &str| match res {
+        Err(BackendError::Execution { node: n, reason }) => {
+            assert_eq!(n, node, "{reason}");
+            assert!(reason.contains(what), "{reason}");
+        }
+        other => panic!("expected an execution error at {node}, got {other:?}"),
+    };
+    expect_err(attempt(vec![1, 10, 2], 0, 0), "embed", "token id");
+    expect_err(attempt(vec![1, -1, 2], 0, 0), "embed", "token id");
+    expect_err(attempt(vec![1, 2, 3], 2, 0), "write", "positions");
+    expect_err(attempt(vec![1, 2, 3], 0, 4), "sel", "row");
+    attempt(vec![4, 5, 6], 1, 3).expect("a good run after failed ones");
+    assert_eq!(f32s(be.read(y.as_ref()).unwrap()), (48..56).map(|i| i as f32).collect::<Vec<_>>());
+}
+
+#[test]
+fn repeated_runs_reuse_pipelines_and_bind_groups() {
+    let mut rng = Lcg(700);
+    let mut g = G::new();
+    let a = g.input("a", TensorFact::f32([9, 64]));
+    let w = g.weight("w", TensorFact::new(DType::Q4_0, [48, 64]));
+    let mm = g.op("mm", Op::MatMul { transpose_b: true, act: ActPrecision::I16, epilogue: Epilogue::None }, &[a, w]);
+    let s = g.op("s", Op::Silu, &[mm]);
+    g.out("y", s);
+    let (wt, deq) = weight_tensor(DType::Q4_0, 48, 64, &rng.vec(48 * 64));
+    let be = be();
+    let wb = be.prepare_weight("w", wt).unwrap();
+    let exec = be.compile(&g.g, &[(w, wb.clone())]).unwrap();
+    let pipelines = be.pipeline_count();
+    let _again = be.compile(&g.g, &[(w, wb)]).unwrap();
+    assert_eq!(be.pipeline_count(), pipelines, "compiling the same graph again compiles no pipeline");
+    let mut scratch = exec.new_scratch().unwrap();
+    let ab = be.alloc(&TensorFact::f32([9, 64]), BufferUsage::Activations).unwrap();
+    let yb = be.alloc(&TensorFact::f32([9, 48]), BufferUsage::Activations).unwrap();
+    let b = Bindings { sources: vec![(a, ab.clone())], outputs: vec![("y".into(), yb.clone())] };
+    for round in 0..3 {
+        let av = rng.vec(9 * 64);
+        be.write(ab.as_ref(), &HostTensor::f32([9, 64], av.clone())).unwrap();
+        exec.run(&b, scratch.as_mut()).unwrap();
+        be.synchronize().unwrap();
+        let mut pre = vec![0f32; 9 * 48];
+        r::matmul(&av, &deq, 9, 64, 48, true, &mut pre);
+        let mut want = vec![0f32; pre.len()];
+        r::silu(&pre, &mut want);
+        assert_close(&format!("round {round}"), &f32s(be.read(yb.as_ref()).unwrap()), &want, 1e-5);
+    }
+}
+
+#[test]
+fn supports_refuses_what_it_cannot_run() {
+    let mut g = G::new();
+    let a = g.input("a", TensorFact::f32([4, 32]));
+    let w8 = g.weight("w8", TensorFact::new(DType::I8, [4, 32]));
+    let i16in = g.input("h", TensorFact::new(DType::I16, [4, 32]));
+    let wf = g.weight("wf", TensorFact::f32([8, 32]));
+    let mm = g.op("mm", Op::MatMul { transpose_b: true, act: ActPrecision::F32, epilogue: Epilogue::None }, &[a, wf]);
+    let be = be();
+    assert!(matches!(be.supports(&g.g, w8), Support::Unsupported(_)));
+    assert!(matches!(be.supports(&g.g, i16in), Support::Unsupported(_)));
+    assert_eq!(be.supports(&g.g, mm), Support::Supported);
+    let r = be.prepare_weight("w8", HostTensor::bytes(TensorFact::new(DType::I8, [4, 32]), vec![0; 128]).unwrap());
+    assert!(matches!(r, Err(BackendError::Unsupported { .. })), "{:?}", r.err());
+    // A computed value past the binding limit cannot be bound.
+    let small = small_binding_backend(1024);
+    let mut g = G::new();
+    let x = g.input("x", TensorFact::f32([64, 8]));
+    let y = g.op("y", Op::Silu, &[x]);
+    assert!(matches!(small.supports(&g.g, y), Support::Unsupported(r) if r.contains("binding limit")));
+}
+
+#[test]
+fn weights_read_back_as_written() {
+    let mut rng = Lcg(800);
+    for dt in ALL_WEIGHTS {
+        let (t, _) = weight_tensor(dt, 5, 64, &rng.vec(5 * 64));
+        let b = be().prepare_weight("w", t.clone()).unwrap();
+        assert_eq!(be().read(b.as_ref()).unwrap(), t, "{dt}");
+    }
+    let s = be().alloc(&TensorFact::f32([6, 3]), BufferUsage::State).unwrap();
+    let d = be().alloc(&TensorFact::f32([6, 3]), BufferUsage::State).unwrap();
+    let v: Vec<f32> = (0..18).map(|i| i as f32).collect();
+    be().write(s.as_ref(), &HostTensor::f32([6, 3], v.clone())).unwrap();
+    be().copy_rows(s.as_ref(), d.as_ref(), 4).unwrap();
+    let got = f32s(be().read(d.as_ref()).unwrap());
+    assert_eq!(&got[..12], &v[..12]);
+    assert!(got[12..].iter().all(|&x| x == 0.0));
+    assert!(be().copy_rows(s.as_ref(), d.as_ref(), 7).is_err());
+}
+
+mod smollm2 {
+    //! SmolLM2-135M-Instruct through the runtime on the wgpu backend, against the HF
+    //! goldens (../shared/golden/smollm2): top-1 at every position of prompt 0, and the
+    //! greedy continuations of the first two cases token for token.
+    use npurt_runtime::{GenerateOptions, LoadOptions, Model, Runtime, Session};
+    use npurt_tests::*;
+    use std::sync::{Arc, OnceLock};
+
+    fn model() -> Arc<Model> {
+        static M: OnceLock<Arc<Model>> = OnceLock::new();
+        M.get_or_init(|| Runtime::new().load(&smollm2_gguf(), LoadOptions { backend: "wgpu".into(), ctx: Some(256), ..Default::default() }).expect("load SmolLM2 on wgpu")).clone()
+    }
+
+    #[test]
+    fn smollm2_top1_logits_match_hf_at_every_position() {
+        let m = model();
+        let p = read_json("smollm2/prompts.json");
+        let list = p.get("prompts").and_then(|v| v.as_array()).cloned().unwrap_or_else(|| p.as_array().expect("prompts").clone());
+        let ids: Vec<u32> = list[0]["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        let g = GoldenTensors::open("smollm2/logits.safetensors");
+        let (shape, top_ids) = g.i32("p0.topk_ids");
+        let (_, top_vals) = g.f32("p0.topk_vals");
+        let k = shape[1];
+        let rows = Session::new(m).unwrap().feed_all_logits(&ids).unwrap();
+        assert_eq!(rows.len(), ids.len());
+        for (t, row) in rows.iter().enumerate() {
+            let range = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) - row.iter().copied().fold(f32::INFINITY, f32::min);
+            assert_eq!(npurt_runtime::sampling::argmax(row) as i32, top_ids[t * k], "position {t}: top-1 id");
+            let (id, v) = (top_ids[t * k] as usize, top_vals[t * k]);
+            assert!((row[id] - v).abs() <= 1e-3 * range, "position {t}: top-1 logit {} vs HF {v}", row[id]);
+        }
+    }
+
+    #[test]
+    fn smollm2_greedy_continuations_match_hf() {
+        let m = model();
+        let g = read_json("smollm2/greedy.json");
+        for case in g["results"].as_array().unwrap().iter().take(2) {
+            let ids: Vec<u32> = case["prompt_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+            let want: Vec<u32> = case["new_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+            let mut s = Session::new(m.clone()).unwrap();
+            let out = s.generate(&ids, &GenerateOptions { max_tokens: want.len(), ..Default::default() }, |_, _| true).unwrap();
+            assert_eq!(out.tokens, want, "{}: greedy continuation", case["name"]);
+            eprintln!("{}: prefill {:.1} tok/s, decode {:.1} tok/s on wgpu", case["name"], out.prefill_tok_s(), out.decode_tok_s());
+        }
+    }
+}
