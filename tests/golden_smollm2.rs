@@ -12,6 +12,7 @@ use npurt_graph::passes::Pipeline;
 use npurt_kernels::HostTensor;
 use npurt_models::llama::{self, InputKind, LlamaGraphOptions, LogitsMode};
 use npurt_models::ModelSource;
+use npurt_graph::PrecisionPolicy;
 use npurt_runtime::{GenerateOptions, LoadOptions, Model, Runtime, Session, StopReason};
 use npurt_tests::*;
 use std::sync::{Arc, OnceLock};
@@ -19,7 +20,7 @@ use std::sync::{Arc, OnceLock};
 /// One model per test binary: loading is shared, tests run on it concurrently.
 fn model() -> Arc<Model> {
     static M: OnceLock<Arc<Model>> = OnceLock::new();
-    M.get_or_init(|| Runtime::new().load(&smollm2_gguf(), LoadOptions { ctx: Some(1024), ..Default::default() }).expect("load SmolLM2")).clone()
+    M.get_or_init(|| Runtime::new().load(&smollm2_gguf(), LoadOptions { ctx: Some(1024), precision: PrecisionPolicy::F32, ..Default::default() }).expect("load SmolLM2")).clone()
 }
 
 fn prompts() -> Vec<(String, Vec<u32>)> {
@@ -178,7 +179,7 @@ fn chunk_size_does_not_change_results() {
     let reference = model();
     let base = Session::new(reference.clone()).unwrap().feed_all_logits(&ids).unwrap();
     for chunk in [1, 32, 512] {
-        let m = Runtime::new().load(&smollm2_gguf(), LoadOptions { chunk, ctx: Some(512), ..Default::default() }).unwrap();
+        let m = Runtime::new().load(&smollm2_gguf(), LoadOptions { chunk, ctx: Some(512), precision: PrecisionPolicy::F32, ..Default::default() }).unwrap();
         let mut s = Session::new(m).unwrap();
         // Feed in uneven pieces so chunks start at positions that are not multiples of C.
         let mut rows = s.feed_all_logits(&ids[..7]).unwrap();

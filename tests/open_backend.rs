@@ -8,6 +8,7 @@ use npurt_backends::cpu::{CpuBackend, CpuOptions};
 use npurt_backends::{Backend, Bindings, BufferUsage, Capabilities, DeviceBuffer, Executable, Registry, Scratch, Support};
 use npurt_graph::{Graph, NodeId, TensorFact};
 use npurt_kernels::HostTensor;
+use npurt_graph::PrecisionPolicy;
 use npurt_runtime::{GenerateOptions, LoadOptions, Runtime, RuntimeError, Session};
 use npurt_tests::*;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
@@ -84,7 +85,7 @@ fn a_backend_defined_outside_npurt_runs_the_real_model() {
         Ok(Arc::new(CountingBackend { inner, caps, counts: c.clone() }) as Arc<dyn Backend>)
     });
     let rt = Runtime::with_registry(registry);
-    let model = rt.load(&smollm2_gguf(), LoadOptions { backend: "counting".into(), ctx: Some(256), ..Default::default() }).unwrap();
+    let model = rt.load(&smollm2_gguf(), LoadOptions { backend: "counting".into(), ctx: Some(256), precision: PrecisionPolicy::F32, ..Default::default() }).unwrap();
     assert_eq!(model.backend.name(), "counting");
 
     let g = read_json("smollm2/greedy.json");

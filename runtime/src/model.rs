@@ -29,13 +29,14 @@ pub struct LoadOptions {
     pub chunk: usize,
     /// Context length in tokens (`None`: min(model max, 2048)).
     pub ctx: Option<usize>,
-    /// Weight formats and activation precisions (a compile policy).
+    /// Weight formats and activation precisions (a compile policy; default w4a16:
+    /// INT4 weights, INT16 activations, as BlueLM-V-3B runs its LLM).
     pub precision: PrecisionPolicy,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions { backend: "cpu".into(), threads: None, chunk: DEFAULT_CHUNK, ctx: None, precision: PrecisionPolicy::F32 }
+        LoadOptions { backend: "cpu".into(), threads: None, chunk: DEFAULT_CHUNK, ctx: None, precision: PrecisionPolicy::W4A16 }
     }
 }
 

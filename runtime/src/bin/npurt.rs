@@ -37,7 +37,7 @@ struct Common {
     #[arg(long)]
     ctx: Option<usize>,
     /// Precision preset: f32 (reference), w8a16, w4a16, w4a8.
-    #[arg(long, default_value = "f32")]
+    #[arg(long, default_value = "w4a16")]
     precision: String,
 }
 
@@ -130,6 +130,17 @@ enum Cmd {
         reps: usize,
         #[arg(long)]
         json: bool,
+    },
+    /// Run the backend conformance suite: every op case against the scalar reference
+    /// kernels by NMSE; prints the table and exits non-zero on any failure.
+    Conformance {
+        #[arg(long, default_value = "cpu")]
+        backend: String,
+        /// Only this op (e.g. `matmul`) or case prefix (`matmul/q4_1`).
+        #[arg(long)]
+        op: Option<String>,
+        #[arg(long)]
+        threads: Option<usize>,
     },
     /// List the registered backends and what they report.
     Backends,
@@ -304,6 +315,14 @@ fn run(cli: Cli) -> anyhow_lite::Result<()> {
                         println!("decode at {t} thread(s) reads {gbs:.1} GB/s of weights = {:.0}% of the measured {bw:.1} GB/s", 100.0 * gbs / bw);
                     }
                 }
+            }
+        }
+        Cmd::Conformance { backend, op, threads } => {
+            let be = Runtime::new().registry().create(&backend, &npurt_backends::BackendOptions { threads })?;
+            let report = npurt_backends::conformance::run_suite(be.as_ref(), op.as_deref());
+            print!("{report}");
+            if report.failed() > 0 {
+                return Err(anyhow_lite::msg(format!("{} conformance case(s) failed on `{backend}`", report.failed())));
             }
         }
         Cmd::Backends => {
