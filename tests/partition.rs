@@ -51,7 +51,7 @@ struct Device {
 }
 
 impl Device {
-    fn new(name: &str, declines: &'static [&'static str]) -> Arc<dyn Backend> {
+    fn arc(name: &str, declines: &'static [&'static str]) -> Arc<dyn Backend> {
         let cpu = CpuBackend::new(CpuOptions { threads: Some(1) });
         let caps = Capabilities { name: name.into(), host_memory: false, ..cpu.capabilities().clone() };
         Arc::new(Device { cpu, caps, declines })
@@ -239,7 +239,7 @@ fn count(kinds: &[(&'static str, usize)], kind: &str) -> usize {
 fn silu_falls_back_to_cpu_and_logits_match() {
     let g = tiny_llama();
     let want = reference(&g);
-    let (part, calls) = partitioned(&g, &[Device::new("dev-no-silu", &["silu"]), cpu()]);
+    let (part, calls) = partitioned(&g, &[Device::arc("dev-no-silu", &["silu"]), cpu()]);
     let r = part.report().clone();
     println!("{r}");
     // Per layer: device .. gate/up | cpu: silu | device: mul .. => 2 layers, 5 segments.
@@ -264,7 +264,7 @@ fn silu_falls_back_to_cpu_and_logits_match() {
 fn attention_and_kv_writes_fall_back_together() {
     let g = tiny_llama();
     let want = reference(&g);
-    let (part, _) = partitioned(&g, &[Device::new("dev-no-attn", &["attention", "kv_write"]), cpu()]);
+    let (part, _) = partitioned(&g, &[Device::arc("dev-no-attn", &["attention", "kv_write"]), cpu()]);
     let r = part.report().clone();
     println!("{r}");
     assert_eq!(r.fallback_nodes, 2 * 3, "{r}");
@@ -288,7 +288,7 @@ fn a_cache_is_never_split_across_backends() {
     // attention to the cpu rather than leave the cache on the device.
     let g = tiny_llama();
     let want = reference(&g);
-    let (part, _) = partitioned(&g, &[Device::new("dev-no-attention", &["attention"]), cpu()]);
+    let (part, _) = partitioned(&g, &[Device::arc("dev-no-attention", &["attention"]), cpu()]);
     let r = part.report().clone();
     assert_eq!(r.fallbacks, vec![("attention", "cpu".to_string(), 2), ("kv_write", "cpu".to_string(), 4)], "{r}");
     assert_same_logits(&run_partitioned(&g, &part), &want);
@@ -300,7 +300,7 @@ fn a_weight_read_on_two_backends_is_prepared_on_both() {
     // LM head, which reads the same table, stays on the device.
     let g = tiny_llama();
     let want = reference(&g);
-    let (part, calls) = partitioned(&g, &[Device::new("dev-no-gather", &["gather"]), cpu()]);
+    let (part, calls) = partitioned(&g, &[Device::arc("dev-no-gather", &["gather"]), cpu()]);
     let r = part.report().clone();
     assert_eq!(calls["cpu"], 1, "{r}");
     assert_eq!(calls["dev-no-gather"], g.sources("weight").len(), "{r}");
@@ -314,7 +314,7 @@ fn a_weight_read_on_two_backends_is_prepared_on_both() {
 fn a_backend_that_runs_everything_gives_one_segment_and_no_transfers() {
     let g = tiny_llama();
     let want = reference(&g);
-    let (part, calls) = partitioned(&g, &[Device::new("dev-all", &[]), cpu()]);
+    let (part, calls) = partitioned(&g, &[Device::arc("dev-all", &[]), cpu()]);
     let r = part.report().clone();
     println!("{r}");
     assert_eq!(r.segments.len(), 1);
@@ -332,7 +332,7 @@ fn nothing_to_fall_back_to_is_a_typed_error() {
     let g = tiny_llama();
     let p = Preparer { weights: weights(&g), graph: g.clone(), calls: Mutex::new(HashMap::new()) };
     let prepare = |b: &dyn Backend, id| p.prepare(b, id);
-    let err = compile_partitioned(&g, &[Device::new("dev-no-silu", &["silu"])], &prepare).err().expect("silu has nowhere to run");
+    let err = compile_partitioned(&g, &[Device::arc("dev-no-silu", &["silu"])], &prepare).err().expect("silu has nowhere to run");
     assert!(matches!(&err, RuntimeError::Backend(BackendError::Unsupported { node, .. }) if node.ends_with("silu")), "{err}");
     assert!(err.to_string().contains("not implemented on this device"), "{err}");
     let err = compile_partitioned(&g, &[], &prepare).err().expect("no backends");
@@ -364,10 +364,75 @@ fn each_fallback_kind_is_warned_once_with_its_count() {
         log::set_max_level(log::LevelFilter::Warn);
     }
     let g = tiny_llama();
-    partitioned(&g, &[Device::new("dev-warn", &["attention", "kv_write", "silu"]), cpu()]);
+    partitioned(&g, &[Device::arc("dev-warn", &["attention", "kv_write", "silu"]), cpu()]);
     let logs: Vec<String> = CAPTURE.0.lock().unwrap().iter().filter(|m| m.contains("`dev-warn`")).cloned().collect();
     assert_eq!(logs.len(), 3, "{logs:#?}");
     for (n, kind) in [(2, "attention"), (4, "kv_write"), (2, "silu")] {
         assert!(logs.iter().any(|m| m.starts_with(&format!("{n} `{kind}` node(s) fall back from `dev-warn` to `cpu`"))), "{logs:#?}");
     }
+}
+
+/// A cache written in one device segment and attended over in a later one (a cpu
+/// segment in between), an output that is an input itself, and an output that is the
+/// written cache: the later segment must read the cache from its state, not from a
+/// stale transfer, and every output must come back from where it lives.
+#[test]
+fn a_cache_written_in_one_segment_is_read_from_its_state_in_the_next() {
+    use npurt_graph::Builder;
+    let mut b = Builder::new();
+    let x = b.input("x", TensorFact::f32([4, 16])).unwrap();
+    let pos = b.input("pos", TensorFact::i32([1])).unwrap();
+    let n_valid = b.input("n_valid", TensorFact::i32([1])).unwrap();
+    let kc = b.state("k_cache", TensorFact::f32([12, 16])).unwrap();
+    let vc = b.state("v_cache", TensorFact::f32([12, 16])).unwrap();
+    let k = b.reshape("k", x, &[4, 16]).unwrap();
+    let kw = b.kv_write("k_write", kc, k, pos).unwrap();
+    let vw = b.kv_write("v_write", vc, k, pos).unwrap();
+    let q = b.silu("q", x).unwrap();
+    let att = b.attention("attention", q, kw, vw, pos, n_valid, 2, 2, 8).unwrap();
+    b.output("y", att);
+    b.output("x_echo", x);
+    b.output("k_after", kw);
+    let g = b.finish().unwrap();
+
+    let data = |id: NodeId| -> HostTensor {
+        let f = g.fact(id);
+        if id == pos {
+            HostTensor::i32([1], vec![3])
+        } else if id == n_valid {
+            HostTensor::i32([1], vec![4])
+        } else {
+            HostTensor::f32(f.shape.clone(), (0..f.elems().unwrap()).map(|i| ((i * 37 % 23) as f32 - 11.0) / 7.0).collect())
+        }
+    };
+    let run = |exec: &dyn Executable, backend_of: &dyn Fn(NodeId) -> Arc<dyn Backend>, out_backend: &dyn Fn(&str) -> Arc<dyn Backend>| {
+        let mut sources = Vec::new();
+        for id in [x, pos, n_valid, kc, vc] {
+            let be = backend_of(id);
+            let usage = if id == kc || id == vc { BufferUsage::State } else { BufferUsage::Activations };
+            let buf = be.alloc(g.fact(id), usage).unwrap();
+            be.write(buf.as_ref(), &data(id)).unwrap();
+            sources.push((id, buf));
+        }
+        let outputs: Vec<(String, Arc<dyn DeviceBuffer>)> =
+            g.outputs.iter().map(|(n, id)| (n.clone(), out_backend(n).alloc(g.fact(*id), BufferUsage::Activations).unwrap())).collect();
+        let bindings = Bindings { sources, outputs };
+        exec.run(&bindings, exec.new_scratch().unwrap().as_mut()).unwrap();
+        g.outputs.iter().map(|(n, _)| out_backend(n).read(bindings.output(n).unwrap().as_ref()).unwrap().into_f32().unwrap()).collect::<Vec<_>>()
+    };
+
+    let cpu_be = cpu();
+    let exec = cpu_be.compile(&g, &[]).unwrap();
+    let want = run(exec.as_ref(), &|_| cpu_be.clone(), &|_| cpu_be.clone());
+
+    let (part, _) = partitioned(&g, &[Device::arc("dev-no-silu-2", &["silu"]), cpu()]);
+    let r = part.report().clone();
+    println!("{r}");
+    assert_eq!(r.segments.iter().map(|s| s.backend.as_str()).collect::<Vec<_>>(), ["dev-no-silu-2", "cpu", "dev-no-silu-2"], "{r}");
+    // Only q crosses; the caches are re-read from state, x is staged onto the cpu.
+    assert_eq!(r.transfers.iter().map(|t| t.value.as_str()).collect::<Vec<_>>(), ["q"], "{r}");
+    assert_eq!(r.staged_inputs, ["x -> cpu"], "{r}");
+    assert_eq!(part.output_backend("k_after").unwrap().name(), "dev-no-silu-2");
+    let got = run(&part, &|id| part.source_backend(id).unwrap().clone(), &|n| part.output_backend(n).unwrap().clone());
+    assert_eq!(got, want);
 }

@@ -52,11 +52,11 @@ pub fn compile_partitioned(graph: &Graph, backends: &[Arc<dyn Backend>], prepare
     graph.validate()?;
     let a = assign::assign(graph, backends)?;
     let used: BTreeSet<usize> = a.backend.iter().flatten().copied().collect();
-    let (inner, source_home, output_home, segments, transfers, staged) = match used.len() {
+    let built = match used.len() {
         0 | 1 => single(graph, backends, used.first().copied().unwrap_or(0), prepare)?,
         _ => multi(graph, backends, &a, prepare)?,
     };
-    let report = report(graph, backends, &a, segments, transfers, staged);
+    let report = report(graph, backends, &a, built.segment_nodes, built.transfers, built.staged_inputs);
     for (kind, backend, n) in &report.fallbacks {
         let first = graph.ids().find(|id| graph.node(*id).op.kind() == *kind && a.backend[id.0].is_some_and(|b| b != 0));
         let why = match first.map(|id| backends[0].supports(graph, id)) {
@@ -68,11 +68,19 @@ pub fn compile_partitioned(graph: &Graph, backends: &[Arc<dyn Backend>], prepare
     if report.segments.len() > 1 {
         log::info!("{report}");
     }
-    Ok(Partitioned { inner, backends: backends.to_vec(), source_home, output_home, report })
+    Ok(Partitioned { inner: built.inner, backends: backends.to_vec(), source_home: built.source_home, output_home: built.output_home, report })
 }
 
-type Homes = (HashMap<NodeId, usize>, HashMap<String, usize>);
-type Built = (Inner, HashMap<NodeId, usize>, HashMap<String, usize>, Vec<(usize, Vec<NodeId>)>, Vec<report::TransferSummary>, Vec<String>);
+/// The compiled executable plus what the report and the buffer helpers need.
+struct Built {
+    inner: Inner,
+    source_home: HashMap<NodeId, usize>,
+    output_home: HashMap<String, usize>,
+    /// (backend, original compute nodes) per segment.
+    segment_nodes: Vec<(usize, Vec<NodeId>)>,
+    transfers: Vec<TransferSummary>,
+    staged_inputs: Vec<String>,
+}
 
 /// Prepares each (backend, weight) pair once, in parallel (repacking is the slow part
 /// of loading).
@@ -87,10 +95,14 @@ fn single(graph: &Graph, backends: &[Arc<dyn Backend>], b: usize, prepare: &Prep
     let prepared = prepare_all(backends, weights, prepare)?;
     let weights: Vec<_> = prepared.into_iter().map(|((_, id), buf)| (id, buf)).collect();
     let exec = backends[b].compile(graph, &weights)?;
-    let (sources, outputs): Homes =
-        (graph.ids().filter(|id| matches!(graph.node(*id).op, Op::Input { .. } | Op::State { .. })).map(|id| (id, b)).collect(), graph.outputs.iter().map(|(n, _)| (n.clone(), b)).collect());
-    let compute = graph.ids().filter(|id| !graph.node(*id).op.is_source()).collect();
-    Ok((Inner::Single(exec), sources, outputs, vec![(b, compute)], Vec::new(), Vec::new()))
+    Ok(Built {
+        inner: Inner::Single(exec),
+        source_home: graph.ids().filter(|id| matches!(graph.node(*id).op, Op::Input { .. } | Op::State { .. })).map(|id| (id, b)).collect(),
+        output_home: graph.outputs.iter().map(|(n, _)| (n.clone(), b)).collect(),
+        segment_nodes: vec![(b, graph.ids().filter(|id| !graph.node(*id).op.is_source()).collect())],
+        transfers: Vec::new(),
+        staged_inputs: Vec::new(),
+    })
 }
 
 fn multi(graph: &Graph, backends: &[Arc<dyn Backend>], a: &assign::Assignment, prepare: &PrepareWeight) -> Result<Built> {
@@ -149,7 +161,7 @@ fn multi(graph: &Graph, backends: &[Arc<dyn Backend>], a: &assign::Assignment, p
         dst_backends.sort_unstable();
         dst_backends.dedup();
         let fact = graph.fact(t.value).clone();
-        summaries.push(report::TransferSummary {
+        summaries.push(TransferSummary {
             value: graph.node(t.value).name.clone(),
             fact: fact.to_string(),
             bytes: fact.bytes().unwrap_or(0),
@@ -159,9 +171,14 @@ fn multi(graph: &Graph, backends: &[Arc<dyn Backend>], a: &assign::Assignment, p
         });
         transfers.push(Transfer { fact, from_segment: t.from, src_backend, dst_backends });
     }
-    let staged_names = staged.iter().map(|s| format!("{} -> {}", graph.node(s.source).name, backends[s.backend].name())).collect();
-    let seg_nodes = plan.segments.iter().map(|s| (s.backend, s.nodes.clone())).collect();
-    Ok((Inner::Split(Split { segments, transfers, staged }), source_home, output_home, seg_nodes, summaries, staged_names))
+    Ok(Built {
+        staged_inputs: staged.iter().map(|s| format!("{} -> {}", graph.node(s.source).name, backends[s.backend].name())).collect(),
+        segment_nodes: plan.segments.iter().map(|s| (s.backend, s.nodes.clone())).collect(),
+        inner: Inner::Split(Split { segments, transfers, staged }),
+        source_home,
+        output_home,
+        transfers: summaries,
+    })
 }
 
 fn report(graph: &Graph, backends: &[Arc<dyn Backend>], a: &assign::Assignment, segments: Vec<(usize, Vec<NodeId>)>, transfers: Vec<TransferSummary>, staged_inputs: Vec<String>) -> PartitionReport {

@@ -70,7 +70,7 @@ pub fn matches(case: &Case, filter: &str) -> bool {
 
 /// Runs every case (or those `filter` selects, see [`matches`]) on `backend`, in order.
 pub fn run_suite(backend: &dyn Backend, filter: Option<&str>) -> Report {
-    let rows = cases::all().iter().filter(|c| filter.map_or(true, |f| matches(c, f))).map(|c| run_case(backend, c)).collect();
+    let rows = cases::all().iter().filter(|c| filter.map(|f| matches(c, f)).unwrap_or(true)).map(|c| run_case(backend, c)).collect();
     Report { rows }
 }
 

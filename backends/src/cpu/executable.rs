@@ -214,10 +214,20 @@ impl CpuExecutable {
                     _ => return Err(exec_err(g, id, "kv_write pos must be a non-negative i32 scalar")),
                 };
                 let new_id = self.resolve(ins[1]);
-                if !matches!(self.loc[new_id.0], Loc::Scratch) {
-                    return Err(exec_err(g, id, "kv_write rows must be computed by the graph"));
-                }
-                let new = &scratch.values[new_id.0];
+                // Rows bound from outside (a partition's transfer, a one-op conformance
+                // graph) are copied first: their guard and the cache's cannot both be
+                // borrowed while the cache is written.
+                let bound_rows;
+                let new: &[f32] = match self.loc[new_id.0] {
+                    Loc::Scratch => &scratch.values[new_id.0],
+                    _ => match guards.get(guard_of[new_id.0]).map(Guard::data) {
+                        Some(HostData::F32(v)) => {
+                            bound_rows = v.clone();
+                            &bound_rows
+                        }
+                        _ => return Err(exec_err(g, id, "kv_write rows must be f32")),
+                    },
+                };
                 let state = self.resolve(ins[0]);
                 let width = node.fact.shape[1];
                 match &mut guards[guard_of[state.0]] {

@@ -68,13 +68,13 @@ pub(super) fn assign(graph: &Graph, backends: &[Arc<dyn Backend>]) -> Result<Ass
     let mut backend = vec![None; graph.nodes.len()];
     for id in graph.ids().filter(|id| !graph.node(*id).op.is_source()) {
         let mut refusals = Vec::new();
-        for b in 0..backends.len() {
+        for (b, be) in backends.iter().enumerate() {
             match table.runs(b, id, &state_of) {
                 Ok(()) => {
                     backend[id.0] = Some(b);
                     break;
                 }
-                Err(why) => refusals.push(format!("{}: {why}", backends[b].name())),
+                Err(why) => refusals.push(format!("{}: {why}", be.name())),
             }
         }
         if backend[id.0].is_none() {

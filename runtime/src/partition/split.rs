@@ -85,7 +85,7 @@ impl SegmentBuilder<'_> {
             // A cache written by an earlier segment: its contents are the state's.
             self.value(state)?
         } else {
-            let t = self.transfer_of[&id];
+            let t = *self.transfer_of.get(&id).ok_or_else(|| GraphError::DanglingInput { node: n.name.clone(), input: id })?;
             let name = self.transfers[t].name.clone();
             let new = self.plan.graph.add(name.clone(), Op::Input { name, fact: n.fact.clone() }, &[])?;
             self.plan.feeds.push((new, Feed::Transfer(t)));
@@ -157,7 +157,8 @@ pub(super) fn split(graph: &Graph, a: &Assignment) -> Result<Plan, GraphError> {
             sb.compute(id)?;
         }
         for (t, tp) in transfers.iter().enumerate().filter(|(_, tp)| tp.from == index) {
-            sb.plan.graph.set_output(tp.name.clone(), sb.map[&tp.value]);
+            let v = sb.value(tp.value)?;
+            sb.plan.graph.set_output(tp.name.clone(), v);
             sb.plan.sinks.push((tp.name.clone(), Sink::Transfer(t)));
         }
         builders.push(sb);

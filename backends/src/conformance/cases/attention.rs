@@ -6,6 +6,7 @@ use super::{ATTENTION, EXACT, ROPE};
 use crate::conformance::case::{Case, Compared};
 use npurt_graph::{Op, RopeParams, RopeScaling};
 
+#[allow(clippy::too_many_arguments)]
 fn rope_case(name: &str, heads: usize, head_dim: usize, rotary_dim: usize, theta: f32, scaling: RopeScaling, rows: usize, pos: i32, n_valid: i32) -> Case {
     Case::new("rope", name, ROPE, move |cb| {
         let x = cb.input("x", &[rows, heads * head_dim], -2.0, 2.0)?;
