@@ -23,6 +23,7 @@ pub fn describe(model: &Model, kind: GraphKind, nodes: bool) -> String {
     for r in &cg.pass_reports {
         let _ = writeln!(s, "  iter {} {:<26} {:>5} -> {:<5}{}", r.iteration, r.pass, r.nodes_before, r.nodes_after, if r.changed { "  changed" } else { "" });
     }
+    let _ = writeln!(s, "\npartition:\n{}", cg.exec.report());
     let _ = writeln!(s, "\nops: {}", g.op_histogram().iter().map(|(k, c)| format!("{k} x{c}")).collect::<Vec<_>>().join(", "));
 
     let mut bytes: BTreeMap<String, (usize, usize)> = BTreeMap::new();

@@ -4,16 +4,16 @@
 //! decode step, all sharing the same weights and the same KV-cache state names.
 
 use crate::{Result, RuntimeError};
-use npurt_backends::{Backend, BackendOptions, DeviceBuffer, Executable, Registry};
+use crate::partition::{compile_partitioned, Partitioned};
+use npurt_backends::{Backend, BackendOptions, DeviceBuffer, Registry};
 use npurt_graph::passes::{PassReport, Pipeline};
 use npurt_graph::{DType, Graph, NodeId, Op, PrecisionPolicy};
 use npurt_models::llama::{self, InputKind, LlamaGraphOptions, LogitsMode};
 use npurt_models::tokenizer::Tokenizer;
-use npurt_models::{ChatTemplate, LlamaConfig, ModelError, ModelSource};
-use rayon::prelude::*;
+use npurt_models::{ChatTemplate, LlamaConfig, ModelSource};
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 /// The chunk size BlueLM-V-3B uses on the NPU ("t128").
@@ -55,7 +55,9 @@ pub enum GraphKind {
 pub struct CompiledGraph {
     pub kind: GraphKind,
     pub graph: Graph,
-    pub exec: Arc<dyn Executable>,
+    /// The graph split across the model's backends (one segment when the preferred
+    /// backend runs everything).
+    pub exec: Arc<Partitioned>,
     pub rows: usize,
     pub ids: NodeId,
     pub pos: NodeId,
@@ -71,7 +73,11 @@ pub struct Model {
     pub tokenizer: Tokenizer,
     pub chat_template: Option<ChatTemplate>,
     pub description: String,
+    /// The preferred backend.
     pub backend: Arc<dyn Backend>,
+    /// Backends in preference order: the preferred one, then the CPU fallback for
+    /// nodes it does not support.
+    pub backends: Vec<Arc<dyn Backend>>,
     pub options: LoadOptions,
     /// Context length sessions get.
     pub ctx: usize,
@@ -116,8 +122,12 @@ impl Runtime {
     pub fn load(&self, path: &Path, opts: LoadOptions) -> Result<Arc<Model>> {
         let t0 = Instant::now();
         let source = ModelSource::open(path)?;
-        let backend = self.registry.create(&opts.backend, &BackendOptions { threads: opts.threads })?;
-        let mut model = Model::compile(source, backend, opts)?;
+        let bopts = BackendOptions { threads: opts.threads };
+        let mut backends = vec![self.registry.create(&opts.backend, &bopts)?];
+        if opts.backend != "cpu" {
+            backends.push(self.registry.create("cpu", &bopts)?);
+        }
+        let mut model = Model::compile(source, backends, opts)?;
         model.load_ms = t0.elapsed().as_secs_f64() * 1e3;
         log::info!("loaded {} on {} in {:.0} ms", model.description, model.backend.capabilities().device, model.load_ms);
         Ok(Arc::new(model))
@@ -129,9 +139,11 @@ fn invalid(option: &'static str, reason: impl Into<String>) -> RuntimeError {
 }
 
 impl Model {
-    /// Builds, optimises and compiles every graph kind for `backend`, preparing each
-    /// weight once.
-    pub fn compile(source: ModelSource, backend: Arc<dyn Backend>, opts: LoadOptions) -> Result<Model> {
+    /// Builds, optimises and compiles every graph kind over `backends` (preference
+    /// order; nodes the first cannot run fall back to later ones), preparing each
+    /// weight once per backend that needs it.
+    pub fn compile(source: ModelSource, backends: Vec<Arc<dyn Backend>>, opts: LoadOptions) -> Result<Model> {
+        let backend = backends.first().cloned().ok_or_else(|| invalid("backend", "no backend given"))?;
         let cfg = source.config.clone();
         let ctx = opts.ctx.unwrap_or(DEFAULT_CTX.min(cfg.max_position_embeddings));
         if ctx == 0 || ctx > npurt_models::config::MAX_CONTEXT {
@@ -153,37 +165,22 @@ impl Model {
             built.push((kind, rows, graph, reports));
         }
 
-        // Every weight node any graph uses (graphs share names, so each is prepared
-        // once), converted to the format the compiled graph wants and handed to the
-        // backend to repack, in parallel (the slow part of loading).
-        let mut wanted: Vec<(String, Vec<String>, npurt_graph::TensorFact)> = Vec::new();
-        for (_, _, g, _) in &built {
-            for n in &g.nodes {
-                if let Op::Weight { name, fact, parts } = &n.op {
-                    match wanted.iter().find(|(w, _, _)| w == name) {
-                        Some((_, _, f)) if f != fact => {
-                            return Err(ModelError::ShapeMismatch { tensor: name.clone(), expected: f.shape.clone(), found: fact.shape.clone() }.into())
-                        }
-                        Some(_) => {}
-                        None => wanted.push((name.clone(), parts.clone(), fact.clone())),
-                    }
-                }
-            }
-        }
-        let prepared: Vec<(String, Arc<dyn DeviceBuffer>)> = wanted
-            .par_iter()
-            .map(|(name, parts, fact)| -> Result<_> {
-                let t = source.weights.materialize(name, parts, fact)?;
-                Ok((name.clone(), backend.prepare_weight(name, t)?))
-            })
-            .collect::<Result<_>>()?;
-        let weight_bytes = prepared.iter().map(|(_, b)| b.fact().bytes().unwrap_or(0)).sum();
-        let by_name: HashMap<&str, &Arc<dyn DeviceBuffer>> = prepared.iter().map(|(n, b)| (n.as_str(), b)).collect();
-
+        // Weights are materialized in the format each graph wants and prepared once per
+        // (backend, weight): graph kinds share weight names, so the prefill and decode
+        // graphs share one copy.
+        let prepared: Mutex<HashMap<(String, String), Arc<dyn DeviceBuffer>>> = Mutex::new(HashMap::new());
         let mut graphs = HashMap::new();
         for (kind, rows, graph, pass_reports) in built {
-            let weights: Vec<(NodeId, Arc<dyn DeviceBuffer>)> = graph.sources("weight").into_iter().map(|(id, n, _)| (id, by_name[n].clone())).collect();
-            let exec = backend.compile(&graph, &weights)?;
+            let prepare = |be: &dyn Backend, id: NodeId| -> Result<Arc<dyn DeviceBuffer>> {
+                let Op::Weight { name, fact, parts } = &graph.node(id).op else { return Err(invalid("graph", "prepare called on a non-weight")) };
+                let key = (be.name().to_string(), name.clone());
+                if let Some(b) = prepared.lock().expect("weight cache poisoned").get(&key) {
+                    return Ok(b.clone());
+                }
+                let buf = be.prepare_weight(name, source.weights.materialize(name, parts, fact)?)?;
+                Ok(prepared.lock().expect("weight cache poisoned").entry(key).or_insert(buf).clone())
+            };
+            let exec = Arc::new(compile_partitioned(&graph, &backends, &prepare)?);
             let find = |n: &str| graph.find_source("input", n).ok_or_else(|| invalid("graph", format!("compiled graph lacks input `{n}`")));
             let states = graph.sources("state").into_iter().map(|(id, n, _)| (id, n.to_string())).collect();
             let cg = CompiledGraph {
@@ -200,12 +197,14 @@ impl Model {
             };
             graphs.insert(kind, cg);
         }
+        let weight_bytes = prepared.into_inner().expect("weight cache poisoned").values().map(|b| b.fact().bytes().unwrap_or(0)).sum();
         Ok(Model {
             config: cfg,
             tokenizer: source.tokenizer,
             chat_template: source.chat_template,
             description: source.description,
             backend,
+            backends,
             options: opts,
             ctx,
             cache_rows,

@@ -5,7 +5,7 @@
 use crate::model::{CompiledGraph, GraphKind, Model};
 use crate::sampling::{Sampler, SamplingOptions};
 use crate::{Result, RuntimeError};
-use npurt_backends::{Bindings, BufferUsage, DeviceBuffer, Scratch};
+use npurt_backends::{Bindings, BufferUsage, DeviceBuffer, Executable, Scratch};
 use npurt_graph::TensorFact;
 use npurt_kernels::HostTensor;
 use npurt_models::tokenizer::StreamDecoder;
@@ -92,13 +92,23 @@ fn scalar(v: usize) -> HostTensor {
 
 impl Session {
     pub fn new(model: Arc<Model>) -> Result<Session> {
-        let mut kv = HashMap::new();
-        let width = model.config.kv_width();
+        // Each KV cache lives on the backend that runs its attention; every graph kind
+        // must agree on that, since they share the cache.
+        let mut kv: HashMap<String, Arc<dyn DeviceBuffer>> = HashMap::new();
+        let mut home: HashMap<&str, &str> = HashMap::new();
+        let fact = TensorFact::f32([model.cache_rows, model.config.kv_width()]);
         for cg in model.graphs.values() {
-            for (_, name) in &cg.states {
-                if !kv.contains_key(name) {
-                    let buf = model.backend.alloc(&TensorFact::f32([model.cache_rows, width]), BufferUsage::State)?;
-                    kv.insert(name.clone(), buf);
+            for (id, name) in &cg.states {
+                let be = cg.exec.source_backend(*id).map(|b| b.name()).unwrap_or("?");
+                match home.get(name.as_str()) {
+                    Some(h) if *h != be => {
+                        return Err(RuntimeError::InvalidOption { option: "backend", reason: format!("KV cache `{name}` is placed on `{h}` and `{be}` by different graphs") })
+                    }
+                    Some(_) => {}
+                    None => {
+                        home.insert(name, be);
+                        kv.insert(name.clone(), cg.exec.alloc_source(*id, &fact, BufferUsage::State)?);
+                    }
                 }
             }
         }
@@ -156,16 +166,17 @@ impl Session {
     fn runner(&mut self, kind: GraphKind) -> Result<&mut Runner> {
         if !self.runners.contains_key(&kind) {
             let cg = self.model.graph(kind);
-            let be = &self.model.backend;
+            let x = &cg.exec;
             let act = BufferUsage::Activations;
             let logits_fact = cg.graph.fact(cg.graph.output("logits").expect("llama graphs output logits")).clone();
+            let scalar = TensorFact::i32([1]);
             let r = Runner {
-                scratch: cg.exec.new_scratch()?,
-                ids: be.alloc(&TensorFact::i32([cg.rows]), act)?,
-                pos: be.alloc(&TensorFact::i32([1]), act)?,
-                n_valid: be.alloc(&TensorFact::i32([1]), act)?,
-                last_row: cg.last_row.map(|_| be.alloc(&TensorFact::i32([1]), act)).transpose()?,
-                logits: be.alloc(&logits_fact, act)?,
+                scratch: x.new_scratch()?,
+                ids: x.alloc_source(cg.ids, &TensorFact::i32([cg.rows]), act)?,
+                pos: x.alloc_source(cg.pos, &scalar, act)?,
+                n_valid: x.alloc_source(cg.n_valid, &scalar, act)?,
+                last_row: cg.last_row.map(|id| x.alloc_source(id, &scalar, act)).transpose()?,
+                logits: x.alloc_output("logits", &logits_fact)?,
             };
             self.runners.insert(kind, r);
         }
@@ -181,21 +192,28 @@ impl Session {
         let mut padded: Vec<i32> = ids.iter().map(|&i| i as i32).collect();
         padded.resize(cg.rows, 0);
         let kv: Vec<_> = cg.states.iter().map(|(id, name)| (*id, self.kv[name].clone())).collect();
-        let be = model.backend.clone();
+        let x = cg.exec.clone();
+        let write = |id, buf: &Arc<dyn DeviceBuffer>, t: HostTensor| -> Result<()> {
+            let be = x.source_backend(id).ok_or_else(|| RuntimeError::InvalidOption { option: "graph", reason: "input without a backend".into() })?;
+            Ok(be.write(buf.as_ref(), &t)?)
+        };
         let r = self.runner(kind)?;
-        be.write(r.ids.as_ref(), &HostTensor::i32([cg.rows], padded))?;
-        be.write(r.pos.as_ref(), &scalar(pos))?;
-        be.write(r.n_valid.as_ref(), &scalar(ids.len()))?;
+        write(cg.ids, &r.ids, HostTensor::i32([cg.rows], padded))?;
+        write(cg.pos, &r.pos, scalar(pos))?;
+        write(cg.n_valid, &r.n_valid, scalar(ids.len()))?;
         let mut sources = kv;
         sources.extend([(cg.ids, r.ids.clone()), (cg.pos, r.pos.clone()), (cg.n_valid, r.n_valid.clone())]);
         if let (Some(id), Some(buf)) = (cg.last_row, &r.last_row) {
-            be.write(buf.as_ref(), &scalar(ids.len() - 1))?;
+            write(id, buf, scalar(ids.len() - 1))?;
             sources.push((id, buf.clone()));
         }
         let bindings = Bindings { sources, outputs: vec![("logits".into(), r.logits.clone())] };
-        cg.exec.run(&bindings, r.scratch.as_mut())?;
-        be.synchronize()?;
-        let out = be.read(r.logits.as_ref())?;
+        x.run(&bindings, r.scratch.as_mut())?;
+        let out_be = x.output_backend("logits").ok_or_else(|| RuntimeError::InvalidOption { option: "graph", reason: "logits without a backend".into() })?;
+        for be in &model.backends {
+            be.synchronize()?;
+        }
+        let out = out_be.read(r.logits.as_ref())?;
         self.tokens.extend_from_slice(ids);
         Ok(out)
     }
