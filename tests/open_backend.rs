@@ -109,6 +109,27 @@ fn a_backend_defined_outside_npurt_runs_the_real_model() {
 }
 
 #[test]
+fn sessions_take_text_and_chat_messages() {
+    let model = Runtime::new().load(&smollm2_gguf(), LoadOptions { ctx: Some(256), ..Default::default() }).unwrap();
+    let chat = read_json("smollm2/chat_cases.json");
+    let case = &chat.as_array().map(|a| a[0].clone()).unwrap_or_else(|| chat["cases"][0].clone());
+    let messages: Vec<npurt_models::ChatMessage> = case["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| npurt_models::ChatMessage::new(m["role"].as_str().unwrap(), m["content"].as_str().unwrap()))
+        .collect();
+    let mut s = Session::new(model.clone()).unwrap();
+    let ids = s.feed_chat(&messages).unwrap();
+    let want: Vec<u32> = case["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+    assert_eq!(ids, want, "chat ids");
+    assert_eq!(s.tokens(), &want[..]);
+    let mut t = Session::new(model).unwrap();
+    t.feed_text(case["rendered"].as_str().unwrap()).unwrap();
+    assert_eq!(t.last_logits(), s.last_logits(), "text and chat feeding give the same state");
+}
+
+#[test]
 fn unknown_backend_is_a_typed_error_listing_known_ones() {
     let err = Runtime::new().load(&smollm2_gguf(), LoadOptions { backend: "npu9000".into(), ..Default::default() }).err().expect("must fail");
     let msg = err.to_string();

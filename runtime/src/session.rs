@@ -235,6 +235,21 @@ impl Session {
         Ok(())
     }
 
+    /// Feeds raw text (tokenized as is; special-token strings map to their ids).
+    pub fn feed_text(&mut self, text: &str) -> Result<Vec<u32>> {
+        let ids = self.model.encode(text)?;
+        self.feed(&ids)?;
+        Ok(ids)
+    }
+
+    /// Starts a conversation: renders `messages` with the model's chat template
+    /// (generation prompt added) into an empty session and feeds it. Returns the ids.
+    pub fn feed_chat(&mut self, messages: &[npurt_models::ChatMessage]) -> Result<Vec<u32>> {
+        let text = self.model.render_chat(messages)?;
+        self.reset();
+        self.feed_text(&text)
+    }
+
     /// Feeds ids and returns the logits at every fed position, `[ids.len()][vocab]`.
     pub fn feed_all_logits(&mut self, ids: &[u32]) -> Result<Vec<Vec<f32>>> {
         self.check_ids(ids)?;
