@@ -8,7 +8,7 @@
 //! - `FuseResidual`: `add(x, matmul)` where the matmul has no other reader -> the
 //!   matmul with a residual epilogue.
 
-use super::rewrite::{use_counts, Rewrite};
+use super::rewrite::{apply, use_counts, Rewrite};
 use super::Pass;
 use crate::{ActPrecision, Epilogue, Graph, GraphError, NodeId, Op, TensorFact};
 
@@ -69,7 +69,7 @@ impl Pass for FuseBias {
     }
     fn run(&self, g: &mut Graph) -> Result<bool, GraphError> {
         let uses = use_counts(g);
-        let out = Rewrite::run(g, |rw, id| {
+        apply(g, |rw, id| {
             let n = rw.old.node(id);
             if !matches!(n.op, Op::Add) {
                 return Ok(None);
@@ -82,8 +82,7 @@ impl Pass for FuseBias {
             let ins = [rw.get(x), rw.get(w), rw.get(bias)];
             let name = rw.old.node(mm).name.clone();
             Ok(Some(rw.new.add(name, Op::MatMul { transpose_b: true, act, epilogue: Epilogue::Bias }, &ins)?))
-        })?;
-        Ok(out.map(|n| *g = n).is_some())
+        })
     }
 }
 
@@ -95,7 +94,7 @@ impl Pass for FuseSwiGlu {
     }
     fn run(&self, g: &mut Graph) -> Result<bool, GraphError> {
         let uses = use_counts(g);
-        let out = Rewrite::run(g, |rw, id| {
+        apply(g, |rw, id| {
             let n = rw.old.node(id);
             if !matches!(n.op, Op::Mul) {
                 return Ok(None);
@@ -113,8 +112,7 @@ impl Pass for FuseSwiGlu {
             let x = rw.get(xg);
             let name = format!("{}+swiglu", rw.old.node(gate).name);
             Ok(Some(rw.new.add(name, Op::MatMul { transpose_b: true, act: ag, epilogue: Epilogue::SwiGlu }, &[x, w])?))
-        })?;
-        Ok(out.map(|n| *g = n).is_some())
+        })
     }
 }
 
@@ -149,7 +147,7 @@ impl Pass for FuseSharedInput {
         if groups.is_empty() {
             return Ok(false);
         }
-        let out = Rewrite::run(g, |rw, id| {
+        apply(g, |rw, id| {
             let Some(grp) = groups.iter().find(|grp| grp[0] == id) else { return Ok(None) };
             let n = rw.old.node(id);
             let Op::MatMul { act, epilogue, .. } = n.op else { unreachable!() };
@@ -175,8 +173,7 @@ impl Pass for FuseSharedInput {
                 }
             }
             Ok(first)
-        })?;
-        Ok(out.map(|n| *g = n).is_some())
+        })
     }
 }
 
@@ -188,7 +185,7 @@ impl Pass for FuseResidual {
     }
     fn run(&self, g: &mut Graph) -> Result<bool, GraphError> {
         let uses = use_counts(g);
-        let out = Rewrite::run(g, |rw, id| {
+        apply(g, |rw, id| {
             let n = rw.old.node(id);
             if !matches!(n.op, Op::Add) {
                 return Ok(None);
@@ -210,7 +207,6 @@ impl Pass for FuseResidual {
                 return Ok(Some(rw.new.add(name, Op::MatMul { transpose_b: true, act, epilogue: epi }, &ins)?));
             }
             Ok(None)
-        })?;
-        Ok(out.map(|n| *g = n).is_some())
+        })
     }
 }

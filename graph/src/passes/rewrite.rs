@@ -60,6 +60,17 @@ impl<'a> Rewrite<'a> {
     }
 }
 
+/// Runs a rewrite and installs the result; returns whether anything changed.
+pub(crate) fn apply<'a>(g: &'a mut Graph, f: impl FnMut(&mut Rewrite<'_>, NodeId) -> Result<Option<NodeId>, GraphError>) -> Result<bool, GraphError> {
+    match Rewrite::run(g, f)? {
+        Some(new) => {
+            *g = new;
+            Ok(true)
+        }
+        None => Ok(false),
+    }
+}
+
 /// How many nodes read each node's value.
 pub(crate) fn use_counts(g: &Graph) -> Vec<usize> {
     let mut c = vec![0; g.nodes.len()];
