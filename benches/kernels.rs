@@ -179,7 +179,8 @@ fn model_sweep(c: &mut Criterion) {
             let a: Vec<f32> = (0..m * 1536).map(|_| rng.f()).collect();
             let res: Vec<f32> = (0..m * 576).map(|_| rng.f()).collect();
             let mut out = vec![0f32; m * HEAD.0];
-            let ops: usize = 2 * m * (weights.iter().map(|(w, _)| w.n() * w.k()).sum::<usize>() + HEAD.0 * HEAD.1);
+            // The head runs on one row (the last position) in both cases.
+            let ops: usize = 2 * (m * weights.iter().map(|(w, _)| w.n() * w.k()).sum::<usize>() + HEAD.0 * HEAD.1);
             for (t, pool) in &pools {
                 ROWS.with(|r| r.borrow_mut().push(Row { id: format!("{group_name}/t{t}/step"), bytes, ops }));
                 g.bench_function(BenchmarkId::new(format!("t{t}"), "step"), |b| {
@@ -187,7 +188,7 @@ fn model_sweep(c: &mut Criterion) {
                         b.iter(|| {
                             for (w, epi) in &weights {
                                 let n_out = if *epi == Epilogue::SwiGlu { w.n() / 2 } else { w.n() };
-                                let resid = (*epi == Epilogue::Residual).then_some(&res[..m * n_out]);
+                                let resid = (*epi == Epilogue::Residual).then(|| &res[..m * n_out]);
                                 matmul_packed(&a[..m * w.k()], m, w, act, *epi, None, resid, &mut out[..m * n_out]).expect("matmul");
                             }
                             // Decode runs the head on the last position only.
@@ -201,7 +202,8 @@ fn model_sweep(c: &mut Criterion) {
     }
 }
 
-/// Mean time of a finished benchmark from criterion's `estimates.json`.
+/// Median time of a finished benchmark from criterion's `estimates.json` (the median,
+/// not the mean: on a shared 2-core machine a few samples are always preempted).
 /// Only estimates written by this run count (`since`), so filtered-out benchmarks do not
 /// show stale numbers.
 fn mean_seconds(id: &str, since: std::time::SystemTime) -> Option<f64> {
@@ -213,7 +215,7 @@ fn mean_seconds(id: &str, since: std::time::SystemTime) -> Option<f64> {
         return None;
     }
     let s = std::fs::read_to_string(path).ok()?;
-    let i = s.find("\"mean\"")?;
+    let i = s.find("\"median\"")?;
     let rest = &s[i..];
     let j = rest.find("\"point_estimate\":")? + "\"point_estimate\":".len();
     let num: String = rest[j..].chars().take_while(|c| c.is_ascii_digit() || matches!(c, '.' | 'e' | 'E' | '-' | '+')).collect();
@@ -222,7 +224,7 @@ fn mean_seconds(id: &str, since: std::time::SystemTime) -> Option<f64> {
 
 fn summary(since: std::time::SystemTime) {
     let rows = ROWS.with(|r| std::mem::take(&mut *r.borrow_mut()));
-    println!("\nsummary (kernels {}): mean time, weight GB/s, GOP/s", isa().name());
+    println!("\nsummary (kernels {}): median time, weight GB/s, GOP/s (model rows: ops of all matmuls)", isa().name());
     println!("{:<52} {:>11} {:>9} {:>9}", "benchmark", "time", "GB/s", "GOP/s");
     for row in rows {
         let Some(s) = mean_seconds(&row.id, since) else { continue };

@@ -6,6 +6,13 @@ cd "$(dirname "$0")/.."
 
 need_apt=()
 command -v python3 >/dev/null || need_apt+=(python3 python3-pip)
+# The wgpu backend's tests need a Vulkan driver: on machines without a GPU that is
+# Mesa's lavapipe (a CPU Vulkan implementation) from mesa-vulkan-drivers.
+has_vulkan_icd() { compgen -G "/usr/share/vulkan/icd.d/*.json" >/dev/null || compgen -G "/etc/vulkan/icd.d/*.json" >/dev/null; }
+has_vulkan_loader() { /sbin/ldconfig -p 2>/dev/null | grep -q 'libvulkan\.so\.1'; }
+if ! has_vulkan_icd || ! has_vulkan_loader; then
+  need_apt+=(mesa-vulkan-drivers libvulkan1)
+fi
 if ((${#need_apt[@]})); then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
@@ -15,5 +22,8 @@ if ((${#need_apt[@]})); then
 fi
 
 scripts/fetch-model.sh
+# Mesa's device-select Vulkan layer complains about XDG_RUNTIME_DIR on headless
+# machines; it only reorders devices, and the wgpu backend ranks adapters itself.
+export NODEVICE_SELECT="${NODEVICE_SELECT:-1}"
 # Release profile: the tests run a real 135M-parameter model many times over.
 cargo test --release --workspace --no-fail-fast "$@"

@@ -19,6 +19,9 @@ pub struct WgpuBuffer {
     pub(crate) usage: BufferUsage,
     pub(crate) id: u64,
     pub(crate) parts: Vec<Part>,
+    /// Status check of the last run that wrote this buffer as an output (0: none), so
+    /// reading it reports that run's kernel errors.
+    pub(crate) last_run: std::sync::atomic::AtomicU64,
 }
 
 impl WgpuBuffer {
@@ -49,9 +52,10 @@ impl DeviceBuffer for WgpuBuffer {
 
 const STORAGE_USAGE: ::wgpu::BufferUsages = ::wgpu::BufferUsages::STORAGE.union(::wgpu::BufferUsages::COPY_SRC).union(::wgpu::BufferUsages::COPY_DST);
 
-/// A zero-filled storage buffer of `bytes` (rounded up to 4).
+/// A zero-filled storage buffer of `bytes`, rounded up to 16 so shaders may view any
+/// buffer as `array<vec4<..>>`.
 pub(crate) fn create_storage(ctx: &GpuContext, label: &str, bytes: u64) -> Result<::wgpu::Buffer> {
-    let size = ((bytes + 3) & !3).max(4);
+    let size = ((bytes + 15) & !15).max(16);
     if size > ctx.limits.max_buffer_size {
         return Err(BackendError::OutOfMemory { what: format!("{label} (adapter max buffer size {})", ctx.limits.max_buffer_size), bytes: size as usize });
     }
@@ -61,10 +65,10 @@ pub(crate) fn create_storage(ctx: &GpuContext, label: &str, bytes: u64) -> Resul
     )
 }
 
-/// A storage buffer holding `data` (length a multiple of 4), written through a mapping
+/// A storage buffer holding `data` (padded to 16 bytes), written through a mapping
 /// at creation so no staging copy lingers in the queue.
 pub(crate) fn create_init(ctx: &GpuContext, label: &str, data: &[u8]) -> Result<::wgpu::Buffer> {
-    let size = (data.len() as u64).max(4);
+    let size = ((data.len() as u64 + 15) & !15).max(16);
     let buffer = ctx.scoped(
         || ctx.device.create_buffer(&::wgpu::BufferDescriptor { label: Some(label), size, usage: STORAGE_USAGE, mapped_at_creation: true }),
         |msg, _| BackendError::OutOfMemory { what: format!("{label}: {msg}"), bytes: size as usize },
@@ -88,7 +92,7 @@ pub(crate) fn alloc(ctx: &GpuContext, fact: &TensorFact, usage: BufferUsage) -> 
         let rows = fact.rows().max(1);
         vec![Part { buffer: create_storage(ctx, &label, bytes)?, layout: PartLayout { rows: 0..rows, bytes: (bytes + 3) & !3, scale_offset_words: 0 } }]
     };
-    Ok(WgpuBuffer { fact: fact.clone(), usage, id: ctx.next_id(), parts })
+    Ok(WgpuBuffer { fact: fact.clone(), usage, id: ctx.next_id(), parts, last_run: Default::default() })
 }
 
 /// Uploads a weight, repacked and split into parts.
@@ -106,7 +110,7 @@ pub(crate) fn upload_weight(ctx: &GpuContext, name: &str, t: &npurt_kernels::Hos
         let packed = weights::pack(fact.dtype, cols, rows, &src, &layout);
         parts.push(Part { buffer: create_init(ctx, name, &packed)?, layout });
     }
-    Ok(WgpuBuffer { fact: fact.clone(), usage: BufferUsage::Weights, id: ctx.next_id(), parts })
+    Ok(WgpuBuffer { fact: fact.clone(), usage: BufferUsage::Weights, id: ctx.next_id(), parts, last_run: Default::default() })
 }
 
 pub(crate) fn into_arc(b: WgpuBuffer) -> Arc<dyn DeviceBuffer> {

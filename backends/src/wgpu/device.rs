@@ -13,8 +13,13 @@ pub(crate) fn unavailable(reason: impl Into<String>) -> BackendError {
     BackendError::Unavailable { backend: NAME.into(), reason: reason.into() }
 }
 
-/// A kernel status word to check once the run that wrote it has finished.
+/// A kernel status word to check once the run that wrote it has finished. Checks are
+/// reported to the thread that submitted the run (its `synchronize`), to whoever reads
+/// one of the run's outputs, or to the next run on the same scratch, so concurrent
+/// sessions never see each other's errors.
 pub(crate) struct StatusCheck {
+    pub id: u64,
+    pub thread: std::thread::ThreadId,
     /// MAP_READ copy of the run's status words.
     pub readback: ::wgpu::Buffer,
     /// Executable label and node names, to name the failing node.
@@ -32,6 +37,7 @@ pub(crate) struct GpuContext {
     /// Largest bytes one storage binding may cover (weights are split into parts no
     /// larger; `WgpuOptions::max_binding_bytes` may lower it for testing).
     pub max_binding: u64,
+    pub kernels: super::ops::KernelFamily,
     pub pipelines: PipelineCache,
     pending: Mutex<Vec<StatusCheck>>,
     next_buffer_id: AtomicU64,
@@ -51,7 +57,7 @@ fn adapter_rank(t: ::wgpu::DeviceType) -> u8 {
 }
 
 impl GpuContext {
-    pub(crate) fn new(backends: ::wgpu::Backends, max_binding_bytes: Option<u64>) -> Result<Arc<GpuContext>> {
+    pub(crate) fn new(backends: ::wgpu::Backends, max_binding_bytes: Option<u64>, kernels: Option<super::ops::KernelFamily>) -> Result<Arc<GpuContext>> {
         let mut desc = ::wgpu::InstanceDescriptor::new_without_display_handle();
         desc.backends = backends;
         let instance = ::wgpu::Instance::new(desc);
@@ -80,7 +86,9 @@ impl GpuContext {
         let binding = limits.max_storage_buffer_binding_size.min(limits.max_buffer_size);
         let max_binding = max_binding_bytes.map(|m| m.min(binding)).unwrap_or(binding) & !3;
         log::info!("wgpu adapter: {} ({:?}, {:?}), max storage binding {} bytes", info.name, info.backend, info.device_type, max_binding);
+        let kernels = kernels.unwrap_or(if info.device_type == ::wgpu::DeviceType::Cpu { super::ops::KernelFamily::Lanes } else { super::ops::KernelFamily::Tiled });
         Ok(Arc::new(GpuContext {
+            kernels,
             device,
             queue,
             info,
@@ -125,12 +133,16 @@ impl GpuContext {
         }
     }
 
-    /// Waits for the queue, then reads every pending status word. Returns the first
-    /// failure as an `Execution` error naming the node.
-    pub(crate) fn resolve_checks(&self) -> Result<()> {
+    /// Waits for the queue, then reads the pending status words `select` picks.
+    /// Returns the first failure as an `Execution` error naming the node.
+    pub(crate) fn resolve_checks(&self, select: impl Fn(&StatusCheck) -> bool) -> Result<()> {
         self.wait_idle()?;
         let checks: Vec<StatusCheck> = match self.pending.lock() {
-            Ok(mut p) => std::mem::take(&mut *p),
+            Ok(mut p) => {
+                let (mine, rest) = std::mem::take(&mut *p).into_iter().partition(|c| select(c));
+                *p = rest;
+                mine
+            }
             Err(_) => return Err(BackendError::Execution { node: "<queue>".into(), reason: "status list poisoned".into() }),
         };
         if checks.is_empty() {

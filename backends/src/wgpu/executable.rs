@@ -58,6 +58,8 @@ pub struct WgpuScratch {
     status: ::wgpu::Buffer,
     readback: ::wgpu::Buffer,
     in_flight: Arc<AtomicBool>,
+    /// Id of this scratch's last submitted status check.
+    last_check: u64,
     bind_cache: Vec<(Vec<u64>, Vec<::wgpu::BindGroup>)>,
 }
 
@@ -88,7 +90,7 @@ impl WgpuExecutable {
             }
         }
 
-        let cx = LowerCtx { graph, weights: &w };
+        let cx = LowerCtx { graph, kernels: ctx.kernels, weights: &w };
         let mut lowered = Vec::with_capacity(n);
         for id in graph.ids() {
             lowered.push(ops::lower(&cx, id).map_err(|r| compile_err(graph, id, r))?);
@@ -303,7 +305,7 @@ impl Executable for WgpuExecutable {
             },
             |msg, _| BackendError::OutOfMemory { what: format!("status readback: {msg}"), bytes: 8 },
         )?;
-        Ok(Box::new(WgpuScratch { exec_id: self.id, slots, status, readback, in_flight: Arc::new(AtomicBool::new(false)), bind_cache: Vec::new() }))
+        Ok(Box::new(WgpuScratch { exec_id: self.id, slots, status, readback, in_flight: Arc::new(AtomicBool::new(false)), last_check: 0, bind_cache: Vec::new() }))
     }
 
     fn run(&self, bindings: &Bindings, scratch: &mut dyn Scratch) -> Result<()> {
@@ -326,7 +328,8 @@ impl Executable for WgpuExecutable {
         }
         // The previous run's status readback must be checked before it is reused.
         if scratch.in_flight.load(Ordering::Acquire) {
-            self.ctx.resolve_checks()?;
+            let last = scratch.last_check;
+            self.ctx.resolve_checks(|c| c.id == last)?;
         }
 
         let key: Vec<u64> = bound.iter().map(|b| b.id).collect();
@@ -362,7 +365,19 @@ impl Executable for WgpuExecutable {
         enc.copy_buffer_to_buffer(&scratch.status, 0, &scratch.readback, 0, 8);
         ctx.scoped(|| ctx.queue.submit([enc.finish()]), |msg, _| BackendError::Execution { node: self.label.to_string(), reason: msg })?;
         scratch.in_flight.store(true, Ordering::Release);
-        ctx.add_check(StatusCheck { readback: scratch.readback.clone(), label: self.label.clone(), node_names: self.node_names.clone(), in_flight: scratch.in_flight.clone() });
+        let check = ctx.next_id();
+        scratch.last_check = check;
+        for (_, dst) in &outputs {
+            dst.last_run.store(check, Ordering::Release);
+        }
+        ctx.add_check(StatusCheck {
+            id: check,
+            thread: std::thread::current().id(),
+            readback: scratch.readback.clone(),
+            label: self.label.clone(),
+            node_names: self.node_names.clone(),
+            in_flight: scratch.in_flight.clone(),
+        });
         Ok(())
     }
 }

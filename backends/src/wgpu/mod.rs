@@ -13,6 +13,9 @@
 //!   groups are cached per scratch and set of bound buffers.
 //! - Matmuls compute in f32 whatever `ActPrecision` asks (I16/I8 activation
 //!   quantization is a CPU/NPU concern; on a GPU f32 is as fast and more precise).
+//! - Matmul and attention come in two kernel families ([`KernelFamily`]), chosen per
+//!   adapter: register tiles with lane-shared loads for CPU drivers, workgroup-memory
+//!   tiles for GPUs.
 //! - Run-time scalars (pos, n_valid, last_row) stay on the GPU; kernels validate them
 //!   and report through a status word that `synchronize`/`read` turn into a typed
 //!   error, since a submitted run cannot return one.
@@ -28,6 +31,7 @@ mod weights;
 
 pub use ::wgpu::Backends;
 pub use buffers::WgpuBuffer;
+pub use ops::KernelFamily;
 pub use executable::WgpuExecutable;
 
 use crate::{Backend, BackendError, BufferUsage, Capabilities, DeviceBuffer, Executable, Result, Support};
@@ -45,11 +49,20 @@ pub struct WgpuOptions {
     /// `None` uses the adapter's `max_storage_buffer_binding_size`. Tests use it to
     /// exercise splitting on small tensors.
     pub max_binding_bytes: Option<u64>,
+    /// Matmul/attention kernel family; `None` picks by adapter: `Lanes` on CPU drivers
+    /// (lavapipe), `Tiled` on GPUs. `NPURT_WGPU_KERNELS=lanes|tiled` overrides the
+    /// default (both are tested on lavapipe).
+    pub kernels: Option<KernelFamily>,
 }
 
 impl Default for WgpuOptions {
     fn default() -> Self {
-        WgpuOptions { backends: ::wgpu::Backends::from_env().unwrap_or(::wgpu::Backends::PRIMARY), max_binding_bytes: None }
+        let kernels = match std::env::var("NPURT_WGPU_KERNELS").as_deref() {
+            Ok("lanes") => Some(KernelFamily::Lanes),
+            Ok("tiled") => Some(KernelFamily::Tiled),
+            _ => None,
+        };
+        WgpuOptions { backends: ::wgpu::Backends::from_env().unwrap_or(::wgpu::Backends::PRIMARY), max_binding_bytes: None, kernels }
     }
 }
 
@@ -62,7 +75,7 @@ impl WgpuBackend {
     /// Opens the best adapter (a GPU, else lavapipe). No adapter is
     /// `BackendError::Unavailable` naming the driver to install.
     pub fn new(opts: WgpuOptions) -> Result<Self> {
-        let ctx = GpuContext::new(opts.backends, opts.max_binding_bytes)?;
+        let ctx = GpuContext::new(opts.backends, opts.max_binding_bytes, opts.kernels)?;
         let info = &ctx.info;
         let caps = Capabilities {
             name: "wgpu".into(),
@@ -83,6 +96,11 @@ impl WgpuBackend {
     /// Largest bytes one binding covers (weights are split into parts no larger).
     pub fn max_binding_bytes(&self) -> u64 {
         self.ctx.max_binding
+    }
+
+    /// The matmul kernel family in use.
+    pub fn kernel_family(&self) -> KernelFamily {
+        self.ctx.kernels
     }
 
     /// Distinct compute pipelines compiled so far.
@@ -107,6 +125,22 @@ impl Backend for WgpuBackend {
 
     fn supports(&self, graph: &Graph, id: NodeId) -> Support {
         support::supports(graph, id, self.ctx.max_binding)
+    }
+
+    /// e.g. `matmul[q4_0 x f32 +swiglu, lanes]`: activations are always f32 here.
+    fn kernel_name(&self, graph: &Graph, id: NodeId) -> String {
+        let n = graph.node(id);
+        let family = match self.ctx.kernels {
+            KernelFamily::Lanes => "lanes",
+            KernelFamily::Tiled => "tiled",
+        };
+        match &n.op {
+            npurt_graph::Op::MatMul { epilogue, .. } => format!("matmul[{} x f32{}, {family}]", graph.fact(n.inputs[1]).dtype, epilogue.name()),
+            npurt_graph::Op::Attention { head_dim, .. } => {
+                format!("attention[{}]", if self.ctx.kernels == KernelFamily::Lanes && head_dim % 4 == 0 { "lanes" } else { "tiled" })
+            }
+            op => op.kind().to_string(),
+        }
     }
 
     fn alloc(&self, fact: &TensorFact, usage: BufferUsage) -> Result<Arc<dyn DeviceBuffer>> {
@@ -143,8 +177,11 @@ impl Backend for WgpuBackend {
 
     fn read(&self, buf: &dyn DeviceBuffer) -> Result<HostTensor> {
         let b = Self::same_device(buf)?;
-        // Reading waits for the queue anyway: report kernel errors of finished runs.
-        self.ctx.resolve_checks()?;
+        // Reading waits for the queue anyway: report kernel errors of the run that wrote
+        // this buffer and of this thread's runs.
+        let writer = b.last_run.load(std::sync::atomic::Ordering::Acquire);
+        let me = std::thread::current().id();
+        self.ctx.resolve_checks(|c| c.id == writer || c.thread == me)?;
         let bytes = b.fact.bytes().ok_or_else(|| BackendError::Binding(format!("{} has no byte size", b.fact)))?;
         let data = if b.usage == BufferUsage::Weights {
             let (cols, rows) = (b.fact.last_dim(), b.fact.rows().max(1));
@@ -175,7 +212,9 @@ impl Backend for WgpuBackend {
         Ok(())
     }
 
+    /// Waits for the queue and reports kernel errors of the runs this thread submitted.
     fn synchronize(&self) -> Result<()> {
-        self.ctx.resolve_checks()
+        let me = std::thread::current().id();
+        self.ctx.resolve_checks(|c| c.thread == me)
     }
 }

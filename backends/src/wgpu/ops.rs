@@ -54,9 +54,24 @@ pub(crate) struct Lowered {
     pub consts: Vec<Vec<u8>>,
 }
 
+/// Which kernel variants to use for matmul and attention. Both compute the same
+/// results; they differ in how work maps to threads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KernelFamily {
+    /// Register-tiled kernels where all threads of a workgroup read the same
+    /// activations / keys (matmul.wgsl `lanes`, attention_lanes.wgsl): no workgroup
+    /// memory, no barriers. Best on CPU drivers such as lavapipe, which run a
+    /// workgroup's threads as SIMD lanes and pay per load instruction.
+    Lanes,
+    /// Workgroup-memory tiles and parallel reductions (`gemv`, `gemm`, attention.wgsl):
+    /// the usual GPU shape.
+    Tiled,
+}
+
 /// What lowering needs to know beyond the graph.
 pub(crate) struct LowerCtx<'a> {
     pub graph: &'a Graph,
+    pub kernels: KernelFamily,
     /// Prepared weights by node index.
     pub weights: &'a [Option<Arc<dyn DeviceBuffer>>],
 }
@@ -99,13 +114,14 @@ pub(crate) fn grid_1d(threads: usize, wg: usize) -> Result<[u32; 3], String> {
 const EW: usize = 256;
 
 fn weight_defines(dtype: DType) -> Result<&'static [&'static str], String> {
+    // (f16 goes through unpack2x16float on u32 words: no SHADER_F16 needed.)
     Ok(match dtype {
         DType::F32 => &["W_F32"],
         DType::F16 => &["W_F16", "W_HALF"],
         DType::BF16 => &["W_BF16", "W_HALF"],
-        DType::Q4_0 => &["W_Q4_0"],
-        DType::Q4_1 => &["W_Q4_1"],
-        DType::Q8_0 => &["W_Q8_0"],
+        DType::Q4_0 => &["W_Q4_0", "W_BLOCKS"],
+        DType::Q4_1 => &["W_Q4_1", "W_BLOCKS"],
+        DType::Q8_0 => &["W_Q8_0", "W_BLOCKS"],
         DType::Q8Channel => &["W_Q8_CHANNEL"],
         d => return Err(format!("{d} weights are not supported by the wgpu backend")),
     })
@@ -246,18 +262,25 @@ pub(crate) fn lower(cx: &LowerCtx, id: NodeId) -> Result<Lowered, String> {
             if *head_dim > MAX_HEAD_DIM {
                 return Err(format!("head_dim {head_dim} > {MAX_HEAD_DIM}"));
             }
+            let lanes = cx.kernels == KernelFamily::Lanes && head_dim % 4 == 0;
+            let (key, groups) = if lanes {
+                let hd = format!("HEAD_DIM={head_dim}");
+                (PipelineKey::new("attention_lanes.wgsl", "attention_lanes", &[hd.as_str()]), [as_u32(t.div_ceil(64), "rows")?, as_u32(*n_heads, "heads")?, 1])
+            } else {
+                (PipelineKey::new("attention.wgsl", "attention", &[]), [as_u32(*n_heads, "heads")?, as_u32(t, "rows")?, 1])
+            };
+            if groups[0] > MAX_GROUPS || groups[1] > MAX_GROUPS {
+                return Err("attention with more than 65535 heads or rows".into());
+            }
             d.push(Dispatch {
-                key: PipelineKey::new("attention.wgsl", "attention", &[]),
+                key,
                 params: vec![as_u32(t, "rows")?, as_u32(*n_heads, "heads")?, as_u32(*n_kv_heads, "kv heads")?, as_u32(*head_dim, "head_dim")?, as_u32(s, "cache rows")?, f(*scale), node_idx],
                 bindings: (0..7)
                     .map(|b| (b, if b == 0 { BindRef::Params } else if b == 6 { out } else { BindRef::Value(ins[b as usize - 1]) }))
                     .chain([(STATUS_BINDING, BindRef::Status)])
                     .collect(),
-                groups: [as_u32(*n_heads, "heads")?.min(MAX_GROUPS), as_u32(t, "rows")?.min(MAX_GROUPS), 1],
+                groups,
             });
-            if *n_heads > MAX_GROUPS as usize || t > MAX_GROUPS as usize {
-                return Err("attention with more than 65535 heads or rows".into());
-            }
         }
         Op::SliceCols { start, len } => {
             let x = g.fact(ins[0]);
@@ -364,7 +387,14 @@ struct MatmulArgs {
     accumulate: bool,
 }
 
-fn matmul_dispatch(defines: &[&'static str], gemv: bool, x: MatmulArgs, bindings: Vec<(u32, BindRef)>) -> Result<Dispatch, String> {
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum MatmulEntry {
+    Lanes,
+    Gemv,
+    Gemm,
+}
+
+fn matmul_dispatch(defines: &[&str], entry: MatmulEntry, x: MatmulArgs, bindings: Vec<(u32, BindRef)>) -> Result<Dispatch, String> {
     let params = vec![
         as_u32(x.m, "m")?,
         as_u32(x.k, "k")?,
@@ -378,16 +408,22 @@ fn matmul_dispatch(defines: &[&'static str], gemv: bool, x: MatmulArgs, bindings
         as_u32(x.up_row, "n")?,
         x.accumulate as u32,
     ];
-    let groups = if gemv {
-        grid_1d(x.n.div_ceil(4), 1)?
-    } else {
-        let (gx, gy) = (x.n.div_ceil(32), x.m.div_ceil(32));
-        if gx > MAX_GROUPS as usize || gy > MAX_GROUPS as usize {
-            return Err(format!("matmul {}x{} exceeds one dispatch", x.m, x.n));
+    let (gx, gy, name) = match entry {
+        MatmulEntry::Gemv => {
+            let g = grid_1d(x.n.div_ceil(4), 1)?;
+            (g[0] as usize, g[1] as usize, "gemv")
         }
-        [gx as u32, gy as u32, 1]
+        MatmulEntry::Gemm => (x.n.div_ceil(32), x.m.div_ceil(32), "gemm"),
+        MatmulEntry::Lanes => (x.n.div_ceil(256), x.m.div_ceil(if x.m == 1 { 1 } else { 4 }), "lanes"),
     };
-    Ok(Dispatch { key: PipelineKey::new("matmul.wgsl", if gemv { "gemv" } else { "gemm" }, defines), params, bindings, groups })
+    if gx > MAX_GROUPS as usize || gy > MAX_GROUPS as usize {
+        return Err(format!("matmul {}x{} exceeds one dispatch", x.m, x.n));
+    }
+    let mut defines = defines.to_vec();
+    if entry == MatmulEntry::Lanes && x.m == 1 {
+        defines.push("ROWS_1");
+    }
+    Ok(Dispatch { key: PipelineKey::new("matmul.wgsl", name, &defines), params, bindings, groups: [gx as u32, gy as u32, 1] })
 }
 
 fn lower_matmul(cx: &LowerCtx, id: NodeId, transpose_b: bool, epilogue: Epilogue, l: &mut Lowered) -> Result<(), String> {
@@ -398,7 +434,7 @@ fn lower_matmul(cx: &LowerCtx, id: NodeId, transpose_b: bool, epilogue: Epilogue
     let b = weight_operand(cx, ins[1]);
     let bf = g.fact(ins[1]);
     let out = BindRef::Value(id);
-    let mut defines: Vec<&'static str> = weight_defines(b.dtype)?.to_vec();
+    let mut defines: Vec<&str> = weight_defines(b.dtype)?.to_vec();
     if !transpose_b {
         // b is [K, N]; parts split K, so later parts accumulate. No epilogue here (the
         // graph only allows fused work on [N, K] weights).
@@ -407,14 +443,19 @@ fn lower_matmul(cx: &LowerCtx, id: NodeId, transpose_b: bool, epilogue: Epilogue
         }
         defines.push("W_KN");
         let n = bf.shape[1];
+        let entry = if cx.kernels == KernelFamily::Lanes { MatmulEntry::Lanes } else { MatmulEntry::Gemm };
         for (i, (bind, rows, _)) in b.parts.into_iter().enumerate() {
             let args = MatmulArgs { m, k: rows.len(), n, n_base: 0, ldo: n, lda: k, a_k0: rows.start, soff: 0, w_ld: n, up_row: 0, accumulate: i > 0 };
-            l.dispatches.push(matmul_dispatch(&defines, false, args, vec![(0, BindRef::Params), (1, BindRef::Value(ins[0])), (2, bind), (3, out)])?);
+            l.dispatches.push(matmul_dispatch(&defines, entry, args, vec![(0, BindRef::Params), (1, BindRef::Value(ins[0])), (2, bind), (3, out)])?);
         }
         return Ok(());
     }
     let n_b = bf.shape[0];
-    let gemv = m <= GEMV_MAX_ROWS;
+    let entry = match cx.kernels {
+        KernelFamily::Lanes => MatmulEntry::Lanes,
+        KernelFamily::Tiled if m <= GEMV_MAX_ROWS => MatmulEntry::Gemv,
+        KernelFamily::Tiled => MatmulEntry::Gemm,
+    };
     let mut extra = vec![];
     if epilogue.has_bias() {
         defines.push("HAS_BIAS");
@@ -430,7 +471,7 @@ fn lower_matmul(cx: &LowerCtx, id: NodeId, transpose_b: bool, epilogue: Epilogue
         l.temps.push((m * n_b * 4) as u64);
         for (bind, rows, soff) in b.parts {
             let args = MatmulArgs { m, k, n: rows.len(), n_base: rows.start, ldo: n_b, lda: k, a_k0: 0, soff, w_ld: 0, up_row: 0, accumulate: false };
-            l.dispatches.push(matmul_dispatch(&defines, gemv, args, vec![(0, BindRef::Params), (1, BindRef::Value(ins[0])), (2, bind), (3, BindRef::Temp(0))])?);
+            l.dispatches.push(matmul_dispatch(&defines, entry, args, vec![(0, BindRef::Params), (1, BindRef::Value(ins[0])), (2, bind), (3, BindRef::Temp(0))])?);
         }
         l.dispatches.push(elementwise("swiglu", m * n_b / 2, 1, n_b / 2, BindRef::Temp(0), None, out)?);
         return Ok(());
@@ -440,14 +481,14 @@ fn lower_matmul(cx: &LowerCtx, id: NodeId, transpose_b: bool, epilogue: Epilogue
         let n = n_b / 2;
         let (bind, _, soff) = b.parts[0].clone();
         let args = MatmulArgs { m, k, n, n_base: 0, ldo: n, lda: k, a_k0: 0, soff, w_ld: 0, up_row: n, accumulate: false };
-        l.dispatches.push(matmul_dispatch(&defines, gemv, args, vec![(0, BindRef::Params), (1, BindRef::Value(ins[0])), (2, bind), (3, out)])?);
+        l.dispatches.push(matmul_dispatch(&defines, entry, args, vec![(0, BindRef::Params), (1, BindRef::Value(ins[0])), (2, bind), (3, out)])?);
         return Ok(());
     }
     for (bind, rows, soff) in b.parts {
         let args = MatmulArgs { m, k, n: rows.len(), n_base: rows.start, ldo: n_b, lda: k, a_k0: 0, soff, w_ld: 0, up_row: 0, accumulate: false };
         let mut bindings = vec![(0, BindRef::Params), (1, BindRef::Value(ins[0])), (2, bind), (3, out)];
         bindings.extend(extra.iter().copied());
-        l.dispatches.push(matmul_dispatch(&defines, gemv, args, bindings)?);
+        l.dispatches.push(matmul_dispatch(&defines, entry, args, bindings)?);
     }
     Ok(())
 }

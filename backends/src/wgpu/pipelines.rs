@@ -12,13 +12,13 @@ use std::sync::{Arc, Mutex};
 pub(crate) struct PipelineKey {
     pub file: &'static str,
     pub entry: &'static str,
-    /// Sorted, deduplicated.
-    pub defines: Vec<&'static str>,
+    /// Sorted, deduplicated (`NAME` flags and `NAME=N` constants).
+    pub defines: Vec<String>,
 }
 
 impl PipelineKey {
-    pub(crate) fn new(file: &'static str, entry: &'static str, defines: &[&'static str]) -> Self {
-        let mut defines = defines.to_vec();
+    pub(crate) fn new(file: &'static str, entry: &'static str, defines: &[&str]) -> Self {
+        let mut defines: Vec<String> = defines.iter().map(|d| d.to_string()).collect();
         defines.sort_unstable();
         defines.dedup();
         PipelineKey { file, entry, defines }
@@ -38,7 +38,7 @@ impl std::fmt::Display for PipelineKey {
 #[derive(Default)]
 pub(crate) struct PipelineCache {
     pipelines: Mutex<HashMap<PipelineKey, Arc<::wgpu::ComputePipeline>>>,
-    modules: Mutex<HashMap<(&'static str, Vec<&'static str>), ::wgpu::ShaderModule>>,
+    modules: Mutex<HashMap<(&'static str, Vec<String>), ::wgpu::ShaderModule>>,
 }
 
 impl PipelineCache {

@@ -12,7 +12,7 @@ use std::ops::Range;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct PartLayout {
     pub rows: Range<usize>,
-    /// Bytes of the part's buffer (a multiple of 4).
+    /// Bytes of the part's buffer (a multiple of 16).
     pub bytes: u64,
     /// Word offset of the scale segment (0 for plain formats).
     pub scale_offset_words: u32,
@@ -34,7 +34,8 @@ fn part_bytes(dtype: DType, rows: usize, cols: usize) -> Option<(usize, usize)> 
         DType::Q8_0 => (blocks * 32, pad4(blocks * 2)),
         DType::Q8Channel => (rows.checked_mul(pad4(cols))?, rows * 4),
     };
-    Some((values, values.checked_add(scales)?.max(4)))
+    // Parts are padded to 16 bytes: shaders read them as `array<vec4<u32>>`.
+    Some((values, (values.checked_add(scales)?.checked_add(15)? & !15).max(16)))
 }
 
 /// Splits a weight into parts of at most `max_bytes` each.
@@ -51,7 +52,7 @@ pub(crate) fn plan(fact: &TensorFact, max_bytes: u64) -> Result<Vec<PartLayout>,
     let max = max_bytes as usize;
     // Rows per part: as many as fit (f16/bf16 rows may end mid-word, which is fine: each
     // part is its own buffer starting at word 0).
-    let mut per_part = if one_row == 0 { rows.max(1) } else { (max.saturating_sub(4) / one_row).max(1) };
+    let mut per_part = if one_row == 0 { rows.max(1) } else { (max.saturating_sub(16) / one_row).max(1) };
     while per_part > 1 && part_bytes(fact.dtype, per_part, cols).map(|(_, b)| b > max).unwrap_or(true) {
         per_part -= 1;
     }
@@ -175,7 +176,7 @@ mod tests {
             let src = npurt_kernels::quant::quantize(dt, &x, cols).unwrap();
             let fact = TensorFact::new(dt, [rows, cols]);
             let one = part_bytes(dt, 1, cols).unwrap().1 as u64;
-            let parts = plan(&fact, 3 * one + 4).unwrap();
+            let parts = plan(&fact, 3 * one + 16).unwrap();
             assert!(parts.len() >= 3, "{dt}: {} parts", parts.len());
             assert_eq!(parts.last().unwrap().rows.end, rows);
             let mut back = vec![0u8; src.len()];

@@ -56,8 +56,9 @@ pub(crate) struct ActScratch {
     pub kb: usize,
 }
 
+/// Sizes a scratch array without clearing it: every value a kernel reads is written by
+/// `prepare` (pad rows of the last group are never read).
 fn refill<T: Copy + Default>(v: &mut Vec<T>, len: usize) {
-    v.clear();
     v.resize(len, T::default());
 }
 
@@ -102,7 +103,6 @@ pub(crate) fn prepare(a: &[f32], m: usize, k: usize, plan: ActPlan, isa: Isa, s:
     s.groups = groups;
     s.k = k;
     s.kb = kb;
-    let rows = groups * GROUP;
     let uses_f = matches!(plan, ActPlan::F32 | ActPlan::FakeI8 | ActPlan::FakeI16);
     let uses_q8 = matches!(plan, ActPlan::I8 { .. });
     let uses_q16 = matches!(plan, ActPlan::I16 { .. });
@@ -122,7 +122,6 @@ pub(crate) fn prepare(a: &[f32], m: usize, k: usize, plan: ActPlan, isa: Isa, s:
     refill(&mut s.blk_bias, groups * bk);
     refill(&mut s.blk_sum, groups * bk);
     refill(&mut s.row_scale, groups * rsk);
-    let _ = rows;
     let per_group = |g: usize, f: &mut [f32], q8: &mut [i8], q16: &mut [i16], bs: &mut [f32], bb: &mut [i32], bsum: &mut [f32], rs: &mut [f32]| {
         let rows_here = (m - g * GROUP).min(GROUP);
         let a = &a[g * GROUP * k..][..rows_here * k];
@@ -198,7 +197,110 @@ fn dispatch_group(
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn group_avx512(a: &[f32], rows: usize, k: usize, plan: ActPlan, f: &mut [f32], q8: &mut [i8], q16: &mut [i16], bs: &mut [f32], bb: &mut [i32], bsum: &mut [f32], rs: &mut [f32]) {
-    group(a, rows, k, plan, f, q8, q16, bs, bb, bsum, rs)
+    match plan {
+        // SAFETY: the caller sized every array for `rows` rows of `k` (a multiple of 32).
+        ActPlan::I8 { offset } => unsafe { avx512::i8_blocks(a, rows, k, offset, q8, bs, bb, bsum) },
+        // SAFETY: as above.
+        ActPlan::I16 { offset, perm } => unsafe { avx512::i16_rows(a, rows, k, offset, perm, q16, bb, bsum, rs) },
+        _ => group(a, rows, k, plan, f, q8, q16, bs, bb, bsum, rs),
+    }
+}
+
+/// Explicit AVX-512 quantizers (the generic loops do not vectorize the per-block
+/// reductions well). Same arithmetic as `group`: the maximum is exact in any order,
+/// then `x * inv` and `vcvtps2dq` (round half to even) give the same integers.
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{BLOCK, GROUP};
+    use std::arch::x86_64::*;
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn i8_blocks(a: &[f32], rows: usize, k: usize, offset: i32, q8: &mut [i8], bs: &mut [f32], bb: &mut [i32], bsum: &mut [f32]) {
+        let kb = k / BLOCK;
+        // `prepare` sizes the arrays; checked anyway because the loop below does not
+        // bounds-check (a failure would be a bug here, so it is loud in debug builds).
+        if a.len() < rows * k || q8.len() < kb * GROUP * BLOCK || bs.len() < kb * GROUP || bb.len() < kb * GROUP || bsum.len() < kb * GROUP {
+            debug_assert!(false, "act_quant::i8_blocks: arrays too small");
+            return;
+        }
+        let (lo, hi) = (_mm512_set1_epi32(-127), _mm512_set1_epi32(127));
+        for r in 0..rows {
+            for b in 0..kb {
+                // SAFETY: the check above bounds every access (r < rows, b < kb).
+                unsafe {
+                    let x = a.as_ptr().add(r * k + b * BLOCK);
+                    let x0 = _mm512_loadu_ps(x);
+                    let x1 = _mm512_loadu_ps(x.add(16));
+                    let amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(x0), _mm512_abs_ps(x1)));
+                    let s = amax / 127.0;
+                    let inv = _mm512_set1_ps(if s != 0.0 { 1.0 / s } else { 0.0 });
+                    let q0 = _mm512_min_epi32(_mm512_max_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(x0, inv)), lo), hi);
+                    let q1 = _mm512_min_epi32(_mm512_max_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(x1, inv)), lo), hi);
+                    let i = b * GROUP + r;
+                    let dst = q8.as_mut_ptr().add(i * BLOCK) as *mut __m128i;
+                    _mm_storeu_si128(dst, _mm512_cvtepi32_epi8(q0));
+                    _mm_storeu_si128(dst.add(1), _mm512_cvtepi32_epi8(q1));
+                    let sum = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+                    *bs.get_unchecked_mut(i) = s;
+                    *bb.get_unchecked_mut(i) = -offset * sum;
+                    *bsum.get_unchecked_mut(i) = s * sum as f32;
+                }
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn i16_rows(
+        a: &[f32],
+        rows: usize,
+        k: usize,
+        offset: i32,
+        perm: Option<&'static [u8; 32]>,
+        q16: &mut [i16],
+        bb: &mut [i32],
+        bsum: &mut [f32],
+        rs: &mut [f32],
+    ) {
+        let kb = k / BLOCK;
+        // As in `i8_blocks`.
+        if a.len() < rows * k || q16.len() < kb * GROUP * BLOCK || bb.len() < kb * GROUP || bsum.len() < kb * GROUP || rs.len() < rows {
+            debug_assert!(false, "act_quant::i16_rows: arrays too small");
+            return;
+        }
+        let mut idx = [0i16; 32];
+        for (i, v) in idx.iter_mut().enumerate() {
+            *v = perm.map_or(i as i16, |p| p[i] as i16);
+        }
+        let (lo, hi) = (_mm512_set1_epi32(-32767), _mm512_set1_epi32(32767));
+        // SAFETY: the check above bounds every access (r < rows, b < kb, 16-value
+        // steps within a row of k, a multiple of 32).
+        unsafe {
+            let idx = _mm512_loadu_si512(idx.as_ptr() as *const _);
+            for r in 0..rows {
+                let row = a.as_ptr().add(r * k);
+                let mut m = _mm512_setzero_ps();
+                for i in (0..k).step_by(16) {
+                    m = _mm512_max_ps(m, _mm512_abs_ps(_mm512_loadu_ps(row.add(i))));
+                }
+                let s = _mm512_reduce_max_ps(m) / 32767.0;
+                let inv = _mm512_set1_ps(if s != 0.0 { 1.0 / s } else { 0.0 });
+                rs[r] = s;
+                for b in 0..kb {
+                    let x = row.add(b * BLOCK);
+                    let q0 = _mm512_min_epi32(_mm512_max_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(x), inv)), lo), hi);
+                    let q1 = _mm512_min_epi32(_mm512_max_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(x.add(16)), inv)), lo), hi);
+                    let v = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(_mm512_cvtepi32_epi16(q0)), _mm512_cvtepi32_epi16(q1));
+                    let i = b * GROUP + r;
+                    _mm512_storeu_si512(q16.as_mut_ptr().add(i * BLOCK) as *mut _, _mm512_permutexvar_epi16(idx, v));
+                    let sum = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+                    *bb.get_unchecked_mut(i) = -offset * sum;
+                    *bsum.get_unchecked_mut(i) = sum as f32;
+                }
+            }
+        }
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -229,7 +331,6 @@ fn amax(x: &[f32]) -> f32 {
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn group(a: &[f32], rows: usize, k: usize, plan: ActPlan, f: &mut [f32], q8: &mut [i8], q16: &mut [i16], bs: &mut [f32], bb: &mut [i32], bsum: &mut [f32], rs: &mut [f32]) {
-    let kb = k.div_ceil(BLOCK);
     match plan {
         ActPlan::F32 | ActPlan::FakeI8 | ActPlan::FakeI16 => {
             let mut tmp = [0f32; BLOCK];
@@ -314,7 +415,6 @@ fn group(a: &[f32], rows: usize, k: usize, plan: ActPlan, f: &mut [f32], q8: &mu
             }
         }
     }
-    let _ = kb;
 }
 
 #[cfg(test)]

@@ -6,21 +6,25 @@
 //! - [`pack`] / [`matmul_packed`] / [`gather_packed`]: quantized weights (Q4_0, Q4_1,
 //!   Q8_0, Q8Channel, f32) repacked once into 16-row interleaved tiles, multiplied by
 //!   activations quantized on the fly (I16 per row, I8 per 32-value block, or f32) with
-//!   hand-written microkernels per ISA (`microkernels/`), fused epilogues included.
+//!   hand-written microkernels per ISA (`microkernels/`), fused epilogues included;
+//! - [`rms_norm_f32`]: vectorized RMSNorm.
 
 mod act_quant;
 mod attention_f32;
 mod dispatch;
 mod matmul_f32;
+mod math;
 mod matmul_packed;
 mod microkernels;
 mod packed;
+mod rms_norm_f32;
 
 pub use attention_f32::attention_f32;
 pub use dispatch::{detected, isa, with_isa, Isa};
 pub use matmul_f32::matmul_f32;
 pub use matmul_packed::{matmul_packed, matmul_packed_with};
 pub use packed::{gather_packed, pack, PackedMatrix, BLOCK, TILE_ROWS};
+pub use rms_norm_f32::rms_norm_f32;
 
 /// A raw pointer that may cross threads. Used only where each task writes a disjoint
 /// region of one output slice (documented at every use).

@@ -65,7 +65,6 @@ pub struct PackedMatrix {
     k: usize,
     /// 32-value blocks per row (quantized formats); `k` for F32.
     pub(crate) kb: usize,
-    tiles: usize,
     /// Bytes from one tile to the next (a multiple of 64).
     pub(crate) tile_bytes: usize,
     /// Offset of the scales within a tile (a multiple of 64).
@@ -156,11 +155,11 @@ impl PackedMatrix {
                 }
             }
             Format::Q8_0 | Format::Q8Channel => {
-                let row_scale = f32::from_le_bytes(scales[lane * 4..lane * 4 + 4].try_into().unwrap_or([0; 4]));
                 for (b, out) in dst.chunks_exact_mut(BLOCK).enumerate() {
                     let d = match self.format {
                         Format::Q8_0 => f16_at(scales, b * 32 + lane * 2).to_f32(),
-                        _ => row_scale,
+                        // Q8Channel: the row's f32 scale, the 16 rows' scales after the values.
+                        _ => f32::from_le_bytes([scales[lane * 4], scales[lane * 4 + 1], scales[lane * 4 + 2], scales[lane * 4 + 3]]),
                     };
                     for (j, o) in out.iter_mut().enumerate() {
                         *o = d * (vals[b * 512 + (j / 4) * 64 + lane * 4 + j % 4] as i8) as f32;
@@ -238,7 +237,7 @@ pub fn pack(dtype: DType, raw: &[u8], n: usize, k: usize) -> Result<PackedMatrix
     let mut data = Vec::new();
     data.try_reserve_exact(lines).map_err(|_| err(format!("out of memory packing [{n}, {k}] {dtype} ({} bytes)", lines * 64)))?;
     data.resize(lines, Line([0; 64]));
-    let mut p = PackedMatrix { dtype, format, n, k, kb, tiles, tile_bytes, scales_offset, data };
+    let mut p = PackedMatrix { dtype, format, n, k, kb, tile_bytes, scales_offset, data };
     let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut p.data);
     let bb = dtype.block_bytes();
     let row_bytes = match format {

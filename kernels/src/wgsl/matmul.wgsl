@@ -1,6 +1,10 @@
 // out[m, n] = sum_k a[m, k] * w'[k, n] with the weight dequantized while it is loaded
 // (defines W_* pick its format, see weights.wgsl), then the fused epilogue.
-// Two kernels:
+// Three kernels:
+//   lanes: one output column per thread and up to 8 activation rows per workgroup
+//         (y). Every thread of a workgroup reads the same activation values, so a
+//         CPU driver (lavapipe) loads them once for all SIMD lanes; the kernel of
+//         choice on CPU adapters, any M, no workgroup memory or barriers;
 //   gemv: few rows (decode, M <= MAX_M): each weight row is read once; 16 threads
 //         split its K range, every thread keeps one partial per activation row, and
 //         workgroup memory adds the 16 partials;
@@ -44,8 +48,8 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
-@group(0) @binding(1) var<storage, read> a: array<f32>;
-@group(0) @binding(2) var<storage, read> w: array<u32>;
+@group(0) @binding(1) var<storage, read> a: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> w: array<vec4<u32>>;
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
 #ifdef HAS_BIAS
 @group(0) @binding(4) var<storage, read> bias: array<f32>;
@@ -59,13 +63,13 @@ struct Params {
 // a[m, col..col+3] of this dispatch's K slice; columns at or past k read 0.
 fn a_quad(m: u32, col: u32) -> vec4<f32> {
     let e = m * params.lda + params.a_k0 + col;
-    if col + 4u <= params.k {
-        return vec4<f32>(a[e], a[e + 1u], a[e + 2u], a[e + 3u]);
+    if col + 4u <= params.k && (e & 3u) == 0u {
+        return a[e >> 2u];
     }
     var v = vec4<f32>(0.0);
     for (var i = 0u; i < 4u; i++) {
         if col + i < params.k {
-            v[i] = a[e + i];
+            v[i] = a[(e + i) >> 2u][(e + i) & 3u];
         }
     }
     return v;
@@ -221,6 +225,103 @@ fn gemm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
             let n = n0 + tx + 8u * j;
             if m < params.m && n < params.n {
                 write_out(m, n, acc[i][j], acc_up[i][j]);
+            }
+        }
+    }
+}
+
+// lanes: each thread computes a LANE_ROWS x LANE_COLS register tile (4 x 4, or 1 x 4
+// for a single row): per step it loads LANE_COLS weight quads (or blocks) and
+// LANE_ROWS activation quads and does LANE_ROWS * LANE_COLS * 4 FMAs, with no
+// workgroup memory and no barriers. Out-of-range rows/columns repeat the last valid
+// one (valid memory) and are not written.
+#ifdef ROWS_1
+const LANE_ROWS: u32 = 1u;
+#else
+const LANE_ROWS: u32 = 4u;
+#endif
+const LANE_COLS: u32 = 4u;
+
+// Weight values k..k+3 for output column n of a [K, N] weight.
+fn w_quad_kn(k: u32, n: u32) -> vec4<f32> {
+    var v = vec4<f32>(0.0);
+    for (var i = 0u; i < 4u; i++) {
+        if k + i < params.k {
+            v[i] = w_at(k + i, n, params.w_ld, 0u);
+        }
+    }
+    return v;
+}
+
+fn lanes_step(n0: u32, m0: u32, k: u32, b: array<vec4<f32>, LANE_COLS>, u: array<vec4<f32>, LANE_COLS>,
+              acc: ptr<function, array<array<f32, LANE_COLS>, LANE_ROWS>>,
+              acc_up: ptr<function, array<array<f32, LANE_COLS>, LANE_ROWS>>) {
+    for (var r = 0u; r < LANE_ROWS; r++) {
+        let av = a_quad(min(m0 + r, params.m - 1u), k);
+        for (var c = 0u; c < LANE_COLS; c++) {
+            (*acc)[r][c] += dot(av, b[c]);
+#ifdef SWIGLU
+            (*acc_up)[r][c] += dot(av, u[c]);
+#endif
+        }
+    }
+}
+
+@compute @workgroup_size(64)
+fn lanes(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wg: vec3<u32>) {
+    let n0 = gid.x * LANE_COLS;
+    let m0 = wg.y * LANE_ROWS;
+    if n0 >= params.n {
+        return;
+    }
+    var acc: array<array<f32, LANE_COLS>, LANE_ROWS>;
+    var acc_up: array<array<f32, LANE_COLS>, LANE_ROWS>;
+    var cols: array<u32, LANE_COLS>;
+    for (var c = 0u; c < LANE_COLS; c++) {
+        cols[c] = min(n0 + c, params.n - 1u);
+    }
+    var b: array<vec4<f32>, LANE_COLS>;
+    var u: array<vec4<f32>, LANE_COLS>;
+#ifdef W_BLOCKS
+    // Whole blocks: one or two loads per column per 32 values.
+    for (var k0 = 0u; k0 < params.k; k0 += 32u) {
+        var blocks: array<WBlock, LANE_COLS>;
+        var up_blocks: array<WBlock, LANE_COLS>;
+        for (var c = 0u; c < LANE_COLS; c++) {
+            blocks[c] = w_block(cols[c], k0, params.k, params.w_soff);
+#ifdef SWIGLU
+            up_blocks[c] = w_block(params.up_row + cols[c], k0, params.k, params.w_soff);
+#endif
+        }
+        for (var q = 0u; q < 8u; q++) {
+            for (var c = 0u; c < LANE_COLS; c++) {
+                b[c] = block_quad(blocks[c], q);
+#ifdef SWIGLU
+                u[c] = block_quad(up_blocks[c], q);
+#endif
+            }
+            lanes_step(n0, m0, k0 + q * 4u, b, u, &acc, &acc_up);
+        }
+    }
+#else
+    for (var k = 0u; k < params.k; k += 4u) {
+        for (var c = 0u; c < LANE_COLS; c++) {
+#ifdef W_KN
+            b[c] = w_quad_kn(k, cols[c]);
+#else
+            b[c] = w_quad(cols[c], k, params.k, params.w_soff);
+#endif
+#ifdef SWIGLU
+            u[c] = w_quad(params.up_row + cols[c], k, params.k, params.w_soff);
+#endif
+        }
+        lanes_step(n0, m0, k, b, u, &acc, &acc_up);
+    }
+#endif
+    for (var r = 0u; r < LANE_ROWS; r++) {
+        for (var c = 0u; c < LANE_COLS; c++) {
+            if m0 + r < params.m && n0 + c < params.n {
+                write_out(m0 + r, n0 + c, acc[r][c], acc_up[r][c]);
             }
         }
     }

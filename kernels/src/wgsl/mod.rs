@@ -4,9 +4,10 @@
 //! Each file is one kernel family; its header comment documents its bindings and
 //! defines. [`preprocess`] resolves the tiny directive set the files use:
 //! `#include "file.wgsl"` (each file at most once per module), `#ifdef NAME`,
-//! `#ifndef NAME`, `#else` and `#endif`. Defines are plain names; anything with a value
-//! is a WGSL `const` in the files or a uniform parameter, so no text is substituted
-//! inside WGSL code.
+//! `#ifndef NAME`, `#else` and `#endif`. A define `NAME` is a flag for `#ifdef`; a
+//! define `NAME=N` (an unsigned integer) becomes `const NAME: u32 = Nu;` at the top of
+//! the module (sizes of register arrays, which WGSL needs as constants). No text is
+//! substituted inside WGSL code.
 
 /// Every shader file by name.
 pub const FILES: &[(&str, &str)] = &[
@@ -17,6 +18,7 @@ pub const FILES: &[(&str, &str)] = &[
     ("norm.wgsl", include_str!("norm.wgsl")),
     ("rope.wgsl", include_str!("rope.wgsl")),
     ("attention.wgsl", include_str!("attention.wgsl")),
+    ("attention_lanes.wgsl", include_str!("attention_lanes.wgsl")),
     ("matmul.wgsl", include_str!("matmul.wgsl")),
     ("gather.wgsl", include_str!("gather.wgsl")),
     ("kv_write.wgsl", include_str!("kv_write.wgsl")),
@@ -25,9 +27,19 @@ pub const FILES: &[(&str, &str)] = &[
     ("patch_embed.wgsl", include_str!("patch_embed.wgsl")),
 ];
 
-/// The source of one shader file.
-pub fn source(name: &str) -> Option<&'static str> {
-    FILES.iter().find(|(n, _)| *n == name).map(|(_, s)| *s)
+/// Environment variable naming a directory to read shader files from instead of the
+/// embedded copies (kernel development: edit a `.wgsl` file and rerun, no rebuild).
+pub const SOURCE_DIR_ENV: &str = "NPURT_WGSL_DIR";
+
+/// The source of one shader file (from `NPURT_WGSL_DIR` when set and the file is there).
+pub fn source(name: &str) -> Option<std::borrow::Cow<'static, str>> {
+    let embedded = FILES.iter().find(|(n, _)| *n == name).map(|(_, s)| *s)?;
+    if let Some(dir) = std::env::var_os(SOURCE_DIR_ENV) {
+        if let Ok(s) = std::fs::read_to_string(std::path::Path::new(&dir).join(name)) {
+            return Some(s.into());
+        }
+    }
+    Some(embedded.into())
 }
 
 /// Why a shader could not be assembled.
@@ -40,8 +52,19 @@ pub struct PreprocessError {
 }
 
 /// Assembles `file` with `defines` set: includes inlined, conditional blocks resolved.
-pub fn preprocess(file: &str, defines: &[&str]) -> Result<String, PreprocessError> {
+pub fn preprocess<S: AsRef<str>>(file: &str, defines: &[S]) -> Result<String, PreprocessError> {
+    let defines: Vec<&str> = defines.iter().map(|d| d.as_ref()).collect();
     let mut out = String::new();
+    for d in &defines {
+        if let Some((name, value)) = d.split_once('=') {
+            let ok_name = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !ok_name || value.parse::<u32>().is_err() {
+                return Err(PreprocessError { file: file.to_string(), line: 0, reason: format!("bad define `{d}` (NAME=unsigned integer)") });
+            }
+            out.push_str(&format!("const {name}: u32 = {value}u;\n"));
+        }
+    }
+    let defines = &defines[..];
     let mut included = Vec::new();
     expand(file, defines, &mut included, &mut out, 0)?;
     Ok(out)
@@ -53,6 +76,7 @@ fn expand(file: &str, defines: &[&str], included: &mut Vec<String>, out: &mut St
         return Err(err(0, "includes nested too deeply".into()));
     }
     let src = source(file).ok_or_else(|| err(0, "no such shader file".into()))?;
+    let src: &str = &src;
     included.push(file.to_string());
     // Stack of (this block is active, an enclosing block is active).
     let mut stack: Vec<(bool, bool)> = Vec::new();
@@ -96,7 +120,7 @@ mod tests {
 
     #[test]
     fn includes_once_and_resolves_conditionals() {
-        let s = preprocess("matmul.wgsl", &["W_Q4_0", "HAS_BIAS"]).unwrap();
+        let s = preprocess("matmul.wgsl", &["W_Q4_0", "W_BLOCKS", "HAS_BIAS"]).unwrap();
         assert_eq!(s.matches("fn silu(").count(), 1, "common.wgsl inlined once");
         assert!(s.contains("var<storage, read> bias"));
         assert!(!s.contains("var<storage, read> residual"));
@@ -107,8 +131,10 @@ mod tests {
     #[test]
     fn every_file_preprocesses() {
         for (name, _) in FILES {
-            preprocess(name, &["W_F32"]).unwrap_or_else(|e| panic!("{e}"));
+            preprocess(name, &["W_F32", "HEAD_DIM=64"]).unwrap_or_else(|e| panic!("{e}"));
         }
-        assert!(preprocess("nope.wgsl", &[]).is_err());
+        assert!(preprocess::<&str>("nope.wgsl", &[]).is_err());
+        assert!(preprocess("attention_lanes.wgsl", &["HEAD_DIM=x"]).is_err());
+        assert!(preprocess("attention_lanes.wgsl", &["HEAD_DIM=64"]).unwrap().starts_with("const HEAD_DIM: u32 = 64u;"));
     }
 }

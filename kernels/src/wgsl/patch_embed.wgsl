@@ -9,7 +9,7 @@ struct Params {
     channels_in: u32,
     height: u32,
     width: u32,
-    patch: u32,
+    patch_size: u32,
     grid_h: u32,
     grid_w: u32,
 }
@@ -31,7 +31,7 @@ fn patch_embed(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workg
     let px = row % params.grid_w;
     let py = (row / params.grid_w) % params.grid_h;
     let img = row / (params.grid_w * params.grid_h);
-    let p = params.patch;
+    let p = params.patch_size;
     let kk = params.channels_in * p * p;
     var s = 0.0;
     for (var ch = 0u; ch < params.channels_in; ch++) {

@@ -1,6 +1,9 @@
 // Weight element access for every storage format the wgpu backend prepares. The
 // including shader declares `w: array<u32>` (one buffer part: rows of `k` values) and
-// defines exactly one of W_F32, W_F16, W_BF16, W_Q4_0, W_Q4_1, W_Q8_0, W_Q8_CHANNEL.
+// defines exactly one of W_F32, W_F16, W_BF16, W_Q4_0, W_Q4_1, W_Q8_0, W_Q8_CHANNEL
+// (plus W_HALF with the 16-bit floats and W_BLOCKS with the GGUF block formats).
+// `w` is `array<vec4<u32>>` (buffers are padded to 16 bytes): an aligned 16-byte load is
+// one load instruction, which is what CPU drivers (lavapipe) pay for, per lane.
 // Part layouts (written by backends/src/wgpu/weights.rs):
 //   f32:        k words per row;
 //   f16, bf16:  2 values per word, element e = row * k + col at bits 16 * (e % 2);
@@ -14,6 +17,10 @@
 // Quantized blocks are stored as aligned segments (values, then scales), so every
 // load is an aligned u32: GGUF's 18/20/34-byte blocks would straddle words.
 
+fn word(i: u32) -> u32 {
+    return w[i >> 2u][i & 3u];
+}
+
 // Sign-extends the 4 bytes of `v` (little-endian order) to i32.
 fn unpack_i8x4(v: u32) -> vec4<f32> {
     return vec4<f32>(vec4<i32>(
@@ -24,18 +31,22 @@ fn unpack_i8x4(v: u32) -> vec4<f32> {
 }
 
 fn f16_scale(soff: u32, blk: u32) -> f32 {
-    return unpack2x16float(w[soff + (blk >> 1u)])[blk & 1u];
+    return unpack2x16float(word(soff + (blk >> 1u)))[blk & 1u];
 }
 
-// Nibbles of one word: the 4 values 4q..4q+3 of a q4 block, q in 0..8.
+// The 4 values 4q..4q+3 of a q4 block from the block's word q % 4, q in 0..8.
+fn nibbles(v: u32, q: u32) -> vec4<f32> {
+    let x = v >> ((q >> 2u) * 4u);
+    return vec4<f32>(vec4<u32>(x, x >> 8u, x >> 16u, x >> 24u) & vec4<u32>(15u));
+}
+
 fn q4_quad(blk: u32, q: u32) -> vec4<f32> {
-    let word = w[blk * 4u + (q & 3u)] >> ((q >> 2u) * 4u);
-    return vec4<f32>(vec4<u32>(word, word >> 8u, word >> 16u, word >> 24u) & vec4<u32>(15u));
+    return nibbles(w[blk][q & 3u], q);
 }
 
 // Value `col` of 16-bit-float row `row`.
 fn half_at(e: u32) -> f32 {
-    let bits = (w[e >> 1u] >> ((e & 1u) * 16u)) & 0xffffu;
+    let bits = (word(e >> 1u) >> ((e & 1u) * 16u)) & 0xffffu;
 #ifdef W_BF16
     return bitcast<f32>(bits << 16u);
 #else
@@ -46,7 +57,7 @@ fn half_at(e: u32) -> f32 {
 // One weight value: row `row`, column `col`, rows of `k` values.
 fn w_at(row: u32, col: u32, k: u32, soff: u32) -> f32 {
 #ifdef W_F32
-    return bitcast<f32>(w[row * k + col]);
+    return bitcast<f32>(word(row * k + col));
 #endif
 #ifdef W_F16
     return half_at(row * k + col);
@@ -76,22 +87,24 @@ fn w_at(row: u32, col: u32, k: u32, soff: u32) -> f32 {
 fn w_quad(row: u32, col: u32, k: u32, soff: u32) -> vec4<f32> {
 #ifdef W_F32
     let e = row * k + col;
-    if col + 4u <= k {
-        return vec4<f32>(bitcast<f32>(w[e]), bitcast<f32>(w[e + 1u]), bitcast<f32>(w[e + 2u]), bitcast<f32>(w[e + 3u]));
+    if col + 4u <= k && (e & 3u) == 0u {
+        return bitcast<vec4<f32>>(w[e >> 2u]);
     }
     var v = vec4<f32>(0.0);
     for (var i = 0u; i < 4u; i++) {
         if col + i < k {
-            v[i] = bitcast<f32>(w[e + i]);
+            v[i] = bitcast<f32>(word(e + i));
         }
     }
     return v;
 #endif
 #ifdef W_HALF
     let e = row * k + col;
-    if col + 4u <= k && (e & 1u) == 0u {
-        let lo = w[e >> 1u];
-        let hi = w[(e >> 1u) + 1u];
+    if col + 4u <= k && (e & 3u) == 0u {
+        let pair = w[e >> 3u];
+        let at = (e >> 1u) & 2u;
+        let lo = pair[at];
+        let hi = pair[at + 1u];
 #ifdef W_BF16
         return vec4<f32>(bitcast<f32>(lo << 16u), bitcast<f32>(lo & 0xffff0000u), bitcast<f32>(hi << 16u), bitcast<f32>(hi & 0xffff0000u));
 #else
@@ -112,15 +125,59 @@ fn w_quad(row: u32, col: u32, k: u32, soff: u32) -> vec4<f32> {
 #endif
 #ifdef W_Q4_1
     let blk = row * (k >> 5u) + (col >> 5u);
-    let dm = unpack2x16float(w[soff + blk]);
+    let dm = unpack2x16float(word(soff + blk));
     return dm.x * q4_quad(blk, (col & 31u) >> 2u) + dm.y;
 #endif
 #ifdef W_Q8_0
     let blk = row * (k >> 5u) + (col >> 5u);
-    return f16_scale(soff, blk) * unpack_i8x4(w[blk * 8u + ((col & 31u) >> 2u)]);
+    return f16_scale(soff, blk) * unpack_i8x4(word(blk * 8u + ((col & 31u) >> 2u)));
 #endif
 #ifdef W_Q8_CHANNEL
     let words_per_row = (k + 3u) >> 2u;
-    return bitcast<f32>(w[soff + row]) * unpack_i8x4(w[row * words_per_row + (col >> 2u)]);
+    return bitcast<f32>(word(soff + row)) * unpack_i8x4(word(row * words_per_row + (col >> 2u)));
 #endif
 }
+
+#ifdef W_BLOCKS
+// One whole 32-value block of a GGUF block format, loaded with one or two 16-byte
+// loads, so a kernel can dequantize its 8 quads from registers.
+struct WBlock {
+    lo: vec4<u32>,
+    hi: vec4<u32>,
+    d: f32,
+    m: f32,
+}
+
+fn w_block(row: u32, col: u32, k: u32, soff: u32) -> WBlock {
+    let blk = row * (k >> 5u) + (col >> 5u);
+    var b: WBlock;
+#ifdef W_Q8_0
+    b.lo = w[blk * 2u];
+    b.hi = w[blk * 2u + 1u];
+#else
+    b.lo = w[blk];
+#endif
+#ifdef W_Q4_1
+    let dm = unpack2x16float(word(soff + blk));
+    b.d = dm.x;
+    b.m = dm.y;
+#else
+    b.d = f16_scale(soff, blk);
+#endif
+    return b;
+}
+
+// Values 4q..4q+3 of a block, q in 0..8.
+fn block_quad(b: WBlock, q: u32) -> vec4<f32> {
+#ifdef W_Q8_0
+    let v = select(b.lo, b.hi, q >= 4u)[q & 3u];
+    return b.d * unpack_i8x4(v);
+#endif
+#ifdef W_Q4_0
+    return b.d * (nibbles(b.lo[q & 3u], q) - 8.0);
+#endif
+#ifdef W_Q4_1
+    return b.d * nibbles(b.lo[q & 3u], q) + b.m;
+#endif
+}
+#endif

@@ -1,7 +1,7 @@
 //! AVX2 microkernel for f32 weights: per k two 32-byte loads (rows 0..8, 8..16) and one
 //! FMA per half and activation row.
 
-use super::{Job, TileOut, GROUP};
+use super::{prefetch_block, Job, TileOut, GROUP};
 use std::arch::x86_64::*;
 
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -14,6 +14,7 @@ pub(crate) unsafe fn f32w_f32<const MR: usize>(job: &Job, out: &mut TileOut) {
     unsafe {
         while kk < k2 {
             for (c, acc) in acc.iter_mut().enumerate() {
+                prefetch_block(job, kk + c);
                 let p = job.vals.add((kk + c) * 64) as *const f32;
                 let w = [_mm256_load_ps(p), _mm256_load_ps(p.add(8))];
                 let a = job.f.add((kk + c) * GROUP);
@@ -26,6 +27,9 @@ pub(crate) unsafe fn f32w_f32<const MR: usize>(job: &Job, out: &mut TileOut) {
             kk += 2;
         }
         while kk < job.kb {
+            if MR <= 2 {
+                prefetch_block(job, kk);
+            }
             let p = job.vals.add(kk * 64) as *const f32;
             let w = [_mm256_load_ps(p), _mm256_load_ps(p.add(8))];
             let a = job.f.add(kk * GROUP);

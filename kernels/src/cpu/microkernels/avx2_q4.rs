@@ -8,7 +8,7 @@
 //! and are accumulated in i16 before one widening per block.
 //! I16: `vpmaddwd` + `vpaddd`; bounds as in `avx512_q4.rs`.
 
-use super::{Job, TileOut, GROUP};
+use super::{prefetch_block, Job, TileOut, GROUP};
 use std::arch::x86_64::*;
 
 /// `d` (and `m` for Q4_1) of block `b` for rows `8h..8h+8`, as f32.
@@ -41,6 +41,9 @@ pub(crate) unsafe fn q4_i8<const HAS_MIN: bool, const MR: usize>(job: &Job, out:
     for h in 0..2 {
         let mut acc = [_mm256_setzero_ps(); MR];
         for b in 0..job.kb {
+            if MR <= 2 && h == 0 {
+                prefetch_block(job, b);
+            }
             // SAFETY (whole body): offsets stay inside the tile and the prepared
             // activation arrays, per the Job contract.
             unsafe {
@@ -85,6 +88,9 @@ pub(crate) unsafe fn q4_i16<const HAS_MIN: bool, const MR: usize>(job: &Job, out
     for h in 0..2 {
         let mut acc = [_mm256_setzero_ps(); MR];
         for b in 0..job.kb {
+            if MR <= 2 && h == 0 {
+                prefetch_block(job, b);
+            }
             // SAFETY: as in q4_i8.
             unsafe {
                 let w = job.vals.add(b * 256 + h * 32);

@@ -6,7 +6,7 @@
 //! could: each is widened with `vpmaddwd` by ones before accumulating in i32 (per block
 //! |sum| <= 32 * 128 * 127 = 520_192). I16: `vpmaddwd` on sign-extended weights.
 
-use super::{Job, TileOut, GROUP};
+use super::{prefetch_block, Job, TileOut, GROUP};
 use std::arch::x86_64::*;
 
 #[inline(always)]
@@ -38,6 +38,9 @@ pub(crate) unsafe fn q8_i8<const PER_ROW: bool, const MR: usize>(job: &Job, out:
     for h in 0..2 {
         let mut acc = [_mm256_setzero_ps(); MR];
         for b in 0..job.kb {
+            if MR <= 2 && h == 0 {
+                prefetch_block(job, b);
+            }
             // SAFETY (whole body): offsets stay inside the tile and the prepared
             // activation arrays, per the Job contract.
             unsafe {
@@ -76,6 +79,9 @@ pub(crate) unsafe fn q8_i16<const PER_ROW: bool, const MR: usize>(job: &Job, out
     for h in 0..2 {
         let mut acc = [_mm256_setzero_ps(); MR];
         for b in 0..job.kb {
+            if MR <= 2 && h == 0 {
+                prefetch_block(job, b);
+            }
             // SAFETY: as in q8_i8.
             unsafe {
                 let w = job.vals.add(b * 512 + h * 32);

@@ -1,7 +1,7 @@
 //! AVX-512 microkernel for f32 weights: per k one 64-byte load (16 rows) and one FMA
 //! per activation row (the activation broadcast from memory).
 
-use super::{Job, TileOut, GROUP};
+use super::{prefetch_block, Job, TileOut, GROUP};
 use std::arch::x86_64::*;
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
@@ -15,6 +15,7 @@ pub(crate) unsafe fn f32w_f32<const MR: usize>(job: &Job, out: &mut TileOut) {
     unsafe {
         while kk < k4 {
             for (c, acc) in acc.iter_mut().enumerate() {
+                prefetch_block(job, kk + c);
                 let w = _mm512_load_ps(job.vals.add((kk + c) * 64) as *const f32);
                 let a = job.f.add((kk + c) * GROUP);
                 for r in 0..MR {
@@ -24,6 +25,9 @@ pub(crate) unsafe fn f32w_f32<const MR: usize>(job: &Job, out: &mut TileOut) {
             kk += 4;
         }
         while kk < job.kb {
+            if MR <= 2 {
+                prefetch_block(job, kk);
+            }
             let w = _mm512_load_ps(job.vals.add(kk * 64) as *const f32);
             let a = job.f.add(kk * GROUP);
             for r in 0..MR {

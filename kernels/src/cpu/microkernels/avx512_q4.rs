@@ -13,7 +13,7 @@
 //! bias <= 8 * 32 * 32767 = 8_388_352: all far below 2^31. The block sum is converted
 //! to f32 (exact below 2^24) and scaled there, since every block has its own scale.
 
-use super::{Job, TileOut, GROUP};
+use super::{prefetch_block, Job, TileOut, GROUP};
 use std::arch::x86_64::*;
 
 /// `d` (and `m` for Q4_1) of block `b` for the 16 rows, as f32.
@@ -50,6 +50,9 @@ pub(crate) unsafe fn q4_i8<const HAS_MIN: bool, const MR: usize>(job: &Job, out:
     let mask = _mm512_set1_epi8(0x0f);
     let mut acc = [_mm512_setzero_ps(); MR];
     for b in 0..job.kb {
+        if MR <= 2 {
+            prefetch_block(job, b);
+        }
         // SAFETY (whole body): offsets stay inside the tile (kb blocks) and the prepared
         // activation arrays (rows r0..r0+MR of the group), per the Job contract.
         unsafe {
@@ -102,6 +105,9 @@ pub(crate) unsafe fn q4_i16<const HAS_MIN: bool, const MR: usize>(job: &Job, out
     let mask = _mm512_set1_epi16(0x000f);
     let mut acc = [_mm512_setzero_ps(); MR];
     for b in 0..job.kb {
+        if MR <= 2 {
+            prefetch_block(job, b);
+        }
         // SAFETY: as in q4_i8.
         unsafe {
             let w = job.vals.add(b * 256);

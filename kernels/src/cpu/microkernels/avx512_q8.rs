@@ -9,7 +9,7 @@
 //! `vpsraw`), activations permuted to match (`act_quant::Q8_I16_PERM`); per block
 //! |sum| <= 32 * 128 * 32767 = 134_213_632 < 2^31.
 
-use super::{Job, TileOut, GROUP};
+use super::{prefetch_block, Job, TileOut, GROUP};
 use std::arch::x86_64::*;
 
 #[inline(always)]
@@ -41,6 +41,9 @@ pub(crate) unsafe fn q8_i8<const PER_ROW: bool, const MR: usize>(job: &Job, out:
     let flip = _mm512_set1_epi8(-128);
     let mut acc = [_mm512_setzero_ps(); MR];
     for b in 0..job.kb {
+        if MR <= 2 {
+            prefetch_block(job, b);
+        }
         // SAFETY (whole body): offsets stay inside the tile and the prepared activation
         // arrays, per the Job contract.
         unsafe {
@@ -86,6 +89,9 @@ pub(crate) unsafe fn q8_i16<const PER_ROW: bool, const MR: usize>(job: &Job, out
     let split = MR <= 2;
     let mut acc = [_mm512_setzero_ps(); MR];
     for b in 0..job.kb {
+        if MR <= 2 {
+            prefetch_block(job, b);
+        }
         // SAFETY: as in q8_i8.
         unsafe {
             let w = job.vals.add(b * 512);

@@ -1,0 +1,87 @@
+// Causal GQA attention for CPU drivers (lavapipe): one thread per query row, 64 rows
+// of one head per workgroup. All threads of a workgroup walk the same keys in
+// lockstep, so K and V rows are loaded once for every SIMD lane; each thread keeps its
+// query, an online softmax (running max and sum) and its output row in registers.
+// Same semantics as attention.wgsl / reference/attention.rs. Defines: HEAD_DIM=<n>
+// (a multiple of 4).
+#include "status.wgsl"
+
+const ROWS_PER_GROUP: u32 = 64u;
+const HD4: u32 = HEAD_DIM / 4u;
+const NEG_BIG: f32 = -3.4028235e38;
+
+struct Params {
+    t_rows: u32,
+    n_heads: u32,
+    n_kv_heads: u32,
+    head_dim: u32,
+    s_rows: u32,
+    scale: f32,
+    node: u32,
+}
+
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<storage, read> q: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> k_cache: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> v_cache: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read> pos_in: array<i32>;
+@group(0) @binding(5) var<storage, read> n_valid_in: array<i32>;
+@group(0) @binding(6) var<storage, read_write> out: array<vec4<f32>>;
+
+@compute @workgroup_size(ROWS_PER_GROUP)
+fn attention_lanes(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wg: vec3<u32>) {
+    let t = gid.x;
+    let h = wg.y;
+    if t >= params.t_rows {
+        return;
+    }
+    let qw4 = params.n_heads * HD4;
+    let kw4 = params.n_kv_heads * HD4;
+    let out_base = t * qw4 + h * HD4;
+    let pos = pos_in[0];
+    let n_valid = n_valid_in[0];
+    let ok = pos >= 0 && n_valid >= 1 && u32(n_valid) <= params.t_rows && pos <= i32(params.s_rows)
+        && u32(pos) + u32(n_valid) <= params.s_rows;
+    if !ok {
+        if t == 0u && h == 0u {
+            raise_status(STATUS_BAD_POSITION, params.node);
+        }
+        for (var d = 0u; d < HD4; d++) {
+            out[out_base + d] = vec4<f32>(0.0);
+        }
+        return;
+    }
+    let end = u32(pos) + u32(n_valid);
+    let last = min(u32(pos) + t, end - 1u);
+    // The workgroup's last key: the same for every thread, so key loads stay uniform.
+    let group_rows_end = min(wg.x * ROWS_PER_GROUP + ROWS_PER_GROUP, params.t_rows) - 1u;
+    let group_last = min(u32(pos) + group_rows_end, end - 1u);
+    let kv_base = (h / (params.n_heads / params.n_kv_heads)) * HD4;
+
+    var qv: array<vec4<f32>, HD4>;
+    var acc: array<vec4<f32>, HD4>;
+    for (var d = 0u; d < HD4; d++) {
+        qv[d] = q[out_base + d] * params.scale;
+    }
+    var run_max = NEG_BIG;
+    var run_sum = 0.0;
+    for (var j = 0u; j <= group_last; j++) {
+        let kb = j * kw4 + kv_base;
+        var s4 = vec4<f32>(0.0);
+        for (var d = 0u; d < HD4; d++) {
+            s4 += qv[d] * k_cache[kb + d];
+        }
+        let s = select(NEG_BIG, s4.x + s4.y + s4.z + s4.w, j <= last);
+        let new_max = max(run_max, s);
+        let correction = exp(run_max - new_max);
+        let p = select(0.0, exp(s - new_max), j <= last);
+        run_sum = run_sum * correction + p;
+        for (var d = 0u; d < HD4; d++) {
+            acc[d] = acc[d] * correction + p * v_cache[kb + d];
+        }
+        run_max = new_max;
+    }
+    for (var d = 0u; d < HD4; d++) {
+        out[out_base + d] = acc[d] / run_sum;
+    }
+}
