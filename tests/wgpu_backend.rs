@@ -730,21 +730,30 @@ fn weights_read_back_as_written() {
 
 mod smollm2 {
     //! SmolLM2-135M-Instruct through the runtime on the wgpu backend, against the HF
-    //! goldens (../shared/golden/smollm2) at the runtime's default precision: nothing
-    //! falls back to the CPU, the top-1 id (and its logit within 1e-3 x the row's range)
-    //! at every position of prompt 0, and every greedy continuation token for token.
+    //! goldens (../shared/golden/smollm2), at fp32 and at the runtime's default
+    //! precision (w4a16; the GPU computes its activations in f32): nothing falls back
+    //! to the CPU, the top-1 id (and its logit within 1e-3 x the row's range) at every
+    //! position of every prompt, and every greedy continuation token for token.
+    use npurt_graph::PrecisionPolicy;
     use npurt_runtime::{GenerateOptions, LoadOptions, Model, Runtime, Session};
     use npurt_tests::*;
     use std::sync::{Arc, OnceLock};
 
-    fn model() -> Arc<Model> {
-        static M: OnceLock<Arc<Model>> = OnceLock::new();
-        M.get_or_init(|| Runtime::new().load(&smollm2_gguf(), LoadOptions { backend: "wgpu".into(), ctx: Some(256), ..Default::default() }).expect("load SmolLM2 on wgpu")).clone()
+    fn load(precision: PrecisionPolicy) -> Arc<Model> {
+        Runtime::new().load(&smollm2_gguf(), LoadOptions { backend: "wgpu".into(), ctx: Some(256), precision, ..Default::default() }).expect("load SmolLM2 on wgpu")
     }
 
-    #[test]
-    fn smollm2_runs_entirely_on_wgpu() {
-        let m = model();
+    fn default_precision() -> Arc<Model> {
+        static M: OnceLock<Arc<Model>> = OnceLock::new();
+        M.get_or_init(|| load(LoadOptions::default().precision)).clone()
+    }
+
+    fn fp32() -> Arc<Model> {
+        static M: OnceLock<Arc<Model>> = OnceLock::new();
+        M.get_or_init(|| load(PrecisionPolicy::F32)).clone()
+    }
+
+    fn runs_entirely_on_wgpu(m: Arc<Model>) {
         assert_eq!(m.backend.name(), "wgpu");
         for cg in m.graphs.values() {
             let report = cg.exec.report();
@@ -752,37 +761,60 @@ mod smollm2 {
         }
     }
 
-    #[test]
-    fn smollm2_top1_logits_match_hf_at_every_position() {
-        let m = model();
+    fn top1_logits_match(m: Arc<Model>) {
         let p = read_json("smollm2/prompts.json");
-        let list = p.get("prompts").and_then(|v| v.as_array()).cloned().unwrap_or_else(|| p.as_array().expect("prompts").clone());
-        let ids: Vec<u32> = list[0]["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
         let g = GoldenTensors::open("smollm2/logits.safetensors");
-        let (shape, top_ids) = g.i32("p0.topk_ids");
-        let (_, top_vals) = g.f32("p0.topk_vals");
-        let k = shape[1];
-        let rows = Session::new(m).unwrap().feed_all_logits(&ids).unwrap();
-        assert_eq!(rows.len(), ids.len());
-        for (t, row) in rows.iter().enumerate() {
-            let range = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) - row.iter().copied().fold(f32::INFINITY, f32::min);
-            assert_eq!(npurt_runtime::sampling::argmax(row) as i32, top_ids[t * k], "position {t}: top-1 id");
-            let (id, v) = (top_ids[t * k] as usize, top_vals[t * k]);
-            assert!((row[id] - v).abs() <= 1e-3 * range, "position {t}: top-1 logit {} vs HF {v}", row[id]);
+        for (i, prompt) in p["prompts"].as_array().expect("prompts").iter().enumerate() {
+            let ids: Vec<u32> = prompt["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+            let (shape, top_ids) = g.i32(&format!("p{i}.topk_ids"));
+            let (_, top_vals) = g.f32(&format!("p{i}.topk_vals"));
+            let k = shape[1];
+            let rows = Session::new(m.clone()).unwrap().feed_all_logits(&ids).unwrap();
+            assert_eq!(rows.len(), ids.len());
+            for (t, row) in rows.iter().enumerate() {
+                let range = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) - row.iter().copied().fold(f32::INFINITY, f32::min);
+                assert_eq!(npurt_runtime::sampling::argmax(row) as i32, top_ids[t * k], "p{i} position {t}: top-1 id");
+                let (id, v) = (top_ids[t * k] as usize, top_vals[t * k]);
+                assert!((row[id] - v).abs() <= 1e-3 * range, "p{i} position {t}: top-1 logit {} vs HF {v}", row[id]);
+            }
         }
     }
 
-    #[test]
-    fn smollm2_greedy_continuations_match_hf() {
-        let m = model();
+    fn greedy_continuations_match(m: Arc<Model>) {
         let g = read_json("smollm2/greedy.json");
         for case in g["results"].as_array().unwrap() {
             let ids: Vec<u32> = case["prompt_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
             let want: Vec<u32> = case["new_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
             let mut s = Session::new(m.clone()).unwrap();
             let out = s.generate(&ids, &GenerateOptions { max_tokens: want.len(), ..Default::default() }, |_, _| true).unwrap();
-            assert_eq!(out.tokens, want, "{}: greedy continuation", case["name"]);
-            eprintln!("{}: prefill {:.1} tok/s, decode {:.1} tok/s on wgpu", case["name"], out.prefill_tok_s(), out.decode_tok_s());
+            assert_eq!(out.tokens, want, "{} ({}): greedy continuation", case["name"], m.options.precision.name);
+            eprintln!("{} ({}): prefill {:.1} tok/s, decode {:.1} tok/s on wgpu", case["name"], m.options.precision.name, out.prefill_tok_s(), out.decode_tok_s());
         }
+    }
+
+    #[test]
+    fn smollm2_runs_entirely_on_wgpu() {
+        runs_entirely_on_wgpu(default_precision());
+        runs_entirely_on_wgpu(fp32());
+    }
+
+    #[test]
+    fn smollm2_top1_logits_match_hf_at_every_position() {
+        top1_logits_match(default_precision());
+    }
+
+    #[test]
+    fn smollm2_fp32_top1_logits_match_hf_at_every_position() {
+        top1_logits_match(fp32());
+    }
+
+    #[test]
+    fn smollm2_greedy_continuations_match_hf() {
+        greedy_continuations_match(default_precision());
+    }
+
+    #[test]
+    fn smollm2_fp32_greedy_continuations_match_hf() {
+        greedy_continuations_match(fp32());
     }
 }
