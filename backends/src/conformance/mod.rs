@@ -23,7 +23,7 @@
 //!    `default-features = false`: you get the trait and this suite, not our backends).
 //! 2. Add one line to your crate's tests (e.g. `tests/conformance.rs`):
 //!
-//!    ```ignore
+//!    ```text
 //!    npurt_backends::conformance_tests!(my_npu::NpuBackend::new(Default::default()));
 //!    ```
 //!
@@ -110,7 +110,7 @@ pub fn assert_conformance(target: &dyn SuiteTarget) {
 
 /// Generates a `#[test]` running the whole conformance suite against a backend:
 ///
-/// ```ignore
+/// ```text
 /// npurt_backends::conformance_tests!(MyBackend::new());          // test `backend_conformance`
 /// npurt_backends::conformance_tests!(my_fp16: MyBackend::fp16()); // test `my_fp16`
 /// ```
