@@ -6,8 +6,9 @@
 //!
 //! Rows are taken in groups of [`GROUP`] = 8 (the largest row block a microkernel
 //! computes at once; the last group is zero-padded). Within a group, data is ordered
-//! block-major then row: `[group][block][row of 8][32 values]` for i8/i16 and
-//! `[group][k][row of 8]` for f32. A kernel working on rows `r0..r0+MR` of one group
+//! block-major then row: `[group][block][row of 8][32 values]` for i8/i16 (64 bytes
+//! for i16 as byte planes: 32 high bytes then 32 low bytes) and `[group][k][row of 8]`
+//! for f32. A kernel working on rows `r0..r0+MR` of one group
 //! then finds every row's operand for a block at one base pointer plus a constant
 //! offset, instead of juggling MR row pointers (the ggml `block_q8_0x4` idea).
 //! Per-block side data (`blk_scale`, `blk_bias`, `blk_sum`) is `[group][block][row]`.
@@ -34,6 +35,12 @@ pub(crate) enum ActPlan {
     /// position `p` holds value `perm[p]` (the order the kernel's weight unpacking
     /// produces); `blk_bias = -offset * sum(q)`, `blk_sum = sum(q)` as f32.
     I16 { offset: i32, perm: Option<&'static [u8; 32]> },
+    /// i16 with one scale per row like `I16`, stored as two byte planes per 32-value
+    /// block and row in `q8`: the high bytes `q >> 8` (i8, 32 bytes) then the low bytes
+    /// `q & 0xff` (u8, 32 bytes), both in natural order, so `q = 256 hi + lo` can be
+    /// multiplied with `vpdpbusd` like I8 (see `avx512_q4::q4_i16b`).
+    /// `blk_bias = -offset * sum(q) - hi_offset * sum(hi)`, `blk_sum = sum(q)` as f32.
+    I16Bytes { offset: i32, hi_offset: i32 },
     /// The f32 layout holding quantize-then-dequantize values (f32 weights with an
     /// integer activation policy: the same numerics, computed in f32).
     FakeI8,
@@ -50,6 +57,8 @@ pub(crate) struct ActScratch {
     pub blk_bias: Vec<i32>,
     pub blk_sum: Vec<f32>,
     pub row_scale: Vec<f32>,
+    /// Bytes per (block, row) in `q8`: 32 for I8, 64 for I16Bytes.
+    pub q8_block_bytes: usize,
     /// Geometry of the last `prepare`: rows padded to whole groups, k, blocks per row.
     pub groups: usize,
     pub k: usize,
@@ -104,15 +113,16 @@ pub(crate) fn prepare(a: &[f32], m: usize, k: usize, plan: ActPlan, isa: Isa, s:
     s.k = k;
     s.kb = kb;
     let uses_f = matches!(plan, ActPlan::F32 | ActPlan::FakeI8 | ActPlan::FakeI16);
-    let uses_q8 = matches!(plan, ActPlan::I8 { .. });
+    let uses_q8 = matches!(plan, ActPlan::I8 { .. } | ActPlan::I16Bytes { .. });
     let uses_q16 = matches!(plan, ActPlan::I16 { .. });
-    let uses_rs = matches!(plan, ActPlan::I16 { .. } | ActPlan::FakeI16);
+    let uses_rs = matches!(plan, ActPlan::I16 { .. } | ActPlan::I16Bytes { .. } | ActPlan::FakeI16);
     let uses_blk = uses_q8 || uses_q16;
+    s.q8_block_bytes = if matches!(plan, ActPlan::I16Bytes { .. }) { 2 * BLOCK } else { BLOCK };
     // Per-group chunk length of each array, 0 where the plan does not use it.
     let fk = if uses_f { GROUP * k } else { 0 };
-    let q8k = if uses_q8 { GROUP * kb * BLOCK } else { 0 };
+    let q8k = if uses_q8 { GROUP * kb * s.q8_block_bytes } else { 0 };
     let q16k = if uses_q16 { GROUP * kb * BLOCK } else { 0 };
-    let bsk = if uses_q8 { GROUP * kb } else { 0 };
+    let bsk = if matches!(plan, ActPlan::I8 { .. }) { GROUP * kb } else { 0 };
     let bk = if uses_blk { GROUP * kb } else { 0 };
     let rsk = if uses_rs { GROUP } else { 0 };
     refill(&mut s.f, groups * fk);
@@ -201,7 +211,7 @@ unsafe fn group_avx512(a: &[f32], rows: usize, k: usize, plan: ActPlan, f: &mut 
         // SAFETY: the caller sized every array for `rows` rows of `k` (a multiple of 32).
         ActPlan::I8 { offset } => unsafe { avx512::i8_blocks(a, rows, k, offset, q8, bs, bb, bsum) },
         // SAFETY: as above.
-        ActPlan::I16 { offset, perm } => unsafe { avx512::i16_rows(a, rows, k, offset, perm, q16, bb, bsum, rs) },
+        ActPlan::I16Bytes { offset, hi_offset } => unsafe { avx512::i16_byte_planes(a, rows, k, offset, hi_offset, q8, bb, bsum, rs) },
         _ => group(a, rows, k, plan, f, q8, q16, bs, bb, bsum, rs),
     }
 }
@@ -250,34 +260,20 @@ mod avx512 {
         }
     }
 
+    /// I16 as byte planes (`ActPlan::I16Bytes`): one scale per row, then per block the
+    /// high bytes (i8) and the low bytes (u8) of the rounded values.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
     #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn i16_rows(
-        a: &[f32],
-        rows: usize,
-        k: usize,
-        offset: i32,
-        perm: Option<&'static [u8; 32]>,
-        q16: &mut [i16],
-        bb: &mut [i32],
-        bsum: &mut [f32],
-        rs: &mut [f32],
-    ) {
+    pub(super) unsafe fn i16_byte_planes(a: &[f32], rows: usize, k: usize, offset: i32, hi_offset: i32, q8: &mut [i8], bb: &mut [i32], bsum: &mut [f32], rs: &mut [f32]) {
         let kb = k / BLOCK;
         // As in `i8_blocks`.
-        if a.len() < rows * k || q16.len() < kb * GROUP * BLOCK || bb.len() < kb * GROUP || bsum.len() < kb * GROUP || rs.len() < rows {
-            debug_assert!(false, "act_quant::i16_rows: arrays too small");
+        if a.len() < rows * k || q8.len() < kb * GROUP * 2 * BLOCK || bb.len() < kb * GROUP || bsum.len() < kb * GROUP || rs.len() < rows {
+            debug_assert!(false, "act_quant::i16_byte_planes: arrays too small");
             return;
         }
-        let mut idx = [0i16; 32];
-        for (i, v) in idx.iter_mut().enumerate() {
-            *v = perm.map_or(i as i16, |p| p[i] as i16);
-        }
         let (lo, hi) = (_mm512_set1_epi32(-32767), _mm512_set1_epi32(32767));
-        // SAFETY: the check above bounds every access (r < rows, b < kb, 16-value
-        // steps within a row of k, a multiple of 32).
+        // SAFETY: the check above bounds every access.
         unsafe {
-            let idx = _mm512_loadu_si512(idx.as_ptr() as *const _);
             for r in 0..rows {
                 let row = a.as_ptr().add(r * k);
                 let mut m = _mm512_setzero_ps();
@@ -286,16 +282,24 @@ mod avx512 {
                 }
                 let s = _mm512_reduce_max_ps(m) / 32767.0;
                 let inv = _mm512_set1_ps(if s != 0.0 { 1.0 / s } else { 0.0 });
-                rs[r] = s;
+                *rs.get_unchecked_mut(r) = s;
                 for b in 0..kb {
                     let x = row.add(b * BLOCK);
                     let q0 = _mm512_min_epi32(_mm512_max_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(x), inv)), lo), hi);
                     let q1 = _mm512_min_epi32(_mm512_max_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(x.add(16)), inv)), lo), hi);
-                    let v = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(_mm512_cvtepi32_epi16(q0)), _mm512_cvtepi32_epi16(q1));
                     let i = b * GROUP + r;
-                    _mm512_storeu_si512(q16.as_mut_ptr().add(i * BLOCK) as *mut _, _mm512_permutexvar_epi16(idx, v));
+                    let dst = q8.as_mut_ptr().add(i * 2 * BLOCK) as *mut __m128i;
+                    // vpmovdb truncates: q >> 8 fits i8 (|q| <= 32767), q's low byte is lo.
+                    let (h0, h1) = (_mm512_srai_epi32::<8>(q0), _mm512_srai_epi32::<8>(q1));
+                    _mm_storeu_si128(dst, _mm512_cvtepi32_epi8(h0));
+                    _mm_storeu_si128(dst.add(1), _mm512_cvtepi32_epi8(h1));
+                    _mm_storeu_si128(dst.add(2), _mm512_cvtepi32_epi8(q0));
+                    _mm_storeu_si128(dst.add(3), _mm512_cvtepi32_epi8(q1));
                     let sum = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
-                    *bb.get_unchecked_mut(i) = -offset * sum;
+                    let sum_hi = _mm512_reduce_add_epi32(_mm512_add_epi32(h0, h1));
+                    // |sum| <= 32 * 32767 and |sum_hi| <= 32 * 128: with offset <= 8 and
+                    // hi_offset <= 32768 the bias stays below 2^28.
+                    *bb.get_unchecked_mut(i) = -offset * sum - hi_offset * sum_hi;
                     *bsum.get_unchecked_mut(i) = sum as f32;
                 }
             }
@@ -383,7 +387,12 @@ fn group(a: &[f32], rows: usize, k: usize, plan: ActPlan, f: &mut [f32], q8: &mu
                 }
             }
         }
-        ActPlan::I16 { offset, perm } => {
+        ActPlan::I16 { .. } | ActPlan::I16Bytes { .. } => {
+            let (offset, hi_offset, perm, planes) = match plan {
+                ActPlan::I16 { offset, perm } => (offset, 0, perm, false),
+                ActPlan::I16Bytes { offset, hi_offset } => (offset, hi_offset, None, true),
+                _ => (0, 0, None, false),
+            };
             let mut tmp = [0i16; BLOCK];
             for r in 0..rows {
                 let row = &a[r * k..][..k];
@@ -396,6 +405,19 @@ fn group(a: &[f32], rows: usize, k: usize, plan: ActPlan, f: &mut [f32], q8: &mu
                         let q = (v * inv).round_ties_even().clamp(-32767.0, 32767.0) as i32;
                         *t = q as i16;
                         sum += q;
+                    }
+                    if planes {
+                        let dst = &mut q8[(b * GROUP + r) * 2 * BLOCK..][..2 * BLOCK];
+                        let mut sum_hi = 0i32;
+                        for (j, &q) in tmp.iter().enumerate() {
+                            dst[j] = (q >> 8) as i8;
+                            dst[BLOCK + j] = q as i8;
+                            sum_hi += (q >> 8) as i32;
+                        }
+                        let i = b * GROUP + r;
+                        bb[i] = -offset * sum - hi_offset * sum_hi;
+                        bsum[i] = sum as f32;
+                        continue;
                     }
                     let dst = &mut q16[(b * GROUP + r) * BLOCK..][..BLOCK];
                     match perm {

@@ -212,7 +212,7 @@ pub fn pack(dtype: DType, raw: &[u8], n: usize, k: usize) -> Result<PackedMatrix
     }
     let elems = n.checked_mul(k).ok_or_else(|| err(format!("[{n}, {k}] overflows")))?;
     let want = if dtype == DType::Q8Channel {
-        elems.checked_add(n.checked_mul(4).unwrap_or(usize::MAX))
+        n.checked_mul(4).and_then(|scales| elems.checked_add(scales))
     } else {
         dtype.storage_bytes(elems)
     };

@@ -1,17 +1,20 @@
 //! AVX-512 (BW + VNNI) microkernels for Q4_0 / Q4_1 weights. A tile (16 weight rows)
-//! is one zmm: lane `r` is weight row `r`, so `vpdpbusd`/`vpdpwssd` sum 4 (or 2)
-//! products of one row and nothing is ever reduced horizontally.
+//! is one zmm: lane `r` is weight row `r`, so `vpdpbusd` sums 4 products of one row
+//! and nothing is ever reduced horizontally.
 //!
 //! Per 32-value block and 16 rows the weights are 4 loads of 64 bytes; `w & 0x0f` and
 //! `(w >> 4) & 0x0f` of load `L` are values `4L..4L+4` and `16+4L..16+4L+4` of every
 //! row as unsigned bytes, the `u8` operand of `vpdpbusd`. The activation operand is
 //! one dword of the row's block broadcast to all lanes (`{1to16}` from memory).
 //!
+//! I16 activations go through the same instruction as two byte planes (`q4_i16b`):
+//! unpacking nibbles to i16 words for `vpdpwssd` (as the AVX2 kernels do with
+//! `vpmaddwd`) costs 28 ALU ops per block against 8, and measured 1.3-1.7x slower.
+//!
 //! i32 bounds per block: I8: |sum q a| <= 32 * 15 * 127 = 60_960, plus the Q4_0 bias
-//! |8 sum a| <= 32_512. I16: |sum q a| <= 32 * 15 * 32767 = 15_728_160 (and
-//! `vpdpwssd` adds two products of at most 15 * 32767 each before accumulating), Q4_0
-//! bias <= 8 * 32 * 32767 = 8_388_352: all far below 2^31. The block sum is converted
-//! to f32 (exact below 2^24) and scaled there, since every block has its own scale.
+//! |8 sum a| <= 32_512; I16: see `q4_i16b`. All far below 2^31. The block sum is
+//! converted to f32 (exact below 2^24) and scaled there, since every block has its own
+//! scale.
 
 use super::{prefetch_block, Job, TileOut, GROUP};
 use std::arch::x86_64::*;
@@ -96,67 +99,6 @@ pub(crate) unsafe fn q4_i8<const HAS_MIN: bool, const MR: usize>(job: &Job, out:
     }
 }
 
-/// Q4 x I16 via `vpdpwssd`. Each 16-bit word of a load holds 4 nibbles; nibble `s` of
-/// both words of a dword is an i16 pair whose activations `act_quant::Q4_I16_PERM`
-/// put at dword `4L + s` of the block.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-pub(crate) unsafe fn q4_i16<const HAS_MIN: bool, const MR: usize>(job: &Job, out: &mut TileOut) {
-    let split = MR <= 2;
-    let mask = _mm512_set1_epi16(0x000f);
-    let mut acc = [_mm512_setzero_ps(); MR];
-    for b in 0..job.kb {
-        if MR <= 2 {
-            prefetch_block(job, b);
-        }
-        // SAFETY: as in q4_i8.
-        unsafe {
-            let w = job.vals.add(b * 256);
-            let a = job.q16.add(b * GROUP * 32);
-            let mut dot = [_mm512_setzero_si512(); MR];
-            let mut dot2 = [_mm512_setzero_si512(); MR];
-            if !HAS_MIN {
-                for (r, dot) in dot.iter_mut().enumerate() {
-                    *dot = _mm512_set1_epi32(*job.blk_bias.add(b * GROUP + r));
-                }
-            }
-            for l in 0..4 {
-                let v = _mm512_load_si512(w.add(l * 64) as *const _);
-                let ws = [
-                    _mm512_and_si512(v, mask),
-                    _mm512_and_si512(_mm512_srli_epi16::<4>(v), mask),
-                    _mm512_and_si512(_mm512_srli_epi16::<8>(v), mask),
-                    _mm512_srli_epi16::<12>(v),
-                ];
-                for (s, &wv) in ws.iter().enumerate() {
-                    for r in 0..MR {
-                        let x = bcast(a.add(r * 32), 4 * l + s);
-                        if split && s % 2 == 1 {
-                            dot2[r] = _mm512_dpwssd_epi32(dot2[r], wv, x);
-                        } else {
-                            dot[r] = _mm512_dpwssd_epi32(dot[r], wv, x);
-                        }
-                    }
-                }
-            }
-            let (d, m) = scales::<HAS_MIN>(job, b);
-            for r in 0..MR {
-                let tot = if split { _mm512_add_epi32(dot[r], dot2[r]) } else { dot[r] };
-                acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(tot), d, acc[r]);
-                if HAS_MIN {
-                    acc[r] = _mm512_fmadd_ps(m, _mm512_set1_ps(*job.blk_sum.add(b * GROUP + r)), acc[r]);
-                }
-            }
-        }
-    }
-    for r in 0..MR {
-        // SAFETY: row r0 + r exists; out rows hold 16 f32.
-        unsafe {
-            let s = _mm512_set1_ps(*job.row_scale.add(r));
-            _mm512_storeu_ps(out[r].as_mut_ptr(), _mm512_mul_ps(acc[r], s));
-        }
-    }
-}
-
 /// Q4 x f32: each value dequantized exactly as `quant::dequantize` (`d * q + m` with an
 /// exact product, so one FMA rounds the same way), then FMA with the activation.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
@@ -203,5 +145,74 @@ pub(crate) unsafe fn q4_f32<const HAS_MIN: bool, const MR: usize>(job: &Job, out
         let v = if split { _mm512_add_ps(acc[r], acc2[r]) } else { acc[r] };
         // SAFETY: out rows hold 16 f32.
         unsafe { _mm512_storeu_ps(out[r].as_mut_ptr(), v) };
+    }
+}
+
+/// Q4 x I16 via `vpdpbusd` on byte planes (`ActPlan::I16Bytes`): with `a = 256 hi + lo`,
+/// `sum(q a) = 256 sum(q hi) + sum(q lo)`. The first sum is the I8 kernel's (u8 nibbles
+/// x i8 high bytes, broadcast from memory); in the second both factors are unsigned,
+/// so the nibbles (0..15, valid i8) take the signed operand and the low bytes the u8
+/// one, broadcast into a register. Half the ALU work of unpacking nibbles to i16 words
+/// for `vpdpwssd` (8 instead of 28 ops per block), the same number of dot products.
+/// Bounds per block: |256 sum(q hi)| <= 256 * 32 * 15 * 128 = 15_728_640 and
+/// sum(q lo) <= 32 * 15 * 255 = 122_400, plus the Q4_0 bias: far below 2^31.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub(crate) unsafe fn q4_i16b<const HAS_MIN: bool, const MR: usize>(job: &Job, out: &mut TileOut) {
+    // One or two rows: four chains per row (high/low plane x low/high nibbles) so the
+    // 16 dependent vpdpbusd of a block do not serialize on latency.
+    let split = MR <= 2;
+    let mask = _mm512_set1_epi8(0x0f);
+    let mut acc = [_mm512_setzero_ps(); MR];
+    for b in 0..job.kb {
+        if MR <= 2 {
+            prefetch_block(job, b);
+        }
+        // SAFETY (whole body): offsets stay inside the tile and the prepared activation
+        // arrays (64 bytes per block and row), per the Job contract.
+        unsafe {
+            let w = job.vals.add(b * 256);
+            let a = job.q8.add(b * GROUP * 64);
+            let mut hi = [_mm512_setzero_si512(); MR];
+            let mut hi2 = [_mm512_setzero_si512(); MR];
+            let mut lo = [_mm512_setzero_si512(); MR];
+            let mut lo2 = [_mm512_setzero_si512(); MR];
+            for l in 0..4 {
+                let v = _mm512_load_si512(w.add(l * 64) as *const _);
+                let q_lo = _mm512_and_si512(v, mask);
+                let q_hi = _mm512_and_si512(_mm512_srli_epi16::<4>(v), mask);
+                for r in 0..MR {
+                    let ar = a.add(r * 64);
+                    let lb = ar.add(32);
+                    hi[r] = _mm512_dpbusd_epi32(hi[r], q_lo, bcast(ar, l));
+                    lo[r] = _mm512_dpbusd_epi32(lo[r], bcast(lb, l), q_lo);
+                    if split {
+                        hi2[r] = _mm512_dpbusd_epi32(hi2[r], q_hi, bcast(ar, l + 4));
+                        lo2[r] = _mm512_dpbusd_epi32(lo2[r], bcast(lb, l + 4), q_hi);
+                    } else {
+                        hi[r] = _mm512_dpbusd_epi32(hi[r], q_hi, bcast(ar, l + 4));
+                        lo[r] = _mm512_dpbusd_epi32(lo[r], bcast(lb, l + 4), q_hi);
+                    }
+                }
+            }
+            let (d, m) = scales::<HAS_MIN>(job, b);
+            for r in 0..MR {
+                let (h, l) = if split { (_mm512_add_epi32(hi[r], hi2[r]), _mm512_add_epi32(lo[r], lo2[r])) } else { (hi[r], lo[r]) };
+                let mut tot = _mm512_add_epi32(_mm512_slli_epi32::<8>(h), l);
+                if !HAS_MIN {
+                    tot = _mm512_add_epi32(tot, _mm512_set1_epi32(*job.blk_bias.add(b * GROUP + r)));
+                }
+                acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(tot), d, acc[r]);
+                if HAS_MIN {
+                    acc[r] = _mm512_fmadd_ps(m, _mm512_set1_ps(*job.blk_sum.add(b * GROUP + r)), acc[r]);
+                }
+            }
+        }
+    }
+    for r in 0..MR {
+        // SAFETY: row r0 + r exists; out rows hold 16 f32.
+        unsafe {
+            let s = _mm512_set1_ps(*job.row_scale.add(r));
+            _mm512_storeu_ps(out[r].as_mut_ptr(), _mm512_mul_ps(acc[r], s));
+        }
     }
 }

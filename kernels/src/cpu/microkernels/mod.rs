@@ -4,8 +4,22 @@
 //! (`matmul_packed.rs`) adds the epilogue.
 //!
 //! One file per ISA and weight family: `portable.rs` (any CPU, plain Rust),
-//! `avx2_q4.rs`/`avx2_q8.rs`/`avx2_f32.rs` (AVX2+FMA+F16C, a tile as two 8-lane halves),
-//! `avx512_q4.rs`/`avx512_q8.rs`/`avx512_f32.rs` (AVX-512 BW + VNNI, a tile per zmm).
+//! `avx2_q4.rs`/`avx2_q8.rs`/`avx2_f32.rs` (AVX2+FMA+F16C, a tile as two 8-lane halves;
+//! I8 via `vpmaddubsw`, I16 via `vpmaddwd` on nibbles unpacked to words),
+//! `avx512_q4.rs`/`avx512_q8.rs`/`avx512_f32.rs` (AVX-512 BW + VNNI, a tile per zmm;
+//! I8 and I16 both via `vpdpbusd`, I16 as two byte planes).
+//!
+//! Per (format, activation precision, ISA), [`select`] returns the activation plan
+//! (`act_quant::ActPlan`) and kernels for row blocks of 1, 2, 4 and 8 rows (AVX2: up
+//! to 4, it has 16 vector registers). One- and two-row kernels are the decode (GEMV)
+//! path: they split dependency chains over extra accumulators and prefetch the weight
+//! stream ([`PREFETCH_AHEAD`]); the 4- and 8-row kernels reuse each unpacked weight
+//! vector across rows (GEMM).
+//!
+//! The kernels index small register arrays (`acc[r]`, `dot[r]`) by row in loops of
+//! constant trip count: after unrolling every index is a constant and the arrays live
+//! in registers, which is the point, so clippy's iterator suggestion is declined.
+#![allow(clippy::needless_range_loop)]
 
 use super::act_quant::{ActPlan, ActScratch, GROUP, Q4_I16_PERM, Q8_I16_PERM};
 use super::packed::{Format, PackedMatrix, TILE_ROWS};
@@ -40,7 +54,8 @@ pub(crate) struct Job {
     pub kb: usize,
     /// Tile bytes per block (values and scales; tiles are contiguous), for prefetching.
     pub block_bytes: usize,
-    /// `[block][row][32]` i8 / i16 activations (`act_quant.rs`), from row `r0`.
+    /// `[block][row][32]` i8 (or `[64]`: i16 byte planes) / i16 activations
+    /// (`act_quant.rs`), from row `r0`.
     pub q8: *const i8,
     pub q16: *const i16,
     /// `[k][row]` f32 activations, from row `r0`.
@@ -64,7 +79,7 @@ impl Job {
             scales: tile.wrapping_add(w.scales_offset),
             kb: w.kb,
             block_bytes: w.tile_bytes / w.kb.max(1),
-            q8: act.q8.as_ptr().wrapping_add(g * GROUP * kb * 32 + r0 * 32),
+            q8: act.q8.as_ptr().wrapping_add((g * GROUP * kb + r0) * act.q8_block_bytes),
             q16: act.q16.as_ptr().wrapping_add(g * GROUP * kb * 32 + r0 * 32),
             f: act.f.as_ptr().wrapping_add(g * GROUP * k + r0),
             blk_scale: act.blk_scale.as_ptr().wrapping_add(blk),
@@ -163,14 +178,16 @@ pub(crate) fn select(format: Format, act: ActPrecision, isa: Isa) -> KernelSet {
             match (format, act) {
                 (F::Q4_0, A::I8) => KernelSet { plan: ActPlan::I8 { offset: 8 }, by_rows: by_rows!(q4::q4_i8, false) },
                 (F::Q4_1, A::I8) => KernelSet { plan: ActPlan::I8 { offset: 0 }, by_rows: by_rows!(q4::q4_i8, true) },
-                (F::Q4_0, A::I16) => KernelSet { plan: ActPlan::I16 { offset: 8, perm: Some(&Q4_I16_PERM) }, by_rows: by_rows!(q4::q4_i16, false) },
-                (F::Q4_1, A::I16) => KernelSet { plan: ActPlan::I16 { offset: 0, perm: Some(&Q4_I16_PERM) }, by_rows: by_rows!(q4::q4_i16, true) },
+                // I16 as byte planes through vpdpbusd (see avx512_q4::q4_i16b).
+                (F::Q4_0, A::I16) => KernelSet { plan: ActPlan::I16Bytes { offset: 8, hi_offset: 0 }, by_rows: by_rows!(q4::q4_i16b, false) },
+                (F::Q4_1, A::I16) => KernelSet { plan: ActPlan::I16Bytes { offset: 0, hi_offset: 0 }, by_rows: by_rows!(q4::q4_i16b, true) },
                 (F::Q4_0, A::F32) => KernelSet { plan: ActPlan::F32, by_rows: by_rows!(q4::q4_f32, false) },
                 (F::Q4_1, A::F32) => KernelSet { plan: ActPlan::F32, by_rows: by_rows!(q4::q4_f32, true) },
                 (F::Q8_0, A::I8) => KernelSet { plan: ActPlan::I8 { offset: 128 }, by_rows: by_rows!(q8::q8_i8, false) },
                 (F::Q8Channel, A::I8) => KernelSet { plan: ActPlan::I8 { offset: 128 }, by_rows: by_rows!(q8::q8_i8, true) },
-                (F::Q8_0, A::I16) => KernelSet { plan: ActPlan::I16 { offset: 0, perm: Some(&Q8_I16_PERM) }, by_rows: by_rows!(q8::q8_i16, false) },
-                (F::Q8Channel, A::I16) => KernelSet { plan: ActPlan::I16 { offset: 0, perm: Some(&Q8_I16_PERM) }, by_rows: by_rows!(q8::q8_i16, true) },
+                // The high-byte product runs on w + 128 (u8), hence 128 * 256 * sum(hi).
+                (F::Q8_0, A::I16) => KernelSet { plan: ActPlan::I16Bytes { offset: 0, hi_offset: 32768 }, by_rows: by_rows!(q8::q8_i16b, false) },
+                (F::Q8Channel, A::I16) => KernelSet { plan: ActPlan::I16Bytes { offset: 0, hi_offset: 32768 }, by_rows: by_rows!(q8::q8_i16b, true) },
                 (F::Q8_0, A::F32) => KernelSet { plan: ActPlan::F32, by_rows: by_rows!(q8::q8_f32, false) },
                 (F::Q8Channel, A::F32) => KernelSet { plan: ActPlan::F32, by_rows: by_rows!(q8::q8_f32, true) },
                 (F::F32, a) => KernelSet { plan: f32_plan(a), by_rows: by_rows!(f32w::f32w_f32) },
