@@ -5,7 +5,7 @@
 //! at 512-token prefill this is a third of the work, so it must not run scalar.
 
 use super::{isa, Isa, SendPtr};
-use crate::reference::KernelError;
+use crate::reference::{check_attention_args, AttentionDims, KernelError};
 use rayon::prelude::*;
 
 const LANES: usize = 16;
@@ -76,13 +76,7 @@ pub fn attention_f32(
     scale: f32,
     out: &mut [f32],
 ) -> Result<(), KernelError> {
-    let qw = n_heads * head_dim;
-    let kw = n_kv_heads * head_dim;
-    let t_rows = q.len() / qw;
-    let end = pos + n_valid;
-    if end > k_cache.len() / kw || n_valid == 0 || n_valid > t_rows || out.len() < q.len() || v_cache.len() != k_cache.len() {
-        return Err(KernelError(format!("attention over positions {pos}..{end} does not fit the cache / chunk")));
-    }
+    let AttentionDims { qw, kw, t_rows, end } = check_attention_args(q, k_cache, v_cache, pos, n_valid, n_heads, n_kv_heads, head_dim, out)?;
     let group = n_heads / n_kv_heads;
     let ptr = SendPtr(out.as_mut_ptr());
     let path = isa();

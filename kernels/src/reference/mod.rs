@@ -16,6 +16,7 @@ mod norm;
 mod rope;
 
 pub use attention::attention;
+pub(crate) use attention::{check_args as check_attention_args, Dims as AttentionDims};
 pub use elementwise::{add, gelu, gelu_erf, gelu_tanh, mul, silu, softmax};
 pub use gather::gather;
 pub use kv_write::kv_write;
