@@ -29,7 +29,7 @@ fn prompts() -> Vec<(String, Vec<u32>)> {
     list.iter()
         .map(|e| {
             let name = e["name"].as_str().unwrap_or("?").to_string();
-            let ids = e["ids"].as_array().expect("prompt ids").iter().map(|v| v.as_u64().unwrap() as u32).collect();
+            let ids = golden_ids(&e["ids"]);
             (name, ids)
         })
         .collect()
@@ -116,8 +116,8 @@ fn hidden_states_match_hf_layer_by_layer() {
 }
 
 fn greedy_case(m: &Arc<Model>, case: &serde_json::Value) {
-    let ids: Vec<u32> = case["prompt_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
-    let want: Vec<u32> = case["new_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+    let ids: Vec<u32> = golden_ids(&case["prompt_ids"]);
+    let want: Vec<u32> = golden_ids(&case["new_ids"]);
     let mut s = Session::new(m.clone()).unwrap();
     let mut streamed = String::new();
     let out = s
@@ -160,7 +160,7 @@ fn sessions_share_one_model_across_threads() {
 fn perplexity_matches_hf() {
     let m = model();
     let p = read_json("smollm2/perplexity.json");
-    let ids: Vec<u32> = p["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+    let ids: Vec<u32> = golden_ids(&p["ids"]);
     let text = std::fs::read_to_string(golden("texts/apache-2.0.txt")).unwrap();
     let ours_ids = m.encode(&text).unwrap();
     assert_eq!(&ours_ids[..ids.len()], &ids[..], "tokenization of the perplexity text");
@@ -175,7 +175,7 @@ fn perplexity_matches_hf() {
 #[test]
 fn chunk_size_does_not_change_results() {
     let p = read_json("smollm2/perplexity.json");
-    let ids: Vec<u32> = p["ids"].as_array().unwrap().iter().take(300).map(|v| v.as_u64().unwrap() as u32).collect();
+    let ids: Vec<u32> = golden_ids(&p["ids"]).into_iter().take(300).collect();
     let reference = model();
     let base = Session::new(reference.clone()).unwrap().feed_all_logits(&ids).unwrap();
     for chunk in [1, 32, 512] {

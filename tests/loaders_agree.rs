@@ -40,7 +40,7 @@ fn gguf_and_hf_directory_give_the_same_model() {
     for n in &names {
         assert_eq!(hf.weights.to_f32(n).unwrap(), gguf.weights.to_f32(n).unwrap(), "tensor {n} differs");
     }
-    let ids: Vec<u32> = read_json("smollm2/prompts.json")["prompts"][0]["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+    let ids: Vec<u32> = golden_ids(&read_json("smollm2/prompts.json")["prompts"][0]["ids"]);
     let opts = || LoadOptions { ctx: Some(64), precision: PrecisionPolicy::F32, ..Default::default() };
     let rt = Runtime::new();
     let a = Session::new(rt.load(&smollm2_gguf(), opts()).unwrap()).unwrap().feed_all_logits(&ids).unwrap();

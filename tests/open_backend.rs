@@ -90,8 +90,8 @@ fn a_backend_defined_outside_npurt_runs_the_real_model() {
 
     let g = read_json("smollm2/greedy.json");
     let case = &g["results"][0];
-    let ids: Vec<u32> = case["prompt_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
-    let want: Vec<u32> = case["new_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+    let ids: Vec<u32> = golden_ids(&case["prompt_ids"]);
+    let want: Vec<u32> = golden_ids(&case["new_ids"]);
     let out = Session::new(model.clone()).unwrap().generate(&ids, &GenerateOptions { max_tokens: want.len(), ..Default::default() }, |_, _| true).unwrap();
     assert_eq!(out.tokens, want);
 
@@ -121,7 +121,7 @@ fn sessions_take_text_and_chat_messages() {
         .collect();
     let mut s = Session::new(model.clone()).unwrap();
     let ids = s.feed_chat(&messages).unwrap();
-    let want: Vec<u32> = case["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+    let want: Vec<u32> = golden_ids(&case["ids"]);
     assert_eq!(ids, want, "chat ids");
     assert_eq!(s.tokens(), &want[..]);
     let mut t = Session::new(model).unwrap();

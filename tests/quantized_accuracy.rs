@@ -17,7 +17,7 @@ fn load(p: PrecisionPolicy) -> Arc<Model> {
 
 fn perplexity(m: &Arc<Model>) -> (f64, f64) {
     let p = read_json("smollm2/perplexity.json");
-    let ids: Vec<u32> = p["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+    let ids: Vec<u32> = golden_ids(&p["ids"]);
     let r = npurt_runtime::perplexity(m, &ids, 512, 256).unwrap();
     (r.ppl, p["perplexity"].as_f64().unwrap())
 }
@@ -26,8 +26,8 @@ fn greedy_matches(m: &Arc<Model>) -> usize {
     let g = read_json("smollm2/greedy.json");
     let mut ok = 0;
     for case in g["results"].as_array().unwrap() {
-        let ids: Vec<u32> = case["prompt_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
-        let want: Vec<u32> = case["new_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        let ids: Vec<u32> = golden_ids(&case["prompt_ids"]);
+        let want: Vec<u32> = golden_ids(&case["new_ids"]);
         let out = Session::new(m.clone()).unwrap().generate(&ids, &GenerateOptions { max_tokens: want.len(), ..Default::default() }, |_, _| true).unwrap();
         let same = out.tokens == want;
         println!("{} {}: {}", m.options.precision.name, case["name"], if same { "exact" } else { "differs" });

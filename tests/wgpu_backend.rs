@@ -765,7 +765,7 @@ mod smollm2 {
         let p = read_json("smollm2/prompts.json");
         let g = GoldenTensors::open("smollm2/logits.safetensors");
         for (i, prompt) in p["prompts"].as_array().expect("prompts").iter().enumerate() {
-            let ids: Vec<u32> = prompt["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+            let ids: Vec<u32> = golden_ids(&prompt["ids"]);
             let (shape, top_ids) = g.i32(&format!("p{i}.topk_ids"));
             let (_, top_vals) = g.f32(&format!("p{i}.topk_vals"));
             let k = shape[1];
@@ -783,8 +783,8 @@ mod smollm2 {
     fn greedy_continuations_match(m: Arc<Model>) {
         let g = read_json("smollm2/greedy.json");
         for case in g["results"].as_array().unwrap() {
-            let ids: Vec<u32> = case["prompt_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
-            let want: Vec<u32> = case["new_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+            let ids: Vec<u32> = golden_ids(&case["prompt_ids"]);
+            let want: Vec<u32> = golden_ids(&case["new_ids"]);
             let mut s = Session::new(m.clone()).unwrap();
             let out = s.generate(&ids, &GenerateOptions { max_tokens: want.len(), ..Default::default() }, |_, _| true).unwrap();
             assert_eq!(out.tokens, want, "{} ({}): greedy continuation", case["name"], m.options.precision.name);

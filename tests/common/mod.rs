@@ -31,6 +31,11 @@ pub fn read_json(rel: &str) -> serde_json::Value {
     serde_json::from_str(&s).unwrap_or_else(|e| panic!("parsing {}: {e}", p.display()))
 }
 
+/// Token ids from a golden JSON array (`prompt_ids`, `new_ids`, `ids`, ...).
+pub fn golden_ids(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array().unwrap_or_else(|| panic!("expected a JSON array of ids, got {v}")).iter().map(|x| x.as_u64().expect("id") as u32).collect()
+}
+
 /// The fetched SmolLM2 GGUF (`scripts/fetch-model.sh`). Panics with the fix if missing.
 pub fn smollm2_gguf() -> PathBuf {
     let p = project_root().join("models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
