@@ -19,7 +19,15 @@ use std::time::Duration;
 
 /// Shapes as `[n (out), k (in)]`: SmolLM2-135M's projections (576 wide, kv 192, MLP
 /// 1536; 576x1536 is the down projection) and a 2.5B-class model's (2560, MLP 6912).
-const SHAPES: [(usize, usize); 7] = [(576, 576), (192, 576), (1536, 576), (576, 1536), (2560, 2560), (6912, 2560), (2560, 6912)];
+const SHAPES: [(usize, usize); 7] = [
+    (576, 576),
+    (192, 576),
+    (1536, 576),
+    (576, 1536),
+    (2560, 2560),
+    (6912, 2560),
+    (2560, 6912),
+];
 /// The tied embedding / LM head of SmolLM2 (Q8_0).
 const HEAD: (usize, usize) = (49152, 576);
 const PREFILL_ROWS: usize = 128;
@@ -28,7 +36,10 @@ struct Lcg(u64);
 
 impl Lcg {
     fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         self.0 >> 33
     }
     fn f(&mut self) -> f32 {
@@ -42,7 +53,9 @@ fn random_raw(dtype: DType, n: usize, k: usize, rng: &mut Lcg) -> Vec<u8> {
     let f16 = |x: f32| half::f16::from_f32(x).to_le_bytes();
     let mut out = Vec::with_capacity(n * k);
     match dtype {
-        DType::F32 => (0..n * k).for_each(|_| out.extend_from_slice(&(rng.f() * 0.1).to_le_bytes())),
+        DType::F32 => {
+            (0..n * k).for_each(|_| out.extend_from_slice(&(rng.f() * 0.1).to_le_bytes()))
+        }
         _ => {
             for _ in 0..n * k / 32 {
                 out.extend_from_slice(&f16(0.01 + 0.01 * rng.f().abs()));
@@ -59,7 +72,18 @@ fn random_raw(dtype: DType, n: usize, k: usize, rng: &mut Lcg) -> Vec<u8> {
 }
 
 fn pools() -> Vec<(usize, rayon::ThreadPool)> {
-    [1, 2].into_iter().map(|t| (t, rayon::ThreadPoolBuilder::new().num_threads(t).build().expect("pool"))).collect()
+    [1, 2]
+        .into_iter()
+        .map(|t| {
+            (
+                t,
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(t)
+                    .build()
+                    .expect("pool"),
+            )
+        })
+        .collect()
 }
 
 fn fmt_name(dtype: DType) -> &'static str {
@@ -104,19 +128,42 @@ fn quantized_matmuls(c: &mut Criterion) {
     }
 }
 
-fn bench_packed(c: &mut Criterion, pools: &[(usize, rayon::ThreadPool)], w: &PackedMatrix, dtype: DType, act: ActPrecision, m: usize, rng: &mut Lcg) {
+fn bench_packed(
+    c: &mut Criterion,
+    pools: &[(usize, rayon::ThreadPool)],
+    w: &PackedMatrix,
+    dtype: DType,
+    act: ActPrecision,
+    m: usize,
+    rng: &mut Lcg,
+) {
     let (n, k) = (w.n(), w.k());
     let a: Vec<f32> = (0..m * k).map(|_| rng.f()).collect();
     let mut out = vec![0f32; m * n];
     let kind = if m == 1 { "gemv" } else { "gemm" };
     let group_name = format!("{kind}/{}_{}", fmt_name(dtype), act.name());
     let mut g = c.benchmark_group(&group_name);
-    g.throughput(if m == 1 { Throughput::Bytes(w.bytes() as u64) } else { Throughput::Elements((2 * m * n * k) as u64) });
+    g.throughput(if m == 1 {
+        Throughput::Bytes(w.bytes() as u64)
+    } else {
+        Throughput::Elements((2 * m * n * k) as u64)
+    });
     for (t, pool) in pools {
         let id = BenchmarkId::new(format!("t{t}"), format!("{n}x{k}"));
-        ROWS.with(|r| r.borrow_mut().push(Row { id: format!("{group_name}/t{t}/{n}x{k}"), bytes: w.bytes(), ops: 2 * m * n * k }));
+        ROWS.with(|r| {
+            r.borrow_mut().push(Row {
+                id: format!("{group_name}/t{t}/{n}x{k}"),
+                bytes: w.bytes(),
+                ops: 2 * m * n * k,
+            })
+        });
         g.bench_function(id, |b| {
-            pool.install(|| b.iter(|| matmul_packed(&a, m, w, act, Epilogue::None, None, None, &mut out).expect("matmul")))
+            pool.install(|| {
+                b.iter(|| {
+                    matmul_packed(&a, m, w, act, Epilogue::None, None, None, &mut out)
+                        .expect("matmul")
+                })
+            })
         });
     }
     g.finish();
@@ -133,9 +180,19 @@ fn f32_baseline(c: &mut Criterion) {
             let kind = if m == 1 { "gemv" } else { "gemm" };
             let group_name = format!("{kind}/f32_matmul_f32");
             let mut g = c.benchmark_group(&group_name);
-            g.throughput(if m == 1 { Throughput::Bytes((4 * n * k) as u64) } else { Throughput::Elements((2 * m * n * k) as u64) });
+            g.throughput(if m == 1 {
+                Throughput::Bytes((4 * n * k) as u64)
+            } else {
+                Throughput::Elements((2 * m * n * k) as u64)
+            });
             for (t, pool) in &pools {
-                ROWS.with(|r| r.borrow_mut().push(Row { id: format!("{group_name}/t{t}/{n}x{k}"), bytes: 4 * n * k, ops: 2 * m * n * k }));
+                ROWS.with(|r| {
+                    r.borrow_mut().push(Row {
+                        id: format!("{group_name}/t{t}/{n}x{k}"),
+                        bytes: 4 * n * k,
+                        ops: 2 * m * n * k,
+                    })
+                });
                 g.bench_function(BenchmarkId::new(format!("t{t}"), format!("{n}x{k}")), |b| {
                     pool.install(|| b.iter(|| matmul_f32(&a, &w, m, k, n, true, &mut out)))
                 });
@@ -164,10 +221,19 @@ fn model_sweep(c: &mut Criterion) {
     let mut weights = Vec::new();
     for _ in 0..LAYERS {
         for &(n, k, epi) in &layer_shapes {
-            weights.push((pack(DType::Q4_1, &random_raw(DType::Q4_1, n, k, &mut rng), n, k).expect("pack"), epi));
+            weights.push((
+                pack(DType::Q4_1, &random_raw(DType::Q4_1, n, k, &mut rng), n, k).expect("pack"),
+                epi,
+            ));
         }
     }
-    let head = pack(DType::Q8_0, &random_raw(DType::Q8_0, HEAD.0, HEAD.1, &mut rng), HEAD.0, HEAD.1).expect("pack");
+    let head = pack(
+        DType::Q8_0,
+        &random_raw(DType::Q8_0, HEAD.0, HEAD.1, &mut rng),
+        HEAD.0,
+        HEAD.1,
+    )
+    .expect("pack");
     let bytes: usize = weights.iter().map(|(w, _)| w.bytes()).sum::<usize>() + head.bytes();
     let pools = pools();
     for act in [ActPrecision::I8, ActPrecision::I16] {
@@ -180,19 +246,50 @@ fn model_sweep(c: &mut Criterion) {
             let res: Vec<f32> = (0..m * 576).map(|_| rng.f()).collect();
             let mut out = vec![0f32; m * HEAD.0];
             // The head runs on one row (the last position) in both cases.
-            let ops: usize = 2 * (m * weights.iter().map(|(w, _)| w.n() * w.k()).sum::<usize>() + HEAD.0 * HEAD.1);
+            let ops: usize = 2
+                * (m * weights.iter().map(|(w, _)| w.n() * w.k()).sum::<usize>() + HEAD.0 * HEAD.1);
             for (t, pool) in &pools {
-                ROWS.with(|r| r.borrow_mut().push(Row { id: format!("{group_name}/t{t}/step"), bytes, ops }));
+                ROWS.with(|r| {
+                    r.borrow_mut().push(Row {
+                        id: format!("{group_name}/t{t}/step"),
+                        bytes,
+                        ops,
+                    })
+                });
                 g.bench_function(BenchmarkId::new(format!("t{t}"), "step"), |b| {
                     pool.install(|| {
                         b.iter(|| {
                             for (w, epi) in &weights {
-                                let n_out = if *epi == Epilogue::SwiGlu { w.n() / 2 } else { w.n() };
+                                let n_out = if *epi == Epilogue::SwiGlu {
+                                    w.n() / 2
+                                } else {
+                                    w.n()
+                                };
                                 let resid = (*epi == Epilogue::Residual).then(|| &res[..m * n_out]);
-                                matmul_packed(&a[..m * w.k()], m, w, act, *epi, None, resid, &mut out[..m * n_out]).expect("matmul");
+                                matmul_packed(
+                                    &a[..m * w.k()],
+                                    m,
+                                    w,
+                                    act,
+                                    *epi,
+                                    None,
+                                    resid,
+                                    &mut out[..m * n_out],
+                                )
+                                .expect("matmul");
                             }
                             // Decode runs the head on the last position only.
-                            matmul_packed(&a[..576], 1, &head, act, Epilogue::None, None, None, &mut out[..HEAD.0]).expect("head");
+                            matmul_packed(
+                                &a[..576],
+                                1,
+                                &head,
+                                act,
+                                Epilogue::None,
+                                None,
+                                None,
+                                &mut out[..HEAD.0],
+                            )
+                            .expect("head");
                         })
                     })
                 });
@@ -207,9 +304,14 @@ fn model_sweep(c: &mut Criterion) {
 /// Only estimates written by this run count (`since`), so filtered-out benchmarks do not
 /// show stale numbers.
 fn mean_seconds(id: &str, since: std::time::SystemTime) -> Option<f64> {
-    let dir = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../target").into());
+    let dir = std::env::var("CARGO_TARGET_DIR")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../target").into());
     // criterion's directory: the group with '/' made safe, then function and parameter.
-    let (group, rest) = id.split_once('/')?.1.split_once('/').map(|(a, b)| (format!("{}_{a}", id.split('/').next().unwrap_or("")), b))?;
+    let (group, rest) = id
+        .split_once('/')?
+        .1
+        .split_once('/')
+        .map(|(a, b)| (format!("{}_{a}", id.split('/').next().unwrap_or("")), b))?;
     let path = format!("{dir}/criterion/{group}/{rest}/new/estimates.json");
     if std::fs::metadata(&path).and_then(|m| m.modified()).ok()? < since {
         return None;
@@ -218,18 +320,39 @@ fn mean_seconds(id: &str, since: std::time::SystemTime) -> Option<f64> {
     let i = s.find("\"median\"")?;
     let rest = &s[i..];
     let j = rest.find("\"point_estimate\":")? + "\"point_estimate\":".len();
-    let num: String = rest[j..].chars().take_while(|c| c.is_ascii_digit() || matches!(c, '.' | 'e' | 'E' | '-' | '+')).collect();
+    let num: String = rest[j..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || matches!(c, '.' | 'e' | 'E' | '-' | '+'))
+        .collect();
     num.parse::<f64>().ok().map(|ns| ns * 1e-9)
 }
 
 fn summary(since: std::time::SystemTime) {
     let rows = ROWS.with(|r| std::mem::take(&mut *r.borrow_mut()));
-    println!("\nsummary (kernels {}): median time, weight GB/s, GOP/s (model rows: ops of all matmuls)", isa().name());
-    println!("{:<52} {:>11} {:>9} {:>9}", "benchmark", "time", "GB/s", "GOP/s");
+    println!(
+        "\nsummary (kernels {}): median time, weight GB/s, GOP/s (model rows: ops of all matmuls)",
+        isa().name()
+    );
+    println!(
+        "{:<52} {:>11} {:>9} {:>9}",
+        "benchmark", "time", "GB/s", "GOP/s"
+    );
     for row in rows {
-        let Some(s) = mean_seconds(&row.id, since) else { continue };
-        let time = if s < 1e-3 { format!("{:.1} us", s * 1e6) } else { format!("{:.2} ms", s * 1e3) };
-        println!("{:<52} {:>11} {:>9.1} {:>9.1}", row.id, time, row.bytes as f64 / s * 1e-9, row.ops as f64 / s * 1e-9);
+        let Some(s) = mean_seconds(&row.id, since) else {
+            continue;
+        };
+        let time = if s < 1e-3 {
+            format!("{:.1} us", s * 1e6)
+        } else {
+            format!("{:.2} ms", s * 1e3)
+        };
+        println!(
+            "{:<52} {:>11} {:>9.1} {:>9.1}",
+            row.id,
+            time,
+            row.bytes as f64 / s * 1e-9,
+            row.ops as f64 / s * 1e-9
+        );
     }
 }
 

@@ -24,7 +24,10 @@ struct Lcg(u64);
 
 impl Lcg {
     fn f(&mut self) -> f32 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (self.0 >> 40) as f32 / (1u64 << 23) as f32 - 1.0
     }
     fn vec(&mut self, n: usize) -> Vec<f32> {
@@ -40,7 +43,13 @@ struct Prepared {
 }
 
 impl Prepared {
-    fn new(be: &WgpuBackend, g: &Graph, weights: Vec<(NodeId, Arc<dyn DeviceBuffer>)>, inputs: Vec<(NodeId, HostTensor)>, states: &[NodeId]) -> Prepared {
+    fn new(
+        be: &WgpuBackend,
+        g: &Graph,
+        weights: Vec<(NodeId, Arc<dyn DeviceBuffer>)>,
+        inputs: Vec<(NodeId, HostTensor)>,
+        states: &[NodeId],
+    ) -> Prepared {
         let exec = be.compile(g, &weights).expect("compile");
         let mut bindings = Bindings::default();
         for (id, t) in inputs {
@@ -49,17 +58,31 @@ impl Prepared {
             bindings.sources.push((id, b));
         }
         for &id in states {
-            bindings.sources.push((id, be.alloc(g.fact(id), BufferUsage::State).expect("alloc state")));
+            bindings.sources.push((
+                id,
+                be.alloc(g.fact(id), BufferUsage::State)
+                    .expect("alloc state"),
+            ));
         }
         for (name, id) in &g.outputs {
-            bindings.outputs.push((name.clone(), be.alloc(g.fact(*id), BufferUsage::Activations).expect("alloc")));
+            bindings.outputs.push((
+                name.clone(),
+                be.alloc(g.fact(*id), BufferUsage::Activations)
+                    .expect("alloc"),
+            ));
         }
         let scratch = exec.new_scratch().expect("scratch");
-        Prepared { exec, bindings, scratch }
+        Prepared {
+            exec,
+            bindings,
+            scratch,
+        }
     }
 
     fn run(&mut self, be: &WgpuBackend) {
-        self.exec.run(&self.bindings, self.scratch.as_mut()).expect("run");
+        self.exec
+            .run(&self.bindings, self.scratch.as_mut())
+            .expect("run");
         be.synchronize().expect("synchronize");
     }
 }
@@ -67,14 +90,49 @@ impl Prepared {
 fn matmul(be: &WgpuBackend, dt: DType, m: usize, n: usize, k: usize) -> Prepared {
     let mut rng = Lcg(7);
     let mut g = Graph::new();
-    let a = g.add("a", Op::Input { name: "a".into(), fact: TensorFact::f32([m, k]) }, &[]).unwrap();
-    let w = g.add("w", Op::Weight { name: "w".into(), fact: TensorFact::new(dt, [n, k]), parts: vec![] }, &[]).unwrap();
-    let y = g.add("y", Op::MatMul { transpose_b: true, act: ActPrecision::F32, epilogue: Epilogue::None }, &[a, w]).unwrap();
+    let a = g
+        .add(
+            "a",
+            Op::Input {
+                name: "a".into(),
+                fact: TensorFact::f32([m, k]),
+            },
+            &[],
+        )
+        .unwrap();
+    let w = g
+        .add(
+            "w",
+            Op::Weight {
+                name: "w".into(),
+                fact: TensorFact::new(dt, [n, k]),
+                parts: vec![],
+            },
+            &[],
+        )
+        .unwrap();
+    let y = g
+        .add(
+            "y",
+            Op::MatMul {
+                transpose_b: true,
+                act: ActPrecision::F32,
+                epilogue: Epilogue::None,
+            },
+            &[a, w],
+        )
+        .unwrap();
     g.set_output("y", y);
     let bytes = npurt_kernels::quant::quantize(dt, &rng.vec(n * k), k).expect("quantize");
     let wt = HostTensor::bytes(TensorFact::new(dt, [n, k]), bytes).expect("weight bytes");
     let wb = be.prepare_weight("w", wt).expect("prepare");
-    Prepared::new(be, &g, vec![(w, wb)], vec![(a, HostTensor::f32([m, k], rng.vec(m * k)))], &[])
+    Prepared::new(
+        be,
+        &g,
+        vec![(w, wb)],
+        vec![(a, HostTensor::f32([m, k], rng.vec(m * k)))],
+        &[],
+    )
 }
 
 fn bench_matmul(c: &mut Criterion, be: &WgpuBackend) {
@@ -101,7 +159,11 @@ fn bench_matmul(c: &mut Criterion, be: &WgpuBackend) {
                 });
                 let s = best.get();
                 if s.is_finite() {
-                    println!("{kind}/{dt}/{n}x{k}: {:.2} GOP/s, {:.2} GB/s of weights", 2.0 * (m * n * k) as f64 / s / 1e9, weight_bytes as f64 / s / 1e9);
+                    println!(
+                        "{kind}/{dt}/{n}x{k}: {:.2} GOP/s, {:.2} GB/s of weights",
+                        2.0 * (m * n * k) as f64 / s / 1e9,
+                        weight_bytes as f64 / s / 1e9
+                    );
                 }
             }
         }
@@ -116,20 +178,66 @@ fn bench_attention(c: &mut Criterion, be: &WgpuBackend) {
     for (rows, pos) in [(1, 1000), (PREFILL_ROWS, 512)] {
         let mut rng = Lcg(9);
         let mut g = Graph::new();
-        let input = |g: &mut Graph, name: &str, fact: TensorFact| g.add(name, Op::Input { name: name.into(), fact }, &[]).unwrap();
+        let input = |g: &mut Graph, name: &str, fact: TensorFact| {
+            g.add(
+                name,
+                Op::Input {
+                    name: name.into(),
+                    fact,
+                },
+                &[],
+            )
+            .unwrap()
+        };
         let q = input(&mut g, "q", TensorFact::f32([rows, nh * hd]));
         let p = input(&mut g, "pos", TensorFact::i32([1]));
         let nv = input(&mut g, "n_valid", TensorFact::i32([1]));
-        let kc = g.add("k", Op::State { name: "k".into(), fact: TensorFact::f32([cache, nkv * hd]) }, &[]).unwrap();
-        let vc = g.add("v", Op::State { name: "v".into(), fact: TensorFact::f32([cache, nkv * hd]) }, &[]).unwrap();
-        let o = g.add("attn", Op::Attention { n_heads: nh, n_kv_heads: nkv, head_dim: hd, scale: 0.125 }, &[q, kc, vc, p, nv]).unwrap();
+        let kc = g
+            .add(
+                "k",
+                Op::State {
+                    name: "k".into(),
+                    fact: TensorFact::f32([cache, nkv * hd]),
+                },
+                &[],
+            )
+            .unwrap();
+        let vc = g
+            .add(
+                "v",
+                Op::State {
+                    name: "v".into(),
+                    fact: TensorFact::f32([cache, nkv * hd]),
+                },
+                &[],
+            )
+            .unwrap();
+        let o = g
+            .add(
+                "attn",
+                Op::Attention {
+                    n_heads: nh,
+                    n_kv_heads: nkv,
+                    head_dim: hd,
+                    scale: 0.125,
+                },
+                &[q, kc, vc, p, nv],
+            )
+            .unwrap();
         g.set_output("o", o);
-        let inputs = vec![(q, HostTensor::f32([rows, nh * hd], rng.vec(rows * nh * hd))), (p, HostTensor::i32([1], vec![pos as i32])), (nv, HostTensor::i32([1], vec![rows as i32]))];
+        let inputs = vec![
+            (q, HostTensor::f32([rows, nh * hd], rng.vec(rows * nh * hd))),
+            (p, HostTensor::i32([1], vec![pos as i32])),
+            (nv, HostTensor::i32([1], vec![rows as i32])),
+        ];
         let mut prep = Prepared::new(be, &g, vec![], inputs, &[kc, vc]);
         // K and V rows read per run (each query row reads its causal prefix).
         let keys: usize = (0..rows).map(|t| pos + t + 1).sum();
         group.throughput(Throughput::Bytes((keys * 2 * nkv * hd * 4) as u64));
-        group.bench_function(BenchmarkId::new("gqa9x3x64", format!("t{rows}_pos{pos}")), |b| b.iter(|| prep.run(be)));
+        group.bench_function(
+            BenchmarkId::new("gqa9x3x64", format!("t{rows}_pos{pos}")),
+            |b| b.iter(|| prep.run(be)),
+        );
     }
     group.finish();
 }
@@ -143,7 +251,11 @@ fn main() {
         }
     };
     println!("wgpu adapter: {}", be.adapter());
-    let mut c = Criterion::default().sample_size(10).warm_up_time(Duration::from_millis(200)).measurement_time(Duration::from_secs(1)).configure_from_args();
+    let mut c = Criterion::default()
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(200))
+        .measurement_time(Duration::from_secs(1))
+        .configure_from_args();
     bench_matmul(&mut c, &be);
     bench_attention(&mut c, &be);
     c.final_summary();

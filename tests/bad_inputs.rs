@@ -7,7 +7,9 @@
 
 use npurt_models::gguf::{self, GgmlType, GgufArray, GgufFile, GgufValue};
 use npurt_models::hf_dir;
-use npurt_models::testfiles::{safetensors_f32, safetensors_raw, temp_path, write_json, GgufLayout, GgufWriter, TinyLlama};
+use npurt_models::testfiles::{
+    safetensors_f32, safetensors_raw, temp_path, write_json, GgufLayout, GgufWriter, TinyLlama,
+};
 use npurt_models::{ModelError, ModelSource};
 use serde_json::{json, Value};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -36,7 +38,9 @@ struct TempDir(PathBuf);
 impl TempDir {
     fn tiny_hf(name: &str) -> Self {
         let d = TempDir(temp_path(name));
-        TinyLlama::default().write_hf_dir(&d.0).expect("write tiny HF dir");
+        TinyLlama::default()
+            .write_hf_dir(&d.0)
+            .expect("write tiny HF dir");
         d
     }
     fn path(&self, file: &str) -> PathBuf {
@@ -101,15 +105,36 @@ fn gguf_truncated_anywhere_is_an_error() {
         ("inside the magic", 3, None),
         ("inside the header", 10, Some("tensor_count")),
         ("inside the first key", layout.kvs[0].1 + 4, None),
-        ("inside the token list", layout.value_at("tokenizer.ggml.tokens") + 40, None),
-        ("inside the tensor infos", layout.tensor_infos[3].1 + 5, None),
-        ("inside the data", layout.data_at + 5, Some("data of tensor `")),
-        ("one byte short", bytes.len() - 1, Some("data of tensor `output_norm.weight`")),
+        (
+            "inside the token list",
+            layout.value_at("tokenizer.ggml.tokens") + 40,
+            None,
+        ),
+        (
+            "inside the tensor infos",
+            layout.tensor_infos[3].1 + 5,
+            None,
+        ),
+        (
+            "inside the data",
+            layout.data_at + 5,
+            Some("data of tensor `"),
+        ),
+        (
+            "one byte short",
+            bytes.len() - 1,
+            Some("data of tensor `output_norm.weight`"),
+        ),
     ];
     for (what, at, needle) in cuts {
         let err = gguf_err(&bytes[..at]);
         assert!(
-            matches!(err, ModelError::Truncated { .. } | ModelError::LyingHeader { .. } | ModelError::BadFormat { .. }),
+            matches!(
+                err,
+                ModelError::Truncated { .. }
+                    | ModelError::LyingHeader { .. }
+                    | ModelError::BadFormat { .. }
+            ),
             "cut {what}: {err}"
         );
         assert_mentions(&err, &["bad.gguf"]);
@@ -201,7 +226,10 @@ fn gguf_lying_array_length_is_refused() {
         put_u64(&mut b, count_at, count);
         let err = gguf_err(&b);
         assert!(matches!(err, ModelError::LyingHeader { .. }), "{err}");
-        assert_mentions(&err, &["array length of metadata key `tokenizer.ggml.tokens`"]);
+        assert_mentions(
+            &err,
+            &["array length of metadata key `tokenizer.ggml.tokens`"],
+        );
     }
 }
 
@@ -214,7 +242,11 @@ fn gguf_bad_magic_and_version_are_format_errors() {
     assert!(matches!(err, ModelError::BadFormat { .. }), "{err}");
     assert_mentions(&err, &["magic"]);
 
-    for (version, needle) in [(1u32, "v1"), (7, "version 7"), (3u32.swap_bytes(), "big-endian")] {
+    for (version, needle) in [
+        (1u32, "v1"),
+        (7, "version 7"),
+        (3u32.swap_bytes(), "big-endian"),
+    ] {
         let mut b = bytes.clone();
         put_u32(&mut b, 4, version);
         let err = gguf_err(&b);
@@ -251,9 +283,17 @@ fn gguf_unknown_value_type_names_the_key() {
 fn gguf_unsupported_tensor_type_names_the_tensor() {
     let tiny = TinyLlama::default();
     let mut w = tiny.gguf_writer();
-    w.tensor("output.weight", &[256, tiny.vocab as u64], GgmlType::Q6_K, vec![0; 210 * tiny.vocab]);
+    w.tensor(
+        "output.weight",
+        &[256, tiny.vocab as u64],
+        GgmlType::Q6_K,
+        vec![0; 210 * tiny.vocab],
+    );
     let err = gguf_err(&w.build().0);
-    assert!(matches!(&err, ModelError::UnsupportedDType { tensor, .. } if tensor == "output.weight"), "{err}");
+    assert!(
+        matches!(&err, ModelError::UnsupportedDType { tensor, .. } if tensor == "output.weight"),
+        "{err}"
+    );
     assert_mentions(&err, &["q6_k"]);
 
     // An id no ggml version has: the layout cannot even be checked.
@@ -261,7 +301,10 @@ fn gguf_unsupported_tensor_type_names_the_tensor() {
     let (name, offset_at) = layout.tensor_offset_fields[0].clone();
     put_u32(&mut b, offset_at - 4, 1000);
     let err = gguf_err(&b);
-    assert!(matches!(&err, ModelError::UnsupportedDType { tensor, .. } if *tensor == name), "{err}");
+    assert!(
+        matches!(&err, ModelError::UnsupportedDType { tensor, .. } if *tensor == name),
+        "{err}"
+    );
     assert_mentions(&err, &["ggml type 1000"]);
 }
 
@@ -270,14 +313,22 @@ fn gguf_shape_disagreeing_with_config_names_the_tensor() {
     let (mut b, layout) = tiny_gguf();
     put_u32(&mut b, layout.value_at("llama.feed_forward_length"), 96);
     let err = gguf_err(&b);
-    assert!(matches!(&err, ModelError::ShapeMismatch { tensor, .. } if tensor == "model.layers.0.mlp.gate_proj.weight"), "{err}");
+    assert!(
+        matches!(&err, ModelError::ShapeMismatch { tensor, .. } if tensor == "model.layers.0.mlp.gate_proj.weight"),
+        "{err}"
+    );
     assert_mentions(&err, &["[96, 32]", "[64, 32]"]);
 
     // A q projection whose rows are not whole heads (so cannot be un-permuted) is
     // reported against the config's shape, not as a permutation problem.
     let mut w = TinyLlama::default().gguf_writer();
     w.remove_tensor("blk.0.attn_q.weight");
-    w.tensor("blk.0.attn_q.weight", &[32, 24], GgmlType::F32, vec![0; 32 * 24 * 4]);
+    w.tensor(
+        "blk.0.attn_q.weight",
+        &[32, 24],
+        GgmlType::F32,
+        vec![0; 32 * 24 * 4],
+    );
     let err = gguf_err(&w.build().0);
     assert!(
         matches!(&err, ModelError::ShapeMismatch { tensor, expected, found } if tensor == "model.layers.0.self_attn.q_proj.weight" && expected == &[32, 32] && found == &[24, 32]),
@@ -290,7 +341,10 @@ fn gguf_missing_tensor_is_named() {
     let mut w = TinyLlama::default().gguf_writer();
     w.remove_tensor("blk.1.ffn_up.weight");
     let err = gguf_err(&w.build().0);
-    assert!(matches!(&err, ModelError::MissingTensor(t) if t == "model.layers.1.mlp.up_proj.weight"), "{err}");
+    assert!(
+        matches!(&err, ModelError::MissingTensor(t) if t == "model.layers.1.mlp.up_proj.weight"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -303,7 +357,10 @@ fn gguf_absurd_config_names_the_field() {
         let (mut b, layout) = tiny_gguf();
         put_u32(&mut b, layout.value_at(key), value);
         let err = gguf_err(&b);
-        assert!(matches!(&err, ModelError::BadConfig { field: f, .. } if f == field), "{key}: {err}");
+        assert!(
+            matches!(&err, ModelError::BadConfig { field: f, .. } if f == field),
+            "{key}: {err}"
+        );
     }
 }
 
@@ -338,7 +395,10 @@ fn gguf_corrupted_bytes_never_panic() {
         }
     }
     // Most structural corruptions must actually be detected, not silently accepted.
-    assert!(errors >= 40, "only {errors} of 200 corruptions were detected");
+    assert!(
+        errors >= 40,
+        "only {errors} of 200 corruptions were detected"
+    );
 }
 
 /// The same for safetensors: corrupt the header of a valid file.
@@ -357,7 +417,10 @@ fn safetensors_corrupted_bytes_never_panic() {
             let _ = hf_dir::parse_safetensors(&b, "fuzz.safetensors");
             let _ = hf_dir::load(&dir.0);
         }));
-        assert!(outcome.is_ok(), "iteration {i}: overwriting byte {at} made the loader panic");
+        assert!(
+            outcome.is_ok(),
+            "iteration {i}: overwriting byte {at} made the loader panic"
+        );
     }
 }
 
@@ -366,7 +429,10 @@ struct Lcg(u64);
 
 impl Lcg {
     fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         self.0 >> 33
     }
     fn below(&mut self, n: usize) -> usize {
@@ -392,7 +458,10 @@ fn safetensors_truncated_anywhere_is_an_error() {
     ] {
         std::fs::write(dir.path("model.safetensors"), &bytes[..at]).unwrap();
         let err = hf_err(&dir.0);
-        assert!(matches!(err, ModelError::Truncated { .. }), "cut {what}: {err}");
+        assert!(
+            matches!(err, ModelError::Truncated { .. }),
+            "cut {what}: {err}"
+        );
         assert_mentions(&err, &["model.safetensors", needle]);
     }
 }
@@ -421,14 +490,23 @@ fn safetensors_header_length_beyond_the_file_is_refused() {
 #[test]
 fn safetensors_byte_length_disagreeing_with_shape_names_the_tensor() {
     let dir = TempDir::tiny_hf("len_hf");
-    let header = json!({"model.norm.weight": {"dtype": "F32", "shape": [32], "data_offsets": [0, 100]}});
-    std::fs::write(dir.path("model.safetensors"), safetensors_raw(&header, &[0; 128])).unwrap();
+    let header =
+        json!({"model.norm.weight": {"dtype": "F32", "shape": [32], "data_offsets": [0, 100]}});
+    std::fs::write(
+        dir.path("model.safetensors"),
+        safetensors_raw(&header, &[0; 128]),
+    )
+    .unwrap();
     let err = hf_err(&dir.0);
     assert!(matches!(err, ModelError::LyingHeader { .. }), "{err}");
     assert_mentions(&err, &["`model.norm.weight`", "100 bytes", "128"]);
 
     let header = json!({"model.norm.weight": {"dtype": "F32", "shape": [1u64 << 62, 1u64 << 62], "data_offsets": [0, 128]}});
-    std::fs::write(dir.path("model.safetensors"), safetensors_raw(&header, &[0; 128])).unwrap();
+    std::fs::write(
+        dir.path("model.safetensors"),
+        safetensors_raw(&header, &[0; 128]),
+    )
+    .unwrap();
     let err = hf_err(&dir.0);
     assert!(matches!(err, ModelError::LyingHeader { .. }), "{err}");
     assert_mentions(&err, &["`model.norm.weight`", "overflows"]);
@@ -438,11 +516,17 @@ fn safetensors_byte_length_disagreeing_with_shape_names_the_tensor() {
 fn hf_shape_disagreeing_with_config_names_the_tensor() {
     let dir = TempDir::tiny_hf("shape_hf");
     let mut tensors = TinyLlama::default().hf_tensors();
-    let down = tensors.iter_mut().find(|(n, _)| n == "model.layers.1.mlp.down_proj.weight").unwrap();
+    let down = tensors
+        .iter_mut()
+        .find(|(n, _)| n == "model.layers.1.mlp.down_proj.weight")
+        .unwrap();
     down.1 = vec![32, 96];
     std::fs::write(dir.path("model.safetensors"), safetensors_f32(&tensors)).unwrap();
     let err = hf_err(&dir.0);
-    assert!(matches!(&err, ModelError::ShapeMismatch { tensor, expected, found } if tensor == "model.layers.1.mlp.down_proj.weight" && expected == &[32, 64] && found == &[32, 96]), "{err}");
+    assert!(
+        matches!(&err, ModelError::ShapeMismatch { tensor, expected, found } if tensor == "model.layers.1.mlp.down_proj.weight" && expected == &[32, 64] && found == &[32, 96]),
+        "{err}"
+    );
 }
 
 #[test]
@@ -452,23 +536,42 @@ fn hf_missing_tensor_and_files_are_named() {
     tensors.retain(|(n, _)| n != "model.layers.0.self_attn.k_proj.weight");
     std::fs::write(dir.path("model.safetensors"), safetensors_f32(&tensors)).unwrap();
     let err = hf_err(&dir.0);
-    assert!(matches!(&err, ModelError::MissingTensor(t) if t == "model.layers.0.self_attn.k_proj.weight"), "{err}");
+    assert!(
+        matches!(&err, ModelError::MissingTensor(t) if t == "model.layers.0.self_attn.k_proj.weight"),
+        "{err}"
+    );
 
     // A config that unties the embeddings needs lm_head.weight.
     dir.edit_config(|c| c["tie_word_embeddings"] = json!(false));
-    std::fs::write(dir.path("model.safetensors"), safetensors_f32(&TinyLlama::default().hf_tensors())).unwrap();
+    std::fs::write(
+        dir.path("model.safetensors"),
+        safetensors_f32(&TinyLlama::default().hf_tensors()),
+    )
+    .unwrap();
     let err = hf_err(&dir.0);
-    assert!(matches!(&err, ModelError::MissingTensor(t) if t == "lm_head.weight"), "{err}");
+    assert!(
+        matches!(&err, ModelError::MissingTensor(t) if t == "lm_head.weight"),
+        "{err}"
+    );
 
     std::fs::remove_file(dir.path("model.safetensors")).unwrap();
     let err = hf_err(&dir.0);
-    assert!(matches!(&err, ModelError::Io { path, .. } if path.ends_with("model.safetensors")), "{err}");
+    assert!(
+        matches!(&err, ModelError::Io { path, .. } if path.ends_with("model.safetensors")),
+        "{err}"
+    );
 
     std::fs::remove_file(dir.path("config.json")).unwrap();
     let err = hf_err(&dir.0);
-    assert!(matches!(&err, ModelError::Io { path, .. } if path.ends_with("config.json")), "{err}");
+    assert!(
+        matches!(&err, ModelError::Io { path, .. } if path.ends_with("config.json")),
+        "{err}"
+    );
     let err = ModelSource::open(&dir.0).err().expect("no config.json");
-    assert!(matches!(&err, ModelError::Io { path, .. } if path.ends_with("config.json")), "{err}");
+    assert!(
+        matches!(&err, ModelError::Io { path, .. } if path.ends_with("config.json")),
+        "{err}"
+    );
 }
 
 #[test]
@@ -491,7 +594,10 @@ fn hf_absurd_configs_name_the_field() {
             }
         });
         let err = hf_err(&dir.0);
-        assert!(matches!(&err, ModelError::BadConfig { field: f, .. } if f == field), "{key}: {err}");
+        assert!(
+            matches!(&err, ModelError::BadConfig { field: f, .. } if f == field),
+            "{key}: {err}"
+        );
     }
 
     std::fs::write(dir.path("config.json"), b"{\"hidden_size\": 32,").unwrap();

@@ -3,13 +3,17 @@
 
 use npurt_backends::conformance::{self, Report, Status};
 use npurt_backends::cpu::{CpuBackend, CpuOptions};
-use npurt_backends::{Backend, Bindings, BufferUsage, Capabilities, DeviceBuffer, Executable, Scratch, Support};
+use npurt_backends::{
+    Backend, Bindings, BufferUsage, Capabilities, DeviceBuffer, Executable, Scratch, Support,
+};
 use npurt_graph::{Graph, NodeId, TensorFact};
 use npurt_kernels::{HostData, HostTensor};
 use std::sync::Arc;
 
 fn cpu(threads: usize) -> CpuBackend {
-    CpuBackend::new(CpuOptions { threads: Some(threads) })
+    CpuBackend::new(CpuOptions {
+        threads: Some(threads),
+    })
 }
 
 // What a vendor writes: one line per backend configuration.
@@ -26,13 +30,25 @@ fn cpu_passes_every_f32_case_and_fails_none() {
     assert_eq!(report.failed(), 0, "{report}");
     assert!(report.passed() > 100, "{report}");
     for row in &report.rows {
-        let f32_only = !["f16.", "bf16.", "q4_0.", "q4_1.", "q8_0.", "q8_channel."].iter().any(|p| row.case.starts_with(p));
+        let f32_only = !["f16.", "bf16.", "q4_0.", "q4_1.", "q8_0.", "q8_channel."]
+            .iter()
+            .any(|p| row.case.starts_with(p));
         if let Status::Unsupported(why) = &row.status {
-            assert!(!f32_only, "{}/{} is all f32 but unsupported: {why}", row.op, row.case);
+            assert!(
+                !f32_only,
+                "{}/{} is all f32 but unsupported: {why}",
+                row.op, row.case
+            );
         }
     }
     for op in conformance::cases::OP_KINDS {
-        assert!(report.rows.iter().any(|r| r.op == op && r.status == Status::Pass), "no passing `{op}` case");
+        assert!(
+            report
+                .rows
+                .iter()
+                .any(|r| r.op == op && r.status == Status::Pass),
+            "no passing `{op}` case"
+        );
     }
 }
 
@@ -42,7 +58,10 @@ fn filter_runs_one_op_or_one_case() {
     assert!(r.rows.len() > 1 && r.rows.iter().all(|x| x.op == "softmax"));
     let r = conformance::run_suite(&cpu(1), Some("attention/gqa9_3.hd16.pos13.n_valid4"));
     assert_eq!(r.rows.len(), 1);
-    assert_eq!(r.to_string().lines().last(), Some("1 passed, 0 failed, 0 unsupported"));
+    assert_eq!(
+        r.to_string().lines().last(),
+        Some("1 passed, 0 failed, 0 unsupported")
+    );
 }
 
 /// How [`Broken`] misbehaves on nodes of one op kind.
@@ -67,8 +86,16 @@ struct Broken {
 impl Broken {
     fn new(op: &'static str, fault: Fault) -> Self {
         let inner = cpu(1);
-        let caps = Capabilities { name: format!("broken-{op}"), ..inner.capabilities().clone() };
-        Broken { inner, caps, op, fault }
+        let caps = Capabilities {
+            name: format!("broken-{op}"),
+            ..inner.capabilities().clone()
+        };
+        Broken {
+            inner,
+            caps,
+            op,
+            fault,
+        }
     }
 }
 
@@ -91,7 +118,9 @@ impl Executable for BrokenExec {
             for (_, buf) in &b.outputs {
                 let mut t = self.backend.read(buf.as_ref())?;
                 if let HostData::F32(v) = &mut t.data {
-                    v.iter_mut().enumerate().for_each(|(i, x)| *x += if i % 2 == 0 { 1e-2 } else { -1e-2 });
+                    v.iter_mut()
+                        .enumerate()
+                        .for_each(|(i, x)| *x += if i % 2 == 0 { 1e-2 } else { -1e-2 });
                 }
                 self.backend.write(buf.as_ref(), &t)?;
             }
@@ -110,15 +139,31 @@ impl Backend for Broken {
         }
         self.inner.supports(g, id)
     }
-    fn alloc(&self, f: &TensorFact, u: BufferUsage) -> npurt_backends::Result<Arc<dyn DeviceBuffer>> {
+    fn alloc(
+        &self,
+        f: &TensorFact,
+        u: BufferUsage,
+    ) -> npurt_backends::Result<Arc<dyn DeviceBuffer>> {
         self.inner.alloc(f, u)
     }
-    fn prepare_weight(&self, name: &str, t: HostTensor) -> npurt_backends::Result<Arc<dyn DeviceBuffer>> {
+    fn prepare_weight(
+        &self,
+        name: &str,
+        t: HostTensor,
+    ) -> npurt_backends::Result<Arc<dyn DeviceBuffer>> {
         self.inner.prepare_weight(name, t)
     }
-    fn compile(&self, g: &Graph, w: &[(NodeId, Arc<dyn DeviceBuffer>)]) -> npurt_backends::Result<Arc<dyn Executable>> {
+    fn compile(
+        &self,
+        g: &Graph,
+        w: &[(NodeId, Arc<dyn DeviceBuffer>)],
+    ) -> npurt_backends::Result<Arc<dyn Executable>> {
         let hit = g.nodes.iter().any(|n| n.op.kind() == self.op);
-        Ok(Arc::new(BrokenExec { inner: self.inner.compile(g, w)?, backend: cpu(1), fault: hit.then_some(self.fault) }))
+        Ok(Arc::new(BrokenExec {
+            inner: self.inner.compile(g, w)?,
+            backend: cpu(1),
+            fault: hit.then_some(self.fault),
+        }))
     }
     fn write(&self, b: &dyn DeviceBuffer, d: &HostTensor) -> npurt_backends::Result<()> {
         self.inner.write(b, d)
@@ -126,12 +171,20 @@ impl Backend for Broken {
     fn read(&self, b: &dyn DeviceBuffer) -> npurt_backends::Result<HostTensor> {
         self.inner.read(b)
     }
-    fn copy_rows(&self, s: &dyn DeviceBuffer, d: &dyn DeviceBuffer, rows: usize) -> npurt_backends::Result<()> {
+    fn copy_rows(
+        &self,
+        s: &dyn DeviceBuffer,
+        d: &dyn DeviceBuffer,
+        rows: usize,
+    ) -> npurt_backends::Result<()> {
         self.inner.copy_rows(s, d, rows)
     }
 }
 
-fn rows_of<'a>(r: &'a Report, op: &'a str) -> impl Iterator<Item = &'a npurt_backends::conformance::Row> {
+fn rows_of<'a>(
+    r: &'a Report,
+    op: &'a str,
+) -> impl Iterator<Item = &'a npurt_backends::conformance::Row> {
     r.rows.iter().filter(move |x| x.op == op)
 }
 
@@ -141,26 +194,46 @@ fn a_noisy_silu_fails_the_suite_and_nothing_else_does() {
     println!("{report}");
     assert!(report.failed() > 0 && !report.is_ok());
     assert!(report.failures().all(|r| r.op == "silu"), "{report}");
-    assert!(rows_of(&report, "silu").all(|r| matches!(&r.status, Status::Fail(m) if m.contains("NMSE")) && r.nmse.unwrap() > r.threshold));
+    assert!(rows_of(&report, "silu").all(
+        |r| matches!(&r.status, Status::Fail(m) if m.contains("NMSE"))
+            && r.nmse.unwrap() > r.threshold
+    ));
     // The vendor macro's test body panics with the table on exactly this report.
-    let err = std::panic::catch_unwind(|| conformance::assert_conformance(&Broken::new("silu", Fault::Noise))).unwrap_err();
+    let err = std::panic::catch_unwind(|| {
+        conformance::assert_conformance(&Broken::new("silu", Fault::Noise))
+    })
+    .unwrap_err();
     let msg = err.downcast_ref::<String>().expect("panic message");
-    assert!(msg.contains("fails") && msg.contains("silu") && msg.contains("failed"), "{msg}");
+    assert!(
+        msg.contains("fails") && msg.contains("silu") && msg.contains("failed"),
+        "{msg}"
+    );
 }
 
 #[test]
 fn a_panicking_kernel_is_a_failure_not_a_crash() {
     let report = conformance::run_suite(&Broken::new("gelu", Fault::Panic), Some("gelu"));
     assert!(report.rows.len() > 1);
-    assert!(report.rows.iter().all(|r| matches!(&r.status, Status::Fail(m) if m.contains("panicked: kernel crashed"))), "{report}");
+    assert!(
+        report.rows.iter().all(
+            |r| matches!(&r.status, Status::Fail(m) if m.contains("panicked: kernel crashed"))
+        ),
+        "{report}"
+    );
 }
 
 #[test]
 fn a_declined_op_is_unsupported_never_passed() {
     let report = conformance::run_suite(&Broken::new("attention", Fault::Decline), None);
     assert_eq!(report.failed(), 0, "{report}");
-    assert!(rows_of(&report, "attention").all(|r| matches!(&r.status, Status::Unsupported(m) if m.contains("on purpose")) && r.nmse.is_none()));
-    assert_eq!(rows_of(&report, "attention").count() + conformance::run_suite(&cpu(1), None).unsupported(), report.unsupported());
+    assert!(rows_of(&report, "attention").all(
+        |r| matches!(&r.status, Status::Unsupported(m) if m.contains("on purpose"))
+            && r.nmse.is_none()
+    ));
+    assert_eq!(
+        rows_of(&report, "attention").count() + conformance::run_suite(&cpu(1), None).unsupported(),
+        report.unsupported()
+    );
     // Declining everything proves nothing: the vendor test fails on zero passes too.
     let none = conformance::run_suite(&Broken::new("attention", Fault::Decline), Some("attention"));
     assert!(!none.is_ok());

@@ -17,7 +17,10 @@ struct Lcg(u64);
 
 impl Lcg {
     fn next_u32(&mut self) -> u32 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (self.0 >> 33) as u32
     }
     /// Uniform in [-1, 1).
@@ -64,13 +67,18 @@ fn fake_quantize(a: &[f32], m: usize, k: usize, act: ActPrecision) -> Vec<f32> {
     let q = |x: &[f32], levels: f32, out: &mut Vec<f32>| {
         let s = x.iter().fold(0f32, |acc, v| acc.max(v.abs())) / levels;
         let inv = if s != 0.0 { 1.0 / s } else { 0.0 };
-        out.extend(x.iter().map(|v| (v * inv).round_ties_even().clamp(-levels, levels) * s));
+        out.extend(
+            x.iter()
+                .map(|v| (v * inv).round_ties_even().clamp(-levels, levels) * s),
+        );
     };
     let mut out = Vec::with_capacity(a.len());
     match act {
         ActPrecision::F32 => out.extend_from_slice(a),
         ActPrecision::I16 => a.chunks(k).for_each(|row| q(row, 32767.0, &mut out)),
-        ActPrecision::I8 => a.chunks(k).for_each(|row| row.chunks(32).for_each(|b| q(b, 127.0, &mut out))),
+        ActPrecision::I8 => a
+            .chunks(k)
+            .for_each(|row| row.chunks(32).for_each(|b| q(b, 127.0, &mut out))),
     }
     assert_eq!(out.len(), m * k);
     out
@@ -113,13 +121,31 @@ fn record(act: ActPrecision, oracle: usize, e: f64) {
 fn report() {
     let w = *WORST.lock().unwrap_or_else(|p| p.into_inner());
     for (i, act) in ACTS.iter().enumerate() {
-        eprintln!("worst NMSE act={}: vs quantized-activation oracle {:.2e}, vs f32 oracle {:.2e}", act.name(), w[i][0], w[i][1]);
+        eprintln!(
+            "worst NMSE act={}: vs quantized-activation oracle {:.2e}, vs f32 oracle {:.2e}",
+            act.name(),
+            w[i][0],
+            w[i][1]
+        );
     }
 }
 
-const FORMATS: [DType; 6] = [DType::Q4_1, DType::Q4_0, DType::Q8_0, DType::Q8Channel, DType::F32, DType::F16];
+const FORMATS: [DType; 6] = [
+    DType::Q4_1,
+    DType::Q4_0,
+    DType::Q8_0,
+    DType::Q8Channel,
+    DType::F32,
+    DType::F16,
+];
 const ACTS: [ActPrecision; 3] = [ActPrecision::I8, ActPrecision::I16, ActPrecision::F32];
-const EPILOGUES: [Epilogue; 5] = [Epilogue::None, Epilogue::Bias, Epilogue::Residual, Epilogue::BiasResidual, Epilogue::SwiGlu];
+const EPILOGUES: [Epilogue; 5] = [
+    Epilogue::None,
+    Epilogue::Bias,
+    Epilogue::Residual,
+    Epilogue::BiasResidual,
+    Epilogue::SwiGlu,
+];
 
 /// One weight matrix: its raw storage, the dequantized oracle values, and the packing.
 struct Weight {
@@ -141,24 +167,63 @@ fn weight(rng: &mut Lcg, dtype: DType, n: usize, k: usize) -> Weight {
     let mut deq = vec![0f32; n * k];
     assert!(quant::dequantize_matrix(dtype, &raw, k, &mut deq));
     let packed = pack(dtype, &raw, n, k).unwrap_or_else(|e| panic!("pack {dtype} [{n}, {k}]: {e}"));
-    Weight { dtype, n, k, deq, packed }
+    Weight {
+        dtype,
+        n,
+        k,
+        deq,
+        packed,
+    }
 }
 
 fn pools() -> Vec<(usize, rayon::ThreadPool)> {
-    [1, 2].into_iter().map(|t| (t, rayon::ThreadPoolBuilder::new().num_threads(t).build().expect("thread pool"))).collect()
+    [1, 2]
+        .into_iter()
+        .map(|t| {
+            (
+                t,
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(t)
+                    .build()
+                    .expect("thread pool"),
+            )
+        })
+        .collect()
 }
 
 /// Checks one (weight, activations, act, epilogue) case on every given path and
 /// thread count against both oracles.
 #[allow(clippy::too_many_arguments)]
-fn check(w: &Weight, a: &[f32], m: usize, act: ActPrecision, epi: Epilogue, pools: &[(usize, rayon::ThreadPool)], rng: &mut Lcg, isas: &[Isa], threads: &[usize]) {
-    let n_out = if epi == Epilogue::SwiGlu { w.n / 2 } else { w.n };
+fn check(
+    w: &Weight,
+    a: &[f32],
+    m: usize,
+    act: ActPrecision,
+    epi: Epilogue,
+    pools: &[(usize, rayon::ThreadPool)],
+    rng: &mut Lcg,
+    isas: &[Isa],
+    threads: &[usize],
+) {
+    let n_out = if epi == Epilogue::SwiGlu {
+        w.n / 2
+    } else {
+        w.n
+    };
     let bias = epi.has_bias().then(|| rng.vec(n_out, 1.0));
     let residual = epi.has_residual().then(|| rng.vec(m * n_out, 1.0));
     let oracle = |a: &[f32]| {
         let pre = reference_product(w, a, m);
         let mut want = vec![0f32; m * n_out];
-        reference::epilogue(&pre, m, w.n, epi, bias.as_deref(), residual.as_deref(), &mut want);
+        reference::epilogue(
+            &pre,
+            m,
+            w.n,
+            epi,
+            bias.as_deref(),
+            residual.as_deref(),
+            &mut want,
+        );
         want
     };
     let a_q = fake_quantize(a, m, w.k, act);
@@ -170,21 +235,52 @@ fn check(w: &Weight, a: &[f32], m: usize, act: ActPrecision, epi: Epilogue, pool
         reference::matmul(&abs_a, &abs_w, m, w.k, w.n, true, &mut mag);
         mag.iter().map(|&v| (v as f64).powi(2)).sum()
     };
-    let want_f32 = if act == ActPrecision::F32 { want_exact.clone() } else { oracle(a) };
+    let want_f32 = if act == ActPrecision::F32 {
+        want_exact.clone()
+    } else {
+        oracle(a)
+    };
     for &isa in isas {
         for (t, pool) in pools.iter().filter(|(t, _)| threads.contains(t)) {
             let mut got = vec![f32::NAN; m * n_out];
-            pool.install(|| with_isa(isa, || matmul_packed(a, m, &w.packed, act, epi, bias.as_deref(), residual.as_deref(), &mut got)))
-                .unwrap_or_else(|e| panic!("{}: {e}", w.dtype));
-            let what = format!("{} [{}, {}] m={m} act={} {epi:?} isa={} threads={t}", w.dtype, w.n, w.k, act.name(), isa.name());
+            pool.install(|| {
+                with_isa(isa, || {
+                    matmul_packed(
+                        a,
+                        m,
+                        &w.packed,
+                        act,
+                        epi,
+                        bias.as_deref(),
+                        residual.as_deref(),
+                        &mut got,
+                    )
+                })
+            })
+            .unwrap_or_else(|e| panic!("{}: {e}", w.dtype));
+            let what = format!(
+                "{} [{}, {}] m={m} act={} {epi:?} isa={} threads={t}",
+                w.dtype,
+                w.n,
+                w.k,
+                act.name(),
+                isa.name()
+            );
             let energy: f64 = want_exact.iter().map(|&v| (v as f64).powi(2)).sum();
             let e = nmse(&got, &want_exact) * energy.max(1e-30) / (energy + magnitude).max(1e-30);
             record(act, 0, e);
-            assert!(e <= EXACT_NMSE, "{what}: NMSE vs the quantized-activation oracle {e:.3e} > {EXACT_NMSE:.0e}");
+            assert!(
+                e <= EXACT_NMSE,
+                "{what}: NMSE vs the quantized-activation oracle {e:.3e} > {EXACT_NMSE:.0e}"
+            );
             let e = nmse(&got, &want_f32);
             if m * n_out >= 32 {
                 record(act, 1, e);
-                assert!(e <= threshold(act), "{what}: NMSE vs the f32 oracle {e:.3e} > {:.0e}", threshold(act));
+                assert!(
+                    e <= threshold(act),
+                    "{what}: NMSE vs the f32 oracle {e:.3e} > {:.0e}",
+                    threshold(act)
+                );
             }
         }
     }
@@ -201,7 +297,10 @@ fn reference_product(w: &Weight, a: &[f32], m: usize) -> Vec<f32> {
 #[test]
 fn every_format_act_epilogue_isa_and_thread_count() {
     let isas = Isa::supported();
-    eprintln!("kernel paths under test: {:?}", isas.iter().map(|i| i.name()).collect::<Vec<_>>());
+    eprintln!(
+        "kernel paths under test: {:?}",
+        isas.iter().map(|i| i.name()).collect::<Vec<_>>()
+    );
     let pools = pools();
     let mut rng = Lcg(0x5eed_0001);
     for dtype in FORMATS {
@@ -250,7 +349,10 @@ fn odd_shapes_on_every_path() {
             let w = weight(&mut rng, dtype, n, k);
             let a = activations(&mut rng, m, k);
             for (ai, act) in ACTS.into_iter().enumerate() {
-                let choices: Vec<Epilogue> = EPILOGUES.into_iter().filter(|e| *e != Epilogue::SwiGlu || n % 2 == 0).collect();
+                let choices: Vec<Epilogue> = EPILOGUES
+                    .into_iter()
+                    .filter(|e| *e != Epilogue::SwiGlu || n % 2 == 0)
+                    .collect();
                 let epi = choices[(fi + si + ai) % choices.len()];
                 check(&w, &a, m, act, epi, &pools, &mut rng, &isas, &[1, 2]);
             }
@@ -264,7 +366,15 @@ fn odd_shapes_on_every_path() {
 #[test]
 fn packing_is_lossless() {
     let mut rng = Lcg(0x5eed_0003);
-    for dtype in [DType::Q4_1, DType::Q4_0, DType::Q8_0, DType::Q8Channel, DType::F32, DType::F16, DType::BF16] {
+    for dtype in [
+        DType::Q4_1,
+        DType::Q4_0,
+        DType::Q8_0,
+        DType::Q8Channel,
+        DType::F32,
+        DType::F16,
+        DType::BF16,
+    ] {
         for (n, k) in [(1, 32), (13, 96), (577, 64), (40, 1536)] {
             let mut x = rng.vec(n * k, 2.0);
             // Exercise extremes: a zero block, and GGUF's raw -128 in Q8_0.
@@ -278,12 +388,22 @@ fn packing_is_lossless() {
             let p = pack(dtype, &raw, n, k).unwrap();
             let mut got = vec![0f32; n * k];
             p.dequantize_rows(0..n, &mut got).unwrap();
-            let same = got.iter().zip(&want).all(|(g, w)| g.to_bits() == w.to_bits());
-            assert!(same, "{dtype} [{n}, {k}]: packed values differ from quant::dequantize");
+            let same = got
+                .iter()
+                .zip(&want)
+                .all(|(g, w)| g.to_bits() == w.to_bits());
+            assert!(
+                same,
+                "{dtype} [{n}, {k}]: packed values differ from quant::dequantize"
+            );
             if dtype.is_quantized() {
                 // The packed size is the GGUF size plus the last tile's zero padding.
                 let tiles = n.div_ceil(16);
-                assert!(p.bytes() >= raw.len() && p.bytes() <= raw.len() / n * tiles * 16 + tiles * 64, "{dtype}: {} bytes", p.bytes());
+                assert!(
+                    p.bytes() >= raw.len() && p.bytes() <= raw.len() / n * tiles * 16 + tiles * 64,
+                    "{dtype}: {} bytes",
+                    p.bytes()
+                );
             }
         }
     }
@@ -302,7 +422,10 @@ fn gather_rows_and_bad_ids() {
         assert_eq!(got, want, "{dtype}");
         for bad in [37, -1, i32::MAX] {
             let e = gather_packed(&w.packed, &[1, bad], &mut got[..128]).unwrap_err();
-            assert!(e.0.contains(&bad.to_string()), "error should name id {bad}: {e}");
+            assert!(
+                e.0.contains(&bad.to_string()),
+                "error should name id {bad}: {e}"
+            );
         }
         assert!(gather_packed(&w.packed, &[1], &mut got[..63]).is_err());
     }
@@ -325,16 +448,96 @@ fn bad_inputs_are_errors() {
     let bias = vec![0f32; 20];
     let res = vec![0f32; 40];
     let act = ActPrecision::I8;
-    assert!(matmul_packed(&a[..127], 2, &w.packed, act, Epilogue::None, None, None, &mut out).is_err());
-    assert!(matmul_packed(&a, 2, &w.packed, act, Epilogue::None, None, None, &mut out[..39]).is_err());
+    assert!(matmul_packed(
+        &a[..127],
+        2,
+        &w.packed,
+        act,
+        Epilogue::None,
+        None,
+        None,
+        &mut out
+    )
+    .is_err());
+    assert!(matmul_packed(
+        &a,
+        2,
+        &w.packed,
+        act,
+        Epilogue::None,
+        None,
+        None,
+        &mut out[..39]
+    )
+    .is_err());
     assert!(matmul_packed(&a, 2, &w.packed, act, Epilogue::Bias, None, None, &mut out).is_err());
-    assert!(matmul_packed(&a, 2, &w.packed, act, Epilogue::Bias, Some(&bias[..19]), None, &mut out).is_err());
-    assert!(matmul_packed(&a, 2, &w.packed, act, Epilogue::Residual, None, Some(&res[..39]), &mut out).is_err());
-    assert!(matmul_packed(&a, 2, &w.packed, act, Epilogue::None, Some(&bias), None, &mut out).is_err());
-    assert!(matmul_packed(&a, 2, &w.packed, act, Epilogue::SwiGlu, None, None, &mut out).is_err());
-    matmul_packed(&a, 2, &w.packed, act, Epilogue::SwiGlu, None, None, &mut out_half).unwrap();
+    assert!(matmul_packed(
+        &a,
+        2,
+        &w.packed,
+        act,
+        Epilogue::Bias,
+        Some(&bias[..19]),
+        None,
+        &mut out
+    )
+    .is_err());
+    assert!(matmul_packed(
+        &a,
+        2,
+        &w.packed,
+        act,
+        Epilogue::Residual,
+        None,
+        Some(&res[..39]),
+        &mut out
+    )
+    .is_err());
+    assert!(matmul_packed(
+        &a,
+        2,
+        &w.packed,
+        act,
+        Epilogue::None,
+        Some(&bias),
+        None,
+        &mut out
+    )
+    .is_err());
+    assert!(matmul_packed(
+        &a,
+        2,
+        &w.packed,
+        act,
+        Epilogue::SwiGlu,
+        None,
+        None,
+        &mut out
+    )
+    .is_err());
+    matmul_packed(
+        &a,
+        2,
+        &w.packed,
+        act,
+        Epilogue::SwiGlu,
+        None,
+        None,
+        &mut out_half,
+    )
+    .unwrap();
     let odd = weight(&mut rng, DType::Q4_1, 21, 64);
-    assert!(matmul_packed(&a, 2, &odd.packed, act, Epilogue::SwiGlu, None, None, &mut out_half).is_err());
+    assert!(matmul_packed(
+        &a,
+        2,
+        &odd.packed,
+        act,
+        Epilogue::SwiGlu,
+        None,
+        None,
+        &mut out_half
+    )
+    .is_err());
     // m = 0 is an empty product, not an error.
     matmul_packed(&[], 0, &w.packed, act, Epilogue::None, None, None, &mut []).unwrap();
 }
@@ -346,23 +549,49 @@ fn concurrent_calls_in_one_pool() {
     use rayon::prelude::*;
     let mut rng = Lcg(0x5eed_0007);
     let w = weight(&mut rng, DType::Q4_1, 96, 576);
-    let inputs: Vec<(usize, Vec<f32>)> = [1, 3, 8, 17, 64, 2, 9, 33].iter().map(|&m| (m, activations(&mut rng, m, 576))).collect();
+    let inputs: Vec<(usize, Vec<f32>)> = [1, 3, 8, 17, 64, 2, 9, 33]
+        .iter()
+        .map(|&m| (m, activations(&mut rng, m, 576)))
+        .collect();
     let want: Vec<Vec<f32>> = inputs
         .iter()
         .map(|(m, a)| {
             let mut o = vec![0f32; m * 96];
-            matmul_packed(a, *m, &w.packed, ActPrecision::I8, Epilogue::None, None, None, &mut o).unwrap();
+            matmul_packed(
+                a,
+                *m,
+                &w.packed,
+                ActPrecision::I8,
+                Epilogue::None,
+                None,
+                None,
+                &mut o,
+            )
+            .unwrap();
             o
         })
         .collect();
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap();
     for _ in 0..4 {
         let got: Vec<Vec<f32>> = pool.install(|| {
             inputs
                 .par_iter()
                 .map(|(m, a)| {
                     let mut o = vec![0f32; m * 96];
-                    matmul_packed(a, *m, &w.packed, ActPrecision::I8, Epilogue::None, None, None, &mut o).unwrap();
+                    matmul_packed(
+                        a,
+                        *m,
+                        &w.packed,
+                        ActPrecision::I8,
+                        Epilogue::None,
+                        None,
+                        None,
+                        &mut o,
+                    )
+                    .unwrap();
                     o
                 })
                 .collect()
@@ -384,7 +613,10 @@ fn non_finite_activations_do_not_panic() {
     let mut out = vec![0f32; 3 * 32];
     for isa in Isa::supported() {
         for act in ACTS {
-            with_isa(isa, || matmul_packed(&a, 3, &w.packed, act, Epilogue::None, None, None, &mut out)).unwrap();
+            with_isa(isa, || {
+                matmul_packed(&a, 3, &w.packed, act, Epilogue::None, None, None, &mut out)
+            })
+            .unwrap();
         }
     }
 }

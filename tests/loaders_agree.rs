@@ -24,13 +24,24 @@ fn gguf_and_hf_directory_give_the_same_model() {
         .iter()
         .map(|n| {
             let t = gguf.weights.to_f32(n).unwrap();
-            let bytes = t.as_f32().unwrap().iter().flat_map(|v| v.to_le_bytes()).collect();
+            let bytes = t
+                .as_f32()
+                .unwrap()
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect();
             (n.clone(), t.fact.shape.clone(), bytes)
         })
         .collect();
     let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
         .iter()
-        .map(|(n, s, b)| (n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b).unwrap()))
+        .map(|(n, s, b)| {
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
+                    .unwrap(),
+            )
+        })
         .collect();
     safetensors::serialize_to_file(views, &None, &dir.join("model.safetensors")).unwrap();
     drop(tensors);
@@ -38,13 +49,30 @@ fn gguf_and_hf_directory_give_the_same_model() {
     let hf = ModelSource::open(&dir).unwrap();
     assert_eq!(hf.config, gguf.config, "configs differ");
     for n in &names {
-        assert_eq!(hf.weights.to_f32(n).unwrap(), gguf.weights.to_f32(n).unwrap(), "tensor {n} differs");
+        assert_eq!(
+            hf.weights.to_f32(n).unwrap(),
+            gguf.weights.to_f32(n).unwrap(),
+            "tensor {n} differs"
+        );
     }
     let ids: Vec<u32> = golden_ids(&read_json("smollm2/prompts.json")["prompts"][0]["ids"]);
-    let opts = || LoadOptions { ctx: Some(64), precision: PrecisionPolicy::F32, ..Default::default() };
+    let opts = || LoadOptions {
+        ctx: Some(64),
+        precision: PrecisionPolicy::F32,
+        ..Default::default()
+    };
     let rt = Runtime::new();
-    let a = Session::new(rt.load(&smollm2_gguf(), opts()).unwrap()).unwrap().feed_all_logits(&ids).unwrap();
-    let b = Session::new(rt.load(&dir, opts()).unwrap()).unwrap().feed_all_logits(&ids).unwrap();
-    assert_eq!(a, b, "logits differ between the GGUF and the HF-directory model");
+    let a = Session::new(rt.load(&smollm2_gguf(), opts()).unwrap())
+        .unwrap()
+        .feed_all_logits(&ids)
+        .unwrap();
+    let b = Session::new(rt.load(&dir, opts()).unwrap())
+        .unwrap()
+        .feed_all_logits(&ids)
+        .unwrap();
+    assert_eq!(
+        a, b,
+        "logits differ between the GGUF and the HF-directory model"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -5,10 +5,13 @@
 //! Also: runtime-level bad input (prompt longer than the context, ids out of range).
 
 use npurt_backends::cpu::{CpuBackend, CpuOptions};
-use npurt_backends::{Backend, Bindings, BufferUsage, Capabilities, DeviceBuffer, Executable, Registry, Scratch, Support};
+use npurt_backends::{
+    Backend, Bindings, BufferUsage, Capabilities, DeviceBuffer, Executable, Registry, Scratch,
+    Support,
+};
+use npurt_graph::PrecisionPolicy;
 use npurt_graph::{Graph, NodeId, TensorFact};
 use npurt_kernels::HostTensor;
-use npurt_graph::PrecisionPolicy;
 use npurt_runtime::{GenerateOptions, LoadOptions, Runtime, RuntimeError, Session};
 use npurt_tests::*;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
@@ -51,17 +54,32 @@ impl Backend for CountingBackend {
         self.counts.supports.fetch_add(1, Relaxed);
         self.inner.supports(g, id)
     }
-    fn alloc(&self, f: &TensorFact, u: BufferUsage) -> npurt_backends::Result<Arc<dyn DeviceBuffer>> {
+    fn alloc(
+        &self,
+        f: &TensorFact,
+        u: BufferUsage,
+    ) -> npurt_backends::Result<Arc<dyn DeviceBuffer>> {
         self.inner.alloc(f, u)
     }
-    fn prepare_weight(&self, name: &str, t: HostTensor) -> npurt_backends::Result<Arc<dyn DeviceBuffer>> {
+    fn prepare_weight(
+        &self,
+        name: &str,
+        t: HostTensor,
+    ) -> npurt_backends::Result<Arc<dyn DeviceBuffer>> {
         self.counts.prepared.fetch_add(1, Relaxed);
         self.inner.prepare_weight(name, t)
     }
-    fn compile(&self, g: &Graph, w: &[(NodeId, Arc<dyn DeviceBuffer>)]) -> npurt_backends::Result<Arc<dyn Executable>> {
+    fn compile(
+        &self,
+        g: &Graph,
+        w: &[(NodeId, Arc<dyn DeviceBuffer>)],
+    ) -> npurt_backends::Result<Arc<dyn Executable>> {
         self.counts.compiled.fetch_add(1, Relaxed);
         npurt_backends::check_support(self, g)?;
-        Ok(Arc::new(CountingExec { inner: self.inner.compile(g, w)?, counts: self.counts.clone() }))
+        Ok(Arc::new(CountingExec {
+            inner: self.inner.compile(g, w)?,
+            counts: self.counts.clone(),
+        }))
     }
     fn write(&self, b: &dyn DeviceBuffer, d: &HostTensor) -> npurt_backends::Result<()> {
         self.inner.write(b, d)
@@ -69,7 +87,12 @@ impl Backend for CountingBackend {
     fn read(&self, b: &dyn DeviceBuffer) -> npurt_backends::Result<HostTensor> {
         self.inner.read(b)
     }
-    fn copy_rows(&self, s: &dyn DeviceBuffer, d: &dyn DeviceBuffer, rows: usize) -> npurt_backends::Result<()> {
+    fn copy_rows(
+        &self,
+        s: &dyn DeviceBuffer,
+        d: &dyn DeviceBuffer,
+        rows: usize,
+    ) -> npurt_backends::Result<()> {
         self.inner.copy_rows(s, d, rows)
     }
 }
@@ -81,24 +104,56 @@ fn a_backend_defined_outside_npurt_runs_the_real_model() {
     let c = counts.clone();
     registry.register("counting", move |o| {
         let inner = CpuBackend::new(CpuOptions { threads: o.threads });
-        let caps = Capabilities { name: "counting".into(), device: "counting wrapper over cpu".into(), ..inner.capabilities().clone() };
-        Ok(Arc::new(CountingBackend { inner, caps, counts: c.clone() }) as Arc<dyn Backend>)
+        let caps = Capabilities {
+            name: "counting".into(),
+            device: "counting wrapper over cpu".into(),
+            ..inner.capabilities().clone()
+        };
+        Ok(Arc::new(CountingBackend {
+            inner,
+            caps,
+            counts: c.clone(),
+        }) as Arc<dyn Backend>)
     });
     let rt = Runtime::with_registry(registry);
-    let model = rt.load(&smollm2_gguf(), LoadOptions { backend: "counting".into(), ctx: Some(256), precision: PrecisionPolicy::F32, ..Default::default() }).unwrap();
+    let model = rt
+        .load(
+            &smollm2_gguf(),
+            LoadOptions {
+                backend: "counting".into(),
+                ctx: Some(256),
+                precision: PrecisionPolicy::F32,
+                ..Default::default()
+            },
+        )
+        .unwrap();
     assert_eq!(model.backend.name(), "counting");
 
     let g = read_json("smollm2/greedy.json");
     let case = &g["results"][0];
     let ids: Vec<u32> = golden_ids(&case["prompt_ids"]);
     let want: Vec<u32> = golden_ids(&case["new_ids"]);
-    let out = Session::new(model.clone()).unwrap().generate(&ids, &GenerateOptions { max_tokens: want.len(), ..Default::default() }, |_, _| true).unwrap();
+    let out = Session::new(model.clone())
+        .unwrap()
+        .generate(
+            &ids,
+            &GenerateOptions {
+                max_tokens: want.len(),
+                ..Default::default()
+            },
+            |_, _| true,
+        )
+        .unwrap();
     assert_eq!(out.tokens, want);
 
     // 3 graphs compiled, every weight prepared once (shared by the graphs), and one
     // run per prefill chunk + decode step.
     assert_eq!(counts.compiled.load(Relaxed), 3);
-    let mut weights: Vec<&str> = model.graphs.values().flat_map(|g| g.graph.sources("weight").into_iter().map(|(_, n, _)| n)).collect();
+    let mut weights: Vec<&str> = model
+        .graphs
+        .values()
+        .flat_map(|g| g.graph.sources("weight").into_iter().map(|(_, n, _)| n))
+        .collect();
     weights.sort();
     weights.dedup();
     assert_eq!(counts.prepared.load(Relaxed), weights.len());
@@ -110,14 +165,30 @@ fn a_backend_defined_outside_npurt_runs_the_real_model() {
 
 #[test]
 fn sessions_take_text_and_chat_messages() {
-    let model = Runtime::new().load(&smollm2_gguf(), LoadOptions { ctx: Some(256), ..Default::default() }).unwrap();
+    let model = Runtime::new()
+        .load(
+            &smollm2_gguf(),
+            LoadOptions {
+                ctx: Some(256),
+                ..Default::default()
+            },
+        )
+        .unwrap();
     let chat = read_json("smollm2/chat_cases.json");
-    let case = &chat.as_array().map(|a| a[0].clone()).unwrap_or_else(|| chat["cases"][0].clone());
+    let case = &chat
+        .as_array()
+        .map(|a| a[0].clone())
+        .unwrap_or_else(|| chat["cases"][0].clone());
     let messages: Vec<npurt_models::ChatMessage> = case["messages"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|m| npurt_models::ChatMessage::new(m["role"].as_str().unwrap(), m["content"].as_str().unwrap()))
+        .map(|m| {
+            npurt_models::ChatMessage::new(
+                m["role"].as_str().unwrap(),
+                m["content"].as_str().unwrap(),
+            )
+        })
         .collect();
     let mut s = Session::new(model.clone()).unwrap();
     let ids = s.feed_chat(&messages).unwrap();
@@ -126,35 +197,80 @@ fn sessions_take_text_and_chat_messages() {
     assert_eq!(s.tokens(), &want[..]);
     let mut t = Session::new(model).unwrap();
     t.feed_text(case["rendered"].as_str().unwrap()).unwrap();
-    assert_eq!(t.last_logits(), s.last_logits(), "text and chat feeding give the same state");
+    assert_eq!(
+        t.last_logits(),
+        s.last_logits(),
+        "text and chat feeding give the same state"
+    );
 }
 
 #[test]
 fn unknown_backend_is_a_typed_error_listing_known_ones() {
-    let err = Runtime::new().load(&smollm2_gguf(), LoadOptions { backend: "npu9000".into(), ..Default::default() }).err().expect("must fail");
+    let err = Runtime::new()
+        .load(
+            &smollm2_gguf(),
+            LoadOptions {
+                backend: "npu9000".into(),
+                ..Default::default()
+            },
+        )
+        .err()
+        .expect("must fail");
     let msg = err.to_string();
     assert!(msg.contains("npu9000") && msg.contains("cpu"), "{msg}");
 }
 
 #[test]
 fn prompt_longer_than_context_and_bad_ids_are_typed_errors() {
-    let model = Runtime::new().load(&smollm2_gguf(), LoadOptions { ctx: Some(64), chunk: 32, ..Default::default() }).unwrap();
+    let model = Runtime::new()
+        .load(
+            &smollm2_gguf(),
+            LoadOptions {
+                ctx: Some(64),
+                chunk: 32,
+                ..Default::default()
+            },
+        )
+        .unwrap();
     let mut s = Session::new(model.clone()).unwrap();
     match s.feed(&vec![42u32; 65]) {
-        Err(RuntimeError::ContextOverflow { needed: 65, used: 0, ctx: 64 }) => {}
+        Err(RuntimeError::ContextOverflow {
+            needed: 65,
+            used: 0,
+            ctx: 64,
+        }) => {}
         other => panic!("expected ContextOverflow, got {other:?}"),
     }
     assert!(s.is_empty(), "a refused feed must not change the session");
     match s.feed(&[1, 2, 49152, 3]) {
-        Err(e @ RuntimeError::TokenOutOfRange { id: 49152, index: 2, vocab: 49152 }) => assert!(e.to_string().contains("49152")),
+        Err(
+            e @ RuntimeError::TokenOutOfRange {
+                id: 49152,
+                index: 2,
+                vocab: 49152,
+            },
+        ) => assert!(e.to_string().contains("49152")),
         other => panic!("expected TokenOutOfRange, got {other:?}"),
     }
     // The session still works after refused input, and fills up to exactly ctx.
     s.feed(&vec![42u32; 64]).unwrap();
-    assert!(matches!(s.feed(&[42]), Err(RuntimeError::ContextOverflow { .. })));
+    assert!(matches!(
+        s.feed(&[42]),
+        Err(RuntimeError::ContextOverflow { .. })
+    ));
     // Generation stops cleanly at a full context.
     s.truncate(60);
-    let g = s.generate(&[42], &GenerateOptions { max_tokens: 100, stop_at_eos: false, ..Default::default() }, |_, _| true).unwrap();
+    let g = s
+        .generate(
+            &[42],
+            &GenerateOptions {
+                max_tokens: 100,
+                stop_at_eos: false,
+                ..Default::default()
+            },
+            |_, _| true,
+        )
+        .unwrap();
     assert_eq!(g.stop, npurt_runtime::StopReason::ContextFull);
     assert_eq!(s.len(), 64);
 }

@@ -8,7 +8,10 @@
 //! success through shared host memory.
 
 use npurt_backends::cpu::{CpuBackend, CpuOptions};
-use npurt_backends::{Backend, BackendError, Bindings, BufferUsage, Capabilities, DeviceBuffer, Executable, Scratch, Support};
+use npurt_backends::{
+    Backend, BackendError, Bindings, BufferUsage, Capabilities, DeviceBuffer, Executable, Scratch,
+    Support,
+};
 use npurt_graph::{Graph, NodeId, Op, TensorFact};
 use npurt_kernels::HostTensor;
 use npurt_models::llama::{self, InputKind, LlamaGraphOptions, LogitsMode};
@@ -37,11 +40,18 @@ impl DeviceBuffer for DevBuffer {
 }
 
 fn unwrap(b: &dyn DeviceBuffer) -> npurt_backends::Result<&Arc<dyn DeviceBuffer>> {
-    b.as_any().downcast_ref::<DevBuffer>().map(|d| &d.0).ok_or_else(|| BackendError::Binding(format!("{} buffer is not a device buffer", b.fact())))
+    b.as_any()
+        .downcast_ref::<DevBuffer>()
+        .map(|d| &d.0)
+        .ok_or_else(|| BackendError::Binding(format!("{} buffer is not a device buffer", b.fact())))
 }
 
-fn unwrap_all<K: Clone>(v: &[(K, Arc<dyn DeviceBuffer>)]) -> npurt_backends::Result<Vec<(K, Arc<dyn DeviceBuffer>)>> {
-    v.iter().map(|(k, b)| Ok((k.clone(), unwrap(b.as_ref())?.clone()))).collect()
+fn unwrap_all<K: Clone>(
+    v: &[(K, Arc<dyn DeviceBuffer>)],
+) -> npurt_backends::Result<Vec<(K, Arc<dyn DeviceBuffer>)>> {
+    v.iter()
+        .map(|(k, b)| Ok((k.clone(), unwrap(b.as_ref())?.clone())))
+        .collect()
 }
 
 struct Device {
@@ -53,8 +63,16 @@ struct Device {
 impl Device {
     fn arc(name: &str, declines: &'static [&'static str]) -> Arc<dyn Backend> {
         let cpu = CpuBackend::new(CpuOptions { threads: Some(1) });
-        let caps = Capabilities { name: name.into(), host_memory: false, ..cpu.capabilities().clone() };
-        Arc::new(Device { cpu, caps, declines })
+        let caps = Capabilities {
+            name: name.into(),
+            host_memory: false,
+            ..cpu.capabilities().clone()
+        };
+        Arc::new(Device {
+            cpu,
+            caps,
+            declines,
+        })
     }
 }
 
@@ -65,7 +83,13 @@ impl Executable for DevExec {
         self.0.new_scratch()
     }
     fn run(&self, b: &Bindings, s: &mut dyn Scratch) -> npurt_backends::Result<()> {
-        self.0.run(&Bindings { sources: unwrap_all(&b.sources)?, outputs: unwrap_all(&b.outputs)? }, s)
+        self.0.run(
+            &Bindings {
+                sources: unwrap_all(&b.sources)?,
+                outputs: unwrap_all(&b.outputs)?,
+            },
+            s,
+        )
     }
 }
 
@@ -80,13 +104,25 @@ impl Backend for Device {
         }
         self.cpu.supports(g, id)
     }
-    fn alloc(&self, f: &TensorFact, u: BufferUsage) -> npurt_backends::Result<Arc<dyn DeviceBuffer>> {
+    fn alloc(
+        &self,
+        f: &TensorFact,
+        u: BufferUsage,
+    ) -> npurt_backends::Result<Arc<dyn DeviceBuffer>> {
         Ok(Arc::new(DevBuffer(self.cpu.alloc(f, u)?)))
     }
-    fn prepare_weight(&self, name: &str, t: HostTensor) -> npurt_backends::Result<Arc<dyn DeviceBuffer>> {
+    fn prepare_weight(
+        &self,
+        name: &str,
+        t: HostTensor,
+    ) -> npurt_backends::Result<Arc<dyn DeviceBuffer>> {
         Ok(Arc::new(DevBuffer(self.cpu.prepare_weight(name, t)?)))
     }
-    fn compile(&self, g: &Graph, w: &[(NodeId, Arc<dyn DeviceBuffer>)]) -> npurt_backends::Result<Arc<dyn Executable>> {
+    fn compile(
+        &self,
+        g: &Graph,
+        w: &[(NodeId, Arc<dyn DeviceBuffer>)],
+    ) -> npurt_backends::Result<Arc<dyn Executable>> {
         npurt_backends::check_support(self, g)?;
         Ok(Arc::new(DevExec(self.cpu.compile(g, &unwrap_all(w)?)?)))
     }
@@ -96,8 +132,14 @@ impl Backend for Device {
     fn read(&self, b: &dyn DeviceBuffer) -> npurt_backends::Result<HostTensor> {
         self.cpu.read(unwrap(b)?.as_ref())
     }
-    fn copy_rows(&self, s: &dyn DeviceBuffer, d: &dyn DeviceBuffer, rows: usize) -> npurt_backends::Result<()> {
-        self.cpu.copy_rows(unwrap(s)?.as_ref(), unwrap(d)?.as_ref(), rows)
+    fn copy_rows(
+        &self,
+        s: &dyn DeviceBuffer,
+        d: &dyn DeviceBuffer,
+        rows: usize,
+    ) -> npurt_backends::Result<()> {
+        self.cpu
+            .copy_rows(unwrap(s)?.as_ref(), unwrap(d)?.as_ref(), rows)
     }
 }
 
@@ -113,21 +155,37 @@ fn tiny_llama() -> Graph {
         "tie_word_embeddings": true, "rms_norm_eps": 1e-5
     }))
     .unwrap();
-    llama::build(&cfg, &LlamaGraphOptions { rows: ROWS, cache_rows: CACHE, logits: LogitsMode::All, input: InputKind::Ids, taps: false }).unwrap()
+    llama::build(
+        &cfg,
+        &LlamaGraphOptions {
+            rows: ROWS,
+            cache_rows: CACHE,
+            logits: LogitsMode::All,
+            input: InputKind::Ids,
+            taps: false,
+        },
+    )
+    .unwrap()
 }
 
 /// Seeded small weights (norm weights near 1), by name.
 fn weights(g: &Graph) -> HashMap<String, HostTensor> {
     let mut state = 0x2545_f491_4f6c_dd1du64;
     let mut next = move || {
-        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         ((state >> 40) as f32 / (1u64 << 24) as f32) - 0.5
     };
     g.sources("weight")
         .into_iter()
         .map(|(_, name, fact)| {
             let n = fact.elems().unwrap();
-            let v: Vec<f32> = if name.contains("norm") { (0..n).map(|_| 1.0 + 0.2 * next()).collect() } else { (0..n).map(|_| 0.6 * next()).collect() };
+            let v: Vec<f32> = if name.contains("norm") {
+                (0..n).map(|_| 1.0 + 0.2 * next()).collect()
+            } else {
+                (0..n).map(|_| 0.6 * next()).collect()
+            };
             (name.to_string(), HostTensor::f32(fact.shape.clone(), v))
         })
         .collect()
@@ -135,7 +193,10 @@ fn weights(g: &Graph) -> HashMap<String, HostTensor> {
 
 /// (pos, ids) of the two chunks every test runs: a full one, then a padded one.
 fn chunks() -> [(usize, Vec<i32>); 2] {
-    [(0, vec![1, 17, 42, 5, 63, 0, 8, 30]), (ROWS, vec![9, 2, 44, 61, 3])]
+    [
+        (0, vec![1, 17, 42, 5, 63, 0, 8, 30]),
+        (ROWS, vec![9, 2, 44, 61, 3]),
+    ]
 }
 
 /// Runs both chunks; returns the logits of each. `alloc_source`/`alloc_output` say
@@ -149,7 +210,11 @@ fn run_chunks(
     output_backend: Arc<dyn Backend>,
 ) -> Vec<Vec<f32>> {
     let mut scratch = exec.new_scratch().unwrap();
-    let states: Vec<_> = g.sources("state").into_iter().map(|(id, _, f)| (id, alloc_source(id, f, BufferUsage::State))).collect();
+    let states: Vec<_> = g
+        .sources("state")
+        .into_iter()
+        .map(|(id, _, f)| (id, alloc_source(id, f, BufferUsage::State)))
+        .collect();
     let logits_id = g.output("logits").unwrap();
     let logits = alloc_output("logits", g.fact(logits_id));
     let mut out = Vec::new();
@@ -158,15 +223,30 @@ fn run_chunks(
         let mut padded = ids.clone();
         padded.resize(ROWS, 0);
         let mut sources = states.clone();
-        for (name, t) in [("ids", HostTensor::i32([ROWS], padded)), ("pos", HostTensor::i32([1], vec![pos as i32])), ("n_valid", HostTensor::i32([1], vec![n_valid as i32]))] {
+        for (name, t) in [
+            ("ids", HostTensor::i32([ROWS], padded)),
+            ("pos", HostTensor::i32([1], vec![pos as i32])),
+            ("n_valid", HostTensor::i32([1], vec![n_valid as i32])),
+        ] {
             let id = g.find_source("input", name).unwrap();
             let buf = alloc_source(id, &t.fact, BufferUsage::Activations);
             backend_of(id).write(buf.as_ref(), &t).unwrap();
             sources.push((id, buf));
         }
-        exec.run(&Bindings { sources, outputs: vec![("logits".into(), logits.clone())] }, scratch.as_mut()).unwrap();
+        exec.run(
+            &Bindings {
+                sources,
+                outputs: vec![("logits".into(), logits.clone())],
+            },
+            scratch.as_mut(),
+        )
+        .unwrap();
         output_backend.synchronize().unwrap();
-        let all = output_backend.read(logits.as_ref()).unwrap().into_f32().unwrap();
+        let all = output_backend
+            .read(logits.as_ref())
+            .unwrap()
+            .into_f32()
+            .unwrap();
         out.push(all[..n_valid * 64].to_vec());
     }
     out
@@ -176,11 +256,22 @@ fn run_chunks(
 fn reference(g: &Graph) -> Vec<Vec<f32>> {
     let cpu: Arc<dyn Backend> = Arc::new(CpuBackend::new(CpuOptions { threads: Some(1) }));
     let w = weights(g);
-    let prepared: Vec<_> = g.sources("weight").into_iter().map(|(id, name, _)| (id, cpu.prepare_weight(name, w[name].clone()).unwrap())).collect();
+    let prepared: Vec<_> = g
+        .sources("weight")
+        .into_iter()
+        .map(|(id, name, _)| (id, cpu.prepare_weight(name, w[name].clone()).unwrap()))
+        .collect();
     let exec = cpu.compile(g, &prepared).unwrap();
     let c = cpu.clone();
     let c2 = cpu.clone();
-    run_chunks(g, exec.as_ref(), &|_, f, u| c.alloc(f, u).unwrap(), &|_, f| c2.alloc(f, BufferUsage::Activations).unwrap(), &|_| cpu.clone(), cpu.clone())
+    run_chunks(
+        g,
+        exec.as_ref(),
+        &|_, f, u| c.alloc(f, u).unwrap(),
+        &|_, f| c2.alloc(f, BufferUsage::Activations).unwrap(),
+        &|_| cpu.clone(),
+        cpu.clone(),
+    )
 }
 
 /// Prepare calls per backend name, and the closure `compile_partitioned` calls.
@@ -191,15 +282,30 @@ struct Preparer {
 }
 
 impl Preparer {
-    fn prepare(&self, backend: &dyn Backend, id: NodeId) -> npurt_runtime::Result<Arc<dyn DeviceBuffer>> {
-        let Op::Weight { name, .. } = &self.graph.node(id).op else { panic!("{id} is not a weight") };
-        *self.calls.lock().unwrap().entry(backend.name().to_string()).or_default() += 1;
+    fn prepare(
+        &self,
+        backend: &dyn Backend,
+        id: NodeId,
+    ) -> npurt_runtime::Result<Arc<dyn DeviceBuffer>> {
+        let Op::Weight { name, .. } = &self.graph.node(id).op else {
+            panic!("{id} is not a weight")
+        };
+        *self
+            .calls
+            .lock()
+            .unwrap()
+            .entry(backend.name().to_string())
+            .or_default() += 1;
         Ok(backend.prepare_weight(name, self.weights[name].clone())?)
     }
 }
 
 fn partitioned(g: &Graph, backends: &[Arc<dyn Backend>]) -> (Partitioned, HashMap<String, usize>) {
-    let p = Preparer { weights: weights(g), graph: g.clone(), calls: Mutex::new(HashMap::new()) };
+    let p = Preparer {
+        weights: weights(g),
+        graph: g.clone(),
+        calls: Mutex::new(HashMap::new()),
+    };
     let part = compile_partitioned(g, backends, &|b, id| p.prepare(b, id)).unwrap();
     let calls = p.calls.into_inner().unwrap();
     (part, calls)
@@ -219,9 +325,21 @@ fn run_partitioned(g: &Graph, part: &Partitioned) -> Vec<Vec<f32>> {
 
 fn assert_same_logits(got: &[Vec<f32>], want: &[Vec<f32>]) {
     for (chunk, (g, w)) in got.iter().zip(want).enumerate() {
-        let (lo, hi) = w.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), v| (a.min(*v), b.max(*v)));
-        let diff = g.iter().zip(w).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-        assert!(diff <= 1e-5 * (hi - lo), "chunk {chunk}: max abs diff {diff} over a logit range {}", hi - lo);
+        let (lo, hi) = w
+            .iter()
+            .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), v| {
+                (a.min(*v), b.max(*v))
+            });
+        let diff = g
+            .iter()
+            .zip(w)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(
+            diff <= 1e-5 * (hi - lo),
+            "chunk {chunk}: max abs diff {diff} over a logit range {}",
+            hi - lo
+        );
     }
 }
 
@@ -230,7 +348,10 @@ fn cpu() -> Arc<dyn Backend> {
 }
 
 fn count(kinds: &[(&'static str, usize)], kind: &str) -> usize {
-    kinds.iter().find(|(k, _)| *k == kind).map_or(0, |(_, n)| *n)
+    kinds
+        .iter()
+        .find(|(k, _)| *k == kind)
+        .map_or(0, |(_, n)| *n)
 }
 
 // ---- tests ----
@@ -251,8 +372,21 @@ fn silu_falls_back_to_cpu_and_logits_match() {
     assert_eq!(r.transfers.len(), 2 * 4, "{r}");
     assert_eq!(r.copies(), 2 * 2, "{r}");
     assert_eq!(r.transfer_bytes(), 2 * 2 * 8 * 48 * 4, "{r}");
-    assert!(r.transfers.iter().filter(|t| !t.copied_to.is_empty()).all(|t| t.fact == "f32[8, 48]"), "{r}");
-    assert_eq!(r.segments.iter().filter(|s| s.backend == "cpu").map(|s| s.nodes).sum::<usize>(), 2);
+    assert!(
+        r.transfers
+            .iter()
+            .filter(|t| !t.copied_to.is_empty())
+            .all(|t| t.fact == "f32[8, 48]"),
+        "{r}"
+    );
+    assert_eq!(
+        r.segments
+            .iter()
+            .filter(|s| s.backend == "cpu")
+            .map(|s| s.nodes)
+            .sum::<usize>(),
+        2
+    );
     assert!(r.to_string().contains("fallback: silu x2 on cpu"), "{r}");
     // silu reads no weight: every weight is prepared on the device only.
     assert_eq!(calls.get("cpu"), None);
@@ -264,11 +398,23 @@ fn silu_falls_back_to_cpu_and_logits_match() {
 fn attention_and_kv_writes_fall_back_together() {
     let g = tiny_llama();
     let want = reference(&g);
-    let (part, _) = partitioned(&g, &[Device::arc("dev-no-attn", &["attention", "kv_write"]), cpu()]);
+    let (part, _) = partitioned(
+        &g,
+        &[
+            Device::arc("dev-no-attn", &["attention", "kv_write"]),
+            cpu(),
+        ],
+    );
     let r = part.report().clone();
     println!("{r}");
     assert_eq!(r.fallback_nodes, 2 * 3, "{r}");
-    assert_eq!(r.fallbacks, vec![("attention", "cpu".to_string(), 2), ("kv_write", "cpu".to_string(), 4)]);
+    assert_eq!(
+        r.fallbacks,
+        vec![
+            ("attention", "cpu".to_string(), 2),
+            ("kv_write", "cpu".to_string(), 4)
+        ]
+    );
     // Per layer, copied: k_rope, v and q_rope to the cpu, the attention output back;
     // not copied: the residual stream, from before the attention to after it.
     assert_eq!(r.copies(), 2 * 4, "{r}");
@@ -288,9 +434,19 @@ fn a_cache_is_never_split_across_backends() {
     // attention to the cpu rather than leave the cache on the device.
     let g = tiny_llama();
     let want = reference(&g);
-    let (part, _) = partitioned(&g, &[Device::arc("dev-no-attention", &["attention"]), cpu()]);
+    let (part, _) = partitioned(
+        &g,
+        &[Device::arc("dev-no-attention", &["attention"]), cpu()],
+    );
     let r = part.report().clone();
-    assert_eq!(r.fallbacks, vec![("attention", "cpu".to_string(), 2), ("kv_write", "cpu".to_string(), 4)], "{r}");
+    assert_eq!(
+        r.fallbacks,
+        vec![
+            ("attention", "cpu".to_string(), 2),
+            ("kv_write", "cpu".to_string(), 4)
+        ],
+        "{r}"
+    );
     assert_same_logits(&run_partitioned(&g, &part), &want);
 }
 
@@ -322,7 +478,10 @@ fn a_backend_that_runs_everything_gives_one_segment_and_no_transfers() {
     assert!(r.transfers.is_empty() && r.staged_inputs.is_empty());
     assert_eq!(r.fallback_nodes, 0);
     assert_eq!(r.segments[0].backend, "dev-all");
-    assert_eq!(r.segments[0].nodes, g.nodes.iter().filter(|n| !n.op.is_source()).count());
+    assert_eq!(
+        r.segments[0].nodes,
+        g.nodes.iter().filter(|n| !n.op.is_source()).count()
+    );
     assert_eq!(calls.get("cpu"), None);
     assert_same_logits(&run_partitioned(&g, &part), &want);
 }
@@ -330,13 +489,36 @@ fn a_backend_that_runs_everything_gives_one_segment_and_no_transfers() {
 #[test]
 fn nothing_to_fall_back_to_is_a_typed_error() {
     let g = tiny_llama();
-    let p = Preparer { weights: weights(&g), graph: g.clone(), calls: Mutex::new(HashMap::new()) };
+    let p = Preparer {
+        weights: weights(&g),
+        graph: g.clone(),
+        calls: Mutex::new(HashMap::new()),
+    };
     let prepare = |b: &dyn Backend, id| p.prepare(b, id);
-    let err = compile_partitioned(&g, &[Device::arc("dev-no-silu", &["silu"])], &prepare).err().expect("silu has nowhere to run");
-    assert!(matches!(&err, RuntimeError::Backend(BackendError::Unsupported { node, .. }) if node.ends_with("silu")), "{err}");
-    assert!(err.to_string().contains("not implemented on this device"), "{err}");
-    let err = compile_partitioned(&g, &[], &prepare).err().expect("no backends");
-    assert!(matches!(err, RuntimeError::InvalidOption { option: "backends", .. }), "{err}");
+    let err = compile_partitioned(&g, &[Device::arc("dev-no-silu", &["silu"])], &prepare)
+        .err()
+        .expect("silu has nowhere to run");
+    assert!(
+        matches!(&err, RuntimeError::Backend(BackendError::Unsupported { node, .. }) if node.ends_with("silu")),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("not implemented on this device"),
+        "{err}"
+    );
+    let err = compile_partitioned(&g, &[], &prepare)
+        .err()
+        .expect("no backends");
+    assert!(
+        matches!(
+            err,
+            RuntimeError::InvalidOption {
+                option: "backends",
+                ..
+            }
+        ),
+        "{err}"
+    );
 }
 
 /// Counts warnings per message so the test can check one warning per fallback kind.
@@ -364,11 +546,29 @@ fn each_fallback_kind_is_warned_once_with_its_count() {
         log::set_max_level(log::LevelFilter::Warn);
     }
     let g = tiny_llama();
-    partitioned(&g, &[Device::arc("dev-warn", &["attention", "kv_write", "silu"]), cpu()]);
-    let logs: Vec<String> = CAPTURE.0.lock().unwrap().iter().filter(|m| m.contains("`dev-warn`")).cloned().collect();
+    partitioned(
+        &g,
+        &[
+            Device::arc("dev-warn", &["attention", "kv_write", "silu"]),
+            cpu(),
+        ],
+    );
+    let logs: Vec<String> = CAPTURE
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|m| m.contains("`dev-warn`"))
+        .cloned()
+        .collect();
     assert_eq!(logs.len(), 3, "{logs:#?}");
     for (n, kind) in [(2, "attention"), (4, "kv_write"), (2, "silu")] {
-        assert!(logs.iter().any(|m| m.starts_with(&format!("{n} `{kind}` node(s) fall back from `dev-warn` to `cpu`"))), "{logs:#?}");
+        assert!(
+            logs.iter().any(|m| m.starts_with(&format!(
+                "{n} `{kind}` node(s) fall back from `dev-warn` to `cpu`"
+            ))),
+            "{logs:#?}"
+        );
     }
 }
 
@@ -389,7 +589,9 @@ fn a_cache_written_in_one_segment_is_read_from_its_state_in_the_next() {
     let kw = b.kv_write("k_write", kc, k, pos).unwrap();
     let vw = b.kv_write("v_write", vc, k, pos).unwrap();
     let q = b.silu("q", x).unwrap();
-    let att = b.attention("attention", q, kw, vw, pos, n_valid, 2, 2, 8).unwrap();
+    let att = b
+        .attention("attention", q, kw, vw, pos, n_valid, 2, 2, 8)
+        .unwrap();
     b.output("y", att);
     b.output("x_echo", x);
     b.output("k_after", kw);
@@ -402,23 +604,54 @@ fn a_cache_written_in_one_segment_is_read_from_its_state_in_the_next() {
         } else if id == n_valid {
             HostTensor::i32([1], vec![4])
         } else {
-            HostTensor::f32(f.shape.clone(), (0..f.elems().unwrap()).map(|i| ((i * 37 % 23) as f32 - 11.0) / 7.0).collect())
+            HostTensor::f32(
+                f.shape.clone(),
+                (0..f.elems().unwrap())
+                    .map(|i| ((i * 37 % 23) as f32 - 11.0) / 7.0)
+                    .collect(),
+            )
         }
     };
-    let run = |exec: &dyn Executable, backend_of: &dyn Fn(NodeId) -> Arc<dyn Backend>, out_backend: &dyn Fn(&str) -> Arc<dyn Backend>| {
+    let run = |exec: &dyn Executable,
+               backend_of: &dyn Fn(NodeId) -> Arc<dyn Backend>,
+               out_backend: &dyn Fn(&str) -> Arc<dyn Backend>| {
         let mut sources = Vec::new();
         for id in [x, pos, n_valid, kc, vc] {
             let be = backend_of(id);
-            let usage = if id == kc || id == vc { BufferUsage::State } else { BufferUsage::Activations };
+            let usage = if id == kc || id == vc {
+                BufferUsage::State
+            } else {
+                BufferUsage::Activations
+            };
             let buf = be.alloc(g.fact(id), usage).unwrap();
             be.write(buf.as_ref(), &data(id)).unwrap();
             sources.push((id, buf));
         }
-        let outputs: Vec<(String, Arc<dyn DeviceBuffer>)> =
-            g.outputs.iter().map(|(n, id)| (n.clone(), out_backend(n).alloc(g.fact(*id), BufferUsage::Activations).unwrap())).collect();
+        let outputs: Vec<(String, Arc<dyn DeviceBuffer>)> = g
+            .outputs
+            .iter()
+            .map(|(n, id)| {
+                (
+                    n.clone(),
+                    out_backend(n)
+                        .alloc(g.fact(*id), BufferUsage::Activations)
+                        .unwrap(),
+                )
+            })
+            .collect();
         let bindings = Bindings { sources, outputs };
-        exec.run(&bindings, exec.new_scratch().unwrap().as_mut()).unwrap();
-        g.outputs.iter().map(|(n, _)| out_backend(n).read(bindings.output(n).unwrap().as_ref()).unwrap().into_f32().unwrap()).collect::<Vec<_>>()
+        exec.run(&bindings, exec.new_scratch().unwrap().as_mut())
+            .unwrap();
+        g.outputs
+            .iter()
+            .map(|(n, _)| {
+                out_backend(n)
+                    .read(bindings.output(n).unwrap().as_ref())
+                    .unwrap()
+                    .into_f32()
+                    .unwrap()
+            })
+            .collect::<Vec<_>>()
     };
 
     let cpu_be = cpu();
@@ -428,11 +661,32 @@ fn a_cache_written_in_one_segment_is_read_from_its_state_in_the_next() {
     let (part, _) = partitioned(&g, &[Device::arc("dev-no-silu-2", &["silu"]), cpu()]);
     let r = part.report().clone();
     println!("{r}");
-    assert_eq!(r.segments.iter().map(|s| s.backend.as_str()).collect::<Vec<_>>(), ["dev-no-silu-2", "cpu", "dev-no-silu-2"], "{r}");
+    assert_eq!(
+        r.segments
+            .iter()
+            .map(|s| s.backend.as_str())
+            .collect::<Vec<_>>(),
+        ["dev-no-silu-2", "cpu", "dev-no-silu-2"],
+        "{r}"
+    );
     // Only q crosses; the caches are re-read from state, x is staged onto the cpu.
-    assert_eq!(r.transfers.iter().map(|t| t.value.as_str()).collect::<Vec<_>>(), ["q"], "{r}");
+    assert_eq!(
+        r.transfers
+            .iter()
+            .map(|t| t.value.as_str())
+            .collect::<Vec<_>>(),
+        ["q"],
+        "{r}"
+    );
     assert_eq!(r.staged_inputs, ["x -> cpu"], "{r}");
-    assert_eq!(part.output_backend("k_after").unwrap().name(), "dev-no-silu-2");
-    let got = run(&part, &|id| part.source_backend(id).unwrap().clone(), &|n| part.output_backend(n).unwrap().clone());
+    assert_eq!(
+        part.output_backend("k_after").unwrap().name(),
+        "dev-no-silu-2"
+    );
+    let got = run(
+        &part,
+        &|id| part.source_backend(id).unwrap().clone(),
+        &|n| part.output_backend(n).unwrap().clone(),
+    );
     assert_eq!(got, want);
 }

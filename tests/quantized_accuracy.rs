@@ -12,7 +12,16 @@ use npurt_tests::*;
 use std::sync::Arc;
 
 fn load(p: PrecisionPolicy) -> Arc<Model> {
-    Runtime::new().load(&smollm2_gguf(), LoadOptions { ctx: Some(512), precision: p, ..Default::default() }).expect("load")
+    Runtime::new()
+        .load(
+            &smollm2_gguf(),
+            LoadOptions {
+                ctx: Some(512),
+                precision: p,
+                ..Default::default()
+            },
+        )
+        .expect("load")
 }
 
 fn perplexity(m: &Arc<Model>) -> (f64, f64) {
@@ -28,9 +37,24 @@ fn greedy_matches(m: &Arc<Model>) -> usize {
     for case in g["results"].as_array().unwrap() {
         let ids: Vec<u32> = golden_ids(&case["prompt_ids"]);
         let want: Vec<u32> = golden_ids(&case["new_ids"]);
-        let out = Session::new(m.clone()).unwrap().generate(&ids, &GenerateOptions { max_tokens: want.len(), ..Default::default() }, |_, _| true).unwrap();
+        let out = Session::new(m.clone())
+            .unwrap()
+            .generate(
+                &ids,
+                &GenerateOptions {
+                    max_tokens: want.len(),
+                    ..Default::default()
+                },
+                |_, _| true,
+            )
+            .unwrap();
         let same = out.tokens == want;
-        println!("{} {}: {}", m.options.precision.name, case["name"], if same { "exact" } else { "differs" });
+        println!(
+            "{} {}: {}",
+            m.options.precision.name,
+            case["name"],
+            if same { "exact" } else { "differs" }
+        );
         ok += same as usize;
     }
     ok
@@ -40,8 +64,14 @@ fn greedy_matches(m: &Arc<Model>) -> usize {
 fn w4a16_perplexity_within_half_a_percent_and_greedy_mostly_exact() {
     let m = load(PrecisionPolicy::W4A16);
     let (ppl, reference) = perplexity(&m);
-    println!("w4a16 perplexity {ppl:.4} vs fp32 {reference:.4} ({:+.3}%)", 100.0 * (ppl / reference - 1.0));
-    assert!((ppl / reference - 1.0).abs() <= 0.005, "w4a16 perplexity {ppl} vs {reference}");
+    println!(
+        "w4a16 perplexity {ppl:.4} vs fp32 {reference:.4} ({:+.3}%)",
+        100.0 * (ppl / reference - 1.0)
+    );
+    assert!(
+        (ppl / reference - 1.0).abs() <= 0.005,
+        "w4a16 perplexity {ppl} vs {reference}"
+    );
     let exact = greedy_matches(&m);
     assert!(exact >= 3, "only {exact} of 4 greedy continuations exact");
 }
@@ -50,16 +80,28 @@ fn w4a16_perplexity_within_half_a_percent_and_greedy_mostly_exact() {
 fn w4a8_perplexity_within_two_percent() {
     let m = load(PrecisionPolicy::W4A8);
     let (ppl, reference) = perplexity(&m);
-    println!("w4a8 perplexity {ppl:.4} vs fp32 {reference:.4} ({:+.3}%)", 100.0 * (ppl / reference - 1.0));
-    assert!((ppl / reference - 1.0).abs() <= 0.02, "w4a8 perplexity {ppl} vs {reference}");
+    println!(
+        "w4a8 perplexity {ppl:.4} vs fp32 {reference:.4} ({:+.3}%)",
+        100.0 * (ppl / reference - 1.0)
+    );
+    assert!(
+        (ppl / reference - 1.0).abs() <= 0.02,
+        "w4a8 perplexity {ppl} vs {reference}"
+    );
 }
 
 #[test]
 fn w8a16_perplexity_within_half_a_percent() {
     let m = load(PrecisionPolicy::W8A16);
     let (ppl, reference) = perplexity(&m);
-    println!("w8a16 perplexity {ppl:.4} vs fp32 {reference:.4} ({:+.3}%)", 100.0 * (ppl / reference - 1.0));
-    assert!((ppl / reference - 1.0).abs() <= 0.005, "w8a16 perplexity {ppl} vs {reference}");
+    println!(
+        "w8a16 perplexity {ppl:.4} vs fp32 {reference:.4} ({:+.3}%)",
+        100.0 * (ppl / reference - 1.0)
+    );
+    assert!(
+        (ppl / reference - 1.0).abs() <= 0.005,
+        "w8a16 perplexity {ppl} vs {reference}"
+    );
 }
 
 #[test]
@@ -68,5 +110,9 @@ fn quantized_model_keeps_no_f32_weight_copy() {
     let gguf = std::fs::metadata(smollm2_gguf()).unwrap().len() as usize;
     // Q4_1 linears + Q8_0 table + f32 norms: the compiled weights are the file's size
     // (the f32 model would be ~5x larger).
-    assert!(m.weight_bytes <= gguf, "compiled weights {} bytes > GGUF {gguf} bytes", m.weight_bytes);
+    assert!(
+        m.weight_bytes <= gguf,
+        "compiled weights {} bytes > GGUF {gguf} bytes",
+        m.weight_bytes
+    );
 }

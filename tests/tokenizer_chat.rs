@@ -18,7 +18,11 @@ struct TokCase {
 }
 
 fn ids_of(v: &Value) -> Vec<u32> {
-    v.as_array().expect("ids array").iter().map(|x| x.as_u64().expect("id") as u32).collect()
+    v.as_array()
+        .expect("ids array")
+        .iter()
+        .map(|x| x.as_u64().expect("id") as u32)
+        .collect()
 }
 
 fn str_of(v: &Value) -> String {
@@ -36,7 +40,12 @@ fn tok_cases() -> Vec<TokCase> {
             text: str_of(&c["text"]),
             ids: ids_of(&c["ids"]),
             decoded: str_of(&c["decoded"]),
-            tokens: c["tokens"].as_array().expect("tokens").iter().map(str_of).collect(),
+            tokens: c["tokens"]
+                .as_array()
+                .expect("tokens")
+                .iter()
+                .map(str_of)
+                .collect(),
         })
         .collect();
     assert_eq!(cases.len(), 40, "tokenizer_cases.json should hold 40 cases");
@@ -76,21 +85,39 @@ fn chat_cases() -> Vec<ChatCase> {
 fn check_tokenizer(tok: &Tokenizer, label: &str) {
     let mut failures = Vec::new();
     for c in tok_cases() {
-        let ids = tokenizer::encode(tok, &c.text).unwrap_or_else(|e| panic!("{label}/{}: encode: {e}", c.name));
+        let ids = tokenizer::encode(tok, &c.text)
+            .unwrap_or_else(|e| panic!("{label}/{}: encode: {e}", c.name));
         if ids != c.ids {
-            failures.push(format!("{}: ids\n  got      {:?}\n  expected {:?}", c.name, ids, c.ids));
+            failures.push(format!(
+                "{}: ids\n  got      {:?}\n  expected {:?}",
+                c.name, ids, c.ids
+            ));
             continue;
         }
         let enc = tok.encode(c.text.as_str(), true).expect("encode");
         if enc.get_tokens() != c.tokens.as_slice() {
-            failures.push(format!("{}: tokens\n  got      {:?}\n  expected {:?}", c.name, enc.get_tokens(), c.tokens));
+            failures.push(format!(
+                "{}: tokens\n  got      {:?}\n  expected {:?}",
+                c.name,
+                enc.get_tokens(),
+                c.tokens
+            ));
         }
-        let decoded = tokenizer::decode(tok, &c.ids).unwrap_or_else(|e| panic!("{label}/{}: decode: {e}", c.name));
+        let decoded = tokenizer::decode(tok, &c.ids)
+            .unwrap_or_else(|e| panic!("{label}/{}: decode: {e}", c.name));
         if decoded != c.decoded {
-            failures.push(format!("{}: decoded {:?}, expected {:?}", c.name, decoded, c.decoded));
+            failures.push(format!(
+                "{}: decoded {:?}, expected {:?}",
+                c.name, decoded, c.decoded
+            ));
         }
     }
-    assert!(failures.is_empty(), "{label}: {} case(s) differ:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{label}: {} case(s) differ:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 fn gguf_source() -> ModelSource {
@@ -99,18 +126,35 @@ fn gguf_source() -> ModelSource {
 }
 
 fn golden_template() -> ChatTemplate {
-    let src = std::fs::read_to_string(golden("smollm2/chat_template.jinja")).expect("chat_template.jinja");
+    let src = std::fs::read_to_string(golden("smollm2/chat_template.jinja"))
+        .expect("chat_template.jinja");
     let cfg = read_json("smollm2/tokenizer_config.json");
-    assert_eq!(cfg["chat_template"].as_str(), Some(src.as_str()), "chat_template.jinja != tokenizer_config.json");
-    ChatTemplate::new(src, str_of(&cfg["bos_token"]), str_of(&cfg["eos_token"])).expect("golden chat template compiles")
+    assert_eq!(
+        cfg["chat_template"].as_str(),
+        Some(src.as_str()),
+        "chat_template.jinja != tokenizer_config.json"
+    );
+    ChatTemplate::new(src, str_of(&cfg["bos_token"]), str_of(&cfg["eos_token"]))
+        .expect("golden chat template compiles")
 }
 
 fn check_chat(template: &ChatTemplate, tok: &Tokenizer, label: &str) {
     for c in chat_cases() {
-        let rendered = template.render(&c.messages, true).unwrap_or_else(|e| panic!("{label}/{}: render: {e}", c.name));
-        assert_eq!(rendered, c.rendered, "{label}/{}: rendered text differs", c.name);
-        let ids = tokenizer::encode(tok, &rendered).unwrap_or_else(|e| panic!("{label}/{}: encode: {e}", c.name));
-        assert_eq!(ids, c.ids, "{label}/{}: ids of the rendered text differ", c.name);
+        let rendered = template
+            .render(&c.messages, true)
+            .unwrap_or_else(|e| panic!("{label}/{}: render: {e}", c.name));
+        assert_eq!(
+            rendered, c.rendered,
+            "{label}/{}: rendered text differs",
+            c.name
+        );
+        let ids = tokenizer::encode(tok, &rendered)
+            .unwrap_or_else(|e| panic!("{label}/{}: encode: {e}", c.name));
+        assert_eq!(
+            ids, c.ids,
+            "{label}/{}: ids of the rendered text differ",
+            c.name
+        );
     }
 }
 
@@ -125,7 +169,8 @@ fn gguf_tokenizer_reproduces_golden_cases() {
 // (b) The HF tokenizer.json.
 #[test]
 fn tokenizer_json_reproduces_golden_cases() {
-    let tok = tokenizer::from_file(&golden("smollm2/tokenizer.json")).expect("tokenizer.json loads");
+    let tok =
+        tokenizer::from_file(&golden("smollm2/tokenizer.json")).expect("tokenizer.json loads");
     check_tokenizer(&tok, "tokenizer.json");
 }
 
@@ -146,7 +191,11 @@ fn bpe_parts_from_tokenizer_json_reproduce_golden_cases() {
     for at in j["added_tokens"].as_array().expect("added_tokens") {
         let id = at["id"].as_u64().expect("id") as usize;
         assert_eq!(tokens[id], str_of(&at["content"]));
-        token_types[id] = if at["special"].as_bool() == Some(true) { 3 } else { 4 };
+        token_types[id] = if at["special"].as_bool() == Some(true) {
+            3
+        } else {
+            4
+        };
     }
     let merges = j["model"]["merges"]
         .as_array()
@@ -179,17 +228,25 @@ fn bpe_parts_from_tokenizer_json_reproduce_golden_cases() {
 #[test]
 fn golden_chat_template_reproduces_chat_cases() {
     let template = golden_template();
-    let tok = tokenizer::from_file(&golden("smollm2/tokenizer.json")).expect("tokenizer.json loads");
+    let tok =
+        tokenizer::from_file(&golden("smollm2/tokenizer.json")).expect("tokenizer.json loads");
     check_chat(&template, &tok, "golden template + tokenizer.json");
     let src = gguf_source();
-    check_chat(&template, &src.tokenizer, "golden template + gguf tokenizer");
+    check_chat(
+        &template,
+        &src.tokenizer,
+        "golden template + gguf tokenizer",
+    );
 }
 
 // (d) The template stored in the GGUF renders the same.
 #[test]
 fn gguf_chat_template_reproduces_chat_cases() {
     let src = gguf_source();
-    let template = src.chat_template.as_ref().expect("the SmolLM2 GGUF has tokenizer.chat_template");
+    let template = src
+        .chat_template
+        .as_ref()
+        .expect("the SmolLM2 GGUF has tokenizer.chat_template");
     assert_eq!(template.source(), golden_template().source());
     assert_eq!(template.bos_token, "<|im_start|>");
     assert_eq!(template.eos_token, "<|im_end|>");
@@ -199,20 +256,38 @@ fn gguf_chat_template_reproduces_chat_cases() {
 /// Feeds ids one by one; returns the chunks (the last one from `finish`).
 fn stream(tok: &Tokenizer, ids: &[u32]) -> Vec<String> {
     let mut sd = StreamDecoder::new();
-    let mut chunks: Vec<String> = ids.iter().map(|&id| sd.push(tok, id).expect("push")).collect();
+    let mut chunks: Vec<String> = ids
+        .iter()
+        .map(|&id| sd.push(tok, id).expect("push"))
+        .collect();
     chunks.push(sd.finish(tok).expect("finish"));
     chunks
 }
 
 fn check_stream(tok: &Tokenizer, label: &str) {
     let cases = tok_cases();
-    let multibyte = ["chinese_1", "chinese_2", "japanese_1", "emoji_1", "emoji_zwj", "mixed_lang"];
+    let multibyte = [
+        "chinese_1",
+        "chinese_2",
+        "japanese_1",
+        "emoji_1",
+        "emoji_zwj",
+        "mixed_lang",
+    ];
     for name in multibyte {
-        assert!(cases.iter().any(|c| c.name == name), "golden case {name} missing");
+        assert!(
+            cases.iter().any(|c| c.name == name),
+            "golden case {name} missing"
+        );
     }
     for c in &cases {
         let chunks = stream(tok, &c.ids);
-        assert_eq!(chunks.concat(), c.decoded, "{label}/{}: streamed text differs", c.name);
+        assert_eq!(
+            chunks.concat(),
+            c.decoded,
+            "{label}/{}: streamed text differs",
+            c.name
+        );
         if !c.decoded.contains('\u{FFFD}') {
             assert!(
                 chunks.iter().all(|s| !s.contains('\u{FFFD}')),
@@ -222,8 +297,15 @@ fn check_stream(tok: &Tokenizer, label: &str) {
         }
         if multibyte.contains(&c.name.as_str()) {
             // The cases really do split characters across tokens: some ids emit nothing.
-            let held_back = chunks[..c.ids.len()].iter().filter(|s| s.is_empty()).count();
-            assert!(held_back > 0, "{label}/{}: expected some ids to complete no character", c.name);
+            let held_back = chunks[..c.ids.len()]
+                .iter()
+                .filter(|s| s.is_empty())
+                .count();
+            assert!(
+                held_back > 0,
+                "{label}/{}: expected some ids to complete no character",
+                c.name
+            );
         }
     }
 }
@@ -231,7 +313,8 @@ fn check_stream(tok: &Tokenizer, label: &str) {
 // (e) Streaming detokenization of the Chinese/emoji (and all other) cases.
 #[test]
 fn stream_decoder_reproduces_decoded_text() {
-    let tok = tokenizer::from_file(&golden("smollm2/tokenizer.json")).expect("tokenizer.json loads");
+    let tok =
+        tokenizer::from_file(&golden("smollm2/tokenizer.json")).expect("tokenizer.json loads");
     check_stream(&tok, "tokenizer.json");
     let src = gguf_source();
     check_stream(&src.tokenizer, "gguf");
@@ -239,7 +322,8 @@ fn stream_decoder_reproduces_decoded_text() {
 
 #[test]
 fn decode_rejects_out_of_range_ids() {
-    let tok = tokenizer::from_file(&golden("smollm2/tokenizer.json")).expect("tokenizer.json loads");
+    let tok =
+        tokenizer::from_file(&golden("smollm2/tokenizer.json")).expect("tokenizer.json loads");
     assert!(tokenizer::decode(&tok, &[49152]).is_err());
     let mut sd = StreamDecoder::new();
     assert!(sd.push(&tok, u32::MAX).is_err());

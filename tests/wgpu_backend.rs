@@ -8,7 +8,9 @@
 
 use npurt_backends::wgpu::{KernelFamily, WgpuBackend, WgpuOptions};
 use npurt_backends::{Backend, BackendError, Bindings, BufferUsage, Support};
-use npurt_graph::{ActPrecision, DType, Epilogue, Graph, NodeId, Op, RopeParams, RopeScaling, TensorFact};
+use npurt_graph::{
+    ActPrecision, DType, Epilogue, Graph, NodeId, Op, RopeParams, RopeScaling, TensorFact,
+};
 use npurt_kernels::{quant, reference as r, HostTensor};
 use std::collections::HashMap;
 use std::sync::OnceLock;
@@ -16,7 +18,9 @@ use std::sync::OnceLock;
 /// One backend for the whole binary: tests run on it concurrently.
 fn be() -> &'static WgpuBackend {
     static B: OnceLock<WgpuBackend> = OnceLock::new();
-    B.get_or_init(|| WgpuBackend::new(WgpuOptions::default()).unwrap_or_else(|e| panic!("wgpu backend: {e}")))
+    B.get_or_init(|| {
+        WgpuBackend::new(WgpuOptions::default()).unwrap_or_else(|e| panic!("wgpu backend: {e}"))
+    })
 }
 
 /// Both matmul kernel families (the adapter picks one by default: `Lanes` on CPU
@@ -24,13 +28,27 @@ fn be() -> &'static WgpuBackend {
 fn both() -> [&'static WgpuBackend; 2] {
     static TILED: OnceLock<WgpuBackend> = OnceLock::new();
     static LANES: OnceLock<WgpuBackend> = OnceLock::new();
-    let make = |k| WgpuBackend::new(WgpuOptions { kernels: Some(k), ..Default::default() }).unwrap_or_else(|e| panic!("wgpu backend: {e}"));
-    [TILED.get_or_init(|| make(KernelFamily::Tiled)), LANES.get_or_init(|| make(KernelFamily::Lanes))]
+    let make = |k| {
+        WgpuBackend::new(WgpuOptions {
+            kernels: Some(k),
+            ..Default::default()
+        })
+        .unwrap_or_else(|e| panic!("wgpu backend: {e}"))
+    };
+    [
+        TILED.get_or_init(|| make(KernelFamily::Tiled)),
+        LANES.get_or_init(|| make(KernelFamily::Lanes)),
+    ]
 }
 
 /// A backend whose bindings are capped at `bytes`, so small weights split into parts.
 fn small_binding_backend(bytes: u64, matmul: KernelFamily) -> WgpuBackend {
-    WgpuBackend::new(WgpuOptions { max_binding_bytes: Some(bytes), kernels: Some(matmul), ..Default::default() }).expect("wgpu backend")
+    WgpuBackend::new(WgpuOptions {
+        max_binding_bytes: Some(bytes),
+        kernels: Some(matmul),
+        ..Default::default()
+    })
+    .expect("wgpu backend")
 }
 
 /// Seeded linear congruential generator: values in [-1, 1).
@@ -38,14 +56,20 @@ struct Lcg(u64);
 
 impl Lcg {
     fn next(&mut self) -> f32 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (self.0 >> 40) as f32 / (1u64 << 23) as f32 - 1.0
     }
     fn vec(&mut self, n: usize) -> Vec<f32> {
         (0..n).map(|_| self.next()).collect()
     }
     fn below(&mut self, n: usize) -> usize {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         ((self.0 >> 33) % n as u64) as usize
     }
 }
@@ -61,7 +85,14 @@ fn assert_close(what: &str, ours: &[f32], want: &[f32], rel: f32) {
             worst = (d, i);
         }
     }
-    assert!(worst.0 <= rel * scale, "{what}: max diff {} at {} (ours {}, ref {}) > {rel} x {scale}", worst.0, worst.1, ours[worst.1], want[worst.1]);
+    assert!(
+        worst.0 <= rel * scale,
+        "{what}: max diff {} at {} (ours {}, ref {}) > {rel} x {scale}",
+        worst.0,
+        worst.1,
+        ours[worst.1],
+        want[worst.1]
+    );
 }
 
 /// Graph-building shorthand.
@@ -74,13 +105,41 @@ impl G {
         G { g: Graph::new() }
     }
     fn input(&mut self, name: &str, fact: TensorFact) -> NodeId {
-        self.g.add(name, Op::Input { name: name.into(), fact }, &[]).unwrap()
+        self.g
+            .add(
+                name,
+                Op::Input {
+                    name: name.into(),
+                    fact,
+                },
+                &[],
+            )
+            .unwrap()
     }
     fn weight(&mut self, name: &str, fact: TensorFact) -> NodeId {
-        self.g.add(name, Op::Weight { name: name.into(), fact, parts: vec![] }, &[]).unwrap()
+        self.g
+            .add(
+                name,
+                Op::Weight {
+                    name: name.into(),
+                    fact,
+                    parts: vec![],
+                },
+                &[],
+            )
+            .unwrap()
     }
     fn state(&mut self, name: &str, fact: TensorFact) -> NodeId {
-        self.g.add(name, Op::State { name: name.into(), fact }, &[]).unwrap()
+        self.g
+            .add(
+                name,
+                Op::State {
+                    name: name.into(),
+                    fact,
+                },
+                &[],
+            )
+            .unwrap()
     }
     fn op(&mut self, name: &str, op: Op, ins: &[NodeId]) -> NodeId {
         self.g.add(name, op, ins).unwrap()
@@ -110,7 +169,11 @@ fn f32s(t: HostTensor) -> Vec<f32> {
 fn run_on(be: &dyn Backend, g: &Graph, feeds: &Feeds) -> Result<Ran, BackendError> {
     let mut weights = Vec::new();
     for (id, name, _) in g.sources("weight") {
-        let (_, t) = feeds.weights.iter().find(|(n, _)| *n == name).unwrap_or_else(|| panic!("no weight {name}"));
+        let (_, t) = feeds
+            .weights
+            .iter()
+            .find(|(n, _)| *n == name)
+            .unwrap_or_else(|| panic!("no weight {name}"));
         weights.push((id, be.prepare_weight(name, t.clone())?));
     }
     let exec = be.compile(g, &weights)?;
@@ -118,17 +181,25 @@ fn run_on(be: &dyn Backend, g: &Graph, feeds: &Feeds) -> Result<Ran, BackendErro
     for (name, t) in &feeds.inputs {
         let buf = be.alloc(&t.fact, BufferUsage::Activations)?;
         be.write(buf.as_ref(), t)?;
-        b.sources.push((g.find_source("input", name).unwrap_or_else(|| panic!("no input {name}")), buf));
+        b.sources.push((
+            g.find_source("input", name)
+                .unwrap_or_else(|| panic!("no input {name}")),
+            buf,
+        ));
     }
     let mut states = Vec::new();
     for (name, t) in &feeds.states {
         let buf = be.alloc(&t.fact, BufferUsage::State)?;
         be.write(buf.as_ref(), t)?;
-        b.sources.push((g.find_source("state", name).unwrap(), buf.clone()));
+        b.sources
+            .push((g.find_source("state", name).unwrap(), buf.clone()));
         states.push((name.to_string(), buf));
     }
     for (name, id) in &g.outputs {
-        b.outputs.push((name.clone(), be.alloc(g.fact(*id), BufferUsage::Activations)?));
+        b.outputs.push((
+            name.clone(),
+            be.alloc(g.fact(*id), BufferUsage::Activations)?,
+        ));
     }
     let mut scratch = exec.new_scratch()?;
     exec.run(&b, scratch.as_mut())?;
@@ -141,7 +212,10 @@ fn run_on(be: &dyn Backend, g: &Graph, feeds: &Feeds) -> Result<Ran, BackendErro
     for (name, buf) in states {
         st.insert(name, f32s(be.read(buf.as_ref())?));
     }
-    Ok(Ran { outputs, states: st })
+    Ok(Ran {
+        outputs,
+        states: st,
+    })
 }
 
 fn run(g: &Graph, feeds: &Feeds) -> Ran {
@@ -161,8 +235,22 @@ npurt_backends::conformance_tests!(conformance_tiled_kernels: WgpuBackend::new(W
 #[test]
 fn conformance_supports_every_case() {
     let report = npurt_backends::conformance::run_suite(be(), None);
-    let unsupported: Vec<String> = report.rows.iter().filter(|r| matches!(r.status, npurt_backends::conformance::Status::Unsupported(_))).map(|r| format!("{}/{}: {:?}", r.op, r.case, r.status)).collect();
-    assert!(unsupported.is_empty(), "unsupported on wgpu:\n{}", unsupported.join("\n"));
+    let unsupported: Vec<String> = report
+        .rows
+        .iter()
+        .filter(|r| {
+            matches!(
+                r.status,
+                npurt_backends::conformance::Status::Unsupported(_)
+            )
+        })
+        .map(|r| format!("{}/{}: {:?}", r.op, r.case, r.status))
+        .collect();
+    assert!(
+        unsupported.is_empty(),
+        "unsupported on wgpu:\n{}",
+        unsupported.join("\n")
+    );
     assert_eq!(report.failed(), 0, "{report}");
 }
 
@@ -171,13 +259,22 @@ fn adapter_is_reported() {
     let caps = be().capabilities();
     assert_eq!(caps.name, "wgpu");
     assert!(!caps.device.is_empty());
-    assert!(caps.weight_dtypes.contains(&DType::Q4_0) && caps.weight_dtypes.contains(&DType::Q8Channel));
-    eprintln!("wgpu adapter: {} (binding limit {} bytes)", caps.device, be().max_binding_bytes());
+    assert!(
+        caps.weight_dtypes.contains(&DType::Q4_0) && caps.weight_dtypes.contains(&DType::Q8Channel)
+    );
+    eprintln!(
+        "wgpu adapter: {} (binding limit {} bytes)",
+        caps.device,
+        be().max_binding_bytes()
+    );
 }
 
 #[test]
 fn no_adapter_is_a_typed_unavailable_error() {
-    match WgpuBackend::new(WgpuOptions { backends: npurt_backends::wgpu::Backends::empty(), ..Default::default() }) {
+    match WgpuBackend::new(WgpuOptions {
+        backends: npurt_backends::wgpu::Backends::empty(),
+        ..Default::default()
+    }) {
         Err(BackendError::Unavailable { backend, reason }) => {
             assert_eq!(backend, "wgpu");
             assert!(reason.contains("mesa-vulkan-drivers"), "{reason}");
@@ -190,7 +287,12 @@ fn no_adapter_is_a_typed_unavailable_error() {
 #[test]
 fn elementwise_ops_match_reference() {
     let mut rng = Lcg(1);
-    for (shape, bshape) in [(vec![7, 37], vec![37]), (vec![3, 5, 7], vec![5, 7]), (vec![33, 65], vec![33, 65]), (vec![1000, 300], vec![300])] {
+    for (shape, bshape) in [
+        (vec![7, 37], vec![37]),
+        (vec![3, 5, 7], vec![5, 7]),
+        (vec![33, 65], vec![33, 65]),
+        (vec![1000, 300], vec![300]),
+    ] {
         let n: usize = shape.iter().product();
         let a = rng.vec(n).iter().map(|v| v * 4.0).collect::<Vec<_>>();
         let b = rng.vec(bshape.iter().product());
@@ -202,24 +304,58 @@ fn elementwise_ops_match_reference() {
             let o = g.op(name, op, &[x, y]);
             g.out(name, o);
         }
-        for (name, op) in [("silu", Op::Silu), ("gelu", Op::Gelu { tanh: false }), ("gelu_tanh", Op::Gelu { tanh: true }), ("softmax", Op::Softmax)] {
+        for (name, op) in [
+            ("silu", Op::Silu),
+            ("gelu", Op::Gelu { tanh: false }),
+            ("gelu_tanh", Op::Gelu { tanh: true }),
+            ("softmax", Op::Softmax),
+        ] {
             let o = g.op(name, op, &[x]);
             g.out(name, o);
         }
-        let ran = run(&g.g, &Feeds { inputs: vec![("a", HostTensor::f32(shape.clone(), a.clone())), ("b", HostTensor::f32(bshape.clone(), b.clone()))], ..Default::default() });
+        let ran = run(
+            &g.g,
+            &Feeds {
+                inputs: vec![
+                    ("a", HostTensor::f32(shape.clone(), a.clone())),
+                    ("b", HostTensor::f32(bshape.clone(), b.clone())),
+                ],
+                ..Default::default()
+            },
+        );
         let mut want = vec![0f32; n];
         r::add(&a, &b, &mut want);
         assert_close(&format!("add {shape:?}"), &ran.outputs["add"], &want, 1e-6);
         r::mul(&a, &b, &mut want);
         assert_close(&format!("mul {shape:?}"), &ran.outputs["mul"], &want, 1e-6);
         r::silu(&a, &mut want);
-        assert_close(&format!("silu {shape:?}"), &ran.outputs["silu"], &want, 1e-6);
+        assert_close(
+            &format!("silu {shape:?}"),
+            &ran.outputs["silu"],
+            &want,
+            1e-6,
+        );
         r::gelu(&a, false, &mut want);
-        assert_close(&format!("gelu {shape:?}"), &ran.outputs["gelu"], &want, 1e-6);
+        assert_close(
+            &format!("gelu {shape:?}"),
+            &ran.outputs["gelu"],
+            &want,
+            1e-6,
+        );
         r::gelu(&a, true, &mut want);
-        assert_close(&format!("gelu_tanh {shape:?}"), &ran.outputs["gelu_tanh"], &want, 1e-6);
+        assert_close(
+            &format!("gelu_tanh {shape:?}"),
+            &ran.outputs["gelu_tanh"],
+            &want,
+            1e-6,
+        );
         r::softmax(&a, *shape.last().unwrap(), &mut want);
-        assert_close(&format!("softmax {shape:?}"), &ran.outputs["softmax"], &want, 1e-5);
+        assert_close(
+            &format!("softmax {shape:?}"),
+            &ran.outputs["softmax"],
+            &want,
+            1e-5,
+        );
     }
 }
 
@@ -231,10 +367,19 @@ fn gelu_is_precise_over_a_wide_range() {
     let x = g.input("x", TensorFact::f32([xs.len()]));
     let o = g.op("gelu", Op::Gelu { tanh: false }, &[x]);
     g.out("gelu", o);
-    let ran = run(&g.g, &Feeds { inputs: vec![("x", HostTensor::f32([xs.len()], xs.clone()))], ..Default::default() });
+    let ran = run(
+        &g.g,
+        &Feeds {
+            inputs: vec![("x", HostTensor::f32([xs.len()], xs.clone()))],
+            ..Default::default()
+        },
+    );
     for (v, ours) in xs.iter().zip(&ran.outputs["gelu"]) {
         let want = r::gelu_erf(*v);
-        assert!((ours - want).abs() <= 2e-6 * want.abs().max(1.0), "gelu({v}) = {ours}, reference {want}");
+        assert!(
+            (ours - want).abs() <= 2e-6 * want.abs().max(1.0),
+            "gelu({v}) = {ours}, reference {want}"
+        );
     }
 }
 
@@ -253,13 +398,30 @@ fn norms_match_reference() {
         let ln = g.op("ln", Op::LayerNorm { eps: 1e-6 }, &[xi, wi, bi]);
         g.out("rms", rms);
         g.out("ln", ln);
-        let feeds = Feeds { inputs: vec![("x", HostTensor::f32([rows, h], x.clone()))], weights: vec![("w", HostTensor::f32([h], w.clone())), ("b", HostTensor::f32([h], bias.clone()))], ..Default::default() };
+        let feeds = Feeds {
+            inputs: vec![("x", HostTensor::f32([rows, h], x.clone()))],
+            weights: vec![
+                ("w", HostTensor::f32([h], w.clone())),
+                ("b", HostTensor::f32([h], bias.clone())),
+            ],
+            ..Default::default()
+        };
         let ran = run(&g.g, &feeds);
         let mut want = vec![0f32; rows * h];
         r::rms_norm(&x, &w, 1e-5, &mut want);
-        assert_close(&format!("rms_norm {rows}x{h}"), &ran.outputs["rms"], &want, 2e-6);
+        assert_close(
+            &format!("rms_norm {rows}x{h}"),
+            &ran.outputs["rms"],
+            &want,
+            2e-6,
+        );
         r::layer_norm(&x, &w, &bias, 1e-6, &mut want);
-        assert_close(&format!("layer_norm {rows}x{h}"), &ran.outputs["ln"], &want, 2e-6);
+        assert_close(
+            &format!("layer_norm {rows}x{h}"),
+            &ran.outputs["ln"],
+            &want,
+            2e-6,
+        );
     }
 }
 
@@ -269,48 +431,108 @@ fn rope_matches_reference_for_every_scaling() {
     let scalings = [
         RopeScaling::None,
         RopeScaling::Linear { factor: 4.0 },
-        RopeScaling::Llama3 { factor: 8.0, low_freq_factor: 1.0, high_freq_factor: 4.0, original_max_position: 64 },
-        RopeScaling::DynamicNtk { factor: 2.0, original_max_position: 16 },
+        RopeScaling::Llama3 {
+            factor: 8.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_max_position: 64,
+        },
+        RopeScaling::DynamicNtk {
+            factor: 2.0,
+            original_max_position: 16,
+        },
     ];
     for scaling in scalings {
-        for (rows, heads, head_dim, rotary_dim, pos, n_valid) in [(7, 3, 64, 64, 0, 7), (5, 2, 24, 16, 300, 3), (9, 4, 32, 32, 1000, 9)] {
-            let params = RopeParams { head_dim, rotary_dim, theta: 10000.0, scaling: scaling.clone() };
+        for (rows, heads, head_dim, rotary_dim, pos, n_valid) in [
+            (7, 3, 64, 64, 0, 7),
+            (5, 2, 24, 16, 300, 3),
+            (9, 4, 32, 32, 1000, 9),
+        ] {
+            let params = RopeParams {
+                head_dim,
+                rotary_dim,
+                theta: 10000.0,
+                scaling: scaling.clone(),
+            };
             let width = heads * head_dim;
             let x = rng.vec(rows * width);
             let mut g = G::new();
             let xi = g.input("x", TensorFact::f32([rows, width]));
             let p = g.input("pos", TensorFact::i32([1]));
             let nv = g.input("n_valid", TensorFact::i32([1]));
-            let o = g.op("rope", Op::Rope { params: params.clone() }, &[xi, p, nv]);
+            let o = g.op(
+                "rope",
+                Op::Rope {
+                    params: params.clone(),
+                },
+                &[xi, p, nv],
+            );
             g.out("rope", o);
-            let feeds = Feeds { inputs: vec![("x", HostTensor::f32([rows, width], x.clone())), ("pos", scalar(pos)), ("n_valid", scalar(n_valid))], ..Default::default() };
+            let feeds = Feeds {
+                inputs: vec![
+                    ("x", HostTensor::f32([rows, width], x.clone())),
+                    ("pos", scalar(pos)),
+                    ("n_valid", scalar(n_valid)),
+                ],
+                ..Default::default()
+            };
             let ran = run(&g.g, &feeds);
             let mut want = vec![0f32; x.len()];
-            r::rope(&x, width, &params, pos as usize, n_valid as usize, &mut want);
-            assert_close(&format!("rope {scaling:?} pos {pos} rot {rotary_dim}/{head_dim}"), &ran.outputs["rope"], &want, 2e-5);
+            r::rope(
+                &x,
+                width,
+                &params,
+                pos as usize,
+                n_valid as usize,
+                &mut want,
+            );
+            assert_close(
+                &format!("rope {scaling:?} pos {pos} rot {rotary_dim}/{head_dim}"),
+                &ran.outputs["rope"],
+                &want,
+                2e-5,
+            );
         }
     }
 }
 
 fn weight_tensor(dt: DType, rows: usize, cols: usize, values: &[f32]) -> (HostTensor, Vec<f32>) {
     let fact = TensorFact::new(dt, [rows, cols]);
-    let t = if dt == DType::F32 { HostTensor::f32([rows, cols], values.to_vec()) } else { HostTensor::bytes(fact, quant::quantize(dt, values, cols).unwrap()).unwrap() };
+    let t = if dt == DType::F32 {
+        HostTensor::f32([rows, cols], values.to_vec())
+    } else {
+        HostTensor::bytes(fact, quant::quantize(dt, values, cols).unwrap()).unwrap()
+    };
     let mut deq = vec![0f32; rows * cols];
     match &t.data {
         npurt_kernels::HostData::F32(v) => deq.copy_from_slice(v),
-        npurt_kernels::HostData::Bytes(b) => assert!(quant::dequantize_matrix(dt, b, cols, &mut deq)),
+        npurt_kernels::HostData::Bytes(b) => {
+            assert!(quant::dequantize_matrix(dt, b, cols, &mut deq))
+        }
         _ => unreachable!(),
     }
     (t, deq)
 }
 
-const ALL_WEIGHTS: [DType; 7] = [DType::F32, DType::F16, DType::BF16, DType::Q4_0, DType::Q4_1, DType::Q8_0, DType::Q8Channel];
+const ALL_WEIGHTS: [DType; 7] = [
+    DType::F32,
+    DType::F16,
+    DType::BF16,
+    DType::Q4_0,
+    DType::Q4_1,
+    DType::Q8_0,
+    DType::Q8Channel,
+];
 
 #[test]
 fn gather_matches_reference_for_every_table_format() {
     let mut rng = Lcg(4);
     for dt in ALL_WEIGHTS {
-        let (vocab, width) = if dt.block_elems() > 1 { (37, 96) } else { (37, 65) };
+        let (vocab, width) = if dt.block_elems() > 1 {
+            (37, 96)
+        } else {
+            (37, 65)
+        };
         let (table, deq) = weight_tensor(dt, vocab, width, &rng.vec(vocab * width));
         let ids: Vec<i32> = (0..11).map(|_| rng.below(vocab) as i32).collect();
         let mut g = G::new();
@@ -318,7 +540,14 @@ fn gather_matches_reference_for_every_table_format() {
         let i = g.input("ids", TensorFact::i32([ids.len()]));
         let o = g.op("gather", Op::Gather, &[t, i]);
         g.out("x", o);
-        let ran = run(&g.g, &Feeds { inputs: vec![("ids", HostTensor::i32([ids.len()], ids.clone()))], weights: vec![("table", table)], ..Default::default() });
+        let ran = run(
+            &g.g,
+            &Feeds {
+                inputs: vec![("ids", HostTensor::i32([ids.len()], ids.clone()))],
+                weights: vec![("table", table)],
+                ..Default::default()
+            },
+        );
         let mut want = vec![0f32; ids.len() * width];
         r::gather(&deq, width, &ids, &mut want).unwrap();
         assert_close(&format!("gather {dt}"), &ran.outputs["x"], &want, 1e-6);
@@ -336,9 +565,17 @@ struct MatmulCase {
 
 fn check_matmul(be: &dyn Backend, c: &MatmulCase, seed: u64) {
     let mut rng = Lcg(seed);
-    let n_b = if c.epilogue == Epilogue::SwiGlu { 2 * c.n } else { c.n };
+    let n_b = if c.epilogue == Epilogue::SwiGlu {
+        2 * c.n
+    } else {
+        c.n
+    };
     let a = rng.vec(c.m * c.k);
-    let (wrows, wcols) = if c.transpose_b { (n_b, c.k) } else { (c.k, n_b) };
+    let (wrows, wcols) = if c.transpose_b {
+        (n_b, c.k)
+    } else {
+        (c.k, n_b)
+    };
     let (w, deq) = weight_tensor(c.dt, wrows, wcols, &rng.vec(wrows * wcols));
     let bias = rng.vec(c.n);
     let residual = rng.vec(c.m * c.n);
@@ -352,27 +589,57 @@ fn check_matmul(be: &dyn Backend, c: &MatmulCase, seed: u64) {
     if c.epilogue.has_residual() {
         ins.push(g.input("residual", TensorFact::f32([c.m, c.n])));
     }
-    let o = g.op("mm", Op::MatMul { transpose_b: c.transpose_b, act: ActPrecision::F32, epilogue: c.epilogue }, &ins);
+    let o = g.op(
+        "mm",
+        Op::MatMul {
+            transpose_b: c.transpose_b,
+            act: ActPrecision::F32,
+            epilogue: c.epilogue,
+        },
+        &ins,
+    );
     g.out("y", o);
     let feeds = Feeds {
-        inputs: vec![("a", HostTensor::f32([c.m, c.k], a.clone())), ("residual", HostTensor::f32([c.m, c.n], residual.clone()))]
-            .into_iter()
-            .filter(|(n, _)| *n == "a" || c.epilogue.has_residual())
-            .collect(),
+        inputs: vec![
+            ("a", HostTensor::f32([c.m, c.k], a.clone())),
+            ("residual", HostTensor::f32([c.m, c.n], residual.clone())),
+        ]
+        .into_iter()
+        .filter(|(n, _)| *n == "a" || c.epilogue.has_residual())
+        .collect(),
         weights: vec![("w", w), ("bias", HostTensor::f32([c.n], bias.clone()))],
         ..Default::default()
     };
     let ran = run_on(be, &g.g, &feeds).unwrap_or_else(|e| panic!("{e}"));
     let wbytes = TensorFact::new(c.dt, [wrows, wcols]).bytes().unwrap() as u64;
     if wbytes > be.capabilities().max_buffer_bytes as u64 {
-        let parts = WgpuBackend::weight_parts(be.prepare_weight("w", feeds.weights[0].1.clone()).unwrap().as_ref());
-        assert!(parts >= 2, "a {wbytes} byte {} weight should be split", c.dt);
+        let parts = WgpuBackend::weight_parts(
+            be.prepare_weight("w", feeds.weights[0].1.clone())
+                .unwrap()
+                .as_ref(),
+        );
+        assert!(
+            parts >= 2,
+            "a {wbytes} byte {} weight should be split",
+            c.dt
+        );
     }
     let mut pre = vec![0f32; c.m * n_b];
     r::matmul(&a, &deq, c.m, c.k, n_b, c.transpose_b, &mut pre);
     let mut want = vec![0f32; c.m * c.n];
-    r::epilogue(&pre, c.m, n_b, c.epilogue, c.epilogue.has_bias().then_some(&bias[..]), c.epilogue.has_residual().then_some(&residual[..]), &mut want);
-    let what = format!("matmul {} {}x{}x{} transpose_b={} {:?}", c.dt, c.m, c.k, c.n, c.transpose_b, c.epilogue);
+    r::epilogue(
+        &pre,
+        c.m,
+        n_b,
+        c.epilogue,
+        c.epilogue.has_bias().then_some(&bias[..]),
+        c.epilogue.has_residual().then_some(&residual[..]),
+        &mut want,
+    );
+    let what = format!(
+        "matmul {} {}x{}x{} transpose_b={} {:?}",
+        c.dt, c.m, c.k, c.n, c.transpose_b, c.epilogue
+    );
     assert_close(&what, &ran.outputs["y"], &want, 2e-5 * (c.k as f32).sqrt());
 }
 
@@ -385,7 +652,18 @@ fn matmul_every_weight_format_and_row_count() {
             for n in [37, 65] {
                 seed += 1;
                 for be in both() {
-                    check_matmul(be, &MatmulCase { dt, m, k, n, transpose_b: true, epilogue: Epilogue::None }, seed);
+                    check_matmul(
+                        be,
+                        &MatmulCase {
+                            dt,
+                            m,
+                            k,
+                            n,
+                            transpose_b: true,
+                            epilogue: Epilogue::None,
+                        },
+                        seed,
+                    );
                 }
             }
         }
@@ -394,10 +672,24 @@ fn matmul_every_weight_format_and_row_count() {
 
 #[test]
 fn matmul_with_k_n_weights() {
-    for (i, dt) in [DType::F32, DType::F16, DType::BF16].into_iter().enumerate() {
+    for (i, dt) in [DType::F32, DType::F16, DType::BF16]
+        .into_iter()
+        .enumerate()
+    {
         for (m, k, n) in [(1, 37, 65), (7, 64, 33), (33, 65, 7)] {
             for be in both() {
-                check_matmul(be, &MatmulCase { dt, m, k, n, transpose_b: false, epilogue: Epilogue::None }, 100 + i as u64);
+                check_matmul(
+                    be,
+                    &MatmulCase {
+                        dt,
+                        m,
+                        k,
+                        n,
+                        transpose_b: false,
+                        epilogue: Epilogue::None,
+                    },
+                    100 + i as u64,
+                );
             }
         }
     }
@@ -406,13 +698,35 @@ fn matmul_with_k_n_weights() {
 #[test]
 fn matmul_epilogues() {
     let mut seed = 200;
-    for epilogue in [Epilogue::Bias, Epilogue::Residual, Epilogue::BiasResidual, Epilogue::SwiGlu] {
-        for dt in [DType::F32, DType::Q4_0, DType::Q8_0, DType::Q4_1, DType::F16] {
+    for epilogue in [
+        Epilogue::Bias,
+        Epilogue::Residual,
+        Epilogue::BiasResidual,
+        Epilogue::SwiGlu,
+    ] {
+        for dt in [
+            DType::F32,
+            DType::Q4_0,
+            DType::Q8_0,
+            DType::Q4_1,
+            DType::F16,
+        ] {
             let k = if dt.block_elems() > 1 { 64 } else { 45 };
             for m in [1, 5, 40] {
                 seed += 1;
                 for be in both() {
-                    check_matmul(be, &MatmulCase { dt, m, k, n: 37, transpose_b: true, epilogue }, seed);
+                    check_matmul(
+                        be,
+                        &MatmulCase {
+                            dt,
+                            m,
+                            k,
+                            n: 37,
+                            transpose_b: true,
+                            epilogue,
+                        },
+                        seed,
+                    );
                 }
             }
         }
@@ -428,16 +742,48 @@ fn weights_split_across_bindings() {
     for kernels in [KernelFamily::Tiled, KernelFamily::Lanes] {
         let small = small_binding_backend(16384, kernels);
         for dt in ALL_WEIGHTS {
-            for (m, epilogue) in [(1, Epilogue::None), (9, Epilogue::BiasResidual), (3, Epilogue::SwiGlu), (6, Epilogue::SwiGlu), (12, Epilogue::Bias)] {
+            for (m, epilogue) in [
+                (1, Epilogue::None),
+                (9, Epilogue::BiasResidual),
+                (3, Epilogue::SwiGlu),
+                (6, Epilogue::SwiGlu),
+                (12, Epilogue::Bias),
+            ] {
                 seed += 1;
-                let n = if epilogue == Epilogue::SwiGlu { 150 } else { 300 };
-                check_matmul(&small, &MatmulCase { dt, m, k: 128, n, transpose_b: true, epilogue }, seed);
+                let n = if epilogue == Epilogue::SwiGlu {
+                    150
+                } else {
+                    300
+                };
+                check_matmul(
+                    &small,
+                    &MatmulCase {
+                        dt,
+                        m,
+                        k: 128,
+                        n,
+                        transpose_b: true,
+                        epilogue,
+                    },
+                    seed,
+                );
             }
         }
         for dt in [DType::F32, DType::F16] {
             for m in [1, 20] {
                 seed += 1;
-                check_matmul(&small, &MatmulCase { dt, m, k: 200, n: 50, transpose_b: false, epilogue: Epilogue::None }, seed);
+                check_matmul(
+                    &small,
+                    &MatmulCase {
+                        dt,
+                        m,
+                        k: 200,
+                        n: 50,
+                        transpose_b: false,
+                        epilogue: Epilogue::None,
+                    },
+                    seed,
+                );
             }
         }
     }
@@ -447,15 +793,31 @@ fn weights_split_across_bindings() {
         let (vocab, width) = (600, 64);
         let (table, deq) = weight_tensor(dt, vocab, width, &rng.vec(vocab * width));
         let buf = small.prepare_weight("t", table.clone()).unwrap();
-        assert!(WgpuBackend::weight_parts(buf.as_ref()) >= 2, "{dt} table should be split");
-        assert_eq!(small.read(buf.as_ref()).unwrap(), table, "{dt}: reading a split weight back");
+        assert!(
+            WgpuBackend::weight_parts(buf.as_ref()) >= 2,
+            "{dt} table should be split"
+        );
+        assert_eq!(
+            small.read(buf.as_ref()).unwrap(),
+            table,
+            "{dt}: reading a split weight back"
+        );
         let ids: Vec<i32> = (0..9).map(|_| rng.below(vocab) as i32).collect();
         let mut g = G::new();
         let t = g.weight("table", TensorFact::new(dt, [vocab, width]));
         let i = g.input("ids", TensorFact::i32([ids.len()]));
         let o = g.op("gather", Op::Gather, &[t, i]);
         g.out("x", o);
-        let ran = run_on(&small, &g.g, &Feeds { inputs: vec![("ids", HostTensor::i32([ids.len()], ids.clone()))], weights: vec![("table", table)], ..Default::default() }).unwrap();
+        let ran = run_on(
+            &small,
+            &g.g,
+            &Feeds {
+                inputs: vec![("ids", HostTensor::i32([ids.len()], ids.clone()))],
+                weights: vec![("table", table)],
+                ..Default::default()
+            },
+        )
+        .unwrap();
         let mut want = vec![0f32; ids.len() * width];
         r::gather(&deq, width, &ids, &mut want).unwrap();
         assert_close(&format!("split gather {dt}"), &ran.outputs["x"], &want, 0.0);
@@ -469,31 +831,68 @@ fn matmul_weight_larger_than_one_binding() {
     let mut rng = Lcg(400);
     let a = rng.vec(m * k);
     let w = rng.vec(n * k);
-    let buf = be().prepare_weight("big", HostTensor::f32([n, k], w.clone())).unwrap();
+    let buf = be()
+        .prepare_weight("big", HostTensor::f32([n, k], w.clone()))
+        .unwrap();
     let parts = WgpuBackend::weight_parts(buf.as_ref());
     if (n * k * 4) as u64 > be().max_binding_bytes() {
-        assert!(parts >= 2, "a {} byte weight must be split (limit {})", n * k * 4, be().max_binding_bytes());
+        assert!(
+            parts >= 2,
+            "a {} byte weight must be split (limit {})",
+            n * k * 4,
+            be().max_binding_bytes()
+        );
     }
     let mut g = G::new();
     let ai = g.input("a", TensorFact::f32([m, k]));
     let wi = g.weight("big", TensorFact::f32([n, k]));
-    let o = g.op("mm", Op::MatMul { transpose_b: true, act: ActPrecision::F32, epilogue: Epilogue::None }, &[ai, wi]);
+    let o = g.op(
+        "mm",
+        Op::MatMul {
+            transpose_b: true,
+            act: ActPrecision::F32,
+            epilogue: Epilogue::None,
+        },
+        &[ai, wi],
+    );
     g.out("y", o);
     let exec = be().compile(&g.g, &[(wi, buf)]).unwrap();
-    let abuf = be().alloc(&TensorFact::f32([m, k]), BufferUsage::Activations).unwrap();
-    be().write(abuf.as_ref(), &HostTensor::f32([m, k], a.clone())).unwrap();
-    let ybuf = be().alloc(&TensorFact::f32([m, n]), BufferUsage::Activations).unwrap();
-    let b = Bindings { sources: vec![(ai, abuf)], outputs: vec![("y".into(), ybuf.clone())] };
+    let abuf = be()
+        .alloc(&TensorFact::f32([m, k]), BufferUsage::Activations)
+        .unwrap();
+    be().write(abuf.as_ref(), &HostTensor::f32([m, k], a.clone()))
+        .unwrap();
+    let ybuf = be()
+        .alloc(&TensorFact::f32([m, n]), BufferUsage::Activations)
+        .unwrap();
+    let b = Bindings {
+        sources: vec![(ai, abuf)],
+        outputs: vec![("y".into(), ybuf.clone())],
+    };
     exec.run(&b, exec.new_scratch().unwrap().as_mut()).unwrap();
     be().synchronize().unwrap();
     let ours = f32s(be().read(ybuf.as_ref()).unwrap());
     drop(exec);
     let mut want = vec![0f32; m * n];
     r::matmul(&a, &w, m, k, n, true, &mut want);
-    assert_close(&format!("matmul f32 [{n}, {k}] in {parts} parts"), &ours, &want, 1e-5 * (k as f32).sqrt());
+    assert_close(
+        &format!("matmul f32 [{n}, {k}] in {parts} parts"),
+        &ours,
+        &want,
+        1e-5 * (k as f32).sqrt(),
+    );
 }
 
-fn attention_case(t_rows: usize, s_rows: usize, nh: usize, nkv: usize, hd: usize, pos: usize, n_valid: usize, seed: u64) {
+fn attention_case(
+    t_rows: usize,
+    s_rows: usize,
+    nh: usize,
+    nkv: usize,
+    hd: usize,
+    pos: usize,
+    n_valid: usize,
+    seed: u64,
+) {
     let mut rng = Lcg(seed);
     let (qw, kw) = (nh * hd, nkv * hd);
     let q = rng.vec(t_rows * qw);
@@ -515,7 +914,16 @@ fn attention_case(t_rows: usize, s_rows: usize, nh: usize, nkv: usize, hd: usize
     let v1 = g.op("v1", Op::Add, &[vi, vi]);
     let kw1 = g.op("kw", Op::KvWrite, &[kc, k1, p]);
     let vw1 = g.op("vw", Op::KvWrite, &[vc, v1, p]);
-    let o = g.op("attn", Op::Attention { n_heads: nh, n_kv_heads: nkv, head_dim: hd, scale }, &[qi, kw1, vw1, p, nv]);
+    let o = g.op(
+        "attn",
+        Op::Attention {
+            n_heads: nh,
+            n_kv_heads: nkv,
+            head_dim: hd,
+            scale,
+        },
+        &[qi, kw1, vw1, p, nv],
+    );
     g.out("out", o);
     let feeds = Feeds {
         inputs: vec![
@@ -525,7 +933,10 @@ fn attention_case(t_rows: usize, s_rows: usize, nh: usize, nkv: usize, hd: usize
             ("pos", scalar(pos as i32)),
             ("n_valid", scalar(n_valid as i32)),
         ],
-        states: vec![("k_cache", HostTensor::f32([s_rows, kw], k_cache0.clone())), ("v_cache", HostTensor::f32([s_rows, kw], v_cache0.clone()))],
+        states: vec![
+            ("k_cache", HostTensor::f32([s_rows, kw], k_cache0.clone())),
+            ("v_cache", HostTensor::f32([s_rows, kw], v_cache0.clone())),
+        ],
         ..Default::default()
     };
     let (mut kc_ref, mut vc_ref) = (k_cache0, v_cache0);
@@ -534,13 +945,19 @@ fn attention_case(t_rows: usize, s_rows: usize, nh: usize, nkv: usize, hd: usize
     r::kv_write(&mut kc_ref, &k_rows, kw, pos).unwrap();
     r::kv_write(&mut vc_ref, &v_rows, kw, pos).unwrap();
     let mut want = vec![0f32; t_rows * qw];
-    r::attention(&q, &kc_ref, &vc_ref, pos, n_valid, nh, nkv, hd, scale, &mut want).unwrap();
+    r::attention(
+        &q, &kc_ref, &vc_ref, pos, n_valid, nh, nkv, hd, scale, &mut want,
+    )
+    .unwrap();
     for be in both() {
         let ran = run_on(be, &g.g, &feeds).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(ran.states["k_cache"], kc_ref, "k cache after kv_write");
         assert_eq!(ran.states["v_cache"], vc_ref, "v cache after kv_write");
         // Rows past n_valid are padding: the reference still computes them (keys clipped).
-        let what = format!("attention ({:?}) T{t_rows} S{s_rows} {nh}/{nkv}x{hd} pos {pos} valid {n_valid}", be.kernel_family());
+        let what = format!(
+            "attention ({:?}) T{t_rows} S{s_rows} {nh}/{nkv}x{hd} pos {pos} valid {n_valid}",
+            be.kernel_family()
+        );
         assert_close(&what, &ran.outputs["out"], &want, 2e-5);
     }
 }
@@ -561,7 +978,13 @@ fn layout_ops_match_reference() {
     let x = rng.vec(3 * 5 * 7);
     let mut g = G::new();
     let xi = g.input("x", TensorFact::f32([3, 5, 7]));
-    let t = g.op("t", Op::Transpose { perm: vec![2, 0, 1] }, &[xi]);
+    let t = g.op(
+        "t",
+        Op::Transpose {
+            perm: vec![2, 0, 1],
+        },
+        &[xi],
+    );
     let rsh = g.op("r", Op::Reshape { shape: vec![15, 7] }, &[xi]);
     let s = g.op("s", Op::SliceCols { start: 2, len: 4 }, &[rsh]);
     let idx = g.input("row", TensorFact::i32([1]));
@@ -570,7 +993,16 @@ fn layout_ops_match_reference() {
     g.out("r", rsh);
     g.out("s", s);
     g.out("sel", sel);
-    let ran = run(&g.g, &Feeds { inputs: vec![("x", HostTensor::f32([3, 5, 7], x.clone())), ("row", scalar(11))], ..Default::default() });
+    let ran = run(
+        &g.g,
+        &Feeds {
+            inputs: vec![
+                ("x", HostTensor::f32([3, 5, 7], x.clone())),
+                ("row", scalar(11)),
+            ],
+            ..Default::default()
+        },
+    );
     let mut want = vec![0f32; x.len()];
     r::transpose(&x, &[3, 5, 7], &[2, 0, 1], &mut want);
     assert_eq!(ran.outputs["t"], want, "transpose");
@@ -595,7 +1027,10 @@ fn layout_ops_match_reference() {
     g.out("pe", o);
     let feeds = Feeds {
         inputs: vec![("pixels", HostTensor::f32([b, c, h, w], pixels.clone()))],
-        weights: vec![("w", HostTensor::f32([d, c * p * p], weight.clone())), ("b", HostTensor::f32([d], bias.clone()))],
+        weights: vec![
+            ("w", HostTensor::f32([d, c * p * p], weight.clone())),
+            ("b", HostTensor::f32([d], bias.clone())),
+        ],
         ..Default::default()
     };
     let ran = run(&g.g, &feeds);
@@ -617,27 +1052,40 @@ fn bad_run_time_values_are_typed_errors_and_the_backend_recovers() {
     let sel = g.op("sel", Op::SelectRow, &[w, row]);
     g.out("y", sel);
     let be = be();
-    let table = be.prepare_weight("table", HostTensor::f32([10, 8], (0..80).map(|i| i as f32).collect())).unwrap();
+    let table = be
+        .prepare_weight(
+            "table",
+            HostTensor::f32([10, 8], (0..80).map(|i| i as f32).collect()),
+        )
+        .unwrap();
     let exec = be.compile(&g.g, &[(t, table)]).unwrap();
     let alloc = |f: TensorFact, v: HostTensor| {
         let b = be.alloc(&f, BufferUsage::Activations).unwrap();
         be.write(b.as_ref(), &v).unwrap();
         b
     };
-    let kv = be.alloc(&TensorFact::f32([4, 8]), BufferUsage::State).unwrap();
-    let y = be.alloc(&TensorFact::f32([1, 8]), BufferUsage::Activations).unwrap();
+    let kv = be
+        .alloc(&TensorFact::f32([4, 8]), BufferUsage::State)
+        .unwrap();
+    let y = be
+        .alloc(&TensorFact::f32([1, 8]), BufferUsage::Activations)
+        .unwrap();
     let mut scratch = exec.new_scratch().unwrap();
     let mut attempt = |id_vals: Vec<i32>, p: i32, r: i32| {
         let b = Bindings {
             sources: vec![
-                (ids, alloc(TensorFact::i32([3]), HostTensor::i32([3], id_vals))),
+                (
+                    ids,
+                    alloc(TensorFact::i32([3]), HostTensor::i32([3], id_vals)),
+                ),
                 (pos, alloc(TensorFact::i32([1]), scalar(p))),
                 (row, alloc(TensorFact::i32([1]), scalar(r))),
                 (cache, kv.clone()),
             ],
             outputs: vec![("y".into(), y.clone())],
         };
-        exec.run(&b, scratch.as_mut()).and_then(|_| be.synchronize())
+        exec.run(&b, scratch.as_mut())
+            .and_then(|_| be.synchronize())
     };
     let expect_err = |res: Result<(), BackendError>, node: &str, what: &str| match res {
         Err(BackendError::Execution { node: n, reason }) => {
@@ -651,7 +1099,10 @@ fn bad_run_time_values_are_typed_errors_and_the_backend_recovers() {
     expect_err(attempt(vec![1, 2, 3], 2, 0), "write", "positions");
     expect_err(attempt(vec![1, 2, 3], 0, 4), "sel", "row");
     attempt(vec![4, 5, 6], 1, 3).expect("a good run after failed ones");
-    assert_eq!(f32s(be.read(y.as_ref()).unwrap()), (48..56).map(|i| i as f32).collect::<Vec<_>>());
+    assert_eq!(
+        f32s(be.read(y.as_ref()).unwrap()),
+        (48..56).map(|i| i as f32).collect::<Vec<_>>()
+    );
 }
 
 #[test]
@@ -660,7 +1111,15 @@ fn repeated_runs_reuse_pipelines_and_bind_groups() {
     let mut g = G::new();
     let a = g.input("a", TensorFact::f32([9, 64]));
     let w = g.weight("w", TensorFact::new(DType::Q4_0, [48, 64]));
-    let mm = g.op("mm", Op::MatMul { transpose_b: true, act: ActPrecision::I16, epilogue: Epilogue::None }, &[a, w]);
+    let mm = g.op(
+        "mm",
+        Op::MatMul {
+            transpose_b: true,
+            act: ActPrecision::I16,
+            epilogue: Epilogue::None,
+        },
+        &[a, w],
+    );
     let s = g.op("s", Op::Silu, &[mm]);
     g.out("y", s);
     let (wt, deq) = weight_tensor(DType::Q4_0, 48, 64, &rng.vec(48 * 64));
@@ -669,21 +1128,38 @@ fn repeated_runs_reuse_pipelines_and_bind_groups() {
     let exec = be.compile(&g.g, &[(w, wb.clone())]).unwrap();
     let pipelines = be.pipeline_count();
     let _again = be.compile(&g.g, &[(w, wb)]).unwrap();
-    assert_eq!(be.pipeline_count(), pipelines, "compiling the same graph again compiles no pipeline");
+    assert_eq!(
+        be.pipeline_count(),
+        pipelines,
+        "compiling the same graph again compiles no pipeline"
+    );
     let mut scratch = exec.new_scratch().unwrap();
-    let ab = be.alloc(&TensorFact::f32([9, 64]), BufferUsage::Activations).unwrap();
-    let yb = be.alloc(&TensorFact::f32([9, 48]), BufferUsage::Activations).unwrap();
-    let b = Bindings { sources: vec![(a, ab.clone())], outputs: vec![("y".into(), yb.clone())] };
+    let ab = be
+        .alloc(&TensorFact::f32([9, 64]), BufferUsage::Activations)
+        .unwrap();
+    let yb = be
+        .alloc(&TensorFact::f32([9, 48]), BufferUsage::Activations)
+        .unwrap();
+    let b = Bindings {
+        sources: vec![(a, ab.clone())],
+        outputs: vec![("y".into(), yb.clone())],
+    };
     for round in 0..3 {
         let av = rng.vec(9 * 64);
-        be.write(ab.as_ref(), &HostTensor::f32([9, 64], av.clone())).unwrap();
+        be.write(ab.as_ref(), &HostTensor::f32([9, 64], av.clone()))
+            .unwrap();
         exec.run(&b, scratch.as_mut()).unwrap();
         be.synchronize().unwrap();
         let mut pre = vec![0f32; 9 * 48];
         r::matmul(&av, &deq, 9, 64, 48, true, &mut pre);
         let mut want = vec![0f32; pre.len()];
         r::silu(&pre, &mut want);
-        assert_close(&format!("round {round}"), &f32s(be.read(yb.as_ref()).unwrap()), &want, 1e-5);
+        assert_close(
+            &format!("round {round}"),
+            &f32s(be.read(yb.as_ref()).unwrap()),
+            &want,
+            1e-5,
+        );
     }
 }
 
@@ -694,19 +1170,36 @@ fn supports_refuses_what_it_cannot_run() {
     let w8 = g.weight("w8", TensorFact::new(DType::I8, [4, 32]));
     let i16in = g.input("h", TensorFact::new(DType::I16, [4, 32]));
     let wf = g.weight("wf", TensorFact::f32([8, 32]));
-    let mm = g.op("mm", Op::MatMul { transpose_b: true, act: ActPrecision::F32, epilogue: Epilogue::None }, &[a, wf]);
+    let mm = g.op(
+        "mm",
+        Op::MatMul {
+            transpose_b: true,
+            act: ActPrecision::F32,
+            epilogue: Epilogue::None,
+        },
+        &[a, wf],
+    );
     let be = be();
     assert!(matches!(be.supports(&g.g, w8), Support::Unsupported(_)));
     assert!(matches!(be.supports(&g.g, i16in), Support::Unsupported(_)));
     assert_eq!(be.supports(&g.g, mm), Support::Supported);
-    let r = be.prepare_weight("w8", HostTensor::bytes(TensorFact::new(DType::I8, [4, 32]), vec![0; 128]).unwrap());
-    assert!(matches!(r, Err(BackendError::Unsupported { .. })), "{:?}", r.err());
+    let r = be.prepare_weight(
+        "w8",
+        HostTensor::bytes(TensorFact::new(DType::I8, [4, 32]), vec![0; 128]).unwrap(),
+    );
+    assert!(
+        matches!(r, Err(BackendError::Unsupported { .. })),
+        "{:?}",
+        r.err()
+    );
     // A computed value past the binding limit cannot be bound.
     let small = small_binding_backend(1024, KernelFamily::Lanes);
     let mut g = G::new();
     let x = g.input("x", TensorFact::f32([64, 8]));
     let y = g.op("y", Op::Silu, &[x]);
-    assert!(matches!(small.supports(&g.g, y), Support::Unsupported(r) if r.contains("binding limit")));
+    assert!(
+        matches!(small.supports(&g.g, y), Support::Unsupported(r) if r.contains("binding limit"))
+    );
 }
 
 #[test]
@@ -717,10 +1210,15 @@ fn weights_read_back_as_written() {
         let b = be().prepare_weight("w", t.clone()).unwrap();
         assert_eq!(be().read(b.as_ref()).unwrap(), t, "{dt}");
     }
-    let s = be().alloc(&TensorFact::f32([6, 3]), BufferUsage::State).unwrap();
-    let d = be().alloc(&TensorFact::f32([6, 3]), BufferUsage::State).unwrap();
+    let s = be()
+        .alloc(&TensorFact::f32([6, 3]), BufferUsage::State)
+        .unwrap();
+    let d = be()
+        .alloc(&TensorFact::f32([6, 3]), BufferUsage::State)
+        .unwrap();
     let v: Vec<f32> = (0..18).map(|i| i as f32).collect();
-    be().write(s.as_ref(), &HostTensor::f32([6, 3], v.clone())).unwrap();
+    be().write(s.as_ref(), &HostTensor::f32([6, 3], v.clone()))
+        .unwrap();
     be().copy_rows(s.as_ref(), d.as_ref(), 4).unwrap();
     let got = f32s(be().read(d.as_ref()).unwrap());
     assert_eq!(&got[..12], &v[..12]);
@@ -740,12 +1238,23 @@ mod smollm2 {
     use std::sync::{Arc, OnceLock};
 
     fn load(precision: PrecisionPolicy) -> Arc<Model> {
-        Runtime::new().load(&smollm2_gguf(), LoadOptions { backend: "wgpu".into(), ctx: Some(256), precision, ..Default::default() }).expect("load SmolLM2 on wgpu")
+        Runtime::new()
+            .load(
+                &smollm2_gguf(),
+                LoadOptions {
+                    backend: "wgpu".into(),
+                    ctx: Some(256),
+                    precision,
+                    ..Default::default()
+                },
+            )
+            .expect("load SmolLM2 on wgpu")
     }
 
     fn default_precision() -> Arc<Model> {
         static M: OnceLock<Arc<Model>> = OnceLock::new();
-        M.get_or_init(|| load(LoadOptions::default().precision)).clone()
+        M.get_or_init(|| load(LoadOptions::default().precision))
+            .clone()
     }
 
     fn fp32() -> Arc<Model> {
@@ -757,7 +1266,11 @@ mod smollm2 {
         assert_eq!(m.backend.name(), "wgpu");
         for cg in m.graphs.values() {
             let report = cg.exec.report();
-            assert_eq!(report.fallback_nodes, 0, "{:?} graph falls back:\n{report}", cg.kind);
+            assert_eq!(
+                report.fallback_nodes, 0,
+                "{:?} graph falls back:\n{report}",
+                cg.kind
+            );
         }
     }
 
@@ -769,13 +1282,25 @@ mod smollm2 {
             let (shape, top_ids) = g.i32(&format!("p{i}.topk_ids"));
             let (_, top_vals) = g.f32(&format!("p{i}.topk_vals"));
             let k = shape[1];
-            let rows = Session::new(m.clone()).unwrap().feed_all_logits(&ids).unwrap();
+            let rows = Session::new(m.clone())
+                .unwrap()
+                .feed_all_logits(&ids)
+                .unwrap();
             assert_eq!(rows.len(), ids.len());
             for (t, row) in rows.iter().enumerate() {
-                let range = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) - row.iter().copied().fold(f32::INFINITY, f32::min);
-                assert_eq!(npurt_runtime::sampling::argmax(row) as i32, top_ids[t * k], "p{i} position {t}: top-1 id");
+                let range = row.iter().copied().fold(f32::NEG_INFINITY, f32::max)
+                    - row.iter().copied().fold(f32::INFINITY, f32::min);
+                assert_eq!(
+                    npurt_runtime::sampling::argmax(row) as i32,
+                    top_ids[t * k],
+                    "p{i} position {t}: top-1 id"
+                );
                 let (id, v) = (top_ids[t * k] as usize, top_vals[t * k]);
-                assert!((row[id] - v).abs() <= 1e-3 * range, "p{i} position {t}: top-1 logit {} vs HF {v}", row[id]);
+                assert!(
+                    (row[id] - v).abs() <= 1e-3 * range,
+                    "p{i} position {t}: top-1 logit {} vs HF {v}",
+                    row[id]
+                );
             }
         }
     }
@@ -786,9 +1311,28 @@ mod smollm2 {
             let ids: Vec<u32> = golden_ids(&case["prompt_ids"]);
             let want: Vec<u32> = golden_ids(&case["new_ids"]);
             let mut s = Session::new(m.clone()).unwrap();
-            let out = s.generate(&ids, &GenerateOptions { max_tokens: want.len(), ..Default::default() }, |_, _| true).unwrap();
-            assert_eq!(out.tokens, want, "{} ({}): greedy continuation", case["name"], m.options.precision.name);
-            eprintln!("{} ({}): prefill {:.1} tok/s, decode {:.1} tok/s on wgpu", case["name"], m.options.precision.name, out.prefill_tok_s(), out.decode_tok_s());
+            let out = s
+                .generate(
+                    &ids,
+                    &GenerateOptions {
+                        max_tokens: want.len(),
+                        ..Default::default()
+                    },
+                    |_, _| true,
+                )
+                .unwrap();
+            assert_eq!(
+                out.tokens, want,
+                "{} ({}): greedy continuation",
+                case["name"], m.options.precision.name
+            );
+            eprintln!(
+                "{} ({}): prefill {:.1} tok/s, decode {:.1} tok/s on wgpu",
+                case["name"],
+                m.options.precision.name,
+                out.prefill_tok_s(),
+                out.decode_tok_s()
+            );
         }
     }
 

@@ -14,10 +14,10 @@
 //! Backends are open: the runtime only ever holds `Arc<dyn Backend>` and finds them in
 //! a [`Registry`], so a vendor's crate plugs in without editing npurt.
 
-#[cfg(feature = "cpu")]
-pub mod cpu;
 /// The backend conformance suite (every op vs the reference kernels, by NMSE).
 pub mod conformance;
+#[cfg(feature = "cpu")]
+pub mod cpu;
 mod registry;
 #[cfg(feature = "wgpu")]
 pub mod wgpu;
@@ -32,7 +32,11 @@ use std::sync::Arc;
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
     #[error("backend `{backend}` does not support node `{node}`: {reason}")]
-    Unsupported { backend: String, node: String, reason: String },
+    Unsupported {
+        backend: String,
+        node: String,
+        reason: String,
+    },
     #[error("backend `{backend}` is not available: {reason}")]
     Unavailable { backend: String, reason: String },
     #[error("no backend named `{0}` is registered (known: {1})")]
@@ -138,7 +142,11 @@ pub trait Backend: Send + Sync {
 
     /// Compiles `graph` (all of whose nodes this backend supports). `weights` are the
     /// prepared buffers of the graph's weight sources, by node id.
-    fn compile(&self, graph: &Graph, weights: &[(NodeId, Arc<dyn DeviceBuffer>)]) -> Result<Arc<dyn Executable>>;
+    fn compile(
+        &self,
+        graph: &Graph,
+        weights: &[(NodeId, Arc<dyn DeviceBuffer>)],
+    ) -> Result<Arc<dyn Executable>>;
 
     fn write(&self, buf: &dyn DeviceBuffer, data: &HostTensor) -> Result<()>;
     fn read(&self, buf: &dyn DeviceBuffer) -> Result<HostTensor>;
@@ -152,7 +160,12 @@ pub trait Backend: Send + Sync {
         let n = graph.node(id);
         match &n.op {
             npurt_graph::Op::MatMul { act, epilogue, .. } => {
-                format!("matmul[{} x {}{}]", graph.fact(n.inputs[1]).dtype, act.name(), epilogue.name())
+                format!(
+                    "matmul[{} x {}{}]",
+                    graph.fact(n.inputs[1]).dtype,
+                    act.name(),
+                    epilogue.name()
+                )
             }
             op => op.kind().to_string(),
         }
@@ -168,7 +181,11 @@ pub trait Backend: Send + Sync {
 pub fn check_support(backend: &dyn Backend, graph: &Graph) -> Result<()> {
     for id in graph.ids() {
         if let Support::Unsupported(reason) = backend.supports(graph, id) {
-            return Err(BackendError::Unsupported { backend: backend.name().to_string(), node: graph.node(id).name.clone(), reason });
+            return Err(BackendError::Unsupported {
+                backend: backend.name().to_string(),
+                node: graph.node(id).name.clone(),
+                reason,
+            });
         }
     }
     Ok(())

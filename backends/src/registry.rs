@@ -19,21 +19,37 @@ pub struct Registry {
 
 impl Registry {
     pub fn empty() -> Self {
-        Registry { factories: Vec::new() }
+        Registry {
+            factories: Vec::new(),
+        }
     }
 
     /// The backends built into this crate (by feature).
     pub fn with_builtin() -> Self {
         let mut r = Self::empty();
         #[cfg(feature = "cpu")]
-        r.register("cpu", |o| Ok(Arc::new(crate::cpu::CpuBackend::new(crate::cpu::CpuOptions { threads: o.threads })) as Arc<dyn Backend>));
+        r.register("cpu", |o| {
+            Ok(
+                Arc::new(crate::cpu::CpuBackend::new(crate::cpu::CpuOptions {
+                    threads: o.threads,
+                })) as Arc<dyn Backend>,
+            )
+        });
         #[cfg(feature = "wgpu")]
-        r.register("wgpu", |_| Ok(Arc::new(crate::wgpu::WgpuBackend::new(crate::wgpu::WgpuOptions::default())?) as Arc<dyn Backend>));
+        r.register("wgpu", |_| {
+            Ok(Arc::new(crate::wgpu::WgpuBackend::new(
+                crate::wgpu::WgpuOptions::default(),
+            )?) as Arc<dyn Backend>)
+        });
         r
     }
 
     /// Adds (or replaces) a backend factory under `name`.
-    pub fn register(&mut self, name: &str, factory: impl Fn(&BackendOptions) -> Result<Arc<dyn Backend>> + Send + Sync + 'static) {
+    pub fn register(
+        &mut self,
+        name: &str,
+        factory: impl Fn(&BackendOptions) -> Result<Arc<dyn Backend>> + Send + Sync + 'static,
+    ) {
         self.factories.retain(|(n, _)| n != name);
         self.factories.push((name.to_string(), Box::new(factory)));
     }
@@ -47,7 +63,9 @@ impl Registry {
             .factories
             .iter()
             .find(|(n, _)| n == name)
-            .ok_or_else(|| BackendError::UnknownBackend(name.to_string(), self.names().join(", ")))?;
+            .ok_or_else(|| {
+                BackendError::UnknownBackend(name.to_string(), self.names().join(", "))
+            })?;
         f(opts)
     }
 }

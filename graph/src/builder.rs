@@ -18,7 +18,10 @@ impl Default for Builder {
 
 impl Builder {
     pub fn new() -> Self {
-        Builder { graph: Graph::new(), scope: Vec::new() }
+        Builder {
+            graph: Graph::new(),
+            scope: Vec::new(),
+        }
     }
 
     pub fn push_scope(&mut self, s: impl Into<String>) {
@@ -42,7 +45,14 @@ impl Builder {
     }
 
     pub fn input(&mut self, name: &str, fact: TensorFact) -> R {
-        self.graph.add(name, Op::Input { name: name.into(), fact }, &[])
+        self.graph.add(
+            name,
+            Op::Input {
+                name: name.into(),
+                fact,
+            },
+            &[],
+        )
     }
     /// Weights are named by their full (checkpoint) name, not the scope. Declaring the
     /// same weight again returns the existing node (tied embeddings use one table twice);
@@ -53,17 +63,40 @@ impl Builder {
                 return Ok(id);
             }
         }
-        self.graph.add(name, Op::Weight { name: name.into(), fact, parts: Vec::new() }, &[])
+        self.graph.add(
+            name,
+            Op::Weight {
+                name: name.into(),
+                fact,
+                parts: Vec::new(),
+            },
+            &[],
+        )
     }
     pub fn state(&mut self, name: &str, fact: TensorFact) -> R {
-        self.graph.add(name, Op::State { name: name.into(), fact }, &[])
+        self.graph.add(
+            name,
+            Op::State {
+                name: name.into(),
+                fact,
+            },
+            &[],
+        )
     }
     pub fn gather(&mut self, name: &str, table: NodeId, ids: NodeId) -> R {
         self.op(name, Op::Gather, &[table, ids])
     }
     /// `x [M,K] @ w^T` with `w` stored `[N, K]` (PyTorch Linear).
     pub fn linear(&mut self, name: &str, x: NodeId, w: NodeId) -> R {
-        self.op(name, Op::MatMul { transpose_b: true, act: ActPrecision::F32, epilogue: Epilogue::None }, &[x, w])
+        self.op(
+            name,
+            Op::MatMul {
+                transpose_b: true,
+                act: ActPrecision::F32,
+                epilogue: Epilogue::None,
+            },
+            &[x, w],
+        )
     }
     pub fn add(&mut self, name: &str, a: NodeId, b: NodeId) -> R {
         self.op(name, Op::Add, &[a, b])
@@ -77,16 +110,43 @@ impl Builder {
     pub fn layer_norm(&mut self, name: &str, x: NodeId, w: NodeId, b: NodeId, eps: f32) -> R {
         self.op(name, Op::LayerNorm { eps }, &[x, w, b])
     }
-    pub fn rope(&mut self, name: &str, x: NodeId, pos: NodeId, n_valid: NodeId, params: RopeParams) -> R {
+    pub fn rope(
+        &mut self,
+        name: &str,
+        x: NodeId,
+        pos: NodeId,
+        n_valid: NodeId,
+        params: RopeParams,
+    ) -> R {
         self.op(name, Op::Rope { params }, &[x, pos, n_valid])
     }
     pub fn kv_write(&mut self, name: &str, cache: NodeId, new: NodeId, pos: NodeId) -> R {
         self.op(name, Op::KvWrite, &[cache, new, pos])
     }
     #[allow(clippy::too_many_arguments)]
-    pub fn attention(&mut self, name: &str, q: NodeId, k: NodeId, v: NodeId, pos: NodeId, n_valid: NodeId, n_heads: usize, n_kv_heads: usize, head_dim: usize) -> R {
+    pub fn attention(
+        &mut self,
+        name: &str,
+        q: NodeId,
+        k: NodeId,
+        v: NodeId,
+        pos: NodeId,
+        n_valid: NodeId,
+        n_heads: usize,
+        n_kv_heads: usize,
+        head_dim: usize,
+    ) -> R {
         let scale = 1.0 / (head_dim as f32).sqrt();
-        self.op(name, Op::Attention { n_heads, n_kv_heads, head_dim, scale }, &[q, k, v, pos, n_valid])
+        self.op(
+            name,
+            Op::Attention {
+                n_heads,
+                n_kv_heads,
+                head_dim,
+                scale,
+            },
+            &[q, k, v, pos, n_valid],
+        )
     }
     pub fn silu(&mut self, name: &str, x: NodeId) -> R {
         self.op(name, Op::Silu, &[x])
@@ -98,10 +158,22 @@ impl Builder {
         self.op(name, Op::Softmax, &[x])
     }
     pub fn reshape(&mut self, name: &str, x: NodeId, shape: &[usize]) -> R {
-        self.op(name, Op::Reshape { shape: shape.to_vec() }, &[x])
+        self.op(
+            name,
+            Op::Reshape {
+                shape: shape.to_vec(),
+            },
+            &[x],
+        )
     }
     pub fn transpose(&mut self, name: &str, x: NodeId, perm: &[usize]) -> R {
-        self.op(name, Op::Transpose { perm: perm.to_vec() }, &[x])
+        self.op(
+            name,
+            Op::Transpose {
+                perm: perm.to_vec(),
+            },
+            &[x],
+        )
     }
     pub fn select_row(&mut self, name: &str, x: NodeId, index: NodeId) -> R {
         self.op(name, Op::SelectRow, &[x, index])

@@ -11,7 +11,10 @@ pub struct TensorFact {
 
 impl TensorFact {
     pub fn new(dtype: DType, shape: impl Into<Vec<usize>>) -> Self {
-        TensorFact { dtype, shape: shape.into() }
+        TensorFact {
+            dtype,
+            shape: shape.into(),
+        }
     }
     pub fn f32(shape: impl Into<Vec<usize>>) -> Self {
         Self::new(DType::F32, shape)
@@ -30,7 +33,10 @@ impl TensorFact {
     pub fn bytes(&self) -> Option<usize> {
         if self.dtype == DType::Q8Channel {
             // i8 values, then an f32 scale per row.
-            return self.elems()?.checked_add(self.rows().checked_mul(4)?).filter(|_| self.rank() == 2);
+            return self
+                .elems()?
+                .checked_add(self.rows().checked_mul(4)?)
+                .filter(|_| self.rank() == 2);
         }
         self.dtype.storage_bytes(self.elems()?)
     }

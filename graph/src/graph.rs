@@ -37,20 +37,41 @@ impl Graph {
 
     /// Adds a node after inferring its output fact. Inputs must already exist, which
     /// keeps `nodes` in topological order by construction.
-    pub fn add(&mut self, name: impl Into<String>, op: Op, inputs: &[NodeId]) -> Result<NodeId, GraphError> {
+    pub fn add(
+        &mut self,
+        name: impl Into<String>,
+        op: Op,
+        inputs: &[NodeId],
+    ) -> Result<NodeId, GraphError> {
         let name = name.into();
         let fact = self.infer(&name, &op, inputs)?;
-        self.nodes.push(Node { name, op, inputs: inputs.to_vec(), fact });
+        self.nodes.push(Node {
+            name,
+            op,
+            inputs: inputs.to_vec(),
+            fact,
+        });
         Ok(NodeId(self.nodes.len() - 1))
     }
 
     fn infer(&self, name: &str, op: &Op, inputs: &[NodeId]) -> Result<TensorFact, GraphError> {
         let mut facts = Vec::with_capacity(inputs.len());
         for &i in inputs {
-            let n = self.nodes.get(i.0).ok_or_else(|| GraphError::DanglingInput { node: name.to_string(), input: i })?;
+            let n = self
+                .nodes
+                .get(i.0)
+                .ok_or_else(|| GraphError::DanglingInput {
+                    node: name.to_string(),
+                    input: i,
+                })?;
             facts.push(&n.fact);
         }
-        op.output_fact(&facts).map_err(|reason| GraphError::IllFormed { node: name.to_string(), op: op.kind(), reason })
+        op.output_fact(&facts)
+            .map_err(|reason| GraphError::IllFormed {
+                node: name.to_string(),
+                op: op.kind(),
+                reason,
+            })
     }
 
     pub fn set_output(&mut self, name: impl Into<String>, id: NodeId) {
@@ -76,18 +97,26 @@ impl Graph {
             .enumerate()
             .filter(|(_, n)| n.op.kind() == kind)
             .map(|(i, n)| match &n.op {
-                Op::Input { name, fact } | Op::Weight { name, fact, .. } | Op::State { name, fact } => (NodeId(i), name.as_str(), fact),
+                Op::Input { name, fact }
+                | Op::Weight { name, fact, .. }
+                | Op::State { name, fact } => (NodeId(i), name.as_str(), fact),
                 _ => unreachable!("kind() matched a source"),
             })
             .collect()
     }
 
     pub fn find_source(&self, kind: &str, name: &str) -> Option<NodeId> {
-        self.sources(kind).into_iter().find(|(_, n, _)| *n == name).map(|(id, _, _)| id)
+        self.sources(kind)
+            .into_iter()
+            .find(|(_, n, _)| *n == name)
+            .map(|(id, _, _)| id)
     }
 
     pub fn output(&self, name: &str) -> Option<NodeId> {
-        self.outputs.iter().find(|(n, _)| n == name).map(|(_, id)| *id)
+        self.outputs
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, id)| *id)
     }
 
     /// Nodes whose effect must survive even if no output reads them (KV-cache writes).
@@ -110,7 +139,10 @@ impl Graph {
         let mut names = HashSet::new();
         for (i, n) in self.nodes.iter().enumerate() {
             if let Some(bad) = n.inputs.iter().find(|x| x.0 >= i) {
-                return Err(GraphError::DanglingInput { node: n.name.clone(), input: *bad });
+                return Err(GraphError::DanglingInput {
+                    node: n.name.clone(),
+                    input: *bad,
+                });
             }
             let fact = self.infer(&n.name, &n.op, &n.inputs)?;
             if fact != n.fact {
@@ -121,12 +153,17 @@ impl Graph {
                 });
             }
             if n.op.is_source() && !names.insert((n.op.kind(), n.name.clone())) {
-                return Err(GraphError::DuplicateSource { name: n.name.clone() });
+                return Err(GraphError::DuplicateSource {
+                    name: n.name.clone(),
+                });
             }
         }
         for (name, id) in &self.outputs {
             if id.0 >= self.nodes.len() {
-                return Err(GraphError::DanglingInput { node: format!("output {name}"), input: *id });
+                return Err(GraphError::DanglingInput {
+                    node: format!("output {name}"),
+                    input: *id,
+                });
             }
         }
         Ok(())
@@ -138,7 +175,14 @@ impl fmt::Display for Graph {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (i, n) in self.nodes.iter().enumerate() {
             let ins: Vec<String> = n.inputs.iter().map(|x| x.to_string()).collect();
-            writeln!(f, "#{i} {} = {}({}) -> {}", n.name, n.op.kind(), ins.join(", "), n.fact)?;
+            writeln!(
+                f,
+                "#{i} {} = {}({}) -> {}",
+                n.name,
+                n.op.kind(),
+                ins.join(", "),
+                n.fact
+            )?;
         }
         for (name, id) in &self.outputs {
             writeln!(f, "output {name} = {id}")?;

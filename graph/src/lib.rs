@@ -17,21 +17,32 @@ pub use builder::Builder;
 pub use dtype::DType;
 pub use fact::TensorFact;
 pub use graph::{Graph, Node, NodeId};
-pub use precision::{PrecisionPolicy, WeightFormat};
 pub use op::{ActPrecision, Epilogue, InferError, Op, RopeParams, RopeScaling};
+pub use precision::{PrecisionPolicy, WeightFormat};
 
 #[derive(Debug, thiserror::Error)]
 pub enum GraphError {
     #[error("node `{node}` ({op}) is ill-formed: {reason}")]
-    IllFormed { node: String, op: &'static str, reason: String },
+    IllFormed {
+        node: String,
+        op: &'static str,
+        reason: String,
+    },
     #[error("node `{node}` refers to {input}, which does not precede it")]
     DanglingInput { node: String, input: NodeId },
     #[error("two sources are named `{name}`")]
     DuplicateSource { name: String },
     #[error("pass `{pass}` left an invalid graph")]
-    PassBroke { pass: &'static str, #[source] source: Box<GraphError> },
+    PassBroke {
+        pass: &'static str,
+        #[source]
+        source: Box<GraphError>,
+    },
     #[error("pipeline `{pipeline}` did not reach a fixpoint in {iterations} iterations")]
-    NoFixpoint { pipeline: &'static str, iterations: usize },
+    NoFixpoint {
+        pipeline: &'static str,
+        iterations: usize,
+    },
 }
 
 #[cfg(test)]
@@ -45,7 +56,10 @@ mod tests {
         let w = b.weight("w", TensorFact::f32([16, 7])).unwrap();
         b.push_scope("layers.3");
         let err = b.linear("q_proj", x, w).unwrap_err().to_string();
-        assert!(err.contains("layers.3.q_proj") && err.contains("inner dims"), "{err}");
+        assert!(
+            err.contains("layers.3.q_proj") && err.contains("inner dims"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -71,7 +85,9 @@ mod tests {
     #[test]
     fn quantized_shape_must_be_whole_blocks() {
         let mut b = Builder::new();
-        assert!(b.weight("w", TensorFact::new(DType::Q4_1, [4, 33])).is_err());
+        assert!(b
+            .weight("w", TensorFact::new(DType::Q4_1, [4, 33]))
+            .is_err());
         assert!(b.weight("w", TensorFact::new(DType::Q4_1, [4, 64])).is_ok());
     }
 }

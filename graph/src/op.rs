@@ -16,11 +16,21 @@ use crate::{DType, TensorFact};
 pub enum RopeScaling {
     None,
     /// Positions divided by `factor`.
-    Linear { factor: f32 },
+    Linear {
+        factor: f32,
+    },
     /// HF "dynamic" NTK: the base grows once the sequence exceeds `original_max_position`.
-    DynamicNtk { factor: f32, original_max_position: usize },
+    DynamicNtk {
+        factor: f32,
+        original_max_position: usize,
+    },
     /// Llama 3.x wavelength-banded scaling.
-    Llama3 { factor: f32, low_freq_factor: f32, high_freq_factor: f32, original_max_position: usize },
+    Llama3 {
+        factor: f32,
+        low_freq_factor: f32,
+        high_freq_factor: f32,
+        original_max_position: usize,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -92,37 +102,62 @@ impl Epilogue {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Op {
     /// A run-time input (token ids, embeddings, positions), bound per execution.
-    Input { name: String, fact: TensorFact },
+    Input {
+        name: String,
+        fact: TensorFact,
+    },
     /// A constant weight, prepared (repacked) once by the backend. `parts` empty: the
     /// checkpoint tensor `name`; otherwise the rows of these checkpoint tensors
     /// concatenated in order (fused q/k/v or gate/up weights). `fact.dtype` is the
     /// format the compiled graph wants; the loader converts (losslessly if the
     /// checkpoint already stores that format).
-    Weight { name: String, fact: TensorFact, parts: Vec<String> },
+    Weight {
+        name: String,
+        fact: TensorFact,
+        parts: Vec<String>,
+    },
     /// Persistent per-session state (the KV cache), bound per session.
-    State { name: String, fact: TensorFact },
+    State {
+        name: String,
+        fact: TensorFact,
+    },
     /// Embedding lookup: `(table [V, H], ids i32[T]) -> [T, H]`.
     Gather,
     /// `(a [M, K], b, extra..) -> [M, N]`, see module docs for `transpose_b`; `a` is
     /// quantized to `act` on the fly; `epilogue` adds fused output work.
-    MatMul { transpose_b: bool, act: ActPrecision, epilogue: Epilogue },
+    MatMul {
+        transpose_b: bool,
+        act: ActPrecision,
+        epilogue: Epilogue,
+    },
     /// Conv2D patch embedding (kernel = stride = `patch`, no padding), the ViT stem:
     /// `(pixels [B, C, H, W], weight [D, C*patch*patch], bias [D])` ->
     /// `[B * (H/patch) * (W/patch), D]`, patches row-major within each image.
     /// The weight is the PyTorch conv weight `[D, C, p, p]` flattened per out channel.
-    PatchEmbed { patch: usize },
+    PatchEmbed {
+        patch: usize,
+    },
     /// Columns `start .. start+len` of `x [M, N]` (splits a fused q/k/v output).
-    SliceCols { start: usize, len: usize },
+    SliceCols {
+        start: usize,
+        len: usize,
+    },
     /// Elementwise; `b` may broadcast over leading dims (its shape a suffix of `a`'s).
     Add,
     Mul,
     /// `(x [.., H], w [H]) -> x * rsqrt(mean(x^2) + eps) * w`.
-    RmsNorm { eps: f32 },
+    RmsNorm {
+        eps: f32,
+    },
     /// `(x [.., H], w [H], b [H])`.
-    LayerNorm { eps: f32 },
+    LayerNorm {
+        eps: f32,
+    },
     /// HF rotate_half RoPE on `x [T, heads * head_dim]` at positions `pos + t`:
     /// `(x, pos i32[1], n_valid i32[1])` (n_valid drives dynamic NTK scaling).
-    Rope { params: RopeParams },
+    Rope {
+        params: RopeParams,
+    },
     /// Write `new [T, D]` into rows `pos .. pos+T` of `cache [S, D]`:
     /// `(cache, new, pos i32[1]) -> cache'`. The output aliases the cache state.
     KvWrite,
@@ -131,15 +166,26 @@ pub enum Op {
     /// (absolute position `pos+t`) sees keys `0 ..= pos+t`, and never keys at or past
     /// `pos + n_valid` (padding of the last chunk). Query head `h` uses KV head
     /// `h / (nh / nkv)` (HF repeat_kv).
-    Attention { n_heads: usize, n_kv_heads: usize, head_dim: usize, scale: f32 },
+    Attention {
+        n_heads: usize,
+        n_kv_heads: usize,
+        head_dim: usize,
+        scale: f32,
+    },
     Silu,
     /// Exact (erf) GELU, or the tanh approximation.
-    Gelu { tanh: bool },
+    Gelu {
+        tanh: bool,
+    },
     /// Softmax over the last dimension.
     Softmax,
-    Reshape { shape: Vec<usize> },
+    Reshape {
+        shape: Vec<usize>,
+    },
     /// Permutes dimensions; `perm[i]` is the input dim that becomes output dim `i`.
-    Transpose { perm: Vec<usize> },
+    Transpose {
+        perm: Vec<usize>,
+    },
     /// `(x [T, H], index i32[1]) -> [1, H]`: one row chosen at run time
     /// (the last valid position of a padded chunk feeds the output head).
     SelectRow,
@@ -212,13 +258,21 @@ impl Op {
 
     /// Graph sources (no inputs, bound from outside).
     pub fn is_source(&self) -> bool {
-        matches!(self, Op::Input { .. } | Op::Weight { .. } | Op::State { .. })
+        matches!(
+            self,
+            Op::Input { .. } | Op::Weight { .. } | Op::State { .. }
+        )
     }
 
     pub fn arity(&self) -> usize {
         match self {
             Op::Input { .. } | Op::Weight { .. } | Op::State { .. } => 0,
-            Op::Silu | Op::Gelu { .. } | Op::Softmax | Op::Reshape { .. } | Op::Transpose { .. } | Op::SliceCols { .. } => 1,
+            Op::Silu
+            | Op::Gelu { .. }
+            | Op::Softmax
+            | Op::Reshape { .. }
+            | Op::Transpose { .. }
+            | Op::SliceCols { .. } => 1,
             Op::MatMul { epilogue, .. } => 2 + epilogue.extra_inputs(),
             Op::Gather | Op::Add | Op::Mul | Op::RmsNorm { .. } | Op::SelectRow => 2,
             Op::LayerNorm { .. } | Op::Rope { .. } | Op::KvWrite | Op::PatchEmbed { .. } => 3,
@@ -229,13 +283,21 @@ impl Op {
     /// Shape and type inference: the output fact for these input facts, or why not.
     pub fn output_fact(&self, inputs: &[&TensorFact]) -> Result<TensorFact, InferError> {
         if inputs.len() != self.arity() {
-            return Err(format!("{} takes {} inputs, got {}", self.kind(), self.arity(), inputs.len()));
+            return Err(format!(
+                "{} takes {} inputs, got {}",
+                self.kind(),
+                self.arity(),
+                inputs.len()
+            ));
         }
         match self {
             Op::Input { fact, .. } | Op::Weight { fact, .. } | Op::State { fact, .. } => {
                 fact.elems().ok_or("shape overflows")?;
                 if fact.bytes().is_none() {
-                    return Err(format!("{fact} is not a whole number of {} blocks", fact.dtype));
+                    return Err(format!(
+                        "{fact} is not a whole number of {} blocks",
+                        fact.dtype
+                    ));
                 }
                 Ok(fact.clone())
             }
@@ -246,21 +308,35 @@ impl Op {
                 want_rank(ids, 1, "gather ids")?;
                 Ok(TensorFact::f32([ids.shape[0], table.shape[1]]))
             }
-            Op::MatMul { transpose_b, epilogue, .. } => {
+            Op::MatMul {
+                transpose_b,
+                epilogue,
+                ..
+            } => {
                 let (a, b) = (inputs[0], inputs[1]);
                 want_rank(a, 2, "matmul a")?;
                 want_rank(b, 2, "matmul b")?;
                 want_float(a, "matmul a")?;
-                let (bk, mut n) = if *transpose_b { (b.shape[1], b.shape[0]) } else { (b.shape[0], b.shape[1]) };
+                let (bk, mut n) = if *transpose_b {
+                    (b.shape[1], b.shape[0])
+                } else {
+                    (b.shape[0], b.shape[1])
+                };
                 if a.shape[1] != bk {
-                    return Err(format!("matmul inner dims differ: a {a}, b {b} (transpose_b={transpose_b})"));
+                    return Err(format!(
+                        "matmul inner dims differ: a {a}, b {b} (transpose_b={transpose_b})"
+                    ));
                 }
                 if (b.dtype.is_quantized() || *epilogue != Epilogue::None) && !transpose_b {
-                    return Err("quantized or fused matmul weights must be [N, K] (transpose_b)".into());
+                    return Err(
+                        "quantized or fused matmul weights must be [N, K] (transpose_b)".into(),
+                    );
                 }
                 if *epilogue == Epilogue::SwiGlu {
                     if n % 2 != 0 {
-                        return Err(format!("swiglu matmul needs an even number of weight rows, got {b}"));
+                        return Err(format!(
+                            "swiglu matmul needs an even number of weight rows, got {b}"
+                        ));
                     }
                     n /= 2;
                 }
@@ -268,7 +344,12 @@ impl Op {
                 if epilogue.has_bias() && extra.next().map(|f| f.shape != [n]).unwrap_or(true) {
                     return Err(format!("matmul bias must be [{n}]"));
                 }
-                if epilogue.has_residual() && extra.next().map(|f| f.shape != [a.shape[0], n]).unwrap_or(true) {
+                if epilogue.has_residual()
+                    && extra
+                        .next()
+                        .map(|f| f.shape != [a.shape[0], n])
+                        .unwrap_or(true)
+                {
                     return Err(format!("matmul residual must be [{}, {n}]", a.shape[0]));
                 }
                 Ok(TensorFact::f32([a.shape[0], n]))
@@ -283,7 +364,10 @@ impl Op {
                 }
                 let d = w.shape.first().copied().unwrap_or(0);
                 if w.rank() != 2 || w.shape[1] != c * patch * patch || b.shape != [d] {
-                    return Err(format!("patch_embed weight must be [D, {}] and bias [D], got {w} and {b}", c * patch * patch));
+                    return Err(format!(
+                        "patch_embed weight must be [D, {}] and bias [D], got {w} and {b}",
+                        c * patch * patch
+                    ));
                 }
                 Ok(TensorFact::f32([bt * (h / patch) * (wd / patch), d]))
             }
@@ -309,7 +393,11 @@ impl Op {
                 want_float(x, "norm input")?;
                 for (i, p) in inputs[1..].iter().enumerate() {
                     if p.shape != [x.last_dim()] {
-                        return Err(format!("norm parameter {} must be [{}], got {p}", i + 1, x.last_dim()));
+                        return Err(format!(
+                            "norm parameter {} must be [{}], got {p}",
+                            i + 1,
+                            x.last_dim()
+                        ));
                     }
                 }
                 Ok(TensorFact::f32(x.shape.clone()))
@@ -320,10 +408,16 @@ impl Op {
                 want_scalar_i32(inputs[1], "rope pos")?;
                 want_scalar_i32(inputs[2], "rope n_valid")?;
                 if params.head_dim == 0 || x.shape[1] % params.head_dim != 0 {
-                    return Err(format!("rope: width {} is not a multiple of head_dim {}", x.shape[1], params.head_dim));
+                    return Err(format!(
+                        "rope: width {} is not a multiple of head_dim {}",
+                        x.shape[1], params.head_dim
+                    ));
                 }
                 if params.rotary_dim % 2 != 0 || params.rotary_dim > params.head_dim {
-                    return Err(format!("rope: rotary_dim {} must be even and <= head_dim", params.rotary_dim));
+                    return Err(format!(
+                        "rope: rotary_dim {} must be even and <= head_dim",
+                        params.rotary_dim
+                    ));
                 }
                 Ok(x.clone())
             }
@@ -337,7 +431,12 @@ impl Op {
                 }
                 Ok(cache.clone())
             }
-            Op::Attention { n_heads, n_kv_heads, head_dim, .. } => {
+            Op::Attention {
+                n_heads,
+                n_kv_heads,
+                head_dim,
+                ..
+            } => {
                 let (q, k, v) = (inputs[0], inputs[1], inputs[2]);
                 want_rank(q, 2, "attention q")?;
                 same_fact(k, v, "attention k/v caches differ")?;
@@ -345,7 +444,9 @@ impl Op {
                 want_scalar_i32(inputs[3], "attention pos")?;
                 want_scalar_i32(inputs[4], "attention n_valid")?;
                 if *n_kv_heads == 0 || n_heads % n_kv_heads != 0 {
-                    return Err(format!("attention: {n_heads} heads not divisible by {n_kv_heads} kv heads"));
+                    return Err(format!(
+                        "attention: {n_heads} heads not divisible by {n_kv_heads} kv heads"
+                    ));
                 }
                 if q.shape[1] != n_heads * head_dim || k.shape[1] != n_kv_heads * head_dim {
                     return Err(format!("attention: q {q} / kv {k} do not match {n_heads}x{head_dim} / {n_kv_heads}x{head_dim}"));
@@ -360,17 +461,28 @@ impl Op {
                 let x = inputs[0];
                 let out = TensorFact::new(x.dtype, shape.clone());
                 if out.elems() != x.elems() {
-                    return Err(format!("reshape {x} to {shape:?} changes the element count"));
+                    return Err(format!(
+                        "reshape {x} to {shape:?} changes the element count"
+                    ));
                 }
                 Ok(out)
             }
             Op::Transpose { perm } => {
                 let x = inputs[0];
                 let mut seen = vec![false; x.rank()];
-                if perm.len() != x.rank() || perm.iter().any(|&p| p >= x.rank() || std::mem::replace(&mut seen[p], true)) {
-                    return Err(format!("transpose: {perm:?} is not a permutation of {x}'s dims"));
+                if perm.len() != x.rank()
+                    || perm
+                        .iter()
+                        .any(|&p| p >= x.rank() || std::mem::replace(&mut seen[p], true))
+                {
+                    return Err(format!(
+                        "transpose: {perm:?} is not a permutation of {x}'s dims"
+                    ));
                 }
-                Ok(TensorFact::new(x.dtype, perm.iter().map(|&p| x.shape[p]).collect::<Vec<_>>()))
+                Ok(TensorFact::new(
+                    x.dtype,
+                    perm.iter().map(|&p| x.shape[p]).collect::<Vec<_>>(),
+                ))
             }
             Op::SelectRow => {
                 want_rank(inputs[0], 2, "select_row input")?;

@@ -38,7 +38,11 @@ pub fn dequantize(dtype: DType, src: &[u8], dst: &mut [f32]) -> bool {
             let q_off = if dtype == DType::Q4_0 { 2 } else { 4 };
             for (out, blk) in dst.chunks_exact_mut(32).zip(src.chunks_exact(bb)) {
                 let d = f16_at(blk, 0);
-                let (m, bias) = if dtype == DType::Q4_1 { (f16_at(blk, 2), 0.0) } else { (0.0, -8.0) };
+                let (m, bias) = if dtype == DType::Q4_1 {
+                    (f16_at(blk, 2), 0.0)
+                } else {
+                    (0.0, -8.0)
+                };
                 for j in 0..16 {
                     let byte = blk[q_off + j];
                     out[j] = d * ((byte & 0x0f) as f32 + bias) + m;
@@ -104,36 +108,68 @@ pub fn quantize(dtype: DType, x: &[f32], cols: usize) -> Option<Vec<u8>> {
     if cols == 0 || x.len() % cols != 0 || cols % dtype.block_elems() != 0 {
         return None;
     }
-    let mut out = Vec::with_capacity(npurt_graph::TensorFact::new(dtype, [x.len() / cols, cols]).bytes()?);
+    let mut out =
+        Vec::with_capacity(npurt_graph::TensorFact::new(dtype, [x.len() / cols, cols]).bytes()?);
     match dtype {
-        DType::F32 => x.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
-        DType::F16 => x.iter().for_each(|v| out.extend_from_slice(&f16::from_f32(*v).to_le_bytes())),
-        DType::BF16 => x.iter().for_each(|v| out.extend_from_slice(&bf16::from_f32(*v).to_le_bytes())),
+        DType::F32 => x
+            .iter()
+            .for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
+        DType::F16 => x
+            .iter()
+            .for_each(|v| out.extend_from_slice(&f16::from_f32(*v).to_le_bytes())),
+        DType::BF16 => x
+            .iter()
+            .for_each(|v| out.extend_from_slice(&bf16::from_f32(*v).to_le_bytes())),
         DType::Q8_0 => {
             for blk in x.chunks_exact(32) {
                 let amax = blk.iter().fold(0f32, |a, v| a.max(v.abs()));
                 let d = f16::from_f32(amax / 127.0);
-                let inv = if d.to_f32() != 0.0 { 1.0 / d.to_f32() } else { 0.0 };
+                let inv = if d.to_f32() != 0.0 {
+                    1.0 / d.to_f32()
+                } else {
+                    0.0
+                };
                 out.extend_from_slice(&d.to_le_bytes());
-                out.extend(blk.iter().map(|v| ((v * inv).round().clamp(-127.0, 127.0) as i8) as u8));
+                out.extend(
+                    blk.iter()
+                        .map(|v| ((v * inv).round().clamp(-127.0, 127.0) as i8) as u8),
+                );
             }
         }
         DType::Q4_0 | DType::Q4_1 => {
             for blk in x.chunks_exact(32) {
                 let q: Vec<u8> = if dtype == DType::Q4_0 {
-                    let m = blk.iter().fold(0f32, |a, &v| if v.abs() > a.abs() { v } else { a });
+                    let m = blk
+                        .iter()
+                        .fold(0f32, |a, &v| if v.abs() > a.abs() { v } else { a });
                     let d = f16::from_f32(m / -8.0);
                     out.extend_from_slice(&d.to_le_bytes());
-                    let inv = if d.to_f32() != 0.0 { 1.0 / d.to_f32() } else { 0.0 };
-                    blk.iter().map(|v| (v * inv + 8.0).round().clamp(0.0, 15.0) as u8).collect()
+                    let inv = if d.to_f32() != 0.0 {
+                        1.0 / d.to_f32()
+                    } else {
+                        0.0
+                    };
+                    blk.iter()
+                        .map(|v| (v * inv + 8.0).round().clamp(0.0, 15.0) as u8)
+                        .collect()
                 } else {
-                    let (mn, mx) = blk.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
+                    let (mn, mx) = blk
+                        .iter()
+                        .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| {
+                            (a.min(v), b.max(v))
+                        });
                     let d = f16::from_f32((mx - mn) / 15.0);
                     let m = f16::from_f32(mn);
                     out.extend_from_slice(&d.to_le_bytes());
                     out.extend_from_slice(&m.to_le_bytes());
-                    let inv = if d.to_f32() != 0.0 { 1.0 / d.to_f32() } else { 0.0 };
-                    blk.iter().map(|v| ((v - m.to_f32()) * inv).round().clamp(0.0, 15.0) as u8).collect()
+                    let inv = if d.to_f32() != 0.0 {
+                        1.0 / d.to_f32()
+                    } else {
+                        0.0
+                    };
+                    blk.iter()
+                        .map(|v| ((v - m.to_f32()) * inv).round().clamp(0.0, 15.0) as u8)
+                        .collect()
                 };
                 out.extend((0..16).map(|j| q[j] | (q[j + 16] << 4)));
             }
@@ -143,10 +179,15 @@ pub fn quantize(dtype: DType, x: &[f32], cols: usize) -> Option<Vec<u8>> {
             for row in x.chunks_exact(cols) {
                 let s = row.iter().fold(0f32, |a, v| a.max(v.abs())) / 127.0;
                 let inv = if s != 0.0 { 1.0 / s } else { 0.0 };
-                out.extend(row.iter().map(|v| ((v * inv).round().clamp(-127.0, 127.0) as i8) as u8));
+                out.extend(
+                    row.iter()
+                        .map(|v| ((v * inv).round().clamp(-127.0, 127.0) as i8) as u8),
+                );
                 scales.push(s);
             }
-            scales.iter().for_each(|s| out.extend_from_slice(&s.to_le_bytes()));
+            scales
+                .iter()
+                .for_each(|s| out.extend_from_slice(&s.to_le_bytes()));
         }
         DType::I32 | DType::I16 | DType::I8 => return None,
     }
@@ -167,7 +208,12 @@ pub fn dequantize_matrix(dtype: DType, src: &[u8], cols: usize, dst: &mut [f32])
     }
     let (vals, scales) = src.split_at(dst.len());
     for (r, out) in dst.chunks_exact_mut(cols).enumerate() {
-        let s = f32::from_le_bytes([scales[4 * r], scales[4 * r + 1], scales[4 * r + 2], scales[4 * r + 3]]);
+        let s = f32::from_le_bytes([
+            scales[4 * r],
+            scales[4 * r + 1],
+            scales[4 * r + 2],
+            scales[4 * r + 3],
+        ]);
         for (o, &q) in out.iter_mut().zip(&vals[r * cols..(r + 1) * cols]) {
             *o = s * (q as i8) as f32;
         }
@@ -181,13 +227,23 @@ mod quantize_tests {
 
     #[test]
     fn round_trip_errors_are_within_half_a_step() {
-        let x: Vec<f32> = (0..128).map(|i| ((i * 37 % 101) as f32 - 50.0) / 17.0).collect();
-        for (dt, steps) in [(DType::Q8_0, 127.0), (DType::Q4_0, 8.0), (DType::Q4_1, 15.0), (DType::Q8Channel, 127.0)] {
+        let x: Vec<f32> = (0..128)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 17.0)
+            .collect();
+        for (dt, steps) in [
+            (DType::Q8_0, 127.0),
+            (DType::Q4_0, 8.0),
+            (DType::Q4_1, 15.0),
+            (DType::Q8Channel, 127.0),
+        ] {
             let q = quantize(dt, &x, 64).unwrap();
             let mut y = vec![0f32; 128];
             assert!(dequantize_matrix(dt, &q, 64, &mut y), "{dt}");
             let amax = x.iter().fold(0f32, |a, v| a.max(v.abs()));
-            let err = x.iter().zip(&y).fold(0f32, |a, (p, q)| a.max((p - q).abs()));
+            let err = x
+                .iter()
+                .zip(&y)
+                .fold(0f32, |a, (p, q)| a.max((p - q).abs()));
             assert!(err <= amax * 2.0 / steps, "{dt}: max error {err}");
         }
     }
@@ -202,7 +258,10 @@ mod quantize_tests {
             let q2 = quantize(dt, &y, 64).unwrap();
             let mut y2 = vec![0f32; 64];
             dequantize(dt, &q2, &mut y2);
-            assert_eq!(y, y2, "{dt}: quantize(dequantize(q)) must reproduce the values");
+            assert_eq!(
+                y, y2,
+                "{dt}: quantize(dequantize(q)) must reproduce the values"
+            );
         }
     }
 }

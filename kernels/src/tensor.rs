@@ -20,26 +20,51 @@ pub struct HostTensor {
 impl HostTensor {
     pub fn f32(shape: impl Into<Vec<usize>>, data: Vec<f32>) -> Self {
         let fact = TensorFact::f32(shape);
-        assert_eq!(fact.elems(), Some(data.len()), "HostTensor::f32: shape {fact} vs {} values", data.len());
-        HostTensor { fact, data: HostData::F32(data) }
+        assert_eq!(
+            fact.elems(),
+            Some(data.len()),
+            "HostTensor::f32: shape {fact} vs {} values",
+            data.len()
+        );
+        HostTensor {
+            fact,
+            data: HostData::F32(data),
+        }
     }
     pub fn i32(shape: impl Into<Vec<usize>>, data: Vec<i32>) -> Self {
         let fact = TensorFact::i32(shape);
-        assert_eq!(fact.elems(), Some(data.len()), "HostTensor::i32: shape {fact} vs {} values", data.len());
-        HostTensor { fact, data: HostData::I32(data) }
+        assert_eq!(
+            fact.elems(),
+            Some(data.len()),
+            "HostTensor::i32: shape {fact} vs {} values",
+            data.len()
+        );
+        HostTensor {
+            fact,
+            data: HostData::I32(data),
+        }
     }
     /// Raw storage bytes for a non-f32/i32 dtype; `None` if the length does not match.
     pub fn bytes(fact: TensorFact, data: Vec<u8>) -> Option<Self> {
-        (fact.bytes() == Some(data.len())).then_some(HostTensor { fact, data: HostData::Bytes(data) })
+        (fact.bytes() == Some(data.len())).then_some(HostTensor {
+            fact,
+            data: HostData::Bytes(data),
+        })
     }
     pub fn zeros(fact: &TensorFact) -> Self {
         let n = fact.elems().expect("zeros: shape overflows");
         let data = match fact.dtype {
             DType::F32 => HostData::F32(vec![0.0; n]),
             DType::I32 => HostData::I32(vec![0; n]),
-            d => HostData::Bytes(vec![0; d.storage_bytes(n).expect("zeros: not whole blocks")]),
+            d => HostData::Bytes(vec![
+                0;
+                d.storage_bytes(n).expect("zeros: not whole blocks")
+            ]),
         };
-        HostTensor { fact: fact.clone(), data }
+        HostTensor {
+            fact: fact.clone(),
+            data,
+        }
     }
     pub fn as_f32(&self) -> Option<&[f32]> {
         match &self.data {

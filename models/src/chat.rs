@@ -22,7 +22,10 @@ pub struct ChatMessage {
 
 impl ChatMessage {
     pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
-        ChatMessage { role: role.into(), content: content.into() }
+        ChatMessage {
+            role: role.into(),
+            content: content.into(),
+        }
     }
 }
 
@@ -39,7 +42,11 @@ pub struct ChatTemplate {
 }
 
 impl ChatTemplate {
-    pub fn new(source: impl Into<String>, bos_token: impl Into<String>, eos_token: impl Into<String>) -> Result<Self> {
+    pub fn new(
+        source: impl Into<String>,
+        bos_token: impl Into<String>,
+        eos_token: impl Into<String>,
+    ) -> Result<Self> {
         let source = source.into();
         let mut env = Environment::new();
         env.set_trim_blocks(true);
@@ -49,8 +56,14 @@ impl ChatTemplate {
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime_now);
         env.add_filter("tojson", tojson);
-        env.add_template_owned(TEMPLATE_NAME, source.clone()).map_err(|e| template_err("parsing the template", &e))?;
-        Ok(ChatTemplate { source, env, bos_token: bos_token.into(), eos_token: eos_token.into() })
+        env.add_template_owned(TEMPLATE_NAME, source.clone())
+            .map_err(|e| template_err("parsing the template", &e))?;
+        Ok(ChatTemplate {
+            source,
+            env,
+            bos_token: bos_token.into(),
+            eos_token: eos_token.into(),
+        })
     }
 
     /// The Jinja source this template was built from.
@@ -60,8 +73,14 @@ impl ChatTemplate {
 
     /// `apply_chat_template(messages, tokenize=False, add_generation_prompt=...)`.
     pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
-        let tmpl = self.env.get_template(TEMPLATE_NAME).map_err(|e| template_err("loading the template", &e))?;
-        let messages: Vec<Value> = messages.iter().map(|m| Value::from_object(MessageObject::from(m))).collect();
+        let tmpl = self
+            .env
+            .get_template(TEMPLATE_NAME)
+            .map_err(|e| template_err("loading the template", &e))?;
+        let messages: Vec<Value> = messages
+            .iter()
+            .map(|m| Value::from_object(MessageObject::from(m)))
+            .collect();
         tmpl.render(minijinja::context! {
             messages => messages,
             add_generation_prompt => add_generation_prompt,
@@ -92,7 +111,10 @@ struct MessageObject {
 
 impl From<&ChatMessage> for MessageObject {
     fn from(m: &ChatMessage) -> Self {
-        MessageObject { role: Value::from(m.role.as_str()), content: Value::from(m.content.as_str()) }
+        MessageObject {
+            role: Value::from(m.role.as_str()),
+            content: Value::from(m.content.as_str()),
+        }
     }
 }
 
@@ -134,15 +156,24 @@ fn tojson(value: &Value, kwargs: Kwargs) -> std::result::Result<Value, Error> {
         Some(v) => match v.as_str() {
             Some(s) => Some(s.to_string()),
             None => {
-                let n = i64::try_from(v.clone())
-                    .map_err(|_| Error::new(ErrorKind::InvalidOperation, format!("tojson: bad indent {v}")))?;
+                let n = i64::try_from(v.clone()).map_err(|_| {
+                    Error::new(
+                        ErrorKind::InvalidOperation,
+                        format!("tojson: bad indent {v}"),
+                    )
+                })?;
                 Some(" ".repeat(n.max(0) as usize))
             }
         },
     };
     let (item_sep, key_sep) = match separators {
         Some(s) if s.len() == 2 => (s[0].clone(), s[1].clone()),
-        Some(_) => return Err(Error::new(ErrorKind::InvalidOperation, "tojson: separators must be a pair")),
+        Some(_) => {
+            return Err(Error::new(
+                ErrorKind::InvalidOperation,
+                "tojson: separators must be a pair",
+            ))
+        }
         None if indent.is_some() => (",".to_string(), ": ".to_string()),
         None => (", ".to_string(), ": ".to_string()),
     };
@@ -166,9 +197,17 @@ struct JsonOpts {
     sort_keys: bool,
 }
 
-fn write_json(out: &mut String, v: &Value, o: &JsonOpts, depth: usize) -> std::result::Result<(), Error> {
+fn write_json(
+    out: &mut String,
+    v: &Value,
+    o: &JsonOpts,
+    depth: usize,
+) -> std::result::Result<(), Error> {
     if depth > 256 {
-        return Err(Error::new(ErrorKind::InvalidOperation, "tojson: value nested too deeply"));
+        return Err(Error::new(
+            ErrorKind::InvalidOperation,
+            "tojson: value nested too deeply",
+        ));
     }
     let newline = |out: &mut String, level: usize| {
         if let Some(ind) = &o.indent {
@@ -250,7 +289,11 @@ fn python_float(f: f64) -> String {
         return "NaN".into();
     }
     if f.is_infinite() {
-        return if f > 0.0 { "Infinity".into() } else { "-Infinity".into() };
+        return if f > 0.0 {
+            "Infinity".into()
+        } else {
+            "-Infinity".into()
+        };
     }
     let a = f.abs();
     if a != 0.0 && !(1e-4..1e16).contains(&a) {
@@ -301,9 +344,29 @@ fn strftime_now(format: String) -> String {
     strftime_utc(&format, secs)
 }
 
-const MONTHS: [&str; 12] =
-    ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October", "November", "December"];
-const WEEKDAYS: [&str; 7] = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"];
+const MONTHS: [&str; 12] = [
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+];
+const WEEKDAYS: [&str; 7] = [
+    "Monday",
+    "Tuesday",
+    "Wednesday",
+    "Thursday",
+    "Friday",
+    "Saturday",
+    "Sunday",
+];
 
 /// Formats `secs` since the Unix epoch (UTC). Supports the codes chat templates use:
 /// `%Y %y %m %d %e %H %I %M %S %p %b %B %h %a %A %j %F %T %D %%`, and glibc's `%-d`-style
@@ -339,13 +402,23 @@ fn strftime_utc(format: &str, secs: i64) -> String {
         if unpadded {
             chars.next();
         }
-        let num = |v: i64, width: usize| if unpadded { v.to_string() } else { format!("{v:0width$}") };
+        let num = |v: i64, width: usize| {
+            if unpadded {
+                v.to_string()
+            } else {
+                format!("{v:0width$}")
+            }
+        };
         match chars.next() {
             Some('Y') => out.push_str(&year.to_string()),
             Some('y') => out.push_str(&num(year.rem_euclid(100), 2)),
             Some('m') => out.push_str(&num(month, 2)),
             Some('d') => out.push_str(&num(day, 2)),
-            Some('e') => out.push_str(&if unpadded { day.to_string() } else { format!("{day:2}") }),
+            Some('e') => out.push_str(&if unpadded {
+                day.to_string()
+            } else {
+                format!("{day:2}")
+            }),
             Some('H') => out.push_str(&num(hour, 2)),
             Some('I') => out.push_str(&num(hour12, 2)),
             Some('M') => out.push_str(&num(minute, 2)),
@@ -388,8 +461,19 @@ mod tests {
             "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n\
              <|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
         );
-        let out = t.render(&[ChatMessage::new("system", "S"), ChatMessage::new("user", "U")], false).unwrap();
-        assert_eq!(out, "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nU<|im_end|>\n");
+        let out = t
+            .render(
+                &[
+                    ChatMessage::new("system", "S"),
+                    ChatMessage::new("user", "U"),
+                ],
+                false,
+            )
+            .unwrap();
+        assert_eq!(
+            out,
+            "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nU<|im_end|>\n"
+        );
     }
 
     #[test]
@@ -404,7 +488,11 @@ mod tests {
         // trim_blocks + lstrip_blocks, like HF's ImmutableSandboxedEnvironment.
         let src = "{% for m in messages %}\n    {% if m.role == 'user' %}\n[{{ m.content.strip() }}]\n    {% endif %}\n{% endfor %}\n";
         let t = ChatTemplate::new(src, "<s>", "</s>").unwrap();
-        assert_eq!(t.render(&[ChatMessage::new("user", "  hi  ")], false).unwrap(), "[hi]\n");
+        assert_eq!(
+            t.render(&[ChatMessage::new("user", "  hi  ")], false)
+                .unwrap(),
+            "[hi]\n"
+        );
         // bos/eos are in the context; raise_exception aborts with the template's message.
         let t = ChatTemplate::new(
             "{{ bos_token }}{% if messages[0].role != 'user' %}{{ raise_exception('first must be user') }}{% endif %}{{ eos_token }}",
@@ -412,15 +500,22 @@ mod tests {
             "</s>",
         )
         .unwrap();
-        assert_eq!(t.render(&[ChatMessage::new("user", "x")], false).unwrap(), "<s></s>");
-        let e = t.render(&[ChatMessage::new("assistant", "x")], false).unwrap_err();
+        assert_eq!(
+            t.render(&[ChatMessage::new("user", "x")], false).unwrap(),
+            "<s></s>"
+        );
+        let e = t
+            .render(&[ChatMessage::new("assistant", "x")], false)
+            .unwrap_err();
         assert!(e.to_string().contains("first must be user"), "{e}");
     }
 
     #[test]
     fn tojson_matches_python_json_dumps() {
         let t = ChatTemplate::new("{{ messages[0] | tojson }}|{{ messages[0] | tojson(indent=2) }}|{{ {'b': [1, 2.5, none, true], 'a': '<é>'} | tojson(sort_keys=true) }}", "", "").unwrap();
-        let out = t.render(&[ChatMessage::new("user", "a \"q\" <b>\n")], false).unwrap();
+        let out = t
+            .render(&[ChatMessage::new("user", "a \"q\" <b>\n")], false)
+            .unwrap();
         assert_eq!(
             out,
             "{\"role\": \"user\", \"content\": \"a \\\"q\\\" <b>\\n\"}|{\n  \"role\": \"user\",\n  \"content\": \"a \\\"q\\\" <b>\\n\"\n}|{\"a\": \"<é>\", \"b\": [1, 2.5, null, true]}"
@@ -432,7 +527,10 @@ mod tests {
         // 2024-07-26 13:05:09 UTC, a Friday, day 208.
         let t = 1_722_000_000 - 1_722_000_000 % 86_400 + 13 * 3600 + 5 * 60 + 9;
         assert_eq!(strftime_utc("%d %b %Y", t), "26 Jul 2024");
-        assert_eq!(strftime_utc("%A %B %-d, %Y %H:%M:%S %j %%", t), "Friday July 26, 2024 13:05:09 208 %");
+        assert_eq!(
+            strftime_utc("%A %B %-d, %Y %H:%M:%S %j %%", t),
+            "Friday July 26, 2024 13:05:09 208 %"
+        );
         assert_eq!(strftime_utc("%F %T %I%p", 0), "1970-01-01 00:00:00 12AM");
         assert_eq!(strftime_utc("%Y-%m-%d", 951_782_400), "2000-02-29");
     }

@@ -36,11 +36,17 @@ pub const MAX_VOCAB: usize = 1 << 22;
 pub const MAX_CONTEXT: usize = 1 << 20;
 
 fn bad(field: &str, reason: impl Into<String>) -> ModelError {
-    ModelError::BadConfig { field: field.into(), reason: reason.into() }
+    ModelError::BadConfig {
+        field: field.into(),
+        reason: reason.into(),
+    }
 }
 
 fn get_usize(v: &Value, field: &str) -> Result<usize> {
-    v.get(field).and_then(Value::as_u64).map(|x| x as usize).ok_or_else(|| bad(field, "missing or not a non-negative integer"))
+    v.get(field)
+        .and_then(Value::as_u64)
+        .map(|x| x as usize)
+        .ok_or_else(|| bad(field, "missing or not a non-negative integer"))
 }
 
 fn get_f32(v: &Value, field: &str) -> Option<f32> {
@@ -50,30 +56,56 @@ fn get_f32(v: &Value, field: &str) -> Option<f32> {
 fn ids(v: Option<&Value>) -> Vec<u32> {
     match v {
         Some(Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
-        Some(Value::Array(a)) => a.iter().filter_map(Value::as_u64).map(|x| x as u32).collect(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(Value::as_u64)
+            .map(|x| x as u32)
+            .collect(),
         _ => vec![],
     }
 }
 
 /// Parses HF `rope_scaling` (or transformers 5's `rope_parameters`) into the IR's form.
 pub fn parse_rope_scaling(v: Option<&Value>) -> Result<RopeScaling> {
-    let Some(v) = v.filter(|v| !v.is_null()) else { return Ok(RopeScaling::None) };
-    let kind = v.get("rope_type").or_else(|| v.get("type")).and_then(Value::as_str).unwrap_or("default");
-    let factor = || get_f32(v, "factor").filter(|f| *f > 0.0 && f.is_finite()).ok_or_else(|| bad("rope_scaling.factor", "missing or not positive"));
+    let Some(v) = v.filter(|v| !v.is_null()) else {
+        return Ok(RopeScaling::None);
+    };
+    let kind = v
+        .get("rope_type")
+        .or_else(|| v.get("type"))
+        .and_then(Value::as_str)
+        .unwrap_or("default");
+    let factor = || {
+        get_f32(v, "factor")
+            .filter(|f| *f > 0.0 && f.is_finite())
+            .ok_or_else(|| bad("rope_scaling.factor", "missing or not positive"))
+    };
     let orig = |default: Option<usize>| {
-        v.get("original_max_position_embeddings").and_then(Value::as_u64).map(|x| x as usize).or(default).ok_or_else(|| bad("rope_scaling.original_max_position_embeddings", "missing"))
+        v.get("original_max_position_embeddings")
+            .and_then(Value::as_u64)
+            .map(|x| x as usize)
+            .or(default)
+            .ok_or_else(|| bad("rope_scaling.original_max_position_embeddings", "missing"))
     };
     Ok(match kind {
         "default" => RopeScaling::None,
         "linear" => RopeScaling::Linear { factor: factor()? },
-        "dynamic" => RopeScaling::DynamicNtk { factor: factor()?, original_max_position: orig(Some(0))? },
+        "dynamic" => RopeScaling::DynamicNtk {
+            factor: factor()?,
+            original_max_position: orig(Some(0))?,
+        },
         "llama3" => RopeScaling::Llama3 {
             factor: factor()?,
             low_freq_factor: get_f32(v, "low_freq_factor").unwrap_or(1.0),
             high_freq_factor: get_f32(v, "high_freq_factor").unwrap_or(4.0),
             original_max_position: orig(None)?,
         },
-        other => return Err(bad("rope_scaling.rope_type", format!("unsupported rope scaling `{other}`"))),
+        other => {
+            return Err(bad(
+                "rope_scaling.rope_type",
+                format!("unsupported rope scaling `{other}`"),
+            ))
+        }
     })
 }
 
@@ -88,10 +120,16 @@ impl LlamaConfig {
             None => 0,
         };
         let rope = v.get("rope_parameters");
-        let rope_theta = get_f32(v, "rope_theta").or_else(|| rope.and_then(|r| get_f32(r, "rope_theta"))).unwrap_or(10000.0);
+        let rope_theta = get_f32(v, "rope_theta")
+            .or_else(|| rope.and_then(|r| get_f32(r, "rope_theta")))
+            .unwrap_or(10000.0);
         let max_position_embeddings = get_usize(v, "max_position_embeddings").unwrap_or(2048);
         let mut rope_scaling = parse_rope_scaling(v.get("rope_scaling").or(rope))?;
-        if let RopeScaling::DynamicNtk { original_max_position, .. } = &mut rope_scaling {
+        if let RopeScaling::DynamicNtk {
+            original_max_position,
+            ..
+        } = &mut rope_scaling
+        {
             if *original_max_position == 0 {
                 *original_max_position = max_position_embeddings;
             }
@@ -108,14 +146,23 @@ impl LlamaConfig {
             rope_theta,
             rope_scaling,
             max_position_embeddings,
-            tie_word_embeddings: v.get("tie_word_embeddings").and_then(Value::as_bool).unwrap_or(false),
-            attention_bias: v.get("attention_bias").and_then(Value::as_bool).unwrap_or(false),
+            tie_word_embeddings: v
+                .get("tie_word_embeddings")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
+            attention_bias: v
+                .get("attention_bias")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
             embed_layer_norm: v
                 .get("use_stable_embedding")
                 .and_then(Value::as_bool)
                 .unwrap_or(false)
                 .then(|| get_f32(v, "layer_norm_eps").unwrap_or(1e-5)),
-            bos_token_id: v.get("bos_token_id").and_then(Value::as_u64).map(|x| x as u32),
+            bos_token_id: v
+                .get("bos_token_id")
+                .and_then(Value::as_u64)
+                .map(|x| x as u32),
             eos_token_ids: ids(v.get("eos_token_id")),
         };
         cfg.validate()?;
@@ -135,21 +182,55 @@ impl LlamaConfig {
         in_range("intermediate_size", self.intermediate_size, 4 * MAX_HIDDEN)?;
         in_range("num_hidden_layers", self.num_hidden_layers, MAX_LAYERS)?;
         in_range("vocab_size", self.vocab_size, MAX_VOCAB)?;
-        in_range("num_attention_heads", self.num_attention_heads, self.hidden_size)?;
-        in_range("num_key_value_heads", self.num_key_value_heads, self.num_attention_heads)?;
+        in_range(
+            "num_attention_heads",
+            self.num_attention_heads,
+            self.hidden_size,
+        )?;
+        in_range(
+            "num_key_value_heads",
+            self.num_key_value_heads,
+            self.num_attention_heads,
+        )?;
         in_range("head_dim", self.head_dim, 1024)?;
-        in_range("max_position_embeddings", self.max_position_embeddings, MAX_CONTEXT)?;
+        in_range(
+            "max_position_embeddings",
+            self.max_position_embeddings,
+            MAX_CONTEXT,
+        )?;
         if self.num_attention_heads % self.num_key_value_heads != 0 {
-            return Err(bad("num_key_value_heads", format!("{} does not divide num_attention_heads {}", self.num_key_value_heads, self.num_attention_heads)));
+            return Err(bad(
+                "num_key_value_heads",
+                format!(
+                    "{} does not divide num_attention_heads {}",
+                    self.num_key_value_heads, self.num_attention_heads
+                ),
+            ));
         }
         if self.head_dim % 2 != 0 {
-            return Err(bad("head_dim", format!("{} must be even for RoPE", self.head_dim)));
+            return Err(bad(
+                "head_dim",
+                format!("{} must be even for RoPE", self.head_dim),
+            ));
         }
-        if self.num_attention_heads * self.head_dim != self.hidden_size && self.hidden_size % self.num_attention_heads != 0 {
-            return Err(bad("num_attention_heads", format!("{} heads do not divide hidden_size {}", self.num_attention_heads, self.hidden_size)));
+        if self.num_attention_heads * self.head_dim != self.hidden_size
+            && self.hidden_size % self.num_attention_heads != 0
+        {
+            return Err(bad(
+                "num_attention_heads",
+                format!(
+                    "{} heads do not divide hidden_size {}",
+                    self.num_attention_heads, self.hidden_size
+                ),
+            ));
         }
-        if !(self.rms_norm_eps > 0.0 && self.rms_norm_eps.is_finite()) || !(self.rope_theta > 0.0 && self.rope_theta.is_finite()) {
-            return Err(bad("rms_norm_eps/rope_theta", "must be positive and finite"));
+        if !(self.rms_norm_eps > 0.0 && self.rms_norm_eps.is_finite())
+            || !(self.rope_theta > 0.0 && self.rope_theta.is_finite())
+        {
+            return Err(bad(
+                "rms_norm_eps/rope_theta",
+                "must be positive and finite",
+            ));
         }
         Ok(())
     }
@@ -190,8 +271,17 @@ mod tests {
     fn rope_scalings_parse() {
         let mut v = base();
         v["rope_scaling"] = json!({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192});
-        assert!(matches!(LlamaConfig::from_hf_json(&v).unwrap().rope_scaling, RopeScaling::Llama3 { .. }));
+        assert!(matches!(
+            LlamaConfig::from_hf_json(&v).unwrap().rope_scaling,
+            RopeScaling::Llama3 { .. }
+        ));
         v["rope_scaling"] = json!({"type": "dynamic", "factor": 2.0});
-        assert_eq!(LlamaConfig::from_hf_json(&v).unwrap().rope_scaling, RopeScaling::DynamicNtk { factor: 2.0, original_max_position: 256 });
+        assert_eq!(
+            LlamaConfig::from_hf_json(&v).unwrap().rope_scaling,
+            RopeScaling::DynamicNtk {
+                factor: 2.0,
+                original_max_position: 256
+            }
+        );
     }
 }

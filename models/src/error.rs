@@ -6,17 +6,39 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
     #[error("cannot read {path}: {source}")]
-    Io { path: PathBuf, #[source] source: std::io::Error },
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{file}: truncated: {what} needs {needed} bytes at offset {offset}, file has {len}")]
-    Truncated { file: String, what: String, offset: u64, needed: u64, len: u64 },
+    Truncated {
+        file: String,
+        what: String,
+        offset: u64,
+        needed: u64,
+        len: u64,
+    },
     #[error("{file}: not a {format} file ({detail})")]
-    BadFormat { file: String, format: &'static str, detail: String },
+    BadFormat {
+        file: String,
+        format: &'static str,
+        detail: String,
+    },
     #[error("{file}: header field `{field}` is not credible: {detail}")]
-    LyingHeader { file: String, field: String, detail: String },
+    LyingHeader {
+        file: String,
+        field: String,
+        detail: String,
+    },
     #[error("tensor `{tensor}` has unsupported dtype {dtype}")]
     UnsupportedDType { tensor: String, dtype: String },
     #[error("tensor `{tensor}` has shape {found:?}, the config implies {expected:?}")]
-    ShapeMismatch { tensor: String, expected: Vec<usize>, found: Vec<usize> },
+    ShapeMismatch {
+        tensor: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
     #[error("tensor `{0}` is missing from the model files")]
     MissingTensor(String),
     #[error("config field `{field}`: {reason}")]

@@ -282,7 +282,12 @@ struct TypeInfo {
 }
 
 const fn ty(id: u32, name: &'static str, block_elems: u64, block_bytes: u64) -> TypeInfo {
-    TypeInfo { id, name, block_elems, block_bytes }
+    TypeInfo {
+        id,
+        name,
+        block_elems,
+        block_bytes,
+    }
 }
 
 /// Every ggml type llama.cpp writes (gguf-py's `GGML_QUANT_SIZES`). Knowing the sizes
@@ -398,12 +403,21 @@ impl GgufTensorInfo {
         // Every dim is at most the element count, which the size check bounded by the
         // file length, so the conversion only saturates on a 32-bit host with a
         // >4 GiB tensor (and then the WeightStore's size check refuses it).
-        self.ne.iter().rev().map(|&d| usize::try_from(d).unwrap_or(usize::MAX)).collect()
+        self.ne
+            .iter()
+            .rev()
+            .map(|&d| usize::try_from(d).unwrap_or(usize::MAX))
+            .collect()
     }
 
     /// The runtime dtype, or `UnsupportedDType` naming this tensor.
     pub fn dtype(&self) -> Result<DType> {
-        self.ggml_type.dtype().ok_or_else(|| ModelError::UnsupportedDType { tensor: self.name.clone(), dtype: self.ggml_type.to_string() })
+        self.ggml_type
+            .dtype()
+            .ok_or_else(|| ModelError::UnsupportedDType {
+                tensor: self.name.clone(),
+                dtype: self.ggml_type.to_string(),
+            })
     }
 }
 
@@ -424,7 +438,14 @@ pub struct GgufFile {
 impl GgufFile {
     /// Parses and validates a whole GGUF file held in memory (typically a mapping).
     pub fn parse(bytes: &[u8], file_name: &str) -> Result<GgufFile> {
-        Parser { r: Reader { buf: bytes, pos: 0, file: file_name } }.file()
+        Parser {
+            r: Reader {
+                buf: bytes,
+                pos: 0,
+                file: file_name,
+            },
+        }
+        .file()
     }
 
     /// Maps and parses a file; the mapping is dropped (use [`load`] to keep tensors).
@@ -493,14 +514,28 @@ impl GgufFile {
 
     /// E.g. "GGUF v3, 272 tensors: q4_1 x210, f32 x61, q8_0 x1".
     pub fn summary(&self) -> String {
-        let types: Vec<String> = self.type_counts().iter().map(|(t, n)| format!("{t} x{n}")).collect();
-        format!("GGUF v{}, {} tensors: {}", self.version, self.tensors.len(), types.join(", "))
+        let types: Vec<String> = self
+            .type_counts()
+            .iter()
+            .map(|(t, n)| format!("{t} x{n}"))
+            .collect();
+        format!(
+            "GGUF v{}, {} tensors: {}",
+            self.version,
+            self.tensors.len(),
+            types.join(", ")
+        )
     }
 
     /// A required integer key as usize, or `BadConfig` naming the key.
     fn require_usize(&self, key: &str) -> Result<usize> {
         let v = self.get(key).ok_or_else(|| bad_config(key, "missing"))?;
-        let x = v.as_u64().ok_or_else(|| bad_config(key, format!("expected a non-negative integer, found {}", v.type_name())))?;
+        let x = v.as_u64().ok_or_else(|| {
+            bad_config(
+                key,
+                format!("expected a non-negative integer, found {}", v.type_name()),
+            )
+        })?;
         // Saturate: `LlamaConfig::validate` refuses anything this large by field name.
         Ok(usize::try_from(x).unwrap_or(usize::MAX))
     }
@@ -515,32 +550,52 @@ impl GgufFile {
     fn optional_f32(&self, key: &str) -> Result<Option<f32>> {
         match self.get(key) {
             None => Ok(None),
-            Some(v) => v.as_f32().map(Some).ok_or_else(|| bad_config(key, format!("expected a float, found {}", v.type_name()))),
+            Some(v) => v.as_f32().map(Some).ok_or_else(|| {
+                bad_config(key, format!("expected a float, found {}", v.type_name()))
+            }),
         }
     }
 
     fn optional_token_id(&self, key: &str) -> Result<Option<u32>> {
         match self.get(key) {
             None => Ok(None),
-            Some(v) => v.as_u64().and_then(|x| u32::try_from(x).ok()).map(Some).ok_or_else(|| bad_config(key, "not a valid token id")),
+            Some(v) => v
+                .as_u64()
+                .and_then(|x| u32::try_from(x).ok())
+                .map(Some)
+                .ok_or_else(|| bad_config(key, "not a valid token id")),
         }
     }
 
     /// The `tokenizer.ggml.*` metadata, for [`crate::tokenizer::from_bpe_parts`].
     pub fn tokenizer_parts(&self) -> Result<BpeParts> {
         let tok_err = |msg: String| ModelError::Tokenizer(format!("{}: {msg}", self.file_name));
-        let model = self.get_str("tokenizer.ggml.model").ok_or_else(|| tok_err("tokenizer.ggml.model is missing or not a string".into()))?;
-        let tokens = self.get_str_array("tokenizer.ggml.tokens").ok_or_else(|| tok_err("tokenizer.ggml.tokens is missing or not a string array".into()))?;
+        let model = self
+            .get_str("tokenizer.ggml.model")
+            .ok_or_else(|| tok_err("tokenizer.ggml.model is missing or not a string".into()))?;
+        let tokens = self.get_str_array("tokenizer.ggml.tokens").ok_or_else(|| {
+            tok_err("tokenizer.ggml.tokens is missing or not a string array".into())
+        })?;
         let merges = match self.get("tokenizer.ggml.merges") {
             None => Vec::new(),
-            Some(_) => self.get_str_array("tokenizer.ggml.merges").ok_or_else(|| tok_err("tokenizer.ggml.merges is not a string array".into()))?.to_vec(),
+            Some(_) => self
+                .get_str_array("tokenizer.ggml.merges")
+                .ok_or_else(|| tok_err("tokenizer.ggml.merges is not a string array".into()))?
+                .to_vec(),
         };
         let token_types = match self.get("tokenizer.ggml.token_type") {
             None => Vec::new(),
-            Some(_) => self.get_i32_array("tokenizer.ggml.token_type").ok_or_else(|| tok_err("tokenizer.ggml.token_type is not an i32 array".into()))?.to_vec(),
+            Some(_) => self
+                .get_i32_array("tokenizer.ggml.token_type")
+                .ok_or_else(|| tok_err("tokenizer.ggml.token_type is not an i32 array".into()))?
+                .to_vec(),
         };
         if !token_types.is_empty() && token_types.len() != tokens.len() {
-            return Err(tok_err(format!("tokenizer.ggml.token_type has {} entries for {} tokens", token_types.len(), tokens.len())));
+            return Err(tok_err(format!(
+                "tokenizer.ggml.token_type has {} entries for {} tokens",
+                token_types.len(),
+                tokens.len()
+            )));
         }
         // llama.cpp's defaults when the flags are absent: SentencePiece ("llama") vocabs
         // add BOS, byte-level BPE ("gpt2") vocabs do not.
@@ -555,8 +610,12 @@ impl GgufFile {
             eos_token_id: self.optional_token_id("tokenizer.ggml.eos_token_id")?,
             unknown_token_id: self.optional_token_id("tokenizer.ggml.unknown_token_id")?,
             padding_token_id: self.optional_token_id("tokenizer.ggml.padding_token_id")?,
-            add_bos_token: self.get_bool("tokenizer.ggml.add_bos_token").unwrap_or(default_add_bos),
-            add_eos_token: self.get_bool("tokenizer.ggml.add_eos_token").unwrap_or(false),
+            add_bos_token: self
+                .get_bool("tokenizer.ggml.add_bos_token")
+                .unwrap_or(default_add_bos),
+            add_eos_token: self
+                .get_bool("tokenizer.ggml.add_eos_token")
+                .unwrap_or(false),
         })
     }
 
@@ -568,7 +627,10 @@ impl GgufFile {
 }
 
 fn bad_config(field: &str, reason: impl Into<String>) -> ModelError {
-    ModelError::BadConfig { field: field.into(), reason: reason.into() }
+    ModelError::BadConfig {
+        field: field.into(),
+        reason: reason.into(),
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -592,11 +654,21 @@ impl<'a> Reader<'a> {
     }
 
     fn truncated(&self, what: String, needed: u64) -> ModelError {
-        ModelError::Truncated { file: self.file.into(), what, offset: self.pos as u64, needed, len: self.len() }
+        ModelError::Truncated {
+            file: self.file.into(),
+            what,
+            offset: self.pos as u64,
+            needed,
+            len: self.len(),
+        }
     }
 
     fn lying(&self, field: String, detail: String) -> ModelError {
-        ModelError::LyingHeader { file: self.file.into(), field, detail }
+        ModelError::LyingHeader {
+            file: self.file.into(),
+            field,
+            detail,
+        }
     }
 
     fn take(&mut self, n: usize, what: impl FnOnce() -> String) -> Result<&'a [u8]> {
@@ -628,13 +700,21 @@ impl<'a> Reader<'a> {
     /// Checks that `count` items of at least `min_size` bytes each could still be read,
     /// before anything is reserved for them. More than the whole file could hold is a
     /// lie; more than what is left is a truncation.
-    fn check_count(&self, count: u64, min_size: u64, field: impl FnOnce() -> String) -> Result<usize> {
+    fn check_count(
+        &self,
+        count: u64,
+        min_size: u64,
+        field: impl FnOnce() -> String,
+    ) -> Result<usize> {
         let needed = count.checked_mul(min_size);
         match needed {
             Some(n) if n <= self.remaining() => Ok(usize::try_from(count).unwrap_or(usize::MAX)),
             Some(n) if n <= self.len() => Err(self.truncated(field(), n)),
             _ => {
-                let detail = format!("{count} items of at least {min_size} bytes cannot fit in a {}-byte file", self.len());
+                let detail = format!(
+                    "{count} items of at least {min_size} bytes cannot fit in a {}-byte file",
+                    self.len()
+                );
                 Err(self.lying(field(), detail))
             }
         }
@@ -645,8 +725,11 @@ impl<'a> Reader<'a> {
         let len = self.u64(|| format!("length of {}", what()))?;
         let n = self.check_count(len, 1, || format!("length of {}", what()))?;
         let bytes = self.take(n, what)?;
-        String::from_utf8(bytes.to_vec())
-            .map_err(|_| ModelError::BadFormat { file: self.file.into(), format: "GGUF", detail: format!("{} is not valid UTF-8", what()) })
+        String::from_utf8(bytes.to_vec()).map_err(|_| ModelError::BadFormat {
+            file: self.file.into(),
+            format: "GGUF",
+            detail: format!("{} is not valid UTF-8", what()),
+        })
     }
 }
 
@@ -663,7 +746,11 @@ struct Parser<'a> {
 
 impl Parser<'_> {
     fn bad_format(&self, detail: String) -> ModelError {
-        ModelError::BadFormat { file: self.r.file.into(), format: "GGUF", detail }
+        ModelError::BadFormat {
+            file: self.r.file.into(),
+            format: "GGUF",
+            detail,
+        }
     }
 
     fn file(mut self) -> Result<GgufFile> {
@@ -675,16 +762,29 @@ impl Parser<'_> {
         let metadata = self.metadata(kv_count)?;
         let alignment = self.alignment(&metadata)?;
         let mut tensors = self.tensor_infos(tensor_count)?;
-        let data_offset = align_up(self.r.pos as u64, alignment)
-            .ok_or_else(|| self.r.lying("data section offset".into(), "overflows".into()))?;
+        let data_offset = align_up(self.r.pos as u64, alignment).ok_or_else(|| {
+            self.r
+                .lying("data section offset".into(), "overflows".into())
+        })?;
         self.place_tensors(&mut tensors, data_offset, alignment)?;
-        Ok(GgufFile { file_name: self.r.file.into(), version, metadata, tensors, alignment, data_offset, file_len: self.r.len() })
+        Ok(GgufFile {
+            file_name: self.r.file.into(),
+            version,
+            metadata,
+            tensors,
+            alignment,
+            data_offset,
+            file_len: self.r.len(),
+        })
     }
 
     /// Magic and version; returns the version.
     fn header(&mut self) -> Result<u32> {
         if self.r.buf.len() < 8 {
-            return Err(self.bad_format(format!("file is only {} bytes, shorter than a GGUF header", self.r.buf.len())));
+            return Err(self.bad_format(format!(
+                "file is only {} bytes, shorter than a GGUF header",
+                self.r.buf.len()
+            )));
         }
         let magic: [u8; 4] = self.r.array(|| "magic".into())?;
         if magic != GGUF_MAGIC {
@@ -694,7 +794,9 @@ impl Parser<'_> {
         match version {
             2 | 3 => Ok(version),
             1 => Err(self.bad_format("GGUF v1 (32-bit counts) is not supported".into())),
-            v if matches!(v.swap_bytes(), 2 | 3) => Err(self.bad_format("big-endian GGUF is not supported".into())),
+            v if matches!(v.swap_bytes(), 2 | 3) => {
+                Err(self.bad_format("big-endian GGUF is not supported".into()))
+            }
             v => Err(self.bad_format(format!("unsupported GGUF version {v}"))),
         }
     }
@@ -703,12 +805,18 @@ impl Parser<'_> {
     /// rest of the file could not possibly hold are lies, caught before any loop.
     fn check_header_counts(&self, tensor_count: u64, kv_count: u64) -> Result<()> {
         let remaining = self.r.remaining();
-        let tensor_bytes = tensor_count.checked_mul(MIN_TENSOR_INFO_BYTES).filter(|&n| n <= remaining);
+        let tensor_bytes = tensor_count
+            .checked_mul(MIN_TENSOR_INFO_BYTES)
+            .filter(|&n| n <= remaining);
         let Some(tensor_bytes) = tensor_bytes else {
-            let detail = format!("{tensor_count} tensor infos cannot fit in the {remaining} bytes after the header");
+            let detail = format!(
+                "{tensor_count} tensor infos cannot fit in the {remaining} bytes after the header"
+            );
             return Err(self.r.lying("tensor_count".into(), detail));
         };
-        let kv_bytes = kv_count.checked_mul(MIN_KV_BYTES).filter(|&n| n <= remaining - tensor_bytes);
+        let kv_bytes = kv_count
+            .checked_mul(MIN_KV_BYTES)
+            .filter(|&n| n <= remaining - tensor_bytes);
         if kv_bytes.is_none() {
             let detail = format!("{kv_count} metadata entries (plus {tensor_count} tensor infos) cannot fit in the {remaining} bytes after the header");
             return Err(self.r.lying("kv_count".into(), detail));
@@ -720,7 +828,9 @@ impl Parser<'_> {
         let mut metadata = BTreeMap::new();
         for i in 0..kv_count {
             let key = self.r.string(&|| format!("key of metadata entry #{i}"))?;
-            let ty = self.r.u32(|| format!("value type of metadata key `{key}`"))?;
+            let ty = self
+                .r
+                .u32(|| format!("value type of metadata key `{key}`"))?;
             let value = self.value(ty, &key)?;
             if metadata.contains_key(&key) {
                 return Err(self.r.lying(key, "duplicate metadata key".into()));
@@ -747,30 +857,52 @@ impl Parser<'_> {
             t::BOOL => GgufValue::Bool(self.r.array::<1>(what)?[0] != 0),
             t::STRING => GgufValue::String(self.r.string(&what)?),
             t::ARRAY => GgufValue::Array(self.array_value(key, 1)?),
-            other => return Err(self.r.lying(format!("metadata key `{key}`"), format!("unknown value type {other}"))),
+            other => {
+                return Err(self.r.lying(
+                    format!("metadata key `{key}`"),
+                    format!("unknown value type {other}"),
+                ))
+            }
         })
     }
 
     /// An array: element type, u64 count, elements. `depth` counts nesting levels.
     fn array_value(&mut self, key: &str, depth: usize) -> Result<GgufArray> {
         if depth > MAX_ARRAY_DEPTH {
-            return Err(self.r.lying(format!("metadata key `{key}`"), format!("arrays nested more than {MAX_ARRAY_DEPTH} deep")));
+            return Err(self.r.lying(
+                format!("metadata key `{key}`"),
+                format!("arrays nested more than {MAX_ARRAY_DEPTH} deep"),
+            ));
         }
-        let elem = self.r.u32(|| format!("array element type of metadata key `{key}`"))?;
-        let count = self.r.u64(|| format!("array length of metadata key `{key}`"))?;
+        let elem = self
+            .r
+            .u32(|| format!("array element type of metadata key `{key}`"))?;
+        let count = self
+            .r
+            .u64(|| format!("array length of metadata key `{key}`"))?;
         let Some(min) = min_elem_size(elem) else {
-            return Err(self.r.lying(format!("metadata key `{key}`"), format!("unknown array element type {elem}")));
+            return Err(self.r.lying(
+                format!("metadata key `{key}`"),
+                format!("unknown array element type {elem}"),
+            ));
         };
-        let n = self.r.check_count(count, min, || format!("array length of metadata key `{key}`"))?;
+        let n = self.r.check_count(count, min, || {
+            format!("array length of metadata key `{key}`")
+        })?;
         if let Some(size) = scalar_size(elem) {
             // `check_count` proved n * size <= remaining, so this cannot overflow.
-            let raw = self.r.take(n * size, || format!("array of metadata key `{key}`"))?;
+            let raw = self
+                .r
+                .take(n * size, || format!("array of metadata key `{key}`"))?;
             return Ok(scalar_array(elem, raw));
         }
         if elem == value_type::STRING {
             let mut v = Vec::with_capacity(n);
             for i in 0..n {
-                v.push(self.r.string(&|| format!("element #{i} of metadata key `{key}`"))?);
+                v.push(
+                    self.r
+                        .string(&|| format!("element #{i} of metadata key `{key}`"))?,
+                );
             }
             return Ok(GgufArray::String(v));
         }
@@ -782,10 +914,15 @@ impl Parser<'_> {
     }
 
     fn alignment(&self, metadata: &BTreeMap<String, GgufValue>) -> Result<u64> {
-        let Some(v) = metadata.get("general.alignment") else { return Ok(DEFAULT_ALIGNMENT) };
+        let Some(v) = metadata.get("general.alignment") else {
+            return Ok(DEFAULT_ALIGNMENT);
+        };
         match v.as_u64() {
             Some(a) if a.is_power_of_two() && a <= MAX_ALIGNMENT => Ok(a),
-            _ => Err(self.r.lying("general.alignment".into(), format!("{v:?} is not a power of two in 1..={MAX_ALIGNMENT}"))),
+            _ => Err(self.r.lying(
+                "general.alignment".into(),
+                format!("{v:?} is not a power of two in 1..={MAX_ALIGNMENT}"),
+            )),
         }
     }
 
@@ -796,7 +933,10 @@ impl Parser<'_> {
         for i in 0..tensor_count {
             let t = self.tensor_info(i)?;
             if !names.insert(t.name.clone()) {
-                return Err(self.r.lying(format!("tensor `{}`", t.name), "duplicate tensor name".into()));
+                return Err(self.r.lying(
+                    format!("tensor `{}`", t.name),
+                    "duplicate tensor name".into(),
+                ));
             }
             tensors.push(t);
         }
@@ -807,45 +947,79 @@ impl Parser<'_> {
         let name = self.r.string(&|| format!("name of tensor #{i}"))?;
         let n_dims = self.r.u32(|| format!("n_dims of tensor `{name}`"))?;
         if n_dims == 0 || n_dims > MAX_DIMS {
-            return Err(self.r.lying(format!("tensor `{name}` n_dims"), format!("{n_dims} is outside 1..={MAX_DIMS}")));
+            return Err(self.r.lying(
+                format!("tensor `{name}` n_dims"),
+                format!("{n_dims} is outside 1..={MAX_DIMS}"),
+            ));
         }
         let mut ne = Vec::with_capacity(n_dims as usize);
         for d in 0..n_dims {
             let x = self.r.u64(|| format!("dimension {d} of tensor `{name}`"))?;
             if x == 0 {
-                return Err(self.r.lying(format!("tensor `{name}` shape"), format!("dimension {d} is 0")));
+                return Err(self.r.lying(
+                    format!("tensor `{name}` shape"),
+                    format!("dimension {d} is 0"),
+                ));
             }
             ne.push(x);
         }
         let ggml_type = GgmlType(self.r.u32(|| format!("type of tensor `{name}`"))?);
         let offset = self.r.u64(|| format!("offset of tensor `{name}`"))?;
         let size = self.tensor_size(&name, ggml_type, &ne)?;
-        Ok(GgufTensorInfo { name, ne, ggml_type, offset, file_offset: 0, size })
+        Ok(GgufTensorInfo {
+            name,
+            ne,
+            ggml_type,
+            offset,
+            file_offset: 0,
+            size,
+        })
     }
 
     /// Bytes of a tensor's data: whole blocks along `ne[0]`, checked for overflow.
     fn tensor_size(&self, name: &str, ggml_type: GgmlType, ne: &[u64]) -> Result<u64> {
         let Some((block_elems, block_bytes)) = ggml_type.block() else {
-            return Err(ModelError::UnsupportedDType { tensor: name.into(), dtype: ggml_type.to_string() });
+            return Err(ModelError::UnsupportedDType {
+                tensor: name.into(),
+                dtype: ggml_type.to_string(),
+            });
         };
         let row = ne.first().copied().unwrap_or(1);
         if row % block_elems != 0 {
-            let detail = format!("row length {row} is not a multiple of the {ggml_type} block size {block_elems}");
+            let detail = format!(
+                "row length {row} is not a multiple of the {ggml_type} block size {block_elems}"
+            );
             return Err(self.r.lying(format!("tensor `{name}` shape"), detail));
         }
         let elems = ne.iter().try_fold(1u64, |a, &d| a.checked_mul(d));
         elems
             .and_then(|e| (e / block_elems).checked_mul(block_bytes))
-            .ok_or_else(|| self.r.lying(format!("tensor `{name}` shape"), format!("{ne:?} overflows")))
+            .ok_or_else(|| {
+                self.r.lying(
+                    format!("tensor `{name}` shape"),
+                    format!("{ne:?} overflows"),
+                )
+            })
     }
 
     /// Resolves each tensor's absolute range and checks it: aligned, inside the file,
     /// and not overlapping another tensor.
-    fn place_tensors(&self, tensors: &mut [GgufTensorInfo], data_offset: u64, alignment: u64) -> Result<()> {
+    fn place_tensors(
+        &self,
+        tensors: &mut [GgufTensorInfo],
+        data_offset: u64,
+        alignment: u64,
+    ) -> Result<()> {
         let len = self.r.len();
         for t in tensors.iter_mut() {
             if t.offset % alignment != 0 {
-                return Err(self.r.lying(format!("tensor `{}` offset", t.name), format!("{} is not a multiple of the alignment {alignment}", t.offset)));
+                return Err(self.r.lying(
+                    format!("tensor `{}` offset", t.name),
+                    format!(
+                        "{} is not a multiple of the alignment {alignment}",
+                        t.offset
+                    ),
+                ));
             }
             let start = data_offset.checked_add(t.offset);
             let end = start.and_then(|s| s.checked_add(t.size));
@@ -854,7 +1028,13 @@ impl Parser<'_> {
                 _ => {
                     let what = format!("data of tensor `{}`", t.name);
                     let offset = start.unwrap_or(u64::MAX);
-                    return Err(ModelError::Truncated { file: self.r.file.into(), what, offset, needed: t.size, len });
+                    return Err(ModelError::Truncated {
+                        file: self.r.file.into(),
+                        what,
+                        offset,
+                        needed: t.size,
+                        len,
+                    });
                 }
             }
         }
@@ -864,7 +1044,10 @@ impl Parser<'_> {
             if let [a, b] = pair {
                 // Both ends were checked against the file length above: no overflow.
                 if a.offset + a.size > b.offset {
-                    return Err(self.r.lying(format!("tensor `{}` offset", b.name), format!("overlaps tensor `{}`", a.name)));
+                    return Err(self.r.lying(
+                        format!("tensor `{}` offset", b.name),
+                        format!("overlaps tensor `{}`", a.name),
+                    ));
                 }
             }
         }
@@ -876,7 +1059,11 @@ fn scalar_array(elem: u32, raw: &[u8]) -> GgufArray {
     use value_type as t;
     macro_rules! conv {
         ($variant:ident, $ty:ty) => {
-            GgufArray::$variant(raw.chunks_exact(std::mem::size_of::<$ty>()).map(|c| <$ty>::from_le_bytes(le(c))).collect())
+            GgufArray::$variant(
+                raw.chunks_exact(std::mem::size_of::<$ty>())
+                    .map(|c| <$ty>::from_le_bytes(le(c)))
+                    .collect(),
+            )
         };
     }
     match elem {
@@ -917,8 +1104,18 @@ pub fn load(path: &Path) -> Result<(LlamaConfig, WeightStore, GgufFile)> {
 pub fn llama_config(f: &GgufFile) -> Result<LlamaConfig> {
     match f.get_str("general.architecture") {
         Some("llama") => {}
-        Some(other) => return Err(bad_config("general.architecture", format!("`{other}` is not supported (only llama)"))),
-        None => return Err(bad_config("general.architecture", "missing or not a string")),
+        Some(other) => {
+            return Err(bad_config(
+                "general.architecture",
+                format!("`{other}` is not supported (only llama)"),
+            ))
+        }
+        None => {
+            return Err(bad_config(
+                "general.architecture",
+                "missing or not a string",
+            ))
+        }
     }
     let hidden_size = f.require_usize("llama.embedding_length")?;
     let num_attention_heads = f.require_usize("llama.attention.head_count")?;
@@ -931,7 +1128,15 @@ pub fn llama_config(f: &GgufFile) -> Result<LlamaConfig> {
     };
     let vocab_size = match f.optional_usize("llama.vocab_size")? {
         Some(v) => v,
-        None => f.get_str_array("tokenizer.ggml.tokens").map(<[String]>::len).ok_or_else(|| bad_config("llama.vocab_size", "missing, and no tokenizer.ggml.tokens to count"))?,
+        None => f
+            .get_str_array("tokenizer.ggml.tokens")
+            .map(<[String]>::len)
+            .ok_or_else(|| {
+                bad_config(
+                    "llama.vocab_size",
+                    "missing, and no tokenizer.ggml.tokens to count",
+                )
+            })?,
     };
     let max_position_embeddings = f.require_usize("llama.context_length")?;
     let eos = f.optional_token_id("tokenizer.ggml.eos_token_id")?;
@@ -945,14 +1150,20 @@ pub fn llama_config(f: &GgufFile) -> Result<LlamaConfig> {
         intermediate_size: f.require_usize("llama.feed_forward_length")?,
         num_hidden_layers: f.require_usize("llama.block_count")?,
         num_attention_heads,
-        num_key_value_heads: f.optional_usize("llama.attention.head_count_kv")?.unwrap_or(num_attention_heads),
+        num_key_value_heads: f
+            .optional_usize("llama.attention.head_count_kv")?
+            .unwrap_or(num_attention_heads),
         head_dim,
-        rms_norm_eps: f.optional_f32("llama.attention.layer_norm_rms_epsilon")?.ok_or_else(|| bad_config("llama.attention.layer_norm_rms_epsilon", "missing"))?,
+        rms_norm_eps: f
+            .optional_f32("llama.attention.layer_norm_rms_epsilon")?
+            .ok_or_else(|| bad_config("llama.attention.layer_norm_rms_epsilon", "missing"))?,
         rope_theta: f.optional_f32("llama.rope.freq_base")?.unwrap_or(10000.0),
         rope_scaling: rope_scaling(f, max_position_embeddings)?,
         max_position_embeddings,
         tie_word_embeddings: f.tensor("output.weight").is_none(),
-        attention_bias: f.tensors.iter().any(|t| t.name.starts_with("blk.") && t.name.ends_with(".bias") && t.name.contains(".attn_")),
+        attention_bias: f.tensors.iter().any(|t| {
+            t.name.starts_with("blk.") && t.name.ends_with(".bias") && t.name.contains(".attn_")
+        }),
         embed_layer_norm: None,
         bos_token_id: f.optional_token_id("tokenizer.ggml.bos_token_id")?,
         eos_token_ids,
@@ -964,21 +1175,35 @@ pub fn llama_config(f: &GgufFile) -> Result<LlamaConfig> {
 /// `llama.rope.scaling.*` (llama.cpp's names), or the older `llama.rope.scale_linear`.
 fn rope_scaling(f: &GgufFile, context_length: usize) -> Result<RopeScaling> {
     let factor = |key: &str| -> Result<f32> {
-        f.optional_f32(key)?.filter(|x| *x > 0.0 && x.is_finite()).ok_or_else(|| bad_config(key, "missing or not positive"))
+        f.optional_f32(key)?
+            .filter(|x| *x > 0.0 && x.is_finite())
+            .ok_or_else(|| bad_config(key, "missing or not positive"))
     };
     let kind = match f.get("llama.rope.scaling.type") {
         None => None,
-        Some(v) => Some(v.as_str().ok_or_else(|| bad_config("llama.rope.scaling.type", "not a string"))?),
+        Some(v) => Some(
+            v.as_str()
+                .ok_or_else(|| bad_config("llama.rope.scaling.type", "not a string"))?,
+        ),
     };
     match kind {
-        None if f.get("llama.rope.scale_linear").is_some() => Ok(RopeScaling::Linear { factor: factor("llama.rope.scale_linear")? }),
+        None if f.get("llama.rope.scale_linear").is_some() => Ok(RopeScaling::Linear {
+            factor: factor("llama.rope.scale_linear")?,
+        }),
         None | Some("none") => Ok(RopeScaling::None),
-        Some("linear") => Ok(RopeScaling::Linear { factor: factor("llama.rope.scaling.factor")? }),
+        Some("linear") => Ok(RopeScaling::Linear {
+            factor: factor("llama.rope.scaling.factor")?,
+        }),
         Some("dynamic") => Ok(RopeScaling::DynamicNtk {
             factor: factor("llama.rope.scaling.factor")?,
-            original_max_position: f.optional_usize("llama.rope.scaling.original_context_length")?.unwrap_or(context_length),
+            original_max_position: f
+                .optional_usize("llama.rope.scaling.original_context_length")?
+                .unwrap_or(context_length),
         }),
-        Some(other) => Err(bad_config("llama.rope.scaling.type", format!("rope scaling `{other}` is not supported"))),
+        Some(other) => Err(bad_config(
+            "llama.rope.scaling.type",
+            format!("rope scaling `{other}` is not supported"),
+        )),
     }
 }
 
@@ -995,12 +1220,26 @@ fn hf_mapping(gguf_name: &str, n_layers: usize) -> Mapping {
         "token_embd.weight" => return hf("model.embed_tokens.weight".into(), false),
         "output_norm.weight" => return hf("model.norm.weight".into(), false),
         "output.weight" => return hf("lm_head.weight".into(), false),
-        "rope_freqs.weight" => return Mapping::Unsupported("per-dimension RoPE frequency factors (Llama 3.1 style) are not supported"),
+        "rope_freqs.weight" => {
+            return Mapping::Unsupported(
+                "per-dimension RoPE frequency factors (Llama 3.1 style) are not supported",
+            )
+        }
         _ => {}
     }
-    let Some((layer, suffix)) = gguf_name.strip_prefix("blk.").and_then(|rest| rest.split_once('.')) else { return Mapping::Unknown };
+    let Some((layer, suffix)) = gguf_name
+        .strip_prefix("blk.")
+        .and_then(|rest| rest.split_once('.'))
+    else {
+        return Mapping::Unknown;
+    };
     // Digits only: `parse` would also accept "+1", which would alias layer 1.
-    let layer = match layer.bytes().all(|b| b.is_ascii_digit()).then(|| layer.parse::<usize>().ok()).flatten() {
+    let layer = match layer
+        .bytes()
+        .all(|b| b.is_ascii_digit())
+        .then(|| layer.parse::<usize>().ok())
+        .flatten()
+    {
         Some(l) if l < n_layers => l,
         _ => return Mapping::Unknown,
     };
@@ -1013,7 +1252,11 @@ fn hf_mapping(gguf_name: &str, n_layers: usize) -> Mapping {
         "attn_output.bias" => ("self_attn.o_proj.bias", false),
         // Un-permuting a 1-D bias is not something the WeightStore's row permutation
         // describes; no llama GGUF we target has one.
-        "attn_q.bias" | "attn_k.bias" => return Mapping::Unsupported("q/k projection biases (row-permuted in GGUF) are not supported"),
+        "attn_q.bias" | "attn_k.bias" => {
+            return Mapping::Unsupported(
+                "q/k projection biases (row-permuted in GGUF) are not supported",
+            )
+        }
         "ffn_gate.weight" => ("mlp.gate_proj.weight", false),
         "ffn_up.weight" => ("mlp.up_proj.weight", false),
         "ffn_down.weight" => ("mlp.down_proj.weight", false),
@@ -1034,11 +1277,24 @@ fn llama_weights(file: &GgufFile, cfg: &LlamaConfig, map: Arc<Mmap>) -> Result<W
             Mapping::Hf { name, unpermute } => (name, unpermute),
             Mapping::Unsupported(why) => return Err(bad_config(&t.name, why)),
             Mapping::Unknown => {
-                let detail = format!("unexpected tensor `{}` for a {}-layer llama", t.name, cfg.num_hidden_layers);
-                return Err(ModelError::BadFormat { file: file.file_name.clone(), format: "llama GGUF", detail });
+                let detail = format!(
+                    "unexpected tensor `{}` for a {}-layer llama",
+                    t.name, cfg.num_hidden_layers
+                );
+                return Err(ModelError::BadFormat {
+                    file: file.file_name.clone(),
+                    format: "llama GGUF",
+                    detail,
+                });
             }
         };
-        let to_usize = |x: u64| usize::try_from(x).map_err(|_| ModelError::LyingHeader { file: file.file_name.clone(), field: format!("tensor `{}` offset", t.name), detail: "does not fit this platform's address space".into() });
+        let to_usize = |x: u64| {
+            usize::try_from(x).map_err(|_| ModelError::LyingHeader {
+                file: file.file_name.clone(),
+                field: format!("tensor `{}` offset", t.name),
+                detail: "does not fit this platform's address space".into(),
+            })
+        };
         let shape = t.shape();
         // A q/k matrix whose rows are not whole heads cannot be un-permuted; register it
         // as stored so that `check_llama_shapes` reports the shape the config expects.
@@ -1048,7 +1304,9 @@ fn llama_weights(file: &GgufFile, cfg: &LlamaConfig, map: Arc<Mmap>) -> Result<W
             file: file_idx,
             offset: to_usize(t.file_offset)?,
             len: to_usize(t.size)?,
-            unpermute: (unpermute && whole_heads).then_some(UnpermuteRope { head_dim: cfg.head_dim }),
+            unpermute: (unpermute && whole_heads).then_some(UnpermuteRope {
+                head_dim: cfg.head_dim,
+            }),
         };
         store.insert(name, entry, &file.file_name)?;
     }
@@ -1066,7 +1324,11 @@ mod tests {
 
     #[test]
     fn metadata_of_every_type_round_trips() {
-        let nested = GgufArray::Array(vec![GgufArray::I32(vec![1, -2]), GgufArray::String(vec!["x".into()]), GgufArray::Array(vec![GgufArray::Bool(vec![true])])]);
+        let nested = GgufArray::Array(vec![
+            GgufArray::I32(vec![1, -2]),
+            GgufArray::String(vec!["x".into()]),
+            GgufArray::Array(vec![GgufArray::Bool(vec![true])]),
+        ]);
         let values = vec![
             ("u8", GgufValue::U8(200)),
             ("i8", GgufValue::I8(-5)),
@@ -1082,7 +1344,10 @@ mod tests {
             ("str", GgufValue::String("héllo".into())),
             ("arr.u8", GgufValue::Array(GgufArray::U8(vec![1, 2, 3]))),
             ("arr.f64", GgufValue::Array(GgufArray::F64(vec![0.5]))),
-            ("arr.str", GgufValue::Array(GgufArray::String(vec!["a".into(), "".into()]))),
+            (
+                "arr.str",
+                GgufValue::Array(GgufArray::String(vec!["a".into(), "".into()])),
+            ),
             ("arr.empty", GgufValue::Array(GgufArray::U64(vec![]))),
             ("arr.nested", GgufValue::Array(nested)),
         ];
@@ -1111,7 +1376,10 @@ mod tests {
         w.version = 2;
         assert_eq!(parse(&w.build().0).unwrap().version, 2);
         w.version = 1;
-        assert!(matches!(parse(&w.build().0), Err(ModelError::BadFormat { .. })));
+        assert!(matches!(
+            parse(&w.build().0),
+            Err(ModelError::BadFormat { .. })
+        ));
     }
 
     #[test]
@@ -1122,16 +1390,42 @@ mod tests {
         let (cfg, store, file) = load(&path).unwrap();
         std::fs::remove_file(&path).ok();
 
-        assert_eq!((cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size), (tiny.layers, tiny.hidden, tiny.inter));
-        assert_eq!((cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim), (tiny.heads, tiny.kv_heads, tiny.head_dim));
+        assert_eq!(
+            (
+                cfg.num_hidden_layers,
+                cfg.hidden_size,
+                cfg.intermediate_size
+            ),
+            (tiny.layers, tiny.hidden, tiny.inter)
+        );
+        assert_eq!(
+            (
+                cfg.num_attention_heads,
+                cfg.num_key_value_heads,
+                cfg.head_dim
+            ),
+            (tiny.heads, tiny.kv_heads, tiny.head_dim)
+        );
         assert_eq!(cfg.vocab_size, tiny.vocab);
         assert_eq!(cfg.rope_theta, 100000.0);
         assert_eq!(cfg.rms_norm_eps, 1e-5);
         assert_eq!(cfg.max_position_embeddings, 256);
         assert!(cfg.tie_word_embeddings);
-        assert_eq!((cfg.bos_token_id, cfg.eos_token_ids.clone()), (Some(1), vec![2]));
+        assert_eq!(
+            (cfg.bos_token_id, cfg.eos_token_ids.clone()),
+            (Some(1), vec![2])
+        );
         assert!(!store.contains("lm_head.weight"));
-        assert_eq!(file.summary(), format!("GGUF v3, {} tensors: q4_1 x{}, f32 x{}, q8_0 x{}", 2 + 9 * tiny.layers, 5 * tiny.layers, 3 * tiny.layers + 1, tiny.layers + 1));
+        assert_eq!(
+            file.summary(),
+            format!(
+                "GGUF v3, {} tensors: q4_1 x{}, f32 x{}, q8_0 x{}",
+                2 + 9 * tiny.layers,
+                5 * tiny.layers,
+                3 * tiny.layers + 1,
+                tiny.layers + 1
+            )
+        );
 
         // Q8_0 embedding, no permutation: exact.
         let emb = store.to_f32("model.embed_tokens.weight").unwrap();
@@ -1139,7 +1433,11 @@ mod tests {
         let emb = emb.as_f32().unwrap();
         for r in 0..tiny.vocab {
             for c in 0..tiny.hidden {
-                assert_eq!(emb[r * tiny.hidden + c], testfiles::pattern_value(GgmlType::Q8_0, r, c), "embed[{r},{c}]");
+                assert_eq!(
+                    emb[r * tiny.hidden + c],
+                    testfiles::pattern_value(GgmlType::Q8_0, r, c),
+                    "embed[{r},{c}]"
+                );
             }
         }
     }
@@ -1161,15 +1459,24 @@ mod tests {
         std::fs::remove_file(&path).ok();
 
         // q is F32, k is Q4_1 in the tiny model: both must come out in HF row order.
-        for (name, ty, rows) in [("q_proj", GgmlType::F32, cfg.q_width()), ("k_proj", GgmlType::Q4_1, cfg.kv_width())] {
+        for (name, ty, rows) in [
+            ("q_proj", GgmlType::F32, cfg.q_width()),
+            ("k_proj", GgmlType::Q4_1, cfg.kv_width()),
+        ] {
             for layer in 0..tiny.layers {
-                let t = store.to_f32(&format!("model.layers.{layer}.self_attn.{name}.weight")).unwrap();
+                let t = store
+                    .to_f32(&format!("model.layers.{layer}.self_attn.{name}.weight"))
+                    .unwrap();
                 assert_eq!(t.shape(), [rows, tiny.hidden]);
                 let v = t.as_f32().unwrap();
                 for r in 0..rows {
                     let src = gguf_row_of_hf_row(r, tiny.head_dim);
                     for c in 0..tiny.hidden {
-                        assert_eq!(v[r * tiny.hidden + c], testfiles::pattern_value(ty, src, c), "{name} row {r} col {c}");
+                        assert_eq!(
+                            v[r * tiny.hidden + c],
+                            testfiles::pattern_value(ty, src, c),
+                            "{name} row {r} col {c}"
+                        );
                     }
                 }
             }
@@ -1179,32 +1486,56 @@ mod tests {
         assert_eq!(gguf_row_of_hf_row(8, 16), 1);
         assert_eq!(gguf_row_of_hf_row(16 + 9, 16), 16 + 3);
         // v is not permuted.
-        let v = store.to_f32("model.layers.0.self_attn.v_proj.weight").unwrap();
-        assert_eq!(v.as_f32().unwrap()[tiny.hidden], testfiles::pattern_value(TinyLlama::V_TYPE, 1, 0));
+        let v = store
+            .to_f32("model.layers.0.self_attn.v_proj.weight")
+            .unwrap();
+        assert_eq!(
+            v.as_f32().unwrap()[tiny.hidden],
+            testfiles::pattern_value(TinyLlama::V_TYPE, 1, 0)
+        );
     }
 
     #[test]
     fn untied_output_becomes_lm_head() {
         let tiny = TinyLlama::default();
         let mut w = tiny.gguf_writer();
-        w.tensor("output.weight", &[tiny.hidden as u64, tiny.vocab as u64], GgmlType::F32, testfiles::pattern_bytes(GgmlType::F32, tiny.vocab, tiny.hidden));
+        w.tensor(
+            "output.weight",
+            &[tiny.hidden as u64, tiny.vocab as u64],
+            GgmlType::F32,
+            testfiles::pattern_bytes(GgmlType::F32, tiny.vocab, tiny.hidden),
+        );
         let path = testfiles::temp_path("tiny_llama_untied.gguf");
         std::fs::write(&path, w.build().0).unwrap();
         let (cfg, store, _) = load(&path).unwrap();
         std::fs::remove_file(&path).ok();
         assert!(!cfg.tie_word_embeddings);
-        assert_eq!(store.fact("lm_head.weight").unwrap().shape, [tiny.vocab, tiny.hidden]);
+        assert_eq!(
+            store.fact("lm_head.weight").unwrap().shape,
+            [tiny.vocab, tiny.hidden]
+        );
     }
 
     #[test]
     fn unsupported_type_names_the_tensor() {
         let tiny = TinyLlama::default();
         let mut w = tiny.gguf_writer();
-        w.tensor("output.weight", &[256, tiny.vocab as u64], GgmlType::Q6_K, vec![0; 210 * tiny.vocab]);
+        w.tensor(
+            "output.weight",
+            &[256, tiny.vocab as u64],
+            GgmlType::Q6_K,
+            vec![0; 210 * tiny.vocab],
+        );
         let f = parse(&w.build().0).unwrap();
-        assert_eq!(f.tensor("output.weight").unwrap().ggml_type.to_string(), "q6_k");
+        assert_eq!(
+            f.tensor("output.weight").unwrap().ggml_type.to_string(),
+            "q6_k"
+        );
         let err = f.tensor("output.weight").unwrap().dtype().unwrap_err();
-        assert!(matches!(&err, ModelError::UnsupportedDType { tensor, dtype } if tensor == "output.weight" && dtype == "q6_k"), "{err}");
+        assert!(
+            matches!(&err, ModelError::UnsupportedDType { tensor, dtype } if tensor == "output.weight" && dtype == "q6_k"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -1214,7 +1545,10 @@ mod tests {
         assert_eq!(p.model, "gpt2");
         assert_eq!(p.tokens.len(), TinyLlama::default().vocab);
         assert_eq!(p.token_types.len(), p.tokens.len());
-        assert_eq!((p.bos_token_id, p.eos_token_id, p.add_bos_token), (Some(1), Some(2), false));
+        assert_eq!(
+            (p.bos_token_id, p.eos_token_id, p.add_bos_token),
+            (Some(1), Some(2), false)
+        );
         assert_eq!(f.token_string(Some(2)), Some("<|im_end|>"));
         assert_eq!(f.token_string(Some(1_000_000)), None);
     }
@@ -1226,11 +1560,16 @@ mod tests {
         let (_, at) = layout.tensor_offset_fields[1];
         let mut b = bytes.clone();
         b[at..at + 8].copy_from_slice(&1u64.to_le_bytes());
-        assert!(matches!(parse(&b), Err(ModelError::LyingHeader { field, .. }) if field.contains("offset")));
+        assert!(
+            matches!(parse(&b), Err(ModelError::LyingHeader { field, .. }) if field.contains("offset"))
+        );
         let mut b = bytes.clone();
         b[at..at + 8].copy_from_slice(&0u64.to_le_bytes());
         let err = parse(&b).unwrap_err();
-        assert!(matches!(err, ModelError::LyingHeader { .. }) && err.to_string().contains("overlaps"), "{err}");
+        assert!(
+            matches!(err, ModelError::LyingHeader { .. }) && err.to_string().contains("overlaps"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -80,7 +80,14 @@ impl Ctx<'_> {
     }
 
     /// `x @ W^T (+ b)` for a Linear named `prefix` (`....q_proj`).
-    fn linear(&mut self, prefix: &str, x: NodeId, out: usize, inp: usize, bias: bool) -> Result<NodeId> {
+    fn linear(
+        &mut self,
+        prefix: &str,
+        x: NodeId,
+        out: usize,
+        inp: usize,
+        bias: bool,
+    ) -> Result<NodeId> {
         let w = self.w(&format!("{prefix}.weight"), &[out, inp])?;
         let short = prefix.rsplit('.').next().unwrap_or(prefix);
         let y = self.b.linear(short, x, w)?;
@@ -101,24 +108,55 @@ impl Ctx<'_> {
         let q = self.linear(&p("q_proj"), a_in, qw, h, bias)?;
         let k = self.linear(&p("k_proj"), a_in, kw, h, bias)?;
         let v = self.linear(&p("v_proj"), a_in, kw, h, bias)?;
-        let rope = RopeParams { head_dim: c.head_dim, rotary_dim: c.head_dim, theta: c.rope_theta, scaling: c.rope_scaling.clone() };
-        let q_rope = self.b.rope("q_rope", q, self.pos, self.n_valid, rope.clone())?;
+        let rope = RopeParams {
+            head_dim: c.head_dim,
+            rotary_dim: c.head_dim,
+            theta: c.rope_theta,
+            scaling: c.rope_scaling.clone(),
+        };
+        let q_rope = self
+            .b
+            .rope("q_rope", q, self.pos, self.n_valid, rope.clone())?;
         let k_rope = self.b.rope("k_rope", k, self.pos, self.n_valid, rope)?;
         let [kn, vn] = kv_state_names(l);
-        let k_cache = self.b.state(&kn, TensorFact::f32([self.opts.cache_rows, kw]))?;
-        let v_cache = self.b.state(&vn, TensorFact::f32([self.opts.cache_rows, kw]))?;
+        let k_cache = self
+            .b
+            .state(&kn, TensorFact::f32([self.opts.cache_rows, kw]))?;
+        let v_cache = self
+            .b
+            .state(&vn, TensorFact::f32([self.opts.cache_rows, kw]))?;
         let k_cache = self.b.kv_write("k_write", k_cache, k_rope, self.pos)?;
         let v_cache = self.b.kv_write("v_write", v_cache, v, self.pos)?;
-        let att = self.b.attention("attention", q_rope, k_cache, v_cache, self.pos, self.n_valid, c.num_attention_heads, c.num_key_value_heads, c.head_dim)?;
+        let att = self.b.attention(
+            "attention",
+            q_rope,
+            k_cache,
+            v_cache,
+            self.pos,
+            self.n_valid,
+            c.num_attention_heads,
+            c.num_key_value_heads,
+            c.head_dim,
+        )?;
         let o = self.linear(&p("o_proj"), att, h, qw, bias)?;
         if l == 0 {
-            for (name, id) in [("l0.attn_in", a_in), ("l0.q", q), ("l0.k", k), ("l0.v", v), ("l0.q_rope", q_rope), ("l0.k_rope", k_rope), ("l0.attn_out", o)] {
+            for (name, id) in [
+                ("l0.attn_in", a_in),
+                ("l0.q", q),
+                ("l0.k", k),
+                ("l0.v", v),
+                ("l0.q_rope", q_rope),
+                ("l0.k_rope", k_rope),
+                ("l0.attn_out", o),
+            ] {
                 self.tap(name, id);
             }
         }
         let x = self.b.add("attn_residual", x, o)?;
         let ln2 = self.w(&layer_weight(l, "post_attention_layernorm.weight"), &[h])?;
-        let m_in = self.b.rms_norm("post_attention_layernorm", x, ln2, c.rms_norm_eps)?;
+        let m_in = self
+            .b
+            .rms_norm("post_attention_layernorm", x, ln2, c.rms_norm_eps)?;
         let m = |n: &str| layer_weight(l, &format!("mlp.{n}"));
         let inter = c.intermediate_size;
         let gate = self.linear(&m("gate_proj"), m_in, inter, h, false)?;
@@ -139,7 +177,13 @@ pub fn build(cfg: &LlamaConfig, opts: &LlamaGraphOptions) -> Result<Graph> {
     let mut b = Builder::new();
     let pos = b.input("pos", TensorFact::i32([1]))?;
     let n_valid = b.input("n_valid", TensorFact::i32([1]))?;
-    let mut ctx = Ctx { b, cfg, opts, pos, n_valid };
+    let mut ctx = Ctx {
+        b,
+        cfg,
+        opts,
+        pos,
+        n_valid,
+    };
 
     let mut x = match opts.input {
         InputKind::Ids => {
@@ -187,47 +231,98 @@ mod tests {
     #[test]
     fn builds_every_variant() {
         let cfg = tiny();
-        for (logits, input, taps) in [(LogitsMode::All, InputKind::Ids, true), (LogitsMode::Last, InputKind::Embeddings, false)] {
-            let g = build(&cfg, &LlamaGraphOptions { rows: 8, cache_rows: 40, logits, input, taps }).unwrap();
+        for (logits, input, taps) in [
+            (LogitsMode::All, InputKind::Ids, true),
+            (LogitsMode::Last, InputKind::Embeddings, false),
+        ] {
+            let g = build(
+                &cfg,
+                &LlamaGraphOptions {
+                    rows: 8,
+                    cache_rows: 40,
+                    logits,
+                    input,
+                    taps,
+                },
+            )
+            .unwrap();
             let out = g.fact(g.output("logits").unwrap());
-            assert_eq!(out.shape, if logits == LogitsMode::All { vec![8, 64] } else { vec![1, 64] });
+            assert_eq!(
+                out.shape,
+                if logits == LogitsMode::All {
+                    vec![8, 64]
+                } else {
+                    vec![1, 64]
+                }
+            );
             assert_eq!(g.sources("state").len(), 4);
             // q, k, v, o biases + embed layer norm present.
-            assert!(g.find_source("weight", "model.layers.1.self_attn.o_proj.bias").is_some());
-            assert!(g.find_source("weight", "model.embed_layer_norm.bias").is_some());
+            assert!(g
+                .find_source("weight", "model.layers.1.self_attn.o_proj.bias")
+                .is_some());
+            assert!(g
+                .find_source("weight", "model.embed_layer_norm.bias")
+                .is_some());
             assert!(g.find_source("weight", "lm_head.weight").is_none());
         }
     }
 
     /// Runs `graph` on the CPU backend with weights from `w` (parts concatenated).
-    fn run_cpu(graph: &Graph, w: &std::collections::HashMap<String, Vec<f32>>, ids: &[i32]) -> Vec<f32> {
-        use npurt_backends::{cpu::{CpuBackend, CpuOptions}, Backend, Bindings, BufferUsage};
+    fn run_cpu(
+        graph: &Graph,
+        w: &std::collections::HashMap<String, Vec<f32>>,
+        ids: &[i32],
+    ) -> Vec<f32> {
+        use npurt_backends::{
+            cpu::{CpuBackend, CpuOptions},
+            Backend, Bindings, BufferUsage,
+        };
         use npurt_graph::Op;
         use npurt_kernels::HostTensor;
         let be = CpuBackend::new(CpuOptions::default());
         let mut weights = Vec::new();
         for id in graph.ids() {
             if let Op::Weight { name, fact, parts } = &graph.node(id).op {
-                let names = if parts.is_empty() { vec![name.clone()] } else { parts.clone() };
+                let names = if parts.is_empty() {
+                    vec![name.clone()]
+                } else {
+                    parts.clone()
+                };
                 let data: Vec<f32> = names.iter().flat_map(|n| w[n].iter().copied()).collect();
-                weights.push((id, be.prepare_weight(name, HostTensor::f32(fact.shape.clone(), data)).unwrap()));
+                weights.push((
+                    id,
+                    be.prepare_weight(name, HostTensor::f32(fact.shape.clone(), data))
+                        .unwrap(),
+                ));
             }
         }
         let exec = be.compile(graph, &weights).unwrap();
         let mut b = Bindings::default();
-        for (name, v) in [("ids", ids.to_vec()), ("pos", vec![0]), ("n_valid", vec![ids.len() as i32])] {
+        for (name, v) in [
+            ("ids", ids.to_vec()),
+            ("pos", vec![0]),
+            ("n_valid", vec![ids.len() as i32]),
+        ] {
             let t = HostTensor::i32([v.len()], v);
             let buf = be.alloc(&t.fact, BufferUsage::Activations).unwrap();
             be.write(buf.as_ref(), &t).unwrap();
-            b.sources.push((graph.find_source("input", name).unwrap(), buf));
+            b.sources
+                .push((graph.find_source("input", name).unwrap(), buf));
         }
         for (id, _, fact) in graph.sources("state") {
-            b.sources.push((id, be.alloc(fact, BufferUsage::State).unwrap()));
+            b.sources
+                .push((id, be.alloc(fact, BufferUsage::State).unwrap()));
         }
         let out = graph.fact(graph.output("logits").unwrap()).clone();
-        b.outputs.push(("logits".into(), be.alloc(&out, BufferUsage::Activations).unwrap()));
+        b.outputs.push((
+            "logits".into(),
+            be.alloc(&out, BufferUsage::Activations).unwrap(),
+        ));
         exec.run(&b, exec.new_scratch().unwrap().as_mut()).unwrap();
-        be.read(b.output("logits").unwrap().as_ref()).unwrap().into_f32().unwrap()
+        be.read(b.output("logits").unwrap().as_ref())
+            .unwrap()
+            .into_f32()
+            .unwrap()
     }
 
     #[test]
@@ -235,15 +330,29 @@ mod tests {
         use npurt_graph::passes::Pipeline;
         use npurt_graph::PrecisionPolicy;
         let cfg = tiny();
-        let opts = LlamaGraphOptions { rows: 5, cache_rows: 8, logits: LogitsMode::All, input: InputKind::Ids, taps: false };
+        let opts = LlamaGraphOptions {
+            rows: 5,
+            cache_rows: 8,
+            logits: LogitsMode::All,
+            input: InputKind::Ids,
+            taps: false,
+        };
         let plain = build(&cfg, &opts).unwrap();
         let mut fused = plain.clone();
-        let reports = Pipeline::compile(PrecisionPolicy::F32, Box::new(|_| None)).run(&mut fused).unwrap();
+        let reports = Pipeline::compile(PrecisionPolicy::F32, Box::new(|_| None))
+            .run(&mut fused)
+            .unwrap();
         assert!(reports.iter().any(|r| r.pass == "fuse-swiglu" && r.changed));
         // Per layer: one qkv matmul (+bias), one o_proj (+bias+residual), one gate+up
         // (+swiglu), one down (+residual); plus the head.
         let kinds = fused.op_histogram();
-        let count = |k: &str| kinds.iter().find(|(n, _)| *n == k).map(|(_, c)| *c).unwrap_or(0);
+        let count = |k: &str| {
+            kinds
+                .iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, c)| *c)
+                .unwrap_or(0)
+        };
         assert_eq!(count("matmul"), 4 * cfg.num_hidden_layers + 1, "{fused}");
         assert_eq!(count("slice_cols"), 3 * cfg.num_hidden_layers);
         assert_eq!(count("add") + count("mul") + count("silu"), 0, "{fused}");
@@ -253,15 +362,21 @@ mod tests {
             let n = fact.elems().unwrap();
             let v: Vec<f32> = (0..n)
                 .map(|_| {
-                    seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                    ((seed >> 33) as f32 / (1u64 << 31) as f32 - 0.5) * 0.4 + if name.contains("norm") { 1.0 } else { 0.0 }
+                    seed = seed
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    ((seed >> 33) as f32 / (1u64 << 31) as f32 - 0.5) * 0.4
+                        + if name.contains("norm") { 1.0 } else { 0.0 }
                 })
                 .collect();
             w.insert(name.to_string(), v);
         }
         let ids = [3, 17, 42, 0, 63];
         let (a, b) = (run_cpu(&plain, &w, &ids), run_cpu(&fused, &w, &ids));
-        let d = a.iter().zip(&b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+        let d = a
+            .iter()
+            .zip(&b)
+            .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
         assert!(d < 1e-5, "fused graph differs by {d}");
     }
 }

@@ -36,14 +36,17 @@ impl ModelSource {
             Err(ModelError::BadFormat {
                 file: path.display().to_string(),
                 format: "GGUF file or HF model directory",
-                detail: "neither a .gguf file, nor a file starting with the GGUF magic, nor a directory".into(),
+                detail:
+                    "neither a .gguf file, nor a file starting with the GGUF magic, nor a directory"
+                        .into(),
             })
         }
     }
 }
 
 fn has_gguf_extension(path: &Path) -> bool {
-    path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
 }
 
 fn starts_with_gguf_magic(path: &Path) -> Result<bool> {
@@ -69,7 +72,13 @@ fn open_gguf(path: &Path) -> Result<ModelSource> {
         None => None,
     };
     let description = format!("{} ({})", display_name(path), file.summary());
-    Ok(ModelSource { config, weights, tokenizer, chat_template, description })
+    Ok(ModelSource {
+        config,
+        weights,
+        tokenizer,
+        chat_template,
+        description,
+    })
 }
 
 fn open_hf_dir(dir: &Path) -> Result<ModelSource> {
@@ -78,8 +87,18 @@ fn open_hf_dir(dir: &Path) -> Result<ModelSource> {
     require_file(&tok_path)?;
     let tokenizer = tokenizer::from_file(&tok_path)?;
     let chat_template = hf_chat_template(dir)?;
-    let description = format!("{} (safetensors, {})", display_name(dir), dtype_summary(&weights));
-    Ok(ModelSource { config, weights, tokenizer, chat_template, description })
+    let description = format!(
+        "{} (safetensors, {})",
+        display_name(dir),
+        dtype_summary(&weights)
+    );
+    Ok(ModelSource {
+        config,
+        weights,
+        tokenizer,
+        chat_template,
+        description,
+    })
 }
 
 /// The chat template of an HF directory: `tokenizer_config.json`'s `chat_template` (a
@@ -88,7 +107,11 @@ fn open_hf_dir(dir: &Path) -> Result<ModelSource> {
 /// come from `tokenizer_config.json`.
 fn hf_chat_template(dir: &Path) -> Result<Option<ChatTemplate>> {
     let cfg_path = dir.join("tokenizer_config.json");
-    let tok_cfg = if cfg_path.is_file() { read_json(&cfg_path)? } else { Value::Null };
+    let tok_cfg = if cfg_path.is_file() {
+        read_json(&cfg_path)?
+    } else {
+        Value::Null
+    };
     let source = match tok_cfg.get("chat_template") {
         Some(Value::String(s)) => Some(s.clone()),
         Some(Value::Array(list)) => list
@@ -102,10 +125,14 @@ fn hf_chat_template(dir: &Path) -> Result<Option<ChatTemplate>> {
     let jinja = dir.join("chat_template.jinja");
     let source = match source {
         Some(s) => Some(s),
-        None if jinja.is_file() => Some(std::fs::read_to_string(&jinja).map_err(|e| io_error(&jinja, e))?),
+        None if jinja.is_file() => {
+            Some(std::fs::read_to_string(&jinja).map_err(|e| io_error(&jinja, e))?)
+        }
         None => None,
     };
-    let Some(source) = source else { return Ok(None) };
+    let Some(source) = source else {
+        return Ok(None);
+    };
     let bos = special_token(&tok_cfg, "bos_token");
     let eos = special_token(&tok_cfg, "eos_token");
     Ok(Some(ChatTemplate::new(source, bos, eos)?))
@@ -115,13 +142,19 @@ fn hf_chat_template(dir: &Path) -> Result<Option<ChatTemplate>> {
 fn special_token(tok_cfg: &Value, key: &str) -> String {
     match tok_cfg.get(key) {
         Some(Value::String(s)) => s.clone(),
-        Some(v) => v.get("content").and_then(Value::as_str).unwrap_or_default().to_string(),
+        Some(v) => v
+            .get("content")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string(),
         None => String::new(),
     }
 }
 
 fn display_name(path: &Path) -> String {
-    path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| path.display().to_string())
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.display().to_string())
 }
 
 /// E.g. "272 tensors: f32 x200, bf16 x72".
@@ -144,7 +177,10 @@ pub fn dtype_summary(w: &WeightStore) -> String {
 // Shared by the loaders
 
 pub(crate) fn io_error(path: &Path, source: std::io::Error) -> ModelError {
-    ModelError::Io { path: path.to_path_buf(), source }
+    ModelError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// `Io` (not found) naming `path` unless it is a file.
@@ -152,7 +188,10 @@ pub(crate) fn require_file(path: &Path) -> Result<()> {
     if path.is_file() {
         Ok(())
     } else {
-        Err(io_error(path, std::io::Error::new(std::io::ErrorKind::NotFound, "no such file")))
+        Err(io_error(
+            path,
+            std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
+        ))
     }
 }
 
@@ -171,19 +210,36 @@ const MAX_JSON_BYTES: u64 = 64 << 20;
 
 /// Reads and parses a JSON file; errors name the file.
 pub(crate) fn read_json(path: &Path) -> Result<Value> {
-    let len = std::fs::metadata(path).map_err(|e| io_error(path, e))?.len();
+    let len = std::fs::metadata(path)
+        .map_err(|e| io_error(path, e))?
+        .len();
     if len > MAX_JSON_BYTES {
-        return Err(ModelError::BadFormat { file: path.display().to_string(), format: "JSON", detail: format!("{len} bytes is more than the {MAX_JSON_BYTES}-byte limit") });
+        return Err(ModelError::BadFormat {
+            file: path.display().to_string(),
+            format: "JSON",
+            detail: format!("{len} bytes is more than the {MAX_JSON_BYTES}-byte limit"),
+        });
     }
     let bytes = std::fs::read(path).map_err(|e| io_error(path, e))?;
-    serde_json::from_slice(&bytes).map_err(|e| ModelError::BadFormat { file: path.display().to_string(), format: "JSON", detail: e.to_string() })
+    serde_json::from_slice(&bytes).map_err(|e| ModelError::BadFormat {
+        file: path.display().to_string(),
+        format: "JSON",
+        detail: e.to_string(),
+    })
 }
 
 /// Every tensor a LLaMA-family checkpoint with this config must have, under its HF
 /// name, with the row-major shape the config implies.
 pub fn llama_tensor_shapes(cfg: &LlamaConfig) -> Vec<(String, Vec<usize>)> {
-    let (h, q, kv, inter, vocab) = (cfg.hidden_size, cfg.q_width(), cfg.kv_width(), cfg.intermediate_size, cfg.vocab_size);
-    let mut v: Vec<(String, Vec<usize>)> = vec![("model.embed_tokens.weight".into(), vec![vocab, h])];
+    let (h, q, kv, inter, vocab) = (
+        cfg.hidden_size,
+        cfg.q_width(),
+        cfg.kv_width(),
+        cfg.intermediate_size,
+        cfg.vocab_size,
+    );
+    let mut v: Vec<(String, Vec<usize>)> =
+        vec![("model.embed_tokens.weight".into(), vec![vocab, h])];
     if cfg.embed_layer_norm.is_some() {
         v.push(("model.embed_layer_norm.weight".into(), vec![h]));
         v.push(("model.embed_layer_norm.bias".into(), vec![h]));
@@ -238,20 +294,34 @@ mod tests {
         TinyLlama::default().write_hf_dir(&dir).unwrap();
         let src = ModelSource::open(&dir).unwrap();
         let tmpl = src.chat_template.as_ref().expect("chat template");
-        assert_eq!((tmpl.bos_token.as_str(), tmpl.eos_token.as_str()), ("<|im_start|>", "<|im_end|>"));
+        assert_eq!(
+            (tmpl.bos_token.as_str(), tmpl.eos_token.as_str()),
+            ("<|im_start|>", "<|im_end|>")
+        );
         assert_eq!(src.tokenizer.get_vocab_size(false), 48);
-        assert!(src.description.ends_with("(safetensors, 20 tensors: f32 x20)"), "{}", src.description);
+        assert!(
+            src.description
+                .ends_with("(safetensors, 20 tensors: f32 x20)"),
+            "{}",
+            src.description
+        );
 
         // A list of named templates: "default" is the one.
         let tok_cfg = json!({"bos_token": {"content": "B"}, "eos_token": "E",
                              "chat_template": [{"name": "tool_use", "template": "x"}, {"name": "default", "template": "y"}]});
         write_json(&dir.join("tokenizer_config.json"), &tok_cfg).unwrap();
         let tmpl = hf_chat_template(&dir).unwrap().unwrap();
-        assert_eq!((tmpl.bos_token.as_str(), tmpl.eos_token.as_str()), ("B", "E"));
+        assert_eq!(
+            (tmpl.bos_token.as_str(), tmpl.eos_token.as_str()),
+            ("B", "E")
+        );
 
         std::fs::remove_file(dir.join("tokenizer.json")).unwrap();
         let err = ModelSource::open(&dir).err().expect("no tokenizer.json");
-        assert!(matches!(&err, ModelError::Io { path, .. } if path.ends_with("tokenizer.json")), "{err}");
+        assert!(
+            matches!(&err, ModelError::Io { path, .. } if path.ends_with("tokenizer.json")),
+            "{err}"
+        );
         std::fs::remove_dir_all(&dir).ok();
     }
 
@@ -262,9 +332,17 @@ mod tests {
         let src = ModelSource::open(&path).unwrap();
         std::fs::remove_file(&path).ok();
         let tmpl = src.chat_template.as_ref().expect("chat template");
-        assert_eq!((tmpl.bos_token.as_str(), tmpl.eos_token.as_str()), ("<|im_start|>", "<|im_end|>"));
+        assert_eq!(
+            (tmpl.bos_token.as_str(), tmpl.eos_token.as_str()),
+            ("<|im_start|>", "<|im_end|>")
+        );
         assert_eq!(src.tokenizer.get_vocab_size(true), 48);
-        assert!(src.description.ends_with(".gguf (GGUF v3, 20 tensors: q4_1 x10, f32 x7, q8_0 x3)"), "{}", src.description);
+        assert!(
+            src.description
+                .ends_with(".gguf (GGUF v3, 20 tensors: q4_1 x10, f32 x7, q8_0 x3)"),
+            "{}",
+            src.description
+        );
     }
 
     #[test]
@@ -273,7 +351,10 @@ mod tests {
         assert!(matches!(ModelSource::open(&p), Err(ModelError::Io { path, .. }) if path == p));
         let p = temp_path("not_a_model.bin");
         std::fs::write(&p, b"hello world").unwrap();
-        assert!(matches!(ModelSource::open(&p), Err(ModelError::BadFormat { .. })));
+        assert!(matches!(
+            ModelSource::open(&p),
+            Err(ModelError::BadFormat { .. })
+        ));
         std::fs::remove_file(&p).ok();
     }
 }

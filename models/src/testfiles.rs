@@ -54,13 +54,21 @@ pub struct GgufLayout {
 impl GgufLayout {
     /// Position of the value of metadata key `key`.
     pub fn value_at(&self, key: &str) -> usize {
-        self.kvs.iter().find(|(k, _, _)| k == key).map(|(_, _, v)| *v).unwrap_or_else(|| panic!("no metadata key {key}"))
+        self.kvs
+            .iter()
+            .find(|(k, _, _)| k == key)
+            .map(|(_, _, v)| *v)
+            .unwrap_or_else(|| panic!("no metadata key {key}"))
     }
 }
 
 impl Default for GgufWriter {
     fn default() -> Self {
-        GgufWriter { version: 3, kvs: Vec::new(), tensors: Vec::new() }
+        GgufWriter {
+            version: 3,
+            kvs: Vec::new(),
+            tensors: Vec::new(),
+        }
     }
 }
 
@@ -89,8 +97,13 @@ impl GgufWriter {
     /// The alignment used for layout: `general.alignment` when it is a usable value (a
     /// test may set a bad one to check it is refused), else the default.
     fn alignment(&self) -> u64 {
-        let a = self.kvs.iter().find(|(k, _)| k == "general.alignment").and_then(|(_, v)| v.as_u64());
-        a.filter(|a| a.is_power_of_two() && *a <= 1 << 16).unwrap_or(DEFAULT_ALIGNMENT)
+        let a = self
+            .kvs
+            .iter()
+            .find(|(k, _)| k == "general.alignment")
+            .and_then(|(_, v)| v.as_u64());
+        a.filter(|a| a.is_power_of_two() && *a <= 1 << 16)
+            .unwrap_or(DEFAULT_ALIGNMENT)
     }
 
     pub fn build(&self) -> (Vec<u8>, GgufLayout) {
@@ -220,9 +233,15 @@ pub fn pattern_bytes(ty: GgmlType, rows: usize, cols: usize) -> Vec<u8> {
     let mut b = Vec::new();
     for r in 0..rows {
         match ty {
-            GgmlType::F32 => (0..cols).for_each(|c| b.extend_from_slice(&pattern_value(ty, r, c).to_le_bytes())),
-            GgmlType::F16 => (0..cols).for_each(|c| b.extend_from_slice(&f16::from_f32(pattern_value(ty, r, c)).to_le_bytes())),
-            GgmlType::BF16 => (0..cols).for_each(|c| b.extend_from_slice(&bf16::from_f32(pattern_value(ty, r, c)).to_le_bytes())),
+            GgmlType::F32 => {
+                (0..cols).for_each(|c| b.extend_from_slice(&pattern_value(ty, r, c).to_le_bytes()))
+            }
+            GgmlType::F16 => (0..cols).for_each(|c| {
+                b.extend_from_slice(&f16::from_f32(pattern_value(ty, r, c)).to_le_bytes())
+            }),
+            GgmlType::BF16 => (0..cols).for_each(|c| {
+                b.extend_from_slice(&bf16::from_f32(pattern_value(ty, r, c)).to_le_bytes())
+            }),
             GgmlType::Q8_0 => {
                 assert_eq!(cols % 32, 0, "Q8_0 rows are whole blocks");
                 for blk in 0..cols / 32 {
@@ -253,10 +272,19 @@ pub fn safetensors_bytes(tensors: &[(String, &str, Vec<usize>, Vec<u8>)]) -> Vec
     header.insert("__metadata__".into(), json!({"format": "pt"}));
     let mut offset = 0;
     for (name, dtype, shape, data) in tensors {
-        header.insert(name.clone(), json!({"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + data.len()]}));
+        header.insert(
+            name.clone(),
+            json!({"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + data.len()]}),
+        );
         offset += data.len();
     }
-    safetensors_raw(&Value::Object(header), &tensors.iter().flat_map(|t| t.3.iter().copied()).collect::<Vec<_>>())
+    safetensors_raw(
+        &Value::Object(header),
+        &tensors
+            .iter()
+            .flat_map(|t| t.3.iter().copied())
+            .collect::<Vec<_>>(),
+    )
 }
 
 /// A safetensors file from an explicit header (for lying headers) and data section.
@@ -276,7 +304,12 @@ pub fn safetensors_f32(tensors: &[(String, Vec<usize>)]) -> Vec<u8> {
         .iter()
         .map(|(name, shape)| {
             let (rows, cols) = rows_cols(shape);
-            (name.clone(), "F32", shape.clone(), pattern_bytes(GgmlType::F32, rows, cols))
+            (
+                name.clone(),
+                "F32",
+                shape.clone(),
+                pattern_bytes(GgmlType::F32, rows, cols),
+            )
         })
         .collect();
     safetensors_bytes(&parts)
@@ -312,7 +345,15 @@ pub struct TinyLlama {
 
 impl Default for TinyLlama {
     fn default() -> Self {
-        TinyLlama { vocab: 48, hidden: 32, inter: 64, layers: 2, heads: 2, kv_heads: 1, head_dim: 16 }
+        TinyLlama {
+            vocab: 48,
+            hidden: 32,
+            inter: 64,
+            layers: 2,
+            heads: 2,
+            kv_heads: 1,
+            head_dim: 16,
+        }
     }
 }
 
@@ -330,8 +371,22 @@ impl TinyLlama {
     /// Token strings: the three SmolLM specials, `t`, `3` and their merge `t3`, then
     /// `w6`, `w7`, ...
     pub fn tokens(&self) -> Vec<String> {
-        let fixed = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "t", "3", "t3"];
-        (0..self.vocab).map(|i| fixed.get(i).map(|s| s.to_string()).unwrap_or_else(|| format!("w{i}"))).collect()
+        let fixed = [
+            "<|endoftext|>",
+            "<|im_start|>",
+            "<|im_end|>",
+            "t",
+            "3",
+            "t3",
+        ];
+        (0..self.vocab)
+            .map(|i| {
+                fixed
+                    .get(i)
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|| format!("w{i}"))
+            })
+            .collect()
     }
 
     pub fn gguf_writer(&self) -> GgufWriter {
@@ -346,39 +401,118 @@ impl TinyLlama {
             .kv("llama.attention.head_count", u32v(self.heads))
             .kv("llama.attention.head_count_kv", u32v(self.kv_heads))
             .kv("llama.rope.freq_base", GgufValue::F32(100000.0))
-            .kv("llama.attention.layer_norm_rms_epsilon", GgufValue::F32(1e-5))
+            .kv(
+                "llama.attention.layer_norm_rms_epsilon",
+                GgufValue::F32(1e-5),
+            )
             .kv("llama.rope.dimension_count", u32v(self.head_dim))
             .kv("llama.vocab_size", u32v(self.vocab))
             .kv("tokenizer.ggml.model", GgufValue::String("gpt2".into()))
             .kv("tokenizer.ggml.pre", GgufValue::String("smollm".into()))
-            .kv("tokenizer.ggml.tokens", GgufValue::Array(GgufArray::String(self.tokens())))
-            .kv("tokenizer.ggml.token_type", GgufValue::Array(GgufArray::I32((0..self.vocab).map(|i| if i < 3 { 3 } else { 1 }).collect())))
-            .kv("tokenizer.ggml.merges", GgufValue::Array(GgufArray::String(vec!["t 3".into()])))
+            .kv(
+                "tokenizer.ggml.tokens",
+                GgufValue::Array(GgufArray::String(self.tokens())),
+            )
+            .kv(
+                "tokenizer.ggml.token_type",
+                GgufValue::Array(GgufArray::I32(
+                    (0..self.vocab).map(|i| if i < 3 { 3 } else { 1 }).collect(),
+                )),
+            )
+            .kv(
+                "tokenizer.ggml.merges",
+                GgufValue::Array(GgufArray::String(vec!["t 3".into()])),
+            )
             .kv("tokenizer.ggml.bos_token_id", u32v(1))
             .kv("tokenizer.ggml.eos_token_id", u32v(2))
             .kv("tokenizer.ggml.unknown_token_id", u32v(0))
             .kv("tokenizer.ggml.padding_token_id", u32v(2))
             .kv("tokenizer.ggml.add_bos_token", GgufValue::Bool(false))
-            .kv("tokenizer.chat_template", GgufValue::String(TINY_CHAT_TEMPLATE.into()));
+            .kv(
+                "tokenizer.chat_template",
+                GgufValue::String(TINY_CHAT_TEMPLATE.into()),
+            );
 
         let matrix = |w: &mut GgufWriter, name: &str, ty: GgmlType, rows: usize, cols: usize| {
-            w.tensor(name, &[cols as u64, rows as u64], ty, pattern_bytes(ty, rows, cols));
+            w.tensor(
+                name,
+                &[cols as u64, rows as u64],
+                ty,
+                pattern_bytes(ty, rows, cols),
+            );
         };
-        let (h, q, kv, i) = (self.hidden, self.heads * self.head_dim, self.kv_heads * self.head_dim, self.inter);
+        let (h, q, kv, i) = (
+            self.hidden,
+            self.heads * self.head_dim,
+            self.kv_heads * self.head_dim,
+            self.inter,
+        );
         matrix(&mut w, "token_embd.weight", Self::EMBED_TYPE, self.vocab, h);
         for l in 0..self.layers {
-            matrix(&mut w, &format!("blk.{l}.attn_q.weight"), Self::Q_TYPE, q, h);
-            matrix(&mut w, &format!("blk.{l}.attn_k.weight"), Self::K_TYPE, kv, h);
-            matrix(&mut w, &format!("blk.{l}.attn_v.weight"), Self::V_TYPE, kv, h);
-            matrix(&mut w, &format!("blk.{l}.attn_output.weight"), Self::MATRIX_TYPE, h, q);
-            matrix(&mut w, &format!("blk.{l}.ffn_gate.weight"), Self::MATRIX_TYPE, i, h);
-            matrix(&mut w, &format!("blk.{l}.ffn_up.weight"), Self::MATRIX_TYPE, i, h);
-            matrix(&mut w, &format!("blk.{l}.ffn_down.weight"), Self::MATRIX_TYPE, h, i);
+            matrix(
+                &mut w,
+                &format!("blk.{l}.attn_q.weight"),
+                Self::Q_TYPE,
+                q,
+                h,
+            );
+            matrix(
+                &mut w,
+                &format!("blk.{l}.attn_k.weight"),
+                Self::K_TYPE,
+                kv,
+                h,
+            );
+            matrix(
+                &mut w,
+                &format!("blk.{l}.attn_v.weight"),
+                Self::V_TYPE,
+                kv,
+                h,
+            );
+            matrix(
+                &mut w,
+                &format!("blk.{l}.attn_output.weight"),
+                Self::MATRIX_TYPE,
+                h,
+                q,
+            );
+            matrix(
+                &mut w,
+                &format!("blk.{l}.ffn_gate.weight"),
+                Self::MATRIX_TYPE,
+                i,
+                h,
+            );
+            matrix(
+                &mut w,
+                &format!("blk.{l}.ffn_up.weight"),
+                Self::MATRIX_TYPE,
+                i,
+                h,
+            );
+            matrix(
+                &mut w,
+                &format!("blk.{l}.ffn_down.weight"),
+                Self::MATRIX_TYPE,
+                h,
+                i,
+            );
             for norm in ["attn_norm", "ffn_norm"] {
-                w.tensor(&format!("blk.{l}.{norm}.weight"), &[h as u64], GgmlType::F32, pattern_bytes(GgmlType::F32, 1, h));
+                w.tensor(
+                    &format!("blk.{l}.{norm}.weight"),
+                    &[h as u64],
+                    GgmlType::F32,
+                    pattern_bytes(GgmlType::F32, 1, h),
+                );
             }
         }
-        w.tensor("output_norm.weight", &[h as u64], GgmlType::F32, pattern_bytes(GgmlType::F32, 1, h));
+        w.tensor(
+            "output_norm.weight",
+            &[h as u64],
+            GgmlType::F32,
+            pattern_bytes(GgmlType::F32, 1, h),
+        );
         w
     }
 
@@ -411,7 +545,12 @@ impl TinyLlama {
 
     /// A WordLevel `tokenizer.json` over `tokens()` (enough for loading tests).
     pub fn tokenizer_json(&self) -> Value {
-        let vocab: serde_json::Map<String, Value> = self.tokens().into_iter().enumerate().map(|(i, t)| (t, json!(i))).collect();
+        let vocab: serde_json::Map<String, Value> = self
+            .tokens()
+            .into_iter()
+            .enumerate()
+            .map(|(i, t)| (t, json!(i)))
+            .collect();
         json!({
             "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
             "normalizer": null, "pre_tokenizer": {"type": "WhitespaceSplit"}, "post_processor": null, "decoder": null,
@@ -424,7 +563,10 @@ impl TinyLlama {
     pub fn write_hf_dir(&self, dir: &Path) -> std::io::Result<()> {
         std::fs::create_dir_all(dir)?;
         write_json(&dir.join("config.json"), &self.hf_config())?;
-        std::fs::write(dir.join("model.safetensors"), safetensors_f32(&self.hf_tensors()))?;
+        std::fs::write(
+            dir.join("model.safetensors"),
+            safetensors_f32(&self.hf_tensors()),
+        )?;
         write_json(&dir.join("tokenizer.json"), &self.tokenizer_json())?;
         let tok_cfg = json!({"bos_token": "<|im_start|>", "eos_token": {"content": "<|im_end|>", "lstrip": false}, "chat_template": TINY_CHAT_TEMPLATE});
         write_json(&dir.join("tokenizer_config.json"), &tok_cfg)

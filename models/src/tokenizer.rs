@@ -12,8 +12,8 @@ use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::sequence::Sequence as PreSequence;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::processors::template::{SpecialToken, TemplateProcessing};
-use tokenizers::{AddedToken, PreTokenizerWrapper, SplitDelimiterBehavior};
 pub use tokenizers::Tokenizer;
+use tokenizers::{AddedToken, PreTokenizerWrapper, SplitDelimiterBehavior};
 
 /// What a GGUF file says about its BPE tokenizer (`tokenizer.ggml.*`), already
 /// extracted from the metadata by the GGUF loader.
@@ -55,8 +55,17 @@ fn pre_tokenizer_for(pre: Option<&str>) -> Result<PreTokenizerWrapper> {
     // GPT-2: ByteLevel with its built-in GPT-2 regex, exactly as HF converts these GGUFs.
     let gpt2 = || PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, true, true));
     let split_then_bytes = |regex: &str| -> Result<PreTokenizerWrapper> {
-        let split = Split::new(SplitPattern::Regex(regex.to_string()), SplitDelimiterBehavior::Isolated, false)
-            .map_err(|e| tok_err(format!("pre-tokenizer regex for `{}`: {e}", pre.unwrap_or(""))))?;
+        let split = Split::new(
+            SplitPattern::Regex(regex.to_string()),
+            SplitDelimiterBehavior::Isolated,
+            false,
+        )
+        .map_err(|e| {
+            tok_err(format!(
+                "pre-tokenizer regex for `{}`: {e}",
+                pre.unwrap_or("")
+            ))
+        })?;
         Ok(PreTokenizerWrapper::Sequence(PreSequence::new(vec![
             PreTokenizerWrapper::Split(split),
             PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, true, false)),
@@ -67,7 +76,9 @@ fn pre_tokenizer_for(pre: Option<&str>) -> Result<PreTokenizerWrapper> {
         Some("llama-bpe") | Some("llama3") | Some("llama-v3") => split_then_bytes(LLAMA3_REGEX),
         Some("qwen2") => split_then_bytes(QWEN2_REGEX),
         Some(other) => {
-            log::warn!("tokenizer.ggml.pre = `{other}` is not known; using the GPT-2 byte-level regex");
+            log::warn!(
+                "tokenizer.ggml.pre = `{other}` is not known; using the GPT-2 byte-level regex"
+            );
             Ok(gpt2())
         }
     }
@@ -93,7 +104,9 @@ pub fn from_bpe_parts(parts: &BpeParts) -> Result<Tokenizer> {
         return Err(tok_err("tokenizer.ggml.tokens is empty"));
     }
     if n > u32::MAX as usize {
-        return Err(tok_err(format!("tokenizer.ggml.tokens has {n} entries, more than u32 ids can address")));
+        return Err(tok_err(format!(
+            "tokenizer.ggml.tokens has {n} entries, more than u32 ids can address"
+        )));
     }
     if !parts.token_types.is_empty() && parts.token_types.len() != n {
         return Err(tok_err(format!(
@@ -109,7 +122,9 @@ pub fn from_bpe_parts(parts: &BpeParts) -> Result<Tokenizer> {
     ] {
         if let Some(id) = id {
             if id as usize >= n {
-                return Err(tok_err(format!("tokenizer.ggml.{field} = {id} is out of range (vocabulary of {n})")));
+                return Err(tok_err(format!(
+                    "tokenizer.ggml.{field} = {id} is out of range (vocabulary of {n})"
+                )));
             }
         }
     }
@@ -130,13 +145,19 @@ pub fn from_bpe_parts(parts: &BpeParts) -> Result<Tokenizer> {
 
     let mut merges = Vec::with_capacity(parts.merges.len());
     for (i, m) in parts.merges.iter().enumerate() {
-        let pair = m.split_once(' ').filter(|(a, b)| !a.is_empty() && !b.is_empty() && !b.contains(' '));
+        let pair = m
+            .split_once(' ')
+            .filter(|(a, b)| !a.is_empty() && !b.is_empty() && !b.contains(' '));
         let Some((a, b)) = pair else {
-            return Err(tok_err(format!("tokenizer.ggml.merges[{i}] = {m:?} is not of the form \"left right\"")));
+            return Err(tok_err(format!(
+                "tokenizer.ggml.merges[{i}] = {m:?} is not of the form \"left right\""
+            )));
         };
         for side in [a, b] {
             if !vocab.contains_key(side) {
-                return Err(tok_err(format!("tokenizer.ggml.merges[{i}] = {m:?}: `{side}` is not in the vocabulary")));
+                return Err(tok_err(format!(
+                    "tokenizer.ggml.merges[{i}] = {m:?}: `{side}` is not in the vocabulary"
+                )));
             }
         }
         if !vocab.contains_key(&format!("{a}{b}")) {
@@ -162,13 +183,21 @@ pub fn from_bpe_parts(parts: &BpeParts) -> Result<Tokenizer> {
     let mut special = Vec::new();
     let mut user = Vec::new();
     if parts.token_types.is_empty() {
-        let mut ids: Vec<u32> = [parts.unknown_token_id, parts.bos_token_id, parts.eos_token_id, parts.padding_token_id]
-            .into_iter()
-            .flatten()
-            .collect();
+        let mut ids: Vec<u32> = [
+            parts.unknown_token_id,
+            parts.bos_token_id,
+            parts.eos_token_id,
+            parts.padding_token_id,
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
         ids.sort_unstable();
         ids.dedup();
-        special.extend(ids.into_iter().map(|id| AddedToken::from(parts.tokens[id as usize].clone(), true)));
+        special.extend(
+            ids.into_iter()
+                .map(|id| AddedToken::from(parts.tokens[id as usize].clone(), true)),
+        );
     } else {
         for (tok_str, &ty) in parts.tokens.iter().zip(&parts.token_types) {
             if tok_str.is_empty() {
@@ -191,9 +220,17 @@ fn post_processor(parts: &BpeParts) -> Result<TemplateProcessing> {
     let mut specials = Vec::new();
     let (mut single, mut pair) = (Vec::new(), Vec::new());
     let mut push = |key: &str, id_field: &str, id: Option<u32>| -> Result<()> {
-        let id = id.ok_or_else(|| tok_err(format!("add_{key}_token is set but tokenizer.ggml.{id_field} is missing")))?;
-        let st = SpecialToken::new(key.to_string(), vec![id], vec![parts.tokens[id as usize].clone()])
-            .map_err(|e| tok_err(format!("post-processor: {e}")))?;
+        let id = id.ok_or_else(|| {
+            tok_err(format!(
+                "add_{key}_token is set but tokenizer.ggml.{id_field} is missing"
+            ))
+        })?;
+        let st = SpecialToken::new(
+            key.to_string(),
+            vec![id],
+            vec![parts.tokens[id as usize].clone()],
+        )
+        .map_err(|e| tok_err(format!("post-processor: {e}")))?;
         specials.push(st);
         Ok(())
     };
@@ -227,13 +264,16 @@ fn post_processor(parts: &BpeParts) -> Result<TemplateProcessing> {
 
 /// Loads a `tokenizer.json`.
 pub fn from_file(path: &std::path::Path) -> Result<Tokenizer> {
-    Tokenizer::from_file(path).map_err(|e| ModelError::Tokenizer(format!("{}: {e}", path.display())))
+    Tokenizer::from_file(path)
+        .map_err(|e| ModelError::Tokenizer(format!("{}: {e}", path.display())))
 }
 
 /// `tok(text).input_ids` as HF does it: special tokens written in the text are matched,
 /// and the post-processor adds BOS/EOS if the tokenizer is configured to.
 pub fn encode(tok: &Tokenizer, text: &str) -> Result<Vec<u32>> {
-    let enc = tok.encode(text, true).map_err(|e| tok_err(format!("encoding: {e}")))?;
+    let enc = tok
+        .encode(text, true)
+        .map_err(|e| tok_err(format!("encoding: {e}")))?;
     Ok(enc.get_ids().to_vec())
 }
 
@@ -241,7 +281,8 @@ pub fn encode(tok: &Tokenizer, text: &str) -> Result<Vec<u32>> {
 /// (the tokenizers crate would drop it silently).
 pub fn decode(tok: &Tokenizer, ids: &[u32]) -> Result<String> {
     check_ids(tok, ids)?;
-    tok.decode(ids, false).map_err(|e| tok_err(format!("decoding: {e}")))
+    tok.decode(ids, false)
+        .map_err(|e| tok_err(format!("decoding: {e}")))
 }
 
 fn check_ids(tok: &Tokenizer, ids: &[u32]) -> Result<()> {
@@ -283,7 +324,10 @@ impl StreamDecoder {
 
     /// A decoder that drops special tokens (`<|im_end|>`, ...) from the text.
     pub fn skipping_special_tokens() -> Self {
-        StreamDecoder { skip_special_tokens: true, ..Self::default() }
+        StreamDecoder {
+            skip_special_tokens: true,
+            ..Self::default()
+        }
     }
 
     /// Feeds one id; returns the newly completed text (possibly empty).
@@ -327,7 +371,8 @@ impl StreamDecoder {
         if ids.is_empty() {
             return Ok(String::new());
         }
-        tok.decode(ids, self.skip_special_tokens).map_err(|e| tok_err(format!("decoding: {e}")))
+        tok.decode(ids, self.skip_special_tokens)
+            .map_err(|e| tok_err(format!("decoding: {e}")))
     }
 }
 
@@ -357,7 +402,11 @@ mod tests {
             v.sort_unstable();
             v
         };
-        let mut tokens = vec!["<|endoftext|>".to_string(), "<|im_start|>".to_string(), "<|im_end|>".to_string()];
+        let mut tokens = vec![
+            "<|endoftext|>".to_string(),
+            "<|im_start|>".to_string(),
+            "<|im_end|>".to_string(),
+        ];
         tokens.extend(alphabet.iter().map(|c| c.to_string()));
         tokens.extend(["he", "hel", "hell", "hello", "Ġw", "Ġwo"].map(String::from));
         let mut token_types = vec![1; tokens.len()];
@@ -365,7 +414,9 @@ mod tests {
         BpeParts {
             model: "gpt2".into(),
             pre: Some("smollm".into()),
-            merges: ["h e", "he l", "hel l", "hell o", "Ġ w", "Ġw o"].map(String::from).to_vec(),
+            merges: ["h e", "he l", "hel l", "hell o", "Ġ w", "Ġw o"]
+                .map(String::from)
+                .to_vec(),
             tokens,
             token_types,
             bos_token_id: Some(1),
@@ -391,8 +442,14 @@ mod tests {
         let ids = encode(&tok, "<|im_start|>hello world<|im_end|>").unwrap();
         assert_eq!(ids[0], 1);
         assert_eq!(*ids.last().unwrap(), 2);
-        assert_eq!(ids[1], parts.tokens.iter().position(|t| t == "hello").unwrap() as u32);
-        assert_eq!(decode(&tok, &ids).unwrap(), "<|im_start|>hello world<|im_end|>");
+        assert_eq!(
+            ids[1],
+            parts.tokens.iter().position(|t| t == "hello").unwrap() as u32
+        );
+        assert_eq!(
+            decode(&tok, &ids).unwrap(),
+            "<|im_start|>hello world<|im_end|>"
+        );
         assert!(decode(&tok, &[parts.tokens.len() as u32]).is_err());
     }
 
@@ -453,7 +510,13 @@ mod tests {
 
     #[test]
     fn pre_tokenizer_variants_build() {
-        for pre in [None, Some("gpt2"), Some("llama-bpe"), Some("qwen2"), Some("something-new")] {
+        for pre in [
+            None,
+            Some("gpt2"),
+            Some("llama-bpe"),
+            Some("qwen2"),
+            Some("something-new"),
+        ] {
             let mut parts = tiny_parts();
             parts.pre = pre.map(String::from);
             let tok = from_bpe_parts(&parts).unwrap();

@@ -64,14 +64,32 @@ impl WeightStore {
         let file_len = self.files.get(entry.file).map(|m| m.len()).unwrap_or(0);
         let end = entry.offset.checked_add(entry.len);
         if end.is_none_or(|e| e > file_len) {
-            return Err(ModelError::Truncated { file: file_name.into(), what: format!("tensor `{name}`"), offset: entry.offset as u64, needed: entry.len as u64, len: file_len as u64 });
+            return Err(ModelError::Truncated {
+                file: file_name.into(),
+                what: format!("tensor `{name}`"),
+                offset: entry.offset as u64,
+                needed: entry.len as u64,
+                len: file_len as u64,
+            });
         }
         if entry.fact.bytes() != Some(entry.len) {
-            return Err(ModelError::LyingHeader { file: file_name.into(), field: format!("tensor `{name}` size"), detail: format!("{} bytes for {}", entry.len, entry.fact) });
+            return Err(ModelError::LyingHeader {
+                file: file_name.into(),
+                field: format!("tensor `{name}` size"),
+                detail: format!("{} bytes for {}", entry.len, entry.fact),
+            });
         }
         if let Some(u) = entry.unpermute {
-            if entry.fact.rank() != 2 || u.head_dim == 0 || u.head_dim % 2 != 0 || entry.fact.shape[0] % u.head_dim != 0 {
-                return Err(ModelError::ShapeMismatch { tensor: name, expected: vec![u.head_dim], found: entry.fact.shape.clone() });
+            if entry.fact.rank() != 2
+                || u.head_dim == 0
+                || u.head_dim % 2 != 0
+                || entry.fact.shape[0] % u.head_dim != 0
+            {
+                return Err(ModelError::ShapeMismatch {
+                    tensor: name,
+                    expected: vec![u.head_dim],
+                    found: entry.fact.shape.clone(),
+                });
             }
         }
         self.entries.insert(name, entry);
@@ -87,7 +105,9 @@ impl WeightStore {
     }
 
     pub fn entry(&self, name: &str) -> Result<&WeightEntry> {
-        self.entries.get(name).ok_or_else(|| ModelError::MissingTensor(name.into()))
+        self.entries
+            .get(name)
+            .ok_or_else(|| ModelError::MissingTensor(name.into()))
     }
 
     pub fn fact(&self, name: &str) -> Result<&TensorFact> {
@@ -104,7 +124,11 @@ impl WeightStore {
     pub fn expect_shape(&self, name: &str, shape: &[usize]) -> Result<()> {
         let f = self.fact(name)?;
         if f.shape != shape {
-            return Err(ModelError::ShapeMismatch { tensor: name.into(), expected: shape.to_vec(), found: f.shape.clone() });
+            return Err(ModelError::ShapeMismatch {
+                tensor: name.into(),
+                expected: shape.to_vec(),
+                found: f.shape.clone(),
+            });
         }
         Ok(())
     }
@@ -117,7 +141,11 @@ impl WeightStore {
         let n = e.fact.elems().expect("validated at insert");
         let mut out = vec![0f32; n];
         let row_len = e.fact.last_dim();
-        let row_bytes = e.fact.dtype.storage_bytes(row_len).expect("validated at insert");
+        let row_bytes = e
+            .fact
+            .dtype
+            .storage_bytes(row_len)
+            .expect("validated at insert");
         let ok = match e.unpermute {
             None => quant::dequantize(e.fact.dtype, raw, &mut out),
             Some(u) => out.chunks_exact_mut(row_len).enumerate().all(|(r, dst)| {
@@ -126,7 +154,10 @@ impl WeightStore {
             }),
         };
         if !ok {
-            return Err(ModelError::UnsupportedDType { tensor: name.into(), dtype: e.fact.dtype.to_string() });
+            return Err(ModelError::UnsupportedDType {
+                tensor: name.into(),
+                dtype: e.fact.dtype.to_string(),
+            });
         }
         Ok(HostTensor::f32(e.fact.shape.clone(), out))
     }
@@ -135,8 +166,17 @@ impl WeightStore {
     fn rows_in_order(&self, name: &str) -> Result<Vec<u8>> {
         let e = self.entry(name)?;
         let raw = self.raw(name)?;
-        let Some(u) = e.unpermute else { return Ok(raw.to_vec()) };
-        let row_bytes = e.fact.dtype.storage_bytes(e.fact.last_dim()).ok_or_else(|| ModelError::UnsupportedDType { tensor: name.into(), dtype: e.fact.dtype.to_string() })?;
+        let Some(u) = e.unpermute else {
+            return Ok(raw.to_vec());
+        };
+        let row_bytes = e
+            .fact
+            .dtype
+            .storage_bytes(e.fact.last_dim())
+            .ok_or_else(|| ModelError::UnsupportedDType {
+                tensor: name.into(),
+                dtype: e.fact.dtype.to_string(),
+            })?;
         let mut out = Vec::with_capacity(raw.len());
         for r in 0..e.fact.shape[0] {
             let s = u.source_row(r) * row_bytes;
@@ -149,7 +189,12 @@ impl WeightStore {
     /// `name` alone) concatenated, in `fact.dtype`. Parts already stored in that block
     /// format are copied (lossless import: no f32 copy is made); others go through f32
     /// and `quantize` (round to nearest).
-    pub fn materialize(&self, name: &str, parts: &[String], fact: &TensorFact) -> Result<HostTensor> {
+    pub fn materialize(
+        &self,
+        name: &str,
+        parts: &[String],
+        fact: &TensorFact,
+    ) -> Result<HostTensor> {
         let single = [name.to_string()];
         let parts = if parts.is_empty() { &single[..] } else { parts };
         let target = fact.dtype;
@@ -157,14 +202,25 @@ impl WeightStore {
         for p in parts {
             let f = self.fact(p)?;
             if f.shape[1..] != fact.shape[1..] {
-                return Err(ModelError::ShapeMismatch { tensor: p.clone(), expected: fact.shape[1..].to_vec(), found: f.shape.clone() });
+                return Err(ModelError::ShapeMismatch {
+                    tensor: p.clone(),
+                    expected: fact.shape[1..].to_vec(),
+                    found: f.shape.clone(),
+                });
             }
             rows += f.shape.first().copied().unwrap_or(1);
         }
         if fact.shape.first() != Some(&rows) {
-            return Err(ModelError::ShapeMismatch { tensor: name.into(), expected: fact.shape.clone(), found: vec![rows] });
+            return Err(ModelError::ShapeMismatch {
+                tensor: name.into(),
+                expected: fact.shape.clone(),
+                found: vec![rows],
+            });
         }
-        let unsupported = || ModelError::UnsupportedDType { tensor: name.into(), dtype: target.to_string() };
+        let unsupported = || ModelError::UnsupportedDType {
+            tensor: name.into(),
+            dtype: target.to_string(),
+        };
         if target == DType::F32 {
             let mut v = Vec::with_capacity(fact.elems().unwrap_or(0));
             for p in parts {
@@ -172,7 +228,10 @@ impl WeightStore {
             }
             return Ok(HostTensor::f32(fact.shape.clone(), v));
         }
-        let lossless = target != DType::Q8Channel && parts.iter().all(|p| self.fact(p).map(|f| f.dtype == target).unwrap_or(false));
+        let lossless = target != DType::Q8Channel
+            && parts
+                .iter()
+                .all(|p| self.fact(p).map(|f| f.dtype == target).unwrap_or(false));
         let bytes = if lossless {
             let mut b = Vec::with_capacity(fact.bytes().unwrap_or(0));
             for p in parts {

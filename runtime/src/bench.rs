@@ -21,7 +21,11 @@ pub struct BenchRow {
 fn mean_sd(v: &[f64]) -> (f64, f64) {
     let n = v.len() as f64;
     let m = v.iter().sum::<f64>() / n;
-    let var = if v.len() > 1 { v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0) } else { 0.0 };
+    let var = if v.len() > 1 {
+        v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0)
+    } else {
+        0.0
+    };
     (m, var.sqrt())
 }
 
@@ -82,14 +86,21 @@ pub fn read_bandwidth_gb_s(threads: usize) -> f64 {
     use rayon::prelude::*;
     let n = 128 << 20; // u32s = 512 MiB
     let buf: Vec<u32> = (0..n as u32).collect();
-    let pool = match rayon::ThreadPoolBuilder::new().num_threads(threads.max(1)).build() {
+    let pool = match rayon::ThreadPoolBuilder::new()
+        .num_threads(threads.max(1))
+        .build()
+    {
         Ok(p) => p,
         Err(_) => return 0.0,
     };
     let mut best = 0f64;
     for _ in 0..3 {
         let t = Instant::now();
-        let s: u64 = pool.install(|| buf.par_chunks(1 << 16).map(|c| c.iter().map(|&x| x as u64).sum::<u64>()).sum());
+        let s: u64 = pool.install(|| {
+            buf.par_chunks(1 << 16)
+                .map(|c| c.iter().map(|&x| x as u64).sum::<u64>())
+                .sum()
+        });
         let gbs = (n * 4) as f64 / t.elapsed().as_secs_f64() / 1e9;
         std::hint::black_box(s);
         best = best.max(gbs);

@@ -10,12 +10,21 @@ pub enum RuntimeError {
     Backend(#[from] BackendError),
     #[error(transparent)]
     Graph(#[from] npurt_graph::GraphError),
-    #[error("the input needs {needed} positions but the context holds {ctx} ({used} already used)")]
-    ContextOverflow { needed: usize, used: usize, ctx: usize },
+    #[error(
+        "the input needs {needed} positions but the context holds {ctx} ({used} already used)"
+    )]
+    ContextOverflow {
+        needed: usize,
+        used: usize,
+        ctx: usize,
+    },
     #[error("token id {id} at input position {index} is out of range (vocabulary size {vocab})")]
     TokenOutOfRange { id: i64, index: usize, vocab: usize },
     #[error("invalid option `{option}`: {reason}")]
-    InvalidOption { option: &'static str, reason: String },
+    InvalidOption {
+        option: &'static str,
+        reason: String,
+    },
     #[error("the model has no chat template")]
     NoChatTemplate,
     #[error("nothing to generate from: the session is empty")]

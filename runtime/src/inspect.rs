@@ -18,13 +18,33 @@ pub fn describe(model: &Model, kind: GraphKind, nodes: bool) -> String {
     let _ = writeln!(s, "model      {}", model.description);
     let _ = writeln!(s, "backend    {} ({})", be.name(), be.capabilities().device);
     let _ = writeln!(s, "precision  {}", model.options.precision.name);
-    let _ = writeln!(s, "graph      {kind:?}: {} rows, context {}, KV cache {} rows", cg.rows, model.ctx, model.cache_rows);
+    let _ = writeln!(
+        s,
+        "graph      {kind:?}: {} rows, context {}, KV cache {} rows",
+        cg.rows, model.ctx, model.cache_rows
+    );
     let _ = writeln!(s, "\npasses (nodes before -> after):");
     for r in &cg.pass_reports {
-        let _ = writeln!(s, "  iter {} {:<26} {:>5} -> {:<5}{}", r.iteration, r.pass, r.nodes_before, r.nodes_after, if r.changed { "  changed" } else { "" });
+        let _ = writeln!(
+            s,
+            "  iter {} {:<26} {:>5} -> {:<5}{}",
+            r.iteration,
+            r.pass,
+            r.nodes_before,
+            r.nodes_after,
+            if r.changed { "  changed" } else { "" }
+        );
     }
     let _ = writeln!(s, "\npartition:\n{}", cg.exec.report());
-    let _ = writeln!(s, "\nops: {}", g.op_histogram().iter().map(|(k, c)| format!("{k} x{c}")).collect::<Vec<_>>().join(", "));
+    let _ = writeln!(
+        s,
+        "\nops: {}",
+        g.op_histogram()
+            .iter()
+            .map(|(k, c)| format!("{k} x{c}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
 
     let mut bytes: BTreeMap<String, (usize, usize)> = BTreeMap::new();
     for n in &g.nodes {
@@ -38,7 +58,11 @@ pub fn describe(model: &Model, kind: GraphKind, nodes: bool) -> String {
     for (d, (count, b)) in &bytes {
         let _ = writeln!(s, "  {d:<11} {count:>4} tensors {:>9.2} MiB", mib(*b));
     }
-    let _ = writeln!(s, "  total                    {:>9.2} MiB", mib(bytes.values().map(|v| v.1).sum()));
+    let _ = writeln!(
+        s,
+        "  total                    {:>9.2} MiB",
+        mib(bytes.values().map(|v| v.1).sum())
+    );
 
     if nodes {
         let _ = writeln!(s, "\nnodes (id name: kernel -> output):");
@@ -48,7 +72,15 @@ pub fn describe(model: &Model, kind: GraphKind, nodes: bool) -> String {
                 continue;
             }
             let ins: Vec<String> = n.inputs.iter().map(|i| short(g.fact(*i))).collect();
-            let _ = writeln!(s, "  #{:<4} {:<44} {:<40} ({}) -> {}", id.0, n.name, be.kernel_name(g, id), ins.join(", "), short(&n.fact));
+            let _ = writeln!(
+                s,
+                "  #{:<4} {:<44} {:<40} ({}) -> {}",
+                id.0,
+                n.name,
+                be.kernel_name(g, id),
+                ins.join(", "),
+                short(&n.fact)
+            );
         }
     }
     s

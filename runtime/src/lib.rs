@@ -25,7 +25,9 @@ mod session;
 pub mod stats;
 
 pub use error::{Result, RuntimeError};
-pub use model::{CompiledGraph, GraphKind, LoadOptions, Model, Runtime, DEFAULT_CHUNK, DEFAULT_CTX};
+pub use model::{
+    CompiledGraph, GraphKind, LoadOptions, Model, Runtime, DEFAULT_CHUNK, DEFAULT_CTX,
+};
 pub use perplexity::{perplexity, Perplexity};
 pub use sampling::SamplingOptions;
 pub use session::{GenerateOptions, Generation, Session, StopReason};

@@ -3,8 +3,8 @@
 //! a prefill chunk of C rows (logits for the last row, or for all rows) and a 1-row
 //! decode step, all sharing the same weights and the same KV-cache state names.
 
-use crate::{Result, RuntimeError};
 use crate::partition::{compile_partitioned, Partitioned};
+use crate::{Result, RuntimeError};
 use npurt_backends::{Backend, BackendOptions, DeviceBuffer, Registry};
 use npurt_graph::passes::{PassReport, Pipeline};
 use npurt_graph::{DType, Graph, NodeId, Op, PrecisionPolicy};
@@ -36,7 +36,13 @@ pub struct LoadOptions {
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions { backend: "cpu".into(), threads: None, chunk: DEFAULT_CHUNK, ctx: None, precision: PrecisionPolicy::W4A16 }
+        LoadOptions {
+            backend: "cpu".into(),
+            threads: None,
+            chunk: DEFAULT_CHUNK,
+            ctx: None,
+            precision: PrecisionPolicy::W4A16,
+        }
     }
 }
 
@@ -103,7 +109,9 @@ impl Default for Runtime {
 impl Runtime {
     /// A runtime with npurt's built-in backends registered.
     pub fn new() -> Self {
-        Runtime { registry: Registry::with_builtin() }
+        Runtime {
+            registry: Registry::with_builtin(),
+        }
     }
 
     pub fn with_registry(registry: Registry) -> Self {
@@ -122,67 +130,130 @@ impl Runtime {
     pub fn load(&self, path: &Path, opts: LoadOptions) -> Result<Arc<Model>> {
         let t0 = Instant::now();
         let source = ModelSource::open(path)?;
-        let bopts = BackendOptions { threads: opts.threads };
+        let bopts = BackendOptions {
+            threads: opts.threads,
+        };
         let mut backends = vec![self.registry.create(&opts.backend, &bopts)?];
         if opts.backend != "cpu" {
             backends.push(self.registry.create("cpu", &bopts)?);
         }
         let mut model = Model::compile(source, backends, opts)?;
         model.load_ms = t0.elapsed().as_secs_f64() * 1e3;
-        log::info!("loaded {} on {} in {:.0} ms", model.description, model.backend.capabilities().device, model.load_ms);
+        log::info!(
+            "loaded {} on {} in {:.0} ms",
+            model.description,
+            model.backend.capabilities().device,
+            model.load_ms
+        );
         Ok(Arc::new(model))
     }
 }
 
 fn invalid(option: &'static str, reason: impl Into<String>) -> RuntimeError {
-    RuntimeError::InvalidOption { option, reason: reason.into() }
+    RuntimeError::InvalidOption {
+        option,
+        reason: reason.into(),
+    }
 }
 
 impl Model {
     /// Builds, optimises and compiles every graph kind over `backends` (preference
     /// order; nodes the first cannot run fall back to later ones), preparing each
     /// weight once per backend that needs it.
-    pub fn compile(source: ModelSource, backends: Vec<Arc<dyn Backend>>, opts: LoadOptions) -> Result<Model> {
-        let backend = backends.first().cloned().ok_or_else(|| invalid("backend", "no backend given"))?;
+    pub fn compile(
+        source: ModelSource,
+        backends: Vec<Arc<dyn Backend>>,
+        opts: LoadOptions,
+    ) -> Result<Model> {
+        let backend = backends
+            .first()
+            .cloned()
+            .ok_or_else(|| invalid("backend", "no backend given"))?;
         let cfg = source.config.clone();
-        let ctx = opts.ctx.unwrap_or(DEFAULT_CTX.min(cfg.max_position_embeddings));
+        let ctx = opts
+            .ctx
+            .unwrap_or(DEFAULT_CTX.min(cfg.max_position_embeddings));
         if ctx == 0 || ctx > npurt_models::config::MAX_CONTEXT {
-            return Err(invalid("ctx", format!("{ctx} is outside 1..={}", npurt_models::config::MAX_CONTEXT)));
+            return Err(invalid(
+                "ctx",
+                format!("{ctx} is outside 1..={}", npurt_models::config::MAX_CONTEXT),
+            ));
         }
         if opts.chunk == 0 || opts.chunk > 4096 {
-            return Err(invalid("chunk", format!("{} is outside 1..=4096", opts.chunk)));
+            return Err(invalid(
+                "chunk",
+                format!("{} is outside 1..=4096", opts.chunk),
+            ));
         }
         let cache_rows = ctx + opts.chunk - 1;
 
-        let kinds = [(GraphKind::Prefill, opts.chunk, LogitsMode::Last), (GraphKind::PrefillAllLogits, opts.chunk, LogitsMode::All), (GraphKind::Decode, 1, LogitsMode::Last)];
-        let stored: HashMap<String, DType> = source.weights.names().filter_map(|n| Some((n.to_string(), source.weights.fact(n).ok()?.dtype))).collect();
+        let kinds = [
+            (GraphKind::Prefill, opts.chunk, LogitsMode::Last),
+            (GraphKind::PrefillAllLogits, opts.chunk, LogitsMode::All),
+            (GraphKind::Decode, 1, LogitsMode::Last),
+        ];
+        let stored: HashMap<String, DType> = source
+            .weights
+            .names()
+            .filter_map(|n| Some((n.to_string(), source.weights.fact(n).ok()?.dtype)))
+            .collect();
         let stored = Arc::new(stored);
         let mut built = Vec::new();
         for (kind, rows, logits) in kinds {
-            let mut graph = llama::build(&cfg, &LlamaGraphOptions { rows, cache_rows, logits, input: InputKind::Ids, taps: false })?;
+            let mut graph = llama::build(
+                &cfg,
+                &LlamaGraphOptions {
+                    rows,
+                    cache_rows,
+                    logits,
+                    input: InputKind::Ids,
+                    taps: false,
+                },
+            )?;
             let st = stored.clone();
-            let reports = Pipeline::compile(opts.precision.clone(), Box::new(move |n| st.get(n).copied())).run(&mut graph)?;
+            let reports = Pipeline::compile(
+                opts.precision.clone(),
+                Box::new(move |n| st.get(n).copied()),
+            )
+            .run(&mut graph)?;
             built.push((kind, rows, graph, reports));
         }
 
         // Weights are materialized in the format each graph wants and prepared once per
         // (backend, weight): graph kinds share weight names, so the prefill and decode
         // graphs share one copy.
-        let prepared: Mutex<HashMap<(String, String), Arc<dyn DeviceBuffer>>> = Mutex::new(HashMap::new());
+        let prepared: Mutex<HashMap<(String, String), Arc<dyn DeviceBuffer>>> =
+            Mutex::new(HashMap::new());
         let mut graphs = HashMap::new();
         for (kind, rows, graph, pass_reports) in built {
             let prepare = |be: &dyn Backend, id: NodeId| -> Result<Arc<dyn DeviceBuffer>> {
-                let Op::Weight { name, fact, parts } = &graph.node(id).op else { return Err(invalid("graph", "prepare called on a non-weight")) };
+                let Op::Weight { name, fact, parts } = &graph.node(id).op else {
+                    return Err(invalid("graph", "prepare called on a non-weight"));
+                };
                 let key = (be.name().to_string(), name.clone());
                 if let Some(b) = prepared.lock().expect("weight cache poisoned").get(&key) {
                     return Ok(b.clone());
                 }
-                let buf = be.prepare_weight(name, source.weights.materialize(name, parts, fact)?)?;
-                Ok(prepared.lock().expect("weight cache poisoned").entry(key).or_insert(buf).clone())
+                let buf =
+                    be.prepare_weight(name, source.weights.materialize(name, parts, fact)?)?;
+                Ok(prepared
+                    .lock()
+                    .expect("weight cache poisoned")
+                    .entry(key)
+                    .or_insert(buf)
+                    .clone())
             };
             let exec = Arc::new(compile_partitioned(&graph, &backends, &prepare)?);
-            let find = |n: &str| graph.find_source("input", n).ok_or_else(|| invalid("graph", format!("compiled graph lacks input `{n}`")));
-            let states = graph.sources("state").into_iter().map(|(id, n, _)| (id, n.to_string())).collect();
+            let find = |n: &str| {
+                graph
+                    .find_source("input", n)
+                    .ok_or_else(|| invalid("graph", format!("compiled graph lacks input `{n}`")))
+            };
+            let states = graph
+                .sources("state")
+                .into_iter()
+                .map(|(id, n, _)| (id, n.to_string()))
+                .collect();
             let cg = CompiledGraph {
                 kind,
                 rows,
@@ -197,7 +268,12 @@ impl Model {
             };
             graphs.insert(kind, cg);
         }
-        let weight_bytes = prepared.into_inner().expect("weight cache poisoned").values().map(|b| b.fact().bytes().unwrap_or(0)).sum();
+        let weight_bytes = prepared
+            .into_inner()
+            .expect("weight cache poisoned")
+            .values()
+            .map(|b| b.fact().bytes().unwrap_or(0))
+            .sum();
         Ok(Model {
             config: cfg,
             tokenizer: source.tokenizer,
@@ -243,7 +319,10 @@ impl Model {
 
     /// Renders a conversation with the model's chat template (generation prompt added).
     pub fn render_chat(&self, messages: &[npurt_models::ChatMessage]) -> Result<String> {
-        let t = self.chat_template.as_ref().ok_or(RuntimeError::NoChatTemplate)?;
+        let t = self
+            .chat_template
+            .as_ref()
+            .ok_or(RuntimeError::NoChatTemplate)?;
         Ok(t.render(messages, true)?)
     }
 }

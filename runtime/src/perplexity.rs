@@ -15,12 +15,24 @@ pub struct Perplexity {
     pub ppl: f64,
 }
 
-pub fn perplexity(model: &Arc<Model>, ids: &[u32], window: usize, stride: usize) -> Result<Perplexity> {
+pub fn perplexity(
+    model: &Arc<Model>,
+    ids: &[u32],
+    window: usize,
+    stride: usize,
+) -> Result<Perplexity> {
     if window < 2 || stride == 0 || stride > window {
-        return Err(RuntimeError::InvalidOption { option: "ctx/stride", reason: format!("need window >= 2 and 0 < stride <= window, got {window}/{stride}") });
+        return Err(RuntimeError::InvalidOption {
+            option: "ctx/stride",
+            reason: format!("need window >= 2 and 0 < stride <= window, got {window}/{stride}"),
+        });
     }
     if window > model.ctx {
-        return Err(RuntimeError::ContextOverflow { needed: window, used: 0, ctx: model.ctx });
+        return Err(RuntimeError::ContextOverflow {
+            needed: window,
+            used: 0,
+            ctx: model.ctx,
+        });
     }
     let mut session = Session::new(model.clone())?;
     let (mut sum, mut scored, mut prev_end) = (0f64, 0usize, 0usize);
@@ -34,7 +46,12 @@ pub fn perplexity(model: &Arc<Model>, ids: &[u32], window: usize, stride: usize)
         for p in (end - new).max(begin + 1)..end {
             let row = &logits[p - begin - 1];
             let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-            let lse = max + row.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln();
+            let lse = max
+                + row
+                    .iter()
+                    .map(|&v| (v as f64 - max).exp())
+                    .sum::<f64>()
+                    .ln();
             sum += lse - row[ids[p] as usize] as f64;
             scored += 1;
         }
@@ -45,5 +62,10 @@ pub fn perplexity(model: &Arc<Model>, ids: &[u32], window: usize, stride: usize)
         begin += stride;
     }
     let nll = if scored > 0 { sum / scored as f64 } else { 0.0 };
-    Ok(Perplexity { tokens: ids.len(), scored, nll, ppl: nll.exp() })
+    Ok(Perplexity {
+        tokens: ids.len(),
+        scored,
+        nll,
+        ppl: nll.exp(),
+    })
 }

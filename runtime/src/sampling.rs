@@ -18,13 +18,24 @@ pub struct SamplingOptions {
 
 impl Default for SamplingOptions {
     fn default() -> Self {
-        SamplingOptions { temperature: 0.0, top_k: 0, top_p: 1.0, repetition_penalty: 1.0, seed: 0 }
+        SamplingOptions {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            repetition_penalty: 1.0,
+            seed: 0,
+        }
     }
 }
 
 impl SamplingOptions {
     pub fn validate(&self) -> Result<()> {
-        let bad = |option, reason: &str| Err(RuntimeError::InvalidOption { option, reason: reason.into() });
+        let bad = |option, reason: &str| {
+            Err(RuntimeError::InvalidOption {
+                option,
+                reason: reason.into(),
+            })
+        };
         if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
             return bad("temperature", "must be a finite number >= 0");
         }
@@ -145,14 +156,24 @@ mod tests {
     fn greedy_and_penalty() {
         let mut s = Sampler::new(SamplingOptions::default()).unwrap();
         assert_eq!(s.sample(&[0.1, 2.0, 1.9], &[]), 1);
-        let mut s = Sampler::new(SamplingOptions { repetition_penalty: 2.0, ..Default::default() }).unwrap();
+        let mut s = Sampler::new(SamplingOptions {
+            repetition_penalty: 2.0,
+            ..Default::default()
+        })
+        .unwrap();
         assert_eq!(s.sample(&[0.1, 2.0, 1.9], &[1]), 2);
     }
 
     #[test]
     fn seeded_sampling_is_reproducible_and_respects_top_k() {
         let logits: Vec<f32> = (0..50).map(|i| (i as f32 * 0.37).sin()).collect();
-        let o = SamplingOptions { temperature: 0.8, top_k: 5, top_p: 0.9, seed: 42, ..Default::default() };
+        let o = SamplingOptions {
+            temperature: 0.8,
+            top_k: 5,
+            top_p: 0.9,
+            seed: 42,
+            ..Default::default()
+        };
         let run = || {
             let mut s = Sampler::new(o.clone()).unwrap();
             (0..20).map(|_| s.sample(&logits, &[])).collect::<Vec<_>>()
@@ -166,7 +187,15 @@ mod tests {
 
     #[test]
     fn bad_options_are_rejected() {
-        assert!(Sampler::new(SamplingOptions { top_p: 0.0, ..Default::default() }).is_err());
-        assert!(Sampler::new(SamplingOptions { temperature: f32::NAN, ..Default::default() }).is_err());
+        assert!(Sampler::new(SamplingOptions {
+            top_p: 0.0,
+            ..Default::default()
+        })
+        .is_err());
+        assert!(Sampler::new(SamplingOptions {
+            temperature: f32::NAN,
+            ..Default::default()
+        })
+        .is_err());
     }
 }

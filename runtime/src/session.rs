@@ -42,7 +42,12 @@ pub struct GenerateOptions {
 
 impl Default for GenerateOptions {
     fn default() -> Self {
-        GenerateOptions { max_tokens: 128, sampling: SamplingOptions::default(), stop_at_eos: true, stop_strings: Vec::new() }
+        GenerateOptions {
+            max_tokens: 128,
+            sampling: SamplingOptions::default(),
+            stop_at_eos: true,
+            stop_strings: Vec::new(),
+        }
     }
 }
 
@@ -101,18 +106,30 @@ impl Session {
             for (id, name) in &cg.states {
                 let be = cg.exec.source_backend(*id).map(|b| b.name()).unwrap_or("?");
                 match home.get(name.as_str()) {
-                    Some(h) if *h != be => {
-                        return Err(RuntimeError::InvalidOption { option: "backend", reason: format!("KV cache `{name}` is placed on `{h}` and `{be}` by different graphs") })
-                    }
+                    Some(h) if *h != be => return Err(RuntimeError::InvalidOption {
+                        option: "backend",
+                        reason: format!(
+                            "KV cache `{name}` is placed on `{h}` and `{be}` by different graphs"
+                        ),
+                    }),
                     Some(_) => {}
                     None => {
                         home.insert(name, be);
-                        kv.insert(name.clone(), cg.exec.alloc_source(*id, &fact, BufferUsage::State)?);
+                        kv.insert(
+                            name.clone(),
+                            cg.exec.alloc_source(*id, &fact, BufferUsage::State)?,
+                        );
                     }
                 }
             }
         }
-        Ok(Session { model, kv, runners: HashMap::new(), tokens: Vec::new(), last_logits: None })
+        Ok(Session {
+            model,
+            kv,
+            runners: HashMap::new(),
+            tokens: Vec::new(),
+            last_logits: None,
+        })
     }
 
     pub fn model(&self) -> &Arc<Model> {
@@ -154,11 +171,19 @@ impl Session {
     fn check_ids(&self, ids: &[u32]) -> Result<()> {
         let vocab = self.model.config.vocab_size;
         if let Some((index, &id)) = ids.iter().enumerate().find(|(_, &id)| id as usize >= vocab) {
-            return Err(RuntimeError::TokenOutOfRange { id: id as i64, index, vocab });
+            return Err(RuntimeError::TokenOutOfRange {
+                id: id as i64,
+                index,
+                vocab,
+            });
         }
         let used = self.tokens.len();
         if used + ids.len() > self.model.ctx {
-            return Err(RuntimeError::ContextOverflow { needed: ids.len(), used, ctx: self.model.ctx });
+            return Err(RuntimeError::ContextOverflow {
+                needed: ids.len(),
+                used,
+                ctx: self.model.ctx,
+            });
         }
         Ok(())
     }
@@ -168,14 +193,24 @@ impl Session {
             let cg = self.model.graph(kind);
             let x = &cg.exec;
             let act = BufferUsage::Activations;
-            let logits_fact = cg.graph.fact(cg.graph.output("logits").expect("llama graphs output logits")).clone();
+            let logits_fact = cg
+                .graph
+                .fact(
+                    cg.graph
+                        .output("logits")
+                        .expect("llama graphs output logits"),
+                )
+                .clone();
             let scalar = TensorFact::i32([1]);
             let r = Runner {
                 scratch: x.new_scratch()?,
                 ids: x.alloc_source(cg.ids, &TensorFact::i32([cg.rows]), act)?,
                 pos: x.alloc_source(cg.pos, &scalar, act)?,
                 n_valid: x.alloc_source(cg.n_valid, &scalar, act)?,
-                last_row: cg.last_row.map(|id| x.alloc_source(id, &scalar, act)).transpose()?,
+                last_row: cg
+                    .last_row
+                    .map(|id| x.alloc_source(id, &scalar, act))
+                    .transpose()?,
                 logits: x.alloc_output("logits", &logits_fact)?,
             };
             self.runners.insert(kind, r);
@@ -191,10 +226,19 @@ impl Session {
         let pos = self.tokens.len();
         let mut padded: Vec<i32> = ids.iter().map(|&i| i as i32).collect();
         padded.resize(cg.rows, 0);
-        let kv: Vec<_> = cg.states.iter().map(|(id, name)| (*id, self.kv[name].clone())).collect();
+        let kv: Vec<_> = cg
+            .states
+            .iter()
+            .map(|(id, name)| (*id, self.kv[name].clone()))
+            .collect();
         let x = cg.exec.clone();
         let write = |id, buf: &Arc<dyn DeviceBuffer>, t: HostTensor| -> Result<()> {
-            let be = x.source_backend(id).ok_or_else(|| RuntimeError::InvalidOption { option: "graph", reason: "input without a backend".into() })?;
+            let be = x
+                .source_backend(id)
+                .ok_or_else(|| RuntimeError::InvalidOption {
+                    option: "graph",
+                    reason: "input without a backend".into(),
+                })?;
             Ok(be.write(buf.as_ref(), &t)?)
         };
         let r = self.runner(kind)?;
@@ -202,14 +246,26 @@ impl Session {
         write(cg.pos, &r.pos, scalar(pos))?;
         write(cg.n_valid, &r.n_valid, scalar(ids.len()))?;
         let mut sources = kv;
-        sources.extend([(cg.ids, r.ids.clone()), (cg.pos, r.pos.clone()), (cg.n_valid, r.n_valid.clone())]);
+        sources.extend([
+            (cg.ids, r.ids.clone()),
+            (cg.pos, r.pos.clone()),
+            (cg.n_valid, r.n_valid.clone()),
+        ]);
         if let (Some(id), Some(buf)) = (cg.last_row, &r.last_row) {
             write(id, buf, scalar(ids.len() - 1))?;
             sources.push((id, buf.clone()));
         }
-        let bindings = Bindings { sources, outputs: vec![("logits".into(), r.logits.clone())] };
+        let bindings = Bindings {
+            sources,
+            outputs: vec![("logits".into(), r.logits.clone())],
+        };
         x.run(&bindings, r.scratch.as_mut())?;
-        let out_be = x.output_backend("logits").ok_or_else(|| RuntimeError::InvalidOption { option: "graph", reason: "logits without a backend".into() })?;
+        let out_be = x
+            .output_backend("logits")
+            .ok_or_else(|| RuntimeError::InvalidOption {
+                option: "graph",
+                reason: "logits without a backend".into(),
+            })?;
         for be in &model.backends {
             be.synchronize()?;
         }
@@ -228,7 +284,11 @@ impl Session {
         self.check_ids(ids)?;
         let c = self.chunk_rows();
         for chunk in ids.chunks(c) {
-            let kind = if chunk.len() == 1 { GraphKind::Decode } else { GraphKind::Prefill };
+            let kind = if chunk.len() == 1 {
+                GraphKind::Decode
+            } else {
+                GraphKind::Prefill
+            };
             let out = self.run_chunk(kind, chunk)?;
             self.last_logits = out.into_f32();
         }
@@ -267,7 +327,12 @@ impl Session {
     /// Feeds the prompt (if any), then generates, calling `on_text(piece, token)` as
     /// text becomes final; returning `false` from it stops generation. The last
     /// sampled token is not fed back (feed it, e.g. the EOS, to continue the chat).
-    pub fn generate(&mut self, prompt: &[u32], opts: &GenerateOptions, mut on_text: impl FnMut(&str, u32) -> bool) -> Result<Generation> {
+    pub fn generate(
+        &mut self,
+        prompt: &[u32],
+        opts: &GenerateOptions,
+        mut on_text: impl FnMut(&str, u32) -> bool,
+    ) -> Result<Generation> {
         let mut sampler = Sampler::new(opts.sampling.clone())?;
         let t0 = Instant::now();
         if !prompt.is_empty() {
@@ -277,17 +342,30 @@ impl Session {
         if self.last_logits.is_none() {
             return Err(RuntimeError::EmptySession);
         }
-        let eos = if opts.stop_at_eos { self.model.eos_ids() } else { Vec::new() };
+        let eos = if opts.stop_at_eos {
+            self.model.eos_ids()
+        } else {
+            Vec::new()
+        };
         let model = self.model.clone();
         let tok = &model.tokenizer;
         let mut decoder = StreamDecoder::new();
-        let hold = opts.stop_strings.iter().map(|s| s.len()).max().unwrap_or(1).saturating_sub(1);
+        let hold = opts
+            .stop_strings
+            .iter()
+            .map(|s| s.len())
+            .max()
+            .unwrap_or(1)
+            .saturating_sub(1);
         let (mut text, mut emitted) = (String::new(), 0usize);
         let mut new_tokens = Vec::new();
         let t1 = Instant::now();
         let mut stop = StopReason::MaxTokens;
         while new_tokens.len() < opts.max_tokens {
-            let logits = self.last_logits.as_deref().ok_or(RuntimeError::EmptySession)?;
+            let logits = self
+                .last_logits
+                .as_deref()
+                .ok_or(RuntimeError::EmptySession)?;
             let id = sampler.sample(logits, &self.tokens);
             new_tokens.push(id);
             if eos.contains(&id) {
@@ -295,7 +373,12 @@ impl Session {
                 break;
             }
             text.push_str(&decoder.push(tok, id)?);
-            if let Some(cut) = opts.stop_strings.iter().filter_map(|s| text.find(s.as_str())).min() {
+            if let Some(cut) = opts
+                .stop_strings
+                .iter()
+                .filter_map(|s| text.find(s.as_str()))
+                .min()
+            {
                 text.truncate(cut);
                 stop = StopReason::StopString;
                 break;
@@ -327,6 +410,13 @@ impl Session {
                 on_text(&text[emitted..], *new_tokens.last().unwrap_or(&0));
             }
         }
-        Ok(Generation { tokens: new_tokens, text, stop, prompt_tokens: prompt.len(), prefill_time, decode_time: t1.elapsed() })
+        Ok(Generation {
+            tokens: new_tokens,
+            text,
+            stop,
+            prompt_tokens: prompt.len(),
+            prefill_time,
+            decode_time: t1.elapsed(),
+        })
     }
 }

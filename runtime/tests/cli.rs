@@ -11,15 +11,32 @@ fn root() -> PathBuf {
 
 fn golden(rel: &str) -> PathBuf {
     let p = root().join("../shared/golden").join(rel);
-    assert!(p.exists(), "golden data missing: {} (expected ../shared/golden relative to the project root)", p.display());
+    assert!(
+        p.exists(),
+        "golden data missing: {} (expected ../shared/golden relative to the project root)",
+        p.display()
+    );
     p
 }
 
 fn npurt(args: &[&str]) -> (bool, String, String) {
     let model = root().join("models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(model.is_file(), "{} is missing: run scripts/fetch-model.sh", model.display());
-    let out = Command::new(env!("CARGO_BIN_EXE_npurt")).args(args).arg("--model").arg(&model).output().expect("run npurt");
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    assert!(
+        model.is_file(),
+        "{} is missing: run scripts/fetch-model.sh",
+        model.display()
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_npurt"))
+        .args(args)
+        .arg("--model")
+        .arg(&model)
+        .output()
+        .expect("run npurt");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 fn json(s: &str) -> serde_json::Value {
@@ -28,8 +45,14 @@ fn json(s: &str) -> serde_json::Value {
 
 #[test]
 fn tokenize_prints_the_golden_ids() {
-    let cases: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(golden("smollm2/tokenizer_cases.json")).unwrap()).unwrap();
-    let case = cases.as_array().map(|a| a[0].clone()).unwrap_or_else(|| cases["cases"][0].clone());
+    let cases: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(golden("smollm2/tokenizer_cases.json")).unwrap(),
+    )
+    .unwrap();
+    let case = cases
+        .as_array()
+        .map(|a| a[0].clone())
+        .unwrap_or_else(|| cases["cases"][0].clone());
     let (ok, out, err) = npurt(&["tokenize", "--text", case["text"].as_str().unwrap()]);
     assert!(ok, "{err}");
     assert_eq!(json(&out), case["ids"]);
@@ -37,45 +60,107 @@ fn tokenize_prints_the_golden_ids() {
 
 #[test]
 fn logits_writes_safetensors_matching_hf() {
-    let prompts: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(golden("smollm2/prompts.json")).unwrap()).unwrap();
-    let ids: Vec<String> = prompts["prompts"][0]["ids"].as_array().unwrap().iter().map(|v| v.to_string()).collect();
-    let out_file = std::env::temp_dir().join(format!("npurt-cli-logits-{}.safetensors", std::process::id()));
-    let (ok, _, err) = npurt(&["logits", "--precision", "f32", "--ids", &ids.join(","), "--out", out_file.to_str().unwrap()]);
+    let prompts: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(golden("smollm2/prompts.json")).unwrap())
+            .unwrap();
+    let ids: Vec<String> = prompts["prompts"][0]["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.to_string())
+        .collect();
+    let out_file = std::env::temp_dir().join(format!(
+        "npurt-cli-logits-{}.safetensors",
+        std::process::id()
+    ));
+    let (ok, _, err) = npurt(&[
+        "logits",
+        "--precision",
+        "f32",
+        "--ids",
+        &ids.join(","),
+        "--out",
+        out_file.to_str().unwrap(),
+    ]);
     assert!(ok, "{err}");
     let bytes = std::fs::read(&out_file).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let t = st.tensor("logits").unwrap();
     assert_eq!(t.shape(), [ids.len(), 49152]);
     assert_eq!(t.dtype(), safetensors::Dtype::F32);
-    let v: Vec<f32> = t.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+    let v: Vec<f32> = t
+        .data()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
     // The last row against HF's full last-position logits (golden README tolerance).
     let gbytes = std::fs::read(golden("smollm2/logits.safetensors")).unwrap();
     let g = safetensors::SafeTensors::deserialize(&gbytes).unwrap();
-    let reference: Vec<f32> = g.tensor("p0.last").unwrap().data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+    let reference: Vec<f32> = g
+        .tensor("p0.last")
+        .unwrap()
+        .data()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
     let ours = &v[(ids.len() - 1) * 49152..];
-    let range = reference.iter().copied().fold(f32::NEG_INFINITY, f32::max) - reference.iter().copied().fold(f32::INFINITY, f32::min);
-    let diff = ours.iter().zip(&reference).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-    assert!(diff <= 1e-3 * range, "last-position logits differ from HF by {diff} (range {range})");
+    let range = reference.iter().copied().fold(f32::NEG_INFINITY, f32::max)
+        - reference.iter().copied().fold(f32::INFINITY, f32::min);
+    let diff = ours
+        .iter()
+        .zip(&reference)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(
+        diff <= 1e-3 * range,
+        "last-position logits differ from HF by {diff} (range {range})"
+    );
     std::fs::remove_file(out_file).ok();
 }
 
 #[test]
 fn perplexity_prints_tokens_nll_ppl() {
     let text = golden("texts/apache-2.0.txt");
-    let (ok, out, err) = npurt(&["perplexity", "--text-file", text.to_str().unwrap(), "--ctx", "128", "--stride", "64", "--max-tokens", "200"]);
+    let (ok, out, err) = npurt(&[
+        "perplexity",
+        "--text-file",
+        text.to_str().unwrap(),
+        "--ctx",
+        "128",
+        "--stride",
+        "64",
+        "--max-tokens",
+        "200",
+    ]);
     assert!(ok, "{err}");
     let v = json(&out);
     assert_eq!(v["tokens"], 200);
     let (nll, ppl) = (v["nll"].as_f64().unwrap(), v["ppl"].as_f64().unwrap());
-    assert!((ppl - nll.exp()).abs() < 1e-9 * ppl && ppl > 1.0 && ppl < 100.0, "{v}");
+    assert!(
+        (ppl - nll.exp()).abs() < 1e-9 * ppl && ppl > 1.0 && ppl < 100.0,
+        "{v}"
+    );
 }
 
 #[test]
 fn run_json_prints_exactly_one_object_with_the_stats() {
-    let (ok, out, err) = npurt(&["run", "--chat", "What is the capital of France?", "--max-tokens", "16", "--json"]);
+    let (ok, out, err) = npurt(&[
+        "run",
+        "--chat",
+        "What is the capital of France?",
+        "--max-tokens",
+        "16",
+        "--json",
+    ]);
     assert!(ok, "{err}");
     let v = json(&out);
-    for key in ["text", "tokens", "load_ms", "prefill_tok_s", "decode_tok_s", "peak_rss_bytes"] {
+    for key in [
+        "text",
+        "tokens",
+        "load_ms",
+        "prefill_tok_s",
+        "decode_tok_s",
+        "peak_rss_bytes",
+    ] {
         assert!(v.get(key).is_some(), "missing `{key}` in {v}");
     }
     assert!(v["text"].as_str().unwrap().contains("Paris"), "{v}");
@@ -85,8 +170,16 @@ fn run_json_prints_exactly_one_object_with_the_stats() {
 fn inspect_prints_passes_kernels_and_weight_bytes() {
     let (ok, out, err) = npurt(&["inspect", "--precision", "w4a16"]);
     assert!(ok, "{err}");
-    for needle in ["fuse-swiglu", "matmul_packed[q4_1 x i16+swiglu", "q8_0", "partition: 1 segment(s)"] {
-        assert!(out.contains(needle), "`{needle}` not in inspect output:\n{out}");
+    for needle in [
+        "fuse-swiglu",
+        "matmul_packed[q4_1 x i16+swiglu",
+        "q8_0",
+        "partition: 1 segment(s)",
+    ] {
+        assert!(
+            out.contains(needle),
+            "`{needle}` not in inspect output:\n{out}"
+        );
     }
 }
 
@@ -94,8 +187,14 @@ fn inspect_prints_passes_kernels_and_weight_bytes() {
 fn errors_print_the_cause_and_exit_non_zero() {
     let (ok, _, err) = npurt(&["run", "--prompt", "hi", "--backend", "npu9000"]);
     assert!(!ok);
-    assert!(err.contains("npu9000") && err.starts_with("error:"), "{err}");
+    assert!(
+        err.contains("npu9000") && err.starts_with("error:"),
+        "{err}"
+    );
     let (ok, _, err) = npurt(&["logits", "--ids", "1,99999999", "--out", "/dev/null"]);
     assert!(!ok);
-    assert!(err.contains("99999999") && err.contains("out of range"), "{err}");
+    assert!(
+        err.contains("99999999") && err.contains("out of range"),
+        "{err}"
+    );
 }

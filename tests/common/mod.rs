@@ -5,7 +5,10 @@ use std::path::PathBuf;
 
 /// The project root (the workspace directory).
 pub fn project_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
 }
 
 /// `../shared/golden` relative to the project root. Panics with a clear message if it is
@@ -33,13 +36,21 @@ pub fn read_json(rel: &str) -> serde_json::Value {
 
 /// Token ids from a golden JSON array (`prompt_ids`, `new_ids`, `ids`, ...).
 pub fn golden_ids(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array().unwrap_or_else(|| panic!("expected a JSON array of ids, got {v}")).iter().map(|x| x.as_u64().expect("id") as u32).collect()
+    v.as_array()
+        .unwrap_or_else(|| panic!("expected a JSON array of ids, got {v}"))
+        .iter()
+        .map(|x| x.as_u64().expect("id") as u32)
+        .collect()
 }
 
 /// The fetched SmolLM2 GGUF (`scripts/fetch-model.sh`). Panics with the fix if missing.
 pub fn smollm2_gguf() -> PathBuf {
     let p = project_root().join("models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(p.is_file(), "{} is missing: run scripts/fetch-model.sh (the README's test command does)", p.display());
+    assert!(
+        p.is_file(),
+        "{} is missing: run scripts/fetch-model.sh (the README's test command does)",
+        p.display()
+    );
     p
 }
 
@@ -51,27 +62,47 @@ pub struct GoldenTensors {
 impl GoldenTensors {
     pub fn open(rel: &str) -> Self {
         let p = golden(rel);
-        GoldenTensors { bytes: std::fs::read(&p).unwrap_or_else(|e| panic!("reading {}: {e}", p.display())) }
+        GoldenTensors {
+            bytes: std::fs::read(&p).unwrap_or_else(|e| panic!("reading {}: {e}", p.display())),
+        }
     }
     fn view(&self, name: &str) -> safetensors::tensor::TensorView<'_> {
-        let st = safetensors::SafeTensors::deserialize(&self.bytes).expect("golden safetensors parse");
-        let v = st.tensor(name).unwrap_or_else(|_| panic!("golden tensor {name} missing"));
+        let st =
+            safetensors::SafeTensors::deserialize(&self.bytes).expect("golden safetensors parse");
+        let v = st
+            .tensor(name)
+            .unwrap_or_else(|_| panic!("golden tensor {name} missing"));
         safetensors::tensor::TensorView::new(v.dtype(), v.shape().to_vec(), v.data()).unwrap()
     }
     pub fn f32(&self, name: &str) -> (Vec<usize>, Vec<f32>) {
         let v = self.view(name);
         assert_eq!(v.dtype(), safetensors::Dtype::F32, "{name} is not f32");
-        (v.shape().to_vec(), v.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect())
+        (
+            v.shape().to_vec(),
+            v.data()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect(),
+        )
     }
     pub fn i32(&self, name: &str) -> (Vec<usize>, Vec<i32>) {
         let v = self.view(name);
         assert_eq!(v.dtype(), safetensors::Dtype::I32, "{name} is not i32");
-        (v.shape().to_vec(), v.data().chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().unwrap())).collect())
+        (
+            v.shape().to_vec(),
+            v.data()
+                .chunks_exact(4)
+                .map(|c| i32::from_le_bytes(c.try_into().unwrap()))
+                .collect(),
+        )
     }
 }
 
 /// The README's relative tolerance: `max abs(ours - ref) <= rel * max abs(ref)`.
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "length mismatch");
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }

@@ -49,10 +49,21 @@ pub struct Case {
 }
 
 impl Case {
-    pub fn new(op: &'static str, name: impl Into<String>, threshold: f64, build: impl Fn(&mut CaseBuilder) -> Result<Compared, GraphError> + Send + Sync + 'static) -> Self {
+    pub fn new(
+        op: &'static str,
+        name: impl Into<String>,
+        threshold: f64,
+        build: impl Fn(&mut CaseBuilder) -> Result<Compared, GraphError> + Send + Sync + 'static,
+    ) -> Self {
         let name = name.into();
         let seed = seed_for(&format!("{op}/{name}"));
-        Case { op, name, seed, threshold, build: Box::new(build) }
+        Case {
+            op,
+            name,
+            seed,
+            threshold,
+            build: Box::new(build),
+        }
     }
 
     /// `op/name`, the label the suite filter matches.
@@ -62,16 +73,29 @@ impl Case {
 
     /// Builds the graph and draws the source data from the case's seed.
     pub fn instantiate(&self) -> Result<CaseData, GraphError> {
-        let mut cb = CaseBuilder { b: Builder::new(), rng: Rng::new(self.seed), sources: Vec::new() };
+        let mut cb = CaseBuilder {
+            b: Builder::new(),
+            rng: Rng::new(self.seed),
+            sources: Vec::new(),
+        };
         let compared = (self.build)(&mut cb)?;
         let graph = cb.b.finish()?;
-        Ok(CaseData { graph, sources: cb.sources, compared: vec![compared] })
+        Ok(CaseData {
+            graph,
+            sources: cb.sources,
+            compared: vec![compared],
+        })
     }
 }
 
 impl std::fmt::Debug for Case {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Case").field("op", &self.op).field("name", &self.name).field("seed", &self.seed).field("threshold", &self.threshold).finish()
+        f.debug_struct("Case")
+            .field("op", &self.op)
+            .field("name", &self.name)
+            .field("seed", &self.seed)
+            .field("threshold", &self.threshold)
+            .finish()
     }
 }
 
@@ -92,7 +116,13 @@ impl CaseBuilder {
     }
 
     /// An f32 input drawn uniformly from `[lo, hi)`.
-    pub fn input(&mut self, name: &str, shape: &[usize], lo: f32, hi: f32) -> Result<NodeId, GraphError> {
+    pub fn input(
+        &mut self,
+        name: &str,
+        shape: &[usize],
+        lo: f32,
+        hi: f32,
+    ) -> Result<NodeId, GraphError> {
         let data = self.rng.uniform_vec(Self::elems(shape), lo, hi);
         self.input_data(name, HostTensor::f32(shape, data))
     }
@@ -112,14 +142,25 @@ impl CaseBuilder {
     /// A weight of `dtype` whose values are drawn uniformly from `[lo, hi)` and then
     /// stored in `dtype` (the oracle sees the dequantized values, so the rounding of
     /// the format itself is never counted against a backend).
-    pub fn weight(&mut self, name: &str, dtype: DType, shape: &[usize], lo: f32, hi: f32) -> Result<NodeId, GraphError> {
+    pub fn weight(
+        &mut self,
+        name: &str,
+        dtype: DType,
+        shape: &[usize],
+        lo: f32,
+        hi: f32,
+    ) -> Result<NodeId, GraphError> {
         let values = self.rng.uniform_vec(Self::elems(shape), lo, hi);
         let fact = TensorFact::new(dtype, shape);
         let t = if dtype == DType::F32 {
             HostTensor::f32(shape, values)
         } else {
             let cols = fact.last_dim();
-            let bad = || GraphError::IllFormed { node: name.into(), op: "weight", reason: format!("cannot store {fact} as {dtype}") };
+            let bad = || GraphError::IllFormed {
+                node: name.into(),
+                op: "weight",
+                reason: format!("cannot store {fact} as {dtype}"),
+            };
             let bytes = quant::quantize(dtype, &values, cols).ok_or_else(bad)?;
             HostTensor::bytes(fact.clone(), bytes).ok_or_else(bad)?
         };
@@ -129,7 +170,13 @@ impl CaseBuilder {
     }
 
     /// An f32 state (e.g. a KV cache) with initial contents drawn from `[lo, hi)`.
-    pub fn state(&mut self, name: &str, shape: &[usize], lo: f32, hi: f32) -> Result<NodeId, GraphError> {
+    pub fn state(
+        &mut self,
+        name: &str,
+        shape: &[usize],
+        lo: f32,
+        hi: f32,
+    ) -> Result<NodeId, GraphError> {
         let data = self.rng.uniform_vec(Self::elems(shape), lo, hi);
         let id = self.b.state(name, TensorFact::f32(shape))?;
         self.sources.push((id, HostTensor::f32(shape, data)));

@@ -70,7 +70,11 @@ pub fn matches(case: &Case, filter: &str) -> bool {
 
 /// Runs every case (or those `filter` selects, see [`matches`]) on `backend`, in order.
 pub fn run_suite(backend: &dyn Backend, filter: Option<&str>) -> Report {
-    let rows = cases::all().iter().filter(|c| filter.map(|f| matches(c, f)).unwrap_or(true)).map(|c| run_case(backend, c)).collect();
+    let rows = cases::all()
+        .iter()
+        .filter(|c| filter.map(|f| matches(c, f)).unwrap_or(true))
+        .map(|c| run_case(backend, c))
+        .collect();
     Report { rows }
 }
 
@@ -101,11 +105,22 @@ impl SuiteTarget for Box<dyn Backend> {
 /// `NPURT_CONFORMANCE_FILTER` if set), prints the table, panics with it on a failure
 /// or if nothing passed at all.
 pub fn assert_conformance(target: &dyn SuiteTarget) {
-    let filter = std::env::var("NPURT_CONFORMANCE_FILTER").ok().filter(|f| !f.is_empty());
+    let filter = std::env::var("NPURT_CONFORMANCE_FILTER")
+        .ok()
+        .filter(|f| !f.is_empty());
     let report = run_suite(target.as_backend(), filter.as_deref());
     println!("{report}");
-    assert!(report.failed() == 0, "backend `{}` fails {} conformance case(s):\n{report}", target.as_backend().name(), report.failed());
-    assert!(report.passed() > 0, "backend `{}` passed no conformance case at all:\n{report}", target.as_backend().name());
+    assert!(
+        report.failed() == 0,
+        "backend `{}` fails {} conformance case(s):\n{report}",
+        target.as_backend().name(),
+        report.failed()
+    );
+    assert!(
+        report.passed() > 0,
+        "backend `{}` passed no conformance case at all:\n{report}",
+        target.as_backend().name()
+    );
 }
 
 /// Generates a `#[test]` running the whole conformance suite against a backend:

@@ -23,12 +23,18 @@ pub fn expected(case: &CaseData) -> Result<Vec<Vec<f32>>, String> {
         .iter()
         .map(|c| {
             let id = match c {
-                Compared::Output(name) => case.graph.output(name).ok_or_else(|| format!("no output `{name}`"))?,
+                Compared::Output(name) => case
+                    .graph
+                    .output(name)
+                    .ok_or_else(|| format!("no output `{name}`"))?,
                 Compared::State(state) => final_state_value(&case.graph, *state),
             };
             match &values[id.0] {
                 Value::F32(v) => Ok(v.clone()),
-                Value::I32(_) => Err(format!("compared value `{}` is not f32", case.graph.node(id).name)),
+                Value::I32(_) => Err(format!(
+                    "compared value `{}` is not f32",
+                    case.graph.node(id).name
+                )),
             }
         })
         .collect()
@@ -80,45 +86,106 @@ fn evaluate(graph: &Graph, sources: &[(NodeId, HostTensor)]) -> Result<Vec<Value
         let scalar = |i: usize| -> Result<usize, String> {
             match int(i)? {
                 [v] if *v >= 0 => Ok(*v as usize),
-                other => Err(format!("input {i} of `{}` must be a non-negative scalar, got {other:?}", node.name)),
+                other => Err(format!(
+                    "input {i} of `{}` must be a non-negative scalar, got {other:?}",
+                    node.name
+                )),
             }
         };
         let in_fact = |i: usize| graph.fact(node.inputs[i]);
-        let mut out = vec![0f32; if node.fact.dtype == DType::F32 { node.fact.elems().unwrap_or(0) } else { 0 }];
+        let mut out = vec![
+            0f32;
+            if node.fact.dtype == DType::F32 {
+                node.fact.elems().unwrap_or(0)
+            } else {
+                0
+            }
+        ];
         let kerr = |e: r::KernelError| format!("`{}`: {e}", node.name);
         match &node.op {
             Op::Input { .. } | Op::Weight { .. } | Op::State { .. } => {
-                let t = sources.iter().find(|(n, _)| *n == id).map(|(_, t)| t).ok_or_else(|| format!("source `{}` has no data", node.name))?;
+                let t = sources
+                    .iter()
+                    .find(|(n, _)| *n == id)
+                    .map(|(_, t)| t)
+                    .ok_or_else(|| format!("source `{}` has no data", node.name))?;
                 vals.push(host_to_value(t)?);
                 continue;
             }
             Op::Gather => r::gather(f(0)?, node.fact.shape[1], int(1)?, &mut out).map_err(kerr)?,
-            Op::MatMul { transpose_b, epilogue, .. } => {
+            Op::MatMul {
+                transpose_b,
+                epilogue,
+                ..
+            } => {
                 let (m, k) = (in_fact(0).shape[0], in_fact(0).shape[1]);
-                let n_b = if *transpose_b { in_fact(1).shape[0] } else { in_fact(1).shape[1] };
+                let n_b = if *transpose_b {
+                    in_fact(1).shape[0]
+                } else {
+                    in_fact(1).shape[1]
+                };
                 let mut pre = vec![0f32; m * n_b];
                 r::matmul(f(0)?, f(1)?, m, k, n_b, *transpose_b, &mut pre);
-                let bias = if epilogue.has_bias() { Some(f(2)?) } else { None };
-                let residual = if epilogue.has_residual() { Some(f(node.inputs.len() - 1)?) } else { None };
+                let bias = if epilogue.has_bias() {
+                    Some(f(2)?)
+                } else {
+                    None
+                };
+                let residual = if epilogue.has_residual() {
+                    Some(f(node.inputs.len() - 1)?)
+                } else {
+                    None
+                };
                 r::epilogue(&pre, m, n_b, *epilogue, bias, residual, &mut out);
             }
             Op::PatchEmbed { patch } => {
                 let s = &in_fact(0).shape;
-                r::patch_embed(f(0)?, [s[0], s[1], s[2], s[3]], f(1)?, f(2)?, *patch, &mut out);
+                r::patch_embed(
+                    f(0)?,
+                    [s[0], s[1], s[2], s[3]],
+                    f(1)?,
+                    f(2)?,
+                    *patch,
+                    &mut out,
+                );
             }
-            Op::SliceCols { start, len } => r::slice_cols(f(0)?, in_fact(0).shape[1], *start, *len, &mut out),
+            Op::SliceCols { start, len } => {
+                r::slice_cols(f(0)?, in_fact(0).shape[1], *start, *len, &mut out)
+            }
             Op::Add => r::add(f(0)?, f(1)?, &mut out),
             Op::Mul => r::mul(f(0)?, f(1)?, &mut out),
             Op::RmsNorm { eps } => r::rms_norm(f(0)?, f(1)?, *eps, &mut out),
             Op::LayerNorm { eps } => r::layer_norm(f(0)?, f(1)?, f(2)?, *eps, &mut out),
-            Op::Rope { params } => r::rope(f(0)?, node.fact.shape[1], params, scalar(1)?, scalar(2)?, &mut out),
+            Op::Rope { params } => r::rope(
+                f(0)?,
+                node.fact.shape[1],
+                params,
+                scalar(1)?,
+                scalar(2)?,
+                &mut out,
+            ),
             Op::KvWrite => {
                 out.copy_from_slice(f(0)?);
                 r::kv_write(&mut out, f(1)?, node.fact.shape[1], scalar(2)?).map_err(kerr)?;
             }
-            Op::Attention { n_heads, n_kv_heads, head_dim, scale } => {
-                r::attention(f(0)?, f(1)?, f(2)?, scalar(3)?, scalar(4)?, *n_heads, *n_kv_heads, *head_dim, *scale, &mut out).map_err(kerr)?
-            }
+            Op::Attention {
+                n_heads,
+                n_kv_heads,
+                head_dim,
+                scale,
+            } => r::attention(
+                f(0)?,
+                f(1)?,
+                f(2)?,
+                scalar(3)?,
+                scalar(4)?,
+                *n_heads,
+                *n_kv_heads,
+                *head_dim,
+                *scale,
+                &mut out,
+            )
+            .map_err(kerr)?,
             Op::Silu => r::silu(f(0)?, &mut out),
             Op::Gelu { tanh } => r::gelu(f(0)?, *tanh, &mut out),
             Op::Softmax => r::softmax(f(0)?, node.fact.last_dim(), &mut out),
@@ -128,7 +195,8 @@ fn evaluate(graph: &Graph, sources: &[(NodeId, HostTensor)]) -> Result<Vec<Value
             }
             Op::Transpose { perm } => r::transpose(f(0)?, &in_fact(0).shape, perm, &mut out),
             Op::SelectRow => {
-                let idx = i32::try_from(scalar(1)?).map_err(|_| "row index overflows".to_string())?;
+                let idx =
+                    i32::try_from(scalar(1)?).map_err(|_| "row index overflows".to_string())?;
                 r::select_row(f(0)?, node.fact.shape[1], idx, &mut out).map_err(kerr)?
             }
         }

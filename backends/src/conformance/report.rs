@@ -45,16 +45,27 @@ pub struct Report {
 
 impl Report {
     pub fn passed(&self) -> usize {
-        self.rows.iter().filter(|r| r.status == Status::Pass).count()
+        self.rows
+            .iter()
+            .filter(|r| r.status == Status::Pass)
+            .count()
     }
     pub fn failed(&self) -> usize {
-        self.rows.iter().filter(|r| matches!(r.status, Status::Fail(_))).count()
+        self.rows
+            .iter()
+            .filter(|r| matches!(r.status, Status::Fail(_)))
+            .count()
     }
     pub fn unsupported(&self) -> usize {
-        self.rows.iter().filter(|r| matches!(r.status, Status::Unsupported(_))).count()
+        self.rows
+            .iter()
+            .filter(|r| matches!(r.status, Status::Unsupported(_)))
+            .count()
     }
     pub fn failures(&self) -> impl Iterator<Item = &Row> {
-        self.rows.iter().filter(|r| matches!(r.status, Status::Fail(_)))
+        self.rows
+            .iter()
+            .filter(|r| matches!(r.status, Status::Fail(_)))
     }
     /// No failures and at least one pass (an all-unsupported run proves nothing).
     pub fn is_ok(&self) -> bool {
@@ -82,7 +93,14 @@ impl fmt::Display for Report {
                     Some(d) => format!("{}: {}", r.status.label(), d.lines().next().unwrap_or("")),
                     None => r.status.label().to_string(),
                 };
-                [r.op.clone(), r.case.clone(), r.backend.clone(), r.nmse.map(sci).unwrap_or_else(|| "-".into()), sci(r.threshold), status]
+                [
+                    r.op.clone(),
+                    r.case.clone(),
+                    r.backend.clone(),
+                    r.nmse.map(sci).unwrap_or_else(|| "-".into()),
+                    sci(r.threshold),
+                    status,
+                ]
             })
             .collect();
         let mut width = header.map(str::len);
@@ -105,6 +123,12 @@ impl fmt::Display for Report {
         for row in &cells {
             line(f, &row.iter().map(String::as_str).collect::<Vec<_>>())?;
         }
-        writeln!(f, "{} passed, {} failed, {} unsupported", self.passed(), self.failed(), self.unsupported())
+        writeln!(
+            f,
+            "{} passed, {} failed, {} unsupported",
+            self.passed(),
+            self.failed(),
+            self.unsupported()
+        )
     }
 }

@@ -44,7 +44,9 @@ impl Rng {
 /// Stable seed for a case from its `op/case` label (FNV-1a), so every case has its own
 /// stream and adding a case never reshuffles the others' inputs.
 pub fn seed_for(label: &str) -> u64 {
-    label.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3))
+    label.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 #[cfg(test)]

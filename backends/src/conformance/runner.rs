@@ -30,15 +30,32 @@ pub fn nmse(ours: &[f32], reference: &[f32]) -> f64 {
 
 /// Runs `case` on `backend`. Never panics: a panicking backend is a failed case.
 pub fn run_case(backend: &dyn Backend, case: &Case) -> Row {
-    let row = |nmse: Option<f64>, status: Status| Row { op: case.op.to_string(), case: case.name.clone(), backend: backend.name().to_string(), nmse, threshold: case.threshold, status };
+    let row = |nmse: Option<f64>, status: Status| Row {
+        op: case.op.to_string(),
+        case: case.name.clone(),
+        backend: backend.name().to_string(),
+        nmse,
+        threshold: case.threshold,
+        status,
+    };
     let outcome = catch_unwind(AssertUnwindSafe(|| run_checked(backend, case)));
     match outcome {
         Ok(Outcome::Unsupported(why)) => row(None, Status::Unsupported(why)),
         Ok(Outcome::Error(why)) => row(None, Status::Fail(why)),
         Ok(Outcome::Measured(e)) if e <= case.threshold => row(Some(e), Status::Pass),
-        Ok(Outcome::Measured(e)) => row(Some(e), Status::Fail(format!("NMSE {e:.3e} exceeds {:.1e} (seed {:#x})", case.threshold, case.seed))),
+        Ok(Outcome::Measured(e)) => row(
+            Some(e),
+            Status::Fail(format!(
+                "NMSE {e:.3e} exceeds {:.1e} (seed {:#x})",
+                case.threshold, case.seed
+            )),
+        ),
         Err(panic) => {
-            let msg = panic.downcast_ref::<String>().cloned().or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default();
+            let msg = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
             row(None, Status::Fail(format!("panicked: {msg}")))
         }
     }
@@ -69,7 +86,12 @@ fn run_checked(backend: &dyn Backend, case: &Case) -> Outcome {
         Err(e) => return Outcome::Error(format!("suite bug: oracle failed: {e}")),
     };
     match execute(backend, &data) {
-        Ok(got) => Outcome::Measured(got.iter().zip(&expected).map(|(g, e)| nmse(g, e)).fold(0.0, f64::max)),
+        Ok(got) => Outcome::Measured(
+            got.iter()
+                .zip(&expected)
+                .map(|(g, e)| nmse(g, e))
+                .fold(0.0, f64::max),
+        ),
         Err(e) => Outcome::Error(e),
     }
 }
@@ -85,26 +107,47 @@ fn execute(backend: &dyn Backend, data: &CaseData) -> Result<Vec<Vec<f32>>, Stri
         let usage = match &n.op {
             Op::Weight { name, .. } => {
                 let t = data.source(id).ok_or_else(|| missing(id))?;
-                weights.push((id, backend.prepare_weight(name, t.clone()).map_err(|e| format!("prepare_weight: {e}"))?));
+                weights.push((
+                    id,
+                    backend
+                        .prepare_weight(name, t.clone())
+                        .map_err(|e| format!("prepare_weight: {e}"))?,
+                ));
                 continue;
             }
             Op::Input { .. } => BufferUsage::Activations,
             Op::State { .. } => BufferUsage::State,
             _ => continue,
         };
-        let buf = backend.alloc(&n.fact, usage).map_err(|e| format!("alloc: {e}"))?;
-        backend.write(buf.as_ref(), data.source(id).ok_or_else(|| missing(id))?).map_err(|e| format!("write `{}`: {e}", n.name))?;
+        let buf = backend
+            .alloc(&n.fact, usage)
+            .map_err(|e| format!("alloc: {e}"))?;
+        backend
+            .write(buf.as_ref(), data.source(id).ok_or_else(|| missing(id))?)
+            .map_err(|e| format!("write `{}`: {e}", n.name))?;
         sources.push((id, buf));
     }
-    let exec = backend.compile(g, &weights).map_err(|e| format!("compile: {e}"))?;
+    let exec = backend
+        .compile(g, &weights)
+        .map_err(|e| format!("compile: {e}"))?;
     let mut outputs = Vec::new();
     for (name, id) in &g.outputs {
-        outputs.push((name.clone(), backend.alloc(g.fact(*id), BufferUsage::Activations).map_err(|e| format!("alloc output: {e}"))?));
+        outputs.push((
+            name.clone(),
+            backend
+                .alloc(g.fact(*id), BufferUsage::Activations)
+                .map_err(|e| format!("alloc output: {e}"))?,
+        ));
     }
     let bindings = Bindings { sources, outputs };
-    let mut scratch = exec.new_scratch().map_err(|e| format!("new_scratch: {e}"))?;
-    exec.run(&bindings, scratch.as_mut()).map_err(|e| format!("run: {e}"))?;
-    backend.synchronize().map_err(|e| format!("synchronize: {e}"))?;
+    let mut scratch = exec
+        .new_scratch()
+        .map_err(|e| format!("new_scratch: {e}"))?;
+    exec.run(&bindings, scratch.as_mut())
+        .map_err(|e| format!("run: {e}"))?;
+    backend
+        .synchronize()
+        .map_err(|e| format!("synchronize: {e}"))?;
     data.compared
         .iter()
         .map(|c| {
@@ -113,11 +156,18 @@ fn execute(backend: &dyn Backend, data: &CaseData) -> Result<Vec<Vec<f32>>, Stri
                 Compared::State(id) => bindings.source(*id),
             }
             .ok_or_else(|| format!("suite bug: {c:?} is not bound"))?;
-            let t = backend.read(buf.as_ref()).map_err(|e| format!("read: {e}"))?;
+            let t = backend
+                .read(buf.as_ref())
+                .map_err(|e| format!("read: {e}"))?;
             if &t.fact != buf.fact() {
-                return Err(format!("read returned {}, the buffer is {}", t.fact, buf.fact()));
+                return Err(format!(
+                    "read returned {}, the buffer is {}",
+                    t.fact,
+                    buf.fact()
+                ));
             }
-            t.into_f32().ok_or_else(|| "read returned non-f32 data for an f32 value".to_string())
+            t.into_f32()
+                .ok_or_else(|| "read returned non-f32 data for an f32 value".to_string())
         })
         .collect()
 }

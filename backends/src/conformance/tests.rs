@@ -11,12 +11,19 @@ use std::collections::HashSet;
 fn every_op_has_cases_and_labels_are_unique() {
     let all = cases::all();
     for kind in OP_KINDS {
-        assert!(all.iter().any(|c| c.op == kind), "no conformance case for `{kind}`");
+        assert!(
+            all.iter().any(|c| c.op == kind),
+            "no conformance case for `{kind}`"
+        );
     }
     let mut seen = HashSet::new();
     for c in &all {
         assert!(seen.insert(c.label()), "duplicate case {}", c.label());
-        assert!(OP_KINDS.contains(&c.op), "case {} tests an unknown op", c.label());
+        assert!(
+            OP_KINDS.contains(&c.op),
+            "case {} tests an unknown op",
+            c.label()
+        );
     }
     // Keep the suite a quick run, not a sweep.
     assert!(all.len() < 250, "{} cases", all.len());
@@ -25,14 +32,29 @@ fn every_op_has_cases_and_labels_are_unique() {
 #[test]
 fn every_case_builds_one_op_and_the_oracle_evaluates_it() {
     for c in cases::all() {
-        let data = c.instantiate().unwrap_or_else(|e| panic!("{}: {e}", c.label()));
-        let computed: Vec<_> = data.graph.nodes.iter().filter(|n| !n.op.is_source()).collect();
+        let data = c
+            .instantiate()
+            .unwrap_or_else(|e| panic!("{}: {e}", c.label()));
+        let computed: Vec<_> = data
+            .graph
+            .nodes
+            .iter()
+            .filter(|n| !n.op.is_source())
+            .collect();
         assert_eq!(computed.len(), 1, "{}: one compute node", c.label());
         assert_eq!(computed[0].op.kind(), c.op, "{}", c.label());
         assert!(cases::op_index(&computed[0].op).is_some());
         let expected = oracle::expected(&data).unwrap_or_else(|e| panic!("{}: {e}", c.label()));
-        assert!(expected.iter().flatten().all(|v| v.is_finite()), "{}: non-finite reference", c.label());
-        assert!(expected.iter().flatten().any(|v| *v != 0.0), "{}: all-zero reference tests nothing", c.label());
+        assert!(
+            expected.iter().flatten().all(|v| v.is_finite()),
+            "{}: non-finite reference",
+            c.label()
+        );
+        assert!(
+            expected.iter().flatten().any(|v| *v != 0.0),
+            "{}: all-zero reference tests nothing",
+            c.label()
+        );
     }
 }
 
@@ -57,14 +79,32 @@ fn filter_selects_by_op_prefix_or_case() {
 
 #[test]
 fn report_prints_an_aligned_table_and_the_summary() {
-    let row = |op: &str, status| Row { op: op.into(), case: "c".into(), backend: "b".into(), nmse: Some(1e-9), threshold: 1e-7, status };
-    let r = Report { rows: vec![row("matmul", Status::Pass), row("silu", Status::Fail("NMSE too big".into())), row("gather", Status::Unsupported("q4_0 tables".into()))] };
+    let row = |op: &str, status| Row {
+        op: op.into(),
+        case: "c".into(),
+        backend: "b".into(),
+        nmse: Some(1e-9),
+        threshold: 1e-7,
+        status,
+    };
+    let r = Report {
+        rows: vec![
+            row("matmul", Status::Pass),
+            row("silu", Status::Fail("NMSE too big".into())),
+            row("gather", Status::Unsupported("q4_0 tables".into())),
+        ],
+    };
     let s = r.to_string();
     let lines: Vec<&str> = s.lines().collect();
     assert_eq!(lines.len(), 5, "{s}");
-    assert!(lines[0].starts_with("op ") && lines[0].contains("NMSE") && lines[0].contains("threshold"));
+    assert!(
+        lines[0].starts_with("op ") && lines[0].contains("NMSE") && lines[0].contains("threshold")
+    );
     let col = lines[0].find("backend").unwrap();
-    assert!(lines[1..4].iter().all(|l| &l[col..col + 1] == "b"), "columns aligned:\n{s}");
+    assert!(
+        lines[1..4].iter().all(|l| &l[col..col + 1] == "b"),
+        "columns aligned:\n{s}"
+    );
     assert_eq!(lines[4], "1 passed, 1 failed, 1 unsupported");
     assert_eq!((r.passed(), r.failed(), r.unsupported()), (1, 1, 1));
     assert!(!r.is_ok());
@@ -82,7 +122,13 @@ fn fake_quantize(x: &[f32], k: usize, act: ActPrecision) -> Vec<f32> {
     for row in x.chunks(k) {
         for g in row.chunks(group) {
             let scale = g.iter().fold(0f32, |a, v| a.max(v.abs())) / qmax;
-            out.extend(g.iter().map(|v| if scale == 0.0 { 0.0 } else { (v / scale).round().clamp(-qmax, qmax) * scale }));
+            out.extend(g.iter().map(|v| {
+                if scale == 0.0 {
+                    0.0
+                } else {
+                    (v / scale).round().clamp(-qmax, qmax) * scale
+                }
+            }));
         }
     }
     out
@@ -95,8 +141,16 @@ fn activation_thresholds_admit_an_exact_quantizer_with_margin() {
     let mut worst = [0f64; 2];
     for c in cases::all().iter().filter(|c| c.op == "matmul") {
         let mut data = c.instantiate().unwrap();
-        let mm = data.graph.nodes.iter().find(|n| n.op.kind() == "matmul").unwrap().clone();
-        let Op::MatMul { act, .. } = mm.op else { unreachable!() };
+        let mm = data
+            .graph
+            .nodes
+            .iter()
+            .find(|n| n.op.kind() == "matmul")
+            .unwrap()
+            .clone();
+        let Op::MatMul { act, .. } = mm.op else {
+            unreachable!()
+        };
         if act == ActPrecision::F32 {
             continue;
         }
@@ -110,8 +164,20 @@ fn activation_thresholds_admit_an_exact_quantizer_with_margin() {
         let e = nmse(&quantized[0], &exact[0]);
         let i = (act == ActPrecision::I8) as usize;
         worst[i] = worst[i].max(e);
-        assert!(e * 10.0 <= c.threshold, "{}: an exact {} quantizer measures NMSE {e:.2e}, threshold {:.1e}", c.label(), act.name(), c.threshold);
+        assert!(
+            e * 10.0 <= c.threshold,
+            "{}: an exact {} quantizer measures NMSE {e:.2e}, threshold {:.1e}",
+            c.label(),
+            act.name(),
+            c.threshold
+        );
     }
-    println!("worst NMSE of an exact quantizer: i16 {:.2e}, i8 {:.2e}", worst[0], worst[1]);
-    assert!(worst[0] > 0.0 && worst[1] > worst[0], "calibration measured nothing: {worst:?}");
+    println!(
+        "worst NMSE of an exact quantizer: i16 {:.2e}, i8 {:.2e}",
+        worst[0], worst[1]
+    );
+    assert!(
+        worst[0] > 0.0 && worst[1] > worst[0],
+        "calibration measured nothing: {worst:?}"
+    );
 }

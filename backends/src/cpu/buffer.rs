@@ -20,15 +20,30 @@ pub struct CpuBuffer {
 
 impl CpuBuffer {
     pub(crate) fn new(t: HostTensor, usage: BufferUsage) -> Self {
-        CpuBuffer { fact: t.fact, usage, data: RwLock::new(t.data), packed: None }
+        CpuBuffer {
+            fact: t.fact,
+            usage,
+            data: RwLock::new(t.data),
+            packed: None,
+        }
     }
 
     pub(crate) fn packed(fact: TensorFact, packed: PackedMatrix) -> Self {
-        CpuBuffer { fact, usage: BufferUsage::Weights, data: RwLock::new(HostData::Bytes(Vec::new())), packed: Some(packed) }
+        CpuBuffer {
+            fact,
+            usage: BufferUsage::Weights,
+            data: RwLock::new(HostData::Bytes(Vec::new())),
+            packed: Some(packed),
+        }
     }
 
     pub(crate) fn downcast(b: &dyn DeviceBuffer) -> Result<&CpuBuffer> {
-        b.as_any().downcast_ref::<CpuBuffer>().ok_or_else(|| BackendError::Binding(format!("buffer {} does not belong to the cpu backend", b.fact())))
+        b.as_any().downcast_ref::<CpuBuffer>().ok_or_else(|| {
+            BackendError::Binding(format!(
+                "buffer {} does not belong to the cpu backend",
+                b.fact()
+            ))
+        })
     }
 }
 

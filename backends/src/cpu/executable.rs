@@ -52,20 +52,33 @@ impl Guard<'_> {
 }
 
 fn exec_err(graph: &Graph, id: NodeId, reason: impl Into<String>) -> BackendError {
-    BackendError::Execution { node: graph.node(id).name.clone(), reason: reason.into() }
+    BackendError::Execution {
+        node: graph.node(id).name.clone(),
+        reason: reason.into(),
+    }
 }
 
 impl CpuExecutable {
-    pub(crate) fn new(graph: &Graph, weights: &[(NodeId, Arc<dyn DeviceBuffer>)], pool: Option<Arc<rayon::ThreadPool>>) -> Result<Self> {
+    pub(crate) fn new(
+        graph: &Graph,
+        weights: &[(NodeId, Arc<dyn DeviceBuffer>)],
+        pool: Option<Arc<rayon::ThreadPool>>,
+    ) -> Result<Self> {
         let mut loc = Vec::with_capacity(graph.nodes.len());
         let mut w: Vec<Option<Arc<dyn DeviceBuffer>>> = vec![None; graph.nodes.len()];
         for (id, n) in graph.nodes.iter().enumerate() {
             loc.push(match &n.op {
                 Op::Input { .. } | Op::State { .. } => Loc::Source,
                 Op::Weight { name, .. } => {
-                    let (_, b) = weights.iter().find(|(wid, _)| wid.0 == id).ok_or_else(|| BackendError::Binding(format!("weight `{name}` was not prepared")))?;
+                    let (_, b) = weights.iter().find(|(wid, _)| wid.0 == id).ok_or_else(|| {
+                        BackendError::Binding(format!("weight `{name}` was not prepared"))
+                    })?;
                     if b.fact() != &n.fact {
-                        return Err(BackendError::Binding(format!("weight `{name}` is {}, the graph wants {}", b.fact(), n.fact)));
+                        return Err(BackendError::Binding(format!(
+                            "weight `{name}` is {}, the graph wants {}",
+                            b.fact(),
+                            n.fact
+                        )));
                     }
                     CpuBuffer::downcast(b.as_ref())?;
                     w[id] = Some(b.clone());
@@ -78,7 +91,12 @@ impl CpuExecutable {
                 _ => Loc::Scratch,
             });
         }
-        Ok(CpuExecutable { graph: graph.clone(), loc, weights: w, pool })
+        Ok(CpuExecutable {
+            graph: graph.clone(),
+            loc,
+            weights: w,
+            pool,
+        })
     }
 
     fn resolve(&self, id: NodeId) -> NodeId {
@@ -95,13 +113,26 @@ impl CpuExecutable {
         for id in g.ids().filter(|id| g.node(*id).op.is_source()) {
             let b = match &self.weights[id.0] {
                 Some(w) => w.clone(),
-                None => bindings.source(id).cloned().ok_or_else(|| BackendError::Binding(format!("`{}` is not bound", g.node(id).name)))?,
+                None => bindings.source(id).cloned().ok_or_else(|| {
+                    BackendError::Binding(format!("`{}` is not bound", g.node(id).name))
+                })?,
             };
             if b.fact() != g.fact(id) {
-                return Err(BackendError::Binding(format!("`{}` bound to a {} buffer, needs {}", g.node(id).name, b.fact(), g.fact(id))));
+                return Err(BackendError::Binding(format!(
+                    "`{}` bound to a {} buffer, needs {}",
+                    g.node(id).name,
+                    b.fact(),
+                    g.fact(id)
+                )));
             }
-            if bufs.iter().any(|(_, o)| std::ptr::addr_eq(Arc::as_ptr(o), Arc::as_ptr(&b))) {
-                return Err(BackendError::Binding(format!("`{}` is bound to a buffer already bound to another source", g.node(id).name)));
+            if bufs
+                .iter()
+                .any(|(_, o)| std::ptr::addr_eq(Arc::as_ptr(o), Arc::as_ptr(&b)))
+            {
+                return Err(BackendError::Binding(format!(
+                    "`{}` is bound to a buffer already bound to another source",
+                    g.node(id).name
+                )));
             }
             bufs.push((id, b));
         }
@@ -110,7 +141,12 @@ impl CpuExecutable {
         for (i, (id, b)) in bufs.iter().enumerate() {
             let cb = CpuBuffer::downcast(b.as_ref())?;
             guard_of[id.0] = i;
-            let poisoned = || BackendError::Binding(format!("buffer of `{}` was poisoned by a panic", g.node(*id).name));
+            let poisoned = || {
+                BackendError::Binding(format!(
+                    "buffer of `{}` was poisoned by a panic",
+                    g.node(*id).name
+                ))
+            };
             guards.push(if cb.usage == BufferUsage::State {
                 Guard::Write(cb.data.write().map_err(|_| poisoned())?)
             } else {
@@ -132,86 +168,203 @@ impl CpuExecutable {
                         Loc::Scratch => Ok(&values[x.0]),
                         _ => match guards[guard_of[x.0]].data() {
                             HostData::F32(v) => Ok(v),
-                            _ => Err(exec_err(g, id, format!("input `{}` is not f32 on the cpu backend", g.node(x).name))),
+                            _ => Err(exec_err(
+                                g,
+                                id,
+                                format!("input `{}` is not f32 on the cpu backend", g.node(x).name),
+                            )),
                         },
                     }
                 };
                 let scalar = |x: NodeId| -> Result<usize> {
                     match guards.get(guard_of[x.0]).map(Guard::data) {
                         Some(HostData::I32(v)) if v.len() == 1 && v[0] >= 0 => Ok(v[0] as usize),
-                        _ => Err(exec_err(g, id, format!("`{}` must be a non-negative i32 scalar", g.node(x).name))),
+                        _ => Err(exec_err(
+                            g,
+                            id,
+                            format!("`{}` must be a non-negative i32 scalar", g.node(x).name),
+                        )),
                     }
                 };
                 let ins = &node.inputs;
                 let kerr = |e: r::KernelError| exec_err(g, id, e.0);
                 // A weight repacked for the fused quantized kernels.
-                let packed = |x: NodeId| self.weights[x.0].as_ref().and_then(|b| CpuBuffer::downcast(b.as_ref()).ok()).and_then(|c| c.packed.as_ref());
+                let packed = |x: NodeId| {
+                    self.weights[x.0]
+                        .as_ref()
+                        .and_then(|b| CpuBuffer::downcast(b.as_ref()).ok())
+                        .and_then(|c| c.packed.as_ref())
+                };
                 match &node.op {
                     Op::Gather => {
                         let ids = match guards.get(guard_of[ins[1].0]).map(Guard::data) {
                             Some(HostData::I32(v)) => v.as_slice(),
-                            _ => return Err(exec_err(g, id, "gather ids must be a bound i32 input")),
+                            _ => {
+                                return Err(exec_err(g, id, "gather ids must be a bound i32 input"))
+                            }
                         };
                         match packed(ins[0]) {
                             Some(table) => k::gather_packed(table, ids, &mut out).map_err(kerr)?,
-                            None => r::gather(f32_of(ins[0])?, node.fact.shape[1], ids, &mut out).map_err(kerr)?,
+                            None => r::gather(f32_of(ins[0])?, node.fact.shape[1], ids, &mut out)
+                                .map_err(kerr)?,
                         }
                     }
                     Op::MatMul { act, epilogue, .. } if packed(ins[1]).is_some() => {
                         let w = packed(ins[1]).expect("checked by the guard");
-                        let bias = if epilogue.has_bias() { Some(f32_of(ins[2])?) } else { None };
-                        let residual = if epilogue.has_residual() { Some(f32_of(ins[ins.len() - 1])?) } else { None };
-                        k::matmul_packed(f32_of(ins[0])?, g.fact(ins[0]).shape[0], w, *act, *epilogue, bias, residual, &mut out).map_err(kerr)?;
+                        let bias = if epilogue.has_bias() {
+                            Some(f32_of(ins[2])?)
+                        } else {
+                            None
+                        };
+                        let residual = if epilogue.has_residual() {
+                            Some(f32_of(ins[ins.len() - 1])?)
+                        } else {
+                            None
+                        };
+                        k::matmul_packed(
+                            f32_of(ins[0])?,
+                            g.fact(ins[0]).shape[0],
+                            w,
+                            *act,
+                            *epilogue,
+                            bias,
+                            residual,
+                            &mut out,
+                        )
+                        .map_err(kerr)?;
                     }
-                    Op::MatMul { transpose_b, epilogue, .. } => {
+                    Op::MatMul {
+                        transpose_b,
+                        epilogue,
+                        ..
+                    } => {
                         let a = g.fact(ins[0]);
                         let b = g.fact(ins[1]);
                         let (m, kk) = (a.shape[0], a.shape[1]);
                         let n_b = if *transpose_b { b.shape[0] } else { b.shape[1] };
                         if *epilogue == npurt_graph::Epilogue::None {
-                            k::matmul_f32(f32_of(ins[0])?, f32_of(ins[1])?, m, kk, n_b, *transpose_b, &mut out);
+                            k::matmul_f32(
+                                f32_of(ins[0])?,
+                                f32_of(ins[1])?,
+                                m,
+                                kk,
+                                n_b,
+                                *transpose_b,
+                                &mut out,
+                            );
                         } else {
                             let mut pre = vec![0f32; m * n_b];
-                            k::matmul_f32(f32_of(ins[0])?, f32_of(ins[1])?, m, kk, n_b, *transpose_b, &mut pre);
-                            let bias = if epilogue.has_bias() { Some(f32_of(ins[2])?) } else { None };
-                            let residual = if epilogue.has_residual() { Some(f32_of(ins[ins.len() - 1])?) } else { None };
+                            k::matmul_f32(
+                                f32_of(ins[0])?,
+                                f32_of(ins[1])?,
+                                m,
+                                kk,
+                                n_b,
+                                *transpose_b,
+                                &mut pre,
+                            );
+                            let bias = if epilogue.has_bias() {
+                                Some(f32_of(ins[2])?)
+                            } else {
+                                None
+                            };
+                            let residual = if epilogue.has_residual() {
+                                Some(f32_of(ins[ins.len() - 1])?)
+                            } else {
+                                None
+                            };
                             r::epilogue(&pre, m, n_b, *epilogue, bias, residual, &mut out);
                         }
                     }
                     Op::PatchEmbed { patch } => {
                         let sh = &g.fact(ins[0]).shape;
-                        r::patch_embed(f32_of(ins[0])?, [sh[0], sh[1], sh[2], sh[3]], f32_of(ins[1])?, f32_of(ins[2])?, *patch, &mut out);
+                        r::patch_embed(
+                            f32_of(ins[0])?,
+                            [sh[0], sh[1], sh[2], sh[3]],
+                            f32_of(ins[1])?,
+                            f32_of(ins[2])?,
+                            *patch,
+                            &mut out,
+                        );
                     }
-                    Op::SliceCols { start, len } => r::slice_cols(f32_of(ins[0])?, g.fact(ins[0]).shape[1], *start, *len, &mut out),
+                    Op::SliceCols { start, len } => r::slice_cols(
+                        f32_of(ins[0])?,
+                        g.fact(ins[0]).shape[1],
+                        *start,
+                        *len,
+                        &mut out,
+                    ),
                     Op::Add => r::add(f32_of(ins[0])?, f32_of(ins[1])?, &mut out),
                     Op::Mul => r::mul(f32_of(ins[0])?, f32_of(ins[1])?, &mut out),
-                    Op::RmsNorm { eps } => r::rms_norm(f32_of(ins[0])?, f32_of(ins[1])?, *eps, &mut out),
-                    Op::LayerNorm { eps } => r::layer_norm(f32_of(ins[0])?, f32_of(ins[1])?, f32_of(ins[2])?, *eps, &mut out),
-                    Op::Rope { params } => {
-                        r::rope(f32_of(ins[0])?, node.fact.shape[1], params, scalar(ins[1])?, scalar(ins[2])?, &mut out);
+                    Op::RmsNorm { eps } => {
+                        r::rms_norm(f32_of(ins[0])?, f32_of(ins[1])?, *eps, &mut out)
                     }
-                    Op::Attention { n_heads, n_kv_heads, head_dim, scale } => {
-                        k::attention_f32(f32_of(ins[0])?, f32_of(ins[1])?, f32_of(ins[2])?, scalar(ins[3])?, scalar(ins[4])?, *n_heads, *n_kv_heads, *head_dim, *scale, &mut out)
-                            .map_err(kerr)?;
+                    Op::LayerNorm { eps } => r::layer_norm(
+                        f32_of(ins[0])?,
+                        f32_of(ins[1])?,
+                        f32_of(ins[2])?,
+                        *eps,
+                        &mut out,
+                    ),
+                    Op::Rope { params } => {
+                        r::rope(
+                            f32_of(ins[0])?,
+                            node.fact.shape[1],
+                            params,
+                            scalar(ins[1])?,
+                            scalar(ins[2])?,
+                            &mut out,
+                        );
+                    }
+                    Op::Attention {
+                        n_heads,
+                        n_kv_heads,
+                        head_dim,
+                        scale,
+                    } => {
+                        k::attention_f32(
+                            f32_of(ins[0])?,
+                            f32_of(ins[1])?,
+                            f32_of(ins[2])?,
+                            scalar(ins[3])?,
+                            scalar(ins[4])?,
+                            *n_heads,
+                            *n_kv_heads,
+                            *head_dim,
+                            *scale,
+                            &mut out,
+                        )
+                        .map_err(kerr)?;
                     }
                     Op::Silu => r::silu(f32_of(ins[0])?, &mut out),
                     Op::Gelu { tanh } => r::gelu(f32_of(ins[0])?, *tanh, &mut out),
                     Op::Softmax => r::softmax(f32_of(ins[0])?, node.fact.last_dim(), &mut out),
                     Op::Reshape { .. } => out.copy_from_slice(f32_of(ins[0])?),
-                    Op::Transpose { perm } => r::transpose(f32_of(ins[0])?, &g.fact(ins[0]).shape, perm, &mut out),
+                    Op::Transpose { perm } => {
+                        r::transpose(f32_of(ins[0])?, &g.fact(ins[0]).shape, perm, &mut out)
+                    }
                     Op::SelectRow => {
                         let idx = scalar(ins[1])?;
-                        r::select_row(f32_of(ins[0])?, node.fact.shape[1], idx as i32, &mut out).map_err(kerr)?;
+                        r::select_row(f32_of(ins[0])?, node.fact.shape[1], idx as i32, &mut out)
+                            .map_err(kerr)?;
                     }
                     Op::KvWrite => {} // below: needs the state guard mutably
-                    Op::Input { .. } | Op::Weight { .. } | Op::State { .. } => unreachable!("sources are not computed"),
+                    Op::Input { .. } | Op::Weight { .. } | Op::State { .. } => {
+                        unreachable!("sources are not computed")
+                    }
                 }
             }
             if let Op::KvWrite = node.op {
                 let ins = &node.inputs;
                 let pos = match guards.get(guard_of[ins[2].0]).map(Guard::data) {
                     Some(HostData::I32(v)) if v.len() == 1 && v[0] >= 0 => v[0] as usize,
-                    _ => return Err(exec_err(g, id, "kv_write pos must be a non-negative i32 scalar")),
+                    _ => {
+                        return Err(exec_err(
+                            g,
+                            id,
+                            "kv_write pos must be a non-negative i32 scalar",
+                        ))
+                    }
                 };
                 let new_id = self.resolve(ins[1]);
                 // Rows bound from outside (a partition's transfer, a one-op conformance
@@ -232,17 +385,25 @@ impl CpuExecutable {
                 let width = node.fact.shape[1];
                 match &mut guards[guard_of[state.0]] {
                     Guard::Write(gd) => match &mut **gd {
-                        HostData::F32(cache) => r::kv_write(cache, new, width, pos).map_err(|e| exec_err(g, id, e.0))?,
-                        _ => return Err(exec_err(g, id, "kv cache must be f32 on the cpu backend")),
+                        HostData::F32(cache) => {
+                            r::kv_write(cache, new, width, pos).map_err(|e| exec_err(g, id, e.0))?
+                        }
+                        _ => {
+                            return Err(exec_err(g, id, "kv cache must be f32 on the cpu backend"))
+                        }
                     },
-                    Guard::Read(_) => return Err(exec_err(g, id, "kv cache must be a State buffer")),
+                    Guard::Read(_) => {
+                        return Err(exec_err(g, id, "kv cache must be a State buffer"))
+                    }
                 }
             }
             scratch.values[id.0] = out;
         }
 
         for (name, id) in &g.outputs {
-            let ob = bindings.output(name).ok_or_else(|| BackendError::Binding(format!("output `{name}` is not bound")))?;
+            let ob = bindings
+                .output(name)
+                .ok_or_else(|| BackendError::Binding(format!("output `{name}` is not bound")))?;
             let cb = CpuBuffer::downcast(ob.as_ref())?;
             let src = self.resolve(*id);
             let data: &[f32] = match self.loc[src.0] {
@@ -252,10 +413,18 @@ impl CpuExecutable {
                     _ => return Err(BackendError::Binding(format!("output `{name}` is not f32"))),
                 },
             };
-            let mut dst = cb.data.write().map_err(|_| BackendError::Binding(format!("output `{name}` buffer poisoned")))?;
+            let mut dst = cb
+                .data
+                .write()
+                .map_err(|_| BackendError::Binding(format!("output `{name}` buffer poisoned")))?;
             match &mut *dst {
                 HostData::F32(v) if v.len() == data.len() => v.copy_from_slice(data),
-                _ => return Err(BackendError::Binding(format!("output `{name}` buffer is not f32{:?}", g.fact(*id).shape))),
+                _ => {
+                    return Err(BackendError::Binding(format!(
+                        "output `{name}` buffer is not f32{:?}",
+                        g.fact(*id).shape
+                    )))
+                }
             }
         }
         Ok(())
@@ -271,7 +440,11 @@ impl Executable for CpuExecutable {
                 _ => 0,
             };
             let mut v = Vec::new();
-            v.try_reserve_exact(len).map_err(|_| BackendError::OutOfMemory { what: format!("scratch for `{}`", n.name), bytes: len * 4 })?;
+            v.try_reserve_exact(len)
+                .map_err(|_| BackendError::OutOfMemory {
+                    what: format!("scratch for `{}`", n.name),
+                    bytes: len * 4,
+                })?;
             v.resize(len, 0.0);
             values.push(v);
         }
@@ -279,7 +452,10 @@ impl Executable for CpuExecutable {
     }
 
     fn run(&self, bindings: &Bindings, scratch: &mut dyn Scratch) -> Result<()> {
-        let scratch = scratch.as_any_mut().downcast_mut::<CpuScratch>().ok_or_else(|| BackendError::Binding("scratch from another executable".into()))?;
+        let scratch = scratch
+            .as_any_mut()
+            .downcast_mut::<CpuScratch>()
+            .ok_or_else(|| BackendError::Binding("scratch from another executable".into()))?;
         match &self.pool {
             Some(p) => p.install(|| self.run_inner(bindings, scratch)),
             None => self.run_inner(bindings, scratch),

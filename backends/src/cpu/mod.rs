@@ -4,7 +4,9 @@
 mod buffer;
 mod executable;
 
-use crate::{Backend, BackendError, BufferUsage, Capabilities, DeviceBuffer, Executable, Result, Support};
+use crate::{
+    Backend, BackendError, BufferUsage, Capabilities, DeviceBuffer, Executable, Result, Support,
+};
 use buffer::CpuBuffer;
 use executable::CpuExecutable;
 use npurt_graph::{DType, Graph, NodeId, Op, TensorFact};
@@ -27,19 +29,33 @@ pub struct CpuBackend {
 
 impl CpuBackend {
     pub fn new(opts: CpuOptions) -> Self {
-        let pool = opts.threads.and_then(|n| match rayon::ThreadPoolBuilder::new().num_threads(n.max(1)).build() {
-            Ok(p) => Some(Arc::new(p)),
-            Err(e) => {
-                log::warn!("cannot build a {n}-thread pool ({e}); using the global pool");
-                None
+        let pool = opts.threads.and_then(|n| {
+            match rayon::ThreadPoolBuilder::new()
+                .num_threads(n.max(1))
+                .build()
+            {
+                Ok(p) => Some(Arc::new(p)),
+                Err(e) => {
+                    log::warn!("cannot build a {n}-thread pool ({e}); using the global pool");
+                    None
+                }
             }
         });
-        let threads = pool.as_ref().map(|p| p.current_num_threads()).unwrap_or_else(rayon::current_num_threads);
+        let threads = pool
+            .as_ref()
+            .map(|p| p.current_num_threads())
+            .unwrap_or_else(rayon::current_num_threads);
         let caps = Capabilities {
             name: "cpu".into(),
-            device: format!("host CPU, {threads} threads, kernels {}", npurt_kernels::cpu::isa().name()),
+            device: format!(
+                "host CPU, {threads} threads, kernels {}",
+                npurt_kernels::cpu::isa().name()
+            ),
             compute_dtypes: vec![DType::F32],
-            weight_dtypes: [DType::F32, DType::F16, DType::BF16].into_iter().chain(QUANTIZED).collect(),
+            weight_dtypes: [DType::F32, DType::F16, DType::BF16]
+                .into_iter()
+                .chain(QUANTIZED)
+                .collect(),
             max_buffer_bytes: isize::MAX as usize,
             host_memory: true,
         };
@@ -47,7 +63,10 @@ impl CpuBackend {
     }
 
     pub fn threads(&self) -> usize {
-        self.pool.as_ref().map(|p| p.current_num_threads()).unwrap_or_else(rayon::current_num_threads)
+        self.pool
+            .as_ref()
+            .map(|p| p.current_num_threads())
+            .unwrap_or_else(rayon::current_num_threads)
     }
 }
 
@@ -60,27 +79,46 @@ impl Backend for CpuBackend {
         let n = graph.node(id);
         // Float weights are widened to f32 at prepare time; quantized ones are packed
         // for the fused kernels, which serve matmuls (as `b`) and embedding gathers.
-        let f32_like = |x: &TensorFact| matches!(x.dtype, DType::F32 | DType::I32 | DType::F16 | DType::BF16);
+        let f32_like =
+            |x: &TensorFact| matches!(x.dtype, DType::F32 | DType::I32 | DType::F16 | DType::BF16);
         let packable = |x: &TensorFact| QUANTIZED.contains(&x.dtype) && x.rank() == 2;
         match &n.op {
-            Op::State { fact, .. } if fact.dtype != DType::F32 => Support::Unsupported(format!("{} state", fact.dtype)),
+            Op::State { fact, .. } if fact.dtype != DType::F32 => {
+                Support::Unsupported(format!("{} state", fact.dtype))
+            }
             Op::Weight { fact, .. } if f32_like(fact) => Support::Supported,
             Op::Weight { fact, .. } if packable(fact) => {
-                let users_ok = graph.nodes.iter().filter(|u| u.inputs.contains(&id)).all(|u| match u.op {
-                    Op::MatMul { transpose_b: true, .. } => u.inputs[1] == id && !u.inputs[2..].contains(&id),
-                    Op::Gather => u.inputs[0] == id,
-                    _ => false,
-                });
+                let users_ok =
+                    graph
+                        .nodes
+                        .iter()
+                        .filter(|u| u.inputs.contains(&id))
+                        .all(|u| match u.op {
+                            Op::MatMul {
+                                transpose_b: true, ..
+                            } => u.inputs[1] == id && !u.inputs[2..].contains(&id),
+                            Op::Gather => u.inputs[0] == id,
+                            _ => false,
+                        });
                 if users_ok {
                     Support::Supported
                 } else {
-                    Support::Unsupported(format!("{} weights only feed matmul (as weights) or gather", fact.dtype))
+                    Support::Unsupported(format!(
+                        "{} weights only feed matmul (as weights) or gather",
+                        fact.dtype
+                    ))
                 }
             }
             Op::Weight { fact, .. } => Support::Unsupported(format!("{} weights", fact.dtype)),
-            _ if !f32_like(&n.fact) => Support::Unsupported(format!("{} activations", n.fact.dtype)),
+            _ if !f32_like(&n.fact) => {
+                Support::Unsupported(format!("{} activations", n.fact.dtype))
+            }
             _ => {
-                let bad = n.inputs.iter().map(|i| graph.fact(*i)).find(|f| !f32_like(f) && !packable(f));
+                let bad = n
+                    .inputs
+                    .iter()
+                    .map(|i| graph.fact(*i))
+                    .find(|f| !f32_like(f) && !packable(f));
                 match bad {
                     Some(f) => Support::Unsupported(format!("input {f}")),
                     None => Support::Supported,
@@ -95,7 +133,11 @@ impl Backend for CpuBackend {
         match &n.op {
             Op::MatMul { act, epilogue, .. } => {
                 let w = graph.fact(n.inputs[1]).dtype;
-                let kernel = if QUANTIZED.contains(&w) { "matmul_packed" } else { "matmul_f32" };
+                let kernel = if QUANTIZED.contains(&w) {
+                    "matmul_packed"
+                } else {
+                    "matmul_f32"
+                };
                 format!("{kernel}[{w} x {}{}, {isa}]", act.name(), epilogue.name())
             }
             Op::Gather => format!("gather[{}]", graph.fact(n.inputs[0]).dtype),
@@ -105,79 +147,143 @@ impl Backend for CpuBackend {
     }
 
     fn alloc(&self, fact: &TensorFact, usage: BufferUsage) -> Result<Arc<dyn DeviceBuffer>> {
-        let bytes = fact.bytes().ok_or_else(|| BackendError::OutOfMemory { what: fact.to_string(), bytes: usize::MAX })?;
+        let bytes = fact.bytes().ok_or_else(|| BackendError::OutOfMemory {
+            what: fact.to_string(),
+            bytes: usize::MAX,
+        })?;
         let n = fact.elems().unwrap_or(0);
         let data = match fact.dtype {
             DType::F32 => {
                 let mut v = Vec::new();
-                v.try_reserve_exact(n).map_err(|_| BackendError::OutOfMemory { what: fact.to_string(), bytes })?;
+                v.try_reserve_exact(n)
+                    .map_err(|_| BackendError::OutOfMemory {
+                        what: fact.to_string(),
+                        bytes,
+                    })?;
                 v.resize(n, 0f32);
                 HostData::F32(v)
             }
             DType::I32 => HostData::I32(vec![0; n]),
             _ => {
                 let mut v = Vec::new();
-                v.try_reserve_exact(bytes).map_err(|_| BackendError::OutOfMemory { what: fact.to_string(), bytes })?;
+                v.try_reserve_exact(bytes)
+                    .map_err(|_| BackendError::OutOfMemory {
+                        what: fact.to_string(),
+                        bytes,
+                    })?;
                 v.resize(bytes, 0u8);
                 HostData::Bytes(v)
             }
         };
-        Ok(Arc::new(CpuBuffer::new(HostTensor { fact: fact.clone(), data }, usage)))
+        Ok(Arc::new(CpuBuffer::new(
+            HostTensor {
+                fact: fact.clone(),
+                data,
+            },
+            usage,
+        )))
     }
 
     fn prepare_weight(&self, name: &str, tensor: HostTensor) -> Result<Arc<dyn DeviceBuffer>> {
         let fact = tensor.fact.clone();
-        let unsupported = |reason: String| BackendError::Unsupported { backend: "cpu".into(), node: name.into(), reason };
+        let unsupported = |reason: String| BackendError::Unsupported {
+            backend: "cpu".into(),
+            node: name.into(),
+            reason,
+        };
         match (&tensor.data, fact.dtype) {
-            (HostData::F32(_), DType::F32) => Ok(Arc::new(CpuBuffer::new(tensor, BufferUsage::Weights))),
+            (HostData::F32(_), DType::F32) => {
+                Ok(Arc::new(CpuBuffer::new(tensor, BufferUsage::Weights)))
+            }
             (HostData::Bytes(raw), DType::F16 | DType::BF16) => {
                 let mut v = vec![0f32; fact.elems().unwrap_or(0)];
                 if !npurt_kernels::quant::dequantize(fact.dtype, raw, &mut v) {
-                    return Err(unsupported(format!("{} bytes do not match {fact}", raw.len())));
+                    return Err(unsupported(format!(
+                        "{} bytes do not match {fact}",
+                        raw.len()
+                    )));
                 }
-                Ok(Arc::new(CpuBuffer::new(HostTensor { fact, data: HostData::F32(v) }, BufferUsage::Weights)))
+                Ok(Arc::new(CpuBuffer::new(
+                    HostTensor {
+                        fact,
+                        data: HostData::F32(v),
+                    },
+                    BufferUsage::Weights,
+                )))
             }
             (HostData::Bytes(raw), d) if QUANTIZED.contains(&d) && fact.rank() == 2 => {
-                let packed = npurt_kernels::cpu::pack(d, raw, fact.shape[0], fact.shape[1]).map_err(|e| unsupported(e.0))?;
+                let packed = npurt_kernels::cpu::pack(d, raw, fact.shape[0], fact.shape[1])
+                    .map_err(|e| unsupported(e.0))?;
                 Ok(Arc::new(CpuBuffer::packed(fact, packed)))
             }
             _ => Err(unsupported(format!("{fact} weights"))),
         }
     }
 
-    fn compile(&self, graph: &Graph, weights: &[(NodeId, Arc<dyn DeviceBuffer>)]) -> Result<Arc<dyn Executable>> {
+    fn compile(
+        &self,
+        graph: &Graph,
+        weights: &[(NodeId, Arc<dyn DeviceBuffer>)],
+    ) -> Result<Arc<dyn Executable>> {
         crate::check_support(self, graph)?;
-        Ok(Arc::new(CpuExecutable::new(graph, weights, self.pool.clone())?))
+        Ok(Arc::new(CpuExecutable::new(
+            graph,
+            weights,
+            self.pool.clone(),
+        )?))
     }
 
     fn write(&self, buf: &dyn DeviceBuffer, data: &HostTensor) -> Result<()> {
         let b = CpuBuffer::downcast(buf)?;
         if b.fact != data.fact {
-            return Err(BackendError::Binding(format!("cannot write {} into a {} buffer", data.fact, b.fact)));
+            return Err(BackendError::Binding(format!(
+                "cannot write {} into a {} buffer",
+                data.fact, b.fact
+            )));
         }
-        *b.data.write().map_err(|_| BackendError::Binding("buffer poisoned".into()))? = data.data.clone();
+        *b.data
+            .write()
+            .map_err(|_| BackendError::Binding("buffer poisoned".into()))? = data.data.clone();
         Ok(())
     }
 
     fn read(&self, buf: &dyn DeviceBuffer) -> Result<HostTensor> {
         let b = CpuBuffer::downcast(buf)?;
-        let data = b.data.read().map_err(|_| BackendError::Binding("buffer poisoned".into()))?.clone();
-        Ok(HostTensor { fact: b.fact.clone(), data })
+        let data = b
+            .data
+            .read()
+            .map_err(|_| BackendError::Binding("buffer poisoned".into()))?
+            .clone();
+        Ok(HostTensor {
+            fact: b.fact.clone(),
+            data,
+        })
     }
 
     fn copy_rows(&self, src: &dyn DeviceBuffer, dst: &dyn DeviceBuffer, rows: usize) -> Result<()> {
         let (s, d) = (CpuBuffer::downcast(src)?, CpuBuffer::downcast(dst)?);
         let width = s.fact.last_dim();
         if s.fact.rank() != 2 || s.fact != d.fact || rows > s.fact.shape[0] {
-            return Err(BackendError::Binding(format!("copy_rows: {rows} rows from {} to {}", s.fact, d.fact)));
+            return Err(BackendError::Binding(format!(
+                "copy_rows: {rows} rows from {} to {}",
+                s.fact, d.fact
+            )));
         }
         if std::ptr::eq(s, d) {
             return Ok(());
         }
-        let sg = s.data.read().map_err(|_| BackendError::Binding("buffer poisoned".into()))?;
-        let mut dg = d.data.write().map_err(|_| BackendError::Binding("buffer poisoned".into()))?;
+        let sg = s
+            .data
+            .read()
+            .map_err(|_| BackendError::Binding("buffer poisoned".into()))?;
+        let mut dg = d
+            .data
+            .write()
+            .map_err(|_| BackendError::Binding("buffer poisoned".into()))?;
         match (&*sg, &mut *dg) {
-            (HostData::F32(a), HostData::F32(b)) => b[..rows * width].copy_from_slice(&a[..rows * width]),
+            (HostData::F32(a), HostData::F32(b)) => {
+                b[..rows * width].copy_from_slice(&a[..rows * width])
+            }
             _ => return Err(BackendError::Binding("copy_rows: f32 buffers only".into())),
         }
         Ok(())

@@ -10,7 +10,10 @@ use std::sync::{Arc, Mutex};
 const NAME: &str = "wgpu";
 
 pub(crate) fn unavailable(reason: impl Into<String>) -> BackendError {
-    BackendError::Unavailable { backend: NAME.into(), reason: reason.into() }
+    BackendError::Unavailable {
+        backend: NAME.into(),
+        reason: reason.into(),
+    }
 }
 
 /// A kernel status word to check once the run that wrote it has finished. Checks are
@@ -57,7 +60,11 @@ fn adapter_rank(t: ::wgpu::DeviceType) -> u8 {
 }
 
 impl GpuContext {
-    pub(crate) fn new(backends: ::wgpu::Backends, max_binding_bytes: Option<u64>, kernels: Option<super::ops::KernelFamily>) -> Result<Arc<GpuContext>> {
+    pub(crate) fn new(
+        backends: ::wgpu::Backends,
+        max_binding_bytes: Option<u64>,
+        kernels: Option<super::ops::KernelFamily>,
+    ) -> Result<Arc<GpuContext>> {
         let mut desc = ::wgpu::InstanceDescriptor::new_without_display_handle();
         desc.backends = backends;
         let instance = ::wgpu::Instance::new(desc);
@@ -71,22 +78,37 @@ impl GpuContext {
         })?;
         let info = adapter.get_info();
         let limits = adapter.limits();
-        let (device, queue) = pollster::block_on(adapter.request_device(&::wgpu::DeviceDescriptor {
-            label: Some("npurt"),
-            required_features: ::wgpu::Features::empty(),
-            required_limits: limits.clone(),
-            experimental_features: ::wgpu::ExperimentalFeatures::disabled(),
-            memory_hints: ::wgpu::MemoryHints::Performance,
-            trace: ::wgpu::Trace::Off,
-        }))
-        .map_err(|e| unavailable(format!("adapter `{}` refused a device: {e}", info.name)))?;
+        let (device, queue) =
+            pollster::block_on(adapter.request_device(&::wgpu::DeviceDescriptor {
+                label: Some("npurt"),
+                required_features: ::wgpu::Features::empty(),
+                required_limits: limits.clone(),
+                experimental_features: ::wgpu::ExperimentalFeatures::disabled(),
+                memory_hints: ::wgpu::MemoryHints::Performance,
+                trace: ::wgpu::Trace::Off,
+            }))
+            .map_err(|e| unavailable(format!("adapter `{}` refused a device: {e}", info.name)))?;
         // Errors outside our error scopes must not panic the process (wgpu's default).
         device.on_uncaptured_error(Arc::new(|e: ::wgpu::Error| log::error!("wgpu: {e}")));
-        device.set_device_lost_callback(|reason, msg| log::error!("wgpu device lost ({reason:?}): {msg}"));
-        let binding = limits.max_storage_buffer_binding_size.min(limits.max_buffer_size);
+        device.set_device_lost_callback(|reason, msg| {
+            log::error!("wgpu device lost ({reason:?}): {msg}")
+        });
+        let binding = limits
+            .max_storage_buffer_binding_size
+            .min(limits.max_buffer_size);
         let max_binding = max_binding_bytes.map(|m| m.min(binding)).unwrap_or(binding) & !3;
-        log::info!("wgpu adapter: {} ({:?}, {:?}), max storage binding {} bytes", info.name, info.backend, info.device_type, max_binding);
-        let kernels = kernels.unwrap_or(if info.device_type == ::wgpu::DeviceType::Cpu { super::ops::KernelFamily::Lanes } else { super::ops::KernelFamily::Tiled });
+        log::info!(
+            "wgpu adapter: {} ({:?}, {:?}), max storage binding {} bytes",
+            info.name,
+            info.backend,
+            info.device_type,
+            max_binding
+        );
+        let kernels = kernels.unwrap_or(if info.device_type == ::wgpu::DeviceType::Cpu {
+            super::ops::KernelFamily::Lanes
+        } else {
+            super::ops::KernelFamily::Tiled
+        });
         Ok(Arc::new(GpuContext {
             kernels,
             device,
@@ -107,9 +129,17 @@ impl GpuContext {
 
     /// Runs `f` inside validation and out-of-memory error scopes; a captured error becomes
     /// `on_err(message, is_oom)`.
-    pub(crate) fn scoped<T>(&self, f: impl FnOnce() -> T, on_err: impl FnOnce(String, bool) -> BackendError) -> Result<T> {
-        let oom = self.device.push_error_scope(::wgpu::ErrorFilter::OutOfMemory);
-        let validation = self.device.push_error_scope(::wgpu::ErrorFilter::Validation);
+    pub(crate) fn scoped<T>(
+        &self,
+        f: impl FnOnce() -> T,
+        on_err: impl FnOnce(String, bool) -> BackendError,
+    ) -> Result<T> {
+        let oom = self
+            .device
+            .push_error_scope(::wgpu::ErrorFilter::OutOfMemory);
+        let validation = self
+            .device
+            .push_error_scope(::wgpu::ErrorFilter::Validation);
         let value = f();
         let v = pollster::block_on(validation.pop());
         let o = pollster::block_on(oom.pop());
@@ -124,7 +154,10 @@ impl GpuContext {
         self.device
             .poll(::wgpu::PollType::wait_indefinitely())
             .map(|_| ())
-            .map_err(|e| BackendError::Execution { node: "<queue>".into(), reason: format!("waiting for the GPU failed: {e}") })
+            .map_err(|e| BackendError::Execution {
+                node: "<queue>".into(),
+                reason: format!("waiting for the GPU failed: {e}"),
+            })
     }
 
     pub(crate) fn add_check(&self, check: StatusCheck) {
@@ -143,7 +176,12 @@ impl GpuContext {
                 *p = rest;
                 mine
             }
-            Err(_) => return Err(BackendError::Execution { node: "<queue>".into(), reason: "status list poisoned".into() }),
+            Err(_) => {
+                return Err(BackendError::Execution {
+                    node: "<queue>".into(),
+                    reason: "status list poisoned".into(),
+                })
+            }
         };
         if checks.is_empty() {
             return Ok(());
@@ -157,18 +195,31 @@ impl GpuContext {
             let words = match c.readback.get_mapped_range(..) {
                 Ok(view) => {
                     let b: &[u8] = &view;
-                    [u32::from_le_bytes([b[0], b[1], b[2], b[3]]), u32::from_le_bytes([b[4], b[5], b[6], b[7]])]
+                    [
+                        u32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+                        u32::from_le_bytes([b[4], b[5], b[6], b[7]]),
+                    ]
                 }
                 Err(e) => {
-                    first_error.get_or_insert(BackendError::Execution { node: c.label.to_string(), reason: format!("reading kernel status: {e}") });
+                    first_error.get_or_insert(BackendError::Execution {
+                        node: c.label.to_string(),
+                        reason: format!("reading kernel status: {e}"),
+                    });
                     [0, u32::MAX]
                 }
             };
             c.readback.unmap();
             c.in_flight.store(false, Ordering::Release);
             if words[0] != 0 && first_error.is_none() {
-                let node = c.node_names.get(words[1] as usize).cloned().unwrap_or_else(|| c.label.to_string());
-                first_error = Some(BackendError::Execution { node, reason: describe_status(words[0]) });
+                let node = c
+                    .node_names
+                    .get(words[1] as usize)
+                    .cloned()
+                    .unwrap_or_else(|| c.label.to_string());
+                first_error = Some(BackendError::Execution {
+                    node,
+                    reason: describe_status(words[0]),
+                });
             }
         }
         first_error.map_or(Ok(()), Err)
@@ -179,7 +230,10 @@ impl GpuContext {
     pub(crate) fn download(&self, src: &::wgpu::Buffer, offset: u64, size: u64) -> Result<Vec<u8>> {
         let size4 = (size + 3) & !3;
         let staging = {
-            let mut pool = self.staging.lock().map_err(|_| BackendError::Binding("staging pool poisoned".into()))?;
+            let mut pool = self
+                .staging
+                .lock()
+                .map_err(|_| BackendError::Binding("staging pool poisoned".into()))?;
             match pool.iter().position(|b| b.size() >= size4) {
                 Some(i) => pool.swap_remove(i),
                 None => self.scoped(
@@ -191,17 +245,26 @@ impl GpuContext {
                             mapped_at_creation: false,
                         })
                     },
-                    |_, _| BackendError::OutOfMemory { what: "staging buffer".into(), bytes: size4 as usize },
+                    |_, _| BackendError::OutOfMemory {
+                        what: "staging buffer".into(),
+                        bytes: size4 as usize,
+                    },
                 )?,
             }
         };
-        let mut enc = self.device.create_command_encoder(&::wgpu::CommandEncoderDescriptor { label: Some("npurt read") });
+        let mut enc = self
+            .device
+            .create_command_encoder(&::wgpu::CommandEncoderDescriptor {
+                label: Some("npurt read"),
+            });
         enc.copy_buffer_to_buffer(src, offset, &staging, 0, size4);
         self.queue.submit([enc.finish()]);
         staging.map_async(::wgpu::MapMode::Read, ..size4, |_| {});
         self.wait_idle()?;
         let data = {
-            let view = staging.get_mapped_range(..size4).map_err(|e| BackendError::Binding(format!("mapping a staging buffer: {e}")))?;
+            let view = staging
+                .get_mapped_range(..size4)
+                .map_err(|e| BackendError::Binding(format!("mapping a staging buffer: {e}")))?;
             view[..size as usize].to_vec()
         };
         staging.unmap();
@@ -228,5 +291,8 @@ fn describe_status(flags: u32) -> String {
     if flags & 4 != 0 {
         what.push("a selected row outside the input");
     }
-    format!("the kernel rejected {} (that work was skipped)", what.join(" and "))
+    format!(
+        "the kernel rejected {} (that work was skipped)",
+        what.join(" and ")
+    )
 }

@@ -72,25 +72,43 @@ impl Scratch for WgpuScratch {
 static NEXT_EXEC: AtomicU64 = AtomicU64::new(1);
 
 fn compile_err(graph: &Graph, id: NodeId, reason: impl Into<String>) -> BackendError {
-    BackendError::Unsupported { backend: "wgpu".into(), node: graph.node(id).name.clone(), reason: reason.into() }
+    BackendError::Unsupported {
+        backend: "wgpu".into(),
+        node: graph.node(id).name.clone(),
+        reason: reason.into(),
+    }
 }
 
 impl WgpuExecutable {
-    pub(crate) fn new(ctx: Arc<GpuContext>, graph: &Graph, weights: &[(NodeId, Arc<dyn DeviceBuffer>)]) -> Result<Self> {
+    pub(crate) fn new(
+        ctx: Arc<GpuContext>,
+        graph: &Graph,
+        weights: &[(NodeId, Arc<dyn DeviceBuffer>)],
+    ) -> Result<Self> {
         let n = graph.nodes.len();
         let mut w: Vec<Option<Arc<dyn DeviceBuffer>>> = vec![None; n];
         for (id, node) in graph.nodes.iter().enumerate() {
             if let Op::Weight { name, .. } = &node.op {
-                let (_, b) = weights.iter().find(|(wid, _)| wid.0 == id).ok_or_else(|| BackendError::Binding(format!("weight `{name}` was not prepared")))?;
+                let (_, b) = weights.iter().find(|(wid, _)| wid.0 == id).ok_or_else(|| {
+                    BackendError::Binding(format!("weight `{name}` was not prepared"))
+                })?;
                 if b.fact() != &node.fact {
-                    return Err(BackendError::Binding(format!("weight `{name}` is {}, the graph wants {}", b.fact(), node.fact)));
+                    return Err(BackendError::Binding(format!(
+                        "weight `{name}` is {}, the graph wants {}",
+                        b.fact(),
+                        node.fact
+                    )));
                 }
                 WgpuBuffer::downcast(b.as_ref())?;
                 w[id] = Some(b.clone());
             }
         }
 
-        let cx = LowerCtx { graph, kernels: ctx.kernels, weights: &w };
+        let cx = LowerCtx {
+            graph,
+            kernels: ctx.kernels,
+            weights: &w,
+        };
         let mut lowered = Vec::with_capacity(n);
         for id in graph.ids() {
             lowered.push(ops::lower(&cx, id).map_err(|r| compile_err(graph, id, r))?);
@@ -99,7 +117,13 @@ impl WgpuExecutable {
         let plan = plan::plan(graph, &temps);
         for (s, &bytes) in plan.slot_bytes.iter().enumerate() {
             if bytes > ctx.max_binding {
-                return Err(BackendError::OutOfMemory { what: format!("scratch slot {s} (over the adapter's {} byte binding limit)", ctx.max_binding), bytes: bytes as usize });
+                return Err(BackendError::OutOfMemory {
+                    what: format!(
+                        "scratch slot {s} (over the adapter's {} byte binding limit)",
+                        ctx.max_binding
+                    ),
+                    bytes: bytes as usize,
+                });
             }
         }
 
@@ -109,7 +133,11 @@ impl WgpuExecutable {
             if let Op::KvWrite = graph.node(id).op {
                 let cache = plan.storage[plan::root(graph, id).0];
                 match cache {
-                    Storage::Bound(b) if matches!(graph.node(plan.bound[b]).op, Op::State { .. }) => written[b] = true,
+                    Storage::Bound(b)
+                        if matches!(graph.node(plan.bound[b]).op, Op::State { .. }) =>
+                    {
+                        written[b] = true
+                    }
                     _ => return Err(compile_err(graph, id, "kv_write must write into a state")),
                 }
                 if plan.storage[plan::root(graph, graph.node(id).inputs[1]).0] == cache {
@@ -127,7 +155,11 @@ impl WgpuExecutable {
             let id = NodeId(i);
             let const_base = consts.len();
             for (c, data) in l.consts.iter().enumerate() {
-                consts.push(buffers::create_init(&ctx, &format!("{} const {c}", graph.node(id).name), &pad4(data))?);
+                consts.push(buffers::create_init(
+                    &ctx,
+                    &format!("{} const {c}", graph.node(id).name),
+                    &pad4(data),
+                )?);
             }
             for d in l.dispatches {
                 let offset = (params_bytes.len() as u64).div_ceil(align) * align;
@@ -156,23 +188,44 @@ impl WgpuExecutable {
                         (b, res)
                     })
                     .collect();
-                steps.push(Step { node: id, pipeline, bindings, groups: d.groups });
+                steps.push(Step {
+                    node: id,
+                    pipeline,
+                    bindings,
+                    groups: d.groups,
+                });
             }
         }
         for s in &steps {
             for &(_, r) in &s.bindings {
                 if let Resolved::WeightPart(wid, p) = r {
-                    let parts = w[wid.0].as_ref().and_then(|b| WgpuBuffer::downcast(b.as_ref()).ok()).map(|b| b.parts.len()).unwrap_or(0);
+                    let parts = w[wid.0]
+                        .as_ref()
+                        .and_then(|b| WgpuBuffer::downcast(b.as_ref()).ok())
+                        .map(|b| b.parts.len())
+                        .unwrap_or(0);
                     if p >= parts {
-                        return Err(compile_err(graph, s.node, format!("weight `{}` is split into {parts} parts; this op needs it whole", graph.node(wid).name)));
+                        return Err(compile_err(
+                            graph,
+                            s.node,
+                            format!(
+                                "weight `{}` is split into {parts} parts; this op needs it whole",
+                                graph.node(wid).name
+                            ),
+                        ));
                     }
                 }
             }
         }
         let params = create_uniform(&ctx, &pad4(&params_bytes))?;
         let id = NEXT_EXEC.fetch_add(1, Ordering::Relaxed);
-        let label: Arc<str> = format!("wgpu graph #{id} ({} nodes, {} dispatches)", n, steps.len()).into();
-        log::debug!("{label}: {} scratch slots, {} bytes", plan.slot_bytes.len(), plan.slot_bytes.iter().sum::<u64>());
+        let label: Arc<str> =
+            format!("wgpu graph #{id} ({} nodes, {} dispatches)", n, steps.len()).into();
+        log::debug!(
+            "{label}: {} scratch slots, {} bytes",
+            plan.slot_bytes.len(),
+            plan.slot_bytes.iter().sum::<u64>()
+        );
         Ok(WgpuExecutable {
             ctx,
             id,
@@ -203,62 +256,111 @@ impl WgpuExecutable {
         let mut out: Vec<&WgpuBuffer> = Vec::with_capacity(self.plan.bound.len());
         for (k, &id) in self.plan.bound.iter().enumerate() {
             let name = &g.node(id).name;
-            let b = bindings.source(id).ok_or_else(|| BackendError::Binding(format!("`{name}` is not bound")))?;
+            let b = bindings
+                .source(id)
+                .ok_or_else(|| BackendError::Binding(format!("`{name}` is not bound")))?;
             if b.fact() != g.fact(id) {
-                return Err(BackendError::Binding(format!("`{name}` bound to a {} buffer, needs {}", b.fact(), g.fact(id))));
+                return Err(BackendError::Binding(format!(
+                    "`{name}` bound to a {} buffer, needs {}",
+                    b.fact(),
+                    g.fact(id)
+                )));
             }
             let wb = WgpuBuffer::downcast(b.as_ref())?;
             wb.whole()?;
             if self.written[k] && wb.usage == BufferUsage::Weights {
-                return Err(BackendError::Binding(format!("state `{name}` is bound to a weights buffer")));
+                return Err(BackendError::Binding(format!(
+                    "state `{name}` is bound to a weights buffer"
+                )));
             }
             if out.iter().any(|o| o.id == wb.id) {
-                return Err(BackendError::Binding(format!("`{name}` is bound to a buffer already bound to another source")));
+                return Err(BackendError::Binding(format!(
+                    "`{name}` is bound to a buffer already bound to another source"
+                )));
             }
             out.push(wb);
         }
         Ok(out)
     }
 
-    fn bind_groups(&self, scratch: &WgpuScratch, bound: &[&WgpuBuffer]) -> Result<Vec<::wgpu::BindGroup>> {
+    fn bind_groups(
+        &self,
+        scratch: &WgpuScratch,
+        bound: &[&WgpuBuffer],
+    ) -> Result<Vec<::wgpu::BindGroup>> {
         let weight_part = |wid: NodeId, p: usize| -> Result<&::wgpu::Buffer> {
-            let b = self.weights[wid.0].as_ref().ok_or_else(|| BackendError::Binding("weight missing".into()))?;
+            let b = self.weights[wid.0]
+                .as_ref()
+                .ok_or_else(|| BackendError::Binding("weight missing".into()))?;
             let wb = WgpuBuffer::downcast(b.as_ref())?;
-            wb.parts.get(p).map(|part| &part.buffer).ok_or_else(|| BackendError::Binding("weight part missing".into()))
+            wb.parts
+                .get(p)
+                .map(|part| &part.buffer)
+                .ok_or_else(|| BackendError::Binding("weight part missing".into()))
         };
         let mut groups = Vec::with_capacity(self.steps.len());
         for step in &self.steps {
             let mut entries = Vec::with_capacity(step.bindings.len());
             for &(binding, r) in &step.bindings {
                 let (buffer, offset, size) = match r {
-                    Resolved::Params { offset, size } => (&self.params, offset, std::num::NonZeroU64::new(size)),
+                    Resolved::Params { offset, size } => {
+                        (&self.params, offset, std::num::NonZeroU64::new(size))
+                    }
                     Resolved::Bound(k) => (bound[k].whole()?, 0, None),
                     Resolved::WeightPart(wid, p) => (weight_part(wid, p)?, 0, None),
                     Resolved::Slot(s) => (&scratch.slots[s], 0, None),
                     Resolved::Const(c) => (&self.consts[c], 0, None),
                     Resolved::Status => (&scratch.status, 0, None),
                 };
-                entries.push(::wgpu::BindGroupEntry { binding, resource: ::wgpu::BindingResource::Buffer(::wgpu::BufferBinding { buffer, offset, size }) });
+                entries.push(::wgpu::BindGroupEntry {
+                    binding,
+                    resource: ::wgpu::BindingResource::Buffer(::wgpu::BufferBinding {
+                        buffer,
+                        offset,
+                        size,
+                    }),
+                });
             }
             let layout = step.pipeline.get_bind_group_layout(0);
             let bg = self.ctx.scoped(
-                || self.ctx.device.create_bind_group(&::wgpu::BindGroupDescriptor { label: None, layout: &layout, entries: &entries }),
-                |msg, _| BackendError::Execution { node: self.graph.node(step.node).name.clone(), reason: format!("bind group: {msg}") },
+                || {
+                    self.ctx
+                        .device
+                        .create_bind_group(&::wgpu::BindGroupDescriptor {
+                            label: None,
+                            layout: &layout,
+                            entries: &entries,
+                        })
+                },
+                |msg, _| BackendError::Execution {
+                    node: self.graph.node(step.node).name.clone(),
+                    reason: format!("bind group: {msg}"),
+                },
             )?;
             groups.push(bg);
         }
         Ok(groups)
     }
 
-    fn storage_buffer<'a>(&'a self, scratch: &'a WgpuScratch, bound: &[&'a WgpuBuffer], id: NodeId) -> Result<&'a ::wgpu::Buffer> {
+    fn storage_buffer<'a>(
+        &'a self,
+        scratch: &'a WgpuScratch,
+        bound: &[&'a WgpuBuffer],
+        id: NodeId,
+    ) -> Result<&'a ::wgpu::Buffer> {
         match self.plan.storage[plan::root(&self.graph, id).0] {
             Storage::Bound(k) => bound[k].whole(),
             Storage::Slot(s) => Ok(&scratch.slots[s]),
             Storage::Weight(wid) => {
-                let b = self.weights[wid.0].as_ref().ok_or_else(|| BackendError::Binding("weight missing".into()))?;
+                let b = self.weights[wid.0]
+                    .as_ref()
+                    .ok_or_else(|| BackendError::Binding("weight missing".into()))?;
                 let wb = WgpuBuffer::downcast(b.as_ref())?;
                 if wb.fact.dtype.is_quantized() {
-                    return Err(BackendError::Binding(format!("cannot output the repacked weight `{}`", self.graph.node(wid).name)));
+                    return Err(BackendError::Binding(format!(
+                        "cannot output the repacked weight `{}`",
+                        self.graph.node(wid).name
+                    )));
                 }
                 wb.whole()
             }
@@ -282,9 +384,15 @@ fn create_uniform(ctx: &GpuContext, data: &[u8]) -> Result<::wgpu::Buffer> {
                 mapped_at_creation: true,
             })
         },
-        |msg, _| BackendError::OutOfMemory { what: format!("params: {msg}"), bytes: data.len() },
+        |msg, _| BackendError::OutOfMemory {
+            what: format!("params: {msg}"),
+            bytes: data.len(),
+        },
     )?;
-    buffer.get_mapped_range_mut(..).map_err(|e| BackendError::Binding(format!("mapping params: {e}")))?.copy_from_slice(data);
+    buffer
+        .get_mapped_range_mut(..)
+        .map_err(|e| BackendError::Binding(format!("mapping params: {e}")))?
+        .copy_from_slice(data);
     buffer.unmap();
     Ok(buffer)
 }
@@ -292,7 +400,13 @@ fn create_uniform(ctx: &GpuContext, data: &[u8]) -> Result<::wgpu::Buffer> {
 impl Executable for WgpuExecutable {
     fn new_scratch(&self) -> Result<Box<dyn Scratch>> {
         let ctx = &self.ctx;
-        let slots = self.plan.slot_bytes.iter().enumerate().map(|(i, &b)| buffers::create_storage(ctx, &format!("scratch slot {i}"), b)).collect::<Result<Vec<_>>>()?;
+        let slots = self
+            .plan
+            .slot_bytes
+            .iter()
+            .enumerate()
+            .map(|(i, &b)| buffers::create_storage(ctx, &format!("scratch slot {i}"), b))
+            .collect::<Result<Vec<_>>>()?;
         let status = buffers::create_storage(ctx, "kernel status", 8)?;
         let readback = ctx.scoped(
             || {
@@ -303,26 +417,50 @@ impl Executable for WgpuExecutable {
                     mapped_at_creation: false,
                 })
             },
-            |msg, _| BackendError::OutOfMemory { what: format!("status readback: {msg}"), bytes: 8 },
+            |msg, _| BackendError::OutOfMemory {
+                what: format!("status readback: {msg}"),
+                bytes: 8,
+            },
         )?;
-        Ok(Box::new(WgpuScratch { exec_id: self.id, slots, status, readback, in_flight: Arc::new(AtomicBool::new(false)), last_check: 0, bind_cache: Vec::new() }))
+        Ok(Box::new(WgpuScratch {
+            exec_id: self.id,
+            slots,
+            status,
+            readback,
+            in_flight: Arc::new(AtomicBool::new(false)),
+            last_check: 0,
+            bind_cache: Vec::new(),
+        }))
     }
 
     fn run(&self, bindings: &Bindings, scratch: &mut dyn Scratch) -> Result<()> {
-        let scratch = scratch.as_any_mut().downcast_mut::<WgpuScratch>().ok_or_else(|| BackendError::Binding("scratch from another backend".into()))?;
+        let scratch = scratch
+            .as_any_mut()
+            .downcast_mut::<WgpuScratch>()
+            .ok_or_else(|| BackendError::Binding("scratch from another backend".into()))?;
         if scratch.exec_id != self.id {
-            return Err(BackendError::Binding("scratch from another executable".into()));
+            return Err(BackendError::Binding(
+                "scratch from another executable".into(),
+            ));
         }
         let bound = self.bound_buffers(bindings)?;
         let mut outputs = Vec::with_capacity(self.graph.outputs.len());
         for (name, id) in &self.graph.outputs {
-            let ob = bindings.output(name).ok_or_else(|| BackendError::Binding(format!("output `{name}` is not bound")))?;
+            let ob = bindings
+                .output(name)
+                .ok_or_else(|| BackendError::Binding(format!("output `{name}` is not bound")))?;
             if ob.fact() != self.graph.fact(*id) {
-                return Err(BackendError::Binding(format!("output `{name}` bound to a {} buffer, needs {}", ob.fact(), self.graph.fact(*id))));
+                return Err(BackendError::Binding(format!(
+                    "output `{name}` bound to a {} buffer, needs {}",
+                    ob.fact(),
+                    self.graph.fact(*id)
+                )));
             }
             let wb = WgpuBuffer::downcast(ob.as_ref())?;
             if bound.iter().any(|b| b.id == wb.id) {
-                return Err(BackendError::Binding(format!("output `{name}` is bound to a source buffer")));
+                return Err(BackendError::Binding(format!(
+                    "output `{name}` is bound to a source buffer"
+                )));
             }
             outputs.push((*id, wb));
         }
@@ -346,11 +484,19 @@ impl Executable for WgpuExecutable {
         };
 
         let ctx = &self.ctx;
-        ctx.queue.write_buffer(&scratch.status, 0, &[0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff]);
-        let mut enc = ctx.device.create_command_encoder(&::wgpu::CommandEncoderDescriptor { label: Some(&self.label) });
+        ctx.queue
+            .write_buffer(&scratch.status, 0, &[0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff]);
+        let mut enc = ctx
+            .device
+            .create_command_encoder(&::wgpu::CommandEncoderDescriptor {
+                label: Some(&self.label),
+            });
         {
             let groups = &scratch.bind_cache[groups_at].1;
-            let mut pass = enc.begin_compute_pass(&::wgpu::ComputePassDescriptor { label: Some(&self.label), timestamp_writes: None });
+            let mut pass = enc.begin_compute_pass(&::wgpu::ComputePassDescriptor {
+                label: Some(&self.label),
+                timestamp_writes: None,
+            });
             for (step, bg) in self.steps.iter().zip(groups) {
                 pass.set_pipeline(&step.pipeline);
                 pass.set_bind_group(0, bg, &[]);
@@ -363,7 +509,13 @@ impl Executable for WgpuExecutable {
             enc.copy_buffer_to_buffer(src, 0, dst.whole()?, 0, bytes.div_ceil(4) * 4);
         }
         enc.copy_buffer_to_buffer(&scratch.status, 0, &scratch.readback, 0, 8);
-        ctx.scoped(|| ctx.queue.submit([enc.finish()]), |msg, _| BackendError::Execution { node: self.label.to_string(), reason: msg })?;
+        ctx.scoped(
+            || ctx.queue.submit([enc.finish()]),
+            |msg, _| BackendError::Execution {
+                node: self.label.to_string(),
+                reason: msg,
+            },
+        )?;
         scratch.in_flight.store(true, Ordering::Release);
         let check = ctx.next_id();
         scratch.last_check = check;

@@ -31,10 +31,12 @@ mod weights;
 
 pub use ::wgpu::Backends;
 pub use buffers::WgpuBuffer;
-pub use ops::KernelFamily;
 pub use executable::WgpuExecutable;
+pub use ops::KernelFamily;
 
-use crate::{Backend, BackendError, BufferUsage, Capabilities, DeviceBuffer, Executable, Result, Support};
+use crate::{
+    Backend, BackendError, BufferUsage, Capabilities, DeviceBuffer, Executable, Result, Support,
+};
 use device::GpuContext;
 use npurt_graph::{DType, Graph, NodeId, TensorFact};
 use npurt_kernels::HostTensor;
@@ -62,7 +64,11 @@ impl Default for WgpuOptions {
             Ok("tiled") => Some(KernelFamily::Tiled),
             _ => None,
         };
-        WgpuOptions { backends: ::wgpu::Backends::from_env().unwrap_or(::wgpu::Backends::PRIMARY), max_binding_bytes: None, kernels }
+        WgpuOptions {
+            backends: ::wgpu::Backends::from_env().unwrap_or(::wgpu::Backends::PRIMARY),
+            max_binding_bytes: None,
+            kernels,
+        }
     }
 }
 
@@ -79,7 +85,11 @@ impl WgpuBackend {
         let info = &ctx.info;
         let caps = Capabilities {
             name: "wgpu".into(),
-            device: format!("{} ({:?}, {:?}, driver {} {})", info.name, info.backend, info.device_type, info.driver, info.driver_info).replace(", driver  )", ")"),
+            device: format!(
+                "{} ({:?}, {:?}, driver {} {})",
+                info.name, info.backend, info.device_type, info.driver, info.driver_info
+            )
+            .replace(", driver  )", ")"),
             compute_dtypes: vec![DType::F32],
             weight_dtypes: support::WEIGHT_DTYPES.to_vec(),
             max_buffer_bytes: ctx.max_binding as usize,
@@ -110,7 +120,9 @@ impl WgpuBackend {
 
     /// Parts a prepared weight is split into.
     pub fn weight_parts(buf: &dyn DeviceBuffer) -> usize {
-        WgpuBuffer::downcast(buf).map(|b| b.parts.len()).unwrap_or(0)
+        WgpuBuffer::downcast(buf)
+            .map(|b| b.parts.len())
+            .unwrap_or(0)
     }
 
     fn same_device(b: &dyn DeviceBuffer) -> Result<&WgpuBuffer> {
@@ -135,9 +147,20 @@ impl Backend for WgpuBackend {
             KernelFamily::Tiled => "tiled",
         };
         match &n.op {
-            npurt_graph::Op::MatMul { epilogue, .. } => format!("matmul[{} x f32{}, {family}]", graph.fact(n.inputs[1]).dtype, epilogue.name()),
+            npurt_graph::Op::MatMul { epilogue, .. } => format!(
+                "matmul[{} x f32{}, {family}]",
+                graph.fact(n.inputs[1]).dtype,
+                epilogue.name()
+            ),
             npurt_graph::Op::Attention { head_dim, .. } => {
-                format!("attention[{}]", if self.ctx.kernels == KernelFamily::Lanes && head_dim % 4 == 0 { "lanes" } else { "tiled" })
+                format!(
+                    "attention[{}]",
+                    if self.ctx.kernels == KernelFamily::Lanes && head_dim % 4 == 0 {
+                        "lanes"
+                    } else {
+                        "tiled"
+                    }
+                )
             }
             op => op.kind().to_string(),
         }
@@ -149,25 +172,46 @@ impl Backend for WgpuBackend {
 
     fn prepare_weight(&self, name: &str, tensor: HostTensor) -> Result<Arc<dyn DeviceBuffer>> {
         if !support::WEIGHT_DTYPES.contains(&tensor.fact.dtype) && tensor.fact.dtype != DType::I32 {
-            return Err(BackendError::Unsupported { backend: "wgpu".into(), node: name.into(), reason: format!("{} weights", tensor.fact.dtype) });
+            return Err(BackendError::Unsupported {
+                backend: "wgpu".into(),
+                node: name.into(),
+                reason: format!("{} weights", tensor.fact.dtype),
+            });
         }
-        Ok(buffers::into_arc(buffers::upload_weight(&self.ctx, name, &tensor)?))
+        Ok(buffers::into_arc(buffers::upload_weight(
+            &self.ctx, name, &tensor,
+        )?))
     }
 
-    fn compile(&self, graph: &Graph, weights: &[(NodeId, Arc<dyn DeviceBuffer>)]) -> Result<Arc<dyn Executable>> {
+    fn compile(
+        &self,
+        graph: &Graph,
+        weights: &[(NodeId, Arc<dyn DeviceBuffer>)],
+    ) -> Result<Arc<dyn Executable>> {
         crate::check_support(self, graph)?;
-        Ok(Arc::new(WgpuExecutable::new(self.ctx.clone(), graph, weights)?))
+        Ok(Arc::new(WgpuExecutable::new(
+            self.ctx.clone(),
+            graph,
+            weights,
+        )?))
     }
 
     fn write(&self, buf: &dyn DeviceBuffer, data: &HostTensor) -> Result<()> {
         let b = Self::same_device(buf)?;
         if b.fact != data.fact {
-            return Err(BackendError::Binding(format!("cannot write {} into a {} buffer", data.fact, b.fact)));
+            return Err(BackendError::Binding(format!(
+                "cannot write {} into a {} buffer",
+                data.fact, b.fact
+            )));
         }
         let src = weights::host_bytes(data);
         let (cols, rows) = (b.fact.last_dim(), b.fact.rows().max(1));
         for part in &b.parts {
-            let packed = if b.usage == BufferUsage::Weights { weights::pack(b.fact.dtype, cols, rows, &src, &part.layout) } else { src.to_vec() };
+            let packed = if b.usage == BufferUsage::Weights {
+                weights::pack(b.fact.dtype, cols, rows, &src, &part.layout)
+            } else {
+                src.to_vec()
+            };
             let mut packed = packed;
             packed.resize(packed.len().div_ceil(4) * 4, 0);
             self.ctx.queue.write_buffer(&part.buffer, 0, &packed);
@@ -181,8 +225,12 @@ impl Backend for WgpuBackend {
         // this buffer and of this thread's runs.
         let writer = b.last_run.load(std::sync::atomic::Ordering::Acquire);
         let me = std::thread::current().id();
-        self.ctx.resolve_checks(|c| c.id == writer || c.thread == me)?;
-        let bytes = b.fact.bytes().ok_or_else(|| BackendError::Binding(format!("{} has no byte size", b.fact)))?;
+        self.ctx
+            .resolve_checks(|c| c.id == writer || c.thread == me)?;
+        let bytes = b
+            .fact
+            .bytes()
+            .ok_or_else(|| BackendError::Binding(format!("{} has no byte size", b.fact)))?;
         let data = if b.usage == BufferUsage::Weights {
             let (cols, rows) = (b.fact.last_dim(), b.fact.rows().max(1));
             let mut out = vec![0u8; bytes];
@@ -194,19 +242,32 @@ impl Backend for WgpuBackend {
         } else {
             self.ctx.download(b.whole()?, 0, bytes as u64)?
         };
-        weights::host_tensor(&b.fact, data).ok_or_else(|| BackendError::Binding(format!("read back {} of the wrong size", b.fact)))
+        weights::host_tensor(&b.fact, data)
+            .ok_or_else(|| BackendError::Binding(format!("read back {} of the wrong size", b.fact)))
     }
 
     fn copy_rows(&self, src: &dyn DeviceBuffer, dst: &dyn DeviceBuffer, rows: usize) -> Result<()> {
         let (s, d) = (Self::same_device(src)?, Self::same_device(dst)?);
-        if s.fact.rank() != 2 || s.fact != d.fact || rows > s.fact.shape[0] || !matches!(s.fact.dtype, DType::F32 | DType::I32) {
-            return Err(BackendError::Binding(format!("copy_rows: {rows} rows from {} to {}", s.fact, d.fact)));
+        if s.fact.rank() != 2
+            || s.fact != d.fact
+            || rows > s.fact.shape[0]
+            || !matches!(s.fact.dtype, DType::F32 | DType::I32)
+        {
+            return Err(BackendError::Binding(format!(
+                "copy_rows: {rows} rows from {} to {}",
+                s.fact, d.fact
+            )));
         }
         if s.id == d.id || rows == 0 {
             return Ok(());
         }
         let bytes = (rows * s.fact.shape[1] * 4) as u64;
-        let mut enc = self.ctx.device.create_command_encoder(&::wgpu::CommandEncoderDescriptor { label: Some("npurt copy_rows") });
+        let mut enc = self
+            .ctx
+            .device
+            .create_command_encoder(&::wgpu::CommandEncoderDescriptor {
+                label: Some("npurt copy_rows"),
+            });
         enc.copy_buffer_to_buffer(s.whole()?, 0, d.whole()?, 0, bytes);
         self.ctx.queue.submit([enc.finish()]);
         Ok(())

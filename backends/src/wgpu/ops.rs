@@ -83,7 +83,11 @@ impl LowerCtx<'_> {
             let n = self.graph.node(id);
             match n.op {
                 Op::Reshape { .. } => id = n.inputs[0],
-                Op::Weight { .. } => return self.weights[id.0].as_ref().and_then(|b| WgpuBuffer::downcast(b.as_ref()).ok()),
+                Op::Weight { .. } => {
+                    return self.weights[id.0]
+                        .as_ref()
+                        .and_then(|b| WgpuBuffer::downcast(b.as_ref()).ok())
+                }
                 _ => return None,
             }
         }
@@ -139,9 +143,23 @@ fn weight_operand(cx: &LowerCtx, id: NodeId) -> WeightOperand {
     match cx.weight(id) {
         Some(w) => WeightOperand {
             dtype: w.fact.dtype,
-            parts: w.parts.iter().enumerate().map(|(i, p)| (BindRef::WeightPart(id_of_weight(cx, id), i), p.layout.rows.clone(), p.layout.scale_offset_words)).collect(),
+            parts: w
+                .parts
+                .iter()
+                .enumerate()
+                .map(|(i, p)| {
+                    (
+                        BindRef::WeightPart(id_of_weight(cx, id), i),
+                        p.layout.rows.clone(),
+                        p.layout.scale_offset_words,
+                    )
+                })
+                .collect(),
         },
-        None => WeightOperand { dtype: fact.dtype, parts: vec![(BindRef::Value(id), 0..fact.rows().max(1), 0)] },
+        None => WeightOperand {
+            dtype: fact.dtype,
+            parts: vec![(BindRef::Value(id), 0..fact.rows().max(1), 0)],
+        },
     }
 }
 
@@ -152,14 +170,26 @@ fn id_of_weight(cx: &LowerCtx, mut id: NodeId) -> NodeId {
     id
 }
 
-fn elementwise(entry: &'static str, n: usize, y_len: usize, cols: usize, x: BindRef, y: Option<BindRef>, out: BindRef) -> Result<Dispatch, String> {
+fn elementwise(
+    entry: &'static str,
+    n: usize,
+    y_len: usize,
+    cols: usize,
+    x: BindRef,
+    y: Option<BindRef>,
+    out: BindRef,
+) -> Result<Dispatch, String> {
     let mut bindings = vec![(0, BindRef::Params), (1, x), (3, out)];
     if let Some(y) = y {
         bindings.push((2, y));
     }
     Ok(Dispatch {
         key: PipelineKey::new("elementwise.wgsl", entry, &[]),
-        params: vec![as_u32(n, "elements")?, as_u32(y_len.max(1), "broadcast length")?, as_u32(cols, "columns")?],
+        params: vec![
+            as_u32(n, "elements")?,
+            as_u32(y_len.max(1), "broadcast length")?,
+            as_u32(cols, "columns")?,
+        ],
         bindings,
         groups: grid_1d(n, EW)?,
     })
@@ -178,22 +208,59 @@ pub(crate) fn lower(cx: &LowerCtx, id: NodeId) -> Result<Lowered, String> {
     match &node.op {
         Op::Input { .. } | Op::Weight { .. } | Op::State { .. } | Op::Reshape { .. } => {}
         Op::Add | Op::Mul => {
-            let entry = if matches!(node.op, Op::Add) { "add" } else { "mul" };
+            let entry = if matches!(node.op, Op::Add) {
+                "add"
+            } else {
+                "mul"
+            };
             let y_len = g.fact(ins[1]).elems().unwrap_or(1);
-            d.push(elementwise(entry, n_out, y_len, 0, BindRef::Value(ins[0]), Some(BindRef::Value(ins[1])), out)?);
+            d.push(elementwise(
+                entry,
+                n_out,
+                y_len,
+                0,
+                BindRef::Value(ins[0]),
+                Some(BindRef::Value(ins[1])),
+                out,
+            )?);
         }
-        Op::Silu => d.push(elementwise("silu_op", n_out, 1, 0, BindRef::Value(ins[0]), None, out)?),
-        Op::Gelu { tanh } => d.push(elementwise(if *tanh { "gelu_tanh_op" } else { "gelu_erf_op" }, n_out, 1, 0, BindRef::Value(ins[0]), None, out)?),
+        Op::Silu => d.push(elementwise(
+            "silu_op",
+            n_out,
+            1,
+            0,
+            BindRef::Value(ins[0]),
+            None,
+            out,
+        )?),
+        Op::Gelu { tanh } => d.push(elementwise(
+            if *tanh { "gelu_tanh_op" } else { "gelu_erf_op" },
+            n_out,
+            1,
+            0,
+            BindRef::Value(ins[0]),
+            None,
+            out,
+        )?),
         Op::RmsNorm { eps } | Op::LayerNorm { eps } => {
             let x = g.fact(ins[0]);
             let (rows, h) = (x.rows().max(1), x.last_dim());
             let layer = matches!(node.op, Op::LayerNorm { .. });
-            let mut bindings = vec![(0, BindRef::Params), (1, BindRef::Value(ins[0])), (2, BindRef::Value(ins[1])), (4, out)];
+            let mut bindings = vec![
+                (0, BindRef::Params),
+                (1, BindRef::Value(ins[0])),
+                (2, BindRef::Value(ins[1])),
+                (4, out),
+            ];
             if layer {
                 bindings.push((3, BindRef::Value(ins[2])));
             }
             d.push(Dispatch {
-                key: PipelineKey::new("norm.wgsl", if layer { "layer_norm" } else { "rms_norm" }, &[]),
+                key: PipelineKey::new(
+                    "norm.wgsl",
+                    if layer { "layer_norm" } else { "rms_norm" },
+                    &[],
+                ),
                 params: vec![as_u32(rows, "rows")?, as_u32(h, "row length")?, f(*eps)],
                 bindings,
                 groups: grid_1d(rows, 1)?,
@@ -214,9 +281,13 @@ pub(crate) fn lower(cx: &LowerCtx, id: NodeId) -> Result<Lowered, String> {
             // Position-independent frequencies are computed here exactly as the
             // reference does; dynamic NTK rescales in the shader from pos + n_valid.
             let inv = npurt_kernels::reference::rope_inv_freq(p, 0);
-            l.consts.push(inv.iter().flat_map(|v| v.to_le_bytes()).collect());
+            l.consts
+                .push(inv.iter().flat_map(|v| v.to_le_bytes()).collect());
             let (dynamic, factor, orig) = match p.scaling {
-                RopeScaling::DynamicNtk { factor, original_max_position } => (1, factor, original_max_position),
+                RopeScaling::DynamicNtk {
+                    factor,
+                    original_max_position,
+                } => (1, factor, original_max_position),
                 _ => (0, 1.0, 0),
             };
             l.dispatches.push(Dispatch {
@@ -251,12 +322,29 @@ pub(crate) fn lower(cx: &LowerCtx, id: NodeId) -> Result<Lowered, String> {
             let n = new.elems().ok_or("kv rows overflow")?;
             d.push(Dispatch {
                 key: PipelineKey::new("kv_write.wgsl", "kv_write", &[]),
-                params: vec![as_u32(n, "elements")?, as_u32(cache.shape[1], "width")?, as_u32(cache.shape[0], "cache rows")?, as_u32(new.shape[0], "rows")?, node_idx],
-                bindings: vec![(0, BindRef::Params), (1, BindRef::Value(ins[1])), (2, BindRef::Value(ins[2])), (3, BindRef::Value(ins[0])), (STATUS_BINDING, BindRef::Status)],
+                params: vec![
+                    as_u32(n, "elements")?,
+                    as_u32(cache.shape[1], "width")?,
+                    as_u32(cache.shape[0], "cache rows")?,
+                    as_u32(new.shape[0], "rows")?,
+                    node_idx,
+                ],
+                bindings: vec![
+                    (0, BindRef::Params),
+                    (1, BindRef::Value(ins[1])),
+                    (2, BindRef::Value(ins[2])),
+                    (3, BindRef::Value(ins[0])),
+                    (STATUS_BINDING, BindRef::Status),
+                ],
                 groups: grid_1d(n, EW)?,
             });
         }
-        Op::Attention { n_heads, n_kv_heads, head_dim, scale } => {
+        Op::Attention {
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            scale,
+        } => {
             let t = g.fact(ins[0]).shape[0];
             let s = g.fact(ins[1]).shape[0];
             if *head_dim > MAX_HEAD_DIM {
@@ -265,18 +353,47 @@ pub(crate) fn lower(cx: &LowerCtx, id: NodeId) -> Result<Lowered, String> {
             let lanes = cx.kernels == KernelFamily::Lanes && head_dim % 4 == 0;
             let (key, groups) = if lanes {
                 let hd = format!("HEAD_DIM={head_dim}");
-                (PipelineKey::new("attention_lanes.wgsl", "attention_lanes", &[hd.as_str()]), [as_u32(t.div_ceil(64), "rows")?, as_u32(*n_heads, "heads")?, 1])
+                (
+                    PipelineKey::new("attention_lanes.wgsl", "attention_lanes", &[hd.as_str()]),
+                    [
+                        as_u32(t.div_ceil(64), "rows")?,
+                        as_u32(*n_heads, "heads")?,
+                        1,
+                    ],
+                )
             } else {
-                (PipelineKey::new("attention.wgsl", "attention", &[]), [as_u32(*n_heads, "heads")?, as_u32(t, "rows")?, 1])
+                (
+                    PipelineKey::new("attention.wgsl", "attention", &[]),
+                    [as_u32(*n_heads, "heads")?, as_u32(t, "rows")?, 1],
+                )
             };
             if groups[0] > MAX_GROUPS || groups[1] > MAX_GROUPS {
                 return Err("attention with more than 65535 heads or rows".into());
             }
             d.push(Dispatch {
                 key,
-                params: vec![as_u32(t, "rows")?, as_u32(*n_heads, "heads")?, as_u32(*n_kv_heads, "kv heads")?, as_u32(*head_dim, "head_dim")?, as_u32(s, "cache rows")?, f(*scale), node_idx],
+                params: vec![
+                    as_u32(t, "rows")?,
+                    as_u32(*n_heads, "heads")?,
+                    as_u32(*n_kv_heads, "kv heads")?,
+                    as_u32(*head_dim, "head_dim")?,
+                    as_u32(s, "cache rows")?,
+                    f(*scale),
+                    node_idx,
+                ],
                 bindings: (0..7)
-                    .map(|b| (b, if b == 0 { BindRef::Params } else if b == 6 { out } else { BindRef::Value(ins[b as usize - 1]) }))
+                    .map(|b| {
+                        (
+                            b,
+                            if b == 0 {
+                                BindRef::Params
+                            } else if b == 6 {
+                                out
+                            } else {
+                                BindRef::Value(ins[b as usize - 1])
+                            },
+                        )
+                    })
                     .chain([(STATUS_BINDING, BindRef::Status)])
                     .collect(),
                 groups,
@@ -286,7 +403,14 @@ pub(crate) fn lower(cx: &LowerCtx, id: NodeId) -> Result<Lowered, String> {
             let x = g.fact(ins[0]);
             d.push(Dispatch {
                 key: PipelineKey::new("rows.wgsl", "slice_cols", &[]),
-                params: vec![as_u32(n_out, "elements")?, as_u32(x.shape[0], "rows")?, as_u32(x.shape[1], "width")?, as_u32(*start, "start")?, as_u32(*len, "len")?, node_idx],
+                params: vec![
+                    as_u32(n_out, "elements")?,
+                    as_u32(x.shape[0], "rows")?,
+                    as_u32(x.shape[1], "width")?,
+                    as_u32(*start, "start")?,
+                    as_u32(*len, "len")?,
+                    node_idx,
+                ],
                 bindings: vec![(0, BindRef::Params), (1, BindRef::Value(ins[0])), (3, out)],
                 groups: grid_1d(n_out, EW)?,
             });
@@ -295,15 +419,31 @@ pub(crate) fn lower(cx: &LowerCtx, id: NodeId) -> Result<Lowered, String> {
             let x = g.fact(ins[0]);
             d.push(Dispatch {
                 key: PipelineKey::new("rows.wgsl", "select_row", &[]),
-                params: vec![as_u32(n_out, "elements")?, as_u32(x.shape[0], "rows")?, as_u32(x.shape[1], "width")?, 0, as_u32(x.shape[1], "width")?, node_idx],
-                bindings: vec![(0, BindRef::Params), (1, BindRef::Value(ins[0])), (2, BindRef::Value(ins[1])), (3, out), (STATUS_BINDING, BindRef::Status)],
+                params: vec![
+                    as_u32(n_out, "elements")?,
+                    as_u32(x.shape[0], "rows")?,
+                    as_u32(x.shape[1], "width")?,
+                    0,
+                    as_u32(x.shape[1], "width")?,
+                    node_idx,
+                ],
+                bindings: vec![
+                    (0, BindRef::Params),
+                    (1, BindRef::Value(ins[0])),
+                    (2, BindRef::Value(ins[1])),
+                    (3, out),
+                    (STATUS_BINDING, BindRef::Status),
+                ],
                 groups: grid_1d(n_out, EW)?,
             });
         }
         Op::Transpose { perm } => {
             let shape = &g.fact(ins[0]).shape;
             if perm.len() > MAX_TRANSPOSE_RANK {
-                return Err(format!("transpose of rank {} > {MAX_TRANSPOSE_RANK}", perm.len()));
+                return Err(format!(
+                    "transpose of rank {} > {MAX_TRANSPOSE_RANK}",
+                    perm.len()
+                ));
             }
             let mut in_strides = vec![1usize; shape.len()];
             for i in (0..shape.len().saturating_sub(1)).rev() {
@@ -340,7 +480,13 @@ pub(crate) fn lower(cx: &LowerCtx, id: NodeId) -> Result<Lowered, String> {
                     as_u32(sh[2] / patch, "grid")?,
                     as_u32(sh[3] / patch, "grid")?,
                 ],
-                bindings: vec![(0, BindRef::Params), (1, BindRef::Value(ins[0])), (2, BindRef::Value(ins[1])), (3, BindRef::Value(ins[2])), (4, out)],
+                bindings: vec![
+                    (0, BindRef::Params),
+                    (1, BindRef::Value(ins[0])),
+                    (2, BindRef::Value(ins[1])),
+                    (3, BindRef::Value(ins[2])),
+                    (4, out),
+                ],
                 groups: grid_1d(n_out, EW)?,
             });
         }
@@ -362,12 +508,22 @@ pub(crate) fn lower(cx: &LowerCtx, id: NodeId) -> Result<Lowered, String> {
                         soff,
                         node_idx,
                     ],
-                    bindings: vec![(0, BindRef::Params), (1, BindRef::Value(ins[1])), (2, bind), (3, out), (STATUS_BINDING, BindRef::Status)],
+                    bindings: vec![
+                        (0, BindRef::Params),
+                        (1, BindRef::Value(ins[1])),
+                        (2, bind),
+                        (3, out),
+                        (STATUS_BINDING, BindRef::Status),
+                    ],
                     groups: grid_1d(threads, EW)?,
                 });
             }
         }
-        Op::MatMul { transpose_b, epilogue, .. } => lower_matmul(cx, id, *transpose_b, *epilogue, &mut l)?,
+        Op::MatMul {
+            transpose_b,
+            epilogue,
+            ..
+        } => lower_matmul(cx, id, *transpose_b, *epilogue, &mut l)?,
     }
     Ok(l)
 }
@@ -394,7 +550,12 @@ enum MatmulEntry {
     Gemm,
 }
 
-fn matmul_dispatch(defines: &[&str], entry: MatmulEntry, x: MatmulArgs, bindings: Vec<(u32, BindRef)>) -> Result<Dispatch, String> {
+fn matmul_dispatch(
+    defines: &[&str],
+    entry: MatmulEntry,
+    x: MatmulArgs,
+    bindings: Vec<(u32, BindRef)>,
+) -> Result<Dispatch, String> {
     let params = vec![
         as_u32(x.m, "m")?,
         as_u32(x.k, "k")?,
@@ -414,7 +575,11 @@ fn matmul_dispatch(defines: &[&str], entry: MatmulEntry, x: MatmulArgs, bindings
             (g[0] as usize, g[1] as usize, "gemv")
         }
         MatmulEntry::Gemm => (x.n.div_ceil(32), x.m.div_ceil(32), "gemm"),
-        MatmulEntry::Lanes => (x.n.div_ceil(256), x.m.div_ceil(if x.m == 1 { 1 } else { 4 }), "lanes"),
+        MatmulEntry::Lanes => (
+            x.n.div_ceil(256),
+            x.m.div_ceil(if x.m == 1 { 1 } else { 4 }),
+            "lanes",
+        ),
     };
     if gx > MAX_GROUPS as usize || gy > MAX_GROUPS as usize {
         return Err(format!("matmul {}x{} exceeds one dispatch", x.m, x.n));
@@ -423,10 +588,21 @@ fn matmul_dispatch(defines: &[&str], entry: MatmulEntry, x: MatmulArgs, bindings
     if entry == MatmulEntry::Lanes && x.m == 1 {
         defines.push("ROWS_1");
     }
-    Ok(Dispatch { key: PipelineKey::new("matmul.wgsl", name, &defines), params, bindings, groups: [gx as u32, gy as u32, 1] })
+    Ok(Dispatch {
+        key: PipelineKey::new("matmul.wgsl", name, &defines),
+        params,
+        bindings,
+        groups: [gx as u32, gy as u32, 1],
+    })
 }
 
-fn lower_matmul(cx: &LowerCtx, id: NodeId, transpose_b: bool, epilogue: Epilogue, l: &mut Lowered) -> Result<(), String> {
+fn lower_matmul(
+    cx: &LowerCtx,
+    id: NodeId,
+    transpose_b: bool,
+    epilogue: Epilogue,
+    l: &mut Lowered,
+) -> Result<(), String> {
     let g = cx.graph;
     let ins = &g.node(id).inputs;
     let a = g.fact(ins[0]);
@@ -443,10 +619,36 @@ fn lower_matmul(cx: &LowerCtx, id: NodeId, transpose_b: bool, epilogue: Epilogue
         }
         defines.push("W_KN");
         let n = bf.shape[1];
-        let entry = if cx.kernels == KernelFamily::Lanes { MatmulEntry::Lanes } else { MatmulEntry::Gemm };
+        let entry = if cx.kernels == KernelFamily::Lanes {
+            MatmulEntry::Lanes
+        } else {
+            MatmulEntry::Gemm
+        };
         for (i, (bind, rows, _)) in b.parts.into_iter().enumerate() {
-            let args = MatmulArgs { m, k: rows.len(), n, n_base: 0, ldo: n, lda: k, a_k0: rows.start, soff: 0, w_ld: n, up_row: 0, accumulate: i > 0 };
-            l.dispatches.push(matmul_dispatch(&defines, entry, args, vec![(0, BindRef::Params), (1, BindRef::Value(ins[0])), (2, bind), (3, out)])?);
+            let args = MatmulArgs {
+                m,
+                k: rows.len(),
+                n,
+                n_base: 0,
+                ldo: n,
+                lda: k,
+                a_k0: rows.start,
+                soff: 0,
+                w_ld: n,
+                up_row: 0,
+                accumulate: i > 0,
+            };
+            l.dispatches.push(matmul_dispatch(
+                &defines,
+                entry,
+                args,
+                vec![
+                    (0, BindRef::Params),
+                    (1, BindRef::Value(ins[0])),
+                    (2, bind),
+                    (3, out),
+                ],
+            )?);
         }
         return Ok(());
     }
@@ -470,25 +672,95 @@ fn lower_matmul(cx: &LowerCtx, id: NodeId, transpose_b: bool, epilogue: Epilogue
         // into a temporary, then combine.
         l.temps.push((m * n_b * 4) as u64);
         for (bind, rows, soff) in b.parts {
-            let args = MatmulArgs { m, k, n: rows.len(), n_base: rows.start, ldo: n_b, lda: k, a_k0: 0, soff, w_ld: 0, up_row: 0, accumulate: false };
-            l.dispatches.push(matmul_dispatch(&defines, entry, args, vec![(0, BindRef::Params), (1, BindRef::Value(ins[0])), (2, bind), (3, BindRef::Temp(0))])?);
+            let args = MatmulArgs {
+                m,
+                k,
+                n: rows.len(),
+                n_base: rows.start,
+                ldo: n_b,
+                lda: k,
+                a_k0: 0,
+                soff,
+                w_ld: 0,
+                up_row: 0,
+                accumulate: false,
+            };
+            l.dispatches.push(matmul_dispatch(
+                &defines,
+                entry,
+                args,
+                vec![
+                    (0, BindRef::Params),
+                    (1, BindRef::Value(ins[0])),
+                    (2, bind),
+                    (3, BindRef::Temp(0)),
+                ],
+            )?);
         }
-        l.dispatches.push(elementwise("swiglu", m * n_b / 2, 1, n_b / 2, BindRef::Temp(0), None, out)?);
+        l.dispatches.push(elementwise(
+            "swiglu",
+            m * n_b / 2,
+            1,
+            n_b / 2,
+            BindRef::Temp(0),
+            None,
+            out,
+        )?);
         return Ok(());
     }
     if epilogue == Epilogue::SwiGlu {
         defines.push("SWIGLU");
         let n = n_b / 2;
         let (bind, _, soff) = b.parts[0].clone();
-        let args = MatmulArgs { m, k, n, n_base: 0, ldo: n, lda: k, a_k0: 0, soff, w_ld: 0, up_row: n, accumulate: false };
-        l.dispatches.push(matmul_dispatch(&defines, entry, args, vec![(0, BindRef::Params), (1, BindRef::Value(ins[0])), (2, bind), (3, out)])?);
+        let args = MatmulArgs {
+            m,
+            k,
+            n,
+            n_base: 0,
+            ldo: n,
+            lda: k,
+            a_k0: 0,
+            soff,
+            w_ld: 0,
+            up_row: n,
+            accumulate: false,
+        };
+        l.dispatches.push(matmul_dispatch(
+            &defines,
+            entry,
+            args,
+            vec![
+                (0, BindRef::Params),
+                (1, BindRef::Value(ins[0])),
+                (2, bind),
+                (3, out),
+            ],
+        )?);
         return Ok(());
     }
     for (bind, rows, soff) in b.parts {
-        let args = MatmulArgs { m, k, n: rows.len(), n_base: rows.start, ldo: n_b, lda: k, a_k0: 0, soff, w_ld: 0, up_row: 0, accumulate: false };
-        let mut bindings = vec![(0, BindRef::Params), (1, BindRef::Value(ins[0])), (2, bind), (3, out)];
+        let args = MatmulArgs {
+            m,
+            k,
+            n: rows.len(),
+            n_base: rows.start,
+            ldo: n_b,
+            lda: k,
+            a_k0: 0,
+            soff,
+            w_ld: 0,
+            up_row: 0,
+            accumulate: false,
+        };
+        let mut bindings = vec![
+            (0, BindRef::Params),
+            (1, BindRef::Value(ins[0])),
+            (2, bind),
+            (3, out),
+        ];
         bindings.extend(extra.iter().copied());
-        l.dispatches.push(matmul_dispatch(&defines, entry, args, bindings)?);
+        l.dispatches
+            .push(matmul_dispatch(&defines, entry, args, bindings)?);
     }
     Ok(())
 }

@@ -21,7 +21,11 @@ impl PipelineKey {
         let mut defines: Vec<String> = defines.iter().map(|d| d.to_string()).collect();
         defines.sort_unstable();
         defines.dedup();
-        PipelineKey { file, entry, defines }
+        PipelineKey {
+            file,
+            entry,
+            defines,
+        }
     }
 }
 
@@ -48,25 +52,43 @@ impl PipelineCache {
 }
 
 fn shader_error(key: &PipelineKey, reason: impl std::fmt::Display) -> BackendError {
-    BackendError::Execution { node: format!("<shader {key}>"), reason: reason.to_string() }
+    BackendError::Execution {
+        node: format!("<shader {key}>"),
+        reason: reason.to_string(),
+    }
 }
 
 /// The pipeline for `key`, compiled on first use.
 pub(crate) fn get(ctx: &GpuContext, key: &PipelineKey) -> Result<Arc<::wgpu::ComputePipeline>> {
     let cache = &ctx.pipelines;
-    if let Some(p) = cache.pipelines.lock().map_err(|_| shader_error(key, "pipeline cache poisoned"))?.get(key) {
+    if let Some(p) = cache
+        .pipelines
+        .lock()
+        .map_err(|_| shader_error(key, "pipeline cache poisoned"))?
+        .get(key)
+    {
         return Ok(p.clone());
     }
     // Modules are shared by the entry points of one file with the same defines.
     let module = {
-        let mut modules = cache.modules.lock().map_err(|_| shader_error(key, "module cache poisoned"))?;
+        let mut modules = cache
+            .modules
+            .lock()
+            .map_err(|_| shader_error(key, "module cache poisoned"))?;
         let mkey = (key.file, key.defines.clone());
         match modules.get(&mkey) {
             Some(m) => m.clone(),
             None => {
-                let src = npurt_kernels::wgsl::preprocess(key.file, &key.defines).map_err(|e| shader_error(key, e))?;
+                let src = npurt_kernels::wgsl::preprocess(key.file, &key.defines)
+                    .map_err(|e| shader_error(key, e))?;
                 let m = ctx.scoped(
-                    || ctx.device.create_shader_module(::wgpu::ShaderModuleDescriptor { label: Some(key.file), source: ::wgpu::ShaderSource::Wgsl(src.into()) }),
+                    || {
+                        ctx.device
+                            .create_shader_module(::wgpu::ShaderModuleDescriptor {
+                                label: Some(key.file),
+                                source: ::wgpu::ShaderSource::Wgsl(src.into()),
+                            })
+                    },
                     |msg, _| shader_error(key, msg),
                 )?;
                 modules.insert(mkey, m.clone());
@@ -77,18 +99,23 @@ pub(crate) fn get(ctx: &GpuContext, key: &PipelineKey) -> Result<Arc<::wgpu::Com
     let label = key.to_string();
     let pipeline = ctx.scoped(
         || {
-            ctx.device.create_compute_pipeline(&::wgpu::ComputePipelineDescriptor {
-                label: Some(&label),
-                layout: None,
-                module: &module,
-                entry_point: Some(key.entry),
-                compilation_options: Default::default(),
-                cache: None,
-            })
+            ctx.device
+                .create_compute_pipeline(&::wgpu::ComputePipelineDescriptor {
+                    label: Some(&label),
+                    layout: None,
+                    module: &module,
+                    entry_point: Some(key.entry),
+                    compilation_options: Default::default(),
+                    cache: None,
+                })
         },
         |msg, _| shader_error(key, msg),
     )?;
     let pipeline = Arc::new(pipeline);
-    cache.pipelines.lock().map_err(|_| shader_error(key, "pipeline cache poisoned"))?.insert(key.clone(), pipeline.clone());
+    cache
+        .pipelines
+        .lock()
+        .map_err(|_| shader_error(key, "pipeline cache poisoned"))?
+        .insert(key.clone(), pipeline.clone());
     Ok(pipeline)
 }

@@ -66,8 +66,18 @@ pub(crate) fn plan(graph: &Graph, temps: &[Vec<u64>]) -> MemoryPlan {
     let mut dies_at: Vec<Vec<usize>> = vec![Vec::new(); n + 1];
 
     let take = |bytes: u64, slot_bytes: &mut Vec<u64>, free: &mut Vec<usize>| -> usize {
-        let best = free.iter().enumerate().filter(|(_, &s)| slot_bytes[s] >= bytes).min_by_key(|(_, &s)| slot_bytes[s]).map(|(i, _)| i);
-        let pick = best.or_else(|| free.iter().enumerate().max_by_key(|(_, &s)| slot_bytes[s]).map(|(i, _)| i));
+        let best = free
+            .iter()
+            .enumerate()
+            .filter(|(_, &s)| slot_bytes[s] >= bytes)
+            .min_by_key(|(_, &s)| slot_bytes[s])
+            .map(|(i, _)| i);
+        let pick = best.or_else(|| {
+            free.iter()
+                .enumerate()
+                .max_by_key(|(_, &s)| slot_bytes[s])
+                .map(|(i, _)| i)
+        });
         match pick {
             Some(i) => {
                 let s = free.swap_remove(i);
@@ -104,7 +114,12 @@ pub(crate) fn plan(graph: &Graph, temps: &[Vec<u64>]) -> MemoryPlan {
         free.extend(temp_slots[i].iter().copied());
         free.append(&mut dies_at[i]);
     }
-    MemoryPlan { storage, slot_bytes, temp_slots, bound }
+    MemoryPlan {
+        storage,
+        slot_bytes,
+        temp_slots,
+        bound,
+    }
 }
 
 #[cfg(test)]
@@ -115,7 +130,16 @@ mod tests {
     #[test]
     fn dead_values_share_slots_and_live_ones_do_not() {
         let mut g = Graph::new();
-        let x = g.add("x", Op::Input { name: "x".into(), fact: TensorFact::f32([4, 8]) }, &[]).unwrap();
+        let x = g
+            .add(
+                "x",
+                Op::Input {
+                    name: "x".into(),
+                    fact: TensorFact::f32([4, 8]),
+                },
+                &[],
+            )
+            .unwrap();
         let a = g.add("a", Op::Silu, &[x]).unwrap();
         let b = g.add("b", Op::Silu, &[a]).unwrap();
         let c = g.add("c", Op::Silu, &[b]).unwrap();

@@ -7,7 +7,15 @@ use crate::Support;
 use npurt_graph::{DType, Graph, NodeId, Op, TensorFact};
 
 /// Weight formats the shaders dequantize (weights.wgsl).
-pub(crate) const WEIGHT_DTYPES: [DType; 7] = [DType::F32, DType::F16, DType::BF16, DType::Q4_0, DType::Q4_1, DType::Q8_0, DType::Q8Channel];
+pub(crate) const WEIGHT_DTYPES: [DType; 7] = [
+    DType::F32,
+    DType::F16,
+    DType::BF16,
+    DType::Q4_0,
+    DType::Q4_1,
+    DType::Q8_0,
+    DType::Q8Channel,
+];
 
 fn unsupported(reason: impl Into<String>) -> Support {
     Support::Unsupported(reason.into())
@@ -16,19 +24,32 @@ fn unsupported(reason: impl Into<String>) -> Support {
 pub(crate) fn supports(graph: &Graph, id: NodeId, max_binding: u64) -> Support {
     let node = graph.node(id);
     let fact = |i: usize| graph.fact(node.inputs[i]);
-    let is_weight = |i: usize| matches!(graph.node(super::plan::root(graph, node.inputs[i])).op, Op::Weight { .. });
+    let is_weight = |i: usize| {
+        matches!(
+            graph.node(super::plan::root(graph, node.inputs[i])).op,
+            Op::Weight { .. }
+        )
+    };
     let too_big = |f: &TensorFact| f.bytes().map(|b| b as u64 > max_binding).unwrap_or(true);
     let f32_or_i32 = |f: &TensorFact| matches!(f.dtype, DType::F32 | DType::I32);
 
     // Values computed or bound per run are single bindings; only weights feeding a
     // matmul or gather may exceed the binding limit (they are split into parts).
     if !node.op.is_source() && too_big(&node.fact) {
-        return unsupported(format!("{} exceeds the adapter's storage binding limit of {max_binding} bytes", node.fact));
+        return unsupported(format!(
+            "{} exceeds the adapter's storage binding limit of {max_binding} bytes",
+            node.fact
+        ));
     }
     for (i, &x) in node.inputs.iter().enumerate() {
-        let splittable = is_weight(i) && matches!((&node.op, i), (Op::MatMul { .. }, 1) | (Op::Gather, 0));
+        let splittable =
+            is_weight(i) && matches!((&node.op, i), (Op::MatMul { .. }, 1) | (Op::Gather, 0));
         if !splittable && too_big(graph.fact(x)) {
-            return unsupported(format!("input {} ({}) exceeds the adapter's storage binding limit of {max_binding} bytes", graph.node(x).name, graph.fact(x)));
+            return unsupported(format!(
+                "input {} ({}) exceeds the adapter's storage binding limit of {max_binding} bytes",
+                graph.node(x).name,
+                graph.fact(x)
+            ));
         }
     }
 
@@ -78,38 +99,65 @@ pub(crate) fn supports(graph: &Graph, id: NodeId, max_binding: u64) -> Support {
             if !transpose_b && !matches!(b.dtype, DType::F32 | DType::F16 | DType::BF16) {
                 return unsupported("[K, N] matmul weights must be f32/f16/bf16");
             }
-            if node.inputs[2..].iter().any(|&x| graph.fact(x).dtype != DType::F32) {
+            if node.inputs[2..]
+                .iter()
+                .any(|&x| graph.fact(x).dtype != DType::F32)
+            {
                 return unsupported("matmul bias/residual must be f32");
             }
             let n = if *transpose_b { b.shape[0] } else { b.shape[1] };
-            if a.shape[0].div_ceil(32) > ops::MAX_GROUPS as usize || n.div_ceil(32) > ops::MAX_GROUPS as usize {
+            if a.shape[0].div_ceil(32) > ops::MAX_GROUPS as usize
+                || n.div_ceil(32) > ops::MAX_GROUPS as usize
+            {
                 return unsupported("matmul larger than one dispatch");
             }
             Support::Supported
         }
         Op::Reshape { .. } | Op::Transpose { .. } | Op::SliceCols { .. } | Op::SelectRow => {
             if !f32_or_i32(fact(0)) {
-                return unsupported(format!("{} of {} values (32-bit values only)", node.op.kind(), fact(0).dtype));
+                return unsupported(format!(
+                    "{} of {} values (32-bit values only)",
+                    node.op.kind(),
+                    fact(0).dtype
+                ));
             }
-            if is_weight(0) && !matches!(node.op, Op::Reshape { .. }) && fact(0).dtype != DType::F32 {
+            if is_weight(0) && !matches!(node.op, Op::Reshape { .. }) && fact(0).dtype != DType::F32
+            {
                 return unsupported("layout ops on non-f32 weights");
             }
             if let Op::Transpose { perm } = &node.op {
                 if perm.len() > ops::MAX_TRANSPOSE_RANK {
-                    return unsupported(format!("transpose of rank {} (at most {})", perm.len(), ops::MAX_TRANSPOSE_RANK));
+                    return unsupported(format!(
+                        "transpose of rank {} (at most {})",
+                        perm.len(),
+                        ops::MAX_TRANSPOSE_RANK
+                    ));
                 }
             }
             Support::Supported
         }
-        Op::Attention { head_dim, .. } if *head_dim > ops::MAX_HEAD_DIM => unsupported(format!("head_dim {head_dim} > {}", ops::MAX_HEAD_DIM)),
+        Op::Attention { head_dim, .. } if *head_dim > ops::MAX_HEAD_DIM => {
+            unsupported(format!("head_dim {head_dim} > {}", ops::MAX_HEAD_DIM))
+        }
         _ => {
             // Everything else computes on f32 values; run-time scalars are i32.
             for (i, &x) in node.inputs.iter().enumerate() {
                 let f = graph.fact(x);
-                let scalar = matches!((&node.op, i), (Op::Rope { .. }, 1 | 2) | (Op::KvWrite, 2) | (Op::Attention { .. }, 3 | 4));
-                let ok = if scalar { f.dtype == DType::I32 } else { f.dtype == DType::F32 };
+                let scalar = matches!(
+                    (&node.op, i),
+                    (Op::Rope { .. }, 1 | 2) | (Op::KvWrite, 2) | (Op::Attention { .. }, 3 | 4)
+                );
+                let ok = if scalar {
+                    f.dtype == DType::I32
+                } else {
+                    f.dtype == DType::F32
+                };
                 if !ok {
-                    return unsupported(format!("{} input {i} is {} (f32 values only)", node.op.kind(), f.dtype));
+                    return unsupported(format!(
+                        "{} input {i} is {} (f32 values only)",
+                        node.op.kind(),
+                        f.dtype
+                    ));
                 }
             }
             Support::Supported

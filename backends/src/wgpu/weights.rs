@@ -35,7 +35,10 @@ fn part_bytes(dtype: DType, rows: usize, cols: usize) -> Option<(usize, usize)> 
         DType::Q8Channel => (rows.checked_mul(pad4(cols))?, rows * 4),
     };
     // Parts are padded to 16 bytes: shaders read them as `array<vec4<u32>>`.
-    Some((values, (values.checked_add(scales)?.checked_add(15)? & !15).max(16)))
+    Some((
+        values,
+        (values.checked_add(scales)?.checked_add(15)? & !15).max(16),
+    ))
 }
 
 /// Splits a weight into parts of at most `max_bytes` each.
@@ -43,7 +46,10 @@ pub(crate) fn plan(fact: &TensorFact, max_bytes: u64) -> Result<Vec<PartLayout>,
     let cols = fact.last_dim();
     let rows = if fact.rank() == 0 { 1 } else { fact.rows() };
     if fact.bytes().is_none() {
-        return Err(format!("{fact} is not a whole number of {} blocks", fact.dtype));
+        return Err(format!(
+            "{fact} is not a whole number of {} blocks",
+            fact.dtype
+        ));
     }
     if fact.dtype == DType::Q8Channel && fact.rank() != 2 {
         return Err(format!("{fact}: q8_channel weights must be 2-D"));
@@ -52,19 +58,36 @@ pub(crate) fn plan(fact: &TensorFact, max_bytes: u64) -> Result<Vec<PartLayout>,
     let max = max_bytes as usize;
     // Rows per part: as many as fit (f16/bf16 rows may end mid-word, which is fine: each
     // part is its own buffer starting at word 0).
-    let mut per_part = if one_row == 0 { rows.max(1) } else { (max.saturating_sub(16) / one_row).max(1) };
-    while per_part > 1 && part_bytes(fact.dtype, per_part, cols).map(|(_, b)| b > max).unwrap_or(true) {
+    let mut per_part = if one_row == 0 {
+        rows.max(1)
+    } else {
+        (max.saturating_sub(16) / one_row).max(1)
+    };
+    while per_part > 1
+        && part_bytes(fact.dtype, per_part, cols)
+            .map(|(_, b)| b > max)
+            .unwrap_or(true)
+    {
         per_part -= 1;
     }
-    if part_bytes(fact.dtype, per_part.min(rows.max(1)), cols).map(|(_, b)| b > max).unwrap_or(true) {
-        return Err(format!("one row of {fact} exceeds the adapter's storage binding limit of {max_bytes} bytes"));
+    if part_bytes(fact.dtype, per_part.min(rows.max(1)), cols)
+        .map(|(_, b)| b > max)
+        .unwrap_or(true)
+    {
+        return Err(format!(
+            "one row of {fact} exceeds the adapter's storage binding limit of {max_bytes} bytes"
+        ));
     }
     let mut parts = Vec::new();
     let mut r0 = 0;
     loop {
         let r1 = (r0 + per_part).min(rows);
         let (values, bytes) = part_bytes(fact.dtype, r1 - r0, cols).ok_or("part size overflows")?;
-        parts.push(PartLayout { rows: r0..r1, bytes: bytes as u64, scale_offset_words: (values / 4) as u32 });
+        parts.push(PartLayout {
+            rows: r0..r1,
+            bytes: bytes as u64,
+            scale_offset_words: (values / 4) as u32,
+        });
         r0 = r1;
         if r0 >= rows {
             break;
@@ -84,7 +107,13 @@ pub(crate) fn host_bytes(t: &HostTensor) -> std::borrow::Cow<'_, [u8]> {
 }
 
 /// Repacks rows `part.rows` of `src` (host storage order of a `[rows, cols]` tensor).
-pub(crate) fn pack(dtype: DType, cols: usize, total_rows: usize, src: &[u8], part: &PartLayout) -> Vec<u8> {
+pub(crate) fn pack(
+    dtype: DType,
+    cols: usize,
+    total_rows: usize,
+    src: &[u8],
+    part: &PartLayout,
+) -> Vec<u8> {
     let mut out = vec![0u8; part.bytes as usize];
     let (r0, r1) = (part.rows.start, part.rows.end);
     let n = r1 - r0;
@@ -98,7 +127,10 @@ pub(crate) fn pack(dtype: DType, cols: usize, total_rows: usize, src: &[u8], par
                 _ => (2, 32),
             };
             let bpr = cols / 32;
-            for (i, blk) in src[r0 * bpr * bb..r1 * bpr * bb].chunks_exact(bb).enumerate() {
+            for (i, blk) in src[r0 * bpr * bb..r1 * bpr * bb]
+                .chunks_exact(bb)
+                .enumerate()
+            {
                 out[i * qs..(i + 1) * qs].copy_from_slice(&blk[head..]);
                 out[soff + i * head..soff + (i + 1) * head].copy_from_slice(&blk[..head]);
             }
@@ -106,7 +138,8 @@ pub(crate) fn pack(dtype: DType, cols: usize, total_rows: usize, src: &[u8], par
         DType::Q8Channel => {
             let stride = pad4(cols);
             for r in 0..n {
-                out[r * stride..r * stride + cols].copy_from_slice(&src[(r0 + r) * cols..(r0 + r + 1) * cols]);
+                out[r * stride..r * stride + cols]
+                    .copy_from_slice(&src[(r0 + r) * cols..(r0 + r + 1) * cols]);
             }
             let scales = total_rows * cols;
             out[soff..soff + 4 * n].copy_from_slice(&src[scales + 4 * r0..scales + 4 * r1]);
@@ -121,7 +154,14 @@ pub(crate) fn pack(dtype: DType, cols: usize, total_rows: usize, src: &[u8], par
 }
 
 /// Inverse of [`pack`]: writes the part's rows back into `dst` (host storage order).
-pub(crate) fn unpack(dtype: DType, cols: usize, total_rows: usize, packed: &[u8], part: &PartLayout, dst: &mut [u8]) {
+pub(crate) fn unpack(
+    dtype: DType,
+    cols: usize,
+    total_rows: usize,
+    packed: &[u8],
+    part: &PartLayout,
+    dst: &mut [u8],
+) {
     let (r0, r1) = (part.rows.start, part.rows.end);
     let n = r1 - r0;
     let soff = part.scale_offset_words as usize * 4;
@@ -134,7 +174,10 @@ pub(crate) fn unpack(dtype: DType, cols: usize, total_rows: usize, packed: &[u8]
                 _ => (2, 32),
             };
             let bpr = cols / 32;
-            for (i, blk) in dst[r0 * bpr * bb..r1 * bpr * bb].chunks_exact_mut(bb).enumerate() {
+            for (i, blk) in dst[r0 * bpr * bb..r1 * bpr * bb]
+                .chunks_exact_mut(bb)
+                .enumerate()
+            {
                 blk[head..].copy_from_slice(&packed[i * qs..(i + 1) * qs]);
                 blk[..head].copy_from_slice(&packed[soff + i * head..soff + (i + 1) * head]);
             }
@@ -142,7 +185,8 @@ pub(crate) fn unpack(dtype: DType, cols: usize, total_rows: usize, packed: &[u8]
         DType::Q8Channel => {
             let stride = pad4(cols);
             for r in 0..n {
-                dst[(r0 + r) * cols..(r0 + r + 1) * cols].copy_from_slice(&packed[r * stride..r * stride + cols]);
+                dst[(r0 + r) * cols..(r0 + r + 1) * cols]
+                    .copy_from_slice(&packed[r * stride..r * stride + cols]);
             }
             let scales = total_rows * cols;
             dst[scales + 4 * r0..scales + 4 * r1].copy_from_slice(&packed[soff..soff + 4 * n]);
@@ -158,8 +202,24 @@ pub(crate) fn unpack(dtype: DType, cols: usize, total_rows: usize, packed: &[u8]
 /// Host bytes in storage order back into a host tensor.
 pub(crate) fn host_tensor(fact: &TensorFact, bytes: Vec<u8>) -> Option<HostTensor> {
     match fact.dtype {
-        DType::F32 => Some(HostTensor { fact: fact.clone(), data: HostData::F32(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()) }),
-        DType::I32 => Some(HostTensor { fact: fact.clone(), data: HostData::I32(bytes.chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()) }),
+        DType::F32 => Some(HostTensor {
+            fact: fact.clone(),
+            data: HostData::F32(
+                bytes
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect(),
+            ),
+        }),
+        DType::I32 => Some(HostTensor {
+            fact: fact.clone(),
+            data: HostData::I32(
+                bytes
+                    .chunks_exact(4)
+                    .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect(),
+            ),
+        }),
         _ => HostTensor::bytes(fact.clone(), bytes),
     }
 }
@@ -171,8 +231,18 @@ mod tests {
     #[test]
     fn pack_unpack_round_trips_every_format_across_parts() {
         let (rows, cols) = (7, 64);
-        let x: Vec<f32> = (0..rows * cols).map(|i| ((i * 37 % 101) as f32 - 50.0) / 9.0).collect();
-        for dt in [DType::F32, DType::F16, DType::BF16, DType::Q4_0, DType::Q4_1, DType::Q8_0, DType::Q8Channel] {
+        let x: Vec<f32> = (0..rows * cols)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 9.0)
+            .collect();
+        for dt in [
+            DType::F32,
+            DType::F16,
+            DType::BF16,
+            DType::Q4_0,
+            DType::Q4_1,
+            DType::Q8_0,
+            DType::Q8Channel,
+        ] {
             let src = npurt_kernels::quant::quantize(dt, &x, cols).unwrap();
             let fact = TensorFact::new(dt, [rows, cols]);
             let one = part_bytes(dt, 1, cols).unwrap().1 as u64;

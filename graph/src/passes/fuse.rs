@@ -12,15 +12,26 @@ use super::rewrite::{apply, use_counts, Rewrite};
 use super::Pass;
 use crate::{ActPrecision, Epilogue, Graph, GraphError, NodeId, Op, TensorFact};
 
-
 /// Name for a fused weight made of `parts` (`...q_proj.weight` + `...k_proj.weight` ->
 /// `...q_proj+k_proj.weight`).
 fn fused_name(parts: &[String]) -> String {
-    let stem = |s: &str| s.strip_suffix(".weight").or_else(|| s.strip_suffix(".bias")).unwrap_or(s).to_string();
+    let stem = |s: &str| {
+        s.strip_suffix(".weight")
+            .or_else(|| s.strip_suffix(".bias"))
+            .unwrap_or(s)
+            .to_string()
+    };
     let first = stem(&parts[0]);
     let (prefix, _) = first.rsplit_once('.').unwrap_or(("", &first));
-    let suffix = if parts[0].ends_with(".bias") { "bias" } else { "weight" };
-    let leaves: Vec<String> = parts.iter().map(|p| stem(p).rsplit('.').next().unwrap_or_default().to_string()).collect();
+    let suffix = if parts[0].ends_with(".bias") {
+        "bias"
+    } else {
+        "weight"
+    };
+    let leaves: Vec<String> = parts
+        .iter()
+        .map(|p| stem(p).rsplit('.').next().unwrap_or_default().to_string())
+        .collect();
     format!("{prefix}.{}.{suffix}", leaves.join("+"))
 }
 
@@ -31,7 +42,11 @@ fn concat_weights(rw: &mut Rewrite, weights: &[NodeId]) -> Result<NodeId, GraphE
     let first = rw.old.fact(weights[0]).clone();
     for &w in weights {
         match &rw.old.node(w).op {
-            Op::Weight { name, parts: p, fact } => {
+            Op::Weight {
+                name,
+                parts: p,
+                fact,
+            } => {
                 if p.is_empty() {
                     parts.push(name.clone());
                 } else {
@@ -46,7 +61,8 @@ fn concat_weights(rw: &mut Rewrite, weights: &[NodeId]) -> Result<NodeId, GraphE
     shape[0] = rows;
     let fact = TensorFact::new(first.dtype, shape);
     let name = fused_name(&parts);
-    rw.new.add(name.clone(), Op::Weight { name, fact, parts }, &[])
+    rw.new
+        .add(name.clone(), Op::Weight { name, fact, parts }, &[])
 }
 
 fn is_weight(g: &Graph, id: NodeId) -> bool {
@@ -56,7 +72,13 @@ fn is_weight(g: &Graph, id: NodeId) -> bool {
 /// A plain `x @ W^T` (no epilogue) with a weight operand.
 fn plain_matmul(g: &Graph, id: NodeId) -> Option<(NodeId, NodeId, ActPrecision)> {
     match g.node(id).op {
-        Op::MatMul { transpose_b: true, act, epilogue: Epilogue::None } if is_weight(g, g.node(id).inputs[1]) => Some((g.node(id).inputs[0], g.node(id).inputs[1], act)),
+        Op::MatMul {
+            transpose_b: true,
+            act,
+            epilogue: Epilogue::None,
+        } if is_weight(g, g.node(id).inputs[1]) => {
+            Some((g.node(id).inputs[0], g.node(id).inputs[1], act))
+        }
         _ => None,
     }
 }
@@ -75,13 +97,23 @@ impl Pass for FuseBias {
                 return Ok(None);
             }
             let (mm, bias) = (n.inputs[0], n.inputs[1]);
-            let Some((x, w, act)) = plain_matmul(rw.old, mm) else { return Ok(None) };
+            let Some((x, w, act)) = plain_matmul(rw.old, mm) else {
+                return Ok(None);
+            };
             if uses[mm.0] != 1 || !is_weight(rw.old, bias) || rw.old.fact(bias).rank() != 1 {
                 return Ok(None);
             }
             let ins = [rw.get(x), rw.get(w), rw.get(bias)];
             let name = rw.old.node(mm).name.clone();
-            Ok(Some(rw.new.add(name, Op::MatMul { transpose_b: true, act, epilogue: Epilogue::Bias }, &ins)?))
+            Ok(Some(rw.new.add(
+                name,
+                Op::MatMul {
+                    transpose_b: true,
+                    act,
+                    epilogue: Epilogue::Bias,
+                },
+                &ins,
+            )?))
         })
     }
 }
@@ -104,14 +136,31 @@ impl Pass for FuseSwiGlu {
                 return Ok(None);
             }
             let gate = rw.old.node(act_node).inputs[0];
-            let (Some((xg, wg, ag)), Some((xu, wu, au))) = (plain_matmul(rw.old, gate), plain_matmul(rw.old, up)) else { return Ok(None) };
-            if xg != xu || ag != au || uses[gate.0] != 1 || uses[up.0] != 1 || rw.old.fact(wg) != rw.old.fact(wu) {
+            let (Some((xg, wg, ag)), Some((xu, wu, au))) =
+                (plain_matmul(rw.old, gate), plain_matmul(rw.old, up))
+            else {
+                return Ok(None);
+            };
+            if xg != xu
+                || ag != au
+                || uses[gate.0] != 1
+                || uses[up.0] != 1
+                || rw.old.fact(wg) != rw.old.fact(wu)
+            {
                 return Ok(None);
             }
             let w = concat_weights(rw, &[wg, wu])?;
             let x = rw.get(xg);
             let name = format!("{}+swiglu", rw.old.node(gate).name);
-            Ok(Some(rw.new.add(name, Op::MatMul { transpose_b: true, act: ag, epilogue: Epilogue::SwiGlu }, &[x, w])?))
+            Ok(Some(rw.new.add(
+                name,
+                Op::MatMul {
+                    transpose_b: true,
+                    act: ag,
+                    epilogue: Epilogue::SwiGlu,
+                },
+                &[x, w],
+            )?))
         })
     }
 }
@@ -128,14 +177,26 @@ impl Pass for FuseSharedInput {
         let key = |m: NodeId| {
             let n = g.node(m);
             let wf = g.fact(n.inputs[1]);
-            let Op::MatMul { act, epilogue, .. } = n.op else { unreachable!("only matmuls are keyed") };
+            let Op::MatMul { act, epilogue, .. } = n.op else {
+                unreachable!("only matmuls are keyed")
+            };
             (n.inputs[0], wf.dtype, wf.shape[1], act, epilogue)
         };
         let mut groups: Vec<Vec<NodeId>> = Vec::new();
         for id in g.ids() {
             let n = g.node(id);
-            let Op::MatMul { transpose_b: true, epilogue, .. } = n.op else { continue };
-            if !matches!(epilogue, Epilogue::None | Epilogue::Bias) || !is_weight(g, n.inputs[1]) || (epilogue == Epilogue::Bias && !is_weight(g, n.inputs[2])) {
+            let Op::MatMul {
+                transpose_b: true,
+                epilogue,
+                ..
+            } = n.op
+            else {
+                continue;
+            };
+            if !matches!(epilogue, Epilogue::None | Epilogue::Bias)
+                || !is_weight(g, n.inputs[1])
+                || (epilogue == Epilogue::Bias && !is_weight(g, n.inputs[2]))
+            {
                 continue;
             }
             match groups.iter_mut().find(|grp| key(grp[0]) == key(id)) {
@@ -148,9 +209,13 @@ impl Pass for FuseSharedInput {
             return Ok(false);
         }
         apply(g, |rw, id| {
-            let Some(grp) = groups.iter().find(|grp| grp[0] == id) else { return Ok(None) };
+            let Some(grp) = groups.iter().find(|grp| grp[0] == id) else {
+                return Ok(None);
+            };
             let n = rw.old.node(id);
-            let Op::MatMul { act, epilogue, .. } = n.op else { unreachable!() };
+            let Op::MatMul { act, epilogue, .. } = n.op else {
+                unreachable!()
+            };
             let weights: Vec<NodeId> = grp.iter().map(|m| rw.old.node(*m).inputs[1]).collect();
             let w = concat_weights(rw, &weights)?;
             let mut ins = vec![rw.get(n.inputs[0]), w];
@@ -159,12 +224,24 @@ impl Pass for FuseSharedInput {
                 ins.push(concat_weights(rw, &biases)?);
             }
             let names: Vec<&str> = grp.iter().map(|m| rw.old.node(*m).name.as_str()).collect();
-            let fused = rw.new.add(names.join("+"), Op::MatMul { transpose_b: true, act, epilogue }, &ins)?;
+            let fused = rw.new.add(
+                names.join("+"),
+                Op::MatMul {
+                    transpose_b: true,
+                    act,
+                    epilogue,
+                },
+                &ins,
+            )?;
             let mut start = 0;
             let mut first = None;
             for &m in grp {
                 let len = rw.old.fact(m).shape[1];
-                let s = rw.new.add(rw.old.node(m).name.clone(), Op::SliceCols { start, len }, &[fused])?;
+                let s = rw.new.add(
+                    rw.old.node(m).name.clone(),
+                    Op::SliceCols { start, len },
+                    &[fused],
+                )?;
                 start += len;
                 if m == id {
                     first = Some(s);
@@ -192,7 +269,14 @@ impl Pass for FuseResidual {
             }
             for (mm, x) in [(n.inputs[1], n.inputs[0]), (n.inputs[0], n.inputs[1])] {
                 let mn = rw.old.node(mm);
-                let Op::MatMul { transpose_b: true, act, epilogue } = mn.op else { continue };
+                let Op::MatMul {
+                    transpose_b: true,
+                    act,
+                    epilogue,
+                } = mn.op
+                else {
+                    continue;
+                };
                 let epi = match epilogue {
                     Epilogue::None => Epilogue::Residual,
                     Epilogue::Bias => Epilogue::BiasResidual,
@@ -204,7 +288,15 @@ impl Pass for FuseResidual {
                 let mut ins: Vec<NodeId> = mn.inputs.iter().map(|&i| rw.get(i)).collect();
                 ins.push(rw.get(x));
                 let name = format!("{}+residual", mn.name);
-                return Ok(Some(rw.new.add(name, Op::MatMul { transpose_b: true, act, epilogue: epi }, &ins)?));
+                return Ok(Some(rw.new.add(
+                    name,
+                    Op::MatMul {
+                        transpose_b: true,
+                        act,
+                        epilogue: epi,
+                    },
+                    &ins,
+                )?));
             }
             Ok(None)
         })

@@ -40,7 +40,11 @@ pub struct Pipeline {
 
 impl Pipeline {
     pub fn new(name: &'static str) -> Self {
-        Pipeline { name, passes: Vec::new(), max_iterations: 16 }
+        Pipeline {
+            name,
+            passes: Vec::new(),
+            max_iterations: 16,
+        }
     }
 
     pub fn with(mut self, pass: impl Pass + 'static) -> Self {
@@ -50,7 +54,9 @@ impl Pipeline {
 
     /// The default optimisation pipeline every model graph goes through.
     pub fn default_optimize() -> Self {
-        Pipeline::new("optimize").with(RemoveIdentityReshapes).with(DeadCodeElimination)
+        Pipeline::new("optimize")
+            .with(RemoveIdentityReshapes)
+            .with(DeadCodeElimination)
     }
 
     /// Lowering for the NPU execution model: apply the precision policy, then fuse
@@ -76,16 +82,35 @@ impl Pipeline {
             for pass in &self.passes {
                 let before = graph.nodes.len();
                 let changed = pass.run(graph)?;
-                graph.validate().map_err(|e| GraphError::PassBroke { pass: pass.name(), source: Box::new(e) })?;
-                log::debug!("pipeline {} pass {} iter {}: {} -> {} nodes", self.name, pass.name(), iteration, before, graph.nodes.len());
-                reports.push(PassReport { pass: pass.name(), iteration, changed, nodes_before: before, nodes_after: graph.nodes.len() });
+                graph.validate().map_err(|e| GraphError::PassBroke {
+                    pass: pass.name(),
+                    source: Box::new(e),
+                })?;
+                log::debug!(
+                    "pipeline {} pass {} iter {}: {} -> {} nodes",
+                    self.name,
+                    pass.name(),
+                    iteration,
+                    before,
+                    graph.nodes.len()
+                );
+                reports.push(PassReport {
+                    pass: pass.name(),
+                    iteration,
+                    changed,
+                    nodes_before: before,
+                    nodes_after: graph.nodes.len(),
+                });
                 any |= changed;
             }
             if !any {
                 return Ok(reports);
             }
         }
-        Err(GraphError::NoFixpoint { pipeline: self.name, iterations: self.max_iterations })
+        Err(GraphError::NoFixpoint {
+            pipeline: self.name,
+            iterations: self.max_iterations,
+        })
     }
 }
 
@@ -106,7 +131,11 @@ pub(crate) fn rebuild(graph: &mut Graph, keep: &[bool], redirect: &[crate::NodeI
             continue;
         }
         let mut n = n.clone();
-        n.inputs = n.inputs.iter().map(|&x| crate::NodeId(new_id[resolve(x).0])).collect();
+        n.inputs = n
+            .inputs
+            .iter()
+            .map(|&x| crate::NodeId(new_id[resolve(x).0]))
+            .collect();
         new_id[i] = nodes.len();
         nodes.push(n);
     }

@@ -34,7 +34,9 @@ impl Quantize {
                         role[t] = Role::Embedding;
                     }
                 }
-                Op::MatMul { transpose_b: true, .. } => {
+                Op::MatMul {
+                    transpose_b: true, ..
+                } => {
                     let w = n.inputs[1].0;
                     if outputs.contains(&NodeId(i)) {
                         role[w] = Role::Head;
@@ -59,7 +61,9 @@ impl Pass for Quantize {
         let mut changed = false;
         let mut act_of = vec![None; g.nodes.len()];
         for (i, n) in g.nodes.iter_mut().enumerate() {
-            let Op::Weight { name, fact, parts } = &mut n.op else { continue };
+            let Op::Weight { name, fact, parts } = &mut n.op else {
+                continue;
+            };
             let (format, act) = match roles[i] {
                 Role::None => continue,
                 Role::Linear => (self.policy.linear, self.policy.linear_act),
@@ -77,7 +81,11 @@ impl Pass for Quantize {
                 n.fact.dtype = dtype;
                 changed = true;
             }
-            act_of[i] = Some(if dtype.is_quantized() { act } else { ActPrecision::F32 });
+            act_of[i] = Some(if dtype.is_quantized() {
+                act
+            } else {
+                ActPrecision::F32
+            });
         }
         for n in g.nodes.iter_mut() {
             if let Op::MatMul { act, .. } = &mut n.op {

@@ -13,7 +13,11 @@ pub(crate) struct Rewrite<'a> {
 
 impl<'a> Rewrite<'a> {
     pub fn new(old: &'a Graph) -> Self {
-        Rewrite { old, new: Graph::new(), map: vec![None; old.nodes.len()] }
+        Rewrite {
+            old,
+            new: Graph::new(),
+            map: vec![None; old.nodes.len()],
+        }
     }
 
     /// The new-graph value of old node `id` (which must precede the current node).
@@ -29,7 +33,10 @@ impl<'a> Rewrite<'a> {
     }
 
     /// Runs `f` on every node; `f` returns `Some(new)` when it replaced the node.
-    pub fn run(old: &'a Graph, mut f: impl FnMut(&mut Rewrite<'a>, NodeId) -> Result<Option<NodeId>, GraphError>) -> Result<Option<Graph>, GraphError> {
+    pub fn run(
+        old: &'a Graph,
+        mut f: impl FnMut(&mut Rewrite<'a>, NodeId) -> Result<Option<NodeId>, GraphError>,
+    ) -> Result<Option<Graph>, GraphError> {
         let mut rw = Rewrite::new(old);
         let mut changed = false;
         for id in old.ids() {
@@ -61,7 +68,10 @@ impl<'a> Rewrite<'a> {
 }
 
 /// Runs a rewrite and installs the result; returns whether anything changed.
-pub(crate) fn apply<'a>(g: &'a mut Graph, f: impl FnMut(&mut Rewrite<'_>, NodeId) -> Result<Option<NodeId>, GraphError>) -> Result<bool, GraphError> {
+pub(crate) fn apply<'a>(
+    g: &'a mut Graph,
+    f: impl FnMut(&mut Rewrite<'_>, NodeId) -> Result<Option<NodeId>, GraphError>,
+) -> Result<bool, GraphError> {
     match Rewrite::run(g, f)? {
         Some(new) => {
             *g = new;

@@ -30,17 +30,25 @@ pub(crate) enum ActPlan {
     F32,
     /// i8 per 32-value block (`q8`, `blk_scale`); `blk_bias = -offset * sum(q)` and
     /// `blk_sum = scale * sum(q)` per block.
-    I8 { offset: i32 },
+    I8 {
+        offset: i32,
+    },
     /// i16 with one scale per row (`q16`, `row_scale`); within each 32-value block
     /// position `p` holds value `perm[p]` (the order the kernel's weight unpacking
     /// produces); `blk_bias = -offset * sum(q)`, `blk_sum = sum(q)` as f32.
-    I16 { offset: i32, perm: Option<&'static [u8; 32]> },
+    I16 {
+        offset: i32,
+        perm: Option<&'static [u8; 32]>,
+    },
     /// i16 with one scale per row like `I16`, stored as two byte planes per 32-value
     /// block and row in `q8`: the high bytes `q >> 8` (i8, 32 bytes) then the low bytes
     /// `q & 0xff` (u8, 32 bytes), both in natural order, so `q = 256 hi + lo` can be
     /// multiplied with `vpdpbusd` like I8 (see `avx512_q4::q4_i16b`).
     /// `blk_bias = -offset * sum(q) - hi_offset * sum(hi)`, `blk_sum = sum(q)` as f32.
-    I16Bytes { offset: i32, hi_offset: i32 },
+    I16Bytes {
+        offset: i32,
+        hi_offset: i32,
+    },
     /// The f32 layout holding quantize-then-dequantize values (f32 weights with an
     /// integer activation policy: the same numerics, computed in f32).
     FakeI8,
@@ -115,14 +123,29 @@ pub(crate) fn prepare(a: &[f32], m: usize, k: usize, plan: ActPlan, isa: Isa, s:
     let uses_f = matches!(plan, ActPlan::F32 | ActPlan::FakeI8 | ActPlan::FakeI16);
     let uses_q8 = matches!(plan, ActPlan::I8 { .. } | ActPlan::I16Bytes { .. });
     let uses_q16 = matches!(plan, ActPlan::I16 { .. });
-    let uses_rs = matches!(plan, ActPlan::I16 { .. } | ActPlan::I16Bytes { .. } | ActPlan::FakeI16);
+    let uses_rs = matches!(
+        plan,
+        ActPlan::I16 { .. } | ActPlan::I16Bytes { .. } | ActPlan::FakeI16
+    );
     let uses_blk = uses_q8 || uses_q16;
-    s.q8_block_bytes = if matches!(plan, ActPlan::I16Bytes { .. }) { 2 * BLOCK } else { BLOCK };
+    s.q8_block_bytes = if matches!(plan, ActPlan::I16Bytes { .. }) {
+        2 * BLOCK
+    } else {
+        BLOCK
+    };
     // Per-group chunk length of each array, 0 where the plan does not use it.
     let fk = if uses_f { GROUP * k } else { 0 };
-    let q8k = if uses_q8 { GROUP * kb * s.q8_block_bytes } else { 0 };
+    let q8k = if uses_q8 {
+        GROUP * kb * s.q8_block_bytes
+    } else {
+        0
+    };
     let q16k = if uses_q16 { GROUP * kb * BLOCK } else { 0 };
-    let bsk = if matches!(plan, ActPlan::I8 { .. }) { GROUP * kb } else { 0 };
+    let bsk = if matches!(plan, ActPlan::I8 { .. }) {
+        GROUP * kb
+    } else {
+        0
+    };
     let bk = if uses_blk { GROUP * kb } else { 0 };
     let rsk = if uses_rs { GROUP } else { 0 };
     refill(&mut s.f, groups * fk);
@@ -132,7 +155,14 @@ pub(crate) fn prepare(a: &[f32], m: usize, k: usize, plan: ActPlan, isa: Isa, s:
     refill(&mut s.blk_bias, groups * bk);
     refill(&mut s.blk_sum, groups * bk);
     refill(&mut s.row_scale, groups * rsk);
-    let per_group = |g: usize, f: &mut [f32], q8: &mut [i8], q16: &mut [i16], bs: &mut [f32], bb: &mut [i32], bsum: &mut [f32], rs: &mut [f32]| {
+    let per_group = |g: usize,
+                     f: &mut [f32],
+                     q8: &mut [i8],
+                     q16: &mut [i16],
+                     bs: &mut [f32],
+                     bb: &mut [i32],
+                     bsum: &mut [f32],
+                     rs: &mut [f32]| {
         let rows_here = (m - g * GROUP).min(GROUP);
         let a = &a[g * GROUP * k..][..rows_here * k];
         dispatch_group(isa, a, rows_here, k, plan, f, q8, q16, bs, bb, bsum, rs);
@@ -172,9 +202,21 @@ pub(crate) fn prepare(a: &[f32], m: usize, k: usize, plan: ActPlan, isa: Isa, s:
     let bb = chunks(&mut s.blk_bias, bk, groups);
     let bsum = chunks(&mut s.blk_sum, bk, groups);
     let rs = chunks(&mut s.row_scale, rsk, groups);
-    let work: Vec<_> = f.into_iter().zip(q8).zip(q16).zip(bs).zip(bb).zip(bsum).zip(rs).enumerate().collect();
+    let work: Vec<_> = f
+        .into_iter()
+        .zip(q8)
+        .zip(q16)
+        .zip(bs)
+        .zip(bb)
+        .zip(bsum)
+        .zip(rs)
+        .enumerate()
+        .collect();
     debug_assert_eq!(work.len(), groups);
-    work.into_par_iter().for_each(|(g, ((((((f, q8), q16), bs), bb), bsum), rs))| per_group(g, f, q8, q16, bs, bb, bsum, rs));
+    work.into_par_iter()
+        .for_each(|(g, ((((((f, q8), q16), bs), bb), bsum), rs))| {
+            per_group(g, f, q8, q16, bs, bb, bsum, rs)
+        });
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -206,12 +248,28 @@ fn dispatch_group(
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn group_avx512(a: &[f32], rows: usize, k: usize, plan: ActPlan, f: &mut [f32], q8: &mut [i8], q16: &mut [i16], bs: &mut [f32], bb: &mut [i32], bsum: &mut [f32], rs: &mut [f32]) {
+unsafe fn group_avx512(
+    a: &[f32],
+    rows: usize,
+    k: usize,
+    plan: ActPlan,
+    f: &mut [f32],
+    q8: &mut [i8],
+    q16: &mut [i16],
+    bs: &mut [f32],
+    bb: &mut [i32],
+    bsum: &mut [f32],
+    rs: &mut [f32],
+) {
     match plan {
         // SAFETY: the caller sized every array for `rows` rows of `k` (a multiple of 32).
-        ActPlan::I8 { offset } => unsafe { avx512::i8_blocks(a, rows, k, offset, q8, bs, bb, bsum) },
+        ActPlan::I8 { offset } => unsafe {
+            avx512::i8_blocks(a, rows, k, offset, q8, bs, bb, bsum)
+        },
         // SAFETY: as above.
-        ActPlan::I16Bytes { offset, hi_offset } => unsafe { avx512::i16_byte_planes(a, rows, k, offset, hi_offset, q8, bb, bsum, rs) },
+        ActPlan::I16Bytes { offset, hi_offset } => unsafe {
+            avx512::i16_byte_planes(a, rows, k, offset, hi_offset, q8, bb, bsum, rs)
+        },
         _ => group(a, rows, k, plan, f, q8, q16, bs, bb, bsum, rs),
     }
 }
@@ -226,11 +284,25 @@ mod avx512 {
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
     #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn i8_blocks(a: &[f32], rows: usize, k: usize, offset: i32, q8: &mut [i8], bs: &mut [f32], bb: &mut [i32], bsum: &mut [f32]) {
+    pub(super) unsafe fn i8_blocks(
+        a: &[f32],
+        rows: usize,
+        k: usize,
+        offset: i32,
+        q8: &mut [i8],
+        bs: &mut [f32],
+        bb: &mut [i32],
+        bsum: &mut [f32],
+    ) {
         let kb = k / BLOCK;
         // `prepare` sizes the arrays; checked anyway because the loop below does not
         // bounds-check (a failure would be a bug here, so it is loud in debug builds).
-        if a.len() < rows * k || q8.len() < kb * GROUP * BLOCK || bs.len() < kb * GROUP || bb.len() < kb * GROUP || bsum.len() < kb * GROUP {
+        if a.len() < rows * k
+            || q8.len() < kb * GROUP * BLOCK
+            || bs.len() < kb * GROUP
+            || bb.len() < kb * GROUP
+            || bsum.len() < kb * GROUP
+        {
             debug_assert!(false, "act_quant::i8_blocks: arrays too small");
             return;
         }
@@ -242,11 +314,18 @@ mod avx512 {
                     let x = a.as_ptr().add(r * k + b * BLOCK);
                     let x0 = _mm512_loadu_ps(x);
                     let x1 = _mm512_loadu_ps(x.add(16));
-                    let amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(x0), _mm512_abs_ps(x1)));
+                    let amax =
+                        _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(x0), _mm512_abs_ps(x1)));
                     let s = amax / 127.0;
                     let inv = _mm512_set1_ps(if s != 0.0 { 1.0 / s } else { 0.0 });
-                    let q0 = _mm512_min_epi32(_mm512_max_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(x0, inv)), lo), hi);
-                    let q1 = _mm512_min_epi32(_mm512_max_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(x1, inv)), lo), hi);
+                    let q0 = _mm512_min_epi32(
+                        _mm512_max_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(x0, inv)), lo),
+                        hi,
+                    );
+                    let q1 = _mm512_min_epi32(
+                        _mm512_max_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(x1, inv)), lo),
+                        hi,
+                    );
                     let i = b * GROUP + r;
                     let dst = q8.as_mut_ptr().add(i * BLOCK) as *mut __m128i;
                     _mm_storeu_si128(dst, _mm512_cvtepi32_epi8(q0));
@@ -264,10 +343,25 @@ mod avx512 {
     /// high bytes (i8) and the low bytes (u8) of the rounded values.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
     #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn i16_byte_planes(a: &[f32], rows: usize, k: usize, offset: i32, hi_offset: i32, q8: &mut [i8], bb: &mut [i32], bsum: &mut [f32], rs: &mut [f32]) {
+    pub(super) unsafe fn i16_byte_planes(
+        a: &[f32],
+        rows: usize,
+        k: usize,
+        offset: i32,
+        hi_offset: i32,
+        q8: &mut [i8],
+        bb: &mut [i32],
+        bsum: &mut [f32],
+        rs: &mut [f32],
+    ) {
         let kb = k / BLOCK;
         // As in `i8_blocks`.
-        if a.len() < rows * k || q8.len() < kb * GROUP * 2 * BLOCK || bb.len() < kb * GROUP || bsum.len() < kb * GROUP || rs.len() < rows {
+        if a.len() < rows * k
+            || q8.len() < kb * GROUP * 2 * BLOCK
+            || bb.len() < kb * GROUP
+            || bsum.len() < kb * GROUP
+            || rs.len() < rows
+        {
             debug_assert!(false, "act_quant::i16_byte_planes: arrays too small");
             return;
         }
@@ -285,8 +379,20 @@ mod avx512 {
                 *rs.get_unchecked_mut(r) = s;
                 for b in 0..kb {
                     let x = row.add(b * BLOCK);
-                    let q0 = _mm512_min_epi32(_mm512_max_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(x), inv)), lo), hi);
-                    let q1 = _mm512_min_epi32(_mm512_max_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(x.add(16)), inv)), lo), hi);
+                    let q0 = _mm512_min_epi32(
+                        _mm512_max_epi32(
+                            _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(x), inv)),
+                            lo,
+                        ),
+                        hi,
+                    );
+                    let q1 = _mm512_min_epi32(
+                        _mm512_max_epi32(
+                            _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(x.add(16)), inv)),
+                            lo,
+                        ),
+                        hi,
+                    );
                     let i = b * GROUP + r;
                     let dst = q8.as_mut_ptr().add(i * 2 * BLOCK) as *mut __m128i;
                     // vpmovdb truncates: q >> 8 fits i8 (|q| <= 32767), q's low byte is lo.
@@ -310,7 +416,19 @@ mod avx512 {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn group_avx2(a: &[f32], rows: usize, k: usize, plan: ActPlan, f: &mut [f32], q8: &mut [i8], q16: &mut [i16], bs: &mut [f32], bb: &mut [i32], bsum: &mut [f32], rs: &mut [f32]) {
+unsafe fn group_avx2(
+    a: &[f32],
+    rows: usize,
+    k: usize,
+    plan: ActPlan,
+    f: &mut [f32],
+    q8: &mut [i8],
+    q16: &mut [i16],
+    bs: &mut [f32],
+    bb: &mut [i32],
+    bsum: &mut [f32],
+    rs: &mut [f32],
+) {
     group(a, rows, k, plan, f, q8, q16, bs, bb, bsum, rs)
 }
 
@@ -334,14 +452,30 @@ fn amax(x: &[f32]) -> f32 {
 /// One group of up to `GROUP` rows (`a` is `rows * k` values); pad rows stay zero.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn group(a: &[f32], rows: usize, k: usize, plan: ActPlan, f: &mut [f32], q8: &mut [i8], q16: &mut [i16], bs: &mut [f32], bb: &mut [i32], bsum: &mut [f32], rs: &mut [f32]) {
+fn group(
+    a: &[f32],
+    rows: usize,
+    k: usize,
+    plan: ActPlan,
+    f: &mut [f32],
+    q8: &mut [i8],
+    q16: &mut [i16],
+    bs: &mut [f32],
+    bb: &mut [i32],
+    bsum: &mut [f32],
+    rs: &mut [f32],
+) {
     match plan {
         ActPlan::F32 | ActPlan::FakeI8 | ActPlan::FakeI16 => {
             let mut tmp = [0f32; BLOCK];
             for r in 0..rows {
                 let row = &a[r * k..][..k];
                 let row_scale = amax(row) / 32767.0;
-                let row_inv = if row_scale != 0.0 { 1.0 / row_scale } else { 0.0 };
+                let row_inv = if row_scale != 0.0 {
+                    1.0 / row_scale
+                } else {
+                    0.0
+                };
                 for (b, x) in row.chunks(BLOCK).enumerate() {
                     let t = &mut tmp[..x.len()];
                     match plan {
@@ -355,7 +489,8 @@ fn group(a: &[f32], rows: usize, k: usize, plan: ActPlan, f: &mut [f32], q8: &mu
                         }
                         _ => {
                             for (t, &v) in t.iter_mut().zip(x) {
-                                *t = (v * row_inv).round_ties_even().clamp(-32767.0, 32767.0) * row_scale;
+                                *t = (v * row_inv).round_ties_even().clamp(-32767.0, 32767.0)
+                                    * row_scale;
                             }
                         }
                     }

@@ -1,8 +1,14 @@
-//! Causal GQA attention, threaded over (query row, head) pairs, same semantics as
-//! `reference::attention`. Per pair: all scores first (8-lane dot products the compiler
-//! vectorizes), then softmax, then a vectorizable weighted sum of V rows. The per-pair
-//! routine is compiled for the baseline, AVX2+FMA and AVX-512 and picked at run time:
-//! at 512-token prefill this is a third of the work, so it must not run scalar.
+//! Causal GQA attention, same semantics as `reference::attention`, in two shapes:
+//!
+//! - prefill chunks: flash-style blocks ([`block_task`]). A task takes a block of query
+//!   rows and one KV head, so the `rows x group` query vectors sharing that head reuse
+//!   every K/V block they load; scores and `P @ V` are register-tiled FMAs and the
+//!   softmax is online (running max and sum per query vector);
+//! - decode (one row): per (query, head) pair ([`pair`]), where there is nothing to share.
+//!
+//! Both are portable Rust written for the vectorizer, compiled for the baseline, AVX2+FMA
+//! and AVX-512 and picked at run time: at 512-token prefill attention is a large share of
+//! the work, so it must never run scalar.
 
 use super::{isa, Isa, SendPtr};
 use crate::reference::{check_attention_args, AttentionDims, KernelError};
@@ -26,7 +32,17 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 /// `0..=last`, using `scores` as scratch.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn pair(q: &[f32], k_cache: &[f32], v_cache: &[f32], kw: usize, kv_off: usize, last: usize, scale: f32, scores: &mut [f32], out: &mut [f32]) {
+fn pair(
+    q: &[f32],
+    k_cache: &[f32],
+    v_cache: &[f32],
+    kw: usize,
+    kv_off: usize,
+    last: usize,
+    scale: f32,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
     let hd = q.len();
     let mut max = f32::NEG_INFINITY;
     for (j, s) in scores[..=last].iter_mut().enumerate() {
@@ -49,18 +65,227 @@ fn pair(q: &[f32], k_cache: &[f32], v_cache: &[f32], kw: usize, kv_off: usize, l
     out.iter_mut().for_each(|o| *o *= inv);
 }
 
+/// Keys per block: one score-tile row, and the unit of the online softmax.
+const KB: usize = 64;
+/// Query vectors per register tile (`QT x KB` scores, `QT x 64` outputs: 16 zmm).
+const QT: usize = 4;
+/// Query rows per task; with the GQA group this is `RB * group` query vectors that
+/// share every K/V block they load.
+const RB: usize = 16;
+
+/// Per-task scratch of the blocked kernel, reused across tasks on one thread.
+struct Scratch {
+    /// Scaled queries, `nq_pad x hd`.
+    q: Vec<f32>,
+    /// Unnormalised outputs, `nq_pad x hd`.
+    o: Vec<f32>,
+    /// Running max and sum of exponentials per query vector.
+    m: Vec<f32>,
+    l: Vec<f32>,
+    /// The current K block transposed, `hd x KB` (keys along the vector lanes).
+    kt: Vec<f32>,
+    /// Scores, then probabilities, `nq_pad x KB`.
+    s: Vec<f32>,
+}
+
+/// `s[r][..] = q[r] . kt` for a `QT`-vector tile: `QT x KB` accumulators held in
+/// registers over the head dimension (one K^T row load feeds `QT` FMAs per lane group).
+#[inline(always)]
+fn score_tile(q: &[f32], kt: &[f32], hd: usize, s: &mut [f32]) {
+    let mut acc = [[0f32; KB]; QT];
+    for d in 0..hd {
+        let k: &[f32; KB] = kt[d * KB..][..KB].try_into().unwrap();
+        for (r, a) in acc.iter_mut().enumerate() {
+            let x = q[r * hd + d];
+            for j in 0..KB {
+                a[j] += x * k[j];
+            }
+        }
+    }
+    for (r, a) in acc.iter().enumerate() {
+        s[r * KB..][..KB].copy_from_slice(a);
+    }
+}
+
+/// `o[r][col..col+DC] += sum_j p[r][j] * v[j][..DC]` for a `QT`-vector tile over `nk`
+/// keys; `v` starts at the first key's column `col` and has row stride `kw`.
+#[inline(always)]
+fn value_tile<const DC: usize>(
+    p: &[f32],
+    v: &[f32],
+    kw: usize,
+    nk: usize,
+    o: &mut [f32],
+    hd: usize,
+    col: usize,
+) {
+    let mut acc = [[0f32; DC]; QT];
+    for (r, a) in acc.iter_mut().enumerate() {
+        a.copy_from_slice(&o[r * hd + col..][..DC]);
+    }
+    for j in 0..nk {
+        let vr: &[f32; DC] = v[j * kw..][..DC].try_into().unwrap();
+        for (r, a) in acc.iter_mut().enumerate() {
+            let pr = p[r * KB + j];
+            for x in 0..DC {
+                a[x] += pr * vr[x];
+            }
+        }
+    }
+    for (r, a) in acc.iter().enumerate() {
+        o[r * hd + col..][..DC].copy_from_slice(a);
+    }
+}
+
+/// Flash-style attention for one task: query rows `t0..t1` of the chunk, the query heads
+/// of KV head `g`. Keys are visited in blocks of `KB`: K is transposed once per block
+/// (amortised over all `nq` query vectors), scores come from register-tiled FMAs, the
+/// online softmax rescales the running outputs, and `P @ V` is register-tiled too.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn block_task(a: &Args, g: usize, t0: usize, t1: usize, sc: &mut Scratch) {
+    let (hd, group) = (a.head_dim, a.group);
+    let nq = (t1 - t0) * group;
+    let nq_pad = nq.div_ceil(QT) * QT;
+    for i in 0..nq_pad {
+        let qs = &mut sc.q[i * hd..][..hd];
+        if i < nq {
+            let (t, h) = (t0 + i / group, g * group + i % group);
+            for (d, x) in qs.iter_mut().zip(&a.q[t * a.qw + h * hd..][..hd]) {
+                *d = x * a.scale;
+            }
+        } else {
+            qs.fill(0.0);
+        }
+    }
+    sc.o[..nq_pad * hd].fill(0.0);
+    sc.m[..nq].fill(f32::NEG_INFINITY);
+    sc.l[..nq].fill(0.0);
+    // Keys each query row sees: 0..=last(t).
+    let last = |t: usize| (a.pos + t).min(a.end - 1);
+    let n_keys = last(t1 - 1) + 1;
+    for j0 in (0..n_keys).step_by(KB) {
+        let nk = KB.min(n_keys - j0);
+        for j in 0..nk {
+            let krow = &a.k[(j0 + j) * a.kw + g * hd..][..hd];
+            for (d, &x) in krow.iter().enumerate() {
+                sc.kt[d * KB + j] = x;
+            }
+        }
+        if nk < KB {
+            for d in 0..hd {
+                sc.kt[d * KB + nk..(d + 1) * KB].fill(0.0);
+            }
+        }
+        for i0 in (0..nq_pad).step_by(QT) {
+            score_tile(&sc.q[i0 * hd..], &sc.kt, hd, &mut sc.s[i0 * KB..]);
+        }
+        // Online softmax: mask each row's causal tail, fold the block into (m, l) and
+        // rescale that row's running output.
+        for i in 0..nq_pad {
+            let s = &mut sc.s[i * KB..][..KB];
+            let lim = if i < nq {
+                (last(t0 + i / group) + 1).saturating_sub(j0).min(nk)
+            } else {
+                0
+            };
+            if lim == 0 {
+                s.fill(0.0);
+                continue;
+            }
+            let bmax = s[..lim].iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+            let m_new = sc.m[i].max(bmax);
+            let corr = super::math::exp(sc.m[i] - m_new);
+            for x in s[..lim].iter_mut() {
+                *x = super::math::exp(*x - m_new);
+            }
+            s[lim..].fill(0.0);
+            sc.l[i] = sc.l[i] * corr + s[..lim].iter().sum::<f32>();
+            sc.m[i] = m_new;
+            if corr != 1.0 {
+                sc.o[i * hd..][..hd].iter_mut().for_each(|o| *o *= corr);
+            }
+        }
+        let v = &a.v[j0 * a.kw + g * hd..];
+        for i0 in (0..nq_pad).step_by(QT) {
+            let (p, o) = (&sc.s[i0 * KB..], &mut sc.o[i0 * hd..]);
+            let mut col = 0;
+            while col + 64 <= hd {
+                value_tile::<64>(p, &v[col..], a.kw, nk, o, hd, col);
+                col += 64;
+            }
+            while col < hd {
+                value_tile::<16>(p, &v[col..], a.kw, nk, o, hd, col);
+                col += 16;
+            }
+        }
+    }
+    for i in 0..nq {
+        let (t, h) = (t0 + i / group, g * group + i % group);
+        let inv = 1.0 / sc.l[i];
+        // SAFETY: tasks own disjoint (row, KV head) ranges, so these head_dim slices of
+        // the output are written by this task only.
+        let out = unsafe { std::slice::from_raw_parts_mut(a.out.at(t * a.qw + h * hd), hd) };
+        for (o, &x) in out.iter_mut().zip(&sc.o[i * hd..][..hd]) {
+            *o = x * inv;
+        }
+    }
+}
+
+/// The checked arguments of one call, shared by all tasks.
+struct Args<'a> {
+    q: &'a [f32],
+    k: &'a [f32],
+    v: &'a [f32],
+    out: SendPtr,
+    pos: usize,
+    end: usize,
+    qw: usize,
+    kw: usize,
+    head_dim: usize,
+    group: usize,
+    scale: f32,
+}
+
+/// One unit of parallel work: a (query row, head) pair for decode, a (row block, KV
+/// head) block for prefill.
+#[inline(always)]
+fn task(a: &Args, blocked: bool, n_heads: usize, id: usize, sc: &mut Scratch) {
+    let hd = a.head_dim;
+    if blocked {
+        let n_kv = n_heads / a.group;
+        let (rb, g) = (id / n_kv, id % n_kv);
+        let t_rows = a.q.len() / a.qw;
+        block_task(a, g, rb * RB, (rb * RB + RB).min(t_rows), sc);
+    } else {
+        let (t, h) = (id / n_heads, id % n_heads);
+        let last = (a.pos + t).min(a.end - 1);
+        // SAFETY: each (t, h) pair writes only its own head_dim slice of row t.
+        let o = unsafe { std::slice::from_raw_parts_mut(a.out.at(t * a.qw + h * hd), hd) };
+        pair(
+            &a.q[t * a.qw + h * hd..][..hd],
+            a.k,
+            a.v,
+            a.kw,
+            (h / a.group) * hd,
+            last,
+            a.scale,
+            &mut sc.s,
+            o,
+        );
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn pair_avx2(q: &[f32], k: &[f32], v: &[f32], kw: usize, off: usize, last: usize, scale: f32, s: &mut [f32], out: &mut [f32]) {
-    pair(q, k, v, kw, off, last, scale, s, out)
+unsafe fn task_avx2(a: &Args, blocked: bool, n_heads: usize, id: usize, sc: &mut Scratch) {
+    task(a, blocked, n_heads, id, sc)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn pair_avx512(q: &[f32], k: &[f32], v: &[f32], kw: usize, off: usize, last: usize, scale: f32, s: &mut [f32], out: &mut [f32]) {
-    pair(q, k, v, kw, off, last, scale, s, out)
+unsafe fn task_avx512(a: &Args, blocked: bool, n_heads: usize, id: usize, sc: &mut Scratch) {
+    task(a, blocked, n_heads, id, sc)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -76,27 +301,57 @@ pub fn attention_f32(
     scale: f32,
     out: &mut [f32],
 ) -> Result<(), KernelError> {
-    let AttentionDims { qw, kw, t_rows, end } = check_attention_args(q, k_cache, v_cache, pos, n_valid, n_heads, n_kv_heads, head_dim, out)?;
+    let AttentionDims {
+        qw,
+        kw,
+        t_rows,
+        end,
+    } = check_attention_args(
+        q, k_cache, v_cache, pos, n_valid, n_heads, n_kv_heads, head_dim, out,
+    )?;
     let group = n_heads / n_kv_heads;
-    let ptr = SendPtr(out.as_mut_ptr());
+    let a = Args {
+        q,
+        k: k_cache,
+        v: v_cache,
+        out: SendPtr(out.as_mut_ptr()),
+        pos,
+        end,
+        qw,
+        kw,
+        head_dim,
+        group,
+        scale,
+    };
+    // Blocks pay off once a K block is shared by a tile's worth of query vectors; the
+    // value tiles need head_dim in 16-lane steps.
+    let blocked = t_rows > 1 && head_dim % 16 == 0;
+    let n_tasks = if blocked {
+        t_rows.div_ceil(RB) * n_kv_heads
+    } else {
+        t_rows * n_heads
+    };
+    let nq_pad = (RB * group).div_ceil(QT) * QT;
     let path = isa();
-    (0..t_rows * n_heads).into_par_iter().for_each_init(
-        || vec![0f32; end],
-        |scores, th| {
-            let (t, h) = (th / n_heads, th % n_heads);
-            let last = (pos + t).min(end - 1);
-            let qv = &q[t * qw + h * head_dim..][..head_dim];
-            // SAFETY: each (t, h) pair writes only its own head_dim slice of row t.
-            let o = unsafe { std::slice::from_raw_parts_mut(ptr.at(t * qw + h * head_dim), head_dim) };
-            let off = (h / group) * head_dim;
-            match path {
-                // SAFETY: isa() reports these paths only when the CPU has the features.
-                #[cfg(target_arch = "x86_64")]
-                Isa::Avx512Vnni => unsafe { pair_avx512(qv, k_cache, v_cache, kw, off, last, scale, scores, o) },
-                #[cfg(target_arch = "x86_64")]
-                Isa::Avx2Fma => unsafe { pair_avx2(qv, k_cache, v_cache, kw, off, last, scale, scores, o) },
-                _ => pair(qv, k_cache, v_cache, kw, off, last, scale, scores, o),
+    (0..n_tasks).into_par_iter().for_each_init(
+        || {
+            let (nq, hd) = if blocked { (nq_pad, head_dim) } else { (0, 0) };
+            Scratch {
+                q: vec![0.0; nq * hd],
+                o: vec![0.0; nq * hd],
+                m: vec![0.0; nq],
+                l: vec![0.0; nq],
+                kt: vec![0.0; hd * KB],
+                s: vec![0.0; if blocked { nq * KB } else { end }],
             }
+        },
+        |sc, id| match path {
+            // SAFETY: isa() reports these paths only when the CPU has the features.
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512Vnni => unsafe { task_avx512(&a, blocked, n_heads, id, sc) },
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2Fma => unsafe { task_avx2(&a, blocked, n_heads, id, sc) },
+            _ => task(&a, blocked, n_heads, id, sc),
         },
     );
     Ok(())

@@ -72,13 +72,20 @@ fn process_isa() -> Isa {
             Ok("avx2") => Isa::Avx2Fma,
             Ok("avx512") => Isa::Avx512Vnni,
             Ok(other) if !other.is_empty() => {
-                log::warn!("NPURT_CPU_ISA={other} is not one of portable|avx2|avx512; using {}", best.name());
+                log::warn!(
+                    "NPURT_CPU_ISA={other} is not one of portable|avx2|avx512; using {}",
+                    best.name()
+                );
                 best
             }
             _ => best,
         };
         if want > best {
-            log::warn!("NPURT_CPU_ISA asks for {} but this CPU supports at most {}; using it", want.name(), best.name());
+            log::warn!(
+                "NPURT_CPU_ISA asks for {} but this CPU supports at most {}; using it",
+                want.name(),
+                best.name()
+            );
         }
         want.min(best)
     })

@@ -19,7 +19,10 @@ pub(crate) fn exp(x: f32) -> f32 {
     let t = x * LOG2E + ROUND;
     let n = t - ROUND;
     let r = x - n * LN2_HI - n * LN2_LO;
-    let p = ((((1.987_569_2e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r + 0.166_666_65) * r + 0.5;
+    let p = ((((1.987_569_2e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
+        + 0.166_666_65)
+        * r
+        + 0.5;
     let e = p * r * r + r + 1.0;
     let n = (t.to_bits() as i32).wrapping_sub(ROUND.to_bits() as i32);
     // n is in [-126, 127]: 2^n is a normal f32 built from its exponent bits.
@@ -39,7 +42,10 @@ mod tests {
         let mut x = -87.0f32;
         while x < 88.0 {
             let (want, got) = (x.exp(), super::exp(x));
-            assert!((got - want).abs() <= 2.0 * f32::EPSILON * want, "exp({x}) = {got}, libm {want}");
+            assert!(
+                (got - want).abs() <= 2.0 * f32::EPSILON * want,
+                "exp({x}) = {got}, libm {want}"
+            );
             x += 0.0137;
         }
         assert!(super::swiglu(-1000.0, 1.0).abs() < 1e-30);

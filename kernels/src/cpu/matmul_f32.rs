@@ -57,7 +57,12 @@ fn block(a: &[f32], b: &[f32], m: usize, k: usize, n: usize, j0: usize, j1: usiz
     let mut j = j0;
     while j < j1 {
         if j + 4 <= j1 {
-            let bs = [&b[j * k..][..k], &b[(j + 1) * k..][..k], &b[(j + 2) * k..][..k], &b[(j + 3) * k..][..k]];
+            let bs = [
+                &b[j * k..][..k],
+                &b[(j + 1) * k..][..k],
+                &b[(j + 2) * k..][..k],
+                &b[(j + 3) * k..][..k],
+            ];
             for i in 0..m {
                 let r = dot4(&a[i * k..][..k], bs[0], bs[1], bs[2], bs[3]);
                 for (c, v) in r.iter().enumerate() {
@@ -79,12 +84,31 @@ fn block(a: &[f32], b: &[f32], m: usize, k: usize, n: usize, j0: usize, j1: usiz
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn block_avx2(a: &[f32], b: &[f32], m: usize, k: usize, n: usize, j0: usize, j1: usize, out: SendPtr) {
+unsafe fn block_avx2(
+    a: &[f32],
+    b: &[f32],
+    m: usize,
+    k: usize,
+    n: usize,
+    j0: usize,
+    j1: usize,
+    out: SendPtr,
+) {
     block(a, b, m, k, n, j0, j1, out)
 }
 
 #[allow(clippy::too_many_arguments)]
-fn run_block(isa: Isa, a: &[f32], b: &[f32], m: usize, k: usize, n: usize, j0: usize, j1: usize, out: SendPtr) {
+fn run_block(
+    isa: Isa,
+    a: &[f32],
+    b: &[f32],
+    m: usize,
+    k: usize,
+    n: usize,
+    j0: usize,
+    j1: usize,
+    out: SendPtr,
+) {
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: isa() only reports Avx2Fma or better when the CPU has AVX2 and FMA.
@@ -94,8 +118,19 @@ fn run_block(isa: Isa, a: &[f32], b: &[f32], m: usize, k: usize, n: usize, j0: u
 }
 
 /// `out [m, n] = a [m, k] @ op(b)`; `op(b) = b^T` for `transpose_b` (b `[n, k]`).
-pub fn matmul_f32(a: &[f32], b: &[f32], m: usize, k: usize, n: usize, transpose_b: bool, out: &mut [f32]) {
-    assert!(a.len() >= m * k && b.len() >= n * k && out.len() >= m * n, "matmul_f32: slices smaller than m,k,n");
+pub fn matmul_f32(
+    a: &[f32],
+    b: &[f32],
+    m: usize,
+    k: usize,
+    n: usize,
+    transpose_b: bool,
+    out: &mut [f32],
+) {
+    assert!(
+        a.len() >= m * k && b.len() >= n * k && out.len() >= m * n,
+        "matmul_f32: slices smaller than m,k,n"
+    );
     if !transpose_b {
         // Rare in npurt's graphs (weights are Linear-layout); transpose once and reuse.
         let mut bt = vec![0f32; n * k];

@@ -72,7 +72,12 @@ pub fn matmul_packed_with(
 ) -> Result<(), KernelError> {
     let isa = isa.min(dispatch::detected());
     let (n, k) = (w.n(), w.k());
-    let fail = |what: String| Err(KernelError(format!("matmul_packed ({} [{n}, {k}], m = {m}): {what}", w.dtype())));
+    let fail = |what: String| {
+        Err(KernelError(format!(
+            "matmul_packed ({} [{n}, {k}], m = {m}): {what}",
+            w.dtype()
+        )))
+    };
     let n_out = if epilogue == Epilogue::SwiGlu {
         if n % 2 != 0 {
             return fail("SwiGLU needs an even number of weight rows".into());
@@ -96,7 +101,13 @@ pub fn matmul_packed_with(
     }
     match (epilogue.has_residual(), residual) {
         (true, Some(r)) if r.len() == out.len() => {}
-        (true, Some(r)) => return fail(format!("residual has {} values, want {}", r.len(), out.len())),
+        (true, Some(r)) => {
+            return fail(format!(
+                "residual has {} values, want {}",
+                r.len(),
+                out.len()
+            ))
+        }
         (true, None) => return fail(format!("epilogue {epilogue:?} needs a residual")),
         (false, Some(_)) => return fail(format!("epilogue {epilogue:?} takes no residual")),
         (false, None) => {}
@@ -115,7 +126,11 @@ pub fn matmul_packed_with(
     }
 
     let set = microkernels::select(w.format, act, isa);
-    let mut scratch = SCRATCH.with(|s| s.try_borrow_mut().map(|mut s| std::mem::take(&mut *s)).unwrap_or_default());
+    let mut scratch = SCRATCH.with(|s| {
+        s.try_borrow_mut()
+            .map(|mut s| std::mem::take(&mut *s))
+            .unwrap_or_default()
+    });
     act_quant::prepare(a, m, k, set.plan, isa, &mut scratch);
     let job = Call {
         isa,
@@ -124,7 +139,11 @@ pub fn matmul_packed_with(
         act: &scratch,
         m,
         n_out,
-        up_tiles: if epilogue == Epilogue::SwiGlu { Some(n_out / TILE_ROWS) } else { None },
+        up_tiles: if epilogue == Epilogue::SwiGlu {
+            Some(n_out / TILE_ROWS)
+        } else {
+            None
+        },
         bias,
         residual,
         out: SendPtr(out.as_mut_ptr()),
@@ -179,7 +198,12 @@ impl Call<'_> {
 
     /// Output tiles `tiles` for row groups `groups`, with the loop and epilogue code
     /// compiled for the kernels' ISA (so the epilogue vectorizes).
-    fn run_range(&self, tiles: std::ops::Range<usize>, groups: std::ops::Range<usize>, act: ActPrecision) {
+    fn run_range(
+        &self,
+        tiles: std::ops::Range<usize>,
+        groups: std::ops::Range<usize>,
+        act: ActPrecision,
+    ) {
         match self.isa {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: `self.isa` is at most what the CPU supports.
@@ -193,18 +217,33 @@ impl Call<'_> {
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-    unsafe fn run_range_avx512(&self, tiles: std::ops::Range<usize>, groups: std::ops::Range<usize>, act: ActPrecision) {
+    unsafe fn run_range_avx512(
+        &self,
+        tiles: std::ops::Range<usize>,
+        groups: std::ops::Range<usize>,
+        act: ActPrecision,
+    ) {
         self.run_range_generic(tiles, groups, act)
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn run_range_avx2(&self, tiles: std::ops::Range<usize>, groups: std::ops::Range<usize>, act: ActPrecision) {
+    unsafe fn run_range_avx2(
+        &self,
+        tiles: std::ops::Range<usize>,
+        groups: std::ops::Range<usize>,
+        act: ActPrecision,
+    ) {
         self.run_range_generic(tiles, groups, act)
     }
 
     #[inline(always)]
-    fn run_range_generic(&self, tiles: std::ops::Range<usize>, groups: std::ops::Range<usize>, act: ActPrecision) {
+    fn run_range_generic(
+        &self,
+        tiles: std::ops::Range<usize>,
+        groups: std::ops::Range<usize>,
+        act: ActPrecision,
+    ) {
         let k = self.w.k();
         let row_bytes = match act {
             ActPrecision::F32 => 4 * k,
@@ -257,19 +296,27 @@ impl Call<'_> {
                 let acc = &mut acc[r];
                 if let Some(b) = self.bias {
                     if cols == TILE_ROWS {
-                        let b: &[f32; TILE_ROWS] = b[j0..j0 + TILE_ROWS].try_into().unwrap_or(&[0.0; TILE_ROWS]);
+                        let b: &[f32; TILE_ROWS] = b[j0..j0 + TILE_ROWS]
+                            .try_into()
+                            .unwrap_or(&[0.0; TILE_ROWS]);
                         (0..TILE_ROWS).for_each(|c| acc[c] += b[c]);
                     } else {
-                        acc.iter_mut().zip(&b[j0..j0 + cols]).for_each(|(v, b)| *v += b);
+                        acc.iter_mut()
+                            .zip(&b[j0..j0 + cols])
+                            .for_each(|(v, b)| *v += b);
                     }
                 }
                 if let Some(res) = self.residual {
                     let o = (row0 + r) * n_out + j0;
                     if cols == TILE_ROWS {
-                        let x: &[f32; TILE_ROWS] = res[o..o + TILE_ROWS].try_into().unwrap_or(&[0.0; TILE_ROWS]);
+                        let x: &[f32; TILE_ROWS] = res[o..o + TILE_ROWS]
+                            .try_into()
+                            .unwrap_or(&[0.0; TILE_ROWS]);
                         (0..TILE_ROWS).for_each(|c| acc[c] += x[c]);
                     } else {
-                        acc.iter_mut().zip(&res[o..o + cols]).for_each(|(v, x)| *v += x);
+                        acc.iter_mut()
+                            .zip(&res[o..o + cols])
+                            .for_each(|(v, x)| *v += x);
                     }
                 }
             }
@@ -278,7 +325,9 @@ impl Call<'_> {
             // SAFETY: this task alone writes columns j0..j0+cols of rows row0..row0+mr,
             // all inside `out` (m * n_out values); no other reference to them exists
             // while this slice lives.
-            let dst = unsafe { std::slice::from_raw_parts_mut(self.out.at((row0 + r) * n_out + j0), cols) };
+            let dst = unsafe {
+                std::slice::from_raw_parts_mut(self.out.at((row0 + r) * n_out + j0), cols)
+            };
             if let Ok(dst) = <&mut [f32; TILE_ROWS]>::try_from(&mut *dst) {
                 // A whole tile: a fixed-size copy (one vector store, not a memmove call).
                 *dst = *acc;

@@ -12,8 +12,8 @@
 mod act_quant;
 mod attention_f32;
 mod dispatch;
-mod matmul_f32;
 mod math;
+mod matmul_f32;
 mod matmul_packed;
 mod microkernels;
 mod packed;

@@ -74,7 +74,14 @@ pub struct PackedMatrix {
 
 impl std::fmt::Debug for PackedMatrix {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "PackedMatrix({} [{}, {}], {} bytes)", self.dtype, self.n, self.k, self.bytes())
+        write!(
+            f,
+            "PackedMatrix({} [{}, {}], {} bytes)",
+            self.dtype,
+            self.n,
+            self.k,
+            self.bytes()
+        )
     }
 }
 
@@ -119,11 +126,17 @@ impl PackedMatrix {
 
     /// Dequantizes rows `rows` into `out` (`rows.len() * k` values), bit-identical to
     /// [`crate::quant::dequantize_matrix`] on the source data.
-    pub fn dequantize_rows(&self, rows: std::ops::Range<usize>, out: &mut [f32]) -> Result<(), KernelError> {
+    pub fn dequantize_rows(
+        &self,
+        rows: std::ops::Range<usize>,
+        out: &mut [f32],
+    ) -> Result<(), KernelError> {
         if rows.start > rows.end || rows.end > self.n || out.len() != rows.len() * self.k {
             return Err(err(format!(
                 "dequantize_rows {rows:?} of a [{}, {}] matrix into {} values",
-                self.n, self.k, out.len()
+                self.n,
+                self.k,
+                out.len()
             )));
         }
         for (r, dst) in rows.zip(out.chunks_exact_mut(self.k.max(1))) {
@@ -159,7 +172,12 @@ impl PackedMatrix {
                     let d = match self.format {
                         Format::Q8_0 => f16_at(scales, b * 32 + lane * 2).to_f32(),
                         // Q8Channel: the row's f32 scale, the 16 rows' scales after the values.
-                        _ => f32::from_le_bytes([scales[lane * 4], scales[lane * 4 + 1], scales[lane * 4 + 2], scales[lane * 4 + 3]]),
+                        _ => f32::from_le_bytes([
+                            scales[lane * 4],
+                            scales[lane * 4 + 1],
+                            scales[lane * 4 + 2],
+                            scales[lane * 4 + 3],
+                        ]),
                     };
                     for (j, o) in out.iter_mut().enumerate() {
                         *o = d * (vals[b * 512 + (j / 4) * 64 + lane * 4 + j % 4] as i8) as f32;
@@ -197,7 +215,9 @@ pub(crate) fn q4_min_offset(b: usize, lane: usize) -> usize {
 /// quantize activations in 32-value blocks).
 pub fn pack(dtype: DType, raw: &[u8], n: usize, k: usize) -> Result<PackedMatrix, KernelError> {
     if n == 0 || k == 0 {
-        return Err(err(format!("cannot pack an empty [{n}, {k}] {dtype} matrix")));
+        return Err(err(format!(
+            "cannot pack an empty [{n}, {k}] {dtype} matrix"
+        )));
     }
     let format = match dtype {
         DType::Q4_0 => Format::Q4_0,
@@ -205,19 +225,29 @@ pub fn pack(dtype: DType, raw: &[u8], n: usize, k: usize) -> Result<PackedMatrix
         DType::Q8_0 => Format::Q8_0,
         DType::Q8Channel => Format::Q8Channel,
         DType::F32 | DType::F16 | DType::BF16 => Format::F32,
-        DType::I32 | DType::I16 | DType::I8 => return Err(err(format!("{dtype} is not a weight format"))),
+        DType::I32 | DType::I16 | DType::I8 => {
+            return Err(err(format!("{dtype} is not a weight format")))
+        }
     };
     if format != Format::F32 && k % BLOCK != 0 {
-        return Err(err(format!("{dtype} weight [{n}, {k}]: k must be a multiple of {BLOCK}")));
+        return Err(err(format!(
+            "{dtype} weight [{n}, {k}]: k must be a multiple of {BLOCK}"
+        )));
     }
-    let elems = n.checked_mul(k).ok_or_else(|| err(format!("[{n}, {k}] overflows")))?;
+    let elems = n
+        .checked_mul(k)
+        .ok_or_else(|| err(format!("[{n}, {k}] overflows")))?;
     let want = if dtype == DType::Q8Channel {
-        n.checked_mul(4).and_then(|scales| elems.checked_add(scales))
+        n.checked_mul(4)
+            .and_then(|scales| elems.checked_add(scales))
     } else {
         dtype.storage_bytes(elems)
     };
     if want != Some(raw.len()) {
-        return Err(err(format!("{dtype} weight [{n}, {k}] needs {want:?} bytes, got {}", raw.len())));
+        return Err(err(format!(
+            "{dtype} weight [{n}, {k}] needs {want:?} bytes, got {}",
+            raw.len()
+        )));
     }
     let kb = if format == Format::F32 { k } else { k / BLOCK };
     let (vals, scales) = match format {
@@ -235,9 +265,23 @@ pub fn pack(dtype: DType, raw: &[u8], n: usize, k: usize) -> Result<PackedMatrix
         .map(|b| b / 64)
         .ok_or_else(|| err(format!("packed [{n}, {k}] {dtype} overflows")))?;
     let mut data = Vec::new();
-    data.try_reserve_exact(lines).map_err(|_| err(format!("out of memory packing [{n}, {k}] {dtype} ({} bytes)", lines * 64)))?;
+    data.try_reserve_exact(lines).map_err(|_| {
+        err(format!(
+            "out of memory packing [{n}, {k}] {dtype} ({} bytes)",
+            lines * 64
+        ))
+    })?;
     data.resize(lines, Line([0; 64]));
-    let mut p = PackedMatrix { dtype, format, n, k, kb, tile_bytes, scales_offset, data };
+    let mut p = PackedMatrix {
+        dtype,
+        format,
+        n,
+        k,
+        kb,
+        tile_bytes,
+        scales_offset,
+        data,
+    };
     let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut p.data);
     let bb = dtype.block_bytes();
     let row_bytes = match format {
@@ -287,11 +331,17 @@ pub fn pack(dtype: DType, raw: &[u8], n: usize, k: usize) -> Result<PackedMatrix
             Format::F32 => {
                 for kk in 0..k {
                     let v = match dtype {
-                        DType::F32 => f32::from_le_bytes([row[4 * kk], row[4 * kk + 1], row[4 * kk + 2], row[4 * kk + 3]]),
+                        DType::F32 => f32::from_le_bytes([
+                            row[4 * kk],
+                            row[4 * kk + 1],
+                            row[4 * kk + 2],
+                            row[4 * kk + 3],
+                        ]),
                         DType::F16 => f16::from_le_bytes([row[2 * kk], row[2 * kk + 1]]).to_f32(),
                         _ => bf16::from_le_bytes([row[2 * kk], row[2 * kk + 1]]).to_f32(),
                     };
-                    tv[kk * 64 + lane * 4..kk * 64 + lane * 4 + 4].copy_from_slice(&v.to_le_bytes());
+                    tv[kk * 64 + lane * 4..kk * 64 + lane * 4 + 4]
+                        .copy_from_slice(&v.to_le_bytes());
                 }
             }
         }
@@ -302,14 +352,25 @@ pub fn pack(dtype: DType, raw: &[u8], n: usize, k: usize) -> Result<PackedMatrix
 /// Embedding lookup from a packed table `[vocab, width]`: row `ids[t]` dequantized into
 /// row `t` of `out` (`ids.len() * width` values), bit-identical to dequantizing the
 /// table and copying rows. An id outside the table is an error naming it.
-pub fn gather_packed(table: &PackedMatrix, ids: &[i32], out: &mut [f32]) -> Result<(), KernelError> {
+pub fn gather_packed(
+    table: &PackedMatrix,
+    ids: &[i32],
+    out: &mut [f32],
+) -> Result<(), KernelError> {
     let width = table.k;
     if out.len() != ids.len() * width {
-        return Err(err(format!("gather of {} ids of width {width} into {} values", ids.len(), out.len())));
+        return Err(err(format!(
+            "gather of {} ids of width {width} into {} values",
+            ids.len(),
+            out.len()
+        )));
     }
     for (t, &id) in ids.iter().enumerate() {
         if id < 0 || id as usize >= table.n {
-            return Err(err(format!("token id {id} at position {t} is outside the vocabulary (0..{})", table.n)));
+            return Err(err(format!(
+                "token id {id} at position {t} is outside the vocabulary (0..{})",
+                table.n
+            )));
         }
     }
     for (dst, &id) in out.chunks_exact_mut(width).zip(ids) {

@@ -12,7 +12,11 @@ const PARALLEL_MIN_VALUES: usize = 1 << 16;
 pub fn rms_norm_f32(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) -> Result<(), KernelError> {
     let h = w.len();
     if h == 0 || x.len() % h != 0 || out.len() != x.len() {
-        return Err(KernelError(format!("rms_norm of {} values with a weight of {h} into {} values", x.len(), out.len())));
+        return Err(KernelError(format!(
+            "rms_norm of {} values with a weight of {h} into {} values",
+            x.len(),
+            out.len()
+        )));
     }
     let isa = isa();
     let run = |x: &[f32], out: &mut [f32]| match isa {
@@ -26,7 +30,9 @@ pub fn rms_norm_f32(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) -> Result<(
     };
     if x.len() >= PARALLEL_MIN_VALUES && rayon::current_num_threads() > 1 {
         let chunk = h * (PARALLEL_MIN_VALUES / 4 / h).max(1);
-        x.par_chunks(chunk).zip(out.par_chunks_mut(chunk)).for_each(|(x, o)| run(x, o));
+        x.par_chunks(chunk)
+            .zip(out.par_chunks_mut(chunk))
+            .for_each(|(x, o)| run(x, o));
     } else {
         run(x, out);
     }
@@ -75,7 +81,9 @@ mod tests {
     #[test]
     fn matches_reference_on_every_path() {
         let h = 72;
-        let x: Vec<f32> = (0..5 * h).map(|i| ((i * 37 % 101) as f32 - 50.0) / 13.0).collect();
+        let x: Vec<f32> = (0..5 * h)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 13.0)
+            .collect();
         let w: Vec<f32> = (0..h).map(|i| 0.5 + i as f32 / h as f32).collect();
         let mut want = vec![0f32; x.len()];
         crate::reference::rms_norm(&x, &w, 1e-5, &mut want);
@@ -83,7 +91,11 @@ mod tests {
             let mut got = vec![0f32; x.len()];
             with_isa(isa, || rms_norm_f32(&x, &w, 1e-5, &mut got)).unwrap();
             for (g, r) in got.iter().zip(&want) {
-                assert!((g - r).abs() <= 1e-5 * r.abs().max(1.0), "{}: {g} vs {r}", isa.name());
+                assert!(
+                    (g - r).abs() <= 1e-5 * r.abs().max(1.0),
+                    "{}: {g} vs {r}",
+                    isa.name()
+                );
             }
         }
         assert!(rms_norm_f32(&x[..h + 1], &w, 1e-5, &mut vec![0f32; h + 1]).is_err());

@@ -13,15 +13,35 @@ pub(crate) struct Dims {
 /// the caller, so they are never trusted): the valid rows fit the chunk and the cache,
 /// and the caches and output have matching sizes.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn check_args(q: &[f32], k_cache: &[f32], v_cache: &[f32], pos: usize, n_valid: usize, n_heads: usize, n_kv_heads: usize, head_dim: usize, out: &[f32]) -> Result<Dims, KernelError> {
+pub(crate) fn check_args(
+    q: &[f32],
+    k_cache: &[f32],
+    v_cache: &[f32],
+    pos: usize,
+    n_valid: usize,
+    n_heads: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+    out: &[f32],
+) -> Result<Dims, KernelError> {
     let qw = n_heads * head_dim;
     let kw = n_kv_heads * head_dim;
     let t_rows = q.len() / qw.max(1);
     let end = pos + n_valid;
-    if end > k_cache.len() / kw.max(1) || n_valid == 0 || n_valid > t_rows || out.len() < q.len() || v_cache.len() != k_cache.len() {
+    if end > k_cache.len() / kw.max(1)
+        || n_valid == 0
+        || n_valid > t_rows
+        || out.len() < q.len()
+        || v_cache.len() != k_cache.len()
+    {
         return Err(KernelError(format!("attention over positions {pos}..{end} does not fit a {}-row cache / {t_rows}-row chunk", k_cache.len() / kw.max(1))));
     }
-    Ok(Dims { qw, kw, t_rows, end })
+    Ok(Dims {
+        qw,
+        kw,
+        t_rows,
+        end,
+    })
 }
 
 /// Causal GQA attention (eager: scores, softmax, weighted sum, all f32).
@@ -41,7 +61,14 @@ pub fn attention(
     scale: f32,
     out: &mut [f32],
 ) -> Result<(), KernelError> {
-    let Dims { qw, kw, t_rows, end } = check_args(q, k_cache, v_cache, pos, n_valid, n_heads, n_kv_heads, head_dim, out)?;
+    let Dims {
+        qw,
+        kw,
+        t_rows,
+        end,
+    } = check_args(
+        q, k_cache, v_cache, pos, n_valid, n_heads, n_kv_heads, head_dim, out,
+    )?;
     let group = n_heads / n_kv_heads;
     let mut scores = vec![0f32; end];
     for t in 0..t_rows {

@@ -43,7 +43,14 @@ pub fn slice_cols(x: &[f32], width: usize, start: usize, len: usize, out: &mut [
 /// Conv2D with kernel = stride = `patch`, no padding: `pixels [B, C, H, W]`,
 /// `weight [D, C*patch*patch]` (PyTorch `[D, C, p, p]` flattened), `bias [D]` ->
 /// `out [B * (H/p) * (W/p), D]`, patches row-major.
-pub fn patch_embed(pixels: &[f32], shape: [usize; 4], weight: &[f32], bias: &[f32], patch: usize, out: &mut [f32]) {
+pub fn patch_embed(
+    pixels: &[f32],
+    shape: [usize; 4],
+    weight: &[f32],
+    bias: &[f32],
+    patch: usize,
+    out: &mut [f32],
+) {
     let [b, c, h, w] = shape;
     let (gh, gw, d) = (h / patch, w / patch, bias.len());
     let kk = c * patch * patch;
@@ -54,14 +61,16 @@ pub fn patch_embed(pixels: &[f32], shape: [usize; 4], weight: &[f32], bias: &[f3
                 for ch in 0..c {
                     for ky in 0..patch {
                         for kx in 0..patch {
-                            col[(ch * patch + ky) * patch + kx] = pixels[((img * c + ch) * h + py * patch + ky) * w + px * patch + kx];
+                            col[(ch * patch + ky) * patch + kx] = pixels
+                                [((img * c + ch) * h + py * patch + ky) * w + px * patch + kx];
                         }
                     }
                 }
                 let row = (img * gh + py) * gw + px;
                 for o in 0..d {
                     let wr = &weight[o * kk..(o + 1) * kk];
-                    out[row * d + o] = bias[o] + wr.iter().zip(&col).map(|(a, b)| a * b).sum::<f32>();
+                    out[row * d + o] =
+                        bias[o] + wr.iter().zip(&col).map(|(a, b)| a * b).sum::<f32>();
                 }
             }
         }

@@ -57,9 +57,14 @@ pub fn preprocess<S: AsRef<str>>(file: &str, defines: &[S]) -> Result<String, Pr
     let mut out = String::new();
     for d in &defines {
         if let Some((name, value)) = d.split_once('=') {
-            let ok_name = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            let ok_name =
+                !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
             if !ok_name || value.parse::<u32>().is_err() {
-                return Err(PreprocessError { file: file.to_string(), line: 0, reason: format!("bad define `{d}` (NAME=unsigned integer)") });
+                return Err(PreprocessError {
+                    file: file.to_string(),
+                    line: 0,
+                    reason: format!("bad define `{d}` (NAME=unsigned integer)"),
+                });
             }
             out.push_str(&format!("const {name}: u32 = {value}u;\n"));
         }
@@ -70,8 +75,18 @@ pub fn preprocess<S: AsRef<str>>(file: &str, defines: &[S]) -> Result<String, Pr
     Ok(out)
 }
 
-fn expand(file: &str, defines: &[&str], included: &mut Vec<String>, out: &mut String, depth: usize) -> Result<(), PreprocessError> {
-    let err = |line: usize, reason: String| PreprocessError { file: file.to_string(), line, reason };
+fn expand(
+    file: &str,
+    defines: &[&str],
+    included: &mut Vec<String>,
+    out: &mut String,
+    depth: usize,
+) -> Result<(), PreprocessError> {
+    let err = |line: usize, reason: String| PreprocessError {
+        file: file.to_string(),
+        line,
+        reason,
+    };
     if depth > 8 {
         return Err(err(0, "includes nested too deeply".into()));
     }
@@ -84,16 +99,23 @@ fn expand(file: &str, defines: &[&str], included: &mut Vec<String>, out: &mut St
     for (i, line) in src.lines().enumerate() {
         let n = i + 1;
         let t = line.trim();
-        if let Some(name) = t.strip_prefix("#ifdef ").or_else(|| t.strip_prefix("#ifndef ")) {
+        if let Some(name) = t
+            .strip_prefix("#ifdef ")
+            .or_else(|| t.strip_prefix("#ifndef "))
+        {
             let set = defines.contains(&name.trim());
             let on = if t.starts_with("#ifdef") { set } else { !set };
             let parent = active(&stack);
             stack.push((on, parent));
         } else if t == "#else" {
-            let top = stack.last_mut().ok_or_else(|| err(n, "#else without #ifdef".into()))?;
+            let top = stack
+                .last_mut()
+                .ok_or_else(|| err(n, "#else without #ifdef".into()))?;
             top.0 = !top.0;
         } else if t == "#endif" {
-            stack.pop().ok_or_else(|| err(n, "#endif without #ifdef".into()))?;
+            stack
+                .pop()
+                .ok_or_else(|| err(n, "#endif without #ifdef".into()))?;
         } else if let Some(rest) = t.strip_prefix("#include ") {
             if active(&stack) {
                 let name = rest.trim().trim_matches('"');
@@ -135,6 +157,8 @@ mod tests {
         }
         assert!(preprocess::<&str>("nope.wgsl", &[]).is_err());
         assert!(preprocess("attention_lanes.wgsl", &["HEAD_DIM=x"]).is_err());
-        assert!(preprocess("attention_lanes.wgsl", &["HEAD_DIM=64"]).unwrap().starts_with("const HEAD_DIM: u32 = 64u;"));
+        assert!(preprocess("attention_lanes.wgsl", &["HEAD_DIM=64"])
+            .unwrap()
+            .starts_with("const HEAD_DIM: u32 = 64u;"));
     }
 }

@@ -4,7 +4,9 @@
 use clap::{Args, Parser, Subcommand};
 use npurt_graph::PrecisionPolicy;
 use npurt_models::ChatMessage;
-use npurt_runtime::{perplexity, stats, GenerateOptions, LoadOptions, Model, Runtime, SamplingOptions, Session};
+use npurt_runtime::{
+    perplexity, stats, GenerateOptions, LoadOptions, Model, Runtime, SamplingOptions, Session,
+};
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -12,7 +14,11 @@ use std::sync::Arc;
 const DEFAULT_MODEL: &str = "models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
 
 #[derive(Parser)]
-#[command(name = "npurt", version, about = "npurt: static-graph LLM/VLM runtime for on-device NPUs, GPUs and CPUs")]
+#[command(
+    name = "npurt",
+    version,
+    about = "npurt: static-graph LLM/VLM runtime for on-device NPUs, GPUs and CPUs"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -120,10 +126,20 @@ enum Cmd {
         #[command(flatten)]
         common: Common,
         /// Prefill lengths.
-        #[arg(short = 'p', long = "n-prompt", value_delimiter = ',', default_value = "128,512")]
+        #[arg(
+            short = 'p',
+            long = "n-prompt",
+            value_delimiter = ',',
+            default_value = "128,512"
+        )]
         prompt: Vec<usize>,
         /// Decode steps.
-        #[arg(short = 'n', long = "n-gen", value_delimiter = ',', default_value = "128")]
+        #[arg(
+            short = 'n',
+            long = "n-gen",
+            value_delimiter = ',',
+            default_value = "128"
+        )]
         gen: Vec<usize>,
         /// Repetitions per test.
         #[arg(short = 'r', long, default_value_t = 3)]
@@ -147,7 +163,9 @@ enum Cmd {
 }
 
 fn rayon_threads() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }
 
 fn default_model() -> PathBuf {
@@ -159,22 +177,38 @@ fn default_model() -> PathBuf {
         return in_cwd;
     }
     // The project checkout this binary was built from.
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join(DEFAULT_MODEL)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(DEFAULT_MODEL)
 }
 
 fn load(c: &Common, ctx_at_least: Option<usize>) -> anyhow_lite::Result<Arc<Model>> {
     let path = c.model.clone().unwrap_or_else(default_model);
     if c.model.is_none() && !path.exists() {
-        return Err(anyhow_lite::msg(format!("the default model {} is not there: run scripts/fetch-model.sh", path.display())));
+        return Err(anyhow_lite::msg(format!(
+            "the default model {} is not there: run scripts/fetch-model.sh",
+            path.display()
+        )));
     }
     let ctx = match (c.ctx, ctx_at_least) {
         (Some(x), _) => Some(x),
         (None, Some(n)) => Some(n.max(npurt_runtime::DEFAULT_CTX)),
         (None, None) => None,
     };
-    let precision = PrecisionPolicy::by_name(&c.precision)
-        .ok_or_else(|| anyhow_lite::msg(format!("unknown precision `{}` (known: {})", c.precision, PrecisionPolicy::names().join(", "))))?;
-    let opts = LoadOptions { backend: c.backend.clone(), threads: c.threads.first().copied(), chunk: c.chunk, ctx, precision };
+    let precision = PrecisionPolicy::by_name(&c.precision).ok_or_else(|| {
+        anyhow_lite::msg(format!(
+            "unknown precision `{}` (known: {})",
+            c.precision,
+            PrecisionPolicy::names().join(", ")
+        ))
+    })?;
+    let opts = LoadOptions {
+        backend: c.backend.clone(),
+        threads: c.threads.first().copied(),
+        chunk: c.chunk,
+        ctx,
+        precision,
+    };
     Ok(Runtime::new().load(&path, opts)?)
 }
 
@@ -194,7 +228,19 @@ fn main() {
 
 fn run(cli: Cli) -> anyhow_lite::Result<()> {
     match cli.cmd {
-        Cmd::Run { common, prompt, chat, max_tokens, temperature, top_k, top_p, repetition_penalty, seed, stop, json } => {
+        Cmd::Run {
+            common,
+            prompt,
+            chat,
+            max_tokens,
+            temperature,
+            top_k,
+            top_p,
+            repetition_penalty,
+            seed,
+            stop,
+            json,
+        } => {
             let model = load(&common, None)?;
             let text = match (prompt, chat) {
                 (Some(p), _) => p,
@@ -205,7 +251,13 @@ fn run(cli: Cli) -> anyhow_lite::Result<()> {
             let mut session = Session::new(model.clone())?;
             let opts = GenerateOptions {
                 max_tokens,
-                sampling: SamplingOptions { temperature, top_k, top_p, repetition_penalty, seed },
+                sampling: SamplingOptions {
+                    temperature,
+                    top_k,
+                    top_p,
+                    repetition_penalty,
+                    seed,
+                },
                 stop_at_eos: true,
                 stop_strings: stop,
             };
@@ -245,51 +297,108 @@ fn run(cli: Cli) -> anyhow_lite::Result<()> {
             let ids: Vec<u32> = ids
                 .iter()
                 .enumerate()
-                .map(|(index, &id)| u32::try_from(id).ok().filter(|&v| (v as usize) < vocab).ok_or(npurt_runtime::RuntimeError::TokenOutOfRange { id, index, vocab }))
+                .map(|(index, &id)| {
+                    u32::try_from(id)
+                        .ok()
+                        .filter(|&v| (v as usize) < vocab)
+                        .ok_or(npurt_runtime::RuntimeError::TokenOutOfRange { id, index, vocab })
+                })
                 .collect::<Result<_, _>>()?;
             let mut session = Session::new(model.clone())?;
             let rows = session.feed_all_logits(&ids)?;
-            let flat: Vec<u8> = rows.iter().flatten().flat_map(|v| v.to_le_bytes()).collect();
-            let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![rows.len(), vocab], &flat).map_err(|e| anyhow_lite::msg(e.to_string()))?;
-            safetensors::serialize_to_file([("logits", view)], &None, &out).map_err(|e| anyhow_lite::msg(format!("writing {}: {e}", out.display())))?;
+            let flat: Vec<u8> = rows
+                .iter()
+                .flatten()
+                .flat_map(|v| v.to_le_bytes())
+                .collect();
+            let view = safetensors::tensor::TensorView::new(
+                safetensors::Dtype::F32,
+                vec![rows.len(), vocab],
+                &flat,
+            )
+            .map_err(|e| anyhow_lite::msg(e.to_string()))?;
+            safetensors::serialize_to_file([("logits", view)], &None, &out)
+                .map_err(|e| anyhow_lite::msg(format!("writing {}: {e}", out.display())))?;
         }
         Cmd::Tokenize { common, text } => {
             let model = load(&common, None)?;
             println!("{}", serde_json::to_string(&model.encode(&text)?)?);
         }
-        Cmd::Perplexity { common, text_file, stride, max_tokens } => {
+        Cmd::Perplexity {
+            common,
+            text_file,
+            stride,
+            max_tokens,
+        } => {
             let window = common.ctx.unwrap_or(512);
-            let text = std::fs::read_to_string(&text_file).map_err(|e| anyhow_lite::msg(format!("reading {}: {e}", text_file.display())))?;
+            let text = std::fs::read_to_string(&text_file)
+                .map_err(|e| anyhow_lite::msg(format!("reading {}: {e}", text_file.display())))?;
             let model = load(&common, Some(window))?;
             let mut ids = model.encode(&text)?;
             if let Some(n) = max_tokens {
                 ids.truncate(n);
             }
             let p = perplexity(&model, &ids, window, stride)?;
-            println!("{}", serde_json::json!({"tokens": p.tokens, "scored": p.scored, "nll": p.nll, "ppl": p.ppl}));
+            println!(
+                "{}",
+                serde_json::json!({"tokens": p.tokens, "scored": p.scored, "nll": p.nll, "ppl": p.ppl})
+            );
         }
-        Cmd::Inspect { common, graph, summary } => {
+        Cmd::Inspect {
+            common,
+            graph,
+            summary,
+        } => {
             let model = load(&common, None)?;
             let kind = match graph.as_str() {
                 "prefill" => npurt_runtime::GraphKind::Prefill,
                 "prefill-all" => npurt_runtime::GraphKind::PrefillAllLogits,
                 "decode" => npurt_runtime::GraphKind::Decode,
-                other => return Err(anyhow_lite::msg(format!("unknown graph `{other}` (prefill, prefill-all, decode)"))),
+                other => {
+                    return Err(anyhow_lite::msg(format!(
+                        "unknown graph `{other}` (prefill, prefill-all, decode)"
+                    )))
+                }
             };
-            print!("{}", npurt_runtime::inspect::describe(&model, kind, !summary));
+            print!(
+                "{}",
+                npurt_runtime::inspect::describe(&model, kind, !summary)
+            );
         }
-        Cmd::Bench { common, prompt, gen, reps, json } => {
-            let threads = if common.threads.is_empty() { vec![rayon_threads()] } else { common.threads.clone() };
+        Cmd::Bench {
+            common,
+            prompt,
+            gen,
+            reps,
+            json,
+        } => {
+            let threads = if common.threads.is_empty() {
+                vec![rayon_threads()]
+            } else {
+                common.threads.clone()
+            };
             let ctx = prompt.iter().chain(&gen).copied().max().unwrap_or(128) + 1;
             let mut rows = Vec::new();
             let mut machine = Vec::new();
             for &t in &threads {
-                let model = load(&Common { threads: vec![t], ctx: Some(common.ctx.unwrap_or(ctx).max(ctx)), ..common.clone() }, None)?;
+                let model = load(
+                    &Common {
+                        threads: vec![t],
+                        ctx: Some(common.ctx.unwrap_or(ctx).max(ctx)),
+                        ..common.clone()
+                    },
+                    None,
+                )?;
                 let weight_mib = model.weight_bytes as f64 / (1 << 20) as f64;
                 let bw = npurt_runtime::bench::read_bandwidth_gb_s(t);
                 machine.push(serde_json::json!({"threads": t, "read_bandwidth_gb_s": bw, "weight_mib": weight_mib}));
                 for &p in &prompt {
-                    rows.push(npurt_runtime::bench::row(&model, format!("pp{p}"), t, &npurt_runtime::bench::prefill(&model, p, reps)?));
+                    rows.push(npurt_runtime::bench::row(
+                        &model,
+                        format!("pp{p}"),
+                        t,
+                        &npurt_runtime::bench::prefill(&model, p, reps)?,
+                    ));
                 }
                 for &n in &gen {
                     let r = npurt_runtime::bench::decode(&model, n, reps)?;
@@ -304,25 +413,54 @@ fn run(cli: Cli) -> anyhow_lite::Result<()> {
             } else {
                 println!("| model | precision | backend | kernels | threads | test | t/s |");
                 println!("|---|---|---|---|---|---|---|");
-                let desc = common.model.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "SmolLM2-135M-Instruct Q4_1".into());
+                let desc = common
+                    .model
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|| "SmolLM2-135M-Instruct Q4_1".into());
                 for r in &rows {
-                    println!("| {desc} | {} | {} | {} | {} | {} | {:.2} ± {:.2} |", r.precision, common.backend, r.kernels, r.threads, r.test, r.tok_s_mean, r.tok_s_sd);
+                    println!(
+                        "| {desc} | {} | {} | {} | {} | {} | {:.2} ± {:.2} |",
+                        r.precision,
+                        common.backend,
+                        r.kernels,
+                        r.threads,
+                        r.test,
+                        r.tok_s_mean,
+                        r.tok_s_sd
+                    );
                 }
                 for m in &machine {
-                    let (t, bw, w) = (m["threads"].as_u64().unwrap_or(0), m["read_bandwidth_gb_s"].as_f64().unwrap_or(0.0), m["weight_mib"].as_f64().unwrap_or(0.0));
-                    if let Some(tg) = rows.iter().find(|r| r.threads as u64 == t && r.test.starts_with("tg")) {
+                    let (t, bw, w) = (
+                        m["threads"].as_u64().unwrap_or(0),
+                        m["read_bandwidth_gb_s"].as_f64().unwrap_or(0.0),
+                        m["weight_mib"].as_f64().unwrap_or(0.0),
+                    );
+                    if let Some(tg) = rows
+                        .iter()
+                        .find(|r| r.threads as u64 == t && r.test.starts_with("tg"))
+                    {
                         let gbs = tg.tok_s_mean * w * (1 << 20) as f64 / 1e9;
                         println!("decode at {t} thread(s) reads {gbs:.1} GB/s of weights = {:.0}% of the measured {bw:.1} GB/s", 100.0 * gbs / bw);
                     }
                 }
             }
         }
-        Cmd::Conformance { backend, op, threads } => {
-            let be = Runtime::new().registry().create(&backend, &npurt_backends::BackendOptions { threads })?;
+        Cmd::Conformance {
+            backend,
+            op,
+            threads,
+        } => {
+            let be = Runtime::new()
+                .registry()
+                .create(&backend, &npurt_backends::BackendOptions { threads })?;
             let report = npurt_backends::conformance::run_suite(be.as_ref(), op.as_deref());
             print!("{report}");
             if report.failed() > 0 {
-                return Err(anyhow_lite::msg(format!("{} conformance case(s) failed on `{backend}`", report.failed())));
+                return Err(anyhow_lite::msg(format!(
+                    "{} conformance case(s) failed on `{backend}`",
+                    report.failed()
+                )));
             }
         }
         Cmd::Backends => {

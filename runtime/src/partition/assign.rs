@@ -24,7 +24,9 @@ struct SupportTable<'a> {
 impl SupportTable<'_> {
     fn node(&mut self, b: usize, id: NodeId) -> &Support {
         let (graph, backends) = (self.graph, self.backends);
-        self.answers.entry((b, id)).or_insert_with(|| backends[b].supports(graph, id))
+        self.answers
+            .entry((b, id))
+            .or_insert_with(|| backends[b].supports(graph, id))
     }
 
     /// Can backend `b` run compute node `id` together with the sources it binds (its
@@ -35,7 +37,11 @@ impl SupportTable<'_> {
         }
         let graph = self.graph;
         for &input in &graph.node(id).inputs {
-            let bound = if graph.node(input).op.is_source() { Some(input) } else { state_of[input.0] };
+            let bound = if graph.node(input).op.is_source() {
+                Some(input)
+            } else {
+                state_of[input.0]
+            };
             if let Some(src) = bound {
                 if let Support::Unsupported(why) = self.node(b, src) {
                     return Err(format!("source `{}`: {why}", graph.node(src).name));
@@ -54,7 +60,10 @@ fn find_root(parent: &mut [usize], mut i: usize) -> usize {
     i
 }
 
-pub(super) fn assign(graph: &Graph, backends: &[Arc<dyn Backend>]) -> Result<Assignment, BackendError> {
+pub(super) fn assign(
+    graph: &Graph,
+    backends: &[Arc<dyn Backend>],
+) -> Result<Assignment, BackendError> {
     let mut state_of: Vec<Option<NodeId>> = vec![None; graph.nodes.len()];
     for id in graph.ids() {
         let n = graph.node(id);
@@ -64,7 +73,11 @@ pub(super) fn assign(graph: &Graph, backends: &[Arc<dyn Backend>]) -> Result<Ass
             _ => None,
         };
     }
-    let mut table = SupportTable { graph, backends, answers: HashMap::new() };
+    let mut table = SupportTable {
+        graph,
+        backends,
+        answers: HashMap::new(),
+    };
     let mut backend = vec![None; graph.nodes.len()];
     for id in graph.ids().filter(|id| !graph.node(*id).op.is_source()) {
         let mut refusals = Vec::new();
@@ -79,7 +92,15 @@ pub(super) fn assign(graph: &Graph, backends: &[Arc<dyn Backend>]) -> Result<Ass
         }
         if backend[id.0].is_none() {
             let n = graph.node(id);
-            return Err(BackendError::Unsupported { backend: names(backends), node: n.name.clone(), reason: format!("no backend runs this {} ({})", n.op.kind(), refusals.join("; ")) });
+            return Err(BackendError::Unsupported {
+                backend: names(backends),
+                node: n.name.clone(),
+                reason: format!(
+                    "no backend runs this {} ({})",
+                    n.op.kind(),
+                    refusals.join("; ")
+                ),
+            });
         }
     }
     keep_states_together(graph, backends, &mut table, &state_of, &mut backend)?;
@@ -87,20 +108,39 @@ pub(super) fn assign(graph: &Graph, backends: &[Arc<dyn Backend>]) -> Result<Ass
 }
 
 fn names(backends: &[Arc<dyn Backend>]) -> String {
-    backends.iter().map(|b| b.name().to_string()).collect::<Vec<_>>().join(", ")
+    backends
+        .iter()
+        .map(|b| b.name().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// A state lives in one backend's memory, so every node that reads or writes it must
 /// run there. States used by one node (k and v caches of one attention) form one
 /// group; a split group moves to the most preferred backend that runs all of it.
-fn keep_states_together(graph: &Graph, backends: &[Arc<dyn Backend>], table: &mut SupportTable, state_of: &[Option<NodeId>], backend: &mut [Option<usize>]) -> Result<(), BackendError> {
+fn keep_states_together(
+    graph: &Graph,
+    backends: &[Arc<dyn Backend>],
+    table: &mut SupportTable,
+    state_of: &[Option<NodeId>],
+    backend: &mut [Option<usize>],
+) -> Result<(), BackendError> {
     let states_read = |id: NodeId| -> Vec<usize> {
-        let mut v: Vec<usize> = graph.node(id).inputs.iter().filter_map(|i| state_of[i.0]).map(|s| s.0).collect();
+        let mut v: Vec<usize> = graph
+            .node(id)
+            .inputs
+            .iter()
+            .filter_map(|i| state_of[i.0])
+            .map(|s| s.0)
+            .collect();
         v.dedup();
         v
     };
     let mut parent: Vec<usize> = (0..graph.nodes.len()).collect();
-    let users: Vec<NodeId> = graph.ids().filter(|id| backend[id.0].is_some() && !states_read(*id).is_empty()).collect();
+    let users: Vec<NodeId> = graph
+        .ids()
+        .filter(|id| backend[id.0].is_some() && !states_read(*id).is_empty())
+        .collect();
     for &u in &users {
         let s = states_read(u);
         for w in &s[1..] {
@@ -121,7 +161,8 @@ fn keep_states_together(graph: &Graph, backends: &[Arc<dyn Backend>], table: &mu
         if members.iter().all(|m| backend[m.0] == first) {
             continue;
         }
-        let target = (0..backends.len()).find(|&b| members.iter().all(|&m| table.runs(b, m, state_of).is_ok()));
+        let target = (0..backends.len())
+            .find(|&b| members.iter().all(|&m| table.runs(b, m, state_of).is_ok()));
         let state = &graph.node(NodeId(root)).name;
         let Some(target) = target else {
             return Err(BackendError::Unsupported {
@@ -130,7 +171,11 @@ fn keep_states_together(graph: &Graph, backends: &[Arc<dyn Backend>], table: &mu
                 reason: "no single backend runs every node that reads or writes this state".into(),
             });
         };
-        log::debug!("state `{state}`: its {} users move to `{}` so the cache stays on one backend", members.len(), backends[target].name());
+        log::debug!(
+            "state `{state}`: its {} users move to `{}` so the cache stays on one backend",
+            members.len(),
+            backends[target].name()
+        );
         for m in members {
             backend[m.0] = Some(target);
         }

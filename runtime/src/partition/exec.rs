@@ -4,7 +4,9 @@
 //! own node ids. With one segment it is the backend's executable and nothing else.
 
 use super::report::PartitionReport;
-use npurt_backends::{Backend, BackendError, Bindings, BufferUsage, DeviceBuffer, Executable, Result, Scratch};
+use npurt_backends::{
+    Backend, BackendError, Bindings, BufferUsage, DeviceBuffer, Executable, Result, Scratch,
+};
 use npurt_graph::{NodeId, TensorFact};
 use std::any::Any;
 use std::collections::HashMap;
@@ -93,13 +95,22 @@ impl Partitioned {
     }
 
     /// Allocates a buffer for source `id` on the backend that reads it.
-    pub fn alloc_source(&self, id: NodeId, fact: &TensorFact, usage: BufferUsage) -> Result<Arc<dyn DeviceBuffer>> {
-        self.source_backend(id).unwrap_or(&self.backends[0]).alloc(fact, usage)
+    pub fn alloc_source(
+        &self,
+        id: NodeId,
+        fact: &TensorFact,
+        usage: BufferUsage,
+    ) -> Result<Arc<dyn DeviceBuffer>> {
+        self.source_backend(id)
+            .unwrap_or(&self.backends[0])
+            .alloc(fact, usage)
     }
 
     /// Allocates a buffer for output `name` on the backend that produces it.
     pub fn alloc_output(&self, name: &str, fact: &TensorFact) -> Result<Arc<dyn DeviceBuffer>> {
-        let b = self.output_backend(name).ok_or_else(|| BackendError::Binding(format!("the graph has no output `{name}`")))?;
+        let b = self
+            .output_backend(name)
+            .ok_or_else(|| BackendError::Binding(format!("the graph has no output `{name}`")))?;
         b.alloc(fact, BufferUsage::Activations)
     }
 }
@@ -119,15 +130,36 @@ impl Scratch for SplitScratch {
 }
 
 impl Split {
-    fn transfer_buffer<'a>(&self, sc: &'a SplitScratch, t: usize, backend: usize) -> Result<&'a Arc<dyn DeviceBuffer>> {
+    fn transfer_buffer<'a>(
+        &self,
+        sc: &'a SplitScratch,
+        t: usize,
+        backend: usize,
+    ) -> Result<&'a Arc<dyn DeviceBuffer>> {
         if self.transfers[t].src_backend == backend {
             return Ok(&sc.src[t]);
         }
-        sc.dst[t].iter().find(|(b, _)| *b == backend).map(|(_, buf)| buf).ok_or_else(|| BackendError::Binding(format!("transfer {t} has no buffer on backend {backend}")))
+        sc.dst[t]
+            .iter()
+            .find(|(b, _)| *b == backend)
+            .map(|(_, buf)| buf)
+            .ok_or_else(|| {
+                BackendError::Binding(format!("transfer {t} has no buffer on backend {backend}"))
+            })
     }
 
-    fn run(&self, backends: &[Arc<dyn Backend>], bindings: &Bindings, sc: &mut SplitScratch) -> Result<()> {
-        let caller_source = |id: NodeId| bindings.source(id).cloned().ok_or_else(|| BackendError::Binding(format!("source {id} is not bound")));
+    fn run(
+        &self,
+        backends: &[Arc<dyn Backend>],
+        bindings: &Bindings,
+        sc: &mut SplitScratch,
+    ) -> Result<()> {
+        let caller_source = |id: NodeId| {
+            bindings
+                .source(id)
+                .cloned()
+                .ok_or_else(|| BackendError::Binding(format!("source {id} is not bound")))
+        };
         for (k, st) in self.staged.iter().enumerate() {
             let data = backends[st.home].read(caller_source(st.source)?.as_ref())?;
             backends[st.backend].write(sc.staged[k].as_ref(), &data)?;
@@ -145,13 +177,18 @@ impl Split {
             let mut outputs = Vec::with_capacity(seg.sinks.len());
             for (name, sink) in &seg.sinks {
                 let buf = match sink {
-                    SegSink::Caller(orig) => bindings.output(orig).cloned().ok_or_else(|| BackendError::Binding(format!("output `{orig}` is not bound")))?,
+                    SegSink::Caller(orig) => bindings.output(orig).cloned().ok_or_else(|| {
+                        BackendError::Binding(format!("output `{orig}` is not bound"))
+                    })?,
                     SegSink::Transfer(t) => sc.src[*t].clone(),
                 };
                 outputs.push((name.clone(), buf));
             }
-            seg.exec.run(&Bindings { sources, outputs }, sc.segments[s].as_mut())?;
-            let outgoing: Vec<usize> = (0..self.transfers.len()).filter(|&t| self.transfers[t].from_segment == s && !sc.dst[t].is_empty()).collect();
+            seg.exec
+                .run(&Bindings { sources, outputs }, sc.segments[s].as_mut())?;
+            let outgoing: Vec<usize> = (0..self.transfers.len())
+                .filter(|&t| self.transfers[t].from_segment == s && !sc.dst[t].is_empty())
+                .collect();
             if outgoing.is_empty() {
                 continue;
             }
@@ -177,10 +214,31 @@ impl Executable for Partitioned {
         let act = BufferUsage::Activations;
         let b = &self.backends;
         Ok(Box::new(SplitScratch {
-            segments: split.segments.iter().map(|s| s.exec.new_scratch()).collect::<Result<_>>()?,
-            src: split.transfers.iter().map(|t| b[t.src_backend].alloc(&t.fact, act)).collect::<Result<_>>()?,
-            dst: split.transfers.iter().map(|t| t.dst_backends.iter().map(|&d| Ok((d, b[d].alloc(&t.fact, act)?))).collect::<Result<_>>()).collect::<Result<_>>()?,
-            staged: split.staged.iter().map(|s| b[s.backend].alloc(&s.fact, act)).collect::<Result<_>>()?,
+            segments: split
+                .segments
+                .iter()
+                .map(|s| s.exec.new_scratch())
+                .collect::<Result<_>>()?,
+            src: split
+                .transfers
+                .iter()
+                .map(|t| b[t.src_backend].alloc(&t.fact, act))
+                .collect::<Result<_>>()?,
+            dst: split
+                .transfers
+                .iter()
+                .map(|t| {
+                    t.dst_backends
+                        .iter()
+                        .map(|&d| Ok((d, b[d].alloc(&t.fact, act)?)))
+                        .collect::<Result<_>>()
+                })
+                .collect::<Result<_>>()?,
+            staged: split
+                .staged
+                .iter()
+                .map(|s| b[s.backend].alloc(&s.fact, act))
+                .collect::<Result<_>>()?,
         }))
     }
 
@@ -188,7 +246,12 @@ impl Executable for Partitioned {
         match &self.inner {
             Inner::Single(exec) => exec.run(bindings, scratch),
             Inner::Split(split) => {
-                let sc = scratch.as_any_mut().downcast_mut::<SplitScratch>().ok_or_else(|| BackendError::Binding("scratch from another executable".into()))?;
+                let sc = scratch
+                    .as_any_mut()
+                    .downcast_mut::<SplitScratch>()
+                    .ok_or_else(|| {
+                        BackendError::Binding("scratch from another executable".into())
+                    })?;
                 split.run(&self.backends, bindings, sc)
             }
         }

@@ -45,17 +45,26 @@ pub struct PartitionReport {
 impl PartitionReport {
     /// Bytes copied between backends per run.
     pub fn transfer_bytes(&self) -> usize {
-        self.transfers.iter().map(|t| t.bytes * t.copied_to.len()).sum()
+        self.transfers
+            .iter()
+            .map(|t| t.bytes * t.copied_to.len())
+            .sum()
     }
 
     /// Transfers that cross backends (the others cost nothing at run time).
     pub fn copies(&self) -> usize {
-        self.transfers.iter().filter(|t| !t.copied_to.is_empty()).count()
+        self.transfers
+            .iter()
+            .filter(|t| !t.copied_to.is_empty())
+            .count()
     }
 }
 
 fn kinds(k: &[(&'static str, usize)]) -> String {
-    k.iter().map(|(kind, n)| format!("{kind} x{n}")).collect::<Vec<_>>().join(", ")
+    k.iter()
+        .map(|(kind, n)| format!("{kind} x{n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 impl fmt::Display for PartitionReport {
@@ -71,12 +80,30 @@ impl fmt::Display for PartitionReport {
             self.preferred
         )?;
         for (i, s) in self.segments.iter().enumerate() {
-            writeln!(f, "  segment {i} on {}: {} node(s): {}", s.backend, s.nodes, kinds(&s.kinds))?;
+            writeln!(
+                f,
+                "  segment {i} on {}: {} node(s): {}",
+                s.backend,
+                s.nodes,
+                kinds(&s.kinds)
+            )?;
         }
         for t in &self.transfers {
             let to: Vec<String> = t.to_segments.iter().map(|s| s.to_string()).collect();
-            let how = if t.copied_to.is_empty() { "same backend, no copy".to_string() } else { format!("copied to {}", t.copied_to.join(", ")) };
-            writeln!(f, "  transfer `{}` {} ({} bytes): segment {} -> {} ({how})", t.value, t.fact, t.bytes, t.from_segment, to.join(", "))?;
+            let how = if t.copied_to.is_empty() {
+                "same backend, no copy".to_string()
+            } else {
+                format!("copied to {}", t.copied_to.join(", "))
+            };
+            writeln!(
+                f,
+                "  transfer `{}` {} ({} bytes): segment {} -> {} ({how})",
+                t.value,
+                t.fact,
+                t.bytes,
+                t.from_segment,
+                to.join(", ")
+            )?;
         }
         for (kind, backend, n) in &self.fallbacks {
             writeln!(f, "  fallback: {kind} x{n} on {backend}")?;

@@ -80,14 +80,30 @@ impl SegmentBuilder<'_> {
             new
         } else if self.seg_of[id.0] == Some(self.index) {
             // Only possible if the graph is not in topological order (validated before).
-            return Err(GraphError::DanglingInput { node: n.name.clone(), input: id });
+            return Err(GraphError::DanglingInput {
+                node: n.name.clone(),
+                input: id,
+            });
         } else if let Some(state) = self.a.state_of[id.0] {
             // A cache written by an earlier segment: its contents are the state's.
             self.value(state)?
         } else {
-            let t = *self.transfer_of.get(&id).ok_or_else(|| GraphError::DanglingInput { node: n.name.clone(), input: id })?;
+            let t = *self
+                .transfer_of
+                .get(&id)
+                .ok_or_else(|| GraphError::DanglingInput {
+                    node: n.name.clone(),
+                    input: id,
+                })?;
             let name = self.transfers[t].name.clone();
-            let new = self.plan.graph.add(name.clone(), Op::Input { name, fact: n.fact.clone() }, &[])?;
+            let new = self.plan.graph.add(
+                name.clone(),
+                Op::Input {
+                    name,
+                    fact: n.fact.clone(),
+                },
+                &[],
+            )?;
             self.plan.feeds.push((new, Feed::Transfer(t)));
             new
         };
@@ -97,7 +113,11 @@ impl SegmentBuilder<'_> {
 
     fn compute(&mut self, id: NodeId) -> Result<(), GraphError> {
         let n = self.orig.node(id);
-        let inputs = n.inputs.iter().map(|&i| self.value(i)).collect::<Result<Vec<_>, _>>()?;
+        let inputs = n
+            .inputs
+            .iter()
+            .map(|&i| self.value(i))
+            .collect::<Result<Vec<_>, _>>()?;
         let new = self.plan.graph.add(n.name.clone(), n.op.clone(), &inputs)?;
         self.map.insert(id, new);
         self.plan.nodes.push(id);
@@ -107,7 +127,12 @@ impl SegmentBuilder<'_> {
 
 /// A name no source or output of `g` uses.
 fn fresh_name(g: &Graph, base: String) -> String {
-    let taken: HashSet<&str> = g.sources("input").iter().map(|(_, n, _)| *n).chain(g.outputs.iter().map(|(n, _)| n.as_str())).collect();
+    let taken: HashSet<&str> = g
+        .sources("input")
+        .iter()
+        .map(|(_, n, _)| *n)
+        .chain(g.outputs.iter().map(|(n, _)| n.as_str()))
+        .collect();
     let mut name = base;
     while taken.contains(name.as_str()) {
         name.push('\'');
@@ -132,15 +157,27 @@ pub(super) fn split(graph: &Graph, a: &Assignment) -> Result<Plan, GraphError> {
     let mut transfers: Vec<TransferPlan> = Vec::new();
     let mut transfer_of: HashMap<NodeId, usize> = HashMap::new();
     for id in graph.ids() {
-        let Some(consumer) = seg_of[id.0] else { continue };
+        let Some(consumer) = seg_of[id.0] else {
+            continue;
+        };
         for &input in &graph.node(id).inputs {
-            let Some(producer) = seg_of[input.0] else { continue };
+            let Some(producer) = seg_of[input.0] else {
+                continue;
+            };
             if producer == consumer || a.state_of[input.0].is_some() {
                 continue;
             }
             let t = *transfer_of.entry(input).or_insert_with(|| {
-                let name = fresh_name(graph, format!("transfer.{}.{}", input.0, graph.node(input).name));
-                transfers.push(TransferPlan { value: input, from: producer, to: Vec::new(), name });
+                let name = fresh_name(
+                    graph,
+                    format!("transfer.{}.{}", input.0, graph.node(input).name),
+                );
+                transfers.push(TransferPlan {
+                    value: input,
+                    from: producer,
+                    to: Vec::new(),
+                    name,
+                });
                 transfers.len() - 1
             });
             if !transfers[t].to.contains(&consumer) {
@@ -151,12 +188,32 @@ pub(super) fn split(graph: &Graph, a: &Assignment) -> Result<Plan, GraphError> {
 
     let mut builders: Vec<SegmentBuilder> = Vec::with_capacity(seg_backend.len());
     for (index, &backend) in seg_backend.iter().enumerate() {
-        let plan = SegmentPlan { backend, graph: Graph::new(), nodes: Vec::new(), feeds: Vec::new(), sinks: Vec::new(), weights: Vec::new() };
-        let mut sb = SegmentBuilder { orig: graph, a, seg_of: &seg_of, transfer_of: &transfer_of, transfers: &transfers, index, plan, map: HashMap::new() };
+        let plan = SegmentPlan {
+            backend,
+            graph: Graph::new(),
+            nodes: Vec::new(),
+            feeds: Vec::new(),
+            sinks: Vec::new(),
+            weights: Vec::new(),
+        };
+        let mut sb = SegmentBuilder {
+            orig: graph,
+            a,
+            seg_of: &seg_of,
+            transfer_of: &transfer_of,
+            transfers: &transfers,
+            index,
+            plan,
+            map: HashMap::new(),
+        };
         for id in graph.ids().filter(|id| seg_of[id.0] == Some(index)) {
             sb.compute(id)?;
         }
-        for (t, tp) in transfers.iter().enumerate().filter(|(_, tp)| tp.from == index) {
+        for (t, tp) in transfers
+            .iter()
+            .enumerate()
+            .filter(|(_, tp)| tp.from == index)
+        {
             let v = sb.value(tp.value)?;
             sb.plan.graph.set_output(tp.name.clone(), v);
             sb.plan.sinks.push((tp.name.clone(), Sink::Transfer(t)));
@@ -166,16 +223,25 @@ pub(super) fn split(graph: &Graph, a: &Assignment) -> Result<Plan, GraphError> {
     for (name, id) in &graph.outputs {
         // A computed output comes from its segment; an output that is a source itself
         // is read back from the first segment that already binds it.
-        let index = seg_of[id.0].or_else(|| builders.iter().position(|sb| sb.map.contains_key(id))).unwrap_or(0);
-        let Some(sb) = builders.get_mut(index) else { continue };
+        let index = seg_of[id.0]
+            .or_else(|| builders.iter().position(|sb| sb.map.contains_key(id)))
+            .unwrap_or(0);
+        let Some(sb) = builders.get_mut(index) else {
+            continue;
+        };
         let v = sb.value(*id)?;
         sb.plan.graph.set_output(name.clone(), v);
-        sb.plan.sinks.push((name.clone(), Sink::Caller(name.clone())));
+        sb.plan
+            .sinks
+            .push((name.clone(), Sink::Caller(name.clone())));
     }
 
     let segments: Vec<SegmentPlan> = builders.into_iter().map(|sb| sb.plan).collect();
     for s in &segments {
         s.graph.validate()?;
     }
-    Ok(Plan { segments, transfers })
+    Ok(Plan {
+        segments,
+        transfers,
+    })
 }

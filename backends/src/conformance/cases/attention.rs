@@ -1,18 +1,34 @@
 //! The attention block's ops: rope (every scaling, pos > 0, partial rotary dims),
 //! kv_write (prefill chunk and last-row decode), attention (GQA 9/3 as SmolLM2, MHA 4/4,
-//! pos 0 and pos > 0, padded chunks with n_valid < rows, garbage past the valid rows).
+//! pos 0 and pos > 0, padded chunks with n_valid < rows, garbage past the valid rows,
+//! chunks spanning several query and key blocks, odd head_dims).
 
 use super::{ATTENTION, EXACT, ROPE};
 use crate::conformance::case::{Case, Compared};
 use npurt_graph::{Op, RopeParams, RopeScaling};
 
 #[allow(clippy::too_many_arguments)]
-fn rope_case(name: &str, heads: usize, head_dim: usize, rotary_dim: usize, theta: f32, scaling: RopeScaling, rows: usize, pos: i32, n_valid: i32) -> Case {
+fn rope_case(
+    name: &str,
+    heads: usize,
+    head_dim: usize,
+    rotary_dim: usize,
+    theta: f32,
+    scaling: RopeScaling,
+    rows: usize,
+    pos: i32,
+    n_valid: i32,
+) -> Case {
     Case::new("rope", name, ROPE, move |cb| {
         let x = cb.input("x", &[rows, heads * head_dim], -2.0, 2.0)?;
         let p = cb.scalar("pos", pos)?;
         let nv = cb.scalar("n_valid", n_valid)?;
-        let params = RopeParams { head_dim, rotary_dim, theta, scaling: scaling.clone() };
+        let params = RopeParams {
+            head_dim,
+            rotary_dim,
+            theta,
+            scaling: scaling.clone(),
+        };
         let y = cb.op(Op::Rope { params }, &[x, p, nv])?;
         Ok(cb.output(y))
     })
@@ -29,7 +45,16 @@ fn kv_write_case(name: &str, cache_rows: usize, width: usize, rows: usize, pos: 
 }
 
 #[allow(clippy::too_many_arguments)]
-fn attention_case(name: &str, n_heads: usize, n_kv_heads: usize, head_dim: usize, rows: usize, cache_rows: usize, pos: i32, n_valid: i32) -> Case {
+fn attention_case(
+    name: &str,
+    n_heads: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+    rows: usize,
+    cache_rows: usize,
+    pos: i32,
+    n_valid: i32,
+) -> Case {
     Case::new("attention", name, ATTENTION, move |cb| {
         // Scores of a few units: a softmax that is neither flat nor one-hot.
         let q = cb.input("q", &[rows, n_heads * head_dim], -2.0, 2.0)?;
@@ -38,26 +63,102 @@ fn attention_case(name: &str, n_heads: usize, n_kv_heads: usize, head_dim: usize
         let p = cb.scalar("pos", pos)?;
         let nv = cb.scalar("n_valid", n_valid)?;
         let scale = 1.0 / (head_dim as f32).sqrt();
-        let y = cb.op(Op::Attention { n_heads, n_kv_heads, head_dim, scale }, &[q, k, v, p, nv])?;
+        let y = cb.op(
+            Op::Attention {
+                n_heads,
+                n_kv_heads,
+                head_dim,
+                scale,
+            },
+            &[q, k, v, p, nv],
+        )?;
         Ok(cb.output(y))
     })
 }
 
 pub(super) fn cases() -> Vec<Case> {
-    let llama3 = RopeScaling::Llama3 { factor: 8.0, low_freq_factor: 1.0, high_freq_factor: 4.0, original_max_position: 32 };
-    let dynamic = RopeScaling::DynamicNtk { factor: 2.0, original_max_position: 16 };
+    let llama3 = RopeScaling::Llama3 {
+        factor: 8.0,
+        low_freq_factor: 1.0,
+        high_freq_factor: 4.0,
+        original_max_position: 32,
+    };
+    let dynamic = RopeScaling::DynamicNtk {
+        factor: 2.0,
+        original_max_position: 16,
+    };
     vec![
         rope_case("none.pos0", 3, 16, 16, 10000.0, RopeScaling::None, 7, 0, 7),
-        rope_case("none.pos37", 3, 16, 16, 10000.0, RopeScaling::None, 7, 37, 7),
-        rope_case("none.decode.pos300.hd64", 9, 64, 64, 100000.0, RopeScaling::None, 1, 300, 1),
-        rope_case("linear.pos37", 3, 16, 16, 10000.0, RopeScaling::Linear { factor: 4.0 }, 7, 37, 7),
+        rope_case(
+            "none.pos37",
+            3,
+            16,
+            16,
+            10000.0,
+            RopeScaling::None,
+            7,
+            37,
+            7,
+        ),
+        rope_case(
+            "none.decode.pos300.hd64",
+            9,
+            64,
+            64,
+            100000.0,
+            RopeScaling::None,
+            1,
+            300,
+            1,
+        ),
+        rope_case(
+            "linear.pos37",
+            3,
+            16,
+            16,
+            10000.0,
+            RopeScaling::Linear { factor: 4.0 },
+            7,
+            37,
+            7,
+        ),
         // pos + n_valid = 7 < 16: the base stays unscaled.
-        rope_case("dynamic.short", 3, 16, 16, 10000.0, dynamic.clone(), 7, 0, 7),
+        rope_case(
+            "dynamic.short",
+            3,
+            16,
+            16,
+            10000.0,
+            dynamic.clone(),
+            7,
+            0,
+            7,
+        ),
         // pos + n_valid = 41 > 16: the NTK base grows (and depends on n_valid).
-        rope_case("dynamic.long.pos37.nv4", 3, 16, 16, 10000.0, dynamic, 7, 37, 4),
+        rope_case(
+            "dynamic.long.pos37.nv4",
+            3,
+            16,
+            16,
+            10000.0,
+            dynamic,
+            7,
+            37,
+            4,
+        ),
         // head_dim 64 and theta 5e5 put frequencies in all three llama3 bands.
         rope_case("llama3.pos100", 2, 64, 64, 500000.0, llama3, 7, 100, 7),
-        rope_case("partial_rotary.8of16.pos5", 3, 16, 8, 10000.0, RopeScaling::None, 7, 5, 7),
+        rope_case(
+            "partial_rotary.8of16.pos5",
+            3,
+            16,
+            8,
+            10000.0,
+            RopeScaling::None,
+            7,
+            5,
+            7,
+        ),
         kv_write_case("prefill.7rows.pos13", 40, 48, 7, 13),
         kv_write_case("decode.last_row", 40, 48, 1, 39),
         kv_write_case("pos0.width192", 33, 192, 7, 0),
@@ -67,5 +168,20 @@ pub(super) fn cases() -> Vec<Case> {
         attention_case("gqa9_3.hd64.decode.pos30", 9, 3, 64, 1, 40, 30, 1),
         attention_case("mha4_4.hd32.pos0", 4, 4, 32, 5, 24, 0, 5),
         attention_case("mha4_4.hd32.pos9.n_valid3", 4, 4, 32, 5, 24, 9, 3),
+        // Larger than one tile of a blocked (flash-style) kernel: several row blocks and
+        // key blocks, a causal edge inside a key block, a padded tail of rows.
+        attention_case("gqa9_3.hd64.rows40.pos100", 9, 3, 64, 40, 160, 100, 40),
+        attention_case(
+            "gqa6_2.hd80.rows20.pos70.n_valid17",
+            6,
+            2,
+            80,
+            20,
+            100,
+            70,
+            17,
+        ),
+        // A head_dim that is no multiple of a vector width.
+        attention_case("mha2_2.hd24.rows3.pos5", 2, 2, 24, 3, 16, 5, 3),
     ]
 }

@@ -6,11 +6,21 @@ use crate::conformance::case::Case;
 use npurt_graph::{DType, Op};
 
 /// `a op b` with `b` an input or (`b_weight`) a prepared weight.
-fn binary(op: Op, name: &str, a_shape: &'static [usize], b_shape: &'static [usize], b_weight: bool) -> Case {
+fn binary(
+    op: Op,
+    name: &str,
+    a_shape: &'static [usize],
+    b_shape: &'static [usize],
+    b_weight: bool,
+) -> Case {
     let kind = op.kind();
     Case::new(kind, name, ROUNDING, move |cb| {
         let a = cb.input("a", a_shape, -2.0, 2.0)?;
-        let b = if b_weight { cb.weight("b", DType::F32, b_shape, -2.0, 2.0)? } else { cb.input("b", b_shape, -2.0, 2.0)? };
+        let b = if b_weight {
+            cb.weight("b", DType::F32, b_shape, -2.0, 2.0)?
+        } else {
+            cb.input("b", b_shape, -2.0, 2.0)?
+        };
         let y = cb.op(op.clone(), &[a, b])?;
         Ok(cb.output(y))
     })
@@ -49,17 +59,47 @@ fn layer_norm(name: &str, shape: &'static [usize]) -> Case {
 pub(super) fn cases() -> Vec<Case> {
     let mut v = Vec::new();
     for op in [Op::Add, Op::Mul] {
-        v.push(binary(op.clone(), "same_shape.7x13", &[7, 13], &[7, 13], false));
-        v.push(binary(op.clone(), "broadcast_row.7x200+200.weight", &[7, 200], &[200], true));
-        v.push(binary(op.clone(), "broadcast_rank3.2x3x13+3x13", &[2, 3, 13], &[3, 13], false));
-        v.push(binary(op, "broadcast_rank3.2x3x13+13", &[2, 3, 13], &[13], false));
+        v.push(binary(
+            op.clone(),
+            "same_shape.7x13",
+            &[7, 13],
+            &[7, 13],
+            false,
+        ));
+        v.push(binary(
+            op.clone(),
+            "broadcast_row.7x200+200.weight",
+            &[7, 200],
+            &[200],
+            true,
+        ));
+        v.push(binary(
+            op.clone(),
+            "broadcast_rank3.2x3x13+3x13",
+            &[2, 3, 13],
+            &[3, 13],
+            false,
+        ));
+        v.push(binary(
+            op,
+            "broadcast_rank3.2x3x13+13",
+            &[2, 3, 13],
+            &[13],
+            false,
+        ));
     }
     v.extend([
         unary(Op::Silu, "7x200", &[7, 200], -8.0, 8.0),
         unary(Op::Silu, "rank3.2x3x65", &[2, 3, 65], -20.0, 20.0),
         unary(Op::Gelu { tanh: false }, "erf.7x200", &[7, 200], -5.0, 5.0),
         unary(Op::Gelu { tanh: true }, "tanh.7x200", &[7, 200], -5.0, 5.0),
-        unary(Op::Gelu { tanh: false }, "erf.rank3.2x3x65", &[2, 3, 65], -3.0, 3.0),
+        unary(
+            Op::Gelu { tanh: false },
+            "erf.rank3.2x3x65",
+            &[2, 3, 65],
+            -3.0,
+            3.0,
+        ),
         unary(Op::Softmax, "7x65", &[7, 65], -4.0, 4.0),
         // |x| up to 120: exp overflows unless the row max is subtracted first.
         unary(Op::Softmax, "large_logits.3x200", &[3, 200], -120.0, 120.0),

@@ -6,7 +6,14 @@ use crate::conformance::case::Case;
 use npurt_graph::{DType, Op};
 use npurt_kernels::HostTensor;
 
-fn gather(name: &str, table: DType, vocab: usize, width: usize, rows: usize, threshold: f64) -> Case {
+fn gather(
+    name: &str,
+    table: DType,
+    vocab: usize,
+    width: usize,
+    rows: usize,
+    threshold: f64,
+) -> Case {
     Case::new("gather", name, threshold, move |cb| {
         let t = cb.weight("table", table, &[vocab, width], -1.0, 1.0)?;
         // The first and last table rows always appear: off-by-one row indexing shows.
@@ -40,7 +47,13 @@ fn select_row(name: &str, rows: usize, width: usize, index: i32) -> Case {
 fn patch_embed(name: &str, pixels: &'static [usize], patch: usize, dim: usize) -> Case {
     Case::new("patch_embed", name, MATMUL, move |cb| {
         let x = cb.input("pixels", pixels, -1.0, 1.0)?;
-        let w = cb.weight("weight", DType::F32, &[dim, pixels[1] * patch * patch], -1.0, 1.0)?;
+        let w = cb.weight(
+            "weight",
+            DType::F32,
+            &[dim, pixels[1] * patch * patch],
+            -1.0,
+            1.0,
+        )?;
         let b = cb.weight("bias", DType::F32, &[dim], -1.0, 1.0)?;
         let y = cb.op(Op::PatchEmbed { patch }, &[x, w, b])?;
         Ok(cb.output(y))
@@ -55,20 +68,62 @@ pub(super) fn cases() -> Vec<Case> {
         gather("q8_0.50x64.7ids", DType::Q8_0, 50, 64, 7, ROUNDING),
         gather("q4_0.50x64.7ids", DType::Q4_0, 50, 64, 7, ROUNDING),
         gather("q4_1.50x64.7ids", DType::Q4_1, 50, 64, 7, ROUNDING),
-        unary(Op::Reshape { shape: vec![4, 105] }, "7x60_to_4x105", &[7, 60]),
-        unary(Op::Reshape { shape: vec![6, 20] }, "rank3_to_rank2", &[2, 3, 20]),
-        unary(Op::Reshape { shape: vec![7, 3, 20] }, "rank2_to_rank3", &[7, 60]),
+        unary(
+            Op::Reshape {
+                shape: vec![4, 105],
+            },
+            "7x60_to_4x105",
+            &[7, 60],
+        ),
+        unary(
+            Op::Reshape { shape: vec![6, 20] },
+            "rank3_to_rank2",
+            &[2, 3, 20],
+        ),
+        unary(
+            Op::Reshape {
+                shape: vec![7, 3, 20],
+            },
+            "rank2_to_rank3",
+            &[7, 60],
+        ),
         unary(Op::Transpose { perm: vec![1, 0] }, "rank2.7x13", &[7, 13]),
-        unary(Op::Transpose { perm: vec![1, 0, 2] }, "rank3.102.3x5x7", &[3, 5, 7]),
-        unary(Op::Transpose { perm: vec![2, 0, 1] }, "rank3.201.3x5x7", &[3, 5, 7]),
-        unary(Op::Transpose { perm: vec![0, 2, 1] }, "rank3.021.3x5x7", &[3, 5, 7]),
+        unary(
+            Op::Transpose {
+                perm: vec![1, 0, 2],
+            },
+            "rank3.102.3x5x7",
+            &[3, 5, 7],
+        ),
+        unary(
+            Op::Transpose {
+                perm: vec![2, 0, 1],
+            },
+            "rank3.201.3x5x7",
+            &[3, 5, 7],
+        ),
+        unary(
+            Op::Transpose {
+                perm: vec![0, 2, 1],
+            },
+            "rank3.021.3x5x7",
+            &[3, 5, 7],
+        ),
         select_row("first.7x65", 7, 65, 0),
         select_row("middle.7x65", 7, 65, 3),
         select_row("last.33x200", 33, 200, 32),
-        unary(Op::SliceCols { start: 13, len: 65 }, "13+65_of_200", &[7, 200]),
+        unary(
+            Op::SliceCols { start: 13, len: 65 },
+            "13+65_of_200",
+            &[7, 200],
+        ),
         unary(Op::SliceCols { start: 0, len: 1 }, "first_col", &[7, 200]),
         unary(Op::SliceCols { start: 199, len: 1 }, "last_col", &[7, 200]),
-        unary(Op::SliceCols { start: 64, len: 32 }, "k_of_fused_qkv", &[33, 128]),
+        unary(
+            Op::SliceCols { start: 64, len: 32 },
+            "k_of_fused_qkv",
+            &[33, 128],
+        ),
         patch_embed("2x3x8x12.p4.d13", &[2, 3, 8, 12], 4, 13),
         patch_embed("1x3x28x28.p14.d65", &[1, 3, 28, 28], 14, 65),
     ]

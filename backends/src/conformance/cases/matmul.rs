@@ -9,10 +9,25 @@ use crate::conformance::case::{Case, CaseBuilder, Compared};
 use npurt_graph::{ActPrecision, DType, Epilogue, GraphError, Op};
 use npurt_kernels::HostTensor;
 
-const ALL_WEIGHTS: [DType; 7] = [DType::F32, DType::F16, DType::BF16, DType::Q4_0, DType::Q4_1, DType::Q8_0, DType::Q8Channel];
+const ALL_WEIGHTS: [DType; 7] = [
+    DType::F32,
+    DType::F16,
+    DType::BF16,
+    DType::Q4_0,
+    DType::Q4_1,
+    DType::Q8_0,
+    DType::Q8Channel,
+];
 
 /// (M, K, N): together they cover every M, K and N value at least once.
-const SHAPES: [(usize, usize, usize); 6] = [(1, 32, 1), (7, 96, 13), (33, 576, 65), (1, 576, 200), (7, 32, 200), (33, 96, 13)];
+const SHAPES: [(usize, usize, usize); 6] = [
+    (1, 32, 1),
+    (7, 96, 13),
+    (33, 576, 65),
+    (1, 576, 200),
+    (7, 32, 200),
+    (33, 96, 13),
+];
 
 #[derive(Clone, Copy)]
 struct Spec {
@@ -27,7 +42,15 @@ struct Spec {
 
 impl Spec {
     fn new(weight: DType, (m, k, n): (usize, usize, usize)) -> Self {
-        Spec { weight, transpose_b: true, act: ActPrecision::F32, epilogue: Epilogue::None, m, k, n }
+        Spec {
+            weight,
+            transpose_b: true,
+            act: ActPrecision::F32,
+            epilogue: Epilogue::None,
+            m,
+            k,
+            n,
+        }
     }
     fn act(self, act: ActPrecision) -> Self {
         Spec { act, ..self }
@@ -36,14 +59,25 @@ impl Spec {
         Spec { epilogue, ..self }
     }
     fn kn(self) -> Self {
-        Spec { transpose_b: false, ..self }
+        Spec {
+            transpose_b: false,
+            ..self
+        }
     }
 
     /// e.g. `q4_0.nk.i8+swiglu.7x96x13` (weight, b layout, activation precision and
     /// epilogue, MxKxN), so `matmul/q4_0` filters one format.
     fn name(&self) -> String {
         let layout = if self.transpose_b { "nk" } else { "kn" };
-        format!("{}.{layout}.{}{}.{}x{}x{}", self.weight, self.act.name(), self.epilogue.name(), self.m, self.k, self.n)
+        format!(
+            "{}.{layout}.{}{}.{}x{}x{}",
+            self.weight,
+            self.act.name(),
+            self.epilogue.name(),
+            self.m,
+            self.k,
+            self.n
+        )
     }
 
     fn threshold(&self) -> f64 {
@@ -55,13 +89,27 @@ impl Spec {
     }
 
     fn case(self) -> Case {
-        Case::new("matmul", self.name(), self.threshold(), move |cb| self.build(cb))
+        Case::new("matmul", self.name(), self.threshold(), move |cb| {
+            self.build(cb)
+        })
     }
 
     fn build(&self, cb: &mut CaseBuilder) -> Result<Compared, GraphError> {
-        let &Spec { weight, transpose_b, act, epilogue, m, k, n } = self;
+        let &Spec {
+            weight,
+            transpose_b,
+            act,
+            epilogue,
+            m,
+            k,
+            n,
+        } = self;
         let a = activations(cb, "a", m, k)?;
-        let rows = if epilogue == Epilogue::SwiGlu { 2 * n } else { n };
+        let rows = if epilogue == Epilogue::SwiGlu {
+            2 * n
+        } else {
+            n
+        };
         let shape = if transpose_b { [rows, k] } else { [k, rows] };
         let b = cb.weight("b", weight, &shape, -1.0, 1.0)?;
         let mut inputs = vec![a, b];
@@ -71,14 +119,26 @@ impl Spec {
         if epilogue.has_residual() {
             inputs.push(cb.input("residual", &[m, n], -4.0, 4.0)?);
         }
-        let y = cb.op(Op::MatMul { transpose_b, act, epilogue }, &inputs)?;
+        let y = cb.op(
+            Op::MatMul {
+                transpose_b,
+                act,
+                epilogue,
+            },
+            &inputs,
+        )?;
         Ok(cb.output(y))
     }
 }
 
 /// LLM-like activations: uniform in [-1, 1] with every 37th value an 8x outlier, so
 /// the i8/i16 cases see the dynamic range their scales must absorb.
-fn activations(cb: &mut CaseBuilder, name: &str, m: usize, k: usize) -> Result<npurt_graph::NodeId, GraphError> {
+fn activations(
+    cb: &mut CaseBuilder,
+    name: &str,
+    m: usize,
+    k: usize,
+) -> Result<npurt_graph::NodeId, GraphError> {
     let mut v = cb.rng().uniform_vec(m * k, -1.0, 1.0);
     v.iter_mut().step_by(37).for_each(|x| *x *= 8.0);
     cb.input_data(name, HostTensor::f32([m, k], v))
@@ -88,23 +148,48 @@ pub(super) fn cases() -> Vec<Case> {
     let mut specs = Vec::new();
     // f32 weights: every shape, both layouts.
     specs.extend(SHAPES.iter().map(|&s| Spec::new(DType::F32, s)));
-    specs.extend([SHAPES[0], SHAPES[1], SHAPES[3]].iter().map(|&s| Spec::new(DType::F32, s).kn()));
+    specs.extend(
+        [SHAPES[0], SHAPES[1], SHAPES[3]]
+            .iter()
+            .map(|&s| Spec::new(DType::F32, s).kn()),
+    );
     // Half-precision weights: both layouts (the IR allows [K, N] for them).
     for w in [DType::F16, DType::BF16] {
-        specs.extend([SHAPES[1], SHAPES[2], SHAPES[4]].iter().map(|&s| Spec::new(w, s)));
+        specs.extend(
+            [SHAPES[1], SHAPES[2], SHAPES[4]]
+                .iter()
+                .map(|&s| Spec::new(w, s)),
+        );
         specs.push(Spec::new(w, SHAPES[5]).kn());
     }
     // Quantized weights ([N, K] only, the IR's rule): the edge shapes.
     for w in [DType::Q4_0, DType::Q4_1, DType::Q8_0, DType::Q8Channel] {
-        specs.extend([SHAPES[0], SHAPES[1], SHAPES[2], SHAPES[3]].iter().map(|&s| Spec::new(w, s)));
+        specs.extend(
+            [SHAPES[0], SHAPES[1], SHAPES[2], SHAPES[3]]
+                .iter()
+                .map(|&s| Spec::new(w, s)),
+        );
     }
     // Quantized activations against every weight format, plus a big-K case each.
     for act in [ActPrecision::I16, ActPrecision::I8] {
-        specs.extend(ALL_WEIGHTS.iter().map(|&w| Spec::new(w, SHAPES[1]).act(act)));
-        specs.extend([DType::F32, DType::Q4_1, DType::Q8_0].iter().map(|&w| Spec::new(w, SHAPES[2]).act(act)));
+        specs.extend(
+            ALL_WEIGHTS
+                .iter()
+                .map(|&w| Spec::new(w, SHAPES[1]).act(act)),
+        );
+        specs.extend(
+            [DType::F32, DType::Q4_1, DType::Q8_0]
+                .iter()
+                .map(|&w| Spec::new(w, SHAPES[2]).act(act)),
+        );
     }
     // Epilogues: each on f32 and on the two formats the precision policies use.
-    for epi in [Epilogue::Bias, Epilogue::Residual, Epilogue::BiasResidual, Epilogue::SwiGlu] {
+    for epi in [
+        Epilogue::Bias,
+        Epilogue::Residual,
+        Epilogue::BiasResidual,
+        Epilogue::SwiGlu,
+    ] {
         for w in [DType::F32, DType::Q4_1, DType::Q8_0] {
             specs.push(Spec::new(w, SHAPES[1]).epilogue(epi));
         }
@@ -113,15 +198,30 @@ pub(super) fn cases() -> Vec<Case> {
     // The shipping combinations: INT4 LLM weights with INT16 activations (BlueLM-V's
     // LLM), INT8 weights with i8 activations, each with the fused epilogues they meet.
     for epi in [Epilogue::SwiGlu, Epilogue::Residual, Epilogue::Bias] {
-        specs.push(Spec::new(DType::Q4_0, SHAPES[5]).act(ActPrecision::I16).epilogue(epi));
-        specs.push(Spec::new(DType::Q8Channel, SHAPES[5]).act(ActPrecision::I8).epilogue(epi));
+        specs.push(
+            Spec::new(DType::Q4_0, SHAPES[5])
+                .act(ActPrecision::I16)
+                .epilogue(epi),
+        );
+        specs.push(
+            Spec::new(DType::Q8Channel, SHAPES[5])
+                .act(ActPrecision::I8)
+                .epilogue(epi),
+        );
     }
     let mut cases: Vec<Case> = specs.into_iter().map(Spec::case).collect();
     // Activation x activation (b computed at run time, not a prepared weight).
     cases.push(Case::new("matmul", "act_b.kn.f32.7x96x13", MATMUL, |cb| {
         let a = activations(cb, "a", 7, 96)?;
         let b = cb.input("b", &[96, 13], -1.0, 1.0)?;
-        let y = cb.op(Op::MatMul { transpose_b: false, act: ActPrecision::F32, epilogue: Epilogue::None }, &[a, b])?;
+        let y = cb.op(
+            Op::MatMul {
+                transpose_b: false,
+                act: ActPrecision::F32,
+                epilogue: Epilogue::None,
+            },
+            &[a, b],
+        )?;
         Ok(cb.output(y))
     }));
     cases

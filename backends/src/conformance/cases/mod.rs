@@ -55,8 +55,25 @@ pub const MATMUL_I16: f64 = 1e-6;
 pub const MATMUL_I8: f64 = 2e-3;
 
 /// Every compute op kind of the IR, in `graph/src/op.rs` order.
-pub const OP_KINDS: [&str; 17] =
-    ["gather", "matmul", "patch_embed", "slice_cols", "add", "mul", "rms_norm", "layer_norm", "rope", "kv_write", "attention", "silu", "gelu", "softmax", "reshape", "transpose", "select_row"];
+pub const OP_KINDS: [&str; 17] = [
+    "gather",
+    "matmul",
+    "patch_embed",
+    "slice_cols",
+    "add",
+    "mul",
+    "rms_norm",
+    "layer_norm",
+    "rope",
+    "kv_write",
+    "attention",
+    "silu",
+    "gelu",
+    "softmax",
+    "reshape",
+    "transpose",
+    "select_row",
+];
 
 /// Position of an op in [`OP_KINDS`] (`None` for sources). The match is exhaustive on
 /// purpose: adding an op to the IR does not compile until the suite knows about it.
@@ -90,6 +107,11 @@ pub fn all() -> Vec<Case> {
     v.extend(matmul::cases());
     v.extend(elementwise::cases());
     v.extend(attention::cases());
-    v.sort_by_key(|c| OP_KINDS.iter().position(|k| *k == c.op).unwrap_or(OP_KINDS.len()));
+    v.sort_by_key(|c| {
+        OP_KINDS
+            .iter()
+            .position(|k| *k == c.op)
+            .unwrap_or(OP_KINDS.len())
+    });
     v
 }

@@ -44,7 +44,12 @@ pub(crate) unsafe fn f32w_f32<const MR: usize>(job: &Job, out: &mut TileOut) {
     for r in 0..MR {
         for h in 0..2 {
             // SAFETY: out rows hold 16 f32.
-            unsafe { _mm256_storeu_ps(out[r].as_mut_ptr().add(8 * h), _mm256_add_ps(acc[0][h][r], acc[1][h][r])) };
+            unsafe {
+                _mm256_storeu_ps(
+                    out[r].as_mut_ptr().add(8 * h),
+                    _mm256_add_ps(acc[0][h][r], acc[1][h][r]),
+                )
+            };
         }
     }
 }

@@ -19,10 +19,16 @@ unsafe fn scales<const HAS_MIN: bool>(job: &Job, b: usize, h: usize) -> (__m256,
     unsafe {
         if HAS_MIN {
             let p = job.scales.add(b * 64 + h * 16);
-            (_mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i)), _mm256_cvtph_ps(_mm_loadu_si128(p.add(32) as *const __m128i)))
+            (
+                _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i)),
+                _mm256_cvtph_ps(_mm_loadu_si128(p.add(32) as *const __m128i)),
+            )
         } else {
             let p = job.scales.add(b * 32 + h * 16);
-            (_mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i)), _mm256_setzero_ps())
+            (
+                _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i)),
+                _mm256_setzero_ps(),
+            )
         }
     }
 }
@@ -57,19 +63,27 @@ pub(crate) unsafe fn q4_i8<const HAS_MIN: bool, const MR: usize>(job: &Job, out:
                     for r in 0..MR {
                         let ar = a.add(r * 32);
                         s16[r] = _mm256_add_epi16(s16[r], _mm256_maddubs_epi16(lo, bcast(ar, l)));
-                        s16[r] = _mm256_add_epi16(s16[r], _mm256_maddubs_epi16(hi, bcast(ar, l + 4)));
+                        s16[r] =
+                            _mm256_add_epi16(s16[r], _mm256_maddubs_epi16(hi, bcast(ar, l + 4)));
                     }
                 }
                 let (d, m) = scales::<HAS_MIN>(job, b, h);
                 for r in 0..MR {
                     let mut dot = _mm256_madd_epi16(s16[r], ones);
                     if !HAS_MIN {
-                        dot = _mm256_add_epi32(dot, _mm256_set1_epi32(*job.blk_bias.add(b * GROUP + r)));
+                        dot = _mm256_add_epi32(
+                            dot,
+                            _mm256_set1_epi32(*job.blk_bias.add(b * GROUP + r)),
+                        );
                     }
                     let sa = _mm256_set1_ps(*job.blk_scale.add(b * GROUP + r));
                     acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(d, sa), acc[r]);
                     if HAS_MIN {
-                        acc[r] = _mm256_fmadd_ps(m, _mm256_set1_ps(*job.blk_sum.add(b * GROUP + r)), acc[r]);
+                        acc[r] = _mm256_fmadd_ps(
+                            m,
+                            _mm256_set1_ps(*job.blk_sum.add(b * GROUP + r)),
+                            acc[r],
+                        );
                     }
                 }
             }
@@ -111,7 +125,10 @@ pub(crate) unsafe fn q4_i16<const HAS_MIN: bool, const MR: usize>(job: &Job, out
                     ];
                     for (s, &wv) in ws.iter().enumerate() {
                         for r in 0..MR {
-                            dot[r] = _mm256_add_epi32(dot[r], _mm256_madd_epi16(wv, bcast(a.add(r * 32), 4 * l + s)));
+                            dot[r] = _mm256_add_epi32(
+                                dot[r],
+                                _mm256_madd_epi16(wv, bcast(a.add(r * 32), 4 * l + s)),
+                            );
                         }
                     }
                 }
@@ -119,7 +136,11 @@ pub(crate) unsafe fn q4_i16<const HAS_MIN: bool, const MR: usize>(job: &Job, out
                 for r in 0..MR {
                     acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot[r]), d, acc[r]);
                     if HAS_MIN {
-                        acc[r] = _mm256_fmadd_ps(m, _mm256_set1_ps(*job.blk_sum.add(b * GROUP + r)), acc[r]);
+                        acc[r] = _mm256_fmadd_ps(
+                            m,
+                            _mm256_set1_ps(*job.blk_sum.add(b * GROUP + r)),
+                            acc[r],
+                        );
                     }
                 }
             }
@@ -148,10 +169,20 @@ pub(crate) unsafe fn q4_f32<const HAS_MIN: bool, const MR: usize>(job: &Job, out
             unsafe {
                 let w = job.vals.add(b * 256 + h * 32);
                 let (d, m) = scales::<HAS_MIN>(job, b, h);
-                let m = if HAS_MIN { m } else { _mm256_mul_ps(d, _mm256_set1_ps(-8.0)) };
+                let m = if HAS_MIN {
+                    m
+                } else {
+                    _mm256_mul_ps(d, _mm256_set1_ps(-8.0))
+                };
                 for l in 0..4 {
                     let v = _mm256_loadu_si256(w.add(l * 64) as *const __m256i);
-                    let halves = [(_mm256_and_si256(v, mask), 4 * l), (_mm256_and_si256(_mm256_srli_epi16::<4>(v), mask), 16 + 4 * l)];
+                    let halves = [
+                        (_mm256_and_si256(v, mask), 4 * l),
+                        (
+                            _mm256_and_si256(_mm256_srli_epi16::<4>(v), mask),
+                            16 + 4 * l,
+                        ),
+                    ];
                     for (x, base) in halves {
                         let qs = [
                             _mm256_and_si256(x, byte),
@@ -176,7 +207,11 @@ pub(crate) unsafe fn q4_f32<const HAS_MIN: bool, const MR: usize>(job: &Job, out
             }
         }
         for r in 0..MR {
-            let v = if split { _mm256_add_ps(acc[r], acc2[r]) } else { acc[r] };
+            let v = if split {
+                _mm256_add_ps(acc[r], acc2[r])
+            } else {
+                acc[r]
+            };
             // SAFETY: out rows hold 16 f32.
             unsafe { _mm256_storeu_ps(out[r].as_mut_ptr().add(8 * h), v) };
         }

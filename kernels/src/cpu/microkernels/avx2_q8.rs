@@ -20,7 +20,11 @@ unsafe fn bcast<T>(p: *const T, i: usize) -> __m256i {
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn block_scales(job: &Job, b: usize, h: usize) -> __m256 {
     // SAFETY: Q8_0 tiles hold kb * 32 scale bytes.
-    unsafe { _mm256_cvtph_ps(_mm_loadu_si128(job.scales.add(b * 32 + h * 16) as *const __m128i)) }
+    unsafe {
+        _mm256_cvtph_ps(_mm_loadu_si128(
+            job.scales.add(b * 32 + h * 16) as *const __m128i
+        ))
+    }
 }
 
 /// Q8Channel: f32 scales of rows `8h..8h+8`.
@@ -52,10 +56,17 @@ pub(crate) unsafe fn q8_i8<const PER_ROW: bool, const MR: usize>(job: &Job, out:
                     let av = _mm256_sign_epi8(v, v);
                     for r in 0..MR {
                         let x = _mm256_sign_epi8(bcast(a.add(r * 32), l), v);
-                        dot[r] = _mm256_add_epi32(dot[r], _mm256_madd_epi16(_mm256_maddubs_epi16(av, x), ones));
+                        dot[r] = _mm256_add_epi32(
+                            dot[r],
+                            _mm256_madd_epi16(_mm256_maddubs_epi16(av, x), ones),
+                        );
                     }
                 }
-                let d = if PER_ROW { _mm256_set1_ps(1.0) } else { block_scales(job, b, h) };
+                let d = if PER_ROW {
+                    _mm256_set1_ps(1.0)
+                } else {
+                    block_scales(job, b, h)
+                };
                 for r in 0..MR {
                     let sa = _mm256_set1_ps(*job.blk_scale.add(b * GROUP + r));
                     let s = if PER_ROW { sa } else { _mm256_mul_ps(d, sa) };
@@ -66,7 +77,11 @@ pub(crate) unsafe fn q8_i8<const PER_ROW: bool, const MR: usize>(job: &Job, out:
         for r in 0..MR {
             // SAFETY: out rows hold 16 f32; Q8Channel tiles hold row scales.
             unsafe {
-                let v = if PER_ROW { _mm256_mul_ps(acc[r], row_scales(job, h)) } else { acc[r] };
+                let v = if PER_ROW {
+                    _mm256_mul_ps(acc[r], row_scales(job, h))
+                } else {
+                    acc[r]
+                };
                 _mm256_storeu_ps(out[r].as_mut_ptr().add(8 * h), v);
             }
         }
@@ -94,12 +109,17 @@ pub(crate) unsafe fn q8_i16<const PER_ROW: bool, const MR: usize>(job: &Job, out
                     for r in 0..MR {
                         let ar = a.add(r * 32);
                         dot[r] = _mm256_add_epi32(dot[r], _mm256_madd_epi16(lo, bcast(ar, 2 * l)));
-                        dot[r] = _mm256_add_epi32(dot[r], _mm256_madd_epi16(hi, bcast(ar, 2 * l + 1)));
+                        dot[r] =
+                            _mm256_add_epi32(dot[r], _mm256_madd_epi16(hi, bcast(ar, 2 * l + 1)));
                     }
                 }
                 for r in 0..MR {
                     let tot = _mm256_cvtepi32_ps(dot[r]);
-                    acc[r] = if PER_ROW { _mm256_add_ps(tot, acc[r]) } else { _mm256_fmadd_ps(tot, block_scales(job, b, h), acc[r]) };
+                    acc[r] = if PER_ROW {
+                        _mm256_add_ps(tot, acc[r])
+                    } else {
+                        _mm256_fmadd_ps(tot, block_scales(job, b, h), acc[r])
+                    };
                 }
             }
         }
@@ -127,7 +147,11 @@ pub(crate) unsafe fn q8_f32<const PER_ROW: bool, const MR: usize>(job: &Job, out
             // SAFETY: as in q8_i8.
             unsafe {
                 let w = job.vals.add(b * 512 + h * 32);
-                let d = if PER_ROW { _mm256_set1_ps(1.0) } else { block_scales(job, b, h) };
+                let d = if PER_ROW {
+                    _mm256_set1_ps(1.0)
+                } else {
+                    block_scales(job, b, h)
+                };
                 for l in 0..8 {
                     let v = _mm256_loadu_si256(w.add(l * 64) as *const __m256i);
                     let qs = [
@@ -155,7 +179,11 @@ pub(crate) unsafe fn q8_f32<const PER_ROW: bool, const MR: usize>(job: &Job, out
         for r in 0..MR {
             // SAFETY: out rows hold 16 f32; Q8Channel tiles hold row scales.
             unsafe {
-                let mut v = if split { _mm256_add_ps(acc[r], acc2[r]) } else { acc[r] };
+                let mut v = if split {
+                    _mm256_add_ps(acc[r], acc2[r])
+                } else {
+                    acc[r]
+                };
                 if PER_ROW {
                     v = _mm256_mul_ps(v, row_scales(job, h));
                 }

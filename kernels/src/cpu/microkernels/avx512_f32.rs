@@ -37,7 +37,10 @@ pub(crate) unsafe fn f32w_f32<const MR: usize>(job: &Job, out: &mut TileOut) {
         }
     }
     for r in 0..MR {
-        let v = _mm512_add_ps(_mm512_add_ps(acc[0][r], acc[1][r]), _mm512_add_ps(acc[2][r], acc[3][r]));
+        let v = _mm512_add_ps(
+            _mm512_add_ps(acc[0][r], acc[1][r]),
+            _mm512_add_ps(acc[2][r], acc[3][r]),
+        );
         // SAFETY: out rows hold 16 f32.
         unsafe { _mm512_storeu_ps(out[r].as_mut_ptr(), v) };
     }

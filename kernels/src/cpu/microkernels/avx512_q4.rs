@@ -84,11 +84,16 @@ pub(crate) unsafe fn q4_i8<const HAS_MIN: bool, const MR: usize>(job: &Job, out:
             }
             let (d, m) = scales::<HAS_MIN>(job, b);
             for r in 0..MR {
-                let tot = if split { _mm512_add_epi32(dot[r], dot_hi[r]) } else { dot[r] };
+                let tot = if split {
+                    _mm512_add_epi32(dot[r], dot_hi[r])
+                } else {
+                    dot[r]
+                };
                 let sa = _mm512_set1_ps(*job.blk_scale.add(b * GROUP + r));
                 acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(tot), _mm512_mul_ps(d, sa), acc[r]);
                 if HAS_MIN {
-                    acc[r] = _mm512_fmadd_ps(m, _mm512_set1_ps(*job.blk_sum.add(b * GROUP + r)), acc[r]);
+                    acc[r] =
+                        _mm512_fmadd_ps(m, _mm512_set1_ps(*job.blk_sum.add(b * GROUP + r)), acc[r]);
                 }
             }
         }
@@ -114,10 +119,20 @@ pub(crate) unsafe fn q4_f32<const HAS_MIN: bool, const MR: usize>(job: &Job, out
             let w = job.vals.add(b * 256);
             let (d, m) = scales::<HAS_MIN>(job, b);
             // Q4_0: x = d * (q - 8) = d * q + (-8 d), both products exact.
-            let m = if HAS_MIN { m } else { _mm512_mul_ps(d, _mm512_set1_ps(-8.0)) };
+            let m = if HAS_MIN {
+                m
+            } else {
+                _mm512_mul_ps(d, _mm512_set1_ps(-8.0))
+            };
             for l in 0..4 {
                 let v = _mm512_load_si512(w.add(l * 64) as *const _);
-                let halves = [(_mm512_and_si512(v, mask), 4 * l), (_mm512_and_si512(_mm512_srli_epi16::<4>(v), mask), 16 + 4 * l)];
+                let halves = [
+                    (_mm512_and_si512(v, mask), 4 * l),
+                    (
+                        _mm512_and_si512(_mm512_srli_epi16::<4>(v), mask),
+                        16 + 4 * l,
+                    ),
+                ];
                 for (x, base) in halves {
                     let qs = [
                         _mm512_and_si512(x, byte),
@@ -142,7 +157,11 @@ pub(crate) unsafe fn q4_f32<const HAS_MIN: bool, const MR: usize>(job: &Job, out
         }
     }
     for r in 0..MR {
-        let v = if split { _mm512_add_ps(acc[r], acc2[r]) } else { acc[r] };
+        let v = if split {
+            _mm512_add_ps(acc[r], acc2[r])
+        } else {
+            acc[r]
+        };
         // SAFETY: out rows hold 16 f32.
         unsafe { _mm512_storeu_ps(out[r].as_mut_ptr(), v) };
     }
@@ -196,14 +215,23 @@ pub(crate) unsafe fn q4_i16b<const HAS_MIN: bool, const MR: usize>(job: &Job, ou
             }
             let (d, m) = scales::<HAS_MIN>(job, b);
             for r in 0..MR {
-                let (h, l) = if split { (_mm512_add_epi32(hi[r], hi2[r]), _mm512_add_epi32(lo[r], lo2[r])) } else { (hi[r], lo[r]) };
+                let (h, l) = if split {
+                    (
+                        _mm512_add_epi32(hi[r], hi2[r]),
+                        _mm512_add_epi32(lo[r], lo2[r]),
+                    )
+                } else {
+                    (hi[r], lo[r])
+                };
                 let mut tot = _mm512_add_epi32(_mm512_slli_epi32::<8>(h), l);
                 if !HAS_MIN {
-                    tot = _mm512_add_epi32(tot, _mm512_set1_epi32(*job.blk_bias.add(b * GROUP + r)));
+                    tot =
+                        _mm512_add_epi32(tot, _mm512_set1_epi32(*job.blk_bias.add(b * GROUP + r)));
                 }
                 acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(tot), d, acc[r]);
                 if HAS_MIN {
-                    acc[r] = _mm512_fmadd_ps(m, _mm512_set1_ps(*job.blk_sum.add(b * GROUP + r)), acc[r]);
+                    acc[r] =
+                        _mm512_fmadd_ps(m, _mm512_set1_ps(*job.blk_sum.add(b * GROUP + r)), acc[r]);
                 }
             }
         }

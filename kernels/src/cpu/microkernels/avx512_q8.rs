@@ -64,9 +64,17 @@ pub(crate) unsafe fn q8_i8<const PER_ROW: bool, const MR: usize>(job: &Job, out:
                     }
                 }
             }
-            let d = if PER_ROW { _mm512_set1_ps(1.0) } else { block_scales(job, b) };
+            let d = if PER_ROW {
+                _mm512_set1_ps(1.0)
+            } else {
+                block_scales(job, b)
+            };
             for r in 0..MR {
-                let tot = if split { _mm512_add_epi32(dot[r], dot2[r]) } else { dot[r] };
+                let tot = if split {
+                    _mm512_add_epi32(dot[r], dot2[r])
+                } else {
+                    dot[r]
+                };
                 let sa = _mm512_set1_ps(*job.blk_scale.add(b * GROUP + r));
                 let s = if PER_ROW { sa } else { _mm512_mul_ps(d, sa) };
                 acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(tot), s, acc[r]);
@@ -76,7 +84,11 @@ pub(crate) unsafe fn q8_i8<const PER_ROW: bool, const MR: usize>(job: &Job, out:
     for r in 0..MR {
         // SAFETY: out rows hold 16 f32; Q8Channel tiles hold row scales.
         unsafe {
-            let v = if PER_ROW { _mm512_mul_ps(acc[r], row_scales(job)) } else { acc[r] };
+            let v = if PER_ROW {
+                _mm512_mul_ps(acc[r], row_scales(job))
+            } else {
+                acc[r]
+            };
             _mm512_storeu_ps(out[r].as_mut_ptr(), v);
         }
     }
@@ -92,7 +104,11 @@ pub(crate) unsafe fn q8_f32<const PER_ROW: bool, const MR: usize>(job: &Job, out
         // SAFETY: as in q8_i8.
         unsafe {
             let w = job.vals.add(b * 512);
-            let d = if PER_ROW { _mm512_set1_ps(1.0) } else { block_scales(job, b) };
+            let d = if PER_ROW {
+                _mm512_set1_ps(1.0)
+            } else {
+                block_scales(job, b)
+            };
             for l in 0..8 {
                 let v = _mm512_load_si512(w.add(l * 64) as *const _);
                 let qs = [
@@ -120,7 +136,11 @@ pub(crate) unsafe fn q8_f32<const PER_ROW: bool, const MR: usize>(job: &Job, out
     for r in 0..MR {
         // SAFETY: out rows hold 16 f32; Q8Channel tiles hold row scales.
         unsafe {
-            let mut v = if split { _mm512_add_ps(acc[r], acc2[r]) } else { acc[r] };
+            let mut v = if split {
+                _mm512_add_ps(acc[r], acc2[r])
+            } else {
+                acc[r]
+            };
             if PER_ROW {
                 v = _mm512_mul_ps(v, row_scales(job));
             }
@@ -168,12 +188,30 @@ pub(crate) unsafe fn q8_i16b<const PER_ROW: bool, const MR: usize>(job: &Job, ou
                     }
                 }
             }
-            let d = if PER_ROW { _mm512_set1_ps(1.0) } else { block_scales(job, b) };
+            let d = if PER_ROW {
+                _mm512_set1_ps(1.0)
+            } else {
+                block_scales(job, b)
+            };
             for r in 0..MR {
-                let (h, l) = if split { (_mm512_add_epi32(hi[r], hi2[r]), _mm512_add_epi32(lo[r], lo2[r])) } else { (hi[r], lo[r]) };
+                let (h, l) = if split {
+                    (
+                        _mm512_add_epi32(hi[r], hi2[r]),
+                        _mm512_add_epi32(lo[r], lo2[r]),
+                    )
+                } else {
+                    (hi[r], lo[r])
+                };
                 let bias = _mm512_set1_epi32(*job.blk_bias.add(b * GROUP + r));
-                let tot = _mm512_cvtepi32_ps(_mm512_add_epi32(_mm512_add_epi32(_mm512_slli_epi32::<8>(h), l), bias));
-                acc[r] = if PER_ROW { _mm512_add_ps(tot, acc[r]) } else { _mm512_fmadd_ps(tot, d, acc[r]) };
+                let tot = _mm512_cvtepi32_ps(_mm512_add_epi32(
+                    _mm512_add_epi32(_mm512_slli_epi32::<8>(h), l),
+                    bias,
+                ));
+                acc[r] = if PER_ROW {
+                    _mm512_add_ps(tot, acc[r])
+                } else {
+                    _mm512_fmadd_ps(tot, d, acc[r])
+                };
             }
         }
     }

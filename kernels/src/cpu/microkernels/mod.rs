@@ -26,7 +26,6 @@ use super::packed::{Format, PackedMatrix, TILE_ROWS};
 use super::Isa;
 use npurt_graph::ActPrecision;
 
-mod portable;
 #[cfg(target_arch = "x86_64")]
 mod avx2_f32;
 #[cfg(target_arch = "x86_64")]
@@ -39,6 +38,7 @@ mod avx512_f32;
 mod avx512_q4;
 #[cfg(target_arch = "x86_64")]
 mod avx512_q8;
+mod portable;
 
 /// A kernel's results: `[row of the block][column of the tile]`.
 pub(crate) type TileOut = [[f32; TILE_ROWS]; GROUP];
@@ -79,7 +79,10 @@ impl Job {
             scales: tile.wrapping_add(w.scales_offset),
             kb: w.kb,
             block_bytes: w.tile_bytes / w.kb.max(1),
-            q8: act.q8.as_ptr().wrapping_add((g * GROUP * kb + r0) * act.q8_block_bytes),
+            q8: act
+                .q8
+                .as_ptr()
+                .wrapping_add((g * GROUP * kb + r0) * act.q8_block_bytes),
             q16: act.q16.as_ptr().wrapping_add(g * GROUP * kb * 32 + r0 * 32),
             f: act.f.as_ptr().wrapping_add(g * GROUP * k + r0),
             blk_scale: act.blk_scale.as_ptr().wrapping_add(blk),
@@ -176,21 +179,72 @@ pub(crate) fn select(format: Format, act: ActPrecision, isa: Isa) -> KernelSet {
         Isa::Avx512Vnni => {
             use {avx512_f32 as f32w, avx512_q4 as q4, avx512_q8 as q8};
             match (format, act) {
-                (F::Q4_0, A::I8) => KernelSet { plan: ActPlan::I8 { offset: 8 }, by_rows: by_rows!(q4::q4_i8, false) },
-                (F::Q4_1, A::I8) => KernelSet { plan: ActPlan::I8 { offset: 0 }, by_rows: by_rows!(q4::q4_i8, true) },
+                (F::Q4_0, A::I8) => KernelSet {
+                    plan: ActPlan::I8 { offset: 8 },
+                    by_rows: by_rows!(q4::q4_i8, false),
+                },
+                (F::Q4_1, A::I8) => KernelSet {
+                    plan: ActPlan::I8 { offset: 0 },
+                    by_rows: by_rows!(q4::q4_i8, true),
+                },
                 // I16 as byte planes through vpdpbusd (see avx512_q4::q4_i16b).
-                (F::Q4_0, A::I16) => KernelSet { plan: ActPlan::I16Bytes { offset: 8, hi_offset: 0 }, by_rows: by_rows!(q4::q4_i16b, false) },
-                (F::Q4_1, A::I16) => KernelSet { plan: ActPlan::I16Bytes { offset: 0, hi_offset: 0 }, by_rows: by_rows!(q4::q4_i16b, true) },
-                (F::Q4_0, A::F32) => KernelSet { plan: ActPlan::F32, by_rows: by_rows!(q4::q4_f32, false) },
-                (F::Q4_1, A::F32) => KernelSet { plan: ActPlan::F32, by_rows: by_rows!(q4::q4_f32, true) },
-                (F::Q8_0, A::I8) => KernelSet { plan: ActPlan::I8 { offset: 128 }, by_rows: by_rows!(q8::q8_i8, false) },
-                (F::Q8Channel, A::I8) => KernelSet { plan: ActPlan::I8 { offset: 128 }, by_rows: by_rows!(q8::q8_i8, true) },
+                (F::Q4_0, A::I16) => KernelSet {
+                    plan: ActPlan::I16Bytes {
+                        offset: 8,
+                        hi_offset: 0,
+                    },
+                    by_rows: by_rows!(q4::q4_i16b, false),
+                },
+                (F::Q4_1, A::I16) => KernelSet {
+                    plan: ActPlan::I16Bytes {
+                        offset: 0,
+                        hi_offset: 0,
+                    },
+                    by_rows: by_rows!(q4::q4_i16b, true),
+                },
+                (F::Q4_0, A::F32) => KernelSet {
+                    plan: ActPlan::F32,
+                    by_rows: by_rows!(q4::q4_f32, false),
+                },
+                (F::Q4_1, A::F32) => KernelSet {
+                    plan: ActPlan::F32,
+                    by_rows: by_rows!(q4::q4_f32, true),
+                },
+                (F::Q8_0, A::I8) => KernelSet {
+                    plan: ActPlan::I8 { offset: 128 },
+                    by_rows: by_rows!(q8::q8_i8, false),
+                },
+                (F::Q8Channel, A::I8) => KernelSet {
+                    plan: ActPlan::I8 { offset: 128 },
+                    by_rows: by_rows!(q8::q8_i8, true),
+                },
                 // The high-byte product runs on w + 128 (u8), hence 128 * 256 * sum(hi).
-                (F::Q8_0, A::I16) => KernelSet { plan: ActPlan::I16Bytes { offset: 0, hi_offset: 32768 }, by_rows: by_rows!(q8::q8_i16b, false) },
-                (F::Q8Channel, A::I16) => KernelSet { plan: ActPlan::I16Bytes { offset: 0, hi_offset: 32768 }, by_rows: by_rows!(q8::q8_i16b, true) },
-                (F::Q8_0, A::F32) => KernelSet { plan: ActPlan::F32, by_rows: by_rows!(q8::q8_f32, false) },
-                (F::Q8Channel, A::F32) => KernelSet { plan: ActPlan::F32, by_rows: by_rows!(q8::q8_f32, true) },
-                (F::F32, a) => KernelSet { plan: f32_plan(a), by_rows: by_rows!(f32w::f32w_f32) },
+                (F::Q8_0, A::I16) => KernelSet {
+                    plan: ActPlan::I16Bytes {
+                        offset: 0,
+                        hi_offset: 32768,
+                    },
+                    by_rows: by_rows!(q8::q8_i16b, false),
+                },
+                (F::Q8Channel, A::I16) => KernelSet {
+                    plan: ActPlan::I16Bytes {
+                        offset: 0,
+                        hi_offset: 32768,
+                    },
+                    by_rows: by_rows!(q8::q8_i16b, true),
+                },
+                (F::Q8_0, A::F32) => KernelSet {
+                    plan: ActPlan::F32,
+                    by_rows: by_rows!(q8::q8_f32, false),
+                },
+                (F::Q8Channel, A::F32) => KernelSet {
+                    plan: ActPlan::F32,
+                    by_rows: by_rows!(q8::q8_f32, true),
+                },
+                (F::F32, a) => KernelSet {
+                    plan: f32_plan(a),
+                    by_rows: by_rows!(f32w::f32w_f32),
+                },
             }
         }
         #[cfg(target_arch = "x86_64")]
@@ -198,45 +252,137 @@ pub(crate) fn select(format: Format, act: ActPrecision, isa: Isa) -> KernelSet {
             use {avx2_f32 as f32w, avx2_q4 as q4, avx2_q8 as q8};
             match (format, act) {
                 (F::Q4_0 | F::Q4_1, A::I8) => KernelSet {
-                    plan: ActPlan::I8 { offset: q4_off(format) },
-                    by_rows: if format == F::Q4_1 { by_rows_4!(q4::q4_i8, true) } else { by_rows_4!(q4::q4_i8, false) },
+                    plan: ActPlan::I8 {
+                        offset: q4_off(format),
+                    },
+                    by_rows: if format == F::Q4_1 {
+                        by_rows_4!(q4::q4_i8, true)
+                    } else {
+                        by_rows_4!(q4::q4_i8, false)
+                    },
                 },
                 (F::Q4_0 | F::Q4_1, A::I16) => KernelSet {
-                    plan: ActPlan::I16 { offset: q4_off(format), perm: Some(&Q4_I16_PERM) },
-                    by_rows: if format == F::Q4_1 { by_rows_4!(q4::q4_i16, true) } else { by_rows_4!(q4::q4_i16, false) },
+                    plan: ActPlan::I16 {
+                        offset: q4_off(format),
+                        perm: Some(&Q4_I16_PERM),
+                    },
+                    by_rows: if format == F::Q4_1 {
+                        by_rows_4!(q4::q4_i16, true)
+                    } else {
+                        by_rows_4!(q4::q4_i16, false)
+                    },
                 },
-                (F::Q4_0, A::F32) => KernelSet { plan: ActPlan::F32, by_rows: by_rows_4!(q4::q4_f32, false) },
-                (F::Q4_1, A::F32) => KernelSet { plan: ActPlan::F32, by_rows: by_rows_4!(q4::q4_f32, true) },
+                (F::Q4_0, A::F32) => KernelSet {
+                    plan: ActPlan::F32,
+                    by_rows: by_rows_4!(q4::q4_f32, false),
+                },
+                (F::Q4_1, A::F32) => KernelSet {
+                    plan: ActPlan::F32,
+                    by_rows: by_rows_4!(q4::q4_f32, true),
+                },
                 // AVX2 multiplies |w| by sign(w) * a (vpsignb), so no offset here.
-                (F::Q8_0, A::I8) => KernelSet { plan: ActPlan::I8 { offset: 0 }, by_rows: by_rows_4!(q8::q8_i8, false) },
-                (F::Q8Channel, A::I8) => KernelSet { plan: ActPlan::I8 { offset: 0 }, by_rows: by_rows_4!(q8::q8_i8, true) },
-                (F::Q8_0, A::I16) => KernelSet { plan: ActPlan::I16 { offset: 0, perm: Some(&Q8_I16_PERM) }, by_rows: by_rows_4!(q8::q8_i16, false) },
-                (F::Q8Channel, A::I16) => KernelSet { plan: ActPlan::I16 { offset: 0, perm: Some(&Q8_I16_PERM) }, by_rows: by_rows_4!(q8::q8_i16, true) },
-                (F::Q8_0, A::F32) => KernelSet { plan: ActPlan::F32, by_rows: by_rows_4!(q8::q8_f32, false) },
-                (F::Q8Channel, A::F32) => KernelSet { plan: ActPlan::F32, by_rows: by_rows_4!(q8::q8_f32, true) },
-                (F::F32, a) => KernelSet { plan: f32_plan(a), by_rows: by_rows_4!(f32w::f32w_f32) },
+                (F::Q8_0, A::I8) => KernelSet {
+                    plan: ActPlan::I8 { offset: 0 },
+                    by_rows: by_rows_4!(q8::q8_i8, false),
+                },
+                (F::Q8Channel, A::I8) => KernelSet {
+                    plan: ActPlan::I8 { offset: 0 },
+                    by_rows: by_rows_4!(q8::q8_i8, true),
+                },
+                (F::Q8_0, A::I16) => KernelSet {
+                    plan: ActPlan::I16 {
+                        offset: 0,
+                        perm: Some(&Q8_I16_PERM),
+                    },
+                    by_rows: by_rows_4!(q8::q8_i16, false),
+                },
+                (F::Q8Channel, A::I16) => KernelSet {
+                    plan: ActPlan::I16 {
+                        offset: 0,
+                        perm: Some(&Q8_I16_PERM),
+                    },
+                    by_rows: by_rows_4!(q8::q8_i16, true),
+                },
+                (F::Q8_0, A::F32) => KernelSet {
+                    plan: ActPlan::F32,
+                    by_rows: by_rows_4!(q8::q8_f32, false),
+                },
+                (F::Q8Channel, A::F32) => KernelSet {
+                    plan: ActPlan::F32,
+                    by_rows: by_rows_4!(q8::q8_f32, true),
+                },
+                (F::F32, a) => KernelSet {
+                    plan: f32_plan(a),
+                    by_rows: by_rows_4!(f32w::f32w_f32),
+                },
             }
         }
         _ => {
             use portable as p;
             match (format, act) {
                 (F::Q4_0 | F::Q4_1, A::I8) => KernelSet {
-                    plan: ActPlan::I8 { offset: q4_off(format) },
-                    by_rows: if format == F::Q4_1 { by_rows!(p::q4_i8, true) } else { by_rows!(p::q4_i8, false) },
+                    plan: ActPlan::I8 {
+                        offset: q4_off(format),
+                    },
+                    by_rows: if format == F::Q4_1 {
+                        by_rows!(p::q4_i8, true)
+                    } else {
+                        by_rows!(p::q4_i8, false)
+                    },
                 },
                 (F::Q4_0 | F::Q4_1, A::I16) => KernelSet {
-                    plan: ActPlan::I16 { offset: q4_off(format), perm: None },
-                    by_rows: if format == F::Q4_1 { by_rows!(p::q4_i16, true) } else { by_rows!(p::q4_i16, false) },
+                    plan: ActPlan::I16 {
+                        offset: q4_off(format),
+                        perm: None,
+                    },
+                    by_rows: if format == F::Q4_1 {
+                        by_rows!(p::q4_i16, true)
+                    } else {
+                        by_rows!(p::q4_i16, false)
+                    },
                 },
-                (F::Q4_0, A::F32) => KernelSet { plan: ActPlan::F32, by_rows: by_rows!(p::q4_f32, false) },
-                (F::Q4_1, A::F32) => KernelSet { plan: ActPlan::F32, by_rows: by_rows!(p::q4_f32, true) },
-                (F::Q8_0, A::I8) => KernelSet { plan: ActPlan::I8 { offset: 0 }, by_rows: by_rows!(p::q8_i8, false) },
-                (F::Q8Channel, A::I8) => KernelSet { plan: ActPlan::I8 { offset: 0 }, by_rows: by_rows!(p::q8_i8, true) },
-                (F::Q8_0, A::I16) => KernelSet { plan: ActPlan::I16 { offset: 0, perm: None }, by_rows: by_rows!(p::q8_i16, false) },
-                (F::Q8Channel, A::I16) => KernelSet { plan: ActPlan::I16 { offset: 0, perm: None }, by_rows: by_rows!(p::q8_i16, true) },
-                (F::Q8_0, A::F32) => KernelSet { plan: ActPlan::F32, by_rows: by_rows!(p::q8_f32, false) },
-                (F::Q8Channel, A::F32) => KernelSet { plan: ActPlan::F32, by_rows: by_rows!(p::q8_f32, true) },
-                (F::F32, a) => KernelSet { plan: f32_plan(a), by_rows: by_rows!(p::f32w_f32) },
+                (F::Q4_0, A::F32) => KernelSet {
+                    plan: ActPlan::F32,
+                    by_rows: by_rows!(p::q4_f32, false),
+                },
+                (F::Q4_1, A::F32) => KernelSet {
+                    plan: ActPlan::F32,
+                    by_rows: by_rows!(p::q4_f32, true),
+                },
+                (F::Q8_0, A::I8) => KernelSet {
+                    plan: ActPlan::I8 { offset: 0 },
+                    by_rows: by_rows!(p::q8_i8, false),
+                },
+                (F::Q8Channel, A::I8) => KernelSet {
+                    plan: ActPlan::I8 { offset: 0 },
+                    by_rows: by_rows!(p::q8_i8, true),
+                },
+                (F::Q8_0, A::I16) => KernelSet {
+                    plan: ActPlan::I16 {
+                        offset: 0,
+                        perm: None,
+                    },
+                    by_rows: by_rows!(p::q8_i16, false),
+                },
+                (F::Q8Channel, A::I16) => KernelSet {
+                    plan: ActPlan::I16 {
+                        offset: 0,
+                        perm: None,
+                    },
+                    by_rows: by_rows!(p::q8_i16, true),
+                },
+                (F::Q8_0, A::F32) => KernelSet {
+                    plan: ActPlan::F32,
+                    by_rows: by_rows!(p::q8_f32, false),
+                },
+                (F::Q8Channel, A::F32) => KernelSet {
+                    plan: ActPlan::F32,
+                    by_rows: by_rows!(p::q8_f32, true),
+                },
+                (F::F32, a) => KernelSet {
+                    plan: f32_plan(a),
+                    by_rows: by_rows!(p::f32w_f32),
+                },
             }
         }
     }

@@ -124,7 +124,11 @@ pub(crate) unsafe fn q4_f32<const HAS_MIN: bool, const MR: usize>(job: &Job, out
             unsafe {
                 let q = q4_block(job.vals, b, lane);
                 let d = f16_at(job.scales.add(q4_scale_offset(fmt, b, lane)));
-                let (m, bias) = if HAS_MIN { (f16_at(job.scales.add(q4_min_offset(b, lane))), 0.0) } else { (0.0, -8.0) };
+                let (m, bias) = if HAS_MIN {
+                    (f16_at(job.scales.add(q4_min_offset(b, lane))), 0.0)
+                } else {
+                    (0.0, -8.0)
+                };
                 for (j, &qj) in q.iter().enumerate() {
                     let w = d * (qj as f32 + bias) + m;
                     let a = job.f.add((b * 32 + j) * GROUP);
@@ -148,7 +152,11 @@ pub(crate) unsafe fn q8_i8<const PER_ROW: bool, const MR: usize>(job: &Job, out:
             // SAFETY: as in q4_i8.
             unsafe {
                 let q = q8_block(job.vals, b, lane);
-                let d = if PER_ROW { 1.0 } else { f16_at(job.scales.add(b * 32 + lane * 2)) };
+                let d = if PER_ROW {
+                    1.0
+                } else {
+                    f16_at(job.scales.add(b * 32 + lane * 2))
+                };
                 for (r, acc) in acc.iter_mut().enumerate() {
                     let a = job.q8.add((b * GROUP + r) * 32);
                     let mut dot = *job.blk_bias.add(b * GROUP + r);
@@ -160,7 +168,11 @@ pub(crate) unsafe fn q8_i8<const PER_ROW: bool, const MR: usize>(job: &Job, out:
             }
         }
         // SAFETY: Q8Channel tiles store 16 f32 row scales.
-        let rs = if PER_ROW { unsafe { f32_at(job.scales.add(lane * 4)) } } else { 1.0 };
+        let rs = if PER_ROW {
+            unsafe { f32_at(job.scales.add(lane * 4)) }
+        } else {
+            1.0
+        };
         for r in 0..MR {
             out[r][lane] = acc[r] * rs;
         }
@@ -175,7 +187,11 @@ pub(crate) unsafe fn q8_i16<const PER_ROW: bool, const MR: usize>(job: &Job, out
             // SAFETY: as in q4_i8.
             unsafe {
                 let q = q8_block(job.vals, b, lane);
-                let d = if PER_ROW { 1.0 } else { f16_at(job.scales.add(b * 32 + lane * 2)) };
+                let d = if PER_ROW {
+                    1.0
+                } else {
+                    f16_at(job.scales.add(b * 32 + lane * 2))
+                };
                 for (r, acc) in acc.iter_mut().enumerate() {
                     let a = job.q16.add((b * GROUP + r) * 32);
                     let mut dot = *job.blk_bias.add(b * GROUP + r);
@@ -187,7 +203,11 @@ pub(crate) unsafe fn q8_i16<const PER_ROW: bool, const MR: usize>(job: &Job, out
             }
         }
         // SAFETY: as in q8_i8.
-        let rs = if PER_ROW { unsafe { f32_at(job.scales.add(lane * 4)) } } else { 1.0 };
+        let rs = if PER_ROW {
+            unsafe { f32_at(job.scales.add(lane * 4)) }
+        } else {
+            1.0
+        };
         for r in 0..MR {
             // SAFETY: row r0 + r exists.
             out[r][lane] = acc[r] * unsafe { *job.row_scale.add(r) } * rs;
@@ -203,7 +223,11 @@ pub(crate) unsafe fn q8_f32<const PER_ROW: bool, const MR: usize>(job: &Job, out
             // SAFETY: as in q4_i8.
             unsafe {
                 let q = q8_block(job.vals, b, lane);
-                let d = if PER_ROW { 1.0 } else { f16_at(job.scales.add(b * 32 + lane * 2)) };
+                let d = if PER_ROW {
+                    1.0
+                } else {
+                    f16_at(job.scales.add(b * 32 + lane * 2))
+                };
                 for (j, &qj) in q.iter().enumerate() {
                     let w = d * qj as f32;
                     let a = job.f.add((b * 32 + j) * GROUP);
@@ -214,7 +238,11 @@ pub(crate) unsafe fn q8_f32<const PER_ROW: bool, const MR: usize>(job: &Job, out
             }
         }
         // SAFETY: as in q8_i8.
-        let rs = if PER_ROW { unsafe { f32_at(job.scales.add(lane * 4)) } } else { 1.0 };
+        let rs = if PER_ROW {
+            unsafe { f32_at(job.scales.add(lane * 4)) }
+        } else {
+            1.0
+        };
         for r in 0..MR {
             out[r][lane] = acc[r] * rs;
         }
