@@ -3,7 +3,7 @@
 //! and whole-model matmul sweeps of SmolLM2-135M (decode step and a 128-token prefill
 //! chunk) that read as tokens per second.
 //!
-//! Each benchmark runs in a dedicated rayon pool of 1 or 2 threads (`t1`/`t2` in the
+//! Each benchmark runs in a dedicated kernel thread pool of 1 or 2 threads (`t1`/`t2` in the
 //! id). Throughput is weight bytes per second for GEMV (memory-bound) and operations
 //! (2 m n k) per second for GEMM, reported by criterion as elem/s = op/s; a summary
 //! table with both (GB/s and GOP/s) for every benchmark is printed at the end.
@@ -13,7 +13,7 @@
 
 use criterion::{BenchmarkId, Criterion, Throughput};
 use npurt_graph::{ActPrecision, DType, Epilogue};
-use npurt_kernels::cpu::{isa, matmul_f32, matmul_packed, pack, PackedMatrix};
+use npurt_kernels::cpu::{isa, matmul_f32, matmul_packed, pack, PackedMatrix, ThreadPool};
 use std::cell::RefCell;
 use std::time::Duration;
 
@@ -71,18 +71,10 @@ fn random_raw(dtype: DType, n: usize, k: usize, rng: &mut Lcg) -> Vec<u8> {
     out
 }
 
-fn pools() -> Vec<(usize, rayon::ThreadPool)> {
+fn pools() -> Vec<(usize, ThreadPool)> {
     [1, 2]
         .into_iter()
-        .map(|t| {
-            (
-                t,
-                rayon::ThreadPoolBuilder::new()
-                    .num_threads(t)
-                    .build()
-                    .expect("pool"),
-            )
-        })
+        .map(|t| (t, ThreadPool::new(t).expect("pool")))
         .collect()
 }
 
@@ -130,7 +122,7 @@ fn quantized_matmuls(c: &mut Criterion) {
 
 fn bench_packed(
     c: &mut Criterion,
-    pools: &[(usize, rayon::ThreadPool)],
+    pools: &[(usize, ThreadPool)],
     w: &PackedMatrix,
     dtype: DType,
     act: ActPrecision,

@@ -9,7 +9,9 @@
 //! test-backend-ops) against a threshold written next to it with its reason.
 
 use npurt_graph::{ActPrecision, DType, Epilogue};
-use npurt_kernels::cpu::{gather_packed, matmul_packed, pack, with_isa, Isa, PackedMatrix};
+use npurt_kernels::cpu::{
+    gather_packed, matmul_packed, pack, with_isa, Isa, PackedMatrix, ThreadPool,
+};
 use npurt_kernels::{quant, reference};
 
 /// A small LCG (Knuth's MMIX constants): seeded, reproducible, no dependency.
@@ -176,18 +178,10 @@ fn weight(rng: &mut Lcg, dtype: DType, n: usize, k: usize) -> Weight {
     }
 }
 
-fn pools() -> Vec<(usize, rayon::ThreadPool)> {
+fn pools() -> Vec<(usize, ThreadPool)> {
     [1, 2]
         .into_iter()
-        .map(|t| {
-            (
-                t,
-                rayon::ThreadPoolBuilder::new()
-                    .num_threads(t)
-                    .build()
-                    .expect("thread pool"),
-            )
-        })
+        .map(|t| (t, ThreadPool::new(t).expect("thread pool")))
         .collect()
 }
 
@@ -200,7 +194,7 @@ fn check(
     m: usize,
     act: ActPrecision,
     epi: Epilogue,
-    pools: &[(usize, rayon::ThreadPool)],
+    pools: &[(usize, ThreadPool)],
     rng: &mut Lcg,
     isas: &[Isa],
     threads: &[usize],
@@ -542,11 +536,11 @@ fn bad_inputs_are_errors() {
     matmul_packed(&[], 0, &w.packed, act, Epilogue::None, None, None, &mut []).unwrap();
 }
 
-/// Concurrent calls (nested in rayon tasks, so workers steal each other's matmuls while
-/// waiting) each get their own activation scratch and the right answer.
+/// Concurrent calls from several threads on one pool (as sessions sharing a backend
+/// make) each get their own activation scratch, the pool to themselves or an inline
+/// run, and the right answer.
 #[test]
 fn concurrent_calls_in_one_pool() {
-    use rayon::prelude::*;
     let mut rng = Lcg(0x5eed_0007);
     let w = weight(&mut rng, DType::Q4_1, 96, 576);
     let inputs: Vec<(usize, Vec<f32>)> = [1, 3, 8, 17, 64, 2, 9, 33]
@@ -571,30 +565,33 @@ fn concurrent_calls_in_one_pool() {
             o
         })
         .collect();
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(2)
-        .build()
-        .unwrap();
+    let pool = ThreadPool::new(2).unwrap();
     for _ in 0..4 {
-        let got: Vec<Vec<f32>> = pool.install(|| {
-            inputs
-                .par_iter()
+        let (pool, packed) = (&pool, &w.packed);
+        let got: Vec<Vec<f32>> = std::thread::scope(|s| {
+            let calls: Vec<_> = inputs
+                .iter()
                 .map(|(m, a)| {
-                    let mut o = vec![0f32; m * 96];
-                    matmul_packed(
-                        a,
-                        *m,
-                        &w.packed,
-                        ActPrecision::I8,
-                        Epilogue::None,
-                        None,
-                        None,
-                        &mut o,
-                    )
-                    .unwrap();
-                    o
+                    s.spawn(move || {
+                        pool.install(|| {
+                            let mut o = vec![0f32; m * 96];
+                            matmul_packed(
+                                a,
+                                *m,
+                                packed,
+                                ActPrecision::I8,
+                                Epilogue::None,
+                                None,
+                                None,
+                                &mut o,
+                            )
+                            .unwrap();
+                            o
+                        })
+                    })
                 })
-                .collect()
+                .collect();
+            calls.into_iter().map(|c| c.join().unwrap()).collect()
         });
         assert_eq!(got, want);
     }

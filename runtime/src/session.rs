@@ -106,12 +106,14 @@ impl Session {
             for (id, name) in &cg.states {
                 let be = cg.exec.source_backend(*id).map(|b| b.name()).unwrap_or("?");
                 match home.get(name.as_str()) {
-                    Some(h) if *h != be => return Err(RuntimeError::InvalidOption {
-                        option: "backend",
-                        reason: format!(
+                    Some(h) if *h != be => {
+                        return Err(RuntimeError::InvalidOption {
+                            option: "backend",
+                            reason: format!(
                             "KV cache `{name}` is placed on `{h}` and `{be}` by different graphs"
                         ),
-                    }),
+                        })
+                    }
                     Some(_) => {}
                     None => {
                         home.insert(name, be);

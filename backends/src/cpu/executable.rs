@@ -5,6 +5,7 @@
 use super::buffer::CpuBuffer;
 use crate::{BackendError, Bindings, BufferUsage, DeviceBuffer, Executable, Result, Scratch};
 use npurt_graph::{DType, Graph, NodeId, Op};
+use npurt_kernels::cpu::ThreadPool;
 use npurt_kernels::{cpu as k, reference as r, HostData};
 use std::any::Any;
 use std::sync::{Arc, RwLockReadGuard, RwLockWriteGuard};
@@ -24,7 +25,7 @@ pub struct CpuExecutable {
     graph: Graph,
     loc: Vec<Loc>,
     weights: Vec<Option<Arc<dyn DeviceBuffer>>>,
-    pool: Option<Arc<rayon::ThreadPool>>,
+    pool: Option<Arc<ThreadPool>>,
 }
 
 struct CpuScratch {
@@ -62,7 +63,7 @@ impl CpuExecutable {
     pub(crate) fn new(
         graph: &Graph,
         weights: &[(NodeId, Arc<dyn DeviceBuffer>)],
-        pool: Option<Arc<rayon::ThreadPool>>,
+        pool: Option<Arc<ThreadPool>>,
     ) -> Result<Self> {
         let mut loc = Vec::with_capacity(graph.nodes.len());
         let mut w: Vec<Option<Arc<dyn DeviceBuffer>>> = vec![None; graph.nodes.len()];

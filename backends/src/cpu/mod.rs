@@ -1,5 +1,5 @@
 //! The CPU backend: host buffers, portable kernels (runtime-dispatched SIMD where the
-//! kernels crate has it), rayon threads.
+//! kernels crate has it), threaded on the kernels' spinning thread pool.
 
 mod buffer;
 mod executable;
@@ -10,6 +10,7 @@ use crate::{
 use buffer::CpuBuffer;
 use executable::CpuExecutable;
 use npurt_graph::{DType, Graph, NodeId, Op, TensorFact};
+use npurt_kernels::cpu::ThreadPool;
 use npurt_kernels::{HostData, HostTensor};
 use std::sync::Arc;
 
@@ -18,33 +19,28 @@ const QUANTIZED: [DType; 4] = [DType::Q4_0, DType::Q4_1, DType::Q8_0, DType::Q8C
 
 #[derive(Clone, Debug, Default)]
 pub struct CpuOptions {
-    /// Worker threads; `None` uses rayon's global pool (one per core).
+    /// Kernel threads; `None` uses the kernels' global pool (one per core).
     pub threads: Option<usize>,
 }
 
 pub struct CpuBackend {
     caps: Capabilities,
-    pool: Option<Arc<rayon::ThreadPool>>,
+    pool: Option<Arc<ThreadPool>>,
 }
 
 impl CpuBackend {
     pub fn new(opts: CpuOptions) -> Self {
-        let pool = opts.threads.and_then(|n| {
-            match rayon::ThreadPoolBuilder::new()
-                .num_threads(n.max(1))
-                .build()
-            {
-                Ok(p) => Some(Arc::new(p)),
-                Err(e) => {
-                    log::warn!("cannot build a {n}-thread pool ({e}); using the global pool");
-                    None
-                }
+        let pool = opts.threads.and_then(|n| match ThreadPool::new(n) {
+            Ok(p) => Some(Arc::new(p)),
+            Err(e) => {
+                log::warn!("cannot build a {n}-thread pool ({e}); using the global pool");
+                None
             }
         });
         let threads = pool
             .as_ref()
-            .map(|p| p.current_num_threads())
-            .unwrap_or_else(rayon::current_num_threads);
+            .map(|p| p.threads())
+            .unwrap_or_else(npurt_kernels::cpu::current_threads);
         let caps = Capabilities {
             name: "cpu".into(),
             device: format!(
@@ -65,8 +61,8 @@ impl CpuBackend {
     pub fn threads(&self) -> usize {
         self.pool
             .as_ref()
-            .map(|p| p.current_num_threads())
-            .unwrap_or_else(rayon::current_num_threads)
+            .map(|p| p.threads())
+            .unwrap_or_else(npurt_kernels::cpu::current_threads)
     }
 }
 

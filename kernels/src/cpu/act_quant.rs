@@ -17,7 +17,6 @@
 //! portable path), so every path produces the same integers.
 
 use super::Isa;
-use rayon::prelude::*;
 
 /// Rows per activation group (the largest microkernel row block).
 pub(crate) const GROUP: usize = 8;
@@ -113,7 +112,7 @@ pub(crate) const Q8_I16_PERM: [u8; 32] = {
 };
 
 /// Quantizes (or copies) `a [m, k]` into `s` for `plan`. Large inputs are split over
-/// groups on the current rayon pool.
+/// groups on the current kernel thread pool.
 pub(crate) fn prepare(a: &[f32], m: usize, k: usize, plan: ActPlan, isa: Isa, s: &mut ActScratch) {
     let groups = m.div_ceil(GROUP);
     let kb = k.div_ceil(BLOCK);
@@ -167,7 +166,7 @@ pub(crate) fn prepare(a: &[f32], m: usize, k: usize, plan: ActPlan, isa: Isa, s:
         let a = &a[g * GROUP * k..][..rows_here * k];
         dispatch_group(isa, a, rows_here, k, plan, f, q8, q16, bs, bb, bsum, rs);
     };
-    let parallel = m >= 32 && m * k >= 1 << 15 && rayon::current_num_threads() > 1;
+    let parallel = m >= 32 && m * k >= 1 << 15 && super::pool::current_threads() > 1;
     if !parallel {
         // The decode path: no allocation, groups in order.
         fn part<T>(v: &mut [T], g: usize, len: usize) -> &mut [T] {
@@ -213,10 +212,9 @@ pub(crate) fn prepare(a: &[f32], m: usize, k: usize, plan: ActPlan, isa: Isa, s:
         .enumerate()
         .collect();
     debug_assert_eq!(work.len(), groups);
-    work.into_par_iter()
-        .for_each(|(g, ((((((f, q8), q16), bs), bb), bsum), rs))| {
-            per_group(g, f, q8, q16, bs, bb, bsum, rs)
-        });
+    super::pool::for_each_item(work, |(g, ((((((f, q8), q16), bs), bb), bsum), rs))| {
+        per_group(g, f, q8, q16, bs, bb, bsum, rs)
+    });
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -1,10 +1,13 @@
 //! Causal GQA attention, same semantics as `reference::attention`, in two shapes:
 //!
-//! - prefill chunks: flash-style blocks ([`block_task`]). A task takes a block of query
-//!   rows and one KV head, so the `rows x group` query vectors sharing that head reuse
-//!   every K/V block they load; scores and `P @ V` are register-tiled FMAs and the
-//!   softmax is online (running max and sum per query vector);
-//! - decode (one row): per (query, head) pair ([`pair`]), where there is nothing to share.
+//! - flash-style blocks ([`block_task`]), for prefill chunks and decode alike. A task
+//!   takes a block of query rows and one KV head, so the `rows x group` query vectors
+//!   sharing that head reuse every K/V block they load (at decode: the GQA group);
+//!   scores and `P @ V` are register-tiled FMAs and the softmax is online (running max
+//!   and sum per query vector). Even at decode this beats per-pair dot products, whose
+//!   per-key horizontal sums cost more than transposing the K block;
+//! - per (query, head) pair ([`pair`]): the fallback for head_dims that are not a
+//!   multiple of 16.
 //!
 //! Both are portable Rust written for the vectorizer, compiled for the baseline, AVX2+FMA
 //! and AVX-512 and picked at run time: at 512-token prefill attention is a large share of
@@ -12,7 +15,7 @@
 
 use super::{isa, Isa, SendPtr};
 use crate::reference::{check_attention_args, AttentionDims, KernelError};
-use rayon::prelude::*;
+use std::cell::RefCell;
 
 const LANES: usize = 16;
 
@@ -73,7 +76,8 @@ const QT: usize = 4;
 /// share every K/V block they load.
 const RB: usize = 16;
 
-/// Per-task scratch of the blocked kernel, reused across tasks on one thread.
+/// Per-task scratch, one per thread, grown on demand and reused across calls.
+#[derive(Default)]
 struct Scratch {
     /// Scaled queries, `nq_pad x hd`.
     q: Vec<f32>,
@@ -86,6 +90,31 @@ struct Scratch {
     kt: Vec<f32>,
     /// Scores, then probabilities, `nq_pad x KB`.
     s: Vec<f32>,
+}
+
+impl Scratch {
+    /// Grows the buffers to at least `[q, o, m, l, kt, s]` values.
+    fn fit(&mut self, sizes: [usize; 6]) {
+        for (v, n) in [
+            &mut self.q,
+            &mut self.o,
+            &mut self.m,
+            &mut self.l,
+            &mut self.kt,
+            &mut self.s,
+        ]
+        .into_iter()
+        .zip(sizes)
+        {
+            if v.len() < n {
+                v.resize(n, 0.0);
+            }
+        }
+    }
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
 }
 
 /// `s[r][..] = q[r] . kt` for a `QT`-vector tile: `QT x KB` accumulators held in
@@ -247,8 +276,8 @@ struct Args<'a> {
     scale: f32,
 }
 
-/// One unit of parallel work: a (query row, head) pair for decode, a (row block, KV
-/// head) block for prefill.
+/// One unit of parallel work: a (row block, KV head) block, or a (query row, head) pair
+/// on the fallback path.
 #[inline(always)]
 fn task(a: &Args, blocked: bool, n_heads: usize, id: usize, sc: &mut Scratch) {
     let hd = a.head_dim;
@@ -323,9 +352,8 @@ pub fn attention_f32(
         group,
         scale,
     };
-    // Blocks pay off once a K block is shared by a tile's worth of query vectors; the
-    // value tiles need head_dim in 16-lane steps.
-    let blocked = t_rows > 1 && head_dim % 16 == 0;
+    // The value tiles need head_dim in 16-lane steps.
+    let blocked = head_dim % 16 == 0;
     let n_tasks = if blocked {
         t_rows.div_ceil(RB) * n_kv_heads
     } else {
@@ -333,26 +361,28 @@ pub fn attention_f32(
     };
     let nq_pad = (RB * group).div_ceil(QT) * QT;
     let path = isa();
-    (0..n_tasks).into_par_iter().for_each_init(
-        || {
-            let (nq, hd) = if blocked { (nq_pad, head_dim) } else { (0, 0) };
-            Scratch {
-                q: vec![0.0; nq * hd],
-                o: vec![0.0; nq * hd],
-                m: vec![0.0; nq],
-                l: vec![0.0; nq],
-                kt: vec![0.0; hd * KB],
-                s: vec![0.0; if blocked { nq * KB } else { end }],
+    let (nq, hd) = if blocked { (nq_pad, head_dim) } else { (0, 0) };
+    let sizes = [
+        nq * hd,
+        nq * hd,
+        nq,
+        nq,
+        hd * KB,
+        if blocked { nq * KB } else { end },
+    ];
+    super::pool::for_each(n_tasks, |id| {
+        SCRATCH.with(|sc| {
+            let sc = &mut *sc.borrow_mut();
+            sc.fit(sizes);
+            match path {
+                // SAFETY: isa() reports these paths only when the CPU has the features.
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx512Vnni => unsafe { task_avx512(&a, blocked, n_heads, id, sc) },
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx2Fma => unsafe { task_avx2(&a, blocked, n_heads, id, sc) },
+                _ => task(&a, blocked, n_heads, id, sc),
             }
-        },
-        |sc, id| match path {
-            // SAFETY: isa() reports these paths only when the CPU has the features.
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx512Vnni => unsafe { task_avx512(&a, blocked, n_heads, id, sc) },
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2Fma => unsafe { task_avx2(&a, blocked, n_heads, id, sc) },
-            _ => task(&a, blocked, n_heads, id, sc),
-        },
-    );
+        })
+    });
     Ok(())
 }

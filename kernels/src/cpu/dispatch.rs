@@ -4,7 +4,7 @@
 //! forces a lower path for the whole process; [`with_isa`] forces one for the calling
 //! thread only (tests use it to cover every path in one process). Kernels resolve
 //! [`isa()`] once at their API entry, on the calling thread, and pass it down to their
-//! rayon tasks explicitly: a thread-local override would not be visible on the workers.
+//! pool tasks explicitly: a thread-local override would not be visible on the workers.
 
 use std::cell::Cell;
 use std::sync::OnceLock;

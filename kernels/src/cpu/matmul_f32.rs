@@ -3,7 +3,6 @@
 //! across all `m` rows of `a` while it is in cache.
 
 use super::{isa, Isa, SendPtr};
-use rayon::prelude::*;
 
 /// Output columns per task: small enough to balance 2..16 threads on 576-wide
 /// matrices, large enough to amortise task overhead.
@@ -145,7 +144,7 @@ pub fn matmul_f32(
     let isa = isa();
     let ptr = SendPtr(out.as_mut_ptr());
     let tasks = n.div_ceil(COLS_PER_TASK);
-    (0..tasks).into_par_iter().for_each(|t| {
+    super::pool::for_each(tasks, |t| {
         let j0 = t * COLS_PER_TASK;
         run_block(isa, a, b, m, k, n, j0, (j0 + COLS_PER_TASK).min(n), ptr);
     });

@@ -16,13 +16,12 @@ use super::packed::{PackedMatrix, TILE_ROWS};
 use super::{dispatch, isa, math, Isa, SendPtr};
 use crate::reference::KernelError;
 use npurt_graph::{ActPrecision, Epilogue};
-use rayon::prelude::*;
 use std::cell::RefCell;
 
 thread_local! {
     /// Quantized activations of the last call on this thread, reused so decode does
     /// not allocate. Taken out for the duration of a call (a nested call on the same
-    /// thread, e.g. from rayon work stealing, simply gets a fresh one).
+    /// thread simply gets a fresh one).
     static SCRATCH: RefCell<ActScratch> = RefCell::new(ActScratch::default());
 }
 
@@ -41,7 +40,7 @@ const TASK_MIN_MACS: usize = 1 << 18;
 /// (I16: one scale per row; I8: one per 32-value block; F32: as given). `n_out` is
 /// `w.n()`, or `w.n() / 2` for [`Epilogue::SwiGlu`] (gate rows `0..n/2`, up rows
 /// `n/2..n`, `out = silu(gate) * up`). `bias` is `[n_out]` (Bias, BiasResidual),
-/// `residual` `[m, n_out]` (Residual, BiasResidual). Runs on the current rayon pool,
+/// `residual` `[m, n_out]` (Residual, BiasResidual). Runs on the current kernel thread pool,
 /// using the best kernels this CPU supports (see [`super::with_isa`]).
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_packed(
@@ -176,19 +175,19 @@ impl Call<'_> {
     fn run(&self, act: ActPrecision) {
         let tiles = self.n_out.div_ceil(TILE_ROWS);
         let groups = self.m.div_ceil(GROUP);
-        let threads = rayon::current_num_threads();
+        let threads = super::pool::current_threads();
         let macs = self.m * self.w.n() * self.w.k();
         if threads <= 1 || macs < PARALLEL_MIN_MACS {
             return self.run_range(0..tiles, 0..groups, act);
         }
-        // Up to four tasks per thread (rayon steals, so a thread slowed by a neighbour
+        // Up to four tasks per thread (claimed dynamically, so a thread slowed by a neighbour
         // process does not hold the others up), but none smaller than TASK_MIN_MACS
         // (each costs a steal or a wake-up); whole tiles, and row groups as well when
         // there are too few tiles.
         let want = (macs / TASK_MIN_MACS).clamp(threads, threads * 4);
         let tile_tasks = tiles.min(want);
         let group_tasks = want.div_ceil(tile_tasks).min(groups);
-        (0..tile_tasks * group_tasks).into_par_iter().for_each(|i| {
+        super::pool::for_each(tile_tasks * group_tasks, |i| {
             let (ti, gi) = (i % tile_tasks, i / tile_tasks);
             let t = ti * tiles / tile_tasks..(ti + 1) * tiles / tile_tasks;
             let g = gi * groups / group_tasks..(gi + 1) * groups / group_tasks;

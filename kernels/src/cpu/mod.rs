@@ -1,5 +1,5 @@
 //! CPU kernels the CPU backend runs, picked at run time by CPU feature detection
-//! ([`isa`]) and threaded with rayon:
+//! ([`isa`]) and threaded on npurt's spinning [`ThreadPool`] (`pool.rs`):
 //!
 //! - `matmul_f32`, `attention_f32`: portable Rust the compiler vectorizes, compiled
 //!   for the baseline and for AVX2+FMA;
@@ -17,6 +17,7 @@ mod matmul_f32;
 mod matmul_packed;
 mod microkernels;
 mod packed;
+mod pool;
 mod rms_norm_f32;
 
 pub use attention_f32::attention_f32;
@@ -24,6 +25,7 @@ pub use dispatch::{detected, isa, with_isa, Isa};
 pub use matmul_f32::matmul_f32;
 pub use matmul_packed::{matmul_packed, matmul_packed_with};
 pub use packed::{gather_packed, pack, PackedMatrix, BLOCK, TILE_ROWS};
+pub use pool::{current_threads, ThreadPool};
 pub use rms_norm_f32::rms_norm_f32;
 
 /// A raw pointer that may cross threads. Used only where each task writes a disjoint

@@ -3,7 +3,6 @@
 
 use super::{isa, Isa};
 use crate::reference::KernelError;
-use rayon::prelude::*;
 
 /// Rows at or above this many values are normalised in parallel.
 const PARALLEL_MIN_VALUES: usize = 1 << 16;
@@ -28,11 +27,12 @@ pub fn rms_norm_f32(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) -> Result<(
         Isa::Avx2Fma => unsafe { rows_avx2(x, w, eps, out) },
         _ => rows(x, w, eps, out),
     };
-    if x.len() >= PARALLEL_MIN_VALUES && rayon::current_num_threads() > 1 {
+    if x.len() >= PARALLEL_MIN_VALUES && super::pool::current_threads() > 1 {
         let chunk = h * (PARALLEL_MIN_VALUES / 4 / h).max(1);
-        x.par_chunks(chunk)
-            .zip(out.par_chunks_mut(chunk))
-            .for_each(|(x, o)| run(x, o));
+        super::pool::for_each_item(
+            x.chunks(chunk).zip(out.chunks_mut(chunk)).collect(),
+            |(x, o)| run(x, o),
+        );
     } else {
         run(x, out);
     }

@@ -162,7 +162,7 @@ enum Cmd {
     Backends,
 }
 
-fn rayon_threads() -> usize {
+fn default_threads() -> usize {
     std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)
@@ -373,7 +373,7 @@ fn run(cli: Cli) -> anyhow_lite::Result<()> {
             json,
         } => {
             let threads = if common.threads.is_empty() {
-                vec![rayon_threads()]
+                vec![default_threads()]
             } else {
                 common.threads.clone()
             };
