@@ -21,14 +21,21 @@ const LANES: usize = 16;
 
 #[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
+    // Exact chunks, so the 16-lane body has no bounds checks and vectorizes.
+    let (ac, bc) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let tail: f32 = ac
+        .remainder()
+        .iter()
+        .zip(bc.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
     let mut acc = [0f32; LANES];
-    let full = a.len() / LANES * LANES;
-    for p in (0..full).step_by(LANES) {
+    for (x, y) in ac.zip(bc) {
         for l in 0..LANES {
-            acc[l] += a[p + l] * b[p + l];
+            acc[l] += x[l] * y[l];
         }
     }
-    acc.iter().sum::<f32>() + (full..a.len()).map(|p| a[p] * b[p]).sum::<f32>()
+    acc.iter().sum::<f32>() + tail
 }
 
 /// One (query, head) pair: `out = softmax(q . K[kv_off..] * scale) @ V`, over keys
@@ -166,13 +173,87 @@ fn value_tile<const DC: usize>(
     }
 }
 
+/// `kt[d][j] = k[j][d]` for the `nk` keys of a block (`k` starts at the first key's
+/// head column, row stride `kw`); keys `nk..KB` are zero. At decode the K rows are cold
+/// (the weights streamed through the caches since the last token), so this is memory
+/// bound: the AVX-512 path loads whole rows and transposes 16x16 tiles in registers.
+#[inline(always)]
+fn transpose_k(path: Isa, k: &[f32], kw: usize, nk: usize, hd: usize, kt: &mut [f32]) {
+    assert!(nk >= 1 && nk <= KB && (nk - 1) * kw + hd <= k.len() && kt.len() >= hd * KB);
+    #[cfg(target_arch = "x86_64")]
+    if path == Isa::Avx512Vnni && hd % 16 == 0 {
+        // SAFETY: the CPU has AVX-512F (path), and the assert bounds every access.
+        return unsafe { transpose_k_avx512(k, kw, nk, hd, kt) };
+    }
+    let _ = path;
+    for j in 0..nk {
+        for (d, &x) in k[j * kw..][..hd].iter().enumerate() {
+            kt[d * KB + j] = x;
+        }
+    }
+    for d in 0..hd {
+        kt[d * KB + nk..(d + 1) * KB].fill(0.0);
+    }
+}
+
+/// 16x16 tiles: 16 row loads, four rounds of in-lane and cross-lane shuffles (32-bit,
+/// 64-bit, then 128-bit lanes twice), 16 column stores. Rows past `nk` are zeros.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn transpose_k_avx512(k: &[f32], kw: usize, nk: usize, hd: usize, kt: &mut [f32]) {
+    use std::arch::x86_64::*;
+    for j0 in (0..KB).step_by(16) {
+        for d0 in (0..hd).step_by(16) {
+            let mut r = [_mm512_setzero_ps(); 16];
+            for (j, rj) in r.iter_mut().enumerate() {
+                if j0 + j < nk {
+                    *rj = _mm512_loadu_ps(k.as_ptr().add((j0 + j) * kw + d0));
+                }
+            }
+            // 32-bit interleave of row pairs, then 64-bit interleave of pair pairs:
+            // u[4i + e] holds, in 128-bit lane L, rows 4i..4i+3 at column 4L + e.
+            let mut t = [_mm512_setzero_ps(); 16];
+            for i in 0..8 {
+                t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+                t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+            }
+            let mut u = [_mm512_setzero_ps(); 16];
+            for i in 0..4 {
+                let (a, b, c, d) = (
+                    _mm512_castps_pd(t[4 * i]),
+                    _mm512_castps_pd(t[4 * i + 2]),
+                    _mm512_castps_pd(t[4 * i + 1]),
+                    _mm512_castps_pd(t[4 * i + 3]),
+                );
+                u[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, b));
+                u[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, b));
+                u[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(c, d));
+                u[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(c, d));
+            }
+            // A 4x4 transpose of 128-bit lanes across u[e], u[4+e], u[8+e], u[12+e]:
+            // column 4L + e gathers lane L of each.
+            let dst = kt.as_mut_ptr().add(d0 * KB + j0);
+            for e in 0..4 {
+                let v0 = _mm512_shuffle_f32x4::<0x44>(u[e], u[4 + e]);
+                let v1 = _mm512_shuffle_f32x4::<0xEE>(u[e], u[4 + e]);
+                let v2 = _mm512_shuffle_f32x4::<0x44>(u[8 + e], u[12 + e]);
+                let v3 = _mm512_shuffle_f32x4::<0xEE>(u[8 + e], u[12 + e]);
+                _mm512_storeu_ps(dst.add(e * KB), _mm512_shuffle_f32x4::<0x88>(v0, v2));
+                _mm512_storeu_ps(dst.add((4 + e) * KB), _mm512_shuffle_f32x4::<0xDD>(v0, v2));
+                _mm512_storeu_ps(dst.add((8 + e) * KB), _mm512_shuffle_f32x4::<0x88>(v1, v3));
+                _mm512_storeu_ps(dst.add((12 + e) * KB), _mm512_shuffle_f32x4::<0xDD>(v1, v3));
+            }
+        }
+    }
+}
+
 /// Flash-style attention for one task: query rows `t0..t1` of the chunk, the query heads
 /// of KV head `g`. Keys are visited in blocks of `KB`: K is transposed once per block
 /// (amortised over all `nq` query vectors), scores come from register-tiled FMAs, the
 /// online softmax rescales the running outputs, and `P @ V` is register-tiled too.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn block_task(a: &Args, g: usize, t0: usize, t1: usize, sc: &mut Scratch) {
+fn block_task(path: Isa, a: &Args, g: usize, t0: usize, t1: usize, sc: &mut Scratch) {
     let (hd, group) = (a.head_dim, a.group);
     let nq = (t1 - t0) * group;
     let nq_pad = nq.div_ceil(QT) * QT;
@@ -195,17 +276,7 @@ fn block_task(a: &Args, g: usize, t0: usize, t1: usize, sc: &mut Scratch) {
     let n_keys = last(t1 - 1) + 1;
     for j0 in (0..n_keys).step_by(KB) {
         let nk = KB.min(n_keys - j0);
-        for j in 0..nk {
-            let krow = &a.k[(j0 + j) * a.kw + g * hd..][..hd];
-            for (d, &x) in krow.iter().enumerate() {
-                sc.kt[d * KB + j] = x;
-            }
-        }
-        if nk < KB {
-            for d in 0..hd {
-                sc.kt[d * KB + nk..(d + 1) * KB].fill(0.0);
-            }
-        }
+        transpose_k(path, &a.k[j0 * a.kw + g * hd..], a.kw, nk, hd, &mut sc.kt);
         for i0 in (0..nq_pad).step_by(QT) {
             score_tile(&sc.q[i0 * hd..], &sc.kt, hd, &mut sc.s[i0 * KB..]);
         }
@@ -279,13 +350,13 @@ struct Args<'a> {
 /// One unit of parallel work: a (row block, KV head) block, or a (query row, head) pair
 /// on the fallback path.
 #[inline(always)]
-fn task(a: &Args, blocked: bool, n_heads: usize, id: usize, sc: &mut Scratch) {
+fn task(path: Isa, a: &Args, blocked: bool, n_heads: usize, id: usize, sc: &mut Scratch) {
     let hd = a.head_dim;
     if blocked {
         let n_kv = n_heads / a.group;
         let (rb, g) = (id / n_kv, id % n_kv);
         let t_rows = a.q.len() / a.qw;
-        block_task(a, g, rb * RB, (rb * RB + RB).min(t_rows), sc);
+        block_task(path, a, g, rb * RB, (rb * RB + RB).min(t_rows), sc);
     } else {
         let (t, h) = (id / n_heads, id % n_heads);
         let last = (a.pos + t).min(a.end - 1);
@@ -308,13 +379,13 @@ fn task(a: &Args, blocked: bool, n_heads: usize, id: usize, sc: &mut Scratch) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn task_avx2(a: &Args, blocked: bool, n_heads: usize, id: usize, sc: &mut Scratch) {
-    task(a, blocked, n_heads, id, sc)
+    task(Isa::Avx2Fma, a, blocked, n_heads, id, sc)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
 unsafe fn task_avx512(a: &Args, blocked: bool, n_heads: usize, id: usize, sc: &mut Scratch) {
-    task(a, blocked, n_heads, id, sc)
+    task(Isa::Avx512Vnni, a, blocked, n_heads, id, sc)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -380,7 +451,7 @@ pub fn attention_f32(
                 Isa::Avx512Vnni => unsafe { task_avx512(&a, blocked, n_heads, id, sc) },
                 #[cfg(target_arch = "x86_64")]
                 Isa::Avx2Fma => unsafe { task_avx2(&a, blocked, n_heads, id, sc) },
-                _ => task(&a, blocked, n_heads, id, sc),
+                _ => task(Isa::Portable, &a, blocked, n_heads, id, sc),
             }
         })
     });

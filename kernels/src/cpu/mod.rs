@@ -19,6 +19,7 @@ mod microkernels;
 mod packed;
 mod pool;
 mod rms_norm_f32;
+mod weight_memory;
 
 pub use attention_f32::attention_f32;
 pub use dispatch::{detected, isa, with_isa, Isa};

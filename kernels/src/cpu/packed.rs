@@ -32,6 +32,7 @@
 //! byte counts. Packing is lossless: [`PackedMatrix::dequantize_rows`] reproduces
 //! [`crate::quant::dequantize_matrix`] bit for bit.
 
+use super::weight_memory::WeightBytes;
 use crate::reference::KernelError;
 use half::{bf16, f16};
 use npurt_graph::DType;
@@ -51,13 +52,7 @@ pub(crate) enum Format {
     F32,
 }
 
-/// 64-byte aligned storage unit (so `Vec<Line>` is a 64-byte aligned byte buffer).
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-#[repr(C, align(64))]
-struct Line([u8; 64]);
-
 /// A weight matrix in the microkernels' layout (see the module docs). Built by [`pack`].
-#[derive(Clone)]
 pub struct PackedMatrix {
     dtype: DType,
     pub(crate) format: Format,
@@ -69,7 +64,7 @@ pub struct PackedMatrix {
     pub(crate) tile_bytes: usize,
     /// Offset of the scales within a tile (a multiple of 64).
     pub(crate) scales_offset: usize,
-    data: Vec<Line>,
+    data: WeightBytes,
 }
 
 impl std::fmt::Debug for PackedMatrix {
@@ -112,11 +107,11 @@ impl PackedMatrix {
     }
     /// Bytes held, padding of the last tile included.
     pub fn bytes(&self) -> usize {
-        self.data.len() * 64
+        self.data.as_slice().len()
     }
 
     pub(crate) fn data(&self) -> &[u8] {
-        bytemuck::cast_slice(&self.data)
+        self.data.as_slice()
     }
 
     /// The bytes of tile `t` (rows `16t .. 16t+16`).
@@ -264,14 +259,7 @@ pub fn pack(dtype: DType, raw: &[u8], n: usize, k: usize) -> Result<PackedMatrix
         .checked_mul(tile_bytes)
         .map(|b| b / 64)
         .ok_or_else(|| err(format!("packed [{n}, {k}] {dtype} overflows")))?;
-    let mut data = Vec::new();
-    data.try_reserve_exact(lines).map_err(|_| {
-        err(format!(
-            "out of memory packing [{n}, {k}] {dtype} ({} bytes)",
-            lines * 64
-        ))
-    })?;
-    data.resize(lines, Line([0; 64]));
+    let data = WeightBytes::zeroed(lines * 64).map_err(err)?;
     let mut p = PackedMatrix {
         dtype,
         format,
@@ -282,7 +270,7 @@ pub fn pack(dtype: DType, raw: &[u8], n: usize, k: usize) -> Result<PackedMatrix
         scales_offset,
         data,
     };
-    let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut p.data);
+    let bytes: &mut [u8] = p.data.as_mut_slice();
     let bb = dtype.block_bytes();
     let row_bytes = match format {
         Format::Q8Channel => k,
