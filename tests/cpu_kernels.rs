@@ -617,3 +617,53 @@ fn non_finite_activations_do_not_panic() {
         }
     }
 }
+
+/// Attention on every path this CPU has, at 1 and 2 threads, against the reference:
+/// prefill chunks over several query and key blocks (with a causal edge and padded
+/// rows), decode over contexts that are split across threads and merged, and a
+/// head_dim that takes the per-pair fallback.
+#[test]
+fn attention_every_path_matches_reference() {
+    use npurt_kernels::cpu::attention_f32;
+    // (heads, kv heads, head_dim, rows, cache rows, pos, n_valid)
+    let cases = [
+        (9, 3, 64, 40, 200, 100, 40),
+        (9, 3, 64, 128, 300, 130, 97),
+        (9, 3, 64, 1, 300, 0, 1),
+        (9, 3, 64, 1, 300, 37, 1),
+        (9, 3, 64, 1, 300, 250, 1),
+        (6, 2, 80, 1, 100, 70, 1),
+        (4, 4, 32, 5, 40, 20, 5),
+        (2, 2, 24, 3, 16, 5, 3),
+    ];
+    let pools = pools();
+    let mut rng = Lcg(0x5eed_0a77);
+    for (nh, nkv, hd, rows, cache, pos, n_valid) in cases {
+        let q = rng.vec(rows * nh * hd, 2.0);
+        let k = rng.vec(cache * nkv * hd, 2.0);
+        let v = rng.vec(cache * nkv * hd, 1.0);
+        let scale = 1.0 / (hd as f32).sqrt();
+        let mut want = vec![0f32; q.len()];
+        reference::attention(&q, &k, &v, pos, n_valid, nh, nkv, hd, scale, &mut want).unwrap();
+        for isa in Isa::supported() {
+            for (t, pool) in &pools {
+                let mut got = vec![f32::NAN; q.len()];
+                pool.install(|| {
+                    with_isa(isa, || {
+                        attention_f32(&q, &k, &v, pos, n_valid, nh, nkv, hd, scale, &mut got)
+                    })
+                })
+                .unwrap();
+                // Rows past n_valid are padding: any finite value will do.
+                let valid = n_valid * nh * hd;
+                let e = nmse(&got[..valid], &want[..valid]);
+                assert!(
+                    e < 1e-10,
+                    "attention {nh}/{nkv} hd{hd} rows{rows} pos{pos} n_valid{n_valid} isa={} threads={t}: nmse {e:e}",
+                    isa.name()
+                );
+                assert!(got.iter().all(|x| x.is_finite()));
+            }
+        }
+    }
+}

@@ -247,13 +247,40 @@ unsafe fn transpose_k_avx512(k: &[f32], kw: usize, nk: usize, hd: usize, kt: &mu
     }
 }
 
+/// Asks for K and V rows `rows` (one head's `hd` columns each) to be brought into L1.
+#[inline(always)]
+fn prefetch_rows(k: &[f32], v: &[f32], kw: usize, hd: usize, rows: std::ops::Range<usize>) {
+    #[cfg(target_arch = "x86_64")]
+    for j in rows {
+        for c in (0..hd).step_by(16) {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+            // SAFETY: prefetching is a hint and never faults; the addresses are in
+            // bounds anyway (rows below n_keys, columns below hd).
+            unsafe {
+                _mm_prefetch::<_MM_HINT_T0>(k[j * kw + c..].as_ptr() as *const i8);
+                _mm_prefetch::<_MM_HINT_T0>(v[j * kw + c..].as_ptr() as *const i8);
+            }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (k, v, kw, hd, rows);
+}
+
 /// Flash-style attention for one task: query rows `t0..t1` of the chunk, the query heads
 /// of KV head `g`. Keys are visited in blocks of `KB`: K is transposed once per block
 /// (amortised over all `nq` query vectors), scores come from register-tiled FMAs, the
 /// online softmax rescales the running outputs, and `P @ V` is register-tiled too.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn block_task(path: Isa, a: &Args, g: usize, t0: usize, t1: usize, sc: &mut Scratch) {
+fn block_task(
+    path: Isa,
+    a: &Args,
+    g: usize,
+    t0: usize,
+    t1: usize,
+    keys: std::ops::Range<usize>,
+    sc: &mut Scratch,
+) {
     let (hd, group) = (a.head_dim, a.group);
     let nq = (t1 - t0) * group;
     let nq_pad = nq.div_ceil(QT) * QT;
@@ -271,11 +298,15 @@ fn block_task(path: Isa, a: &Args, g: usize, t0: usize, t1: usize, sc: &mut Scra
     sc.o[..nq_pad * hd].fill(0.0);
     sc.m[..nq].fill(f32::NEG_INFINITY);
     sc.l[..nq].fill(0.0);
-    // Keys each query row sees: 0..=last(t).
+    // Keys each query row sees: 0..=last(t); this task visits `keys` of them.
     let last = |t: usize| (a.pos + t).min(a.end - 1);
-    let n_keys = last(t1 - 1) + 1;
-    for j0 in (0..n_keys).step_by(KB) {
-        let nk = KB.min(n_keys - j0);
+    let (k, v) = (&a.k[g * hd..], &a.v[g * hd..]);
+    prefetch_rows(k, v, a.kw, hd, keys.start..(keys.start + KB).min(keys.end));
+    for j0 in keys.clone().step_by(KB) {
+        let nk = KB.min(keys.end - j0);
+        // The next block's rows load while this one computes (at decode the cache is
+        // cold: the weights streamed through since the last token).
+        prefetch_rows(k, v, a.kw, hd, j0 + KB..(j0 + 2 * KB).min(keys.end));
         transpose_k(path, &a.k[j0 * a.kw + g * hd..], a.kw, nk, hd, &mut sc.kt);
         for i0 in (0..nq_pad).step_by(QT) {
             score_tile(&sc.q[i0 * hd..], &sc.kt, hd, &mut sc.s[i0 * KB..]);
@@ -320,6 +351,11 @@ fn block_task(path: Isa, a: &Args, g: usize, t0: usize, t1: usize, sc: &mut Scra
             }
         }
     }
+}
+
+/// Writes a block task's normalised outputs `o / l` for rows `t0..` of KV head `g`.
+fn write_outputs(a: &Args, g: usize, t0: usize, nq: usize, sc: &Scratch) {
+    let (hd, group) = (a.head_dim, a.group);
     for i in 0..nq {
         let (t, h) = (t0 + i / group, g * group + i % group);
         let inv = 1.0 / sc.l[i];
@@ -328,6 +364,37 @@ fn block_task(path: Isa, a: &Args, g: usize, t0: usize, t1: usize, sc: &mut Scra
         let out = unsafe { std::slice::from_raw_parts_mut(a.out.at(t * a.qw + h * hd), hd) };
         for (o, &x) in out.iter_mut().zip(&sc.o[i * hd..][..hd]) {
             *o = x * inv;
+        }
+    }
+}
+
+/// Floats per query vector in a split-keys partial result: `m`, `l`, then `o`.
+fn partial_len(hd: usize) -> usize {
+    hd + 2
+}
+
+/// Folds the per-split partial results of one decode row into the output: the
+/// standard log-sum-exp merge, `o = sum_s e^(m_s - M) o_s / sum_s e^(m_s - M) l_s`.
+fn merge_splits(a: &Args, n_kv: usize, splits: usize, partials: &[f32], out: &mut [f32]) {
+    let (hd, group) = (a.head_dim, a.group);
+    let pl = partial_len(hd);
+    for g in 0..n_kv {
+        for i in 0..group {
+            let part = |si: usize| &partials[((g * splits + si) * group + i) * pl..][..pl];
+            let m = (0..splits)
+                .map(|si| part(si)[0])
+                .fold(f32::NEG_INFINITY, f32::max);
+            let o = &mut out[(g * group + i) * hd..][..hd];
+            o.fill(0.0);
+            let mut l = 0.0;
+            for si in 0..splits {
+                let p = part(si);
+                let w = super::math::exp(p[0] - m);
+                l += w * p[1];
+                o.iter_mut().zip(&p[2..]).for_each(|(o, x)| *o += w * x);
+            }
+            let inv = 1.0 / l;
+            o.iter_mut().for_each(|o| *o *= inv);
         }
     }
 }
@@ -347,16 +414,58 @@ struct Args<'a> {
     scale: f32,
 }
 
-/// One unit of parallel work: a (row block, KV head) block, or a (query row, head) pair
-/// on the fallback path.
+/// How a call is cut into tasks.
+#[derive(Clone, Copy)]
+enum Plan {
+    /// (query row, head) pairs: the fallback for odd head_dims.
+    Pairs,
+    /// (row block, KV head) blocks over all keys.
+    Blocks,
+    /// One query row (decode) with each KV head's keys cut into `splits` ranges of
+    /// `per`: otherwise decode has only `n_kv_heads` tasks (3 for SmolLM2, which two
+    /// threads share 2:1) and each waits on cold K/V rows alone. Partial results go to
+    /// `partials` and are merged by the caller.
+    SplitKeys {
+        splits: usize,
+        per: usize,
+        partials: SendPtr,
+    },
+}
+
+/// One unit of parallel work (see [`Plan`]).
 #[inline(always)]
-fn task(path: Isa, a: &Args, blocked: bool, n_heads: usize, id: usize, sc: &mut Scratch) {
+fn task(path: Isa, a: &Args, plan: Plan, n_heads: usize, id: usize, sc: &mut Scratch) {
     let hd = a.head_dim;
-    if blocked {
-        let n_kv = n_heads / a.group;
+    let n_kv = n_heads / a.group;
+    let t_rows = a.q.len() / a.qw;
+    if let Plan::Blocks = plan {
         let (rb, g) = (id / n_kv, id % n_kv);
-        let t_rows = a.q.len() / a.qw;
-        block_task(path, a, g, rb * RB, (rb * RB + RB).min(t_rows), sc);
+        let (t0, t1) = (rb * RB, (rb * RB + RB).min(t_rows));
+        let n_keys = (a.pos + t1 - 1).min(a.end - 1) + 1;
+        block_task(path, a, g, t0, t1, 0..n_keys, sc);
+        write_outputs(a, g, t0, (t1 - t0) * a.group, sc);
+    } else if let Plan::SplitKeys {
+        splits,
+        per,
+        partials,
+    } = plan
+    {
+        let (g, si) = (id / splits, id % splits);
+        let n_keys = a.pos.min(a.end - 1) + 1;
+        block_task(path, a, g, 0, 1, si * per..((si + 1) * per).min(n_keys), sc);
+        let pl = partial_len(hd);
+        for i in 0..a.group {
+            // SAFETY: task (g, si) owns its `group * pl` floats of `partials`.
+            let p = unsafe {
+                std::slice::from_raw_parts_mut(
+                    partials.at(((g * splits + si) * a.group + i) * pl),
+                    pl,
+                )
+            };
+            p[0] = sc.m[i];
+            p[1] = sc.l[i];
+            p[2..].copy_from_slice(&sc.o[i * hd..][..hd]);
+        }
     } else {
         let (t, h) = (id / n_heads, id % n_heads);
         let last = (a.pos + t).min(a.end - 1);
@@ -378,14 +487,14 @@ fn task(path: Isa, a: &Args, blocked: bool, n_heads: usize, id: usize, sc: &mut 
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn task_avx2(a: &Args, blocked: bool, n_heads: usize, id: usize, sc: &mut Scratch) {
-    task(Isa::Avx2Fma, a, blocked, n_heads, id, sc)
+unsafe fn task_avx2(a: &Args, plan: Plan, n_heads: usize, id: usize, sc: &mut Scratch) {
+    task(Isa::Avx2Fma, a, plan, n_heads, id, sc)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn task_avx512(a: &Args, blocked: bool, n_heads: usize, id: usize, sc: &mut Scratch) {
-    task(Isa::Avx512Vnni, a, blocked, n_heads, id, sc)
+unsafe fn task_avx512(a: &Args, plan: Plan, n_heads: usize, id: usize, sc: &mut Scratch) {
+    task(Isa::Avx512Vnni, a, plan, n_heads, id, sc)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -425,10 +534,36 @@ pub fn attention_f32(
     };
     // The value tiles need head_dim in 16-lane steps.
     let blocked = head_dim % 16 == 0;
-    let n_tasks = if blocked {
-        t_rows.div_ceil(RB) * n_kv_heads
+    // Decode on several threads: cut each head's keys (16-key multiples) so that there
+    // are about four tasks per thread.
+    let threads = super::pool::current_threads();
+    let n_keys = pos.min(end - 1) + 1;
+    let splits = if blocked && t_rows == 1 && threads > 1 {
+        (4 * threads).div_ceil(n_kv_heads).min(n_keys.div_ceil(16))
     } else {
-        t_rows * n_heads
+        1
+    };
+    let per = n_keys.div_ceil(splits).div_ceil(16) * 16;
+    let splits = n_keys.div_ceil(per);
+    let mut partials = vec![
+        0f32;
+        if splits > 1 {
+            n_kv_heads * splits * group * partial_len(head_dim)
+        } else {
+            0
+        }
+    ];
+    let (plan, n_tasks) = match (blocked, splits > 1) {
+        (false, _) => (Plan::Pairs, t_rows * n_heads),
+        (true, false) => (Plan::Blocks, t_rows.div_ceil(RB) * n_kv_heads),
+        (true, true) => (
+            Plan::SplitKeys {
+                splits,
+                per,
+                partials: SendPtr(partials.as_mut_ptr()),
+            },
+            n_kv_heads * splits,
+        ),
     };
     let nq_pad = (RB * group).div_ceil(QT) * QT;
     let path = isa();
@@ -448,12 +583,15 @@ pub fn attention_f32(
             match path {
                 // SAFETY: isa() reports these paths only when the CPU has the features.
                 #[cfg(target_arch = "x86_64")]
-                Isa::Avx512Vnni => unsafe { task_avx512(&a, blocked, n_heads, id, sc) },
+                Isa::Avx512Vnni => unsafe { task_avx512(&a, plan, n_heads, id, sc) },
                 #[cfg(target_arch = "x86_64")]
-                Isa::Avx2Fma => unsafe { task_avx2(&a, blocked, n_heads, id, sc) },
-                _ => task(Isa::Portable, &a, blocked, n_heads, id, sc),
+                Isa::Avx2Fma => unsafe { task_avx2(&a, plan, n_heads, id, sc) },
+                _ => task(Isa::Portable, &a, plan, n_heads, id, sc),
             }
         })
     });
+    if let Plan::SplitKeys { splits, .. } = plan {
+        merge_splits(&a, n_kv_heads, splits, &partials, out);
+    }
     Ok(())
 }

@@ -166,6 +166,8 @@ pub(super) fn cases() -> Vec<Case> {
         attention_case("gqa9_3.hd16.pos13", 9, 3, 16, 7, 40, 13, 7),
         attention_case("gqa9_3.hd16.pos13.n_valid4", 9, 3, 16, 7, 40, 13, 4),
         attention_case("gqa9_3.hd64.decode.pos30", 9, 3, 64, 1, 40, 30, 1),
+        // Decode over several key blocks (split across threads, then merged).
+        attention_case("gqa9_3.hd64.decode.pos150", 9, 3, 64, 1, 160, 150, 1),
         attention_case("mha4_4.hd32.pos0", 4, 4, 32, 5, 24, 0, 5),
         attention_case("mha4_4.hd32.pos9.n_valid3", 4, 4, 32, 5, 24, 9, 3),
         // Larger than one tile of a blocked (flash-style) kernel: several row blocks and
