@@ -126,16 +126,21 @@ impl CpuExecutable {
                     g.fact(id)
                 )));
             }
-            if bufs
-                .iter()
-                .any(|(_, o)| std::ptr::addr_eq(Arc::as_ptr(o), Arc::as_ptr(&b)))
-            {
-                return Err(BackendError::Binding(format!(
-                    "`{}` is bound to a buffer already bound to another source",
-                    g.node(id).name
-                )));
-            }
             bufs.push((id, b));
+        }
+        // One buffer bound to two sources would be locked twice (a deadlock for a
+        // state): sort the buffer addresses and look for neighbours (this runs every
+        // decode step over ~250 sources, so not pairwise).
+        let mut addrs: Vec<(*const (), NodeId)> = bufs
+            .iter()
+            .map(|(id, b)| (Arc::as_ptr(b) as *const (), *id))
+            .collect();
+        addrs.sort_unstable_by_key(|(p, _)| *p as usize);
+        if let Some(w) = addrs.windows(2).find(|w| w[0].0 == w[1].0) {
+            return Err(BackendError::Binding(format!(
+                "`{}` is bound to a buffer already bound to another source",
+                g.node(w[1].1).name
+            )));
         }
         let mut guard_of = vec![usize::MAX; g.nodes.len()];
         let mut guards = Vec::with_capacity(bufs.len());

@@ -32,8 +32,8 @@ const ROW_CHUNK_BYTES: usize = 192 * 1024;
 /// costs more than it saves.
 const PARALLEL_MIN_MACS: usize = 1 << 17;
 /// Smallest task worth splitting off: ~160 KB of Q4 weights, ~8 us of decode. Smaller
-/// tasks cost more in steals and wake-ups than they win in balance: SmolLM2 decode on
-/// 2 threads ran at ~173 tok/s with 8 tasks per call, ~215 with 2-6.
+/// tasks cost more in claims than they win in balance (a 576x576 GEMV on 2 threads:
+/// 7 us as 2 tasks, 9 us as 6).
 const TASK_MIN_MACS: usize = 1 << 18;
 
 /// `out [m, n_out] = epilogue(a [m, k] @ w^T)` with activations quantized to `act`
@@ -180,11 +180,15 @@ impl Call<'_> {
         if threads <= 1 || macs < PARALLEL_MIN_MACS {
             return self.run_range(0..tiles, 0..groups, act);
         }
-        // Up to four tasks per thread (claimed dynamically, so a thread slowed by a neighbour
-        // process does not hold the others up), but none smaller than TASK_MIN_MACS
-        // (each costs a steal or a wake-up); whole tiles, and row groups as well when
-        // there are too few tiles.
-        let want = (macs / TASK_MIN_MACS).clamp(threads, threads * 4);
+        // Up to four tasks per thread (claimed dynamically, so a thread slowed by a
+        // neighbour process does not hold the others up), but none smaller than
+        // TASK_MIN_MACS (each claim moves a cache line between cores), and a multiple of
+        // the thread count: 3 equal tasks on 2 threads take as long as 4 (a 576x1536
+        // GEMV on 2 threads went from 17 to 9 us). Whole tiles, and row groups as well
+        // when there are too few tiles.
+        let want = (macs / TASK_MIN_MACS)
+            .clamp(threads, threads * 4)
+            .next_multiple_of(threads);
         let tile_tasks = tiles.min(want);
         let group_tasks = want.div_ceil(tile_tasks).min(groups);
         super::pool::for_each(tile_tasks * group_tasks, |i| {
