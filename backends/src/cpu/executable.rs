@@ -303,7 +303,8 @@ impl CpuExecutable {
                     Op::Add => r::add(f32_of(ins[0])?, f32_of(ins[1])?, &mut out),
                     Op::Mul => r::mul(f32_of(ins[0])?, f32_of(ins[1])?, &mut out),
                     Op::RmsNorm { eps } => {
-                        r::rms_norm(f32_of(ins[0])?, f32_of(ins[1])?, *eps, &mut out)
+                        k::rms_norm_f32(f32_of(ins[0])?, f32_of(ins[1])?, *eps, &mut out)
+                            .map_err(kerr)?
                     }
                     Op::LayerNorm { eps } => r::layer_norm(
                         f32_of(ins[0])?,
@@ -313,7 +314,7 @@ impl CpuExecutable {
                         &mut out,
                     ),
                     Op::Rope { params } => {
-                        r::rope(
+                        k::rope_f32(
                             f32_of(ins[0])?,
                             node.fact.shape[1],
                             params,

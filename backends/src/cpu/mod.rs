@@ -137,7 +137,9 @@ impl Backend for CpuBackend {
                 format!("{kernel}[{w} x {}{}, {isa}]", act.name(), epilogue.name())
             }
             Op::Gather => format!("gather[{}]", graph.fact(n.inputs[0]).dtype),
-            Op::Attention { .. } => format!("attention_f32[online softmax, {isa}]"),
+            Op::Attention { .. } => format!("attention_f32[flash blocks, online softmax, {isa}]"),
+            Op::RmsNorm { .. } => format!("rms_norm_f32[{isa}]"),
+            Op::Rope { .. } => "rope_f32[shared angles]".into(),
             op => format!("{}[reference]", op.kind()),
         }
     }

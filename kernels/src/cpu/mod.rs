@@ -7,7 +7,7 @@
 //!   Q8_0, Q8Channel, f32) repacked once into 16-row interleaved tiles, multiplied by
 //!   activations quantized on the fly (I16 per row, I8 per 32-value block, or f32) with
 //!   hand-written microkernels per ISA (`microkernels/`), fused epilogues included;
-//! - [`rms_norm_f32`]: vectorized RMSNorm.
+//! - [`rms_norm_f32`], [`rope_f32`]: vectorized RMSNorm and RoPE.
 
 mod act_quant;
 mod attention_f32;
@@ -19,6 +19,7 @@ mod microkernels;
 mod packed;
 mod pool;
 mod rms_norm_f32;
+mod rope_f32;
 mod weight_memory;
 
 pub use attention_f32::attention_f32;
@@ -28,6 +29,7 @@ pub use matmul_packed::{matmul_packed, matmul_packed_with};
 pub use packed::{gather_packed, pack, PackedMatrix, BLOCK, TILE_ROWS};
 pub use pool::{current_threads, ThreadPool};
 pub use rms_norm_f32::rms_norm_f32;
+pub use rope_f32::rope_f32;
 
 /// A raw pointer that may cross threads. Used only where each task writes a disjoint
 /// region of one output slice (documented at every use).
