@@ -377,6 +377,9 @@ fn run(cli: Cli) -> anyhow_lite::Result<()> {
             } else {
                 common.threads.clone()
             };
+            // `-p 0` / `-n 0` mean "no such test" (as in llama-bench), not a 0-token run.
+            let prompt: Vec<usize> = prompt.into_iter().filter(|&p| p > 0).collect();
+            let gen: Vec<usize> = gen.into_iter().filter(|&n| n > 0).collect();
             let ctx = prompt.iter().chain(&gen).copied().max().unwrap_or(128) + 1;
             let mut rows = Vec::new();
             let mut machine = Vec::new();
