@@ -5,13 +5,14 @@
 //!   sharing that head reuse every K/V block they load (at decode: the GQA group);
 //!   scores and `P @ V` are register-tiled FMAs and the softmax is online (running max
 //!   and sum per query vector). Even at decode this beats per-pair dot products, whose
-//!   per-key horizontal sums cost more than transposing the K block;
+//!   per-key horizontal sums cost more than transposing the K block. Decode on several
+//!   threads also splits each head's keys ([`Plan::SplitKeys`]) and merges the parts;
 //! - per (query, head) pair ([`pair`]): the fallback for head_dims that are not a
 //!   multiple of 16.
 //!
-//! Both are portable Rust written for the vectorizer, compiled for the baseline, AVX2+FMA
-//! and AVX-512 and picked at run time: at 512-token prefill attention is a large share of
-//! the work, so it must never run scalar.
+//! Both are portable Rust written for the vectorizer (plus an AVX-512 K transpose),
+//! compiled for the baseline, AVX2+FMA and AVX-512 and picked at run time: at 512-token
+//! prefill attention is a large share of the work, so it must never run scalar.
 
 use super::{isa, Isa, SendPtr};
 use crate::reference::{check_attention_args, AttentionDims, KernelError};
