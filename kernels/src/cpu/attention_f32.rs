@@ -180,9 +180,9 @@ fn value_tile<const DC: usize>(
 /// bound: the AVX-512 path loads whole rows and transposes 16x16 tiles in registers.
 #[inline(always)]
 fn transpose_k(path: Isa, k: &[f32], kw: usize, nk: usize, hd: usize, kt: &mut [f32]) {
-    assert!(nk >= 1 && nk <= KB && (nk - 1) * kw + hd <= k.len() && kt.len() >= hd * KB);
+    assert!((1..=KB).contains(&nk) && (nk - 1) * kw + hd <= k.len() && kt.len() >= hd * KB);
     #[cfg(target_arch = "x86_64")]
-    if path == Isa::Avx512Vnni && hd % 16 == 0 {
+    if path == Isa::Avx512Vnni && hd.is_multiple_of(16) {
         // SAFETY: the CPU has AVX-512F (path), and the assert bounds every access.
         return unsafe { transpose_k_avx512(k, kw, nk, hd, kt) };
     }
@@ -299,8 +299,7 @@ fn block_task(
     sc.o[..nq_pad * hd].fill(0.0);
     sc.m[..nq].fill(f32::NEG_INFINITY);
     sc.l[..nq].fill(0.0);
-    // Keys each query row sees: 0..=last(t); this task visits `keys` of them.
-    let last = |t: usize| (a.pos + t).min(a.end - 1);
+    // Keys each query row sees: 0..=a.last(t); this task visits `keys` of them.
     let (k, v) = (&a.k[g * hd..], &a.v[g * hd..]);
     prefetch_rows(k, v, a.kw, hd, keys.start..(keys.start + KB).min(keys.end));
     for j0 in keys.clone().step_by(KB) {
@@ -317,7 +316,7 @@ fn block_task(
         for i in 0..nq_pad {
             let s = &mut sc.s[i * KB..][..KB];
             let lim = if i < nq {
-                (last(t0 + i / group) + 1).saturating_sub(j0).min(nk)
+                (a.last(t0 + i / group) + 1).saturating_sub(j0).min(nk)
             } else {
                 0
             };
@@ -415,6 +414,15 @@ struct Args<'a> {
     scale: f32,
 }
 
+impl Args<'_> {
+    /// The last key query row `t` sees: its own position, or the last valid one for
+    /// padded rows (the causal mask and `n_valid` in one place).
+    #[inline(always)]
+    fn last(&self, t: usize) -> usize {
+        (self.pos + t).min(self.end - 1)
+    }
+}
+
 /// How a call is cut into tasks.
 #[derive(Clone, Copy)]
 enum Plan {
@@ -442,8 +450,7 @@ fn task(path: Isa, a: &Args, plan: Plan, n_heads: usize, id: usize, sc: &mut Scr
     if let Plan::Blocks = plan {
         let (rb, g) = (id / n_kv, id % n_kv);
         let (t0, t1) = (rb * RB, (rb * RB + RB).min(t_rows));
-        let n_keys = (a.pos + t1 - 1).min(a.end - 1) + 1;
-        block_task(path, a, g, t0, t1, 0..n_keys, sc);
+        block_task(path, a, g, t0, t1, 0..a.last(t1 - 1) + 1, sc);
         write_outputs(a, g, t0, (t1 - t0) * a.group, sc);
     } else if let Plan::SplitKeys {
         splits,
@@ -452,8 +459,15 @@ fn task(path: Isa, a: &Args, plan: Plan, n_heads: usize, id: usize, sc: &mut Scr
     } = plan
     {
         let (g, si) = (id / splits, id % splits);
-        let n_keys = a.pos.min(a.end - 1) + 1;
-        block_task(path, a, g, 0, 1, si * per..((si + 1) * per).min(n_keys), sc);
+        block_task(
+            path,
+            a,
+            g,
+            0,
+            1,
+            si * per..((si + 1) * per).min(a.last(0) + 1),
+            sc,
+        );
         let pl = partial_len(hd);
         for i in 0..a.group {
             // SAFETY: task (g, si) owns its `group * pl` floats of `partials`.
@@ -469,7 +483,6 @@ fn task(path: Isa, a: &Args, plan: Plan, n_heads: usize, id: usize, sc: &mut Scr
         }
     } else {
         let (t, h) = (id / n_heads, id % n_heads);
-        let last = (a.pos + t).min(a.end - 1);
         // SAFETY: each (t, h) pair writes only its own head_dim slice of row t.
         let o = unsafe { std::slice::from_raw_parts_mut(a.out.at(t * a.qw + h * hd), hd) };
         pair(
@@ -478,7 +491,7 @@ fn task(path: Isa, a: &Args, plan: Plan, n_heads: usize, id: usize, sc: &mut Scr
             a.v,
             a.kw,
             (h / a.group) * hd,
-            last,
+            a.last(t),
             a.scale,
             &mut sc.s,
             o,
@@ -534,11 +547,11 @@ pub fn attention_f32(
         scale,
     };
     // The value tiles need head_dim in 16-lane steps.
-    let blocked = head_dim % 16 == 0;
+    let blocked = head_dim.is_multiple_of(16);
     // Decode on several threads: cut each head's keys (16-key multiples) so that there
     // are about four tasks per thread.
     let threads = super::pool::current_threads();
-    let n_keys = pos.min(end - 1) + 1;
+    let n_keys = a.last(0) + 1;
     let splits = if blocked && t_rows == 1 && threads > 1 {
         (4 * threads).div_ceil(n_kv_heads).min(n_keys.div_ceil(16))
     } else {

@@ -128,7 +128,8 @@ impl Shared {
                 }
                 std::hint::spin_loop();
                 spins = spins.wrapping_add(1);
-                if spins % 1024 == 0 && idle_since.get_or_insert_with(Instant::now).elapsed() > SPIN
+                if spins.is_multiple_of(1024)
+                    && idle_since.get_or_insert_with(Instant::now).elapsed() > SPIN
                 {
                     self.sleep(seen);
                     idle_since = None;
@@ -187,7 +188,7 @@ impl Shared {
             std::hint::spin_loop();
             spins = spins.wrapping_add(1);
             // A worker descheduled mid-task (a busy neighbour): let it run.
-            if spins % 4096 == 0 {
+            if spins.is_multiple_of(4096) {
                 std::thread::yield_now();
             }
         }
