@@ -11,7 +11,7 @@
 use criterion::{BenchmarkId, Criterion, Throughput};
 use npurt_backends::wgpu::{WgpuBackend, WgpuOptions};
 use npurt_backends::{Backend, Bindings, BufferUsage, DeviceBuffer, Executable, Scratch};
-use npurt_graph::{ActPrecision, DType, Epilogue, Graph, NodeId, Op, TensorFact};
+use npurt_graph::{ActPrecision, DType, Epilogue, Graph, NodeId, Op, Prologue, TensorFact};
 use npurt_kernels::HostTensor;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -117,6 +117,7 @@ fn matmul(be: &WgpuBackend, dt: DType, m: usize, n: usize, k: usize) -> Prepared
             Op::MatMul {
                 transpose_b: true,
                 act: ActPrecision::F32,
+                prologue: Prologue::None,
                 epilogue: Epilogue::None,
             },
             &[a, w],

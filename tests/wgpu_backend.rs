@@ -9,7 +9,7 @@
 use npurt_backends::wgpu::{KernelFamily, WgpuBackend, WgpuOptions};
 use npurt_backends::{Backend, BackendError, Bindings, BufferUsage, Support};
 use npurt_graph::{
-    ActPrecision, DType, Epilogue, Graph, NodeId, Op, RopeParams, RopeScaling, TensorFact,
+    ActPrecision, DType, Epilogue, Graph, NodeId, Op, Prologue, RopeParams, RopeScaling, TensorFact,
 };
 use npurt_kernels::{quant, reference as r, HostTensor};
 use std::collections::HashMap;
@@ -594,6 +594,7 @@ fn check_matmul(be: &dyn Backend, c: &MatmulCase, seed: u64) {
         Op::MatMul {
             transpose_b: c.transpose_b,
             act: ActPrecision::F32,
+            prologue: Prologue::None,
             epilogue: c.epilogue,
         },
         &ins,
@@ -851,6 +852,7 @@ fn matmul_weight_larger_than_one_binding() {
         Op::MatMul {
             transpose_b: true,
             act: ActPrecision::F32,
+            prologue: Prologue::None,
             epilogue: Epilogue::None,
         },
         &[ai, wi],
@@ -1116,6 +1118,7 @@ fn repeated_runs_reuse_pipelines_and_bind_groups() {
         Op::MatMul {
             transpose_b: true,
             act: ActPrecision::I16,
+            prologue: Prologue::None,
             epilogue: Epilogue::None,
         },
         &[a, w],
@@ -1175,6 +1178,7 @@ fn supports_refuses_what_it_cannot_run() {
         Op::MatMul {
             transpose_b: true,
             act: ActPrecision::F32,
+            prologue: Prologue::None,
             epilogue: Epilogue::None,
         },
         &[a, wf],

@@ -159,9 +159,15 @@ pub trait Backend: Send + Sync {
     fn kernel_name(&self, graph: &Graph, id: NodeId) -> String {
         let n = graph.node(id);
         match &n.op {
-            npurt_graph::Op::MatMul { act, epilogue, .. } => {
+            npurt_graph::Op::MatMul {
+                act,
+                prologue,
+                epilogue,
+                ..
+            } => {
                 format!(
-                    "matmul[{} x {}{}]",
+                    "matmul[{}{} x {}{}]",
+                    prologue.name(),
                     graph.fact(n.inputs[1]).dtype,
                     act.name(),
                     epilogue.name()

@@ -1,7 +1,9 @@
 //! A thin builder over `Graph::add` that scopes node names (`layers.3.attn.q`) so model
 //! code reads like the model and errors point at the exact layer.
 
-use crate::{ActPrecision, Epilogue, Graph, GraphError, NodeId, Op, RopeParams, TensorFact};
+use crate::{
+    ActPrecision, Epilogue, Graph, GraphError, NodeId, Op, Prologue, RopeParams, TensorFact,
+};
 
 pub struct Builder {
     pub graph: Graph,
@@ -93,6 +95,7 @@ impl Builder {
             Op::MatMul {
                 transpose_b: true,
                 act: ActPrecision::F32,
+                prologue: Prologue::None,
                 epilogue: Epilogue::None,
             },
             &[x, w],

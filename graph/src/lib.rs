@@ -17,7 +17,9 @@ pub use builder::Builder;
 pub use dtype::DType;
 pub use fact::TensorFact;
 pub use graph::{Graph, Node, NodeId};
-pub use op::{ActPrecision, Epilogue, InferError, Op, RopeParams, RopeScaling};
+pub use op::{
+    ActPrecision, Epilogue, InferError, MatMulOperands, Op, Prologue, RopeParams, RopeScaling,
+};
 pub use precision::{PrecisionPolicy, WeightFormat};
 
 #[derive(Debug, thiserror::Error)]

@@ -64,8 +64,62 @@ impl ActPrecision {
     }
 }
 
-/// Work fused into a matmul's output stage. Extra inputs follow `a, b` in this order:
-/// bias `[N]`, then residual `[M, N]`.
+/// Work fused into a matmul's input stage: the activation row is transformed while it
+/// is read for quantization, so the transformed f32 tensor never exists. Its weight
+/// follows `a, b` (before the epilogue's extra inputs).
+#[derive(Clone, Copy, Debug, PartialEq, Default)]
+pub enum Prologue {
+    #[default]
+    None,
+    /// `a` is replaced by `rms_norm(a, w, eps)` (`w [K]`): the pre-attention and
+    /// pre-MLP norms of a LLaMA block, computed in the matmul's activation
+    /// quantization pass (one read of the residual stream, no normalized copy).
+    RmsNorm { eps: f32 },
+}
+
+impl Prologue {
+    pub fn extra_inputs(self) -> usize {
+        match self {
+            Prologue::None => 0,
+            Prologue::RmsNorm { .. } => 1,
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Prologue::None => "",
+            Prologue::RmsNorm { .. } => "rms_norm+",
+        }
+    }
+}
+
+/// Where a matmul's optional operands sit in its input list: `a, b`, then the
+/// prologue's weight, the bias, the residual (each only when present).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MatMulOperands {
+    pub norm: Option<usize>,
+    pub bias: Option<usize>,
+    pub residual: Option<usize>,
+}
+
+impl MatMulOperands {
+    pub fn new(prologue: Prologue, epilogue: Epilogue) -> Self {
+        let mut next = 2;
+        let mut take = |present: bool| {
+            present.then(|| {
+                next += 1;
+                next - 1
+            })
+        };
+        MatMulOperands {
+            norm: take(prologue != Prologue::None),
+            bias: take(epilogue.has_bias()),
+            residual: take(epilogue.has_residual()),
+        }
+    }
+}
+
+/// Work fused into a matmul's output stage. Extra inputs follow `a, b` and the
+/// prologue's weight in this order: bias `[N]`, then residual `[M, N]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub enum Epilogue {
     #[default]
@@ -124,10 +178,12 @@ pub enum Op {
     /// Embedding lookup: `(table [V, H], ids i32[T]) -> [T, H]`.
     Gather,
     /// `(a [M, K], b, extra..) -> [M, N]`, see module docs for `transpose_b`; `a` is
-    /// quantized to `act` on the fly; `epilogue` adds fused output work.
+    /// transformed by `prologue` and quantized to `act` on the fly; `epilogue` adds
+    /// fused output work. [`MatMulOperands`] says where the extra inputs are.
     MatMul {
         transpose_b: bool,
         act: ActPrecision,
+        prologue: Prologue,
         epilogue: Epilogue,
     },
     /// Conv2D patch embedding (kernel = stride = `patch`, no padding), the ViT stem:
@@ -273,7 +329,9 @@ impl Op {
             | Op::Reshape { .. }
             | Op::Transpose { .. }
             | Op::SliceCols { .. } => 1,
-            Op::MatMul { epilogue, .. } => 2 + epilogue.extra_inputs(),
+            Op::MatMul {
+                prologue, epilogue, ..
+            } => 2 + prologue.extra_inputs() + epilogue.extra_inputs(),
             Op::Gather | Op::Add | Op::Mul | Op::RmsNorm { .. } | Op::SelectRow => 2,
             Op::LayerNorm { .. } | Op::Rope { .. } | Op::KvWrite | Op::PatchEmbed { .. } => 3,
             Op::Attention { .. } => 5,
@@ -310,6 +368,7 @@ impl Op {
             }
             Op::MatMul {
                 transpose_b,
+                prologue,
                 epilogue,
                 ..
             } => {
@@ -341,6 +400,13 @@ impl Op {
                     n /= 2;
                 }
                 let mut extra = inputs[2..].iter();
+                if *prologue != Prologue::None {
+                    let want = [a.shape[1]];
+                    let bad = |f: &&TensorFact| f.shape != want || !f.dtype.is_float();
+                    if extra.next().map(bad).unwrap_or(true) {
+                        return Err(format!("matmul rms_norm weight must be [{}]", a.shape[1]));
+                    }
+                }
                 if epilogue.has_bias() && extra.next().map(|f| f.shape != [n]).unwrap_or(true) {
                     return Err(format!("matmul bias must be [{n}]"));
                 }

@@ -203,13 +203,15 @@ pub fn build(cfg: &LlamaConfig, opts: &LlamaGraphOptions) -> Result<Graph> {
         x = ctx.layer(l, x)?;
     }
     ctx.tap(&format!("h{}_prenorm", cfg.num_hidden_layers), x);
-    let norm_w = ctx.w("model.norm.weight", &[h])?;
-    let mut y = ctx.b.rms_norm("norm", x, norm_w, cfg.rms_norm_eps)?;
-    ctx.tap("final_norm", y);
     if opts.logits == LogitsMode::Last {
+        // The norm is per row, so the last row is picked first: one row normalized
+        // instead of a chunk, and the norm can then fuse into the head's matmul.
         let last = ctx.b.input("last_row", TensorFact::i32([1]))?;
-        y = ctx.b.select_row("last_row", y, last)?;
+        x = ctx.b.select_row("last_row", x, last)?;
     }
+    let norm_w = ctx.w("model.norm.weight", &[h])?;
+    let y = ctx.b.rms_norm("norm", x, norm_w, cfg.rms_norm_eps)?;
+    ctx.tap("final_norm", y);
     let head = ctx.w(head_weight(cfg), &[cfg.vocab_size, h])?;
     let logits = ctx.b.linear("lm_head", y, head)?;
     ctx.b.output("logits", logits);
@@ -378,5 +380,30 @@ mod tests {
             .zip(&b)
             .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
         assert!(d < 1e-5, "fused graph differs by {d}");
+
+        // With quantized activations each layer's rms_norms fold into the matmul they
+        // feed (q/k/v, gate+up); the final one stays: W8A16 keeps an f32 checkpoint's
+        // head in f32, which quantizes nothing. The numerics are the conformance
+        // suite's and the golden tests' business.
+        let mut quantized = plain.clone();
+        Pipeline::compile(PrecisionPolicy::W8A16, Box::new(|_| None))
+            .run(&mut quantized)
+            .unwrap();
+        let with_norm = quantized
+            .nodes
+            .iter()
+            .filter(|n| {
+                matches!(
+                    n.op,
+                    npurt_graph::Op::MatMul {
+                        prologue: npurt_graph::Prologue::RmsNorm { .. },
+                        ..
+                    }
+                )
+            })
+            .count();
+        let norms = quantized.nodes.iter().filter(|n| n.op.kind() == "rms_norm");
+        assert_eq!(norms.count(), 1, "{quantized}");
+        assert_eq!(with_norm, 2 * cfg.num_hidden_layers, "{quantized}");
     }
 }

@@ -6,7 +6,7 @@
 //! quantization may cost.
 
 use super::case::{CaseData, Compared};
-use npurt_graph::{DType, Graph, NodeId, Op};
+use npurt_graph::{DType, Graph, MatMulOperands, NodeId, Op, Prologue};
 use npurt_kernels::{quant, reference as r, HostData, HostTensor};
 
 /// A node's value in the oracle.
@@ -115,6 +115,7 @@ fn evaluate(graph: &Graph, sources: &[(NodeId, HostTensor)]) -> Result<Vec<Value
             Op::Gather => r::gather(f(0)?, node.fact.shape[1], int(1)?, &mut out).map_err(kerr)?,
             Op::MatMul {
                 transpose_b,
+                prologue,
                 epilogue,
                 ..
             } => {
@@ -124,18 +125,16 @@ fn evaluate(graph: &Graph, sources: &[(NodeId, HostTensor)]) -> Result<Vec<Value
                 } else {
                     in_fact(1).shape[1]
                 };
+                let slots = MatMulOperands::new(*prologue, *epilogue);
+                let opt = |slot: Option<usize>| slot.map(f).transpose();
+                // The prologue, unfused: the plain reference norm, then the product.
+                let mut a = f(0)?.to_vec();
+                if let (Prologue::RmsNorm { eps }, Some(w)) = (prologue, opt(slots.norm)?) {
+                    r::rms_norm(f(0)?, w, *eps, &mut a);
+                }
                 let mut pre = vec![0f32; m * n_b];
-                r::matmul(f(0)?, f(1)?, m, k, n_b, *transpose_b, &mut pre);
-                let bias = if epilogue.has_bias() {
-                    Some(f(2)?)
-                } else {
-                    None
-                };
-                let residual = if epilogue.has_residual() {
-                    Some(f(node.inputs.len() - 1)?)
-                } else {
-                    None
-                };
+                r::matmul(&a, f(1)?, m, k, n_b, *transpose_b, &mut pre);
+                let (bias, residual) = (opt(slots.bias)?, opt(slots.residual)?);
                 r::epilogue(&pre, m, n_b, *epilogue, bias, residual, &mut out);
             }
             Op::PatchEmbed { patch } => {

@@ -4,7 +4,7 @@
 
 use super::buffer::CpuBuffer;
 use crate::{BackendError, Bindings, BufferUsage, DeviceBuffer, Executable, Result, Scratch};
-use npurt_graph::{DType, Graph, NodeId, Op};
+use npurt_graph::{DType, Graph, MatMulOperands, NodeId, Op, Prologue};
 use npurt_kernels::cpu::ThreadPool;
 use npurt_kernels::{cpu as k, reference as r, HostData};
 use std::any::Any;
@@ -215,71 +215,53 @@ impl CpuExecutable {
                                 .map_err(kerr)?,
                         }
                     }
-                    Op::MatMul { act, epilogue, .. } if packed(ins[1]).is_some() => {
-                        let w = packed(ins[1]).expect("checked by the guard");
-                        let bias = if epilogue.has_bias() {
-                            Some(f32_of(ins[2])?)
-                        } else {
-                            None
-                        };
-                        let residual = if epilogue.has_residual() {
-                            Some(f32_of(ins[ins.len() - 1])?)
-                        } else {
-                            None
-                        };
-                        k::matmul_packed(
-                            f32_of(ins[0])?,
-                            g.fact(ins[0]).shape[0],
-                            w,
-                            *act,
-                            *epilogue,
-                            bias,
-                            residual,
-                            &mut out,
-                        )
-                        .map_err(kerr)?;
-                    }
                     Op::MatMul {
                         transpose_b,
+                        act,
+                        prologue,
                         epilogue,
-                        ..
                     } => {
-                        let a = g.fact(ins[0]);
-                        let b = g.fact(ins[1]);
-                        let (m, kk) = (a.shape[0], a.shape[1]);
-                        let n_b = if *transpose_b { b.shape[0] } else { b.shape[1] };
-                        if *epilogue == npurt_graph::Epilogue::None {
-                            k::matmul_f32(
-                                f32_of(ins[0])?,
-                                f32_of(ins[1])?,
-                                m,
-                                kk,
-                                n_b,
-                                *transpose_b,
-                                &mut out,
-                            );
+                        let slots = MatMulOperands::new(*prologue, *epilogue);
+                        let opt = |slot: Option<usize>| slot.map(|i| f32_of(ins[i])).transpose();
+                        let (bias, residual) = (opt(slots.bias)?, opt(slots.residual)?);
+                        let norm = match (*prologue, opt(slots.norm)?) {
+                            (Prologue::RmsNorm { eps }, Some(weight)) => {
+                                Some(k::RowNorm { weight, eps })
+                            }
+                            _ => None,
+                        };
+                        let a = f32_of(ins[0])?;
+                        let m = g.fact(ins[0]).shape[0];
+                        if let Some(w) = packed(ins[1]) {
+                            match norm {
+                                Some(norm) => k::matmul_packed_rms_norm(
+                                    a, m, norm, w, *act, *epilogue, bias, residual, &mut out,
+                                ),
+                                None => k::matmul_packed(
+                                    a, m, w, *act, *epilogue, bias, residual, &mut out,
+                                ),
+                            }
+                            .map_err(kerr)?;
                         } else {
-                            let mut pre = vec![0f32; m * n_b];
-                            k::matmul_f32(
-                                f32_of(ins[0])?,
-                                f32_of(ins[1])?,
-                                m,
-                                kk,
-                                n_b,
-                                *transpose_b,
-                                &mut pre,
-                            );
-                            let bias = if epilogue.has_bias() {
-                                Some(f32_of(ins[2])?)
+                            // f32 weights (the f32 preset, or activation x activation):
+                            // prologue into a temporary, multiply, then the epilogue.
+                            let mut normed = Vec::new();
+                            if let Some(nm) = norm {
+                                normed.resize(a.len(), 0f32);
+                                k::rms_norm_f32(a, nm.weight, nm.eps, &mut normed).map_err(kerr)?;
+                            }
+                            let a = if norm.is_some() { &normed[..] } else { a };
+                            let b = g.fact(ins[1]);
+                            let kk = g.fact(ins[0]).shape[1];
+                            let n_b = if *transpose_b { b.shape[0] } else { b.shape[1] };
+                            let b = f32_of(ins[1])?;
+                            if *epilogue == npurt_graph::Epilogue::None {
+                                k::matmul_f32(a, b, m, kk, n_b, *transpose_b, &mut out);
                             } else {
-                                None
-                            };
-                            let residual = if epilogue.has_residual() {
-                                Some(f32_of(ins[ins.len() - 1])?)
-                            } else {
-                                None
-                            };
-                            r::epilogue(&pre, m, n_b, *epilogue, bias, residual, &mut out);
+                                let mut pre = vec![0f32; m * n_b];
+                                k::matmul_f32(a, b, m, kk, n_b, *transpose_b, &mut pre);
+                                r::epilogue(&pre, m, n_b, *epilogue, bias, residual, &mut out);
+                            }
                         }
                     }
                     Op::PatchEmbed { patch } => {

@@ -127,14 +127,24 @@ impl Backend for CpuBackend {
         let n = graph.node(id);
         let isa = npurt_kernels::cpu::isa().name();
         match &n.op {
-            Op::MatMul { act, epilogue, .. } => {
+            Op::MatMul {
+                act,
+                prologue,
+                epilogue,
+                ..
+            } => {
                 let w = graph.fact(n.inputs[1]).dtype;
                 let kernel = if QUANTIZED.contains(&w) {
                     "matmul_packed"
                 } else {
                     "matmul_f32"
                 };
-                format!("{kernel}[{w} x {}{}, {isa}]", act.name(), epilogue.name())
+                format!(
+                    "{kernel}[{}{w} x {}{}, {isa}]",
+                    prologue.name(),
+                    act.name(),
+                    epilogue.name()
+                )
             }
             Op::Gather => format!("gather[{}]", graph.fact(n.inputs[0]).dtype),
             Op::Attention { .. } => format!("attention_f32[flash blocks, online softmax, {isa}]"),

@@ -147,8 +147,11 @@ impl Backend for WgpuBackend {
             KernelFamily::Tiled => "tiled",
         };
         match &n.op {
-            npurt_graph::Op::MatMul { epilogue, .. } => format!(
-                "matmul[{} x f32{}, {family}]",
+            npurt_graph::Op::MatMul {
+                prologue, epilogue, ..
+            } => format!(
+                "matmul[{}{} x f32{}, {family}]",
+                prologue.name(),
                 graph.fact(n.inputs[1]).dtype,
                 epilogue.name()
             ),

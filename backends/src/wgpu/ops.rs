@@ -7,7 +7,7 @@
 use super::buffers::WgpuBuffer;
 use super::pipelines::PipelineKey;
 use crate::DeviceBuffer;
-use npurt_graph::{DType, Epilogue, Graph, NodeId, Op, RopeScaling};
+use npurt_graph::{DType, Epilogue, Graph, MatMulOperands, NodeId, Op, Prologue, RopeScaling};
 use std::sync::Arc;
 
 /// Max workgroups per dispatch dimension (WebGPU's guaranteed limit).
@@ -246,25 +246,15 @@ pub(crate) fn lower(cx: &LowerCtx, id: NodeId) -> Result<Lowered, String> {
             let x = g.fact(ins[0]);
             let (rows, h) = (x.rows().max(1), x.last_dim());
             let layer = matches!(node.op, Op::LayerNorm { .. });
-            let mut bindings = vec![
-                (0, BindRef::Params),
-                (1, BindRef::Value(ins[0])),
-                (2, BindRef::Value(ins[1])),
-                (4, out),
-            ];
-            if layer {
-                bindings.push((3, BindRef::Value(ins[2])));
-            }
-            d.push(Dispatch {
-                key: PipelineKey::new(
-                    "norm.wgsl",
-                    if layer { "layer_norm" } else { "rms_norm" },
-                    &[],
-                ),
-                params: vec![as_u32(rows, "rows")?, as_u32(h, "row length")?, f(*eps)],
-                bindings,
-                groups: grid_1d(rows, 1)?,
-            });
+            d.push(norm_dispatch(
+                if layer { "layer_norm" } else { "rms_norm" },
+                rows,
+                h,
+                *eps,
+                [BindRef::Value(ins[0]), BindRef::Value(ins[1])],
+                layer.then(|| BindRef::Value(ins[2])),
+                out,
+            )?);
         }
         Op::Softmax => {
             let x = g.fact(ins[0]);
@@ -521,11 +511,33 @@ pub(crate) fn lower(cx: &LowerCtx, id: NodeId) -> Result<Lowered, String> {
         }
         Op::MatMul {
             transpose_b,
+            prologue,
             epilogue,
             ..
-        } => lower_matmul(cx, id, *transpose_b, *epilogue, &mut l)?,
+        } => lower_matmul(cx, id, *transpose_b, *prologue, *epilogue, &mut l)?,
     }
     Ok(l)
+}
+
+/// A norm.wgsl row normalization (`rms_norm` or `layer_norm`, which also takes a bias)
+/// of `rows` rows of `h` values: `[x, weight]` into `out`.
+fn norm_dispatch(
+    entry: &'static str,
+    rows: usize,
+    h: usize,
+    eps: f32,
+    [x, w]: [BindRef; 2],
+    bias: Option<BindRef>,
+    out: BindRef,
+) -> Result<Dispatch, String> {
+    let mut bindings = vec![(0, BindRef::Params), (1, x), (2, w), (4, out)];
+    bindings.extend(bias.map(|b| (3, b)));
+    Ok(Dispatch {
+        key: PipelineKey::new("norm.wgsl", entry, &[]),
+        params: vec![as_u32(rows, "rows")?, as_u32(h, "row length")?, f(eps)],
+        bindings,
+        groups: grid_1d(rows, 1)?,
+    })
 }
 
 /// One matmul dispatch over one weight part; see matmul.wgsl `Params`.
@@ -600,6 +612,7 @@ fn lower_matmul(
     cx: &LowerCtx,
     id: NodeId,
     transpose_b: bool,
+    prologue: Prologue,
     epilogue: Epilogue,
     l: &mut Lowered,
 ) -> Result<(), String> {
@@ -607,6 +620,26 @@ fn lower_matmul(
     let ins = &g.node(id).inputs;
     let a = g.fact(ins[0]);
     let (m, k) = (a.shape[0], a.shape[1]);
+    let slots = MatMulOperands::new(prologue, epilogue);
+    // The rms_norm prologue runs as its own dispatch into a temporary: this backend
+    // multiplies f32 activations, so there is no quantization pass to fold it into.
+    let a_in = match (prologue, slots.norm) {
+        (Prologue::RmsNorm { eps }, Some(w)) => {
+            let t = l.temps.len();
+            l.temps.push((m * k * 4) as u64);
+            l.dispatches.push(norm_dispatch(
+                "rms_norm",
+                m,
+                k,
+                eps,
+                [BindRef::Value(ins[0]), BindRef::Value(ins[w])],
+                None,
+                BindRef::Temp(t),
+            )?);
+            BindRef::Temp(t)
+        }
+        _ => BindRef::Value(ins[0]),
+    };
     let b = weight_operand(cx, ins[1]);
     let bf = g.fact(ins[1]);
     let out = BindRef::Value(id);
@@ -642,12 +675,7 @@ fn lower_matmul(
                 &defines,
                 entry,
                 args,
-                vec![
-                    (0, BindRef::Params),
-                    (1, BindRef::Value(ins[0])),
-                    (2, bind),
-                    (3, out),
-                ],
+                vec![(0, BindRef::Params), (1, a_in), (2, bind), (3, out)],
             )?);
         }
         return Ok(());
@@ -659,17 +687,18 @@ fn lower_matmul(
         KernelFamily::Tiled => MatmulEntry::Gemm,
     };
     let mut extra = vec![];
-    if epilogue.has_bias() {
+    if let Some(i) = slots.bias {
         defines.push("HAS_BIAS");
-        extra.push((4, BindRef::Value(ins[2])));
+        extra.push((4, BindRef::Value(ins[i])));
     }
-    if epilogue.has_residual() {
+    if let Some(i) = slots.residual {
         defines.push("HAS_RESIDUAL");
-        extra.push((5, BindRef::Value(ins[ins.len() - 1])));
+        extra.push((5, BindRef::Value(ins[i])));
     }
     if epilogue == Epilogue::SwiGlu && b.parts.len() > 1 {
         // Gate and up rows live in different parts: compute the raw [M, 2N] product
         // into a temporary, then combine.
+        let raw = BindRef::Temp(l.temps.len());
         l.temps.push((m * n_b * 4) as u64);
         for (bind, rows, soff) in b.parts {
             let args = MatmulArgs {
@@ -689,12 +718,7 @@ fn lower_matmul(
                 &defines,
                 entry,
                 args,
-                vec![
-                    (0, BindRef::Params),
-                    (1, BindRef::Value(ins[0])),
-                    (2, bind),
-                    (3, BindRef::Temp(0)),
-                ],
+                vec![(0, BindRef::Params), (1, a_in), (2, bind), (3, raw)],
             )?);
         }
         l.dispatches.push(elementwise(
@@ -702,7 +726,7 @@ fn lower_matmul(
             m * n_b / 2,
             1,
             n_b / 2,
-            BindRef::Temp(0),
+            raw,
             None,
             out,
         )?);
@@ -729,12 +753,7 @@ fn lower_matmul(
             &defines,
             entry,
             args,
-            vec![
-                (0, BindRef::Params),
-                (1, BindRef::Value(ins[0])),
-                (2, bind),
-                (3, out),
-            ],
+            vec![(0, BindRef::Params), (1, a_in), (2, bind), (3, out)],
         )?);
         return Ok(());
     }
@@ -752,12 +771,7 @@ fn lower_matmul(
             up_row: 0,
             accumulate: false,
         };
-        let mut bindings = vec![
-            (0, BindRef::Params),
-            (1, BindRef::Value(ins[0])),
-            (2, bind),
-            (3, out),
-        ];
+        let mut bindings = vec![(0, BindRef::Params), (1, a_in), (2, bind), (3, out)];
         bindings.extend(extra.iter().copied());
         l.dispatches
             .push(matmul_dispatch(&defines, entry, args, bindings)?);

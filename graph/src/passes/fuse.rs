@@ -6,11 +6,14 @@
 //! - `FuseSharedInput`: plain matmuls reading the same activation (q, k, v) -> one
 //!   matmul over the row-concatenated weights, then `slice_cols` per original output;
 //! - `FuseResidual`: `add(x, matmul)` where the matmul has no other reader -> the
-//!   matmul with a residual epilogue.
+//!   matmul with a residual epilogue;
+//! - `FuseNormQuant`: `rms_norm(x, w)` read only by quantizing matmuls -> those
+//!   matmuls with an rms_norm prologue, so the norm is computed in the pass that
+//!   quantizes their activations (runs last: the other fusions match plain matmuls).
 
 use super::rewrite::{apply, use_counts, Rewrite};
 use super::Pass;
-use crate::{ActPrecision, Epilogue, Graph, GraphError, NodeId, Op, TensorFact};
+use crate::{ActPrecision, Epilogue, Graph, GraphError, NodeId, Op, Prologue, TensorFact};
 
 /// Name for a fused weight made of `parts` (`...q_proj.weight` + `...k_proj.weight` ->
 /// `...q_proj+k_proj.weight`).
@@ -69,12 +72,13 @@ fn is_weight(g: &Graph, id: NodeId) -> bool {
     matches!(g.node(id).op, Op::Weight { .. })
 }
 
-/// A plain `x @ W^T` (no epilogue) with a weight operand.
+/// A plain `x @ W^T` (no prologue or epilogue) with a weight operand.
 fn plain_matmul(g: &Graph, id: NodeId) -> Option<(NodeId, NodeId, ActPrecision)> {
     match g.node(id).op {
         Op::MatMul {
             transpose_b: true,
             act,
+            prologue: Prologue::None,
             epilogue: Epilogue::None,
         } if is_weight(g, g.node(id).inputs[1]) => {
             Some((g.node(id).inputs[0], g.node(id).inputs[1], act))
@@ -110,6 +114,7 @@ impl Pass for FuseBias {
                 Op::MatMul {
                     transpose_b: true,
                     act,
+                    prologue: Prologue::None,
                     epilogue: Epilogue::Bias,
                 },
                 &ins,
@@ -157,6 +162,7 @@ impl Pass for FuseSwiGlu {
                 Op::MatMul {
                     transpose_b: true,
                     act: ag,
+                    prologue: Prologue::None,
                     epilogue: Epilogue::SwiGlu,
                 },
                 &[x, w],
@@ -187,6 +193,7 @@ impl Pass for FuseSharedInput {
             let n = g.node(id);
             let Op::MatMul {
                 transpose_b: true,
+                prologue: Prologue::None,
                 epilogue,
                 ..
             } = n.op
@@ -229,6 +236,7 @@ impl Pass for FuseSharedInput {
                 Op::MatMul {
                     transpose_b: true,
                     act,
+                    prologue: Prologue::None,
                     epilogue,
                 },
                 &ins,
@@ -272,6 +280,7 @@ impl Pass for FuseResidual {
                 let Op::MatMul {
                     transpose_b: true,
                     act,
+                    prologue,
                     epilogue,
                 } = mn.op
                 else {
@@ -293,12 +302,93 @@ impl Pass for FuseResidual {
                     Op::MatMul {
                         transpose_b: true,
                         act,
+                        prologue,
                         epilogue: epi,
                     },
                     &ins,
                 )?));
             }
             Ok(None)
+        })
+    }
+}
+
+pub struct FuseNormQuant;
+
+impl FuseNormQuant {
+    /// The rms_norm nodes every reader of which is a matmul that quantizes its
+    /// activations (`act` not f32) and reads the norm as `a` only, with its eps.
+    fn fusable(g: &Graph) -> Vec<Option<f32>> {
+        let outputs: Vec<NodeId> = g.outputs.iter().map(|(_, id)| *id).collect();
+        let mut eps: Vec<Option<f32>> = g
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| match n.op {
+                Op::RmsNorm { eps } if !outputs.contains(&NodeId(i)) => Some(eps),
+                _ => None,
+            })
+            .collect();
+        let mut read = vec![false; g.nodes.len()];
+        for n in &g.nodes {
+            let quantizing_reader = matches!(
+                n.op,
+                Op::MatMul {
+                    transpose_b: true,
+                    prologue: Prologue::None,
+                    act: ActPrecision::I16 | ActPrecision::I8,
+                    ..
+                }
+            );
+            for (slot, x) in n.inputs.iter().enumerate() {
+                read[x.0] = true;
+                if !(quantizing_reader && slot == 0) {
+                    eps[x.0] = None;
+                }
+            }
+        }
+        eps.iter().zip(read).map(|(e, r)| e.filter(|_| r)).collect()
+    }
+}
+
+impl Pass for FuseNormQuant {
+    fn name(&self) -> &'static str {
+        "fuse-norm-quant"
+    }
+    fn run(&self, g: &mut Graph) -> Result<bool, GraphError> {
+        let fusable = Self::fusable(g);
+        if fusable.iter().all(Option::is_none) {
+            return Ok(false);
+        }
+        apply(g, |rw, id| {
+            let n = rw.old.node(id);
+            let Op::MatMul {
+                transpose_b,
+                act,
+                epilogue,
+                ..
+            } = n.op
+            else {
+                return Ok(None);
+            };
+            let norm = n.inputs[0];
+            let Some(eps) = fusable[norm.0] else {
+                return Ok(None);
+            };
+            let (x, w) = (rw.old.node(norm).inputs[0], rw.old.node(norm).inputs[1]);
+            let mut ins = vec![rw.get(x), rw.get(n.inputs[1]), rw.get(w)];
+            ins.extend(n.inputs[2..].iter().map(|&i| rw.get(i)));
+            let name = format!("{}+{}", rw.old.node(norm).name, n.name);
+            Ok(Some(rw.new.add(
+                name,
+                Op::MatMul {
+                    transpose_b,
+                    act,
+                    prologue: Prologue::RmsNorm { eps },
+                    epilogue,
+                },
+                &ins,
+            )?))
         })
     }
 }

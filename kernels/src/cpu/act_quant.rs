@@ -13,10 +13,33 @@
 //! offset, instead of juggling MR row pointers (the ggml `block_q8_0x4` idea).
 //! Per-block side data (`blk_scale`, `blk_bias`, `blk_sum`) is `[group][block][row]`.
 //!
+//! # Fused RMSNorm
+//!
+//! With a [`RowNorm`] (the matmul's rms_norm prologue) each row is normalized in the
+//! same pass: one read of `x` gives both `sum(x^2)` and `x * w`, which is quantized as
+//! usual, and the row's `rsqrt(mean(x^2) + eps)` is folded into its scales (a common
+//! factor of a row does not change the integers, only the scale). f32 plans store the
+//! normalized values themselves.
+//!
 //! Rounding is round-half-to-even (`vcvtps2dq`'s default, and `round_ties_even` in the
 //! portable path), so every path produces the same integers.
 
 use super::Isa;
+use std::cell::RefCell;
+
+/// The rms_norm a matmul applies to its activation rows before quantizing them
+/// (`Prologue::RmsNorm`): `x * rsqrt(mean(x^2) + eps) * weight`, `weight [k]`.
+#[derive(Clone, Copy, Debug)]
+pub struct RowNorm<'a> {
+    pub weight: &'a [f32],
+    pub eps: f32,
+}
+
+thread_local! {
+    /// `x * w` for one group of rows under a [`RowNorm`] (reused: decode calls this
+    /// for every matmul of every token).
+    static NORMED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
 
 /// Rows per activation group (the largest microkernel row block).
 pub(crate) const GROUP: usize = 8;
@@ -111,9 +134,18 @@ pub(crate) const Q8_I16_PERM: [u8; 32] = {
     p
 };
 
-/// Quantizes (or copies) `a [m, k]` into `s` for `plan`. Large inputs are split over
-/// groups on the current kernel thread pool.
-pub(crate) fn prepare(a: &[f32], m: usize, k: usize, plan: ActPlan, isa: Isa, s: &mut ActScratch) {
+/// Quantizes (or copies) `a [m, k]`, normalized by `norm` if given, into `s` for
+/// `plan`. Large inputs are split over groups on the current kernel thread pool.
+/// The caller checked `norm.weight.len() == k`.
+pub(crate) fn prepare(
+    a: &[f32],
+    m: usize,
+    k: usize,
+    norm: Option<RowNorm>,
+    plan: ActPlan,
+    isa: Isa,
+    s: &mut ActScratch,
+) {
     let groups = m.div_ceil(GROUP);
     let kb = k.div_ceil(BLOCK);
     s.groups = groups;
@@ -164,7 +196,36 @@ pub(crate) fn prepare(a: &[f32], m: usize, k: usize, plan: ActPlan, isa: Isa, s:
                      rs: &mut [f32]| {
         let rows_here = (m - g * GROUP).min(GROUP);
         let a = &a[g * GROUP * k..][..rows_here * k];
-        dispatch_group(isa, a, rows_here, k, plan, f, q8, q16, bs, bb, bsum, rs);
+        let Some(norm) = norm else {
+            dispatch_group(isa, a, rows_here, k, plan, f, q8, q16, bs, bb, bsum, rs);
+            return;
+        };
+        NORMED.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            refill(&mut buf, rows_here * k);
+            let mut inv_rms = [0f32; GROUP];
+            for ((x, xw), inv) in a
+                .chunks_exact(k)
+                .zip(buf.chunks_exact_mut(k))
+                .zip(&mut inv_rms)
+            {
+                *inv = scale_row(x, norm, !uses_f, xw);
+            }
+            dispatch_group(isa, &buf, rows_here, k, plan, f, q8, q16, bs, bb, bsum, rs);
+            if uses_f {
+                return; // the values themselves are normalized
+            }
+            for (r, &inv) in inv_rms[..rows_here].iter().enumerate() {
+                if uses_rs {
+                    rs[r] *= inv;
+                } else {
+                    for b in 0..kb {
+                        bs[b * GROUP + r] *= inv;
+                        bsum[b * GROUP + r] *= inv;
+                    }
+                }
+            }
+        });
     };
     let parallel = m >= 32 && m * k >= 1 << 15 && super::pool::current_threads() > 1;
     if !parallel {
@@ -215,6 +276,27 @@ pub(crate) fn prepare(a: &[f32], m: usize, k: usize, plan: ActPlan, isa: Isa, s:
     super::pool::for_each_item(work, |(g, ((((((f, q8), q16), bs), bb), bsum), rs))| {
         per_group(g, f, q8, q16, bs, bb, bsum, rs)
     });
+}
+
+/// Writes `x * w` (times the row's `rsqrt(mean(x^2) + eps)` unless `defer_rms`) into
+/// `out` and returns that factor. Sixteen partial sums so the loop vectorizes.
+#[inline]
+fn scale_row(x: &[f32], norm: RowNorm, defer_rms: bool, out: &mut [f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let mut chunks = x.chunks_exact(16);
+    for c in &mut chunks {
+        for i in 0..16 {
+            acc[i] += c[i] * c[i];
+        }
+    }
+    let tail: f32 = chunks.remainder().iter().map(|v| v * v).sum();
+    let ms = (acc.iter().sum::<f32>() + tail) / x.len() as f32;
+    let inv = 1.0 / (ms + norm.eps).sqrt();
+    let r = if defer_rms { 1.0 } else { inv };
+    for ((o, &v), &w) in out.iter_mut().zip(x).zip(norm.weight) {
+        *o = v * r * w;
+    }
+    inv
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -10,7 +10,7 @@
 //! while all of the task's tiles pass over them; within a chunk a tile is loaded once
 //! and reused by every row block (8 rows per microkernel call on AVX-512).
 
-use super::act_quant::{self, ActScratch, GROUP};
+use super::act_quant::{self, ActScratch, RowNorm, GROUP};
 use super::microkernels::{self, Job, KernelSet, TileOut};
 use super::packed::{PackedMatrix, TILE_ROWS};
 use super::{dispatch, isa, math, Isa, SendPtr};
@@ -53,15 +53,45 @@ pub fn matmul_packed(
     residual: Option<&[f32]>,
     out: &mut [f32],
 ) -> Result<(), KernelError> {
-    matmul_packed_with(isa(), a, m, w, act, epilogue, bias, residual, out)
+    matmul_packed_with(isa(), a, m, None, w, act, epilogue, bias, residual, out)
 }
 
-/// [`matmul_packed`] on an explicit kernel path (lowered to what the CPU supports).
+/// [`matmul_packed`] of `rms_norm(a, norm.weight, norm.eps)`, the norm computed while
+/// the activations are quantized (`Prologue::RmsNorm`; see `act_quant`).
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_packed_rms_norm(
+    a: &[f32],
+    m: usize,
+    norm: RowNorm,
+    w: &PackedMatrix,
+    act: ActPrecision,
+    epilogue: Epilogue,
+    bias: Option<&[f32]>,
+    residual: Option<&[f32]>,
+    out: &mut [f32],
+) -> Result<(), KernelError> {
+    matmul_packed_with(
+        isa(),
+        a,
+        m,
+        Some(norm),
+        w,
+        act,
+        epilogue,
+        bias,
+        residual,
+        out,
+    )
+}
+
+/// [`matmul_packed`] (with an optional rms_norm prologue) on an explicit kernel path
+/// (lowered to what the CPU supports).
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_packed_with(
     isa: Isa,
     a: &[f32],
     m: usize,
+    norm: Option<RowNorm>,
     w: &PackedMatrix,
     act: ActPrecision,
     epilogue: Epilogue,
@@ -87,6 +117,14 @@ pub fn matmul_packed_with(
     };
     if Some(a.len()) != m.checked_mul(k) {
         return fail(format!("a has {} values, want m * k", a.len()));
+    }
+    if let Some(norm) = norm {
+        if norm.weight.len() != k {
+            return fail(format!(
+                "rms_norm weight has {} values, want k",
+                norm.weight.len()
+            ));
+        }
     }
     if Some(out.len()) != m.checked_mul(n_out) {
         return fail(format!("out has {} values, want {m} * {n_out}", out.len()));
@@ -119,7 +157,18 @@ pub fn matmul_packed_with(
         // matching up tile: multiply first, then apply SwiGLU (allocates; no LLaMA
         // shape takes this path, their intermediate sizes are multiples of 16).
         let mut pre = vec![0f32; m * n];
-        matmul_packed_with(isa, a, m, w, act, Epilogue::None, None, None, &mut pre)?;
+        matmul_packed_with(
+            isa,
+            a,
+            m,
+            norm,
+            w,
+            act,
+            Epilogue::None,
+            None,
+            None,
+            &mut pre,
+        )?;
         crate::reference::epilogue(&pre, m, n, epilogue, None, None, out);
         return Ok(());
     }
@@ -130,7 +179,7 @@ pub fn matmul_packed_with(
             .map(|mut s| std::mem::take(&mut *s))
             .unwrap_or_default()
     });
-    act_quant::prepare(a, m, k, set.plan, isa, &mut scratch);
+    act_quant::prepare(a, m, k, norm, set.plan, isa, &mut scratch);
     let job = Call {
         isa,
         w,

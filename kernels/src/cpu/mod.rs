@@ -6,7 +6,9 @@
 //! - [`pack`] / [`matmul_packed`] / [`gather_packed`]: quantized weights (Q4_0, Q4_1,
 //!   Q8_0, Q8Channel, f32) repacked once into 16-row interleaved tiles, multiplied by
 //!   activations quantized on the fly (I16 per row, I8 per 32-value block, or f32) with
-//!   hand-written microkernels per ISA (`microkernels/`), fused epilogues included;
+//!   hand-written microkernels per ISA (`microkernels/`), fused epilogues included,
+//!   and the rms_norm prologue computed inside the activation quantization
+//!   ([`matmul_packed_rms_norm`]);
 //! - [`rms_norm_f32`], [`rope_f32`]: vectorized RMSNorm and RoPE.
 
 mod act_quant;
@@ -22,10 +24,11 @@ mod rms_norm_f32;
 mod rope_f32;
 mod weight_memory;
 
+pub use act_quant::RowNorm;
 pub use attention_f32::attention_f32;
 pub use dispatch::{detected, isa, with_isa, Isa};
 pub use matmul_f32::matmul_f32;
-pub use matmul_packed::{matmul_packed, matmul_packed_with};
+pub use matmul_packed::{matmul_packed, matmul_packed_rms_norm, matmul_packed_with};
 pub use packed::{gather_packed, pack, PackedMatrix, BLOCK, TILE_ROWS};
 pub use pool::{current_threads, ThreadPool};
 pub use rms_norm_f32::rms_norm_f32;

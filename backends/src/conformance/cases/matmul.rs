@@ -1,12 +1,12 @@
-//! MatMul: every weight format x layout x activation precision x epilogue the IR
-//! allows, over shapes that are not multiples of any tile or workgroup size
+//! MatMul: every weight format x layout x activation precision x prologue x epilogue
+//! the IR allows, over shapes that are not multiples of any tile or workgroup size
 //! (M in {1, 7, 33}, K in {32, 96, 576}, N in {1, 13, 65, 200}). Not the full cross
 //! product: each axis is swept against a fixed point of the others, which keeps the
 //! suite fast while still hitting every (format, shape) edge a kernel special-cases.
 
 use super::{MATMUL, MATMUL_I16, MATMUL_I8};
 use crate::conformance::case::{Case, CaseBuilder, Compared};
-use npurt_graph::{ActPrecision, DType, Epilogue, GraphError, Op};
+use npurt_graph::{ActPrecision, DType, Epilogue, GraphError, Op, Prologue};
 use npurt_kernels::HostTensor;
 
 const ALL_WEIGHTS: [DType; 7] = [
@@ -34,6 +34,7 @@ struct Spec {
     weight: DType,
     transpose_b: bool,
     act: ActPrecision,
+    prologue: Prologue,
     epilogue: Epilogue,
     m: usize,
     k: usize,
@@ -46,10 +47,18 @@ impl Spec {
             weight,
             transpose_b: true,
             act: ActPrecision::F32,
+            prologue: Prologue::None,
             epilogue: Epilogue::None,
             m,
             k,
             n,
+        }
+    }
+    /// The rms_norm prologue (eps as SmolLM2's).
+    fn rms_norm(self) -> Self {
+        Spec {
+            prologue: Prologue::RmsNorm { eps: 1e-5 },
+            ..self
         }
     }
     fn act(self, act: ActPrecision) -> Self {
@@ -65,13 +74,14 @@ impl Spec {
         }
     }
 
-    /// e.g. `q4_0.nk.i8+swiglu.7x96x13` (weight, b layout, activation precision and
-    /// epilogue, MxKxN), so `matmul/q4_0` filters one format.
+    /// e.g. `q4_0.nk.rms_norm+i8+swiglu.7x96x13` (weight, b layout, prologue,
+    /// activation precision and epilogue, MxKxN), so `matmul/q4_0` filters one format.
     fn name(&self) -> String {
         let layout = if self.transpose_b { "nk" } else { "kn" };
         format!(
-            "{}.{layout}.{}{}.{}x{}x{}",
+            "{}.{layout}.{}{}{}.{}x{}x{}",
             self.weight,
+            self.prologue.name(),
             self.act.name(),
             self.epilogue.name(),
             self.m,
@@ -99,6 +109,7 @@ impl Spec {
             weight,
             transpose_b,
             act,
+            prologue,
             epilogue,
             m,
             k,
@@ -113,6 +124,9 @@ impl Spec {
         let shape = if transpose_b { [rows, k] } else { [k, rows] };
         let b = cb.weight("b", weight, &shape, -1.0, 1.0)?;
         let mut inputs = vec![a, b];
+        if prologue != Prologue::None {
+            inputs.push(cb.weight("norm", DType::F32, &[k], 0.5, 1.5)?);
+        }
         if epilogue.has_bias() {
             inputs.push(cb.weight("bias", DType::F32, &[n], -1.0, 1.0)?);
         }
@@ -123,6 +137,7 @@ impl Spec {
             Op::MatMul {
                 transpose_b,
                 act,
+                prologue,
                 epilogue,
             },
             &inputs,
@@ -209,6 +224,30 @@ pub(super) fn cases() -> Vec<Case> {
                 .epilogue(epi),
         );
     }
+    // The rms_norm prologue (folded into the activation quantization on the CPU):
+    // every weight format at each activation precision, a multi-group and a decode
+    // shape, and with the epilogues a LLaMA block puts behind it.
+    for act in [ActPrecision::F32, ActPrecision::I16, ActPrecision::I8] {
+        specs.extend(
+            ALL_WEIGHTS
+                .iter()
+                .map(|&w| Spec::new(w, SHAPES[1]).act(act).rms_norm()),
+        );
+        for w in [DType::Q4_1, DType::Q8_0] {
+            specs.push(Spec::new(w, SHAPES[2]).act(act).rms_norm());
+            specs.push(Spec::new(w, SHAPES[3]).act(act).rms_norm());
+        }
+    }
+    for epi in [Epilogue::SwiGlu, Epilogue::Residual, Epilogue::BiasResidual] {
+        for act in [ActPrecision::I16, ActPrecision::I8] {
+            specs.push(
+                Spec::new(DType::Q4_1, SHAPES[5])
+                    .act(act)
+                    .rms_norm()
+                    .epilogue(epi),
+            );
+        }
+    }
     let mut cases: Vec<Case> = specs.into_iter().map(Spec::case).collect();
     // Activation x activation (b computed at run time, not a prepared weight).
     cases.push(Case::new("matmul", "act_b.kn.f32.7x96x13", MATMUL, |cb| {
@@ -218,6 +257,7 @@ pub(super) fn cases() -> Vec<Case> {
             Op::MatMul {
                 transpose_b: false,
                 act: ActPrecision::F32,
+                prologue: Prologue::None,
                 epilogue: Epilogue::None,
             },
             &[a, b],

@@ -49,10 +49,11 @@ pub const MATMUL: f64 = 1e-6;
 pub const MATMUL_I16: f64 = 1e-6;
 
 /// MatMul with i8 activations (one scale per 32-value block, round to nearest).
-/// Calibrated likewise: an exact i8 implementation measures NMSE 6e-5 .. 2e-4 here
-/// (a block holding an 8x outlier loses most of its resolution); 2e-3 leaves 10x and
-/// still fails any wrong scale, block layout or sign (NMSE ~ 1).
-pub const MATMUL_I8: f64 = 2e-3;
+/// Calibrated likewise: an exact i8 implementation measures NMSE 6e-5 .. 2.1e-4 here
+/// (a block holding an 8x outlier loses most of its resolution; the worst case is the
+/// SwiGLU product behind an rms_norm prologue); 2.5e-3 leaves 10x and still fails any
+/// wrong scale, block layout or sign (NMSE ~ 1).
+pub const MATMUL_I8: f64 = 2.5e-3;
 
 /// Every compute op kind of the IR, in `graph/src/op.rs` order.
 pub const OP_KINDS: [&str; 17] = [
