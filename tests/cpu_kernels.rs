@@ -618,6 +618,10 @@ fn non_finite_activations_do_not_panic() {
     }
 }
 
+fn to_f16(x: &[f32]) -> Vec<half::f16> {
+    x.iter().map(|&v| half::f16::from_f32(v)).collect()
+}
+
 /// Attention on every path this CPU has, at 1 and 2 threads, against the reference:
 /// prefill chunks over several query and key blocks (with a causal edge and padded
 /// rows), decode over contexts that are split across threads and merged, and a
@@ -642,24 +646,38 @@ fn attention_every_path_matches_reference() {
         let q = rng.vec(rows * nh * hd, 2.0);
         let k = rng.vec(cache * nkv * hd, 2.0);
         let v = rng.vec(cache * nkv * hd, 1.0);
+        // The same caches stored as f16; their reference is the f32 attention over the
+        // f16-rounded values.
+        let (k16, v16) = (to_f16(&k), to_f16(&v));
+        let widen = |x: &[half::f16]| x.iter().map(|h| h.to_f32()).collect::<Vec<f32>>();
         let scale = 1.0 / (hd as f32).sqrt();
         let mut want = vec![0f32; q.len()];
         reference::attention(&q, &k, &v, pos, n_valid, nh, nkv, hd, scale, &mut want).unwrap();
+        let mut want16 = vec![0f32; q.len()];
+        let (kw, vw) = (widen(&k16), widen(&v16));
+        reference::attention(&q, &kw, &vw, pos, n_valid, nh, nkv, hd, scale, &mut want16).unwrap();
         for isa in Isa::supported() {
-            for (t, pool) in &pools {
+            for ((t, pool), f16) in pools.iter().flat_map(|p| [(p, false), (p, true)]) {
                 let mut got = vec![f32::NAN; q.len()];
                 pool.install(|| {
                     with_isa(isa, || {
-                        attention_f32(&q, &k, &v, pos, n_valid, nh, nkv, hd, scale, &mut got)
+                        if f16 {
+                            attention_f32(
+                                &q, &k16, &v16, pos, n_valid, nh, nkv, hd, scale, &mut got,
+                            )
+                        } else {
+                            attention_f32(&q, &k, &v, pos, n_valid, nh, nkv, hd, scale, &mut got)
+                        }
                     })
                 })
                 .unwrap();
+                let want = if f16 { &want16 } else { &want };
                 // Rows past n_valid are padding: any finite value will do.
                 let valid = n_valid * nh * hd;
                 let e = nmse(&got[..valid], &want[..valid]);
                 assert!(
                     e < 1e-10,
-                    "attention {nh}/{nkv} hd{hd} rows{rows} pos{pos} n_valid{n_valid} isa={} threads={t}: nmse {e:e}",
+                    "attention {nh}/{nkv} hd{hd} rows{rows} pos{pos} n_valid{n_valid} f16 kv={f16} isa={} threads={t}: nmse {e:e}",
                     isa.name()
                 );
                 assert!(got.iter().all(|x| x.is_finite()));

@@ -214,10 +214,12 @@ pub enum Op {
     Rope {
         params: RopeParams,
     },
-    /// Write `new [T, D]` into rows `pos .. pos+T` of `cache [S, D]`:
+    /// Write `new [T, D]` (f32) into rows `pos .. pos+T` of `cache [S, D]` (f32, or
+    /// f16: each value rounded to the nearest f16, ties to even):
     /// `(cache, new, pos i32[1]) -> cache'`. The output aliases the cache state.
     KvWrite,
-    /// Causal GQA attention of `q [T, nh*hd]` over `k_cache, v_cache [S, nkv*hd]`:
+    /// Causal GQA attention of `q [T, nh*hd]` over `k_cache, v_cache [S, nkv*hd]` (f32
+    /// or f16, computed in f32):
     /// `(q, k_cache, v_cache, pos i32[1], n_valid i32[1]) -> [T, nh*hd]`. Query `t`
     /// (absolute position `pos+t`) sees keys `0 ..= pos+t`, and never keys at or past
     /// `pos + n_valid` (padding of the last chunk). Query head `h` uses KV head
@@ -274,6 +276,14 @@ fn want_scalar_i32(f: &TensorFact, what: &str) -> Result<(), InferError> {
 fn want_rank(f: &TensorFact, r: usize, what: &str) -> Result<(), InferError> {
     if f.rank() != r {
         return Err(format!("{what} must have rank {r}, got {f}"));
+    }
+    Ok(())
+}
+
+/// KV caches hold f32 or f16 (the precision policy's `kv_cache`).
+fn want_kv_dtype(f: &TensorFact) -> Result<(), InferError> {
+    if !matches!(f.dtype, DType::F32 | DType::F16) {
+        return Err(format!("a KV cache must be f32 or f16, got {f}"));
     }
     Ok(())
 }
@@ -490,6 +500,8 @@ impl Op {
             Op::KvWrite => {
                 let (cache, new) = (inputs[0], inputs[1]);
                 want_rank(cache, 2, "kv cache")?;
+                want_kv_dtype(cache)?;
+                want_dtype(new, DType::F32, "kv rows")?;
                 want_rank(new, 2, "kv rows")?;
                 want_scalar_i32(inputs[2], "kv_write pos")?;
                 if cache.shape[1] != new.shape[1] || new.shape[0] > cache.shape[0] {
@@ -507,6 +519,7 @@ impl Op {
                 want_rank(q, 2, "attention q")?;
                 same_fact(k, v, "attention k/v caches differ")?;
                 want_rank(k, 2, "attention k cache")?;
+                want_kv_dtype(k)?;
                 want_scalar_i32(inputs[3], "attention pos")?;
                 want_scalar_i32(inputs[4], "attention n_valid")?;
                 if *n_kv_heads == 0 || n_heads % n_kv_heads != 0 {

@@ -45,6 +45,9 @@ pub struct PrecisionPolicy {
     /// Output head (also the embedding table when tied, which then takes the head's format).
     pub head: WeightFormat,
     pub head_act: ActPrecision,
+    /// KV cache element type: f32, or f16 (half the cache memory and the bytes decode
+    /// attention reads per token; keys and values of a LLaMA fit f16's range).
+    pub kv_cache: DType,
 }
 
 impl PrecisionPolicy {
@@ -56,6 +59,7 @@ impl PrecisionPolicy {
         embedding: WeightFormat::Exact(DType::F32),
         head: WeightFormat::Exact(DType::F32),
         head_act: ActPrecision::F32,
+        kv_cache: DType::F32,
     };
     pub const W8A16: Self = PrecisionPolicy {
         name: "w8a16",
@@ -64,6 +68,7 @@ impl PrecisionPolicy {
         embedding: WeightFormat::Q8OrBetter,
         head: WeightFormat::Q8OrBetter,
         head_act: ActPrecision::I16,
+        kv_cache: DType::F16,
     };
     /// The LLM default: INT4 weights, INT16 activations (BlueLM-V-3B), head at Q8+.
     pub const W4A16: Self = PrecisionPolicy {
@@ -73,6 +78,7 @@ impl PrecisionPolicy {
         embedding: WeightFormat::Q8OrBetter,
         head: WeightFormat::Q8OrBetter,
         head_act: ActPrecision::I16,
+        kv_cache: DType::F16,
     };
     pub const W4A8: Self = PrecisionPolicy {
         name: "w4a8",
@@ -81,6 +87,7 @@ impl PrecisionPolicy {
         embedding: WeightFormat::Q8OrBetter,
         head: WeightFormat::Q8OrBetter,
         head_act: ActPrecision::I8,
+        kv_cache: DType::F16,
     };
 
     pub const PRESETS: [Self; 4] = [Self::F32, Self::W8A16, Self::W4A16, Self::W4A8];

@@ -7,6 +7,9 @@ use npurt_graph::{DType, TensorFact};
 pub enum HostData {
     F32(Vec<f32>),
     I32(Vec<i32>),
+    /// f16 values a backend computes with in host memory (KV caches); f16 checkpoint
+    /// weights arrive as `Bytes`, like every other stored format.
+    F16(Vec<half::f16>),
     /// Raw bytes of any other dtype (f16, bf16, quantized blocks), in storage order.
     Bytes(Vec<u8>),
 }
@@ -51,11 +54,26 @@ impl HostTensor {
             data: HostData::Bytes(data),
         })
     }
+    /// f32 values stored as f16 (rounded to nearest, ties to even).
+    pub fn f16_from_f32(shape: impl Into<Vec<usize>>, data: &[f32]) -> Self {
+        let fact = TensorFact::new(DType::F16, shape);
+        assert_eq!(
+            fact.elems(),
+            Some(data.len()),
+            "HostTensor::f16_from_f32: shape {fact} vs {} values",
+            data.len()
+        );
+        HostTensor {
+            fact,
+            data: HostData::F16(data.iter().map(|&x| half::f16::from_f32(x)).collect()),
+        }
+    }
     pub fn zeros(fact: &TensorFact) -> Self {
         let n = fact.elems().expect("zeros: shape overflows");
         let data = match fact.dtype {
             DType::F32 => HostData::F32(vec![0.0; n]),
             DType::I32 => HostData::I32(vec![0; n]),
+            DType::F16 => HostData::F16(vec![half::f16::ZERO; n]),
             d => HostData::Bytes(vec![
                 0;
                 d.storage_bytes(n).expect("zeros: not whole blocks")

@@ -72,7 +72,10 @@ pub fn row(model: &Model, test: String, threads: usize, rates: &[f64]) -> BenchR
     BenchRow {
         test,
         threads,
-        precision: model.options.precision.name.to_string(),
+        precision: format!(
+            "{} ({} kv)",
+            model.options.precision.name, model.options.precision.kv_cache
+        ),
         kernels: npurt_kernels::cpu::isa().name().to_string(),
         tok_s_mean: m,
         tok_s_sd: sd,

@@ -17,7 +17,8 @@ pub fn describe(model: &Model, kind: GraphKind, nodes: bool) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "model      {}", model.description);
     let _ = writeln!(s, "backend    {} ({})", be.name(), be.capabilities().device);
-    let _ = writeln!(s, "precision  {}", model.options.precision.name);
+    let p = &model.options.precision;
+    let _ = writeln!(s, "precision  {} (KV cache {})", p.name, p.kv_cache);
     let _ = writeln!(
         s,
         "graph      {kind:?}: {} rows, context {}, KV cache {} rows",

@@ -101,7 +101,10 @@ impl Session {
         // must agree on that, since they share the cache.
         let mut kv: HashMap<String, Arc<dyn DeviceBuffer>> = HashMap::new();
         let mut home: HashMap<&str, &str> = HashMap::new();
-        let fact = TensorFact::f32([model.cache_rows, model.config.kv_width()]);
+        let fact = TensorFact::new(
+            model.options.precision.kv_cache,
+            [model.cache_rows, model.config.kv_width()],
+        );
         for cg in model.graphs.values() {
             for (id, name) in &cg.states {
                 let be = cg.exec.source_backend(*id).map(|b| b.name()).unwrap_or("?");

@@ -177,9 +177,25 @@ impl CaseBuilder {
         lo: f32,
         hi: f32,
     ) -> Result<NodeId, GraphError> {
+        self.state_of(name, DType::F32, shape, lo, hi)
+    }
+
+    /// A state of `dtype` (f32, or f16 holding uniform values rounded to f16).
+    pub fn state_of(
+        &mut self,
+        name: &str,
+        dtype: DType,
+        shape: &[usize],
+        lo: f32,
+        hi: f32,
+    ) -> Result<NodeId, GraphError> {
         let data = self.rng.uniform_vec(Self::elems(shape), lo, hi);
-        let id = self.b.state(name, TensorFact::f32(shape))?;
-        self.sources.push((id, HostTensor::f32(shape, data)));
+        let t = match dtype {
+            DType::F16 => HostTensor::f16_from_f32(shape, &data),
+            _ => HostTensor::f32(shape, data),
+        };
+        let id = self.b.state(name, t.fact.clone())?;
+        self.sources.push((id, t));
         Ok(id)
     }
 

@@ -56,6 +56,7 @@ fn host_to_value(t: &HostTensor) -> Result<Value, String> {
     Ok(match &t.data {
         HostData::F32(v) => Value::F32(v.clone()),
         HostData::I32(v) => Value::I32(v.clone()),
+        HostData::F16(v) => Value::F32(v.iter().map(|x| x.to_f32()).collect()),
         HostData::Bytes(b) => {
             let n = t.fact.elems().ok_or("shape overflows")?;
             let mut out = vec![0f32; n];
@@ -95,7 +96,7 @@ fn evaluate(graph: &Graph, sources: &[(NodeId, HostTensor)]) -> Result<Vec<Value
         let in_fact = |i: usize| graph.fact(node.inputs[i]);
         let mut out = vec![
             0f32;
-            if node.fact.dtype == DType::F32 {
+            if matches!(node.fact.dtype, DType::F32 | DType::F16) {
                 node.fact.elems().unwrap_or(0)
             } else {
                 0
@@ -166,6 +167,13 @@ fn evaluate(graph: &Graph, sources: &[(NodeId, HostTensor)]) -> Result<Vec<Value
             Op::KvWrite => {
                 out.copy_from_slice(f(0)?);
                 r::kv_write(&mut out, f(1)?, node.fact.shape[1], scalar(2)?).map_err(kerr)?;
+                if node.fact.dtype == DType::F16 {
+                    // An f16 cache holds each written value rounded to nearest even
+                    // (the rows already there are f16 values: rounding keeps them).
+                    for x in out.iter_mut() {
+                        *x = half::f16::from_f32(*x).to_f32();
+                    }
+                }
             }
             Op::Attention {
                 n_heads,

@@ -52,6 +52,12 @@ impl Guard<'_> {
     }
 }
 
+/// A K/V operand of attention as stored.
+enum KvRef<'a> {
+    F32(&'a [f32]),
+    F16(&'a [half::f16]),
+}
+
 fn exec_err(graph: &Graph, id: NodeId, reason: impl Into<String>) -> BackendError {
     BackendError::Execution {
         node: graph.node(id).name.clone(),
@@ -178,6 +184,22 @@ impl CpuExecutable {
                                 g,
                                 id,
                                 format!("input `{}` is not f32 on the cpu backend", g.node(x).name),
+                            )),
+                        },
+                    }
+                };
+                // Attention's K/V: f32 values, or an f16 cache state.
+                let kv_of = |x: NodeId| -> Result<KvRef> {
+                    let x = self.resolve(x);
+                    match self.loc[x.0] {
+                        Loc::Scratch => Ok(KvRef::F32(&values[x.0])),
+                        _ => match guards[guard_of[x.0]].data() {
+                            HostData::F32(v) => Ok(KvRef::F32(v)),
+                            HostData::F16(v) => Ok(KvRef::F16(v)),
+                            _ => Err(exec_err(
+                                g,
+                                id,
+                                format!("`{}` is not an f32 or f16 tensor", g.node(x).name),
                             )),
                         },
                     }
@@ -311,18 +333,17 @@ impl CpuExecutable {
                         head_dim,
                         scale,
                     } => {
-                        k::attention_f32(
-                            f32_of(ins[0])?,
-                            f32_of(ins[1])?,
-                            f32_of(ins[2])?,
-                            scalar(ins[3])?,
-                            scalar(ins[4])?,
-                            *n_heads,
-                            *n_kv_heads,
-                            *head_dim,
-                            *scale,
-                            &mut out,
-                        )
+                        let (q, pos, n_valid) = (f32_of(ins[0])?, scalar(ins[3])?, scalar(ins[4])?);
+                        let (nh, nkv, hd, sc) = (*n_heads, *n_kv_heads, *head_dim, *scale);
+                        match (kv_of(ins[1])?, kv_of(ins[2])?) {
+                            (KvRef::F32(kc), KvRef::F32(vc)) => {
+                                k::attention_f32(q, kc, vc, pos, n_valid, nh, nkv, hd, sc, &mut out)
+                            }
+                            (KvRef::F16(kc), KvRef::F16(vc)) => {
+                                k::attention_f32(q, kc, vc, pos, n_valid, nh, nkv, hd, sc, &mut out)
+                            }
+                            _ => return Err(exec_err(g, id, "k and v caches differ in type")),
+                        }
                         .map_err(kerr)?;
                     }
                     Op::Silu => r::silu(f32_of(ins[0])?, &mut out),
@@ -377,8 +398,14 @@ impl CpuExecutable {
                         HostData::F32(cache) => {
                             r::kv_write(cache, new, width, pos).map_err(|e| exec_err(g, id, e.0))?
                         }
+                        HostData::F16(cache) => k::kv_write_f16(cache, new, width, pos)
+                            .map_err(|e| exec_err(g, id, e.0))?,
                         _ => {
-                            return Err(exec_err(g, id, "kv cache must be f32 on the cpu backend"))
+                            return Err(exec_err(
+                                g,
+                                id,
+                                "kv cache must be f32 or f16 on the cpu backend",
+                            ))
                         }
                     },
                     Guard::Read(_) => {

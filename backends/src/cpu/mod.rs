@@ -79,8 +79,8 @@ impl Backend for CpuBackend {
             |x: &TensorFact| matches!(x.dtype, DType::F32 | DType::I32 | DType::F16 | DType::BF16);
         let packable = |x: &TensorFact| QUANTIZED.contains(&x.dtype) && x.rank() == 2;
         match &n.op {
-            Op::State { fact, .. } if fact.dtype != DType::F32 => {
-                Support::Unsupported(format!("{} state", fact.dtype))
+            Op::State { fact, .. } if !matches!(fact.dtype, DType::F32 | DType::F16) => {
+                Support::Unsupported(format!("{} state (f32 and f16 only)", fact.dtype))
             }
             Op::Weight { fact, .. } if f32_like(fact) => Support::Supported,
             Op::Weight { fact, .. } if packable(fact) => {
@@ -147,7 +147,11 @@ impl Backend for CpuBackend {
                 )
             }
             Op::Gather => format!("gather[{}]", graph.fact(n.inputs[0]).dtype),
-            Op::Attention { .. } => format!("attention_f32[flash blocks, online softmax, {isa}]"),
+            Op::Attention { .. } => format!(
+                "attention_f32[{} kv, flash blocks, online softmax, {isa}]",
+                graph.fact(n.inputs[1]).dtype
+            ),
+            Op::KvWrite if n.fact.dtype == DType::F16 => "kv_write_f16".into(),
             Op::RmsNorm { .. } => format!("rms_norm_f32[{isa}]"),
             Op::Rope { .. } => "rope_f32[shared angles]".into(),
             op => format!("{}[reference]", op.kind()),
@@ -172,6 +176,16 @@ impl Backend for CpuBackend {
                 HostData::F32(v)
             }
             DType::I32 => HostData::I32(vec![0; n]),
+            DType::F16 => {
+                let mut v = Vec::new();
+                v.try_reserve_exact(n)
+                    .map_err(|_| BackendError::OutOfMemory {
+                        what: fact.to_string(),
+                        bytes,
+                    })?;
+                v.resize(n, half::f16::ZERO);
+                HostData::F16(v)
+            }
             _ => {
                 let mut v = Vec::new();
                 v.try_reserve_exact(bytes)
@@ -243,7 +257,15 @@ impl Backend for CpuBackend {
 
     fn write(&self, buf: &dyn DeviceBuffer, data: &HostTensor) -> Result<()> {
         let b = CpuBuffer::downcast(buf)?;
-        if b.fact != data.fact {
+        // The storage must be the variant `alloc` made (f16 buffers hold f16 values).
+        let same_storage = matches!(
+            (b.fact.dtype, &data.data),
+            (DType::F32, HostData::F32(_))
+                | (DType::I32, HostData::I32(_))
+                | (DType::F16, HostData::F16(_))
+        ) || !matches!(b.fact.dtype, DType::F32 | DType::I32 | DType::F16)
+            && matches!(data.data, HostData::Bytes(_));
+        if b.fact != data.fact || !same_storage {
             return Err(BackendError::Binding(format!(
                 "cannot write {} into a {} buffer",
                 data.fact, b.fact
@@ -292,7 +314,14 @@ impl Backend for CpuBackend {
             (HostData::F32(a), HostData::F32(b)) => {
                 b[..rows * width].copy_from_slice(&a[..rows * width])
             }
-            _ => return Err(BackendError::Binding("copy_rows: f32 buffers only".into())),
+            (HostData::F16(a), HostData::F16(b)) => {
+                b[..rows * width].copy_from_slice(&a[..rows * width])
+            }
+            _ => {
+                return Err(BackendError::Binding(
+                    "copy_rows: f32 or f16 buffers only".into(),
+                ))
+            }
         }
         Ok(())
     }

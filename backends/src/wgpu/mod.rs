@@ -39,7 +39,7 @@ use crate::{
 };
 use device::GpuContext;
 use npurt_graph::{DType, Graph, NodeId, TensorFact};
-use npurt_kernels::HostTensor;
+use npurt_kernels::{HostData, HostTensor};
 use std::sync::Arc;
 
 #[derive(Clone, Debug)]
@@ -245,8 +245,25 @@ impl Backend for WgpuBackend {
         } else {
             self.ctx.download(b.whole()?, 0, bytes as u64)?
         };
-        weights::host_tensor(&b.fact, data)
-            .ok_or_else(|| BackendError::Binding(format!("read back {} of the wrong size", b.fact)))
+        let t = weights::host_tensor(&b.fact, data).ok_or_else(|| {
+            BackendError::Binding(format!("read back {} of the wrong size", b.fact))
+        })?;
+        // f16 values npurt computes (KV caches) come back as values; weights as bytes.
+        Ok(match (&t.data, b.usage) {
+            (HostData::Bytes(raw), u)
+                if b.fact.dtype == DType::F16 && u != BufferUsage::Weights =>
+            {
+                let v = raw
+                    .chunks_exact(2)
+                    .map(|c| half::f16::from_le_bytes([c[0], c[1]]))
+                    .collect();
+                HostTensor {
+                    fact: t.fact,
+                    data: HostData::F16(v),
+                }
+            }
+            _ => t,
+        })
     }
 
     fn copy_rows(&self, src: &dyn DeviceBuffer, dst: &dyn DeviceBuffer, rows: usize) -> Result<()> {
@@ -254,7 +271,7 @@ impl Backend for WgpuBackend {
         if s.fact.rank() != 2
             || s.fact != d.fact
             || rows > s.fact.shape[0]
-            || !matches!(s.fact.dtype, DType::F32 | DType::I32)
+            || !matches!(s.fact.dtype, DType::F32 | DType::I32 | DType::F16)
         {
             return Err(BackendError::Binding(format!(
                 "copy_rows: {rows} rows from {} to {}",
@@ -264,7 +281,8 @@ impl Backend for WgpuBackend {
         if s.id == d.id || rows == 0 {
             return Ok(());
         }
-        let bytes = (rows * s.fact.shape[1] * 4) as u64;
+        // f16 states have an even width (support.rs), so this is a multiple of 4 bytes.
+        let bytes = (rows * s.fact.shape[1] * s.fact.dtype.block_bytes()) as u64;
         let mut enc = self
             .ctx
             .device

@@ -309,9 +309,13 @@ pub(crate) fn lower(cx: &LowerCtx, id: NodeId) -> Result<Lowered, String> {
         Op::KvWrite => {
             let cache = g.fact(ins[0]);
             let new = g.fact(ins[1]);
-            let n = new.elems().ok_or("kv rows overflow")?;
+            let mut n = new.elems().ok_or("kv rows overflow")?;
+            // An f16 cache is written a word (two values) per thread.
+            if cache.dtype == DType::F16 {
+                n /= 2;
+            }
             d.push(Dispatch {
-                key: PipelineKey::new("kv_write.wgsl", "kv_write", &[]),
+                key: PipelineKey::new("kv_write.wgsl", "kv_write", kv_defines(cache.dtype)),
                 params: vec![
                     as_u32(n, "elements")?,
                     as_u32(cache.shape[1], "width")?,
@@ -341,10 +345,12 @@ pub(crate) fn lower(cx: &LowerCtx, id: NodeId) -> Result<Lowered, String> {
                 return Err(format!("head_dim {head_dim} > {MAX_HEAD_DIM}"));
             }
             let lanes = cx.kernels == KernelFamily::Lanes && head_dim % 4 == 0;
+            let kv = kv_defines(g.fact(ins[1]).dtype);
             let (key, groups) = if lanes {
                 let hd = format!("HEAD_DIM={head_dim}");
+                let defines: Vec<&str> = kv.iter().copied().chain([hd.as_str()]).collect();
                 (
-                    PipelineKey::new("attention_lanes.wgsl", "attention_lanes", &[hd.as_str()]),
+                    PipelineKey::new("attention_lanes.wgsl", "attention_lanes", &defines),
                     [
                         as_u32(t.div_ceil(64), "rows")?,
                         as_u32(*n_heads, "heads")?,
@@ -353,7 +359,7 @@ pub(crate) fn lower(cx: &LowerCtx, id: NodeId) -> Result<Lowered, String> {
                 )
             } else {
                 (
-                    PipelineKey::new("attention.wgsl", "attention", &[]),
+                    PipelineKey::new("attention.wgsl", "attention", kv),
                     [as_u32(*n_heads, "heads")?, as_u32(t, "rows")?, 1],
                 )
             };
@@ -517,6 +523,15 @@ pub(crate) fn lower(cx: &LowerCtx, id: NodeId) -> Result<Lowered, String> {
         } => lower_matmul(cx, id, *transpose_b, *prologue, *epilogue, &mut l)?,
     }
     Ok(l)
+}
+
+/// Shader defines for a KV cache of this dtype (kv_load.wgsl, kv_write.wgsl).
+fn kv_defines(dtype: DType) -> &'static [&'static str] {
+    if dtype == DType::F16 {
+        &["KV_F16"]
+    } else {
+        &[]
+    }
 }
 
 /// A norm.wgsl row normalization (`rms_norm` or `layer_norm`, which also takes a bias)

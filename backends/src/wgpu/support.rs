@@ -61,13 +61,15 @@ pub(crate) fn supports(graph: &Graph, id: NodeId, max_binding: u64) -> Support {
                 unsupported(format!("{} inputs (f32 and i32 only)", fact.dtype))
             }
         }
-        Op::State { fact, .. } => {
-            if fact.dtype == DType::F32 {
-                Support::Supported
-            } else {
-                unsupported(format!("{} states (f32 KV caches only)", fact.dtype))
-            }
-        }
+        Op::State { fact, .. } => match fact.dtype {
+            DType::F32 => Support::Supported,
+            // Stored as words of two f16: rows must not end mid-word.
+            DType::F16 if fact.last_dim() % 2 == 0 => Support::Supported,
+            _ => unsupported(format!(
+                "{} states (f32, or f16 with an even row width)",
+                fact.dtype
+            )),
+        },
         Op::Weight { fact, .. } => {
             if WEIGHT_DTYPES.contains(&fact.dtype) || fact.dtype == DType::I32 {
                 Support::Supported
@@ -147,8 +149,14 @@ pub(crate) fn supports(graph: &Graph, id: NodeId, max_binding: u64) -> Support {
                     (&node.op, i),
                     (Op::Rope { .. }, 1 | 2) | (Op::KvWrite, 2) | (Op::Attention { .. }, 3 | 4)
                 );
+                let cache = matches!(
+                    (&node.op, i),
+                    (Op::KvWrite, 0) | (Op::Attention { .. }, 1 | 2)
+                );
                 let ok = if scalar {
                     f.dtype == DType::I32
+                } else if cache {
+                    matches!(f.dtype, DType::F32 | DType::F16)
                 } else {
                     f.dtype == DType::F32
                 };

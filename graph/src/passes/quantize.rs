@@ -1,10 +1,13 @@
 //! Applies a `PrecisionPolicy`: sets each weight's storage format and each matmul's
 //! activation precision, by the role the weight plays (found from its consumers, not
 //! its name): embedding table, output head (a matmul producing a graph output), or
-//! linear layer. A tied embedding/head table gets the head's format.
+//! linear layer. A tied embedding/head table gets the head's format. KV cache states
+//! (the caches `kv_write` writes) get the policy's `kv_cache` type.
 
 use super::Pass;
-use crate::{ActPrecision, DType, Graph, GraphError, NodeId, Op, PrecisionPolicy, WeightFormat};
+use crate::{
+    ActPrecision, DType, Graph, GraphError, NodeId, Op, PrecisionPolicy, TensorFact, WeightFormat,
+};
 
 /// The checkpoint's stored dtype of a weight (by checkpoint name).
 pub type StoredDType = Box<dyn Fn(&str) -> Option<DType> + Send + Sync>;
@@ -51,6 +54,39 @@ impl Quantize {
     }
 }
 
+impl Quantize {
+    /// Gives every cache state `dtype`, and each write (which aliases its cache) the
+    /// cache's fact. Writes follow their cache in node order, so one pass suffices.
+    fn set_kv_caches(g: &mut Graph, dtype: DType) -> bool {
+        let caches: Vec<NodeId> = g
+            .nodes
+            .iter()
+            .filter(|n| matches!(n.op, Op::KvWrite))
+            .map(|n| n.inputs[0])
+            .collect();
+        let mut changed = false;
+        for i in 0..g.nodes.len() {
+            let n = &g.nodes[i];
+            let fact = match &n.op {
+                Op::State { .. } if caches.contains(&NodeId(i)) => {
+                    TensorFact::new(dtype, n.fact.shape.clone())
+                }
+                Op::KvWrite => g.nodes[n.inputs[0].0].fact.clone(),
+                _ => continue,
+            };
+            let n = &mut g.nodes[i];
+            if n.fact != fact {
+                changed = true;
+                n.fact = fact.clone();
+                if let Op::State { fact: f, .. } = &mut n.op {
+                    *f = fact;
+                }
+            }
+        }
+        changed
+    }
+}
+
 impl Pass for Quantize {
     fn name(&self) -> &'static str {
         "quantize"
@@ -87,6 +123,7 @@ impl Pass for Quantize {
                 ActPrecision::F32
             });
         }
+        changed |= Self::set_kv_caches(g, self.policy.kv_cache);
         for n in g.nodes.iter_mut() {
             if let Op::MatMul { act, .. } = &mut n.op {
                 if let Some(want) = act_of[n.inputs[1].0] {

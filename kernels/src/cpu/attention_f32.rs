@@ -13,7 +13,11 @@
 //! Both are portable Rust written for the vectorizer (plus an AVX-512 K transpose),
 //! compiled for the baseline, AVX2+FMA and AVX-512 and picked at run time: at 512-token
 //! prefill attention is a large share of the work, so it must never run scalar.
+//!
+//! The caches are f32 or f16 ([`KvElem`]); an f16 K/V block is converted to f32 once
+//! when a task loads it, so the tiles below always compute in f32.
 
+use super::kv_cache::KvElem;
 use super::{isa, Isa, SendPtr};
 use crate::reference::{check_attention_args, AttentionDims, KernelError};
 use std::cell::RefCell;
@@ -40,24 +44,26 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// One (query, head) pair: `out = softmax(q . K[kv_off..] * scale) @ V`, over keys
-/// `0..=last`, using `scores` as scratch.
+/// `0..=last`, using `scores` as scratch (and `row` for converted f16 rows).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn pair(
+fn pair<C: KvElem>(
     q: &[f32],
-    k_cache: &[f32],
-    v_cache: &[f32],
+    k_cache: &[C],
+    v_cache: &[C],
     kw: usize,
     kv_off: usize,
     last: usize,
     scale: f32,
     scores: &mut [f32],
+    row: &mut Vec<f32>,
     out: &mut [f32],
 ) {
     let hd = q.len();
     let mut max = f32::NEG_INFINITY;
     for (j, s) in scores[..=last].iter_mut().enumerate() {
-        *s = dot(q, &k_cache[j * kw + kv_off..][..hd]) * scale;
+        let (k, _) = C::rows_f32(&k_cache[j * kw + kv_off..], 1, kw, hd, row);
+        *s = dot(q, &k[..hd]) * scale;
         max = max.max(*s);
     }
     // Vectorizable exp (math.rs) over all scores, then the sum.
@@ -67,8 +73,8 @@ fn pair(
     let sum: f32 = scores[..=last].iter().sum();
     out.fill(0.0);
     for (j, &p) in scores[..=last].iter().enumerate() {
-        let v = &v_cache[j * kw + kv_off..][..hd];
-        for (o, &x) in out.iter_mut().zip(v) {
+        let (v, _) = C::rows_f32(&v_cache[j * kw + kv_off..], 1, kw, hd, row);
+        for (o, &x) in out.iter_mut().zip(&v[..hd]) {
             *o += p * x;
         }
     }
@@ -98,6 +104,10 @@ struct Scratch {
     kt: Vec<f32>,
     /// Scores, then probabilities, `nq_pad x KB`.
     s: Vec<f32>,
+    /// The current K and V blocks (or one row, for pairs) converted from an f16 cache;
+    /// unused for f32 caches, which are read in place. Grown by `KvElem::rows_f32`.
+    kc: Vec<f32>,
+    vc: Vec<f32>,
 }
 
 impl Scratch {
@@ -250,10 +260,11 @@ unsafe fn transpose_k_avx512(k: &[f32], kw: usize, nk: usize, hd: usize, kt: &mu
 
 /// Asks for K and V rows `rows` (one head's `hd` columns each) to be brought into L1.
 #[inline(always)]
-fn prefetch_rows(k: &[f32], v: &[f32], kw: usize, hd: usize, rows: std::ops::Range<usize>) {
+fn prefetch_rows<C>(k: &[C], v: &[C], kw: usize, hd: usize, rows: std::ops::Range<usize>) {
     #[cfg(target_arch = "x86_64")]
     for j in rows {
-        for c in (0..hd).step_by(16) {
+        // One prefetch per 64-byte line.
+        for c in (0..hd).step_by(64 / std::mem::size_of::<C>()) {
             use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
             // SAFETY: prefetching is a hint and never faults; the addresses are in
             // bounds anyway (rows below n_keys, columns below hd).
@@ -273,9 +284,9 @@ fn prefetch_rows(k: &[f32], v: &[f32], kw: usize, hd: usize, rows: std::ops::Ran
 /// online softmax rescales the running outputs, and `P @ V` is register-tiled too.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn block_task(
+fn block_task<C: KvElem>(
     path: Isa,
-    a: &Args,
+    a: &Args<C>,
     g: usize,
     t0: usize,
     t1: usize,
@@ -307,7 +318,8 @@ fn block_task(
         // The next block's rows load while this one computes (at decode the cache is
         // cold: the weights streamed through since the last token).
         prefetch_rows(k, v, a.kw, hd, j0 + KB..(j0 + 2 * KB).min(keys.end));
-        transpose_k(path, &a.k[j0 * a.kw + g * hd..], a.kw, nk, hd, &mut sc.kt);
+        let (kb, ks) = C::rows_f32(&k[j0 * a.kw..], nk, a.kw, hd, &mut sc.kc);
+        transpose_k(path, kb, ks, nk, hd, &mut sc.kt);
         for i0 in (0..nq_pad).step_by(QT) {
             score_tile(&sc.q[i0 * hd..], &sc.kt, hd, &mut sc.s[i0 * KB..]);
         }
@@ -337,16 +349,16 @@ fn block_task(
                 sc.o[i * hd..][..hd].iter_mut().for_each(|o| *o *= corr);
             }
         }
-        let v = &a.v[j0 * a.kw + g * hd..];
+        let (vb, vs) = C::rows_f32(&v[j0 * a.kw..], nk, a.kw, hd, &mut sc.vc);
         for i0 in (0..nq_pad).step_by(QT) {
             let (p, o) = (&sc.s[i0 * KB..], &mut sc.o[i0 * hd..]);
             let mut col = 0;
             while col + 64 <= hd {
-                value_tile::<64>(p, &v[col..], a.kw, nk, o, hd, col);
+                value_tile::<64>(p, &vb[col..], vs, nk, o, hd, col);
                 col += 64;
             }
             while col < hd {
-                value_tile::<16>(p, &v[col..], a.kw, nk, o, hd, col);
+                value_tile::<16>(p, &vb[col..], vs, nk, o, hd, col);
                 col += 16;
             }
         }
@@ -354,7 +366,7 @@ fn block_task(
 }
 
 /// Writes a block task's normalised outputs `o / l` for rows `t0..` of KV head `g`.
-fn write_outputs(a: &Args, g: usize, t0: usize, nq: usize, sc: &Scratch) {
+fn write_outputs<C>(a: &Args<C>, g: usize, t0: usize, nq: usize, sc: &Scratch) {
     let (hd, group) = (a.head_dim, a.group);
     for i in 0..nq {
         let (t, h) = (t0 + i / group, g * group + i % group);
@@ -375,7 +387,7 @@ fn partial_len(hd: usize) -> usize {
 
 /// Folds the per-split partial results of one decode row into the output: the
 /// standard log-sum-exp merge, `o = sum_s e^(m_s - M) o_s / sum_s e^(m_s - M) l_s`.
-fn merge_splits(a: &Args, n_kv: usize, splits: usize, partials: &[f32], out: &mut [f32]) {
+fn merge_splits<C>(a: &Args<C>, n_kv: usize, splits: usize, partials: &[f32], out: &mut [f32]) {
     let (hd, group) = (a.head_dim, a.group);
     let pl = partial_len(hd);
     for g in 0..n_kv {
@@ -400,10 +412,10 @@ fn merge_splits(a: &Args, n_kv: usize, splits: usize, partials: &[f32], out: &mu
 }
 
 /// The checked arguments of one call, shared by all tasks.
-struct Args<'a> {
+struct Args<'a, C> {
     q: &'a [f32],
-    k: &'a [f32],
-    v: &'a [f32],
+    k: &'a [C],
+    v: &'a [C],
     out: SendPtr,
     pos: usize,
     end: usize,
@@ -414,7 +426,7 @@ struct Args<'a> {
     scale: f32,
 }
 
-impl Args<'_> {
+impl<C> Args<'_, C> {
     /// The last key query row `t` sees: its own position, or the last valid one for
     /// padded rows (the causal mask and `n_valid` in one place).
     #[inline(always)]
@@ -443,7 +455,14 @@ enum Plan {
 
 /// One unit of parallel work (see [`Plan`]).
 #[inline(always)]
-fn task(path: Isa, a: &Args, plan: Plan, n_heads: usize, id: usize, sc: &mut Scratch) {
+fn task<C: KvElem>(
+    path: Isa,
+    a: &Args<C>,
+    plan: Plan,
+    n_heads: usize,
+    id: usize,
+    sc: &mut Scratch,
+) {
     let hd = a.head_dim;
     let n_kv = n_heads / a.group;
     let t_rows = a.q.len() / a.qw;
@@ -494,28 +513,42 @@ fn task(path: Isa, a: &Args, plan: Plan, n_heads: usize, id: usize, sc: &mut Scr
             a.last(t),
             a.scale,
             &mut sc.s,
+            &mut sc.kc,
             o,
         );
     }
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn task_avx2(a: &Args, plan: Plan, n_heads: usize, id: usize, sc: &mut Scratch) {
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn task_avx2<C: KvElem>(
+    a: &Args<C>,
+    plan: Plan,
+    n_heads: usize,
+    id: usize,
+    sc: &mut Scratch,
+) {
     task(Isa::Avx2Fma, a, plan, n_heads, id, sc)
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn task_avx512(a: &Args, plan: Plan, n_heads: usize, id: usize, sc: &mut Scratch) {
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+unsafe fn task_avx512<C: KvElem>(
+    a: &Args<C>,
+    plan: Plan,
+    n_heads: usize,
+    id: usize,
+    sc: &mut Scratch,
+) {
     task(Isa::Avx512Vnni, a, plan, n_heads, id, sc)
 }
 
+/// Causal GQA attention (`Op::Attention`) over f32 or f16 caches, computed in f32.
 #[allow(clippy::too_many_arguments)]
-pub fn attention_f32(
+pub fn attention_f32<C: KvElem>(
     q: &[f32],
-    k_cache: &[f32],
-    v_cache: &[f32],
+    k_cache: &[C],
+    v_cache: &[C],
     pos: usize,
     n_valid: usize,
     n_heads: usize,

@@ -9,11 +9,13 @@
 //!   hand-written microkernels per ISA (`microkernels/`), fused epilogues included,
 //!   and the rms_norm prologue computed inside the activation quantization
 //!   ([`matmul_packed_rms_norm`]);
-//! - [`rms_norm_f32`], [`rope_f32`]: vectorized RMSNorm and RoPE.
+//! - [`rms_norm_f32`], [`rope_f32`]: vectorized RMSNorm and RoPE;
+//! - [`kv_write_f16`] and [`KvElem`]: f16 KV caches (attention reads f32 or f16).
 
 mod act_quant;
 mod attention_f32;
 mod dispatch;
+mod kv_cache;
 mod math;
 mod matmul_f32;
 mod matmul_packed;
@@ -27,6 +29,7 @@ mod weight_memory;
 pub use act_quant::RowNorm;
 pub use attention_f32::attention_f32;
 pub use dispatch::{detected, isa, with_isa, Isa};
+pub use kv_cache::{kv_write_f16, KvElem};
 pub use matmul_f32::matmul_f32;
 pub use matmul_packed::{matmul_packed, matmul_packed_rms_norm, matmul_packed_with};
 pub use packed::{gather_packed, pack, PackedMatrix, BLOCK, TILE_ROWS};

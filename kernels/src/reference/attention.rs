@@ -13,10 +13,10 @@ pub(crate) struct Dims {
 /// the caller, so they are never trusted): the valid rows fit the chunk and the cache,
 /// and the caches and output have matching sizes.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn check_args(
+pub(crate) fn check_args<C>(
     q: &[f32],
-    k_cache: &[f32],
-    v_cache: &[f32],
+    k_cache: &[C],
+    v_cache: &[C],
     pos: usize,
     n_valid: usize,
     n_heads: usize,

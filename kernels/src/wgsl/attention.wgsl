@@ -1,7 +1,8 @@
 // Causal GQA attention (see reference/attention.rs), one workgroup per (query row,
 // head). Keys are visited in tiles of 64, one key per thread for the score, with an
 // online softmax (running max and sum) so no score buffer of cache length is needed;
-// each thread then owns up to 4 output dims (head_dim <= 256).
+// each thread then owns up to 4 output dims (head_dim <= 256). Defines: KV_F16 (the
+// caches hold f16 pairs, unpacked per value; see kv_load.wgsl).
 #include "status.wgsl"
 
 const ATTN_WG: u32 = 64u;
@@ -20,8 +21,7 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> q: array<f32>;
-@group(0) @binding(2) var<storage, read> k_cache: array<f32>;
-@group(0) @binding(3) var<storage, read> v_cache: array<f32>;
+#include "kv_load.wgsl"
 @group(0) @binding(4) var<storage, read> pos_in: array<i32>;
 @group(0) @binding(5) var<storage, read> n_valid_in: array<i32>;
 @group(0) @binding(6) var<storage, read_write> out: array<f32>;
@@ -71,7 +71,7 @@ fn attention(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_ind
             var dot = 0.0;
             let kb = j * kw + kv_base;
             for (var d = 0u; d < hd; d++) {
-                dot += q_row[d] * k_cache[kb + d];
+                dot += q_row[d] * k_at(kb + d);
             }
             s = dot * params.scale;
         }
@@ -97,7 +97,7 @@ fn attention(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_ind
             if d < hd {
                 var a = acc[r] * correction;
                 for (var i = 0u; i < keys; i++) {
-                    a += tile[i] * v_cache[(j0 + i) * kw + kv_base + d];
+                    a += tile[i] * v_at((j0 + i) * kw + kv_base + d);
                 }
                 acc[r] = a;
             }

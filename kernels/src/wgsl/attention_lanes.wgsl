@@ -3,7 +3,7 @@
 // lockstep, so K and V rows are loaded once for every SIMD lane; each thread keeps its
 // query, an online softmax (running max and sum) and its output row in registers.
 // Same semantics as attention.wgsl / reference/attention.rs. Defines: HEAD_DIM=<n>
-// (a multiple of 4).
+// (a multiple of 4), KV_F16 (f16 caches, see kv_load.wgsl).
 #include "status.wgsl"
 
 const ROWS_PER_GROUP: u32 = 64u;
@@ -22,8 +22,7 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> q: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read> k_cache: array<vec4<f32>>;
-@group(0) @binding(3) var<storage, read> v_cache: array<vec4<f32>>;
+#include "kv_load.wgsl"
 @group(0) @binding(4) var<storage, read> pos_in: array<i32>;
 @group(0) @binding(5) var<storage, read> n_valid_in: array<i32>;
 @group(0) @binding(6) var<storage, read_write> out: array<vec4<f32>>;
@@ -69,7 +68,7 @@ fn attention_lanes(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workg
         let kb = j * kw4 + kv_base;
         var s4 = vec4<f32>(0.0);
         for (var d = 0u; d < HD4; d++) {
-            s4 += qv[d] * k_cache[kb + d];
+            s4 += qv[d] * k4_at(kb + d);
         }
         let s = select(NEG_BIG, s4.x + s4.y + s4.z + s4.w, j <= last);
         let new_max = max(run_max, s);
@@ -77,7 +76,7 @@ fn attention_lanes(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workg
         let p = select(0.0, exp(s - new_max), j <= last);
         run_sum = run_sum * correction + p;
         for (var d = 0u; d < HD4; d++) {
-            acc[d] = acc[d] * correction + p * v_cache[kb + d];
+            acc[d] = acc[d] * correction + p * v4_at(kb + d);
         }
         run_max = new_max;
     }

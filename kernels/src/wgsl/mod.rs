@@ -22,6 +22,7 @@ pub const FILES: &[(&str, &str)] = &[
     ("matmul.wgsl", include_str!("matmul.wgsl")),
     ("gather.wgsl", include_str!("gather.wgsl")),
     ("kv_write.wgsl", include_str!("kv_write.wgsl")),
+    ("kv_load.wgsl", include_str!("kv_load.wgsl")),
     ("transpose.wgsl", include_str!("transpose.wgsl")),
     ("rows.wgsl", include_str!("rows.wgsl")),
     ("patch_embed.wgsl", include_str!("patch_embed.wgsl")),

@@ -45,6 +45,9 @@ struct Common {
     /// Precision preset: f32 (reference), w8a16, w4a16, w4a8.
     #[arg(long, default_value = "w4a16")]
     precision: String,
+    /// KV cache type, overriding the preset's (f32 for `f32`, f16 for the others).
+    #[arg(long, value_parser = ["f32", "f16"])]
+    kv_cache: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -195,13 +198,18 @@ fn load(c: &Common, ctx_at_least: Option<usize>) -> anyhow_lite::Result<Arc<Mode
         (None, Some(n)) => Some(n.max(npurt_runtime::DEFAULT_CTX)),
         (None, None) => None,
     };
-    let precision = PrecisionPolicy::by_name(&c.precision).ok_or_else(|| {
+    let mut precision = PrecisionPolicy::by_name(&c.precision).ok_or_else(|| {
         anyhow_lite::msg(format!(
             "unknown precision `{}` (known: {})",
             c.precision,
             PrecisionPolicy::names().join(", ")
         ))
     })?;
+    match c.kv_cache.as_deref() {
+        Some("f16") => precision.kv_cache = npurt_graph::DType::F16,
+        Some(_) => precision.kv_cache = npurt_graph::DType::F32,
+        None => {}
+    }
     let opts = LoadOptions {
         backend: c.backend.clone(),
         threads: c.threads.first().copied(),

@@ -1,10 +1,12 @@
 //! The attention block's ops: rope (every scaling, pos > 0, partial rotary dims),
 //! kv_write (prefill chunk and last-row decode), attention (GQA 9/3 as SmolLM2, MHA 4/4,
 //! pos 0 and pos > 0, padded chunks with n_valid < rows, garbage past the valid rows,
-//! chunks spanning several query and key blocks, odd head_dims).
+//! chunks spanning several query and key blocks, odd head_dims), over f32 and f16
+//! KV caches.
 
 use super::{ATTENTION, EXACT, ROPE};
 use crate::conformance::case::{Case, Compared};
+use npurt_graph::DType::{self, F16, F32};
 use npurt_graph::{Op, RopeParams, RopeScaling};
 
 #[allow(clippy::too_many_arguments)]
@@ -34,9 +36,17 @@ fn rope_case(
     })
 }
 
-fn kv_write_case(name: &str, cache_rows: usize, width: usize, rows: usize, pos: i32) -> Case {
-    Case::new("kv_write", name, EXACT, move |cb| {
-        let cache = cb.state("cache", &[cache_rows, width], -1.0, 1.0)?;
+/// `kv` is the cache dtype; f16 cases are named `f16.<name>`.
+fn kv_write_case(
+    kv: DType,
+    name: &str,
+    cache_rows: usize,
+    width: usize,
+    rows: usize,
+    pos: i32,
+) -> Case {
+    Case::new("kv_write", kv_name(kv, name), EXACT, move |cb| {
+        let cache = cb.state_of("cache", kv, &[cache_rows, width], -1.0, 1.0)?;
         let new = cb.input("new", &[rows, width], -1.0, 1.0)?;
         let p = cb.scalar("pos", pos)?;
         cb.op(Op::KvWrite, &[cache, new, p])?;
@@ -44,8 +54,16 @@ fn kv_write_case(name: &str, cache_rows: usize, width: usize, rows: usize, pos: 
     })
 }
 
+fn kv_name(kv: DType, name: &str) -> String {
+    match kv {
+        DType::F32 => name.to_string(),
+        _ => format!("{kv}.{name}"),
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn attention_case(
+    kv: DType,
     name: &str,
     n_heads: usize,
     n_kv_heads: usize,
@@ -55,11 +73,12 @@ fn attention_case(
     pos: i32,
     n_valid: i32,
 ) -> Case {
-    Case::new("attention", name, ATTENTION, move |cb| {
+    Case::new("attention", kv_name(kv, name), ATTENTION, move |cb| {
         // Scores of a few units: a softmax that is neither flat nor one-hot.
         let q = cb.input("q", &[rows, n_heads * head_dim], -2.0, 2.0)?;
-        let k = cb.state("k_cache", &[cache_rows, n_kv_heads * head_dim], -2.0, 2.0)?;
-        let v = cb.state("v_cache", &[cache_rows, n_kv_heads * head_dim], -1.0, 1.0)?;
+        let kw = n_kv_heads * head_dim;
+        let k = cb.state_of("k_cache", kv, &[cache_rows, kw], -2.0, 2.0)?;
+        let v = cb.state_of("v_cache", kv, &[cache_rows, kw], -1.0, 1.0)?;
         let p = cb.scalar("pos", pos)?;
         let nv = cb.scalar("n_valid", n_valid)?;
         let scale = 1.0 / (head_dim as f32).sqrt();
@@ -159,21 +178,22 @@ pub(super) fn cases() -> Vec<Case> {
             5,
             7,
         ),
-        kv_write_case("prefill.7rows.pos13", 40, 48, 7, 13),
-        kv_write_case("decode.last_row", 40, 48, 1, 39),
-        kv_write_case("pos0.width192", 33, 192, 7, 0),
-        attention_case("gqa9_3.hd16.pos0", 9, 3, 16, 7, 40, 0, 7),
-        attention_case("gqa9_3.hd16.pos13", 9, 3, 16, 7, 40, 13, 7),
-        attention_case("gqa9_3.hd16.pos13.n_valid4", 9, 3, 16, 7, 40, 13, 4),
-        attention_case("gqa9_3.hd64.decode.pos30", 9, 3, 64, 1, 40, 30, 1),
+        kv_write_case(F32, "prefill.7rows.pos13", 40, 48, 7, 13),
+        kv_write_case(F32, "decode.last_row", 40, 48, 1, 39),
+        kv_write_case(F32, "pos0.width192", 33, 192, 7, 0),
+        attention_case(F32, "gqa9_3.hd16.pos0", 9, 3, 16, 7, 40, 0, 7),
+        attention_case(F32, "gqa9_3.hd16.pos13", 9, 3, 16, 7, 40, 13, 7),
+        attention_case(F32, "gqa9_3.hd16.pos13.n_valid4", 9, 3, 16, 7, 40, 13, 4),
+        attention_case(F32, "gqa9_3.hd64.decode.pos30", 9, 3, 64, 1, 40, 30, 1),
         // Decode over several key blocks (split across threads, then merged).
-        attention_case("gqa9_3.hd64.decode.pos150", 9, 3, 64, 1, 160, 150, 1),
-        attention_case("mha4_4.hd32.pos0", 4, 4, 32, 5, 24, 0, 5),
-        attention_case("mha4_4.hd32.pos9.n_valid3", 4, 4, 32, 5, 24, 9, 3),
+        attention_case(F32, "gqa9_3.hd64.decode.pos150", 9, 3, 64, 1, 160, 150, 1),
+        attention_case(F32, "mha4_4.hd32.pos0", 4, 4, 32, 5, 24, 0, 5),
+        attention_case(F32, "mha4_4.hd32.pos9.n_valid3", 4, 4, 32, 5, 24, 9, 3),
         // Larger than one tile of a blocked (flash-style) kernel: several row blocks and
         // key blocks, a causal edge inside a key block, a padded tail of rows.
-        attention_case("gqa9_3.hd64.rows40.pos100", 9, 3, 64, 40, 160, 100, 40),
+        attention_case(F32, "gqa9_3.hd64.rows40.pos100", 9, 3, 64, 40, 160, 100, 40),
         attention_case(
+            F32,
             "gqa6_2.hd80.rows20.pos70.n_valid17",
             6,
             2,
@@ -184,6 +204,14 @@ pub(super) fn cases() -> Vec<Case> {
             17,
         ),
         // A head_dim that is no multiple of a vector width.
-        attention_case("mha2_2.hd24.rows3.pos5", 2, 2, 24, 3, 16, 5, 3),
+        attention_case(F32, "mha2_2.hd24.rows3.pos5", 2, 2, 24, 3, 16, 5, 3),
+        // f16 caches (the w* presets' KV cache): writes round to f16; attention
+        // reads f16 through every kernel shape (decode, split keys, blocks, pairs).
+        kv_write_case(F16, "prefill.7rows.pos13", 40, 48, 7, 13),
+        kv_write_case(F16, "decode.last_row", 40, 48, 1, 39),
+        attention_case(F16, "gqa9_3.hd16.pos13.n_valid4", 9, 3, 16, 7, 40, 13, 4),
+        attention_case(F16, "gqa9_3.hd64.decode.pos150", 9, 3, 64, 1, 160, 150, 1),
+        attention_case(F16, "gqa9_3.hd64.rows40.pos100", 9, 3, 64, 40, 160, 100, 40),
+        attention_case(F16, "mha2_2.hd24.rows3.pos5", 2, 2, 24, 3, 16, 5, 3),
     ]
 }

@@ -1,0 +1,95 @@
+//! KV cache element types: f32, or f16 (the precision policy's `kv_cache`). An f16
+//! cache halves the bytes decode attention reads per token; attention still computes
+//! in f32, converting each K/V block once as it is loaded (F16C / AVX-512 do this in
+//! hardware, through `half`'s slice conversions).
+
+use crate::reference::KernelError;
+use half::f16;
+use half::slice::HalfFloatSliceExt;
+
+/// What the attention kernel can read a KV cache as.
+pub trait KvElem: Copy + Send + Sync + 'static {
+    /// Rows `0..n` of `src` (row stride `stride`, `width` values each) as f32, with
+    /// their row stride: `src` itself when it already is f32, else converted into
+    /// `buf` (row stride `width`), which is grown as needed.
+    fn rows_f32<'s>(
+        src: &'s [Self],
+        n: usize,
+        stride: usize,
+        width: usize,
+        buf: &'s mut Vec<f32>,
+    ) -> (&'s [f32], usize);
+}
+
+impl KvElem for f32 {
+    #[inline(always)]
+    fn rows_f32<'s>(
+        src: &'s [f32],
+        _n: usize,
+        stride: usize,
+        _width: usize,
+        _buf: &'s mut Vec<f32>,
+    ) -> (&'s [f32], usize) {
+        (src, stride)
+    }
+}
+
+impl KvElem for f16 {
+    #[inline(always)]
+    fn rows_f32<'s>(
+        src: &'s [f16],
+        n: usize,
+        stride: usize,
+        width: usize,
+        buf: &'s mut Vec<f32>,
+    ) -> (&'s [f32], usize) {
+        if buf.len() < n * width {
+            buf.resize(n * width, 0.0);
+        }
+        for (j, dst) in buf.chunks_exact_mut(width).take(n).enumerate() {
+            src[j * stride..][..width].convert_to_f32_slice(dst);
+        }
+        (&buf[..n * width], width)
+    }
+}
+
+/// Writes `new [T, width]` into rows `pos..pos+T` of an f16 `cache [S, width]`, each
+/// value rounded to the nearest f16 (ties to even), as `Op::KvWrite` specifies.
+pub fn kv_write_f16(
+    cache: &mut [f16],
+    new: &[f32],
+    width: usize,
+    pos: usize,
+) -> Result<(), KernelError> {
+    let rows = cache.len() / width.max(1);
+    let t = new.len() / width.max(1);
+    if width == 0 || new.len() % width != 0 || pos + t > rows {
+        return Err(KernelError(format!(
+            "KV write of {} values ({t} rows of {width}) at position {pos} exceeds the cache's {rows} rows",
+            new.len()
+        )));
+    }
+    cache[pos * width..(pos + t) * width].convert_from_f32_slice(new);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn f16_write_rounds_to_nearest_and_reads_back() {
+        let mut cache = vec![f16::ZERO; 4 * 3];
+        let new = [1.0f32, 1.0 + 1.0 / 4096.0, -65504.0, 0.1, 2.5e-8, 3.0];
+        kv_write_f16(&mut cache, &new, 3, 1).unwrap();
+        assert!(kv_write_f16(&mut cache, &new, 3, 3).is_err());
+        let mut buf = Vec::new();
+        let (rows, stride) = f16::rows_f32(&cache[3..], 2, 3, 3, &mut buf);
+        assert_eq!(stride, 3);
+        for (got, want) in rows.iter().zip(new) {
+            assert_eq!(*got, f16::from_f32(want).to_f32());
+        }
+        // 1 + 2^-12 is halfway between two f16 values: ties to even gives 1.
+        assert_eq!(rows[1], 1.0);
+    }
+}
