@@ -172,7 +172,9 @@ fn inspect_prints_passes_kernels_and_weight_bytes() {
     assert!(ok, "{err}");
     for needle in [
         "fuse-swiglu",
-        "matmul_packed[q4_1 x i16+swiglu",
+        "fuse-norm-quant",
+        "matmul_packed[rms_norm+q4_1 x i16+swiglu",
+        "kv_write_f16",
         "q8_0",
         "partition: 1 segment(s)",
     ] {
