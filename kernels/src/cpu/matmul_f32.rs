@@ -111,7 +111,9 @@ fn run_block(
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: isa() only reports Avx2Fma or better when the CPU has AVX2 and FMA.
-        Isa::Avx2Fma | Isa::Avx512Vnni => unsafe { block_avx2(a, b, m, k, n, j0, j1, out) },
+        Isa::Avx2Fma | Isa::Avx2Vnni | Isa::Avx512Vnni => unsafe {
+            block_avx2(a, b, m, k, n, j0, j1, out)
+        },
         _ => block(a, b, m, k, n, j0, j1, out),
     }
 }
