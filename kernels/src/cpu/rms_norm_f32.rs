@@ -10,7 +10,7 @@ const PARALLEL_MIN_VALUES: usize = 1 << 16;
 /// `out = x * rsqrt(mean(x^2) + eps) * w` for each row of `w.len()` values of `x`.
 pub fn rms_norm_f32(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) -> Result<(), KernelError> {
     let h = w.len();
-    if h == 0 || x.len() % h != 0 || out.len() != x.len() {
+    if h == 0 || !x.len().is_multiple_of(h) || out.len() != x.len() {
         return Err(KernelError(format!(
             "rms_norm of {} values with a weight of {h} into {} values",
             x.len(),
