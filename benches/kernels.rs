@@ -9,7 +9,7 @@
 //! table with both (GB/s and GOP/s) for every benchmark is printed at the end.
 //!
 //! `cargo bench -p npurt-benches --bench kernels -- <filter>`; e.g. `-- gemv/q4_1_i8`,
-//! `-- model`. `NPURT_CPU_ISA=avx2|portable` benches a lower kernel path.
+//! `-- model`. `NPURT_CPU_ISA=avx2vnni|avx2|portable` benches a lower kernel path.
 
 use criterion::{BenchmarkId, Criterion, Throughput};
 use npurt_graph::{ActPrecision, DType, Epilogue};

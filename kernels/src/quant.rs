@@ -105,7 +105,7 @@ mod tests {
 /// Returns `None` if `cols` is not a multiple of the block size or the dtype is not a
 /// weight format.
 pub fn quantize(dtype: DType, x: &[f32], cols: usize) -> Option<Vec<u8>> {
-    if cols == 0 || x.len() % cols != 0 || cols % dtype.block_elems() != 0 {
+    if cols == 0 || !x.len().is_multiple_of(cols) || !cols.is_multiple_of(dtype.block_elems()) {
         return None;
     }
     let mut out =
@@ -199,7 +199,7 @@ pub fn dequantize_matrix(dtype: DType, src: &[u8], cols: usize, dst: &mut [f32])
     if dtype != DType::Q8Channel {
         return dequantize(dtype, src, dst);
     }
-    if cols == 0 || dst.len() % cols != 0 {
+    if cols == 0 || !dst.len().is_multiple_of(cols) {
         return false;
     }
     let rows = dst.len() / cols;

@@ -320,7 +320,9 @@ fn dispatch_group(
         Isa::Avx512Vnni => unsafe { group_avx512(a, rows, k, plan, f, q8, q16, bs, bb, bsum, rs) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
-        Isa::Avx2Fma => unsafe { group_avx2(a, rows, k, plan, f, q8, q16, bs, bb, bsum, rs) },
+        Isa::Avx2Fma | Isa::Avx2Vnni => unsafe {
+            group_avx2(a, rows, k, plan, f, q8, q16, bs, bb, bsum, rs)
+        },
         _ => group(a, rows, k, plan, f, q8, q16, bs, bb, bsum, rs),
     }
 }

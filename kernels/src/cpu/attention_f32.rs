@@ -632,7 +632,7 @@ pub fn attention_f32<C: KvElem>(
                 #[cfg(target_arch = "x86_64")]
                 Isa::Avx512Vnni => unsafe { task_avx512(&a, plan, n_heads, id, sc) },
                 #[cfg(target_arch = "x86_64")]
-                Isa::Avx2Fma => unsafe { task_avx2(&a, plan, n_heads, id, sc) },
+                Isa::Avx2Fma | Isa::Avx2Vnni => unsafe { task_avx2(&a, plan, n_heads, id, sc) },
                 _ => task(Isa::Portable, &a, plan, n_heads, id, sc),
             }
         })

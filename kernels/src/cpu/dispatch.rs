@@ -1,10 +1,11 @@
 //! Run-time instruction-set selection.
 //!
-//! The best path the CPU supports is detected once. `NPURT_CPU_ISA=portable|avx2|avx512`
-//! forces a lower path for the whole process; [`with_isa`] forces one for the calling
-//! thread only (tests use it to cover every path in one process). Kernels resolve
-//! [`isa()`] once at their API entry, on the calling thread, and pass it down to their
-//! pool tasks explicitly: a thread-local override would not be visible on the workers.
+//! The best path the CPU supports is detected once.
+//! `NPURT_CPU_ISA=portable|avx2|avx2vnni|avx512` forces a lower path for the whole
+//! process; [`with_isa`] forces one for the calling thread only (tests use it to cover
+//! every path in one process). Kernels resolve [`isa()`] once at their API entry, on
+//! the calling thread, and pass it down to their pool tasks explicitly: a thread-local
+//! override would not be visible on the workers.
 
 use std::cell::Cell;
 use std::sync::OnceLock;
@@ -16,6 +17,11 @@ pub enum Isa {
     Portable,
     /// x86-64 AVX2 + FMA + F16C (Haswell and later, Zen 1 and later).
     Avx2Fma,
+    /// The AVX2 path with 256-bit `vpdpbusd` in the integer matmul kernels. Either
+    /// encoding will do: VEX (AVX-VNNI: Alder Lake and later, Zen 5) or EVEX
+    /// (AVX512-VNNI + VL), so every `Avx512Vnni` CPU runs this path too and the order
+    /// stays a chain of downgrades.
+    Avx2Vnni,
     /// AVX2 path plus AVX-512 F/BW/VL and VNNI (`vpdpbusd`, `vpdpwssd`): Ice Lake and
     /// later, Zen 4 and later.
     Avx512Vnni,
@@ -26,12 +32,13 @@ impl Isa {
         match self {
             Isa::Portable => "portable",
             Isa::Avx2Fma => "avx2+fma",
+            Isa::Avx2Vnni => "avx2+vnni",
             Isa::Avx512Vnni => "avx512+vnni",
         }
     }
 
     /// All paths, lowest first.
-    pub const ALL: [Isa; 3] = [Isa::Portable, Isa::Avx2Fma, Isa::Avx512Vnni];
+    pub const ALL: [Isa; 4] = [Isa::Portable, Isa::Avx2Fma, Isa::Avx2Vnni, Isa::Avx512Vnni];
 
     /// Whether this CPU can run the path.
     pub fn is_supported(self) -> bool {
@@ -55,6 +62,9 @@ pub fn detected() -> Isa {
                 if has!("avx512f") && has!("avx512bw") && has!("avx512vl") && has!("avx512vnni") {
                     return Isa::Avx512Vnni;
                 }
+                if has!("avxvnni") {
+                    return Isa::Avx2Vnni;
+                }
                 return Isa::Avx2Fma;
             }
         }
@@ -70,10 +80,11 @@ fn process_isa() -> Isa {
         let want = match std::env::var("NPURT_CPU_ISA").as_deref() {
             Ok("portable") => Isa::Portable,
             Ok("avx2") => Isa::Avx2Fma,
+            Ok("avx2vnni") => Isa::Avx2Vnni,
             Ok("avx512") => Isa::Avx512Vnni,
             Ok(other) if !other.is_empty() => {
                 log::warn!(
-                    "NPURT_CPU_ISA={other} is not one of portable|avx2|avx512; using {}",
+                    "NPURT_CPU_ISA={other} is not one of portable|avx2|avx2vnni|avx512; using {}",
                     best.name()
                 );
                 best

@@ -52,6 +52,7 @@ fn dot1(a: &[f32], b: &[f32]) -> f32 {
 
 /// Columns `j0..j1` of the output for all rows.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn block(a: &[f32], b: &[f32], m: usize, k: usize, n: usize, j0: usize, j1: usize, out: SendPtr) {
     let mut j = j0;
     while j < j1 {
@@ -83,6 +84,7 @@ fn block(a: &[f32], b: &[f32], m: usize, k: usize, n: usize, j0: usize, j1: usiz
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
 unsafe fn block_avx2(
     a: &[f32],
     b: &[f32],
@@ -111,7 +113,9 @@ fn run_block(
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: isa() only reports Avx2Fma or better when the CPU has AVX2 and FMA.
-        Isa::Avx2Fma | Isa::Avx512Vnni => unsafe { block_avx2(a, b, m, k, n, j0, j1, out) },
+        Isa::Avx2Fma | Isa::Avx2Vnni | Isa::Avx512Vnni => unsafe {
+            block_avx2(a, b, m, k, n, j0, j1, out)
+        },
         _ => block(a, b, m, k, n, j0, j1, out),
     }
 }

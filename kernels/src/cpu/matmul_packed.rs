@@ -262,7 +262,7 @@ impl Call<'_> {
             Isa::Avx512Vnni => unsafe { self.run_range_avx512(tiles, groups, act) },
             #[cfg(target_arch = "x86_64")]
             // SAFETY: as above.
-            Isa::Avx2Fma => unsafe { self.run_range_avx2(tiles, groups, act) },
+            Isa::Avx2Fma | Isa::Avx2Vnni => unsafe { self.run_range_avx2(tiles, groups, act) },
             _ => self.run_range_generic(tiles, groups, act),
         }
     }

@@ -224,7 +224,7 @@ pub fn pack(dtype: DType, raw: &[u8], n: usize, k: usize) -> Result<PackedMatrix
             return Err(err(format!("{dtype} is not a weight format")))
         }
     };
-    if format != Format::F32 && k % BLOCK != 0 {
+    if format != Format::F32 && !k.is_multiple_of(BLOCK) {
         return Err(err(format!(
             "{dtype} weight [{n}, {k}]: k must be a multiple of {BLOCK}"
         )));

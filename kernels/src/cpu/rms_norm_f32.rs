@@ -10,7 +10,7 @@ const PARALLEL_MIN_VALUES: usize = 1 << 16;
 /// `out = x * rsqrt(mean(x^2) + eps) * w` for each row of `w.len()` values of `x`.
 pub fn rms_norm_f32(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) -> Result<(), KernelError> {
     let h = w.len();
-    if h == 0 || x.len() % h != 0 || out.len() != x.len() {
+    if h == 0 || !x.len().is_multiple_of(h) || out.len() != x.len() {
         return Err(KernelError(format!(
             "rms_norm of {} values with a weight of {h} into {} values",
             x.len(),
@@ -24,7 +24,7 @@ pub fn rms_norm_f32(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) -> Result<(
         Isa::Avx512Vnni => unsafe { rows_avx512(x, w, eps, out) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
-        Isa::Avx2Fma => unsafe { rows_avx2(x, w, eps, out) },
+        Isa::Avx2Fma | Isa::Avx2Vnni => unsafe { rows_avx2(x, w, eps, out) },
         _ => rows(x, w, eps, out),
     };
     if x.len() >= PARALLEL_MIN_VALUES && super::pool::current_threads() > 1 {

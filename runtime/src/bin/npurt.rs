@@ -17,7 +17,10 @@ const DEFAULT_MODEL: &str = "models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
 #[command(
     name = "npurt",
     version,
-    about = "npurt: static-graph LLM/VLM runtime for on-device NPUs, GPUs and CPUs"
+    about = "npurt: static-graph LLM/VLM runtime for on-device NPUs, GPUs and CPUs",
+    after_help = "Environment: NPURT_MODEL sets the default --model; \
+                  NPURT_CPU_ISA=portable|avx2|avx2vnni|avx512 forces the CPU kernels down \
+                  to that path (default: the best this CPU supports)."
 )]
 struct Cli {
     #[command(subcommand)]

@@ -14,7 +14,11 @@ use std::arch::x86_64::*;
 /// `d` (and `m` for Q4_1) of block `b` for rows `8h..8h+8`, as f32.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn scales<const HAS_MIN: bool>(job: &Job, b: usize, h: usize) -> (__m256, __m256) {
+pub(super) unsafe fn scales<const HAS_MIN: bool>(
+    job: &Job,
+    b: usize,
+    h: usize,
+) -> (__m256, __m256) {
     // SAFETY: Q4_0 tiles hold kb * 32 scale bytes, Q4_1 kb * 64 ([d x 16, m x 16]).
     unsafe {
         if HAS_MIN {
@@ -34,7 +38,7 @@ unsafe fn scales<const HAS_MIN: bool>(job: &Job, b: usize, h: usize) -> (__m256,
 }
 
 #[inline(always)]
-unsafe fn bcast<T>(p: *const T, i: usize) -> __m256i {
+pub(super) unsafe fn bcast<T>(p: *const T, i: usize) -> __m256i {
     // SAFETY: callers pass a block pointer with at least i + 1 dwords.
     unsafe { _mm256_set1_epi32((p as *const i32).add(i).read_unaligned()) }
 }

@@ -18,7 +18,7 @@ unsafe fn bcast<T>(p: *const T, i: usize) -> __m256i {
 /// Block `b`'s f16 scales of rows `8h..8h+8` (Q8_0).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn block_scales(job: &Job, b: usize, h: usize) -> __m256 {
+pub(super) unsafe fn block_scales(job: &Job, b: usize, h: usize) -> __m256 {
     // SAFETY: Q8_0 tiles hold kb * 32 scale bytes.
     unsafe {
         _mm256_cvtph_ps(_mm_loadu_si128(
@@ -30,7 +30,7 @@ unsafe fn block_scales(job: &Job, b: usize, h: usize) -> __m256 {
 /// Q8Channel: f32 scales of rows `8h..8h+8`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn row_scales(job: &Job, h: usize) -> __m256 {
+pub(super) unsafe fn row_scales(job: &Job, h: usize) -> __m256 {
     // SAFETY: Q8Channel tiles hold 16 f32 scales.
     unsafe { _mm256_loadu_ps((job.scales as *const f32).add(8 * h)) }
 }

@@ -6,15 +6,17 @@
 //! One file per ISA and weight family: `portable.rs` (any CPU, plain Rust),
 //! `avx2_q4.rs`/`avx2_q8.rs`/`avx2_f32.rs` (AVX2+FMA+F16C, a tile as two 8-lane halves;
 //! I8 via `vpmaddubsw`, I16 via `vpmaddwd` on nibbles unpacked to words),
+//! `avx2_vnni.rs` (the AVX2 path's I8 and I16 kernels with 256-bit `vpdpbusd`, the
+//! AVX-512 kernels' arithmetic on two 8-lane halves; compiled for both VNNI encodings),
 //! `avx512_q4.rs`/`avx512_q8.rs`/`avx512_f32.rs` (AVX-512 BW + VNNI, a tile per zmm;
 //! I8 and I16 both via `vpdpbusd`, I16 as two byte planes).
 //!
 //! Per (format, activation precision, ISA), [`select`] returns the activation plan
-//! (`act_quant::ActPlan`) and kernels for row blocks of 1, 2, 4 and 8 rows (AVX2: up
-//! to 4, it has 16 vector registers). One- and two-row kernels are the decode (GEMV)
-//! path: they split dependency chains over extra accumulators and prefetch the weight
-//! stream ([`PREFETCH_AHEAD`]); the 4- and 8-row kernels reuse each unpacked weight
-//! vector across rows (GEMM).
+//! (`act_quant::ActPlan`) and kernels for row blocks of 1, 2, 4 and 8 rows (the AVX2
+//! paths: up to 4, AVX2 has 16 vector registers). One- and two-row kernels are the
+//! decode (GEMV) path: they split dependency chains over extra accumulators and
+//! prefetch the weight stream ([`PREFETCH_AHEAD`]); the 4- and 8-row kernels reuse each
+//! unpacked weight vector across rows (GEMM).
 //!
 //! The kernels index small register arrays (`acc[r]`, `dot[r]`) by row in loops of
 //! constant trip count: after unrolling every index is a constant and the arrays live
@@ -32,6 +34,8 @@ mod avx2_f32;
 mod avx2_q4;
 #[cfg(target_arch = "x86_64")]
 mod avx2_q8;
+#[cfg(target_arch = "x86_64")]
+mod avx2_vnni;
 #[cfg(target_arch = "x86_64")]
 mod avx512_f32;
 #[cfg(target_arch = "x86_64")]
@@ -248,6 +252,8 @@ pub(crate) fn select(format: Format, act: ActPrecision, isa: Isa) -> KernelSet {
             }
         }
         #[cfg(target_arch = "x86_64")]
+        Isa::Avx2Vnni => avx2_vnni_set(format, act, avx2_vnni::has_vex()),
+        #[cfg(target_arch = "x86_64")]
         Isa::Avx2Fma => {
             use {avx2_f32 as f32w, avx2_q4 as q4, avx2_q8 as q8};
             match (format, act) {
@@ -388,6 +394,62 @@ pub(crate) fn select(format: Format, act: ActPrecision, isa: Isa) -> KernelSet {
     }
 }
 
+/// The `Isa::Avx2Vnni` set, with the kernels of the VEX or the EVEX instance (the
+/// CPU must have that encoding). Same plans as the AVX-512 set: the kernels do its
+/// arithmetic. f32 activations and f32 weights have no integer dot product to gain
+/// from VNNI and take the AVX2 kernels.
+#[cfg(target_arch = "x86_64")]
+fn avx2_vnni_set(format: Format, act: ActPrecision, vex: bool) -> KernelSet {
+    use avx2_vnni::{evex, vex};
+    use ActPrecision as A;
+    use Format as F;
+    macro_rules! pick {
+        ($f:ident, $g:expr) => {
+            if vex {
+                by_rows_4!(vex::$f, $g)
+            } else {
+                by_rows_4!(evex::$f, $g)
+            }
+        };
+    }
+    let (plan, by_rows) = match (format, act) {
+        (F::Q4_0, A::I8) => (ActPlan::I8 { offset: 8 }, pick!(q4_i8, false)),
+        (F::Q4_1, A::I8) => (ActPlan::I8 { offset: 0 }, pick!(q4_i8, true)),
+        (F::Q4_0, A::I16) => (
+            ActPlan::I16Bytes {
+                offset: 8,
+                hi_offset: 0,
+            },
+            pick!(q4_i16b, false),
+        ),
+        (F::Q4_1, A::I16) => (
+            ActPlan::I16Bytes {
+                offset: 0,
+                hi_offset: 0,
+            },
+            pick!(q4_i16b, true),
+        ),
+        (F::Q8_0, A::I8) => (ActPlan::I8 { offset: 128 }, pick!(q8_i8, false)),
+        (F::Q8Channel, A::I8) => (ActPlan::I8 { offset: 128 }, pick!(q8_i8, true)),
+        (F::Q8_0, A::I16) => (
+            ActPlan::I16Bytes {
+                offset: 0,
+                hi_offset: 32768,
+            },
+            pick!(q8_i16b, false),
+        ),
+        (F::Q8Channel, A::I16) => (
+            ActPlan::I16Bytes {
+                offset: 0,
+                hi_offset: 32768,
+            },
+            pick!(q8_i16b, true),
+        ),
+        _ => return select(format, act, Isa::Avx2Fma),
+    };
+    KernelSet { plan, by_rows }
+}
+
 /// f32 weights with an integer activation policy: quantize-dequantize the activations
 /// (same numerics as the integer kernels would give), then multiply in f32.
 fn f32_plan(act: ActPrecision) -> ActPlan {
@@ -395,5 +457,114 @@ fn f32_plan(act: ActPrecision) -> ActPlan {
         ActPrecision::F32 => ActPlan::F32,
         ActPrecision::I16 => ActPlan::FakeI16,
         ActPrecision::I8 => ActPlan::FakeI8,
+    }
+}
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    use super::*;
+    use crate::cpu::{act_quant, pack};
+    use npurt_graph::DType;
+
+    /// `[row][column]` of `w` times the 8 rows of `a`, every tile through every kernel
+    /// of `set`: one result per row-block size.
+    fn run(set: &KernelSet, isa: Isa, w: &PackedMatrix, a: &[f32]) -> Vec<Vec<f32>> {
+        let n = w.n();
+        let mut s = ActScratch::default();
+        act_quant::prepare(a, GROUP, w.k(), set.plan, isa, &mut s);
+        let kernels = set.by_rows.iter().zip([1, 2, 4, 8]);
+        kernels
+            .filter_map(|(k, mr)| k.map(|k| (k, mr)))
+            .map(|(kernel, mr)| {
+                let mut out = vec![0f32; GROUP * n];
+                for t in 0..n / TILE_ROWS {
+                    for r0 in (0..GROUP).step_by(mr) {
+                        let mut tile: TileOut = [[0f32; TILE_ROWS]; GROUP];
+                        // SAFETY: the callers check the CPU has the kernels' ISA; `s` was
+                        // prepared for the set's plan, all 8 rows and both tiles exist.
+                        unsafe { kernel(&Job::new(w, t, &s, 0, r0), &mut tile) };
+                        for r in 0..mr {
+                            out[(r0 + r) * n + t * TILE_ROWS..][..TILE_ROWS]
+                                .copy_from_slice(&tile[r]);
+                        }
+                    }
+                }
+                out
+            })
+            .collect()
+    }
+
+    /// The `Avx2Vnni` kernels do the AVX-512 kernels' arithmetic lane for lane, so they
+    /// must agree with them bit for bit, at every row-block size, in both encodings (the
+    /// VEX and EVEX instances are one `avx2_vnni::kernels!` source; each runs where the
+    /// CPU has it). Against the portable kernels, whose f32 steps differ, only closely.
+    #[test]
+    fn avx2_vnni_kernels_equal_avx512_bit_for_bit() {
+        let instances: Vec<(bool, &str)> = [(true, "vex"), (false, "evex")]
+            .into_iter()
+            .filter(|&(vex, _)| {
+                if vex {
+                    avx2_vnni::has_vex()
+                } else {
+                    Isa::Avx512Vnni.is_supported()
+                }
+            })
+            .collect();
+        if instances.is_empty() {
+            eprintln!("no VNNI on this CPU: nothing to compare");
+            return;
+        }
+        let mut seed = 0x5eed_u32;
+        let mut rnd = move || {
+            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (seed >> 8) as f32 / (1 << 23) as f32 - 1.0
+        };
+        // Two tiles, three blocks; rows of different magnitudes.
+        let (n, k) = (32, 96);
+        let a: Vec<f32> = (0..GROUP * k).map(|i| rnd() * (1 + i / k) as f32).collect();
+        for dtype in [DType::Q4_0, DType::Q4_1, DType::Q8_0, DType::Q8Channel] {
+            let x: Vec<f32> = (0..n * k).map(|_| rnd() * 0.1).collect();
+            let raw = crate::quant::quantize(dtype, &x, k).expect("quantize");
+            let w = pack(dtype, &raw, n, k).expect("pack");
+            for act in [ActPrecision::I8, ActPrecision::I16] {
+                let mut results: Vec<(&str, Vec<Vec<f32>>)> = instances
+                    .iter()
+                    .map(|&(vex, name)| {
+                        let set = avx2_vnni_set(w.format, act, vex);
+                        (name, run(&set, Isa::Avx2Vnni, &w, &a))
+                    })
+                    .collect();
+                if Isa::Avx512Vnni.is_supported() {
+                    let set = select(w.format, act, Isa::Avx512Vnni);
+                    results.push(("avx512", run(&set, Isa::Avx512Vnni, &w, &a)));
+                }
+                let want = &results[0].1[0];
+                for (name, per_rows) in &results {
+                    for (i, got) in per_rows.iter().enumerate() {
+                        assert!(
+                            got.iter()
+                                .zip(want)
+                                .all(|(g, w)| g.to_bits() == w.to_bits()),
+                            "{dtype} x {}: {name}'s {}-row kernel differs from {}'s 1-row one",
+                            act.name(),
+                            1 << i,
+                            results[0].0
+                        );
+                    }
+                }
+                let set = select(w.format, act, Isa::Portable);
+                let portable = &run(&set, Isa::Portable, &w, &a)[0];
+                let scale = portable.iter().fold(0f32, |m, v| m.max(v.abs()));
+                let err = want
+                    .iter()
+                    .zip(portable)
+                    .fold(0f32, |m, (g, p)| m.max((g - p).abs()));
+                assert!(
+                    err <= 1e-5 * scale,
+                    "{dtype} x {}: off the portable kernels by {err} (outputs up to {scale})",
+                    act.name()
+                );
+            }
+        }
     }
 }

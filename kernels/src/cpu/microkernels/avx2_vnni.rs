@@ -1,0 +1,350 @@
+//! AVX2 microkernels with 256-bit `vpdpbusd` (`Isa::Avx2Vnni`) for the integer
+//! activation plans: Q4 / Q8 weights x I8, and x I16 as byte planes.
+//!
+//! A tile is two 8-row halves as in `avx2_q4.rs` (lane `r` of a ymm is weight row
+//! `8h + r`); per half the arithmetic is that of the AVX-512 kernels (`avx512_q4.rs`,
+//! `avx512_q8.rs`) on 8 lanes: the same activation plans (I8 with the Q4_0 / Q8 offsets
+//! in `blk_bias`, I16 as `ActPlan::I16Bytes`), the same i32 bounds, and the same f32
+//! operations per lane in the same order, so the two paths agree bit for bit. Against
+//! the `vpmaddubsw` + `vpmaddwd` kernels of `avx2_q4.rs` / `avx2_q8.rs` this saves the
+//! widening and, for Q8, the sign trick.
+//!
+//! The instruction has two encodings with the same semantics: VEX (`avxvnni`, Alder
+//! Lake and later, Zen 5) and EVEX (`avx512vnni` + `avx512vl`, Ice Lake and later, Zen
+//! 4; CPUs with both exist, Zen 4 has only EVEX). Each needs its own target feature,
+//! so one source, the `kernels!` macro, is compiled twice: `vex` and `evex`. `has_vex`
+//! tells which one a CPU running `Avx2Vnni` can use.
+
+use super::avx2_q4::{bcast, scales};
+use super::avx2_q8::{block_scales, row_scales};
+use super::{prefetch_block, Job, TileOut, GROUP};
+use std::arch::x86_64::*;
+
+/// Whether this CPU has the VEX encoding. `Isa::Avx2Vnni` is only selected on CPUs that
+/// have it or AVX512-VNNI with VL (see `dispatch::detected`), so where this is false
+/// the `evex` instance runs.
+pub(crate) fn has_vex() -> bool {
+    // std caches the CPUID result: one relaxed atomic load.
+    std::arch::is_x86_feature_detected!("avxvnni")
+}
+
+/// The kernels, for one encoding: `$features` are the target features and `$dpbusd`
+/// the `vpdpbusd` intrinsic (`acc + u8 x i8` dot products of 4, per i32 lane).
+macro_rules! kernels {
+    ($features:literal, $dpbusd:ident) => {
+        use super::*;
+
+        /// Q4 x I8 (see `avx512_q4::q4_i8`).
+        #[target_feature(enable = $features)]
+        pub(crate) unsafe fn q4_i8<const HAS_MIN: bool, const MR: usize>(
+            job: &Job,
+            out: &mut TileOut,
+        ) {
+            // One or two rows: split each row's chain of 8 dependent vpdpbusd per block
+            // over two accumulators (low / high nibbles) so latency does not bound it.
+            let split = MR <= 2;
+            let mask = _mm256_set1_epi8(0x0f);
+            for h in 0..2 {
+                let mut acc = [_mm256_setzero_ps(); MR];
+                for b in 0..job.kb {
+                    if MR <= 2 && h == 0 {
+                        prefetch_block(job, b);
+                    }
+                    // SAFETY (whole body): offsets stay inside the tile and the prepared
+                    // activation arrays, per the Job contract.
+                    unsafe {
+                        let w = job.vals.add(b * 256 + h * 32);
+                        let a = job.q8.add(b * GROUP * 32);
+                        let mut dot = [_mm256_setzero_si256(); MR];
+                        let mut dot_hi = [_mm256_setzero_si256(); MR];
+                        if !HAS_MIN {
+                            for (r, dot) in dot.iter_mut().enumerate() {
+                                *dot = _mm256_set1_epi32(*job.blk_bias.add(b * GROUP + r));
+                            }
+                        }
+                        for l in 0..4 {
+                            let v = _mm256_loadu_si256(w.add(l * 64) as *const __m256i);
+                            let lo = _mm256_and_si256(v, mask);
+                            let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(v), mask);
+                            for r in 0..MR {
+                                let ar = a.add(r * 32);
+                                dot[r] = $dpbusd(dot[r], lo, bcast(ar, l));
+                                if split {
+                                    dot_hi[r] = $dpbusd(dot_hi[r], hi, bcast(ar, l + 4));
+                                } else {
+                                    dot[r] = $dpbusd(dot[r], hi, bcast(ar, l + 4));
+                                }
+                            }
+                        }
+                        let (d, m) = scales::<HAS_MIN>(job, b, h);
+                        for r in 0..MR {
+                            let tot = if split {
+                                _mm256_add_epi32(dot[r], dot_hi[r])
+                            } else {
+                                dot[r]
+                            };
+                            let sa = _mm256_set1_ps(*job.blk_scale.add(b * GROUP + r));
+                            acc[r] = _mm256_fmadd_ps(
+                                _mm256_cvtepi32_ps(tot),
+                                _mm256_mul_ps(d, sa),
+                                acc[r],
+                            );
+                            if HAS_MIN {
+                                acc[r] = _mm256_fmadd_ps(
+                                    m,
+                                    _mm256_set1_ps(*job.blk_sum.add(b * GROUP + r)),
+                                    acc[r],
+                                );
+                            }
+                        }
+                    }
+                }
+                for r in 0..MR {
+                    // SAFETY: out rows hold 16 f32.
+                    unsafe { _mm256_storeu_ps(out[r].as_mut_ptr().add(8 * h), acc[r]) };
+                }
+            }
+        }
+
+        /// Q4 x I16 on byte planes (see `avx512_q4::q4_i16b`): `256 sum(q hi) +
+        /// sum(q lo)`, the nibbles taking the i8 operand in the low-byte product.
+        #[target_feature(enable = $features)]
+        pub(crate) unsafe fn q4_i16b<const HAS_MIN: bool, const MR: usize>(
+            job: &Job,
+            out: &mut TileOut,
+        ) {
+            // One or two rows: four chains per row (plane x nibble half).
+            let split = MR <= 2;
+            let mask = _mm256_set1_epi8(0x0f);
+            for h in 0..2 {
+                let mut acc = [_mm256_setzero_ps(); MR];
+                for b in 0..job.kb {
+                    if MR <= 2 && h == 0 {
+                        prefetch_block(job, b);
+                    }
+                    // SAFETY (whole body): offsets stay inside the tile and the prepared
+                    // activation arrays (64 bytes per block and row), per the Job contract.
+                    unsafe {
+                        let w = job.vals.add(b * 256 + h * 32);
+                        let a = job.q8.add(b * GROUP * 64);
+                        let mut hi = [_mm256_setzero_si256(); MR];
+                        let mut hi2 = [_mm256_setzero_si256(); MR];
+                        let mut lo = [_mm256_setzero_si256(); MR];
+                        let mut lo2 = [_mm256_setzero_si256(); MR];
+                        for l in 0..4 {
+                            let v = _mm256_loadu_si256(w.add(l * 64) as *const __m256i);
+                            let q_lo = _mm256_and_si256(v, mask);
+                            let q_hi = _mm256_and_si256(_mm256_srli_epi16::<4>(v), mask);
+                            for r in 0..MR {
+                                let ar = a.add(r * 64);
+                                let lb = ar.add(32);
+                                hi[r] = $dpbusd(hi[r], q_lo, bcast(ar, l));
+                                lo[r] = $dpbusd(lo[r], bcast(lb, l), q_lo);
+                                if split {
+                                    hi2[r] = $dpbusd(hi2[r], q_hi, bcast(ar, l + 4));
+                                    lo2[r] = $dpbusd(lo2[r], bcast(lb, l + 4), q_hi);
+                                } else {
+                                    hi[r] = $dpbusd(hi[r], q_hi, bcast(ar, l + 4));
+                                    lo[r] = $dpbusd(lo[r], bcast(lb, l + 4), q_hi);
+                                }
+                            }
+                        }
+                        let (d, m) = scales::<HAS_MIN>(job, b, h);
+                        for r in 0..MR {
+                            let (hs, ls) = if split {
+                                (
+                                    _mm256_add_epi32(hi[r], hi2[r]),
+                                    _mm256_add_epi32(lo[r], lo2[r]),
+                                )
+                            } else {
+                                (hi[r], lo[r])
+                            };
+                            let mut tot = _mm256_add_epi32(_mm256_slli_epi32::<8>(hs), ls);
+                            if !HAS_MIN {
+                                tot = _mm256_add_epi32(
+                                    tot,
+                                    _mm256_set1_epi32(*job.blk_bias.add(b * GROUP + r)),
+                                );
+                            }
+                            acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(tot), d, acc[r]);
+                            if HAS_MIN {
+                                acc[r] = _mm256_fmadd_ps(
+                                    m,
+                                    _mm256_set1_ps(*job.blk_sum.add(b * GROUP + r)),
+                                    acc[r],
+                                );
+                            }
+                        }
+                    }
+                }
+                for r in 0..MR {
+                    // SAFETY: row r0 + r exists; out rows hold 16 f32.
+                    unsafe {
+                        let s = _mm256_set1_ps(*job.row_scale.add(r));
+                        _mm256_storeu_ps(out[r].as_mut_ptr().add(8 * h), _mm256_mul_ps(acc[r], s));
+                    }
+                }
+            }
+        }
+
+        /// Q8 x I8 on `w + 128` (see `avx512_q8::q8_i8`).
+        #[target_feature(enable = $features)]
+        pub(crate) unsafe fn q8_i8<const PER_ROW: bool, const MR: usize>(
+            job: &Job,
+            out: &mut TileOut,
+        ) {
+            let split = MR <= 2;
+            let flip = _mm256_set1_epi8(-128);
+            for h in 0..2 {
+                let mut acc = [_mm256_setzero_ps(); MR];
+                for b in 0..job.kb {
+                    if MR <= 2 && h == 0 {
+                        prefetch_block(job, b);
+                    }
+                    // SAFETY (whole body): offsets stay inside the tile and the prepared
+                    // activation arrays, per the Job contract.
+                    unsafe {
+                        let w = job.vals.add(b * 512 + h * 32);
+                        let a = job.q8.add(b * GROUP * 32);
+                        let mut dot = [_mm256_setzero_si256(); MR];
+                        let mut dot2 = [_mm256_setzero_si256(); MR];
+                        for (r, dot) in dot.iter_mut().enumerate() {
+                            *dot = _mm256_set1_epi32(*job.blk_bias.add(b * GROUP + r));
+                        }
+                        for l in 0..8 {
+                            let v = _mm256_xor_si256(
+                                _mm256_loadu_si256(w.add(l * 64) as *const __m256i),
+                                flip,
+                            );
+                            for r in 0..MR {
+                                let x = bcast(a.add(r * 32), l);
+                                if split && l % 2 == 1 {
+                                    dot2[r] = $dpbusd(dot2[r], v, x);
+                                } else {
+                                    dot[r] = $dpbusd(dot[r], v, x);
+                                }
+                            }
+                        }
+                        let d = if PER_ROW {
+                            _mm256_set1_ps(1.0)
+                        } else {
+                            block_scales(job, b, h)
+                        };
+                        for r in 0..MR {
+                            let tot = if split {
+                                _mm256_add_epi32(dot[r], dot2[r])
+                            } else {
+                                dot[r]
+                            };
+                            let sa = _mm256_set1_ps(*job.blk_scale.add(b * GROUP + r));
+                            let s = if PER_ROW { sa } else { _mm256_mul_ps(d, sa) };
+                            acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(tot), s, acc[r]);
+                        }
+                    }
+                }
+                for r in 0..MR {
+                    // SAFETY: out rows hold 16 f32; Q8Channel tiles hold row scales.
+                    unsafe {
+                        let v = if PER_ROW {
+                            _mm256_mul_ps(acc[r], row_scales(job, h))
+                        } else {
+                            acc[r]
+                        };
+                        _mm256_storeu_ps(out[r].as_mut_ptr().add(8 * h), v);
+                    }
+                }
+            }
+        }
+
+        /// Q8 x I16 on byte planes (see `avx512_q8::q8_i16b`): the high-byte product on
+        /// `w + 128`, the low-byte one with the low bytes as the u8 operand.
+        #[target_feature(enable = $features)]
+        pub(crate) unsafe fn q8_i16b<const PER_ROW: bool, const MR: usize>(
+            job: &Job,
+            out: &mut TileOut,
+        ) {
+            let split = MR <= 2;
+            let flip = _mm256_set1_epi8(-128);
+            for h in 0..2 {
+                let mut acc = [_mm256_setzero_ps(); MR];
+                for b in 0..job.kb {
+                    if MR <= 2 && h == 0 {
+                        prefetch_block(job, b);
+                    }
+                    // SAFETY (whole body): offsets stay inside the tile and the prepared
+                    // activation arrays (64 bytes per block and row), per the Job contract.
+                    unsafe {
+                        let w = job.vals.add(b * 512 + h * 32);
+                        let a = job.q8.add(b * GROUP * 64);
+                        let mut hi = [_mm256_setzero_si256(); MR];
+                        let mut hi2 = [_mm256_setzero_si256(); MR];
+                        let mut lo = [_mm256_setzero_si256(); MR];
+                        let mut lo2 = [_mm256_setzero_si256(); MR];
+                        for l in 0..8 {
+                            let v = _mm256_loadu_si256(w.add(l * 64) as *const __m256i);
+                            let u = _mm256_xor_si256(v, flip);
+                            for r in 0..MR {
+                                let ar = a.add(r * 64);
+                                if split && l % 2 == 1 {
+                                    hi2[r] = $dpbusd(hi2[r], u, bcast(ar, l));
+                                    lo2[r] = $dpbusd(lo2[r], bcast(ar.add(32), l), v);
+                                } else {
+                                    hi[r] = $dpbusd(hi[r], u, bcast(ar, l));
+                                    lo[r] = $dpbusd(lo[r], bcast(ar.add(32), l), v);
+                                }
+                            }
+                        }
+                        let d = if PER_ROW {
+                            _mm256_set1_ps(1.0)
+                        } else {
+                            block_scales(job, b, h)
+                        };
+                        for r in 0..MR {
+                            let (hs, ls) = if split {
+                                (
+                                    _mm256_add_epi32(hi[r], hi2[r]),
+                                    _mm256_add_epi32(lo[r], lo2[r]),
+                                )
+                            } else {
+                                (hi[r], lo[r])
+                            };
+                            let bias = _mm256_set1_epi32(*job.blk_bias.add(b * GROUP + r));
+                            let tot = _mm256_cvtepi32_ps(_mm256_add_epi32(
+                                _mm256_add_epi32(_mm256_slli_epi32::<8>(hs), ls),
+                                bias,
+                            ));
+                            acc[r] = if PER_ROW {
+                                _mm256_add_ps(tot, acc[r])
+                            } else {
+                                _mm256_fmadd_ps(tot, d, acc[r])
+                            };
+                        }
+                    }
+                }
+                for r in 0..MR {
+                    // SAFETY: row r0 + r exists; out rows hold 16 f32.
+                    unsafe {
+                        let mut v = _mm256_mul_ps(acc[r], _mm256_set1_ps(*job.row_scale.add(r)));
+                        if PER_ROW {
+                            v = _mm256_mul_ps(v, row_scales(job, h));
+                        }
+                        _mm256_storeu_ps(out[r].as_mut_ptr().add(8 * h), v);
+                    }
+                }
+            }
+        }
+    };
+}
+
+/// VEX-encoded (`{vex} vpdpbusd`, AVX-VNNI).
+pub(crate) mod vex {
+    kernels!("avx2,fma,f16c,avxvnni", _mm256_dpbusd_avx_epi32);
+}
+
+/// EVEX-encoded (AVX512-VNNI with AVX512VL, on ymm registers).
+pub(crate) mod evex {
+    kernels!(
+        "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni",
+        _mm256_dpbusd_epi32
+    );
+}
