@@ -471,7 +471,7 @@ mod tests {
     fn run(set: &KernelSet, isa: Isa, w: &PackedMatrix, a: &[f32]) -> Vec<Vec<f32>> {
         let n = w.n();
         let mut s = ActScratch::default();
-        act_quant::prepare(a, GROUP, w.k(), set.plan, isa, &mut s);
+        act_quant::prepare(a, GROUP, w.k(), None, set.plan, isa, &mut s);
         let kernels = set.by_rows.iter().zip([1, 2, 4, 8]);
         kernels
             .filter_map(|(k, mr)| k.map(|k| (k, mr)))
