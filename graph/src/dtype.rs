@@ -60,7 +60,7 @@ impl DType {
     /// blocks or the size overflows. Callers use this to validate untrusted headers
     /// before allocating.
     pub fn storage_bytes(self, elems: usize) -> Option<usize> {
-        if self == DType::Q8Channel || elems % self.block_elems() != 0 {
+        if self == DType::Q8Channel || !elems.is_multiple_of(self.block_elems()) {
             return None;
         }
         (elems / self.block_elems()).checked_mul(self.block_bytes())

@@ -483,7 +483,7 @@ impl Op {
                 want_rank(x, 2, "rope input")?;
                 want_scalar_i32(inputs[1], "rope pos")?;
                 want_scalar_i32(inputs[2], "rope n_valid")?;
-                if params.head_dim == 0 || x.shape[1] % params.head_dim != 0 {
+                if params.head_dim == 0 || !x.shape[1].is_multiple_of(params.head_dim) {
                     return Err(format!(
                         "rope: width {} is not a multiple of head_dim {}",
                         x.shape[1], params.head_dim

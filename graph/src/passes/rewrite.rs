@@ -68,8 +68,8 @@ impl<'a> Rewrite<'a> {
 }
 
 /// Runs a rewrite and installs the result; returns whether anything changed.
-pub(crate) fn apply<'a>(
-    g: &'a mut Graph,
+pub(crate) fn apply(
+    g: &mut Graph,
     f: impl FnMut(&mut Rewrite<'_>, NodeId) -> Result<Option<NodeId>, GraphError>,
 ) -> Result<bool, GraphError> {
     match Rewrite::run(g, f)? {

@@ -63,7 +63,7 @@ pub fn kv_write_f16(
 ) -> Result<(), KernelError> {
     let rows = cache.len() / width.max(1);
     let t = new.len() / width.max(1);
-    if width == 0 || new.len() % width != 0 || pos + t > rows {
+    if width == 0 || !new.len().is_multiple_of(width) || pos + t > rows {
         return Err(KernelError(format!(
             "KV write of {} values ({t} rows of {width}) at position {pos} exceeds the cache's {rows} rows",
             new.len()
