@@ -313,6 +313,68 @@ fn every_format_act_epilogue_isa_and_thread_count() {
     report();
 }
 
+/// The rms_norm prologue (`matmul_packed_rms_norm`) on every path, format and activation
+/// precision, at 1 and 2 threads, with m = 1, 5 and 130 (one and several row groups, the
+/// parallel quantization path): it must give what normalizing first gives. The norm's
+/// factor goes into the scales instead of the values, so an i8/i16 value may round the
+/// other way at a tie; the tolerance admits that and nothing like a wrong scale.
+#[test]
+fn rms_norm_prologue_on_every_path() {
+    use npurt_kernels::cpu::{matmul_packed_rms_norm, RowNorm};
+    let pools = pools();
+    let mut rng = Lcg(0x5eed_0003);
+    for dtype in FORMATS {
+        let w = weight(&mut rng, dtype, 48, 576);
+        let norm_w: Vec<f32> = rng.vec(w.k, 0.5).iter().map(|x| 1.0 + x).collect();
+        let norm = RowNorm {
+            weight: &norm_w,
+            eps: 1e-5,
+        };
+        for m in [1, 5, 130] {
+            let a = activations(&mut rng, m, w.k);
+            let mut normed = vec![0f32; a.len()];
+            reference::rms_norm(&a, &norm_w, norm.eps, &mut normed);
+            for act in ACTS {
+                for isa in Isa::supported() {
+                    for (t, pool) in &pools {
+                        let run = |fused: bool| {
+                            let mut out = vec![f32::NAN; m * w.n];
+                            pool.install(|| {
+                                with_isa(isa, || {
+                                    let e = Epilogue::None;
+                                    if fused {
+                                        matmul_packed_rms_norm(
+                                            &a, m, norm, &w.packed, act, e, None, None, &mut out,
+                                        )
+                                    } else {
+                                        matmul_packed(
+                                            &normed, m, &w.packed, act, e, None, None, &mut out,
+                                        )
+                                    }
+                                })
+                            })
+                            .unwrap();
+                            out
+                        };
+                        let e = nmse(&run(true), &run(false));
+                        let tol = if act == ActPrecision::F32 {
+                            1e-10
+                        } else {
+                            1e-6
+                        };
+                        assert!(
+                            e <= tol,
+                            "{dtype} m={m} act={} isa={} threads={t}: fused norm NMSE {e:.2e}",
+                            act.name(),
+                            isa.name()
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Odd shapes: m in {1, 2, 3, 5, 17, 64, 130}, k in {32, 96, 576, 1536}, n in {1, 3, 13,
 /// 65, 200, 577} (plus even n for SwiGLU, fused when n/2 is a multiple of 16 and
 /// through the unaligned fallback otherwise), each on every path and thread count; the
