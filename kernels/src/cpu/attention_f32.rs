@@ -48,6 +48,7 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn pair<C: KvElem>(
+    path: Isa,
     q: &[f32],
     k_cache: &[C],
     v_cache: &[C],
@@ -62,7 +63,7 @@ fn pair<C: KvElem>(
     let hd = q.len();
     let mut max = f32::NEG_INFINITY;
     for (j, s) in scores[..=last].iter_mut().enumerate() {
-        let (k, _) = C::rows_f32(&k_cache[j * kw + kv_off..], 1, kw, hd, row);
+        let (k, _) = C::rows_f32(path, &k_cache[j * kw + kv_off..], 1, kw, hd, row);
         *s = dot(q, &k[..hd]) * scale;
         max = max.max(*s);
     }
@@ -73,7 +74,7 @@ fn pair<C: KvElem>(
     let sum: f32 = scores[..=last].iter().sum();
     out.fill(0.0);
     for (j, &p) in scores[..=last].iter().enumerate() {
-        let (v, _) = C::rows_f32(&v_cache[j * kw + kv_off..], 1, kw, hd, row);
+        let (v, _) = C::rows_f32(path, &v_cache[j * kw + kv_off..], 1, kw, hd, row);
         for (o, &x) in out.iter_mut().zip(&v[..hd]) {
             *o += p * x;
         }
@@ -318,7 +319,7 @@ fn block_task<C: KvElem>(
         // The next block's rows load while this one computes (at decode the cache is
         // cold: the weights streamed through since the last token).
         prefetch_rows(k, v, a.kw, hd, j0 + KB..(j0 + 2 * KB).min(keys.end));
-        let (kb, ks) = C::rows_f32(&k[j0 * a.kw..], nk, a.kw, hd, &mut sc.kc);
+        let (kb, ks) = C::rows_f32(path, &k[j0 * a.kw..], nk, a.kw, hd, &mut sc.kc);
         transpose_k(path, kb, ks, nk, hd, &mut sc.kt);
         for i0 in (0..nq_pad).step_by(QT) {
             score_tile(&sc.q[i0 * hd..], &sc.kt, hd, &mut sc.s[i0 * KB..]);
@@ -349,7 +350,7 @@ fn block_task<C: KvElem>(
                 sc.o[i * hd..][..hd].iter_mut().for_each(|o| *o *= corr);
             }
         }
-        let (vb, vs) = C::rows_f32(&v[j0 * a.kw..], nk, a.kw, hd, &mut sc.vc);
+        let (vb, vs) = C::rows_f32(path, &v[j0 * a.kw..], nk, a.kw, hd, &mut sc.vc);
         for i0 in (0..nq_pad).step_by(QT) {
             let (p, o) = (&sc.s[i0 * KB..], &mut sc.o[i0 * hd..]);
             let mut col = 0;
@@ -505,6 +506,7 @@ fn task<C: KvElem>(
         // SAFETY: each (t, h) pair writes only its own head_dim slice of row t.
         let o = unsafe { std::slice::from_raw_parts_mut(a.out.at(t * a.qw + h * hd), hd) };
         pair(
+            path,
             &a.q[t * a.qw + h * hd..][..hd],
             a.k,
             a.v,
