@@ -348,7 +348,8 @@ impl CpuExecutable {
                     }
                     Op::Silu => r::silu(f32_of(ins[0])?, &mut out),
                     Op::Gelu { tanh } => r::gelu(f32_of(ins[0])?, *tanh, &mut out),
-                    Op::Softmax => r::softmax(f32_of(ins[0])?, node.fact.last_dim(), &mut out),
+                    Op::Softmax => k::softmax_f32(f32_of(ins[0])?, node.fact.last_dim(), &mut out)
+                        .map_err(kerr)?,
                     Op::Reshape { .. } => out.copy_from_slice(f32_of(ins[0])?),
                     Op::Transpose { perm } => {
                         r::transpose(f32_of(ins[0])?, &g.fact(ins[0]).shape, perm, &mut out)

@@ -130,7 +130,9 @@ mod tests {
             assert_eq!(rows[1], 1.0);
         }
         // Whole vectors and a tail on the vector paths.
-        let long: Vec<f16> = (0..21).map(|i| f16::from_f32(i as f32 * 0.37 - 3.0)).collect();
+        let long: Vec<f16> = (0..21)
+            .map(|i| f16::from_f32(i as f32 * 0.37 - 3.0))
+            .collect();
         for isa in Isa::supported() {
             let (rows, _) = f16::rows_f32(isa, &long, 1, 21, 21, &mut buf);
             assert!(rows.iter().zip(&long).all(|(a, b)| *a == b.to_f32()));

@@ -9,7 +9,8 @@
 //!   hand-written microkernels per ISA (`microkernels/`), fused epilogues included,
 //!   and the rms_norm prologue computed inside the activation quantization
 //!   ([`matmul_packed_rms_norm`]);
-//! - [`rms_norm_f32`], [`rope_f32`]: vectorized RMSNorm and RoPE;
+//! - [`rms_norm_f32`], [`rope_f32`], [`softmax_f32`]: vectorized RMSNorm, RoPE and
+//!   row softmax;
 //! - [`kv_write_f16`] and [`KvElem`]: f16 KV caches (attention reads f32 or f16).
 
 mod act_quant;
@@ -24,6 +25,7 @@ mod packed;
 mod pool;
 mod rms_norm_f32;
 mod rope_f32;
+mod softmax_f32;
 mod weight_memory;
 
 pub use act_quant::RowNorm;
@@ -36,6 +38,7 @@ pub use packed::{gather_packed, pack, PackedMatrix, BLOCK, TILE_ROWS};
 pub use pool::{current_threads, ThreadPool};
 pub use rms_norm_f32::rms_norm_f32;
 pub use rope_f32::rope_f32;
+pub use softmax_f32::softmax_f32;
 
 /// A raw pointer that may cross threads. Used only where each task writes a disjoint
 /// region of one output slice (documented at every use).
