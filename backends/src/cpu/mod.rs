@@ -165,38 +165,22 @@ impl Backend for CpuBackend {
             bytes: usize::MAX,
         })?;
         let n = fact.elems().unwrap_or(0);
+        // Reserved fallibly: a lying config asks for absurd sizes, which must be an error.
+        fn zeroed<T: Clone>(len: usize, zero: T, oom: impl Fn() -> BackendError) -> Result<Vec<T>> {
+            let mut v = Vec::new();
+            v.try_reserve_exact(len).map_err(|_| oom())?;
+            v.resize(len, zero);
+            Ok(v)
+        }
+        let oom = || BackendError::OutOfMemory {
+            what: fact.to_string(),
+            bytes,
+        };
         let data = match fact.dtype {
-            DType::F32 => {
-                let mut v = Vec::new();
-                v.try_reserve_exact(n)
-                    .map_err(|_| BackendError::OutOfMemory {
-                        what: fact.to_string(),
-                        bytes,
-                    })?;
-                v.resize(n, 0f32);
-                HostData::F32(v)
-            }
+            DType::F32 => HostData::F32(zeroed(n, 0f32, oom)?),
             DType::I32 => HostData::I32(vec![0; n]),
-            DType::F16 => {
-                let mut v = Vec::new();
-                v.try_reserve_exact(n)
-                    .map_err(|_| BackendError::OutOfMemory {
-                        what: fact.to_string(),
-                        bytes,
-                    })?;
-                v.resize(n, half::f16::ZERO);
-                HostData::F16(v)
-            }
-            _ => {
-                let mut v = Vec::new();
-                v.try_reserve_exact(bytes)
-                    .map_err(|_| BackendError::OutOfMemory {
-                        what: fact.to_string(),
-                        bytes,
-                    })?;
-                v.resize(bytes, 0u8);
-                HostData::Bytes(v)
-            }
+            DType::F16 => HostData::F16(zeroed(n, half::f16::ZERO, oom)?),
+            _ => HostData::Bytes(zeroed(bytes, 0u8, oom)?),
         };
         Ok(Arc::new(CpuBuffer::new(
             HostTensor {

@@ -279,18 +279,10 @@ pub(crate) fn prepare(
 }
 
 /// Writes `x * w` (times the row's `rsqrt(mean(x^2) + eps)` unless `defer_rms`) into
-/// `out` and returns that factor. Sixteen partial sums so the loop vectorizes.
+/// `out` and returns that factor.
 #[inline]
 fn scale_row(x: &[f32], norm: RowNorm, defer_rms: bool, out: &mut [f32]) -> f32 {
-    let mut acc = [0f32; 16];
-    let mut chunks = x.chunks_exact(16);
-    for c in &mut chunks {
-        for i in 0..16 {
-            acc[i] += c[i] * c[i];
-        }
-    }
-    let tail: f32 = chunks.remainder().iter().map(|v| v * v).sum();
-    let ms = (acc.iter().sum::<f32>() + tail) / x.len() as f32;
+    let ms = super::math::sum_squares(x) / x.len() as f32;
     let inv = 1.0 / (ms + norm.eps).sqrt();
     let r = if defer_rms { 1.0 } else { inv };
     for ((o, &v), &w) in out.iter_mut().zip(x).zip(norm.weight) {

@@ -5,7 +5,7 @@
 //! out-of-line call per 8 values, which cost more than the attention arithmetic).
 
 use super::Isa;
-use crate::reference::KernelError;
+use crate::reference::{kv_write_range, KernelError};
 use half::f16;
 use half::slice::HalfFloatSliceExt;
 
@@ -97,15 +97,8 @@ pub fn kv_write_f16(
     width: usize,
     pos: usize,
 ) -> Result<(), KernelError> {
-    let rows = cache.len() / width.max(1);
-    let t = new.len() / width.max(1);
-    if width == 0 || !new.len().is_multiple_of(width) || pos + t > rows {
-        return Err(KernelError(format!(
-            "KV write of {} values ({t} rows of {width}) at position {pos} exceeds the cache's {rows} rows",
-            new.len()
-        )));
-    }
-    cache[pos * width..(pos + t) * width].convert_from_f32_slice(new);
+    let range = kv_write_range(cache.len(), new.len(), width, pos)?;
+    cache[range].convert_from_f32_slice(new);
     Ok(())
 }
 

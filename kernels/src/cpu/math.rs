@@ -29,6 +29,20 @@ pub(crate) fn exp(x: f32) -> f32 {
     e * f32::from_bits((n.wrapping_add(127) as u32) << 23)
 }
 
+/// `sum(x^2)` with sixteen partial sums: f32 addition is not associative, so the
+/// compiler only vectorizes a reduction whose order is written out.
+#[inline(always)]
+pub(crate) fn sum_squares(x: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let mut it = x.chunks_exact(16);
+    for c in &mut it {
+        for i in 0..16 {
+            acc[i] += c[i] * c[i];
+        }
+    }
+    acc.iter().sum::<f32>() + it.remainder().iter().map(|v| v * v).sum::<f32>()
+}
+
 /// SiLU-gated product of LLaMA's MLP: `silu(g) * u = g / (1 + e^-g) * u`.
 #[inline(always)]
 pub(crate) fn swiglu(g: f32, u: f32) -> f32 {

@@ -313,6 +313,27 @@ pub fn for_each(n: usize, f: impl Fn(usize) + Sync) {
     })
 }
 
+/// Runs `run` over `x` and `out` (rows of `width` values): on the pool, in chunks of
+/// whole rows, once there are `parallel_min` values and more than one thread; else on
+/// the calling thread in one call (the row-wise glue kernels).
+pub(crate) fn for_row_chunks(
+    x: &[f32],
+    out: &mut [f32],
+    width: usize,
+    parallel_min: usize,
+    run: impl Fn(&[f32], &mut [f32]) + Sync,
+) {
+    if x.len() >= parallel_min && current_threads() > 1 {
+        let chunk = width * (parallel_min / 4 / width).max(1);
+        for_each_item(
+            x.chunks(chunk).zip(out.chunks_mut(chunk)).collect(),
+            |(x, o)| run(x, o),
+        );
+    } else {
+        run(x, out);
+    }
+}
+
 /// Runs `f` on every item, each task owning its item (chunks of `&mut` outputs).
 pub fn for_each_item<T: Send>(items: Vec<T>, f: impl Fn(T) + Sync) {
     let slots: Vec<Mutex<Option<T>>> = items.into_iter().map(|t| Mutex::new(Some(t))).collect();

@@ -27,15 +27,7 @@ pub fn rms_norm_f32(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) -> Result<(
         Isa::Avx2Fma | Isa::Avx2Vnni => unsafe { rows_avx2(x, w, eps, out) },
         _ => rows(x, w, eps, out),
     };
-    if x.len() >= PARALLEL_MIN_VALUES && super::pool::current_threads() > 1 {
-        let chunk = h * (PARALLEL_MIN_VALUES / 4 / h).max(1);
-        super::pool::for_each_item(
-            x.chunks(chunk).zip(out.chunks_mut(chunk)).collect(),
-            |(x, o)| run(x, o),
-        );
-    } else {
-        run(x, out);
-    }
+    super::pool::for_row_chunks(x, out, h, PARALLEL_MIN_VALUES, run);
     Ok(())
 }
 
@@ -55,17 +47,7 @@ unsafe fn rows_avx2(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
 fn rows(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     let h = w.len();
     for (row, o) in x.chunks_exact(h).zip(out.chunks_exact_mut(h)) {
-        // Sixteen partial sums: f32 addition is not associative, so the compiler only
-        // vectorizes a reduction whose order is written out.
-        let mut acc = [0f32; 16];
-        let mut it = row.chunks_exact(16);
-        for c in &mut it {
-            for i in 0..16 {
-                acc[i] += c[i] * c[i];
-            }
-        }
-        let tail: f32 = it.remainder().iter().map(|v| v * v).sum();
-        let ms = (acc.iter().sum::<f32>() + tail) / h as f32;
+        let ms = super::math::sum_squares(row) / h as f32;
         let r = 1.0 / (ms + eps).sqrt();
         for ((o, &v), &g) in o.iter_mut().zip(row).zip(w) {
             *o = v * r * g;

@@ -28,15 +28,7 @@ pub fn softmax_f32(x: &[f32], width: usize, out: &mut [f32]) -> Result<(), Kerne
         Isa::Avx2Fma | Isa::Avx2Vnni => unsafe { rows_avx2(x, width, out) },
         _ => rows(x, width, out),
     };
-    if x.len() >= PARALLEL_MIN_VALUES && super::pool::current_threads() > 1 {
-        let chunk = width * (PARALLEL_MIN_VALUES / 4 / width).max(1);
-        super::pool::for_each_item(
-            x.chunks(chunk).zip(out.chunks_mut(chunk)).collect(),
-            |(x, o)| run(x, o),
-        );
-    } else {
-        run(x, out);
-    }
+    super::pool::for_row_chunks(x, out, width, PARALLEL_MIN_VALUES, run);
     Ok(())
 }
 

@@ -20,6 +20,7 @@ pub(crate) use attention::{check_args as check_attention_args, Dims as Attention
 pub use elementwise::{add, gelu, gelu_erf, gelu_tanh, mul, silu, softmax};
 pub use gather::gather;
 pub use kv_write::kv_write;
+pub(crate) use kv_write::kv_write_range;
 pub use layout::{patch_embed, select_row, slice_cols, transpose};
 pub use matmul::{epilogue, matmul};
 pub use norm::{layer_norm, rms_norm};
