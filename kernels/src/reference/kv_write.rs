@@ -10,7 +10,10 @@ pub(crate) fn kv_write_range(
 ) -> Result<std::ops::Range<usize>, KernelError> {
     let rows = cache_len / width.max(1);
     let t = new_len / width.max(1);
-    if width == 0 || new_len % width != 0 || pos.checked_add(t).is_none_or(|end| end > rows) {
+    if width == 0
+        || !new_len.is_multiple_of(width)
+        || pos.checked_add(t).is_none_or(|end| end > rows)
+    {
         return Err(KernelError(format!(
             "KV write of {new_len} values ({t} rows of {width}) at position {pos} exceeds the cache's {rows} rows"
         )));
