@@ -20,6 +20,26 @@ fn cpu(threads: usize) -> CpuBackend {
 npurt_backends::conformance_tests!(cpu_one_thread: cpu(1));
 npurt_backends::conformance_tests!(cpu_two_threads: Arc::new(cpu(2)) as Arc<dyn Backend>);
 
+/// The whole suite on every kernel path this CPU has (the tests above run the best
+/// one), at one and two threads: kernels take their path from the calling thread,
+/// where the suite runs each case.
+#[test]
+fn every_kernel_path_passes_the_suite() {
+    use npurt_kernels::cpu::{with_isa, Isa};
+    for isa in Isa::supported() {
+        for threads in [1, 2] {
+            let report = with_isa(isa, || conformance::run_suite(&cpu(threads), None));
+            assert_eq!(
+                report.failed(),
+                0,
+                "path {} at {threads} thread(s):\n{report}",
+                isa.name()
+            );
+            assert!(report.passed() > 100, "{report}");
+        }
+    }
+}
+
 /// Everything in f32 must pass on the CPU backend. Other weight formats pass or are
 /// declined while its quantized kernels land, but never fail; and every op of the IR
 /// has at least one passing case.
