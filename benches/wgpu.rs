@@ -221,6 +221,7 @@ fn bench_attention(c: &mut Criterion, be: &WgpuBackend) {
                     n_kv_heads: nkv,
                     head_dim: hd,
                     scale: 0.125,
+                    mode: npurt_graph::AttentionMode::Causal,
                 },
                 &[q, kc, vc, p, nv],
             )

@@ -923,6 +923,7 @@ fn attention_case(
             n_kv_heads: nkv,
             head_dim: hd,
             scale,
+            mode: npurt_graph::AttentionMode::Causal,
         },
         &[qi, kw1, vw1, p, nv],
     );

@@ -2,7 +2,8 @@
 //! code reads like the model and errors point at the exact layer.
 
 use crate::{
-    ActPrecision, Epilogue, Graph, GraphError, NodeId, Op, Prologue, RopeParams, TensorFact,
+    ActPrecision, AttentionMode, Epilogue, Graph, GraphError, NodeId, Op, Prologue, RopeParams,
+    TensorFact,
 };
 
 pub struct Builder {
@@ -147,9 +148,38 @@ impl Builder {
                 n_kv_heads,
                 head_dim,
                 scale,
+                mode: AttentionMode::Causal,
             },
             &[q, k, v, pos, n_valid],
         )
+    }
+    /// ViT attention: every query sees every key of its own `seq`-row sequence
+    /// (`q, k, v [B*seq, heads*head_dim]`, no cache), scale `1/sqrt(head_dim)`.
+    pub fn attention_bidirectional(
+        &mut self,
+        name: &str,
+        [q, k, v]: [NodeId; 3],
+        n_heads: usize,
+        head_dim: usize,
+        seq: usize,
+    ) -> R {
+        let scale = 1.0 / (head_dim as f32).sqrt();
+        self.op(
+            name,
+            Op::Attention {
+                n_heads,
+                n_kv_heads: n_heads,
+                head_dim,
+                scale,
+                mode: AttentionMode::Bidirectional { seq },
+            },
+            &[q, k, v],
+        )
+    }
+    /// Zero-pad each `grid` of tokens to a multiple of `block` and merge every
+    /// `block x block` cell into one token (the ViT token downsampler).
+    pub fn space_to_channel(&mut self, name: &str, x: NodeId, grid: [usize; 2], block: usize) -> R {
+        self.op(name, Op::SpaceToChannel { grid, block }, &[x])
     }
     pub fn silu(&mut self, name: &str, x: NodeId) -> R {
         self.op(name, Op::Silu, &[x])

@@ -18,7 +18,8 @@ pub use dtype::DType;
 pub use fact::TensorFact;
 pub use graph::{Graph, Node, NodeId};
 pub use op::{
-    ActPrecision, Epilogue, InferError, MatMulOperands, Op, Prologue, RopeParams, RopeScaling,
+    ActPrecision, AttentionMode, Epilogue, InferError, MatMulOperands, Op, Prologue, RopeParams,
+    RopeScaling,
 };
 pub use precision::{PrecisionPolicy, WeightFormat};
 

@@ -153,6 +153,34 @@ impl Epilogue {
     }
 }
 
+/// Which keys a query row of [`Op::Attention`] sees, and where K/V come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum AttentionMode {
+    /// The LLM: `(q, k_cache, v_cache, pos i32[1], n_valid i32[1])`; query `t`
+    /// (absolute position `pos+t`) sees cache rows `0 ..= pos+t`, and never rows at or
+    /// past `pos + n_valid` (padding of the last chunk).
+    Causal,
+    /// The ViT: `(q, k, v)`, all `[B * seq, width]` activations (no cache, no
+    /// positions); the rows are `B` independent sequences of `seq` tokens (a batch of
+    /// image tiles) and every query sees every key of its own sequence.
+    Bidirectional { seq: usize },
+}
+
+impl AttentionMode {
+    pub fn arity(self) -> usize {
+        match self {
+            AttentionMode::Causal => 5,
+            AttentionMode::Bidirectional { .. } => 3,
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            AttentionMode::Causal => "causal",
+            AttentionMode::Bidirectional { .. } => "bidirectional",
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub enum Op {
     /// A run-time input (token ids, embeddings, positions), bound per execution.
@@ -218,17 +246,28 @@ pub enum Op {
     /// f16: each value rounded to the nearest f16, ties to even):
     /// `(cache, new, pos i32[1]) -> cache'`. The output aliases the cache state.
     KvWrite,
-    /// Causal GQA attention of `q [T, nh*hd]` over `k_cache, v_cache [S, nkv*hd]` (f32
-    /// or f16, computed in f32):
-    /// `(q, k_cache, v_cache, pos i32[1], n_valid i32[1]) -> [T, nh*hd]`. Query `t`
-    /// (absolute position `pos+t`) sees keys `0 ..= pos+t`, and never keys at or past
-    /// `pos + n_valid` (padding of the last chunk). Query head `h` uses KV head
+    /// GQA attention of `q [T, nh*hd]` over keys/values `[S, nkv*hd]` -> `[T, nh*hd]`,
+    /// computed in f32. `mode` says which keys a query sees and what the inputs are
+    /// ([`AttentionMode`]): causal over an f32/f16 KV cache for the LLM, bidirectional
+    /// within each sequence of a batch for the ViT. Query head `h` uses KV head
     /// `h / (nh / nkv)` (HF repeat_kv).
     Attention {
         n_heads: usize,
         n_kv_heads: usize,
         head_dim: usize,
         scale: f32,
+        mode: AttentionMode,
+    },
+    /// The ViT token downsampler's layout step: `x [B * h * w, C]` (each image a
+    /// row-major `h x w` token grid) zero-padded at the bottom/right to multiples of
+    /// `block`, then each `block x block` cell merged into one token by concatenating
+    /// channels in row-major cell order:
+    /// `out[b, i*w2 + j, (dr*block + dc)*C + c] = x[b, block*i+dr, block*j+dc, c]`
+    /// (`w2 = ceil(w/block)`, zero outside the grid) -> `[B * h2 * w2, block*block*C]`.
+    /// BlueLM-V's 2x2 merge: 27x27x1152 -> 14x14x4608.
+    SpaceToChannel {
+        grid: [usize; 2],
+        block: usize,
     },
     Silu,
     /// Exact (erf) GELU, or the tanh approximation.
@@ -311,6 +350,7 @@ impl Op {
             Op::Rope { .. } => "rope",
             Op::KvWrite => "kv_write",
             Op::Attention { .. } => "attention",
+            Op::SpaceToChannel { .. } => "space_to_channel",
             Op::Silu => "silu",
             Op::Gelu { .. } => "gelu",
             Op::Softmax => "softmax",
@@ -338,13 +378,14 @@ impl Op {
             | Op::Softmax
             | Op::Reshape { .. }
             | Op::Transpose { .. }
-            | Op::SliceCols { .. } => 1,
+            | Op::SliceCols { .. }
+            | Op::SpaceToChannel { .. } => 1,
             Op::MatMul {
                 prologue, epilogue, ..
             } => 2 + prologue.extra_inputs() + epilogue.extra_inputs(),
             Op::Gather | Op::Add | Op::Mul | Op::RmsNorm { .. } | Op::SelectRow => 2,
             Op::LayerNorm { .. } | Op::Rope { .. } | Op::KvWrite | Op::PatchEmbed { .. } => 3,
-            Op::Attention { .. } => 5,
+            Op::Attention { mode, .. } => mode.arity(),
         }
     }
 
@@ -513,15 +554,28 @@ impl Op {
                 n_heads,
                 n_kv_heads,
                 head_dim,
+                mode,
                 ..
             } => {
                 let (q, k, v) = (inputs[0], inputs[1], inputs[2]);
                 want_rank(q, 2, "attention q")?;
-                same_fact(k, v, "attention k/v caches differ")?;
-                want_rank(k, 2, "attention k cache")?;
-                want_kv_dtype(k)?;
-                want_scalar_i32(inputs[3], "attention pos")?;
-                want_scalar_i32(inputs[4], "attention n_valid")?;
+                same_fact(k, v, "attention k/v differ")?;
+                want_rank(k, 2, "attention k")?;
+                match mode {
+                    AttentionMode::Causal => {
+                        want_kv_dtype(k)?;
+                        want_scalar_i32(inputs[3], "attention pos")?;
+                        want_scalar_i32(inputs[4], "attention n_valid")?;
+                    }
+                    AttentionMode::Bidirectional { seq } => {
+                        want_dtype(k, DType::F32, "bidirectional attention k/v")?;
+                        if *seq == 0 || q.shape[0] % seq != 0 || k.shape[0] != q.shape[0] {
+                            return Err(format!(
+                                "bidirectional attention: q {q} and k/v {k} are not whole sequences of {seq} rows"
+                            ));
+                        }
+                    }
+                }
                 if *n_kv_heads == 0 || n_heads % n_kv_heads != 0 {
                     return Err(format!(
                         "attention: {n_heads} heads not divisible by {n_kv_heads} kv heads"
@@ -531,6 +585,23 @@ impl Op {
                     return Err(format!("attention: q {q} / kv {k} do not match {n_heads}x{head_dim} / {n_kv_heads}x{head_dim}"));
                 }
                 Ok(TensorFact::f32(q.shape.clone()))
+            }
+            Op::SpaceToChannel { grid, block } => {
+                let x = inputs[0];
+                want_rank(x, 2, "space_to_channel input")?;
+                want_float(x, "space_to_channel input")?;
+                let [h, w] = *grid;
+                if h == 0 || w == 0 || *block == 0 || x.shape[0] % (h * w) != 0 {
+                    return Err(format!(
+                        "space_to_channel: {x} is not a batch of {h}x{w} token grids (block {block})"
+                    ));
+                }
+                let images = x.shape[0] / (h * w);
+                let cells = h.div_ceil(*block) * w.div_ceil(*block);
+                Ok(TensorFact::f32([
+                    images * cells,
+                    block * block * x.shape[1],
+                ]))
             }
             Op::Silu | Op::Gelu { .. } | Op::Softmax => {
                 want_float(inputs[0], "activation input")?;

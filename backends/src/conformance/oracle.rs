@@ -6,7 +6,7 @@
 //! quantization may cost.
 
 use super::case::{CaseData, Compared};
-use npurt_graph::{DType, Graph, MatMulOperands, NodeId, Op, Prologue};
+use npurt_graph::{AttentionMode, DType, Graph, MatMulOperands, NodeId, Op, Prologue};
 use npurt_kernels::{quant, reference as r, HostData, HostTensor};
 
 /// A node's value in the oracle.
@@ -180,6 +180,7 @@ fn evaluate(graph: &Graph, sources: &[(NodeId, HostTensor)]) -> Result<Vec<Value
                 n_kv_heads,
                 head_dim,
                 scale,
+                mode: AttentionMode::Causal,
             } => r::attention(
                 f(0)?,
                 f(1)?,
@@ -193,6 +194,27 @@ fn evaluate(graph: &Graph, sources: &[(NodeId, HostTensor)]) -> Result<Vec<Value
                 &mut out,
             )
             .map_err(kerr)?,
+            Op::Attention {
+                n_heads,
+                n_kv_heads,
+                head_dim,
+                scale,
+                mode: AttentionMode::Bidirectional { seq },
+            } => r::attention_bidirectional(
+                f(0)?,
+                f(1)?,
+                f(2)?,
+                *seq,
+                *n_heads,
+                *n_kv_heads,
+                *head_dim,
+                *scale,
+                &mut out,
+            )
+            .map_err(kerr)?,
+            Op::SpaceToChannel { grid, block } => {
+                r::space_to_channel(f(0)?, *grid, *block, in_fact(0).shape[1], &mut out)
+            }
             Op::Silu => r::silu(f(0)?, &mut out),
             Op::Gelu { tanh } => r::gelu(f(0)?, *tanh, &mut out),
             Op::Softmax => r::softmax(f(0)?, node.fact.last_dim(), &mut out),

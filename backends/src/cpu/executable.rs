@@ -4,7 +4,7 @@
 
 use super::buffer::CpuBuffer;
 use crate::{BackendError, Bindings, BufferUsage, DeviceBuffer, Executable, Result, Scratch};
-use npurt_graph::{DType, Graph, MatMulOperands, NodeId, Op, Prologue};
+use npurt_graph::{AttentionMode, DType, Graph, MatMulOperands, NodeId, Op, Prologue};
 use npurt_kernels::cpu::ThreadPool;
 use npurt_kernels::{cpu as k, reference as r, HostData};
 use std::any::Any;
@@ -332,6 +332,32 @@ impl CpuExecutable {
                         n_kv_heads,
                         head_dim,
                         scale,
+                        mode: AttentionMode::Bidirectional { seq },
+                    } => r::attention_bidirectional(
+                        f32_of(ins[0])?,
+                        f32_of(ins[1])?,
+                        f32_of(ins[2])?,
+                        *seq,
+                        *n_heads,
+                        *n_kv_heads,
+                        *head_dim,
+                        *scale,
+                        &mut out,
+                    )
+                    .map_err(kerr)?,
+                    Op::SpaceToChannel { grid, block } => r::space_to_channel(
+                        f32_of(ins[0])?,
+                        *grid,
+                        *block,
+                        g.fact(ins[0]).shape[1],
+                        &mut out,
+                    ),
+                    Op::Attention {
+                        n_heads,
+                        n_kv_heads,
+                        head_dim,
+                        scale,
+                        mode: AttentionMode::Causal,
                     } => {
                         let (q, pos, n_valid) = (f32_of(ins[0])?, scalar(ins[3])?, scalar(ins[4])?);
                         let (nh, nkv, hd, sc) = (*n_heads, *n_kv_heads, *head_dim, *scale);

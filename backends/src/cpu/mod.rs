@@ -147,7 +147,10 @@ impl Backend for CpuBackend {
                 )
             }
             Op::Gather => format!("gather[{}]", graph.fact(n.inputs[0]).dtype),
-            Op::Attention { .. } => format!(
+            Op::Attention {
+                mode: npurt_graph::AttentionMode::Causal,
+                ..
+            } => format!(
                 "attention_f32[{} kv, flash blocks, online softmax, {isa}]",
                 graph.fact(n.inputs[1]).dtype
             ),

@@ -207,6 +207,13 @@ pub(crate) fn lower(cx: &LowerCtx, id: NodeId) -> Result<Lowered, String> {
     let d = &mut l.dispatches;
     match &node.op {
         Op::Input { .. } | Op::Weight { .. } | Op::State { .. } | Op::Reshape { .. } => {}
+        Op::Attention {
+            mode: npurt_graph::AttentionMode::Bidirectional { .. },
+            ..
+        }
+        | Op::SpaceToChannel { .. } => {
+            return Err(format!("{} has no WGSL kernel yet", node.op.kind()))
+        }
         Op::Add | Op::Mul => {
             let entry = if matches!(node.op, Op::Add) {
                 "add"
@@ -338,6 +345,7 @@ pub(crate) fn lower(cx: &LowerCtx, id: NodeId) -> Result<Lowered, String> {
             n_kv_heads,
             head_dim,
             scale,
+            mode: npurt_graph::AttentionMode::Causal,
         } => {
             let t = g.fact(ins[0]).shape[0];
             let s = g.fact(ins[1]).shape[0];

@@ -138,6 +138,11 @@ pub(crate) fn supports(graph: &Graph, id: NodeId, max_binding: u64) -> Support {
             }
             Support::Supported
         }
+        Op::Attention {
+            mode: npurt_graph::AttentionMode::Bidirectional { .. },
+            ..
+        }
+        | Op::SpaceToChannel { .. } => unsupported("no WGSL kernel yet".to_string()),
         Op::Attention { head_dim, .. } if *head_dim > ops::MAX_HEAD_DIM => {
             unsupported(format!("head_dim {head_dim} > {}", ops::MAX_HEAD_DIM))
         }

@@ -1,6 +1,7 @@
 use super::KernelError;
 
 /// Row widths and extents of an attention call, once its arguments are checked.
+#[derive(Clone, Copy)]
 pub(crate) struct Dims {
     pub qw: usize,
     pub kw: usize,
@@ -61,18 +62,115 @@ pub fn attention(
     scale: f32,
     out: &mut [f32],
 ) -> Result<(), KernelError> {
+    let dims = check_args(
+        q, k_cache, v_cache, pos, n_valid, n_heads, n_kv_heads, head_dim, out,
+    )?;
+    let heads = Heads {
+        n_heads,
+        n_kv_heads,
+        head_dim,
+        scale,
+    };
+    eager(q, k_cache, v_cache, pos, &dims, heads, true, out);
+    Ok(())
+}
+
+/// Bidirectional attention (the ViT's `AttentionMode::Bidirectional`): `q, k, v` are
+/// `[B * seq, width]`, `B` independent sequences; every query sees all `seq` keys of
+/// its own sequence. The same eager loop as the causal mode, without the mask.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_bidirectional(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    seq: usize,
+    n_heads: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+    scale: f32,
+    out: &mut [f32],
+) -> Result<(), KernelError> {
+    let (qw, kw) = (n_heads * head_dim, n_kv_heads * head_dim);
+    let rows = q.len() / qw.max(1);
+    if seq == 0 || rows % seq != 0 || k.len() != rows * kw || out.len() != q.len() {
+        return Err(KernelError(format!(
+            "bidirectional attention: {rows} query rows are not whole sequences of {seq} matching k/v"
+        )));
+    }
+    let heads = Heads {
+        n_heads,
+        n_kv_heads,
+        head_dim,
+        scale,
+    };
+    for b in 0..rows / seq {
+        let (qs, ks) = (b * seq * qw, b * seq * kw);
+        let dims = check_args(
+            &q[qs..qs + seq * qw],
+            &k[ks..ks + seq * kw],
+            &v[ks..ks + seq * kw],
+            0,
+            seq,
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            &out[qs..qs + seq * qw],
+        )?;
+        eager(
+            &q[qs..qs + seq * qw],
+            &k[ks..ks + seq * kw],
+            &v[ks..ks + seq * kw],
+            0,
+            &dims,
+            heads,
+            false,
+            &mut out[qs..qs + seq * qw],
+        );
+    }
+    Ok(())
+}
+
+#[derive(Clone, Copy)]
+struct Heads {
+    n_heads: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+    scale: f32,
+}
+
+/// The eager loop both modes share: with `causal`, query `t` sees keys up to
+/// `pos + t`; without, every key before `dims.end`.
+#[allow(clippy::too_many_arguments)]
+fn eager(
+    q: &[f32],
+    k_cache: &[f32],
+    v_cache: &[f32],
+    pos: usize,
+    dims: &Dims,
+    heads: Heads,
+    causal: bool,
+    out: &mut [f32],
+) {
     let Dims {
         qw,
         kw,
         t_rows,
         end,
-    } = check_args(
-        q, k_cache, v_cache, pos, n_valid, n_heads, n_kv_heads, head_dim, out,
-    )?;
+    } = *dims;
+    let Heads {
+        n_heads,
+        n_kv_heads,
+        head_dim,
+        scale,
+    } = heads;
     let group = n_heads / n_kv_heads;
     let mut scores = vec![0f32; end];
     for t in 0..t_rows {
-        let last = (pos + t).min(end - 1);
+        let last = if causal {
+            (pos + t).min(end - 1)
+        } else {
+            end - 1
+        };
         for h in 0..n_heads {
             let kvh = h / group;
             let qv = &q[t * qw + h * head_dim..][..head_dim];
@@ -97,5 +195,4 @@ pub fn attention(
             }
         }
     }
-    Ok(())
 }

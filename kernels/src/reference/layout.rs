@@ -76,3 +76,30 @@ pub fn patch_embed(
         }
     }
 }
+
+/// The ViT token downsampler's merge (`Op::SpaceToChannel`): `x [B * h * w, c]` ->
+/// `out [B * h2 * w2, block*block*c]`, each `block x block` cell of a row-major token
+/// grid concatenated in row-major cell order, zero where the cell overhangs the grid.
+pub fn space_to_channel(x: &[f32], [h, w]: [usize; 2], block: usize, c: usize, out: &mut [f32]) {
+    let (h2, w2) = (h.div_ceil(block), w.div_ceil(block));
+    let images = x.len() / (h * w * c).max(1);
+    for b in 0..images {
+        for i in 0..h2 {
+            for j in 0..w2 {
+                let o =
+                    &mut out[((b * h2 + i) * w2 + j) * block * block * c..][..block * block * c];
+                for dr in 0..block {
+                    for dc in 0..block {
+                        let dst = &mut o[(dr * block + dc) * c..][..c];
+                        let (r, col) = (block * i + dr, block * j + dc);
+                        if r < h && col < w {
+                            dst.copy_from_slice(&x[((b * h + r) * w + col) * c..][..c]);
+                        } else {
+                            dst.fill(0.0);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

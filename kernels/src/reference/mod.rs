@@ -15,13 +15,13 @@ mod matmul;
 mod norm;
 mod rope;
 
-pub use attention::attention;
+pub use attention::{attention, attention_bidirectional};
 pub(crate) use attention::{check_args as check_attention_args, Dims as AttentionDims};
 pub use elementwise::{add, gelu, gelu_erf, gelu_tanh, mul, silu, softmax};
 pub use gather::gather;
 pub use kv_write::kv_write;
 pub(crate) use kv_write::kv_write_range;
-pub use layout::{patch_embed, select_row, slice_cols, transpose};
+pub use layout::{patch_embed, select_row, slice_cols, space_to_channel, transpose};
 pub use matmul::{epilogue, matmul};
 pub use norm::{layer_norm, rms_norm};
 pub use rope::{rope, rope_inv_freq};

@@ -7,7 +7,7 @@
 use super::{ATTENTION, EXACT, ROPE};
 use crate::conformance::case::{Case, Compared};
 use npurt_graph::DType::{self, F16, F32};
-use npurt_graph::{Op, RopeParams, RopeScaling};
+use npurt_graph::{AttentionMode, Op, RopeParams, RopeScaling};
 
 #[allow(clippy::too_many_arguments)]
 fn rope_case(
@@ -88,8 +88,37 @@ fn attention_case(
                 n_kv_heads,
                 head_dim,
                 scale,
+                mode: AttentionMode::Causal,
             },
             &[q, k, v, p, nv],
+        )?;
+        Ok(cb.output(y))
+    })
+}
+
+/// The ViT's mode: `images` sequences of `seq` rows, every query sees its own
+/// sequence's keys (named `bidir.<name>`).
+fn bidirectional_case(
+    name: &str,
+    n_heads: usize,
+    head_dim: usize,
+    images: usize,
+    seq: usize,
+) -> Case {
+    Case::new("attention", format!("bidir.{name}"), ATTENTION, move |cb| {
+        let w = n_heads * head_dim;
+        let q = cb.input("q", &[images * seq, w], -2.0, 2.0)?;
+        let k = cb.input("k", &[images * seq, w], -2.0, 2.0)?;
+        let v = cb.input("v", &[images * seq, w], -1.0, 1.0)?;
+        let y = cb.op(
+            Op::Attention {
+                n_heads,
+                n_kv_heads: n_heads,
+                head_dim,
+                scale: 1.0 / (head_dim as f32).sqrt(),
+                mode: AttentionMode::Bidirectional { seq },
+            },
+            &[q, k, v],
         )?;
         Ok(cb.output(y))
     })
@@ -213,5 +242,11 @@ pub(super) fn cases() -> Vec<Case> {
         attention_case(F16, "gqa9_3.hd64.decode.pos150", 9, 3, 64, 1, 160, 150, 1),
         attention_case(F16, "gqa9_3.hd64.rows40.pos100", 9, 3, 64, 40, 160, 100, 40),
         attention_case(F16, "mha2_2.hd24.rows3.pos5", 2, 2, 24, 3, 16, 5, 3),
+        // The ViT: SigLIP's 729-token tiles are 27x27; a batch of 3 tiles in one call,
+        // sequences shorter and longer than a kernel block, head_dim 32/72/80.
+        bidirectional_case("1x7.h2.hd16", 2, 16, 1, 7),
+        bidirectional_case("3x50.h4.hd32", 4, 32, 3, 50),
+        bidirectional_case("2x129.h3.hd72", 3, 72, 2, 129),
+        bidirectional_case("2x81.h2.hd80", 2, 80, 2, 81),
     ]
 }

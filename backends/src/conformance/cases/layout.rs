@@ -60,6 +60,21 @@ fn patch_embed(name: &str, pixels: &'static [usize], patch: usize, dim: usize) -
     })
 }
 
+/// `images` token grids of `grid` with `channels` channels, merged `block x block`.
+fn space_to_channel(
+    name: &str,
+    images: usize,
+    grid: [usize; 2],
+    block: usize,
+    channels: usize,
+) -> Case {
+    Case::new("space_to_channel", name, EXACT, move |cb| {
+        let x = cb.input("x", &[images * grid[0] * grid[1], channels], -1.0, 1.0)?;
+        let y = cb.op(Op::SpaceToChannel { grid, block }, &[x])?;
+        Ok(cb.output(y))
+    })
+}
+
 pub(super) fn cases() -> Vec<Case> {
     vec![
         gather("f32.50x96.7ids", DType::F32, 50, 96, 7, EXACT),
@@ -126,5 +141,11 @@ pub(super) fn cases() -> Vec<Case> {
         ),
         patch_embed("2x3x8x12.p4.d13", &[2, 3, 8, 12], 4, 13),
         patch_embed("1x3x28x28.p14.d65", &[1, 3, 28, 28], 14, 65),
+        // BlueLM-V's downsampler: 27x27 -> 14x14 (padded row and column), even grids,
+        // non-square grids, a batch of tiles, odd channel counts.
+        space_to_channel("2x27x27.b2.c8", 2, [27, 27], 2, 8),
+        space_to_channel("1x4x6.b2.c5", 1, [4, 6], 2, 5),
+        space_to_channel("3x5x3.b2.c13", 3, [5, 3], 2, 13),
+        space_to_channel("1x7x7.b3.c4", 1, [7, 7], 3, 4),
     ]
 }

@@ -56,7 +56,7 @@ pub const MATMUL_I16: f64 = 1e-6;
 pub const MATMUL_I8: f64 = 2.5e-3;
 
 /// Every compute op kind of the IR, in `graph/src/op.rs` order.
-pub const OP_KINDS: [&str; 17] = [
+pub const OP_KINDS: [&str; 18] = [
     "gather",
     "matmul",
     "patch_embed",
@@ -68,6 +68,7 @@ pub const OP_KINDS: [&str; 17] = [
     "rope",
     "kv_write",
     "attention",
+    "space_to_channel",
     "silu",
     "gelu",
     "softmax",
@@ -92,6 +93,7 @@ pub fn op_index(op: &Op) -> Option<usize> {
         | Op::Rope { .. }
         | Op::KvWrite
         | Op::Attention { .. }
+        | Op::SpaceToChannel { .. }
         | Op::Silu
         | Op::Gelu { .. }
         | Op::Softmax
