@@ -31,6 +31,14 @@ pub struct SafetensorsTensor {
 /// Loads an HF LLaMA-family directory; names are already HF names.
 pub fn load(dir: &Path) -> Result<(LlamaConfig, WeightStore)> {
     let cfg = LlamaConfig::from_hf_json(&read_json(&dir.join("config.json"))?)?;
+    let store = load_weights(dir)?;
+    check_llama_shapes(&cfg, &store)?;
+    Ok((cfg, store))
+}
+
+/// The weights of an HF directory (any architecture): `model.safetensors`, or the
+/// shards `model.safetensors.index.json` lists, memory-mapped and checked.
+pub fn load_weights(dir: &Path) -> Result<WeightStore> {
     let mut store = WeightStore::new();
     let single = dir.join("model.safetensors");
     let index = dir.join("model.safetensors.index.json");
@@ -45,12 +53,11 @@ pub fn load(dir: &Path) -> Result<(LlamaConfig, WeightStore)> {
         );
         return Err(io_error(&single, why));
     }
-    check_llama_shapes(&cfg, &store)?;
-    Ok((cfg, store))
+    Ok(store)
 }
 
 /// Maps one safetensors file and registers all its tensors.
-fn add_safetensors(store: &mut WeightStore, path: &Path) -> Result<()> {
+pub fn add_safetensors(store: &mut WeightStore, path: &Path) -> Result<()> {
     let map = map_file(path)?;
     let file = path.display().to_string();
     let tensors = parse_safetensors(&map, &file)?;

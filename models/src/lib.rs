@@ -4,7 +4,9 @@
 //! - [`weights`]: `WeightStore`, memory-mapped tensors under HF names;
 //! - [`gguf`], [`hf_dir`]: the two loaders; [`source`]: open either by path;
 //! - [`tokenizer`], [`chat`]: tokenizers and chat templates;
-//! - [`llama`]: the one LLaMA-family graph builder (prefill-chunk and decode graphs).
+//! - [`llama`]: the one LLaMA-family graph builder (prefill-chunk and decode graphs);
+//! - [`siglip`]: the one SigLIP vision-tower builder (patch-embedding and encoder stages);
+//! - [`projector`]: BlueLM-V's 2x2 token downsampler + MLP projector.
 
 pub mod chat;
 pub mod config;
@@ -12,6 +14,8 @@ mod error;
 pub mod gguf;
 pub mod hf_dir;
 pub mod llama;
+pub mod projector;
+pub mod siglip;
 pub mod source;
 pub mod testfiles;
 pub mod tokenizer;

@@ -96,6 +96,58 @@ impl WeightStore {
         Ok(())
     }
 
+    /// Renames every tensor `prefix + name` to `name` (SigLIP checkpoints from
+    /// `SiglipModel` or transformers 4 carry a `vision_model.` prefix).
+    pub fn strip_prefix(&mut self, prefix: &str) {
+        let names: Vec<String> = self
+            .entries
+            .keys()
+            .filter(|n| n.starts_with(prefix))
+            .cloned()
+            .collect();
+        for n in names {
+            let e = self.entries.remove(&n).expect("listed above");
+            self.entries.insert(n[prefix.len()..].to_string(), e);
+        }
+    }
+
+    /// A store of f32 tensors made in memory (seeded random weights of a real model's
+    /// shapes, for benches): one anonymous mapping, `fill` writes each tensor.
+    pub fn synthetic_f32(
+        shapes: &[(String, Vec<usize>)],
+        mut fill: impl FnMut(&str, &mut [f32]),
+    ) -> Result<WeightStore> {
+        let elems: Vec<usize> = shapes.iter().map(|(_, s)| s.iter().product()).collect();
+        let total = elems.iter().sum::<usize>() * 4;
+        let io = |e| ModelError::Io {
+            path: "<synthetic weights>".into(),
+            source: e,
+        };
+        let mut map = memmap2::MmapMut::map_anon(total.max(1)).map_err(io)?;
+        let mut offset = 0;
+        let mut at = Vec::with_capacity(shapes.len());
+        for ((name, _), n) in shapes.iter().zip(&elems) {
+            let bytes = &mut map[offset..offset + n * 4];
+            let vals: &mut [f32] = bytemuck::cast_slice_mut(bytes);
+            fill(name, vals);
+            at.push(offset);
+            offset += n * 4;
+        }
+        let mut store = WeightStore::new();
+        let file = store.add_file(Arc::new(map.make_read_only().map_err(io)?));
+        for (((name, shape), n), offset) in shapes.iter().zip(&elems).zip(at) {
+            let entry = WeightEntry {
+                fact: TensorFact::f32(shape.clone()),
+                file,
+                offset,
+                len: n * 4,
+                unpermute: None,
+            };
+            store.insert(name.clone(), entry, "<synthetic weights>")?;
+        }
+        Ok(store)
+    }
+
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.entries.keys().map(String::as_str)
     }
@@ -199,9 +251,12 @@ impl WeightStore {
         let parts = if parts.is_empty() { &single[..] } else { parts };
         let target = fact.dtype;
         let mut rows = 0;
+        // Rows may be reshaped (a conv weight `[D, C, p, p]` is read as `[D, C*p*p]`):
+        // what must agree is the element count of a row.
+        let row_elems = |s: &[usize]| s.iter().skip(1).product::<usize>();
         for p in parts {
             let f = self.fact(p)?;
-            if f.shape[1..] != fact.shape[1..] {
+            if f.rank() == 0 || row_elems(&f.shape) != row_elems(&fact.shape) {
                 return Err(ModelError::ShapeMismatch {
                     tensor: p.clone(),
                     expected: fact.shape[1..].to_vec(),
@@ -229,9 +284,11 @@ impl WeightStore {
             return Ok(HostTensor::f32(fact.shape.clone(), v));
         }
         let lossless = target != DType::Q8Channel
-            && parts
-                .iter()
-                .all(|p| self.fact(p).map(|f| f.dtype == target).unwrap_or(false));
+            && parts.iter().all(|p| {
+                self.fact(p)
+                    .map(|f| f.dtype == target && f.shape[1..] == fact.shape[1..])
+                    .unwrap_or(false)
+            });
         let bytes = if lossless {
             let mut b = Vec::with_capacity(fact.bytes().unwrap_or(0));
             for p in parts {
