@@ -23,6 +23,7 @@ mod perplexity;
 pub mod sampling;
 mod session;
 pub mod stats;
+pub mod vision;
 
 pub use error::{Result, RuntimeError};
 pub use model::{
@@ -31,3 +32,4 @@ pub use model::{
 pub use perplexity::{perplexity, Perplexity};
 pub use sampling::SamplingOptions;
 pub use session::{GenerateOptions, Generation, Session, StopReason};
+pub use vision::{VisionEncoder, VisionOptions, VisionOutput};

@@ -10,7 +10,7 @@ use npurt_graph::passes::{PassReport, Pipeline};
 use npurt_graph::{DType, Graph, NodeId, Op, PrecisionPolicy};
 use npurt_models::llama::{self, InputKind, LlamaGraphOptions, LogitsMode};
 use npurt_models::tokenizer::Tokenizer;
-use npurt_models::{ChatTemplate, LlamaConfig, ModelSource};
+use npurt_models::{ChatTemplate, LlamaConfig, ModelSource, WeightStore};
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -127,16 +127,20 @@ impl Runtime {
         &self.registry
     }
 
+    /// `backend`, then the CPU backend for the nodes it does not run (preference order).
+    pub fn backends(&self, backend: &str, threads: Option<usize>) -> Result<Vec<Arc<dyn Backend>>> {
+        let bopts = BackendOptions { threads };
+        let mut backends = vec![self.registry.create(backend, &bopts)?];
+        if backend != "cpu" {
+            backends.push(self.registry.create("cpu", &bopts)?);
+        }
+        Ok(backends)
+    }
+
     pub fn load(&self, path: &Path, opts: LoadOptions) -> Result<Arc<Model>> {
         let t0 = Instant::now();
         let source = ModelSource::open(path)?;
-        let bopts = BackendOptions {
-            threads: opts.threads,
-        };
-        let mut backends = vec![self.registry.create(&opts.backend, &bopts)?];
-        if opts.backend != "cpu" {
-            backends.push(self.registry.create("cpu", &bopts)?);
-        }
+        let backends = self.backends(&opts.backend, opts.threads)?;
         let mut model = Model::compile(source, backends, opts)?;
         model.load_ms = t0.elapsed().as_secs_f64() * 1e3;
         log::info!(
@@ -149,7 +153,55 @@ impl Runtime {
     }
 }
 
-fn invalid(option: &'static str, reason: impl Into<String>) -> RuntimeError {
+/// Prepared weights keyed by (backend, weight name): every graph a model (or a vision
+/// program) compiles reads its weights from here, so each is materialized and
+/// prepared once per backend however many graphs use it.
+#[derive(Default)]
+pub(crate) struct PreparedWeights {
+    buffers: Mutex<HashMap<(String, String), Arc<dyn DeviceBuffer>>>,
+}
+
+impl PreparedWeights {
+    /// Compiles `graph` over `backends`, preparing (or reusing) each weight it reads
+    /// from `store`.
+    pub(crate) fn compile(
+        &self,
+        graph: &Graph,
+        backends: &[Arc<dyn Backend>],
+        store: &WeightStore,
+    ) -> Result<Partitioned> {
+        let prepare = |be: &dyn Backend, id: NodeId| -> Result<Arc<dyn DeviceBuffer>> {
+            let Op::Weight { name, fact, parts } = &graph.node(id).op else {
+                return Err(invalid("graph", "prepare called on a non-weight"));
+            };
+            let key = (be.name().to_string(), name.clone());
+            if let Some(b) = self.buffers.lock().expect("weight cache poisoned").get(&key) {
+                return Ok(b.clone());
+            }
+            let buf = be.prepare_weight(name, store.materialize(name, parts, fact)?)?;
+            Ok(self
+                .buffers
+                .lock()
+                .expect("weight cache poisoned")
+                .entry(key)
+                .or_insert(buf)
+                .clone())
+        };
+        compile_partitioned(graph, backends, &prepare)
+    }
+
+    /// Bytes of every prepared buffer.
+    pub(crate) fn bytes(&self) -> usize {
+        self.buffers
+            .lock()
+            .expect("weight cache poisoned")
+            .values()
+            .map(|b| b.fact().bytes().unwrap_or(0))
+            .sum()
+    }
+}
+
+pub(crate) fn invalid(option: &'static str, reason: impl Into<String>) -> RuntimeError {
     RuntimeError::InvalidOption {
         option,
         reason: reason.into(),
@@ -222,28 +274,10 @@ impl Model {
         // Weights are materialized in the format each graph wants and prepared once per
         // (backend, weight): graph kinds share weight names, so the prefill and decode
         // graphs share one copy.
-        let prepared: Mutex<HashMap<(String, String), Arc<dyn DeviceBuffer>>> =
-            Mutex::new(HashMap::new());
+        let prepared = PreparedWeights::default();
         let mut graphs = HashMap::new();
         for (kind, rows, graph, pass_reports) in built {
-            let prepare = |be: &dyn Backend, id: NodeId| -> Result<Arc<dyn DeviceBuffer>> {
-                let Op::Weight { name, fact, parts } = &graph.node(id).op else {
-                    return Err(invalid("graph", "prepare called on a non-weight"));
-                };
-                let key = (be.name().to_string(), name.clone());
-                if let Some(b) = prepared.lock().expect("weight cache poisoned").get(&key) {
-                    return Ok(b.clone());
-                }
-                let buf =
-                    be.prepare_weight(name, source.weights.materialize(name, parts, fact)?)?;
-                Ok(prepared
-                    .lock()
-                    .expect("weight cache poisoned")
-                    .entry(key)
-                    .or_insert(buf)
-                    .clone())
-            };
-            let exec = Arc::new(compile_partitioned(&graph, &backends, &prepare)?);
+            let exec = Arc::new(prepared.compile(&graph, &backends, &source.weights)?);
             let find = |n: &str| {
                 graph
                     .find_source("input", n)
@@ -268,12 +302,7 @@ impl Model {
             };
             graphs.insert(kind, cg);
         }
-        let weight_bytes = prepared
-            .into_inner()
-            .expect("weight cache poisoned")
-            .values()
-            .map(|b| b.fact().bytes().unwrap_or(0))
-            .sum();
+        let weight_bytes = prepared.bytes();
         Ok(Model {
             config: cfg,
             tokenizer: source.tokenizer,

@@ -11,6 +11,9 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+#[path = "npurt/encode_image.rs"]
+mod encode_image;
+
 const DEFAULT_MODEL: &str = "models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
 
 #[derive(Parser)]
@@ -166,6 +169,9 @@ enum Cmd {
     },
     /// List the registered backends and what they report.
     Backends,
+    /// Encode an image's tiles with a SigLIP vision tower (+ projector): per-stage
+    /// times, GOP/s, peak RSS; `--out` writes the features.
+    EncodeImage(encode_image::EncodeImageArgs),
 }
 
 fn default_threads() -> usize {
@@ -477,6 +483,7 @@ fn run(cli: Cli) -> anyhow_lite::Result<()> {
                 )));
             }
         }
+        Cmd::EncodeImage(a) => encode_image::run(a)?,
         Cmd::Backends => {
             let rt = Runtime::new();
             for name in rt.registry().names() {

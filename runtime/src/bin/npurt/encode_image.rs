@@ -1,0 +1,187 @@
+//! `npurt encode-image`: an image (or a pixel tensor) through the vision program,
+//! with per-stage times, throughput and peak RSS.
+
+use super::anyhow_lite::{self, msg};
+use clap::Args;
+use npurt_graph::PrecisionPolicy;
+use npurt_models::siglip::VisionFeature;
+use npurt_runtime::{stats, Runtime, VisionEncoder, VisionOptions};
+use std::path::PathBuf;
+use std::time::Instant;
+
+#[derive(Args)]
+pub struct EncodeImageArgs {
+    /// An HF SigLIP vision directory (config.json + safetensors).
+    #[arg(long, conflicts_with = "synthetic")]
+    model: Option<PathBuf>,
+    /// Instead of --model: a tower of real shapes with seeded random weights
+    /// (`so400m`: SigLIP-so400m + a projector into a 2560-wide LLM), for speed runs.
+    #[arg(long, value_parser = ["so400m"])]
+    synthetic: Option<String>,
+    /// Width of the LLM the synthetic projector feeds (BlueLM-V-3B: 2560).
+    #[arg(long, default_value_t = 2560)]
+    llm_hidden: usize,
+    /// Projector weights (`mm_projector.{ln,fc1,fc2}`) to apply after the tower.
+    #[arg(long)]
+    projector: Option<PathBuf>,
+    /// Read tensor `pixel_values` [B, 3, H, W] (normalised) from this safetensors file.
+    #[arg(long)]
+    pixels: Option<PathBuf>,
+    /// Write `last_hidden_state` [B, tokens, hidden] (and `projected`) here.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Tiles per compiled execution.
+    #[arg(long, default_value_t = npurt_runtime::vision::DEFAULT_BATCH)]
+    batch: usize,
+    /// Precision preset: f32 (reference), w8a16 (default: INT8 weights, 16-bit
+    /// activations), w8a8.
+    #[arg(long, default_value = "w8a16")]
+    precision: String,
+    /// The tower's output: last (post-layernorm) or second-last (no post-layernorm).
+    #[arg(long, default_value = "last")]
+    feature: String,
+    #[arg(long, default_value = "cpu")]
+    backend: String,
+    #[arg(long)]
+    threads: Option<usize>,
+    #[arg(long)]
+    json: bool,
+}
+
+/// Tiles to encode, and how they were made.
+struct Tiles {
+    pixels: Vec<f32>,
+    count: usize,
+    grid: Option<[usize; 2]>,
+    preprocess_ms: f64,
+}
+
+fn read_pixels(path: &PathBuf, enc: &VisionEncoder) -> anyhow_lite::Result<Tiles> {
+    let t0 = Instant::now();
+    let bytes = std::fs::read(path).map_err(|e| msg(format!("reading {}: {e}", path.display())))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes)
+        .map_err(|e| msg(format!("{}: not a safetensors file: {e}", path.display())))?;
+    let t = st
+        .tensor("pixel_values")
+        .map_err(|_| msg(format!("{}: no tensor `pixel_values`", path.display())))?;
+    let (c, s) = (enc.config.num_channels, enc.config.image_size);
+    let shape = t.shape();
+    if t.dtype() != safetensors::Dtype::F32 || shape.len() != 4 || shape[1..] != [c, s, s] || shape[0] == 0 {
+        return Err(msg(format!(
+            "{}: `pixel_values` is {:?} {:?}; the encoder takes f32 [B, {c}, {s}, {s}] with B >= 1",
+            path.display(),
+            t.dtype(),
+            shape
+        )));
+    }
+    let pixels = t
+        .data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    Ok(Tiles {
+        pixels,
+        count: shape[0],
+        grid: None,
+        preprocess_ms: t0.elapsed().as_secs_f64() * 1e3,
+    })
+}
+
+fn write_out(path: &PathBuf, tensors: &[(&str, Vec<usize>, &[f32])]) -> anyhow_lite::Result<()> {
+    let bytes: Vec<Vec<u8>> = tensors
+        .iter()
+        .map(|(_, _, v)| v.iter().flat_map(|x| x.to_le_bytes()).collect())
+        .collect();
+    let views = tensors
+        .iter()
+        .zip(&bytes)
+        .map(|((name, shape, _), b)| {
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), b)
+                .map(|v| (name.to_string(), v))
+                .map_err(|e| msg(e.to_string()))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    safetensors::serialize_to_file(views, &None, path)
+        .map_err(|e| msg(format!("writing {}: {e}", path.display())))
+}
+
+pub fn run(a: EncodeImageArgs) -> anyhow_lite::Result<()> {
+    let precision = PrecisionPolicy::by_name(&a.precision).ok_or_else(|| {
+        msg(format!(
+            "unknown precision `{}` (known: {})",
+            a.precision,
+            PrecisionPolicy::names().join(", ")
+        ))
+    })?;
+    let feature = VisionFeature::parse(&a.feature)
+        .ok_or_else(|| msg(format!("unknown feature `{}` (last, second-last)", a.feature)))?;
+    let opts = VisionOptions {
+        backend: a.backend.clone(),
+        threads: a.threads,
+        batch: a.batch,
+        precision,
+        feature,
+        ..VisionOptions::default()
+    };
+    let rt = Runtime::new();
+    let enc = match (&a.model, &a.synthetic) {
+        (Some(dir), None) => VisionEncoder::load(&rt, dir, a.projector.as_deref(), opts)?,
+        (None, Some(_)) => VisionEncoder::synthetic_so400m(&rt, a.llm_hidden, opts)?,
+        _ => return Err(msg("give --model DIR or --synthetic so400m".into())),
+    };
+    let tiles = match &a.pixels {
+        Some(p) => read_pixels(p, &enc)?,
+        None => return Err(msg("give --pixels FILE".into())),
+    };
+    let out = enc.encode(&tiles.pixels, tiles.count)?;
+    let t = out.timings;
+    let per_tile = enc.tokens_per_tile();
+    let image_tokens = per_tile * tiles.count;
+    let rss = stats::peak_rss_bytes().unwrap_or(0);
+    let macs = enc.config.encoder_macs_per_tile(feature) * tiles.count as u64;
+    let blocks_gops = 2.0 * macs as f64 / (t.blocks_ms * 1e6);
+    let total_ms = tiles.preprocess_ms + t.total_ms;
+    if let Some(path) = &a.out {
+        let (n, d) = (enc.config.tokens(), enc.config.hidden_size);
+        let mut tensors = vec![("last_hidden_state", vec![tiles.count, n, d], &out.features[..])];
+        if let (Some(p), Some(pc)) = (&out.projected, &enc.projector_config) {
+            tensors.push(("projected", vec![tiles.count * per_tile, pc.llm_hidden], &p[..]));
+        }
+        write_out(path, &tensors)?;
+    }
+    if a.json {
+        let v = serde_json::json!({
+            "model": enc.description, "synthetic": enc.synthetic,
+            "precision": a.precision, "backend": a.backend, "threads": a.threads,
+            "batch": a.batch, "grid": tiles.grid, "tiles": tiles.count,
+            "tokens_per_tile": per_tile, "image_tokens": image_tokens,
+            "load_ms": enc.load_ms, "preprocess_ms": tiles.preprocess_ms,
+            "conv_ms": t.conv_ms, "blocks_ms": t.blocks_ms, "project_ms": t.project_ms,
+            "total_ms": total_ms, "encoder_gop": 2.0 * macs as f64 / 1e9,
+            "blocks_gop_s": blocks_gops, "peak_rss_bytes": rss,
+        });
+        println!("{v}");
+    } else {
+        if enc.synthetic {
+            println!("SYNTHETIC: {} — speed only, the outputs mean nothing", enc.description);
+        } else {
+            println!("{}", enc.description);
+        }
+        if let Some([c, r]) = tiles.grid {
+            println!("grid {c}x{r} + thumbnail");
+        }
+        println!(
+            "{} tiles x {} tokens = {image_tokens} image tokens | batch {} | {} | {}",
+            tiles.count, per_tile, a.batch, a.precision, a.backend
+        );
+        println!(
+            "decode+preprocess {:.1} ms | conv {:.1} ms | encoder blocks {:.1} ms ({blocks_gops:.1} GOP/s) | downsampler+projector {:.1} ms | total {total_ms:.1} ms | peak RSS {:.1} MiB",
+            tiles.preprocess_ms,
+            t.conv_ms,
+            t.blocks_ms,
+            t.project_ms,
+            rss as f64 / (1 << 20) as f64
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,99 @@
+//! The vision half against HF transformers (`../shared/golden` sections 2 and 4): the
+//! SigLIP tower (siglip_tiny) stage by stage, the 2x2 downsampler and the projector
+//! (vlm_tiny), at fp32 on the CPU backend (the wgpu backend's run is in
+//! `wgpu_backend.rs`), for static batches of 1, 2, 4 and 9 tiles.
+//! Tolerance: the README's `max abs <= 1e-4` for SigLIP / projector outputs.
+
+use npurt_models::siglip::VisionFeature;
+use npurt_runtime::{Runtime, VisionEncoder, VisionOptions};
+use npurt_tests::{golden, max_abs_diff, GoldenTensors};
+
+const TOL: f32 = 1e-4;
+
+fn encoder(backend: &str, batch: usize, feature: VisionFeature, projector: bool) -> VisionEncoder {
+    let opts = VisionOptions {
+        backend: backend.into(),
+        batch,
+        precision: npurt_graph::PrecisionPolicy::F32,
+        feature,
+        taps: true,
+        ..VisionOptions::default()
+    };
+    let proj = golden("vlm_tiny/projector.safetensors");
+    VisionEncoder::load(
+        &Runtime::new(),
+        &golden("siglip_tiny"),
+        projector.then_some(proj.as_path()),
+        opts,
+    )
+    .unwrap_or_else(|e| panic!("loading siglip_tiny: {e}"))
+}
+
+fn check(what: &str, ours: &[f32], want: &[f32]) {
+    let d = max_abs_diff(ours, want);
+    eprintln!("{what}: max abs diff {d:.3e}");
+    assert!(d <= TOL, "{what}: max abs diff {d:.3e} > {TOL:e}");
+}
+
+#[test]
+fn siglip_tiny_matches_hf_stage_by_stage() {
+    let io = GoldenTensors::open("siglip_tiny/io.safetensors");
+    let (shape, pixels) = io.f32("pixel_values");
+    let tiles = shape[0];
+    let enc = encoder("cpu", 2, VisionFeature::Last, false);
+    let out = enc.encode(&pixels, tiles).expect("encode");
+    check("patch_embeds", &out.taps["patch_embeds"], &io.f32("patch_embeds").1);
+    check("hidden_states_m2", &out.taps["hidden_states_1"], &io.f32("hidden_states_m2").1);
+    check("encoder_out", &out.taps["hidden_states_2"], &io.f32("encoder_out").1);
+    check("last_hidden_state", &out.features, &io.f32("last_hidden_state").1);
+}
+
+#[test]
+fn siglip_tiny_embeddings_and_second_to_last_feature() {
+    let io = GoldenTensors::open("siglip_tiny/io.safetensors");
+    let (shape, pixels) = io.f32("pixel_values");
+    let enc = encoder("cpu", 4, VisionFeature::SecondLast, false);
+    let out = enc.encode(&pixels, shape[0]).expect("encode");
+    // The second-to-last feature is the last block's input, without post_layernorm.
+    check("hidden_states_m2 (feature)", &out.features, &io.f32("hidden_states_m2").1);
+    assert!(!out.taps.contains_key("hidden_states_2"), "the last block must not run");
+}
+
+#[test]
+fn downsampler_and_projector_match_vlm_tiny() {
+    let io = GoldenTensors::open("vlm_tiny/io.safetensors");
+    let (shape, pixels) = io.f32("pixel_values");
+    let enc = encoder("cpu", 4, VisionFeature::Last, true);
+    let out = enc.encode(&pixels, shape[0]).expect("encode");
+    check("vision_features", &out.features, &io.f32("vision_features").1);
+    check("projected", out.projected.as_ref().expect("projected"), &io.f32("projected").1);
+}
+
+/// Results do not depend on the static batch: 9 tiles (the paper's 768x1536 image)
+/// through B = 1, 2, 4 and 9 give the same features; the last batch's padding is
+/// dropped.
+#[test]
+fn results_do_not_depend_on_the_batch() {
+    let io = GoldenTensors::open("vlm_tiny/io.safetensors");
+    let (shape, pixels) = io.f32("pixel_values");
+    let per = pixels.len() / shape[0];
+    // 9 tiles: the 3 golden ones three times, each copy perturbed so no two are equal.
+    let mut nine = Vec::with_capacity(9 * per);
+    for i in 0..9 {
+        nine.extend(pixels[(i % 3) * per..(i % 3 + 1) * per].iter().map(|x| x * (1.0 - 0.05 * (i / 3) as f32)));
+    }
+    let runs: Vec<_> = [1, 2, 4, 9]
+        .into_iter()
+        .map(|b| (b, encoder("cpu", b, VisionFeature::Last, true).encode(&nine, 9).expect("encode")))
+        .collect();
+    let want = io.f32("projected").1;
+    let per_tile = want.len() / 3;
+    for (b, out) in &runs {
+        let p = out.projected.as_ref().unwrap();
+        assert_eq!(p.len(), 9 * per_tile, "B={b}: wrong row count");
+        // The first three tiles are the golden ones.
+        check(&format!("B={b} projected[0..3]"), &p[..3 * per_tile], &want);
+        let d = max_abs_diff(p, runs[0].1.projected.as_ref().unwrap());
+        assert!(d <= 1e-5, "B={b} differs from B=1 by {d:.3e}");
+    }
+}
