@@ -42,10 +42,26 @@ fn siglip_tiny_matches_hf_stage_by_stage() {
     let tiles = shape[0];
     let enc = encoder("cpu", 2, VisionFeature::Last, false);
     let out = enc.encode(&pixels, tiles).expect("encode");
-    check("patch_embeds", &out.taps["patch_embeds"], &io.f32("patch_embeds").1);
-    check("hidden_states_m2", &out.taps["hidden_states_1"], &io.f32("hidden_states_m2").1);
-    check("encoder_out", &out.taps["hidden_states_2"], &io.f32("encoder_out").1);
-    check("last_hidden_state", &out.features, &io.f32("last_hidden_state").1);
+    check(
+        "patch_embeds",
+        &out.taps["patch_embeds"],
+        &io.f32("patch_embeds").1,
+    );
+    check(
+        "hidden_states_m2",
+        &out.taps["hidden_states_1"],
+        &io.f32("hidden_states_m2").1,
+    );
+    check(
+        "encoder_out",
+        &out.taps["hidden_states_2"],
+        &io.f32("encoder_out").1,
+    );
+    check(
+        "last_hidden_state",
+        &out.features,
+        &io.f32("last_hidden_state").1,
+    );
 }
 
 #[test]
@@ -55,8 +71,15 @@ fn siglip_tiny_embeddings_and_second_to_last_feature() {
     let enc = encoder("cpu", 4, VisionFeature::SecondLast, false);
     let out = enc.encode(&pixels, shape[0]).expect("encode");
     // The second-to-last feature is the last block's input, without post_layernorm.
-    check("hidden_states_m2 (feature)", &out.features, &io.f32("hidden_states_m2").1);
-    assert!(!out.taps.contains_key("hidden_states_2"), "the last block must not run");
+    check(
+        "hidden_states_m2 (feature)",
+        &out.features,
+        &io.f32("hidden_states_m2").1,
+    );
+    assert!(
+        !out.taps.contains_key("hidden_states_2"),
+        "the last block must not run"
+    );
 }
 
 #[test]
@@ -65,8 +88,16 @@ fn downsampler_and_projector_match_vlm_tiny() {
     let (shape, pixels) = io.f32("pixel_values");
     let enc = encoder("cpu", 4, VisionFeature::Last, true);
     let out = enc.encode(&pixels, shape[0]).expect("encode");
-    check("vision_features", &out.features, &io.f32("vision_features").1);
-    check("projected", out.projected.as_ref().expect("projected"), &io.f32("projected").1);
+    check(
+        "vision_features",
+        &out.features,
+        &io.f32("vision_features").1,
+    );
+    check(
+        "projected",
+        out.projected.as_ref().expect("projected"),
+        &io.f32("projected").1,
+    );
 }
 
 /// Results do not depend on the static batch: 9 tiles (the paper's 768x1536 image)
@@ -80,11 +111,22 @@ fn results_do_not_depend_on_the_batch() {
     // 9 tiles: the 3 golden ones three times, each copy perturbed so no two are equal.
     let mut nine = Vec::with_capacity(9 * per);
     for i in 0..9 {
-        nine.extend(pixels[(i % 3) * per..(i % 3 + 1) * per].iter().map(|x| x * (1.0 - 0.05 * (i / 3) as f32)));
+        nine.extend(
+            pixels[(i % 3) * per..(i % 3 + 1) * per]
+                .iter()
+                .map(|x| x * (1.0 - 0.05 * (i / 3) as f32)),
+        );
     }
     let runs: Vec<_> = [1, 2, 4, 9]
         .into_iter()
-        .map(|b| (b, encoder("cpu", b, VisionFeature::Last, true).encode(&nine, 9).expect("encode")))
+        .map(|b| {
+            (
+                b,
+                encoder("cpu", b, VisionFeature::Last, true)
+                    .encode(&nine, 9)
+                    .expect("encode"),
+            )
+        })
         .collect();
     let want = io.f32("projected").1;
     let per_tile = want.len() / 3;

@@ -70,6 +70,17 @@ impl PrecisionPolicy {
         head_act: ActPrecision::I16,
         kv_cache: DType::F16,
     };
+    /// INT8 weights with INT8 activations (one scale per 32-value block): the fast
+    /// vision preset (VNNI dot products on both operands).
+    pub const W8A8: Self = PrecisionPolicy {
+        name: "w8a8",
+        linear: WeightFormat::Exact(DType::Q8_0),
+        linear_act: ActPrecision::I8,
+        embedding: WeightFormat::Q8OrBetter,
+        head: WeightFormat::Q8OrBetter,
+        head_act: ActPrecision::I8,
+        kv_cache: DType::F16,
+    };
     /// The LLM default: INT4 weights, INT16 activations (BlueLM-V-3B), head at Q8+.
     pub const W4A16: Self = PrecisionPolicy {
         name: "w4a16",
@@ -90,7 +101,7 @@ impl PrecisionPolicy {
         kv_cache: DType::F16,
     };
 
-    pub const PRESETS: [Self; 4] = [Self::F32, Self::W8A16, Self::W4A16, Self::W4A8];
+    pub const PRESETS: [Self; 5] = [Self::F32, Self::W8A16, Self::W8A8, Self::W4A16, Self::W4A8];
 
     pub fn by_name(name: &str) -> Option<Self> {
         Self::PRESETS.into_iter().find(|p| p.name == name)

@@ -67,7 +67,10 @@ impl ProjectorConfig {
         let fc1 = w.fact(&format!("{FC1}.weight"))?.clone();
         let fc2 = w.fact(&format!("{FC2}.weight"))?.clone();
         if fc1.rank() != 2 || fc2.rank() != 2 {
-            return Err(bad("projector", format!("fc1 {fc1} / fc2 {fc2} must be matrices")));
+            return Err(bad(
+                "projector",
+                format!("fc1 {fc1} / fc2 {fc2} must be matrices"),
+            ));
         }
         let cfg = ProjectorConfig {
             vision_hidden,

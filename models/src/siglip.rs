@@ -150,7 +150,10 @@ impl SiglipVisionConfig {
             ));
         }
         if !(self.layer_norm_eps.is_finite() && self.layer_norm_eps >= 0.0) {
-            return Err(bad("layer_norm_eps", format!("{} is not a small positive number", self.layer_norm_eps)));
+            return Err(bad(
+                "layer_norm_eps",
+                format!("{} is not a small positive number", self.layer_norm_eps),
+            ));
         }
         Ok(())
     }
@@ -200,9 +203,15 @@ pub fn siglip_tensor_shapes(cfg: &SiglipVisionConfig) -> Vec<(String, Vec<usize>
         cfg.patch_size,
     );
     let mut v = vec![
-        ("embeddings.patch_embedding.weight".to_string(), vec![d, c, p, p]),
+        (
+            "embeddings.patch_embedding.weight".to_string(),
+            vec![d, c, p, p],
+        ),
         ("embeddings.patch_embedding.bias".to_string(), vec![d]),
-        ("embeddings.position_embedding.weight".to_string(), vec![cfg.tokens(), d]),
+        (
+            "embeddings.position_embedding.weight".to_string(),
+            vec![cfg.tokens(), d],
+        ),
     ];
     for l in 0..cfg.num_hidden_layers {
         let t = |s: &str| format!("encoder.layers.{l}.{s}");
@@ -259,7 +268,8 @@ pub fn check_siglip_shapes(cfg: &SiglipVisionConfig, w: &WeightStore) -> Result<
 /// Loads an HF SigLIP vision directory (`config.json` + safetensors): names with or
 /// without the `vision_model.` prefix; the weights are checked against the config.
 pub fn load_dir(dir: &std::path::Path) -> Result<(SiglipVisionConfig, WeightStore)> {
-    let cfg = SiglipVisionConfig::from_hf_json(&crate::source::read_json(&dir.join("config.json"))?)?;
+    let cfg =
+        SiglipVisionConfig::from_hf_json(&crate::source::read_json(&dir.join("config.json"))?)?;
     let mut w = crate::hf_dir::load_weights(dir)?;
     w.strip_prefix("vision_model.");
     check_siglip_shapes(&cfg, &w)?;
@@ -304,7 +314,14 @@ impl Ctx<'_> {
         }
     }
     /// `x @ W^T + b` (the fusion passes fold the bias into the matmul).
-    fn linear_bias(&mut self, name: &str, x: NodeId, weight: &str, out: usize, inp: usize) -> Result<NodeId> {
+    fn linear_bias(
+        &mut self,
+        name: &str,
+        x: NodeId,
+        weight: &str,
+        out: usize,
+        inp: usize,
+    ) -> Result<NodeId> {
         let w = self.w(&format!("{weight}.weight"), &[out, inp])?;
         let b = self.w(&format!("{weight}.bias"), &[out])?;
         let y = self.b.linear(name, x, w)?;
@@ -392,7 +409,10 @@ impl Ctx<'_> {
 pub fn build(cfg: &SiglipVisionConfig, opts: &SiglipGraphOptions) -> Result<Graph> {
     cfg.validate()?;
     if opts.batch == 0 || opts.batch > 64 {
-        return Err(bad("batch", format!("{} tiles is outside 1..=64", opts.batch)));
+        return Err(bad(
+            "batch",
+            format!("{} tiles is outside 1..=64", opts.batch),
+        ));
     }
     if opts.feature == VisionFeature::SecondLast && cfg.num_hidden_layers < 2 {
         return Err(bad(

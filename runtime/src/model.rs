@@ -175,7 +175,12 @@ impl PreparedWeights {
                 return Err(invalid("graph", "prepare called on a non-weight"));
             };
             let key = (be.name().to_string(), name.clone());
-            if let Some(b) = self.buffers.lock().expect("weight cache poisoned").get(&key) {
+            if let Some(b) = self
+                .buffers
+                .lock()
+                .expect("weight cache poisoned")
+                .get(&key)
+            {
                 return Ok(b.clone());
             }
             let buf = be.prepare_weight(name, store.materialize(name, parts, fact)?)?;

@@ -20,7 +20,9 @@ use npurt_graph::passes::{PassReport, Pipeline};
 use npurt_graph::{DType, Graph, NodeId, PrecisionPolicy, TensorFact};
 use npurt_kernels::HostTensor;
 use npurt_models::projector::{self, ProjectorConfig};
-use npurt_models::siglip::{self, SiglipGraphOptions, SiglipVisionConfig, VisionFeature, VisionStage};
+use npurt_models::siglip::{
+    self, SiglipGraphOptions, SiglipVisionConfig, VisionFeature, VisionStage,
+};
 use npurt_models::WeightStore;
 use std::collections::HashMap;
 use std::path::Path;
@@ -136,7 +138,12 @@ fn vision_policy(p: &PrecisionPolicy) -> PrecisionPolicy {
 impl VisionEncoder {
     /// Loads an HF SigLIP vision directory and, if given, a projector safetensors
     /// file (`mm_projector.{ln,fc1,fc2}`).
-    pub fn load(rt: &Runtime, dir: &Path, projector_file: Option<&Path>, opts: VisionOptions) -> Result<Self> {
+    pub fn load(
+        rt: &Runtime,
+        dir: &Path,
+        projector_file: Option<&Path>,
+        opts: VisionOptions,
+    ) -> Result<Self> {
         let t0 = Instant::now();
         let (cfg, weights) = siglip::load_dir(dir)?;
         let projector = match projector_file {
@@ -144,11 +151,22 @@ impl VisionEncoder {
             Some(p) => {
                 let mut w = WeightStore::new();
                 npurt_models::hf_dir::add_safetensors(&mut w, p)?;
-                let pc = ProjectorConfig::from_weights(&w, cfg.hidden_size, cfg.grid(), opts.merge, opts.projector_ln_eps)?;
+                let pc = ProjectorConfig::from_weights(
+                    &w,
+                    cfg.hidden_size,
+                    cfg.grid(),
+                    opts.merge,
+                    opts.projector_ln_eps,
+                )?;
                 Some((pc, w))
             }
         };
-        let desc = format!("SigLIP {} ({} layers, hidden {})", dir.display(), cfg.num_hidden_layers, cfg.hidden_size);
+        let desc = format!(
+            "SigLIP {} ({} layers, hidden {})",
+            dir.display(),
+            cfg.num_hidden_layers,
+            cfg.hidden_size
+        );
         let mut enc = Self::compile(rt, cfg, weights, projector, opts, desc, false)?;
         enc.load_ms = t0.elapsed().as_secs_f64() * 1e3;
         Ok(enc)
@@ -169,7 +187,8 @@ impl VisionEncoder {
             ln_eps: opts.projector_ln_eps,
         };
         let pw = projector::synthetic_weights(&pc, SYNTHETIC_SEED + 1)?;
-        let desc = format!("synthetic SigLIP-so400m (seeded random weights) + projector to {llm_hidden}");
+        let desc =
+            format!("synthetic SigLIP-so400m (seeded random weights) + projector to {llm_hidden}");
         let mut enc = Self::compile(rt, cfg, weights, Some((pc, pw)), opts, desc, true)?;
         enc.load_ms = t0.elapsed().as_secs_f64() * 1e3;
         Ok(enc)
@@ -185,7 +204,10 @@ impl VisionEncoder {
         synthetic: bool,
     ) -> Result<Self> {
         if opts.batch == 0 || opts.batch > 64 {
-            return Err(invalid("batch", format!("{} tiles is outside 1..=64", opts.batch)));
+            return Err(invalid(
+                "batch",
+                format!("{} tiles is outside 1..=64", opts.batch),
+            ));
         }
         let backends = rt.backends(&opts.backend, opts.threads)?;
         let policy = vision_policy(&opts.precision);
@@ -198,8 +220,16 @@ impl VisionEncoder {
             taps: opts.taps,
         };
         let mut parts: Vec<(&'static str, Graph, &WeightStore)> = vec![
-            ("embed", siglip::build(&cfg, &tower(VisionStage::Embed))?, &weights),
-            ("encoder", siglip::build(&cfg, &tower(VisionStage::Encoder))?, &weights),
+            (
+                "embed",
+                siglip::build(&cfg, &tower(VisionStage::Embed))?,
+                &weights,
+            ),
+            (
+                "encoder",
+                siglip::build(&cfg, &tower(VisionStage::Encoder))?,
+                &weights,
+            ),
         ];
         if let Some((pc, pw)) = &projector {
             parts.push(("projector", projector::build(pc, opts.batch)?, pw));
@@ -209,18 +239,23 @@ impl VisionEncoder {
                 .names()
                 .filter_map(|n| Some((n.to_string(), store.fact(n).ok()?.dtype)))
                 .collect();
-            let pass_reports = Pipeline::compile(policy.clone(), Box::new(move |n| stored.get(n).copied())).run(&mut graph)?;
+            let pass_reports =
+                Pipeline::compile(policy.clone(), Box::new(move |n| stored.get(n).copied()))
+                    .run(&mut graph)?;
             let exec = Arc::new(prepared.compile(&graph, &backends, store)?);
             let (input_name, output) = match name {
                 "embed" => (siglip::PIXELS, siglip::EMBEDDINGS),
                 "encoder" => (siglip::EMBEDDINGS, siglip::FEATURES),
                 _ => (siglip::FEATURES, projector::PROJECTED),
             };
-            let input = graph
-                .find_source("input", input_name)
-                .ok_or_else(|| invalid("graph", format!("{name} graph lacks input `{input_name}`")))?;
+            let input = graph.find_source("input", input_name).ok_or_else(|| {
+                invalid("graph", format!("{name} graph lacks input `{input_name}`"))
+            })?;
             if graph.output(output).is_none() {
-                return Err(invalid("graph", format!("{name} graph lacks output `{output}`")));
+                return Err(invalid(
+                    "graph",
+                    format!("{name} graph lacks output `{output}`"),
+                ));
             }
             let mut outputs: Vec<(String, TensorFact)> = graph
                 .outputs
@@ -301,7 +336,10 @@ impl VisionEncoder {
                 ),
             });
         }
-        let mut guard = self.runners.lock().map_err(|_| invalid("vision", "a previous encode panicked"))?;
+        let mut guard = self
+            .runners
+            .lock()
+            .map_err(|_| invalid("vision", "a previous encode panicked"))?;
         if guard.is_none() {
             *guard = Some(self.new_runners()?);
         }
@@ -309,7 +347,10 @@ impl VisionEncoder {
         let b = self.options.batch;
         let (n, d) = (self.config.tokens(), self.config.hidden_size);
         let mut features = Vec::with_capacity(tiles * n * d);
-        let mut projected = self.projector_config.as_ref().map(|p| Vec::with_capacity(tiles * p.tokens_per_tile() * p.llm_hidden));
+        let mut projected = self
+            .projector_config
+            .as_ref()
+            .map(|p| Vec::with_capacity(tiles * p.tokens_per_tile() * p.llm_hidden));
         let mut t = EncodeTimings::default();
         let mut taps = std::collections::BTreeMap::new();
         for start in (0..tiles).step_by(b) {
@@ -325,8 +366,12 @@ impl VisionEncoder {
                 for ((tap, _), o) in st.outputs.iter().zip(&outs).skip(1) {
                     let rows = o.shape()[0] / b;
                     let keep = valid * rows * o.shape()[1..].iter().product::<usize>();
-                    let vals = o.as_f32().ok_or_else(|| invalid("vision", "tap is not f32"))?;
-                    taps.entry(tap.clone()).or_insert_with(Vec::new).extend_from_slice(&vals[..keep]);
+                    let vals = o
+                        .as_f32()
+                        .ok_or_else(|| invalid("vision", "tap is not f32"))?;
+                    taps.entry(tap.clone())
+                        .or_insert_with(Vec::new)
+                        .extend_from_slice(&vals[..keep]);
                 }
                 let out = outs.swap_remove(0);
                 match i {
@@ -337,10 +382,15 @@ impl VisionEncoder {
                 let rows_per_tile = out.shape()[0] / b;
                 let width = out.shape()[1];
                 let keep = valid * rows_per_tile * width;
-                let vals = out.as_f32().ok_or_else(|| invalid("vision", "stage output is not f32"))?;
+                let vals = out
+                    .as_f32()
+                    .ok_or_else(|| invalid("vision", "stage output is not f32"))?;
                 match i {
                     1 => features.extend_from_slice(&vals[..keep]),
-                    2 => projected.as_mut().expect("a projector stage").extend_from_slice(&vals[..keep]),
+                    2 => projected
+                        .as_mut()
+                        .expect("a projector stage")
+                        .extend_from_slice(&vals[..keep]),
                     _ => {}
                 }
                 value = out;
@@ -358,14 +408,29 @@ impl VisionEncoder {
 
     /// Runs one stage on `input` (its whole static batch) and reads its outputs back
     /// (the stage's value first, then taps).
-    fn run_stage(&self, st: &VisionStageProgram, r: &mut StageRunner, input: &HostTensor) -> Result<Vec<HostTensor>> {
+    fn run_stage(
+        &self,
+        st: &VisionStageProgram,
+        r: &mut StageRunner,
+        input: &HostTensor,
+    ) -> Result<Vec<HostTensor>> {
         let x = &st.exec;
-        let missing = || invalid("graph", format!("{} stage has no backend for its input/output", st.name));
+        let missing = || {
+            invalid(
+                "graph",
+                format!("{} stage has no backend for its input/output", st.name),
+            )
+        };
         let in_be = x.source_backend(st.input).ok_or_else(missing)?;
         in_be.write(r.input.as_ref(), input)?;
         let bindings = Bindings {
             sources: vec![(st.input, r.input.clone())],
-            outputs: st.outputs.iter().map(|(n, _)| n.clone()).zip(r.outputs.iter().cloned()).collect(),
+            outputs: st
+                .outputs
+                .iter()
+                .map(|(n, _)| n.clone())
+                .zip(r.outputs.iter().cloned())
+                .collect(),
         };
         x.run(&bindings, r.scratch.as_mut())?;
         for be in &self.backends {
@@ -374,7 +439,11 @@ impl VisionEncoder {
         st.outputs
             .iter()
             .zip(&r.outputs)
-            .map(|((n, _), buf)| Ok(x.output_backend(n).ok_or_else(missing)?.read(buf.as_ref())?))
+            .map(|((n, _), buf)| {
+                Ok(x.output_backend(n)
+                    .ok_or_else(missing)?
+                    .read(buf.as_ref())?)
+            })
             .collect()
     }
 }

@@ -66,7 +66,11 @@ fn read_pixels(path: &PathBuf, enc: &VisionEncoder) -> anyhow_lite::Result<Tiles
         .map_err(|_| msg(format!("{}: no tensor `pixel_values`", path.display())))?;
     let (c, s) = (enc.config.num_channels, enc.config.image_size);
     let shape = t.shape();
-    if t.dtype() != safetensors::Dtype::F32 || shape.len() != 4 || shape[1..] != [c, s, s] || shape[0] == 0 {
+    if t.dtype() != safetensors::Dtype::F32
+        || shape.len() != 4
+        || shape[1..] != [c, s, s]
+        || shape[0] == 0
+    {
         return Err(msg(format!(
             "{}: `pixel_values` is {:?} {:?}; the encoder takes f32 [B, {c}, {s}, {s}] with B >= 1",
             path.display(),
@@ -113,8 +117,12 @@ pub fn run(a: EncodeImageArgs) -> anyhow_lite::Result<()> {
             PrecisionPolicy::names().join(", ")
         ))
     })?;
-    let feature = VisionFeature::parse(&a.feature)
-        .ok_or_else(|| msg(format!("unknown feature `{}` (last, second-last)", a.feature)))?;
+    let feature = VisionFeature::parse(&a.feature).ok_or_else(|| {
+        msg(format!(
+            "unknown feature `{}` (last, second-last)",
+            a.feature
+        ))
+    })?;
     let opts = VisionOptions {
         backend: a.backend.clone(),
         threads: a.threads,
@@ -143,9 +151,17 @@ pub fn run(a: EncodeImageArgs) -> anyhow_lite::Result<()> {
     let total_ms = tiles.preprocess_ms + t.total_ms;
     if let Some(path) = &a.out {
         let (n, d) = (enc.config.tokens(), enc.config.hidden_size);
-        let mut tensors = vec![("last_hidden_state", vec![tiles.count, n, d], &out.features[..])];
+        let mut tensors = vec![(
+            "last_hidden_state",
+            vec![tiles.count, n, d],
+            &out.features[..],
+        )];
         if let (Some(p), Some(pc)) = (&out.projected, &enc.projector_config) {
-            tensors.push(("projected", vec![tiles.count * per_tile, pc.llm_hidden], &p[..]));
+            tensors.push((
+                "projected",
+                vec![tiles.count * per_tile, pc.llm_hidden],
+                &p[..],
+            ));
         }
         write_out(path, &tensors)?;
     }
@@ -163,7 +179,10 @@ pub fn run(a: EncodeImageArgs) -> anyhow_lite::Result<()> {
         println!("{v}");
     } else {
         if enc.synthetic {
-            println!("SYNTHETIC: {} — speed only, the outputs mean nothing", enc.description);
+            println!(
+                "SYNTHETIC: {} — speed only, the outputs mean nothing",
+                enc.description
+            );
         } else {
             println!("{}", enc.description);
         }
