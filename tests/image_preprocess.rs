@@ -6,7 +6,7 @@
 
 use npurt_runtime::image::{
     self, candidates, decode_bytes, decode_file, llava_next_grid, plan, preprocess, read_header,
-    relaxed_grid, resize_bicubic, DecodeLimits, ImageError, ImagePlan, RgbImage, SourceFormat,
+    relaxed_grid, resize_bicubic, DecodeLimits, ImageError, RgbImage, SourceFormat,
     TilingOptions, TilingRule,
 };
 use npurt_tests::{golden, read_json, GoldenTensors};
@@ -201,10 +201,24 @@ fn diff(ours: &[f32], reference: &[f32]) -> Diff {
     d
 }
 
-fn check_golden_preprocess(name: &str) -> (ImagePlan, Vec<f32>, Vec<f32>) {
+/// `rocket.jpg` as Pillow 13.0.0 (libjpeg-turbo) decodes it, stored losslessly: the
+/// input the golden pipeline saw, so the preprocessing can be checked apart from the JPEG
+/// decoder (see `jpeg_decoder_is_within_two_levels_of_libjpeg`).
+fn rocket_as_pillow_decodes_it() -> RgbImage {
+    let p = npurt_tests::project_root().join("tests/data/rocket_decoded_by_pillow.png");
+    decode_file(&p, &DecodeLimits::default()).unwrap()
+}
+
+fn golden_image(name: &str) -> RgbImage {
     let meta = read_json(&format!("preprocess/{name}.json"));
     let path = golden(&format!("images/{}", meta["image"].as_str().unwrap()));
-    let img = decode_file(&path, &DecodeLimits::default()).unwrap();
+    decode_file(&path, &DecodeLimits::default()).unwrap()
+}
+
+/// Plans and preprocesses `img` as `preprocess/{name}.json` says, checks the plan
+/// exactly, and returns the difference of `pixel_values` to the golden (printed).
+fn preprocess_vs_golden(name: &str, img: &RgbImage, what: &str) -> Diff {
+    let meta = read_json(&format!("preprocess/{name}.json"));
     assert_eq!(
         [img.width() as u64, img.height() as u64],
         [meta["w"].as_u64().unwrap(), meta["h"].as_u64().unwrap()]
@@ -224,85 +238,115 @@ fn check_golden_preprocess(name: &str) -> (ImagePlan, Vec<f32>, Vec<f32>) {
     assert_eq!(p.padding, want_padding, "{name} padding");
     assert_eq!(p.tiles as u64, meta["n_patches"].as_u64().unwrap(), "{name} tiles");
 
-    let pixels = preprocess(&img, &p).unwrap();
-    let (shape, reference) = GoldenTensors::open(&format!("preprocess/{name}.safetensors")).f32("pixel_values");
+    let pixels = preprocess(img, &p).unwrap();
+    let (shape, reference) =
+        GoldenTensors::open(&format!("preprocess/{name}.safetensors")).f32("pixel_values");
     assert_eq!(pixels.shape().to_vec(), shape, "{name} pixel_values shape");
+    // Padding is black (-1.0) exactly; tile 1's first pixel is padding in both images.
+    assert_eq!(pixels.tile_data(1)[0], -1.0, "{name}: padding is black");
     let d = diff(&pixels.data, &reference);
     println!(
-        "{name}: pixel_values vs golden: max abs {:.3e} ({} uint8 levels), mean abs {:.3e}, {} of {} values at another level",
+        "{name} ({what}): pixel_values vs golden: max abs {:.3e} ({} uint8 levels), mean abs {:.3e}, {} of {} values at another level",
         d.max,
         (d.max * 127.5).round(),
         d.mean,
         d.differing,
         d.n
     );
+    d
+}
+
+#[test]
+fn chelsea_preprocess_is_bit_identical_to_golden() {
+    let img = golden_image("chelsea");
+    let p = plan(img.width(), img.height(), &TilingOptions::default()).unwrap();
+    assert_eq!((p.grid, p.resized, p.padding), ([2, 1], [578, 384], [95, 0, 95, 0]));
+    assert_eq!((p.tiles, p.image_tokens), (3, 588));
+    // A PNG decodes losslessly, so this is the resampler, padding, tile order and
+    // normalisation alone: PIL's, to the last bit.
+    let d = preprocess_vs_golden("chelsea", &img, "our PNG decode");
+    assert_eq!(d.max, 0.0, "chelsea: not bit-identical to the golden");
+}
+
+#[test]
+fn rocket_preprocess_from_pillows_decode_is_bit_identical_to_golden() {
+    let d = preprocess_vs_golden("rocket", &rocket_as_pillow_decodes_it(), "Pillow's JPEG decode");
+    assert_eq!(d.max, 0.0, "rocket: not bit-identical to the golden");
+}
+
+/// Our JPEG decoder (zune-jpeg, through the `image` crate) is not libjpeg-turbo: its
+/// integer IDCT rounds differently, so ~0.7% of rocket.jpg's decoded values are 1-2
+/// levels off Pillow's, and a resize can stack two such neighbours into 3 levels.
+const JPEG_END_TO_END_LEVELS: f32 = 3.0;
+
+#[test]
+fn rocket_preprocess_end_to_end_is_within_the_jpeg_decoder_gap() {
+    let d = preprocess_vs_golden("rocket", &golden_image("rocket"), "our JPEG decode");
+    let p = plan(640, 427, &TilingOptions::default()).unwrap();
+    assert_eq!((p.grid, p.resized, p.padding), ([2, 2], [768, 513], [0, 127, 0, 128]));
     assert!(
-        d.max <= ONE_LEVEL,
-        "{name}: pixel_values differ from the golden by {} (> one uint8 level {ONE_LEVEL})",
+        d.max <= JPEG_END_TO_END_LEVELS * ONE_LEVEL,
+        "rocket: pixel_values differ by {} (> {JPEG_END_TO_END_LEVELS} levels)",
         d.max
     );
-    // Padding is black (-1.0) exactly, and the thumbnail has none.
-    let per_tile = 3 * 384 * 384;
-    let [left, top, _, _] = p.padding;
-    if left > 0 {
-        assert_eq!(pixels.data[per_tile], -1.0, "{name}: left padding is black");
-    }
-    if top > 0 {
-        assert_eq!(pixels.data[per_tile], -1.0, "{name}: top padding is black");
-    }
-    (p, pixels.data, reference)
+    assert!(d.mean <= 1e-4, "rocket: mean difference {} too large", d.mean);
+    assert!(
+        (d.differing as f64) < 0.01 * d.n as f64,
+        "rocket: {} of {} values at another level",
+        d.differing,
+        d.n
+    );
 }
 
 #[test]
-fn chelsea_preprocess_matches_golden() {
-    let (p, ours, reference) = check_golden_preprocess("chelsea");
-    assert_eq!((p.grid, p.resized, p.padding), ([2, 1], [578, 384], [95, 0, 95, 0]));
-    // A PNG decodes losslessly, so everything downstream is our resampler alone: it is
-    // PIL's, to the last bit.
-    assert_eq!(diff(&ours, &reference).max, 0.0, "chelsea: not bit-identical to PIL");
-}
-
-#[test]
-fn rocket_preprocess_matches_golden() {
-    let (p, _, _) = check_golden_preprocess("rocket");
-    assert_eq!((p.grid, p.resized, p.padding), ([2, 2], [768, 513], [0, 127, 0, 128]));
+fn jpeg_decoder_is_within_two_levels_of_libjpeg() {
+    let ours = golden_image("rocket");
+    let pillow = rocket_as_pillow_decodes_it();
+    assert_eq!(ours.dimensions(), pillow.dimensions());
+    let (max, differing) = level_diff(&ours, &pillow);
+    println!(
+        "rocket.jpg decode vs Pillow (libjpeg-turbo): max {max} levels, {differing} of {} values differ",
+        ours.as_raw().len()
+    );
+    assert!(max <= 2, "decoded rocket.jpg differs from Pillow by {max} levels");
+    assert!(differing * 100 < ours.as_raw().len(), "{differing} values differ");
 }
 
 /// Levels of one golden tile (normalised floats back to uint8) as an RGB8 image.
-fn golden_tile_levels(reference: &[f32], index: usize) -> RgbImage {
+fn golden_tile_levels(t: &[f32]) -> RgbImage {
     let plane = 384 * 384;
-    let t = &reference[index * 3 * plane..(index + 1) * 3 * plane];
     RgbImage::from_fn(384, 384, |x, y| {
         let i = (y * 384 + x) as usize;
         [0, 1, 2].map(|c| to_level(t[c * plane + i]).clamp(0, 255) as u8).into()
     })
 }
 
+/// (max abs difference in levels, number of differing values)
+fn level_diff(a: &RgbImage, b: &RgbImage) -> (i32, usize) {
+    a.as_raw().iter().zip(b.as_raw()).fold((0, 0), |(max, n), (x, y)| {
+        let e = (i32::from(*x) - i32::from(*y)).abs();
+        (max.max(e), n + usize::from(e != 0))
+    })
+}
+
 #[test]
-fn resampler_alone_reproduces_pil_bicubic() {
-    // The thumbnail (tile 0) is one PIL resize of the decoded image and nothing else.
-    for name in ["chelsea", "rocket"] {
-        let meta = read_json(&format!("preprocess/{name}.json"));
-        let path = golden(&format!("images/{}", meta["image"].as_str().unwrap()));
-        let img = decode_file(&path, &DecodeLimits::default()).unwrap();
-        let (_, reference) = GoldenTensors::open(&format!("preprocess/{name}.safetensors")).f32("pixel_values");
-        let want = golden_tile_levels(&reference, 0);
+fn resampler_alone_is_bit_identical_to_pil_bicubic() {
+    // Each case is one PIL resize of a decoded image and nothing else: the thumbnails
+    // (tile 0) of both preprocess goldens, and siglip_tiny's astronaut (512 -> 384).
+    let astronaut = decode_file(&golden("images/astronaut.png"), &DecodeLimits::default()).unwrap();
+    let (_, siglip) = GoldenTensors::open("siglip_tiny/io.safetensors").f32("pixel_values");
+    let (_, chelsea) = GoldenTensors::open("preprocess/chelsea.safetensors").f32("pixel_values");
+    let (_, rocket) = GoldenTensors::open("preprocess/rocket.safetensors").f32("pixel_values");
+    let tile = 3 * 384 * 384;
+    for (name, img, reference) in [
+        ("astronaut 512x512", astronaut, &siglip[..tile]),
+        ("chelsea 451x300", golden_image("chelsea"), &chelsea[..tile]),
+        ("rocket 640x427 (Pillow decode)", rocket_as_pillow_decodes_it(), &rocket[..tile]),
+    ] {
         let ours = resize_bicubic(&img, 384, 384);
-        let (mut max, mut sum, mut differing) = (0i32, 0u64, 0usize);
-        for (a, b) in ours.as_raw().iter().zip(want.as_raw()) {
-            let e = (i32::from(*a) - i32::from(*b)).abs();
-            max = max.max(e);
-            sum += e as u64;
-            differing += usize::from(e != 0);
-        }
-        println!(
-            "{name} -> 384x384 bicubic vs PIL: max {max} levels, mean {:.3e} levels, {differing} values differ",
-            sum as f64 / ours.as_raw().len() as f64
-        );
-        assert!(max <= 1, "{name}: resampler differs from PIL by {max} levels");
-        if name == "chelsea" {
-            assert_eq!(max, 0, "chelsea (lossless PNG): resampler not bit-identical to PIL");
-        }
+        let (max, differing) = level_diff(&ours, &golden_tile_levels(reference));
+        println!("{name} -> 384x384 bicubic vs PIL: max {max} levels, {differing} values differ");
+        assert_eq!(max, 0, "{name}: resampler differs from PIL by {max} levels");
     }
 }
 
@@ -339,7 +383,7 @@ fn webp_decodes_like_the_png_it_was_made_from() {
     let h = image::header_from_bytes(&webp, "chelsea.webp", &DecodeLimits::default()).unwrap();
     assert_eq!((h.format, h.width, h.height), (SourceFormat::WebP, 451, 300));
     let back = decode_bytes(&webp, "chelsea.webp", &DecodeLimits::default()).unwrap();
-    assert_eq!(back, png);
+    assert!(back == png, "lossless WebP round trip changed pixels");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -487,10 +531,19 @@ fn corrupt_png_is_a_typed_error() {
 fn truncated_png_and_jpeg_are_typed_errors() {
     for name in ["chelsea.png", "rocket.jpg", "astronaut.png", "hubble_deep_field.jpg"] {
         let bytes = std::fs::read(golden(&format!("images/{name}"))).unwrap();
-        for cut in [bytes.len() / 2, bytes.len() - 3, 100] {
+        // Cut in the middle of the pixel data, in the header, and (JPEG) just before the
+        // end-of-image marker. (A PNG missing only its IEND trailer has all its pixels
+        // and decodes, as in PIL.)
+        let mut cuts = vec![bytes.len() / 2, 100];
+        if name.ends_with(".jpg") {
+            cuts.push(bytes.len() - 2);
+        }
+        for cut in cuts {
             let f = TempFile::new(&format!("cut-{cut}-{name}"), &bytes[..cut]);
             let (r, took, _) = measured(|| decode_file(&f.0, &DecodeLimits::default()));
-            let e = r.expect_err(&format!("{name} cut at {cut} decoded"));
+            let Err(e) = r else {
+                panic!("{name} cut at {cut} of {} bytes decoded without error", bytes.len())
+            };
             assert!(matches!(e, ImageError::Corrupt { .. }), "{name} cut at {cut}: {e:?}");
             assert_err_names(&e, &[&format!("cut-{cut}-{name}"), "truncated"]);
             assert!(took < Duration::from_secs(5), "{name} cut at {cut} took {took:?}");
