@@ -475,8 +475,11 @@ fn huge_png_header_is_refused_before_any_allocation() {
     let small = DecodeLimits { max_pixels: 100_000, ..Default::default() };
     let e = decode_file(&golden("images/chelsea.png"), &small).unwrap_err();
     assert!(matches!(e, ImageError::TooManyPixels { width: 451, height: 300, .. }), "{e}");
-    // And the default admits a 50-megapixel phone photo (8160x6120).
-    assert!(8160 * 6120 <= npurt_runtime::image::DEFAULT_MAX_PIXELS);
+    // And the default admits a 50-megapixel phone photo (8160x6120), portrait or not.
+    for (w, h) in [(8160, 6120), (6120, 8160)] {
+        let hd = image::header_from_bytes(&png_claiming(w, h), "50mp.png", &limits).unwrap();
+        assert_eq!((hd.width, hd.height), (w, h));
+    }
 }
 
 #[test]
