@@ -91,13 +91,14 @@ impl Taps {
 }
 
 /// Rounds a fixed-point sum (which started at one half) to uint8, clamping the overshoot
-/// of the negative lobes.
+/// of the negative lobes. Sums fit in i32 as in PIL: the weights' absolute values add up
+/// to at most 1.25 (Catmull-Rom's lobes), and 1.25 * 255 * 2^22 < 2^31.
 #[inline]
-fn to_u8(acc: i64) -> u8 {
+fn to_u8(acc: i32) -> u8 {
     (acc >> PRECISION_BITS).clamp(0, 255) as u8
 }
 
-const HALF: i64 = 1 << (PRECISION_BITS - 1);
+const HALF: i32 = 1 << (PRECISION_BITS - 1);
 
 /// Resizes `src` (RGB8) to `width x height` exactly as PIL's bicubic resize does.
 /// Sizes must be non-zero (the caller's plan guarantees it).
@@ -124,17 +125,16 @@ pub fn resize_bicubic(src: &RgbImage, width: u32, height: u32) -> RgbImage {
                 let y = rows_from + r;
                 let in_row = &src[y * in_w * CHANNELS..(y + 1) * in_w * CHANNELS];
                 for (xx, px) in out_row.chunks_exact_mut(CHANNELS).enumerate() {
-                    let x0 = horiz.first[xx];
-                    let mut acc = [HALF; CHANNELS];
-                    for (i, &w) in horiz.weights(xx).iter().enumerate() {
-                        let s = &in_row[(x0 + i) * CHANNELS..(x0 + i + 1) * CHANNELS];
-                        for c in 0..CHANNELS {
-                            acc[c] += i64::from(s[c]) * i64::from(w);
-                        }
+                    let ws = horiz.weights(xx);
+                    let x0 = horiz.first[xx] * CHANNELS;
+                    let taps = &in_row[x0..x0 + ws.len() * CHANNELS];
+                    let (mut r, mut g, mut b) = (HALF, HALF, HALF);
+                    for (s, &w) in taps.chunks_exact(CHANNELS).zip(ws) {
+                        r += i32::from(s[0]) * w;
+                        g += i32::from(s[1]) * w;
+                        b += i32::from(s[2]) * w;
                     }
-                    for c in 0..CHANNELS {
-                        px[c] = to_u8(acc[c]);
-                    }
+                    px.copy_from_slice(&[to_u8(r), to_u8(g), to_u8(b)]);
                 }
             });
         horizontal = buf;
@@ -148,12 +148,16 @@ pub fn resize_bicubic(src: &RgbImage, width: u32, height: u32) -> RgbImage {
         out.par_chunks_mut(stride).enumerate().for_each(|(yy, out_row)| {
             let y0 = vert.first[yy] - row0;
             let ws = vert.weights(yy);
-            for (x, o) in out_row.iter_mut().enumerate() {
-                let mut acc = HALF;
-                for (i, &w) in ws.iter().enumerate() {
-                    acc += i64::from(mid[(y0 + i) * stride + x]) * i64::from(w);
+            // Row by row, so the inner loop runs along contiguous memory.
+            let mut acc = vec![HALF; stride];
+            for (i, &w) in ws.iter().enumerate() {
+                let row = &mid[(y0 + i) * stride..(y0 + i + 1) * stride];
+                for (a, &v) in acc.iter_mut().zip(row) {
+                    *a += i32::from(v) * w;
                 }
-                *o = to_u8(acc);
+            }
+            for (o, &a) in out_row.iter_mut().zip(&acc) {
+                *o = to_u8(a);
             }
         });
     } else {
