@@ -6,8 +6,8 @@
 
 use npurt_runtime::image::{
     self, candidates, decode_bytes, decode_file, llava_next_grid, plan, preprocess, read_header,
-    relaxed_grid, resize_bicubic, DecodeLimits, ImageError, RgbImage, SourceFormat,
-    TilingOptions, TilingRule,
+    relaxed_grid, resize_bicubic, DecodeLimits, ImageError, RgbImage, SourceFormat, TilingOptions,
+    TilingRule,
 };
 use npurt_tests::{golden, read_json, GoldenTensors};
 use serde_json::Value;
@@ -59,7 +59,9 @@ fn measured<T>(f: impl FnOnce() -> T) -> (T, Duration, usize) {
 // Grid selection
 
 fn grid(v: &Value) -> [u32; 2] {
-    let a = v.as_array().unwrap_or_else(|| panic!("expected [m, n], got {v}"));
+    let a = v
+        .as_array()
+        .unwrap_or_else(|| panic!("expected [m, n], got {v}"));
     [a[0].as_u64().unwrap() as u32, a[1].as_u64().unwrap() as u32]
 }
 
@@ -72,13 +74,23 @@ fn aspect_ratio_cases_match_both_rules_exactly() {
     assert_eq!(cases.len(), 64, "the README promises 64 cases");
     let mut failures = Vec::new();
     for c in cases {
-        let (w, h) = (c["w"].as_u64().unwrap() as u32, c["h"].as_u64().unwrap() as u32);
+        let (w, h) = (
+            c["w"].as_u64().unwrap() as u32,
+            c["h"].as_u64().unwrap() as u32,
+        );
         let max = c["max_patches"].as_u64().unwrap() as u32;
         let alpha = c["alpha"].as_f64().unwrap();
-        let want_cands: Vec<[u32; 2]> = c["candidates"].as_array().unwrap().iter().map(grid).collect();
+        let want_cands: Vec<[u32; 2]> = c["candidates"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(grid)
+            .collect();
         let cands = candidates(max);
         if cands != want_cands {
-            failures.push(format!("{w}x{h} max {max}: candidate order {cands:?} != {want_cands:?}"));
+            failures.push(format!(
+                "{w}x{h} max {max}: candidate order {cands:?} != {want_cands:?}"
+            ));
             continue;
         }
         for (rule, key, canvas_key) in [
@@ -105,7 +117,12 @@ fn aspect_ratio_cases_match_both_rules_exactly() {
             }
         }
     }
-    assert!(failures.is_empty(), "{} mismatches:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} mismatches:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -113,14 +130,32 @@ fn paper_examples_and_re_max_drift_are_literal() {
     let doc = read_json("aspect_ratio_cases.json");
     let cands = candidates(9);
     for e in doc["paper_examples"].as_array().unwrap() {
-        let (w, h) = (e["w"].as_u64().unwrap() as u32, e["h"].as_u64().unwrap() as u32);
-        assert_eq!(relaxed_grid(w, h, 384, &cands, 0.1), grid(&e["relaxed"]), "{w}x{h}");
-        assert_eq!(llava_next_grid(w, h, 384, &cands), grid(&e["llava_next"]), "{w}x{h}");
+        let (w, h) = (
+            e["w"].as_u64().unwrap() as u32,
+            e["h"].as_u64().unwrap() as u32,
+        );
+        assert_eq!(
+            relaxed_grid(w, h, 384, &cands, 0.1),
+            grid(&e["relaxed"]),
+            "{w}x{h}"
+        );
+        assert_eq!(
+            llava_next_grid(w, h, 384, &cands),
+            grid(&e["llava_next"]),
+            "{w}x{h}"
+        );
     }
     // Re_max is the current best's Re, not the largest seen: these keep < 90% of the best.
     for e in doc["re_max_drift_scan"]["examples"].as_array().unwrap() {
-        let (w, h) = (e["w"].as_u64().unwrap() as u32, e["h"].as_u64().unwrap() as u32);
-        assert_eq!(relaxed_grid(w, h, 384, &cands, 0.1), grid(&e["relaxed"]), "{w}x{h}");
+        let (w, h) = (
+            e["w"].as_u64().unwrap() as u32,
+            e["h"].as_u64().unwrap() as u32,
+        );
+        assert_eq!(
+            relaxed_grid(w, h, 384, &cands, 0.1),
+            grid(&e["relaxed"]),
+            "{w}x{h}"
+        );
     }
     // The float hazard the README names: 3000 * 0.288 truncates to 863 in f64. With
     // alpha 0 only strictly larger Re wins, so the first grid reaching the maximum does.
@@ -135,7 +170,11 @@ fn default_options_are_bluelm_v_3b() {
         (opts.rule, opts.alpha, opts.max_tiles, opts.tile),
         (TilingRule::Relaxed, 0.1, 9, 384)
     );
-    assert_eq!(opts.tokens_per_tile(), 196, "27x27 patches -> 14x14 after the 2x2 merge");
+    assert_eq!(
+        opts.tokens_per_tile(),
+        196,
+        "27x27 patches -> 14x14 after the 2x2 merge"
+    );
     // The paper's example: a 768x1536 image is a 2:4 grid + thumbnail = 9 tiles, 1764 tokens.
     let p = plan(768, 1536, &opts).unwrap();
     assert_eq!((p.grid, p.tiles, p.image_tokens), ([2, 4], 9, 1764));
@@ -152,10 +191,28 @@ fn bad_tiling_options_are_typed_errors() {
     let d = TilingOptions::default();
     for (opts, option) in [
         (TilingOptions { alpha: -0.1, ..d }, "alpha"),
-        (TilingOptions { alpha: f64::NAN, ..d }, "alpha"),
-        (TilingOptions { alpha: f64::INFINITY, ..d }, "alpha"),
+        (
+            TilingOptions {
+                alpha: f64::NAN,
+                ..d
+            },
+            "alpha",
+        ),
+        (
+            TilingOptions {
+                alpha: f64::INFINITY,
+                ..d
+            },
+            "alpha",
+        ),
         (TilingOptions { max_tiles: 0, ..d }, "max_tiles"),
-        (TilingOptions { max_tiles: 1_000_000, ..d }, "max_tiles"),
+        (
+            TilingOptions {
+                max_tiles: 1_000_000,
+                ..d
+            },
+            "max_tiles",
+        ),
         (TilingOptions { tile: 0, ..d }, "tile"),
         (TilingOptions { tile: 1 << 20, ..d }, "tile"),
         (TilingOptions { patch: 0, ..d }, "patch"),
@@ -166,7 +223,10 @@ fn bad_tiling_options_are_typed_errors() {
             other => panic!("{option}: expected InvalidOption, got {other:?}"),
         }
     }
-    assert!(matches!(plan(0, 480, &d), Err(ImageError::ZeroSized { .. })));
+    assert!(matches!(
+        plan(0, 480, &d),
+        Err(ImageError::ZeroSized { .. })
+    ));
     assert_eq!(TilingRule::parse("llava-next"), Some(TilingRule::LlavaNext));
     assert_eq!(TilingRule::parse("internvl"), None);
 }
@@ -190,7 +250,12 @@ struct Diff {
 
 fn diff(ours: &[f32], reference: &[f32]) -> Diff {
     assert_eq!(ours.len(), reference.len(), "length mismatch");
-    let mut d = Diff { max: 0.0, mean: 0.0, differing: 0, n: ours.len() };
+    let mut d = Diff {
+        max: 0.0,
+        mean: 0.0,
+        differing: 0,
+        n: ours.len(),
+    };
     for (a, b) in ours.iter().zip(reference) {
         let e = (a - b).abs();
         d.max = d.max.max(e);
@@ -236,7 +301,11 @@ fn preprocess_vs_golden(name: &str, img: &RgbImage, what: &str) -> Diff {
     assert_eq!(p.canvas, grid(&meta["canvas_wh"]), "{name} canvas");
     assert_eq!(p.resized, grid(&meta["resized_wh"]), "{name} resized");
     assert_eq!(p.padding, want_padding, "{name} padding");
-    assert_eq!(p.tiles as u64, meta["n_patches"].as_u64().unwrap(), "{name} tiles");
+    assert_eq!(
+        p.tiles as u64,
+        meta["n_patches"].as_u64().unwrap(),
+        "{name} tiles"
+    );
 
     let pixels = preprocess(img, &p).unwrap();
     let (shape, reference) =
@@ -260,7 +329,10 @@ fn preprocess_vs_golden(name: &str, img: &RgbImage, what: &str) -> Diff {
 fn chelsea_preprocess_is_bit_identical_to_golden() {
     let img = golden_image("chelsea");
     let p = plan(img.width(), img.height(), &TilingOptions::default()).unwrap();
-    assert_eq!((p.grid, p.resized, p.padding), ([2, 1], [578, 384], [95, 0, 95, 0]));
+    assert_eq!(
+        (p.grid, p.resized, p.padding),
+        ([2, 1], [578, 384], [95, 0, 95, 0])
+    );
     assert_eq!((p.tiles, p.image_tokens), (3, 588));
     // A PNG decodes losslessly, so this is the resampler, padding, tile order and
     // normalisation alone: PIL's, to the last bit.
@@ -270,7 +342,11 @@ fn chelsea_preprocess_is_bit_identical_to_golden() {
 
 #[test]
 fn rocket_preprocess_from_pillows_decode_is_bit_identical_to_golden() {
-    let d = preprocess_vs_golden("rocket", &rocket_as_pillow_decodes_it(), "Pillow's JPEG decode");
+    let d = preprocess_vs_golden(
+        "rocket",
+        &rocket_as_pillow_decodes_it(),
+        "Pillow's JPEG decode",
+    );
     assert_eq!(d.max, 0.0, "rocket: not bit-identical to the golden");
 }
 
@@ -283,13 +359,20 @@ const JPEG_END_TO_END_LEVELS: f32 = 3.0;
 fn rocket_preprocess_end_to_end_is_within_the_jpeg_decoder_gap() {
     let d = preprocess_vs_golden("rocket", &golden_image("rocket"), "our JPEG decode");
     let p = plan(640, 427, &TilingOptions::default()).unwrap();
-    assert_eq!((p.grid, p.resized, p.padding), ([2, 2], [768, 513], [0, 127, 0, 128]));
+    assert_eq!(
+        (p.grid, p.resized, p.padding),
+        ([2, 2], [768, 513], [0, 127, 0, 128])
+    );
     assert!(
         d.max <= JPEG_END_TO_END_LEVELS * ONE_LEVEL,
         "rocket: pixel_values differ by {} (> {JPEG_END_TO_END_LEVELS} levels)",
         d.max
     );
-    assert!(d.mean <= 1e-4, "rocket: mean difference {} too large", d.mean);
+    assert!(
+        d.mean <= 1e-4,
+        "rocket: mean difference {} too large",
+        d.mean
+    );
     assert!(
         (d.differing as f64) < 0.01 * d.n as f64,
         "rocket: {} of {} values at another level",
@@ -308,8 +391,14 @@ fn jpeg_decoder_is_within_two_levels_of_libjpeg() {
         "rocket.jpg decode vs Pillow (libjpeg-turbo): max {max} levels, {differing} of {} values differ",
         ours.as_raw().len()
     );
-    assert!(max <= 2, "decoded rocket.jpg differs from Pillow by {max} levels");
-    assert!(differing * 100 < ours.as_raw().len(), "{differing} values differ");
+    assert!(
+        max <= 2,
+        "decoded rocket.jpg differs from Pillow by {max} levels"
+    );
+    assert!(
+        differing * 100 < ours.as_raw().len(),
+        "{differing} values differ"
+    );
 }
 
 /// Levels of one golden tile (normalised floats back to uint8) as an RGB8 image.
@@ -317,16 +406,21 @@ fn golden_tile_levels(t: &[f32]) -> RgbImage {
     let plane = 384 * 384;
     RgbImage::from_fn(384, 384, |x, y| {
         let i = (y * 384 + x) as usize;
-        [0, 1, 2].map(|c| to_level(t[c * plane + i]).clamp(0, 255) as u8).into()
+        [0, 1, 2]
+            .map(|c| to_level(t[c * plane + i]).clamp(0, 255) as u8)
+            .into()
     })
 }
 
 /// (max abs difference in levels, number of differing values)
 fn level_diff(a: &RgbImage, b: &RgbImage) -> (i32, usize) {
-    a.as_raw().iter().zip(b.as_raw()).fold((0, 0), |(max, n), (x, y)| {
-        let e = (i32::from(*x) - i32::from(*y)).abs();
-        (max.max(e), n + usize::from(e != 0))
-    })
+    a.as_raw()
+        .iter()
+        .zip(b.as_raw())
+        .fold((0, 0), |(max, n), (x, y)| {
+            let e = (i32::from(*x) - i32::from(*y)).abs();
+            (max.max(e), n + usize::from(e != 0))
+        })
 }
 
 #[test]
@@ -341,7 +435,11 @@ fn resampler_alone_is_bit_identical_to_pil_bicubic() {
     for (name, img, reference) in [
         ("astronaut 512x512", astronaut, &siglip[..tile]),
         ("chelsea 451x300", golden_image("chelsea"), &chelsea[..tile]),
-        ("rocket 640x427 (Pillow decode)", rocket_as_pillow_decodes_it(), &rocket[..tile]),
+        (
+            "rocket 640x427 (Pillow decode)",
+            rocket_as_pillow_decodes_it(),
+            &rocket[..tile],
+        ),
     ] {
         let ours = resize_bicubic(&img, 384, 384);
         let (max, differing) = level_diff(&ours, &golden_tile_levels(reference));
@@ -355,13 +453,26 @@ fn resampler_edge_cases() {
     // Identity, upscale, 1-pixel images and extreme aspect ratios: no panic, right size,
     // and a constant image stays constant (weights sum to one in fixed point).
     let grey = RgbImage::from_pixel(7, 5, [90, 140, 200].into());
-    for (w, h) in [(7, 5), (1, 1), (384, 384), (3, 700), (700, 3), (14, 5), (7, 10)] {
+    for (w, h) in [
+        (7, 5),
+        (1, 1),
+        (384, 384),
+        (3, 700),
+        (700, 3),
+        (14, 5),
+        (7, 10),
+    ] {
         let out = resize_bicubic(&grey, w, h);
         assert_eq!(out.dimensions(), (w, h));
-        assert!(out.pixels().all(|p| p.0 == [90, 140, 200]), "{w}x{h} changed a constant image");
+        assert!(
+            out.pixels().all(|p| p.0 == [90, 140, 200]),
+            "{w}x{h} changed a constant image"
+        );
     }
     let one = RgbImage::from_pixel(1, 1, [255, 0, 7].into());
-    assert!(resize_bicubic(&one, 5, 9).pixels().all(|p| p.0 == [255, 0, 7]));
+    assert!(resize_bicubic(&one, 5, 9)
+        .pixels()
+        .all(|p| p.0 == [255, 0, 7]));
     let ramp = RgbImage::from_fn(64, 1, |x, _| [(x * 4) as u8, 0, 255].into());
     assert_eq!(resize_bicubic(&ramp, 64, 1), ramp, "same size is a copy");
 }
@@ -370,7 +481,10 @@ fn resampler_edge_cases() {
 fn preprocess_refuses_an_image_of_another_size() {
     let p = plan(640, 480, &TilingOptions::default()).unwrap();
     let img = RgbImage::new(480, 640);
-    assert!(matches!(preprocess(&img, &p), Err(ImageError::PlanMismatch { .. })));
+    assert!(matches!(
+        preprocess(&img, &p),
+        Err(ImageError::PlanMismatch { .. })
+    ));
 }
 
 #[test]
@@ -378,10 +492,18 @@ fn webp_decodes_like_the_png_it_was_made_from() {
     let png = decode_file(&golden("images/chelsea.png"), &DecodeLimits::default()).unwrap();
     let mut webp = Vec::new();
     ::image::codecs::webp::WebPEncoder::new_lossless(&mut webp)
-        .encode(png.as_raw(), png.width(), png.height(), ::image::ExtendedColorType::Rgb8)
+        .encode(
+            png.as_raw(),
+            png.width(),
+            png.height(),
+            ::image::ExtendedColorType::Rgb8,
+        )
         .unwrap();
     let h = image::header_from_bytes(&webp, "chelsea.webp", &DecodeLimits::default()).unwrap();
-    assert_eq!((h.format, h.width, h.height), (SourceFormat::WebP, 451, 300));
+    assert_eq!(
+        (h.format, h.width, h.height),
+        (SourceFormat::WebP, 451, 300)
+    );
     let back = decode_bytes(&webp, "chelsea.webp", &DecodeLimits::default()).unwrap();
     assert!(back == png, "lossless WebP round trip changed pixels");
 }
@@ -413,7 +535,11 @@ fn crc32(bytes: &[u8]) -> u32 {
     for &b in bytes {
         crc ^= u32::from(b);
         for _ in 0..8 {
-            crc = if crc & 1 != 0 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
         }
     }
     !crc
@@ -438,7 +564,11 @@ fn png_claiming(width: u32, height: u32) -> Vec<u8> {
     ihdr.extend_from_slice(&[8, 2, 0, 0, 0]); // 8-bit, RGB, deflate, filter 0, no interlace
     png_chunk(&mut png, b"IHDR", &ihdr);
     // zlib: an empty final stored block, adler32 = 1
-    png_chunk(&mut png, b"IDAT", &[0x78, 0x01, 0x01, 0x00, 0x00, 0xFF, 0xFF, 0, 0, 0, 1]);
+    png_chunk(
+        &mut png,
+        b"IDAT",
+        &[0x78, 0x01, 0x01, 0x00, 0x00, 0xFF, 0xFF, 0, 0, 0, 1],
+    );
     png_chunk(&mut png, b"IEND", &[]);
     png
 }
@@ -455,26 +585,57 @@ fn huge_png_header_is_refused_before_any_allocation() {
     let f = TempFile::new("huge.png", &png_claiming(100_000, 100_000));
     let limits = DecodeLimits::default();
     for (what, result) in [
-        ("decode_file", measured(|| decode_file(&f.0, &limits).map(|_| ()))),
-        ("read_header", measured(|| read_header(&f.0, &limits).map(|_| ()))),
+        (
+            "decode_file",
+            measured(|| decode_file(&f.0, &limits).map(|_| ())),
+        ),
+        (
+            "read_header",
+            measured(|| read_header(&f.0, &limits).map(|_| ())),
+        ),
     ] {
         let (r, took, largest) = result;
         let e = r.expect_err(what);
         match &e {
-            ImageError::TooManyPixels { width, height, pixels, limit, .. } => {
-                assert_eq!((*width, *height, *pixels), (100_000, 100_000, 10_000_000_000));
+            ImageError::TooManyPixels {
+                width,
+                height,
+                pixels,
+                limit,
+                ..
+            } => {
+                assert_eq!(
+                    (*width, *height, *pixels),
+                    (100_000, 100_000, 10_000_000_000)
+                );
                 assert_eq!(*limit, npurt_runtime::image::DEFAULT_MAX_PIXELS);
             }
             other => panic!("{what}: expected TooManyPixels, got {other:?}"),
         }
         assert_err_names(&e, &["huge.png", "100000x100000", "too large"]);
         assert!(took < Duration::from_secs(1), "{what} took {took:?}");
-        assert!(largest < (1 << 20), "{what}: largest allocation {largest} bytes");
+        assert!(
+            largest < (1 << 20),
+            "{what}: largest allocation {largest} bytes"
+        );
     }
     // The limit is configurable: a small one refuses a real photo.
-    let small = DecodeLimits { max_pixels: 100_000, ..Default::default() };
+    let small = DecodeLimits {
+        max_pixels: 100_000,
+        ..Default::default()
+    };
     let e = decode_file(&golden("images/chelsea.png"), &small).unwrap_err();
-    assert!(matches!(e, ImageError::TooManyPixels { width: 451, height: 300, .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            ImageError::TooManyPixels {
+                width: 451,
+                height: 300,
+                ..
+            }
+        ),
+        "{e}"
+    );
     // And the default admits a 50-megapixel phone photo (8160x6120), portrait or not.
     for (w, h) in [(8160, 6120), (6120, 8160)] {
         let hd = image::header_from_bytes(&png_claiming(w, h), "50mp.png", &limits).unwrap();
@@ -486,12 +647,32 @@ fn huge_png_header_is_refused_before_any_allocation() {
 fn zero_sized_png_is_a_typed_error() {
     let f = TempFile::new("empty-size.png", &png_claiming(0, 0));
     let e = decode_file(&f.0, &DecodeLimits::default()).unwrap_err();
-    assert!(matches!(e, ImageError::ZeroSized { width: 0, height: 0, .. }), "{e:?}");
+    assert!(
+        matches!(
+            e,
+            ImageError::ZeroSized {
+                width: 0,
+                height: 0,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
     assert_err_names(&e, &["empty-size.png", "zero-sized"]);
     let e = read_header(&f.0, &DecodeLimits::default()).unwrap_err();
     assert!(matches!(e, ImageError::ZeroSized { .. }), "{e:?}");
     let e = decode_bytes(&png_claiming(640, 0), "tall.png", &DecodeLimits::default()).unwrap_err();
-    assert!(matches!(e, ImageError::ZeroSized { width: 640, height: 0, .. }), "{e:?}");
+    assert!(
+        matches!(
+            e,
+            ImageError::ZeroSized {
+                width: 640,
+                height: 0,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
 }
 
 #[test]
@@ -508,7 +689,11 @@ fn a_text_file_is_not_an_image() {
     let empty = TempFile::new("empty.jpg", b"");
     let e = decode_file(&empty.0, &DecodeLimits::default()).unwrap_err();
     assert!(matches!(e, ImageError::NotAnImage { .. }), "{e:?}");
-    let missing = decode_file("/nonexistent/npurt/photo.jpg".as_ref(), &DecodeLimits::default()).unwrap_err();
+    let missing = decode_file(
+        "/nonexistent/npurt/photo.jpg".as_ref(),
+        &DecodeLimits::default(),
+    )
+    .unwrap_err();
     assert!(matches!(missing, ImageError::Io { .. }), "{missing:?}");
     assert_err_names(&missing, &["/nonexistent/npurt/photo.jpg"]);
 }
@@ -532,7 +717,12 @@ fn corrupt_png_is_a_typed_error() {
 
 #[test]
 fn truncated_png_and_jpeg_are_typed_errors() {
-    for name in ["chelsea.png", "rocket.jpg", "astronaut.png", "hubble_deep_field.jpg"] {
+    for name in [
+        "chelsea.png",
+        "rocket.jpg",
+        "astronaut.png",
+        "hubble_deep_field.jpg",
+    ] {
         let bytes = std::fs::read(golden(&format!("images/{name}"))).unwrap();
         // Cut in the middle of the pixel data, in the header, and (JPEG) just before the
         // end-of-image marker. (A PNG missing only its IEND trailer has all its pixels
@@ -545,11 +735,20 @@ fn truncated_png_and_jpeg_are_typed_errors() {
             let f = TempFile::new(&format!("cut-{cut}-{name}"), &bytes[..cut]);
             let (r, took, _) = measured(|| decode_file(&f.0, &DecodeLimits::default()));
             let Err(e) = r else {
-                panic!("{name} cut at {cut} of {} bytes decoded without error", bytes.len())
+                panic!(
+                    "{name} cut at {cut} of {} bytes decoded without error",
+                    bytes.len()
+                )
             };
-            assert!(matches!(e, ImageError::Corrupt { .. }), "{name} cut at {cut}: {e:?}");
+            assert!(
+                matches!(e, ImageError::Corrupt { .. }),
+                "{name} cut at {cut}: {e:?}"
+            );
             assert_err_names(&e, &[&format!("cut-{cut}-{name}"), "truncated"]);
-            assert!(took < Duration::from_secs(5), "{name} cut at {cut} took {took:?}");
+            assert!(
+                took < Duration::from_secs(5),
+                "{name} cut at {cut} took {took:?}"
+            );
         }
         // The header of the half file still reads: image-plan needs only that.
         let f = TempFile::new(&format!("half-{name}"), &bytes[..bytes.len() / 2]);
@@ -561,11 +760,20 @@ fn truncated_png_and_jpeg_are_typed_errors() {
 /// EXIF segment carrying `orientation` inserted after SOI.
 fn jpeg_with_orientation(width: u32, height: u32, orientation: u16) -> Vec<u8> {
     let img = RgbImage::from_fn(width, height, |x, _| {
-        if x < width / 2 { [255, 0, 0].into() } else { [0, 0, 255].into() }
+        if x < width / 2 {
+            [255, 0, 0].into()
+        } else {
+            [0, 0, 255].into()
+        }
     });
     let mut jpeg = Vec::new();
     ::image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 95)
-        .encode(img.as_raw(), width, height, ::image::ExtendedColorType::Rgb8)
+        .encode(
+            img.as_raw(),
+            width,
+            height,
+            ::image::ExtendedColorType::Rgb8,
+        )
         .unwrap();
     // TIFF, big-endian: header, IFD0 with one entry (0x0112 Orientation, SHORT, 1), no next IFD.
     let mut tiff = b"MM\x00\x2a\x00\x00\x00\x08\x00\x01\x01\x12\x00\x03\x00\x00\x00\x01".to_vec();
@@ -590,17 +798,35 @@ fn exif_orientation_is_applied() {
     let img = decode_file(&f.0, &limits).unwrap();
     assert_eq!(img.dimensions(), (16, 32));
     let [r, _, b] = img.get_pixel(8, 4).0;
-    assert!(r > 200 && b < 60, "top should be red, got {:?}", img.get_pixel(8, 4));
+    assert!(
+        r > 200 && b < 60,
+        "top should be red, got {:?}",
+        img.get_pixel(8, 4)
+    );
     let [r, _, b] = img.get_pixel(8, 28).0;
-    assert!(b > 200 && r < 60, "bottom should be blue, got {:?}", img.get_pixel(8, 28));
+    assert!(
+        b > 200 && r < 60,
+        "bottom should be blue, got {:?}",
+        img.get_pixel(8, 28)
+    );
     let h = read_header(&f.0, &limits).unwrap();
     assert_eq!(
-        (h.format, h.width, h.height, h.stored_width, h.stored_height, h.exif_orientation),
+        (
+            h.format,
+            h.width,
+            h.height,
+            h.stored_width,
+            h.stored_height,
+            h.exif_orientation
+        ),
         (SourceFormat::Jpeg, 16, 32, 32, 16, 6)
     );
     // The plan of the header equals the plan of the decoded image.
     let opts = TilingOptions::default();
-    assert_eq!(plan(h.width, h.height, &opts).unwrap(), plan(16, 32, &opts).unwrap());
+    assert_eq!(
+        plan(h.width, h.height, &opts).unwrap(),
+        plan(16, 32, &opts).unwrap()
+    );
     // 1 = as stored.
     let plain = decode_bytes(&jpeg_with_orientation(32, 16, 1), "plain.jpg", &limits).unwrap();
     assert_eq!(plain.dimensions(), (32, 16));

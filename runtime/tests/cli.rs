@@ -217,16 +217,29 @@ fn npurt_bare(args: &[&str]) -> (bool, String, String) {
 #[test]
 fn image_plan_json_for_the_golden_images() {
     let chelsea = golden("images/chelsea.png");
-    let (ok, out, err) = npurt_bare(&["image-plan", "--image", chelsea.to_str().unwrap(), "--json"]);
+    let (ok, out, err) =
+        npurt_bare(&["image-plan", "--image", chelsea.to_str().unwrap(), "--json"]);
     assert!(ok, "{err}");
     let v = json(&out);
     assert_eq!(v["grid"], serde_json::json!([2, 1]), "{v}");
     assert_eq!(v["canvas"], serde_json::json!([768, 384]), "{v}");
     assert_eq!(v["resized"], serde_json::json!([578, 384]), "{v}");
     assert_eq!(v["padding"], serde_json::json!([95, 0, 95, 0]), "{v}");
-    assert_eq!((v["tiles"].as_u64(), v["image_tokens"].as_u64()), (Some(3), Some(588)), "{v}");
-    assert_eq!((v["width"].as_u64(), v["height"].as_u64()), (Some(451), Some(300)), "{v}");
-    assert_eq!((v["rule"].as_str(), v["alpha"].as_f64()), (Some("relaxed"), Some(0.1)), "{v}");
+    assert_eq!(
+        (v["tiles"].as_u64(), v["image_tokens"].as_u64()),
+        (Some(3), Some(588)),
+        "{v}"
+    );
+    assert_eq!(
+        (v["width"].as_u64(), v["height"].as_u64()),
+        (Some(451), Some(300)),
+        "{v}"
+    );
+    assert_eq!(
+        (v["rule"].as_str(), v["alpha"].as_f64()),
+        (Some("relaxed"), Some(0.1)),
+        "{v}"
+    );
 
     let rocket = golden("images/rocket.jpg");
     let (ok, out, err) = npurt_bare(&["image-plan", "--image", rocket.to_str().unwrap(), "--json"]);
@@ -235,13 +248,25 @@ fn image_plan_json_for_the_golden_images() {
     assert_eq!(v["grid"], serde_json::json!([2, 2]), "{v}");
     assert_eq!(v["resized"], serde_json::json!([768, 513]), "{v}");
     assert_eq!(v["padding"], serde_json::json!([0, 127, 0, 128]), "{v}");
-    assert_eq!((v["tiles"].as_u64(), v["image_tokens"].as_u64()), (Some(5), Some(980)), "{v}");
+    assert_eq!(
+        (v["tiles"].as_u64(), v["image_tokens"].as_u64()),
+        (Some(5), Some(980)),
+        "{v}"
+    );
 
     // The other flags reach the plan: LLaVA-NeXT's rule, a 1-tile budget (only 1:1 is
     // left) and 336-pixel tiles.
     let (ok, out, err) = npurt_bare(&[
-        "image-plan", "--image", chelsea.to_str().unwrap(), "--json",
-        "--rule", "llava-next", "--max-tiles", "1", "--tile", "336",
+        "image-plan",
+        "--image",
+        chelsea.to_str().unwrap(),
+        "--json",
+        "--rule",
+        "llava-next",
+        "--max-tiles",
+        "1",
+        "--tile",
+        "336",
     ]);
     assert!(ok, "{err}");
     let v = json(&out);
@@ -266,7 +291,10 @@ fn image_plan_errors_name_the_problem() {
     std::fs::write(&text, "not a picture\n").unwrap();
     let (ok, _, err) = npurt_bare(&["image-plan", "--image", text.to_str().unwrap()]);
     assert!(!ok);
-    assert!(err.starts_with("error:") && err.contains("notes.jpg") && err.contains("not an image"), "{err}");
+    assert!(
+        err.starts_with("error:") && err.contains("notes.jpg") && err.contains("not an image"),
+        "{err}"
+    );
 
     // A PNG whose bytes stop inside the header.
     let png = std::fs::read(golden("images/chelsea.png")).unwrap();
@@ -274,7 +302,10 @@ fn image_plan_errors_name_the_problem() {
     std::fs::write(&cut, &png[..20]).unwrap();
     let (ok, _, err) = npurt_bare(&["image-plan", "--image", cut.to_str().unwrap()]);
     assert!(!ok);
-    assert!(err.contains("cut.png") && err.contains("corrupt or truncated"), "{err}");
+    assert!(
+        err.contains("cut.png") && err.contains("corrupt or truncated"),
+        "{err}"
+    );
 
     let chelsea = golden("images/chelsea.png");
     let chelsea = chelsea.to_str().unwrap();
@@ -287,10 +318,16 @@ fn image_plan_errors_name_the_problem() {
     ] {
         let (ok, _, err) = npurt_bare(&["image-plan", "--image", chelsea, flag, value]);
         assert!(!ok, "{flag} {value} was accepted");
-        assert!(err.contains("invalid image option") && err.contains(needle), "{flag} {value}: {err}");
+        assert!(
+            err.contains("invalid image option") && err.contains(needle),
+            "{flag} {value}: {err}"
+        );
     }
     let (ok, _, err) = npurt_bare(&["image-plan", "--image", chelsea, "--max-pixels", "1000"]);
     assert!(!ok);
-    assert!(err.contains("too large") && err.contains("451x300"), "{err}");
+    assert!(
+        err.contains("too large") && err.contains("451x300"),
+        "{err}"
+    );
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -39,11 +39,7 @@ impl DecodeLimits {
     /// 8 bytes a pixel (16-bit RGBA, the widest these formats decode to) plus slack.
     fn for_image_crate(&self) -> ::image::Limits {
         let mut l = ::image::Limits::no_limits();
-        l.max_alloc = Some(
-            self.max_pixels
-                .saturating_mul(8)
-                .saturating_add(16 << 20),
-        );
+        l.max_alloc = Some(self.max_pixels.saturating_mul(8).saturating_add(16 << 20));
         l
     }
 }

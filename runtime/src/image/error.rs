@@ -41,7 +41,11 @@ pub enum ImageError {
         limit: u64,
     },
     #[error("{path}: file too large: {bytes} bytes exceeds the limit of {limit} bytes")]
-    FileTooLarge { path: String, bytes: u64, limit: u64 },
+    FileTooLarge {
+        path: String,
+        bytes: u64,
+        limit: u64,
+    },
     #[error("invalid image option `{option}`: {reason}")]
     InvalidOption {
         option: &'static str,

@@ -28,7 +28,9 @@ pub use decode::{
 pub use error::ImageError;
 pub use preprocess::{preprocess, PixelTiles};
 pub use resample::resize_bicubic;
-pub use tiling::{candidates, llava_next_grid, relaxed_grid, resized_size, select_grid, TilingRule};
+pub use tiling::{
+    candidates, llava_next_grid, relaxed_grid, resized_size, select_grid, TilingRule,
+};
 
 /// Largest tile count accepted: well past the paper's 9, small enough that the candidate
 /// list and the pixel buffer stay bounded whatever a caller passes.
@@ -143,7 +145,14 @@ pub fn plan(width: u32, height: u32, opts: &TilingOptions) -> Result<ImagePlan, 
             height,
         });
     }
-    let grid = select_grid(width, height, opts.tile, opts.max_tiles, opts.rule, opts.alpha);
+    let grid = select_grid(
+        width,
+        height,
+        opts.tile,
+        opts.max_tiles,
+        opts.rule,
+        opts.alpha,
+    );
     let canvas = [opts.tile * grid[0], opts.tile * grid[1]];
     let resized = resized_size(width, height, canvas);
     let (pad_w, pad_h) = (canvas[0] - resized[0], canvas[1] - resized[1]);

@@ -110,10 +110,7 @@ pub fn resize_bicubic(src: &RgbImage, width: u32, height: u32) -> RgbImage {
     }
     let vert = Taps::new(in_h, out_h);
     // Horizontal pass first, over only the source rows the vertical pass will read.
-    let (rows_from, rows_to) = (
-        vert.first[0],
-        vert.first[out_h - 1] + vert.count[out_h - 1],
-    );
+    let (rows_from, rows_to) = (vert.first[0], vert.first[out_h - 1] + vert.count[out_h - 1]);
     let src = src.as_raw();
     let horizontal: Vec<u8>;
     let (mid, mid_w, row0) = if out_w != in_w {
@@ -145,21 +142,23 @@ pub fn resize_bicubic(src: &RgbImage, width: u32, height: u32) -> RgbImage {
     let mut out = vec![0u8; out_w * out_h * CHANNELS];
     if out_h != in_h {
         let stride = mid_w * CHANNELS;
-        out.par_chunks_mut(stride).enumerate().for_each(|(yy, out_row)| {
-            let y0 = vert.first[yy] - row0;
-            let ws = vert.weights(yy);
-            // Row by row, so the inner loop runs along contiguous memory.
-            let mut acc = vec![HALF; stride];
-            for (i, &w) in ws.iter().enumerate() {
-                let row = &mid[(y0 + i) * stride..(y0 + i + 1) * stride];
-                for (a, &v) in acc.iter_mut().zip(row) {
-                    *a += i32::from(v) * w;
+        out.par_chunks_mut(stride)
+            .enumerate()
+            .for_each(|(yy, out_row)| {
+                let y0 = vert.first[yy] - row0;
+                let ws = vert.weights(yy);
+                // Row by row, so the inner loop runs along contiguous memory.
+                let mut acc = vec![HALF; stride];
+                for (i, &w) in ws.iter().enumerate() {
+                    let row = &mid[(y0 + i) * stride..(y0 + i + 1) * stride];
+                    for (a, &v) in acc.iter_mut().zip(row) {
+                        *a += i32::from(v) * w;
+                    }
                 }
-            }
-            for (o, &a) in out_row.iter_mut().zip(&acc) {
-                *o = to_u8(a);
-            }
-        });
+                for (o, &a) in out_row.iter_mut().zip(&acc) {
+                    *o = to_u8(a);
+                }
+            });
     } else {
         let n = out.len();
         out.copy_from_slice(&mid[..n]);

@@ -74,7 +74,13 @@ fn fit(width: u32, height: u32, tile: u32, grid: [u32; 2]) -> Fit {
 /// The relaxed rule, literally: `Re_max` is the effective resolution of the current best
 /// (not the largest seen), and comparisons are `int - int` against the float
 /// `alpha * Re_max`, as in the reference.
-pub fn relaxed_grid(width: u32, height: u32, tile: u32, cands: &[[u32; 2]], alpha: f64) -> [u32; 2] {
+pub fn relaxed_grid(
+    width: u32,
+    height: u32,
+    tile: u32,
+    cands: &[[u32; 2]],
+    alpha: f64,
+) -> [u32; 2] {
     let mut best = [1, 1];
     let mut re_max: i64 = 0;
     let mut rw_min = f64::INFINITY;
