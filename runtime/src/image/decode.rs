@@ -88,9 +88,9 @@ pub struct ImageHeader {
 /// orientation. The limits are checked as for a decode.
 pub fn read_header(path: &Path, limits: &DecodeLimits) -> Result<ImageHeader, ImageError> {
     let name = path.display().to_string();
-    let io = |source| ImageError::Io {
+    let io = |error| ImageError::Io {
         path: name.clone(),
-        source,
+        error,
     };
     let file_len = std::fs::metadata(path).map_err(io)?.len();
     if file_len > limits.max_file_bytes {
@@ -148,9 +148,9 @@ pub fn header_from_bytes(
 /// `convert("RGB")`), EXIF orientation applied.
 pub fn decode_file(path: &Path, limits: &DecodeLimits) -> Result<RgbImage, ImageError> {
     let name = path.display().to_string();
-    let io = |source| ImageError::Io {
+    let io = |error| ImageError::Io {
         path: name.clone(),
-        source,
+        error,
     };
     let file_len = std::fs::metadata(path).map_err(io)?.len();
     let too_large = |bytes| ImageError::FileTooLarge {

@@ -4,12 +4,10 @@
 /// Everything image decoding, planning and preprocessing can refuse.
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
-    #[error("reading image {path}: {source}")]
-    Io {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    // The I/O error is in the message, not the source chain, so the CLI (which prints
+    // the chain) says it once.
+    #[error("reading image {path}: {error}")]
+    Io { path: String, error: std::io::Error },
     #[error("{path} is not an image in a supported format (PNG, JPEG or WebP): {reason}")]
     NotAnImage { path: String, reason: String },
     #[error("{path}: corrupt or truncated {format} data: {reason}")]
