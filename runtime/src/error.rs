@@ -10,6 +10,8 @@ pub enum RuntimeError {
     Backend(#[from] BackendError),
     #[error(transparent)]
     Graph(#[from] npurt_graph::GraphError),
+    #[error(transparent)]
+    Image(#[from] crate::image::ImageError),
     #[error(
         "the input needs {needed} positions but the context holds {ctx} ({used} already used)"
     )]

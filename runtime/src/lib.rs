@@ -16,6 +16,7 @@
 
 pub mod bench;
 mod error;
+pub mod image;
 pub mod inspect;
 mod model;
 pub mod partition;

@@ -200,3 +200,134 @@ fn errors_print_the_cause_and_exit_non_zero() {
         "{err}"
     );
 }
+
+/// Runs `npurt` without `--model`: `image-plan` needs none.
+fn npurt_bare(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_npurt"))
+        .args(args)
+        .output()
+        .expect("run npurt");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn image_plan_json_for_the_golden_images() {
+    let chelsea = golden("images/chelsea.png");
+    let (ok, out, err) =
+        npurt_bare(&["image-plan", "--image", chelsea.to_str().unwrap(), "--json"]);
+    assert!(ok, "{err}");
+    let v = json(&out);
+    assert_eq!(v["grid"], serde_json::json!([2, 1]), "{v}");
+    assert_eq!(v["canvas"], serde_json::json!([768, 384]), "{v}");
+    assert_eq!(v["resized"], serde_json::json!([578, 384]), "{v}");
+    assert_eq!(v["padding"], serde_json::json!([95, 0, 95, 0]), "{v}");
+    assert_eq!(
+        (v["tiles"].as_u64(), v["image_tokens"].as_u64()),
+        (Some(3), Some(588)),
+        "{v}"
+    );
+    assert_eq!(
+        (v["width"].as_u64(), v["height"].as_u64()),
+        (Some(451), Some(300)),
+        "{v}"
+    );
+    assert_eq!(
+        (v["rule"].as_str(), v["alpha"].as_f64()),
+        (Some("relaxed"), Some(0.1)),
+        "{v}"
+    );
+
+    let rocket = golden("images/rocket.jpg");
+    let (ok, out, err) = npurt_bare(&["image-plan", "--image", rocket.to_str().unwrap(), "--json"]);
+    assert!(ok, "{err}");
+    let v = json(&out);
+    assert_eq!(v["grid"], serde_json::json!([2, 2]), "{v}");
+    assert_eq!(v["resized"], serde_json::json!([768, 513]), "{v}");
+    assert_eq!(v["padding"], serde_json::json!([0, 127, 0, 128]), "{v}");
+    assert_eq!(
+        (v["tiles"].as_u64(), v["image_tokens"].as_u64()),
+        (Some(5), Some(980)),
+        "{v}"
+    );
+
+    // The other flags reach the plan: LLaVA-NeXT's rule, a 1-tile budget (only 1:1 is
+    // left) and 336-pixel tiles.
+    let (ok, out, err) = npurt_bare(&[
+        "image-plan",
+        "--image",
+        chelsea.to_str().unwrap(),
+        "--json",
+        "--rule",
+        "llava-next",
+        "--max-tiles",
+        "1",
+        "--tile",
+        "336",
+    ]);
+    assert!(ok, "{err}");
+    let v = json(&out);
+    assert_eq!(v["grid"], serde_json::json!([1, 1]), "{v}");
+    assert_eq!(v["canvas"], serde_json::json!([336, 336]), "{v}");
+    assert_eq!(v["rule"], "llava-next", "{v}");
+    assert_eq!(v["image_tokens"], 2 * 144, "{v}"); // 336 / 14 = 24 -> 12x12 after the merge
+
+    // Without --json: a readable summary.
+    let (ok, out, err) = npurt_bare(&["image-plan", "--image", chelsea.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    for needle in ["2x1", "578x384", "left 95", "588 image tokens"] {
+        assert!(out.contains(needle), "`{needle}` not in:\n{out}");
+    }
+}
+
+#[test]
+fn image_plan_errors_name_the_problem() {
+    let dir = std::env::temp_dir().join(format!("npurt-cli-image-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let text = dir.join("notes.jpg");
+    std::fs::write(&text, "not a picture\n").unwrap();
+    let (ok, _, err) = npurt_bare(&["image-plan", "--image", text.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(
+        err.starts_with("error:") && err.contains("notes.jpg") && err.contains("not an image"),
+        "{err}"
+    );
+
+    // A PNG whose bytes stop inside the header.
+    let png = std::fs::read(golden("images/chelsea.png")).unwrap();
+    let cut = dir.join("cut.png");
+    std::fs::write(&cut, &png[..20]).unwrap();
+    let (ok, _, err) = npurt_bare(&["image-plan", "--image", cut.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(
+        err.contains("cut.png") && err.contains("corrupt or truncated"),
+        "{err}"
+    );
+
+    let chelsea = golden("images/chelsea.png");
+    let chelsea = chelsea.to_str().unwrap();
+    for (flag, value, needle) in [
+        ("--alpha", "-0.5", "alpha"),
+        ("--alpha", "NaN", "alpha"),
+        ("--max-tiles", "0", "max_tiles"),
+        ("--tile", "0", "tile"),
+        ("--rule", "internvl", "rule"),
+    ] {
+        let (ok, _, err) = npurt_bare(&["image-plan", "--image", chelsea, flag, value]);
+        assert!(!ok, "{flag} {value} was accepted");
+        assert!(
+            err.contains("invalid image option") && err.contains(needle),
+            "{flag} {value}: {err}"
+        );
+    }
+    let (ok, _, err) = npurt_bare(&["image-plan", "--image", chelsea, "--max-pixels", "1000"]);
+    assert!(!ok);
+    assert!(
+        err.contains("too large") && err.contains("451x300"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -1,5 +1,5 @@
-//! `npurt`: the command-line frontend. Every subcommand takes `--backend` and `--model`
-//! (default: the fetched SmolLM2 GGUF). Errors print their cause chain and exit 1.
+//! `npurt`: the command-line frontend. Every model subcommand takes `--backend` and
+//! `--model` (default: the fetched SmolLM2 GGUF); `image-plan` needs no model. Errors print their cause chain and exit 1.
 
 use clap::{Args, Parser, Subcommand};
 use npurt_graph::PrecisionPolicy;
@@ -172,6 +172,31 @@ enum Cmd {
     /// Encode an image's tiles with a SigLIP vision tower (+ projector): per-stage
     /// times, GOP/s, peak RSS; `--out` writes the features.
     EncodeImage(encode_image::EncodeImageArgs),
+    /// What an image will cost the vision encoder, from its header only (no model, no
+    /// pixel decode): the tile grid, canvas, resized size, padding, tiles and LLM tokens.
+    ImagePlan {
+        /// A PNG, JPEG or WebP file.
+        #[arg(long)]
+        image: PathBuf,
+        /// Relaxed rule threshold (BlueLM-V-3B's alpha).
+        #[arg(long, default_value_t = 0.1, allow_negative_numbers = true)]
+        alpha: f64,
+        /// Most local tiles (the global thumbnail comes on top).
+        #[arg(long, default_value_t = 9)]
+        max_tiles: u32,
+        /// Tile side in pixels (the encoder's input size).
+        #[arg(long, default_value_t = 384)]
+        tile: u32,
+        /// Grid rule: relaxed (BlueLM-V-3B) or llava-next.
+        #[arg(long, default_value = "relaxed")]
+        rule: String,
+        /// Largest image accepted, in pixels.
+        #[arg(long, default_value_t = npurt_runtime::image::DEFAULT_MAX_PIXELS)]
+        max_pixels: u64,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn default_threads() -> usize {
@@ -484,6 +509,15 @@ fn run(cli: Cli) -> anyhow_lite::Result<()> {
             }
         }
         Cmd::EncodeImage(a) => encode_image::run(a)?,
+        Cmd::ImagePlan {
+            image,
+            alpha,
+            max_tiles,
+            tile,
+            rule,
+            max_pixels,
+            json,
+        } => image_plan(&image, alpha, max_tiles, tile, &rule, max_pixels, json)?,
         Cmd::Backends => {
             let rt = Runtime::new();
             for name in rt.registry().names() {
@@ -493,6 +527,74 @@ fn run(cli: Cli) -> anyhow_lite::Result<()> {
                 }
             }
         }
+    }
+    Ok(())
+}
+
+fn image_plan(
+    path: &std::path::Path,
+    alpha: f64,
+    max_tiles: u32,
+    tile: u32,
+    rule: &str,
+    max_pixels: u64,
+    json: bool,
+) -> anyhow_lite::Result<()> {
+    use npurt_runtime::image::{self, ImageError, TilingOptions, TilingRule};
+    let rule = TilingRule::parse(rule).ok_or_else(|| ImageError::InvalidOption {
+        option: "rule",
+        reason: format!("`{rule}` (known: relaxed, llava-next)"),
+    })?;
+    let opts = TilingOptions {
+        rule,
+        alpha,
+        max_tiles,
+        tile,
+        ..TilingOptions::default()
+    };
+    // Options first: a bad flag is reported even before the file is opened.
+    opts.validate()?;
+    let limits = image::DecodeLimits {
+        max_pixels,
+        ..Default::default()
+    };
+    let header = image::read_header(path, &limits)?;
+    let p = image::plan(header.width, header.height, &opts)?;
+    if json {
+        let v = serde_json::json!({
+            "image": path.display().to_string(), "format": header.format.name(),
+            "width": p.width, "height": p.height, "rule": rule.name(), "alpha": alpha,
+            "max_tiles": max_tiles, "tile": p.tile, "grid": p.grid, "canvas": p.canvas,
+            "resized": p.resized, "padding": p.padding, "tiles": p.tiles,
+            "tokens_per_tile": p.tokens_per_tile, "image_tokens": p.image_tokens,
+        });
+        println!("{v}");
+    } else {
+        let [l, t, r, b] = p.padding;
+        println!(
+            "image:    {} ({}, {}x{})",
+            path.display(),
+            header.format.name(),
+            p.width,
+            p.height
+        );
+        println!(
+            "rule:     {} (alpha {alpha}, at most {max_tiles} tiles of {tile}x{tile})",
+            rule.name()
+        );
+        println!("grid:     {}x{} (columns x rows)", p.grid[0], p.grid[1]);
+        println!("canvas:   {}x{}", p.canvas[0], p.canvas[1]);
+        println!("resized:  {}x{}", p.resized[0], p.resized[1]);
+        println!("padding:  left {l}, top {t}, right {r}, bottom {b}");
+        println!(
+            "tiles:    {} (1 thumbnail + {} local)",
+            p.tiles,
+            p.tiles - 1
+        );
+        println!(
+            "tokens:   {} image tokens ({} per tile)",
+            p.image_tokens, p.tokens_per_tile
+        );
     }
     Ok(())
 }
