@@ -6,8 +6,8 @@
 
 use npurt_runtime::image::{
     self, candidates, decode_bytes, decode_file, llava_next_grid, plan, preprocess, read_header,
-    relaxed_grid, resize_bicubic, DecodeLimits, ImageError, RgbImage, SourceFormat, TilingOptions,
-    TilingRule,
+    relaxed_grid, resize_bicubic, DecodeLimits, ImageError, ImagePlan, RgbImage, SourceFormat,
+    TilingOptions, TilingRule,
 };
 use npurt_tests::{golden, read_json, GoldenTensors};
 use serde_json::Value;
@@ -485,6 +485,35 @@ fn preprocess_refuses_an_image_of_another_size() {
         preprocess(&img, &p),
         Err(ImageError::PlanMismatch { .. })
     ));
+    // A hand-edited plan whose parts disagree is refused, not indexed past.
+    let img = RgbImage::new(640, 480);
+    for bad in [
+        ImagePlan {
+            tiles: 2,
+            ..p.clone()
+        },
+        ImagePlan {
+            grid: [9, 9],
+            ..p.clone()
+        },
+        ImagePlan {
+            resized: [2000, 480],
+            ..p.clone()
+        },
+        ImagePlan {
+            padding: [0, 0, 0, 0],
+            ..p.clone()
+        },
+        ImagePlan {
+            tile: 0,
+            ..p.clone()
+        },
+    ] {
+        match preprocess(&img, &bad) {
+            Err(ImageError::InvalidOption { option: "plan", .. }) => {}
+            other => panic!("{bad:?}: expected an inconsistent-plan error, got {other:?}"),
+        }
+    }
 }
 
 #[test]

@@ -135,6 +135,36 @@ pub struct ImagePlan {
     pub image_tokens: usize,
 }
 
+impl ImagePlan {
+    /// The fields are public, so a plan may have been built or edited by hand: refuse one
+    /// whose parts disagree instead of indexing past a buffer.
+    pub fn check_consistent(&self) -> Result<(), ImageError> {
+        let [cols, rows] = self.grid;
+        let [w, h] = self.resized;
+        let [l, t, r, b] = self.padding;
+        let ok = (1..=MAX_TILE_SIDE).contains(&self.tile)
+            && cols >= 1
+            && rows >= 1
+            && u64::from(cols) * u64::from(rows) <= u64::from(MAX_TILES_LIMIT)
+            && self.tiles == 1 + (cols * rows) as usize
+            && self.canvas == [self.tile * cols, self.tile * rows]
+            && w >= 1
+            && h >= 1
+            && u64::from(l) + u64::from(w) + u64::from(r) == u64::from(self.canvas[0])
+            && u64::from(t) + u64::from(h) + u64::from(b) == u64::from(self.canvas[1])
+            && self.width >= 1
+            && self.height >= 1;
+        if ok {
+            Ok(())
+        } else {
+            Err(ImageError::InvalidOption {
+                option: "plan",
+                reason: format!("inconsistent image plan {self:?}"),
+            })
+        }
+    }
+}
+
 /// Plans a `width x height` image: grid, canvas, resize, padding and token count.
 pub fn plan(width: u32, height: u32, opts: &TilingOptions) -> Result<ImagePlan, ImageError> {
     opts.validate()?;

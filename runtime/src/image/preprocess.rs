@@ -49,6 +49,7 @@ pub fn preprocess(img: &RgbImage, plan: &ImagePlan) -> Result<PixelTiles, ImageE
             got_height: img.height(),
         });
     }
+    plan.check_consistent()?;
     let tile = plan.tile as usize;
     let plane = tile * tile;
     let per_tile = 3 * plane;
