@@ -288,7 +288,7 @@ impl CpuExecutable {
                     }
                     Op::PatchEmbed { patch } => {
                         let sh = &g.fact(ins[0]).shape;
-                        r::patch_embed(
+                        k::patch_embed_f32(
                             f32_of(ins[0])?,
                             [sh[0], sh[1], sh[2], sh[3]],
                             f32_of(ins[1])?,

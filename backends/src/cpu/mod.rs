@@ -156,6 +156,7 @@ impl Backend for CpuBackend {
             ),
             Op::KvWrite if n.fact.dtype == DType::F16 => "kv_write_f16".into(),
             Op::RmsNorm { .. } => format!("rms_norm_f32[{isa}]"),
+            Op::PatchEmbed { .. } => format!("patch_embed_f32[im2col + matmul_f32, {isa}]"),
             Op::Softmax => format!("softmax_f32[{isa}]"),
             Op::Rope { .. } => "rope_f32[shared angles]".into(),
             op => format!("{}[reference]", op.kind()),

@@ -5,7 +5,7 @@ use super::anyhow_lite::{self, msg};
 use clap::Args;
 use npurt_graph::PrecisionPolicy;
 use npurt_models::siglip::VisionFeature;
-use npurt_runtime::{stats, Runtime, VisionEncoder, VisionOptions};
+use npurt_runtime::{image, stats, Runtime, VisionEncoder, VisionOptions};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -24,9 +24,25 @@ pub struct EncodeImageArgs {
     /// Projector weights (`mm_projector.{ln,fc1,fc2}`) to apply after the tower.
     #[arg(long)]
     projector: Option<PathBuf>,
+    /// The image (PNG, JPEG, WebP): decoded, tiled and normalised as the model expects.
+    #[arg(long, conflicts_with_all = ["pixels", "image_size"])]
+    image: Option<PathBuf>,
+    /// Instead of --image: a generated WIDTHxHEIGHT test pattern (e.g. 768x1536, the
+    /// paper's 9-tile example) through the same tiling and preprocessing.
+    #[arg(long, conflicts_with = "pixels")]
+    image_size: Option<String>,
     /// Read tensor `pixel_values` [B, 3, H, W] (normalised) from this safetensors file.
     #[arg(long)]
     pixels: Option<PathBuf>,
+    /// Tiling rule: relaxed (BlueLM-V-3B) or llava-next.
+    #[arg(long, default_value = "relaxed")]
+    rule: String,
+    /// Relaxed rule threshold.
+    #[arg(long, default_value_t = 0.1)]
+    alpha: f64,
+    /// Most local tiles (the thumbnail comes on top).
+    #[arg(long, default_value_t = 9)]
+    max_tiles: u32,
     /// Write `last_hidden_state` [B, tokens, hidden] (and `projected`) here.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -91,6 +107,63 @@ fn read_pixels(path: &PathBuf, enc: &VisionEncoder) -> anyhow_lite::Result<Tiles
     })
 }
 
+/// The image's tiles as the encoder takes them (tile side and patch from its config).
+fn image_tiles(a: &EncodeImageArgs, enc: &VisionEncoder) -> anyhow_lite::Result<Tiles> {
+    let t0 = Instant::now();
+    let opts = image::TilingOptions {
+        rule: image::TilingRule::parse(&a.rule).ok_or_else(|| {
+            msg(format!(
+                "unknown tiling rule `{}` (relaxed, llava-next)",
+                a.rule
+            ))
+        })?,
+        alpha: a.alpha,
+        max_tiles: a.max_tiles,
+        tile: enc.config.image_size as u32,
+        patch: enc.config.patch_size as u32,
+        merge: enc.options.merge as u32,
+    };
+    let (plan, px) = match (&a.image, &a.image_size) {
+        (Some(path), _) => image::load_pixel_tiles(path, &opts, &image::DecodeLimits::default())?,
+        (None, Some(size)) => {
+            let img = test_pattern(size)?;
+            let plan = image::plan(img.width(), img.height(), &opts)?;
+            let px = image::preprocess(&img, &plan)?;
+            (plan, px)
+        }
+        (None, None) => unreachable!("callers check"),
+    };
+    Ok(Tiles {
+        count: px.tiles,
+        pixels: px.data,
+        grid: Some([plan.grid[0] as usize, plan.grid[1] as usize]),
+        preprocess_ms: t0.elapsed().as_secs_f64() * 1e3,
+    })
+}
+
+/// A deterministic `WxH` RGB pattern (gradients and a checkerboard): content does not
+/// change the encode time, only the size does.
+fn test_pattern(size: &str) -> anyhow_lite::Result<image::RgbImage> {
+    let bad = || {
+        msg(format!(
+            "--image-size `{size}` is not WIDTHxHEIGHT (e.g. 768x1536)"
+        ))
+    };
+    let (w, h) = size.split_once('x').ok_or_else(bad)?;
+    let (w, h): (u32, u32) = (w.parse().map_err(|_| bad())?, h.parse().map_err(|_| bad())?);
+    let limits = image::DecodeLimits::default();
+    if w == 0 || h == 0 || u64::from(w) * u64::from(h) > limits.max_pixels {
+        return Err(msg(format!(
+            "--image-size {w}x{h} is outside 1..={} pixels",
+            limits.max_pixels
+        )));
+    }
+    Ok(image::RgbImage::from_fn(w, h, |x, y| {
+        let c = if (x / 32 + y / 32) % 2 == 0 { 40 } else { 0 };
+        ::image::Rgb([(x * 255 / w) as u8, (y * 255 / h) as u8, (128 + c) as u8])
+    }))
+}
+
 fn write_out(path: &PathBuf, tensors: &[(&str, Vec<usize>, &[f32])]) -> anyhow_lite::Result<()> {
     let bytes: Vec<Vec<u8>> = tensors
         .iter()
@@ -139,7 +212,12 @@ pub fn run(a: EncodeImageArgs) -> anyhow_lite::Result<()> {
     };
     let tiles = match &a.pixels {
         Some(p) => read_pixels(p, &enc)?,
-        None => return Err(msg("give --pixels FILE".into())),
+        None if a.image.is_some() || a.image_size.is_some() => image_tiles(&a, &enc)?,
+        None => {
+            return Err(msg(
+                "give --image PATH, --image-size WxH or --pixels FILE".into()
+            ))
+        }
     };
     let out = enc.encode(&tiles.pixels, tiles.count)?;
     let t = out.timings;
