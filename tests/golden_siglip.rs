@@ -139,3 +139,30 @@ fn results_do_not_depend_on_the_batch() {
         assert!(d <= 1e-5, "B={b} differs from B=1 by {d:.3e}");
     }
 }
+
+/// The same tower and projector on the wgpu backend (lavapipe in CI): every node of
+/// every stage on wgpu (one segment, no CPU fallback), within the same tolerance.
+#[test]
+fn siglip_tiny_and_projector_on_wgpu() {
+    let io = GoldenTensors::open("vlm_tiny/io.safetensors");
+    let (shape, pixels) = io.f32("pixel_values");
+    let enc = encoder("wgpu", 2, VisionFeature::Last, true);
+    for st in &enc.stages {
+        assert_eq!(
+            st.exec.segments(),
+            1,
+            "{} stage falls back to another backend:\n{:?}",
+            st.name,
+            st.exec.report()
+        );
+    }
+    let out = enc.encode(&pixels, shape[0]).expect("encode on wgpu");
+    check("wgpu vision_features", &out.features, &io.f32("vision_features").1);
+    check("wgpu projected", out.projected.as_ref().expect("projected"), &io.f32("projected").1);
+    let sig = GoldenTensors::open("siglip_tiny/io.safetensors");
+    let (shape, pixels) = sig.f32("pixel_values");
+    let out = enc.encode(&pixels, shape[0]).expect("encode on wgpu");
+    check("wgpu patch_embeds", &out.taps["patch_embeds"], &sig.f32("patch_embeds").1);
+    check("wgpu hidden_states_m2", &out.taps["hidden_states_1"], &sig.f32("hidden_states_m2").1);
+    check("wgpu last_hidden_state", &out.features, &sig.f32("last_hidden_state").1);
+}
