@@ -157,12 +157,32 @@ fn siglip_tiny_and_projector_on_wgpu() {
         );
     }
     let out = enc.encode(&pixels, shape[0]).expect("encode on wgpu");
-    check("wgpu vision_features", &out.features, &io.f32("vision_features").1);
-    check("wgpu projected", out.projected.as_ref().expect("projected"), &io.f32("projected").1);
+    check(
+        "wgpu vision_features",
+        &out.features,
+        &io.f32("vision_features").1,
+    );
+    check(
+        "wgpu projected",
+        out.projected.as_ref().expect("projected"),
+        &io.f32("projected").1,
+    );
     let sig = GoldenTensors::open("siglip_tiny/io.safetensors");
     let (shape, pixels) = sig.f32("pixel_values");
     let out = enc.encode(&pixels, shape[0]).expect("encode on wgpu");
-    check("wgpu patch_embeds", &out.taps["patch_embeds"], &sig.f32("patch_embeds").1);
-    check("wgpu hidden_states_m2", &out.taps["hidden_states_1"], &sig.f32("hidden_states_m2").1);
-    check("wgpu last_hidden_state", &out.features, &sig.f32("last_hidden_state").1);
+    check(
+        "wgpu patch_embeds",
+        &out.taps["patch_embeds"],
+        &sig.f32("patch_embeds").1,
+    );
+    check(
+        "wgpu hidden_states_m2",
+        &out.taps["hidden_states_1"],
+        &sig.f32("hidden_states_m2").1,
+    );
+    check(
+        "wgpu last_hidden_state",
+        &out.features,
+        &sig.f32("last_hidden_state").1,
+    );
 }
