@@ -1,8 +1,8 @@
-//! Fusion passes that turn the builder's plain LLaMA graph into the few fat kernels an
-//! NPU (or a good CPU kernel) wants:
+//! Fusion passes that turn the builders' plain LLaMA and ViT graphs into the few fat
+//! kernels an NPU (or a good CPU kernel) wants:
 //! - `FuseBias`: `add(matmul, bias weight)` -> matmul with a bias epilogue;
-//! - `FuseSwiGlu`: `mul(silu(x @ Wg), x @ Wu)` -> one matmul over `[Wg; Wu]` with the
-//!   SwiGLU epilogue (reads `x` once, one launch);
+//! - `FuseSwiGlu`: `mul(act(x @ Wg), x @ Wu)` -> one matmul over `[Wg; Wu]` with a GLU
+//!   epilogue (SwiGLU for LLaMA's silu; reads `x` once, one launch);
 //! - `FuseSharedInput`: plain matmuls reading the same activation (q, k, v) -> one
 //!   matmul over the row-concatenated weights, then `slice_cols` per original output;
 //! - `FuseResidual`: `add(x, matmul)` where the matmul has no other reader -> the
