@@ -152,7 +152,7 @@ fn bench_packed(
         g.bench_function(id, |b| {
             pool.install(|| {
                 b.iter(|| {
-                    matmul_packed(&a, m, w, act, Epilogue::None, None, None, &mut out)
+                    matmul_packed(&a, m, w, act, Epilogue::NONE, None, None, &mut out)
                         .expect("matmul")
                 })
             })
@@ -203,12 +203,12 @@ fn model_sweep(c: &mut Criterion) {
     const LAYERS: usize = 30;
     let mut rng = Lcg(11);
     let layer_shapes: [(usize, usize, Epilogue); 6] = [
-        (576, 576, Epilogue::None),
-        (192, 576, Epilogue::None),
-        (192, 576, Epilogue::None),
-        (576, 576, Epilogue::Residual),
-        (3072, 576, Epilogue::SwiGlu),
-        (576, 1536, Epilogue::Residual),
+        (576, 576, Epilogue::NONE),
+        (192, 576, Epilogue::NONE),
+        (192, 576, Epilogue::NONE),
+        (576, 576, Epilogue::RESIDUAL),
+        (3072, 576, Epilogue::SWIGLU),
+        (576, 1536, Epilogue::RESIDUAL),
     ];
     let mut weights = Vec::new();
     for _ in 0..LAYERS {
@@ -252,12 +252,8 @@ fn model_sweep(c: &mut Criterion) {
                     pool.install(|| {
                         b.iter(|| {
                             for (w, epi) in &weights {
-                                let n_out = if *epi == Epilogue::SwiGlu {
-                                    w.n() / 2
-                                } else {
-                                    w.n()
-                                };
-                                let resid = (*epi == Epilogue::Residual).then(|| &res[..m * n_out]);
+                                let n_out = epi.out_cols(w.n()).expect("even GLU rows");
+                                let resid = epi.has_residual().then(|| &res[..m * n_out]);
                                 matmul_packed(
                                     &a[..m * w.k()],
                                     m,
@@ -276,7 +272,7 @@ fn model_sweep(c: &mut Criterion) {
                                 1,
                                 &head,
                                 act,
-                                Epilogue::None,
+                                Epilogue::NONE,
                                 None,
                                 None,
                                 &mut out[..HEAD.0],

@@ -118,7 +118,7 @@ fn matmul(be: &WgpuBackend, dt: DType, m: usize, n: usize, k: usize) -> Prepared
                 transpose_b: true,
                 act: ActPrecision::F32,
                 prologue: Prologue::None,
-                epilogue: Epilogue::None,
+                epilogue: Epilogue::NONE,
             },
             &[a, w],
         )

@@ -141,13 +141,22 @@ const FORMATS: [DType; 6] = [
     DType::F16,
 ];
 const ACTS: [ActPrecision; 3] = [ActPrecision::I8, ActPrecision::I16, ActPrecision::F32];
-const EPILOGUES: [Epilogue; 5] = [
-    Epilogue::None,
-    Epilogue::Bias,
-    Epilogue::Residual,
-    Epilogue::BiasResidual,
-    Epilogue::SwiGlu,
-];
+/// LLaMA's lists, the ViT's (`+bias+gelu`, `+bias+gelu_tanh+residual`) and a GELU-gated
+/// GLU with steps behind it.
+fn epilogues() -> Vec<Epilogue> {
+    use npurt_graph::{Activation, Step};
+    let list = |steps: &[Step]| Epilogue::new(steps).expect("a valid list");
+    vec![
+        Epilogue::NONE,
+        Epilogue::BIAS,
+        Epilogue::RESIDUAL,
+        Epilogue::BIAS_RESIDUAL,
+        Epilogue::SWIGLU,
+        list(&[Step::Bias, Step::Act(Activation::Gelu)]),
+        list(&[Step::Bias, Step::Act(Activation::GeluTanh), Step::Residual]),
+        list(&[Step::Glu(Activation::Gelu), Step::Bias]),
+    ]
+}
 
 /// One weight matrix: its raw storage, the dequantized oracle values, and the packing.
 struct Weight {
@@ -199,11 +208,7 @@ fn check(
     isas: &[Isa],
     threads: &[usize],
 ) {
-    let n_out = if epi == Epilogue::SwiGlu {
-        w.n / 2
-    } else {
-        w.n
-    };
+    let n_out = epi.out_cols(w.n).expect("even rows for a GLU");
     let bias = epi.has_bias().then(|| rng.vec(n_out, 1.0));
     let residual = epi.has_residual().then(|| rng.vec(m * n_out, 1.0));
     let oracle = |a: &[f32]| {
@@ -304,7 +309,7 @@ fn every_format_act_epilogue_isa_and_thread_count() {
         for m in [1, 5, 17] {
             let a = activations(&mut rng, m, w.k);
             for act in ACTS {
-                for epi in EPILOGUES {
+                for epi in epilogues() {
                     check(&w, &a, m, act, epi, &pools, &mut rng, &isas, &[1, 2]);
                 }
             }
@@ -341,7 +346,7 @@ fn rms_norm_prologue_on_every_path() {
                             let mut out = vec![f32::NAN; m * w.n];
                             pool.install(|| {
                                 with_isa(isa, || {
-                                    let e = Epilogue::None;
+                                    let e = Epilogue::NONE;
                                     if fused {
                                         matmul_packed_rms_norm(
                                             &a, m, norm, &w.packed, act, e, None, None, &mut out,
@@ -405,9 +410,9 @@ fn odd_shapes_on_every_path() {
             let w = weight(&mut rng, dtype, n, k);
             let a = activations(&mut rng, m, k);
             for (ai, act) in ACTS.into_iter().enumerate() {
-                let choices: Vec<Epilogue> = EPILOGUES
+                let choices: Vec<Epilogue> = epilogues()
                     .into_iter()
-                    .filter(|e| *e != Epilogue::SwiGlu || n % 2 == 0)
+                    .filter(|e| e.out_cols(n).is_some())
                     .collect();
                 let epi = choices[(fi + si + ai) % choices.len()];
                 check(&w, &a, m, act, epi, &pools, &mut rng, &isas, &[1, 2]);
@@ -509,7 +514,7 @@ fn bad_inputs_are_errors() {
         2,
         &w.packed,
         act,
-        Epilogue::None,
+        Epilogue::NONE,
         None,
         None,
         &mut out
@@ -520,19 +525,19 @@ fn bad_inputs_are_errors() {
         2,
         &w.packed,
         act,
-        Epilogue::None,
+        Epilogue::NONE,
         None,
         None,
         &mut out[..39]
     )
     .is_err());
-    assert!(matmul_packed(&a, 2, &w.packed, act, Epilogue::Bias, None, None, &mut out).is_err());
+    assert!(matmul_packed(&a, 2, &w.packed, act, Epilogue::BIAS, None, None, &mut out).is_err());
     assert!(matmul_packed(
         &a,
         2,
         &w.packed,
         act,
-        Epilogue::Bias,
+        Epilogue::BIAS,
         Some(&bias[..19]),
         None,
         &mut out
@@ -543,7 +548,7 @@ fn bad_inputs_are_errors() {
         2,
         &w.packed,
         act,
-        Epilogue::Residual,
+        Epilogue::RESIDUAL,
         None,
         Some(&res[..39]),
         &mut out
@@ -554,7 +559,7 @@ fn bad_inputs_are_errors() {
         2,
         &w.packed,
         act,
-        Epilogue::None,
+        Epilogue::NONE,
         Some(&bias),
         None,
         &mut out
@@ -565,7 +570,7 @@ fn bad_inputs_are_errors() {
         2,
         &w.packed,
         act,
-        Epilogue::SwiGlu,
+        Epilogue::SWIGLU,
         None,
         None,
         &mut out
@@ -576,7 +581,7 @@ fn bad_inputs_are_errors() {
         2,
         &w.packed,
         act,
-        Epilogue::SwiGlu,
+        Epilogue::SWIGLU,
         None,
         None,
         &mut out_half,
@@ -588,14 +593,14 @@ fn bad_inputs_are_errors() {
         2,
         &odd.packed,
         act,
-        Epilogue::SwiGlu,
+        Epilogue::SWIGLU,
         None,
         None,
         &mut out_half
     )
     .is_err());
     // m = 0 is an empty product, not an error.
-    matmul_packed(&[], 0, &w.packed, act, Epilogue::None, None, None, &mut []).unwrap();
+    matmul_packed(&[], 0, &w.packed, act, Epilogue::NONE, None, None, &mut []).unwrap();
 }
 
 /// Concurrent calls from several threads on one pool (as sessions sharing a backend
@@ -618,7 +623,7 @@ fn concurrent_calls_in_one_pool() {
                 *m,
                 &w.packed,
                 ActPrecision::I8,
-                Epilogue::None,
+                Epilogue::NONE,
                 None,
                 None,
                 &mut o,
@@ -642,7 +647,7 @@ fn concurrent_calls_in_one_pool() {
                                 *m,
                                 packed,
                                 ActPrecision::I8,
-                                Epilogue::None,
+                                Epilogue::NONE,
                                 None,
                                 None,
                                 &mut o,
@@ -673,7 +678,7 @@ fn non_finite_activations_do_not_panic() {
     for isa in Isa::supported() {
         for act in ACTS {
             with_isa(isa, || {
-                matmul_packed(&a, 3, &w.packed, act, Epilogue::None, None, None, &mut out)
+                matmul_packed(&a, 3, &w.packed, act, Epilogue::NONE, None, None, &mut out)
             })
             .unwrap();
         }

@@ -565,7 +565,7 @@ struct MatmulCase {
 
 fn check_matmul(be: &dyn Backend, c: &MatmulCase, seed: u64) {
     let mut rng = Lcg(seed);
-    let n_b = if c.epilogue == Epilogue::SwiGlu {
+    let n_b = if c.epilogue.glu().is_some() {
         2 * c.n
     } else {
         c.n
@@ -661,7 +661,7 @@ fn matmul_every_weight_format_and_row_count() {
                             k,
                             n,
                             transpose_b: true,
-                            epilogue: Epilogue::None,
+                            epilogue: Epilogue::NONE,
                         },
                         seed,
                     );
@@ -687,7 +687,7 @@ fn matmul_with_k_n_weights() {
                         k,
                         n,
                         transpose_b: false,
-                        epilogue: Epilogue::None,
+                        epilogue: Epilogue::NONE,
                     },
                     100 + i as u64,
                 );
@@ -699,11 +699,16 @@ fn matmul_with_k_n_weights() {
 #[test]
 fn matmul_epilogues() {
     let mut seed = 200;
+    use npurt_graph::{Activation, Step};
+    let list = |steps: &[Step]| Epilogue::new(steps).expect("a valid list");
     for epilogue in [
-        Epilogue::Bias,
-        Epilogue::Residual,
-        Epilogue::BiasResidual,
-        Epilogue::SwiGlu,
+        Epilogue::BIAS,
+        Epilogue::RESIDUAL,
+        Epilogue::BIAS_RESIDUAL,
+        Epilogue::SWIGLU,
+        list(&[Step::Bias, Step::Act(Activation::Gelu)]),
+        list(&[Step::Bias, Step::Act(Activation::GeluTanh), Step::Residual]),
+        list(&[Step::Glu(Activation::GeluTanh), Step::Bias, Step::Residual]),
     ] {
         for dt in [
             DType::F32,
@@ -744,18 +749,23 @@ fn weights_split_across_bindings() {
         let small = small_binding_backend(16384, kernels);
         for dt in ALL_WEIGHTS {
             for (m, epilogue) in [
-                (1, Epilogue::None),
-                (9, Epilogue::BiasResidual),
-                (3, Epilogue::SwiGlu),
-                (6, Epilogue::SwiGlu),
-                (12, Epilogue::Bias),
+                (1, Epilogue::NONE),
+                (9, Epilogue::BIAS_RESIDUAL),
+                (3, Epilogue::SWIGLU),
+                (6, Epilogue::SWIGLU),
+                (12, Epilogue::BIAS),
+                (
+                    5,
+                    Epilogue::new(&[
+                        npurt_graph::Step::Bias,
+                        npurt_graph::Step::Act(npurt_graph::Activation::Gelu),
+                        npurt_graph::Step::Residual,
+                    ])
+                    .expect("a valid list"),
+                ),
             ] {
                 seed += 1;
-                let n = if epilogue == Epilogue::SwiGlu {
-                    150
-                } else {
-                    300
-                };
+                let n = if epilogue.glu().is_some() { 150 } else { 300 };
                 check_matmul(
                     &small,
                     &MatmulCase {
@@ -781,7 +791,7 @@ fn weights_split_across_bindings() {
                         k: 200,
                         n: 50,
                         transpose_b: false,
-                        epilogue: Epilogue::None,
+                        epilogue: Epilogue::NONE,
                     },
                     seed,
                 );
@@ -853,7 +863,7 @@ fn matmul_weight_larger_than_one_binding() {
             transpose_b: true,
             act: ActPrecision::F32,
             prologue: Prologue::None,
-            epilogue: Epilogue::None,
+            epilogue: Epilogue::NONE,
         },
         &[ai, wi],
     );
@@ -1120,7 +1130,7 @@ fn repeated_runs_reuse_pipelines_and_bind_groups() {
             transpose_b: true,
             act: ActPrecision::I16,
             prologue: Prologue::None,
-            epilogue: Epilogue::None,
+            epilogue: Epilogue::NONE,
         },
         &[a, w],
     );
@@ -1180,7 +1190,7 @@ fn supports_refuses_what_it_cannot_run() {
             transpose_b: true,
             act: ActPrecision::F32,
             prologue: Prologue::None,
-            epilogue: Epilogue::None,
+            epilogue: Epilogue::NONE,
         },
         &[a, wf],
     );

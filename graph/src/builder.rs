@@ -97,7 +97,7 @@ impl Builder {
                 transpose_b: true,
                 act: ActPrecision::F32,
                 prologue: Prologue::None,
-                epilogue: Epilogue::None,
+                epilogue: Epilogue::NONE,
             },
             &[x, w],
         )

@@ -2,11 +2,13 @@
 //!
 //! - [`DType`], [`TensorFact`]: element types (quantized formats are dtypes) and shapes;
 //! - [`Op`]: the op set, each with its shape/type rule ([`Op::output_fact`]);
+//! - [`Epilogue`]: a matmul's fused output steps (bias, activation, residual, GLU);
 //! - [`Graph`], [`Builder`]: construction with inference at every node;
 //! - [`passes`]: the pass manager and rewrite passes.
 
 mod builder;
 mod dtype;
+mod epilogue;
 mod fact;
 mod graph;
 mod op;
@@ -15,11 +17,11 @@ mod precision;
 
 pub use builder::Builder;
 pub use dtype::DType;
+pub use epilogue::{Activation, Epilogue, EpilogueError, Step};
 pub use fact::TensorFact;
 pub use graph::{Graph, Node, NodeId};
 pub use op::{
-    ActPrecision, AttentionMode, Epilogue, InferError, MatMulOperands, Op, Prologue, RopeParams,
-    RopeScaling,
+    ActPrecision, AttentionMode, InferError, MatMulOperands, Op, Prologue, RopeParams, RopeScaling,
 };
 pub use precision::{PrecisionPolicy, WeightFormat};
 

@@ -9,7 +9,7 @@
 //! - position inputs (`pos`, `n_valid`) are `i32[1]` scalars bound at run time, so
 //!   one static-shape graph serves every chunk of a prompt.
 
-use crate::{DType, TensorFact};
+use crate::{Activation, DType, Epilogue, TensorFact};
 
 /// How RoPE frequencies are scaled (HF `rope_scaling` / `rope_parameters`).
 #[derive(Clone, Debug, PartialEq)]
@@ -93,7 +93,8 @@ impl Prologue {
 }
 
 /// Where a matmul's optional operands sit in its input list: `a, b`, then the
-/// prologue's weight, the bias, the residual (each only when present).
+/// prologue's weight, then the epilogue's inputs in step order (bias, residual), each
+/// only when present.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MatMulOperands {
     pub norm: Option<usize>,
@@ -114,41 +115,6 @@ impl MatMulOperands {
             norm: take(prologue != Prologue::None),
             bias: take(epilogue.has_bias()),
             residual: take(epilogue.has_residual()),
-        }
-    }
-}
-
-/// Work fused into a matmul's output stage. Extra inputs follow `a, b` and the
-/// prologue's weight in this order: bias `[N]`, then residual `[M, N]`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
-pub enum Epilogue {
-    #[default]
-    None,
-    Bias,
-    Residual,
-    BiasResidual,
-    /// `b` is `[2N, K]`: gate rows `0..N`, then up rows `N..2N`; the output `[M, N]` is
-    /// `silu(a @ gate^T) * (a @ up^T)` (LLaMA's MLP from one fused gate+up matmul).
-    SwiGlu,
-}
-
-impl Epilogue {
-    pub fn has_bias(self) -> bool {
-        matches!(self, Epilogue::Bias | Epilogue::BiasResidual)
-    }
-    pub fn has_residual(self) -> bool {
-        matches!(self, Epilogue::Residual | Epilogue::BiasResidual)
-    }
-    pub fn extra_inputs(self) -> usize {
-        self.has_bias() as usize + self.has_residual() as usize
-    }
-    pub fn name(self) -> &'static str {
-        match self {
-            Epilogue::None => "",
-            Epilogue::Bias => "+bias",
-            Epilogue::Residual => "+residual",
-            Epilogue::BiasResidual => "+bias+residual",
-            Epilogue::SwiGlu => "+swiglu",
         }
     }
 }
@@ -362,6 +328,16 @@ impl Op {
         }
     }
 
+    /// The pointwise activation a standalone `silu`/`gelu` node computes (what
+    /// `FuseActivation` folds into a matmul's epilogue).
+    pub fn activation(&self) -> Option<Activation> {
+        match self {
+            Op::Silu => Some(Activation::Silu),
+            Op::Gelu { tanh } => Some(Activation::gelu(*tanh)),
+            _ => None,
+        }
+    }
+
     /// Graph sources (no inputs, bound from outside).
     pub fn is_source(&self) -> bool {
         matches!(
@@ -427,7 +403,7 @@ impl Op {
                 want_rank(a, 2, "matmul a")?;
                 want_rank(b, 2, "matmul b")?;
                 want_float(a, "matmul a")?;
-                let (bk, mut n) = if *transpose_b {
+                let (bk, n) = if *transpose_b {
                     (b.shape[1], b.shape[0])
                 } else {
                     (b.shape[0], b.shape[1])
@@ -437,19 +413,16 @@ impl Op {
                         "matmul inner dims differ: a {a}, b {b} (transpose_b={transpose_b})"
                     ));
                 }
-                if (b.dtype.is_quantized() || *epilogue != Epilogue::None) && !transpose_b {
+                if (b.dtype.is_quantized() || !epilogue.is_empty()) && !transpose_b {
                     return Err(
                         "quantized or fused matmul weights must be [N, K] (transpose_b)".into(),
                     );
                 }
-                if *epilogue == Epilogue::SwiGlu {
-                    if n % 2 != 0 {
-                        return Err(format!(
-                            "swiglu matmul needs an even number of weight rows, got {b}"
-                        ));
-                    }
-                    n /= 2;
-                }
+                // The step order is valid by construction (`Epilogue::new`/`then`); what
+                // is left to check is that the operands fit the steps.
+                let n = epilogue.out_cols(n).ok_or_else(|| {
+                    format!("{epilogue} matmul needs an even number of weight rows, got {b}")
+                })?;
                 let mut extra = inputs[2..].iter();
                 if *prologue != Prologue::None {
                     let want = [a.shape[1]];

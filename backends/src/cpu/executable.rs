@@ -277,12 +277,29 @@ impl CpuExecutable {
                             let kk = g.fact(ins[0]).shape[1];
                             let n_b = if *transpose_b { b.shape[0] } else { b.shape[1] };
                             let b = f32_of(ins[1])?;
-                            if *epilogue == npurt_graph::Epilogue::None {
-                                k::matmul_f32(a, b, m, kk, n_b, *transpose_b, &mut out);
-                            } else {
+                            if epilogue.glu().is_some() {
+                                // The GLU reads gate and up columns of the wider product.
                                 let mut pre = vec![0f32; m * n_b];
                                 k::matmul_f32(a, b, m, kk, n_b, *transpose_b, &mut pre);
-                                r::epilogue(&pre, m, n_b, *epilogue, bias, residual, &mut out);
+                                k::epilogue_f32(
+                                    Some(&pre),
+                                    m,
+                                    n_b,
+                                    *epilogue,
+                                    bias,
+                                    residual,
+                                    &mut out,
+                                )
+                                .map_err(kerr)?;
+                            } else {
+                                // The product straight into `out`, the steps in place.
+                                k::matmul_f32(a, b, m, kk, n_b, *transpose_b, &mut out);
+                                if !epilogue.is_empty() {
+                                    k::epilogue_f32(
+                                        None, m, n_b, *epilogue, bias, residual, &mut out,
+                                    )
+                                    .map_err(kerr)?;
+                                }
                             }
                         }
                     }
@@ -372,8 +389,13 @@ impl CpuExecutable {
                         }
                         .map_err(kerr)?;
                     }
-                    Op::Silu => r::silu(f32_of(ins[0])?, &mut out),
-                    Op::Gelu { tanh } => r::gelu(f32_of(ins[0])?, *tanh, &mut out),
+                    Op::Silu => {
+                        k::activation_f32(f32_of(ins[0])?, npurt_graph::Activation::Silu, &mut out)
+                            .map_err(kerr)?
+                    }
+                    Op::Gelu { tanh } => {
+                        k::gelu_f32(f32_of(ins[0])?, *tanh, &mut out).map_err(kerr)?
+                    }
                     Op::Softmax => k::softmax_f32(f32_of(ins[0])?, node.fact.last_dim(), &mut out)
                         .map_err(kerr)?,
                     Op::Reshape { .. } => out.copy_from_slice(f32_of(ins[0])?),

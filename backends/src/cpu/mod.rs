@@ -158,6 +158,8 @@ impl Backend for CpuBackend {
             Op::RmsNorm { .. } => format!("rms_norm_f32[{isa}]"),
             Op::PatchEmbed { .. } => format!("patch_embed_f32[im2col + matmul_f32, {isa}]"),
             Op::Softmax => format!("softmax_f32[{isa}]"),
+            Op::Gelu { tanh } => format!("gelu_f32[{}, {isa}]", if *tanh { "tanh" } else { "erf" }),
+            Op::Silu => format!("activation_f32[silu, {isa}]"),
             Op::Rope { .. } => "rope_f32[shared angles]".into(),
             op => format!("{}[reference]", op.kind()),
         }

@@ -7,7 +7,9 @@
 use super::buffers::WgpuBuffer;
 use super::pipelines::PipelineKey;
 use crate::DeviceBuffer;
-use npurt_graph::{DType, Epilogue, Graph, MatMulOperands, NodeId, Op, Prologue, RopeScaling};
+use npurt_graph::{
+    Activation, DType, Epilogue, Graph, MatMulOperands, NodeId, Op, Prologue, RopeScaling, Step,
+};
 use std::sync::Arc;
 
 /// Max workgroups per dispatch dimension (WebGPU's guaranteed limit).
@@ -631,6 +633,29 @@ fn matmul_dispatch(
     })
 }
 
+/// matmul.wgsl's defines for an epilogue: one flag per step (plus its activation),
+/// applied by the shader's `write_out` in the list's fixed order.
+pub(crate) fn epilogue_defines(epilogue: Epilogue) -> Vec<&'static str> {
+    let act = |a: Activation, glu: bool| match (a, glu) {
+        (Activation::Silu, true) => "GLU_SILU",
+        (Activation::Gelu, true) => "GLU_GELU",
+        (Activation::GeluTanh, true) => "GLU_GELU_TANH",
+        (Activation::Silu, false) => "ACT_SILU",
+        (Activation::Gelu, false) => "ACT_GELU",
+        (Activation::GeluTanh, false) => "ACT_GELU_TANH",
+    };
+    let mut d = Vec::new();
+    for &step in epilogue.steps() {
+        match step {
+            Step::Glu(a) => d.extend(["GLU", act(a, true)]),
+            Step::Bias => d.push("HAS_BIAS"),
+            Step::Act(a) => d.extend(["HAS_ACT", act(a, false)]),
+            Step::Residual => d.push("HAS_RESIDUAL"),
+        }
+    }
+    d
+}
+
 fn lower_matmul(
     cx: &LowerCtx,
     id: NodeId,
@@ -670,7 +695,7 @@ fn lower_matmul(
     if !transpose_b {
         // b is [K, N]; parts split K, so later parts accumulate. No epilogue here (the
         // graph only allows fused work on [N, K] weights).
-        if !matches!(b.dtype, DType::F32 | DType::F16 | DType::BF16) || epilogue != Epilogue::None {
+        if !matches!(b.dtype, DType::F32 | DType::F16 | DType::BF16) || !epilogue.is_empty() {
             return Err("a [K, N] matmul weight must be f32/f16/bf16 without an epilogue".into());
         }
         defines.push("W_KN");
@@ -711,16 +736,20 @@ fn lower_matmul(
     };
     let mut extra = vec![];
     if let Some(i) = slots.bias {
-        defines.push("HAS_BIAS");
         extra.push((4, BindRef::Value(ins[i])));
     }
     if let Some(i) = slots.residual {
-        defines.push("HAS_RESIDUAL");
         extra.push((5, BindRef::Value(ins[i])));
     }
-    if epilogue == Epilogue::SwiGlu && b.parts.len() > 1 {
+    if epilogue.glu().is_some() && b.parts.len() > 1 {
         // Gate and up rows live in different parts: compute the raw [M, 2N] product
-        // into a temporary, then combine.
+        // into a temporary, then combine. The combine kernel knows SwiGLU alone
+        // (support.rs refuses other split GLU lists, so this error is a backstop).
+        if epilogue != Epilogue::SWIGLU {
+            return Err(format!(
+                "a GLU epilogue other than a bare SwiGLU ({epilogue}) over a split weight"
+            ));
+        }
         let raw = BindRef::Temp(l.temps.len());
         l.temps.push((m * n_b * 4) as u64);
         for (bind, rows, soff) in b.parts {
@@ -755,8 +784,8 @@ fn lower_matmul(
         )?);
         return Ok(());
     }
-    if epilogue == Epilogue::SwiGlu {
-        defines.push("SWIGLU");
+    defines.extend(epilogue_defines(epilogue));
+    if epilogue.glu().is_some() {
         let n = n_b / 2;
         let (bind, _, soff) = b.parts[0].clone();
         let args = MatmulArgs {
@@ -772,12 +801,10 @@ fn lower_matmul(
             up_row: n,
             accumulate: false,
         };
-        l.dispatches.push(matmul_dispatch(
-            &defines,
-            entry,
-            args,
-            vec![(0, BindRef::Params), (1, a_in), (2, bind), (3, out)],
-        )?);
+        let mut bindings = vec![(0, BindRef::Params), (1, a_in), (2, bind), (3, out)];
+        bindings.extend(extra.iter().copied());
+        l.dispatches
+            .push(matmul_dispatch(&defines, entry, args, bindings)?);
         return Ok(());
     }
     for (bind, rows, soff) in b.parts {

@@ -87,8 +87,21 @@ pub(crate) fn supports(graph: &Graph, id: NodeId, max_binding: u64) -> Support {
                 Support::Supported
             }
         }
-        Op::MatMul { transpose_b, .. } => {
+        Op::MatMul {
+            transpose_b,
+            epilogue,
+            ..
+        } => {
             let (a, b) = (fact(0), fact(1));
+            // A weight over the binding limit is split into parts; a GLU whose gate and
+            // up rows land in different parts is combined by a kernel that knows only
+            // the bare SwiGLU.
+            if epilogue.glu().is_some() && *epilogue != npurt_graph::Epilogue::SWIGLU && too_big(b)
+            {
+                return unsupported(format!(
+                    "epilogue {epilogue} over a weight split across bindings"
+                ));
+            }
             if a.dtype != DType::F32 {
                 return unsupported(format!("matmul activations must be f32, got {}", a.dtype));
             }

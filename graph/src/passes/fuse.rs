@@ -1,19 +1,27 @@
-//! Fusion passes that turn the builder's plain LLaMA graph into the few fat kernels an
-//! NPU (or a good CPU kernel) wants:
+//! Fusion passes that turn the builders' plain LLaMA and ViT graphs into the few fat
+//! kernels an NPU (or a good CPU kernel) wants:
 //! - `FuseBias`: `add(matmul, bias weight)` -> matmul with a bias epilogue;
-//! - `FuseSwiGlu`: `mul(silu(x @ Wg), x @ Wu)` -> one matmul over `[Wg; Wu]` with the
-//!   SwiGLU epilogue (reads `x` once, one launch);
+//! - `FuseSwiGlu`: `mul(act(x @ Wg), x @ Wu)` -> one matmul over `[Wg; Wu]` with a GLU
+//!   epilogue (SwiGLU for LLaMA's silu; reads `x` once, one launch);
 //! - `FuseSharedInput`: plain matmuls reading the same activation (q, k, v) -> one
 //!   matmul over the row-concatenated weights, then `slice_cols` per original output;
 //! - `FuseResidual`: `add(x, matmul)` where the matmul has no other reader -> the
-//!   matmul with a residual epilogue;
+//!   matmul with a residual step appended to its epilogue;
+//! - `FuseActivation`: `gelu(matmul)` / `silu(matmul)` where the matmul has no other
+//!   reader and its epilogue is empty or a bias -> the matmul with the activation step
+//!   (ViT MLP fc1 and the projector: `+bias+gelu`);
 //! - `FuseNormQuant`: `rms_norm(x, w)` read only by quantizing matmuls -> those
 //!   matmuls with an rms_norm prologue, so the norm is computed in the pass that
 //!   quantizes their activations (runs last: the other fusions match plain matmuls).
+//!
+//! Epilogues are lists ([`Epilogue`]): each pass appends its step with
+//! [`Epilogue::then`], which refuses a step that would break the list's order, so a
+//! ViT MLP becomes `matmul[+bias+gelu]` then `matmul[+bias+residual]` one step at a
+//! time, with no pass knowing the combinations.
 
 use super::rewrite::{apply, use_counts, Rewrite};
 use super::Pass;
-use crate::{ActPrecision, Epilogue, Graph, GraphError, NodeId, Op, Prologue, TensorFact};
+use crate::{ActPrecision, Epilogue, Graph, GraphError, NodeId, Op, Prologue, Step, TensorFact};
 
 /// Name for a fused weight made of `parts` (`...q_proj.weight` + `...k_proj.weight` ->
 /// `...q_proj+k_proj.weight`).
@@ -68,6 +76,16 @@ fn concat_weights(rw: &mut Rewrite, weights: &[NodeId]) -> Result<NodeId, GraphE
         .add(name.clone(), Op::Weight { name, fact, parts }, &[])
 }
 
+/// A pass built an epilogue out of order: a bug in the pass, reported as the node's
+/// ill-formedness rather than a panic.
+fn ill_formed(rw: &Rewrite, id: NodeId, e: crate::EpilogueError) -> GraphError {
+    GraphError::IllFormed {
+        node: rw.old.node(id).name.clone(),
+        op: rw.old.node(id).op.kind(),
+        reason: e.to_string(),
+    }
+}
+
 fn is_weight(g: &Graph, id: NodeId) -> bool {
     matches!(g.node(id).op, Op::Weight { .. })
 }
@@ -79,8 +97,8 @@ fn plain_matmul(g: &Graph, id: NodeId) -> Option<(NodeId, NodeId, ActPrecision)>
             transpose_b: true,
             act,
             prologue: Prologue::None,
-            epilogue: Epilogue::None,
-        } if is_weight(g, g.node(id).inputs[1]) => {
+            epilogue,
+        } if epilogue.is_empty() && is_weight(g, g.node(id).inputs[1]) => {
             Some((g.node(id).inputs[0], g.node(id).inputs[1], act))
         }
         _ => None,
@@ -115,7 +133,7 @@ impl Pass for FuseBias {
                     transpose_b: true,
                     act,
                     prologue: Prologue::None,
-                    epilogue: Epilogue::Bias,
+                    epilogue: Epilogue::BIAS,
                 },
                 &ins,
             )?))
@@ -137,7 +155,10 @@ impl Pass for FuseSwiGlu {
                 return Ok(None);
             }
             let (act_node, up) = (n.inputs[0], n.inputs[1]);
-            if !matches!(rw.old.node(act_node).op, Op::Silu) || uses[act_node.0] != 1 {
+            let Some(gate_act) = rw.old.node(act_node).op.activation() else {
+                return Ok(None);
+            };
+            if uses[act_node.0] != 1 {
                 return Ok(None);
             }
             let gate = rw.old.node(act_node).inputs[0];
@@ -156,17 +177,22 @@ impl Pass for FuseSwiGlu {
             }
             let w = concat_weights(rw, &[wg, wu])?;
             let x = rw.get(xg);
-            let name = format!("{}+swiglu", rw.old.node(gate).name);
-            Ok(Some(rw.new.add(
-                name,
-                Op::MatMul {
-                    transpose_b: true,
-                    act: ag,
-                    prologue: Prologue::None,
-                    epilogue: Epilogue::SwiGlu,
-                },
-                &[x, w],
-            )?))
+            let glu = Step::Glu(gate_act);
+            let name = format!("{}+{glu}", rw.old.node(gate).name);
+            Ok(Some(
+                rw.new.add(
+                    name,
+                    Op::MatMul {
+                        transpose_b: true,
+                        act: ag,
+                        prologue: Prologue::None,
+                        epilogue: Epilogue::NONE
+                            .then(glu)
+                            .map_err(|e| ill_formed(rw, id, e))?,
+                    },
+                    &[x, w],
+                )?,
+            ))
         })
     }
 }
@@ -200,9 +226,9 @@ impl Pass for FuseSharedInput {
             else {
                 continue;
             };
-            if !matches!(epilogue, Epilogue::None | Epilogue::Bias)
+            if !(epilogue.is_empty() || epilogue == Epilogue::BIAS)
                 || !is_weight(g, n.inputs[1])
-                || (epilogue == Epilogue::Bias && !is_weight(g, n.inputs[2]))
+                || (epilogue == Epilogue::BIAS && !is_weight(g, n.inputs[2]))
             {
                 continue;
             }
@@ -226,7 +252,7 @@ impl Pass for FuseSharedInput {
             let weights: Vec<NodeId> = grp.iter().map(|m| rw.old.node(*m).inputs[1]).collect();
             let w = concat_weights(rw, &weights)?;
             let mut ins = vec![rw.get(n.inputs[0]), w];
-            if epilogue == Epilogue::Bias {
+            if epilogue == Epilogue::BIAS {
                 let biases: Vec<NodeId> = grp.iter().map(|m| rw.old.node(*m).inputs[2]).collect();
                 ins.push(concat_weights(rw, &biases)?);
             }
@@ -286,10 +312,9 @@ impl Pass for FuseResidual {
                 else {
                     continue;
                 };
-                let epi = match epilogue {
-                    Epilogue::None => Epilogue::Residual,
-                    Epilogue::Bias => Epilogue::BiasResidual,
-                    _ => continue,
+                // Any list a residual may end (`then` refuses a second one).
+                let Ok(epi) = epilogue.then(Step::Residual) else {
+                    continue;
                 };
                 if uses[mm.0] != 1 || rw.old.fact(x) != rw.old.fact(mm) || x == mm {
                     continue;
@@ -309,6 +334,55 @@ impl Pass for FuseResidual {
                 )?));
             }
             Ok(None)
+        })
+    }
+}
+
+pub struct FuseActivation;
+
+impl Pass for FuseActivation {
+    fn name(&self) -> &'static str {
+        "fuse-activation"
+    }
+    fn run(&self, g: &mut Graph) -> Result<bool, GraphError> {
+        let uses = use_counts(g);
+        apply(g, |rw, id| {
+            let n = rw.old.node(id);
+            let Some(activation) = n.op.activation() else {
+                return Ok(None);
+            };
+            let mm = n.inputs[0];
+            let mn = rw.old.node(mm);
+            let Op::MatMul {
+                transpose_b: true,
+                act,
+                prologue,
+                epilogue,
+            } = mn.op
+            else {
+                return Ok(None);
+            };
+            // Only behind an empty list or a bias: after a residual the activation would
+            // move inside the sum, and a GLU already has its own activation (a gated
+            // product is LLaMA's FuseSwiGlu pattern, matched before this pass runs).
+            if uses[mm.0] != 1 || epilogue.glu().is_some() {
+                return Ok(None);
+            }
+            let Ok(epi) = epilogue.then(Step::Act(activation)) else {
+                return Ok(None);
+            };
+            let ins: Vec<NodeId> = mn.inputs.iter().map(|&i| rw.get(i)).collect();
+            let name = format!("{}+{}", mn.name, activation.name());
+            Ok(Some(rw.new.add(
+                name,
+                Op::MatMul {
+                    transpose_b: true,
+                    act,
+                    prologue,
+                    epilogue: epi,
+                },
+                &ins,
+            )?))
         })
     }
 }
@@ -390,5 +464,115 @@ impl Pass for FuseNormQuant {
                 &ins,
             )?))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::passes::{Pipeline, StoredDType};
+    use crate::{Activation, Builder, Epilogue, Graph, Op, PrecisionPolicy, Step, TensorFact};
+
+    /// A pre-LN ViT block's matmul tail written with plain ops, as a graph builder
+    /// emits it: attention output `x + (o(attn) + bo)`, then the MLP
+    /// `fc2(gelu(fc1(h) + b1)) + b2 + h`.
+    fn vit_block(tanh: bool) -> Graph {
+        let (t, d, f) = (5, 32, 64);
+        let mut b = Builder::new();
+        let x = b.input("x", TensorFact::f32([t, d])).unwrap();
+        let attn = b.input("attn", TensorFact::f32([t, d])).unwrap();
+        let w = |b: &mut Builder, name: &str, shape: &[usize]| {
+            b.weight(name, TensorFact::f32(shape.to_vec())).unwrap()
+        };
+        let (wo, bo) = (w(&mut b, "o.weight", &[d, d]), w(&mut b, "o.bias", &[d]));
+        let (w1, b1) = (
+            w(&mut b, "fc1.weight", &[f, d]),
+            w(&mut b, "fc1.bias", &[f]),
+        );
+        let (w2, b2) = (
+            w(&mut b, "fc2.weight", &[d, f]),
+            w(&mut b, "fc2.bias", &[d]),
+        );
+        let o = b.linear("o", attn, wo).unwrap();
+        let o = b.add("o_bias", o, bo).unwrap();
+        let h = b.add("attn_residual", x, o).unwrap();
+        let f1 = b.linear("fc1", h, w1).unwrap();
+        let f1 = b.add("fc1_bias", f1, b1).unwrap();
+        let g = b.gelu("gelu", f1, tanh).unwrap();
+        let f2 = b.linear("fc2", g, w2).unwrap();
+        let f2 = b.add("fc2_bias", f2, b2).unwrap();
+        let y = b.add("mlp_residual", f2, h).unwrap();
+        b.output("y", y);
+        b.finish().unwrap()
+    }
+
+    fn epilogues(g: &Graph) -> Vec<(String, Epilogue)> {
+        g.nodes
+            .iter()
+            .filter_map(|n| match n.op {
+                Op::MatMul { epilogue, .. } => Some((n.name.clone(), epilogue)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn vit_block_fuses_into_bias_gelu_and_bias_residual() {
+        for (tanh, act) in [(true, Activation::GeluTanh), (false, Activation::Gelu)] {
+            for policy in [PrecisionPolicy::F32, PrecisionPolicy::W4A8] {
+                let mut g = vit_block(tanh);
+                let stored: StoredDType = Box::new(|_| None);
+                Pipeline::compile(policy, stored).run(&mut g).unwrap();
+                let want = [
+                    ("o+residual", Epilogue::BIAS_RESIDUAL),
+                    (
+                        if tanh { "fc1+gelu_tanh" } else { "fc1+gelu" },
+                        Epilogue::new(&[Step::Bias, Step::Act(act)]).unwrap(),
+                    ),
+                    ("fc2+residual", Epilogue::BIAS_RESIDUAL),
+                ];
+                let got = epilogues(&g);
+                let got: Vec<(&str, Epilogue)> = got.iter().map(|(n, e)| (&n[..], *e)).collect();
+                assert_eq!(got, want, "{g}");
+                let kinds: Vec<&str> = g.nodes.iter().map(|n| n.op.kind()).collect();
+                assert!(
+                    !kinds.iter().any(|k| matches!(*k, "add" | "gelu")),
+                    "{kinds:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn activation_is_not_fused_behind_a_residual_or_into_a_shared_product() {
+        let mut b = Builder::new();
+        let x = b.input("x", TensorFact::f32([3, 8])).unwrap();
+        let w = b.weight("w", TensorFact::f32([8, 8])).unwrap();
+        let y = b.linear("y", x, w).unwrap();
+        let r = b.add("r", x, y).unwrap();
+        // gelu(x + y @ w): the activation would have to move inside the residual sum.
+        let g1 = b.gelu("g1", r, false).unwrap();
+        // A matmul read twice keeps its raw output for the other reader.
+        let z = b.linear("z", g1, w).unwrap();
+        let g2 = b.silu("g2", z).unwrap();
+        b.output("g2", g2);
+        b.output("z", z);
+        let mut g = b.finish().unwrap();
+        let stored: StoredDType = Box::new(|_| None);
+        Pipeline::compile(PrecisionPolicy::F32, stored)
+            .run(&mut g)
+            .unwrap();
+        let got = epilogues(&g);
+        assert_eq!(
+            got.iter().map(|(_, e)| *e).collect::<Vec<_>>(),
+            [Epilogue::RESIDUAL, Epilogue::NONE],
+            "{g}"
+        );
+        assert_eq!(
+            g.op_histogram()
+                .iter()
+                .filter(|(k, _)| *k == "gelu" || *k == "silu")
+                .count(),
+            2
+        );
     }
 }

@@ -9,7 +9,9 @@ mod quantize;
 mod rewrite;
 
 pub use dce::DeadCodeElimination;
-pub use fuse::{FuseBias, FuseNormQuant, FuseResidual, FuseSharedInput, FuseSwiGlu};
+pub use fuse::{
+    FuseActivation, FuseBias, FuseNormQuant, FuseResidual, FuseSharedInput, FuseSwiGlu,
+};
 pub use identity::RemoveIdentityReshapes;
 pub use quantize::{Quantize, StoredDType};
 
@@ -69,6 +71,7 @@ impl Pipeline {
             .with(FuseSwiGlu)
             .with(FuseSharedInput)
             .with(FuseResidual)
+            .with(FuseActivation)
             .with(FuseNormQuant)
             .with(RemoveIdentityReshapes)
             .with(DeadCodeElimination)

@@ -13,9 +13,9 @@
 use super::act_quant::{self, ActScratch, RowNorm, GROUP};
 use super::microkernels::{self, Job, KernelSet, TileOut};
 use super::packed::{PackedMatrix, TILE_ROWS};
-use super::{dispatch, isa, math, Isa, SendPtr};
+use super::{dispatch, epilogue, isa, Isa, SendPtr};
 use crate::reference::KernelError;
-use npurt_graph::{ActPrecision, Epilogue};
+use npurt_graph::{ActPrecision, Activation, Epilogue};
 use std::cell::RefCell;
 
 thread_local! {
@@ -38,10 +38,12 @@ const TASK_MIN_MACS: usize = 1 << 18;
 
 /// `out [m, n_out] = epilogue(a [m, k] @ w^T)` with activations quantized to `act`
 /// (I16: one scale per row; I8: one per 32-value block; F32: as given). `n_out` is
-/// `w.n()`, or `w.n() / 2` for [`Epilogue::SwiGlu`] (gate rows `0..n/2`, up rows
-/// `n/2..n`, `out = silu(gate) * up`). `bias` is `[n_out]` (Bias, BiasResidual),
-/// `residual` `[m, n_out]` (Residual, BiasResidual). Runs on the current kernel thread pool,
-/// using the best kernels this CPU supports (see [`super::with_isa`]).
+/// `w.n()`, or `w.n() / 2` when the epilogue starts with a GLU (gate rows `0..n/2`,
+/// up rows `n/2..n`, `out = act(gate) * up`). `bias` is `[n_out]` and `residual`
+/// `[m, n_out]`, each given exactly when the epilogue has that step. The steps run in
+/// order on each output tile while it is in registers (`epilogue.rs`). Runs on the
+/// current kernel thread pool, using the best kernels this CPU supports (see
+/// [`super::with_isa`]).
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_packed(
     a: &[f32],
@@ -107,13 +109,8 @@ pub fn matmul_packed_with(
             w.dtype()
         )))
     };
-    let n_out = if epilogue == Epilogue::SwiGlu {
-        if n % 2 != 0 {
-            return fail("SwiGLU needs an even number of weight rows".into());
-        }
-        n / 2
-    } else {
-        n
+    let Some(n_out) = epilogue.out_cols(n) else {
+        return fail(format!("{epilogue} needs an even number of weight rows"));
     };
     if Some(a.len()) != m.checked_mul(k) {
         return fail(format!("a has {} values, want m * k", a.len()));
@@ -132,8 +129,8 @@ pub fn matmul_packed_with(
     match (epilogue.has_bias(), bias) {
         (true, Some(b)) if b.len() == n_out => {}
         (true, Some(b)) => return fail(format!("bias has {} values, want {n_out}", b.len())),
-        (true, None) => return fail(format!("epilogue {epilogue:?} needs a bias")),
-        (false, Some(_)) => return fail(format!("epilogue {epilogue:?} takes no bias")),
+        (true, None) => return fail(format!("epilogue `{epilogue}` needs a bias")),
+        (false, Some(_)) => return fail(format!("epilogue `{epilogue}` takes no bias")),
         (false, None) => {}
     }
     match (epilogue.has_residual(), residual) {
@@ -145,16 +142,16 @@ pub fn matmul_packed_with(
                 out.len()
             ))
         }
-        (true, None) => return fail(format!("epilogue {epilogue:?} needs a residual")),
-        (false, Some(_)) => return fail(format!("epilogue {epilogue:?} takes no residual")),
+        (true, None) => return fail(format!("epilogue `{epilogue}` needs a residual")),
+        (false, Some(_)) => return fail(format!("epilogue `{epilogue}` takes no residual")),
         (false, None) => {}
     }
     if m == 0 {
         return Ok(());
     }
-    if epilogue == Epilogue::SwiGlu && n_out % TILE_ROWS != 0 {
+    if epilogue.glu().is_some() && n_out % TILE_ROWS != 0 {
         // The up rows do not start on a tile boundary, so a tile of gate columns has no
-        // matching up tile: multiply first, then apply SwiGLU (allocates; no LLaMA
+        // matching up tile: multiply first, then apply the epilogue (allocates; no LLaMA
         // shape takes this path, their intermediate sizes are multiples of 16).
         let mut pre = vec![0f32; m * n];
         matmul_packed_with(
@@ -164,13 +161,12 @@ pub fn matmul_packed_with(
             norm,
             w,
             act,
-            Epilogue::None,
+            Epilogue::NONE,
             None,
             None,
             &mut pre,
         )?;
-        crate::reference::epilogue(&pre, m, n, epilogue, None, None, out);
-        return Ok(());
+        return super::epilogue_f32(Some(&pre), m, n, epilogue, bias, residual, out);
     }
 
     let set = microkernels::select(w.format, act, isa);
@@ -187,11 +183,8 @@ pub fn matmul_packed_with(
         act: &scratch,
         m,
         n_out,
-        up_tiles: if epilogue == Epilogue::SwiGlu {
-            Some(n_out / TILE_ROWS)
-        } else {
-            None
-        },
+        glu: epilogue.glu().map(|act| (act, n_out / TILE_ROWS)),
+        epilogue,
         bias,
         residual,
         out: SendPtr(out.as_mut_ptr()),
@@ -213,8 +206,11 @@ struct Call<'a> {
     act: &'a ActScratch,
     m: usize,
     n_out: usize,
-    /// SwiGLU: the up tile of output tile `t` is `t + up_tiles`.
-    up_tiles: Option<usize>,
+    /// A leading GLU: its activation, and the up tile of output tile `t` is
+    /// `t + up_tiles`.
+    glu: Option<(Activation, usize)>,
+    /// Walked on every output tile (its steps after the GLU).
+    epilogue: Epilogue,
     bias: Option<&'a [f32]>,
     residual: Option<&'a [f32]>,
     out: SendPtr,
@@ -321,7 +317,8 @@ impl Call<'_> {
         }
     }
 
-    /// One microkernel call (two for SwiGLU) and its epilogue.
+    /// One microkernel call (two for a GLU) and the epilogue's steps, in order, on the
+    /// tile while it is in registers.
     #[inline(always)]
     fn tile(&self, kernel: microkernels::TileKernel, t: usize, g: usize, r0: usize, mr: usize) {
         let mut acc: TileOut = [[0f32; TILE_ROWS]; GROUP];
@@ -333,43 +330,26 @@ impl Call<'_> {
         let cols = (self.n_out - j0).min(TILE_ROWS);
         let row0 = g * GROUP + r0;
         let n_out = self.n_out;
-        if let Some(up_tiles) = self.up_tiles {
+        if let Some((act, up_tiles)) = self.glu {
             let mut up: TileOut = [[0f32; TILE_ROWS]; GROUP];
             // SAFETY: as above, for the up tile t + up_tiles < w's tiles.
             unsafe { kernel(&Job::new(self.w, t + up_tiles, self.act, g, r0), &mut up) };
             for r in 0..mr {
-                let (acc, up) = (&mut acc[r], &up[r]);
-                for c in 0..TILE_ROWS {
-                    acc[c] = math::swiglu(acc[c], up[c]);
-                }
+                epilogue::glu(act, &mut acc[r], &up[r]);
             }
-        } else {
-            for r in 0..mr {
-                let acc = &mut acc[r];
-                if let Some(b) = self.bias {
-                    if cols == TILE_ROWS {
-                        let b: &[f32; TILE_ROWS] = b[j0..j0 + TILE_ROWS]
-                            .try_into()
-                            .unwrap_or(&[0.0; TILE_ROWS]);
-                        (0..TILE_ROWS).for_each(|c| acc[c] += b[c]);
-                    } else {
-                        acc.iter_mut()
-                            .zip(&b[j0..j0 + cols])
-                            .for_each(|(v, b)| *v += b);
-                    }
-                }
-                if let Some(res) = self.residual {
-                    let o = (row0 + r) * n_out + j0;
-                    if cols == TILE_ROWS {
-                        let x: &[f32; TILE_ROWS] = res[o..o + TILE_ROWS]
-                            .try_into()
-                            .unwrap_or(&[0.0; TILE_ROWS]);
-                        (0..TILE_ROWS).for_each(|c| acc[c] += x[c]);
-                    } else {
-                        acc.iter_mut()
-                            .zip(&res[o..o + cols])
-                            .for_each(|(v, x)| *v += x);
-                    }
+        }
+        let steps = self.epilogue.after_glu();
+        if !steps.is_empty() {
+            for (r, acc) in acc.iter_mut().enumerate().take(mr) {
+                let o = (row0 + r) * n_out + j0;
+                let bias = self.bias.and_then(|b| b.get(j0..j0 + cols));
+                let res = self.residual.and_then(|x| x.get(o..o + cols));
+                if cols == TILE_ROWS {
+                    // A whole tile: the slices' length is the constant 16 once inlined,
+                    // so every step is a few unrolled vector ops.
+                    epilogue::apply(steps, &mut acc[..TILE_ROWS], bias, res);
+                } else {
+                    epilogue::apply(steps, &mut acc[..cols], bias, res);
                 }
             }
         }

@@ -6,16 +6,19 @@
 //! - [`pack`] / [`matmul_packed`] / [`gather_packed`]: quantized weights (Q4_0, Q4_1,
 //!   Q8_0, Q8Channel, f32) repacked once into 16-row interleaved tiles, multiplied by
 //!   activations quantized on the fly (I16 per row, I8 per 32-value block, or f32) with
-//!   hand-written microkernels per ISA (`microkernels/`), fused epilogues included,
-//!   and the rms_norm prologue computed inside the activation quantization
+//!   hand-written microkernels per ISA (`microkernels/`), the epilogue's steps walked
+//!   on each output tile (`epilogue.rs`, also [`epilogue_f32`] for f32 weights), and
+//!   the rms_norm prologue computed inside the activation quantization
 //!   ([`matmul_packed_rms_norm`]);
-//! - [`rms_norm_f32`], [`rope_f32`], [`softmax_f32`]: vectorized RMSNorm, RoPE and
-//!   row softmax;
+//! - [`rms_norm_f32`], [`rope_f32`], [`softmax_f32`], [`gelu_f32`]: vectorized
+//!   RMSNorm, RoPE, row softmax and GELU (erf and tanh; SiLU too, [`activation_f32`]);
 //! - [`kv_write_f16`] and [`KvElem`]: f16 KV caches (attention reads f32 or f16).
 
 mod act_quant;
 mod attention_f32;
 mod dispatch;
+mod epilogue;
+mod gelu_f32;
 mod kv_cache;
 mod math;
 mod matmul_f32;
@@ -32,6 +35,8 @@ mod weight_memory;
 pub use act_quant::RowNorm;
 pub use attention_f32::attention_f32;
 pub use dispatch::{detected, isa, with_isa, Isa};
+pub use epilogue::epilogue_f32;
+pub use gelu_f32::{activation_f32, gelu_f32};
 pub use kv_cache::{kv_write_f16, KvElem};
 pub use matmul_f32::matmul_f32;
 pub use matmul_packed::{matmul_packed, matmul_packed_rms_norm, matmul_packed_with};

@@ -44,6 +44,16 @@ pub fn gelu_tanh(v: f32) -> f32 {
     0.5 * v * (1.0 + (c * (v + 0.044715 * v * v * v)).tanh())
 }
 
+/// One activation of a matmul epilogue or a standalone `silu`/`gelu` node.
+pub fn activation(act: npurt_graph::Activation, v: f32) -> f32 {
+    use npurt_graph::Activation;
+    match act {
+        Activation::Silu => v / (1.0 + (-v).exp()),
+        Activation::Gelu => gelu_erf(v),
+        Activation::GeluTanh => gelu_tanh(v),
+    }
+}
+
 pub fn gelu(x: &[f32], tanh: bool, out: &mut [f32]) {
     for (o, &v) in out.iter_mut().zip(x) {
         *o = if tanh { gelu_tanh(v) } else { gelu_erf(v) };

@@ -1,3 +1,5 @@
+use super::activation;
+
 /// `out[m, n] = sum_k a[m, k] * b'[k, n]` where `b' = b^T` if `transpose_b` (b is
 /// `[n, k]`, PyTorch Linear layout) else `b` (`[k, n]`). Accumulates in f32 in k order.
 pub fn matmul(
@@ -26,8 +28,10 @@ pub fn matmul(
 }
 
 /// Applies a fused matmul epilogue to the raw product `pre [m, n_b]` (`n_b` = weight
-/// rows): bias `[n]`, residual `[m, n]`, or SwiGLU (`n_b = 2n`: gate columns `0..n`,
-/// up columns `n..2n`; `out = silu(gate) * up`).
+/// rows): the list's steps in order on every output value (see `npurt_graph::Epilogue`):
+/// a GLU (`n_b = 2n`: gate columns `0..n`, up columns `n..2n`; `act(gate) * up`), then
+/// `+ bias [n]`, an activation, `+ residual [m, n]`. `out` is `[m, n]`; a step whose
+/// operand is missing is skipped (the graph guarantees they are there).
 pub fn epilogue(
     pre: &[f32],
     m: usize,
@@ -37,27 +41,21 @@ pub fn epilogue(
     residual: Option<&[f32]>,
     out: &mut [f32],
 ) {
-    use npurt_graph::Epilogue;
-    if epi == Epilogue::SwiGlu {
-        let n = n_b / 2;
-        for i in 0..m {
-            for j in 0..n {
-                let (g, u) = (pre[i * n_b + j], pre[i * n_b + n + j]);
-                out[i * n + j] = g / (1.0 + (-g).exp()) * u;
-            }
-        }
-        return;
-    }
+    use npurt_graph::Step;
+    let n = epi.out_cols(n_b).unwrap_or(n_b / 2);
     for i in 0..m {
-        for j in 0..n_b {
+        for j in 0..n {
             let mut v = pre[i * n_b + j];
-            if let Some(b) = bias {
-                v += b[j];
+            for &step in epi.steps() {
+                v = match (step, bias, residual) {
+                    (Step::Glu(a), _, _) => activation(a, v) * pre[i * n_b + n + j],
+                    (Step::Bias, Some(b), _) => v + b[j],
+                    (Step::Act(a), _, _) => activation(a, v),
+                    (Step::Residual, _, Some(r)) => v + r[i * n + j],
+                    _ => v,
+                };
             }
-            if let Some(r) = residual {
-                v += r[i * n_b + j];
-            }
-            out[i * n_b + j] = v;
+            out[i * n + j] = v;
         }
     }
 }

@@ -17,7 +17,7 @@ mod rope;
 
 pub use attention::{attention, attention_bidirectional};
 pub(crate) use attention::{check_args as check_attention_args, Dims as AttentionDims};
-pub use elementwise::{add, gelu, gelu_erf, gelu_tanh, mul, silu, softmax};
+pub use elementwise::{activation, add, erf, gelu, gelu_erf, gelu_tanh, mul, silu, softmax};
 pub use gather::gather;
 pub use kv_write::kv_write;
 pub(crate) use kv_write::kv_write_range;

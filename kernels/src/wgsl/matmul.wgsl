@@ -10,10 +10,16 @@
 //         workgroup memory adds the 16 partials;
 //   gemm: 32x32 output tiles, K in steps of 32 (one quant block per weight row), A and
 //         the dequantized B tile staged in workgroup memory, 4x4 outputs per thread.
-// Defines: W_KN (weight stored [K, N], f32/f16/bf16 only; otherwise [N, K]),
-// HAS_BIAS, HAS_RESIDUAL, SWIGLU (out = silu(a @ gate^T) * (a @ up^T), gate row n and
-// up row `up_row + n` of the same weight buffer). Activations are f32 throughout:
-// ActPrecision::I16/I8 are computed as f32 on this backend.
+// Defines: W_KN (weight stored [K, N], f32/f16/bf16 only; otherwise [N, K]), and the
+// epilogue's steps (npurt_graph::Epilogue, applied in this fixed order by write_out;
+// one flag per step suffices because a list holds each step at most once, in order):
+//   GLU + GLU_SILU | GLU_GELU | GLU_GELU_TANH: out = act(a @ gate^T) * (a @ up^T), gate
+//       row n and up row `up_row + n` of the same weight buffer (SwiGLU is GLU_SILU);
+//   HAS_BIAS: + bias[n];
+//   HAS_ACT + ACT_SILU | ACT_GELU | ACT_GELU_TANH: the activation;
+//   HAS_RESIDUAL: + residual[m, n].
+// Activations are f32 throughout: ActPrecision::I16/I8 are computed as f32 on this
+// backend.
 #include "common.wgsl"
 
 const MAX_M: u32 = 8u;
@@ -41,7 +47,7 @@ struct Params {
     w_soff: u32,
     // W_KN: the weight's row length (N).
     w_ld: u32,
-    // SWIGLU: weight row of `up` for output column 0.
+    // GLU: weight row of `up` for output column 0.
     up_row: u32,
     // 1: add to what out already holds (the second and later K parts).
     accumulate: u32,
@@ -75,27 +81,62 @@ fn a_quad(m: u32, col: u32) -> vec4<f32> {
     return v;
 }
 
+#ifdef GLU
+// The GLU step's gating activation (common.wgsl has the same functions the reference
+// kernels compute: silu, gelu_erf, gelu_tanh).
+fn glu_act(v: f32) -> f32 {
+#ifdef GLU_SILU
+    return silu(v);
+#endif
+#ifdef GLU_GELU
+    return gelu_erf(v);
+#endif
+#ifdef GLU_GELU_TANH
+    return gelu_tanh(v);
+#endif
+}
+#endif
+
+#ifdef HAS_ACT
+// The activation step.
+fn epilogue_act(v: f32) -> f32 {
+#ifdef ACT_SILU
+    return silu(v);
+#endif
+#ifdef ACT_GELU
+    return gelu_erf(v);
+#endif
+#ifdef ACT_GELU_TANH
+    return gelu_tanh(v);
+#endif
+}
+#endif
+
+// The epilogue: the list's steps in order on one output value.
 fn write_out(m: u32, n: u32, gate: f32, up: f32) {
     let o = m * params.ldo + params.n_base + n;
-#ifdef SWIGLU
-    out[o] = silu(gate) * up;
+#ifdef GLU
+    var v = glu_act(gate) * up;
 #else
     var v = gate;
     if params.accumulate != 0u {
         v = out[o] + v;
     }
+#endif
 #ifdef HAS_BIAS
     v += bias[params.n_base + n];
+#endif
+#ifdef HAS_ACT
+    v = epilogue_act(v);
 #endif
 #ifdef HAS_RESIDUAL
     v += residual[o];
 #endif
     out[o] = v;
-#endif
 }
 
 var<workgroup> partials: array<f32, 512>;   // 64 threads x MAX_M
-#ifdef SWIGLU
+#ifdef GLU
 var<workgroup> partials_up: array<f32, 512>;
 #endif
 
@@ -108,13 +149,13 @@ fn gemv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     if col < params.n {
         for (var k = lane * 4u; k < params.k; k += GEMV_LANES * 4u) {
             let b = w_quad(col, k, params.k, params.w_soff);
-#ifdef SWIGLU
+#ifdef GLU
             let u = w_quad(params.up_row + col, k, params.k, params.w_soff);
 #endif
             for (var m = 0u; m < params.m; m++) {
                 let av = a_quad(m, k);
                 acc[m] += dot(av, b);
-#ifdef SWIGLU
+#ifdef GLU
                 acc_up[m] += dot(av, u);
 #endif
             }
@@ -122,7 +163,7 @@ fn gemv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     }
     for (var m = 0u; m < params.m; m++) {
         partials[m * 64u + li] = acc[m];
-#ifdef SWIGLU
+#ifdef GLU
         partials_up[m * 64u + li] = acc_up[m];
 #endif
     }
@@ -133,7 +174,7 @@ fn gemv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
             var s_up = 0.0;
             for (var l = 0u; l < GEMV_LANES; l++) {
                 s += partials[m * 64u + li + l];
-#ifdef SWIGLU
+#ifdef GLU
                 s_up += partials_up[m * 64u + li + l];
 #endif
             }
@@ -144,7 +185,7 @@ fn gemv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
 
 var<workgroup> a_tile: array<f32, 1056>;   // TILE x TILE_STRIDE
 var<workgroup> b_tile: array<f32, 1056>;
-#ifdef SWIGLU
+#ifdef GLU
 var<workgroup> u_tile: array<f32, 1056>;
 #endif
 
@@ -187,7 +228,7 @@ fn gemm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
             for (var i = 0u; i < 4u; i++) {
                 b_tile[lr * TILE_STRIDE + c + i] = bv[i];
             }
-#ifdef SWIGLU
+#ifdef GLU
             var uv = vec4<f32>(0.0);
             if n0 + lr < params.n {
                 uv = w_quad(params.up_row + n0 + lr, k0 + c, params.k, params.w_soff);
@@ -206,12 +247,12 @@ fn gemm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
             }
             for (var j = 0u; j < 4u; j++) {
                 let bv = b_tile[(tx + 8u * j) * TILE_STRIDE + kk];
-#ifdef SWIGLU
+#ifdef GLU
                 let uv = u_tile[(tx + 8u * j) * TILE_STRIDE + kk];
 #endif
                 for (var i = 0u; i < 4u; i++) {
                     acc[i][j] += av[i] * bv;
-#ifdef SWIGLU
+#ifdef GLU
                     acc_up[i][j] += av[i] * uv;
 #endif
                 }
@@ -260,7 +301,7 @@ fn lanes_step(n0: u32, m0: u32, k: u32, b: array<vec4<f32>, LANE_COLS>, u: array
         let av = a_quad(min(m0 + r, params.m - 1u), k);
         for (var c = 0u; c < LANE_COLS; c++) {
             (*acc)[r][c] += dot(av, b[c]);
-#ifdef SWIGLU
+#ifdef GLU
             (*acc_up)[r][c] += dot(av, u[c]);
 #endif
         }
@@ -289,14 +330,14 @@ fn lanes(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) w
         var up_blocks: array<WBlock, LANE_COLS>;
         for (var c = 0u; c < LANE_COLS; c++) {
             blocks[c] = w_block(cols[c], k0, params.k, params.w_soff);
-#ifdef SWIGLU
+#ifdef GLU
             up_blocks[c] = w_block(params.up_row + cols[c], k0, params.k, params.w_soff);
 #endif
         }
         for (var q = 0u; q < 8u; q++) {
             for (var c = 0u; c < LANE_COLS; c++) {
                 b[c] = block_quad(blocks[c], q);
-#ifdef SWIGLU
+#ifdef GLU
                 u[c] = block_quad(up_blocks[c], q);
 #endif
             }
@@ -311,7 +352,7 @@ fn lanes(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) w
 #else
             b[c] = w_quad(cols[c], k, params.k, params.w_soff);
 #endif
-#ifdef SWIGLU
+#ifdef GLU
             u[c] = w_quad(params.up_row + cols[c], k, params.k, params.w_soff);
 #endif
         }

@@ -112,5 +112,35 @@ pub(super) fn cases() -> Vec<Case> {
         layer_norm("33x576", &[33, 576]),
         layer_norm("rank3.2x3x13", &[2, 3, 13]),
     ]);
+    v.extend(activation_tails());
+    v
+}
+
+/// GELU (erf, tanh) and SiLU over widths that leave every SIMD tail length (1, 15,
+/// 17, 31 values past a whole vector), one value, and a tensor large enough that the
+/// CPU splits it over threads in chunks that do not divide it.
+fn activation_tails() -> Vec<Case> {
+    let mut v = Vec::new();
+    for (op, name) in [
+        (Op::Gelu { tanh: false }, "erf"),
+        (Op::Gelu { tanh: true }, "tanh"),
+        (Op::Silu, "silu"),
+    ] {
+        for (shape, label) in [
+            (&[1usize, 1][..], "1x1"),
+            (&[3, 17][..], "3x17"),
+            (&[5, 31][..], "5x31"),
+            (&[1, 15][..], "1x15"),
+            (&[257, 257][..], "257x257"),
+        ] {
+            v.push(unary(
+                op.clone(),
+                &format!("{name}.tail.{label}"),
+                shape,
+                -6.0,
+                6.0,
+            ));
+        }
+    }
     v
 }

@@ -3,10 +3,14 @@
 //! (M in {1, 7, 33}, K in {32, 96, 576}, N in {1, 13, 65, 200}). Not the full cross
 //! product: each axis is swept against a fixed point of the others, which keeps the
 //! suite fast while still hitting every (format, shape) edge a kernel special-cases.
+//!
+//! Epilogues are step lists (`npurt_graph::Epilogue`); the ViT's (`+bias+gelu`,
+//! `+bias+gelu_tanh`, `+bias+residual`, `+bias+gelu+residual`) and a bare `+silu` run
+//! against every weight format at every activation precision ([`vit_epilogues`]).
 
 use super::{MATMUL, MATMUL_I16, MATMUL_I8};
 use crate::conformance::case::{Case, CaseBuilder, Compared};
-use npurt_graph::{ActPrecision, DType, Epilogue, GraphError, Op, Prologue};
+use npurt_graph::{ActPrecision, Activation, DType, Epilogue, GraphError, Op, Prologue, Step};
 use npurt_kernels::HostTensor;
 
 const ALL_WEIGHTS: [DType; 7] = [
@@ -29,6 +33,23 @@ const SHAPES: [(usize, usize, usize); 6] = [
     (33, 96, 13),
 ];
 
+/// A GLU whose halved N (32) is whole 16-column tiles: the CPU packed kernel applies
+/// it in its tile stage (other N take the multiply-then-combine path).
+const GLU_TILES: (usize, usize, usize) = (7, 96, 32);
+
+/// The epilogue lists a ViT and its projector meet, plus a lone activation.
+fn vit_epilogues() -> [Epilogue; 5] {
+    use Activation::{Gelu, GeluTanh, Silu};
+    let list = |steps: &[Step]| Epilogue::new(steps).unwrap_or_default();
+    [
+        list(&[Step::Bias, Step::Act(Gelu)]),
+        list(&[Step::Bias, Step::Act(GeluTanh)]),
+        Epilogue::BIAS_RESIDUAL,
+        list(&[Step::Bias, Step::Act(Gelu), Step::Residual]),
+        list(&[Step::Act(Silu)]),
+    ]
+}
+
 #[derive(Clone, Copy)]
 struct Spec {
     weight: DType,
@@ -48,7 +69,7 @@ impl Spec {
             transpose_b: true,
             act: ActPrecision::F32,
             prologue: Prologue::None,
-            epilogue: Epilogue::None,
+            epilogue: Epilogue::NONE,
             m,
             k,
             n,
@@ -116,11 +137,7 @@ impl Spec {
             n,
         } = self;
         let a = activations(cb, "a", m, k)?;
-        let rows = if epilogue == Epilogue::SwiGlu {
-            2 * n
-        } else {
-            n
-        };
+        let rows = if epilogue.glu().is_some() { 2 * n } else { n };
         let shape = if transpose_b { [rows, k] } else { [k, rows] };
         let b = cb.weight("b", weight, &shape, -1.0, 1.0)?;
         let mut inputs = vec![a, b];
@@ -200,19 +217,51 @@ pub(super) fn cases() -> Vec<Case> {
     }
     // Epilogues: each on f32 and on the two formats the precision policies use.
     for epi in [
-        Epilogue::Bias,
-        Epilogue::Residual,
-        Epilogue::BiasResidual,
-        Epilogue::SwiGlu,
+        Epilogue::BIAS,
+        Epilogue::RESIDUAL,
+        Epilogue::BIAS_RESIDUAL,
+        Epilogue::SWIGLU,
     ] {
         for w in [DType::F32, DType::Q4_1, DType::Q8_0] {
             specs.push(Spec::new(w, SHAPES[1]).epilogue(epi));
         }
         specs.push(Spec::new(DType::F32, SHAPES[3]).epilogue(epi));
     }
+    // The ViT's lists: every weight format at every activation precision, plus the
+    // shapes with partial tiles and several row groups, and decode.
+    for epi in vit_epilogues() {
+        for act in [ActPrecision::F32, ActPrecision::I16, ActPrecision::I8] {
+            specs.extend(
+                ALL_WEIGHTS
+                    .iter()
+                    .map(|&w| Spec::new(w, SHAPES[1]).act(act).epilogue(epi)),
+            );
+        }
+        for w in [DType::F32, DType::Q8Channel] {
+            specs.push(Spec::new(w, SHAPES[2]).act(ActPrecision::I8).epilogue(epi));
+            specs.push(Spec::new(w, SHAPES[3]).act(ActPrecision::I16).epilogue(epi));
+        }
+    }
+    // GLUs: SwiGLU and GELU-gated, on whole tiles and with steps behind them.
+    let glus = [
+        Epilogue::SWIGLU,
+        Epilogue::new(&[Step::Glu(Activation::Gelu)]).unwrap_or_default(),
+        Epilogue::new(&[Step::Glu(Activation::GeluTanh), Step::Bias, Step::Residual])
+            .unwrap_or_default(),
+    ];
+    for epi in glus {
+        for (w, act) in [
+            (DType::F32, ActPrecision::F32),
+            (DType::Q4_1, ActPrecision::I16),
+            (DType::Q8_0, ActPrecision::I8),
+        ] {
+            specs.push(Spec::new(w, GLU_TILES).act(act).epilogue(epi));
+            specs.push(Spec::new(w, SHAPES[1]).act(act).epilogue(epi));
+        }
+    }
     // The shipping combinations: INT4 LLM weights with INT16 activations (BlueLM-V's
     // LLM), INT8 weights with i8 activations, each with the fused epilogues they meet.
-    for epi in [Epilogue::SwiGlu, Epilogue::Residual, Epilogue::Bias] {
+    for epi in [Epilogue::SWIGLU, Epilogue::RESIDUAL, Epilogue::BIAS] {
         specs.push(
             Spec::new(DType::Q4_0, SHAPES[5])
                 .act(ActPrecision::I16)
@@ -238,7 +287,11 @@ pub(super) fn cases() -> Vec<Case> {
             specs.push(Spec::new(w, SHAPES[3]).act(act).rms_norm());
         }
     }
-    for epi in [Epilogue::SwiGlu, Epilogue::Residual, Epilogue::BiasResidual] {
+    for epi in [
+        Epilogue::SWIGLU,
+        Epilogue::RESIDUAL,
+        Epilogue::BIAS_RESIDUAL,
+    ] {
         for act in [ActPrecision::I16, ActPrecision::I8] {
             specs.push(
                 Spec::new(DType::Q4_1, SHAPES[5])
@@ -258,7 +311,7 @@ pub(super) fn cases() -> Vec<Case> {
                 transpose_b: false,
                 act: ActPrecision::F32,
                 prologue: Prologue::None,
-                epilogue: Epilogue::None,
+                epilogue: Epilogue::NONE,
             },
             &[a, b],
         )?;
