@@ -186,3 +186,53 @@ fn siglip_tiny_and_projector_on_wgpu() {
         &sig.f32("last_hidden_state").1,
     );
 }
+
+/// The compiler fuses the ViT into few kernels: every block is LayerNorm, one q/k/v
+/// matmul (+bias), attention, o_proj [+bias+residual], LayerNorm, fc1 [+bias+gelu],
+/// fc2 [+bias+residual]; the projector is merge, LayerNorm, fc1 [+bias+gelu],
+/// fc2 [+bias]. No stand-alone add or gelu is left in either.
+#[test]
+fn vit_and_projector_are_fused() {
+    let enc = encoder("cpu", 1, VisionFeature::Last, true);
+    let kinds = |name: &str| -> Vec<String> {
+        let st = enc.stages.iter().find(|s| s.name == name).unwrap();
+        st.graph
+            .nodes
+            .iter()
+            .filter(|n| !n.op.is_source())
+            .map(|n| match &n.op {
+                npurt_graph::Op::MatMul { epilogue, .. } => format!("matmul{epilogue}"),
+                op => op.kind().to_string(),
+            })
+            .collect()
+    };
+    let enc_kinds = kinds("encoder");
+    let count = |k: &str| enc_kinds.iter().filter(|x| *x == k).count();
+    eprintln!("encoder: {enc_kinds:?}");
+    let layers = enc.config.num_hidden_layers;
+    assert_eq!(count("matmul+bias+gelu_tanh"), layers, "fc1 with bias+GELU");
+    assert_eq!(
+        count("matmul+bias+residual"),
+        2 * layers,
+        "o_proj and fc2 with bias+residual"
+    );
+    assert_eq!(
+        count("matmul+bias"),
+        layers,
+        "one fused q/k/v matmul per layer"
+    );
+    for k in ["add", "gelu", "matmul"] {
+        assert_eq!(count(k), 0, "a stand-alone {k} is left: {enc_kinds:?}");
+    }
+    let proj = kinds("projector");
+    assert_eq!(
+        proj,
+        [
+            "space_to_channel",
+            "layer_norm",
+            "matmul+bias+gelu",
+            "matmul+bias"
+        ],
+        "projector kernels"
+    );
+}
