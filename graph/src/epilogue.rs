@@ -222,7 +222,7 @@ impl Epilogue {
     /// meets an odd row count.
     pub fn out_cols(self, n_b: usize) -> Option<usize> {
         match self.glu() {
-            Some(_) if n_b % 2 != 0 => None,
+            Some(_) if !n_b.is_multiple_of(2) => None,
             Some(_) => Some(n_b / 2),
             None => Some(n_b),
         }

@@ -71,7 +71,7 @@ pub(crate) fn silu(x: f32) -> f32 {
 pub(crate) fn erf(x: f32) -> f32 {
     let x2 = x * x;
     let series = x
-        * (1.128_379_2
+        * (std::f32::consts::FRAC_2_SQRT_PI
             + x2 * (-0.376_126_4
                 + x2 * (0.112_837_92
                     + x2 * (-0.026_866_17
@@ -84,7 +84,7 @@ pub(crate) fn erf(x: f32) -> f32 {
                 + t * (0.096_784_18
                     + t * (-0.186_288_06
                         + t * (0.278_868_07
-                            + t * (-1.135_203_9
+                            + t * (-1.135_204
                                 + t * (1.488_515_9 + t * (-0.822_152_2 + t * 0.170_872_77))))))));
     let r = 1.0 - t * exp(poly);
     let tail = if x < 0.0 { -r } else { r };
@@ -108,7 +108,7 @@ pub(crate) fn gelu_erf(x: f32) -> f32 {
 #[inline(always)]
 pub(crate) fn gelu_tanh(x: f32) -> f32 {
     // 2 * sqrt(2 / pi)
-    const C: f32 = 1.595_769_1;
+    const C: f32 = 1.595_769_2;
     let u2 = C * (x + 0.044715 * x * x * x);
     let g = x / (1.0 + exp(-u2));
     // Below -10 the value is under 1e-70 (0 in f32), but exp's clamp would leave
