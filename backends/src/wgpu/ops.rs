@@ -577,7 +577,7 @@ fn bidirectional_attention_dispatch(
     if head_dim > MAX_HEAD_DIM {
         return Err(format!("head_dim {head_dim} > {MAX_HEAD_DIM}"));
     }
-    if seq == 0 || rows % seq != 0 {
+    if seq == 0 || !rows.is_multiple_of(seq) {
         return Err(format!("{rows} rows are not whole sequences of {seq}"));
     }
     let lanes = cx.kernels == KernelFamily::Lanes && head_dim % 4 == 0;

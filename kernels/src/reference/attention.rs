@@ -138,7 +138,7 @@ pub(crate) fn check_bidirectional_args(
     head_dim: usize,
     out: &[f32],
 ) -> Result<(usize, usize, usize), KernelError> {
-    if head_dim == 0 || n_kv_heads == 0 || n_heads % n_kv_heads != 0 {
+    if head_dim == 0 || n_kv_heads == 0 || !n_heads.is_multiple_of(n_kv_heads) {
         return Err(KernelError(format!(
             "bidirectional attention: {n_heads} heads over {n_kv_heads} kv heads of head_dim {head_dim}"
         )));
@@ -146,8 +146,8 @@ pub(crate) fn check_bidirectional_args(
     let (qw, kw) = (n_heads * head_dim, n_kv_heads * head_dim);
     let rows = q.len() / qw;
     if seq == 0
-        || q.len() % qw != 0
-        || rows % seq != 0
+        || !q.len().is_multiple_of(qw)
+        || !rows.is_multiple_of(seq)
         || k.len() != rows * kw
         || v.len() != k.len()
         || out.len() != q.len()
