@@ -154,7 +154,8 @@ fn score_tile<const FUSED: bool>(q: &[f32], kt: &[f32], hd: usize, s: &mut [f32]
 }
 
 /// `o[r][col..col+DC] += sum_j p[r][j] * v[j][..DC]` for a `QT`-vector tile over `nk`
-/// keys; `v` starts at the first key's column `col` and has row stride `kw`.
+/// keys; `v` starts at the first key's column `col` and has row stride `kw`. Returns
+/// `DC`, the columns done.
 #[inline(always)]
 fn value_tile<const DC: usize, const FUSED: bool>(
     p: &[f32],
@@ -164,7 +165,7 @@ fn value_tile<const DC: usize, const FUSED: bool>(
     o: &mut [f32],
     hd: usize,
     col: usize,
-) {
+) -> usize {
     let mut acc = [[0f32; DC]; QT];
     for (r, a) in acc.iter_mut().enumerate() {
         a.copy_from_slice(&o[r * hd + col..][..DC]);
@@ -181,6 +182,7 @@ fn value_tile<const DC: usize, const FUSED: bool>(
     for (r, a) in acc.iter().enumerate() {
         o[r * hd + col..][..DC].copy_from_slice(a);
     }
+    DC
 }
 
 /// `kt[d][j] = k[j][d]` for the `nk` keys of a block (`k` starts at the first key's
@@ -365,23 +367,22 @@ fn block_task<C: KvElem, const FUSED: bool>(
         let (vb, vs) = C::rows_f32(path, &v[j0 * a.kw..], nk, a.kw, hd, &mut sc.vc);
         for i0 in (0..nq_pad).step_by(QT) {
             let (p, o) = (&sc.s[i0 * KB..], &mut sc.o[i0 * hd..]);
-            // Widest tiles first; the narrow tails make any head_dim blocked.
+            // Widest tiles first; the narrow tails make any head_dim blocked. A head's
+            // last 72 or 80 columns (SigLIP's 72) are one tile (18 or 20 accumulator
+            // registers): a second pass would broadcast every probability again for 8
+            // or 16 columns. Tile widths change no output's arithmetic, only how many
+            // columns share a pass.
             let mut col = 0;
-            while col + 64 <= hd {
-                value_tile::<64, FUSED>(p, &vb[col..], vs, nk, o, hd, col);
-                col += 64;
-            }
-            while col + 16 <= hd {
-                value_tile::<16, FUSED>(p, &vb[col..], vs, nk, o, hd, col);
-                col += 16;
-            }
-            if col + 8 <= hd {
-                value_tile::<8, FUSED>(p, &vb[col..], vs, nk, o, hd, col);
-                col += 8;
-            }
             while col < hd {
-                value_tile::<1, FUSED>(p, &vb[col..], vs, nk, o, hd, col);
-                col += 1;
+                let (vc, oc) = (&vb[col..], &mut *o);
+                col += match hd - col {
+                    72 => value_tile::<72, FUSED>(p, vc, vs, nk, oc, hd, col),
+                    80 => value_tile::<80, FUSED>(p, vc, vs, nk, oc, hd, col),
+                    64.. => value_tile::<64, FUSED>(p, vc, vs, nk, oc, hd, col),
+                    16.. => value_tile::<16, FUSED>(p, vc, vs, nk, oc, hd, col),
+                    8.. => value_tile::<8, FUSED>(p, vc, vs, nk, oc, hd, col),
+                    _ => value_tile::<1, FUSED>(p, vc, vs, nk, oc, hd, col),
+                };
             }
         }
     }
