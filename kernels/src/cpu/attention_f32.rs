@@ -153,11 +153,14 @@ fn score_tile<const FUSED: bool>(q: &[f32], kt: &[f32], hd: usize, s: &mut [f32]
     }
 }
 
-/// `o[r][col..col+DC] += sum_j p[r][j] * v[j][..DC]` for a `QT`-vector tile over `nk`
-/// keys; `v` starts at the first key's column `col` and has row stride `kw`. Returns
-/// `DC`, the columns done.
+/// `o[r][col..col+W] += sum_j p[r][j] * v[j][..W]` for a `QT`-vector tile over `nk`
+/// keys, `W = DC + TAIL` columns; `v` starts at the first key's column `col` and has
+/// row stride `kw`. Returns `W`, the columns done. The tail is a separate accumulator
+/// array so that `DC` stays a whole number of vectors: a `[f32; 72]` row would be
+/// vectorized 8 wide (72 is no multiple of 16) and spill.
 #[inline(always)]
-fn value_tile<const DC: usize, const FUSED: bool>(
+#[allow(clippy::too_many_arguments)]
+fn value_tile<const DC: usize, const TAIL: usize, const FUSED: bool>(
     p: &[f32],
     v: &[f32],
     kw: usize,
@@ -167,22 +170,29 @@ fn value_tile<const DC: usize, const FUSED: bool>(
     col: usize,
 ) -> usize {
     let mut acc = [[0f32; DC]; QT];
-    for (r, a) in acc.iter_mut().enumerate() {
+    let mut tail = [[0f32; TAIL]; QT];
+    for (r, (a, t)) in acc.iter_mut().zip(&mut tail).enumerate() {
         a.copy_from_slice(&o[r * hd + col..][..DC]);
+        t.copy_from_slice(&o[r * hd + col + DC..][..TAIL]);
     }
     for j in 0..nk {
         let vr: &[f32; DC] = v[j * kw..][..DC].try_into().unwrap();
-        for (r, a) in acc.iter_mut().enumerate() {
+        let vt: &[f32; TAIL] = v[j * kw + DC..][..TAIL].try_into().unwrap();
+        for (r, (a, t)) in acc.iter_mut().zip(&mut tail).enumerate() {
             let pr = p[r * KB + j];
             for x in 0..DC {
                 a[x] = madd::<FUSED>(pr, vr[x], a[x]);
             }
+            for x in 0..TAIL {
+                t[x] = madd::<FUSED>(pr, vt[x], t[x]);
+            }
         }
     }
-    for (r, a) in acc.iter().enumerate() {
+    for (r, (a, t)) in acc.iter().zip(&tail).enumerate() {
         o[r * hd + col..][..DC].copy_from_slice(a);
+        o[r * hd + col + DC..][..TAIL].copy_from_slice(t);
     }
-    DC
+    DC + TAIL
 }
 
 /// `kt[d][j] = k[j][d]` for the `nk` keys of a block (`k` starts at the first key's
@@ -376,12 +386,12 @@ fn block_task<C: KvElem, const FUSED: bool>(
             while col < hd {
                 let (vc, oc) = (&vb[col..], &mut *o);
                 col += match hd - col {
-                    72 => value_tile::<72, FUSED>(p, vc, vs, nk, oc, hd, col),
-                    80 => value_tile::<80, FUSED>(p, vc, vs, nk, oc, hd, col),
-                    64.. => value_tile::<64, FUSED>(p, vc, vs, nk, oc, hd, col),
-                    16.. => value_tile::<16, FUSED>(p, vc, vs, nk, oc, hd, col),
-                    8.. => value_tile::<8, FUSED>(p, vc, vs, nk, oc, hd, col),
-                    _ => value_tile::<1, FUSED>(p, vc, vs, nk, oc, hd, col),
+                    72 => value_tile::<64, 8, FUSED>(p, vc, vs, nk, oc, hd, col),
+                    80 => value_tile::<64, 16, FUSED>(p, vc, vs, nk, oc, hd, col),
+                    64.. => value_tile::<64, 0, FUSED>(p, vc, vs, nk, oc, hd, col),
+                    16.. => value_tile::<16, 0, FUSED>(p, vc, vs, nk, oc, hd, col),
+                    8.. => value_tile::<8, 0, FUSED>(p, vc, vs, nk, oc, hd, col),
+                    _ => value_tile::<1, 0, FUSED>(p, vc, vs, nk, oc, hd, col),
                 };
             }
         }
