@@ -8,12 +8,17 @@
 //! (2 m n k) per second for GEMM, reported by criterion as elem/s = op/s; a summary
 //! table with both (GB/s and GOP/s) for every benchmark is printed at the end.
 //!
+//! Also the ViT's bidirectional attention over one SigLIP-so400m tile (729 tokens, 16
+//! heads of 72), in op/s (4 * heads * seq^2 * head_dim: QK^T and PV).
+//!
 //! `cargo bench -p npurt-benches --bench kernels -- <filter>`; e.g. `-- gemv/q4_1_i8`,
-//! `-- model`. `NPURT_CPU_ISA=avx2vnni|avx2|portable` benches a lower kernel path.
+//! `-- model`, `-- attention`. `NPURT_CPU_ISA=avx2vnni|avx2|portable` benches a lower kernel path.
 
 use criterion::{BenchmarkId, Criterion, Throughput};
 use npurt_graph::{ActPrecision, DType, Epilogue};
-use npurt_kernels::cpu::{isa, matmul_f32, matmul_packed, pack, PackedMatrix, ThreadPool};
+use npurt_kernels::cpu::{
+    attention_bidirectional_f32, isa, matmul_f32, matmul_packed, pack, PackedMatrix, ThreadPool,
+};
 use std::cell::RefCell;
 use std::time::Duration;
 
@@ -194,6 +199,45 @@ fn f32_baseline(c: &mut Criterion) {
     }
 }
 
+/// Bidirectional attention over one SigLIP-so400m tile: 27x27 = 729 tokens, 16 heads
+/// of head_dim 72 (hidden 1152), as every encoder layer runs it.
+fn vit_attention(c: &mut Criterion) {
+    const SEQ: usize = 729;
+    const HEADS: usize = 16;
+    const HEAD_DIM: usize = 72;
+    let mut rng = Lcg(13);
+    let w = HEADS * HEAD_DIM;
+    let mut vec = |n: usize| -> Vec<f32> { (0..n).map(|_| rng.f()).collect() };
+    let (q, k, v) = (vec(SEQ * w), vec(SEQ * w), vec(SEQ * w));
+    let mut out = vec![0f32; SEQ * w];
+    let scale = 1.0 / (HEAD_DIM as f32).sqrt();
+    let ops = 4 * HEADS * SEQ * SEQ * HEAD_DIM;
+    let group_name = "attention/bidirectional_f32";
+    let mut g = c.benchmark_group(group_name);
+    g.throughput(Throughput::Elements(ops as u64));
+    for (t, pool) in &pools() {
+        let param = format!("so400m_{SEQ}x{HEADS}x{HEAD_DIM}");
+        ROWS.with(|r| {
+            r.borrow_mut().push(Row {
+                id: format!("{group_name}/t{t}/{param}"),
+                bytes: 3 * 4 * SEQ * w,
+                ops,
+            })
+        });
+        g.bench_function(BenchmarkId::new(format!("t{t}"), param), |b| {
+            pool.install(|| {
+                b.iter(|| {
+                    attention_bidirectional_f32(
+                        &q, &k, &v, SEQ, HEADS, HEADS, HEAD_DIM, scale, &mut out,
+                    )
+                    .expect("valid shapes")
+                })
+            })
+        });
+    }
+    g.finish();
+}
+
 /// SmolLM2-135M's matmuls for one step: 30 layers of q, k, v, o (576x576, 192x576 x2,
 /// 576x576), fused gate+up with SwiGLU (3072x576) and down with residual (576x1536),
 /// all Q4_1, then the Q8_0 LM head (49152x576). Every layer has its own weights, so a
@@ -353,6 +397,7 @@ fn main() {
         .configure_from_args();
     quantized_matmuls(&mut c);
     f32_baseline(&mut c);
+    vit_attention(&mut c);
     model_sweep(&mut c);
     c.final_summary();
     summary(since);

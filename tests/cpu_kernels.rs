@@ -691,11 +691,13 @@ fn to_f16(x: &[f32]) -> Vec<half::f16> {
 
 /// Attention on every path this CPU has, at 1 and 2 threads, against the reference:
 /// prefill chunks over several query and key blocks (with a causal edge and padded
-/// rows), decode over contexts that are split across threads and merged, and a
-/// head_dim that takes the per-pair fallback.
+/// rows), decode over contexts that are split across threads and merged, head_dims
+/// that are not multiples of 16 (the value tiles' 8- and 1-column tails), and the
+/// bidirectional mode (batches of sequences that are not multiples of the row or key
+/// blocks, GQA).
 #[test]
 fn attention_every_path_matches_reference() {
-    use npurt_kernels::cpu::attention_f32;
+    use npurt_kernels::cpu::{attention_bidirectional_f32, attention_f32};
     // (heads, kv heads, head_dim, rows, cache rows, pos, n_valid)
     let cases = [
         (9, 3, 64, 40, 200, 100, 40),
@@ -706,6 +708,8 @@ fn attention_every_path_matches_reference() {
         (6, 2, 80, 1, 100, 70, 1),
         (4, 4, 32, 5, 40, 20, 5),
         (2, 2, 24, 3, 16, 5, 3),
+        (2, 1, 72, 20, 64, 30, 17),
+        (3, 3, 13, 4, 9, 2, 4),
     ];
     let pools = pools();
     let mut rng = Lcg(0x5eed_0a77);
@@ -751,4 +755,112 @@ fn attention_every_path_matches_reference() {
             }
         }
     }
+    // Bidirectional: (heads, kv heads, head_dim, sequences, rows per sequence).
+    let cases = [
+        (4, 4, 72, 2, 129),
+        (3, 1, 32, 3, 50),
+        (2, 2, 80, 1, 17),
+        (2, 2, 64, 2, 65),
+        (2, 2, 24, 2, 7),
+        (1, 1, 13, 3, 1),
+    ];
+    for (nh, nkv, hd, seqs, seq) in cases {
+        let q = rng.vec(seqs * seq * nh * hd, 2.0);
+        let k = rng.vec(seqs * seq * nkv * hd, 2.0);
+        let v = rng.vec(seqs * seq * nkv * hd, 1.0);
+        let scale = 1.0 / (hd as f32).sqrt();
+        let mut want = vec![0f32; q.len()];
+        reference::attention_bidirectional(&q, &k, &v, seq, nh, nkv, hd, scale, &mut want).unwrap();
+        for isa in Isa::supported() {
+            for (t, pool) in &pools {
+                let mut got = vec![f32::NAN; q.len()];
+                pool.install(|| {
+                    with_isa(isa, || {
+                        attention_bidirectional_f32(&q, &k, &v, seq, nh, nkv, hd, scale, &mut got)
+                    })
+                })
+                .unwrap();
+                let e = nmse(&got, &want);
+                assert!(
+                    e < 1e-10,
+                    "bidirectional attention {nh}/{nkv} hd{hd} {seqs}x{seq} isa={} threads={t}: nmse {e:e}",
+                    isa.name()
+                );
+            }
+        }
+    }
+    // Bad shapes are errors, not panics.
+    let (q, mut out) = (vec![0f32; 10 * 8], vec![0f32; 10 * 8]);
+    for (k, seq, nkv) in [
+        (&q[..], 3, 2),
+        (&q[..8], 5, 2),
+        (&q[..], 5, 3),
+        (&q[..], 0, 2),
+    ] {
+        assert!(attention_bidirectional_f32(&q, k, k, seq, 2, nkv, 4, 0.5, &mut out).is_err());
+    }
+}
+
+/// LayerNorm on every path this CPU has, at 1 and 2 threads (rows enough for the
+/// parallel path): odd widths, the ViT's 1152 and MLP 4304, a mean far from zero (a
+/// one-pass variance would lose digits there). The oracle is the same two-pass formula
+/// in f64: the reference kernel's sequential f32 sum of the mean is itself off by up
+/// to ~1e-5 at these widths and offsets (centering magnifies the mean's rounding by
+/// `|x| / std`), so the kernel is held to the exact value within 1e-6 of that scale
+/// and to the reference within the reference's own error.
+#[test]
+fn layer_norm_every_path_matches_reference() {
+    use npurt_kernels::cpu::layer_norm_f32;
+    let pools = pools();
+    let mut rng = Lcg(0x5eed_1a7e);
+    for (rows, h, offset) in [
+        (3, 1, 0.0),
+        (7, 13, 20.0),
+        (5, 65, 20.0),
+        (9, 72, 0.0),
+        (70, 1152, 20.0),
+        (70, 1152, 0.0),
+        (2, 4304, 5.0),
+    ] {
+        let x: Vec<f32> = rng.vec(rows * h, 3.0).iter().map(|v| v + offset).collect();
+        let w = rng.vec(h, 1.0);
+        let b = rng.vec(h, 0.5);
+        let eps = 1e-6;
+        let mut want = vec![0f32; x.len()];
+        reference::layer_norm(&x, &w, &b, eps, &mut want);
+        // Exact (f64) outputs and each value's error scale.
+        let mut exact = vec![0f64; x.len()];
+        let mut scale = vec![0f64; x.len()];
+        for (r, row) in x.chunks(h).enumerate() {
+            let mean = row.iter().map(|&v| v as f64).sum::<f64>() / h as f64;
+            let var = row.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / h as f64;
+            let inv = 1.0 / (var + eps as f64).sqrt();
+            for i in 0..h {
+                let (xi, wi) = (row[i] as f64, w[i] as f64);
+                exact[r * h + i] = (xi - mean) * inv * wi + b[i] as f64;
+                scale[r * h + i] = (xi.abs() * inv).max(1.0) * wi.abs().max(1.0);
+            }
+        }
+        let ref_err = (0..x.len())
+            .map(|i| (want[i] as f64 - exact[i]).abs() / scale[i])
+            .fold(0f64, f64::max);
+        for isa in Isa::supported() {
+            for (t, pool) in &pools {
+                let mut got = vec![f32::NAN; x.len()];
+                pool.install(|| with_isa(isa, || layer_norm_f32(&x, &w, &b, eps, &mut got)))
+                    .unwrap();
+                for (i, (&g, &r)) in got.iter().zip(&want).enumerate() {
+                    let (e_exact, e_ref) = ((g as f64 - exact[i]).abs(), (g - r).abs() as f64);
+                    assert!(
+                        e_exact <= 1e-6 * scale[i] && e_ref <= (1e-6 + ref_err) * scale[i],
+                        "layer_norm {rows}x{h}+{offset} isa={} threads={t} [{i}]: {g} vs reference {r}, exact {}",
+                        isa.name(),
+                        exact[i]
+                    );
+                }
+            }
+        }
+    }
+    let mut out = vec![0f32; 6];
+    assert!(layer_norm_f32(&[0.0; 6], &[1.0; 4], &[0.0; 4], 1e-5, &mut out).is_err());
 }

@@ -327,13 +327,14 @@ impl CpuExecutable {
                         k::rms_norm_f32(f32_of(ins[0])?, f32_of(ins[1])?, *eps, &mut out)
                             .map_err(kerr)?
                     }
-                    Op::LayerNorm { eps } => r::layer_norm(
+                    Op::LayerNorm { eps } => k::layer_norm_f32(
                         f32_of(ins[0])?,
                         f32_of(ins[1])?,
                         f32_of(ins[2])?,
                         *eps,
                         &mut out,
-                    ),
+                    )
+                    .map_err(kerr)?,
                     Op::Rope { params } => {
                         k::rope_f32(
                             f32_of(ins[0])?,
@@ -350,7 +351,7 @@ impl CpuExecutable {
                         head_dim,
                         scale,
                         mode: AttentionMode::Bidirectional { seq },
-                    } => r::attention_bidirectional(
+                    } => k::attention_bidirectional_f32(
                         f32_of(ins[0])?,
                         f32_of(ins[1])?,
                         f32_of(ins[2])?,
@@ -362,13 +363,14 @@ impl CpuExecutable {
                         &mut out,
                     )
                     .map_err(kerr)?,
-                    Op::SpaceToChannel { grid, block } => r::space_to_channel(
+                    Op::SpaceToChannel { grid, block } => k::space_to_channel_f32(
                         f32_of(ins[0])?,
                         *grid,
                         *block,
                         g.fact(ins[0]).shape[1],
                         &mut out,
-                    ),
+                    )
+                    .map_err(kerr)?,
                     Op::Attention {
                         n_heads,
                         n_kv_heads,

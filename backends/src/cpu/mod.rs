@@ -154,9 +154,17 @@ impl Backend for CpuBackend {
                 "attention_f32[{} kv, flash blocks, online softmax, {isa}]",
                 graph.fact(n.inputs[1]).dtype
             ),
+            Op::Attention {
+                mode: npurt_graph::AttentionMode::Bidirectional { seq },
+                ..
+            } => format!(
+                "attention_bidirectional_f32[sequences of {seq}, flash blocks, online softmax, {isa}]"
+            ),
+            Op::SpaceToChannel { .. } => "space_to_channel_f32[row copies]".into(),
             Op::KvWrite if n.fact.dtype == DType::F16 => "kv_write_f16".into(),
             Op::RmsNorm { .. } => format!("rms_norm_f32[{isa}]"),
             Op::PatchEmbed { .. } => format!("patch_embed_f32[im2col + matmul_f32, {isa}]"),
+            Op::LayerNorm { .. } => format!("layer_norm_f32[{isa}]"),
             Op::Softmax => format!("softmax_f32[{isa}]"),
             Op::Gelu { tanh } => format!("gelu_f32[{}, {isa}]", if *tanh { "tanh" } else { "erf" }),
             Op::Silu => format!("activation_f32[silu, {isa}]"),

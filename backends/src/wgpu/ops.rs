@@ -209,13 +209,6 @@ pub(crate) fn lower(cx: &LowerCtx, id: NodeId) -> Result<Lowered, String> {
     let d = &mut l.dispatches;
     match &node.op {
         Op::Input { .. } | Op::Weight { .. } | Op::State { .. } | Op::Reshape { .. } => {}
-        Op::Attention {
-            mode: npurt_graph::AttentionMode::Bidirectional { .. },
-            ..
-        }
-        | Op::SpaceToChannel { .. } => {
-            return Err(format!("{} has no WGSL kernel yet", node.op.kind()))
-        }
         Op::Add | Op::Mul => {
             let entry = if matches!(node.op, Op::Add) {
                 "add"
@@ -405,6 +398,39 @@ pub(crate) fn lower(cx: &LowerCtx, id: NodeId) -> Result<Lowered, String> {
                 groups,
             });
         }
+        Op::Attention {
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            scale,
+            mode: npurt_graph::AttentionMode::Bidirectional { seq },
+        } => d.push(bidirectional_attention_dispatch(
+            cx,
+            [*n_heads, *n_kv_heads, *head_dim],
+            *scale,
+            *seq,
+            g.fact(ins[0]).shape[0],
+            [ins[0], ins[1], ins[2]],
+            out,
+            node_idx,
+        )?),
+        Op::SpaceToChannel { grid, block } => {
+            let c = g.fact(ins[0]).shape[1];
+            d.push(Dispatch {
+                key: PipelineKey::new("space_to_channel.wgsl", "space_to_channel", &[]),
+                params: vec![
+                    as_u32(n_out, "elements")?,
+                    as_u32(c, "channels")?,
+                    as_u32(grid[0], "grid height")?,
+                    as_u32(grid[1], "grid width")?,
+                    as_u32(*block, "block")?,
+                    as_u32(grid[0].div_ceil(*block), "cells")?,
+                    as_u32(grid[1].div_ceil(*block), "cells")?,
+                ],
+                bindings: vec![(0, BindRef::Params), (1, BindRef::Value(ins[0])), (2, out)],
+                groups: grid_1d(n_out, EW)?,
+            });
+        }
         Op::SliceCols { start, len } => {
             let x = g.fact(ins[0]);
             d.push(Dispatch {
@@ -533,6 +559,74 @@ pub(crate) fn lower(cx: &LowerCtx, id: NodeId) -> Result<Lowered, String> {
         } => lower_matmul(cx, id, *transpose_b, *prologue, *epilogue, &mut l)?,
     }
     Ok(l)
+}
+
+/// The ViT's attention (`AttentionMode::Bidirectional`): attention.wgsl or
+/// attention_lanes.wgsl with `BIDIRECTIONAL`, K/V read from the activations (bindings
+/// 2, 3) and the sequence length in the cache-rows slot; no positions, nothing to check
+/// at run time. `heads` is `[n_heads, n_kv_heads, head_dim]`, `ins` q, k, v.
+#[allow(clippy::too_many_arguments)]
+fn bidirectional_attention_dispatch(
+    cx: &LowerCtx,
+    [n_heads, n_kv_heads, head_dim]: [usize; 3],
+    scale: f32,
+    seq: usize,
+    rows: usize,
+    ins: [NodeId; 3],
+    out: BindRef,
+    node_idx: u32,
+) -> Result<Dispatch, String> {
+    if head_dim > MAX_HEAD_DIM {
+        return Err(format!("head_dim {head_dim} > {MAX_HEAD_DIM}"));
+    }
+    if seq == 0 || !rows.is_multiple_of(seq) {
+        return Err(format!("{rows} rows are not whole sequences of {seq}"));
+    }
+    let lanes = cx.kernels == KernelFamily::Lanes && head_dim % 4 == 0;
+    let (key, groups) = if lanes {
+        let hd = format!("HEAD_DIM={head_dim}");
+        (
+            PipelineKey::new(
+                "attention_lanes.wgsl",
+                "attention_lanes",
+                &["BIDIRECTIONAL", hd.as_str()],
+            ),
+            // 64-row groups of each sequence in turn (none straddles two).
+            [
+                as_u32(rows / seq * seq.div_ceil(64), "row groups")?,
+                as_u32(n_heads, "heads")?,
+                1,
+            ],
+        )
+    } else {
+        (
+            PipelineKey::new("attention.wgsl", "attention", &["BIDIRECTIONAL"]),
+            [as_u32(n_heads, "heads")?, as_u32(rows, "rows")?, 1],
+        )
+    };
+    if groups[0] > MAX_GROUPS || groups[1] > MAX_GROUPS {
+        return Err("attention with more than 65535 heads or row groups".into());
+    }
+    Ok(Dispatch {
+        key,
+        params: vec![
+            as_u32(rows, "rows")?,
+            as_u32(n_heads, "heads")?,
+            as_u32(n_kv_heads, "kv heads")?,
+            as_u32(head_dim, "head_dim")?,
+            as_u32(seq, "sequence rows")?,
+            f(scale),
+            node_idx,
+        ],
+        bindings: vec![
+            (0, BindRef::Params),
+            (1, BindRef::Value(ins[0])),
+            (2, BindRef::Value(ins[1])),
+            (3, BindRef::Value(ins[2])),
+            (6, out),
+        ],
+        groups,
+    })
 }
 
 /// Shader defines for a KV cache of this dtype (kv_load.wgsl, kv_write.wgsl).

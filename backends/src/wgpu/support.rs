@@ -151,13 +151,18 @@ pub(crate) fn supports(graph: &Graph, id: NodeId, max_binding: u64) -> Support {
             }
             Support::Supported
         }
-        Op::Attention {
-            mode: npurt_graph::AttentionMode::Bidirectional { .. },
-            ..
-        }
-        | Op::SpaceToChannel { .. } => unsupported("no WGSL kernel yet".to_string()),
         Op::Attention { head_dim, .. } if *head_dim > ops::MAX_HEAD_DIM => {
             unsupported(format!("head_dim {head_dim} > {}", ops::MAX_HEAD_DIM))
+        }
+        Op::Attention {
+            n_heads,
+            mode: npurt_graph::AttentionMode::Bidirectional { seq },
+            ..
+        } if fact(0).shape[0] > ops::MAX_GROUPS as usize
+            || *n_heads > ops::MAX_GROUPS as usize
+            || fact(0).shape[0] / (*seq).max(1) * seq.div_ceil(64) > ops::MAX_GROUPS as usize =>
+        {
+            unsupported("bidirectional attention over more than 65535 rows, row groups or heads")
         }
         _ => {
             // Everything else computes on f32 values; run-time scalars are i32.

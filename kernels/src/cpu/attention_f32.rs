@@ -1,87 +1,35 @@
-//! Causal GQA attention, same semantics as `reference::attention`, in two shapes:
+//! GQA attention, same semantics as `reference::attention` (causal, over a KV cache:
+//! the LLM) and `reference::attention_bidirectional` (every query sees all keys of its
+//! own sequence, B sequences in one call: the ViT), in one flash-style kernel:
 //!
-//! - flash-style blocks ([`block_task`]), for prefill chunks and decode alike. A task
-//!   takes a block of query rows and one KV head, so the `rows x group` query vectors
-//!   sharing that head reuse every K/V block they load (at decode: the GQA group);
-//!   scores and `P @ V` are register-tiled FMAs and the softmax is online (running max
-//!   and sum per query vector). Even at decode this beats per-pair dot products, whose
-//!   per-key horizontal sums cost more than transposing the K block. Decode on several
-//!   threads also splits each head's keys ([`Plan::SplitKeys`]) and merges the parts;
-//! - per (query, head) pair ([`pair`]): the fallback for head_dims that are not a
-//!   multiple of 16.
+//! - a task ([`block_task`]) takes a block of query rows and one KV head, so the
+//!   `rows x group` query vectors sharing that head reuse every K/V block they load (at
+//!   decode: the GQA group); scores and `P @ V` are register-tiled FMAs and the softmax
+//!   is online (running max and sum per query vector). Even at decode this beats
+//!   per-pair dot products, whose per-key horizontal sums cost more than transposing
+//!   the K block. Any head_dim runs blocked: the value tiles walk the head in 64-, 16-,
+//!   8- and 1-column steps (72 = 64 + 8, 80 = 64 + 16);
+//! - the two modes differ only in which keys a query row sees ([`Mask`]): the causal
+//!   limit, or its own sequence's rows (a key offset per sequence). A bidirectional
+//!   call's tasks are (sequence, KV head, row block), row blocks innermost, so
+//!   consecutive tasks on both threads reuse one head's K/V from L2;
+//! - decode on several threads also splits each head's keys ([`Plan::SplitKeys`]) and
+//!   merges the parts.
 //!
-//! Both are portable Rust written for the vectorizer (plus an AVX-512 K transpose),
-//! compiled for the baseline, AVX2+FMA and AVX-512 and picked at run time: at 512-token
-//! prefill attention is a large share of the work, so it must never run scalar.
+//! All portable Rust written for the vectorizer (plus an AVX-512 K transpose), compiled
+//! for the baseline, AVX2+FMA and AVX-512 and picked at run time: at 512-token prefill
+//! (and in every ViT layer) attention is a large share of the work, so it must never
+//! run scalar.
 //!
 //! The caches are f32 or f16 ([`KvElem`]); an f16 K/V block is converted to f32 once
 //! when a task loads it, so the tiles below always compute in f32.
 
 use super::kv_cache::KvElem;
 use super::{isa, Isa, SendPtr};
-use crate::reference::{check_attention_args, AttentionDims, KernelError};
+use crate::reference::{
+    check_attention_args, check_bidirectional_args, AttentionDims, KernelError,
+};
 use std::cell::RefCell;
-
-const LANES: usize = 16;
-
-#[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    // Exact chunks, so the 16-lane body has no bounds checks and vectorizes.
-    let (ac, bc) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-    let tail: f32 = ac
-        .remainder()
-        .iter()
-        .zip(bc.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    let mut acc = [0f32; LANES];
-    for (x, y) in ac.zip(bc) {
-        for l in 0..LANES {
-            acc[l] += x[l] * y[l];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
-}
-
-/// One (query, head) pair: `out = softmax(q . K[kv_off..] * scale) @ V`, over keys
-/// `0..=last`, using `scores` as scratch (and `row` for converted f16 rows).
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn pair<C: KvElem>(
-    path: Isa,
-    q: &[f32],
-    k_cache: &[C],
-    v_cache: &[C],
-    kw: usize,
-    kv_off: usize,
-    last: usize,
-    scale: f32,
-    scores: &mut [f32],
-    row: &mut Vec<f32>,
-    out: &mut [f32],
-) {
-    let hd = q.len();
-    let mut max = f32::NEG_INFINITY;
-    for (j, s) in scores[..=last].iter_mut().enumerate() {
-        let (k, _) = C::rows_f32(path, &k_cache[j * kw + kv_off..], 1, kw, hd, row);
-        *s = dot(q, &k[..hd]) * scale;
-        max = max.max(*s);
-    }
-    // Vectorizable exp (math.rs) over all scores, then the sum.
-    for s in scores[..=last].iter_mut() {
-        *s = super::math::exp(*s - max);
-    }
-    let sum: f32 = scores[..=last].iter().sum();
-    out.fill(0.0);
-    for (j, &p) in scores[..=last].iter().enumerate() {
-        let (v, _) = C::rows_f32(path, &v_cache[j * kw + kv_off..], 1, kw, hd, row);
-        for (o, &x) in out.iter_mut().zip(&v[..hd]) {
-            *o += p * x;
-        }
-    }
-    let inv = 1.0 / sum;
-    out.iter_mut().for_each(|o| *o *= inv);
-}
 
 /// Keys per block: one score-tile row, and the unit of the online softmax.
 const KB: usize = 64;
@@ -90,6 +38,9 @@ const QT: usize = 4;
 /// Query rows per task; with the GQA group this is `RB * group` query vectors that
 /// share every K/V block they load.
 const RB: usize = 16;
+/// Query rows per task in bidirectional mode: more rows share each transposed K block
+/// (its transpose was ~10% of the time at 16), and the tasks still fit L1.
+const RB_BIDIRECTIONAL: usize = 32;
 
 /// K/V bytes decode prefetches before its tasks start (see `attention_f32`).
 const UP_FRONT_PREFETCH_BYTES: usize = 256 * 1024;
@@ -108,7 +59,7 @@ struct Scratch {
     kt: Vec<f32>,
     /// Scores, then probabilities, `nq_pad x KB`.
     s: Vec<f32>,
-    /// The current K and V blocks (or one row, for pairs) converted from an f16 cache;
+    /// The current K and V blocks converted from an f16 cache;
     /// unused for f32 caches, which are read in place. Grown by `KvElem::rows_f32`.
     kc: Vec<f32>,
     vc: Vec<f32>,
@@ -139,17 +90,61 @@ thread_local! {
     static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
 }
 
+/// `a * b + c`: one fused multiply-add (`FUSED`, on the paths whose CPUs have FMA), or
+/// a separately rounded multiply and add. Rust never contracts `a * b + c` by itself,
+/// so unfused loops run a multiply and an add per FMA slot.
+#[inline(always)]
+fn madd<const FUSED: bool>(a: f32, b: f32, c: f32) -> f32 {
+    if FUSED {
+        a.mul_add(b, c)
+    } else {
+        a * b + c
+    }
+}
+
+/// `sum(x)`: with `FUSED`, sixteen partial sums (vectorized: f32 addition is not
+/// associative, so the compiler keeps a sequential sum scalar); else in order.
+#[inline(always)]
+fn sum<const FUSED: bool>(x: &[f32]) -> f32 {
+    if !FUSED {
+        return x.iter().sum();
+    }
+    let mut acc = [0f32; 16];
+    let mut it = x.chunks_exact(16);
+    for c in &mut it {
+        for i in 0..16 {
+            acc[i] += c[i];
+        }
+    }
+    acc.iter().sum::<f32>() + it.remainder().iter().sum::<f32>()
+}
+
+/// `max(x)` with sixteen partial maxima (vectorized; max is exact, so the order does
+/// not change the result).
+#[inline(always)]
+fn max(x: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; 16];
+    let mut it = x.chunks_exact(16);
+    for c in &mut it {
+        for i in 0..16 {
+            acc[i] = acc[i].max(c[i]);
+        }
+    }
+    let m = acc.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+    it.remainder().iter().fold(m, |m, &x| m.max(x))
+}
+
 /// `s[r][..] = q[r] . kt` for a `QT`-vector tile: `QT x KB` accumulators held in
 /// registers over the head dimension (one K^T row load feeds `QT` FMAs per lane group).
 #[inline(always)]
-fn score_tile(q: &[f32], kt: &[f32], hd: usize, s: &mut [f32]) {
+fn score_tile<const FUSED: bool>(q: &[f32], kt: &[f32], hd: usize, s: &mut [f32]) {
     let mut acc = [[0f32; KB]; QT];
     for d in 0..hd {
         let k: &[f32; KB] = kt[d * KB..][..KB].try_into().unwrap();
         for (r, a) in acc.iter_mut().enumerate() {
             let x = q[r * hd + d];
             for j in 0..KB {
-                a[j] += x * k[j];
+                a[j] = madd::<FUSED>(x, k[j], a[j]);
             }
         }
     }
@@ -158,10 +153,14 @@ fn score_tile(q: &[f32], kt: &[f32], hd: usize, s: &mut [f32]) {
     }
 }
 
-/// `o[r][col..col+DC] += sum_j p[r][j] * v[j][..DC]` for a `QT`-vector tile over `nk`
-/// keys; `v` starts at the first key's column `col` and has row stride `kw`.
+/// `o[r][col..col+W] += sum_j p[r][j] * v[j][..W]` for a `QT`-vector tile over `nk`
+/// keys, `W = DC + TAIL` columns; `v` starts at the first key's column `col` and has
+/// row stride `kw`. Returns `W`, the columns done. The tail is a separate accumulator
+/// array so that `DC` stays a whole number of vectors: a `[f32; 72]` row would be
+/// vectorized 8 wide (72 is no multiple of 16) and spill.
 #[inline(always)]
-fn value_tile<const DC: usize>(
+#[allow(clippy::too_many_arguments)]
+fn value_tile<const DC: usize, const TAIL: usize, const FUSED: bool>(
     p: &[f32],
     v: &[f32],
     kw: usize,
@@ -169,34 +168,44 @@ fn value_tile<const DC: usize>(
     o: &mut [f32],
     hd: usize,
     col: usize,
-) {
+) -> usize {
     let mut acc = [[0f32; DC]; QT];
-    for (r, a) in acc.iter_mut().enumerate() {
+    let mut tail = [[0f32; TAIL]; QT];
+    for (r, (a, t)) in acc.iter_mut().zip(&mut tail).enumerate() {
         a.copy_from_slice(&o[r * hd + col..][..DC]);
+        t.copy_from_slice(&o[r * hd + col + DC..][..TAIL]);
     }
     for j in 0..nk {
         let vr: &[f32; DC] = v[j * kw..][..DC].try_into().unwrap();
-        for (r, a) in acc.iter_mut().enumerate() {
+        let vt: &[f32; TAIL] = v[j * kw + DC..][..TAIL].try_into().unwrap();
+        for (r, (a, t)) in acc.iter_mut().zip(&mut tail).enumerate() {
             let pr = p[r * KB + j];
             for x in 0..DC {
-                a[x] += pr * vr[x];
+                a[x] = madd::<FUSED>(pr, vr[x], a[x]);
+            }
+            for x in 0..TAIL {
+                t[x] = madd::<FUSED>(pr, vt[x], t[x]);
             }
         }
     }
-    for (r, a) in acc.iter().enumerate() {
+    for (r, (a, t)) in acc.iter().zip(&tail).enumerate() {
         o[r * hd + col..][..DC].copy_from_slice(a);
+        o[r * hd + col + DC..][..TAIL].copy_from_slice(t);
     }
+    DC + TAIL
 }
 
 /// `kt[d][j] = k[j][d]` for the `nk` keys of a block (`k` starts at the first key's
 /// head column, row stride `kw`); keys `nk..KB` are zero. At decode the K rows are cold
 /// (the weights streamed through the caches since the last token), so this is memory
-/// bound: the AVX-512 path loads whole rows and transposes 16x16 tiles in registers.
+/// bound: the AVX-512 path loads whole rows and transposes 16x16 tiles in registers
+/// (any head_dim from 16 up: the last tile overlaps its neighbour when head_dim is not
+/// a multiple of 16).
 #[inline(always)]
 fn transpose_k(path: Isa, k: &[f32], kw: usize, nk: usize, hd: usize, kt: &mut [f32]) {
     assert!((1..=KB).contains(&nk) && (nk - 1) * kw + hd <= k.len() && kt.len() >= hd * KB);
     #[cfg(target_arch = "x86_64")]
-    if path == Isa::Avx512Vnni && hd.is_multiple_of(16) {
+    if path == Isa::Avx512Vnni && hd >= 16 {
         // SAFETY: the CPU has AVX-512F (path), and the assert bounds every access.
         return unsafe { transpose_k_avx512(k, kw, nk, hd, kt) };
     }
@@ -213,12 +222,15 @@ fn transpose_k(path: Isa, k: &[f32], kw: usize, nk: usize, hd: usize, kt: &mut [
 
 /// 16x16 tiles: 16 row loads, four rounds of in-lane and cross-lane shuffles (32-bit,
 /// 64-bit, then 128-bit lanes twice), 16 column stores. Rows past `nk` are zeros.
+/// `hd >= 16`; when it is not a multiple of 16 the last tile starts at `hd - 16` and
+/// rewrites a few columns with the same values (72: tiles at 0, 16, 32, 48, 56).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn transpose_k_avx512(k: &[f32], kw: usize, nk: usize, hd: usize, kt: &mut [f32]) {
     use std::arch::x86_64::*;
     for j0 in (0..KB).step_by(16) {
         for d0 in (0..hd).step_by(16) {
+            let d0 = d0.min(hd - 16);
             let mut r = [_mm512_setzero_ps(); 16];
             for (j, rj) in r.iter_mut().enumerate() {
                 if j0 + j < nk {
@@ -288,7 +300,7 @@ fn prefetch_rows<C>(k: &[C], v: &[C], kw: usize, hd: usize, rows: std::ops::Rang
 /// online softmax rescales the running outputs, and `P @ V` is register-tiled too.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn block_task<C: KvElem>(
+fn block_task<C: KvElem, const FUSED: bool>(
     path: Isa,
     a: &Args<C>,
     g: usize,
@@ -314,25 +326,34 @@ fn block_task<C: KvElem>(
     sc.o[..nq_pad * hd].fill(0.0);
     sc.m[..nq].fill(f32::NEG_INFINITY);
     sc.l[..nq].fill(0.0);
-    // Keys each query row sees: 0..=a.last(t); this task visits `keys` of them.
+    // Keys each query row sees: `a.keys(t)`; this task visits `keys` of them (within
+    // the rows' own sequence in bidirectional mode).
     let (k, v) = (&a.k[g * hd..], &a.v[g * hd..]);
-    prefetch_rows(k, v, a.kw, hd, keys.start..(keys.start + KB).min(keys.end));
+    // Software prefetch is for the causal mode's cold caches; the ViT's K/V were just
+    // written by its projections and the hardware prefetchers keep up (prefetching
+    // here cost 7% of the bidirectional time).
+    let prefetch = matches!(a.mask, Mask::Causal { .. });
+    if prefetch {
+        prefetch_rows(k, v, a.kw, hd, keys.start..(keys.start + KB).min(keys.end));
+    }
     for j0 in keys.clone().step_by(KB) {
         let nk = KB.min(keys.end - j0);
         // The next block's rows load while this one computes (at decode the cache is
         // cold: the weights streamed through since the last token).
-        prefetch_rows(k, v, a.kw, hd, j0 + KB..(j0 + 2 * KB).min(keys.end));
+        if prefetch {
+            prefetch_rows(k, v, a.kw, hd, j0 + KB..(j0 + 2 * KB).min(keys.end));
+        }
         let (kb, ks) = C::rows_f32(path, &k[j0 * a.kw..], nk, a.kw, hd, &mut sc.kc);
         transpose_k(path, kb, ks, nk, hd, &mut sc.kt);
         for i0 in (0..nq_pad).step_by(QT) {
-            score_tile(&sc.q[i0 * hd..], &sc.kt, hd, &mut sc.s[i0 * KB..]);
+            score_tile::<FUSED>(&sc.q[i0 * hd..], &sc.kt, hd, &mut sc.s[i0 * KB..]);
         }
-        // Online softmax: mask each row's causal tail, fold the block into (m, l) and
-        // rescale that row's running output.
+        // Online softmax: mask each row's causal tail (none in bidirectional mode), fold
+        // the block into (m, l) and rescale that row's running output.
         for i in 0..nq_pad {
             let s = &mut sc.s[i * KB..][..KB];
             let lim = if i < nq {
-                (a.last(t0 + i / group) + 1).saturating_sub(j0).min(nk)
+                a.keys(t0 + i / group).end.saturating_sub(j0).min(nk)
             } else {
                 0
             };
@@ -340,14 +361,14 @@ fn block_task<C: KvElem>(
                 s.fill(0.0);
                 continue;
             }
-            let bmax = s[..lim].iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+            let bmax = max(&s[..lim]);
             let m_new = sc.m[i].max(bmax);
             let corr = super::math::exp(sc.m[i] - m_new);
             for x in s[..lim].iter_mut() {
                 *x = super::math::exp(*x - m_new);
             }
             s[lim..].fill(0.0);
-            sc.l[i] = sc.l[i] * corr + s[..lim].iter().sum::<f32>();
+            sc.l[i] = sc.l[i] * corr + sum::<FUSED>(&s[..lim]);
             sc.m[i] = m_new;
             if corr != 1.0 {
                 sc.o[i * hd..][..hd].iter_mut().for_each(|o| *o *= corr);
@@ -356,14 +377,22 @@ fn block_task<C: KvElem>(
         let (vb, vs) = C::rows_f32(path, &v[j0 * a.kw..], nk, a.kw, hd, &mut sc.vc);
         for i0 in (0..nq_pad).step_by(QT) {
             let (p, o) = (&sc.s[i0 * KB..], &mut sc.o[i0 * hd..]);
+            // Widest tiles first; the narrow tails make any head_dim blocked. A head's
+            // last 72 or 80 columns (SigLIP's 72) are one tile (18 or 20 accumulator
+            // registers): a second pass would broadcast every probability again for 8
+            // or 16 columns. Tile widths change no output's arithmetic, only how many
+            // columns share a pass.
             let mut col = 0;
-            while col + 64 <= hd {
-                value_tile::<64>(p, &vb[col..], vs, nk, o, hd, col);
-                col += 64;
-            }
             while col < hd {
-                value_tile::<16>(p, &vb[col..], vs, nk, o, hd, col);
-                col += 16;
+                let (vc, oc) = (&vb[col..], &mut *o);
+                col += match hd - col {
+                    72 => value_tile::<64, 8, FUSED>(p, vc, vs, nk, oc, hd, col),
+                    80 => value_tile::<64, 16, FUSED>(p, vc, vs, nk, oc, hd, col),
+                    64.. => value_tile::<64, 0, FUSED>(p, vc, vs, nk, oc, hd, col),
+                    16.. => value_tile::<16, 0, FUSED>(p, vc, vs, nk, oc, hd, col),
+                    8.. => value_tile::<8, 0, FUSED>(p, vc, vs, nk, oc, hd, col),
+                    _ => value_tile::<1, 0, FUSED>(p, vc, vs, nk, oc, hd, col),
+                };
             }
         }
     }
@@ -415,36 +444,86 @@ fn merge_splits<C>(a: &Args<C>, n_kv: usize, splits: usize, partials: &[f32], ou
     }
 }
 
+/// Which keys a query row sees.
+#[derive(Clone, Copy)]
+enum Mask {
+    /// Row `t` of the chunk sits at position `pos + t` of a KV cache and sees keys up to
+    /// that position; rows past the valid ones (`end = pos + n_valid`) see the valid
+    /// keys (their outputs are padding).
+    Causal { pos: usize, end: usize },
+    /// The rows are sequences of `seq` rows, K/V rows alike: row `t` sees every key of
+    /// its own sequence.
+    Bidirectional { seq: usize },
+}
+
 /// The checked arguments of one call, shared by all tasks.
 struct Args<'a, C> {
     q: &'a [f32],
     k: &'a [C],
     v: &'a [C],
     out: SendPtr,
-    pos: usize,
-    end: usize,
+    mask: Mask,
+    /// Query rows in the call.
+    t_rows: usize,
     qw: usize,
     kw: usize,
     head_dim: usize,
     group: usize,
+    n_kv: usize,
     scale: f32,
 }
 
 impl<C> Args<'_, C> {
-    /// The last key query row `t` sees: its own position, or the last valid one for
-    /// padded rows (the causal mask and `n_valid` in one place).
+    /// The keys query row `t` sees (the causal mask and `n_valid`, or the sequence's
+    /// offset and length, in one place).
     #[inline(always)]
-    fn last(&self, t: usize) -> usize {
-        (self.pos + t).min(self.end - 1)
+    fn keys(&self, t: usize) -> std::ops::Range<usize> {
+        match self.mask {
+            Mask::Causal { pos, end } => 0..(pos + t).min(end - 1) + 1,
+            Mask::Bidirectional { seq } => {
+                let first = t / seq * seq;
+                first..first + seq
+            }
+        }
+    }
+
+    /// Row blocks of `RB` (causal) or `RB_BIDIRECTIONAL` rows, none straddling two
+    /// sequences.
+    fn n_blocks(&self) -> usize {
+        match self.mask {
+            Mask::Causal { .. } => self.t_rows.div_ceil(RB) * self.n_kv,
+            Mask::Bidirectional { seq } => {
+                self.t_rows / seq * seq.div_ceil(RB_BIDIRECTIONAL) * self.n_kv
+            }
+        }
+    }
+
+    /// Block task `id`: (KV head, first row, end row). Causal calls put heads innermost
+    /// (neighbouring tasks cost about the same, which balances the growing causal
+    /// blocks); bidirectional ones put row blocks innermost, so the threads walk one
+    /// sequence-head's K/V together while it is in L2.
+    #[inline(always)]
+    fn block(&self, id: usize) -> (usize, usize, usize) {
+        match self.mask {
+            Mask::Causal { .. } => {
+                let (rb, g) = (id / self.n_kv, id % self.n_kv);
+                (g, rb * RB, (rb * RB + RB).min(self.t_rows))
+            }
+            Mask::Bidirectional { seq } => {
+                let per_seq = seq.div_ceil(RB_BIDIRECTIONAL);
+                let (sg, rb) = (id / per_seq, id % per_seq);
+                let (s, g) = (sg / self.n_kv, sg % self.n_kv);
+                let t0 = s * seq + rb * RB_BIDIRECTIONAL;
+                (g, t0, (t0 + RB_BIDIRECTIONAL).min((s + 1) * seq))
+            }
+        }
     }
 }
 
 /// How a call is cut into tasks.
 #[derive(Clone, Copy)]
 enum Plan {
-    /// (query row, head) pairs: the fallback for odd head_dims.
-    Pairs,
-    /// (row block, KV head) blocks over all keys.
+    /// (row block, KV head) blocks over all the keys their rows see.
     Blocks,
     /// One query row (decode) with each KV head's keys cut into `splits` ranges of
     /// `per`: otherwise decode has only `n_kv_heads` tasks (3 for SmolLM2, which two
@@ -459,96 +538,109 @@ enum Plan {
 
 /// One unit of parallel work (see [`Plan`]).
 #[inline(always)]
-fn task<C: KvElem>(
+fn task<C: KvElem, const FUSED: bool>(
     path: Isa,
     a: &Args<C>,
     plan: Plan,
-    n_heads: usize,
     id: usize,
     sc: &mut Scratch,
 ) {
-    let hd = a.head_dim;
-    let n_kv = n_heads / a.group;
-    let t_rows = a.q.len() / a.qw;
-    if let Plan::Blocks = plan {
-        let (rb, g) = (id / n_kv, id % n_kv);
-        let (t0, t1) = (rb * RB, (rb * RB + RB).min(t_rows));
-        block_task(path, a, g, t0, t1, 0..a.last(t1 - 1) + 1, sc);
-        write_outputs(a, g, t0, (t1 - t0) * a.group, sc);
-    } else if let Plan::SplitKeys {
-        splits,
-        per,
-        partials,
-    } = plan
-    {
-        let (g, si) = (id / splits, id % splits);
-        block_task(
-            path,
-            a,
-            g,
-            0,
-            1,
-            si * per..((si + 1) * per).min(a.last(0) + 1),
-            sc,
-        );
-        let pl = partial_len(hd);
-        for i in 0..a.group {
-            // SAFETY: task (g, si) owns its `group * pl` floats of `partials`.
-            let p = unsafe {
-                std::slice::from_raw_parts_mut(
-                    partials.at(((g * splits + si) * a.group + i) * pl),
-                    pl,
-                )
-            };
-            p[0] = sc.m[i];
-            p[1] = sc.l[i];
-            p[2..].copy_from_slice(&sc.o[i * hd..][..hd]);
+    match plan {
+        Plan::Blocks => {
+            let (g, t0, t1) = a.block(id);
+            let keys = a.keys(t0).start..a.keys(t1 - 1).end;
+            block_task::<C, FUSED>(path, a, g, t0, t1, keys, sc);
+            write_outputs(a, g, t0, (t1 - t0) * a.group, sc);
         }
-    } else {
-        let (t, h) = (id / n_heads, id % n_heads);
-        // SAFETY: each (t, h) pair writes only its own head_dim slice of row t.
-        let o = unsafe { std::slice::from_raw_parts_mut(a.out.at(t * a.qw + h * hd), hd) };
-        pair(
-            path,
-            &a.q[t * a.qw + h * hd..][..hd],
-            a.k,
-            a.v,
-            a.kw,
-            (h / a.group) * hd,
-            a.last(t),
-            a.scale,
-            &mut sc.s,
-            &mut sc.kc,
-            o,
-        );
+        Plan::SplitKeys {
+            splits,
+            per,
+            partials,
+        } => {
+            let (g, si) = (id / splits, id % splits);
+            let n_keys = a.keys(0).end;
+            block_task::<C, FUSED>(path, a, g, 0, 1, si * per..((si + 1) * per).min(n_keys), sc);
+            let pl = partial_len(a.head_dim);
+            for i in 0..a.group {
+                // SAFETY: task (g, si) owns its `group * pl` floats of `partials`.
+                let p = unsafe {
+                    std::slice::from_raw_parts_mut(
+                        partials.at(((g * splits + si) * a.group + i) * pl),
+                        pl,
+                    )
+                };
+                p[0] = sc.m[i];
+                p[1] = sc.l[i];
+                p[2..].copy_from_slice(&sc.o[i * a.head_dim..][..a.head_dim]);
+            }
+        }
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn task_avx2<C: KvElem>(
+unsafe fn task_avx2<C: KvElem, const FUSED: bool>(
     a: &Args<C>,
     plan: Plan,
-    n_heads: usize,
     id: usize,
     sc: &mut Scratch,
 ) {
-    task(Isa::Avx2Fma, a, plan, n_heads, id, sc)
+    task::<C, FUSED>(Isa::Avx2Fma, a, plan, id, sc)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-unsafe fn task_avx512<C: KvElem>(
+unsafe fn task_avx512<C: KvElem, const FUSED: bool>(
     a: &Args<C>,
     plan: Plan,
-    n_heads: usize,
     id: usize,
     sc: &mut Scratch,
 ) {
-    task(Isa::Avx512Vnni, a, plan, n_heads, id, sc)
+    task::<C, FUSED>(Isa::Avx512Vnni, a, plan, id, sc)
 }
 
-/// Causal GQA attention (`Op::Attention`) over f32 or f16 caches, computed in f32.
+/// Runs `n_tasks` tasks of `plan` on the current pool, on the best path this thread
+/// may use, each with its thread's scratch.
+fn run_tasks<C: KvElem>(a: &Args<C>, plan: Plan, n_tasks: usize) {
+    let rows = match a.mask {
+        Mask::Causal { .. } => RB,
+        Mask::Bidirectional { .. } => RB_BIDIRECTIONAL,
+    };
+    let nq = (rows * a.group).div_ceil(QT) * QT;
+    let hd = a.head_dim;
+    let sizes = [nq * hd, nq * hd, nq, nq, hd * KB, nq * KB];
+    let path = isa();
+    // Fused multiply-adds and vectorized sums where the CPU has FMA, in the ViT's mode
+    // only: the causal (LLM) mode keeps its unfused, in-order arithmetic so its results
+    // stay bit for bit what the LLM goldens were recorded with.
+    let fused = matches!(a.mask, Mask::Bidirectional { .. });
+    super::pool::for_each(n_tasks, |id| {
+        SCRATCH.with(|sc| {
+            let sc = &mut *sc.borrow_mut();
+            sc.fit(sizes);
+            match (path, fused) {
+                // SAFETY: isa() reports these paths only when the CPU has the features.
+                #[cfg(target_arch = "x86_64")]
+                (Isa::Avx512Vnni, true) => unsafe { task_avx512::<C, true>(a, plan, id, sc) },
+                #[cfg(target_arch = "x86_64")]
+                (Isa::Avx512Vnni, false) => unsafe { task_avx512::<C, false>(a, plan, id, sc) },
+                #[cfg(target_arch = "x86_64")]
+                (Isa::Avx2Fma | Isa::Avx2Vnni, true) => unsafe {
+                    task_avx2::<C, true>(a, plan, id, sc)
+                },
+                #[cfg(target_arch = "x86_64")]
+                (Isa::Avx2Fma | Isa::Avx2Vnni, false) => unsafe {
+                    task_avx2::<C, false>(a, plan, id, sc)
+                },
+                // No FMA unit on the baseline: `mul_add` would be a libm call.
+                _ => task::<C, false>(Isa::Portable, a, plan, id, sc),
+            }
+        })
+    });
+}
+
+/// Causal GQA attention (`Op::Attention`, `AttentionMode::Causal`) over f32 or f16
+/// caches, computed in f32.
 #[allow(clippy::too_many_arguments)]
 pub fn attention_f32<C: KvElem>(
     q: &[f32],
@@ -576,21 +668,20 @@ pub fn attention_f32<C: KvElem>(
         k: k_cache,
         v: v_cache,
         out: SendPtr(out.as_mut_ptr()),
-        pos,
-        end,
+        mask: Mask::Causal { pos, end },
+        t_rows,
         qw,
         kw,
         head_dim,
         group,
+        n_kv: n_kv_heads,
         scale,
     };
-    // The value tiles need head_dim in 16-lane steps.
-    let blocked = head_dim.is_multiple_of(16);
     // Decode on several threads: cut each head's keys (16-key multiples) so that there
     // are about four tasks per thread.
     let threads = super::pool::current_threads();
-    let n_keys = a.last(0) + 1;
-    let splits = if blocked && t_rows == 1 && threads > 1 {
+    let n_keys = a.keys(0).end;
+    let splits = if t_rows == 1 && threads > 1 {
         (4 * threads).div_ceil(n_kv_heads).min(n_keys.div_ceil(16))
     } else {
         1
@@ -605,19 +696,18 @@ pub fn attention_f32<C: KvElem>(
             0
         }
     ];
-    let (plan, n_tasks) = match (blocked, splits > 1) {
-        (false, _) => (Plan::Pairs, t_rows * n_heads),
-        (true, false) => (Plan::Blocks, t_rows.div_ceil(RB) * n_kv_heads),
-        (true, true) => (
+    let (plan, n_tasks) = if splits > 1 {
+        (
             Plan::SplitKeys {
                 splits,
                 per,
                 partials: SendPtr(partials.as_mut_ptr()),
             },
             n_kv_heads * splits,
-        ),
+        )
+    } else {
+        (Plan::Blocks, a.n_blocks())
     };
-    let nq_pad = (RB * group).div_ceil(QT) * QT;
     if t_rows == 1 {
         // Decode: every K/V row this call reads is cold (the weights streamed through
         // the caches since the last token). Asking for the first ones, all heads, up
@@ -628,32 +718,44 @@ pub fn attention_f32<C: KvElem>(
         let up_front = n_keys.min(UP_FRONT_PREFETCH_BYTES / row_bytes.max(1));
         prefetch_rows(k_cache, v_cache, kw, kw, 0..up_front);
     }
-    let path = isa();
-    let (nq, hd) = if blocked { (nq_pad, head_dim) } else { (0, 0) };
-    let sizes = [
-        nq * hd,
-        nq * hd,
-        nq,
-        nq,
-        hd * KB,
-        if blocked { nq * KB } else { end },
-    ];
-    super::pool::for_each(n_tasks, |id| {
-        SCRATCH.with(|sc| {
-            let sc = &mut *sc.borrow_mut();
-            sc.fit(sizes);
-            match path {
-                // SAFETY: isa() reports these paths only when the CPU has the features.
-                #[cfg(target_arch = "x86_64")]
-                Isa::Avx512Vnni => unsafe { task_avx512(&a, plan, n_heads, id, sc) },
-                #[cfg(target_arch = "x86_64")]
-                Isa::Avx2Fma | Isa::Avx2Vnni => unsafe { task_avx2(&a, plan, n_heads, id, sc) },
-                _ => task(Isa::Portable, &a, plan, n_heads, id, sc),
-            }
-        })
-    });
+    run_tasks(&a, plan, n_tasks);
     if let Plan::SplitKeys { splits, .. } = plan {
         merge_splits(&a, n_kv_heads, splits, &partials, out);
     }
+    Ok(())
+}
+
+/// Bidirectional GQA attention (`Op::Attention`, `AttentionMode::Bidirectional`, the
+/// ViT): `q [B * seq, n_heads * head_dim]`, `k, v [B * seq, n_kv_heads * head_dim]`;
+/// every query row sees all `seq` keys of its own sequence. No cache, no positions.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_bidirectional_f32(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    seq: usize,
+    n_heads: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+    scale: f32,
+    out: &mut [f32],
+) -> Result<(), KernelError> {
+    let (qw, kw, t_rows) =
+        check_bidirectional_args(q, k, v, seq, n_heads, n_kv_heads, head_dim, out)?;
+    let a = Args {
+        q,
+        k,
+        v,
+        out: SendPtr(out.as_mut_ptr()),
+        mask: Mask::Bidirectional { seq },
+        t_rows,
+        qw,
+        kw,
+        head_dim,
+        group: n_heads / n_kv_heads,
+        n_kv: n_kv_heads,
+        scale,
+    };
+    run_tasks(&a, Plan::Blocks, a.n_blocks());
     Ok(())
 }

@@ -1,8 +1,9 @@
 //! CPU kernels the CPU backend runs, picked at run time by CPU feature detection
 //! ([`isa`]) and threaded on npurt's spinning [`ThreadPool`] (`pool.rs`):
 //!
-//! - `matmul_f32`, `attention_f32`: portable Rust the compiler vectorizes, compiled
-//!   for the baseline and for AVX2+FMA;
+//! - `matmul_f32`, [`attention_f32`] / [`attention_bidirectional_f32`] (causal over a
+//!   KV cache, and the ViT's bidirectional mode, one flash-style kernel): portable Rust
+//!   the compiler vectorizes, compiled for the baseline, AVX2+FMA and AVX-512;
 //! - [`pack`] / [`matmul_packed`] / [`gather_packed`]: quantized weights (Q4_0, Q4_1,
 //!   Q8_0, Q8Channel, f32) repacked once into 16-row interleaved tiles, multiplied by
 //!   activations quantized on the fly (I16 per row, I8 per 32-value block, or f32) with
@@ -10,8 +11,10 @@
 //!   on each output tile (`epilogue.rs`, also [`epilogue_f32`] for f32 weights), and
 //!   the rms_norm prologue computed inside the activation quantization
 //!   ([`matmul_packed_rms_norm`]);
-//! - [`rms_norm_f32`], [`rope_f32`], [`softmax_f32`], [`gelu_f32`]: vectorized
-//!   RMSNorm, RoPE, row softmax and GELU (erf and tanh; SiLU too, [`activation_f32`]);
+//! - [`rms_norm_f32`], [`layer_norm_f32`], [`rope_f32`], [`softmax_f32`], [`gelu_f32`]:
+//!   vectorized RMSNorm, LayerNorm, RoPE, row softmax and GELU (erf and tanh; SiLU
+//!   too, [`activation_f32`]);
+//! - [`space_to_channel_f32`]: the ViT downsampler's pad + merge, as row copies;
 //! - [`kv_write_f16`] and [`KvElem`]: f16 KV caches (attention reads f32 or f16).
 
 mod act_quant;
@@ -20,6 +23,7 @@ mod dispatch;
 mod epilogue;
 mod gelu_f32;
 mod kv_cache;
+mod layer_norm_f32;
 mod math;
 mod matmul_f32;
 mod matmul_packed;
@@ -30,14 +34,16 @@ mod pool;
 mod rms_norm_f32;
 mod rope_f32;
 mod softmax_f32;
+mod space_to_channel;
 mod weight_memory;
 
 pub use act_quant::RowNorm;
-pub use attention_f32::attention_f32;
+pub use attention_f32::{attention_bidirectional_f32, attention_f32};
 pub use dispatch::{detected, isa, with_isa, Isa};
 pub use epilogue::epilogue_f32;
 pub use gelu_f32::{activation_f32, gelu_f32};
 pub use kv_cache::{kv_write_f16, KvElem};
+pub use layer_norm_f32::layer_norm_f32;
 pub use matmul_f32::matmul_f32;
 pub use matmul_packed::{matmul_packed, matmul_packed_rms_norm, matmul_packed_with};
 pub use packed::{gather_packed, pack, PackedMatrix, BLOCK, TILE_ROWS};
@@ -46,6 +52,7 @@ pub use pool::{current_threads, ThreadPool};
 pub use rms_norm_f32::rms_norm_f32;
 pub use rope_f32::rope_f32;
 pub use softmax_f32::softmax_f32;
+pub use space_to_channel::space_to_channel_f32;
 
 /// A raw pointer that may cross threads. Used only where each task writes a disjoint
 /// region of one output slice (documented at every use).

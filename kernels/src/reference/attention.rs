@@ -90,13 +90,8 @@ pub fn attention_bidirectional(
     scale: f32,
     out: &mut [f32],
 ) -> Result<(), KernelError> {
-    let (qw, kw) = (n_heads * head_dim, n_kv_heads * head_dim);
-    let rows = q.len() / qw.max(1);
-    if seq == 0 || rows % seq != 0 || k.len() != rows * kw || out.len() != q.len() {
-        return Err(KernelError(format!(
-            "bidirectional attention: {rows} query rows are not whole sequences of {seq} matching k/v"
-        )));
-    }
+    let (qw, kw, rows) =
+        check_bidirectional_args(q, k, v, seq, n_heads, n_kv_heads, head_dim, out)?;
     let heads = Heads {
         n_heads,
         n_kv_heads,
@@ -128,6 +123,40 @@ pub fn attention_bidirectional(
         );
     }
     Ok(())
+}
+
+/// The checks every bidirectional attention kernel makes: whole sequences of `seq`
+/// rows, k/v/out sized to match q, heads that group evenly. Returns `(qw, kw, rows)`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn check_bidirectional_args(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    seq: usize,
+    n_heads: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+    out: &[f32],
+) -> Result<(usize, usize, usize), KernelError> {
+    if head_dim == 0 || n_kv_heads == 0 || !n_heads.is_multiple_of(n_kv_heads) {
+        return Err(KernelError(format!(
+            "bidirectional attention: {n_heads} heads over {n_kv_heads} kv heads of head_dim {head_dim}"
+        )));
+    }
+    let (qw, kw) = (n_heads * head_dim, n_kv_heads * head_dim);
+    let rows = q.len() / qw;
+    if seq == 0
+        || !q.len().is_multiple_of(qw)
+        || !rows.is_multiple_of(seq)
+        || k.len() != rows * kw
+        || v.len() != k.len()
+        || out.len() != q.len()
+    {
+        return Err(KernelError(format!(
+            "bidirectional attention: {rows} query rows are not whole sequences of {seq} matching k/v"
+        )));
+    }
+    Ok((qw, kw, rows))
 }
 
 #[derive(Clone, Copy)]

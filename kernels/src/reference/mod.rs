@@ -16,7 +16,9 @@ mod norm;
 mod rope;
 
 pub use attention::{attention, attention_bidirectional};
-pub(crate) use attention::{check_args as check_attention_args, Dims as AttentionDims};
+pub(crate) use attention::{
+    check_args as check_attention_args, check_bidirectional_args, Dims as AttentionDims,
+};
 pub use elementwise::{activation, add, erf, gelu, gelu_erf, gelu_tanh, mul, silu, softmax};
 pub use gather::gather;
 pub use kv_write::kv_write;

@@ -1,8 +1,10 @@
-// Causal GQA attention (see reference/attention.rs), one workgroup per (query row,
-// head). Keys are visited in tiles of 64, one key per thread for the score, with an
-// online softmax (running max and sum) so no score buffer of cache length is needed;
-// each thread then owns up to 4 output dims (head_dim <= 256). Defines: KV_F16 (the
-// caches hold f16 pairs, unpacked per value; see kv_load.wgsl).
+// GQA attention (see reference/attention.rs), one workgroup per (query row, head).
+// Keys are visited in tiles of 64, one key per thread for the score, with an online
+// softmax (running max and sum) so no score buffer of cache length is needed; each
+// thread then owns up to 4 output dims (head_dim <= 256). Defines: KV_F16 (the caches
+// hold f16 pairs, unpacked per value; see kv_load.wgsl); BIDIRECTIONAL (the ViT's
+// mode: K/V are activations of the same rows as q, `s_rows` is the sequence length,
+// and row t sees every key of its own sequence; no positions, bindings 4 and 5 unused).
 #include "status.wgsl"
 
 const ATTN_WG: u32 = 64u;
@@ -14,6 +16,7 @@ struct Params {
     n_heads: u32,
     n_kv_heads: u32,
     head_dim: u32,
+    // Cache rows (causal) or rows per sequence (BIDIRECTIONAL).
     s_rows: u32,
     scale: f32,
     node: u32,
@@ -22,8 +25,10 @@ struct Params {
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> q: array<f32>;
 #include "kv_load.wgsl"
+#ifndef BIDIRECTIONAL
 @group(0) @binding(4) var<storage, read> pos_in: array<i32>;
 @group(0) @binding(5) var<storage, read> n_valid_in: array<i32>;
+#endif
 @group(0) @binding(6) var<storage, read_write> out: array<f32>;
 
 var<workgroup> q_row: array<f32, MAX_HEAD_DIM>;
@@ -37,6 +42,12 @@ fn attention(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_ind
     let qw = params.n_heads * hd;
     let kw = params.n_kv_heads * hd;
     let out_base = t * qw + h * hd;
+#ifdef BIDIRECTIONAL
+    // Keys first..=last: the row's own sequence.
+    let first = t / params.s_rows * params.s_rows;
+    let last = first + params.s_rows - 1u;
+#else
+    let first = 0u;
     let pos = pos_in[0];
     let n_valid = n_valid_in[0];
     // Same acceptance rule as the reference: the valid rows must fit the chunk and the
@@ -54,6 +65,7 @@ fn attention(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_ind
     }
     let end = u32(pos) + u32(n_valid);
     let last = min(u32(pos) + t, end - 1u);
+#endif
     let kv_base = (h / (params.n_heads / params.n_kv_heads)) * hd;
 
     for (var d = li; d < hd; d += ATTN_WG) {
@@ -64,7 +76,7 @@ fn attention(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_ind
     var run_max = NEG_BIG;
     var run_sum = 0.0;
     var acc = array<f32, 4>(0.0, 0.0, 0.0, 0.0);
-    for (var j0 = 0u; j0 <= last; j0 += ATTN_WG) {
+    for (var j0 = first; j0 <= last; j0 += ATTN_WG) {
         let j = j0 + li;
         var s = NEG_BIG;
         if j <= last {

@@ -1,9 +1,12 @@
-// Causal GQA attention for CPU drivers (lavapipe): one thread per query row, 64 rows
-// of one head per workgroup. All threads of a workgroup walk the same keys in
-// lockstep, so K and V rows are loaded once for every SIMD lane; each thread keeps its
-// query, an online softmax (running max and sum) and its output row in registers.
-// Same semantics as attention.wgsl / reference/attention.rs. Defines: HEAD_DIM=<n>
-// (a multiple of 4), KV_F16 (f16 caches, see kv_load.wgsl).
+// GQA attention for CPU drivers (lavapipe): one thread per query row, 64 rows of one
+// head per workgroup. All threads of a workgroup walk the same keys in lockstep, so K
+// and V rows are loaded once for every SIMD lane; each thread keeps its query, an
+// online softmax (running max and sum) and its output row in registers. Same semantics
+// as attention.wgsl / reference/attention.rs. Defines: HEAD_DIM=<n> (a multiple of 4),
+// KV_F16 (f16 caches, see kv_load.wgsl), BIDIRECTIONAL (the ViT's mode, as in
+// attention.wgsl: `s_rows` is the sequence length; workgroup x counts the 64-row groups
+// of each sequence in turn, so a group never straddles two sequences and all its
+// threads walk the same keys).
 #include "status.wgsl"
 
 const ROWS_PER_GROUP: u32 = 64u;
@@ -15,6 +18,7 @@ struct Params {
     n_heads: u32,
     n_kv_heads: u32,
     head_dim: u32,
+    // Cache rows (causal) or rows per sequence (BIDIRECTIONAL).
     s_rows: u32,
     scale: f32,
     node: u32,
@@ -23,20 +27,37 @@ struct Params {
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> q: array<vec4<f32>>;
 #include "kv_load.wgsl"
+#ifndef BIDIRECTIONAL
 @group(0) @binding(4) var<storage, read> pos_in: array<i32>;
 @group(0) @binding(5) var<storage, read> n_valid_in: array<i32>;
+#endif
 @group(0) @binding(6) var<storage, read_write> out: array<vec4<f32>>;
 
 @compute @workgroup_size(ROWS_PER_GROUP)
-fn attention_lanes(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wg: vec3<u32>) {
-    let t = gid.x;
+fn attention_lanes(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec3<u32>) {
     let h = wg.y;
+#ifdef BIDIRECTIONAL
+    let seq = params.s_rows;
+    let groups_per_seq = (seq + ROWS_PER_GROUP - 1u) / ROWS_PER_GROUP;
+    let first = wg.x / groups_per_seq * seq;
+    let r = wg.x % groups_per_seq * ROWS_PER_GROUP + li;
+    let t = first + r;
+    if r >= seq {
+        return;
+    }
+    let last = first + seq - 1u;
+    let group_last = last;
+#else
+    let first = 0u;
+    let t = wg.x * ROWS_PER_GROUP + li;
     if t >= params.t_rows {
         return;
     }
+#endif
     let qw4 = params.n_heads * HD4;
     let kw4 = params.n_kv_heads * HD4;
     let out_base = t * qw4 + h * HD4;
+#ifndef BIDIRECTIONAL
     let pos = pos_in[0];
     let n_valid = n_valid_in[0];
     let ok = pos >= 0 && n_valid >= 1 && u32(n_valid) <= params.t_rows && pos <= i32(params.s_rows)
@@ -55,6 +76,7 @@ fn attention_lanes(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workg
     // The workgroup's last key: the same for every thread, so key loads stay uniform.
     let group_rows_end = min(wg.x * ROWS_PER_GROUP + ROWS_PER_GROUP, params.t_rows) - 1u;
     let group_last = min(u32(pos) + group_rows_end, end - 1u);
+#endif
     let kv_base = (h / (params.n_heads / params.n_kv_heads)) * HD4;
 
     var qv: array<vec4<f32>, HD4>;
@@ -64,7 +86,7 @@ fn attention_lanes(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workg
     }
     var run_max = NEG_BIG;
     var run_sum = 0.0;
-    for (var j = 0u; j <= group_last; j++) {
+    for (var j = first; j <= group_last; j++) {
         let kb = j * kw4 + kv_base;
         var s4 = vec4<f32>(0.0);
         for (var d = 0u; d < HD4; d++) {

@@ -26,6 +26,10 @@ pub const FILES: &[(&str, &str)] = &[
     ("transpose.wgsl", include_str!("transpose.wgsl")),
     ("rows.wgsl", include_str!("rows.wgsl")),
     ("patch_embed.wgsl", include_str!("patch_embed.wgsl")),
+    (
+        "space_to_channel.wgsl",
+        include_str!("space_to_channel.wgsl"),
+    ),
 ];
 
 /// Environment variable naming a directory to read shader files from instead of the
@@ -161,5 +165,14 @@ mod tests {
         assert!(preprocess("attention_lanes.wgsl", &["HEAD_DIM=64"])
             .unwrap()
             .starts_with("const HEAD_DIM: u32 = 64u;"));
+        // The ViT's mode has no positions to bind.
+        for file in ["attention.wgsl", "attention_lanes.wgsl"] {
+            let causal = preprocess(file, &["HEAD_DIM=72"]).unwrap();
+            let bidir = preprocess(file, &["HEAD_DIM=72", "BIDIRECTIONAL"]).unwrap();
+            assert!(
+                causal.contains("pos_in") && !bidir.contains("pos_in"),
+                "{file}"
+            );
+        }
     }
 }

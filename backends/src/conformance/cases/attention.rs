@@ -101,19 +101,20 @@ fn attention_case(
 fn bidirectional_case(
     name: &str,
     n_heads: usize,
+    n_kv_heads: usize,
     head_dim: usize,
     images: usize,
     seq: usize,
 ) -> Case {
     Case::new("attention", format!("bidir.{name}"), ATTENTION, move |cb| {
-        let w = n_heads * head_dim;
-        let q = cb.input("q", &[images * seq, w], -2.0, 2.0)?;
-        let k = cb.input("k", &[images * seq, w], -2.0, 2.0)?;
-        let v = cb.input("v", &[images * seq, w], -1.0, 1.0)?;
+        let (qw, kw) = (n_heads * head_dim, n_kv_heads * head_dim);
+        let q = cb.input("q", &[images * seq, qw], -2.0, 2.0)?;
+        let k = cb.input("k", &[images * seq, kw], -2.0, 2.0)?;
+        let v = cb.input("v", &[images * seq, kw], -1.0, 1.0)?;
         let y = cb.op(
             Op::Attention {
                 n_heads,
-                n_kv_heads: n_heads,
+                n_kv_heads,
                 head_dim,
                 scale: 1.0 / (head_dim as f32).sqrt(),
                 mode: AttentionMode::Bidirectional { seq },
@@ -243,10 +244,15 @@ pub(super) fn cases() -> Vec<Case> {
         attention_case(F16, "gqa9_3.hd64.rows40.pos100", 9, 3, 64, 40, 160, 100, 40),
         attention_case(F16, "mha2_2.hd24.rows3.pos5", 2, 2, 24, 3, 16, 5, 3),
         // The ViT: SigLIP's 729-token tiles are 27x27; a batch of 3 tiles in one call,
-        // sequences shorter and longer than a kernel block, head_dim 32/72/80.
-        bidirectional_case("1x7.h2.hd16", 2, 16, 1, 7),
-        bidirectional_case("3x50.h4.hd32", 4, 32, 3, 50),
-        bidirectional_case("2x129.h3.hd72", 3, 72, 2, 129),
-        bidirectional_case("2x81.h2.hd80", 2, 80, 2, 81),
+        // sequences shorter and longer than a kernel block, head_dim 32/72/80, one
+        // whole so400m-sized sequence (hd 72, the 64 + 8 value tiles), GQA, and a
+        // head_dim that is not a multiple of 4 (wgpu's tiled shader).
+        bidirectional_case("1x7.h2.hd16", 2, 2, 16, 1, 7),
+        bidirectional_case("3x50.h4.hd32", 4, 4, 32, 3, 50),
+        bidirectional_case("2x129.h3.hd72", 3, 3, 72, 2, 129),
+        bidirectional_case("2x81.h2.hd80", 2, 2, 80, 2, 81),
+        bidirectional_case("1x729.h2.hd72", 2, 2, 72, 1, 729),
+        bidirectional_case("2x33.gqa4_2.hd20", 4, 2, 20, 2, 33),
+        bidirectional_case("2x9.h2.hd13", 2, 2, 13, 2, 9),
     ]
 }

@@ -111,6 +111,8 @@ pub(super) fn cases() -> Vec<Case> {
         layer_norm("7x65", &[7, 65]),
         layer_norm("33x576", &[33, 576]),
         layer_norm("rank3.2x3x13", &[2, 3, 13]),
+        // SigLIP-so400m's width, enough rows for the CPU kernel's parallel path.
+        layer_norm("64x1152", &[64, 1152]),
     ]);
     v.extend(activation_tails());
     v
