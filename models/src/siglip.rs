@@ -58,6 +58,8 @@ impl VisionFeature {
 const MAX_DIM: usize = 1 << 16;
 const MAX_LAYERS: usize = 256;
 const MAX_IMAGE: usize = 4096;
+/// Quantized weight blocks hold 32 values along K.
+const MLP_ALIGN: usize = 32;
 
 fn bad(field: &str, reason: impl Into<String>) -> ModelError {
     ModelError::BadConfig {
@@ -156,6 +158,14 @@ impl SiglipVisionConfig {
             ));
         }
         Ok(())
+    }
+
+    /// The MLP width the graphs use: `intermediate_size` rounded up to whole 32-value
+    /// blocks (so400m: 4304 -> 4320), so fc1's output rows and fc2's input columns take
+    /// INT8 block formats. The loaders zero-pad fc1's extra rows and bias and fc2's extra
+    /// columns ([`pad_mlp`]): gelu(0) = 0 and zero columns add nothing, so this is exact.
+    pub fn mlp_width(&self) -> usize {
+        self.intermediate_size.next_multiple_of(MLP_ALIGN)
     }
 
     pub fn head_dim(&self) -> usize {
@@ -273,7 +283,24 @@ pub fn load_dir(dir: &std::path::Path) -> Result<(SiglipVisionConfig, WeightStor
     let mut w = crate::hf_dir::load_weights(dir)?;
     w.strip_prefix("vision_model.");
     check_siglip_shapes(&cfg, &w)?;
+    pad_mlp(&cfg, &mut w)?;
     Ok((cfg, w))
+}
+
+/// Zero-pads each layer's MLP from `intermediate_size` to [`SiglipVisionConfig::mlp_width`]
+/// (checked weights in, the graphs' shapes out; a no-op when already aligned).
+pub fn pad_mlp(cfg: &SiglipVisionConfig, w: &mut WeightStore) -> Result<()> {
+    let (d, f) = (cfg.hidden_size, cfg.mlp_width());
+    if f == cfg.intermediate_size {
+        return Ok(());
+    }
+    for l in 0..cfg.num_hidden_layers {
+        let t = |s: &str| format!("encoder.layers.{l}.mlp.{s}");
+        w.pad_f32(&t("fc1.weight"), &[f, d])?;
+        w.pad_f32(&t("fc1.bias"), &[f])?;
+        w.pad_f32(&t("fc2.weight"), &[d, f])?;
+    }
+    Ok(())
 }
 
 /// Which part of the tower a graph computes (see the module docs).
@@ -362,7 +389,7 @@ impl Ctx<'_> {
 
     fn block(&mut self, l: usize, x: NodeId) -> Result<NodeId> {
         let cfg = self.cfg;
-        let (d, f, eps) = (cfg.hidden_size, cfg.intermediate_size, cfg.layer_norm_eps);
+        let (d, f, eps) = (cfg.hidden_size, cfg.mlp_width(), cfg.layer_norm_eps);
         let p = format!("encoder.layers.{l}");
         self.b.push_scope(format!("layers.{l}"));
         let h = self.layer_norm("ln1", x, &format!("{p}.layer_norm1"), eps)?;
@@ -439,7 +466,9 @@ pub fn build(cfg: &SiglipVisionConfig, opts: &SiglipGraphOptions) -> Result<Grap
 /// nothing.
 pub fn synthetic_weights(cfg: &SiglipVisionConfig, seed: u64) -> Result<WeightStore> {
     cfg.validate()?;
-    synthetic_store(&siglip_tensor_shapes(cfg), seed)
+    let mut w = synthetic_store(&siglip_tensor_shapes(cfg), seed)?;
+    pad_mlp(cfg, &mut w)?;
+    Ok(w)
 }
 
 /// Fills each tensor by its role (LayerNorm weight, bias, other) from a seeded

@@ -111,6 +111,47 @@ impl WeightStore {
         }
     }
 
+    /// Replaces tensor `name` by an f32 copy zero-padded at the end of each dimension
+    /// to `shape` (which must be at least as large in every dimension). The compiler
+    /// pads a ViT's MLP width to whole 32-value blocks so INT8 block formats apply;
+    /// zero rows and columns add nothing to any product, so the padding is exact.
+    pub fn pad_f32(&mut self, name: &str, shape: &[usize]) -> Result<()> {
+        let src = self.to_f32(name)?;
+        let old = src.shape().to_vec();
+        if old.len() != shape.len() || old.iter().zip(shape).any(|(o, n)| o > n) {
+            return Err(ModelError::ShapeMismatch {
+                tensor: name.into(),
+                expected: shape.to_vec(),
+                found: old,
+            });
+        }
+        let vals = src.into_f32().expect("to_f32 gives f32");
+        let (rows, cols) = match old.as_slice() {
+            [n] => (1, *n),
+            [r, c] => (*r, *c),
+            _ => {
+                return Err(ModelError::ShapeMismatch {
+                    tensor: name.into(),
+                    expected: shape.to_vec(),
+                    found: old,
+                })
+            }
+        };
+        let new_cols = *shape.last().expect("rank checked");
+        let one = WeightStore::synthetic_f32(&[(name.to_string(), shape.to_vec())], |_, out| {
+            out.fill(0.0);
+            for r in 0..rows {
+                out[r * new_cols..r * new_cols + cols]
+                    .copy_from_slice(&vals[r * cols..(r + 1) * cols]);
+            }
+        })?;
+        let mut entry = one.entries.into_values().next().expect("one tensor");
+        let file = self.add_file(one.files.into_iter().next().expect("one file"));
+        entry.file = file;
+        self.entries.insert(name.to_string(), entry);
+        Ok(())
+    }
+
     /// A store of f32 tensors made in memory (seeded random weights of a real model's
     /// shapes, for benches): one anonymous mapping, `fill` writes each tensor.
     pub fn synthetic_f32(

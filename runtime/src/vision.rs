@@ -273,7 +273,7 @@ impl VisionEncoder {
                 pass_reports,
             });
         }
-        Ok(VisionEncoder {
+        let mut enc = VisionEncoder {
             config: cfg,
             projector_config: projector.map(|(pc, _)| pc),
             options: opts,
@@ -284,7 +284,11 @@ impl VisionEncoder {
             weight_bytes: prepared.bytes(),
             load_ms: 0.0,
             runners: Mutex::new(None),
-        })
+        };
+        // Scratch and I/O buffers are allocated (and their pages touched) at load, as
+        // an NPU runtime does, so the first encode does not pay for page faults.
+        enc.runners = Mutex::new(Some(enc.new_runners()?));
+        Ok(enc)
     }
 
     /// Tokens a tile gives the LLM (after the downsampler), or the tower's tokens a
