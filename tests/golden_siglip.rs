@@ -236,3 +236,47 @@ fn vit_and_projector_are_fused() {
         "projector kernels"
     );
 }
+
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
+    let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    dot / (na * nb)
+}
+
+/// Precision presets against fp32: cosine similarity of the projected embeddings
+/// (flattened, and the worst single token) on vlm_tiny's tiles and on rocket.jpg's
+/// five tiles. The issue asks >= 0.99 for w8a16 (the default); measured 0.99994, so
+/// the floors sit just under what is measured (0.999 / 0.998 for w8a8) to catch a
+/// regression. The README's table comes from this test's output.
+#[test]
+fn quantized_presets_keep_the_projected_embeddings() {
+    use npurt_graph::PrecisionPolicy;
+    let proj = golden("vlm_tiny/projector.safetensors");
+    let vlm = GoldenTensors::open("vlm_tiny/io.safetensors");
+    let rocket = GoldenTensors::open("preprocess/rocket.safetensors");
+    for (image, io) in [("vlm_tiny (chelsea)", &vlm), ("rocket.jpg", &rocket)] {
+        let (shape, pixels) = io.f32("pixel_values");
+        let run = |p: PrecisionPolicy| {
+            let opts = VisionOptions {
+                precision: p,
+                ..VisionOptions::default()
+            };
+            let enc = VisionEncoder::load(&Runtime::new(), &golden("siglip_tiny"), Some(&proj), opts).unwrap();
+            enc.encode(&pixels, shape[0]).unwrap().projected.unwrap()
+        };
+        let reference = run(PrecisionPolicy::F32);
+        let width = 576;
+        for (p, floor) in [(PrecisionPolicy::W8A16, 0.999), (PrecisionPolicy::W8A8, 0.998)] {
+            let ours = run(p.clone());
+            let all = cosine(&ours, &reference);
+            let worst = ours
+                .chunks_exact(width)
+                .zip(reference.chunks_exact(width))
+                .map(|(a, b)| cosine(a, b))
+                .fold(1.0, f64::min);
+            eprintln!("{image} {}: cosine {all:.6}, worst token {worst:.6}", p.name);
+            assert!(all >= floor, "{image} {}: cosine {all:.6} < {floor}", p.name);
+        }
+    }
+}
