@@ -11,7 +11,9 @@
 //!   ([`matmul_packed_rms_norm`]);
 //! - [`rms_norm_f32`], [`rope_f32`], [`softmax_f32`]: vectorized RMSNorm, RoPE and
 //!   row softmax;
-//! - [`kv_write_f16`] and [`KvElem`]: f16 KV caches (attention reads f32 or f16).
+//! - [`kv_write_f16`] and [`KvElem`]: f16 KV caches (attention reads f32 or f16);
+//! - [`measure_peak`]: the instruction-peak microbenchmark (`vpdpbusd`, `vpdpwssd`,
+//!   `vfmadd231ps` in a tight loop) that kernel speeds are reported against.
 
 mod act_quant;
 mod attention_f32;
@@ -22,6 +24,7 @@ mod matmul_f32;
 mod matmul_packed;
 mod microkernels;
 mod packed;
+mod peak;
 mod pool;
 mod rms_norm_f32;
 mod rope_f32;
@@ -35,6 +38,7 @@ pub use kv_cache::{kv_write_f16, KvElem};
 pub use matmul_f32::matmul_f32;
 pub use matmul_packed::{matmul_packed, matmul_packed_rms_norm, matmul_packed_with};
 pub use packed::{gather_packed, pack, PackedMatrix, BLOCK, TILE_ROWS};
+pub use peak::{measure_peak, measure_peak_on, PeakKind, PeakReport};
 pub use pool::{current_threads, ThreadPool};
 pub use rms_norm_f32::rms_norm_f32;
 pub use rope_f32::rope_f32;
