@@ -17,7 +17,9 @@
 #   of 729 tokens that npurt encodes (idefics3's pixel shuffle, the closest to the 2x2
 #   merge, needs an even patch grid (27x27 is odd) and encodes one tile only in this
 #   version). Two weight types: q8_0 (ggml quantizes activations to q8_0 and runs the
-#   int8 dot products: the analogue of w8a8) and f16 (activations rounded to f16,
+#   int8 dot products: the analogue of w8a8; ffn_down's 4304-wide rows are not whole
+#   32-value blocks, so it stays f16 there, as in llama.cpp's own q8_0 conversions of
+#   so400m: a third of the MLP's work) and f16 (activations rounded to f16,
 #   products and sums in f32: the analogue of w8a16). Norms, biases and the position
 #   embedding are f32; the patch-embedding conv is f16 in both (ggml's im2col path).
 #   Attention (QK^T, softmax, PV) runs in f32 in this version.
@@ -133,8 +135,10 @@ w.add_array("clip.vision.image_grid_pinpoints", [v for p in pins for v in p])
 
 def mat(name, rows, cols, std=0.02):
     x = rng.standard_normal((rows, cols), dtype=np.float32) * np.float32(std)
-    q = gguf.quants.quantize(x, qtype)
-    w.add_tensor(name, q, raw_dtype=qtype)
+    # Rows of 4304 (ffn_down) are not whole 32-value blocks: f16, as llama.cpp's own
+    # converters and llama-quantize fall back for them.
+    t = qtype if cols % gguf.GGML_QUANT_SIZES[qtype][0] == 0 else gguf.GGMLQuantizationType.F16
+    w.add_tensor(name, gguf.quants.quantize(x, t), raw_dtype=t)
 
 def vec(name, n, value=None):
     x = np.full(n, value, np.float32) if value is not None else \
