@@ -37,6 +37,7 @@
 # Usage: scripts/bench-vision-vs-llamacpp.sh
 #   env: ROUNDS=2 THREADS="1 2" PRECISIONS="w8a8 w8a16" LLAMA_TYPES="q8_0 f16"
 #        LLAMA_CTX=1024 SKIP_NPURT=0 (1: llama.cpp only) NPURT_EXTRA="" (more args)
+#        NPURT=path (a prebuilt binary; default: cargo build --release, target/release/npurt)
 # Writes target/llamacpp/vision/{mmproj-so400m-*.gguf,image-768x1536.png,results.jsonl,logs}.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -61,10 +62,10 @@ BIN="$LLAMA/build/bin"
 PY="$DIR/venv/bin/python"
 
 [ -f "$MODEL" ] || bash scripts/fetch-model.sh
-if [ "$SKIP_NPURT" != 1 ]; then
+if [ -z "${NPURT:-}" ] && [ "$SKIP_NPURT" != 1 ]; then
     cargo build --release -p npurt-runtime
 fi
-NPURT=target/release/npurt
+NPURT=${NPURT:-target/release/npurt}
 
 # --- llama.cpp: the pinned sources, built as scripts/bench-vs-llamacpp.sh does, plus
 # llama-mtmd-cli (a reconfigure of an existing build dir is a no-op).
