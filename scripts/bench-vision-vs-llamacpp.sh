@@ -27,9 +27,10 @@
 #   maps into 576). npurt's synthetic projector maps into 2560 after its 2x2 merge;
 #   both projectors are ~1% of the encoder's work.
 # - Timing: llama.cpp prints "image slice encoded in N ms" for the whole image (all 9
-#   slices, preprocessing excluded). The context is kept at LLAMA_CTX=1024 tokens, so
-#   the LLM refuses to decode the 6561 image tokens after encoding (a logged error,
-#   not a crash): only the encoder is compared, as npurt encode-image runs no LLM.
+#   slices, preprocessing excluded). The context and batch are kept at LLAMA_CTX=1024
+#   tokens, so the LLM stops with "failed to decode image" once its KV cache is full,
+#   right after the encode (llama.cpp would otherwise spend as long again prefilling
+#   6561 tokens): only the encoder is compared, as npurt encode-image runs no LLM.
 #   npurt's time is its encode (conv + encoder blocks + downsampler/projector =
 #   total_ms - preprocess_ms); its input is, by what the binary offers, --image-size
 #   768x1536, --image PNG, or --pixels with the same image cut into 9 tiles here.
@@ -232,7 +233,7 @@ for round in $(seq "$ROUNDS"); do
         for wtype in $LLAMA_TYPES; do
             log="$VDIR/logs/llama-$wtype-t$t-r$round.log"
             cmd=("$BIN/llama-mtmd-cli" -m "$MODEL" --mmproj "$VDIR/mmproj-so400m-$wtype.gguf"
-                --image "$IMAGE" -p "Describe the image." -n 1 -t "$t" -c "$LLAMA_CTX" -v)
+                --image "$IMAGE" -p "Describe the image." -n 1 -t "$t" -c "$LLAMA_CTX" -b "$LLAMA_CTX" -v)
             echo "round $round: ${cmd[*]}" >&2
             "${cmd[@]}" >"$log" 2>&1 </dev/null || true
             "$PY" - "$log" "$round" "$t" "$wtype" >>"$OUT" <<'EOF'
