@@ -38,6 +38,7 @@
 # Usage: scripts/bench-vision-vs-llamacpp.sh
 #   env: ROUNDS=2 THREADS="1 2" PRECISIONS="w8a8 w8a16" LLAMA_TYPES="q8_0 f16"
 #        LLAMA_CTX=1024 SKIP_NPURT=0 (1: llama.cpp only) NPURT_EXTRA="" (more args)
+#        TIMEOUT=0 (seconds a run may take; 0: no limit)
 #        NPURT=path (a prebuilt binary; default: cargo build --release, target/release/npurt)
 # Writes target/llamacpp/vision/{mmproj-so400m-*.gguf,image-768x1536.png,results.jsonl,logs}.
 set -euo pipefail
@@ -50,6 +51,7 @@ LLAMA_TYPES=${LLAMA_TYPES:-q8_0 f16}
 LLAMA_CTX=${LLAMA_CTX:-1024}
 SKIP_NPURT=${SKIP_NPURT:-0}
 NPURT_EXTRA=${NPURT_EXTRA:-}
+TIMEOUT=${TIMEOUT:-0}
 SEED=9
 VERSION=0.3.16
 SHA256=34ed0f9bd9431af045bb63d9324ae620ad0536653740e9bb163a2e1fcb973be6
@@ -235,7 +237,7 @@ for round in $(seq "$ROUNDS"); do
             cmd=("$BIN/llama-mtmd-cli" -m "$MODEL" --mmproj "$VDIR/mmproj-so400m-$wtype.gguf"
                 --image "$IMAGE" -p "Describe the image." -n 1 -t "$t" -c "$LLAMA_CTX" -b "$LLAMA_CTX" -v)
             echo "round $round: ${cmd[*]}" >&2
-            "${cmd[@]}" >"$log" 2>&1 </dev/null || true
+            timeout "$TIMEOUT" "${cmd[@]}" >"$log" 2>&1 </dev/null || true
             "$PY" - "$log" "$round" "$t" "$wtype" >>"$OUT" <<'EOF'
 import json, re, sys
 log, rnd, t, wtype = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
@@ -259,7 +261,7 @@ EOF
             cmd=("$NPURT" encode-image --synthetic so400m "${NPURT_INPUT[@]}" --threads "$t"
                 --precision "$precision" --json $NPURT_EXTRA)
             echo "round $round: ${cmd[*]}" >&2
-            "${cmd[@]}" >"$log" 2>&1 </dev/null || true
+            timeout "$TIMEOUT" "${cmd[@]}" >"$log" 2>&1 </dev/null || true
             "$PY" - "$log" "$round" "$t" "$precision" >>"$OUT" <<'EOF'
 import json, sys
 log, rnd, t, precision = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
