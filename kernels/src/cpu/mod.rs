@@ -16,6 +16,8 @@
 //!   too, [`activation_f32`]);
 //! - [`space_to_channel_f32`]: the ViT downsampler's pad + merge, as row copies;
 //! - [`kv_write_f16`] and [`KvElem`]: f16 KV caches (attention reads f32 or f16).
+//! - [`measure_peak`]: the instruction-peak microbenchmark (`vpdpbusd`, `vpdpwssd`,
+//!   `vfmadd231ps` in a tight loop) that kernel speeds are reported against.
 
 mod act_quant;
 mod attention_f32;
@@ -30,6 +32,7 @@ mod matmul_packed;
 mod microkernels;
 mod packed;
 mod patch_embed_f32;
+mod peak;
 mod pool;
 mod rms_norm_f32;
 mod rope_f32;
@@ -48,6 +51,8 @@ pub use matmul_f32::matmul_f32;
 pub use matmul_packed::{matmul_packed, matmul_packed_rms_norm, matmul_packed_with};
 pub use packed::{gather_packed, pack, PackedMatrix, BLOCK, TILE_ROWS};
 pub use patch_embed_f32::patch_embed_f32;
+//! - [`measure_peak`]: the instruction-peak microbenchmark (`vpdpbusd`, `vpdpwssd`,
+//!   `vfmadd231ps` in a tight loop) that kernel speeds are reported against.
 pub use pool::{current_threads, ThreadPool};
 pub use rms_norm_f32::rms_norm_f32;
 pub use rope_f32::rope_f32;

@@ -1,0 +1,430 @@
+//! Instruction-peak microbenchmark: how many operations per second this machine's
+//! multiply-accumulate instruction really retires, measured by running the instruction
+//! itself (not read from a datasheet), so a kernel's speed can be reported as a
+//! fraction of it in the same run.
+//!
+//! For each [`PeakKind`], every thread runs `N` independent accumulator chains of the
+//! one instruction on register operands (16 chains on zmm, 12 on ymm: more than
+//! latency x throughput on every x86 core with these units, so the loop is bound by
+//! issue throughput alone) in a tight loop for a fixed time. The threads are OS threads
+//! of their own (not the kernel pool, whose size is fixed), started together behind a
+//! barrier after a short warm-up (which also lets the core settle at its
+//! AVX-512 / AVX2 clock); each counts the instructions it retired and its own elapsed
+//! time, and the rates add up. Operands and results pass through
+//! [`std::hint::black_box`], so the optimizer can neither fold nor drop the loop.
+//!
+//! The instruction picked follows the kernel path in use ([`isa()`], so
+//! `NPURT_CPU_ISA` and [`with_isa`](super::with_isa) lower it too): zmm on the
+//! AVX-512 path, ymm on the AVX2 paths, VEX `{vex} vpdpbusd`/`vpdpwssd` where only
+//! AVX-VNNI exists; where the path has no such instruction the result is `None`.
+//!
+//! 1 MAC = 2 operations: a `vpdpbusd` zmm counts 64 u8 x i8 MACs = 128 ops, a
+//! `vpdpwssd` zmm 32 i16 x i16 MACs = 64 ops, a `vfmadd231ps` zmm 16 MACs = 32 ops
+//! (half that on ymm).
+
+use super::dispatch::{isa, Isa};
+use std::time::{Duration, Instant};
+
+/// The instruction whose peak is measured.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PeakKind {
+    /// `vpdpbusd`: u8 x i8 dot products of 4 accumulated into i32 lanes (the w8a8 and
+    /// Q4/Q8 x I8 integer kernels).
+    Int8Vnni,
+    /// `vfmadd231ps`: f32 fused multiply-add (the f32 kernels).
+    F32Fma,
+    /// `vpdpwssd`: i16 x i16 dot products of 2 accumulated into i32 lanes (16-bit
+    /// activation kernels).
+    Int16Vnni,
+}
+
+impl PeakKind {
+    pub const ALL: [PeakKind; 3] = [PeakKind::Int8Vnni, PeakKind::F32Fma, PeakKind::Int16Vnni];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            PeakKind::Int8Vnni => "int8-vnni",
+            PeakKind::F32Fma => "f32-fma",
+            PeakKind::Int16Vnni => "int16-vnni",
+        }
+    }
+}
+
+/// One measurement.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PeakReport {
+    pub kind: PeakKind,
+    /// Threads that ran the loop at once.
+    pub threads: usize,
+    /// Billions of operations per second, all threads together (1 MAC = 2 ops).
+    pub gops: f64,
+    /// The instruction and register width, e.g. `"vpdpbusd zmm"`.
+    pub instruction: &'static str,
+    /// The kernel path whose instruction this is.
+    pub isa: Isa,
+    /// Multiply-accumulates one instruction performs.
+    pub macs_per_instruction: u32,
+    /// Instructions retired by all threads.
+    pub instructions: u64,
+    /// The longest thread's timed window.
+    pub elapsed: Duration,
+}
+
+impl PeakReport {
+    /// Operations one instruction performs (2 per MAC).
+    pub fn ops_per_instruction(&self) -> u32 {
+        2 * self.macs_per_instruction
+    }
+
+    /// `achieved_gops` as a fraction of this peak.
+    pub fn fraction(&self, achieved_gops: f64) -> f64 {
+        achieved_gops / self.gops
+    }
+}
+
+/// Measures the peak of `kind` on the kernel path in use ([`isa()`]) with `threads`
+/// threads running at once for `duration` (100-200 ms gives a stable number; a short
+/// warm-up comes on top). `None` when the path has no such instruction.
+pub fn measure_peak(kind: PeakKind, threads: usize, duration: Duration) -> Option<PeakReport> {
+    measure_peak_on(kind, isa(), threads, duration)
+}
+
+/// [`measure_peak`] for an explicit kernel path (lowered to what this CPU supports).
+pub fn measure_peak_on(
+    kind: PeakKind,
+    path: Isa,
+    threads: usize,
+    duration: Duration,
+) -> Option<PeakReport> {
+    let (imp, isa) = select(kind, path.min(super::dispatch::detected()))?;
+    let threads = threads.max(1);
+    let warm = (duration / 5).clamp(Duration::from_millis(2), Duration::from_millis(30));
+    let start = std::sync::Barrier::new(threads);
+    let go = std::sync::Barrier::new(threads);
+    let results: Vec<(u64, Duration)> = std::thread::scope(|sc| {
+        let run = || {
+            start.wait();
+            // SAFETY: `select` returned `imp` only if this CPU has its target features.
+            unsafe { (imp.run)(Instant::now() + warm) };
+            go.wait();
+            let t0 = Instant::now();
+            let n = unsafe { (imp.run)(t0 + duration) };
+            (n, t0.elapsed())
+        };
+        let handles: Vec<_> = (1..threads).map(|_| sc.spawn(run)).collect();
+        let mut results = vec![run()];
+        results.extend(
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("peak thread panicked")),
+        );
+        results
+    });
+    let ops = 2.0 * imp.macs as f64;
+    let gops = results
+        .iter()
+        .map(|&(n, t)| n as f64 * ops / t.as_secs_f64() / 1e9)
+        .sum();
+    Some(PeakReport {
+        kind,
+        threads,
+        gops,
+        instruction: imp.instruction,
+        isa,
+        macs_per_instruction: imp.macs,
+        instructions: results.iter().map(|r| r.0).sum(),
+        elapsed: results.iter().map(|r| r.1).max().unwrap_or_default(),
+    })
+}
+
+/// One loop: runs until `deadline` and returns the instructions retired.
+#[derive(Clone, Copy)]
+struct Impl {
+    run: unsafe fn(Instant) -> u64,
+    instruction: &'static str,
+    macs: u32,
+}
+
+#[cfg(target_arch = "x86_64")]
+fn select(kind: PeakKind, path: Isa) -> Option<(Impl, Isa)> {
+    use std::arch::is_x86_feature_detected as has;
+    let imp = |run, instruction, macs| Impl {
+        run,
+        instruction,
+        macs,
+    };
+    // The EVEX ymm forms need AVX512-VNNI + VL; where only AVX-VNNI exists, the VEX
+    // forms (the `Avx2Vnni` path accepts either, see `Isa::Avx2Vnni`).
+    let vex = || has!("avxvnni");
+    Some(match (kind, path) {
+        (_, Isa::Portable) => return None,
+        (PeakKind::Int8Vnni, Isa::Avx512Vnni) => (imp(x86::vpdpbusd_zmm, "vpdpbusd zmm", 64), path),
+        (PeakKind::Int8Vnni, Isa::Avx2Vnni) if vex() => {
+            (imp(x86::vpdpbusd_ymm_vex, "{vex} vpdpbusd ymm", 32), path)
+        }
+        (PeakKind::Int8Vnni, Isa::Avx2Vnni) => {
+            (imp(x86::vpdpbusd_ymm_evex, "vpdpbusd ymm", 32), path)
+        }
+        (PeakKind::Int16Vnni, Isa::Avx512Vnni) => {
+            (imp(x86::vpdpwssd_zmm, "vpdpwssd zmm", 32), path)
+        }
+        (PeakKind::Int16Vnni, Isa::Avx2Vnni) if vex() => {
+            (imp(x86::vpdpwssd_ymm_vex, "{vex} vpdpwssd ymm", 16), path)
+        }
+        (PeakKind::Int16Vnni, Isa::Avx2Vnni) => {
+            (imp(x86::vpdpwssd_ymm_evex, "vpdpwssd ymm", 16), path)
+        }
+        (PeakKind::Int8Vnni | PeakKind::Int16Vnni, Isa::Avx2Fma) => return None,
+        (PeakKind::F32Fma, Isa::Avx512Vnni) => {
+            (imp(x86::vfmadd231ps_zmm, "vfmadd231ps zmm", 16), path)
+        }
+        (PeakKind::F32Fma, Isa::Avx2Fma | Isa::Avx2Vnni) => {
+            (imp(x86::vfmadd231ps_ymm, "vfmadd231ps ymm", 8), path)
+        }
+    })
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn select(_kind: PeakKind, _path: Isa) -> Option<(Impl, Isa)> {
+    None
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+    use std::hint::black_box;
+    use std::time::Instant;
+
+    /// Rounds of all chains between two clock reads: 256 x 16 instructions is some
+    /// 4k-8k cycles, against a ~25 ns clock read (and the accumulators' spill around
+    /// it): under 1% overhead.
+    const ROUNDS: u64 = 256;
+
+    macro_rules! peak_loop {
+        ($name:ident, $features:literal, $vec:ty, $chains:literal,
+         a = $a:expr, b = $b:expr, zero = $zero:expr, |$acc:ident, $x:ident, $y:ident| $op:expr) => {
+            #[target_feature(enable = $features)]
+            pub(super) unsafe fn $name(deadline: Instant) -> u64 {
+                let $x: $vec = black_box($a);
+                let $y: $vec = black_box($b);
+                let mut acc: [$vec; $chains] = black_box([$zero; $chains]);
+                let mut count = 0u64;
+                loop {
+                    for _ in 0..ROUNDS {
+                        for c in 0..$chains {
+                            let $acc = acc[c];
+                            acc[c] = $op;
+                        }
+                    }
+                    count += ROUNDS * $chains;
+                    if Instant::now() >= deadline {
+                        break;
+                    }
+                }
+                black_box(acc);
+                count
+            }
+        };
+    }
+
+    peak_loop!(
+        vpdpbusd_zmm,
+        "avx512f,avx512vnni",
+        __m512i,
+        16,
+        a = _mm512_set1_epi8(3),
+        b = _mm512_set1_epi8(-5),
+        zero = _mm512_setzero_si512(),
+        |acc, x, y| _mm512_dpbusd_epi32(acc, x, y)
+    );
+    peak_loop!(
+        vpdpbusd_ymm_evex,
+        "avx2,avx512f,avx512vl,avx512vnni",
+        __m256i,
+        12,
+        a = _mm256_set1_epi8(3),
+        b = _mm256_set1_epi8(-5),
+        zero = _mm256_setzero_si256(),
+        |acc, x, y| _mm256_dpbusd_epi32(acc, x, y)
+    );
+    peak_loop!(
+        vpdpbusd_ymm_vex,
+        "avx2,avxvnni",
+        __m256i,
+        12,
+        a = _mm256_set1_epi8(3),
+        b = _mm256_set1_epi8(-5),
+        zero = _mm256_setzero_si256(),
+        |acc, x, y| _mm256_dpbusd_avx_epi32(acc, x, y)
+    );
+    peak_loop!(
+        vpdpwssd_zmm,
+        "avx512f,avx512vnni",
+        __m512i,
+        16,
+        a = _mm512_set1_epi16(3),
+        b = _mm512_set1_epi16(-5),
+        zero = _mm512_setzero_si512(),
+        |acc, x, y| _mm512_dpwssd_epi32(acc, x, y)
+    );
+    peak_loop!(
+        vpdpwssd_ymm_evex,
+        "avx2,avx512f,avx512vl,avx512vnni",
+        __m256i,
+        12,
+        a = _mm256_set1_epi16(3),
+        b = _mm256_set1_epi16(-5),
+        zero = _mm256_setzero_si256(),
+        |acc, x, y| _mm256_dpwssd_epi32(acc, x, y)
+    );
+    peak_loop!(
+        vpdpwssd_ymm_vex,
+        "avx2,avxvnni",
+        __m256i,
+        12,
+        a = _mm256_set1_epi16(3),
+        b = _mm256_set1_epi16(-5),
+        zero = _mm256_setzero_si256(),
+        |acc, x, y| _mm256_dpwssd_avx_epi32(acc, x, y)
+    );
+    // Products of 1e-3 x 1e-3 stay normal (no denormal slow path) and the sums stay
+    // finite for far longer than any run.
+    peak_loop!(
+        vfmadd231ps_zmm,
+        "avx512f",
+        __m512,
+        16,
+        a = _mm512_set1_ps(1e-3),
+        b = _mm512_set1_ps(1e-3),
+        zero = _mm512_set1_ps(1.0),
+        |acc, x, y| _mm512_fmadd_ps(x, y, acc)
+    );
+    peak_loop!(
+        vfmadd231ps_ymm,
+        "avx,fma",
+        __m256,
+        12,
+        a = _mm256_set1_ps(1e-3),
+        b = _mm256_set1_ps(1e-3),
+        zero = _mm256_set1_ps(1.0),
+        |acc, x, y| _mm256_fmadd_ps(x, y, acc)
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn has_feature(kind: PeakKind) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            let path = isa();
+            match kind {
+                PeakKind::F32Fma => path >= Isa::Avx2Fma && (has!("fma") || has!("avx512f")),
+                PeakKind::Int8Vnni | PeakKind::Int16Vnni => {
+                    path >= Isa::Avx2Vnni && (has!("avxvnni") || has!("avx512vnni"))
+                }
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = kind;
+            false
+        }
+    }
+
+    #[test]
+    fn every_kind_measures_where_the_cpu_has_it() {
+        for kind in PeakKind::ALL {
+            for threads in [1, 2] {
+                let r = measure_peak(kind, threads, Duration::from_millis(20));
+                if has_feature(kind) {
+                    let r = r.unwrap_or_else(|| panic!("{kind:?}: no report"));
+                    assert!(r.gops > 0.0 && r.gops.is_finite(), "{r:?}");
+                    assert_eq!(r.threads, threads);
+                    assert!(r.instructions > 0 && r.elapsed >= Duration::from_millis(20));
+                } else {
+                    assert_eq!(r, None, "{kind:?}: the path has no such instruction");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_supported_path_measures_f32() {
+        for path in Isa::supported() {
+            let r = measure_peak_on(PeakKind::F32Fma, path, 1, Duration::from_millis(5));
+            assert_eq!(r.is_some(), path >= Isa::Avx2Fma, "{path:?}");
+            if let Some(r) = r {
+                assert!(r.gops > 0.0, "{r:?}");
+                assert_eq!(r.isa, path);
+            }
+        }
+    }
+
+    #[test]
+    fn the_instruction_matches_the_path() {
+        if let Some(r) = measure_peak_on(
+            PeakKind::Int8Vnni,
+            Isa::Avx512Vnni,
+            1,
+            Duration::from_millis(2),
+        ) {
+            assert_eq!(
+                (r.instruction, r.macs_per_instruction),
+                ("vpdpbusd zmm", 64)
+            );
+            assert_eq!(r.ops_per_instruction(), 128);
+        }
+        if let Some(r) = measure_peak_on(
+            PeakKind::Int16Vnni,
+            Isa::Avx2Vnni,
+            1,
+            Duration::from_millis(2),
+        ) {
+            assert!(r.instruction.ends_with("vpdpwssd ymm"), "{r:?}");
+            assert_eq!(r.macs_per_instruction, 16);
+        }
+        assert_eq!(
+            measure_peak_on(
+                PeakKind::Int8Vnni,
+                Isa::Avx2Fma,
+                1,
+                Duration::from_millis(2)
+            ),
+            None
+        );
+        assert_eq!(
+            measure_peak_on(PeakKind::F32Fma, Isa::Portable, 1, Duration::from_millis(2)),
+            None
+        );
+    }
+
+    /// Prints every kind at 1 and 2 threads, 200 ms each (a measurement, not a test):
+    /// `cargo test --release -p npurt-kernels --lib peak -- --ignored --nocapture`
+    /// with nothing else running.
+    #[test]
+    #[ignore]
+    fn print_peaks() {
+        for kind in PeakKind::ALL {
+            for threads in [1, 2] {
+                match measure_peak(kind, threads, Duration::from_millis(200)) {
+                    Some(r) => println!(
+                        "{:<10} {:>2} threads  {:<20} {:>8.1} GOP/s",
+                        kind.name(),
+                        threads,
+                        r.instruction,
+                        r.gops
+                    ),
+                    None => println!(
+                        "{:<10} {:>2} threads  none on {}",
+                        kind.name(),
+                        threads,
+                        isa().name()
+                    ),
+                }
+            }
+        }
+    }
+}
