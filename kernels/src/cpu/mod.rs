@@ -15,7 +15,7 @@
 //!   vectorized RMSNorm, LayerNorm, RoPE, row softmax and GELU (erf and tanh; SiLU
 //!   too, [`activation_f32`]);
 //! - [`space_to_channel_f32`]: the ViT downsampler's pad + merge, as row copies;
-//! - [`kv_write_f16`] and [`KvElem`]: f16 KV caches (attention reads f32 or f16).
+//! - [`kv_write_f16`] and [`KvElem`]: f16 KV caches (attention reads f32 or f16);
 //! - [`measure_peak`]: the instruction-peak microbenchmark (`vpdpbusd`, `vpdpwssd`,
 //!   `vfmadd231ps` in a tight loop) that kernel speeds are reported against.
 
@@ -51,8 +51,7 @@ pub use matmul_f32::matmul_f32;
 pub use matmul_packed::{matmul_packed, matmul_packed_rms_norm, matmul_packed_with};
 pub use packed::{gather_packed, pack, PackedMatrix, BLOCK, TILE_ROWS};
 pub use patch_embed_f32::patch_embed_f32;
-//! - [`measure_peak`]: the instruction-peak microbenchmark (`vpdpbusd`, `vpdpwssd`,
-//!   `vfmadd231ps` in a tight loop) that kernel speeds are reported against.
+pub use peak::{measure_peak, measure_peak_on, PeakKind, PeakReport};
 pub use pool::{current_threads, ThreadPool};
 pub use rms_norm_f32::rms_norm_f32;
 pub use rope_f32::rope_f32;
