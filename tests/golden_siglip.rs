@@ -262,12 +262,17 @@ fn quantized_presets_keep_the_projected_embeddings() {
                 precision: p,
                 ..VisionOptions::default()
             };
-            let enc = VisionEncoder::load(&Runtime::new(), &golden("siglip_tiny"), Some(&proj), opts).unwrap();
+            let enc =
+                VisionEncoder::load(&Runtime::new(), &golden("siglip_tiny"), Some(&proj), opts)
+                    .unwrap();
             enc.encode(&pixels, shape[0]).unwrap().projected.unwrap()
         };
         let reference = run(PrecisionPolicy::F32);
         let width = 576;
-        for (p, floor) in [(PrecisionPolicy::W8A16, 0.999), (PrecisionPolicy::W8A8, 0.998)] {
+        for (p, floor) in [
+            (PrecisionPolicy::W8A16, 0.999),
+            (PrecisionPolicy::W8A8, 0.998),
+        ] {
             let ours = run(p.clone());
             let all = cosine(&ours, &reference);
             let worst = ours
@@ -275,8 +280,15 @@ fn quantized_presets_keep_the_projected_embeddings() {
                 .zip(reference.chunks_exact(width))
                 .map(|(a, b)| cosine(a, b))
                 .fold(1.0, f64::min);
-            eprintln!("{image} {}: cosine {all:.6}, worst token {worst:.6}", p.name);
-            assert!(all >= floor, "{image} {}: cosine {all:.6} < {floor}", p.name);
+            eprintln!(
+                "{image} {}: cosine {all:.6}, worst token {worst:.6}",
+                p.name
+            );
+            assert!(
+                all >= floor,
+                "{image} {}: cosine {all:.6} < {floor}",
+                p.name
+            );
         }
     }
 }

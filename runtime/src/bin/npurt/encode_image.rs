@@ -4,10 +4,11 @@
 use super::anyhow_lite::{self, msg};
 use clap::Args;
 use npurt_graph::PrecisionPolicy;
+use npurt_kernels::cpu::{measure_peak, PeakKind};
 use npurt_models::siglip::VisionFeature;
 use npurt_runtime::{image, stats, Runtime, VisionEncoder, VisionOptions};
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 #[derive(Args)]
 pub struct EncodeImageArgs {
@@ -227,6 +228,24 @@ pub fn run(a: EncodeImageArgs) -> anyhow_lite::Result<()> {
     let macs = enc.config.encoder_macs_per_tile(feature) * tiles.count as u64;
     let blocks_gops = 2.0 * macs as f64 / (t.blocks_ms * 1e6);
     let total_ms = tiles.preprocess_ms + t.total_ms;
+    // The instruction the encoder's matmuls use, measured now on as many threads: the
+    // int8 VNNI dot product for the integer presets (w8a16's 16-bit activations take
+    // two of them per product, byte planes, so its attainable peak is half), FMA for f32.
+    let threads = a.threads.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    });
+    let (kind, per_product) = match enc.options.precision.linear_act {
+        npurt_graph::ActPrecision::F32 => (PeakKind::F32Fma, 1.0),
+        npurt_graph::ActPrecision::I16 => (PeakKind::Int8Vnni, 2.0),
+        npurt_graph::ActPrecision::I8 => (PeakKind::Int8Vnni, 1.0),
+    };
+    // (A CPU instruction peak says nothing about another backend's device.)
+    let peak = (a.backend == "cpu")
+        .then(|| measure_peak(kind, threads, Duration::from_millis(150)))
+        .flatten();
+    let attainable = peak.map(|p| p.gops / per_product);
     if let Some(path) = &a.out {
         let (n, d) = (enc.config.tokens(), enc.config.hidden_size);
         let mut tensors = vec![(
@@ -253,6 +272,9 @@ pub fn run(a: EncodeImageArgs) -> anyhow_lite::Result<()> {
             "conv_ms": t.conv_ms, "blocks_ms": t.blocks_ms, "project_ms": t.project_ms,
             "total_ms": total_ms, "encoder_gop": 2.0 * macs as f64 / 1e9,
             "blocks_gop_s": blocks_gops, "peak_rss_bytes": rss,
+            "peak_instruction": peak.map(|p| p.instruction), "peak_gop_s": peak.map(|p| p.gops),
+            "attainable_peak_gop_s": attainable,
+            "blocks_fraction_of_peak": attainable.map(|p| blocks_gops / p),
         });
         println!("{v}");
     } else {
@@ -279,6 +301,19 @@ pub fn run(a: EncodeImageArgs) -> anyhow_lite::Result<()> {
             t.project_ms,
             rss as f64 / (1 << 20) as f64
         );
+        if let (Some(p), Some(att)) = (peak, attainable) {
+            println!(
+                "encoder blocks at {:.0}% of the measured peak: {} x {threads} thread(s) = {:.0} GOP/s{}",
+                100.0 * blocks_gops / att,
+                p.instruction,
+                p.gops,
+                if per_product > 1.0 {
+                    format!(", halved for 16-bit activations = {att:.0} GOP/s")
+                } else {
+                    String::new()
+                }
+            );
+        }
     }
     Ok(())
 }
