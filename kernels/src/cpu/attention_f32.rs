@@ -378,10 +378,10 @@ fn block_task<C: KvElem, const FUSED: bool>(
         for i0 in (0..nq_pad).step_by(QT) {
             let (p, o) = (&sc.s[i0 * KB..], &mut sc.o[i0 * hd..]);
             // Widest tiles first; the narrow tails make any head_dim blocked. A head's
-            // last 72 or 80 columns (SigLIP's 72) are one tile (18 or 20 accumulator
-            // registers): a second pass would broadcast every probability again for 8
-            // or 16 columns. Tile widths change no output's arithmetic, only how many
-            // columns share a pass.
+            // last 72 or 80 columns (SigLIP-so400m's 72) are one tile (18 or 20
+            // accumulator registers): a second pass would broadcast every probability
+            // again for 8 or 16 columns; siglip_tiny's 32 is one pass too. Tile widths
+            // change no output's arithmetic, only how many columns share a pass.
             let mut col = 0;
             while col < hd {
                 let (vc, oc) = (&vb[col..], &mut *o);
@@ -389,6 +389,7 @@ fn block_task<C: KvElem, const FUSED: bool>(
                     72 => value_tile::<64, 8, FUSED>(p, vc, vs, nk, oc, hd, col),
                     80 => value_tile::<64, 16, FUSED>(p, vc, vs, nk, oc, hd, col),
                     64.. => value_tile::<64, 0, FUSED>(p, vc, vs, nk, oc, hd, col),
+                    32.. => value_tile::<32, 0, FUSED>(p, vc, vs, nk, oc, hd, col),
                     16.. => value_tile::<16, 0, FUSED>(p, vc, vs, nk, oc, hd, col),
                     8.. => value_tile::<8, 0, FUSED>(p, vc, vs, nk, oc, hd, col),
                     _ => value_tile::<1, 0, FUSED>(p, vc, vs, nk, oc, hd, col),
