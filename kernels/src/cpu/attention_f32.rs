@@ -7,12 +7,15 @@
 //!   decode: the GQA group); scores and `P @ V` are register-tiled FMAs and the softmax
 //!   is online (running max and sum per query vector). Even at decode this beats
 //!   per-pair dot products, whose per-key horizontal sums cost more than transposing
-//!   the K block. Any head_dim runs blocked: the value tiles walk the head in 64-, 16-,
-//!   8- and 1-column steps (72 = 64 + 8, 80 = 64 + 16);
+//!   the K block. Any head_dim runs blocked: the value tiles take 72 (SigLIP-so400m) or
+//!   80 columns in one pass, else 64-, 32-, 16-, 8- and 1-column steps;
 //! - the two modes differ only in which keys a query row sees ([`Mask`]): the causal
 //!   limit, or its own sequence's rows (a key offset per sequence). A bidirectional
 //!   call's tasks are (sequence, KV head, row block), row blocks innermost, so
-//!   consecutive tasks on both threads reuse one head's K/V from L2;
+//!   consecutive tasks on both threads reuse one head's K/V from L2. The bidirectional
+//!   mode also uses fused multiply-adds and vectorized softmax sums on the FMA paths
+//!   (`FUSED`); the causal mode keeps its unfused, in-order arithmetic, bit for bit
+//!   what the LLM goldens were recorded with;
 //! - decode on several threads also splits each head's keys ([`Plan::SplitKeys`]) and
 //!   merges the parts.
 //!
@@ -39,7 +42,8 @@ const QT: usize = 4;
 /// share every K/V block they load.
 const RB: usize = 16;
 /// Query rows per task in bidirectional mode: more rows share each transposed K block
-/// (its transpose was ~10% of the time at 16), and the tasks still fit L1.
+/// (its transpose was ~10% of the time at 16), and a task's scratch (44 KB at
+/// head_dim 72) still about fits a 48 KB L1.
 const RB_BIDIRECTIONAL: usize = 32;
 
 /// K/V bytes decode prefetches before its tasks start (see `attention_f32`).
@@ -59,8 +63,8 @@ struct Scratch {
     kt: Vec<f32>,
     /// Scores, then probabilities, `nq_pad x KB`.
     s: Vec<f32>,
-    /// The current K and V blocks converted from an f16 cache;
-    /// unused for f32 caches, which are read in place. Grown by `KvElem::rows_f32`.
+    /// The current K and V blocks converted from an f16 cache; unused for f32 caches
+    /// and activations, which are read in place. Grown by `KvElem::rows_f32`.
     kc: Vec<f32>,
     vc: Vec<f32>,
 }
@@ -378,10 +382,10 @@ fn block_task<C: KvElem, const FUSED: bool>(
         for i0 in (0..nq_pad).step_by(QT) {
             let (p, o) = (&sc.s[i0 * KB..], &mut sc.o[i0 * hd..]);
             // Widest tiles first; the narrow tails make any head_dim blocked. A head's
-            // last 72 or 80 columns (SigLIP's 72) are one tile (18 or 20 accumulator
-            // registers): a second pass would broadcast every probability again for 8
-            // or 16 columns. Tile widths change no output's arithmetic, only how many
-            // columns share a pass.
+            // last 72 or 80 columns (SigLIP-so400m's 72) are one tile (18 or 20
+            // accumulator registers): a second pass would broadcast every probability
+            // again for 8 or 16 columns; siglip_tiny's 32 is one pass too. Tile widths
+            // change no output's arithmetic, only how many columns share a pass.
             let mut col = 0;
             while col < hd {
                 let (vc, oc) = (&vb[col..], &mut *o);
@@ -389,6 +393,7 @@ fn block_task<C: KvElem, const FUSED: bool>(
                     72 => value_tile::<64, 8, FUSED>(p, vc, vs, nk, oc, hd, col),
                     80 => value_tile::<64, 16, FUSED>(p, vc, vs, nk, oc, hd, col),
                     64.. => value_tile::<64, 0, FUSED>(p, vc, vs, nk, oc, hd, col),
+                    32.. => value_tile::<32, 0, FUSED>(p, vc, vs, nk, oc, hd, col),
                     16.. => value_tile::<16, 0, FUSED>(p, vc, vs, nk, oc, hd, col),
                     8.. => value_tile::<8, 0, FUSED>(p, vc, vs, nk, oc, hd, col),
                     _ => value_tile::<1, 0, FUSED>(p, vc, vs, nk, oc, hd, col),
@@ -499,9 +504,8 @@ impl<C> Args<'_, C> {
     }
 
     /// Block task `id`: (KV head, first row, end row). Causal calls put heads innermost
-    /// (neighbouring tasks cost about the same, which balances the growing causal
-    /// blocks); bidirectional ones put row blocks innermost, so the threads walk one
-    /// sequence-head's K/V together while it is in L2.
+    /// (the order the LLM was tuned with); bidirectional ones put row blocks innermost,
+    /// so the threads walk one sequence-head's K/V together while it is in L2.
     #[inline(always)]
     fn block(&self, id: usize) -> (usize, usize, usize) {
         match self.mask {
