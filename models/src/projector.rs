@@ -116,13 +116,17 @@ pub fn synthetic_weights(cfg: &ProjectorConfig, seed: u64) -> Result<WeightStore
     synthetic_store(&projector_tensor_shapes(cfg), seed)
 }
 
-/// Downsampler + projector for a static batch of `batch` tiles.
-pub fn build(cfg: &ProjectorConfig, batch: usize) -> Result<Graph> {
+/// Downsampler + projector for a static batch of `batch` tiles; with `taps`, the merged
+/// tokens are also an output, `downsampled` `[B*t, merge^2 * D]`.
+pub fn build(cfg: &ProjectorConfig, batch: usize, taps: bool) -> Result<Graph> {
     let (d, g, m) = (cfg.vision_hidden, cfg.grid, cfg.merge);
     let (i, h, o) = (cfg.merged_width(), cfg.mlp_hidden, cfg.llm_hidden);
     let mut b = Builder::new();
     let x = b.input(FEATURES, TensorFact::f32([batch * g * g, d]))?;
     let x = b.space_to_channel("downsample", x, [g, g], m)?;
+    if taps {
+        b.output("downsampled", x);
+    }
     let w = |b: &mut Builder, n: &str, s: &[usize]| b.weight(n, TensorFact::f32(s));
     let (lw, lb) = (
         w(&mut b, &format!("{LN}.weight"), &[i])?,

@@ -232,7 +232,7 @@ impl VisionEncoder {
             ),
         ];
         if let Some((pc, pw)) = &projector {
-            parts.push(("projector", projector::build(pc, opts.batch)?, pw));
+            parts.push(("projector", projector::build(pc, opts.batch, opts.taps)?, pw));
         }
         for (name, mut graph, store) in parts {
             let stored: HashMap<String, DType> = store
