@@ -35,33 +35,32 @@ fn check(what: &str, ours: &[f32], want: &[f32]) {
     assert!(d <= TOL, "{what}: max abs diff {d:.3e} > {TOL:e}");
 }
 
-#[test]
-fn siglip_tiny_matches_hf_stage_by_stage() {
+/// siglip_tiny's `pixel_values` through `enc` (any backend), every HF tensor checked.
+fn check_tower(backend: &str, enc: &VisionEncoder) {
     let io = GoldenTensors::open("siglip_tiny/io.safetensors");
     let (shape, pixels) = io.f32("pixel_values");
-    let tiles = shape[0];
-    let enc = encoder("cpu", 2, VisionFeature::Last, false);
-    let out = enc.encode(&pixels, tiles).expect("encode");
+    let out = enc.encode(&pixels, shape[0]).expect("encode");
+    for (ours, golden) in [
+        ("patch_embeds", "patch_embeds"),
+        ("hidden_states_1", "hidden_states_m2"),
+        ("hidden_states_2", "encoder_out"),
+    ] {
+        check(
+            &format!("{backend} {golden}"),
+            &out.taps[ours],
+            &io.f32(golden).1,
+        );
+    }
     check(
-        "patch_embeds",
-        &out.taps["patch_embeds"],
-        &io.f32("patch_embeds").1,
-    );
-    check(
-        "hidden_states_m2",
-        &out.taps["hidden_states_1"],
-        &io.f32("hidden_states_m2").1,
-    );
-    check(
-        "encoder_out",
-        &out.taps["hidden_states_2"],
-        &io.f32("encoder_out").1,
-    );
-    check(
-        "last_hidden_state",
+        &format!("{backend} last_hidden_state"),
         &out.features,
         &io.f32("last_hidden_state").1,
     );
+}
+
+#[test]
+fn siglip_tiny_matches_hf_stage_by_stage() {
+    check_tower("cpu", &encoder("cpu", 2, VisionFeature::Last, false));
 }
 
 #[test]
@@ -167,24 +166,7 @@ fn siglip_tiny_and_projector_on_wgpu() {
         out.projected.as_ref().expect("projected"),
         &io.f32("projected").1,
     );
-    let sig = GoldenTensors::open("siglip_tiny/io.safetensors");
-    let (shape, pixels) = sig.f32("pixel_values");
-    let out = enc.encode(&pixels, shape[0]).expect("encode on wgpu");
-    check(
-        "wgpu patch_embeds",
-        &out.taps["patch_embeds"],
-        &sig.f32("patch_embeds").1,
-    );
-    check(
-        "wgpu hidden_states_m2",
-        &out.taps["hidden_states_1"],
-        &sig.f32("hidden_states_m2").1,
-    );
-    check(
-        "wgpu last_hidden_state",
-        &out.features,
-        &sig.f32("last_hidden_state").1,
-    );
+    check_tower("wgpu", &enc);
 }
 
 /// The compiler fuses the ViT into few kernels: every block is LayerNorm, one q/k/v

@@ -232,7 +232,11 @@ impl VisionEncoder {
             ),
         ];
         if let Some((pc, pw)) = &projector {
-            parts.push(("projector", projector::build(pc, opts.batch, opts.taps)?, pw));
+            parts.push((
+                "projector",
+                projector::build(pc, opts.batch, opts.taps)?,
+                pw,
+            ));
         }
         for (name, mut graph, store) in parts {
             let stored: HashMap<String, DType> = store
