@@ -237,8 +237,8 @@ for round in $(seq "$ROUNDS"); do
             cmd=("$BIN/llama-mtmd-cli" -m "$MODEL" --mmproj "$VDIR/mmproj-so400m-$wtype.gguf"
                 --image "$IMAGE" -p "Describe the image." -n 1 -t "$t" -c "$LLAMA_CTX" -b "$LLAMA_CTX" -v)
             echo "round $round: ${cmd[*]}" >&2
-            timeout "$TIMEOUT" "${cmd[@]}" >"$log" 2>&1 </dev/null || true
-            "$PY" - "$log" "$round" "$t" "$wtype" >>"$OUT" <<'EOF'
+            rc=0 && timeout "$TIMEOUT" "${cmd[@]}" >"$log" 2>&1 </dev/null || rc=$?
+            "$PY" - "$log" "$round" "$t" "$wtype" "$rc" >>"$OUT" <<'EOF'
 import json, re, sys
 log, rnd, t, wtype = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 s = open(log, errors="replace").read()
@@ -250,7 +250,9 @@ row = {"round": rnd, "who": "llama.cpp", "config": wtype, "threads": t,
        "tiles": int(tiles[0]) if tiles else None,
        "image_tokens": int(tokens[0]) if tokens else None, "log": log}
 if not ms:
-    row["error"] = (s.strip().splitlines() or ["no output"])[-1]
+    rc = int(sys.argv[5])
+    row["error"] = f"timed out (TIMEOUT)" if rc == 124 else \
+        f"exit {rc}: " + (s.strip().splitlines() or ["no output"])[-1]
 print(json.dumps(row))
 EOF
         done
@@ -261,8 +263,8 @@ EOF
             cmd=("$NPURT" encode-image --synthetic so400m "${NPURT_INPUT[@]}" --threads "$t"
                 --precision "$precision" --json $NPURT_EXTRA)
             echo "round $round: ${cmd[*]}" >&2
-            timeout "$TIMEOUT" "${cmd[@]}" >"$log" 2>&1 </dev/null || true
-            "$PY" - "$log" "$round" "$t" "$precision" >>"$OUT" <<'EOF'
+            rc=0 && timeout "$TIMEOUT" "${cmd[@]}" >"$log" 2>&1 </dev/null || rc=$?
+            "$PY" - "$log" "$round" "$t" "$precision" "$rc" >>"$OUT" <<'EOF'
 import json, sys
 log, rnd, t, precision = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 row = {"round": rnd, "who": "npurt", "config": precision, "threads": t, "log": log}
@@ -274,8 +276,10 @@ try:
                image_tokens=j["image_tokens"], synthetic=j.get("synthetic"),
                blocks_ms=j.get("blocks_ms"), blocks_gop_s=j.get("blocks_gop_s"))
 except (IndexError, KeyError, ValueError) as e:
+    rc = int(sys.argv[5])
     tail = open(log, errors="replace").read().strip().splitlines()
-    row.update(encode_ms=None, error=(tail or [repr(e)])[-1])
+    row.update(encode_ms=None, error="timed out (TIMEOUT)" if rc == 124 else
+               f"exit {rc}: " + (tail or [repr(e)])[-1])
 print(json.dumps(row))
 EOF
         done
