@@ -122,7 +122,8 @@ pub struct VisionEncoder {
     pub stages: Vec<VisionStageProgram>,
     pub weight_bytes: usize,
     pub load_ms: f64,
-    runners: Mutex<Option<Vec<StageRunner>>>,
+    /// Scratch and I/O buffers of the stages; one encode at a time holds them.
+    runners: Mutex<Vec<StageRunner>>,
 }
 
 /// The vision presets: `PrecisionPolicy` with every matmul treated as a linear layer.
@@ -287,11 +288,11 @@ impl VisionEncoder {
             stages,
             weight_bytes: prepared.bytes(),
             load_ms: 0.0,
-            runners: Mutex::new(None),
+            runners: Mutex::new(Vec::new()),
         };
         // Scratch and I/O buffers are allocated (and their pages touched) at load, as
         // an NPU runtime does, so the first encode does not pay for page faults.
-        enc.runners = Mutex::new(Some(enc.new_runners()?));
+        enc.runners = Mutex::new(enc.new_runners()?);
         Ok(enc)
     }
 
@@ -344,14 +345,10 @@ impl VisionEncoder {
                 ),
             });
         }
-        let mut guard = self
+        let mut runners = self
             .runners
             .lock()
             .map_err(|_| invalid("vision", "a previous encode panicked"))?;
-        if guard.is_none() {
-            *guard = Some(self.new_runners()?);
-        }
-        let runners = guard.as_mut().expect("set above");
         let b = self.options.batch;
         let (n, d) = (self.config.tokens(), self.config.hidden_size);
         let mut features = Vec::with_capacity(tiles * n * d);

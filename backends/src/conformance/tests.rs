@@ -25,8 +25,9 @@ fn every_op_has_cases_and_labels_are_unique() {
             c.label()
         );
     }
-    // Keep the suite a quick run, not a sweep.
-    assert!(all.len() < 250, "{} cases", all.len());
+    // Keep the suite a quick run, not a sweep (about 350 cases since the ViT's
+    // epilogue lists: the whole suite on every CPU kernel path takes ~2 s).
+    assert!(all.len() < 400, "{} cases", all.len());
 }
 
 #[test]

@@ -8,7 +8,7 @@
 //! `+bias+gelu_tanh`, `+bias+residual`, `+bias+gelu+residual`) and a bare `+silu` run
 //! against every weight format at every activation precision ([`vit_epilogues`]).
 
-use super::{MATMUL, MATMUL_I16, MATMUL_I8};
+use super::{MATMUL, MATMUL_I16, MATMUL_I8, MATMUL_I8_GLU};
 use crate::conformance::case::{Case, CaseBuilder, Compared};
 use npurt_graph::{ActPrecision, Activation, DType, Epilogue, GraphError, Op, Prologue, Step};
 use npurt_kernels::HostTensor;
@@ -115,6 +115,7 @@ impl Spec {
         match self.act {
             ActPrecision::F32 => MATMUL,
             ActPrecision::I16 => MATMUL_I16,
+            ActPrecision::I8 if self.epilogue.glu().is_some() => MATMUL_I8_GLU,
             ActPrecision::I8 => MATMUL_I8,
         }
     }
@@ -301,6 +302,10 @@ pub(super) fn cases() -> Vec<Case> {
             );
         }
     }
+    // The lists above overlap (the ViT's +bias+residual on f32 is also a plain
+    // epilogue case): each case once, in first-declared order.
+    let mut seen = std::collections::HashSet::new();
+    specs.retain(|s| seen.insert(s.name()));
     let mut cases: Vec<Case> = specs.into_iter().map(Spec::case).collect();
     // Activation x activation (b computed at run time, not a prepared weight).
     cases.push(Case::new("matmul", "act_b.kn.f32.7x96x13", MATMUL, |cb| {
