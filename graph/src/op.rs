@@ -564,7 +564,7 @@ impl Op {
                 want_rank(x, 2, "space_to_channel input")?;
                 want_float(x, "space_to_channel input")?;
                 let [h, w] = *grid;
-                if h == 0 || w == 0 || *block == 0 || x.shape[0] % (h * w) != 0 {
+                if h == 0 || w == 0 || *block == 0 || !x.shape[0].is_multiple_of(h * w) {
                     return Err(format!(
                         "space_to_channel: {x} is not a batch of {h}x{w} token grids (block {block})"
                     ));

@@ -142,7 +142,7 @@ impl SiglipVisionConfig {
         within("num_channels", self.num_channels, 16)?;
         within("image_size", self.image_size, MAX_IMAGE)?;
         within("patch_size", self.patch_size, self.image_size)?;
-        if self.hidden_size % self.num_attention_heads != 0 {
+        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return Err(bad(
                 "num_attention_heads",
                 format!(

@@ -73,7 +73,7 @@ struct Tiles {
     preprocess_ms: f64,
 }
 
-fn read_pixels(path: &PathBuf, enc: &VisionEncoder) -> anyhow_lite::Result<Tiles> {
+fn read_pixels(path: &std::path::Path, enc: &VisionEncoder) -> anyhow_lite::Result<Tiles> {
     let t0 = Instant::now();
     let bytes = std::fs::read(path).map_err(|e| msg(format!("reading {}: {e}", path.display())))?;
     let st = safetensors::SafeTensors::deserialize(&bytes)
@@ -165,7 +165,10 @@ fn test_pattern(size: &str) -> anyhow_lite::Result<image::RgbImage> {
     }))
 }
 
-fn write_out(path: &PathBuf, tensors: &[(&str, Vec<usize>, &[f32])]) -> anyhow_lite::Result<()> {
+fn write_out(
+    path: &std::path::Path,
+    tensors: &[(&str, Vec<usize>, &[f32])],
+) -> anyhow_lite::Result<()> {
     let bytes: Vec<Vec<u8>> = tensors
         .iter()
         .map(|(_, _, v)| v.iter().flat_map(|x| x.to_le_bytes()).collect())
