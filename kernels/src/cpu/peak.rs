@@ -400,31 +400,4 @@ mod tests {
             None
         );
     }
-
-    /// Prints every kind at 1 and 2 threads, 200 ms each (a measurement, not a test):
-    /// `cargo test --release -p npurt-kernels --lib peak -- --ignored --nocapture`
-    /// with nothing else running.
-    #[test]
-    #[ignore]
-    fn print_peaks() {
-        for kind in PeakKind::ALL {
-            for threads in [1, 2] {
-                match measure_peak(kind, threads, Duration::from_millis(200)) {
-                    Some(r) => println!(
-                        "{:<10} {:>2} threads  {:<20} {:>8.1} GOP/s",
-                        kind.name(),
-                        threads,
-                        r.instruction,
-                        r.gops
-                    ),
-                    None => println!(
-                        "{:<10} {:>2} threads  none on {}",
-                        kind.name(),
-                        threads,
-                        isa().name()
-                    ),
-                }
-            }
-        }
-    }
 }
