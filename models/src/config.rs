@@ -35,7 +35,8 @@ pub const MAX_LAYERS: usize = 1024;
 pub const MAX_VOCAB: usize = 1 << 22;
 pub const MAX_CONTEXT: usize = 1 << 20;
 
-fn bad(field: &str, reason: impl Into<String>) -> ModelError {
+/// A `BadConfig` error naming the field (shared by every config parser here).
+pub(crate) fn bad(field: &str, reason: impl Into<String>) -> ModelError {
     ModelError::BadConfig {
         field: field.into(),
         reason: reason.into(),

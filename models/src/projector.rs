@@ -8,8 +8,9 @@
 //! Graph interface: input `features f32[B*g*g, D]`, output `projected f32[B*t, H]`
 //! with `t = ceil(g/2)^2` tokens a tile.
 
+use crate::config::bad;
 use crate::siglip::{synthetic_store, FEATURES};
-use crate::{ModelError, Result, WeightStore};
+use crate::{Result, WeightStore};
 use npurt_graph::{Builder, Graph, TensorFact};
 
 pub const PROJECTED: &str = "projected";
@@ -32,13 +33,6 @@ pub struct ProjectorConfig {
     /// The LLM's hidden size (fc2's output width).
     pub llm_hidden: usize,
     pub ln_eps: f32,
-}
-
-fn bad(field: &str, reason: impl Into<String>) -> ModelError {
-    ModelError::BadConfig {
-        field: field.into(),
-        reason: reason.into(),
-    }
 }
 
 impl ProjectorConfig {

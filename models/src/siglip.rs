@@ -12,7 +12,8 @@
 //!
 //! Weight names are HF's without the `vision_model.` prefix (loaders strip it).
 
-use crate::{ModelError, Result, WeightStore};
+use crate::config::bad;
+use crate::{Result, WeightStore};
 use npurt_graph::{Builder, Graph, NodeId, TensorFact};
 use serde_json::Value;
 
@@ -60,13 +61,6 @@ const MAX_LAYERS: usize = 256;
 const MAX_IMAGE: usize = 4096;
 /// Quantized weight blocks hold 32 values along K.
 const MLP_ALIGN: usize = 32;
-
-fn bad(field: &str, reason: impl Into<String>) -> ModelError {
-    ModelError::BadConfig {
-        field: field.into(),
-        reason: reason.into(),
-    }
-}
 
 impl SiglipVisionConfig {
     /// SigLIP-so400m-patch14-384, the vision tower of BlueLM-V-3B.
@@ -189,11 +183,6 @@ impl SiglipVisionConfig {
         );
         let per_layer = n * (4 * d * d + 2 * d * f) + 2 * n * n * d;
         per_layer * self.layers_run(feature) as u64
-    }
-    /// Multiply-accumulates of one tile's Conv2D patch embedding.
-    pub fn embed_macs_per_tile(&self) -> u64 {
-        let p = self.patch_size as u64;
-        self.tokens() as u64 * self.hidden_size as u64 * self.num_channels as u64 * p * p
     }
     /// Encoder blocks computed for a feature layer.
     pub fn layers_run(&self, feature: VisionFeature) -> usize {
@@ -460,8 +449,9 @@ pub fn build(cfg: &SiglipVisionConfig, opts: &SiglipGraphOptions) -> Result<Grap
     Ok(cx.b.finish()?)
 }
 
-/// Seeded random weights of `cfg`'s shapes, distributed like a trained tower's
-/// (LayerNorm weights near 1, small biases, weights ~ N(0, 0.02)): for speed runs of
+/// Seeded random weights of `cfg`'s shapes, roughly like a trained tower's (uniform
+/// noise: LayerNorm weights 1 +- std 0.1, biases std 0.02, other weights std 0.04),
+/// the MLP padded as a loaded checkpoint's is ([`pad_mlp`]): for speed runs of
 /// real shapes when no trained checkpoint is at hand. Not a model: its outputs mean
 /// nothing.
 pub fn synthetic_weights(cfg: &SiglipVisionConfig, seed: u64) -> Result<WeightStore> {

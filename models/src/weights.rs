@@ -138,30 +138,37 @@ impl WeightStore {
             }
         };
         let new_cols = *shape.last().expect("rank checked");
-        let one = WeightStore::synthetic_f32(&[(name.to_string(), shape.to_vec())], |_, out| {
+        self.add_f32_in_memory(&[(name.to_string(), shape.to_vec())], |_, out| {
             out.fill(0.0);
             for r in 0..rows {
                 out[r * new_cols..r * new_cols + cols]
                     .copy_from_slice(&vals[r * cols..(r + 1) * cols]);
             }
-        })?;
-        let mut entry = one.entries.into_values().next().expect("one tensor");
-        let file = self.add_file(one.files.into_iter().next().expect("one file"));
-        entry.file = file;
-        self.entries.insert(name.to_string(), entry);
-        Ok(())
+        })
     }
 
     /// A store of f32 tensors made in memory (seeded random weights of a real model's
-    /// shapes, for benches): one anonymous mapping, `fill` writes each tensor.
+    /// shapes, for benches): `fill` writes each tensor.
     pub fn synthetic_f32(
         shapes: &[(String, Vec<usize>)],
-        mut fill: impl FnMut(&str, &mut [f32]),
+        fill: impl FnMut(&str, &mut [f32]),
     ) -> Result<WeightStore> {
+        let mut store = WeightStore::new();
+        store.add_f32_in_memory(shapes, fill)?;
+        Ok(store)
+    }
+
+    /// Registers f32 tensors held in one anonymous mapping, `fill` writing each; a
+    /// name already in the store now refers to the new tensor.
+    fn add_f32_in_memory(
+        &mut self,
+        shapes: &[(String, Vec<usize>)],
+        mut fill: impl FnMut(&str, &mut [f32]),
+    ) -> Result<()> {
         let elems: Vec<usize> = shapes.iter().map(|(_, s)| s.iter().product()).collect();
         let total = elems.iter().sum::<usize>() * 4;
         let io = |e| ModelError::Io {
-            path: "<synthetic weights>".into(),
+            path: "<in-memory weights>".into(),
             source: e,
         };
         let mut map = memmap2::MmapMut::map_anon(total.max(1)).map_err(io)?;
@@ -174,8 +181,7 @@ impl WeightStore {
             at.push(offset);
             offset += n * 4;
         }
-        let mut store = WeightStore::new();
-        let file = store.add_file(Arc::new(map.make_read_only().map_err(io)?));
+        let file = self.add_file(Arc::new(map.make_read_only().map_err(io)?));
         for (((name, shape), n), offset) in shapes.iter().zip(&elems).zip(at) {
             let entry = WeightEntry {
                 fact: TensorFact::f32(shape.clone()),
@@ -184,9 +190,17 @@ impl WeightStore {
                 len: n * 4,
                 unpermute: None,
             };
-            store.insert(name.clone(), entry, "<synthetic weights>")?;
+            self.insert(name.clone(), entry, "<in-memory weights>")?;
         }
-        Ok(store)
+        Ok(())
+    }
+
+    /// Every tensor's stored dtype by name (what the quantize pass imports losslessly).
+    pub fn stored_dtypes(&self) -> std::collections::HashMap<String, DType> {
+        self.entries
+            .iter()
+            .map(|(n, e)| (n.clone(), e.fact.dtype))
+            .collect()
     }
 
     pub fn names(&self) -> impl Iterator<Item = &str> {

@@ -7,7 +7,7 @@ use crate::partition::{compile_partitioned, Partitioned};
 use crate::{Result, RuntimeError};
 use npurt_backends::{Backend, BackendOptions, DeviceBuffer, Registry};
 use npurt_graph::passes::{PassReport, Pipeline};
-use npurt_graph::{DType, Graph, NodeId, Op, PrecisionPolicy};
+use npurt_graph::{Graph, NodeId, Op, PrecisionPolicy};
 use npurt_models::llama::{self, InputKind, LlamaGraphOptions, LogitsMode};
 use npurt_models::tokenizer::Tokenizer;
 use npurt_models::{ChatTemplate, LlamaConfig, ModelSource, WeightStore};
@@ -249,11 +249,7 @@ impl Model {
             (GraphKind::PrefillAllLogits, opts.chunk, LogitsMode::All),
             (GraphKind::Decode, 1, LogitsMode::Last),
         ];
-        let stored: HashMap<String, DType> = source
-            .weights
-            .names()
-            .filter_map(|n| Some((n.to_string(), source.weights.fact(n).ok()?.dtype)))
-            .collect();
+        let stored = source.weights.stored_dtypes();
         let stored = Arc::new(stored);
         let mut built = Vec::new();
         for (kind, rows, logits) in kinds {

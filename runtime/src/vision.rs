@@ -17,14 +17,13 @@ use crate::partition::Partitioned;
 use crate::{Result, Runtime, RuntimeError};
 use npurt_backends::{Backend, Bindings, BufferUsage, DeviceBuffer, Executable, Scratch};
 use npurt_graph::passes::{PassReport, Pipeline};
-use npurt_graph::{DType, Graph, NodeId, PrecisionPolicy, TensorFact};
+use npurt_graph::{Graph, NodeId, PrecisionPolicy, TensorFact};
 use npurt_kernels::HostTensor;
 use npurt_models::projector::{self, ProjectorConfig};
 use npurt_models::siglip::{
     self, SiglipGraphOptions, SiglipVisionConfig, VisionFeature, VisionStage,
 };
 use npurt_models::WeightStore;
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -102,6 +101,15 @@ pub struct VisionOutput {
     /// With `VisionOptions::taps`: intermediates by HF name, rows of these tiles only.
     pub taps: std::collections::BTreeMap<String, Vec<f32>>,
     pub timings: EncodeTimings,
+}
+
+/// The rows of the first `valid` tiles of a stage output computed for `batch` tiles
+/// (the padding tiles' rows are dropped).
+fn valid_rows(o: &HostTensor, batch: usize, valid: usize) -> Result<&[f32]> {
+    let vals = o
+        .as_f32()
+        .ok_or_else(|| invalid("vision", "a stage output is not f32"))?;
+    Ok(&vals[..vals.len() / batch * valid])
 }
 
 /// Buffers and scratch of the three stages (one encode at a time per encoder).
@@ -204,12 +212,6 @@ impl VisionEncoder {
         description: String,
         synthetic: bool,
     ) -> Result<Self> {
-        if opts.batch == 0 || opts.batch > 64 {
-            return Err(invalid(
-                "batch",
-                format!("{} tiles is outside 1..=64", opts.batch),
-            ));
-        }
         let backends = rt.backends(&opts.backend, opts.threads)?;
         let policy = vision_policy(&opts.precision);
         let prepared = PreparedWeights::default();
@@ -220,16 +222,21 @@ impl VisionEncoder {
             feature: opts.feature,
             taps: opts.taps,
         };
-        let mut parts: Vec<(&'static str, Graph, &WeightStore)> = vec![
+        // (stage, graph, its weights, input name, output name)
+        let mut parts: Vec<(&'static str, Graph, &WeightStore, &str, &'static str)> = vec![
             (
                 "embed",
                 siglip::build(&cfg, &tower(VisionStage::Embed))?,
                 &weights,
+                siglip::PIXELS,
+                siglip::EMBEDDINGS,
             ),
             (
                 "encoder",
                 siglip::build(&cfg, &tower(VisionStage::Encoder))?,
                 &weights,
+                siglip::EMBEDDINGS,
+                siglip::FEATURES,
             ),
         ];
         if let Some((pc, pw)) = &projector {
@@ -237,22 +244,16 @@ impl VisionEncoder {
                 "projector",
                 projector::build(pc, opts.batch, opts.taps)?,
                 pw,
+                siglip::FEATURES,
+                projector::PROJECTED,
             ));
         }
-        for (name, mut graph, store) in parts {
-            let stored: HashMap<String, DType> = store
-                .names()
-                .filter_map(|n| Some((n.to_string(), store.fact(n).ok()?.dtype)))
-                .collect();
+        for (name, mut graph, store, input_name, output) in parts {
+            let stored = store.stored_dtypes();
             let pass_reports =
                 Pipeline::compile(policy.clone(), Box::new(move |n| stored.get(n).copied()))
                     .run(&mut graph)?;
             let exec = Arc::new(prepared.compile(&graph, &backends, store)?);
-            let (input_name, output) = match name {
-                "embed" => (siglip::PIXELS, siglip::EMBEDDINGS),
-                "encoder" => (siglip::EMBEDDINGS, siglip::FEATURES),
-                _ => (siglip::FEATURES, projector::PROJECTED),
-            };
             let input = graph.find_source("input", input_name).ok_or_else(|| {
                 invalid("graph", format!("{name} graph lacks input `{input_name}`"))
             })?;
@@ -367,38 +368,32 @@ impl VisionEncoder {
                 let ts = Instant::now();
                 let mut outs = self.run_stage(st, r, &value)?;
                 let ms = ts.elapsed().as_secs_f64() * 1e3;
-                // Taps: the valid tiles' rows of each extra output.
-                for ((tap, _), o) in st.outputs.iter().zip(&outs).skip(1) {
-                    let rows = o.shape()[0] / b;
-                    let keep = valid * rows * o.shape()[1..].iter().product::<usize>();
-                    let vals = o
-                        .as_f32()
-                        .ok_or_else(|| invalid("vision", "tap is not f32"))?;
-                    taps.entry(tap.clone())
-                        .or_insert_with(Vec::new)
-                        .extend_from_slice(&vals[..keep]);
+                {
+                    let kept = outs
+                        .iter()
+                        .map(|o| valid_rows(o, b, valid))
+                        .collect::<Result<Vec<_>>>()?;
+                    for ((tap, _), rows) in st.outputs.iter().zip(&kept).skip(1) {
+                        taps.entry(tap.clone())
+                            .or_insert_with(Vec::new)
+                            .extend_from_slice(rows);
+                    }
+                    match i {
+                        0 => t.conv_ms += ms,
+                        1 => {
+                            t.blocks_ms += ms;
+                            features.extend_from_slice(kept[0]);
+                        }
+                        _ => {
+                            t.project_ms += ms;
+                            projected
+                                .as_mut()
+                                .expect("a projector stage")
+                                .extend_from_slice(kept[0]);
+                        }
+                    }
                 }
-                let out = outs.swap_remove(0);
-                match i {
-                    0 => t.conv_ms += ms,
-                    1 => t.blocks_ms += ms,
-                    _ => t.project_ms += ms,
-                }
-                let rows_per_tile = out.shape()[0] / b;
-                let width = out.shape()[1];
-                let keep = valid * rows_per_tile * width;
-                let vals = out
-                    .as_f32()
-                    .ok_or_else(|| invalid("vision", "stage output is not f32"))?;
-                match i {
-                    1 => features.extend_from_slice(&vals[..keep]),
-                    2 => projected
-                        .as_mut()
-                        .expect("a projector stage")
-                        .extend_from_slice(&vals[..keep]),
-                    _ => {}
-                }
-                value = out;
+                value = outs.swap_remove(0);
             }
         }
         t.total_ms = t0.elapsed().as_secs_f64() * 1e3;

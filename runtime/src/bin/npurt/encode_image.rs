@@ -234,11 +234,7 @@ pub fn run(a: EncodeImageArgs) -> anyhow_lite::Result<()> {
     // The instruction the encoder's matmuls use, measured now on as many threads: the
     // int8 VNNI dot product for the integer presets (w8a16's 16-bit activations take
     // two of them per product, byte planes, so its attainable peak is half), FMA for f32.
-    let threads = a.threads.unwrap_or_else(|| {
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-    });
+    let threads = a.threads.unwrap_or_else(super::default_threads);
     let (kind, per_product) = match enc.options.precision.linear_act {
         npurt_graph::ActPrecision::F32 => (PeakKind::F32Fma, 1.0),
         npurt_graph::ActPrecision::I16 => (PeakKind::Int8Vnni, 2.0),
