@@ -153,6 +153,19 @@ impl VisionEncoder {
         projector_file: Option<&Path>,
         opts: VisionOptions,
     ) -> Result<Self> {
+        let backends = rt.backends(&opts.backend, opts.threads)?;
+        Self::load_into(dir, projector_file, opts, backends, &PreparedWeights::default())
+    }
+
+    /// [`VisionEncoder::load`] over given backends, preparing weights into a cache a
+    /// multimodal model shares between its programs.
+    pub(crate) fn load_into(
+        dir: &Path,
+        projector_file: Option<&Path>,
+        opts: VisionOptions,
+        backends: Vec<Arc<dyn Backend>>,
+        prepared: &PreparedWeights,
+    ) -> Result<Self> {
         let t0 = Instant::now();
         let (cfg, weights) = siglip::load_dir(dir)?;
         let projector = match projector_file {
@@ -176,7 +189,9 @@ impl VisionEncoder {
             cfg.num_hidden_layers,
             cfg.hidden_size
         );
-        let mut enc = Self::compile(rt, cfg, weights, projector, opts, desc, false)?;
+        let mut enc = Self::compile(
+            backends, prepared, cfg, weights, projector, opts, desc, false,
+        )?;
         enc.load_ms = t0.elapsed().as_secs_f64() * 1e3;
         Ok(enc)
     }
@@ -198,13 +213,26 @@ impl VisionEncoder {
         let pw = projector::synthetic_weights(&pc, SYNTHETIC_SEED + 1)?;
         let desc =
             format!("synthetic SigLIP-so400m (seeded random weights) + projector to {llm_hidden}");
-        let mut enc = Self::compile(rt, cfg, weights, Some((pc, pw)), opts, desc, true)?;
+        let backends = rt.backends(&opts.backend, opts.threads)?;
+        let prepared = PreparedWeights::default();
+        let mut enc = Self::compile(
+            backends,
+            &prepared,
+            cfg,
+            weights,
+            Some((pc, pw)),
+            opts,
+            desc,
+            true,
+        )?;
         enc.load_ms = t0.elapsed().as_secs_f64() * 1e3;
         Ok(enc)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn compile(
-        rt: &Runtime,
+        backends: Vec<Arc<dyn Backend>>,
+        prepared: &PreparedWeights,
         cfg: SiglipVisionConfig,
         weights: WeightStore,
         projector: Option<(ProjectorConfig, WeightStore)>,
@@ -212,9 +240,7 @@ impl VisionEncoder {
         description: String,
         synthetic: bool,
     ) -> Result<Self> {
-        let backends = rt.backends(&opts.backend, opts.threads)?;
         let policy = vision_policy(&opts.precision);
-        let prepared = PreparedWeights::default();
         let mut stages = Vec::new();
         let tower = |stage| SiglipGraphOptions {
             batch: opts.batch,
@@ -279,6 +305,7 @@ impl VisionEncoder {
                 pass_reports,
             });
         }
+        let weight_bytes = prepared.bytes_of(stages.iter().map(|s| &s.graph));
         let mut enc = VisionEncoder {
             config: cfg,
             projector_config: projector.map(|(pc, _)| pc),
@@ -287,7 +314,7 @@ impl VisionEncoder {
             synthetic,
             backends,
             stages,
-            weight_bytes: prepared.bytes(),
+            weight_bytes,
             load_ms: 0.0,
             runners: Mutex::new(Vec::new()),
         };

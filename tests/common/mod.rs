@@ -106,3 +106,39 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         .map(|(x, y)| (x - y).abs())
         .fold(0.0, f32::max)
 }
+
+/// Max minus min of a logit row (the README's logits tolerance is relative to it).
+pub fn logit_range(v: &[f32]) -> f32 {
+    v.iter().copied().fold(f32::NEG_INFINITY, f32::max)
+        - v.iter().copied().fold(f32::INFINITY, f32::min)
+}
+
+/// `logsumexp` of a logit row, in f64.
+pub fn logsumexp(v: &[f32]) -> f64 {
+    let m = v.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    m + v.iter().map(|&x| (x as f64 - m).exp()).sum::<f64>().ln()
+}
+
+/// A BlueLM-V model directory for vlm_tiny (golden README section 4): `config.json`
+/// plus symlinks to `siglip_tiny`, vlm_tiny's projector and the fetched SmolLM2 GGUF.
+/// `edit` changes the config before it is written. A fresh directory per call.
+pub fn vlm_tiny_dir(edit: impl FnOnce(&mut serde_json::Value)) -> PathBuf {
+    let dir = npurt_models::testfiles::temp_path("vlm_tiny");
+    std::fs::create_dir_all(&dir).expect("creating the model directory");
+    let link = |target: PathBuf, name: &str| {
+        std::os::unix::fs::symlink(&target, dir.join(name))
+            .unwrap_or_else(|e| panic!("linking {}: {e}", target.display()))
+    };
+    link(golden("siglip_tiny"), "vision");
+    link(golden("vlm_tiny/projector.safetensors"), "projector.safetensors");
+    link(smollm2_gguf(), "llm.gguf");
+    let mut cfg = serde_json::json!({
+        "model_type": "bluelm_v", "vision": "vision", "projector": "projector.safetensors",
+        "llm": "llm.gguf", "image_token": "<image>", "vision_feature": "last",
+        "projector_ln_eps": 1e-5,
+        "tiling": {"rule": "relaxed", "alpha": 0.1, "max_tiles": 9, "tile": 384}
+    });
+    edit(&mut cfg);
+    std::fs::write(dir.join("config.json"), cfg.to_string()).expect("writing config.json");
+    dir
+}
