@@ -381,15 +381,25 @@ impl Session {
     /// image rows runs the embeddings graph, its text rows embedded by the model's
     /// token-embedding graph. The whole prompt is checked against the context first.
     pub fn feed_prompt(&mut self, parts: &[PromptPart<Arc<ImageEmbeddings>>]) -> Result<()> {
-        self.feed_parts(parts, false).map(|_| ())
+        self.feed_parts(parts, None).map(|_| ())
     }
 
-    /// [`Session::feed_prompt`] returning the logits at every fed position.
-    pub fn feed_prompt_all_logits(
+    /// [`Session::feed_prompt`] returning the logits at the last `n` fed positions
+    /// (fewer if the prompt is shorter). Only the chunks holding those positions run
+    /// the every-row-logits graph.
+    pub fn feed_prompt_last_logits(
         &mut self,
         parts: &[PromptPart<Arc<ImageEmbeddings>>],
+        n: usize,
     ) -> Result<Vec<Vec<f32>>> {
-        self.feed_parts(parts, true)
+        let total: usize = parts
+            .iter()
+            .map(|p| match p {
+                PromptPart::Text(ids) => ids.len(),
+                PromptPart::Image(img) => img.tokens(),
+            })
+            .sum();
+        self.feed_parts(parts, Some(total.saturating_sub(n)))
     }
 
     /// Feeds a prompt whose images may still be encoding: waits for each (only for
@@ -417,10 +427,11 @@ impl Session {
         Ok(needed)
     }
 
+    /// Feeds `parts`; returns the logits of every fed row from index `logits_from` on.
     fn feed_parts(
         &mut self,
         parts: &[PromptPart<Arc<ImageEmbeddings>>],
-        all_logits: bool,
+        logits_from: Option<usize>,
     ) -> Result<Vec<Vec<f32>>> {
         // Every row, in order: a token, or (part index, row) of an image.
         enum Row {
@@ -463,8 +474,14 @@ impl Session {
         }
         let vocab = self.model.config.vocab_size;
         let mut logits = Vec::new();
-        for chunk in rows.chunks(self.chunk_rows()) {
+        let c = self.chunk_rows();
+        for (k, chunk) in rows.chunks(c).enumerate() {
             let n = chunk.len();
+            // Rows of this chunk whose logits are wanted start here (None: none are).
+            let want = logits_from
+                .filter(|&f| f < k * c + n)
+                .map(|f| f.saturating_sub(k * c));
+            let all_logits = want.is_some();
             let text: Vec<u32> = chunk
                 .iter()
                 .map(|r| match r {
@@ -519,9 +536,10 @@ impl Session {
                 }
             }
             let v = out.into_f32().unwrap_or_default();
-            if all_logits {
-                logits.extend(v.chunks_exact(vocab).take(n).map(<[f32]>::to_vec));
-                self.last_logits = logits.last().cloned();
+            if let Some(first) = want {
+                let rows = v.chunks_exact(vocab).take(n);
+                self.last_logits = rows.clone().last().map(<[f32]>::to_vec);
+                logits.extend(rows.skip(first).map(<[f32]>::to_vec));
             } else {
                 self.last_logits = Some(v);
             }
@@ -532,7 +550,7 @@ impl Session {
 
     /// Feeds ids and returns the logits at every fed position, `[ids.len()][vocab]`.
     pub fn feed_all_logits(&mut self, ids: &[u32]) -> Result<Vec<Vec<f32>>> {
-        self.feed_parts(&[PromptPart::Text(ids.to_vec())], true)
+        self.feed_parts(&[PromptPart::Text(ids.to_vec())], Some(0))
     }
 
     /// Feeds the prompt (if any), then generates, calling `on_text(piece, token)` as

@@ -119,26 +119,22 @@ pub fn logsumexp(v: &[f32]) -> f64 {
     m + v.iter().map(|&x| (x as f64 - m).exp()).sum::<f64>().ln()
 }
 
-/// A BlueLM-V model directory for vlm_tiny (golden README section 4): `config.json`
-/// plus symlinks to `siglip_tiny`, vlm_tiny's projector and the fetched SmolLM2 GGUF.
-/// `edit` changes the config before it is written. A fresh directory per call.
+/// A BlueLM-V model directory for vlm_tiny (golden README section 4), written by
+/// `scripts/make-vlm-tiny.sh` (the script the README and the demo use); `edit` changes
+/// its config before the test loads it. A fresh directory per call.
 pub fn vlm_tiny_dir(edit: impl FnOnce(&mut serde_json::Value)) -> PathBuf {
     let dir = npurt_models::testfiles::temp_path("vlm_tiny");
-    std::fs::create_dir_all(&dir).expect("creating the model directory");
-    let link = |target: PathBuf, name: &str| {
-        std::os::unix::fs::symlink(&target, dir.join(name))
-            .unwrap_or_else(|e| panic!("linking {}: {e}", target.display()))
-    };
-    link(golden("siglip_tiny"), "vision");
-    link(golden("vlm_tiny/projector.safetensors"), "projector.safetensors");
-    link(smollm2_gguf(), "llm.gguf");
-    let mut cfg = serde_json::json!({
-        "model_type": "bluelm_v", "vision": "vision", "projector": "projector.safetensors",
-        "llm": "llm.gguf", "image_token": "<image>", "vision_feature": "last",
-        "projector_ln_eps": 1e-5,
-        "tiling": {"rule": "relaxed", "alpha": 0.1, "max_tiles": 9, "tile": 384}
-    });
+    smollm2_gguf();
+    let status = std::process::Command::new("bash")
+        .arg(project_root().join("scripts/make-vlm-tiny.sh"))
+        .arg(&dir)
+        .status()
+        .expect("running scripts/make-vlm-tiny.sh");
+    assert!(status.success(), "scripts/make-vlm-tiny.sh failed");
+    let path = dir.join("config.json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).expect("config.json")).unwrap();
     edit(&mut cfg);
-    std::fs::write(dir.join("config.json"), cfg.to_string()).expect("writing config.json");
+    std::fs::write(&path, cfg.to_string()).expect("writing config.json");
     dir
 }

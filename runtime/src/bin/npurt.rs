@@ -3,16 +3,16 @@
 
 use clap::{Args, Parser, Subcommand};
 use npurt_graph::PrecisionPolicy;
-use npurt_models::ChatMessage;
 use npurt_runtime::{
-    perplexity, stats, GenerateOptions, LoadOptions, Model, Runtime, SamplingOptions, Session,
+    perplexity, GenerateOptions, LoadOptions, Model, Runtime, SamplingOptions, Session,
 };
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 #[path = "npurt/encode_image.rs"]
 mod encode_image;
+#[path = "npurt/run_prompt.rs"]
+mod run_prompt;
 
 const DEFAULT_MODEL: &str = "models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
 
@@ -65,9 +65,21 @@ enum Cmd {
         /// Raw text fed as is.
         #[arg(long, conflicts_with = "chat", required_unless_present = "chat")]
         prompt: Option<String>,
-        /// A user message, wrapped in the model's chat template.
+        /// A user message, wrapped in the model's chat template (`-`: read it from
+        /// stdin, e.g. while the image encodes).
         #[arg(long)]
         chat: Option<String>,
+        /// A system message before the user's (with --chat).
+        #[arg(long)]
+        system: Option<String>,
+        /// An image to answer about (repeatable; needs a BlueLM-V model directory).
+        /// It goes where the message's `<image>` placeholders are, else before the text.
+        #[arg(long)]
+        image: Vec<PathBuf>,
+        /// Keep the vision encoder loaded after the images are encoded (default: release
+        /// it, so the LLM stage does not carry its memory).
+        #[arg(long)]
+        keep_vision: bool,
         #[arg(long, default_value_t = 128)]
         max_tokens: usize,
         #[arg(long, default_value_t = 0.0)]
@@ -274,6 +286,9 @@ fn run(cli: Cli) -> anyhow_lite::Result<()> {
             common,
             prompt,
             chat,
+            system,
+            image,
+            keep_vision,
             max_tokens,
             temperature,
             top_k,
@@ -284,14 +299,7 @@ fn run(cli: Cli) -> anyhow_lite::Result<()> {
             json,
         } => {
             let model = load(&common, None)?;
-            let text = match (prompt, chat) {
-                (Some(p), _) => p,
-                (None, Some(c)) => model.render_chat(&[ChatMessage::new("user", c)])?,
-                (None, None) => unreachable!("clap requires --prompt or --chat"),
-            };
-            let ids = model.encode(&text)?;
-            let mut session = Session::new(model.clone())?;
-            let opts = GenerateOptions {
+            let gen = GenerateOptions {
                 max_tokens,
                 sampling: SamplingOptions {
                     temperature,
@@ -303,35 +311,15 @@ fn run(cli: Cli) -> anyhow_lite::Result<()> {
                 stop_at_eos: true,
                 stop_strings: stop,
             };
-            let mut stdout = std::io::stdout();
-            let g = session.generate(&ids, &opts, |piece, _| {
-                if !json {
-                    print!("{piece}");
-                    let _ = stdout.flush();
-                }
-                true
-            })?;
-            let rss = stats::peak_rss_bytes().unwrap_or(0);
-            if json {
-                let v = serde_json::json!({
-                    "text": g.text, "tokens": g.tokens.len(), "load_ms": model.load_ms,
-                    "prefill_tok_s": g.prefill_tok_s(), "decode_tok_s": g.decode_tok_s(), "peak_rss_bytes": rss,
-                });
-                println!("{v}");
-            } else {
-                println!();
-                println!(
-                    "[load {:.0} ms | prefill {} tok at {:.1} tok/s | decode {} tok at {:.1} tok/s | peak RSS {:.1} MiB | {} | stop: {:?}]",
-                    model.load_ms,
-                    g.prompt_tokens,
-                    g.prefill_tok_s(),
-                    g.tokens.len(),
-                    g.decode_tok_s(),
-                    rss as f64 / (1 << 20) as f64,
-                    model.backend.capabilities().device,
-                    g.stop
-                );
-            }
+            let args = run_prompt::PromptArgs {
+                prompt,
+                chat,
+                system,
+                images: image,
+                keep_vision,
+                json,
+            };
+            run_prompt::run(model, args, gen)?;
         }
         Cmd::Logits { common, ids, out } => {
             let model = load(&common, Some(ids.len()))?;
