@@ -54,6 +54,10 @@ struct Common {
     /// KV cache type, overriding the preset's (f32 for `f32`, f16 for the others).
     #[arg(long, value_parser = ["f32", "f16"])]
     kv_cache: Option<String>,
+    /// A BlueLM-V model's vision precision: f32, w8a16, w8a8 (default: f32 with
+    /// `--precision f32`, else w8a16, INT8 weights and 16-bit activations).
+    #[arg(long)]
+    vision_precision: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -244,13 +248,15 @@ fn load(c: &Common, ctx_at_least: Option<usize>) -> anyhow_lite::Result<Arc<Mode
         (None, Some(n)) => Some(n.max(npurt_runtime::DEFAULT_CTX)),
         (None, None) => None,
     };
-    let mut precision = PrecisionPolicy::by_name(&c.precision).ok_or_else(|| {
-        anyhow_lite::msg(format!(
-            "unknown precision `{}` (known: {})",
-            c.precision,
-            PrecisionPolicy::names().join(", ")
-        ))
-    })?;
+    let preset = |name: &str| {
+        PrecisionPolicy::by_name(name).ok_or_else(|| {
+            anyhow_lite::msg(format!(
+                "unknown precision `{name}` (known: {})",
+                PrecisionPolicy::names().join(", ")
+            ))
+        })
+    };
+    let mut precision = preset(&c.precision)?;
     match c.kv_cache.as_deref() {
         Some("f16") => precision.kv_cache = npurt_graph::DType::F16,
         Some(_) => precision.kv_cache = npurt_graph::DType::F32,
@@ -263,6 +269,18 @@ fn load(c: &Common, ctx_at_least: Option<usize>) -> anyhow_lite::Result<Arc<Mode
         ctx,
         precision,
     };
+    if npurt_models::vlm::is_vlm_dir(&path) {
+        let vision = match (&c.vision_precision, c.precision.as_str()) {
+            (Some(p), _) => preset(p)?,
+            (None, "f32") => PrecisionPolicy::F32,
+            (None, _) => PrecisionPolicy::W8A16,
+        };
+        let vopts = npurt_runtime::VisionOptions {
+            precision: vision,
+            ..Default::default()
+        };
+        return Ok(Runtime::new().load_multimodal(&path, opts, vopts)?);
+    }
     Ok(Runtime::new().load(&path, opts)?)
 }
 
