@@ -9,6 +9,11 @@
 //! largest first, each at the lowest offset that fits between the values already placed
 //! whose lifetimes overlap its own (TFLite's "greedy by size" offset planner, which is
 //! at least as tight as best-fit in node order on these graphs).
+//!
+//! [`plan_slots`] assigns the same lifetimes to whole buffers instead (best fit in node
+//! order, ratchet's approach), for backends that cannot bind two ranges of one buffer
+//! in one dispatch: wgpu tracks usage per buffer, so an input bound read-only and an
+//! output bound read-write in the same arena buffer would conflict.
 
 use crate::{Graph, NodeId, Op};
 
@@ -93,6 +98,36 @@ fn is_alias(op: &Op) -> bool {
     matches!(op, Op::KvWrite | Op::Reshape { .. })
 }
 
+/// The node whose storage `id` uses: through KV writes (the cache they update) and
+/// reshapes (their input).
+pub fn root(graph: &Graph, mut id: NodeId) -> NodeId {
+    while is_alias(&graph.node(id).op) {
+        id = graph.node(id).inputs[0];
+    }
+    id
+}
+
+/// `[first, last]` node indices during which each node's value is live: from its node
+/// to its last reader, counting readers of its aliases and the aliases themselves;
+/// graph outputs live to `nodes.len()`. An alias reports its root's lifetime.
+pub fn lifetimes(graph: &Graph) -> Vec<(usize, usize)> {
+    let n = graph.nodes.len();
+    let roots: Vec<usize> = graph.ids().map(|id| root(graph, id).0).collect();
+    let mut lifetime: Vec<(usize, usize)> = (0..n).map(|i| (i, i)).collect();
+    for (i, node) in graph.nodes.iter().enumerate() {
+        for x in node.inputs.iter().map(|x| roots[x.0]).chain([roots[i]]) {
+            lifetime[x].1 = lifetime[x].1.max(i);
+        }
+    }
+    for (_, id) in &graph.outputs {
+        lifetime[roots[id.0]].1 = n;
+    }
+    for i in 0..n {
+        lifetime[i] = lifetime[roots[i]];
+    }
+    lifetime
+}
+
 /// Plans `graph`'s intermediates into one arena, offsets aligned to `align` bytes
 /// (a power of two; 64 keeps CPU rows cache-line aligned, GPUs want 256).
 pub fn plan(graph: &Graph, align: u64) -> MemoryPlan {
@@ -115,25 +150,7 @@ pub fn plan(graph: &Graph, align: u64) -> MemoryPlan {
             }
         });
     }
-    let root = |i: usize| match placement[i] {
-        Placement::Alias(r) => r.0,
-        _ => i,
-    };
-    // Lifetimes of roots: defined at their node, extended by every reader (of the root
-    // or of an alias of it) and by the aliases themselves.
-    let mut lifetime: Vec<(usize, usize)> = (0..n).map(|i| (i, i)).collect();
-    for (i, node) in graph.nodes.iter().enumerate() {
-        for x in node.inputs.iter().map(|x| root(x.0)).chain([root(i)]) {
-            lifetime[x].1 = lifetime[x].1.max(i);
-        }
-    }
-    for (_, id) in &graph.outputs {
-        lifetime[root(id.0)].1 = n;
-    }
-    for i in 0..n {
-        lifetime[i] = lifetime[root(i)];
-    }
-
+    let lifetime = lifetimes(graph);
     // Largest first; ties in node order (deterministic).
     let mut order: Vec<(usize, u64)> = placement
         .iter()
@@ -183,6 +200,98 @@ pub fn plan(graph: &Graph, align: u64) -> MemoryPlan {
     }
 }
 
+/// Where a value lives under [`plan_slots`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Storage {
+    /// An input or state bound per run (index into [`SlotPlan::bound`]).
+    Bound(usize),
+    /// A weight prepared at compile time.
+    Weight(NodeId),
+    /// A scratch buffer.
+    Slot(usize),
+}
+
+pub struct SlotPlan {
+    /// Storage of every node's value (aliases resolved).
+    pub storage: Vec<Storage>,
+    /// Bytes of each slot.
+    pub slot_bytes: Vec<u64>,
+    /// Per node, the slots of its temporaries (live while the node runs only).
+    pub temp_slots: Vec<Vec<usize>>,
+    /// Nodes bound per run (inputs and states), in graph order.
+    pub bound: Vec<NodeId>,
+}
+
+/// Plans values into whole buffers (slots): slots are handed out in node order, and a
+/// freed slot goes to the next value it fits best. `temps[i]` lists the temporaries
+/// node `i` needs (bytes).
+pub fn plan_slots(graph: &Graph, temps: &[Vec<u64>]) -> SlotPlan {
+    let n = graph.nodes.len();
+    let lifetime = lifetimes(graph);
+    let mut storage = vec![Storage::Slot(usize::MAX); n];
+    let mut bound = Vec::new();
+    let mut slot_bytes: Vec<u64> = Vec::new();
+    let mut free: Vec<usize> = Vec::new();
+    let mut temp_slots = vec![Vec::new(); n];
+    let mut dies_at: Vec<Vec<usize>> = vec![Vec::new(); n + 1];
+
+    let take = |bytes: u64, slot_bytes: &mut Vec<u64>, free: &mut Vec<usize>| -> usize {
+        let best = free
+            .iter()
+            .enumerate()
+            .filter(|(_, &s)| slot_bytes[s] >= bytes)
+            .min_by_key(|(_, &s)| slot_bytes[s])
+            .map(|(i, _)| i);
+        // Nothing fits: grow the largest free slot rather than add one.
+        let pick = best.or_else(|| {
+            free.iter()
+                .enumerate()
+                .max_by_key(|(_, &s)| slot_bytes[s])
+                .map(|(i, _)| i)
+        });
+        match pick {
+            Some(i) => {
+                let s = free.swap_remove(i);
+                slot_bytes[s] = slot_bytes[s].max(bytes);
+                s
+            }
+            None => {
+                slot_bytes.push(bytes);
+                slot_bytes.len() - 1
+            }
+        }
+    };
+
+    for (i, node) in graph.nodes.iter().enumerate() {
+        storage[i] = match node.op {
+            Op::Input { .. } | Op::State { .. } => {
+                bound.push(NodeId(i));
+                Storage::Bound(bound.len() - 1)
+            }
+            Op::Weight { .. } => Storage::Weight(NodeId(i)),
+            _ if is_alias(&node.op) => storage[node.inputs[0].0],
+            _ => {
+                let bytes = node.fact.bytes().unwrap_or(0) as u64;
+                let s = take(bytes.max(4), &mut slot_bytes, &mut free);
+                dies_at[lifetime[i].1.min(n)].push(s);
+                Storage::Slot(s)
+            }
+        };
+        for &bytes in temps.get(i).map(Vec::as_slice).unwrap_or(&[]) {
+            let s = take(bytes.max(4), &mut slot_bytes, &mut free);
+            temp_slots[i].push(s);
+        }
+        free.extend(temp_slots[i].iter().copied());
+        free.append(&mut dies_at[i]);
+    }
+    SlotPlan {
+        storage,
+        slot_bytes,
+        temp_slots,
+        bound,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -220,6 +329,28 @@ mod tests {
         let mut bad = p.clone();
         bad.placement[d.0] = bad.placement[a.0];
         assert!(bad.check().is_err());
+    }
+
+    #[test]
+    fn slots_are_reused_once_dead() {
+        let mut g = Graph::new();
+        let x = input(&mut g, "x", [4, 8]);
+        let a = g.add("a", Op::Silu, &[x]).unwrap();
+        let b = g.add("b", Op::Silu, &[a]).unwrap();
+        let c = g.add("c", Op::Silu, &[b]).unwrap();
+        let d = g.add("d", Op::Add, &[c, a]).unwrap();
+        g.set_output("out", d);
+        let p = plan_slots(&g, &[]);
+        let slot = |id: NodeId| match p.storage[id.0] {
+            Storage::Slot(s) => s,
+            s => panic!("{s:?}"),
+        };
+        assert_ne!(slot(a), slot(b));
+        assert_ne!(slot(a), slot(c), "a is still live when c is computed");
+        assert_ne!(slot(c), slot(d));
+        assert_eq!(slot(d), slot(b), "b died at c, so d reuses its slot");
+        assert!(p.slot_bytes.len() <= 4);
+        assert_eq!(p.storage[x.0], Storage::Bound(0));
     }
 
     /// A small seeded generator (SplitMix64), so failures reproduce.

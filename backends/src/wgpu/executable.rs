@@ -8,7 +8,7 @@ use super::buffers::{self, WgpuBuffer};
 use super::device::{GpuContext, StatusCheck};
 use super::ops::{self, BindRef, LowerCtx};
 use super::pipelines;
-use super::plan::{self, MemoryPlan, Storage};
+use npurt_graph::plan::{self, SlotPlan, Storage};
 use crate::{BackendError, Bindings, BufferUsage, DeviceBuffer, Executable, Result, Scratch};
 use npurt_graph::{Graph, NodeId, Op};
 use std::any::Any;
@@ -42,7 +42,7 @@ pub struct WgpuExecutable {
     graph: Graph,
     label: Arc<str>,
     node_names: Arc<Vec<String>>,
-    plan: MemoryPlan,
+    plan: SlotPlan,
     steps: Vec<Step>,
     /// Every dispatch's uniform parameters, each at an aligned offset.
     params: ::wgpu::Buffer,
@@ -114,7 +114,7 @@ impl WgpuExecutable {
             lowered.push(ops::lower(&cx, id).map_err(|r| compile_err(graph, id, r))?);
         }
         let temps: Vec<Vec<u64>> = lowered.iter().map(|l| l.temps.clone()).collect();
-        let plan = plan::plan(graph, &temps);
+        let plan = plan::plan_slots(graph, &temps);
         for (s, &bytes) in plan.slot_bytes.iter().enumerate() {
             if bytes > ctx.max_binding {
                 return Err(BackendError::OutOfMemory {

@@ -6,7 +6,7 @@
 //!   and split into row parts no larger than the adapter's storage binding limit.
 //!   Quantized formats (Q4_0, Q4_1, Q8_0, Q8Channel) and f16/bf16 are dequantized
 //!   inside the shaders (f16 through `unpack2x16float`, so SHADER_F16 is not needed).
-//! - `compile` lowers every node to dispatches, plans scratch memory (greedy reuse by
+//! - `compile` lowers every node to dispatches, plans scratch memory (`npurt_graph::plan::plan_slots`: greedy reuse by
 //!   lifetime), compiles pipelines once per (shader, entry, defines) and uploads every
 //!   dispatch's parameters into one uniform buffer.
 //! - `run` records the whole graph into one command encoder and submits once; bind
@@ -25,7 +25,6 @@ mod device;
 mod executable;
 mod ops;
 mod pipelines;
-mod plan;
 mod support;
 mod weights;
 
