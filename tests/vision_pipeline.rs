@@ -94,7 +94,9 @@ fn pipelined_equals_sequential_on_cpu() {
         check_timings(&b, false);
         assert_same(&format!("cpu {}", precision.name), &a, &b, 0.0);
         // A second call reuses the runners: same result.
-        let again = piped.encode(&pixels, TILES).expect("second pipelined encode");
+        let again = piped
+            .encode(&pixels, TILES)
+            .expect("second pipelined encode");
         assert_same("cpu again", &a, &again, 0.0);
     }
 }
@@ -109,12 +111,20 @@ fn pipelined_equals_sequential_on_wgpu() {
         assert_eq!(st.exec.segments(), 1, "{name} stage is split");
         st.exec.backends()[0].name().to_string()
     };
-    assert_eq!(stage_backend(&piped, "embed"), "cpu", "pipelined Conv2D on the CPU");
+    assert_eq!(
+        stage_backend(&piped, "embed"),
+        "cpu",
+        "pipelined Conv2D on the CPU"
+    );
     assert_eq!(stage_backend(&piped, "encoder"), "wgpu");
     assert_eq!(stage_backend(&piped, "projector"), "wgpu");
     assert_eq!(stage_backend(&seq, "embed"), "wgpu");
-    let a = piped.encode(&pixels, TILES).expect("pipelined encode on wgpu");
-    let b = seq.encode(&pixels, TILES).expect("sequential encode on wgpu");
+    let a = piped
+        .encode(&pixels, TILES)
+        .expect("pipelined encode on wgpu");
+    let b = seq
+        .encode(&pixels, TILES)
+        .expect("sequential encode on wgpu");
     check_timings(&a, true);
     check_timings(&b, false);
     assert_same("wgpu", &a, &b, 1e-4);

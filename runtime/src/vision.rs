@@ -35,8 +35,8 @@ use npurt_models::siglip::{
     self, SiglipGraphOptions, SiglipVisionConfig, VisionFeature, VisionStage,
 };
 use npurt_models::WeightStore;
-use std::path::Path;
 use stage::{valid_rows, StageRunner};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -472,7 +472,10 @@ impl Collected {
         valid: usize,
     ) -> Result<HostTensor> {
         if outs.is_empty() {
-            return Err(invalid("vision", format!("{} stage has no output", st.name)));
+            return Err(invalid(
+                "vision",
+                format!("{} stage has no output", st.name),
+            ));
         }
         let kept = outs
             .iter()

@@ -46,9 +46,16 @@ impl StageRunner {
 
     /// Writes `input` (the stage's whole static batch) and starts the stage on its
     /// stream.
-    pub(super) fn submit(&mut self, st: &VisionStageProgram, input: &HostTensor) -> Result<InFlight> {
+    pub(super) fn submit(
+        &mut self,
+        st: &VisionStageProgram,
+        input: &HostTensor,
+    ) -> Result<InFlight> {
         let t0 = Instant::now();
-        let in_be = st.exec.source_backend(st.input).ok_or_else(|| missing(st))?;
+        let in_be = st
+            .exec
+            .source_backend(st.input)
+            .ok_or_else(|| missing(st))?;
         in_be.write(self.input.as_ref(), input)?;
         let bindings = Bindings {
             sources: vec![(st.input, self.input.clone())],
