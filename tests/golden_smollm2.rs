@@ -58,16 +58,6 @@ fn prompts() -> Vec<(String, Vec<u32>)> {
         .collect()
 }
 
-fn range(v: &[f32]) -> f32 {
-    v.iter().copied().fold(f32::NEG_INFINITY, f32::max)
-        - v.iter().copied().fold(f32::INFINITY, f32::min)
-}
-
-fn lse(v: &[f32]) -> f64 {
-    let m = v.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    m + v.iter().map(|&x| (x as f64 - m).exp()).sum::<f64>().ln()
-}
-
 #[test]
 fn logits_match_hf_at_every_position() {
     let m = model();
@@ -86,7 +76,7 @@ fn logits_match_hf_at_every_position() {
         let (_, ref_lse) = g.f32(&format!("p{i}.lse"));
         let k = shape[1];
         for (t, row) in rows.iter().enumerate() {
-            let tol = 1e-3 * range(row);
+            let tol = 1e-3 * logit_range(row);
             let ours_top = npurt_runtime::sampling::argmax(row);
             assert_eq!(
                 ours_top as i32,
@@ -102,14 +92,14 @@ fn logits_match_hf_at_every_position() {
                 );
             }
             assert!(
-                (lse(row) - ref_lse[t] as f64).abs() <= tol as f64,
+                (logsumexp(row) - ref_lse[t] as f64).abs() <= tol as f64,
                 "{name} pos {t}: lse"
             );
         }
         let (_, last) = g.f32(&format!("p{i}.last"));
         let d = max_abs_diff(rows.last().unwrap(), &last);
         assert!(
-            d <= 1e-3 * range(&last),
+            d <= 1e-3 * logit_range(&last),
             "{name}: last-position logits differ by {d}"
         );
     }
@@ -336,7 +326,7 @@ fn chunk_size_does_not_change_results() {
         for (t, (a, b)) in rows.iter().zip(&base).enumerate() {
             let d = max_abs_diff(a, b);
             assert!(
-                d <= 1e-4 * range(b),
+                d <= 1e-4 * logit_range(b),
                 "chunk {chunk} position {t}: logits differ by {d}"
             );
         }

@@ -6,7 +6,8 @@
 //! - [`tokenizer`], [`chat`]: tokenizers and chat templates;
 //! - [`llama`]: the one LLaMA-family graph builder (prefill-chunk and decode graphs);
 //! - [`siglip`]: the one SigLIP vision-tower builder (patch-embedding and encoder stages);
-//! - [`projector`]: BlueLM-V's 2x2 token downsampler + MLP projector.
+//! - [`projector`]: BlueLM-V's 2x2 token downsampler + MLP projector;
+//! - [`vlm`]: the BlueLM-V model directory (vision + projector + LLM).
 
 pub mod chat;
 pub mod config;
@@ -19,6 +20,7 @@ pub mod siglip;
 pub mod source;
 pub mod testfiles;
 pub mod tokenizer;
+pub mod vlm;
 pub mod weights;
 
 pub use chat::{ChatMessage, ChatTemplate};

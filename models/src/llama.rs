@@ -218,6 +218,26 @@ pub fn build(cfg: &LlamaConfig, opts: &LlamaGraphOptions) -> Result<Graph> {
     Ok(ctx.b.finish()?)
 }
 
+/// Name of the embedding-table output of [`build_embed_tokens`].
+pub const EMBEDS: &str = "embeds";
+
+/// The token-embedding lookup alone: `ids` [rows] -> `embeds` [rows, hidden], the rows an
+/// [`InputKind::Embeddings`] graph takes. A multimodal prompt's chunk that mixes text and
+/// image rows embeds its text rows with this graph (same weight name, so the same
+/// prepared table) and splices the image rows in.
+pub fn build_embed_tokens(cfg: &LlamaConfig, rows: usize) -> Result<Graph> {
+    cfg.validate()?;
+    let mut b = Builder::new();
+    let ids = b.input("ids", TensorFact::i32([rows]))?;
+    let table = b.weight(
+        "model.embed_tokens.weight",
+        TensorFact::f32([cfg.vocab_size, cfg.hidden_size]),
+    )?;
+    let x = b.gather("embed_tokens", table, ids)?;
+    b.output(EMBEDS, x);
+    Ok(b.finish()?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

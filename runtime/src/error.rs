@@ -31,6 +31,32 @@ pub enum RuntimeError {
     NoChatTemplate,
     #[error("nothing to generate from: the session is empty")]
     EmptySession,
+    #[error("the model has no vision part (images need a BlueLM-V model directory)")]
+    NotMultimodal,
+    #[error("the vision encoder was released after encoding; load the model again to encode more images")]
+    VisionReleased,
+    #[error(
+        "the image takes {image_tokens} positions ({tiles} tiles) but the context holds {ctx}"
+    )]
+    ImageTooLarge {
+        image_tokens: usize,
+        tiles: usize,
+        ctx: usize,
+    },
+    #[error("the prompt has {placeholders} image placeholder(s) `{placeholder}` but {images} image(s) were given")]
+    PlaceholderWithoutImage {
+        placeholder: String,
+        placeholders: usize,
+        images: usize,
+    },
+    #[error("{images} image(s) were given but the prompt has only {placeholders} placeholder(s) `{placeholder}` for them")]
+    MoreImagesThanPlaceholders {
+        placeholder: String,
+        placeholders: usize,
+        images: usize,
+    },
+    #[error("image encoding failed: {0}")]
+    ImageFailed(String),
 }
 
 pub type Result<T, E = RuntimeError> = std::result::Result<T, E>;

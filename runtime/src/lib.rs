@@ -19,6 +19,7 @@ mod error;
 pub mod image;
 pub mod inspect;
 mod model;
+pub mod multimodal;
 pub mod partition;
 mod perplexity;
 pub mod sampling;
@@ -28,9 +29,10 @@ pub mod vision;
 
 pub use error::{Result, RuntimeError};
 pub use model::{
-    CompiledGraph, GraphKind, LoadOptions, Model, Runtime, DEFAULT_CHUNK, DEFAULT_CTX,
+    CompiledGraph, GraphKind, LoadOptions, LoadReport, Model, Runtime, DEFAULT_CHUNK, DEFAULT_CTX,
 };
+pub use multimodal::{ImageEmbeddings, ImageInput, PendingImage, PromptPart};
 pub use perplexity::{perplexity, Perplexity};
 pub use sampling::SamplingOptions;
-pub use session::{GenerateOptions, Generation, Session, StopReason};
+pub use session::{GenerateOptions, Generation, Position, Session, StopReason};
 pub use vision::{VisionEncoder, VisionOptions, VisionOutput};

@@ -55,6 +55,24 @@ pub enum GraphKind {
     PrefillAllLogits,
     /// 1 row.
     Decode,
+    /// C rows of input embeddings (a chunk holding image rows), logits of the last row.
+    /// Multimodal models only.
+    PrefillEmbeds,
+    /// C rows of input embeddings, logits of every row. Multimodal models only.
+    PrefillEmbedsAllLogits,
+    /// C token ids to their embedding rows (the text rows of a mixed chunk).
+    /// Multimodal models only.
+    EmbedTokens,
+}
+
+impl GraphKind {
+    /// Whether the graph takes `embeds` rows instead of token ids.
+    pub fn takes_embeddings(self) -> bool {
+        matches!(
+            self,
+            GraphKind::PrefillEmbeds | GraphKind::PrefillEmbedsAllLogits
+        )
+    }
 }
 
 /// One compiled static-shape graph and the ids of the sources the runtime binds.
@@ -65,10 +83,15 @@ pub struct CompiledGraph {
     /// backend runs everything).
     pub exec: Arc<Partitioned>,
     pub rows: usize,
-    pub ids: NodeId,
-    pub pos: NodeId,
-    pub n_valid: NodeId,
+    /// The row input: `ids` ([rows] i32) or `embeds` ([rows, hidden] f32).
+    pub input: NodeId,
+    /// Position of the first row and the count of valid rows (absent from
+    /// `EmbedTokens`, which has no position).
+    pub pos: Option<NodeId>,
+    pub n_valid: Option<NodeId>,
     pub last_row: Option<NodeId>,
+    /// The output the runtime reads: `logits`, or `embeds` for `EmbedTokens`.
+    pub output: &'static str,
     /// (state node, state name) for the KV cache.
     pub states: Vec<(NodeId, String)>,
     pub pass_reports: Vec<PassReport>,
@@ -92,7 +115,25 @@ pub struct Model {
     pub cache_rows: usize,
     pub graphs: HashMap<GraphKind, CompiledGraph>,
     pub load_ms: f64,
+    /// Bytes of the LLM's prepared weights.
     pub weight_bytes: usize,
+    /// Prepared weights of every program of this model (LLM, vision encoder,
+    /// projector), keyed by backend and weight name.
+    pub(crate) prepared: Arc<PreparedWeights>,
+    /// The image path of a multimodal (BlueLM-V) model.
+    pub vision: Option<crate::multimodal::VisionPart>,
+    /// How long each part took to load and compile, and the wall time.
+    pub load_report: LoadReport,
+}
+
+/// Load and compile times of a model's parts (ms). A multimodal model loads its vision
+/// tower and its LLM on separate threads, so `wall_ms` is less than their sum.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct LoadReport {
+    pub llm_ms: f64,
+    /// 0 for a text-only model.
+    pub vision_ms: f64,
+    pub wall_ms: f64,
 }
 
 /// Owns the backend registry; loads models.
@@ -137,12 +178,23 @@ impl Runtime {
         Ok(backends)
     }
 
+    /// Loads a `.gguf` file, an HF LLaMA directory, or a BlueLM-V model directory
+    /// (`"model_type": "bluelm_v"`: vision tower, projector and LLM, loaded on separate
+    /// threads with the vision options of [`crate::VisionOptions::default`]).
     pub fn load(&self, path: &Path, opts: LoadOptions) -> Result<Arc<Model>> {
+        if npurt_models::vlm::is_vlm_dir(path) {
+            return self.load_multimodal(path, opts, crate::VisionOptions::default());
+        }
         let t0 = Instant::now();
         let source = ModelSource::open(path)?;
         let backends = self.backends(&opts.backend, opts.threads)?;
         let mut model = Model::compile(source, backends, opts)?;
         model.load_ms = t0.elapsed().as_secs_f64() * 1e3;
+        model.load_report = LoadReport {
+            llm_ms: model.load_ms,
+            vision_ms: 0.0,
+            wall_ms: model.load_ms,
+        };
         log::info!(
             "loaded {} on {} in {:.0} ms",
             model.description,
@@ -195,14 +247,36 @@ impl PreparedWeights {
         compile_partitioned(graph, backends, &prepare)
     }
 
-    /// Bytes of every prepared buffer.
-    pub(crate) fn bytes(&self) -> usize {
+    /// Bytes of the prepared buffers `graphs` read (each buffer once).
+    pub(crate) fn bytes_of<'a>(&self, graphs: impl IntoIterator<Item = &'a Graph>) -> usize {
+        let names: std::collections::HashSet<&str> = graphs
+            .into_iter()
+            .flat_map(|g| g.sources("weight").into_iter().map(|(_, n, _)| n))
+            .collect();
         self.buffers
             .lock()
             .expect("weight cache poisoned")
-            .values()
-            .map(|b| b.fact().bytes().unwrap_or(0))
+            .iter()
+            .filter(|((_, n), _)| names.contains(n.as_str()))
+            .map(|(_, b)| b.fact().bytes().unwrap_or(0))
             .sum()
+    }
+
+    /// Drops the cache's hold on the buffers `graphs` read (the programs that own them
+    /// free them when they are dropped): releasing a part of a model.
+    pub(crate) fn evict<'a>(&self, graphs: impl IntoIterator<Item = &'a Graph>) {
+        let names: std::collections::HashSet<String> = graphs
+            .into_iter()
+            .flat_map(|g| {
+                g.sources("weight")
+                    .into_iter()
+                    .map(|(_, n, _)| n.to_string())
+            })
+            .collect();
+        self.buffers
+            .lock()
+            .expect("weight cache poisoned")
+            .retain(|(_, n), _| !names.contains(n));
     }
 }
 
@@ -221,6 +295,19 @@ impl Model {
         source: ModelSource,
         backends: Vec<Arc<dyn Backend>>,
         opts: LoadOptions,
+    ) -> Result<Model> {
+        Self::compile_llm(source, backends, opts, Arc::default(), false)
+    }
+
+    /// [`Model::compile`] into a shared weight cache; `embeddings` also compiles the
+    /// graph kinds a multimodal prompt needs (chunks of input embeddings, and the token
+    /// embedding lookup for their text rows).
+    pub(crate) fn compile_llm(
+        source: ModelSource,
+        backends: Vec<Arc<dyn Backend>>,
+        opts: LoadOptions,
+        prepared: Arc<PreparedWeights>,
+        embeddings: bool,
     ) -> Result<Model> {
         let backend = backends
             .first()
@@ -244,25 +331,43 @@ impl Model {
         }
         let cache_rows = ctx + opts.chunk - 1;
 
-        let kinds = [
+        let mut kinds = vec![
             (GraphKind::Prefill, opts.chunk, LogitsMode::Last),
             (GraphKind::PrefillAllLogits, opts.chunk, LogitsMode::All),
             (GraphKind::Decode, 1, LogitsMode::Last),
         ];
-        let stored = source.weights.stored_dtypes();
-        let stored = Arc::new(stored);
+        if embeddings {
+            kinds.extend([
+                (GraphKind::PrefillEmbeds, opts.chunk, LogitsMode::Last),
+                (
+                    GraphKind::PrefillEmbedsAllLogits,
+                    opts.chunk,
+                    LogitsMode::All,
+                ),
+                (GraphKind::EmbedTokens, opts.chunk, LogitsMode::Last),
+            ]);
+        }
+        let stored = Arc::new(source.weights.stored_dtypes());
         let mut built = Vec::new();
         for (kind, rows, logits) in kinds {
-            let mut graph = llama::build(
-                &cfg,
-                &LlamaGraphOptions {
-                    rows,
-                    cache_rows,
-                    logits,
-                    input: InputKind::Ids,
-                    taps: false,
-                },
-            )?;
+            let mut graph = if kind == GraphKind::EmbedTokens {
+                llama::build_embed_tokens(&cfg, rows)?
+            } else {
+                llama::build(
+                    &cfg,
+                    &LlamaGraphOptions {
+                        rows,
+                        cache_rows,
+                        logits,
+                        input: if kind.takes_embeddings() {
+                            InputKind::Embeddings
+                        } else {
+                            InputKind::Ids
+                        },
+                        taps: false,
+                    },
+                )?
+            };
             let st = stored.clone();
             let reports = Pipeline::compile(
                 opts.precision.clone(),
@@ -275,7 +380,6 @@ impl Model {
         // Weights are materialized in the format each graph wants and prepared once per
         // (backend, weight): graph kinds share weight names, so the prefill and decode
         // graphs share one copy.
-        let prepared = PreparedWeights::default();
         let mut graphs = HashMap::new();
         for (kind, rows, graph, pass_reports) in built {
             let exec = Arc::new(prepared.compile(&graph, &backends, &source.weights)?);
@@ -289,12 +393,18 @@ impl Model {
                 .into_iter()
                 .map(|(id, n, _)| (id, n.to_string()))
                 .collect();
+            let (input, output) = match kind {
+                GraphKind::EmbedTokens => (find("ids")?, llama::EMBEDS),
+                k if k.takes_embeddings() => (find("embeds")?, "logits"),
+                _ => (find("ids")?, "logits"),
+            };
             let cg = CompiledGraph {
                 kind,
                 rows,
-                ids: find("ids")?,
-                pos: find("pos")?,
-                n_valid: find("n_valid")?,
+                input,
+                output,
+                pos: graph.find_source("input", "pos"),
+                n_valid: graph.find_source("input", "n_valid"),
                 last_row: graph.find_source("input", "last_row"),
                 states,
                 exec,
@@ -303,7 +413,7 @@ impl Model {
             };
             graphs.insert(kind, cg);
         }
-        let weight_bytes = prepared.bytes();
+        let weight_bytes = prepared.bytes_of(graphs.values().map(|g| &g.graph));
         Ok(Model {
             config: cfg,
             tokenizer: source.tokenizer,
@@ -317,6 +427,9 @@ impl Model {
             graphs,
             load_ms: 0.0,
             weight_bytes,
+            prepared,
+            vision: None,
+            load_report: LoadReport::default(),
         })
     }
 

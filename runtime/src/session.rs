@@ -1,8 +1,10 @@
 //! A `Session` is one conversation over a shared `Model`: its own KV cache (persistent
-//! buffers sized for the context), its own scratch per compiled graph, and the tokens
-//! seen so far. Sessions are independent: many run at once on one model, on any threads.
+//! buffers sized for the context), its own scratch per compiled graph, and what each
+//! context position holds (a token, or a row of an image's embeddings). Sessions are
+//! independent: many run at once on one model, on any threads.
 
-use crate::model::{CompiledGraph, GraphKind, Model};
+use crate::model::{invalid, CompiledGraph, GraphKind, Model};
+use crate::multimodal::{ImageEmbeddings, PendingImage, PromptPart};
 use crate::sampling::{Sampler, SamplingOptions};
 use crate::{Result, RuntimeError};
 use npurt_backends::{Bindings, BufferUsage, DeviceBuffer, Executable, Scratch};
@@ -16,18 +18,54 @@ use std::time::{Duration, Instant};
 /// Per-graph-kind buffers of one session (created on first use).
 struct Runner {
     scratch: Box<dyn Scratch>,
-    ids: Arc<dyn DeviceBuffer>,
-    pos: Arc<dyn DeviceBuffer>,
-    n_valid: Arc<dyn DeviceBuffer>,
+    /// `ids` or `embeds`.
+    input: Arc<dyn DeviceBuffer>,
+    pos: Option<Arc<dyn DeviceBuffer>>,
+    n_valid: Option<Arc<dyn DeviceBuffer>>,
     last_row: Option<Arc<dyn DeviceBuffer>>,
-    logits: Arc<dyn DeviceBuffer>,
+    output: Arc<dyn DeviceBuffer>,
+}
+
+/// What one context position holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Position {
+    Token(u32),
+    /// Row `row` of the session's `image`-th image (counted from 0 in feeding order).
+    Image {
+        image: u32,
+        row: u32,
+    },
+}
+
+/// The rows of one graph execution.
+enum ChunkRows<'a> {
+    Ids(&'a [u32]),
+    /// `n` rows of input embeddings, `[n, hidden]`.
+    Embeds {
+        data: Vec<f32>,
+        n: usize,
+    },
+}
+
+impl ChunkRows<'_> {
+    fn len(&self) -> usize {
+        match self {
+            ChunkRows::Ids(ids) => ids.len(),
+            ChunkRows::Embeds { n, .. } => *n,
+        }
+    }
 }
 
 pub struct Session {
     model: Arc<Model>,
     kv: HashMap<String, Arc<dyn DeviceBuffer>>,
     runners: HashMap<GraphKind, Runner>,
+    /// What each position of the KV cache holds, in order.
+    positions: Vec<Position>,
+    /// The token ids among `positions`, in order (the sampler's history).
     tokens: Vec<u32>,
+    /// Images fed so far (their positions may have been truncated away since).
+    images_fed: u32,
     last_logits: Option<Vec<f32>>,
 }
 
@@ -132,7 +170,9 @@ impl Session {
             model,
             kv,
             runners: HashMap::new(),
+            positions: Vec::new(),
             tokens: Vec::new(),
+            images_fed: 0,
             last_logits: None,
         })
     }
@@ -141,17 +181,24 @@ impl Session {
         &self.model
     }
 
-    /// Tokens in the KV cache, in order.
+    /// The token ids in the KV cache, in order (image positions are skipped: see
+    /// [`Session::positions`]).
     pub fn tokens(&self) -> &[u32] {
         &self.tokens
     }
 
+    /// What every position of the KV cache holds, in order.
+    pub fn positions(&self) -> &[Position] {
+        &self.positions
+    }
+
+    /// Positions used (tokens and image rows).
     pub fn len(&self) -> usize {
-        self.tokens.len()
+        self.positions.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.tokens.is_empty()
+        self.positions.is_empty()
     }
 
     /// Forgets everything (the KV cache is logically empty; nothing is reallocated).
@@ -159,11 +206,18 @@ impl Session {
         self.truncate(0);
     }
 
-    /// Keeps the first `n` tokens. Cache rows past `n` are stale but unreachable: a
-    /// query only sees positions below its own, and they are rewritten first.
+    /// Keeps the first `n` positions (cutting through an image keeps its first rows).
+    /// Cache rows past `n` are stale but unreachable: a query only sees positions below
+    /// its own, and they are rewritten first.
     pub fn truncate(&mut self, n: usize) {
-        if n < self.tokens.len() {
-            self.tokens.truncate(n);
+        if n < self.positions.len() {
+            self.positions.truncate(n);
+            let kept = self
+                .positions
+                .iter()
+                .filter(|p| matches!(p, Position::Token(_)))
+                .count();
+            self.tokens.truncate(kept);
             self.last_logits = None;
         }
     }
@@ -182,10 +236,14 @@ impl Session {
                 vocab,
             });
         }
-        let used = self.tokens.len();
-        if used + ids.len() > self.model.ctx {
+        self.check_room(ids.len())
+    }
+
+    fn check_room(&self, needed: usize) -> Result<()> {
+        let used = self.positions.len();
+        if used + needed > self.model.ctx {
             return Err(RuntimeError::ContextOverflow {
-                needed: ids.len(),
+                needed,
                 used,
                 ctx: self.model.ctx,
             });
@@ -195,42 +253,52 @@ impl Session {
 
     fn runner(&mut self, kind: GraphKind) -> Result<&mut Runner> {
         if !self.runners.contains_key(&kind) {
-            let cg = self.model.graph(kind);
+            let cg = self
+                .model
+                .graphs
+                .get(&kind)
+                .ok_or(RuntimeError::NotMultimodal)?;
             let x = &cg.exec;
             let act = BufferUsage::Activations;
-            let logits_fact = cg
+            let out_id = cg
                 .graph
-                .fact(
-                    cg.graph
-                        .output("logits")
-                        .expect("llama graphs output logits"),
-                )
-                .clone();
+                .output(cg.output)
+                .ok_or_else(|| invalid("graph", format!("no output `{}`", cg.output)))?;
             let scalar = TensorFact::i32([1]);
+            let opt = |id: Option<_>| id.map(|id| x.alloc_source(id, &scalar, act)).transpose();
             let r = Runner {
                 scratch: x.new_scratch()?,
-                ids: x.alloc_source(cg.ids, &TensorFact::i32([cg.rows]), act)?,
-                pos: x.alloc_source(cg.pos, &scalar, act)?,
-                n_valid: x.alloc_source(cg.n_valid, &scalar, act)?,
-                last_row: cg
-                    .last_row
-                    .map(|id| x.alloc_source(id, &scalar, act))
-                    .transpose()?,
-                logits: x.alloc_output("logits", &logits_fact)?,
+                input: x.alloc_source(cg.input, cg.graph.fact(cg.input), act)?,
+                pos: opt(cg.pos)?,
+                n_valid: opt(cg.n_valid)?,
+                last_row: opt(cg.last_row)?,
+                output: x.alloc_output(cg.output, cg.graph.fact(out_id))?,
             };
             self.runners.insert(kind, r);
         }
         Ok(self.runners.get_mut(&kind).expect("inserted above"))
     }
 
-    /// Runs one graph execution over `ids` (at most `rows` of them) at the current
-    /// position; returns the logits output ([1, V] or [rows, V]).
-    fn run_chunk(&mut self, kind: GraphKind, ids: &[u32]) -> Result<HostTensor> {
+    /// Runs one graph execution over `rows` (at most the graph's rows) at the current
+    /// position and returns its output (logits `[1, V]` or `[rows, V]`; embeddings for
+    /// `EmbedTokens`). The caller records the positions it filled.
+    fn run_chunk(&mut self, kind: GraphKind, rows: ChunkRows) -> Result<HostTensor> {
         let model = self.model.clone();
-        let cg: &CompiledGraph = model.graph(kind);
-        let pos = self.tokens.len();
-        let mut padded: Vec<i32> = ids.iter().map(|&i| i as i32).collect();
-        padded.resize(cg.rows, 0);
+        let cg: &CompiledGraph = model.graphs.get(&kind).ok_or(RuntimeError::NotMultimodal)?;
+        let pos = self.positions.len();
+        let n = rows.len();
+        let input = match rows {
+            ChunkRows::Ids(ids) => {
+                let mut padded: Vec<i32> = ids.iter().map(|&i| i as i32).collect();
+                padded.resize(cg.rows, 0);
+                HostTensor::i32([cg.rows], padded)
+            }
+            ChunkRows::Embeds { mut data, .. } => {
+                let h = model.config.hidden_size;
+                data.resize(cg.rows * h, 0.0);
+                HostTensor::f32([cg.rows, h], data)
+            }
+        };
         let kv: Vec<_> = cg
             .states
             .iter()
@@ -240,43 +308,43 @@ impl Session {
         let write = |id, buf: &Arc<dyn DeviceBuffer>, t: HostTensor| -> Result<()> {
             let be = x
                 .source_backend(id)
-                .ok_or_else(|| RuntimeError::InvalidOption {
-                    option: "graph",
-                    reason: "input without a backend".into(),
-                })?;
+                .ok_or_else(|| invalid("graph", "input without a backend"))?;
             Ok(be.write(buf.as_ref(), &t)?)
         };
         let r = self.runner(kind)?;
-        write(cg.ids, &r.ids, HostTensor::i32([cg.rows], padded))?;
-        write(cg.pos, &r.pos, scalar(pos))?;
-        write(cg.n_valid, &r.n_valid, scalar(ids.len()))?;
         let mut sources = kv;
-        sources.extend([
-            (cg.ids, r.ids.clone()),
-            (cg.pos, r.pos.clone()),
-            (cg.n_valid, r.n_valid.clone()),
-        ]);
-        if let (Some(id), Some(buf)) = (cg.last_row, &r.last_row) {
-            write(id, buf, scalar(ids.len() - 1))?;
-            sources.push((id, buf.clone()));
+        let scalars = [
+            (cg.pos, &r.pos, pos),
+            (cg.n_valid, &r.n_valid, n),
+            (cg.last_row, &r.last_row, n.saturating_sub(1)),
+        ];
+        write(cg.input, &r.input, input)?;
+        sources.push((cg.input, r.input.clone()));
+        for (id, buf, v) in scalars {
+            if let (Some(id), Some(buf)) = (id, buf) {
+                write(id, buf, scalar(v))?;
+                sources.push((id, buf.clone()));
+            }
         }
         let bindings = Bindings {
             sources,
-            outputs: vec![("logits".into(), r.logits.clone())],
+            outputs: vec![(cg.output.into(), r.output.clone())],
         };
         x.run(&bindings, r.scratch.as_mut())?;
         let out_be = x
-            .output_backend("logits")
-            .ok_or_else(|| RuntimeError::InvalidOption {
-                option: "graph",
-                reason: "logits without a backend".into(),
-            })?;
+            .output_backend(cg.output)
+            .ok_or_else(|| invalid("graph", "an output without a backend"))?;
         for be in &model.backends {
             be.synchronize()?;
         }
-        let out = out_be.read(r.logits.as_ref())?;
+        Ok(out_be.read(r.output.as_ref())?)
+    }
+
+    /// Records fed token ids as the next positions.
+    fn push_tokens(&mut self, ids: &[u32]) {
+        self.positions
+            .extend(ids.iter().map(|&i| Position::Token(i)));
         self.tokens.extend_from_slice(ids);
-        Ok(out)
     }
 
     fn chunk_rows(&self) -> usize {
@@ -294,7 +362,8 @@ impl Session {
             } else {
                 GraphKind::Prefill
             };
-            let out = self.run_chunk(kind, chunk)?;
+            let out = self.run_chunk(kind, ChunkRows::Ids(chunk))?;
+            self.push_tokens(chunk);
             self.last_logits = out.into_f32();
         }
         Ok(())
@@ -315,18 +384,180 @@ impl Session {
         self.feed_text(&text)
     }
 
+    /// Feeds a prompt of text and images in chunks of the prefill size: a chunk holding
+    /// image rows runs the embeddings graph, its text rows embedded by the model's
+    /// token-embedding graph. The whole prompt is checked against the context first.
+    pub fn feed_prompt(&mut self, parts: &[PromptPart<Arc<ImageEmbeddings>>]) -> Result<()> {
+        self.feed_parts(parts, None).map(|_| ())
+    }
+
+    /// [`Session::feed_prompt`] returning the logits at the last `n` fed positions
+    /// (fewer if the prompt is shorter). Only the chunks holding those positions run
+    /// the every-row-logits graph.
+    pub fn feed_prompt_last_logits(
+        &mut self,
+        parts: &[PromptPart<Arc<ImageEmbeddings>>],
+        n: usize,
+    ) -> Result<Vec<Vec<f32>>> {
+        let total: usize = parts
+            .iter()
+            .map(|p| match p {
+                PromptPart::Text(ids) => ids.len(),
+                PromptPart::Image(img) => img.tokens(),
+            })
+            .sum();
+        self.feed_parts(parts, Some(total.saturating_sub(n)))
+    }
+
+    /// Feeds a prompt whose images may still be encoding: waits for each (only for
+    /// what is left of its encode) and feeds the whole prompt. Returns how many
+    /// positions were fed.
+    pub fn feed_pending(&mut self, parts: &[PromptPart<&PendingImage>]) -> Result<usize> {
+        let needed = parts
+            .iter()
+            .map(|p| match p {
+                PromptPart::Text(ids) => ids.len(),
+                PromptPart::Image(img) => img.plan().image_tokens,
+            })
+            .sum();
+        self.check_room(needed)?;
+        let ready = parts
+            .iter()
+            .map(|p| {
+                Ok(match p {
+                    PromptPart::Text(ids) => PromptPart::Text(ids.clone()),
+                    PromptPart::Image(img) => PromptPart::Image(img.wait()?),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        self.feed_prompt(&ready)?;
+        Ok(needed)
+    }
+
+    /// Feeds `parts`; returns the logits of every fed row from index `logits_from` on.
+    fn feed_parts(
+        &mut self,
+        parts: &[PromptPart<Arc<ImageEmbeddings>>],
+        logits_from: Option<usize>,
+    ) -> Result<Vec<Vec<f32>>> {
+        // Every row, in order: a token, or (part index, row) of an image.
+        enum Row {
+            Token(u32),
+            Image(usize, usize),
+        }
+        let hidden = self.model.config.hidden_size;
+        let mut rows = Vec::new();
+        let mut ids = Vec::new();
+        for (k, p) in parts.iter().enumerate() {
+            match p {
+                PromptPart::Text(t) => {
+                    ids.extend_from_slice(t);
+                    rows.extend(t.iter().map(|&i| Row::Token(i)));
+                }
+                PromptPart::Image(img) => {
+                    if img.hidden != hidden || img.data.len() != img.tokens() * hidden {
+                        return Err(invalid(
+                            "image",
+                            format!(
+                                "embeddings of width {} ({} values for {} rows) do not fit an LLM of width {hidden}",
+                                img.hidden,
+                                img.data.len(),
+                                img.tokens()
+                            ),
+                        ));
+                    }
+                    rows.extend((0..img.tokens()).map(|r| Row::Image(k, r)));
+                }
+            }
+        }
+        self.check_ids(&ids)?;
+        self.check_room(rows.len())?;
+        // Image numbers: the session's count plus the index among this prompt's images.
+        let mut image_no = HashMap::new();
+        for (k, p) in parts.iter().enumerate() {
+            if matches!(p, PromptPart::Image(_)) {
+                image_no.insert(k, self.images_fed + image_no.len() as u32);
+            }
+        }
+        let vocab = self.model.config.vocab_size;
+        let mut logits = Vec::new();
+        let c = self.chunk_rows();
+        for (k, chunk) in rows.chunks(c).enumerate() {
+            let n = chunk.len();
+            // Rows of this chunk whose logits are wanted start here (None: none are).
+            let want = logits_from
+                .filter(|&f| f < k * c + n)
+                .map(|f| f.saturating_sub(k * c));
+            let all_logits = want.is_some();
+            let text: Vec<u32> = chunk
+                .iter()
+                .map(|r| match r {
+                    Row::Token(i) => *i,
+                    Row::Image(..) => 0,
+                })
+                .collect();
+            let has_image = chunk.iter().any(|r| matches!(r, Row::Image(..)));
+            let out = if !has_image {
+                let kind = match (all_logits, n) {
+                    (true, _) => GraphKind::PrefillAllLogits,
+                    (false, 1) => GraphKind::Decode,
+                    _ => GraphKind::Prefill,
+                };
+                self.run_chunk(kind, ChunkRows::Ids(&text))?
+            } else {
+                let mut data = if chunk.iter().any(|r| matches!(r, Row::Token(_))) {
+                    let mut e = self
+                        .run_chunk(GraphKind::EmbedTokens, ChunkRows::Ids(&text))?
+                        .into_f32()
+                        .ok_or_else(|| invalid("graph", "token embeddings are not f32"))?;
+                    e.truncate(n * hidden);
+                    e
+                } else {
+                    vec![0.0; n * hidden]
+                };
+                for (i, r) in chunk.iter().enumerate() {
+                    if let Row::Image(k, row) = r {
+                        let PromptPart::Image(img) = &parts[*k] else {
+                            unreachable!("image rows come from image parts")
+                        };
+                        data[i * hidden..(i + 1) * hidden].copy_from_slice(img.row(*row));
+                    }
+                }
+                let kind = if all_logits {
+                    GraphKind::PrefillEmbedsAllLogits
+                } else {
+                    GraphKind::PrefillEmbeds
+                };
+                self.run_chunk(kind, ChunkRows::Embeds { data, n })?
+            };
+            for r in chunk {
+                match r {
+                    Row::Token(i) => {
+                        self.positions.push(Position::Token(*i));
+                        self.tokens.push(*i);
+                    }
+                    Row::Image(k, row) => self.positions.push(Position::Image {
+                        image: image_no[k],
+                        row: *row as u32,
+                    }),
+                }
+            }
+            let v = out.into_f32().unwrap_or_default();
+            if let Some(first) = want {
+                let rows = v.chunks_exact(vocab).take(n);
+                self.last_logits = rows.clone().last().map(<[f32]>::to_vec);
+                logits.extend(rows.skip(first).map(<[f32]>::to_vec));
+            } else {
+                self.last_logits = Some(v);
+            }
+        }
+        self.images_fed += image_no.len() as u32;
+        Ok(logits)
+    }
+
     /// Feeds ids and returns the logits at every fed position, `[ids.len()][vocab]`.
     pub fn feed_all_logits(&mut self, ids: &[u32]) -> Result<Vec<Vec<f32>>> {
-        self.check_ids(ids)?;
-        let vocab = self.model.config.vocab_size;
-        let mut rows = Vec::with_capacity(ids.len());
-        for chunk in ids.chunks(self.chunk_rows()) {
-            let out = self.run_chunk(GraphKind::PrefillAllLogits, chunk)?;
-            let v = out.into_f32().unwrap_or_default();
-            rows.extend(v.chunks_exact(vocab).take(chunk.len()).map(<[f32]>::to_vec));
-        }
-        self.last_logits = rows.last().cloned();
-        Ok(rows)
+        self.feed_parts(&[PromptPart::Text(ids.to_vec())], Some(0))
     }
 
     /// Feeds the prompt (if any), then generates, calling `on_text(piece, token)` as
@@ -401,7 +632,7 @@ impl Session {
                     break;
                 }
             }
-            if self.tokens.len() >= self.model.ctx {
+            if self.positions.len() >= self.model.ctx {
                 stop = StopReason::ContextFull;
                 break;
             }

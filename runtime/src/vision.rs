@@ -155,6 +155,28 @@ pub struct VisionEncoder {
     runners: Mutex<Vec<StageRunner>>,
 }
 
+/// Where the stages run: `main` (the preferred backend, then the CPU fallback) for the
+/// blocks and projector; `embed` for the Conv2D stage, a CPU backend instance (and
+/// thread pool) of its own when pipelined, else `main`.
+struct StageBackends {
+    main: Vec<Arc<dyn Backend>>,
+    embed: Vec<Arc<dyn Backend>>,
+}
+
+impl StageBackends {
+    fn new(rt: &Runtime, opts: &VisionOptions, main: Vec<Arc<dyn Backend>>) -> Result<Self> {
+        let embed = if opts.pipeline {
+            if opts.embed_threads == 0 {
+                return Err(invalid("embed_threads", "the embed stream needs a thread"));
+            }
+            rt.backends("cpu", Some(opts.embed_threads))?
+        } else {
+            main.clone()
+        };
+        Ok(StageBackends { main, embed })
+    }
+}
+
 /// The vision presets: `PrecisionPolicy` with every matmul treated as a linear layer.
 fn vision_policy(p: &PrecisionPolicy) -> PrecisionPolicy {
     PrecisionPolicy {
@@ -173,6 +195,28 @@ impl VisionEncoder {
         dir: &Path,
         projector_file: Option<&Path>,
         opts: VisionOptions,
+    ) -> Result<Self> {
+        let backends = rt.backends(&opts.backend, opts.threads)?;
+        Self::load_into(
+            rt,
+            dir,
+            projector_file,
+            opts,
+            backends,
+            &PreparedWeights::default(),
+        )
+    }
+
+    /// [`VisionEncoder::load`] over given backends, preparing weights into a cache a
+    /// multimodal model shares between its programs (`rt` makes the pipelined embed
+    /// stage's own CPU backend).
+    pub(crate) fn load_into(
+        rt: &Runtime,
+        dir: &Path,
+        projector_file: Option<&Path>,
+        opts: VisionOptions,
+        backends: Vec<Arc<dyn Backend>>,
+        prepared: &PreparedWeights,
     ) -> Result<Self> {
         let t0 = Instant::now();
         let (cfg, weights) = siglip::load_dir(dir)?;
@@ -197,7 +241,10 @@ impl VisionEncoder {
             cfg.num_hidden_layers,
             cfg.hidden_size
         );
-        let mut enc = Self::compile(rt, cfg, weights, projector, opts, desc, false)?;
+        let backends = StageBackends::new(rt, &opts, backends)?;
+        let mut enc = Self::compile(
+            backends, prepared, cfg, weights, projector, opts, desc, false,
+        )?;
         enc.load_ms = t0.elapsed().as_secs_f64() * 1e3;
         Ok(enc)
     }
@@ -219,13 +266,26 @@ impl VisionEncoder {
         let pw = projector::synthetic_weights(&pc, SYNTHETIC_SEED + 1)?;
         let desc =
             format!("synthetic SigLIP-so400m (seeded random weights) + projector to {llm_hidden}");
-        let mut enc = Self::compile(rt, cfg, weights, Some((pc, pw)), opts, desc, true)?;
+        let backends = StageBackends::new(rt, &opts, rt.backends(&opts.backend, opts.threads)?)?;
+        let prepared = PreparedWeights::default();
+        let mut enc = Self::compile(
+            backends,
+            &prepared,
+            cfg,
+            weights,
+            Some((pc, pw)),
+            opts,
+            desc,
+            true,
+        )?;
         enc.load_ms = t0.elapsed().as_secs_f64() * 1e3;
         Ok(enc)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn compile(
-        rt: &Runtime,
+        backends: StageBackends,
+        prepared: &PreparedWeights,
         cfg: SiglipVisionConfig,
         weights: WeightStore,
         projector: Option<(ProjectorConfig, WeightStore)>,
@@ -233,17 +293,11 @@ impl VisionEncoder {
         description: String,
         synthetic: bool,
     ) -> Result<Self> {
-        let backends = rt.backends(&opts.backend, opts.threads)?;
-        let embed_backends = if opts.pipeline {
-            if opts.embed_threads == 0 {
-                return Err(invalid("embed_threads", "the embed stream needs a thread"));
-            }
-            rt.backends("cpu", Some(opts.embed_threads))?
-        } else {
-            backends.clone()
-        };
+        let StageBackends {
+            main: backends,
+            embed: embed_backends,
+        } = backends;
         let policy = vision_policy(&opts.precision);
-        let prepared = PreparedWeights::default();
         let mut stages = Vec::new();
         let tower = |stage| SiglipGraphOptions {
             batch: opts.batch,
@@ -320,6 +374,7 @@ impl VisionEncoder {
                 pass_reports,
             });
         }
+        let weight_bytes = prepared.bytes_of(stages.iter().map(|s| &s.graph));
         let mut enc = VisionEncoder {
             config: cfg,
             projector_config: projector.map(|(pc, _)| pc),
@@ -329,7 +384,7 @@ impl VisionEncoder {
             backends,
             embed_backends,
             stages,
-            weight_bytes: prepared.bytes(),
+            weight_bytes,
             load_ms: 0.0,
             runners: Mutex::new(Vec::new()),
         };

@@ -331,3 +331,96 @@ fn image_plan_errors_name_the_problem() {
     );
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// vlm_tiny as a BlueLM-V directory (scripts/make-vlm-tiny.sh) answering about
+/// chelsea.png at fp32 through the CLI: the README's greedy 16 tokens, on `backend`.
+fn run_image_json(backend: &str) {
+    let dir = std::env::temp_dir().join(format!("npurt-cli-vlm-{backend}-{}", std::process::id()));
+    let made = Command::new("bash")
+        .arg(root().join("scripts/make-vlm-tiny.sh"))
+        .arg(&dir)
+        .status()
+        .expect("make-vlm-tiny.sh");
+    assert!(made.success());
+    let img = golden("images/chelsea.png");
+    let out = Command::new(env!("CARGO_BIN_EXE_npurt"))
+        .args(["run", "--model"])
+        .arg(&dir)
+        .arg("--image")
+        .arg(&img)
+        .args(["--chat", "Describe this image.", "--max-tokens", "16"])
+        .args(["--precision", "f32", "--backend", backend, "--json"])
+        .output()
+        .expect("run npurt");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let v = json(&String::from_utf8_lossy(&out.stdout));
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(golden("vlm_tiny/config.json")).unwrap())
+            .unwrap();
+    assert_eq!(v["text"], cfg["golden"]["greedy_16"]["text"], "{v}");
+    assert_eq!(v["grid"], serde_json::json!([2, 1]));
+    assert_eq!(
+        (v["tiles"].as_u64(), v["image_tokens"].as_u64()),
+        (Some(3), Some(588))
+    );
+    assert_eq!(v["prompt_tokens"].as_u64(), Some(623));
+    for key in [
+        "encode_ms",
+        "hidden_ms",
+        "image_ready_before_prompt_ms",
+        "vision_stage_peak_rss_bytes",
+        "llm_stage_peak_rss_bytes",
+        "peak_rss_bytes",
+    ] {
+        assert!(v[key].is_number(), "missing `{key}` in {v}");
+    }
+    assert_eq!(v["vision_released"], true);
+    assert!(v["load"]["vision_ms"].as_f64().unwrap() > 0.0);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn run_answers_about_an_image_on_cpu() {
+    run_image_json("cpu");
+}
+
+#[test]
+fn run_answers_about_an_image_on_wgpu() {
+    run_image_json("wgpu");
+}
+
+#[test]
+fn run_image_errors_are_typed() {
+    // A text-only model cannot take images.
+    let img = golden("images/chelsea.png");
+    let (ok, _, err) = npurt(&["run", "--chat", "hi", "--image", img.to_str().unwrap()]);
+    assert!(!ok && err.contains("no vision part"), "{err}");
+    // --system with a raw prompt.
+    let (ok, _, err) = npurt(&["run", "--prompt", "hi", "--system", "be brief"]);
+    assert!(!ok && err.contains("--system needs --chat"), "{err}");
+}
+
+#[test]
+fn run_takes_a_system_message_for_text_chat() {
+    let (ok, out, err) = npurt(&[
+        "run",
+        "--system",
+        "You answer in French.",
+        "--chat",
+        "What is the capital of France?",
+        "--max-tokens",
+        "12",
+        "--json",
+    ]);
+    assert!(ok, "{err}");
+    let v = json(&out);
+    // The rendered prompt holds this system message instead of the template's default.
+    let rendered = "<|im_start|>system\nYou answer in French.<|im_end|>\n<|im_start|>user\n\
+                    What is the capital of France?<|im_end|>\n<|im_start|>assistant\n";
+    let (ok, ids, err) = npurt(&["tokenize", "--text", rendered]);
+    assert!(ok, "{err}");
+    let n = json(&ids).as_array().unwrap().len() as u64;
+    assert_eq!(v["prompt_tokens"].as_u64(), Some(n), "{v}");
+    assert!(v["text"].as_str().unwrap().contains("Paris"), "{v}");
+}

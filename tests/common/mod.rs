@@ -106,3 +106,35 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         .map(|(x, y)| (x - y).abs())
         .fold(0.0, f32::max)
 }
+
+/// Max minus min of a logit row (the README's logits tolerance is relative to it).
+pub fn logit_range(v: &[f32]) -> f32 {
+    v.iter().copied().fold(f32::NEG_INFINITY, f32::max)
+        - v.iter().copied().fold(f32::INFINITY, f32::min)
+}
+
+/// `logsumexp` of a logit row, in f64.
+pub fn logsumexp(v: &[f32]) -> f64 {
+    let m = v.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    m + v.iter().map(|&x| (x as f64 - m).exp()).sum::<f64>().ln()
+}
+
+/// A BlueLM-V model directory for vlm_tiny (golden README section 4), written by
+/// `scripts/make-vlm-tiny.sh` (the script the README and the demo use); `edit` changes
+/// its config before the test loads it. A fresh directory per call.
+pub fn vlm_tiny_dir(edit: impl FnOnce(&mut serde_json::Value)) -> PathBuf {
+    let dir = npurt_models::testfiles::temp_path("vlm_tiny");
+    smollm2_gguf();
+    let status = std::process::Command::new("bash")
+        .arg(project_root().join("scripts/make-vlm-tiny.sh"))
+        .arg(&dir)
+        .status()
+        .expect("running scripts/make-vlm-tiny.sh");
+    assert!(status.success(), "scripts/make-vlm-tiny.sh failed");
+    let path = dir.join("config.json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).expect("config.json")).unwrap();
+    edit(&mut cfg);
+    std::fs::write(&path, cfg.to_string()).expect("writing config.json");
+    dir
+}

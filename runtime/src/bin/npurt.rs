@@ -3,16 +3,16 @@
 
 use clap::{Args, Parser, Subcommand};
 use npurt_graph::PrecisionPolicy;
-use npurt_models::ChatMessage;
 use npurt_runtime::{
-    perplexity, stats, GenerateOptions, LoadOptions, Model, Runtime, SamplingOptions, Session,
+    perplexity, GenerateOptions, LoadOptions, Model, Runtime, SamplingOptions, Session,
 };
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 #[path = "npurt/encode_image.rs"]
 mod encode_image;
+#[path = "npurt/run_prompt.rs"]
+mod run_prompt;
 
 const DEFAULT_MODEL: &str = "models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
 
@@ -54,6 +54,10 @@ struct Common {
     /// KV cache type, overriding the preset's (f32 for `f32`, f16 for the others).
     #[arg(long, value_parser = ["f32", "f16"])]
     kv_cache: Option<String>,
+    /// A BlueLM-V model's vision precision: f32, w8a16, w8a8 (default: f32 with
+    /// `--precision f32`, else w8a16, INT8 weights and 16-bit activations).
+    #[arg(long)]
+    vision_precision: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -65,9 +69,21 @@ enum Cmd {
         /// Raw text fed as is.
         #[arg(long, conflicts_with = "chat", required_unless_present = "chat")]
         prompt: Option<String>,
-        /// A user message, wrapped in the model's chat template.
+        /// A user message, wrapped in the model's chat template (`-`: read it from
+        /// stdin, e.g. while the image encodes).
         #[arg(long)]
         chat: Option<String>,
+        /// A system message before the user's (with --chat).
+        #[arg(long)]
+        system: Option<String>,
+        /// An image to answer about (repeatable; needs a BlueLM-V model directory).
+        /// It goes where the message's `<image>` placeholders are, else before the text.
+        #[arg(long)]
+        image: Vec<PathBuf>,
+        /// Keep the vision encoder loaded after the images are encoded (default: release
+        /// it, so the LLM stage does not carry its memory).
+        #[arg(long)]
+        keep_vision: bool,
         #[arg(long, default_value_t = 128)]
         max_tokens: usize,
         #[arg(long, default_value_t = 0.0)]
@@ -232,13 +248,15 @@ fn load(c: &Common, ctx_at_least: Option<usize>) -> anyhow_lite::Result<Arc<Mode
         (None, Some(n)) => Some(n.max(npurt_runtime::DEFAULT_CTX)),
         (None, None) => None,
     };
-    let mut precision = PrecisionPolicy::by_name(&c.precision).ok_or_else(|| {
-        anyhow_lite::msg(format!(
-            "unknown precision `{}` (known: {})",
-            c.precision,
-            PrecisionPolicy::names().join(", ")
-        ))
-    })?;
+    let preset = |name: &str| {
+        PrecisionPolicy::by_name(name).ok_or_else(|| {
+            anyhow_lite::msg(format!(
+                "unknown precision `{name}` (known: {})",
+                PrecisionPolicy::names().join(", ")
+            ))
+        })
+    };
+    let mut precision = preset(&c.precision)?;
     match c.kv_cache.as_deref() {
         Some("f16") => precision.kv_cache = npurt_graph::DType::F16,
         Some(_) => precision.kv_cache = npurt_graph::DType::F32,
@@ -251,6 +269,18 @@ fn load(c: &Common, ctx_at_least: Option<usize>) -> anyhow_lite::Result<Arc<Mode
         ctx,
         precision,
     };
+    if npurt_models::vlm::is_vlm_dir(&path) {
+        let vision = match (&c.vision_precision, c.precision.as_str()) {
+            (Some(p), _) => preset(p)?,
+            (None, "f32") => PrecisionPolicy::F32,
+            (None, _) => PrecisionPolicy::W8A16,
+        };
+        let vopts = npurt_runtime::VisionOptions {
+            precision: vision,
+            ..Default::default()
+        };
+        return Ok(Runtime::new().load_multimodal(&path, opts, vopts)?);
+    }
     Ok(Runtime::new().load(&path, opts)?)
 }
 
@@ -274,6 +304,9 @@ fn run(cli: Cli) -> anyhow_lite::Result<()> {
             common,
             prompt,
             chat,
+            system,
+            image,
+            keep_vision,
             max_tokens,
             temperature,
             top_k,
@@ -284,14 +317,7 @@ fn run(cli: Cli) -> anyhow_lite::Result<()> {
             json,
         } => {
             let model = load(&common, None)?;
-            let text = match (prompt, chat) {
-                (Some(p), _) => p,
-                (None, Some(c)) => model.render_chat(&[ChatMessage::new("user", c)])?,
-                (None, None) => unreachable!("clap requires --prompt or --chat"),
-            };
-            let ids = model.encode(&text)?;
-            let mut session = Session::new(model.clone())?;
-            let opts = GenerateOptions {
+            let gen = GenerateOptions {
                 max_tokens,
                 sampling: SamplingOptions {
                     temperature,
@@ -303,35 +329,15 @@ fn run(cli: Cli) -> anyhow_lite::Result<()> {
                 stop_at_eos: true,
                 stop_strings: stop,
             };
-            let mut stdout = std::io::stdout();
-            let g = session.generate(&ids, &opts, |piece, _| {
-                if !json {
-                    print!("{piece}");
-                    let _ = stdout.flush();
-                }
-                true
-            })?;
-            let rss = stats::peak_rss_bytes().unwrap_or(0);
-            if json {
-                let v = serde_json::json!({
-                    "text": g.text, "tokens": g.tokens.len(), "load_ms": model.load_ms,
-                    "prefill_tok_s": g.prefill_tok_s(), "decode_tok_s": g.decode_tok_s(), "peak_rss_bytes": rss,
-                });
-                println!("{v}");
-            } else {
-                println!();
-                println!(
-                    "[load {:.0} ms | prefill {} tok at {:.1} tok/s | decode {} tok at {:.1} tok/s | peak RSS {:.1} MiB | {} | stop: {:?}]",
-                    model.load_ms,
-                    g.prompt_tokens,
-                    g.prefill_tok_s(),
-                    g.tokens.len(),
-                    g.decode_tok_s(),
-                    rss as f64 / (1 << 20) as f64,
-                    model.backend.capabilities().device,
-                    g.stop
-                );
-            }
+            let args = run_prompt::PromptArgs {
+                prompt,
+                chat,
+                system,
+                images: image,
+                keep_vision,
+                json,
+            };
+            run_prompt::run(model, args, gen)?;
         }
         Cmd::Logits { common, ids, out } => {
             let model = load(&common, Some(ids.len()))?;

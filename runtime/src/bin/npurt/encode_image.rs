@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 #[derive(Args)]
 pub struct EncodeImageArgs {
-    /// An HF SigLIP vision directory (config.json + safetensors).
+    /// An HF SigLIP vision directory (config.json + safetensors), or a BlueLM-V model
+    /// directory (its vision tower and projector, feature layer and tiling are used).
     #[arg(long, conflicts_with = "synthetic")]
     model: Option<PathBuf>,
     /// Instead of --model: a tower of real shapes with seeded random weights
@@ -193,7 +194,7 @@ fn write_out(
         .map_err(|e| msg(format!("writing {}: {e}", path.display())))
 }
 
-pub fn run(a: EncodeImageArgs) -> anyhow_lite::Result<()> {
+pub fn run(mut a: EncodeImageArgs) -> anyhow_lite::Result<()> {
     let precision = PrecisionPolicy::by_name(&a.precision).ok_or_else(|| {
         msg(format!(
             "unknown precision `{}` (known: {})",
@@ -207,7 +208,7 @@ pub fn run(a: EncodeImageArgs) -> anyhow_lite::Result<()> {
             a.feature
         ))
     })?;
-    let opts = VisionOptions {
+    let mut opts = VisionOptions {
         backend: a.backend.clone(),
         threads: a.threads,
         batch: a.batch,
@@ -219,6 +220,13 @@ pub fn run(a: EncodeImageArgs) -> anyhow_lite::Result<()> {
     };
     let rt = Runtime::new();
     let enc = match (&a.model, &a.synthetic) {
+        (Some(dir), None) if npurt_models::vlm::is_vlm_dir(dir) => {
+            let v = npurt_models::vlm::VlmConfig::load(dir)?;
+            opts.feature = v.vision_feature;
+            opts.projector_ln_eps = v.projector_ln_eps;
+            (a.rule, a.alpha, a.max_tiles) = (v.tiling.rule, v.tiling.alpha, v.tiling.max_tiles);
+            VisionEncoder::load(&rt, &v.vision, Some(&v.projector), opts)?
+        }
         (Some(dir), None) => VisionEncoder::load(&rt, dir, a.projector.as_deref(), opts)?,
         (None, Some(_)) => VisionEncoder::synthetic_so400m(&rt, a.llm_hidden, opts)?,
         _ => return Err(msg("give --model DIR or --synthetic so400m".into())),
@@ -241,7 +249,7 @@ pub fn run(a: EncodeImageArgs) -> anyhow_lite::Result<()> {
     let per_tile = enc.tokens_per_tile();
     let image_tokens = per_tile * tiles.count;
     let rss = stats::peak_rss_bytes().unwrap_or(0);
-    let macs = enc.config.encoder_macs_per_tile(feature) * tiles.count as u64;
+    let macs = enc.config.encoder_macs_per_tile(enc.options.feature) * tiles.count as u64;
     let blocks_gops = 2.0 * macs as f64 / (t.blocks_ms * 1e6);
     let total_ms = tiles.preprocess_ms + t.total_ms;
     // The instruction the encoder's matmuls use, measured now on as many threads: the

@@ -1,0 +1,213 @@
+//! `npurt run`: a prompt (raw or chat, with a system message and images) through a
+//! session, streamed or as one JSON object. With images, the BlueLM-V order of work:
+//! the images start encoding as soon as the model is loaded, the prompt is read (typed,
+//! with `--chat -`) and the text before the first image is prefilled while they encode;
+//! then the vision part is released (unless `--keep-vision`) and the rest is prefilled.
+
+use super::anyhow_lite::{self, msg};
+use npurt_models::ChatMessage;
+use npurt_runtime::multimodal::attach_placeholders;
+use npurt_runtime::{stats, GenerateOptions, ImageInput, Model, PendingImage, PromptPart, Session};
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// What `run` was asked to answer.
+pub struct PromptArgs {
+    /// Raw text fed as is (image placeholders in it, or the images go first).
+    pub prompt: Option<String>,
+    /// A user message for the chat template (`-`: read it from stdin).
+    pub chat: Option<String>,
+    pub system: Option<String>,
+    pub images: Vec<PathBuf>,
+    /// Keep the vision encoder loaded after the images are encoded.
+    pub keep_vision: bool,
+    pub json: bool,
+}
+
+fn ms(d: std::time::Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+pub fn run(model: Arc<Model>, a: PromptArgs, gen: GenerateOptions) -> anyhow_lite::Result<()> {
+    if a.system.is_some() && a.chat.is_none() {
+        return Err(msg(
+            "--system needs --chat (a raw --prompt has no roles)".into()
+        ));
+    }
+    // Encoding starts before the prompt exists (the user is still typing).
+    let t_submit = Instant::now();
+    let pending = a
+        .images
+        .iter()
+        .map(|p| model.encode_image(ImageInput::File(p.clone())))
+        .collect::<Result<Vec<_>, _>>()?;
+    let refs: Vec<&PendingImage> = pending.iter().collect();
+
+    let (text, order) = match (&a.prompt, &a.chat) {
+        (Some(p), _) => {
+            let text = if refs.is_empty() {
+                p.clone()
+            } else {
+                let token = &model
+                    .vision
+                    .as_ref()
+                    .expect("encode_image checked")
+                    .image_token;
+                attach_placeholders(p, token, refs.len())?
+            };
+            (text, refs.clone())
+        }
+        (None, Some(c)) => {
+            let user = if c == "-" {
+                let mut s = String::new();
+                std::io::stdin()
+                    .read_to_string(&mut s)
+                    .map_err(|e| msg(format!("reading the chat message from stdin: {e}")))?;
+                s.trim_end_matches('\n').to_string()
+            } else {
+                c.clone()
+            };
+            let mut turns = Vec::new();
+            if let Some(sys) = &a.system {
+                turns.push((ChatMessage::new("system", sys), vec![]));
+            }
+            turns.push((ChatMessage::new("user", user), refs.clone()));
+            if refs.is_empty() {
+                let msgs: Vec<ChatMessage> = turns.into_iter().map(|(m, _)| m).collect();
+                (model.render_chat(&msgs)?, vec![])
+            } else {
+                model.render_multimodal_chat(&turns)?
+            }
+        }
+        (None, None) => return Err(msg("give --prompt TEXT or --chat TEXT".into())),
+    };
+    let t_prompt = Instant::now();
+
+    let mut session = Session::new(model.clone())?;
+    let parts: Vec<PromptPart<&PendingImage>> = if order.is_empty() {
+        vec![PromptPart::Text(model.encode(&text)?)]
+    } else {
+        model.split_prompt(&text, &order)?
+    };
+    let prompt_tokens: usize = parts
+        .iter()
+        .map(|p| match p {
+            PromptPart::Text(ids) => ids.len(),
+            PromptPart::Image(i) => i.plan().image_tokens,
+        })
+        .sum();
+    let t_prefill = Instant::now();
+    // The text before the first image is prefilled while the images encode.
+    let first_image = parts
+        .iter()
+        .position(|p| matches!(p, PromptPart::Image(_)))
+        .unwrap_or(parts.len());
+    for p in &parts[..first_image] {
+        if let PromptPart::Text(ids) = p {
+            session.feed(ids)?;
+        }
+    }
+    let t_wait = Instant::now();
+    let images = pending
+        .iter()
+        .map(PendingImage::wait)
+        .collect::<Result<Vec<_>, _>>()?;
+    let t_ready = pending
+        .iter()
+        .filter_map(PendingImage::finished_at)
+        .max()
+        .unwrap_or(t_submit);
+    let vision_peak = stats::peak_rss_bytes().unwrap_or(0);
+    let released = !images.is_empty() && !a.keep_vision;
+    if released {
+        model.release_vision();
+        stats::reset_peak_rss();
+    }
+    session.feed_pending(&parts[first_image..])?;
+    let prefill_ms = ms(t_prefill.elapsed());
+
+    let mut stdout = std::io::stdout();
+    let g = session.generate(&[], &gen, |piece, _| {
+        if !a.json {
+            print!("{piece}");
+            let _ = stdout.flush();
+        }
+        true
+    })?;
+    let llm_peak = stats::peak_rss_bytes().unwrap_or(0);
+    let peak = vision_peak.max(llm_peak);
+    let decode_tok_s = g.decode_tok_s();
+    let prefill_tok_s = prompt_tokens as f64 / (prefill_ms / 1e3);
+    let lr = model.load_report;
+
+    // Image figures: the encode's wall time, how much of it ran beside the caller
+    // (reading the prompt, prefilling the text before the image), and how long the
+    // image was ready before the prompt was (negative: the prompt waited for it).
+    let encode_ms = ms(t_ready.saturating_duration_since(t_submit));
+    let hidden_ms = ms(t_ready.min(t_wait).saturating_duration_since(t_submit));
+    let ready_before_prompt_ms = if t_prompt >= t_ready {
+        ms(t_prompt - t_ready)
+    } else {
+        -ms(t_ready - t_prompt)
+    };
+    let stage =
+        |f: fn(&npurt_runtime::ImageEmbeddings) -> f64| images.iter().map(|e| f(e)).sum::<f64>();
+    let grids: Vec<[u32; 2]> = images.iter().map(|e| e.plan.grid).collect();
+    let tiles: usize = images.iter().map(|e| e.plan.tiles).sum();
+    let image_tokens: usize = images.iter().map(|e| e.tokens()).sum();
+
+    if a.json {
+        let mut v = serde_json::json!({
+            "text": g.text, "tokens": g.tokens.len(), "stop": format!("{:?}", g.stop),
+            "prompt_tokens": prompt_tokens, "load_ms": model.load_ms,
+            "load": {"llm_ms": lr.llm_ms, "vision_ms": lr.vision_ms, "wall_ms": lr.wall_ms},
+            "prefill_ms": prefill_ms, "prefill_tok_s": prefill_tok_s, "decode_tok_s": decode_tok_s,
+            "peak_rss_bytes": peak,
+        });
+        if !images.is_empty() {
+            let extra = serde_json::json!({
+                "images": images.len(),
+                "grid": if grids.len() == 1 { serde_json::json!(grids[0]) } else { serde_json::json!(grids) },
+                "tiles": tiles, "image_tokens": image_tokens,
+                "encode_ms": encode_ms, "hidden_ms": hidden_ms,
+                "image_ready_before_prompt_ms": ready_before_prompt_ms,
+                "preprocess_ms": stage(|e| e.preprocess_ms),
+                "conv_ms": stage(|e| e.timings.conv_ms),
+                "blocks_ms": stage(|e| e.timings.blocks_ms),
+                "project_ms": stage(|e| e.timings.project_ms),
+                "vision_released": released,
+                "vision_stage_peak_rss_bytes": vision_peak,
+                "llm_stage_peak_rss_bytes": llm_peak,
+            });
+            let (o, e) = (
+                v.as_object_mut().expect("object"),
+                extra.as_object().expect("object"),
+            );
+            o.extend(e.clone());
+        }
+        println!("{v}");
+    } else {
+        println!();
+        let mib = |b: u64| b as f64 / (1 << 20) as f64;
+        if !images.is_empty() {
+            println!(
+                "[images: {} ({tiles} tiles, {image_tokens} tokens) | encode {encode_ms:.0} ms, {hidden_ms:.0} ms of it hidden behind the prompt | ready {ready_before_prompt_ms:.0} ms before the prompt | vision {}]",
+                images.len(),
+                if released { "released after encoding" } else { "kept" }
+            );
+        }
+        println!(
+            "[load {:.0} ms (LLM {:.0}, vision {:.0}, in parallel) | prefill {prompt_tokens} tok at {prefill_tok_s:.1} tok/s | decode {} tok at {decode_tok_s:.1} tok/s | peak RSS {:.1} MiB | {} | stop: {:?}]",
+            lr.wall_ms,
+            lr.llm_ms,
+            lr.vision_ms,
+            g.tokens.len(),
+            mib(peak),
+            model.backend.capabilities().device,
+            g.stop
+        );
+    }
+    Ok(())
+}
