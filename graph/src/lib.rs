@@ -4,7 +4,8 @@
 //! - [`Op`]: the op set, each with its shape/type rule ([`Op::output_fact`]);
 //! - [`Epilogue`]: a matmul's fused output steps (bias, activation, residual, GLU);
 //! - [`Graph`], [`Builder`]: construction with inference at every node;
-//! - [`passes`]: the pass manager and rewrite passes.
+//! - [`passes`]: the pass manager and rewrite passes;
+//! - [`plan`]: the memory planner (value lifetimes, one arena per compiled graph).
 
 mod builder;
 mod dtype;
@@ -13,6 +14,7 @@ mod fact;
 mod graph;
 mod op;
 pub mod passes;
+pub mod plan;
 mod precision;
 
 pub use builder::Builder;

@@ -2,7 +2,7 @@
 //! did, what every node runs as on its backend, and where the weight bytes are.
 
 use crate::model::{GraphKind, Model};
-use npurt_graph::{Op, TensorFact};
+use npurt_graph::{plan, Graph, Op, TensorFact};
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
@@ -65,6 +65,26 @@ pub fn describe(model: &Model, kind: GraphKind, nodes: bool) -> String {
         mib(bytes.values().map(|v| v.1).sum())
     );
 
+    let m = memory(model);
+    let _ = writeln!(s, "\nmemory (planned):");
+    for (name, arena, naive) in &m.graphs {
+        let _ = writeln!(
+            s,
+            "  {name:<24} arena {:>9.2} MiB (one buffer per value: {:>9.2} MiB)",
+            mib(*arena as usize),
+            mib(*naive as usize)
+        );
+    }
+    let _ = writeln!(
+        s,
+        "  weights {:.2} MiB + KV cache {:.2} MiB = floor {:.2} MiB; arenas {:.2} MiB (naive {:.2} MiB)",
+        mib(m.weights_bytes),
+        mib(m.kv_bytes),
+        mib(m.floor_bytes),
+        mib(m.arena_bytes as usize),
+        mib(m.naive_activation_bytes as usize)
+    );
+
     if nodes {
         let _ = writeln!(s, "\nnodes (id name: kernel -> output):");
         for id in g.ids() {
@@ -85,6 +105,61 @@ pub fn describe(model: &Model, kind: GraphKind, nodes: bool) -> String {
         }
     }
     s
+}
+
+/// Arena alignment the planner is asked for here (the CPU backend's).
+const PLAN_ALIGN: u64 = 64;
+
+/// A model's memory as planned: what a session needs besides the weights.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct MemorySummary {
+    /// Prepared weights of every loaded program (LLM, and the vision part while loaded).
+    pub weights_bytes: usize,
+    /// One session's KV cache (every layer's K and V, `cache_rows` rows).
+    pub kv_bytes: usize,
+    /// Planned activation arenas, summed over the compiled graphs.
+    pub arena_bytes: u64,
+    /// One buffer per intermediate instead, summed over the same graphs.
+    pub naive_activation_bytes: u64,
+    /// Weights + KV cache: what no plan can go below.
+    pub floor_bytes: usize,
+    /// Per graph: (name, arena bytes, naive bytes).
+    pub graphs: Vec<(String, u64, u64)>,
+}
+
+/// Plans every graph of `model` (and of its vision part, while loaded).
+pub fn memory(model: &Model) -> MemorySummary {
+    let mut graphs: Vec<(String, &Graph)> = model
+        .graphs
+        .iter()
+        .map(|(k, cg)| (format!("{k:?}"), &cg.graph))
+        .collect();
+    graphs.sort_by(|a, b| a.0.cmp(&b.0));
+    let enc = model.vision.as_ref().and_then(|v| v.encoder());
+    if let Some(enc) = &enc {
+        graphs.extend(enc.stages.iter().map(|st| (format!("vision {}", st.name), &st.graph)));
+    }
+    let planned: Vec<(String, u64, u64)> = graphs
+        .into_iter()
+        .map(|(name, g)| {
+            let p = plan::plan(g, PLAN_ALIGN);
+            (name, p.arena_bytes, p.naive_bytes)
+        })
+        .collect();
+    let cfg = &model.config;
+    let kv_elem = TensorFact::new(model.options.precision.kv_cache, [1])
+        .bytes()
+        .unwrap_or(4);
+    let kv_bytes = 2 * cfg.num_hidden_layers * model.cache_rows * cfg.kv_width() * kv_elem;
+    let weights_bytes = model.weight_bytes + enc.as_ref().map_or(0, |e| e.weight_bytes);
+    MemorySummary {
+        weights_bytes,
+        kv_bytes,
+        arena_bytes: planned.iter().map(|g| g.1).sum(),
+        naive_activation_bytes: planned.iter().map(|g| g.2).sum(),
+        floor_bytes: weights_bytes + kv_bytes,
+        graphs: planned,
+    }
 }
 
 fn short(f: &TensorFact) -> String {

@@ -1,35 +1,44 @@
 //! The CPU executable: the compiled graph walked in topological order, each node
-//! calling its CPU kernel. Intermediates live in per-session scratch, preallocated at
-//! their static sizes, so a run allocates nothing.
+//! calling its CPU kernel. Intermediates live in one per-session arena laid out by the
+//! graph's memory plan (`npurt_graph::plan`): values live at the same time never share
+//! memory, dead ones are reused. The arena is allocated once with the scratch; a run
+//! allocates only the f32-weight matmul's prologue/GLU temporaries (the f32 reference
+//! preset), not per node.
 
 use super::buffer::CpuBuffer;
 use crate::{BackendError, Bindings, BufferUsage, DeviceBuffer, Executable, Result, Scratch};
-use npurt_graph::{AttentionMode, DType, Graph, MatMulOperands, NodeId, Op, Prologue};
+use npurt_graph::plan::{self, Placement};
+use npurt_graph::{AttentionMode, Graph, MatMulOperands, NodeId, Op, Prologue};
 use npurt_kernels::cpu::ThreadPool;
 use npurt_kernels::{cpu as k, reference as r, HostData};
 use std::any::Any;
 use std::sync::{Arc, RwLockReadGuard, RwLockWriteGuard};
 
 /// Where a node's value lives during a run.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 enum Loc {
     /// A bound or captured source buffer (index into the run's guards).
     Source,
-    /// The value is the state buffer it was written into (KV write aliases its cache).
+    /// Another node's storage: a KV write is the cache it updated, a reshape its input.
     Alias(NodeId),
-    /// Per-session scratch.
-    Scratch,
+    /// These f32 elements of the arena.
+    Arena(std::ops::Range<usize>),
 }
+
+/// Arena offsets are multiples of a cache line.
+const ARENA_ALIGN: u64 = 64;
 
 pub struct CpuExecutable {
     graph: Graph,
     loc: Vec<Loc>,
+    /// f32 elements of the arena.
+    arena_len: usize,
     weights: Vec<Option<Arc<dyn DeviceBuffer>>>,
     pool: Option<Arc<ThreadPool>>,
 }
 
 struct CpuScratch {
-    values: Vec<Vec<f32>>,
+    arena: Vec<f32>,
 }
 
 impl Scratch for CpuScratch {
@@ -71,36 +80,40 @@ impl CpuExecutable {
         weights: &[(NodeId, Arc<dyn DeviceBuffer>)],
         pool: Option<Arc<ThreadPool>>,
     ) -> Result<Self> {
-        let mut loc = Vec::with_capacity(graph.nodes.len());
         let mut w: Vec<Option<Arc<dyn DeviceBuffer>>> = vec![None; graph.nodes.len()];
         for (id, n) in graph.nodes.iter().enumerate() {
-            loc.push(match &n.op {
-                Op::Input { .. } | Op::State { .. } => Loc::Source,
-                Op::Weight { name, .. } => {
-                    let (_, b) = weights.iter().find(|(wid, _)| wid.0 == id).ok_or_else(|| {
-                        BackendError::Binding(format!("weight `{name}` was not prepared"))
-                    })?;
-                    if b.fact() != &n.fact {
-                        return Err(BackendError::Binding(format!(
-                            "weight `{name}` is {}, the graph wants {}",
-                            b.fact(),
-                            n.fact
-                        )));
-                    }
-                    CpuBuffer::downcast(b.as_ref())?;
-                    w[id] = Some(b.clone());
-                    Loc::Source
+            if let Op::Weight { name, .. } = &n.op {
+                let (_, b) = weights.iter().find(|(wid, _)| wid.0 == id).ok_or_else(|| {
+                    BackendError::Binding(format!("weight `{name}` was not prepared"))
+                })?;
+                if b.fact() != &n.fact {
+                    return Err(BackendError::Binding(format!(
+                        "weight `{name}` is {}, the graph wants {}",
+                        b.fact(),
+                        n.fact
+                    )));
                 }
-                Op::KvWrite => match loc[n.inputs[0].0] {
-                    Loc::Alias(s) => Loc::Alias(s),
-                    _ => Loc::Alias(n.inputs[0]),
-                },
-                _ => Loc::Scratch,
-            });
+                CpuBuffer::downcast(b.as_ref())?;
+                w[id] = Some(b.clone());
+            }
         }
+        let plan = plan::plan(graph, ARENA_ALIGN);
+        let loc = plan
+            .placement
+            .iter()
+            .map(|p| match *p {
+                Placement::Source => Loc::Source,
+                Placement::Alias(r) => Loc::Alias(r),
+                Placement::Arena { offset, bytes } => {
+                    let start = (offset / 4) as usize;
+                    Loc::Arena(start..start + (bytes / 4) as usize)
+                }
+            })
+            .collect();
         Ok(CpuExecutable {
             graph: graph.clone(),
             loc,
+            arena_len: (plan.arena_bytes / 4) as usize,
             weights: w,
             pool,
         })
@@ -110,6 +123,70 @@ impl CpuExecutable {
         match self.loc[id.0] {
             Loc::Alias(s) => s,
             _ => id,
+        }
+    }
+
+    /// The arena range of `id`'s value (through aliases), if it lives in the arena.
+    fn arena_range(&self, id: NodeId) -> Option<std::ops::Range<usize>> {
+        match &self.loc[self.resolve(id).0] {
+            Loc::Arena(r) => Some(r.clone()),
+            _ => None,
+        }
+    }
+
+    /// A KV write: the new rows (arena or bound) into the state's cache at `pos`.
+    fn kv_write(
+        &self,
+        id: NodeId,
+        arena: &[f32],
+        guards: &mut [Guard],
+        guard_of: &[usize],
+    ) -> Result<()> {
+        let g = &self.graph;
+        let node = g.node(id);
+        let ins = &node.inputs;
+        let pos = match guards.get(guard_of[ins[2].0]).map(Guard::data) {
+            Some(HostData::I32(v)) if v.len() == 1 && v[0] >= 0 => v[0] as usize,
+            _ => {
+                return Err(exec_err(
+                    g,
+                    id,
+                    "kv_write pos must be a non-negative i32 scalar",
+                ))
+            }
+        };
+        let new_id = self.resolve(ins[1]);
+        // Rows bound from outside (a partition's transfer, a one-op conformance graph)
+        // are copied first: their guard and the cache's cannot both be borrowed while
+        // the cache is written.
+        let bound_rows;
+        let new: &[f32] = match &self.loc[new_id.0] {
+            Loc::Arena(r) => &arena[r.clone()],
+            _ => match guards.get(guard_of[new_id.0]).map(Guard::data) {
+                Some(HostData::F32(v)) => {
+                    bound_rows = v.clone();
+                    &bound_rows
+                }
+                _ => return Err(exec_err(g, id, "kv_write rows must be f32")),
+            },
+        };
+        let state = self.resolve(ins[0]);
+        let width = node.fact.shape[1];
+        match &mut guards[guard_of[state.0]] {
+            Guard::Write(gd) => match &mut **gd {
+                HostData::F32(cache) => {
+                    r::kv_write(cache, new, width, pos).map_err(|e| exec_err(g, id, e.0))
+                }
+                HostData::F16(cache) => {
+                    k::kv_write_f16(cache, new, width, pos).map_err(|e| exec_err(g, id, e.0))
+                }
+                _ => Err(exec_err(
+                    g,
+                    id,
+                    "kv cache must be f32 or f16 on the cpu backend",
+                )),
+            },
+            Guard::Read(_) => Err(exec_err(g, id, "kv cache must be a State buffer")),
         }
     }
 
@@ -168,16 +245,32 @@ impl CpuExecutable {
 
         for id in g.ids() {
             let node = g.node(id);
-            if !matches!(self.loc[id.0], Loc::Scratch) && !matches!(node.op, Op::KvWrite) {
+            if let Op::KvWrite = node.op {
+                self.kv_write(id, &scratch.arena, &mut guards, &guard_of)?;
                 continue;
             }
-            let mut out = std::mem::take(&mut scratch.values[id.0]);
+            let Loc::Arena(range) = self.loc[id.0].clone() else {
+                continue; // sources and aliases are not computed
+            };
+            // The output's elements, and the arena on either side of them (where every
+            // input lives: the plan never overlaps values live at the same node).
+            let (lo, rest) = scratch.arena.split_at_mut(range.start);
+            let (out, hi) = rest.split_at_mut(range.len());
             {
-                let values = &scratch.values;
+                let arena_of = |x: NodeId| -> Result<&[f32]> {
+                    let r = self.arena_range(x).expect("caller checked");
+                    if r.end <= range.start {
+                        Ok(&lo[r])
+                    } else if r.start >= range.end {
+                        Ok(&hi[r.start - range.end..r.end - range.end])
+                    } else {
+                        Err(exec_err(g, id, "the memory plan overlaps an input with the output"))
+                    }
+                };
                 let f32_of = |x: NodeId| -> Result<&[f32]> {
                     let x = self.resolve(x);
                     match self.loc[x.0] {
-                        Loc::Scratch => Ok(&values[x.0]),
+                        Loc::Arena(_) => arena_of(x),
                         _ => match guards[guard_of[x.0]].data() {
                             HostData::F32(v) => Ok(v),
                             _ => Err(exec_err(
@@ -192,7 +285,7 @@ impl CpuExecutable {
                 let kv_of = |x: NodeId| -> Result<KvRef> {
                     let x = self.resolve(x);
                     match self.loc[x.0] {
-                        Loc::Scratch => Ok(KvRef::F32(&values[x.0])),
+                        Loc::Arena(_) => Ok(KvRef::F32(arena_of(x)?)),
                         _ => match guards[guard_of[x.0]].data() {
                             HostData::F32(v) => Ok(KvRef::F32(v)),
                             HostData::F16(v) => Ok(KvRef::F16(v)),
@@ -232,8 +325,8 @@ impl CpuExecutable {
                             }
                         };
                         match packed(ins[0]) {
-                            Some(table) => k::gather_packed(table, ids, &mut out).map_err(kerr)?,
-                            None => r::gather(f32_of(ins[0])?, node.fact.shape[1], ids, &mut out)
+                            Some(table) => k::gather_packed(table, ids, out).map_err(kerr)?,
+                            None => r::gather(f32_of(ins[0])?, node.fact.shape[1], ids, out)
                                 .map_err(kerr)?,
                         }
                     }
@@ -257,10 +350,10 @@ impl CpuExecutable {
                         if let Some(w) = packed(ins[1]) {
                             match norm {
                                 Some(norm) => k::matmul_packed_rms_norm(
-                                    a, m, norm, w, *act, *epilogue, bias, residual, &mut out,
+                                    a, m, norm, w, *act, *epilogue, bias, residual, out,
                                 ),
                                 None => k::matmul_packed(
-                                    a, m, w, *act, *epilogue, bias, residual, &mut out,
+                                    a, m, w, *act, *epilogue, bias, residual, out,
                                 ),
                             }
                             .map_err(kerr)?;
@@ -288,15 +381,15 @@ impl CpuExecutable {
                                     *epilogue,
                                     bias,
                                     residual,
-                                    &mut out,
+                                    out,
                                 )
                                 .map_err(kerr)?;
                             } else {
                                 // The product straight into `out`, the steps in place.
-                                k::matmul_f32(a, b, m, kk, n_b, *transpose_b, &mut out);
+                                k::matmul_f32(a, b, m, kk, n_b, *transpose_b, out);
                                 if !epilogue.is_empty() {
                                     k::epilogue_f32(
-                                        None, m, n_b, *epilogue, bias, residual, &mut out,
+                                        None, m, n_b, *epilogue, bias, residual, out,
                                     )
                                     .map_err(kerr)?;
                                 }
@@ -311,7 +404,7 @@ impl CpuExecutable {
                             f32_of(ins[1])?,
                             f32_of(ins[2])?,
                             *patch,
-                            &mut out,
+                            out,
                         );
                     }
                     Op::SliceCols { start, len } => r::slice_cols(
@@ -319,12 +412,12 @@ impl CpuExecutable {
                         g.fact(ins[0]).shape[1],
                         *start,
                         *len,
-                        &mut out,
+                        out,
                     ),
-                    Op::Add => r::add(f32_of(ins[0])?, f32_of(ins[1])?, &mut out),
-                    Op::Mul => r::mul(f32_of(ins[0])?, f32_of(ins[1])?, &mut out),
+                    Op::Add => r::add(f32_of(ins[0])?, f32_of(ins[1])?, out),
+                    Op::Mul => r::mul(f32_of(ins[0])?, f32_of(ins[1])?, out),
                     Op::RmsNorm { eps } => {
-                        k::rms_norm_f32(f32_of(ins[0])?, f32_of(ins[1])?, *eps, &mut out)
+                        k::rms_norm_f32(f32_of(ins[0])?, f32_of(ins[1])?, *eps, out)
                             .map_err(kerr)?
                     }
                     Op::LayerNorm { eps } => k::layer_norm_f32(
@@ -332,7 +425,7 @@ impl CpuExecutable {
                         f32_of(ins[1])?,
                         f32_of(ins[2])?,
                         *eps,
-                        &mut out,
+                        out,
                     )
                     .map_err(kerr)?,
                     Op::Rope { params } => {
@@ -342,7 +435,7 @@ impl CpuExecutable {
                             params,
                             scalar(ins[1])?,
                             scalar(ins[2])?,
-                            &mut out,
+                            out,
                         );
                     }
                     Op::Attention {
@@ -360,7 +453,7 @@ impl CpuExecutable {
                         *n_kv_heads,
                         *head_dim,
                         *scale,
-                        &mut out,
+                        out,
                     )
                     .map_err(kerr)?,
                     Op::SpaceToChannel { grid, block } => k::space_to_channel_f32(
@@ -368,7 +461,7 @@ impl CpuExecutable {
                         *grid,
                         *block,
                         g.fact(ins[0]).shape[1],
-                        &mut out,
+                        out,
                     )
                     .map_err(kerr)?,
                     Op::Attention {
@@ -382,89 +475,39 @@ impl CpuExecutable {
                         let (nh, nkv, hd, sc) = (*n_heads, *n_kv_heads, *head_dim, *scale);
                         match (kv_of(ins[1])?, kv_of(ins[2])?) {
                             (KvRef::F32(kc), KvRef::F32(vc)) => {
-                                k::attention_f32(q, kc, vc, pos, n_valid, nh, nkv, hd, sc, &mut out)
+                                k::attention_f32(q, kc, vc, pos, n_valid, nh, nkv, hd, sc, out)
                             }
                             (KvRef::F16(kc), KvRef::F16(vc)) => {
-                                k::attention_f32(q, kc, vc, pos, n_valid, nh, nkv, hd, sc, &mut out)
+                                k::attention_f32(q, kc, vc, pos, n_valid, nh, nkv, hd, sc, out)
                             }
                             _ => return Err(exec_err(g, id, "k and v caches differ in type")),
                         }
                         .map_err(kerr)?;
                     }
                     Op::Silu => {
-                        k::activation_f32(f32_of(ins[0])?, npurt_graph::Activation::Silu, &mut out)
+                        k::activation_f32(f32_of(ins[0])?, npurt_graph::Activation::Silu, out)
                             .map_err(kerr)?
                     }
                     Op::Gelu { tanh } => {
-                        k::gelu_f32(f32_of(ins[0])?, *tanh, &mut out).map_err(kerr)?
+                        k::gelu_f32(f32_of(ins[0])?, *tanh, out).map_err(kerr)?
                     }
-                    Op::Softmax => k::softmax_f32(f32_of(ins[0])?, node.fact.last_dim(), &mut out)
+                    Op::Softmax => k::softmax_f32(f32_of(ins[0])?, node.fact.last_dim(), out)
                         .map_err(kerr)?,
-                    Op::Reshape { .. } => out.copy_from_slice(f32_of(ins[0])?),
                     Op::Transpose { perm } => {
-                        r::transpose(f32_of(ins[0])?, &g.fact(ins[0]).shape, perm, &mut out)
+                        r::transpose(f32_of(ins[0])?, &g.fact(ins[0]).shape, perm, out)
                     }
                     Op::SelectRow => {
                         let idx = scalar(ins[1])?;
-                        r::select_row(f32_of(ins[0])?, node.fact.shape[1], idx as i32, &mut out)
+                        r::select_row(f32_of(ins[0])?, node.fact.shape[1], idx as i32, out)
                             .map_err(kerr)?;
                     }
-                    Op::KvWrite => {} // below: needs the state guard mutably
+                    Op::KvWrite => unreachable!("written above"),
+                    Op::Reshape { .. } => unreachable!("a reshape aliases its input"),
                     Op::Input { .. } | Op::Weight { .. } | Op::State { .. } => {
                         unreachable!("sources are not computed")
                     }
                 }
             }
-            if let Op::KvWrite = node.op {
-                let ins = &node.inputs;
-                let pos = match guards.get(guard_of[ins[2].0]).map(Guard::data) {
-                    Some(HostData::I32(v)) if v.len() == 1 && v[0] >= 0 => v[0] as usize,
-                    _ => {
-                        return Err(exec_err(
-                            g,
-                            id,
-                            "kv_write pos must be a non-negative i32 scalar",
-                        ))
-                    }
-                };
-                let new_id = self.resolve(ins[1]);
-                // Rows bound from outside (a partition's transfer, a one-op conformance
-                // graph) are copied first: their guard and the cache's cannot both be
-                // borrowed while the cache is written.
-                let bound_rows;
-                let new: &[f32] = match self.loc[new_id.0] {
-                    Loc::Scratch => &scratch.values[new_id.0],
-                    _ => match guards.get(guard_of[new_id.0]).map(Guard::data) {
-                        Some(HostData::F32(v)) => {
-                            bound_rows = v.clone();
-                            &bound_rows
-                        }
-                        _ => return Err(exec_err(g, id, "kv_write rows must be f32")),
-                    },
-                };
-                let state = self.resolve(ins[0]);
-                let width = node.fact.shape[1];
-                match &mut guards[guard_of[state.0]] {
-                    Guard::Write(gd) => match &mut **gd {
-                        HostData::F32(cache) => {
-                            r::kv_write(cache, new, width, pos).map_err(|e| exec_err(g, id, e.0))?
-                        }
-                        HostData::F16(cache) => k::kv_write_f16(cache, new, width, pos)
-                            .map_err(|e| exec_err(g, id, e.0))?,
-                        _ => {
-                            return Err(exec_err(
-                                g,
-                                id,
-                                "kv cache must be f32 or f16 on the cpu backend",
-                            ))
-                        }
-                    },
-                    Guard::Read(_) => {
-                        return Err(exec_err(g, id, "kv cache must be a State buffer"))
-                    }
-                }
-            }
-            scratch.values[id.0] = out;
         }
 
         for (name, id) in &g.outputs {
@@ -473,8 +516,8 @@ impl CpuExecutable {
                 .ok_or_else(|| BackendError::Binding(format!("output `{name}` is not bound")))?;
             let cb = CpuBuffer::downcast(ob.as_ref())?;
             let src = self.resolve(*id);
-            let data: &[f32] = match self.loc[src.0] {
-                Loc::Scratch => &scratch.values[src.0],
+            let data: &[f32] = match &self.loc[src.0] {
+                Loc::Arena(r) => &scratch.arena[r.clone()],
                 _ => match guards[guard_of[src.0]].data() {
                     HostData::F32(v) => v,
                     _ => return Err(BackendError::Binding(format!("output `{name}` is not f32"))),
@@ -500,22 +543,15 @@ impl CpuExecutable {
 
 impl Executable for CpuExecutable {
     fn new_scratch(&self) -> Result<Box<dyn Scratch>> {
-        let mut values = Vec::with_capacity(self.graph.nodes.len());
-        for (i, n) in self.graph.nodes.iter().enumerate() {
-            let len = match self.loc[i] {
-                Loc::Scratch if n.fact.dtype == DType::F32 => n.fact.elems().unwrap_or(0),
-                _ => 0,
-            };
-            let mut v = Vec::new();
-            v.try_reserve_exact(len)
-                .map_err(|_| BackendError::OutOfMemory {
-                    what: format!("scratch for `{}`", n.name),
-                    bytes: len * 4,
-                })?;
-            v.resize(len, 0.0);
-            values.push(v);
-        }
-        Ok(Box::new(CpuScratch { values }))
+        let mut arena = Vec::new();
+        arena
+            .try_reserve_exact(self.arena_len)
+            .map_err(|_| BackendError::OutOfMemory {
+                what: "the activation arena".into(),
+                bytes: self.arena_len * 4,
+            })?;
+        arena.resize(self.arena_len, 0.0);
+        Ok(Box::new(CpuScratch { arena }))
     }
 
     fn run(&self, bindings: &Bindings, scratch: &mut dyn Scratch) -> Result<()> {

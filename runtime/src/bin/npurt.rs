@@ -144,6 +144,10 @@ enum Cmd {
         /// Only the summary (no per-node listing).
         #[arg(long)]
         summary: bool,
+        /// Print one JSON object: weights_bytes, kv_bytes, arena_bytes,
+        /// naive_activation_bytes, floor_bytes (totals over the model's graphs).
+        #[arg(long)]
+        json: bool,
     },
     /// Throughput table like llama-bench: ppN (prefill N tokens) and tgN (N decode
     /// steps) in tokens/s, mean ± sd over repetitions, per thread count.
@@ -396,8 +400,13 @@ fn run(cli: Cli) -> anyhow_lite::Result<()> {
             common,
             graph,
             summary,
+            json,
         } => {
             let model = load(&common, None)?;
+            if json {
+                println!("{}", serde_json::to_string(&npurt_runtime::inspect::memory(&model))?);
+                return Ok(());
+            }
             let kind = match graph.as_str() {
                 "prefill" => npurt_runtime::GraphKind::Prefill,
                 "prefill-all" => npurt_runtime::GraphKind::PrefillAllLogits,
