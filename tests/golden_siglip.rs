@@ -11,14 +11,21 @@ use npurt_tests::{golden, max_abs_diff, GoldenTensors};
 const TOL: f32 = 1e-4;
 
 fn encoder(backend: &str, batch: usize, feature: VisionFeature, projector: bool) -> VisionEncoder {
-    let opts = VisionOptions {
+    load(options(backend, batch, feature), projector)
+}
+
+fn options(backend: &str, batch: usize, feature: VisionFeature) -> VisionOptions {
+    VisionOptions {
         backend: backend.into(),
         batch,
         precision: npurt_graph::PrecisionPolicy::F32,
         feature,
         taps: true,
         ..VisionOptions::default()
-    };
+    }
+}
+
+fn load(opts: VisionOptions, projector: bool) -> VisionEncoder {
     let proj = golden("vlm_tiny/projector.safetensors");
     VisionEncoder::load(
         &Runtime::new(),
@@ -140,12 +147,20 @@ fn results_do_not_depend_on_the_batch() {
 }
 
 /// The same tower and projector on the wgpu backend (lavapipe in CI): every node of
-/// every stage on wgpu (one segment, no CPU fallback), within the same tolerance.
+/// every stage on wgpu (one segment, no CPU fallback), within the same tolerance. Not
+/// pipelined, so the Conv2D runs on wgpu too (pipelined, it runs on the CPU:
+/// `vision_pipeline.rs`).
 #[test]
 fn siglip_tiny_and_projector_on_wgpu() {
     let io = GoldenTensors::open("vlm_tiny/io.safetensors");
     let (shape, pixels) = io.f32("pixel_values");
-    let enc = encoder("wgpu", 2, VisionFeature::Last, true);
+    let enc = load(
+        VisionOptions {
+            pipeline: false,
+            ..options("wgpu", 2, VisionFeature::Last)
+        },
+        true,
+    );
     for st in &enc.stages {
         assert_eq!(
             st.exec.segments(),
@@ -154,6 +169,7 @@ fn siglip_tiny_and_projector_on_wgpu() {
             st.name,
             st.exec.report()
         );
+        assert_eq!(st.exec.backends()[0].name(), "wgpu", "{} stage", st.name);
     }
     let out = enc.encode(&pixels, shape[0]).expect("encode on wgpu");
     check(

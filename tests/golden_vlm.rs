@@ -45,7 +45,11 @@ fn check_logits(what: &str, ours: &[f32], ids: &[i32], vals: &[f32], lse: f32) {
     assert_eq!(top1 as i32, ids[0], "{what}: rank-1 id");
     for (&id, &v) in ids.iter().zip(vals) {
         let d = (ours[id as usize] - v).abs();
-        assert!(d <= tol, "{what}: id {id}: ours {} ref {v} tol {tol}", ours[id as usize]);
+        assert!(
+            d <= tol,
+            "{what}: id {id}: ours {} ref {v} tol {tol}",
+            ours[id as usize]
+        );
     }
     let d = (logsumexp(ours) - lse as f64).abs();
     assert!(d <= tol as f64, "{what}: lse differs by {d} > {tol}");
@@ -65,7 +69,10 @@ fn end_to_end(backend: &str) {
 
     // The prompt as the README builds it: the placeholder before the text.
     let (text, images) = m
-        .render_multimodal_chat(&[(ChatMessage::new("user", "Describe this image."), vec![&pending])])
+        .render_multimodal_chat(&[(
+            ChatMessage::new("user", "Describe this image."),
+            vec![&pending],
+        )])
         .expect("render");
     let parts = m.split_prompt(&text, &images).expect("split");
     let (left, right) = match &parts[..] {
@@ -73,8 +80,16 @@ fn end_to_end(backend: &str) {
         _ => panic!("expected text, image, text"),
     };
     let as_u32 = |v: Vec<i32>| v.into_iter().map(|x| x as u32).collect::<Vec<_>>();
-    assert_eq!(left, as_u32(io.i32("input_ids_left").1), "ids left of the image");
-    assert_eq!(right, as_u32(io.i32("input_ids_right").1), "ids right of the image");
+    assert_eq!(
+        left,
+        as_u32(io.i32("input_ids_left").1),
+        "ids left of the image"
+    );
+    assert_eq!(
+        right,
+        as_u32(io.i32("input_ids_right").1),
+        "ids right of the image"
+    );
 
     let emb = pending.wait().expect("encode");
     let d = max_abs_diff(&emb.data, &io.f32("projected").1);
@@ -107,7 +122,10 @@ fn end_to_end(backend: &str) {
     }
     let want_last = io.f32("logits_last").1;
     let d = max_abs_diff(&rows[15], &want_last);
-    assert!(d <= 1e-3 * logit_range(&want_last), "{backend} logits_last: {d}");
+    assert!(
+        d <= 1e-3 * logit_range(&want_last),
+        "{backend} logits_last: {d}"
+    );
 
     let want: Vec<u32> = as_u32(io.i32("greedy_ids").1);
     let g = s
@@ -135,7 +153,10 @@ fn end_to_end(backend: &str) {
     s.feed(&right).unwrap();
     let again = s.last_logits().unwrap();
     let d = max_abs_diff(again, &want_last);
-    assert!(d <= 1e-3 * logit_range(&want_last), "{backend} after rollback: {d}");
+    assert!(
+        d <= 1e-3 * logit_range(&want_last),
+        "{backend} after rollback: {d}"
+    );
 }
 
 #[test]
@@ -157,7 +178,10 @@ fn the_image_encodes_while_the_caller_works() {
     let pending = m.encode_image(chelsea()).unwrap();
     let returned = Instant::now();
     let (text, images) = m
-        .render_multimodal_chat(&[(ChatMessage::new("user", "Describe this image."), vec![&pending])])
+        .render_multimodal_chat(&[(
+            ChatMessage::new("user", "Describe this image."),
+            vec![&pending],
+        )])
         .unwrap();
     let parts = m.split_prompt(&text, &images).unwrap();
     let PromptPart::Text(left) = &parts[0] else {
@@ -192,7 +216,10 @@ fn the_image_encodes_while_the_caller_works() {
         })
         .collect();
     assert_eq!(img_rows.len(), 588);
-    assert!(img_rows.iter().all(|&i| i == 0), "the first image fed is image 0");
+    assert!(
+        img_rows.iter().all(|&i| i == 0),
+        "the first image fed is image 0"
+    );
     s.feed_prompt(&[PromptPart::Image(emb)]).unwrap();
     assert_eq!(
         s.positions().last(),
@@ -216,12 +243,18 @@ fn bad_multimodal_inputs_are_typed_errors() {
         .split_prompt::<()>("a <image> b", &[])
         .err()
         .expect("a placeholder without an image");
-    assert!(matches!(e, RuntimeError::PlaceholderWithoutImage { .. }), "{e}");
+    assert!(
+        matches!(e, RuntimeError::PlaceholderWithoutImage { .. }),
+        "{e}"
+    );
     let e = m
         .split_prompt("no placeholder", &[(), ()])
         .err()
         .expect("images without placeholders");
-    assert!(matches!(e, RuntimeError::MoreImagesThanPlaceholders { .. }), "{e}");
+    assert!(
+        matches!(e, RuntimeError::MoreImagesThanPlaceholders { .. }),
+        "{e}"
+    );
 
     // A text-only model refuses images by name.
     let text_only = Runtime::new()
@@ -278,5 +311,8 @@ fn inconsistent_model_directories_are_refused() {
         .err()
         .expect("a projector into the wrong width");
     let msg = e.to_string();
-    assert!(msg.contains("width 576") && msg.contains("hidden size 32"), "{msg}");
+    assert!(
+        msg.contains("width 576") && msg.contains("hidden size 32"),
+        "{msg}"
+    );
 }

@@ -1118,6 +1118,60 @@ fn bad_run_time_values_are_typed_errors_and_the_backend_recovers() {
     );
 }
 
+/// `Executable::submit` on wgpu is asynchronous: the handle waits for that submission
+/// (on any thread) and reports that run's kernel errors, then the outputs are ready.
+#[test]
+fn submit_returns_a_handle_that_waits_and_reports_its_run() {
+    let mut g = G::new();
+    let t = g.weight("table", TensorFact::f32([10, 8]));
+    let ids = g.input("ids", TensorFact::i32([3]));
+    let x = g.op("embed", Op::Gather, &[t, ids]);
+    g.out("y", x);
+    let be = be();
+    let table = be
+        .prepare_weight(
+            "table",
+            HostTensor::f32([10, 8], (0..80).map(|i| i as f32).collect()),
+        )
+        .unwrap();
+    let exec = be.compile(&g.g, &[(t, table)]).unwrap();
+    let y = be
+        .alloc(&TensorFact::f32([3, 8]), BufferUsage::Activations)
+        .unwrap();
+    let mut scratch = exec.new_scratch().unwrap();
+    let mut submit = |id_vals: Vec<i32>| {
+        let buf = be
+            .alloc(&TensorFact::i32([3]), BufferUsage::Activations)
+            .unwrap();
+        be.write(buf.as_ref(), &HostTensor::i32([3], id_vals))
+            .unwrap();
+        let b = Bindings {
+            sources: vec![(ids, buf)],
+            outputs: vec![("y".into(), y.clone())],
+        };
+        exec.submit(&b, scratch.as_mut()).expect("submit")
+    };
+    match submit(vec![1, 10, 2]).wait() {
+        Err(BackendError::Execution { node, reason }) => {
+            assert_eq!(node, "embed", "{reason}");
+            assert!(reason.contains("token id"), "{reason}");
+        }
+        other => panic!("expected the run's token-id error, got {other:?}"),
+    }
+    let handle = submit(vec![4, 5, 6]);
+    std::thread::spawn(move || handle.wait())
+        .join()
+        .unwrap()
+        .expect("a good run after a failed one, waited on another thread");
+    assert_eq!(
+        f32s(be.read(y.as_ref()).unwrap()),
+        (32..56).map(|i| i as f32).collect::<Vec<_>>()
+    );
+    let handle = submit(vec![0, 0, 0]);
+    handle.wait().unwrap();
+    be.synchronize().expect("nothing left for synchronize");
+}
+
 #[test]
 fn repeated_runs_reuse_pipelines_and_bind_groups() {
     let mut rng = Lcg(700);

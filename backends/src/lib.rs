@@ -9,11 +9,14 @@
 //! - it allocates [`DeviceBuffer`]s tagged [`BufferUsage::Weights`] or activations/state;
 //! - it prepares (repacks) each weight once ([`Backend::prepare_weight`]);
 //! - it compiles a (sub)graph into an [`Executable`] that runs against [`Bindings`];
-//! - it synchronises ([`Backend::synchronize`]).
+//! - it synchronises ([`Backend::synchronize`]), or hands back a [`Completion`] per
+//!   submitted run ([`Executable::submit`]) so the runtime can keep two streams busy
+//!   (BlueLM-V pipelines the Conv2D of one batch against the ViT blocks of the last).
 //!
 //! Backends are open: the runtime only ever holds `Arc<dyn Backend>` and finds them in
 //! a [`Registry`], so a vendor's crate plugs in without editing npurt.
 
+mod completion;
 /// The backend conformance suite (every op vs the reference kernels, by NMSE).
 pub mod conformance;
 #[cfg(feature = "cpu")]
@@ -21,13 +24,17 @@ pub mod cpu;
 mod registry;
 #[cfg(feature = "wgpu")]
 pub mod wgpu;
+mod worker;
 
+pub use completion::{Completion, Finished, Ready};
 pub use registry::{BackendOptions, Registry};
+pub use worker::WorkerExecutable;
 
 use npurt_graph::{DType, Graph, NodeId, TensorFact};
 use npurt_kernels::HostTensor;
 use std::any::Any;
 use std::sync::Arc;
+use std::time::Instant;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
@@ -109,12 +116,49 @@ pub trait Scratch: Send {
 }
 
 /// A compiled (sub)graph.
+///
+/// Two ways to run it:
+/// - [`Executable::run`] runs (or, on a device with a queue, enqueues) the graph;
+///   [`Backend::synchronize`] then waits for everything the calling thread submitted.
+/// - [`Executable::submit`] starts the graph and returns a [`Completion`] for this one
+///   run; [`Completion::wait`] returns once it has finished (outputs readable, errors
+///   reported). Between the two the caller is free to run other work, e.g. another
+///   stage on another backend: that is how two streams overlap.
+///
+/// Rules for the caller of `submit`, until the handle has been waited on (or dropped):
+/// do not read the bound outputs and do not run again with the same scratch. The
+/// implementation keeps what the run touches alive (the bindings are `Arc`s it may
+/// clone; a scratch that must outlive the call is reference-counted inside it), so a
+/// caller breaking these rules sees stale data or waits, never undefined behaviour.
 pub trait Executable: Send + Sync {
     /// Allocates scratch for one concurrent user.
     fn new_scratch(&self) -> Result<Box<dyn Scratch>>;
     /// Runs the graph. Every source must be bound except weights, which the backend
     /// captured at compile time; every graph output must be bound to a buffer.
     fn run(&self, bindings: &Bindings, scratch: &mut dyn Scratch) -> Result<()>;
+
+    /// Starts the graph and returns a handle on this run (see the trait docs). Errors
+    /// found before the work starts (bindings) come back here, errors of the work
+    /// itself from [`Completion::wait`].
+    ///
+    /// The default runs [`Executable::run`] on the calling thread, timing it, and
+    /// returns an already finished [`Ready`] handle, so every backend supports `submit`
+    /// unchanged; concurrency then comes from the caller (e.g. a [`WorkerExecutable`]
+    /// runs submissions on its own thread). A backend whose `run` only enqueues work
+    /// should override this with a handle that waits for that work (the wgpu backend
+    /// does); with the default, `wait` only means "submitted", and the caller still
+    /// needs [`Backend::synchronize`].
+    fn submit(
+        &self,
+        bindings: &Bindings,
+        scratch: &mut dyn Scratch,
+    ) -> Result<Box<dyn Completion>> {
+        let t0 = Instant::now();
+        self.run(bindings, scratch)?;
+        Ok(Box::new(Ready::new(Finished {
+            busy: Some(t0.elapsed()),
+        })))
+    }
 }
 
 /// Whether a backend can run a node.

@@ -68,7 +68,11 @@ pub fn is_vlm_dir(path: &Path) -> bool {
     path.is_dir()
         && read_json(&cfg)
             .ok()
-            .and_then(|v| v.get("model_type").and_then(Value::as_str).map(|s| s == MODEL_TYPE))
+            .and_then(|v| {
+                v.get("model_type")
+                    .and_then(Value::as_str)
+                    .map(|s| s == MODEL_TYPE)
+            })
             .unwrap_or(false)
 }
 
@@ -234,7 +238,9 @@ mod tests {
         for (field, value) in cases {
             let mut v = ok();
             v[field] = value;
-            let e = VlmConfig::from_json(Path::new("/m"), &v).unwrap_err().to_string();
+            let e = VlmConfig::from_json(Path::new("/m"), &v)
+                .unwrap_err()
+                .to_string();
             assert!(e.contains(field), "{field}: {e}");
         }
     }

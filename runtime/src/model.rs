@@ -267,7 +267,11 @@ impl PreparedWeights {
     pub(crate) fn evict<'a>(&self, graphs: impl IntoIterator<Item = &'a Graph>) {
         let names: std::collections::HashSet<String> = graphs
             .into_iter()
-            .flat_map(|g| g.sources("weight").into_iter().map(|(_, n, _)| n.to_string()))
+            .flat_map(|g| {
+                g.sources("weight")
+                    .into_iter()
+                    .map(|(_, n, _)| n.to_string())
+            })
             .collect();
         self.buffers
             .lock()
@@ -335,7 +339,11 @@ impl Model {
         if embeddings {
             kinds.extend([
                 (GraphKind::PrefillEmbeds, opts.chunk, LogitsMode::Last),
-                (GraphKind::PrefillEmbedsAllLogits, opts.chunk, LogitsMode::All),
+                (
+                    GraphKind::PrefillEmbedsAllLogits,
+                    opts.chunk,
+                    LogitsMode::All,
+                ),
                 (GraphKind::EmbedTokens, opts.chunk, LogitsMode::Last),
             ]);
         }

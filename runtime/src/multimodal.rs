@@ -64,7 +64,10 @@ impl ImageEmbeddings {
 pub enum ImageInput {
     File(PathBuf),
     /// An encoded file's bytes (PNG, JPEG, WebP), with a name for error messages.
-    Bytes { name: String, bytes: Vec<u8> },
+    Bytes {
+        name: String,
+        bytes: Vec<u8>,
+    },
     /// Already decoded RGB pixels.
     Rgb(RgbImage),
 }
@@ -169,6 +172,7 @@ impl Runtime {
             });
             let vision = s.spawn(|| {
                 VisionEncoder::load_into(
+                    self,
                     &vlm.vision,
                     Some(&vlm.projector),
                     vision_opts.clone(),
@@ -196,7 +200,10 @@ impl Runtime {
             wall_ms: t0.elapsed().as_secs_f64() * 1e3,
         };
         model.load_ms = model.load_report.wall_ms;
-        *part.encoder.write().map_err(|_| invalid("vision", "poisoned"))? = Some(Arc::new(encoder));
+        *part
+            .encoder
+            .write()
+            .map_err(|_| invalid("vision", "poisoned"))? = Some(Arc::new(encoder));
         model.vision = Some(part);
         log::info!(
             "loaded {} in {:.0} ms (LLM {:.0} ms, vision {:.0} ms, in parallel)",
@@ -211,7 +218,11 @@ impl Runtime {
 
 /// A loader thread's result; a panic becomes a typed error naming the part.
 fn joined<T>(r: std::thread::Result<Result<T>>, what: &str) -> Result<T> {
-    r.unwrap_or_else(|_| Err(RuntimeError::ImageFailed(format!("loading {what} panicked"))))
+    r.unwrap_or_else(|_| {
+        Err(RuntimeError::ImageFailed(format!(
+            "loading {what} panicked"
+        )))
+    })
 }
 
 /// The parts of a BlueLM-V directory must fit each other: the projector's output is the
@@ -324,7 +335,9 @@ impl Model {
                 let _ = done.set(Instant::now());
                 r
             })
-            .map_err(|e| RuntimeError::ImageFailed(format!("cannot start the encoder thread: {e}")))?;
+            .map_err(|e| {
+                RuntimeError::ImageFailed(format!("cannot start the encoder thread: {e}"))
+            })?;
         Ok(PendingImage {
             plan,
             submitted: Instant::now(),
@@ -493,11 +506,19 @@ mod tests {
         );
         assert!(matches!(
             attach_placeholders("a <image> b <image>", "<image>", 1),
-            Err(RuntimeError::PlaceholderWithoutImage { placeholders: 2, images: 1, .. })
+            Err(RuntimeError::PlaceholderWithoutImage {
+                placeholders: 2,
+                images: 1,
+                ..
+            })
         ));
         assert!(matches!(
             attach_placeholders("<image>", "<image>", 3),
-            Err(RuntimeError::MoreImagesThanPlaceholders { placeholders: 1, images: 3, .. })
+            Err(RuntimeError::MoreImagesThanPlaceholders {
+                placeholders: 1,
+                images: 3,
+                ..
+            })
         ));
         assert!(matches!(
             attach_placeholders("<image> twice <image>", "<image>", 0),

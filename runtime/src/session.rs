@@ -31,14 +31,20 @@ struct Runner {
 pub enum Position {
     Token(u32),
     /// Row `row` of the session's `image`-th image (counted from 0 in feeding order).
-    Image { image: u32, row: u32 },
+    Image {
+        image: u32,
+        row: u32,
+    },
 }
 
 /// The rows of one graph execution.
 enum ChunkRows<'a> {
     Ids(&'a [u32]),
     /// `n` rows of input embeddings, `[n, hidden]`.
-    Embeds { data: Vec<f32>, n: usize },
+    Embeds {
+        data: Vec<f32>,
+        n: usize,
+    },
 }
 
 impl ChunkRows<'_> {
@@ -336,7 +342,8 @@ impl Session {
 
     /// Records fed token ids as the next positions.
     fn push_tokens(&mut self, ids: &[u32]) {
-        self.positions.extend(ids.iter().map(|&i| Position::Token(i)));
+        self.positions
+            .extend(ids.iter().map(|&i| Position::Token(i)));
         self.tokens.extend_from_slice(ids);
     }
 

@@ -3,19 +3,30 @@
 //! image's tiles batch by batch.
 //!
 //! Three compiled stages, each its own graph so a stage can run on another backend and
-//! be timed on its own (BlueLM-V pipelines the Conv2D of batch i+1 against the blocks
-//! of batch i):
+//! be timed on its own:
 //! 1. `embed`: Conv2D patch embedding + position embedding;
 //! 2. `encoder`: the encoder blocks (+ post-layernorm for the last feature layer);
 //! 3. `projector` (when the model has one): 2x2 merge, LayerNorm, fc1, GELU, fc2.
 //!
+//! Pipelining (BlueLM-V Fig. 6, [`VisionOptions::pipeline`], on by default): the embed
+//! stage gets a stream of its own, so the Conv2D of batch i+1 runs while the blocks of
+//! batch i do. Its graph is compiled for a CPU backend instance of its own
+//! ([`VisionOptions::embed_threads`] threads: with `wgpu` preferred, the Conv2D runs on
+//! the CPU and the blocks on the GPU; with the CPU alone, on separate threads) and
+//! submitted through a [`WorkerExecutable`], whose [`Executable::submit`] returns at
+//! once; the blocks and projector are submitted on the calling thread (asynchronously
+//! where their backend is). No backend is special-cased here: each stage is submitted
+//! and waited on through the backend contract.
+//!
 //! The last batch is padded with zero tiles and their rows are discarded: results do
 //! not depend on B (each tile attends only within itself).
+
+mod stage;
 
 use crate::model::{invalid, PreparedWeights};
 use crate::partition::Partitioned;
 use crate::{Result, Runtime, RuntimeError};
-use npurt_backends::{Backend, Bindings, BufferUsage, DeviceBuffer, Executable, Scratch};
+use npurt_backends::{Backend, Executable, WorkerExecutable};
 use npurt_graph::passes::{PassReport, Pipeline};
 use npurt_graph::{Graph, NodeId, PrecisionPolicy, TensorFact};
 use npurt_kernels::HostTensor;
@@ -24,6 +35,7 @@ use npurt_models::siglip::{
     self, SiglipGraphOptions, SiglipVisionConfig, VisionFeature, VisionStage,
 };
 use npurt_models::WeightStore;
+use stage::{valid_rows, StageRunner};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -52,6 +64,13 @@ pub struct VisionOptions {
     /// Also return HF-named intermediates (`patch_embeds`, `hidden_states_{k}`):
     /// tests and debugging.
     pub taps: bool,
+    /// Run the Conv2D patch embedding of batch i+1 on its own stream while the encoder
+    /// blocks of batch i run (default); off, the stages run one after another on
+    /// `backend` (the sequential baseline).
+    pub pipeline: bool,
+    /// Threads of the embed stream's own CPU backend when pipelined (>= 1; the
+    /// Conv2D is well under 1% of the encoder's work).
+    pub embed_threads: usize,
 }
 
 impl Default for VisionOptions {
@@ -65,6 +84,8 @@ impl Default for VisionOptions {
             projector_ln_eps: 1e-5,
             merge: 2,
             taps: false,
+            pipeline: true,
+            embed_threads: 1,
         }
     }
 }
@@ -74,6 +95,9 @@ pub struct VisionStageProgram {
     pub name: &'static str,
     pub graph: Graph,
     pub exec: Arc<Partitioned>,
+    /// What a run is submitted to: `exec`, or a worker running it on its own thread
+    /// (the pipelined embed stage).
+    stream: Arc<dyn Executable>,
     input: NodeId,
     input_fact: TensorFact,
     /// Every graph output (the stage's value first, then taps) and its fact.
@@ -81,14 +105,23 @@ pub struct VisionStageProgram {
     pub pass_reports: Vec<PassReport>,
 }
 
-/// Wall time of each stage over one `encode` call (ms); the stages run one after
-/// another here, so they add up to about `total_ms`.
+/// Times of one `encode` call (ms): each stage's time summed over the batches, the
+/// wall time, and what the pipeline hid.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct EncodeTimings {
     pub conv_ms: f64,
     pub blocks_ms: f64,
     pub project_ms: f64,
+    /// Wall time of the whole call (pipelined when `pipelined`).
     pub total_ms: f64,
+    /// The stage times added up: about what the call takes with the stages one after
+    /// another.
+    pub sequential_ms: f64,
+    /// Latency hidden by running stages at once: `sequential_ms - total_ms`, floored at
+    /// 0 (a sequential run hides nothing; its host overhead makes the difference
+    /// slightly negative).
+    pub hidden_ms: f64,
+    pub pipelined: bool,
 }
 
 /// What `encode` returns for `tiles` tiles.
@@ -103,22 +136,6 @@ pub struct VisionOutput {
     pub timings: EncodeTimings,
 }
 
-/// The rows of the first `valid` tiles of a stage output computed for `batch` tiles
-/// (the padding tiles' rows are dropped).
-fn valid_rows(o: &HostTensor, batch: usize, valid: usize) -> Result<&[f32]> {
-    let vals = o
-        .as_f32()
-        .ok_or_else(|| invalid("vision", "a stage output is not f32"))?;
-    Ok(&vals[..vals.len() / batch * valid])
-}
-
-/// Buffers and scratch of the three stages (one encode at a time per encoder).
-struct StageRunner {
-    scratch: Box<dyn Scratch>,
-    input: Arc<dyn DeviceBuffer>,
-    outputs: Vec<Arc<dyn DeviceBuffer>>,
-}
-
 pub struct VisionEncoder {
     pub config: SiglipVisionConfig,
     pub projector_config: Option<ProjectorConfig>,
@@ -126,12 +143,38 @@ pub struct VisionEncoder {
     pub description: String,
     /// Built from seeded random weights (speed runs): its outputs mean nothing.
     pub synthetic: bool,
+    /// The preferred backend first, then the CPU fallback (as `Runtime::backends`).
     pub backends: Vec<Arc<dyn Backend>>,
+    /// The backends the embed stage is compiled for: a CPU instance of its own when
+    /// pipelined, else `backends`.
+    pub embed_backends: Vec<Arc<dyn Backend>>,
     pub stages: Vec<VisionStageProgram>,
     pub weight_bytes: usize,
     pub load_ms: f64,
     /// Scratch and I/O buffers of the stages; one encode at a time holds them.
     runners: Mutex<Vec<StageRunner>>,
+}
+
+/// Where the stages run: `main` (the preferred backend, then the CPU fallback) for the
+/// blocks and projector; `embed` for the Conv2D stage, a CPU backend instance (and
+/// thread pool) of its own when pipelined, else `main`.
+struct StageBackends {
+    main: Vec<Arc<dyn Backend>>,
+    embed: Vec<Arc<dyn Backend>>,
+}
+
+impl StageBackends {
+    fn new(rt: &Runtime, opts: &VisionOptions, main: Vec<Arc<dyn Backend>>) -> Result<Self> {
+        let embed = if opts.pipeline {
+            if opts.embed_threads == 0 {
+                return Err(invalid("embed_threads", "the embed stream needs a thread"));
+            }
+            rt.backends("cpu", Some(opts.embed_threads))?
+        } else {
+            main.clone()
+        };
+        Ok(StageBackends { main, embed })
+    }
 }
 
 /// The vision presets: `PrecisionPolicy` with every matmul treated as a linear layer.
@@ -154,12 +197,21 @@ impl VisionEncoder {
         opts: VisionOptions,
     ) -> Result<Self> {
         let backends = rt.backends(&opts.backend, opts.threads)?;
-        Self::load_into(dir, projector_file, opts, backends, &PreparedWeights::default())
+        Self::load_into(
+            rt,
+            dir,
+            projector_file,
+            opts,
+            backends,
+            &PreparedWeights::default(),
+        )
     }
 
     /// [`VisionEncoder::load`] over given backends, preparing weights into a cache a
-    /// multimodal model shares between its programs.
+    /// multimodal model shares between its programs (`rt` makes the pipelined embed
+    /// stage's own CPU backend).
     pub(crate) fn load_into(
+        rt: &Runtime,
         dir: &Path,
         projector_file: Option<&Path>,
         opts: VisionOptions,
@@ -189,6 +241,7 @@ impl VisionEncoder {
             cfg.num_hidden_layers,
             cfg.hidden_size
         );
+        let backends = StageBackends::new(rt, &opts, backends)?;
         let mut enc = Self::compile(
             backends, prepared, cfg, weights, projector, opts, desc, false,
         )?;
@@ -213,7 +266,7 @@ impl VisionEncoder {
         let pw = projector::synthetic_weights(&pc, SYNTHETIC_SEED + 1)?;
         let desc =
             format!("synthetic SigLIP-so400m (seeded random weights) + projector to {llm_hidden}");
-        let backends = rt.backends(&opts.backend, opts.threads)?;
+        let backends = StageBackends::new(rt, &opts, rt.backends(&opts.backend, opts.threads)?)?;
         let prepared = PreparedWeights::default();
         let mut enc = Self::compile(
             backends,
@@ -231,7 +284,7 @@ impl VisionEncoder {
 
     #[allow(clippy::too_many_arguments)]
     fn compile(
-        backends: Vec<Arc<dyn Backend>>,
+        backends: StageBackends,
         prepared: &PreparedWeights,
         cfg: SiglipVisionConfig,
         weights: WeightStore,
@@ -240,6 +293,10 @@ impl VisionEncoder {
         description: String,
         synthetic: bool,
     ) -> Result<Self> {
+        let StageBackends {
+            main: backends,
+            embed: embed_backends,
+        } = backends;
         let policy = vision_policy(&opts.precision);
         let mut stages = Vec::new();
         let tower = |stage| SiglipGraphOptions {
@@ -279,7 +336,18 @@ impl VisionEncoder {
             let pass_reports =
                 Pipeline::compile(policy.clone(), Box::new(move |n| stored.get(n).copied()))
                     .run(&mut graph)?;
-            let exec = Arc::new(prepared.compile(&graph, &backends, store)?);
+            let pipelined = opts.pipeline && name == "embed";
+            let stage_backends = if name == "embed" {
+                &embed_backends
+            } else {
+                &backends
+            };
+            let exec = Arc::new(prepared.compile(&graph, stage_backends, store)?);
+            let stream: Arc<dyn Executable> = if pipelined {
+                Arc::new(WorkerExecutable::spawn("vision-embed", exec.clone())?)
+            } else {
+                exec.clone()
+            };
             let input = graph.find_source("input", input_name).ok_or_else(|| {
                 invalid("graph", format!("{name} graph lacks input `{input_name}`"))
             })?;
@@ -301,6 +369,7 @@ impl VisionEncoder {
                 input_fact: graph.fact(input).clone(),
                 outputs,
                 exec,
+                stream,
                 graph,
                 pass_reports,
             });
@@ -313,6 +382,7 @@ impl VisionEncoder {
             description,
             synthetic,
             backends,
+            embed_backends,
             stages,
             weight_bytes,
             load_ms: 0.0,
@@ -340,25 +410,15 @@ impl VisionEncoder {
     }
 
     fn new_runners(&self) -> Result<Vec<StageRunner>> {
-        self.stages
-            .iter()
-            .map(|st| {
-                let x = &st.exec;
-                Ok(StageRunner {
-                    scratch: x.new_scratch()?,
-                    input: x.alloc_source(st.input, &st.input_fact, BufferUsage::Activations)?,
-                    outputs: st
-                        .outputs
-                        .iter()
-                        .map(|(n, f)| x.alloc_output(n, f))
-                        .collect::<std::result::Result<_, _>>()?,
-                })
-            })
-            .collect()
+        self.stages.iter().map(StageRunner::new).collect()
     }
 
     /// Encodes `tiles` tiles of `pixels` (`[tiles, C, S, S]`, normalised) in batches of
     /// B; returns the features (and projected tokens) of exactly those tiles.
+    ///
+    /// Pipelined, batch k+1's embed is submitted (to its worker) before batch k's
+    /// blocks run, and waited on once they and the projector are done; sequentially,
+    /// after them.
     pub fn encode(&self, pixels: &[f32], tiles: usize) -> Result<VisionOutput> {
         let t0 = Instant::now();
         let per_tile = self.tile_elems();
@@ -377,100 +437,117 @@ impl VisionEncoder {
             .runners
             .lock()
             .map_err(|_| invalid("vision", "a previous encode panicked"))?;
+        let (embed, rest) = runners
+            .split_first_mut()
+            .ok_or_else(|| invalid("vision", "no stage compiled"))?;
         let b = self.options.batch;
-        let (n, d) = (self.config.tokens(), self.config.hidden_size);
-        let mut features = Vec::with_capacity(tiles * n * d);
-        let mut projected = self
-            .projector_config
-            .as_ref()
-            .map(|p| Vec::with_capacity(tiles * p.tokens_per_tile() * p.llm_hidden));
-        let mut t = EncodeTimings::default();
-        let mut taps = std::collections::BTreeMap::new();
-        for start in (0..tiles).step_by(b) {
-            let valid = b.min(tiles - start);
-            let mut batch = pixels[start * per_tile..(start + valid) * per_tile].to_vec();
+        let batch_pixels = |k: usize| {
+            let (start, end) = (k * b, ((k + 1) * b).min(tiles));
+            let mut batch = pixels[start * per_tile..end * per_tile].to_vec();
             batch.resize(b * per_tile, 0.0);
-            let mut value = HostTensor::f32(self.stages[0].input_fact.shape.clone(), batch);
-            for (i, (st, r)) in self.stages.iter().zip(runners.iter_mut()).enumerate() {
-                let ts = Instant::now();
-                let mut outs = self.run_stage(st, r, &value)?;
-                let ms = ts.elapsed().as_secs_f64() * 1e3;
-                {
-                    let kept = outs
-                        .iter()
-                        .map(|o| valid_rows(o, b, valid))
-                        .collect::<Result<Vec<_>>>()?;
-                    for ((tap, _), rows) in st.outputs.iter().zip(&kept).skip(1) {
-                        taps.entry(tap.clone())
-                            .or_insert_with(Vec::new)
-                            .extend_from_slice(rows);
-                    }
-                    match i {
-                        0 => t.conv_ms += ms,
-                        1 => {
-                            t.blocks_ms += ms;
-                            features.extend_from_slice(kept[0]);
-                        }
-                        _ => {
-                            t.project_ms += ms;
-                            projected
-                                .as_mut()
-                                .expect("a projector stage")
-                                .extend_from_slice(kept[0]);
-                        }
-                    }
+            HostTensor::f32(self.stages[0].input_fact.shape.clone(), batch)
+        };
+        let mut out = Collected::new(self, tiles);
+        let mut t = EncodeTimings {
+            pipelined: self.options.pipeline,
+            ..EncodeTimings::default()
+        };
+        let batches = tiles.div_ceil(b);
+        // Dropped on an early return, the in-flight embed still finishes first (its
+        // handle waits), before the runners are unlocked.
+        let mut next = Some(embed.submit(&self.stages[0], &batch_pixels(0))?);
+        for k in 0..batches {
+            let valid = b.min(tiles - k * b);
+            let run = next
+                .take()
+                .ok_or_else(|| invalid("vision", "no embed in flight"))?;
+            let (outs, ms) = embed.finish(&self.stages[0], run)?;
+            t.conv_ms += ms;
+            let mut value = out.keep(0, &self.stages[0], outs, valid)?;
+            let more = k + 1 < batches;
+            if more && self.options.pipeline {
+                next = Some(embed.submit(&self.stages[0], &batch_pixels(k + 1))?);
+            }
+            let later = self.stages[1..].iter().zip(rest.iter_mut());
+            for (i, (st, r)) in (1..).zip(later) {
+                let run = r.submit(st, &value)?;
+                let (outs, ms) = r.finish(st, run)?;
+                match i {
+                    1 => t.blocks_ms += ms,
+                    _ => t.project_ms += ms,
                 }
-                value = outs.swap_remove(0);
+                value = out.keep(i, st, outs, valid)?;
+            }
+            if more && !self.options.pipeline {
+                next = Some(embed.submit(&self.stages[0], &batch_pixels(k + 1))?);
             }
         }
         t.total_ms = t0.elapsed().as_secs_f64() * 1e3;
+        t.sequential_ms = t.conv_ms + t.blocks_ms + t.project_ms;
+        t.hidden_ms = (t.sequential_ms - t.total_ms).max(0.0);
         Ok(VisionOutput {
             tiles,
-            features,
-            projected,
-            taps,
+            features: out.features,
+            projected: out.projected,
+            taps: out.taps,
             timings: t,
         })
     }
+}
 
-    /// Runs one stage on `input` (its whole static batch) and reads its outputs back
-    /// (the stage's value first, then taps).
-    fn run_stage(
-        &self,
-        st: &VisionStageProgram,
-        r: &mut StageRunner,
-        input: &HostTensor,
-    ) -> Result<Vec<HostTensor>> {
-        let x = &st.exec;
-        let missing = || {
-            invalid(
-                "graph",
-                format!("{} stage has no backend for its input/output", st.name),
-            )
-        };
-        let in_be = x.source_backend(st.input).ok_or_else(missing)?;
-        in_be.write(r.input.as_ref(), input)?;
-        let bindings = Bindings {
-            sources: vec![(st.input, r.input.clone())],
-            outputs: st
-                .outputs
-                .iter()
-                .map(|(n, _)| n.clone())
-                .zip(r.outputs.iter().cloned())
-                .collect(),
-        };
-        x.run(&bindings, r.scratch.as_mut())?;
-        for be in &self.backends {
-            be.synchronize()?;
+/// What `encode` gathers from the batches: the valid tiles' rows of each stage.
+struct Collected {
+    batch: usize,
+    features: Vec<f32>,
+    projected: Option<Vec<f32>>,
+    taps: std::collections::BTreeMap<String, Vec<f32>>,
+}
+
+impl Collected {
+    fn new(enc: &VisionEncoder, tiles: usize) -> Self {
+        let (n, d) = (enc.config.tokens(), enc.config.hidden_size);
+        Collected {
+            batch: enc.options.batch,
+            features: Vec::with_capacity(tiles * n * d),
+            projected: enc
+                .projector_config
+                .as_ref()
+                .map(|p| Vec::with_capacity(tiles * p.tokens_per_tile() * p.llm_hidden)),
+            taps: Default::default(),
         }
-        st.outputs
+    }
+
+    /// Keeps the `valid` tiles' rows of stage `i`'s outputs (its value, then taps) and
+    /// returns its whole value, the next stage's input.
+    fn keep(
+        &mut self,
+        i: usize,
+        st: &VisionStageProgram,
+        mut outs: Vec<HostTensor>,
+        valid: usize,
+    ) -> Result<HostTensor> {
+        if outs.is_empty() {
+            return Err(invalid(
+                "vision",
+                format!("{} stage has no output", st.name),
+            ));
+        }
+        let kept = outs
             .iter()
-            .zip(&r.outputs)
-            .map(|((n, _), buf)| {
-                Ok(x.output_backend(n)
-                    .ok_or_else(missing)?
-                    .read(buf.as_ref())?)
-            })
-            .collect()
+            .map(|o| valid_rows(o, self.batch, valid))
+            .collect::<Result<Vec<_>>>()?;
+        for ((tap, _), rows) in st.outputs.iter().zip(&kept).skip(1) {
+            self.taps
+                .entry(tap.clone())
+                .or_default()
+                .extend_from_slice(rows);
+        }
+        match (i, &mut self.projected) {
+            (0, _) => {}
+            (1, _) => self.features.extend_from_slice(kept[0]),
+            (_, Some(p)) => p.extend_from_slice(kept[0]),
+            (_, None) => return Err(invalid("vision", "a projector stage without a projector")),
+        }
+        Ok(outs.swap_remove(0))
     }
 }

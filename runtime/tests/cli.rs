@@ -355,13 +355,15 @@ fn run_image_json(backend: &str) {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     let v = json(&String::from_utf8_lossy(&out.stdout));
-    let cfg: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(golden("vlm_tiny/config.json")).unwrap(),
-    )
-    .unwrap();
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(golden("vlm_tiny/config.json")).unwrap())
+            .unwrap();
     assert_eq!(v["text"], cfg["golden"]["greedy_16"]["text"], "{v}");
     assert_eq!(v["grid"], serde_json::json!([2, 1]));
-    assert_eq!((v["tiles"].as_u64(), v["image_tokens"].as_u64()), (Some(3), Some(588)));
+    assert_eq!(
+        (v["tiles"].as_u64(), v["image_tokens"].as_u64()),
+        (Some(3), Some(588))
+    );
     assert_eq!(v["prompt_tokens"].as_u64(), Some(623));
     for key in [
         "encode_ms",
@@ -421,4 +423,59 @@ fn run_takes_a_system_message_for_text_chat() {
     let n = json(&ids).as_array().unwrap().len() as u64;
     assert_eq!(v["prompt_tokens"].as_u64(), Some(n), "{v}");
     assert!(v["text"].as_str().unwrap().contains("Paris"), "{v}");
+}
+
+/// `encode-image` on siglip_tiny + the vlm_tiny projector (9 tiles of a 768x1536
+/// pattern, batches of 4): pipelined by default with the pipeline's times in the JSON,
+/// `--no-pipeline` sequential (nothing hidden), and both write the same tensors.
+#[test]
+fn encode_image_pipelines_and_no_pipeline_agrees() {
+    let tmp = std::env::temp_dir();
+    let run = |extra: &[&str], out: &PathBuf| {
+        let o = Command::new(env!("CARGO_BIN_EXE_npurt"))
+            .arg("encode-image")
+            .arg("--model")
+            .arg(golden("siglip_tiny"))
+            .arg("--projector")
+            .arg(golden("vlm_tiny/projector.safetensors"))
+            .args(["--image-size", "768x1536", "--precision", "f32", "--json"])
+            .arg("--out")
+            .arg(out)
+            .args(extra)
+            .output()
+            .expect("run npurt");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "{err}");
+        json(&String::from_utf8_lossy(&o.stdout))
+    };
+    let id = std::process::id();
+    let (piped_out, seq_out) = (
+        tmp.join(format!("npurt-cli-piped-{id}.safetensors")),
+        tmp.join(format!("npurt-cli-seq-{id}.safetensors")),
+    );
+    let piped = run(&[], &piped_out);
+    let seq = run(&["--no-pipeline"], &seq_out);
+    assert_eq!(piped["tiles"].as_u64(), Some(9), "{piped}");
+    assert_eq!(piped["pipelined"], true, "{piped}");
+    assert_eq!(seq["pipelined"], false, "{seq}");
+    for v in [&piped, &seq] {
+        for key in [
+            "conv_ms",
+            "blocks_ms",
+            "project_ms",
+            "encode_ms",
+            "sequential_ms",
+            "hidden_ms",
+        ] {
+            assert!(v[key].as_f64().is_some_and(|x| x >= 0.0), "`{key}` in {v}");
+        }
+    }
+    assert_eq!(seq["hidden_ms"].as_f64(), Some(0.0), "{seq}");
+    let (a, b) = (
+        std::fs::read(&piped_out).unwrap(),
+        std::fs::read(&seq_out).unwrap(),
+    );
+    assert!(a == b, "pipelined and sequential outputs differ");
+    std::fs::remove_file(&piped_out).ok();
+    std::fs::remove_file(&seq_out).ok();
 }

@@ -4,7 +4,7 @@
 
 use super::pipelines::PipelineCache;
 use crate::{BackendError, Result};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 const NAME: &str = "wgpu";
@@ -151,8 +151,16 @@ impl GpuContext {
     }
 
     pub(crate) fn wait_idle(&self) -> Result<()> {
+        self.wait_for(None)
+    }
+
+    /// Waits for submission `index` (`None`: the latest).
+    fn wait_for(&self, index: Option<::wgpu::SubmissionIndex>) -> Result<()> {
         self.device
-            .poll(::wgpu::PollType::wait_indefinitely())
+            .poll(::wgpu::PollType::Wait {
+                submission_index: index,
+                timeout: None,
+            })
             .map(|_| ())
             .map_err(|e| BackendError::Execution {
                 node: "<queue>".into(),
@@ -169,7 +177,16 @@ impl GpuContext {
     /// Waits for the queue, then reads the pending status words `select` picks.
     /// Returns the first failure as an `Execution` error naming the node.
     pub(crate) fn resolve_checks(&self, select: impl Fn(&StatusCheck) -> bool) -> Result<()> {
-        self.wait_idle()?;
+        self.resolve_checks_after(None, select)
+    }
+
+    /// Like `resolve_checks`, but first waits only for submission `index`.
+    fn resolve_checks_after(
+        &self,
+        index: Option<::wgpu::SubmissionIndex>,
+        select: impl Fn(&StatusCheck) -> bool,
+    ) -> Result<()> {
+        self.wait_for(index)?;
         let checks: Vec<StatusCheck> = match self.pending.lock() {
             Ok(mut p) => {
                 let (mine, rest) = std::mem::take(&mut *p).into_iter().partition(|c| select(c));
@@ -277,6 +294,53 @@ impl GpuContext {
             }
         }
         Ok(data)
+    }
+}
+
+/// The handle `WgpuExecutable::submit` returns: waits for its submission, then checks
+/// that run's kernel status word. It holds the bound buffers until then (the scratch's
+/// GPU buffers are reference-counted by wgpu itself).
+pub(crate) struct GpuCompletion {
+    ctx: Arc<GpuContext>,
+    check: u64,
+    index: ::wgpu::SubmissionIndex,
+    done: Arc<AtomicBool>,
+    _bindings: crate::Bindings,
+}
+
+impl GpuCompletion {
+    pub(crate) fn new(
+        ctx: Arc<GpuContext>,
+        check: u64,
+        index: ::wgpu::SubmissionIndex,
+        bindings: crate::Bindings,
+    ) -> Self {
+        let done = Arc::new(AtomicBool::new(false));
+        let flag = done.clone();
+        // Fires on a later poll once everything submitted so far has finished.
+        ctx.queue
+            .on_submitted_work_done(move || flag.store(true, Ordering::Release));
+        GpuCompletion {
+            ctx,
+            check,
+            index,
+            done,
+            _bindings: bindings,
+        }
+    }
+}
+
+impl crate::Completion for GpuCompletion {
+    fn is_complete(&self) -> bool {
+        let _ = self.ctx.device.poll(::wgpu::PollType::Poll);
+        self.done.load(Ordering::Acquire)
+    }
+
+    fn wait(self: Box<Self>) -> Result<crate::Finished> {
+        let check = self.check;
+        self.ctx
+            .resolve_checks_after(Some(self.index.clone()), |c| c.id == check)?;
+        Ok(crate::Finished { busy: None })
     }
 }
 

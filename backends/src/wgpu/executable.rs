@@ -5,11 +5,13 @@
 //! buffers, and reused by every later run that binds the same buffers.
 
 use super::buffers::{self, WgpuBuffer};
-use super::device::{GpuContext, StatusCheck};
+use super::device::{GpuCompletion, GpuContext, StatusCheck};
 use super::ops::{self, BindRef, LowerCtx};
 use super::pipelines;
+use crate::{
+    BackendError, Bindings, BufferUsage, Completion, DeviceBuffer, Executable, Result, Scratch,
+};
 use npurt_graph::plan::{self, SlotPlan, Storage};
-use crate::{BackendError, Bindings, BufferUsage, DeviceBuffer, Executable, Result, Scratch};
 use npurt_graph::{Graph, NodeId, Op};
 use std::any::Any;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -434,6 +436,33 @@ impl Executable for WgpuExecutable {
     }
 
     fn run(&self, bindings: &Bindings, scratch: &mut dyn Scratch) -> Result<()> {
+        self.enqueue(bindings, scratch).map(|_| ())
+    }
+
+    /// Enqueues the run like `run`; the handle waits for that submission and checks
+    /// its kernel status word.
+    fn submit(
+        &self,
+        bindings: &Bindings,
+        scratch: &mut dyn Scratch,
+    ) -> Result<Box<dyn Completion>> {
+        let (check, index) = self.enqueue(bindings, scratch)?;
+        Ok(Box::new(GpuCompletion::new(
+            self.ctx.clone(),
+            check,
+            index,
+            bindings.clone(),
+        )))
+    }
+}
+
+impl WgpuExecutable {
+    /// Records and submits one run; returns its status check id and submission.
+    fn enqueue(
+        &self,
+        bindings: &Bindings,
+        scratch: &mut dyn Scratch,
+    ) -> Result<(u64, ::wgpu::SubmissionIndex)> {
         let scratch = scratch
             .as_any_mut()
             .downcast_mut::<WgpuScratch>()
@@ -509,7 +538,7 @@ impl Executable for WgpuExecutable {
             enc.copy_buffer_to_buffer(src, 0, dst.whole()?, 0, bytes.div_ceil(4) * 4);
         }
         enc.copy_buffer_to_buffer(&scratch.status, 0, &scratch.readback, 0, 8);
-        ctx.scoped(
+        let index = ctx.scoped(
             || ctx.queue.submit([enc.finish()]),
             |msg, _| BackendError::Execution {
                 node: self.label.to_string(),
@@ -530,6 +559,6 @@ impl Executable for WgpuExecutable {
             node_names: self.node_names.clone(),
             in_flight: scratch.in_flight.clone(),
         });
-        Ok(())
+        Ok((check, index))
     }
 }

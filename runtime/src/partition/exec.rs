@@ -5,12 +5,14 @@
 
 use super::report::PartitionReport;
 use npurt_backends::{
-    Backend, BackendError, Bindings, BufferUsage, DeviceBuffer, Executable, Result, Scratch,
+    Backend, BackendError, Bindings, BufferUsage, Completion, DeviceBuffer, Executable, Finished,
+    Ready, Result, Scratch,
 };
 use npurt_graph::{NodeId, TensorFact};
 use std::any::Any;
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Instant;
 
 /// Where a segment source's buffer comes from at run time.
 #[derive(Clone, Debug)]
@@ -77,6 +79,11 @@ pub struct Partitioned {
 impl Partitioned {
     pub fn report(&self) -> &PartitionReport {
         &self.report
+    }
+
+    /// The backends the graph was compiled over (preference order).
+    pub fn backends(&self) -> &[Arc<dyn Backend>] {
+        &self.backends
     }
 
     pub fn segments(&self) -> usize {
@@ -255,5 +262,26 @@ impl Executable for Partitioned {
                 split.run(&self.backends, bindings, sc)
             }
         }
+    }
+
+    /// One segment: the backend's own submit (asynchronous where the backend is). Split
+    /// runs copy transfers through the host between segments, so they run here and
+    /// synchronise the backends before the handle (already finished) is returned.
+    fn submit(
+        &self,
+        bindings: &Bindings,
+        scratch: &mut dyn Scratch,
+    ) -> Result<Box<dyn Completion>> {
+        if let Inner::Single(exec) = &self.inner {
+            return exec.submit(bindings, scratch);
+        }
+        let t0 = Instant::now();
+        self.run(bindings, scratch)?;
+        for b in &self.backends {
+            b.synchronize()?;
+        }
+        Ok(Box::new(Ready::new(Finished {
+            busy: Some(t0.elapsed()),
+        })))
     }
 }

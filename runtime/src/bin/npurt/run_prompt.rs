@@ -7,9 +7,7 @@
 use super::anyhow_lite::{self, msg};
 use npurt_models::ChatMessage;
 use npurt_runtime::multimodal::attach_placeholders;
-use npurt_runtime::{
-    stats, GenerateOptions, ImageInput, Model, PendingImage, PromptPart, Session,
-};
+use npurt_runtime::{stats, GenerateOptions, ImageInput, Model, PendingImage, PromptPart, Session};
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -34,7 +32,9 @@ fn ms(d: std::time::Duration) -> f64 {
 
 pub fn run(model: Arc<Model>, a: PromptArgs, gen: GenerateOptions) -> anyhow_lite::Result<()> {
     if a.system.is_some() && a.chat.is_none() {
-        return Err(msg("--system needs --chat (a raw --prompt has no roles)".into()));
+        return Err(msg(
+            "--system needs --chat (a raw --prompt has no roles)".into()
+        ));
     }
     // Encoding starts before the prompt exists (the user is still typing).
     let t_submit = Instant::now();
@@ -50,7 +50,11 @@ pub fn run(model: Arc<Model>, a: PromptArgs, gen: GenerateOptions) -> anyhow_lit
             let text = if refs.is_empty() {
                 p.clone()
             } else {
-                let token = &model.vision.as_ref().expect("encode_image checked").image_token;
+                let token = &model
+                    .vision
+                    .as_ref()
+                    .expect("encode_image checked")
+                    .image_token;
                 attach_placeholders(p, token, refs.len())?
             };
             (text, refs.clone())
@@ -148,7 +152,8 @@ pub fn run(model: Arc<Model>, a: PromptArgs, gen: GenerateOptions) -> anyhow_lit
     } else {
         -ms(t_ready - t_prompt)
     };
-    let stage = |f: fn(&npurt_runtime::ImageEmbeddings) -> f64| images.iter().map(|e| f(e)).sum::<f64>();
+    let stage =
+        |f: fn(&npurt_runtime::ImageEmbeddings) -> f64| images.iter().map(|e| f(e)).sum::<f64>();
     let grids: Vec<[u32; 2]> = images.iter().map(|e| e.plan.grid).collect();
     let tiles: usize = images.iter().map(|e| e.plan.tiles).sum();
     let image_tokens: usize = images.iter().map(|e| e.tokens()).sum();
@@ -176,7 +181,10 @@ pub fn run(model: Arc<Model>, a: PromptArgs, gen: GenerateOptions) -> anyhow_lit
                 "vision_stage_peak_rss_bytes": vision_peak,
                 "llm_stage_peak_rss_bytes": llm_peak,
             });
-            let (o, e) = (v.as_object_mut().expect("object"), extra.as_object().expect("object"));
+            let (o, e) = (
+                v.as_object_mut().expect("object"),
+                extra.as_object().expect("object"),
+            );
             o.extend(e.clone());
         }
         println!("{v}");
