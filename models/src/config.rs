@@ -35,6 +35,24 @@ pub const MAX_LAYERS: usize = 1024;
 pub const MAX_VOCAB: usize = 1 << 22;
 pub const MAX_CONTEXT: usize = 1 << 20;
 
+impl LlamaConfig {
+    /// The longest context the model supports: its trained length, or the length its
+    /// rope scaling extends it to (linear and dynamic NTK scale the trained length by
+    /// their factor; Llama 3's scaling is already counted in `max_position_embeddings`).
+    pub fn max_context(&self) -> usize {
+        let scaled = |f: f32, base: usize| ((base as f64) * f64::from(f.max(1.0))) as usize;
+        let n = match self.rope_scaling {
+            RopeScaling::None | RopeScaling::Llama3 { .. } => self.max_position_embeddings,
+            RopeScaling::Linear { factor } => scaled(factor, self.max_position_embeddings),
+            RopeScaling::DynamicNtk {
+                factor,
+                original_max_position,
+            } => scaled(factor, original_max_position).max(self.max_position_embeddings),
+        };
+        n.min(MAX_CONTEXT)
+    }
+}
+
 /// A `BadConfig` error naming the field (shared by every config parser here).
 pub(crate) fn bad(field: &str, reason: impl Into<String>) -> ModelError {
     ModelError::BadConfig {

@@ -57,6 +57,16 @@ pub enum RuntimeError {
     },
     #[error("image encoding failed: {0}")]
     ImageFailed(String),
+    #[error(
+        "{what} needs {needed} bytes ({:.1} MiB) but {used} of the memory budget's {budget} bytes ({:.1} MiB) are already planned; raise --mem-budget (LoadOptions::mem_budget) or ask for less",
+        *needed as f64 / 1048576.0, *budget as f64 / 1048576.0
+    )]
+    OverBudget {
+        what: String,
+        needed: u64,
+        used: u64,
+        budget: u64,
+    },
 }
 
 pub type Result<T, E = RuntimeError> = std::result::Result<T, E>;

@@ -15,6 +15,7 @@
 //! ```
 
 pub mod bench;
+pub mod budget;
 mod error;
 pub mod image;
 pub mod inspect;

@@ -3,11 +3,12 @@
 //! a prefill chunk of C rows (logits for the last row, or for all rows) and a 1-row
 //! decode step, all sharing the same weights and the same KV-cache state names.
 
+use crate::budget::{MemoryBudget, Reservation};
 use crate::partition::{compile_partitioned, Partitioned};
 use crate::{Result, RuntimeError};
 use npurt_backends::{Backend, BackendOptions, DeviceBuffer, Registry};
 use npurt_graph::passes::{PassReport, Pipeline};
-use npurt_graph::{Graph, NodeId, Op, PrecisionPolicy};
+use npurt_graph::{Graph, NodeId, Op, PrecisionPolicy, TensorFact};
 use npurt_models::llama::{self, InputKind, LlamaGraphOptions, LogitsMode};
 use npurt_models::tokenizer::Tokenizer;
 use npurt_models::{ChatTemplate, LlamaConfig, ModelSource, WeightStore};
@@ -32,6 +33,9 @@ pub struct LoadOptions {
     /// Weight formats and activation precisions (a compile policy; default w4a16:
     /// INT4 weights, INT16 activations, as BlueLM-V-3B runs its LLM).
     pub precision: PrecisionPolicy,
+    /// Bytes the model's weights, sessions and images may plan for (`None`:
+    /// [`crate::budget::DEFAULT_FRACTION`] of the machine's available memory).
+    pub mem_budget: Option<u64>,
 }
 
 impl Default for LoadOptions {
@@ -42,6 +46,7 @@ impl Default for LoadOptions {
             chunk: DEFAULT_CHUNK,
             ctx: None,
             precision: PrecisionPolicy::W4A16,
+            mem_budget: None,
         }
     }
 }
@@ -124,6 +129,12 @@ pub struct Model {
     pub vision: Option<crate::multimodal::VisionPart>,
     /// How long each part took to load and compile, and the wall time.
     pub load_report: LoadReport,
+    /// What the weights, sessions and images reserve against.
+    pub budget: Arc<MemoryBudget>,
+    /// Planned bytes of one session: its KV cache and the arenas of every graph kind.
+    pub session_bytes: u64,
+    /// The LLM weights' share of the budget.
+    _weights: Reservation,
 }
 
 /// Load and compile times of a model's parts (ms). A multimodal model loads its vision
@@ -280,6 +291,18 @@ impl PreparedWeights {
     }
 }
 
+/// Bytes of the distinct weights `graphs` read, at the formats the passes chose.
+pub(crate) fn planned_weight_bytes<'a>(graphs: impl IntoIterator<Item = &'a Graph>) -> u64 {
+    let mut seen = std::collections::HashMap::new();
+    for g in graphs {
+        for (_, name, fact) in g.sources("weight") {
+            seen.entry(name.to_string())
+                .or_insert(fact.bytes().unwrap_or(0) as u64);
+        }
+    }
+    seen.values().sum()
+}
+
 pub(crate) fn invalid(option: &'static str, reason: impl Into<String>) -> RuntimeError {
     RuntimeError::InvalidOption {
         option,
@@ -296,7 +319,8 @@ impl Model {
         backends: Vec<Arc<dyn Backend>>,
         opts: LoadOptions,
     ) -> Result<Model> {
-        Self::compile_llm(source, backends, opts, Arc::default(), false)
+        let budget = MemoryBudget::new(opts.mem_budget);
+        Self::compile_llm(source, backends, opts, Arc::default(), budget, false)
     }
 
     /// [`Model::compile`] into a shared weight cache; `embeddings` also compiles the
@@ -307,6 +331,7 @@ impl Model {
         backends: Vec<Arc<dyn Backend>>,
         opts: LoadOptions,
         prepared: Arc<PreparedWeights>,
+        budget: Arc<MemoryBudget>,
         embeddings: bool,
     ) -> Result<Model> {
         let backend = backends
@@ -317,10 +342,18 @@ impl Model {
         let ctx = opts
             .ctx
             .unwrap_or(DEFAULT_CTX.min(cfg.max_position_embeddings));
-        if ctx == 0 || ctx > npurt_models::config::MAX_CONTEXT {
+        let max_ctx = cfg.max_context();
+        if ctx == 0 || ctx > max_ctx {
             return Err(invalid(
                 "ctx",
-                format!("{ctx} is outside 1..={}", npurt_models::config::MAX_CONTEXT),
+                format!(
+                    "{ctx} is outside 1..={max_ctx} (the model's trained context{})",
+                    if max_ctx > cfg.max_position_embeddings {
+                        ", extended by its rope scaling"
+                    } else {
+                        "; its rope scaling does not extend it"
+                    }
+                ),
             ));
         }
         if opts.chunk == 0 || opts.chunk > 4096 {
@@ -377,6 +410,31 @@ impl Model {
             built.push((kind, rows, graph, reports));
         }
 
+        // What the weights (at the compiled formats) and one session will take, reserved
+        // before anything is prepared or allocated.
+        let weights_planned = planned_weight_bytes(built.iter().map(|b| &b.2));
+        let kv_bytes = (2 * cfg.num_hidden_layers) as u64
+            * TensorFact::new(opts.precision.kv_cache, [cache_rows, cfg.kv_width()])
+                .bytes()
+                .unwrap_or(usize::MAX) as u64;
+        let session_bytes = kv_bytes
+            + built
+                .iter()
+                .map(|b| npurt_graph::plan::plan(&b.2, 64).arena_bytes)
+                .sum::<u64>();
+        let weights_reservation = budget.reserve(
+            format!("the LLM weights ({})", opts.precision.name),
+            weights_planned,
+        )?;
+        if weights_planned + session_bytes > budget.limit() {
+            return Err(RuntimeError::OverBudget {
+                what: format!("one session (KV cache for {ctx} positions + activations)"),
+                needed: session_bytes,
+                used: budget.used(),
+                budget: budget.limit(),
+            });
+        }
+
         // Weights are materialized in the format each graph wants and prepared once per
         // (backend, weight): graph kinds share weight names, so the prefill and decode
         // graphs share one copy.
@@ -430,6 +488,9 @@ impl Model {
             prepared,
             vision: None,
             load_report: LoadReport::default(),
+            budget,
+            session_bytes,
+            _weights: weights_reservation,
         })
     }
 

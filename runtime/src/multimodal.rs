@@ -7,6 +7,7 @@
 //! encoded so the LLM stage does not carry it.
 
 use crate::image::{self, DecodeLimits, ImagePlan, RgbImage, TilingOptions, TilingRule};
+use crate::budget::MemoryBudget;
 use crate::model::{invalid, LoadReport, Model, PreparedWeights};
 use crate::vision::{EncodeTimings, VisionEncoder, VisionOptions};
 use crate::{LoadOptions, Result, Runtime, RuntimeError};
@@ -150,7 +151,9 @@ impl Runtime {
         let vlm = VlmConfig::load(dir)?;
         let backends = self.backends(&opts.backend, opts.threads)?;
         let prepared = Arc::new(PreparedWeights::default());
+        let budget = MemoryBudget::new(opts.mem_budget);
         let vision_opts = VisionOptions {
+            budget: Some(budget.clone()),
             backend: opts.backend.clone(),
             threads: opts.threads,
             feature: vlm.vision_feature,
@@ -166,6 +169,7 @@ impl Runtime {
                     backends.clone(),
                     opts.clone(),
                     prepared.clone(),
+                    budget.clone(),
                     true,
                 )?;
                 Ok((m, t.elapsed().as_secs_f64() * 1e3))
@@ -325,12 +329,22 @@ impl Model {
         let part = self.vision_part()?;
         let encoder = part.encoder().ok_or(RuntimeError::VisionReleased)?;
         let (tiling, limits) = (part.tiling, part.limits);
+        // The decoded image, its tiles and its embeddings, held until the encode ends.
+        let s = tiling.tile as u64;
+        let image_bytes = u64::from(plan.width) * u64::from(plan.height) * 3
+            + plan.tiles as u64 * 3 * s * s * 4
+            + (plan.image_tokens * self.config.hidden_size * 4) as u64;
+        let reservation = self.budget.reserve(
+            format!("an image of {}x{} ({} tiles)", plan.width, plan.height, plan.tiles),
+            image_bytes,
+        )?;
         let finished = Arc::new(OnceLock::new());
         let done = finished.clone();
         let want = plan.clone();
         let worker = std::thread::Builder::new()
             .name("npurt-encode-image".into())
             .spawn(move || {
+                let _held = reservation;
                 let r = encode_now(&encoder, input, &tiling, &limits, want);
                 let _ = done.set(Instant::now());
                 r

@@ -67,6 +67,8 @@ pub struct Session {
     /// Images fed so far (their positions may have been truncated away since).
     images_fed: u32,
     last_logits: Option<Vec<f32>>,
+    /// This session's share of the model's memory budget.
+    _reservation: crate::budget::Reservation,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -135,6 +137,11 @@ fn scalar(v: usize) -> HostTensor {
 
 impl Session {
     pub fn new(model: Arc<Model>) -> Result<Session> {
+        // The KV cache and the arenas of every graph kind, reserved before allocating.
+        let reservation = model.budget.reserve(
+            format!("a session (KV cache for {} positions + activations)", model.ctx),
+            model.session_bytes,
+        )?;
         // Each KV cache lives on the backend that runs its attention; every graph kind
         // must agree on that, since they share the cache.
         let mut kv: HashMap<String, Arc<dyn DeviceBuffer>> = HashMap::new();
@@ -174,6 +181,7 @@ impl Session {
             tokens: Vec::new(),
             images_fed: 0,
             last_logits: None,
+            _reservation: reservation,
         })
     }
 

@@ -71,6 +71,9 @@ pub struct VisionOptions {
     /// Threads of the embed stream's own CPU backend when pipelined (>= 1; the
     /// Conv2D is well under 1% of the encoder's work).
     pub embed_threads: usize,
+    /// The memory budget the encoder's weights and arenas are reserved against (a
+    /// multimodal model shares its LLM's); `None`: no budget.
+    pub budget: Option<Arc<crate::budget::MemoryBudget>>,
 }
 
 impl Default for VisionOptions {
@@ -86,6 +89,7 @@ impl Default for VisionOptions {
             taps: false,
             pipeline: true,
             embed_threads: 1,
+            budget: None,
         }
     }
 }
@@ -151,6 +155,8 @@ pub struct VisionEncoder {
     pub stages: Vec<VisionStageProgram>,
     pub weight_bytes: usize,
     pub load_ms: f64,
+    /// The encoder's share of its model's memory budget, if it has one.
+    _reservation: Option<crate::budget::Reservation>,
     /// Scratch and I/O buffers of the stages; one encode at a time holds them.
     runners: Mutex<Vec<StageRunner>>,
 }
@@ -331,11 +337,28 @@ impl VisionEncoder {
                 projector::PROJECTED,
             ));
         }
+        let mut compiled = Vec::with_capacity(parts.len());
         for (name, mut graph, store, input_name, output) in parts {
             let stored = store.stored_dtypes();
             let pass_reports =
                 Pipeline::compile(policy.clone(), Box::new(move |n| stored.get(n).copied()))
                     .run(&mut graph)?;
+            compiled.push((name, graph, store, input_name, output, pass_reports));
+        }
+        // The weights at their compiled formats and the stages' arenas, reserved before
+        // anything is prepared (released with the encoder).
+        let reservation = match &opts.budget {
+            Some(b) => Some(b.reserve(
+                format!("the vision encoder ({}, batch {})", opts.precision.name, opts.batch),
+                crate::model::planned_weight_bytes(compiled.iter().map(|c| &c.1))
+                    + compiled
+                        .iter()
+                        .map(|c| npurt_graph::plan::plan(&c.1, 64).arena_bytes)
+                        .sum::<u64>(),
+            )?),
+            None => None,
+        };
+        for (name, graph, store, input_name, output, pass_reports) in compiled {
             let pipelined = opts.pipeline && name == "embed";
             let stage_backends = if name == "embed" {
                 &embed_backends
@@ -387,6 +410,7 @@ impl VisionEncoder {
             weight_bytes,
             load_ms: 0.0,
             runners: Mutex::new(Vec::new()),
+            _reservation: reservation,
         };
         // Scratch and I/O buffers are allocated (and their pages touched) at load, as
         // an NPU runtime does, so the first encode does not pay for page faults.

@@ -58,6 +58,11 @@ struct Common {
     /// `--precision f32`, else w8a16, INT8 weights and 16-bit activations).
     #[arg(long)]
     vision_precision: Option<String>,
+    /// Memory the model, its sessions and images may plan for, in bytes (suffixes
+    /// K, M, G: `1.5G`); what does not fit is refused before allocating (default: 80%
+    /// of the available memory).
+    #[arg(long)]
+    mem_budget: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -272,6 +277,15 @@ fn load(c: &Common, ctx_at_least: Option<usize>) -> anyhow_lite::Result<Arc<Mode
         chunk: c.chunk,
         ctx,
         precision,
+        mem_budget: c
+            .mem_budget
+            .as_deref()
+            .map(|b| {
+                npurt_runtime::budget::parse_bytes(b).ok_or_else(|| {
+                    anyhow_lite::msg(format!("--mem-budget `{b}` is not a byte count (e.g. 1500000000, 512M, 2G)"))
+                })
+            })
+            .transpose()?,
     };
     if npurt_models::vlm::is_vlm_dir(&path) {
         let vision = match (&c.vision_precision, c.precision.as_str()) {

@@ -198,11 +198,16 @@ pub fn run(model: Arc<Model>, a: PromptArgs, gen: GenerateOptions) -> anyhow_lit
                 if released { "released after encoding" } else { "kept" }
             );
         }
+        let load = if lr.vision_ms > 0.0 {
+            format!(
+                "load {:.0} ms (LLM {:.0}, vision {:.0}, in parallel)",
+                lr.wall_ms, lr.llm_ms, lr.vision_ms
+            )
+        } else {
+            format!("load {:.0} ms", lr.wall_ms)
+        };
         println!(
-            "[load {:.0} ms (LLM {:.0}, vision {:.0}, in parallel) | prefill {prompt_tokens} tok at {prefill_tok_s:.1} tok/s | decode {} tok at {decode_tok_s:.1} tok/s | peak RSS {:.1} MiB | {} | stop: {:?}]",
-            lr.wall_ms,
-            lr.llm_ms,
-            lr.vision_ms,
+            "[{load} | prefill {prompt_tokens} tok at {prefill_tok_s:.1} tok/s | decode {} tok at {decode_tok_s:.1} tok/s | peak RSS {:.1} MiB | {} | stop: {:?}]",
             g.tokens.len(),
             mib(peak),
             model.backend.capabilities().device,
