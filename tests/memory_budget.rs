@@ -86,3 +86,39 @@ fn an_image_that_does_not_fit_the_budget_is_refused_before_encoding() {
         "an image of 451x300",
     );
 }
+
+#[test]
+fn prompts_longer_than_the_context_are_refused_or_windowed() {
+    use npurt_runtime::{GenerateOptions, PromptOverflow};
+    let m = load(None, Some(256)).unwrap();
+    let ids: Vec<u32> = (0..1000).map(|i| 100 + (i % 500)).collect();
+    let mut s = Session::new(m.clone()).unwrap();
+    let opts = GenerateOptions {
+        max_tokens: 8,
+        ..Default::default()
+    };
+    match s.generate(&ids, &opts, |_, _| true) {
+        Err(RuntimeError::ContextOverflow {
+            needed: 1000,
+            ctx: 256,
+            ..
+        }) => {}
+        other => panic!("expected ContextOverflow, got {:?}", other.map(|g| g.tokens)),
+    }
+    let windowed = GenerateOptions {
+        prompt_overflow: PromptOverflow::SlidingWindow { keep_first: 10 },
+        ..opts
+    };
+    let fitted = s.fit_prompt(&ids, windowed.prompt_overflow, 8).unwrap();
+    assert_eq!(fitted.ids.len(), 248, "256 positions less room for 8 new tokens");
+    assert_eq!(&fitted.ids[..10], &ids[..10], "the first tokens are kept");
+    assert_eq!(&fitted.ids[10..], &ids[1000 - 238..], "then the most recent ones");
+    let g = s.generate(&ids, &windowed, |_, _| true).unwrap();
+    assert_eq!((g.prompt_tokens, g.prompt_dropped), (248, 752));
+    assert!(s.len() <= 256);
+    // Keeping more than fits is refused by name.
+    let e = s
+        .fit_prompt(&ids, PromptOverflow::SlidingWindow { keep_first: 900 }, 8)
+        .unwrap_err();
+    assert!(e.to_string().contains("sliding window"), "{e}");
+}

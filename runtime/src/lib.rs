@@ -35,5 +35,7 @@ pub use model::{
 pub use multimodal::{ImageEmbeddings, ImageInput, PendingImage, PromptPart};
 pub use perplexity::{perplexity, Perplexity};
 pub use sampling::SamplingOptions;
-pub use session::{GenerateOptions, Generation, Position, Session, StopReason};
+pub use session::{
+    FittedPrompt, GenerateOptions, Generation, Position, PromptOverflow, Session, StopReason,
+};
 pub use vision::{VisionEncoder, VisionOptions, VisionOutput};

@@ -78,6 +78,20 @@ pub struct GenerateOptions {
     pub stop_at_eos: bool,
     /// Generation ends when the text contains one of these (it is cut before it).
     pub stop_strings: Vec<String>,
+    /// What a prompt longer than the room left in the context gets.
+    pub prompt_overflow: PromptOverflow,
+}
+
+/// What happens to a prompt longer than the room left in the context.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PromptOverflow {
+    /// [`RuntimeError::ContextOverflow`], naming the sizes (the default).
+    #[default]
+    Error,
+    /// A sliding window: keep the prompt's first `keep_first` tokens (a system prompt,
+    /// the instructions) and its most recent tokens that fit, dropping the middle. Room
+    /// is left for `max_tokens` new tokens, up to half of what is free.
+    SlidingWindow { keep_first: usize },
 }
 
 impl Default for GenerateOptions {
@@ -87,8 +101,17 @@ impl Default for GenerateOptions {
             sampling: SamplingOptions::default(),
             stop_at_eos: true,
             stop_strings: Vec::new(),
+            prompt_overflow: PromptOverflow::Error,
         }
     }
+}
+
+/// A prompt after [`Session::fit_prompt`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FittedPrompt {
+    pub ids: Vec<u32>,
+    /// Tokens dropped from the middle.
+    pub dropped: usize,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -109,6 +132,8 @@ pub struct Generation {
     pub text: String,
     pub stop: StopReason,
     pub prompt_tokens: usize,
+    /// Prompt tokens a sliding window dropped (0 unless asked for and needed).
+    pub prompt_dropped: usize,
     pub prefill_time: Duration,
     pub decode_time: Duration,
 }
@@ -568,6 +593,46 @@ impl Session {
         self.feed_parts(&[PromptPart::Text(ids.to_vec())], Some(0))
     }
 
+    /// `ids` as they fit the room left in the context under `overflow` (leaving room for
+    /// up to `max_tokens` new tokens when windowing).
+    pub fn fit_prompt(
+        &self,
+        ids: &[u32],
+        overflow: PromptOverflow,
+        max_tokens: usize,
+    ) -> Result<FittedPrompt> {
+        let free = self.model.ctx.saturating_sub(self.positions.len());
+        match overflow {
+            _ if ids.len() <= free => Ok(FittedPrompt {
+                ids: ids.to_vec(),
+                dropped: 0,
+            }),
+            PromptOverflow::Error => Err(RuntimeError::ContextOverflow {
+                needed: ids.len(),
+                used: self.positions.len(),
+                ctx: self.model.ctx,
+            }),
+            PromptOverflow::SlidingWindow { keep_first } => {
+                let room = free - max_tokens.min(free / 2);
+                if keep_first >= room {
+                    return Err(RuntimeError::InvalidOption {
+                        option: "sliding window",
+                        reason: format!(
+                            "keeping the first {keep_first} tokens leaves no room for the rest: {room} positions are free for the prompt"
+                        ),
+                    });
+                }
+                let tail = room - keep_first;
+                let mut kept = ids[..keep_first].to_vec();
+                kept.extend_from_slice(&ids[ids.len() - tail..]);
+                Ok(FittedPrompt {
+                    dropped: ids.len() - kept.len(),
+                    ids: kept,
+                })
+            }
+        }
+    }
+
     /// Feeds the prompt (if any), then generates, calling `on_text(piece, token)` as
     /// text becomes final; returning `false` from it stops generation. The last
     /// sampled token is not fed back (feed it, e.g. the EOS, to continue the chat).
@@ -579,8 +644,11 @@ impl Session {
     ) -> Result<Generation> {
         let mut sampler = Sampler::new(opts.sampling.clone())?;
         let t0 = Instant::now();
+        let prompt = self.fit_prompt(prompt, opts.prompt_overflow, opts.max_tokens)?;
+        let prompt_dropped = prompt.dropped;
+        let prompt = prompt.ids;
         if !prompt.is_empty() {
-            self.feed(prompt)?;
+            self.feed(&prompt)?;
         }
         let prefill_time = t0.elapsed();
         if self.last_logits.is_none() {
@@ -659,6 +727,7 @@ impl Session {
             text,
             stop,
             prompt_tokens: prompt.len(),
+            prompt_dropped,
             prefill_time,
             decode_time: t1.elapsed(),
         })

@@ -89,6 +89,10 @@ enum Cmd {
         /// it, so the LLM stage does not carry its memory).
         #[arg(long)]
         keep_vision: bool,
+        /// A prompt longer than the context keeps its first N tokens and its most
+        /// recent ones that fit, dropping the middle (default: refuse it).
+        #[arg(long, value_name = "N")]
+        sliding_window: Option<usize>,
         #[arg(long, default_value_t = 128)]
         max_tokens: usize,
         #[arg(long, default_value_t = 0.0)]
@@ -325,6 +329,7 @@ fn run(cli: Cli) -> anyhow_lite::Result<()> {
             system,
             image,
             keep_vision,
+            sliding_window,
             max_tokens,
             temperature,
             top_k,
@@ -346,6 +351,10 @@ fn run(cli: Cli) -> anyhow_lite::Result<()> {
                 },
                 stop_at_eos: true,
                 stop_strings: stop,
+                prompt_overflow: match sliding_window {
+                    Some(keep_first) => npurt_runtime::PromptOverflow::SlidingWindow { keep_first },
+                    None => npurt_runtime::PromptOverflow::Error,
+                },
             };
             let args = run_prompt::PromptArgs {
                 prompt,

@@ -86,8 +86,12 @@ pub fn run(model: Arc<Model>, a: PromptArgs, gen: GenerateOptions) -> anyhow_lit
     let t_prompt = Instant::now();
 
     let mut session = Session::new(model.clone())?;
+    let mut dropped = 0;
     let parts: Vec<PromptPart<&PendingImage>> = if order.is_empty() {
-        vec![PromptPart::Text(model.encode(&text)?)]
+        let fitted =
+            session.fit_prompt(&model.encode(&text)?, gen.prompt_overflow, gen.max_tokens)?;
+        dropped = fitted.dropped;
+        vec![PromptPart::Text(fitted.ids)]
     } else {
         model.split_prompt(&text, &order)?
     };
@@ -161,7 +165,7 @@ pub fn run(model: Arc<Model>, a: PromptArgs, gen: GenerateOptions) -> anyhow_lit
     if a.json {
         let mut v = serde_json::json!({
             "text": g.text, "tokens": g.tokens.len(), "stop": format!("{:?}", g.stop),
-            "prompt_tokens": prompt_tokens, "load_ms": model.load_ms,
+            "prompt_tokens": prompt_tokens, "prompt_dropped": dropped, "load_ms": model.load_ms,
             "load": {"llm_ms": lr.llm_ms, "vision_ms": lr.vision_ms, "wall_ms": lr.wall_ms},
             "prefill_ms": prefill_ms, "prefill_tok_s": prefill_tok_s, "decode_tok_s": decode_tok_s,
             "peak_rss_bytes": peak,
