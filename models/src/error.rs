@@ -47,6 +47,10 @@ pub enum ModelError {
     Tokenizer(String),
     #[error("chat template: {0}")]
     ChatTemplate(String),
+    /// A chat template ran past one of the budgets rendering runs under (an endless or
+    /// nested loop, or output growing without bound): `limit` names the budget.
+    #[error("chat template: rendering exceeded the {limit} limit of {max}")]
+    TemplateLimit { limit: &'static str, max: u64 },
     #[error(transparent)]
     Graph(#[from] npurt_graph::GraphError),
 }
