@@ -22,7 +22,7 @@ mod registry;
 #[cfg(feature = "wgpu")]
 pub mod wgpu;
 
-pub use registry::{BackendOptions, Registry};
+pub use registry::{BackendOptions, Registry, MAX_THREADS};
 
 use npurt_graph::{DType, Graph, NodeId, TensorFact};
 use npurt_kernels::HostTensor;
@@ -39,6 +39,11 @@ pub enum BackendError {
     },
     #[error("backend `{backend}` is not available: {reason}")]
     Unavailable { backend: String, reason: String },
+    #[error("invalid backend option `{option}`: {reason}")]
+    InvalidOption {
+        option: &'static str,
+        reason: String,
+    },
     #[error("no backend named `{0}` is registered (known: {1})")]
     UnknownBackend(String, String),
     #[error("binding error: {0}")]
