@@ -57,10 +57,13 @@ pub struct EncodeImageArgs {
     /// The tower's output: last (post-layernorm) or second-last (no post-layernorm).
     #[arg(long, default_value = "last")]
     feature: String,
+    /// Backend name (see `npurt backends`).
     #[arg(long, default_value = "cpu")]
     backend: String,
+    /// Worker threads, 1 to 1024 (default: one per core).
     #[arg(long)]
     threads: Option<usize>,
+    /// Print one JSON object instead of the report (and no progress on stderr).
     #[arg(long)]
     json: bool,
 }
@@ -209,6 +212,16 @@ pub fn run(a: EncodeImageArgs) -> anyhow_lite::Result<()> {
         ..VisionOptions::default()
     };
     let rt = Runtime::new();
+    // Progress on stderr: compiling and encoding a full-size tower takes many seconds.
+    let progress = |line: String| {
+        if !a.json {
+            eprintln!("{line}");
+        }
+    };
+    progress(match (&a.model, &a.synthetic) {
+        (Some(dir), _) => format!("loading {} on {}...", dir.display(), a.backend),
+        _ => format!("building the synthetic tower on {}...", a.backend),
+    });
     let enc = match (&a.model, &a.synthetic) {
         (Some(dir), None) => VisionEncoder::load(&rt, dir, a.projector.as_deref(), opts)?,
         (None, Some(_)) => VisionEncoder::synthetic_so400m(&rt, a.llm_hidden, opts)?,
@@ -223,6 +236,11 @@ pub fn run(a: EncodeImageArgs) -> anyhow_lite::Result<()> {
             ))
         }
     };
+    progress(format!(
+        "loaded in {:.1} s; encoding {} tile(s)...",
+        enc.load_ms / 1e3,
+        tiles.count
+    ));
     let out = enc.encode(&tiles.pixels, tiles.count)?;
     let t = out.timings;
     let per_tile = enc.tokens_per_tile();
