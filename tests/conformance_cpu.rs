@@ -16,9 +16,10 @@ fn cpu(threads: usize) -> CpuBackend {
     })
 }
 
-// What a vendor writes: one line per backend configuration.
-npurt_backends::conformance_tests!(cpu_one_thread: cpu(1));
-npurt_backends::conformance_tests!(cpu_two_threads: Arc::new(cpu(2)) as Arc<dyn Backend>);
+// What a vendor writes: one line per backend configuration. `filter: None` runs every
+// case even when NPURT_CONFORMANCE_FILTER is set (the plain form honours it).
+npurt_backends::conformance_tests!(cpu_one_thread: cpu(1), filter: None);
+npurt_backends::conformance_tests!(cpu_two_threads: Arc::new(cpu(2)) as Arc<dyn Backend>, filter: None);
 
 /// The whole suite on every kernel path this CPU has (the tests above run the best
 /// one), at one and two threads: kernels take their path from the calling thread,
@@ -70,6 +71,27 @@ fn cpu_passes_every_f32_case_and_fails_none() {
             "no passing `{op}` case"
         );
     }
+}
+
+#[test]
+fn a_filter_that_selects_nothing_is_an_error_naming_the_ops() {
+    for f in ["softmax", "matmul/q4_1", "attention/gqa9_3.hd16.pos13.n_valid4"] {
+        assert_eq!(conformance::check_filter(f), Ok(()), "{f}");
+    }
+    for f in ["softmaxx", "nosuchop/x", "matmul/no-such-case"] {
+        let e = conformance::check_filter(f).unwrap_err();
+        assert!(
+            e.contains(f) && conformance::cases::OP_KINDS.iter().all(|op| e.contains(op)),
+            "{f}: {e}"
+        );
+    }
+    // The vendor test refuses it too, rather than passing with zero cases.
+    let err = std::panic::catch_unwind(|| {
+        conformance::assert_conformance_filtered(&cpu(1), Some("softmaxx"))
+    })
+    .unwrap_err();
+    let msg = err.downcast_ref::<String>().expect("panic message");
+    assert!(msg.contains("no conformance case matches `softmaxx`"), "{msg}");
 }
 
 #[test]
@@ -220,7 +242,7 @@ fn a_noisy_silu_fails_the_suite_and_nothing_else_does() {
     ));
     // The vendor macro's test body panics with the table on exactly this report.
     let err = std::panic::catch_unwind(|| {
-        conformance::assert_conformance(&Broken::new("silu", Fault::Noise))
+        conformance::assert_conformance_filtered(&Broken::new("silu", Fault::Noise), None)
     })
     .unwrap_err();
     let msg = err.downcast_ref::<String>().expect("panic message");

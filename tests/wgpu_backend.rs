@@ -228,8 +228,8 @@ fn scalar(v: i32) -> HostTensor {
 
 // The backend conformance suite (every op of the IR against the reference kernels,
 // by NMSE), for both kernel families.
-npurt_backends::conformance_tests!(conformance_lanes_kernels: WgpuBackend::new(WgpuOptions { kernels: Some(KernelFamily::Lanes), ..Default::default() }).expect("wgpu backend"));
-npurt_backends::conformance_tests!(conformance_tiled_kernels: WgpuBackend::new(WgpuOptions { kernels: Some(KernelFamily::Tiled), ..Default::default() }).expect("wgpu backend"));
+npurt_backends::conformance_tests!(conformance_lanes_kernels: WgpuBackend::new(WgpuOptions { kernels: Some(KernelFamily::Lanes), ..Default::default() }).expect("wgpu backend"), filter: None);
+npurt_backends::conformance_tests!(conformance_tiled_kernels: WgpuBackend::new(WgpuOptions { kernels: Some(KernelFamily::Tiled), ..Default::default() }).expect("wgpu backend"), filter: None);
 
 /// Every conformance case is supported (nothing falls back to the CPU) and passes.
 #[test]

@@ -27,7 +27,7 @@ pub mod wgpu;
 mod worker;
 
 pub use completion::{Completion, Finished, Ready};
-pub use registry::{BackendOptions, Registry};
+pub use registry::{BackendOptions, Registry, MAX_THREADS};
 pub use worker::WorkerExecutable;
 
 use npurt_graph::{DType, Graph, NodeId, TensorFact};
@@ -46,6 +46,11 @@ pub enum BackendError {
     },
     #[error("backend `{backend}` is not available: {reason}")]
     Unavailable { backend: String, reason: String },
+    #[error("invalid backend option `{option}`: {reason}")]
+    InvalidOption {
+        option: &'static str,
+        reason: String,
+    },
     #[error("no backend named `{0}` is registered (known: {1})")]
     UnknownBackend(String, String),
     #[error("binding error: {0}")]

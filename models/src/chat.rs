@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use minijinja::value::{Enumerator, Kwargs, Object, ObjectRepr, Value, ValueKind};
+use minijinja::value::{Enumerator, Kwargs, Object, ObjectRepr, StringInput, Value, ValueKind};
 use minijinja::{Environment, Error, ErrorKind};
 
 use crate::{ModelError, Result};
@@ -30,6 +30,21 @@ impl ChatMessage {
 }
 
 const TEMPLATE_NAME: &str = "chat_template";
+
+/// Most template instructions one render may execute. Chat templates come inside model
+/// files, so a loop that never ends (or nested loops over `range(100000)`) must stop with
+/// an error, not hang. Real templates take a few hundred steps per message; the budget
+/// grows with the conversation (see [`ChatTemplate::render`]).
+pub const MAX_TEMPLATE_STEPS: u64 = 1_000_000;
+/// Extra steps allowed per message on top of [`MAX_TEMPLATE_STEPS`].
+pub const TEMPLATE_STEPS_PER_MESSAGE: u64 = 10_000;
+/// Most bytes one render may write. A prompt must fit the context anyway (at most
+/// [`crate::config::MAX_CONTEXT`] tokens); this stops a template whose output grows
+/// without bound before it exhausts memory.
+pub const MAX_TEMPLATE_OUTPUT_BYTES: usize = 64 << 20;
+/// Largest width a template may ask of `indent` or `tojson(indent=...)`: both build a
+/// string of that many spaces.
+const MAX_TEMPLATE_WIDTH: usize = 1024;
 
 /// A compiled chat template. Construction parses the template, so a malformed one is
 /// reported by [`ChatTemplate::new`], not at the first [`render`](ChatTemplate::render).
@@ -56,6 +71,7 @@ impl ChatTemplate {
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime_now);
         env.add_filter("tojson", tojson);
+        env.add_filter("indent", bounded_indent);
         env.add_template_owned(TEMPLATE_NAME, source.clone())
             .map_err(|e| template_err("parsing the template", &e))?;
         Ok(ChatTemplate {
@@ -72,23 +88,104 @@ impl ChatTemplate {
     }
 
     /// `apply_chat_template(messages, tokenize=False, add_generation_prompt=...)`.
+    ///
+    /// Rendering runs on a budget: at most [`MAX_TEMPLATE_STEPS`] (plus
+    /// [`TEMPLATE_STEPS_PER_MESSAGE`] per message) instructions and
+    /// [`MAX_TEMPLATE_OUTPUT_BYTES`] of output; past either it stops with
+    /// [`ModelError::TemplateLimit`].
     pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
-        let tmpl = self
-            .env
+        let steps = MAX_TEMPLATE_STEPS
+            .saturating_add(TEMPLATE_STEPS_PER_MESSAGE.saturating_mul(messages.len() as u64));
+        // Fuel is a setting of the environment, so each render sets it on its own copy
+        // (cheap: the environment holds Arcs) and `render` can stay `&self`.
+        let mut env = self.env.clone();
+        env.set_fuel(Some(steps));
+        let tmpl = env
             .get_template(TEMPLATE_NAME)
             .map_err(|e| template_err("loading the template", &e))?;
         let messages: Vec<Value> = messages
             .iter()
             .map(|m| Value::from_object(MessageObject::from(m)))
             .collect();
-        tmpl.render(minijinja::context! {
-            messages => messages,
-            add_generation_prompt => add_generation_prompt,
-            bos_token => self.bos_token.as_str(),
-            eos_token => self.eos_token.as_str(),
-        })
-        .map_err(|e| template_err("rendering", &e))
+        let mut out = BoundedOutput {
+            buf: Vec::new(),
+            limit: MAX_TEMPLATE_OUTPUT_BYTES,
+            exceeded: false,
+        };
+        let rendered = tmpl.render_captured_to(
+            minijinja::context! {
+                messages => messages,
+                add_generation_prompt => add_generation_prompt,
+                bos_token => self.bos_token.as_str(),
+                eos_token => self.eos_token.as_str(),
+            },
+            &mut out,
+        );
+        match rendered {
+            Ok(_) => String::from_utf8(out.buf)
+                .map_err(|e| ModelError::ChatTemplate(format!("rendering: {e}"))),
+            Err(_) if out.exceeded => Err(ModelError::TemplateLimit {
+                limit: "output size (bytes)",
+                max: MAX_TEMPLATE_OUTPUT_BYTES as u64,
+            }),
+            Err(e) if e.kind() == ErrorKind::OutOfFuel => Err(ModelError::TemplateLimit {
+                limit: "rendering steps",
+                max: steps,
+            }),
+            Err(e) => Err(template_err("rendering", &e)),
+        }
     }
+}
+
+/// Where a render writes: fails the write (which aborts rendering) once the output
+/// would pass `limit` bytes, so an unbounded template stops at the limit rather than
+/// after filling memory.
+struct BoundedOutput {
+    buf: Vec<u8>,
+    limit: usize,
+    exceeded: bool,
+}
+
+impl std::io::Write for BoundedOutput {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        if self.buf.len().saturating_add(data.len()) > self.limit {
+            self.exceeded = true;
+            return Err(std::io::Error::other("chat template output limit"));
+        }
+        self.buf.extend_from_slice(data);
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Refuses a width above [`MAX_TEMPLATE_WIDTH`]: the string of spaces it asks for is
+/// allocated whole, before any output limit could apply.
+fn check_width(what: &str, width: usize) -> std::result::Result<(), Error> {
+    if width > MAX_TEMPLATE_WIDTH {
+        return Err(Error::new(
+            ErrorKind::InvalidOperation,
+            format!("{what}: width {width} is above the limit of {MAX_TEMPLATE_WIDTH}"),
+        ));
+    }
+    Ok(())
+}
+
+/// minijinja's `indent` filter with its width bounded (see [`check_width`]).
+fn bounded_indent(
+    value: StringInput<'_>,
+    width: Option<usize>,
+    first: Option<bool>,
+    blank: Option<bool>,
+    kwargs: Kwargs,
+) -> std::result::Result<Value, Error> {
+    let w = match width {
+        Some(w) => Some(w),
+        None => kwargs.peek::<Option<usize>>("width")?,
+    };
+    check_width("indent", w.unwrap_or(0))?;
+    minijinja::filters::indent(value, width, first, blank, kwargs)
 }
 
 fn template_err(what: &str, e: &Error) -> ModelError {
@@ -162,7 +259,9 @@ fn tojson(value: &Value, kwargs: Kwargs) -> std::result::Result<Value, Error> {
                         format!("tojson: bad indent {v}"),
                     )
                 })?;
-                Some(" ".repeat(n.max(0) as usize))
+                let n = n.max(0) as usize;
+                check_width("tojson", n)?;
+                Some(" ".repeat(n))
             }
         },
     };
@@ -508,6 +607,67 @@ mod tests {
             .render(&[ChatMessage::new("assistant", "x")], false)
             .unwrap_err();
         assert!(e.to_string().contains("first must be user"), "{e}");
+    }
+
+    #[test]
+    fn endless_templates_stop_at_the_step_limit() {
+        // 10^10 iterations: without a step budget this renders for hours.
+        let t = ChatTemplate::new(
+            "{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}",
+            "",
+            "",
+        )
+        .unwrap();
+        let e = t.render(&[ChatMessage::new("user", "x")], true).unwrap_err();
+        assert!(
+            matches!(e, ModelError::TemplateLimit { limit, max }
+                if limit.contains("steps") && max == MAX_TEMPLATE_STEPS + TEMPLATE_STEPS_PER_MESSAGE),
+            "{e}"
+        );
+        assert!(e.to_string().contains("rendering steps limit"), "{e}");
+    }
+
+    #[test]
+    fn growing_output_stops_at_the_size_limit() {
+        // 100 MB per iteration (minijinja's own cap on one repetition) x 1000 iterations:
+        // few steps, but 100 GB of output.
+        let t = ChatTemplate::new(
+            "{% for i in range(1000) %}{{ 'x' * 100000000 }}{% endfor %}",
+            "",
+            "",
+        )
+        .unwrap();
+        let e = t.render(&[], false).unwrap_err();
+        assert!(
+            matches!(e, ModelError::TemplateLimit { limit, max }
+                if limit.contains("output") && max == MAX_TEMPLATE_OUTPUT_BYTES as u64),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn huge_widths_are_refused_before_allocating() {
+        for src in [
+            "{{ messages[0].content | indent(1000000000000) }}",
+            "{{ messages[0].content | indent(width=1000000000000) }}",
+            "{{ messages[0] | tojson(indent=1000000000000) }}",
+        ] {
+            let t = ChatTemplate::new(src, "", "").unwrap();
+            let e = t
+                .render(&[ChatMessage::new("user", "a\nb")], false)
+                .unwrap_err();
+            assert!(
+                matches!(e, ModelError::ChatTemplate(_)) && e.to_string().contains("limit of 1024"),
+                "{src}: {e}"
+            );
+        }
+        // Ordinary widths still work.
+        let t = ChatTemplate::new("{{ messages[0].content | indent(2, first=true) }}", "", "")
+            .unwrap();
+        assert_eq!(
+            t.render(&[ChatMessage::new("user", "a\nb")], false).unwrap(),
+            "  a\n  b"
+        );
     }
 
     #[test]

@@ -72,16 +72,33 @@ fn get_f32(v: &Value, field: &str) -> Option<f32> {
     v.get(field).and_then(Value::as_f64).map(|x| x as f32)
 }
 
-fn ids(v: Option<&Value>) -> Vec<u32> {
-    match v {
-        Some(Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
+/// One token id as `u32`. A value beyond `u32` is refused as the GGUF loader refuses
+/// it (a truncating cast would turn 2^32+2 into 2). A null or negative id (old LLaMA
+/// configs write `-1` for "none") stays "no such token", as HF reads it.
+fn token_id(field: &str, v: &Value) -> Result<Option<u32>> {
+    match v.as_u64() {
+        Some(x) => u32::try_from(x)
+            .map(Some)
+            .map_err(|_| bad(field, format!("{x} is not a valid token id"))),
+        None if v.is_null() || v.as_i64().is_some() => Ok(None),
+        None => Err(bad(field, format!("{v} is not a valid token id"))),
+    }
+}
+
+/// `eos_token_id`: one id or a list of them.
+fn ids(field: &str, v: Option<&Value>) -> Result<Vec<u32>> {
+    let one = |v: &Value| token_id(field, v);
+    Ok(match v {
         Some(Value::Array(a)) => a
             .iter()
-            .filter_map(Value::as_u64)
-            .map(|x| x as u32)
+            .map(one)
+            .collect::<Result<Vec<_>>>()?
+            .into_iter()
+            .flatten()
             .collect(),
-        _ => vec![],
-    }
+        Some(v) => one(v)?.into_iter().collect(),
+        None => vec![],
+    })
 }
 
 /// Parses HF `rope_scaling` (or transformers 5's `rope_parameters`) into the IR's form.
@@ -153,6 +170,11 @@ impl LlamaConfig {
                 *original_max_position = max_position_embeddings;
             }
         }
+        // Not used (generation stops at EOS), but checked like the GGUF loader checks
+        // `tokenizer.ggml.padding_token_id`: a corrupt id is a corrupt config.
+        if let Some(id) = v.get("pad_token_id") {
+            token_id("pad_token_id", id)?;
+        }
         let cfg = LlamaConfig {
             vocab_size: get_usize(v, "vocab_size")?,
             hidden_size,
@@ -178,11 +200,11 @@ impl LlamaConfig {
                 .and_then(Value::as_bool)
                 .unwrap_or(false)
                 .then(|| get_f32(v, "layer_norm_eps").unwrap_or(1e-5)),
-            bos_token_id: v
-                .get("bos_token_id")
-                .and_then(Value::as_u64)
-                .map(|x| x as u32),
-            eos_token_ids: ids(v.get("eos_token_id")),
+            bos_token_id: match v.get("bos_token_id") {
+                Some(id) => token_id("bos_token_id", id)?,
+                None => None,
+            },
+            eos_token_ids: ids("eos_token_id", v.get("eos_token_id"))?,
         };
         cfg.validate()?;
         Ok(cfg)

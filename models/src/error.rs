@@ -5,12 +5,18 @@ use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
-    #[error("cannot read {path}: {source}")]
+    // The I/O error is the source, not part of the message: whoever prints the cause
+    // chain (the CLI does) then says it once.
+    #[error("cannot read {path}")]
     Io {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
+    /// The path exists but is no regular file: opening a named pipe would block until
+    /// some writer appears, and a device or socket is not a model file.
+    #[error("{path}: not a regular file (a {kind})")]
+    NotRegularFile { path: PathBuf, kind: &'static str },
     #[error("{file}: truncated: {what} needs {needed} bytes at offset {offset}, file has {len}")]
     Truncated {
         file: String,
@@ -47,6 +53,10 @@ pub enum ModelError {
     Tokenizer(String),
     #[error("chat template: {0}")]
     ChatTemplate(String),
+    /// A chat template ran past one of the budgets rendering runs under (an endless or
+    /// nested loop, or output growing without bound): `limit` names the budget.
+    #[error("chat template: rendering exceeded the {limit} limit of {max}")]
+    TemplateLimit { limit: &'static str, max: u64 },
     #[error(transparent)]
     Graph(#[from] npurt_graph::GraphError),
 }

@@ -42,9 +42,11 @@ pub fn load_weights(dir: &Path) -> Result<WeightStore> {
     let mut store = WeightStore::new();
     let single = dir.join("model.safetensors");
     let index = dir.join("model.safetensors.index.json");
-    if single.is_file() {
+    // `exists`, not `is_file`: a weights path that is a FIFO or a directory is reported
+    // as such by `add_safetensors`, not as missing.
+    if single.exists() {
         add_safetensors(&mut store, &single)?;
-    } else if index.is_file() {
+    } else if index.exists() {
         add_shards(&mut store, dir, &index)?;
     } else {
         let why = std::io::Error::new(

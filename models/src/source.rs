@@ -30,6 +30,8 @@ impl ModelSource {
         let meta = std::fs::metadata(path).map_err(|e| io_error(path, e))?;
         if meta.is_dir() {
             open_hf_dir(path)
+        } else if !meta.is_file() {
+            Err(not_regular(path, &meta))
         } else if has_gguf_extension(path) || starts_with_gguf_magic(path)? {
             open_gguf(path)
         } else {
@@ -51,7 +53,7 @@ fn has_gguf_extension(path: &Path) -> bool {
 
 fn starts_with_gguf_magic(path: &Path) -> Result<bool> {
     let mut magic = [0u8; 4];
-    let mut f = File::open(path).map_err(|e| io_error(path, e))?;
+    let mut f = open_regular(path)?;
     match f.read_exact(&mut magic) {
         Ok(()) => Ok(magic == gguf::GGUF_MAGIC),
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(false),
@@ -107,7 +109,9 @@ fn open_hf_dir(dir: &Path) -> Result<ModelSource> {
 /// come from `tokenizer_config.json`.
 fn hf_chat_template(dir: &Path) -> Result<Option<ChatTemplate>> {
     let cfg_path = dir.join("tokenizer_config.json");
-    let tok_cfg = if cfg_path.is_file() {
+    // `exists`: a tokenizer_config.json that is a FIFO or a directory is an error
+    // (`read_json` names it), not silently "no template".
+    let tok_cfg = if cfg_path.exists() {
         read_json(&cfg_path)?
     } else {
         Value::Null
@@ -125,8 +129,12 @@ fn hf_chat_template(dir: &Path) -> Result<Option<ChatTemplate>> {
     let jinja = dir.join("chat_template.jinja");
     let source = match source {
         Some(s) => Some(s),
-        None if jinja.is_file() => {
-            Some(std::fs::read_to_string(&jinja).map_err(|e| io_error(&jinja, e))?)
+        None if jinja.exists() => {
+            let mut text = String::new();
+            open_regular(&jinja)?
+                .read_to_string(&mut text)
+                .map_err(|e| io_error(&jinja, e))?;
+            Some(text)
         }
         None => None,
     };
@@ -183,21 +191,60 @@ pub(crate) fn io_error(path: &Path, source: std::io::Error) -> ModelError {
     }
 }
 
-/// `Io` (not found) naming `path` unless it is a file.
+/// `Io` (not found) naming `path` if it does not exist, `NotRegularFile` if it is no
+/// regular file (a FIFO, device, socket or directory).
 pub(crate) fn require_file(path: &Path) -> Result<()> {
-    if path.is_file() {
-        Ok(())
-    } else {
-        Err(io_error(
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.is_file() => Ok(()),
+        Ok(meta) => Err(not_regular(path, &meta)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(io_error(
             path,
             std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
-        ))
+        )),
+        Err(e) => Err(io_error(path, e)),
     }
+}
+
+/// What `meta` is, for [`ModelError::NotRegularFile`].
+fn file_kind(meta: &std::fs::Metadata) -> &'static str {
+    let t = meta.file_type();
+    if t.is_dir() {
+        return "directory";
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if t.is_fifo() {
+            return "named pipe";
+        } else if t.is_socket() {
+            return "socket";
+        } else if t.is_block_device() {
+            return "block device";
+        } else if t.is_char_device() {
+            return "character device";
+        }
+    }
+    "special file"
+}
+
+fn not_regular(path: &Path, meta: &std::fs::Metadata) -> ModelError {
+    ModelError::NotRegularFile {
+        path: path.to_path_buf(),
+        kind: file_kind(meta),
+    }
+}
+
+/// Opens a model file for reading. Anything but a regular file (after symlinks) is
+/// refused first: `open` on a named pipe blocks until a writer comes, forever if none
+/// does, and `/dev/zero` would read as an endless file.
+pub(crate) fn open_regular(path: &Path) -> Result<File> {
+    require_file(path)?;
+    File::open(path).map_err(|e| io_error(path, e))
 }
 
 /// Memory-maps a file read-only.
 pub(crate) fn map_file(path: &Path) -> Result<Arc<Mmap>> {
-    let file = File::open(path).map_err(|e| io_error(path, e))?;
+    let file = open_regular(path)?;
     // SAFETY: the mapping is read-only and every access is bounds-checked against its
     // length. Like every mmap-based loader, this assumes no other process truncates or
     // rewrites the file while it is mapped.
@@ -210,6 +257,7 @@ const MAX_JSON_BYTES: u64 = 64 << 20;
 
 /// Reads and parses a JSON file; errors name the file.
 pub(crate) fn read_json(path: &Path) -> Result<Value> {
+    require_file(path)?;
     let len = std::fs::metadata(path)
         .map_err(|e| io_error(path, e))?
         .len();

@@ -264,6 +264,8 @@ fn post_processor(parts: &BpeParts) -> Result<TemplateProcessing> {
 
 /// Loads a `tokenizer.json`.
 pub fn from_file(path: &std::path::Path) -> Result<Tokenizer> {
+    // A FIFO would block the tokenizers crate's read forever.
+    crate::source::require_file(path)?;
     Tokenizer::from_file(path)
         .map_err(|e| ModelError::Tokenizer(format!("{}: {e}", path.display())))
 }

@@ -3,19 +3,28 @@
 //! and standard deviation in tokens/s. The same run measures the machine's memory
 //! read bandwidth, so decode can be quoted as a fraction of what the memory allows.
 
-use crate::{Model, Result, Session};
+use crate::{Model, Result, RuntimeError, Session};
 use std::sync::Arc;
 use std::time::Instant;
 
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct BenchRow {
     pub test: String,
-    pub threads: usize,
+    /// Host threads: CPU backend only (`None`, JSON null, for any other backend).
+    pub threads: Option<usize>,
     pub precision: String,
+    /// The CPU kernel path (`avx512+vnni`, ...) on the CPU backend; the device's name
+    /// (e.g. the wgpu adapter) on any other.
     pub kernels: String,
     pub tok_s_mean: f64,
     pub tok_s_sd: f64,
     pub reps: usize,
+}
+
+/// Does `model` run on the CPU backend? Only then do host threads, the CPU's kernel
+/// path and host memory bandwidth describe what was measured.
+pub fn is_cpu(model: &Model) -> bool {
+    model.backend.capabilities().name == "cpu"
 }
 
 fn mean_sd(v: &[f64]) -> (f64, f64) {
@@ -34,7 +43,19 @@ fn tokens(n: usize, vocab: usize) -> Vec<u32> {
     (0..n).map(|i| ((i * 7919 + 13) % vocab) as u32).collect()
 }
 
+/// Zero repetitions would report a mean of nothing (NaN).
+fn check_reps(reps: usize) -> Result<()> {
+    if reps == 0 {
+        return Err(RuntimeError::InvalidOption {
+            option: "reps",
+            reason: "must be at least 1".into(),
+        });
+    }
+    Ok(())
+}
+
 pub fn prefill(model: &Arc<Model>, n: usize, reps: usize) -> Result<Vec<f64>> {
+    check_reps(reps)?;
     let ids = tokens(n, model.config.vocab_size);
     let mut s = Session::new(model.clone())?;
     s.feed(&ids[..n.min(8)])?; // warm-up: scratch allocation, page faults
@@ -49,6 +70,7 @@ pub fn prefill(model: &Arc<Model>, n: usize, reps: usize) -> Result<Vec<f64>> {
 }
 
 pub fn decode(model: &Arc<Model>, n: usize, reps: usize) -> Result<Vec<f64>> {
+    check_reps(reps)?;
     let ids = tokens(n + 1, model.config.vocab_size);
     let mut s = Session::new(model.clone())?;
     let mut rates = Vec::new();
@@ -69,14 +91,19 @@ pub fn decode(model: &Arc<Model>, n: usize, reps: usize) -> Result<Vec<f64>> {
 
 pub fn row(model: &Model, test: String, threads: usize, rates: &[f64]) -> BenchRow {
     let (m, sd) = mean_sd(rates);
+    let cpu = is_cpu(model);
     BenchRow {
         test,
-        threads,
+        threads: cpu.then_some(threads),
         precision: format!(
             "{} ({} kv)",
             model.options.precision.name, model.options.precision.kv_cache
         ),
-        kernels: npurt_kernels::cpu::isa().name().to_string(),
+        kernels: if cpu {
+            npurt_kernels::cpu::isa().name().to_string()
+        } else {
+            model.backend.capabilities().device.clone()
+        },
         tok_s_mean: m,
         tok_s_sd: sd,
         reps: rates.len(),

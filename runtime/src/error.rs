@@ -67,6 +67,9 @@ pub enum RuntimeError {
         used: u64,
         budget: u64,
     },
+    /// Perplexity predicts each token from the ones before it, so it needs two.
+    #[error("nothing to score: perplexity needs at least 2 tokens, the text has {tokens}")]
+    NothingToScore { tokens: usize },
 }
 
 pub type Result<T, E = RuntimeError> = std::result::Result<T, E>;

@@ -34,6 +34,11 @@ pub fn perplexity(
             ctx: model.ctx,
         });
     }
+    // One token scores nothing; reporting perplexity exp(0) = 1.0 for it would read
+    // as a perfect model.
+    if ids.len() < 2 {
+        return Err(RuntimeError::NothingToScore { tokens: ids.len() });
+    }
     let mut session = Session::new(model.clone())?;
     let (mut sum, mut scored, mut prev_end) = (0f64, 0usize, 0usize);
     let mut begin = 0;
@@ -61,7 +66,8 @@ pub fn perplexity(
         }
         begin += stride;
     }
-    let nll = if scored > 0 { sum / scored as f64 } else { 0.0 };
+    // scored >= 1: the first window holds at least 2 tokens and scores all but one.
+    let nll = sum / scored as f64;
     Ok(Perplexity {
         tokens: ids.len(),
         scored,

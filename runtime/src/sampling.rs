@@ -111,15 +111,31 @@ impl Sampler {
         if self.opts.temperature == 0.0 {
             return argmax(&l) as u32;
         }
-        let t = self.opts.temperature;
-        let mut cand: Vec<(usize, f32)> = l.iter().enumerate().map(|(i, &v)| (i, v / t)).collect();
+        // Sort by logit (dividing by t > 0 keeps the order), then scale the differences
+        // to the maximum in f64: `logit / t` in f32 overflows to inf for tiny t (1e-38)
+        // and inf - inf is NaN, while `(logit - max) / t` is <= 0 and at worst -inf,
+        // whose exp is 0. Every accepted temperature thus gives finite probabilities;
+        // tiny ones converge on greedy.
+        let t = self.opts.temperature as f64;
+        let mut cand: Vec<(usize, f32)> = l.iter().copied().enumerate().collect();
         cand.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         if self.opts.top_k > 0 {
             cand.truncate(self.opts.top_k);
         }
-        let max = cand[0].1;
-        let mut probs: Vec<f64> = cand.iter().map(|c| ((c.1 - max) as f64).exp()).collect();
+        let max = cand[0].1 as f64;
+        let mut probs: Vec<f64> = cand
+            .iter()
+            .map(|c| {
+                let p = ((c.1 as f64 - max) / t).exp();
+                // NaN only from a NaN or +inf logit: such a token gets no mass.
+                if p.is_nan() { 0.0 } else { p }
+            })
+            .collect();
         let sum: f64 = probs.iter().sum();
+        if !(sum > 0.0 && sum.is_finite()) {
+            // Only reachable with non-finite logits (e.g. all NaN): fall back to greedy.
+            return cand[0].0 as u32;
+        }
         probs.iter_mut().for_each(|p| *p /= sum);
         if self.opts.top_p < 1.0 {
             // Keep the smallest prefix whose mass reaches top_p (at least one token).
@@ -186,7 +202,44 @@ mod tests {
     }
 
     #[test]
+    fn tiny_temperatures_stay_finite_and_pick_the_top_token() {
+        // 20 / 1e-38 overflows f32: dividing first made every probability NaN.
+        let logits = [10.0, 20.0, 19.0, -5.0];
+        for t in [1e-38, f32::MIN_POSITIVE, 1e-45, 1e-20, 1e-3] {
+            let mut s = Sampler::new(SamplingOptions {
+                temperature: t,
+                seed: 7,
+                ..Default::default()
+            })
+            .unwrap();
+            for _ in 0..50 {
+                assert_eq!(s.sample(&logits, &[]), 1, "temperature {t}");
+            }
+        }
+        // Logits near f32's range at a tiny temperature.
+        let mut s = Sampler::new(SamplingOptions {
+            temperature: 1e-38,
+            top_p: 0.5,
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(s.sample(&[-3e38, 3e38, 2e38], &[]), 1);
+    }
+
+    #[test]
     fn bad_options_are_rejected() {
+        for temperature in [-1.0, -0.0001, f32::INFINITY, f32::NEG_INFINITY] {
+            let e = Sampler::new(SamplingOptions {
+                temperature,
+                ..Default::default()
+            })
+            .err()
+            .unwrap_or_else(|| panic!("temperature {temperature} accepted"));
+            assert!(
+                matches!(e, RuntimeError::InvalidOption { option: "temperature", .. }),
+                "{e}"
+            );
+        }
         assert!(Sampler::new(SamplingOptions {
             top_p: 0.0,
             ..Default::default()

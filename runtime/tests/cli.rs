@@ -189,8 +189,9 @@ fn inspect_prints_passes_kernels_and_weight_bytes() {
 fn errors_print_the_cause_and_exit_non_zero() {
     let (ok, _, err) = npurt(&["run", "--prompt", "hi", "--backend", "npu9000"]);
     assert!(!ok);
+    // After the "loading ..." progress line, the error.
     assert!(
-        err.contains("npu9000") && err.starts_with("error:"),
+        err.contains("npu9000") && err.lines().any(|l| l.starts_with("error:")),
         "{err}"
     );
     let (ok, _, err) = npurt(&["logits", "--ids", "1,99999999", "--out", "/dev/null"]);
@@ -478,4 +479,236 @@ fn encode_image_pipelines_and_no_pipeline_agrees() {
     assert!(a == b, "pipelined and sequential outputs differ");
     std::fs::remove_file(&piped_out).ok();
     std::fs::remove_file(&seq_out).ok();
+}
+
+/// Runs `npurt` with exactly `args` (no `--model` added) and `env_remove` unset:
+/// exit code, stdout, stderr.
+fn npurt_code(args: &[&str], env_remove: &[&str]) -> (Option<i32>, String, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_npurt"));
+    cmd.args(args);
+    for k in env_remove {
+        cmd.env_remove(k);
+    }
+    let out = cmd.output().expect("run npurt");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn model_path() -> String {
+    root()
+        .join("models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// The line of `error:` output, for messages.
+fn error_line(err: &str) -> &str {
+    err.lines().find(|l| l.starts_with("error:")).unwrap_or(err)
+}
+
+#[test]
+fn usage_errors_exit_2_and_runtime_errors_exit_1() {
+    // Usage errors are clap's: exit 2 and a usage message.
+    for args in [
+        &["run", "--no-such-flag"][..],
+        &["run"],
+        &["run", "--prompt", "a", "--chat", "b"],
+        &["logits", "--out", "/dev/null"],
+        &["bench", "-r", "0"],
+        &["tokenize", "--text", "x", "--threads", "two"],
+    ] {
+        let (code, _, err) = npurt_code(args, &[]);
+        assert_eq!(code, Some(2), "{args:?}: {err}");
+        assert!(
+            err.starts_with("error:") && (err.contains("Usage:") || err.contains("'--help'")),
+            "{args:?}: {err}"
+        );
+    }
+    // Errors at run time: exit 1, `error: ...`.
+    let m = model_path();
+    for args in [
+        &["run", "--prompt", "hi", "--backend", "npu9000", "--model", &m][..],
+        &["conformance", "--op", "softmaxx"],
+        &["tokenize", "--text", "x", "--model", "/nonexistent/model.gguf"],
+    ] {
+        let (code, _, err) = npurt_code(args, &[]);
+        assert_eq!(code, Some(1), "{args:?}: {err}");
+        assert!(err.lines().any(|l| l.starts_with("error: ")), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn run_without_input_names_both_prompt_and_chat() {
+    let (code, _, err) = npurt_code(&["run"], &[]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("--prompt") && err.contains("--chat"), "{err}");
+}
+
+#[test]
+fn a_missing_file_prints_its_cause_once() {
+    let (code, _, err) = npurt_code(
+        &["tokenize", "--text", "x", "--model", "/nonexistent/model.gguf"],
+        &[],
+    );
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        error_line(&err).contains("/nonexistent/model.gguf"),
+        "{err}"
+    );
+    // The OS's text for ENOENT, once (it used to be in the message and the chain).
+    assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
+    assert_eq!(err.matches("caused by:").count(), 1, "{err}");
+}
+
+#[test]
+fn every_option_has_help_and_perplexity_states_one_ctx_default() {
+    for cmd in [
+        "run",
+        "logits",
+        "tokenize",
+        "perplexity",
+        "inspect",
+        "bench",
+        "conformance",
+        "encode-image",
+        "image-plan",
+    ] {
+        let (code, out, err) = npurt_code(&[cmd, "-h"], &[]);
+        assert_eq!(code, Some(0), "{cmd}: {err}");
+        // Each option's help is on its line after two spaces, or (when clap switches
+        // to its long layout) on the next, indented line.
+        let lines: Vec<&str> = out.lines().map(str::trim_start).collect();
+        for (i, line) in lines.iter().enumerate().filter(|(_, l)| l.starts_with('-')) {
+            let same = line.split_once("  ").map(|(_, h)| h.trim()).unwrap_or("");
+            let next = lines.get(i + 1).copied().unwrap_or("").trim();
+            assert!(
+                !same.is_empty() || !(next.is_empty() || next.starts_with('-')),
+                "`npurt {cmd}`: no help for `{line}`:\n{out}"
+            );
+        }
+    }
+    let (_, out, _) = npurt_code(&["perplexity", "-h"], &[]);
+    let ctx = out
+        .lines()
+        .find(|l| l.trim_start().starts_with("--ctx"))
+        .expect("--ctx in perplexity's help");
+    assert!(ctx.contains("512") && !ctx.contains("2048"), "{ctx}");
+    // The other subcommands keep the model's default.
+    let (_, out, _) = npurt_code(&["run", "-h"], &[]);
+    assert!(out.contains("min(model maximum, 2048)"), "{out}");
+}
+
+#[test]
+fn bad_counts_are_refused_with_the_reason() {
+    let (code, _, err) = npurt_code(&["bench", "-r", "0"], &[]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("--reps") && err.contains('0'), "{err}");
+
+    let (code, _, err) = npurt_code(&["conformance", "--op", "softmaxx"], &[]);
+    assert_eq!(code, Some(1));
+    let e = error_line(&err);
+    assert!(
+        e.contains("softmaxx") && e.contains("matmul") && e.contains("attention"),
+        "{err}"
+    );
+
+    let (code, _, err) = npurt_code(&["logits", "--out", "/dev/null"], &[]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("--ids"), "{err}");
+
+    let m = model_path();
+    for n in ["0", "100000"] {
+        let (code, _, err) = npurt_code(&["tokenize", "--text", "x", "--threads", n, "--model", &m], &[]);
+        assert_eq!(code, Some(1), "--threads {n}: {err}");
+        let e = error_line(&err);
+        assert!(e.contains("threads") && e.contains("1..=1024") && e.contains(n), "{err}");
+        let (code, _, err) = npurt_code(&["conformance", "--op", "softmax", "--threads", n], &[]);
+        assert_eq!(code, Some(1), "conformance --threads {n}: {err}");
+        assert!(error_line(&err).contains("1..=1024"), "{err}");
+    }
+}
+
+#[test]
+fn perplexity_with_nothing_to_score_is_an_error() {
+    let text = golden("texts/apache-2.0.txt");
+    for max in ["1", "0"] {
+        let (ok, out, err) = npurt(&[
+            "perplexity",
+            "--text-file",
+            text.to_str().unwrap(),
+            "--max-tokens",
+            max,
+        ]);
+        assert!(!ok, "--max-tokens {max} scored: {out}");
+        assert!(
+            error_line(&err).contains("nothing to score") && error_line(&err).contains(&format!("has {max}")),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn loading_reports_on_stderr_unless_json() {
+    let (ok, out, err) = npurt(&["tokenize", "--text", "Hello"]);
+    assert!(ok, "{err}");
+    json(&out); // stdout stays one JSON value
+    assert!(
+        err.contains("loading ") && err.contains("loaded in "),
+        "{err}"
+    );
+    let (ok, out, err) = npurt(&["run", "--prompt", "Hi", "--max-tokens", "1", "--json"]);
+    assert!(ok, "{err}");
+    json(&out);
+    assert!(!err.contains("loading"), "{err}");
+}
+
+#[test]
+fn wgpu_commands_do_not_print_the_xdg_warning() {
+    // Unset, and set to something libwayland calls invalid (not an absolute path).
+    let (code, out, err) = npurt_code(&["backends"], &["XDG_RUNTIME_DIR"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("wgpu"), "{out}");
+    assert!(!err.contains("XDG_RUNTIME_DIR"), "{err}");
+    let out = Command::new(env!("CARGO_BIN_EXE_npurt"))
+        .arg("backends")
+        .env("XDG_RUNTIME_DIR", "relative/dir")
+        .output()
+        .expect("run npurt");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("XDG_RUNTIME_DIR"), "{err}");
+}
+
+#[test]
+fn bench_rows_name_the_device_on_wgpu_and_the_kernels_on_cpu() {
+    let (code, out, err) = npurt_code(&["backends"], &[]);
+    assert_eq!(code, Some(0), "{err}");
+    let device = out
+        .lines()
+        .find_map(|l| l.strip_prefix("wgpu: "))
+        .expect("a wgpu line");
+    assert!(!device.starts_with("unavailable"), "{out}");
+
+    let m = model_path();
+    let (code, out, err) = npurt_code(
+        &["bench", "--backend", "wgpu", "-p", "0", "-n", "2", "-r", "1", "--threads", "1,2", "--model", &m],
+        &[],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    let rows: Vec<&str> = out.lines().filter(|l| l.contains("| tg2 |")).collect();
+    assert_eq!(rows.len(), 1, "one run, not one per thread count:\n{out}");
+    assert!(rows[0].contains(device) && rows[0].contains("| - |"), "{out}");
+    assert!(!out.contains("read bandwidth") && !out.contains("of the measured"), "{out}");
+
+    let (code, out, err) = npurt_code(
+        &["bench", "-p", "0", "-n", "2", "-r", "1", "--threads", "1", "--json", "--model", &m],
+        &[],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    let v = json(&out);
+    assert_eq!(v["rows"][0]["threads"], 1, "{v}");
+    assert!(!v["rows"][0]["kernels"].as_str().unwrap().contains("Vulkan"), "{v}");
+    assert!(v["machine"][0]["read_bandwidth_gb_s"].as_f64().unwrap() > 0.0, "{v}");
 }

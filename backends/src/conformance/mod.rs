@@ -68,6 +68,19 @@ pub fn matches(case: &Case, filter: &str) -> bool {
     }
 }
 
+/// Does `filter` select any case? If not, the error names the known ops: a filter that
+/// selects nothing would otherwise "pass" with zero cases.
+pub fn check_filter(filter: &str) -> Result<(), String> {
+    if cases::all().iter().any(|c| matches(c, filter)) {
+        Ok(())
+    } else {
+        Err(format!(
+            "no conformance case matches `{filter}` (an op name, or an `op/case` prefix; known ops: {})",
+            cases::OP_KINDS.join(", ")
+        ))
+    }
+}
+
 /// Runs every case (or those `filter` selects, see [`matches`]) on `backend`, in order.
 pub fn run_suite(backend: &dyn Backend, filter: Option<&str>) -> Report {
     let rows = cases::all()
@@ -102,13 +115,25 @@ impl SuiteTarget for Box<dyn Backend> {
 }
 
 /// The body of the test [`conformance_tests!`] generates: runs the suite (filtered by
-/// `NPURT_CONFORMANCE_FILTER` if set), prints the table, panics with it on a failure
-/// or if nothing passed at all.
+/// `NPURT_CONFORMANCE_FILTER` if set, for a vendor working on one op), prints the
+/// table, panics with it on a failure or if nothing passed at all.
 pub fn assert_conformance(target: &dyn SuiteTarget) {
     let filter = std::env::var("NPURT_CONFORMANCE_FILTER")
         .ok()
         .filter(|f| !f.is_empty());
-    let report = run_suite(target.as_backend(), filter.as_deref());
+    assert_conformance_filtered(target, filter.as_deref());
+}
+
+/// [`assert_conformance`] with an explicit filter (`None`: every case), whatever the
+/// environment says. npurt's own tests use this, so a developer's
+/// `NPURT_CONFORMANCE_FILTER` never narrows (or breaks) the project's suite.
+pub fn assert_conformance_filtered(target: &dyn SuiteTarget, filter: Option<&str>) {
+    if let Some(f) = filter {
+        if let Err(e) = check_filter(f) {
+            panic!("{e}");
+        }
+    }
+    let report = run_suite(target.as_backend(), filter);
     println!("{report}");
     assert!(
         report.failed() == 0,
@@ -131,8 +156,22 @@ pub fn assert_conformance(target: &dyn SuiteTarget) {
 /// ```
 ///
 /// The expression may be a backend, an `Arc<dyn Backend>` or a `Box<dyn Backend>`.
+/// These forms honour `NPURT_CONFORMANCE_FILTER`; `filter: EXPR` (an `Option<&str>`)
+/// fixes the filter instead, whatever the environment says (npurt's own tests pass
+/// `filter: None` so they always run every case):
+///
+/// ```text
+/// npurt_backends::conformance_tests!(cpu_one_thread: cpu(1), filter: None);
+/// ```
 #[macro_export]
 macro_rules! conformance_tests {
+    ($test:ident : $make_backend:expr, filter: $filter:expr) => {
+        #[test]
+        fn $test() {
+            let backend = $make_backend;
+            $crate::conformance::assert_conformance_filtered(&backend, $filter);
+        }
+    };
     ($test:ident : $make_backend:expr) => {
         #[test]
         fn $test() {

@@ -1,7 +1,15 @@
-//! `npurt`: the command-line frontend. Every model subcommand takes `--backend` and
-//! `--model` (default: the fetched SmolLM2 GGUF); `image-plan` needs no model. Errors print their cause chain and exit 1.
+//! `npurt`: the command-line frontend. The LLM subcommands (`run`, `logits`, `tokenize`,
+//! `perplexity`, `inspect`, `bench`) share `--model` (default: the fetched SmolLM2 GGUF),
+//! `--backend`, `--precision`, `--kv-cache`, `--threads`, `--chunk` and `--ctx`;
+//! `conformance` takes `--backend`, `--op` and `--threads`; `encode-image` has its own
+//! flags; `image-plan` and `backends` need no model.
+//!
+//! Exit status: 2 for a usage error (an unknown or missing flag, a value that does not
+//! parse: clap's convention), 1 for an error at run time, printed with its cause chain.
+//! Long steps (loading a model, encoding an image) report on stderr as they start and
+//! end, except with `--json`; stdout carries only the results.
 
-use clap::{Args, Parser, Subcommand};
+use clap::{ArgGroup, Args, Parser, Subcommand};
 use npurt_graph::PrecisionPolicy;
 use npurt_runtime::{
     perplexity, GenerateOptions, LoadOptions, Model, Runtime, SamplingOptions, Session,
@@ -38,8 +46,8 @@ struct Common {
     /// Backend name (see `npurt backends`).
     #[arg(long, default_value = "cpu")]
     backend: String,
-    /// Worker threads (default: one per core). `bench` takes a list (`1,2`) and runs
-    /// each; other commands use the first.
+    /// Worker threads, 1 to 1024 (default: one per core). `bench` takes a list (`1,2`)
+    /// and runs each; other commands use the first.
     #[arg(long, value_delimiter = ',')]
     threads: Vec<usize>,
     /// Prefill chunk size (rows of the static prefill graph).
@@ -48,7 +56,7 @@ struct Common {
     /// Context length in tokens (default: min(model maximum, 2048)).
     #[arg(long)]
     ctx: Option<usize>,
-    /// Precision preset: f32 (reference), w8a16, w4a16, w4a8.
+    /// Precision preset: f32 (reference), w8a16, w8a8, w4a16, w4a8.
     #[arg(long, default_value = "w4a16")]
     precision: String,
     /// KV cache type, overriding the preset's (f32 for `f32`, f16 for the others).
@@ -68,11 +76,13 @@ struct Common {
 #[derive(Subcommand)]
 enum Cmd {
     /// Generate text from a raw prompt or a chat message.
+    // One of --prompt / --chat, named together in the error when neither is given.
+    #[command(group(ArgGroup::new("input").required(true).multiple(false).args(["prompt", "chat"])))]
     Run {
         #[command(flatten)]
         common: Common,
         /// Raw text fed as is.
-        #[arg(long, conflicts_with = "chat", required_unless_present = "chat")]
+        #[arg(long)]
         prompt: Option<String>,
         /// A user message, wrapped in the model's chat template (`-`: read it from
         /// stdin, e.g. while the image encodes).
@@ -93,16 +103,23 @@ enum Cmd {
         /// recent ones that fit, dropping the middle (default: refuse it).
         #[arg(long, value_name = "N")]
         sliding_window: Option<usize>,
+        /// Most tokens to generate (generation also stops at EOS and at --stop).
         #[arg(long, default_value_t = 128)]
         max_tokens: usize,
+        /// Sampling temperature: 0 is greedy (argmax); must be finite and >= 0.
         #[arg(long, default_value_t = 0.0)]
         temperature: f32,
+        /// Sample only among the K most likely tokens (0: no limit).
         #[arg(long, default_value_t = 0)]
         top_k: usize,
+        /// Nucleus sampling: the smallest set of tokens whose probability reaches P,
+        /// in (0, 1] (1: no limit).
         #[arg(long, default_value_t = 1.0)]
         top_p: f32,
+        /// HF's repetition penalty on tokens already in the session (> 0; 1: off).
         #[arg(long, default_value_t = 1.0)]
         repetition_penalty: f32,
+        /// Seed of the sampler's random numbers (same seed, same text).
         #[arg(long, default_value_t = 0)]
         seed: u64,
         /// Stop when the text contains this string (repeatable).
@@ -116,9 +133,10 @@ enum Cmd {
     Logits {
         #[command(flatten)]
         common: Common,
-        /// Comma-separated token ids.
-        #[arg(long, value_delimiter = ',')]
+        /// Comma-separated token ids (at least one).
+        #[arg(long, value_delimiter = ',', required = true, num_args = 1..)]
         ids: Vec<i64>,
+        /// The safetensors file to write (tensor `logits`).
         #[arg(long)]
         out: PathBuf,
     },
@@ -126,16 +144,23 @@ enum Cmd {
     Tokenize {
         #[command(flatten)]
         common: Common,
+        /// The text to tokenize.
         #[arg(long)]
         text: String,
     },
-    /// Strided-window perplexity of a text file, as JSON. `--ctx` is the window length
-    /// (default 512).
+    /// Strided-window perplexity of a text file, as JSON
+    /// `{"tokens","scored","nll","ppl"}`. `--ctx` is the window length (default 512).
+    // Common's --ctx help gives the model default; here --ctx means the window.
+    #[command(mut_arg("ctx", |a| a.help("Window length in tokens: each window is one \
+        forward pass (default: 512)")))]
     Perplexity {
         #[command(flatten)]
         common: Common,
+        /// The text to score (UTF-8).
         #[arg(long)]
         text_file: PathBuf,
+        /// Tokens between window starts; each window scores only the tokens no earlier
+        /// window scored (at most --ctx).
         #[arg(long, default_value_t = 256)]
         stride: usize,
         /// Only the first N tokens of the text.
@@ -179,20 +204,24 @@ enum Cmd {
             default_value = "128"
         )]
         gen: Vec<usize>,
-        /// Repetitions per test.
-        #[arg(short = 'r', long, default_value_t = 3)]
+        /// Repetitions per test (at least 1).
+        #[arg(short = 'r', long, default_value_t = 3,
+              value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
         reps: usize,
+        /// Print one JSON object `{"rows","machine"}` instead of the table.
         #[arg(long)]
         json: bool,
     },
     /// Run the backend conformance suite: every op case against the scalar reference
     /// kernels by NMSE; prints the table and exits non-zero on any failure.
     Conformance {
+        /// Backend to test (see `npurt backends`).
         #[arg(long, default_value = "cpu")]
         backend: String,
         /// Only this op (e.g. `matmul`) or case prefix (`matmul/q4_1`).
         #[arg(long)]
         op: Option<String>,
+        /// Host threads for the backend, 1 to 1024 (default: one per core).
         #[arg(long)]
         threads: Option<usize>,
     },
@@ -248,7 +277,10 @@ fn default_model() -> PathBuf {
         .join(DEFAULT_MODEL)
 }
 
-fn load(c: &Common, ctx_at_least: Option<usize>) -> anyhow_lite::Result<Arc<Model>> {
+/// Loads the model `c` names. Unless `quiet` (the `--json` modes), says on stderr that
+/// loading starts and how long it took: compiling a model takes seconds, and the
+/// first run after a fresh build should not look hung.
+fn load(c: &Common, ctx_at_least: Option<usize>, quiet: bool) -> anyhow_lite::Result<Arc<Model>> {
     let path = c.model.clone().unwrap_or_else(default_model);
     if c.model.is_none() && !path.exists() {
         return Err(anyhow_lite::msg(format!(
@@ -291,7 +323,15 @@ fn load(c: &Common, ctx_at_least: Option<usize>) -> anyhow_lite::Result<Arc<Mode
             })
             .transpose()?,
     };
-    if npurt_models::vlm::is_vlm_dir(&path) {
+    if !quiet {
+        eprintln!(
+            "loading {} on {} at {}...",
+            path.display(),
+            c.backend,
+            c.precision
+        );
+    }
+    let model = if npurt_models::vlm::is_vlm_dir(&path) {
         let vision = match (&c.vision_precision, c.precision.as_str()) {
             (Some(p), _) => preset(p)?,
             (None, "f32") => PrecisionPolicy::F32,
@@ -301,14 +341,61 @@ fn load(c: &Common, ctx_at_least: Option<usize>) -> anyhow_lite::Result<Arc<Mode
             precision: vision,
             ..Default::default()
         };
-        return Ok(Runtime::new().load_multimodal(&path, opts, vopts)?);
+        Runtime::new().load_multimodal(&path, opts, vopts)?
+    } else {
+        Runtime::new().load(&path, opts)?
+    };
+    if !quiet {
+        eprintln!(
+            "loaded in {:.1} s: {} on {}",
+            model.load_ms / 1e3,
+            model.description,
+            model.backend.capabilities().device
+        );
     }
-    Ok(Runtime::new().load(&path, opts)?)
+    Ok(model)
+}
+
+/// Mesa's Vulkan drivers (lavapipe included) connect to Wayland while enumerating
+/// devices, and libwayland prints "XDG_RUNTIME_DIR is invalid or not set" on stderr
+/// whenever the variable is unset or not an absolute path: twice per wgpu command on a
+/// headless machine. When it is unset or does not name a directory, point it at a
+/// private directory of ours (mode 0700, as the XDG spec requires). A directory of
+/// that name that is not ours and private is left alone (the warning is cosmetic).
+#[cfg(unix)]
+fn ensure_xdg_runtime_dir() {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    let current = std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from);
+    if current.is_some_and(|p| p.is_absolute() && p.is_dir()) {
+        return;
+    }
+    // The owner of /proc/self is this process's effective uid (no libc needed).
+    let Ok(uid) = std::fs::metadata("/proc/self").map(|m| m.uid()) else {
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("npurt-runtime-{uid}"));
+    match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(_) => return,
+    }
+    // symlink_metadata: a symlink planted under that name is not our directory.
+    let ours = std::fs::symlink_metadata(&dir).is_ok_and(|m| {
+        m.is_dir() && m.uid() == uid && m.permissions().mode() & 0o777 == 0o700
+    });
+    if ours {
+        // Setting the environment races with threads reading it; main calls this
+        // first, while the process is still single-threaded (no backend, pool or
+        // logger thread exists yet).
+        std::env::set_var("XDG_RUNTIME_DIR", &dir);
+    }
 }
 
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
+    #[cfg(unix)]
+    ensure_xdg_runtime_dir();
     if let Err(e) = run(cli) {
         eprintln!("error: {e}");
         let mut src = e.source();
@@ -339,7 +426,7 @@ fn run(cli: Cli) -> anyhow_lite::Result<()> {
             stop,
             json,
         } => {
-            let model = load(&common, None)?;
+            let model = load(&common, None, json)?;
             let gen = GenerateOptions {
                 max_tokens,
                 sampling: SamplingOptions {
@@ -367,7 +454,7 @@ fn run(cli: Cli) -> anyhow_lite::Result<()> {
             run_prompt::run(model, args, gen)?;
         }
         Cmd::Logits { common, ids, out } => {
-            let model = load(&common, Some(ids.len()))?;
+            let model = load(&common, Some(ids.len()), false)?;
             let vocab = model.config.vocab_size;
             let ids: Vec<u32> = ids
                 .iter()
@@ -396,7 +483,7 @@ fn run(cli: Cli) -> anyhow_lite::Result<()> {
                 .map_err(|e| anyhow_lite::msg(format!("writing {}: {e}", out.display())))?;
         }
         Cmd::Tokenize { common, text } => {
-            let model = load(&common, None)?;
+            let model = load(&common, None, false)?;
             println!("{}", serde_json::to_string(&model.encode(&text)?)?);
         }
         Cmd::Perplexity {
@@ -408,7 +495,7 @@ fn run(cli: Cli) -> anyhow_lite::Result<()> {
             let window = common.ctx.unwrap_or(512);
             let text = std::fs::read_to_string(&text_file)
                 .map_err(|e| anyhow_lite::msg(format!("reading {}: {e}", text_file.display())))?;
-            let model = load(&common, Some(window))?;
+            let model = load(&common, Some(window), false)?;
             let mut ids = model.encode(&text)?;
             if let Some(n) = max_tokens {
                 ids.truncate(n);
@@ -425,7 +512,7 @@ fn run(cli: Cli) -> anyhow_lite::Result<()> {
             summary,
             json,
         } => {
-            let model = load(&common, None)?;
+            let model = load(&common, None, json)?;
             if json {
                 println!("{}", serde_json::to_string(&npurt_runtime::inspect::memory(&model))?);
                 return Ok(());
@@ -452,10 +539,13 @@ fn run(cli: Cli) -> anyhow_lite::Result<()> {
             reps,
             json,
         } => {
-            let threads = if common.threads.is_empty() {
-                vec![default_threads()]
-            } else {
-                common.threads.clone()
+            // Host threads matter to the CPU backend only: another backend runs once,
+            // and its rows name its device instead of a thread count.
+            let host = common.backend == "cpu";
+            let threads = match common.threads.as_slice() {
+                [] => vec![default_threads()],
+                [first, ..] if !host => vec![*first],
+                list => list.to_vec(),
             };
             // `-p 0` / `-n 0` mean "no such test" (as in llama-bench), not a 0-token run.
             let prompt: Vec<usize> = prompt.into_iter().filter(|&p| p > 0).collect();
@@ -471,10 +561,16 @@ fn run(cli: Cli) -> anyhow_lite::Result<()> {
                         ..common.clone()
                     },
                     None,
+                    json,
                 )?;
                 let weight_mib = model.weight_bytes as f64 / (1 << 20) as f64;
-                let bw = npurt_runtime::bench::read_bandwidth_gb_s(t);
-                machine.push(serde_json::json!({"threads": t, "read_bandwidth_gb_s": bw, "weight_mib": weight_mib}));
+                // Host DRAM bandwidth is the ceiling of CPU decode only; a GPU's
+                // decode reads its own memory, so nothing is measured for it.
+                let host = npurt_runtime::bench::is_cpu(&model);
+                let bw = host.then(|| npurt_runtime::bench::read_bandwidth_gb_s(t));
+                let device = model.backend.capabilities().device.clone();
+                machine.push(serde_json::json!({"threads": host.then_some(t), "device": device,
+                    "read_bandwidth_gb_s": bw, "weight_mib": weight_mib}));
                 for &p in &prompt {
                     rows.push(npurt_runtime::bench::row(
                         &model,
@@ -488,7 +584,10 @@ fn run(cli: Cli) -> anyhow_lite::Result<()> {
                     rows.push(npurt_runtime::bench::row(&model, format!("tg{n}"), t, &r));
                 }
                 if !json {
-                    eprintln!("threads {t}: weights {weight_mib:.1} MiB, measured read bandwidth {bw:.1} GB/s");
+                    match bw {
+                        Some(bw) => eprintln!("threads {t}: weights {weight_mib:.1} MiB, measured read bandwidth {bw:.1} GB/s"),
+                        None => eprintln!("{device}: weights {weight_mib:.1} MiB"),
+                    }
                 }
             }
             if json {
@@ -507,21 +606,24 @@ fn run(cli: Cli) -> anyhow_lite::Result<()> {
                         r.precision,
                         common.backend,
                         r.kernels,
-                        r.threads,
+                        r.threads.map_or("-".to_string(), |t| t.to_string()),
                         r.test,
                         r.tok_s_mean,
                         r.tok_s_sd
                     );
                 }
                 for m in &machine {
-                    let (t, bw, w) = (
-                        m["threads"].as_u64().unwrap_or(0),
-                        m["read_bandwidth_gb_s"].as_f64().unwrap_or(0.0),
-                        m["weight_mib"].as_f64().unwrap_or(0.0),
-                    );
+                    // Only CPU runs measured a bandwidth to compare decode with.
+                    let (Some(t), Some(bw)) = (
+                        m["threads"].as_u64(),
+                        m["read_bandwidth_gb_s"].as_f64(),
+                    ) else {
+                        continue;
+                    };
+                    let w = m["weight_mib"].as_f64().unwrap_or(0.0);
                     if let Some(tg) = rows
                         .iter()
-                        .find(|r| r.threads as u64 == t && r.test.starts_with("tg"))
+                        .find(|r| r.threads == Some(t as usize) && r.test.starts_with("tg"))
                     {
                         let gbs = tg.tok_s_mean * w * (1 << 20) as f64 / 1e9;
                         println!("decode at {t} thread(s) reads {gbs:.1} GB/s of weights = {:.0}% of the measured {bw:.1} GB/s", 100.0 * gbs / bw);
@@ -534,6 +636,10 @@ fn run(cli: Cli) -> anyhow_lite::Result<()> {
             op,
             threads,
         } => {
+            // A filter that selects nothing would "pass" with zero cases.
+            if let Some(f) = op.as_deref() {
+                npurt_backends::conformance::check_filter(f).map_err(anyhow_lite::msg)?;
+            }
             let be = Runtime::new()
                 .registry()
                 .create(&backend, &npurt_backends::BackendOptions { threads })?;

@@ -58,8 +58,10 @@ pub struct EncodeImageArgs {
     /// The tower's output: last (post-layernorm) or second-last (no post-layernorm).
     #[arg(long, default_value = "last")]
     feature: String,
+    /// Backend name (see `npurt backends`).
     #[arg(long, default_value = "cpu")]
     backend: String,
+    /// Worker threads, 1 to 1024 (default: one per core).
     #[arg(long)]
     threads: Option<usize>,
     /// Run the stages one after another (the default pipelines the Conv2D of batch
@@ -69,6 +71,7 @@ pub struct EncodeImageArgs {
     /// Threads of the pipelined Conv2D's own CPU backend.
     #[arg(long, default_value_t = 1)]
     embed_threads: usize,
+    /// Print one JSON object instead of the report (and no progress on stderr).
     #[arg(long)]
     json: bool,
 }
@@ -219,6 +222,16 @@ pub fn run(mut a: EncodeImageArgs) -> anyhow_lite::Result<()> {
         ..VisionOptions::default()
     };
     let rt = Runtime::new();
+    // Progress on stderr: compiling and encoding a full-size tower takes many seconds.
+    let progress = |line: String| {
+        if !a.json {
+            eprintln!("{line}");
+        }
+    };
+    progress(match (&a.model, &a.synthetic) {
+        (Some(dir), _) => format!("loading {} on {}...", dir.display(), a.backend),
+        _ => format!("building the synthetic tower on {}...", a.backend),
+    });
     let enc = match (&a.model, &a.synthetic) {
         (Some(dir), None) if npurt_models::vlm::is_vlm_dir(dir) => {
             let v = npurt_models::vlm::VlmConfig::load(dir)?;
@@ -240,6 +253,11 @@ pub fn run(mut a: EncodeImageArgs) -> anyhow_lite::Result<()> {
             ))
         }
     };
+    progress(format!(
+        "loaded in {:.1} s; encoding {} tile(s)...",
+        enc.load_ms / 1e3,
+        tiles.count
+    ));
     let out = enc.encode(&tiles.pixels, tiles.count)?;
     let t = out.timings;
     let embed_device = enc
