@@ -591,10 +591,13 @@ fn every_option_has_help_and_perplexity_states_one_ctx_default() {
         }
     }
     let (_, out, _) = npurt_code(&["perplexity", "-h"], &[]);
-    let ctx = out
-        .lines()
-        .find(|l| l.trim_start().starts_with("--ctx"))
+    // The option's line and the next (clap's long layout puts the help there).
+    let lines: Vec<&str> = out.lines().collect();
+    let i = lines
+        .iter()
+        .position(|l| l.trim_start().starts_with("--ctx"))
         .expect("--ctx in perplexity's help");
+    let ctx = format!("{} {}", lines[i], lines.get(i + 1).unwrap_or(&""));
     assert!(ctx.contains("512") && !ctx.contains("2048"), "{ctx}");
     // The other subcommands keep the model's default.
     let (_, out, _) = npurt_code(&["run", "-h"], &[]);
