@@ -309,8 +309,8 @@ mod tests {
         .unwrap()
     }
 
-    #[test]
-    fn dead_values_share_memory_and_live_ones_do_not() {
+    /// x -> a -> b -> c, d = c + a: `a` lives to `d`, `b` dies at `c`.
+    fn chain() -> (Graph, [NodeId; 5]) {
         let mut g = Graph::new();
         let x = input(&mut g, "x", [4, 8]);
         let a = g.add("a", Op::Silu, &[x]).unwrap();
@@ -318,6 +318,12 @@ mod tests {
         let c = g.add("c", Op::Silu, &[b]).unwrap();
         let d = g.add("d", Op::Add, &[c, a]).unwrap();
         g.set_output("out", d);
+        (g, [x, a, b, c, d])
+    }
+
+    #[test]
+    fn dead_values_share_memory_and_live_ones_do_not() {
+        let (g, [x, a, b, _, d]) = chain();
         let p = plan(&g, 64);
         p.check().unwrap();
         assert_eq!(p.placement[x.0], Placement::Source);
@@ -333,13 +339,7 @@ mod tests {
 
     #[test]
     fn slots_are_reused_once_dead() {
-        let mut g = Graph::new();
-        let x = input(&mut g, "x", [4, 8]);
-        let a = g.add("a", Op::Silu, &[x]).unwrap();
-        let b = g.add("b", Op::Silu, &[a]).unwrap();
-        let c = g.add("c", Op::Silu, &[b]).unwrap();
-        let d = g.add("d", Op::Add, &[c, a]).unwrap();
-        g.set_output("out", d);
+        let (g, [x, a, b, c, d]) = chain();
         let p = plan_slots(&g, &[]);
         let slot = |id: NodeId| match p.storage[id.0] {
             Storage::Slot(s) => s,
