@@ -138,6 +138,11 @@ pub fn memory(model: &Model) -> MemorySummary {
     let enc = model.vision.as_ref().and_then(|v| v.encoder());
     if let Some(enc) = &enc {
         graphs.extend(enc.stages.iter().map(|st| (format!("vision {}", st.name), &st.graph)));
+        graphs.extend(
+            enc.tail_stages
+                .iter()
+                .map(|st| (format!("vision {} (1 tile)", st.name), &st.graph)),
+        );
     }
     let planned: Vec<(String, u64, u64)> = graphs
         .into_iter()

@@ -368,7 +368,7 @@ impl Model {
         if let Some(part) = &self.vision {
             let enc = part.encoder.write().ok().and_then(|mut e| e.take());
             if let Some(enc) = enc {
-                self.prepared.evict(enc.stages.iter().map(|s| &s.graph));
+                self.prepared.evict(enc.all_stages().map(|s| &s.graph));
             }
         }
     }

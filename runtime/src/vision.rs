@@ -152,13 +152,16 @@ pub struct VisionEncoder {
     /// The backends the embed stage is compiled for: a CPU instance of its own when
     /// pipelined, else `backends`.
     pub embed_backends: Vec<Arc<dyn Backend>>,
+    /// The stages compiled for the static batch B.
     pub stages: Vec<VisionStageProgram>,
+    /// The same stages for one tile (when B > 1): the tiles past the last full batch.
+    pub tail_stages: Vec<VisionStageProgram>,
     pub weight_bytes: usize,
     pub load_ms: f64,
     /// The encoder's share of its model's memory budget, if it has one.
     _reservation: Option<crate::budget::Reservation>,
     /// Scratch and I/O buffers of the stages; one encode at a time holds them.
-    runners: Mutex<Vec<StageRunner>>,
+    runners: Mutex<Vec<Vec<StageRunner>>>,
 }
 
 /// Where the stages run: `main` (the preferred backend, then the CPU fallback) for the
@@ -304,100 +307,89 @@ impl VisionEncoder {
             embed: embed_backends,
         } = backends;
         let policy = vision_policy(&opts.precision);
-        let mut stages = Vec::new();
-        let tower = |stage| SiglipGraphOptions {
-            batch: opts.batch,
-            stage,
-            feature: opts.feature,
-            taps: opts.taps,
-        };
-        // (stage, graph, its weights, input name, output name)
-        let mut parts: Vec<(&'static str, Graph, &WeightStore, &str, &'static str)> = vec![
-            (
-                "embed",
-                siglip::build(&cfg, &tower(VisionStage::Embed))?,
-                &weights,
-                siglip::PIXELS,
-                siglip::EMBEDDINGS,
-            ),
-            (
-                "encoder",
-                siglip::build(&cfg, &tower(VisionStage::Encoder))?,
-                &weights,
-                siglip::EMBEDDINGS,
-                siglip::FEATURES,
-            ),
-        ];
-        if let Some((pc, pw)) = &projector {
-            parts.push((
-                "projector",
-                projector::build(pc, opts.batch, opts.taps)?,
-                pw,
-                siglip::FEATURES,
-                projector::PROJECTED,
-            ));
-        }
-        let mut compiled = Vec::with_capacity(parts.len());
-        for (name, mut graph, store, input_name, output) in parts {
-            let stored = store.stored_dtypes();
-            let pass_reports =
-                Pipeline::compile(policy.clone(), Box::new(move |n| stored.get(n).copied()))
-                    .run(&mut graph)?;
-            compiled.push((name, graph, store, input_name, output, pass_reports));
+        // One stage set for the static batch B, and, when B > 1, one for single tiles:
+        // an image's tiles beyond its last full batch run one at a time instead of in a
+        // padded batch (9 tiles: 4 + 4 + 1 tile slots, not 4 + 4 + 4). Both sets read
+        // the same weights (prepared once).
+        let mut sets = Vec::new();
+        for batch in [opts.batch, 1].into_iter().take(if opts.batch > 1 { 2 } else { 1 }) {
+            let tower = |stage| SiglipGraphOptions {
+                batch,
+                stage,
+                feature: opts.feature,
+                taps: opts.taps,
+            };
+            // (stage, graph, its weights, input name, output name)
+            let mut parts: Vec<(&'static str, Graph, &WeightStore, &str, &'static str)> = vec![
+                (
+                    "embed",
+                    siglip::build(&cfg, &tower(VisionStage::Embed))?,
+                    &weights,
+                    siglip::PIXELS,
+                    siglip::EMBEDDINGS,
+                ),
+                (
+                    "encoder",
+                    siglip::build(&cfg, &tower(VisionStage::Encoder))?,
+                    &weights,
+                    siglip::EMBEDDINGS,
+                    siglip::FEATURES,
+                ),
+            ];
+            if let Some((pc, pw)) = &projector {
+                parts.push((
+                    "projector",
+                    projector::build(pc, batch, opts.taps)?,
+                    pw,
+                    siglip::FEATURES,
+                    projector::PROJECTED,
+                ));
+            }
+            let mut compiled = Vec::with_capacity(parts.len());
+            for (name, mut graph, store, input_name, output) in parts {
+                let stored = store.stored_dtypes();
+                let pass_reports =
+                    Pipeline::compile(policy.clone(), Box::new(move |n| stored.get(n).copied()))
+                        .run(&mut graph)?;
+                compiled.push((name, graph, store, input_name, output, pass_reports));
+            }
+            sets.push(compiled);
         }
         // The weights at their compiled formats and the stages' arenas, reserved before
         // anything is prepared (released with the encoder).
         let reservation = match &opts.budget {
             Some(b) => Some(b.reserve(
                 format!("the vision encoder ({}, batch {})", opts.precision.name, opts.batch),
-                crate::model::planned_weight_bytes(compiled.iter().map(|c| &c.1))
-                    + compiled
+                crate::model::planned_weight_bytes(sets.iter().flatten().map(|c| &c.1))
+                    + sets
                         .iter()
+                        .flatten()
                         .map(|c| npurt_graph::plan::plan(&c.1, 64).arena_bytes)
                         .sum::<u64>(),
             )?),
             None => None,
         };
-        for (name, graph, store, input_name, output, pass_reports) in compiled {
-            let pipelined = opts.pipeline && name == "embed";
-            let stage_backends = if name == "embed" {
-                &embed_backends
-            } else {
-                &backends
-            };
-            let exec = Arc::new(prepared.compile(&graph, stage_backends, store)?);
-            let stream: Arc<dyn Executable> = if pipelined {
-                Arc::new(WorkerExecutable::spawn("vision-embed", exec.clone())?)
-            } else {
-                exec.clone()
-            };
-            let input = graph.find_source("input", input_name).ok_or_else(|| {
-                invalid("graph", format!("{name} graph lacks input `{input_name}`"))
-            })?;
-            if graph.output(output).is_none() {
-                return Err(invalid(
-                    "graph",
-                    format!("{name} graph lacks output `{output}`"),
-                ));
+        let mut stage_sets = Vec::with_capacity(sets.len());
+        for compiled in sets {
+            let mut stages = Vec::with_capacity(compiled.len());
+            for (name, graph, store, input_name, output, pass_reports) in compiled {
+                stages.push(Self::stage(
+                    &opts,
+                    &backends,
+                    &embed_backends,
+                    prepared,
+                    (name, graph, store, input_name, output, pass_reports),
+                )?);
             }
-            let mut outputs: Vec<(String, TensorFact)> = graph
-                .outputs
-                .iter()
-                .map(|(n, id)| (n.clone(), graph.fact(*id).clone()))
-                .collect();
-            outputs.sort_by_key(|(n, _)| n != output);
-            stages.push(VisionStageProgram {
-                name,
-                input,
-                input_fact: graph.fact(input).clone(),
-                outputs,
-                exec,
-                stream,
-                graph,
-                pass_reports,
-            });
+            stage_sets.push(stages);
         }
-        let weight_bytes = prepared.bytes_of(stages.iter().map(|s| &s.graph));
+        let tail_stages = if stage_sets.len() > 1 {
+            stage_sets.pop().expect("two sets")
+        } else {
+            Vec::new()
+        };
+        let stages = stage_sets.pop().expect("one set");
+        let weight_bytes = prepared.bytes_of(stages.iter().chain(&tail_stages).map(|s| &s.graph));
         let mut enc = VisionEncoder {
             config: cfg,
             projector_config: projector.map(|(pc, _)| pc),
@@ -407,6 +399,7 @@ impl VisionEncoder {
             backends,
             embed_backends,
             stages,
+            tail_stages,
             weight_bytes,
             load_ms: 0.0,
             runners: Mutex::new(Vec::new()),
@@ -416,6 +409,67 @@ impl VisionEncoder {
         // an NPU runtime does, so the first encode does not pay for page faults.
         enc.runners = Mutex::new(enc.new_runners()?);
         Ok(enc)
+    }
+
+    /// Compiles one stage graph on its backends (the embed stage on its own stream when
+    /// pipelined).
+    #[allow(clippy::type_complexity)]
+    fn stage(
+        opts: &VisionOptions,
+        backends: &[Arc<dyn Backend>],
+        embed_backends: &[Arc<dyn Backend>],
+        prepared: &PreparedWeights,
+        (name, graph, store, input_name, output, pass_reports): (
+            &'static str,
+            Graph,
+            &WeightStore,
+            &str,
+            &'static str,
+            Vec<PassReport>,
+        ),
+    ) -> Result<VisionStageProgram> {
+        let pipelined = opts.pipeline && name == "embed";
+        let stage_backends = if name == "embed" {
+            embed_backends
+        } else {
+            backends
+        };
+        let exec = Arc::new(prepared.compile(&graph, stage_backends, store)?);
+        let stream: Arc<dyn Executable> = if pipelined {
+            Arc::new(WorkerExecutable::spawn("vision-embed", exec.clone())?)
+        } else {
+            exec.clone()
+        };
+        let input = graph
+            .find_source("input", input_name)
+            .ok_or_else(|| invalid("graph", format!("{name} graph lacks input `{input_name}`")))?;
+        if graph.output(output).is_none() {
+            return Err(invalid(
+                "graph",
+                format!("{name} graph lacks output `{output}`"),
+            ));
+        }
+        let mut outputs: Vec<(String, TensorFact)> = graph
+            .outputs
+            .iter()
+            .map(|(n, id)| (n.clone(), graph.fact(*id).clone()))
+            .collect();
+        outputs.sort_by_key(|(n, _)| n != output);
+        Ok(VisionStageProgram {
+            name,
+            input,
+            input_fact: graph.fact(input).clone(),
+            outputs,
+            exec,
+            stream,
+            graph,
+            pass_reports,
+        })
+    }
+
+    /// Every compiled stage graph (the batch-B set, then the single-tile set).
+    pub fn all_stages(&self) -> impl Iterator<Item = &VisionStageProgram> {
+        self.stages.iter().chain(&self.tail_stages)
     }
 
     /// Tokens a tile gives the LLM (after the downsampler), or the tower's tokens a
@@ -433,8 +487,13 @@ impl VisionEncoder {
         self.config.num_channels * s * s
     }
 
-    fn new_runners(&self) -> Result<Vec<StageRunner>> {
-        self.stages.iter().map(StageRunner::new).collect()
+    /// Runners of the batch-B stages, then of the single-tile stages.
+    fn new_runners(&self) -> Result<Vec<Vec<StageRunner>>> {
+        [&self.stages, &self.tail_stages]
+            .into_iter()
+            .filter(|set| !set.is_empty())
+            .map(|set| set.iter().map(StageRunner::new).collect())
+            .collect()
     }
 
     /// Encodes `tiles` tiles of `pixels` (`[tiles, C, S, S]`, normalised) in batches of
@@ -461,38 +520,55 @@ impl VisionEncoder {
             .runners
             .lock()
             .map_err(|_| invalid("vision", "a previous encode panicked"))?;
-        let (embed, rest) = runners
-            .split_first_mut()
-            .ok_or_else(|| invalid("vision", "no stage compiled"))?;
+        // Per stage set: its embed runner, and the runners of its later stages.
+        let (mut embeds, mut rests): (Vec<_>, Vec<_>) = runners
+            .iter_mut()
+            .map(|set| set.split_first_mut().expect("a set has stages"))
+            .unzip();
+        let sets = [&self.stages, &self.tail_stages];
+        // The runs: full batches of B on the first set, then the remaining tiles one
+        // at a time on the single-tile set (or one padded batch when B is 1 or no
+        // single-tile set was compiled).
         let b = self.options.batch;
-        let batch_pixels = |k: usize| {
-            let (start, end) = (k * b, ((k + 1) * b).min(tiles));
-            let mut batch = pixels[start * per_tile..end * per_tile].to_vec();
-            batch.resize(b * per_tile, 0.0);
-            HostTensor::f32(self.stages[0].input_fact.shape.clone(), batch)
+        let full = if self.tail_stages.is_empty() {
+            tiles.div_ceil(b)
+        } else {
+            tiles / b
+        };
+        let jobs: Vec<(usize, usize, usize)> = (0..full)
+            .map(|k| (k * b, b.min(tiles - k * b), 0))
+            .chain((full * b..tiles).map(|start| (start, 1, 1)))
+            .collect();
+        let pixels_of = |&(start, valid, set): &(usize, usize, usize)| {
+            let st = &sets[set][0];
+            let mut batch = pixels[start * per_tile..(start + valid) * per_tile].to_vec();
+            batch.resize(st.input_fact.elems().unwrap_or(0), 0.0);
+            HostTensor::f32(st.input_fact.shape.clone(), batch)
         };
         let mut out = Collected::new(self, tiles);
         let mut t = EncodeTimings {
             pipelined: self.options.pipeline,
             ..EncodeTimings::default()
         };
-        let batches = tiles.div_ceil(b);
         // Dropped on an early return, the in-flight embed still finishes first (its
         // handle waits), before the runners are unlocked.
-        let mut next = Some(embed.submit(&self.stages[0], &batch_pixels(0))?);
-        for k in 0..batches {
-            let valid = b.min(tiles - k * b);
+        let first = jobs[0].2;
+        let mut next = Some(embeds[first].submit(&sets[first][0], &pixels_of(&jobs[0]))?);
+        for (k, job) in jobs.iter().enumerate() {
+            let (_, valid, set) = *job;
+            let stages = sets[set];
+            let batch = stages[0].input_fact.shape[0];
             let run = next
                 .take()
                 .ok_or_else(|| invalid("vision", "no embed in flight"))?;
-            let (outs, ms) = embed.finish(&self.stages[0], run)?;
+            let (outs, ms) = embeds[set].finish(&stages[0], run)?;
             t.conv_ms += ms;
-            let mut value = out.keep(0, &self.stages[0], outs, valid)?;
-            let more = k + 1 < batches;
-            if more && self.options.pipeline {
-                next = Some(embed.submit(&self.stages[0], &batch_pixels(k + 1))?);
+            let mut value = out.keep(0, &stages[0], outs, batch, valid)?;
+            let following = jobs.get(k + 1);
+            if let (Some(nj), true) = (following, self.options.pipeline) {
+                next = Some(embeds[nj.2].submit(&sets[nj.2][0], &pixels_of(nj))?);
             }
-            let later = self.stages[1..].iter().zip(rest.iter_mut());
+            let later = stages[1..].iter().zip(rests[set].iter_mut());
             for (i, (st, r)) in (1..).zip(later) {
                 let run = r.submit(st, &value)?;
                 let (outs, ms) = r.finish(st, run)?;
@@ -500,10 +576,10 @@ impl VisionEncoder {
                     1 => t.blocks_ms += ms,
                     _ => t.project_ms += ms,
                 }
-                value = out.keep(i, st, outs, valid)?;
+                value = out.keep(i, st, outs, batch, valid)?;
             }
-            if more && !self.options.pipeline {
-                next = Some(embed.submit(&self.stages[0], &batch_pixels(k + 1))?);
+            if let (Some(nj), false) = (following, self.options.pipeline) {
+                next = Some(embeds[nj.2].submit(&sets[nj.2][0], &pixels_of(nj))?);
             }
         }
         t.total_ms = t0.elapsed().as_secs_f64() * 1e3;
@@ -521,7 +597,6 @@ impl VisionEncoder {
 
 /// What `encode` gathers from the batches: the valid tiles' rows of each stage.
 struct Collected {
-    batch: usize,
     features: Vec<f32>,
     projected: Option<Vec<f32>>,
     taps: std::collections::BTreeMap<String, Vec<f32>>,
@@ -531,7 +606,6 @@ impl Collected {
     fn new(enc: &VisionEncoder, tiles: usize) -> Self {
         let (n, d) = (enc.config.tokens(), enc.config.hidden_size);
         Collected {
-            batch: enc.options.batch,
             features: Vec::with_capacity(tiles * n * d),
             projected: enc
                 .projector_config
@@ -541,13 +615,14 @@ impl Collected {
         }
     }
 
-    /// Keeps the `valid` tiles' rows of stage `i`'s outputs (its value, then taps) and
-    /// returns its whole value, the next stage's input.
+    /// Keeps the first `valid` of `batch` tiles' rows of stage `i`'s outputs (its
+    /// value, then taps) and returns its whole value, the next stage's input.
     fn keep(
         &mut self,
         i: usize,
         st: &VisionStageProgram,
         mut outs: Vec<HostTensor>,
+        batch: usize,
         valid: usize,
     ) -> Result<HostTensor> {
         if outs.is_empty() {
@@ -558,7 +633,7 @@ impl Collected {
         }
         let kept = outs
             .iter()
-            .map(|o| valid_rows(o, self.batch, valid))
+            .map(|o| valid_rows(o, batch, valid))
             .collect::<Result<Vec<_>>>()?;
         for ((tap, _), rows) in st.outputs.iter().zip(&kept).skip(1) {
             self.taps
