@@ -423,6 +423,21 @@ pub enum PromptPart<I> {
     Image(I),
 }
 
+/// `parts` with every image waited for (only what is left of each encode).
+pub fn wait_parts(
+    parts: &[PromptPart<&PendingImage>],
+) -> Result<Vec<PromptPart<Arc<ImageEmbeddings>>>> {
+    parts
+        .iter()
+        .map(|p| {
+            Ok(match p {
+                PromptPart::Text(ids) => PromptPart::Text(ids.clone()),
+                PromptPart::Image(img) => PromptPart::Image(img.wait()?),
+            })
+        })
+        .collect()
+}
+
 /// `content` with `n` images: as is when it has exactly `n` placeholders, with `n`
 /// placeholder lines before it when it has none.
 pub fn attach_placeholders(content: &str, token: &str, n: usize) -> Result<String> {

@@ -454,15 +454,7 @@ impl Session {
             })
             .sum();
         self.check_room(needed)?;
-        let ready = parts
-            .iter()
-            .map(|p| {
-                Ok(match p {
-                    PromptPart::Text(ids) => PromptPart::Text(ids.clone()),
-                    PromptPart::Image(img) => PromptPart::Image(img.wait()?),
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let ready = crate::multimodal::wait_parts(parts)?;
         self.feed_prompt(&ready)?;
         Ok(needed)
     }

@@ -344,6 +344,7 @@ fn run_image_json(backend: &str) {
         .expect("make-vlm-tiny.sh");
     assert!(made.success());
     let img = golden("images/chelsea.png");
+    let logits_file = dir.join("last16.safetensors");
     let out = Command::new(env!("CARGO_BIN_EXE_npurt"))
         .args(["run", "--model"])
         .arg(&dir)
@@ -351,6 +352,8 @@ fn run_image_json(backend: &str) {
         .arg(&img)
         .args(["--chat", "Describe this image.", "--max-tokens", "16"])
         .args(["--precision", "f32", "--backend", backend, "--json"])
+        .arg("--logits-out")
+        .arg(&logits_file)
         .output()
         .expect("run npurt");
     let err = String::from_utf8_lossy(&out.stderr);
@@ -378,6 +381,53 @@ fn run_image_json(backend: &str) {
     }
     assert_eq!(v["vision_released"], true);
     assert!(v["load"]["vision_ms"].as_f64().unwrap() > 0.0);
+
+    // The last 16 positions' logits against HF's top-16 and logsumexp, and the last
+    // row against `logits_last` (README: within 1e-3 x the logit range, rank 1 equal).
+    let tensor = |bytes: &[u8], name: &str| -> Vec<f32> {
+        let st = safetensors::SafeTensors::deserialize(bytes).unwrap();
+        st.tensor(name)
+            .unwrap()
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect()
+    };
+    let ours = tensor(&std::fs::read(&logits_file).unwrap(), "logits");
+    let io = std::fs::read(golden("vlm_tiny/io.safetensors")).unwrap();
+    let (ids, vals, lse, last) = (
+        tensor(&io, "topk_ids_last16"), // i32, read as bits below
+        tensor(&io, "topk_vals_last16"),
+        tensor(&io, "lse_last16"),
+        tensor(&io, "logits_last"),
+    );
+    let vocab = 49152;
+    assert_eq!(ours.len(), 16 * vocab);
+    for k in 0..16 {
+        let row = &ours[k * vocab..(k + 1) * vocab];
+        let range = row.iter().copied().fold(f32::NEG_INFINITY, f32::max)
+            - row.iter().copied().fold(f32::INFINITY, f32::min);
+        let tol = 1e-3 * range;
+        let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+        let our_lse = m + row.iter().map(|&x| (x as f64 - m).exp()).sum::<f64>().ln();
+        assert!((our_lse - lse[k] as f64).abs() <= tol as f64, "{backend} row {k}: lse");
+        let top1 = (0..vocab).max_by(|&a, &b| row[a].total_cmp(&row[b])).unwrap();
+        for j in 0..16 {
+            let id = ids[k * 16 + j].to_bits() as usize;
+            if j == 0 {
+                assert_eq!(top1, id, "{backend} row {k}: rank-1 id");
+            }
+            let d = (row[id] - vals[k * 16 + j]).abs();
+            assert!(d <= tol, "{backend} row {k} id {id}: {d} > {tol}");
+        }
+    }
+    let range = last.iter().copied().fold(f32::NEG_INFINITY, f32::max)
+        - last.iter().copied().fold(f32::INFINITY, f32::min);
+    let d = ours[15 * vocab..]
+        .iter()
+        .zip(&last)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(d <= 1e-3 * range, "{backend} logits_last: {d}");
     std::fs::remove_dir_all(&dir).ok();
 }
 

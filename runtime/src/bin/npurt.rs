@@ -103,6 +103,13 @@ enum Cmd {
         /// recent ones that fit, dropping the middle (default: refuse it).
         #[arg(long, value_name = "N")]
         sliding_window: Option<usize>,
+        /// Also write the logits of the prompt's last --logits-last positions to this
+        /// safetensors file (tensor `logits` [N, vocab], f32).
+        #[arg(long, value_name = "FILE")]
+        logits_out: Option<PathBuf>,
+        /// Prompt positions whose logits --logits-out writes.
+        #[arg(long, default_value_t = 16)]
+        logits_last: usize,
         /// Most tokens to generate (generation also stops at EOS and at --stop).
         #[arg(long, default_value_t = 128)]
         max_tokens: usize,
@@ -417,6 +424,8 @@ fn run(cli: Cli) -> anyhow_lite::Result<()> {
             image,
             keep_vision,
             sliding_window,
+            logits_out,
+            logits_last,
             max_tokens,
             temperature,
             top_k,
@@ -449,6 +458,7 @@ fn run(cli: Cli) -> anyhow_lite::Result<()> {
                 system,
                 images: image,
                 keep_vision,
+                logits_out: logits_out.map(|p| (p, logits_last)),
                 json,
             };
             run_prompt::run(model, args, gen)?;
@@ -468,19 +478,7 @@ fn run(cli: Cli) -> anyhow_lite::Result<()> {
                 .collect::<Result<_, _>>()?;
             let mut session = Session::new(model.clone())?;
             let rows = session.feed_all_logits(&ids)?;
-            let flat: Vec<u8> = rows
-                .iter()
-                .flatten()
-                .flat_map(|v| v.to_le_bytes())
-                .collect();
-            let view = safetensors::tensor::TensorView::new(
-                safetensors::Dtype::F32,
-                vec![rows.len(), vocab],
-                &flat,
-            )
-            .map_err(|e| anyhow_lite::msg(e.to_string()))?;
-            safetensors::serialize_to_file([("logits", view)], &None, &out)
-                .map_err(|e| anyhow_lite::msg(format!("writing {}: {e}", out.display())))?;
+            write_logits(&out, &rows, vocab)?;
         }
         Cmd::Tokenize { common, text } => {
             let model = load(&common, None, false)?;
@@ -741,6 +739,20 @@ fn image_plan(
         );
     }
     Ok(())
+}
+
+/// Writes logit rows as tensor `logits` [rows, vocab] (f32) to a safetensors file.
+fn write_logits(path: &std::path::Path, rows: &[Vec<f32>], vocab: usize) -> anyhow_lite::Result<()> {
+    let flat: Vec<u8> = rows
+        .iter()
+        .flatten()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
+    let view =
+        safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![rows.len(), vocab], &flat)
+            .map_err(|e| anyhow_lite::msg(e.to_string()))?;
+    safetensors::serialize_to_file([("logits", view)], &None, path)
+        .map_err(|e| anyhow_lite::msg(format!("writing {}: {e}", path.display())))
 }
 
 /// A boxed error with its source chain kept, without pulling in anyhow.

@@ -23,6 +23,8 @@ pub struct PromptArgs {
     pub images: Vec<PathBuf>,
     /// Keep the vision encoder loaded after the images are encoded.
     pub keep_vision: bool,
+    /// Write the logits of the prompt's last N positions to this file.
+    pub logits_out: Option<(PathBuf, usize)>,
     pub json: bool,
 }
 
@@ -103,11 +105,15 @@ pub fn run(model: Arc<Model>, a: PromptArgs, gen: GenerateOptions) -> anyhow_lit
         })
         .sum();
     let t_prefill = Instant::now();
-    // The text before the first image is prefilled while the images encode.
-    let first_image = parts
-        .iter()
-        .position(|p| matches!(p, PromptPart::Image(_)))
-        .unwrap_or(parts.len());
+    // The text before the first image is prefilled while the images encode (all of
+    // the prompt at once when its last logits are written).
+    let first_image = match a.logits_out {
+        Some(_) => 0,
+        None => parts
+            .iter()
+            .position(|p| matches!(p, PromptPart::Image(_)))
+            .unwrap_or(parts.len()),
+    };
     for p in &parts[..first_image] {
         if let PromptPart::Text(ids) = p {
             session.feed(ids)?;
@@ -129,7 +135,16 @@ pub fn run(model: Arc<Model>, a: PromptArgs, gen: GenerateOptions) -> anyhow_lit
         model.release_vision();
         stats::reset_peak_rss();
     }
-    session.feed_pending(&parts[first_image..])?;
+    match &a.logits_out {
+        None => {
+            session.feed_pending(&parts[first_image..])?;
+        }
+        Some((path, n)) => {
+            let ready = npurt_runtime::multimodal::wait_parts(&parts)?;
+            let rows = session.feed_prompt_last_logits(&ready, *n)?;
+            super::write_logits(path, &rows, model.config.vocab_size)?;
+        }
+    }
     let prefill_ms = ms(t_prefill.elapsed());
 
     let mut stdout = std::io::stdout();
