@@ -6,6 +6,7 @@
 //! - w8a16: within 0.5% (Q4_1 -> Q8_0 requantization is nearly lossless);
 //! - the int8 KV cache (`--kv-cache int8`, one scale per token per KV head): within
 //!   0.5% of the f16 cache at w4a16, on the first 512 tokens of the Apache-2.0 text.
+//!
 //! Also: the quantized model keeps no f32 copy of its weights.
 
 use npurt_graph::{KvCacheType, PrecisionPolicy};

@@ -96,7 +96,10 @@ fn evaluate(graph: &Graph, sources: &[(NodeId, HostTensor)]) -> Result<Vec<Value
         let in_fact = |i: usize| graph.fact(node.inputs[i]);
         let mut out = vec![
             0f32;
-            if matches!(node.fact.dtype, DType::F32 | DType::F16 | DType::Q8Head { .. }) {
+            if matches!(
+                node.fact.dtype,
+                DType::F32 | DType::F16 | DType::Q8Head { .. }
+            ) {
                 node.fact.elems().unwrap_or(0)
             } else {
                 0

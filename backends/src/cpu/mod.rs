@@ -116,15 +116,11 @@ impl Backend for CpuBackend {
                 Support::Unsupported(format!("{} activations", n.fact.dtype))
             }
             _ => {
-                let bad = n
-                    .inputs
-                    .iter()
-                    .map(|i| graph.fact(*i))
-                    .find(|f| {
-                        let int8_kv = matches!(n.op, Op::Attention { .. })
-                            && matches!(f.dtype, DType::Q8Head { .. });
-                        !f32_like(f) && !packable(f) && !int8_kv
-                    });
+                let bad = n.inputs.iter().map(|i| graph.fact(*i)).find(|f| {
+                    let int8_kv = matches!(n.op, Op::Attention { .. })
+                        && matches!(f.dtype, DType::Q8Head { .. });
+                    !f32_like(f) && !packable(f) && !int8_kv
+                });
                 match bad {
                     Some(f) => Support::Unsupported(format!("input {f}")),
                     None => Support::Supported,
@@ -332,7 +328,10 @@ impl Backend for CpuBackend {
             // Block rows (an int8 cache): whole rows of blocks.
             (HostData::Bytes(a), HostData::Bytes(b)) if s.fact.dtype.is_quantized() => {
                 let n = s.fact.dtype.storage_bytes(rows * width).ok_or_else(|| {
-                    BackendError::Binding(format!("copy_rows: {} rows are not whole blocks", s.fact))
+                    BackendError::Binding(format!(
+                        "copy_rows: {} rows are not whole blocks",
+                        s.fact
+                    ))
                 })?;
                 b[..n].copy_from_slice(&a[..n])
             }

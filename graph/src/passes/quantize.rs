@@ -90,8 +90,12 @@ impl Quantize {
             let n = &g.nodes[i];
             let fact = match &n.op {
                 Op::State { .. } if caches.contains(&NodeId(i)) => {
-                    let head_dim = match (kv, head_dim_of[i]) {
-                        (KvCacheType::Int8, Some(hd)) if hd % 4 == 0 && hd <= u16::MAX as usize => hd,
+                    let head_dim = match (kv, head_dim_of.get(i).copied().flatten()) {
+                        (KvCacheType::Int8, Some(hd))
+                            if hd.is_multiple_of(4) && hd <= u16::MAX as usize =>
+                        {
+                            hd
+                        }
                         (KvCacheType::Int8, hd) => {
                             return Err(GraphError::IllFormed {
                                 node: n.name.clone(),

@@ -168,7 +168,9 @@ mod tests {
     fn q8head_rows_read_the_reference_values() {
         let (hd, heads, rows) = (12, 2, 5);
         let width = hd * heads;
-        let x: Vec<f32> = (0..rows * width).map(|i| (i as f32 * 0.71).cos() * 3.0).collect();
+        let x: Vec<f32> = (0..rows * width)
+            .map(|i| (i as f32 * 0.71).cos() * 3.0)
+            .collect();
         let mut cache = vec![0u8; rows * heads * (hd + 4)];
         kv_write_q8head(&mut cache, &x, width, hd, 0).unwrap();
         let want = crate::reference::dequantize_kv_q8head(&cache, hd);
@@ -176,7 +178,14 @@ mod tests {
         let stride = heads * u8::head_len(hd);
         for isa in Isa::supported() {
             for g in 0..heads {
-                let (got, s) = u8::rows_f32(isa, &cache[g * u8::head_len(hd)..], rows, stride, hd, &mut buf);
+                let (got, s) = u8::rows_f32(
+                    isa,
+                    &cache[g * u8::head_len(hd)..],
+                    rows,
+                    stride,
+                    hd,
+                    &mut buf,
+                );
                 assert_eq!(s, hd);
                 for j in 0..rows {
                     assert_eq!(&got[j * hd..][..hd], &want[j * width + g * hd..][..hd]);

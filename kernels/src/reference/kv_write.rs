@@ -78,7 +78,9 @@ mod tests {
         let (hd, heads, rows) = (8, 2, 3);
         let width = hd * heads;
         let mut cache = vec![0u8; rows * heads * (hd + 4)];
-        let new: Vec<f32> = (0..2 * width).map(|i| (i as f32 * 0.37).sin() * (1 + i / hd) as f32).collect();
+        let new: Vec<f32> = (0..2 * width)
+            .map(|i| (i as f32 * 0.37).sin() * (1 + i / hd) as f32)
+            .collect();
         let mut zero_head = new.clone();
         zero_head[hd..2 * hd].fill(0.0);
         kv_write_q8head(&mut cache, &zero_head, width, hd, 1).unwrap();

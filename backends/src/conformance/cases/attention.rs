@@ -67,10 +67,10 @@ fn kv_name(kv: DType, name: &str) -> String {
     }
 }
 
-/// The int8 KV cache of head dim `hd` (`--kv-cache int8`).
-const fn int8(hd: u16) -> DType {
-    DType::Q8Head { head_dim: hd }
-}
+/// The int8 KV cache (`--kv-cache int8`) of head dim 16, 24 and 64.
+const KV8_16: DType = DType::Q8Head { head_dim: 16 };
+const KV8_24: DType = DType::Q8Head { head_dim: 24 };
+const KV8_64: DType = DType::Q8Head { head_dim: 64 };
 
 #[allow(clippy::too_many_arguments)]
 fn attention_case(
@@ -258,13 +258,33 @@ pub(super) fn cases() -> Vec<Case> {
         // quantize each head row (48 = 3 heads of 16); attention reads the int8 blocks
         // through every kernel shape. The oracle attends over the dequantized caches,
         // which every backend must read exactly, so the f32 attention threshold holds.
-        kv_write_case(int8(16), "prefill.7rows.pos13", 40, 48, 7, 13),
-        kv_write_case(int8(16), "decode.last_row", 40, 48, 1, 39),
-        kv_write_case(int8(24), "prefill.5rows.pos0.hd24", 16, 48, 5, 0),
-        attention_case(int8(16), "gqa9_3.hd16.pos13.n_valid4", 9, 3, 16, 7, 40, 13, 4),
-        attention_case(int8(64), "gqa9_3.hd64.decode.pos150", 9, 3, 64, 1, 160, 150, 1),
-        attention_case(int8(64), "gqa9_3.hd64.rows40.pos100", 9, 3, 64, 40, 160, 100, 40),
-        attention_case(int8(24), "mha2_2.hd24.rows3.pos5", 2, 2, 24, 3, 16, 5, 3),
+        kv_write_case(KV8_16, "prefill.7rows.pos13", 40, 48, 7, 13),
+        kv_write_case(KV8_16, "decode.last_row", 40, 48, 1, 39),
+        kv_write_case(KV8_24, "prefill.5rows.pos0.hd24", 16, 48, 5, 0),
+        attention_case(KV8_16, "gqa9_3.hd16.pos13.n_valid4", 9, 3, 16, 7, 40, 13, 4),
+        attention_case(
+            KV8_64,
+            "gqa9_3.hd64.decode.pos150",
+            9,
+            3,
+            64,
+            1,
+            160,
+            150,
+            1,
+        ),
+        attention_case(
+            KV8_64,
+            "gqa9_3.hd64.rows40.pos100",
+            9,
+            3,
+            64,
+            40,
+            160,
+            100,
+            40,
+        ),
+        attention_case(KV8_24, "mha2_2.hd24.rows3.pos5", 2, 2, 24, 3, 16, 5, 3),
         // The ViT: SigLIP's 729-token tiles are 27x27; a batch of 3 tiles in one call,
         // sequences shorter and longer than a kernel block, head_dim 32/72/80, one
         // whole so400m-sized sequence (hd 72, the 64 + 8 value tiles), GQA, and a
