@@ -3,10 +3,13 @@
 //! - w4a16 (lossless Q4_1 import, INT16 activations): perplexity within 0.5% of the
 //!   fp32 value, and at least 3 of the 4 golden greedy continuations exact;
 //! - w4a8 (INT8 activations, one scale per 32 values): perplexity within 2%;
-//! - w8a16: within 0.5% (Q4_1 -> Q8_0 requantization is nearly lossless).
+//! - w8a16: within 0.5% (Q4_1 -> Q8_0 requantization is nearly lossless);
+//! - the int8 KV cache (`--kv-cache int8`, one scale per token per KV head): within
+//!   0.5% of the f16 cache at w4a16, on the first 512 tokens of the Apache-2.0 text.
+//!
 //! Also: the quantized model keeps no f32 copy of its weights.
 
-use npurt_graph::PrecisionPolicy;
+use npurt_graph::{KvCacheType, PrecisionPolicy};
 use npurt_runtime::{GenerateOptions, LoadOptions, Model, Runtime, Session};
 use npurt_tests::*;
 use std::sync::Arc;
@@ -114,5 +117,28 @@ fn quantized_model_keeps_no_f32_weight_copy() {
         m.weight_bytes <= gguf,
         "compiled weights {} bytes > GGUF {gguf} bytes",
         m.weight_bytes
+    );
+}
+
+#[test]
+fn int8_kv_cache_perplexity_within_half_a_percent_of_f16() {
+    let text = std::fs::read_to_string(golden("texts/apache-2.0.txt")).unwrap();
+    let ppl = |kv: KvCacheType| {
+        let m = load(PrecisionPolicy {
+            kv_cache: kv,
+            ..PrecisionPolicy::W4A16
+        });
+        let mut ids = m.encode(&text).unwrap();
+        ids.truncate(512);
+        npurt_runtime::perplexity(&m, &ids, 512, 256).unwrap().ppl
+    };
+    let (f16, int8) = (ppl(KvCacheType::F16), ppl(KvCacheType::Int8));
+    println!(
+        "w4a16 perplexity, 512 tokens: f16 KV {f16:.4}, int8 KV {int8:.4} ({:+.3}%)",
+        100.0 * (int8 / f16 - 1.0)
+    );
+    assert!(
+        (int8 / f16 - 1.0).abs() <= 0.005,
+        "int8 KV perplexity {int8} vs f16 KV {f16}"
     );
 }

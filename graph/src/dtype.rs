@@ -24,6 +24,13 @@ pub enum DType {
     /// (row-major), then one f32 scale per row: x = scale[row] * q. Not a block format:
     /// its size depends on the row count, so use `TensorFact::bytes`.
     Q8Channel,
+    /// The INT8 KV cache (`--kv-cache int8`): symmetric int8, one scale per token per
+    /// KV head (BlueLM-V). A block is one head's row: `head_dim` i8 values `q`, then
+    /// its f32 scale `s` (little endian): x = s * q, with s = max|x| / 127 (0 for a
+    /// zero row). A cache `[S, n_kv * head_dim]` is `S * n_kv` blocks, row by row and
+    /// head after head. `head_dim` is a multiple of 4, so blocks stay word aligned (the
+    /// WGSL shaders read them as u32 words).
+    Q8Head { head_dim: u16 },
 }
 
 impl DType {
@@ -31,6 +38,7 @@ impl DType {
     pub const fn block_elems(self) -> usize {
         match self {
             DType::Q4_0 | DType::Q4_1 | DType::Q8_0 => 32,
+            DType::Q8Head { head_dim } => head_dim as usize,
             _ => 1,
         }
     }
@@ -45,6 +53,7 @@ impl DType {
             DType::Q4_1 => 2 + 2 + 16,
             DType::Q8_0 => 2 + 32,
             DType::Q8Channel => 1,
+            DType::Q8Head { head_dim } => head_dim as usize + 4,
         }
     }
 
@@ -60,7 +69,10 @@ impl DType {
     /// blocks or the size overflows. Callers use this to validate untrusted headers
     /// before allocating.
     pub fn storage_bytes(self, elems: usize) -> Option<usize> {
-        if self == DType::Q8Channel || !elems.is_multiple_of(self.block_elems()) {
+        if self == DType::Q8Channel
+            || self.block_elems() == 0
+            || !elems.is_multiple_of(self.block_elems())
+        {
             return None;
         }
         (elems / self.block_elems()).checked_mul(self.block_bytes())
@@ -78,12 +90,16 @@ impl DType {
             DType::Q4_1 => "q4_1",
             DType::Q8_0 => "q8_0",
             DType::Q8Channel => "q8_channel",
+            DType::Q8Head { .. } => "q8_head",
         }
     }
 }
 
 impl fmt::Display for DType {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
+        match self {
+            DType::Q8Head { head_dim } => write!(f, "q8_head{head_dim}"),
+            _ => f.write_str(self.name()),
+        }
     }
 }

@@ -25,7 +25,7 @@ pub use graph::{Graph, Node, NodeId};
 pub use op::{
     ActPrecision, AttentionMode, InferError, MatMulOperands, Op, Prologue, RopeParams, RopeScaling,
 };
-pub use precision::{PrecisionPolicy, WeightFormat};
+pub use precision::{KvCacheType, PrecisionPolicy, WeightFormat};
 
 #[derive(Debug, thiserror::Error)]
 pub enum GraphError {

@@ -208,13 +208,14 @@ pub enum Op {
     Rope {
         params: RopeParams,
     },
-    /// Write `new [T, D]` (f32) into rows `pos .. pos+T` of `cache [S, D]` (f32, or
-    /// f16: each value rounded to the nearest f16, ties to even):
+    /// Write `new [T, D]` (f32) into rows `pos .. pos+T` of `cache [S, D]` (f32; f16:
+    /// each value rounded to the nearest f16, ties to even; or `Q8Head`: each head's
+    /// row quantized, scale = max|x|/127, q = round(x/scale) half away from zero):
     /// `(cache, new, pos i32[1]) -> cache'`. The output aliases the cache state.
     KvWrite,
     /// GQA attention of `q [T, nh*hd]` over keys/values `[S, nkv*hd]` -> `[T, nh*hd]`,
     /// computed in f32. `mode` says which keys a query sees and what the inputs are
-    /// ([`AttentionMode`]): causal over an f32/f16 KV cache for the LLM, bidirectional
+    /// ([`AttentionMode`]): causal over an f32/f16/int8 KV cache for the LLM, bidirectional
     /// within each sequence of a batch for the ViT. Query head `h` uses KV head
     /// `h / (nh / nkv)` (HF repeat_kv).
     Attention {
@@ -285,12 +286,21 @@ fn want_rank(f: &TensorFact, r: usize, what: &str) -> Result<(), InferError> {
     Ok(())
 }
 
-/// KV caches hold f32 or f16 (the precision policy's `kv_cache`).
-fn want_kv_dtype(f: &TensorFact) -> Result<(), InferError> {
-    if !matches!(f.dtype, DType::F32 | DType::F16) {
-        return Err(format!("a KV cache must be f32 or f16, got {f}"));
+/// KV caches hold f32, f16 or int8 blocks of one head (the precision policy's
+/// `kv_cache`); an int8 cache's blocks must be `head_dim` long (`head_dim` given when
+/// the reader knows it).
+fn want_kv_dtype(f: &TensorFact, head_dim: Option<usize>) -> Result<(), InferError> {
+    match f.dtype {
+        DType::F32 | DType::F16 => Ok(()),
+        DType::Q8Head { head_dim: b }
+            if b > 0 && b % 4 == 0 && head_dim.is_none_or(|hd| hd == b as usize) =>
+        {
+            Ok(())
+        }
+        _ => Err(format!(
+            "a KV cache must be f32, f16 or q8_head blocks of head_dim (a multiple of 4), got {f}"
+        )),
     }
-    Ok(())
 }
 
 fn want_float(f: &TensorFact, what: &str) -> Result<(), InferError> {
@@ -514,7 +524,7 @@ impl Op {
             Op::KvWrite => {
                 let (cache, new) = (inputs[0], inputs[1]);
                 want_rank(cache, 2, "kv cache")?;
-                want_kv_dtype(cache)?;
+                want_kv_dtype(cache, None)?;
                 want_dtype(new, DType::F32, "kv rows")?;
                 want_rank(new, 2, "kv rows")?;
                 want_scalar_i32(inputs[2], "kv_write pos")?;
@@ -536,7 +546,7 @@ impl Op {
                 want_rank(k, 2, "attention k")?;
                 match mode {
                     AttentionMode::Causal => {
-                        want_kv_dtype(k)?;
+                        want_kv_dtype(k, Some(*head_dim))?;
                         want_scalar_i32(inputs[3], "attention pos")?;
                         want_scalar_i32(inputs[4], "attention n_valid")?;
                     }

@@ -45,9 +45,54 @@ pub struct PrecisionPolicy {
     /// Output head (also the embedding table when tied, which then takes the head's format).
     pub head: WeightFormat,
     pub head_act: ActPrecision,
-    /// KV cache element type: f32, or f16 (half the cache memory and the bytes decode
-    /// attention reads per token; keys and values of a LLaMA fit f16's range).
-    pub kv_cache: DType,
+    /// KV cache type: f32, f16 (half the cache memory and the bytes decode attention
+    /// reads per token; keys and values of a LLaMA fit f16's range), or int8
+    /// ([`DType::Q8Head`]: about a quarter).
+    pub kv_cache: KvCacheType,
+}
+
+/// The KV cache's storage (`--kv-cache f32|f16|int8`). The int8 dtype carries the
+/// model's head dim, so the policy names the kind and [`KvCacheType::dtype`] makes the
+/// dtype for a model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum KvCacheType {
+    F32,
+    F16,
+    /// Symmetric int8, one f32 scale per token per KV head ([`DType::Q8Head`]).
+    Int8,
+}
+
+impl KvCacheType {
+    pub const ALL: [Self; 3] = [Self::F32, Self::F16, Self::Int8];
+
+    /// The cache dtype for a model with this head dim.
+    pub fn dtype(self, head_dim: usize) -> DType {
+        match self {
+            KvCacheType::F32 => DType::F32,
+            KvCacheType::F16 => DType::F16,
+            KvCacheType::Int8 => DType::Q8Head {
+                head_dim: head_dim.min(u16::MAX as usize) as u16,
+            },
+        }
+    }
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            KvCacheType::F32 => "f32",
+            KvCacheType::F16 => "f16",
+            KvCacheType::Int8 => "int8",
+        }
+    }
+
+    pub fn by_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.name() == name)
+    }
+}
+
+impl std::fmt::Display for KvCacheType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 impl PrecisionPolicy {
@@ -59,7 +104,7 @@ impl PrecisionPolicy {
         embedding: WeightFormat::Exact(DType::F32),
         head: WeightFormat::Exact(DType::F32),
         head_act: ActPrecision::F32,
-        kv_cache: DType::F32,
+        kv_cache: KvCacheType::F32,
     };
     pub const W8A16: Self = PrecisionPolicy {
         name: "w8a16",
@@ -68,7 +113,7 @@ impl PrecisionPolicy {
         embedding: WeightFormat::Q8OrBetter,
         head: WeightFormat::Q8OrBetter,
         head_act: ActPrecision::I16,
-        kv_cache: DType::F16,
+        kv_cache: KvCacheType::F16,
     };
     /// INT8 weights with INT8 activations (one scale per 32-value block): the fast
     /// vision preset (VNNI dot products on both operands).
@@ -79,7 +124,7 @@ impl PrecisionPolicy {
         embedding: WeightFormat::Q8OrBetter,
         head: WeightFormat::Q8OrBetter,
         head_act: ActPrecision::I8,
-        kv_cache: DType::F16,
+        kv_cache: KvCacheType::F16,
     };
     /// The LLM default: INT4 weights, INT16 activations (BlueLM-V-3B), head at Q8+.
     pub const W4A16: Self = PrecisionPolicy {
@@ -89,7 +134,7 @@ impl PrecisionPolicy {
         embedding: WeightFormat::Q8OrBetter,
         head: WeightFormat::Q8OrBetter,
         head_act: ActPrecision::I16,
-        kv_cache: DType::F16,
+        kv_cache: KvCacheType::F16,
     };
     pub const W4A8: Self = PrecisionPolicy {
         name: "w4a8",
@@ -98,7 +143,7 @@ impl PrecisionPolicy {
         embedding: WeightFormat::Q8OrBetter,
         head: WeightFormat::Q8OrBetter,
         head_act: ActPrecision::I8,
-        kv_cache: DType::F16,
+        kv_cache: KvCacheType::F16,
     };
 
     pub const PRESETS: [Self; 5] = [Self::F32, Self::W8A16, Self::W8A8, Self::W4A16, Self::W4A8];

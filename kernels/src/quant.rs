@@ -58,9 +58,38 @@ pub fn dequantize(dtype: DType, src: &[u8], dst: &mut [f32]) -> bool {
                 }
             }
         }
+        DType::Q8Head { .. } => {
+            for (out, blk) in dst.chunks_exact_mut(bb - 4).zip(src.chunks_exact(bb)) {
+                dequantize_kv_head(blk, out);
+            }
+        }
         DType::I32 | DType::I16 | DType::I8 | DType::Q8Channel => return false,
     }
     true
+}
+
+/// Quantizes one KV head's row into a `DType::Q8Head` block (`row.len() + 4` bytes):
+/// scale = max|x| / 127 (0 for a zero row), q = round(x / scale) half away from zero,
+/// computed as `x * (1 / scale)`; the block is the i8 values then the f32 scale.
+/// Every int8 KV write (reference, CPU, and kv_write.wgsl) quantizes this way.
+pub fn quantize_kv_head(row: &[f32], block: &mut [u8]) {
+    let hd = row.len();
+    let s = row.iter().fold(0f32, |a, v| a.max(v.abs())) / 127.0;
+    let inv = if s != 0.0 { 1.0 / s } else { 0.0 };
+    for (b, v) in block[..hd].iter_mut().zip(row) {
+        *b = ((v * inv).round().clamp(-127.0, 127.0) as i8) as u8;
+    }
+    block[hd..hd + 4].copy_from_slice(&s.to_le_bytes());
+}
+
+/// Dequantizes one `DType::Q8Head` block (`out.len() + 4` bytes): x = scale * q.
+#[inline]
+pub fn dequantize_kv_head(block: &[u8], out: &mut [f32]) {
+    let hd = out.len();
+    let s = f32::from_le_bytes([block[hd], block[hd + 1], block[hd + 2], block[hd + 3]]);
+    for (o, &q) in out.iter_mut().zip(&block[..hd]) {
+        *o = s * (q as i8) as f32;
+    }
 }
 
 #[cfg(test)]
@@ -188,6 +217,14 @@ pub fn quantize(dtype: DType, x: &[f32], cols: usize) -> Option<Vec<u8>> {
             scales
                 .iter()
                 .for_each(|s| out.extend_from_slice(&s.to_le_bytes()));
+        }
+        DType::Q8Head { head_dim } => {
+            let hd = head_dim as usize;
+            let mut blk = vec![0u8; hd + 4];
+            for row in x.chunks_exact(hd) {
+                quantize_kv_head(row, &mut blk);
+                out.extend_from_slice(&blk);
+            }
         }
         DType::I32 | DType::I16 | DType::I8 => return None,
     }

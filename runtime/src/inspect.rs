@@ -152,10 +152,14 @@ pub fn memory(model: &Model) -> MemorySummary {
         })
         .collect();
     let cfg = &model.config;
-    let kv_elem = TensorFact::new(model.options.precision.kv_cache, [1])
-        .bytes()
-        .unwrap_or(4);
-    let kv_bytes = 2 * cfg.num_hidden_layers * model.cache_rows * cfg.kv_width() * kv_elem;
+    // One cache's storage (block dtypes included: int8 adds a scale per row and head).
+    let kv_one = TensorFact::new(
+        model.options.precision.kv_cache.dtype(cfg.head_dim),
+        [model.cache_rows, cfg.kv_width()],
+    )
+    .bytes()
+    .unwrap_or(4 * model.cache_rows * cfg.kv_width());
+    let kv_bytes = 2 * cfg.num_hidden_layers * kv_one;
     let weights_bytes = model.weight_bytes + enc.as_ref().map_or(0, |e| e.weight_bytes);
     MemorySummary {
         weights_bytes,

@@ -172,7 +172,7 @@ impl Session {
         let mut kv: HashMap<String, Arc<dyn DeviceBuffer>> = HashMap::new();
         let mut home: HashMap<&str, &str> = HashMap::new();
         let fact = TensorFact::new(
-            model.options.precision.kv_cache,
+            model.options.precision.kv_cache.dtype(model.config.head_dim),
             [model.cache_rows, model.config.kv_width()],
         );
         for cg in model.graphs.values() {

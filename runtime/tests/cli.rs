@@ -186,6 +186,30 @@ fn inspect_prints_passes_kernels_and_weight_bytes() {
 }
 
 #[test]
+fn kv_cache_int8_runs_q8head_kernels_and_counts_its_blocks() {
+    let (ok, out, err) = npurt(&["inspect", "--kv-cache", "int8"]);
+    assert!(ok, "{err}");
+    for needle in [
+        "KV cache int8",
+        "kv_write_q8head[q8_head64]",
+        "attention_f32[q8_head64 kv",
+    ] {
+        assert!(
+            out.contains(needle),
+            "`{needle}` not in inspect output:\n{out}"
+        );
+    }
+    // SmolLM2 (head_dim 64): an int8 block is 64 values + a 4-byte scale, 68 bytes
+    // where f16 takes 128.
+    let kv = |t: &str| {
+        let (ok, out, err) = npurt(&["inspect", "--kv-cache", t, "--json"]);
+        assert!(ok, "{err}");
+        json(&out)["kv_bytes"].as_u64().unwrap()
+    };
+    assert_eq!(kv("int8") * 128, kv("f16") * 68);
+}
+
+#[test]
 fn errors_print_the_cause_and_exit_non_zero() {
     let (ok, _, err) = npurt(&["run", "--prompt", "hi", "--backend", "npu9000"]);
     assert!(!ok);

@@ -180,7 +180,8 @@ impl CaseBuilder {
         self.state_of(name, DType::F32, shape, lo, hi)
     }
 
-    /// A state of `dtype` (f32, or f16 holding uniform values rounded to f16).
+    /// A state of `dtype` (f32; f16 holding uniform values rounded to f16; or an int8
+    /// `Q8Head` cache holding them quantized per row and head).
     pub fn state_of(
         &mut self,
         name: &str,
@@ -192,6 +193,16 @@ impl CaseBuilder {
         let data = self.rng.uniform_vec(Self::elems(shape), lo, hi);
         let t = match dtype {
             DType::F16 => HostTensor::f16_from_f32(shape, &data),
+            DType::Q8Head { .. } => {
+                let fact = npurt_graph::TensorFact::new(dtype, shape);
+                let bytes = npurt_kernels::quant::quantize(dtype, &data, fact.last_dim())
+                    .ok_or_else(|| GraphError::IllFormed {
+                        node: name.into(),
+                        op: "state",
+                        reason: format!("{fact} is not whole head blocks"),
+                    })?;
+                HostTensor::bytes(fact, bytes).expect("quantize sized the blocks")
+            }
             _ => HostTensor::f32(shape, data),
         };
         let id = self.b.state(name, t.fact.clone())?;

@@ -96,7 +96,10 @@ fn evaluate(graph: &Graph, sources: &[(NodeId, HostTensor)]) -> Result<Vec<Value
         let in_fact = |i: usize| graph.fact(node.inputs[i]);
         let mut out = vec![
             0f32;
-            if matches!(node.fact.dtype, DType::F32 | DType::F16) {
+            if matches!(
+                node.fact.dtype,
+                DType::F32 | DType::F16 | DType::Q8Head { .. }
+            ) {
                 node.fact.elems().unwrap_or(0)
             } else {
                 0
@@ -173,6 +176,18 @@ fn evaluate(graph: &Graph, sources: &[(NodeId, HostTensor)]) -> Result<Vec<Value
                     for x in out.iter_mut() {
                         *x = half::f16::from_f32(*x).to_f32();
                     }
+                }
+                if let DType::Q8Head { head_dim } = node.fact.dtype {
+                    // An int8 cache holds each written head row quantized (the other
+                    // rows keep their dequantized values): the reference write into a
+                    // scratch cache of the written rows, read back.
+                    let (hd, width) = (head_dim as usize, node.fact.shape[1]);
+                    let (pos, new) = (scalar(2)?, f(1)?);
+                    let rows = new.len() / width;
+                    let mut blocks = vec![0u8; rows * width / hd * (hd + 4)];
+                    r::kv_write_q8head(&mut blocks, new, width, hd, 0).map_err(kerr)?;
+                    let back = r::dequantize_kv_q8head(&blocks, hd);
+                    out[pos * width..(pos + rows) * width].copy_from_slice(&back);
                 }
             }
             Op::Attention {

@@ -173,6 +173,16 @@ fn execute(backend: &dyn Backend, data: &CaseData) -> Result<Vec<Vec<f32>>, Stri
                 HostData::F16(v) if t.fact.dtype == DType::F16 => {
                     Ok(v.iter().map(|x| x.to_f32()).collect())
                 }
+                // An int8 cache compares by its dequantized values (the oracle's are
+                // the reference's quantized rows, read back).
+                HostData::Bytes(b) if matches!(t.fact.dtype, DType::Q8Head { .. }) => {
+                    let mut v = vec![0f32; t.fact.elems().unwrap_or(0)];
+                    if npurt_kernels::quant::dequantize(t.fact.dtype, &b, &mut v) {
+                        Ok(v)
+                    } else {
+                        Err(format!("{} bytes do not match {}", b.len(), t.fact))
+                    }
+                }
                 _ => Err(format!(
                     "read returned {} storage that does not match",
                     t.fact

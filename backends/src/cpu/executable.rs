@@ -65,6 +65,8 @@ impl Guard<'_> {
 enum KvRef<'a> {
     F32(&'a [f32]),
     F16(&'a [half::f16]),
+    /// An int8 cache's raw bytes (`DType::Q8Head` blocks).
+    Q8Head(&'a [u8]),
 }
 
 fn exec_err(graph: &Graph, id: NodeId, reason: impl Into<String>) -> BackendError {
@@ -180,10 +182,17 @@ impl CpuExecutable {
                 HostData::F16(cache) => {
                     k::kv_write_f16(cache, new, width, pos).map_err(|e| exec_err(g, id, e.0))
                 }
+                HostData::Bytes(cache) => match node.fact.dtype {
+                    npurt_graph::DType::Q8Head { head_dim } => {
+                        k::kv_write_q8head(cache, new, width, head_dim as usize, pos)
+                            .map_err(|e| exec_err(g, id, e.0))
+                    }
+                    d => Err(exec_err(g, id, format!("a {d} kv cache on the cpu backend"))),
+                },
                 _ => Err(exec_err(
                     g,
                     id,
-                    "kv cache must be f32 or f16 on the cpu backend",
+                    "kv cache must be f32, f16 or int8 on the cpu backend",
                 )),
             },
             Guard::Read(_) => Err(exec_err(g, id, "kv cache must be a State buffer")),
@@ -281,7 +290,7 @@ impl CpuExecutable {
                         },
                     }
                 };
-                // Attention's K/V: f32 values, or an f16 cache state.
+                // Attention's K/V: f32 values, or an f16 or int8 cache state.
                 let kv_of = |x: NodeId| -> Result<KvRef> {
                     let x = self.resolve(x);
                     match self.loc[x.0] {
@@ -289,10 +298,15 @@ impl CpuExecutable {
                         _ => match guards[guard_of[x.0]].data() {
                             HostData::F32(v) => Ok(KvRef::F32(v)),
                             HostData::F16(v) => Ok(KvRef::F16(v)),
+                            HostData::Bytes(v)
+                                if matches!(g.fact(x).dtype, npurt_graph::DType::Q8Head { .. }) =>
+                            {
+                                Ok(KvRef::Q8Head(v))
+                            }
                             _ => Err(exec_err(
                                 g,
                                 id,
-                                format!("`{}` is not an f32 or f16 tensor", g.node(x).name),
+                                format!("`{}` is not an f32, f16 or int8 tensor", g.node(x).name),
                             )),
                         },
                     }
@@ -478,6 +492,9 @@ impl CpuExecutable {
                                 k::attention_f32(q, kc, vc, pos, n_valid, nh, nkv, hd, sc, out)
                             }
                             (KvRef::F16(kc), KvRef::F16(vc)) => {
+                                k::attention_f32(q, kc, vc, pos, n_valid, nh, nkv, hd, sc, out)
+                            }
+                            (KvRef::Q8Head(kc), KvRef::Q8Head(vc)) => {
                                 k::attention_f32(q, kc, vc, pos, n_valid, nh, nkv, hd, sc, out)
                             }
                             _ => return Err(exec_err(g, id, "k and v caches differ in type")),

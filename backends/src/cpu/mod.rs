@@ -79,8 +79,14 @@ impl Backend for CpuBackend {
             |x: &TensorFact| matches!(x.dtype, DType::F32 | DType::I32 | DType::F16 | DType::BF16);
         let packable = |x: &TensorFact| QUANTIZED.contains(&x.dtype) && x.rank() == 2;
         match &n.op {
-            Op::State { fact, .. } if !matches!(fact.dtype, DType::F32 | DType::F16) => {
-                Support::Unsupported(format!("{} state (f32 and f16 only)", fact.dtype))
+            Op::State { fact, .. }
+                if !matches!(fact.dtype, DType::F32 | DType::F16 | DType::Q8Head { .. }) =>
+            {
+                Support::Unsupported(format!("{} state (f32, f16 and int8 only)", fact.dtype))
+            }
+            // An int8 (q8_head) KV cache: the state, and the write aliasing it.
+            Op::State { .. } | Op::KvWrite if matches!(n.fact.dtype, DType::Q8Head { .. }) => {
+                Support::Supported
             }
             Op::Weight { fact, .. } if f32_like(fact) => Support::Supported,
             Op::Weight { fact, .. } if packable(fact) => {
@@ -110,11 +116,11 @@ impl Backend for CpuBackend {
                 Support::Unsupported(format!("{} activations", n.fact.dtype))
             }
             _ => {
-                let bad = n
-                    .inputs
-                    .iter()
-                    .map(|i| graph.fact(*i))
-                    .find(|f| !f32_like(f) && !packable(f));
+                let bad = n.inputs.iter().map(|i| graph.fact(*i)).find(|f| {
+                    let int8_kv = matches!(n.op, Op::Attention { .. })
+                        && matches!(f.dtype, DType::Q8Head { .. });
+                    !f32_like(f) && !packable(f) && !int8_kv
+                });
                 match bad {
                     Some(f) => Support::Unsupported(format!("input {f}")),
                     None => Support::Supported,
@@ -162,6 +168,9 @@ impl Backend for CpuBackend {
             ),
             Op::SpaceToChannel { .. } => "space_to_channel_f32[row copies]".into(),
             Op::KvWrite if n.fact.dtype == DType::F16 => "kv_write_f16".into(),
+            Op::KvWrite if matches!(n.fact.dtype, DType::Q8Head { .. }) => {
+                format!("kv_write_q8head[{}]", n.fact.dtype)
+            }
             Op::RmsNorm { .. } => format!("rms_norm_f32[{isa}]"),
             Op::PatchEmbed { .. } => format!("patch_embed_f32[im2col + matmul_f32, {isa}]"),
             Op::LayerNorm { .. } => format!("layer_norm_f32[{isa}]"),
@@ -316,9 +325,19 @@ impl Backend for CpuBackend {
             (HostData::F16(a), HostData::F16(b)) => {
                 b[..rows * width].copy_from_slice(&a[..rows * width])
             }
+            // Block rows (an int8 cache): whole rows of blocks.
+            (HostData::Bytes(a), HostData::Bytes(b)) if s.fact.dtype.is_quantized() => {
+                let n = s.fact.dtype.storage_bytes(rows * width).ok_or_else(|| {
+                    BackendError::Binding(format!(
+                        "copy_rows: {} rows are not whole blocks",
+                        s.fact
+                    ))
+                })?;
+                b[..n].copy_from_slice(&a[..n])
+            }
             _ => {
                 return Err(BackendError::Binding(
-                    "copy_rows: f32 or f16 buffers only".into(),
+                    "copy_rows: f32, f16 or int8 buffers only".into(),
                 ))
             }
         }

@@ -270,7 +270,10 @@ impl Backend for WgpuBackend {
         if s.fact.rank() != 2
             || s.fact != d.fact
             || rows > s.fact.shape[0]
-            || !matches!(s.fact.dtype, DType::F32 | DType::I32 | DType::F16)
+            || !matches!(
+                s.fact.dtype,
+                DType::F32 | DType::I32 | DType::F16 | DType::Q8Head { .. }
+            )
         {
             return Err(BackendError::Binding(format!(
                 "copy_rows: {rows} rows from {} to {}",
@@ -280,8 +283,12 @@ impl Backend for WgpuBackend {
         if s.id == d.id || rows == 0 {
             return Ok(());
         }
-        // f16 states have an even width (support.rs), so this is a multiple of 4 bytes.
-        let bytes = (rows * s.fact.shape[1] * s.fact.dtype.block_bytes()) as u64;
+        // f16 states have an even width and int8 blocks whole words (support.rs), so
+        // this is a multiple of 4 bytes.
+        let bytes = TensorFact::new(s.fact.dtype, [rows, s.fact.shape[1]])
+            .bytes()
+            .ok_or_else(|| BackendError::Binding(format!("copy_rows: {}", s.fact)))?
+            as u64;
         let mut enc = self
             .ctx
             .device

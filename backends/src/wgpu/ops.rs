@@ -312,9 +312,16 @@ pub(crate) fn lower(cx: &LowerCtx, id: NodeId) -> Result<Lowered, String> {
             let cache = g.fact(ins[0]);
             let new = g.fact(ins[1]);
             let mut n = new.elems().ok_or("kv rows overflow")?;
-            // An f16 cache is written a word (two values) per thread.
-            if cache.dtype == DType::F16 {
-                n /= 2;
+            // An f16 cache is written a word (two values) per thread, an int8 one a
+            // block (one KV head's row) per thread.
+            let mut head_dim = 0;
+            match cache.dtype {
+                DType::F16 => n /= 2,
+                DType::Q8Head { head_dim: hd } => {
+                    head_dim = hd as usize;
+                    n /= head_dim.max(1);
+                }
+                _ => {}
             }
             d.push(Dispatch {
                 key: PipelineKey::new("kv_write.wgsl", "kv_write", kv_defines(cache.dtype)),
@@ -324,6 +331,7 @@ pub(crate) fn lower(cx: &LowerCtx, id: NodeId) -> Result<Lowered, String> {
                     as_u32(cache.shape[0], "cache rows")?,
                     as_u32(new.shape[0], "rows")?,
                     node_idx,
+                    as_u32(head_dim, "head_dim")?,
                 ],
                 bindings: vec![
                     (0, BindRef::Params),
@@ -631,10 +639,10 @@ fn bidirectional_attention_dispatch(
 
 /// Shader defines for a KV cache of this dtype (kv_load.wgsl, kv_write.wgsl).
 fn kv_defines(dtype: DType) -> &'static [&'static str] {
-    if dtype == DType::F16 {
-        &["KV_F16"]
-    } else {
-        &[]
+    match dtype {
+        DType::F16 => &["KV_F16"],
+        DType::Q8Head { .. } => &["KV_Q8"],
+        _ => &[],
     }
 }
 

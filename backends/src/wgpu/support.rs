@@ -65,8 +65,10 @@ pub(crate) fn supports(graph: &Graph, id: NodeId, max_binding: u64) -> Support {
             DType::F32 => Support::Supported,
             // Stored as words of two f16: rows must not end mid-word.
             DType::F16 if fact.last_dim() % 2 == 0 => Support::Supported,
+            // int8 blocks of whole u32 words (the shaders pack 4 int8 per word).
+            DType::Q8Head { head_dim } if head_dim % 4 == 0 => Support::Supported,
             _ => unsupported(format!(
-                "{} states (f32, or f16 with an even row width)",
+                "{} states (f32, f16 with an even row width, or int8 q8_head)",
                 fact.dtype
             )),
         },
@@ -179,7 +181,7 @@ pub(crate) fn supports(graph: &Graph, id: NodeId, max_binding: u64) -> Support {
                 let ok = if scalar {
                     f.dtype == DType::I32
                 } else if cache {
-                    matches!(f.dtype, DType::F32 | DType::F16)
+                    matches!(f.dtype, DType::F32 | DType::F16 | DType::Q8Head { .. })
                 } else {
                     f.dtype == DType::F32
                 };

@@ -33,6 +33,8 @@ fn part_bytes(dtype: DType, rows: usize, cols: usize) -> Option<(usize, usize)> 
         DType::Q4_1 => (blocks * 16, blocks * 4),
         DType::Q8_0 => (blocks * 32, pad4(blocks * 2)),
         DType::Q8Channel => (rows.checked_mul(pad4(cols))?, rows * 4),
+        // A KV cache format, never a weight.
+        DType::Q8Head { .. } => return None,
     };
     // Parts are padded to 16 bytes: shaders read them as `array<vec4<u32>>`.
     Some((

@@ -6,7 +6,8 @@
 
 use super::Pass;
 use crate::{
-    ActPrecision, DType, Graph, GraphError, NodeId, Op, PrecisionPolicy, TensorFact, WeightFormat,
+    ActPrecision, AttentionMode, DType, Graph, GraphError, KvCacheType, NodeId, Op,
+    PrecisionPolicy, TensorFact, WeightFormat,
 };
 
 /// The checkpoint's stored dtype of a weight (by checkpoint name).
@@ -55,21 +56,58 @@ impl Quantize {
 }
 
 impl Quantize {
-    /// Gives every cache state `dtype`, and each write (which aliases its cache) the
-    /// cache's fact. Writes follow their cache in node order, so one pass suffices.
-    fn set_kv_caches(g: &mut Graph, dtype: DType) -> bool {
+    /// Gives every cache state the policy's cache type, and each write (which aliases
+    /// its cache) the cache's fact. The int8 type's blocks are one KV head's row, so
+    /// its head dim comes from the causal attention reading the cache (through its
+    /// write). Writes follow their cache in node order, so one pass suffices.
+    fn set_kv_caches(g: &mut Graph, kv: KvCacheType) -> Result<bool, GraphError> {
         let caches: Vec<NodeId> = g
             .nodes
             .iter()
             .filter(|n| matches!(n.op, Op::KvWrite))
             .map(|n| n.inputs[0])
             .collect();
+        // The head dim each cache is read with.
+        let mut head_dim_of = vec![None; g.nodes.len()];
+        for n in &g.nodes {
+            if let Op::Attention {
+                head_dim,
+                mode: AttentionMode::Causal,
+                ..
+            } = n.op
+            {
+                for &x in &n.inputs[1..3] {
+                    let cache = match g.nodes[x.0].op {
+                        Op::KvWrite => g.nodes[x.0].inputs[0],
+                        _ => x,
+                    };
+                    head_dim_of[cache.0] = Some(head_dim);
+                }
+            }
+        }
         let mut changed = false;
         for i in 0..g.nodes.len() {
             let n = &g.nodes[i];
             let fact = match &n.op {
                 Op::State { .. } if caches.contains(&NodeId(i)) => {
-                    TensorFact::new(dtype, n.fact.shape.clone())
+                    let head_dim = match (kv, head_dim_of.get(i).copied().flatten()) {
+                        (KvCacheType::Int8, Some(hd))
+                            if hd.is_multiple_of(4) && hd <= u16::MAX as usize =>
+                        {
+                            hd
+                        }
+                        (KvCacheType::Int8, hd) => {
+                            return Err(GraphError::IllFormed {
+                                node: n.name.clone(),
+                                op: "state",
+                                reason: format!(
+                                    "an int8 KV cache needs a causal attention reading it with a head_dim that is a multiple of 4, got {hd:?}"
+                                ),
+                            })
+                        }
+                        (_, hd) => hd.unwrap_or(0),
+                    };
+                    TensorFact::new(kv.dtype(head_dim), n.fact.shape.clone())
                 }
                 Op::KvWrite => g.nodes[n.inputs[0].0].fact.clone(),
                 _ => continue,
@@ -83,7 +121,7 @@ impl Quantize {
                 }
             }
         }
-        changed
+        Ok(changed)
     }
 }
 
@@ -123,7 +161,7 @@ impl Pass for Quantize {
                 ActPrecision::F32
             });
         }
-        changed |= Self::set_kv_caches(g, self.policy.kv_cache);
+        changed |= Self::set_kv_caches(g, self.policy.kv_cache)?;
         for n in g.nodes.iter_mut() {
             if let Op::MatMul { act, .. } = &mut n.op {
                 if let Some(want) = act_of[n.inputs[1].0] {

@@ -24,8 +24,10 @@
 //! (and in every ViT layer) attention is a large share of the work, so it must never
 //! run scalar.
 //!
-//! The caches are f32 or f16 ([`KvElem`]); an f16 K/V block is converted to f32 once
-//! when a task loads it, so the tiles below always compute in f32.
+//! The caches are f32, f16 or int8 ([`KvElem`]); an f16 or int8 K/V block (int8: each
+//! row's head block of `head_dim` i8 values and its scale, read straight from the
+//! cache's bytes) is converted to f32 once when a task loads it, so the tiles below
+//! always compute in f32.
 
 use super::kv_cache::KvElem;
 use super::{isa, Isa, SendPtr};
@@ -332,20 +334,23 @@ fn block_task<C: KvElem, const FUSED: bool>(
     sc.l[..nq].fill(0.0);
     // Keys each query row sees: `a.keys(t)`; this task visits `keys` of them (within
     // the rows' own sequence in bidirectional mode).
-    let (k, v) = (&a.k[g * hd..], &a.v[g * hd..]);
+    // KV head `g`'s first row: `head_len` storage units per head (`hd` values, or an
+    // int8 block of `hd` bytes and its scale); rows are `a.kw` units apart.
+    let hl = C::head_len(hd);
+    let (k, v) = (&a.k[g * hl..], &a.v[g * hl..]);
     // Software prefetch is for the causal mode's cold caches; the ViT's K/V were just
     // written by its projections and the hardware prefetchers keep up (prefetching
     // here cost 7% of the bidirectional time).
     let prefetch = matches!(a.mask, Mask::Causal { .. });
     if prefetch {
-        prefetch_rows(k, v, a.kw, hd, keys.start..(keys.start + KB).min(keys.end));
+        prefetch_rows(k, v, a.kw, hl, keys.start..(keys.start + KB).min(keys.end));
     }
     for j0 in keys.clone().step_by(KB) {
         let nk = KB.min(keys.end - j0);
         // The next block's rows load while this one computes (at decode the cache is
         // cold: the weights streamed through since the last token).
         if prefetch {
-            prefetch_rows(k, v, a.kw, hd, j0 + KB..(j0 + 2 * KB).min(keys.end));
+            prefetch_rows(k, v, a.kw, hl, j0 + KB..(j0 + 2 * KB).min(keys.end));
         }
         let (kb, ks) = C::rows_f32(path, &k[j0 * a.kw..], nk, a.kw, hd, &mut sc.kc);
         transpose_k(path, kb, ks, nk, hd, &mut sc.kt);
@@ -471,6 +476,7 @@ struct Args<'a, C> {
     /// Query rows in the call.
     t_rows: usize,
     qw: usize,
+    /// K/V row stride in storage units (`C`): `n_kv * C::head_len(head_dim)`.
     kw: usize,
     head_dim: usize,
     group: usize,
@@ -643,8 +649,8 @@ fn run_tasks<C: KvElem>(a: &Args<C>, plan: Plan, n_tasks: usize) {
     });
 }
 
-/// Causal GQA attention (`Op::Attention`, `AttentionMode::Causal`) over f32 or f16
-/// caches, computed in f32.
+/// Causal GQA attention (`Op::Attention`, `AttentionMode::Causal`) over f32, f16 or
+/// int8 (`u8`: `DType::Q8Head` blocks) caches, computed in f32.
 #[allow(clippy::too_many_arguments)]
 pub fn attention_f32<C: KvElem>(
     q: &[f32],
@@ -658,13 +664,11 @@ pub fn attention_f32<C: KvElem>(
     scale: f32,
     out: &mut [f32],
 ) -> Result<(), KernelError> {
+    let kw = n_kv_heads * C::head_len(head_dim);
     let AttentionDims {
-        qw,
-        kw,
-        t_rows,
-        end,
+        qw, t_rows, end, ..
     } = check_attention_args(
-        q, k_cache, v_cache, pos, n_valid, n_heads, n_kv_heads, head_dim, out,
+        q, k_cache, v_cache, pos, n_valid, n_heads, n_kv_heads, head_dim, kw, out,
     )?;
     let group = n_heads / n_kv_heads;
     let a = Args {

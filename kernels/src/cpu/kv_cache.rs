@@ -1,8 +1,11 @@
-//! KV cache element types: f32, or f16 (the precision policy's `kv_cache`). An f16
-//! cache halves the bytes decode attention reads per token; attention still computes
-//! in f32, converting each K/V block once as it is loaded (with F16C's `vcvtph2ps` on
-//! the x86 paths, inlined into the attention task: `half`'s slice conversion makes an
-//! out-of-line call per 8 values, which cost more than the attention arithmetic).
+//! KV cache element types: f32, f16, or int8 (the precision policy's `kv_cache`). An
+//! f16 cache halves the bytes decode attention reads per token, int8 (`DType::Q8Head`,
+//! read as raw `u8`: per row and KV head, `head_dim` i8 values then an f32 scale)
+//! about quarters them; attention still computes in f32, converting each K/V block
+//! once as it is loaded (with F16C's `vcvtph2ps` on the x86 paths, inlined into the
+//! attention task: `half`'s slice conversion makes an out-of-line call per 8 values,
+//! which cost more than the attention arithmetic; int8 blocks as one widening
+//! multiply per value, vectorized in the attention task's target features).
 
 use super::Isa;
 use crate::reference::{kv_write_range, KernelError};
@@ -11,6 +14,14 @@ use half::slice::HalfFloatSliceExt;
 
 /// What the attention kernel can read a KV cache as.
 pub trait KvElem: Copy + Send + Sync + 'static {
+    /// Storage units (`Self`) one KV head's row takes: `head_dim` values, or for int8
+    /// the block of `head_dim` bytes and its 4-byte scale. Heads are this far apart in
+    /// a row, and a row is `n_kv_heads` of them.
+    #[inline(always)]
+    fn head_len(head_dim: usize) -> usize {
+        head_dim
+    }
+
     /// Rows `0..n` of `src` (row stride `stride`, `width` values each) as f32, with
     /// their row stride: `src` itself when it already is f32, else converted into
     /// `buf` (row stride `width`), which is grown as needed, on kernel path `path`.
@@ -89,6 +100,53 @@ unsafe fn f16_to_f32_f16c(src: &[f16], dst: &mut [f32]) {
     }
 }
 
+/// The int8 cache (`DType::Q8Head`) as its raw bytes: each row's head block is `width`
+/// i8 values then the f32 scale (little endian), dequantized as `scale * q`, exactly
+/// what `quant::dequantize_kv_head` (the reference) computes.
+impl KvElem for u8 {
+    #[inline(always)]
+    fn head_len(head_dim: usize) -> usize {
+        head_dim + 4
+    }
+
+    #[inline(always)]
+    fn rows_f32<'s>(
+        _path: Isa,
+        src: &'s [u8],
+        n: usize,
+        stride: usize,
+        width: usize,
+        buf: &'s mut Vec<f32>,
+    ) -> (&'s [f32], usize) {
+        if buf.len() < n * width {
+            buf.resize(n * width, 0.0);
+        }
+        for (j, dst) in buf.chunks_exact_mut(width).take(n).enumerate() {
+            let blk = &src[j * stride..][..width + 4];
+            let (q, s) = blk.split_at(width);
+            let s = f32::from_le_bytes([s[0], s[1], s[2], s[3]]);
+            for (d, &q) in dst.iter_mut().zip(q) {
+                *d = s * (q as i8) as f32;
+            }
+        }
+        (&buf[..n * width], width)
+    }
+}
+
+/// Writes `new [T, width]` into rows `pos..pos+T` of an int8 cache (`DType::Q8Head`
+/// blocks of `head_dim`, raw bytes), each head's row quantized on its own (scale =
+/// max|x|/127, q = round(x/scale)), as `Op::KvWrite` specifies: one pass per head row
+/// (the reference's `quant::quantize_kv_head`, which the compiler vectorizes).
+pub fn kv_write_q8head(
+    cache: &mut [u8],
+    new: &[f32],
+    width: usize,
+    head_dim: usize,
+    pos: usize,
+) -> Result<(), KernelError> {
+    crate::reference::kv_write_q8head(cache, new, width, head_dim, pos)
+}
+
 /// Writes `new [T, width]` into rows `pos..pos+T` of an f16 `cache [S, width]`, each
 /// value rounded to the nearest f16 (ties to even), as `Op::KvWrite` specifies.
 pub fn kv_write_f16(
@@ -105,6 +163,36 @@ pub fn kv_write_f16(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn q8head_rows_read_the_reference_values() {
+        let (hd, heads, rows) = (12, 2, 5);
+        let width = hd * heads;
+        let x: Vec<f32> = (0..rows * width)
+            .map(|i| (i as f32 * 0.71).cos() * 3.0)
+            .collect();
+        let mut cache = vec![0u8; rows * heads * (hd + 4)];
+        kv_write_q8head(&mut cache, &x, width, hd, 0).unwrap();
+        let want = crate::reference::dequantize_kv_q8head(&cache, hd);
+        let mut buf = Vec::new();
+        let stride = heads * u8::head_len(hd);
+        for isa in Isa::supported() {
+            for g in 0..heads {
+                let (got, s) = u8::rows_f32(
+                    isa,
+                    &cache[g * u8::head_len(hd)..],
+                    rows,
+                    stride,
+                    hd,
+                    &mut buf,
+                );
+                assert_eq!(s, hd);
+                for j in 0..rows {
+                    assert_eq!(&got[j * hd..][..hd], &want[j * width + g * hd..][..hd]);
+                }
+            }
+        }
+    }
 
     #[test]
     fn f16_write_rounds_to_nearest_and_reads_back() {

@@ -45,7 +45,7 @@ pub use attention_f32::{attention_bidirectional_f32, attention_f32};
 pub use dispatch::{detected, isa, with_isa, Isa};
 pub use epilogue::epilogue_f32;
 pub use gelu_f32::{activation_f32, gelu_f32};
-pub use kv_cache::{kv_write_f16, KvElem};
+pub use kv_cache::{kv_write_f16, kv_write_q8head, KvElem};
 pub use layer_norm_f32::layer_norm_f32;
 pub use matmul_f32::matmul_f32;
 pub use matmul_packed::{matmul_packed, matmul_packed_rms_norm, matmul_packed_with};

@@ -220,7 +220,7 @@ pub fn pack(dtype: DType, raw: &[u8], n: usize, k: usize) -> Result<PackedMatrix
         DType::Q8_0 => Format::Q8_0,
         DType::Q8Channel => Format::Q8Channel,
         DType::F32 | DType::F16 | DType::BF16 => Format::F32,
-        DType::I32 | DType::I16 | DType::I8 => {
+        DType::I32 | DType::I16 | DType::I8 | DType::Q8Head { .. } => {
             return Err(err(format!("{dtype} is not a weight format")))
         }
     };

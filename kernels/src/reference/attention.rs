@@ -23,19 +23,20 @@ pub(crate) fn check_args<C>(
     n_heads: usize,
     n_kv_heads: usize,
     head_dim: usize,
+    row_len: usize,
     out: &[f32],
 ) -> Result<Dims, KernelError> {
     let qw = n_heads * head_dim;
     let kw = n_kv_heads * head_dim;
     let t_rows = q.len() / qw.max(1);
     let end = pos + n_valid;
-    if end > k_cache.len() / kw.max(1)
+    if end > k_cache.len() / row_len.max(1)
         || n_valid == 0
         || n_valid > t_rows
         || out.len() < q.len()
         || v_cache.len() != k_cache.len()
     {
-        return Err(KernelError(format!("attention over positions {pos}..{end} does not fit a {}-row cache / {t_rows}-row chunk", k_cache.len() / kw.max(1))));
+        return Err(KernelError(format!("attention over positions {pos}..{end} does not fit a {}-row cache / {t_rows}-row chunk", k_cache.len() / row_len.max(1))));
     }
     Ok(Dims {
         qw,
@@ -63,7 +64,16 @@ pub fn attention(
     out: &mut [f32],
 ) -> Result<(), KernelError> {
     let dims = check_args(
-        q, k_cache, v_cache, pos, n_valid, n_heads, n_kv_heads, head_dim, out,
+        q,
+        k_cache,
+        v_cache,
+        pos,
+        n_valid,
+        n_heads,
+        n_kv_heads,
+        head_dim,
+        n_kv_heads * head_dim,
+        out,
     )?;
     let heads = Heads {
         n_heads,
@@ -73,6 +83,28 @@ pub fn attention(
     };
     eager(q, k_cache, v_cache, pos, &dims, heads, true, out);
     Ok(())
+}
+
+/// Causal GQA attention over int8 caches (`DType::Q8Head` blocks of `head_dim`, raw
+/// bytes `[S, n_kv_heads * (head_dim + 4)]`): the caches dequantized, then [`attention`].
+#[allow(clippy::too_many_arguments)]
+pub fn attention_q8head(
+    q: &[f32],
+    k_cache: &[u8],
+    v_cache: &[u8],
+    pos: usize,
+    n_valid: usize,
+    n_heads: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+    scale: f32,
+    out: &mut [f32],
+) -> Result<(), KernelError> {
+    let k = super::dequantize_kv_q8head(k_cache, head_dim);
+    let v = super::dequantize_kv_q8head(v_cache, head_dim);
+    attention(
+        q, &k, &v, pos, n_valid, n_heads, n_kv_heads, head_dim, scale, out,
+    )
 }
 
 /// Bidirectional attention (the ViT's `AttentionMode::Bidirectional`): `q, k, v` are
@@ -109,6 +141,7 @@ pub fn attention_bidirectional(
             n_heads,
             n_kv_heads,
             head_dim,
+            kw,
             &out[qs..qs + seq * qw],
         )?;
         eager(

@@ -15,14 +15,14 @@ mod matmul;
 mod norm;
 mod rope;
 
-pub use attention::{attention, attention_bidirectional};
+pub use attention::{attention, attention_bidirectional, attention_q8head};
 pub(crate) use attention::{
     check_args as check_attention_args, check_bidirectional_args, Dims as AttentionDims,
 };
 pub use elementwise::{activation, add, erf, gelu, gelu_erf, gelu_tanh, mul, silu, softmax};
 pub use gather::gather;
-pub use kv_write::kv_write;
 pub(crate) use kv_write::kv_write_range;
+pub use kv_write::{dequantize_kv_q8head, kv_write, kv_write_q8head};
 pub use layout::{patch_embed, select_row, slice_cols, space_to_channel, transpose};
 pub use matmul::{epilogue, matmul};
 pub use norm::{layer_norm, rms_norm};

@@ -2,9 +2,11 @@
 // Keys are visited in tiles of 64, one key per thread for the score, with an online
 // softmax (running max and sum) so no score buffer of cache length is needed; each
 // thread then owns up to 4 output dims (head_dim <= 256). Defines: KV_F16 (the caches
-// hold f16 pairs, unpacked per value; see kv_load.wgsl); BIDIRECTIONAL (the ViT's
-// mode: K/V are activations of the same rows as q, `s_rows` is the sequence length,
-// and row t sees every key of its own sequence; no positions, bindings 4 and 5 unused).
+// hold f16 pairs, unpacked per value; see kv_load.wgsl); KV_Q8 (int8 caches, a block
+// of head_dim values and a scale per row and KV head, see kv_load.wgsl); BIDIRECTIONAL
+// (the ViT's mode: K/V are activations of the same rows as q, `s_rows` is the sequence
+// length, and row t sees every key of its own sequence; no positions, bindings 4 and 5
+// unused).
 #include "status.wgsl"
 
 const ATTN_WG: u32 = 64u;

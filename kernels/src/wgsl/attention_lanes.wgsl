@@ -3,8 +3,10 @@
 // and V rows are loaded once for every SIMD lane; each thread keeps its query, an
 // online softmax (running max and sum) and its output row in registers. Same semantics
 // as attention.wgsl / reference/attention.rs. Defines: HEAD_DIM=<n> (a multiple of 4),
-// KV_F16 (f16 caches, see kv_load.wgsl), BIDIRECTIONAL (the ViT's mode, as in
-// attention.wgsl: `s_rows` is the sequence length; workgroup x counts the 64-row groups
+// KV_F16 (f16 caches, see kv_load.wgsl), KV_Q8 (int8 caches, per row and KV head a
+// block of HEAD_DIM values, four per word, and its scale; see kv_load.wgsl),
+// BIDIRECTIONAL (the ViT's mode, as in attention.wgsl: `s_rows` is the sequence
+// length; workgroup x counts the 64-row groups
 // of each sequence in turn, so a group never straddles two sequences and all its
 // threads walk the same keys).
 #include "status.wgsl"

@@ -1,7 +1,11 @@
 // Writes new [T, D] into rows pos .. pos+T of the KV cache [S, D] in place (the node's
 // output aliases the cache). One thread per element of `new`; with KV_F16 one thread
 // per pair of elements, stored as one word of two f16 (D is even, so a pair never
-// straddles rows; pack2x16float rounds to nearest even like the host).
+// straddles rows; pack2x16float rounds to nearest even like the host). With KV_Q8 (an
+// int8 `Q8Head` cache, see kv_load.wgsl) one thread per (new row, KV head) block: it
+// finds max|x|, scale = max|x| / 127, and writes q = round(x / scale) (half away from
+// zero, as the host's `quant::quantize_kv_head`, computed as x * (1 / scale)) four per
+// word, then the scale word.
 #include "common.wgsl"
 #include "status.wgsl"
 
@@ -11,6 +15,8 @@ struct Params {
     cache_rows: u32,
     new_rows: u32,
     node: u32,
+    // KV_Q8: values per block (a multiple of 4).
+    head_dim: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -19,7 +25,11 @@ struct Params {
 #ifdef KV_F16
 @group(0) @binding(3) var<storage, read_write> cache: array<u32>;
 #else
+#ifdef KV_Q8
+@group(0) @binding(3) var<storage, read_write> cache: array<u32>;
+#else
 @group(0) @binding(3) var<storage, read_write> cache: array<f32>;
+#endif
 #endif
 
 @compute @workgroup_size(ELEMENTWISE_WG)
@@ -40,6 +50,29 @@ fn kv_write(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
     let base = u32(pos) * params.width / 2u;
     cache[base + i] = pack2x16float(vec2<f32>(new_rows[2u * i], new_rows[2u * i + 1u]));
 #else
+#ifdef KV_Q8
+    let hd = params.head_dim;
+    let hd4 = hd / 4u;
+    let src = i * hd;
+    var amax = 0.0;
+    for (var d = 0u; d < hd; d++) {
+        amax = max(amax, abs(new_rows[src + d]));
+    }
+    let s = amax / 127.0;
+    let inv = select(0.0, 1.0 / s, s != 0.0);
+    let base = (u32(pos) * params.width / hd + i) * (hd4 + 1u);
+    for (var w = 0u; w < hd4; w++) {
+        var word = 0u;
+        for (var b = 0u; b < 4u; b++) {
+            let y = new_rows[src + 4u * w + b] * inv;
+            let q = clamp(sign(y) * floor(abs(y) + 0.5), -127.0, 127.0);
+            word |= (bitcast<u32>(i32(q)) & 0xffu) << (8u * b);
+        }
+        cache[base + w] = word;
+    }
+    cache[base + hd4] = bitcast<u32>(s);
+#else
     cache[u32(pos) * params.width + i] = new_rows[i];
+#endif
 #endif
 }

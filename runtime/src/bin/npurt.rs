@@ -59,8 +59,9 @@ struct Common {
     /// Precision preset: f32 (reference), w8a16, w8a8, w4a16, w4a8.
     #[arg(long, default_value = "w4a16")]
     precision: String,
-    /// KV cache type, overriding the preset's (f32 for `f32`, f16 for the others).
-    #[arg(long, value_parser = ["f32", "f16"])]
+    /// KV cache type, overriding the preset's (f32 for `f32`, f16 for the others);
+    /// int8: symmetric, one scale per token per KV head (about a quarter of f32).
+    #[arg(long, value_parser = ["f32", "f16", "int8"])]
     kv_cache: Option<String>,
     /// A BlueLM-V model's vision precision: f32, w8a16, w8a8 (default: f32 with
     /// `--precision f32`, else w8a16, INT8 weights and 16-bit activations).
@@ -309,10 +310,9 @@ fn load(c: &Common, ctx_at_least: Option<usize>, quiet: bool) -> anyhow_lite::Re
         })
     };
     let mut precision = preset(&c.precision)?;
-    match c.kv_cache.as_deref() {
-        Some("f16") => precision.kv_cache = npurt_graph::DType::F16,
-        Some(_) => precision.kv_cache = npurt_graph::DType::F32,
-        None => {}
+    if let Some(name) = c.kv_cache.as_deref() {
+        precision.kv_cache = npurt_graph::KvCacheType::by_name(name)
+            .ok_or_else(|| anyhow_lite::msg(format!("unknown KV cache type `{name}`")))?;
     }
     let opts = LoadOptions {
         backend: c.backend.clone(),

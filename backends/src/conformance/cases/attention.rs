@@ -1,10 +1,10 @@
 //! The attention block's ops: rope (every scaling, pos > 0, partial rotary dims),
 //! kv_write (prefill chunk and last-row decode), attention (GQA 9/3 as SmolLM2, MHA 4/4,
 //! pos 0 and pos > 0, padded chunks with n_valid < rows, garbage past the valid rows,
-//! chunks spanning several query and key blocks, odd head_dims), over f32 and f16
-//! KV caches.
+//! chunks spanning several query and key blocks, odd head_dims), over f32, f16 and
+//! int8 (`Q8Head`) KV caches.
 
-use super::{ATTENTION, EXACT, ROPE};
+use super::{ATTENTION, EXACT, KV_INT8_WRITE, ROPE};
 use crate::conformance::case::{Case, Compared};
 use npurt_graph::DType::{self, F16, F32};
 use npurt_graph::{AttentionMode, Op, RopeParams, RopeScaling};
@@ -45,7 +45,12 @@ fn kv_write_case(
     rows: usize,
     pos: i32,
 ) -> Case {
-    Case::new("kv_write", kv_name(kv, name), EXACT, move |cb| {
+    let threshold = if matches!(kv, DType::Q8Head { .. }) {
+        KV_INT8_WRITE
+    } else {
+        EXACT
+    };
+    Case::new("kv_write", kv_name(kv, name), threshold, move |cb| {
         let cache = cb.state_of("cache", kv, &[cache_rows, width], -1.0, 1.0)?;
         let new = cb.input("new", &[rows, width], -1.0, 1.0)?;
         let p = cb.scalar("pos", pos)?;
@@ -57,9 +62,15 @@ fn kv_write_case(
 fn kv_name(kv: DType, name: &str) -> String {
     match kv {
         DType::F32 => name.to_string(),
+        DType::Q8Head { .. } => format!("int8.{name}"),
         _ => format!("{kv}.{name}"),
     }
 }
+
+/// The int8 KV cache (`--kv-cache int8`) of head dim 16, 24 and 64.
+const KV8_16: DType = DType::Q8Head { head_dim: 16 };
+const KV8_24: DType = DType::Q8Head { head_dim: 24 };
+const KV8_64: DType = DType::Q8Head { head_dim: 64 };
 
 #[allow(clippy::too_many_arguments)]
 fn attention_case(
@@ -243,6 +254,37 @@ pub(super) fn cases() -> Vec<Case> {
         attention_case(F16, "gqa9_3.hd64.decode.pos150", 9, 3, 64, 1, 160, 150, 1),
         attention_case(F16, "gqa9_3.hd64.rows40.pos100", 9, 3, 64, 40, 160, 100, 40),
         attention_case(F16, "mha2_2.hd24.rows3.pos5", 2, 2, 24, 3, 16, 5, 3),
+        // int8 caches (`--kv-cache int8`, one scale per token per KV head): writes
+        // quantize each head row (48 = 3 heads of 16); attention reads the int8 blocks
+        // through every kernel shape. The oracle attends over the dequantized caches,
+        // which every backend must read exactly, so the f32 attention threshold holds.
+        kv_write_case(KV8_16, "prefill.7rows.pos13", 40, 48, 7, 13),
+        kv_write_case(KV8_16, "decode.last_row", 40, 48, 1, 39),
+        kv_write_case(KV8_24, "prefill.5rows.pos0.hd24", 16, 48, 5, 0),
+        attention_case(KV8_16, "gqa9_3.hd16.pos13.n_valid4", 9, 3, 16, 7, 40, 13, 4),
+        attention_case(
+            KV8_64,
+            "gqa9_3.hd64.decode.pos150",
+            9,
+            3,
+            64,
+            1,
+            160,
+            150,
+            1,
+        ),
+        attention_case(
+            KV8_64,
+            "gqa9_3.hd64.rows40.pos100",
+            9,
+            3,
+            64,
+            40,
+            160,
+            100,
+            40,
+        ),
+        attention_case(KV8_24, "mha2_2.hd24.rows3.pos5", 2, 2, 24, 3, 16, 5, 3),
         // The ViT: SigLIP's 729-token tiles are 27x27; a batch of 3 tiles in one call,
         // sequences shorter and longer than a kernel block, head_dim 32/72/80, one
         // whole so400m-sized sequence (hd 72, the 64 + 8 value tiles), GQA, and a

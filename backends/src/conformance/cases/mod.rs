@@ -20,6 +20,13 @@ use npurt_graph::Op;
 /// are moved, never computed, so they must come back bit for bit.
 pub const EXACT: f64 = 0.0;
 
+/// kv_write into an int8 (`Q8Head`) cache, compared by dequantized values. The CPU
+/// quantizes with the reference's own function (NMSE 0); a GPU whose reciprocal is a
+/// few ulp off may round a value that sits on a half step the other way: one step in
+/// one value of these 1920-value caches is NMSE ~1e-7, so 1e-6 admits a few such ties,
+/// while a wrong scale, head block or byte order in one head row is NMSE > 1e-3.
+pub const KV_INT8_WRITE: f64 = 1e-6;
+
 /// One or two correctly rounded f32 operations per value (add, mul, dequantizing a
 /// gathered row). IEEE add/mul are exact on every backend; 1e-12 admits only FMA
 /// contraction or a different dequantization order (about 1 ulp, NMSE ~ 1e-14).
