@@ -69,16 +69,18 @@ pub fn prefill(model: &Arc<Model>, n: usize, reps: usize) -> Result<Vec<f64>> {
     Ok(rates)
 }
 
-pub fn decode(model: &Arc<Model>, n: usize, reps: usize) -> Result<Vec<f64>> {
+/// Decode speed over `n` steps after `depth` tokens already in the KV cache (prefilled
+/// once, untimed; each repetition rolls back to them).
+pub fn decode(model: &Arc<Model>, n: usize, depth: usize, reps: usize) -> Result<Vec<f64>> {
     check_reps(reps)?;
-    let ids = tokens(n + 1, model.config.vocab_size);
+    let ids = tokens(depth + n + 1, model.config.vocab_size);
     let mut s = Session::new(model.clone())?;
+    s.feed(&ids[..depth + 1])?;
     let mut rates = Vec::new();
     for r in 0..=reps {
-        s.reset();
-        s.feed(&ids[..1])?;
+        s.truncate(depth + 1);
         let t = Instant::now();
-        for &id in &ids[1..] {
+        for &id in &ids[depth + 1..] {
             s.feed(&[id])?;
         }
         if r > 0 {

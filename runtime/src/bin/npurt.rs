@@ -212,6 +212,10 @@ enum Cmd {
             default_value = "128"
         )]
         gen: Vec<usize>,
+        /// Tokens already in the KV cache before each decode test (llama-bench's
+        /// `-d`), e.g. `0,2048,8192`.
+        #[arg(short = 'd', long = "n-depth", value_delimiter = ',', default_value = "0")]
+        depth: Vec<usize>,
         /// Repetitions per test (at least 1).
         #[arg(short = 'r', long, default_value_t = 3,
               value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
@@ -534,6 +538,7 @@ fn run(cli: Cli) -> anyhow_lite::Result<()> {
             common,
             prompt,
             gen,
+            depth,
             reps,
             json,
         } => {
@@ -548,7 +553,14 @@ fn run(cli: Cli) -> anyhow_lite::Result<()> {
             // `-p 0` / `-n 0` mean "no such test" (as in llama-bench), not a 0-token run.
             let prompt: Vec<usize> = prompt.into_iter().filter(|&p| p > 0).collect();
             let gen: Vec<usize> = gen.into_iter().filter(|&n| n > 0).collect();
-            let ctx = prompt.iter().chain(&gen).copied().max().unwrap_or(128) + 1;
+            let max_depth = depth.iter().copied().max().unwrap_or(0);
+            let ctx = prompt
+                .iter()
+                .copied()
+                .chain(gen.iter().map(|n| n + max_depth))
+                .max()
+                .unwrap_or(128)
+                + 1;
             let mut rows = Vec::new();
             let mut machine = Vec::new();
             for &t in &threads {
@@ -578,8 +590,14 @@ fn run(cli: Cli) -> anyhow_lite::Result<()> {
                     ));
                 }
                 for &n in &gen {
-                    let r = npurt_runtime::bench::decode(&model, n, reps)?;
-                    rows.push(npurt_runtime::bench::row(&model, format!("tg{n}"), t, &r));
+                    for &d in &depth {
+                        let r = npurt_runtime::bench::decode(&model, n, d, reps)?;
+                        let test = match d {
+                            0 => format!("tg{n}"),
+                            d => format!("tg{n} @ d{d}"),
+                        };
+                        rows.push(npurt_runtime::bench::row(&model, test, t, &r));
+                    }
                 }
                 if !json {
                     match bw {
