@@ -122,12 +122,7 @@ impl KvElem for u8 {
             buf.resize(n * width, 0.0);
         }
         for (j, dst) in buf.chunks_exact_mut(width).take(n).enumerate() {
-            let blk = &src[j * stride..][..width + 4];
-            let (q, s) = blk.split_at(width);
-            let s = f32::from_le_bytes([s[0], s[1], s[2], s[3]]);
-            for (d, &q) in dst.iter_mut().zip(q) {
-                *d = s * (q as i8) as f32;
-            }
+            crate::quant::dequantize_kv_head(&src[j * stride..][..width + 4], dst);
         }
         (&buf[..n * width], width)
     }
