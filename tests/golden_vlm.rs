@@ -275,9 +275,12 @@ fn bad_multimodal_inputs_are_typed_errors() {
 }
 
 /// Model directories whose parts disagree fail at load, naming what disagrees.
+/// A config edit and what the refusal must name.
+type ConfigCase = (&'static str, Box<dyn Fn(&mut serde_json::Value)>);
+
 #[test]
 fn inconsistent_model_directories_are_refused() {
-    let cases: Vec<(&str, Box<dyn Fn(&mut serde_json::Value)>)> = vec![
+    let cases: Vec<ConfigCase> = vec![
         (
             "takes 384x384",
             Box::new(|c| c["tiling"]["tile"] = serde_json::json!(224)),

@@ -374,8 +374,8 @@ mod tests {
             let mut g = Graph::new();
             let rows = 1 + rng.below(8);
             let mut by_width: Vec<Vec<NodeId>> = vec![Vec::new(); 4];
-            for w in 0..4 {
-                by_width[w].push(input(&mut g, &format!("x{w}"), [rows, 8 << w]));
+            for (w, pool) in by_width.iter_mut().enumerate() {
+                pool.push(input(&mut g, &format!("x{w}"), [rows, 8 << w]));
             }
             for k in 0..(5 + rng.below(60)) {
                 let w = rng.below(4);

@@ -570,7 +570,7 @@ impl Session {
             let v = out.into_f32().unwrap_or_default();
             if let Some(first) = want {
                 let rows = v.chunks_exact(vocab).take(n);
-                self.last_logits = rows.clone().last().map(<[f32]>::to_vec);
+                self.last_logits = rows.clone().next_back().map(<[f32]>::to_vec);
                 logits.extend(rows.skip(first).map(<[f32]>::to_vec));
             } else {
                 self.last_logits = Some(v);
