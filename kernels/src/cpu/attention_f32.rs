@@ -37,9 +37,9 @@ use crate::reference::{
 use std::cell::RefCell;
 
 /// Keys per block: one score-tile row, and the unit of the online softmax.
-const KB: usize = 64;
+pub(super) const KB: usize = 64;
 /// Query vectors per register tile (`QT x KB` scores, `QT x 64` outputs: 16 zmm).
-const QT: usize = 4;
+pub(super) const QT: usize = 4;
 /// Query rows per task; with the GQA group this is `RB * group` query vectors that
 /// share every K/V block they load.
 const RB: usize = 16;
@@ -51,20 +51,57 @@ const RB_BIDIRECTIONAL: usize = 32;
 /// K/V bytes decode prefetches before its tasks start (see `attention_f32`).
 const UP_FRONT_PREFETCH_BYTES: usize = 256 * 1024;
 
+/// 64-byte lines of f32, so every vector load of a scratch row starting at a multiple
+/// of 16 values is one cache line, not two (the transposed K block is read 16 lanes at
+/// a time at offsets `d * KB + 16c`; split loads halved the score loop's speed).
+#[derive(Clone, Copy, Default)]
+#[repr(C, align(64))]
+struct Line([f32; 16]);
+
+/// A growable f32 buffer that starts on a 64-byte boundary.
+#[derive(Default)]
+struct AlignedBuf(Vec<Line>);
+
+impl AlignedBuf {
+    /// Grows to at least `n` values (zero-filled).
+    fn fit(&mut self, n: usize) {
+        if self.len() < n {
+            self.0.resize(n.div_ceil(16), Line::default());
+        }
+    }
+}
+
+impl std::ops::Deref for AlignedBuf {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        // SAFETY: `Line` is 16 f32 with no padding (repr(C), 64 bytes).
+        unsafe { std::slice::from_raw_parts(self.0.as_ptr() as *const f32, self.0.len() * 16) }
+    }
+}
+
+impl std::ops::DerefMut for AlignedBuf {
+    fn deref_mut(&mut self) -> &mut [f32] {
+        // SAFETY: as in `deref`, and the borrow is unique.
+        unsafe {
+            std::slice::from_raw_parts_mut(self.0.as_mut_ptr() as *mut f32, self.0.len() * 16)
+        }
+    }
+}
+
 /// Per-task scratch, one per thread, grown on demand and reused across calls.
 #[derive(Default)]
 struct Scratch {
     /// Scaled queries, `nq_pad x hd`.
-    q: Vec<f32>,
+    q: AlignedBuf,
     /// Unnormalised outputs, `nq_pad x hd`.
-    o: Vec<f32>,
+    o: AlignedBuf,
     /// Running max and sum of exponentials per query vector.
-    m: Vec<f32>,
-    l: Vec<f32>,
+    m: AlignedBuf,
+    l: AlignedBuf,
     /// The current K block transposed, `hd x KB` (keys along the vector lanes).
-    kt: Vec<f32>,
+    kt: AlignedBuf,
     /// Scores, then probabilities, `nq_pad x KB`.
-    s: Vec<f32>,
+    s: AlignedBuf,
     /// The current K and V blocks converted from an f16 cache; unused for f32 caches
     /// and activations, which are read in place. Grown by `KvElem::rows_f32`.
     kc: Vec<f32>,
@@ -85,9 +122,7 @@ impl Scratch {
         .into_iter()
         .zip(sizes)
         {
-            if v.len() < n {
-                v.resize(n, 0.0);
-            }
+            v.fit(n);
         }
     }
 }
@@ -354,6 +389,35 @@ fn block_task<C: KvElem, const FUSED: bool>(
         }
         let (kb, ks) = C::rows_f32(path, &k[j0 * a.kw..], nk, a.kw, hd, &mut sc.kc);
         transpose_k(path, kb, ks, nk, hd, &mut sc.kt);
+        // The bidirectional mode on AVX-512: register tiles with the softmax fused into
+        // the score tile (every row of a bidirectional task sees the whole block).
+        #[cfg(target_arch = "x86_64")]
+        if FUSED && path == Isa::Avx512Vnni {
+            use super::attention_avx512::{score_softmax_tile, value_tile};
+            debug_assert!(matches!(a.mask, Mask::Bidirectional { .. }));
+            for i0 in (0..nq_pad).step_by(QT) {
+                // SAFETY: the AVX-512 path runs only where the CPU has AVX-512F.
+                unsafe {
+                    score_softmax_tile(
+                        &sc.q[i0 * hd..],
+                        &sc.kt,
+                        hd,
+                        nk,
+                        &mut sc.m[i0..],
+                        &mut sc.l[i0..],
+                        &mut sc.s[i0 * KB..],
+                        &mut sc.o[i0 * hd..],
+                    )
+                };
+            }
+            let (vb, vs) = C::rows_f32(path, &v[j0 * a.kw..], nk, a.kw, hd, &mut sc.vc);
+            for i0 in (0..nq_pad).step_by(QT) {
+                let (p, o) = (&sc.s[i0 * KB..], &mut sc.o[i0 * hd..]);
+                // SAFETY: as above.
+                unsafe { value_tile(p, vb, vs, nk, o, hd) };
+            }
+            continue;
+        }
         for i0 in (0..nq_pad).step_by(QT) {
             score_tile::<FUSED>(&sc.q[i0 * hd..], &sc.kt, hd, &mut sc.s[i0 * KB..]);
         }

@@ -20,6 +20,8 @@
 //!   `vfmadd231ps` in a tight loop) that kernel speeds are reported against.
 
 mod act_quant;
+#[cfg(target_arch = "x86_64")]
+mod attention_avx512;
 mod attention_f32;
 mod dispatch;
 mod epilogue;
