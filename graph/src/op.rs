@@ -52,6 +52,10 @@ pub enum ActPrecision {
     I16,
     /// i8 with one scale per 32-value block (matches the weight groups; VNNI dot products).
     I8,
+    /// i8 with one scale per row: coarser than `I8`, but with per-channel weights
+    /// (`Q8Channel`) no block needs a scale of its own, so the VNNI dot products run a
+    /// whole row in i32 (the ViT's w8a8). A backend may compute it as `I8` or finer.
+    I8Row,
 }
 
 impl ActPrecision {
@@ -60,6 +64,7 @@ impl ActPrecision {
             ActPrecision::F32 => "f32",
             ActPrecision::I16 => "i16",
             ActPrecision::I8 => "i8",
+            ActPrecision::I8Row => "i8row",
         }
     }
 }

@@ -186,12 +186,27 @@ impl StageBackends {
     }
 }
 
-/// The vision presets: `PrecisionPolicy` with every matmul treated as a linear layer.
+/// The vision presets: `PrecisionPolicy` with every matmul treated as a linear layer,
+/// and the preset's INT8 weights one scale per output channel (`Q8Channel`) instead of
+/// per 32-value block. With per-row activation scales (i16, and i8 per row for `w8a8`)
+/// no block then carries a scale of its own, so the VNNI kernels accumulate whole rows
+/// in i32 (`q8c_i16b`, `q8c_i8row`) instead of converting and rescaling every block.
 fn vision_policy(p: &PrecisionPolicy) -> PrecisionPolicy {
+    use npurt_graph::{ActPrecision, DType, WeightFormat};
+    let linear = match p.linear {
+        WeightFormat::Exact(DType::Q8_0) => WeightFormat::Exact(DType::Q8Channel),
+        other => other,
+    };
+    let act = match p.linear_act {
+        ActPrecision::I8 if linear == WeightFormat::Exact(DType::Q8Channel) => ActPrecision::I8Row,
+        other => other,
+    };
     PrecisionPolicy {
-        head: p.linear,
-        head_act: p.linear_act,
-        embedding: p.linear,
+        linear,
+        linear_act: act,
+        head: linear,
+        head_act: act,
+        embedding: linear,
         ..p.clone()
     }
 }

@@ -410,7 +410,7 @@ impl FuseNormQuant {
                 Op::MatMul {
                     transpose_b: true,
                     prologue: Prologue::None,
-                    act: ActPrecision::I16 | ActPrecision::I8,
+                    act: ActPrecision::I16 | ActPrecision::I8 | ActPrecision::I8Row,
                     ..
                 }
             );

@@ -147,7 +147,14 @@ impl Pass for Quantize {
             let checkpoint_name = parts.first().unwrap_or(name);
             let stored = (self.stored)(checkpoint_name).unwrap_or(DType::F32);
             let mut dtype = format.resolve(stored);
-            if fact.rank() != 2 || fact.last_dim() % dtype.block_elems() != 0 {
+            // Whole 32-value blocks for every quantized format, Q8Channel included: the
+            // integer kernels quantize activations in 32-value blocks (`ActPrecision`).
+            let align = if dtype.is_quantized() {
+                dtype.block_elems().max(32)
+            } else {
+                1
+            };
+            if fact.rank() != 2 || fact.last_dim() % align != 0 {
                 dtype = WeightFormat::Exact(DType::F32).resolve(stored);
             }
             if fact.dtype != dtype {

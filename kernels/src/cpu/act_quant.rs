@@ -55,6 +55,12 @@ pub(crate) enum ActPlan {
     I8 {
         offset: i32,
     },
+    /// i8 with one scale per row (`ActPrecision::I8Row`), in the I8 layout with the
+    /// row's scale in every block's `blk_scale` (so the per-block I8 kernels compute it
+    /// exactly) and in `row_scale` (for the kernels that accumulate whole rows).
+    I8Row {
+        offset: i32,
+    },
     /// i16 with one scale per row (`q16`, `row_scale`); within each 32-value block
     /// position `p` holds value `perm[p]` (the order the kernel's weight unpacking
     /// produces); `blk_bias = -offset * sum(q)`, `blk_sum = sum(q)` as f32.
@@ -74,6 +80,7 @@ pub(crate) enum ActPlan {
     /// The f32 layout holding quantize-then-dequantize values (f32 weights with an
     /// integer activation policy: the same numerics, computed in f32).
     FakeI8,
+    FakeI8Row,
     FakeI16,
 }
 
@@ -151,12 +158,18 @@ pub(crate) fn prepare(
     s.groups = groups;
     s.k = k;
     s.kb = kb;
-    let uses_f = matches!(plan, ActPlan::F32 | ActPlan::FakeI8 | ActPlan::FakeI16);
-    let uses_q8 = matches!(plan, ActPlan::I8 { .. } | ActPlan::I16Bytes { .. });
+    let uses_f = matches!(
+        plan,
+        ActPlan::F32 | ActPlan::FakeI8 | ActPlan::FakeI8Row | ActPlan::FakeI16
+    );
+    let uses_q8 = matches!(
+        plan,
+        ActPlan::I8 { .. } | ActPlan::I8Row { .. } | ActPlan::I16Bytes { .. }
+    );
     let uses_q16 = matches!(plan, ActPlan::I16 { .. });
     let uses_rs = matches!(
         plan,
-        ActPlan::I16 { .. } | ActPlan::I16Bytes { .. } | ActPlan::FakeI16
+        ActPlan::I16 { .. } | ActPlan::I16Bytes { .. } | ActPlan::I8Row { .. } | ActPlan::FakeI16
     );
     let uses_blk = uses_q8 || uses_q16;
     s.q8_block_bytes = if matches!(plan, ActPlan::I16Bytes { .. }) {
@@ -172,7 +185,7 @@ pub(crate) fn prepare(
         0
     };
     let q16k = if uses_q16 { GROUP * kb * BLOCK } else { 0 };
-    let bsk = if matches!(plan, ActPlan::I8 { .. }) {
+    let bsk = if matches!(plan, ActPlan::I8 { .. } | ActPlan::I8Row { .. }) {
         GROUP * kb
     } else {
         0
@@ -218,7 +231,9 @@ pub(crate) fn prepare(
             for (r, &inv) in inv_rms[..rows_here].iter().enumerate() {
                 if uses_rs {
                     rs[r] *= inv;
-                } else {
+                }
+                // The I8 plans' block scales (I8Row's too: its row scale in every block).
+                if bsk > 0 {
                     for b in 0..kb {
                         bs[b * GROUP + r] *= inv;
                         bsum[b * GROUP + r] *= inv;
@@ -338,12 +353,17 @@ unsafe fn group_avx512(
     match plan {
         // SAFETY: the caller sized every array for `rows` rows of `k` (a multiple of 32).
         ActPlan::I8 { offset } => unsafe {
-            avx512::i8_blocks(a, rows, k, offset, q8, bs, bb, bsum)
+            avx512::i8_blocks(a, rows, k, offset, None, q8, bs, bb, bsum)
+        },
+        // SAFETY: as above.
+        ActPlan::I8Row { offset } => unsafe {
+            avx512::i8_blocks(a, rows, k, offset, Some(rs), q8, bs, bb, bsum)
         },
         // SAFETY: as above.
         ActPlan::I16Bytes { offset, hi_offset } => unsafe {
             avx512::i16_byte_planes(a, rows, k, offset, hi_offset, q8, bb, bsum, rs)
         },
+        // SAFETY: as above.
         _ => group(a, rows, k, plan, f, q8, q16, bs, bb, bsum, rs),
     }
 }
@@ -356,6 +376,8 @@ mod avx512 {
     use super::{BLOCK, GROUP};
     use std::arch::x86_64::*;
 
+    /// I8 per 32-value block; with `row_scales` (`ActPlan::I8Row`) one scale per row,
+    /// written there and into every block's slot.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
     #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn i8_blocks(
@@ -363,6 +385,7 @@ mod avx512 {
         rows: usize,
         k: usize,
         offset: i32,
+        mut row_scales: Option<&mut [f32]>,
         q8: &mut [i8],
         bs: &mut [f32],
         bb: &mut [i32],
@@ -376,21 +399,34 @@ mod avx512 {
             || bs.len() < kb * GROUP
             || bb.len() < kb * GROUP
             || bsum.len() < kb * GROUP
+            || row_scales.as_ref().is_some_and(|rs| rs.len() < rows)
         {
             debug_assert!(false, "act_quant::i8_blocks: arrays too small");
             return;
         }
         let (lo, hi) = (_mm512_set1_epi32(-127), _mm512_set1_epi32(127));
         for r in 0..rows {
+            // SAFETY: the check above bounds every access (r < rows).
+            let row_scale = row_scales.as_deref_mut().map(|rs| unsafe {
+                let row = a.as_ptr().add(r * k);
+                let mut m = _mm512_setzero_ps();
+                for i in (0..k).step_by(16) {
+                    m = _mm512_max_ps(m, _mm512_abs_ps(_mm512_loadu_ps(row.add(i))));
+                }
+                let s = _mm512_reduce_max_ps(m) / 127.0;
+                *rs.get_unchecked_mut(r) = s;
+                s
+            });
             for b in 0..kb {
                 // SAFETY: the check above bounds every access (r < rows, b < kb).
                 unsafe {
                     let x = a.as_ptr().add(r * k + b * BLOCK);
                     let x0 = _mm512_loadu_ps(x);
                     let x1 = _mm512_loadu_ps(x.add(16));
-                    let amax =
-                        _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(x0), _mm512_abs_ps(x1)));
-                    let s = amax / 127.0;
+                    let s = row_scale.unwrap_or_else(|| {
+                        _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(x0), _mm512_abs_ps(x1)))
+                            / 127.0
+                    });
                     let inv = _mm512_set1_ps(if s != 0.0 { 1.0 / s } else { 0.0 });
                     let q0 = _mm512_min_epi32(
                         _mm512_max_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(x0, inv)), lo),
@@ -540,11 +576,12 @@ fn group(
     rs: &mut [f32],
 ) {
     match plan {
-        ActPlan::F32 | ActPlan::FakeI8 | ActPlan::FakeI16 => {
+        ActPlan::F32 | ActPlan::FakeI8 | ActPlan::FakeI8Row | ActPlan::FakeI16 => {
             let mut tmp = [0f32; BLOCK];
             for r in 0..rows {
                 let row = &a[r * k..][..k];
-                let row_scale = amax(row) / 32767.0;
+                let levels = if plan == ActPlan::FakeI8Row { 127.0 } else { 32767.0 };
+                let row_scale = amax(row) / levels;
                 let row_inv = if row_scale != 0.0 {
                     1.0 / row_scale
                 } else {
@@ -563,7 +600,7 @@ fn group(
                         }
                         _ => {
                             for (t, &v) in t.iter_mut().zip(x) {
-                                *t = (v * row_inv).round_ties_even().clamp(-32767.0, 32767.0)
+                                *t = (v * row_inv).round_ties_even().clamp(-levels, levels)
                                     * row_scale;
                             }
                         }
@@ -574,11 +611,15 @@ fn group(
                 }
             }
         }
-        ActPlan::I8 { offset } => {
+        ActPlan::I8 { offset } | ActPlan::I8Row { offset } => {
             for r in 0..rows {
                 let row = &a[r * k..][..k];
+                let row_scale = matches!(plan, ActPlan::I8Row { .. }).then(|| amax(row) / 127.0);
+                if let Some(s) = row_scale {
+                    rs[r] = s;
+                }
                 for (b, x) in row.chunks_exact(BLOCK).enumerate() {
-                    let s = amax(x) / 127.0;
+                    let s = row_scale.unwrap_or_else(|| amax(x) / 127.0);
                     let inv = if s != 0.0 { 1.0 / s } else { 0.0 };
                     let dst = &mut q8[(b * GROUP + r) * BLOCK..][..BLOCK];
                     let mut sum = 0i32;

@@ -296,7 +296,7 @@ impl Call<'_> {
         let row_bytes = match act {
             ActPrecision::F32 => 4 * k,
             ActPrecision::I16 => 2 * k + k / 4,
-            ActPrecision::I8 => k + k * 3 / 8,
+            ActPrecision::I8 | ActPrecision::I8Row => k + k * 3 / 8,
         };
         let chunk = (ROW_CHUNK_BYTES / (row_bytes * GROUP).max(1)).max(1);
         let mut g0 = groups.start;

@@ -8,7 +8,7 @@
 //! `+bias+gelu_tanh`, `+bias+residual`, `+bias+gelu+residual`) and a bare `+silu` run
 //! against every weight format at every activation precision ([`vit_epilogues`]).
 
-use super::{MATMUL, MATMUL_I16, MATMUL_I8, MATMUL_I8_GLU};
+use super::{MATMUL, MATMUL_I16, MATMUL_I8, MATMUL_I8_GLU, MATMUL_I8_ROW};
 use crate::conformance::case::{Case, CaseBuilder, Compared};
 use npurt_graph::{ActPrecision, Activation, DType, Epilogue, GraphError, Op, Prologue, Step};
 use npurt_kernels::HostTensor;
@@ -117,6 +117,7 @@ impl Spec {
             ActPrecision::I16 => MATMUL_I16,
             ActPrecision::I8 if self.epilogue.glu().is_some() => MATMUL_I8_GLU,
             ActPrecision::I8 => MATMUL_I8,
+            ActPrecision::I8Row => MATMUL_I8_ROW,
         }
     }
 
@@ -240,6 +241,8 @@ pub(super) fn cases() -> Vec<Case> {
         }
         for w in [DType::F32, DType::Q8Channel] {
             specs.push(Spec::new(w, SHAPES[2]).act(ActPrecision::I8).epilogue(epi));
+            // The vision tower's w8a8: per-channel weights, i8 activations per row.
+            specs.push(Spec::new(w, SHAPES[2]).act(ActPrecision::I8Row).epilogue(epi));
             specs.push(Spec::new(w, SHAPES[3]).act(ActPrecision::I16).epilogue(epi));
         }
     }

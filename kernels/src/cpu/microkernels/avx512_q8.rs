@@ -226,3 +226,125 @@ pub(crate) unsafe fn q8_i16b<const PER_ROW: bool, const MR: usize>(job: &Job, ou
         }
     }
 }
+
+/// Blocks accumulated in i32 before [`q8c_i16b`] converts to f32: each plane's sum over
+/// 256 blocks (8192 values) is at most 8192 * 255 * 128 = 267_386_880 < 2^31.
+const LONG_BLOCKS: usize = 256;
+
+/// Q8Channel x I16 (byte planes, as [`q8_i16b`]) with the dot products kept in i32
+/// across blocks: one weight scale per row and one activation scale per row leave no
+/// per-block factor, so the high- and low-byte sums run over [`LONG_BLOCKS`] blocks at a
+/// time and are converted once, where the per-block path spends five vector operations
+/// per row and block on converting (a quarter of the SigLIP encoder's time). The
+/// high-byte plane's `w + 128` correction is `blk_bias / 256` summed over the blocks
+/// (`blk_bias = -128 * 256 * sum(hi)`, a multiple of 256).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub(crate) unsafe fn q8c_i16b<const MR: usize>(job: &Job, out: &mut TileOut) {
+    let flip = _mm512_set1_epi8(-128);
+    let mut acc = [_mm512_setzero_ps(); MR];
+    let mut b0 = 0;
+    while b0 < job.kb {
+        let b1 = (b0 + LONG_BLOCKS).min(job.kb);
+        let mut hi = [_mm512_setzero_si512(); MR];
+        let mut lo = [_mm512_setzero_si512(); MR];
+        for b in b0..b1 {
+            if MR <= 2 {
+                prefetch_block(job, b);
+            }
+            // SAFETY: offsets stay inside the tile and the prepared activation arrays
+            // (64 bytes per block and row), per the Job contract.
+            unsafe {
+                let w = job.vals.add(b * 512);
+                let a = job.q8.add(b * GROUP * 64);
+                for l in 0..8 {
+                    let v = _mm512_load_si512(w.add(l * 64) as *const _);
+                    let u = _mm512_xor_si512(v, flip);
+                    for r in 0..MR {
+                        let ar = a.add(r * 64);
+                        hi[r] = _mm512_dpbusd_epi32(hi[r], u, bcast(ar, l));
+                        lo[r] = _mm512_dpbusd_epi32(lo[r], bcast(ar.add(32), l), v);
+                    }
+                }
+            }
+        }
+        for r in 0..MR {
+            let mut bias = 0i32;
+            for b in b0..b1 {
+                // SAFETY: blk_bias holds kb entries per row, [block][row of GROUP].
+                bias += unsafe { *job.blk_bias.add(b * GROUP + r) } >> 8;
+            }
+            let h = _mm512_cvtepi32_ps(_mm512_add_epi32(hi[r], _mm512_set1_epi32(bias)));
+            let l = _mm512_cvtepi32_ps(lo[r]);
+            acc[r] = _mm512_add_ps(acc[r], _mm512_fmadd_ps(h, _mm512_set1_ps(256.0), l));
+        }
+        b0 = b1;
+    }
+    for r in 0..MR {
+        // SAFETY: row r0 + r exists; out rows hold 16 f32; Q8Channel tiles hold row
+        // scales.
+        unsafe {
+            let s = _mm512_mul_ps(row_scales(job), _mm512_set1_ps(*job.row_scale.add(r)));
+            _mm512_storeu_ps(out[r].as_mut_ptr(), _mm512_mul_ps(acc[r], s));
+        }
+    }
+}
+
+/// Q8Channel x I8 with one scale per activation row (`ActPlan::I8Row`): like
+/// [`q8c_i16b`], no per-block factor, so the dot products (`w + 128` as the u8 operand,
+/// as in [`q8_i8`]) stay in i32 over [`LONG_BLOCKS`] blocks: eight `vpdpbusd` per row and
+/// block and nothing else but the shared weight load and flip. Bound per stretch:
+/// 8192 * 255 * 127 plus the bias 8192 * 128 * 127, below 2^31.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub(crate) unsafe fn q8c_i8row<const MR: usize>(job: &Job, out: &mut TileOut) {
+    // Two chains per row: vpdpbusd's latency (5) times its throughput (2) wants ten
+    // in flight, eight rows give eight.
+    let split = true;
+    let flip = _mm512_set1_epi8(-128);
+    let mut acc = [_mm512_setzero_ps(); MR];
+    let mut b0 = 0;
+    while b0 < job.kb {
+        let b1 = (b0 + LONG_BLOCKS).min(job.kb);
+        let mut dot = [_mm512_setzero_si512(); MR];
+        let mut dot2 = [_mm512_setzero_si512(); MR];
+        for b in b0..b1 {
+            if MR <= 2 {
+                prefetch_block(job, b);
+            }
+            // SAFETY: offsets stay inside the tile and the prepared activation arrays,
+            // per the Job contract.
+            unsafe {
+                let w = job.vals.add(b * 512);
+                let a = job.q8.add(b * GROUP * 32);
+                for l in 0..8 {
+                    let v = _mm512_xor_si512(_mm512_load_si512(w.add(l * 64) as *const _), flip);
+                    for r in 0..MR {
+                        let x = bcast(a.add(r * 32), l);
+                        if split && l % 2 == 1 {
+                            dot2[r] = _mm512_dpbusd_epi32(dot2[r], v, x);
+                        } else {
+                            dot[r] = _mm512_dpbusd_epi32(dot[r], v, x);
+                        }
+                    }
+                }
+            }
+        }
+        for r in 0..MR {
+            let mut bias = 0i32;
+            for b in b0..b1 {
+                // SAFETY: blk_bias holds kb entries per row, [block][row of GROUP].
+                bias += unsafe { *job.blk_bias.add(b * GROUP + r) };
+            }
+            let tot = _mm512_add_epi32(_mm512_add_epi32(dot[r], dot2[r]), _mm512_set1_epi32(bias));
+            acc[r] = _mm512_add_ps(acc[r], _mm512_cvtepi32_ps(tot));
+        }
+        b0 = b1;
+    }
+    for r in 0..MR {
+        // SAFETY: row r0 + r exists; out rows hold 16 f32; Q8Channel tiles hold row
+        // scales.
+        unsafe {
+            let s = _mm512_mul_ps(row_scales(job), _mm512_set1_ps(*job.row_scale.add(r)));
+            _mm512_storeu_ps(out[r].as_mut_ptr(), _mm512_mul_ps(acc[r], s));
+        }
+    }
+}

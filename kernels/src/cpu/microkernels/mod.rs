@@ -178,16 +178,36 @@ pub(crate) fn select(format: Format, act: ActPrecision, isa: Isa) -> KernelSet {
     // stores q = x/d + 8, so sum((q - 8) a) = sum(q a) - 8 sum(a). VNNI multiplies u8 x
     // i8, so the Q8 kernels there flip signed weights to w + 128 and subtract 128 sum(a).
     let q4_off = |f: Format| if f == F::Q4_0 { 8 } else { 0 };
+    // Per-row i8 (`I8Row`) runs the I8 kernels on activations whose blocks all carry
+    // their row's scale, except where a kernel of its own pays: per-channel weights on
+    // AVX-512 VNNI (`q8c_i8row`: no per-block scaling at all). The `A::I8 | A::I8Row`
+    // arms below therefore only ever see `I8`.
+    if act == A::I8Row {
+        #[cfg(target_arch = "x86_64")]
+        if (isa, format) == (Isa::Avx512Vnni, F::Q8Channel) {
+            return KernelSet {
+                plan: ActPlan::I8Row { offset: 128 },
+                by_rows: by_rows!(avx512_q8::q8c_i8row),
+            };
+        }
+        let mut set = select(format, A::I8, isa);
+        set.plan = match set.plan {
+            ActPlan::I8 { offset } => ActPlan::I8Row { offset },
+            ActPlan::FakeI8 => ActPlan::FakeI8Row,
+            plan => plan,
+        };
+        return set;
+    }
     match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512Vnni => {
             use {avx512_f32 as f32w, avx512_q4 as q4, avx512_q8 as q8};
             match (format, act) {
-                (F::Q4_0, A::I8) => KernelSet {
+                (F::Q4_0, A::I8 | A::I8Row) => KernelSet {
                     plan: ActPlan::I8 { offset: 8 },
                     by_rows: by_rows!(q4::q4_i8, false),
                 },
-                (F::Q4_1, A::I8) => KernelSet {
+                (F::Q4_1, A::I8 | A::I8Row) => KernelSet {
                     plan: ActPlan::I8 { offset: 0 },
                     by_rows: by_rows!(q4::q4_i8, true),
                 },
@@ -214,11 +234,11 @@ pub(crate) fn select(format: Format, act: ActPrecision, isa: Isa) -> KernelSet {
                     plan: ActPlan::F32,
                     by_rows: by_rows!(q4::q4_f32, true),
                 },
-                (F::Q8_0, A::I8) => KernelSet {
+                (F::Q8_0, A::I8 | A::I8Row) => KernelSet {
                     plan: ActPlan::I8 { offset: 128 },
                     by_rows: by_rows!(q8::q8_i8, false),
                 },
-                (F::Q8Channel, A::I8) => KernelSet {
+                (F::Q8Channel, A::I8 | A::I8Row) => KernelSet {
                     plan: ActPlan::I8 { offset: 128 },
                     by_rows: by_rows!(q8::q8_i8, true),
                 },
@@ -230,12 +250,14 @@ pub(crate) fn select(format: Format, act: ActPrecision, isa: Isa) -> KernelSet {
                     },
                     by_rows: by_rows!(q8::q8_i16b, false),
                 },
+                // One scale per weight row and per activation row: the sums stay in i32
+                // across blocks (`q8c_i16b`).
                 (F::Q8Channel, A::I16) => KernelSet {
                     plan: ActPlan::I16Bytes {
                         offset: 0,
                         hi_offset: 32768,
                     },
-                    by_rows: by_rows!(q8::q8_i16b, true),
+                    by_rows: by_rows!(q8::q8c_i16b),
                 },
                 (F::Q8_0, A::F32) => KernelSet {
                     plan: ActPlan::F32,
@@ -257,7 +279,7 @@ pub(crate) fn select(format: Format, act: ActPrecision, isa: Isa) -> KernelSet {
         Isa::Avx2Fma => {
             use {avx2_f32 as f32w, avx2_q4 as q4, avx2_q8 as q8};
             match (format, act) {
-                (F::Q4_0 | F::Q4_1, A::I8) => KernelSet {
+                (F::Q4_0 | F::Q4_1, A::I8 | A::I8Row) => KernelSet {
                     plan: ActPlan::I8 {
                         offset: q4_off(format),
                     },
@@ -287,11 +309,11 @@ pub(crate) fn select(format: Format, act: ActPrecision, isa: Isa) -> KernelSet {
                     by_rows: by_rows_4!(q4::q4_f32, true),
                 },
                 // AVX2 multiplies |w| by sign(w) * a (vpsignb), so no offset here.
-                (F::Q8_0, A::I8) => KernelSet {
+                (F::Q8_0, A::I8 | A::I8Row) => KernelSet {
                     plan: ActPlan::I8 { offset: 0 },
                     by_rows: by_rows_4!(q8::q8_i8, false),
                 },
-                (F::Q8Channel, A::I8) => KernelSet {
+                (F::Q8Channel, A::I8 | A::I8Row) => KernelSet {
                     plan: ActPlan::I8 { offset: 0 },
                     by_rows: by_rows_4!(q8::q8_i8, true),
                 },
@@ -326,7 +348,7 @@ pub(crate) fn select(format: Format, act: ActPrecision, isa: Isa) -> KernelSet {
         _ => {
             use portable as p;
             match (format, act) {
-                (F::Q4_0 | F::Q4_1, A::I8) => KernelSet {
+                (F::Q4_0 | F::Q4_1, A::I8 | A::I8Row) => KernelSet {
                     plan: ActPlan::I8 {
                         offset: q4_off(format),
                     },
@@ -355,11 +377,11 @@ pub(crate) fn select(format: Format, act: ActPrecision, isa: Isa) -> KernelSet {
                     plan: ActPlan::F32,
                     by_rows: by_rows!(p::q4_f32, true),
                 },
-                (F::Q8_0, A::I8) => KernelSet {
+                (F::Q8_0, A::I8 | A::I8Row) => KernelSet {
                     plan: ActPlan::I8 { offset: 0 },
                     by_rows: by_rows!(p::q8_i8, false),
                 },
-                (F::Q8Channel, A::I8) => KernelSet {
+                (F::Q8Channel, A::I8 | A::I8Row) => KernelSet {
                     plan: ActPlan::I8 { offset: 0 },
                     by_rows: by_rows!(p::q8_i8, true),
                 },
@@ -413,8 +435,8 @@ fn avx2_vnni_set(format: Format, act: ActPrecision, vex: bool) -> KernelSet {
         };
     }
     let (plan, by_rows) = match (format, act) {
-        (F::Q4_0, A::I8) => (ActPlan::I8 { offset: 8 }, pick!(q4_i8, false)),
-        (F::Q4_1, A::I8) => (ActPlan::I8 { offset: 0 }, pick!(q4_i8, true)),
+        (F::Q4_0, A::I8 | A::I8Row) => (ActPlan::I8 { offset: 8 }, pick!(q4_i8, false)),
+        (F::Q4_1, A::I8 | A::I8Row) => (ActPlan::I8 { offset: 0 }, pick!(q4_i8, true)),
         (F::Q4_0, A::I16) => (
             ActPlan::I16Bytes {
                 offset: 8,
@@ -429,8 +451,8 @@ fn avx2_vnni_set(format: Format, act: ActPrecision, vex: bool) -> KernelSet {
             },
             pick!(q4_i16b, true),
         ),
-        (F::Q8_0, A::I8) => (ActPlan::I8 { offset: 128 }, pick!(q8_i8, false)),
-        (F::Q8Channel, A::I8) => (ActPlan::I8 { offset: 128 }, pick!(q8_i8, true)),
+        (F::Q8_0, A::I8 | A::I8Row) => (ActPlan::I8 { offset: 128 }, pick!(q8_i8, false)),
+        (F::Q8Channel, A::I8 | A::I8Row) => (ActPlan::I8 { offset: 128 }, pick!(q8_i8, true)),
         (F::Q8_0, A::I16) => (
             ActPlan::I16Bytes {
                 offset: 0,
@@ -457,6 +479,7 @@ fn f32_plan(act: ActPrecision) -> ActPlan {
         ActPrecision::F32 => ActPlan::F32,
         ActPrecision::I16 => ActPlan::FakeI16,
         ActPrecision::I8 => ActPlan::FakeI8,
+        ActPrecision::I8Row => ActPlan::FakeI8Row,
     }
 }
 
