@@ -40,9 +40,17 @@ pub struct WeightEntry {
     pub unpermute: Option<UnpermuteRope>,
 }
 
+/// A mapping the store reads tensors from.
+struct Mapping {
+    map: Arc<Mmap>,
+    /// Backed by a file (its pages can be dropped and re-read), not anonymous memory
+    /// (dropping those pages would zero them).
+    file_backed: bool,
+}
+
 #[derive(Default)]
 pub struct WeightStore {
-    files: Vec<Arc<Mmap>>,
+    files: Vec<Mapping>,
     entries: BTreeMap<String, WeightEntry>,
 }
 
@@ -53,15 +61,57 @@ impl WeightStore {
 
     /// Registers a mapped file; returns its index for `insert`.
     pub fn add_file(&mut self, map: Arc<Mmap>) -> usize {
-        self.files.push(map);
+        self.files.push(Mapping {
+            map,
+            file_backed: true,
+        });
         self.files.len() - 1
+    }
+
+    /// Drops the resident pages of tensors `names` (whole pages inside each tensor's
+    /// bytes) once a backend holds its own prepared copy: a loaded model then keeps
+    /// each weight once, in the backend's layout, instead of the repacked copy plus the
+    /// file's pages (which the OS counts in the process's RSS until memory runs short).
+    /// Reading a released tensor again is correct, the pages fault back in from the
+    /// file. In-memory tensors are left alone. Best effort: a refused advice changes
+    /// nothing.
+    pub fn release<'a>(&self, names: impl IntoIterator<Item = &'a str>) {
+        const PAGE: usize = 4096;
+        for name in names {
+            let Some(e) = self.entries.get(name) else {
+                continue;
+            };
+            let Some(m) = self.files.get(e.file).filter(|m| m.file_backed) else {
+                continue;
+            };
+            let start = e.offset.next_multiple_of(PAGE);
+            let end = (e.offset + e.len) / PAGE * PAGE;
+            if end <= start {
+                continue;
+            }
+            #[cfg(unix)]
+            // SAFETY: a read-only mapping of a file this store never writes: dropping
+            // its pages loses nothing, later reads fault them back in from the file.
+            // The range lies inside the mapping (checked at `insert`).
+            if let Err(err) = unsafe {
+                m.map.unchecked_advise_range(
+                    memmap2::UncheckedAdvice::DontNeed,
+                    start,
+                    end - start,
+                )
+            } {
+                log::debug!("could not release the pages of `{name}`: {err}");
+            }
+            #[cfg(not(unix))]
+            let _ = (m, start, end);
+        }
     }
 
     /// Registers a tensor. The loader must have checked that `offset + len` lies in the
     /// file and that `len` matches the fact; this re-checks both (cheap) so that no
     /// later read can go out of bounds.
     pub fn insert(&mut self, name: String, entry: WeightEntry, file_name: &str) -> Result<()> {
-        let file_len = self.files.get(entry.file).map(|m| m.len()).unwrap_or(0);
+        let file_len = self.files.get(entry.file).map(|m| m.map.len()).unwrap_or(0);
         let end = entry.offset.checked_add(entry.len);
         if end.is_none_or(|e| e > file_len) {
             return Err(ModelError::Truncated {
@@ -181,7 +231,11 @@ impl WeightStore {
             at.push(offset);
             offset += n * 4;
         }
-        let file = self.add_file(Arc::new(map.make_read_only().map_err(io)?));
+        self.files.push(Mapping {
+            map: Arc::new(map.make_read_only().map_err(io)?),
+            file_backed: false,
+        });
+        let file = self.files.len() - 1;
         for (((name, shape), n), offset) in shapes.iter().zip(&elems).zip(at) {
             let entry = WeightEntry {
                 fact: TensorFact::f32(shape.clone()),
@@ -224,7 +278,7 @@ impl WeightStore {
     /// The stored bytes exactly as in the file (row permutation not applied).
     pub fn raw(&self, name: &str) -> Result<&[u8]> {
         let e = self.entry(name)?;
-        Ok(&self.files[e.file][e.offset..e.offset + e.len])
+        Ok(&self.files[e.file].map[e.offset..e.offset + e.len])
     }
 
     /// Checks a tensor's shape against what the config implies.
@@ -367,5 +421,67 @@ impl WeightStore {
             *m.entry(e.fact.dtype).or_insert(0) += e.len;
         }
         m
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+
+    /// This process's resident file-backed pages (`RssFile` in /proc/self/status).
+    fn rss_file_bytes() -> usize {
+        let status = std::fs::read_to_string("/proc/self/status").expect("procfs");
+        let line = status
+            .lines()
+            .find(|l| l.starts_with("RssFile:"))
+            .expect("RssFile line");
+        let kb: usize = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|v| v.parse().ok())
+            .expect("RssFile value");
+        kb * 1024
+    }
+
+    /// `release` drops a file-backed tensor's pages from the process (RssFile falls by
+    /// about its size), the bytes read back unchanged, and in-memory tensors are kept.
+    #[test]
+    fn release_drops_file_pages_and_keeps_the_bytes() {
+        const MIB: usize = 1 << 20;
+        let path = std::env::temp_dir().join(format!("npurt-release-{}.bin", std::process::id()));
+        let bytes: Vec<u8> = (0..16 * MIB).map(|i| (i * 7 % 251) as u8).collect();
+        std::fs::write(&path, &bytes).unwrap();
+        let file = std::fs::File::open(&path).unwrap();
+        // SAFETY: a private temp file nobody else writes while the test runs.
+        let map = Arc::new(unsafe { Mmap::map(&file) }.unwrap());
+        let mut store = WeightStore::new();
+        let idx = store.add_file(map);
+        let entry = WeightEntry {
+            fact: TensorFact::f32(vec![4 * MIB]),
+            file: idx,
+            offset: 0,
+            len: 16 * MIB,
+            unpermute: None,
+        };
+        store.insert("w".into(), entry, "temp").unwrap();
+        let sum = |s: &WeightStore| s.raw("w").unwrap().iter().map(|&b| b as u64).sum::<u64>();
+        let want = sum(&store);
+        let touched = rss_file_bytes();
+        store.release(["w"]);
+        let released = rss_file_bytes();
+        assert!(
+            touched >= released + 12 * MIB,
+            "RssFile {touched} -> {released} bytes: the 16 MiB tensor's pages stayed"
+        );
+        assert_eq!(sum(&store), want, "released pages read back differently");
+        std::fs::remove_file(&path).ok();
+
+        let mem = WeightStore::synthetic_f32(&[("x".into(), vec![1024])], |_, v| {
+            v.iter_mut().enumerate().for_each(|(i, x)| *x = i as f32)
+        })
+        .unwrap();
+        mem.release(["x"]);
+        let x = mem.to_f32("x").unwrap().into_f32().unwrap();
+        assert!(x.iter().enumerate().all(|(i, &v)| v == i as f32), "in-memory tensor zeroed");
     }
 }
