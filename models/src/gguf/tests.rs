@@ -1,8 +1,8 @@
 //! The GGUF reader and llama loader, on files written by `testfiles::GgufWriter`.
 
 use super::*;
-use crate::{ModelError, Result};
 use crate::testfiles::{self, GgufWriter, TinyLlama};
+use crate::{ModelError, Result};
 
 fn parse(bytes: &[u8]) -> Result<GgufFile> {
     GgufFile::parse(bytes, "test.gguf")
