@@ -70,15 +70,6 @@ fn pools() -> Vec<(usize, ThreadPool)> {
         .collect()
 }
 
-fn fmt_name(dtype: DType) -> &'static str {
-    match dtype {
-        DType::Q4_0 => "q4_0",
-        DType::Q4_1 => "q4_1",
-        DType::Q8_0 => "q8_0",
-        _ => "f32",
-    }
-}
-
 /// (group/id, seconds per iteration, weight bytes, ops) of every benchmark run, for
 /// the summary table.
 struct Row {
@@ -125,7 +116,7 @@ fn bench_packed(
     let a: Vec<f32> = (0..m * k).map(|_| rng.uniform(-1.0, 1.0)).collect();
     let mut out = vec![0f32; m * n];
     let kind = if m == 1 { "gemv" } else { "gemm" };
-    let group_name = format!("{kind}/{}_{}", fmt_name(dtype), act.name());
+    let group_name = format!("{kind}/{}_{}", dtype.name(), act.name());
     let mut g = c.benchmark_group(&group_name);
     g.throughput(if m == 1 {
         Throughput::Bytes(w.bytes() as u64)

@@ -112,14 +112,13 @@ fn report() {
     }
 }
 
-const FORMATS: [DType; 6] = [
-    DType::Q4_1,
-    DType::Q4_0,
-    DType::Q8_0,
-    DType::Q8Channel,
-    DType::F32,
-    DType::F16,
-];
+/// The weight formats the matmul tests sweep: every one but BF16, which packs to f32
+/// exactly as F16 does (`packing_is_lossless` checks BF16's packing).
+fn formats() -> impl Iterator<Item = DType> {
+    DType::WEIGHT_FORMATS
+        .into_iter()
+        .filter(|&d| d != DType::BF16)
+}
 const ACTS: [ActPrecision; 3] = [ActPrecision::I8, ActPrecision::I16, ActPrecision::F32];
 /// LLaMA's lists, the ViT's (`+bias+gelu`, `+bias+gelu_tanh+residual`) and a GELU-gated
 /// GLU with steps behind it.
@@ -284,7 +283,7 @@ fn every_format_act_epilogue_isa_and_thread_count() {
     );
     let pools = pools();
     let mut rng = SeededRng::new(0x5eed_0001);
-    for dtype in FORMATS {
+    for dtype in formats() {
         // 64 rows: SwiGLU halves of 32 = two whole tiles (the fused path); k = 576 so that
         // m = 5 and 17 are large enough to be split over both threads.
         let w = weight(&mut rng, dtype, 64, 576);
@@ -310,7 +309,7 @@ fn rms_norm_prologue_on_every_path() {
     use npurt_kernels::cpu::{matmul_packed_rms_norm, RowNorm};
     let pools = pools();
     let mut rng = SeededRng::new(0x5eed_0003);
-    for dtype in FORMATS {
+    for dtype in formats() {
         let w = weight(&mut rng, dtype, 48, 576);
         let norm_w: Vec<f32> = rng
             .uniform_vec(w.k, -0.5, 0.5)
@@ -391,7 +390,7 @@ fn odd_shapes_on_every_path() {
         (130, 96, 200),
     ];
     let mut rng = SeededRng::new(0x5eed_0002);
-    for (fi, dtype) in FORMATS.into_iter().enumerate() {
+    for (fi, dtype) in formats().enumerate() {
         for (si, &(m, k, n)) in shapes.iter().enumerate() {
             let w = weight(&mut rng, dtype, n, k);
             let a = activations(&mut rng, m, k);
@@ -413,15 +412,7 @@ fn odd_shapes_on_every_path() {
 #[test]
 fn packing_is_lossless() {
     let mut rng = SeededRng::new(0x5eed_0003);
-    for dtype in [
-        DType::Q4_1,
-        DType::Q4_0,
-        DType::Q8_0,
-        DType::Q8Channel,
-        DType::F32,
-        DType::F16,
-        DType::BF16,
-    ] {
+    for dtype in DType::WEIGHT_FORMATS {
         for (n, k) in [(1, 32), (13, 96), (577, 64), (40, 1536)] {
             let mut x = rng.uniform_vec(n * k, -2.0, 2.0);
             // Exercise extremes: a zero block, and GGUF's raw -128 in Q8_0.

@@ -500,20 +500,10 @@ fn weight_tensor(dt: DType, rows: usize, cols: usize, values: &[f32]) -> (HostTe
     (t, deq)
 }
 
-const ALL_WEIGHTS: [DType; 7] = [
-    DType::F32,
-    DType::F16,
-    DType::BF16,
-    DType::Q4_0,
-    DType::Q4_1,
-    DType::Q8_0,
-    DType::Q8Channel,
-];
-
 #[test]
 fn gather_matches_reference_for_every_table_format() {
     let mut rng = SeededRng::new(4);
-    for dt in ALL_WEIGHTS {
+    for dt in DType::WEIGHT_FORMATS {
         let (vocab, width) = if dt.block_elems() > 1 {
             (37, 96)
         } else {
@@ -639,7 +629,7 @@ fn check_matmul(be: &dyn Backend, c: &MatmulCase, seed: u64) {
 #[test]
 fn matmul_every_weight_format_and_row_count() {
     let mut seed = 10;
-    for dt in ALL_WEIGHTS {
+    for dt in DType::WEIGHT_FORMATS {
         let k = if dt.block_elems() > 1 { 96 } else { 37 };
         for m in [1, 7, 33] {
             for n in [37, 65] {
@@ -739,7 +729,7 @@ fn weights_split_across_bindings() {
     let mut seed = 300;
     for kernels in [KernelFamily::Tiled, KernelFamily::Lanes] {
         let small = small_binding_backend(16384, kernels);
-        for dt in ALL_WEIGHTS {
+        for dt in DType::WEIGHT_FORMATS {
             for (m, epilogue) in [
                 (1, Epilogue::NONE),
                 (9, Epilogue::BIAS_RESIDUAL),
@@ -1267,7 +1257,7 @@ fn supports_refuses_what_it_cannot_run() {
 #[test]
 fn weights_read_back_as_written() {
     let mut rng = SeededRng::new(800);
-    for dt in ALL_WEIGHTS {
+    for dt in DType::WEIGHT_FORMATS {
         let (t, _) = weight_tensor(dt, 5, 64, &rng.uniform_vec(5 * 64, -1.0, 1.0));
         let b = be().prepare_weight("w", t.clone()).unwrap();
         assert_eq!(be().read(b.as_ref()).unwrap(), t, "{dt}");
