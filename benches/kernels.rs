@@ -17,7 +17,7 @@
 //! `-- model`, `-- attention`. `NPURT_CPU_ISA=avx2vnni|avx2|portable` benches a lower kernel path.
 
 use criterion::{BenchmarkId, Criterion, Throughput};
-use npurt_graph::{ActPrecision, DType, Epilogue};
+use npurt_graph::{ActPrecision, DType, Epilogue, SeededRng};
 use npurt_kernels::cpu::{
     attention_bidirectional_f32, attention_f32, isa, kv_write_q8head, matmul_f32, matmul_packed,
     pack, KvElem, PackedMatrix, ThreadPool,
@@ -40,39 +40,23 @@ const SHAPES: [(usize, usize); 7] = [
 const HEAD: (usize, usize) = (49152, 576);
 const PREFILL_ROWS: usize = 128;
 
-struct Lcg(u64);
-
-impl Lcg {
-    fn next(&mut self) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        self.0 >> 33
-    }
-    fn f(&mut self) -> f32 {
-        self.next() as f32 / (1u64 << 30) as f32 - 1.0
-    }
-}
-
 /// Random GGUF bytes for a `[n, k]` weight: plausible f16 scales, random quants. (Fast
 /// for the ~100 MB model sweep; the values do not matter for speed.)
-fn random_raw(dtype: DType, n: usize, k: usize, rng: &mut Lcg) -> Vec<u8> {
+fn random_raw(dtype: DType, n: usize, k: usize, rng: &mut SeededRng) -> Vec<u8> {
     let f16 = |x: f32| half::f16::from_f32(x).to_le_bytes();
     let mut out = Vec::with_capacity(n * k);
     match dtype {
-        DType::F32 => {
-            (0..n * k).for_each(|_| out.extend_from_slice(&(rng.f() * 0.1).to_le_bytes()))
-        }
+        DType::F32 => (0..n * k)
+            .for_each(|_| out.extend_from_slice(&(rng.uniform(-1.0, 1.0) * 0.1).to_le_bytes())),
         _ => {
             for _ in 0..n * k / 32 {
-                out.extend_from_slice(&f16(0.01 + 0.01 * rng.f().abs()));
+                out.extend_from_slice(&f16(0.01 + 0.01 * rng.uniform(-1.0, 1.0).abs()));
                 match dtype {
                     DType::Q4_1 => out.extend_from_slice(&f16(-0.08)),
                     DType::Q4_0 => {}
-                    _ => out.extend((0..16).map(|_| rng.next() as u8)),
+                    _ => out.extend((0..16).map(|_| rng.next_u64() as u8)),
                 }
-                out.extend((0..16).map(|_| rng.next() as u8));
+                out.extend((0..16).map(|_| rng.next_u64() as u8));
             }
         }
     }
@@ -84,15 +68,6 @@ fn pools() -> Vec<(usize, ThreadPool)> {
         .into_iter()
         .map(|t| (t, ThreadPool::new(t).expect("pool")))
         .collect()
-}
-
-fn fmt_name(dtype: DType) -> &'static str {
-    match dtype {
-        DType::Q4_0 => "q4_0",
-        DType::Q4_1 => "q4_1",
-        DType::Q8_0 => "q8_0",
-        _ => "f32",
-    }
 }
 
 /// (group/id, seconds per iteration, weight bytes, ops) of every benchmark run, for
@@ -110,7 +85,7 @@ thread_local! {
 
 fn quantized_matmuls(c: &mut Criterion) {
     let pools = pools();
-    let mut rng = Lcg(7);
+    let mut rng = SeededRng::new(7);
     let mut cases: Vec<(DType, (usize, usize))> = Vec::new();
     for dtype in [DType::Q4_1, DType::Q4_0, DType::Q8_0] {
         cases.extend(SHAPES.iter().map(|&s| (dtype, s)));
@@ -135,13 +110,13 @@ fn bench_packed(
     dtype: DType,
     act: ActPrecision,
     m: usize,
-    rng: &mut Lcg,
+    rng: &mut SeededRng,
 ) {
     let (n, k) = (w.n(), w.k());
-    let a: Vec<f32> = (0..m * k).map(|_| rng.f()).collect();
+    let a: Vec<f32> = (0..m * k).map(|_| rng.uniform(-1.0, 1.0)).collect();
     let mut out = vec![0f32; m * n];
     let kind = if m == 1 { "gemv" } else { "gemm" };
-    let group_name = format!("{kind}/{}_{}", fmt_name(dtype), act.name());
+    let group_name = format!("{kind}/{}_{}", dtype.name(), act.name());
     let mut g = c.benchmark_group(&group_name);
     g.throughput(if m == 1 {
         Throughput::Bytes(w.bytes() as u64)
@@ -171,11 +146,11 @@ fn bench_packed(
 
 fn f32_baseline(c: &mut Criterion) {
     let pools = pools();
-    let mut rng = Lcg(9);
+    let mut rng = SeededRng::new(9);
     for (n, k) in SHAPES {
-        let w: Vec<f32> = (0..n * k).map(|_| rng.f() * 0.1).collect();
+        let w: Vec<f32> = (0..n * k).map(|_| rng.uniform(-1.0, 1.0) * 0.1).collect();
         for m in [1, PREFILL_ROWS] {
-            let a: Vec<f32> = (0..m * k).map(|_| rng.f()).collect();
+            let a: Vec<f32> = (0..m * k).map(|_| rng.uniform(-1.0, 1.0)).collect();
             let mut out = vec![0f32; m * n];
             let kind = if m == 1 { "gemv" } else { "gemm" };
             let group_name = format!("{kind}/f32_matmul_f32");
@@ -208,9 +183,9 @@ fn vit_attention(c: &mut Criterion) {
     const SEQ: usize = 729;
     const HEADS: usize = 16;
     const HEAD_DIM: usize = 72;
-    let mut rng = Lcg(13);
+    let mut rng = SeededRng::new(13);
     let w = HEADS * HEAD_DIM;
-    let mut vec = |n: usize| -> Vec<f32> { (0..n).map(|_| rng.f()).collect() };
+    let mut vec = |n: usize| -> Vec<f32> { (0..n).map(|_| rng.uniform(-1.0, 1.0)).collect() };
     let (q, k, v) = (vec(SEQ * w), vec(SEQ * w), vec(SEQ * w));
     let mut out = vec![0f32; SEQ * w];
     let scale = 1.0 / (HEAD_DIM as f32).sqrt();
@@ -252,10 +227,16 @@ fn decode_attention(c: &mut Criterion) {
     const KV_HEADS: usize = 3;
     const HEAD_DIM: usize = 64;
     let kw = KV_HEADS * HEAD_DIM;
-    let mut rng = Lcg(17);
-    let q: Vec<f32> = (0..HEADS * HEAD_DIM).map(|_| rng.f()).collect();
+    let mut rng = SeededRng::new(17);
+    let q: Vec<f32> = (0..HEADS * HEAD_DIM)
+        .map(|_| rng.uniform(-1.0, 1.0))
+        .collect();
     let caches: Vec<Vec<f32>> = (0..2 * LAYERS)
-        .map(|_| (0..CACHE_ROWS * kw).map(|_| rng.f()).collect())
+        .map(|_| {
+            (0..CACHE_ROWS * kw)
+                .map(|_| rng.uniform(-1.0, 1.0))
+                .collect()
+        })
         .collect();
     let f16s: Vec<Vec<half::f16>> = caches
         .iter()
@@ -318,7 +299,7 @@ fn decode_attention(c: &mut Criterion) {
 /// (elem/s = tokens/s).
 fn model_sweep(c: &mut Criterion) {
     const LAYERS: usize = 30;
-    let mut rng = Lcg(11);
+    let mut rng = SeededRng::new(11);
     let layer_shapes: [(usize, usize, Epilogue); 6] = [
         (576, 576, Epilogue::NONE),
         (192, 576, Epilogue::NONE),
@@ -351,8 +332,8 @@ fn model_sweep(c: &mut Criterion) {
             let group_name = format!("model/smollm2_{kind}_q4_1_{}", act.name());
             let mut g = c.benchmark_group(&group_name);
             g.throughput(Throughput::Elements(m as u64));
-            let a: Vec<f32> = (0..m * 1536).map(|_| rng.f()).collect();
-            let res: Vec<f32> = (0..m * 576).map(|_| rng.f()).collect();
+            let a: Vec<f32> = (0..m * 1536).map(|_| rng.uniform(-1.0, 1.0)).collect();
+            let res: Vec<f32> = (0..m * 576).map(|_| rng.uniform(-1.0, 1.0)).collect();
             let mut out = vec![0f32; m * HEAD.0];
             // The head runs on one row (the last position) in both cases.
             let ops: usize = 2

@@ -11,7 +11,9 @@
 use criterion::{BenchmarkId, Criterion, Throughput};
 use npurt_backends::wgpu::{WgpuBackend, WgpuOptions};
 use npurt_backends::{Backend, Bindings, BufferUsage, DeviceBuffer, Executable, Scratch};
-use npurt_graph::{ActPrecision, DType, Epilogue, Graph, NodeId, Op, Prologue, TensorFact};
+use npurt_graph::{
+    ActPrecision, DType, Epilogue, Graph, NodeId, Op, Prologue, SeededRng, TensorFact,
+};
 use npurt_kernels::HostTensor;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,21 +21,6 @@ use std::time::{Duration, Instant};
 /// `[n (out), k (in)]`.
 const SHAPES: [(usize, usize); 3] = [(576, 576), (576, 1536), (2560, 2560)];
 const PREFILL_ROWS: usize = 128;
-
-struct Lcg(u64);
-
-impl Lcg {
-    fn f(&mut self) -> f32 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (self.0 >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-    }
-    fn vec(&mut self, n: usize) -> Vec<f32> {
-        (0..n).map(|_| self.f()).collect()
-    }
-}
 
 /// A compiled graph with its buffers bound, ready to run repeatedly.
 struct Prepared {
@@ -88,7 +75,7 @@ impl Prepared {
 }
 
 fn matmul(be: &WgpuBackend, dt: DType, m: usize, n: usize, k: usize) -> Prepared {
-    let mut rng = Lcg(7);
+    let mut rng = SeededRng::new(7);
     let mut g = Graph::new();
     let a = g
         .add(
@@ -124,14 +111,18 @@ fn matmul(be: &WgpuBackend, dt: DType, m: usize, n: usize, k: usize) -> Prepared
         )
         .unwrap();
     g.set_output("y", y);
-    let bytes = npurt_kernels::quant::quantize(dt, &rng.vec(n * k), k).expect("quantize");
+    let bytes = npurt_kernels::quant::quantize(dt, &rng.uniform_vec(n * k, -1.0, 1.0), k)
+        .expect("quantize");
     let wt = HostTensor::bytes(TensorFact::new(dt, [n, k]), bytes).expect("weight bytes");
     let wb = be.prepare_weight("w", wt).expect("prepare");
     Prepared::new(
         be,
         &g,
         vec![(w, wb)],
-        vec![(a, HostTensor::f32([m, k], rng.vec(m * k)))],
+        vec![(
+            a,
+            HostTensor::f32([m, k], rng.uniform_vec(m * k, -1.0, 1.0)),
+        )],
         &[],
     )
 }
@@ -177,7 +168,7 @@ fn bench_attention(c: &mut Criterion, be: &WgpuBackend) {
     let (nh, nkv, hd, cache) = (9, 3, 64, 1024);
     let mut group = c.benchmark_group("attention");
     for (rows, pos) in [(1, 1000), (PREFILL_ROWS, 512)] {
-        let mut rng = Lcg(9);
+        let mut rng = SeededRng::new(9);
         let mut g = Graph::new();
         let input = |g: &mut Graph, name: &str, fact: TensorFact| {
             g.add(
@@ -228,7 +219,10 @@ fn bench_attention(c: &mut Criterion, be: &WgpuBackend) {
             .unwrap();
         g.set_output("o", o);
         let inputs = vec![
-            (q, HostTensor::f32([rows, nh * hd], rng.vec(rows * nh * hd))),
+            (
+                q,
+                HostTensor::f32([rows, nh * hd], rng.uniform_vec(rows * nh * hd, -1.0, 1.0)),
+            ),
             (p, HostTensor::i32([1], vec![pos as i32])),
             (nv, HostTensor::i32([1], vec![rows as i32])),
         ];

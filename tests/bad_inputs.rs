@@ -5,6 +5,7 @@
 //! The files are synthetic (`npurt_models::testfiles`): a tiny llama in GGUF and in HF
 //! safetensors form, corrupted at known positions.
 
+use npurt_graph::SeededRng;
 use npurt_models::gguf::{self, GgmlType, GgufArray, GgufFile, GgufValue};
 use npurt_models::hf_dir;
 use npurt_models::testfiles::{
@@ -370,7 +371,7 @@ fn gguf_absurd_config_names_the_field() {
 #[test]
 fn gguf_corrupted_bytes_never_panic() {
     let (bytes, layout) = tiny_gguf();
-    let mut rng = Lcg(0x5eed_1234);
+    let mut rng = SeededRng::new(0x5eed_1234);
     let mut errors = 0;
     for i in 0..200 {
         let mut b = bytes.clone();
@@ -379,7 +380,7 @@ fn gguf_corrupted_bytes_never_panic() {
         // Mix single-bit flips, random bytes and extreme values.
         match rng.below(3) {
             0 => b[at] ^= 1 << rng.below(8),
-            1 => b[at] = rng.next() as u8,
+            1 => b[at] = rng.next_u64() as u8,
             _ => b[at] = 0xff,
         }
         let f = TempFile::new("fuzz.gguf", &b);
@@ -407,11 +408,11 @@ fn safetensors_corrupted_bytes_never_panic() {
     let dir = TempDir::tiny_hf("fuzz_hf");
     let bytes = std::fs::read(dir.path("model.safetensors")).unwrap();
     let header_end = 8 + u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
-    let mut rng = Lcg(0xfeed_beef);
+    let mut rng = SeededRng::new(0xfeed_beef);
     for i in 0..200 {
         let mut b = bytes.clone();
         let at = rng.below(header_end);
-        b[at] = rng.next() as u8;
+        b[at] = rng.next_u64() as u8;
         std::fs::write(dir.path("model.safetensors"), &b).unwrap();
         let outcome = catch_unwind(AssertUnwindSafe(|| {
             let _ = hf_dir::parse_safetensors(&b, "fuzz.safetensors");
@@ -421,22 +422,6 @@ fn safetensors_corrupted_bytes_never_panic() {
             outcome.is_ok(),
             "iteration {i}: overwriting byte {at} made the loader panic"
         );
-    }
-}
-
-/// A 64-bit LCG (Knuth's MMIX constants): deterministic, no rand crate.
-struct Lcg(u64);
-
-impl Lcg {
-    fn next(&mut self) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        self.0 >> 33
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
     }
 }
 

@@ -8,40 +8,20 @@
 //! design, so each case compares with a normalised mean squared error (NMSE, as ggml's
 //! test-backend-ops) against a threshold written next to it with its reason.
 
-use npurt_graph::{ActPrecision, DType, Epilogue};
+use npurt_graph::{ActPrecision, DType, Epilogue, SeededRng};
 use npurt_kernels::cpu::{
     gather_packed, matmul_packed, pack, with_isa, Isa, PackedMatrix, ThreadPool,
 };
 use npurt_kernels::{quant, reference};
 
-/// A small LCG (Knuth's MMIX constants): seeded, reproducible, no dependency.
-struct Lcg(u64);
-
-impl Lcg {
-    fn next_u32(&mut self) -> u32 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (self.0 >> 33) as u32
-    }
-    /// Uniform in [-1, 1).
-    fn f(&mut self) -> f32 {
-        self.next_u32() as f32 / (1u64 << 30) as f32 - 1.0
-    }
-    fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
-        (0..n).map(|_| self.f() * scale).collect()
-    }
-}
-
 /// Activations with a different magnitude per row and a few outliers, as real hidden
 /// states have (outliers are what per-block I8 scales are for).
-fn activations(rng: &mut Lcg, m: usize, k: usize) -> Vec<f32> {
+fn activations(rng: &mut SeededRng, m: usize, k: usize) -> Vec<f32> {
     let mut a = Vec::with_capacity(m * k);
     for i in 0..m {
         let s = 0.5 + (i % 7) as f32;
         for p in 0..k {
-            let mut v = rng.f() * s;
+            let mut v = rng.uniform(-1.0, 1.0) * s;
             if (p * 31 + i * 7) % 97 == 0 {
                 v *= 8.0;
             }
@@ -137,14 +117,13 @@ fn report() {
     }
 }
 
-const FORMATS: [DType; 6] = [
-    DType::Q4_1,
-    DType::Q4_0,
-    DType::Q8_0,
-    DType::Q8Channel,
-    DType::F32,
-    DType::F16,
-];
+/// The weight formats the matmul tests sweep: every one but BF16, which packs to f32
+/// exactly as F16 does (`packing_is_lossless` checks BF16's packing).
+fn formats() -> impl Iterator<Item = DType> {
+    DType::WEIGHT_FORMATS
+        .into_iter()
+        .filter(|&d| d != DType::BF16)
+}
 const ACTS: [ActPrecision; 4] = [
     ActPrecision::I8,
     ActPrecision::I8Row,
@@ -177,12 +156,12 @@ struct Weight {
     packed: PackedMatrix,
 }
 
-fn weight(rng: &mut Lcg, dtype: DType, n: usize, k: usize) -> Weight {
+fn weight(rng: &mut SeededRng, dtype: DType, n: usize, k: usize) -> Weight {
     // Rows of different magnitudes, so per-row and per-block scales matter.
     let mut x = Vec::with_capacity(n * k);
     for r in 0..n {
         let s = 0.05 * (1 + r % 5) as f32;
-        x.extend(rng.vec(k, s));
+        x.extend(rng.uniform_vec(k, -s, s));
     }
     let raw = quant::quantize(dtype, &x, k).expect("quantize");
     let mut deq = vec![0f32; n * k];
@@ -214,13 +193,15 @@ fn check(
     act: ActPrecision,
     epi: Epilogue,
     pools: &[(usize, ThreadPool)],
-    rng: &mut Lcg,
+    rng: &mut SeededRng,
     isas: &[Isa],
     threads: &[usize],
 ) {
     let n_out = epi.out_cols(w.n).expect("even rows for a GLU");
-    let bias = epi.has_bias().then(|| rng.vec(n_out, 1.0));
-    let residual = epi.has_residual().then(|| rng.vec(m * n_out, 1.0));
+    let bias = epi.has_bias().then(|| rng.uniform_vec(n_out, -1.0, 1.0));
+    let residual = epi
+        .has_residual()
+        .then(|| rng.uniform_vec(m * n_out, -1.0, 1.0));
     let oracle = |a: &[f32]| {
         let pre = reference_product(w, a, m);
         let mut want = vec![0f32; m * n_out];
@@ -311,8 +292,8 @@ fn every_format_act_epilogue_isa_and_thread_count() {
         isas.iter().map(|i| i.name()).collect::<Vec<_>>()
     );
     let pools = pools();
-    let mut rng = Lcg(0x5eed_0001);
-    for dtype in FORMATS {
+    let mut rng = SeededRng::new(0x5eed_0001);
+    for dtype in formats() {
         // 64 rows: SwiGLU halves of 32 = two whole tiles (the fused path); k = 576 so that
         // m = 5 and 17 are large enough to be split over both threads.
         let w = weight(&mut rng, dtype, 64, 576);
@@ -337,10 +318,14 @@ fn every_format_act_epilogue_isa_and_thread_count() {
 fn rms_norm_prologue_on_every_path() {
     use npurt_kernels::cpu::{matmul_packed_rms_norm, RowNorm};
     let pools = pools();
-    let mut rng = Lcg(0x5eed_0003);
-    for dtype in FORMATS {
+    let mut rng = SeededRng::new(0x5eed_0003);
+    for dtype in formats() {
         let w = weight(&mut rng, dtype, 48, 576);
-        let norm_w: Vec<f32> = rng.vec(w.k, 0.5).iter().map(|x| 1.0 + x).collect();
+        let norm_w: Vec<f32> = rng
+            .uniform_vec(w.k, -0.5, 0.5)
+            .iter()
+            .map(|x| 1.0 + x)
+            .collect();
         let norm = RowNorm {
             weight: &norm_w,
             eps: 1e-5,
@@ -416,8 +401,8 @@ fn odd_shapes_on_every_path() {
         // k past 256 blocks: the whole-row i32 kernels (`q8c_*`) convert in stretches.
         (9, 8224, 17),
     ];
-    let mut rng = Lcg(0x5eed_0002);
-    for (fi, dtype) in FORMATS.into_iter().enumerate() {
+    let mut rng = SeededRng::new(0x5eed_0002);
+    for (fi, dtype) in formats().enumerate() {
         for (si, &(m, k, n)) in shapes.iter().enumerate() {
             let w = weight(&mut rng, dtype, n, k);
             let a = activations(&mut rng, m, k);
@@ -438,18 +423,10 @@ fn odd_shapes_on_every_path() {
 /// `quant::dequantize_matrix` gives from the GGUF bytes, bit for bit.
 #[test]
 fn packing_is_lossless() {
-    let mut rng = Lcg(0x5eed_0003);
-    for dtype in [
-        DType::Q4_1,
-        DType::Q4_0,
-        DType::Q8_0,
-        DType::Q8Channel,
-        DType::F32,
-        DType::F16,
-        DType::BF16,
-    ] {
+    let mut rng = SeededRng::new(0x5eed_0003);
+    for dtype in DType::WEIGHT_FORMATS {
         for (n, k) in [(1, 32), (13, 96), (577, 64), (40, 1536)] {
-            let mut x = rng.vec(n * k, 2.0);
+            let mut x = rng.uniform_vec(n * k, -2.0, 2.0);
             // Exercise extremes: a zero block, and GGUF's raw -128 in Q8_0.
             x[..32].iter_mut().for_each(|v| *v = 0.0);
             let mut raw = quant::quantize(dtype, &x, k).unwrap();
@@ -484,7 +461,7 @@ fn packing_is_lossless() {
 
 #[test]
 fn gather_rows_and_bad_ids() {
-    let mut rng = Lcg(0x5eed_0004);
+    let mut rng = SeededRng::new(0x5eed_0004);
     for dtype in [DType::Q8_0, DType::Q4_1, DType::Q4_0] {
         let w = weight(&mut rng, dtype, 37, 64);
         let ids = [0, 36, 5, 5, 17];
@@ -506,7 +483,7 @@ fn gather_rows_and_bad_ids() {
 
 #[test]
 fn bad_inputs_are_errors() {
-    let mut rng = Lcg(0x5eed_0005);
+    let mut rng = SeededRng::new(0x5eed_0005);
     // Wrong byte counts, k not a whole number of blocks, empty, non-weight dtypes.
     assert!(pack(DType::Q4_1, &[0u8; 19], 1, 32).is_err());
     assert!(pack(DType::Q4_0, &[0u8; 18], 1, 16).is_err());
@@ -515,7 +492,7 @@ fn bad_inputs_are_errors() {
     assert!(pack(DType::I8, &[0u8; 32], 1, 32).is_err());
     assert!(pack(DType::Q4_1, &[0u8; 20], usize::MAX / 2, 64).is_err());
     let w = weight(&mut rng, DType::Q4_1, 20, 64);
-    let a = rng.vec(2 * 64, 1.0);
+    let a = rng.uniform_vec(2 * 64, -1.0, 1.0);
     let mut out = vec![0f32; 2 * 20];
     let mut out_half = vec![0f32; 2 * 10];
     let bias = vec![0f32; 20];
@@ -620,7 +597,7 @@ fn bad_inputs_are_errors() {
 /// run, and the right answer.
 #[test]
 fn concurrent_calls_in_one_pool() {
-    let mut rng = Lcg(0x5eed_0007);
+    let mut rng = SeededRng::new(0x5eed_0007);
     let w = weight(&mut rng, DType::Q4_1, 96, 576);
     let inputs: Vec<(usize, Vec<f32>)> = [1, 3, 8, 17, 64, 2, 9, 33]
         .iter()
@@ -680,9 +657,9 @@ fn concurrent_calls_in_one_pool() {
 /// out, but the process survives).
 #[test]
 fn non_finite_activations_do_not_panic() {
-    let mut rng = Lcg(0x5eed_0006);
+    let mut rng = SeededRng::new(0x5eed_0006);
     let w = weight(&mut rng, DType::Q4_1, 32, 64);
-    let mut a = rng.vec(3 * 64, 1.0);
+    let mut a = rng.uniform_vec(3 * 64, -1.0, 1.0);
     a[5] = f32::NAN;
     a[70] = f32::INFINITY;
     a[140] = f32::NEG_INFINITY;
@@ -724,11 +701,11 @@ fn attention_every_path_matches_reference() {
         (3, 3, 13, 4, 9, 2, 4),
     ];
     let pools = pools();
-    let mut rng = Lcg(0x5eed_0a77);
+    let mut rng = SeededRng::new(0x5eed_0a77);
     for (nh, nkv, hd, rows, cache, pos, n_valid) in cases {
-        let q = rng.vec(rows * nh * hd, 2.0);
-        let k = rng.vec(cache * nkv * hd, 2.0);
-        let v = rng.vec(cache * nkv * hd, 1.0);
+        let q = rng.uniform_vec(rows * nh * hd, -2.0, 2.0);
+        let k = rng.uniform_vec(cache * nkv * hd, -2.0, 2.0);
+        let v = rng.uniform_vec(cache * nkv * hd, -1.0, 1.0);
         // The same caches stored as f16; their reference is the f32 attention over the
         // f16-rounded values.
         let (k16, v16) = (to_f16(&k), to_f16(&v));
@@ -777,9 +754,9 @@ fn attention_every_path_matches_reference() {
         (1, 1, 13, 3, 1),
     ];
     for (nh, nkv, hd, seqs, seq) in cases {
-        let q = rng.vec(seqs * seq * nh * hd, 2.0);
-        let k = rng.vec(seqs * seq * nkv * hd, 2.0);
-        let v = rng.vec(seqs * seq * nkv * hd, 1.0);
+        let q = rng.uniform_vec(seqs * seq * nh * hd, -2.0, 2.0);
+        let k = rng.uniform_vec(seqs * seq * nkv * hd, -2.0, 2.0);
+        let v = rng.uniform_vec(seqs * seq * nkv * hd, -1.0, 1.0);
         let scale = 1.0 / (hd as f32).sqrt();
         let mut want = vec![0f32; q.len()];
         reference::attention_bidirectional(&q, &k, &v, seq, nh, nkv, hd, scale, &mut want).unwrap();
@@ -824,7 +801,7 @@ fn attention_every_path_matches_reference() {
 fn layer_norm_every_path_matches_reference() {
     use npurt_kernels::cpu::layer_norm_f32;
     let pools = pools();
-    let mut rng = Lcg(0x5eed_1a7e);
+    let mut rng = SeededRng::new(0x5eed_1a7e);
     for (rows, h, offset) in [
         (3, 1, 0.0),
         (7, 13, 20.0),
@@ -834,9 +811,13 @@ fn layer_norm_every_path_matches_reference() {
         (70, 1152, 0.0),
         (2, 4304, 5.0),
     ] {
-        let x: Vec<f32> = rng.vec(rows * h, 3.0).iter().map(|v| v + offset).collect();
-        let w = rng.vec(h, 1.0);
-        let b = rng.vec(h, 0.5);
+        let x: Vec<f32> = rng
+            .uniform_vec(rows * h, -3.0, 3.0)
+            .iter()
+            .map(|v| v + offset)
+            .collect();
+        let w = rng.uniform_vec(h, -1.0, 1.0);
+        let b = rng.uniform_vec(h, -0.5, 0.5);
         let eps = 1e-6;
         let mut want = vec![0f32; x.len()];
         reference::layer_norm(&x, &w, &b, eps, &mut want);

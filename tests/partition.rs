@@ -12,7 +12,7 @@ use npurt_backends::{
     Backend, BackendError, Bindings, BufferUsage, Capabilities, DeviceBuffer, Executable, Scratch,
     Support,
 };
-use npurt_graph::{Graph, NodeId, Op, TensorFact};
+use npurt_graph::{Graph, NodeId, Op, SeededRng, TensorFact};
 use npurt_kernels::HostTensor;
 use npurt_models::llama::{self, InputKind, LlamaGraphOptions, LogitsMode};
 use npurt_models::LlamaConfig;
@@ -170,13 +170,8 @@ fn tiny_llama() -> Graph {
 
 /// Seeded small weights (norm weights near 1), by name.
 fn weights(g: &Graph) -> HashMap<String, HostTensor> {
-    let mut state = 0x2545_f491_4f6c_dd1du64;
-    let mut next = move || {
-        state = state
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        ((state >> 40) as f32 / (1u64 << 24) as f32) - 0.5
-    };
+    let mut rng = SeededRng::new(0x2545_f491_4f6c_dd1d);
+    let mut next = move || rng.uniform(-0.5, 0.5);
     g.sources("weight")
         .into_iter()
         .map(|(_, name, fact)| {

@@ -9,7 +9,8 @@
 use npurt_backends::wgpu::{KernelFamily, WgpuBackend, WgpuOptions};
 use npurt_backends::{Backend, BackendError, Bindings, BufferUsage, Support};
 use npurt_graph::{
-    ActPrecision, DType, Epilogue, Graph, NodeId, Op, Prologue, RopeParams, RopeScaling, TensorFact,
+    ActPrecision, DType, Epilogue, Graph, NodeId, Op, Prologue, RopeParams, RopeScaling, SeededRng,
+    TensorFact,
 };
 use npurt_kernels::{quant, reference as r, HostTensor};
 use std::collections::HashMap;
@@ -49,29 +50,6 @@ fn small_binding_backend(bytes: u64, matmul: KernelFamily) -> WgpuBackend {
         ..Default::default()
     })
     .expect("wgpu backend")
-}
-
-/// Seeded linear congruential generator: values in [-1, 1).
-struct Lcg(u64);
-
-impl Lcg {
-    fn next(&mut self) -> f32 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (self.0 >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-    }
-    fn vec(&mut self, n: usize) -> Vec<f32> {
-        (0..n).map(|_| self.next()).collect()
-    }
-    fn below(&mut self, n: usize) -> usize {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        ((self.0 >> 33) % n as u64) as usize
-    }
 }
 
 fn assert_close(what: &str, ours: &[f32], want: &[f32], rel: f32) {
@@ -286,7 +264,7 @@ fn no_adapter_is_a_typed_unavailable_error() {
 
 #[test]
 fn elementwise_ops_match_reference() {
-    let mut rng = Lcg(1);
+    let mut rng = SeededRng::new(1);
     for (shape, bshape) in [
         (vec![7, 37], vec![37]),
         (vec![3, 5, 7], vec![5, 7]),
@@ -294,8 +272,12 @@ fn elementwise_ops_match_reference() {
         (vec![1000, 300], vec![300]),
     ] {
         let n: usize = shape.iter().product();
-        let a = rng.vec(n).iter().map(|v| v * 4.0).collect::<Vec<_>>();
-        let b = rng.vec(bshape.iter().product());
+        let a = rng
+            .uniform_vec(n, -1.0, 1.0)
+            .iter()
+            .map(|v| v * 4.0)
+            .collect::<Vec<_>>();
+        let b = rng.uniform_vec(bshape.iter().product(), -1.0, 1.0);
         let mut g = G::new();
         let x = g.input("a", TensorFact::f32(shape.clone()));
         let y = g.input("b", TensorFact::f32(bshape.clone()));
@@ -385,11 +367,15 @@ fn gelu_is_precise_over_a_wide_range() {
 
 #[test]
 fn norms_match_reference() {
-    let mut rng = Lcg(2);
+    let mut rng = SeededRng::new(2);
     for (rows, h) in [(7, 37), (5, 576), (33, 65), (1, 1000)] {
-        let x: Vec<f32> = rng.vec(rows * h).iter().map(|v| v * 3.0 + 0.5).collect();
-        let w = rng.vec(h);
-        let bias = rng.vec(h);
+        let x: Vec<f32> = rng
+            .uniform_vec(rows * h, -1.0, 1.0)
+            .iter()
+            .map(|v| v * 3.0 + 0.5)
+            .collect();
+        let w = rng.uniform_vec(h, -1.0, 1.0);
+        let bias = rng.uniform_vec(h, -1.0, 1.0);
         let mut g = G::new();
         let xi = g.input("x", TensorFact::f32([rows, h]));
         let wi = g.weight("w", TensorFact::f32([h]));
@@ -427,7 +413,7 @@ fn norms_match_reference() {
 
 #[test]
 fn rope_matches_reference_for_every_scaling() {
-    let mut rng = Lcg(3);
+    let mut rng = SeededRng::new(3);
     let scalings = [
         RopeScaling::None,
         RopeScaling::Linear { factor: 4.0 },
@@ -455,7 +441,7 @@ fn rope_matches_reference_for_every_scaling() {
                 scaling: scaling.clone(),
             };
             let width = heads * head_dim;
-            let x = rng.vec(rows * width);
+            let x = rng.uniform_vec(rows * width, -1.0, 1.0);
             let mut g = G::new();
             let xi = g.input("x", TensorFact::f32([rows, width]));
             let p = g.input("pos", TensorFact::i32([1]));
@@ -514,26 +500,17 @@ fn weight_tensor(dt: DType, rows: usize, cols: usize, values: &[f32]) -> (HostTe
     (t, deq)
 }
 
-const ALL_WEIGHTS: [DType; 7] = [
-    DType::F32,
-    DType::F16,
-    DType::BF16,
-    DType::Q4_0,
-    DType::Q4_1,
-    DType::Q8_0,
-    DType::Q8Channel,
-];
-
 #[test]
 fn gather_matches_reference_for_every_table_format() {
-    let mut rng = Lcg(4);
-    for dt in ALL_WEIGHTS {
+    let mut rng = SeededRng::new(4);
+    for dt in DType::WEIGHT_FORMATS {
         let (vocab, width) = if dt.block_elems() > 1 {
             (37, 96)
         } else {
             (37, 65)
         };
-        let (table, deq) = weight_tensor(dt, vocab, width, &rng.vec(vocab * width));
+        let (table, deq) =
+            weight_tensor(dt, vocab, width, &rng.uniform_vec(vocab * width, -1.0, 1.0));
         let ids: Vec<i32> = (0..11).map(|_| rng.below(vocab) as i32).collect();
         let mut g = G::new();
         let t = g.weight("table", TensorFact::new(dt, [vocab, width]));
@@ -564,21 +541,26 @@ struct MatmulCase {
 }
 
 fn check_matmul(be: &dyn Backend, c: &MatmulCase, seed: u64) {
-    let mut rng = Lcg(seed);
+    let mut rng = SeededRng::new(seed);
     let n_b = if c.epilogue.glu().is_some() {
         2 * c.n
     } else {
         c.n
     };
-    let a = rng.vec(c.m * c.k);
+    let a = rng.uniform_vec(c.m * c.k, -1.0, 1.0);
     let (wrows, wcols) = if c.transpose_b {
         (n_b, c.k)
     } else {
         (c.k, n_b)
     };
-    let (w, deq) = weight_tensor(c.dt, wrows, wcols, &rng.vec(wrows * wcols));
-    let bias = rng.vec(c.n);
-    let residual = rng.vec(c.m * c.n);
+    let (w, deq) = weight_tensor(
+        c.dt,
+        wrows,
+        wcols,
+        &rng.uniform_vec(wrows * wcols, -1.0, 1.0),
+    );
+    let bias = rng.uniform_vec(c.n, -1.0, 1.0);
+    let residual = rng.uniform_vec(c.m * c.n, -1.0, 1.0);
     let mut g = G::new();
     let ai = g.input("a", TensorFact::f32([c.m, c.k]));
     let wi = g.weight("w", TensorFact::new(c.dt, [wrows, wcols]));
@@ -647,7 +629,7 @@ fn check_matmul(be: &dyn Backend, c: &MatmulCase, seed: u64) {
 #[test]
 fn matmul_every_weight_format_and_row_count() {
     let mut seed = 10;
-    for dt in ALL_WEIGHTS {
+    for dt in DType::WEIGHT_FORMATS {
         let k = if dt.block_elems() > 1 { 96 } else { 37 };
         for m in [1, 7, 33] {
             for n in [37, 65] {
@@ -747,7 +729,7 @@ fn weights_split_across_bindings() {
     let mut seed = 300;
     for kernels in [KernelFamily::Tiled, KernelFamily::Lanes] {
         let small = small_binding_backend(16384, kernels);
-        for dt in ALL_WEIGHTS {
+        for dt in DType::WEIGHT_FORMATS {
             for (m, epilogue) in [
                 (1, Epilogue::NONE),
                 (9, Epilogue::BIAS_RESIDUAL),
@@ -799,10 +781,11 @@ fn weights_split_across_bindings() {
         }
     }
     let small = small_binding_backend(16384, KernelFamily::Lanes);
-    let mut rng = Lcg(seed);
+    let mut rng = SeededRng::new(seed);
     for dt in [DType::F32, DType::Q8_0, DType::Q4_1] {
         let (vocab, width) = (600, 64);
-        let (table, deq) = weight_tensor(dt, vocab, width, &rng.vec(vocab * width));
+        let (table, deq) =
+            weight_tensor(dt, vocab, width, &rng.uniform_vec(vocab * width, -1.0, 1.0));
         let buf = small.prepare_weight("t", table.clone()).unwrap();
         assert!(
             WgpuBackend::weight_parts(buf.as_ref()) >= 2,
@@ -839,9 +822,9 @@ fn weights_split_across_bindings() {
 fn matmul_weight_larger_than_one_binding() {
     // f32 [36000, 1024] is 147 MB, past lavapipe's 128 MiB storage binding limit.
     let (n, k, m) = (36000, 1024, 3);
-    let mut rng = Lcg(400);
-    let a = rng.vec(m * k);
-    let w = rng.vec(n * k);
+    let mut rng = SeededRng::new(400);
+    let a = rng.uniform_vec(m * k, -1.0, 1.0);
+    let w = rng.uniform_vec(n * k, -1.0, 1.0);
     let buf = be()
         .prepare_weight("big", HostTensor::f32([n, k], w.clone()))
         .unwrap();
@@ -905,13 +888,13 @@ fn attention_case(
     n_valid: usize,
     seed: u64,
 ) {
-    let mut rng = Lcg(seed);
+    let mut rng = SeededRng::new(seed);
     let (qw, kw) = (nh * hd, nkv * hd);
-    let q = rng.vec(t_rows * qw);
-    let new_k = rng.vec(t_rows * kw);
-    let new_v = rng.vec(t_rows * kw);
-    let k_cache0 = rng.vec(s_rows * kw);
-    let v_cache0 = rng.vec(s_rows * kw);
+    let q = rng.uniform_vec(t_rows * qw, -1.0, 1.0);
+    let new_k = rng.uniform_vec(t_rows * kw, -1.0, 1.0);
+    let new_v = rng.uniform_vec(t_rows * kw, -1.0, 1.0);
+    let k_cache0 = rng.uniform_vec(s_rows * kw, -1.0, 1.0);
+    let v_cache0 = rng.uniform_vec(s_rows * kw, -1.0, 1.0);
     let scale = 1.0 / (hd as f32).sqrt();
     let mut g = G::new();
     let qi = g.input("q", TensorFact::f32([t_rows, qw]));
@@ -987,8 +970,8 @@ fn kv_write_and_gqa_attention_match_reference() {
 
 #[test]
 fn layout_ops_match_reference() {
-    let mut rng = Lcg(600);
-    let x = rng.vec(3 * 5 * 7);
+    let mut rng = SeededRng::new(600);
+    let x = rng.uniform_vec(3 * 5 * 7, -1.0, 1.0);
     let mut g = G::new();
     let xi = g.input("x", TensorFact::f32([3, 5, 7]));
     let t = g.op(
@@ -1029,9 +1012,9 @@ fn layout_ops_match_reference() {
 
     // Conv2D patch embedding: 2 images, 3 channels, 12x8 pixels, patch 4, 5 channels out.
     let (b, c, h, w, p, d) = (2, 3, 12, 8, 4, 5);
-    let pixels = rng.vec(b * c * h * w);
-    let weight = rng.vec(d * c * p * p);
-    let bias = rng.vec(d);
+    let pixels = rng.uniform_vec(b * c * h * w, -1.0, 1.0);
+    let weight = rng.uniform_vec(d * c * p * p, -1.0, 1.0);
+    let bias = rng.uniform_vec(d, -1.0, 1.0);
     let mut g = G::new();
     let pi = g.input("pixels", TensorFact::f32([b, c, h, w]));
     let wi = g.weight("w", TensorFact::f32([d, c * p * p]));
@@ -1174,7 +1157,7 @@ fn submit_returns_a_handle_that_waits_and_reports_its_run() {
 
 #[test]
 fn repeated_runs_reuse_pipelines_and_bind_groups() {
-    let mut rng = Lcg(700);
+    let mut rng = SeededRng::new(700);
     let mut g = G::new();
     let a = g.input("a", TensorFact::f32([9, 64]));
     let w = g.weight("w", TensorFact::new(DType::Q4_0, [48, 64]));
@@ -1190,7 +1173,7 @@ fn repeated_runs_reuse_pipelines_and_bind_groups() {
     );
     let s = g.op("s", Op::Silu, &[mm]);
     g.out("y", s);
-    let (wt, deq) = weight_tensor(DType::Q4_0, 48, 64, &rng.vec(48 * 64));
+    let (wt, deq) = weight_tensor(DType::Q4_0, 48, 64, &rng.uniform_vec(48 * 64, -1.0, 1.0));
     let be = be();
     let wb = be.prepare_weight("w", wt).unwrap();
     let exec = be.compile(&g.g, &[(w, wb.clone())]).unwrap();
@@ -1213,7 +1196,7 @@ fn repeated_runs_reuse_pipelines_and_bind_groups() {
         outputs: vec![("y".into(), yb.clone())],
     };
     for round in 0..3 {
-        let av = rng.vec(9 * 64);
+        let av = rng.uniform_vec(9 * 64, -1.0, 1.0);
         be.write(ab.as_ref(), &HostTensor::f32([9, 64], av.clone()))
             .unwrap();
         exec.run(&b, scratch.as_mut()).unwrap();
@@ -1273,9 +1256,9 @@ fn supports_refuses_what_it_cannot_run() {
 
 #[test]
 fn weights_read_back_as_written() {
-    let mut rng = Lcg(800);
-    for dt in ALL_WEIGHTS {
-        let (t, _) = weight_tensor(dt, 5, 64, &rng.vec(5 * 64));
+    let mut rng = SeededRng::new(800);
+    for dt in DType::WEIGHT_FORMATS {
+        let (t, _) = weight_tensor(dt, 5, 64, &rng.uniform_vec(5 * 64, -1.0, 1.0));
         let b = be().prepare_weight("w", t.clone()).unwrap();
         assert_eq!(be().read(b.as_ref()).unwrap(), t, "{dt}");
     }

@@ -34,6 +34,25 @@ pub enum DType {
 }
 
 impl DType {
+    /// Every format a weight may be stored in (what the loaders produce and the
+    /// backends' matmul and gather take), in declaration order. The one list: backend
+    /// capabilities, conformance sweeps, tests and benches iterate it rather than keep
+    /// their own, so a new format cannot be left out of one of them by accident.
+    pub const WEIGHT_FORMATS: [DType; 7] = [
+        DType::F32,
+        DType::F16,
+        DType::BF16,
+        DType::Q4_0,
+        DType::Q4_1,
+        DType::Q8_0,
+        DType::Q8Channel,
+    ];
+
+    /// One of [`DType::WEIGHT_FORMATS`].
+    pub fn is_weight_format(self) -> bool {
+        Self::WEIGHT_FORMATS.contains(&self)
+    }
+
     /// Values per block (1 for plain element types).
     pub const fn block_elems(self) -> usize {
         match self {

@@ -5,7 +5,9 @@
 //! - [`Epilogue`]: a matmul's fused output steps (bias, activation, residual, GLU);
 //! - [`Graph`], [`Builder`]: construction with inference at every node;
 //! - [`passes`]: the pass manager and rewrite passes;
-//! - [`plan`]: the memory planner (value lifetimes, one arena per compiled graph).
+//! - [`plan`]: the memory planner (value lifetimes, one arena per compiled graph);
+//! - [`rng`]: [`SeededRng`], the one seeded generator of every crate's tests, benches,
+//!   synthetic weights and sampler.
 
 mod builder;
 mod dtype;
@@ -16,6 +18,7 @@ mod op;
 pub mod passes;
 pub mod plan;
 mod precision;
+pub mod rng;
 
 pub use builder::Builder;
 pub use dtype::DType;
@@ -26,6 +29,7 @@ pub use op::{
     ActPrecision, AttentionMode, InferError, MatMulOperands, Op, Prologue, RopeParams, RopeScaling,
 };
 pub use precision::{KvCacheType, PrecisionPolicy, WeightFormat};
+pub use rng::SeededRng;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GraphError {

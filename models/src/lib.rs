@@ -18,6 +18,8 @@ pub mod llama;
 pub mod projector;
 pub mod siglip;
 pub mod source;
+/// Test-file writers: feature `testfiles` (always on for this crate's unit tests).
+#[cfg(any(test, feature = "testfiles"))]
 pub mod testfiles;
 pub mod tokenizer;
 pub mod vlm;

@@ -378,19 +378,12 @@ mod tests {
         assert_eq!(count("matmul"), 4 * cfg.num_hidden_layers + 1, "{fused}");
         assert_eq!(count("slice_cols"), 3 * cfg.num_hidden_layers);
         assert_eq!(count("add") + count("mul") + count("silu"), 0, "{fused}");
-        let mut seed = 7u64;
+        let mut rng = npurt_graph::SeededRng::new(7);
         let mut w = std::collections::HashMap::new();
         for (_, name, fact) in plain.sources("weight") {
             let n = fact.elems().unwrap();
-            let v: Vec<f32> = (0..n)
-                .map(|_| {
-                    seed = seed
-                        .wrapping_mul(6364136223846793005)
-                        .wrapping_add(1442695040888963407);
-                    ((seed >> 33) as f32 / (1u64 << 31) as f32 - 0.5) * 0.4
-                        + if name.contains("norm") { 1.0 } else { 0.0 }
-                })
-                .collect();
+            let base = if name.contains("norm") { 1.0 } else { 0.0 };
+            let v: Vec<f32> = (0..n).map(|_| base + rng.uniform(-0.2, 0.2)).collect();
             w.insert(name.to_string(), v);
         }
         let ids = [3, 17, 42, 0, 63];

@@ -14,7 +14,7 @@
 
 use crate::config::bad;
 use crate::{Result, WeightStore};
-use npurt_graph::{Builder, Graph, NodeId, TensorFact};
+use npurt_graph::{Builder, Graph, NodeId, SeededRng, TensorFact};
 use serde_json::Value;
 
 /// `SiglipVisionConfig` fields npurt uses.
@@ -464,7 +464,7 @@ pub fn synthetic_weights(cfg: &SiglipVisionConfig, seed: u64) -> Result<WeightSt
 /// Fills each tensor by its role (LayerNorm weight, bias, other) from a seeded
 /// generator; shared by the synthetic tower and projector.
 pub(crate) fn synthetic_store(shapes: &[(String, Vec<usize>)], seed: u64) -> Result<WeightStore> {
-    let mut rng = SplitMix(seed);
+    let mut rng = SeededRng::new(seed);
     WeightStore::synthetic_f32(shapes, |name, v| {
         let is_norm = name.contains("norm") || name.contains(".ln.");
         let (base, spread) = if is_norm && name.ends_with(".weight") {
@@ -475,25 +475,8 @@ pub(crate) fn synthetic_store(shapes: &[(String, Vec<usize>)], seed: u64) -> Res
             (0.0, 0.04)
         };
         for x in v.iter_mut() {
-            *x = base + spread * rng.symmetric();
+            // Uniform in [-1, 1) scaled by sqrt(3): unit variance.
+            *x = base + spread * (rng.uniform(-1.0, 1.0) * 1.732_050_8);
         }
     })
-}
-
-/// A tiny seeded generator (SplitMix64): reproducible synthetic weights without a
-/// dependency. Uniform in [-1, 1) scaled by sqrt(3) has unit variance.
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn symmetric(&mut self) -> f32 {
-        let u = (self.next() >> 40) as f32 / (1u64 << 24) as f32;
-        (2.0 * u - 1.0) * 1.732_050_8
-    }
 }

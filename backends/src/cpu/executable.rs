@@ -1,9 +1,20 @@
 //! The CPU executable: the compiled graph walked in topological order, each node
 //! calling its CPU kernel. Intermediates live in one per-session arena laid out by the
 //! graph's memory plan (`npurt_graph::plan`): values live at the same time never share
-//! memory, dead ones are reused. The arena is allocated once with the scratch; a run
-//! allocates only the f32-weight matmul's prologue/GLU temporaries (the f32 reference
-//! preset), not per node.
+//! memory, dead ones are reused. The arena is allocated once with the scratch, so no
+//! node's output is allocated during a run. A run does still allocate, in sizes set by
+//! the graph rather than by the data:
+//! - its bookkeeping: the list of bound sources, their locks and a node-to-lock table
+//!   (O(nodes) small vectors, every run);
+//! - some kernels' temporaries: the f32-weight matmul's prologue and GLU products (the
+//!   f32 reference preset) and `matmul_f32`'s transposed B for a `[K, N]` operand;
+//!   rope's frequency and cos/sin rows; patch_embed's im2col columns; the task lists of
+//!   the threaded paths; the packed matmul's multiply-then-epilogue buffer for a GLU
+//!   whose N is not whole tiles.
+//!
+//! The quantized activations and attention's blocks live in per-thread scratch that
+//! grows to the largest call and is then reused, so a steady decode loop does not
+//! allocate for them.
 
 use super::buffer::CpuBuffer;
 use crate::{BackendError, Bindings, BufferUsage, DeviceBuffer, Executable, Result, Scratch};

@@ -14,8 +14,11 @@ use npurt_kernels::cpu::ThreadPool;
 use npurt_kernels::{HostData, HostTensor};
 use std::sync::Arc;
 
-/// Weight formats the fused CPU kernels take.
-const QUANTIZED: [DType; 4] = [DType::Q4_0, DType::Q4_1, DType::Q8_0, DType::Q8Channel];
+/// Whether weights of this dtype are repacked for the fused quantized kernels: the
+/// quantized weight formats (the others are held as f32).
+fn packs(dtype: DType) -> bool {
+    dtype.is_quantized() && dtype.is_weight_format()
+}
 
 #[derive(Clone, Debug, Default)]
 pub struct CpuOptions {
@@ -48,10 +51,7 @@ impl CpuBackend {
                 npurt_kernels::cpu::isa().name()
             ),
             compute_dtypes: vec![DType::F32],
-            weight_dtypes: [DType::F32, DType::F16, DType::BF16]
-                .into_iter()
-                .chain(QUANTIZED)
-                .collect(),
+            weight_dtypes: DType::WEIGHT_FORMATS.to_vec(),
             max_buffer_bytes: isize::MAX as usize,
             host_memory: true,
         };
@@ -77,7 +77,7 @@ impl Backend for CpuBackend {
         // for the fused kernels, which serve matmuls (as `b`) and embedding gathers.
         let f32_like =
             |x: &TensorFact| matches!(x.dtype, DType::F32 | DType::I32 | DType::F16 | DType::BF16);
-        let packable = |x: &TensorFact| QUANTIZED.contains(&x.dtype) && x.rank() == 2;
+        let packable = |x: &TensorFact| packs(x.dtype) && x.rank() == 2;
         match &n.op {
             Op::State { fact, .. }
                 if !matches!(fact.dtype, DType::F32 | DType::F16 | DType::Q8Head { .. }) =>
@@ -140,7 +140,7 @@ impl Backend for CpuBackend {
                 ..
             } => {
                 let w = graph.fact(n.inputs[1]).dtype;
-                let kernel = if QUANTIZED.contains(&w) {
+                let kernel = if packs(w) {
                     "matmul_packed"
                 } else {
                     "matmul_f32"
@@ -241,7 +241,7 @@ impl Backend for CpuBackend {
                     BufferUsage::Weights,
                 )))
             }
-            (HostData::Bytes(raw), d) if QUANTIZED.contains(&d) && fact.rank() == 2 => {
+            (HostData::Bytes(raw), d) if packs(d) && fact.rank() == 2 => {
                 let packed = npurt_kernels::cpu::pack(d, raw, fact.shape[0], fact.shape[1])
                     .map_err(|e| unsupported(e.0))?;
                 Ok(Arc::new(CpuBuffer::packed(fact, packed)))

@@ -6,16 +6,8 @@ use super::ops;
 use crate::Support;
 use npurt_graph::{DType, Graph, NodeId, Op, TensorFact};
 
-/// Weight formats the shaders dequantize (weights.wgsl).
-pub(crate) const WEIGHT_DTYPES: [DType; 7] = [
-    DType::F32,
-    DType::F16,
-    DType::BF16,
-    DType::Q4_0,
-    DType::Q4_1,
-    DType::Q8_0,
-    DType::Q8Channel,
-];
+/// Weight formats the shaders dequantize (weights.wgsl): all of them.
+pub(crate) const WEIGHT_DTYPES: [DType; 7] = DType::WEIGHT_FORMATS;
 
 fn unsupported(reason: impl Into<String>) -> Support {
     Support::Unsupported(reason.into())

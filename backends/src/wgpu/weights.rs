@@ -237,15 +237,7 @@ mod tests {
         let x: Vec<f32> = (0..rows * cols)
             .map(|i| ((i * 37 % 101) as f32 - 50.0) / 9.0)
             .collect();
-        for dt in [
-            DType::F32,
-            DType::F16,
-            DType::BF16,
-            DType::Q4_0,
-            DType::Q4_1,
-            DType::Q8_0,
-            DType::Q8Channel,
-        ] {
+        for dt in DType::WEIGHT_FORMATS {
             let src = npurt_kernels::quant::quantize(dt, &x, cols).unwrap();
             let fact = TensorFact::new(dt, [rows, cols]);
             let one = part_bytes(dt, 1, cols).unwrap().1 as u64;

@@ -13,16 +13,6 @@ use crate::conformance::case::{Case, CaseBuilder, Compared};
 use npurt_graph::{ActPrecision, Activation, DType, Epilogue, GraphError, Op, Prologue, Step};
 use npurt_kernels::HostTensor;
 
-const ALL_WEIGHTS: [DType; 7] = [
-    DType::F32,
-    DType::F16,
-    DType::BF16,
-    DType::Q4_0,
-    DType::Q4_1,
-    DType::Q8_0,
-    DType::Q8Channel,
-];
-
 /// (M, K, N): together they cover every M, K and N value at least once.
 const SHAPES: [(usize, usize, usize); 6] = [
     (1, 32, 1),
@@ -197,7 +187,10 @@ pub(super) fn cases() -> Vec<Case> {
         specs.push(Spec::new(w, SHAPES[5]).kn());
     }
     // Quantized weights ([N, K] only, the IR's rule): the edge shapes.
-    for w in [DType::Q4_0, DType::Q4_1, DType::Q8_0, DType::Q8Channel] {
+    let quantized = DType::WEIGHT_FORMATS
+        .into_iter()
+        .filter(|w| w.is_quantized());
+    for w in quantized {
         specs.extend(
             [SHAPES[0], SHAPES[1], SHAPES[2], SHAPES[3]]
                 .iter()
@@ -207,7 +200,7 @@ pub(super) fn cases() -> Vec<Case> {
     // Quantized activations against every weight format, plus a big-K case each.
     for act in [ActPrecision::I16, ActPrecision::I8] {
         specs.extend(
-            ALL_WEIGHTS
+            DType::WEIGHT_FORMATS
                 .iter()
                 .map(|&w| Spec::new(w, SHAPES[1]).act(act)),
         );
@@ -234,7 +227,7 @@ pub(super) fn cases() -> Vec<Case> {
     for epi in vit_epilogues() {
         for act in [ActPrecision::F32, ActPrecision::I16, ActPrecision::I8] {
             specs.extend(
-                ALL_WEIGHTS
+                DType::WEIGHT_FORMATS
                     .iter()
                     .map(|&w| Spec::new(w, SHAPES[1]).act(act).epilogue(epi)),
             );
@@ -282,7 +275,7 @@ pub(super) fn cases() -> Vec<Case> {
     // shape, and with the epilogues a LLaMA block puts behind it.
     for act in [ActPrecision::F32, ActPrecision::I16, ActPrecision::I8] {
         specs.extend(
-            ALL_WEIGHTS
+            DType::WEIGHT_FORMATS
                 .iter()
                 .map(|&w| Spec::new(w, SHAPES[1]).act(act).rms_norm()),
         );
