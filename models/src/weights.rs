@@ -5,6 +5,11 @@
 //! is copied until a consumer asks for a tensor in the dtype it wants, and then it is
 //! converted straight out of the mapping. Every entry's range was checked against its
 //! file's length when the loader created it.
+//!
+//! A tensor can also be *generated*: an f32 tensor whose values a function writes when
+//! a consumer asks for it (seeded random weights for speed runs, a zero-padded view of
+//! a stored tensor). It has no bytes of its own until then, so a model of random
+//! weights peaks at its prepared weights, not at an f32 copy of all of them.
 
 use crate::{ModelError, Result};
 use memmap2::Mmap;
@@ -12,6 +17,32 @@ use npurt_graph::{DType, TensorFact};
 use npurt_kernels::{quant, HostTensor};
 use std::collections::BTreeMap;
 use std::sync::Arc;
+
+/// Dequantizes/converts the stored tensor `e` of `map` into `out` (its f32 elements),
+/// applying the row permutation.
+fn read_f32(map: &[u8], e: &WeightEntry, name: &str, out: &mut [f32]) -> Result<()> {
+    let raw = &map[e.offset..e.offset + e.len];
+    let row_len = e.fact.last_dim();
+    let row_bytes = e
+        .fact
+        .dtype
+        .storage_bytes(row_len)
+        .expect("validated at insert");
+    let ok = match e.unpermute {
+        None => quant::dequantize(e.fact.dtype, raw, out),
+        Some(u) => out.chunks_exact_mut(row_len).enumerate().all(|(r, dst)| {
+            let s = u.source_row(r) * row_bytes;
+            quant::dequantize(e.fact.dtype, &raw[s..s + row_bytes], dst)
+        }),
+    };
+    if !ok {
+        return Err(ModelError::UnsupportedDType {
+            tensor: name.into(),
+            dtype: e.fact.dtype.to_string(),
+        });
+    }
+    Ok(())
+}
 
 /// GGUF (llama.cpp's converter) stores q/k projection rows permuted so that RoPE can
 /// rotate adjacent pairs; HF dim `d` of a head is GGUF row `2*(d % (hd/2)) + d / (hd/2)`.
@@ -40,18 +71,17 @@ pub struct WeightEntry {
     pub unpermute: Option<UnpermuteRope>,
 }
 
-/// A mapping the store reads tensors from.
-struct Mapping {
-    map: Arc<Mmap>,
-    /// Backed by a file (its pages can be dropped and re-read), not anonymous memory
-    /// (dropping those pages would zero them).
-    file_backed: bool,
-}
+/// Writes a generated tensor's values (its f32 elements, row-major).
+pub type Generator = Arc<dyn Fn(&mut [f32]) -> Result<()> + Send + Sync>;
+
+/// The `file` of a generated tensor's entry: it has no bytes in any mapping.
+const GENERATED: usize = usize::MAX;
 
 #[derive(Default)]
 pub struct WeightStore {
-    files: Vec<Mapping>,
+    files: Vec<Arc<Mmap>>,
     entries: BTreeMap<String, WeightEntry>,
+    generated: BTreeMap<String, Generator>,
 }
 
 impl WeightStore {
@@ -61,11 +91,24 @@ impl WeightStore {
 
     /// Registers a mapped file; returns its index for `insert`.
     pub fn add_file(&mut self, map: Arc<Mmap>) -> usize {
-        self.files.push(Mapping {
-            map,
-            file_backed: true,
-        });
+        self.files.push(map);
         self.files.len() - 1
+    }
+
+    /// Registers (or replaces) an f32 tensor of `shape` whose values `generate` writes
+    /// each time a consumer asks for it.
+    pub fn insert_generated(&mut self, name: String, shape: Vec<usize>, generate: Generator) {
+        let fact = TensorFact::f32(shape);
+        let len = fact.bytes().unwrap_or(0);
+        let entry = WeightEntry {
+            fact,
+            file: GENERATED,
+            offset: 0,
+            len,
+            unpermute: None,
+        };
+        self.entries.insert(name.clone(), entry);
+        self.generated.insert(name, generate);
     }
 
     /// Drops the resident pages of tensors `names` (whole pages inside each tensor's
@@ -73,7 +116,7 @@ impl WeightStore {
     /// each weight once, in the backend's layout, instead of the repacked copy plus the
     /// file's pages (which the OS counts in the process's RSS until memory runs short).
     /// Reading a released tensor again is correct, the pages fault back in from the
-    /// file. In-memory tensors are left alone. Best effort: a refused advice changes
+    /// file. Generated tensors have no pages. Best effort: a refused advice changes
     /// nothing.
     pub fn release<'a>(&self, names: impl IntoIterator<Item = &'a str>) {
         const PAGE: usize = 4096;
@@ -81,7 +124,7 @@ impl WeightStore {
             let Some(e) = self.entries.get(name) else {
                 continue;
             };
-            let Some(m) = self.files.get(e.file).filter(|m| m.file_backed) else {
+            let Some(map) = self.files.get(e.file) else {
                 continue;
             };
             let start = e.offset.next_multiple_of(PAGE);
@@ -94,7 +137,7 @@ impl WeightStore {
             // its pages loses nothing, later reads fault them back in from the file.
             // The range lies inside the mapping (checked at `insert`).
             if let Err(err) = unsafe {
-                m.map.unchecked_advise_range(
+                map.unchecked_advise_range(
                     memmap2::UncheckedAdvice::DontNeed,
                     start,
                     end - start,
@@ -103,7 +146,7 @@ impl WeightStore {
                 log::debug!("could not release the pages of `{name}`: {err}");
             }
             #[cfg(not(unix))]
-            let _ = (m, start, end);
+            let _ = (map, start, end);
         }
     }
 
@@ -111,7 +154,7 @@ impl WeightStore {
     /// file and that `len` matches the fact; this re-checks both (cheap) so that no
     /// later read can go out of bounds.
     pub fn insert(&mut self, name: String, entry: WeightEntry, file_name: &str) -> Result<()> {
-        let file_len = self.files.get(entry.file).map(|m| m.map.len()).unwrap_or(0);
+        let file_len = self.files.get(entry.file).map(|m| m.len()).unwrap_or(0);
         let end = entry.offset.checked_add(entry.len);
         if end.is_none_or(|e| e > file_len) {
             return Err(ModelError::Truncated {
@@ -158,6 +201,9 @@ impl WeightStore {
         for n in names {
             let e = self.entries.remove(&n).expect("listed above");
             self.entries.insert(n[prefix.len()..].to_string(), e);
+            if let Some(g) = self.generated.remove(&n) {
+                self.generated.insert(n[prefix.len()..].to_string(), g);
+            }
         }
     }
 
@@ -166,87 +212,62 @@ impl WeightStore {
     /// pads a ViT's MLP width to whole 32-value blocks so INT8 block formats apply;
     /// zero rows and columns add nothing to any product, so the padding is exact.
     pub fn pad_f32(&mut self, name: &str, shape: &[usize]) -> Result<()> {
-        let src = self.to_f32(name)?;
-        let old = src.shape().to_vec();
-        if old.len() != shape.len() || old.iter().zip(shape).any(|(o, n)| o > n) {
+        let old = self.fact(name)?.shape.clone();
+        let dims = match (old.as_slice(), shape) {
+            ([c], [nc]) if c <= nc => Some((1, *c, *nc)),
+            ([r, c], [nr, nc]) if r <= nr && c <= nc => Some((*r, *c, *nc)),
+            _ => None,
+        };
+        let Some((rows, cols, new_cols)) = dims else {
             return Err(ModelError::ShapeMismatch {
                 tensor: name.into(),
                 expected: shape.to_vec(),
                 found: old,
             });
-        }
-        let vals = src.into_f32().expect("to_f32 gives f32");
-        let (rows, cols) = match old.as_slice() {
-            [n] => (1, *n),
-            [r, c] => (*r, *c),
-            _ => {
-                return Err(ModelError::ShapeMismatch {
-                    tensor: name.into(),
-                    expected: shape.to_vec(),
-                    found: old,
-                })
+        };
+        // The padded tensor reads the original (from its mapping, or its generator)
+        // when asked for, and replaces it under the same name.
+        let orig_entry = self.entry(name)?.clone();
+        let read_original: Generator = match self.generated.get(name) {
+            Some(g) => g.clone(),
+            None => {
+                let map = self.files[orig_entry.file].clone();
+                let tensor = name.to_string();
+                Arc::new(move |out: &mut [f32]| read_f32(&map, &orig_entry, &tensor, out))
             }
         };
-        let new_cols = *shape.last().expect("rank checked");
-        self.add_f32_in_memory(&[(name.to_string(), shape.to_vec())], |_, out| {
+        let generate: Generator = Arc::new(move |out: &mut [f32]| {
+            let mut vals = vec![0f32; rows * cols];
+            read_original(&mut vals)?;
             out.fill(0.0);
             for r in 0..rows {
                 out[r * new_cols..r * new_cols + cols]
                     .copy_from_slice(&vals[r * cols..(r + 1) * cols]);
             }
-        })
+            Ok(())
+        });
+        self.insert_generated(name.to_string(), shape.to_vec(), generate);
+        Ok(())
     }
 
-    /// A store of f32 tensors made in memory (seeded random weights of a real model's
-    /// shapes, for benches): `fill` writes each tensor.
+    /// A store of generated f32 tensors (seeded random weights of a real model's
+    /// shapes, for speed runs): `fill(name, values)` writes a tensor each time it is
+    /// asked for, so it must give the same values every time (seed by name).
     pub fn synthetic_f32(
         shapes: &[(String, Vec<usize>)],
-        fill: impl FnMut(&str, &mut [f32]),
+        fill: impl Fn(&str, &mut [f32]) + Send + Sync + 'static,
     ) -> Result<WeightStore> {
+        let fill = Arc::new(fill);
         let mut store = WeightStore::new();
-        store.add_f32_in_memory(shapes, fill)?;
+        for (name, shape) in shapes {
+            let (fill, tensor) = (fill.clone(), name.clone());
+            let generate: Generator = Arc::new(move |out: &mut [f32]| {
+                fill(&tensor, out);
+                Ok(())
+            });
+            store.insert_generated(name.clone(), shape.clone(), generate);
+        }
         Ok(store)
-    }
-
-    /// Registers f32 tensors held in one anonymous mapping, `fill` writing each; a
-    /// name already in the store now refers to the new tensor.
-    fn add_f32_in_memory(
-        &mut self,
-        shapes: &[(String, Vec<usize>)],
-        mut fill: impl FnMut(&str, &mut [f32]),
-    ) -> Result<()> {
-        let elems: Vec<usize> = shapes.iter().map(|(_, s)| s.iter().product()).collect();
-        let total = elems.iter().sum::<usize>() * 4;
-        let io = |e| ModelError::Io {
-            path: "<in-memory weights>".into(),
-            source: e,
-        };
-        let mut map = memmap2::MmapMut::map_anon(total.max(1)).map_err(io)?;
-        let mut offset = 0;
-        let mut at = Vec::with_capacity(shapes.len());
-        for ((name, _), n) in shapes.iter().zip(&elems) {
-            let bytes = &mut map[offset..offset + n * 4];
-            let vals: &mut [f32] = bytemuck::cast_slice_mut(bytes);
-            fill(name, vals);
-            at.push(offset);
-            offset += n * 4;
-        }
-        self.files.push(Mapping {
-            map: Arc::new(map.make_read_only().map_err(io)?),
-            file_backed: false,
-        });
-        let file = self.files.len() - 1;
-        for (((name, shape), n), offset) in shapes.iter().zip(&elems).zip(at) {
-            let entry = WeightEntry {
-                fact: TensorFact::f32(shape.clone()),
-                file,
-                offset,
-                len: n * 4,
-                unpermute: None,
-            };
-            self.insert(name.clone(), entry, "<in-memory weights>")?;
-        }
-        Ok(())
     }
 
     /// Every tensor's stored dtype by name (what the quantize pass imports losslessly).
@@ -275,10 +296,17 @@ impl WeightStore {
         Ok(&self.entry(name)?.fact)
     }
 
-    /// The stored bytes exactly as in the file (row permutation not applied).
+    /// The stored bytes exactly as in the file (row permutation not applied); a
+    /// generated tensor has none (read it with [`WeightStore::to_f32`]).
     pub fn raw(&self, name: &str) -> Result<&[u8]> {
         let e = self.entry(name)?;
-        Ok(&self.files[e.file].map[e.offset..e.offset + e.len])
+        match self.files.get(e.file) {
+            Some(map) => Ok(&map[e.offset..e.offset + e.len]),
+            None => Err(ModelError::UnsupportedDType {
+                tensor: name.into(),
+                dtype: "generated f32 (no stored bytes)".into(),
+            }),
+        }
     }
 
     /// Checks a tensor's shape against what the config implies.
@@ -298,28 +326,13 @@ impl WeightStore {
     /// from the mapping.
     pub fn to_f32(&self, name: &str) -> Result<HostTensor> {
         let e = self.entry(name)?;
-        let raw = self.raw(name)?;
         let n = e.fact.elems().expect("validated at insert");
         let mut out = vec![0f32; n];
-        let row_len = e.fact.last_dim();
-        let row_bytes = e
-            .fact
-            .dtype
-            .storage_bytes(row_len)
-            .expect("validated at insert");
-        let ok = match e.unpermute {
-            None => quant::dequantize(e.fact.dtype, raw, &mut out),
-            Some(u) => out.chunks_exact_mut(row_len).enumerate().all(|(r, dst)| {
-                let s = u.source_row(r) * row_bytes;
-                quant::dequantize(e.fact.dtype, &raw[s..s + row_bytes], dst)
-            }),
-        };
-        if !ok {
-            return Err(ModelError::UnsupportedDType {
-                tensor: name.into(),
-                dtype: e.fact.dtype.to_string(),
-            });
+        if let Some(generate) = self.generated.get(name) {
+            generate(&mut out)?;
+            return Ok(HostTensor::f32(e.fact.shape.clone(), out));
         }
+        read_f32(&self.files[e.file], e, name, &mut out)?;
         Ok(HostTensor::f32(e.fact.shape.clone(), out))
     }
 
@@ -444,7 +457,8 @@ mod tests {
     }
 
     /// `release` drops a file-backed tensor's pages from the process (RssFile falls by
-    /// about its size), the bytes read back unchanged, and in-memory tensors are kept.
+    /// about its size), the bytes read back unchanged, and generated tensors still
+    /// generate.
     #[test]
     fn release_drops_file_pages_and_keeps_the_bytes() {
         const MIB: usize = 1 << 20;
@@ -482,6 +496,6 @@ mod tests {
         .unwrap();
         mem.release(["x"]);
         let x = mem.to_f32("x").unwrap().into_f32().unwrap();
-        assert!(x.iter().enumerate().all(|(i, &v)| v == i as f32), "in-memory tensor zeroed");
+        assert!(x.iter().enumerate().all(|(i, &v)| v == i as f32), "generated tensor changed");
     }
 }
