@@ -17,6 +17,7 @@
 pub mod bench;
 pub mod budget;
 mod error;
+mod heap;
 pub mod image;
 pub mod inspect;
 mod model;

@@ -156,7 +156,11 @@ pub struct VisionEncoder {
     pub stages: Vec<VisionStageProgram>,
     /// The same stages for one tile (when B > 1): the tiles past the last full batch.
     pub tail_stages: Vec<VisionStageProgram>,
+    /// Bytes of the prepared weights of every stage.
     pub weight_bytes: usize,
+    /// Planned activation arena bytes of every stage graph (both batch sizes): with
+    /// `weight_bytes`, the encoder's memory floor.
+    pub arena_bytes: u64,
     pub load_ms: f64,
     /// The encoder's share of its model's memory budget, if it has one.
     _reservation: Option<crate::budget::Reservation>,
@@ -372,15 +376,16 @@ impl VisionEncoder {
         }
         // The weights at their compiled formats and the stages' arenas, reserved before
         // anything is prepared (released with the encoder).
+        let arena_bytes = sets
+            .iter()
+            .flatten()
+            .map(|c| npurt_graph::plan::plan(&c.1, 64).arena_bytes)
+            .sum::<u64>();
         let reservation = match &opts.budget {
             Some(b) => Some(b.reserve(
                 format!("the vision encoder ({}, batch {})", opts.precision.name, opts.batch),
                 crate::model::planned_weight_bytes(sets.iter().flatten().map(|c| &c.1))
-                    + sets
-                        .iter()
-                        .flatten()
-                        .map(|c| npurt_graph::plan::plan(&c.1, 64).arena_bytes)
-                        .sum::<u64>(),
+                    + arena_bytes,
             )?),
             None => None,
         };
@@ -416,6 +421,7 @@ impl VisionEncoder {
             stages,
             tail_stages,
             weight_bytes,
+            arena_bytes,
             load_ms: 0.0,
             runners: Mutex::new(Vec::new()),
             _reservation: reservation,
@@ -423,6 +429,7 @@ impl VisionEncoder {
         // Scratch and I/O buffers are allocated (and their pages touched) at load, as
         // an NPU runtime does, so the first encode does not pay for page faults.
         enc.runners = Mutex::new(enc.new_runners()?);
+        crate::heap::return_free_memory();
         Ok(enc)
     }
 

@@ -312,6 +312,8 @@ pub fn run(mut a: EncodeImageArgs) -> anyhow_lite::Result<()> {
             "sequential_ms": t.sequential_ms, "hidden_ms": t.hidden_ms,
             "embed_backend": embed_device, "encoder_gop": 2.0 * macs as f64 / 1e9,
             "blocks_gop_s": blocks_gops, "peak_rss_bytes": rss,
+            "weights_bytes": enc.weight_bytes, "arena_bytes": enc.arena_bytes,
+            "floor_bytes": enc.weight_bytes as u64 + enc.arena_bytes,
             "peak_instruction": peak.map(|p| p.instruction), "peak_gop_s": peak.map(|p| p.gops),
             "attainable_peak_gop_s": attainable,
             "blocks_fraction_of_peak": attainable.map(|p| blocks_gops / p),
