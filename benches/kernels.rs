@@ -8,6 +8,12 @@
 //! (2 m n k) per second for GEMM, reported by criterion as elem/s = op/s; a summary
 //! table with both (GB/s and GOP/s) for every benchmark is printed at the end.
 //!
+//! The SigLIP-so400m encoder's four matmuls (`vit_gemm/`: q/k/v 3456x1152, out
+//! 1152x1152, fc1 4320x1152, fc2 1152x4320, on 2916 rows = a batch of 4 tiles) with the
+//! vision presets' per-channel INT8 weights and i8-per-row (w8a8) or i16 (w8a16)
+//! activations; the summary gives each as a fraction of the `vpdpbusd` peak measured
+//! at the end of the same run (halved for i16: two `vpdpbusd` per product).
+//!
 //! Also the ViT's bidirectional attention over one SigLIP-so400m tile (729 tokens, 16
 //! heads of 72), in op/s (4 * heads * seq^2 * head_dim: QK^T and PV), and SmolLM2's
 //! decode attention at 2048 tokens over all 30 layers' f32, f16 and int8 KV caches, in
@@ -20,7 +26,7 @@ use criterion::{BenchmarkId, Criterion, Throughput};
 use npurt_graph::{ActPrecision, DType, Epilogue, SeededRng};
 use npurt_kernels::cpu::{
     attention_bidirectional_f32, attention_f32, isa, kv_write_q8head, matmul_f32, matmul_packed,
-    pack, KvElem, PackedMatrix, ThreadPool,
+    measure_peak, pack, KvElem, PackedMatrix, PeakKind, ThreadPool,
 };
 use std::cell::RefCell;
 use std::time::Duration;
@@ -39,6 +45,10 @@ const SHAPES: [(usize, usize); 7] = [
 /// The tied embedding / LM head of SmolLM2 (Q8_0).
 const HEAD: (usize, usize) = (49152, 576);
 const PREFILL_ROWS: usize = 128;
+/// SigLIP-so400m's encoder matmuls `[n, k]` (the MLP padded to 4320) and the rows of a
+/// batch of 4 tiles of 729 tokens.
+const VIT_SHAPES: [(usize, usize); 4] = [(3456, 1152), (1152, 1152), (4320, 1152), (1152, 4320)];
+const VIT_ROWS: usize = 4 * 729;
 
 /// Random GGUF bytes for a `[n, k]` weight: plausible f16 scales, random quants. (Fast
 /// for the ~100 MB model sweep; the values do not matter for speed.)
@@ -46,6 +56,11 @@ fn random_raw(dtype: DType, n: usize, k: usize, rng: &mut SeededRng) -> Vec<u8> 
     let f16 = |x: f32| half::f16::from_f32(x).to_le_bytes();
     let mut out = Vec::with_capacity(n * k);
     match dtype {
+        // i8 values, then one f32 scale per row.
+        DType::Q8Channel => {
+            out.extend((0..n * k).map(|_| rng.next_u64() as u8));
+            (0..n).for_each(|_| out.extend_from_slice(&0.01f32.to_le_bytes()));
+        }
         DType::F32 => (0..n * k)
             .for_each(|_| out.extend_from_slice(&(rng.uniform(-1.0, 1.0) * 0.1).to_le_bytes())),
         _ => {
@@ -97,25 +112,27 @@ fn quantized_matmuls(c: &mut Criterion) {
         drop(raw);
         for act in [ActPrecision::I8, ActPrecision::I16] {
             for m in [1, PREFILL_ROWS] {
-                bench_packed(c, &pools, &w, dtype, act, m, &mut rng);
+                let kind = if m == 1 { "gemv" } else { "gemm" };
+                bench_packed(c, &pools, &w, dtype, act, kind, m, &mut rng);
             }
         }
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn bench_packed(
     c: &mut Criterion,
     pools: &[(usize, ThreadPool)],
     w: &PackedMatrix,
     dtype: DType,
     act: ActPrecision,
+    kind: &str,
     m: usize,
     rng: &mut SeededRng,
 ) {
     let (n, k) = (w.n(), w.k());
     let a: Vec<f32> = (0..m * k).map(|_| rng.uniform(-1.0, 1.0)).collect();
     let mut out = vec![0f32; m * n];
-    let kind = if m == 1 { "gemv" } else { "gemm" };
     let group_name = format!("{kind}/{}_{}", dtype.name(), act.name());
     let mut g = c.benchmark_group(&group_name);
     g.throughput(if m == 1 {
@@ -142,6 +159,20 @@ fn bench_packed(
         });
     }
     g.finish();
+}
+
+/// The so400m encoder's matmuls at the vision presets' formats (see the module docs).
+fn vit_matmuls(c: &mut Criterion) {
+    let pools = pools();
+    let mut rng = SeededRng::new(11);
+    for (n, k) in VIT_SHAPES {
+        let raw = random_raw(DType::Q8Channel, n, k, &mut rng);
+        let w = pack(DType::Q8Channel, &raw, n, k).expect("pack");
+        drop(raw);
+        for act in [ActPrecision::I8Row, ActPrecision::I16] {
+            bench_packed(c, &pools, &w, DType::Q8Channel, act, "vit_gemm", VIT_ROWS, &mut rng);
+        }
+    }
 }
 
 fn f32_baseline(c: &mut Criterion) {
@@ -415,6 +446,31 @@ fn mean_seconds(id: &str, since: std::time::SystemTime) -> Option<f64> {
 
 fn summary(since: std::time::SystemTime) {
     let rows = ROWS.with(|r| std::mem::take(&mut *r.borrow_mut()));
+    // The ViT matmuls against the vpdpbusd peak, measured now (after the benches, so
+    // nothing else runs) on as many threads as each row used.
+    let peaks: Vec<(usize, f64)> = [1, 2]
+        .into_iter()
+        .filter_map(|t| Some((t, measure_peak(PeakKind::Int8Vnni, t, Duration::from_millis(300))?.gops)))
+        .collect();
+    let vit: Vec<String> = rows
+        .iter()
+        .filter(|r| r.id.starts_with("vit_gemm/"))
+        .filter_map(|r| {
+            let s = mean_seconds(&r.id, since)?;
+            let t = if r.id.contains("/t2/") { 2 } else { 1 };
+            let peak = peaks.iter().find(|(pt, _)| *pt == t)?.1;
+            let per_product = if r.id.contains("_i16/") { 2.0 } else { 1.0 };
+            let gops = r.ops as f64 / s * 1e-9;
+            Some(format!(
+                "{:<52} {:>7.1} GOP/s = {:>4.1}% of {:.0} GOP/s{}",
+                r.id,
+                gops,
+                100.0 * gops * per_product / peak,
+                peak,
+                if per_product > 1.0 { " / 2 (i16: two vpdpbusd per product)" } else { "" }
+            ))
+        })
+        .collect();
     println!(
         "\nsummary (kernels {}): median time, weight GB/s, GOP/s (model rows: ops of all matmuls)",
         isa().name()
@@ -440,6 +496,10 @@ fn summary(since: std::time::SystemTime) {
             row.ops as f64 / s * 1e-9
         );
     }
+    if !vit.is_empty() {
+        println!("\nSigLIP-so400m encoder matmuls (2916 rows) against the measured vpdpbusd peak:");
+        vit.iter().for_each(|l| println!("{l}"));
+    }
 }
 
 fn main() {
@@ -450,6 +510,7 @@ fn main() {
         .measurement_time(Duration::from_millis(1000))
         .configure_from_args();
     quantized_matmuls(&mut c);
+    vit_matmuls(&mut c);
     f32_baseline(&mut c);
     vit_attention(&mut c);
     decode_attention(&mut c);
