@@ -231,6 +231,31 @@ pub(crate) unsafe fn q8_i16b<const PER_ROW: bool, const MR: usize>(job: &Job, ou
 /// 256 blocks (8192 values) is at most 8192 * 255 * 128 = 267_386_880 < 2^31.
 const LONG_BLOCKS: usize = 256;
 
+/// `sum(blk_bias[b][r] >> shift)` over blocks `b0..b1`: the `w + 128` corrections of one
+/// stretch of a whole-row kernel (`shift` 8 for the i16 high-byte plane).
+#[inline(always)]
+fn stretch_bias(job: &Job, b0: usize, b1: usize, r: usize, shift: u32) -> i32 {
+    (b0..b1)
+        // SAFETY: blk_bias holds kb entries per row, [block][row of GROUP]; r < GROUP.
+        .map(|b| unsafe { *job.blk_bias.add(b * GROUP + r) } >> shift)
+        .sum()
+}
+
+/// Stores the whole-row kernels' f32 sums scaled by the tile's 16 weight-row scales and
+/// each activation row's scale.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn store_row_scaled<const MR: usize>(job: &Job, acc: &[__m512; MR], out: &mut TileOut) {
+    for r in 0..MR {
+        // SAFETY: row r0 + r exists; out rows hold 16 f32; Q8Channel tiles hold row
+        // scales.
+        unsafe {
+            let s = _mm512_mul_ps(row_scales(job), _mm512_set1_ps(*job.row_scale.add(r)));
+            _mm512_storeu_ps(out[r].as_mut_ptr(), _mm512_mul_ps(acc[r], s));
+        }
+    }
+}
+
 /// Q8Channel x I16 (byte planes, as [`q8_i16b`]) with the dot products kept in i32
 /// across blocks: one weight scale per row and one activation scale per row leave no
 /// per-block factor, so the high- and low-byte sums run over [`LONG_BLOCKS`] blocks at a
@@ -268,25 +293,15 @@ pub(crate) unsafe fn q8c_i16b<const MR: usize>(job: &Job, out: &mut TileOut) {
             }
         }
         for r in 0..MR {
-            let mut bias = 0i32;
-            for b in b0..b1 {
-                // SAFETY: blk_bias holds kb entries per row, [block][row of GROUP].
-                bias += unsafe { *job.blk_bias.add(b * GROUP + r) } >> 8;
-            }
+            let bias = stretch_bias(job, b0, b1, r, 8);
             let h = _mm512_cvtepi32_ps(_mm512_add_epi32(hi[r], _mm512_set1_epi32(bias)));
             let l = _mm512_cvtepi32_ps(lo[r]);
             acc[r] = _mm512_add_ps(acc[r], _mm512_fmadd_ps(h, _mm512_set1_ps(256.0), l));
         }
         b0 = b1;
     }
-    for r in 0..MR {
-        // SAFETY: row r0 + r exists; out rows hold 16 f32; Q8Channel tiles hold row
-        // scales.
-        unsafe {
-            let s = _mm512_mul_ps(row_scales(job), _mm512_set1_ps(*job.row_scale.add(r)));
-            _mm512_storeu_ps(out[r].as_mut_ptr(), _mm512_mul_ps(acc[r], s));
-        }
-    }
+    // SAFETY: as the kernel's contract.
+    unsafe { store_row_scaled(job, &acc, out) }
 }
 
 /// Q8Channel x I8 with one scale per activation row (`ActPlan::I8Row`): like
@@ -329,22 +344,12 @@ pub(crate) unsafe fn q8c_i8row<const MR: usize>(job: &Job, out: &mut TileOut) {
             }
         }
         for r in 0..MR {
-            let mut bias = 0i32;
-            for b in b0..b1 {
-                // SAFETY: blk_bias holds kb entries per row, [block][row of GROUP].
-                bias += unsafe { *job.blk_bias.add(b * GROUP + r) };
-            }
+            let bias = stretch_bias(job, b0, b1, r, 0);
             let tot = _mm512_add_epi32(_mm512_add_epi32(dot[r], dot2[r]), _mm512_set1_epi32(bias));
             acc[r] = _mm512_add_ps(acc[r], _mm512_cvtepi32_ps(tot));
         }
         b0 = b1;
     }
-    for r in 0..MR {
-        // SAFETY: row r0 + r exists; out rows hold 16 f32; Q8Channel tiles hold row
-        // scales.
-        unsafe {
-            let s = _mm512_mul_ps(row_scales(job), _mm512_set1_ps(*job.row_scale.add(r)));
-            _mm512_storeu_ps(out[r].as_mut_ptr(), _mm512_mul_ps(acc[r], s));
-        }
-    }
+    // SAFETY: as the kernel's contract.
+    unsafe { store_row_scaled(job, &acc, out) }
 }
