@@ -71,13 +71,13 @@ fn request(i: usize, ids: &[u32]) -> (Vec<u32>, GenerateOptions, bool) {
     let opts = GenerateOptions {
         max_tokens: 1 + i % 8,
         sampling: SamplingOptions {
-            temperature: if i % 3 == 0 { 0.0 } else { 0.8 },
+            temperature: if i.is_multiple_of(3) { 0.0 } else { 0.8 },
             seed: i as u64,
             ..SamplingOptions::default()
         },
         ..GenerateOptions::default()
     };
-    (ids[start..start + len].to_vec(), opts, i % 5 == 0)
+    (ids[start..start + len].to_vec(), opts, i.is_multiple_of(5))
 }
 
 /// Runs requests `[from, to)` on `threads` threads; returns how many ran.

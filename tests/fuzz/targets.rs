@@ -100,7 +100,7 @@ pub struct Gguf {
 }
 
 impl Gguf {
-    pub fn new() -> Self {
+    pub(super) fn new() -> Self {
         let (seeds, fields) = seeds::gguf();
         Gguf {
             seeds,
@@ -155,7 +155,7 @@ pub struct Safetensors {
 }
 
 impl Safetensors {
-    pub fn new() -> Self {
+    pub(super) fn new() -> Self {
         Safetensors {
             seeds: seeds::safetensors(),
             scratch: Scratch::new("safetensors"),
@@ -237,7 +237,7 @@ pub struct ConfigJson {
 }
 
 impl ConfigJson {
-    pub fn new() -> Self {
+    pub(super) fn new() -> Self {
         ConfigJson {
             seeds: seeds::config_json(),
         }
@@ -288,7 +288,7 @@ pub struct TokenizerConfig {
 }
 
 impl TokenizerConfig {
-    pub fn new() -> Self {
+    pub(super) fn new() -> Self {
         let scratch = Scratch::new("tokenizer_config");
         npurt_models::testfiles::TinyLlama::default()
             .write_hf_dir(&scratch.0)
@@ -344,7 +344,7 @@ pub struct ChatTemplate {
 }
 
 impl ChatTemplate {
-    pub fn new() -> Self {
+    pub(super) fn new() -> Self {
         ChatTemplate {
             seeds: seeds::chat_templates(),
         }
@@ -383,7 +383,7 @@ pub struct Image {
 }
 
 impl Image {
-    pub fn new() -> Self {
+    pub(super) fn new() -> Self {
         Image {
             seeds: seeds::images(),
         }
@@ -437,7 +437,7 @@ pub struct ModelDir {
 }
 
 impl ModelDir {
-    pub fn new() -> Self {
+    pub(super) fn new() -> Self {
         let scratch = Scratch::new("model_dir");
         seeds::write_vlm_dir(&scratch.0);
         ModelDir {
