@@ -726,3 +726,19 @@ fn template_printing_a_huge_list_is_refused_quickly() {
     let t = ChatTemplate::new("{{ messages | length }} {{ [1, 2] }}", "", "").unwrap();
     assert_eq!(t.render(&messages, false).unwrap(), "2 [1, 2]");
 }
+
+/// Found by the loader fuzzer: an empty tensor whose other dimension is absurd
+/// (`[0, 2^63]`: 0 bytes, so the header is consistent) panicked in `to_f32`, which sized
+/// a row (2^63 x 4 bytes overflows). Its empty rows are now never sized.
+#[test]
+fn safetensors_empty_tensor_with_an_absurd_dimension_converts_to_nothing() {
+    let header = json!({"e": {"dtype": "F32", "shape": [0u64, 1u64 << 63], "data_offsets": [0, 0]},
+                        "z": {"dtype": "F32", "shape": [64, 0], "data_offsets": [0, 0]}});
+    let file = TempFile::new("empty_absurd.safetensors", &safetensors_raw(&header, &[]));
+    let mut store = npurt_models::WeightStore::new();
+    hf_dir::add_safetensors(&mut store, &file.0).unwrap();
+    for name in ["e", "z"] {
+        let t = store.to_f32(name).unwrap();
+        assert!(t.into_f32().unwrap().is_empty(), "{name}");
+    }
+}

@@ -246,18 +246,21 @@ impl WeightStore {
         let e = self.entry(name)?;
         let raw = self.raw(name)?;
         let n = e.fact.elems().expect("validated at insert");
+        // An empty tensor's other dimensions are unchecked (`[0, 2^63]` has 0 bytes,
+        // which is all insert can check): it has no rows to size or permute.
+        if n == 0 {
+            return Ok(HostTensor::f32(e.fact.shape.clone(), Vec::new()));
+        }
         let mut out = vec![0f32; n];
         let row_len = e.fact.last_dim();
-        let row_bytes = e
-            .fact
-            .dtype
-            .storage_bytes(row_len)
-            .expect("validated at insert");
         let ok = match e.unpermute {
             None => quant::dequantize(e.fact.dtype, raw, &mut out),
-            Some(u) => out.chunks_exact_mut(row_len).enumerate().all(|(r, dst)| {
-                let s = u.source_row(r) * row_bytes;
-                quant::dequantize(e.fact.dtype, &raw[s..s + row_bytes], dst)
+            // A row of whole blocks (`None` otherwise: the dtype's error below).
+            Some(u) => e.fact.dtype.storage_bytes(row_len).is_some_and(|row_bytes| {
+                out.chunks_exact_mut(row_len).enumerate().all(|(r, dst)| {
+                    let s = u.source_row(r) * row_bytes;
+                    quant::dequantize(e.fact.dtype, &raw[s..s + row_bytes], dst)
+                })
             }),
         };
         if !ok {
