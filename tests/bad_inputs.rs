@@ -706,7 +706,10 @@ fn named_pipes_and_devices_are_refused_not_opened() {
 fn template_printing_a_huge_list_is_refused_quickly() {
     use npurt_models::chat::MAX_VALUE_TEXT_BYTES;
     use npurt_models::{ChatMessage, ChatTemplate};
-    let messages = [ChatMessage::new("user", "hello"), ChatMessage::new("assistant", "hi")];
+    let messages = [
+        ChatMessage::new("user", "hello"),
+        ChatMessage::new("assistant", "hi"),
+    ];
     for src in [
         "{{ messages * 1000000 }}",
         "{{ [messages * 1000000] }}",
@@ -720,7 +723,11 @@ fn template_printing_a_huge_list_is_refused_quickly() {
             "{src}: {e}"
         );
         // Generous: the bound makes it milliseconds; unbounded it took seconds.
-        assert!(start.elapsed().as_secs_f64() < 1.0, "{src}: {:?}", start.elapsed());
+        assert!(
+            start.elapsed().as_secs_f64() < 1.0,
+            "{src}: {:?}",
+            start.elapsed()
+        );
     }
     // A small list still prints.
     let t = ChatTemplate::new("{{ messages | length }} {{ [1, 2] }}", "", "").unwrap();

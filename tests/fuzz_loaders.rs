@@ -43,8 +43,16 @@ fn slice(target: &str, inputs: u64) {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     // A slice where nothing is ever accepted (or nothing refused) is not exercising the
     // loader past its first check: the seeds or the mutations are broken.
-    assert!(report.accepted > 0, "no input was accepted: {}", report.summary());
-    assert!(report.rejected > 0, "no input was refused: {}", report.summary());
+    assert!(
+        report.accepted > 0,
+        "no input was accepted: {}",
+        report.summary()
+    );
+    assert!(
+        report.rejected > 0,
+        "no input was refused: {}",
+        report.summary()
+    );
 }
 
 #[test]

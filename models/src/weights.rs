@@ -256,12 +256,16 @@ impl WeightStore {
         let ok = match e.unpermute {
             None => quant::dequantize(e.fact.dtype, raw, &mut out),
             // A row of whole blocks (`None` otherwise: the dtype's error below).
-            Some(u) => e.fact.dtype.storage_bytes(row_len).is_some_and(|row_bytes| {
-                out.chunks_exact_mut(row_len).enumerate().all(|(r, dst)| {
-                    let s = u.source_row(r) * row_bytes;
-                    quant::dequantize(e.fact.dtype, &raw[s..s + row_bytes], dst)
-                })
-            }),
+            Some(u) => e
+                .fact
+                .dtype
+                .storage_bytes(row_len)
+                .is_some_and(|row_bytes| {
+                    out.chunks_exact_mut(row_len).enumerate().all(|(r, dst)| {
+                        let s = u.source_row(r) * row_bytes;
+                        quant::dequantize(e.fact.dtype, &raw[s..s + row_bytes], dst)
+                    })
+                }),
         };
         if !ok {
             return Err(ModelError::UnsupportedDType {

@@ -41,9 +41,7 @@ fn parse_args() -> Result<Args, String> {
             "--requests" => a.requests = num(value()?)?,
             "--threads" => a.threads = num(value()?)?.max(1),
             "--warmup" => a.warmup = num(value()?)?,
-            "--tolerance" => {
-                a.tolerance = value()?.parse().map_err(|e| format!("{flag}: {e}"))?
-            }
+            "--tolerance" => a.tolerance = value()?.parse().map_err(|e| format!("{flag}: {e}"))?,
             _ => return Err(format!("unknown argument {flag}")),
         }
     }
@@ -150,7 +148,9 @@ fn main() {
     let text = "The quick brown fox jumps over the lazy dog. Memory must not grow with the \
                 number of requests served, whatever their prompt lengths, whichever thread \
                 runs them, and however many sessions come and go.";
-    let ids = model.encode(&text.repeat(2)).expect("encode the soak prompt");
+    let ids = model
+        .encode(&text.repeat(2))
+        .expect("encode the soak prompt");
 
     let run = |from, to| {
         run_requests(&model, &ids, from, to, args.threads).unwrap_or_else(|e| {

@@ -171,10 +171,17 @@ pub fn run(loader: &mut dyn Loader, cfg: &FuzzConfig) -> Report {
                 }
             }
             if dt > cfg.deadline {
-                fail(format!("took {:.2} s (deadline {:?})", dt.as_secs_f64(), cfg.deadline));
+                fail(format!(
+                    "took {:.2} s (deadline {:?})",
+                    dt.as_secs_f64(),
+                    cfg.deadline
+                ));
             }
             if refused > 0 {
-                fail(format!("asked for {refused} bytes, over the {} byte budget", cfg.budget_bytes));
+                fail(format!(
+                    "asked for {refused} bytes, over the {} byte budget",
+                    cfg.budget_bytes
+                ));
             } else if peak > cfg.budget_bytes {
                 fail(format!("peak allocation {peak} bytes, over the budget"));
             }

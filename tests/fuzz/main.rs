@@ -38,7 +38,10 @@ fn parse() -> Result<Args, String> {
             "--target" if value == "all" => {}
             "--target" => {
                 if !fuzz::TARGETS.contains(&value.as_str()) {
-                    return Err(format!("unknown target {value} (known: {})", fuzz::TARGETS.join(", ")));
+                    return Err(format!(
+                        "unknown target {value} (known: {})",
+                        fuzz::TARGETS.join(", ")
+                    ));
                 }
                 a.targets = vec![value];
             }

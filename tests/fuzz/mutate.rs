@@ -8,7 +8,9 @@ use super::rng::Rng;
 use serde_json::{json, Value};
 
 /// Bytes that sit at edges: sign bits, all-ones, ASCII structure.
-const BYTES: [u8; 12] = [0, 1, 0x7f, 0x80, 0xff, b'"', b'{', b'}', b'[', b',', b'\\', b'0'];
+const BYTES: [u8; 12] = [
+    0, 1, 0x7f, 0x80, 0xff, b'"', b'{', b'}', b'[', b',', b'\\', b'0',
+];
 const U32S: [u32; 10] = [
     0,
     1,
@@ -62,7 +64,9 @@ fn one_byte_mutation(rng: &mut Rng, data: &mut Vec<u8>, others: &[Vec<u8>]) {
             let mut b = [0u8; 4];
             let len = (n - at).min(4);
             b[..len].copy_from_slice(&data[at..at + len]);
-            let v = u32::from_le_bytes(b).wrapping_add(rng.below(33) as u32).wrapping_sub(16);
+            let v = u32::from_le_bytes(b)
+                .wrapping_add(rng.below(33) as u32)
+                .wrapping_sub(16);
             put(data, at, &v.to_le_bytes());
         }
         6 => data.truncate(at),
@@ -191,7 +195,11 @@ pub fn json_value(rng: &mut Rng, v: &mut Value) {
         let op = rng.below(6);
         match node {
             Value::Object(o) if op == 0 && !o.is_empty() => {
-                let key = o.keys().nth(rng.below(o.len())).cloned().unwrap_or_default();
+                let key = o
+                    .keys()
+                    .nth(rng.below(o.len()))
+                    .cloned()
+                    .unwrap_or_default();
                 o.remove(&key);
             }
             Value::Array(a) if op == 1 && !a.is_empty() => {

@@ -63,11 +63,18 @@ pub fn gguf() -> (Vec<Vec<u8>>, Vec<Vec<usize>>) {
 /// safetensors seeds: every dtype the loader reads in one small file, and the tiny
 /// llama's one-layer checkpoint.
 pub fn safetensors() -> Vec<Vec<u8>> {
-    let f32s: Vec<u8> = (0..6).flat_map(|i| (i as f32 * 0.5).to_le_bytes()).collect();
+    let f32s: Vec<u8> = (0..6)
+        .flat_map(|i| (i as f32 * 0.5).to_le_bytes())
+        .collect();
     let mixed = testfiles::safetensors_bytes(&[
         ("a".into(), "F32", vec![2, 3], f32s),
         ("b".into(), "F16", vec![4], vec![0, 60, 0, 64, 0, 188, 0, 0]),
-        ("c".into(), "BF16", vec![2, 2], vec![128, 63, 0, 64, 128, 191, 0, 0]),
+        (
+            "c".into(),
+            "BF16",
+            vec![2, 2],
+            vec![128, 63, 0, 64, 128, 191, 0, 0],
+        ),
         ("d".into(), "F32", vec![], 1f32.to_le_bytes().to_vec()),
         ("e".into(), "F32", vec![0, 5], vec![]),
     ]);
@@ -141,7 +148,10 @@ pub fn chat_templates() -> Vec<Vec<u8>> {
 pub fn images() -> Vec<Vec<u8>> {
     use image::{DynamicImage, ImageFormat};
     let mut out = Vec::new();
-    for (i, name) in ["chelsea.png", "rocket.jpg", "coffee.png"].iter().enumerate() {
+    for (i, name) in ["chelsea.png", "rocket.jpg", "coffee.png"]
+        .iter()
+        .enumerate()
+    {
         let photo = image::load_from_memory(&read(&format!("images/{name}")))
             .unwrap_or_else(|e| panic!("decoding images/{name}: {e}"));
         let small = photo.thumbnail(24 + 4 * i as u32, 24);
@@ -149,7 +159,10 @@ pub fn images() -> Vec<Vec<u8>> {
             0 => [
                 (DynamicImage::ImageRgb8(small.to_rgb8()), ImageFormat::Png),
                 (DynamicImage::ImageRgb8(small.to_rgb8()), ImageFormat::Jpeg),
-                (DynamicImage::ImageRgba8(small.to_rgba8()), ImageFormat::WebP),
+                (
+                    DynamicImage::ImageRgba8(small.to_rgba8()),
+                    ImageFormat::WebP,
+                ),
             ],
             1 => [
                 (DynamicImage::ImageLuma8(small.to_luma8()), ImageFormat::Png),
@@ -157,8 +170,14 @@ pub fn images() -> Vec<Vec<u8>> {
                 (DynamicImage::ImageRgb8(small.to_rgb8()), ImageFormat::WebP),
             ],
             _ => [
-                (DynamicImage::ImageRgba16(small.to_rgba16()), ImageFormat::Png),
-                (DynamicImage::ImageLuma8(small.to_luma8()), ImageFormat::Jpeg),
+                (
+                    DynamicImage::ImageRgba16(small.to_rgba16()),
+                    ImageFormat::Png,
+                ),
+                (
+                    DynamicImage::ImageLuma8(small.to_luma8()),
+                    ImageFormat::Jpeg,
+                ),
                 (DynamicImage::ImageRgb8(small.to_rgb8()), ImageFormat::Png),
             ],
         };
@@ -199,7 +218,10 @@ pub fn write_vlm_dir(dir: &Path) {
             .unwrap_or_else(|e| panic!("linking {name} to {}: {e}", target.display()));
     };
     link(golden("siglip_tiny"), "vision");
-    link(golden("vlm_tiny/projector.safetensors"), "projector.safetensors");
+    link(
+        golden("vlm_tiny/projector.safetensors"),
+        "projector.safetensors",
+    );
     std::fs::write(dir.join("llm.gguf"), TinyLlama::default().gguf().0).expect("write llm.gguf");
     std::fs::write(dir.join("config.json"), &vlm_configs()[0]).expect("write config.json");
 }

@@ -21,10 +21,8 @@ impl Scratch {
     fn new(target: &str) -> Scratch {
         static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!(
-            "npurt-fuzz-{}-{target}-{n}",
-            std::process::id()
-        ));
+        let dir =
+            std::env::temp_dir().join(format!("npurt-fuzz-{}-{target}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("create the fuzz scratch directory");
         Scratch(dir)
@@ -189,7 +187,11 @@ impl Loader for Safetensors {
                 }
                 let mut out = (h.len() as u64).to_le_bytes().to_vec();
                 out.extend_from_slice(&h);
-                let keep = if rng.one_in(4) { rng.below(data.len() + 1) } else { data.len() };
+                let keep = if rng.one_in(4) {
+                    rng.below(data.len() + 1)
+                } else {
+                    data.len()
+                };
                 out.extend_from_slice(&data[..keep]);
                 out
             }
@@ -212,7 +214,12 @@ impl Loader for Safetensors {
             assert!(end <= input.len(), "tensor {} ends past the file", t.name);
             let elems: usize = t.shape.iter().product();
             let fact = npurt_graph::TensorFact::new(t.dtype, t.shape.clone());
-            assert_eq!(fact.bytes(), Some(t.len), "tensor {} ({elems} elements)", t.name);
+            assert_eq!(
+                fact.bytes(),
+                Some(t.len),
+                "tensor {} ({elems} elements)",
+                t.name
+            );
         }
         let path = self.scratch.write("model.safetensors", input);
         let mut store = npurt_models::WeightStore::new();
