@@ -683,3 +683,54 @@ fn named_pipes_and_devices_are_refused_not_opened() {
     }
     open_with_timeout(&hf.0).expect("the restored HF dir loads");
 }
+
+/// Found by the loader fuzzer (tests/fuzz_loaders.rs): printing `messages * 100000` is
+/// one template step that formatted 400,000 messages (6 s, 40 MB) before the output
+/// limit applied, and `tojson` of it built the whole string. Both stop at 1 MiB now.
+#[test]
+fn template_printing_a_huge_list_is_refused_quickly() {
+    use npurt_models::chat::MAX_VALUE_TEXT_BYTES;
+    use npurt_models::{ChatMessage, ChatTemplate};
+    let messages = [
+        ChatMessage::new("user", "hello"),
+        ChatMessage::new("assistant", "hi"),
+    ];
+    for src in [
+        "{{ messages * 1000000 }}",
+        "{{ [messages * 1000000] }}",
+        "{{ (messages * 10000000) | tojson }}",
+    ] {
+        let t = ChatTemplate::new(src, "", "").unwrap();
+        let start = std::time::Instant::now();
+        let e = t.render(&messages, true).unwrap_err();
+        assert!(
+            e.to_string().contains(&MAX_VALUE_TEXT_BYTES.to_string()),
+            "{src}: {e}"
+        );
+        // Generous: the bound makes it milliseconds; unbounded it took seconds.
+        assert!(
+            start.elapsed().as_secs_f64() < 1.0,
+            "{src}: {:?}",
+            start.elapsed()
+        );
+    }
+    // A small list still prints.
+    let t = ChatTemplate::new("{{ messages | length }} {{ [1, 2] }}", "", "").unwrap();
+    assert_eq!(t.render(&messages, false).unwrap(), "2 [1, 2]");
+}
+
+/// Found by the loader fuzzer: an empty tensor whose other dimension is absurd
+/// (`[0, 2^63]`: 0 bytes, so the header is consistent) panicked in `to_f32`, which sized
+/// a row (2^63 x 4 bytes overflows). Its empty rows are now never sized.
+#[test]
+fn safetensors_empty_tensor_with_an_absurd_dimension_converts_to_nothing() {
+    let header = json!({"e": {"dtype": "F32", "shape": [0u64, 1u64 << 63], "data_offsets": [0, 0]},
+                        "z": {"dtype": "F32", "shape": [64, 0], "data_offsets": [0, 0]}});
+    let file = TempFile::new("empty_absurd.safetensors", &safetensors_raw(&header, &[]));
+    let mut store = npurt_models::WeightStore::new();
+    hf_dir::add_safetensors(&mut store, &file.0).unwrap();
+    for name in ["e", "z"] {
+        let t = store.to_f32(name).unwrap();
+        assert!(t.into_f32().unwrap().is_empty(), "{name}");
+    }
+}

@@ -45,6 +45,12 @@ pub const MAX_TEMPLATE_OUTPUT_BYTES: usize = 64 << 20;
 /// Largest width a template may ask of `indent` or `tojson(indent=...)`: both build a
 /// string of that many spaces.
 const MAX_TEMPLATE_WIDTH: usize = 1024;
+/// Most bytes one list, map or other object may take as text, printed (`{{ x }}`) or
+/// through `tojson`. Either is a single template step, so the step budget does not bound
+/// it: without this, `{{ messages * 100000 }}` formats 400,000 messages (seconds, tens
+/// of MB) before the output limit is reached. Real templates print or serialize at most
+/// a tool list.
+pub const MAX_VALUE_TEXT_BYTES: usize = 1 << 20;
 
 /// A compiled chat template. Construction parses the template, so a malformed one is
 /// reported by [`ChatTemplate::new`], not at the first [`render`](ChatTemplate::render).
@@ -72,6 +78,7 @@ impl ChatTemplate {
         env.add_function("strftime_now", strftime_now);
         env.add_filter("tojson", tojson);
         env.add_filter("indent", bounded_indent);
+        env.set_formatter(bounded_formatter);
         env.add_template_owned(TEMPLATE_NAME, source.clone())
             .map_err(|e| template_err("parsing the template", &e))?;
         Ok(ChatTemplate {
@@ -170,6 +177,51 @@ fn check_width(what: &str, width: usize) -> std::result::Result<(), Error> {
         ));
     }
     Ok(())
+}
+
+/// A `fmt::Write` sink that fails past `limit` bytes (so formatting stops there).
+struct BoundedText {
+    buf: String,
+    limit: usize,
+}
+
+impl std::fmt::Write for BoundedText {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        if self.buf.len().saturating_add(s.len()) > self.limit {
+            return Err(std::fmt::Error);
+        }
+        self.buf.push_str(s);
+        Ok(())
+    }
+}
+
+fn value_too_long(what: &str) -> Error {
+    Error::new(
+        ErrorKind::InvalidOperation,
+        format!("{what}: the value is longer than {MAX_VALUE_TEXT_BYTES} bytes as text"),
+    )
+}
+
+/// minijinja's formatter, but an object (a list, a map, an iterable such as
+/// `messages * n`) is first formatted into a bounded buffer, and refused past
+/// [`MAX_VALUE_TEXT_BYTES`]. Strings and numbers print as before: their size is already
+/// bounded by the output limit.
+fn bounded_formatter(
+    out: &mut minijinja::Output,
+    state: &minijinja::State,
+    value: &Value,
+) -> std::result::Result<(), Error> {
+    if value.as_object().is_some() {
+        use std::fmt::Write;
+        let mut probe = BoundedText {
+            buf: String::new(),
+            limit: MAX_VALUE_TEXT_BYTES,
+        };
+        if write!(probe, "{value}").is_err() {
+            return Err(value_too_long("printing"));
+        }
+    }
+    minijinja::escape_formatter(out, state, value)
 }
 
 /// minijinja's `indent` filter with its width bounded (see [`check_width`]).
@@ -308,6 +360,10 @@ fn write_json(
             "tojson: value nested too deeply",
         ));
     }
+    // Checked at every value, so a list of millions stops at the bound, not after.
+    if out.len() > MAX_VALUE_TEXT_BYTES {
+        return Err(value_too_long("tojson"));
+    }
     let newline = |out: &mut String, level: usize| {
         if let Some(ind) = &o.indent {
             out.push('\n');
@@ -329,18 +385,20 @@ fn write_json(
         }
         ValueKind::String => write_json_str(out, v.as_str().unwrap_or_default(), o.ensure_ascii),
         ValueKind::Seq | ValueKind::Iterable => {
-            let items: Vec<Value> = v.try_iter()?.collect();
-            if items.is_empty() {
+            // Iterated, not collected: `messages * 10000000` is an iterable of
+            // millions, of which only what fits the text bound is ever formed.
+            let mut items = v.try_iter()?.peekable();
+            if items.peek().is_none() {
                 out.push_str("[]");
                 return Ok(());
             }
             out.push('[');
-            for (i, item) in items.iter().enumerate() {
+            for (i, item) in items.enumerate() {
                 if i > 0 {
                     out.push_str(&o.item_sep);
                 }
                 newline(out, depth + 1);
-                write_json(out, item, o, depth + 1)?;
+                write_json(out, &item, o, depth + 1)?;
             }
             newline(out, depth);
             out.push(']');

@@ -23,16 +23,15 @@ use std::sync::Arc;
 fn read_f32(map: &[u8], e: &WeightEntry, name: &str, out: &mut [f32]) -> Result<()> {
     let raw = &map[e.offset..e.offset + e.len];
     let row_len = e.fact.last_dim();
-    let row_bytes = e
-        .fact
-        .dtype
-        .storage_bytes(row_len)
-        .expect("validated at insert");
     let ok = match e.unpermute {
         None => quant::dequantize(e.fact.dtype, raw, out),
-        Some(u) => out.chunks_exact_mut(row_len).enumerate().all(|(r, dst)| {
-            let s = u.source_row(r) * row_bytes;
-            quant::dequantize(e.fact.dtype, &raw[s..s + row_bytes], dst)
+        // A row of whole blocks (`None` otherwise, e.g. an empty tensor whose other
+        // dimension is absurd: the dtype's error below).
+        Some(u) => e.fact.dtype.storage_bytes(row_len).is_some_and(|row_bytes| {
+            out.chunks_exact_mut(row_len).enumerate().all(|(r, dst)| {
+                let s = u.source_row(r) * row_bytes;
+                quant::dequantize(e.fact.dtype, &raw[s..s + row_bytes], dst)
+            })
         }),
     };
     if !ok {
@@ -327,6 +326,11 @@ impl WeightStore {
     pub fn to_f32(&self, name: &str) -> Result<HostTensor> {
         let e = self.entry(name)?;
         let n = e.fact.elems().expect("validated at insert");
+        // An empty tensor's other dimensions are unchecked (`[0, 2^63]` has 0 bytes,
+        // which is all insert can check): it has no rows to size or permute.
+        if n == 0 {
+            return Ok(HostTensor::f32(e.fact.shape.clone(), Vec::new()));
+        }
         let mut out = vec![0f32; n];
         if let Some(generate) = self.generated.get(name) {
             generate(&mut out)?;

@@ -788,4 +788,10 @@ fn bench_rows_name_the_device_on_wgpu_and_the_kernels_on_cpu() {
     assert_eq!(v["rows"][0]["threads"], 1, "{v}");
     assert!(!v["rows"][0]["kernels"].as_str().unwrap().contains("Vulkan"), "{v}");
     assert!(v["machine"][0]["read_bandwidth_gb_s"].as_f64().unwrap() > 0.0, "{v}");
+    // Peak RSS (issue #11 point 6): at least the weights, and not the bandwidth probe's
+    // 512 MiB buffer.
+    let peak = v["peak_rss_bytes"].as_u64().expect("peak_rss_bytes is a number");
+    let weights = v["machine"][0]["weight_mib"].as_f64().unwrap() * (1 << 20) as f64;
+    assert!(peak as f64 > weights, "{v}");
+    assert_eq!(v["machine"][0]["peak_rss_bytes"].as_u64(), Some(peak), "{v}");
 }

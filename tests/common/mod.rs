@@ -138,3 +138,7 @@ pub fn vlm_tiny_dir(edit: impl FnOnce(&mut serde_json::Value)) -> PathBuf {
     std::fs::write(&path, cfg.to_string()).expect("writing config.json");
     dir
 }
+
+/// The loader fuzzer (its own directory: it is a tool as well as a test helper).
+#[path = "../fuzz/mod.rs"]
+pub mod fuzz;

@@ -563,7 +563,13 @@ fn run(cli: Cli) -> anyhow_lite::Result<()> {
                 + 1;
             let mut rows = Vec::new();
             let mut machine = Vec::new();
+            let mut peak_rss = 0u64;
             for &t in &threads {
+                // Each thread count's peak covers its load and its tests, not the
+                // previous model nor the bandwidth probe's 512 MiB buffer (measured
+                // after the peak is read). Where the peak cannot be reset (not Linux)
+                // it is the process's.
+                npurt_runtime::stats::reset_peak_rss();
                 let model = load(
                     &Common {
                         threads: vec![t],
@@ -574,13 +580,6 @@ fn run(cli: Cli) -> anyhow_lite::Result<()> {
                     json,
                 )?;
                 let weight_mib = model.weight_bytes as f64 / (1 << 20) as f64;
-                // Host DRAM bandwidth is the ceiling of CPU decode only; a GPU's
-                // decode reads its own memory, so nothing is measured for it.
-                let host = npurt_runtime::bench::is_cpu(&model);
-                let bw = host.then(|| npurt_runtime::bench::read_bandwidth_gb_s(t));
-                let device = model.backend.capabilities().device.clone();
-                machine.push(serde_json::json!({"threads": host.then_some(t), "device": device,
-                    "read_bandwidth_gb_s": bw, "weight_mib": weight_mib}));
                 for &p in &prompt {
                     rows.push(npurt_runtime::bench::row(
                         &model,
@@ -599,6 +598,16 @@ fn run(cli: Cli) -> anyhow_lite::Result<()> {
                         rows.push(npurt_runtime::bench::row(&model, test, t, &r));
                     }
                 }
+                let peak = npurt_runtime::stats::peak_rss_bytes().unwrap_or(0);
+                peak_rss = peak_rss.max(peak);
+                // Host DRAM bandwidth is the ceiling of CPU decode only; a GPU's
+                // decode reads its own memory, so nothing is measured for it.
+                let host = npurt_runtime::bench::is_cpu(&model);
+                let bw = host.then(|| npurt_runtime::bench::read_bandwidth_gb_s(t));
+                let device = model.backend.capabilities().device.clone();
+                machine.push(serde_json::json!({"threads": host.then_some(t), "device": device,
+                    "read_bandwidth_gb_s": bw, "weight_mib": weight_mib,
+                    "peak_rss_bytes": peak}));
                 if !json {
                     match bw {
                         Some(bw) => eprintln!("threads {t}: weights {weight_mib:.1} MiB, measured read bandwidth {bw:.1} GB/s"),
@@ -607,7 +616,12 @@ fn run(cli: Cli) -> anyhow_lite::Result<()> {
                 }
             }
             if json {
-                println!("{}", serde_json::json!({"rows": rows, "machine": machine}));
+                // `peak_rss_bytes`: the largest of the per-thread-count peaks (0 where
+                // the OS does not report it).
+                println!(
+                    "{}",
+                    serde_json::json!({"rows": rows, "machine": machine, "peak_rss_bytes": peak_rss})
+                );
             } else {
                 println!("| model | precision | backend | kernels | threads | test | t/s |");
                 println!("|---|---|---|---|---|---|---|");
