@@ -5,7 +5,6 @@
 //! one input runs far past the deadline (a real hang would otherwise stall the run).
 
 use super::alloc;
-use super::rng::Rng;
 use super::Loader;
 use std::cell::RefCell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -110,7 +109,7 @@ fn install_panic_hook() {
 
 /// The input for `index` of a run: a mutated seed (the loader chooses how).
 pub fn input_for(loader: &dyn Loader, seed: u64, index: u64) -> Vec<u8> {
-    let mut rng = Rng::for_input(seed, index);
+    let mut rng = super::rng::for_input(seed, index);
     let which = rng.below(loader.seeds().len());
     loader.mutate(&mut rng, which)
 }

@@ -4,7 +4,7 @@
 //! keys dropped, types swapped), which byte flips rarely reach past the parser; and
 //! token insertion for Jinja templates.
 
-use super::rng::Rng;
+use super::rng::{Draws, Rng};
 use serde_json::{json, Value};
 
 /// Bytes that sit at edges: sign bits, all-ones, ASCII structure.

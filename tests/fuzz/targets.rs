@@ -6,7 +6,7 @@
 //! an image tiled), since a loader that accepts something must hand back usable data.
 
 use super::mutate;
-use super::rng::Rng;
+use super::rng::{Draws, Rng};
 use super::seeds;
 use super::Loader;
 use npurt_models::source::llama_tensor_shapes;
