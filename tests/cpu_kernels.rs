@@ -85,6 +85,7 @@ const EXACT_NMSE: f64 = 1e-10;
 /// - I8Row: one scale per row, step max|row| / 127: every value is quantized with the
 ///   step of the row's 8x outliers, so the plain blocks lose what I8 keeps (~2.1e-3
 ///   observed).
+///
 /// Only asserted with at least 32 outputs: NMSE of a handful of dot products is
 /// dominated by whichever one happens to be near zero.
 fn threshold(act: ActPrecision) -> f64 {

@@ -239,7 +239,7 @@ impl LlamaConfig {
             self.max_position_embeddings,
             MAX_CONTEXT,
         )?;
-        if self.num_attention_heads % self.num_key_value_heads != 0 {
+        if !self.num_attention_heads.is_multiple_of(self.num_key_value_heads) {
             return Err(bad(
                 "num_key_value_heads",
                 format!(
@@ -248,14 +248,14 @@ impl LlamaConfig {
                 ),
             ));
         }
-        if self.head_dim % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2) {
             return Err(bad(
                 "head_dim",
                 format!("{} must be even for RoPE", self.head_dim),
             ));
         }
         if self.num_attention_heads * self.head_dim != self.hidden_size
-            && self.hidden_size % self.num_attention_heads != 0
+            && !self.hidden_size.is_multiple_of(self.num_attention_heads)
         {
             return Err(bad(
                 "num_attention_heads",

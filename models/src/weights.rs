@@ -175,7 +175,7 @@ impl WeightStore {
             if entry.fact.rank() != 2
                 || u.head_dim == 0
                 || u.head_dim % 2 != 0
-                || entry.fact.shape[0] % u.head_dim != 0
+                || !entry.fact.shape[0].is_multiple_of(u.head_dim)
             {
                 return Err(ModelError::ShapeMismatch {
                     tensor: name,
