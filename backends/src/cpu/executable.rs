@@ -430,7 +430,8 @@ impl CpuExecutable {
                             f32_of(ins[2])?,
                             *patch,
                             out,
-                        );
+                        )
+                        .map_err(kerr)?;
                     }
                     Op::SliceCols { start, len } => r::slice_cols(
                         f32_of(ins[0])?,

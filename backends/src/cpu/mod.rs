@@ -172,7 +172,7 @@ impl Backend for CpuBackend {
                 format!("kv_write_q8head[{}]", n.fact.dtype)
             }
             Op::RmsNorm { .. } => format!("rms_norm_f32[{isa}]"),
-            Op::PatchEmbed { .. } => format!("patch_embed_f32[im2col + matmul_f32, {isa}]"),
+            Op::PatchEmbed { .. } => format!("patch_embed_f32[im2col + packed f32 matmul, {isa}]"),
             Op::LayerNorm { .. } => format!("layer_norm_f32[{isa}]"),
             Op::Softmax => format!("softmax_f32[{isa}]"),
             Op::Gelu { tanh } => format!("gelu_f32[{}, {isa}]", if *tanh { "tanh" } else { "erf" }),
