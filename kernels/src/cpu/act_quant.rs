@@ -363,7 +363,6 @@ unsafe fn group_avx512(
         ActPlan::I16Bytes { offset, hi_offset } => unsafe {
             avx512::i16_byte_planes(a, rows, k, offset, hi_offset, q8, bb, bsum, rs)
         },
-        // SAFETY: as above.
         _ => group(a, rows, k, plan, f, q8, q16, bs, bb, bsum, rs),
     }
 }
@@ -375,6 +374,20 @@ unsafe fn group_avx512(
 mod avx512 {
     use super::{BLOCK, GROUP};
     use std::arch::x86_64::*;
+
+    /// `max |x|` over the `k` values (a multiple of 16) at `row`.
+    ///
+    /// SAFETY: `row` points at `k` readable f32.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn row_amax(row: *const f32, k: usize) -> f32 {
+        let mut m = _mm512_setzero_ps();
+        for i in (0..k).step_by(16) {
+            // SAFETY: i + 16 <= k, per the contract.
+            m = _mm512_max_ps(m, _mm512_abs_ps(unsafe { _mm512_loadu_ps(row.add(i)) }));
+        }
+        _mm512_reduce_max_ps(m)
+    }
 
     /// I8 per 32-value block; with `row_scales` (`ActPlan::I8Row`) one scale per row,
     /// written there and into every block's slot.
@@ -408,12 +421,7 @@ mod avx512 {
         for r in 0..rows {
             // SAFETY: the check above bounds every access (r < rows).
             let row_scale = row_scales.as_deref_mut().map(|rs| unsafe {
-                let row = a.as_ptr().add(r * k);
-                let mut m = _mm512_setzero_ps();
-                for i in (0..k).step_by(16) {
-                    m = _mm512_max_ps(m, _mm512_abs_ps(_mm512_loadu_ps(row.add(i))));
-                }
-                let s = _mm512_reduce_max_ps(m) / 127.0;
+                let s = row_amax(a.as_ptr().add(r * k), k) / 127.0;
                 *rs.get_unchecked_mut(r) = s;
                 s
             });
@@ -480,11 +488,7 @@ mod avx512 {
         unsafe {
             for r in 0..rows {
                 let row = a.as_ptr().add(r * k);
-                let mut m = _mm512_setzero_ps();
-                for i in (0..k).step_by(16) {
-                    m = _mm512_max_ps(m, _mm512_abs_ps(_mm512_loadu_ps(row.add(i))));
-                }
-                let s = _mm512_reduce_max_ps(m) / 32767.0;
+                let s = row_amax(row, k) / 32767.0;
                 let inv = _mm512_set1_ps(if s != 0.0 { 1.0 / s } else { 0.0 });
                 *rs.get_unchecked_mut(r) = s;
                 for b in 0..kb {

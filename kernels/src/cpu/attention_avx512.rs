@@ -22,15 +22,20 @@ use std::arch::x86_64::*;
 /// Widest value pass in vectors (5 x 16 = 80 columns).
 const MAX_PASS_VECTORS: usize = 5;
 
+/// The first `n` lanes of a vector (all 16 when `n >= 16`).
+#[inline(always)]
+fn first_lanes(n: usize) -> __mmask16 {
+    match n {
+        n if n >= 16 => 0xFFFF,
+        n => (1u16 << n) - 1,
+    }
+}
+
 /// The lanes of vector `c` (keys `16c..16c + 16` of a block) that are among the block's
 /// first `nk` keys.
 #[inline(always)]
 fn key_mask(nk: usize, c: usize) -> __mmask16 {
-    match nk.saturating_sub(16 * c) {
-        0 => 0,
-        n if n >= 16 => 0xFFFF,
-        n => (1u16 << n) - 1,
-    }
+    first_lanes(nk.saturating_sub(16 * c))
 }
 
 /// `e^x` per lane: `math::exp`'s range reduction and polynomial, with fused
@@ -118,7 +123,7 @@ pub(super) unsafe fn score_softmax_tile(
             let row = &mut o[r * hd..][..hd];
             let mut col = 0;
             while col < hd {
-                let mk = key_mask(hd - col, 0);
+                let mk = first_lanes(hd - col);
                 // SAFETY: lanes col.. under the mask are below hd, inside `row`.
                 unsafe {
                     let p = row.as_mut_ptr().add(col);
@@ -141,10 +146,7 @@ pub(super) unsafe fn value_tile(p: &[f32], v: &[f32], kw: usize, nk: usize, o: &
     while col < hd {
         let rest = hd - col;
         let width = if rest <= 16 * MAX_PASS_VECTORS { rest } else { 64 };
-        let tail = match width % 16 {
-            0 => 0xFFFF,
-            w => (1u16 << w) - 1,
-        };
+        let tail = first_lanes(width - 16 * (width.div_ceil(16) - 1));
         // SAFETY: columns col..col + width < hd of every row, per the asserts.
         unsafe {
             match width.div_ceil(16) {

@@ -19,10 +19,11 @@
 //! - decode on several threads also splits each head's keys ([`Plan::SplitKeys`]) and
 //!   merges the parts.
 //!
-//! All portable Rust written for the vectorizer (plus an AVX-512 K transpose), compiled
+//! Portable Rust written for the vectorizer (plus an AVX-512 K transpose), compiled
 //! for the baseline, AVX2+FMA and AVX-512 and picked at run time: at 512-token prefill
 //! (and in every ViT layer) attention is a large share of the work, so it must never
-//! run scalar.
+//! run scalar. The bidirectional mode's score, softmax and value tiles on AVX-512 are
+//! hand-written (`attention_avx512.rs`).
 //!
 //! The caches are f32, f16 or int8 ([`KvElem`]); an f16 or int8 K/V block (int8: each
 //! row's head block of `head_dim` i8 values and its scale, read straight from the

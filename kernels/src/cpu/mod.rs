@@ -3,7 +3,8 @@
 //!
 //! - `matmul_f32`, [`attention_f32`] / [`attention_bidirectional_f32`] (causal over a
 //!   KV cache, and the ViT's bidirectional mode, one flash-style kernel): portable Rust
-//!   the compiler vectorizes, compiled for the baseline, AVX2+FMA and AVX-512;
+//!   the compiler vectorizes, compiled for the baseline, AVX2+FMA and AVX-512, with
+//!   hand-written AVX-512 tiles for the bidirectional mode (`attention_avx512.rs`);
 //! - [`pack`] / [`matmul_packed`] / [`gather_packed`]: quantized weights (Q4_0, Q4_1,
 //!   Q8_0, Q8Channel, f32) repacked once into 16-row interleaved tiles, multiplied by
 //!   activations quantized on the fly (I16 per row, I8 per 32-value block, or f32) with

@@ -155,9 +155,10 @@ pub(crate) unsafe fn q8_f32<const PER_ROW: bool, const MR: usize>(job: &Job, out
 /// the low-byte product takes the low bytes (broadcast into a register) as the u8
 /// operand and the signed weights as they are. Bounds per block: 256 * 32 * 255 * 128 =
 /// 267_386_880, the bias 32768 * 4096 = 134_217_728, and 32 * 128 * 255 = 1_044_480:
-/// their sum stays below 2^31.
+/// their sum stays below 2^31. Q8_0 only: Q8Channel (one scale per row) takes
+/// [`q8c_i16b`], which needs no per-block conversion.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-pub(crate) unsafe fn q8_i16b<const PER_ROW: bool, const MR: usize>(job: &Job, out: &mut TileOut) {
+pub(crate) unsafe fn q8_i16b<const MR: usize>(job: &Job, out: &mut TileOut) {
     let split = MR <= 2;
     let flip = _mm512_set1_epi8(-128);
     let mut acc = [_mm512_setzero_ps(); MR];
@@ -188,11 +189,7 @@ pub(crate) unsafe fn q8_i16b<const PER_ROW: bool, const MR: usize>(job: &Job, ou
                     }
                 }
             }
-            let d = if PER_ROW {
-                _mm512_set1_ps(1.0)
-            } else {
-                block_scales(job, b)
-            };
+            let d = block_scales(job, b);
             for r in 0..MR {
                 let (h, l) = if split {
                     (
@@ -207,21 +204,14 @@ pub(crate) unsafe fn q8_i16b<const PER_ROW: bool, const MR: usize>(job: &Job, ou
                     _mm512_add_epi32(_mm512_slli_epi32::<8>(h), l),
                     bias,
                 ));
-                acc[r] = if PER_ROW {
-                    _mm512_add_ps(tot, acc[r])
-                } else {
-                    _mm512_fmadd_ps(tot, d, acc[r])
-                };
+                acc[r] = _mm512_fmadd_ps(tot, d, acc[r]);
             }
         }
     }
     for r in 0..MR {
         // SAFETY: row r0 + r exists; out rows hold 16 f32.
         unsafe {
-            let mut v = _mm512_mul_ps(acc[r], _mm512_set1_ps(*job.row_scale.add(r)));
-            if PER_ROW {
-                v = _mm512_mul_ps(v, row_scales(job));
-            }
+            let v = _mm512_mul_ps(acc[r], _mm512_set1_ps(*job.row_scale.add(r)));
             _mm512_storeu_ps(out[r].as_mut_ptr(), v);
         }
     }
@@ -311,9 +301,8 @@ pub(crate) unsafe fn q8c_i16b<const MR: usize>(job: &Job, out: &mut TileOut) {
 /// 8192 * 255 * 127 plus the bias 8192 * 128 * 127, below 2^31.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub(crate) unsafe fn q8c_i8row<const MR: usize>(job: &Job, out: &mut TileOut) {
-    // Two chains per row: vpdpbusd's latency (5) times its throughput (2) wants ten
-    // in flight, eight rows give eight.
-    let split = true;
+    // Two chains per row (even and odd loads): vpdpbusd's latency (5) times its
+    // throughput (2) wants ten in flight, eight rows alone give eight.
     let flip = _mm512_set1_epi8(-128);
     let mut acc = [_mm512_setzero_ps(); MR];
     let mut b0 = 0;
@@ -334,7 +323,7 @@ pub(crate) unsafe fn q8c_i8row<const MR: usize>(job: &Job, out: &mut TileOut) {
                     let v = _mm512_xor_si512(_mm512_load_si512(w.add(l * 64) as *const _), flip);
                     for r in 0..MR {
                         let x = bcast(a.add(r * 32), l);
-                        if split && l % 2 == 1 {
+                        if l % 2 == 1 {
                             dot2[r] = _mm512_dpbusd_epi32(dot2[r], v, x);
                         } else {
                             dot[r] = _mm512_dpbusd_epi32(dot[r], v, x);

@@ -248,7 +248,7 @@ pub(crate) fn select(format: Format, act: ActPrecision, isa: Isa) -> KernelSet {
                         offset: 0,
                         hi_offset: 32768,
                     },
-                    by_rows: by_rows!(q8::q8_i16b, false),
+                    by_rows: by_rows!(q8::q8_i16b),
                 },
                 // One scale per weight row and per activation row: the sums stay in i32
                 // across blocks (`q8c_i16b`).
