@@ -226,6 +226,13 @@ pub trait Backend: Send + Sync {
         }
     }
 
+    /// Whether `buf`, made by another backend instance, can be bound as a source of
+    /// this backend's executables as it is, with no copy (a CPU backend reads any host
+    /// buffer). Buffers of this instance always can.
+    fn can_bind(&self, _buf: &dyn DeviceBuffer) -> bool {
+        false
+    }
+
     /// Waits for all submitted work (a no-op on synchronous backends).
     fn synchronize(&self) -> Result<()> {
         Ok(())

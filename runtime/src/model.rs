@@ -161,12 +161,11 @@ impl Default for Runtime {
 impl Runtime {
     /// A runtime with npurt's built-in backends registered.
     pub fn new() -> Self {
-        Runtime {
-            registry: Registry::with_builtin(),
-        }
+        Self::with_registry(Registry::with_builtin())
     }
 
     pub fn with_registry(registry: Registry) -> Self {
+        crate::heap::map_large_blocks();
         Runtime { registry }
     }
 

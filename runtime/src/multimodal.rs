@@ -158,6 +158,8 @@ impl Runtime {
             threads: opts.threads,
             feature: vlm.vision_feature,
             projector_ln_eps: vlm.projector_ln_eps,
+            // A session reads the projected tokens only.
+            tower_features: false,
             ..vision_opts
         };
         let (llm, vision) = std::thread::scope(|s| {

@@ -35,7 +35,7 @@ use npurt_models::siglip::{
     self, SiglipGraphOptions, SiglipVisionConfig, VisionFeature, VisionStage,
 };
 use npurt_models::WeightStore;
-use stage::{valid_rows, StageRunner};
+use stage::{valid_rows, StageInput, StageRunner};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -64,6 +64,10 @@ pub struct VisionOptions {
     /// Also return HF-named intermediates (`patch_embeds`, `hidden_states_{k}`):
     /// tests and debugging.
     pub taps: bool,
+    /// Also return the tower's features when a projector follows (without one they
+    /// are the output and always returned). Off, an encode does not hold them: 30 MB
+    /// for 9 so400m tiles.
+    pub tower_features: bool,
     /// Run the Conv2D patch embedding of batch i+1 on its own stream while the encoder
     /// blocks of batch i run (default); off, the stages run one after another on
     /// `backend` (the sequential baseline).
@@ -87,6 +91,7 @@ impl Default for VisionOptions {
             projector_ln_eps: 1e-5,
             merge: 2,
             taps: false,
+            tower_features: true,
             pipeline: true,
             embed_threads: 1,
             budget: None,
@@ -131,7 +136,8 @@ pub struct EncodeTimings {
 /// What `encode` returns for `tiles` tiles.
 pub struct VisionOutput {
     pub tiles: usize,
-    /// `[tiles * N, D]` tower features (the configured feature layer).
+    /// `[tiles * N, D]` tower features (the configured feature layer); empty when a
+    /// projector follows and `VisionOptions::tower_features` is off.
     pub features: Vec<f32>,
     /// `[tiles * t, H]` projected tokens, thumbnail's first, when there is a projector.
     pub projected: Option<Vec<f32>>,
@@ -426,8 +432,9 @@ impl VisionEncoder {
             runners: Mutex::new(Vec::new()),
             _reservation: reservation,
         };
-        // Scratch and I/O buffers are allocated (and their pages touched) at load, as
-        // an NPU runtime does, so the first encode does not pay for page faults.
+        // Scratch and output buffers are allocated (and their pages touched) at load,
+        // as an NPU runtime does, so the first encode does not pay for page faults (an
+        // input buffer when a stage's input first has to be copied in).
         enc.runners = Mutex::new(enc.new_runners()?);
         crate::heap::return_free_memory();
         Ok(enc)
@@ -509,12 +516,19 @@ impl VisionEncoder {
         self.config.num_channels * s * s
     }
 
-    /// Runners of the batch-B stages, then of the single-tile stages.
+    /// Runners of the batch-B stages, then of the single-tile stages. The embed
+    /// stage's outputs get two slots: one batch's embeddings stay bound to the blocks
+    /// while the next batch's embed writes the other.
     fn new_runners(&self) -> Result<Vec<Vec<StageRunner>>> {
         [&self.stages, &self.tail_stages]
             .into_iter()
             .filter(|set| !set.is_empty())
-            .map(|set| set.iter().map(StageRunner::new).collect())
+            .map(|set| {
+                (0..)
+                    .zip(set)
+                    .map(|(i, st)| StageRunner::new(st, if i == 0 { 2 } else { 1 }))
+                    .collect()
+            })
             .collect()
     }
 
@@ -565,17 +579,23 @@ impl VisionEncoder {
             let st = &sets[set][0];
             let mut batch = pixels[start * per_tile..(start + valid) * per_tile].to_vec();
             batch.resize(st.input_fact.elems().unwrap_or(0), 0.0);
-            HostTensor::f32(st.input_fact.shape.clone(), batch)
+            StageInput::Host(HostTensor::f32(st.input_fact.shape.clone(), batch))
         };
         let mut out = Collected::new(self, tiles);
         let mut t = EncodeTimings {
             pipelined: self.options.pipeline,
             ..EncodeTimings::default()
         };
+        let pipeline = self.options.pipeline;
         // Dropped on an early return, the in-flight embed still finishes first (its
         // handle waits), before the runners are unlocked.
+        let embed = |runner: &mut StageRunner, job: (usize, usize, usize)| {
+            let st = &sets[job.2][0];
+            runner.load(st, pixels_of(&job))?;
+            runner.start(st)
+        };
         let first = jobs[0].2;
-        let mut next = Some(embeds[first].submit(&sets[first][0], &pixels_of(&jobs[0]))?);
+        let mut next = Some(embed(&mut embeds[first], jobs[0])?);
         for (k, job) in jobs.iter().enumerate() {
             let (_, valid, set) = *job;
             let stages = sets[set];
@@ -583,25 +603,33 @@ impl VisionEncoder {
             let run = next
                 .take()
                 .ok_or_else(|| invalid("vision", "no embed in flight"))?;
-            let (outs, ms) = embeds[set].finish(&stages[0], run)?;
-            t.conv_ms += ms;
-            let mut value = out.keep(0, &stages[0], outs, batch, valid)?;
+            t.conv_ms += embeds[set].finish(&stages[0], run)?;
+            out.keep(0, &stages[0], &embeds[set], batch, valid)?;
+            // The blocks' input: the embed output where it lies (the next batch's
+            // embed, submitted before the blocks run, writes the other slot).
+            let value = embeds[set].value(&stages[0])?;
+            let later = &mut rests[set];
+            later[0].load(&stages[1], value)?;
             let following = jobs.get(k + 1);
-            if let (Some(nj), true) = (following, self.options.pipeline) {
-                next = Some(embeds[nj.2].submit(&sets[nj.2][0], &pixels_of(nj))?);
+            if let (Some(&nj), true) = (following, pipeline) {
+                next = Some(embed(&mut embeds[nj.2], nj)?);
             }
-            let later = stages[1..].iter().zip(rests[set].iter_mut());
-            for (i, (st, r)) in (1..).zip(later) {
-                let run = r.submit(st, &value)?;
-                let (outs, ms) = r.finish(st, run)?;
+            for i in 1..stages.len() {
+                let (st, r) = (&stages[i], &mut later[i - 1]);
+                let run = r.start(st)?;
+                let ms = r.finish(st, run)?;
                 match i {
                     1 => t.blocks_ms += ms,
                     _ => t.project_ms += ms,
                 }
-                value = out.keep(i, st, outs, batch, valid)?;
+                out.keep(i, st, r, batch, valid)?;
+                if let Some(st_next) = stages.get(i + 1) {
+                    let value = later[i - 1].value(st)?;
+                    later[i].load(st_next, value)?;
+                }
             }
-            if let (Some(nj), false) = (following, self.options.pipeline) {
-                next = Some(embeds[nj.2].submit(&sets[nj.2][0], &pixels_of(nj))?);
+            if let (Some(&nj), false) = (following, pipeline) {
+                next = Some(embed(&mut embeds[nj.2], nj)?);
             }
         }
         t.total_ms = t0.elapsed().as_secs_f64() * 1e3;
@@ -609,7 +637,7 @@ impl VisionEncoder {
         t.hidden_ms = (t.sequential_ms - t.total_ms).max(0.0);
         Ok(VisionOutput {
             tiles,
-            features: out.features,
+            features: out.features.unwrap_or_default(),
             projected: out.projected,
             taps: out.taps,
             timings: t,
@@ -619,7 +647,8 @@ impl VisionEncoder {
 
 /// What `encode` gathers from the batches: the valid tiles' rows of each stage.
 struct Collected {
-    features: Vec<f32>,
+    /// `None`: the features are not wanted.
+    features: Option<Vec<f32>>,
     projected: Option<Vec<f32>>,
     taps: std::collections::BTreeMap<String, Vec<f32>>,
 }
@@ -627,8 +656,9 @@ struct Collected {
 impl Collected {
     fn new(enc: &VisionEncoder, tiles: usize) -> Self {
         let (n, d) = (enc.config.tokens(), enc.config.hidden_size);
+        let want_features = enc.options.tower_features || enc.projector_config.is_none();
         Collected {
-            features: Vec::with_capacity(tiles * n * d),
+            features: want_features.then(|| Vec::with_capacity(tiles * n * d)),
             projected: enc
                 .projector_config
                 .as_ref()
@@ -638,37 +668,32 @@ impl Collected {
     }
 
     /// Keeps the first `valid` of `batch` tiles' rows of stage `i`'s outputs (its
-    /// value, then taps) and returns its whole value, the next stage's input.
+    /// value, then taps), reading back only what is kept.
     fn keep(
         &mut self,
         i: usize,
         st: &VisionStageProgram,
-        mut outs: Vec<HostTensor>,
+        runner: &StageRunner,
         batch: usize,
         valid: usize,
-    ) -> Result<HostTensor> {
-        if outs.is_empty() {
-            return Err(invalid(
-                "vision",
-                format!("{} stage has no output", st.name),
-            ));
-        }
-        let kept = outs
-            .iter()
-            .map(|o| valid_rows(o, batch, valid))
-            .collect::<Result<Vec<_>>>()?;
-        for ((tap, _), rows) in st.outputs.iter().zip(&kept).skip(1) {
+    ) -> Result<()> {
+        for (j, (tap, _)) in st.outputs.iter().enumerate().skip(1) {
+            let o = runner.read(st, j)?;
             self.taps
                 .entry(tap.clone())
                 .or_default()
-                .extend_from_slice(rows);
+                .extend_from_slice(valid_rows(&o, batch, valid)?);
         }
-        match (i, &mut self.projected) {
-            (0, _) => {}
-            (1, _) => self.features.extend_from_slice(kept[0]),
-            (_, Some(p)) => p.extend_from_slice(kept[0]),
+        let dst = match (i, &mut self.projected) {
+            (0, _) => return Ok(()),
+            (1, _) => match &mut self.features {
+                Some(f) => f,
+                None => return Ok(()),
+            },
+            (_, Some(p)) => p,
             (_, None) => return Err(invalid("vision", "a projector stage without a projector")),
-        }
-        Ok(outs.swap_remove(0))
+        };
+        dst.extend_from_slice(valid_rows(&runner.read(st, 0)?, batch, valid)?);
+        Ok(())
     }
 }

@@ -298,6 +298,10 @@ impl Backend for CpuBackend {
         })
     }
 
+    fn can_bind(&self, buf: &dyn DeviceBuffer) -> bool {
+        buf.as_any().is::<CpuBuffer>()
+    }
+
     fn copy_rows(&self, src: &dyn DeviceBuffer, dst: &dyn DeviceBuffer, rows: usize) -> Result<()> {
         let (s, d) = (CpuBuffer::downcast(src)?, CpuBuffer::downcast(dst)?);
         let width = s.fact.last_dim();

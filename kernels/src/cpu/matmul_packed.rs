@@ -28,6 +28,8 @@ thread_local! {
 /// Activation bytes per L2-resident row chunk (Zen 4 / most x86 have >= 512 KiB L2;
 /// half is left for the weight tiles streaming through).
 const ROW_CHUNK_BYTES: usize = 192 * 1024;
+/// Most bytes of quantized activations prepared at once (see `slab_rows`).
+const SLAB_BYTES: usize = 4 << 20;
 /// Below this many multiply-adds a call runs on the calling thread: waking workers
 /// costs more than it saves.
 const PARALLEL_MIN_MACS: usize = 1 << 17;
@@ -175,27 +177,61 @@ pub fn matmul_packed_with(
             .map(|mut s| std::mem::take(&mut *s))
             .unwrap_or_default()
     });
-    act_quant::prepare(a, m, k, norm, set.plan, isa, &mut scratch);
-    let job = Call {
-        isa,
-        w,
-        set: &set,
-        act: &scratch,
-        m,
-        n_out,
-        glu: epilogue.glu().map(|act| (act, n_out / TILE_ROWS)),
-        epilogue,
-        bias,
-        residual,
-        out: SendPtr(out.as_mut_ptr()),
-    };
-    job.run(act);
+    // Rows are quantized (and multiplied) a slab at a time, so the scratch stays a few
+    // MiB however many rows come: a batch of 4 ViT tiles' fc2 input (2916 x 4304) is
+    // 28 MB at i16 in one piece, 5 MB a slab. Every task walks its rows in L2-sized
+    // chunks and streams its weight tiles once per chunk anyway, so slabs cost only
+    // a pool wake-up each.
+    let slab = slab_rows(k, act);
+    let mut r0 = 0;
+    while r0 < m {
+        let rows = slab.min(m - r0);
+        act_quant::prepare(
+            &a[r0 * k..(r0 + rows) * k],
+            rows,
+            k,
+            norm,
+            set.plan,
+            isa,
+            &mut scratch,
+        );
+        let job = Call {
+            isa,
+            w,
+            set: &set,
+            act: &scratch,
+            m: rows,
+            n_out,
+            glu: epilogue.glu().map(|act| (act, n_out / TILE_ROWS)),
+            epilogue,
+            bias,
+            residual: residual.map(|r| &r[r0 * n_out..(r0 + rows) * n_out]),
+            out: SendPtr(out[r0 * n_out..].as_mut_ptr()),
+        };
+        job.run(act);
+        r0 += rows;
+    }
     SCRATCH.with(|s| {
         if let Ok(mut s) = s.try_borrow_mut() {
             *s = scratch;
         }
     });
     Ok(())
+}
+
+/// Bytes one row of `k` activations takes in the scratch at precision `act` (values,
+/// then block sums and scales).
+fn act_row_bytes(k: usize, act: ActPrecision) -> usize {
+    match act {
+        ActPrecision::F32 => 4 * k,
+        ActPrecision::I16 => 2 * k + k / 4,
+        ActPrecision::I8 | ActPrecision::I8Row => k + k * 3 / 8,
+    }
+}
+
+/// Rows quantized at a time: whole row groups filling at most `SLAB_BYTES`.
+fn slab_rows(k: usize, act: ActPrecision) -> usize {
+    (SLAB_BYTES / act_row_bytes(k, act).max(1) / GROUP).max(1) * GROUP
 }
 
 /// One validated call.
@@ -292,13 +328,7 @@ impl Call<'_> {
         groups: std::ops::Range<usize>,
         act: ActPrecision,
     ) {
-        let k = self.w.k();
-        let row_bytes = match act {
-            ActPrecision::F32 => 4 * k,
-            ActPrecision::I16 => 2 * k + k / 4,
-            ActPrecision::I8 | ActPrecision::I8Row => k + k * 3 / 8,
-        };
-        let chunk = (ROW_CHUNK_BYTES / (row_bytes * GROUP).max(1)).max(1);
+        let chunk = (ROW_CHUNK_BYTES / (act_row_bytes(self.w.k(), act) * GROUP).max(1)).max(1);
         let mut g0 = groups.start;
         while g0 < groups.end {
             let g1 = (g0 + chunk).min(groups.end);

@@ -219,6 +219,8 @@ pub fn run(mut a: EncodeImageArgs) -> anyhow_lite::Result<()> {
         feature,
         pipeline: !a.no_pipeline,
         embed_threads: a.embed_threads,
+        // Written by --out; not held otherwise.
+        tower_features: a.out.is_some(),
         ..VisionOptions::default()
     };
     let rt = Runtime::new();
