@@ -253,13 +253,9 @@ pub fn json_text(rng: &mut Rng, seed: &[u8], others: &[Vec<u8>], max_len: usize)
 
 /// Jinja fragments a hostile or broken template might hold: unbalanced blocks, loops
 /// and string products that grow without bound, recursion, filters with huge widths,
-/// undefined names, calls of the helpers the chat environment adds.
-///
-/// Left out on purpose: strings doubled in a loop (`{% set ns.a = ns.a ~ ns.a %}`) or
-/// grown by `replace`. minijinja bounds neither (one step each, any size), so a
-/// template can allocate without limit; that needs a minijinja change (README
-/// "Fuzzing and soak", known gaps) and would abort every run here until then.
-const JINJA: [&str; 32] = [
+/// undefined names, calls of the helpers the chat environment adds, strings and lists
+/// doubled in a loop (one step each, any size: the render's memory cap stops them).
+const JINJA: [&str; 35] = [
     "{%", "%}", "{{", "}}", "{#", "#}", "{% endfor %}", "{% endif %}", "{% else %}",
     "{% for i in range(1000000) %}x{% endfor %}",
     "{% for i in range(100) %}{% for j in range(100) %}{% for k in range(100) %}x{% endfor %}{% endfor %}{% endfor %}",
@@ -287,6 +283,9 @@ const JINJA: [&str; 32] = [
     "{% extends 'base' %}",
     "{{ bos_token ~ eos_token }}",
     "{% filter upper %}",
+    "{% set ns = namespace(a='x') %}{% for i in range(64) %}{% set ns.a = ns.a ~ ns.a %}{% endfor %}",
+    "{% set ns = namespace(a='x') %}{% for i in range(64) %}{% set ns.a = ns.a | replace('x', 'xx') %}{% endfor %}",
+    "{% set ns = namespace(l=[1]) %}{% for i in range(64) %}{% set ns.l = ns.l + ns.l %}{% endfor %}",
 ];
 
 /// A template mutated: Jinja fragments inserted at random places, byte mutations, or

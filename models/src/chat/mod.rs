@@ -7,6 +7,11 @@
 //! the tokenizer's special tokens. This module mirrors that; Python string/dict/list
 //! methods (`.strip()`, `.items()`, ...) come from `minijinja_contrib::pycompat`.
 
+#[cfg(target_os = "linux")]
+mod isolated;
+#[cfg(target_os = "linux")]
+pub use isolated::{MAX_TEMPLATE_MEMORY_BYTES, MAX_TEMPLATE_WALL};
+
 use std::sync::Arc;
 
 use minijinja::value::{Enumerator, Kwargs, Object, ObjectRepr, StringInput, Value, ValueKind};
@@ -41,7 +46,7 @@ pub const TEMPLATE_STEPS_PER_MESSAGE: u64 = 10_000;
 /// Most bytes one render may write. A prompt must fit the context anyway (at most
 /// [`crate::config::MAX_CONTEXT`] tokens); this stops a template whose output grows
 /// without bound before it exhausts memory.
-pub const MAX_TEMPLATE_OUTPUT_BYTES: usize = 64 << 20;
+pub const MAX_TEMPLATE_OUTPUT_BYTES: usize = 16 << 20;
 /// Largest width a template may ask of `indent` or `tojson(indent=...)`: both build a
 /// string of that many spaces.
 const MAX_TEMPLATE_WIDTH: usize = 1024;
@@ -51,6 +56,10 @@ const MAX_TEMPLATE_WIDTH: usize = 1024;
 /// of MB) before the output limit is reached. Real templates print or serialize at most
 /// a tool list.
 pub const MAX_VALUE_TEXT_BYTES: usize = 1 << 20;
+
+/// The names [`ModelError::TemplateLimit`] gives the step and output budgets.
+const STEPS_LIMIT: &str = "rendering steps";
+const OUTPUT_LIMIT: &str = "output size (bytes)";
 
 /// A compiled chat template. Construction parses the template, so a malformed one is
 /// reported by [`ChatTemplate::new`], not at the first [`render`](ChatTemplate::render).
@@ -73,11 +82,12 @@ impl ChatTemplate {
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
         env.set_keep_trailing_newline(false);
-        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.set_unknown_method_callback(bounded_methods);
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime_now);
         env.add_filter("tojson", tojson);
         env.add_filter("indent", bounded_indent);
+        env.add_filter("replace", bounded_replace);
         env.set_formatter(bounded_formatter);
         env.add_template_owned(TEMPLATE_NAME, source.clone())
             .map_err(|e| template_err("parsing the template", &e))?;
@@ -98,9 +108,23 @@ impl ChatTemplate {
     ///
     /// Rendering runs on a budget: at most [`MAX_TEMPLATE_STEPS`] (plus
     /// [`TEMPLATE_STEPS_PER_MESSAGE`] per message) instructions and
-    /// [`MAX_TEMPLATE_OUTPUT_BYTES`] of output; past either it stops with
-    /// [`ModelError::TemplateLimit`].
+    /// [`MAX_TEMPLATE_OUTPUT_BYTES`] of output; on Linux also in a child process of its
+    /// own, with at most `MAX_TEMPLATE_MEMORY_BYTES` of memory and `MAX_TEMPLATE_WALL`
+    /// of time (see `isolated.rs`: string concatenation is unbounded inside minijinja).
+    /// Past any of them it stops with [`ModelError::TemplateLimit`].
     pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
+        #[cfg(target_os = "linux")]
+        return isolated::run(|| self.render_in_process(messages, add_generation_prompt));
+        #[cfg(not(target_os = "linux"))]
+        return self.render_in_process(messages, add_generation_prompt);
+    }
+
+    /// The render itself, with the step and output budgets.
+    fn render_in_process(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Result<String> {
         let steps = MAX_TEMPLATE_STEPS
             .saturating_add(TEMPLATE_STEPS_PER_MESSAGE.saturating_mul(messages.len() as u64));
         // Fuel is a setting of the environment, so each render sets it on its own copy
@@ -132,11 +156,11 @@ impl ChatTemplate {
             Ok(_) => String::from_utf8(out.buf)
                 .map_err(|e| ModelError::ChatTemplate(format!("rendering: {e}"))),
             Err(_) if out.exceeded => Err(ModelError::TemplateLimit {
-                limit: "output size (bytes)",
+                limit: OUTPUT_LIMIT,
                 max: MAX_TEMPLATE_OUTPUT_BYTES as u64,
             }),
             Err(e) if e.kind() == ErrorKind::OutOfFuel => Err(ModelError::TemplateLimit {
-                limit: "rendering steps",
+                limit: STEPS_LIMIT,
                 max: steps,
             }),
             Err(e) => Err(template_err("rendering", &e)),
@@ -238,6 +262,64 @@ fn bounded_indent(
     };
     check_width("indent", w.unwrap_or(0))?;
     minijinja::filters::indent(value, width, first, blank, kwargs)
+}
+
+/// Refuses a `replace` whose result would be longer than a render may write: it is one
+/// template step however long its result, so a loop of `replace('x', 'xx')` doubles a
+/// string per step (the memory cap would stop it, after about 0.6 s).
+fn check_replace(
+    value: &str,
+    from: &str,
+    to: &str,
+    count: Option<usize>,
+) -> std::result::Result<(), Error> {
+    let found = if from.is_empty() {
+        value.chars().count() + 1
+    } else {
+        value.matches(from).count()
+    };
+    let n = count.map_or(found, |c| c.min(found));
+    let len = (value.len() - n * from.len()).checked_add(n.saturating_mul(to.len()));
+    match len {
+        Some(len) if len <= MAX_TEMPLATE_OUTPUT_BYTES => Ok(()),
+        _ => Err(Error::new(
+            ErrorKind::InvalidOperation,
+            format!("replace: the result would be above the output limit of {MAX_TEMPLATE_OUTPUT_BYTES} bytes"),
+        )),
+    }
+}
+
+fn bounded_replace(
+    state: &minijinja::State,
+    value: StringInput<'_>,
+    from: StringInput<'_>,
+    to: StringInput<'_>,
+) -> std::result::Result<Value, Error> {
+    check_replace(value.as_str(), from.as_str(), to.as_str(), None)?;
+    minijinja::filters::replace(state, value, from, to)
+}
+
+/// Python's string, dict and list methods (`minijinja_contrib::pycompat`), with
+/// `str.replace` bounded as the filter is.
+fn bounded_methods(
+    state: &minijinja::State,
+    value: &Value,
+    method: &str,
+    args: &[Value],
+) -> std::result::Result<Value, Error> {
+    if let (Some(s), "replace") = (value.as_str(), method) {
+        if let (Some(from), Some(to)) = (
+            args.first().and_then(|v| v.as_str()),
+            args.get(1).and_then(|v| v.as_str()),
+        ) {
+            let count = args
+                .get(2)
+                .and_then(|c| c.as_i64())
+                .and_then(|c| usize::try_from(c).ok());
+            check_replace(s, from, to, count)?;
+        }
+    }
+    minijinja_contrib::pycompat::unknown_method_callback(state, value, method, args)
 }
 
 fn template_err(what: &str, e: &Error) -> ModelError {
@@ -676,7 +758,9 @@ mod tests {
             "",
         )
         .unwrap();
-        let e = t.render(&[ChatMessage::new("user", "x")], true).unwrap_err();
+        let e = t
+            .render(&[ChatMessage::new("user", "x")], true)
+            .unwrap_err();
         assert!(
             matches!(e, ModelError::TemplateLimit { limit, max }
                 if limit.contains("steps") && max == MAX_TEMPLATE_STEPS + TEMPLATE_STEPS_PER_MESSAGE),
@@ -687,10 +771,9 @@ mod tests {
 
     #[test]
     fn growing_output_stops_at_the_size_limit() {
-        // 100 MB per iteration (minijinja's own cap on one repetition) x 1000 iterations:
-        // few steps, but 100 GB of output.
+        // 10 MB per iteration x 1000 iterations: few steps, but 10 GB of output.
         let t = ChatTemplate::new(
-            "{% for i in range(1000) %}{{ 'x' * 100000000 }}{% endfor %}",
+            "{% for i in range(1000) %}{{ 'x' * 10000000 }}{% endfor %}",
             "",
             "",
         )
@@ -701,6 +784,60 @@ mod tests {
                 if limit.contains("output") && max == MAX_TEMPLATE_OUTPUT_BYTES as u64),
             "{e}"
         );
+    }
+
+    /// Templates whose strings or lists double: each is a few dozen steps, far inside
+    /// the step budget, and 2^40 to 2^64 bytes unbounded. Each must stop at the
+    /// render's memory cap (in its own process: this test's process does not grow).
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn doubling_templates_stop_at_the_memory_limit() {
+        let doubled_40_times = format!(
+            "{{% set a = 'x' %}}{}{{{{ a | length }}}}",
+            "{% set a = a ~ a %}".repeat(40)
+        );
+        for src in [
+            "{% set ns = namespace(a='x') %}{% for i in range(64) %}{% set ns.a = ns.a ~ ns.a %}{% endfor %}{{ ns.a | length }}",
+            "{% set ns = namespace(a='x') %}{% for i in range(64) %}{% set ns.a = ns.a + ns.a %}{% endfor %}{{ ns.a | length }}",
+            "{% set ns = namespace(l=[1]) %}{% for i in range(64) %}{% set ns.l = ns.l + ns.l %}{% endfor %}{{ ns.l | length }}",
+            "{% macro d(s, n) %}{% if n > 0 %}{{ d(s ~ s, n - 1) }}{% else %}{{ s | length }}{% endif %}{% endmacro %}{{ d('x', 60) }}",
+            &doubled_40_times,
+        ] {
+            let t = ChatTemplate::new(src, "", "").unwrap();
+            let start = std::time::Instant::now();
+            let e = t.render(&[ChatMessage::new("user", "x")], true).unwrap_err();
+            assert!(
+                matches!(e, ModelError::TemplateLimit { limit, max }
+                    if limit.contains("memory") && max == MAX_TEMPLATE_MEMORY_BYTES),
+                "{src}: {e}"
+            );
+            assert!(start.elapsed() < MAX_TEMPLATE_WALL, "{src}: {:?}", start.elapsed());
+        }
+        // `replace` (filter or method) refuses a result above the output limit first.
+        for src in [
+            "{% set ns = namespace(a='x') %}{% for i in range(64) %}{% set ns.a = ns.a | replace('x', 'xx') %}{% endfor %}",
+            "{% set ns = namespace(a='x') %}{% for i in range(64) %}{% set ns.a = ns.a.replace('x', 'xx') %}{% endfor %}",
+            "{{ ('x' * 1000) | replace('', 'abcdefghijklmnopqrstuvwxyz' * 1000) }}",
+        ] {
+            let t = ChatTemplate::new(src, "", "").unwrap();
+            let e = t.render(&[], false).unwrap_err();
+            assert!(e.to_string().contains("replace: the result would be above the output limit"), "{src}: {e}");
+        }
+        // The same constructs a few times over render as they should.
+        let t = ChatTemplate::new(
+            "{% set ns = namespace(a='x') %}{% for i in range(10) %}{% set ns.a = ns.a ~ ns.a %}{% endfor %}{{ ns.a | length }}",
+            "",
+            "",
+        )
+        .unwrap();
+        assert_eq!(t.render(&[], false).unwrap(), "1024");
+        let t = ChatTemplate::new(
+            "{{ 'a-b-c' | replace('-', '+') }} {{ 'a-b-c'.replace('-', '', 1) }}",
+            "",
+            "",
+        )
+        .unwrap();
+        assert_eq!(t.render(&[], false).unwrap(), "a+b+c ab-c");
     }
 
     #[test]
@@ -720,10 +857,11 @@ mod tests {
             );
         }
         // Ordinary widths still work.
-        let t = ChatTemplate::new("{{ messages[0].content | indent(2, first=true) }}", "", "")
-            .unwrap();
+        let t =
+            ChatTemplate::new("{{ messages[0].content | indent(2, first=true) }}", "", "").unwrap();
         assert_eq!(
-            t.render(&[ChatMessage::new("user", "a\nb")], false).unwrap(),
+            t.render(&[ChatMessage::new("user", "a\nb")], false)
+                .unwrap(),
             "  a\n  b"
         );
     }
