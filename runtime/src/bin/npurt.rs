@@ -402,7 +402,25 @@ fn ensure_xdg_runtime_dir() {
     }
 }
 
+/// A reader that stops early (`npurt ... | head`) ends the process quietly, as for any
+/// Unix tool, instead of `println!` panicking on the broken pipe (Rust ignores SIGPIPE
+/// by default).
+#[cfg(unix)]
+fn default_sigpipe() {
+    extern "C" {
+        fn signal(sig: i32, handler: usize) -> usize;
+    }
+    const SIGPIPE: i32 = 13;
+    const SIG_DFL: usize = 0;
+    // SAFETY: restores the default disposition of one signal, before any thread exists.
+    unsafe {
+        signal(SIGPIPE, SIG_DFL);
+    }
+}
+
 fn main() {
+    #[cfg(unix)]
+    default_sigpipe();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
     #[cfg(unix)]
