@@ -11,4 +11,4 @@ pub mod reference;
 pub mod tensor;
 pub mod wgsl;
 
-pub use tensor::{HostData, HostTensor};
+pub use tensor::{HostData, HostTensor, MappedF32};

@@ -2,16 +2,71 @@
 //! (upload/download) and tests.
 
 use npurt_graph::{DType, TensorFact};
+use std::sync::Arc;
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum HostData {
     F32(Vec<f32>),
+    /// f32 values read in place from a file mapping (a checkpoint's norms and biases,
+    /// which need no repacking): read-only, never copied.
+    MappedF32(MappedF32),
     I32(Vec<i32>),
     /// f16 values a backend computes with in host memory (KV caches); f16 checkpoint
     /// weights arrive as `Bytes`, like every other stored format.
     F16(Vec<half::f16>),
     /// Raw bytes of any other dtype (f16, bf16, quantized blocks), in storage order.
     Bytes(Vec<u8>),
+}
+
+/// A run of f32 values inside a byte mapping that outlives it (the owner is kept
+/// alive here). Construction checks the range and alignment.
+#[derive(Clone)]
+pub struct MappedF32 {
+    owner: Arc<dyn AsRef<[u8]> + Send + Sync>,
+    offset: usize,
+    len: usize,
+}
+
+impl MappedF32 {
+    /// `len` f32 values at byte `offset` of `owner`, if they lie inside it, 4-byte
+    /// aligned, on a little-endian host (checkpoints store little-endian).
+    pub fn new(owner: Arc<dyn AsRef<[u8]> + Send + Sync>, offset: usize, len: usize) -> Option<Self> {
+        let bytes = (*owner).as_ref();
+        let end = offset.checked_add(len.checked_mul(4)?)?;
+        let ok = cfg!(target_endian = "little")
+            && end <= bytes.len()
+            && (bytes.as_ptr() as usize + offset) % std::mem::align_of::<f32>() == 0;
+        ok.then_some(MappedF32 { owner, offset, len })
+    }
+
+    pub fn as_slice(&self) -> &[f32] {
+        let bytes = &(*self.owner).as_ref()[self.offset..self.offset + 4 * self.len];
+        // Checked at construction: in bounds and aligned; every bit pattern is an f32.
+        bytemuck::cast_slice(bytes)
+    }
+}
+
+impl std::fmt::Debug for MappedF32 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "MappedF32({} values at byte {})", self.len, self.offset)
+    }
+}
+
+impl PartialEq for MappedF32 {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_slice() == other.as_slice()
+    }
+}
+
+impl HostData {
+    /// The f32 values, owned or mapped.
+    pub fn as_f32(&self) -> Option<&[f32]> {
+        match self {
+            HostData::F32(v) => Some(v),
+            HostData::MappedF32(m) => Some(m.as_slice()),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -85,10 +140,7 @@ impl HostTensor {
         }
     }
     pub fn as_f32(&self) -> Option<&[f32]> {
-        match &self.data {
-            HostData::F32(v) => Some(v),
-            _ => None,
-        }
+        self.data.as_f32()
     }
     pub fn as_i32(&self) -> Option<&[i32]> {
         match &self.data {
@@ -96,9 +148,11 @@ impl HostTensor {
             _ => None,
         }
     }
+    /// The f32 values as a vector (a mapped tensor is copied out).
     pub fn into_f32(self) -> Option<Vec<f32>> {
         match self.data {
             HostData::F32(v) => Some(v),
+            HostData::MappedF32(m) => Some(m.as_slice().to_vec()),
             _ => None,
         }
     }

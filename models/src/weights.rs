@@ -14,7 +14,7 @@
 use crate::{ModelError, Result};
 use memmap2::Mmap;
 use npurt_graph::{DType, TensorFact};
-use npurt_kernels::{quant, HostTensor};
+use npurt_kernels::{quant, HostData, HostTensor, MappedF32};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -340,6 +340,19 @@ impl WeightStore {
         Ok(HostTensor::f32(e.fact.shape.clone(), out))
     }
 
+    /// A stored f32 tensor as it lies in its file's mapping, when it can be read in
+    /// place: stored as f32, rows in order, 4-byte aligned (GGUF aligns every tensor;
+    /// safetensors data usually is). Such a weight needs no repacking, so it is never
+    /// copied.
+    pub fn mapped_f32(&self, name: &str) -> Option<MappedF32> {
+        let e = self.entries.get(name)?;
+        if e.fact.dtype != DType::F32 || e.unpermute.is_some() || self.generated.contains_key(name) {
+            return None;
+        }
+        let map: Arc<Mmap> = self.files.get(e.file)?.clone();
+        MappedF32::new(map, e.offset, e.fact.elems()?)
+    }
+
     /// Stored bytes of one checkpoint tensor with the row permutation applied.
     fn rows_in_order(&self, name: &str) -> Result<Vec<u8>> {
         let e = self.entry(name)?;
@@ -403,6 +416,14 @@ impl WeightStore {
             dtype: target.to_string(),
         };
         if target == DType::F32 {
+            if let [part] = parts {
+                if let Some(mapped) = self.mapped_f32(part) {
+                    return Ok(HostTensor {
+                        fact: fact.clone(),
+                        data: HostData::MappedF32(mapped),
+                    });
+                }
+            }
             let mut v = Vec::with_capacity(fact.elems().unwrap_or(0));
             for p in parts {
                 v.extend(self.to_f32(p)?.into_f32().expect("to_f32 gives f32"));
@@ -501,5 +522,49 @@ mod tests {
         mem.release(["x"]);
         let x = mem.to_f32("x").unwrap().into_f32().unwrap();
         assert!(x.iter().enumerate().all(|(i, &v)| v == i as f32), "generated tensor changed");
+    }
+
+    /// An f32 tensor stored aligned is handed out in place (its values read from the
+    /// mapping, no copy); a misaligned one, a permuted one or one wanted in another
+    /// format is converted as before, to the same values.
+    #[test]
+    fn aligned_f32_weights_are_read_in_place() {
+        let path = std::env::temp_dir().join(format!("npurt-inplace-{}.bin", std::process::id()));
+        let values: Vec<f32> = (0..64).map(|i| i as f32 * 0.5 - 3.0).collect();
+        let mut bytes = vec![0u8; 8];
+        bytes.extend(values.iter().flat_map(|v| v.to_le_bytes()));
+        bytes.extend([0u8; 3]);
+        // The same values again at an odd offset (8 + 256 + 3).
+        let odd = bytes.len();
+        bytes.extend(values.iter().flat_map(|v| v.to_le_bytes()));
+        std::fs::write(&path, &bytes).unwrap();
+        let file = std::fs::File::open(&path).unwrap();
+        // SAFETY: a private temp file nobody else writes while the test runs.
+        let map = Arc::new(unsafe { Mmap::map(&file) }.unwrap());
+        let mut store = WeightStore::new();
+        let idx = store.add_file(map);
+        for (name, offset) in [("aligned", 8), ("odd", odd)] {
+            let entry = WeightEntry {
+                fact: TensorFact::f32(vec![64]),
+                file: idx,
+                offset,
+                len: 256,
+                unpermute: None,
+            };
+            store.insert(name.into(), entry, "temp").unwrap();
+        }
+        let fact = TensorFact::f32(vec![64]);
+        let aligned = store.materialize("aligned", &[], &fact).unwrap();
+        assert!(matches!(aligned.data, HostData::MappedF32(_)), "{:?}", aligned.data);
+        assert_eq!(aligned.as_f32().unwrap(), &values[..]);
+        let odd = store.materialize("odd", &[], &fact).unwrap();
+        assert!(matches!(odd.data, HostData::F32(_)), "{:?}", odd.data);
+        assert_eq!(odd.as_f32().unwrap(), &values[..]);
+        let two = TensorFact::f32(vec![128]);
+        let joined = store
+            .materialize("both", &["aligned".into(), "odd".into()], &two)
+            .unwrap();
+        assert_eq!(joined.as_f32().unwrap()[64..], values[..]);
+        std::fs::remove_file(&path).ok();
     }
 }

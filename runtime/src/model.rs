@@ -245,15 +245,20 @@ impl PreparedWeights {
             {
                 return Ok(b.clone());
             }
-            let buf = be.prepare_weight(name, store.materialize(name, parts, fact)?)?;
-            // The backend holds its own copy now: drop the file's pages (they come back
-            // from the file if another backend or a tied tensor reads them again).
-            let sources = if parts.is_empty() {
-                std::slice::from_ref(name)
-            } else {
-                parts.as_slice()
-            };
-            store.release(sources.iter().map(String::as_str));
+            let tensor = store.materialize(name, parts, fact)?;
+            let in_place = matches!(tensor.data, npurt_kernels::HostData::MappedF32(_));
+            let buf = be.prepare_weight(name, tensor)?;
+            // Unless the weight is read in place, the backend holds its own copy now:
+            // drop the file's pages (they come back from the file if another backend or
+            // a tied tensor reads them again).
+            if !in_place {
+                let sources = if parts.is_empty() {
+                    std::slice::from_ref(name)
+                } else {
+                    parts.as_slice()
+                };
+                store.release(sources.iter().map(String::as_str));
+            }
             Ok(self
                 .buffers
                 .lock()

@@ -55,6 +55,7 @@ fn final_state_value(graph: &Graph, state: NodeId) -> NodeId {
 fn host_to_value(t: &HostTensor) -> Result<Value, String> {
     Ok(match &t.data {
         HostData::F32(v) => Value::F32(v.clone()),
+        HostData::MappedF32(m) => Value::F32(m.as_slice().to_vec()),
         HostData::I32(v) => Value::I32(v.clone()),
         HostData::F16(v) => Value::F32(v.iter().map(|x| x.to_f32()).collect()),
         HostData::Bytes(b) => {

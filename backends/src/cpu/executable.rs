@@ -175,9 +175,12 @@ impl CpuExecutable {
         let bound_rows;
         let new: &[f32] = match &self.loc[new_id.0] {
             Loc::Arena(r) => &arena[r.clone()],
-            _ => match guards.get(guard_of[new_id.0]).map(Guard::data) {
-                Some(HostData::F32(v)) => {
-                    bound_rows = v.clone();
+            _ => match guards
+                .get(guard_of[new_id.0])
+                .and_then(|g| g.data().as_f32())
+            {
+                Some(v) => {
+                    bound_rows = v.to_vec();
                     &bound_rows
                 }
                 _ => return Err(exec_err(g, id, "kv_write rows must be f32")),
@@ -291,8 +294,8 @@ impl CpuExecutable {
                     let x = self.resolve(x);
                     match self.loc[x.0] {
                         Loc::Arena(_) => arena_of(x),
-                        _ => match guards[guard_of[x.0]].data() {
-                            HostData::F32(v) => Ok(v),
+                        _ => match guards[guard_of[x.0]].data().as_f32() {
+                            Some(v) => Ok(v),
                             _ => Err(exec_err(
                                 g,
                                 id,
@@ -547,9 +550,9 @@ impl CpuExecutable {
             let src = self.resolve(*id);
             let data: &[f32] = match &self.loc[src.0] {
                 Loc::Arena(r) => &scratch.arena[r.clone()],
-                _ => match guards[guard_of[src.0]].data() {
-                    HostData::F32(v) => v,
-                    _ => return Err(BackendError::Binding(format!("output `{name}` is not f32"))),
+                _ => match guards[guard_of[src.0]].data().as_f32() {
+                    Some(v) => v,
+                    None => return Err(BackendError::Binding(format!("output `{name}` is not f32"))),
                 },
             };
             let mut dst = cb

@@ -222,7 +222,8 @@ impl Backend for CpuBackend {
             reason,
         };
         match (&tensor.data, fact.dtype) {
-            (HostData::F32(_), DType::F32) => {
+            // f32 read in place from the file mapping when the loader could, else owned.
+            (HostData::F32(_) | HostData::MappedF32(_), DType::F32) => {
                 Ok(Arc::new(CpuBuffer::new(tensor, BufferUsage::Weights)))
             }
             (HostData::Bytes(raw), DType::F16 | DType::BF16) => {

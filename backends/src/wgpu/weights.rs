@@ -103,6 +103,7 @@ pub(crate) fn host_bytes(t: &HostTensor) -> std::borrow::Cow<'_, [u8]> {
     match &t.data {
         // Device buffers are little-endian, as are the hosts wgpu runs on.
         HostData::F32(v) => std::borrow::Cow::Borrowed(bytemuck::cast_slice(v)),
+        HostData::MappedF32(m) => std::borrow::Cow::Borrowed(bytemuck::cast_slice(m.as_slice())),
         HostData::I32(v) => std::borrow::Cow::Borrowed(bytemuck::cast_slice(v)),
         HostData::F16(v) => std::borrow::Cow::Borrowed(bytemuck::cast_slice(v)),
         HostData::Bytes(b) => std::borrow::Cow::Borrowed(b),

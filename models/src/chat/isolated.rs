@@ -16,7 +16,11 @@
 //!
 //! The child runs only the render and leaves with `_exit`: no destructors, no atexit
 //! handlers, no stdio flushing. glibc's fork keeps its allocator usable in the child;
-//! the render takes no lock that another thread of the caller could hold.
+//! the render takes no lock that another thread of the caller could hold. One known
+//! exception: Rust's out-of-memory handler takes the process's backtrace lock before it
+//! aborts, so if another thread of the caller was printing a panic's backtrace at the
+//! moment of the fork, a child past its memory cap cannot finish aborting; it is then
+//! killed at the wall limit, and the render fails with the time limit instead.
 //!
 //! Cost: one fork per render, which copies the caller's page tables. Measured here (a
 //! small template): 2.7 ms per render with 100 MB of the caller's memory resident,
