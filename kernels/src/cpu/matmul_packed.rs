@@ -179,7 +179,7 @@ pub fn matmul_packed_with(
     });
     // Rows are quantized (and multiplied) a slab at a time, so the scratch stays a few
     // MiB however many rows come: a batch of 4 ViT tiles' fc2 input (2916 x 4304) is
-    // 28 MB at i16 in one piece, 5 MB a slab. Every task walks its rows in L2-sized
+    // 28 MB at i16 in one piece, 4 MB a slab. Every task walks its rows in L2-sized
     // chunks and streams its weight tiles once per chunk anyway, so slabs cost only
     // a pool wake-up each.
     let slab = slab_rows(k, act);
