@@ -120,6 +120,14 @@ fn child_main(wr: libc::c_int, data_limit: u64, render: impl FnOnce() -> Result<
         if null >= 0 {
             libc::dup2(null, 2);
         }
+        // Keep no other descriptor: a pipe of a render another thread started holds
+        // its reader back until every copy of its write end is closed, this child's
+        // included. (Best effort: without close_range, Linux < 5.9, they stay open
+        // until this child exits.)
+        if wr > 3 {
+            libc::syscall(libc::SYS_close_range, 3 as libc::c_uint, (wr - 1) as libc::c_uint, 0);
+        }
+        libc::syscall(libc::SYS_close_range, (wr + 1) as libc::c_uint, libc::c_uint::MAX, 0);
         // An abort past the cap must not dump the process image to disk.
         let no_core = libc::rlimit {
             rlim_cur: 0,
