@@ -170,7 +170,16 @@ fn vit_matmuls(c: &mut Criterion) {
         let w = pack(DType::Q8Channel, &raw, n, k).expect("pack");
         drop(raw);
         for act in [ActPrecision::I8Row, ActPrecision::I16] {
-            bench_packed(c, &pools, &w, DType::Q8Channel, act, "vit_gemm", VIT_ROWS, &mut rng);
+            bench_packed(
+                c,
+                &pools,
+                &w,
+                DType::Q8Channel,
+                act,
+                "vit_gemm",
+                VIT_ROWS,
+                &mut rng,
+            );
         }
     }
 }
@@ -285,7 +294,16 @@ fn decode_attention(c: &mut Criterion) {
     fn step<C: KvElem>(caches: &[Vec<C>], q: &[f32], scale: f32, out: &mut [f32]) {
         for kv in caches.chunks_exact(2) {
             attention_f32(
-                q, &kv[0], &kv[1], CACHE_ROWS - 1, 1, HEADS, KV_HEADS, HEAD_DIM, scale, out,
+                q,
+                &kv[0],
+                &kv[1],
+                CACHE_ROWS - 1,
+                1,
+                HEADS,
+                KV_HEADS,
+                HEAD_DIM,
+                scale,
+                out,
             )
             .expect("valid shapes");
         }
@@ -450,7 +468,12 @@ fn summary(since: std::time::SystemTime) {
     // nothing else runs) on as many threads as each row used.
     let peaks: Vec<(usize, f64)> = [1, 2]
         .into_iter()
-        .filter_map(|t| Some((t, measure_peak(PeakKind::Int8Vnni, t, Duration::from_millis(300))?.gops)))
+        .filter_map(|t| {
+            Some((
+                t,
+                measure_peak(PeakKind::Int8Vnni, t, Duration::from_millis(300))?.gops,
+            ))
+        })
         .collect();
     let vit: Vec<String> = rows
         .iter()
@@ -467,7 +490,11 @@ fn summary(since: std::time::SystemTime) {
                 gops,
                 100.0 * gops * per_product / peak,
                 peak,
-                if per_product > 1.0 { " / 2 (i16: two vpdpbusd per product)" } else { "" }
+                if per_product > 1.0 {
+                    " / 2 (i16: two vpdpbusd per product)"
+                } else {
+                    ""
+                }
             ))
         })
         .collect();

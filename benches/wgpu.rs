@@ -213,6 +213,7 @@ fn bench_attention(c: &mut Criterion, be: &WgpuBackend) {
                     head_dim: hd,
                     scale: 0.125,
                     mode: npurt_graph::AttentionMode::Causal,
+                    precision: npurt_graph::AttentionPrecision::F32,
                 },
                 &[q, kc, vc, p, nv],
             )

@@ -75,7 +75,11 @@ fn cpu_passes_every_f32_case_and_fails_none() {
 
 #[test]
 fn a_filter_that_selects_nothing_is_an_error_naming_the_ops() {
-    for f in ["softmax", "matmul/q4_1", "attention/gqa9_3.hd16.pos13.n_valid4"] {
+    for f in [
+        "softmax",
+        "matmul/q4_1",
+        "attention/gqa9_3.hd16.pos13.n_valid4",
+    ] {
         assert_eq!(conformance::check_filter(f), Ok(()), "{f}");
     }
     for f in ["softmaxx", "nosuchop/x", "matmul/no-such-case"] {
@@ -91,7 +95,10 @@ fn a_filter_that_selects_nothing_is_an_error_naming_the_ops() {
     })
     .unwrap_err();
     let msg = err.downcast_ref::<String>().expect("panic message");
-    assert!(msg.contains("no conformance case matches `softmaxx`"), "{msg}");
+    assert!(
+        msg.contains("no conformance case matches `softmaxx`"),
+        "{msg}"
+    );
 }
 
 #[test]

@@ -235,6 +235,37 @@ fn vit_and_projector_are_fused() {
     );
 }
 
+/// Precision is a compile option of one graph: w8a8 compiles the tower's attention to
+/// integer products (`AttentionPrecision::I8`), w8a16 and f32 keep it in f32, and the
+/// CPU backend runs the matching kernel.
+#[test]
+fn w8a8_compiles_integer_attention() {
+    use npurt_graph::{AttentionPrecision, Op, PrecisionPolicy};
+    for (p, want) in [
+        (PrecisionPolicy::W8A8, AttentionPrecision::I8),
+        (PrecisionPolicy::W8A16, AttentionPrecision::F32),
+        (PrecisionPolicy::F32, AttentionPrecision::F32),
+    ] {
+        let opts = VisionOptions {
+            precision: p.clone(),
+            ..VisionOptions::default()
+        };
+        let enc = VisionEncoder::load(&Runtime::new(), &golden("siglip_tiny"), None, opts).unwrap();
+        let st = enc.stages.iter().find(|s| s.name == "encoder").unwrap();
+        let got: Vec<AttentionPrecision> = st
+            .graph
+            .nodes
+            .iter()
+            .filter_map(|n| match n.op {
+                Op::Attention { precision, .. } => Some(precision),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(got.len(), enc.config.num_hidden_layers, "{}", p.name);
+        assert!(got.iter().all(|&x| x == want), "{}: {got:?}", p.name);
+    }
+}
+
 fn cosine(a: &[f32], b: &[f32]) -> f64 {
     let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
     let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();

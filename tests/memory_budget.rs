@@ -5,7 +5,10 @@
 use npurt_runtime::{ImageInput, LoadOptions, Runtime, RuntimeError, Session, VisionOptions};
 use npurt_tests::{golden, smollm2_gguf, vlm_tiny_dir};
 
-fn load(budget: Option<u64>, ctx: Option<usize>) -> Result<std::sync::Arc<npurt_runtime::Model>, RuntimeError> {
+fn load(
+    budget: Option<u64>,
+    ctx: Option<usize>,
+) -> Result<std::sync::Arc<npurt_runtime::Model>, RuntimeError> {
     Runtime::new().load(
         &smollm2_gguf(),
         LoadOptions {
@@ -36,7 +39,10 @@ fn over_budget(r: Result<impl Sized, RuntimeError>, what: &str) -> (u64, u64) {
 fn weights_and_sessions_that_do_not_fit_are_refused_before_allocating() {
     let m = load(Some(64 << 30), None).unwrap();
     let (weights, session) = (m.budget.used(), m.session_bytes);
-    assert!(weights > 60 << 20 && session > 10 << 20, "{weights} {session}");
+    assert!(
+        weights > 60 << 20 && session > 10 << 20,
+        "{weights} {session}"
+    );
 
     let (needed, _) = over_budget(load(Some(50 << 20), None), "LLM weights");
     assert_eq!(needed, weights);
@@ -54,7 +60,10 @@ fn weights_and_sessions_that_do_not_fit_are_refused_before_allocating() {
 #[test]
 fn contexts_beyond_the_trained_length_are_refused() {
     match load(None, Some(1 << 20)) {
-        Err(RuntimeError::InvalidOption { option: "ctx", reason }) => {
+        Err(RuntimeError::InvalidOption {
+            option: "ctx",
+            reason,
+        }) => {
             assert!(reason.contains("8192"), "{reason}")
         }
         Err(e) => panic!("{e}"),
@@ -103,16 +112,27 @@ fn prompts_longer_than_the_context_are_refused_or_windowed() {
             ctx: 256,
             ..
         }) => {}
-        other => panic!("expected ContextOverflow, got {:?}", other.map(|g| g.tokens)),
+        other => panic!(
+            "expected ContextOverflow, got {:?}",
+            other.map(|g| g.tokens)
+        ),
     }
     let windowed = GenerateOptions {
         prompt_overflow: PromptOverflow::SlidingWindow { keep_first: 10 },
         ..opts
     };
     let fitted = s.fit_prompt(&ids, windowed.prompt_overflow, 8).unwrap();
-    assert_eq!(fitted.ids.len(), 248, "256 positions less room for 8 new tokens");
+    assert_eq!(
+        fitted.ids.len(),
+        248,
+        "256 positions less room for 8 new tokens"
+    );
     assert_eq!(&fitted.ids[..10], &ids[..10], "the first tokens are kept");
-    assert_eq!(&fitted.ids[10..], &ids[1000 - 238..], "then the most recent ones");
+    assert_eq!(
+        &fitted.ids[10..],
+        &ids[1000 - 238..],
+        "then the most recent ones"
+    );
     let g = s.generate(&ids, &windowed, |_, _| true).unwrap();
     assert_eq!((g.prompt_tokens, g.prompt_dropped), (248, 752));
     assert!(s.len() <= 256);

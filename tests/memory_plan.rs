@@ -6,7 +6,9 @@
 use npurt_graph::passes::Pipeline;
 use npurt_graph::{plan, Graph, PrecisionPolicy};
 use npurt_models::llama::{self, InputKind, LlamaGraphOptions, LogitsMode};
-use npurt_models::siglip::{self, SiglipGraphOptions, SiglipVisionConfig, VisionFeature, VisionStage};
+use npurt_models::siglip::{
+    self, SiglipGraphOptions, SiglipVisionConfig, VisionFeature, VisionStage,
+};
 use npurt_models::ModelSource;
 use npurt_tests::smollm2_gguf;
 
@@ -20,7 +22,11 @@ fn check(name: &str, g: &Graph, at_most: f64) {
         p.naive_bytes,
         100.0 * ratio
     );
-    assert!(ratio <= at_most, "{name}: arena is {:.1}% of the naive sum", 100.0 * ratio);
+    assert!(
+        ratio <= at_most,
+        "{name}: arena is {:.1}% of the naive sum",
+        100.0 * ratio
+    );
 }
 
 #[test]
@@ -45,10 +51,17 @@ fn llama_graphs_plan_into_a_small_arena() {
         )
         .unwrap();
         let st = stored.clone();
-        Pipeline::compile(PrecisionPolicy::W4A16, Box::new(move |n| st.get(n).copied()))
-            .run(&mut g)
-            .unwrap();
-        check(&format!("llama rows {rows} {logits:?} {input:?}"), &g, at_most);
+        Pipeline::compile(
+            PrecisionPolicy::W4A16,
+            Box::new(move |n| st.get(n).copied()),
+        )
+        .run(&mut g)
+        .unwrap();
+        check(
+            &format!("llama rows {rows} {logits:?} {input:?}"),
+            &g,
+            at_most,
+        );
     }
 }
 
@@ -69,6 +82,14 @@ fn siglip_so400m_plans_into_a_small_arena() {
         Pipeline::compile(PrecisionPolicy::W8A8, Box::new(|_| None))
             .run(&mut g)
             .unwrap();
-        check(&format!("so400m {stage:?}"), &g, if stage == VisionStage::Encoder { 0.05 } else { 1.0 });
+        check(
+            &format!("so400m {stage:?}"),
+            &g,
+            if stage == VisionStage::Encoder {
+                0.05
+            } else {
+                1.0
+            },
+        );
     }
 }

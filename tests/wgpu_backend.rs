@@ -917,6 +917,7 @@ fn attention_case(
             head_dim: hd,
             scale,
             mode: npurt_graph::AttentionMode::Causal,
+            precision: npurt_graph::AttentionPrecision::F32,
         },
         &[qi, kw1, vw1, p, nv],
     );

@@ -126,7 +126,10 @@ mod tests {
         }
         for n in [None, Some(1), Some(MAX_THREADS)] {
             let (r, ran) = probe();
-            let e = r.create("probe", &BackendOptions { threads: n }).err().unwrap();
+            let e = r
+                .create("probe", &BackendOptions { threads: n })
+                .err()
+                .unwrap();
             assert!(matches!(e, BackendError::Unavailable { .. }), "{n:?}: {e}");
             assert!(ran.load(std::sync::atomic::Ordering::SeqCst));
         }

@@ -2,8 +2,8 @@
 //! code reads like the model and errors point at the exact layer.
 
 use crate::{
-    ActPrecision, AttentionMode, Epilogue, Graph, GraphError, NodeId, Op, Prologue, RopeParams,
-    TensorFact,
+    ActPrecision, AttentionMode, AttentionPrecision, Epilogue, Graph, GraphError, NodeId, Op,
+    Prologue, RopeParams, TensorFact,
 };
 
 pub struct Builder {
@@ -149,6 +149,7 @@ impl Builder {
                 head_dim,
                 scale,
                 mode: AttentionMode::Causal,
+                precision: AttentionPrecision::F32,
             },
             &[q, k, v, pos, n_valid],
         )
@@ -172,6 +173,7 @@ impl Builder {
                 head_dim,
                 scale,
                 mode: AttentionMode::Bidirectional { seq },
+                precision: AttentionPrecision::F32,
             },
             &[q, k, v],
         )

@@ -30,7 +30,9 @@ pub enum DType {
     /// zero row). A cache `[S, n_kv * head_dim]` is `S * n_kv` blocks, row by row and
     /// head after head. `head_dim` is a multiple of 4, so blocks stay word aligned (the
     /// WGSL shaders read them as u32 words).
-    Q8Head { head_dim: u16 },
+    Q8Head {
+        head_dim: u16,
+    },
 }
 
 impl DType {

@@ -26,7 +26,8 @@ pub use epilogue::{Activation, Epilogue, EpilogueError, Step};
 pub use fact::TensorFact;
 pub use graph::{Graph, Node, NodeId};
 pub use op::{
-    ActPrecision, AttentionMode, InferError, MatMulOperands, Op, Prologue, RopeParams, RopeScaling,
+    ActPrecision, AttentionMode, AttentionPrecision, InferError, MatMulOperands, Op, Prologue,
+    RopeParams, RopeScaling, MAX_I8_ATTENTION_SEQ,
 };
 pub use precision::{KvCacheType, PrecisionPolicy, WeightFormat};
 pub use rng::SeededRng;

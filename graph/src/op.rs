@@ -137,6 +137,31 @@ pub enum AttentionMode {
     Bidirectional { seq: usize },
 }
 
+/// The arithmetic of [`Op::Attention`]'s two products (`Q K^T` and `P V`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum AttentionPrecision {
+    /// Both products and the softmax in f32.
+    #[default]
+    F32,
+    /// Integer products (the ViT's w8a8; bidirectional mode only), per sequence and
+    /// head: `q` and `k` rows quantized to i8 with one scale per row (`amax / 127`,
+    /// round half to even), `v` with one scale per channel over the sequence's keys;
+    /// scores `(q_i . k_j) * s_q * scale * s_k` from i32 dot products; the softmax's
+    /// `p = exp(s - max)` rounded to u8 `round(255 p)`; the output
+    /// `(sum_j p_j v_j) * s_v / sum_j p_j` from i32 sums. `P`'s weights thus sum to one
+    /// exactly, and every product is a VNNI `u8 x i8` dot.
+    I8,
+}
+
+impl AttentionPrecision {
+    pub fn name(self) -> &'static str {
+        match self {
+            AttentionPrecision::F32 => "f32",
+            AttentionPrecision::I8 => "i8",
+        }
+    }
+}
+
 impl AttentionMode {
     pub fn arity(self) -> usize {
         match self {
@@ -151,6 +176,10 @@ impl AttentionMode {
         }
     }
 }
+
+/// The longest sequence [`AttentionPrecision::I8`] takes: its `P V` sums stay in i32
+/// (`seq * 255 * 127 < 2^31`).
+pub const MAX_I8_ATTENTION_SEQ: usize = 65536;
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Op {
@@ -219,16 +248,18 @@ pub enum Op {
     /// `(cache, new, pos i32[1]) -> cache'`. The output aliases the cache state.
     KvWrite,
     /// GQA attention of `q [T, nh*hd]` over keys/values `[S, nkv*hd]` -> `[T, nh*hd]`,
-    /// computed in f32. `mode` says which keys a query sees and what the inputs are
-    /// ([`AttentionMode`]): causal over an f32/f16/int8 KV cache for the LLM, bidirectional
-    /// within each sequence of a batch for the ViT. Query head `h` uses KV head
-    /// `h / (nh / nkv)` (HF repeat_kv).
+    /// computed in f32 or, bidirectional only, with integer products (`precision`,
+    /// [`AttentionPrecision`]). `mode` says which keys a query sees and what the inputs
+    /// are ([`AttentionMode`]): causal over an f32/f16/int8 KV cache for the LLM,
+    /// bidirectional within each sequence of a batch for the ViT. Query head `h` uses KV
+    /// head `h / (nh / nkv)` (HF repeat_kv).
     Attention {
         n_heads: usize,
         n_kv_heads: usize,
         head_dim: usize,
         scale: f32,
         mode: AttentionMode,
+        precision: AttentionPrecision,
     },
     /// The ViT token downsampler's layout step: `x [B * h * w, C]` (each image a
     /// row-major `h x w` token grid) zero-padded at the bottom/right to multiples of
@@ -543,9 +574,21 @@ impl Op {
                 n_kv_heads,
                 head_dim,
                 mode,
+                precision,
                 ..
             } => {
                 let (q, k, v) = (inputs[0], inputs[1], inputs[2]);
+                if *precision == AttentionPrecision::I8 {
+                    let AttentionMode::Bidirectional { seq } = mode else {
+                        return Err("int8 attention is bidirectional only (the causal mode's precision is its KV cache type)".into());
+                    };
+                    // Its i32 sum over the keys: 255 * 127 per key.
+                    if *seq > MAX_I8_ATTENTION_SEQ {
+                        return Err(format!(
+                            "int8 attention over sequences of {seq} rows (at most {MAX_I8_ATTENTION_SEQ})"
+                        ));
+                    }
+                }
                 want_rank(q, 2, "attention q")?;
                 same_fact(k, v, "attention k/v differ")?;
                 want_rank(k, 2, "attention k")?;

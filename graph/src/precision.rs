@@ -2,7 +2,7 @@
 //! A policy says which weight format and activation precision each module class gets;
 //! the `quantize` pass applies it.
 
-use crate::{ActPrecision, DType};
+use crate::{ActPrecision, AttentionPrecision, DType};
 
 /// Weight format for a module class.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,6 +49,9 @@ pub struct PrecisionPolicy {
     /// reads per token; keys and values of a LLaMA fit f16's range), or int8
     /// ([`DType::Q8Head`]: about a quarter).
     pub kv_cache: KvCacheType,
+    /// The products of the ViT's bidirectional attention (`I8` in the `a8` presets:
+    /// integer `Q K^T` and `P V`). The LLM's causal attention is f32 over `kv_cache`.
+    pub attention: AttentionPrecision,
 }
 
 /// The KV cache's storage (`--kv-cache f32|f16|int8`). The int8 dtype carries the
@@ -105,6 +108,7 @@ impl PrecisionPolicy {
         head: WeightFormat::Exact(DType::F32),
         head_act: ActPrecision::F32,
         kv_cache: KvCacheType::F32,
+        attention: AttentionPrecision::F32,
     };
     pub const W8A16: Self = PrecisionPolicy {
         name: "w8a16",
@@ -114,6 +118,7 @@ impl PrecisionPolicy {
         head: WeightFormat::Q8OrBetter,
         head_act: ActPrecision::I16,
         kv_cache: KvCacheType::F16,
+        attention: AttentionPrecision::F32,
     };
     /// INT8 weights with INT8 activations (one scale per 32-value block): the fast
     /// vision preset (VNNI dot products on both operands).
@@ -125,6 +130,7 @@ impl PrecisionPolicy {
         head: WeightFormat::Q8OrBetter,
         head_act: ActPrecision::I8,
         kv_cache: KvCacheType::F16,
+        attention: AttentionPrecision::I8,
     };
     /// The LLM default: INT4 weights, INT16 activations (BlueLM-V-3B), head at Q8+.
     pub const W4A16: Self = PrecisionPolicy {
@@ -135,6 +141,7 @@ impl PrecisionPolicy {
         head: WeightFormat::Q8OrBetter,
         head_act: ActPrecision::I16,
         kv_cache: KvCacheType::F16,
+        attention: AttentionPrecision::F32,
     };
     pub const W4A8: Self = PrecisionPolicy {
         name: "w4a8",
@@ -144,6 +151,7 @@ impl PrecisionPolicy {
         head: WeightFormat::Q8OrBetter,
         head_act: ActPrecision::I8,
         kv_cache: KvCacheType::F16,
+        attention: AttentionPrecision::I8,
     };
 
     pub const PRESETS: [Self; 5] = [Self::F32, Self::W8A16, Self::W8A8, Self::W4A16, Self::W4A8];

@@ -30,7 +30,11 @@ pub struct MappedF32 {
 impl MappedF32 {
     /// `len` f32 values at byte `offset` of `owner`, if they lie inside it, 4-byte
     /// aligned, on a little-endian host (checkpoints store little-endian).
-    pub fn new(owner: Arc<dyn AsRef<[u8]> + Send + Sync>, offset: usize, len: usize) -> Option<Self> {
+    pub fn new(
+        owner: Arc<dyn AsRef<[u8]> + Send + Sync>,
+        offset: usize,
+        len: usize,
+    ) -> Option<Self> {
         let bytes = (*owner).as_ref();
         let end = offset.checked_add(len.checked_mul(4)?)?;
         let ok = cfg!(target_endian = "little")

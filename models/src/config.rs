@@ -239,7 +239,10 @@ impl LlamaConfig {
             self.max_position_embeddings,
             MAX_CONTEXT,
         )?;
-        if !self.num_attention_heads.is_multiple_of(self.num_key_value_heads) {
+        if !self
+            .num_attention_heads
+            .is_multiple_of(self.num_key_value_heads)
+        {
             return Err(bad(
                 "num_key_value_heads",
                 format!(

@@ -27,12 +27,16 @@ fn read_f32(map: &[u8], e: &WeightEntry, name: &str, out: &mut [f32]) -> Result<
         None => quant::dequantize(e.fact.dtype, raw, out),
         // A row of whole blocks (`None` otherwise, e.g. an empty tensor whose other
         // dimension is absurd: the dtype's error below).
-        Some(u) => e.fact.dtype.storage_bytes(row_len).is_some_and(|row_bytes| {
-            out.chunks_exact_mut(row_len).enumerate().all(|(r, dst)| {
-                let s = u.source_row(r) * row_bytes;
-                quant::dequantize(e.fact.dtype, &raw[s..s + row_bytes], dst)
-            })
-        }),
+        Some(u) => e
+            .fact
+            .dtype
+            .storage_bytes(row_len)
+            .is_some_and(|row_bytes| {
+                out.chunks_exact_mut(row_len).enumerate().all(|(r, dst)| {
+                    let s = u.source_row(r) * row_bytes;
+                    quant::dequantize(e.fact.dtype, &raw[s..s + row_bytes], dst)
+                })
+            }),
     };
     if !ok {
         return Err(ModelError::UnsupportedDType {
@@ -136,11 +140,7 @@ impl WeightStore {
             // its pages loses nothing, later reads fault them back in from the file.
             // The range lies inside the mapping (checked at `insert`).
             if let Err(err) = unsafe {
-                map.unchecked_advise_range(
-                    memmap2::UncheckedAdvice::DontNeed,
-                    start,
-                    end - start,
-                )
+                map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start)
             } {
                 log::debug!("could not release the pages of `{name}`: {err}");
             }
@@ -346,7 +346,8 @@ impl WeightStore {
     /// copied.
     pub fn mapped_f32(&self, name: &str) -> Option<MappedF32> {
         let e = self.entries.get(name)?;
-        if e.fact.dtype != DType::F32 || e.unpermute.is_some() || self.generated.contains_key(name) {
+        if e.fact.dtype != DType::F32 || e.unpermute.is_some() || self.generated.contains_key(name)
+        {
             return None;
         }
         let map: Arc<Mmap> = self.files.get(e.file)?.clone();
@@ -521,7 +522,10 @@ mod tests {
         .unwrap();
         mem.release(["x"]);
         let x = mem.to_f32("x").unwrap().into_f32().unwrap();
-        assert!(x.iter().enumerate().all(|(i, &v)| v == i as f32), "generated tensor changed");
+        assert!(
+            x.iter().enumerate().all(|(i, &v)| v == i as f32),
+            "generated tensor changed"
+        );
     }
 
     /// An f32 tensor stored aligned is handed out in place (its values read from the
@@ -555,7 +559,11 @@ mod tests {
         }
         let fact = TensorFact::f32(vec![64]);
         let aligned = store.materialize("aligned", &[], &fact).unwrap();
-        assert!(matches!(aligned.data, HostData::MappedF32(_)), "{:?}", aligned.data);
+        assert!(
+            matches!(aligned.data, HostData::MappedF32(_)),
+            "{:?}",
+            aligned.data
+        );
         assert_eq!(aligned.as_f32().unwrap(), &values[..]);
         let odd = store.materialize("odd", &[], &fact).unwrap();
         assert!(matches!(odd.data, HostData::F32(_)), "{:?}", odd.data);

@@ -125,7 +125,10 @@ mod tests {
         let b = MemoryBudget::new(Some(100));
         let a = b.reserve("a", 60).unwrap();
         let e = b.reserve("b", 50).unwrap_err().to_string();
-        assert!(e.contains("b") && e.contains("50") && e.contains("60") && e.contains("100"), "{e}");
+        assert!(
+            e.contains("b") && e.contains("50") && e.contains("60") && e.contains("100"),
+            "{e}"
+        );
         drop(a);
         let _c = b.reserve("c", 100).unwrap();
         assert_eq!(b.used(), 100);

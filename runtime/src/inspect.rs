@@ -137,7 +137,11 @@ pub fn memory(model: &Model) -> MemorySummary {
     graphs.sort_by(|a, b| a.0.cmp(&b.0));
     let enc = model.vision.as_ref().and_then(|v| v.encoder());
     if let Some(enc) = &enc {
-        graphs.extend(enc.stages.iter().map(|st| (format!("vision {}", st.name), &st.graph)));
+        graphs.extend(
+            enc.stages
+                .iter()
+                .map(|st| (format!("vision {}", st.name), &st.graph)),
+        );
         graphs.extend(
             enc.tail_stages
                 .iter()

@@ -426,9 +426,12 @@ impl Model {
         // before anything is prepared or allocated.
         let weights_planned = planned_weight_bytes(built.iter().map(|b| &b.2));
         let kv_bytes = (2 * cfg.num_hidden_layers) as u64
-            * TensorFact::new(opts.precision.kv_cache.dtype(cfg.head_dim), [cache_rows, cfg.kv_width()])
-                .bytes()
-                .unwrap_or(usize::MAX) as u64;
+            * TensorFact::new(
+                opts.precision.kv_cache.dtype(cfg.head_dim),
+                [cache_rows, cfg.kv_width()],
+            )
+            .bytes()
+            .unwrap_or(usize::MAX) as u64;
         let session_bytes = kv_bytes
             + built
                 .iter()

@@ -6,8 +6,8 @@
 //! at the image placeholder; the vision part can be released once the images are
 //! encoded so the LLM stage does not carry it.
 
-use crate::image::{self, DecodeLimits, ImagePlan, RgbImage, TilingOptions, TilingRule};
 use crate::budget::MemoryBudget;
+use crate::image::{self, DecodeLimits, ImagePlan, RgbImage, TilingOptions, TilingRule};
 use crate::model::{invalid, LoadReport, Model, PreparedWeights};
 use crate::vision::{EncodeTimings, VisionEncoder, VisionOptions};
 use crate::{LoadOptions, Result, Runtime, RuntimeError};
@@ -337,7 +337,10 @@ impl Model {
             + plan.tiles as u64 * 3 * s * s * 4
             + (plan.image_tokens * self.config.hidden_size * 4) as u64;
         let reservation = self.budget.reserve(
-            format!("an image of {}x{} ({} tiles)", plan.width, plan.height, plan.tiles),
+            format!(
+                "an image of {}x{} ({} tiles)",
+                plan.width, plan.height, plan.tiles
+            ),
             image_bytes,
         )?;
         let finished = Arc::new(OnceLock::new());

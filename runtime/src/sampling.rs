@@ -111,7 +111,11 @@ impl Sampler {
             .map(|c| {
                 let p = ((c.1 as f64 - max) / t).exp();
                 // NaN only from a NaN or +inf logit: such a token gets no mass.
-                if p.is_nan() { 0.0 } else { p }
+                if p.is_nan() {
+                    0.0
+                } else {
+                    p
+                }
             })
             .collect();
         let sum: f64 = probs.iter().sum();
@@ -219,7 +223,13 @@ mod tests {
             .err()
             .unwrap_or_else(|| panic!("temperature {temperature} accepted"));
             assert!(
-                matches!(e, RuntimeError::InvalidOption { option: "temperature", .. }),
+                matches!(
+                    e,
+                    RuntimeError::InvalidOption {
+                        option: "temperature",
+                        ..
+                    }
+                ),
                 "{e}"
             );
         }

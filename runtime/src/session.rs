@@ -164,7 +164,10 @@ impl Session {
     pub fn new(model: Arc<Model>) -> Result<Session> {
         // The KV cache and the arenas of every graph kind, reserved before allocating.
         let reservation = model.budget.reserve(
-            format!("a session (KV cache for {} positions + activations)", model.ctx),
+            format!(
+                "a session (KV cache for {} positions + activations)",
+                model.ctx
+            ),
             model.session_bytes,
         )?;
         // Each KV cache lives on the backend that runs its attention; every graph kind
@@ -172,7 +175,11 @@ impl Session {
         let mut kv: HashMap<String, Arc<dyn DeviceBuffer>> = HashMap::new();
         let mut home: HashMap<&str, &str> = HashMap::new();
         let fact = TensorFact::new(
-            model.options.precision.kv_cache.dtype(model.config.head_dim),
+            model
+                .options
+                .precision
+                .kv_cache
+                .dtype(model.config.head_dim),
             [model.cache_rows, model.config.kv_width()],
         );
         for cg in model.graphs.values() {

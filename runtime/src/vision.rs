@@ -337,7 +337,10 @@ impl VisionEncoder {
         // padded batch (9 tiles: 4 + 4 + 1 tile slots, not 4 + 4 + 4). Both sets read
         // the same weights (prepared once).
         let mut sets = Vec::new();
-        for batch in [opts.batch, 1].into_iter().take(if opts.batch > 1 { 2 } else { 1 }) {
+        for batch in [opts.batch, 1]
+            .into_iter()
+            .take(if opts.batch > 1 { 2 } else { 1 })
+        {
             let tower = |stage| SiglipGraphOptions {
                 batch,
                 stage,
@@ -389,7 +392,10 @@ impl VisionEncoder {
             .sum::<u64>();
         let reservation = match &opts.budget {
             Some(b) => Some(b.reserve(
-                format!("the vision encoder ({}, batch {})", opts.precision.name, opts.batch),
+                format!(
+                    "the vision encoder ({}, batch {})",
+                    opts.precision.name, opts.batch
+                ),
                 crate::model::planned_weight_bytes(sets.iter().flatten().map(|c| &c.1))
                     + arena_bytes,
             )?),

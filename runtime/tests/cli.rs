@@ -434,8 +434,13 @@ fn run_image_json(backend: &str) {
         let tol = 1e-3 * range;
         let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
         let our_lse = m + row.iter().map(|&x| (x as f64 - m).exp()).sum::<f64>().ln();
-        assert!((our_lse - lse[k] as f64).abs() <= tol as f64, "{backend} row {k}: lse");
-        let top1 = (0..vocab).max_by(|&a, &b| row[a].total_cmp(&row[b])).unwrap();
+        assert!(
+            (our_lse - lse[k] as f64).abs() <= tol as f64,
+            "{backend} row {k}: lse"
+        );
+        let top1 = (0..vocab)
+            .max_by(|&a, &b| row[a].total_cmp(&row[b]))
+            .unwrap();
         for j in 0..16 {
             let id = ids[k * 16 + j].to_bits() as usize;
             if j == 0 {
@@ -604,13 +609,30 @@ fn usage_errors_exit_2_and_runtime_errors_exit_1() {
     // Errors at run time: exit 1, `error: ...`.
     let m = model_path();
     for args in [
-        &["run", "--prompt", "hi", "--backend", "npu9000", "--model", &m][..],
+        &[
+            "run",
+            "--prompt",
+            "hi",
+            "--backend",
+            "npu9000",
+            "--model",
+            &m,
+        ][..],
         &["conformance", "--op", "softmaxx"],
-        &["tokenize", "--text", "x", "--model", "/nonexistent/model.gguf"],
+        &[
+            "tokenize",
+            "--text",
+            "x",
+            "--model",
+            "/nonexistent/model.gguf",
+        ],
     ] {
         let (code, _, err) = npurt_code(args, &[]);
         assert_eq!(code, Some(1), "{args:?}: {err}");
-        assert!(err.lines().any(|l| l.starts_with("error: ")), "{args:?}: {err}");
+        assert!(
+            err.lines().any(|l| l.starts_with("error: ")),
+            "{args:?}: {err}"
+        );
     }
 }
 
@@ -624,7 +646,13 @@ fn run_without_input_names_both_prompt_and_chat() {
 #[test]
 fn a_missing_file_prints_its_cause_once() {
     let (code, _, err) = npurt_code(
-        &["tokenize", "--text", "x", "--model", "/nonexistent/model.gguf"],
+        &[
+            "tokenize",
+            "--text",
+            "x",
+            "--model",
+            "/nonexistent/model.gguf",
+        ],
         &[],
     );
     assert_eq!(code, Some(1), "{err}");
@@ -698,10 +726,16 @@ fn bad_counts_are_refused_with_the_reason() {
 
     let m = model_path();
     for n in ["0", "100000"] {
-        let (code, _, err) = npurt_code(&["tokenize", "--text", "x", "--threads", n, "--model", &m], &[]);
+        let (code, _, err) = npurt_code(
+            &["tokenize", "--text", "x", "--threads", n, "--model", &m],
+            &[],
+        );
         assert_eq!(code, Some(1), "--threads {n}: {err}");
         let e = error_line(&err);
-        assert!(e.contains("threads") && e.contains("1..=1024") && e.contains(n), "{err}");
+        assert!(
+            e.contains("threads") && e.contains("1..=1024") && e.contains(n),
+            "{err}"
+        );
         let (code, _, err) = npurt_code(&["conformance", "--op", "softmax", "--threads", n], &[]);
         assert_eq!(code, Some(1), "conformance --threads {n}: {err}");
         assert!(error_line(&err).contains("1..=1024"), "{err}");
@@ -721,7 +755,8 @@ fn perplexity_with_nothing_to_score_is_an_error() {
         ]);
         assert!(!ok, "--max-tokens {max} scored: {out}");
         assert!(
-            error_line(&err).contains("nothing to score") && error_line(&err).contains(&format!("has {max}")),
+            error_line(&err).contains("nothing to score")
+                && error_line(&err).contains(&format!("has {max}")),
             "{err}"
         );
     }
@@ -770,28 +805,73 @@ fn bench_rows_name_the_device_on_wgpu_and_the_kernels_on_cpu() {
 
     let m = model_path();
     let (code, out, err) = npurt_code(
-        &["bench", "--backend", "wgpu", "-p", "0", "-n", "2", "-r", "1", "--threads", "1,2", "--model", &m],
+        &[
+            "bench",
+            "--backend",
+            "wgpu",
+            "-p",
+            "0",
+            "-n",
+            "2",
+            "-r",
+            "1",
+            "--threads",
+            "1,2",
+            "--model",
+            &m,
+        ],
         &[],
     );
     assert_eq!(code, Some(0), "{err}");
     let rows: Vec<&str> = out.lines().filter(|l| l.contains("| tg2 |")).collect();
     assert_eq!(rows.len(), 1, "one run, not one per thread count:\n{out}");
-    assert!(rows[0].contains(device) && rows[0].contains("| - |"), "{out}");
-    assert!(!out.contains("read bandwidth") && !out.contains("of the measured"), "{out}");
+    assert!(
+        rows[0].contains(device) && rows[0].contains("| - |"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("read bandwidth") && !out.contains("of the measured"),
+        "{out}"
+    );
 
     let (code, out, err) = npurt_code(
-        &["bench", "-p", "0", "-n", "2", "-r", "1", "--threads", "1", "--json", "--model", &m],
+        &[
+            "bench",
+            "-p",
+            "0",
+            "-n",
+            "2",
+            "-r",
+            "1",
+            "--threads",
+            "1",
+            "--json",
+            "--model",
+            &m,
+        ],
         &[],
     );
     assert_eq!(code, Some(0), "{err}");
     let v = json(&out);
     assert_eq!(v["rows"][0]["threads"], 1, "{v}");
-    assert!(!v["rows"][0]["kernels"].as_str().unwrap().contains("Vulkan"), "{v}");
-    assert!(v["machine"][0]["read_bandwidth_gb_s"].as_f64().unwrap() > 0.0, "{v}");
+    assert!(
+        !v["rows"][0]["kernels"].as_str().unwrap().contains("Vulkan"),
+        "{v}"
+    );
+    assert!(
+        v["machine"][0]["read_bandwidth_gb_s"].as_f64().unwrap() > 0.0,
+        "{v}"
+    );
     // Peak RSS (issue #11 point 6): at least the weights, and not the bandwidth probe's
     // 512 MiB buffer.
-    let peak = v["peak_rss_bytes"].as_u64().expect("peak_rss_bytes is a number");
+    let peak = v["peak_rss_bytes"]
+        .as_u64()
+        .expect("peak_rss_bytes is a number");
     let weights = v["machine"][0]["weight_mib"].as_f64().unwrap() * (1 << 20) as f64;
     assert!(peak as f64 > weights, "{v}");
-    assert_eq!(v["machine"][0]["peak_rss_bytes"].as_u64(), Some(peak), "{v}");
+    assert_eq!(
+        v["machine"][0]["peak_rss_bytes"].as_u64(),
+        Some(peak),
+        "{v}"
+    );
 }

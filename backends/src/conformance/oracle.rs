@@ -3,10 +3,14 @@
 //!
 //! Activation precision (`MatMul { act }`) is deliberately ignored: the oracle is the
 //! exact product, and each case's threshold states how much i16/i8 activation
-//! quantization may cost.
+//! quantization may cost. Integer attention (`AttentionPrecision::I8`) is different:
+//! its quantization steps are part of the op's definition (per-row and per-channel
+//! scales, u8 softmax weights), so the oracle runs the reference's emulation of them.
 
 use super::case::{CaseData, Compared};
-use npurt_graph::{AttentionMode, DType, Graph, MatMulOperands, NodeId, Op, Prologue};
+use npurt_graph::{
+    AttentionMode, AttentionPrecision, DType, Graph, MatMulOperands, NodeId, Op, Prologue,
+};
 use npurt_kernels::{quant, reference as r, HostData, HostTensor};
 
 /// A node's value in the oracle.
@@ -197,6 +201,7 @@ fn evaluate(graph: &Graph, sources: &[(NodeId, HostTensor)]) -> Result<Vec<Value
                 head_dim,
                 scale,
                 mode: AttentionMode::Causal,
+                ..
             } => r::attention(
                 f(0)?,
                 f(1)?,
@@ -216,7 +221,11 @@ fn evaluate(graph: &Graph, sources: &[(NodeId, HostTensor)]) -> Result<Vec<Value
                 head_dim,
                 scale,
                 mode: AttentionMode::Bidirectional { seq },
-            } => r::attention_bidirectional(
+                precision,
+            } => (match precision {
+                AttentionPrecision::F32 => r::attention_bidirectional,
+                AttentionPrecision::I8 => r::attention_bidirectional_i8,
+            })(
                 f(0)?,
                 f(1)?,
                 f(2)?,

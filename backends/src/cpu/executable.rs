@@ -19,7 +19,7 @@
 use super::buffer::CpuBuffer;
 use crate::{BackendError, Bindings, BufferUsage, DeviceBuffer, Executable, Result, Scratch};
 use npurt_graph::plan::{self, Placement};
-use npurt_graph::{AttentionMode, Graph, MatMulOperands, NodeId, Op, Prologue};
+use npurt_graph::{AttentionMode, AttentionPrecision, Graph, MatMulOperands, NodeId, Op, Prologue};
 use npurt_kernels::cpu::ThreadPool;
 use npurt_kernels::{cpu as k, reference as r, HostData};
 use std::any::Any;
@@ -201,7 +201,11 @@ impl CpuExecutable {
                         k::kv_write_q8head(cache, new, width, head_dim as usize, pos)
                             .map_err(|e| exec_err(g, id, e.0))
                     }
-                    d => Err(exec_err(g, id, format!("a {d} kv cache on the cpu backend"))),
+                    d => Err(exec_err(
+                        g,
+                        id,
+                        format!("a {d} kv cache on the cpu backend"),
+                    )),
                 },
                 _ => Err(exec_err(
                     g,
@@ -287,7 +291,11 @@ impl CpuExecutable {
                     } else if r.start >= range.end {
                         Ok(&hi[r.start - range.end..r.end - range.end])
                     } else {
-                        Err(exec_err(g, id, "the memory plan overlaps an input with the output"))
+                        Err(exec_err(
+                            g,
+                            id,
+                            "the memory plan overlaps an input with the output",
+                        ))
                     }
                 };
                 let f32_of = |x: NodeId| -> Result<&[f32]> {
@@ -380,9 +388,9 @@ impl CpuExecutable {
                                 Some(norm) => k::matmul_packed_rms_norm(
                                     a, m, norm, w, *act, *epilogue, bias, residual, out,
                                 ),
-                                None => k::matmul_packed(
-                                    a, m, w, *act, *epilogue, bias, residual, out,
-                                ),
+                                None => {
+                                    k::matmul_packed(a, m, w, *act, *epilogue, bias, residual, out)
+                                }
                             }
                             .map_err(kerr)?;
                         } else {
@@ -402,24 +410,14 @@ impl CpuExecutable {
                                 // The GLU reads gate and up columns of the wider product.
                                 let mut pre = vec![0f32; m * n_b];
                                 k::matmul_f32(a, b, m, kk, n_b, *transpose_b, &mut pre);
-                                k::epilogue_f32(
-                                    Some(&pre),
-                                    m,
-                                    n_b,
-                                    *epilogue,
-                                    bias,
-                                    residual,
-                                    out,
-                                )
-                                .map_err(kerr)?;
+                                k::epilogue_f32(Some(&pre), m, n_b, *epilogue, bias, residual, out)
+                                    .map_err(kerr)?;
                             } else {
                                 // The product straight into `out`, the steps in place.
                                 k::matmul_f32(a, b, m, kk, n_b, *transpose_b, out);
                                 if !epilogue.is_empty() {
-                                    k::epilogue_f32(
-                                        None, m, n_b, *epilogue, bias, residual, out,
-                                    )
-                                    .map_err(kerr)?;
+                                    k::epilogue_f32(None, m, n_b, *epilogue, bias, residual, out)
+                                        .map_err(kerr)?;
                                 }
                             }
                         }
@@ -436,13 +434,9 @@ impl CpuExecutable {
                         )
                         .map_err(kerr)?;
                     }
-                    Op::SliceCols { start, len } => r::slice_cols(
-                        f32_of(ins[0])?,
-                        g.fact(ins[0]).shape[1],
-                        *start,
-                        *len,
-                        out,
-                    ),
+                    Op::SliceCols { start, len } => {
+                        r::slice_cols(f32_of(ins[0])?, g.fact(ins[0]).shape[1], *start, *len, out)
+                    }
                     Op::Add => r::add(f32_of(ins[0])?, f32_of(ins[1])?, out),
                     Op::Mul => r::mul(f32_of(ins[0])?, f32_of(ins[1])?, out),
                     Op::RmsNorm { eps } => {
@@ -473,18 +467,25 @@ impl CpuExecutable {
                         head_dim,
                         scale,
                         mode: AttentionMode::Bidirectional { seq },
-                    } => k::attention_bidirectional_f32(
-                        f32_of(ins[0])?,
-                        f32_of(ins[1])?,
-                        f32_of(ins[2])?,
-                        *seq,
-                        *n_heads,
-                        *n_kv_heads,
-                        *head_dim,
-                        *scale,
-                        out,
-                    )
-                    .map_err(kerr)?,
+                        precision,
+                    } => {
+                        let kernel = match precision {
+                            AttentionPrecision::F32 => k::attention_bidirectional_f32,
+                            AttentionPrecision::I8 => k::attention_bidirectional_i8,
+                        };
+                        kernel(
+                            f32_of(ins[0])?,
+                            f32_of(ins[1])?,
+                            f32_of(ins[2])?,
+                            *seq,
+                            *n_heads,
+                            *n_kv_heads,
+                            *head_dim,
+                            *scale,
+                            out,
+                        )
+                        .map_err(kerr)?
+                    }
                     Op::SpaceToChannel { grid, block } => k::space_to_channel_f32(
                         f32_of(ins[0])?,
                         *grid,
@@ -499,6 +500,7 @@ impl CpuExecutable {
                         head_dim,
                         scale,
                         mode: AttentionMode::Causal,
+                        ..
                     } => {
                         let (q, pos, n_valid) = (f32_of(ins[0])?, scalar(ins[3])?, scalar(ins[4])?);
                         let (nh, nkv, hd, sc) = (*n_heads, *n_kv_heads, *head_dim, *scale);
@@ -520,11 +522,10 @@ impl CpuExecutable {
                         k::activation_f32(f32_of(ins[0])?, npurt_graph::Activation::Silu, out)
                             .map_err(kerr)?
                     }
-                    Op::Gelu { tanh } => {
-                        k::gelu_f32(f32_of(ins[0])?, *tanh, out).map_err(kerr)?
+                    Op::Gelu { tanh } => k::gelu_f32(f32_of(ins[0])?, *tanh, out).map_err(kerr)?,
+                    Op::Softmax => {
+                        k::softmax_f32(f32_of(ins[0])?, node.fact.last_dim(), out).map_err(kerr)?
                     }
-                    Op::Softmax => k::softmax_f32(f32_of(ins[0])?, node.fact.last_dim(), out)
-                        .map_err(kerr)?,
                     Op::Transpose { perm } => {
                         r::transpose(f32_of(ins[0])?, &g.fact(ins[0]).shape, perm, out)
                     }
@@ -552,7 +553,9 @@ impl CpuExecutable {
                 Loc::Arena(r) => &scratch.arena[r.clone()],
                 _ => match guards[guard_of[src.0]].data().as_f32() {
                     Some(v) => v,
-                    None => return Err(BackendError::Binding(format!("output `{name}` is not f32"))),
+                    None => {
+                        return Err(BackendError::Binding(format!("output `{name}` is not f32")))
+                    }
                 },
             };
             let mut dst = cb

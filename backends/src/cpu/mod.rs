@@ -162,9 +162,17 @@ impl Backend for CpuBackend {
             ),
             Op::Attention {
                 mode: npurt_graph::AttentionMode::Bidirectional { seq },
+                precision: npurt_graph::AttentionPrecision::F32,
                 ..
             } => format!(
                 "attention_bidirectional_f32[sequences of {seq}, flash blocks, online softmax, {isa}]"
+            ),
+            Op::Attention {
+                mode: npurt_graph::AttentionMode::Bidirectional { seq },
+                precision: npurt_graph::AttentionPrecision::I8,
+                ..
+            } => format!(
+                "attention_bidirectional_i8[sequences of {seq}, vpdpbusd panels, u8 softmax, {isa}]"
             ),
             Op::SpaceToChannel { .. } => "space_to_channel_f32[row copies]".into(),
             Op::KvWrite if n.fact.dtype == DType::F16 => "kv_write_f16".into(),

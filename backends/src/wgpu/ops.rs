@@ -349,6 +349,7 @@ pub(crate) fn lower(cx: &LowerCtx, id: NodeId) -> Result<Lowered, String> {
             head_dim,
             scale,
             mode: npurt_graph::AttentionMode::Causal,
+            ..
         } => {
             let t = g.fact(ins[0]).shape[0];
             let s = g.fact(ins[1]).shape[0];
@@ -412,9 +413,11 @@ pub(crate) fn lower(cx: &LowerCtx, id: NodeId) -> Result<Lowered, String> {
             head_dim,
             scale,
             mode: npurt_graph::AttentionMode::Bidirectional { seq },
+            precision,
         } => d.push(bidirectional_attention_dispatch(
             cx,
             [*n_heads, *n_kv_heads, *head_dim],
+            *precision,
             *scale,
             *seq,
             g.fact(ins[0]).shape[0],
@@ -570,13 +573,15 @@ pub(crate) fn lower(cx: &LowerCtx, id: NodeId) -> Result<Lowered, String> {
 }
 
 /// The ViT's attention (`AttentionMode::Bidirectional`): attention.wgsl or
-/// attention_lanes.wgsl with `BIDIRECTIONAL`, K/V read from the activations (bindings
-/// 2, 3) and the sequence length in the cache-rows slot; no positions, nothing to check
-/// at run time. `heads` is `[n_heads, n_kv_heads, head_dim]`, `ins` q, k, v.
+/// attention_lanes.wgsl with `BIDIRECTIONAL` (attention_i8.wgsl for integer products),
+/// K/V read from the activations (bindings 2, 3) and the sequence length in the
+/// cache-rows slot; no positions, nothing to check at run time. `heads` is `[n_heads,
+/// n_kv_heads, head_dim]`, `ins` q, k, v.
 #[allow(clippy::too_many_arguments)]
 fn bidirectional_attention_dispatch(
     cx: &LowerCtx,
     [n_heads, n_kv_heads, head_dim]: [usize; 3],
+    precision: npurt_graph::AttentionPrecision,
     scale: f32,
     seq: usize,
     rows: usize,
@@ -591,7 +596,12 @@ fn bidirectional_attention_dispatch(
         return Err(format!("{rows} rows are not whole sequences of {seq}"));
     }
     let lanes = cx.kernels == KernelFamily::Lanes && head_dim % 4 == 0;
-    let (key, groups) = if lanes {
+    let (key, groups) = if precision == npurt_graph::AttentionPrecision::I8 {
+        (
+            PipelineKey::new("attention_i8.wgsl", "attention_i8", &[]),
+            [as_u32(n_heads, "heads")?, as_u32(rows, "rows")?, 1],
+        )
+    } else if lanes {
         let hd = format!("HEAD_DIM={head_dim}");
         (
             PipelineKey::new(

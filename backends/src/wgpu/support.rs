@@ -18,7 +18,9 @@ pub(crate) fn supports(graph: &Graph, id: NodeId, max_binding: u64) -> Support {
     let fact = |i: usize| graph.fact(node.inputs[i]);
     let is_weight = |i: usize| {
         matches!(
-            graph.node(npurt_graph::plan::root(graph, node.inputs[i])).op,
+            graph
+                .node(npurt_graph::plan::root(graph, node.inputs[i]))
+                .op,
             Op::Weight { .. }
         )
     };

@@ -2,7 +2,8 @@
 //! activation precision, by the role the weight plays (found from its consumers, not
 //! its name): embedding table, output head (a matmul producing a graph output), or
 //! linear layer. A tied embedding/head table gets the head's format. KV cache states
-//! (the caches `kv_write` writes) get the policy's `kv_cache` type.
+//! (the caches `kv_write` writes) get the policy's `kv_cache` type, and bidirectional
+//! attention the policy's `attention` precision.
 
 use super::Pass;
 use crate::{
@@ -176,6 +177,17 @@ impl Pass for Quantize {
                         *act = want;
                         changed = true;
                     }
+                }
+            }
+            if let Op::Attention {
+                mode: AttentionMode::Bidirectional { .. },
+                precision,
+                ..
+            } = &mut n.op
+            {
+                if *precision != self.policy.attention {
+                    *precision = self.policy.attention;
+                    changed = true;
                 }
             }
         }

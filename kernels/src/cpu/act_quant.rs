@@ -584,7 +584,11 @@ fn group(
             let mut tmp = [0f32; BLOCK];
             for r in 0..rows {
                 let row = &a[r * k..][..k];
-                let levels = if plan == ActPlan::FakeI8Row { 127.0 } else { 32767.0 };
+                let levels = if plan == ActPlan::FakeI8Row {
+                    127.0
+                } else {
+                    32767.0
+                };
                 let row_scale = amax(row) / levels;
                 let row_inv = if row_scale != 0.0 {
                     1.0 / row_scale

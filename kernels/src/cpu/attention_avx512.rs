@@ -45,7 +45,10 @@ fn key_mask(nk: usize, c: usize) -> __mmask16 {
 fn exp_ps(x: __m512) -> __m512 {
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
-    let x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.3)), _mm512_set1_ps(88.0));
+    let x = _mm512_min_ps(
+        _mm512_max_ps(x, _mm512_set1_ps(-87.3)),
+        _mm512_set1_ps(88.0),
+    );
     // n = round(x log2 e), r = x - n ln 2 (in two parts).
     let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
         _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)),
@@ -53,10 +56,19 @@ fn exp_ps(x: __m512) -> __m512 {
     let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_HI), x);
     let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_LO), r);
     let mut p = _mm512_set1_ps(1.987_569_2e-4);
-    for c in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 0.166_666_65, 0.5] {
+    for c in [
+        1.398_199_9e-3,
+        8.333_452e-3,
+        4.166_579_6e-2,
+        0.166_666_65,
+        0.5,
+    ] {
         p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
     }
-    let e = _mm512_add_ps(_mm512_fmadd_ps(_mm512_mul_ps(p, r), r, r), _mm512_set1_ps(1.0));
+    let e = _mm512_add_ps(
+        _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, r),
+        _mm512_set1_ps(1.0),
+    );
     // 2^n from its exponent bits (n in [-126, 127] after the clamp).
     _mm512_scalef_ps(e, n)
 }
@@ -139,13 +151,24 @@ pub(super) unsafe fn score_softmax_tile(
 /// of `KB` probabilities, `v` starts at the first key's head column with row stride
 /// `kw`, `o` holds `QT` rows of `hd`.
 #[target_feature(enable = "avx512f")]
-pub(super) unsafe fn value_tile(p: &[f32], v: &[f32], kw: usize, nk: usize, o: &mut [f32], hd: usize) {
+pub(super) unsafe fn value_tile(
+    p: &[f32],
+    v: &[f32],
+    kw: usize,
+    nk: usize,
+    o: &mut [f32],
+    hd: usize,
+) {
     assert!(nk <= KB && p.len() >= QT * KB && o.len() >= QT * hd);
     assert!(nk == 0 || (nk - 1) * kw + hd <= v.len());
     let mut col = 0;
     while col < hd {
         let rest = hd - col;
-        let width = if rest <= 16 * MAX_PASS_VECTORS { rest } else { 64 };
+        let width = if rest <= 16 * MAX_PASS_VECTORS {
+            rest
+        } else {
+            64
+        };
         let tail = first_lanes(width - 16 * (width.div_ceil(16) - 1));
         // SAFETY: columns col..col + width < hd of every row, per the asserts.
         unsafe {
@@ -187,7 +210,8 @@ unsafe fn value_pass<const NV: usize>(
         });
         for j in 0..nk {
             let vp = v.as_ptr().add(j * kw + col);
-            let vr: [__m512; NV] = std::array::from_fn(|c| _mm512_maskz_loadu_ps(mask(c), vp.add(16 * c)));
+            let vr: [__m512; NV] =
+                std::array::from_fn(|c| _mm512_maskz_loadu_ps(mask(c), vp.add(16 * c)));
             for (r, acc) in acc.iter_mut().enumerate() {
                 let x = _mm512_set1_ps(*p.as_ptr().add(r * KB + j));
                 for (a, &vc) in acc.iter_mut().zip(&vr) {

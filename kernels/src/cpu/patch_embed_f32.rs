@@ -40,7 +40,16 @@ pub fn patch_embed_f32(
         }
         let o = &mut out[img * per_image * d..(img + 1) * per_image * d];
         let f32_act = ActPrecision::F32;
-        matmul_packed(&cols, per_image, &packed, f32_act, Epilogue::BIAS, Some(bias), None, o)?;
+        matmul_packed(
+            &cols,
+            per_image,
+            &packed,
+            f32_act,
+            Epilogue::BIAS,
+            Some(bias),
+            None,
+            o,
+        )?;
     }
     Ok(())
 }

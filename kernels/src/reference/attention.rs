@@ -158,6 +158,110 @@ pub fn attention_bidirectional(
     Ok(())
 }
 
+/// The longest sequence the integer attention takes: its `P V` sums over the keys stay
+/// in i32 (`seq * 255 * 127 < 2^31`). Mirrors `npurt_graph::MAX_I8_ATTENTION_SEQ`.
+pub const MAX_I8_ATTENTION_SEQ: usize = 65536;
+
+/// One row quantized to i8 with one scale: `amax / 127`, `q = round_half_even(x *
+/// (127 / amax))` clamped to +-127 (0 for a zero row). Returns the scale. The SIMD
+/// kernels compute the same products and round the same way, so they get the same
+/// integers.
+fn quantize_row_i8(x: &[f32], out: &mut [i8]) -> f32 {
+    let amax = x.iter().fold(0f32, |a, v| a.max(v.abs()));
+    let inv = if amax > 0.0 { 127.0 / amax } else { 0.0 };
+    for (o, v) in out.iter_mut().zip(x) {
+        *o = (v * inv).round_ties_even().clamp(-127.0, 127.0) as i8;
+    }
+    amax / 127.0
+}
+
+/// A softmax weight `p = exp(s - max)` in `[0, 1]` as the u8 `round(255 p)` the integer
+/// `P V` multiplies.
+#[inline]
+fn quantize_prob(p: f32) -> u8 {
+    (255.0 * p).round_ties_even().clamp(0.0, 255.0) as u8
+}
+
+/// Bidirectional attention with integer products (`AttentionPrecision::I8`, the ViT's
+/// w8a8), exactly as the IR defines it: per sequence and head, `q` and `k` rows in i8
+/// with a scale per row, `v` in i8 with a scale per channel over the sequence's keys,
+/// i32 dot products for the scores, the softmax's weights rounded to u8 and i32 sums for
+/// `P V`, normalised by the sum of the u8 weights. Backends are held to this emulation
+/// (their `exp` may round a weight to the neighbouring u8).
+#[allow(clippy::too_many_arguments)]
+pub fn attention_bidirectional_i8(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    seq: usize,
+    n_heads: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+    scale: f32,
+    out: &mut [f32],
+) -> Result<(), KernelError> {
+    let (qw, kw, rows) =
+        check_bidirectional_args(q, k, v, seq, n_heads, n_kv_heads, head_dim, out)?;
+    if seq > MAX_I8_ATTENTION_SEQ {
+        return Err(KernelError(format!(
+            "int8 attention over sequences of {seq} rows (at most {MAX_I8_ATTENTION_SEQ})"
+        )));
+    }
+    let (hd, group) = (head_dim, n_heads / n_kv_heads);
+    let (mut kq, mut sk) = (vec![0i8; seq * hd], vec![0f32; seq]);
+    let (mut vq, mut sv) = (vec![0i8; seq * hd], vec![0f32; hd]);
+    let (mut qq, mut s, mut p) = (vec![0i8; hd], vec![0f32; seq], vec![0u8; seq]);
+    let mut column = vec![0f32; seq];
+    let mut column_q = vec![0i8; seq];
+    for b in 0..rows / seq {
+        for g in 0..n_kv_heads {
+            let at = |j: usize| (b * seq + j) * kw + g * hd;
+            for j in 0..seq {
+                sk[j] = quantize_row_i8(&k[at(j)..at(j) + hd], &mut kq[j * hd..(j + 1) * hd]);
+            }
+            for d in 0..hd {
+                for (j, c) in column.iter_mut().enumerate() {
+                    *c = v[at(j) + d];
+                }
+                sv[d] = quantize_row_i8(&column, &mut column_q);
+                for (j, &c) in column_q.iter().enumerate() {
+                    vq[j * hd + d] = c;
+                }
+            }
+            for h in g * group..(g + 1) * group {
+                for i in 0..seq {
+                    let row = (b * seq + i) * qw + h * hd;
+                    let c = quantize_row_i8(&q[row..row + hd], &mut qq) * scale;
+                    for (j, s) in s.iter_mut().enumerate() {
+                        let dot: i32 = qq
+                            .iter()
+                            .zip(&kq[j * hd..(j + 1) * hd])
+                            .map(|(&a, &b)| i32::from(a) * i32::from(b))
+                            .sum();
+                        *s = dot as f32 * c * sk[j];
+                    }
+                    let m = s.iter().fold(f32::NEG_INFINITY, |a, &x| a.max(x));
+                    let mut l = 0i32;
+                    for (p, &s) in p.iter_mut().zip(&s) {
+                        *p = quantize_prob((s - m).exp());
+                        l += i32::from(*p);
+                    }
+                    let inv_l = 1.0 / l as f32;
+                    for d in 0..hd {
+                        let acc: i32 = p
+                            .iter()
+                            .enumerate()
+                            .map(|(j, &p)| i32::from(p) * i32::from(vq[j * hd + d]))
+                            .sum();
+                        out[row + d] = acc as f32 * sv[d] * inv_l;
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The checks every bidirectional attention kernel makes: whole sequences of `seq`
 /// rows, k/v/out sized to match q, heads that group evenly. Returns `(qw, kw, rows)`.
 #[allow(clippy::too_many_arguments)]

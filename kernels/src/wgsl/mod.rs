@@ -19,6 +19,7 @@ pub const FILES: &[(&str, &str)] = &[
     ("rope.wgsl", include_str!("rope.wgsl")),
     ("attention.wgsl", include_str!("attention.wgsl")),
     ("attention_lanes.wgsl", include_str!("attention_lanes.wgsl")),
+    ("attention_i8.wgsl", include_str!("attention_i8.wgsl")),
     ("matmul.wgsl", include_str!("matmul.wgsl")),
     ("gather.wgsl", include_str!("gather.wgsl")),
     ("kv_write.wgsl", include_str!("kv_write.wgsl")),

@@ -125,9 +125,19 @@ fn child_main(wr: libc::c_int, data_limit: u64, render: impl FnOnce() -> Result<
         // included. (Best effort: without close_range, Linux < 5.9, they stay open
         // until this child exits.)
         if wr > 3 {
-            libc::syscall(libc::SYS_close_range, 3 as libc::c_uint, (wr - 1) as libc::c_uint, 0);
+            libc::syscall(
+                libc::SYS_close_range,
+                3 as libc::c_uint,
+                (wr - 1) as libc::c_uint,
+                0,
+            );
         }
-        libc::syscall(libc::SYS_close_range, (wr + 1) as libc::c_uint, libc::c_uint::MAX, 0);
+        libc::syscall(
+            libc::SYS_close_range,
+            (wr + 1) as libc::c_uint,
+            libc::c_uint::MAX,
+            0,
+        );
         // An abort past the cap must not dump the process image to disk.
         let no_core = libc::rlimit {
             rlim_cur: 0,

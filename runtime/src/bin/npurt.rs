@@ -214,7 +214,12 @@ enum Cmd {
         gen: Vec<usize>,
         /// Tokens already in the KV cache before each decode test (llama-bench's
         /// `-d`), e.g. `0,2048,8192`.
-        #[arg(short = 'd', long = "n-depth", value_delimiter = ',', default_value = "0")]
+        #[arg(
+            short = 'd',
+            long = "n-depth",
+            value_delimiter = ',',
+            default_value = "0"
+        )]
         depth: Vec<usize>,
         /// Repetitions per test (at least 1).
         #[arg(short = 'r', long, default_value_t = 3,
@@ -329,7 +334,9 @@ fn load(c: &Common, ctx_at_least: Option<usize>, quiet: bool) -> anyhow_lite::Re
             .as_deref()
             .map(|b| {
                 npurt_runtime::budget::parse_bytes(b).ok_or_else(|| {
-                    anyhow_lite::msg(format!("--mem-budget `{b}` is not a byte count (e.g. 1500000000, 512M, 2G)"))
+                    anyhow_lite::msg(format!(
+                        "--mem-budget `{b}` is not a byte count (e.g. 1500000000, 512M, 2G)"
+                    ))
                 })
             })
             .transpose()?,
@@ -391,9 +398,8 @@ fn ensure_xdg_runtime_dir() {
         Err(_) => return,
     }
     // symlink_metadata: a symlink planted under that name is not our directory.
-    let ours = std::fs::symlink_metadata(&dir).is_ok_and(|m| {
-        m.is_dir() && m.uid() == uid && m.permissions().mode() & 0o777 == 0o700
-    });
+    let ours = std::fs::symlink_metadata(&dir)
+        .is_ok_and(|m| m.is_dir() && m.uid() == uid && m.permissions().mode() & 0o777 == 0o700);
     if ours {
         // Setting the environment races with threads reading it; main calls this
         // first, while the process is still single-threaded (no backend, pool or
@@ -534,7 +540,10 @@ fn run(cli: Cli) -> anyhow_lite::Result<()> {
         } => {
             let model = load(&common, None, json)?;
             if json {
-                println!("{}", serde_json::to_string(&npurt_runtime::inspect::memory(&model))?);
+                println!(
+                    "{}",
+                    serde_json::to_string(&npurt_runtime::inspect::memory(&model))?
+                );
                 return Ok(());
             }
             let kind = match graph.as_str() {
@@ -623,9 +632,11 @@ fn run(cli: Cli) -> anyhow_lite::Result<()> {
                 let host = npurt_runtime::bench::is_cpu(&model);
                 let bw = host.then(|| npurt_runtime::bench::read_bandwidth_gb_s(t));
                 let device = model.backend.capabilities().device.clone();
-                machine.push(serde_json::json!({"threads": host.then_some(t), "device": device,
+                machine.push(
+                    serde_json::json!({"threads": host.then_some(t), "device": device,
                     "read_bandwidth_gb_s": bw, "weight_mib": weight_mib,
-                    "peak_rss_bytes": peak}));
+                    "peak_rss_bytes": peak}),
+                );
                 if !json {
                     match bw {
                         Some(bw) => eprintln!("threads {t}: weights {weight_mib:.1} MiB, measured read bandwidth {bw:.1} GB/s"),
@@ -662,10 +673,9 @@ fn run(cli: Cli) -> anyhow_lite::Result<()> {
                 }
                 for m in &machine {
                     // Only CPU runs measured a bandwidth to compare decode with.
-                    let (Some(t), Some(bw)) = (
-                        m["threads"].as_u64(),
-                        m["read_bandwidth_gb_s"].as_f64(),
-                    ) else {
+                    let (Some(t), Some(bw)) =
+                        (m["threads"].as_u64(), m["read_bandwidth_gb_s"].as_f64())
+                    else {
                         continue;
                     };
                     let w = m["weight_mib"].as_f64().unwrap_or(0.0);
@@ -792,15 +802,22 @@ fn image_plan(
 }
 
 /// Writes logit rows as tensor `logits` [rows, vocab] (f32) to a safetensors file.
-fn write_logits(path: &std::path::Path, rows: &[Vec<f32>], vocab: usize) -> anyhow_lite::Result<()> {
+fn write_logits(
+    path: &std::path::Path,
+    rows: &[Vec<f32>],
+    vocab: usize,
+) -> anyhow_lite::Result<()> {
     let flat: Vec<u8> = rows
         .iter()
         .flatten()
         .flat_map(|v| v.to_le_bytes())
         .collect();
-    let view =
-        safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![rows.len(), vocab], &flat)
-            .map_err(|e| anyhow_lite::msg(e.to_string()))?;
+    let view = safetensors::tensor::TensorView::new(
+        safetensors::Dtype::F32,
+        vec![rows.len(), vocab],
+        &flat,
+    )
+    .map_err(|e| anyhow_lite::msg(e.to_string()))?;
     safetensors::serialize_to_file([("logits", view)], &None, path)
         .map_err(|e| anyhow_lite::msg(format!("writing {}: {e}", path.display())))
 }

@@ -4,8 +4,9 @@
 //! chunks spanning several query and key blocks, odd head_dims), over f32, f16 and
 //! int8 (`Q8Head`) KV caches.
 
-use super::{ATTENTION, EXACT, KV_INT8_WRITE, ROPE};
+use super::{ATTENTION, ATTENTION_I8, EXACT, KV_INT8_WRITE, ROPE};
 use crate::conformance::case::{Case, Compared};
+use npurt_graph::AttentionPrecision::{self, F32 as F32_ATTN, I8 as I8_ATTN};
 use npurt_graph::DType::{self, F16, F32};
 use npurt_graph::{AttentionMode, Op, RopeParams, RopeScaling};
 
@@ -100,6 +101,7 @@ fn attention_case(
                 head_dim,
                 scale,
                 mode: AttentionMode::Causal,
+                precision: AttentionPrecision::F32,
             },
             &[q, k, v, p, nv],
         )?;
@@ -108,16 +110,21 @@ fn attention_case(
 }
 
 /// The ViT's mode: `images` sequences of `seq` rows, every query sees its own
-/// sequence's keys (named `bidir.<name>`).
+/// sequence's keys (named `bidir.<name>`, or `bidir.i8.<name>` with integer products).
 fn bidirectional_case(
     name: &str,
+    precision: AttentionPrecision,
     n_heads: usize,
     n_kv_heads: usize,
     head_dim: usize,
     images: usize,
     seq: usize,
 ) -> Case {
-    Case::new("attention", format!("bidir.{name}"), ATTENTION, move |cb| {
+    let (name, threshold) = match precision {
+        AttentionPrecision::F32 => (format!("bidir.{name}"), ATTENTION),
+        AttentionPrecision::I8 => (format!("bidir.i8.{name}"), ATTENTION_I8),
+    };
+    Case::new("attention", name, threshold, move |cb| {
         let (qw, kw) = (n_heads * head_dim, n_kv_heads * head_dim);
         let q = cb.input("q", &[images * seq, qw], -2.0, 2.0)?;
         let k = cb.input("k", &[images * seq, kw], -2.0, 2.0)?;
@@ -129,6 +136,7 @@ fn bidirectional_case(
                 head_dim,
                 scale: 1.0 / (head_dim as f32).sqrt(),
                 mode: AttentionMode::Bidirectional { seq },
+                precision,
             },
             &[q, k, v],
         )?;
@@ -289,12 +297,21 @@ pub(super) fn cases() -> Vec<Case> {
         // sequences shorter and longer than a kernel block, head_dim 32/72/80, one
         // whole so400m-sized sequence (hd 72, the 64 + 8 value tiles), GQA, and a
         // head_dim that is not a multiple of 4 (wgpu's tiled shader).
-        bidirectional_case("1x7.h2.hd16", 2, 2, 16, 1, 7),
-        bidirectional_case("3x50.h4.hd32", 4, 4, 32, 3, 50),
-        bidirectional_case("2x129.h3.hd72", 3, 3, 72, 2, 129),
-        bidirectional_case("2x81.h2.hd80", 2, 2, 80, 2, 81),
-        bidirectional_case("1x729.h2.hd72", 2, 2, 72, 1, 729),
-        bidirectional_case("2x33.gqa4_2.hd20", 4, 2, 20, 2, 33),
-        bidirectional_case("2x9.h2.hd13", 2, 2, 13, 2, 9),
+        bidirectional_case("1x7.h2.hd16", F32_ATTN, 2, 2, 16, 1, 7),
+        bidirectional_case("3x50.h4.hd32", F32_ATTN, 4, 4, 32, 3, 50),
+        bidirectional_case("2x129.h3.hd72", F32_ATTN, 3, 3, 72, 2, 129),
+        bidirectional_case("2x81.h2.hd80", F32_ATTN, 2, 2, 80, 2, 81),
+        bidirectional_case("1x729.h2.hd72", F32_ATTN, 2, 2, 72, 1, 729),
+        bidirectional_case("2x33.gqa4_2.hd20", F32_ATTN, 4, 2, 20, 2, 33),
+        bidirectional_case("2x9.h2.hd13", F32_ATTN, 2, 2, 13, 2, 9),
+        // Integer products (the ViT's w8a8): key counts off every block size, one to
+        // eight value vectors, GQA, and a head_dim with no whole 4-byte groups.
+        bidirectional_case("1x7.h2.hd16", I8_ATTN, 2, 2, 16, 1, 7),
+        bidirectional_case("3x50.h4.hd32", I8_ATTN, 4, 4, 32, 3, 50),
+        bidirectional_case("2x129.h3.hd72", I8_ATTN, 3, 3, 72, 2, 129),
+        bidirectional_case("1x729.h2.hd72", I8_ATTN, 2, 2, 72, 1, 729),
+        bidirectional_case("1x40.h2.hd128", I8_ATTN, 2, 2, 128, 1, 40),
+        bidirectional_case("2x33.gqa4_2.hd20", I8_ATTN, 4, 2, 20, 2, 33),
+        bidirectional_case("2x9.h2.hd13", I8_ATTN, 2, 2, 13, 2, 9),
     ]
 }

@@ -235,7 +235,11 @@ pub(super) fn cases() -> Vec<Case> {
         for w in [DType::F32, DType::Q8Channel] {
             specs.push(Spec::new(w, SHAPES[2]).act(ActPrecision::I8).epilogue(epi));
             // The vision tower's w8a8: per-channel weights, i8 activations per row.
-            specs.push(Spec::new(w, SHAPES[2]).act(ActPrecision::I8Row).epilogue(epi));
+            specs.push(
+                Spec::new(w, SHAPES[2])
+                    .act(ActPrecision::I8Row)
+                    .epilogue(epi),
+            );
             specs.push(Spec::new(w, SHAPES[3]).act(ActPrecision::I16).epilogue(epi));
         }
     }

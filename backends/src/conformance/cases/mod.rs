@@ -45,6 +45,13 @@ pub const ROPE: f64 = 1e-6;
 /// scores in f16 would land near 1e-7. A key read past `pos + n_valid` is > 1e-3.
 pub const ATTENTION: f64 = 1e-6;
 
+/// Integer attention (`AttentionPrecision::I8`) against the reference's emulation of
+/// it: the integers are exact, but a backend's `exp` may round a softmax weight to the
+/// neighbouring u8. The CPU's 2^x polynomial measures up to 1e-8 on these cases,
+/// lavapipe 7e-9. f32 attention in its place measures 3e-5 .. 4e-4, and a wrong key
+/// offset, scale or byte order far more, so both fail.
+pub const ATTENTION_I8: f64 = 1e-6;
+
 /// MatMul with f32 activations (any weight format: the oracle multiplies the
 /// dequantized weights, so format rounding is not counted). Reordered f32 sums are
 /// ~1e-13; staging activations through f16 is ~1e-7 and passes.

@@ -279,7 +279,9 @@ pub fn run(mut a: EncodeImageArgs) -> anyhow_lite::Result<()> {
     let (kind, per_product) = match enc.options.precision.linear_act {
         npurt_graph::ActPrecision::F32 => (PeakKind::F32Fma, 1.0),
         npurt_graph::ActPrecision::I16 => (PeakKind::Int8Vnni, 2.0),
-        npurt_graph::ActPrecision::I8 | npurt_graph::ActPrecision::I8Row => (PeakKind::Int8Vnni, 1.0),
+        npurt_graph::ActPrecision::I8 | npurt_graph::ActPrecision::I8Row => {
+            (PeakKind::Int8Vnni, 1.0)
+        }
     };
     // (A CPU instruction peak says nothing about another backend's device.)
     let peak = (a.backend == "cpu")
