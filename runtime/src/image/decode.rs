@@ -1,8 +1,10 @@
-//! Decoding PNG, JPEG and WebP into RGB8 with the `image` crate, with EXIF orientation
-//! applied. The declared dimensions are checked against [`DecodeLimits`] before any pixel
+//! Decoding PNG, JPEG and WebP into RGB8, with EXIF orientation applied: baseline JPEGs
+//! by npurt's own libjpeg-exact decoder (`super::jpeg`), everything else by the `image`
+//! crate. The declared dimensions are checked against [`DecodeLimits`] before any pixel
 //! buffer exists, so a hostile header (100000x100000) costs a few bytes of reading, not
 //! 30 GB; the `image` crate's own allocation limit is set too, as a second fence.
 
+use super::jpeg;
 use super::ImageError;
 use ::image::metadata::Orientation;
 use ::image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, RgbImage};
@@ -194,8 +196,28 @@ pub fn decode_bytes(
     let mut decoder = open_decoder(bytes, name, format, limits)?;
     // A broken EXIF block must not reject an otherwise good photo: no orientation then.
     let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
-    let mut img =
-        DynamicImage::from_decoder(decoder).map_err(|e| from_image_error(e, name, format))?;
+    // Baseline JPEGs are decoded by npurt's own decoder, bit-identical to libjpeg-turbo
+    // (Pillow's); the `image` crate decodes the rest. The header has been checked above.
+    let supported = match format {
+        SourceFormat::Jpeg => jpeg::classify(bytes),
+        _ => None,
+    };
+    let mut img = match supported {
+        Some(s) => {
+            let (w, h) = s.size();
+            check_dimensions(w, h, name, limits)?;
+            let pixels = jpeg::decode(bytes, &s).map_err(|reason| ImageError::Corrupt {
+                path: name.to_string(),
+                format: format.name(),
+                reason,
+            })?;
+            let rgb = RgbImage::from_raw(w, h, pixels).expect("the decoder returns w * h * 3 bytes");
+            DynamicImage::ImageRgb8(rgb)
+        }
+        None => {
+            DynamicImage::from_decoder(decoder).map_err(|e| from_image_error(e, name, format))?
+        }
+    };
     img.apply_orientation(orientation);
     Ok(img.into_rgb8())
 }

@@ -16,6 +16,7 @@
 
 mod decode;
 mod error;
+mod jpeg;
 mod preprocess;
 mod resample;
 mod tiling;
