@@ -1,7 +1,8 @@
 //! Images in: grid selection against `aspect_ratio_cases.json` (both rules, exact), full
-//! preprocessing of chelsea.png and rocket.jpg against `preprocess/*.safetensors` (within
-//! one uint8 level; the measured difference is printed), the PIL-bicubic resampler on its
-//! own, and bad image files (each a typed error, fast, without a giant allocation).
+//! preprocessing of chelsea.png and rocket.jpg against `preprocess/*.safetensors` (bit for
+//! bit; the measured difference is printed), the JPEG decoder against Pillow's decodes, the
+//! PIL-bicubic resampler on its own, and bad image files (each a typed error, fast, without
+//! a giant allocation).
 //! Golden data: ../shared/golden, README sections 3 and 5.
 
 use npurt_runtime::image::{
@@ -234,9 +235,6 @@ fn bad_tiling_options_are_typed_errors() {
 // ---------------------------------------------------------------------------------------
 // Full preprocessing against the goldens
 
-/// One uint8 level in normalised units is 2/255; allow float noise on top.
-const ONE_LEVEL: f32 = 2.0 / 255.0 + 1e-6;
-
 fn to_level(v: f32) -> i32 {
     ((v * 0.5 + 0.5) * 255.0).round() as i32
 }
@@ -381,6 +379,38 @@ fn jpeg_decoder_is_bit_identical_to_libjpeg() {
         (0, 0),
         "decoded rocket.jpg differs from Pillow's"
     );
+}
+
+/// Every layout npurt's own JPEG decoder takes (4:4:4, 4:2:2, 4:2:0, 4:4:0, mixed
+/// factors, grey, restart intervals, optimised Huffman tables, SOF1 with 16-bit quant
+/// tables, one scan per component, widths where libjpeg stops filtering), each against
+/// Pillow's decode of it: `tests/data/jpeg`, made by `scripts/make-jpeg-fixtures.py`.
+#[test]
+fn baseline_jpeg_layouts_decode_exactly_as_pillow() {
+    let dir = npurt_tests::project_root().join("tests/data/jpeg");
+    let mut names: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "jpg"))
+        .collect();
+    names.sort();
+    assert_eq!(names.len(), 15, "fixtures in {}", dir.display());
+    let mut failures = Vec::new();
+    for jpg in &names {
+        let ours = decode_file(jpg, &DecodeLimits::default()).unwrap();
+        let pillow = decode_file(&jpg.with_extension("png"), &DecodeLimits::default()).unwrap();
+        let name = jpg.file_name().unwrap().to_string_lossy().to_string();
+        if ours.dimensions() != pillow.dimensions() {
+            failures.push(format!("{name}: {:?} vs {:?}", ours.dimensions(), pillow.dimensions()));
+            continue;
+        }
+        let (max, differing) = level_diff(&ours, &pillow);
+        println!("{name}: max {max} levels, {differing} values differ");
+        if max != 0 {
+            failures.push(format!("{name}: max {max} levels, {differing} values differ"));
+        }
+    }
+    assert!(failures.is_empty(), "not bit-identical to Pillow: {failures:#?}");
 }
 
 /// Levels of one golden tile (normalised floats back to uint8) as an RGB8 image.
