@@ -198,19 +198,20 @@ pub fn decode_bytes(
     let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
     // Baseline JPEGs are decoded by npurt's own decoder, bit-identical to libjpeg-turbo
     // (Pillow's); the `image` crate decodes the rest. The header has been checked above.
+    let corrupt = |reason| ImageError::Corrupt {
+        path: name.to_string(),
+        format: format.name(),
+        reason,
+    };
     let supported = match format {
-        SourceFormat::Jpeg => jpeg::classify(bytes),
+        SourceFormat::Jpeg => jpeg::classify(bytes).map_err(corrupt)?,
         _ => None,
     };
     let mut img = match supported {
         Some(s) => {
             let (w, h) = s.size();
             check_dimensions(w, h, name, limits)?;
-            let pixels = jpeg::decode(bytes, &s).map_err(|reason| ImageError::Corrupt {
-                path: name.to_string(),
-                format: format.name(),
-                reason,
-            })?;
+            let pixels = jpeg::decode(bytes, &s).map_err(corrupt)?;
             let rgb = RgbImage::from_raw(w, h, pixels).expect("the decoder returns w * h * 3 bytes");
             DynamicImage::ImageRgb8(rgb)
         }

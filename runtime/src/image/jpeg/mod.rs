@@ -28,15 +28,15 @@ pub struct Supported {
 }
 
 /// Walks the segments up to the first scan and decides whether npurt decodes the file
-/// itself. Anything it cannot read or does not take returns `None`, leaving the file to
-/// the fallback decoder exactly as before this decoder existed.
-pub fn classify(bytes: &[u8]) -> Option<Supported> {
-    if bytes.get(..2)? != [0xFF, markers::SOI] {
-        return None;
+/// itself: `Ok(None)` leaves it to the fallback decoder exactly as before this decoder
+/// existed (not a baseline frame, or segments too broken to find one). A baseline frame
+/// header that is itself broken is an error here.
+pub fn classify(bytes: &[u8]) -> JResult<Option<Supported>> {
+    if bytes.get(..2) != Some(&[0xFF, markers::SOI][..]) {
+        return Ok(None);
     }
     let (mut pos, mut frame, mut jfif, mut adobe) = (2, None, false, None);
-    loop {
-        let (at, code) = markers::next_marker(bytes, pos)?;
+    while let Some((at, code)) = markers::next_marker(bytes, pos) {
         if code == markers::SOS || code == markers::EOI {
             break;
         }
@@ -44,23 +44,28 @@ pub fn classify(bytes: &[u8]) -> Option<Supported> {
             pos = at + 1;
             continue;
         }
-        let (payload, end) = markers::segment(bytes, at).ok()?;
+        let Ok((payload, end)) = markers::segment(bytes, at) else {
+            return Ok(None);
+        };
         match code {
             markers::APP0 => jfif |= markers::is_jfif(payload),
             markers::APP14 => adobe = adobe.or(markers::adobe_transform(payload)),
-            c if markers::is_sof(c) => {
-                // The first frame header decides (a second one is an error later on).
-                if frame.is_none() {
-                    frame = Some(markers::parse_sof(c, payload).ok()?);
+            // The first frame header decides (a second one is an error later on).
+            c if markers::is_sof(c) && frame.is_none() => {
+                if !matches!(c, 0xC0 | 0xC1) {
+                    return Ok(None); // progressive, lossless or arithmetic-coded
                 }
+                frame = Some(markers::parse_sof(c, payload)?);
             }
             _ => {}
         }
         pos = end;
     }
-    let frame = frame?;
-    if !matches!(frame.marker, 0xC0 | 0xC1) || frame.precision != 8 {
-        return None; // progressive, lossless, arithmetic, or 12-bit
+    let Some(frame) = frame else {
+        return Ok(None);
+    };
+    if frame.precision != 8 {
+        return Ok(None); // 12-bit
     }
     match frame.components.len() {
         1 => {}
@@ -70,21 +75,24 @@ pub fn classify(bytes: &[u8]) -> Option<Supported> {
             let ids: Vec<u8> = frame.components.iter().map(|c| c.id).collect();
             let rgb = !jfif && (adobe == Some(0) || (adobe.is_none() && ids == b"RGB"));
             if rgb {
-                return None;
+                return Ok(None);
             }
         }
-        _ => return None,
+        _ => return Ok(None), // CMYK / YCCK, or 2 components
     }
     let (max_h, max_v) = (frame.max_h(), frame.max_v());
     let mut methods = Vec::new();
     for c in &frame.components {
         if max_h % c.h != 0 || max_v % c.v != 0 {
-            return None;
+            return Ok(None);
         }
         let width = div_ceil(frame.width as usize * c.h, max_h);
-        methods.push(Method::choose(max_h / c.h, max_v / c.v, width)?);
+        let Some(m) = Method::choose(max_h / c.h, max_v / c.v, width) else {
+            return Ok(None);
+        };
+        methods.push(m);
     }
-    Some(Supported { frame, methods })
+    Ok(Some(Supported { frame, methods }))
 }
 
 impl Supported {
@@ -354,4 +362,165 @@ fn to_rgb(w: usize, h: usize, planes: &[Plane], methods: &[Method]) -> Vec<u8> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A 4:2:0 baseline JPEG (the `image` crate's encoder) of a 21x13 gradient.
+    fn sample_jpeg() -> Vec<u8> {
+        let img = ::image::RgbImage::from_fn(21, 13, |x, y| {
+            ::image::Rgb([(x * 12) as u8, (y * 19) as u8, ((x + y) * 7) as u8])
+        });
+        let mut out = Vec::new();
+        ::image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 90)
+            .encode_image(&img)
+            .unwrap();
+        out
+    }
+
+    fn decode_all(bytes: &[u8]) -> JResult<Vec<u8>> {
+        let s = classify(bytes)?.ok_or("not taken by npurt's decoder")?;
+        decode(bytes, &s)
+    }
+
+    /// Position of the first marker `code` (its `FF`).
+    fn find(bytes: &[u8], code: u8) -> usize {
+        bytes
+            .windows(2)
+            .position(|w| w == [0xFF, code])
+            .unwrap_or_else(|| panic!("no marker {code:#04x}"))
+    }
+
+    fn without_segments(bytes: &[u8], code: u8) -> Vec<u8> {
+        let mut out = bytes.to_vec();
+        while let Some(p) = out.windows(2).position(|w| w == [0xFF, code]) {
+            let len = usize::from(u16::from_be_bytes([out[p + 2], out[p + 3]]));
+            out.drain(p..p + 2 + len);
+        }
+        out
+    }
+
+    fn assert_err(bytes: &[u8], what: &str, want: &str) {
+        match decode_all(bytes) {
+            Ok(_) => panic!("{what}: decoded without an error"),
+            Err(e) => assert!(e.contains(want), "{what}: error {e:?} lacks {want:?}"),
+        }
+    }
+
+    #[test]
+    fn the_sample_decodes() {
+        let rgb = decode_all(&sample_jpeg()).unwrap();
+        assert_eq!(rgb.len(), 21 * 13 * 3);
+    }
+
+    #[test]
+    fn truncated_scan_is_an_error() {
+        let j = sample_jpeg();
+        let sos = find(&j, markers::SOS);
+        let mut cut = j[..sos + 20].to_vec();
+        cut.extend_from_slice(&[0xFF, markers::EOI]);
+        assert_err(&cut, "scan cut short", "ends");
+    }
+
+    #[test]
+    fn bad_huffman_code_is_an_error() {
+        let j = sample_jpeg();
+        let sos = find(&j, markers::SOS);
+        let data = sos + 2 + usize::from(u16::from_be_bytes([j[sos + 2], j[sos + 3]]));
+        // All one bits: the all-ones code is never assigned in a JPEG Huffman table.
+        let mut bad = j[..data].to_vec();
+        for _ in 0..64 {
+            bad.extend_from_slice(&[0xFF, 0x00]);
+        }
+        bad.extend_from_slice(&[0xFF, markers::EOI]);
+        assert_err(&bad, "all-ones scan data", "bad Huffman code");
+    }
+
+    #[test]
+    fn missing_tables_are_errors() {
+        let j = sample_jpeg();
+        assert_err(&without_segments(&j, markers::DHT), "no DHT", "Huffman table");
+        assert_err(&without_segments(&j, markers::DQT), "no DQT", "quantisation table");
+    }
+
+    #[test]
+    fn dqt_index_out_of_range_is_an_error() {
+        let mut j = sample_jpeg();
+        let dqt = find(&j, markers::DQT);
+        j[dqt + 4] = 0x05; // 8-bit table number 5
+        assert_err(&j, "DQT index 5", "index 5");
+        // A component naming quantisation table 7 in the frame header.
+        let mut j = sample_jpeg();
+        let sof = find(&j, 0xC0);
+        j[sof + 12] = 7;
+        assert_err(&j, "SOF table 7", "quantisation table 7");
+    }
+
+    #[test]
+    fn bad_frame_headers_are_errors() {
+        let j = sample_jpeg();
+        let sof = find(&j, 0xC0);
+        // Zero width.
+        let mut z = j.clone();
+        z[sof + 7..sof + 9].copy_from_slice(&[0, 0]);
+        assert_err(&z, "zero width", "zero-sized");
+        // Claims 4 components; the segment holds 3.
+        let mut more = j.clone();
+        more[sof + 9] = 4;
+        assert_err(&more, "4 components claimed", "declares 4 components");
+        // Sampling factor 0.
+        let mut s0 = j.clone();
+        s0[sof + 11] = 0x01;
+        assert_err(&s0, "sampling 0x1", "sampling factors");
+    }
+
+    #[test]
+    fn scan_naming_an_unknown_component_is_an_error() {
+        let mut j = sample_jpeg();
+        let sos = find(&j, markers::SOS);
+        j[sos + 5] = 9; // first scan component id
+        assert_err(&j, "scan component 9", "component id 9");
+    }
+
+    #[test]
+    fn wrong_restart_marker_is_an_error() {
+        // DRI of 1 MCU, but the scan holds no RST markers.
+        let j = sample_jpeg();
+        let sos = find(&j, markers::SOS);
+        let mut r = j[..sos].to_vec();
+        r.extend_from_slice(&[0xFF, markers::DRI, 0, 4, 0, 1]);
+        r.extend_from_slice(&j[sos..]);
+        assert!(decode_all(&r).is_err());
+    }
+
+    /// Every prefix and thousands of byte flips: an error or an image, never a panic.
+    #[test]
+    fn mangled_files_never_panic() {
+        let j = sample_jpeg();
+        for n in 0..j.len() {
+            let _ = decode_all(&j[..n]);
+        }
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..3000 {
+            let mut m = j.clone();
+            for _ in 0..1 + next() % 4 {
+                let i = (next() % m.len() as u64) as usize;
+                m[i] = next() as u8;
+            }
+            if let Ok(Some(s)) = classify(&m) {
+                let (w, h) = s.size();
+                if u64::from(w) * u64::from(h) <= 1 << 20 {
+                    let _ = decode(&m, &s);
+                }
+            }
+        }
+    }
 }
