@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Makes tests/data/jpeg/: small baseline JPEGs in every layout npurt's own JPEG decoder
-takes, each with Pillow's decode of it stored losslessly as a PNG (the reference the
+takes (and in `fallback/`, two it leaves to the `image` crate), each with Pillow's decode of it stored losslessly as a PNG (the reference the
 decoder must match bit for bit). Needs Pillow (13.0.0 was used: libjpeg-turbo 3.2.0)
 and libjpeg-turbo's cjpeg (Debian: libjpeg-turbo-progs) for the layouts Pillow cannot
 write (4:4:0, mixed sampling, one scan per component).
@@ -63,6 +63,13 @@ def main():
             "420_width5": pillow(crop(5, 9), quality=90, subsampling=2),
             "420_1x1": pillow(crop(1, 1), quality=90, subsampling=2),
         }
+    # JPEGs npurt leaves to the `image` crate: progressive, and RGB-coded (Adobe transform 0).
+    fallback = {
+        "progressive": pillow(crop(37, 29), quality=90, progressive=True),
+        "rgb_adobe": pillow(crop(37, 29), quality=90, keep_rgb=True),
+    }
+    os.makedirs(os.path.join(OUT, "fallback"), exist_ok=True)
+    cases.update({"fallback/" + k: v for k, v in fallback.items()})
     for name, data in cases.items():
         with open(os.path.join(OUT, name + ".jpg"), "wb") as f:
             f.write(data)

@@ -413,6 +413,67 @@ fn baseline_jpeg_layouts_decode_exactly_as_pillow() {
     assert!(failures.is_empty(), "not bit-identical to Pillow: {failures:#?}");
 }
 
+#[test]
+fn golden_jpegs_decode_natively_and_others_fall_back() {
+    for name in ["rocket.jpg", "hubble_deep_field.jpg"] {
+        let bytes = std::fs::read(golden(&format!("images/{name}"))).unwrap();
+        assert!(image::jpeg_decoded_natively(&bytes), "{name}");
+    }
+    // Progressive and RGB-coded JPEGs go to the `image` crate, which still decodes them
+    // (a few levels off libjpeg: its own IDCT).
+    let dir = npurt_tests::project_root().join("tests/data/jpeg/fallback");
+    for name in ["progressive", "rgb_adobe"] {
+        let jpg = dir.join(format!("{name}.jpg"));
+        assert!(!image::jpeg_decoded_natively(&std::fs::read(&jpg).unwrap()), "{name}");
+        let ours = decode_file(&jpg, &DecodeLimits::default()).unwrap();
+        let pillow = decode_file(&jpg.with_extension("png"), &DecodeLimits::default()).unwrap();
+        assert_eq!(ours.dimensions(), pillow.dimensions());
+        let (max, differing) = level_diff(&ours, &pillow);
+        println!("fallback {name}: max {max} levels, {differing} values differ from Pillow");
+        assert!(max <= 4, "fallback {name}: {max} levels off Pillow");
+    }
+    assert!(!image::jpeg_decoded_natively(b"not a jpeg"));
+}
+
+/// hubble_deep_field.jpg (baseline 4:4:4, Photoshop, EXIF and an Adobe marker) has no
+/// Pillow reference in the goldens. Pillow 13.0.0's decode of it
+/// (`ImageOps.exif_transpose(Image.open(p)).convert("RGB").tobytes()`) hashes to
+/// `HUBBLE_PILLOW_FNV1A`, and npurt's must too; as a sanity check on top, it is close to
+/// the `image` crate's decode (zune-jpeg: 3 levels at most, ~1% of values differ, its
+/// IDCT's rounding).
+const HUBBLE_PILLOW_FNV1A: u64 = 0xfb39_eb1a_d7fb_f8d4;
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+#[test]
+fn hubble_decode_matches_pillow_and_is_close_to_the_image_crates() {
+    use ::image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader};
+    let bytes = std::fs::read(golden("images/hubble_deep_field.jpg")).unwrap();
+    let ours = decode_bytes(&bytes, "hubble_deep_field.jpg", &DecodeLimits::default()).unwrap();
+    let mut decoder = ImageReader::with_format(std::io::Cursor::new(&bytes), ImageFormat::Jpeg)
+        .into_decoder()
+        .unwrap();
+    let orientation = decoder.orientation().unwrap();
+    let mut theirs = DynamicImage::from_decoder(decoder).unwrap();
+    theirs.apply_orientation(orientation);
+    let theirs = theirs.into_rgb8();
+    assert_eq!(ours.dimensions(), theirs.dimensions());
+    let (max, differing) = level_diff(&ours, &theirs);
+    let n = ours.as_raw().len();
+    println!("hubble_deep_field.jpg: npurt vs image crate: max {max} levels, {differing} of {n} values differ");
+    assert_eq!(
+        fnv1a(ours.as_raw()),
+        HUBBLE_PILLOW_FNV1A,
+        "hubble: not Pillow's decode"
+    );
+    assert!(max <= 3, "hubble: {max} levels off the image crate");
+    assert!(differing * 50 < n, "hubble: {differing} of {n} values differ");
+}
+
 /// Levels of one golden tile (normalised floats back to uint8) as an RGB8 image.
 fn golden_tile_levels(t: &[f32]) -> RgbImage {
     let plane = 384 * 384;

@@ -212,7 +212,8 @@ pub fn decode_bytes(
             let (w, h) = s.size();
             check_dimensions(w, h, name, limits)?;
             let pixels = jpeg::decode(bytes, &s).map_err(corrupt)?;
-            let rgb = RgbImage::from_raw(w, h, pixels).expect("the decoder returns w * h * 3 bytes");
+            let rgb =
+                RgbImage::from_raw(w, h, pixels).expect("the decoder returns w * h * 3 bytes");
             DynamicImage::ImageRgb8(rgb)
         }
         None => {
@@ -221,6 +222,13 @@ pub fn decode_bytes(
     };
     img.apply_orientation(orientation);
     Ok(img.into_rgb8())
+}
+
+/// True if npurt's own JPEG decoder (bit-identical to libjpeg-turbo) decodes these bytes:
+/// a baseline sequential Huffman JPEG, 8-bit, grey or YCbCr in 4:4:4, 4:2:2, 4:2:0 or
+/// 4:4:0. False for other JPEGs (the `image` crate decodes them) and for other formats.
+pub fn jpeg_decoded_natively(bytes: &[u8]) -> bool {
+    matches!(jpeg::classify(bytes), Ok(Some(_)))
 }
 
 fn swaps_axes(o: Orientation) -> bool {

@@ -144,7 +144,17 @@ mod tests {
     fn dc_only_block_is_flat_at_libjpegs_rounding() {
         let q = [1u16; 64];
         // DC d gives 128 + round(d / 8) (libjpeg: DESCALE(d << 2, 5)).
-        for (dc, want) in [(0, 128), (8, 129), (-8, 127), (4, 129), (-4, 128), (-5, 127), (1016, 255), (2000, 255), (-1024, 0)] {
+        for (dc, want) in [
+            (0, 128),
+            (8, 129),
+            (-8, 127),
+            (4, 129),
+            (-4, 128),
+            (-5, 127),
+            (1016, 255),
+            (2000, 255),
+            (-1024, 0),
+        ] {
             let mut c = [0i16; 64];
             c[0] = dc;
             assert_eq!(run(&c, &q), [want; 64], "DC {dc}");

@@ -49,7 +49,12 @@ pub fn segment(bytes: &[u8], code_pos: usize) -> JResult<(&[u8], usize)> {
     let start = code_pos + 1;
     let len = match bytes.get(start..start + 2) {
         Some(b) => usize::from(u16::from_be_bytes([b[0], b[1]])),
-        None => return Err(format!("marker {:#04x}: segment length cut off", bytes[code_pos])),
+        None => {
+            return Err(format!(
+                "marker {:#04x}: segment length cut off",
+                bytes[code_pos]
+            ))
+        }
     };
     if len < 2 {
         return Err(format!(
@@ -116,10 +121,16 @@ pub fn parse_sof(marker: u8, p: &[u8]) -> JResult<Frame> {
     for c in p[6..6 + 3 * n].chunks_exact(3) {
         let (h, v) = (usize::from(c[1] >> 4), usize::from(c[1] & 15));
         if !(1..=4).contains(&h) || !(1..=4).contains(&v) {
-            return Err(format!("component {}: sampling factors {h}x{v} (must be 1-4)", c[0]));
+            return Err(format!(
+                "component {}: sampling factors {h}x{v} (must be 1-4)",
+                c[0]
+            ));
         }
         if c[2] > 3 {
-            return Err(format!("component {}: quantisation table {} (must be 0-3)", c[0], c[2]));
+            return Err(format!(
+                "component {}: quantisation table {} (must be 0-3)",
+                c[0], c[2]
+            ));
         }
         if components.iter().any(|k| k.id == c[0]) {
             return Err(format!("component id {} appears twice in the frame", c[0]));
@@ -151,7 +162,11 @@ pub fn parse_dqt(mut p: &[u8], tables: &mut [Option<[u16; 64]>; 4]) -> JResult<(
         let entry = match precision {
             0 => 1,
             1 => 2,
-            _ => return Err(format!("quantisation table precision {precision} (must be 0 or 1)")),
+            _ => {
+                return Err(format!(
+                    "quantisation table precision {precision} (must be 0 or 1)"
+                ))
+            }
         };
         let body = p
             .get(1..1 + 64 * entry)
@@ -182,7 +197,9 @@ pub fn parse_dht(
         }
         let (class, index) = (p[0] >> 4, usize::from(p[0] & 15));
         if class > 1 || index > 3 {
-            return Err(format!("Huffman table class {class} index {index} (must be 0-1, 0-3)"));
+            return Err(format!(
+                "Huffman table class {class} index {index} (must be 0-1, 0-3)"
+            ));
         }
         let mut counts = [0u8; 16];
         counts.copy_from_slice(&p[1..17]);
@@ -207,7 +224,10 @@ pub fn parse_dht(
 pub fn parse_dri(p: &[u8]) -> JResult<u16> {
     match p {
         [a, b] => Ok(u16::from_be_bytes([*a, *b])),
-        _ => Err(format!("restart interval (DRI) segment of {} bytes, need 2", p.len())),
+        _ => Err(format!(
+            "restart interval (DRI) segment of {} bytes, need 2",
+            p.len()
+        )),
     }
 }
 
@@ -227,7 +247,10 @@ pub fn parse_sos(p: &[u8], frame: &Frame) -> JResult<ScanHeader> {
         return Err(format!("scan with {n} components (must be 1-4)"));
     }
     if p.len() != 1 + 2 * n + 3 {
-        return Err(format!("scan header (SOS) of {} bytes for {n} components", p.len()));
+        return Err(format!(
+            "scan header (SOS) of {} bytes for {n} components",
+            p.len()
+        ));
     }
     let mut components = Vec::with_capacity(n);
     for c in p[1..1 + 2 * n].chunks_exact(2) {
@@ -241,7 +264,10 @@ pub fn parse_sos(p: &[u8], frame: &Frame) -> JResult<ScanHeader> {
         }
         let (dc, ac) = (usize::from(c[1] >> 4), usize::from(c[1] & 15));
         if dc > 3 || ac > 3 {
-            return Err(format!("scan component {}: Huffman tables {dc}/{ac} (must be 0-3)", c[0]));
+            return Err(format!(
+                "scan component {}: Huffman tables {dc}/{ac} (must be 0-3)",
+                c[0]
+            ));
         }
         components.push((index, dc, ac));
     }
@@ -269,8 +295,8 @@ pub fn adobe_transform(p: &[u8]) -> Option<u8> {
 /// run that overshoots the block lands on the last coefficient as in libjpeg (its
 /// `jpeg_natural_order` is padded the same way) instead of outside the block.
 pub const ZIGZAG_TO_NATURAL: [usize; 80] = [
-    0, 1, 8, 16, 9, 2, 3, 10, 17, 24, 32, 25, 18, 11, 4, 5, 12, 19, 26, 33, 40, 48, 41, 34, 27,
-    20, 13, 6, 7, 14, 21, 28, 35, 42, 49, 56, 57, 50, 43, 36, 29, 22, 15, 23, 30, 37, 44, 51, 58,
-    59, 52, 45, 38, 31, 39, 46, 53, 60, 61, 54, 47, 55, 62, 63, 63, 63, 63, 63, 63, 63, 63, 63,
-    63, 63, 63, 63, 63, 63, 63, 63,
+    0, 1, 8, 16, 9, 2, 3, 10, 17, 24, 32, 25, 18, 11, 4, 5, 12, 19, 26, 33, 40, 48, 41, 34, 27, 20,
+    13, 6, 7, 14, 21, 28, 35, 42, 49, 56, 57, 50, 43, 36, 29, 22, 15, 23, 30, 37, 44, 51, 58, 59,
+    52, 45, 38, 31, 39, 46, 53, 60, 61, 54, 47, 55, 62, 63, 63, 63, 63, 63, 63, 63, 63, 63, 63, 63,
+    63, 63, 63, 63, 63, 63,
 ];

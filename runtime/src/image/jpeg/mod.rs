@@ -271,7 +271,10 @@ fn decode_scan(
             .as_ref()
             .ok_or_else(|| format!("scan uses AC Huffman table {aci}, which is not defined"))?;
         let quant = quant[c.quant].as_ref().ok_or_else(|| {
-            format!("component {} uses quantisation table {}, which is not defined", c.id, c.quant)
+            format!(
+                "component {} uses quantisation table {}, which is not defined",
+                c.id, c.quant
+            )
         })?;
         parts.push(Part {
             plane: ci,
@@ -288,7 +291,10 @@ fn decode_scan(
     // component's own blocks; otherwise an MCU holds h x v blocks of each component.
     let single = parts.len() == 1;
     let (mx, my) = if single {
-        (planes[parts[0].plane].blocks_w, planes[parts[0].plane].blocks_h)
+        (
+            planes[parts[0].plane].blocks_w,
+            planes[parts[0].plane].blocks_h,
+        )
     } else {
         (mcus_x, mcus_y)
     };
@@ -441,8 +447,16 @@ mod tests {
     #[test]
     fn missing_tables_are_errors() {
         let j = sample_jpeg();
-        assert_err(&without_segments(&j, markers::DHT), "no DHT", "Huffman table");
-        assert_err(&without_segments(&j, markers::DQT), "no DQT", "quantisation table");
+        assert_err(
+            &without_segments(&j, markers::DHT),
+            "no DHT",
+            "Huffman table",
+        );
+        assert_err(
+            &without_segments(&j, markers::DQT),
+            "no DQT",
+            "quantisation table",
+        );
     }
 
     #[test]
