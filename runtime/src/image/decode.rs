@@ -185,8 +185,9 @@ pub fn decode_bytes(
 ) -> Result<RgbImage, ImageError> {
     let format = sniff_format(bytes, name)?;
     if format == SourceFormat::Jpeg && !jpeg_ends_after_last_scan(bytes) {
-        // The JPEG decoder is lenient: it fills a cut-off scan with grey and succeeds.
-        // A photo cut in half is still an error here, as in PIL.
+        // The `image` crate's JPEG decoder is lenient: it fills a cut-off scan with grey
+        // and succeeds. A photo cut in half is still an error here, as in PIL (npurt's
+        // own decoder refuses a short scan too; this check comes first for both).
         return Err(ImageError::Corrupt {
             path: name.to_string(),
             format: format.name(),
