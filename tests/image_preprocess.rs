@@ -401,16 +401,25 @@ fn baseline_jpeg_layouts_decode_exactly_as_pillow() {
         let pillow = decode_file(&jpg.with_extension("png"), &DecodeLimits::default()).unwrap();
         let name = jpg.file_name().unwrap().to_string_lossy().to_string();
         if ours.dimensions() != pillow.dimensions() {
-            failures.push(format!("{name}: {:?} vs {:?}", ours.dimensions(), pillow.dimensions()));
+            failures.push(format!(
+                "{name}: {:?} vs {:?}",
+                ours.dimensions(),
+                pillow.dimensions()
+            ));
             continue;
         }
         let (max, differing) = level_diff(&ours, &pillow);
         println!("{name}: max {max} levels, {differing} values differ");
         if max != 0 {
-            failures.push(format!("{name}: max {max} levels, {differing} values differ"));
+            failures.push(format!(
+                "{name}: max {max} levels, {differing} values differ"
+            ));
         }
     }
-    assert!(failures.is_empty(), "not bit-identical to Pillow: {failures:#?}");
+    assert!(
+        failures.is_empty(),
+        "not bit-identical to Pillow: {failures:#?}"
+    );
 }
 
 #[test]
@@ -424,7 +433,10 @@ fn golden_jpegs_decode_natively_and_others_fall_back() {
     let dir = npurt_tests::project_root().join("tests/data/jpeg/fallback");
     for name in ["progressive", "rgb_adobe"] {
         let jpg = dir.join(format!("{name}.jpg"));
-        assert!(!image::jpeg_decoded_natively(&std::fs::read(&jpg).unwrap()), "{name}");
+        assert!(
+            !image::jpeg_decoded_natively(&std::fs::read(&jpg).unwrap()),
+            "{name}"
+        );
         let ours = decode_file(&jpg, &DecodeLimits::default()).unwrap();
         let pillow = decode_file(&jpg.with_extension("png"), &DecodeLimits::default()).unwrap();
         assert_eq!(ours.dimensions(), pillow.dimensions());
@@ -471,7 +483,10 @@ fn hubble_decode_matches_pillow_and_is_close_to_the_image_crates() {
         "hubble: not Pillow's decode"
     );
     assert!(max <= 3, "hubble: {max} levels off the image crate");
-    assert!(differing * 50 < n, "hubble: {differing} of {n} values differ");
+    assert!(
+        differing * 50 < n,
+        "hubble: {differing} of {n} values differ"
+    );
 }
 
 /// Levels of one golden tile (normalised floats back to uint8) as an RGB8 image.

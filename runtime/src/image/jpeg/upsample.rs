@@ -62,7 +62,7 @@ pub fn upsample_row<'a>(
     // The neighbour row for the vertical filter: above for an even output row, below for
     // an odd one, the edge row itself past the top or bottom.
     let far = || {
-        if y % 2 == 0 {
+        if y.is_multiple_of(2) {
             rows(r.saturating_sub(1))
         } else {
             rows((r + 1).min(height - 1))
@@ -80,7 +80,7 @@ pub fn upsample_row<'a>(
         Method::H1V2Fancy => {
             let (near, far) = (rows(r), far());
             // +1 towards the row above, +2 towards the row below: libjpeg's biases.
-            let bias = if y % 2 == 0 { 1 } else { 2 };
+            let bias = if y.is_multiple_of(2) { 1 } else { 2 };
             for (x, o) in out[..out_width].iter_mut().enumerate() {
                 *o = ((u32::from(near[x]) * 3 + u32::from(far[x]) + bias) >> 2) as u8;
             }
