@@ -1,8 +1,10 @@
-//! Decoding PNG, JPEG and WebP into RGB8 with the `image` crate, with EXIF orientation
-//! applied. The declared dimensions are checked against [`DecodeLimits`] before any pixel
+//! Decoding PNG, JPEG and WebP into RGB8, with EXIF orientation applied: baseline JPEGs
+//! by npurt's own libjpeg-exact decoder (`super::jpeg`), everything else by the `image`
+//! crate. The declared dimensions are checked against [`DecodeLimits`] before any pixel
 //! buffer exists, so a hostile header (100000x100000) costs a few bytes of reading, not
 //! 30 GB; the `image` crate's own allocation limit is set too, as a second fence.
 
+use super::jpeg;
 use super::ImageError;
 use ::image::metadata::Orientation;
 use ::image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, RgbImage};
@@ -183,8 +185,9 @@ pub fn decode_bytes(
 ) -> Result<RgbImage, ImageError> {
     let format = sniff_format(bytes, name)?;
     if format == SourceFormat::Jpeg && !jpeg_ends_after_last_scan(bytes) {
-        // The JPEG decoder is lenient: it fills a cut-off scan with grey and succeeds.
-        // A photo cut in half is still an error here, as in PIL.
+        // The `image` crate's JPEG decoder is lenient: it fills a cut-off scan with grey
+        // and succeeds. A photo cut in half is still an error here, as in PIL (npurt's
+        // own decoder refuses a short scan too; this check comes first for both).
         return Err(ImageError::Corrupt {
             path: name.to_string(),
             format: format.name(),
@@ -194,10 +197,39 @@ pub fn decode_bytes(
     let mut decoder = open_decoder(bytes, name, format, limits)?;
     // A broken EXIF block must not reject an otherwise good photo: no orientation then.
     let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
-    let mut img =
-        DynamicImage::from_decoder(decoder).map_err(|e| from_image_error(e, name, format))?;
+    // Baseline JPEGs are decoded by npurt's own decoder, bit-identical to libjpeg-turbo
+    // (Pillow's); the `image` crate decodes the rest. The header has been checked above.
+    let corrupt = |reason| ImageError::Corrupt {
+        path: name.to_string(),
+        format: format.name(),
+        reason,
+    };
+    let supported = match format {
+        SourceFormat::Jpeg => jpeg::classify(bytes).map_err(corrupt)?,
+        _ => None,
+    };
+    let mut img = match supported {
+        Some(s) => {
+            let (w, h) = s.size();
+            check_dimensions(w, h, name, limits)?;
+            let pixels = jpeg::decode(bytes, &s).map_err(corrupt)?;
+            let rgb =
+                RgbImage::from_raw(w, h, pixels).expect("the decoder returns w * h * 3 bytes");
+            DynamicImage::ImageRgb8(rgb)
+        }
+        None => {
+            DynamicImage::from_decoder(decoder).map_err(|e| from_image_error(e, name, format))?
+        }
+    };
     img.apply_orientation(orientation);
     Ok(img.into_rgb8())
+}
+
+/// True if npurt's own JPEG decoder (bit-identical to libjpeg-turbo) decodes these bytes:
+/// a baseline sequential Huffman JPEG, 8-bit, grey or YCbCr in 4:4:4, 4:2:2, 4:2:0 or
+/// 4:4:0. False for other JPEGs (the `image` crate decodes them) and for other formats.
+pub fn jpeg_decoded_natively(bytes: &[u8]) -> bool {
+    matches!(jpeg::classify(bytes), Ok(Some(_)))
 }
 
 fn swaps_axes(o: Orientation) -> bool {

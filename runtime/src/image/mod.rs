@@ -16,14 +16,15 @@
 
 mod decode;
 mod error;
+mod jpeg;
 mod preprocess;
 mod resample;
 mod tiling;
 
 pub use ::image::RgbImage;
 pub use decode::{
-    decode_bytes, decode_file, header_from_bytes, read_header, DecodeLimits, ImageHeader,
-    SourceFormat, DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_PIXELS,
+    decode_bytes, decode_file, header_from_bytes, jpeg_decoded_natively, read_header, DecodeLimits,
+    ImageHeader, SourceFormat, DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_PIXELS,
 };
 pub use error::ImageError;
 pub use preprocess::{preprocess, PixelTiles};
