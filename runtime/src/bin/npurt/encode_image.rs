@@ -55,6 +55,10 @@ pub struct EncodeImageArgs {
     /// activations), w8a8.
     #[arg(long, default_value = "w8a16")]
     precision: String,
+    /// The attention's products, overriding the preset's: f32, or i8 (integer Q K^T
+    /// and P V; the w8a8 default).
+    #[arg(long, value_parser = ["f32", "i8"])]
+    attention: Option<String>,
     /// The tower's output: last (post-layernorm) or second-last (no post-layernorm).
     #[arg(long, default_value = "last")]
     feature: String,
@@ -198,13 +202,18 @@ fn write_out(
 }
 
 pub fn run(mut a: EncodeImageArgs) -> anyhow_lite::Result<()> {
-    let precision = PrecisionPolicy::by_name(&a.precision).ok_or_else(|| {
+    let mut precision = PrecisionPolicy::by_name(&a.precision).ok_or_else(|| {
         msg(format!(
             "unknown precision `{}` (known: {})",
             a.precision,
             PrecisionPolicy::names().join(", ")
         ))
     })?;
+    match a.attention.as_deref() {
+        Some("i8") => precision.attention = npurt_graph::AttentionPrecision::I8,
+        Some(_) => precision.attention = npurt_graph::AttentionPrecision::F32,
+        None => {}
+    }
     let feature = VisionFeature::parse(&a.feature).ok_or_else(|| {
         msg(format!(
             "unknown feature `{}` (last, second-last)",
@@ -307,7 +316,8 @@ pub fn run(mut a: EncodeImageArgs) -> anyhow_lite::Result<()> {
     if a.json {
         let v = serde_json::json!({
             "model": enc.description, "synthetic": enc.synthetic,
-            "precision": a.precision, "backend": a.backend, "threads": a.threads,
+            "precision": a.precision, "attention": enc.options.precision.attention.name(),
+            "backend": a.backend, "threads": a.threads,
             "batch": a.batch, "grid": tiles.grid, "tiles": tiles.count,
             "tokens_per_tile": per_tile, "image_tokens": image_tokens,
             "load_ms": enc.load_ms, "preprocess_ms": tiles.preprocess_ms,
@@ -336,8 +346,8 @@ pub fn run(mut a: EncodeImageArgs) -> anyhow_lite::Result<()> {
             println!("grid {c}x{r} + thumbnail");
         }
         println!(
-            "{} tiles x {} tokens = {image_tokens} image tokens | batch {} | {} | {}",
-            tiles.count, per_tile, a.batch, a.precision, a.backend
+            "{} tiles x {} tokens = {image_tokens} image tokens | batch {} | {} ({} attention) | {}",
+            tiles.count, per_tile, a.batch, a.precision, enc.options.precision.attention.name(), a.backend
         );
         println!(
             "decode+preprocess {:.1} ms | conv {:.1} ms | encoder blocks {:.1} ms ({blocks_gops:.1} GOP/s) | downsampler+projector {:.1} ms | total {total_ms:.1} ms | peak RSS {:.1} MiB",
