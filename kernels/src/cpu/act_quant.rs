@@ -61,6 +61,10 @@ pub(crate) enum ActPlan {
     I8Row {
         offset: i32,
     },
+    /// `I8Row`'s values stored as `u8 = q + 128` (the unsigned operand of `vpdpbusd`,
+    /// so the weights stay signed: the kernel subtracts `128 * sum(w)` per weight row
+    /// itself); `blk_bias` is 0.
+    U8Row,
     /// i16 with one scale per row (`q16`, `row_scale`); within each 32-value block
     /// position `p` holds value `perm[p]` (the order the kernel's weight unpacking
     /// produces); `blk_bias = -offset * sum(q)`, `blk_sum = sum(q)` as f32.
@@ -164,12 +168,16 @@ pub(crate) fn prepare(
     );
     let uses_q8 = matches!(
         plan,
-        ActPlan::I8 { .. } | ActPlan::I8Row { .. } | ActPlan::I16Bytes { .. }
+        ActPlan::I8 { .. } | ActPlan::I8Row { .. } | ActPlan::U8Row | ActPlan::I16Bytes { .. }
     );
     let uses_q16 = matches!(plan, ActPlan::I16 { .. });
     let uses_rs = matches!(
         plan,
-        ActPlan::I16 { .. } | ActPlan::I16Bytes { .. } | ActPlan::I8Row { .. } | ActPlan::FakeI16
+        ActPlan::I16 { .. }
+            | ActPlan::I16Bytes { .. }
+            | ActPlan::I8Row { .. }
+            | ActPlan::U8Row
+            | ActPlan::FakeI16
     );
     let uses_blk = uses_q8 || uses_q16;
     s.q8_block_bytes = if matches!(plan, ActPlan::I16Bytes { .. }) {
@@ -185,7 +193,10 @@ pub(crate) fn prepare(
         0
     };
     let q16k = if uses_q16 { GROUP * kb * BLOCK } else { 0 };
-    let bsk = if matches!(plan, ActPlan::I8 { .. } | ActPlan::I8Row { .. }) {
+    let bsk = if matches!(
+        plan,
+        ActPlan::I8 { .. } | ActPlan::I8Row { .. } | ActPlan::U8Row
+    ) {
         GROUP * kb
     } else {
         0
@@ -353,11 +364,15 @@ unsafe fn group_avx512(
     match plan {
         // SAFETY: the caller sized every array for `rows` rows of `k` (a multiple of 32).
         ActPlan::I8 { offset } => unsafe {
-            avx512::i8_blocks(a, rows, k, offset, None, q8, bs, bb, bsum)
+            avx512::i8_blocks(a, rows, k, offset, None, 0, q8, bs, bb, bsum)
         },
         // SAFETY: as above.
         ActPlan::I8Row { offset } => unsafe {
-            avx512::i8_blocks(a, rows, k, offset, Some(rs), q8, bs, bb, bsum)
+            avx512::i8_blocks(a, rows, k, offset, Some(rs), 0, q8, bs, bb, bsum)
+        },
+        // SAFETY: as above.
+        ActPlan::U8Row => unsafe {
+            avx512::i8_blocks(a, rows, k, 0, Some(rs), 0x80u8 as i8, q8, bs, bb, bsum)
         },
         // SAFETY: as above.
         ActPlan::I16Bytes { offset, hi_offset } => unsafe {
@@ -390,7 +405,8 @@ mod avx512 {
     }
 
     /// I8 per 32-value block; with `row_scales` (`ActPlan::I8Row`) one scale per row,
-    /// written there and into every block's slot.
+    /// written there and into every block's slot. The stored bytes are xor `flip`
+    /// (0x80: `u8 = q + 128`, `ActPlan::U8Row`).
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
     #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn i8_blocks(
@@ -399,6 +415,7 @@ mod avx512 {
         k: usize,
         offset: i32,
         mut row_scales: Option<&mut [f32]>,
+        flip: i8,
         q8: &mut [i8],
         bs: &mut [f32],
         bb: &mut [i32],
@@ -446,8 +463,9 @@ mod avx512 {
                     );
                     let i = b * GROUP + r;
                     let dst = q8.as_mut_ptr().add(i * BLOCK) as *mut __m128i;
-                    _mm_storeu_si128(dst, _mm512_cvtepi32_epi8(q0));
-                    _mm_storeu_si128(dst.add(1), _mm512_cvtepi32_epi8(q1));
+                    let flip = _mm_set1_epi8(flip);
+                    _mm_storeu_si128(dst, _mm_xor_si128(_mm512_cvtepi32_epi8(q0), flip));
+                    _mm_storeu_si128(dst.add(1), _mm_xor_si128(_mm512_cvtepi32_epi8(q1), flip));
                     let sum = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
                     *bs.get_unchecked_mut(i) = s;
                     *bb.get_unchecked_mut(i) = -offset * sum;
@@ -619,10 +637,15 @@ fn group(
                 }
             }
         }
-        ActPlan::I8 { offset } | ActPlan::I8Row { offset } => {
+        ActPlan::I8 { .. } | ActPlan::I8Row { .. } | ActPlan::U8Row => {
+            let (offset, flip) = match plan {
+                ActPlan::I8 { offset } | ActPlan::I8Row { offset } => (offset, 0),
+                _ => (0, 0x80u8 as i8),
+            };
             for r in 0..rows {
                 let row = &a[r * k..][..k];
-                let row_scale = matches!(plan, ActPlan::I8Row { .. }).then(|| amax(row) / 127.0);
+                let row_scale =
+                    matches!(plan, ActPlan::I8Row { .. } | ActPlan::U8Row).then(|| amax(row) / 127.0);
                 if let Some(s) = row_scale {
                     rs[r] = s;
                 }
@@ -634,7 +657,7 @@ fn group(
                     for (d, &v) in dst.iter_mut().zip(x) {
                         // |v * inv| <= 127 up to rounding of inv; the clamp guards it.
                         let q = (v * inv).round_ties_even().clamp(-127.0, 127.0) as i32;
-                        *d = q as i8;
+                        *d = q as i8 ^ flip;
                         sum += q;
                     }
                     let i = b * GROUP + r;

@@ -18,7 +18,7 @@
 //! | Q4_0      | 4 loads x 64 B (256 B)                  | 16 x f16 d (32 B)          |
 //! | Q4_1      | 4 loads x 64 B (256 B)                  | 16 x f16 d, 16 x f16 m (64 B) |
 //! | Q8_0      | 8 loads x 64 B (512 B)                  | 16 x f16 d (32 B)          |
-//! | Q8Channel | 8 loads x 64 B (512 B)                  | one 16 x f32 row scale per tile |
+//! | Q8Channel | 8 loads x 64 B (512 B)                  | per tile: 16 x f32 row scales, then 16 x i32 row sums (128 B) |
 //! | F32       | per k: 16 x f32 (64 B), no blocks       | none                       |
 //!
 //! Lane `r` of load `L` of a block holds bytes `4L..4L+4` of row `r`'s GGUF quants. For
@@ -29,7 +29,10 @@
 //!
 //! Scales stay f16 as in the file (converted with `vcvtph2ps` in the kernel) so the
 //! packed matrix is exactly as large as the GGUF data: decode is memory-bound and every
-//! byte counts. Packing is lossless: [`PackedMatrix::dequantize_rows`] reproduces
+//! byte counts. Q8Channel (no GGUF form) also keeps each row's sum of its i8 values:
+//! the VNNI kernel multiplies activations shifted to u8 (`q + 128`) by the weights as
+//! stored and subtracts `128 * sum(w)` once per row, instead of flipping every weight
+//! load. Packing is lossless: [`PackedMatrix::dequantize_rows`] reproduces
 //! [`crate::quant::dequantize_matrix`] bit for bit.
 
 use super::weight_memory::WeightBytes;
@@ -249,7 +252,7 @@ pub fn pack(dtype: DType, raw: &[u8], n: usize, k: usize) -> Result<PackedMatrix
         Format::Q4_0 => (kb * 256, kb * 32),
         Format::Q4_1 => (kb * 256, kb * 64),
         Format::Q8_0 => (kb * 512, kb * 32),
-        Format::Q8Channel => (kb * 512, 64),
+        Format::Q8Channel => (kb * 512, 128),
         Format::F32 => (k * 64, 0),
     };
     let scales_offset = round64(vals);
@@ -315,6 +318,8 @@ pub fn pack(dtype: DType, raw: &[u8], n: usize, k: usize) -> Result<PackedMatrix
                 }
                 let s = n * k + r * 4;
                 ts[lane * 4..lane * 4 + 4].copy_from_slice(&raw[s..s + 4]);
+                let sum: i32 = row.iter().map(|&q| i32::from(q as i8)).sum();
+                ts[64 + lane * 4..64 + lane * 4 + 4].copy_from_slice(&sum.to_le_bytes());
             }
             Format::F32 => {
                 for kk in 0..k {

@@ -294,21 +294,31 @@ pub(crate) unsafe fn q8c_i16b<const MR: usize>(job: &Job, out: &mut TileOut) {
     unsafe { store_row_scaled(job, &acc, out) }
 }
 
-/// Q8Channel x I8 with one scale per activation row (`ActPlan::I8Row`): like
-/// [`q8c_i16b`], no per-block factor, so the dot products (`w + 128` as the u8 operand,
-/// as in [`q8_i8`]) stay in i32 over [`LONG_BLOCKS`] blocks: eight `vpdpbusd` per row and
-/// block and nothing else but the shared weight load and flip. Bound per stretch:
-/// 8192 * 255 * 127 plus the bias 8192 * 128 * 127, below 2^31.
+/// Q8Channel x I8 with one scale per activation row, the activations stored as
+/// `u8 = q + 128` (`ActPlan::U8Row`): like [`q8c_i16b`], no per-block factor, so the
+/// dot products stay in i32 over [`LONG_BLOCKS`] blocks. The activations are
+/// `vpdpbusd`'s unsigned operand and the weights its signed one as they are stored, so
+/// a block is eight weight loads and eight `vpdpbusd` per row and nothing else (flipping
+/// the weights instead cost one `vpxord` per load on the ports the dot products use);
+/// the first stretch starts at `-128 * sum(w)` per weight row (kept in the tile). Bound
+/// per stretch: 8192 * 255 * 127 plus 128 * 127 * 8192, below 2^31.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-pub(crate) unsafe fn q8c_i8row<const MR: usize>(job: &Job, out: &mut TileOut) {
+pub(crate) unsafe fn q8c_u8row<const MR: usize>(job: &Job, out: &mut TileOut) {
     // Two chains per row (even and odd loads): vpdpbusd's latency (5) times its
     // throughput (2) wants ten in flight, eight rows alone give eight.
-    let flip = _mm512_set1_epi8(-128);
     let mut acc = [_mm512_setzero_ps(); MR];
+    // SAFETY: Q8Channel tiles hold 16 i32 row sums after their 16 f32 scales.
+    let bias = unsafe {
+        _mm512_mullo_epi32(
+            _mm512_loadu_si512(job.scales.add(64) as *const _),
+            _mm512_set1_epi32(-128),
+        )
+    };
     let mut b0 = 0;
     while b0 < job.kb {
         let b1 = (b0 + LONG_BLOCKS).min(job.kb);
-        let mut dot = [_mm512_setzero_si512(); MR];
+        let start = if b0 == 0 { bias } else { _mm512_setzero_si512() };
+        let mut dot = [start; MR];
         let mut dot2 = [_mm512_setzero_si512(); MR];
         for b in b0..b1 {
             if MR <= 2 {
@@ -320,21 +330,20 @@ pub(crate) unsafe fn q8c_i8row<const MR: usize>(job: &Job, out: &mut TileOut) {
                 let w = job.vals.add(b * 512);
                 let a = job.q8.add(b * GROUP * 32);
                 for l in 0..8 {
-                    let v = _mm512_xor_si512(_mm512_load_si512(w.add(l * 64) as *const _), flip);
+                    let v = _mm512_load_si512(w.add(l * 64) as *const _);
                     for r in 0..MR {
                         let x = bcast(a.add(r * 32), l);
                         if l % 2 == 1 {
-                            dot2[r] = _mm512_dpbusd_epi32(dot2[r], v, x);
+                            dot2[r] = _mm512_dpbusd_epi32(dot2[r], x, v);
                         } else {
-                            dot[r] = _mm512_dpbusd_epi32(dot[r], v, x);
+                            dot[r] = _mm512_dpbusd_epi32(dot[r], x, v);
                         }
                     }
                 }
             }
         }
         for r in 0..MR {
-            let bias = stretch_bias(job, b0, b1, r, 0);
-            let tot = _mm512_add_epi32(_mm512_add_epi32(dot[r], dot2[r]), _mm512_set1_epi32(bias));
+            let tot = _mm512_add_epi32(dot[r], dot2[r]);
             acc[r] = _mm512_add_ps(acc[r], _mm512_cvtepi32_ps(tot));
         }
         b0 = b1;

@@ -180,14 +180,14 @@ pub(crate) fn select(format: Format, act: ActPrecision, isa: Isa) -> KernelSet {
     let q4_off = |f: Format| if f == F::Q4_0 { 8 } else { 0 };
     // Per-row i8 (`I8Row`) runs the I8 kernels on activations whose blocks all carry
     // their row's scale, except where a kernel of its own pays: per-channel weights on
-    // AVX-512 VNNI (`q8c_i8row`: no per-block scaling at all). The `A::I8 | A::I8Row`
+    // AVX-512 VNNI (`q8c_u8row`: no per-block scaling at all). The `A::I8 | A::I8Row`
     // arms below therefore only ever see `I8`.
     if act == A::I8Row {
         #[cfg(target_arch = "x86_64")]
         if (isa, format) == (Isa::Avx512Vnni, F::Q8Channel) {
             return KernelSet {
-                plan: ActPlan::I8Row { offset: 128 },
-                by_rows: by_rows!(avx512_q8::q8c_i8row),
+                plan: ActPlan::U8Row,
+                by_rows: by_rows!(avx512_q8::q8c_u8row),
             };
         }
         let mut set = select(format, A::I8, isa);
