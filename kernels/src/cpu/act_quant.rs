@@ -81,6 +81,11 @@ pub(crate) enum ActPlan {
         offset: i32,
         hi_offset: i32,
     },
+    /// `I16Bytes` with the high-byte plane stored as `u8 = hi + 128`, so both planes
+    /// are `vpdpbusd`'s unsigned operand and the weights stay signed (the kernel
+    /// subtracts `128 * sum(w)` per weight row from the high plane itself);
+    /// `blk_bias` is 0.
+    I16BytesHiU8,
     /// The f32 layout holding quantize-then-dequantize values (f32 weights with an
     /// integer activation policy: the same numerics, computed in f32).
     FakeI8,
@@ -168,19 +173,24 @@ pub(crate) fn prepare(
     );
     let uses_q8 = matches!(
         plan,
-        ActPlan::I8 { .. } | ActPlan::I8Row { .. } | ActPlan::U8Row | ActPlan::I16Bytes { .. }
+        ActPlan::I8 { .. }
+            | ActPlan::I8Row { .. }
+            | ActPlan::U8Row
+            | ActPlan::I16Bytes { .. }
+            | ActPlan::I16BytesHiU8
     );
     let uses_q16 = matches!(plan, ActPlan::I16 { .. });
     let uses_rs = matches!(
         plan,
         ActPlan::I16 { .. }
             | ActPlan::I16Bytes { .. }
+            | ActPlan::I16BytesHiU8
             | ActPlan::I8Row { .. }
             | ActPlan::U8Row
             | ActPlan::FakeI16
     );
     let uses_blk = uses_q8 || uses_q16;
-    s.q8_block_bytes = if matches!(plan, ActPlan::I16Bytes { .. }) {
+    s.q8_block_bytes = if matches!(plan, ActPlan::I16Bytes { .. } | ActPlan::I16BytesHiU8) {
         2 * BLOCK
     } else {
         BLOCK
@@ -376,7 +386,11 @@ unsafe fn group_avx512(
         },
         // SAFETY: as above.
         ActPlan::I16Bytes { offset, hi_offset } => unsafe {
-            avx512::i16_byte_planes(a, rows, k, offset, hi_offset, q8, bb, bsum, rs)
+            avx512::i16_byte_planes(a, rows, k, offset, hi_offset, 0, q8, bb, bsum, rs)
+        },
+        // SAFETY: as above.
+        ActPlan::I16BytesHiU8 => unsafe {
+            avx512::i16_byte_planes(a, rows, k, 0, 0, 0x80u8 as i8, q8, bb, bsum, rs)
         },
         _ => group(a, rows, k, plan, f, q8, q16, bs, bb, bsum, rs),
     }
@@ -476,7 +490,8 @@ mod avx512 {
     }
 
     /// I16 as byte planes (`ActPlan::I16Bytes`): one scale per row, then per block the
-    /// high bytes (i8) and the low bytes (u8) of the rounded values.
+    /// high bytes (i8, xor `hi_flip`: 0x80 stores `hi + 128`) and the low bytes (u8) of
+    /// the rounded values.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
     #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn i16_byte_planes(
@@ -485,6 +500,7 @@ mod avx512 {
         k: usize,
         offset: i32,
         hi_offset: i32,
+        hi_flip: i8,
         q8: &mut [i8],
         bb: &mut [i32],
         bsum: &mut [f32],
@@ -529,8 +545,9 @@ mod avx512 {
                     let dst = q8.as_mut_ptr().add(i * 2 * BLOCK) as *mut __m128i;
                     // vpmovdb truncates: q >> 8 fits i8 (|q| <= 32767), q's low byte is lo.
                     let (h0, h1) = (_mm512_srai_epi32::<8>(q0), _mm512_srai_epi32::<8>(q1));
-                    _mm_storeu_si128(dst, _mm512_cvtepi32_epi8(h0));
-                    _mm_storeu_si128(dst.add(1), _mm512_cvtepi32_epi8(h1));
+                    let flip = _mm_set1_epi8(hi_flip);
+                    _mm_storeu_si128(dst, _mm_xor_si128(_mm512_cvtepi32_epi8(h0), flip));
+                    _mm_storeu_si128(dst.add(1), _mm_xor_si128(_mm512_cvtepi32_epi8(h1), flip));
                     _mm_storeu_si128(dst.add(2), _mm512_cvtepi32_epi8(q0));
                     _mm_storeu_si128(dst.add(3), _mm512_cvtepi32_epi8(q1));
                     let sum = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
@@ -668,12 +685,13 @@ fn group(
                 }
             }
         }
-        ActPlan::I16 { .. } | ActPlan::I16Bytes { .. } => {
+        ActPlan::I16 { .. } | ActPlan::I16Bytes { .. } | ActPlan::I16BytesHiU8 => {
             let (offset, hi_offset, perm, planes) = match plan {
                 ActPlan::I16 { offset, perm } => (offset, 0, perm, false),
                 ActPlan::I16Bytes { offset, hi_offset } => (offset, hi_offset, None, true),
-                _ => (0, 0, None, false),
+                _ => (0, 0, None, true),
             };
+            let hi_flip = if plan == ActPlan::I16BytesHiU8 { 0x80u8 as i8 } else { 0 };
             let mut tmp = [0i16; BLOCK];
             for r in 0..rows {
                 let row = &a[r * k..][..k];
@@ -691,7 +709,7 @@ fn group(
                         let dst = &mut q8[(b * GROUP + r) * 2 * BLOCK..][..2 * BLOCK];
                         let mut sum_hi = 0i32;
                         for (j, &q) in tmp.iter().enumerate() {
-                            dst[j] = (q >> 8) as i8;
+                            dst[j] = (q >> 8) as i8 ^ hi_flip;
                             dst[BLOCK + j] = q as i8;
                             sum_hi += (q >> 8) as i32;
                         }

@@ -221,16 +221,6 @@ pub(crate) unsafe fn q8_i16b<const MR: usize>(job: &Job, out: &mut TileOut) {
 /// 256 blocks (8192 values) is at most 8192 * 255 * 128 = 267_386_880 < 2^31.
 const LONG_BLOCKS: usize = 256;
 
-/// `sum(blk_bias[b][r] >> shift)` over blocks `b0..b1`: the `w + 128` corrections of one
-/// stretch of a whole-row kernel (`shift` 8 for the i16 high-byte plane).
-#[inline(always)]
-fn stretch_bias(job: &Job, b0: usize, b1: usize, r: usize, shift: u32) -> i32 {
-    (b0..b1)
-        // SAFETY: blk_bias holds kb entries per row, [block][row of GROUP]; r < GROUP.
-        .map(|b| unsafe { *job.blk_bias.add(b * GROUP + r) } >> shift)
-        .sum()
-}
-
 /// Stores the whole-row kernels' f32 sums scaled by the tile's 16 weight-row scales and
 /// each activation row's scale.
 #[inline]
@@ -250,17 +240,26 @@ unsafe fn store_row_scaled<const MR: usize>(job: &Job, acc: &[__m512; MR], out: 
 /// across blocks: one weight scale per row and one activation scale per row leave no
 /// per-block factor, so the high- and low-byte sums run over [`LONG_BLOCKS`] blocks at a
 /// time and are converted once, where the per-block path spends five vector operations
-/// per row and block on converting (a quarter of the SigLIP encoder's time). The
-/// high-byte plane's `w + 128` correction is `blk_bias / 256` summed over the blocks
-/// (`blk_bias = -128 * 256 * sum(hi)`, a multiple of 256).
+/// per row and block on converting (a quarter of the SigLIP encoder's time). Both
+/// planes are `vpdpbusd`'s unsigned operand (`ActPlan::I16BytesHiU8` stores the high
+/// bytes as `hi + 128`) and the weights its signed one as stored, so nothing is flipped
+/// per load; the high plane's first stretch starts at `-128 * sum(w)` per weight row
+/// (kept in the tile).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub(crate) unsafe fn q8c_i16b<const MR: usize>(job: &Job, out: &mut TileOut) {
-    let flip = _mm512_set1_epi8(-128);
     let mut acc = [_mm512_setzero_ps(); MR];
+    // SAFETY: Q8Channel tiles hold 16 i32 row sums after their 16 f32 scales.
+    let bias = unsafe {
+        _mm512_mullo_epi32(
+            _mm512_loadu_si512(job.scales.add(64) as *const _),
+            _mm512_set1_epi32(-128),
+        )
+    };
     let mut b0 = 0;
     while b0 < job.kb {
         let b1 = (b0 + LONG_BLOCKS).min(job.kb);
-        let mut hi = [_mm512_setzero_si512(); MR];
+        let start = if b0 == 0 { bias } else { _mm512_setzero_si512() };
+        let mut hi = [start; MR];
         let mut lo = [_mm512_setzero_si512(); MR];
         for b in b0..b1 {
             if MR <= 2 {
@@ -273,18 +272,16 @@ pub(crate) unsafe fn q8c_i16b<const MR: usize>(job: &Job, out: &mut TileOut) {
                 let a = job.q8.add(b * GROUP * 64);
                 for l in 0..8 {
                     let v = _mm512_load_si512(w.add(l * 64) as *const _);
-                    let u = _mm512_xor_si512(v, flip);
                     for r in 0..MR {
                         let ar = a.add(r * 64);
-                        hi[r] = _mm512_dpbusd_epi32(hi[r], u, bcast(ar, l));
+                        hi[r] = _mm512_dpbusd_epi32(hi[r], bcast(ar, l), v);
                         lo[r] = _mm512_dpbusd_epi32(lo[r], bcast(ar.add(32), l), v);
                     }
                 }
             }
         }
         for r in 0..MR {
-            let bias = stretch_bias(job, b0, b1, r, 8);
-            let h = _mm512_cvtepi32_ps(_mm512_add_epi32(hi[r], _mm512_set1_epi32(bias)));
+            let h = _mm512_cvtepi32_ps(hi[r]);
             let l = _mm512_cvtepi32_ps(lo[r]);
             acc[r] = _mm512_add_ps(acc[r], _mm512_fmadd_ps(h, _mm512_set1_ps(256.0), l));
         }

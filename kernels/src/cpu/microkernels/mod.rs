@@ -251,12 +251,9 @@ pub(crate) fn select(format: Format, act: ActPrecision, isa: Isa) -> KernelSet {
                     by_rows: by_rows!(q8::q8_i16b),
                 },
                 // One scale per weight row and per activation row: the sums stay in i32
-                // across blocks (`q8c_i16b`).
+                // across blocks, and the high-byte plane comes as u8 (`q8c_i16b`).
                 (F::Q8Channel, A::I16) => KernelSet {
-                    plan: ActPlan::I16Bytes {
-                        offset: 0,
-                        hi_offset: 32768,
-                    },
+                    plan: ActPlan::I16BytesHiU8,
                     by_rows: by_rows!(q8::q8c_i16b),
                 },
                 (F::Q8_0, A::F32) => KernelSet {
