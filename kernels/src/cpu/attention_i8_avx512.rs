@@ -10,7 +10,9 @@
 //!   `P V` (4 rows x up to 80 channels in 20 accumulators, one broadcast of 4 weights
 //!   per row and step).
 
-use super::attention_i8::{Args, Panel, RowScratch, KEY_STEP, SCORE_ROWS};
+use super::attention_avx512::pow2_ps;
+use super::attention_i8::{Panel, KEY_STEP, SCORE_ROWS};
+use super::attention_panels::{Args, RowScratch};
 use std::arch::x86_64::*;
 use std::f32::consts::LOG2_E;
 
@@ -84,12 +86,10 @@ unsafe fn quantize_row(x: *const f32, hd: usize, dst: *mut u8, flip: u8) -> (f32
 /// Packs KV head `g` of sequence `b` into `panel` (layout: [`Panel`]).
 ///
 /// # Safety
-/// AVX-512 F/BW/VL/VNNI; `panel` is `a.panel.bytes` long and 64-byte aligned.
+/// AVX-512 F/BW/VL/VNNI; `panel` is `p.bytes` long, zeroed and 64-byte aligned.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-pub(super) unsafe fn pack_panel(a: &Args, b: usize, g: usize, panel: &mut [u8]) {
-    let p = a.panel;
+pub(super) unsafe fn pack_panel(a: &Args, p: &Panel, b: usize, g: usize, panel: &mut [u8]) {
     let (hd, npad, cpad) = (p.hd, p.npad, p.cpad);
-    panel.fill(0);
     let base = panel.as_mut_ptr();
     let row = |j: usize| (b * a.seq + j) * a.kw + g * hd;
     // SAFETY (whole body): rows j < seq of sequence b exist in k and v (checked by the
@@ -165,16 +165,17 @@ pub(super) unsafe fn pack_panel(a: &Args, b: usize, g: usize, panel: &mut [u8]) 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 pub(super) unsafe fn row_block(
     a: &Args,
+    p: &Panel,
     b: usize,
     h: usize,
     rows: std::ops::Range<usize>,
     panel: &[u8],
     sc: &mut RowScratch,
 ) {
-    let p = a.panel;
+    let p = *p;
     let (hd, npad) = (p.hd, p.npad);
     let base = panel.as_ptr();
-    let qu = sc.qu.as_mut_ptr() as *mut u8;
+    let qu = sc.q.as_mut_ptr() as *mut u8;
     let s = sc.s.as_mut_ptr() as *mut f32;
     let pr = sc.p.as_mut_ptr() as *mut u8;
     let mut i0 = rows.start;
@@ -288,43 +289,22 @@ unsafe fn score_tile<const MR: usize>(
 
 /// One row's softmax weights from its base-2 scores and their max `m`:
 /// `round(255 * 2^(s - m))` as u8 for keys `< seq`, 0 for the padding up to `npad`.
-/// Returns `1 / sum` of the u8 weights.
-///
-/// `2^x` is a degree-5 polynomial on the fraction (relative error < 3e-6, under a
-/// thousandth of a u8 step) scaled by `vscalefps`: the weight is only 8 bits, so the
-/// f32 `exp`'s full polynomial would be wasted on the one 512-bit port pair the dot
-/// products also need. It can round a weight to the neighbouring u8 where the
-/// reference's `exp` does not, which the op's definition allows.
+/// Returns `1 / sum` of the u8 weights. `2^x` is [`pow2_ps`]'s polynomial: the weight
+/// is only 8 bits, so the f32 `exp`'s full polynomial would be wasted on the one
+/// 512-bit port pair the dot products also need. It can round a weight to the
+/// neighbouring u8 where the reference's `exp` does not, which the op's definition
+/// allows.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 unsafe fn softmax_u8(s: *const f32, m: f32, seq: usize, npad: usize, p: *mut u8) -> f32 {
-    // 255 * 2^f on [-0.5, 0.5]: Taylor coefficients of 2^f times 255.
-    const C: [f32; 6] = [
-        255.0 * 0.001_333_355_8,
-        255.0 * 0.009_618_129,
-        255.0 * 0.055_504_11,
-        255.0 * 0.240_226_5,
-        255.0 * std::f32::consts::LN_2,
-        255.0,
-    ];
     // SAFETY (whole body): s holds npad floats, p npad bytes.
     unsafe {
         let m = _mm512_set1_ps(m);
         let mut l = _mm512_setzero_si512();
         let mut j = 0;
         while j < npad {
-            // Weights below 2^-30 round to 0 whatever the polynomial says.
-            let t = _mm512_max_ps(
-                _mm512_sub_ps(_mm512_loadu_ps(s.add(j)), m),
-                _mm512_set1_ps(-30.0),
-            );
-            let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(t);
-            let f = _mm512_sub_ps(t, n);
-            let mut e = _mm512_set1_ps(C[0]);
-            for &c in &C[1..] {
-                e = _mm512_fmadd_ps(e, f, _mm512_set1_ps(c));
-            }
-            let q = _mm512_cvtps_epi32(_mm512_scalef_ps(e, n));
+            let e = pow2_ps(_mm512_sub_ps(_mm512_loadu_ps(s.add(j)), m), 255.0);
+            let q = _mm512_cvtps_epi32(e);
             let q = _mm512_maskz_min_epi32(lanes(seq.saturating_sub(j)), q, _mm512_set1_epi32(255));
             l = _mm512_add_epi32(l, q);
             _mm_storeu_si128(p.add(j) as *mut __m128i, _mm512_cvtepi32_epi8(q));

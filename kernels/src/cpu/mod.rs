@@ -27,6 +27,7 @@ mod attention_f32;
 mod attention_i8;
 #[cfg(target_arch = "x86_64")]
 mod attention_i8_avx512;
+mod attention_panels;
 mod dispatch;
 mod epilogue;
 mod gelu_f32;
