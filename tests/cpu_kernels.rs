@@ -859,6 +859,51 @@ fn int8_attention_every_path_matches_reference() {
     }
 }
 
+/// f16 attention (`AttentionPrecision::F16`) on every path this CPU has, at 1 and 2
+/// threads, against the reference (f16-rounded operands summed in f32): the AVX512-FP16
+/// tiles sum in f16 (NMSE ~1e-5, the conformance threshold is 1e-4); the other paths
+/// run the f32 kernel (~1e-7). Same shapes as the integer test.
+#[test]
+fn f16_attention_every_path_matches_reference() {
+    use npurt_kernels::cpu::attention_bidirectional_f16;
+    let mut rng = SeededRng::new(0x5eed_00f1);
+    let pools = pools();
+    for (nh, nkv, hd, seqs, seq) in [
+        (4, 4, 72, 2, 129),
+        (3, 1, 32, 3, 50),
+        (2, 2, 80, 1, 17),
+        (2, 2, 128, 1, 40),
+        (2, 2, 24, 2, 7),
+        (1, 1, 13, 3, 1),
+        (16, 16, 72, 1, 729),
+    ] {
+        let q = rng.uniform_vec(seqs * seq * nh * hd, -2.0, 2.0);
+        let k = rng.uniform_vec(seqs * seq * nkv * hd, -2.0, 2.0);
+        let v = rng.uniform_vec(seqs * seq * nkv * hd, -1.0, 1.0);
+        let scale = 1.0 / (hd as f32).sqrt();
+        let mut want = vec![0f32; q.len()];
+        reference::attention_bidirectional_f16(&q, &k, &v, seq, nh, nkv, hd, scale, &mut want)
+            .unwrap();
+        for isa in Isa::supported() {
+            for (t, pool) in &pools {
+                let mut got = vec![f32::NAN; q.len()];
+                pool.install(|| {
+                    with_isa(isa, || {
+                        attention_bidirectional_f16(&q, &k, &v, seq, nh, nkv, hd, scale, &mut got)
+                    })
+                })
+                .unwrap();
+                let e = nmse(&got, &want);
+                assert!(
+                    e < 5e-5,
+                    "f16 attention {nh}/{nkv} hd{hd} {seqs}x{seq} isa={} threads={t}: nmse {e:e}",
+                    isa.name()
+                );
+            }
+        }
+    }
+}
+
 /// LayerNorm on every path this CPU has, at 1 and 2 threads (rows enough for the
 /// parallel path): odd widths, the ViT's 1152 and MLP 4304, a mean far from zero (a
 /// one-pass variance would lose digits there). The oracle is the same two-pass formula

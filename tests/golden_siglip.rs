@@ -236,14 +236,14 @@ fn vit_and_projector_are_fused() {
 }
 
 /// Precision is a compile option of one graph: w8a8 compiles the tower's attention to
-/// integer products (`AttentionPrecision::I8`), w8a16 and f32 keep it in f32, and the
-/// CPU backend runs the matching kernel.
+/// integer products (`AttentionPrecision::I8`), w8a16 to f16 operands, f32 keeps it in
+/// f32, and the CPU backend runs the matching kernel.
 #[test]
-fn w8a8_compiles_integer_attention() {
+fn presets_compile_their_attention_precision() {
     use npurt_graph::{AttentionPrecision, Op, PrecisionPolicy};
     for (p, want) in [
         (PrecisionPolicy::W8A8, AttentionPrecision::I8),
-        (PrecisionPolicy::W8A16, AttentionPrecision::F32),
+        (PrecisionPolicy::W8A16, AttentionPrecision::F16),
         (PrecisionPolicy::F32, AttentionPrecision::F32),
     ] {
         let opts = VisionOptions {

@@ -151,6 +151,11 @@ pub enum AttentionPrecision {
     /// `(sum_j p_j v_j) * s_v / sum_j p_j` from i32 sums. `P`'s weights thus sum to one
     /// exactly, and every product is a VNNI `u8 x i8` dot.
     I8,
+    /// f16 operands (the ViT's w8a16; bidirectional mode only): `q`, `k` and `v`
+    /// rounded to f16 and multiplied in f16, the sums over the head dim and over the
+    /// keys in f16 or wider (a backend sums at least runs of 32 keys in f32), the
+    /// softmax in f32 with its weights rounded to f16 for `P V`.
+    F16,
 }
 
 impl AttentionPrecision {
@@ -158,6 +163,7 @@ impl AttentionPrecision {
         match self {
             AttentionPrecision::F32 => "f32",
             AttentionPrecision::I8 => "i8",
+            AttentionPrecision::F16 => "f16",
         }
     }
 }
@@ -578,12 +584,12 @@ impl Op {
                 ..
             } => {
                 let (q, k, v) = (inputs[0], inputs[1], inputs[2]);
-                if *precision == AttentionPrecision::I8 {
+                if *precision != AttentionPrecision::F32 {
                     let AttentionMode::Bidirectional { seq } = mode else {
-                        return Err("int8 attention is bidirectional only (the causal mode's precision is its KV cache type)".into());
+                        return Err(format!("{} attention is bidirectional only (the causal mode's precision is its KV cache type)", precision.name()));
                     };
-                    // Its i32 sum over the keys: 255 * 127 per key.
-                    if *seq > MAX_I8_ATTENTION_SEQ {
+                    // The integer form's i32 sum over the keys: 255 * 127 per key.
+                    if *precision == AttentionPrecision::I8 && *seq > MAX_I8_ATTENTION_SEQ {
                         return Err(format!(
                             "int8 attention over sequences of {seq} rows (at most {MAX_I8_ATTENTION_SEQ})"
                         ));

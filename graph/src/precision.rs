@@ -49,8 +49,9 @@ pub struct PrecisionPolicy {
     /// reads per token; keys and values of a LLaMA fit f16's range), or int8
     /// ([`DType::Q8Head`]: about a quarter).
     pub kv_cache: KvCacheType,
-    /// The products of the ViT's bidirectional attention (`I8` in the `a8` presets:
-    /// integer `Q K^T` and `P V`). The LLM's causal attention is f32 over `kv_cache`.
+    /// The products of the ViT's bidirectional attention: `I8` in the `a8` presets
+    /// (integer `Q K^T` and `P V`), `F16` in the `a16` ones (BlueLM-V's FP16 ViT
+    /// activations), `F32` in `f32`. The LLM's causal attention is f32 over `kv_cache`.
     pub attention: AttentionPrecision,
 }
 
@@ -118,7 +119,7 @@ impl PrecisionPolicy {
         head: WeightFormat::Q8OrBetter,
         head_act: ActPrecision::I16,
         kv_cache: KvCacheType::F16,
-        attention: AttentionPrecision::F32,
+        attention: AttentionPrecision::F16,
     };
     /// INT8 weights with INT8 activations (one scale per 32-value block): the fast
     /// vision preset (VNNI dot products on both operands).
@@ -141,7 +142,7 @@ impl PrecisionPolicy {
         head: WeightFormat::Q8OrBetter,
         head_act: ActPrecision::I16,
         kv_cache: KvCacheType::F16,
-        attention: AttentionPrecision::F32,
+        attention: AttentionPrecision::F16,
     };
     pub const W4A8: Self = PrecisionPolicy {
         name: "w4a8",

@@ -225,6 +225,7 @@ fn evaluate(graph: &Graph, sources: &[(NodeId, HostTensor)]) -> Result<Vec<Value
             } => (match precision {
                 AttentionPrecision::F32 => r::attention_bidirectional,
                 AttentionPrecision::I8 => r::attention_bidirectional_i8,
+                AttentionPrecision::F16 => r::attention_bidirectional_f16,
             })(
                 f(0)?,
                 f(1)?,

@@ -472,6 +472,7 @@ impl CpuExecutable {
                         let kernel = match precision {
                             AttentionPrecision::F32 => k::attention_bidirectional_f32,
                             AttentionPrecision::I8 => k::attention_bidirectional_i8,
+                            AttentionPrecision::F16 => k::attention_bidirectional_f16,
                         };
                         kernel(
                             f32_of(ins[0])?,

@@ -174,6 +174,13 @@ impl Backend for CpuBackend {
             } => format!(
                 "attention_bidirectional_i8[sequences of {seq}, vpdpbusd panels, u8 softmax, {isa}]"
             ),
+            Op::Attention {
+                mode: npurt_graph::AttentionMode::Bidirectional { seq },
+                precision: npurt_graph::AttentionPrecision::F16,
+                ..
+            } => format!(
+                "attention_bidirectional_f16[sequences of {seq}, vfmadd231ph panels where the CPU has AVX512-FP16, else f32, {isa}]"
+            ),
             Op::SpaceToChannel { .. } => "space_to_channel_f32[row copies]".into(),
             Op::KvWrite if n.fact.dtype == DType::F16 => "kv_write_f16".into(),
             Op::KvWrite if matches!(n.fact.dtype, DType::Q8Head { .. }) => {

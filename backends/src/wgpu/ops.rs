@@ -601,6 +601,12 @@ fn bidirectional_attention_dispatch(
             PipelineKey::new("attention_i8.wgsl", "attention_i8", &[]),
             [as_u32(n_heads, "heads")?, as_u32(rows, "rows")?, 1],
         )
+    } else if precision == npurt_graph::AttentionPrecision::F16 {
+        // f16 operands, f32 sums (the definition's widest).
+        (
+            PipelineKey::new("attention.wgsl", "attention", &["BIDIRECTIONAL", "F16_OPERANDS"]),
+            [as_u32(n_heads, "heads")?, as_u32(rows, "rows")?, 1],
+        )
     } else if lanes {
         let hd = format!("HEAD_DIM={head_dim}");
         (

@@ -133,7 +133,6 @@ pub fn attention_bidirectional_i8(
             seq,
             qw,
             kw,
-            hd: head_dim,
             group: n_heads / n_kv_heads,
             n_heads,
             n_kv_heads,

@@ -31,7 +31,6 @@ pub(super) struct Args<'a> {
     pub seq: usize,
     pub qw: usize,
     pub kw: usize,
-    pub hd: usize,
     pub group: usize,
     pub n_heads: usize,
     pub n_kv_heads: usize,

@@ -23,6 +23,9 @@
 mod act_quant;
 #[cfg(target_arch = "x86_64")]
 mod attention_avx512;
+mod attention_f16;
+#[cfg(target_arch = "x86_64")]
+mod attention_f16_avx512;
 mod attention_f32;
 mod attention_i8;
 #[cfg(target_arch = "x86_64")]
@@ -49,6 +52,7 @@ mod weight_memory;
 
 pub use act_quant::RowNorm;
 pub use attention_f32::{attention_bidirectional_f32, attention_f32};
+pub use attention_f16::attention_bidirectional_f16;
 pub use attention_i8::attention_bidirectional_i8;
 pub use dispatch::{detected, isa, with_isa, Isa};
 pub use epilogue::epilogue_f32;

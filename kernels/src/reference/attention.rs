@@ -262,6 +262,38 @@ pub fn attention_bidirectional_i8(
     Ok(())
 }
 
+/// Bidirectional attention in f16 (`AttentionPrecision::F16`): `q`, `k` and `v` rounded
+/// to f16 (nearest, ties to even), then [`attention_bidirectional`] in f32: the
+/// definition's "f16 or wider" sums at their widest. Backends that sum in f16 are held
+/// to it by the conformance threshold.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_bidirectional_f16(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    seq: usize,
+    n_heads: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+    scale: f32,
+    out: &mut [f32],
+) -> Result<(), KernelError> {
+    let round = |x: &[f32]| -> Vec<f32> {
+        x.iter().map(|&v| half::f16::from_f32(v).to_f32()).collect()
+    };
+    attention_bidirectional(
+        &round(q),
+        &round(k),
+        &round(v),
+        seq,
+        n_heads,
+        n_kv_heads,
+        head_dim,
+        scale,
+        out,
+    )
+}
+
 /// The checks every bidirectional attention kernel makes: whole sequences of `seq`
 /// rows, k/v/out sized to match q, heads that group evenly. Returns `(qw, kw, rows)`.
 #[allow(clippy::too_many_arguments)]

@@ -16,7 +16,8 @@ mod norm;
 mod rope;
 
 pub use attention::{
-    attention, attention_bidirectional, attention_bidirectional_i8, attention_q8head,
+    attention, attention_bidirectional, attention_bidirectional_f16, attention_bidirectional_i8,
+    attention_q8head,
     MAX_I8_ATTENTION_SEQ,
 };
 pub(crate) use attention::{

@@ -6,7 +6,8 @@
 // of head_dim values and a scale per row and KV head, see kv_load.wgsl); BIDIRECTIONAL
 // (the ViT's mode: K/V are activations of the same rows as q, `s_rows` is the sequence
 // length, and row t sees every key of its own sequence; no positions, bindings 4 and 5
-// unused).
+// unused); F16_OPERANDS (with BIDIRECTIONAL: q, k and v rounded to f16 as they are
+// read, the sums in f32, AttentionPrecision::F16 at its widest).
 #include "status.wgsl"
 
 const ATTN_WG: u32 = 64u;
@@ -34,6 +35,15 @@ struct Params {
 @group(0) @binding(6) var<storage, read_write> out: array<f32>;
 
 var<workgroup> q_row: array<f32, MAX_HEAD_DIM>;
+
+// An operand as the attention's precision reads it.
+fn operand(x: f32) -> f32 {
+#ifdef F16_OPERANDS
+    return unpack2x16float(pack2x16float(vec2<f32>(x, 0.0))).x;
+#else
+    return x;
+#endif
+}
 var<workgroup> tile: array<f32, ATTN_WG>;
 
 @compute @workgroup_size(ATTN_WG)
@@ -71,7 +81,7 @@ fn attention(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_ind
     let kv_base = (h / (params.n_heads / params.n_kv_heads)) * hd;
 
     for (var d = li; d < hd; d += ATTN_WG) {
-        q_row[d] = q[out_base + d];
+        q_row[d] = operand(q[out_base + d]);
     }
     workgroupBarrier();
 
@@ -85,7 +95,7 @@ fn attention(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_ind
             var dot = 0.0;
             let kb = j * kw + kv_base;
             for (var d = 0u; d < hd; d++) {
-                dot += q_row[d] * k_at(kb + d);
+                dot += q_row[d] * operand(k_at(kb + d));
             }
             s = dot * params.scale;
         }
@@ -111,7 +121,7 @@ fn attention(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_ind
             if d < hd {
                 var a = acc[r] * correction;
                 for (var i = 0u; i < keys; i++) {
-                    a += tile[i] * v_at((j0 + i) * kw + kv_base + d);
+                    a += tile[i] * operand(v_at((j0 + i) * kw + kv_base + d));
                 }
                 acc[r] = a;
             }

@@ -4,9 +4,9 @@
 //! chunks spanning several query and key blocks, odd head_dims), over f32, f16 and
 //! int8 (`Q8Head`) KV caches.
 
-use super::{ATTENTION, ATTENTION_I8, EXACT, KV_INT8_WRITE, ROPE};
+use super::{ATTENTION, ATTENTION_F16, ATTENTION_I8, EXACT, KV_INT8_WRITE, ROPE};
 use crate::conformance::case::{Case, Compared};
-use npurt_graph::AttentionPrecision::{self, F32 as F32_ATTN, I8 as I8_ATTN};
+use npurt_graph::AttentionPrecision::{self, F16 as F16_ATTN, F32 as F32_ATTN, I8 as I8_ATTN};
 use npurt_graph::DType::{self, F16, F32};
 use npurt_graph::{AttentionMode, Op, RopeParams, RopeScaling};
 
@@ -123,6 +123,7 @@ fn bidirectional_case(
     let (name, threshold) = match precision {
         AttentionPrecision::F32 => (format!("bidir.{name}"), ATTENTION),
         AttentionPrecision::I8 => (format!("bidir.i8.{name}"), ATTENTION_I8),
+        AttentionPrecision::F16 => (format!("bidir.f16.{name}"), ATTENTION_F16),
     };
     Case::new("attention", name, threshold, move |cb| {
         let (qw, kw) = (n_heads * head_dim, n_kv_heads * head_dim);
@@ -313,5 +314,12 @@ pub(super) fn cases() -> Vec<Case> {
         bidirectional_case("1x40.h2.hd128", I8_ATTN, 2, 2, 128, 1, 40),
         bidirectional_case("2x33.gqa4_2.hd20", I8_ATTN, 4, 2, 20, 2, 33),
         bidirectional_case("2x9.h2.hd13", I8_ATTN, 2, 2, 13, 2, 9),
+        // f16 operands (the ViT's w8a16): one to three 32-lane value vectors, keys off
+        // the 64-key score step and the 32-key f16 runs, GQA.
+        bidirectional_case("1x7.h2.hd16", F16_ATTN, 2, 2, 16, 1, 7),
+        bidirectional_case("2x129.h3.hd72", F16_ATTN, 3, 3, 72, 2, 129),
+        bidirectional_case("1x729.h2.hd72", F16_ATTN, 2, 2, 72, 1, 729),
+        bidirectional_case("1x40.h2.hd128", F16_ATTN, 2, 2, 128, 1, 40),
+        bidirectional_case("2x33.gqa4_2.hd20", F16_ATTN, 4, 2, 20, 2, 33),
     ]
 }

@@ -55,9 +55,9 @@ pub struct EncodeImageArgs {
     /// activations), w8a8.
     #[arg(long, default_value = "w8a16")]
     precision: String,
-    /// The attention's products, overriding the preset's: f32, or i8 (integer Q K^T
-    /// and P V; the w8a8 default).
-    #[arg(long, value_parser = ["f32", "i8"])]
+    /// The attention's products, overriding the preset's: f32, f16 (f16 operands: the
+    /// w8a16 default) or i8 (integer Q K^T and P V: the w8a8 default).
+    #[arg(long, value_parser = ["f32", "f16", "i8"])]
     attention: Option<String>,
     /// The tower's output: last (post-layernorm) or second-last (no post-layernorm).
     #[arg(long, default_value = "last")]
@@ -211,6 +211,7 @@ pub fn run(mut a: EncodeImageArgs) -> anyhow_lite::Result<()> {
     })?;
     match a.attention.as_deref() {
         Some("i8") => precision.attention = npurt_graph::AttentionPrecision::I8,
+        Some("f16") => precision.attention = npurt_graph::AttentionPrecision::F16,
         Some(_) => precision.attention = npurt_graph::AttentionPrecision::F32,
         None => {}
     }

@@ -1,0 +1,140 @@
+//! f16 bidirectional attention (`AttentionPrecision::F16`, the ViT's w8a16: BlueLM-V
+//! runs its ViT with FP16 activations) on the CPU: `q`, `k` and `v` rounded to f16 and
+//! multiplied with AVX512-FP16 (`vfmadd231ph`, 32 lanes: twice the f32 FMA's), run by
+//! the panel driver (`attention_panels.rs`):
+//!
+//! - a KV head's [`F16Panel`]: K transposed to `[dim][key]` (32 keys a vector), V as
+//!   `[key][channel]` rows (32 channels a vector), both f16;
+//! - a block of query rows: the rows (times `scale * log2 e`) in f16, the scores summed
+//!   over the head dim in f16 (8 rows x 64 keys in 16 accumulators), then in f32 the
+//!   softmax (base 2), its weights rounded to f16, and `P V` summed in f16 over runs of
+//!   [`FLUSH_KEYS`] keys and across them in f32 (`attention_f16_avx512.rs`).
+//!
+//! The reference (`reference::attention_bidirectional_f16`) rounds the inputs and sums
+//! in f32; the f16 sums here stay within the conformance threshold of it. Without
+//! AVX512-FP16 the f32 kernel runs, which the definition allows (wider sums).
+
+use super::attention_panels::{self, Args, PanelKernel, RowScratch};
+use super::{isa, Isa, SendPtr};
+use crate::reference::{check_bidirectional_args, KernelError};
+
+/// Keys per score step (two vectors of 32).
+pub(super) const KEY_STEP: usize = 64;
+/// Query rows per score tile.
+pub(super) const SCORE_ROWS: usize = 8;
+/// Keys summed in f16 before the f32 partial sums take them (bounds the f16 sum's
+/// growth, hence its rounding).
+pub(super) const FLUSH_KEYS: usize = 32;
+/// The widest head the tiles' stack rows take.
+pub(super) const MAX_HEAD_DIM: usize = 256;
+
+/// One KV head's f16 K and V inside its panel (byte offsets, multiples of 64).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct F16Panel {
+    pub hd: usize,
+    /// Keys padded to [`KEY_STEP`] (zero keys, masked out of the softmax).
+    pub npad: usize,
+    /// Channels padded to 32.
+    pub cpad: usize,
+    /// `[hd][npad]` f16: dim `d` of key `j` at `(d * npad + j) * 2`.
+    pub kt: usize,
+    /// `[npad][cpad]` f16: channel `c` of key `j` at `(j * cpad + c) * 2`.
+    pub vt: usize,
+    pub bytes: usize,
+}
+
+impl F16Panel {
+    fn new(seq: usize, hd: usize) -> Self {
+        let npad = seq.next_multiple_of(KEY_STEP);
+        let cpad = hd.next_multiple_of(32);
+        let kt = 0;
+        let vt = 2 * hd * npad;
+        F16Panel {
+            hd,
+            npad,
+            cpad,
+            kt,
+            vt,
+            bytes: (vt + 2 * npad * cpad).next_multiple_of(64),
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl PanelKernel for F16Panel {
+    fn panel_bytes(&self) -> usize {
+        self.bytes
+    }
+    /// [`SCORE_ROWS`] f16 query rows, their f32 scores and f16 weights (`npad` each).
+    fn scratch_bytes(&self) -> [usize; 3] {
+        [
+            SCORE_ROWS * self.hd * 2,
+            SCORE_ROWS * self.npad * 4,
+            SCORE_ROWS * self.npad * 2,
+        ]
+    }
+    unsafe fn pack(&self, a: &Args, b: usize, g: usize, panel: &mut [u8]) {
+        // SAFETY: the trait's contract (AVX512-FP16, checked by the caller).
+        unsafe { super::attention_f16_avx512::pack_panel(a, self, b, g, panel) }
+    }
+    unsafe fn rows(
+        &self,
+        a: &Args,
+        b: usize,
+        h: usize,
+        rows: std::ops::Range<usize>,
+        panel: &[u8],
+        sc: &mut RowScratch,
+    ) {
+        // SAFETY: the trait's contract.
+        unsafe { super::attention_f16_avx512::row_block(a, self, b, h, rows, panel, sc) }
+    }
+}
+
+/// Whether this CPU multiplies f16 natively (AVX512-FP16).
+fn has_fp16() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx512fp16")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// Bidirectional attention in f16 (`Op::Attention`, `AttentionPrecision::F16`): `q
+/// [B * seq, n_heads * head_dim]`, `k, v [B * seq, n_kv_heads * head_dim]`.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_bidirectional_f16(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    seq: usize,
+    n_heads: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+    scale: f32,
+    out: &mut [f32],
+) -> Result<(), KernelError> {
+    let (qw, kw, _) = check_bidirectional_args(q, k, v, seq, n_heads, n_kv_heads, head_dim, out)?;
+    #[cfg(target_arch = "x86_64")]
+    if isa() == Isa::Avx512Vnni && has_fp16() && head_dim <= MAX_HEAD_DIM {
+        let a = Args {
+            q,
+            k,
+            v,
+            seq,
+            qw,
+            kw,
+            group: n_heads / n_kv_heads,
+            n_heads,
+            n_kv_heads,
+            scale,
+            out: SendPtr(out.as_mut_ptr()),
+        };
+        // SAFETY: the CPU has AVX-512 and AVX512-FP16; the arguments were checked.
+        unsafe { attention_panels::run(&a, &F16Panel::new(seq, head_dim)) };
+        return Ok(());
+    }
+    let _ = (qw, kw);
+    super::attention_bidirectional_f32(q, k, v, seq, n_heads, n_kv_heads, head_dim, scale, out)
+}
