@@ -794,79 +794,34 @@ fn attention_every_path_matches_reference() {
     }
 }
 
-/// Integer attention (`AttentionPrecision::I8`) on every path this CPU has, at 1 and 2
-/// threads, against the reference's emulation: the integers are the same, only `exp`
-/// may move a softmax weight to the neighbouring u8 (NMSE ~1e-9; a wrong key offset,
-/// scale or byte order is ~1). Shapes: sequences that are not multiples of 4, 16 or 32
-/// keys, head_dims of one to eight vectors with tails (13: no 4-byte groups, the
-/// reference's loop), GQA. The emulation itself stays within 1e-3 of f32 attention.
-#[test]
-fn int8_attention_every_path_matches_reference() {
-    use npurt_kernels::cpu::attention_bidirectional_i8;
-    let mut rng = SeededRng::new(0x5eed_00a8);
-    let pools = pools();
-    let cases = [
-        (4, 4, 72, 2, 129),
-        (3, 1, 32, 3, 50),
-        (2, 2, 80, 1, 17),
-        (2, 2, 128, 1, 40),
-        (2, 2, 24, 2, 7),
-        (1, 1, 13, 3, 1),
-        (16, 16, 72, 1, 729),
-    ];
-    for (nh, nkv, hd, seqs, seq) in cases {
-        let q = rng.uniform_vec(seqs * seq * nh * hd, -2.0, 2.0);
-        let k = rng.uniform_vec(seqs * seq * nkv * hd, -2.0, 2.0);
-        let v = rng.uniform_vec(seqs * seq * nkv * hd, -1.0, 1.0);
-        let scale = 1.0 / (hd as f32).sqrt();
-        let mut exact = vec![0f32; q.len()];
-        reference::attention_bidirectional(&q, &k, &v, seq, nh, nkv, hd, scale, &mut exact)
-            .unwrap();
-        let mut want = vec![0f32; q.len()];
-        reference::attention_bidirectional_i8(&q, &k, &v, seq, nh, nkv, hd, scale, &mut want)
-            .unwrap();
-        let e = nmse(&want, &exact);
-        println!("int8 emulation {nh}/{nkv} hd{hd} {seqs}x{seq}: nmse {e:.2e} to f32");
-        assert!(
-            e < 1e-3,
-            "int8 emulation {nh}/{nkv} hd{hd} {seqs}x{seq}: nmse {e:e} to f32"
-        );
-        for isa in Isa::supported() {
-            for (t, pool) in &pools {
-                let mut got = vec![f32::NAN; q.len()];
-                pool.install(|| {
-                    with_isa(isa, || {
-                        attention_bidirectional_i8(&q, &k, &v, seq, nh, nkv, hd, scale, &mut got)
-                    })
-                })
-                .unwrap();
-                let e = nmse(&got, &want);
-                println!(
-                    "  isa={} threads={t}: nmse {e:.2e} to the emulation",
-                    isa.name()
-                );
-                assert!(
-                    e < 1e-6,
-                    "int8 attention {nh}/{nkv} hd{hd} {seqs}x{seq} isa={} threads={t}: nmse {e:e}",
-                    isa.name()
-                );
-            }
-        }
-    }
-    let (q, mut out) = (vec![0f32; 10 * 8], vec![0f32; 10 * 8]);
-    for (k, seq, nkv) in [(&q[..], 3, 2), (&q[..8], 5, 2), (&q[..], 0, 2)] {
-        assert!(attention_bidirectional_i8(&q, k, k, seq, 2, nkv, 4, 0.5, &mut out).is_err());
-    }
-}
+/// A bidirectional attention kernel's signature (q, k, v, seq, heads, kv heads,
+/// head_dim, scale, out).
+type AttentionFn = fn(
+    &[f32],
+    &[f32],
+    &[f32],
+    usize,
+    usize,
+    usize,
+    usize,
+    f32,
+    &mut [f32],
+) -> Result<(), reference::KernelError>;
 
-/// f16 attention (`AttentionPrecision::F16`) on every path this CPU has, at 1 and 2
-/// threads, against the reference (f16-rounded operands summed in f32): the AVX512-FP16
-/// tiles sum in f16 (NMSE ~1e-5, the conformance threshold is 1e-4); the other paths
-/// run the f32 kernel (~1e-7). Same shapes as the integer test.
-#[test]
-fn f16_attention_every_path_matches_reference() {
-    use npurt_kernels::cpu::attention_bidirectional_f16;
-    let mut rng = SeededRng::new(0x5eed_00f1);
+/// `kernel` on every path this CPU has, at 1 and 2 threads, against `reference` within
+/// `nmse` (printed), over sequences that are not multiples of 4, 16, 32 or 64 keys,
+/// head_dims of one to eight vectors with tails, GQA and one so400m head batch. Also
+/// checks `reference` itself within `to_f32` of f32 attention, and that bad shapes are
+/// errors.
+fn attention_variant_matches_reference(
+    name: &str,
+    kernel: AttentionFn,
+    reference: AttentionFn,
+    nmse_max: f64,
+    to_f32: f64,
+    seed: u64,
+) {
+    let mut rng = SeededRng::new(seed);
     let pools = pools();
     for (nh, nkv, hd, seqs, seq) in [
         (4, 4, 72, 2, 129),
@@ -881,27 +836,74 @@ fn f16_attention_every_path_matches_reference() {
         let k = rng.uniform_vec(seqs * seq * nkv * hd, -2.0, 2.0);
         let v = rng.uniform_vec(seqs * seq * nkv * hd, -1.0, 1.0);
         let scale = 1.0 / (hd as f32).sqrt();
-        let mut want = vec![0f32; q.len()];
-        reference::attention_bidirectional_f16(&q, &k, &v, seq, nh, nkv, hd, scale, &mut want)
+        let mut exact = vec![0f32; q.len()];
+        reference::attention_bidirectional(&q, &k, &v, seq, nh, nkv, hd, scale, &mut exact)
             .unwrap();
+        let mut want = vec![0f32; q.len()];
+        reference(&q, &k, &v, seq, nh, nkv, hd, scale, &mut want).unwrap();
+        let e = nmse(&want, &exact);
+        println!("{name} reference {nh}/{nkv} hd{hd} {seqs}x{seq}: nmse {e:.2e} to f32");
+        assert!(
+            e < to_f32,
+            "{name} reference {nh}/{nkv} hd{hd} {seqs}x{seq}: nmse {e:e} to f32"
+        );
         for isa in Isa::supported() {
             for (t, pool) in &pools {
                 let mut got = vec![f32::NAN; q.len()];
                 pool.install(|| {
                     with_isa(isa, || {
-                        attention_bidirectional_f16(&q, &k, &v, seq, nh, nkv, hd, scale, &mut got)
+                        kernel(&q, &k, &v, seq, nh, nkv, hd, scale, &mut got)
                     })
                 })
                 .unwrap();
                 let e = nmse(&got, &want);
+                println!(
+                    "  isa={} threads={t}: nmse {e:.2e} to the reference",
+                    isa.name()
+                );
                 assert!(
-                    e < 5e-5,
-                    "f16 attention {nh}/{nkv} hd{hd} {seqs}x{seq} isa={} threads={t}: nmse {e:e}",
+                    e < nmse_max,
+                    "{name} attention {nh}/{nkv} hd{hd} {seqs}x{seq} isa={} threads={t}: nmse {e:e}",
                     isa.name()
                 );
             }
         }
     }
+    let (q, mut out) = (vec![0f32; 10 * 8], vec![0f32; 10 * 8]);
+    for (k, seq, nkv) in [(&q[..], 3, 2), (&q[..8], 5, 2), (&q[..], 0, 2)] {
+        assert!(kernel(&q, k, k, seq, 2, nkv, 4, 0.5, &mut out).is_err());
+    }
+}
+
+/// Integer attention (`AttentionPrecision::I8`) against the reference's emulation: the
+/// integers are the same, only `exp` may move a softmax weight to the neighbouring u8
+/// (NMSE ~1e-8 at most; a wrong key offset, scale or byte order is ~1). The emulation
+/// itself stays within 1e-3 of f32 attention.
+#[test]
+fn int8_attention_every_path_matches_reference() {
+    attention_variant_matches_reference(
+        "int8",
+        npurt_kernels::cpu::attention_bidirectional_i8,
+        reference::attention_bidirectional_i8,
+        1e-6,
+        1e-3,
+        0x5eed_00a8,
+    );
+}
+
+/// f16 attention (`AttentionPrecision::F16`) against the reference (f16-rounded
+/// operands summed in f32): the AVX512-FP16 tiles sum in f16 (NMSE ~1e-5, the
+/// conformance threshold is 1e-4); the other paths run the f32 kernel (~1e-7).
+#[test]
+fn f16_attention_every_path_matches_reference() {
+    attention_variant_matches_reference(
+        "f16",
+        npurt_kernels::cpu::attention_bidirectional_f16,
+        reference::attention_bidirectional_f16,
+        5e-5,
+        1e-5,
+        0x5eed_00f1,
+    );
 }
 
 /// LayerNorm on every path this CPU has, at 1 and 2 threads (rows enough for the

@@ -604,7 +604,11 @@ fn bidirectional_attention_dispatch(
     } else if precision == npurt_graph::AttentionPrecision::F16 {
         // f16 operands, f32 sums (the definition's widest).
         (
-            PipelineKey::new("attention.wgsl", "attention", &["BIDIRECTIONAL", "F16_OPERANDS"]),
+            PipelineKey::new(
+                "attention.wgsl",
+                "attention",
+                &["BIDIRECTIONAL", "F16_OPERANDS"],
+            ),
             [as_u32(n_heads, "heads")?, as_u32(rows, "rows")?, 1],
         )
     } else if lanes {

@@ -661,8 +661,8 @@ fn group(
             };
             for r in 0..rows {
                 let row = &a[r * k..][..k];
-                let row_scale =
-                    matches!(plan, ActPlan::I8Row { .. } | ActPlan::U8Row).then(|| amax(row) / 127.0);
+                let row_scale = matches!(plan, ActPlan::I8Row { .. } | ActPlan::U8Row)
+                    .then(|| amax(row) / 127.0);
                 if let Some(s) = row_scale {
                     rs[r] = s;
                 }
@@ -691,7 +691,11 @@ fn group(
                 ActPlan::I16Bytes { offset, hi_offset } => (offset, hi_offset, None, true),
                 _ => (0, 0, None, true),
             };
-            let hi_flip = if plan == ActPlan::I16BytesHiU8 { 0x80u8 as i8 } else { 0 };
+            let hi_flip = if plan == ActPlan::I16BytesHiU8 {
+                0x80u8 as i8
+            } else {
+                0
+            };
             let mut tmp = [0i16; BLOCK];
             for r in 0..rows {
                 let row = &a[r * k..][..k];

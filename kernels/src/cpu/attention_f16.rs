@@ -15,7 +15,7 @@
 //! AVX512-FP16 the f32 kernel runs, which the definition allows (wider sums).
 
 use super::attention_panels::{self, Args, PanelKernel, RowScratch};
-use super::{isa, Isa, SendPtr};
+use super::{isa, Isa};
 use crate::reference::{check_bidirectional_args, KernelError};
 
 /// Keys per score step (two vectors of 32).
@@ -118,19 +118,7 @@ pub fn attention_bidirectional_f16(
     let (qw, kw, _) = check_bidirectional_args(q, k, v, seq, n_heads, n_kv_heads, head_dim, out)?;
     #[cfg(target_arch = "x86_64")]
     if isa() == Isa::Avx512Vnni && has_fp16() && head_dim <= MAX_HEAD_DIM {
-        let a = Args {
-            q,
-            k,
-            v,
-            seq,
-            qw,
-            kw,
-            group: n_heads / n_kv_heads,
-            n_heads,
-            n_kv_heads,
-            scale,
-            out: SendPtr(out.as_mut_ptr()),
-        };
+        let a = Args::new([q, k, v], seq, [qw, kw], n_heads, n_kv_heads, scale, out);
         // SAFETY: the CPU has AVX-512 and AVX512-FP16; the arguments were checked.
         unsafe { attention_panels::run(&a, &F16Panel::new(seq, head_dim)) };
         return Ok(());

@@ -283,7 +283,11 @@ unsafe fn value_tile<const MR: usize, const NV: usize>(
             for (n, w) in wide.iter().enumerate() {
                 for (half, &x) in w.iter().enumerate() {
                     let c = c0 + 32 * n + 16 * half;
-                    _mm512_mask_storeu_ps(out.add(r * qw + c), lanes(hd.saturating_sub(c)), _mm512_mul_ps(x, il));
+                    _mm512_mask_storeu_ps(
+                        out.add(r * qw + c),
+                        lanes(hd.saturating_sub(c)),
+                        _mm512_mul_ps(x, il),
+                    );
                 }
             }
         }

@@ -15,7 +15,7 @@
 //! or with a head_dim that is not a multiple of 4, the reference's loop runs.
 
 use super::attention_panels::{self, Args, PanelKernel, RowScratch};
-use super::{isa, Isa, SendPtr};
+use super::{isa, Isa};
 use crate::reference::{self, check_bidirectional_args, KernelError, MAX_I8_ATTENTION_SEQ};
 
 /// Keys per score step (two vectors of 16).
@@ -126,19 +126,7 @@ pub fn attention_bidirectional_i8(
         && head_dim <= MAX_PACKED_HEAD_DIM
         && seq <= MAX_I8_ATTENTION_SEQ
     {
-        let a = Args {
-            q,
-            k,
-            v,
-            seq,
-            qw,
-            kw,
-            group: n_heads / n_kv_heads,
-            n_heads,
-            n_kv_heads,
-            scale,
-            out: SendPtr(out.as_mut_ptr()),
-        };
+        let a = Args::new([q, k, v], seq, [qw, kw], n_heads, n_kv_heads, scale, out);
         // SAFETY: isa() reported AVX-512 VNNI; the arguments were checked.
         unsafe { attention_panels::run(&a, &Panel::new(seq, head_dim)) };
         return Ok(());

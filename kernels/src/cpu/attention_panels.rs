@@ -39,6 +39,34 @@ pub(super) struct Args<'a> {
     pub out: SendPtr,
 }
 
+impl<'a> Args<'a> {
+    /// A call's arguments after `check_bidirectional_args` gave `qw` and `kw`.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn new(
+        [q, k, v]: [&'a [f32]; 3],
+        seq: usize,
+        [qw, kw]: [usize; 2],
+        n_heads: usize,
+        n_kv_heads: usize,
+        scale: f32,
+        out: &'a mut [f32],
+    ) -> Self {
+        Args {
+            q,
+            k,
+            v,
+            seq,
+            qw,
+            kw,
+            group: n_heads / n_kv_heads,
+            n_heads,
+            n_kv_heads,
+            scale,
+            out: SendPtr(out.as_mut_ptr()),
+        }
+    }
+}
+
 /// Per-thread scratch of phase 2, grown on demand to [`PanelKernel::scratch_bytes`].
 #[derive(Default)]
 pub(super) struct RowScratch {

@@ -51,8 +51,8 @@ mod space_to_channel;
 mod weight_memory;
 
 pub use act_quant::RowNorm;
-pub use attention_f32::{attention_bidirectional_f32, attention_f32};
 pub use attention_f16::attention_bidirectional_f16;
+pub use attention_f32::{attention_bidirectional_f32, attention_f32};
 pub use attention_i8::attention_bidirectional_i8;
 pub use dispatch::{detected, isa, with_isa, Isa};
 pub use epilogue::epilogue_f32;

@@ -278,9 +278,8 @@ pub fn attention_bidirectional_f16(
     scale: f32,
     out: &mut [f32],
 ) -> Result<(), KernelError> {
-    let round = |x: &[f32]| -> Vec<f32> {
-        x.iter().map(|&v| half::f16::from_f32(v).to_f32()).collect()
-    };
+    let round =
+        |x: &[f32]| -> Vec<f32> { x.iter().map(|&v| half::f16::from_f32(v).to_f32()).collect() };
     attention_bidirectional(
         &round(q),
         &round(k),

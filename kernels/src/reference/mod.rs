@@ -17,8 +17,7 @@ mod rope;
 
 pub use attention::{
     attention, attention_bidirectional, attention_bidirectional_f16, attention_bidirectional_i8,
-    attention_q8head,
-    MAX_I8_ATTENTION_SEQ,
+    attention_q8head, MAX_I8_ATTENTION_SEQ,
 };
 pub(crate) use attention::{
     check_args as check_attention_args, check_bidirectional_args, Dims as AttentionDims,

@@ -258,7 +258,11 @@ pub(crate) unsafe fn q8c_i16b<const MR: usize>(job: &Job, out: &mut TileOut) {
     let mut b0 = 0;
     while b0 < job.kb {
         let b1 = (b0 + LONG_BLOCKS).min(job.kb);
-        let start = if b0 == 0 { bias } else { _mm512_setzero_si512() };
+        let start = if b0 == 0 {
+            bias
+        } else {
+            _mm512_setzero_si512()
+        };
         let mut hi = [start; MR];
         let mut lo = [_mm512_setzero_si512(); MR];
         for b in b0..b1 {
@@ -314,7 +318,11 @@ pub(crate) unsafe fn q8c_u8row<const MR: usize>(job: &Job, out: &mut TileOut) {
     let mut b0 = 0;
     while b0 < job.kb {
         let b1 = (b0 + LONG_BLOCKS).min(job.kb);
-        let start = if b0 == 0 { bias } else { _mm512_setzero_si512() };
+        let start = if b0 == 0 {
+            bias
+        } else {
+            _mm512_setzero_si512()
+        };
         let mut dot = [start; MR];
         let mut dot2 = [_mm512_setzero_si512(); MR];
         for b in b0..b1 {
