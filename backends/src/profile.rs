@@ -133,3 +133,69 @@ pub fn is_compute(op: &Op) -> bool {
 pub(crate) fn ms(d: std::time::Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{BackendError, Bindings, Executable, Result, Scratch};
+
+    /// A vendor's executable that implements only what it must.
+    struct Minimal;
+    struct NoScratch;
+    impl Scratch for NoScratch {
+        fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+            self
+        }
+    }
+    impl Executable for Minimal {
+        fn new_scratch(&self) -> Result<Box<dyn Scratch>> {
+            Ok(Box::new(NoScratch))
+        }
+        fn run(&self, _: &Bindings, _: &mut dyn Scratch) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn an_executable_without_a_profiler_says_so_typed() {
+        let x: std::sync::Arc<dyn Executable> = std::sync::Arc::new(Minimal);
+        let mut s = x.new_scratch().unwrap();
+        match x.profile(&Bindings::default(), s.as_mut()) {
+            Err(BackendError::ProfilingUnsupported(reason)) => {
+                assert!(reason.contains("profile"), "{reason}")
+            }
+            other => panic!("want ProfilingUnsupported, got {:?}", other.map(|p| p.method)),
+        }
+    }
+
+    fn node(name: &str, op: &str, ms: f64) -> NodeTime {
+        NodeTime {
+            node: name.into(),
+            op: op.into(),
+            ms,
+            source: TimeSource::Host,
+        }
+    }
+
+    #[test]
+    fn kinds_sum_their_nodes_and_slowest_sorts() {
+        let p = Profile {
+            method: "test".into(),
+            nodes: vec![
+                node("a", "matmul", 2.0),
+                node("b", "rope", 0.5),
+                node("c", "matmul", 3.0),
+                node("d", "attention", 1.0),
+            ],
+            host: HostTimes::default(),
+        };
+        let k = p.by_kind();
+        assert_eq!(k.len(), 3);
+        assert_eq!((k[0].op.as_str(), k[0].ms, k[0].count), ("matmul", 5.0, 2));
+        assert_eq!((k[1].op.as_str(), k[1].count), ("attention", 1));
+        assert_eq!(p.nodes_ms(), 6.5);
+        let s: Vec<&str> = p.slowest(2).iter().map(|n| n.node.as_str()).collect();
+        assert_eq!(s, ["c", "a"]);
+        assert_eq!(p.sources(), "host wall time per node");
+    }
+}

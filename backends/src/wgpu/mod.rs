@@ -28,7 +28,7 @@ mod pipelines;
 mod support;
 mod weights;
 
-pub use ::wgpu::Backends;
+pub use ::wgpu::{Backends, Features};
 pub use buffers::WgpuBuffer;
 pub use executable::WgpuExecutable;
 pub use ops::KernelFamily;
