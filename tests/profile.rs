@@ -64,16 +64,28 @@ fn check(model: &Model, kind: GraphKind, p: &Profile, source: TimeSource) {
     for n in &p.nodes {
         assert!(n.ms.is_finite() && n.ms >= 0.0, "{what}: {n:?}");
         assert_eq!(n.source, source, "{what}: {n:?}");
-        assert_eq!(n.op, kinds[n.node.as_str()], "{what}: op kind of {}", n.node);
+        assert_eq!(
+            n.op,
+            kinds[n.node.as_str()],
+            "{what}: op kind of {}",
+            n.node
+        );
     }
-    assert_eq!(kinds.len(), want, "{what}: compute node names are not unique");
+    assert_eq!(
+        kinds.len(),
+        want,
+        "{what}: compute node names are not unique"
+    );
     assert!(p.nodes_ms() > 0.0, "{what}: all zero");
     // Per-kind totals are the sums over their nodes.
     let kinds = p.by_kind();
     for k in &kinds {
         let sum: f64 = p.nodes.iter().filter(|n| n.op == k.op).map(|n| n.ms).sum();
         let count = p.nodes.iter().filter(|n| n.op == k.op).count();
-        assert!((k.ms - sum).abs() <= 1e-9 * sum.max(1.0), "{what}: {k:?} vs {sum}");
+        assert!(
+            (k.ms - sum).abs() <= 1e-9 * sum.max(1.0),
+            "{what}: {k:?} vs {sum}"
+        );
         assert_eq!(k.count, count, "{what}: {k:?}");
     }
     assert_eq!(kinds.iter().map(|k| k.count).sum::<usize>(), p.nodes.len());
@@ -102,7 +114,11 @@ fn profile_model(model: &Arc<Model>, source: TimeSource) {
     check(model, GraphKind::Prefill, &bp.prefill, source);
     check(model, GraphKind::Decode, &bp.decode, source);
     let text = bp.format(15);
-    assert_eq!(text.matches("| op kind | ms | share | nodes |").count(), 2, "{text}");
+    assert_eq!(
+        text.matches("| op kind | ms | share | nodes |").count(),
+        2,
+        "{text}"
+    );
     assert_eq!(text.matches("| slowest nodes |").count(), 2, "{text}");
     assert!(text.contains(source.describe()), "{text}");
 
@@ -113,7 +129,11 @@ fn profile_model(model: &Arc<Model>, source: TimeSource) {
     plain.feed(&ids[CHUNK..]).unwrap();
     let mut profiled = Session::new(model.clone()).unwrap();
     profiled.feed_profiled(&ids[..CHUNK]).unwrap();
-    assert_eq!(profiled.last_logits().unwrap(), &want_prefill[..], "prefill logits");
+    assert_eq!(
+        profiled.last_logits().unwrap(),
+        &want_prefill[..],
+        "prefill logits"
+    );
     profiled.feed_profiled(&ids[CHUNK..]).unwrap();
     assert_eq!(
         profiled.last_logits().unwrap(),
@@ -131,7 +151,11 @@ fn cpu_backend_profiles_every_node_on_the_host_clock() {
     let m = load("cpu", None);
     profile_model(&m, TimeSource::Host);
     let p = npurt_runtime::bench::profile(&m).unwrap();
-    assert!(p.prefill.method.starts_with("cpu (2 threads)"), "{}", p.prefill.method);
+    assert!(
+        p.prefill.method.starts_with("cpu (2 threads)"),
+        "{}",
+        p.prefill.method
+    );
     // A synchronous backend computes on the host: nothing to submit or wait for.
     assert!(p.decode.host.compute_ms > 0.0 && p.decode.host.wait_ms == 0.0);
 }
@@ -141,17 +165,22 @@ fn wgpu_profiles_with_timestamps_where_the_adapter_has_them() {
     let m = load("wgpu", None);
     let be = WgpuBackend::new(WgpuOptions::default()).expect("wgpu backend");
     let f = be.timestamp_features();
-    let (timing, source) = if f.contains(npurt_backends::wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES) {
-        (ProfileTiming::InsidePasses, TimeSource::Gpu)
-    } else if f.contains(npurt_backends::wgpu::Features::TIMESTAMP_QUERY) {
-        (ProfileTiming::PassPerNode, TimeSource::Gpu)
-    } else {
-        (ProfileTiming::HostPerNode, TimeSource::Host)
-    };
+    let (timing, source) =
+        if f.contains(npurt_backends::wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES) {
+            (ProfileTiming::InsidePasses, TimeSource::Gpu)
+        } else if f.contains(npurt_backends::wgpu::Features::TIMESTAMP_QUERY) {
+            (ProfileTiming::PassPerNode, TimeSource::Gpu)
+        } else {
+            (ProfileTiming::HostPerNode, TimeSource::Host)
+        };
     assert_eq!(be.profile_timing(), timing);
     profile_model(&m, source);
     let p = npurt_runtime::bench::profile(&m).unwrap();
-    assert!(p.decode.method.contains(timing.name()), "{}", p.decode.method);
+    assert!(
+        p.decode.method.contains(timing.name()),
+        "{}",
+        p.decode.method
+    );
     // A device run: the host waits for it and computes nothing itself.
     assert!(p.decode.host.wait_ms > 0.0 && p.decode.host.compute_ms == 0.0);
 }
@@ -175,10 +204,16 @@ fn wgpu_profiles_with_one_pass_per_node() {
         assert!(e.to_string().contains("TIMESTAMP_QUERY"), "{e}");
         return;
     }
-    profile_model(&load("wgpu", Some(ProfileTiming::PassPerNode)), TimeSource::Gpu);
+    profile_model(
+        &load("wgpu", Some(ProfileTiming::PassPerNode)),
+        TimeSource::Gpu,
+    );
 }
 
 #[test]
 fn wgpu_profiles_with_host_time_per_submission() {
-    profile_model(&load("wgpu", Some(ProfileTiming::HostPerNode)), TimeSource::Host);
+    profile_model(
+        &load("wgpu", Some(ProfileTiming::HostPerNode)),
+        TimeSource::Host,
+    );
 }

@@ -164,7 +164,10 @@ mod tests {
             Err(BackendError::ProfilingUnsupported(reason)) => {
                 assert!(reason.contains("profile"), "{reason}")
             }
-            other => panic!("want ProfilingUnsupported, got {:?}", other.map(|p| p.method)),
+            other => panic!(
+                "want ProfilingUnsupported, got {:?}",
+                other.map(|p| p.method)
+            ),
         }
     }
 

@@ -223,7 +223,7 @@ pub fn format_profile(title: &str, p: &npurt_backends::Profile, top: usize) -> S
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "profile: {title}: {} nodes, {total:.3} ms; {} [{}]",
+        "profile: {title}: {} nodes, {total:.3} ms; time source: {}; measured by {}",
         p.nodes.len(),
         p.sources(),
         p.method

@@ -437,9 +437,7 @@ impl CpuExecutable {
                 Op::Gather => {
                     let ids = match guards.get(guard_of[ins[1].0]).map(Guard::data) {
                         Some(HostData::I32(v)) => v.as_slice(),
-                        _ => {
-                            return Err(exec_err(g, id, "gather ids must be a bound i32 input"))
-                        }
+                        _ => return Err(exec_err(g, id, "gather ids must be a bound i32 input")),
                     };
                     match packed(ins[0]) {
                         Some(table) => k::gather_packed(table, ids, out).map_err(kerr)?,
@@ -469,9 +467,7 @@ impl CpuExecutable {
                             Some(norm) => k::matmul_packed_rms_norm(
                                 a, m, norm, w, *act, *epilogue, bias, residual, out,
                             ),
-                            None => {
-                                k::matmul_packed(a, m, w, *act, *epilogue, bias, residual, out)
-                            }
+                            None => k::matmul_packed(a, m, w, *act, *epilogue, bias, residual, out),
                         }
                         .map_err(kerr)?;
                     } else {
@@ -521,17 +517,12 @@ impl CpuExecutable {
                 Op::Add => r::add(f32_of(ins[0])?, f32_of(ins[1])?, out),
                 Op::Mul => r::mul(f32_of(ins[0])?, f32_of(ins[1])?, out),
                 Op::RmsNorm { eps } => {
-                    k::rms_norm_f32(f32_of(ins[0])?, f32_of(ins[1])?, *eps, out)
+                    k::rms_norm_f32(f32_of(ins[0])?, f32_of(ins[1])?, *eps, out).map_err(kerr)?
+                }
+                Op::LayerNorm { eps } => {
+                    k::layer_norm_f32(f32_of(ins[0])?, f32_of(ins[1])?, f32_of(ins[2])?, *eps, out)
                         .map_err(kerr)?
                 }
-                Op::LayerNorm { eps } => k::layer_norm_f32(
-                    f32_of(ins[0])?,
-                    f32_of(ins[1])?,
-                    f32_of(ins[2])?,
-                    *eps,
-                    out,
-                )
-                .map_err(kerr)?,
                 Op::Rope { params } => {
                     k::rope_f32(
                         f32_of(ins[0])?,
@@ -599,10 +590,8 @@ impl CpuExecutable {
                     }
                     .map_err(kerr)?;
                 }
-                Op::Silu => {
-                    k::activation_f32(f32_of(ins[0])?, npurt_graph::Activation::Silu, out)
-                        .map_err(kerr)?
-                }
+                Op::Silu => k::activation_f32(f32_of(ins[0])?, npurt_graph::Activation::Silu, out)
+                    .map_err(kerr)?,
                 Op::Gelu { tanh } => k::gelu_f32(f32_of(ins[0])?, *tanh, out).map_err(kerr)?,
                 Op::Softmax => {
                     k::softmax_f32(f32_of(ins[0])?, node.fact.last_dim(), out).map_err(kerr)?
@@ -658,7 +647,7 @@ impl Executable for CpuExecutable {
             .ok_or_else(|| BackendError::Binding("scratch from another executable".into()))?;
         let threads = self.pool.as_ref().map_or(1, |p| p.threads());
         let mut p = Profile {
-            method: format!("cpu ({threads} threads): host wall time per node"),
+            method: format!("cpu ({threads} threads), the host clock around each node"),
             nodes: Vec::new(),
             host: Default::default(),
         };

@@ -11,8 +11,8 @@ use super::pipelines;
 use super::ProfileTiming;
 use crate::profile::ms;
 use crate::{
-    BackendError, Bindings, BufferUsage, Completion, DeviceBuffer, Executable, HostTimes,
-    NodeTime, Profile, Result, Scratch, TimeSource,
+    BackendError, Bindings, BufferUsage, Completion, DeviceBuffer, Executable, HostTimes, NodeTime,
+    Profile, Result, Scratch, TimeSource,
 };
 use npurt_graph::plan::{self, SlotPlan, Storage};
 use npurt_graph::{Graph, NodeId, Op};
@@ -690,7 +690,9 @@ impl WgpuExecutable {
         let mut p = self.prepare(bindings, scratch)?;
         self.reset_status(&p);
         let mut times = vec![0f64; spans.len()];
-        let dispatch = |pass: &mut ::wgpu::ComputePass, groups: &[::wgpu::BindGroup], r: &std::ops::Range<usize>| {
+        let dispatch = |pass: &mut ::wgpu::ComputePass,
+                        groups: &[::wgpu::BindGroup],
+                        r: &std::ops::Range<usize>| {
             for i in r.clone() {
                 let step = &self.steps[i];
                 pass.set_pipeline(&step.pipeline);
@@ -729,7 +731,11 @@ impl WgpuExecutable {
         // after each node (spans + 1), `PassPerNode` two per node (its pass's begin
         // and end). Query sets hold at most MAX_QUERIES each.
         let inside = timing == ProfileTiming::InsidePasses;
-        let queries = if inside { spans.len() + 1 } else { 2 * spans.len() } as u32;
+        let queries = if inside {
+            spans.len() + 1
+        } else {
+            2 * spans.len()
+        } as u32;
         let sets: Vec<::wgpu::QuerySet> = (0..queries.div_ceil(MAX_QUERIES))
             .map(|s| {
                 ctx.device.create_query_set(&::wgpu::QuerySetDescriptor {
