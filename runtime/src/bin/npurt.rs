@@ -674,8 +674,11 @@ fn run(cli: Cli) -> anyhow_lite::Result<()> {
                 }
                 println!("{v}");
             } else {
-                println!("| model | precision | backend | kernels | threads | test | t/s |");
-                println!("|---|---|---|---|---|---|---|");
+                // `-p 0 -n 0 --profile` profiles only: no empty table.
+                if !rows.is_empty() {
+                    println!("| model | precision | backend | kernels | threads | test | t/s |");
+                    println!("|---|---|---|---|---|---|---|");
+                }
                 let desc = common
                     .model
                     .as_ref()
