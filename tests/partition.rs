@@ -58,6 +58,8 @@ struct Device {
     cpu: CpuBackend,
     caps: Capabilities,
     declines: &'static [&'static str],
+    /// Whether its executables implement `Executable::profile` (else the default).
+    profiles: bool,
 }
 
 impl Device {
@@ -72,7 +74,50 @@ impl Device {
             cpu,
             caps,
             declines,
+            profiles: false,
         })
+    }
+
+    /// A device whose executables profile (forwarding to the CPU's).
+    fn arc_profiling(name: &str, declines: &'static [&'static str]) -> Arc<dyn Backend> {
+        let cpu = CpuBackend::new(CpuOptions { threads: Some(1) });
+        let caps = Capabilities {
+            name: name.into(),
+            host_memory: false,
+            ..cpu.capabilities().clone()
+        };
+        Arc::new(Device {
+            cpu,
+            caps,
+            declines,
+            profiles: true,
+        })
+    }
+}
+
+fn unwrap_bindings(b: &Bindings) -> npurt_backends::Result<Bindings> {
+    Ok(Bindings {
+        sources: unwrap_all(&b.sources)?,
+        outputs: unwrap_all(&b.outputs)?,
+    })
+}
+
+/// `DevExec` with `Executable::profile`.
+struct ProfDevExec(Arc<dyn Executable>);
+
+impl Executable for ProfDevExec {
+    fn new_scratch(&self) -> npurt_backends::Result<Box<dyn Scratch>> {
+        self.0.new_scratch()
+    }
+    fn run(&self, b: &Bindings, s: &mut dyn Scratch) -> npurt_backends::Result<()> {
+        self.0.run(&unwrap_bindings(b)?, s)
+    }
+    fn profile(
+        &self,
+        b: &Bindings,
+        s: &mut dyn Scratch,
+    ) -> npurt_backends::Result<npurt_backends::Profile> {
+        self.0.profile(&unwrap_bindings(b)?, s)
     }
 }
 
@@ -124,7 +169,11 @@ impl Backend for Device {
         w: &[(NodeId, Arc<dyn DeviceBuffer>)],
     ) -> npurt_backends::Result<Arc<dyn Executable>> {
         npurt_backends::check_support(self, g)?;
-        Ok(Arc::new(DevExec(self.cpu.compile(g, &unwrap_all(w)?)?)))
+        let exec = self.cpu.compile(g, &unwrap_all(w)?)?;
+        if self.profiles {
+            return Ok(Arc::new(ProfDevExec(exec)));
+        }
+        Ok(Arc::new(DevExec(exec)))
     }
     fn write(&self, b: &dyn DeviceBuffer, d: &HostTensor) -> npurt_backends::Result<()> {
         self.cpu.write(unwrap(b)?.as_ref(), d)
@@ -684,4 +733,87 @@ fn a_cache_written_in_one_segment_is_read_from_its_state_in_the_next() {
         &|n| part.output_backend(n).unwrap().clone(),
     );
     assert_eq!(got, want);
+}
+
+/// Profiles the first chunk through `part` (bindings as `run_partitioned` makes them).
+fn profile_first_chunk(
+    g: &Graph,
+    part: &Partitioned,
+) -> npurt_backends::Result<npurt_backends::Profile> {
+    let mut scratch = part.new_scratch()?;
+    let mut sources: Vec<(NodeId, Arc<dyn DeviceBuffer>)> = Vec::new();
+    for (id, _, f) in g.sources("state") {
+        sources.push((id, part.alloc_source(id, f, BufferUsage::State)?));
+    }
+    let (pos, ids) = chunks()[0].clone();
+    for (name, t) in [
+        ("ids", HostTensor::i32([ROWS], ids.clone())),
+        ("pos", HostTensor::i32([1], vec![pos as i32])),
+        ("n_valid", HostTensor::i32([1], vec![ids.len() as i32])),
+    ] {
+        let id = g.find_source("input", name).unwrap();
+        let buf = part.alloc_source(id, &t.fact, BufferUsage::Activations)?;
+        part.source_backend(id).unwrap().write(buf.as_ref(), &t)?;
+        sources.push((id, buf));
+    }
+    let logits = part.alloc_output("logits", g.fact(g.output("logits").unwrap()))?;
+    part.profile(
+        &Bindings {
+            sources,
+            outputs: vec![("logits".into(), logits)],
+        },
+        scratch.as_mut(),
+    )
+}
+
+/// A split graph's profile lists every compute node once, from every segment; a
+/// segment whose backend has no profiler makes it a typed error, not a panic.
+#[test]
+fn a_split_graph_profiles_every_segment_or_says_one_cannot() {
+    let g = tiny_llama();
+    let (part, _) = partitioned(&g, &[Device::arc("dev-no-silu", &["silu"]), cpu()]);
+    assert_eq!(part.segments(), 5);
+    match profile_first_chunk(&g, &part) {
+        Err(BackendError::ProfilingUnsupported(_)) => {}
+        other => panic!(
+            "want ProfilingUnsupported, got {:?}",
+            other.map(|p| p.method)
+        ),
+    }
+
+    let (part, _) = partitioned(
+        &g,
+        &[Device::arc_profiling("dev-no-silu", &["silu"]), cpu()],
+    );
+    let p = profile_first_chunk(&g, &part).expect("profile");
+    let mut want: Vec<&str> = g
+        .ids()
+        .filter(|&id| npurt_backends::profile::is_compute(&g.node(id).op))
+        .map(|id| g.node(id).name.as_str())
+        .collect();
+    let mut got: Vec<&str> = p.nodes.iter().map(|n| n.node.as_str()).collect();
+    want.sort_unstable();
+    got.sort_unstable();
+    assert_eq!(got, want, "{}", p.method);
+    assert_eq!(
+        p.by_kind()
+            .iter()
+            .filter(|k| k.op == "silu")
+            .map(|k| k.count)
+            .sum::<usize>(),
+        2
+    );
+    assert!(p.nodes.iter().all(|n| n.ms.is_finite() && n.ms >= 0.0));
+    // Five segments on two CPU-backed backends, each named in the method.
+    assert_eq!(
+        p.method.matches("cpu (1 threads)").count(),
+        5,
+        "{}",
+        p.method
+    );
+    assert!(
+        p.host.total_ms > 0.0 && p.host.readback_ms >= 0.0,
+        "{:?}",
+        p.host
+    );
 }

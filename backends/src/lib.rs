@@ -21,12 +21,15 @@ mod completion;
 pub mod conformance;
 #[cfg(feature = "cpu")]
 pub mod cpu;
+/// Per-node timing of one run ([`Executable::profile`]).
+pub mod profile;
 mod registry;
 #[cfg(feature = "wgpu")]
 pub mod wgpu;
 mod worker;
 
 pub use completion::{Completion, Finished, Ready};
+pub use profile::{HostTimes, KindTime, NodeTime, Profile, TimeSource};
 pub use registry::{BackendOptions, Registry, MAX_THREADS};
 pub use worker::WorkerExecutable;
 
@@ -59,6 +62,9 @@ pub enum BackendError {
     OutOfMemory { what: String, bytes: usize },
     #[error("execution failed at node `{node}`: {reason}")]
     Execution { node: String, reason: String },
+    /// [`Executable::profile`] on an executable that does not implement it.
+    #[error("this executable does not support profiling: {0}")]
+    ProfilingUnsupported(String),
 }
 
 pub type Result<T, E = BackendError> = std::result::Result<T, E>;
@@ -163,6 +169,19 @@ pub trait Executable: Send + Sync {
         Ok(Box::new(Ready::new(Finished {
             busy: Some(t0.elapsed()),
         })))
+    }
+
+    /// Runs the graph once like [`Executable::run`] (same bindings, same results,
+    /// finished when it returns) and times every compute node
+    /// ([`profile::is_compute`]), plus the host's share of an ordinary run. Slower
+    /// than `run`: use it to find where the time goes, not to measure throughput.
+    ///
+    /// The default returns [`BackendError::ProfilingUnsupported`], so a backend
+    /// without a profiler still compiles and its callers get a typed error.
+    fn profile(&self, _bindings: &Bindings, _scratch: &mut dyn Scratch) -> Result<Profile> {
+        Err(BackendError::ProfilingUnsupported(
+            "the backend does not implement Executable::profile".into(),
+        ))
     }
 }
 

@@ -167,6 +167,20 @@ impl Executable for WorkerExecutable {
             complete,
         }))
     }
+
+    /// The inner executable's profile, on the calling thread. As for `run`, the
+    /// caller has waited for this scratch's submissions.
+    fn profile(&self, bindings: &Bindings, scratch: &mut dyn Scratch) -> Result<crate::Profile> {
+        let scratch = scratch
+            .as_any_mut()
+            .downcast_mut::<WorkerScratch>()
+            .ok_or_else(|| BackendError::Binding("scratch from another executable".into()))?;
+        let mut inner = scratch
+            .inner
+            .lock()
+            .map_err(|_| worker_error("the scratch was poisoned by a panic"))?;
+        self.inner.profile(bindings, inner.as_mut())
+    }
 }
 
 impl Drop for WorkerExecutable {

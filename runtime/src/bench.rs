@@ -139,3 +139,125 @@ pub fn read_bandwidth_gb_s(threads: usize) -> f64 {
     }
     best
 }
+
+/// `npurt bench --profile`: one prefill chunk and one decode step, profiled per node.
+pub struct BenchProfile {
+    /// Rows of the profiled prefill chunk (the model's chunk size).
+    pub prefill_rows: usize,
+    pub prefill: npurt_backends::Profile,
+    pub decode: npurt_backends::Profile,
+}
+
+/// Profiles one full prefill chunk into an empty session and then one decode step
+/// after it, each after an unprofiled warm-up of the same graph (scratch, pipelines).
+pub fn profile(model: &Arc<Model>) -> Result<BenchProfile> {
+    let rows = model.graph(crate::GraphKind::Prefill).rows;
+    let ids = tokens(rows + 2, model.config.vocab_size);
+    let mut s = Session::new(model.clone())?;
+    // Warm-up: both graphs once.
+    s.feed(&ids[..rows.max(2)])?;
+    s.feed(&ids[rows..rows + 1])?;
+    s.reset();
+    let prefill = s.feed_profiled(&ids[..rows.max(2)])?;
+    let decode = s.feed_profiled(&ids[rows + 1..rows + 2])?;
+    Ok(BenchProfile {
+        prefill_rows: rows,
+        prefill,
+        decode,
+    })
+}
+
+fn profile_json(p: &npurt_backends::Profile) -> serde_json::Value {
+    let source = |s: npurt_backends::TimeSource| match s {
+        npurt_backends::TimeSource::Gpu => "gpu",
+        npurt_backends::TimeSource::Host => "host",
+    };
+    serde_json::json!({
+        "method": p.method,
+        "nodes_ms": p.nodes_ms(),
+        "nodes": p.nodes.iter().map(|n| serde_json::json!({
+            "node": n.node, "op": n.op, "ms": n.ms, "source": source(n.source)
+        })).collect::<Vec<_>>(),
+        "by_kind": p.by_kind().iter().map(|k| serde_json::json!({
+            "op": k.op, "ms": k.ms, "count": k.count
+        })).collect::<Vec<_>>(),
+        "host": {
+            "record_ms": p.host.record_ms, "submit_ms": p.host.submit_ms,
+            "wait_ms": p.host.wait_ms, "readback_ms": p.host.readback_ms,
+            "compute_ms": p.host.compute_ms, "total_ms": p.host.total_ms,
+        },
+    })
+}
+
+impl BenchProfile {
+    /// `{"prefill": {...}, "decode": {...}}`: each with `method`, `nodes` (node, op,
+    /// ms, source), `by_kind` (op, ms, count), `nodes_ms` and `host`.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "prefill_rows": self.prefill_rows,
+            "prefill": profile_json(&self.prefill),
+            "decode": profile_json(&self.decode),
+        })
+    }
+
+    /// Both profiles as Markdown tables (per op kind, then the `top` slowest nodes).
+    pub fn format(&self, top: usize) -> String {
+        format!(
+            "{}\n{}",
+            format_profile(
+                &format!("prefill chunk ({} rows)", self.prefill_rows),
+                &self.prefill,
+                top
+            ),
+            format_profile("decode step (1 row)", &self.decode, top)
+        )
+    }
+}
+
+/// One profile as text: a header naming the time source, the per-op-kind table, the
+/// `top` slowest nodes, and the host's share of an ordinary run.
+pub fn format_profile(title: &str, p: &npurt_backends::Profile, top: usize) -> String {
+    use std::fmt::Write;
+    let total = p.nodes_ms();
+    let share = |ms: f64| if total > 0.0 { 100.0 * ms / total } else { 0.0 };
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "profile: {title}: {} nodes, {total:.3} ms; time source: {}; measured by {}",
+        p.nodes.len(),
+        p.sources(),
+        p.method
+    );
+    let _ = writeln!(s, "\n| op kind | ms | share | nodes |\n|---|---|---|---|");
+    for k in p.by_kind() {
+        let _ = writeln!(
+            s,
+            "| {} | {:.3} | {:.1}% | {} |",
+            k.op,
+            k.ms,
+            share(k.ms),
+            k.count
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\n| slowest nodes | op kind | ms | share |\n|---|---|---|---|"
+    );
+    for n in p.slowest(top) {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {:.3} | {:.1}% |",
+            n.node,
+            n.op,
+            n.ms,
+            share(n.ms)
+        );
+    }
+    let h = &p.host;
+    let _ = writeln!(
+        s,
+        "\nhost share of an ordinary run ({:.3} ms): record {:.3} ms, submit {:.3} ms, wait {:.3} ms, read back {:.3} ms, compute on the host {:.3} ms",
+        h.total_ms, h.record_ms, h.submit_ms, h.wait_ms, h.readback_ms, h.compute_ms
+    );
+    s
+}

@@ -7,7 +7,7 @@ use crate::model::{invalid, CompiledGraph, GraphKind, Model};
 use crate::multimodal::{ImageEmbeddings, PendingImage, PromptPart};
 use crate::sampling::{Sampler, SamplingOptions};
 use crate::{Result, RuntimeError};
-use npurt_backends::{Bindings, BufferUsage, DeviceBuffer, Executable, Scratch};
+use npurt_backends::{Bindings, BufferUsage, DeviceBuffer, Executable, Profile, Scratch};
 use npurt_graph::TensorFact;
 use npurt_kernels::HostTensor;
 use npurt_models::tokenizer::StreamDecoder;
@@ -323,6 +323,17 @@ impl Session {
     /// position and returns its output (logits `[1, V]` or `[rows, V]`; embeddings for
     /// `EmbedTokens`). The caller records the positions it filled.
     fn run_chunk(&mut self, kind: GraphKind, rows: ChunkRows) -> Result<HostTensor> {
+        self.run_chunk_profiled(kind, rows, None)
+    }
+
+    /// `run_chunk`, with `profile` set: the execution is profiled
+    /// ([`Executable::profile`]) and the profile stored there.
+    fn run_chunk_profiled(
+        &mut self,
+        kind: GraphKind,
+        rows: ChunkRows,
+        profile: Option<&mut Option<Profile>>,
+    ) -> Result<HostTensor> {
         let model = self.model.clone();
         let cg: &CompiledGraph = model.graphs.get(&kind).ok_or(RuntimeError::NotMultimodal)?;
         let pos = self.positions.len();
@@ -370,7 +381,10 @@ impl Session {
             sources,
             outputs: vec![(cg.output.into(), r.output.clone())],
         };
-        x.run(&bindings, r.scratch.as_mut())?;
+        match profile {
+            None => x.run(&bindings, r.scratch.as_mut())?,
+            Some(p) => *p = Some(x.profile(&bindings, r.scratch.as_mut())?),
+        }
         let out_be = x
             .output_backend(cg.output)
             .ok_or_else(|| invalid("graph", "an output without a backend"))?;
@@ -389,6 +403,33 @@ impl Session {
 
     fn chunk_rows(&self) -> usize {
         self.model.graph(GraphKind::Prefill).rows
+    }
+
+    /// Feeds `ids` as one graph execution (at most one prefill chunk; one id is a
+    /// decode step), like [`Session::feed`], and returns its per-node profile
+    /// ([`Executable::profile`]: slower than `feed`, the results are the same).
+    pub fn feed_profiled(&mut self, ids: &[u32]) -> Result<Profile> {
+        self.check_ids(ids)?;
+        if ids.is_empty() || ids.len() > self.chunk_rows() {
+            return Err(invalid(
+                "ids",
+                format!(
+                    "a profiled feed is one execution: 1 to {} ids, got {}",
+                    self.chunk_rows(),
+                    ids.len()
+                ),
+            ));
+        }
+        let kind = if ids.len() == 1 {
+            GraphKind::Decode
+        } else {
+            GraphKind::Prefill
+        };
+        let mut profile = None;
+        let out = self.run_chunk_profiled(kind, ChunkRows::Ids(ids), Some(&mut profile))?;
+        self.push_tokens(ids);
+        self.last_logits = out.into_f32();
+        profile.ok_or_else(|| invalid("profile", "the run returned no profile"))
     }
 
     /// Feeds token ids (chunked prefill, or one decode step for a single token);

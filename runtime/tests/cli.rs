@@ -875,3 +875,101 @@ fn bench_rows_name_the_device_on_wgpu_and_the_kernels_on_cpu() {
         "{v}"
     );
 }
+
+/// `npurt bench --profile` (issue #12 point 1): per-op-kind and slowest-node tables of a
+/// prefill chunk and a decode step, labelled with the time source, and the host share;
+/// `--json` carries the same profile.
+#[test]
+fn bench_profile_prints_per_kind_and_per_node_tables() {
+    let m = model_path();
+    let base = [
+        "bench",
+        "-p",
+        "0",
+        "-n",
+        "0",
+        "--chunk",
+        "16",
+        "--ctx",
+        "64",
+        "--profile",
+        "--model",
+        &m,
+    ];
+    for (backend, source) in [
+        ("cpu", "host wall time per node"),
+        ("wgpu", "GPU timestamps"),
+    ] {
+        let mut args = base.to_vec();
+        args.extend(["--backend", backend, "--threads", "2", "--profile-top", "7"]);
+        let (code, out, err) = npurt_code(&args, &[]);
+        assert_eq!(code, Some(0), "{err}");
+        assert_eq!(
+            out.matches("| op kind | ms | share | nodes |").count(),
+            2,
+            "{out}"
+        );
+        assert_eq!(
+            out.matches("| slowest nodes | op kind | ms | share |")
+                .count(),
+            2,
+            "{out}"
+        );
+        assert!(out.contains("profile: prefill chunk (16 rows)"), "{out}");
+        assert!(out.contains("profile: decode step (1 row)"), "{out}");
+        assert_eq!(
+            out.matches(&format!("time source: {source};")).count(),
+            2,
+            "{backend}: {out}"
+        );
+        assert_eq!(
+            out.matches("host share of an ordinary run").count(),
+            2,
+            "{out}"
+        );
+        assert!(out.contains("| matmul |"), "{out}");
+        // Seven slowest nodes per profile (the rows after each table's header).
+        let node_rows = out
+            .split("| slowest nodes |")
+            .skip(1)
+            .map(|t| {
+                t.split("\n\n")
+                    .next()
+                    .unwrap()
+                    .lines()
+                    .filter(|l| l.starts_with("| ") && !l.starts_with("|---"))
+                    .count()
+            })
+            .collect::<Vec<_>>();
+        assert_eq!(node_rows, [7, 7], "7 rows each: {out}");
+    }
+
+    let mut args = base.to_vec();
+    args.extend(["--threads", "2", "--json"]);
+    let (code, out, err) = npurt_code(&args, &[]);
+    assert_eq!(code, Some(0), "{err}");
+    let v = json(&out);
+    let p = &v["profile"][0];
+    assert_eq!(p["threads"], 2, "{v}");
+    assert_eq!(p["prefill_rows"], 16, "{v}");
+    for part in ["prefill", "decode"] {
+        let nodes = p[part]["nodes"].as_array().expect("nodes");
+        assert!(nodes.len() > 100, "{part}: {} nodes", nodes.len());
+        let total: f64 = nodes.iter().map(|n| n["ms"].as_f64().unwrap()).sum();
+        let kinds: f64 = p[part]["by_kind"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["ms"].as_f64().unwrap())
+            .sum();
+        assert!(
+            (total - kinds).abs() <= 1e-6 * total.max(1.0),
+            "{part}: {total} vs {kinds}"
+        );
+        assert!(nodes.iter().all(|n| n["source"] == "host"), "{part}");
+        assert!(
+            p[part]["host"]["total_ms"].as_f64().unwrap() > 0.0,
+            "{part}"
+        );
+    }
+}

@@ -17,13 +17,17 @@
 //! allocate for them.
 
 use super::buffer::CpuBuffer;
-use crate::{BackendError, Bindings, BufferUsage, DeviceBuffer, Executable, Result, Scratch};
+use crate::{
+    BackendError, Bindings, BufferUsage, DeviceBuffer, Executable, NodeTime, Profile, Result,
+    Scratch, TimeSource,
+};
 use npurt_graph::plan::{self, Placement};
 use npurt_graph::{AttentionMode, AttentionPrecision, Graph, MatMulOperands, NodeId, Op, Prologue};
 use npurt_kernels::cpu::ThreadPool;
 use npurt_kernels::{cpu as k, reference as r, HostData};
 use std::any::Any;
 use std::sync::{Arc, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Instant;
 
 /// Where a node's value lives during a run.
 #[derive(Clone, Debug)]
@@ -217,7 +221,14 @@ impl CpuExecutable {
         }
     }
 
-    fn run_inner(&self, bindings: &Bindings, scratch: &mut CpuScratch) -> Result<()> {
+    /// Runs the graph; with `profile`, timing each node into it.
+    fn run_inner(
+        &self,
+        bindings: &Bindings,
+        scratch: &mut CpuScratch,
+        mut profile: Option<&mut Profile>,
+    ) -> Result<()> {
+        let t_start = Instant::now();
         let g = &self.graph;
         // Lock every source once for the whole run.
         let mut bufs: Vec<(NodeId, Arc<dyn DeviceBuffer>)> = Vec::new();
@@ -270,279 +281,32 @@ impl CpuExecutable {
             });
         }
 
-        for id in g.ids() {
-            let node = g.node(id);
-            if let Op::KvWrite = node.op {
-                self.kv_write(id, &scratch.arena, &mut guards, &guard_of)?;
-                continue;
-            }
-            let Loc::Arena(range) = self.loc[id.0].clone() else {
-                continue; // sources and aliases are not computed
-            };
-            // The output's elements, and the arena on either side of them (where every
-            // input lives: the plan never overlaps values live at the same node).
-            let (lo, rest) = scratch.arena.split_at_mut(range.start);
-            let (out, hi) = rest.split_at_mut(range.len());
-            {
-                let arena_of = |x: NodeId| -> Result<&[f32]> {
-                    let r = self.arena_range(x).expect("caller checked");
-                    if r.end <= range.start {
-                        Ok(&lo[r])
-                    } else if r.start >= range.end {
-                        Ok(&hi[r.start - range.end..r.end - range.end])
-                    } else {
-                        Err(exec_err(
-                            g,
-                            id,
-                            "the memory plan overlaps an input with the output",
-                        ))
-                    }
-                };
-                let f32_of = |x: NodeId| -> Result<&[f32]> {
-                    let x = self.resolve(x);
-                    match self.loc[x.0] {
-                        Loc::Arena(_) => arena_of(x),
-                        _ => match guards[guard_of[x.0]].data().as_f32() {
-                            Some(v) => Ok(v),
-                            _ => Err(exec_err(
-                                g,
-                                id,
-                                format!("input `{}` is not f32 on the cpu backend", g.node(x).name),
-                            )),
-                        },
-                    }
-                };
-                // Attention's K/V: f32 values, or an f16 or int8 cache state.
-                let kv_of = |x: NodeId| -> Result<KvRef> {
-                    let x = self.resolve(x);
-                    match self.loc[x.0] {
-                        Loc::Arena(_) => Ok(KvRef::F32(arena_of(x)?)),
-                        _ => match guards[guard_of[x.0]].data() {
-                            HostData::F32(v) => Ok(KvRef::F32(v)),
-                            HostData::F16(v) => Ok(KvRef::F16(v)),
-                            HostData::Bytes(v)
-                                if matches!(g.fact(x).dtype, npurt_graph::DType::Q8Head { .. }) =>
-                            {
-                                Ok(KvRef::Q8Head(v))
-                            }
-                            _ => Err(exec_err(
-                                g,
-                                id,
-                                format!("`{}` is not an f32, f16 or int8 tensor", g.node(x).name),
-                            )),
-                        },
-                    }
-                };
-                let scalar = |x: NodeId| -> Result<usize> {
-                    match guards.get(guard_of[x.0]).map(Guard::data) {
-                        Some(HostData::I32(v)) if v.len() == 1 && v[0] >= 0 => Ok(v[0] as usize),
-                        _ => Err(exec_err(
-                            g,
-                            id,
-                            format!("`{}` must be a non-negative i32 scalar", g.node(x).name),
-                        )),
-                    }
-                };
-                let ins = &node.inputs;
-                let kerr = |e: r::KernelError| exec_err(g, id, e.0);
-                // A weight repacked for the fused quantized kernels.
-                let packed = |x: NodeId| {
-                    self.weights[x.0]
-                        .as_ref()
-                        .and_then(|b| CpuBuffer::downcast(b.as_ref()).ok())
-                        .and_then(|c| c.packed.as_ref())
-                };
-                match &node.op {
-                    Op::Gather => {
-                        let ids = match guards.get(guard_of[ins[1].0]).map(Guard::data) {
-                            Some(HostData::I32(v)) => v.as_slice(),
-                            _ => {
-                                return Err(exec_err(g, id, "gather ids must be a bound i32 input"))
-                            }
-                        };
-                        match packed(ins[0]) {
-                            Some(table) => k::gather_packed(table, ids, out).map_err(kerr)?,
-                            None => r::gather(f32_of(ins[0])?, node.fact.shape[1], ids, out)
-                                .map_err(kerr)?,
-                        }
-                    }
-                    Op::MatMul {
-                        transpose_b,
-                        act,
-                        prologue,
-                        epilogue,
-                    } => {
-                        let slots = MatMulOperands::new(*prologue, *epilogue);
-                        let opt = |slot: Option<usize>| slot.map(|i| f32_of(ins[i])).transpose();
-                        let (bias, residual) = (opt(slots.bias)?, opt(slots.residual)?);
-                        let norm = match (*prologue, opt(slots.norm)?) {
-                            (Prologue::RmsNorm { eps }, Some(weight)) => {
-                                Some(k::RowNorm { weight, eps })
-                            }
-                            _ => None,
-                        };
-                        let a = f32_of(ins[0])?;
-                        let m = g.fact(ins[0]).shape[0];
-                        if let Some(w) = packed(ins[1]) {
-                            match norm {
-                                Some(norm) => k::matmul_packed_rms_norm(
-                                    a, m, norm, w, *act, *epilogue, bias, residual, out,
-                                ),
-                                None => {
-                                    k::matmul_packed(a, m, w, *act, *epilogue, bias, residual, out)
-                                }
-                            }
-                            .map_err(kerr)?;
-                        } else {
-                            // f32 weights (the f32 preset, or activation x activation):
-                            // prologue into a temporary, multiply, then the epilogue.
-                            let mut normed = Vec::new();
-                            if let Some(nm) = norm {
-                                normed.resize(a.len(), 0f32);
-                                k::rms_norm_f32(a, nm.weight, nm.eps, &mut normed).map_err(kerr)?;
-                            }
-                            let a = if norm.is_some() { &normed[..] } else { a };
-                            let b = g.fact(ins[1]);
-                            let kk = g.fact(ins[0]).shape[1];
-                            let n_b = if *transpose_b { b.shape[0] } else { b.shape[1] };
-                            let b = f32_of(ins[1])?;
-                            if epilogue.glu().is_some() {
-                                // The GLU reads gate and up columns of the wider product.
-                                let mut pre = vec![0f32; m * n_b];
-                                k::matmul_f32(a, b, m, kk, n_b, *transpose_b, &mut pre);
-                                k::epilogue_f32(Some(&pre), m, n_b, *epilogue, bias, residual, out)
-                                    .map_err(kerr)?;
-                            } else {
-                                // The product straight into `out`, the steps in place.
-                                k::matmul_f32(a, b, m, kk, n_b, *transpose_b, out);
-                                if !epilogue.is_empty() {
-                                    k::epilogue_f32(None, m, n_b, *epilogue, bias, residual, out)
-                                        .map_err(kerr)?;
-                                }
-                            }
-                        }
-                    }
-                    Op::PatchEmbed { patch } => {
-                        let sh = &g.fact(ins[0]).shape;
-                        k::patch_embed_f32(
-                            f32_of(ins[0])?,
-                            [sh[0], sh[1], sh[2], sh[3]],
-                            f32_of(ins[1])?,
-                            f32_of(ins[2])?,
-                            *patch,
-                            out,
-                        )
-                        .map_err(kerr)?;
-                    }
-                    Op::SliceCols { start, len } => {
-                        r::slice_cols(f32_of(ins[0])?, g.fact(ins[0]).shape[1], *start, *len, out)
-                    }
-                    Op::Add => r::add(f32_of(ins[0])?, f32_of(ins[1])?, out),
-                    Op::Mul => r::mul(f32_of(ins[0])?, f32_of(ins[1])?, out),
-                    Op::RmsNorm { eps } => {
-                        k::rms_norm_f32(f32_of(ins[0])?, f32_of(ins[1])?, *eps, out)
-                            .map_err(kerr)?
-                    }
-                    Op::LayerNorm { eps } => k::layer_norm_f32(
-                        f32_of(ins[0])?,
-                        f32_of(ins[1])?,
-                        f32_of(ins[2])?,
-                        *eps,
-                        out,
-                    )
-                    .map_err(kerr)?,
-                    Op::Rope { params } => {
-                        k::rope_f32(
-                            f32_of(ins[0])?,
-                            node.fact.shape[1],
-                            params,
-                            scalar(ins[1])?,
-                            scalar(ins[2])?,
-                            out,
-                        );
-                    }
-                    Op::Attention {
-                        n_heads,
-                        n_kv_heads,
-                        head_dim,
-                        scale,
-                        mode: AttentionMode::Bidirectional { seq },
-                        precision,
-                    } => {
-                        let kernel = match precision {
-                            AttentionPrecision::F32 => k::attention_bidirectional_f32,
-                            AttentionPrecision::I8 => k::attention_bidirectional_i8,
-                            AttentionPrecision::F16 => k::attention_bidirectional_f16,
-                        };
-                        kernel(
-                            f32_of(ins[0])?,
-                            f32_of(ins[1])?,
-                            f32_of(ins[2])?,
-                            *seq,
-                            *n_heads,
-                            *n_kv_heads,
-                            *head_dim,
-                            *scale,
-                            out,
-                        )
-                        .map_err(kerr)?
-                    }
-                    Op::SpaceToChannel { grid, block } => k::space_to_channel_f32(
-                        f32_of(ins[0])?,
-                        *grid,
-                        *block,
-                        g.fact(ins[0]).shape[1],
-                        out,
-                    )
-                    .map_err(kerr)?,
-                    Op::Attention {
-                        n_heads,
-                        n_kv_heads,
-                        head_dim,
-                        scale,
-                        mode: AttentionMode::Causal,
-                        ..
-                    } => {
-                        let (q, pos, n_valid) = (f32_of(ins[0])?, scalar(ins[3])?, scalar(ins[4])?);
-                        let (nh, nkv, hd, sc) = (*n_heads, *n_kv_heads, *head_dim, *scale);
-                        match (kv_of(ins[1])?, kv_of(ins[2])?) {
-                            (KvRef::F32(kc), KvRef::F32(vc)) => {
-                                k::attention_f32(q, kc, vc, pos, n_valid, nh, nkv, hd, sc, out)
-                            }
-                            (KvRef::F16(kc), KvRef::F16(vc)) => {
-                                k::attention_f32(q, kc, vc, pos, n_valid, nh, nkv, hd, sc, out)
-                            }
-                            (KvRef::Q8Head(kc), KvRef::Q8Head(vc)) => {
-                                k::attention_f32(q, kc, vc, pos, n_valid, nh, nkv, hd, sc, out)
-                            }
-                            _ => return Err(exec_err(g, id, "k and v caches differ in type")),
-                        }
-                        .map_err(kerr)?;
-                    }
-                    Op::Silu => {
-                        k::activation_f32(f32_of(ins[0])?, npurt_graph::Activation::Silu, out)
-                            .map_err(kerr)?
-                    }
-                    Op::Gelu { tanh } => k::gelu_f32(f32_of(ins[0])?, *tanh, out).map_err(kerr)?,
-                    Op::Softmax => {
-                        k::softmax_f32(f32_of(ins[0])?, node.fact.last_dim(), out).map_err(kerr)?
-                    }
-                    Op::Transpose { perm } => {
-                        r::transpose(f32_of(ins[0])?, &g.fact(ins[0]).shape, perm, out)
-                    }
-                    Op::SelectRow => {
-                        let idx = scalar(ins[1])?;
-                        r::select_row(f32_of(ins[0])?, node.fact.shape[1], idx as i32, out)
-                            .map_err(kerr)?;
-                    }
-                    Op::KvWrite => unreachable!("written above"),
-                    Op::Reshape { .. } => unreachable!("a reshape aliases its input"),
-                    Op::Input { .. } | Op::Weight { .. } | Op::State { .. } => {
-                        unreachable!("sources are not computed")
-                    }
+        let t_bound = Instant::now();
+        match profile {
+            None => {
+                for id in g.ids() {
+                    self.run_node(id, &mut scratch.arena, &mut guards, &guard_of)?;
                 }
             }
+            Some(ref mut p) => {
+                for id in g.ids() {
+                    let t = Instant::now();
+                    self.run_node(id, &mut scratch.arena, &mut guards, &guard_of)?;
+                    let node = g.node(id);
+                    if crate::profile::is_compute(&node.op) {
+                        p.nodes.push(NodeTime {
+                            node: node.name.clone(),
+                            op: node.op.kind().to_string(),
+                            ms: crate::profile::ms(t.elapsed()),
+                            source: TimeSource::Host,
+                        });
+                    }
+                }
+                p.host.record_ms = crate::profile::ms(t_bound - t_start);
+                p.host.compute_ms = crate::profile::ms(t_bound.elapsed());
+            }
         }
+        let t_out = Instant::now();
 
         for (name, id) in &g.outputs {
             let ob = bindings
@@ -573,6 +337,281 @@ impl CpuExecutable {
                 }
             }
         }
+        if let Some(p) = profile {
+            p.host.readback_ms = crate::profile::ms(t_out.elapsed());
+            p.host.total_ms = crate::profile::ms(t_start.elapsed());
+        }
+        Ok(())
+    }
+
+    /// Runs node `id` (a no-op for sources and aliases).
+    fn run_node(
+        &self,
+        id: NodeId,
+        arena: &mut [f32],
+        guards: &mut [Guard],
+        guard_of: &[usize],
+    ) -> Result<()> {
+        let g = &self.graph;
+        let node = g.node(id);
+        if let Op::KvWrite = node.op {
+            return self.kv_write(id, arena, guards, guard_of);
+        }
+        let Loc::Arena(range) = self.loc[id.0].clone() else {
+            return Ok(()); // sources and aliases are not computed
+        };
+        // The output's elements, and the arena on either side of them (where every
+        // input lives: the plan never overlaps values live at the same node).
+        let (lo, rest) = arena.split_at_mut(range.start);
+        let (out, hi) = rest.split_at_mut(range.len());
+        {
+            let arena_of = |x: NodeId| -> Result<&[f32]> {
+                let r = self.arena_range(x).expect("caller checked");
+                if r.end <= range.start {
+                    Ok(&lo[r])
+                } else if r.start >= range.end {
+                    Ok(&hi[r.start - range.end..r.end - range.end])
+                } else {
+                    Err(exec_err(
+                        g,
+                        id,
+                        "the memory plan overlaps an input with the output",
+                    ))
+                }
+            };
+            let f32_of = |x: NodeId| -> Result<&[f32]> {
+                let x = self.resolve(x);
+                match self.loc[x.0] {
+                    Loc::Arena(_) => arena_of(x),
+                    _ => match guards[guard_of[x.0]].data().as_f32() {
+                        Some(v) => Ok(v),
+                        _ => Err(exec_err(
+                            g,
+                            id,
+                            format!("input `{}` is not f32 on the cpu backend", g.node(x).name),
+                        )),
+                    },
+                }
+            };
+            // Attention's K/V: f32 values, or an f16 or int8 cache state.
+            let kv_of = |x: NodeId| -> Result<KvRef> {
+                let x = self.resolve(x);
+                match self.loc[x.0] {
+                    Loc::Arena(_) => Ok(KvRef::F32(arena_of(x)?)),
+                    _ => match guards[guard_of[x.0]].data() {
+                        HostData::F32(v) => Ok(KvRef::F32(v)),
+                        HostData::F16(v) => Ok(KvRef::F16(v)),
+                        HostData::Bytes(v)
+                            if matches!(g.fact(x).dtype, npurt_graph::DType::Q8Head { .. }) =>
+                        {
+                            Ok(KvRef::Q8Head(v))
+                        }
+                        _ => Err(exec_err(
+                            g,
+                            id,
+                            format!("`{}` is not an f32, f16 or int8 tensor", g.node(x).name),
+                        )),
+                    },
+                }
+            };
+            let scalar = |x: NodeId| -> Result<usize> {
+                match guards.get(guard_of[x.0]).map(Guard::data) {
+                    Some(HostData::I32(v)) if v.len() == 1 && v[0] >= 0 => Ok(v[0] as usize),
+                    _ => Err(exec_err(
+                        g,
+                        id,
+                        format!("`{}` must be a non-negative i32 scalar", g.node(x).name),
+                    )),
+                }
+            };
+            let ins = &node.inputs;
+            let kerr = |e: r::KernelError| exec_err(g, id, e.0);
+            // A weight repacked for the fused quantized kernels.
+            let packed = |x: NodeId| {
+                self.weights[x.0]
+                    .as_ref()
+                    .and_then(|b| CpuBuffer::downcast(b.as_ref()).ok())
+                    .and_then(|c| c.packed.as_ref())
+            };
+            match &node.op {
+                Op::Gather => {
+                    let ids = match guards.get(guard_of[ins[1].0]).map(Guard::data) {
+                        Some(HostData::I32(v)) => v.as_slice(),
+                        _ => return Err(exec_err(g, id, "gather ids must be a bound i32 input")),
+                    };
+                    match packed(ins[0]) {
+                        Some(table) => k::gather_packed(table, ids, out).map_err(kerr)?,
+                        None => r::gather(f32_of(ins[0])?, node.fact.shape[1], ids, out)
+                            .map_err(kerr)?,
+                    }
+                }
+                Op::MatMul {
+                    transpose_b,
+                    act,
+                    prologue,
+                    epilogue,
+                } => {
+                    let slots = MatMulOperands::new(*prologue, *epilogue);
+                    let opt = |slot: Option<usize>| slot.map(|i| f32_of(ins[i])).transpose();
+                    let (bias, residual) = (opt(slots.bias)?, opt(slots.residual)?);
+                    let norm = match (*prologue, opt(slots.norm)?) {
+                        (Prologue::RmsNorm { eps }, Some(weight)) => {
+                            Some(k::RowNorm { weight, eps })
+                        }
+                        _ => None,
+                    };
+                    let a = f32_of(ins[0])?;
+                    let m = g.fact(ins[0]).shape[0];
+                    if let Some(w) = packed(ins[1]) {
+                        match norm {
+                            Some(norm) => k::matmul_packed_rms_norm(
+                                a, m, norm, w, *act, *epilogue, bias, residual, out,
+                            ),
+                            None => k::matmul_packed(a, m, w, *act, *epilogue, bias, residual, out),
+                        }
+                        .map_err(kerr)?;
+                    } else {
+                        // f32 weights (the f32 preset, or activation x activation):
+                        // prologue into a temporary, multiply, then the epilogue.
+                        let mut normed = Vec::new();
+                        if let Some(nm) = norm {
+                            normed.resize(a.len(), 0f32);
+                            k::rms_norm_f32(a, nm.weight, nm.eps, &mut normed).map_err(kerr)?;
+                        }
+                        let a = if norm.is_some() { &normed[..] } else { a };
+                        let b = g.fact(ins[1]);
+                        let kk = g.fact(ins[0]).shape[1];
+                        let n_b = if *transpose_b { b.shape[0] } else { b.shape[1] };
+                        let b = f32_of(ins[1])?;
+                        if epilogue.glu().is_some() {
+                            // The GLU reads gate and up columns of the wider product.
+                            let mut pre = vec![0f32; m * n_b];
+                            k::matmul_f32(a, b, m, kk, n_b, *transpose_b, &mut pre);
+                            k::epilogue_f32(Some(&pre), m, n_b, *epilogue, bias, residual, out)
+                                .map_err(kerr)?;
+                        } else {
+                            // The product straight into `out`, the steps in place.
+                            k::matmul_f32(a, b, m, kk, n_b, *transpose_b, out);
+                            if !epilogue.is_empty() {
+                                k::epilogue_f32(None, m, n_b, *epilogue, bias, residual, out)
+                                    .map_err(kerr)?;
+                            }
+                        }
+                    }
+                }
+                Op::PatchEmbed { patch } => {
+                    let sh = &g.fact(ins[0]).shape;
+                    k::patch_embed_f32(
+                        f32_of(ins[0])?,
+                        [sh[0], sh[1], sh[2], sh[3]],
+                        f32_of(ins[1])?,
+                        f32_of(ins[2])?,
+                        *patch,
+                        out,
+                    )
+                    .map_err(kerr)?;
+                }
+                Op::SliceCols { start, len } => {
+                    r::slice_cols(f32_of(ins[0])?, g.fact(ins[0]).shape[1], *start, *len, out)
+                }
+                Op::Add => r::add(f32_of(ins[0])?, f32_of(ins[1])?, out),
+                Op::Mul => r::mul(f32_of(ins[0])?, f32_of(ins[1])?, out),
+                Op::RmsNorm { eps } => {
+                    k::rms_norm_f32(f32_of(ins[0])?, f32_of(ins[1])?, *eps, out).map_err(kerr)?
+                }
+                Op::LayerNorm { eps } => {
+                    k::layer_norm_f32(f32_of(ins[0])?, f32_of(ins[1])?, f32_of(ins[2])?, *eps, out)
+                        .map_err(kerr)?
+                }
+                Op::Rope { params } => {
+                    k::rope_f32(
+                        f32_of(ins[0])?,
+                        node.fact.shape[1],
+                        params,
+                        scalar(ins[1])?,
+                        scalar(ins[2])?,
+                        out,
+                    );
+                }
+                Op::Attention {
+                    n_heads,
+                    n_kv_heads,
+                    head_dim,
+                    scale,
+                    mode: AttentionMode::Bidirectional { seq },
+                    precision,
+                } => {
+                    let kernel = match precision {
+                        AttentionPrecision::F32 => k::attention_bidirectional_f32,
+                        AttentionPrecision::I8 => k::attention_bidirectional_i8,
+                        AttentionPrecision::F16 => k::attention_bidirectional_f16,
+                    };
+                    kernel(
+                        f32_of(ins[0])?,
+                        f32_of(ins[1])?,
+                        f32_of(ins[2])?,
+                        *seq,
+                        *n_heads,
+                        *n_kv_heads,
+                        *head_dim,
+                        *scale,
+                        out,
+                    )
+                    .map_err(kerr)?
+                }
+                Op::SpaceToChannel { grid, block } => k::space_to_channel_f32(
+                    f32_of(ins[0])?,
+                    *grid,
+                    *block,
+                    g.fact(ins[0]).shape[1],
+                    out,
+                )
+                .map_err(kerr)?,
+                Op::Attention {
+                    n_heads,
+                    n_kv_heads,
+                    head_dim,
+                    scale,
+                    mode: AttentionMode::Causal,
+                    ..
+                } => {
+                    let (q, pos, n_valid) = (f32_of(ins[0])?, scalar(ins[3])?, scalar(ins[4])?);
+                    let (nh, nkv, hd, sc) = (*n_heads, *n_kv_heads, *head_dim, *scale);
+                    match (kv_of(ins[1])?, kv_of(ins[2])?) {
+                        (KvRef::F32(kc), KvRef::F32(vc)) => {
+                            k::attention_f32(q, kc, vc, pos, n_valid, nh, nkv, hd, sc, out)
+                        }
+                        (KvRef::F16(kc), KvRef::F16(vc)) => {
+                            k::attention_f32(q, kc, vc, pos, n_valid, nh, nkv, hd, sc, out)
+                        }
+                        (KvRef::Q8Head(kc), KvRef::Q8Head(vc)) => {
+                            k::attention_f32(q, kc, vc, pos, n_valid, nh, nkv, hd, sc, out)
+                        }
+                        _ => return Err(exec_err(g, id, "k and v caches differ in type")),
+                    }
+                    .map_err(kerr)?;
+                }
+                Op::Silu => k::activation_f32(f32_of(ins[0])?, npurt_graph::Activation::Silu, out)
+                    .map_err(kerr)?,
+                Op::Gelu { tanh } => k::gelu_f32(f32_of(ins[0])?, *tanh, out).map_err(kerr)?,
+                Op::Softmax => {
+                    k::softmax_f32(f32_of(ins[0])?, node.fact.last_dim(), out).map_err(kerr)?
+                }
+                Op::Transpose { perm } => {
+                    r::transpose(f32_of(ins[0])?, &g.fact(ins[0]).shape, perm, out)
+                }
+                Op::SelectRow => {
+                    let idx = scalar(ins[1])?;
+                    r::select_row(f32_of(ins[0])?, node.fact.shape[1], idx as i32, out)
+                        .map_err(kerr)?;
+                }
+                Op::KvWrite => unreachable!("written above"),
+                Op::Reshape { .. } => unreachable!("a reshape aliases its input"),
+                Op::Input { .. } | Op::Weight { .. } | Op::State { .. } => {
+                    unreachable!("sources are not computed")
+                }
+            }
+        }
         Ok(())
     }
 }
@@ -596,8 +635,27 @@ impl Executable for CpuExecutable {
             .downcast_mut::<CpuScratch>()
             .ok_or_else(|| BackendError::Binding("scratch from another executable".into()))?;
         match &self.pool {
-            Some(p) => p.install(|| self.run_inner(bindings, scratch)),
-            None => self.run_inner(bindings, scratch),
+            Some(p) => p.install(|| self.run_inner(bindings, scratch, None)),
+            None => self.run_inner(bindings, scratch, None),
         }
+    }
+
+    /// Times each node with the host clock (the kernels run on this host).
+    fn profile(&self, bindings: &Bindings, scratch: &mut dyn Scratch) -> Result<Profile> {
+        let scratch = scratch
+            .as_any_mut()
+            .downcast_mut::<CpuScratch>()
+            .ok_or_else(|| BackendError::Binding("scratch from another executable".into()))?;
+        let threads = self.pool.as_ref().map_or(1, |p| p.threads());
+        let mut p = Profile {
+            method: format!("cpu ({threads} threads), the host clock around each node"),
+            nodes: Vec::new(),
+            host: Default::default(),
+        };
+        match &self.pool {
+            Some(pool) => pool.install(|| self.run_inner(bindings, scratch, Some(&mut p)))?,
+            None => self.run_inner(bindings, scratch, Some(&mut p))?,
+        }
+        Ok(p)
     }
 }

@@ -41,6 +41,10 @@ pub(crate) struct GpuContext {
     /// larger; `WgpuOptions::max_binding_bytes` may lower it for testing).
     pub max_binding: u64,
     pub kernels: super::ops::KernelFamily,
+    /// How the profiler times nodes (resolved against the device's features).
+    pub profile_timing: super::ProfileTiming,
+    /// Nanoseconds per timestamp tick.
+    pub timestamp_period: f32,
     pub pipelines: PipelineCache,
     pending: Mutex<Vec<StatusCheck>>,
     next_buffer_id: AtomicU64,
@@ -64,6 +68,7 @@ impl GpuContext {
         backends: ::wgpu::Backends,
         max_binding_bytes: Option<u64>,
         kernels: Option<super::ops::KernelFamily>,
+        profile_timing: Option<super::ProfileTiming>,
     ) -> Result<Arc<GpuContext>> {
         let mut desc = ::wgpu::InstanceDescriptor::new_without_display_handle();
         desc.backends = backends;
@@ -78,10 +83,16 @@ impl GpuContext {
         })?;
         let info = adapter.get_info();
         let limits = adapter.limits();
+        // Timestamp queries for the profiler, only those the adapter has (asking for a
+        // missing feature fails device creation).
+        let timestamps = adapter.features()
+            & (::wgpu::Features::TIMESTAMP_QUERY
+                | ::wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS
+                | ::wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES);
         let (device, queue) =
             pollster::block_on(adapter.request_device(&::wgpu::DeviceDescriptor {
                 label: Some("npurt"),
-                required_features: ::wgpu::Features::empty(),
+                required_features: timestamps,
                 required_limits: limits.clone(),
                 experimental_features: ::wgpu::ExperimentalFeatures::disabled(),
                 memory_hints: ::wgpu::MemoryHints::Performance,
@@ -109,7 +120,37 @@ impl GpuContext {
         } else {
             super::ops::KernelFamily::Tiled
         });
+        use super::ProfileTiming as P;
+        let best = if timestamps.contains(
+            ::wgpu::Features::TIMESTAMP_QUERY | ::wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES,
+        ) {
+            P::InsidePasses
+        } else if timestamps.contains(::wgpu::Features::TIMESTAMP_QUERY) {
+            P::PassPerNode
+        } else {
+            P::HostPerNode
+        };
+        let profile_timing = match profile_timing {
+            Some(P::InsidePasses) if best != P::InsidePasses => {
+                return Err(unavailable(format!(
+                    "profiling inside passes needs TIMESTAMP_QUERY_INSIDE_PASSES, which `{}` lacks",
+                    info.name
+                )))
+            }
+            Some(P::PassPerNode) if best == P::HostPerNode => {
+                return Err(unavailable(format!(
+                    "profiling with pass timestamps needs TIMESTAMP_QUERY, which `{}` lacks",
+                    info.name
+                )))
+            }
+            Some(t) => t,
+            None => best,
+        };
+        let timestamp_period = queue.get_timestamp_period();
+        log::info!("wgpu timestamp features {timestamps:?}, period {timestamp_period} ns");
         Ok(Arc::new(GpuContext {
+            profile_timing,
+            timestamp_period,
             kernels,
             device,
             queue,
@@ -155,7 +196,7 @@ impl GpuContext {
     }
 
     /// Waits for submission `index` (`None`: the latest).
-    fn wait_for(&self, index: Option<::wgpu::SubmissionIndex>) -> Result<()> {
+    pub(crate) fn wait_for(&self, index: Option<::wgpu::SubmissionIndex>) -> Result<()> {
         self.device
             .poll(::wgpu::PollType::Wait {
                 submission_index: index,
@@ -181,7 +222,7 @@ impl GpuContext {
     }
 
     /// Like `resolve_checks`, but first waits only for submission `index`.
-    fn resolve_checks_after(
+    pub(crate) fn resolve_checks_after(
         &self,
         index: Option<::wgpu::SubmissionIndex>,
         select: impl Fn(&StatusCheck) -> bool,

@@ -8,14 +8,18 @@ use super::buffers::{self, WgpuBuffer};
 use super::device::{GpuCompletion, GpuContext, StatusCheck};
 use super::ops::{self, BindRef, LowerCtx};
 use super::pipelines;
+use super::ProfileTiming;
+use crate::profile::ms;
 use crate::{
-    BackendError, Bindings, BufferUsage, Completion, DeviceBuffer, Executable, Result, Scratch,
+    BackendError, Bindings, BufferUsage, Completion, DeviceBuffer, Executable, HostTimes, NodeTime,
+    Profile, Result, Scratch, TimeSource,
 };
 use npurt_graph::plan::{self, SlotPlan, Storage};
 use npurt_graph::{Graph, NodeId, Op};
 use std::any::Any;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 /// Bind-group sets kept per scratch (one per distinct set of bound buffers).
 const BIND_CACHE_ENTRIES: usize = 4;
@@ -436,7 +440,55 @@ impl Executable for WgpuExecutable {
     }
 
     fn run(&self, bindings: &Bindings, scratch: &mut dyn Scratch) -> Result<()> {
-        self.enqueue(bindings, scratch).map(|_| ())
+        self.enqueue(bindings, scratch, None).map(|_| ())
+    }
+
+    /// An ordinary run timed on the host (recording, submit, waiting, reading the
+    /// outputs back), then one run timed per node as the device's features allow
+    /// ([`super::ProfileTiming`]).
+    fn profile(&self, bindings: &Bindings, scratch: &mut dyn Scratch) -> Result<Profile> {
+        let ctx = &self.ctx;
+        let mut host = HostTimes::default();
+        let t0 = Instant::now();
+        let (check, index) = self.enqueue(bindings, scratch, Some(&mut host))?;
+        let t = Instant::now();
+        ctx.resolve_checks_after(Some(index), |c| c.id == check)?;
+        host.wait_ms = ms(t.elapsed());
+        let t = Instant::now();
+        for (name, id) in &self.graph.outputs {
+            let b = bindings
+                .output(name)
+                .ok_or_else(|| BackendError::Binding(format!("output `{name}` is not bound")))?;
+            let bytes = self.graph.fact(*id).bytes().unwrap_or(0) as u64;
+            ctx.download(WgpuBuffer::downcast(b.as_ref())?.whole()?, 0, bytes)?;
+        }
+        host.readback_ms = ms(t.elapsed());
+        host.total_ms = ms(t0.elapsed());
+
+        let spans = self.node_spans();
+        let times = self.run_per_node(bindings, scratch, &spans)?;
+        let source = match ctx.profile_timing {
+            ProfileTiming::HostPerNode => TimeSource::Host,
+            _ => TimeSource::Gpu,
+        };
+        let nodes = spans
+            .iter()
+            .zip(times)
+            .map(|((id, _), ms)| {
+                let n = self.graph.node(*id);
+                NodeTime {
+                    node: n.name.clone(),
+                    op: n.op.kind().to_string(),
+                    ms,
+                    source,
+                }
+            })
+            .collect();
+        Ok(Profile {
+            method: format!("wgpu ({}): {}", ctx.info.name, ctx.profile_timing.name()),
+            nodes,
+            host,
+        })
     }
 
     /// Enqueues the run like `run`; the handle waits for that submission and checks
@@ -446,7 +498,7 @@ impl Executable for WgpuExecutable {
         bindings: &Bindings,
         scratch: &mut dyn Scratch,
     ) -> Result<Box<dyn Completion>> {
-        let (check, index) = self.enqueue(bindings, scratch)?;
+        let (check, index) = self.enqueue(bindings, scratch, None)?;
         Ok(Box::new(GpuCompletion::new(
             self.ctx.clone(),
             check,
@@ -457,12 +509,13 @@ impl Executable for WgpuExecutable {
 }
 
 impl WgpuExecutable {
-    /// Records and submits one run; returns its status check id and submission.
-    fn enqueue(
+    /// Checks the bindings, settles the scratch's previous status check and finds (or
+    /// builds) the bind groups: what every run does before recording.
+    fn prepare<'s, 'b>(
         &self,
-        bindings: &Bindings,
-        scratch: &mut dyn Scratch,
-    ) -> Result<(u64, ::wgpu::SubmissionIndex)> {
+        bindings: &'b Bindings,
+        scratch: &'s mut dyn Scratch,
+    ) -> Result<Prepared<'s, 'b>> {
         let scratch = scratch
             .as_any_mut()
             .downcast_mut::<WgpuScratch>()
@@ -511,17 +564,84 @@ impl WgpuExecutable {
                 scratch.bind_cache.len() - 1
             }
         };
+        Ok(Prepared {
+            scratch,
+            bound,
+            outputs,
+            groups_at,
+        })
+    }
 
+    /// Records the copies of the outputs and of the status words at the end of a run.
+    fn record_tail(&self, p: &Prepared, enc: &mut ::wgpu::CommandEncoder) -> Result<()> {
+        for (id, dst) in &p.outputs {
+            let src = self.storage_buffer(p.scratch, &p.bound, *id)?;
+            let bytes = self.graph.fact(*id).bytes().unwrap_or(0) as u64;
+            enc.copy_buffer_to_buffer(src, 0, dst.whole()?, 0, bytes.div_ceil(4) * 4);
+        }
+        enc.copy_buffer_to_buffer(&p.scratch.status, 0, &p.scratch.readback, 0, 8);
+        Ok(())
+    }
+
+    /// Submits `enc` and registers the run's status check.
+    fn submit_checked(
+        &self,
+        p: &mut Prepared,
+        enc: ::wgpu::CommandEncoder,
+    ) -> Result<(u64, ::wgpu::SubmissionIndex)> {
         let ctx = &self.ctx;
-        ctx.queue
-            .write_buffer(&scratch.status, 0, &[0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff]);
-        let mut enc = ctx
+        let index = ctx.scoped(
+            || ctx.queue.submit([enc.finish()]),
+            |msg, _| BackendError::Execution {
+                node: self.label.to_string(),
+                reason: msg,
+            },
+        )?;
+        p.scratch.in_flight.store(true, Ordering::Release);
+        let check = ctx.next_id();
+        p.scratch.last_check = check;
+        for (_, dst) in &p.outputs {
+            dst.last_run.store(check, Ordering::Release);
+        }
+        ctx.add_check(StatusCheck {
+            id: check,
+            thread: std::thread::current().id(),
+            readback: p.scratch.readback.clone(),
+            label: self.label.clone(),
+            node_names: self.node_names.clone(),
+            in_flight: p.scratch.in_flight.clone(),
+        });
+        Ok((check, index))
+    }
+
+    fn reset_status(&self, p: &Prepared) {
+        self.ctx
+            .queue
+            .write_buffer(&p.scratch.status, 0, &[0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff]);
+    }
+
+    fn new_encoder(&self) -> ::wgpu::CommandEncoder {
+        self.ctx
             .device
             .create_command_encoder(&::wgpu::CommandEncoderDescriptor {
                 label: Some(&self.label),
-            });
+            })
+    }
+
+    /// Records and submits one run; returns its status check id and submission. With
+    /// `times`, the time spent recording and submitting goes into it.
+    fn enqueue(
+        &self,
+        bindings: &Bindings,
+        scratch: &mut dyn Scratch,
+        times: Option<&mut HostTimes>,
+    ) -> Result<(u64, ::wgpu::SubmissionIndex)> {
+        let t0 = times.is_some().then(Instant::now);
+        let mut p = self.prepare(bindings, scratch)?;
+        self.reset_status(&p);
+        let mut enc = self.new_encoder();
         {
-            let groups = &scratch.bind_cache[groups_at].1;
+            let groups = &p.scratch.bind_cache[p.groups_at].1;
             let mut pass = enc.begin_compute_pass(&::wgpu::ComputePassDescriptor {
                 label: Some(&self.label),
                 timestamp_writes: None,
@@ -532,33 +652,174 @@ impl WgpuExecutable {
                 pass.dispatch_workgroups(step.groups[0], step.groups[1], step.groups[2]);
             }
         }
-        for (id, dst) in &outputs {
-            let src = self.storage_buffer(scratch, &bound, *id)?;
-            let bytes = self.graph.fact(*id).bytes().unwrap_or(0) as u64;
-            enc.copy_buffer_to_buffer(src, 0, dst.whole()?, 0, bytes.div_ceil(4) * 4);
+        self.record_tail(&p, &mut enc)?;
+        let t1 = t0.map(|_| Instant::now());
+        let r = self.submit_checked(&mut p, enc)?;
+        if let (Some(t), Some(t0), Some(t1)) = (times, t0, t1) {
+            t.record_ms = ms(t1 - t0);
+            t.submit_ms = ms(t1.elapsed());
         }
-        enc.copy_buffer_to_buffer(&scratch.status, 0, &scratch.readback, 0, 8);
-        let index = ctx.scoped(
-            || ctx.queue.submit([enc.finish()]),
-            |msg, _| BackendError::Execution {
-                node: self.label.to_string(),
-                reason: msg,
-            },
-        )?;
-        scratch.in_flight.store(true, Ordering::Release);
-        let check = ctx.next_id();
-        scratch.last_check = check;
-        for (_, dst) in &outputs {
-            dst.last_run.store(check, Ordering::Release);
-        }
-        ctx.add_check(StatusCheck {
-            id: check,
-            thread: std::thread::current().id(),
-            readback: scratch.readback.clone(),
-            label: self.label.clone(),
-            node_names: self.node_names.clone(),
-            in_flight: scratch.in_flight.clone(),
-        });
-        Ok((check, index))
+        Ok(r)
     }
+
+    /// The compute nodes in graph order with the range of their dispatches.
+    fn node_spans(&self) -> Vec<(NodeId, std::ops::Range<usize>)> {
+        let mut spans = Vec::new();
+        let mut at = 0;
+        for id in self.graph.ids() {
+            let start = at;
+            while at < self.steps.len() && self.steps[at].node == id {
+                at += 1;
+            }
+            if crate::profile::is_compute(&self.graph.node(id).op) {
+                spans.push((id, start..at));
+            }
+        }
+        spans
+    }
+
+    /// One run timed per node (the outputs and status are written as by `run`);
+    /// returns each compute node's milliseconds, in `node_spans` order.
+    fn run_per_node(
+        &self,
+        bindings: &Bindings,
+        scratch: &mut dyn Scratch,
+        spans: &[(NodeId, std::ops::Range<usize>)],
+    ) -> Result<Vec<f64>> {
+        let ctx = &self.ctx;
+        let mut p = self.prepare(bindings, scratch)?;
+        self.reset_status(&p);
+        let mut times = vec![0f64; spans.len()];
+        let dispatch = |pass: &mut ::wgpu::ComputePass,
+                        groups: &[::wgpu::BindGroup],
+                        r: &std::ops::Range<usize>| {
+            for i in r.clone() {
+                let step = &self.steps[i];
+                pass.set_pipeline(&step.pipeline);
+                pass.set_bind_group(0, &groups[i], &[]);
+                pass.dispatch_workgroups(step.groups[0], step.groups[1], step.groups[2]);
+            }
+        };
+        let timing = ctx.profile_timing;
+        if timing == ProfileTiming::HostPerNode {
+            for (k, (_, r)) in spans.iter().enumerate() {
+                if r.is_empty() {
+                    continue;
+                }
+                let t = Instant::now();
+                let mut enc = self.new_encoder();
+                {
+                    let groups = &p.scratch.bind_cache[p.groups_at].1;
+                    let mut pass = enc.begin_compute_pass(&::wgpu::ComputePassDescriptor {
+                        label: Some(&self.label),
+                        timestamp_writes: None,
+                    });
+                    dispatch(&mut pass, groups, r);
+                }
+                let index = ctx.queue.submit([enc.finish()]);
+                ctx.wait_for(Some(index))?;
+                times[k] = ms(t.elapsed());
+            }
+            let mut enc = self.new_encoder();
+            self.record_tail(&p, &mut enc)?;
+            let (check, index) = self.submit_checked(&mut p, enc)?;
+            ctx.resolve_checks_after(Some(index), |c| c.id == check)?;
+            return Ok(times);
+        }
+
+        // Timestamp queries: `InsidePasses` writes one before the first node and one
+        // after each node (spans + 1), `PassPerNode` two per node (its pass's begin
+        // and end). Query sets hold at most MAX_QUERIES each.
+        let inside = timing == ProfileTiming::InsidePasses;
+        let queries = if inside {
+            spans.len() + 1
+        } else {
+            2 * spans.len()
+        } as u32;
+        let sets: Vec<::wgpu::QuerySet> = (0..queries.div_ceil(MAX_QUERIES))
+            .map(|s| {
+                ctx.device.create_query_set(&::wgpu::QuerySetDescriptor {
+                    label: Some("npurt profile"),
+                    ty: ::wgpu::QueryType::Timestamp,
+                    count: MAX_QUERIES.min(queries - s * MAX_QUERIES),
+                })
+            })
+            .collect();
+        let at = |q: u32| (&sets[(q / MAX_QUERIES) as usize], q % MAX_QUERIES);
+        let bytes = u64::from(queries) * 8;
+        let resolve = ctx.device.create_buffer(&::wgpu::BufferDescriptor {
+            label: Some("npurt profile resolve"),
+            size: bytes,
+            usage: ::wgpu::BufferUsages::QUERY_RESOLVE | ::wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        });
+        let mut enc = self.new_encoder();
+        {
+            let groups = &p.scratch.bind_cache[p.groups_at].1;
+            if inside {
+                let mut pass = enc.begin_compute_pass(&::wgpu::ComputePassDescriptor {
+                    label: Some(&self.label),
+                    timestamp_writes: None,
+                });
+                let (set, i) = at(0);
+                pass.write_timestamp(set, i);
+                for (k, (_, r)) in spans.iter().enumerate() {
+                    dispatch(&mut pass, groups, r);
+                    let (set, i) = at(k as u32 + 1);
+                    pass.write_timestamp(set, i);
+                }
+            } else {
+                for (k, (_, r)) in spans.iter().enumerate() {
+                    let (set, i) = at(2 * k as u32);
+                    let (set_end, j) = at(2 * k as u32 + 1);
+                    // A pair never straddles two sets: MAX_QUERIES is even.
+                    debug_assert!(std::ptr::eq(set, set_end));
+                    let mut pass = enc.begin_compute_pass(&::wgpu::ComputePassDescriptor {
+                        label: Some(&self.graph.node(spans[k].0).name),
+                        timestamp_writes: Some(::wgpu::ComputePassTimestampWrites {
+                            query_set: set,
+                            beginning_of_pass_write_index: Some(i),
+                            end_of_pass_write_index: Some(j),
+                        }),
+                    });
+                    dispatch(&mut pass, groups, r);
+                }
+            }
+        }
+        for (s, set) in sets.iter().enumerate() {
+            let first = s as u32 * MAX_QUERIES;
+            let n = MAX_QUERIES.min(queries - first);
+            enc.resolve_query_set(set, 0..n, &resolve, u64::from(first) * 8);
+        }
+        self.record_tail(&p, &mut enc)?;
+        let (check, index) = self.submit_checked(&mut p, enc)?;
+        ctx.resolve_checks_after(Some(index), |c| c.id == check)?;
+        let raw = ctx.download(&resolve, 0, bytes)?;
+        let ticks: Vec<u64> = raw
+            .chunks_exact(8)
+            .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
+            .collect();
+        let period_ms = f64::from(ctx.timestamp_period) / 1e6;
+        for (k, t) in times.iter_mut().enumerate() {
+            let (a, b) = if inside {
+                (ticks[k], ticks[k + 1])
+            } else {
+                (ticks[2 * k], ticks[2 * k + 1])
+            };
+            *t = b.saturating_sub(a) as f64 * period_ms;
+        }
+        Ok(times)
+    }
+}
+
+/// Queries per timestamp query set (wgpu's limit is 4096; even, so begin/end pairs
+/// stay in one set).
+const MAX_QUERIES: u32 = 4096;
+
+/// A run's checked bindings and its scratch, ready to record.
+struct Prepared<'s, 'b> {
+    scratch: &'s mut WgpuScratch,
+    bound: Vec<&'b WgpuBuffer>,
+    outputs: Vec<(NodeId, &'b WgpuBuffer)>,
+    groups_at: usize,
 }

@@ -28,7 +28,7 @@ mod pipelines;
 mod support;
 mod weights;
 
-pub use ::wgpu::Backends;
+pub use ::wgpu::{Backends, Features};
 pub use buffers::WgpuBuffer;
 pub use executable::WgpuExecutable;
 pub use ops::KernelFamily;
@@ -54,6 +54,34 @@ pub struct WgpuOptions {
     /// (lavapipe), `Tiled` on GPUs. `NPURT_WGPU_KERNELS=lanes|tiled` overrides the
     /// default (both are tested on lavapipe).
     pub kernels: Option<KernelFamily>,
+    /// How `Executable::profile` times nodes; `None` picks the best the adapter
+    /// offers. `NPURT_WGPU_PROFILE=inside|pass|host` overrides the default.
+    pub profile_timing: Option<ProfileTiming>,
+}
+
+/// How the wgpu backend's profiler times each node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProfileTiming {
+    /// Timestamps written between the nodes inside one compute pass (needs
+    /// `TIMESTAMP_QUERY_INSIDE_PASSES`).
+    InsidePasses,
+    /// One compute pass per node with the pass's begin/end timestamps (needs
+    /// `TIMESTAMP_QUERY`).
+    PassPerNode,
+    /// One submission per node, waited for, timed with the host clock (any adapter).
+    HostPerNode,
+}
+
+impl ProfileTiming {
+    pub fn name(self) -> &'static str {
+        match self {
+            ProfileTiming::InsidePasses => "GPU timestamps inside one pass",
+            ProfileTiming::PassPerNode => "GPU timestamps, one pass per node",
+            ProfileTiming::HostPerNode => {
+                "host wall time, one submission per node (no timestamp queries)"
+            }
+        }
+    }
 }
 
 impl Default for WgpuOptions {
@@ -63,10 +91,17 @@ impl Default for WgpuOptions {
             Ok("tiled") => Some(KernelFamily::Tiled),
             _ => None,
         };
+        let profile_timing = match std::env::var("NPURT_WGPU_PROFILE").as_deref() {
+            Ok("inside") => Some(ProfileTiming::InsidePasses),
+            Ok("pass") => Some(ProfileTiming::PassPerNode),
+            Ok("host") => Some(ProfileTiming::HostPerNode),
+            _ => None,
+        };
         WgpuOptions {
             backends: ::wgpu::Backends::from_env().unwrap_or(::wgpu::Backends::PRIMARY),
             max_binding_bytes: None,
             kernels,
+            profile_timing,
         }
     }
 }
@@ -80,7 +115,12 @@ impl WgpuBackend {
     /// Opens the best adapter (a GPU, else lavapipe). No adapter is
     /// `BackendError::Unavailable` naming the driver to install.
     pub fn new(opts: WgpuOptions) -> Result<Self> {
-        let ctx = GpuContext::new(opts.backends, opts.max_binding_bytes, opts.kernels)?;
+        let ctx = GpuContext::new(
+            opts.backends,
+            opts.max_binding_bytes,
+            opts.kernels,
+            opts.profile_timing,
+        )?;
         let info = &ctx.info;
         let caps = Capabilities {
             name: "wgpu".into(),
@@ -110,6 +150,16 @@ impl WgpuBackend {
     /// The matmul kernel family in use.
     pub fn kernel_family(&self) -> KernelFamily {
         self.ctx.kernels
+    }
+
+    /// How `Executable::profile` times nodes on this device.
+    pub fn profile_timing(&self) -> ProfileTiming {
+        self.ctx.profile_timing
+    }
+
+    /// The timestamp features the adapter offers (and the device enabled).
+    pub fn timestamp_features(&self) -> ::wgpu::Features {
+        self.ctx.device.features()
     }
 
     /// Distinct compute pipelines compiled so far.

@@ -228,6 +228,14 @@ enum Cmd {
         /// Print one JSON object `{"rows","machine"}` instead of the table.
         #[arg(long)]
         json: bool,
+        /// Also profile one prefill chunk and one decode step: time per op kind and
+        /// per node (GPU timestamps where the adapter has them, else host wall time),
+        /// and the host's share of a run (JSON: `profile`).
+        #[arg(long)]
+        profile: bool,
+        /// Slowest nodes listed per profile (with --profile).
+        #[arg(long, default_value_t = 15)]
+        profile_top: usize,
     },
     /// Run the backend conformance suite: every op case against the scalar reference
     /// kernels by NMSE; prints the table and exits non-zero on any failure.
@@ -568,6 +576,8 @@ fn run(cli: Cli) -> anyhow_lite::Result<()> {
             depth,
             reps,
             json,
+            profile,
+            profile_top,
         } => {
             // Host threads matter to the CPU backend only: another backend runs once,
             // and its rows name its device instead of a thread count.
@@ -591,6 +601,7 @@ fn run(cli: Cli) -> anyhow_lite::Result<()> {
             let mut rows = Vec::new();
             let mut machine = Vec::new();
             let mut peak_rss = 0u64;
+            let mut profiles = Vec::new();
             for &t in &threads {
                 // Each thread count's peak covers its load and its tests, not the
                 // previous model nor the bandwidth probe's 512 MiB buffer (measured
@@ -625,6 +636,9 @@ fn run(cli: Cli) -> anyhow_lite::Result<()> {
                         rows.push(npurt_runtime::bench::row(&model, test, t, &r));
                     }
                 }
+                if profile {
+                    profiles.push((t, npurt_runtime::bench::profile(&model)?));
+                }
                 let peak = npurt_runtime::stats::peak_rss_bytes().unwrap_or(0);
                 peak_rss = peak_rss.max(peak);
                 // Host DRAM bandwidth is the ceiling of CPU decode only; a GPU's
@@ -647,13 +661,24 @@ fn run(cli: Cli) -> anyhow_lite::Result<()> {
             if json {
                 // `peak_rss_bytes`: the largest of the per-thread-count peaks (0 where
                 // the OS does not report it).
-                println!(
-                    "{}",
-                    serde_json::json!({"rows": rows, "machine": machine, "peak_rss_bytes": peak_rss})
-                );
+                let mut v = serde_json::json!({"rows": rows, "machine": machine, "peak_rss_bytes": peak_rss});
+                if profile {
+                    v["profile"] = profiles
+                        .iter()
+                        .map(|(t, p)| {
+                            let mut j = p.to_json();
+                            j["threads"] = serde_json::json!(host.then_some(*t));
+                            j
+                        })
+                        .collect();
+                }
+                println!("{v}");
             } else {
-                println!("| model | precision | backend | kernels | threads | test | t/s |");
-                println!("|---|---|---|---|---|---|---|");
+                // `-p 0 -n 0 --profile` profiles only: no empty table.
+                if !rows.is_empty() {
+                    println!("| model | precision | backend | kernels | threads | test | t/s |");
+                    println!("|---|---|---|---|---|---|---|");
+                }
                 let desc = common
                     .model
                     .as_ref()
@@ -686,6 +711,14 @@ fn run(cli: Cli) -> anyhow_lite::Result<()> {
                         let gbs = tg.tok_s_mean * w * (1 << 20) as f64 / 1e9;
                         println!("decode at {t} thread(s) reads {gbs:.1} GB/s of weights = {:.0}% of the measured {bw:.1} GB/s", 100.0 * gbs / bw);
                     }
+                }
+                for (t, p) in &profiles {
+                    if host {
+                        println!("\n## profile at {t} thread(s)");
+                    } else {
+                        println!("\n## profile");
+                    }
+                    print!("\n{}", p.format(profile_top));
                 }
             }
         }

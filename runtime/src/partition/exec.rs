@@ -6,7 +6,7 @@
 use super::report::PartitionReport;
 use npurt_backends::{
     Backend, BackendError, Bindings, BufferUsage, Completion, DeviceBuffer, Executable, Finished,
-    Ready, Result, Scratch,
+    HostTimes, Profile, Ready, Result, Scratch,
 };
 use npurt_graph::{NodeId, TensorFact};
 use std::any::Any;
@@ -161,6 +161,18 @@ impl Split {
         bindings: &Bindings,
         sc: &mut SplitScratch,
     ) -> Result<()> {
+        self.run_with(backends, bindings, sc, |exec, b, s| exec.run(b, s))
+    }
+
+    /// Runs the segments in order, each through `run_segment`, moving the transfers
+    /// between them.
+    fn run_with(
+        &self,
+        backends: &[Arc<dyn Backend>],
+        bindings: &Bindings,
+        sc: &mut SplitScratch,
+        mut run_segment: impl FnMut(&dyn Executable, &Bindings, &mut dyn Scratch) -> Result<()>,
+    ) -> Result<()> {
         let caller_source = |id: NodeId| {
             bindings
                 .source(id)
@@ -191,8 +203,11 @@ impl Split {
                 };
                 outputs.push((name.clone(), buf));
             }
-            seg.exec
-                .run(&Bindings { sources, outputs }, sc.segments[s].as_mut())?;
+            run_segment(
+                seg.exec.as_ref(),
+                &Bindings { sources, outputs },
+                sc.segments[s].as_mut(),
+            )?;
             let outgoing: Vec<usize> = (0..self.transfers.len())
                 .filter(|&t| self.transfers[t].from_segment == s && !sc.dst[t].is_empty())
                 .collect();
@@ -262,6 +277,60 @@ impl Executable for Partitioned {
                 split.run(&self.backends, bindings, sc)
             }
         }
+    }
+
+    /// One segment: the backend's profile. Split: each segment's profile in order
+    /// (nodes of every segment, host times summed), the transfers between them counted
+    /// as reading back.
+    fn profile(&self, bindings: &Bindings, scratch: &mut dyn Scratch) -> Result<Profile> {
+        let split = match &self.inner {
+            Inner::Single(exec) => return exec.profile(bindings, scratch),
+            Inner::Split(s) => s,
+        };
+        let sc = scratch
+            .as_any_mut()
+            .downcast_mut::<SplitScratch>()
+            .ok_or_else(|| BackendError::Binding("scratch from another executable".into()))?;
+        let mut parts: Vec<Profile> = Vec::new();
+        let mut in_segments = 0.0;
+        let t0 = Instant::now();
+        split.run_with(&self.backends, bindings, sc, |exec, b, s| {
+            let t = Instant::now();
+            parts.push(exec.profile(b, s)?);
+            in_segments += t.elapsed().as_secs_f64() * 1e3;
+            Ok(())
+        })?;
+        for b in &self.backends {
+            b.synchronize()?;
+        }
+        let mut out = Profile {
+            method: parts
+                .iter()
+                .map(|p| p.method.clone())
+                .collect::<Vec<_>>()
+                .join("; "),
+            nodes: Vec::new(),
+            host: HostTimes::default(),
+        };
+        for p in parts {
+            out.nodes.extend(p.nodes);
+            let (h, o) = (&p.host, &mut out.host);
+            o.record_ms += h.record_ms;
+            o.submit_ms += h.submit_ms;
+            o.wait_ms += h.wait_ms;
+            o.readback_ms += h.readback_ms;
+            o.compute_ms += h.compute_ms;
+        }
+        // What the wall time spent outside the segments' profiles: moving transfers
+        // through the host.
+        let wall = t0.elapsed().as_secs_f64() * 1e3;
+        out.host.readback_ms += (wall - in_segments).max(0.0);
+        out.host.total_ms = out.host.record_ms
+            + out.host.submit_ms
+            + out.host.wait_ms
+            + out.host.readback_ms
+            + out.host.compute_ms;
+        Ok(out)
     }
 
     /// One segment: the backend's own submit (asynchronous where the backend is). Split
