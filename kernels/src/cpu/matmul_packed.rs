@@ -331,6 +331,11 @@ impl Call<'_> {
         act: ActPrecision,
     ) {
         let chunk = (ROW_CHUNK_BYTES / (act_row_bytes(self.w.k(), act) * GROUP).max(1)).max(1);
+        // The kernel's output tiles, zeroed once: each call overwrites the rows it
+        // computes, and only those are read. (Zeroing them per call put eight more
+        // stores per tile into a store buffer that the output's writes already fill.)
+        let mut acc: TileOut = [[0f32; TILE_ROWS]; GROUP];
+        let mut up: TileOut = [[0f32; TILE_ROWS]; GROUP];
         let mut g0 = groups.start;
         while g0 < groups.end {
             let g1 = (g0 + chunk).min(groups.end);
@@ -340,7 +345,7 @@ impl Call<'_> {
                     let mut r0 = 0;
                     while r0 < rows {
                         let (mr, kernel) = self.set.pick(rows - r0);
-                        self.tile(kernel, t, g, r0, mr);
+                        self.tile(kernel, t, g, r0, mr, &mut acc, &mut up);
                         r0 += mr;
                     }
                 }
@@ -352,20 +357,28 @@ impl Call<'_> {
     /// One microkernel call (two for a GLU) and the epilogue's steps, in order, on the
     /// tile while it is in registers.
     #[inline(always)]
-    fn tile(&self, kernel: microkernels::TileKernel, t: usize, g: usize, r0: usize, mr: usize) {
-        let mut acc: TileOut = [[0f32; TILE_ROWS]; GROUP];
+    #[allow(clippy::too_many_arguments)]
+    fn tile(
+        &self,
+        kernel: microkernels::TileKernel,
+        t: usize,
+        g: usize,
+        r0: usize,
+        mr: usize,
+        acc: &mut TileOut,
+        up: &mut TileOut,
+    ) {
         // SAFETY: the kernel set was selected for an ISA the CPU supports and its plan
         // prepared `self.act`; rows r0..r0+mr of group g exist (< m), and tile t (and
         // its up tile) exist in `w`.
-        unsafe { kernel(&Job::new(self.w, t, self.act, g, r0), &mut acc) };
+        unsafe { kernel(&Job::new(self.w, t, self.act, g, r0), acc) };
         let j0 = t * TILE_ROWS;
         let cols = (self.n_out - j0).min(TILE_ROWS);
         let row0 = g * GROUP + r0;
         let n_out = self.n_out;
         if let Some((act, up_tiles)) = self.glu {
-            let mut up: TileOut = [[0f32; TILE_ROWS]; GROUP];
             // SAFETY: as above, for the up tile t + up_tiles < w's tiles.
-            unsafe { kernel(&Job::new(self.w, t + up_tiles, self.act, g, r0), &mut up) };
+            unsafe { kernel(&Job::new(self.w, t + up_tiles, self.act, g, r0), up) };
             for r in 0..mr {
                 epilogue::glu(act, &mut acc[r], &up[r]);
             }
