@@ -52,8 +52,21 @@ pub struct CpuExecutable {
     pool: Option<Arc<ThreadPool>>,
 }
 
+/// The arena: `len` f32 from element `start` of `buf`, which puts its first element on
+/// a 64-byte boundary. The plan aligns every value to 64 bytes from the arena's start,
+/// but a large `Vec` from the allocator starts 16 bytes into a page, and then every
+/// "aligned" row and 64-byte vector of the kernels straddled two cache lines (the
+/// matmul outputs' stores most: each took two lines' worth of the store buffer).
 struct CpuScratch {
-    arena: Vec<f32>,
+    buf: Vec<f32>,
+    start: usize,
+    len: usize,
+}
+
+impl CpuScratch {
+    fn arena(&mut self) -> &mut [f32] {
+        &mut self.buf[self.start..self.start + self.len]
+    }
 }
 
 impl Scratch for CpuScratch {
@@ -285,13 +298,13 @@ impl CpuExecutable {
         match profile {
             None => {
                 for id in g.ids() {
-                    self.run_node(id, &mut scratch.arena, &mut guards, &guard_of)?;
+                    self.run_node(id, scratch.arena(), &mut guards, &guard_of)?;
                 }
             }
             Some(ref mut p) => {
                 for id in g.ids() {
                     let t = Instant::now();
-                    self.run_node(id, &mut scratch.arena, &mut guards, &guard_of)?;
+                    self.run_node(id, scratch.arena(), &mut guards, &guard_of)?;
                     let node = g.node(id);
                     if crate::profile::is_compute(&node.op) {
                         p.nodes.push(NodeTime {
@@ -315,7 +328,7 @@ impl CpuExecutable {
             let cb = CpuBuffer::downcast(ob.as_ref())?;
             let src = self.resolve(*id);
             let data: &[f32] = match &self.loc[src.0] {
-                Loc::Arena(r) => &scratch.arena[r.clone()],
+                Loc::Arena(r) => &scratch.arena()[r.clone()],
                 _ => match guards[guard_of[src.0]].data().as_f32() {
                     Some(v) => v,
                     None => {
@@ -618,15 +631,20 @@ impl CpuExecutable {
 
 impl Executable for CpuExecutable {
     fn new_scratch(&self) -> Result<Box<dyn Scratch>> {
-        let mut arena = Vec::new();
-        arena
-            .try_reserve_exact(self.arena_len)
+        // Up to 15 more f32 to start on a 64-byte boundary.
+        let mut buf = Vec::new();
+        buf.try_reserve_exact(self.arena_len + 15)
             .map_err(|_| BackendError::OutOfMemory {
                 what: "the activation arena".into(),
                 bytes: self.arena_len * 4,
             })?;
-        arena.resize(self.arena_len, 0.0);
-        Ok(Box::new(CpuScratch { arena }))
+        buf.resize(self.arena_len + 15, 0.0);
+        let start = buf.as_ptr().align_offset(64).min(15);
+        Ok(Box::new(CpuScratch {
+            buf,
+            start,
+            len: self.arena_len,
+        }))
     }
 
     fn run(&self, bindings: &Bindings, scratch: &mut dyn Scratch) -> Result<()> {
