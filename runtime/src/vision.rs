@@ -200,7 +200,7 @@ impl StageBackends {
 /// and the preset's INT8 weights one scale per output channel (`Q8Channel`) instead of
 /// per 32-value block. With per-row activation scales (i16, and i8 per row for `w8a8`)
 /// no block then carries a scale of its own, so the VNNI kernels accumulate whole rows
-/// in i32 (`q8c_i16b`, `q8c_i8row`) instead of converting and rescaling every block.
+/// in i32 (`q8c_i16b`, `q8c_u8row`) instead of converting and rescaling every block.
 fn vision_policy(p: &PrecisionPolicy) -> PrecisionPolicy {
     use npurt_graph::{ActPrecision, DType, WeightFormat};
     let linear = match p.linear {
