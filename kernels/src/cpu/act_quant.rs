@@ -689,6 +689,7 @@ fn group(
             let (offset, hi_offset, perm, planes) = match plan {
                 ActPlan::I16 { offset, perm } => (offset, 0, perm, false),
                 ActPlan::I16Bytes { offset, hi_offset } => (offset, hi_offset, None, true),
+                // I16BytesHiU8: no block bias, the high plane flipped below.
                 _ => (0, 0, None, true),
             };
             let hi_flip = if plan == ActPlan::I16BytesHiU8 {

@@ -24,7 +24,7 @@ const MAX_PASS_VECTORS: usize = 5;
 
 /// The first `n` lanes of a vector (all 16 when `n >= 16`).
 #[inline(always)]
-fn first_lanes(n: usize) -> __mmask16 {
+pub(super) fn first_lanes(n: usize) -> __mmask16 {
     match n {
         n if n >= 16 => 0xFFFF,
         n => (1u16 << n) - 1,

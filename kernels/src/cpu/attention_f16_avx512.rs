@@ -3,7 +3,7 @@
 //! [`row_block`] runs up to [`SCORE_ROWS`] query rows at a time through the score tile,
 //! the f32 softmax and the value tile.
 
-use super::attention_avx512::pow2_ps;
+use super::attention_avx512::{first_lanes as lanes, pow2_ps};
 use super::attention_f16::{F16Panel, FLUSH_KEYS, KEY_STEP, MAX_HEAD_DIM, SCORE_ROWS};
 use super::attention_panels::{Args, RowScratch};
 use std::arch::x86_64::*;
@@ -11,16 +11,6 @@ use std::f32::consts::LOG2_E;
 
 /// Rounding of every f32 -> f16 conversion: to nearest, ties to even.
 const RNE: i32 = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
-
-/// The first `n` lanes (all 16 when `n >= 16`).
-#[inline(always)]
-fn lanes(n: usize) -> __mmask16 {
-    if n >= 16 {
-        0xFFFF
-    } else {
-        (1u16 << n) - 1
-    }
-}
 
 /// `n` f32 at `x` times `c`, rounded to f16 at `dst`.
 #[inline]

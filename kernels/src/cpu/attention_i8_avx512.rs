@@ -10,21 +10,11 @@
 //!   `P V` (4 rows x up to 80 channels in 20 accumulators, one broadcast of 4 weights
 //!   per row and step).
 
-use super::attention_avx512::pow2_ps;
+use super::attention_avx512::{first_lanes as lanes, pow2_ps};
 use super::attention_i8::{Panel, KEY_STEP, SCORE_ROWS};
 use super::attention_panels::{Args, RowScratch};
 use std::arch::x86_64::*;
 use std::f32::consts::LOG2_E;
-
-/// The first `n` lanes (all 16 when `n >= 16`).
-#[inline(always)]
-fn lanes(n: usize) -> __mmask16 {
-    if n >= 16 {
-        0xFFFF
-    } else {
-        (1u16 << n) - 1
-    }
-}
 
 /// Max |x| over `n` floats at `x`.
 #[inline]
