@@ -11,7 +11,7 @@
 //! and reused by every row block (8 rows per microkernel call on AVX-512).
 
 use super::act_quant::{self, ActScratch, RowNorm, GROUP};
-use super::microkernels::{self, Job, KernelSet, TileOut};
+use super::microkernels::{self, Job, KernelSet, PairKernel, TileOut};
 use super::packed::{PackedMatrix, TILE_ROWS};
 use super::{dispatch, epilogue, isa, Isa, SendPtr};
 use crate::reference::KernelError;
@@ -173,6 +173,8 @@ pub fn matmul_packed_with(
     }
 
     let set = microkernels::select(w.format, act, isa);
+    // Pairs of tiles need no GLU (its up tile is the second product already).
+    let pair = microkernels::select_pair(w.format, act, isa).filter(|_| epilogue.glu().is_none());
     let mut scratch = SCRATCH.with(|s| {
         s.try_borrow_mut()
             .map(|mut s| std::mem::take(&mut *s))
@@ -201,6 +203,7 @@ pub fn matmul_packed_with(
             isa,
             w,
             set: &set,
+            pair,
             act: &scratch,
             m: rows,
             n_out,
@@ -241,6 +244,8 @@ struct Call<'a> {
     isa: Isa,
     w: &'a PackedMatrix,
     set: &'a KernelSet,
+    /// Two tiles per call where the kernel family has it (never with a GLU).
+    pair: Option<PairKernel>,
     act: &'a ActScratch,
     m: usize,
     n_out: usize,
@@ -339,16 +344,29 @@ impl Call<'_> {
         let mut g0 = groups.start;
         while g0 < groups.end {
             let g1 = (g0 + chunk).min(groups.end);
-            for t in tiles.clone() {
+            let mut t = tiles.start;
+            while t < tiles.end {
+                // Two tiles at a time where a pair kernel exists and the range has two
+                // left; its rows in pair calls, any rest tile by tile.
+                let pair = self.pair.filter(|_| t + 1 < tiles.end);
                 for g in g0..g1 {
                     let rows = (self.m - g * GROUP).min(GROUP);
                     let mut r0 = 0;
                     while r0 < rows {
+                        if let Some(p) = pair.filter(|p| p.rows <= rows - r0) {
+                            self.tile_pair(p, t, g, r0, &mut acc, &mut up);
+                            r0 += p.rows;
+                            continue;
+                        }
                         let (mr, kernel) = self.set.pick(rows - r0);
                         self.tile(kernel, t, g, r0, mr, &mut acc, &mut up);
+                        if pair.is_some() {
+                            self.tile(kernel, t + 1, g, r0, mr, &mut acc, &mut up);
+                        }
                         r0 += mr;
                     }
                 }
+                t += if pair.is_some() { 2 } else { 1 };
             }
             g0 = g1;
         }
@@ -395,11 +413,8 @@ impl Call<'_> {
         acc: &mut TileOut,
         up: &mut TileOut,
     ) {
-        let j0 = t * TILE_ROWS;
-        let cols = (self.n_out - j0).min(TILE_ROWS);
         let row0 = g * GROUP + r0;
-        let n_out = self.n_out;
-        self.prefetch_tile_rows(row0, mr, j0);
+        self.prefetch_tile_rows(row0, mr, t * TILE_ROWS);
         // SAFETY: the kernel set was selected for an ISA the CPU supports and its plan
         // prepared `self.act`; rows r0..r0+mr of group g exist (< m), and tile t (and
         // its up tile) exist in `w`.
@@ -411,6 +426,38 @@ impl Call<'_> {
                 epilogue::glu(act, &mut acc[r], &up[r]);
             }
         }
+        self.finish(t, row0, mr, acc);
+    }
+
+    /// Tiles `t` and `t + 1` for `p.rows` rows from row `r0` of group `g` in one pair
+    /// kernel call, then each tile's epilogue and store.
+    #[inline(always)]
+    fn tile_pair(
+        &self,
+        p: PairKernel,
+        t: usize,
+        g: usize,
+        r0: usize,
+        acc: &mut TileOut,
+        acc2: &mut TileOut,
+    ) {
+        let row0 = g * GROUP + r0;
+        self.prefetch_tile_rows(row0, p.rows, t * TILE_ROWS);
+        self.prefetch_tile_rows(row0, p.rows, (t + 1) * TILE_ROWS);
+        // SAFETY: as in `tile`; the pair kernel was selected with the kernel set, whose
+        // plan prepared `self.act`, and tile t + 1 exists (the caller's range has it).
+        unsafe { (p.kernel)(&Job::new(self.w, t, self.act, g, r0), acc, acc2) };
+        self.finish(t, row0, p.rows, acc);
+        self.finish(t + 1, row0, p.rows, acc2);
+    }
+
+    /// The epilogue's steps after its GLU on tile `t`'s product for rows
+    /// `row0..row0 + mr` (in `acc`), and its store to the output.
+    #[inline(always)]
+    fn finish(&self, t: usize, row0: usize, mr: usize, acc: &mut TileOut) {
+        let j0 = t * TILE_ROWS;
+        let cols = (self.n_out - j0).min(TILE_ROWS);
+        let n_out = self.n_out;
         let steps = self.epilogue.after_glu();
         if !steps.is_empty() {
             for (r, acc) in acc.iter_mut().enumerate().take(mr) {

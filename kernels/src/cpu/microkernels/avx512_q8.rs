@@ -249,12 +249,7 @@ unsafe fn store_row_scaled<const MR: usize>(job: &Job, acc: &[__m512; MR], out: 
 pub(crate) unsafe fn q8c_i16b<const MR: usize>(job: &Job, out: &mut TileOut) {
     let mut acc = [_mm512_setzero_ps(); MR];
     // SAFETY: Q8Channel tiles hold 16 i32 row sums after their 16 f32 scales.
-    let bias = unsafe {
-        _mm512_mullo_epi32(
-            _mm512_loadu_si512(job.scales.add(64) as *const _),
-            _mm512_set1_epi32(-128),
-        )
-    };
+    let bias = unsafe { row_sum_bias(job) };
     let mut b0 = 0;
     while b0 < job.kb {
         let b1 = (b0 + LONG_BLOCKS).min(job.kb);
@@ -309,12 +304,7 @@ pub(crate) unsafe fn q8c_u8row<const MR: usize>(job: &Job, out: &mut TileOut) {
     // throughput (2) wants ten in flight, eight rows alone give eight.
     let mut acc = [_mm512_setzero_ps(); MR];
     // SAFETY: Q8Channel tiles hold 16 i32 row sums after their 16 f32 scales.
-    let bias = unsafe {
-        _mm512_mullo_epi32(
-            _mm512_loadu_si512(job.scales.add(64) as *const _),
-            _mm512_set1_epi32(-128),
-        )
-    };
+    let bias = unsafe { row_sum_bias(job) };
     let mut b0 = 0;
     while b0 < job.kb {
         let b1 = (b0 + LONG_BLOCKS).min(job.kb);
@@ -355,4 +345,141 @@ pub(crate) unsafe fn q8c_u8row<const MR: usize>(job: &Job, out: &mut TileOut) {
     }
     // SAFETY: as the kernel's contract.
     unsafe { store_row_scaled(job, &acc, out) }
+}
+
+/// [`q8c_u8row`] for two adjacent tiles at once (`job`'s and the next): each
+/// activation broadcast feeds two `vpdpbusd`. With one tile a block is as many
+/// broadcast loads as dot products plus the weight loads, which the two load ports
+/// issue more slowly than the two dot-product ports retire them; two tiles make it
+/// ten loads per sixteen dot products (the sixteen chains also cover `vpdpbusd`'s
+/// latency without splitting rows).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub(crate) unsafe fn q8c_u8row_pair<const MR: usize>(
+    job: &Job,
+    out: &mut TileOut,
+    out2: &mut TileOut,
+) {
+    let job2 = job.next_tile();
+    let mut acc = [[_mm512_setzero_ps(); MR]; 2];
+    // SAFETY: Q8Channel tiles hold 16 i32 row sums after their 16 f32 scales.
+    let bias = unsafe { [row_sum_bias(job), row_sum_bias(&job2)] };
+    let mut b0 = 0;
+    while b0 < job.kb {
+        let b1 = (b0 + LONG_BLOCKS).min(job.kb);
+        let start = |t: usize| {
+            if b0 == 0 {
+                bias[t]
+            } else {
+                _mm512_setzero_si512()
+            }
+        };
+        let mut dot = [[start(0); MR], [start(1); MR]];
+        for b in b0..b1 {
+            // SAFETY: offsets stay inside both tiles and the prepared activation
+            // arrays, per the Job contract (the second tile exists).
+            unsafe {
+                let w = job.vals.add(b * 512);
+                let w2 = job2.vals.add(b * 512);
+                let a = job.q8.add(b * GROUP * 32);
+                for l in 0..8 {
+                    let v = _mm512_load_si512(w.add(l * 64) as *const _);
+                    let v2 = _mm512_load_si512(w2.add(l * 64) as *const _);
+                    for r in 0..MR {
+                        let x = bcast(a.add(r * 32), l);
+                        dot[0][r] = _mm512_dpbusd_epi32(dot[0][r], x, v);
+                        dot[1][r] = _mm512_dpbusd_epi32(dot[1][r], x, v2);
+                    }
+                }
+            }
+        }
+        for t in 0..2 {
+            for r in 0..MR {
+                acc[t][r] = _mm512_add_ps(acc[t][r], _mm512_cvtepi32_ps(dot[t][r]));
+            }
+        }
+        b0 = b1;
+    }
+    // SAFETY: as the kernel's contract.
+    unsafe {
+        store_row_scaled(job, &acc[0], out);
+        store_row_scaled(&job2, &acc[1], out2);
+    }
+}
+
+/// [`q8c_i16b`] for two adjacent tiles at once (`job`'s and the next), as
+/// [`q8c_u8row_pair`]: per row two broadcasts (the byte planes) feed four `vpdpbusd`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub(crate) unsafe fn q8c_i16b_pair<const MR: usize>(
+    job: &Job,
+    out: &mut TileOut,
+    out2: &mut TileOut,
+) {
+    let job2 = job.next_tile();
+    let mut acc = [[_mm512_setzero_ps(); MR]; 2];
+    // SAFETY: Q8Channel tiles hold 16 i32 row sums after their 16 f32 scales.
+    let bias = unsafe { [row_sum_bias(job), row_sum_bias(&job2)] };
+    let mut b0 = 0;
+    while b0 < job.kb {
+        let b1 = (b0 + LONG_BLOCKS).min(job.kb);
+        let start = |t: usize| {
+            if b0 == 0 {
+                bias[t]
+            } else {
+                _mm512_setzero_si512()
+            }
+        };
+        let mut hi = [[start(0); MR], [start(1); MR]];
+        let mut lo = [[_mm512_setzero_si512(); MR]; 2];
+        for b in b0..b1 {
+            // SAFETY: offsets stay inside both tiles and the prepared activation
+            // arrays (64 bytes per block and row), per the Job contract.
+            unsafe {
+                let w = job.vals.add(b * 512);
+                let w2 = job2.vals.add(b * 512);
+                let a = job.q8.add(b * GROUP * 64);
+                for l in 0..8 {
+                    let v = _mm512_load_si512(w.add(l * 64) as *const _);
+                    let v2 = _mm512_load_si512(w2.add(l * 64) as *const _);
+                    for r in 0..MR {
+                        let ar = a.add(r * 64);
+                        let (xh, xl) = (bcast(ar, l), bcast(ar.add(32), l));
+                        hi[0][r] = _mm512_dpbusd_epi32(hi[0][r], xh, v);
+                        lo[0][r] = _mm512_dpbusd_epi32(lo[0][r], xl, v);
+                        hi[1][r] = _mm512_dpbusd_epi32(hi[1][r], xh, v2);
+                        lo[1][r] = _mm512_dpbusd_epi32(lo[1][r], xl, v2);
+                    }
+                }
+            }
+        }
+        for t in 0..2 {
+            for r in 0..MR {
+                let h = _mm512_cvtepi32_ps(hi[t][r]);
+                let l = _mm512_cvtepi32_ps(lo[t][r]);
+                acc[t][r] = _mm512_add_ps(acc[t][r], _mm512_fmadd_ps(h, _mm512_set1_ps(256.0), l));
+            }
+        }
+        b0 = b1;
+    }
+    // SAFETY: as the kernel's contract.
+    unsafe {
+        store_row_scaled(job, &acc[0], out);
+        store_row_scaled(&job2, &acc[1], out2);
+    }
+}
+
+/// `-128 * sum(w)` per weight row of `job`'s tile: where the whole-row kernels' sums
+/// start, undoing the activations' `+ 128` (`ActPlan::U8Row`, `I16BytesHiU8`).
+///
+/// # Safety
+/// `job`'s tile is Q8Channel (16 i32 row sums after its 16 f32 scales).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn row_sum_bias(job: &Job) -> __m512i {
+    // SAFETY: the caller's contract.
+    unsafe {
+        _mm512_mullo_epi32(
+            _mm512_loadu_si512(job.scales.add(64) as *const _),
+            _mm512_set1_epi32(-128),
+        )
+    }
 }

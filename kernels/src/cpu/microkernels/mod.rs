@@ -50,6 +50,7 @@ pub(crate) type TileOut = [[f32; TILE_ROWS]; GROUP];
 /// Everything a microkernel reads, as raw pointers already offset to the tile and to
 /// the first activation row of the block (row `r0` of group `g`). Pointers into arrays
 /// the plan does not use are dangling and never read.
+#[derive(Clone, Copy)]
 pub(crate) struct Job {
     /// The tile's values and scales (see `packed.rs`).
     pub vals: *const u8,
@@ -70,6 +71,9 @@ pub(crate) struct Job {
     pub blk_sum: *const f32,
     /// `[row]` I16 scales, from row `r0`.
     pub row_scale: *const f32,
+    /// Bytes from this tile to the next (tiles are contiguous): what a pair kernel
+    /// ([`PairKernel`]) adds to reach its second tile.
+    pub tile_bytes: usize,
 }
 
 impl Job {
@@ -93,6 +97,17 @@ impl Job {
             blk_bias: act.blk_bias.as_ptr().wrapping_add(blk),
             blk_sum: act.blk_sum.as_ptr().wrapping_add(blk),
             row_scale: act.row_scale.as_ptr().wrapping_add(g * GROUP + r0),
+            tile_bytes: w.tile_bytes,
+        }
+    }
+
+    /// The same rows against the next tile.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    pub(crate) fn next_tile(&self) -> Job {
+        Job {
+            vals: self.vals.wrapping_add(self.tile_bytes),
+            scales: self.scales.wrapping_add(self.tile_bytes),
+            ..*self
         }
     }
 }
@@ -130,6 +145,40 @@ pub(crate) fn prefetch_block(job: &Job, b: usize) {
 /// ISA, `job` was built by `Job::new` for a prepared `ActScratch` whose plan is the
 /// kernel set's, and the block's rows exist.
 pub(crate) type TileKernel = unsafe fn(&Job, &mut TileOut);
+
+/// A kernel for `rows` rows of two adjacent tiles at once (`job`'s tile into the first
+/// output, the next into the second), where sharing each activation load between two
+/// weight tiles pays (see `avx512_q8::q8c_u8row_pair`). SAFETY contract: a
+/// [`TileKernel`]'s, and the tile after `job`'s exists.
+#[derive(Clone, Copy)]
+pub(crate) struct PairKernel {
+    pub rows: usize,
+    pub kernel: unsafe fn(&Job, &mut TileOut, &mut TileOut),
+}
+
+/// The pair kernel for what [`select`] chose, where there is one: the whole-row
+/// Q8Channel kernels on AVX-512 VNNI (the ViT's w8a8 and w8a16 matmuls). Its
+/// activation plan is the kernel set's.
+pub(crate) fn select_pair(format: Format, act: ActPrecision, isa: Isa) -> Option<PairKernel> {
+    #[cfg(target_arch = "x86_64")]
+    if (isa, format) == (Isa::Avx512Vnni, Format::Q8Channel) {
+        // Eight rows x two tiles is 16 i32 chains; the byte-plane kernel keeps two
+        // per row and tile, so four rows fill its registers as well.
+        return match act {
+            ActPrecision::I8Row => Some(PairKernel {
+                rows: 8,
+                kernel: avx512_q8::q8c_u8row_pair::<8>,
+            }),
+            ActPrecision::I16 => Some(PairKernel {
+                rows: 4,
+                kernel: avx512_q8::q8c_i16b_pair::<4>,
+            }),
+            _ => None,
+        };
+    }
+    let _ = (format, act, isa);
+    None
+}
 
 /// The kernels and activation plan for one (format, activation precision, ISA).
 pub(crate) struct KernelSet {
