@@ -642,12 +642,18 @@ fn submit_returns_a_handle_that_waits_and_reports_its_run() {
     be.synchronize().expect("nothing left for synchronize");
 }
 
+/// No fixed per-run cost: once a session's first run has built its bind groups, a run
+/// creates no pipeline, buffer or bind group, is one submission with no host wait
+/// (two runs back to back on one scratch included: the second does not wait for the
+/// first's status words), and reading the outputs back copies exactly their bytes
+/// (plus 8 bytes of status words per run).
 #[test]
-fn repeated_runs_reuse_pipelines_and_bind_groups() {
+fn repeated_runs_create_nothing_wait_for_nothing_and_read_back_only_outputs() {
     let mut rng = SeededRng::new(700);
+    let (m, k, n) = (9, 64, 48);
     let mut g = G::new();
-    let a = g.input("a", TensorFact::f32([9, 64]));
-    let w = g.weight("w", TensorFact::new(DType::Q4_0, [48, 64]));
+    let a = g.input("a", TensorFact::f32([m, k]));
+    let w = g.weight("w", TensorFact::new(DType::Q4_0, [n, k]));
     let mm = g.op(
         "mm",
         Op::MatMul {
@@ -660,8 +666,10 @@ fn repeated_runs_reuse_pipelines_and_bind_groups() {
     );
     let s = g.op("s", Op::Silu, &[mm]);
     g.out("y", s);
-    let (wt, deq) = weight_tensor(DType::Q4_0, 48, 64, &rng.uniform_vec(48 * 64, -1.0, 1.0));
-    let be = be();
+    let (wt, deq) = weight_tensor(DType::Q4_0, n, k, &rng.uniform_vec(n * k, -1.0, 1.0));
+    // A backend of its own: the counters are per device, and other tests run
+    // concurrently on the shared one.
+    let be = WgpuBackend::new(WgpuOptions::default()).expect("wgpu backend");
     let wb = be.prepare_weight("w", wt).unwrap();
     let exec = be.compile(&g.g, &[(w, wb.clone())]).unwrap();
     let pipelines = be.pipeline_count();
@@ -673,31 +681,54 @@ fn repeated_runs_reuse_pipelines_and_bind_groups() {
     );
     let mut scratch = exec.new_scratch().unwrap();
     let ab = be
-        .alloc(&TensorFact::f32([9, 64]), BufferUsage::Activations)
+        .alloc(&TensorFact::f32([m, k]), BufferUsage::Activations)
         .unwrap();
     let yb = be
-        .alloc(&TensorFact::f32([9, 48]), BufferUsage::Activations)
+        .alloc(&TensorFact::f32([m, n]), BufferUsage::Activations)
         .unwrap();
     let b = Bindings {
         sources: vec![(a, ab.clone())],
         outputs: vec![("y".into(), yb.clone())],
     };
-    for round in 0..3 {
-        let av = rng.uniform_vec(9 * 64, -1.0, 1.0);
-        be.write(ab.as_ref(), &HostTensor::f32([9, 64], av.clone()))
+    let output_bytes = (m * n * 4) as u64;
+    for round in 0..4 {
+        let av = rng.uniform_vec(m * k, -1.0, 1.0);
+        be.write(ab.as_ref(), &HostTensor::f32([m, k], av.clone()))
             .unwrap();
+        let before = be.counters();
         exec.run(&b, scratch.as_mut()).unwrap();
+        exec.run(&b, scratch.as_mut()).unwrap();
+        let runs = be.counters() - before;
         be.synchronize().unwrap();
-        let mut pre = vec![0f32; 9 * 48];
-        r::matmul(&av, &deq, 9, 64, 48, true, &mut pre);
+        let got = f32s(be.read(yb.as_ref()).unwrap());
+        let all = be.counters() - before;
+        if round > 0 {
+            // Round 0 builds the bind groups and the read's staging buffer.
+            assert_eq!(
+                (all.buffers, all.bind_groups),
+                (0, 0),
+                "round {round}: a run in steady state creates nothing: {all:?}"
+            );
+            assert_eq!(
+                (runs.submissions, runs.host_waits),
+                (2, 0),
+                "round {round}: a run is one submission and never waits: {runs:?}"
+            );
+            assert_eq!(
+                all.output_bytes_read, output_bytes,
+                "round {round}: read back the output's bytes only: {all:?}"
+            );
+            assert_eq!(
+                all.status_bytes_read, 16,
+                "round {round}: 8 bytes of status words per run: {all:?}"
+            );
+        }
+        assert_eq!(be.pipeline_count(), pipelines, "round {round}: no pipeline");
+        let mut pre = vec![0f32; m * n];
+        r::matmul(&av, &deq, m, k, n, true, &mut pre);
         let mut want = vec![0f32; pre.len()];
         r::silu(&pre, &mut want);
-        assert_close(
-            &format!("round {round}"),
-            &f32s(be.read(yb.as_ref()).unwrap()),
-            &want,
-            1e-5,
-        );
+        assert_close(&format!("round {round}"), &got, &want, 1e-5);
     }
 }
 
