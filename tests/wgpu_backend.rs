@@ -330,7 +330,6 @@ fn check_matmul(be: &dyn Backend, c: &MatmulCase, seed: u64) {
         .filter(|(n, _)| *n == "a" || c.epilogue.has_residual())
         .collect(),
         weights: vec![("w", w), ("bias", HostTensor::f32([c.n], bias.clone()))],
-        ..Default::default()
     };
     let ran = run_on(be, &g.g, &feeds).unwrap_or_else(|e| panic!("{e}"));
     let wbytes = TensorFact::new(c.dt, [wrows, wcols]).bytes().unwrap() as u64;
@@ -452,7 +451,6 @@ fn weights_split_across_bindings() {
             &Feeds {
                 inputs: vec![("ids", HostTensor::i32([ids.len()], ids.clone()))],
                 weights: vec![("table", table)],
-                ..Default::default()
             },
         )
         .unwrap();

@@ -128,8 +128,7 @@ pub(crate) fn alloc(ctx: &GpuContext, fact: &TensorFact, usage: BufferUsage) -> 
     })? as u64;
     let label = format!("{fact}");
     let parts = if usage == BufferUsage::Weights {
-        let layouts =
-            weights::plan(fact, ctx.max_binding).map_err(|reason| BackendError::Binding(reason))?;
+        let layouts = weights::plan(fact, ctx.max_binding).map_err(BackendError::Binding)?;
         layouts
             .into_iter()
             .map(|layout| {
