@@ -500,7 +500,7 @@ fn bad_inputs_are_errors() {
     let mut out = vec![0f32; 2 * 20];
     let mut out_half = vec![0f32; 2 * 10];
     let bias = vec![0f32; 20];
-    let res = vec![0f32; 40];
+    let res = [0f32; 40];
     let act = ActPrecision::I8;
     assert!(matmul_packed(
         &a[..127],

@@ -89,6 +89,19 @@ impl Backend for CpuBackend {
                 Support::Supported
             }
             Op::Weight { fact, .. } if f32_like(fact) => Support::Supported,
+            // The packed kernels run whole 32-value blocks of K; a per-channel int8
+            // weight (no blocks in the IR) of another width is declined here rather
+            // than failing later in `prepare_weight`.
+            Op::Weight { fact, .. }
+                if packable(fact) && !fact.last_dim().is_multiple_of(npurt_kernels::cpu::BLOCK) =>
+            {
+                Support::Unsupported(format!(
+                    "{} weights with {} columns (packed in blocks of {})",
+                    fact.dtype,
+                    fact.last_dim(),
+                    npurt_kernels::cpu::BLOCK
+                ))
+            }
             Op::Weight { fact, .. } if packable(fact) => {
                 let users_ok =
                     graph

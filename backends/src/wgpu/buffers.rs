@@ -78,7 +78,7 @@ pub(crate) fn create_storage(ctx: &GpuContext, label: &str, bytes: u64) -> Resul
     }
     ctx.scoped(
         || {
-            ctx.device.create_buffer(&::wgpu::BufferDescriptor {
+            ctx.create_buffer(&::wgpu::BufferDescriptor {
                 label: Some(label),
                 size,
                 usage: STORAGE_USAGE,
@@ -98,7 +98,7 @@ pub(crate) fn create_init(ctx: &GpuContext, label: &str, data: &[u8]) -> Result<
     let size = ((data.len() as u64 + 15) & !15).max(16);
     let buffer = ctx.scoped(
         || {
-            ctx.device.create_buffer(&::wgpu::BufferDescriptor {
+            ctx.create_buffer(&::wgpu::BufferDescriptor {
                 label: Some(label),
                 size,
                 usage: STORAGE_USAGE,
@@ -128,8 +128,7 @@ pub(crate) fn alloc(ctx: &GpuContext, fact: &TensorFact, usage: BufferUsage) -> 
     })? as u64;
     let label = format!("{fact}");
     let parts = if usage == BufferUsage::Weights {
-        let layouts =
-            weights::plan(fact, ctx.max_binding).map_err(|reason| BackendError::Binding(reason))?;
+        let layouts = weights::plan(fact, ctx.max_binding).map_err(BackendError::Binding)?;
         layouts
             .into_iter()
             .map(|layout| {

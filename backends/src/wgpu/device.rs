@@ -2,6 +2,7 @@
 //! wgpu validation/out-of-memory errors into typed errors, and the deferred checks of
 //! kernel status words (see `kernels/src/wgsl/status.wgsl`).
 
+use super::counters::Counters;
 use super::pipelines::PipelineCache;
 use crate::{BackendError, Result};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -18,13 +19,16 @@ pub(crate) fn unavailable(reason: impl Into<String>) -> BackendError {
 
 /// A kernel status word to check once the run that wrote it has finished. Checks are
 /// reported to the thread that submitted the run (its `synchronize`), to whoever reads
-/// one of the run's outputs, or to the next run on the same scratch, so concurrent
-/// sessions never see each other's errors.
+/// one of the run's outputs, or to a later run on the same scratch that needs its
+/// readback again (see `STATUS_RING`), so concurrent sessions never see each other's
+/// errors.
 pub(crate) struct StatusCheck {
     pub id: u64,
     pub thread: std::thread::ThreadId,
     /// MAP_READ copy of the run's status words.
     pub readback: ::wgpu::Buffer,
+    /// The submission that writes `readback`: resolving the check waits for it alone.
+    pub index: ::wgpu::SubmissionIndex,
     /// Executable label and node names, to name the failing node.
     pub label: Arc<str>,
     pub node_names: Arc<Vec<String>>,
@@ -46,6 +50,7 @@ pub(crate) struct GpuContext {
     /// Nanoseconds per timestamp tick.
     pub timestamp_period: f32,
     pub pipelines: PipelineCache,
+    pub counters: Counters,
     pending: Mutex<Vec<StatusCheck>>,
     next_buffer_id: AtomicU64,
     /// Mappable buffers for `read`, reused across calls.
@@ -158,6 +163,7 @@ impl GpuContext {
             limits,
             max_binding,
             pipelines: PipelineCache::default(),
+            counters: Counters::default(),
             pending: Mutex::new(Vec::new()),
             next_buffer_id: AtomicU64::new(1),
             staging: Mutex::new(Vec::new()),
@@ -191,12 +197,28 @@ impl GpuContext {
         }
     }
 
+    /// Creates a device buffer (counted: a run in steady state creates none).
+    pub(crate) fn create_buffer(&self, desc: &::wgpu::BufferDescriptor) -> ::wgpu::Buffer {
+        self.counters.buffer_created();
+        self.device.create_buffer(desc)
+    }
+
+    /// Submits command buffers (counted: a run is one submission).
+    pub(crate) fn submit(
+        &self,
+        cmds: impl IntoIterator<Item = ::wgpu::CommandBuffer>,
+    ) -> ::wgpu::SubmissionIndex {
+        self.counters.submitted();
+        self.queue.submit(cmds)
+    }
+
     pub(crate) fn wait_idle(&self) -> Result<()> {
         self.wait_for(None)
     }
 
-    /// Waits for submission `index` (`None`: the latest).
+    /// Waits for submission `index` (`None`: the latest). Counted: a run never waits.
     pub(crate) fn wait_for(&self, index: Option<::wgpu::SubmissionIndex>) -> Result<()> {
+        self.counters.waited();
         self.device
             .poll(::wgpu::PollType::Wait {
                 submission_index: index,
@@ -215,19 +237,30 @@ impl GpuContext {
         }
     }
 
-    /// Waits for the queue, then reads the pending status words `select` picks.
-    /// Returns the first failure as an `Execution` error naming the node.
+    /// Waits for the whole queue, then reads the pending status words `select` picks
+    /// (`Backend::synchronize`).
+    pub(crate) fn synchronize_checks(&self, select: impl Fn(&StatusCheck) -> bool) -> Result<()> {
+        self.wait_idle()?;
+        self.resolve_checks(select)
+    }
+
+    /// Reads the pending status words `select` picks, waiting only for the submissions
+    /// that write them (nothing when none is pending). Returns the first failure as an
+    /// `Execution` error naming the node.
     pub(crate) fn resolve_checks(&self, select: impl Fn(&StatusCheck) -> bool) -> Result<()> {
         self.resolve_checks_after(None, select)
     }
 
-    /// Like `resolve_checks`, but first waits only for submission `index`.
+    /// Like `resolve_checks`, but first waits for submission `index` (a handle's run,
+    /// whose check someone else may have resolved already).
     pub(crate) fn resolve_checks_after(
         &self,
         index: Option<::wgpu::SubmissionIndex>,
         select: impl Fn(&StatusCheck) -> bool,
     ) -> Result<()> {
-        self.wait_for(index)?;
+        if let Some(index) = index {
+            self.wait_for(Some(index))?;
+        }
         let checks: Vec<StatusCheck> = match self.pending.lock() {
             Ok(mut p) => {
                 let (mine, rest) = std::mem::take(&mut *p).into_iter().partition(|c| select(c));
@@ -244,10 +277,15 @@ impl GpuContext {
         if checks.is_empty() {
             return Ok(());
         }
+        // Waiting for each check's own submission (usually one) also fires its map
+        // callback; later submissions, another session's included, are not waited for.
         for c in &checks {
             c.readback.map_async(::wgpu::MapMode::Read, .., |_| {});
         }
-        self.wait_idle()?;
+        for c in &checks {
+            self.wait_for(Some(c.index.clone()))?;
+        }
+        self.counters.status_read(8 * checks.len() as u64);
         let mut first_error = None;
         for c in checks {
             let words = match c.readback.get_mapped_range(..) {
@@ -296,7 +334,7 @@ impl GpuContext {
                 Some(i) => pool.swap_remove(i),
                 None => self.scoped(
                     || {
-                        self.device.create_buffer(&::wgpu::BufferDescriptor {
+                        self.create_buffer(&::wgpu::BufferDescriptor {
                             label: Some("npurt staging"),
                             size: size4.max(4),
                             usage: ::wgpu::BufferUsages::MAP_READ | ::wgpu::BufferUsages::COPY_DST,
@@ -316,9 +354,10 @@ impl GpuContext {
                 label: Some("npurt read"),
             });
         enc.copy_buffer_to_buffer(src, offset, &staging, 0, size4);
-        self.queue.submit([enc.finish()]);
+        let index = self.submit([enc.finish()]);
         staging.map_async(::wgpu::MapMode::Read, ..size4, |_| {});
-        self.wait_idle()?;
+        self.wait_for(Some(index))?;
+        self.counters.output_read(size);
         let data = {
             let view = staging
                 .get_mapped_range(..size4)

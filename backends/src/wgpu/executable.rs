@@ -2,7 +2,9 @@
 //! parameters, the memory plan, and per-session scratch. `run` records the whole graph
 //! into one command encoder (one compute pass), copies the outputs into their bound
 //! buffers and submits once. Bind groups are built once per scratch and set of bound
-//! buffers, and reused by every later run that binds the same buffers.
+//! buffers, and reused by every later run that binds the same buffers. A run never
+//! waits on the host: its kernel status words go to a readback of its own
+//! (`STATUS_RING` per scratch), checked later by `synchronize`, `read` or a handle.
 
 use super::buffers::{self, WgpuBuffer};
 use super::device::{GpuCompletion, GpuContext, StatusCheck};
@@ -58,14 +60,28 @@ pub struct WgpuExecutable {
     written: Vec<bool>,
 }
 
+/// Runs one scratch may have in flight before a submit waits for the oldest one's
+/// status words. Each has a readback of its own, so a run never waits for the run
+/// before it (a session's next chunk is recorded and submitted while the GPU still
+/// runs the last one).
+const STATUS_RING: usize = 4;
+
+/// The readback of one run's kernel status words.
+struct StatusSlot {
+    readback: ::wgpu::Buffer,
+    /// Set while the run's check is pending; cleared by whoever resolves it.
+    in_flight: Arc<AtomicBool>,
+    /// That check's id.
+    check: u64,
+}
+
 pub struct WgpuScratch {
     exec_id: u64,
     slots: Vec<::wgpu::Buffer>,
     status: ::wgpu::Buffer,
-    readback: ::wgpu::Buffer,
-    in_flight: Arc<AtomicBool>,
-    /// Id of this scratch's last submitted status check.
-    last_check: u64,
+    ring: Vec<StatusSlot>,
+    /// The ring slot the next run copies its status words into.
+    next: usize,
     bind_cache: Vec<(Vec<u64>, Vec<::wgpu::BindGroup>)>,
 }
 
@@ -328,6 +344,7 @@ impl WgpuExecutable {
                 });
             }
             let layout = step.pipeline.get_bind_group_layout(0);
+            self.ctx.counters.bind_group_created();
             let bg = self.ctx.scoped(
                 || {
                     self.ctx
@@ -383,7 +400,7 @@ fn pad4(data: &[u8]) -> Vec<u8> {
 fn create_uniform(ctx: &GpuContext, data: &[u8]) -> Result<::wgpu::Buffer> {
     let buffer = ctx.scoped(
         || {
-            ctx.device.create_buffer(&::wgpu::BufferDescriptor {
+            ctx.create_buffer(&::wgpu::BufferDescriptor {
                 label: Some("npurt params"),
                 size: data.len() as u64,
                 usage: ::wgpu::BufferUsages::UNIFORM | ::wgpu::BufferUsages::COPY_DST,
@@ -414,27 +431,35 @@ impl Executable for WgpuExecutable {
             .map(|(i, &b)| buffers::create_storage(ctx, &format!("scratch slot {i}"), b))
             .collect::<Result<Vec<_>>>()?;
         let status = buffers::create_storage(ctx, "kernel status", 8)?;
-        let readback = ctx.scoped(
-            || {
-                ctx.device.create_buffer(&::wgpu::BufferDescriptor {
-                    label: Some("kernel status readback"),
-                    size: 8,
-                    usage: ::wgpu::BufferUsages::MAP_READ | ::wgpu::BufferUsages::COPY_DST,
-                    mapped_at_creation: false,
+        let ring = (0..STATUS_RING)
+            .map(|_| {
+                let readback = ctx.scoped(
+                    || {
+                        ctx.create_buffer(&::wgpu::BufferDescriptor {
+                            label: Some("kernel status readback"),
+                            size: 8,
+                            usage: ::wgpu::BufferUsages::MAP_READ | ::wgpu::BufferUsages::COPY_DST,
+                            mapped_at_creation: false,
+                        })
+                    },
+                    |msg, _| BackendError::OutOfMemory {
+                        what: format!("status readback: {msg}"),
+                        bytes: 8,
+                    },
+                )?;
+                Ok(StatusSlot {
+                    readback,
+                    in_flight: Arc::new(AtomicBool::new(false)),
+                    check: 0,
                 })
-            },
-            |msg, _| BackendError::OutOfMemory {
-                what: format!("status readback: {msg}"),
-                bytes: 8,
-            },
-        )?;
+            })
+            .collect::<Result<Vec<_>>>()?;
         Ok(Box::new(WgpuScratch {
             exec_id: self.id,
             slots,
             status,
-            readback,
-            in_flight: Arc::new(AtomicBool::new(false)),
-            last_check: 0,
+            ring,
+            next: 0,
             bind_cache: Vec::new(),
         }))
     }
@@ -546,10 +571,13 @@ impl WgpuExecutable {
             }
             outputs.push((*id, wb));
         }
-        // The previous run's status readback must be checked before it is reused.
-        if scratch.in_flight.load(Ordering::Acquire) {
-            let last = scratch.last_check;
-            self.ctx.resolve_checks(|c| c.id == last)?;
+        // The ring slot this run copies its status into must be checked before it is
+        // reused: only when STATUS_RING runs are in flight does that wait (for the
+        // oldest, not for the queue).
+        let slot = &scratch.ring[scratch.next];
+        if slot.in_flight.load(Ordering::Acquire) {
+            let oldest = slot.check;
+            self.ctx.resolve_checks(|c| c.id == oldest)?;
         }
 
         let key: Vec<u64> = bound.iter().map(|b| b.id).collect();
@@ -579,7 +607,8 @@ impl WgpuExecutable {
             let bytes = self.graph.fact(*id).bytes().unwrap_or(0) as u64;
             enc.copy_buffer_to_buffer(src, 0, dst.whole()?, 0, bytes.div_ceil(4) * 4);
         }
-        enc.copy_buffer_to_buffer(&p.scratch.status, 0, &p.scratch.readback, 0, 8);
+        let slot = &p.scratch.ring[p.scratch.next];
+        enc.copy_buffer_to_buffer(&p.scratch.status, 0, &slot.readback, 0, 8);
         Ok(())
     }
 
@@ -591,26 +620,29 @@ impl WgpuExecutable {
     ) -> Result<(u64, ::wgpu::SubmissionIndex)> {
         let ctx = &self.ctx;
         let index = ctx.scoped(
-            || ctx.queue.submit([enc.finish()]),
+            || ctx.submit([enc.finish()]),
             |msg, _| BackendError::Execution {
                 node: self.label.to_string(),
                 reason: msg,
             },
         )?;
-        p.scratch.in_flight.store(true, Ordering::Release);
         let check = ctx.next_id();
-        p.scratch.last_check = check;
         for (_, dst) in &p.outputs {
             dst.last_run.store(check, Ordering::Release);
         }
+        let slot = &mut p.scratch.ring[p.scratch.next];
+        slot.in_flight.store(true, Ordering::Release);
+        slot.check = check;
         ctx.add_check(StatusCheck {
             id: check,
             thread: std::thread::current().id(),
-            readback: p.scratch.readback.clone(),
+            readback: slot.readback.clone(),
+            index: index.clone(),
             label: self.label.clone(),
             node_names: self.node_names.clone(),
-            in_flight: p.scratch.in_flight.clone(),
+            in_flight: slot.in_flight.clone(),
         });
+        p.scratch.next = (p.scratch.next + 1) % STATUS_RING;
         Ok((check, index))
     }
 
@@ -716,7 +748,7 @@ impl WgpuExecutable {
                     });
                     dispatch(&mut pass, groups, r);
                 }
-                let index = ctx.queue.submit([enc.finish()]);
+                let index = ctx.submit([enc.finish()]);
                 ctx.wait_for(Some(index))?;
                 times[k] = ms(t.elapsed());
             }
@@ -747,7 +779,7 @@ impl WgpuExecutable {
             .collect();
         let at = |q: u32| (&sets[(q / MAX_QUERIES) as usize], q % MAX_QUERIES);
         let bytes = u64::from(queries) * 8;
-        let resolve = ctx.device.create_buffer(&::wgpu::BufferDescriptor {
+        let resolve = ctx.create_buffer(&::wgpu::BufferDescriptor {
             label: Some("npurt profile resolve"),
             size: bytes,
             usage: ::wgpu::BufferUsages::QUERY_RESOLVE | ::wgpu::BufferUsages::COPY_SRC,

@@ -21,6 +21,7 @@
 //!   error, since a submitted run cannot return one.
 
 mod buffers;
+mod counters;
 mod device;
 mod executable;
 mod ops;
@@ -30,6 +31,7 @@ mod weights;
 
 pub use ::wgpu::{Backends, Features};
 pub use buffers::WgpuBuffer;
+pub use counters::WgpuCounters;
 pub use executable::WgpuExecutable;
 pub use ops::KernelFamily;
 
@@ -167,6 +169,12 @@ impl WgpuBackend {
         self.ctx.pipelines.len()
     }
 
+    /// What the device has done so far (buffers and bind groups created, submissions,
+    /// host waits, bytes read back); subtract two snapshots to see one run's share.
+    pub fn counters(&self) -> WgpuCounters {
+        self.ctx.counters.snapshot()
+    }
+
     /// Parts a prepared weight is split into.
     pub fn weight_parts(buf: &dyn DeviceBuffer) -> usize {
         WgpuBuffer::downcast(buf)
@@ -273,8 +281,8 @@ impl Backend for WgpuBackend {
 
     fn read(&self, buf: &dyn DeviceBuffer) -> Result<HostTensor> {
         let b = Self::same_device(buf)?;
-        // Reading waits for the queue anyway: report kernel errors of the run that wrote
-        // this buffer and of this thread's runs.
+        // The read's copy is queued behind the run that wrote this buffer, so it waits
+        // for it anyway: report kernel errors of that run and of this thread's runs.
         let writer = b.last_run.load(std::sync::atomic::Ordering::Acquire);
         let me = std::thread::current().id();
         self.ctx
@@ -346,13 +354,13 @@ impl Backend for WgpuBackend {
                 label: Some("npurt copy_rows"),
             });
         enc.copy_buffer_to_buffer(s.whole()?, 0, d.whole()?, 0, bytes);
-        self.ctx.queue.submit([enc.finish()]);
+        self.ctx.submit([enc.finish()]);
         Ok(())
     }
 
     /// Waits for the queue and reports kernel errors of the runs this thread submitted.
     fn synchronize(&self) -> Result<()> {
         let me = std::thread::current().id();
-        self.ctx.resolve_checks(|c| c.thread == me)
+        self.ctx.synchronize_checks(|c| c.thread == me)
     }
 }

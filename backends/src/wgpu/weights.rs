@@ -60,11 +60,10 @@ pub(crate) fn plan(fact: &TensorFact, max_bytes: u64) -> Result<Vec<PartLayout>,
     let max = max_bytes as usize;
     // Rows per part: as many as fit (f16/bf16 rows may end mid-word, which is fine: each
     // part is its own buffer starting at word 0).
-    let mut per_part = if one_row == 0 {
-        rows.max(1)
-    } else {
-        (max.saturating_sub(16) / one_row).max(1)
-    };
+    let mut per_part = max
+        .saturating_sub(16)
+        .checked_div(one_row)
+        .map_or(rows.max(1), |n| n.max(1));
     while per_part > 1
         && part_bytes(fact.dtype, per_part, cols)
             .map(|(_, b)| b > max)

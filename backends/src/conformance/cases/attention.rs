@@ -156,7 +156,7 @@ pub(super) fn cases() -> Vec<Case> {
         factor: 2.0,
         original_max_position: 16,
     };
-    vec![
+    let mut v = vec![
         rope_case("none.pos0", 3, 16, 16, 10000.0, RopeScaling::None, 7, 0, 7),
         rope_case(
             "none.pos37",
@@ -228,6 +228,9 @@ pub(super) fn cases() -> Vec<Case> {
             5,
             7,
         ),
+    ];
+    v.extend(rope_sweep());
+    v.extend([
         kv_write_case(F32, "prefill.7rows.pos13", 40, 48, 7, 13),
         kv_write_case(F32, "decode.last_row", 40, 48, 1, 39),
         kv_write_case(F32, "pos0.width192", 33, 192, 7, 0),
@@ -255,6 +258,21 @@ pub(super) fn cases() -> Vec<Case> {
         ),
         // A head_dim that is no multiple of a vector width.
         attention_case(F32, "mha2_2.hd24.rows3.pos5", 2, 2, 24, 3, 16, 5, 3),
+        // Head dims past 64 (96; 256, with one KV head for three query heads) and a
+        // chunk of 70 rows, more than one query block, with head_dim 30.
+        attention_case(F32, "mha4_4.hd96.rows5.pos130", 4, 4, 96, 5, 200, 130, 5),
+        attention_case(
+            F32,
+            "mqa3_1.hd256.rows33.pos60.n_valid30",
+            3,
+            1,
+            256,
+            33,
+            100,
+            60,
+            30,
+        ),
+        attention_case(F32, "gqa2_1.hd30.rows70.pos10", 2, 1, 30, 70, 150, 10, 70),
         // f16 caches (the w* presets' KV cache): writes round to f16; attention
         // reads f16 through every kernel shape (decode, split keys, blocks, pairs).
         kv_write_case(F16, "prefill.7rows.pos13", 40, 48, 7, 13),
@@ -321,5 +339,57 @@ pub(super) fn cases() -> Vec<Case> {
         bidirectional_case("1x729.h2.hd72", F16_ATTN, 2, 2, 72, 1, 729),
         bidirectional_case("1x40.h2.hd128", F16_ATTN, 2, 2, 128, 1, 40),
         bidirectional_case("2x33.gqa4_2.hd20", F16_ATTN, 4, 2, 20, 2, 33),
-    ]
+    ]);
+    v
+}
+
+/// Every scaling with a partial rotary dim (16 of 24) and a padded chunk at pos 300,
+/// and at pos 1000, where angles of ~1000 radians need an accurate range reduction.
+fn rope_sweep() -> Vec<Case> {
+    let scalings = [
+        ("none", RopeScaling::None),
+        ("linear", RopeScaling::Linear { factor: 4.0 }),
+        (
+            "llama3",
+            RopeScaling::Llama3 {
+                factor: 8.0,
+                low_freq_factor: 1.0,
+                high_freq_factor: 4.0,
+                original_max_position: 64,
+            },
+        ),
+        (
+            "dynamic",
+            RopeScaling::DynamicNtk {
+                factor: 2.0,
+                original_max_position: 16,
+            },
+        ),
+    ];
+    let mut v = Vec::new();
+    for (name, scaling) in scalings {
+        v.push(rope_case(
+            &format!("{name}.partial_rotary.16of24.pos300.nv3"),
+            2,
+            24,
+            16,
+            10000.0,
+            scaling.clone(),
+            5,
+            300,
+            3,
+        ));
+        v.push(rope_case(
+            &format!("{name}.pos1000.hd32"),
+            4,
+            32,
+            32,
+            10000.0,
+            scaling,
+            9,
+            1000,
+            9,
+        ));
+    }
+    v
 }

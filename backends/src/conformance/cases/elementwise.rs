@@ -4,6 +4,7 @@
 use super::{ROUNDING, TRANSCENDENTAL};
 use crate::conformance::case::Case;
 use npurt_graph::{DType, Op};
+use npurt_kernels::HostTensor;
 
 /// `a op b` with `b` an input or (`b_weight`) a prepared weight.
 fn binary(
@@ -81,10 +82,19 @@ pub(super) fn cases() -> Vec<Case> {
             false,
         ));
         v.push(binary(
-            op,
+            op.clone(),
             "broadcast_rank3.2x3x13+13",
             &[2, 3, 13],
             &[13],
+            false,
+        ));
+        // 300,000 values: more workgroups than any small case, a row broadcast over
+        // 1000 rows.
+        v.push(binary(
+            op,
+            "broadcast_row.1000x300+300",
+            &[1000, 300],
+            &[300],
             false,
         ));
     }
@@ -105,16 +115,60 @@ pub(super) fn cases() -> Vec<Case> {
         unary(Op::Softmax, "large_logits.3x200", &[3, 200], -120.0, 120.0),
         unary(Op::Softmax, "rank3.2x3x13", &[2, 3, 13], -4.0, 4.0),
         unary(Op::Softmax, "width1.5x1", &[5, 1], -4.0, 4.0),
+        unary(Op::Softmax, "many_rows.1000x300", &[1000, 300], -4.0, 4.0),
         rms_norm("7x576", &[7, 576]),
         rms_norm("33x65", &[33, 65]),
         rms_norm("rank3.2x3x65", &[2, 3, 65]),
+        // One row wider than a workgroup's reduction (decode), width no power of two.
+        rms_norm("decode.1x1000", &[1, 1000]),
         layer_norm("7x65", &[7, 65]),
         layer_norm("33x576", &[33, 576]),
         layer_norm("rank3.2x3x13", &[2, 3, 13]),
         // SigLIP-so400m's width, enough rows for the CPU kernel's parallel path.
         layer_norm("64x1152", &[64, 1152]),
+        layer_norm("decode.1x1000", &[1, 1000]),
     ]);
     v.extend(activation_tails());
+    v.extend(activation_ramps());
+    v
+}
+
+/// `op` over `n` evenly spaced values from `lo` to `hi` (inclusive): every input of
+/// the range, not a random sample of it.
+fn ramp(op: Op, name: &str, lo: f32, hi: f32, n: usize) -> Case {
+    let kind = op.kind();
+    Case::new(kind, name, TRANSCENDENTAL, move |cb| {
+        let step = (hi - lo) / (n - 1) as f32;
+        let xs = (0..n).map(|i| lo + step * i as f32).collect();
+        let x = cb.input_data("x", HostTensor::f32([1, n], xs))?;
+        let y = cb.op(op.clone(), &[x])?;
+        Ok(cb.output(y))
+    })
+}
+
+/// GELU over [-10, 10] in steps of 0.005. WGSL has no erf and its tanh may overflow
+/// for large arguments, so a shader's own must hold over the whole range, including
+/// where an approximation changes branch. The negative tail [-10, -2] gets a case of
+/// its own: there the values are small, and a full-range NMSE would hide their error
+/// behind the large positive outputs.
+fn activation_ramps() -> Vec<Case> {
+    let mut v = Vec::new();
+    for (tanh, name) in [(false, "erf"), (true, "tanh")] {
+        v.push(ramp(
+            Op::Gelu { tanh },
+            &format!("{name}.ramp.-10..10"),
+            -10.0,
+            10.0,
+            4001,
+        ));
+        v.push(ramp(
+            Op::Gelu { tanh },
+            &format!("{name}.ramp.tail.-10..-2"),
+            -10.0,
+            -2.0,
+            1601,
+        ));
+    }
     v
 }
 

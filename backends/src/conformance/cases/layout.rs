@@ -83,6 +83,28 @@ pub(super) fn cases() -> Vec<Case> {
         gather("q8_0.50x64.7ids", DType::Q8_0, 50, 64, 7, ROUNDING),
         gather("q4_0.50x64.7ids", DType::Q4_0, 50, 64, 7, ROUNDING),
         gather("q4_1.50x64.7ids", DType::Q4_1, 50, 64, 7, ROUNDING),
+        // The other table formats, and a row width that is no multiple of 2 or 4 (f16
+        // and bf16 rows then start inside a 32-bit word; per-channel int8 rows too,
+        // which the CPU's 32-column blocks decline).
+        gather("f32.odd_width.37x65.11ids", DType::F32, 37, 65, 11, EXACT),
+        gather("f16.37x65.11ids", DType::F16, 37, 65, 11, EXACT),
+        gather("bf16.37x65.11ids", DType::BF16, 37, 65, 11, EXACT),
+        gather(
+            "q8_channel.37x64.11ids",
+            DType::Q8Channel,
+            37,
+            64,
+            11,
+            ROUNDING,
+        ),
+        gather(
+            "q8_channel.37x65.11ids",
+            DType::Q8Channel,
+            37,
+            65,
+            11,
+            ROUNDING,
+        ),
         unary(
             Op::Reshape {
                 shape: vec![4, 105],

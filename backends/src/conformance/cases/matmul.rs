@@ -1,12 +1,14 @@
 //! MatMul: every weight format x layout x activation precision x prologue x epilogue
 //! the IR allows, over shapes that are not multiples of any tile or workgroup size
-//! (M in {1, 7, 33}, K in {32, 96, 576}, N in {1, 13, 65, 200}). Not the full cross
+//! (M in {1, 7, 33, 40}, K in {32, 37, 64, 65, 96, 576}, N in {1, 7, 13, 37, 65, 200}).
+//! Odd K (37, 65) only where the format has no blocks. Not the full cross
 //! product: each axis is swept against a fixed point of the others, which keeps the
 //! suite fast while still hitting every (format, shape) edge a kernel special-cases.
 //!
 //! Epilogues are step lists (`npurt_graph::Epilogue`); the ViT's (`+bias+gelu`,
 //! `+bias+gelu_tanh`, `+bias+residual`, `+bias+gelu+residual`) and a bare `+silu` run
-//! against every weight format at every activation precision ([`vit_epilogues`]).
+//! against every weight format at every activation precision ([`vit_epilogues`]);
+//! every list runs at decode and over two row tiles ([`EPILOGUE_DECODE`]).
 
 use super::{MATMUL, MATMUL_I16, MATMUL_I8, MATMUL_I8_GLU, MATMUL_I8_ROW};
 use crate::conformance::case::{Case, CaseBuilder, Compared};
@@ -23,20 +25,38 @@ const SHAPES: [(usize, usize, usize); 6] = [
     (33, 96, 13),
 ];
 
+/// K that is no multiple of 2, 4 or a block (the formats without blocks allow it):
+/// a decode row and a prefill shape with N under any tile width.
+const ODD_K: [(usize, usize, usize); 2] = [(1, 37, 65), (33, 65, 7)];
+
+/// Every epilogue at decode (one row, a GEMV kernel where a backend has one) and at
+/// 40 rows (a second, partial tile of rows), N odd.
+const EPILOGUE_DECODE: (usize, usize, usize) = (1, 64, 37);
+const EPILOGUE_ROWS: (usize, usize, usize) = (40, 64, 37);
+
 /// A GLU whose halved N (32) is whole 16-column tiles: the CPU packed kernel applies
 /// it in its tile stage (other N take the multiply-then-combine path).
 const GLU_TILES: (usize, usize, usize) = (7, 96, 32);
 
+/// An epilogue from its step list (every list used here is valid).
+fn steps(list: &[Step]) -> Epilogue {
+    Epilogue::new(list).unwrap_or_default()
+}
+
+/// A GELU-gated GLU with steps behind it.
+fn gated_gelu_tanh_bias_residual() -> Epilogue {
+    steps(&[Step::Glu(Activation::GeluTanh), Step::Bias, Step::Residual])
+}
+
 /// The epilogue lists a ViT and its projector meet, plus a lone activation.
 fn vit_epilogues() -> [Epilogue; 5] {
     use Activation::{Gelu, GeluTanh, Silu};
-    let list = |steps: &[Step]| Epilogue::new(steps).unwrap_or_default();
     [
-        list(&[Step::Bias, Step::Act(Gelu)]),
-        list(&[Step::Bias, Step::Act(GeluTanh)]),
+        steps(&[Step::Bias, Step::Act(Gelu)]),
+        steps(&[Step::Bias, Step::Act(GeluTanh)]),
         Epilogue::BIAS_RESIDUAL,
-        list(&[Step::Bias, Step::Act(Gelu), Step::Residual]),
-        list(&[Step::Act(Silu)]),
+        steps(&[Step::Bias, Step::Act(Gelu), Step::Residual]),
+        steps(&[Step::Act(Silu)]),
     ]
 }
 
@@ -186,6 +206,14 @@ pub(super) fn cases() -> Vec<Case> {
         );
         specs.push(Spec::new(w, SHAPES[5]).kn());
     }
+    // Odd K: the float formats in both layouts, per-channel int8 as [N, K].
+    for w in [DType::F32, DType::F16, DType::BF16] {
+        for s in ODD_K {
+            specs.push(Spec::new(w, s));
+            specs.push(Spec::new(w, s).kn());
+        }
+    }
+    specs.extend(ODD_K.iter().map(|&s| Spec::new(DType::Q8Channel, s)));
     // Quantized weights ([N, K] only, the IR's rule): the edge shapes.
     let quantized = DType::WEIGHT_FORMATS
         .into_iter()
@@ -222,6 +250,31 @@ pub(super) fn cases() -> Vec<Case> {
         }
         specs.push(Spec::new(DType::F32, SHAPES[3]).epilogue(epi));
     }
+    // Every epilogue list (the LLM's, a ViT's, a GLU with steps behind it) at decode
+    // on the formats an LLM ships, and over two row tiles on f32 and q4_0.
+    let every_epilogue = [
+        Epilogue::BIAS,
+        Epilogue::RESIDUAL,
+        Epilogue::BIAS_RESIDUAL,
+        Epilogue::SWIGLU,
+        vit_epilogues()[0],
+        steps(&[Step::Bias, Step::Act(Activation::GeluTanh), Step::Residual]),
+        gated_gelu_tanh_bias_residual(),
+    ];
+    for epi in every_epilogue {
+        for w in [
+            DType::F32,
+            DType::F16,
+            DType::Q4_0,
+            DType::Q8_0,
+            DType::Q4_1,
+        ] {
+            specs.push(Spec::new(w, EPILOGUE_DECODE).epilogue(epi));
+        }
+        for w in [DType::F32, DType::Q4_0] {
+            specs.push(Spec::new(w, EPILOGUE_ROWS).epilogue(epi));
+        }
+    }
     // The ViT's lists: every weight format at every activation precision, plus the
     // shapes with partial tiles and several row groups, and decode.
     for epi in vit_epilogues() {
@@ -246,9 +299,8 @@ pub(super) fn cases() -> Vec<Case> {
     // GLUs: SwiGLU and GELU-gated, on whole tiles and with steps behind them.
     let glus = [
         Epilogue::SWIGLU,
-        Epilogue::new(&[Step::Glu(Activation::Gelu)]).unwrap_or_default(),
-        Epilogue::new(&[Step::Glu(Activation::GeluTanh), Step::Bias, Step::Residual])
-            .unwrap_or_default(),
+        steps(&[Step::Glu(Activation::Gelu)]),
+        gated_gelu_tanh_bias_residual(),
     ];
     for epi in glus {
         for (w, act) in [
