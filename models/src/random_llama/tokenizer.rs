@@ -61,7 +61,8 @@ impl TokenizerKvs {
         let s = |x: &str| GgufValue::String(x.into());
         let kvs = vec![
             ("tokenizer.ggml.model".to_string(), s("gpt2")),
-            ("tokenizer.ggml.pre".to_string(), s("gpt2")),
+            // "default": the GPT-2 regex, in llama.cpp as in npurt.
+            ("tokenizer.ggml.pre".to_string(), s("default")),
             ("tokenizer.ggml.tokens".to_string(), GgufValue::Array(GgufArray::String(tokens))),
             ("tokenizer.ggml.token_type".to_string(), GgufValue::Array(GgufArray::I32(types))),
             // llama.cpp requires the key of a BPE vocabulary, even empty.
