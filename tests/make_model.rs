@@ -41,7 +41,11 @@ fn logits_f32(path: &Path, ids: &[u32]) -> Vec<Vec<f32>> {
 }
 
 /// Writes `m` in both forms under a fresh directory; returns (dir, HF dir, GGUF file).
-fn write_both(m: &RandomLlama, tok: &TokenizerKvs, name: &str) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+fn write_both(
+    m: &RandomLlama,
+    tok: &TokenizerKvs,
+    name: &str,
+) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
     let root = temp_path(name);
     let (hf, gguf) = (root.join("hf"), root.join("model.gguf"));
     std::fs::create_dir_all(&root).unwrap();
@@ -54,7 +58,11 @@ fn write_both(m: &RandomLlama, tok: &TokenizerKvs, name: &str) -> (std::path::Pa
 fn rel_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> (f32, f32) {
     assert_eq!(a.len(), b.len());
     let range = a.iter().map(|r| logit_range(r)).fold(0.0, f32::max);
-    let diff = a.iter().zip(b).map(|(x, y)| max_abs_diff(x, y)).fold(0.0, f32::max);
+    let diff = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| max_abs_diff(x, y))
+        .fold(0.0, f32::max);
     (diff / range, range)
 }
 
@@ -74,14 +82,23 @@ fn hf_and_gguf_forms_give_the_same_logits() {
         let (rel, range) = rel_diff(&a, &b);
         // Random weights of std 0.02 still give logits that differ by position.
         assert!(range > 0.05, "{dtype:?}: logit range {range} is degenerate");
-        assert!(rel <= 1e-4, "{dtype:?}: HF vs GGUF logits differ by {rel} of the range");
+        assert!(
+            rel <= 1e-4,
+            "{dtype:?}: HF vs GGUF logits differ by {rel} of the range"
+        );
         assert_ne!(a[0], a[1], "{dtype:?}: logits do not depend on the token");
 
         // Another seed is another model: the comparison above can fail.
-        let other = RandomLlama { seed: 12, ..m.clone() };
+        let other = RandomLlama {
+            seed: 12,
+            ..m.clone()
+        };
         other.write_gguf(&gguf, &tok).unwrap();
         let (rel, _) = rel_diff(&a, &logits_f32(&gguf, &ids));
-        assert!(rel > 1e-2, "{dtype:?}: seeds 11 and 12 give the same logits");
+        assert!(
+            rel > 1e-2,
+            "{dtype:?}: seeds 11 and 12 give the same logits"
+        );
         std::fs::remove_dir_all(&root).unwrap();
     }
 }
@@ -97,12 +114,20 @@ fn a_real_tokenizer_carries_over_to_both_forms() {
     };
     let (root, hf, gguf) = write_both(&m, &tok, "make_model_tokenizer");
     let text = "<|im_start|>user\nWhat is 2+2? Héllo, wörld!<|im_end|>";
-    let want = ModelSource::open(&src).unwrap().tokenizer.encode(text, false).unwrap();
+    let want = ModelSource::open(&src)
+        .unwrap()
+        .tokenizer
+        .encode(text, false)
+        .unwrap();
     for path in [&hf, &gguf] {
         let source = ModelSource::open(path).unwrap();
         let got = source.tokenizer.encode(text, false).unwrap();
         assert_eq!(got.get_ids(), want.get_ids(), "{}", path.display());
-        assert!(source.chat_template.is_some(), "{}: no chat template", path.display());
+        assert!(
+            source.chat_template.is_some(),
+            "{}: no chat template",
+            path.display()
+        );
     }
     std::fs::remove_dir_all(&root).unwrap();
 }
@@ -150,14 +175,23 @@ fn bad_shapes_and_paths_are_typed_errors() {
         matches!(&err, ModelError::BadConfig { field, .. } if field == "vocab_size"),
         "{err}"
     );
-    assert!(TokenizerKvs::byte_level(100).is_err(), "no room for the bytes");
+    assert!(
+        TokenizerKvs::byte_level(100).is_err(),
+        "no room for the bytes"
+    );
 
     // A file where the output directory should be, and a GGUF path in a missing directory.
     std::fs::write(&dir, b"not a directory").unwrap();
     let err = good.write_hf_dir(&dir, &tok).unwrap_err();
-    assert!(matches!(&err, ModelError::Write { path, .. } if path == &dir), "{err}");
+    assert!(
+        matches!(&err, ModelError::Write { path, .. } if path == &dir),
+        "{err}"
+    );
     let missing = dir.join("no/such/dir/model.gguf");
     let err = good.write_gguf(&missing, &tok).unwrap_err();
-    assert!(matches!(&err, ModelError::Write { path, .. } if path == &missing), "{err}");
+    assert!(
+        matches!(&err, ModelError::Write { path, .. } if path == &missing),
+        "{err}"
+    );
     std::fs::remove_file(&dir).unwrap();
 }

@@ -9,7 +9,7 @@
 //! - [`projector`]: BlueLM-V's 2x2 token downsampler + MLP projector;
 //! - [`vlm`]: the BlueLM-V model directory (vision + projector + LLM);
 //! - [`random_llama`]: seeded random-weight LLaMAs of named shapes, written as an HF
-//!   directory or a GGUF ([`stream_write`], `gguf::GgufStream`: the streaming writers).
+//!   directory or a GGUF ([`stream_write`], `gguf::start_gguf`: the streaming writers).
 
 pub mod chat;
 pub mod config;

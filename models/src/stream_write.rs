@@ -2,15 +2,16 @@
 //! each tensor's bytes in order, checked against the size the header promised. A model
 //! larger than memory is written one tensor (or one piece of one) at a time.
 //!
-//! [`Sections`] is the part both formats share; [`SafetensorsStream`] is the
-//! safetensors writer (the GGUF one is `gguf::GgufStream`).
+//! [`TensorStream`] is the part both formats share: [`start_safetensors`] and
+//! `gguf::start_gguf` write their header and return one.
 
 use serde_json::{json, Value};
 use std::io::{self, Write};
 
-/// The data sections of a file, each of a known size, written in order; each one is
-/// followed by zeros up to `alignment`.
-pub(crate) struct Sections<W: Write> {
+/// A model file being written: its header is on disk, the tensors' data follows in the
+/// header's order, each of the size the header gives it and followed by zeros up to
+/// the format's alignment.
+pub struct TensorStream<W: Write> {
     out: W,
     sections: Vec<(String, u64)>,
     alignment: u64,
@@ -18,9 +19,9 @@ pub(crate) struct Sections<W: Write> {
     written: u64,
 }
 
-impl<W: Write> Sections<W> {
+impl<W: Write> TensorStream<W> {
     pub(crate) fn new(out: W, sections: Vec<(String, u64)>, alignment: u64) -> Self {
-        Sections {
+        TensorStream {
             out,
             sections,
             alignment,
@@ -29,13 +30,14 @@ impl<W: Write> Sections<W> {
         }
     }
 
-    /// Name of the section [`Sections::write_next`] writes next, if any is left.
-    pub(crate) fn next_name(&self) -> Option<&str> {
+    /// Name of the tensor [`TensorStream::tensor`] writes next, if any is left.
+    pub fn next_name(&self) -> Option<&str> {
         self.sections.get(self.next).map(|(n, _)| n.as_str())
     }
 
-    /// Writes the next section: `write` must hand exactly its size to the sink.
-    pub(crate) fn write_next(
+    /// Writes the next tensor's data: `write` must hand exactly its size to the sink
+    /// it is given, in any number of pieces.
+    pub fn tensor(
         &mut self,
         write: impl FnOnce(&mut dyn Write) -> io::Result<()>,
     ) -> io::Result<()> {
@@ -48,7 +50,10 @@ impl<W: Write> Sections<W> {
         };
         write(&mut counted)?;
         if counted.n != *size {
-            let why = format!("tensor `{name}`: {} bytes written, the header says {size}", counted.n);
+            let why = format!(
+                "tensor `{name}`: {} bytes written, the header says {size}",
+                counted.n
+            );
             return Err(io::Error::new(io::ErrorKind::InvalidData, why));
         }
         let end = self.written + size;
@@ -59,8 +64,8 @@ impl<W: Write> Sections<W> {
         Ok(())
     }
 
-    /// Checks that every section was written and flushes; returns the sink.
-    pub(crate) fn finish(mut self) -> io::Result<W> {
+    /// Checks that every tensor was written and flushes; returns the sink.
+    pub fn finish(mut self) -> io::Result<W> {
         if let Some(name) = self.next_name() {
             return Err(invalid_input(format!(
                 "tensor `{name}` and those after it were never written"
@@ -111,40 +116,25 @@ pub struct SafetensorsEntry {
     pub bytes: u64,
 }
 
-/// A safetensors file being written: the header is on disk, the tensors' data follows
-/// back to back in the order of the entries, each through [`SafetensorsStream::tensor`].
-pub struct SafetensorsStream<W: Write> {
-    sections: Sections<W>,
-}
-
-impl<W: Write> SafetensorsStream<W> {
-    pub fn start(mut out: W, entries: &[SafetensorsEntry]) -> io::Result<Self> {
-        let mut header = serde_json::Map::new();
-        header.insert("__metadata__".into(), json!({"format": "pt"}));
-        let mut offset = 0u64;
-        for e in entries {
-            header.insert(
-                e.name.clone(),
-                json!({"dtype": e.dtype, "shape": e.shape, "data_offsets": [offset, offset + e.bytes]}),
-            );
-            offset += e.bytes;
-        }
-        out.write_all(&safetensors_header(&Value::Object(header)))?;
-        let sizes = entries.iter().map(|e| (e.name.clone(), e.bytes)).collect();
-        Ok(SafetensorsStream {
-            sections: Sections::new(out, sizes, 1),
-        })
+/// Starts a safetensors file: writes the header (the tensors back to back in the order
+/// of `entries`) and returns the stream their data goes through.
+pub fn start_safetensors<W: Write>(
+    mut out: W,
+    entries: &[SafetensorsEntry],
+) -> io::Result<TensorStream<W>> {
+    let mut header = serde_json::Map::new();
+    header.insert("__metadata__".into(), json!({"format": "pt"}));
+    let mut offset = 0u64;
+    for e in entries {
+        header.insert(
+            e.name.clone(),
+            json!({"dtype": e.dtype, "shape": e.shape, "data_offsets": [offset, offset + e.bytes]}),
+        );
+        offset += e.bytes;
     }
-
-    /// Writes the next tensor's data (exactly its `bytes`, in any number of pieces).
-    pub fn tensor(&mut self, write: impl FnOnce(&mut dyn Write) -> io::Result<()>) -> io::Result<()> {
-        self.sections.write_next(write)
-    }
-
-    /// Checks that every tensor was written and flushes; returns the sink.
-    pub fn finish(self) -> io::Result<W> {
-        self.sections.finish()
-    }
+    out.write_all(&safetensors_header(&Value::Object(header)))?;
+    let sizes = entries.iter().map(|e| (e.name.clone(), e.bytes)).collect();
+    Ok(TensorStream::new(out, sizes, 1))
 }
 
 #[cfg(test)]
@@ -155,20 +145,31 @@ mod tests {
     #[test]
     fn streamed_safetensors_parse_and_sizes_are_checked() {
         let entries = [
-            SafetensorsEntry { name: "a".into(), dtype: "F32".into(), shape: vec![2], bytes: 8 },
-            SafetensorsEntry { name: "b".into(), dtype: "F16".into(), shape: vec![3], bytes: 6 },
+            SafetensorsEntry {
+                name: "a".into(),
+                dtype: "F32".into(),
+                shape: vec![2],
+                bytes: 8,
+            },
+            SafetensorsEntry {
+                name: "b".into(),
+                dtype: "F16".into(),
+                shape: vec![3],
+                bytes: 6,
+            },
         ];
-        let mut w = SafetensorsStream::start(Vec::new(), &entries).unwrap();
+        let mut w = start_safetensors(Vec::new(), &entries).unwrap();
         w.tensor(|o| o.write_all(&[1; 8])).unwrap();
-        w.tensor(|o| o.write_all(&[2; 2]).and_then(|_| o.write_all(&[3; 4]))).unwrap();
+        w.tensor(|o| o.write_all(&[2; 2]).and_then(|_| o.write_all(&[3; 4])))
+            .unwrap();
         let bytes = w.finish().unwrap();
         let t = parse_safetensors(&bytes, "x").unwrap();
         assert_eq!((t[1].name.as_str(), t[1].len), ("b", 6));
         assert_eq!(&bytes[t[1].offset..t[1].offset + 6], &[2, 2, 3, 3, 3, 3]);
 
-        let mut w = SafetensorsStream::start(Vec::new(), &entries).unwrap();
+        let mut w = start_safetensors(Vec::new(), &entries).unwrap();
         assert!(w.tensor(|o| o.write_all(&[1; 7])).is_err(), "short tensor");
-        let w = SafetensorsStream::start(Vec::new(), &entries).unwrap();
+        let w = start_safetensors(Vec::new(), &entries).unwrap();
         assert!(w.finish().is_err(), "unwritten tensors");
     }
 }

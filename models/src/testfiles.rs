@@ -5,9 +5,11 @@
 //! these files in targeted ways, hence the byte layouts they return). They are not a way
 //! to produce real checkpoints, and unlike the loaders they may panic on misuse.
 
-use crate::gguf::{put_str, put_value, GgmlType, GgufArray, GgufValue, DEFAULT_ALIGNMENT, GGUF_MAGIC};
+use crate::gguf::{
+    put_str, put_value, GgmlType, GgufArray, GgufValue, DEFAULT_ALIGNMENT, GGUF_MAGIC,
+};
 use crate::source::llama_tensor_shapes;
-use crate::stream_write::{SafetensorsEntry, SafetensorsStream};
+use crate::stream_write::{start_safetensors, SafetensorsEntry};
 use crate::LlamaConfig;
 use half::{bf16, f16};
 use serde_json::{json, Value};
@@ -228,7 +230,7 @@ pub fn safetensors_bytes(tensors: &[(String, &str, Vec<usize>, Vec<u8>)]) -> Vec
             bytes: data.len() as u64,
         })
         .collect();
-    let mut w = SafetensorsStream::start(Vec::new(), &entries).expect("writing to memory");
+    let mut w = start_safetensors(Vec::new(), &entries).expect("writing to memory");
     for t in tensors {
         w.tensor(|o| o.write_all(&t.3)).expect("sizes agree");
     }

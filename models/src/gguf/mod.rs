@@ -32,9 +32,9 @@ pub use ggml_type::GgmlType;
 pub(crate) use llama::gguf_name;
 pub use llama::{llama_config, load};
 pub use value::{type_name, value_type, GgufArray, GgufValue};
-pub use write::{GgufStream, TensorInfo};
 #[cfg(any(test, feature = "testfiles"))]
 pub(crate) use write::{put_str, put_value};
+pub use write::{start_gguf, TensorInfo};
 
 pub const GGUF_MAGIC: [u8; 4] = *b"GGUF";
 /// Data-section alignment when `general.alignment` is absent (the GGUF spec's default).

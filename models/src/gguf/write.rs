@@ -4,7 +4,7 @@
 //! that a model much larger than memory can be written.
 
 use super::{GgmlType, GgufArray, GgufValue, DEFAULT_ALIGNMENT, GGUF_MAGIC};
-use crate::stream_write::{invalid_input, Sections};
+use crate::stream_write::{invalid_input, TensorStream};
 use std::io::{self, Write};
 
 /// What the header says about one tensor: its name, ggml dims (innermost first) and type.
@@ -29,64 +29,48 @@ impl TensorInfo {
     }
 }
 
-/// A GGUF file being written: the header is on disk, the tensors' data follows in the
-/// order of the infos, each through [`GgufStream::tensor`].
-pub struct GgufStream<W: Write> {
-    sections: Sections<W>,
-}
-
-impl<W: Write> GgufStream<W> {
-    /// Writes the header: version 3, `kvs` in order, the tensor infos with offsets laid
-    /// out back to back at the default alignment. Every tensor's size must be known
-    /// ([`TensorInfo::data_bytes`]), else `InvalidInput` naming it.
-    pub fn start(mut out: W, kvs: &[(String, GgufValue)], infos: &[TensorInfo]) -> io::Result<Self> {
-        let alignment = DEFAULT_ALIGNMENT;
-        let mut head = Vec::new();
-        head.extend_from_slice(&GGUF_MAGIC);
-        head.extend_from_slice(&3u32.to_le_bytes());
-        head.extend_from_slice(&(infos.len() as u64).to_le_bytes());
-        head.extend_from_slice(&(kvs.len() as u64).to_le_bytes());
-        for (k, v) in kvs {
-            put_str(&mut head, k);
-            head.extend_from_slice(&v.type_id().to_le_bytes());
-            put_value(&mut head, v);
+/// Starts a GGUF file: writes the header (version 3, `kvs` in order, the tensor infos
+/// with offsets laid out back to back at the default alignment) and returns the stream
+/// the tensors' data goes through, in the order of `infos`. Every tensor's size must be
+/// known ([`TensorInfo::data_bytes`]), else `InvalidInput` naming it.
+pub fn start_gguf<W: Write>(
+    mut out: W,
+    kvs: &[(String, GgufValue)],
+    infos: &[TensorInfo],
+) -> io::Result<TensorStream<W>> {
+    let alignment = DEFAULT_ALIGNMENT;
+    let mut head = Vec::new();
+    head.extend_from_slice(&GGUF_MAGIC);
+    head.extend_from_slice(&3u32.to_le_bytes());
+    head.extend_from_slice(&(infos.len() as u64).to_le_bytes());
+    head.extend_from_slice(&(kvs.len() as u64).to_le_bytes());
+    for (k, v) in kvs {
+        put_str(&mut head, k);
+        head.extend_from_slice(&v.type_id().to_le_bytes());
+        put_value(&mut head, v);
+    }
+    let mut sizes = Vec::with_capacity(infos.len());
+    let mut offset = 0u64;
+    for info in infos {
+        let size = info.data_bytes().ok_or_else(|| {
+            invalid_input(format!(
+                "tensor `{}`: {:?} of {} is not whole blocks",
+                info.name, info.ne, info.ty
+            ))
+        })?;
+        put_str(&mut head, &info.name);
+        head.extend_from_slice(&(info.ne.len() as u32).to_le_bytes());
+        for d in &info.ne {
+            head.extend_from_slice(&d.to_le_bytes());
         }
-        let mut sizes = Vec::with_capacity(infos.len());
-        let mut offset = 0u64;
-        for info in infos {
-            let size = info.data_bytes().ok_or_else(|| {
-                invalid_input(format!(
-                    "tensor `{}`: {:?} of {} is not whole blocks",
-                    info.name, info.ne, info.ty
-                ))
-            })?;
-            put_str(&mut head, &info.name);
-            head.extend_from_slice(&(info.ne.len() as u32).to_le_bytes());
-            for d in &info.ne {
-                head.extend_from_slice(&d.to_le_bytes());
-            }
-            head.extend_from_slice(&info.ty.0.to_le_bytes());
-            head.extend_from_slice(&offset.to_le_bytes());
-            offset = (offset + size).next_multiple_of(alignment);
-            sizes.push((info.name.clone(), size));
-        }
-        head.resize(head.len().next_multiple_of(alignment as usize), 0);
-        out.write_all(&head)?;
-        Ok(GgufStream {
-            sections: Sections::new(out, sizes, alignment),
-        })
+        head.extend_from_slice(&info.ty.0.to_le_bytes());
+        head.extend_from_slice(&offset.to_le_bytes());
+        offset = (offset + size).next_multiple_of(alignment);
+        sizes.push((info.name.clone(), size));
     }
-
-    /// Writes the next tensor's data: exactly its `data_bytes`, in any number of pieces
-    /// that `write` hands to the sink it is given.
-    pub fn tensor(&mut self, write: impl FnOnce(&mut dyn Write) -> io::Result<()>) -> io::Result<()> {
-        self.sections.write_next(write)
-    }
-
-    /// Checks that every tensor was written and flushes; returns the sink.
-    pub fn finish(self) -> io::Result<W> {
-        self.sections.finish()
-    }
+    head.resize(head.len().next_multiple_of(alignment as usize), 0);
+    out.write_all(&head)?;
+    Ok(TensorStream::new(out, sizes, alignment))
 }
 
 pub(crate) fn put_str(b: &mut Vec<u8>, s: &str) {
@@ -148,15 +132,23 @@ mod tests {
     fn streamed_file_parses_with_its_tensors_in_place() {
         let kvs = vec![("general.name".to_string(), GgufValue::String("x".into()))];
         let infos = vec![
-            TensorInfo { name: "a".into(), ne: vec![3], ty: GgmlType::F32 },
-            TensorInfo { name: "b".into(), ne: vec![2, 2], ty: GgmlType::F16 },
+            TensorInfo {
+                name: "a".into(),
+                ne: vec![3],
+                ty: GgmlType::F32,
+            },
+            TensorInfo {
+                name: "b".into(),
+                ne: vec![2, 2],
+                ty: GgmlType::F16,
+            },
         ];
-        let mut w = GgufStream::start(Vec::new(), &kvs, &infos).unwrap();
+        let mut w = start_gguf(Vec::new(), &kvs, &infos).unwrap();
         w.tensor(|o| o.write_all(&[1u8; 12])).unwrap();
         // A tensor of the wrong size is refused, not written past.
         assert!(w.tensor(|o| o.write_all(&[2u8; 7])).is_err());
 
-        let mut w = GgufStream::start(Vec::new(), &kvs, &infos).unwrap();
+        let mut w = start_gguf(Vec::new(), &kvs, &infos).unwrap();
         w.tensor(|o| o.write_all(&[1u8; 12])).unwrap();
         w.tensor(|o| o.write_all(&[2u8; 4]).and_then(|_| o.write_all(&[3u8; 4])))
             .unwrap();
@@ -171,11 +163,19 @@ mod tests {
 
     #[test]
     fn unwritten_tensors_and_partial_blocks_are_errors() {
-        let q = TensorInfo { name: "q".into(), ne: vec![33, 1], ty: GgmlType::Q4_0 };
+        let q = TensorInfo {
+            name: "q".into(),
+            ne: vec![33, 1],
+            ty: GgmlType::Q4_0,
+        };
         assert_eq!(q.data_bytes(), None);
-        assert!(GgufStream::start(Vec::new(), &[], &[q]).is_err());
-        let a = TensorInfo { name: "a".into(), ne: vec![1], ty: GgmlType::F32 };
-        let w = GgufStream::start(Vec::new(), &[], &[a]).unwrap();
+        assert!(start_gguf(Vec::new(), &[], &[q]).is_err());
+        let a = TensorInfo {
+            name: "a".into(),
+            ne: vec![1],
+            ty: GgmlType::F32,
+        };
+        let w = start_gguf(Vec::new(), &[], &[a]).unwrap();
         assert!(w.finish().is_err());
     }
 }

@@ -2,7 +2,8 @@
 //! RoPE order, the `tokenizer.*` metadata, one file.
 
 use super::{RandomLlama, TensorValues, TokenizerKvs, WeightDType};
-use crate::gguf::{gguf_name, GgmlType, GgufStream, GgufValue, TensorInfo};
+use crate::gguf::{gguf_name, start_gguf, GgmlType, GgufValue, TensorInfo};
+use crate::source::llama_tensor_shapes;
 use crate::weights::UnpermuteRope;
 use crate::{LlamaConfig, Result};
 use std::io::{self, Write};
@@ -16,7 +17,8 @@ impl RandomLlama {
     /// Writes the model as one GGUF file at `path` (replaced if it exists), through
     /// `path.partial` renamed when complete.
     pub fn write_gguf(&self, path: &Path, tokenizer: &TokenizerKvs) -> Result<()> {
-        let (cfg, tensors) = self.tensors()?;
+        let cfg = self.shape.config()?;
+        let tensors = llama_tensor_shapes(&cfg);
         super::check_vocab(&cfg, tokenizer)?;
         let mut kvs = self.llama_metadata(&cfg);
         kvs.extend(tokenizer.kvs().iter().cloned());
@@ -42,9 +44,13 @@ impl RandomLlama {
             })
             .collect();
         super::write_atomically(path, |out| {
-            let mut g = GgufStream::start(out, &kvs, &infos)?;
+            let mut g = start_gguf(out, &kvs, &infos)?;
             for (_, hf, shape, ty, permuted) in &plan {
-                let dtype = if *ty == GgmlType::F16 { WeightDType::F16 } else { WeightDType::F32 };
+                let dtype = if *ty == GgmlType::F16 {
+                    WeightDType::F16
+                } else {
+                    WeightDType::F32
+                };
                 let elems = shape.iter().product();
                 g.tensor(|o| match permuted {
                     false => self.write_values(hf, elems, dtype, o),
@@ -77,7 +83,10 @@ impl RandomLlama {
             ("llama.attention.value_length", u(cfg.head_dim)),
             ("llama.rope.dimension_count", u(cfg.head_dim)),
             ("llama.rope.freq_base", GgufValue::F32(cfg.rope_theta)),
-            ("llama.attention.layer_norm_rms_epsilon", GgufValue::F32(cfg.rms_norm_eps)),
+            (
+                "llama.attention.layer_norm_rms_epsilon",
+                GgufValue::F32(cfg.rms_norm_eps),
+            ),
             ("llama.vocab_size", u(cfg.vocab_size)),
         ]
         .into_iter()

@@ -2,7 +2,8 @@
 //! tokenizer files, in a directory.
 
 use super::{write_error, RandomLlama, TokenizerKvs, WeightDType};
-use crate::stream_write::{SafetensorsEntry, SafetensorsStream};
+use crate::source::llama_tensor_shapes;
+use crate::stream_write::{start_safetensors, SafetensorsEntry};
 use crate::Result;
 use serde_json::json;
 use std::path::Path;
@@ -12,7 +13,8 @@ impl RandomLlama {
     /// replaced). The weights go to `model.safetensors.partial` first and are renamed
     /// when complete, so an interrupted run leaves no truncated model behind.
     pub fn write_hf_dir(&self, dir: &Path, tokenizer: &TokenizerKvs) -> Result<()> {
-        let (cfg, tensors) = self.tensors()?;
+        let cfg = self.shape.config()?;
+        let tensors = llama_tensor_shapes(&cfg);
         super::check_vocab(&cfg, tokenizer)?;
         std::fs::create_dir_all(dir).map_err(|e| write_error(dir, e))?;
         let (bos, eos) = tokenizer.special_ids()?;
@@ -34,7 +36,10 @@ impl RandomLlama {
         let (tokenizer_json, tokenizer_config) = tokenizer.hf_files()?;
         write_file(&dir.join("config.json"), config.to_string().as_bytes())?;
         write_file(&dir.join("tokenizer.json"), tokenizer_json.as_bytes())?;
-        write_file(&dir.join("tokenizer_config.json"), tokenizer_config.to_string().as_bytes())?;
+        write_file(
+            &dir.join("tokenizer_config.json"),
+            tokenizer_config.to_string().as_bytes(),
+        )?;
 
         let (st_dtype, width) = match self.dtype {
             WeightDType::F32 => ("F32", 4),
@@ -51,7 +56,7 @@ impl RandomLlama {
             .collect();
         let path = dir.join("model.safetensors");
         super::write_atomically(&path, |out| {
-            let mut st = SafetensorsStream::start(out, &entries)?;
+            let mut st = start_safetensors(out, &entries)?;
             for (name, shape) in &tensors {
                 let elems = shape.iter().product();
                 st.tensor(|o| self.write_values(name, elems, self.dtype, o))?;

@@ -20,7 +20,6 @@ mod hf;
 mod tokenizer;
 
 use crate::config::bad;
-use crate::source::llama_tensor_shapes;
 use crate::{LlamaConfig, ModelError, Result, WeightStore};
 use npurt_graph::RopeScaling;
 use std::io::{self, Write};
@@ -93,11 +92,16 @@ impl LlamaShape {
     pub fn config(&self) -> Result<LlamaConfig> {
         let head_dim = match self.head_dim {
             Some(d) => d,
-            None if self.heads == 0 => return Err(bad("num_attention_heads", "must be at least 1")),
+            None if self.heads == 0 => {
+                return Err(bad("num_attention_heads", "must be at least 1"))
+            }
             None if !self.hidden.is_multiple_of(self.heads) => {
                 return Err(bad(
                     "num_attention_heads",
-                    format!("{} heads do not divide hidden_size {} (give head_dim)", self.heads, self.hidden),
+                    format!(
+                        "{} heads do not divide hidden_size {} (give head_dim)",
+                        self.heads, self.hidden
+                    ),
                 ))
             }
             None => self.hidden / self.heads,
@@ -154,7 +158,9 @@ impl WeightDType {
     fn write(self, values: &[f32], out: &mut dyn Write) -> io::Result<()> {
         let mut buf = Vec::with_capacity(values.len() * self.bytes_per_value());
         match self {
-            WeightDType::F32 => values.iter().for_each(|v| buf.extend_from_slice(&v.to_le_bytes())),
+            WeightDType::F32 => values
+                .iter()
+                .for_each(|v| buf.extend_from_slice(&v.to_le_bytes())),
             WeightDType::F16 => values
                 .iter()
                 .for_each(|v| buf.extend_from_slice(&half::f16::from_f32(*v).to_le_bytes())),
@@ -178,16 +184,15 @@ const WEIGHT_STD: f32 = 0.02;
 const CHUNK_VALUES: usize = 1 << 20;
 
 impl RandomLlama {
-    /// The validated config and every tensor it implies (HF names, row-major shapes).
-    fn tensors(&self) -> Result<(LlamaConfig, Vec<(String, Vec<usize>)>)> {
-        let cfg = self.shape.config()?;
-        let shapes = llama_tensor_shapes(&cfg);
-        Ok((cfg, shapes))
-    }
-
     /// Writes the values of tensor `name` (`elems` of them) to `out` in `dtype`, in
     /// pieces of at most [`CHUNK_VALUES`].
-    fn write_values(&self, name: &str, elems: usize, dtype: WeightDType, out: &mut dyn Write) -> io::Result<()> {
+    fn write_values(
+        &self,
+        name: &str,
+        elems: usize,
+        dtype: WeightDType,
+        out: &mut dyn Write,
+    ) -> io::Result<()> {
         let mut values = TensorValues::new(self.seed, name);
         let mut chunk = vec![0f32; elems.min(CHUNK_VALUES)];
         let mut left = elems;
@@ -208,7 +213,10 @@ fn check_vocab(cfg: &LlamaConfig, tokenizer: &TokenizerKvs) -> Result<()> {
     if n != cfg.vocab_size {
         return Err(bad(
             "vocab_size",
-            format!("{} differs from the {n} tokens of {}", cfg.vocab_size, tokenizer.source),
+            format!(
+                "{} differs from the {n} tokens of {}",
+                cfg.vocab_size, tokenizer.source
+            ),
         ));
     }
     Ok(())
@@ -227,7 +235,9 @@ fn write_atomically(
     let result = std::fs::File::create(&partial).and_then(|f| {
         let mut out = io::BufWriter::with_capacity(8 << 20, f);
         write(&mut out)?;
-        out.into_inner().map_err(io::IntoInnerError::into_error)?.sync_all()
+        out.into_inner()
+            .map_err(io::IntoInnerError::into_error)?
+            .sync_all()
     });
     match result.and_then(|()| std::fs::rename(&partial, path)) {
         Ok(()) => Ok(()),
@@ -284,7 +294,10 @@ mod tests {
         let mut s = LlamaShape::by_name("smollm2-135m").unwrap();
         s.heads = 7;
         let err = s.config().unwrap_err();
-        assert!(matches!(&err, crate::ModelError::BadConfig { field, .. } if field == "num_attention_heads"), "{err}");
+        assert!(
+            matches!(&err, crate::ModelError::BadConfig { field, .. } if field == "num_attention_heads"),
+            "{err}"
+        );
         s.heads = 9;
         s.kv_heads = 2;
         assert!(s.config().is_err(), "2 KV heads do not divide 9 heads");

@@ -57,21 +57,47 @@ impl TokenizerKvs {
         tokens.extend(["<|endoftext|>", "<|im_start|>", "<|im_end|>"].map(String::from));
         tokens.extend((tokens.len()..vocab).map(|i| format!("<|extra_{i}|>")));
         // llama.cpp token types: 1 normal, 3 control.
-        let types = (0..vocab as i32).map(|i| if (256..259).contains(&i) { 3 } else { 1 }).collect();
+        let types = (0..vocab as i32)
+            .map(|i| if (256..259).contains(&i) { 3 } else { 1 })
+            .collect();
         let s = |x: &str| GgufValue::String(x.into());
         let kvs = vec![
             ("tokenizer.ggml.model".to_string(), s("gpt2")),
             // "default": the GPT-2 regex, in llama.cpp as in npurt.
             ("tokenizer.ggml.pre".to_string(), s("default")),
-            ("tokenizer.ggml.tokens".to_string(), GgufValue::Array(GgufArray::String(tokens))),
-            ("tokenizer.ggml.token_type".to_string(), GgufValue::Array(GgufArray::I32(types))),
+            (
+                "tokenizer.ggml.tokens".to_string(),
+                GgufValue::Array(GgufArray::String(tokens)),
+            ),
+            (
+                "tokenizer.ggml.token_type".to_string(),
+                GgufValue::Array(GgufArray::I32(types)),
+            ),
             // llama.cpp requires the key of a BPE vocabulary, even empty.
-            ("tokenizer.ggml.merges".to_string(), GgufValue::Array(GgufArray::String(vec![]))),
-            ("tokenizer.ggml.bos_token_id".to_string(), GgufValue::U32(257)),
-            ("tokenizer.ggml.eos_token_id".to_string(), GgufValue::U32(258)),
-            ("tokenizer.ggml.unknown_token_id".to_string(), GgufValue::U32(256)),
-            ("tokenizer.ggml.padding_token_id".to_string(), GgufValue::U32(256)),
-            ("tokenizer.ggml.add_bos_token".to_string(), GgufValue::Bool(false)),
+            (
+                "tokenizer.ggml.merges".to_string(),
+                GgufValue::Array(GgufArray::String(vec![])),
+            ),
+            (
+                "tokenizer.ggml.bos_token_id".to_string(),
+                GgufValue::U32(257),
+            ),
+            (
+                "tokenizer.ggml.eos_token_id".to_string(),
+                GgufValue::U32(258),
+            ),
+            (
+                "tokenizer.ggml.unknown_token_id".to_string(),
+                GgufValue::U32(256),
+            ),
+            (
+                "tokenizer.ggml.padding_token_id".to_string(),
+                GgufValue::U32(256),
+            ),
+            (
+                "tokenizer.ggml.add_bos_token".to_string(),
+                GgufValue::Bool(false),
+            ),
         ];
         Ok(TokenizerKvs {
             kvs,
@@ -149,7 +175,10 @@ mod tests {
 
     #[test]
     fn byte_level_vocabulary_encodes_any_text() {
-        assert_eq!((byte_char(b'A'), byte_char(b' '), byte_char(b'\n')), ('A', 'Ġ', 'Ċ'));
+        assert_eq!(
+            (byte_char(b'A'), byte_char(b' '), byte_char(b'\n')),
+            ('A', 'Ġ', 'Ċ')
+        );
         let t = TokenizerKvs::byte_level(300).unwrap();
         assert_eq!(t.token_count().unwrap(), 300);
         let tok = from_bpe_parts(&t.parts().unwrap()).unwrap();

@@ -58,7 +58,11 @@ pub struct MakeModelArgs {
 
 pub fn run(a: MakeModelArgs) -> anyhow_lite::Result<()> {
     let mut shape = LlamaShape::by_name(&a.shape).ok_or_else(|| {
-        msg(format!("unknown shape `{}` (known: {})", a.shape, SHAPE_NAMES.join(", ")))
+        msg(format!(
+            "unknown shape `{}` (known: {})",
+            a.shape,
+            SHAPE_NAMES.join(", ")
+        ))
     })?;
     let set = |field: &mut usize, v: Option<usize>| *field = v.unwrap_or(*field);
     set(&mut shape.hidden, a.hidden);
@@ -73,7 +77,8 @@ pub fn run(a: MakeModelArgs) -> anyhow_lite::Result<()> {
     }
     shape.head_dim = a.head_dim.or(shape.head_dim);
     shape.tied = a.tied.unwrap_or(shape.tied);
-    let dtype = WeightDType::by_name(&a.dtype).ok_or_else(|| msg(format!("unknown dtype `{}`", a.dtype)))?;
+    let dtype = WeightDType::by_name(&a.dtype)
+        .ok_or_else(|| msg(format!("unknown dtype `{}`", a.dtype)))?;
     let model = RandomLlama {
         shape,
         seed: a.seed,
