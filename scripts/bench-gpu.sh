@@ -13,6 +13,9 @@
 #   target/llamacpp/src/vendor/llama.cpp/build-vulkan; all layers offloaded (-ngl 99).
 # - Timing: npurt and llama-bench alternate, ROUNDS times, so both see the same
 #   machine state; each row is the mean over rounds of each tool's own mean.
+# - Correctness beside speed: `npurt conformance --backend $BACKEND`, and the logits of
+#   the first shape's model for 16 tokens on the CPU backend against $BACKEND, at f32
+#   and at $PRECISION (max difference relative to the logit range, top-1 agreement).
 #
 # Offline: give prebuilt binaries and nothing is built or fetched:
 #   BIN_DIR=dir (holding npurt, llama-bench, llama-quantize and, for the static
@@ -25,10 +28,14 @@
 #        PROMPTS=128,512 GEN=128 REPS=3 ROUNDS=2 SEED=0 PRECISION=w4a16
 #        LLAMA_BUILD=vulkan|cpu (which llama.cpp build to use or make)
 #        MAKE_FLAGS="" (more make-model flags, e.g. "--layers 4")
-#        CONFORMANCE=1 (0: skip the conformance suite)  JOBS=$(nproc) (build jobs)
+#        TOKENIZER=a GGUF whose tokenizer the models get (default: the SmolLM2 GGUF;
+#        a path that is not there: make-model's byte-level vocabulary)
+#        CONFORMANCE=1 (0: skip the conformance suite)  AGREE=1 (0: skip the logits
+#        comparison)  JOBS=$(nproc) (build jobs)
 #        QUICK=1: try it on a CPU-only box: the small shape cut to 4 layers, -p 32
 #        -n 8, one repetition, one round, llama.cpp's CPU build (lavapipe for wgpu)
-# Writes target/gpu-bench/: models/, results.jsonl, conformance.txt, table.md, logs/.
+# Writes target/gpu-bench/: models/, results.jsonl, conformance.txt, agreement.txt,
+# table.md, logs/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=lib/llamacpp.sh
@@ -50,9 +57,10 @@ PRECISION=${PRECISION:-w4a16}
 LLAMA_BUILD=${LLAMA_BUILD:-vulkan}
 MAKE_FLAGS=${MAKE_FLAGS:-}
 CONFORMANCE=${CONFORMANCE:-1}
+AGREE=${AGREE:-1}
 JOBS=${JOBS:-$(nproc)}
 OUT=target/gpu-bench
-TOKENIZER=models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+TOKENIZER=${TOKENIZER:-models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf}
 mkdir -p "$OUT/models" "$OUT/logs"
 
 say() { echo "bench-gpu.sh: $*" >&2; }
@@ -91,12 +99,15 @@ done
 
 # --- The models, made once per shape, seed and flags (file names say which).
 TOK_FLAG=()
+TOK_TAG=""
 if [ -f "$TOKENIZER" ]; then
     TOK_FLAG=(--tokenizer-from "$TOKENIZER")
 else
     say "$TOKENIZER is not there: the models get make-model's byte-level vocabulary"
+    TOK_TAG="-bytevocab"
 fi
-tag() { echo "$1-seed$SEED$(echo "$MAKE_FLAGS" | tr -d ' -')"; }
+# Model file names say what made them, so a changed knob makes new models.
+tag() { echo "$1-seed$SEED$(echo "$MAKE_FLAGS" | tr -d ' -')$TOK_TAG"; }
 for shape in $SHAPES; do
     base="$OUT/models/$(tag "$shape")"
     # shellcheck disable=SC2086  # MAKE_FLAGS are words
@@ -128,6 +139,39 @@ if [ "$CONFORMANCE" = 1 ]; then
     fi
     CONF="$CONF ($(grep -Eio '[0-9]+ passed[^|]*' "$OUT/conformance.txt" | tail -1 || true))"
 fi
+AGREEMENT="skipped"
+if [ "$AGREE" = 1 ]; then
+    first="$OUT/models/$(tag "${SHAPES%% *}")-hf"
+    ids=1,9,100,2000,30,47,5,600,7000,8,11,123,4096,77,3,42
+    : >"$OUT/agreement.txt"
+    for precision in f32 "$PRECISION"; do
+        for backend in cpu "$BACKEND"; do
+            "$NPURT" logits --model "$first" --backend "$backend" --precision "$precision" \
+                --ids "$ids" --out "$OUT/logs/logits-$backend-$precision.safetensors" \
+                2>"$OUT/logs/logits-$backend-$precision.err" ||
+                die "npurt logits failed: $OUT/logs/logits-$backend-$precision.err"
+        done
+        python3 - "$OUT/logs/logits-cpu-$precision.safetensors" \
+            "$OUT/logs/logits-$BACKEND-$precision.safetensors" "$precision" "$BACKEND" \
+            >>"$OUT/agreement.txt" <<'EOF'
+import json, struct, sys
+
+def rows(path):
+    b = open(path, "rb").read()
+    n = struct.unpack("<Q", b[:8])[0]
+    t = json.loads(b[8:8 + n])["logits"]
+    (begin, end), (count, vocab) = t["data_offsets"], t["shape"]
+    v = struct.unpack(f"<{count * vocab}f", b[8 + n + begin:8 + n + end])
+    return [v[i * vocab:(i + 1) * vocab] for i in range(count)]
+
+a, b = rows(sys.argv[1]), rows(sys.argv[2])
+rel = max(max(abs(x - y) for x, y in zip(ra, rb)) / (max(ra) - min(ra)) for ra, rb in zip(a, b))
+top1 = sum(ra.index(max(ra)) == rb.index(max(rb)) for ra, rb in zip(a, b))
+print(f"{sys.argv[3]}: max |cpu - {sys.argv[4]}| = {rel:.2e} of the logit range, top-1 {top1}/{len(a)}")
+EOF
+    done
+    AGREEMENT="$(paste -sd';' "$OUT/agreement.txt" | sed 's/;/; /g')"
+fi
 RESULTS="$OUT/results.jsonl"
 : >"$RESULTS"
 for round in $(seq "$ROUNDS"); do
@@ -149,12 +193,12 @@ for round in $(seq "$ROUNDS"); do
 done
 ELAPSED=$(($(date +%s) - START))
 
-python3 - "$RESULTS" "$OUT/table.md" "$CONF" "$ELAPSED" "$BACKEND" "$PRECISION" <<'EOF'
+python3 - "$RESULTS" "$OUT/table.md" "$CONF" "$ELAPSED" "$BACKEND" "$PRECISION" "$AGREEMENT" <<'EOF'
 import json, sys
 from collections import defaultdict
 from datetime import date
 
-results, table_path, conformance, elapsed, backend, precision = sys.argv[1:7]
+results, table_path, conformance, elapsed, backend, precision, agreement = sys.argv[1:8]
 # (shape, engine, test) -> [tok/s per round]; devices as each tool names them.
 cells = defaultdict(list)
 devices = {}
@@ -202,7 +246,12 @@ for shape in shapes:
             a, b = mean(cells.get((shape, npurt[0], t), [])), mean(cells.get((shape, llama[0], t), []))
             ratios.append(f"{a / b:.2f}x" if a and b else "-")
         lines.append(f"| {shape} | npurt / llama.cpp | " + " | ".join(ratios) + " |")
-lines += ["", f"conformance on {backend}: {conformance}", f"measurements took {elapsed} s"]
+lines += [
+    "",
+    f"conformance on {backend}: {conformance}",
+    f"logits of {shapes[0] if shapes else '-'}, cpu vs {backend}: {agreement}",
+    f"measurements took {elapsed} s",
+]
 text = "\n".join(lines) + "\n"
 open(table_path, "w").write(text)
 print(text, end="")
