@@ -13,14 +13,19 @@ pub struct MakeModelArgs {
     /// Named shape: smollm2-135m (hidden 576, 30 layers, 9/3 heads, MLP 1536, vocab
     /// 49152, tied) or llama-2.7b (hidden 2560, 32 layers, 32/8 heads of 80, MLP 6912,
     /// vocab 49152); the flags below override its fields.
-    #[arg(long, default_value = "smollm2-135m")]
+    #[arg(long, default_value = "smollm2-135m",
+          value_parser = clap::builder::PossibleValuesParser::new(SHAPE_NAMES))]
     shape: String,
+    /// Hidden (embedding) width.
     #[arg(long)]
     hidden: Option<usize>,
+    /// Decoder layers.
     #[arg(long)]
     layers: Option<usize>,
+    /// Query heads.
     #[arg(long)]
     heads: Option<usize>,
+    /// Key/value heads (grouped-query attention: must divide the query heads).
     #[arg(long)]
     kv_heads: Option<usize>,
     /// Per-head width (default: the shape's, else hidden / heads).
