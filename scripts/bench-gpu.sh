@@ -45,6 +45,8 @@ QUICK=${QUICK:-0}
 if [ "$QUICK" = 1 ]; then
     : "${SHAPES:=smollm2-135m}" "${PROMPTS:=32}" "${GEN:=8}" "${REPS:=1}" "${ROUNDS:=1}"
     : "${LLAMA_BUILD:=cpu}" "${MAKE_FLAGS:=--layers 4}"
+    # ggml's Vulkan backend skips CPU devices (lavapipe) unless they are named.
+    [ "$LLAMA_BUILD" = vulkan ] && export GGML_VK_VISIBLE_DEVICES=${GGML_VK_VISIBLE_DEVICES:-0}
 fi
 BACKEND=${BACKEND:-wgpu}
 SHAPES=${SHAPES:-smollm2-135m llama-2.7b}
@@ -172,6 +174,27 @@ EOF
     done
     AGREEMENT="$(paste -sd';' "$OUT/agreement.txt" | sed 's/;/; /g')"
 fi
+# Both engines must be on the device the comparison is about: a missing Vulkan loader
+# or ICD makes llama.cpp fall back to its CPU code and wgpu to lavapipe, silently.
+check_devices() {
+    python3 - "$1" "$2" "$LLAMA_BUILD" "$BACKEND" "$QUICK" <<'EOF'
+import json, sys
+llama, npurt = json.load(open(sys.argv[1]))[0], json.load(open(sys.argv[2]))
+build, backend, quick = sys.argv[3], sys.argv[4], sys.argv[5] == "1"
+gpu = llama.get("gpu_info") or ""
+device = npurt["machine"][0]["device"] if npurt["machine"] else ""
+problems = []
+if build == "vulkan" and not gpu:
+    problems.append("llama.cpp found no Vulkan device and ran on the CPU")
+if not quick and "llvmpipe" in gpu:
+    problems.append(f"llama.cpp ran on {gpu}, a CPU Vulkan driver")
+if not quick and backend != "cpu" and ("Cpu" in device or "llvmpipe" in device):
+    problems.append(f"npurt ran on {device}, a CPU Vulkan driver")
+for p in problems:
+    print(f"bench-gpu.sh: error: {p} (see ../shared/gpu/README.md: Vulkan loader, VK_DRIVER_FILES)", file=sys.stderr)
+sys.exit(1 if problems else 0)
+EOF
+}
 RESULTS="$OUT/results.jsonl"
 : >"$RESULTS"
 for round in $(seq "$ROUNDS"); do
@@ -189,6 +212,7 @@ for round in $(seq "$ROUNDS"); do
             die "npurt bench failed: $log-npurt.err"
         python3 -c 'import json, sys; print(json.dumps({"round": int(sys.argv[1]), "shape": sys.argv[2], "who": "npurt", "row": json.load(open(sys.argv[3]))}))' \
             "$round" "$shape" "$log-npurt.json" >>"$RESULTS"
+        [ "$round" != 1 ] || check_devices "$log-llamacpp.json" "$log-npurt.json" || exit 1
     done
 done
 ELAPSED=$(($(date +%s) - START))
