@@ -20,6 +20,9 @@
 # Offline: give prebuilt binaries and nothing is built or fetched:
 #   BIN_DIR=dir (holding npurt, llama-bench, llama-quantize and, for the static
 #   llama.cpp build, libgomp.so.1), or NPURT=, LLAMA_BENCH=, LLAMA_QUANTIZE= one by one.
+# PACK=dir builds (or finds) the three, copies them stripped into dir with the
+# libgomp.so.1 llama.cpp loads, and stops: what to carry to a GPU machine with no
+# network (about 50 MB), to run there as BIN_DIR=dir.
 # Without a Vulkan loader on the machine see ../shared/gpu/README.md (Debian's
 # libvulkan1 extracted; VK_DRIVER_FILES pointing at the driver's ICD).
 #
@@ -34,6 +37,7 @@
 #        comparison)  JOBS=$(nproc) (build jobs)
 #        QUICK=1: try it on a CPU-only box: the small shape cut to 4 layers, -p 32
 #        -n 8, one repetition, one round, llama.cpp's CPU build (lavapipe for wgpu)
+#        PACK=dir: make the offline bundle (above) and stop
 # Writes target/gpu-bench/: models/, results.jsonl, conformance.txt, agreement.txt,
 # table.md, logs/.
 set -euo pipefail
@@ -98,6 +102,16 @@ fi
 for b in "$NPURT" "$LLAMA_BENCH" "$LLAMA_QUANTIZE"; do
     [ -x "$b" ] || die "$b is not an executable"
 done
+if [ -n "${PACK:-}" ]; then
+    mkdir -p "$PACK"
+    for b in "$NPURT" "$LLAMA_BENCH" "$LLAMA_QUANTIZE"; do
+        strip -o "$PACK/$(basename "$b")" "$b"
+    done
+    gomp="$(ldd "$LLAMA_BENCH" | awk '/libgomp/ {print $3}')"
+    [ -z "$gomp" ] || cp -L "$gomp" "$PACK/"
+    say "packed into $PACK ($(du -sh "$PACK" | cut -f1)): run there as BIN_DIR=$PACK scripts/bench-gpu.sh"
+    exit 0
+fi
 
 # --- The models, made once per shape, seed and flags (file names say which).
 TOK_FLAG=()
