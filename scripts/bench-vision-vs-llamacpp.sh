@@ -53,14 +53,14 @@ SKIP_NPURT=${SKIP_NPURT:-0}
 NPURT_EXTRA=${NPURT_EXTRA:-}
 TIMEOUT=${TIMEOUT:-0}
 SEED=9
-VERSION=0.3.16
-SHA256=34ed0f9bd9431af045bb63d9324ae620ad0536653740e9bb163a2e1fcb973be6
-DIR=target/llamacpp
+# shellcheck source=lib/llamacpp.sh
+. scripts/lib/llamacpp.sh
+DIR=$LLAMACPP_DIR
 VDIR="$DIR/vision"
 MODEL=models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 IMAGE="$VDIR/image-768x1536.png"
 PIXELS="$VDIR/pixels-768x1536-9tiles.safetensors"
-LLAMA="$DIR/src/vendor/llama.cpp"
+LLAMA="$LLAMACPP_SRC"
 BIN="$LLAMA/build/bin"
 PY="$DIR/venv/bin/python"
 
@@ -73,29 +73,12 @@ NPURT=${NPURT:-target/release/npurt}
 # --- llama.cpp: the pinned sources, built as scripts/bench-vs-llamacpp.sh does, plus
 # llama-mtmd-cli (a reconfigure of an existing build dir is a no-op).
 if [ ! -x "$BIN/llama-mtmd-cli" ]; then
-    mkdir -p "$DIR"
-    SDIST="$DIR/llama_cpp_python-$VERSION.tar.gz"
-    if [ ! -f "$SDIST" ]; then
-        python3 -m pip download --no-deps "llama-cpp-python==$VERSION" -d "$DIR"
-    fi
-    echo "$SHA256  $SDIST" | sha256sum -c -
-    if [ ! -f "$LLAMA/tools/mtmd/mtmd-cli.cpp" ]; then
-        rm -rf "$DIR/src" && mkdir -p "$DIR/src"
-        tar xzf "$SDIST" -C "$DIR/src" --strip-components=1
-    fi
-    [ -x "$DIR/venv/bin/cmake" ] || { python3 -m venv "$DIR/venv" && "$DIR/venv/bin/pip" install -q cmake ninja; }
-    (
-        cd "$LLAMA"
-        ../../../venv/bin/cmake -S . -B build -G Ninja \
-            -DCMAKE_MAKE_PROGRAM="$PWD/../../../venv/bin/ninja" -DCMAKE_BUILD_TYPE=Release \
-            -DBUILD_SHARED_LIBS=OFF -DGGML_NATIVE=ON -DGGML_OPENMP=ON -DLLAMA_CURL=OFF \
-            -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF
-        ../../../venv/bin/cmake --build build -j 2 --target llama-bench llama-quantize llama-mtmd-cli
-    )
+    llamacpp_sources tools/mtmd/mtmd-cli.cpp
+    llamacpp_build build "-DGGML_NATIVE=ON -DGGML_OPENMP=ON" llama-bench llama-quantize llama-mtmd-cli
 fi
 
 # --- Python for gguf-py (the vendored copy, on PYTHONPATH) and the image writers.
-[ -x "$PY" ] || { python3 -m venv "$DIR/venv" && "$DIR/venv/bin/pip" install -q cmake ninja; }
+llamacpp_venv
 "$PY" -c "import numpy, yaml, tqdm" 2>/dev/null || "$DIR/venv/bin/pip" install -q numpy pyyaml tqdm
 export PYTHONPATH="$LLAMA/gguf-py"
 mkdir -p "$VDIR/logs"

@@ -17,8 +17,6 @@ ROUNDS=${ROUNDS:-2}
 THREADS=${THREADS:-1,2}
 PROMPT=${PROMPT:-512}
 GEN=${GEN:-128}
-VERSION=0.3.16
-SHA256=34ed0f9bd9431af045bb63d9324ae620ad0536653740e9bb163a2e1fcb973be6
 DIR=target/llamacpp
 MODEL=models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 Q4_0="$DIR/SmolLM2-135M-Instruct.Q4_0.gguf"
@@ -27,26 +25,11 @@ Q4_0="$DIR/SmolLM2-135M-Instruct.Q4_0.gguf"
 cargo build --release -p npurt-runtime
 NPURT=target/release/npurt
 
-BIN="$DIR/src/vendor/llama.cpp/build/bin"
+# shellcheck source=lib/llamacpp.sh
+. scripts/lib/llamacpp.sh
+BIN="$LLAMACPP_SRC/build/bin"
 if [ ! -x "$BIN/llama-bench" ]; then
-    mkdir -p "$DIR"
-    SDIST="$DIR/llama_cpp_python-$VERSION.tar.gz"
-    if [ ! -f "$SDIST" ]; then
-        python3 -m pip download --no-deps "llama-cpp-python==$VERSION" -d "$DIR"
-    fi
-    echo "$SHA256  $SDIST" | sha256sum -c -
-    rm -rf "$DIR/src" && mkdir -p "$DIR/src"
-    tar xzf "$SDIST" -C "$DIR/src" --strip-components=1
-    python3 -m venv "$DIR/venv"
-    "$DIR/venv/bin/pip" install -q cmake ninja
-    (
-        cd "$DIR/src/vendor/llama.cpp"
-        ../../../venv/bin/cmake -S . -B build -G Ninja \
-            -DCMAKE_MAKE_PROGRAM="$PWD/../../../venv/bin/ninja" -DCMAKE_BUILD_TYPE=Release \
-            -DBUILD_SHARED_LIBS=OFF -DGGML_NATIVE=ON -DGGML_OPENMP=ON -DLLAMA_CURL=OFF \
-            -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF
-        ../../../venv/bin/cmake --build build -j 2 --target llama-bench llama-quantize
-    )
+    llamacpp_build build "-DGGML_NATIVE=ON -DGGML_OPENMP=ON" llama-bench llama-quantize
 fi
 [ -f "$Q4_0" ] || "$BIN/llama-quantize" --allow-requantize "$MODEL" "$Q4_0" Q4_0 >/dev/null 2>&1
 

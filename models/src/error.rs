@@ -13,6 +13,13 @@ pub enum ModelError {
         #[source]
         source: std::io::Error,
     },
+    /// Writing a model file failed (the output path is not writable, the disk is full).
+    #[error("cannot write {path}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     /// The path exists but is no regular file: opening a named pipe would block until
     /// some writer appears, and a device or socket is not a model file.
     #[error("{path}: not a regular file (a {kind})")]

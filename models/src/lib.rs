@@ -7,7 +7,9 @@
 //! - [`llama`]: the one LLaMA-family graph builder (prefill-chunk and decode graphs);
 //! - [`siglip`]: the one SigLIP vision-tower builder (patch-embedding and encoder stages);
 //! - [`projector`]: BlueLM-V's 2x2 token downsampler + MLP projector;
-//! - [`vlm`]: the BlueLM-V model directory (vision + projector + LLM).
+//! - [`vlm`]: the BlueLM-V model directory (vision + projector + LLM);
+//! - [`random_llama`]: seeded random-weight LLaMAs of named shapes, written as an HF
+//!   directory or a GGUF ([`stream_write`], `gguf::start_gguf`: the streaming writers).
 
 pub mod chat;
 pub mod config;
@@ -16,8 +18,10 @@ pub mod gguf;
 pub mod hf_dir;
 pub mod llama;
 pub mod projector;
+pub mod random_llama;
 pub mod siglip;
 pub mod source;
+pub mod stream_write;
 /// Test-file writers: feature `testfiles` (always on for this crate's unit tests).
 #[cfg(any(test, feature = "testfiles"))]
 pub mod testfiles;

@@ -14,7 +14,7 @@
 
 use crate::config::bad;
 use crate::{Result, WeightStore};
-use npurt_graph::{Builder, Graph, NodeId, SeededRng, TensorFact};
+use npurt_graph::{Builder, Graph, NodeId, TensorFact};
 use serde_json::Value;
 
 /// `SiglipVisionConfig` fields npurt uses.
@@ -465,12 +465,7 @@ pub fn synthetic_weights(cfg: &SiglipVisionConfig, seed: u64) -> Result<WeightSt
 /// generator; shared by the synthetic tower and projector.
 pub(crate) fn synthetic_store(shapes: &[(String, Vec<usize>)], seed: u64) -> Result<WeightStore> {
     WeightStore::synthetic_f32(shapes, move |name, v| {
-        // Each tensor's own stream (the seed and its name), so a tensor is the same
-        // whenever and in whatever order it is generated.
-        let name_hash = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-            (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
-        });
-        let mut rng = SeededRng::new(seed ^ name_hash);
+        let mut rng = WeightStore::tensor_rng(seed, name);
         let is_norm = name.contains("norm") || name.contains(".ln.");
         let (base, spread) = if is_norm && name.ends_with(".weight") {
             (1.0, 0.1)

@@ -5,8 +5,11 @@
 //! these files in targeted ways, hence the byte layouts they return). They are not a way
 //! to produce real checkpoints, and unlike the loaders they may panic on misuse.
 
-use crate::gguf::{GgmlType, GgufArray, GgufValue, DEFAULT_ALIGNMENT, GGUF_MAGIC};
+use crate::gguf::{
+    put_str, put_value, GgmlType, GgufArray, GgufValue, DEFAULT_ALIGNMENT, GGUF_MAGIC,
+};
 use crate::source::llama_tensor_shapes;
+use crate::stream_write::{start_safetensors, SafetensorsEntry};
 use crate::LlamaConfig;
 use half::{bf16, f16};
 use serde_json::{json, Value};
@@ -150,56 +153,6 @@ impl GgufWriter {
     }
 }
 
-fn put_str(b: &mut Vec<u8>, s: &str) {
-    b.extend_from_slice(&(s.len() as u64).to_le_bytes());
-    b.extend_from_slice(s.as_bytes());
-}
-
-fn put_value(b: &mut Vec<u8>, v: &GgufValue) {
-    match v {
-        GgufValue::U8(x) => b.push(*x),
-        GgufValue::I8(x) => b.extend_from_slice(&x.to_le_bytes()),
-        GgufValue::U16(x) => b.extend_from_slice(&x.to_le_bytes()),
-        GgufValue::I16(x) => b.extend_from_slice(&x.to_le_bytes()),
-        GgufValue::U32(x) => b.extend_from_slice(&x.to_le_bytes()),
-        GgufValue::I32(x) => b.extend_from_slice(&x.to_le_bytes()),
-        GgufValue::U64(x) => b.extend_from_slice(&x.to_le_bytes()),
-        GgufValue::I64(x) => b.extend_from_slice(&x.to_le_bytes()),
-        GgufValue::F32(x) => b.extend_from_slice(&x.to_le_bytes()),
-        GgufValue::F64(x) => b.extend_from_slice(&x.to_le_bytes()),
-        GgufValue::Bool(x) => b.push(*x as u8),
-        GgufValue::String(s) => put_str(b, s),
-        GgufValue::Array(a) => put_array(b, a),
-    }
-}
-
-fn put_array(b: &mut Vec<u8>, a: &GgufArray) {
-    b.extend_from_slice(&a.elem_type_id().to_le_bytes());
-    b.extend_from_slice(&(a.len() as u64).to_le_bytes());
-    macro_rules! nums {
-        ($v:expr) => {
-            for x in $v {
-                b.extend_from_slice(&x.to_le_bytes());
-            }
-        };
-    }
-    match a {
-        GgufArray::U8(v) => b.extend_from_slice(v),
-        GgufArray::I8(v) => nums!(v),
-        GgufArray::U16(v) => nums!(v),
-        GgufArray::I16(v) => nums!(v),
-        GgufArray::U32(v) => nums!(v),
-        GgufArray::I32(v) => nums!(v),
-        GgufArray::U64(v) => nums!(v),
-        GgufArray::I64(v) => nums!(v),
-        GgufArray::F32(v) => nums!(v),
-        GgufArray::F64(v) => nums!(v),
-        GgufArray::Bool(v) => b.extend(v.iter().map(|&x| x as u8)),
-        GgufArray::String(v) => v.iter().for_each(|s| put_str(b, s)),
-        GgufArray::Array(v) => v.iter().for_each(|a| put_array(b, a)),
-    }
-}
-
 /// One Q8_0 block: f16 scale `d`, then 32 signed quants (x = d * q).
 pub fn q8_0_block(d: f32, q: &[i8; 32]) -> Vec<u8> {
     let mut b = f16::from_f32(d).to_le_bytes().to_vec();
@@ -268,32 +221,25 @@ pub fn pattern_bytes(ty: GgmlType, rows: usize, cols: usize) -> Vec<u8> {
 /// A safetensors file: u64 header length, JSON header, data. Tensors are
 /// `(name, dtype name, shape, bytes)` laid out in the given order.
 pub fn safetensors_bytes(tensors: &[(String, &str, Vec<usize>, Vec<u8>)]) -> Vec<u8> {
-    let mut header = serde_json::Map::new();
-    header.insert("__metadata__".into(), json!({"format": "pt"}));
-    let mut offset = 0;
-    for (name, dtype, shape, data) in tensors {
-        header.insert(
-            name.clone(),
-            json!({"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + data.len()]}),
-        );
-        offset += data.len();
+    let entries: Vec<SafetensorsEntry> = tensors
+        .iter()
+        .map(|(name, dtype, shape, data)| SafetensorsEntry {
+            name: name.clone(),
+            dtype: dtype.to_string(),
+            shape: shape.clone(),
+            bytes: data.len() as u64,
+        })
+        .collect();
+    let mut w = start_safetensors(Vec::new(), &entries).expect("writing to memory");
+    for t in tensors {
+        w.tensor(|o| o.write_all(&t.3)).expect("sizes agree");
     }
-    safetensors_raw(
-        &Value::Object(header),
-        &tensors
-            .iter()
-            .flat_map(|t| t.3.iter().copied())
-            .collect::<Vec<_>>(),
-    )
+    w.finish().expect("every tensor written")
 }
 
 /// A safetensors file from an explicit header (for lying headers) and data section.
 pub fn safetensors_raw(header: &Value, data: &[u8]) -> Vec<u8> {
-    let mut h = header.to_string().into_bytes();
-    // The format pads the header with spaces to an 8-byte boundary.
-    h.resize(h.len().next_multiple_of(8), b' ');
-    let mut b = (h.len() as u64).to_le_bytes().to_vec();
-    b.extend(h);
+    let mut b = crate::stream_write::safetensors_header(header);
     b.extend_from_slice(data);
     b
 }

@@ -13,7 +13,7 @@
 
 use crate::{ModelError, Result};
 use memmap2::Mmap;
-use npurt_graph::{DType, TensorFact};
+use npurt_graph::{DType, SeededRng, TensorFact};
 use npurt_kernels::{quant, HostData, HostTensor, MappedF32};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -267,6 +267,16 @@ impl WeightStore {
             store.insert_generated(name.clone(), shape.clone(), generate);
         }
         Ok(store)
+    }
+
+    /// The seeded stream a synthetic tensor's values come from: the seed and the tensor's
+    /// name (FNV-1a), so a tensor is the same whenever and in whatever order it is
+    /// generated, and whichever file format it is written to.
+    pub fn tensor_rng(seed: u64, name: &str) -> SeededRng {
+        let name_hash = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+        });
+        SeededRng::new(seed ^ name_hash)
     }
 
     /// Every tensor's stored dtype by name (what the quantize pass imports losslessly).

@@ -137,18 +137,49 @@ enum Mapping {
     Unknown,
 }
 
+/// llama.cpp's names of a llama's model-wide tensors and their HF names.
+pub(crate) const GLOBAL_TENSORS: &[(&str, &str)] = &[
+    ("token_embd.weight", "model.embed_tokens.weight"),
+    ("output_norm.weight", "model.norm.weight"),
+    ("output.weight", "lm_head.weight"),
+];
+
+/// llama.cpp's names of a layer's tensors (after `blk.N.`), their HF names (after
+/// `model.layers.N.`), and whether GGUF stores their rows permuted for RoPE.
+pub(crate) const LAYER_TENSORS: &[(&str, &str, bool)] = &[
+    ("attn_q.weight", "self_attn.q_proj.weight", true),
+    ("attn_k.weight", "self_attn.k_proj.weight", true),
+    ("attn_v.weight", "self_attn.v_proj.weight", false),
+    ("attn_output.weight", "self_attn.o_proj.weight", false),
+    ("attn_v.bias", "self_attn.v_proj.bias", false),
+    ("attn_output.bias", "self_attn.o_proj.bias", false),
+    ("ffn_gate.weight", "mlp.gate_proj.weight", false),
+    ("ffn_up.weight", "mlp.up_proj.weight", false),
+    ("ffn_down.weight", "mlp.down_proj.weight", false),
+    ("attn_norm.weight", "input_layernorm.weight", false),
+    ("ffn_norm.weight", "post_attention_layernorm.weight", false),
+];
+
+/// The GGUF name of an HF llama tensor and whether its rows are permuted in GGUF
+/// (the inverse of [`hf_mapping`], for writers).
+pub(crate) fn gguf_name(hf_name: &str) -> Option<(String, bool)> {
+    if let Some((g, _)) = GLOBAL_TENSORS.iter().find(|(_, h)| *h == hf_name) {
+        return Some((g.to_string(), false));
+    }
+    let (layer, suffix) = hf_name.strip_prefix("model.layers.")?.split_once('.')?;
+    let (g, _, permuted) = LAYER_TENSORS.iter().find(|(_, h, _)| *h == suffix)?;
+    Some((format!("blk.{layer}.{g}"), *permuted))
+}
+
 fn hf_mapping(gguf_name: &str, n_layers: usize) -> Mapping {
     let hf = |name: String, unpermute| Mapping::Hf { name, unpermute };
-    match gguf_name {
-        "token_embd.weight" => return hf("model.embed_tokens.weight".into(), false),
-        "output_norm.weight" => return hf("model.norm.weight".into(), false),
-        "output.weight" => return hf("lm_head.weight".into(), false),
-        "rope_freqs.weight" => {
-            return Mapping::Unsupported(
-                "per-dimension RoPE frequency factors (Llama 3.1 style) are not supported",
-            )
-        }
-        _ => {}
+    if let Some((_, h)) = GLOBAL_TENSORS.iter().find(|(g, _)| *g == gguf_name) {
+        return hf(h.to_string(), false);
+    }
+    if gguf_name == "rope_freqs.weight" {
+        return Mapping::Unsupported(
+            "per-dimension RoPE frequency factors (Llama 3.1 style) are not supported",
+        );
     }
     let Some((layer, suffix)) = gguf_name
         .strip_prefix("blk.")
@@ -166,28 +197,17 @@ fn hf_mapping(gguf_name: &str, n_layers: usize) -> Mapping {
         Some(l) if l < n_layers => l,
         _ => return Mapping::Unknown,
     };
-    let (hf_suffix, unpermute) = match suffix {
-        "attn_q.weight" => ("self_attn.q_proj.weight", true),
-        "attn_k.weight" => ("self_attn.k_proj.weight", true),
-        "attn_v.weight" => ("self_attn.v_proj.weight", false),
-        "attn_output.weight" => ("self_attn.o_proj.weight", false),
-        "attn_v.bias" => ("self_attn.v_proj.bias", false),
-        "attn_output.bias" => ("self_attn.o_proj.bias", false),
-        // Un-permuting a 1-D bias is not something the WeightStore's row permutation
-        // describes; no llama GGUF we target has one.
-        "attn_q.bias" | "attn_k.bias" => {
-            return Mapping::Unsupported(
-                "q/k projection biases (row-permuted in GGUF) are not supported",
-            )
-        }
-        "ffn_gate.weight" => ("mlp.gate_proj.weight", false),
-        "ffn_up.weight" => ("mlp.up_proj.weight", false),
-        "ffn_down.weight" => ("mlp.down_proj.weight", false),
-        "attn_norm.weight" => ("input_layernorm.weight", false),
-        "ffn_norm.weight" => ("post_attention_layernorm.weight", false),
-        _ => return Mapping::Unknown,
-    };
-    hf(format!("model.layers.{layer}.{hf_suffix}"), unpermute)
+    // Un-permuting a 1-D bias is not something the WeightStore's row permutation
+    // describes; no llama GGUF we target has one.
+    if matches!(suffix, "attn_q.bias" | "attn_k.bias") {
+        return Mapping::Unsupported(
+            "q/k projection biases (row-permuted in GGUF) are not supported",
+        );
+    }
+    match LAYER_TENSORS.iter().find(|(g, _, _)| *g == suffix) {
+        Some((_, h, unpermute)) => hf(format!("model.layers.{layer}.{h}"), *unpermute),
+        None => Mapping::Unknown,
+    }
 }
 
 /// Registers every tensor of `file` (mapped as `map`) under its HF name.

@@ -16,18 +16,25 @@
 //! - `file`: the parsed file (`GgufFile`, `GgufTensorInfo`) and metadata lookups;
 //! - `parse`: the bounds-checked reader that builds a `GgufFile` from bytes;
 //! - `llama`: GGUF names to LLaMA: the config from `llama.*` metadata and the
-//!   weights under their HF names.
+//!   weights under their HF names;
+//! - `write`: the value encoders and a streaming writer (header first, then each
+//!   tensor's bytes), for files larger than memory.
 
 mod file;
 mod ggml_type;
 mod llama;
 mod parse;
 mod value;
+mod write;
 
 pub use file::{GgufFile, GgufTensorInfo};
 pub use ggml_type::GgmlType;
+pub(crate) use llama::gguf_name;
 pub use llama::{llama_config, load};
 pub use value::{type_name, value_type, GgufArray, GgufValue};
+#[cfg(any(test, feature = "testfiles"))]
+pub(crate) use write::{put_str, put_value};
+pub use write::{start_gguf, TensorInfo};
 
 pub const GGUF_MAGIC: [u8; 4] = *b"GGUF";
 /// Data-section alignment when `general.alignment` is absent (the GGUF spec's default).

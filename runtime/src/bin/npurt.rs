@@ -2,7 +2,7 @@
 //! `perplexity`, `inspect`, `bench`) share `--model` (default: the fetched SmolLM2 GGUF),
 //! `--backend`, `--precision`, `--kv-cache`, `--threads`, `--chunk` and `--ctx`;
 //! `conformance` takes `--backend`, `--op` and `--threads`; `encode-image` has its own
-//! flags; `image-plan` and `backends` need no model.
+//! flags; `image-plan`, `make-model` and `backends` need no model.
 //!
 //! Exit status: 2 for a usage error (an unknown or missing flag, a value that does not
 //! parse: clap's convention), 1 for an error at run time, printed with its cause chain.
@@ -19,6 +19,8 @@ use std::sync::Arc;
 
 #[path = "npurt/encode_image.rs"]
 mod encode_image;
+#[path = "npurt/make_model.rs"]
+mod make_model;
 #[path = "npurt/run_prompt.rs"]
 mod run_prompt;
 
@@ -255,6 +257,9 @@ enum Cmd {
     /// Encode an image's tiles with a SigLIP vision tower (+ projector): per-stage
     /// times, GOP/s, peak RSS; `--out` writes the features.
     EncodeImage(encode_image::EncodeImageArgs),
+    /// Write a seeded random-weight LLaMA of a named shape as an HF directory or a
+    /// GGUF file (the same weights in both), for speed runs and engine comparisons.
+    MakeModel(make_model::MakeModelArgs),
     /// What an image will cost the vision encoder, from its header only (no model, no
     /// pixel decode): the tile grid, canvas, resized size, padding, tiles and LLM tokens.
     ImagePlan {
@@ -744,6 +749,7 @@ fn run(cli: Cli) -> anyhow_lite::Result<()> {
             }
         }
         Cmd::EncodeImage(a) => encode_image::run(a)?,
+        Cmd::MakeModel(a) => make_model::run(a)?,
         Cmd::ImagePlan {
             image,
             alpha,

@@ -1,0 +1,118 @@
+//! `npurt make-model`: writes a seeded random-weight LLaMA of a named shape as an HF
+//! directory or a GGUF file (the same weights in both), for speed runs and for
+//! comparing engines on one model without a checkpoint (`scripts/bench-gpu.sh`).
+
+use super::anyhow_lite::{self, msg};
+use clap::Args;
+use npurt_models::random_llama::{LlamaShape, RandomLlama, TokenizerKvs, WeightDType, SHAPE_NAMES};
+use std::path::PathBuf;
+use std::time::Instant;
+
+#[derive(Args)]
+pub struct MakeModelArgs {
+    /// Named shape: smollm2-135m (hidden 576, 30 layers, 9/3 heads, MLP 1536, vocab
+    /// 49152, tied) or llama-2.7b (hidden 2560, 32 layers, 32/8 heads of 80, MLP 6912,
+    /// vocab 49152); the flags below override its fields.
+    #[arg(long, default_value = "smollm2-135m",
+          value_parser = clap::builder::PossibleValuesParser::new(SHAPE_NAMES))]
+    shape: String,
+    /// Hidden (embedding) width.
+    #[arg(long)]
+    hidden: Option<usize>,
+    /// Decoder layers.
+    #[arg(long)]
+    layers: Option<usize>,
+    /// Query heads.
+    #[arg(long)]
+    heads: Option<usize>,
+    /// Key/value heads (grouped-query attention: must divide the query heads).
+    #[arg(long)]
+    kv_heads: Option<usize>,
+    /// Per-head width (default: the shape's, else hidden / heads).
+    #[arg(long)]
+    head_dim: Option<usize>,
+    /// MLP (intermediate) width.
+    #[arg(long)]
+    mlp: Option<usize>,
+    /// Vocabulary size (must equal the tokenizer's token count).
+    #[arg(long)]
+    vocab: Option<usize>,
+    /// Tie the output projection to the embedding (true/false; default: the shape's).
+    #[arg(long)]
+    tied: Option<bool>,
+    /// Seed of the weights: the same seed and shape give the same weights in both
+    /// formats, on every machine.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Output form: hf (a directory: config.json, model.safetensors, tokenizer files)
+    /// or gguf (one file, llama.cpp's names).
+    #[arg(long, value_parser = ["hf", "gguf"])]
+    format: String,
+    /// Storage type of the weights (f16 is what llama-quantize takes); GGUF norms stay f32.
+    #[arg(long, default_value = "f32", value_parser = ["f32", "f16"])]
+    dtype: String,
+    /// Copy the tokenizer (every `tokenizer.*` key) from this GGUF, e.g. the SmolLM2
+    /// file scripts/fetch-model.sh fetches (default: a made-up byte-level vocabulary of
+    /// the shape's size).
+    #[arg(long, value_name = "FILE.gguf")]
+    tokenizer_from: Option<PathBuf>,
+    /// Where to write: a directory (hf) or a file (gguf).
+    #[arg(long)]
+    out: PathBuf,
+}
+
+pub fn run(a: MakeModelArgs) -> anyhow_lite::Result<()> {
+    let mut shape = LlamaShape::by_name(&a.shape).ok_or_else(|| {
+        msg(format!(
+            "unknown shape `{}` (known: {})",
+            a.shape,
+            SHAPE_NAMES.join(", ")
+        ))
+    })?;
+    let set = |field: &mut usize, v: Option<usize>| *field = v.unwrap_or(*field);
+    set(&mut shape.hidden, a.hidden);
+    set(&mut shape.layers, a.layers);
+    set(&mut shape.heads, a.heads);
+    set(&mut shape.kv_heads, a.kv_heads);
+    set(&mut shape.mlp, a.mlp);
+    set(&mut shape.vocab, a.vocab);
+    // Changing the width or the heads drops the named shape's head width.
+    if a.hidden.is_some() || a.heads.is_some() {
+        shape.head_dim = None;
+    }
+    shape.head_dim = a.head_dim.or(shape.head_dim);
+    shape.tied = a.tied.unwrap_or(shape.tied);
+    let dtype = WeightDType::by_name(&a.dtype)
+        .ok_or_else(|| msg(format!("unknown dtype `{}`", a.dtype)))?;
+    let model = RandomLlama {
+        shape,
+        seed: a.seed,
+        dtype,
+    };
+    // The shape first: a bad one is reported before any tokenizer file is read.
+    let cfg = model.shape.config()?;
+    let tokenizer = match &a.tokenizer_from {
+        Some(path) => TokenizerKvs::from_gguf(path)?,
+        None => TokenizerKvs::byte_level(cfg.vocab_size)?,
+    };
+    let params = npurt_models::source::llama_tensor_shapes(&cfg)
+        .iter()
+        .map(|(_, s)| s.iter().product::<usize>())
+        .sum::<usize>();
+    eprintln!(
+        "writing {} ({:.1}M parameters, {}, seed {}, tokenizer: {}) to {}...",
+        a.shape,
+        params as f64 / 1e6,
+        a.dtype,
+        a.seed,
+        tokenizer.source,
+        a.out.display()
+    );
+    let start = Instant::now();
+    match a.format.as_str() {
+        "hf" => model.write_hf_dir(&a.out, &tokenizer)?,
+        _ => model.write_gguf(&a.out, &tokenizer)?,
+    }
+    eprintln!("done in {:.1} s", start.elapsed().as_secs_f64());
+    Ok(())
+}

@@ -1,0 +1,297 @@
+#!/usr/bin/env bash
+# npurt on a GPU against llama.cpp's Vulkan backend, same machine, same run, same
+# random weights (issue 12, point 6). Prints the table model x engine x test with the
+# npurt / llama.cpp ratios, and whether `npurt conformance` passes on the backend.
+#
+# - Models: `npurt make-model` writes two seeded random-weight LLaMAs (SmolLM2-135M's
+#   shape and a 2.7B shape) as a GGUF (f16, then llama-quantize to Q4_0, for
+#   llama.cpp) and as an HF directory (f16, loaded by npurt at w4a16): the same weights.
+#   The tokenizer is copied from the SmolLM2 GGUF when it is there (scripts/fetch-model.sh),
+#   else make-model's byte-level one (llama-bench feeds random tokens either way).
+# - llama.cpp: the pinned sources every comparison here uses (scripts/lib/llamacpp.sh),
+#   built static with -DGGML_VULKAN=ON (needs libvulkan-dev and glslc) in
+#   target/llamacpp/src/vendor/llama.cpp/build-vulkan; all layers offloaded (-ngl 99).
+# - Timing: npurt and llama-bench alternate, ROUNDS times, so both see the same
+#   machine state; each row is the mean over rounds of each tool's own mean.
+# - Correctness beside speed: `npurt conformance --backend $BACKEND`, and the logits of
+#   the first shape's model for 16 tokens on the CPU backend against $BACKEND, at f32
+#   and at $PRECISION (max difference relative to the logit range, top-1 agreement).
+#
+# Offline: give prebuilt binaries and nothing is built or fetched:
+#   BIN_DIR=dir (holding npurt, llama-bench, llama-quantize and, for the static
+#   llama.cpp build, libgomp.so.1), or NPURT=, LLAMA_BENCH=, LLAMA_QUANTIZE= one by one.
+# PACK=dir builds (or finds) the three, copies them stripped into dir with the
+# libgomp.so.1 llama.cpp loads, and stops: what to carry to a GPU machine with no
+# network (about 50 MB), to run there as BIN_DIR=dir.
+# Without a Vulkan loader on the machine see ../shared/gpu/README.md (Debian's
+# libvulkan1 extracted; VK_DRIVER_FILES pointing at the driver's ICD).
+#
+# Usage: scripts/bench-gpu.sh
+#   env: BACKEND=wgpu (npurt's backend)  SHAPES="smollm2-135m llama-2.7b"
+#        PROMPTS=128,512 GEN=128 REPS=3 ROUNDS=2 SEED=0 PRECISION=w4a16
+#        LLAMA_BUILD=vulkan|cpu (which llama.cpp build to use or make)
+#        MAKE_FLAGS="" (more make-model flags, e.g. "--layers 4")
+#        TOKENIZER=a GGUF whose tokenizer the models get (default: the SmolLM2 GGUF;
+#        a path that is not there: make-model's byte-level vocabulary)
+#        CONFORMANCE=1 (0: skip the conformance suite)  AGREE=1 (0: skip the logits
+#        comparison)  JOBS=$(nproc) (build jobs)
+#        QUICK=1: try it on a CPU-only box: the small shape cut to 4 layers, -p 32
+#        -n 8, one repetition, one round, llama.cpp's CPU build (lavapipe for wgpu)
+#        PACK=dir: make the offline bundle (above) and stop
+# Writes target/gpu-bench/: models/, results.jsonl, conformance.txt, agreement.txt,
+# table.md, logs/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# shellcheck source=lib/llamacpp.sh
+. scripts/lib/llamacpp.sh
+
+QUICK=${QUICK:-0}
+if [ "$QUICK" = 1 ]; then
+    : "${SHAPES:=smollm2-135m}" "${PROMPTS:=32}" "${GEN:=8}" "${REPS:=1}" "${ROUNDS:=1}"
+    : "${LLAMA_BUILD:=cpu}" "${MAKE_FLAGS:=--layers 4}"
+    # ggml's Vulkan backend skips CPU devices (lavapipe) unless they are named.
+    [ "$LLAMA_BUILD" = vulkan ] && export GGML_VK_VISIBLE_DEVICES=${GGML_VK_VISIBLE_DEVICES:-0}
+fi
+BACKEND=${BACKEND:-wgpu}
+SHAPES=${SHAPES:-smollm2-135m llama-2.7b}
+PROMPTS=${PROMPTS:-128,512}
+GEN=${GEN:-128}
+REPS=${REPS:-3}
+ROUNDS=${ROUNDS:-2}
+SEED=${SEED:-0}
+PRECISION=${PRECISION:-w4a16}
+LLAMA_BUILD=${LLAMA_BUILD:-vulkan}
+MAKE_FLAGS=${MAKE_FLAGS:-}
+CONFORMANCE=${CONFORMANCE:-1}
+AGREE=${AGREE:-1}
+JOBS=${JOBS:-$(nproc)}
+OUT=target/gpu-bench
+TOKENIZER=${TOKENIZER:-models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf}
+mkdir -p "$OUT/models" "$OUT/logs"
+
+say() { echo "bench-gpu.sh: $*" >&2; }
+die() { say "error: $*"; exit 1; }
+
+# --- Binaries: given (offline), or built here.
+if [ -n "${BIN_DIR:-}" ]; then
+    NPURT=${NPURT:-$BIN_DIR/npurt}
+    LLAMA_BENCH=${LLAMA_BENCH:-$BIN_DIR/llama-bench}
+    LLAMA_QUANTIZE=${LLAMA_QUANTIZE:-$BIN_DIR/llama-quantize}
+    # A static llama.cpp build with OpenMP still loads libgomp.so.1.
+    export LD_LIBRARY_PATH="$BIN_DIR${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+fi
+if [ -z "${NPURT:-}" ]; then
+    cargo build --release -p npurt-runtime
+    NPURT=target/release/npurt
+fi
+case "$LLAMA_BUILD" in
+    vulkan) BUILD=build-vulkan FLAGS="-DGGML_VULKAN=ON -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_OPENMP=ON" ;;
+    # The build the CPU comparisons (scripts/bench-vs-llamacpp.sh) use.
+    cpu) BUILD=build FLAGS="-DGGML_NATIVE=ON -DGGML_OPENMP=ON" ;;
+    *) die "LLAMA_BUILD must be vulkan or cpu, not $LLAMA_BUILD" ;;
+esac
+if [ -z "${LLAMA_BENCH:-}" ] || [ -z "${LLAMA_QUANTIZE:-}" ]; then
+    BIN="$LLAMACPP_SRC/$BUILD/bin"
+    if [ ! -x "$BIN/llama-bench" ] || [ ! -x "$BIN/llama-quantize" ]; then
+        say "building llama.cpp ($LLAMA_BUILD) in $LLAMACPP_SRC/$BUILD..."
+        JOBS=$JOBS llamacpp_build "$BUILD" "$FLAGS" llama-bench llama-quantize
+    fi
+    LLAMA_BENCH=${LLAMA_BENCH:-$BIN/llama-bench}
+    LLAMA_QUANTIZE=${LLAMA_QUANTIZE:-$BIN/llama-quantize}
+fi
+for b in "$NPURT" "$LLAMA_BENCH" "$LLAMA_QUANTIZE"; do
+    [ -x "$b" ] || die "$b is not an executable"
+done
+if [ -n "${PACK:-}" ]; then
+    mkdir -p "$PACK"
+    for b in "$NPURT" "$LLAMA_BENCH" "$LLAMA_QUANTIZE"; do
+        strip -o "$PACK/$(basename "$b")" "$b"
+    done
+    gomp="$(ldd "$LLAMA_BENCH" | awk '/libgomp/ {print $3}')"
+    [ -z "$gomp" ] || cp -L "$gomp" "$PACK/"
+    say "packed into $PACK ($(du -sh "$PACK" | cut -f1)): run there as BIN_DIR=$PACK scripts/bench-gpu.sh"
+    exit 0
+fi
+
+# --- The models, made once per shape, seed and flags (file names say which).
+TOK_FLAG=()
+TOK_TAG=""
+if [ -f "$TOKENIZER" ]; then
+    TOK_FLAG=(--tokenizer-from "$TOKENIZER")
+else
+    say "$TOKENIZER is not there: the models get make-model's byte-level vocabulary"
+    TOK_TAG="-bytevocab"
+fi
+# Model file names say what made them, so a changed knob makes new models.
+tag() { echo "$1-seed$SEED$(echo "$MAKE_FLAGS" | tr -d ' -')$TOK_TAG"; }
+for shape in $SHAPES; do
+    base="$OUT/models/$(tag "$shape")"
+    # shellcheck disable=SC2086  # MAKE_FLAGS are words
+    if [ ! -d "$base-hf" ]; then
+        "$NPURT" make-model --shape "$shape" --seed "$SEED" $MAKE_FLAGS "${TOK_FLAG[@]}" \
+            --format hf --dtype f16 --out "$base-hf"
+    fi
+    if [ ! -f "$base-q4_0.gguf" ]; then
+        # shellcheck disable=SC2086
+        "$NPURT" make-model --shape "$shape" --seed "$SEED" $MAKE_FLAGS "${TOK_FLAG[@]}" \
+            --format gguf --dtype f16 --out "$base-f16.gguf"
+        "$LLAMA_QUANTIZE" "$base-f16.gguf" "$base-q4_0.gguf.partial" Q4_0 \
+            >"$OUT/logs/quantize-$shape.log" 2>&1 || die "llama-quantize failed: $OUT/logs/quantize-$shape.log"
+        mv "$base-q4_0.gguf.partial" "$base-q4_0.gguf"
+        rm -f "$base-f16.gguf"
+    fi
+done
+
+# --- Measurements: conformance, then npurt and llama-bench in alternation.
+START=$(date +%s)
+"$NPURT" backends >"$OUT/backends.txt" 2>&1 || true
+CONF="skipped"
+if [ "$CONFORMANCE" = 1 ]; then
+    say "npurt conformance --backend $BACKEND..."
+    if "$NPURT" conformance --backend "$BACKEND" >"$OUT/conformance.txt" 2>&1; then
+        CONF="passed"
+    else
+        CONF="FAILED"
+    fi
+    CONF="$CONF ($(grep -Eio '[0-9]+ passed[^|]*' "$OUT/conformance.txt" | tail -1 || true))"
+fi
+AGREEMENT="skipped"
+if [ "$AGREE" = 1 ]; then
+    first="$OUT/models/$(tag "${SHAPES%% *}")-hf"
+    ids=1,9,100,2000,30,47,5,600,7000,8,11,123,4096,77,3,42
+    : >"$OUT/agreement.txt"
+    for precision in f32 "$PRECISION"; do
+        for backend in cpu "$BACKEND"; do
+            "$NPURT" logits --model "$first" --backend "$backend" --precision "$precision" \
+                --ids "$ids" --out "$OUT/logs/logits-$backend-$precision.safetensors" \
+                2>"$OUT/logs/logits-$backend-$precision.err" ||
+                die "npurt logits failed: $OUT/logs/logits-$backend-$precision.err"
+        done
+        python3 - "$OUT/logs/logits-cpu-$precision.safetensors" \
+            "$OUT/logs/logits-$BACKEND-$precision.safetensors" "$precision" "$BACKEND" \
+            >>"$OUT/agreement.txt" <<'EOF'
+import json, struct, sys
+
+def rows(path):
+    b = open(path, "rb").read()
+    n = struct.unpack("<Q", b[:8])[0]
+    t = json.loads(b[8:8 + n])["logits"]
+    (begin, end), (count, vocab) = t["data_offsets"], t["shape"]
+    v = struct.unpack(f"<{count * vocab}f", b[8 + n + begin:8 + n + end])
+    return [v[i * vocab:(i + 1) * vocab] for i in range(count)]
+
+a, b = rows(sys.argv[1]), rows(sys.argv[2])
+rel = max(max(abs(x - y) for x, y in zip(ra, rb)) / (max(ra) - min(ra)) for ra, rb in zip(a, b))
+top1 = sum(ra.index(max(ra)) == rb.index(max(rb)) for ra, rb in zip(a, b))
+print(f"{sys.argv[3]}: max |cpu - {sys.argv[4]}| = {rel:.2e} of the logit range, top-1 {top1}/{len(a)}")
+EOF
+    done
+    AGREEMENT="$(paste -sd';' "$OUT/agreement.txt" | sed 's/;/; /g')"
+fi
+# Both engines must be on the device the comparison is about: a missing Vulkan loader
+# or ICD makes llama.cpp fall back to its CPU code and wgpu to lavapipe, silently.
+check_devices() {
+    python3 - "$1" "$2" "$LLAMA_BUILD" "$BACKEND" "$QUICK" <<'EOF'
+import json, sys
+llama, npurt = json.load(open(sys.argv[1]))[0], json.load(open(sys.argv[2]))
+build, backend, quick = sys.argv[3], sys.argv[4], sys.argv[5] == "1"
+gpu = llama.get("gpu_info") or ""
+device = npurt["machine"][0]["device"] if npurt["machine"] else ""
+problems = []
+if build == "vulkan" and not gpu:
+    problems.append("llama.cpp found no Vulkan device and ran on the CPU")
+if not quick and "llvmpipe" in gpu:
+    problems.append(f"llama.cpp ran on {gpu}, a CPU Vulkan driver")
+if not quick and backend != "cpu" and ("Cpu" in device or "llvmpipe" in device):
+    problems.append(f"npurt ran on {device}, a CPU Vulkan driver")
+for p in problems:
+    print(f"bench-gpu.sh: error: {p} (see ../shared/gpu/README.md: Vulkan loader, VK_DRIVER_FILES)", file=sys.stderr)
+sys.exit(1 if problems else 0)
+EOF
+}
+RESULTS="$OUT/results.jsonl"
+: >"$RESULTS"
+for round in $(seq "$ROUNDS"); do
+    for shape in $SHAPES; do
+        base="$OUT/models/$(tag "$shape")"
+        log="$OUT/logs/$shape-round$round"
+        say "round $round, $shape: llama-bench..."
+        "$LLAMA_BENCH" -m "$base-q4_0.gguf" -p "$PROMPTS" -n "$GEN" -r "$REPS" -ngl 99 -o json \
+            >"$log-llamacpp.json" 2>"$log-llamacpp.err" || die "llama-bench failed: $log-llamacpp.err"
+        python3 -c 'import json, sys; [print(json.dumps({"round": int(sys.argv[1]), "shape": sys.argv[2], "who": "llama.cpp", "row": r})) for r in json.load(open(sys.argv[3]))]' \
+            "$round" "$shape" "$log-llamacpp.json" >>"$RESULTS"
+        say "round $round, $shape: npurt bench --backend $BACKEND..."
+        "$NPURT" bench --model "$base-hf" --backend "$BACKEND" --precision "$PRECISION" \
+            -p "$PROMPTS" -n "$GEN" -r "$REPS" --json >"$log-npurt.json" 2>"$log-npurt.err" ||
+            die "npurt bench failed: $log-npurt.err"
+        python3 -c 'import json, sys; print(json.dumps({"round": int(sys.argv[1]), "shape": sys.argv[2], "who": "npurt", "row": json.load(open(sys.argv[3]))}))' \
+            "$round" "$shape" "$log-npurt.json" >>"$RESULTS"
+        [ "$round" != 1 ] || check_devices "$log-llamacpp.json" "$log-npurt.json" || exit 1
+    done
+done
+ELAPSED=$(($(date +%s) - START))
+
+python3 - "$RESULTS" "$OUT/table.md" "$CONF" "$ELAPSED" "$BACKEND" "$PRECISION" "$AGREEMENT" <<'EOF'
+import json, sys
+from collections import defaultdict
+from datetime import date
+
+results, table_path, conformance, elapsed, backend, precision, agreement = sys.argv[1:8]
+# (shape, engine, test) -> [tok/s per round]; devices as each tool names them.
+cells = defaultdict(list)
+devices = {}
+shapes, tests = [], []
+for line in open(results):
+    r = json.loads(line)
+    shape, row = r["shape"], r["row"]
+    if shape not in shapes:
+        shapes.append(shape)
+    if r["who"] == "llama.cpp":
+        test = f"pp{row['n_prompt']}" if row["n_prompt"] else f"tg{row['n_gen']}"
+        engine = f"llama.cpp {row.get('backends', '?')} Q4_0"
+        cells[(shape, engine, test)].append(row["avg_ts"])
+        devices["llama.cpp"] = row.get("gpu_info") or row.get("cpu_info", "?")
+        if test not in tests:
+            tests.append(test)
+    else:
+        engine = f"npurt {backend} {precision}"
+        for x in row["rows"]:
+            cells[(shape, engine, x["test"])].append(x["tok_s_mean"])
+            if x["test"] not in tests:
+                tests.append(x["test"])
+        devices["npurt"] = row["machine"][0]["device"] if row["machine"] else "?"
+tests.sort(key=lambda t: (t[:2] != "pp", int(t[2:].split()[0])))
+engines = sorted({e for (_, e, _) in cells}, key=lambda e: not e.startswith("npurt"))
+mean = lambda v: sum(v) / len(v) if v else None
+fmt = lambda x: "-" if x is None else f"{x:.1f}"
+lines = [
+    f"tokens/s, mean over rounds; {date.today().isoformat()}",
+    f"npurt device: {devices.get('npurt', '?')}",
+    f"llama.cpp device: {devices.get('llama.cpp', '?')}",
+    "",
+    "| model | engine | " + " | ".join(tests) + " |",
+    "|---|---|" + "---|" * len(tests),
+]
+for shape in shapes:
+    for engine in engines:
+        vals = [fmt(mean(cells.get((shape, engine, t), []))) for t in tests]
+        lines.append(f"| {shape} | {engine} | " + " | ".join(vals) + " |")
+    npurt = [e for e in engines if e.startswith("npurt")]
+    llama = [e for e in engines if e.startswith("llama.cpp")]
+    if npurt and llama:
+        ratios = []
+        for t in tests:
+            a, b = mean(cells.get((shape, npurt[0], t), [])), mean(cells.get((shape, llama[0], t), []))
+            ratios.append(f"{a / b:.2f}x" if a and b else "-")
+        lines.append(f"| {shape} | npurt / llama.cpp | " + " | ".join(ratios) + " |")
+lines += [
+    "",
+    f"conformance on {backend}: {conformance}",
+    f"logits of {shapes[0] if shapes else '-'}, cpu vs {backend}: {agreement}",
+    f"measurements took {elapsed} s",
+]
+text = "\n".join(lines) + "\n"
+open(table_path, "w").write(text)
+print(text, end="")
+EOF
+case "$CONF" in FAILED*) exit 1 ;; esac
