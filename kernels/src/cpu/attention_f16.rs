@@ -3,12 +3,18 @@
 //! multiplied with AVX512-FP16 (`vfmadd231ph`, 32 lanes: twice the f32 FMA's), run by
 //! the panel driver (`attention_panels.rs`):
 //!
-//! - a KV head's [`F16Panel`]: K transposed to `[dim][key]` (32 keys a vector), V as
-//!   `[key][channel]` rows (32 channels a vector), both f16;
+//! - a KV head's [`F16Panel`]: K transposed to `[dim pair][key][2]` (16 keys x 2 dims a
+//!   vector), V as `[key pair][channel][2]` (16 channels x 2 keys a vector), both f16;
 //! - a block of query rows: the rows (times `scale * log2 e`) in f16, the scores summed
-//!   over the head dim in f16 (8 rows x 64 keys in 16 accumulators), then in f32 the
+//!   over the head dim in f16 (8 rows x 32 keys in 16 accumulators), then in f32 the
 //!   softmax (base 2), its weights rounded to f16, and `P V` summed in f16 over runs of
 //!   [`FLUSH_KEYS`] keys and across them in f32 (`attention_f16_avx512.rs`).
+//!
+//! Why pairs: `vfmadd231ph` has no 16-bit broadcast that stays off the FMA ports (a
+//! `vpbroadcastw` is a shuffle, on the port the second FMA unit shares), so with one
+//! f16 broadcast per multiply the tiles ran at two thirds of the FMA rate. A pair of
+//! f16 is a dword, which `vpbroadcastd` brings in on a load port alone: each lane then
+//! sums every other dim (or key), and the two halves of a pair are added once per tile.
 //!
 //! The reference (`reference::attention_bidirectional_f16`) rounds the inputs and sums
 //! in f32; the f16 sums here stay within the conformance threshold of it. Without
@@ -18,8 +24,8 @@ use super::attention_panels::{self, Args, PanelKernel, RowScratch};
 use super::{isa, Isa};
 use crate::reference::{check_bidirectional_args, KernelError};
 
-/// Keys per score step (two vectors of 32).
-pub(super) const KEY_STEP: usize = 64;
+/// Keys per score step (two vectors of 16 keys, each with two dims).
+pub(super) const KEY_STEP: usize = 32;
 /// Query rows per score tile.
 pub(super) const SCORE_ROWS: usize = 8;
 /// Keys summed in f16 before the f32 partial sums take them (bounds the f16 sum's
@@ -32,13 +38,17 @@ pub(super) const MAX_HEAD_DIM: usize = 256;
 #[derive(Clone, Copy, Debug)]
 pub(super) struct F16Panel {
     pub hd: usize,
+    /// The head dim rounded up to even (a zero dim pads an odd one).
+    pub hd2: usize,
     /// Keys padded to [`KEY_STEP`] (zero keys, masked out of the softmax).
     pub npad: usize,
-    /// Channels padded to 32.
+    /// Channels padded to 16.
     pub cpad: usize,
-    /// `[hd][npad]` f16: dim `d` of key `j` at `(d * npad + j) * 2`.
+    /// `[hd2 / 2][npad][2]` f16: dim `d` of key `j` at
+    /// `(((d / 2) * npad + j) * 2 + d % 2) * 2`.
     pub kt: usize,
-    /// `[npad][cpad]` f16: channel `c` of key `j` at `(j * cpad + c) * 2`.
+    /// `[npad / 2][cpad][2]` f16: channel `c` of key `j` at
+    /// `(((j / 2) * cpad + c) * 2 + j % 2) * 2`.
     pub vt: usize,
     pub bytes: usize,
 }
@@ -46,11 +56,13 @@ pub(super) struct F16Panel {
 impl F16Panel {
     fn new(seq: usize, hd: usize) -> Self {
         let npad = seq.next_multiple_of(KEY_STEP);
-        let cpad = hd.next_multiple_of(32);
+        let hd2 = hd.next_multiple_of(2);
+        let cpad = hd.next_multiple_of(16);
         let kt = 0;
-        let vt = 2 * hd * npad;
+        let vt = (2 * hd2 * npad).next_multiple_of(64);
         F16Panel {
             hd,
+            hd2,
             npad,
             cpad,
             kt,
@@ -68,7 +80,7 @@ impl PanelKernel for F16Panel {
     /// [`SCORE_ROWS`] f16 query rows, their f32 scores and f16 weights (`npad` each).
     fn scratch_bytes(&self) -> [usize; 3] {
         [
-            SCORE_ROWS * self.hd * 2,
+            SCORE_ROWS * self.hd2 * 2,
             SCORE_ROWS * self.npad * 4,
             SCORE_ROWS * self.npad * 2,
         ]

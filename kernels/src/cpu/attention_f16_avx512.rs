@@ -1,7 +1,7 @@
 //! AVX512-FP16 tiles of the f16 bidirectional attention (`attention_f16.rs` says what
-//! runs when): [`pack_panel`] converts one KV head's K (transposed) and V to f16;
-//! [`row_block`] runs up to [`SCORE_ROWS`] query rows at a time through the score tile,
-//! the f32 softmax and the value tile.
+//! runs when, and why the operands come in pairs): [`pack_panel`] converts one KV
+//! head's K (transposed) and V to paired f16; [`row_block`] runs up to [`SCORE_ROWS`]
+//! query rows at a time through the score tile, the f32 softmax and the value tile.
 
 use super::attention_avx512::{first_lanes as lanes, pow2_ps};
 use super::attention_f16::{F16Panel, FLUSH_KEYS, KEY_STEP, MAX_HEAD_DIM, SCORE_ROWS};
@@ -28,26 +28,33 @@ unsafe fn to_f16(x: *const f32, n: usize, c: f32, dst: *mut u16) {
     }
 }
 
-/// The two f32 halves (lanes 0..16, 16..32) of an f16 vector.
+/// The 16 pair sums of an f16 vector of pairs, in f32: lane `i` is `x[2i] + x[2i + 1]`.
 #[inline]
 #[target_feature(enable = "avx512f,avx512fp16")]
-fn halves(x: __m512h) -> [__m512; 2] {
+fn pair_sums(x: __m512h) -> __m512 {
     let i = _mm512_castph_si512(x);
-    [
-        _mm512_cvtph_ps(_mm512_castsi512_si256(i)),
-        _mm512_cvtph_ps(_mm512_extracti64x4_epi64::<1>(i)),
-    ]
+    let lo = _mm512_cvtph_ps(_mm512_castsi512_si256(i));
+    let hi = _mm512_cvtph_ps(_mm512_extracti64x4_epi64::<1>(i));
+    let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    _mm512_add_ps(
+        _mm512_permutex2var_ps(lo, even, hi),
+        _mm512_permutex2var_ps(lo, odd, hi),
+    )
 }
 
-/// One f16 at `p` in every lane.
+/// The f16 pair at `p` (two u16) in every pair of lanes: a `vpbroadcastd`, which runs
+/// on a load port alone.
 ///
 /// # Safety
-/// `p` points at one readable u16.
+/// `p` points at two readable u16.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512fp16")]
-unsafe fn bcast16(p: *const u16) -> __m512h {
+unsafe fn bcast_pair(p: *const u16) -> __m512h {
     // SAFETY: the caller's contract.
-    _mm512_castsi512_ph(_mm512_set1_epi16(unsafe { p.read() } as i16))
+    _mm512_castsi512_ph(_mm512_set1_epi32(unsafe {
+        (p as *const i32).read_unaligned()
+    }))
 }
 
 /// Packs KV head `g` of sequence `b` into `panel` (layout: [`F16Panel`]).
@@ -60,6 +67,7 @@ pub(super) unsafe fn pack_panel(a: &Args, p: &F16Panel, b: usize, g: usize, pane
     let base = panel.as_mut_ptr();
     let row = |j: usize| (b * a.seq + j) * a.kw + g * hd;
     let mut kh = [0u16; MAX_HEAD_DIM];
+    let mut vh = [0u16; MAX_HEAD_DIM];
     // SAFETY (whole body): rows j < seq of sequence b exist in k and v; panel offsets
     // stay inside the layout `F16Panel::new` sized.
     unsafe {
@@ -67,10 +75,11 @@ pub(super) unsafe fn pack_panel(a: &Args, p: &F16Panel, b: usize, g: usize, pane
         let vt = base.add(p.vt) as *mut u16;
         for j in 0..a.seq {
             to_f16(a.k.as_ptr().add(row(j)), hd, 1.0, kh.as_mut_ptr());
-            for (d, &x) in kh[..hd].iter().enumerate() {
-                kt.add(d * npad + j).write(x);
+            to_f16(a.v.as_ptr().add(row(j)), hd, 1.0, vh.as_mut_ptr());
+            for d in 0..hd {
+                kt.add(((d / 2) * npad + j) * 2 + d % 2).write(kh[d]);
+                vt.add(((j / 2) * cpad + d) * 2 + j % 2).write(vh[d]);
             }
-            to_f16(a.v.as_ptr().add(row(j)), hd, 1.0, vt.add(j * cpad));
         }
     }
 }
@@ -93,7 +102,7 @@ pub(super) unsafe fn row_block(
     sc: &mut RowScratch,
 ) {
     let p = *p;
-    let (hd, npad) = (p.hd, p.npad);
+    let (hd, hd2, npad) = (p.hd, p.hd2, p.npad);
     let base = panel.as_ptr();
     let qh = sc.q.as_mut_ptr() as *mut u16;
     let s = sc.s.as_mut_ptr() as *mut f32;
@@ -107,8 +116,12 @@ pub(super) unsafe fn row_block(
         unsafe {
             for r in 0..mr {
                 let x = a.q.as_ptr().add((b * a.seq + i0 + r) * a.qw + h * hd);
-                // Scores in base 2: the softmax's exp becomes 2^x.
-                to_f16(x, hd, a.scale * LOG2_E, qh.add(r * hd));
+                // Scores in base 2: the softmax's exp becomes 2^x. An odd head's pad
+                // dim is zero.
+                to_f16(x, hd, a.scale * LOG2_E, qh.add(r * hd2));
+                if hd2 > hd {
+                    qh.add(r * hd2 + hd).write(0);
+                }
             }
             for j0 in (0..npad).step_by(KEY_STEP) {
                 match mr {
@@ -134,7 +147,7 @@ pub(super) unsafe fn row_block(
                 let (pp, il) = (ph.add(r0 * npad), &inv_l[r0..]);
                 let mut c0 = 0;
                 while c0 < hd {
-                    let nv = (hd - c0).div_ceil(32).min(3);
+                    let nv = (hd - c0).div_ceil(16).min(3);
                     macro_rules! pass {
                         ($($v:literal),*) => {
                             match (n, nv) {
@@ -147,7 +160,7 @@ pub(super) unsafe fn row_block(
                         };
                     }
                     pass!(1, 2, 3);
-                    c0 += 32 * nv;
+                    c0 += 16 * nv;
                 }
                 r0 += n;
             }
@@ -156,9 +169,9 @@ pub(super) unsafe fn row_block(
     }
 }
 
-/// Scores of `MR` f16 query rows against keys `j0..j0 + 64`, summed over the head dim
-/// in f16, stored as f32 to row `r` of `s` (`npad` apart); `mx[r]` keeps the running
-/// max over the keys `< seq`.
+/// Scores of `MR` f16 query rows against keys `j0..j0 + 32`, summed over the head dim
+/// in f16 (each lane over every other dim, the pair added in f32), stored as f32 to row
+/// `r` of `s` (`npad` apart); `mx[r]` keeps the running max over the keys `< seq`.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512fp16")]
 #[allow(clippy::too_many_arguments)]
@@ -171,29 +184,28 @@ unsafe fn score_tile<const MR: usize>(
     s: *mut f32,
     mx: &mut [__m512; SCORE_ROWS],
 ) {
-    let (hd, npad) = (p.hd, p.npad);
+    let (hd2, npad) = (p.hd2, p.npad);
     let mut acc = [[_mm512_setzero_ph(); 2]; MR];
-    // SAFETY (whole body): key vectors j0..j0+64 <= npad of every dim, query rows of
-    // hd values, score rows of npad floats.
+    // SAFETY (whole body): key pairs j0..j0+32 <= npad of every dim pair, query rows
+    // of hd2 values, score rows of npad floats.
     unsafe {
         let kt = panel.add(p.kt) as *const u16;
-        for d in 0..hd {
-            let kp = kt.add(d * npad + j0);
+        for dp in 0..hd2 / 2 {
+            let kp = kt.add((dp * npad + j0) * 2);
             let k0 = _mm512_castsi512_ph(_mm512_loadu_si512(kp as *const _));
             let k1 = _mm512_castsi512_ph(_mm512_loadu_si512(kp.add(32) as *const _));
             for (r, acc) in acc.iter_mut().enumerate() {
-                let x = bcast16(qh.add(r * hd + d));
+                let x = bcast_pair(qh.add(r * hd2 + 2 * dp));
                 acc[0] = _mm512_fmadd_ph(x, k0, acc[0]);
                 acc[1] = _mm512_fmadd_ph(x, k1, acc[1]);
             }
         }
         for (r, acc) in acc.iter().enumerate() {
             for (v, &acc) in acc.iter().enumerate() {
-                for (half, x) in halves(acc).into_iter().enumerate() {
-                    let j = j0 + 32 * v + 16 * half;
-                    _mm512_storeu_ps(s.add(r * npad + j), x);
-                    mx[r] = _mm512_mask_max_ps(mx[r], lanes(seq.saturating_sub(j)), mx[r], x);
-                }
+                let j = j0 + 16 * v;
+                let x = pair_sums(acc);
+                _mm512_storeu_ps(s.add(r * npad + j), x);
+                mx[r] = _mm512_mask_max_ps(mx[r], lanes(seq.saturating_sub(j)), mx[r], x);
             }
         }
     }
@@ -220,9 +232,10 @@ unsafe fn softmax_f16(s: *const f32, m: f32, seq: usize, npad: usize, p: *mut u1
     }
 }
 
-/// `P V` for `MR` rows over channels `c0 .. c0 + 32 NV` (of `hd`): `sum_j p[j] v[j][c]`
-/// in f16 over runs of [`FLUSH_KEYS`] keys, across runs in f32, times the row's
-/// `1 / sum p`, written to `out` (row `r` at `r * qw`, channel `c` at `c`).
+/// `P V` for `MR` rows over channels `c0 .. c0 + 16 NV` (of `hd`): `sum_j p[j] v[j][c]`
+/// in f16 over runs of [`FLUSH_KEYS`] keys (each lane over every other key, the pair
+/// added in f32), across runs in f32, times the row's `1 / sum p`, written to `out`
+/// (row `r` at `r * qw`, channel `c` at `c`).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512fp16")]
 #[allow(clippy::too_many_arguments)]
@@ -237,23 +250,25 @@ unsafe fn value_tile<const MR: usize, const NV: usize>(
     qw: usize,
 ) {
     let (hd, npad, cpad) = (p.hd, p.npad, p.cpad);
-    let mut wide = [[[_mm512_setzero_ps(); 2]; NV]; MR];
-    // SAFETY (whole body): key rows < seq, channel vectors < cpad / 32, weight rows of
-    // npad values; output stores masked to the head's hd channels.
+    let mut wide = [[_mm512_setzero_ps(); NV]; MR];
+    // SAFETY (whole body): key pairs < npad / 2, channel vectors < cpad / 16, weight
+    // rows of npad values (zero past seq); output stores masked to the head's hd
+    // channels.
     unsafe {
         let vt = panel.add(p.vt) as *const u16;
+        let pairs = seq.div_ceil(2);
         let mut j0 = 0;
-        while j0 < seq {
-            let j1 = (j0 + FLUSH_KEYS).min(seq);
+        while j0 < pairs {
+            let j1 = (j0 + FLUSH_KEYS / 2).min(pairs);
             let mut acc = [[_mm512_setzero_ph(); NV]; MR];
-            for j in j0..j1 {
-                let vp = vt.add(j * cpad + c0);
+            for jp in j0..j1 {
+                let vp = vt.add((jp * cpad + c0) * 2);
                 let mut vv = [_mm512_setzero_ph(); NV];
                 for (n, vv) in vv.iter_mut().enumerate() {
                     *vv = _mm512_castsi512_ph(_mm512_loadu_si512(vp.add(32 * n) as *const _));
                 }
                 for (r, acc) in acc.iter_mut().enumerate() {
-                    let x = bcast16(ph.add(r * npad + j));
+                    let x = bcast_pair(ph.add(r * npad + 2 * jp));
                     for n in 0..NV {
                         acc[n] = _mm512_fmadd_ph(x, vv[n], acc[n]);
                     }
@@ -261,24 +276,20 @@ unsafe fn value_tile<const MR: usize, const NV: usize>(
             }
             for (wide, acc) in wide.iter_mut().zip(&acc) {
                 for (w, &a) in wide.iter_mut().zip(acc) {
-                    let [lo, hi] = halves(a);
-                    w[0] = _mm512_add_ps(w[0], lo);
-                    w[1] = _mm512_add_ps(w[1], hi);
+                    *w = _mm512_add_ps(*w, pair_sums(a));
                 }
             }
             j0 = j1;
         }
         for (r, wide) in wide.iter().enumerate() {
             let il = _mm512_set1_ps(inv_l[r]);
-            for (n, w) in wide.iter().enumerate() {
-                for (half, &x) in w.iter().enumerate() {
-                    let c = c0 + 32 * n + 16 * half;
-                    _mm512_mask_storeu_ps(
-                        out.add(r * qw + c),
-                        lanes(hd.saturating_sub(c)),
-                        _mm512_mul_ps(x, il),
-                    );
-                }
+            for (n, &x) in wide.iter().enumerate() {
+                let c = c0 + 16 * n;
+                _mm512_mask_storeu_ps(
+                    out.add(r * qw + c),
+                    lanes(hd.saturating_sub(c)),
+                    _mm512_mul_ps(x, il),
+                );
             }
         }
     }
