@@ -39,7 +39,7 @@ impl MappedF32 {
         let end = offset.checked_add(len.checked_mul(4)?)?;
         let ok = cfg!(target_endian = "little")
             && end <= bytes.len()
-            && (bytes.as_ptr() as usize + offset) % std::mem::align_of::<f32>() == 0;
+            && (bytes.as_ptr() as usize + offset).is_multiple_of(std::mem::align_of::<f32>());
         ok.then_some(MappedF32 { owner, offset, len })
     }
 
