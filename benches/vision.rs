@@ -49,11 +49,14 @@ fn main() {
                 b.iter(|| last = Some(enc.encode(&pixels, TILES).expect("encode").timings))
             });
             if let Some(t) = last {
+                // The matmuls' instruction peak, measured right after the samples.
+                let peak = enc.matmul_peak(threads, Duration::from_millis(300));
                 summary.push((
                     precision.name,
                     threads,
                     t,
                     2.0 * macs as f64 / (t.blocks_ms * 1e6),
+                    peak,
                 ));
             }
         }
@@ -61,12 +64,23 @@ fn main() {
     g.finish();
     println!("\nSYNTHETIC weights (seeded random), so400m shapes, 9 tiles, batch 4; last sample:");
     println!(
-        "| precision | threads | conv ms | blocks ms | project ms | total ms | blocks GOP/s |"
+        "| precision | threads | conv ms | blocks ms | project ms | total ms | blocks GOP/s | of the peak |"
     );
-    println!("|---|---|---|---|---|---|---|");
-    for (p, t, tm, gops) in summary {
+    println!("|---|---|---|---|---|---|---|---|");
+    for (p, t, tm, gops, peak) in summary {
+        // w8a16's attainable peak is half the instruction's (two dot products per
+        // product).
+        let of_peak = match peak {
+            Some((report, att)) => format!(
+                "{:.0}% of {att:.0} GOP/s ({} x {t}{})",
+                100.0 * gops / att,
+                report.instruction,
+                if att < report.gops { ", halved" } else { "" }
+            ),
+            None => "no peak measured".into(),
+        };
         println!(
-            "| {p} | {t} | {:.0} | {:.0} | {:.0} | {:.0} | {gops:.0} |",
+            "| {p} | {t} | {:.0} | {:.0} | {:.0} | {:.0} | {gops:.0} | {of_peak} |",
             tm.conv_ms, tm.blocks_ms, tm.project_ms, tm.total_ms
         );
     }

@@ -283,6 +283,27 @@ impl VisionEncoder {
         Ok(enc)
     }
 
+    /// The peak the encoder's matmuls can reach on this CPU with `threads` threads,
+    /// measured now by a dependency-free loop of their instruction (`duration` long):
+    /// the int8 VNNI dot product for the integer presets, halved for 16-bit activations
+    /// (two `vpdpbusd` per product, byte planes), FMA for f32. Returns the measurement
+    /// and the attainable GOP/s; `None` where the CPU lacks the instruction.
+    pub fn matmul_peak(
+        &self,
+        threads: usize,
+        duration: std::time::Duration,
+    ) -> Option<(npurt_kernels::cpu::PeakReport, f64)> {
+        use npurt_graph::ActPrecision as A;
+        use npurt_kernels::cpu::{measure_peak, PeakKind};
+        let (kind, per_product) = match self.options.precision.linear_act {
+            A::F32 => (PeakKind::F32Fma, 1.0),
+            A::I16 => (PeakKind::Int8Vnni, 2.0),
+            A::I8 | A::I8Row => (PeakKind::Int8Vnni, 1.0),
+        };
+        let peak = measure_peak(kind, threads, duration)?;
+        Some((peak, peak.gops / per_product))
+    }
+
     /// SigLIP-so400m's real shapes with seeded random weights, and a projector into an
     /// LLM of width `llm_hidden` (BlueLM-V-3B's is 2560): for speed runs.
     pub fn synthetic_so400m(rt: &Runtime, llm_hidden: usize, opts: VisionOptions) -> Result<Self> {

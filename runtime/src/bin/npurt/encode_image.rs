@@ -4,7 +4,6 @@
 use super::anyhow_lite::{self, msg};
 use clap::Args;
 use npurt_graph::PrecisionPolicy;
-use npurt_kernels::cpu::{measure_peak, PeakKind};
 use npurt_models::siglip::VisionFeature;
 use npurt_runtime::{image, stats, Runtime, VisionEncoder, VisionOptions};
 use std::path::PathBuf;
@@ -282,22 +281,13 @@ pub fn run(mut a: EncodeImageArgs) -> anyhow_lite::Result<()> {
     let macs = enc.config.encoder_macs_per_tile(enc.options.feature) * tiles.count as u64;
     let blocks_gops = 2.0 * macs as f64 / (t.blocks_ms * 1e6);
     let total_ms = tiles.preprocess_ms + t.total_ms;
-    // The instruction the encoder's matmuls use, measured now on as many threads: the
-    // int8 VNNI dot product for the integer presets (w8a16's 16-bit activations take
-    // two of them per product, byte planes, so its attainable peak is half), FMA for f32.
+    // The instruction the encoder's matmuls use, measured now on as many threads (a CPU
+    // instruction peak says nothing about another backend's device).
     let threads = a.threads.unwrap_or_else(super::default_threads);
-    let (kind, per_product) = match enc.options.precision.linear_act {
-        npurt_graph::ActPrecision::F32 => (PeakKind::F32Fma, 1.0),
-        npurt_graph::ActPrecision::I16 => (PeakKind::Int8Vnni, 2.0),
-        npurt_graph::ActPrecision::I8 | npurt_graph::ActPrecision::I8Row => {
-            (PeakKind::Int8Vnni, 1.0)
-        }
-    };
-    // (A CPU instruction peak says nothing about another backend's device.)
-    let peak = (a.backend == "cpu")
-        .then(|| measure_peak(kind, threads, Duration::from_millis(150)))
+    let measured = (a.backend == "cpu")
+        .then(|| enc.matmul_peak(threads, Duration::from_millis(150)))
         .flatten();
-    let attainable = peak.map(|p| p.gops / per_product);
+    let (peak, attainable) = (measured.map(|m| m.0), measured.map(|m| m.1));
     if let Some(path) = &a.out {
         let (n, d) = (enc.config.tokens(), enc.config.hidden_size);
         let mut tensors = vec![(
@@ -378,7 +368,7 @@ pub fn run(mut a: EncodeImageArgs) -> anyhow_lite::Result<()> {
                 100.0 * blocks_gops / att,
                 p.instruction,
                 p.gops,
-                if per_product > 1.0 {
+                if att < p.gops {
                     format!(", halved for 16-bit activations = {att:.0} GOP/s")
                 } else {
                     String::new()
