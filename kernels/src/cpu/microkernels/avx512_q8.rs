@@ -247,47 +247,30 @@ unsafe fn store_row_scaled<const MR: usize>(job: &Job, acc: &[__m512; MR], out: 
 /// (kept in the tile).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub(crate) unsafe fn q8c_i16b<const MR: usize>(job: &Job, out: &mut TileOut) {
-    let mut acc = [_mm512_setzero_ps(); MR];
-    // SAFETY: Q8Channel tiles hold 16 i32 row sums after their 16 f32 scales.
-    let bias = unsafe { row_sum_bias(job) };
-    let mut b0 = 0;
-    while b0 < job.kb {
-        let b1 = (b0 + LONG_BLOCKS).min(job.kb);
-        let start = if b0 == 0 {
-            bias
-        } else {
-            _mm512_setzero_si512()
-        };
-        let mut hi = [start; MR];
-        let mut lo = [_mm512_setzero_si512(); MR];
-        for b in b0..b1 {
-            if MR <= 2 {
-                prefetch_block(job, b);
-            }
-            // SAFETY: offsets stay inside the tile and the prepared activation arrays
-            // (64 bytes per block and row), per the Job contract.
-            unsafe {
+    // SAFETY: the kernel's contract is `whole_rows`' for one tile; the block offsets
+    // stay inside the tile and the prepared activations (64 bytes per block and row).
+    unsafe {
+        whole_rows::<1, MR, 2>(
+            [job],
+            [out],
+            |b, sums| {
+                if MR <= 2 {
+                    prefetch_block(job, b);
+                }
                 let w = job.vals.add(b * 512);
                 let a = job.q8.add(b * GROUP * 64);
                 for l in 0..8 {
                     let v = _mm512_load_si512(w.add(l * 64) as *const _);
                     for r in 0..MR {
                         let ar = a.add(r * 64);
-                        hi[r] = _mm512_dpbusd_epi32(hi[r], bcast(ar, l), v);
-                        lo[r] = _mm512_dpbusd_epi32(lo[r], bcast(ar.add(32), l), v);
+                        sums[0][0][r] = _mm512_dpbusd_epi32(sums[0][0][r], bcast(ar, l), v);
+                        sums[1][0][r] = _mm512_dpbusd_epi32(sums[1][0][r], bcast(ar.add(32), l), v);
                     }
                 }
-            }
-        }
-        for r in 0..MR {
-            let h = _mm512_cvtepi32_ps(hi[r]);
-            let l = _mm512_cvtepi32_ps(lo[r]);
-            acc[r] = _mm512_add_ps(acc[r], _mm512_fmadd_ps(h, _mm512_set1_ps(256.0), l));
-        }
-        b0 = b1;
+            },
+            hi_lo,
+        )
     }
-    // SAFETY: as the kernel's contract.
-    unsafe { store_row_scaled(job, &acc, out) }
 }
 
 /// Q8Channel x I8 with one scale per activation row, the activations stored as
@@ -302,49 +285,29 @@ pub(crate) unsafe fn q8c_i16b<const MR: usize>(job: &Job, out: &mut TileOut) {
 pub(crate) unsafe fn q8c_u8row<const MR: usize>(job: &Job, out: &mut TileOut) {
     // Two chains per row (even and odd loads): vpdpbusd's latency (5) times its
     // throughput (2) wants ten in flight, eight rows alone give eight.
-    let mut acc = [_mm512_setzero_ps(); MR];
-    // SAFETY: Q8Channel tiles hold 16 i32 row sums after their 16 f32 scales.
-    let bias = unsafe { row_sum_bias(job) };
-    let mut b0 = 0;
-    while b0 < job.kb {
-        let b1 = (b0 + LONG_BLOCKS).min(job.kb);
-        let start = if b0 == 0 {
-            bias
-        } else {
-            _mm512_setzero_si512()
-        };
-        let mut dot = [start; MR];
-        let mut dot2 = [_mm512_setzero_si512(); MR];
-        for b in b0..b1 {
-            if MR <= 2 {
-                prefetch_block(job, b);
-            }
-            // SAFETY: offsets stay inside the tile and the prepared activation arrays,
-            // per the Job contract.
-            unsafe {
+    // SAFETY: as `q8c_i16b` (32 bytes per block and row).
+    unsafe {
+        whole_rows::<1, MR, 2>(
+            [job],
+            [out],
+            |b, sums| {
+                if MR <= 2 {
+                    prefetch_block(job, b);
+                }
                 let w = job.vals.add(b * 512);
                 let a = job.q8.add(b * GROUP * 32);
                 for l in 0..8 {
                     let v = _mm512_load_si512(w.add(l * 64) as *const _);
                     for r in 0..MR {
                         let x = bcast(a.add(r * 32), l);
-                        if l % 2 == 1 {
-                            dot2[r] = _mm512_dpbusd_epi32(dot2[r], x, v);
-                        } else {
-                            dot[r] = _mm512_dpbusd_epi32(dot[r], x, v);
-                        }
+                        let s = &mut sums[l % 2][0][r];
+                        *s = _mm512_dpbusd_epi32(*s, x, v);
                     }
                 }
-            }
-        }
-        for r in 0..MR {
-            let tot = _mm512_add_epi32(dot[r], dot2[r]);
-            acc[r] = _mm512_add_ps(acc[r], _mm512_cvtepi32_ps(tot));
-        }
-        b0 = b1;
+            },
+            |[even, odd]| _mm512_cvtepi32_ps(_mm512_add_epi32(even, odd)),
+        )
     }
-    // SAFETY: as the kernel's contract.
-    unsafe { store_row_scaled(job, &acc, out) }
 }
 
 /// [`q8c_u8row`] for two adjacent tiles at once (`job`'s and the next): each
@@ -360,24 +323,13 @@ pub(crate) unsafe fn q8c_u8row_pair<const MR: usize>(
     out2: &mut TileOut,
 ) {
     let job2 = job.next_tile();
-    let mut acc = [[_mm512_setzero_ps(); MR]; 2];
-    // SAFETY: Q8Channel tiles hold 16 i32 row sums after their 16 f32 scales.
-    let bias = unsafe { [row_sum_bias(job), row_sum_bias(&job2)] };
-    let mut b0 = 0;
-    while b0 < job.kb {
-        let b1 = (b0 + LONG_BLOCKS).min(job.kb);
-        let start = |t: usize| {
-            if b0 == 0 {
-                bias[t]
-            } else {
-                _mm512_setzero_si512()
-            }
-        };
-        let mut dot = [[start(0); MR], [start(1); MR]];
-        for b in b0..b1 {
-            // SAFETY: offsets stay inside both tiles and the prepared activation
-            // arrays, per the Job contract (the second tile exists).
-            unsafe {
+    // SAFETY: as `q8c_u8row`, for both tiles (the pair kernel's contract: the second
+    // exists).
+    unsafe {
+        whole_rows::<2, MR, 1>(
+            [job, &job2],
+            [out, out2],
+            |b, sums| {
                 let w = job.vals.add(b * 512);
                 let w2 = job2.vals.add(b * 512);
                 let a = job.q8.add(b * GROUP * 32);
@@ -386,23 +338,13 @@ pub(crate) unsafe fn q8c_u8row_pair<const MR: usize>(
                     let v2 = _mm512_load_si512(w2.add(l * 64) as *const _);
                     for r in 0..MR {
                         let x = bcast(a.add(r * 32), l);
-                        dot[0][r] = _mm512_dpbusd_epi32(dot[0][r], x, v);
-                        dot[1][r] = _mm512_dpbusd_epi32(dot[1][r], x, v2);
+                        sums[0][0][r] = _mm512_dpbusd_epi32(sums[0][0][r], x, v);
+                        sums[0][1][r] = _mm512_dpbusd_epi32(sums[0][1][r], x, v2);
                     }
                 }
-            }
-        }
-        for t in 0..2 {
-            for r in 0..MR {
-                acc[t][r] = _mm512_add_ps(acc[t][r], _mm512_cvtepi32_ps(dot[t][r]));
-            }
-        }
-        b0 = b1;
-    }
-    // SAFETY: as the kernel's contract.
-    unsafe {
-        store_row_scaled(job, &acc[0], out);
-        store_row_scaled(&job2, &acc[1], out2);
+            },
+            |[dot]| _mm512_cvtepi32_ps(dot),
+        )
     }
 }
 
@@ -415,25 +357,13 @@ pub(crate) unsafe fn q8c_i16b_pair<const MR: usize>(
     out2: &mut TileOut,
 ) {
     let job2 = job.next_tile();
-    let mut acc = [[_mm512_setzero_ps(); MR]; 2];
-    // SAFETY: Q8Channel tiles hold 16 i32 row sums after their 16 f32 scales.
-    let bias = unsafe { [row_sum_bias(job), row_sum_bias(&job2)] };
-    let mut b0 = 0;
-    while b0 < job.kb {
-        let b1 = (b0 + LONG_BLOCKS).min(job.kb);
-        let start = |t: usize| {
-            if b0 == 0 {
-                bias[t]
-            } else {
-                _mm512_setzero_si512()
-            }
-        };
-        let mut hi = [[start(0); MR], [start(1); MR]];
-        let mut lo = [[_mm512_setzero_si512(); MR]; 2];
-        for b in b0..b1 {
-            // SAFETY: offsets stay inside both tiles and the prepared activation
-            // arrays (64 bytes per block and row), per the Job contract.
-            unsafe {
+    // SAFETY: as `q8c_i16b`, for both tiles (the pair kernel's contract: the second
+    // exists).
+    unsafe {
+        whole_rows::<2, MR, 2>(
+            [job, &job2],
+            [out, out2],
+            |b, sums| {
                 let w = job.vals.add(b * 512);
                 let w2 = job2.vals.add(b * 512);
                 let a = job.q8.add(b * GROUP * 64);
@@ -443,27 +373,74 @@ pub(crate) unsafe fn q8c_i16b_pair<const MR: usize>(
                     for r in 0..MR {
                         let ar = a.add(r * 64);
                         let (xh, xl) = (bcast(ar, l), bcast(ar.add(32), l));
-                        hi[0][r] = _mm512_dpbusd_epi32(hi[0][r], xh, v);
-                        lo[0][r] = _mm512_dpbusd_epi32(lo[0][r], xl, v);
-                        hi[1][r] = _mm512_dpbusd_epi32(hi[1][r], xh, v2);
-                        lo[1][r] = _mm512_dpbusd_epi32(lo[1][r], xl, v2);
+                        sums[0][0][r] = _mm512_dpbusd_epi32(sums[0][0][r], xh, v);
+                        sums[1][0][r] = _mm512_dpbusd_epi32(sums[1][0][r], xl, v);
+                        sums[0][1][r] = _mm512_dpbusd_epi32(sums[0][1][r], xh, v2);
+                        sums[1][1][r] = _mm512_dpbusd_epi32(sums[1][1][r], xl, v2);
                     }
                 }
+            },
+            hi_lo,
+        )
+    }
+}
+
+/// The byte-plane kernels' stretch in f32: `256 * hi + lo`.
+#[inline(always)]
+fn hi_lo([hi, lo]: [__m512i; 2]) -> __m512 {
+    // SAFETY: only called from the kernels above, compiled with AVX-512 F.
+    unsafe {
+        _mm512_fmadd_ps(
+            _mm512_cvtepi32_ps(hi),
+            _mm512_set1_ps(256.0),
+            _mm512_cvtepi32_ps(lo),
+        )
+    }
+}
+
+/// The frame of the whole-row kernels, for `T` adjacent tiles (`jobs`) and `MR` rows:
+/// `P` planes of i32 sums per tile and row, plane 0 starting at the tile's
+/// `-128 * sum(w)` per weight row (undoing the activations' `+ 128`), run over
+/// stretches of [`LONG_BLOCKS`] blocks by `block(b, sums)`; after each stretch `fold`
+/// turns a (tile, row)'s planes into f32, and the totals are stored scaled into `outs`.
+///
+/// # Safety
+/// A [`TileKernel`](super::TileKernel)'s contract for every job; the tiles are
+/// Q8Channel (16 i32 row sums after their 16 f32 scales).
+#[inline(always)]
+unsafe fn whole_rows<const T: usize, const MR: usize, const P: usize>(
+    jobs: [&Job; T],
+    outs: [&mut TileOut; T],
+    mut block: impl FnMut(usize, &mut [[[__m512i; MR]; T]; P]),
+    fold: impl Fn([__m512i; P]) -> __m512,
+) {
+    // SAFETY: the caller's contract.
+    let bias: [__m512i; T] = std::array::from_fn(|t| unsafe { row_sum_bias(jobs[t]) });
+    let mut acc = [[_mm512_setzero_ps(); MR]; T];
+    let kb = jobs[0].kb;
+    let mut b0 = 0;
+    while b0 < kb {
+        let b1 = (b0 + LONG_BLOCKS).min(kb);
+        let mut sums = [[[_mm512_setzero_si512(); MR]; T]; P];
+        if b0 == 0 {
+            for t in 0..T {
+                sums[0][t] = [bias[t]; MR];
             }
         }
-        for t in 0..2 {
+        for b in b0..b1 {
+            block(b, &mut sums);
+        }
+        for t in 0..T {
             for r in 0..MR {
-                let h = _mm512_cvtepi32_ps(hi[t][r]);
-                let l = _mm512_cvtepi32_ps(lo[t][r]);
-                acc[t][r] = _mm512_add_ps(acc[t][r], _mm512_fmadd_ps(h, _mm512_set1_ps(256.0), l));
+                let planes: [__m512i; P] = std::array::from_fn(|p| sums[p][t][r]);
+                acc[t][r] = _mm512_add_ps(acc[t][r], fold(planes));
             }
         }
         b0 = b1;
     }
-    // SAFETY: as the kernel's contract.
-    unsafe {
-        store_row_scaled(job, &acc[0], out);
-        store_row_scaled(&job2, &acc[1], out2);
+    for (t, out) in outs.into_iter().enumerate() {
+        // SAFETY: the caller's contract.
+        unsafe { store_row_scaled(jobs[t], &acc[t], out) }
     }
 }
 
