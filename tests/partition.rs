@@ -64,22 +64,19 @@ struct Device {
 
 impl Device {
     fn arc(name: &str, declines: &'static [&'static str]) -> Arc<dyn Backend> {
-        let cpu = CpuBackend::new(CpuOptions { threads: Some(1) });
-        let caps = Capabilities {
-            name: name.into(),
-            host_memory: false,
-            ..cpu.capabilities().clone()
-        };
-        Arc::new(Device {
-            cpu,
-            caps,
-            declines,
-            profiles: false,
-        })
+        Self::with_profiling(name, declines, false)
     }
 
     /// A device whose executables profile (forwarding to the CPU's).
     fn arc_profiling(name: &str, declines: &'static [&'static str]) -> Arc<dyn Backend> {
+        Self::with_profiling(name, declines, true)
+    }
+
+    fn with_profiling(
+        name: &str,
+        declines: &'static [&'static str],
+        profiles: bool,
+    ) -> Arc<dyn Backend> {
         let cpu = CpuBackend::new(CpuOptions { threads: Some(1) });
         let caps = Capabilities {
             name: name.into(),
@@ -90,7 +87,7 @@ impl Device {
             cpu,
             caps,
             declines,
-            profiles: true,
+            profiles,
         })
     }
 }
