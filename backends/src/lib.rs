@@ -22,6 +22,7 @@ pub mod conformance;
 #[cfg(feature = "cpu")]
 pub mod cpu;
 /// Per-node timing of one run ([`Executable::profile`]).
+mod limits;
 pub mod profile;
 mod registry;
 #[cfg(feature = "wgpu")]
@@ -29,6 +30,7 @@ pub mod wgpu;
 mod worker;
 
 pub use completion::{Completion, Finished, Ready};
+pub use limits::{DeviceLimits, Peak};
 pub use profile::{HostTimes, KindTime, NodeTime, Profile, TimeSource};
 pub use registry::{BackendOptions, Registry, MAX_THREADS};
 pub use worker::WorkerExecutable;
@@ -85,6 +87,10 @@ pub struct Capabilities {
     pub name: String,
     /// e.g. "portable Rust, 2 threads", "lavapipe (Vulkan, CPU)".
     pub device: String,
+    /// The kernels in use, for bench tables and logs: e.g. `avx512+vnni` (the CPU's
+    /// instruction path) or `tiled (f16+subgroup+dot4)` (a wgpu kernel family and its
+    /// optional instructions).
+    pub kernels: String,
     /// Activation dtypes it computes in.
     pub compute_dtypes: Vec<DType>,
     /// Weight dtypes it accepts in `prepare_weight`.
@@ -250,6 +256,13 @@ pub trait Backend: Send + Sync {
     /// buffer). Buffers of this instance always can.
     fn can_bind(&self, _buf: &dyn DeviceBuffer) -> bool {
         false
+    }
+
+    /// Measures the device's memory bandwidth and arithmetic peaks with microbenchmark
+    /// kernels (about a second), so speeds can be quoted as fractions of them. `None`
+    /// for backends on the host's memory: `npurt bench` measures the host itself.
+    fn measure_limits(&self) -> Result<Option<DeviceLimits>> {
+        Ok(None)
     }
 
     /// Waits for all submitted work (a no-op on synchronous backends).

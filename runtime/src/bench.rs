@@ -101,15 +101,21 @@ pub fn row(model: &Model, test: String, threads: usize, rates: &[f64]) -> BenchR
             "{} ({} kv)",
             model.options.precision.name, model.options.precision.kv_cache
         ),
-        kernels: if cpu {
-            npurt_kernels::cpu::isa().name().to_string()
-        } else {
-            model.backend.capabilities().device.clone()
-        },
+        kernels: model.backend.capabilities().kernels.clone(),
         tok_s_mean: m,
         tok_s_sd: sd,
         reps: rates.len(),
     }
+}
+
+/// A device's measured limits as JSON (`npurt bench --json`, `machine[].device_limits`).
+pub fn limits_json(l: &npurt_backends::DeviceLimits) -> serde_json::Value {
+    serde_json::json!({
+        "timed_by": l.timed_by,
+        "copy_gb_s": l.copy_gb_s,
+        "peaks": l.peaks.iter().map(|p| serde_json::json!({
+            "arithmetic": p.arithmetic, "ops_per_s": p.ops_per_s})).collect::<Vec<_>>(),
+    })
 }
 
 /// Memory read bandwidth in GB/s on `threads` threads (a 512 MiB buffer summed;

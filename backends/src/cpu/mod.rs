@@ -50,6 +50,7 @@ impl CpuBackend {
                 "host CPU, {threads} threads, kernels {}",
                 npurt_kernels::cpu::isa().name()
             ),
+            kernels: npurt_kernels::cpu::isa().name().into(),
             compute_dtypes: vec![DType::F32],
             weight_dtypes: DType::WEIGHT_FORMATS.to_vec(),
             max_buffer_bytes: isize::MAX as usize,

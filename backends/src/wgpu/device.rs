@@ -45,6 +45,8 @@ pub(crate) struct GpuContext {
     /// larger; `WgpuOptions::max_binding_bytes` may lower it for testing).
     pub max_binding: u64,
     pub kernels: super::ops::KernelFamily,
+    /// Optional instructions in use (resolved against the adapter's features).
+    pub variants: super::ops::KernelVariants,
     /// How the profiler times nodes (resolved against the device's features).
     pub profile_timing: super::ProfileTiming,
     /// Nanoseconds per timestamp tick.
@@ -73,6 +75,7 @@ impl GpuContext {
         backends: ::wgpu::Backends,
         max_binding_bytes: Option<u64>,
         kernels: Option<super::ops::KernelFamily>,
+        variants: Option<super::ops::KernelVariants>,
         profile_timing: Option<super::ProfileTiming>,
     ) -> Result<Arc<GpuContext>> {
         let mut desc = ::wgpu::InstanceDescriptor::new_without_display_handle();
@@ -94,10 +97,38 @@ impl GpuContext {
             & (::wgpu::Features::TIMESTAMP_QUERY
                 | ::wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS
                 | ::wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES);
+        // The optional instructions of the kernel variants, where the adapter has them
+        // (and the caller did not switch them off).
+        let offered = super::ops::KernelVariants {
+            f16: adapter.features().contains(::wgpu::Features::SHADER_F16),
+            subgroup: adapter.features().contains(::wgpu::Features::SUBGROUP),
+            dot4: instance
+                .wgsl_language_features()
+                .contains(::wgpu::WgslLanguageFeatures::Packed4x8IntegerDotProduct),
+        };
+        let variants = match variants {
+            Some(v) if v.and(offered) != v => {
+                return Err(unavailable(format!(
+                    "kernel variants `{}` asked for, but `{}` offers only `{}`",
+                    v.name(),
+                    info.name,
+                    offered.name()
+                )))
+            }
+            Some(v) => v,
+            None => offered,
+        };
+        let mut features = timestamps;
+        if variants.f16 {
+            features |= ::wgpu::Features::SHADER_F16;
+        }
+        if variants.subgroup {
+            features |= ::wgpu::Features::SUBGROUP;
+        }
         let (device, queue) =
             pollster::block_on(adapter.request_device(&::wgpu::DeviceDescriptor {
                 label: Some("npurt"),
-                required_features: timestamps,
+                required_features: features,
                 required_limits: limits.clone(),
                 experimental_features: ::wgpu::ExperimentalFeatures::disabled(),
                 memory_hints: ::wgpu::MemoryHints::Performance,
@@ -157,6 +188,7 @@ impl GpuContext {
             profile_timing,
             timestamp_period,
             kernels,
+            variants,
             device,
             queue,
             info,

@@ -129,6 +129,7 @@ impl WgpuExecutable {
         let cx = LowerCtx {
             graph,
             kernels: ctx.kernels,
+            variants: ctx.variants,
             weights: &w,
         };
         let mut lowered = Vec::with_capacity(n);

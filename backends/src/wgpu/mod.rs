@@ -26,6 +26,7 @@ mod device;
 mod executable;
 mod ops;
 mod pipelines;
+mod probe;
 mod support;
 mod weights;
 
@@ -33,7 +34,7 @@ pub use ::wgpu::{Backends, Features};
 pub use buffers::WgpuBuffer;
 pub use counters::WgpuCounters;
 pub use executable::WgpuExecutable;
-pub use ops::KernelFamily;
+pub use ops::{KernelFamily, KernelVariants};
 
 use crate::{
     Backend, BackendError, BufferUsage, Capabilities, DeviceBuffer, Executable, Result, Support,
@@ -56,6 +57,12 @@ pub struct WgpuOptions {
     /// (lavapipe), `Tiled` on GPUs. `NPURT_WGPU_KERNELS=lanes|tiled` overrides the
     /// default (both are tested on lavapipe).
     pub kernels: Option<KernelFamily>,
+    /// Optional instructions of the `Tiled` kernels (f16 arithmetic, subgroup
+    /// reductions, packed i8 dot products); `None` reads `NPURT_WGPU_VARIANTS`
+    /// (`plain`, `all`, or a list such as `f16,dot4`) and without it uses every one the
+    /// adapter offers. Asking for one the adapter lacks, or an unknown name, is
+    /// `BackendError::Unavailable`.
+    pub variants: Option<KernelVariants>,
     /// How `Executable::profile` times nodes; `None` picks the best the adapter
     /// offers. `NPURT_WGPU_PROFILE=inside|pass|host` overrides the default.
     pub profile_timing: Option<ProfileTiming>,
@@ -103,6 +110,7 @@ impl Default for WgpuOptions {
             backends: ::wgpu::Backends::from_env().unwrap_or(::wgpu::Backends::PRIMARY),
             max_binding_bytes: None,
             kernels,
+            variants: None,
             profile_timing,
         }
     }
@@ -117,10 +125,19 @@ impl WgpuBackend {
     /// Opens the best adapter (a GPU, else lavapipe). No adapter is
     /// `BackendError::Unavailable` naming the driver to install.
     pub fn new(opts: WgpuOptions) -> Result<Self> {
+        let variants = match (opts.variants, std::env::var("NPURT_WGPU_VARIANTS")) {
+            (Some(v), _) => Some(v),
+            (None, Ok(s)) => Some(
+                KernelVariants::parse(&s)
+                    .map_err(|e| device::unavailable(format!("NPURT_WGPU_VARIANTS: {e}")))?,
+            ),
+            (None, Err(_)) => None,
+        };
         let ctx = GpuContext::new(
             opts.backends,
             opts.max_binding_bytes,
             opts.kernels,
+            variants,
             opts.profile_timing,
         )?;
         let info = &ctx.info;
@@ -131,6 +148,11 @@ impl WgpuBackend {
                 info.name, info.backend, info.device_type, info.driver, info.driver_info
             )
             .replace(", driver  )", ")"),
+            kernels: match ctx.kernels {
+                // The optional instructions serve the tiled kernels only.
+                KernelFamily::Lanes => "lanes".into(),
+                KernelFamily::Tiled => format!("tiled ({})", ctx.variants.name()),
+            },
             compute_dtypes: vec![DType::F32],
             weight_dtypes: support::WEIGHT_DTYPES.to_vec(),
             max_buffer_bytes: ctx.max_binding as usize,
@@ -152,6 +174,11 @@ impl WgpuBackend {
     /// The matmul kernel family in use.
     pub fn kernel_family(&self) -> KernelFamily {
         self.ctx.kernels
+    }
+
+    /// The optional instructions the `Tiled` kernels use on this device.
+    pub fn kernel_variants(&self) -> KernelVariants {
+        self.ctx.variants
     }
 
     /// How `Executable::profile` times nodes on this device.
@@ -199,10 +226,7 @@ impl Backend for WgpuBackend {
     /// e.g. `matmul[q4_0 x f32 +swiglu, lanes]`: activations are always f32 here.
     fn kernel_name(&self, graph: &Graph, id: NodeId) -> String {
         let n = graph.node(id);
-        let family = match self.ctx.kernels {
-            KernelFamily::Lanes => "lanes",
-            KernelFamily::Tiled => "tiled",
-        };
+        let family = self.ctx.kernels.name();
         match &n.op {
             npurt_graph::Op::MatMul {
                 prologue, epilogue, ..
@@ -356,6 +380,10 @@ impl Backend for WgpuBackend {
         enc.copy_buffer_to_buffer(s.whole()?, 0, d.whole()?, 0, bytes);
         self.ctx.submit([enc.finish()]);
         Ok(())
+    }
+
+    fn measure_limits(&self) -> Result<Option<crate::DeviceLimits>> {
+        probe::measure(&self.ctx).map(Some)
     }
 
     /// Waits for the queue and reports kernel errors of the runs this thread submitted.

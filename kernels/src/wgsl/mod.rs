@@ -6,8 +6,10 @@
 //! `#include "file.wgsl"` (each file at most once per module), `#ifdef NAME`,
 //! `#ifndef NAME`, `#else` and `#endif`. A define `NAME` is a flag for `#ifdef`; a
 //! define `NAME=N` (an unsigned integer) becomes `const NAME: u32 = Nu;` at the top of
-//! the module (sizes of register arrays, which WGSL needs as constants). No text is
-//! substituted inside WGSL code.
+//! the module (sizes of register arrays, which WGSL needs as constants). WGSL `enable`
+//! directives (`enable f16;`, `enable subgroups;`) are moved to the top, ahead of those
+//! constants and of any included file, since WGSL wants them before every declaration.
+//! No text is substituted inside WGSL code.
 
 /// Every shader file by name.
 pub const FILES: &[(&str, &str)] = &[
@@ -27,6 +29,7 @@ pub const FILES: &[(&str, &str)] = &[
     ("transpose.wgsl", include_str!("transpose.wgsl")),
     ("rows.wgsl", include_str!("rows.wgsl")),
     ("patch_embed.wgsl", include_str!("patch_embed.wgsl")),
+    ("probe.wgsl", include_str!("probe.wgsl")),
     (
         "space_to_channel.wgsl",
         include_str!("space_to_channel.wgsl"),
@@ -77,8 +80,24 @@ pub fn preprocess<S: AsRef<str>>(file: &str, defines: &[S]) -> Result<String, Pr
     }
     let defines = &defines[..];
     let mut included = Vec::new();
-    expand(file, defines, &mut included, &mut out, 0)?;
-    Ok(out)
+    let mut body = String::new();
+    expand(file, defines, &mut included, &mut body, 0)?;
+    let (enables, rest): (Vec<&str>, Vec<&str>) = body
+        .lines()
+        .partition(|l| l.trim_start().starts_with("enable "));
+    let mut module = String::new();
+    for e in enables {
+        if !module.lines().any(|l| l == e) {
+            module.push_str(e);
+            module.push('\n');
+        }
+    }
+    module.push_str(&out);
+    for l in rest {
+        module.push_str(l);
+        module.push('\n');
+    }
+    Ok(module)
 }
 
 fn expand(
@@ -175,5 +194,19 @@ mod tests {
                 "{file}"
             );
         }
+    }
+
+    #[test]
+    fn enable_directives_lead_the_module() {
+        let s = preprocess("probe.wgsl", &["F16", "X=3"]).unwrap();
+        assert!(
+            s.starts_with("enable f16;\nconst X: u32 = 3u;\n"),
+            "{}",
+            &s[..60]
+        );
+        assert_eq!(s.matches("enable f16;").count(), 1);
+        assert!(!preprocess::<&str>("probe.wgsl", &[])
+            .unwrap()
+            .contains("enable"));
     }
 }

@@ -603,6 +603,12 @@ fn run(cli: Cli) -> anyhow_lite::Result<()> {
                 .max()
                 .unwrap_or(128)
                 + 1;
+            // The profile feeds one whole chunk and then decodes one token.
+            let ctx = if profile {
+                ctx.max(common.chunk + 2)
+            } else {
+                ctx
+            };
             let mut rows = Vec::new();
             let mut machine = Vec::new();
             let mut peak_rss = 0u64;
@@ -646,20 +652,36 @@ fn run(cli: Cli) -> anyhow_lite::Result<()> {
                 }
                 let peak = npurt_runtime::stats::peak_rss_bytes().unwrap_or(0);
                 peak_rss = peak_rss.max(peak);
-                // Host DRAM bandwidth is the ceiling of CPU decode only; a GPU's
-                // decode reads its own memory, so nothing is measured for it.
+                // Decode is bandwidth-bound: its ceiling is the host's read bandwidth on
+                // the CPU backend, the device's copy bandwidth (and arithmetic peaks,
+                // from the backend's microbenchmarks) on a device with its own memory.
                 let host = npurt_runtime::bench::is_cpu(&model);
-                let bw = host.then(|| npurt_runtime::bench::read_bandwidth_gb_s(t));
-                let device = model.backend.capabilities().device.clone();
-                machine.push(
-                    serde_json::json!({"threads": host.then_some(t), "device": device,
-                    "read_bandwidth_gb_s": bw, "weight_mib": weight_mib,
-                    "peak_rss_bytes": peak}),
-                );
+                let limits = if host {
+                    None
+                } else {
+                    model.backend.measure_limits()?
+                };
+                let bw = if host {
+                    Some(npurt_runtime::bench::read_bandwidth_gb_s(t))
+                } else {
+                    limits.as_ref().map(|l| l.copy_gb_s)
+                };
+                let caps = model.backend.capabilities();
+                machine.push(serde_json::json!({
+                    "threads": host.then_some(t), "device": caps.device, "kernels": caps.kernels,
+                    "read_bandwidth_gb_s": host.then_some(bw).flatten(),
+                    "device_limits": limits.as_ref().map(npurt_runtime::bench::limits_json),
+                    "weight_mib": weight_mib, "peak_rss_bytes": peak}));
                 if !json {
-                    match bw {
-                        Some(bw) => eprintln!("threads {t}: weights {weight_mib:.1} MiB, measured read bandwidth {bw:.1} GB/s"),
-                        None => eprintln!("{device}: weights {weight_mib:.1} MiB"),
+                    match (&limits, bw) {
+                        (Some(l), _) => eprintln!(
+                            "{} [{}]: weights {weight_mib:.1} MiB; measured {}",
+                            caps.device,
+                            caps.kernels,
+                            l.summary()
+                        ),
+                        (None, Some(bw)) => eprintln!("threads {t}: weights {weight_mib:.1} MiB, measured read bandwidth {bw:.1} GB/s"),
+                        (None, None) => eprintln!("{}: weights {weight_mib:.1} MiB", caps.device),
                     }
                 }
             }
@@ -702,19 +724,25 @@ fn run(cli: Cli) -> anyhow_lite::Result<()> {
                     );
                 }
                 for m in &machine {
-                    // Only CPU runs measured a bandwidth to compare decode with.
-                    let (Some(t), Some(bw)) =
-                        (m["threads"].as_u64(), m["read_bandwidth_gb_s"].as_f64())
-                    else {
-                        continue;
-                    };
+                    // The host's read bandwidth (CPU) or the device's copy bandwidth.
+                    let bw = m["read_bandwidth_gb_s"]
+                        .as_f64()
+                        .map(|b| (b, "read bandwidth"))
+                        .or_else(|| {
+                            m["device_limits"]["copy_gb_s"]
+                                .as_f64()
+                                .map(|b| (b, "copy bandwidth (read + write)"))
+                        });
+                    let Some((bw, what)) = bw else { continue };
+                    let t = m["threads"].as_u64().map(|t| t as usize);
                     let w = m["weight_mib"].as_f64().unwrap_or(0.0);
                     if let Some(tg) = rows
                         .iter()
-                        .find(|r| r.threads == Some(t as usize) && r.test.starts_with("tg"))
+                        .find(|r| r.threads == t && r.test.starts_with("tg"))
                     {
                         let gbs = tg.tok_s_mean * w * (1 << 20) as f64 / 1e9;
-                        println!("decode at {t} thread(s) reads {gbs:.1} GB/s of weights = {:.0}% of the measured {bw:.1} GB/s", 100.0 * gbs / bw);
+                        let at = t.map(|t| format!(" at {t} thread(s)")).unwrap_or_default();
+                        println!("decode{at} reads {gbs:.1} GB/s of weights = {:.0}% of the measured {bw:.1} GB/s {what}", 100.0 * gbs / bw);
                     }
                 }
                 for (t, p) in &profiles {

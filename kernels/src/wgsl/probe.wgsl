@@ -1,0 +1,115 @@
+// Microbenchmarks of the adapter's limits, run in the same process as the work they
+// are compared with (`npurt bench`, backends/src/wgpu/probe.rs):
+//   copy:     memory bandwidth. Each thread copies 16-byte words, grid-stride, so the
+//             reads and writes of a subgroup are contiguous;
+//   fma_f32:  f32 FMA peak. CHAINS independent vec4 chains per thread, each step
+//             depending on the last (nothing folds or hoists), one store per thread
+//             so nothing is dead code;
+//   fma_f16:  the same in f16 (F16: needs SHADER_F16; vec4<f16> is packed halves
+//             where the GPU has them);
+//   dot4_i8:  packed 4x8 integer dot products (`dot4I8Packed`, 4 multiply-adds each),
+//             the instruction the i8 matmul variant uses (DOT4: needs WGSL's
+//             packed_4x8_integer_dot_product).
+// Arithmetic counts: one FMA or multiply-add is 2 ops.
+#ifdef F16
+enable f16;
+#endif
+
+const PROBE_WG: u32 = 256u;
+
+struct Params {
+    // copy: 16-byte words to copy; arithmetic probes: unused.
+    words: u32,
+    // Arithmetic probes: steps per chain.
+    iters: u32,
+    // A multiplier below 1 the compiler cannot see (chains stay finite).
+    decay: f32,
+}
+
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<storage, read_write> dst: array<vec4<u32>>;
+#ifdef COPY
+@group(0) @binding(2) var<storage, read> src: array<vec4<u32>>;
+
+@compute @workgroup_size(PROBE_WG)
+fn copy(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let stride = nwg.x * PROBE_WG;
+    for (var i = gid.x; i < params.words; i += stride) {
+        dst[i] = src[i];
+    }
+}
+#endif
+
+@compute @workgroup_size(PROBE_WG)
+fn fma_f32(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let m = vec4<f32>(params.decay);
+    let c = vec4<f32>(1.0 - params.decay);
+    var x0 = vec4<f32>(f32(gid.x & 255u) * 1e-3);
+    var x1 = x0 + 0.1;
+    var x2 = x0 + 0.2;
+    var x3 = x0 + 0.3;
+    var x4 = x0 + 0.4;
+    var x5 = x0 + 0.5;
+    var x6 = x0 + 0.6;
+    var x7 = x0 + 0.7;
+    for (var i = 0u; i < params.iters; i++) {
+        x0 = fma(x0, m, c);
+        x1 = fma(x1, m, c);
+        x2 = fma(x2, m, c);
+        x3 = fma(x3, m, c);
+        x4 = fma(x4, m, c);
+        x5 = fma(x5, m, c);
+        x6 = fma(x6, m, c);
+        x7 = fma(x7, m, c);
+    }
+    dst[gid.x] = bitcast<vec4<u32>>(x0 + x1 + x2 + x3 + x4 + x5 + x6 + x7);
+}
+
+#ifdef F16
+@compute @workgroup_size(PROBE_WG)
+fn fma_f16(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let m = vec4<f16>(f16(params.decay));
+    let c = vec4<f16>(f16(1.0 - params.decay));
+    var x0 = vec4<f16>(f16(f32(gid.x & 255u) * 1e-3));
+    var x1 = x0 + 0.1h;
+    var x2 = x0 + 0.2h;
+    var x3 = x0 + 0.3h;
+    var x4 = x0 + 0.4h;
+    var x5 = x0 + 0.5h;
+    var x6 = x0 + 0.6h;
+    var x7 = x0 + 0.7h;
+    for (var i = 0u; i < params.iters; i++) {
+        x0 = fma(x0, m, c);
+        x1 = fma(x1, m, c);
+        x2 = fma(x2, m, c);
+        x3 = fma(x3, m, c);
+        x4 = fma(x4, m, c);
+        x5 = fma(x5, m, c);
+        x6 = fma(x6, m, c);
+        x7 = fma(x7, m, c);
+    }
+    let s = vec4<f32>(x0 + x1 + x2 + x3 + x4 + x5 + x6 + x7);
+    dst[gid.x] = bitcast<vec4<u32>>(s);
+}
+#endif
+
+#ifdef DOT4
+@compute @workgroup_size(PROBE_WG)
+fn dot4_i8(@builtin(global_invocation_id) gid: vec3<u32>) {
+    // Each step's left operand is the chain's own running sum, bit for bit.
+    let w = 0x01ff02feu ^ bitcast<u32>(params.decay);
+    var a = vec4<i32>(i32(gid.x), i32(gid.x) + 1, i32(gid.x) + 2, i32(gid.x) + 3);
+    var b = a + 4;
+    for (var i = 0u; i < params.iters; i++) {
+        a.x += dot4I8Packed(bitcast<u32>(a.x), w);
+        a.y += dot4I8Packed(bitcast<u32>(a.y), w);
+        a.z += dot4I8Packed(bitcast<u32>(a.z), w);
+        a.w += dot4I8Packed(bitcast<u32>(a.w), w);
+        b.x += dot4I8Packed(bitcast<u32>(b.x), w);
+        b.y += dot4I8Packed(bitcast<u32>(b.y), w);
+        b.z += dot4I8Packed(bitcast<u32>(b.z), w);
+        b.w += dot4I8Packed(bitcast<u32>(b.w), w);
+    }
+    dst[gid.x] = bitcast<vec4<u32>>(a + b);
+}
+#endif
