@@ -7,7 +7,7 @@
 //! CI has no GPU: these run on Mesa's lavapipe (scripts/test.sh installs it). A missing
 //! adapter fails the tests, it never skips them.
 
-use npurt_backends::wgpu::{KernelFamily, WgpuBackend, WgpuOptions};
+use npurt_backends::wgpu::{KernelFamily, KernelVariants, WgpuBackend, WgpuOptions};
 use npurt_backends::{Backend, BackendError, Bindings, BufferUsage, Support};
 use npurt_graph::{
     ActPrecision, DType, Epilogue, Graph, NodeId, Op, Prologue, SeededRng, TensorFact,
@@ -221,6 +221,63 @@ fn conformance_tiled_kernels() {
 #[test]
 fn conformance_lanes_kernels() {
     conformance_passes_without_declining(both()[1]);
+}
+
+/// The tiled kernels' optional instructions (f16 tiles, subgroup shuffles, packed i8
+/// dot products) are on by default where the adapter has them, and lavapipe has all
+/// of them, so `conformance_tiled_kernels` runs them; their plain fallbacks (what an
+/// adapter without them runs) meet the matmul cases here, the only op they change.
+#[test]
+fn conformance_tiled_kernels_without_optional_instructions() {
+    assert_eq!(
+        both()[0].kernel_variants(),
+        KernelVariants::ALL,
+        "lavapipe should offer every kernel variant, so the conformance suite runs them"
+    );
+    let plain = WgpuBackend::new(WgpuOptions {
+        kernels: Some(KernelFamily::Tiled),
+        variants: Some(KernelVariants::PLAIN),
+        ..Default::default()
+    })
+    .expect("wgpu backend");
+    assert_eq!(plain.capabilities().kernels, "tiled (plain)");
+    let report = npurt_backends::conformance::run_suite(&plain, Some("matmul"));
+    assert_eq!(report.failed(), 0, "{report}");
+    assert!(report.passed() > 100, "{report}");
+}
+
+#[test]
+fn kernel_variants_parse_and_name() {
+    let v = KernelVariants::parse("f16,dot4").unwrap();
+    assert!(v.f16 && v.dot4 && !v.subgroup);
+    assert_eq!(v.name(), "f16+dot4");
+    assert_eq!(KernelVariants::parse("all").unwrap(), KernelVariants::ALL);
+    assert_eq!(KernelVariants::parse("plain").unwrap().name(), "plain");
+    let e = KernelVariants::parse("f16,warp").unwrap_err();
+    assert!(e.contains("`warp`"), "{e}");
+}
+
+/// The microbenchmarks `npurt bench` quotes speeds against: a copy bandwidth and one
+/// peak per instruction the kernels in use rely on, all finite and positive.
+#[test]
+fn device_limits_are_measured() {
+    let be = both()[0];
+    let l = be
+        .measure_limits()
+        .expect("probes run")
+        .expect("a device backend measures its limits");
+    assert!(l.copy_gb_s.is_finite() && l.copy_gb_s > 0.0, "{l:?}");
+    let names: Vec<&str> = l.peaks.iter().map(|p| p.arithmetic).collect();
+    assert_eq!(names, ["f32 fma", "f16 fma", "i8 dot4"], "{l:?}");
+    assert!(
+        l.peaks
+            .iter()
+            .all(|p| p.ops_per_s.is_finite() && p.ops_per_s > 0.0),
+        "{l:?}"
+    );
+    // The host backend has no device of its own to measure.
+    let cpu = npurt_backends::cpu::CpuBackend::new(Default::default());
+    assert!(cpu.measure_limits().unwrap().is_none());
 }
 #[test]
 fn adapter_is_reported() {

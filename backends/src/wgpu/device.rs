@@ -101,7 +101,10 @@ impl GpuContext {
         // (and the caller did not switch them off).
         let offered = super::ops::KernelVariants {
             f16: adapter.features().contains(::wgpu::Features::SHADER_F16),
-            subgroup: adapter.features().contains(::wgpu::Features::SUBGROUP),
+            // The GEMV puts a column's 4 to 16 threads inside one subgroup.
+            subgroup: adapter.features().contains(::wgpu::Features::SUBGROUP)
+                && info.subgroup_min_size >= 4
+                && info.subgroup_min_size.is_power_of_two(),
             dot4: instance
                 .wgsl_language_features()
                 .contains(::wgpu::WgslLanguageFeatures::Packed4x8IntegerDotProduct),
@@ -151,11 +154,25 @@ impl GpuContext {
             info.device_type,
             max_binding
         );
-        let kernels = kernels.unwrap_or(if info.device_type == ::wgpu::DeviceType::Cpu {
-            super::ops::KernelFamily::Lanes
-        } else {
-            super::ops::KernelFamily::Tiled
-        });
+        // The tiled kernels need workgroup memory for their tiles (every GPU of the last
+        // decade has 32 KiB); an adapter with less runs the lanes kernels, which use none.
+        let tiles_fit =
+            limits.max_compute_workgroup_storage_size >= super::ops::TILED_WORKGROUP_BYTES;
+        let kernels = kernels.unwrap_or(
+            if info.device_type == ::wgpu::DeviceType::Cpu || !tiles_fit {
+                super::ops::KernelFamily::Lanes
+            } else {
+                super::ops::KernelFamily::Tiled
+            },
+        );
+        if kernels == super::ops::KernelFamily::Tiled && !tiles_fit {
+            return Err(unavailable(format!(
+                "the tiled kernels need {} bytes of workgroup memory; `{}` has {}",
+                super::ops::TILED_WORKGROUP_BYTES,
+                info.name,
+                limits.max_compute_workgroup_storage_size
+            )));
+        }
         use super::ProfileTiming as P;
         let best = if timestamps.contains(
             ::wgpu::Features::TIMESTAMP_QUERY | ::wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES,

@@ -130,6 +130,7 @@ impl WgpuExecutable {
             graph,
             kernels: ctx.kernels,
             variants: ctx.variants,
+            subgroup_min: ctx.info.subgroup_min_size,
             weights: &w,
         };
         let mut lowered = Vec::with_capacity(n);

@@ -14,6 +14,9 @@ use std::sync::Arc;
 
 /// Max workgroups per dispatch dimension (WebGPU's guaranteed limit).
 pub(crate) const MAX_GROUPS: u32 = 65535;
+/// Workgroup memory the `Tiled` kernels need at most: matmul.wgsl's gemm stages two
+/// 64 x 9 tiles of f32 quads.
+pub(crate) const TILED_WORKGROUP_BYTES: u32 = 2 * 64 * 9 * 16;
 /// Rows up to which a matmul uses the GEMV kernel (matmul.wgsl `MAX_M`).
 pub(crate) const GEMV_MAX_ROWS: usize = 8;
 /// attention.wgsl `MAX_HEAD_DIM`.
@@ -84,8 +87,8 @@ impl KernelFamily {
 /// (lavapipe offers all three, so the tests run both sides).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct KernelVariants {
-    /// f16 arithmetic in the prefill GEMM (`SHADER_F16`): tiles staged in workgroup
-    /// memory as f16 and multiplied in f16 four terms at a time, sums in f32.
+    /// f16 tiles in the prefill GEMM (`SHADER_F16`): activation and weight tiles are
+    /// staged in workgroup memory as f16, multiplied in f32 (matmul.wgsl says why).
     pub f16: bool,
     /// Subgroup shuffles for the decode GEMV's reduction (`SUBGROUP`) instead of a
     /// round trip through workgroup memory and a barrier.
@@ -166,11 +169,23 @@ pub(crate) struct LowerCtx<'a> {
     pub graph: &'a Graph,
     pub kernels: KernelFamily,
     pub variants: KernelVariants,
+    /// The adapter's smallest subgroup size.
+    pub subgroup_min: u32,
     /// Prepared weights by node index.
     pub weights: &'a [Option<Arc<dyn DeviceBuffer>>],
 }
 
 impl LowerCtx<'_> {
+    /// Threads per output column of matmul.wgsl's gemv: 16, or fewer where the
+    /// subgroup variant needs a column inside one subgroup.
+    pub(crate) fn gemv_lanes(&self) -> u32 {
+        if self.variants.subgroup {
+            self.subgroup_min.min(16)
+        } else {
+            16
+        }
+    }
+
     /// The prepared weight behind `id` (following reshapes), if `id` is one.
     pub(crate) fn weight(&self, mut id: NodeId) -> Option<&WgpuBuffer> {
         loop {
@@ -801,7 +816,9 @@ enum MatmulEntry {
     Gemm,
 }
 
+/// One matmul dispatch, with the kernel variants `cx` allows for its entry point.
 fn matmul_dispatch(
+    cx: &LowerCtx,
     defines: &[&str],
     entry: MatmulEntry,
     x: MatmulArgs,
@@ -822,10 +839,16 @@ fn matmul_dispatch(
     ];
     let (gx, gy, name) = match entry {
         MatmulEntry::Gemv => {
-            let g = grid_1d(x.n.div_ceil(4), 1)?;
+            // 64 threads, GEMV_LANES per column.
+            let g = grid_1d(x.n.div_ceil(64 / cx.gemv_lanes() as usize), 1)?;
             (g[0] as usize, g[1] as usize, "gemv")
         }
-        MatmulEntry::Gemm => (x.n.div_ceil(32), x.m.div_ceil(32), "gemm"),
+        MatmulEntry::Gemm => {
+            // matmul.wgsl's gemm: 64-row tiles of 64 columns (32 with a GLU, whose
+            // gate and up rows share the weight tile).
+            let cols = if defines.contains(&"GLU") { 32 } else { 64 };
+            (x.n.div_ceil(cols), x.m.div_ceil(64), "gemm")
+        }
         MatmulEntry::Lanes => (
             x.n.div_ceil(256),
             x.m.div_ceil(if x.m == 1 { 1 } else { 4 }),
@@ -836,6 +859,14 @@ fn matmul_dispatch(
         return Err(format!("matmul {}x{} exceeds one dispatch", x.m, x.n));
     }
     let mut defines = defines.to_vec();
+    if entry == MatmulEntry::Gemm && cx.variants.f16 && !defines.contains(&"W_F32") {
+        defines.push("GEMM_F16");
+    }
+    let lanes;
+    if entry == MatmulEntry::Gemv && cx.variants.subgroup {
+        lanes = format!("SUBGROUP_LANES={}", cx.gemv_lanes());
+        defines.extend(["GEMV_SUBGROUP", lanes.as_str()]);
+    }
     if entry == MatmulEntry::Lanes && x.m == 1 {
         defines.push("ROWS_1");
     }
@@ -934,6 +965,7 @@ fn lower_matmul(
                 accumulate: i > 0,
             };
             l.dispatches.push(matmul_dispatch(
+                cx,
                 &defines,
                 entry,
                 args,
@@ -981,6 +1013,7 @@ fn lower_matmul(
                 accumulate: false,
             };
             l.dispatches.push(matmul_dispatch(
+                cx,
                 &defines,
                 entry,
                 args,
@@ -1018,7 +1051,7 @@ fn lower_matmul(
         let mut bindings = vec![(0, BindRef::Params), (1, a_in), (2, bind), (3, out)];
         bindings.extend(extra.iter().copied());
         l.dispatches
-            .push(matmul_dispatch(&defines, entry, args, bindings)?);
+            .push(matmul_dispatch(cx, &defines, entry, args, bindings)?);
         return Ok(());
     }
     for (bind, rows, soff) in b.parts {
@@ -1038,7 +1071,7 @@ fn lower_matmul(
         let mut bindings = vec![(0, BindRef::Params), (1, a_in), (2, bind), (3, out)];
         bindings.extend(extra.iter().copied());
         l.dispatches
-            .push(matmul_dispatch(&defines, entry, args, bindings)?);
+            .push(matmul_dispatch(cx, &defines, entry, args, bindings)?);
     }
     Ok(())
 }

@@ -5,11 +5,12 @@
 //         (y). Every thread of a workgroup reads the same activation values, so a
 //         CPU driver (lavapipe) loads them once for all SIMD lanes; the kernel of
 //         choice on CPU adapters, any M, no workgroup memory or barriers;
-//   gemv: few rows (decode, M <= MAX_M): each weight row is read once; 16 threads
-//         split its K range, every thread keeps one partial per activation row, and
-//         workgroup memory adds the 16 partials;
-//   gemm: 32x32 output tiles, K in steps of 32 (one quant block per weight row), A and
-//         the dequantized B tile staged in workgroup memory, 4x4 outputs per thread.
+//   gemv: few rows (decode, M <= MAX_M): each weight row is read once; GEMV_LANES
+//         threads split its K range, every thread keeps one partial per activation
+//         row, and subgroup shuffles or workgroup memory add them (see the kernel);
+//   gemm: 64x64 output tiles, K in steps of 32 (one quant block per weight row), A and
+//         the dequantized B tile staged in workgroup memory (f32, or f16 with
+//         GEMM_F16), 4x4 outputs per thread (see the kernel).
 // Defines: W_KN (weight stored [K, N], f32/f16/bf16 only; otherwise [N, K]), and the
 // epilogue's steps (npurt_graph::Epilogue, applied in this fixed order by write_out;
 // one flag per step suffices because a list holds each step at most once, in order):
@@ -20,13 +21,18 @@
 //   HAS_RESIDUAL: + residual[m, n].
 // Activations are f32 throughout: ActPrecision::I16/I8 are computed as f32 on this
 // backend.
+#ifdef GEMM_F16
+enable f16;
+#endif
 #include "common.wgsl"
 
 const MAX_M: u32 = 8u;
-const GEMV_COLS: u32 = 4u;
+#ifdef GEMV_SUBGROUP
+const GEMV_LANES: u32 = SUBGROUP_LANES;
+#else
 const GEMV_LANES: u32 = 16u;
-const TILE: u32 = 32u;
-const TILE_STRIDE: u32 = 33u;
+#endif
+const GEMV_COLS: u32 = 64u / GEMV_LANES;
 
 struct Params {
     // Rows of a and out.
@@ -135,11 +141,19 @@ fn write_out(m: u32, n: u32, gate: f32, up: f32) {
     out[o] = v;
 }
 
+#ifndef GEMV_SUBGROUP
 var<workgroup> partials: array<f32, 512>;   // 64 threads x MAX_M
 #ifdef GLU
 var<workgroup> partials_up: array<f32, 512>;
 #endif
+#endif
 
+// gemv: GEMV_LANES threads per output column split its K range (block formats: whole
+// 32-value blocks per thread, so neighbouring threads read neighbouring 16-byte
+// blocks; otherwise quads). Each thread keeps one partial per activation row; the
+// column's lanes then add them, with subgroup shuffles (GEMV_SUBGROUP: GEMV_LANES is
+// at most the adapter's smallest subgroup, so a column never spans two) or through
+// workgroup memory.
 @compute @workgroup_size(64)
 fn gemv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     let col = (wg.x + wg.y * nwg.x) * GEMV_COLS + li / GEMV_LANES;
@@ -147,6 +161,27 @@ fn gemv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     var acc: array<f32, MAX_M>;
     var acc_up: array<f32, MAX_M>;
     if col < params.n {
+#ifdef W_BLOCKS
+        for (var k0 = lane * 32u; k0 < params.k; k0 += GEMV_LANES * 32u) {
+            let b = w_block(col, k0, params.k, params.w_soff);
+#ifdef GLU
+            let u = w_block(params.up_row + col, k0, params.k, params.w_soff);
+#endif
+            for (var q = 0u; q < 8u; q++) {
+                let bq = block_quad(b, q);
+#ifdef GLU
+                let uq = block_quad(u, q);
+#endif
+                for (var m = 0u; m < params.m; m++) {
+                    let av = a_quad(m, k0 + q * 4u);
+                    acc[m] += dot(av, bq);
+#ifdef GLU
+                    acc_up[m] += dot(av, uq);
+#endif
+                }
+            }
+        }
+#else
         for (var k = lane * 4u; k < params.k; k += GEMV_LANES * 4u) {
             let b = w_quad(col, k, params.k, params.w_soff);
 #ifdef GLU
@@ -160,7 +195,23 @@ fn gemv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
 #endif
             }
         }
+#endif
     }
+#ifdef GEMV_SUBGROUP
+    for (var m = 0u; m < params.m; m++) {
+        var s = acc[m];
+        var s_up = acc_up[m];
+        for (var o = GEMV_LANES / 2u; o > 0u; o >>= 1u) {
+            s += subgroupShuffleXor(s, o);
+#ifdef GLU
+            s_up += subgroupShuffleXor(s_up, o);
+#endif
+        }
+        if lane == 0u && col < params.n {
+            write_out(m, col, s, s_up);
+        }
+    }
+#else
     for (var m = 0u; m < params.m; m++) {
         partials[m * 64u + li] = acc[m];
 #ifdef GLU
@@ -181,93 +232,125 @@ fn gemv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
             write_out(m, col, s, s_up);
         }
     }
+#endif
 }
 
-var<workgroup> a_tile: array<f32, 1056>;   // TILE x TILE_STRIDE
-var<workgroup> b_tile: array<f32, 1056>;
+// Weight values k..k+3 for output column n of a [K, N] weight.
+fn w_quad_kn(k: u32, n: u32) -> vec4<f32> {
+    var v = vec4<f32>(0.0);
+    for (var i = 0u; i < 4u; i++) {
+        if k + i < params.k {
+            v[i] = w_at(k + i, n, params.w_ld, 0u);
+        }
+    }
+    return v;
+}
+
+// gemm: one workgroup of 256 threads per 64 x 64 output tile (GLU: 64 rows x 32
+// output columns, whose 32 gate and 32 up weight rows fill the same 64-row weight
+// tile). Each K step of 32 (one quant block) stages the activation tile and the
+// dequantized weight tile in workgroup memory as quads (f32, or f16 with GEMM_F16),
+// so each weight value is dequantized once per 64 rows and each activation once per
+// 64 columns; then every thread computes a 4 x 4 block of outputs (rows ty + 16 i,
+// weight rows tx + 16 j) with 4-term dot products. A tile row holds 9 quads for 8
+// used: the padding spreads a subgroup's reads of 16 different weight rows over all
+// banks. GEMM_F16 (needs SHADER_F16): the tiles are stored in f16, halving the
+// workgroup memory a K step reads and writes, and widened to f32 to multiply. Products
+// in f16 were measured too (dot of 4 in f16: NMSE up to 5.3e-7 on the conformance
+// cases against the 1e-6 threshold for f32/i16 activations; f16 tiles with f32
+// products: 1.7e-7). Never with f32 weights, which ask for f32 throughout.
+const GEMM_TILE: u32 = 64u;
+const GEMM_QUADS: u32 = 8u;
+const GEMM_STRIDE: u32 = 9u;
 #ifdef GLU
-var<workgroup> u_tile: array<f32, 1056>;
+const GEMM_COLS: u32 = 32u;
+#else
+const GEMM_COLS: u32 = 64u;
+#endif
+#ifdef GEMM_F16
+alias GemmQuad = vec4<f16>;
+#else
+alias GemmQuad = vec4<f32>;
 #endif
 
-@compute @workgroup_size(64)
-fn gemm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-    let tx = li % 8u;
-    let ty = li / 8u;
-    let m0 = wg.y * TILE;
-    let n0 = wg.x * TILE;
-    // Tile loads: thread li fills row li / 2, columns (li % 2) * 16 .. + 16.
-    let lr = li >> 1u;
-    let lc = (li & 1u) * 16u;
-    var acc: array<array<f32, 4>, 4>;
-    var acc_up: array<array<f32, 4>, 4>;
-    for (var k0 = 0u; k0 < params.k; k0 += TILE) {
-        for (var q = 0u; q < 4u; q++) {
-            let c = lc + q * 4u;
-            var av = vec4<f32>(0.0);
-            if m0 + lr < params.m {
-                av = a_quad(m0 + lr, k0 + c);
-            }
-            for (var i = 0u; i < 4u; i++) {
-                a_tile[lr * TILE_STRIDE + c + i] = av[i];
-            }
-#ifdef W_KN
-            // Weight [K, N]: lr indexes k, c..c+3 index n.
-            for (var i = 0u; i < 4u; i++) {
-                let n = n0 + c + i;
-                var bv = 0.0;
-                if n < params.n && k0 + lr < params.k {
-                    bv = w_at(k0 + lr, n, params.w_ld, 0u);
-                }
-                b_tile[(c + i) * TILE_STRIDE + lr] = bv;
-            }
-#else
-            var bv = vec4<f32>(0.0);
-            if n0 + lr < params.n {
-                bv = w_quad(n0 + lr, k0 + c, params.k, params.w_soff);
-            }
-            for (var i = 0u; i < 4u; i++) {
-                b_tile[lr * TILE_STRIDE + c + i] = bv[i];
-            }
+var<workgroup> a_tile: array<GemmQuad, 576>;   // GEMM_TILE x GEMM_STRIDE
+var<workgroup> b_tile: array<GemmQuad, 576>;
+
+// Weight row `c` of the tile's 64 (GLU: gate rows, then up rows) for quad `q` of the
+// K step at k0; zero outside the weight.
+fn gemm_b_quad(n0: u32, c: u32, k0: u32, q: u32) -> vec4<f32> {
+    let k = k0 + q * 4u;
 #ifdef GLU
-            var uv = vec4<f32>(0.0);
-            if n0 + lr < params.n {
-                uv = w_quad(params.up_row + n0 + lr, k0 + c, params.k, params.w_soff);
-            }
-            for (var i = 0u; i < 4u; i++) {
-                u_tile[lr * TILE_STRIDE + c + i] = uv[i];
-            }
+    let n = n0 + c % GEMM_COLS;
+    let row = select(n, params.up_row + n, c >= GEMM_COLS);
+#else
+    let n = n0 + c;
+    let row = n;
 #endif
+    if n >= params.n {
+        return vec4<f32>(0.0);
+    }
+#ifdef W_KN
+    return w_quad_kn(k, n);
+#else
+    return w_quad(row, k, params.k, params.w_soff);
 #endif
+}
+
+@compute @workgroup_size(256)
+fn gemm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let tx = li % 16u;
+    let ty = li / 16u;
+    let m0 = wg.y * GEMM_TILE;
+    let n0 = wg.x * GEMM_COLS;
+    var acc: array<array<f32, 4>, 4>;
+    for (var k0 = 0u; k0 < params.k; k0 += 32u) {
+        // 512 quads per tile, 2 per thread; the 8 threads of a tile row read its 128
+        // contiguous bytes (of a row of a, and of one weight block).
+        for (var e = 0u; e < 2u; e++) {
+            let idx = li + e * 256u;
+            let r = idx / GEMM_QUADS;
+            let q = idx % GEMM_QUADS;
+            var av = vec4<f32>(0.0);
+            if m0 + r < params.m {
+                av = a_quad(m0 + r, k0 + q * 4u);
+            }
+            a_tile[r * GEMM_STRIDE + q] = GemmQuad(av);
+            b_tile[r * GEMM_STRIDE + q] = GemmQuad(gemm_b_quad(n0, r, k0, q));
         }
         workgroupBarrier();
-        for (var kk = 0u; kk < TILE; kk++) {
-            var av: array<f32, 4>;
+        for (var q = 0u; q < GEMM_QUADS; q++) {
+            var av: array<vec4<f32>, 4>;
             for (var i = 0u; i < 4u; i++) {
-                av[i] = a_tile[(ty + 8u * i) * TILE_STRIDE + kk];
+                av[i] = vec4<f32>(a_tile[(ty + 16u * i) * GEMM_STRIDE + q]);
             }
             for (var j = 0u; j < 4u; j++) {
-                let bv = b_tile[(tx + 8u * j) * TILE_STRIDE + kk];
-#ifdef GLU
-                let uv = u_tile[(tx + 8u * j) * TILE_STRIDE + kk];
-#endif
+                let bv = vec4<f32>(b_tile[(tx + 16u * j) * GEMM_STRIDE + q]);
                 for (var i = 0u; i < 4u; i++) {
-                    acc[i][j] += av[i] * bv;
-#ifdef GLU
-                    acc_up[i][j] += av[i] * uv;
-#endif
+                    acc[i][j] += dot(av[i], bv);
                 }
             }
         }
         workgroupBarrier();
     }
     for (var i = 0u; i < 4u; i++) {
-        for (var j = 0u; j < 4u; j++) {
-            let m = m0 + ty + 8u * i;
-            let n = n0 + tx + 8u * j;
+        let m = m0 + ty + 16u * i;
+#ifdef GLU
+        // Weight rows tx and tx + 16 are gate columns, tx + 32 and tx + 48 their ups.
+        for (var j = 0u; j < 2u; j++) {
+            let n = n0 + tx + 16u * j;
             if m < params.m && n < params.n {
-                write_out(m, n, acc[i][j], acc_up[i][j]);
+                write_out(m, n, acc[i][j], acc[i][j + 2u]);
             }
         }
+#else
+        for (var j = 0u; j < 4u; j++) {
+            let n = n0 + tx + 16u * j;
+            if m < params.m && n < params.n {
+                write_out(m, n, acc[i][j], 0.0);
+            }
+        }
+#endif
     }
 }
 
@@ -282,17 +365,6 @@ const LANE_ROWS: u32 = 1u;
 const LANE_ROWS: u32 = 4u;
 #endif
 const LANE_COLS: u32 = 4u;
-
-// Weight values k..k+3 for output column n of a [K, N] weight.
-fn w_quad_kn(k: u32, n: u32) -> vec4<f32> {
-    var v = vec4<f32>(0.0);
-    for (var i = 0u; i < 4u; i++) {
-        if k + i < params.k {
-            v[i] = w_at(k + i, n, params.w_ld, 0u);
-        }
-    }
-    return v;
-}
 
 fn lanes_step(n0: u32, m0: u32, k: u32, b: array<vec4<f32>, LANE_COLS>, u: array<vec4<f32>, LANE_COLS>,
               acc: ptr<function, array<array<f32, LANE_COLS>, LANE_ROWS>>,
