@@ -152,6 +152,29 @@ pub struct BenchProfile {
     pub prefill_rows: usize,
     pub prefill: npurt_backends::Profile,
     pub decode: npurt_backends::Profile,
+    /// Operations (2 per multiply-add) of each graph's matmuls, to state their rate.
+    pub prefill_matmul_ops: f64,
+    pub decode_matmul_ops: f64,
+    /// The device's measured limits (`Backend::measure_limits`), when the caller has
+    /// them: the matmuls' rate is then also a fraction of the f32 FMA peak, the
+    /// arithmetic the wgpu matmul kernels compute in.
+    pub limits: Option<npurt_backends::DeviceLimits>,
+}
+
+/// Operations of a graph's matmuls: 2 per multiply-add (a GLU's gate and up both).
+pub fn matmul_ops(g: &npurt_graph::Graph) -> f64 {
+    g.ids()
+        .filter_map(|id| {
+            let n = g.node(id);
+            let npurt_graph::Op::MatMul { transpose_b, .. } = n.op else {
+                return None;
+            };
+            let (a, b) = (g.fact(n.inputs[0]), g.fact(n.inputs[1]));
+            let (m, k) = (a.shape[0], a.shape[1]);
+            let cols = if transpose_b { b.shape[0] } else { b.shape[1] };
+            Some(2.0 * (m * k * cols) as f64)
+        })
+        .sum()
 }
 
 /// Profiles one full prefill chunk into an empty session and then one decode step
@@ -170,6 +193,9 @@ pub fn profile(model: &Arc<Model>) -> Result<BenchProfile> {
         prefill_rows: rows,
         prefill,
         decode,
+        prefill_matmul_ops: matmul_ops(&model.graph(crate::GraphKind::Prefill).graph),
+        decode_matmul_ops: matmul_ops(&model.graph(crate::GraphKind::Decode).graph),
+        limits: None,
     })
 }
 
@@ -201,21 +227,66 @@ impl BenchProfile {
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::json!({
             "prefill_rows": self.prefill_rows,
-            "prefill": profile_json(&self.prefill),
-            "decode": profile_json(&self.decode),
+            "prefill": self.json_of(&self.prefill, self.prefill_matmul_ops),
+            "decode": self.json_of(&self.decode, self.decode_matmul_ops),
         })
+    }
+
+    /// The matmuls' milliseconds, operations per second and fraction of the f32 FMA
+    /// peak (when the limits are known) in one profile.
+    fn matmul_rate(&self, p: &npurt_backends::Profile, ops: f64) -> (f64, f64, Option<f64>) {
+        let ms: f64 = p
+            .nodes
+            .iter()
+            .filter(|n| n.op == "matmul")
+            .map(|n| n.ms)
+            .sum();
+        let rate = if ms > 0.0 { ops / (ms * 1e-3) } else { 0.0 };
+        let peak = self.limits.as_ref().and_then(|l| l.peak("f32 fma"));
+        (ms, rate, peak.map(|p| rate / p))
+    }
+
+    fn json_of(&self, p: &npurt_backends::Profile, ops: f64) -> serde_json::Value {
+        let mut j = profile_json(p);
+        let (ms, rate, fraction) = self.matmul_rate(p, ops);
+        j["matmul"] = serde_json::json!({
+            "ops": ops, "ms": ms, "ops_per_s": rate, "fraction_of_f32_fma_peak": fraction
+        });
+        j
+    }
+
+    fn matmul_line(&self, p: &npurt_backends::Profile, ops: f64) -> String {
+        let (ms, rate, fraction) = self.matmul_rate(p, ops);
+        let mut s = format!(
+            "matmuls: {:.3} GOP in {ms:.3} ms = {:.3} TOP/s",
+            ops / 1e9,
+            rate / 1e12
+        );
+        if let (Some(f), Some(peak)) = (
+            fraction,
+            self.limits.as_ref().and_then(|l| l.peak("f32 fma")),
+        ) {
+            s.push_str(&format!(
+                " = {:.1}% of the measured f32 FMA peak ({:.2} TOP/s)",
+                100.0 * f,
+                peak / 1e12
+            ));
+        }
+        s
     }
 
     /// Both profiles as Markdown tables (per op kind, then the `top` slowest nodes).
     pub fn format(&self, top: usize) -> String {
         format!(
-            "{}\n{}",
+            "{}{}\n\n{}{}\n",
             format_profile(
                 &format!("prefill chunk ({} rows)", self.prefill_rows),
                 &self.prefill,
                 top
             ),
-            format_profile("decode step (1 row)", &self.decode, top)
+            self.matmul_line(&self.prefill, self.prefill_matmul_ops),
+            format_profile("decode step (1 row)", &self.decode, top),
+            self.matmul_line(&self.decode, self.decode_matmul_ops),
         )
     }
 }

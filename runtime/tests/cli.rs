@@ -928,6 +928,16 @@ fn bench_profile_prints_per_kind_and_per_node_tables() {
             "{out}"
         );
         assert!(out.contains("| matmul |"), "{out}");
+        // The matmuls' rate; on a device, also as a fraction of its measured peak.
+        assert_eq!(out.matches("\nmatmuls: ").count(), 2, "{out}");
+        let fractions = out.matches("of the measured f32 FMA peak").count();
+        assert_eq!(fractions, if backend == "wgpu" { 2 } else { 0 }, "{out}");
+        if backend == "wgpu" {
+            assert!(
+                err.contains("measured copy") && err.contains("f32 fma"),
+                "{err}"
+            );
+        }
         // Seven slowest nodes per profile (the rows after each table's header).
         let node_rows = out
             .split("| slowest nodes |")
@@ -971,5 +981,14 @@ fn bench_profile_prints_per_kind_and_per_node_tables() {
             p[part]["host"]["total_ms"].as_f64().unwrap() > 0.0,
             "{part}"
         );
+    }
+    // SmolLM2's matmuls: per layer and row 576 x (576 + 192 + 192 + 576) + 3 x 576 x
+    // 1536 multiply-adds, 30 layers, and the LM head (576 x 49152) on the last row only.
+    let layer = 576 * (576 + 192 + 192 + 576) + 3 * 576 * 1536;
+    let head = 576 * 49152;
+    for (part, rows) in [("prefill", 16), ("decode", 1)] {
+        let want = 2.0 * f64::from(rows * 30 * layer + head);
+        assert_eq!(p[part]["matmul"]["ops"].as_f64(), Some(want), "{part}: {v}");
+        assert!(p[part]["matmul"]["ms"].as_f64().unwrap() > 0.0, "{part}");
     }
 }

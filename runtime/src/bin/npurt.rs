@@ -647,9 +647,7 @@ fn run(cli: Cli) -> anyhow_lite::Result<()> {
                         rows.push(npurt_runtime::bench::row(&model, test, t, &r));
                     }
                 }
-                if profile {
-                    profiles.push((t, npurt_runtime::bench::profile(&model)?));
-                }
+
                 let peak = npurt_runtime::stats::peak_rss_bytes().unwrap_or(0);
                 peak_rss = peak_rss.max(peak);
                 // Decode is bandwidth-bound: its ceiling is the host's read bandwidth on
@@ -666,6 +664,11 @@ fn run(cli: Cli) -> anyhow_lite::Result<()> {
                 } else {
                     limits.as_ref().map(|l| l.copy_gb_s)
                 };
+                if profile {
+                    let mut p = npurt_runtime::bench::profile(&model)?;
+                    p.limits = limits.clone();
+                    profiles.push((t, p));
+                }
                 let caps = model.backend.capabilities();
                 machine.push(serde_json::json!({
                     "threads": host.then_some(t), "device": caps.device, "kernels": caps.kernels,
