@@ -793,8 +793,11 @@ fn wgpu_commands_do_not_print_the_xdg_warning() {
     assert!(!err.contains("XDG_RUNTIME_DIR"), "{err}");
 }
 
+/// Bench rows name the kernels (wgpu: the family and its optional instructions; CPU:
+/// the instruction path) and decode is quoted against the ceiling measured in the same
+/// run (wgpu: the device's copy bandwidth; CPU: the host's read bandwidth).
 #[test]
-fn bench_rows_name_the_device_on_wgpu_and_the_kernels_on_cpu() {
+fn bench_rows_name_the_kernels_and_quote_decode_against_measured_bandwidth() {
     let (code, out, err) = npurt_code(&["backends"], &[]);
     assert_eq!(code, Some(0), "{err}");
     let device = out
@@ -825,14 +828,56 @@ fn bench_rows_name_the_device_on_wgpu_and_the_kernels_on_cpu() {
     assert_eq!(code, Some(0), "{err}");
     let rows: Vec<&str> = out.lines().filter(|l| l.contains("| tg2 |")).collect();
     assert_eq!(rows.len(), 1, "one run, not one per thread count:\n{out}");
+    // lavapipe runs the lanes family by default; no thread count on a device.
     assert!(
-        rows[0].contains(device) && rows[0].contains("| - |"),
+        rows[0].contains("| lanes |") && rows[0].contains("| - |"),
         "{out}"
     );
     assert!(
-        !out.contains("read bandwidth") && !out.contains("of the measured"),
+        err.contains(device) && err.contains("measured copy"),
+        "{err}"
+    );
+    assert!(
+        out.contains("of the measured") && out.contains("GB/s copy bandwidth"),
         "{out}"
     );
+    assert!(
+        !out.contains("read bandwidth") && !out.contains("thread(s)"),
+        "{out}"
+    );
+    // The tiled family names the optional instructions it uses.
+    let tiled = [
+        "bench",
+        "--backend",
+        "wgpu",
+        "-p",
+        "0",
+        "-n",
+        "2",
+        "-r",
+        "1",
+        "--json",
+        "--model",
+        &m,
+    ];
+    let run = Command::new(env!("CARGO_BIN_EXE_npurt"))
+        .args(tiled)
+        .env("NPURT_WGPU_KERNELS", "tiled")
+        .env_remove("NPURT_WGPU_VARIANTS")
+        .output()
+        .expect("run npurt");
+    let out = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let v = json(&out);
+    assert_eq!(v["rows"][0]["kernels"], "tiled (f16+subgroup+dot4)", "{v}");
+    let limits = &v["machine"][0]["device_limits"];
+    assert!(limits["copy_gb_s"].as_f64().unwrap() > 0.0, "{v}");
+    assert_eq!(limits["peaks"].as_array().map(Vec::len), Some(3), "{v}");
+    assert!(v["machine"][0]["read_bandwidth_gb_s"].is_null(), "{v}");
 
     let (code, out, err) = npurt_code(
         &[
