@@ -27,4 +27,14 @@ scripts/fetch-model.sh
 export NODEVICE_SELECT="${NODEVICE_SELECT:-1}"
 # Release profile: the tests run a real 135M-parameter model many times over.
 echo "test.sh: building and running the tests (the first release build takes about 10 minutes)..." >&2
-cargo test --release --workspace --no-fail-fast "$@"
+status=0
+cargo test --release --workspace --no-fail-fast "$@" || status=$?
+# The kernels a GPU runs (the tiled family, with every optional instruction lavapipe
+# offers) against the HF goldens too: lavapipe runs the lanes family by default and CI
+# has no GPU. Only in a whole-suite run (no filter given).
+if [ $# -eq 0 ]; then
+  echo "test.sh: the SmolLM2 goldens on the wgpu tiled kernels..." >&2
+  NPURT_WGPU_KERNELS=tiled cargo test --release -p npurt-tests --test wgpu_backend -- \
+    --exact smollm2::smollm2_top1_logits_match_hf_at_every_position || status=$?
+fi
+exit "$status"

@@ -15,8 +15,22 @@ use std::sync::Arc;
 /// Max workgroups per dispatch dimension (WebGPU's guaranteed limit).
 pub(crate) const MAX_GROUPS: u32 = 65535;
 /// Workgroup memory the `Tiled` kernels need at most: matmul.wgsl's gemm stages two
-/// 64 x 9 tiles of f32 quads.
-pub(crate) const TILED_WORKGROUP_BYTES: u32 = 2 * 64 * 9 * 16;
+/// 64 x 9 tiles of f32 quads (18 KiB); attention.wgsl declares q, K/V and score blocks
+/// for attention_rows plus attention's query row and key tile (22.4 KiB, counted
+/// whole in case a driver sizes the module rather than the entry point).
+pub(crate) const TILED_WORKGROUP_BYTES: u32 = {
+    let gemm = 2 * 64 * 9 * 16;
+    let attention = (1024 + 4128 + 256 + MAX_HEAD_DIM as u32 + 64) * 4;
+    if gemm > attention {
+        gemm
+    } else {
+        attention
+    }
+};
+/// attention.wgsl's `attention_rows` (query rows sharing K/V tiles): blocks of
+/// `ROWS_BLOCK` rows, head_dim up to `ROWS_HEAD_DIM`.
+const ROWS_BLOCK: usize = 8;
+const ROWS_HEAD_DIM: usize = 128;
 /// Rows up to which a matmul uses the GEMV kernel (matmul.wgsl `MAX_M`).
 pub(crate) const GEMV_MAX_ROWS: usize = 8;
 /// attention.wgsl `MAX_HEAD_DIM`.
@@ -87,8 +101,9 @@ impl KernelFamily {
 /// (lavapipe offers all three, so the tests run both sides).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct KernelVariants {
-    /// f16 tiles in the prefill GEMM (`SHADER_F16`): activation and weight tiles are
-    /// staged in workgroup memory as f16, multiplied in f32 (matmul.wgsl says why).
+    /// f16 weight tiles in the prefill GEMM (`SHADER_F16`): the dequantized weight
+    /// tile is staged in workgroup memory as f16 and multiplied in f32; activations
+    /// stay f32 (matmul.wgsl gives the measurements behind both choices).
     pub f16: bool,
     /// Subgroup shuffles for the decode GEMV's reduction (`SUBGROUP`) instead of a
     /// round trip through workgroup memory and a barrier.
@@ -477,10 +492,8 @@ pub(crate) fn lower(cx: &LowerCtx, id: NodeId) -> Result<Lowered, String> {
                     ],
                 )
             } else {
-                (
-                    PipelineKey::new("attention.wgsl", "attention", kv),
-                    [as_u32(*n_heads, "heads")?, as_u32(t, "rows")?, 1],
-                )
+                let (entry, groups) = tiled_attention_entry(t, *n_heads, *head_dim)?;
+                (PipelineKey::new("attention.wgsl", entry, kv), groups)
             };
             if groups[0] > MAX_GROUPS || groups[1] > MAX_GROUPS {
                 return Err("attention with more than 65535 heads or rows".into());
@@ -679,6 +692,25 @@ pub(crate) fn lower(cx: &LowerCtx, id: NodeId) -> Result<Lowered, String> {
     Ok(l)
 }
 
+/// attention.wgsl's entry for `rows` query rows and its grid: `attention_rows` (blocks
+/// of rows sharing each K/V tile) for prefill where the head fits its tiles, else
+/// `attention` (a row per workgroup, its keys spread over the threads: decode).
+fn tiled_attention_entry(
+    rows: usize,
+    n_heads: usize,
+    head_dim: usize,
+) -> Result<(&'static str, [u32; 3]), String> {
+    let heads = as_u32(n_heads, "heads")?;
+    Ok(if rows > 1 && head_dim <= ROWS_HEAD_DIM {
+        (
+            "attention_rows",
+            [heads, as_u32(rows.div_ceil(ROWS_BLOCK), "row blocks")?, 1],
+        )
+    } else {
+        ("attention", [heads, as_u32(rows, "rows")?, 1])
+    })
+}
+
 /// The ViT's attention (`AttentionMode::Bidirectional`): attention.wgsl or
 /// attention_lanes.wgsl with `BIDIRECTIONAL` (attention_i8.wgsl for integer products),
 /// K/V read from the activations (bindings 2, 3) and the sequence length in the
@@ -710,13 +742,10 @@ fn bidirectional_attention_dispatch(
         )
     } else if precision == npurt_graph::AttentionPrecision::F16 {
         // f16 operands, f32 sums (the definition's widest).
+        let (entry, groups) = tiled_attention_entry(rows, n_heads, head_dim)?;
         (
-            PipelineKey::new(
-                "attention.wgsl",
-                "attention",
-                &["BIDIRECTIONAL", "F16_OPERANDS"],
-            ),
-            [as_u32(n_heads, "heads")?, as_u32(rows, "rows")?, 1],
+            PipelineKey::new("attention.wgsl", entry, &["BIDIRECTIONAL", "F16_OPERANDS"]),
+            groups,
         )
     } else if lanes {
         let hd = format!("HEAD_DIM={head_dim}");
@@ -734,9 +763,10 @@ fn bidirectional_attention_dispatch(
             ],
         )
     } else {
+        let (entry, groups) = tiled_attention_entry(rows, n_heads, head_dim)?;
         (
-            PipelineKey::new("attention.wgsl", "attention", &["BIDIRECTIONAL"]),
-            [as_u32(n_heads, "heads")?, as_u32(rows, "rows")?, 1],
+            PipelineKey::new("attention.wgsl", entry, &["BIDIRECTIONAL"]),
+            groups,
         )
     };
     if groups[0] > MAX_GROUPS || groups[1] > MAX_GROUPS {

@@ -1,7 +1,12 @@
-// GQA attention (see reference/attention.rs), one workgroup per (query row, head).
-// Keys are visited in tiles of 64, one key per thread for the score, with an online
-// softmax (running max and sum) so no score buffer of cache length is needed; each
-// thread then owns up to 4 output dims (head_dim <= 256). Defines: KV_F16 (the caches
+// GQA attention (see reference/attention.rs) with an online softmax (running max and
+// sum), so no score buffer of cache length is needed. Two entry points:
+//   attention: one workgroup per (query row, head). Keys are visited in tiles of 64,
+//       one key per thread for the score; each thread then owns up to 4 output dims
+//       (head_dim <= 256). Decode's kernel: one row has only its keys to spread.
+//   attention_rows: one workgroup per (block of ROWS_BLOCK query rows, head), for
+//       prefill (head_dim <= ROWS_HEAD_DIM). Each tile of KEYS_BLOCK keys is staged in
+//       workgroup memory once (K, then V in the same buffer) and serves all the
+//       block's rows, so K/V are read once per block instead of once per row. Defines: KV_F16 (the caches
 // hold f16 pairs, unpacked per value; see kv_load.wgsl); KV_Q8 (int8 caches, a block
 // of head_dim values and a scale per row and KV head, see kv_load.wgsl); BIDIRECTIONAL
 // (the ViT's mode: K/V are activations of the same rows as q, `s_rows` is the sequence
@@ -133,6 +138,159 @@ fn attention(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_ind
         let d = li + r * ATTN_WG;
         if d < hd {
             out[out_base + d] = acc[r] / run_sum;
+        }
+    }
+}
+
+const ROWS_BLOCK: u32 = 8u;
+const KEYS_BLOCK: u32 = 32u;
+const ROWS_HEAD_DIM: u32 = 128u;
+// Output dims per thread: 8 threads per row, head_dim <= 128.
+const ROWS_DIMS: u32 = ROWS_HEAD_DIM / 8u;
+
+var<workgroup> q_block: array<f32, 1024>;    // ROWS_BLOCK x ROWS_HEAD_DIM
+// KEYS_BLOCK rows of head_dim + 1: the padding puts the 32 keys a subgroup scores at
+// once in different banks.
+var<workgroup> kv_block: array<f32, 4128>;   // KEYS_BLOCK x (ROWS_HEAD_DIM + 1)
+var<workgroup> scores: array<f32, 256>;      // ROWS_BLOCK x KEYS_BLOCK
+
+// The keys query row t sees, [first, last] (a first past last: none, for rows past
+// the chunk); `ok` is false when the run-time positions are invalid.
+struct KeyRange {
+    first: u32,
+    last: u32,
+}
+
+fn key_range(t: u32) -> KeyRange {
+#ifdef BIDIRECTIONAL
+    let first = t / params.s_rows * params.s_rows;
+    return KeyRange(first, first + params.s_rows - 1u);
+#else
+    let end = u32(pos_in[0]) + u32(n_valid_in[0]);
+    return KeyRange(0u, min(u32(pos_in[0]) + t, end - 1u));
+#endif
+}
+
+@compute @workgroup_size(64)
+fn attention_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let h = wg.x;
+    let t0 = wg.y * ROWS_BLOCK;
+    let hd = params.head_dim;
+    let qw = params.n_heads * hd;
+    let kw = params.n_kv_heads * hd;
+    let kv_base = (h / (params.n_heads / params.n_kv_heads)) * hd;
+    let hs = hd + 1u;
+    // This thread's output row and its dims d = lane + 8 i.
+    let r = li / 8u;
+    let lane = li % 8u;
+    let t = t0 + r;
+#ifndef BIDIRECTIONAL
+    let pos = pos_in[0];
+    let n_valid = n_valid_in[0];
+    let ok = pos >= 0 && n_valid >= 1 && u32(n_valid) <= params.t_rows && pos <= i32(params.s_rows)
+        && u32(pos) + u32(n_valid) <= params.s_rows;
+    if !ok {
+        if li == 0u && h == 0u && t0 == 0u {
+            raise_status(STATUS_BAD_POSITION, params.node);
+        }
+        if t < params.t_rows {
+            for (var d = lane; d < hd; d += 8u) {
+                out[t * qw + h * hd + d] = 0.0;
+            }
+        }
+        return;
+    }
+#endif
+    let rows = min(ROWS_BLOCK, params.t_rows - t0);
+    // The block's keys: from its first row's first to its last row's last.
+    let lo = key_range(t0).first;
+    let hi = key_range(t0 + rows - 1u).last;
+    for (var e = li; e < ROWS_BLOCK * hd; e += 64u) {
+        let rr = e / hd;
+        var v = 0.0;
+        if rr < rows {
+            v = operand(q[(t0 + rr) * qw + h * hd + e % hd]);
+        }
+        q_block[e] = v;
+    }
+
+    var run_max = NEG_BIG;
+    var run_sum = 0.0;
+    var acc: array<f32, ROWS_DIMS>;
+    for (var j0 = lo; j0 <= hi; j0 += KEYS_BLOCK) {
+        let keys = min(KEYS_BLOCK, hi + 1u - j0);
+        workgroupBarrier();
+        // Keys past `keys` are zeros, so the loops below run whole tiles (their
+        // weights are 0, and 0 times stale memory could be NaN).
+        for (var e = li; e < KEYS_BLOCK * hd; e += 64u) {
+            let kk = e / hd;
+            var v = 0.0;
+            if kk < keys {
+                v = operand(k_at((j0 + kk) * kw + kv_base + e % hd));
+            }
+            kv_block[kk * hs + e % hd] = v;
+        }
+        workgroupBarrier();
+        // ROWS_BLOCK x KEYS_BLOCK scores, 4 per thread; keys a row does not see get
+        // NEG_BIG.
+        for (var e = li; e < ROWS_BLOCK * KEYS_BLOCK; e += 64u) {
+            let rr = e / KEYS_BLOCK;
+            let kk = e % KEYS_BLOCK;
+            let j = j0 + kk;
+            let seen = key_range(t0 + rr);
+            var s = NEG_BIG;
+            if rr < rows && kk < keys && j >= seen.first && j <= seen.last {
+                var dot = 0.0;
+                for (var d = 0u; d < hd; d++) {
+                    dot += q_block[rr * hd + d] * kv_block[kk * hs + d];
+                }
+                s = dot * params.scale;
+            }
+            scores[e] = s;
+        }
+        workgroupBarrier();
+        for (var e = li; e < KEYS_BLOCK * hd; e += 64u) {
+            let kk = e / hd;
+            var v = 0.0;
+            if kk < keys {
+                v = operand(v_at((j0 + kk) * kw + kv_base + e % hd));
+            }
+            kv_block[kk * hs + e % hd] = v;
+        }
+        // This row's weights for the tile (each of its 8 threads computes them).
+        var tile_max = NEG_BIG;
+        for (var kk = 0u; kk < KEYS_BLOCK; kk++) {
+            tile_max = max(tile_max, scores[r * KEYS_BLOCK + kk]);
+        }
+        let new_max = max(run_max, tile_max);
+        let correction = exp(run_max - new_max);
+        var w: array<f32, KEYS_BLOCK>;
+        var tile_sum = 0.0;
+        for (var kk = 0u; kk < KEYS_BLOCK; kk++) {
+            let sc = scores[r * KEYS_BLOCK + kk];
+            w[kk] = select(0.0, exp(sc - new_max), sc > NEG_BIG);
+            tile_sum += w[kk];
+        }
+        run_sum = run_sum * correction + tile_sum;
+        run_max = new_max;
+        workgroupBarrier();
+        for (var i = 0u; i < ROWS_DIMS; i++) {
+            let d = lane + 8u * i;
+            if d < hd {
+                var a = acc[i] * correction;
+                for (var kk = 0u; kk < KEYS_BLOCK; kk++) {
+                    a += w[kk] * kv_block[kk * hs + d];
+                }
+                acc[i] = a;
+            }
+        }
+    }
+    if r < rows {
+        for (var i = 0u; i < ROWS_DIMS; i++) {
+            let d = lane + 8u * i;
+            if d < hd {
+                out[t * qw + h * hd + d] = acc[i] / run_sum;
+            }
         }
     }
 }

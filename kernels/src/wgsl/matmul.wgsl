@@ -9,8 +9,8 @@
 //         threads split its K range, every thread keeps one partial per activation
 //         row, and subgroup shuffles or workgroup memory add them (see the kernel);
 //   gemm: 64x64 output tiles, K in steps of 32 (one quant block per weight row), A and
-//         the dequantized B tile staged in workgroup memory (f32, or f16 with
-//         GEMM_F16), 4x4 outputs per thread (see the kernel).
+//         the dequantized B tile staged in workgroup memory (B in f16 with GEMM_F16),
+//         4x4 outputs per thread (see the kernel).
 // Defines: W_KN (weight stored [K, N], f32/f16/bf16 only; otherwise [N, K]), and the
 // epilogue's steps (npurt_graph::Epilogue, applied in this fixed order by write_out;
 // one flag per step suffices because a list holds each step at most once, in order):
@@ -254,11 +254,13 @@ fn w_quad_kn(k: u32, n: u32) -> vec4<f32> {
 // 64 columns; then every thread computes a 4 x 4 block of outputs (rows ty + 16 i,
 // weight rows tx + 16 j) with 4-term dot products. A tile row holds 9 quads for 8
 // used: the padding spreads a subgroup's reads of 16 different weight rows over all
-// banks. GEMM_F16 (needs SHADER_F16): the tiles are stored in f16, halving the
-// workgroup memory a K step reads and writes, and widened to f32 to multiply. Products
-// in f16 were measured too (dot of 4 in f16: NMSE up to 5.3e-7 on the conformance
-// cases against the 1e-6 threshold for f32/i16 activations; f16 tiles with f32
-// products: 1.7e-7). Never with f32 weights, which ask for f32 throughout.
+// banks. GEMM_F16 (needs SHADER_F16): the weight tile is stored in f16 (a dequantized
+// 4-bit or 8-bit value loses nothing that matters there), halving its workgroup
+// memory, and widened to f32 to multiply. Activations stay f32: f16 activation tiles
+// moved SmolLM2's w4a16 logits 4.9e-3 of their range from f32 (and flipped a top-1),
+// where the CPU's i16 activations move them 1.5e-3; f16 products, measured on the
+// conformance cases, reached NMSE 5.3e-7 against the 1e-6 threshold. Never with f32
+// weights, which ask for f32 throughout.
 const GEMM_TILE: u32 = 64u;
 const GEMM_QUADS: u32 = 8u;
 const GEMM_STRIDE: u32 = 9u;
@@ -268,13 +270,13 @@ const GEMM_COLS: u32 = 32u;
 const GEMM_COLS: u32 = 64u;
 #endif
 #ifdef GEMM_F16
-alias GemmQuad = vec4<f16>;
+alias WeightQuad = vec4<f16>;
 #else
-alias GemmQuad = vec4<f32>;
+alias WeightQuad = vec4<f32>;
 #endif
 
-var<workgroup> a_tile: array<GemmQuad, 576>;   // GEMM_TILE x GEMM_STRIDE
-var<workgroup> b_tile: array<GemmQuad, 576>;
+var<workgroup> a_tile: array<vec4<f32>, 576>;   // GEMM_TILE x GEMM_STRIDE
+var<workgroup> b_tile: array<WeightQuad, 576>;
 
 // Weight row `c` of the tile's 64 (GLU: gate rows, then up rows) for quad `q` of the
 // K step at k0; zero outside the weight.
@@ -315,14 +317,14 @@ fn gemm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
             if m0 + r < params.m {
                 av = a_quad(m0 + r, k0 + q * 4u);
             }
-            a_tile[r * GEMM_STRIDE + q] = GemmQuad(av);
-            b_tile[r * GEMM_STRIDE + q] = GemmQuad(gemm_b_quad(n0, r, k0, q));
+            a_tile[r * GEMM_STRIDE + q] = av;
+            b_tile[r * GEMM_STRIDE + q] = WeightQuad(gemm_b_quad(n0, r, k0, q));
         }
         workgroupBarrier();
         for (var q = 0u; q < GEMM_QUADS; q++) {
             var av: array<vec4<f32>, 4>;
             for (var i = 0u; i < 4u; i++) {
-                av[i] = vec4<f32>(a_tile[(ty + 16u * i) * GEMM_STRIDE + q]);
+                av[i] = a_tile[(ty + 16u * i) * GEMM_STRIDE + q];
             }
             for (var j = 0u; j < 4u; j++) {
                 let bv = vec4<f32>(b_tile[(tx + 16u * j) * GEMM_STRIDE + q]);
