@@ -11,8 +11,9 @@
 //!   dispatch's parameters into one uniform buffer.
 //! - `run` records the whole graph into one command encoder and submits once; bind
 //!   groups are cached per scratch and set of bound buffers.
-//! - Matmuls compute in f32 whatever `ActPrecision` asks (I16/I8 activation
-//!   quantization is a CPU/NPU concern; on a GPU f32 is as fast and more precise).
+//! - Matmuls compute in f32 whatever `ActPrecision` asks (finer than I16/I8), except
+//!   the tiled GEMM's dot4 variant, which multiplies i8 activations (quantized per
+//!   32-value block) by integer weights with packed 4x8 dot products.
 //! - Matmul and attention come in two kernel families ([`KernelFamily`]), chosen per
 //!   adapter: register tiles with lane-shared loads for CPU drivers, workgroup-memory
 //!   tiles for GPUs.
@@ -229,13 +230,28 @@ impl Backend for WgpuBackend {
         let family = self.ctx.kernels.name();
         match &n.op {
             npurt_graph::Op::MatMul {
-                prologue, epilogue, ..
-            } => format!(
-                "matmul[{}{} x f32{}, {family}]",
-                prologue.name(),
-                graph.fact(n.inputs[1]).dtype,
-                epilogue.name()
-            ),
+                prologue,
+                epilogue,
+                act,
+                ..
+            } => {
+                let w = graph.fact(n.inputs[1]).dtype;
+                // Prefill runs the tiled GEMM; its i8 variant multiplies packed i8.
+                let rows = graph.fact(n.inputs[0]).shape[0];
+                let i8 = self.ctx.kernels == KernelFamily::Tiled
+                    && rows > ops::GEMV_MAX_ROWS
+                    && ops::dot4_applies(self.ctx.variants, *act, w);
+                let (a, family) = if i8 {
+                    ("i8", "tiled dot4")
+                } else {
+                    ("f32", family)
+                };
+                format!(
+                    "matmul[{}{w} x {a}{}, {family}]",
+                    prologue.name(),
+                    epilogue.name()
+                )
+            }
             npurt_graph::Op::Attention { head_dim, .. } => {
                 format!(
                     "attention[{}]",

@@ -27,6 +27,8 @@ pub(crate) const TILED_WORKGROUP_BYTES: u32 = {
         attention
     }
 };
+/// act_quant.wgsl's words per row and 32-value block (8 of i8, scale, sum).
+const ACT_QUANT_WORDS: usize = 10;
 /// attention.wgsl's `attention_rows` (query rows sharing K/V tiles): blocks of
 /// `ROWS_BLOCK` rows, head_dim up to `ROWS_HEAD_DIM`.
 const ROWS_BLOCK: usize = 8;
@@ -101,9 +103,10 @@ impl KernelFamily {
 /// (lavapipe offers all three, so the tests run both sides).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct KernelVariants {
-    /// f16 weight tiles in the prefill GEMM (`SHADER_F16`): the dequantized weight
-    /// tile is staged in workgroup memory as f16 and multiplied in f32; activations
-    /// stay f32 (matmul.wgsl gives the measurements behind both choices).
+    /// f16 weight tiles in the prefill GEMM (`SHADER_F16`): the weight tile holds each
+    /// block's raw values (4-bit and 8-bit integers, f16 values: exact in f16), half
+    /// the workgroup memory of f32, with the block's scale applied to the sums;
+    /// activations stay f32 (matmul.wgsl says why).
     pub f16: bool,
     /// Subgroup shuffles for the decode GEMV's reduction (`SUBGROUP`) instead of a
     /// round trip through workgroup memory and a barrier.
@@ -247,8 +250,9 @@ fn weight_defines(dtype: DType) -> Result<&'static [&'static str], String> {
         DType::F32 => &["W_F32"],
         DType::F16 => &["W_F16", "W_HALF"],
         DType::BF16 => &["W_BF16", "W_HALF"],
-        DType::Q4_0 => &["W_Q4_0", "W_BLOCKS"],
-        DType::Q4_1 => &["W_Q4_1", "W_BLOCKS"],
+        // W_OFFSET: the block's values are d * q + c with c != 0 (weights.wgsl w_affine).
+        DType::Q4_0 => &["W_Q4_0", "W_BLOCKS", "W_OFFSET"],
+        DType::Q4_1 => &["W_Q4_1", "W_BLOCKS", "W_OFFSET"],
         DType::Q8_0 => &["W_Q8_0", "W_BLOCKS"],
         DType::Q8Channel => &["W_Q8_CHANNEL"],
         d => return Err(format!("{d} weights are not supported by the wgpu backend")),
@@ -684,10 +688,10 @@ pub(crate) fn lower(cx: &LowerCtx, id: NodeId) -> Result<Lowered, String> {
         }
         Op::MatMul {
             transpose_b,
+            act,
             prologue,
             epilogue,
-            ..
-        } => lower_matmul(cx, id, *transpose_b, *prologue, *epilogue, &mut l)?,
+        } => lower_matmul(cx, id, *transpose_b, *act, *prologue, *epilogue, &mut l)?,
     }
     Ok(l)
 }
@@ -844,6 +848,25 @@ enum MatmulEntry {
     Lanes,
     Gemv,
     Gemm,
+    GemmDot4,
+}
+
+/// Whether a GEMM (the `Tiled` family's prefill kernel) multiplies packed i8: i8
+/// activations on an integer weight format with the dot4 variant on. The activations
+/// are then quantized per 32-value block (act_quant.wgsl). Elsewhere (decode's GEMV,
+/// the lanes kernels) i8 activations are computed in f32, finer than i8 asks.
+pub(crate) fn dot4_applies(
+    variants: KernelVariants,
+    act: npurt_graph::ActPrecision,
+    weight: DType,
+) -> bool {
+    use npurt_graph::ActPrecision::{I8Row, I8};
+    variants.dot4
+        && matches!(act, I8 | I8Row)
+        && matches!(
+            weight,
+            DType::Q4_0 | DType::Q4_1 | DType::Q8_0 | DType::Q8Channel
+        )
 }
 
 /// One matmul dispatch, with the kernel variants `cx` allows for its entry point.
@@ -879,6 +902,10 @@ fn matmul_dispatch(
             let cols = if defines.contains(&"GLU") { 32 } else { 64 };
             (x.n.div_ceil(cols), x.m.div_ceil(64), "gemm")
         }
+        MatmulEntry::GemmDot4 => {
+            let cols = if defines.contains(&"GLU") { 32 } else { 64 };
+            (x.n.div_ceil(cols), x.m.div_ceil(64), "gemm_dot4")
+        }
         MatmulEntry::Lanes => (
             x.n.div_ceil(256),
             x.m.div_ceil(if x.m == 1 { 1 } else { 4 }),
@@ -889,7 +916,10 @@ fn matmul_dispatch(
         return Err(format!("matmul {}x{} exceeds one dispatch", x.m, x.n));
     }
     let mut defines = defines.to_vec();
-    if entry == MatmulEntry::Gemm && cx.variants.f16 && !defines.contains(&"W_F32") {
+    // The gemm's weight tile holds raw values (weights.wgsl w_raw_quad): exact in f16
+    // for the integer formats and f16, not for f32 or bf16.
+    let raw_fits_f16 = !defines.contains(&"W_F32") && !defines.contains(&"W_BF16");
+    if entry == MatmulEntry::Gemm && cx.variants.f16 && raw_fits_f16 {
         defines.push("GEMM_F16");
     }
     let lanes;
@@ -931,10 +961,12 @@ pub(crate) fn epilogue_defines(epilogue: Epilogue) -> Vec<&'static str> {
     d
 }
 
+#[allow(clippy::too_many_arguments)]
 fn lower_matmul(
     cx: &LowerCtx,
     id: NodeId,
     transpose_b: bool,
+    act: npurt_graph::ActPrecision,
     prologue: Prologue,
     epilogue: Epilogue,
     l: &mut Lowered,
@@ -1005,10 +1037,26 @@ fn lower_matmul(
         return Ok(());
     }
     let n_b = bf.shape[0];
-    let entry = match cx.kernels {
+    let mut entry = match cx.kernels {
         KernelFamily::Lanes => MatmulEntry::Lanes,
         KernelFamily::Tiled if m <= GEMV_MAX_ROWS => MatmulEntry::Gemv,
         KernelFamily::Tiled => MatmulEntry::Gemm,
+    };
+    let a_bind = if entry == MatmulEntry::Gemm && dot4_applies(cx.variants, act, b.dtype) {
+        entry = MatmulEntry::GemmDot4;
+        defines.push("DOT4");
+        let t = l.temps.len();
+        let blocks = k.div_ceil(32);
+        l.temps.push((m * blocks * ACT_QUANT_WORDS * 4) as u64);
+        l.dispatches.push(Dispatch {
+            key: PipelineKey::new("act_quant.wgsl", "quantize_blocks", &[]),
+            params: vec![as_u32(m, "rows")?, as_u32(k, "k")?, as_u32(k, "k")?],
+            bindings: vec![(0, BindRef::Params), (1, a_in), (3, BindRef::Temp(t))],
+            groups: grid_1d(m * blocks, 64)?,
+        });
+        (6, BindRef::Temp(t))
+    } else {
+        (1, a_in)
     };
     let mut extra = vec![];
     if let Some(i) = slots.bias {
@@ -1047,7 +1095,7 @@ fn lower_matmul(
                 &defines,
                 entry,
                 args,
-                vec![(0, BindRef::Params), (1, a_in), (2, bind), (3, raw)],
+                vec![(0, BindRef::Params), a_bind, (2, bind), (3, raw)],
             )?);
         }
         l.dispatches.push(elementwise(
@@ -1078,7 +1126,7 @@ fn lower_matmul(
             up_row: n,
             accumulate: false,
         };
-        let mut bindings = vec![(0, BindRef::Params), (1, a_in), (2, bind), (3, out)];
+        let mut bindings = vec![(0, BindRef::Params), a_bind, (2, bind), (3, out)];
         bindings.extend(extra.iter().copied());
         l.dispatches
             .push(matmul_dispatch(cx, &defines, entry, args, bindings)?);
@@ -1098,7 +1146,7 @@ fn lower_matmul(
             up_row: 0,
             accumulate: false,
         };
-        let mut bindings = vec![(0, BindRef::Params), (1, a_in), (2, bind), (3, out)];
+        let mut bindings = vec![(0, BindRef::Params), a_bind, (2, bind), (3, out)];
         bindings.extend(extra.iter().copied());
         l.dispatches
             .push(matmul_dispatch(cx, &defines, entry, args, bindings)?);

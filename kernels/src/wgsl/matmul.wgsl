@@ -254,14 +254,16 @@ fn w_quad_kn(k: u32, n: u32) -> vec4<f32> {
 // 64 columns; then every thread computes a 4 x 4 block of outputs (rows ty + 16 i,
 // weight rows tx + 16 j) with 4-term dot products. A tile row holds 9 quads for 8
 // used: the padding spreads a subgroup's reads of 16 different weight rows over all
-// banks. GEMM_F16 (needs SHADER_F16): the weight tile is stored in f16 (a dequantized
-// 4-bit or 8-bit value loses nothing that matters there), halving its workgroup
-// memory, and widened to f32 to multiply. Activations stay f32: f16 activation tiles
+// banks. The weight tile holds each block's raw values and `b_affine` its scale and
+// offset (weights.wgsl w_raw_quad, w_affine), applied once per block to the sums.
+// GEMM_F16 (needs SHADER_F16): the weight tile is stored in f16, where those raw
+// values (4-bit and 8-bit integers, f16 weights) are exact, halving its workgroup
+// memory; never for f32 or bf16 weights. Activations stay f32: f16 activation tiles
 // moved SmolLM2's w4a16 logits 4.9e-3 of their range from f32 (and flipped a top-1),
-// where the CPU's i16 activations move them 1.5e-3; f16 products, measured on the
-// conformance cases, reached NMSE 5.3e-7 against the 1e-6 threshold. Never with f32
-// weights, which ask for f32 throughout.
+// where the CPU's i16 activations move them 1.5e-3.
 const GEMM_TILE: u32 = 64u;
+// act_quant.wgsl's words per row and block.
+const ACT_QUANT_WORDS: u32 = 10u;
 const GEMM_QUADS: u32 = 8u;
 const GEMM_STRIDE: u32 = 9u;
 #ifdef GLU
@@ -277,25 +279,44 @@ alias WeightQuad = vec4<f32>;
 
 var<workgroup> a_tile: array<vec4<f32>, 576>;   // GEMM_TILE x GEMM_STRIDE
 var<workgroup> b_tile: array<WeightQuad, 576>;
+var<workgroup> b_affine: array<vec2<f32>, 64>;
 
-// Weight row `c` of the tile's 64 (GLU: gate rows, then up rows) for quad `q` of the
-// K step at k0; zero outside the weight.
-fn gemm_b_quad(n0: u32, c: u32, k0: u32, q: u32) -> vec4<f32> {
-    let k = k0 + q * 4u;
+// Row `c` of a gemm weight tile (GLU: gate rows, then up rows): its output column
+// n (x) and weight row (y); n >= params.n is past the weight.
+fn tile_row(n0: u32, c: u32) -> vec2<u32> {
 #ifdef GLU
     let n = n0 + c % GEMM_COLS;
-    let row = select(n, params.up_row + n, c >= GEMM_COLS);
+    return vec2<u32>(n, select(n, params.up_row + n, c >= GEMM_COLS));
 #else
-    let n = n0 + c;
-    let row = n;
+    return vec2<u32>(n0 + c, n0 + c);
 #endif
-    if n >= params.n {
+}
+
+// Raw quad `q` of the K step at k0 of weight tile row `c` (weights.wgsl w_raw_quad);
+// zero outside the weight.
+fn gemm_b_raw(n0: u32, c: u32, k0: u32, q: u32) -> vec4<f32> {
+    let k = k0 + q * 4u;
+    let nr = tile_row(n0, c);
+    if nr.x >= params.n {
         return vec4<f32>(0.0);
     }
 #ifdef W_KN
-    return w_quad_kn(k, n);
+    return w_quad_kn(k, nr.x);
 #else
-    return w_quad(row, k, params.k, params.w_soff);
+    return w_raw_quad(nr.y, k, params.k, params.w_soff);
+#endif
+}
+
+// The affine map (d, c) of weight tile row `c`'s block at k0; zero outside the weight.
+fn gemm_b_affine(n0: u32, c: u32, k0: u32) -> vec2<f32> {
+    let nr = tile_row(n0, c);
+    if nr.x >= params.n {
+        return vec2<f32>(0.0);
+    }
+#ifdef W_KN
+    return vec2<f32>(1.0, 0.0);
+#else
+    return w_affine(nr.y, k0, params.k, params.w_soff);
 #endif
 }
 
@@ -318,23 +339,44 @@ fn gemm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
                 av = a_quad(m0 + r, k0 + q * 4u);
             }
             a_tile[r * GEMM_STRIDE + q] = av;
-            b_tile[r * GEMM_STRIDE + q] = WeightQuad(gemm_b_quad(n0, r, k0, q));
+            b_tile[r * GEMM_STRIDE + q] = WeightQuad(gemm_b_raw(n0, r, k0, q));
+        }
+        if li < 64u {
+            b_affine[li] = gemm_b_affine(n0, li, k0);
         }
         workgroupBarrier();
+        // Sums of a x raw over the block, then its affine map once: d * sum(a raw)
+        // (+ c * sum(a) for the W_OFFSET formats).
+        var part: array<array<f32, 4>, 4>;
+        var a_sum: array<f32, 4>;
         for (var q = 0u; q < GEMM_QUADS; q++) {
             var av: array<vec4<f32>, 4>;
             for (var i = 0u; i < 4u; i++) {
                 av[i] = a_tile[(ty + 16u * i) * GEMM_STRIDE + q];
+#ifdef W_OFFSET
+                a_sum[i] += dot(av[i], vec4<f32>(1.0));
+#endif
             }
             for (var j = 0u; j < 4u; j++) {
                 let bv = vec4<f32>(b_tile[(tx + 16u * j) * GEMM_STRIDE + q]);
                 for (var i = 0u; i < 4u; i++) {
-                    acc[i][j] += dot(av[i], bv);
+                    part[i][j] += dot(av[i], bv);
                 }
+            }
+        }
+        for (var j = 0u; j < 4u; j++) {
+            let dc = b_affine[tx + 16u * j];
+            for (var i = 0u; i < 4u; i++) {
+                acc[i][j] += dc.x * part[i][j] + dc.y * a_sum[i];
             }
         }
         workgroupBarrier();
     }
+    gemm_write(m0, n0, tx, ty, acc);
+}
+
+// A gemm thread's 4 x 4 block through the epilogue.
+fn gemm_write(m0: u32, n0: u32, tx: u32, ty: u32, acc: array<array<f32, 4>, 4>) {
     for (var i = 0u; i < 4u; i++) {
         let m = m0 + ty + 16u * i;
 #ifdef GLU
@@ -355,6 +397,85 @@ fn gemm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
 #endif
     }
 }
+
+#ifdef DOT4
+// gemm_dot4: gemm's tiling with i8 activations (act_quant.wgsl: 8 words, scale and
+// q sum per row and 32-value block, binding 6) times i8 weights (weights.wgsl
+// w_i8_block), 4 multiply-adds per dot4I8Packed. Each block's i32 sums are scaled
+// into the f32 accumulators: as * (d * sum(qa q) + c * sum(qa)).
+@group(0) @binding(6) var<storage, read> aq: array<u32>;
+
+var<workgroup> a_words: array<u32, 576>;   // GEMM_TILE x GEMM_STRIDE
+var<workgroup> b_words: array<u32, 576>;
+var<workgroup> a_scale: array<f32, 64>;
+var<workgroup> a_sum: array<f32, 64>;
+var<workgroup> b_d: array<f32, 64>;
+var<workgroup> b_c: array<f32, 64>;
+
+@compute @workgroup_size(256)
+fn gemm_dot4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let tx = li % 16u;
+    let ty = li / 16u;
+    let m0 = wg.y * GEMM_TILE;
+    let n0 = wg.x * GEMM_COLS;
+    let blocks = (params.k + 31u) / 32u;
+    var acc: array<array<f32, 4>, 4>;
+    for (var kb = 0u; kb < blocks; kb++) {
+        // Threads 0..63 stage weight tile row li's block, 64..127 activation row
+        // li - 64's (rows past the matrices stage zeros).
+        if li < 64u {
+            let nr = tile_row(n0, li);
+            var b = I8Block(vec4<u32>(0u), vec4<u32>(0u), 0.0, 0.0);
+            if nr.x < params.n {
+                b = w_i8_block(nr.y, kb * 32u, params.k, params.w_soff);
+            }
+            for (var q = 0u; q < 4u; q++) {
+                b_words[li * GEMM_STRIDE + q] = b.lo[q];
+                b_words[li * GEMM_STRIDE + q + 4u] = b.hi[q];
+            }
+            b_d[li] = b.d;
+            b_c[li] = b.c;
+        } else if li < 128u {
+            let r = li - 64u;
+            var words = array<u32, ACT_QUANT_WORDS>();
+            if m0 + r < params.m {
+                let base = ((m0 + r) * blocks + kb) * ACT_QUANT_WORDS;
+                for (var q = 0u; q < ACT_QUANT_WORDS; q++) {
+                    words[q] = aq[base + q];
+                }
+            }
+            for (var q = 0u; q < 8u; q++) {
+                a_words[r * GEMM_STRIDE + q] = words[q];
+            }
+            a_scale[r] = bitcast<f32>(words[8]);
+            a_sum[r] = f32(bitcast<i32>(words[9]));
+        }
+        workgroupBarrier();
+        var isum: array<array<i32, 4>, 4>;
+        for (var q = 0u; q < 8u; q++) {
+            var av: array<u32, 4>;
+            for (var i = 0u; i < 4u; i++) {
+                av[i] = a_words[(ty + 16u * i) * GEMM_STRIDE + q];
+            }
+            for (var j = 0u; j < 4u; j++) {
+                let bw = b_words[(tx + 16u * j) * GEMM_STRIDE + q];
+                for (var i = 0u; i < 4u; i++) {
+                    isum[i][j] += dot4I8Packed(av[i], bw);
+                }
+            }
+        }
+        for (var i = 0u; i < 4u; i++) {
+            let r = ty + 16u * i;
+            for (var j = 0u; j < 4u; j++) {
+                let c = tx + 16u * j;
+                acc[i][j] += a_scale[r] * (b_d[c] * f32(isum[i][j]) + b_c[c] * a_sum[r]);
+            }
+        }
+        workgroupBarrier();
+    }
+    gemm_write(m0, n0, tx, ty, acc);
+}
+#endif
 
 // lanes: each thread computes a LANE_ROWS x LANE_COLS register tile (4 x 4, or 1 x 4
 // for a single row): per step it loads LANE_COLS weight quads (or blocks) and

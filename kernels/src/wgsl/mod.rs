@@ -23,6 +23,7 @@ pub const FILES: &[(&str, &str)] = &[
     ("attention_lanes.wgsl", include_str!("attention_lanes.wgsl")),
     ("attention_i8.wgsl", include_str!("attention_i8.wgsl")),
     ("matmul.wgsl", include_str!("matmul.wgsl")),
+    ("act_quant.wgsl", include_str!("act_quant.wgsl")),
     ("gather.wgsl", include_str!("gather.wgsl")),
     ("kv_write.wgsl", include_str!("kv_write.wgsl")),
     ("kv_load.wgsl", include_str!("kv_load.wgsl")),

@@ -138,6 +138,49 @@ fn w_quad(row: u32, col: u32, k: u32, soff: u32) -> vec4<f32> {
 #endif
 }
 
+// A weight tile's view of the 32-value block holding `col` (matmul.wgsl's gemm): raw
+// values, exact in f16 (q4: the nibble 0..15; q8: the i8 q; float formats: the value),
+// and the block's affine map, value = d * raw + c (w_affine: vec2(d, c); c != 0 only
+// for the W_OFFSET formats), so the scale multiplies a whole block's sum once.
+fn w_raw_quad(row: u32, col: u32, k: u32, soff: u32) -> vec4<f32> {
+#ifdef W_BLOCKS
+    let blk = row * (k >> 5u) + (col >> 5u);
+#ifdef W_Q8_0
+    return unpack_i8x4(word(blk * 8u + ((col & 31u) >> 2u)));
+#else
+    return q4_quad(blk, (col & 31u) >> 2u);
+#endif
+#else
+#ifdef W_Q8_CHANNEL
+    return unpack_i8x4(word(row * ((k + 3u) >> 2u) + (col >> 2u)));
+#else
+    return w_quad(row, col, k, soff);
+#endif
+#endif
+}
+
+fn w_affine(row: u32, col: u32, k: u32, soff: u32) -> vec2<f32> {
+#ifdef W_BLOCKS
+    let blk = row * (k >> 5u) + (col >> 5u);
+#ifdef W_Q4_1
+    return unpack2x16float(word(soff + blk));
+#else
+    let d = f16_scale(soff, blk);
+#ifdef W_Q4_0
+    return vec2<f32>(d, -8.0 * d);
+#else
+    return vec2<f32>(d, 0.0);
+#endif
+#endif
+#else
+#ifdef W_Q8_CHANNEL
+    return vec2<f32>(bitcast<f32>(word(soff + row)), 0.0);
+#else
+    return vec2<f32>(1.0, 0.0);
+#endif
+#endif
+}
+
 #ifdef W_BLOCKS
 // One whole 32-value block of a GGUF block format, loaded with one or two 16-byte
 // loads, so a kernel can dequantize its 8 quads from registers.
@@ -179,5 +222,57 @@ fn block_quad(b: WBlock, q: u32) -> vec4<f32> {
 #ifdef W_Q4_1
     return b.d * nibbles(b.lo[q & 3u], q) + b.m;
 #endif
+}
+#endif
+
+#ifdef DOT4
+// One 32-value block of an integer weight format as matmul.wgsl's gemm_dot4 reads it:
+// 8 words of four i8 q in value order, and (d, c) such that the block's values are
+// d * q + c (Q4_0: q the raw nibble 0..15 and c = -8 d; Q4_1: c the block minimum;
+// Q8_0, Q8Channel: c = 0). So sum_i a_i w_i = as * (d * sum(qa q) + c * sum(qa)) for
+// activations a = as * qa.
+struct I8Block {
+    lo: vec4<u32>,
+    hi: vec4<u32>,
+    d: f32,
+    c: f32,
+}
+
+fn w_i8_block(row: u32, k0: u32, k: u32, soff: u32) -> I8Block {
+    var b: I8Block;
+#ifdef W_Q8_CHANNEL
+    // Words past the row's end read 0 (the activations there are 0 too).
+    let wpr = (k + 3u) >> 2u;
+    var words: array<u32, 8>;
+    for (var q = 0u; q < 8u; q++) {
+        let wi = (k0 >> 2u) + q;
+        words[q] = select(0u, word(row * wpr + wi), wi < wpr);
+    }
+    b.lo = vec4<u32>(words[0], words[1], words[2], words[3]);
+    b.hi = vec4<u32>(words[4], words[5], words[6], words[7]);
+    b.d = bitcast<f32>(word(soff + row));
+    b.c = 0.0;
+#else
+    let blk = row * (k >> 5u) + (k0 >> 5u);
+#ifdef W_Q8_0
+    b.lo = w[blk * 2u];
+    b.hi = w[blk * 2u + 1u];
+    b.d = f16_scale(soff, blk);
+    b.c = 0.0;
+#else
+    let nib = w[blk];
+    b.lo = nib & vec4<u32>(0x0f0f0f0fu);
+    b.hi = (nib >> vec4<u32>(4u)) & vec4<u32>(0x0f0f0f0fu);
+#ifdef W_Q4_1
+    let dm = unpack2x16float(word(soff + blk));
+    b.d = dm.x;
+    b.c = dm.y;
+#else
+    b.d = f16_scale(soff, blk);
+    b.c = -8.0 * b.d;
+#endif
+#endif
+#endif
+    return b;
 }
 #endif

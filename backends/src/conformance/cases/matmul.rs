@@ -238,6 +238,16 @@ pub(super) fn cases() -> Vec<Case> {
                 .map(|&w| Spec::new(w, SHAPES[2]).act(act)),
         );
     }
+    // i8 activations where a GEMM multiplies them as i8 (wgpu's dot4 variant): every
+    // integer format over two row tiles, alone and under a GLU, and per-channel int8
+    // with K no multiple of a block (nor of 4).
+    for w in [DType::Q4_0, DType::Q4_1, DType::Q8_0, DType::Q8Channel] {
+        let s = Spec::new(w, EPILOGUE_ROWS).act(ActPrecision::I8);
+        specs.extend([s, s.epilogue(Epilogue::SWIGLU)]);
+    }
+    for act in [ActPrecision::I8, ActPrecision::I8Row] {
+        specs.push(Spec::new(DType::Q8Channel, ODD_K[1]).act(act));
+    }
     // Epilogues: each on f32 and on the two formats the precision policies use.
     for epi in [
         Epilogue::BIAS,
