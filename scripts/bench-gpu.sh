@@ -39,7 +39,9 @@
 #        -n 8, one repetition, one round, llama.cpp's CPU build (lavapipe for wgpu)
 #        PACK=dir: make the offline bundle (above) and stop
 # Writes target/gpu-bench/: models/, results.jsonl, conformance.txt, agreement.txt,
-# table.md, logs/.
+# profile-<shape>.json (npurt bench --profile), table.md, logs/. The table also gives
+# npurt's kernels, the device's measured copy bandwidth and peaks, decode as a fraction
+# of that bandwidth and the prefill matmuls as a fraction of the f32 FMA peak.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=lib/llamacpp.sh
@@ -229,17 +231,27 @@ for round in $(seq "$ROUNDS"); do
         [ "$round" != 1 ] || check_devices "$log-llamacpp.json" "$log-npurt.json" || exit 1
     done
 done
+# One profile per shape: where a prefill chunk's and a decode step's time goes, and the
+# prefill matmuls' rate against the device's measured f32 FMA peak.
+for shape in $SHAPES; do
+    base="$OUT/models/$(tag "$shape")"
+    say "$shape: npurt bench --profile..."
+    "$NPURT" bench --model "$base-hf" --backend "$BACKEND" --precision "$PRECISION" \
+        -p 0 -n 0 --profile --json >"$OUT/profile-$shape.json" 2>"$OUT/logs/profile-$shape.err" ||
+        die "npurt bench --profile failed: $OUT/logs/profile-$shape.err"
+done
 ELAPSED=$(($(date +%s) - START))
 
-python3 - "$RESULTS" "$OUT/table.md" "$CONF" "$ELAPSED" "$BACKEND" "$PRECISION" "$AGREEMENT" <<'EOF'
+python3 - "$RESULTS" "$OUT/table.md" "$CONF" "$ELAPSED" "$BACKEND" "$PRECISION" "$AGREEMENT" "$OUT" <<'EOF'
 import json, sys
 from collections import defaultdict
 from datetime import date
 
-results, table_path, conformance, elapsed, backend, precision, agreement = sys.argv[1:8]
+results, table_path, conformance, elapsed, backend, precision, agreement, out = sys.argv[1:9]
 # (shape, engine, test) -> [tok/s per round]; devices as each tool names them.
 cells = defaultdict(list)
 devices = {}
+machines = {}
 shapes, tests = [], []
 for line in open(results):
     r = json.loads(line)
@@ -260,6 +272,8 @@ for line in open(results):
             if x["test"] not in tests:
                 tests.append(x["test"])
         devices["npurt"] = row["machine"][0]["device"] if row["machine"] else "?"
+        if row["machine"]:
+            machines[shape] = row["machine"][0]
 tests.sort(key=lambda t: (t[:2] != "pp", int(t[2:].split()[0])))
 engines = sorted({e for (_, e, _) in cells}, key=lambda e: not e.startswith("npurt"))
 mean = lambda v: sum(v) / len(v) if v else None
@@ -284,6 +298,41 @@ for shape in shapes:
             a, b = mean(cells.get((shape, npurt[0], t), [])), mean(cells.get((shape, llama[0], t), []))
             ratios.append(f"{a / b:.2f}x" if a and b else "-")
         lines.append(f"| {shape} | npurt / llama.cpp | " + " | ".join(ratios) + " |")
+# npurt's kernels, the device's measured limits, decode against the copy bandwidth and
+# the prefill matmuls against the f32 FMA peak (from each shape's profile).
+lines.append("")
+for shape in shapes:
+    m = machines.get(shape)
+    if not m:
+        continue
+    lim = m.get("device_limits") or {}
+    peaks = {p["arithmetic"]: p["ops_per_s"] for p in lim.get("peaks", [])}
+    copy = lim.get("copy_gb_s")
+    desc = f"{shape}: npurt kernels {m.get('kernels', '?')}"
+    if copy:
+        desc += f"; device copy {copy:.0f} GB/s, " + ", ".join(
+            f"{k} {v / 1e12:.1f} TOP/s" for k, v in peaks.items())
+    tg = mean(cells.get((shape, f"npurt {backend} {precision}", next((t for t in tests if t.startswith("tg")), "")), []))
+    if tg and copy:
+        gbs = tg * m["weight_mib"] * 2**20 / 1e9
+        desc += f"; decode reads {gbs:.0f} GB/s = {100 * gbs / copy:.0f}% of copy"
+    try:
+        prof = json.load(open(f"{out}/profile-{shape}.json"))["profile"][0]
+        for part in ("prefill", "decode"):
+            mm = prof[part]["matmul"]
+            frac = mm.get("fraction_of_f32_fma_peak")
+            kinds = sorted(prof[part]["by_kind"], key=lambda k: -k["ms"])[:4]
+            host = prof[part]["host"]
+            desc += (f"\n  {part} ({prof['prefill_rows'] if part == 'prefill' else 1} rows): "
+                     f"{prof[part]['nodes_ms']:.2f} ms in nodes ("
+                     + ", ".join(f"{k['op']} {k['ms']:.2f}" for k in kinds) + ")"
+                     f"; matmuls {mm['ops_per_s'] / 1e12:.2f} TOP/s"
+                     + (f" = {100 * frac:.1f}% of the f32 FMA peak" if frac is not None else "")
+                     + f"; an ordinary run {host['total_ms']:.2f} ms (record {host['record_ms']:.2f}, "
+                     f"submit {host['submit_ms']:.2f}, wait {host['wait_ms']:.2f}, read back {host['readback_ms']:.2f})")
+    except (OSError, KeyError, IndexError, ValueError) as e:
+        desc += f"\n  (no profile: {e})"
+    lines.append(desc)
 lines += [
     "",
     f"conformance on {backend}: {conformance}",
