@@ -67,10 +67,7 @@ fn attention(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_ind
     let first = 0u;
     let pos = pos_in[0];
     let n_valid = n_valid_in[0];
-    // Same acceptance rule as the reference: the valid rows must fit the chunk and the
-    // cache. Compared in i32 after bounding each term, so nothing overflows.
-    let ok = pos >= 0 && n_valid >= 1 && u32(n_valid) <= params.t_rows && pos <= i32(params.s_rows)
-        && u32(pos) + u32(n_valid) <= params.s_rows;
+    let ok = positions_ok(pos, n_valid, params.t_rows, params.s_rows);
     if !ok {
         if li == 0u && h == 0u && t == 0u {
             raise_status(STATUS_BAD_POSITION, params.node);
@@ -171,14 +168,35 @@ fn key_range(t: u32) -> KeyRange {
 #endif
 }
 
+// Stages K (or V, `values`) of keys j0 .. j0 + keys into kv_block (rows of
+// head_dim + 1); rows past `keys` are zeros, so the loops over a tile run whole tiles
+// (their weights are 0, and 0 times stale memory could be NaN).
+fn stage_keys(j0: u32, keys: u32, kv_base: u32, li: u32, values: bool) {
+    let hd = params.head_dim;
+    let kw = params.n_kv_heads * hd;
+    for (var e = li; e < KEYS_BLOCK * hd; e += 64u) {
+        let kk = e / hd;
+        var v = 0.0;
+        if kk < keys {
+            let i = (j0 + kk) * kw + kv_base + e % hd;
+            if values {
+                v = operand(v_at(i));
+            } else {
+                v = operand(k_at(i));
+            }
+        }
+        kv_block[kk * (hd + 1u) + e % hd] = v;
+    }
+}
+
 @compute @workgroup_size(64)
 fn attention_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     let h = wg.x;
     let t0 = wg.y * ROWS_BLOCK;
     let hd = params.head_dim;
     let qw = params.n_heads * hd;
-    let kw = params.n_kv_heads * hd;
     let kv_base = (h / (params.n_heads / params.n_kv_heads)) * hd;
+    // kv_block's row stride (see stage_keys).
     let hs = hd + 1u;
     // This thread's output row and its dims d = lane + 8 i.
     let r = li / 8u;
@@ -187,8 +205,7 @@ fn attention_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocatio
 #ifndef BIDIRECTIONAL
     let pos = pos_in[0];
     let n_valid = n_valid_in[0];
-    let ok = pos >= 0 && n_valid >= 1 && u32(n_valid) <= params.t_rows && pos <= i32(params.s_rows)
-        && u32(pos) + u32(n_valid) <= params.s_rows;
+    let ok = positions_ok(pos, n_valid, params.t_rows, params.s_rows);
     if !ok {
         if li == 0u && h == 0u && t0 == 0u {
             raise_status(STATUS_BAD_POSITION, params.node);
@@ -220,16 +237,7 @@ fn attention_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocatio
     for (var j0 = lo; j0 <= hi; j0 += KEYS_BLOCK) {
         let keys = min(KEYS_BLOCK, hi + 1u - j0);
         workgroupBarrier();
-        // Keys past `keys` are zeros, so the loops below run whole tiles (their
-        // weights are 0, and 0 times stale memory could be NaN).
-        for (var e = li; e < KEYS_BLOCK * hd; e += 64u) {
-            let kk = e / hd;
-            var v = 0.0;
-            if kk < keys {
-                v = operand(k_at((j0 + kk) * kw + kv_base + e % hd));
-            }
-            kv_block[kk * hs + e % hd] = v;
-        }
+        stage_keys(j0, keys, kv_base, li, false);
         workgroupBarrier();
         // ROWS_BLOCK x KEYS_BLOCK scores, 4 per thread; keys a row does not see get
         // NEG_BIG.
@@ -249,14 +257,7 @@ fn attention_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocatio
             scores[e] = s;
         }
         workgroupBarrier();
-        for (var e = li; e < KEYS_BLOCK * hd; e += 64u) {
-            let kk = e / hd;
-            var v = 0.0;
-            if kk < keys {
-                v = operand(v_at((j0 + kk) * kw + kv_base + e % hd));
-            }
-            kv_block[kk * hs + e % hd] = v;
-        }
+        stage_keys(j0, keys, kv_base, li, true);
         // This row's weights for the tile (each of its 8 threads computes them).
         var tile_max = NEG_BIG;
         for (var kk = 0u; kk < KEYS_BLOCK; kk++) {

@@ -62,8 +62,7 @@ fn attention_lanes(@builtin(local_invocation_index) li: u32, @builtin(workgroup_
 #ifndef BIDIRECTIONAL
     let pos = pos_in[0];
     let n_valid = n_valid_in[0];
-    let ok = pos >= 0 && n_valid >= 1 && u32(n_valid) <= params.t_rows && pos <= i32(params.s_rows)
-        && u32(pos) + u32(n_valid) <= params.s_rows;
+    let ok = positions_ok(pos, n_valid, params.t_rows, params.s_rows);
     if !ok {
         if t == 0u && h == 0u {
             raise_status(STATUS_BAD_POSITION, params.node);

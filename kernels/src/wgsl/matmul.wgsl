@@ -409,8 +409,6 @@ var<workgroup> a_words: array<u32, 576>;   // GEMM_TILE x GEMM_STRIDE
 var<workgroup> b_words: array<u32, 576>;
 var<workgroup> a_scale: array<f32, 64>;
 var<workgroup> a_sum: array<f32, 64>;
-var<workgroup> b_d: array<f32, 64>;
-var<workgroup> b_c: array<f32, 64>;
 
 @compute @workgroup_size(256)
 fn gemm_dot4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
@@ -433,8 +431,7 @@ fn gemm_dot4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_ind
                 b_words[li * GEMM_STRIDE + q] = b.lo[q];
                 b_words[li * GEMM_STRIDE + q + 4u] = b.hi[q];
             }
-            b_d[li] = b.d;
-            b_c[li] = b.c;
+            b_affine[li] = vec2<f32>(b.d, b.c);
         } else if li < 128u {
             let r = li - 64u;
             var words = array<u32, ACT_QUANT_WORDS>();
@@ -467,8 +464,8 @@ fn gemm_dot4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_ind
         for (var i = 0u; i < 4u; i++) {
             let r = ty + 16u * i;
             for (var j = 0u; j < 4u; j++) {
-                let c = tx + 16u * j;
-                acc[i][j] += a_scale[r] * (b_d[c] * f32(isum[i][j]) + b_c[c] * a_sum[r]);
+                let dc = b_affine[tx + 16u * j];
+                acc[i][j] += a_scale[r] * (dc.x * f32(isum[i][j]) + dc.y * a_sum[r]);
             }
         }
         workgroupBarrier();

@@ -14,3 +14,11 @@ fn raise_status(flag: u32, node: u32) {
     atomicOr(&status[0], flag);
     atomicMin(&status[1], node);
 }
+
+// A chunk's run-time positions as attention accepts them (the reference's rule): the
+// `n_valid` rows of a `rows`-row chunk start at `pos` and fit a cache of `cache_rows`.
+// Compared in i32 after bounding each term, so nothing overflows.
+fn positions_ok(pos: i32, n_valid: i32, rows: u32, cache_rows: u32) -> bool {
+    return pos >= 0 && n_valid >= 1 && u32(n_valid) <= rows && pos <= i32(cache_rows)
+        && u32(pos) + u32(n_valid) <= cache_rows;
+}
