@@ -44,9 +44,9 @@ pub(crate) struct GpuContext {
     /// Largest bytes one storage binding may cover (weights are split into parts no
     /// larger; `WgpuOptions::max_binding_bytes` may lower it for testing).
     pub max_binding: u64,
-    pub kernels: super::ops::KernelFamily,
+    pub kernels: super::variants::KernelFamily,
     /// Optional instructions in use (resolved against the adapter's features).
-    pub variants: super::ops::KernelVariants,
+    pub variants: super::variants::KernelVariants,
     /// How the profiler times nodes (resolved against the device's features).
     pub profile_timing: super::ProfileTiming,
     /// Nanoseconds per timestamp tick.
@@ -74,8 +74,8 @@ impl GpuContext {
     pub(crate) fn new(
         backends: ::wgpu::Backends,
         max_binding_bytes: Option<u64>,
-        kernels: Option<super::ops::KernelFamily>,
-        variants: Option<super::ops::KernelVariants>,
+        kernels: Option<super::variants::KernelFamily>,
+        variants: Option<super::variants::KernelVariants>,
         profile_timing: Option<super::ProfileTiming>,
     ) -> Result<Arc<GpuContext>> {
         let mut desc = ::wgpu::InstanceDescriptor::new_without_display_handle();
@@ -99,7 +99,7 @@ impl GpuContext {
                 | ::wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES);
         // The optional instructions of the kernel variants, where the adapter has them
         // (and the caller did not switch them off).
-        let offered = super::ops::KernelVariants {
+        let offered = super::variants::KernelVariants {
             f16: adapter.features().contains(::wgpu::Features::SHADER_F16),
             // The GEMV puts a column's 4 to 16 threads inside one subgroup.
             subgroup: adapter.features().contains(::wgpu::Features::SUBGROUP)
@@ -160,12 +160,12 @@ impl GpuContext {
             limits.max_compute_workgroup_storage_size >= super::ops::TILED_WORKGROUP_BYTES;
         let kernels = kernels.unwrap_or(
             if info.device_type == ::wgpu::DeviceType::Cpu || !tiles_fit {
-                super::ops::KernelFamily::Lanes
+                super::variants::KernelFamily::Lanes
             } else {
-                super::ops::KernelFamily::Tiled
+                super::variants::KernelFamily::Tiled
             },
         );
-        if kernels == super::ops::KernelFamily::Tiled && !tiles_fit {
+        if kernels == super::variants::KernelFamily::Tiled && !tiles_fit {
             return Err(unavailable(format!(
                 "the tiled kernels need {} bytes of workgroup memory; `{}` has {}",
                 super::ops::TILED_WORKGROUP_BYTES,

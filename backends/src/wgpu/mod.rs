@@ -29,13 +29,14 @@ mod ops;
 mod pipelines;
 mod probe;
 mod support;
+mod variants;
 mod weights;
 
 pub use ::wgpu::{Backends, Features};
 pub use buffers::WgpuBuffer;
 pub use counters::WgpuCounters;
 pub use executable::WgpuExecutable;
-pub use ops::{KernelFamily, KernelVariants};
+pub use variants::{KernelFamily, KernelVariants};
 
 use crate::{
     Backend, BackendError, BufferUsage, Capabilities, DeviceBuffer, Executable, Result, Support,

@@ -6,6 +6,7 @@
 
 use super::buffers::WgpuBuffer;
 use super::pipelines::PipelineKey;
+use super::variants::{KernelFamily, KernelVariants};
 use crate::DeviceBuffer;
 use npurt_graph::{
     Activation, DType, Epilogue, Graph, MatMulOperands, NodeId, Op, Prologue, RopeScaling, Step,
@@ -73,113 +74,6 @@ pub(crate) struct Lowered {
     pub temps: Vec<u64>,
     /// Contents of each constant buffer.
     pub consts: Vec<Vec<u8>>,
-}
-
-/// Which kernel variants to use for matmul and attention. Both compute the same
-/// results; they differ in how work maps to threads.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum KernelFamily {
-    /// Register-tiled kernels where all threads of a workgroup read the same
-    /// activations / keys (matmul.wgsl `lanes`, attention_lanes.wgsl): no workgroup
-    /// memory, no barriers. Best on CPU drivers such as lavapipe, which run a
-    /// workgroup's threads as SIMD lanes and pay per load instruction.
-    Lanes,
-    /// Workgroup-memory tiles and parallel reductions (`gemv`, `gemm`, attention.wgsl):
-    /// the usual GPU shape.
-    Tiled,
-}
-
-impl KernelFamily {
-    pub fn name(self) -> &'static str {
-        match self {
-            KernelFamily::Lanes => "lanes",
-            KernelFamily::Tiled => "tiled",
-        }
-    }
-}
-
-/// Optional instructions the `Tiled` kernels use where the adapter has them. Each has
-/// a plain fallback computing the same result within the conformance thresholds
-/// (lavapipe offers all three, so the tests run both sides).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct KernelVariants {
-    /// f16 weight tiles in the prefill GEMM (`SHADER_F16`): the weight tile holds each
-    /// block's raw values (4-bit and 8-bit integers, f16 values: exact in f16), half
-    /// the workgroup memory of f32, with the block's scale applied to the sums;
-    /// activations stay f32 (matmul.wgsl says why).
-    pub f16: bool,
-    /// Subgroup shuffles for the decode GEMV's reduction (`SUBGROUP`) instead of a
-    /// round trip through workgroup memory and a barrier.
-    pub subgroup: bool,
-    /// Packed 4x8 integer dot products (`dot4I8Packed`) for matmuls with i8
-    /// activations on integer weight formats: activations quantized per 32-value block
-    /// (`ActPrecision::I8`, also serving `I8Row`, which allows finer).
-    pub dot4: bool,
-}
-
-impl KernelVariants {
-    /// No optional instruction: what any adapter runs.
-    pub const PLAIN: KernelVariants = KernelVariants {
-        f16: false,
-        subgroup: false,
-        dot4: false,
-    };
-    /// Every optional instruction.
-    pub const ALL: KernelVariants = KernelVariants {
-        f16: true,
-        subgroup: true,
-        dot4: true,
-    };
-
-    /// e.g. `f16+subgroup+dot4`, or `plain`.
-    pub fn name(self) -> String {
-        let on: Vec<&str> = [
-            (self.f16, "f16"),
-            (self.subgroup, "subgroup"),
-            (self.dot4, "dot4"),
-        ]
-        .iter()
-        .filter(|v| v.0)
-        .map(|v| v.1)
-        .collect();
-        if on.is_empty() {
-            "plain".into()
-        } else {
-            on.join("+")
-        }
-    }
-
-    /// `plain`, `all`, or a `+`/`,`-separated list of `f16`, `subgroup`, `dot4`.
-    pub fn parse(s: &str) -> Result<KernelVariants, String> {
-        match s.trim() {
-            "plain" | "none" | "" => return Ok(Self::PLAIN),
-            "all" => return Ok(Self::ALL),
-            _ => {}
-        }
-        let mut v = Self::PLAIN;
-        for part in s.split([',', '+']).map(str::trim) {
-            match part {
-                "f16" => v.f16 = true,
-                "subgroup" => v.subgroup = true,
-                "dot4" => v.dot4 = true,
-                other => {
-                    return Err(format!(
-                        "unknown kernel variant `{other}` (plain, all, or a list of f16, subgroup, dot4)"
-                    ))
-                }
-            }
-        }
-        Ok(v)
-    }
-
-    /// The variants both `self` and `other` enable.
-    pub fn and(self, other: KernelVariants) -> KernelVariants {
-        KernelVariants {
-            f16: self.f16 && other.f16,
-            subgroup: self.subgroup && other.subgroup,
-            dot4: self.dot4 && other.dot4,
-        }
-    }
 }
 
 /// What lowering needs to know beyond the graph.
