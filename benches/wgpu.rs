@@ -1,16 +1,22 @@
 //! wgpu backend benches: quantized matmul as GEMV (m = 1, a decode step) and GEMM
-//! (m = 128, a prefill chunk) for Q4_0 and Q8_0 weights at SmolLM2 (576x576, 576x1536)
+//! (m = 128, a prefill chunk; f32 activations, and i8 ones as `gemm_i8`) for Q4_0 and
+//! Q8_0 weights at SmolLM2 (576x576, 576x1536)
 //! and 2.5B-class (2560x2560) shapes, and causal GQA attention (SmolLM2 heads) over a
 //! 1024-row KV cache. Each iteration is one executable run (one submit) followed by
 //! `synchronize`, so the clock stops only when the GPU is done. Throughput is weight
-//! bytes per second (criterion's B/s); GEMM GOP/s = 2 m n k / time is printed too.
+//! bytes per second (criterion's B/s); GEMM GOP/s = 2 m n k / time is printed too, as
+//! a fraction of the device's peak for the arithmetic used (f32 FMA; packed i8 dot
+//! products for `gemm_i8` where the dot4 variant is on), and GEMV's weight GB/s as a
+//! fraction of its copy bandwidth, both measured at start (`Backend::measure_limits`).
 //!
 //! `cargo bench -p npurt-benches --bench wgpu -- <filter>`, e.g. `-- gemv/q4_0`. Runs on
 //! whatever adapter wgpu picks (lavapipe without a GPU; `WGPU_BACKEND` to choose).
 
 use criterion::{BenchmarkId, Criterion, Throughput};
 use npurt_backends::wgpu::{WgpuBackend, WgpuOptions};
-use npurt_backends::{Backend, Bindings, BufferUsage, DeviceBuffer, Executable, Scratch};
+use npurt_backends::{
+    Backend, Bindings, BufferUsage, DeviceBuffer, DeviceLimits, Executable, Scratch,
+};
 use npurt_graph::{
     ActPrecision, DType, Epilogue, Graph, NodeId, Op, Prologue, SeededRng, TensorFact,
 };
@@ -74,7 +80,15 @@ impl Prepared {
     }
 }
 
-fn matmul(be: &WgpuBackend, dt: DType, m: usize, n: usize, k: usize) -> Prepared {
+/// `y = a @ w^T` with `a` [m, k] at activation precision `act`, `w` [n, k] of `dt`.
+fn matmul(
+    be: &WgpuBackend,
+    dt: DType,
+    act: ActPrecision,
+    m: usize,
+    n: usize,
+    k: usize,
+) -> Prepared {
     let mut rng = SeededRng::new(7);
     let mut g = Graph::new();
     let a = g
@@ -103,7 +117,7 @@ fn matmul(be: &WgpuBackend, dt: DType, m: usize, n: usize, k: usize) -> Prepared
             "y",
             Op::MatMul {
                 transpose_b: true,
-                act: ActPrecision::F32,
+                act,
                 prologue: Prologue::None,
                 epilogue: Epilogue::NONE,
             },
@@ -127,14 +141,25 @@ fn matmul(be: &WgpuBackend, dt: DType, m: usize, n: usize, k: usize) -> Prepared
     )
 }
 
-fn bench_matmul(c: &mut Criterion, be: &WgpuBackend) {
-    for (kind, m) in [("gemv", 1), ("gemm", PREFILL_ROWS)] {
+fn bench_matmul(c: &mut Criterion, be: &WgpuBackend, limits: Option<&DeviceLimits>) {
+    let dot4 = be.kernel_variants().dot4;
+    for (kind, m, act) in [
+        ("gemv", 1, ActPrecision::F32),
+        ("gemm", PREFILL_ROWS, ActPrecision::F32),
+        ("gemm_i8", PREFILL_ROWS, ActPrecision::I8),
+    ] {
+        // The ceiling each kind is quoted against.
+        let peak = |l: &DeviceLimits| match kind {
+            "gemv" => Some((l.copy_gb_s * 1e9, "the copy bandwidth")),
+            "gemm_i8" if dot4 => l.peak("i8 dot4").map(|p| (p, "the i8 dot4 peak")),
+            _ => l.peak("f32 fma").map(|p| (p, "the f32 FMA peak")),
+        };
         let mut group = c.benchmark_group(kind);
         for dt in [DType::Q4_0, DType::Q8_0] {
             for (n, k) in SHAPES {
                 let weight_bytes = TensorFact::new(dt, [n, k]).bytes().unwrap_or(0) as u64;
                 group.throughput(Throughput::Bytes(weight_bytes));
-                let mut p = matmul(be, dt, m, n, k);
+                let mut p = matmul(be, dt, act, m, n, k);
                 let id = BenchmarkId::new(format!("{}", dt), format!("{n}x{k}"));
                 // Fastest per-iteration time seen, for the GOP/s / GB/s summary line.
                 let best = std::cell::Cell::new(f64::INFINITY);
@@ -151,10 +176,17 @@ fn bench_matmul(c: &mut Criterion, be: &WgpuBackend) {
                 });
                 let s = best.get();
                 if s.is_finite() {
+                    let ops = 2.0 * (m * n * k) as f64 / s;
+                    let bytes = weight_bytes as f64 / s;
+                    let of = limits.and_then(peak).map(|(p, what)| {
+                        let rate = if kind == "gemv" { bytes } else { ops };
+                        format!(" = {:.1}% of {what}", 100.0 * rate / p)
+                    });
                     println!(
-                        "{kind}/{dt}/{n}x{k}: {:.2} GOP/s, {:.2} GB/s of weights",
-                        2.0 * (m * n * k) as f64 / s / 1e9,
-                        weight_bytes as f64 / s / 1e9
+                        "{kind}/{dt}/{n}x{k}: {:.2} GOP/s, {:.2} GB/s of weights{}",
+                        ops / 1e9,
+                        bytes / 1e9,
+                        of.unwrap_or_default()
                     );
                 }
             }
@@ -247,13 +279,27 @@ fn main() {
             return;
         }
     };
-    println!("wgpu adapter: {}", be.adapter());
+    println!(
+        "wgpu adapter: {}, kernels {}",
+        be.adapter(),
+        be.capabilities().kernels
+    );
+    let limits = match be.measure_limits() {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("device limits not measured: {e}");
+            None
+        }
+    };
+    if let Some(l) = &limits {
+        println!("measured {}", l.summary());
+    }
     let mut c = Criterion::default()
         .sample_size(10)
         .warm_up_time(Duration::from_millis(200))
         .measurement_time(Duration::from_secs(1))
         .configure_from_args();
-    bench_matmul(&mut c, &be);
+    bench_matmul(&mut c, &be, limits.as_ref());
     bench_attention(&mut c, &be);
     c.final_summary();
 }
