@@ -88,11 +88,13 @@ pub(crate) struct LowerCtx<'a> {
 }
 
 impl LowerCtx<'_> {
-    /// Threads per output column of matmul.wgsl's gemv: 16, or fewer where the
-    /// subgroup variant needs a column inside one subgroup.
+    /// Threads per output column of matmul.wgsl's gemv: 16 through workgroup memory;
+    /// with the subgroup variant one subgroup per column, up to 32 (a column must not
+    /// span two subgroups). More threads per column put more of a decode step's weight
+    /// loads in flight at once, which is what bounds a GEMV on a GPU's memory.
     pub(crate) fn gemv_lanes(&self) -> u32 {
         if self.variants.subgroup {
-            self.subgroup_min.min(16)
+            self.subgroup_min.min(32)
         } else {
             16
         }
