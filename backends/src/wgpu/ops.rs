@@ -16,11 +16,12 @@ use std::sync::Arc;
 /// Max workgroups per dispatch dimension (WebGPU's guaranteed limit).
 pub(crate) const MAX_GROUPS: u32 = 65535;
 /// Workgroup memory the `Tiled` kernels need at most: matmul.wgsl's gemm stages two
-/// 64 x 9 tiles of f32 quads (18 KiB); attention.wgsl declares q, K/V and score blocks
-/// for attention_rows plus attention's query row and key tile (22.4 KiB, counted
-/// whole in case a driver sizes the module rather than the entry point).
+/// 64 x 9 tiles of f32 quads, the weight rows' affine maps and (NORM) the rows'
+/// inverse RMS with its partial sums (19.8 KiB); attention.wgsl declares q, K/V and
+/// score blocks for attention_rows plus attention's query row and key tile (22.4 KiB,
+/// counted whole in case a driver sizes the module rather than the entry point).
 pub(crate) const TILED_WORKGROUP_BYTES: u32 = {
-    let gemm = 2 * 64 * 9 * 16;
+    let gemm = 2 * 64 * 9 * 16 + 64 * 8 + (64 + 256) * 4;
     let attention = (1024 + 4128 + 256 + MAX_HEAD_DIM as u32 + 64) * 4;
     if gemm > attention {
         gemm
@@ -737,6 +738,8 @@ struct MatmulArgs {
     w_ld: usize,
     up_row: usize,
     accumulate: bool,
+    /// The fused rms_norm prologue's eps (NORM; unused otherwise).
+    eps: f32,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -785,6 +788,7 @@ fn matmul_dispatch(
         as_u32(x.w_ld, "n")?,
         as_u32(x.up_row, "n")?,
         x.accumulate as u32,
+        f(x.eps),
     ];
     let (gx, gy, name) = match entry {
         MatmulEntry::Gemv => {
@@ -872,24 +876,29 @@ fn lower_matmul(
     let a = g.fact(ins[0]);
     let (m, k) = (a.shape[0], a.shape[1]);
     let slots = MatMulOperands::new(prologue, epilogue);
-    // The rms_norm prologue runs as its own dispatch into a temporary: this backend
-    // multiplies f32 activations, so there is no quantization pass to fold it into.
-    let a_in = match (prologue, slots.norm) {
-        (Prologue::RmsNorm { eps }, Some(w)) => {
-            let t = l.temps.len();
-            l.temps.push((m * k * 4) as u64);
-            l.dispatches.push(norm_dispatch(
-                "rms_norm",
-                m,
-                k,
-                eps,
-                [BindRef::Value(ins[0]), BindRef::Value(ins[w])],
-                None,
-                BindRef::Temp(t),
-            )?);
-            BindRef::Temp(t)
-        }
-        _ => BindRef::Value(ins[0]),
+    // The rms_norm prologue: its eps and weight.
+    let norm = match (prologue, slots.norm) {
+        (Prologue::RmsNorm { eps }, Some(w)) => Some((eps, ins[w])),
+        _ => None,
+    };
+    // The prologue as its own dispatch into a temporary (the lanes kernels, [K, N]
+    // weights, dot4's quantization pass); the activations as they are without one.
+    let separate_norm = |l: &mut Lowered| -> Result<BindRef, String> {
+        let Some((eps, w)) = norm else {
+            return Ok(BindRef::Value(ins[0]));
+        };
+        let t = l.temps.len();
+        l.temps.push((m * k * 4) as u64);
+        l.dispatches.push(norm_dispatch(
+            "rms_norm",
+            m,
+            k,
+            eps,
+            [BindRef::Value(ins[0]), BindRef::Value(w)],
+            None,
+            BindRef::Temp(t),
+        )?);
+        Ok(BindRef::Temp(t))
     };
     let b = weight_operand(cx, ins[1]);
     let bf = g.fact(ins[1]);
@@ -902,6 +911,7 @@ fn lower_matmul(
             return Err("a [K, N] matmul weight must be f32/f16/bf16 without an epilogue".into());
         }
         defines.push("W_KN");
+        let a_in = separate_norm(l)?;
         let n = bf.shape[1];
         let entry = if cx.kernels == KernelFamily::Lanes {
             MatmulEntry::Lanes
@@ -921,6 +931,7 @@ fn lower_matmul(
                 w_ld: n,
                 up_row: 0,
                 accumulate: i > 0,
+                eps: 0.0,
             };
             l.dispatches.push(matmul_dispatch(
                 cx,
@@ -938,9 +949,25 @@ fn lower_matmul(
         KernelFamily::Tiled if m <= GEMV_MAX_ROWS => MatmulEntry::Gemv,
         KernelFamily::Tiled => MatmulEntry::Gemm,
     };
-    let a_bind = if entry == MatmulEntry::Gemm && dot4_applies(cx.variants, act, b.dtype) {
+    if entry == MatmulEntry::Gemm && dot4_applies(cx.variants, act, b.dtype) {
         entry = MatmulEntry::GemmDot4;
         defines.push("DOT4");
+    }
+    let mut extra = vec![];
+    // The GEMV and the f32 GEMM fold the rms_norm prologue in: each workgroup computes
+    // its rows' inverse RMS and scales the activations as it reads them (matmul.wgsl
+    // NORM), which saves a dispatch and a round trip of the activations.
+    let mut eps = 0.0;
+    let a_in = match norm {
+        Some((e, w)) if matches!(entry, MatmulEntry::Gemv | MatmulEntry::Gemm) => {
+            defines.push("NORM");
+            extra.push((7, BindRef::Value(w)));
+            eps = e;
+            BindRef::Value(ins[0])
+        }
+        _ => separate_norm(l)?,
+    };
+    let a_bind = if entry == MatmulEntry::GemmDot4 {
         let t = l.temps.len();
         let blocks = k.div_ceil(32);
         l.temps.push((m * blocks * ACT_QUANT_WORDS * 4) as u64);
@@ -954,7 +981,6 @@ fn lower_matmul(
     } else {
         (1, a_in)
     };
-    let mut extra = vec![];
     if let Some(i) = slots.bias {
         extra.push((4, BindRef::Value(ins[i])));
     }
@@ -985,6 +1011,7 @@ fn lower_matmul(
                 w_ld: 0,
                 up_row: 0,
                 accumulate: false,
+                eps,
             };
             l.dispatches.push(matmul_dispatch(
                 cx,
@@ -1021,6 +1048,7 @@ fn lower_matmul(
             w_ld: 0,
             up_row: n,
             accumulate: false,
+            eps,
         };
         let mut bindings = vec![(0, BindRef::Params), a_bind, (2, bind), (3, out)];
         bindings.extend(extra.iter().copied());
@@ -1041,6 +1069,7 @@ fn lower_matmul(
             w_ld: 0,
             up_row: 0,
             accumulate: false,
+            eps,
         };
         let mut bindings = vec![(0, BindRef::Params), a_bind, (2, bind), (3, out)];
         bindings.extend(extra.iter().copied());

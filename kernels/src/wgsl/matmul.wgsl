@@ -11,7 +11,8 @@
 //   gemm: 64x64 output tiles, K in steps of 32 (one quant block per weight row), A and
 //         the dequantized B tile staged in workgroup memory (B in f16 with GEMM_F16),
 //         4x4 outputs per thread (see the kernel).
-// Defines: W_KN (weight stored [K, N], f32/f16/bf16 only; otherwise [N, K]), and the
+// Defines: W_KN (weight stored [K, N], f32/f16/bf16 only; otherwise [N, K]), NORM (the
+// rms_norm prologue, gemv and gemm; binding 7 its weight), and the
 // epilogue's steps (npurt_graph::Epilogue, applied in this fixed order by write_out;
 // one flag per step suffices because a list holds each step at most once, in order):
 //   GLU + GLU_SILU | GLU_GELU | GLU_GELU_TANH: out = act(a @ gate^T) * (a @ up^T), gate
@@ -57,6 +58,8 @@ struct Params {
     up_row: u32,
     // 1: add to what out already holds (the second and later K parts).
     accumulate: u32,
+    // NORM: the rms_norm prologue's eps.
+    eps: f32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -85,6 +88,57 @@ fn a_quad(m: u32, col: u32) -> vec4<f32> {
         }
     }
     return v;
+}
+
+#ifdef NORM
+// The rms_norm prologue folded in (gemv and gemm; norm.wgsl's rms_norm otherwise):
+// the workgroup computes the inverse RMS of each of its rows over the whole K, then
+// reads a[m, k] as a[m, k] * inv_rms[m] * norm_w[k].
+@group(0) @binding(7) var<storage, read> norm_w: array<f32>;
+var<workgroup> row_inv_rms: array<f32, 64>;
+var<workgroup> norm_partial: array<f32, 256>;
+
+// row_inv_rms[r] for rows first + r, r < rows <= cap, the workgroup's `threads`
+// threads splitting each row (threads / cap per row). Call from uniform control flow:
+// it ends with a barrier.
+fn norm_rows(first: u32, rows: u32, cap: u32, li: u32, threads: u32) {
+    let per_row = threads / cap;
+    let r = li / per_row;
+    var ss = 0.0;
+    if r < rows {
+        for (var k = (li % per_row) * 4u; k < params.k; k += per_row * 4u) {
+            let v = a_quad(first + r, k);
+            ss += dot(v, v);
+        }
+    }
+    norm_partial[li] = ss;
+    workgroupBarrier();
+    if li < rows {
+        var total = 0.0;
+        for (var p = 0u; p < per_row; p++) {
+            total += norm_partial[li * per_row + p];
+        }
+        row_inv_rms[li] = 1.0 / sqrt(total / f32(params.k) + params.eps);
+    }
+    workgroupBarrier();
+}
+#endif
+
+// Activation values col..col+3 of row m as the gemv and gemm multiply them: with
+// NORM normalized (`slot`: the row's entry in row_inv_rms).
+fn a_input(m: u32, slot: u32, col: u32) -> vec4<f32> {
+    let v = a_quad(m, col);
+#ifdef NORM
+    var g = vec4<f32>(0.0);
+    for (var i = 0u; i < 4u; i++) {
+        if col + i < params.k {
+            g[i] = norm_w[col + i];
+        }
+    }
+    return v * row_inv_rms[slot] * g;
+#else
+    return v;
+#endif
 }
 
 #ifdef GLU
@@ -158,6 +212,9 @@ var<workgroup> partials_up: array<f32, 512>;
 fn gemv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     let col = (wg.x + wg.y * nwg.x) * GEMV_COLS + li / GEMV_LANES;
     let lane = li % GEMV_LANES;
+#ifdef NORM
+    norm_rows(0u, params.m, MAX_M, li, 64u);
+#endif
     var acc: array<f32, MAX_M>;
     var acc_up: array<f32, MAX_M>;
     if col < params.n {
@@ -173,7 +230,7 @@ fn gemv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
                 let uq = block_quad(u, q);
 #endif
                 for (var m = 0u; m < params.m; m++) {
-                    let av = a_quad(m, k0 + q * 4u);
+                    let av = a_input(m, m, k0 + q * 4u);
                     acc[m] += dot(av, bq);
 #ifdef GLU
                     acc_up[m] += dot(av, uq);
@@ -188,7 +245,7 @@ fn gemv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
             let u = w_quad(params.up_row + col, k, params.k, params.w_soff);
 #endif
             for (var m = 0u; m < params.m; m++) {
-                let av = a_quad(m, k);
+                let av = a_input(m, m, k);
                 acc[m] += dot(av, b);
 #ifdef GLU
                 acc_up[m] += dot(av, u);
@@ -326,6 +383,9 @@ fn gemm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     let ty = li / 16u;
     let m0 = wg.y * GEMM_TILE;
     let n0 = wg.x * GEMM_COLS;
+#ifdef NORM
+    norm_rows(m0, min(GEMM_TILE, params.m - m0), GEMM_TILE, li, 256u);
+#endif
     var acc: array<array<f32, 4>, 4>;
     for (var k0 = 0u; k0 < params.k; k0 += 32u) {
         // 512 quads per tile, 2 per thread; the 8 threads of a tile row read its 128
@@ -336,7 +396,7 @@ fn gemm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
             let q = idx % GEMM_QUADS;
             var av = vec4<f32>(0.0);
             if m0 + r < params.m {
-                av = a_quad(m0 + r, k0 + q * 4u);
+                av = a_input(m0 + r, r, k0 + q * 4u);
             }
             a_tile[r * GEMM_STRIDE + q] = av;
             b_tile[r * GEMM_STRIDE + q] = WeightQuad(gemm_b_raw(n0, r, k0, q));
