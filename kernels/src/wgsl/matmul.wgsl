@@ -94,7 +94,7 @@ fn a_quad(m: u32, col: u32) -> vec4<f32> {
 // The rms_norm prologue folded in (gemv and gemm; norm.wgsl's rms_norm otherwise):
 // the workgroup computes the inverse RMS of each of its rows over the whole K, then
 // reads a[m, k] as a[m, k] * inv_rms[m] * norm_w[k].
-@group(0) @binding(7) var<storage, read> norm_w: array<f32>;
+@group(0) @binding(7) var<storage, read> norm_w: array<vec4<f32>>;
 var<workgroup> row_inv_rms: array<f32, 64>;
 var<workgroup> norm_partial: array<f32, 256>;
 
@@ -129,13 +129,8 @@ fn norm_rows(first: u32, rows: u32, cap: u32, li: u32, threads: u32) {
 fn a_input(m: u32, slot: u32, col: u32) -> vec4<f32> {
     let v = a_quad(m, col);
 #ifdef NORM
-    var g = vec4<f32>(0.0);
-    for (var i = 0u; i < 4u; i++) {
-        if col + i < params.k {
-            g[i] = norm_w[col + i];
-        }
-    }
-    return v * row_inv_rms[slot] * g;
+    // col is a multiple of 4; past k, v is 0 (and the buffer is padded to 16 bytes).
+    return v * row_inv_rms[slot] * norm_w[col >> 2u];
 #else
     return v;
 #endif
