@@ -35,6 +35,9 @@
 #        a path that is not there: make-model's byte-level vocabulary)
 #        CONFORMANCE=1 (0: skip the conformance suite)  AGREE=1 (0: skip the logits
 #        comparison)  JOBS=$(nproc) (build jobs)
+#        KERNEL_BENCH=1 (0: skip the WGSL kernel benches; WGPU_BENCH= their prebuilt
+#        criterion binary, packed as npurt-wgpu-bench)  VARIANTS_AB=1 (0: skip npurt's
+#        second run with NPURT_WGPU_VARIANTS=plain)
 #        QUICK=1: try it on a CPU-only box: the small shape cut to 4 layers, -p 32
 #        -n 8, one repetition, one round, llama.cpp's CPU build (lavapipe for wgpu)
 #        PACK=dir: make the offline bundle (above) and stop
@@ -50,7 +53,7 @@ cd "$(dirname "$0")/.."
 QUICK=${QUICK:-0}
 if [ "$QUICK" = 1 ]; then
     : "${SHAPES:=smollm2-135m}" "${PROMPTS:=32}" "${GEN:=8}" "${REPS:=1}" "${ROUNDS:=1}"
-    : "${LLAMA_BUILD:=cpu}" "${MAKE_FLAGS:=--layers 4}"
+    : "${LLAMA_BUILD:=cpu}" "${MAKE_FLAGS:=--layers 4}" "${KERNEL_BENCH:=0}"
     # ggml's Vulkan backend skips CPU devices (lavapipe) unless they are named.
     [ "$LLAMA_BUILD" = vulkan ] && export GGML_VK_VISIBLE_DEVICES=${GGML_VK_VISIBLE_DEVICES:-0}
 fi
@@ -65,6 +68,8 @@ PRECISION=${PRECISION:-w4a16}
 LLAMA_BUILD=${LLAMA_BUILD:-vulkan}
 MAKE_FLAGS=${MAKE_FLAGS:-}
 CONFORMANCE=${CONFORMANCE:-1}
+KERNEL_BENCH=${KERNEL_BENCH:-1}
+VARIANTS_AB=${VARIANTS_AB:-1}
 AGREE=${AGREE:-1}
 JOBS=${JOBS:-$(nproc)}
 OUT=target/gpu-bench
@@ -85,6 +90,20 @@ fi
 if [ -z "${NPURT:-}" ]; then
     cargo build --release -p npurt-runtime
     NPURT=target/release/npurt
+fi
+# The WGSL kernel benches (benches/wgpu.rs: GEMV/GEMM/attention, each quoted against the
+# device's measured peak or copy bandwidth), as a prebuilt criterion binary.
+if [ "$KERNEL_BENCH" = 1 ] && [ -z "${WGPU_BENCH:-}" ]; then
+    if [ -n "${BIN_DIR:-}" ]; then
+        WGPU_BENCH=$BIN_DIR/npurt-wgpu-bench
+    else
+        WGPU_BENCH=$(cargo bench -p npurt-benches --bench wgpu --no-run --message-format=json 2>/dev/null |
+            python3 -c 'import json, sys
+for l in sys.stdin:
+    m = json.loads(l)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "wgpu" and m.get("executable"):
+        print(m["executable"])')
+    fi
 fi
 case "$LLAMA_BUILD" in
     vulkan) BUILD=build-vulkan FLAGS="-DGGML_VULKAN=ON -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_OPENMP=ON" ;;
@@ -109,6 +128,9 @@ if [ -n "${PACK:-}" ]; then
     for b in "$NPURT" "$LLAMA_BENCH" "$LLAMA_QUANTIZE"; do
         strip -o "$PACK/$(basename "$b")" "$b"
     done
+    if [ -n "${WGPU_BENCH:-}" ]; then
+        strip -o "$PACK/npurt-wgpu-bench" "$WGPU_BENCH"
+    fi
     gomp="$(ldd "$LLAMA_BENCH" | awk '/libgomp/ {print $3}')"
     [ -z "$gomp" ] || cp -L "$gomp" "$PACK/"
     say "packed into $PACK ($(du -sh "$PACK" | cut -f1)): run there as BIN_DIR=$PACK scripts/bench-gpu.sh"
@@ -231,6 +253,32 @@ for round in $(seq "$ROUNDS"); do
         [ "$round" != 1 ] || check_devices "$log-llamacpp.json" "$log-npurt.json" || exit 1
     done
 done
+# The same npurt runs without the optional instructions (f16 tiles, subgroups, dot4):
+# what each adapter feature is worth, same run.
+if [ "$VARIANTS_AB" = 1 ] && [ "$BACKEND" = wgpu ]; then
+    for shape in $SHAPES; do
+        base="$OUT/models/$(tag "$shape")"
+        log="$OUT/logs/$shape-plain"
+        say "$shape: npurt bench --backend wgpu, NPURT_WGPU_VARIANTS=plain..."
+        NPURT_WGPU_VARIANTS=plain "$NPURT" bench --model "$base-hf" --backend wgpu --precision "$PRECISION" \
+            -p "$PROMPTS" -n "$GEN" -r "$REPS" --json >"$log-npurt.json" 2>"$log-npurt.err" ||
+            die "npurt bench (plain variants) failed: $log-npurt.err"
+        python3 -c 'import json, sys; print(json.dumps({"round": 1, "shape": sys.argv[1], "who": "npurt", "variants": "plain", "row": json.load(open(sys.argv[2]))}))' \
+            "$shape" "$log-npurt.json" >>"$RESULTS"
+    done
+fi
+# The kernel benches: GEMM GOP/s against the measured peaks, GEMV against the copy
+# bandwidth, attention.
+KERNELS="skipped"
+if [ "$KERNEL_BENCH" = 1 ] && [ "$BACKEND" = wgpu ]; then
+    if [ -x "${WGPU_BENCH:-}" ]; then
+        say "kernel benches ($WGPU_BENCH)..."
+        "$WGPU_BENCH" --bench >"$OUT/kernels.txt" 2>"$OUT/logs/kernels.err" || die "kernel benches failed: $OUT/logs/kernels.err"
+        KERNELS="$OUT/kernels.txt"
+    else
+        say "no kernel bench binary (WGPU_BENCH); skipping the kernel benches"
+    fi
+fi
 # One profile per shape: where a prefill chunk's and a decode step's time goes, and the
 # prefill matmuls' rate against the device's measured f32 FMA peak.
 for shape in $SHAPES; do
@@ -242,12 +290,12 @@ for shape in $SHAPES; do
 done
 ELAPSED=$(($(date +%s) - START))
 
-python3 - "$RESULTS" "$OUT/table.md" "$CONF" "$ELAPSED" "$BACKEND" "$PRECISION" "$AGREEMENT" "$OUT" <<'EOF'
+python3 - "$RESULTS" "$OUT/table.md" "$CONF" "$ELAPSED" "$BACKEND" "$PRECISION" "$AGREEMENT" "$OUT" "$KERNELS" <<'EOF'
 import json, sys
 from collections import defaultdict
 from datetime import date
 
-results, table_path, conformance, elapsed, backend, precision, agreement, out = sys.argv[1:9]
+results, table_path, conformance, elapsed, backend, precision, agreement, out, kernels = sys.argv[1:10]
 # (shape, engine, test) -> [tok/s per round]; devices as each tool names them.
 cells = defaultdict(list)
 devices = {}
@@ -267,12 +315,14 @@ for line in open(results):
             tests.append(test)
     else:
         engine = f"npurt {backend} {precision}"
+        if r.get("variants"):
+            engine += f" ({r['variants']})"
         for x in row["rows"]:
             cells[(shape, engine, x["test"])].append(x["tok_s_mean"])
             if x["test"] not in tests:
                 tests.append(x["test"])
         devices["npurt"] = row["machine"][0]["device"] if row["machine"] else "?"
-        if row["machine"]:
+        if row["machine"] and not r.get("variants"):
             machines[shape] = row["machine"][0]
 tests.sort(key=lambda t: (t[:2] != "pp", int(t[2:].split()[0])))
 engines = sorted({e for (_, e, _) in cells}, key=lambda e: not e.startswith("npurt"))
@@ -290,7 +340,7 @@ for shape in shapes:
     for engine in engines:
         vals = [fmt(mean(cells.get((shape, engine, t), []))) for t in tests]
         lines.append(f"| {shape} | {engine} | " + " | ".join(vals) + " |")
-    npurt = [e for e in engines if e.startswith("npurt")]
+    npurt = [e for e in engines if e.startswith("npurt") and "(" not in e]
     llama = [e for e in engines if e.startswith("llama.cpp")]
     if npurt and llama:
         ratios = []
@@ -333,6 +383,9 @@ for shape in shapes:
     except (OSError, KeyError, IndexError, ValueError) as e:
         desc += f"\n  (no profile: {e})"
     lines.append(desc)
+if kernels != "skipped":
+    summary = [l.strip() for l in open(kernels) if l.startswith(("wgpu adapter", "measured ")) or "GOP/s" in l]
+    lines += ["", "kernel benches (benches/wgpu.rs, best time per kernel):"] + [f"  {l}" for l in summary]
 lines += [
     "",
     f"conformance on {backend}: {conformance}",
