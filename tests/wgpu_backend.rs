@@ -10,7 +10,8 @@
 use npurt_backends::wgpu::{KernelFamily, KernelVariants, WgpuBackend, WgpuOptions};
 use npurt_backends::{Backend, BackendError, Bindings, BufferUsage, Support};
 use npurt_graph::{
-    ActPrecision, DType, Epilogue, Graph, NodeId, Op, Prologue, SeededRng, TensorFact,
+    ActPrecision, DType, Epilogue, Graph, NodeId, Op, Prologue, RopeParams, RopeScaling, SeededRng,
+    TensorFact,
 };
 use npurt_kernels::{quant, reference as r, HostTensor};
 use std::collections::HashMap;
@@ -419,6 +420,64 @@ fn check_matmul(be: &dyn Backend, c: &MatmulCase, seed: u64) {
         c.dt, c.m, c.k, c.n, c.transpose_b, c.epilogue
     );
     assert_close(&what, &ran["y"], &want, 2e-5 * (c.k as f32).sqrt());
+}
+
+/// Column slices read only by RoPE (and KV writes) are views: no copy dispatch, the
+/// readers read the sliced matrix in place, with the CPU backend's values. A slice that
+/// is a graph output is still copied.
+#[test]
+fn column_slices_feeding_rope_are_read_in_place() {
+    let mut g = G::new();
+    let qkv = g.input("qkv", TensorFact::f32([3, 24]));
+    let pos = g.input("pos", TensorFact::i32([1]));
+    let nv = g.input("n_valid", TensorFact::i32([1]));
+    let slice =
+        |g: &mut G, name: &str, start: usize| g.op(name, Op::SliceCols { start, len: 8 }, &[qkv]);
+    let (q, k, v) = (
+        slice(&mut g, "q", 0),
+        slice(&mut g, "k", 8),
+        slice(&mut g, "v", 16),
+    );
+    let params = RopeParams {
+        head_dim: 4,
+        rotary_dim: 4,
+        theta: 10000.0,
+        scaling: RopeScaling::None,
+    };
+    let rq = g.op(
+        "rq",
+        Op::Rope {
+            params: params.clone(),
+        },
+        &[q, pos, nv],
+    );
+    let rk = g.op("rk", Op::Rope { params }, &[k, pos, nv]);
+    let sum = g.op("sum", Op::Add, &[rq, rk]);
+    g.out("sum", sum);
+    g.out("v", v);
+    let mut rng = SeededRng::new(77);
+    let feeds = Feeds {
+        inputs: vec![
+            (
+                "qkv",
+                HostTensor::f32([3, 24], rng.uniform_vec(72, -2.0, 2.0)),
+            ),
+            ("pos", HostTensor::i32([1], vec![5])),
+            ("n_valid", HostTensor::i32([1], vec![3])),
+        ],
+        weights: vec![],
+    };
+    let cpu = npurt_backends::cpu::CpuBackend::new(Default::default());
+    let want = run_on(&cpu, &g.g, &feeds).unwrap();
+    for be in both() {
+        let got = run_on(be, &g.g, &feeds).unwrap();
+        for name in ["sum", "v"] {
+            assert_close(name, &got[name], &want[name], 1e-6);
+        }
+        // Two RoPEs, the add and the output slice's copy: q and k are read in place.
+        let exec = be.compile_wgpu(&g.g, &[]).unwrap();
+        assert_eq!(exec.dispatch_count(), 4);
+    }
 }
 
 #[test]

@@ -100,8 +100,15 @@ fn is_alias(op: &Op) -> bool {
 
 /// The node whose storage `id` uses: through KV writes (the cache they update) and
 /// reshapes (their input).
-pub fn root(graph: &Graph, mut id: NodeId) -> NodeId {
-    while is_alias(&graph.node(id).op) {
+pub fn root(graph: &Graph, id: NodeId) -> NodeId {
+    root_with(graph, id, &[])
+}
+
+/// `root`, also through the nodes `views` marks: a backend's views, values it reads in
+/// place from their first input's storage (wgpu's column slices read by strided
+/// kernels) rather than computes.
+fn root_with(graph: &Graph, mut id: NodeId, views: &[bool]) -> NodeId {
+    while is_alias(&graph.node(id).op) || views.get(id.0) == Some(&true) {
         id = graph.node(id).inputs[0];
     }
     id
@@ -111,8 +118,16 @@ pub fn root(graph: &Graph, mut id: NodeId) -> NodeId {
 /// to its last reader, counting readers of its aliases and the aliases themselves;
 /// graph outputs live to `nodes.len()`. An alias reports its root's lifetime.
 pub fn lifetimes(graph: &Graph) -> Vec<(usize, usize)> {
+    lifetimes_with(graph, &[])
+}
+
+/// `lifetimes`, with `views` (see `root_with`) counted as aliases.
+fn lifetimes_with(graph: &Graph, views: &[bool]) -> Vec<(usize, usize)> {
     let n = graph.nodes.len();
-    let roots: Vec<usize> = graph.ids().map(|id| root(graph, id).0).collect();
+    let roots: Vec<usize> = graph
+        .ids()
+        .map(|id| root_with(graph, id, views).0)
+        .collect();
     let mut lifetime: Vec<(usize, usize)> = (0..n).map(|i| (i, i)).collect();
     for (i, node) in graph.nodes.iter().enumerate() {
         for x in node.inputs.iter().map(|x| roots[x.0]).chain([roots[i]]) {
@@ -224,10 +239,11 @@ pub struct SlotPlan {
 
 /// Plans values into whole buffers (slots): slots are handed out in node order, and a
 /// freed slot goes to the next value it fits best. `temps[i]` lists the temporaries
-/// node `i` needs (bytes).
-pub fn plan_slots(graph: &Graph, temps: &[Vec<u64>]) -> SlotPlan {
+/// node `i` needs (bytes); `views[i]` marks a node the backend reads in place from its
+/// first input's storage (it gets that storage, and keeps it live for its readers).
+pub fn plan_slots(graph: &Graph, temps: &[Vec<u64>], views: &[bool]) -> SlotPlan {
     let n = graph.nodes.len();
-    let lifetime = lifetimes(graph);
+    let lifetime = lifetimes_with(graph, views);
     let mut storage = vec![Storage::Slot(usize::MAX); n];
     let mut bound = Vec::new();
     let mut slot_bytes: Vec<u64> = Vec::new();
@@ -269,7 +285,7 @@ pub fn plan_slots(graph: &Graph, temps: &[Vec<u64>]) -> SlotPlan {
                 Storage::Bound(bound.len() - 1)
             }
             Op::Weight { .. } => Storage::Weight(NodeId(i)),
-            _ if is_alias(&node.op) => storage[node.inputs[0].0],
+            _ if is_alias(&node.op) || views.get(i) == Some(&true) => storage[node.inputs[0].0],
             _ => {
                 let bytes = node.fact.bytes().unwrap_or(0) as u64;
                 let s = take(bytes.max(4), &mut slot_bytes, &mut free);
@@ -340,7 +356,7 @@ mod tests {
     #[test]
     fn slots_are_reused_once_dead() {
         let (g, [x, a, b, c, d]) = chain();
-        let p = plan_slots(&g, &[]);
+        let p = plan_slots(&g, &[], &[]);
         let slot = |id: NodeId| match p.storage[id.0] {
             Storage::Slot(s) => s,
             s => panic!("{s:?}"),
@@ -351,6 +367,29 @@ mod tests {
         assert_eq!(slot(d), slot(b), "b died at c, so d reuses its slot");
         assert!(p.slot_bytes.len() <= 4);
         assert_eq!(p.storage[x.0], Storage::Bound(0));
+    }
+
+    /// A backend's view (b, read in place from a) gets a's slot and keeps it live to
+    /// the view's last reader: c, computed in between, may not take it.
+    #[test]
+    fn views_share_their_input_slot_and_keep_it_live() {
+        let mut g = Graph::new();
+        let x = input(&mut g, "x", [4, 8]);
+        let a = g.add("a", Op::Silu, &[x]).unwrap();
+        let b = g.add("b", Op::Silu, &[a]).unwrap();
+        let c = g.add("c", Op::Silu, &[x]).unwrap();
+        let d = g.add("d", Op::Add, &[b, c]).unwrap();
+        g.set_output("out", d);
+        let plain = plan_slots(&g, &[], &[]);
+        assert_eq!(
+            plain.storage[c.0], plain.storage[a.0],
+            "a dies at b, c reuses it"
+        );
+        let mut views = vec![false; g.nodes.len()];
+        views[b.0] = true;
+        let p = plan_slots(&g, &[], &views);
+        assert_eq!(p.storage[b.0], p.storage[a.0], "the view is a's storage");
+        assert_ne!(p.storage[c.0], p.storage[a.0], "a lives until d reads b");
     }
 
     /// Random graphs of elementwise ops and reshapes over random widths: no two live

@@ -126,10 +126,12 @@ impl WgpuExecutable {
             }
         }
 
+        let views = ops::slice_views(graph);
         let cx = LowerCtx {
             graph,
             kernels: ctx.kernels,
             variants: ctx.variants,
+            views: &views,
             subgroup_min: ctx.info.subgroup_min_size,
             weights: &w,
         };
@@ -138,7 +140,7 @@ impl WgpuExecutable {
             lowered.push(ops::lower(&cx, id).map_err(|r| compile_err(graph, id, r))?);
         }
         let temps: Vec<Vec<u64>> = lowered.iter().map(|l| l.temps.clone()).collect();
-        let plan = plan::plan_slots(graph, &temps);
+        let plan = plan::plan_slots(graph, &temps, &views);
         for (s, &bytes) in plan.slot_bytes.iter().enumerate() {
             if bytes > ctx.max_binding {
                 return Err(BackendError::OutOfMemory {

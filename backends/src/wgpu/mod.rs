@@ -204,6 +204,17 @@ impl WgpuBackend {
         self.ctx.counters.snapshot()
     }
 
+    /// `Backend::compile`, returning the wgpu executable itself (its dispatch count and
+    /// scratch slots can be inspected).
+    pub fn compile_wgpu(
+        &self,
+        graph: &Graph,
+        weights: &[(NodeId, Arc<dyn DeviceBuffer>)],
+    ) -> Result<WgpuExecutable> {
+        crate::check_support(self, graph)?;
+        WgpuExecutable::new(self.ctx.clone(), graph, weights)
+    }
+
     /// Parts a prepared weight is split into.
     pub fn weight_parts(buf: &dyn DeviceBuffer) -> usize {
         WgpuBuffer::downcast(buf)
@@ -289,12 +300,7 @@ impl Backend for WgpuBackend {
         graph: &Graph,
         weights: &[(NodeId, Arc<dyn DeviceBuffer>)],
     ) -> Result<Arc<dyn Executable>> {
-        crate::check_support(self, graph)?;
-        Ok(Arc::new(WgpuExecutable::new(
-            self.ctx.clone(),
-            graph,
-            weights,
-        )?))
+        Ok(Arc::new(self.compile_wgpu(graph, weights)?))
     }
 
     fn write(&self, buf: &dyn DeviceBuffer, data: &HostTensor) -> Result<()> {

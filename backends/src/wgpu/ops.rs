@@ -82,13 +82,51 @@ pub(crate) struct LowerCtx<'a> {
     pub graph: &'a Graph,
     pub kernels: KernelFamily,
     pub variants: KernelVariants,
+    /// Nodes read in place from their input (`slice_views`): no dispatch of their own.
+    pub views: &'a [bool],
     /// The adapter's smallest subgroup size.
     pub subgroup_min: u32,
     /// Prepared weights by node index.
     pub weights: &'a [Option<Arc<dyn DeviceBuffer>>],
 }
 
+/// The column slices (`SliceCols`) this backend never copies: every reader is a RoPE
+/// (its input) or a KV write (its new rows), kernels that read a row-strided window of
+/// the sliced matrix in place, and the slice is no graph output. A decode step of a
+/// fused-QKV model then runs three dispatches fewer per layer.
+pub(crate) fn slice_views(g: &Graph) -> Vec<bool> {
+    let mut views: Vec<bool> = g
+        .ids()
+        .map(|id| matches!(g.node(id).op, Op::SliceCols { .. }))
+        .collect();
+    for id in g.ids() {
+        let n = g.node(id);
+        for (slot, x) in n.inputs.iter().enumerate() {
+            let strided_reader = matches!((&n.op, slot), (Op::Rope { .. }, 0) | (Op::KvWrite, 1));
+            if !strided_reader {
+                views[x.0] = false;
+            }
+        }
+    }
+    for (_, id) in &g.outputs {
+        views[id.0] = false;
+    }
+    views
+}
+
 impl LowerCtx<'_> {
+    /// How a strided reader finds row t of `id`'s value in its storage: (row stride,
+    /// column offset), in values. A view of a slice reads its input's rows.
+    pub(crate) fn strided(&self, id: NodeId) -> (usize, usize) {
+        let n = self.graph.node(id);
+        match n.op {
+            Op::SliceCols { start, .. } if self.views[id.0] => {
+                (self.graph.fact(n.inputs[0]).shape[1], start)
+            }
+            _ => (n.fact.shape[1], 0),
+        }
+    }
+
     /// Threads per output column of matmul.wgsl's gemv: 16 through workgroup memory;
     /// with the subgroup variant one subgroup per column, up to 32 (a column must not
     /// span two subgroups). More threads per column put more of a decode step's weight
@@ -305,6 +343,7 @@ pub(crate) fn lower(cx: &LowerCtx, id: NodeId) -> Result<Lowered, String> {
                 } => (1, factor, original_max_position),
                 _ => (0, 1.0, 0),
             };
+            let (stride, offset) = cx.strided(ins[0]);
             l.dispatches.push(Dispatch {
                 key: PipelineKey::new("rope.wgsl", "rope", &[]),
                 params: vec![
@@ -317,6 +356,8 @@ pub(crate) fn lower(cx: &LowerCtx, id: NodeId) -> Result<Lowered, String> {
                     f(factor),
                     as_u32(orig, "original_max_position")?,
                     node_idx,
+                    as_u32(stride, "row stride")?,
+                    as_u32(offset, "column offset")?,
                 ],
                 bindings: vec![
                     (0, BindRef::Params),
@@ -346,6 +387,7 @@ pub(crate) fn lower(cx: &LowerCtx, id: NodeId) -> Result<Lowered, String> {
                 }
                 _ => {}
             }
+            let (stride, offset) = cx.strided(ins[1]);
             d.push(Dispatch {
                 key: PipelineKey::new("kv_write.wgsl", "kv_write", kv_defines(cache.dtype)),
                 params: vec![
@@ -355,6 +397,8 @@ pub(crate) fn lower(cx: &LowerCtx, id: NodeId) -> Result<Lowered, String> {
                     as_u32(new.shape[0], "rows")?,
                     node_idx,
                     as_u32(head_dim, "head_dim")?,
+                    as_u32(stride, "row stride")?,
+                    as_u32(offset, "column offset")?,
                 ],
                 bindings: vec![
                     (0, BindRef::Params),
@@ -463,6 +507,8 @@ pub(crate) fn lower(cx: &LowerCtx, id: NodeId) -> Result<Lowered, String> {
                 groups: grid_1d(n_out, EW)?,
             });
         }
+        // A view: its readers read the input in place.
+        Op::SliceCols { .. } if cx.views[id.0] => {}
         Op::SliceCols { start, len } => {
             let x = g.fact(ins[0]);
             d.push(Dispatch {

@@ -17,6 +17,10 @@ struct Params {
     node: u32,
     // KV_Q8: values per block (a multiple of 4).
     head_dim: u32,
+    // Where row t of the new rows is: new_rows[t * src_stride + src_offset ..] (a
+    // column slice read in place; `width` and 0 for a whole matrix).
+    src_stride: u32,
+    src_offset: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -31,6 +35,11 @@ struct Params {
 @group(0) @binding(3) var<storage, read_write> cache: array<f32>;
 #endif
 #endif
+
+// Element e (row-major over [T, width]) of the new rows.
+fn src(e: u32) -> u32 {
+    return e / params.width * params.src_stride + params.src_offset + e % params.width;
+}
 
 @compute @workgroup_size(ELEMENTWISE_WG)
 fn kv_write(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -48,15 +57,16 @@ fn kv_write(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
     }
 #ifdef KV_F16
     let base = u32(pos) * params.width / 2u;
-    cache[base + i] = pack2x16float(vec2<f32>(new_rows[2u * i], new_rows[2u * i + 1u]));
+    cache[base + i] = pack2x16float(vec2<f32>(new_rows[src(2u * i)], new_rows[src(2u * i + 1u)]));
 #else
 #ifdef KV_Q8
     let hd = params.head_dim;
     let hd4 = hd / 4u;
-    let src = i * hd;
+    // A block (one KV head's row) never straddles rows: head_dim divides width.
+    let first = src(i * hd);
     var amax = 0.0;
     for (var d = 0u; d < hd; d++) {
-        amax = max(amax, abs(new_rows[src + d]));
+        amax = max(amax, abs(new_rows[first + d]));
     }
     let s = amax / 127.0;
     let inv = select(0.0, 1.0 / s, s != 0.0);
@@ -64,7 +74,7 @@ fn kv_write(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
     for (var w = 0u; w < hd4; w++) {
         var word = 0u;
         for (var b = 0u; b < 4u; b++) {
-            let y = new_rows[src + 4u * w + b] * inv;
+            let y = new_rows[first + 4u * w + b] * inv;
             let q = clamp(sign(y) * floor(abs(y) + 0.5), -127.0, 127.0);
             word |= (bitcast<u32>(i32(q)) & 0xffu) << (8u * b);
         }
@@ -72,7 +82,7 @@ fn kv_write(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
     }
     cache[base + hd4] = bitcast<u32>(s);
 #else
-    cache[u32(pos) * params.width + i] = new_rows[i];
+    cache[u32(pos) * params.width + i] = new_rows[src(i)];
 #endif
 #endif
 }

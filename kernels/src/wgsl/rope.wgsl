@@ -16,6 +16,10 @@ struct Params {
     factor: f32,
     original_max_position: u32,
     node: u32,
+    // Where row t of x is: x[t * in_stride + in_offset ..] (a column slice read in
+    // place; `width` and 0 for a whole matrix).
+    in_stride: u32,
+    in_offset: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -63,16 +67,17 @@ fn rope(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     }
     let t = i / params.width;
     let d = (i % params.width) % params.head_dim;
+    let xi = t * params.in_stride + params.in_offset + i % params.width;
     let half = params.rotary_dim / 2u;
     if d >= params.rotary_dim {
-        out[i] = x[i];
+        out[i] = x[xi];
         return;
     }
     let angle = f32(u32(pos) + t) * frequency(d % half, u32(pos) + u32(n_valid));
     let sc = sin_cos(angle);
     if d < half {
-        out[i] = x[i] * sc.y - x[i + half] * sc.x;
+        out[i] = x[xi] * sc.y - x[xi + half] * sc.x;
     } else {
-        out[i] = x[i] * sc.y + x[i - half] * sc.x;
+        out[i] = x[xi] * sc.y + x[xi - half] * sc.x;
     }
 }
