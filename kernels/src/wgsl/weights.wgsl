@@ -253,23 +253,20 @@ fn w_i8_block(row: u32, k0: u32, k: u32, soff: u32) -> I8Block {
     b.d = bitcast<f32>(word(soff + row));
     b.c = 0.0;
 #else
-    let blk = row * (k >> 5u) + (k0 >> 5u);
+    // The block formats: w_block's loads, the nibbles split into bytes.
+    let wb = w_block(row, k0, k, soff);
+    b.d = wb.d;
 #ifdef W_Q8_0
-    b.lo = w[blk * 2u];
-    b.hi = w[blk * 2u + 1u];
-    b.d = f16_scale(soff, blk);
+    b.lo = wb.lo;
+    b.hi = wb.hi;
     b.c = 0.0;
 #else
-    let nib = w[blk];
-    b.lo = nib & vec4<u32>(0x0f0f0f0fu);
-    b.hi = (nib >> vec4<u32>(4u)) & vec4<u32>(0x0f0f0f0fu);
+    b.lo = wb.lo & vec4<u32>(0x0f0f0f0fu);
+    b.hi = (wb.lo >> vec4<u32>(4u)) & vec4<u32>(0x0f0f0f0fu);
 #ifdef W_Q4_1
-    let dm = unpack2x16float(word(soff + blk));
-    b.d = dm.x;
-    b.c = dm.y;
+    b.c = wb.m;
 #else
-    b.d = f16_scale(soff, blk);
-    b.c = -8.0 * b.d;
+    b.c = -8.0 * wb.d;
 #endif
 #endif
 #endif
