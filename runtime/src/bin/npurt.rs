@@ -654,10 +654,14 @@ fn run(cli: Cli) -> anyhow_lite::Result<()> {
                 // the CPU backend, the device's copy bandwidth (and arithmetic peaks,
                 // from the backend's microbenchmarks) on a device with its own memory.
                 let host = npurt_runtime::bench::is_cpu(&model);
+                // A device too small for the probes' buffers still gets its table.
                 let limits = if host {
                     None
                 } else {
-                    model.backend.measure_limits()?
+                    model.backend.measure_limits().unwrap_or_else(|e| {
+                        eprintln!("warning: the device's limits were not measured: {e}");
+                        None
+                    })
                 };
                 let bw = if host {
                     Some(npurt_runtime::bench::read_bandwidth_gb_s(t))
