@@ -42,7 +42,7 @@
 #        -n 8, one repetition, one round, llama.cpp's CPU build (lavapipe for wgpu)
 #        PACK=dir: make the offline bundle (above) and stop
 # Writes target/gpu-bench/: models/, results.jsonl, conformance.txt, agreement.txt,
-# profile-<shape>.json (npurt bench --profile), table.md, logs/. The table also gives
+# profile-<shape>.json (round 1's npurt bench, with --profile), table.md, logs/. The table also gives
 # npurt's kernels, the device's measured copy bandwidth and peaks, decode as a fraction
 # of that bandwidth and the prefill matmuls as a fraction of the f32 FMA peak.
 set -euo pipefail
@@ -245,9 +245,15 @@ for round in $(seq "$ROUNDS"); do
         python3 -c 'import json, sys; [print(json.dumps({"round": int(sys.argv[1]), "shape": sys.argv[2], "who": "llama.cpp", "row": r})) for r in json.load(open(sys.argv[3]))]' \
             "$round" "$shape" "$log-llamacpp.json" >>"$RESULTS"
         say "round $round, $shape: npurt bench --backend $BACKEND..."
+        # Round 1 also profiles a prefill chunk and a decode step (after the timed
+        # tests, on the same loaded model): where the time goes, the prefill matmuls'
+        # rate against the device's measured f32 FMA peak, the host's share of a run.
+        profile=()
+        [ "$round" != 1 ] || profile=(--profile)
         "$NPURT" bench --model "$base-hf" --backend "$BACKEND" --precision "$PRECISION" \
-            -p "$PROMPTS" -n "$GEN" -r "$REPS" --json >"$log-npurt.json" 2>"$log-npurt.err" ||
+            -p "$PROMPTS" -n "$GEN" -r "$REPS" "${profile[@]}" --json >"$log-npurt.json" 2>"$log-npurt.err" ||
             die "npurt bench failed: $log-npurt.err"
+        [ "$round" != 1 ] || cp "$log-npurt.json" "$OUT/profile-$shape.json"
         python3 -c 'import json, sys; print(json.dumps({"round": int(sys.argv[1]), "shape": sys.argv[2], "who": "npurt", "row": json.load(open(sys.argv[3]))}))' \
             "$round" "$shape" "$log-npurt.json" >>"$RESULTS"
         [ "$round" != 1 ] || check_devices "$log-llamacpp.json" "$log-npurt.json" || exit 1
@@ -279,15 +285,6 @@ if [ "$KERNEL_BENCH" = 1 ] && [ "$BACKEND" = wgpu ]; then
         say "no kernel bench binary (WGPU_BENCH); skipping the kernel benches"
     fi
 fi
-# One profile per shape: where a prefill chunk's and a decode step's time goes, and the
-# prefill matmuls' rate against the device's measured f32 FMA peak.
-for shape in $SHAPES; do
-    base="$OUT/models/$(tag "$shape")"
-    say "$shape: npurt bench --profile..."
-    "$NPURT" bench --model "$base-hf" --backend "$BACKEND" --precision "$PRECISION" \
-        -p 0 -n 0 --profile --json >"$OUT/profile-$shape.json" 2>"$OUT/logs/profile-$shape.err" ||
-        die "npurt bench --profile failed: $OUT/logs/profile-$shape.err"
-done
 ELAPSED=$(($(date +%s) - START))
 
 python3 - "$RESULTS" "$OUT/table.md" "$CONF" "$ELAPSED" "$BACKEND" "$PRECISION" "$AGREEMENT" "$OUT" "$KERNELS" <<'EOF'
