@@ -37,7 +37,7 @@
 #        comparison)  JOBS=$(nproc) (build jobs)
 #        KERNEL_BENCH=1 (0: skip the WGSL kernel benches; WGPU_BENCH= their prebuilt
 #        criterion binary, packed as npurt-wgpu-bench)  VARIANTS_AB=1 (0: skip npurt's
-#        second run with NPURT_WGPU_VARIANTS=plain)
+#        runs with NPURT_WGPU_VARIANTS=plain and with NPURT_WGPU_GEMM_ROWS=32)
 #        QUICK=1: try it on a CPU-only box: the small shape cut to 4 layers, -p 32
 #        -n 8, one repetition, one round, llama.cpp's CPU build (lavapipe for wgpu)
 #        PACK=dir: make the offline bundle (above) and stop
@@ -259,18 +259,20 @@ for round in $(seq "$ROUNDS"); do
         [ "$round" != 1 ] || check_devices "$log-llamacpp.json" "$log-npurt.json" || exit 1
     done
 done
-# The same npurt runs without the optional instructions (f16 tiles, subgroups, dot4):
-# what each adapter feature is worth, same run.
+# The same npurt runs without the optional instructions (f16 tiles, subgroups, dot4),
+# and with 32-row GEMM tiles: what each is worth, same run.
 if [ "$VARIANTS_AB" = 1 ] && [ "$BACKEND" = wgpu ]; then
     for shape in $SHAPES; do
         base="$OUT/models/$(tag "$shape")"
-        log="$OUT/logs/$shape-plain"
-        say "$shape: npurt bench --backend wgpu, NPURT_WGPU_VARIANTS=plain..."
-        NPURT_WGPU_VARIANTS=plain "$NPURT" bench --model "$base-hf" --backend wgpu --precision "$PRECISION" \
-            -p "$PROMPTS" -n "$GEN" -r "$REPS" --json >"$log-npurt.json" 2>"$log-npurt.err" ||
-            die "npurt bench (plain variants) failed: $log-npurt.err"
-        python3 -c 'import json, sys; print(json.dumps({"round": 1, "shape": sys.argv[1], "who": "npurt", "variants": "plain", "row": json.load(open(sys.argv[2]))}))' \
-            "$shape" "$log-npurt.json" >>"$RESULTS"
+        for config in "NPURT_WGPU_VARIANTS=plain" "NPURT_WGPU_GEMM_ROWS=32"; do
+            log="$OUT/logs/$shape-${config##*_}"
+            say "$shape: npurt bench --backend wgpu, $config..."
+            env "$config" "$NPURT" bench --model "$base-hf" --backend wgpu --precision "$PRECISION" \
+                -p "$PROMPTS" -n "$GEN" -r "$REPS" --json >"$log-npurt.json" 2>"$log-npurt.err" ||
+                die "npurt bench ($config) failed: $log-npurt.err"
+            python3 -c 'import json, sys; print(json.dumps({"round": 1, "shape": sys.argv[1], "who": "npurt", "variants": sys.argv[2], "row": json.load(open(sys.argv[3]))}))' \
+                "$shape" "$config" "$log-npurt.json" >>"$RESULTS"
+        done
     done
 fi
 # The kernel benches: GEMM GOP/s against the measured peaks, GEMV against the copy

@@ -247,6 +247,35 @@ fn conformance_tiled_kernels_without_optional_instructions() {
     assert!(report.passed() > 100, "{report}");
 }
 
+/// The tiled GEMM's 32-row tiles (`NPURT_WGPU_GEMM_ROWS=32`, for GPUs a 64-row grid
+/// leaves idle) meet the matmul cases too, with and without the optional
+/// instructions; a tile height other than 32 or 64 is refused with a typed error.
+#[test]
+fn conformance_tiled_gemm_with_32_row_tiles() {
+    for variants in [KernelVariants::ALL, KernelVariants::PLAIN] {
+        let be = WgpuBackend::new(WgpuOptions {
+            kernels: Some(KernelFamily::Tiled),
+            variants: Some(variants),
+            gemm_rows: Some(32),
+            ..Default::default()
+        })
+        .expect("wgpu backend");
+        assert!(be.capabilities().kernels.ends_with(", 32-row gemm tiles)"));
+        let report = npurt_backends::conformance::run_suite(&be, Some("matmul"));
+        assert_eq!(report.failed(), 0, "{report}");
+        assert!(report.passed() > 100, "{report}");
+    }
+    let bad = WgpuBackend::new(WgpuOptions {
+        gemm_rows: Some(48),
+        ..Default::default()
+    });
+    assert!(
+        matches!(&bad, Err(BackendError::Unavailable { reason, .. }) if reason.contains("48 rows")),
+        "{:?}",
+        bad.err()
+    );
+}
+
 #[test]
 fn kernel_variants_parse_and_name() {
     let v = KernelVariants::parse("f16,dot4").unwrap();

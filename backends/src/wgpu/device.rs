@@ -47,6 +47,8 @@ pub(crate) struct GpuContext {
     pub kernels: super::variants::KernelFamily,
     /// Optional instructions in use (resolved against the adapter's features).
     pub variants: super::variants::KernelVariants,
+    /// Rows per tile of the tiled GEMM (32 or 64).
+    pub gemm_rows: u32,
     /// How the profiler times nodes (resolved against the device's features).
     pub profile_timing: super::ProfileTiming,
     /// Nanoseconds per timestamp tick.
@@ -76,6 +78,7 @@ impl GpuContext {
         max_binding_bytes: Option<u64>,
         kernels: Option<super::variants::KernelFamily>,
         variants: Option<super::variants::KernelVariants>,
+        gemm_rows: u32,
         profile_timing: Option<super::ProfileTiming>,
     ) -> Result<Arc<GpuContext>> {
         let mut desc = ::wgpu::InstanceDescriptor::new_without_display_handle();
@@ -206,6 +209,7 @@ impl GpuContext {
             timestamp_period,
             kernels,
             variants,
+            gemm_rows,
             device,
             queue,
             info,

@@ -133,6 +133,7 @@ impl WgpuExecutable {
             variants: ctx.variants,
             views: &views,
             subgroup_min: ctx.info.subgroup_min_size,
+            gemm_rows: ctx.gemm_rows as usize,
             weights: &w,
         };
         let mut lowered = Vec::with_capacity(n);

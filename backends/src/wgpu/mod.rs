@@ -65,6 +65,10 @@ pub struct WgpuOptions {
     /// adapter offers. Asking for one the adapter lacks, or an unknown name, is
     /// `BackendError::Unavailable`.
     pub variants: Option<KernelVariants>,
+    /// Rows per tile of the tiled GEMM: 64 (default) or 32, which doubles the
+    /// workgroups of a matrix for GPUs a 64-row grid leaves idle. `None` reads
+    /// `NPURT_WGPU_GEMM_ROWS=32|64`; another value is `BackendError::Unavailable`.
+    pub gemm_rows: Option<u32>,
     /// How `Executable::profile` times nodes; `None` picks the best the adapter
     /// offers. `NPURT_WGPU_PROFILE=inside|pass|host` overrides the default.
     pub profile_timing: Option<ProfileTiming>,
@@ -113,6 +117,7 @@ impl Default for WgpuOptions {
             max_binding_bytes: None,
             kernels,
             variants: None,
+            gemm_rows: None,
             profile_timing,
         }
     }
@@ -135,11 +140,22 @@ impl WgpuBackend {
             ),
             (None, Err(_)) => None,
         };
+        let gemm_rows = match (opts.gemm_rows, std::env::var("NPURT_WGPU_GEMM_ROWS")) {
+            (Some(r), _) => r,
+            (None, Ok(s)) => s.trim().parse().unwrap_or(0),
+            (None, Err(_)) => 64,
+        };
+        if gemm_rows != 32 && gemm_rows != 64 {
+            return Err(device::unavailable(format!(
+                "GEMM tiles of {gemm_rows} rows (NPURT_WGPU_GEMM_ROWS / WgpuOptions::gemm_rows): 32 or 64"
+            )));
+        }
         let ctx = GpuContext::new(
             opts.backends,
             opts.max_binding_bytes,
             opts.kernels,
             variants,
+            gemm_rows,
             opts.profile_timing,
         )?;
         let info = &ctx.info;
@@ -153,7 +169,14 @@ impl WgpuBackend {
             kernels: match ctx.kernels {
                 // The optional instructions serve the tiled kernels only.
                 KernelFamily::Lanes => "lanes".into(),
-                KernelFamily::Tiled => format!("tiled ({})", ctx.variants.name()),
+                KernelFamily::Tiled if ctx.gemm_rows == 64 => {
+                    format!("tiled ({})", ctx.variants.name())
+                }
+                KernelFamily::Tiled => format!(
+                    "tiled ({}, {}-row gemm tiles)",
+                    ctx.variants.name(),
+                    ctx.gemm_rows
+                ),
             },
             compute_dtypes: vec![DType::F32],
             weight_dtypes: support::WEIGHT_DTYPES.to_vec(),

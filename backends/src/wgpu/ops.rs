@@ -86,6 +86,8 @@ pub(crate) struct LowerCtx<'a> {
     pub views: &'a [bool],
     /// The adapter's smallest subgroup size.
     pub subgroup_min: u32,
+    /// Rows per tile of matmul.wgsl's gemm (64, or 32: GEMM_ROWS_32).
+    pub gemm_rows: usize,
     /// Prepared weights by node index.
     pub weights: &'a [Option<Arc<dyn DeviceBuffer>>],
 }
@@ -842,15 +844,16 @@ fn matmul_dispatch(
             let g = grid_1d(x.n.div_ceil(64 / cx.gemv_lanes() as usize), 1)?;
             (g[0] as usize, g[1] as usize, "gemv")
         }
-        MatmulEntry::Gemm => {
-            // matmul.wgsl's gemm: 64-row tiles of 64 columns (32 with a GLU, whose
-            // gate and up rows share the weight tile).
+        MatmulEntry::Gemm | MatmulEntry::GemmDot4 => {
+            // matmul.wgsl's gemm: tiles of cx.gemm_rows rows and 64 columns (32 with a
+            // GLU, whose gate and up rows share the weight tile).
             let cols = if defines.contains(&"GLU") { 32 } else { 64 };
-            (x.n.div_ceil(cols), x.m.div_ceil(64), "gemm")
-        }
-        MatmulEntry::GemmDot4 => {
-            let cols = if defines.contains(&"GLU") { 32 } else { 64 };
-            (x.n.div_ceil(cols), x.m.div_ceil(64), "gemm_dot4")
+            let name = if entry == MatmulEntry::Gemm {
+                "gemm"
+            } else {
+                "gemm_dot4"
+            };
+            (x.n.div_ceil(cols), x.m.div_ceil(cx.gemm_rows), name)
         }
         MatmulEntry::Lanes => (
             x.n.div_ceil(256),
@@ -865,6 +868,9 @@ fn matmul_dispatch(
     // The gemm's weight tile holds raw values (weights.wgsl w_raw_quad): exact in f16
     // for the integer formats and f16, not for f32 or bf16.
     let raw_fits_f16 = !defines.contains(&"W_F32") && !defines.contains(&"W_BF16");
+    if matches!(entry, MatmulEntry::Gemm | MatmulEntry::GemmDot4) && cx.gemm_rows == 32 {
+        defines.push("GEMM_ROWS_32");
+    }
     if entry == MatmulEntry::Gemm && cx.variants.f16 && raw_fits_f16 {
         defines.push("GEMM_F16");
     }

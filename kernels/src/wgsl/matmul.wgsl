@@ -8,7 +8,7 @@
 //   gemv: few rows (decode, M <= MAX_M): each weight row is read once; GEMV_LANES
 //         threads split its K range, every thread keeps one partial per activation
 //         row, and subgroup shuffles or workgroup memory add them (see the kernel);
-//   gemm: 64x64 output tiles, K in steps of 32 (one quant block per weight row), A and
+//   gemm: 64x64 output tiles (32x64 with GEMM_ROWS_32), K in steps of 32 (one quant block per weight row), A and
 //         the dequantized B tile staged in workgroup memory (B in f16 with GEMM_F16),
 //         4x4 outputs per thread (see the kernel).
 // Defines: W_KN (weight stored [K, N], f32/f16/bf16 only; otherwise [N, K]), NORM (the
@@ -313,7 +313,15 @@ fn w_quad_kn(k: u32, n: u32) -> vec4<f32> {
 // memory; never for f32 or bf16 weights. Activations stay f32: f16 activation tiles
 // moved SmolLM2's w4a16 logits 4.9e-3 of their range from f32 (and flipped a top-1),
 // where the CPU's i16 activations move them 1.5e-3.
+// Rows per tile: 64, or 32 with GEMM_ROWS_32 (twice the workgroups for the same
+// matrix, for GPUs a 64-row grid leaves idle); the 16 thread rows cover it.
+#ifdef GEMM_ROWS_32
+const GEMM_TILE: u32 = 32u;
+#else
 const GEMM_TILE: u32 = 64u;
+#endif
+// Output rows per thread: ty + 16 i, i < GEMM_RPT.
+const GEMM_RPT: u32 = GEMM_TILE / 16u;
 // act_quant.wgsl's words per row and block.
 const ACT_QUANT_WORDS: u32 = 10u;
 const GEMM_QUADS: u32 = 8u;
@@ -383,17 +391,20 @@ fn gemm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
 #endif
     var acc: array<array<f32, 4>, 4>;
     for (var k0 = 0u; k0 < params.k; k0 += 32u) {
-        // 512 quads per tile, 2 per thread; the 8 threads of a tile row read its 128
-        // contiguous bytes (of a row of a, and of one weight block).
+        // 512 weight quads per tile, 2 per thread (and GEMM_TILE x 8 activation quads);
+        // the 8 threads of a tile row read its 128 contiguous bytes (of a row of a, and
+        // of one weight block).
         for (var e = 0u; e < 2u; e++) {
             let idx = li + e * 256u;
             let r = idx / GEMM_QUADS;
             let q = idx % GEMM_QUADS;
-            var av = vec4<f32>(0.0);
-            if m0 + r < params.m {
-                av = a_input(m0 + r, r, k0 + q * 4u);
+            if r < GEMM_TILE {
+                var av = vec4<f32>(0.0);
+                if m0 + r < params.m {
+                    av = a_input(m0 + r, r, k0 + q * 4u);
+                }
+                a_tile[r * GEMM_STRIDE + q] = av;
             }
-            a_tile[r * GEMM_STRIDE + q] = av;
             b_tile[r * GEMM_STRIDE + q] = WeightQuad(gemm_b_raw(n0, r, k0, q));
         }
         if li < 64u {
@@ -406,7 +417,7 @@ fn gemm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         var a_sum: array<f32, 4>;
         for (var q = 0u; q < GEMM_QUADS; q++) {
             var av: array<vec4<f32>, 4>;
-            for (var i = 0u; i < 4u; i++) {
+            for (var i = 0u; i < GEMM_RPT; i++) {
                 av[i] = a_tile[(ty + 16u * i) * GEMM_STRIDE + q];
 #ifdef W_OFFSET
                 a_sum[i] += dot(av[i], vec4<f32>(1.0));
@@ -414,14 +425,14 @@ fn gemm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
             }
             for (var j = 0u; j < 4u; j++) {
                 let bv = vec4<f32>(b_tile[(tx + 16u * j) * GEMM_STRIDE + q]);
-                for (var i = 0u; i < 4u; i++) {
+                for (var i = 0u; i < GEMM_RPT; i++) {
                     part[i][j] += dot(av[i], bv);
                 }
             }
         }
         for (var j = 0u; j < 4u; j++) {
             let dc = b_affine[tx + 16u * j];
-            for (var i = 0u; i < 4u; i++) {
+            for (var i = 0u; i < GEMM_RPT; i++) {
                 acc[i][j] += dc.x * part[i][j] + dc.y * a_sum[i];
             }
         }
@@ -430,9 +441,9 @@ fn gemm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     gemm_write(m0, n0, tx, ty, acc);
 }
 
-// A gemm thread's 4 x 4 block through the epilogue.
+// A gemm thread's GEMM_RPT x 4 block through the epilogue.
 fn gemm_write(m0: u32, n0: u32, tx: u32, ty: u32, acc: array<array<f32, 4>, 4>) {
-    for (var i = 0u; i < 4u; i++) {
+    for (var i = 0u; i < GEMM_RPT; i++) {
         let m = m0 + ty + 16u * i;
 #ifdef GLU
         // Weight rows tx and tx + 16 are gate columns, tx + 32 and tx + 48 their ups.
@@ -474,8 +485,8 @@ fn gemm_dot4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_ind
     let blocks = (params.k + 31u) / 32u;
     var acc: array<array<f32, 4>, 4>;
     for (var kb = 0u; kb < blocks; kb++) {
-        // Threads 0..63 stage weight tile row li's block, 64..127 activation row
-        // li - 64's (rows past the matrices stage zeros).
+        // Threads 0..63 stage weight tile row li's block, the next GEMM_TILE ones
+        // activation row li - 64's (rows past the matrices stage zeros).
         if li < 64u {
             let nr = tile_row(n0, li);
             var b = I8Block(vec4<u32>(0u), vec4<u32>(0u), 0.0, 0.0);
@@ -487,7 +498,7 @@ fn gemm_dot4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_ind
                 b_words[li * GEMM_STRIDE + q + 4u] = b.hi[q];
             }
             b_affine[li] = vec2<f32>(b.d, b.c);
-        } else if li < 128u {
+        } else if li < 64u + GEMM_TILE {
             let r = li - 64u;
             var words = array<u32, ACT_QUANT_WORDS>();
             if m0 + r < params.m {
@@ -506,17 +517,17 @@ fn gemm_dot4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_ind
         var isum: array<array<i32, 4>, 4>;
         for (var q = 0u; q < 8u; q++) {
             var av: array<u32, 4>;
-            for (var i = 0u; i < 4u; i++) {
+            for (var i = 0u; i < GEMM_RPT; i++) {
                 av[i] = a_words[(ty + 16u * i) * GEMM_STRIDE + q];
             }
             for (var j = 0u; j < 4u; j++) {
                 let bw = b_words[(tx + 16u * j) * GEMM_STRIDE + q];
-                for (var i = 0u; i < 4u; i++) {
+                for (var i = 0u; i < GEMM_RPT; i++) {
                     isum[i][j] += dot4I8Packed(av[i], bw);
                 }
             }
         }
-        for (var i = 0u; i < 4u; i++) {
+        for (var i = 0u; i < GEMM_RPT; i++) {
             let r = ty + 16u * i;
             for (var j = 0u; j < 4u; j++) {
                 let dc = b_affine[tx + 16u * j];
