@@ -235,16 +235,25 @@ fn conformance_tiled_kernels_without_optional_instructions() {
         KernelVariants::ALL,
         "lavapipe should offer every kernel variant, so the conformance suite runs them"
     );
-    let plain = WgpuBackend::new(WgpuOptions {
+    let kernels = tiled_matmul_conformance(KernelVariants::PLAIN, None);
+    assert_eq!(kernels, "tiled (plain)");
+}
+
+/// The conformance suite's matmul cases on a tiled backend with these variants and
+/// GEMM tile rows: none fails, and over a hundred run. Returns the backend's kernels
+/// description.
+fn tiled_matmul_conformance(variants: KernelVariants, gemm_rows: Option<u32>) -> String {
+    let be = WgpuBackend::new(WgpuOptions {
         kernels: Some(KernelFamily::Tiled),
-        variants: Some(KernelVariants::PLAIN),
+        variants: Some(variants),
+        gemm_rows,
         ..Default::default()
     })
     .expect("wgpu backend");
-    assert_eq!(plain.capabilities().kernels, "tiled (plain)");
-    let report = npurt_backends::conformance::run_suite(&plain, Some("matmul"));
+    let report = npurt_backends::conformance::run_suite(&be, Some("matmul"));
     assert_eq!(report.failed(), 0, "{report}");
     assert!(report.passed() > 100, "{report}");
+    be.capabilities().kernels.clone()
 }
 
 /// The tiled GEMM's 32-row tiles (`NPURT_WGPU_GEMM_ROWS=32`, for GPUs a 64-row grid
@@ -253,17 +262,8 @@ fn conformance_tiled_kernels_without_optional_instructions() {
 #[test]
 fn conformance_tiled_gemm_with_32_row_tiles() {
     for variants in [KernelVariants::ALL, KernelVariants::PLAIN] {
-        let be = WgpuBackend::new(WgpuOptions {
-            kernels: Some(KernelFamily::Tiled),
-            variants: Some(variants),
-            gemm_rows: Some(32),
-            ..Default::default()
-        })
-        .expect("wgpu backend");
-        assert!(be.capabilities().kernels.ends_with(", 32-row gemm tiles)"));
-        let report = npurt_backends::conformance::run_suite(&be, Some("matmul"));
-        assert_eq!(report.failed(), 0, "{report}");
-        assert!(report.passed() > 100, "{report}");
+        let kernels = tiled_matmul_conformance(variants, Some(32));
+        assert!(kernels.ends_with(", 32-row gemm tiles)"), "{kernels}");
     }
     let bad = WgpuBackend::new(WgpuOptions {
         gemm_rows: Some(48),

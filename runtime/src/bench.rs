@@ -242,8 +242,12 @@ impl BenchProfile {
             .map(|n| n.ms)
             .sum();
         let rate = if ms > 0.0 { ops / (ms * 1e-3) } else { 0.0 };
-        let peak = self.limits.as_ref().and_then(|l| l.peak("f32 fma"));
-        (ms, rate, peak.map(|p| rate / p))
+        (ms, rate, self.f32_peak().map(|p| rate / p))
+    }
+
+    /// The device's measured f32 FMA peak, when the limits are known.
+    fn f32_peak(&self) -> Option<f64> {
+        self.limits.as_ref().and_then(|l| l.peak("f32 fma"))
     }
 
     fn json_of(&self, p: &npurt_backends::Profile, ops: f64) -> serde_json::Value {
@@ -262,10 +266,7 @@ impl BenchProfile {
             ops / 1e9,
             rate / 1e12
         );
-        if let (Some(f), Some(peak)) = (
-            fraction,
-            self.limits.as_ref().and_then(|l| l.peak("f32 fma")),
-        ) {
+        if let (Some(f), Some(peak)) = (fraction, self.f32_peak()) {
             s.push_str(&format!(
                 " = {:.1}% of the measured f32 FMA peak ({:.2} TOP/s)",
                 100.0 * f,

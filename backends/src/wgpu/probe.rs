@@ -40,12 +40,12 @@ pub(crate) fn measure(ctx: &GpuContext) -> Result<DeviceLimits> {
     let copy_gb_s = p.copy()?;
     let mut peaks = vec![Peak {
         arithmetic: "f32 fma",
-        ops_per_s: p.arithmetic("fma_f32", &[])?,
+        ops_per_s: p.arithmetic("fma_peak", &[])?,
     }];
     if ctx.variants.f16 {
         peaks.push(Peak {
             arithmetic: "f16 fma",
-            ops_per_s: p.arithmetic("fma_f16", &["F16"])?,
+            ops_per_s: p.arithmetic("fma_peak", &["F16"])?,
         });
     }
     if ctx.variants.dot4 {

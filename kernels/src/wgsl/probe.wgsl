@@ -2,11 +2,10 @@
 // are compared with (`npurt bench`, backends/src/wgpu/probe.rs):
 //   copy:     memory bandwidth. Each thread copies 16-byte words, grid-stride, so the
 //             reads and writes of a subgroup are contiguous;
-//   fma_f32:  f32 FMA peak. CHAINS independent vec4 chains per thread, each step
-//             depending on the last (nothing folds or hoists), one store per thread
-//             so nothing is dead code;
-//   fma_f16:  the same in f16 (F16: needs SHADER_F16; vec4<f16> is packed halves
-//             where the GPU has them);
+//   fma_peak: FMA peak, f32 (or f16 with F16: needs SHADER_F16; vec4<f16> is packed
+//             halves where the GPU has them). 8 independent vec4 chains per thread,
+//             each step depending on the last (nothing folds or hoists), one store
+//             per thread so nothing is dead code;
 //   dot4_i8:  packed 4x8 integer dot products (`dot4I8Packed`, 4 multiply-adds each),
 //             the instruction the i8 matmul variant uses (DOT4: needs WGSL's
 //             packed_4x8_integer_dot_product).
@@ -40,44 +39,25 @@ fn copy(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
 }
 #endif
 
-@compute @workgroup_size(PROBE_WG)
-fn fma_f32(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let m = vec4<f32>(params.decay);
-    let c = vec4<f32>(1.0 - params.decay);
-    var x0 = vec4<f32>(f32(gid.x & 255u) * 1e-3);
-    var x1 = x0 + 0.1;
-    var x2 = x0 + 0.2;
-    var x3 = x0 + 0.3;
-    var x4 = x0 + 0.4;
-    var x5 = x0 + 0.5;
-    var x6 = x0 + 0.6;
-    var x7 = x0 + 0.7;
-    for (var i = 0u; i < params.iters; i++) {
-        x0 = fma(x0, m, c);
-        x1 = fma(x1, m, c);
-        x2 = fma(x2, m, c);
-        x3 = fma(x3, m, c);
-        x4 = fma(x4, m, c);
-        x5 = fma(x5, m, c);
-        x6 = fma(x6, m, c);
-        x7 = fma(x7, m, c);
-    }
-    dst[gid.x] = bitcast<vec4<u32>>(x0 + x1 + x2 + x3 + x4 + x5 + x6 + x7);
-}
-
+// The FMA probe's element type: f32, or f16 with F16.
 #ifdef F16
+alias Real = f16;
+#else
+alias Real = f32;
+#endif
+
 @compute @workgroup_size(PROBE_WG)
-fn fma_f16(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let m = vec4<f16>(f16(params.decay));
-    let c = vec4<f16>(f16(1.0 - params.decay));
-    var x0 = vec4<f16>(f16(f32(gid.x & 255u) * 1e-3));
-    var x1 = x0 + 0.1h;
-    var x2 = x0 + 0.2h;
-    var x3 = x0 + 0.3h;
-    var x4 = x0 + 0.4h;
-    var x5 = x0 + 0.5h;
-    var x6 = x0 + 0.6h;
-    var x7 = x0 + 0.7h;
+fn fma_peak(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let m = vec4<Real>(Real(params.decay));
+    let c = vec4<Real>(Real(1.0 - params.decay));
+    var x0 = vec4<Real>(Real(f32(gid.x & 255u) * 1e-3));
+    var x1 = x0 + Real(0.1);
+    var x2 = x0 + Real(0.2);
+    var x3 = x0 + Real(0.3);
+    var x4 = x0 + Real(0.4);
+    var x5 = x0 + Real(0.5);
+    var x6 = x0 + Real(0.6);
+    var x7 = x0 + Real(0.7);
     for (var i = 0u; i < params.iters; i++) {
         x0 = fma(x0, m, c);
         x1 = fma(x1, m, c);
@@ -88,10 +68,8 @@ fn fma_f16(@builtin(global_invocation_id) gid: vec3<u32>) {
         x6 = fma(x6, m, c);
         x7 = fma(x7, m, c);
     }
-    let s = vec4<f32>(x0 + x1 + x2 + x3 + x4 + x5 + x6 + x7);
-    dst[gid.x] = bitcast<vec4<u32>>(s);
+    dst[gid.x] = bitcast<vec4<u32>>(vec4<f32>(x0 + x1 + x2 + x3 + x4 + x5 + x6 + x7));
 }
-#endif
 
 #ifdef DOT4
 @compute @workgroup_size(PROBE_WG)
