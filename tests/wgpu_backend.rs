@@ -509,6 +509,61 @@ fn column_slices_feeding_rope_are_read_in_place() {
     }
 }
 
+/// A LLaMA attention block (fused q/k/v matrix, two ropes, two KV writes, attention)
+/// runs three dispatches: the slices are read in place, k is rotated by its KV write
+/// and q by the attention's query loads. The conformance suite's `attention block.*`
+/// cases check the values of the same chain.
+#[test]
+fn an_attention_block_runs_three_dispatches() {
+    let (nh, nkv, hd) = (4, 2, 16);
+    let (qw, kw) = (nh * hd, nkv * hd);
+    let mut g = G::new();
+    let qkv = g.input("qkv", TensorFact::f32([1, qw + 2 * kw]));
+    let pos = g.input("pos", TensorFact::i32([1]));
+    let nv = g.input("n_valid", TensorFact::i32([1]));
+    let k_cache = g.state("k_cache", TensorFact::f32([8, kw]));
+    let v_cache = g.state("v_cache", TensorFact::f32([8, kw]));
+    let q = g.op("q", Op::SliceCols { start: 0, len: qw }, &[qkv]);
+    let k = g.op("k", Op::SliceCols { start: qw, len: kw }, &[qkv]);
+    let v = g.op(
+        "v",
+        Op::SliceCols {
+            start: qw + kw,
+            len: kw,
+        },
+        &[qkv],
+    );
+    let params = RopeParams {
+        head_dim: hd,
+        rotary_dim: hd,
+        theta: 10000.0,
+        scaling: RopeScaling::None,
+    };
+    let rq = g.op(
+        "rq",
+        Op::Rope {
+            params: params.clone(),
+        },
+        &[q, pos, nv],
+    );
+    let rk = g.op("rk", Op::Rope { params }, &[k, pos, nv]);
+    let kc = g.op("write_k", Op::KvWrite, &[k_cache, rk, pos]);
+    let vc = g.op("write_v", Op::KvWrite, &[v_cache, v, pos]);
+    let attn = Op::Attention {
+        n_heads: nh,
+        n_kv_heads: nkv,
+        head_dim: hd,
+        scale: 0.25,
+        mode: npurt_graph::AttentionMode::Causal,
+        precision: npurt_graph::AttentionPrecision::F32,
+    };
+    let y = g.op("attention", attn, &[rq, kc, vc, pos, nv]);
+    g.out("y", y);
+    for be in both() {
+        assert_eq!(be.compile_wgpu(&g.g, &[]).unwrap().dispatch_count(), 3);
+    }
+}
+
 #[test]
 fn weights_split_across_bindings() {
     // 16 KiB bindings: every weight below spans several parts (activations still fit

@@ -268,9 +268,8 @@ impl LlamaConfig {
                 ),
             ));
         }
-        if !(self.rms_norm_eps > 0.0 && self.rms_norm_eps.is_finite())
-            || !(self.rope_theta > 0.0 && self.rope_theta.is_finite())
-        {
+        let positive = |v: f32| v > 0.0 && v.is_finite();
+        if !positive(self.rms_norm_eps) || !positive(self.rope_theta) {
             return Err(bad(
                 "rms_norm_eps/rope_theta",
                 "must be positive and finite",

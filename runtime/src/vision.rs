@@ -622,7 +622,7 @@ impl VisionEncoder {
             runner.start(st)
         };
         let first = jobs[0].2;
-        let mut next = Some(embed(&mut embeds[first], jobs[0])?);
+        let mut next = Some(embed(embeds[first], jobs[0])?);
         for (k, job) in jobs.iter().enumerate() {
             let (_, valid, set) = *job;
             let stages = sets[set];
@@ -631,7 +631,7 @@ impl VisionEncoder {
                 .take()
                 .ok_or_else(|| invalid("vision", "no embed in flight"))?;
             t.conv_ms += embeds[set].finish(&stages[0], run)?;
-            out.keep(0, &stages[0], &embeds[set], batch, valid)?;
+            out.keep(0, &stages[0], embeds[set], batch, valid)?;
             // The blocks' input: the embed output where it lies (the next batch's
             // embed, submitted before the blocks run, writes the other slot).
             let value = embeds[set].value(&stages[0])?;
@@ -639,7 +639,7 @@ impl VisionEncoder {
             later[0].load(&stages[1], value)?;
             let following = jobs.get(k + 1);
             if let (Some(&nj), true) = (following, pipeline) {
-                next = Some(embed(&mut embeds[nj.2], nj)?);
+                next = Some(embed(embeds[nj.2], nj)?);
             }
             for i in 1..stages.len() {
                 let (st, r) = (&stages[i], &mut later[i - 1]);
@@ -656,7 +656,7 @@ impl VisionEncoder {
                 }
             }
             if let (Some(&nj), false) = (following, pipeline) {
-                next = Some(embed(&mut embeds[nj.2], nj)?);
+                next = Some(embed(embeds[nj.2], nj)?);
             }
         }
         t.total_ms = t0.elapsed().as_secs_f64() * 1e3;

@@ -126,7 +126,7 @@ impl WgpuExecutable {
             }
         }
 
-        let views = ops::slice_views(graph);
+        let views = ops::in_place_nodes(graph);
         let cx = LowerCtx {
             graph,
             kernels: ctx.kernels,

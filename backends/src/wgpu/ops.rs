@@ -9,7 +9,8 @@ use super::pipelines::PipelineKey;
 use super::variants::{KernelFamily, KernelVariants};
 use crate::DeviceBuffer;
 use npurt_graph::{
-    Activation, DType, Epilogue, Graph, MatMulOperands, NodeId, Op, Prologue, RopeScaling, Step,
+    Activation, DType, Epilogue, Graph, MatMulOperands, NodeId, Op, Prologue, RopeParams,
+    RopeScaling, Step,
 };
 use std::sync::Arc;
 
@@ -82,7 +83,7 @@ pub(crate) struct LowerCtx<'a> {
     pub graph: &'a Graph,
     pub kernels: KernelFamily,
     pub variants: KernelVariants,
-    /// Nodes read in place from their input (`slice_views`): no dispatch of their own.
+    /// Nodes read in place from their input (`in_place_nodes`): no dispatch of their own.
     pub views: &'a [bool],
     /// The adapter's smallest subgroup size.
     pub subgroup_min: u32,
@@ -92,40 +93,126 @@ pub(crate) struct LowerCtx<'a> {
     pub weights: &'a [Option<Arc<dyn DeviceBuffer>>],
 }
 
-/// The column slices (`SliceCols`) this backend never copies: every reader is a RoPE
-/// (its input) or a KV write (its new rows), kernels that read a row-strided window of
-/// the sliced matrix in place, and the slice is no graph output. A decode step of a
-/// fused-QKV model then runs three dispatches fewer per layer.
-pub(crate) fn slice_views(g: &Graph) -> Vec<bool> {
-    let mut views: Vec<bool> = g
+/// The nodes this backend reads in place rather than computes, each with no dispatch
+/// of its own: column slices (`SliceCols`) whose every reader reads a row-strided
+/// window of the sliced matrix (a RoPE's input, a KV write's new rows, a causal
+/// attention's queries), and ropes whose every reader rotates as it reads
+/// ([`fused_rope_reader`]); neither is a graph output. A decode step of a fused-QKV
+/// LLaMA then runs five dispatches fewer per layer (three slices, two ropes).
+pub(crate) fn in_place_nodes(g: &Graph) -> Vec<bool> {
+    let readers = readers(g);
+    let mut in_place: Vec<bool> = g
         .ids()
-        .map(|id| matches!(g.node(id).op, Op::SliceCols { .. }))
-        .collect();
-    for id in g.ids() {
-        let n = g.node(id);
-        for (slot, x) in n.inputs.iter().enumerate() {
-            let strided_reader = matches!((&n.op, slot), (Op::Rope { .. }, 0) | (Op::KvWrite, 1));
-            if !strided_reader {
-                views[x.0] = false;
+        .map(|id| match g.node(id).op {
+            Op::SliceCols { .. } => readers[id.0].iter().all(|&(r, slot)| {
+                let reader = &g.node(r).op;
+                matches!((reader, slot), (Op::Rope { .. }, 0) | (Op::KvWrite, 1))
+                    || (slot == 0 && is_causal_attention(reader))
+            }),
+            Op::Rope { .. } => {
+                !readers[id.0].is_empty()
+                    && readers[id.0]
+                        .iter()
+                        .all(|&(r, slot)| fused_rope_reader(g, id, r, slot))
             }
+            _ => false,
+        })
+        .collect();
+    for (_, id) in &g.outputs {
+        in_place[id.0] = false;
+    }
+    in_place
+}
+
+/// Every node's readers, as (reader, input slot).
+fn readers(g: &Graph) -> Vec<Vec<(NodeId, usize)>> {
+    let mut readers = vec![Vec::new(); g.nodes.len()];
+    for id in g.ids() {
+        for (slot, x) in g.node(id).inputs.iter().enumerate() {
+            readers[x.0].push((id, slot));
         }
     }
-    for (_, id) in &g.outputs {
-        views[id.0] = false;
+    readers
+}
+
+fn is_causal_attention(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::Attention {
+            mode: npurt_graph::AttentionMode::Causal,
+            ..
+        }
+    )
+}
+
+/// Whether input `slot` of node `reader` may read rope `rope` by rotating the rope's
+/// input as it reads it: a KV write's new rows (kv_write.wgsl ROPE) at the rope's
+/// positions, or a causal attention's queries (q_load.wgsl ROPE_Q) at its positions
+/// and with its head_dim.
+fn fused_rope_reader(g: &Graph, rope: NodeId, reader: NodeId, slot: usize) -> bool {
+    let (Op::Rope { params }, r) = (&g.node(rope).op, g.node(rope)) else {
+        return false;
+    };
+    let n = g.node(reader);
+    match &n.op {
+        Op::KvWrite => slot == 1 && n.inputs[2] == r.inputs[1],
+        Op::Attention { head_dim, .. } if is_causal_attention(&n.op) => {
+            slot == 0
+                && *head_dim == params.head_dim
+                && n.inputs[3] == r.inputs[1]
+                && n.inputs[4] == r.inputs[2]
+        }
+        _ => false,
     }
-    views
+}
+
+/// A rope's RopeSpec fields after head_dim (rope_value.wgsl: rotary_dim, dynamic_ntk,
+/// theta, factor, original_max_position), and its frequency table, bound as
+/// `inv_freq`: position-independent frequencies computed here exactly as the
+/// reference does; dynamic NTK rescales in the shader from pos + n_valid.
+fn rope_spec(p: &RopeParams) -> Result<([u32; 5], Vec<u8>), String> {
+    let inv = npurt_kernels::reference::rope_inv_freq(p, 0);
+    let (dynamic, factor, orig) = match p.scaling {
+        RopeScaling::DynamicNtk {
+            factor,
+            original_max_position,
+        } => (1, factor, original_max_position),
+        _ => (0, 1.0, 0),
+    };
+    Ok((
+        [
+            as_u32(p.rotary_dim, "rotary_dim")?,
+            dynamic,
+            f(p.theta),
+            f(factor),
+            as_u32(orig, "original_max_position")?,
+        ],
+        inv.iter().flat_map(|v| v.to_le_bytes()).collect(),
+    ))
 }
 
 impl LowerCtx<'_> {
     /// How a strided reader finds row t of `id`'s value in its storage: (row stride,
-    /// column offset), in values. A view of a slice reads its input's rows.
+    /// column offset), in values. A view of a slice reads its input's rows, a fused
+    /// rope its input's.
     pub(crate) fn strided(&self, id: NodeId) -> (usize, usize) {
         let n = self.graph.node(id);
         match n.op {
             Op::SliceCols { start, .. } if self.views[id.0] => {
                 (self.graph.fact(n.inputs[0]).shape[1], start)
             }
+            Op::Rope { .. } if self.views[id.0] => self.strided(n.inputs[0]),
             _ => (n.fact.shape[1], 0),
+        }
+    }
+
+    /// The rope `id` is, when it is fused into its readers (`in_place_nodes`): its
+    /// params and its n_valid input.
+    fn fused_rope(&self, id: NodeId) -> Option<(&RopeParams, NodeId)> {
+        let n = self.graph.node(id);
+        match &n.op {
+            Op::Rope { params } if self.views[id.0] => Some((params, n.inputs[2])),
+            _ => None,
         }
     }
 
@@ -331,36 +418,27 @@ pub(crate) fn lower(cx: &LowerCtx, id: NodeId) -> Result<Lowered, String> {
                 groups: grid_1d(rows, 1)?,
             });
         }
+        // Fused into its readers (kv_write.wgsl ROPE, q_load.wgsl ROPE_Q).
+        Op::Rope { .. } if cx.views[id.0] => {}
         Op::Rope { params: p } => {
             let width = node.fact.shape[1];
-            // Position-independent frequencies are computed here exactly as the
-            // reference does; dynamic NTK rescales in the shader from pos + n_valid.
-            let inv = npurt_kernels::reference::rope_inv_freq(p, 0);
-            l.consts
-                .push(inv.iter().flat_map(|v| v.to_le_bytes()).collect());
-            let (dynamic, factor, orig) = match p.scaling {
-                RopeScaling::DynamicNtk {
-                    factor,
-                    original_max_position,
-                } => (1, factor, original_max_position),
-                _ => (0, 1.0, 0),
-            };
+            let (spec, inv_freq) = rope_spec(p)?;
+            l.consts.push(inv_freq);
             let (stride, offset) = cx.strided(ins[0]);
+            let mut params = vec![
+                as_u32(n_out, "elements")?,
+                as_u32(width, "width")?,
+                as_u32(p.head_dim, "head_dim")?,
+            ];
+            params.extend(spec);
+            params.extend([
+                node_idx,
+                as_u32(stride, "row stride")?,
+                as_u32(offset, "column offset")?,
+            ]);
             l.dispatches.push(Dispatch {
                 key: PipelineKey::new("rope.wgsl", "rope", &[]),
-                params: vec![
-                    as_u32(n_out, "elements")?,
-                    as_u32(width, "width")?,
-                    as_u32(p.head_dim, "head_dim")?,
-                    as_u32(p.rotary_dim, "rotary_dim")?,
-                    dynamic,
-                    f(p.theta),
-                    f(factor),
-                    as_u32(orig, "original_max_position")?,
-                    node_idx,
-                    as_u32(stride, "row stride")?,
-                    as_u32(offset, "column offset")?,
-                ],
+                params,
                 bindings: vec![
                     (0, BindRef::Params),
                     (1, BindRef::Value(ins[0])),
@@ -390,27 +468,42 @@ pub(crate) fn lower(cx: &LowerCtx, id: NodeId) -> Result<Lowered, String> {
                 _ => {}
             }
             let (stride, offset) = cx.strided(ins[1]);
-            d.push(Dispatch {
-                key: PipelineKey::new("kv_write.wgsl", "kv_write", kv_defines(cache.dtype)),
-                params: vec![
-                    as_u32(n, "elements")?,
-                    as_u32(cache.shape[1], "width")?,
-                    as_u32(cache.shape[0], "cache rows")?,
-                    as_u32(new.shape[0], "rows")?,
-                    node_idx,
-                    as_u32(head_dim, "head_dim")?,
-                    as_u32(stride, "row stride")?,
-                    as_u32(offset, "column offset")?,
-                ],
-                bindings: vec![
-                    (0, BindRef::Params),
-                    (1, BindRef::Value(ins[1])),
-                    (2, BindRef::Value(ins[2])),
-                    (3, BindRef::Value(ins[0])),
-                    (STATUS_BINDING, BindRef::Status),
-                ],
+            let mut params = vec![
+                as_u32(n, "elements")?,
+                as_u32(cache.shape[1], "width")?,
+                as_u32(cache.shape[0], "cache rows")?,
+                as_u32(new.shape[0], "rows")?,
+                node_idx,
+                as_u32(head_dim, "head_dim")?,
+                as_u32(stride, "row stride")?,
+                as_u32(offset, "column offset")?,
+            ];
+            let mut defines = kv_defines(cache.dtype).to_vec();
+            let mut bindings = vec![
+                (0, BindRef::Params),
+                (1, BindRef::Value(ins[1])),
+                (2, BindRef::Value(ins[2])),
+                (3, BindRef::Value(ins[0])),
+                (STATUS_BINDING, BindRef::Status),
+            ];
+            match cx.fused_rope(ins[1]) {
+                Some((p, n_valid)) => {
+                    let (spec, inv_freq) = rope_spec(p)?;
+                    params.push(as_u32(p.head_dim, "rope head_dim")?);
+                    params.extend(spec);
+                    defines.push("ROPE");
+                    bindings.extend([(4, BindRef::Value(n_valid)), (5, BindRef::Const(0))]);
+                    l.consts.push(inv_freq);
+                }
+                None => params.extend([0; 6]),
+            }
+            l.dispatches.push(Dispatch {
+                key: PipelineKey::new("kv_write.wgsl", "kv_write", &defines),
+                params,
+                bindings,
                 groups: grid_1d(n, EW)?,
             });
+            return Ok(l);
         }
         Op::Attention {
             n_heads,
@@ -426,10 +519,49 @@ pub(crate) fn lower(cx: &LowerCtx, id: NodeId) -> Result<Lowered, String> {
                 return Err(format!("head_dim {head_dim} > {MAX_HEAD_DIM}"));
             }
             let lanes = cx.kernels == KernelFamily::Lanes && head_dim % 4 == 0;
-            let kv = kv_defines(g.fact(ins[1]).dtype);
+            let mut defines = kv_defines(g.fact(ins[1]).dtype).to_vec();
+            let mut params = vec![
+                as_u32(t, "rows")?,
+                as_u32(*n_heads, "heads")?,
+                as_u32(*n_kv_heads, "kv heads")?,
+                as_u32(*head_dim, "head_dim")?,
+                as_u32(s, "cache rows")?,
+                f(*scale),
+                node_idx,
+            ];
+            let (q_stride, q_offset) = cx.strided(ins[0]);
+            params.extend([
+                as_u32(q_stride, "q row stride")?,
+                as_u32(q_offset, "q offset")?,
+            ]);
+            let mut bindings: Vec<(u32, BindRef)> = (0..7)
+                .map(|b| {
+                    (
+                        b,
+                        if b == 0 {
+                            BindRef::Params
+                        } else if b == 6 {
+                            out
+                        } else {
+                            BindRef::Value(ins[b as usize - 1])
+                        },
+                    )
+                })
+                .chain([(STATUS_BINDING, BindRef::Status)])
+                .collect();
+            match cx.fused_rope(ins[0]) {
+                Some((p, _)) => {
+                    let (spec, inv_freq) = rope_spec(p)?;
+                    params.extend(spec);
+                    defines.push("ROPE_Q");
+                    bindings.push((7, BindRef::Const(0)));
+                    l.consts.push(inv_freq);
+                }
+                None => params.extend([0; 5]),
+            }
+            let hd = format!("HEAD_DIM={head_dim}");
             let (key, groups) = if lanes {
-                let hd = format!("HEAD_DIM={head_dim}");
-                let defines: Vec<&str> = kv.iter().copied().chain([hd.as_str()]).collect();
+                defines.push(&hd);
                 (
                     PipelineKey::new("attention_lanes.wgsl", "attention_lanes", &defines),
                     [
@@ -440,39 +572,18 @@ pub(crate) fn lower(cx: &LowerCtx, id: NodeId) -> Result<Lowered, String> {
                 )
             } else {
                 let (entry, groups) = tiled_attention_entry(t, *n_heads, *head_dim)?;
-                (PipelineKey::new("attention.wgsl", entry, kv), groups)
+                (PipelineKey::new("attention.wgsl", entry, &defines), groups)
             };
             if groups[0] > MAX_GROUPS || groups[1] > MAX_GROUPS {
                 return Err("attention with more than 65535 heads or rows".into());
             }
-            d.push(Dispatch {
+            l.dispatches.push(Dispatch {
                 key,
-                params: vec![
-                    as_u32(t, "rows")?,
-                    as_u32(*n_heads, "heads")?,
-                    as_u32(*n_kv_heads, "kv heads")?,
-                    as_u32(*head_dim, "head_dim")?,
-                    as_u32(s, "cache rows")?,
-                    f(*scale),
-                    node_idx,
-                ],
-                bindings: (0..7)
-                    .map(|b| {
-                        (
-                            b,
-                            if b == 0 {
-                                BindRef::Params
-                            } else if b == 6 {
-                                out
-                            } else {
-                                BindRef::Value(ins[b as usize - 1])
-                            },
-                        )
-                    })
-                    .chain([(STATUS_BINDING, BindRef::Status)])
-                    .collect(),
+                params,
+                bindings,
                 groups,
             });
+            return Ok(l);
         }
         Op::Attention {
             n_heads,
@@ -731,6 +842,14 @@ fn bidirectional_attention_dispatch(
             as_u32(seq, "sequence rows")?,
             f(scale),
             node_idx,
+            // q_load.wgsl: whole q rows, no rope.
+            as_u32(n_heads * head_dim, "q width")?,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
         ],
         bindings: vec![
             (0, BindRef::Params),

@@ -12,7 +12,8 @@
 // (the ViT's mode: K/V are activations of the same rows as q, `s_rows` is the sequence
 // length, and row t sees every key of its own sequence; no positions, bindings 4 and 5
 // unused); F16_OPERANDS (with BIDIRECTIONAL: q, k and v rounded to f16 as they are
-// read, the sums in f32, AttentionPrecision::F16 at its widest).
+// read, the sums in f32, AttentionPrecision::F16 at its widest). Queries are read
+// through q_load.wgsl (a column slice in place, and with ROPE_Q rotated as they load).
 #include "status.wgsl"
 
 const ATTN_WG: u32 = 64u;
@@ -28,16 +29,24 @@ struct Params {
     s_rows: u32,
     scale: f32,
     node: u32,
+    // q_load.wgsl's fields.
+    q_stride: u32,
+    q_offset: u32,
+    rotary_dim: u32,
+    dynamic_ntk: u32,
+    theta: f32,
+    factor: f32,
+    original_max_position: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
-@group(0) @binding(1) var<storage, read> q: array<f32>;
 #include "kv_load.wgsl"
 #ifndef BIDIRECTIONAL
 @group(0) @binding(4) var<storage, read> pos_in: array<i32>;
 @group(0) @binding(5) var<storage, read> n_valid_in: array<i32>;
 #endif
 @group(0) @binding(6) var<storage, read_write> out: array<f32>;
+#include "q_load.wgsl"
 
 var<workgroup> q_row: array<f32, MAX_HEAD_DIM>;
 
@@ -83,7 +92,7 @@ fn attention(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_ind
     let kv_base = (h / (params.n_heads / params.n_kv_heads)) * hd;
 
     for (var d = li; d < hd; d += ATTN_WG) {
-        q_row[d] = operand(q[out_base + d]);
+        q_row[d] = operand(q_at(t, h, d));
     }
     workgroupBarrier();
 
@@ -226,7 +235,7 @@ fn attention_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocatio
         let rr = e / hd;
         var v = 0.0;
         if rr < rows {
-            v = operand(q[(t0 + rr) * qw + h * hd + e % hd]);
+            v = operand(q_at(t0 + rr, h, e % hd));
         }
         q_block[e] = v;
     }

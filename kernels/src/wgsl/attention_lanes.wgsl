@@ -8,7 +8,8 @@
 // BIDIRECTIONAL (the ViT's mode, as in attention.wgsl: `s_rows` is the sequence
 // length; workgroup x counts the 64-row groups
 // of each sequence in turn, so a group never straddles two sequences and all its
-// threads walk the same keys).
+// threads walk the same keys). Queries are read through q_load.wgsl (a column slice
+// in place, and with ROPE_Q rotated as they load).
 #include "status.wgsl"
 
 const ROWS_PER_GROUP: u32 = 64u;
@@ -24,16 +25,24 @@ struct Params {
     s_rows: u32,
     scale: f32,
     node: u32,
+    // q_load.wgsl's fields.
+    q_stride: u32,
+    q_offset: u32,
+    rotary_dim: u32,
+    dynamic_ntk: u32,
+    theta: f32,
+    factor: f32,
+    original_max_position: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
-@group(0) @binding(1) var<storage, read> q: array<vec4<f32>>;
 #include "kv_load.wgsl"
 #ifndef BIDIRECTIONAL
 @group(0) @binding(4) var<storage, read> pos_in: array<i32>;
 @group(0) @binding(5) var<storage, read> n_valid_in: array<i32>;
 #endif
 @group(0) @binding(6) var<storage, read_write> out: array<vec4<f32>>;
+#include "q_load.wgsl"
 
 @compute @workgroup_size(ROWS_PER_GROUP)
 fn attention_lanes(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec3<u32>) {
@@ -83,7 +92,9 @@ fn attention_lanes(@builtin(local_invocation_index) li: u32, @builtin(workgroup_
     var qv: array<vec4<f32>, HD4>;
     var acc: array<vec4<f32>, HD4>;
     for (var d = 0u; d < HD4; d++) {
-        qv[d] = q[out_base + d] * params.scale;
+        let e = 4u * d;
+        qv[d] = vec4<f32>(q_at(t, h, e), q_at(t, h, e + 1u), q_at(t, h, e + 2u), q_at(t, h, e + 3u))
+            * params.scale;
     }
     var run_max = NEG_BIG;
     var run_sum = 0.0;

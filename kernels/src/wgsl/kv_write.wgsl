@@ -5,7 +5,9 @@
 // int8 `Q8Head` cache, see kv_load.wgsl) one thread per (new row, KV head) block: it
 // finds max|x|, scale = max|x| / 127, and writes q = round(x / scale) (half away from
 // zero, as the host's `quant::quantize_kv_head`, computed as x * (1 / scale)) four per
-// word, then the scale word.
+// word, then the scale word. With ROPE the new rows are RoPE's input (rope_value.wgsl):
+// each value is rotated at position pos + t as it is read, so a rope whose only reader
+// is this write runs no dispatch of its own (bindings 4: n_valid, 5: inv_freq).
 #include "common.wgsl"
 #include "status.wgsl"
 
@@ -21,6 +23,13 @@ struct Params {
     // column slice read in place; `width` and 0 for a whole matrix).
     src_stride: u32,
     src_offset: u32,
+    // ROPE: the rope's RopeSpec (its head_dim need not be the cache block's).
+    rope_head_dim: u32,
+    rotary_dim: u32,
+    dynamic_ntk: u32,
+    theta: f32,
+    factor: f32,
+    original_max_position: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -36,9 +45,25 @@ struct Params {
 #endif
 #endif
 
-// Element e (row-major over [T, width]) of the new rows.
-fn src(e: u32) -> u32 {
-    return e / params.width * params.src_stride + params.src_offset + e % params.width;
+#ifdef ROPE
+@group(0) @binding(4) var<storage, read> n_valid_in: array<i32>;
+@group(0) @binding(5) var<storage, read> inv_freq: array<f32>;
+#include "rope_value.wgsl"
+#endif
+
+// Element e (row-major over [T, width]) of the new rows, written at row pos + e / width
+// (with ROPE: rotated there; `seq_len` is pos + n_valid).
+fn new_value(e: u32, pos: u32, seq_len: u32) -> f32 {
+    let t = e / params.width;
+    let c = e % params.width;
+    let row = t * params.src_stride + params.src_offset;
+#ifdef ROPE
+    let spec = RopeSpec(params.rope_head_dim, params.rotary_dim, params.dynamic_ntk, params.theta,
+                        params.factor, params.original_max_position);
+    return rope_value(spec, c, new_rows[row + c], new_rows[row + rope_partner(spec, c)], pos + t, seq_len);
+#else
+    return new_rows[row + c];
+#endif
 }
 
 @compute @workgroup_size(ELEMENTWISE_WG)
@@ -48,25 +73,32 @@ fn kv_write(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
         return;
     }
     let pos = pos_in[0];
+#ifdef ROPE
+    let n_valid = n_valid_in[0];
+#else
+    let n_valid = 0i;
+#endif
     // As the reference: every row of the chunk (padding included) must fit.
-    if pos < 0 || u32(pos) > params.cache_rows || u32(pos) + params.new_rows > params.cache_rows {
+    if pos < 0 || n_valid < 0 || u32(pos) > params.cache_rows || u32(pos) + params.new_rows > params.cache_rows {
         if i == 0u {
             raise_status(STATUS_BAD_POSITION, params.node);
         }
         return;
     }
+    let seq_len = u32(pos) + u32(n_valid);
 #ifdef KV_F16
     let base = u32(pos) * params.width / 2u;
-    cache[base + i] = pack2x16float(vec2<f32>(new_rows[src(2u * i)], new_rows[src(2u * i + 1u)]));
+    cache[base + i] = pack2x16float(vec2<f32>(new_value(2u * i, u32(pos), seq_len),
+                                              new_value(2u * i + 1u, u32(pos), seq_len)));
 #else
 #ifdef KV_Q8
     let hd = params.head_dim;
     let hd4 = hd / 4u;
     // A block (one KV head's row) never straddles rows: head_dim divides width.
-    let first = src(i * hd);
+    let first = i * hd;
     var amax = 0.0;
     for (var d = 0u; d < hd; d++) {
-        amax = max(amax, abs(new_rows[first + d]));
+        amax = max(amax, abs(new_value(first + d, u32(pos), seq_len)));
     }
     let s = amax / 127.0;
     let inv = select(0.0, 1.0 / s, s != 0.0);
@@ -74,7 +106,7 @@ fn kv_write(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
     for (var w = 0u; w < hd4; w++) {
         var word = 0u;
         for (var b = 0u; b < 4u; b++) {
-            let y = new_rows[first + 4u * w + b] * inv;
+            let y = new_value(first + 4u * w + b, u32(pos), seq_len) * inv;
             let q = clamp(sign(y) * floor(abs(y) + 0.5), -127.0, 127.0);
             word |= (bitcast<u32>(i32(q)) & 0xffu) << (8u * b);
         }
@@ -82,7 +114,7 @@ fn kv_write(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
     }
     cache[base + hd4] = bitcast<u32>(s);
 #else
-    cache[u32(pos) * params.width + i] = new_rows[src(i)];
+    cache[u32(pos) * params.width + i] = new_value(i, u32(pos), seq_len);
 #endif
 #endif
 }

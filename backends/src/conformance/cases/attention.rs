@@ -2,7 +2,8 @@
 //! kv_write (prefill chunk and last-row decode), attention (GQA 9/3 as SmolLM2, MHA 4/4,
 //! pos 0 and pos > 0, padded chunks with n_valid < rows, garbage past the valid rows,
 //! chunks spanning several query and key blocks, odd head_dims), over f32, f16 and
-//! int8 (`Q8Head`) KV caches.
+//! int8 (`Q8Head`) KV caches; and whole attention blocks (`block_case`), the chain a
+//! backend may fuse.
 
 use super::{ATTENTION, ATTENTION_F16, ATTENTION_I8, EXACT, KV_INT8_WRITE, ROPE};
 use crate::conformance::case::{Case, Compared};
@@ -107,6 +108,142 @@ fn attention_case(
         )?;
         Ok(cb.output(y))
     })
+}
+
+/// One LLaMA attention block as the builder emits it after `FuseSharedInput`: q, k and
+/// v sliced from one fused matrix, RoPE on q and k, both written into the caches, then
+/// attention over the written caches (named `block.<kv>.<name>`; compared: the
+/// attention's output, which every KV write feeds). A backend may run this chain
+/// fused: the wgpu backend reads the slices in place and rotates k in the KV write and
+/// q in the attention's query loads, with no dispatch of their own.
+#[allow(clippy::too_many_arguments)]
+fn block_case(
+    kv: DType,
+    name: &str,
+    [n_heads, n_kv_heads, head_dim, rotary_dim]: [usize; 4],
+    scaling: RopeScaling,
+    rows: usize,
+    cache_rows: usize,
+    pos: i32,
+    n_valid: i32,
+) -> Case {
+    Case::new(
+        "attention",
+        kv_name(kv, &format!("block.{name}")),
+        ATTENTION,
+        move |cb| {
+            let (qw, kw) = (n_heads * head_dim, n_kv_heads * head_dim);
+            let qkv = cb.input("qkv", &[rows, qw + 2 * kw], -2.0, 2.0)?;
+            let k_cache = cb.state_of("k_cache", kv, &[cache_rows, kw], -2.0, 2.0)?;
+            let v_cache = cb.state_of("v_cache", kv, &[cache_rows, kw], -1.0, 1.0)?;
+            let p = cb.scalar("pos", pos)?;
+            let nv = cb.scalar("n_valid", n_valid)?;
+            let q = cb.op(Op::SliceCols { start: 0, len: qw }, &[qkv])?;
+            let k = cb.op(Op::SliceCols { start: qw, len: kw }, &[qkv])?;
+            let v = cb.op(
+                Op::SliceCols {
+                    start: qw + kw,
+                    len: kw,
+                },
+                &[qkv],
+            )?;
+            let params = RopeParams {
+                head_dim,
+                rotary_dim,
+                theta: 10000.0,
+                scaling: scaling.clone(),
+            };
+            let q = cb.op(
+                Op::Rope {
+                    params: params.clone(),
+                },
+                &[q, p, nv],
+            )?;
+            let k = cb.op(Op::Rope { params }, &[k, p, nv])?;
+            let k_cache = cb.op(Op::KvWrite, &[k_cache, k, p])?;
+            let v_cache = cb.op(Op::KvWrite, &[v_cache, v, p])?;
+            let y = cb.op(
+                Op::Attention {
+                    n_heads,
+                    n_kv_heads,
+                    head_dim,
+                    scale: 1.0 / (head_dim as f32).sqrt(),
+                    mode: AttentionMode::Causal,
+                    precision: AttentionPrecision::F32,
+                },
+                &[q, k_cache, v_cache, p, nv],
+            )?;
+            Ok(cb.output(y))
+        },
+    )
+}
+
+/// Attention blocks (`block_case`) over each KV cache type: decode and padded prefill
+/// chunks, GQA and MHA, partial rotary dims and dynamic NTK scaling (whose frequencies
+/// depend on pos + n_valid).
+fn block_cases() -> Vec<Case> {
+    let dynamic = RopeScaling::DynamicNtk {
+        factor: 2.0,
+        original_max_position: 16,
+    };
+    let mut v = Vec::new();
+    for (kv, hd) in [(F32, 16), (F16, 16), (KV8_16, 16), (F32, 64), (KV8_64, 64)] {
+        v.extend([
+            block_case(
+                kv,
+                &format!("gqa9_3.hd{hd}.decode.pos30"),
+                [9, 3, hd, hd],
+                RopeScaling::None,
+                1,
+                40,
+                30,
+                1,
+            ),
+            block_case(
+                kv,
+                &format!("gqa9_3.hd{hd}.rows7.pos13.n_valid4"),
+                [9, 3, hd, hd],
+                RopeScaling::None,
+                7,
+                40,
+                13,
+                4,
+            ),
+        ]);
+    }
+    v.extend([
+        block_case(
+            F32,
+            "mha4_4.hd32.rows40.pos100",
+            [4, 4, 32, 32],
+            RopeScaling::None,
+            40,
+            160,
+            100,
+            40,
+        ),
+        block_case(
+            F32,
+            "mha2_2.hd24.partial_rotary.rows3.pos5",
+            [2, 2, 24, 8],
+            RopeScaling::None,
+            3,
+            16,
+            5,
+            3,
+        ),
+        block_case(
+            F16,
+            "gqa4_2.hd16.dynamic.rows7.pos37",
+            [4, 2, 16, 16],
+            dynamic,
+            7,
+            48,
+            37,
+            7,
+        ),
+    ]);
+    v
 }
 
 /// The ViT's mode: `images` sequences of `seq` rows, every query sees its own
@@ -230,6 +367,7 @@ pub(super) fn cases() -> Vec<Case> {
         ),
     ];
     v.extend(rope_sweep());
+    v.extend(block_cases());
     v.extend([
         kv_write_case(F32, "prefill.7rows.pos13", 40, 48, 7, 13),
         kv_write_case(F32, "decode.last_row", 40, 48, 1, 39),
