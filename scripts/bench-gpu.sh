@@ -37,7 +37,8 @@
 #        comparison)  JOBS=$(nproc) (build jobs)
 #        KERNEL_BENCH=1 (0: skip the WGSL kernel benches; WGPU_BENCH= their prebuilt
 #        criterion binary, packed as npurt-wgpu-bench)  VARIANTS_AB=1 (0: skip npurt's
-#        runs with NPURT_WGPU_VARIANTS=plain and with NPURT_WGPU_GEMM_ROWS=32)
+#        runs with NPURT_WGPU_VARIANTS=plain, with NPURT_WGPU_GEMM_ROWS=32 and, where
+#        the adapter has cooperative matrices, without them)
 #        QUICK=1: try it on a CPU-only box: the small shape cut to 4 layers, -p 32
 #        -n 8, one repetition, one round, llama.cpp's CPU build (lavapipe for wgpu)
 #        PACK=dir: make the offline bundle (above) and stop
@@ -169,6 +170,10 @@ done
 # --- Measurements: conformance, then npurt and llama-bench in alternation.
 START=$(date +%s)
 "$NPURT" backends >"$OUT/backends.txt" 2>&1 || true
+# The optional instructions the backend uses (`npurt backends`: "[kernels: tiled
+# (f16+subgroup+dot4+coop)]"), and the same list without cooperative matrices.
+VARIANTS=$(sed -n "s/^$BACKEND: .*(\([a-z0-9+]*\)[^(]*)\]$/\1/p" "$OUT/backends.txt" | head -1)
+NO_COOP=$(printf '%s' "$VARIANTS" | sed 's/+coop//; s/^coop$/plain/')
 CONF="skipped"
 if [ "$CONFORMANCE" = 1 ]; then
     say "npurt conformance --backend $BACKEND..."
@@ -178,6 +183,17 @@ if [ "$CONFORMANCE" = 1 ]; then
         CONF="FAILED"
     fi
     CONF="$CONF ($(grep -Eio '[0-9]+ passed[^|]*' "$OUT/conformance.txt" | tail -1 || true))"
+    # Cooperative matrices are wgpu-experimental and tested only where a GPU offers
+    # them: if the suite fails with them and passes without, measure without them.
+    if [ "${CONF%% *}" = FAILED ] && [ "$VARIANTS" != "$NO_COOP" ]; then
+        say "conformance failed with $VARIANTS; trying NPURT_WGPU_VARIANTS=$NO_COOP..."
+        if NPURT_WGPU_VARIANTS="$NO_COOP" "$NPURT" conformance --backend "$BACKEND" \
+            >"$OUT/conformance-no-coop.txt" 2>&1; then
+            export NPURT_WGPU_VARIANTS="$NO_COOP"
+            CONF="$CONF; without coop passed: measured with NPURT_WGPU_VARIANTS=$NO_COOP"
+            VARIANTS="$NO_COOP"
+        fi
+    fi
 fi
 AGREEMENT="skipped"
 if [ "$AGREE" = 1 ]; then
@@ -264,7 +280,9 @@ done
 if [ "$VARIANTS_AB" = 1 ] && [ "$BACKEND" = wgpu ]; then
     for shape in $SHAPES; do
         base="$OUT/models/$(tag "$shape")"
-        for config in "NPURT_WGPU_VARIANTS=plain" "NPURT_WGPU_GEMM_ROWS=32"; do
+        configs=("NPURT_WGPU_VARIANTS=plain" "NPURT_WGPU_GEMM_ROWS=32")
+        [ "$VARIANTS" = "$NO_COOP" ] || configs+=("NPURT_WGPU_VARIANTS=$NO_COOP")
+        for config in "${configs[@]}"; do
             log="$OUT/logs/$shape-${config##*_}"
             say "$shape: npurt bench --backend wgpu, $config..."
             env "$config" "$NPURT" bench --model "$base-hf" --backend wgpu --precision "$PRECISION" \

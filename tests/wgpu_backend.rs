@@ -224,16 +224,34 @@ fn conformance_lanes_kernels() {
     conformance_passes_without_declining(both()[1]);
 }
 
+/// What lavapipe offers: every optional instruction but cooperative matrices (no
+/// matrix units).
+const LAVAPIPE_VARIANTS: KernelVariants = KernelVariants {
+    coop: false,
+    ..KernelVariants::ALL
+};
+
 /// The tiled kernels' optional instructions (f16 tiles, subgroup shuffles, packed i8
 /// dot products) are on by default where the adapter has them, and lavapipe has all
 /// of them, so `conformance_tiled_kernels` runs them; their plain fallbacks (what an
 /// adapter without them runs) meet the matmul cases here, the only op they change.
+/// Cooperative matrices, which lavapipe lacks, are a typed error when asked for.
 #[test]
 fn conformance_tiled_kernels_without_optional_instructions() {
     assert_eq!(
         both()[0].kernel_variants(),
-        KernelVariants::ALL,
-        "lavapipe should offer every kernel variant, so the conformance suite runs them"
+        LAVAPIPE_VARIANTS,
+        "lavapipe should offer every kernel variant but coop, so the conformance suite runs them"
+    );
+    let coop = WgpuBackend::new(WgpuOptions {
+        variants: Some(KernelVariants::parse("coop").unwrap()),
+        ..Default::default()
+    });
+    assert!(
+        matches!(&coop, Err(BackendError::Unavailable { reason, .. })
+            if reason.contains("`coop` asked for") && reason.contains("f16+subgroup+dot4")),
+        "{:?}",
+        coop.err()
     );
     let kernels = tiled_matmul_conformance(KernelVariants::PLAIN, None);
     assert_eq!(kernels, "tiled (plain)");
@@ -261,7 +279,7 @@ fn tiled_matmul_conformance(variants: KernelVariants, gemm_rows: Option<u32>) ->
 /// instructions; a tile height other than 32 or 64 is refused with a typed error.
 #[test]
 fn conformance_tiled_gemm_with_32_row_tiles() {
-    for variants in [KernelVariants::ALL, KernelVariants::PLAIN] {
+    for variants in [LAVAPIPE_VARIANTS, KernelVariants::PLAIN] {
         let kernels = tiled_matmul_conformance(variants, Some(32));
         assert!(kernels.ends_with(", 32-row gemm tiles)"), "{kernels}");
     }
@@ -279,8 +297,12 @@ fn conformance_tiled_gemm_with_32_row_tiles() {
 #[test]
 fn kernel_variants_parse_and_name() {
     let v = KernelVariants::parse("f16,dot4").unwrap();
-    assert!(v.f16 && v.dot4 && !v.subgroup);
+    assert!(v.f16 && v.dot4 && !v.subgroup && !v.coop);
     assert_eq!(v.name(), "f16+dot4");
+    assert_eq!(
+        KernelVariants::parse("dot4+coop").unwrap().name(),
+        "dot4+coop"
+    );
     assert_eq!(KernelVariants::parse("all").unwrap(), KernelVariants::ALL);
     assert_eq!(KernelVariants::parse("plain").unwrap().name(), "plain");
     let e = KernelVariants::parse("f16,warp").unwrap_err();

@@ -250,11 +250,18 @@ impl BenchProfile {
         self.limits.as_ref().and_then(|l| l.peak("f32 fma"))
     }
 
+    /// The device's measured f16 cooperative-matrix peak, when its GEMM is in use
+    /// (the wgpu `coop` variant).
+    fn matrix_peak(&self) -> Option<f64> {
+        self.limits.as_ref().and_then(|l| l.peak("f16 matrix"))
+    }
+
     fn json_of(&self, p: &npurt_backends::Profile, ops: f64) -> serde_json::Value {
         let mut j = profile_json(p);
         let (ms, rate, fraction) = self.matmul_rate(p, ops);
         j["matmul"] = serde_json::json!({
-            "ops": ops, "ms": ms, "ops_per_s": rate, "fraction_of_f32_fma_peak": fraction
+            "ops": ops, "ms": ms, "ops_per_s": rate, "fraction_of_f32_fma_peak": fraction,
+            "fraction_of_f16_matrix_peak": self.matrix_peak().map(|p| rate / p),
         });
         j
     }
@@ -270,6 +277,15 @@ impl BenchProfile {
             s.push_str(&format!(
                 " = {:.1}% of the measured f32 FMA peak ({:.2} TOP/s)",
                 100.0 * f,
+                peak / 1e12
+            ));
+        }
+        if let Some(peak) = self.matrix_peak() {
+            // gemm_coop multiplies each operand's two f16 parts: 3 matrix products for
+            // every multiply-add counted here.
+            s.push_str(&format!(
+                ", {:.1}% of the measured f16 matrix peak ({:.2} TOP/s; the coop GEMM runs 3 matrix products per product)",
+                100.0 * rate / peak,
                 peak / 1e12
             ));
         }

@@ -1,5 +1,6 @@
-//! What a conformance case is: a one-op graph plus seeded data for its sources, what to
-//! compare after the run, and the NMSE the op may differ from the oracle by.
+//! What a conformance case is: a graph of the op under test (alone, or in the chain a
+//! backend may fuse) plus seeded data for its sources, what to compare after the run,
+//! and the NMSE the op may differ from the oracle by.
 
 use super::rng::{seed_for, Rng};
 use npurt_graph::{Builder, DType, Graph, GraphError, NodeId, Op, TensorFact};

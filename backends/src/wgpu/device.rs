@@ -61,6 +61,27 @@ pub(crate) struct GpuContext {
     staging: Mutex<Vec<::wgpu::Buffer>>,
 }
 
+/// Whether the adapter runs matmul.wgsl's `gemm_coop`: cooperative matrices of
+/// 16x16x16 f16 operands with f32 accumulators, in subgroups of exactly 32 threads
+/// (the kernel's four subgroups each own a quarter of the tile), and the kernel's
+/// workgroup memory.
+fn coop_offered(
+    adapter: &::wgpu::Adapter,
+    info: &::wgpu::AdapterInfo,
+    limits: &::wgpu::Limits,
+) -> bool {
+    let needs = ::wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX | ::wgpu::Features::SHADER_F16;
+    adapter.features().contains(needs)
+        && adapter.cooperative_matrix_properties().iter().any(|p| {
+            (p.m_size, p.n_size, p.k_size) == (16, 16, 16)
+                && p.ab_type == ::wgpu::CooperativeScalarType::F16
+                && p.cr_type == ::wgpu::CooperativeScalarType::F32
+        })
+        && info.subgroup_min_size == 32
+        && info.subgroup_max_size == 32
+        && limits.max_compute_workgroup_storage_size >= super::ops::COOP_WORKGROUP_BYTES
+}
+
 fn adapter_rank(t: ::wgpu::DeviceType) -> u8 {
     use ::wgpu::DeviceType::*;
     match t {
@@ -111,6 +132,7 @@ impl GpuContext {
             dot4: instance
                 .wgsl_language_features()
                 .contains(::wgpu::WgslLanguageFeatures::Packed4x8IntegerDotProduct),
+            coop: coop_offered(&adapter, &info, &limits),
         };
         let variants = match variants {
             Some(v) if v.and(offered) != v => {
@@ -131,12 +153,23 @@ impl GpuContext {
         if variants.subgroup {
             features |= ::wgpu::Features::SUBGROUP;
         }
+        let experimental = if variants.coop {
+            features |=
+                ::wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX | ::wgpu::Features::SHADER_F16;
+            // SAFETY: wgpu marks cooperative matrices experimental (its implementation
+            // may still have bugs). Only matmul.wgsl's gemm_coop uses them, and the
+            // conformance suite checks it on any adapter that offers them;
+            // `NPURT_WGPU_VARIANTS` without `coop` keeps the device off the feature.
+            unsafe { ::wgpu::ExperimentalFeatures::enabled() }
+        } else {
+            ::wgpu::ExperimentalFeatures::disabled()
+        };
         let (device, queue) =
             pollster::block_on(adapter.request_device(&::wgpu::DeviceDescriptor {
                 label: Some("npurt"),
                 required_features: features,
                 required_limits: limits.clone(),
-                experimental_features: ::wgpu::ExperimentalFeatures::disabled(),
+                experimental_features: experimental,
                 memory_hints: ::wgpu::MemoryHints::Performance,
                 trace: ::wgpu::Trace::Off,
             }))

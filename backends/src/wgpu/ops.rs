@@ -30,6 +30,10 @@ pub(crate) const TILED_WORKGROUP_BYTES: u32 = {
         attention
     }
 };
+/// Workgroup memory of matmul.wgsl's gemm_coop: the f16 hi/lo activation and weight
+/// tiles (64 rows of 40 each), the 64 x 64 f32 sums, and (NORM) the rows' inverse RMS
+/// with its partial sums (37.3 KiB).
+pub(crate) const COOP_WORKGROUP_BYTES: u32 = 2 * 2 * 64 * 40 * 2 + 64 * 64 * 4 + (64 + 256) * 4;
 /// act_quant.wgsl's words per row and 32-value block (8 of i8, scale, sum).
 const ACT_QUANT_WORDS: usize = 10;
 /// attention.wgsl's `attention_rows` (query rows sharing K/V tiles): blocks of
@@ -915,6 +919,8 @@ enum MatmulEntry {
     Gemv,
     Gemm,
     GemmDot4,
+    /// gemm on cooperative matrices (the `coop` variant).
+    GemmCoop,
 }
 
 /// Whether a GEMM (the `Tiled` family's prefill kernel) multiplies packed i8: i8
@@ -963,16 +969,16 @@ fn matmul_dispatch(
             let g = grid_1d(x.n.div_ceil(64 / cx.gemv_lanes() as usize), 1)?;
             (g[0] as usize, g[1] as usize, "gemv")
         }
-        MatmulEntry::Gemm | MatmulEntry::GemmDot4 => {
-            // matmul.wgsl's gemm: tiles of cx.gemm_rows rows and 64 columns (32 with a
-            // GLU, whose gate and up rows share the weight tile).
+        MatmulEntry::Gemm | MatmulEntry::GemmDot4 | MatmulEntry::GemmCoop => {
+            // matmul.wgsl's gemm: tiles of cx.gemm_rows rows (gemm_coop: 64) and 64
+            // columns (32 with a GLU, whose gate and up rows share the weight tile).
             let cols = if defines.contains(&"GLU") { 32 } else { 64 };
-            let name = if entry == MatmulEntry::Gemm {
-                "gemm"
-            } else {
-                "gemm_dot4"
+            let (name, rows) = match entry {
+                MatmulEntry::Gemm => ("gemm", cx.gemm_rows),
+                MatmulEntry::GemmDot4 => ("gemm_dot4", cx.gemm_rows),
+                _ => ("gemm_coop", 64),
             };
-            (x.n.div_ceil(cols), x.m.div_ceil(cx.gemm_rows), name)
+            (x.n.div_ceil(cols), x.m.div_ceil(rows), name)
         }
         MatmulEntry::Lanes => (
             x.n.div_ceil(256),
@@ -992,6 +998,9 @@ fn matmul_dispatch(
     }
     if entry == MatmulEntry::Gemm && cx.variants.f16 && raw_fits_f16 {
         defines.push("GEMM_F16");
+    }
+    if entry == MatmulEntry::GemmCoop {
+        defines.push("COOP");
     }
     let lanes;
     if entry == MatmulEntry::Gemv && cx.variants.subgroup {
@@ -1084,10 +1093,10 @@ fn lower_matmul(
         defines.push("W_KN");
         let a_in = separate_norm(l)?;
         let n = bf.shape[1];
-        let entry = if cx.kernels == KernelFamily::Lanes {
-            MatmulEntry::Lanes
-        } else {
-            MatmulEntry::Gemm
+        let entry = match cx.kernels {
+            KernelFamily::Lanes => MatmulEntry::Lanes,
+            KernelFamily::Tiled if cx.variants.coop => MatmulEntry::GemmCoop,
+            KernelFamily::Tiled => MatmulEntry::Gemm,
         };
         for (i, (bind, rows, _)) in b.parts.into_iter().enumerate() {
             let args = MatmulArgs {
@@ -1123,6 +1132,8 @@ fn lower_matmul(
     if entry == MatmulEntry::Gemm && dot4_applies(cx.variants, act, b.dtype) {
         entry = MatmulEntry::GemmDot4;
         defines.push("DOT4");
+    } else if entry == MatmulEntry::Gemm && cx.variants.coop {
+        entry = MatmulEntry::GemmCoop;
     }
     let mut extra = vec![];
     // The GEMV and the f32 GEMM fold the rms_norm prologue in: each workgroup computes
@@ -1130,7 +1141,12 @@ fn lower_matmul(
     // NORM), which saves a dispatch and a round trip of the activations.
     let mut eps = 0.0;
     let a_in = match norm {
-        Some((e, w)) if matches!(entry, MatmulEntry::Gemv | MatmulEntry::Gemm) => {
+        Some((e, w))
+            if matches!(
+                entry,
+                MatmulEntry::Gemv | MatmulEntry::Gemm | MatmulEntry::GemmCoop
+            ) =>
+        {
             defines.push("NORM");
             extra.push((7, BindRef::Value(w)));
             eps = e;

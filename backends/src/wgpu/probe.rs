@@ -1,6 +1,7 @@
 //! The adapter's limits, measured by probe.wgsl in the caller's process: the copy
 //! bandwidth and the arithmetic peak of each instruction the kernels in use rely on
-//! (f32 FMA always; f16 FMA and packed i8 dot products where those variants are on).
+//! (f32 FMA always; f16 FMA, packed i8 dot products and f16 cooperative matrices
+//! where those variants are on).
 //! Times come from pass timestamps where the device has TIMESTAMP_QUERY, else from the
 //! host clock around one waited submission.
 
@@ -13,9 +14,12 @@ const FILE: &str = "probe.wgsl";
 const WG: u32 = 256;
 /// Workgroups of an arithmetic probe: enough threads to fill any GPU.
 const ARITH_GROUPS: u32 = 2048;
-/// Operations per thread and step of an arithmetic probe: 8 chains of 4 lanes, 2 ops
-/// per multiply-add.
+/// Operations per thread and step of the FMA and dot4 probes: 8 chains of 4 lanes, 2
+/// ops per multiply-add.
 const OPS_PER_STEP: f64 = 64.0;
+/// The same for the cooperative-matrix probe: a subgroup of 32 runs 8 chains of
+/// 16x16x16 multiply-adds.
+const COOP_OPS_PER_STEP: f64 = 8.0 * 16.0 * 16.0 * 16.0 * 2.0 / 32.0;
 /// An arithmetic probe's steps grow 4x until one run takes at least this long.
 const MIN_SECONDS: f64 = 0.02;
 const MAX_ITERS: u32 = 1 << 22;
@@ -40,18 +44,24 @@ pub(crate) fn measure(ctx: &GpuContext) -> Result<DeviceLimits> {
     let copy_gb_s = p.copy()?;
     let mut peaks = vec![Peak {
         arithmetic: "f32 fma",
-        ops_per_s: p.arithmetic("fma_peak", &[])?,
+        ops_per_s: p.arithmetic("fma_peak", &[], OPS_PER_STEP)?,
     }];
     if ctx.variants.f16 {
         peaks.push(Peak {
             arithmetic: "f16 fma",
-            ops_per_s: p.arithmetic("fma_peak", &["F16"])?,
+            ops_per_s: p.arithmetic("fma_peak", &["F16"], OPS_PER_STEP)?,
         });
     }
     if ctx.variants.dot4 {
         peaks.push(Peak {
             arithmetic: "i8 dot4",
-            ops_per_s: p.arithmetic("dot4_i8", &["DOT4"])?,
+            ops_per_s: p.arithmetic("dot4_i8", &["DOT4"], OPS_PER_STEP)?,
+        });
+    }
+    if ctx.variants.coop {
+        peaks.push(Peak {
+            arithmetic: "f16 matrix",
+            ops_per_s: p.arithmetic("coop_f16", &["COOP"], COOP_OPS_PER_STEP)?,
         });
     }
     Ok(DeviceLimits {
@@ -115,8 +125,9 @@ impl Probe<'_> {
         Ok(2.0 * bytes as f64 / best / 1e9)
     }
 
-    /// Peak operations per second of one arithmetic probe entry point.
-    fn arithmetic(&self, entry: &'static str, defines: &[&str]) -> Result<f64> {
+    /// Peak operations per second of one arithmetic probe entry point, which does
+    /// `ops_per_step` operations per thread and step.
+    fn arithmetic(&self, entry: &'static str, defines: &[&str], ops_per_step: f64) -> Result<f64> {
         let dst = self.buffer(
             "probe arithmetic dst",
             u64::from(ARITH_GROUPS * WG) * 16,
@@ -135,7 +146,7 @@ impl Probe<'_> {
             iters *= 4;
         };
         let threads = f64::from(ARITH_GROUPS * WG);
-        Ok(threads * f64::from(iters) * OPS_PER_STEP / seconds)
+        Ok(threads * f64::from(iters) * ops_per_step / seconds)
     }
 
     /// Seconds one dispatch of `key` takes, with `params` as its uniform and

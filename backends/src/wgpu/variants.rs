@@ -27,7 +27,9 @@ impl KernelFamily {
 
 /// Optional instructions the `Tiled` kernels use where the adapter has them. Each has
 /// a plain fallback computing the same result within the conformance thresholds
-/// (lavapipe offers all three, so the tests run both sides).
+/// (lavapipe offers the first three, so the tests run both sides; `coop` needs matrix
+/// units, which no CI machine has: naga validates its shader there, and the
+/// conformance suite runs it on a GPU that offers it).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct KernelVariants {
     /// f16 weight tiles in the prefill GEMM (`SHADER_F16`): the weight tile holds each
@@ -42,6 +44,11 @@ pub struct KernelVariants {
     /// activations on integer weight formats: activations quantized per 32-value block
     /// (`ActPrecision::I8`, also serving `I8Row`, which allows finer).
     pub dot4: bool,
+    /// Cooperative matrices (`EXPERIMENTAL_COOPERATIVE_MATRIX` with 16x16x16 f16
+    /// operands and f32 accumulators, subgroups of 32: NVIDIA's tensor cores) for the
+    /// prefill GEMM with f32 or i16 activations (matmul.wgsl `gemm_coop`): each
+    /// operand split into two f16 parts, so the sums stay near f32.
+    pub coop: bool,
 }
 
 impl KernelVariants {
@@ -50,12 +57,14 @@ impl KernelVariants {
         f16: false,
         subgroup: false,
         dot4: false,
+        coop: false,
     };
     /// Every optional instruction.
     pub const ALL: KernelVariants = KernelVariants {
         f16: true,
         subgroup: true,
         dot4: true,
+        coop: true,
     };
 
     /// e.g. `f16+subgroup+dot4`, or `plain`.
@@ -64,6 +73,7 @@ impl KernelVariants {
             (self.f16, "f16"),
             (self.subgroup, "subgroup"),
             (self.dot4, "dot4"),
+            (self.coop, "coop"),
         ]
         .iter()
         .filter(|v| v.0)
@@ -76,7 +86,7 @@ impl KernelVariants {
         }
     }
 
-    /// `plain`, `all`, or a `+`/`,`-separated list of `f16`, `subgroup`, `dot4`.
+    /// `plain`, `all`, or a `+`/`,`-separated list of `f16`, `subgroup`, `dot4`, `coop`.
     pub fn parse(s: &str) -> Result<KernelVariants, String> {
         match s.trim() {
             "plain" | "none" | "" => return Ok(Self::PLAIN),
@@ -89,9 +99,10 @@ impl KernelVariants {
                 "f16" => v.f16 = true,
                 "subgroup" => v.subgroup = true,
                 "dot4" => v.dot4 = true,
+                "coop" => v.coop = true,
                 other => {
                     return Err(format!(
-                        "unknown kernel variant `{other}` (plain, all, or a list of f16, subgroup, dot4)"
+                        "unknown kernel variant `{other}` (plain, all, or a list of f16, subgroup, dot4, coop)"
                     ))
                 }
             }
@@ -105,6 +116,7 @@ impl KernelVariants {
             f16: self.f16 && other.f16,
             subgroup: self.subgroup && other.subgroup,
             dot4: self.dot4 && other.dot4,
+            coop: self.coop && other.coop,
         }
     }
 }

@@ -10,7 +10,9 @@
 //         row, and subgroup shuffles or workgroup memory add them (see the kernel);
 //   gemm: 64x64 output tiles (32x64 with GEMM_ROWS_32), K in steps of 32 (one quant block per weight row), A and
 //         the dequantized B tile staged in workgroup memory (B in f16 with GEMM_F16),
-//         4x4 outputs per thread (see the kernel).
+//         4x4 outputs per thread (see the kernel);
+//   gemm_coop (COOP): gemm's tiles multiplied on the GPU's matrix units (cooperative
+//         matrices, f16 operands split into high and low parts, f32 sums).
 // Defines: W_KN (weight stored [K, N], f32/f16/bf16 only; otherwise [N, K]), NORM (the
 // rms_norm prologue, gemv and gemm; binding 7 its weight), and the
 // epilogue's steps (npurt_graph::Epilogue, applied in this fixed order by write_out;
@@ -24,6 +26,10 @@
 // backend.
 #ifdef GEMM_F16
 enable f16;
+#endif
+#ifdef COOP
+enable f16;
+enable wgpu_cooperative_matrix;
 #endif
 #include "common.wgsl"
 
@@ -537,6 +543,124 @@ fn gemm_dot4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_ind
         workgroupBarrier();
     }
     gemm_write(m0, n0, tx, ty, acc);
+}
+#endif
+
+#ifdef COOP
+// gemm_coop: gemm's 64 x 64 output tile (GLU: 64 x 32, gate and up rows sharing the
+// weight tile), K in steps of one 32-value block, with the products on the matrix
+// units (EXPERIMENTAL_COOPERATIVE_MATRIX: 16 x 16 x 16 f16 operands, f32
+// accumulators, one subgroup of 32 threads per matrix). 128 threads, four subgroups
+// of 32 (the variant requires that subgroup size), each owning a 32 x 32 quarter of
+// the tile as 2 x 2 accumulators. Each K step stages the activation tile and the
+// dequantized weight tile in workgroup memory as f16 pairs: x = hi + lo with
+// hi = f16(x) and lo = f16(x - hi), and sums a_hi b_hi + a_hi b_lo + a_lo b_hi, so
+// the products keep about 22 bits of each operand (near f32, like gemm) at three
+// matrix products per step. Activations are staged scaled by COOP_A_SCALE and the sums
+// unscaled: f16's range then holds activations up to 1.6e7, at an absolute error
+// near 2^-16 of the unscaled value (the CPU's i16 activations: 2^-16 of the row's
+// max). After the last step each subgroup stores its accumulators to workgroup memory
+// and the threads apply the epilogue (write_out).
+const COOP_STRIDE: u32 = 40u;             // f16 row stride of a staged tile (32 + 8)
+const COOP_PART: u32 = 2560u;             // 64 rows x COOP_STRIDE: the lo half's offset
+const COOP_A_SCALE: f32 = 0.00390625;     // 2^-8
+
+var<workgroup> coop_a: array<f16, 5120>;  // a_hi then a_lo, [64 rows][COOP_STRIDE]
+var<workgroup> coop_b: array<f16, 5120>;  // b_hi then b_lo, [64 weight rows][COOP_STRIDE]
+var<workgroup> coop_out: array<f32, 4096>; // the sums, [64][64]
+
+// Stores x as its f16 high and low parts at `at` and `at + COOP_PART` of `tile`.
+fn coop_split_a(at: u32, x: vec4<f32>) {
+    let hi = vec4<f16>(x);
+    let lo = vec4<f16>(x - vec4<f32>(hi));
+    for (var i = 0u; i < 4u; i++) {
+        coop_a[at + i] = hi[i];
+        coop_a[COOP_PART + at + i] = lo[i];
+    }
+}
+
+fn coop_split_b(at: u32, x: vec4<f32>) {
+    let hi = vec4<f16>(x);
+    let lo = vec4<f16>(x - vec4<f32>(hi));
+    for (var i = 0u; i < 4u; i++) {
+        coop_b[at + i] = hi[i];
+        coop_b[COOP_PART + at + i] = lo[i];
+    }
+}
+
+@compute @workgroup_size(128)
+fn gemm_coop(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let m0 = wg.y * 64u;
+    let n0 = wg.x * GEMM_COLS;
+    // This subgroup's quarter: rows wm .. wm + 32, weight tile rows wn .. wn + 32.
+    let sg = li / 32u;
+    let wm = (sg / 2u) * 32u;
+    let wn = (sg % 2u) * 32u;
+#ifdef NORM
+    norm_rows(m0, min(64u, params.m - m0), 64u, li, 128u);
+#endif
+    var c00 = coop_mat16x16<f32, C>();
+    var c01 = coop_mat16x16<f32, C>();
+    var c10 = coop_mat16x16<f32, C>();
+    var c11 = coop_mat16x16<f32, C>();
+    for (var k0 = 0u; k0 < params.k; k0 += 32u) {
+        // 512 quads of each tile, 4 per thread; the 8 threads of a tile row read its
+        // 128 contiguous bytes.
+        for (var e = 0u; e < 4u; e++) {
+            let idx = li + e * 128u;
+            let r = idx / 8u;
+            let q = idx % 8u;
+            var av = vec4<f32>(0.0);
+            if m0 + r < params.m {
+                av = a_input(m0 + r, r, k0 + q * 4u) * COOP_A_SCALE;
+            }
+            coop_split_a(r * COOP_STRIDE + q * 4u, av);
+            let dc = gemm_b_affine(n0, r, k0);
+            coop_split_b(r * COOP_STRIDE + q * 4u, dc.x * gemm_b_raw(n0, r, k0, q) + dc.y);
+        }
+        workgroupBarrier();
+        for (var ks = 0u; ks < 32u; ks += 16u) {
+            let a0 = wm * COOP_STRIDE + ks;
+            let a1 = (wm + 16u) * COOP_STRIDE + ks;
+            let b0 = wn * COOP_STRIDE + ks;
+            let b1 = (wn + 16u) * COOP_STRIDE + ks;
+            // A is [M, K] row-major (coopLoadT); B is [K, N] with each weight row's K
+            // values contiguous: column-major (coopLoad).
+            let ah0 = coopLoadT<coop_mat16x16<f16, A>>(&coop_a[a0], COOP_STRIDE);
+            let ah1 = coopLoadT<coop_mat16x16<f16, A>>(&coop_a[a1], COOP_STRIDE);
+            let al0 = coopLoadT<coop_mat16x16<f16, A>>(&coop_a[COOP_PART + a0], COOP_STRIDE);
+            let al1 = coopLoadT<coop_mat16x16<f16, A>>(&coop_a[COOP_PART + a1], COOP_STRIDE);
+            let bh0 = coopLoad<coop_mat16x16<f16, B>>(&coop_b[b0], COOP_STRIDE);
+            let bh1 = coopLoad<coop_mat16x16<f16, B>>(&coop_b[b1], COOP_STRIDE);
+            let bl0 = coopLoad<coop_mat16x16<f16, B>>(&coop_b[COOP_PART + b0], COOP_STRIDE);
+            let bl1 = coopLoad<coop_mat16x16<f16, B>>(&coop_b[COOP_PART + b1], COOP_STRIDE);
+            c00 = coopMultiplyAdd(al0, bh0, coopMultiplyAdd(ah0, bl0, coopMultiplyAdd(ah0, bh0, c00)));
+            c01 = coopMultiplyAdd(al0, bh1, coopMultiplyAdd(ah0, bl1, coopMultiplyAdd(ah0, bh1, c01)));
+            c10 = coopMultiplyAdd(al1, bh0, coopMultiplyAdd(ah1, bl0, coopMultiplyAdd(ah1, bh0, c10)));
+            c11 = coopMultiplyAdd(al1, bh1, coopMultiplyAdd(ah1, bl1, coopMultiplyAdd(ah1, bh1, c11)));
+        }
+        workgroupBarrier();
+    }
+    coopStoreT(c00, &coop_out[wm * 64u + wn], 64u);
+    coopStoreT(c01, &coop_out[wm * 64u + wn + 16u], 64u);
+    coopStoreT(c10, &coop_out[(wm + 16u) * 64u + wn], 64u);
+    coopStoreT(c11, &coop_out[(wm + 16u) * 64u + wn + 16u], 64u);
+    workgroupBarrier();
+    let unscale = 1.0 / COOP_A_SCALE;
+    for (var e = li; e < 64u * GEMM_COLS; e += 128u) {
+        let r = e / GEMM_COLS;
+        let c = e % GEMM_COLS;
+        let m = m0 + r;
+        let n = n0 + c;
+        if m < params.m && n < params.n {
+#ifdef GLU
+            // Weight tile rows c and c + 32: the gate and up of column n.
+            write_out(m, n, coop_out[r * 64u + c] * unscale, coop_out[r * 64u + c + 32u] * unscale);
+#else
+            write_out(m, n, coop_out[r * 64u + c] * unscale, 0.0);
+#endif
+        }
+    }
 }
 #endif
 

@@ -8,10 +8,17 @@
 //             per thread so nothing is dead code;
 //   dot4_i8:  packed 4x8 integer dot products (`dot4I8Packed`, 4 multiply-adds each),
 //             the instruction the i8 matmul variant uses (DOT4: needs WGSL's
-//             packed_4x8_integer_dot_product).
+//             packed_4x8_integer_dot_product);
+//   coop_f16: cooperative-matrix multiply-adds, 16x16x16 f16 operands into f32
+//             accumulators (COOP: the matmul `coop` variant's instruction, subgroups
+//             of 32), 8 independent accumulator chains per subgroup.
 // Arithmetic counts: one FMA or multiply-add is 2 ops.
 #ifdef F16
 enable f16;
+#endif
+#ifdef COOP
+enable f16;
+enable wgpu_cooperative_matrix;
 #endif
 
 const PROBE_WG: u32 = 256u;
@@ -89,5 +96,49 @@ fn dot4_i8(@builtin(global_invocation_id) gid: vec3<u32>) {
         b.w += dot4I8Packed(bitcast<u32>(b.w), w);
     }
     dst[gid.x] = bitcast<vec4<u32>>(a + b);
+}
+#endif
+
+#ifdef COOP
+var<workgroup> coop_in: array<f16, 256>;
+var<workgroup> coop_sums: array<f32, 2048>;   // a 16 x 16 tile per subgroup
+
+@compute @workgroup_size(PROBE_WG)
+fn coop_f16(@builtin(local_invocation_index) li: u32, @builtin(global_invocation_id) gid: vec3<u32>) {
+    coop_in[li] = f16(params.decay * 1e-3 * f32(li % 7u));
+    workgroupBarrier();
+    let a = coopLoadT<coop_mat16x16<f16, A>>(&coop_in[0], 16u);
+    let b = coopLoad<coop_mat16x16<f16, B>>(&coop_in[0], 16u);
+    var c0 = coop_mat16x16<f32, C>();
+    var c1 = coop_mat16x16<f32, C>();
+    var c2 = coop_mat16x16<f32, C>();
+    var c3 = coop_mat16x16<f32, C>();
+    var c4 = coop_mat16x16<f32, C>();
+    var c5 = coop_mat16x16<f32, C>();
+    var c6 = coop_mat16x16<f32, C>();
+    var c7 = coop_mat16x16<f32, C>();
+    for (var i = 0u; i < params.iters; i++) {
+        c0 = coopMultiplyAdd(a, b, c0);
+        c1 = coopMultiplyAdd(a, b, c1);
+        c2 = coopMultiplyAdd(a, b, c2);
+        c3 = coopMultiplyAdd(a, b, c3);
+        c4 = coopMultiplyAdd(a, b, c4);
+        c5 = coopMultiplyAdd(a, b, c5);
+        c6 = coopMultiplyAdd(a, b, c6);
+        c7 = coopMultiplyAdd(a, b, c7);
+    }
+    // Every chain reaches memory (nothing is dead code): each subgroup stores them
+    // all over its own tile, in turn.
+    let tile = (li / 32u) * 256u;
+    coopStoreT(c0, &coop_sums[tile], 16u);
+    coopStoreT(c1, &coop_sums[tile], 16u);
+    coopStoreT(c2, &coop_sums[tile], 16u);
+    coopStoreT(c3, &coop_sums[tile], 16u);
+    coopStoreT(c4, &coop_sums[tile], 16u);
+    coopStoreT(c5, &coop_sums[tile], 16u);
+    coopStoreT(c6, &coop_sums[tile], 16u);
+    coopStoreT(c7, &coop_sums[tile], 16u);
+    workgroupBarrier();
+    dst[gid.x] = vec4<u32>(bitcast<u32>(coop_sums[li * 8u]));
 }
 #endif

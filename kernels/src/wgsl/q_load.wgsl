@@ -5,7 +5,7 @@
 // loaded (rope_value.wgsl, the rope's head_dim being the attention's), so the query
 // rope runs no dispatch of its own (binding 7: inv_freq). The including shader
 // declares `params` with head_dim, q_stride, q_offset and the RopeSpec fields, and
-// (causal) pos_in / n_valid_in, before including this file.
+// with ROPE_Q the position bindings, before including this file.
 
 @group(0) @binding(1) var<storage, read> q: array<f32>;
 #ifdef ROPE_Q

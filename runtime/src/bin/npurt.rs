@@ -798,7 +798,14 @@ fn run(cli: Cli) -> anyhow_lite::Result<()> {
             let rt = Runtime::new();
             for name in rt.registry().names() {
                 match rt.registry().create(name, &Default::default()) {
-                    Ok(b) => println!("{name}: {}", b.capabilities().device),
+                    Ok(b) => {
+                        let caps = b.capabilities();
+                        if caps.device.contains(&caps.kernels) {
+                            println!("{name}: {}", caps.device)
+                        } else {
+                            println!("{name}: {} [kernels: {}]", caps.device, caps.kernels)
+                        }
+                    }
                     Err(e) => println!("{name}: unavailable ({e})"),
                 }
             }
