@@ -94,6 +94,10 @@ fn adapter_rank(t: ::wgpu::DeviceType) -> u8 {
 }
 
 impl GpuContext {
+    /// The device and its kernel choices. Variants left to the adapter (`variants`
+    /// None) include cooperative matrices where offered; wgpu marks them experimental,
+    /// so when the device refuses them or their shaders do not compile, the device is
+    /// made again without them (asked for explicitly, such a failure is the error).
     pub(crate) fn new(
         backends: ::wgpu::Backends,
         max_binding_bytes: Option<u64>,
@@ -101,6 +105,139 @@ impl GpuContext {
         variants: Option<super::variants::KernelVariants>,
         gemm_rows: u32,
         profile_timing: Option<super::ProfileTiming>,
+    ) -> Result<Arc<GpuContext>> {
+        let create = |allow_coop| {
+            Self::create(
+                backends,
+                max_binding_bytes,
+                kernels,
+                variants,
+                gemm_rows,
+                profile_timing,
+                allow_coop,
+            )
+        };
+        let first = create(true);
+        if variants.is_some() {
+            return first;
+        }
+        match &first {
+            Ok(ctx) if !ctx.variants.coop => first,
+            Ok(ctx) => {
+                match ctx.coop_compiles() {
+                    Ok(()) => first,
+                    Err(e) => {
+                        log::warn!("wgpu: cooperative matrices unusable ({e}); using the kernels without them");
+                        drop(first);
+                        create(false)
+                    }
+                }
+            }
+            // Perhaps the device refused the experimental feature: once more without it.
+            Err(_) => create(false).or(first),
+        }
+    }
+
+    /// Whether matmul.wgsl's gemm_coop and its peak probe compile on this device, and
+    /// the GEMM computes a small product right: a 70 x 40 x 96 f32 matmul (two row
+    /// tiles, a partial column tile, three K steps) of small integers over powers of
+    /// two, whose sums every f16 split carries exactly.
+    fn coop_compiles(&self) -> Result<()> {
+        use super::pipelines::{get, PipelineKey};
+        let gemm = [
+            "COOP", "W_Q4_0", "W_BLOCKS", "W_OFFSET", "NORM", "GLU", "GLU_SILU",
+        ];
+        get(self, &PipelineKey::new("matmul.wgsl", "gemm_coop", &gemm))?;
+        get(self, &PipelineKey::new("probe.wgsl", "coop_f16", &["COOP"]))?;
+        let (m, n, k) = (70usize, 40usize, 96usize);
+        let a: Vec<f32> = (0..m * k)
+            .map(|i| ((i * 7 % 13) as f32 - 6.0) / 8.0)
+            .collect();
+        let w: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 5 % 11) as f32 - 5.0) / 4.0)
+            .collect();
+        let pipeline = get(
+            self,
+            &PipelineKey::new("matmul.wgsl", "gemm_coop", &["COOP", "W_F32"]),
+        )?;
+        let bytes = |v: &[f32]| -> Vec<u8> { v.iter().flat_map(|x| x.to_le_bytes()).collect() };
+        let a_buf = super::buffers::create_init(self, "coop check a", &bytes(&a))?;
+        let w_buf = super::buffers::create_init(self, "coop check w", &bytes(&w))?;
+        let out = super::buffers::create_init(self, "coop check out", &vec![0; m * n * 4])?;
+        // matmul.wgsl's Params: m, k, n, n_base, ldo, lda, a_k0, w_soff, w_ld, up_row,
+        // accumulate, eps.
+        let params: Vec<u8> = [m, k, n, 0, n, k, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+            .iter()
+            .flat_map(|&v| (v as u32).to_le_bytes())
+            .collect();
+        let uniform = self.create_buffer(&::wgpu::BufferDescriptor {
+            label: Some("coop check params"),
+            size: params.len() as u64,
+            usage: ::wgpu::BufferUsages::UNIFORM | ::wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        self.queue.write_buffer(&uniform, 0, &params);
+        let entries: Vec<::wgpu::BindGroupEntry> = [&uniform, &a_buf, &w_buf, &out]
+            .iter()
+            .enumerate()
+            .map(|(i, b)| ::wgpu::BindGroupEntry {
+                binding: i as u32,
+                resource: b.as_entire_binding(),
+            })
+            .collect();
+        let group = self.scoped(
+            || {
+                self.device.create_bind_group(&::wgpu::BindGroupDescriptor {
+                    label: Some("coop check"),
+                    layout: &pipeline.get_bind_group_layout(0),
+                    entries: &entries,
+                })
+            },
+            |msg, _| BackendError::Unavailable {
+                backend: "wgpu".into(),
+                reason: format!("coop check bindings: {msg}"),
+            },
+        )?;
+        let mut enc = self
+            .device
+            .create_command_encoder(&::wgpu::CommandEncoderDescriptor {
+                label: Some("coop check"),
+            });
+        {
+            let mut pass = enc.begin_compute_pass(&::wgpu::ComputePassDescriptor {
+                label: Some("coop check"),
+                timestamp_writes: None,
+            });
+            pass.set_pipeline(&pipeline);
+            pass.set_bind_group(0, &group, &[]);
+            pass.dispatch_workgroups(n.div_ceil(64) as u32, m.div_ceil(64) as u32, 1);
+        }
+        let index = self.submit([enc.finish()]);
+        self.wait_for(Some(index))?;
+        let got = self.download(&out, 0, (m * n * 4) as u64)?;
+        for (i, c) in got.chunks_exact(4).enumerate() {
+            let (r, col) = (i / n, i % n);
+            let want: f32 = (0..k).map(|j| a[r * k + j] * w[col * k + j]).sum();
+            let v = f32::from_le_bytes(c.try_into().expect("4 bytes"));
+            if v != want {
+                return Err(BackendError::Unavailable {
+                    backend: "wgpu".into(),
+                    reason: format!("gemm_coop computed out[{r}, {col}] = {v}, not {want}"),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn create(
+        backends: ::wgpu::Backends,
+        max_binding_bytes: Option<u64>,
+        kernels: Option<super::variants::KernelFamily>,
+        variants: Option<super::variants::KernelVariants>,
+        gemm_rows: u32,
+        profile_timing: Option<super::ProfileTiming>,
+        allow_coop: bool,
     ) -> Result<Arc<GpuContext>> {
         let mut desc = ::wgpu::InstanceDescriptor::new_without_display_handle();
         desc.backends = backends;
@@ -132,7 +269,7 @@ impl GpuContext {
             dot4: instance
                 .wgsl_language_features()
                 .contains(::wgpu::WgslLanguageFeatures::Packed4x8IntegerDotProduct),
-            coop: coop_offered(&adapter, &info, &limits),
+            coop: allow_coop && coop_offered(&adapter, &info, &limits),
         };
         let variants = match variants {
             Some(v) if v.and(offered) != v => {
