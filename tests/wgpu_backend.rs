@@ -473,6 +473,30 @@ fn check_matmul(be: &dyn Backend, c: &MatmulCase, seed: u64) {
     assert_close(&what, &ran["y"], &want, 2e-5 * (c.k as f32).sqrt());
 }
 
+/// LLaMA's RoPE (`rq`, `rk`) on q and k at positions (pos, n_valid).
+fn ropes(
+    g: &mut G,
+    [q, k]: [NodeId; 2],
+    [pos, nv]: [NodeId; 2],
+    head_dim: usize,
+) -> (NodeId, NodeId) {
+    let params = RopeParams {
+        head_dim,
+        rotary_dim: head_dim,
+        theta: 10000.0,
+        scaling: RopeScaling::None,
+    };
+    let rq = g.op(
+        "rq",
+        Op::Rope {
+            params: params.clone(),
+        },
+        &[q, pos, nv],
+    );
+    let rk = g.op("rk", Op::Rope { params }, &[k, pos, nv]);
+    (rq, rk)
+}
+
 /// Column slices read only by RoPE (and KV writes) are views: no copy dispatch, the
 /// readers read the sliced matrix in place, with the CPU backend's values. A slice that
 /// is a graph output is still copied.
@@ -489,20 +513,7 @@ fn column_slices_feeding_rope_are_read_in_place() {
         slice(&mut g, "k", 8),
         slice(&mut g, "v", 16),
     );
-    let params = RopeParams {
-        head_dim: 4,
-        rotary_dim: 4,
-        theta: 10000.0,
-        scaling: RopeScaling::None,
-    };
-    let rq = g.op(
-        "rq",
-        Op::Rope {
-            params: params.clone(),
-        },
-        &[q, pos, nv],
-    );
-    let rk = g.op("rk", Op::Rope { params }, &[k, pos, nv]);
+    let (rq, rk) = ropes(&mut g, [q, k], [pos, nv], 4);
     let sum = g.op("sum", Op::Add, &[rq, rk]);
     g.out("sum", sum);
     g.out("v", v);
@@ -555,20 +566,7 @@ fn an_attention_block_runs_three_dispatches() {
         },
         &[qkv],
     );
-    let params = RopeParams {
-        head_dim: hd,
-        rotary_dim: hd,
-        theta: 10000.0,
-        scaling: RopeScaling::None,
-    };
-    let rq = g.op(
-        "rq",
-        Op::Rope {
-            params: params.clone(),
-        },
-        &[q, pos, nv],
-    );
-    let rk = g.op("rk", Op::Rope { params }, &[k, pos, nv]);
+    let (rq, rk) = ropes(&mut g, [q, k], [pos, nv], hd);
     let kc = g.op("write_k", Op::KvWrite, &[k_cache, rk, pos]);
     let vc = g.op("write_v", Op::KvWrite, &[v_cache, v, pos]);
     let attn = Op::Attention {

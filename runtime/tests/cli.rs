@@ -800,11 +800,14 @@ fn wgpu_commands_do_not_print_the_xdg_warning() {
 fn bench_rows_name_the_kernels_and_quote_decode_against_measured_bandwidth() {
     let (code, out, err) = npurt_code(&["backends"], &[]);
     assert_eq!(code, Some(0), "{err}");
-    let device = out
+    // `wgpu: <device> [kernels: <family (variants)>]`.
+    let (device, kernels) = out
         .lines()
         .find_map(|l| l.strip_prefix("wgpu: "))
-        .expect("a wgpu line");
+        .and_then(|l| l.strip_suffix(']')?.split_once(" [kernels: "))
+        .unwrap_or_else(|| panic!("a wgpu line naming its kernels:\n{out}"));
     assert!(!device.starts_with("unavailable"), "{out}");
+    assert_eq!(kernels, "lanes", "{out}");
 
     let m = model_path();
     let (code, out, err) = npurt_code(

@@ -31,6 +31,8 @@ fn every_op_has_cases_and_labels_are_unique() {
     assert!(all.len() < 500, "{} cases", all.len());
 }
 
+/// A case is one node of the op under test, alone or with the ops a backend may fuse
+/// into it (`attention block.*`: slices, ropes and KV writes), all of known kinds.
 #[test]
 fn every_case_builds_one_op_and_the_oracle_evaluates_it() {
     for c in cases::all() {
@@ -43,9 +45,27 @@ fn every_case_builds_one_op_and_the_oracle_evaluates_it() {
             .iter()
             .filter(|n| !n.op.is_source())
             .collect();
-        assert_eq!(computed.len(), 1, "{}: one compute node", c.label());
-        assert_eq!(computed[0].op.kind(), c.op, "{}", c.label());
-        assert!(cases::op_index(&computed[0].op).is_some());
+        let under_test = computed.iter().filter(|n| n.op.kind() == c.op).count();
+        assert_eq!(
+            under_test,
+            1,
+            "{}: one node of the op under test",
+            c.label()
+        );
+        assert!(
+            computed.len() == 1 || c.name.contains("block."),
+            "{}: {} compute nodes in a case that is no block",
+            c.label(),
+            computed.len()
+        );
+        for n in &computed {
+            assert!(
+                cases::op_index(&n.op).is_some(),
+                "{}: {}",
+                c.label(),
+                n.op.kind()
+            );
+        }
         let expected = oracle::expected(&data).unwrap_or_else(|e| panic!("{}: {e}", c.label()));
         assert!(
             expected.iter().flatten().all(|v| v.is_finite()),
