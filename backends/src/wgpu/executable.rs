@@ -127,11 +127,13 @@ impl WgpuExecutable {
         }
 
         let views = ops::in_place_nodes(graph);
+        let kv_pairs = ops::kv_write_pairs(graph, &views);
         let cx = LowerCtx {
             graph,
             kernels: ctx.kernels,
             variants: ctx.variants,
             views: &views,
+            kv_pairs: &kv_pairs,
             subgroup_min: ctx.info.subgroup_min_size,
             gemm_rows: ctx.gemm_rows as usize,
             weights: &w,

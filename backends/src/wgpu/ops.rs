@@ -89,6 +89,8 @@ pub(crate) struct LowerCtx<'a> {
     pub variants: KernelVariants,
     /// Nodes read in place from their input (`in_place_nodes`): no dispatch of their own.
     pub views: &'a [bool],
+    /// KV writes paired into one dispatch (`kv_write_pairs`).
+    pub kv_pairs: &'a [Option<NodeId>],
     /// The adapter's smallest subgroup size.
     pub subgroup_min: u32,
     /// Rows per tile of matmul.wgsl's gemm (64, or 32: GEMM_ROWS_32).
@@ -126,6 +128,42 @@ pub(crate) fn in_place_nodes(g: &Graph) -> Vec<bool> {
         in_place[id.0] = false;
     }
     in_place
+}
+
+/// KV writes run two to a dispatch (`kv_write.wgsl` KV_PAIR): a layer's K write and
+/// the V write right after it, of the same cache shape and type, at the same
+/// positions. `pairs[a] = Some(b)` and `pairs[b] = Some(a)`; the first (a < b) runs
+/// both and the second no dispatch. Only nodes without a dispatch of their own may sit
+/// between the two (sources, reshapes, in-place nodes), so everything the second
+/// reads is computed before the first runs, and nothing in between reads a cache. The
+/// second's new rows are never a fused rope (the pair kernel rotates the first's only).
+pub(crate) fn kv_write_pairs(g: &Graph, in_place: &[bool]) -> Vec<Option<NodeId>> {
+    let mut pairs = vec![None; g.nodes.len()];
+    let no_dispatch = |id: NodeId| {
+        let op = &g.node(id).op;
+        op.is_source() || matches!(op, Op::Reshape { .. }) || in_place[id.0]
+    };
+    let ids: Vec<NodeId> = g.ids().collect();
+    for (i, &a) in ids.iter().enumerate() {
+        let na = g.node(a);
+        if !matches!(na.op, Op::KvWrite) || pairs[a.0].is_some() {
+            continue;
+        }
+        let Some(&b) = ids[i + 1..].iter().find(|&&x| !no_dispatch(x)) else {
+            continue;
+        };
+        let nb = g.node(b);
+        let pairable = matches!(nb.op, Op::KvWrite)
+            && nb.inputs[2] == na.inputs[2]
+            && g.fact(nb.inputs[0]) == g.fact(na.inputs[0])
+            && g.fact(nb.inputs[1]).shape == g.fact(na.inputs[1]).shape
+            && !(matches!(g.node(nb.inputs[1]).op, Op::Rope { .. }) && in_place[nb.inputs[1].0]);
+        if pairable {
+            pairs[a.0] = Some(b);
+            pairs[b.0] = Some(a);
+        }
+    }
+    pairs
 }
 
 /// Every node's readers, as (reader, input slot).
@@ -456,6 +494,8 @@ pub(crate) fn lower(cx: &LowerCtx, id: NodeId) -> Result<Lowered, String> {
             });
             return Ok(l);
         }
+        // Written by the first of its pair (KV_PAIR).
+        Op::KvWrite if cx.kv_pairs[id.0].is_some_and(|a| a < id) => {}
         Op::KvWrite => {
             let cache = g.fact(ins[0]);
             let new = g.fact(ins[1]);
@@ -501,11 +541,26 @@ pub(crate) fn lower(cx: &LowerCtx, id: NodeId) -> Result<Lowered, String> {
                 }
                 None => params.extend([0; 6]),
             }
+            let mut threads = n;
+            match cx.kv_pairs[id.0] {
+                Some(b) => {
+                    let bi = &g.node(b).inputs;
+                    let (v_stride, v_offset) = cx.strided(bi[1]);
+                    params.extend([
+                        as_u32(v_stride, "row stride")?,
+                        as_u32(v_offset, "column offset")?,
+                    ]);
+                    defines.push("KV_PAIR");
+                    bindings.extend([(6, BindRef::Value(bi[1])), (7, BindRef::Value(bi[0]))]);
+                    threads = 2 * n;
+                }
+                None => params.extend([0; 2]),
+            }
             l.dispatches.push(Dispatch {
                 key: PipelineKey::new("kv_write.wgsl", "kv_write", &defines),
                 params,
                 bindings,
-                groups: grid_1d(n, EW)?,
+                groups: grid_1d(threads, EW)?,
             });
             return Ok(l);
         }

@@ -7,7 +7,10 @@
 // zero, as the host's `quant::quantize_kv_head`, computed as x * (1 / scale)) four per
 // word, then the scale word. With ROPE the new rows are RoPE's input (rope_value.wgsl):
 // each value is rotated at position pos + t as it is read, so a rope whose only reader
-// is this write runs no dispatch of its own (bindings 4: n_valid, 5: inv_freq).
+// is this write runs no dispatch of its own (bindings 4: n_valid, 5: inv_freq). With
+// KV_PAIR the dispatch also does a second write of the same shape at the same
+// positions (an attention layer's V beside its K: one dispatch, not two): threads
+// past `n` write v_rows (binding 6, never rotated) into v_cache (binding 7).
 #include "common.wgsl"
 #include "status.wgsl"
 
@@ -30,6 +33,9 @@ struct Params {
     theta: f32,
     factor: f32,
     original_max_position: u32,
+    // KV_PAIR: where row t of v_rows is, as src_stride / src_offset.
+    v_stride: u32,
+    v_offset: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -45,17 +51,36 @@ struct Params {
 #endif
 #endif
 
+#ifdef KV_PAIR
+@group(0) @binding(6) var<storage, read> v_rows: array<f32>;
+#ifdef KV_F16
+@group(0) @binding(7) var<storage, read_write> v_cache: array<u32>;
+#else
+#ifdef KV_Q8
+@group(0) @binding(7) var<storage, read_write> v_cache: array<u32>;
+#else
+@group(0) @binding(7) var<storage, read_write> v_cache: array<f32>;
+#endif
+#endif
+#endif
+
 #ifdef ROPE
 @group(0) @binding(4) var<storage, read> n_valid_in: array<i32>;
 @group(0) @binding(5) var<storage, read> inv_freq: array<f32>;
 #include "rope_value.wgsl"
 #endif
 
-// Element e (row-major over [T, width]) of the new rows, written at row pos + e / width
-// (with ROPE: rotated there; `seq_len` is pos + n_valid).
-fn new_value(e: u32, pos: u32, seq_len: u32) -> f32 {
+// Element e (row-major over [T, width]) of write `part`'s new rows (0: new_rows, 1:
+// KV_PAIR's v_rows), written at row pos + e / width (with ROPE, part 0 is rotated
+// there; `seq_len` is pos + n_valid).
+fn new_value(part: u32, e: u32, pos: u32, seq_len: u32) -> f32 {
     let t = e / params.width;
     let c = e % params.width;
+#ifdef KV_PAIR
+    if part == 1u {
+        return v_rows[t * params.v_stride + params.v_offset + c];
+    }
+#endif
     let row = t * params.src_stride + params.src_offset;
 #ifdef ROPE
     let spec = RopeSpec(params.rope_head_dim, params.rotary_dim, params.dynamic_ntk, params.theta,
@@ -66,12 +91,40 @@ fn new_value(e: u32, pos: u32, seq_len: u32) -> f32 {
 #endif
 }
 
-@compute @workgroup_size(ELEMENTWISE_WG)
-fn kv_write(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = flat_index(gid, nwg, ELEMENTWISE_WG);
-    if i >= params.n {
+// Stores word or value `i` of write `part`'s cache (see new_value).
+#ifdef KV_F16
+fn store(part: u32, i: u32, v: u32) {
+#else
+#ifdef KV_Q8
+fn store(part: u32, i: u32, v: u32) {
+#else
+fn store(part: u32, i: u32, v: f32) {
+#endif
+#endif
+#ifdef KV_PAIR
+    if part == 1u {
+        v_cache[i] = v;
         return;
     }
+#endif
+    cache[i] = v;
+}
+
+@compute @workgroup_size(ELEMENTWISE_WG)
+fn kv_write(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let g = flat_index(gid, nwg, ELEMENTWISE_WG);
+    // Thread g does item i of write `part` (KV_PAIR: the second write past n).
+    let part = g / params.n;
+    let i = g % params.n;
+#ifdef KV_PAIR
+    if part > 1u {
+        return;
+    }
+#else
+    if part > 0u {
+        return;
+    }
+#endif
     let pos = pos_in[0];
 #ifdef ROPE
     let n_valid = n_valid_in[0];
@@ -80,7 +133,7 @@ fn kv_write(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
 #endif
     // As the reference: every row of the chunk (padding included) must fit.
     if pos < 0 || n_valid < 0 || u32(pos) > params.cache_rows || u32(pos) + params.new_rows > params.cache_rows {
-        if i == 0u {
+        if g == 0u {
             raise_status(STATUS_BAD_POSITION, params.node);
         }
         return;
@@ -88,8 +141,8 @@ fn kv_write(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
     let seq_len = u32(pos) + u32(n_valid);
 #ifdef KV_F16
     let base = u32(pos) * params.width / 2u;
-    cache[base + i] = pack2x16float(vec2<f32>(new_value(2u * i, u32(pos), seq_len),
-                                              new_value(2u * i + 1u, u32(pos), seq_len)));
+    store(part, base + i, pack2x16float(vec2<f32>(new_value(part, 2u * i, u32(pos), seq_len),
+                                                  new_value(part, 2u * i + 1u, u32(pos), seq_len))));
 #else
 #ifdef KV_Q8
     let hd = params.head_dim;
@@ -98,7 +151,7 @@ fn kv_write(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
     let first = i * hd;
     var amax = 0.0;
     for (var d = 0u; d < hd; d++) {
-        amax = max(amax, abs(new_value(first + d, u32(pos), seq_len)));
+        amax = max(amax, abs(new_value(part, first + d, u32(pos), seq_len)));
     }
     let s = amax / 127.0;
     let inv = select(0.0, 1.0 / s, s != 0.0);
@@ -106,15 +159,15 @@ fn kv_write(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
     for (var w = 0u; w < hd4; w++) {
         var word = 0u;
         for (var b = 0u; b < 4u; b++) {
-            let y = new_value(first + 4u * w + b, u32(pos), seq_len) * inv;
+            let y = new_value(part, first + 4u * w + b, u32(pos), seq_len) * inv;
             let q = clamp(sign(y) * floor(abs(y) + 0.5), -127.0, 127.0);
             word |= (bitcast<u32>(i32(q)) & 0xffu) << (8u * b);
         }
-        cache[base + w] = word;
+        store(part, base + w, word);
     }
-    cache[base + hd4] = bitcast<u32>(s);
+    store(part, base + hd4, bitcast<u32>(s));
 #else
-    cache[u32(pos) * params.width + i] = new_value(i, u32(pos), seq_len);
+    store(part, u32(pos) * params.width + i, new_value(part, i, u32(pos), seq_len));
 #endif
 #endif
 }
