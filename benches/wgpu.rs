@@ -142,7 +142,7 @@ fn matmul(
 }
 
 fn bench_matmul(c: &mut Criterion, be: &WgpuBackend, limits: Option<&DeviceLimits>) {
-    let dot4 = be.kernel_variants().dot4;
+    let (dot4, coop) = (be.kernel_variants().dot4, be.kernel_variants().coop);
     for (kind, m, act) in [
         ("gemv", 1, ActPrecision::F32),
         ("gemm", PREFILL_ROWS, ActPrecision::F32),
@@ -152,6 +152,8 @@ fn bench_matmul(c: &mut Criterion, be: &WgpuBackend, limits: Option<&DeviceLimit
         let peak = |l: &DeviceLimits| match kind {
             "gemv" => Some((l.copy_gb_s * 1e9, "the copy bandwidth")),
             "gemm_i8" if dot4 => l.peak("i8 dot4").map(|p| (p, "the i8 dot4 peak")),
+            // gemm_coop: 3 f16 matrix products per multiply-add counted.
+            "gemm" if coop => l.peak("f16 matrix").map(|p| (p, "the f16 matrix peak")),
             _ => l.peak("f32 fma").map(|p| (p, "the f32 FMA peak")),
         };
         let mut group = c.benchmark_group(kind);

@@ -45,7 +45,8 @@
 # Writes target/gpu-bench/: models/, results.jsonl, conformance.txt, agreement.txt,
 # profile-<shape>.json (round 1's npurt bench, with --profile), table.md, logs/. The table also gives
 # npurt's kernels, the device's measured copy bandwidth and peaks, decode as a fraction
-# of that bandwidth and the prefill matmuls as a fraction of the f32 FMA peak.
+# of that bandwidth and the prefill matmuls as a fraction of the f32 FMA peak (and of
+# the f16 matrix peak where the coop GEMM runs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=lib/llamacpp.sh
@@ -388,6 +389,7 @@ for shape in shapes:
         for part in ("prefill", "decode"):
             mm = prof[part]["matmul"]
             frac = mm.get("fraction_of_f32_fma_peak")
+            mfrac = mm.get("fraction_of_f16_matrix_peak")
             kinds = sorted(prof[part]["by_kind"], key=lambda k: -k["ms"])[:4]
             host = prof[part]["host"]
             desc += (f"\n  {part} ({prof['prefill_rows'] if part == 'prefill' else 1} rows): "
@@ -395,6 +397,7 @@ for shape in shapes:
                      + ", ".join(f"{k['op']} {k['ms']:.2f}" for k in kinds) + ")"
                      f"; matmuls {mm['ops_per_s'] / 1e12:.2f} TOP/s"
                      + (f" = {100 * frac:.1f}% of the f32 FMA peak" if frac is not None else "")
+                     + (f", {100 * mfrac:.1f}% of the f16 matrix peak (3 products each)" if mfrac is not None else "")
                      + f"; an ordinary run {host['total_ms']:.2f} ms (record {host['record_ms']:.2f}, "
                      f"submit {host['submit_ms']:.2f}, wait {host['wait_ms']:.2f}, read back {host['readback_ms']:.2f})")
     except (OSError, KeyError, IndexError, ValueError) as e:
