@@ -22,6 +22,7 @@
 //!   error, since a submitted run cannot return one.
 
 mod buffers;
+mod coop;
 mod counters;
 mod device;
 mod executable;

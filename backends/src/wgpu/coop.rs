@@ -1,0 +1,119 @@
+//! Cooperative matrices (the `coop` kernel variant, matmul.wgsl's `gemm_coop`): what
+//! an adapter must offer for them, and the check a device runs before using them. wgpu
+//! marks the feature experimental and no CI machine has matrix units, so the first
+//! run of the kernel on a new device is this check, not a user's model.
+
+use super::device::GpuContext;
+use super::pipelines::{get, PipelineKey};
+use crate::{BackendError, Result};
+
+/// Whether the adapter runs matmul.wgsl's `gemm_coop`: cooperative matrices of
+/// 16x16x16 f16 operands with f32 accumulators, in subgroups of exactly 32 threads
+/// (the kernel's four subgroups each own a quarter of the tile), and the kernel's
+/// workgroup memory.
+pub(crate) fn offered(
+    adapter: &::wgpu::Adapter,
+    info: &::wgpu::AdapterInfo,
+    limits: &::wgpu::Limits,
+) -> bool {
+    let needs = ::wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX | ::wgpu::Features::SHADER_F16;
+    adapter.features().contains(needs)
+        && adapter.cooperative_matrix_properties().iter().any(|p| {
+            (p.m_size, p.n_size, p.k_size) == (16, 16, 16)
+                && p.ab_type == ::wgpu::CooperativeScalarType::F16
+                && p.cr_type == ::wgpu::CooperativeScalarType::F32
+        })
+        && info.subgroup_min_size == 32
+        && info.subgroup_max_size == 32
+        && limits.max_compute_workgroup_storage_size >= super::ops::COOP_WORKGROUP_BYTES
+}
+
+/// Whether gemm_coop and its peak probe compile on this device, and the GEMM computes
+/// a small product right: a 70 x 40 x 96 f32 matmul (two row tiles, a partial column
+/// tile, three K steps) of small integers over powers of two, whose sums every f16
+/// split carries exactly.
+pub(crate) fn check(ctx: &GpuContext) -> Result<()> {
+    let gemm = [
+        "COOP", "W_Q4_0", "W_BLOCKS", "W_OFFSET", "NORM", "GLU", "GLU_SILU",
+    ];
+    get(ctx, &PipelineKey::new("matmul.wgsl", "gemm_coop", &gemm))?;
+    get(ctx, &PipelineKey::new("probe.wgsl", "coop_f16", &["COOP"]))?;
+    let (m, n, k) = (70usize, 40usize, 96usize);
+    let a: Vec<f32> = (0..m * k)
+        .map(|i| ((i * 7 % 13) as f32 - 6.0) / 8.0)
+        .collect();
+    let w: Vec<f32> = (0..n * k)
+        .map(|i| ((i * 5 % 11) as f32 - 5.0) / 4.0)
+        .collect();
+    let pipeline = get(
+        ctx,
+        &PipelineKey::new("matmul.wgsl", "gemm_coop", &["COOP", "W_F32"]),
+    )?;
+    let bytes = |v: &[f32]| -> Vec<u8> { v.iter().flat_map(|x| x.to_le_bytes()).collect() };
+    let a_buf = super::buffers::create_init(ctx, "coop check a", &bytes(&a))?;
+    let w_buf = super::buffers::create_init(ctx, "coop check w", &bytes(&w))?;
+    let out = super::buffers::create_init(ctx, "coop check out", &vec![0; m * n * 4])?;
+    // matmul.wgsl's Params: m, k, n, n_base, ldo, lda, a_k0, w_soff, w_ld, up_row,
+    // accumulate, eps.
+    let params: Vec<u8> = [m, k, n, 0, n, k, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+        .iter()
+        .flat_map(|&v| (v as u32).to_le_bytes())
+        .collect();
+    let uniform = ctx.create_buffer(&::wgpu::BufferDescriptor {
+        label: Some("coop check params"),
+        size: params.len() as u64,
+        usage: ::wgpu::BufferUsages::UNIFORM | ::wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    ctx.queue.write_buffer(&uniform, 0, &params);
+    let entries: Vec<::wgpu::BindGroupEntry> = [&uniform, &a_buf, &w_buf, &out]
+        .iter()
+        .enumerate()
+        .map(|(i, b)| ::wgpu::BindGroupEntry {
+            binding: i as u32,
+            resource: b.as_entire_binding(),
+        })
+        .collect();
+    let group = ctx.scoped(
+        || {
+            ctx.device.create_bind_group(&::wgpu::BindGroupDescriptor {
+                label: Some("coop check"),
+                layout: &pipeline.get_bind_group_layout(0),
+                entries: &entries,
+            })
+        },
+        |msg, _| BackendError::Unavailable {
+            backend: "wgpu".into(),
+            reason: format!("coop check bindings: {msg}"),
+        },
+    )?;
+    let mut enc = ctx
+        .device
+        .create_command_encoder(&::wgpu::CommandEncoderDescriptor {
+            label: Some("coop check"),
+        });
+    {
+        let mut pass = enc.begin_compute_pass(&::wgpu::ComputePassDescriptor {
+            label: Some("coop check"),
+            timestamp_writes: None,
+        });
+        pass.set_pipeline(&pipeline);
+        pass.set_bind_group(0, &group, &[]);
+        pass.dispatch_workgroups(n.div_ceil(64) as u32, m.div_ceil(64) as u32, 1);
+    }
+    let index = ctx.submit([enc.finish()]);
+    ctx.wait_for(Some(index))?;
+    let got = ctx.download(&out, 0, (m * n * 4) as u64)?;
+    for (i, c) in got.chunks_exact(4).enumerate() {
+        let (r, col) = (i / n, i % n);
+        let want: f32 = (0..k).map(|j| a[r * k + j] * w[col * k + j]).sum();
+        let v = f32::from_le_bytes(c.try_into().expect("4 bytes"));
+        if v != want {
+            return Err(BackendError::Unavailable {
+                backend: "wgpu".into(),
+                reason: format!("gemm_coop computed out[{r}, {col}] = {v}, not {want}"),
+            });
+        }
+    }
+    Ok(())
+}
