@@ -11,7 +11,8 @@
 //             packed_4x8_integer_dot_product);
 //   coop_f16: cooperative-matrix multiply-adds, 16x16x16 f16 operands into f32
 //             accumulators (COOP: the matmul `coop` variant's instruction, subgroups
-//             of 32), 8 independent accumulator chains per subgroup.
+//             of 32), 8 independent accumulator chains per subgroup, each from its
+//             own starting values.
 // Arithmetic counts: one FMA or multiply-add is 2 ops.
 #ifdef F16
 enable f16;
@@ -106,17 +107,22 @@ var<workgroup> coop_sums: array<f32, 2048>;   // a 16 x 16 tile per subgroup
 @compute @workgroup_size(PROBE_WG)
 fn coop_f16(@builtin(local_invocation_index) li: u32, @builtin(global_invocation_id) gid: vec3<u32>) {
     coop_in[li] = f16(params.decay * 1e-3 * f32(li % 7u));
+    // Each chain starts from different values (a compiler must not merge them).
+    for (var e = li; e < 2048u; e += PROBE_WG) {
+        coop_sums[e] = params.decay * f32(e);
+    }
     workgroupBarrier();
     let a = coopLoadT<coop_mat16x16<f16, A>>(&coop_in[0], 16u);
     let b = coopLoad<coop_mat16x16<f16, B>>(&coop_in[0], 16u);
-    var c0 = coop_mat16x16<f32, C>();
-    var c1 = coop_mat16x16<f32, C>();
-    var c2 = coop_mat16x16<f32, C>();
-    var c3 = coop_mat16x16<f32, C>();
-    var c4 = coop_mat16x16<f32, C>();
-    var c5 = coop_mat16x16<f32, C>();
-    var c6 = coop_mat16x16<f32, C>();
-    var c7 = coop_mat16x16<f32, C>();
+    var c0 = coopLoadT<coop_mat16x16<f32, C>>(&coop_sums[0], 16u);
+    var c1 = coopLoadT<coop_mat16x16<f32, C>>(&coop_sums[256], 16u);
+    var c2 = coopLoadT<coop_mat16x16<f32, C>>(&coop_sums[512], 16u);
+    var c3 = coopLoadT<coop_mat16x16<f32, C>>(&coop_sums[768], 16u);
+    var c4 = coopLoadT<coop_mat16x16<f32, C>>(&coop_sums[1024], 16u);
+    var c5 = coopLoadT<coop_mat16x16<f32, C>>(&coop_sums[1280], 16u);
+    var c6 = coopLoadT<coop_mat16x16<f32, C>>(&coop_sums[1536], 16u);
+    var c7 = coopLoadT<coop_mat16x16<f32, C>>(&coop_sums[1792], 16u);
+    workgroupBarrier();
     for (var i = 0u; i < params.iters; i++) {
         c0 = coopMultiplyAdd(a, b, c0);
         c1 = coopMultiplyAdd(a, b, c1);
