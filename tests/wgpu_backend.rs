@@ -585,6 +585,32 @@ fn an_attention_block_runs_two_dispatches() {
     }
 }
 
+/// Two KV writes share a dispatch only into different caches: a second write into the
+/// first's cache (the same rows written twice, the second winning) stays a dispatch of
+/// its own, after the first.
+#[test]
+fn kv_writes_pair_only_into_different_caches() {
+    for same_cache in [false, true] {
+        let mut g = G::new();
+        let x = g.input("x", TensorFact::f32([2, 8]));
+        let y = g.input("y", TensorFact::f32([2, 8]));
+        let pos = g.input("pos", TensorFact::i32([1]));
+        let c1 = g.state("c1", TensorFact::f32([4, 8]));
+        let c2 = g.state("c2", TensorFact::f32([4, 8]));
+        let w1 = g.op("w1", Op::KvWrite, &[c1, x, pos]);
+        let second = if same_cache { w1 } else { c2 };
+        let w2 = g.op("w2", Op::KvWrite, &[second, y, pos]);
+        let row = g.input("row", TensorFact::i32([1]));
+        let sel = g.op("sel", Op::SelectRow, &[w2, row]);
+        g.out("y", sel);
+        let want = if same_cache { 3 } else { 2 };
+        for be in both() {
+            let n = be.compile_wgpu(&g.g, &[]).unwrap().dispatch_count();
+            assert_eq!(n, want, "same cache: {same_cache}");
+        }
+    }
+}
+
 #[test]
 fn weights_split_across_bindings() {
     // 16 KiB bindings: every weight below spans several parts (activations still fit

@@ -136,9 +136,18 @@ pub(crate) fn in_place_nodes(g: &Graph) -> Vec<bool> {
 /// both and the second no dispatch. Only nodes without a dispatch of their own may sit
 /// between the two (sources, reshapes, in-place nodes), so everything the second
 /// reads is computed before the first runs, and nothing in between reads a cache. The
-/// second's new rows are never a fused rope (the pair kernel rotates the first's only).
+/// two write different caches, neither reads the other's, and the second's new rows
+/// are never a fused rope (the pair kernel rotates the first's only).
 pub(crate) fn kv_write_pairs(g: &Graph, in_place: &[bool]) -> Vec<Option<NodeId>> {
     let mut pairs = vec![None; g.nodes.len()];
+    // The node whose storage `id`'s value is (through KV writes, reshapes and
+    // in-place nodes).
+    let root = |mut id: NodeId| {
+        while in_place[id.0] || matches!(g.node(id).op, Op::KvWrite | Op::Reshape { .. }) {
+            id = g.node(id).inputs[0];
+        }
+        id
+    };
     let no_dispatch = |id: NodeId| {
         let op = &g.node(id).op;
         op.is_source() || matches!(op, Op::Reshape { .. }) || in_place[id.0]
@@ -157,7 +166,11 @@ pub(crate) fn kv_write_pairs(g: &Graph, in_place: &[bool]) -> Vec<Option<NodeId>
             && nb.inputs[2] == na.inputs[2]
             && g.fact(nb.inputs[0]) == g.fact(na.inputs[0])
             && g.fact(nb.inputs[1]).shape == g.fact(na.inputs[1]).shape
-            && !(matches!(g.node(nb.inputs[1]).op, Op::Rope { .. }) && in_place[nb.inputs[1].0]);
+            && !(matches!(g.node(nb.inputs[1]).op, Op::Rope { .. }) && in_place[nb.inputs[1].0])
+            && {
+                let (ca, cb) = (root(na.inputs[0]), root(nb.inputs[0]));
+                ca != cb && root(na.inputs[1]) != cb && root(nb.inputs[1]) != ca
+            };
         if pairable {
             pairs[a.0] = Some(b);
             pairs[b.0] = Some(a);
