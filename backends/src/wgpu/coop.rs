@@ -5,6 +5,7 @@
 
 use super::device::GpuContext;
 use super::pipelines::{get, PipelineKey};
+use super::probe::Probe;
 use crate::{BackendError, Result};
 
 /// Whether the adapter runs matmul.wgsl's `gemm_coop`: cooperative matrices of
@@ -45,64 +46,20 @@ pub(crate) fn check(ctx: &GpuContext) -> Result<()> {
     let w: Vec<f32> = (0..n * k)
         .map(|i| ((i * 5 % 11) as f32 - 5.0) / 4.0)
         .collect();
-    let pipeline = get(
-        ctx,
-        &PipelineKey::new("matmul.wgsl", "gemm_coop", &["COOP", "W_F32"]),
-    )?;
     let bytes = |v: &[f32]| -> Vec<u8> { v.iter().flat_map(|x| x.to_le_bytes()).collect() };
     let a_buf = super::buffers::create_init(ctx, "coop check a", &bytes(&a))?;
     let w_buf = super::buffers::create_init(ctx, "coop check w", &bytes(&w))?;
     let out = super::buffers::create_init(ctx, "coop check out", &vec![0; m * n * 4])?;
     // matmul.wgsl's Params: m, k, n, n_base, ldo, lda, a_k0, w_soff, w_ld, up_row,
     // accumulate, eps.
-    let params: Vec<u8> = [m, k, n, 0, n, k, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
-        .iter()
-        .flat_map(|&v| (v as u32).to_le_bytes())
-        .collect();
-    let uniform = ctx.create_buffer(&::wgpu::BufferDescriptor {
-        label: Some("coop check params"),
-        size: params.len() as u64,
-        usage: ::wgpu::BufferUsages::UNIFORM | ::wgpu::BufferUsages::COPY_DST,
-        mapped_at_creation: false,
-    });
-    ctx.queue.write_buffer(&uniform, 0, &params);
-    let entries: Vec<::wgpu::BindGroupEntry> = [&uniform, &a_buf, &w_buf, &out]
-        .iter()
-        .enumerate()
-        .map(|(i, b)| ::wgpu::BindGroupEntry {
-            binding: i as u32,
-            resource: b.as_entire_binding(),
-        })
-        .collect();
-    let group = ctx.scoped(
-        || {
-            ctx.device.create_bind_group(&::wgpu::BindGroupDescriptor {
-                label: Some("coop check"),
-                layout: &pipeline.get_bind_group_layout(0),
-                entries: &entries,
-            })
-        },
-        |msg, _| BackendError::Unavailable {
-            backend: "wgpu".into(),
-            reason: format!("coop check bindings: {msg}"),
-        },
-    )?;
-    let mut enc = ctx
-        .device
-        .create_command_encoder(&::wgpu::CommandEncoderDescriptor {
-            label: Some("coop check"),
-        });
-    {
-        let mut pass = enc.begin_compute_pass(&::wgpu::ComputePassDescriptor {
-            label: Some("coop check"),
-            timestamp_writes: None,
-        });
-        pass.set_pipeline(&pipeline);
-        pass.set_bind_group(0, &group, &[]);
-        pass.dispatch_workgroups(n.div_ceil(64) as u32, m.div_ceil(64) as u32, 1);
-    }
-    let index = ctx.submit([enc.finish()]);
-    ctx.wait_for(Some(index))?;
+    let params = [m, k, n, 0, n, k, 0, 0, 0, 0, 0, 0].map(|v| v as u32);
+    let key = PipelineKey::new("matmul.wgsl", "gemm_coop", &["COOP", "W_F32"]);
+    let groups = [n.div_ceil(64) as u32, m.div_ceil(64) as u32, 1];
+    let run = Probe {
+        ctx,
+        timestamps: false,
+    };
+    run.time(&key, &params, &[&a_buf, &w_buf, &out], groups)?;
     let got = ctx.download(&out, 0, (m * n * 4) as u64)?;
     for (i, c) in got.chunks_exact(4).enumerate() {
         let (r, col) = (i / n, i % n);

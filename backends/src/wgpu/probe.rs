@@ -75,9 +75,12 @@ pub(crate) fn measure(ctx: &GpuContext) -> Result<DeviceLimits> {
     })
 }
 
-struct Probe<'a> {
-    ctx: &'a GpuContext,
-    timestamps: bool,
+/// Runs single dispatches on bound buffers, timed (`time`): the probes here, and the
+/// cooperative-matrix check (coop.rs).
+pub(crate) struct Probe<'a> {
+    pub ctx: &'a GpuContext,
+    /// Time by pass timestamps (else the host clock).
+    pub timestamps: bool,
 }
 
 impl Probe<'_> {
@@ -120,7 +123,7 @@ impl Probe<'_> {
         let key = PipelineKey::new(FILE, "copy", &["COPY"]);
         let mut best = f64::MAX;
         for _ in 0..RUNS {
-            best = best.min(self.time(&key, [words, 0, 0], &[&dst, &src], groups)?);
+            best = best.min(self.time(&key, &[words, 0, 0], &[&dst, &src], [groups, 1, 1])?);
         }
         Ok(2.0 * bytes as f64 / best / 1e9)
     }
@@ -136,11 +139,21 @@ impl Probe<'_> {
         let key = PipelineKey::new(FILE, entry, defines);
         let mut iters = 64u32;
         let seconds = loop {
-            let t = self.time(&key, [0, iters, 0.999f32.to_bits()], &[&dst], ARITH_GROUPS)?;
+            let t = self.time(
+                &key,
+                &[0, iters, 0.999f32.to_bits()],
+                &[&dst],
+                [ARITH_GROUPS, 1, 1],
+            )?;
             if t >= MIN_SECONDS || iters >= MAX_ITERS {
                 break (0..RUNS - 1).try_fold(t, |best, _| {
-                    self.time(&key, [0, iters, 0.999f32.to_bits()], &[&dst], ARITH_GROUPS)
-                        .map(|t| best.min(t))
+                    self.time(
+                        &key,
+                        &[0, iters, 0.999f32.to_bits()],
+                        &[&dst],
+                        [ARITH_GROUPS, 1, 1],
+                    )
+                    .map(|t| best.min(t))
                 })?;
             }
             iters *= 4;
@@ -149,26 +162,24 @@ impl Probe<'_> {
         Ok(threads * f64::from(iters) * ops_per_step / seconds)
     }
 
-    /// Seconds one dispatch of `key` takes, with `params` as its uniform and
-    /// `storage` bound from binding 1 on.
-    fn time(
+    /// Seconds one dispatch of `key` over `groups` workgroups takes (finished when it
+    /// returns), with `params` as its uniform and `storage` bound from binding 1 on.
+    pub fn time(
         &self,
         key: &PipelineKey,
-        params: [u32; 3],
+        params: &[u32],
         storage: &[&::wgpu::Buffer],
-        groups: u32,
+        groups: [u32; 3],
     ) -> Result<f64> {
         let ctx = self.ctx;
         let pipeline = pipelines::get(ctx, key)?;
+        let mut words: Vec<u8> = params.iter().flat_map(|p| p.to_le_bytes()).collect();
+        words.resize(words.len().div_ceil(16).max(1) * 16, 0);
         let uniform = self.buffer(
             "probe params",
-            16,
+            words.len() as u64,
             ::wgpu::BufferUsages::UNIFORM | ::wgpu::BufferUsages::COPY_DST,
         )?;
-        let mut words = [0u8; 16];
-        for (i, p) in params.iter().enumerate() {
-            words[4 * i..4 * i + 4].copy_from_slice(&p.to_le_bytes());
-        }
         ctx.queue.write_buffer(&uniform, 0, &words);
         let mut entries = vec![::wgpu::BindGroupEntry {
             binding: 0,
@@ -223,7 +234,7 @@ impl Probe<'_> {
             });
             pass.set_pipeline(&pipeline);
             pass.set_bind_group(0, &group, &[]);
-            pass.dispatch_workgroups(groups, 1, 1);
+            pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
         }
         if let (Some(q), Some(r)) = (&queries, &resolve) {
             enc.resolve_query_set(q, 0..2, r, 0);

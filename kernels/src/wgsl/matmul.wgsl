@@ -569,22 +569,18 @@ var<workgroup> coop_a: array<f16, 5120>;  // a_hi then a_lo, [64 rows][COOP_STRI
 var<workgroup> coop_b: array<f16, 5120>;  // b_hi then b_lo, [64 weight rows][COOP_STRIDE]
 var<workgroup> coop_out: array<f32, 4096>; // the sums, [64][64]
 
-// Stores x as its f16 high and low parts at `at` and `at + COOP_PART` of `tile`.
-fn coop_split_a(at: u32, x: vec4<f32>) {
-    let hi = vec4<f16>(x);
-    let lo = vec4<f16>(x - vec4<f32>(hi));
+// Stages an activation quad `x` and a weight quad `y` at `at` of coop_a and coop_b,
+// each as its f16 high part there and its low part at `at + COOP_PART`.
+fn coop_stage(at: u32, x: vec4<f32>, y: vec4<f32>) {
+    let xh = vec4<f16>(x);
+    let xl = vec4<f16>(x - vec4<f32>(xh));
+    let yh = vec4<f16>(y);
+    let yl = vec4<f16>(y - vec4<f32>(yh));
     for (var i = 0u; i < 4u; i++) {
-        coop_a[at + i] = hi[i];
-        coop_a[COOP_PART + at + i] = lo[i];
-    }
-}
-
-fn coop_split_b(at: u32, x: vec4<f32>) {
-    let hi = vec4<f16>(x);
-    let lo = vec4<f16>(x - vec4<f32>(hi));
-    for (var i = 0u; i < 4u; i++) {
-        coop_b[at + i] = hi[i];
-        coop_b[COOP_PART + at + i] = lo[i];
+        coop_a[at + i] = xh[i];
+        coop_a[COOP_PART + at + i] = xl[i];
+        coop_b[at + i] = yh[i];
+        coop_b[COOP_PART + at + i] = yl[i];
     }
 }
 
@@ -614,9 +610,8 @@ fn gemm_coop(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_ind
             if m0 + r < params.m {
                 av = a_input(m0 + r, r, k0 + q * 4u) * COOP_A_SCALE;
             }
-            coop_split_a(r * COOP_STRIDE + q * 4u, av);
             let dc = gemm_b_affine(n0, r, k0);
-            coop_split_b(r * COOP_STRIDE + q * 4u, dc.x * gemm_b_raw(n0, r, k0, q) + dc.y);
+            coop_stage(r * COOP_STRIDE + q * 4u, av, dc.x * gemm_b_raw(n0, r, k0, q) + dc.y);
         }
         workgroupBarrier();
         for (var ks = 0u; ks < 32u; ks += 16u) {
