@@ -40,7 +40,8 @@ const ACT_QUANT_WORDS: usize = 10;
 /// `ROWS_BLOCK` rows, head_dim up to `ROWS_HEAD_DIM`.
 const ROWS_BLOCK: usize = 8;
 const ROWS_HEAD_DIM: usize = 128;
-/// Rows up to which a matmul uses the GEMV kernel (matmul.wgsl `MAX_M`).
+/// Rows up to which a matmul uses the GEMV kernel (matmul.wgsl `gemv`, whose per-row
+/// partials live in registers: GEMV_ROWS of them per thread).
 pub(crate) const GEMV_MAX_ROWS: usize = 8;
 /// attention.wgsl `MAX_HEAD_DIM`.
 pub(crate) const MAX_HEAD_DIM: usize = 256;
@@ -271,16 +272,21 @@ impl LowerCtx<'_> {
         }
     }
 
-    /// Threads per output column of matmul.wgsl's gemv: 16 through workgroup memory;
-    /// with the subgroup variant one subgroup per column, up to 32 (a column must not
-    /// span two subgroups). More threads per column put more of a decode step's weight
-    /// loads in flight at once, which is what bounds a GEMV on a GPU's memory.
-    pub(crate) fn gemv_lanes(&self) -> u32 {
-        if self.variants.subgroup {
+    /// Threads per output column of matmul.wgsl's gemv for a row of `units` K units
+    /// (32-value blocks or quads): the largest power of two up to `units`, capped at
+    /// 16 through workgroup memory, or with the subgroup variant at one subgroup, up
+    /// to 32 (a column must not span two subgroups). More threads per column put more
+    /// of a decode step's weight loads in flight at once, which is what bounds a GEMV
+    /// on a GPU's memory; more than the row has units would idle (SmolLM2's 576-wide
+    /// rows hold 18 blocks: 16 lanes, not 32).
+    pub(crate) fn gemv_lanes(&self, units: usize) -> u32 {
+        let cap = if self.variants.subgroup {
             self.subgroup_min.min(32)
         } else {
             16
-        }
+        };
+        let fit = units.clamp(1, cap as usize) as u32;
+        1 << (31 - fit.leading_zeros())
     }
 
     /// The prepared weight behind `id` (following reshapes), if `id` is one.
@@ -1031,10 +1037,13 @@ fn matmul_dispatch(
         x.accumulate as u32,
         f(x.eps),
     ];
+    // matmul.wgsl's gemv splits K in units of a block (W_BLOCKS) or a quad.
+    let gemv_unit = if defines.contains(&"W_BLOCKS") { 32 } else { 4 };
+    let gemv_lanes = cx.gemv_lanes(x.k.div_ceil(gemv_unit));
     let (gx, gy, name) = match entry {
         MatmulEntry::Gemv => {
             // 64 threads, GEMV_LANES per column.
-            let g = grid_1d(x.n.div_ceil(64 / cx.gemv_lanes() as usize), 1)?;
+            let g = grid_1d(x.n.div_ceil(64 / gemv_lanes as usize), 1)?;
             (g[0] as usize, g[1] as usize, "gemv")
         }
         MatmulEntry::Gemm | MatmulEntry::GemmDot4 | MatmulEntry::GemmCoop => {
@@ -1070,10 +1079,16 @@ fn matmul_dispatch(
     if entry == MatmulEntry::GemmCoop {
         defines.push("COOP");
     }
-    let lanes;
-    if entry == MatmulEntry::Gemv && cx.variants.subgroup {
-        lanes = format!("SUBGROUP_LANES={}", cx.gemv_lanes());
-        defines.extend(["GEMV_SUBGROUP", lanes.as_str()]);
+    // gemv's static shape: its row count and threads per column.
+    let gemv_shape = [
+        format!("GEMV_ROWS={}", x.m),
+        format!("GEMV_LANES={gemv_lanes}"),
+    ];
+    if entry == MatmulEntry::Gemv {
+        defines.extend(gemv_shape.iter().map(String::as_str));
+        if cx.variants.subgroup {
+            defines.push("GEMV_SUBGROUP");
+        }
     }
     if entry == MatmulEntry::Lanes && x.m == 1 {
         defines.push("ROWS_1");

@@ -5,9 +5,10 @@
 //         (y). Every thread of a workgroup reads the same activation values, so a
 //         CPU driver (lavapipe) loads them once for all SIMD lanes; the kernel of
 //         choice on CPU adapters, any M, no workgroup memory or barriers;
-//   gemv: few rows (decode, M <= MAX_M): each weight row is read once; GEMV_LANES
-//         threads split its K range, every thread keeps one partial per activation
-//         row, and subgroup shuffles or workgroup memory add them (see the kernel);
+//   gemv: few rows (decode; the host's GEMV_MAX_ROWS): each weight row is read once;
+//         GEMV_LANES threads split its K range, every thread keeps one partial per
+//         activation row, and subgroup shuffles or workgroup memory add them (see
+//         the kernel);
 //   gemm: 64x64 output tiles (32x64 with GEMM_ROWS_32), K in steps of 32 (one quant block per weight row), A and
 //         the dequantized B tile staged in workgroup memory (B in f16 with GEMM_F16),
 //         4x4 outputs per thread (see the kernel);
@@ -32,14 +33,6 @@ enable f16;
 enable wgpu_cooperative_matrix;
 #endif
 #include "common.wgsl"
-
-const MAX_M: u32 = 8u;
-#ifdef GEMV_SUBGROUP
-const GEMV_LANES: u32 = SUBGROUP_LANES;
-#else
-const GEMV_LANES: u32 = 16u;
-#endif
-const GEMV_COLS: u32 = 64u / GEMV_LANES;
 
 struct Params {
     // Rows of a and out.
@@ -196,67 +189,97 @@ fn write_out(m: u32, n: u32, gate: f32, up: f32) {
     out[o] = v;
 }
 
+#ifdef GEMV_ROWS
+// gemv (defines GEMV_ROWS=m, GEMV_LANES=l; the entry exists only in modules built for
+// it): GEMV_LANES threads per output column split its K range in units of one
+// 32-value block (block formats; neighbouring threads read neighbouring 16-byte
+// blocks) or one quad (other formats). Each thread keeps one partial per activation
+// row in registers: GEMV_ROWS is the node's static row count, so every loop over rows
+// has a constant bound (an array indexed under a run-time bound lands in local
+// memory on GPUs). Each step loads GEMV_UNITS units before it multiplies any, so a
+// thread has that many weight loads in flight: decode is bound by the bytes in
+// flight, not by arithmetic. The column's lanes then add their partials with
+// subgroup shuffles (GEMV_SUBGROUP: GEMV_LANES is at most the adapter's smallest
+// subgroup, so a column never spans two) or through workgroup memory. The host picks
+// GEMV_LANES (a power of two) per node so that short rows leave few lanes idle.
+const GEMV_COLS: u32 = 64u / GEMV_LANES;
+const GEMV_UNITS: u32 = 2u;
+#ifdef W_BLOCKS
+const GEMV_UNIT: u32 = 32u;
+#else
+const GEMV_UNIT: u32 = 4u;
+#endif
+
 #ifndef GEMV_SUBGROUP
-var<workgroup> partials: array<f32, 512>;   // 64 threads x MAX_M
+var<workgroup> partials: array<f32, 64u * GEMV_ROWS>;
 #ifdef GLU
-var<workgroup> partials_up: array<f32, 512>;
+var<workgroup> partials_up: array<f32, 64u * GEMV_ROWS>;
 #endif
 #endif
 
-// gemv: GEMV_LANES threads per output column split its K range (block formats: whole
-// 32-value blocks per thread, so neighbouring threads read neighbouring 16-byte
-// blocks; otherwise quads). Each thread keeps one partial per activation row; the
-// column's lanes then add them, with subgroup shuffles (GEMV_SUBGROUP: GEMV_LANES is
-// at most the adapter's smallest subgroup, so a column never spans two) or through
-// workgroup memory.
+// A gemv unit of weight row `row` starting at k0, and its quad q (values k0 + 4q ..).
+#ifdef W_BLOCKS
+alias GemvUnit = WBlock;
+fn gemv_load(row: u32, k0: u32) -> WBlock {
+    return w_block(row, k0, params.k, params.w_soff);
+}
+fn gemv_quad(u: WBlock, q: u32) -> vec4<f32> {
+    return block_quad(u, q);
+}
+#else
+alias GemvUnit = vec4<f32>;
+fn gemv_load(row: u32, k0: u32) -> vec4<f32> {
+    return w_quad(row, k0, params.k, params.w_soff);
+}
+fn gemv_quad(u: vec4<f32>, q: u32) -> vec4<f32> {
+    return u;
+}
+#endif
+
 @compute @workgroup_size(64)
 fn gemv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     let col = (wg.x + wg.y * nwg.x) * GEMV_COLS + li / GEMV_LANES;
     let lane = li % GEMV_LANES;
 #ifdef NORM
-    norm_rows(0u, params.m, MAX_M, li, 64u);
+    norm_rows(0u, GEMV_ROWS, GEMV_ROWS, li, 64u);
 #endif
-    var acc: array<f32, MAX_M>;
-    var acc_up: array<f32, MAX_M>;
+    var acc: array<f32, GEMV_ROWS>;
+    var acc_up: array<f32, GEMV_ROWS>;
     if col < params.n {
-#ifdef W_BLOCKS
-        for (var k0 = lane * 32u; k0 < params.k; k0 += GEMV_LANES * 32u) {
-            let b = w_block(col, k0, params.k, params.w_soff);
+        let stride = GEMV_LANES * GEMV_UNIT;
+        for (var k0 = lane * GEMV_UNIT; k0 < params.k; k0 += GEMV_UNITS * stride) {
+            // Every load first (a unit past the row reloads the first, unused).
+            var units: array<GemvUnit, GEMV_UNITS>;
+            var ups: array<GemvUnit, GEMV_UNITS>;
+            for (var s = 0u; s < GEMV_UNITS; s++) {
+                let k = select(k0, k0 + s * stride, k0 + s * stride < params.k);
+                units[s] = gemv_load(col, k);
 #ifdef GLU
-            let u = w_block(params.up_row + col, k0, params.k, params.w_soff);
+                ups[s] = gemv_load(params.up_row + col, k);
 #endif
-            for (var q = 0u; q < 8u; q++) {
-                let bq = block_quad(b, q);
+            }
+            for (var s = 0u; s < GEMV_UNITS; s++) {
+                let k = k0 + s * stride;
+                if k < params.k {
+                    for (var q = 0u; q < GEMV_UNIT / 4u; q++) {
+                        let bq = gemv_quad(units[s], q);
 #ifdef GLU
-                let uq = block_quad(u, q);
+                        let uq = gemv_quad(ups[s], q);
 #endif
-                for (var m = 0u; m < params.m; m++) {
-                    let av = a_input(m, m, k0 + q * 4u);
-                    acc[m] += dot(av, bq);
+                        for (var m = 0u; m < GEMV_ROWS; m++) {
+                            let av = a_input(m, m, k + q * 4u);
+                            acc[m] += dot(av, bq);
 #ifdef GLU
-                    acc_up[m] += dot(av, uq);
+                            acc_up[m] += dot(av, uq);
 #endif
+                        }
+                    }
                 }
             }
         }
-#else
-        for (var k = lane * 4u; k < params.k; k += GEMV_LANES * 4u) {
-            let b = w_quad(col, k, params.k, params.w_soff);
-#ifdef GLU
-            let u = w_quad(params.up_row + col, k, params.k, params.w_soff);
-#endif
-            for (var m = 0u; m < params.m; m++) {
-                let av = a_input(m, m, k);
-                acc[m] += dot(av, b);
-#ifdef GLU
-                acc_up[m] += dot(av, u);
-#endif
-            }
-        }
-#endif
     }
 #ifdef GEMV_SUBGROUP
-    for (var m = 0u; m < params.m; m++) {
+    for (var m = 0u; m < GEMV_ROWS; m++) {
         var s = acc[m];
         var s_up = acc_up[m];
         for (var o = GEMV_LANES / 2u; o > 0u; o >>= 1u) {
@@ -270,7 +293,7 @@ fn gemv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
         }
     }
 #else
-    for (var m = 0u; m < params.m; m++) {
+    for (var m = 0u; m < GEMV_ROWS; m++) {
         partials[m * 64u + li] = acc[m];
 #ifdef GLU
         partials_up[m * 64u + li] = acc_up[m];
@@ -278,7 +301,7 @@ fn gemv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     }
     workgroupBarrier();
     if lane == 0u && col < params.n {
-        for (var m = 0u; m < params.m; m++) {
+        for (var m = 0u; m < GEMV_ROWS; m++) {
             var s = 0.0;
             var s_up = 0.0;
             for (var l = 0u; l < GEMV_LANES; l++) {
@@ -292,6 +315,7 @@ fn gemv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     }
 #endif
 }
+#endif
 
 // Weight values k..k+3 for output column n of a [K, N] weight.
 fn w_quad_kn(k: u32, n: u32) -> vec4<f32> {

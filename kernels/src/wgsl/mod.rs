@@ -6,7 +6,8 @@
 //! `#include "file.wgsl"` (each file at most once per module), `#ifdef NAME`,
 //! `#ifndef NAME`, `#else` and `#endif`. A define `NAME` is a flag for `#ifdef`; a
 //! define `NAME=N` (an unsigned integer) becomes `const NAME: u32 = Nu;` at the top of
-//! the module (sizes of register arrays, which WGSL needs as constants). WGSL `enable`
+//! the module (sizes of register arrays, which WGSL needs as constants) and also counts
+//! as set for `#ifdef NAME`, so code needing the constant can exist only with it. WGSL `enable`
 //! directives (`enable f16;`, `enable subgroups;`) are moved to the top, ahead of those
 //! constants and of any included file, since WGSL wants them before every declaration.
 //! No text is substituted inside WGSL code.
@@ -131,7 +132,10 @@ fn expand(
             .strip_prefix("#ifdef ")
             .or_else(|| t.strip_prefix("#ifndef "))
         {
-            let set = defines.contains(&name.trim());
+            let name = name.trim();
+            let set = defines
+                .iter()
+                .any(|d| d.split_once('=').map_or(*d, |(n, _)| n) == name);
             let on = if t.starts_with("#ifdef") { set } else { !set };
             let parent = active(&stack);
             stack.push((on, parent));
