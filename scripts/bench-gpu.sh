@@ -37,8 +37,9 @@
 #        comparison)  JOBS=$(nproc) (build jobs)
 #        KERNEL_BENCH=1 (0: skip the WGSL kernel benches; WGPU_BENCH= their prebuilt
 #        criterion binary, packed as npurt-wgpu-bench)  VARIANTS_AB=1 (0: skip npurt's
-#        runs with NPURT_WGPU_VARIANTS=plain, with NPURT_WGPU_GEMM_ROWS=32 and, where
-#        the adapter has cooperative matrices, without them)
+#        runs with NPURT_WGPU_VARIANTS=plain, with NPURT_WGPU_GEMM_ROWS=32, with
+#        NPURT_WGPU_GEMV_COLS=1 and, where the adapter has cooperative matrices,
+#        without them)
 #        QUICK=1: try it on a CPU-only box: the small shape cut to 4 layers, -p 32
 #        -n 8, one repetition, one round, llama.cpp's CPU build (lavapipe for wgpu)
 #        PACK=dir: make the offline bundle (above) and stop
@@ -277,11 +278,12 @@ for round in $(seq "$ROUNDS"); do
     done
 done
 # The same npurt runs without the optional instructions (f16 tiles, subgroups, dot4),
-# and with 32-row GEMM tiles: what each is worth, same run.
+# with 32-row GEMM tiles and with one GEMV column per thread: what each is worth, same
+# run.
 if [ "$VARIANTS_AB" = 1 ] && [ "$BACKEND" = wgpu ]; then
     for shape in $SHAPES; do
         base="$OUT/models/$(tag "$shape")"
-        configs=("NPURT_WGPU_VARIANTS=plain" "NPURT_WGPU_GEMM_ROWS=32")
+        configs=("NPURT_WGPU_VARIANTS=plain" "NPURT_WGPU_GEMM_ROWS=32" "NPURT_WGPU_GEMV_COLS=1")
         [ "$VARIANTS" = "$NO_COOP" ] || configs+=("NPURT_WGPU_VARIANTS=$NO_COOP")
         for config in "${configs[@]}"; do
             log="$OUT/logs/$shape-${config##*_}"

@@ -253,19 +253,20 @@ fn conformance_tiled_kernels_without_optional_instructions() {
         "{:?}",
         coop.err()
     );
-    let kernels = tiled_matmul_conformance(KernelVariants::PLAIN, None);
+    let kernels = tiled_matmul_conformance(WgpuOptions {
+        variants: Some(KernelVariants::PLAIN),
+        ..Default::default()
+    });
     assert_eq!(kernels, "tiled (plain)");
 }
 
-/// The conformance suite's matmul cases on a tiled backend with these variants and
-/// GEMM tile rows: none fails, and over a hundred run. Returns the backend's kernels
-/// description.
-fn tiled_matmul_conformance(variants: KernelVariants, gemm_rows: Option<u32>) -> String {
+/// The conformance suite's matmul cases on a tiled backend with these options
+/// (variants, tile sizes): none fails, and over a hundred run. Returns the backend's
+/// kernels description.
+fn tiled_matmul_conformance(opts: WgpuOptions) -> String {
     let be = WgpuBackend::new(WgpuOptions {
         kernels: Some(KernelFamily::Tiled),
-        variants: Some(variants),
-        gemm_rows,
-        ..Default::default()
+        ..opts
     })
     .expect("wgpu backend");
     let report = npurt_backends::conformance::run_suite(&be, Some("matmul"));
@@ -280,7 +281,11 @@ fn tiled_matmul_conformance(variants: KernelVariants, gemm_rows: Option<u32>) ->
 #[test]
 fn conformance_tiled_gemm_with_32_row_tiles() {
     for variants in [LAVAPIPE_VARIANTS, KernelVariants::PLAIN] {
-        let kernels = tiled_matmul_conformance(variants, Some(32));
+        let kernels = tiled_matmul_conformance(WgpuOptions {
+            variants: Some(variants),
+            gemm_rows: Some(32),
+            ..Default::default()
+        });
         assert!(kernels.ends_with(", 32-row gemm tiles)"), "{kernels}");
     }
     let bad = WgpuBackend::new(WgpuOptions {
@@ -289,6 +294,34 @@ fn conformance_tiled_gemm_with_32_row_tiles() {
     });
     assert!(
         matches!(&bad, Err(BackendError::Unavailable { reason, .. }) if reason.contains("48 rows")),
+        "{:?}",
+        bad.err()
+    );
+}
+
+/// The GEMV with 2 and 4 output columns per thread (picked per node for wide
+/// matrices, which the conformance cases are not; `NPURT_WGPU_GEMV_COLS` forces it)
+/// meets the matmul cases, with subgroup and with workgroup-memory reductions; a
+/// count other than 1, 2 or 4 is refused with a typed error.
+#[test]
+fn conformance_tiled_gemv_with_several_columns_per_thread() {
+    for (variants, cols) in [(LAVAPIPE_VARIANTS, 2), (KernelVariants::PLAIN, 4)] {
+        let kernels = tiled_matmul_conformance(WgpuOptions {
+            variants: Some(variants),
+            gemv_cols: Some(cols),
+            ..Default::default()
+        });
+        assert!(
+            kernels.ends_with(&format!(", {cols}-column gemv threads)")),
+            "{kernels}"
+        );
+    }
+    let bad = WgpuBackend::new(WgpuOptions {
+        gemv_cols: Some(3),
+        ..Default::default()
+    });
+    assert!(
+        matches!(&bad, Err(BackendError::Unavailable { reason, .. }) if reason.contains("3 columns")),
         "{:?}",
         bad.err()
     );

@@ -47,8 +47,8 @@ pub(crate) struct GpuContext {
     pub kernels: super::variants::KernelFamily,
     /// Optional instructions in use (resolved against the adapter's features).
     pub variants: super::variants::KernelVariants,
-    /// Rows per tile of the tiled GEMM (32 or 64).
-    pub gemm_rows: u32,
+    /// Tile sizes of the tiled kernels.
+    pub tiles: super::variants::TileSizes,
     /// How the profiler times nodes (resolved against the device's features).
     pub profile_timing: super::ProfileTiming,
     /// Nanoseconds per timestamp tick.
@@ -82,7 +82,7 @@ impl GpuContext {
         max_binding_bytes: Option<u64>,
         kernels: Option<super::variants::KernelFamily>,
         variants: Option<super::variants::KernelVariants>,
-        gemm_rows: u32,
+        tiles: super::variants::TileSizes,
         profile_timing: Option<super::ProfileTiming>,
     ) -> Result<Arc<GpuContext>> {
         let create = |allow_coop| {
@@ -91,7 +91,7 @@ impl GpuContext {
                 max_binding_bytes,
                 kernels,
                 variants,
-                gemm_rows,
+                tiles,
                 profile_timing,
                 allow_coop,
             )
@@ -123,7 +123,7 @@ impl GpuContext {
         max_binding_bytes: Option<u64>,
         kernels: Option<super::variants::KernelFamily>,
         variants: Option<super::variants::KernelVariants>,
-        gemm_rows: u32,
+        tiles: super::variants::TileSizes,
         profile_timing: Option<super::ProfileTiming>,
         allow_coop: bool,
     ) -> Result<Arc<GpuContext>> {
@@ -267,7 +267,7 @@ impl GpuContext {
             timestamp_period,
             kernels,
             variants,
-            gemm_rows,
+            tiles,
             device,
             queue,
             info,

@@ -135,7 +135,7 @@ impl WgpuExecutable {
             views: &views,
             kv_pairs: &kv_pairs,
             subgroup_min: ctx.info.subgroup_min_size,
-            gemm_rows: ctx.gemm_rows as usize,
+            tiles: ctx.tiles,
             weights: &w,
         };
         let mut lowered = Vec::with_capacity(n);

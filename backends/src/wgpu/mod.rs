@@ -37,7 +37,7 @@ pub use ::wgpu::{Backends, Features};
 pub use buffers::WgpuBuffer;
 pub use counters::WgpuCounters;
 pub use executable::WgpuExecutable;
-pub use variants::{KernelFamily, KernelVariants};
+pub use variants::{KernelFamily, KernelVariants, TileSizes};
 
 use crate::{
     Backend, BackendError, BufferUsage, Capabilities, DeviceBuffer, Executable, Result, Support,
@@ -70,6 +70,10 @@ pub struct WgpuOptions {
     /// workgroups of a matrix for GPUs a 64-row grid leaves idle. `None` reads
     /// `NPURT_WGPU_GEMM_ROWS=32|64`; another value is `BackendError::Unavailable`.
     pub gemm_rows: Option<u32>,
+    /// Output columns per thread of the tiled GEMV: 1, 2 or 4 (each activation load
+    /// serves that many columns). `None` reads `NPURT_WGPU_GEMV_COLS=1|2|4`, else picks
+    /// per node by the size of its grid; another value is `BackendError::Unavailable`.
+    pub gemv_cols: Option<u32>,
     /// How `Executable::profile` times nodes; `None` picks the best the adapter
     /// offers. `NPURT_WGPU_PROFILE=inside|pass|host` overrides the default.
     pub profile_timing: Option<ProfileTiming>,
@@ -119,6 +123,7 @@ impl Default for WgpuOptions {
             kernels,
             variants: None,
             gemm_rows: None,
+            gemv_cols: None,
             profile_timing,
         }
     }
@@ -141,14 +146,27 @@ impl WgpuBackend {
             ),
             (None, Err(_)) => None,
         };
-        let gemm_rows = match (opts.gemm_rows, std::env::var("NPURT_WGPU_GEMM_ROWS")) {
-            (Some(r), _) => r,
-            (None, Ok(s)) => s.trim().parse().unwrap_or(0),
-            (None, Err(_)) => 64,
+        // An option, else its environment variable (unparsable: an invalid 0 below),
+        // else the default.
+        let knob = |opt: Option<u32>, var: &str, default: u32| match (opt, std::env::var(var)) {
+            (Some(v), _) => v,
+            (None, Ok(s)) => s.trim().parse().unwrap_or(u32::MAX),
+            (None, Err(_)) => default,
         };
-        if gemm_rows != 32 && gemm_rows != 64 {
+        let tiles = TileSizes {
+            gemm_rows: knob(opts.gemm_rows, "NPURT_WGPU_GEMM_ROWS", 64),
+            gemv_cols: knob(opts.gemv_cols, "NPURT_WGPU_GEMV_COLS", 0),
+        };
+        if tiles.gemm_rows != 32 && tiles.gemm_rows != 64 {
             return Err(device::unavailable(format!(
-                "GEMM tiles of {gemm_rows} rows (NPURT_WGPU_GEMM_ROWS / WgpuOptions::gemm_rows): 32 or 64"
+                "GEMM tiles of {} rows (NPURT_WGPU_GEMM_ROWS / WgpuOptions::gemm_rows): 32 or 64",
+                tiles.gemm_rows
+            )));
+        }
+        if ![0, 1, 2, 4].contains(&tiles.gemv_cols) {
+            return Err(device::unavailable(format!(
+                "GEMV threads of {} columns (NPURT_WGPU_GEMV_COLS / WgpuOptions::gemv_cols): 1, 2 or 4",
+                tiles.gemv_cols
             )));
         }
         let ctx = GpuContext::new(
@@ -156,7 +174,7 @@ impl WgpuBackend {
             opts.max_binding_bytes,
             opts.kernels,
             variants,
-            gemm_rows,
+            tiles,
             opts.profile_timing,
         )?;
         let info = &ctx.info;
@@ -170,14 +188,9 @@ impl WgpuBackend {
             kernels: match ctx.kernels {
                 // The optional instructions serve the tiled kernels only.
                 KernelFamily::Lanes => "lanes".into(),
-                KernelFamily::Tiled if ctx.gemm_rows == 64 => {
-                    format!("tiled ({})", ctx.variants.name())
+                KernelFamily::Tiled => {
+                    format!("tiled ({}{})", ctx.variants.name(), ctx.tiles.describe())
                 }
-                KernelFamily::Tiled => format!(
-                    "tiled ({}, {}-row gemm tiles)",
-                    ctx.variants.name(),
-                    ctx.gemm_rows
-                ),
             },
             compute_dtypes: vec![DType::F32],
             weight_dtypes: support::WEIGHT_DTYPES.to_vec(),

@@ -6,7 +6,7 @@
 
 use super::buffers::WgpuBuffer;
 use super::pipelines::PipelineKey;
-use super::variants::{KernelFamily, KernelVariants};
+use super::variants::{KernelFamily, KernelVariants, TileSizes};
 use crate::DeviceBuffer;
 use npurt_graph::{
     Activation, DType, Epilogue, Graph, MatMulOperands, NodeId, Op, Prologue, RopeParams,
@@ -43,6 +43,20 @@ const ROWS_HEAD_DIM: usize = 128;
 /// Rows up to which a matmul uses the GEMV kernel (matmul.wgsl `gemv`, whose per-row
 /// partials live in registers: GEMV_ROWS of them per thread).
 pub(crate) const GEMV_MAX_ROWS: usize = 8;
+/// Workgroups below which a gemv keeps one column per thread (`LowerCtx::gemv_shape`):
+/// about two per compute unit of a large GPU.
+const GEMV_MIN_GROUPS: usize = 256;
+
+/// matmul.wgsl gemv's per-node shape (`LowerCtx::gemv_shape`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct GemvShape {
+    /// Threads per column group (GEMV_LANES).
+    pub lanes: u32,
+    /// Output columns per thread (GEMV_R).
+    pub cols: u32,
+    /// K units each thread loads per step and column (GEMV_UNITS).
+    pub units: u32,
+}
 /// attention.wgsl `MAX_HEAD_DIM`.
 pub(crate) const MAX_HEAD_DIM: usize = 256;
 /// transpose.wgsl handles up to 8 dims.
@@ -94,8 +108,8 @@ pub(crate) struct LowerCtx<'a> {
     pub kv_pairs: &'a [Option<NodeId>],
     /// The adapter's smallest subgroup size.
     pub subgroup_min: u32,
-    /// Rows per tile of matmul.wgsl's gemm (64, or 32: GEMM_ROWS_32).
-    pub gemm_rows: usize,
+    /// Tile sizes (gemm rows, gemv columns per thread).
+    pub tiles: TileSizes,
     /// Prepared weights by node index.
     pub weights: &'a [Option<Arc<dyn DeviceBuffer>>],
 }
@@ -272,21 +286,40 @@ impl LowerCtx<'_> {
         }
     }
 
-    /// Threads per output column of matmul.wgsl's gemv for a row of `units` K units
-    /// (32-value blocks or quads): the largest power of two up to `units`, capped at
-    /// 16 through workgroup memory, or with the subgroup variant at one subgroup, up
-    /// to 32 (a column must not span two subgroups). More threads per column put more
-    /// of a decode step's weight loads in flight at once, which is what bounds a GEMV
-    /// on a GPU's memory; more than the row has units would idle (SmolLM2's 576-wide
-    /// rows hold 18 blocks: 16 lanes, not 32).
-    pub(crate) fn gemv_lanes(&self, units: usize) -> u32 {
+    /// matmul.wgsl's gemv shape for an m x k x n matmul whose rows hold `units` K units
+    /// (32-value blocks or quads).
+    /// - Threads per column (`lanes`): the largest power of two up to `units`, capped
+    ///   at 16 through workgroup memory, or with the subgroup variant at one subgroup,
+    ///   up to 32 (a column must not span two subgroups). More threads per column put
+    ///   more of a decode step's weight loads in flight at once, which is what bounds a
+    ///   GEMV on a GPU's memory; more than the row has units would idle (SmolLM2's
+    ///   576-wide rows hold 18 blocks: 16 lanes, not 32).
+    /// - Columns per thread (`cols`): 4, else 2, where the grid keeps at least
+    ///   `GEMV_MIN_GROUPS` workgroups and m <= 2 (the partials are cols x m registers);
+    ///   each activation load then serves that many columns. `TileSizes::gemv_cols`
+    ///   forces a count.
+    /// - Units loaded per step (`units`): 2, or 1 with 4 columns (4 loads in flight).
+    pub(crate) fn gemv_shape(&self, m: usize, units: usize, n: usize) -> GemvShape {
         let cap = if self.variants.subgroup {
             self.subgroup_min.min(32)
         } else {
             16
         };
         let fit = units.clamp(1, cap as usize) as u32;
-        1 << (31 - fit.leading_zeros())
+        let lanes = 1 << (31 - fit.leading_zeros());
+        let groups = (64 / lanes) as usize;
+        let cols = match self.tiles.gemv_cols {
+            0 => [4, 2]
+                .into_iter()
+                .find(|&c| m <= 2 && n.div_ceil(groups * c) >= GEMV_MIN_GROUPS)
+                .unwrap_or(1),
+            forced => forced as usize,
+        };
+        GemvShape {
+            lanes,
+            cols: cols as u32,
+            units: if cols == 4 { 1 } else { 2 },
+        }
     }
 
     /// The prepared weight behind `id` (following reshapes), if `id` is one.
@@ -1039,20 +1072,20 @@ fn matmul_dispatch(
     ];
     // matmul.wgsl's gemv splits K in units of a block (W_BLOCKS) or a quad.
     let gemv_unit = if defines.contains(&"W_BLOCKS") { 32 } else { 4 };
-    let gemv_lanes = cx.gemv_lanes(x.k.div_ceil(gemv_unit));
+    let gemv = cx.gemv_shape(x.m, x.k.div_ceil(gemv_unit), x.n);
     let (gx, gy, name) = match entry {
         MatmulEntry::Gemv => {
-            // 64 threads, GEMV_LANES per column.
-            let g = grid_1d(x.n.div_ceil(64 / gemv_lanes as usize), 1)?;
+            // 64 threads, GEMV_LANES per group of GEMV_R columns.
+            let g = grid_1d(x.n.div_ceil((64 / gemv.lanes * gemv.cols) as usize), 1)?;
             (g[0] as usize, g[1] as usize, "gemv")
         }
         MatmulEntry::Gemm | MatmulEntry::GemmDot4 | MatmulEntry::GemmCoop => {
-            // matmul.wgsl's gemm: tiles of cx.gemm_rows rows (gemm_coop: 64) and 64
+            // matmul.wgsl's gemm: tiles of cx.tiles.gemm_rows rows (gemm_coop: 64) and 64
             // columns (32 with a GLU, whose gate and up rows share the weight tile).
             let cols = if defines.contains(&"GLU") { 32 } else { 64 };
             let (name, rows) = match entry {
-                MatmulEntry::Gemm => ("gemm", cx.gemm_rows),
-                MatmulEntry::GemmDot4 => ("gemm_dot4", cx.gemm_rows),
+                MatmulEntry::Gemm => ("gemm", cx.tiles.gemm_rows as usize),
+                MatmulEntry::GemmDot4 => ("gemm_dot4", cx.tiles.gemm_rows as usize),
                 _ => ("gemm_coop", 64),
             };
             (x.n.div_ceil(cols), x.m.div_ceil(rows), name)
@@ -1070,7 +1103,7 @@ fn matmul_dispatch(
     // The gemm's weight tile holds raw values (weights.wgsl w_raw_quad): exact in f16
     // for the integer formats and f16, not for f32 or bf16.
     let raw_fits_f16 = !defines.contains(&"W_F32") && !defines.contains(&"W_BF16");
-    if matches!(entry, MatmulEntry::Gemm | MatmulEntry::GemmDot4) && cx.gemm_rows == 32 {
+    if matches!(entry, MatmulEntry::Gemm | MatmulEntry::GemmDot4) && cx.tiles.gemm_rows == 32 {
         defines.push("GEMM_ROWS_32");
     }
     if entry == MatmulEntry::Gemm && cx.variants.f16 && raw_fits_f16 {
@@ -1079,10 +1112,12 @@ fn matmul_dispatch(
     if entry == MatmulEntry::GemmCoop {
         defines.push("COOP");
     }
-    // gemv's static shape: its row count and threads per column.
+    // gemv's static shape.
     let gemv_shape = [
         format!("GEMV_ROWS={}", x.m),
-        format!("GEMV_LANES={gemv_lanes}"),
+        format!("GEMV_LANES={}", gemv.lanes),
+        format!("GEMV_R={}", gemv.cols),
+        format!("GEMV_UNITS={}", gemv.units),
     ];
     if entry == MatmulEntry::Gemv {
         defines.extend(gemv_shape.iter().map(String::as_str));

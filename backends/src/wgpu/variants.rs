@@ -16,6 +16,39 @@ pub enum KernelFamily {
     Tiled,
 }
 
+/// Tile sizes of the `Tiled` kernels, fixed per device. The defaults suit large GPUs;
+/// the options (`WgpuOptions::gemm_rows`, `gemv_cols`) force the others so that the
+/// conformance suite runs every shape on lavapipe.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TileSizes {
+    /// Rows per tile of the prefill GEMM: 64, or 32 (twice the workgroups of a matrix,
+    /// for GPUs a 64-row grid leaves idle; matmul.wgsl GEMM_ROWS_32).
+    pub gemm_rows: u32,
+    /// Output columns per thread of the decode GEMV (matmul.wgsl GEMV_R): 1, 2 or 4;
+    /// 0 picks per node (`LowerCtx::gemv_shape`).
+    pub gemv_cols: u32,
+}
+
+impl TileSizes {
+    pub const DEFAULT: TileSizes = TileSizes {
+        gemm_rows: 64,
+        gemv_cols: 0,
+    };
+
+    /// What differs from the defaults, for `npurt bench`'s kernels column ("" if
+    /// nothing).
+    pub fn describe(self) -> String {
+        let mut parts = Vec::new();
+        if self.gemm_rows != Self::DEFAULT.gemm_rows {
+            parts.push(format!(", {}-row gemm tiles", self.gemm_rows));
+        }
+        if self.gemv_cols != Self::DEFAULT.gemv_cols {
+            parts.push(format!(", {}-column gemv threads", self.gemv_cols));
+        }
+        parts.concat()
+    }
+}
+
 impl KernelFamily {
     pub fn name(self) -> &'static str {
         match self {

@@ -190,20 +190,26 @@ fn write_out(m: u32, n: u32, gate: f32, up: f32) {
 }
 
 #ifdef GEMV_ROWS
-// gemv (defines GEMV_ROWS=m, GEMV_LANES=l; the entry exists only in modules built for
-// it): GEMV_LANES threads per output column split its K range in units of one
-// 32-value block (block formats; neighbouring threads read neighbouring 16-byte
-// blocks) or one quad (other formats). Each thread keeps one partial per activation
-// row in registers: GEMV_ROWS is the node's static row count, so every loop over rows
-// has a constant bound (an array indexed under a run-time bound lands in local
-// memory on GPUs). Each step loads GEMV_UNITS units before it multiplies any, so a
-// thread has that many weight loads in flight: decode is bound by the bytes in
-// flight, not by arithmetic. The column's lanes then add their partials with
-// subgroup shuffles (GEMV_SUBGROUP: GEMV_LANES is at most the adapter's smallest
-// subgroup, so a column never spans two) or through workgroup memory. The host picks
-// GEMV_LANES (a power of two) per node so that short rows leave few lanes idle.
-const GEMV_COLS: u32 = 64u / GEMV_LANES;
-const GEMV_UNITS: u32 = 2u;
+// gemv (defines GEMV_ROWS, GEMV_LANES, GEMV_R, GEMV_UNITS, chosen per node by the host;
+// the entry exists only in modules built for it): GEMV_LANES threads split the K range
+// of GEMV_R output columns in units of one 32-value block (block formats; neighbouring
+// threads read neighbouring 16-byte blocks of a weight row) or one quad (other
+// formats).
+// - Each activation quad a thread loads serves its GEMV_R columns: the activations
+//   (f32, and with NORM the norm weight too) are 7 to 14 times the bytes of a Q4
+//   weight row, so without that reuse a GPU's L1 throughput, not its memory, would
+//   bound the kernel.
+// - Each step loads GEMV_UNITS units of each of its columns before it multiplies any,
+//   so a thread has GEMV_R x GEMV_UNITS weight loads in flight: decode is bound by the
+//   bytes in flight.
+// - The partials, one per (column, activation row), stay in registers: GEMV_ROWS is the
+//   node's static row count, so every loop over them has a constant bound (an array
+//   indexed under a run-time bound lands in local memory on GPUs).
+// The GEMV_LANES threads of a column group then add their partials with subgroup
+// shuffles (GEMV_SUBGROUP: GEMV_LANES is at most the adapter's smallest subgroup, so
+// a group never spans two) or through workgroup memory.
+const GEMV_GROUPS: u32 = 64u / GEMV_LANES;   // column groups per workgroup
+const GEMV_PARTIALS: u32 = GEMV_R * GEMV_ROWS;
 #ifdef W_BLOCKS
 const GEMV_UNIT: u32 = 32u;
 #else
@@ -211,9 +217,9 @@ const GEMV_UNIT: u32 = 4u;
 #endif
 
 #ifndef GEMV_SUBGROUP
-var<workgroup> partials: array<f32, 64u * GEMV_ROWS>;
+var<workgroup> partials: array<f32, 64u * GEMV_PARTIALS>;
 #ifdef GLU
-var<workgroup> partials_up: array<f32, 64u * GEMV_ROWS>;
+var<workgroup> partials_up: array<f32, 64u * GEMV_PARTIALS>;
 #endif
 #endif
 
@@ -238,40 +244,54 @@ fn gemv_quad(u: vec4<f32>, q: u32) -> vec4<f32> {
 
 @compute @workgroup_size(64)
 fn gemv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-    let col = (wg.x + wg.y * nwg.x) * GEMV_COLS + li / GEMV_LANES;
+    // Column r of this thread's group: first + r * GEMV_GROUPS.
+    let first = (wg.x + wg.y * nwg.x) * GEMV_GROUPS * GEMV_R + li / GEMV_LANES;
     let lane = li % GEMV_LANES;
 #ifdef NORM
     norm_rows(0u, GEMV_ROWS, GEMV_ROWS, li, 64u);
 #endif
-    var acc: array<f32, GEMV_ROWS>;
-    var acc_up: array<f32, GEMV_ROWS>;
-    if col < params.n {
+    // Partial (r, m) at r * GEMV_ROWS + m.
+    var acc: array<f32, GEMV_PARTIALS>;
+    var acc_up: array<f32, GEMV_PARTIALS>;
+    if first < params.n {
+        // A column past n reloads the group's first (in range), its sums unused.
+        var rows: array<u32, GEMV_R>;
+        for (var r = 0u; r < GEMV_R; r++) {
+            rows[r] = select(first, first + r * GEMV_GROUPS, first + r * GEMV_GROUPS < params.n);
+        }
         let stride = GEMV_LANES * GEMV_UNIT;
         for (var k0 = lane * GEMV_UNIT; k0 < params.k; k0 += GEMV_UNITS * stride) {
-            // Every load first (a unit past the row reloads the first, unused).
-            var units: array<GemvUnit, GEMV_UNITS>;
-            var ups: array<GemvUnit, GEMV_UNITS>;
+            // Every load first (a unit past the row reloads the step's first, unused).
+            var units: array<GemvUnit, GEMV_R * GEMV_UNITS>;
+            var ups: array<GemvUnit, GEMV_R * GEMV_UNITS>;
             for (var s = 0u; s < GEMV_UNITS; s++) {
                 let k = select(k0, k0 + s * stride, k0 + s * stride < params.k);
-                units[s] = gemv_load(col, k);
+                for (var r = 0u; r < GEMV_R; r++) {
+                    units[s * GEMV_R + r] = gemv_load(rows[r], k);
 #ifdef GLU
-                ups[s] = gemv_load(params.up_row + col, k);
+                    ups[s * GEMV_R + r] = gemv_load(params.up_row + rows[r], k);
 #endif
+                }
             }
             for (var s = 0u; s < GEMV_UNITS; s++) {
                 let k = k0 + s * stride;
                 if k < params.k {
                     for (var q = 0u; q < GEMV_UNIT / 4u; q++) {
-                        let bq = gemv_quad(units[s], q);
-#ifdef GLU
-                        let uq = gemv_quad(ups[s], q);
-#endif
+                        var av: array<vec4<f32>, GEMV_ROWS>;
                         for (var m = 0u; m < GEMV_ROWS; m++) {
-                            let av = a_input(m, m, k + q * 4u);
-                            acc[m] += dot(av, bq);
+                            av[m] = a_input(m, m, k + q * 4u);
+                        }
+                        for (var r = 0u; r < GEMV_R; r++) {
+                            let bq = gemv_quad(units[s * GEMV_R + r], q);
 #ifdef GLU
-                            acc_up[m] += dot(av, uq);
+                            let uq = gemv_quad(ups[s * GEMV_R + r], q);
 #endif
+                            for (var m = 0u; m < GEMV_ROWS; m++) {
+                                acc[r * GEMV_ROWS + m] += dot(av[m], bq);
+#ifdef GLU
+                                acc_up[r * GEMV_ROWS + m] += dot(av[m], uq);
+#endif
+                            }
                         }
                     }
                 }
@@ -279,38 +299,42 @@ fn gemv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
         }
     }
 #ifdef GEMV_SUBGROUP
-    for (var m = 0u; m < GEMV_ROWS; m++) {
-        var s = acc[m];
-        var s_up = acc_up[m];
+    for (var p = 0u; p < GEMV_PARTIALS; p++) {
+        var s = acc[p];
+        var s_up = acc_up[p];
         for (var o = GEMV_LANES / 2u; o > 0u; o >>= 1u) {
             s += subgroupShuffleXor(s, o);
 #ifdef GLU
             s_up += subgroupShuffleXor(s_up, o);
 #endif
         }
+        let col = first + (p / GEMV_ROWS) * GEMV_GROUPS;
         if lane == 0u && col < params.n {
-            write_out(m, col, s, s_up);
+            write_out(p % GEMV_ROWS, col, s, s_up);
         }
     }
 #else
-    for (var m = 0u; m < GEMV_ROWS; m++) {
-        partials[m * 64u + li] = acc[m];
+    for (var p = 0u; p < GEMV_PARTIALS; p++) {
+        partials[p * 64u + li] = acc[p];
 #ifdef GLU
-        partials_up[m * 64u + li] = acc_up[m];
+        partials_up[p * 64u + li] = acc_up[p];
 #endif
     }
     workgroupBarrier();
-    if lane == 0u && col < params.n {
-        for (var m = 0u; m < GEMV_ROWS; m++) {
-            var s = 0.0;
-            var s_up = 0.0;
-            for (var l = 0u; l < GEMV_LANES; l++) {
-                s += partials[m * 64u + li + l];
+    if lane == 0u {
+        for (var p = 0u; p < GEMV_PARTIALS; p++) {
+            let col = first + (p / GEMV_ROWS) * GEMV_GROUPS;
+            if col < params.n {
+                var s = 0.0;
+                var s_up = 0.0;
+                for (var l = 0u; l < GEMV_LANES; l++) {
+                    s += partials[p * 64u + li + l];
 #ifdef GLU
-                s_up += partials_up[m * 64u + li + l];
+                    s_up += partials_up[p * 64u + li + l];
 #endif
+                }
+                write_out(p % GEMV_ROWS, col, s, s_up);
             }
-            write_out(m, col, s, s_up);
         }
     }
 #endif
