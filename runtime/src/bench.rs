@@ -221,6 +221,14 @@ fn profile_json(p: &npurt_backends::Profile) -> serde_json::Value {
     })
 }
 
+/// The matmuls of one profile: time, rate and the measured peaks to quote it against.
+struct MatmulRate {
+    ms: f64,
+    rate: f64,
+    f32_peak: Option<f64>,
+    matrix_peak: Option<f64>,
+}
+
 impl BenchProfile {
     /// `{"prefill": {...}, "decode": {...}}`: each with `method`, `nodes` (node, op,
     /// ms, source), `by_kind` (op, ms, count), `nodes_ms` and `host`.
@@ -232,9 +240,9 @@ impl BenchProfile {
         })
     }
 
-    /// The matmuls' milliseconds, operations per second and fraction of the f32 FMA
-    /// peak (when the limits are known) in one profile.
-    fn matmul_rate(&self, p: &npurt_backends::Profile, ops: f64) -> (f64, f64, Option<f64>) {
+    /// The matmuls' milliseconds, operations per second and fractions of the measured
+    /// peaks (when the limits are known) in one profile.
+    fn matmul_rate(&self, p: &npurt_backends::Profile, ops: f64) -> MatmulRate {
         let ms: f64 = p
             .nodes
             .iter()
@@ -242,50 +250,49 @@ impl BenchProfile {
             .map(|n| n.ms)
             .sum();
         let rate = if ms > 0.0 { ops / (ms * 1e-3) } else { 0.0 };
-        (ms, rate, self.f32_peak().map(|p| rate / p))
-    }
-
-    /// The device's measured f32 FMA peak, when the limits are known.
-    fn f32_peak(&self) -> Option<f64> {
-        self.limits.as_ref().and_then(|l| l.peak("f32 fma"))
-    }
-
-    /// The device's measured f16 cooperative-matrix peak, when its GEMM is in use
-    /// (the wgpu `coop` variant).
-    fn matrix_peak(&self) -> Option<f64> {
-        self.limits.as_ref().and_then(|l| l.peak("f16 matrix"))
+        let peak = |name| self.limits.as_ref().and_then(|l| l.peak(name));
+        MatmulRate {
+            ms,
+            rate,
+            f32_peak: peak("f32 fma"),
+            // Measured only where the device's GEMM runs on matrix units (the wgpu
+            // `coop` variant).
+            matrix_peak: peak("f16 matrix"),
+        }
     }
 
     fn json_of(&self, p: &npurt_backends::Profile, ops: f64) -> serde_json::Value {
         let mut j = profile_json(p);
-        let (ms, rate, fraction) = self.matmul_rate(p, ops);
+        let r = self.matmul_rate(p, ops);
         j["matmul"] = serde_json::json!({
-            "ops": ops, "ms": ms, "ops_per_s": rate, "fraction_of_f32_fma_peak": fraction,
-            "fraction_of_f16_matrix_peak": self.matrix_peak().map(|p| rate / p),
+            "ops": ops, "ms": r.ms, "ops_per_s": r.rate,
+            "fraction_of_f32_fma_peak": r.f32_peak.map(|p| r.rate / p),
+            "fraction_of_f16_matrix_peak": r.matrix_peak.map(|p| r.rate / p),
         });
         j
     }
 
     fn matmul_line(&self, p: &npurt_backends::Profile, ops: f64) -> String {
-        let (ms, rate, fraction) = self.matmul_rate(p, ops);
+        let r = self.matmul_rate(p, ops);
         let mut s = format!(
-            "matmuls: {:.3} GOP in {ms:.3} ms = {:.3} TOP/s",
+            "matmuls: {:.3} GOP in {:.3} ms = {:.3} TOP/s",
             ops / 1e9,
-            rate / 1e12
+            r.ms,
+            r.rate / 1e12
         );
-        if let (Some(f), Some(peak)) = (fraction, self.f32_peak()) {
+        if let Some(peak) = r.f32_peak {
             s.push_str(&format!(
                 " = {:.1}% of the measured f32 FMA peak ({:.2} TOP/s)",
-                100.0 * f,
+                100.0 * r.rate / peak,
                 peak / 1e12
             ));
         }
-        if let Some(peak) = self.matrix_peak() {
+        if let Some(peak) = r.matrix_peak {
             // gemm_coop multiplies each operand's two f16 parts: 3 matrix products for
             // every multiply-add counted here.
             s.push_str(&format!(
                 ", {:.1}% of the measured f16 matrix peak ({:.2} TOP/s; the coop GEMM runs 3 matrix products per product)",
-                100.0 * rate / peak,
+                100.0 * r.rate / peak,
                 peak / 1e12
             ));
         }
