@@ -57,6 +57,48 @@ pub(crate) struct GemvShape {
     /// K units each thread loads per step and column (GEMV_UNITS).
     pub units: u32,
 }
+
+impl GemvShape {
+    /// The shape for an m x k x n matmul whose rows hold `units` K units (32-value
+    /// blocks or quads), with up to `max_lanes` threads per column (a power of two)
+    /// and `forced_cols` columns per thread (0: picked here).
+    /// - Threads per column (`lanes`): the largest power of two up to `units` and
+    ///   `max_lanes`. More threads per column put more of a decode step's weight
+    ///   loads in flight at once, which is what bounds a GEMV on a GPU's memory; more
+    ///   than the row has units would idle (SmolLM2's 576-wide rows hold 18 blocks:
+    ///   16 lanes, not 32).
+    /// - Columns per thread (`cols`): 4, else 2, where the grid keeps at least
+    ///   `GEMV_MIN_GROUPS` workgroups and m <= 2 (the partials are cols x m registers);
+    ///   each activation load then serves that many columns. `forced_cols` (from
+    ///   `TileSizes::gemv_cols`) overrides it.
+    /// - Units loaded per step and column (`units`): 2, or 1 for a GLU at 4 columns
+    ///   (its gate and up rows: 8 loads in flight either way; more would cost
+    ///   registers, and so threads resident, for no more bytes in flight).
+    pub(crate) fn pick(
+        max_lanes: u32,
+        forced_cols: u32,
+        m: usize,
+        units: usize,
+        n: usize,
+        glu: bool,
+    ) -> GemvShape {
+        let fit = units.clamp(1, max_lanes as usize) as u32;
+        let lanes = 1 << (31 - fit.leading_zeros());
+        let groups = (64 / lanes) as usize;
+        let cols = match forced_cols {
+            0 => [4, 2]
+                .into_iter()
+                .find(|&c| m <= 2 && n.div_ceil(groups * c) >= GEMV_MIN_GROUPS)
+                .unwrap_or(1),
+            forced => forced as usize,
+        };
+        GemvShape {
+            lanes,
+            cols: cols as u32,
+            units: if cols == 4 && glu { 1 } else { 2 },
+        }
+    }
+}
 /// attention.wgsl `MAX_HEAD_DIM`.
 pub(crate) const MAX_HEAD_DIM: usize = 256;
 /// transpose.wgsl handles up to 8 dims.
@@ -286,40 +328,17 @@ impl LowerCtx<'_> {
         }
     }
 
-    /// matmul.wgsl's gemv shape for an m x k x n matmul whose rows hold `units` K units
-    /// (32-value blocks or quads).
-    /// - Threads per column (`lanes`): the largest power of two up to `units`, capped
-    ///   at 16 through workgroup memory, or with the subgroup variant at one subgroup,
-    ///   up to 32 (a column must not span two subgroups). More threads per column put
-    ///   more of a decode step's weight loads in flight at once, which is what bounds a
-    ///   GEMV on a GPU's memory; more than the row has units would idle (SmolLM2's
-    ///   576-wide rows hold 18 blocks: 16 lanes, not 32).
-    /// - Columns per thread (`cols`): 4, else 2, where the grid keeps at least
-    ///   `GEMV_MIN_GROUPS` workgroups and m <= 2 (the partials are cols x m registers);
-    ///   each activation load then serves that many columns. `TileSizes::gemv_cols`
-    ///   forces a count.
-    /// - Units loaded per step (`units`): 2, or 1 with 4 columns (4 loads in flight).
-    pub(crate) fn gemv_shape(&self, m: usize, units: usize, n: usize) -> GemvShape {
-        let cap = if self.variants.subgroup {
+    /// matmul.wgsl's gemv shape for an m x k x n matmul on this device
+    /// ([`GemvShape::pick`]): at most 16 threads per column through workgroup memory,
+    /// or with the subgroup variant one subgroup, up to 32 (a column must not span
+    /// two subgroups).
+    pub(crate) fn gemv_shape(&self, m: usize, units: usize, n: usize, glu: bool) -> GemvShape {
+        let max_lanes = if self.variants.subgroup {
             self.subgroup_min.min(32)
         } else {
             16
         };
-        let fit = units.clamp(1, cap as usize) as u32;
-        let lanes = 1 << (31 - fit.leading_zeros());
-        let groups = (64 / lanes) as usize;
-        let cols = match self.tiles.gemv_cols {
-            0 => [4, 2]
-                .into_iter()
-                .find(|&c| m <= 2 && n.div_ceil(groups * c) >= GEMV_MIN_GROUPS)
-                .unwrap_or(1),
-            forced => forced as usize,
-        };
-        GemvShape {
-            lanes,
-            cols: cols as u32,
-            units: if cols == 4 { 1 } else { 2 },
-        }
+        GemvShape::pick(max_lanes, self.tiles.gemv_cols, m, units, n, glu)
     }
 
     /// The prepared weight behind `id` (following reshapes), if `id` is one.
@@ -1072,7 +1091,7 @@ fn matmul_dispatch(
     ];
     // matmul.wgsl's gemv splits K in units of a block (W_BLOCKS) or a quad.
     let gemv_unit = if defines.contains(&"W_BLOCKS") { 32 } else { 4 };
-    let gemv = cx.gemv_shape(x.m, x.k.div_ceil(gemv_unit), x.n);
+    let gemv = cx.gemv_shape(x.m, x.k.div_ceil(gemv_unit), x.n, defines.contains(&"GLU"));
     let (gx, gy, name) = match entry {
         MatmulEntry::Gemv => {
             // 64 threads, GEMV_LANES per group of GEMV_R columns.
@@ -1382,4 +1401,33 @@ fn lower_matmul(
             .push(matmul_dispatch(cx, &defines, entry, args, bindings)?);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::GemvShape;
+
+    fn shape(lanes: u32, cols: u32, units: u32) -> GemvShape {
+        GemvShape { lanes, cols, units }
+    }
+
+    /// Decode GEMV shapes on a GPU with 32-wide subgroups: whole subgroups on long rows,
+    /// fewer lanes on SmolLM2's 18-block rows, 4 columns per thread where the grid
+    /// stays wide (a 2.7B model's matrices, SmolLM2's head), 1 where it would not.
+    #[test]
+    fn gemv_shapes_fit_rows_and_grids() {
+        // 2.7B: q/k/v (K 2560 = 80 blocks, N 3840), gate/up (GLU, N 6912), down (K 6912).
+        assert_eq!(GemvShape::pick(32, 0, 1, 80, 3840, false), shape(32, 4, 2));
+        assert_eq!(GemvShape::pick(32, 0, 1, 80, 6912, true), shape(32, 4, 1));
+        assert_eq!(GemvShape::pick(32, 0, 1, 216, 2560, false), shape(32, 4, 2));
+        // SmolLM2 (K 576 = 18 blocks): o_proj N 576 keeps 1 column; the head 4.
+        assert_eq!(GemvShape::pick(32, 0, 1, 18, 576, false), shape(16, 1, 2));
+        assert_eq!(GemvShape::pick(32, 0, 1, 18, 49152, false), shape(16, 4, 2));
+        // 2 columns where 4 would leave too few workgroups; 1 with many rows.
+        assert_eq!(GemvShape::pick(32, 0, 1, 80, 1024, false), shape(32, 2, 2));
+        assert_eq!(GemvShape::pick(32, 0, 3, 80, 49152, false), shape(32, 1, 2));
+        // Forced counts win; workgroup-memory reductions cap lanes at 16.
+        assert_eq!(GemvShape::pick(16, 2, 1, 80, 64, false), shape(16, 2, 2));
+        assert_eq!(GemvShape::pick(32, 0, 1, 1, 8, false), shape(1, 1, 2));
+    }
 }
