@@ -369,7 +369,8 @@ for shape in shapes:
             ratios.append(f"{a / b:.2f}x" if a and b else "-")
         lines.append(f"| {shape} | npurt / llama.cpp | " + " | ".join(ratios) + " |")
 # npurt's kernels, the device's measured limits, decode against the copy bandwidth and
-# the prefill matmuls against the f32 FMA peak (from each shape's profile).
+# the prefill matmuls against the f32 FMA peak, the decode matmuls' weight reads against
+# the copy bandwidth (from each shape's profile).
 lines.append("")
 for shape in shapes:
     m = machines.get(shape)
@@ -392,6 +393,8 @@ for shape in shapes:
             mm = prof[part]["matmul"]
             frac = mm.get("fraction_of_f32_fma_peak")
             mfrac = mm.get("fraction_of_f16_matrix_peak")
+            # The decode step's matmuls read its weights: point 4's GEMV bandwidth.
+            bfrac = mm.get("fraction_of_copy_bandwidth") if part == "decode" else None
             kinds = sorted(prof[part]["by_kind"], key=lambda k: -k["ms"])[:4]
             host = prof[part]["host"]
             desc += (f"\n  {part} ({prof['prefill_rows'] if part == 'prefill' else 1} rows): "
@@ -400,6 +403,7 @@ for shape in shapes:
                      f"; matmuls {mm['ops_per_s'] / 1e12:.2f} TOP/s"
                      + (f" = {100 * frac:.1f}% of the f32 FMA peak" if frac is not None else "")
                      + (f", {100 * mfrac:.1f}% of the f16 matrix peak (3 products each)" if mfrac is not None else "")
+                     + (f"; matmul weights read at {mm['weight_bytes_per_s'] / 1e9:.0f} GB/s = {100 * bfrac:.1f}% of copy" if bfrac is not None else "")
                      + f"; an ordinary run {host['total_ms']:.2f} ms (record {host['record_ms']:.2f}, "
                      f"submit {host['submit_ms']:.2f}, wait {host['wait_ms']:.2f}, read back {host['readback_ms']:.2f})")
     except (OSError, KeyError, IndexError, ValueError) as e:

@@ -152,29 +152,41 @@ pub struct BenchProfile {
     pub prefill_rows: usize,
     pub prefill: npurt_backends::Profile,
     pub decode: npurt_backends::Profile,
-    /// Operations (2 per multiply-add) of each graph's matmuls, to state their rate.
-    pub prefill_matmul_ops: f64,
-    pub decode_matmul_ops: f64,
+    /// The work of each graph's matmuls, to state their rates.
+    pub prefill_matmuls: MatmulWork,
+    pub decode_matmuls: MatmulWork,
     /// The device's measured limits (`Backend::measure_limits`), when the caller has
-    /// them: the matmuls' rate is then also a fraction of the f32 FMA peak, the
-    /// arithmetic the wgpu matmul kernels compute in.
+    /// them: the matmuls' rate is then also a fraction of the f32 FMA peak (the
+    /// arithmetic the wgpu matmul kernels compute in) and of the f16 matrix peak where
+    /// those kernels use it, and the decode step's weight reads a fraction of the copy
+    /// bandwidth.
     pub limits: Option<npurt_backends::DeviceLimits>,
 }
 
-/// Operations of a graph's matmuls: 2 per multiply-add (a GLU's gate and up both).
-pub fn matmul_ops(g: &npurt_graph::Graph) -> f64 {
-    g.ids()
-        .filter_map(|id| {
+/// What a graph's matmuls do: their operations (2 per multiply-add, a GLU's gate and
+/// up both) and the bytes of their weights (each read at least once per run).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MatmulWork {
+    pub ops: f64,
+    pub weight_bytes: f64,
+}
+
+impl MatmulWork {
+    pub fn of(g: &npurt_graph::Graph) -> MatmulWork {
+        let mut w = MatmulWork::default();
+        for id in g.ids() {
             let n = g.node(id);
             let npurt_graph::Op::MatMul { transpose_b, .. } = n.op else {
-                return None;
+                continue;
             };
             let (a, b) = (g.fact(n.inputs[0]), g.fact(n.inputs[1]));
             let (m, k) = (a.shape[0], a.shape[1]);
             let cols = if transpose_b { b.shape[0] } else { b.shape[1] };
-            Some(2.0 * (m * k * cols) as f64)
-        })
-        .sum()
+            w.ops += 2.0 * (m * k * cols) as f64;
+            w.weight_bytes += b.bytes().unwrap_or(0) as f64;
+        }
+        w
+    }
 }
 
 /// Profiles one full prefill chunk into an empty session and then one decode step
@@ -193,8 +205,8 @@ pub fn profile(model: &Arc<Model>) -> Result<BenchProfile> {
         prefill_rows: rows,
         prefill,
         decode,
-        prefill_matmul_ops: matmul_ops(&model.graph(crate::GraphKind::Prefill).graph),
-        decode_matmul_ops: matmul_ops(&model.graph(crate::GraphKind::Decode).graph),
+        prefill_matmuls: MatmulWork::of(&model.graph(crate::GraphKind::Prefill).graph),
+        decode_matmuls: MatmulWork::of(&model.graph(crate::GraphKind::Decode).graph),
         limits: None,
     })
 }
@@ -221,12 +233,18 @@ fn profile_json(p: &npurt_backends::Profile) -> serde_json::Value {
     })
 }
 
-/// The matmuls of one profile: time, rate and the measured peaks to quote it against.
+/// The matmuls of one profile: time, rates and the measured limits to quote them
+/// against.
 struct MatmulRate {
     ms: f64,
+    /// Operations per second.
     rate: f64,
+    /// Weight bytes read per second.
+    weight_rate: f64,
     f32_peak: Option<f64>,
     matrix_peak: Option<f64>,
+    /// Bytes per second (read + write) of the device's copy shader.
+    copy_bandwidth: Option<f64>,
 }
 
 impl BenchProfile {
@@ -235,48 +253,54 @@ impl BenchProfile {
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::json!({
             "prefill_rows": self.prefill_rows,
-            "prefill": self.json_of(&self.prefill, self.prefill_matmul_ops),
-            "decode": self.json_of(&self.decode, self.decode_matmul_ops),
+            "prefill": self.json_of(&self.prefill, self.prefill_matmuls),
+            "decode": self.json_of(&self.decode, self.decode_matmuls),
         })
     }
 
     /// The matmuls' milliseconds, operations per second and fractions of the measured
     /// peaks (when the limits are known) in one profile.
-    fn matmul_rate(&self, p: &npurt_backends::Profile, ops: f64) -> MatmulRate {
+    fn matmul_rate(&self, p: &npurt_backends::Profile, work: MatmulWork) -> MatmulRate {
         let ms: f64 = p
             .nodes
             .iter()
             .filter(|n| n.op == "matmul")
             .map(|n| n.ms)
             .sum();
-        let rate = if ms > 0.0 { ops / (ms * 1e-3) } else { 0.0 };
+        let per_s = |x: f64| if ms > 0.0 { x / (ms * 1e-3) } else { 0.0 };
         let peak = |name| self.limits.as_ref().and_then(|l| l.peak(name));
         MatmulRate {
             ms,
-            rate,
+            rate: per_s(work.ops),
+            weight_rate: per_s(work.weight_bytes),
             f32_peak: peak("f32 fma"),
             // Measured only where the device's GEMM runs on matrix units (the wgpu
             // `coop` variant).
             matrix_peak: peak("f16 matrix"),
+            copy_bandwidth: self.limits.as_ref().map(|l| l.copy_gb_s * 1e9),
         }
     }
 
-    fn json_of(&self, p: &npurt_backends::Profile, ops: f64) -> serde_json::Value {
+    fn json_of(&self, p: &npurt_backends::Profile, work: MatmulWork) -> serde_json::Value {
         let mut j = profile_json(p);
-        let r = self.matmul_rate(p, ops);
+        let r = self.matmul_rate(p, work);
         j["matmul"] = serde_json::json!({
-            "ops": ops, "ms": r.ms, "ops_per_s": r.rate,
+            "ops": work.ops, "ms": r.ms, "ops_per_s": r.rate,
             "fraction_of_f32_fma_peak": r.f32_peak.map(|p| r.rate / p),
             "fraction_of_f16_matrix_peak": r.matrix_peak.map(|p| r.rate / p),
+            "weight_bytes": work.weight_bytes, "weight_bytes_per_s": r.weight_rate,
+            "fraction_of_copy_bandwidth": r.copy_bandwidth.map(|b| r.weight_rate / b),
         });
         j
     }
 
-    fn matmul_line(&self, p: &npurt_backends::Profile, ops: f64) -> String {
-        let r = self.matmul_rate(p, ops);
+    /// The matmuls' rate; `by_bytes` (decode, bound by reading the weights): also
+    /// their weight reads against the copy bandwidth.
+    fn matmul_line(&self, p: &npurt_backends::Profile, work: MatmulWork, by_bytes: bool) -> String {
+        let r = self.matmul_rate(p, work);
         let mut s = format!(
             "matmuls: {:.3} GOP in {:.3} ms = {:.3} TOP/s",
-            ops / 1e9,
+            work.ops / 1e9,
             r.ms,
             r.rate / 1e12
         );
@@ -296,6 +320,21 @@ impl BenchProfile {
                 peak / 1e12
             ));
         }
+        if by_bytes {
+            s.push_str(&format!(
+                "\nmatmul weights: {:.1} MB read in {:.3} ms = {:.1} GB/s",
+                work.weight_bytes / 1e6,
+                r.ms,
+                r.weight_rate / 1e9
+            ));
+            if let Some(b) = r.copy_bandwidth {
+                s.push_str(&format!(
+                    " = {:.1}% of the measured copy bandwidth ({:.1} GB/s, read + write)",
+                    100.0 * r.weight_rate / b,
+                    b / 1e9
+                ));
+            }
+        }
         s
     }
 
@@ -308,9 +347,9 @@ impl BenchProfile {
                 &self.prefill,
                 top
             ),
-            self.matmul_line(&self.prefill, self.prefill_matmul_ops),
+            self.matmul_line(&self.prefill, self.prefill_matmuls, false),
             format_profile("decode step (1 row)", &self.decode, top),
-            self.matmul_line(&self.decode, self.decode_matmul_ops),
+            self.matmul_line(&self.decode, self.decode_matmuls, true),
         )
     }
 }
