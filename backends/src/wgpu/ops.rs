@@ -701,6 +701,7 @@ pub(crate) fn lower(cx: &LowerCtx, id: NodeId) -> Result<Lowered, String> {
                     ],
                 )
             } else {
+                defines.push(&hd);
                 let (entry, groups) = tiled_attention_entry(t, *n_heads, *head_dim)?;
                 (PipelineKey::new("attention.wgsl", entry, &defines), groups)
             };
@@ -925,6 +926,7 @@ fn bidirectional_attention_dispatch(
         return Err(format!("{rows} rows are not whole sequences of {seq}"));
     }
     let lanes = cx.kernels == KernelFamily::Lanes && head_dim % 4 == 0;
+    let hd = format!("HEAD_DIM={head_dim}");
     let (key, groups) = if precision == npurt_graph::AttentionPrecision::I8 {
         (
             PipelineKey::new("attention_i8.wgsl", "attention_i8", &[]),
@@ -934,11 +936,14 @@ fn bidirectional_attention_dispatch(
         // f16 operands, f32 sums (the definition's widest).
         let (entry, groups) = tiled_attention_entry(rows, n_heads, head_dim)?;
         (
-            PipelineKey::new("attention.wgsl", entry, &["BIDIRECTIONAL", "F16_OPERANDS"]),
+            PipelineKey::new(
+                "attention.wgsl",
+                entry,
+                &["BIDIRECTIONAL", "F16_OPERANDS", hd.as_str()],
+            ),
             groups,
         )
     } else if lanes {
-        let hd = format!("HEAD_DIM={head_dim}");
         (
             PipelineKey::new(
                 "attention_lanes.wgsl",
@@ -955,7 +960,7 @@ fn bidirectional_attention_dispatch(
     } else {
         let (entry, groups) = tiled_attention_entry(rows, n_heads, head_dim)?;
         (
-            PipelineKey::new("attention.wgsl", entry, &["BIDIRECTIONAL"]),
+            PipelineKey::new("attention.wgsl", entry, &["BIDIRECTIONAL", hd.as_str()]),
             groups,
         )
     };

@@ -6,7 +6,8 @@
 //   attention_rows: one workgroup per (block of ROWS_BLOCK query rows, head), for
 //       prefill (head_dim <= ROWS_HEAD_DIM). Each tile of KEYS_BLOCK keys is staged in
 //       workgroup memory once (K, then V in the same buffer) and serves all the
-//       block's rows, so K/V are read once per block instead of once per row. Defines: KV_F16 (the caches
+//       block's rows, so K/V are read once per block instead of once per row.
+// Defines: HEAD_DIM=<n> (always: the pipeline is built for one head size); KV_F16 (the caches
 // hold f16 pairs, unpacked per value; see kv_load.wgsl); KV_Q8 (int8 caches, a block
 // of head_dim values and a scale per row and KV head, see kv_load.wgsl); BIDIRECTIONAL
 // (the ViT's mode: K/V are activations of the same rows as q, `s_rows` is the sequence
@@ -17,6 +18,12 @@
 #include "status.wgsl"
 
 const ATTN_WG: u32 = 64u;
+// The `attention` entry loads K and V values in batches of ATTN_BATCH before it uses
+// any, so a thread waits for memory once per batch rather than once per value: one
+// decode row's attention is bound by that latency, not by bandwidth. Its loops run to
+// HEAD_DIM, the define every pipeline of this file is built with, so they have
+// constant bounds.
+const ATTN_BATCH: u32 = 16u;
 const MAX_HEAD_DIM: u32 = 256u;
 const NEG_BIG: f32 = -3.4028235e38;
 
@@ -105,8 +112,16 @@ fn attention(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_ind
         if j <= last {
             var dot = 0.0;
             let kb = j * kw + kv_base;
-            for (var d = 0u; d < hd; d++) {
-                dot += q_row[d] * operand(k_at(kb + d));
+            for (var d0 = 0u; d0 < HEAD_DIM; d0 += ATTN_BATCH) {
+                var kv: array<f32, ATTN_BATCH>;
+                for (var e = 0u; e < ATTN_BATCH; e++) {
+                    kv[e] = k_at(kb + min(d0 + e, HEAD_DIM - 1u));
+                }
+                for (var e = 0u; e < ATTN_BATCH; e++) {
+                    if d0 + e < HEAD_DIM {
+                        dot += q_row[d0 + e] * operand(kv[e]);
+                    }
+                }
             }
             s = dot * params.scale;
         }
@@ -129,10 +144,18 @@ fn attention(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_ind
         run_sum = run_sum * correction + tile_sum;
         for (var r = 0u; r < 4u; r++) {
             let d = li + r * ATTN_WG;
-            if d < hd {
+            if d < HEAD_DIM {
                 var a = acc[r] * correction;
-                for (var i = 0u; i < keys; i++) {
-                    a += tile[i] * operand(v_at((j0 + i) * kw + kv_base + d));
+                for (var i0 = 0u; i0 < keys; i0 += ATTN_BATCH) {
+                    var vv: array<f32, ATTN_BATCH>;
+                    for (var e = 0u; e < ATTN_BATCH; e++) {
+                        vv[e] = v_at((j0 + min(i0 + e, keys - 1u)) * kw + kv_base + d);
+                    }
+                    for (var e = 0u; e < ATTN_BATCH; e++) {
+                        if i0 + e < keys {
+                            a += tile[i0 + e] * operand(vv[e]);
+                        }
+                    }
                 }
                 acc[r] = a;
             }

@@ -15,6 +15,16 @@
 @group(0) @binding(2) var<storage, read> k_cache: array<u32>;
 @group(0) @binding(3) var<storage, read> v_cache: array<u32>;
 
+// The block length: the HEAD_DIM define where the includer is built for one head size
+// (a division by a constant is a multiply, by a uniform a long instruction sequence).
+fn q8_head_dim() -> u32 {
+#ifdef HEAD_DIM
+    return HEAD_DIM;
+#else
+    return params.head_dim;
+#endif
+}
+
 // Byte b of a word as a signed int8 value.
 fn q8_byte(word: u32, b: u32) -> f32 {
     return f32(extractBits(bitcast<i32>(word), 8u * b, 8u));
@@ -26,25 +36,27 @@ fn q8_word(word: u32) -> vec4<f32> {
                      f32(extractBits(w, 16u, 8u)), f32(extractBits(w, 24u, 8u)));
 }
 fn k_at(i: u32) -> f32 {
-    let hd4 = params.head_dim / 4u;
-    let base = i / params.head_dim * (hd4 + 1u);
-    let d = i % params.head_dim;
+    let hd = q8_head_dim();
+    let hd4 = hd / 4u;
+    let base = i / hd * (hd4 + 1u);
+    let d = i % hd;
     return bitcast<f32>(k_cache[base + hd4]) * q8_byte(k_cache[base + d / 4u], d % 4u);
 }
 fn v_at(i: u32) -> f32 {
-    let hd4 = params.head_dim / 4u;
-    let base = i / params.head_dim * (hd4 + 1u);
-    let d = i % params.head_dim;
+    let hd = q8_head_dim();
+    let hd4 = hd / 4u;
+    let base = i / hd * (hd4 + 1u);
+    let d = i % hd;
     return bitcast<f32>(v_cache[base + hd4]) * q8_byte(v_cache[base + d / 4u], d % 4u);
 }
 // Group of four values i (in vec4s): one word of its block.
 fn k4_at(i: u32) -> vec4<f32> {
-    let hd4 = params.head_dim / 4u;
+    let hd4 = q8_head_dim() / 4u;
     let base = i / hd4 * (hd4 + 1u);
     return bitcast<f32>(k_cache[base + hd4]) * q8_word(k_cache[base + i % hd4]);
 }
 fn v4_at(i: u32) -> vec4<f32> {
-    let hd4 = params.head_dim / 4u;
+    let hd4 = q8_head_dim() / 4u;
     let base = i / hd4 * (hd4 + 1u);
     return bitcast<f32>(v_cache[base + hd4]) * q8_word(v_cache[base + i % hd4]);
 }
