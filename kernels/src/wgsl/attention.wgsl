@@ -20,9 +20,9 @@
 const ATTN_WG: u32 = 64u;
 // The `attention` entry loads K and V values in batches of ATTN_BATCH before it uses
 // any, so a thread waits for memory once per batch rather than once per value: one
-// decode row's attention is bound by that latency, not by bandwidth. Its loops run to
-// HEAD_DIM, the define every pipeline of this file is built with, so they have
-// constant bounds.
+// decode row's attention is bound by that latency, not by bandwidth. Every entry reads
+// the head size as HEAD_DIM, the define each pipeline of this file is built with, so
+// its loops have constant bounds and its divisions by it are multiplies.
 const ATTN_BATCH: u32 = 16u;
 const MAX_HEAD_DIM: u32 = 256u;
 const NEG_BIG: f32 = -3.4028235e38;
@@ -71,7 +71,7 @@ var<workgroup> tile: array<f32, ATTN_WG>;
 fn attention(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     let h = wg.x;
     let t = wg.y;
-    let hd = params.head_dim;
+    let hd = HEAD_DIM;
     let qw = params.n_heads * hd;
     let kw = params.n_kv_heads * hd;
     let out_base = t * qw + h * hd;
@@ -204,7 +204,7 @@ fn key_range(t: u32) -> KeyRange {
 // head_dim + 1); rows past `keys` are zeros, so the loops over a tile run whole tiles
 // (their weights are 0, and 0 times stale memory could be NaN).
 fn stage_keys(j0: u32, keys: u32, kv_base: u32, li: u32, values: bool) {
-    let hd = params.head_dim;
+    let hd = HEAD_DIM;
     let kw = params.n_kv_heads * hd;
     for (var e = li; e < KEYS_BLOCK * hd; e += 64u) {
         let kk = e / hd;
@@ -225,7 +225,7 @@ fn stage_keys(j0: u32, keys: u32, kv_base: u32, li: u32, values: bool) {
 fn attention_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     let h = wg.x;
     let t0 = wg.y * ROWS_BLOCK;
-    let hd = params.head_dim;
+    let hd = HEAD_DIM;
     let qw = params.n_heads * hd;
     let kv_base = (h / (params.n_heads / params.n_kv_heads)) * hd;
     // kv_block's row stride (see stage_keys).
