@@ -434,6 +434,51 @@ fn gemm_b_affine(n0: u32, c: u32, k0: u32) -> vec2<f32> {
 #endif
 }
 
+// One thread's share of a gemm K step's staging: 2 activation quads, 2 raw weight quads
+// and (threads < 64) a weight row's affine map, read from memory by gemm_fetch a step
+// ahead (so the loads are in flight while the current step multiplies; with one
+// workgroup per compute unit, as small prefill grids leave it, nothing else would hide
+// them) and written to workgroup memory by gemm_stage.
+struct GemmStage {
+    a: array<vec4<f32>, 2>,
+    b: array<vec4<f32>, 2>,
+    dc: vec2<f32>,
+}
+
+// Quad e of this thread's staging share: tile row r, quad q (the 8 threads of a tile
+// row read its 128 contiguous bytes, of a row of a and of one weight block).
+fn gemm_fetch(m0: u32, n0: u32, k0: u32, li: u32) -> GemmStage {
+    var st: GemmStage;
+    for (var e = 0u; e < 2u; e++) {
+        let idx = li + e * 256u;
+        let r = idx / GEMM_QUADS;
+        let q = idx % GEMM_QUADS;
+        if r < GEMM_TILE && m0 + r < params.m {
+            st.a[e] = a_input(m0 + r, r, k0 + q * 4u);
+        }
+        st.b[e] = gemm_b_raw(n0, r, k0, q);
+    }
+    if li < 64u {
+        st.dc = gemm_b_affine(n0, li, k0);
+    }
+    return st;
+}
+
+fn gemm_stage(st: GemmStage, li: u32) {
+    for (var e = 0u; e < 2u; e++) {
+        let idx = li + e * 256u;
+        let r = idx / GEMM_QUADS;
+        let q = idx % GEMM_QUADS;
+        if r < GEMM_TILE {
+            a_tile[r * GEMM_STRIDE + q] = st.a[e];
+        }
+        b_tile[r * GEMM_STRIDE + q] = WeightQuad(st.b[e]);
+    }
+    if li < 64u {
+        b_affine[li] = st.dc;
+    }
+}
+
 @compute @workgroup_size(256)
 fn gemm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     let tx = li % 16u;
@@ -444,25 +489,12 @@ fn gemm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     norm_rows(m0, min(GEMM_TILE, params.m - m0), GEMM_TILE, li, 256u);
 #endif
     var acc: array<array<f32, 4>, 4>;
+    // 512 weight quads per tile, 2 per thread (and GEMM_TILE x 8 activation quads).
+    var next = gemm_fetch(m0, n0, 0u, li);
     for (var k0 = 0u; k0 < params.k; k0 += 32u) {
-        // 512 weight quads per tile, 2 per thread (and GEMM_TILE x 8 activation quads);
-        // the 8 threads of a tile row read its 128 contiguous bytes (of a row of a, and
-        // of one weight block).
-        for (var e = 0u; e < 2u; e++) {
-            let idx = li + e * 256u;
-            let r = idx / GEMM_QUADS;
-            let q = idx % GEMM_QUADS;
-            if r < GEMM_TILE {
-                var av = vec4<f32>(0.0);
-                if m0 + r < params.m {
-                    av = a_input(m0 + r, r, k0 + q * 4u);
-                }
-                a_tile[r * GEMM_STRIDE + q] = av;
-            }
-            b_tile[r * GEMM_STRIDE + q] = WeightQuad(gemm_b_raw(n0, r, k0, q));
-        }
-        if li < 64u {
-            b_affine[li] = gemm_b_affine(n0, li, k0);
+        gemm_stage(next, li);
+        if k0 + 32u < params.k {
+            next = gemm_fetch(m0, n0, k0 + 32u, li);
         }
         workgroupBarrier();
         // Sums of a x raw over the block, then its affine map once: d * sum(a raw)
