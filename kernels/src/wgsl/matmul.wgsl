@@ -406,76 +406,114 @@ fn tile_row(n0: u32, c: u32) -> vec2<u32> {
 #endif
 }
 
-// Raw quad `q` of the K step at k0 of weight tile row `c` (weights.wgsl w_raw_quad);
-// zero outside the weight.
-fn gemm_b_raw(n0: u32, c: u32, k0: u32, q: u32) -> vec4<f32> {
-    let k = k0 + q * 4u;
+// Quad `q` of the K step at k0 of weight tile row `c` as stored (weights.wgsl
+// w_raw_bits; zero bits outside the weight, which decode to zero), and decoded to raw
+// values (w_raw_from_bits).
+fn gemm_b_bits(n0: u32, c: u32, k0: u32, q: u32) -> WRawBits {
     let nr = tile_row(n0, c);
-    if nr.x >= params.n {
-        return vec4<f32>(0.0);
-    }
+    var b: WRawBits;
+    if nr.x < params.n {
 #ifdef W_KN
-    return w_quad_kn(k, nr.x);
+        b = bitcast<vec4<u32>>(w_quad_kn(k0 + q * 4u, nr.x));
 #else
-    return w_raw_quad(nr.y, k, params.k, params.w_soff);
+        b = w_raw_bits(nr.y, k0 + q * 4u, params.k, params.w_soff);
 #endif
+    }
+    return b;
 }
 
-// The affine map (d, c) of weight tile row `c`'s block at k0; zero outside the weight.
-fn gemm_b_affine(n0: u32, c: u32, k0: u32) -> vec2<f32> {
+fn gemm_b_raw(b: WRawBits, k0: u32, q: u32) -> vec4<f32> {
+    return w_raw_from_bits(b, k0 + q * 4u);
+}
+
+// The affine map (d, c) of weight tile row `c`'s block at k0, as stored (zero outside
+// the weight) and decoded.
+fn gemm_b_affine_bits(n0: u32, c: u32, k0: u32) -> u32 {
     let nr = tile_row(n0, c);
-    if nr.x >= params.n {
-        return vec2<f32>(0.0);
+    var b = 0u;
+    if nr.x < params.n {
+        b = w_affine_bits(nr.y, k0, params.k, params.w_soff);
     }
+    return b;
+}
+
+fn gemm_b_affine(b: u32, n0: u32, c: u32, k0: u32) -> vec2<f32> {
 #ifdef W_KN
     return vec2<f32>(1.0, 0.0);
 #else
-    return w_affine(nr.y, k0, params.k, params.w_soff);
+    return w_affine_from_bits(b, tile_row(n0, c).y, k0, params.k);
 #endif
 }
 
-// One thread's share of a gemm K step's staging: 2 activation quads, 2 raw weight quads
-// and (threads < 64) a weight row's affine map, read from memory by gemm_fetch a step
-// ahead (so the loads are in flight while the current step multiplies; with one
-// workgroup per compute unit, as small prefill grids leave it, nothing else would hide
-// them) and written to workgroup memory by gemm_stage.
-struct GemmStage {
-    a: array<vec4<f32>, 2>,
-    b: array<vec4<f32>, 2>,
-    dc: vec2<f32>,
+// One quad of a gemm or gemm_coop K step's staging, loaded a step ahead (so the loads
+// are in flight while the current step multiplies; with one workgroup per compute
+// unit, as small prefill grids leave it, nothing else would hide them) and decoded
+// when it is staged: the activation quad (with NORM unnormalized, and the norm
+// weight's quad) and the weight quad's stored bits. Nothing is computed from loaded
+// values until then.
+struct StageQuad {
+    a: vec4<f32>,
+#ifdef NORM
+    nw: vec4<f32>,
+#endif
+    b: WRawBits,
 }
 
-// Quad e of this thread's staging share: tile row r, quad q (the 8 threads of a tile
-// row read its 128 contiguous bytes, of a row of a and of one weight block).
+// Tile row r's quad q of the K step at k0 (activation rows past `a_rows` or m: zero).
+fn stage_fetch(m0: u32, n0: u32, k0: u32, r: u32, q: u32, a_rows: u32) -> StageQuad {
+    var st: StageQuad;
+    let col = k0 + q * 4u;
+    if r < a_rows && m0 + r < params.m {
+        st.a = a_quad(m0 + r, col);
+#ifdef NORM
+        st.nw = norm_w[col >> 2u];
+#endif
+    }
+    st.b = gemm_b_bits(n0, r, k0, q);
+    return st;
+}
+
+// The staged activation quad as multiplied (a_input's value; `r` its row_inv_rms slot).
+fn stage_a(st: StageQuad, r: u32) -> vec4<f32> {
+#ifdef NORM
+    return st.a * row_inv_rms[r] * st.nw;
+#else
+    return st.a;
+#endif
+}
+
+// A gemm thread's share of a K step's staging (see StageQuad): 2 of the 512 quads of
+// each tile (the 8 threads of a tile row read its 128 contiguous bytes, of a row of a
+// and of one weight block) and, threads < 64, a weight row's affine map.
+struct GemmStage {
+    q: array<StageQuad, 2>,
+    dc: u32,
+}
+
 fn gemm_fetch(m0: u32, n0: u32, k0: u32, li: u32) -> GemmStage {
     var st: GemmStage;
     for (var e = 0u; e < 2u; e++) {
         let idx = li + e * 256u;
-        let r = idx / GEMM_QUADS;
-        let q = idx % GEMM_QUADS;
-        if r < GEMM_TILE && m0 + r < params.m {
-            st.a[e] = a_input(m0 + r, r, k0 + q * 4u);
-        }
-        st.b[e] = gemm_b_raw(n0, r, k0, q);
+        st.q[e] = stage_fetch(m0, n0, k0, idx / GEMM_QUADS, idx % GEMM_QUADS, GEMM_TILE);
     }
     if li < 64u {
-        st.dc = gemm_b_affine(n0, li, k0);
+        st.dc = gemm_b_affine_bits(n0, li, k0);
     }
     return st;
 }
 
-fn gemm_stage(st: GemmStage, li: u32) {
+fn gemm_stage(st: GemmStage, n0: u32, k0: u32, li: u32) {
     for (var e = 0u; e < 2u; e++) {
         let idx = li + e * 256u;
         let r = idx / GEMM_QUADS;
         let q = idx % GEMM_QUADS;
         if r < GEMM_TILE {
-            a_tile[r * GEMM_STRIDE + q] = st.a[e];
+            a_tile[r * GEMM_STRIDE + q] = stage_a(st.q[e], r);
         }
-        b_tile[r * GEMM_STRIDE + q] = WeightQuad(st.b[e]);
+        b_tile[r * GEMM_STRIDE + q] = WeightQuad(gemm_b_raw(st.q[e].b, k0, q));
     }
     if li < 64u {
-        b_affine[li] = st.dc;
+        b_affine[li] = gemm_b_affine(st.dc, n0, li, k0);
     }
 }
 
@@ -492,7 +530,7 @@ fn gemm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     // 512 weight quads per tile, 2 per thread (and GEMM_TILE x 8 activation quads).
     var next = gemm_fetch(m0, n0, 0u, li);
     for (var k0 = 0u; k0 < params.k; k0 += 32u) {
-        gemm_stage(next, li);
+        gemm_stage(next, n0, k0, li);
         if k0 + 32u < params.k {
             next = gemm_fetch(m0, n0, k0 + 32u, li);
         }
@@ -664,6 +702,24 @@ fn coop_stage(at: u32, x: vec4<f32>, y: vec4<f32>) {
     }
 }
 
+// A gemm_coop thread's share of a K step's staging (see StageQuad): 4 of the 512
+// quads of each tile (the 8 threads of a tile row read its 128 contiguous bytes) and
+// their weight rows' affine maps.
+struct CoopStage {
+    q: array<StageQuad, 4>,
+    dc: array<u32, 4>,
+}
+
+fn coop_fetch(m0: u32, n0: u32, k0: u32, li: u32) -> CoopStage {
+    var st: CoopStage;
+    for (var e = 0u; e < 4u; e++) {
+        let idx = li + e * 128u;
+        st.q[e] = stage_fetch(m0, n0, k0, idx / 8u, idx % 8u, 64u);
+        st.dc[e] = gemm_b_affine_bits(n0, idx / 8u, k0);
+    }
+    return st;
+}
+
 @compute @workgroup_size(128)
 fn gemm_coop(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     let m0 = wg.y * 64u;
@@ -679,19 +735,18 @@ fn gemm_coop(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_ind
     var c01 = coop_mat16x16<f32, C>();
     var c10 = coop_mat16x16<f32, C>();
     var c11 = coop_mat16x16<f32, C>();
+    var next = coop_fetch(m0, n0, 0u, li);
     for (var k0 = 0u; k0 < params.k; k0 += 32u) {
-        // 512 quads of each tile, 4 per thread; the 8 threads of a tile row read its
-        // 128 contiguous bytes.
         for (var e = 0u; e < 4u; e++) {
             let idx = li + e * 128u;
             let r = idx / 8u;
             let q = idx % 8u;
-            var av = vec4<f32>(0.0);
-            if m0 + r < params.m {
-                av = a_input(m0 + r, r, k0 + q * 4u) * COOP_A_SCALE;
-            }
-            let dc = gemm_b_affine(n0, r, k0);
-            coop_stage(r * COOP_STRIDE + q * 4u, av, dc.x * gemm_b_raw(n0, r, k0, q) + dc.y);
+            let dc = gemm_b_affine(next.dc[e], n0, r, k0);
+            coop_stage(r * COOP_STRIDE + q * 4u, stage_a(next.q[e], r) * COOP_A_SCALE,
+                       dc.x * gemm_b_raw(next.q[e].b, k0, q) + dc.y);
+        }
+        if k0 + 32u < params.k {
+            next = coop_fetch(m0, n0, k0 + 32u, li);
         }
         workgroupBarrier();
         for (var ks = 0u; ks < 32u; ks += 16u) {

@@ -140,32 +140,80 @@ fn w_quad(row: u32, col: u32, k: u32, soff: u32) -> vec4<f32> {
 
 // A weight tile's view of the 32-value block holding `col` (matmul.wgsl's gemm): raw
 // values, exact in f16 (q4: the nibble 0..15; q8: the i8 q; float formats: the value),
-// and the block's affine map, value = d * raw + c (w_affine: vec2(d, c); c != 0 only
-// for the W_OFFSET formats), so the scale multiplies a whole block's sum once.
-fn w_raw_quad(row: u32, col: u32, k: u32, soff: u32) -> vec4<f32> {
+// and the block's affine map, value = d * raw + c (vec2(d, c); c != 0 only for the
+// W_OFFSET formats), so the scale multiplies a whole block's sum once.
+// Each comes in two halves, so a kernel can load a step ahead and keep the loads in
+// flight behind other work: `*_bits` loads the stored words and computes nothing from
+// them, `*_from_bits` decodes (the float formats decode as they load: their raw
+// quad is w_quad's value).
+#ifdef W_BLOCKS
+alias WRawBits = u32;
+#else
+#ifdef W_Q8_CHANNEL
+alias WRawBits = u32;
+#else
+alias WRawBits = vec4<u32>;
+#endif
+#endif
+
+fn w_raw_bits(row: u32, col: u32, k: u32, soff: u32) -> WRawBits {
 #ifdef W_BLOCKS
     let blk = row * (k >> 5u) + (col >> 5u);
 #ifdef W_Q8_0
-    return unpack_i8x4(word(blk * 8u + ((col & 31u) >> 2u)));
+    return word(blk * 8u + ((col & 31u) >> 2u));
 #else
-    return q4_quad(blk, (col & 31u) >> 2u);
+    return w[blk][((col & 31u) >> 2u) & 3u];
 #endif
 #else
 #ifdef W_Q8_CHANNEL
-    return unpack_i8x4(word(row * ((k + 3u) >> 2u) + (col >> 2u)));
+    return word(row * ((k + 3u) >> 2u) + (col >> 2u));
 #else
-    return w_quad(row, col, k, soff);
+    return bitcast<vec4<u32>>(w_quad(row, col, k, soff));
 #endif
 #endif
 }
 
-fn w_affine(row: u32, col: u32, k: u32, soff: u32) -> vec2<f32> {
+fn w_raw_from_bits(b: WRawBits, col: u32) -> vec4<f32> {
+#ifdef W_BLOCKS
+#ifdef W_Q8_0
+    return unpack_i8x4(b);
+#else
+    return nibbles(b, (col & 31u) >> 2u);
+#endif
+#else
+#ifdef W_Q8_CHANNEL
+    return unpack_i8x4(b);
+#else
+    return bitcast<vec4<f32>>(b);
+#endif
+#endif
+}
+
+// The word holding the affine map of `row`'s block at `col` (0 for the float formats).
+fn w_affine_bits(row: u32, col: u32, k: u32, soff: u32) -> u32 {
 #ifdef W_BLOCKS
     let blk = row * (k >> 5u) + (col >> 5u);
 #ifdef W_Q4_1
-    return unpack2x16float(word(soff + blk));
+    return word(soff + blk);
 #else
-    let d = f16_scale(soff, blk);
+    return word(soff + (blk >> 1u));
+#endif
+#else
+#ifdef W_Q8_CHANNEL
+    return word(soff + row);
+#else
+    return 0u;
+#endif
+#endif
+}
+
+fn w_affine_from_bits(b: u32, row: u32, col: u32, k: u32) -> vec2<f32> {
+#ifdef W_BLOCKS
+#ifdef W_Q4_1
+    return unpack2x16float(b);
+#else
+    let blk = row * (k >> 5u) + (col >> 5u);
+    let d = unpack2x16float(b)[blk & 1u];
 #ifdef W_Q4_0
     return vec2<f32>(d, -8.0 * d);
 #else
@@ -174,7 +222,7 @@ fn w_affine(row: u32, col: u32, k: u32, soff: u32) -> vec2<f32> {
 #endif
 #else
 #ifdef W_Q8_CHANNEL
-    return vec2<f32>(bitcast<f32>(word(soff + row)), 0.0);
+    return vec2<f32>(bitcast<f32>(b), 0.0);
 #else
     return vec2<f32>(1.0, 0.0);
 #endif
