@@ -8,6 +8,9 @@
 //! a fraction of the device's peak for the arithmetic used (f32 FMA; packed i8 dot
 //! products for `gemm_i8` where the dot4 variant is on), and GEMV's weight GB/s as a
 //! fraction of its copy bandwidth, both measured at start (`Backend::measure_limits`).
+//! Each matmul's line gives those rates twice: per run (wall clock, submit and wait
+//! included) and for the kernel alone, from GPU timestamps (`Executable::profile`),
+//! where the adapter has them: on a fast GPU a small kernel's run is mostly overhead.
 //!
 //! `cargo bench -p npurt-benches --bench wgpu -- <filter>`, e.g. `-- gemv/q4_0`. Runs on
 //! whatever adapter wgpu picks (lavapipe without a GPU; `WGPU_BACKEND` to choose).
@@ -15,7 +18,7 @@
 use criterion::{BenchmarkId, Criterion, Throughput};
 use npurt_backends::wgpu::{WgpuBackend, WgpuOptions};
 use npurt_backends::{
-    Backend, Bindings, BufferUsage, DeviceBuffer, DeviceLimits, Executable, Scratch,
+    Backend, Bindings, BufferUsage, DeviceBuffer, DeviceLimits, Executable, Scratch, TimeSource,
 };
 use npurt_graph::{
     ActPrecision, DType, Epilogue, Graph, NodeId, Op, Prologue, SeededRng, TensorFact,
@@ -27,6 +30,8 @@ use std::time::{Duration, Instant};
 /// `[n (out), k (in)]`.
 const SHAPES: [(usize, usize); 3] = [(576, 576), (576, 1536), (2560, 2560)];
 const PREFILL_ROWS: usize = 128;
+/// Profiled runs per matmul for its kernel time (the fastest counts).
+const GPU_RUNS: usize = 20;
 
 /// A compiled graph with its buffers bound, ready to run repeatedly.
 struct Prepared {
@@ -70,6 +75,23 @@ impl Prepared {
             bindings,
             scratch,
         }
+    }
+
+    /// The fastest GPU time of one run's nodes over `runs` profiled runs; `None` where
+    /// the profiler times nodes with the host clock (no timestamp queries).
+    fn gpu_seconds(&mut self, runs: usize) -> Option<f64> {
+        let mut best = f64::INFINITY;
+        for _ in 0..runs {
+            let p = self
+                .exec
+                .profile(&self.bindings, self.scratch.as_mut())
+                .ok()?;
+            if p.nodes.iter().any(|n| n.source != TimeSource::Gpu) {
+                return None;
+            }
+            best = best.min(p.nodes_ms() * 1e-3);
+        }
+        Some(best)
     }
 
     fn run(&mut self, be: &WgpuBackend) {
@@ -176,19 +198,34 @@ fn bench_matmul(c: &mut Criterion, be: &WgpuBackend, limits: Option<&DeviceLimit
                         t
                     })
                 });
-                let s = best.get();
-                if s.is_finite() {
+                // The rates of one time: GOP/s, weight GB/s and the fraction of the
+                // kind's ceiling.
+                let rates = |s: f64| {
                     let ops = 2.0 * (m * n * k) as f64 / s;
                     let bytes = weight_bytes as f64 / s;
                     let of = limits.and_then(peak).map(|(p, what)| {
                         let rate = if kind == "gemv" { bytes } else { ops };
                         format!(" = {:.1}% of {what}", 100.0 * rate / p)
                     });
-                    println!(
-                        "{kind}/{dt}/{n}x{k}: {:.2} GOP/s, {:.2} GB/s of weights{}",
+                    format!(
+                        "{:.2} GOP/s, {:.2} GB/s of weights{}",
                         ops / 1e9,
                         bytes / 1e9,
                         of.unwrap_or_default()
+                    )
+                };
+                let s = best.get();
+                if s.is_finite() {
+                    // A run's wall time includes its submit and wait, which dwarf a
+                    // small kernel on a fast GPU: the kernel's own time is its GPU
+                    // timestamps, where the adapter has them.
+                    let kernel = p.gpu_seconds(GPU_RUNS).map(|g| {
+                        format!("; kernel {:.1} us (GPU timestamps): {}", g * 1e6, rates(g))
+                    });
+                    println!(
+                        "{kind}/{dt}/{n}x{k}: {} per run{}",
+                        rates(s),
+                        kernel.unwrap_or_default()
                     );
                 }
             }

@@ -123,7 +123,10 @@ fn profile_model(model: &Arc<Model>, source: TimeSource) {
     assert!(text.contains(source.describe()), "{text}");
     // Both graphs' matmuls read the same weights (SmolLM2 at w4a16: 96 MB), and the
     // decode step, bound by reading them, states its weight rate.
-    let (pw, dw) = (bp.prefill_matmuls.weight_bytes, bp.decode_matmuls.weight_bytes);
+    let (pw, dw) = (
+        bp.prefill_matmuls.weight_bytes,
+        bp.decode_matmuls.weight_bytes,
+    );
     assert!(pw == dw && (80e6..120e6).contains(&dw), "{pw} {dw}");
     let line = format!("\nmatmul weights: {:.1} MB read in ", dw / 1e6);
     assert_eq!(text.matches(&line).count(), 1, "{text}");
