@@ -1,7 +1,7 @@
 //! wgpu backend benches: quantized matmul as GEMV (m = 1, a decode step) and GEMM
 //! (m = 128, a prefill chunk; f32 activations, and i8 ones as `gemm_i8`) for Q4_0 and
 //! Q8_0 weights at SmolLM2 (576x576, 576x1536)
-//! and 2.5B-class (2560x2560) shapes, and causal GQA attention (SmolLM2 heads) over a
+//! and 2.7B-class (2560x2560, and 2560x6912 as its MLP's down projection) shapes, and causal GQA attention (SmolLM2 heads) over a
 //! 1024-row KV cache. Each iteration is one executable run (one submit) followed by
 //! `synchronize`, so the clock stops only when the GPU is done. Throughput is weight
 //! bytes per second (criterion's B/s); GEMM GOP/s = 2 m n k / time is printed too, as
@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// `[n (out), k (in)]`.
-const SHAPES: [(usize, usize); 3] = [(576, 576), (576, 1536), (2560, 2560)];
+const SHAPES: [(usize, usize); 4] = [(576, 576), (576, 1536), (2560, 2560), (2560, 6912)];
 const PREFILL_ROWS: usize = 128;
 /// Profiled runs per matmul for its kernel time (the fastest counts).
 const GPU_RUNS: usize = 20;
