@@ -146,16 +146,26 @@ impl WgpuBackend {
             ),
             (None, Err(_)) => None,
         };
-        // An option, else its environment variable (unparsable: an invalid 0 below),
-        // else the default.
+        // An option, else its environment variable, else the default.
         let knob = |opt: Option<u32>, var: &str, default: u32| match (opt, std::env::var(var)) {
-            (Some(v), _) => v,
-            (None, Ok(s)) => s.trim().parse().unwrap_or(u32::MAX),
-            (None, Err(_)) => default,
+            (Some(v), _) => Ok(v),
+            (None, Ok(s)) => s
+                .trim()
+                .parse()
+                .map_err(|_| device::unavailable(format!("{var}={s:?} is not a number"))),
+            (None, Err(_)) => Ok(default),
         };
         let tiles = TileSizes {
-            gemm_rows: knob(opts.gemm_rows, "NPURT_WGPU_GEMM_ROWS", 64),
-            gemv_cols: knob(opts.gemv_cols, "NPURT_WGPU_GEMV_COLS", 0),
+            gemm_rows: knob(
+                opts.gemm_rows,
+                "NPURT_WGPU_GEMM_ROWS",
+                TileSizes::DEFAULT.gemm_rows,
+            )?,
+            gemv_cols: knob(
+                opts.gemv_cols,
+                "NPURT_WGPU_GEMV_COLS",
+                TileSizes::DEFAULT.gemv_cols,
+            )?,
         };
         if tiles.gemm_rows != 32 && tiles.gemm_rows != 64 {
             return Err(device::unavailable(format!(

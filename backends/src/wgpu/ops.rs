@@ -99,6 +99,7 @@ impl GemvShape {
         }
     }
 }
+
 /// attention.wgsl `MAX_HEAD_DIM`.
 pub(crate) const MAX_HEAD_DIM: usize = 256;
 /// transpose.wgsl handles up to 8 dims.
