@@ -46,9 +46,8 @@ pub(crate) fn check(ctx: &GpuContext) -> Result<()> {
     let w: Vec<f32> = (0..n * k)
         .map(|i| ((i * 5 % 11) as f32 - 5.0) / 4.0)
         .collect();
-    let bytes = |v: &[f32]| -> Vec<u8> { v.iter().flat_map(|x| x.to_le_bytes()).collect() };
-    let a_buf = super::buffers::create_init(ctx, "coop check a", &bytes(&a))?;
-    let w_buf = super::buffers::create_init(ctx, "coop check w", &bytes(&w))?;
+    let a_buf = super::buffers::create_init(ctx, "coop check a", bytemuck::cast_slice(&a))?;
+    let w_buf = super::buffers::create_init(ctx, "coop check w", bytemuck::cast_slice(&w))?;
     let out = super::buffers::create_init(ctx, "coop check out", &vec![0; m * n * 4])?;
     // matmul.wgsl's Params: m, k, n, n_base, ldo, lda, a_k0, w_soff, w_ld, up_row,
     // accumulate, eps.

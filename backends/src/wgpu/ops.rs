@@ -388,7 +388,8 @@ fn weight_defines(dtype: DType) -> Result<&'static [&'static str], String> {
         DType::F32 => &["W_F32"],
         DType::F16 => &["W_F16", "W_HALF"],
         DType::BF16 => &["W_BF16", "W_HALF"],
-        // W_OFFSET: the block's values are d * q + c with c != 0 (weights.wgsl w_affine).
+        // W_OFFSET: the block's values are d * q + c with c != 0 (weights.wgsl
+        // w_affine_from_bits).
         DType::Q4_0 => &["W_Q4_0", "W_BLOCKS", "W_OFFSET"],
         DType::Q4_1 => &["W_Q4_1", "W_BLOCKS", "W_OFFSET"],
         DType::Q8_0 => &["W_Q8_0", "W_BLOCKS"],
@@ -691,8 +692,8 @@ pub(crate) fn lower(cx: &LowerCtx, id: NodeId) -> Result<Lowered, String> {
                 None => params.extend([0; 5]),
             }
             let hd = format!("HEAD_DIM={head_dim}");
+            defines.push(&hd);
             let (key, groups) = if lanes {
-                defines.push(&hd);
                 (
                     PipelineKey::new("attention_lanes.wgsl", "attention_lanes", &defines),
                     [
@@ -702,7 +703,6 @@ pub(crate) fn lower(cx: &LowerCtx, id: NodeId) -> Result<Lowered, String> {
                     ],
                 )
             } else {
-                defines.push(&hd);
                 let (entry, groups) = tiled_attention_entry(t, *n_heads, *head_dim)?;
                 (PipelineKey::new("attention.wgsl", entry, &defines), groups)
             };
@@ -1095,11 +1095,19 @@ fn matmul_dispatch(
         x.accumulate as u32,
         f(x.eps),
     ];
-    // matmul.wgsl's gemv splits K in units of a block (W_BLOCKS) or a quad.
-    let gemv_unit = if defines.contains(&"W_BLOCKS") { 32 } else { 4 };
-    let gemv = cx.gemv_shape(x.m, x.k.div_ceil(gemv_unit), x.n, defines.contains(&"GLU"));
+    // gemv's static shape (matmul.wgsl splits K in units of a block, W_BLOCKS, or a
+    // quad), as defines.
+    let mut gemv_shape = Vec::new();
     let (gx, gy, name) = match entry {
         MatmulEntry::Gemv => {
+            let unit = if defines.contains(&"W_BLOCKS") { 32 } else { 4 };
+            let gemv = cx.gemv_shape(x.m, x.k.div_ceil(unit), x.n, defines.contains(&"GLU"));
+            gemv_shape = vec![
+                format!("GEMV_ROWS={}", x.m),
+                format!("GEMV_LANES={}", gemv.lanes),
+                format!("GEMV_R={}", gemv.cols),
+                format!("GEMV_UNITS={}", gemv.units),
+            ];
             // 64 threads, GEMV_LANES per group of GEMV_R columns.
             let g = grid_1d(x.n.div_ceil((64 / gemv.lanes * gemv.cols) as usize), 1)?;
             (g[0] as usize, g[1] as usize, "gemv")
@@ -1125,7 +1133,7 @@ fn matmul_dispatch(
         return Err(format!("matmul {}x{} exceeds one dispatch", x.m, x.n));
     }
     let mut defines = defines.to_vec();
-    // The gemm's weight tile holds raw values (weights.wgsl w_raw_quad): exact in f16
+    // The gemm's weight tile holds raw values (weights.wgsl w_raw_from_bits): exact in f16
     // for the integer formats and f16, not for f32 or bf16.
     let raw_fits_f16 = !defines.contains(&"W_F32") && !defines.contains(&"W_BF16");
     if matches!(entry, MatmulEntry::Gemm | MatmulEntry::GemmDot4) && cx.tiles.gemm_rows == 32 {
@@ -1137,13 +1145,6 @@ fn matmul_dispatch(
     if entry == MatmulEntry::GemmCoop {
         defines.push("COOP");
     }
-    // gemv's static shape.
-    let gemv_shape = [
-        format!("GEMV_ROWS={}", x.m),
-        format!("GEMV_LANES={}", gemv.lanes),
-        format!("GEMV_R={}", gemv.cols),
-        format!("GEMV_UNITS={}", gemv.units),
-    ];
     if entry == MatmulEntry::Gemv {
         defines.extend(gemv_shape.iter().map(String::as_str));
         if cx.variants.subgroup {

@@ -41,27 +41,21 @@ struct Params {
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> new_rows: array<f32>;
 @group(0) @binding(2) var<storage, read> pos_in: array<i32>;
+// A cache's storage element: f16 pairs (KV_F16) and int8 quads (KV_Q8) in words.
 #ifdef KV_F16
-@group(0) @binding(3) var<storage, read_write> cache: array<u32>;
+alias CacheElem = u32;
 #else
 #ifdef KV_Q8
-@group(0) @binding(3) var<storage, read_write> cache: array<u32>;
+alias CacheElem = u32;
 #else
-@group(0) @binding(3) var<storage, read_write> cache: array<f32>;
+alias CacheElem = f32;
 #endif
 #endif
+@group(0) @binding(3) var<storage, read_write> cache: array<CacheElem>;
 
 #ifdef KV_PAIR
 @group(0) @binding(6) var<storage, read> v_rows: array<f32>;
-#ifdef KV_F16
-@group(0) @binding(7) var<storage, read_write> v_cache: array<u32>;
-#else
-#ifdef KV_Q8
-@group(0) @binding(7) var<storage, read_write> v_cache: array<u32>;
-#else
-@group(0) @binding(7) var<storage, read_write> v_cache: array<f32>;
-#endif
-#endif
+@group(0) @binding(7) var<storage, read_write> v_cache: array<CacheElem>;
 #endif
 
 #ifdef ROPE

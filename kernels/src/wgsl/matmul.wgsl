@@ -263,7 +263,9 @@ fn gemv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
         for (var k0 = lane * GEMV_UNIT; k0 < params.k; k0 += GEMV_UNITS * stride) {
             // Every load first (a unit past the row reloads the step's first, unused).
             var units: array<GemvUnit, GEMV_R * GEMV_UNITS>;
+#ifdef GLU
             var ups: array<GemvUnit, GEMV_R * GEMV_UNITS>;
+#endif
             for (var s = 0u; s < GEMV_UNITS; s++) {
                 let k = select(k0, k0 + s * stride, k0 + s * stride < params.k);
                 for (var r = 0u; r < GEMV_R; r++) {
@@ -361,7 +363,8 @@ fn w_quad_kn(k: u32, n: u32) -> vec4<f32> {
 // weight rows tx + 16 j) with 4-term dot products. A tile row holds 9 quads for 8
 // used: the padding spreads a subgroup's reads of 16 different weight rows over all
 // banks. The weight tile holds each block's raw values and `b_affine` its scale and
-// offset (weights.wgsl w_raw_quad, w_affine), applied once per block to the sums.
+// offset (weights.wgsl w_raw_from_bits, w_affine_from_bits), applied once per block
+// to the sums.
 // GEMM_F16 (needs SHADER_F16): the weight tile is stored in f16, where those raw
 // values (4-bit and 8-bit integers, f16 weights) are exact, halving its workgroup
 // memory; never for f32 or bf16 weights. Activations stay f32: f16 activation tiles
