@@ -418,8 +418,13 @@ struct MatmulCase {
     k: usize,
     n: usize,
     transpose_b: bool,
+    /// An rms_norm prologue (LLaMA's attention and MLP inputs).
+    norm: bool,
     epilogue: Epilogue,
 }
+
+/// The rms_norm prologue's eps in `check_matmul`.
+const NORM_EPS: f32 = 1e-5;
 
 fn check_matmul(be: &dyn Backend, c: &MatmulCase, seed: u64) {
     let mut rng = SeededRng::new(seed);
@@ -442,10 +447,14 @@ fn check_matmul(be: &dyn Backend, c: &MatmulCase, seed: u64) {
     );
     let bias = rng.uniform_vec(c.n, -1.0, 1.0);
     let residual = rng.uniform_vec(c.m * c.n, -1.0, 1.0);
+    let norm_w = rng.uniform_vec(c.k, 0.5, 1.5);
     let mut g = G::new();
     let ai = g.input("a", TensorFact::f32([c.m, c.k]));
     let wi = g.weight("w", TensorFact::new(c.dt, [wrows, wcols]));
     let mut ins = vec![ai, wi];
+    if c.norm {
+        ins.push(g.weight("norm", TensorFact::f32([c.k])));
+    }
     if c.epilogue.has_bias() {
         ins.push(g.weight("bias", TensorFact::f32([c.n])));
     }
@@ -457,7 +466,11 @@ fn check_matmul(be: &dyn Backend, c: &MatmulCase, seed: u64) {
         Op::MatMul {
             transpose_b: c.transpose_b,
             act: ActPrecision::F32,
-            prologue: Prologue::None,
+            prologue: if c.norm {
+                Prologue::RmsNorm { eps: NORM_EPS }
+            } else {
+                Prologue::None
+            },
             epilogue: c.epilogue,
         },
         &ins,
@@ -471,7 +484,11 @@ fn check_matmul(be: &dyn Backend, c: &MatmulCase, seed: u64) {
         .into_iter()
         .filter(|(n, _)| *n == "a" || c.epilogue.has_residual())
         .collect(),
-        weights: vec![("w", w), ("bias", HostTensor::f32([c.n], bias.clone()))],
+        weights: vec![
+            ("w", w),
+            ("bias", HostTensor::f32([c.n], bias.clone())),
+            ("norm", HostTensor::f32([c.k], norm_w.clone())),
+        ],
     };
     let ran = run_on(be, &g.g, &feeds).unwrap_or_else(|e| panic!("{e}"));
     let wbytes = TensorFact::new(c.dt, [wrows, wcols]).bytes().unwrap() as u64;
@@ -487,8 +504,14 @@ fn check_matmul(be: &dyn Backend, c: &MatmulCase, seed: u64) {
             c.dt
         );
     }
+    let mut a_in = a.clone();
+    if c.norm {
+        for (row, x) in a_in.chunks_mut(c.k).zip(a.chunks(c.k)) {
+            r::rms_norm(x, &norm_w, NORM_EPS, row);
+        }
+    }
     let mut pre = vec![0f32; c.m * n_b];
-    r::matmul(&a, &deq, c.m, c.k, n_b, c.transpose_b, &mut pre);
+    r::matmul(&a_in, &deq, c.m, c.k, n_b, c.transpose_b, &mut pre);
     let mut want = vec![0f32; c.m * c.n];
     r::epilogue(
         &pre,
@@ -500,8 +523,8 @@ fn check_matmul(be: &dyn Backend, c: &MatmulCase, seed: u64) {
         &mut want,
     );
     let what = format!(
-        "matmul {} {}x{}x{} transpose_b={} {:?}",
-        c.dt, c.m, c.k, c.n, c.transpose_b, c.epilogue
+        "matmul {} {}x{}x{} transpose_b={} norm={} {:?}",
+        c.dt, c.m, c.k, c.n, c.transpose_b, c.norm, c.epilogue
     );
     assert_close(&what, &ran["y"], &want, 2e-5 * (c.k as f32).sqrt());
 }
@@ -648,19 +671,24 @@ fn kv_writes_pair_only_into_different_caches() {
 fn weights_split_across_bindings() {
     // 16 KiB bindings: every weight below spans several parts (activations still fit
     // one binding); gather and matmul run one dispatch per part, [K, N] parts
-    // accumulate, a split SwiGLU goes through a temporary.
+    // accumulate, a split SwiGLU goes through a temporary, an rms_norm prologue is
+    // fused into each part's dispatch (the GEMV and GEMM) or run once before them.
     let mut seed = 300;
     for kernels in [KernelFamily::Tiled, KernelFamily::Lanes] {
         let small = small_binding_backend(16384, kernels);
         for dt in DType::WEIGHT_FORMATS {
-            for (m, epilogue) in [
-                (1, Epilogue::NONE),
-                (9, Epilogue::BIAS_RESIDUAL),
-                (3, Epilogue::SWIGLU),
-                (6, Epilogue::SWIGLU),
-                (12, Epilogue::BIAS),
+            for (m, norm, epilogue) in [
+                (1, false, Epilogue::NONE),
+                (9, false, Epilogue::BIAS_RESIDUAL),
+                (3, false, Epilogue::SWIGLU),
+                (6, false, Epilogue::SWIGLU),
+                (12, false, Epilogue::BIAS),
+                (2, true, Epilogue::NONE),
+                (3, true, Epilogue::SWIGLU),
+                (10, true, Epilogue::SWIGLU),
                 (
                     5,
+                    false,
                     Epilogue::new(&[
                         npurt_graph::Step::Bias,
                         npurt_graph::Step::Act(npurt_graph::Activation::Gelu),
@@ -679,6 +707,7 @@ fn weights_split_across_bindings() {
                         k: 128,
                         n,
                         transpose_b: true,
+                        norm,
                         epilogue,
                     },
                     seed,
@@ -696,6 +725,7 @@ fn weights_split_across_bindings() {
                         k: 200,
                         n: 50,
                         transpose_b: false,
+                        norm: false,
                         epilogue: Epilogue::NONE,
                     },
                     seed,

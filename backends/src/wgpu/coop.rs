@@ -49,16 +49,21 @@ pub(crate) fn check(ctx: &GpuContext) -> Result<()> {
     let a_buf = super::buffers::create_init(ctx, "coop check a", bytemuck::cast_slice(&a))?;
     let w_buf = super::buffers::create_init(ctx, "coop check w", bytemuck::cast_slice(&w))?;
     let out = super::buffers::create_init(ctx, "coop check out", &vec![0; m * n * 4])?;
-    // matmul.wgsl's Params: m, k, n, n_base, ldo, lda, a_k0, w_soff, w_ld, up_row,
-    // accumulate, eps.
-    let params = [m, k, n, 0, n, k, 0, 0, 0, 0, 0, 0].map(|v| v as u32);
+    let params = super::shader_args::matmul::Params {
+        m: m as u32,
+        k: k as u32,
+        n: n as u32,
+        ldo: n as u32,
+        lda: k as u32,
+        ..Default::default()
+    };
     let key = PipelineKey::new("matmul.wgsl", "gemm_coop", &["COOP", "W_F32"]);
     let groups = [n.div_ceil(64) as u32, m.div_ceil(64) as u32, 1];
     let run = Probe {
         ctx,
         timestamps: false,
     };
-    run.time(&key, &params, &[&a_buf, &w_buf, &out], groups)?;
+    run.time(&key, params, &[&a_buf, &w_buf, &out], groups)?;
     let got = ctx.download(&out, 0, (m * n * 4) as u64)?;
     for (i, c) in got.chunks_exact(4).enumerate() {
         let (r, col) = (i / n, i % n);

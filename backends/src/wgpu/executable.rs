@@ -193,10 +193,10 @@ impl WgpuExecutable {
             for d in l.dispatches {
                 let offset = (params_bytes.len() as u64).div_ceil(align) * align;
                 params_bytes.resize(offset as usize, 0);
-                let mut words = d.params.clone();
-                words.resize(d.params.len().div_ceil(4) * 4, 0);
-                params_bytes.extend(words.iter().flat_map(|w| w.to_le_bytes()));
-                let size = words.len() as u64 * 4;
+                // A uniform binding's size is a multiple of 16 bytes.
+                let size = (d.params.len() as u64).div_ceil(16) * 16;
+                params_bytes.extend(&d.params);
+                params_bytes.resize(offset as usize + size as usize, 0);
                 let pipeline = pipelines::get(&ctx, &d.key)?;
                 let bindings = d
                     .bindings

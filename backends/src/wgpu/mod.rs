@@ -29,6 +29,7 @@ mod executable;
 mod ops;
 mod pipelines;
 mod probe;
+mod shader_args;
 mod support;
 mod variants;
 mod weights;

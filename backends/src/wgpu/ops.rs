@@ -1,11 +1,12 @@
 //! Lowering: each graph node becomes a list of dispatches (pipeline key, uniform
 //! parameters, bindings, workgroup counts). Nothing here touches the GPU; the
 //! executable resolves the bindings to buffers and records the dispatches.
-//! Binding numbers and parameter orders mirror the `.wgsl` files in
-//! `kernels/src/wgsl/` (each documents its own).
+//! Each shader's uniform and bindings are typed structs (`shader_args.rs`, checked
+//! against the `.wgsl` files in `kernels/src/wgsl/` by its tests).
 
 use super::buffers::WgpuBuffer;
 use super::pipelines::PipelineKey;
+use super::shader_args::{self as args, Bindings, RopeSpec, Uniform};
 use super::variants::{KernelFamily, KernelVariants, TileSizes};
 use crate::DeviceBuffer;
 use npurt_graph::{
@@ -104,8 +105,6 @@ impl GemvShape {
 pub(crate) const MAX_HEAD_DIM: usize = 256;
 /// transpose.wgsl handles up to 8 dims.
 pub(crate) const MAX_TRANSPOSE_RANK: usize = 8;
-/// status.wgsl's binding.
-const STATUS_BINDING: u32 = 15;
 
 /// What a binding refers to; resolved to a buffer per run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -126,9 +125,21 @@ pub(crate) enum BindRef {
 
 pub(crate) struct Dispatch {
     pub key: PipelineKey,
-    pub params: Vec<u32>,
+    /// The uniform's bytes (a `shader_args` `Params`).
+    pub params: Vec<u8>,
     pub bindings: Vec<(u32, BindRef)>,
     pub groups: [u32; 3],
+}
+
+impl Dispatch {
+    fn new(key: PipelineKey, params: impl Uniform, bind: impl Bindings, groups: [u32; 3]) -> Self {
+        Dispatch {
+            key,
+            params: bytemuck::bytes_of(&params).to_vec(),
+            bindings: bind.entries(),
+            groups,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -279,11 +290,10 @@ fn fused_rope_reader(g: &Graph, rope: NodeId, reader: NodeId, slot: usize) -> bo
     }
 }
 
-/// A rope's RopeSpec fields after head_dim (rope_value.wgsl: rotary_dim, dynamic_ntk,
-/// theta, factor, original_max_position), and its frequency table, bound as
-/// `inv_freq`: position-independent frequencies computed here exactly as the
-/// reference does; dynamic NTK rescales in the shader from pos + n_valid.
-fn rope_spec(p: &RopeParams) -> Result<([u32; 5], Vec<u8>), String> {
+/// A rope's RopeSpec (rope_spec.wgsl) and its frequency table, bound as `inv_freq`:
+/// position-independent frequencies computed here exactly as the reference does;
+/// dynamic NTK rescales in the shader from pos + n_valid.
+fn rope_spec(p: &RopeParams) -> Result<(RopeSpec, Vec<u8>), String> {
     let inv = npurt_kernels::reference::rope_inv_freq(p, 0);
     let (dynamic, factor, orig) = match p.scaling {
         RopeScaling::DynamicNtk {
@@ -293,13 +303,15 @@ fn rope_spec(p: &RopeParams) -> Result<([u32; 5], Vec<u8>), String> {
         _ => (0, 1.0, 0),
     };
     Ok((
-        [
-            as_u32(p.rotary_dim, "rotary_dim")?,
-            dynamic,
-            f(p.theta),
-            f(factor),
-            as_u32(orig, "original_max_position")?,
-        ],
+        RopeSpec {
+            head_dim: as_u32(p.head_dim, "rope head_dim")?,
+            rotary_dim: as_u32(p.rotary_dim, "rotary_dim")?,
+            dynamic_ntk: dynamic,
+            theta: p.theta,
+            factor,
+            original_max_position: as_u32(orig, "original_max_position")?,
+            _pad: [0; 2],
+        },
         inv.iter().flat_map(|v| v.to_le_bytes()).collect(),
     ))
 }
@@ -357,10 +369,6 @@ impl LowerCtx<'_> {
             }
         }
     }
-}
-
-fn f(v: f32) -> u32 {
-    v.to_bits()
 }
 
 fn as_u32(v: usize, what: &str) -> Result<u32, String> {
@@ -446,20 +454,16 @@ fn elementwise(
     y: Option<BindRef>,
     out: BindRef,
 ) -> Result<Dispatch, String> {
-    let mut bindings = vec![(0, BindRef::Params), (1, x), (3, out)];
-    if let Some(y) = y {
-        bindings.push((2, y));
-    }
-    Ok(Dispatch {
-        key: PipelineKey::new("elementwise.wgsl", entry, &[]),
-        params: vec![
-            as_u32(n, "elements")?,
-            as_u32(y_len.max(1), "broadcast length")?,
-            as_u32(cols, "columns")?,
-        ],
-        bindings,
-        groups: grid_1d(n, EW)?,
-    })
+    Ok(Dispatch::new(
+        PipelineKey::new("elementwise.wgsl", entry, &[]),
+        args::elementwise::Params {
+            n: as_u32(n, "elements")?,
+            y_len: as_u32(y_len.max(1), "broadcast length")?,
+            cols: as_u32(cols, "columns")?,
+        },
+        args::elementwise::Bindings { x, y, out },
+        grid_1d(n, EW)?,
+    ))
 }
 
 /// Lowers node `id`. Sources and reshapes produce no dispatch.
@@ -526,12 +530,21 @@ pub(crate) fn lower(cx: &LowerCtx, id: NodeId) -> Result<Lowered, String> {
         Op::Softmax => {
             let x = g.fact(ins[0]);
             let (rows, h) = (x.rows().max(1), x.last_dim());
-            d.push(Dispatch {
-                key: PipelineKey::new("norm.wgsl", "softmax", &[]),
-                params: vec![as_u32(rows, "rows")?, as_u32(h, "row length")?, 0],
-                bindings: vec![(0, BindRef::Params), (1, BindRef::Value(ins[0])), (4, out)],
-                groups: grid_1d(rows, 1)?,
-            });
+            d.push(Dispatch::new(
+                PipelineKey::new("norm.wgsl", "softmax", &[]),
+                args::norm::Params {
+                    rows: as_u32(rows, "rows")?,
+                    h: as_u32(h, "row length")?,
+                    eps: 0.0,
+                },
+                args::norm::Bindings {
+                    x: BindRef::Value(ins[0]),
+                    weight: None,
+                    bias: None,
+                    out,
+                },
+                grid_1d(rows, 1)?,
+            ));
         }
         // Fused into its readers (kv_write.wgsl ROPE, q_load.wgsl ROPE_Q).
         Op::Rope { .. } if cx.views[id.0] => {}
@@ -540,31 +553,27 @@ pub(crate) fn lower(cx: &LowerCtx, id: NodeId) -> Result<Lowered, String> {
             let (spec, inv_freq) = rope_spec(p)?;
             l.consts.push(inv_freq);
             let (stride, offset) = cx.strided(ins[0]);
-            let mut params = vec![
-                as_u32(n_out, "elements")?,
-                as_u32(width, "width")?,
-                as_u32(p.head_dim, "head_dim")?,
-            ];
-            params.extend(spec);
-            params.extend([
-                node_idx,
-                as_u32(stride, "row stride")?,
-                as_u32(offset, "column offset")?,
-            ]);
-            l.dispatches.push(Dispatch {
-                key: PipelineKey::new("rope.wgsl", "rope", &[]),
-                params,
-                bindings: vec![
-                    (0, BindRef::Params),
-                    (1, BindRef::Value(ins[0])),
-                    (2, BindRef::Value(ins[1])),
-                    (3, BindRef::Value(ins[2])),
-                    (4, BindRef::Const(0)),
-                    (5, out),
-                    (STATUS_BINDING, BindRef::Status),
-                ],
-                groups: grid_1d(n_out, EW)?,
-            });
+            l.dispatches.push(Dispatch::new(
+                PipelineKey::new("rope.wgsl", "rope", &[]),
+                args::rope::Params {
+                    n: as_u32(n_out, "elements")?,
+                    width: as_u32(width, "width")?,
+                    node: node_idx,
+                    in_stride: as_u32(stride, "row stride")?,
+                    in_offset: as_u32(offset, "column offset")?,
+                    rope: spec,
+                    ..Default::default()
+                },
+                args::rope::Bindings {
+                    x: BindRef::Value(ins[0]),
+                    pos_in: BindRef::Value(ins[1]),
+                    n_valid_in: BindRef::Value(ins[2]),
+                    inv_freq: BindRef::Const(0),
+                    out,
+                    status: BindRef::Status,
+                },
+                grid_1d(n_out, EW)?,
+            ));
             return Ok(l);
         }
         // Written by the first of its pair (KV_PAIR).
@@ -585,56 +594,53 @@ pub(crate) fn lower(cx: &LowerCtx, id: NodeId) -> Result<Lowered, String> {
                 _ => {}
             }
             let (stride, offset) = cx.strided(ins[1]);
-            let mut params = vec![
-                as_u32(n, "elements")?,
-                as_u32(cache.shape[1], "width")?,
-                as_u32(cache.shape[0], "cache rows")?,
-                as_u32(new.shape[0], "rows")?,
-                node_idx,
-                as_u32(head_dim, "head_dim")?,
-                as_u32(stride, "row stride")?,
-                as_u32(offset, "column offset")?,
-            ];
+            let mut params = args::kv_write::Params {
+                n: as_u32(n, "elements")?,
+                width: as_u32(cache.shape[1], "width")?,
+                cache_rows: as_u32(cache.shape[0], "cache rows")?,
+                new_rows: as_u32(new.shape[0], "rows")?,
+                node: node_idx,
+                head_dim: as_u32(head_dim, "head_dim")?,
+                src_stride: as_u32(stride, "row stride")?,
+                src_offset: as_u32(offset, "column offset")?,
+                ..Default::default()
+            };
             let mut defines = kv_defines(cache.dtype).to_vec();
-            let mut bindings = vec![
-                (0, BindRef::Params),
-                (1, BindRef::Value(ins[1])),
-                (2, BindRef::Value(ins[2])),
-                (3, BindRef::Value(ins[0])),
-                (STATUS_BINDING, BindRef::Status),
-            ];
-            match cx.fused_rope(ins[1]) {
-                Some((p, n_valid)) => {
-                    let (spec, inv_freq) = rope_spec(p)?;
-                    params.push(as_u32(p.head_dim, "rope head_dim")?);
-                    params.extend(spec);
-                    defines.push("ROPE");
-                    bindings.extend([(4, BindRef::Value(n_valid)), (5, BindRef::Const(0))]);
-                    l.consts.push(inv_freq);
-                }
-                None => params.extend([0; 6]),
+            let mut bind = args::kv_write::Bindings {
+                new_rows: BindRef::Value(ins[1]),
+                pos_in: BindRef::Value(ins[2]),
+                cache: BindRef::Value(ins[0]),
+                status: BindRef::Status,
+                n_valid_in: None,
+                inv_freq: None,
+                v_rows: None,
+                v_cache: None,
+            };
+            if let Some((p, n_valid)) = cx.fused_rope(ins[1]) {
+                let (spec, inv_freq) = rope_spec(p)?;
+                params.rope = spec;
+                defines.push("ROPE");
+                bind.n_valid_in = Some(BindRef::Value(n_valid));
+                bind.inv_freq = Some(BindRef::Const(0));
+                l.consts.push(inv_freq);
             }
             let mut threads = n;
-            match cx.kv_pairs[id.0] {
-                Some(b) => {
-                    let bi = &g.node(b).inputs;
-                    let (v_stride, v_offset) = cx.strided(bi[1]);
-                    params.extend([
-                        as_u32(v_stride, "row stride")?,
-                        as_u32(v_offset, "column offset")?,
-                    ]);
-                    defines.push("KV_PAIR");
-                    bindings.extend([(6, BindRef::Value(bi[1])), (7, BindRef::Value(bi[0]))]);
-                    threads = 2 * n;
-                }
-                None => params.extend([0; 2]),
+            if let Some(b) = cx.kv_pairs[id.0] {
+                let bi = &g.node(b).inputs;
+                let (v_stride, v_offset) = cx.strided(bi[1]);
+                params.v_stride = as_u32(v_stride, "row stride")?;
+                params.v_offset = as_u32(v_offset, "column offset")?;
+                defines.push("KV_PAIR");
+                bind.v_rows = Some(BindRef::Value(bi[1]));
+                bind.v_cache = Some(BindRef::Value(bi[0]));
+                threads = 2 * n;
             }
-            l.dispatches.push(Dispatch {
-                key: PipelineKey::new("kv_write.wgsl", "kv_write", &defines),
+            l.dispatches.push(Dispatch::new(
+                PipelineKey::new("kv_write.wgsl", "kv_write", &defines),
                 params,
-                bindings,
-                groups: grid_1d(threads, EW)?,
-            });
+                bind,
+                grid_1d(threads, EW)?,
+            ));
             return Ok(l);
         }
         Op::Attention {
@@ -652,44 +658,35 @@ pub(crate) fn lower(cx: &LowerCtx, id: NodeId) -> Result<Lowered, String> {
             }
             let lanes = cx.kernels == KernelFamily::Lanes && head_dim % 4 == 0;
             let mut defines = kv_defines(g.fact(ins[1]).dtype).to_vec();
-            let mut params = vec![
-                as_u32(t, "rows")?,
-                as_u32(*n_heads, "heads")?,
-                as_u32(*n_kv_heads, "kv heads")?,
-                as_u32(*head_dim, "head_dim")?,
-                as_u32(s, "cache rows")?,
-                f(*scale),
-                node_idx,
-            ];
             let (q_stride, q_offset) = cx.strided(ins[0]);
-            params.extend([
-                as_u32(q_stride, "q row stride")?,
-                as_u32(q_offset, "q offset")?,
-            ]);
-            let mut bindings: Vec<(u32, BindRef)> = (0..7)
-                .map(|b| {
-                    (
-                        b,
-                        if b == 0 {
-                            BindRef::Params
-                        } else if b == 6 {
-                            out
-                        } else {
-                            BindRef::Value(ins[b as usize - 1])
-                        },
-                    )
-                })
-                .chain([(STATUS_BINDING, BindRef::Status)])
-                .collect();
-            match cx.fused_rope(ins[0]) {
-                Some((p, _)) => {
-                    let (spec, inv_freq) = rope_spec(p)?;
-                    params.extend(spec);
-                    defines.push("ROPE_Q");
-                    bindings.push((7, BindRef::Const(0)));
-                    l.consts.push(inv_freq);
-                }
-                None => params.extend([0; 5]),
+            let mut params = args::attention::Params {
+                t_rows: as_u32(t, "rows")?,
+                n_heads: as_u32(*n_heads, "heads")?,
+                n_kv_heads: as_u32(*n_kv_heads, "kv heads")?,
+                head_dim: as_u32(*head_dim, "head_dim")?,
+                s_rows: as_u32(s, "cache rows")?,
+                scale: *scale,
+                node: node_idx,
+                q_stride: as_u32(q_stride, "q row stride")?,
+                q_offset: as_u32(q_offset, "q offset")?,
+                ..Default::default()
+            };
+            let mut bind = args::attention::Bindings {
+                q: BindRef::Value(ins[0]),
+                k_cache: BindRef::Value(ins[1]),
+                v_cache: BindRef::Value(ins[2]),
+                pos_in: Some(BindRef::Value(ins[3])),
+                n_valid_in: Some(BindRef::Value(ins[4])),
+                out,
+                inv_freq: None,
+                status: Some(BindRef::Status),
+            };
+            if let Some((p, _)) = cx.fused_rope(ins[0]) {
+                let (spec, inv_freq) = rope_spec(p)?;
+                params.rope = spec;
+                defines.push("ROPE_Q");
+                bind.inv_freq = Some(BindRef::Const(0));
+                l.consts.push(inv_freq);
             }
             let hd = format!("HEAD_DIM={head_dim}");
             defines.push(&hd);
@@ -709,12 +706,7 @@ pub(crate) fn lower(cx: &LowerCtx, id: NodeId) -> Result<Lowered, String> {
             if groups[0] > MAX_GROUPS || groups[1] > MAX_GROUPS {
                 return Err("attention with more than 65535 heads or rows".into());
             }
-            l.dispatches.push(Dispatch {
-                key,
-                params,
-                bindings,
-                groups,
-            });
+            l.dispatches.push(Dispatch::new(key, params, bind, groups));
             return Ok(l);
         }
         Op::Attention {
@@ -737,60 +729,68 @@ pub(crate) fn lower(cx: &LowerCtx, id: NodeId) -> Result<Lowered, String> {
         )?),
         Op::SpaceToChannel { grid, block } => {
             let c = g.fact(ins[0]).shape[1];
-            d.push(Dispatch {
-                key: PipelineKey::new("space_to_channel.wgsl", "space_to_channel", &[]),
-                params: vec![
-                    as_u32(n_out, "elements")?,
-                    as_u32(c, "channels")?,
-                    as_u32(grid[0], "grid height")?,
-                    as_u32(grid[1], "grid width")?,
-                    as_u32(*block, "block")?,
-                    as_u32(grid[0].div_ceil(*block), "cells")?,
-                    as_u32(grid[1].div_ceil(*block), "cells")?,
-                ],
-                bindings: vec![(0, BindRef::Params), (1, BindRef::Value(ins[0])), (2, out)],
-                groups: grid_1d(n_out, EW)?,
-            });
+            d.push(Dispatch::new(
+                PipelineKey::new("space_to_channel.wgsl", "space_to_channel", &[]),
+                args::space_to_channel::Params {
+                    n: as_u32(n_out, "elements")?,
+                    channels: as_u32(c, "channels")?,
+                    grid_h: as_u32(grid[0], "grid height")?,
+                    grid_w: as_u32(grid[1], "grid width")?,
+                    block: as_u32(*block, "block")?,
+                    cells_h: as_u32(grid[0].div_ceil(*block), "cells")?,
+                    cells_w: as_u32(grid[1].div_ceil(*block), "cells")?,
+                },
+                args::space_to_channel::Bindings {
+                    x: BindRef::Value(ins[0]),
+                    out,
+                },
+                grid_1d(n_out, EW)?,
+            ));
         }
         // A view: its readers read the input in place.
         Op::SliceCols { .. } if cx.views[id.0] => {}
         Op::SliceCols { start, len } => {
             let x = g.fact(ins[0]);
-            d.push(Dispatch {
-                key: PipelineKey::new("rows.wgsl", "slice_cols", &[]),
-                params: vec![
-                    as_u32(n_out, "elements")?,
-                    as_u32(x.shape[0], "rows")?,
-                    as_u32(x.shape[1], "width")?,
-                    as_u32(*start, "start")?,
-                    as_u32(*len, "len")?,
-                    node_idx,
-                ],
-                bindings: vec![(0, BindRef::Params), (1, BindRef::Value(ins[0])), (3, out)],
-                groups: grid_1d(n_out, EW)?,
-            });
+            d.push(Dispatch::new(
+                PipelineKey::new("rows.wgsl", "slice_cols", &[]),
+                args::rows::Params {
+                    n: as_u32(n_out, "elements")?,
+                    rows: as_u32(x.shape[0], "rows")?,
+                    in_width: as_u32(x.shape[1], "width")?,
+                    start: as_u32(*start, "start")?,
+                    out_width: as_u32(*len, "len")?,
+                    node: node_idx,
+                },
+                args::rows::Bindings {
+                    x: BindRef::Value(ins[0]),
+                    out,
+                    index_in: None,
+                    status: None,
+                },
+                grid_1d(n_out, EW)?,
+            ));
         }
         Op::SelectRow => {
             let x = g.fact(ins[0]);
-            d.push(Dispatch {
-                key: PipelineKey::new("rows.wgsl", "select_row", &[]),
-                params: vec![
-                    as_u32(n_out, "elements")?,
-                    as_u32(x.shape[0], "rows")?,
-                    as_u32(x.shape[1], "width")?,
-                    0,
-                    as_u32(x.shape[1], "width")?,
-                    node_idx,
-                ],
-                bindings: vec![
-                    (0, BindRef::Params),
-                    (1, BindRef::Value(ins[0])),
-                    (2, BindRef::Value(ins[1])),
-                    (3, out),
-                    (STATUS_BINDING, BindRef::Status),
-                ],
-                groups: grid_1d(n_out, EW)?,
-            });
+            let width = as_u32(x.shape[1], "width")?;
+            d.push(Dispatch::new(
+                PipelineKey::new("rows.wgsl", "select_row", &[]),
+                args::rows::Params {
+                    n: as_u32(n_out, "elements")?,
+                    rows: as_u32(x.shape[0], "rows")?,
+                    in_width: width,
+                    start: 0,
+                    out_width: width,
+                    node: node_idx,
+                },
+                args::rows::Bindings {
+                    x: BindRef::Value(ins[0]),
+                    out,
+                    index_in: Some(BindRef::Value(ins[1])),
+                    status: Some(BindRef::Status),
+                },
+                grid_1d(n_out, EW)?,
+            ));
         }
         Op::Transpose { perm } => {
             let shape = &g.fact(ins[0]).shape;
@@ -804,46 +804,49 @@ pub(crate) fn lower(cx: &LowerCtx, id: NodeId) -> Result<Lowered, String> {
             for i in (0..shape.len().saturating_sub(1)).rev() {
                 in_strides[i] = in_strides[i + 1] * shape[i + 1];
             }
-            let mut params = vec![as_u32(n_out, "elements")?, perm.len() as u32, 0, 0];
-            let mut out_shape = [1u32; 8];
-            let mut walk = [0u32; 8];
+            let mut params = args::transpose::Params {
+                n: as_u32(n_out, "elements")?,
+                rank: perm.len() as u32,
+                out_shape: [1; MAX_TRANSPOSE_RANK],
+                ..Default::default()
+            };
             for (i, &p) in perm.iter().enumerate() {
-                out_shape[i] = as_u32(shape[p], "dim")?;
-                walk[i] = as_u32(in_strides[p], "stride")?;
+                params.out_shape[i] = as_u32(shape[p], "dim")?;
+                params.in_stride[i] = as_u32(in_strides[p], "stride")?;
             }
-            params.extend(out_shape);
-            params.extend(walk);
-            d.push(Dispatch {
-                key: PipelineKey::new("transpose.wgsl", "transpose", &[]),
+            d.push(Dispatch::new(
+                PipelineKey::new("transpose.wgsl", "transpose", &[]),
                 params,
-                bindings: vec![(0, BindRef::Params), (1, BindRef::Value(ins[0])), (3, out)],
-                groups: grid_1d(n_out, EW)?,
-            });
+                args::transpose::Bindings {
+                    x: BindRef::Value(ins[0]),
+                    out,
+                },
+                grid_1d(n_out, EW)?,
+            ));
         }
         Op::PatchEmbed { patch } => {
             let sh = &g.fact(ins[0]).shape;
             let dim = node.fact.shape[1];
-            d.push(Dispatch {
-                key: PipelineKey::new("patch_embed.wgsl", "patch_embed", &[]),
-                params: vec![
-                    as_u32(n_out, "elements")?,
-                    as_u32(dim, "channels")?,
-                    as_u32(sh[1], "channels")?,
-                    as_u32(sh[2], "height")?,
-                    as_u32(sh[3], "width")?,
-                    as_u32(*patch, "patch")?,
-                    as_u32(sh[2] / patch, "grid")?,
-                    as_u32(sh[3] / patch, "grid")?,
-                ],
-                bindings: vec![
-                    (0, BindRef::Params),
-                    (1, BindRef::Value(ins[0])),
-                    (2, BindRef::Value(ins[1])),
-                    (3, BindRef::Value(ins[2])),
-                    (4, out),
-                ],
-                groups: grid_1d(n_out, EW)?,
-            });
+            d.push(Dispatch::new(
+                PipelineKey::new("patch_embed.wgsl", "patch_embed", &[]),
+                args::patch_embed::Params {
+                    n: as_u32(n_out, "elements")?,
+                    channels_out: as_u32(dim, "channels")?,
+                    channels_in: as_u32(sh[1], "channels")?,
+                    height: as_u32(sh[2], "height")?,
+                    width: as_u32(sh[3], "width")?,
+                    patch_size: as_u32(*patch, "patch")?,
+                    grid_h: as_u32(sh[2] / patch, "grid")?,
+                    grid_w: as_u32(sh[3] / patch, "grid")?,
+                },
+                args::patch_embed::Bindings {
+                    pixels: BindRef::Value(ins[0]),
+                    weight: BindRef::Value(ins[1]),
+                    bias: BindRef::Value(ins[2]),
+                    out,
+                },
+                grid_1d(n_out, EW)?,
+            ));
         }
         Op::Gather => {
             let table = weight_operand(cx, ins[0]);
@@ -851,27 +854,26 @@ pub(crate) fn lower(cx: &LowerCtx, id: NodeId) -> Result<Lowered, String> {
             let (vocab, width) = (tf.shape[0], tf.shape[1]);
             let tokens = g.fact(ins[1]).shape[0];
             let threads = tokens * width.div_ceil(4);
-            for (bind, rows, soff) in table.parts {
-                d.push(Dispatch {
-                    key: PipelineKey::new("gather.wgsl", "gather", weight_defines(table.dtype)?),
-                    params: vec![
-                        as_u32(tokens, "tokens")?,
-                        as_u32(width, "width")?,
-                        as_u32(vocab, "vocab")?,
-                        as_u32(rows.start, "row")?,
-                        as_u32(rows.len(), "rows")?,
-                        soff,
-                        node_idx,
-                    ],
-                    bindings: vec![
-                        (0, BindRef::Params),
-                        (1, BindRef::Value(ins[1])),
-                        (2, bind),
-                        (3, out),
-                        (STATUS_BINDING, BindRef::Status),
-                    ],
-                    groups: grid_1d(threads, EW)?,
-                });
+            for (w, rows, soff) in table.parts {
+                d.push(Dispatch::new(
+                    PipelineKey::new("gather.wgsl", "gather", weight_defines(table.dtype)?),
+                    args::gather::Params {
+                        tokens: as_u32(tokens, "tokens")?,
+                        width: as_u32(width, "width")?,
+                        vocab: as_u32(vocab, "vocab")?,
+                        row_begin: as_u32(rows.start, "row")?,
+                        row_count: as_u32(rows.len(), "rows")?,
+                        w_soff: soff,
+                        node: node_idx,
+                    },
+                    args::gather::Bindings {
+                        ids: BindRef::Value(ins[1]),
+                        w,
+                        out,
+                        status: BindRef::Status,
+                    },
+                    grid_1d(threads, EW)?,
+                ));
             }
         }
         Op::MatMul {
@@ -968,33 +970,38 @@ fn bidirectional_attention_dispatch(
     if groups[0] > MAX_GROUPS || groups[1] > MAX_GROUPS {
         return Err("attention with more than 65535 heads or row groups".into());
     }
-    Ok(Dispatch {
-        key,
-        params: vec![
-            as_u32(rows, "rows")?,
-            as_u32(n_heads, "heads")?,
-            as_u32(n_kv_heads, "kv heads")?,
-            as_u32(head_dim, "head_dim")?,
-            as_u32(seq, "sequence rows")?,
-            f(scale),
-            node_idx,
-            // q_load.wgsl: whole q rows, no rope.
-            as_u32(n_heads * head_dim, "q width")?,
-            0,
-            0,
-            0,
-            0,
-            0,
-            0,
-        ],
-        bindings: vec![
-            (0, BindRef::Params),
-            (1, BindRef::Value(ins[0])),
-            (2, BindRef::Value(ins[1])),
-            (3, BindRef::Value(ins[2])),
-            (6, out),
-        ],
-        groups,
+    let params = args::attention::Params {
+        t_rows: as_u32(rows, "rows")?,
+        n_heads: as_u32(n_heads, "heads")?,
+        n_kv_heads: as_u32(n_kv_heads, "kv heads")?,
+        head_dim: as_u32(head_dim, "head_dim")?,
+        s_rows: as_u32(seq, "sequence rows")?,
+        scale,
+        node: node_idx,
+        // q_load.wgsl: whole q rows, no rope.
+        q_stride: as_u32(n_heads * head_dim, "q width")?,
+        ..Default::default()
+    };
+    let [q, k, v] = ins.map(BindRef::Value);
+    Ok(if precision == npurt_graph::AttentionPrecision::I8 {
+        Dispatch::new(
+            key,
+            params,
+            args::attention_i8::Bindings { q, k, v, out },
+            groups,
+        )
+    } else {
+        let bind = args::attention::Bindings {
+            q,
+            k_cache: k,
+            v_cache: v,
+            out,
+            pos_in: None,
+            n_valid_in: None,
+            inv_freq: None,
+            status: None,
+        };
+        Dispatch::new(key, params, bind, groups)
     })
 }
 
@@ -1018,31 +1025,21 @@ fn norm_dispatch(
     bias: Option<BindRef>,
     out: BindRef,
 ) -> Result<Dispatch, String> {
-    let mut bindings = vec![(0, BindRef::Params), (1, x), (2, w), (4, out)];
-    bindings.extend(bias.map(|b| (3, b)));
-    Ok(Dispatch {
-        key: PipelineKey::new("norm.wgsl", entry, &[]),
-        params: vec![as_u32(rows, "rows")?, as_u32(h, "row length")?, f(eps)],
-        bindings,
-        groups: grid_1d(rows, 1)?,
-    })
-}
-
-/// One matmul dispatch over one weight part; see matmul.wgsl `Params`.
-struct MatmulArgs {
-    m: usize,
-    k: usize,
-    n: usize,
-    n_base: usize,
-    ldo: usize,
-    lda: usize,
-    a_k0: usize,
-    soff: u32,
-    w_ld: usize,
-    up_row: usize,
-    accumulate: bool,
-    /// The fused rms_norm prologue's eps (NORM; unused otherwise).
-    eps: f32,
+    Ok(Dispatch::new(
+        PipelineKey::new("norm.wgsl", entry, &[]),
+        args::norm::Params {
+            rows: as_u32(rows, "rows")?,
+            h: as_u32(h, "row length")?,
+            eps,
+        },
+        args::norm::Bindings {
+            x,
+            weight: Some(w),
+            bias,
+            out,
+        },
+        grid_1d(rows, 1)?,
+    ))
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -1073,43 +1070,31 @@ pub(crate) fn dot4_applies(
         )
 }
 
-/// One matmul dispatch, with the kernel variants `cx` allows for its entry point.
+/// One matmul dispatch over one weight part, with the kernel variants `cx` allows for
+/// its entry point.
 fn matmul_dispatch(
     cx: &LowerCtx,
     defines: &[&str],
     entry: MatmulEntry,
-    x: MatmulArgs,
-    bindings: Vec<(u32, BindRef)>,
+    params: args::matmul::Params,
+    bind: args::matmul::Bindings,
 ) -> Result<Dispatch, String> {
-    let params = vec![
-        as_u32(x.m, "m")?,
-        as_u32(x.k, "k")?,
-        as_u32(x.n, "n")?,
-        as_u32(x.n_base, "n")?,
-        as_u32(x.ldo, "n")?,
-        as_u32(x.lda, "k")?,
-        as_u32(x.a_k0, "k")?,
-        x.soff,
-        as_u32(x.w_ld, "n")?,
-        as_u32(x.up_row, "n")?,
-        x.accumulate as u32,
-        f(x.eps),
-    ];
+    let (m, k, n) = (params.m as usize, params.k as usize, params.n as usize);
     // gemv's static shape (matmul.wgsl splits K in units of a block, W_BLOCKS, or a
     // quad), as defines.
     let mut gemv_shape = Vec::new();
     let (gx, gy, name) = match entry {
         MatmulEntry::Gemv => {
             let unit = if defines.contains(&"W_BLOCKS") { 32 } else { 4 };
-            let gemv = cx.gemv_shape(x.m, x.k.div_ceil(unit), x.n, defines.contains(&"GLU"));
+            let gemv = cx.gemv_shape(m, k.div_ceil(unit), n, defines.contains(&"GLU"));
             gemv_shape = vec![
-                format!("GEMV_ROWS={}", x.m),
+                format!("GEMV_ROWS={m}"),
                 format!("GEMV_LANES={}", gemv.lanes),
                 format!("GEMV_R={}", gemv.cols),
                 format!("GEMV_UNITS={}", gemv.units),
             ];
             // 64 threads, GEMV_LANES per group of GEMV_R columns.
-            let g = grid_1d(x.n.div_ceil((64 / gemv.lanes * gemv.cols) as usize), 1)?;
+            let g = grid_1d(n.div_ceil((64 / gemv.lanes * gemv.cols) as usize), 1)?;
             (g[0] as usize, g[1] as usize, "gemv")
         }
         MatmulEntry::Gemm | MatmulEntry::GemmDot4 | MatmulEntry::GemmCoop => {
@@ -1121,16 +1106,16 @@ fn matmul_dispatch(
                 MatmulEntry::GemmDot4 => ("gemm_dot4", cx.tiles.gemm_rows as usize),
                 _ => ("gemm_coop", 64),
             };
-            (x.n.div_ceil(cols), x.m.div_ceil(rows), name)
+            (n.div_ceil(cols), m.div_ceil(rows), name)
         }
         MatmulEntry::Lanes => (
-            x.n.div_ceil(256),
-            x.m.div_ceil(if x.m == 1 { 1 } else { 4 }),
+            n.div_ceil(256),
+            m.div_ceil(if m == 1 { 1 } else { 4 }),
             "lanes",
         ),
     };
     if gx > MAX_GROUPS as usize || gy > MAX_GROUPS as usize {
-        return Err(format!("matmul {}x{} exceeds one dispatch", x.m, x.n));
+        return Err(format!("matmul {}x{} exceeds one dispatch", m, n));
     }
     let mut defines = defines.to_vec();
     // The gemm's weight tile holds raw values (weights.wgsl w_raw_from_bits): exact in f16
@@ -1151,15 +1136,15 @@ fn matmul_dispatch(
             defines.push("GEMV_SUBGROUP");
         }
     }
-    if entry == MatmulEntry::Lanes && x.m == 1 {
+    if entry == MatmulEntry::Lanes && m == 1 {
         defines.push("ROWS_1");
     }
-    Ok(Dispatch {
-        key: PipelineKey::new("matmul.wgsl", name, &defines),
+    Ok(Dispatch::new(
+        PipelineKey::new("matmul.wgsl", name, &defines),
         params,
-        bindings,
-        groups: [gx as u32, gy as u32, 1],
-    })
+        bind,
+        [gx as u32, gy as u32, 1],
+    ))
 }
 
 /// matmul.wgsl's defines for an epilogue: one flag per step (plus its activation),
@@ -1227,6 +1212,7 @@ fn lower_matmul(
     let b = weight_operand(cx, ins[1]);
     let bf = g.fact(ins[1]);
     let out = BindRef::Value(id);
+    let (m32, k32) = (as_u32(m, "rows")?, as_u32(k, "k")?);
     let mut defines: Vec<&str> = weight_defines(b.dtype)?.to_vec();
     if !transpose_b {
         // b is [K, N]; parts split K, so later parts accumulate. No epilogue here (the
@@ -1236,34 +1222,35 @@ fn lower_matmul(
         }
         defines.push("W_KN");
         let a_in = separate_norm(l)?;
-        let n = bf.shape[1];
+        let n = as_u32(bf.shape[1], "n")?;
         let entry = match cx.kernels {
             KernelFamily::Lanes => MatmulEntry::Lanes,
             KernelFamily::Tiled if cx.variants.coop => MatmulEntry::GemmCoop,
             KernelFamily::Tiled => MatmulEntry::Gemm,
         };
-        for (i, (bind, rows, _)) in b.parts.into_iter().enumerate() {
-            let args = MatmulArgs {
-                m,
-                k: rows.len(),
+        for (i, (w, rows, _)) in b.parts.into_iter().enumerate() {
+            let params = args::matmul::Params {
+                m: m32,
+                k: as_u32(rows.len(), "k")?,
                 n,
-                n_base: 0,
                 ldo: n,
-                lda: k,
-                a_k0: rows.start,
-                soff: 0,
+                lda: k32,
+                a_k0: as_u32(rows.start, "k")?,
                 w_ld: n,
-                up_row: 0,
-                accumulate: i > 0,
-                eps: 0.0,
+                accumulate: (i > 0) as u32,
+                ..Default::default()
             };
-            l.dispatches.push(matmul_dispatch(
-                cx,
-                &defines,
-                entry,
-                args,
-                vec![(0, BindRef::Params), (1, a_in), (2, bind), (3, out)],
-            )?);
+            let bind = args::matmul::Bindings {
+                a: Some(a_in),
+                w,
+                out,
+                bias: None,
+                residual: None,
+                aq: None,
+                norm_w: None,
+            };
+            l.dispatches
+                .push(matmul_dispatch(cx, &defines, entry, params, bind)?);
         }
         return Ok(());
     }
@@ -1279,45 +1266,63 @@ fn lower_matmul(
     } else if entry == MatmulEntry::Gemm && cx.variants.coop {
         entry = MatmulEntry::GemmCoop;
     }
-    let mut extra = vec![];
+    // Every dispatch below shares these; each part sets its rows, scales and output.
+    let mut base = args::matmul::Params {
+        m: m32,
+        k: k32,
+        lda: k32,
+        ..Default::default()
+    };
     // The GEMV and the f32 GEMM fold the rms_norm prologue in: each workgroup computes
     // its rows' inverse RMS and scales the activations as it reads them (matmul.wgsl
     // NORM), which saves a dispatch and a round trip of the activations.
-    let mut eps = 0.0;
+    let mut norm_w = None;
     let a_in = match norm {
-        Some((e, w))
+        Some((eps, w))
             if matches!(
                 entry,
                 MatmulEntry::Gemv | MatmulEntry::Gemm | MatmulEntry::GemmCoop
             ) =>
         {
             defines.push("NORM");
-            extra.push((7, BindRef::Value(w)));
-            eps = e;
+            norm_w = Some(BindRef::Value(w));
+            base.eps = eps;
             BindRef::Value(ins[0])
         }
         _ => separate_norm(l)?,
     };
-    let a_bind = if entry == MatmulEntry::GemmDot4 {
+    // gemm_dot4 reads the activations quantized per 32-value block (`aq`).
+    let (a, aq) = if entry == MatmulEntry::GemmDot4 {
         let t = l.temps.len();
         let blocks = k.div_ceil(32);
         l.temps.push((m * blocks * ACT_QUANT_WORDS * 4) as u64);
-        l.dispatches.push(Dispatch {
-            key: PipelineKey::new("act_quant.wgsl", "quantize_blocks", &[]),
-            params: vec![as_u32(m, "rows")?, as_u32(k, "k")?, as_u32(k, "k")?],
-            bindings: vec![(0, BindRef::Params), (1, a_in), (3, BindRef::Temp(t))],
-            groups: grid_1d(m * blocks, 64)?,
-        });
-        (6, BindRef::Temp(t))
+        l.dispatches.push(Dispatch::new(
+            PipelineKey::new("act_quant.wgsl", "quantize_blocks", &[]),
+            args::act_quant::Params {
+                m: m32,
+                k: k32,
+                lda: k32,
+            },
+            args::act_quant::Bindings {
+                a: a_in,
+                aq: BindRef::Temp(t),
+            },
+            grid_1d(m * blocks, 64)?,
+        ));
+        (None, Some(BindRef::Temp(t)))
     } else {
-        (1, a_in)
+        (Some(a_in), None)
     };
-    if let Some(i) = slots.bias {
-        extra.push((4, BindRef::Value(ins[i])));
-    }
-    if let Some(i) = slots.residual {
-        extra.push((5, BindRef::Value(ins[i])));
-    }
+    let operands = |w: BindRef, out: BindRef| args::matmul::Bindings {
+        a,
+        w,
+        out,
+        bias: slots.bias.map(|i| BindRef::Value(ins[i])),
+        residual: slots.residual.map(|i| BindRef::Value(ins[i])),
+        aq,
+        norm_w,
+    };
+    let n_b32 = as_u32(n_b, "n")?;
     if epilogue.glu().is_some() && b.parts.len() > 1 {
         // Gate and up rows live in different parts: compute the raw [M, 2N] product
         // into a temporary, then combine. The combine kernel knows SwiGLU alone
@@ -1329,27 +1334,20 @@ fn lower_matmul(
         }
         let raw = BindRef::Temp(l.temps.len());
         l.temps.push((m * n_b * 4) as u64);
-        for (bind, rows, soff) in b.parts {
-            let args = MatmulArgs {
-                m,
-                k,
-                n: rows.len(),
-                n_base: rows.start,
-                ldo: n_b,
-                lda: k,
-                a_k0: 0,
-                soff,
-                w_ld: 0,
-                up_row: 0,
-                accumulate: false,
-                eps,
+        for (w, rows, soff) in b.parts {
+            let params = args::matmul::Params {
+                n: as_u32(rows.len(), "n")?,
+                n_base: as_u32(rows.start, "n")?,
+                ldo: n_b32,
+                w_soff: soff,
+                ..base
             };
             l.dispatches.push(matmul_dispatch(
                 cx,
                 &defines,
                 entry,
-                args,
-                vec![(0, BindRef::Params), a_bind, (2, bind), (3, raw)],
+                params,
+                operands(w, raw),
             )?);
         }
         l.dispatches.push(elementwise(
@@ -1365,47 +1363,39 @@ fn lower_matmul(
     }
     defines.extend(epilogue_defines(epilogue));
     if epilogue.glu().is_some() {
-        let n = n_b / 2;
-        let (bind, _, soff) = b.parts[0].clone();
-        let args = MatmulArgs {
-            m,
-            k,
+        let n = n_b32 / 2;
+        let (w, _, soff) = b.parts[0].clone();
+        let params = args::matmul::Params {
             n,
-            n_base: 0,
             ldo: n,
-            lda: k,
-            a_k0: 0,
-            soff,
-            w_ld: 0,
+            w_soff: soff,
             up_row: n,
-            accumulate: false,
-            eps,
+            ..base
         };
-        let mut bindings = vec![(0, BindRef::Params), a_bind, (2, bind), (3, out)];
-        bindings.extend(extra.iter().copied());
-        l.dispatches
-            .push(matmul_dispatch(cx, &defines, entry, args, bindings)?);
+        l.dispatches.push(matmul_dispatch(
+            cx,
+            &defines,
+            entry,
+            params,
+            operands(w, out),
+        )?);
         return Ok(());
     }
-    for (bind, rows, soff) in b.parts {
-        let args = MatmulArgs {
-            m,
-            k,
-            n: rows.len(),
-            n_base: rows.start,
-            ldo: n_b,
-            lda: k,
-            a_k0: 0,
-            soff,
-            w_ld: 0,
-            up_row: 0,
-            accumulate: false,
-            eps,
+    for (w, rows, soff) in b.parts {
+        let params = args::matmul::Params {
+            n: as_u32(rows.len(), "n")?,
+            n_base: as_u32(rows.start, "n")?,
+            ldo: n_b32,
+            w_soff: soff,
+            ..base
         };
-        let mut bindings = vec![(0, BindRef::Params), a_bind, (2, bind), (3, out)];
-        bindings.extend(extra.iter().copied());
-        l.dispatches
-            .push(matmul_dispatch(cx, &defines, entry, args, bindings)?);
+        l.dispatches.push(matmul_dispatch(
+            cx,
+            &defines,
+            entry,
+            params,
+            operands(w, out),
+        )?);
     }
     Ok(())
 }

@@ -7,6 +7,7 @@
 
 use super::device::GpuContext;
 use super::pipelines::{self, PipelineKey};
+use super::shader_args::{self as args, Uniform};
 use crate::{BackendError, DeviceLimits, Peak, Result};
 
 const FILE: &str = "probe.wgsl";
@@ -123,7 +124,11 @@ impl Probe<'_> {
         let key = PipelineKey::new(FILE, "copy", &["COPY"]);
         let mut best = f64::MAX;
         for _ in 0..RUNS {
-            best = best.min(self.time(&key, &[words, 0, 0], &[&dst, &src], [groups, 1, 1])?);
+            let params = args::probe::Params {
+                words,
+                ..Default::default()
+            };
+            best = best.min(self.time(&key, params, &[&dst, &src], [groups, 1, 1])?);
         }
         Ok(2.0 * bytes as f64 / best / 1e9)
     }
@@ -139,21 +144,16 @@ impl Probe<'_> {
         let key = PipelineKey::new(FILE, entry, defines);
         let mut iters = 64u32;
         let seconds = loop {
-            let t = self.time(
-                &key,
-                &[0, iters, 0.999f32.to_bits()],
-                &[&dst],
-                [ARITH_GROUPS, 1, 1],
-            )?;
+            let params = args::probe::Params {
+                words: 0,
+                iters,
+                decay: 0.999,
+            };
+            let t = self.time(&key, params, &[&dst], [ARITH_GROUPS, 1, 1])?;
             if t >= MIN_SECONDS || iters >= MAX_ITERS {
                 break (0..RUNS - 1).try_fold(t, |best, _| {
-                    self.time(
-                        &key,
-                        &[0, iters, 0.999f32.to_bits()],
-                        &[&dst],
-                        [ARITH_GROUPS, 1, 1],
-                    )
-                    .map(|t| best.min(t))
+                    self.time(&key, params, &[&dst], [ARITH_GROUPS, 1, 1])
+                        .map(|t| best.min(t))
                 })?;
             }
             iters *= 4;
@@ -167,13 +167,13 @@ impl Probe<'_> {
     pub fn time(
         &self,
         key: &PipelineKey,
-        params: &[u32],
+        params: impl Uniform,
         storage: &[&::wgpu::Buffer],
         groups: [u32; 3],
     ) -> Result<f64> {
         let ctx = self.ctx;
         let pipeline = pipelines::get(ctx, key)?;
-        let mut words: Vec<u8> = params.iter().flat_map(|p| p.to_le_bytes()).collect();
+        let mut words = bytemuck::bytes_of(&params).to_vec();
         words.resize(words.len().div_ceil(16).max(1) * 16, 0);
         let uniform = self.buffer(
             "probe params",

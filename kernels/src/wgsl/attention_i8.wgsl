@@ -15,18 +15,7 @@ const WG: u32 = 64u;
 const MAX_HEAD_DIM: u32 = 256u;
 const NEG_BIG: f32 = -3.4028235e38;
 
-struct Params {
-    t_rows: u32,
-    n_heads: u32,
-    n_kv_heads: u32,
-    head_dim: u32,
-    // Rows per sequence.
-    s_rows: u32,
-    scale: f32,
-    node: u32,
-}
-
-@group(0) @binding(0) var<uniform> params: Params;
+#include "attention_params.wgsl"
 @group(0) @binding(1) var<storage, read> q: array<f32>;
 @group(0) @binding(2) var<storage, read> k: array<f32>;
 @group(0) @binding(3) var<storage, read> v: array<f32>;

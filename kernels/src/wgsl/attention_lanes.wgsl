@@ -16,26 +16,7 @@ const ROWS_PER_GROUP: u32 = 64u;
 const HD4: u32 = HEAD_DIM / 4u;
 const NEG_BIG: f32 = -3.4028235e38;
 
-struct Params {
-    t_rows: u32,
-    n_heads: u32,
-    n_kv_heads: u32,
-    head_dim: u32,
-    // Cache rows (causal) or rows per sequence (BIDIRECTIONAL).
-    s_rows: u32,
-    scale: f32,
-    node: u32,
-    // q_load.wgsl's fields.
-    q_stride: u32,
-    q_offset: u32,
-    rotary_dim: u32,
-    dynamic_ntk: u32,
-    theta: f32,
-    factor: f32,
-    original_max_position: u32,
-}
-
-@group(0) @binding(0) var<uniform> params: Params;
+#include "attention_params.wgsl"
 #include "kv_load.wgsl"
 #ifndef BIDIRECTIONAL
 @group(0) @binding(4) var<storage, read> pos_in: array<i32>;

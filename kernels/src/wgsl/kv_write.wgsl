@@ -13,6 +13,7 @@
 // past `n` write v_rows (binding 6, never rotated) into v_cache (binding 7).
 #include "common.wgsl"
 #include "status.wgsl"
+#include "rope_spec.wgsl"
 
 struct Params {
     n: u32,
@@ -26,16 +27,11 @@ struct Params {
     // column slice read in place; `width` and 0 for a whole matrix).
     src_stride: u32,
     src_offset: u32,
-    // ROPE: the rope's RopeSpec (its head_dim need not be the cache block's).
-    rope_head_dim: u32,
-    rotary_dim: u32,
-    dynamic_ntk: u32,
-    theta: f32,
-    factor: f32,
-    original_max_position: u32,
     // KV_PAIR: where row t of v_rows is, as src_stride / src_offset.
     v_stride: u32,
     v_offset: u32,
+    // ROPE: the rope's parameters (its head_dim need not be the cache block's).
+    @align(16) rope: RopeSpec,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -77,8 +73,7 @@ fn new_value(part: u32, e: u32, pos: u32, seq_len: u32) -> f32 {
 #endif
     let row = t * params.src_stride + params.src_offset;
 #ifdef ROPE
-    let spec = RopeSpec(params.rope_head_dim, params.rotary_dim, params.dynamic_ntk, params.theta,
-                        params.factor, params.original_max_position);
+    let spec = params.rope;
     return rope_value(spec, c, new_rows[row + c], new_rows[row + rope_partner(spec, c)], pos + t, seq_len);
 #else
     return new_rows[row + c];

@@ -20,7 +20,12 @@ pub const FILES: &[(&str, &str)] = &[
     ("elementwise.wgsl", include_str!("elementwise.wgsl")),
     ("norm.wgsl", include_str!("norm.wgsl")),
     ("rope.wgsl", include_str!("rope.wgsl")),
+    ("rope_spec.wgsl", include_str!("rope_spec.wgsl")),
     ("rope_value.wgsl", include_str!("rope_value.wgsl")),
+    (
+        "attention_params.wgsl",
+        include_str!("attention_params.wgsl"),
+    ),
     ("attention.wgsl", include_str!("attention.wgsl")),
     ("attention_lanes.wgsl", include_str!("attention_lanes.wgsl")),
     ("attention_i8.wgsl", include_str!("attention_i8.wgsl")),

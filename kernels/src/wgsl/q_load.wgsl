@@ -4,8 +4,8 @@
 // mode) q is RoPE's input and each value is rotated at position pos + t as it is
 // loaded (rope_value.wgsl, the rope's head_dim being the attention's), so the query
 // rope runs no dispatch of its own (binding 7: inv_freq). The including shader
-// declares `params` with head_dim, q_stride, q_offset and the RopeSpec fields, and
-// with ROPE_Q the position bindings, before including this file.
+// declares `params` (attention_params.wgsl) and with ROPE_Q the position bindings
+// before including this file.
 
 @group(0) @binding(1) var<storage, read> q: array<f32>;
 #ifdef ROPE_Q
@@ -18,8 +18,7 @@ fn q_at(t: u32, h: u32, d: u32) -> f32 {
     let c = h * params.head_dim + d;
     let row = t * params.q_stride + params.q_offset;
 #ifdef ROPE_Q
-    let spec = RopeSpec(params.head_dim, params.rotary_dim, params.dynamic_ntk, params.theta,
-                        params.factor, params.original_max_position);
+    let spec = params.rope;
     let pos = u32(pos_in[0]);
     return rope_value(spec, c, q[row + c], q[row + rope_partner(spec, c)], pos + t,
                       pos + u32(n_valid_in[0]));

@@ -3,21 +3,17 @@
 // or a causal attention runs inside that kernel instead (ROPE, ROPE_Q).
 #include "common.wgsl"
 #include "status.wgsl"
+#include "rope_spec.wgsl"
 
 struct Params {
     n: u32,
     width: u32,
-    head_dim: u32,
-    rotary_dim: u32,
-    dynamic_ntk: u32,
-    theta: f32,
-    factor: f32,
-    original_max_position: u32,
     node: u32,
     // Where row t of x is: x[t * in_stride + in_offset ..] (a column slice read in
     // place; `width` and 0 for a whole matrix).
     in_stride: u32,
     in_offset: u32,
+    @align(16) rope: RopeSpec,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -43,8 +39,7 @@ fn rope(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
         out[i] = 0.0;
         return;
     }
-    let spec = RopeSpec(params.head_dim, params.rotary_dim, params.dynamic_ntk, params.theta,
-                        params.factor, params.original_max_position);
+    let spec = params.rope;
     let t = i / params.width;
     let c = i % params.width;
     let row = t * params.in_stride + params.in_offset;

@@ -6,16 +6,7 @@
 // rotary_dim pass through. The includer declares `inv_freq` (the host's exact
 // frequency table, `reference::rope_inv_freq`), at a binding of its choice.
 
-struct RopeSpec {
-    head_dim: u32,
-    rotary_dim: u32,
-    // 1 for HF dynamic NTK scaling: the frequencies depend on the sequence length
-    // (pos + n_valid), so they are recomputed here instead of read from inv_freq.
-    dynamic_ntk: u32,
-    theta: f32,
-    factor: f32,
-    original_max_position: u32,
-}
+#include "rope_spec.wgsl"
 
 // sin/cos of large angles: reduce to [-pi, pi] first (Cody-Waite with a two-part 2*pi
 // and fma), because GPU sin/cos are only specified near zero and positions reach
