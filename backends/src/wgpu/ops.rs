@@ -1323,46 +1323,19 @@ fn lower_matmul(
         norm_w,
     };
     let n_b32 = as_u32(n_b, "n")?;
-    if epilogue.glu().is_some() && b.parts.len() > 1 {
-        // Gate and up rows live in different parts: compute the raw [M, 2N] product
-        // into a temporary, then combine. The combine kernel knows SwiGLU alone
-        // (support.rs refuses other split GLU lists, so this error is a backstop).
-        if epilogue != Epilogue::SWIGLU {
-            return Err(format!(
-                "a GLU epilogue other than a bare SwiGLU ({epilogue}) over a split weight"
-            ));
-        }
-        let raw = BindRef::Temp(l.temps.len());
-        l.temps.push((m * n_b * 4) as u64);
-        for (w, rows, soff) in b.parts {
-            let params = args::matmul::Params {
-                n: as_u32(rows.len(), "n")?,
-                n_base: as_u32(rows.start, "n")?,
-                ldo: n_b32,
-                w_soff: soff,
-                ..base
-            };
-            l.dispatches.push(matmul_dispatch(
-                cx,
-                &defines,
-                entry,
-                params,
-                operands(w, raw),
-            )?);
-        }
-        l.dispatches.push(elementwise(
-            "swiglu",
-            m * n_b / 2,
-            1,
-            n_b / 2,
-            raw,
-            None,
-            out,
-        )?);
-        return Ok(());
+    // Gate and up rows in different parts: each part's raw product goes into a
+    // temporary [M, 2N], combined afterwards. The combine kernel knows SwiGLU alone
+    // (support.rs refuses other split GLU lists, so this error is a backstop).
+    let split_glu = epilogue.glu().is_some() && b.parts.len() > 1;
+    if split_glu && epilogue != Epilogue::SWIGLU {
+        return Err(format!(
+            "a GLU epilogue other than a bare SwiGLU ({epilogue}) over a split weight"
+        ));
     }
-    defines.extend(epilogue_defines(epilogue));
-    if epilogue.glu().is_some() {
+    if !split_glu {
+        defines.extend(epilogue_defines(epilogue));
+    }
+    if epilogue.glu().is_some() && !split_glu {
         let n = n_b32 / 2;
         let (w, _, soff) = b.parts[0].clone();
         let params = args::matmul::Params {
@@ -1372,15 +1345,17 @@ fn lower_matmul(
             up_row: n,
             ..base
         };
-        l.dispatches.push(matmul_dispatch(
-            cx,
-            &defines,
-            entry,
-            params,
-            operands(w, out),
-        )?);
+        let bind = operands(w, out);
+        l.dispatches
+            .push(matmul_dispatch(cx, &defines, entry, params, bind)?);
         return Ok(());
     }
+    let dest = if split_glu {
+        l.temps.push((m * n_b * 4) as u64);
+        BindRef::Temp(l.temps.len() - 1)
+    } else {
+        out
+    };
     for (w, rows, soff) in b.parts {
         let params = args::matmul::Params {
             n: as_u32(rows.len(), "n")?,
@@ -1389,13 +1364,14 @@ fn lower_matmul(
             w_soff: soff,
             ..base
         };
-        l.dispatches.push(matmul_dispatch(
-            cx,
-            &defines,
-            entry,
-            params,
-            operands(w, out),
-        )?);
+        let bind = operands(w, dest);
+        l.dispatches
+            .push(matmul_dispatch(cx, &defines, entry, params, bind)?);
+    }
+    if split_glu {
+        let n = m * n_b / 2;
+        l.dispatches
+            .push(elementwise("swiglu", n, 1, n_b / 2, dest, None, out)?);
     }
     Ok(())
 }
