@@ -63,7 +63,9 @@ pub(crate) fn check(ctx: &GpuContext) -> Result<()> {
         ctx,
         timestamps: false,
     };
-    run.time(&key, params, &[&a_buf, &w_buf, &out], groups)?;
+    let at = &super::shader_args::matmul::NUMBERS;
+    let bind = [(at.a, &a_buf), (at.w, &w_buf), (at.out, &out)];
+    run.time(&key, params, &bind, groups)?;
     let got = ctx.download(&out, 0, (m * n * 4) as u64)?;
     for (i, c) in got.chunks_exact(4).enumerate() {
         let (r, col) = (i / n, i % n);

@@ -128,7 +128,9 @@ impl Probe<'_> {
                 words,
                 ..Default::default()
             };
-            best = best.min(self.time(&key, params, &[&dst, &src], [groups, 1, 1])?);
+            let at = &args::probe::NUMBERS;
+            let bind = [(at.dst, &dst), (at.src, &src)];
+            best = best.min(self.time(&key, params, &bind, [groups, 1, 1])?);
         }
         Ok(2.0 * bytes as f64 / best / 1e9)
     }
@@ -149,10 +151,11 @@ impl Probe<'_> {
                 iters,
                 decay: 0.999,
             };
-            let t = self.time(&key, params, &[&dst], [ARITH_GROUPS, 1, 1])?;
+            let bind = [(args::probe::NUMBERS.dst, &dst)];
+            let t = self.time(&key, params, &bind, [ARITH_GROUPS, 1, 1])?;
             if t >= MIN_SECONDS || iters >= MAX_ITERS {
                 break (0..RUNS - 1).try_fold(t, |best, _| {
-                    self.time(&key, params, &[&dst], [ARITH_GROUPS, 1, 1])
+                    self.time(&key, params, &bind, [ARITH_GROUPS, 1, 1])
                         .map(|t| best.min(t))
                 })?;
             }
@@ -163,12 +166,12 @@ impl Probe<'_> {
     }
 
     /// Seconds one dispatch of `key` over `groups` workgroups takes (finished when it
-    /// returns), with `params` as its uniform and `storage` bound from binding 1 on.
+    /// returns), with `params` as its uniform and each `(binding, buffer)` of `storage`.
     pub fn time(
         &self,
         key: &PipelineKey,
         params: impl Uniform,
-        storage: &[&::wgpu::Buffer],
+        storage: &[(u32, &::wgpu::Buffer)],
         groups: [u32; 3],
     ) -> Result<f64> {
         let ctx = self.ctx;
@@ -182,12 +185,12 @@ impl Probe<'_> {
         )?;
         ctx.queue.write_buffer(&uniform, 0, &words);
         let mut entries = vec![::wgpu::BindGroupEntry {
-            binding: 0,
+            binding: args::PARAMS_BINDING,
             resource: uniform.as_entire_binding(),
         }];
-        for (i, b) in storage.iter().enumerate() {
+        for &(binding, b) in storage {
             entries.push(::wgpu::BindGroupEntry {
-                binding: i as u32 + 1,
+                binding,
                 resource: b.as_entire_binding(),
             });
         }

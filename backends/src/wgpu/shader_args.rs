@@ -66,7 +66,8 @@ macro_rules! uniform_struct {
 }
 
 /// A shader's `Bindings`: `name: binding` per buffer every dispatch binds, then under
-/// `optional` those only some entry points or defines declare.
+/// `optional` those only some entry points or defines declare. Also each binding's
+/// number by name (`NUMBERS`), for the probes that bind their own buffers.
 macro_rules! bindings {
     (
         $(#[$m:meta])* struct $name:ident {
@@ -90,6 +91,14 @@ macro_rules! bindings {
                 e
             }
         }
+        /// Each binding's number.
+        #[allow(dead_code)]
+        pub(crate) struct Numbers {
+            $(pub $f: u32,)*
+            $($(pub $of: u32,)*)?
+        }
+        #[allow(dead_code)]
+        pub(crate) const NUMBERS: Numbers = Numbers { $($f: $b,)* $($($of: $ob,)*)? };
     };
 }
 
@@ -344,10 +353,17 @@ pub(crate) mod act_quant {
     }
 }
 
-/// probe.wgsl (its buffers are bound by position, `probe::Probe::time`).
+/// probe.wgsl (`probe::Probe::time` binds its buffers by `NUMBERS`).
 pub(crate) mod probe {
+    use super::*;
     uniform_struct! {
         struct Params { words: u32, iters: u32, decay: f32 }
+    }
+    bindings! {
+        /// Only its `NUMBERS` are used (and checked by the tests).
+        #[allow(dead_code)]
+        struct Bindings { dst: 1 }
+        optional { src: 2 }
     }
 }
 
@@ -523,6 +539,7 @@ mod tests {
         check_bindings::<gather::Bindings>(&["gather.wgsl"]);
         check_bindings::<matmul::Bindings>(&["matmul.wgsl"]);
         check_bindings::<act_quant::Bindings>(&["act_quant.wgsl"]);
+        check_bindings::<probe::Bindings>(&["probe.wgsl"]);
     }
 
     /// The checks can fail: a field out of place, a binding renumbered.
