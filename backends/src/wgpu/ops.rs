@@ -20,11 +20,13 @@ pub(crate) const MAX_GROUPS: u32 = 65535;
 /// Workgroup memory the `Tiled` kernels need at most: matmul.wgsl's gemm stages two
 /// 64 x 9 tiles of f32 quads, the weight rows' affine maps and (NORM) the rows'
 /// inverse RMS with its partial sums (19.8 KiB); attention.wgsl declares q, K/V and
-/// score blocks for attention_rows plus attention's query row and key tile (22.4 KiB,
-/// counted whole in case a driver sizes the module rather than the entry point).
+/// score blocks for attention_rows plus attention's query row, its groups' key tiles
+/// and their states to merge (27.2 KiB, counted whole in case a driver sizes the
+/// module rather than the entry point).
 pub(crate) const TILED_WORKGROUP_BYTES: u32 = {
     let gemm = 2 * 64 * 9 * 16 + 64 * 8 + (64 + 256) * 4;
-    let attention = (1024 + 4128 + 256 + MAX_HEAD_DIM as u32 + 64) * 4;
+    let rows = 1024 + 4128 + 256;
+    let attention = (rows + MAX_HEAD_DIM as u32 + 4 * 64 + 4 * MAX_HEAD_DIM as u32 + 2 * 4) * 4;
     if gemm > attention {
         gemm
     } else {

@@ -1,8 +1,12 @@
 // GQA attention (see reference/attention.rs) with an online softmax (running max and
 // sum), so no score buffer of cache length is needed. Two entry points:
-//   attention: one workgroup per (query row, head). Keys are visited in tiles of 64,
-//       one key per thread for the score; each thread then owns up to 4 output dims
-//       (head_dim <= 256). Decode's kernel: one row has only its keys to spread.
+//   attention: one workgroup per (query row, head), ATTN_GROUPS groups of 64 threads.
+//       Each step takes ATTN_GROUPS tiles of 64 keys, one per group, one key per
+//       thread for the score; each thread then owns up to 4 output dims of its group's
+//       sums (head_dim <= 256). Each group keeps its own online softmax, merged at the
+//       end. Decode's kernel: one row has only its keys to spread, and a decode step
+//       has a workgroup per head and nothing else, so at long contexts the keys it
+//       reads at once (ATTN_GROUPS tiles, not one) set its speed.
 //   attention_rows: one workgroup per (block of ROWS_BLOCK query rows, head), for
 //       prefill (head_dim <= ROWS_HEAD_DIM). Each tile of KEYS_BLOCK keys is staged in
 //       workgroup memory once (K, then V in the same buffer) and serves all the
@@ -18,6 +22,8 @@
 #include "status.wgsl"
 
 const ATTN_WG: u32 = 64u;
+const ATTN_GROUPS: u32 = 4u;
+const ATTN_THREADS: u32 = ATTN_WG * ATTN_GROUPS;
 // The `attention` entry loads K and V values in batches of ATTN_BATCH before it uses
 // any, so a thread waits for memory once per batch rather than once per value: one
 // decode row's attention is bound by that latency, not by bandwidth. Every entry reads
@@ -46,12 +52,20 @@ fn operand(x: f32) -> f32 {
     return x;
 #endif
 }
-var<workgroup> tile: array<f32, ATTN_WG>;
+// Each group's scores, then its softmax weights.
+var<workgroup> tile: array<f32, ATTN_THREADS>;
+// Each group's final running max, sum and sums per dim (for the merge).
+var<workgroup> group_max: array<f32, ATTN_GROUPS>;
+var<workgroup> group_sum: array<f32, ATTN_GROUPS>;
+var<workgroup> group_acc: array<f32, 1024>;   // ATTN_GROUPS x MAX_HEAD_DIM
 
-@compute @workgroup_size(ATTN_WG)
-fn attention(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+@compute @workgroup_size(ATTN_THREADS)
+fn attention(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lx: u32) {
     let h = wg.x;
     let t = wg.y;
+    // This thread's group, and its lane in the group.
+    let g = lx / ATTN_WG;
+    let li = lx % ATTN_WG;
     let hd = HEAD_DIM;
     let qw = params.n_heads * hd;
     let kw = params.n_kv_heads * hd;
@@ -66,10 +80,10 @@ fn attention(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_ind
     let n_valid = n_valid_in[0];
     let ok = positions_ok(pos, n_valid, params.t_rows, params.s_rows);
     if !ok {
-        if li == 0u && h == 0u && t == 0u {
+        if lx == 0u && h == 0u && t == 0u {
             raise_status(STATUS_BAD_POSITION, params.node);
         }
-        for (var d = li; d < hd; d += ATTN_WG) {
+        for (var d = lx; d < hd; d += ATTN_THREADS) {
             out[out_base + d] = 0.0;
         }
         return;
@@ -79,15 +93,18 @@ fn attention(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_ind
 #endif
     let kv_base = (h / (params.n_heads / params.n_kv_heads)) * hd;
 
-    for (var d = li; d < hd; d += ATTN_WG) {
+    for (var d = lx; d < hd; d += ATTN_THREADS) {
         q_row[d] = operand(q_at(t, h, d));
     }
     workgroupBarrier();
 
+    let slot = g * ATTN_WG;
     var run_max = NEG_BIG;
     var run_sum = 0.0;
     var acc = array<f32, 4>(0.0, 0.0, 0.0, 0.0);
-    for (var j0 = first; j0 <= last; j0 += ATTN_WG) {
+    for (var tile0 = first; tile0 <= last; tile0 += ATTN_THREADS) {
+        // This group's tile; past `last` it has no keys (keys = 0) this step.
+        let j0 = tile0 + slot;
         let j = j0 + li;
         var s = NEG_BIG;
         if j <= last {
@@ -106,21 +123,21 @@ fn attention(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_ind
             }
             s = dot * params.scale;
         }
-        tile[li] = s;
+        tile[lx] = s;
         workgroupBarrier();
         var tile_max = NEG_BIG;
         for (var i = 0u; i < ATTN_WG; i++) {
-            tile_max = max(tile_max, tile[i]);
+            tile_max = max(tile_max, tile[slot + i]);
         }
         let new_max = max(run_max, tile_max);
         let correction = exp(run_max - new_max);
         workgroupBarrier();
-        tile[li] = select(0.0, exp(s - new_max), j <= last);
+        tile[lx] = select(0.0, exp(s - new_max), j <= last);
         workgroupBarrier();
-        let keys = min(ATTN_WG, last + 1u - j0);
+        let keys = select(0u, min(ATTN_WG, last + 1u - j0), j0 <= last);
         var tile_sum = 0.0;
         for (var i = 0u; i < keys; i++) {
-            tile_sum += tile[i];
+            tile_sum += tile[slot + i];
         }
         run_sum = run_sum * correction + tile_sum;
         for (var r = 0u; r < 4u; r++) {
@@ -134,7 +151,7 @@ fn attention(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_ind
                     }
                     for (var e = 0u; e < ATTN_BATCH; e++) {
                         if i0 + e < keys {
-                            a += tile[i0 + e] * operand(vv[e]);
+                            a += tile[slot + i0 + e] * operand(vv[e]);
                         }
                     }
                 }
@@ -144,10 +161,39 @@ fn attention(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_ind
         run_max = new_max;
         workgroupBarrier();
     }
+    // Merge the groups' softmax states (a group that saw no key has sum 0 and max
+    // NEG_BIG, so weight 0; group 0 always sees key `first`).
+    if li == 0u {
+        group_max[g] = run_max;
+        group_sum[g] = run_sum;
+    }
     for (var r = 0u; r < 4u; r++) {
         let d = li + r * ATTN_WG;
-        if d < hd {
-            out[out_base + d] = acc[r] / run_sum;
+        if d < HEAD_DIM {
+            group_acc[g * MAX_HEAD_DIM + d] = acc[r];
+        }
+    }
+    workgroupBarrier();
+    if g == 0u {
+        var m = NEG_BIG;
+        for (var i = 0u; i < ATTN_GROUPS; i++) {
+            m = max(m, group_max[i]);
+        }
+        var weight: array<f32, ATTN_GROUPS>;
+        var sum = 0.0;
+        for (var i = 0u; i < ATTN_GROUPS; i++) {
+            weight[i] = exp(group_max[i] - m);
+            sum += group_sum[i] * weight[i];
+        }
+        for (var r = 0u; r < 4u; r++) {
+            let d = li + r * ATTN_WG;
+            if d < HEAD_DIM {
+                var a = 0.0;
+                for (var i = 0u; i < ATTN_GROUPS; i++) {
+                    a += group_acc[i * MAX_HEAD_DIM + d] * weight[i];
+                }
+                out[out_base + d] = a / sum;
+            }
         }
     }
 }

@@ -378,6 +378,10 @@ pub(super) fn cases() -> Vec<Case> {
         attention_case(F32, "gqa9_3.hd64.decode.pos30", 9, 3, 64, 1, 40, 30, 1),
         // Decode over several key blocks (split across threads, then merged).
         attention_case(F32, "gqa9_3.hd64.decode.pos150", 9, 3, 64, 1, 160, 150, 1),
+        // Decode over more keys than one step of a kernel that reads several key
+        // blocks at once (wgpu's: 4 of 64), the last step partly and its last blocks
+        // wholly past the valid keys; head_dim 80 (the 2.7B shape's).
+        attention_case(F32, "gqa8_2.hd80.decode.pos600", 8, 2, 80, 1, 640, 600, 1),
         attention_case(F32, "mha4_4.hd32.pos0", 4, 4, 32, 5, 24, 0, 5),
         attention_case(F32, "mha4_4.hd32.pos9.n_valid3", 4, 4, 32, 5, 24, 9, 3),
         // Larger than one tile of a blocked (flash-style) kernel: several row blocks and
@@ -417,6 +421,7 @@ pub(super) fn cases() -> Vec<Case> {
         kv_write_case(F16, "decode.last_row", 40, 48, 1, 39),
         attention_case(F16, "gqa9_3.hd16.pos13.n_valid4", 9, 3, 16, 7, 40, 13, 4),
         attention_case(F16, "gqa9_3.hd64.decode.pos150", 9, 3, 64, 1, 160, 150, 1),
+        attention_case(F16, "gqa8_2.hd80.decode.pos600", 8, 2, 80, 1, 640, 600, 1),
         attention_case(F16, "gqa9_3.hd64.rows40.pos100", 9, 3, 64, 40, 160, 100, 40),
         attention_case(F16, "mha2_2.hd24.rows3.pos5", 2, 2, 24, 3, 16, 5, 3),
         // int8 caches (`--kv-cache int8`, one scale per token per KV head): writes
@@ -436,6 +441,17 @@ pub(super) fn cases() -> Vec<Case> {
             1,
             160,
             150,
+            1,
+        ),
+        attention_case(
+            KV8_64,
+            "gqa8_4.hd64.decode.pos600",
+            8,
+            4,
+            64,
+            1,
+            640,
+            600,
             1,
         ),
         attention_case(
