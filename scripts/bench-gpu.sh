@@ -29,6 +29,8 @@
 # Usage: scripts/bench-gpu.sh
 #   env: BACKEND=wgpu (npurt's backend)  SHAPES="smollm2-135m llama-2.7b"
 #        PROMPTS=128,512 GEN=128 REPS=3 ROUNDS=2 SEED=0 PRECISION=w4a16
+#        DEPTH=2048 (round 1 also decodes GEN tokens after DEPTH tokens of context,
+#        both engines: long-context decode, as after an image's tokens; 0: skip)
 #        LLAMA_BUILD=vulkan|cpu (which llama.cpp build to use or make)
 #        MAKE_FLAGS="" (more make-model flags, e.g. "--layers 4")
 #        TOKENIZER=a GGUF whose tokenizer the models get (default: the SmolLM2 GGUF;
@@ -55,7 +57,7 @@ cd "$(dirname "$0")/.."
 
 QUICK=${QUICK:-0}
 if [ "$QUICK" = 1 ]; then
-    : "${SHAPES:=smollm2-135m}" "${PROMPTS:=32}" "${GEN:=8}" "${REPS:=1}" "${ROUNDS:=1}"
+    : "${SHAPES:=smollm2-135m}" "${PROMPTS:=32}" "${GEN:=8}" "${REPS:=1}" "${ROUNDS:=1}" "${DEPTH:=64}"
     : "${LLAMA_BUILD:=cpu}" "${MAKE_FLAGS:=--layers 4}" "${KERNEL_BENCH:=0}"
     # ggml's Vulkan backend skips CPU devices (lavapipe) unless they are named.
     [ "$LLAMA_BUILD" = vulkan ] && export GGML_VK_VISIBLE_DEVICES=${GGML_VK_VISIBLE_DEVICES:-0}
@@ -64,6 +66,7 @@ BACKEND=${BACKEND:-wgpu}
 SHAPES=${SHAPES:-smollm2-135m llama-2.7b}
 PROMPTS=${PROMPTS:-128,512}
 GEN=${GEN:-128}
+DEPTH=${DEPTH:-2048}
 REPS=${REPS:-3}
 ROUNDS=${ROUNDS:-2}
 SEED=${SEED:-0}
@@ -257,8 +260,12 @@ for round in $(seq "$ROUNDS"); do
     for shape in $SHAPES; do
         base="$OUT/models/$(tag "$shape")"
         log="$OUT/logs/$shape-round$round"
+        # Round 1 also decodes at depth (llama-bench runs its prefill tests at that
+        # depth too; the table leaves those out, npurt's -d is for decode only).
+        depth=()
+        [ "$round" != 1 ] || [ "$DEPTH" = 0 ] || depth=(-d "0,$DEPTH")
         say "round $round, $shape: llama-bench..."
-        "$LLAMA_BENCH" -m "$base-q4_0.gguf" -p "$PROMPTS" -n "$GEN" -r "$REPS" -ngl 99 -o json \
+        "$LLAMA_BENCH" -m "$base-q4_0.gguf" -p "$PROMPTS" -n "$GEN" "${depth[@]}" -r "$REPS" -ngl 99 -o json \
             >"$log-llamacpp.json" 2>"$log-llamacpp.err" || die "llama-bench failed: $log-llamacpp.err"
         python3 -c 'import json, sys; [print(json.dumps({"round": int(sys.argv[1]), "shape": sys.argv[2], "who": "llama.cpp", "row": r})) for r in json.load(open(sys.argv[3]))]' \
             "$round" "$shape" "$log-llamacpp.json" >>"$RESULTS"
@@ -269,7 +276,7 @@ for round in $(seq "$ROUNDS"); do
         profile=()
         [ "$round" != 1 ] || profile=(--profile)
         "$NPURT" bench --model "$base-hf" --backend "$BACKEND" --precision "$PRECISION" \
-            -p "$PROMPTS" -n "$GEN" -r "$REPS" "${profile[@]}" --json >"$log-npurt.json" 2>"$log-npurt.err" ||
+            -p "$PROMPTS" -n "$GEN" "${depth[@]}" -r "$REPS" "${profile[@]}" --json >"$log-npurt.json" 2>"$log-npurt.err" ||
             die "npurt bench failed: $log-npurt.err"
         [ "$round" != 1 ] || cp "$log-npurt.json" "$OUT/profile-$shape.json"
         python3 -c 'import json, sys; print(json.dumps({"round": int(sys.argv[1]), "shape": sys.argv[2], "who": "npurt", "row": json.load(open(sys.argv[3]))}))' \
@@ -335,6 +342,10 @@ for line in open(results):
         shapes.append(shape)
     if r["who"] == "llama.cpp":
         test = f"pp{row['n_prompt']}" if row["n_prompt"] else f"tg{row['n_gen']}"
+        if row.get("n_depth"):
+            if row["n_prompt"]:
+                continue
+            test += f" @ d{row['n_depth']}"
         engine = f"llama.cpp {row.get('backends', '?')} Q4_0"
         cells[(shape, engine, test)].append(row["avg_ts"])
         devices["llama.cpp"] = row.get("gpu_info") or row.get("cpu_info", "?")
@@ -351,7 +362,7 @@ for line in open(results):
         devices["npurt"] = row["machine"][0]["device"] if row["machine"] else "?"
         if row["machine"] and not r.get("variants"):
             machines[shape] = row["machine"][0]
-tests.sort(key=lambda t: (t[:2] != "pp", int(t[2:].split()[0])))
+tests.sort(key=lambda t: (t[:2] != "pp", int(t[2:].split()[0]), int(t.split("@ d")[1]) if "@ d" in t else 0))
 engines = sorted({e for (_, e, _) in cells}, key=lambda e: not e.startswith("npurt"))
 mean = lambda v: sum(v) / len(v) if v else None
 fmt = lambda x: "-" if x is None else f"{x:.1f}"
