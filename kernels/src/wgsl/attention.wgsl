@@ -57,7 +57,7 @@ var<workgroup> tile: array<f32, ATTN_THREADS>;
 // Each group's final running max, sum and sums per dim (for the merge).
 var<workgroup> group_max: array<f32, ATTN_GROUPS>;
 var<workgroup> group_sum: array<f32, ATTN_GROUPS>;
-var<workgroup> group_acc: array<f32, 1024>;   // ATTN_GROUPS x MAX_HEAD_DIM
+var<workgroup> group_acc: array<f32, ATTN_GROUPS * MAX_HEAD_DIM>;
 
 @compute @workgroup_size(ATTN_THREADS)
 fn attention(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lx: u32) {
