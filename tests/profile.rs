@@ -155,6 +155,22 @@ fn profile_model(model: &Arc<Model>, source: TimeSource) {
     assert!(e.to_string().contains("one execution"), "{e}");
 }
 
+/// On wgpu a fused-QKV decode step has no dispatch for its column slices (read in
+/// place) nor its ropes (applied by the KV write and the attention as they read): they
+/// take 0 ms, with no timestamp overhead counted against them, and the time is where
+/// the work is.
+fn in_place_nodes_take_no_time(p: &Profile) {
+    for op in ["slice_cols", "rope"] {
+        let nodes: Vec<_> = p.nodes.iter().filter(|n| n.op == op).collect();
+        assert!(nodes.len() >= 30, "{op}: {} nodes", nodes.len());
+        for n in nodes {
+            assert_eq!(n.ms, 0.0, "{}: {n:?}", p.method);
+        }
+    }
+    let mut matmuls = p.nodes.iter().filter(|n| n.op == "matmul");
+    assert!(matmuls.all(|n| n.ms > 0.0), "{}", p.method);
+}
+
 #[test]
 fn cpu_backend_profiles_every_node_on_the_host_clock() {
     let m = load("cpu", None);
@@ -192,6 +208,7 @@ fn wgpu_profiles_with_timestamps_where_the_adapter_has_them() {
     );
     // A device run: the host waits for it and computes nothing itself.
     assert!(p.decode.host.wait_ms > 0.0 && p.decode.host.compute_ms == 0.0);
+    in_place_nodes_take_no_time(&p.decode);
 }
 
 /// Lavapipe has timestamp queries inside passes; the other two modes are forced here
@@ -213,10 +230,9 @@ fn wgpu_profiles_with_one_pass_per_node() {
         assert!(e.to_string().contains("TIMESTAMP_QUERY"), "{e}");
         return;
     }
-    profile_model(
-        &load("wgpu", Some(ProfileTiming::PassPerNode)),
-        TimeSource::Gpu,
-    );
+    let m = load("wgpu", Some(ProfileTiming::PassPerNode));
+    profile_model(&m, TimeSource::Gpu);
+    in_place_nodes_take_no_time(&npurt_runtime::bench::profile(&m).unwrap().decode);
 }
 
 #[test]

@@ -718,7 +718,9 @@ impl WgpuExecutable {
     }
 
     /// One run timed per node (the outputs and status are written as by `run`);
-    /// returns each compute node's milliseconds, in `node_spans` order.
+    /// returns each compute node's milliseconds, in `node_spans` order. A node with no
+    /// dispatch of its own (read in place, or run by its pair) takes 0 ms: its work is
+    /// in its readers' time, and it gets no timestamps whose overhead would count.
     fn run_per_node(
         &self,
         bindings: &Bindings,
@@ -766,14 +768,17 @@ impl WgpuExecutable {
             return Ok(times);
         }
 
-        // Timestamp queries: `InsidePasses` writes one before the first node and one
-        // after each node (spans + 1), `PassPerNode` two per node (its pass's begin
-        // and end). Query sets hold at most MAX_QUERIES each.
+        // Timestamp queries, for the nodes with dispatches: `InsidePasses` writes one
+        // before the first node and one after each node (timed + 1), `PassPerNode` two
+        // per node (its pass's begin and end). Query sets hold at most MAX_QUERIES each.
+        let timed: Vec<usize> = (0..spans.len())
+            .filter(|&k| !spans[k].1.is_empty())
+            .collect();
         let inside = timing == ProfileTiming::InsidePasses;
         let queries = if inside {
-            spans.len() + 1
+            timed.len() + 1
         } else {
-            2 * spans.len()
+            2 * timed.len()
         } as u32;
         let sets: Vec<::wgpu::QuerySet> = (0..queries.div_ceil(MAX_QUERIES))
             .map(|s| {
@@ -802,15 +807,15 @@ impl WgpuExecutable {
                 });
                 let (set, i) = at(0);
                 pass.write_timestamp(set, i);
-                for (k, (_, r)) in spans.iter().enumerate() {
-                    dispatch(&mut pass, groups, r);
-                    let (set, i) = at(k as u32 + 1);
+                for (q, &k) in timed.iter().enumerate() {
+                    dispatch(&mut pass, groups, &spans[k].1);
+                    let (set, i) = at(q as u32 + 1);
                     pass.write_timestamp(set, i);
                 }
             } else {
-                for (k, (_, r)) in spans.iter().enumerate() {
-                    let (set, i) = at(2 * k as u32);
-                    let (set_end, j) = at(2 * k as u32 + 1);
+                for (q, &k) in timed.iter().enumerate() {
+                    let (set, i) = at(2 * q as u32);
+                    let (set_end, j) = at(2 * q as u32 + 1);
                     // A pair never straddles two sets: MAX_QUERIES is even.
                     debug_assert!(std::ptr::eq(set, set_end));
                     let mut pass = enc.begin_compute_pass(&::wgpu::ComputePassDescriptor {
@@ -821,7 +826,7 @@ impl WgpuExecutable {
                             end_of_pass_write_index: Some(j),
                         }),
                     });
-                    dispatch(&mut pass, groups, r);
+                    dispatch(&mut pass, groups, &spans[k].1);
                 }
             }
         }
@@ -839,13 +844,13 @@ impl WgpuExecutable {
             .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
             .collect();
         let period_ms = f64::from(ctx.timestamp_period) / 1e6;
-        for (k, t) in times.iter_mut().enumerate() {
+        for (q, &k) in timed.iter().enumerate() {
             let (a, b) = if inside {
-                (ticks[k], ticks[k + 1])
+                (ticks[q], ticks[q + 1])
             } else {
-                (ticks[2 * k], ticks[2 * k + 1])
+                (ticks[2 * q], ticks[2 * q + 1])
             };
-            *t = b.saturating_sub(a) as f64 * period_ms;
+            times[k] = b.saturating_sub(a) as f64 * period_ms;
         }
         Ok(times)
     }
