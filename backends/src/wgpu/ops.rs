@@ -292,10 +292,11 @@ fn fused_rope_reader(g: &Graph, rope: NodeId, reader: NodeId, slot: usize) -> bo
     }
 }
 
-/// A rope's RopeSpec (rope_spec.wgsl) and its frequency table, bound as `inv_freq`:
-/// position-independent frequencies computed here exactly as the reference does;
-/// dynamic NTK rescales in the shader from pos + n_valid.
-fn rope_spec(p: &RopeParams) -> Result<(RopeSpec, Vec<u8>), String> {
+/// A rope's RopeSpec (rope_spec.wgsl), and the binding of its frequency table
+/// (`inv_freq`), added to the node's constants: position-independent frequencies
+/// computed here exactly as the reference does; dynamic NTK rescales in the shader
+/// from pos + n_valid.
+fn rope_spec(p: &RopeParams, consts: &mut Vec<Vec<u8>>) -> Result<(RopeSpec, BindRef), String> {
     let inv = npurt_kernels::reference::rope_inv_freq(p, 0);
     let (dynamic, factor, orig) = match p.scaling {
         RopeScaling::DynamicNtk {
@@ -304,18 +305,17 @@ fn rope_spec(p: &RopeParams) -> Result<(RopeSpec, Vec<u8>), String> {
         } => (1, factor, original_max_position),
         _ => (0, 1.0, 0),
     };
-    Ok((
-        RopeSpec {
-            head_dim: as_u32(p.head_dim, "rope head_dim")?,
-            rotary_dim: as_u32(p.rotary_dim, "rotary_dim")?,
-            dynamic_ntk: dynamic,
-            theta: p.theta,
-            factor,
-            original_max_position: as_u32(orig, "original_max_position")?,
-            _pad: [0; 2],
-        },
-        inv.iter().flat_map(|v| v.to_le_bytes()).collect(),
-    ))
+    let spec = RopeSpec {
+        head_dim: as_u32(p.head_dim, "rope head_dim")?,
+        rotary_dim: as_u32(p.rotary_dim, "rotary_dim")?,
+        dynamic_ntk: dynamic,
+        theta: p.theta,
+        factor,
+        original_max_position: as_u32(orig, "original_max_position")?,
+        _pad: [0; 2],
+    };
+    consts.push(inv.iter().flat_map(|v| v.to_le_bytes()).collect());
+    Ok((spec, BindRef::Const(consts.len() - 1)))
 }
 
 impl LowerCtx<'_> {
@@ -515,45 +515,28 @@ pub(crate) fn lower(cx: &LowerCtx, id: NodeId) -> Result<Lowered, String> {
             None,
             out,
         )?),
-        Op::RmsNorm { eps } | Op::LayerNorm { eps } => {
+        // norm.wgsl's entry points are named as the ops; the weight and (layer_norm)
+        // bias are the op's further inputs, softmax has none.
+        Op::RmsNorm { .. } | Op::LayerNorm { .. } | Op::Softmax => {
             let x = g.fact(ins[0]);
             let (rows, h) = (x.rows().max(1), x.last_dim());
-            let layer = matches!(node.op, Op::LayerNorm { .. });
-            d.push(norm_dispatch(
-                if layer { "layer_norm" } else { "rms_norm" },
-                rows,
-                h,
-                *eps,
-                [BindRef::Value(ins[0]), BindRef::Value(ins[1])],
-                layer.then(|| BindRef::Value(ins[2])),
+            let eps = match node.op {
+                Op::RmsNorm { eps } | Op::LayerNorm { eps } => eps,
+                _ => 0.0,
+            };
+            let bind = args::norm::Bindings {
+                x: BindRef::Value(ins[0]),
+                weight: ins.get(1).map(|&w| BindRef::Value(w)),
+                bias: ins.get(2).map(|&b| BindRef::Value(b)),
                 out,
-            )?);
-        }
-        Op::Softmax => {
-            let x = g.fact(ins[0]);
-            let (rows, h) = (x.rows().max(1), x.last_dim());
-            d.push(Dispatch::new(
-                PipelineKey::new("norm.wgsl", "softmax", &[]),
-                args::norm::Params {
-                    rows: as_u32(rows, "rows")?,
-                    h: as_u32(h, "row length")?,
-                    eps: 0.0,
-                },
-                args::norm::Bindings {
-                    x: BindRef::Value(ins[0]),
-                    weight: None,
-                    bias: None,
-                    out,
-                },
-                grid_1d(rows, 1)?,
-            ));
+            };
+            d.push(norm_dispatch(node.op.kind(), rows, h, eps, bind)?);
         }
         // Fused into its readers (kv_write.wgsl ROPE, q_load.wgsl ROPE_Q).
         Op::Rope { .. } if cx.views[id.0] => {}
         Op::Rope { params: p } => {
             let width = node.fact.shape[1];
-            let (spec, inv_freq) = rope_spec(p)?;
-            l.consts.push(inv_freq);
+            let (spec, inv_freq) = rope_spec(p, &mut l.consts)?;
             let (stride, offset) = cx.strided(ins[0]);
             l.dispatches.push(Dispatch::new(
                 PipelineKey::new("rope.wgsl", "rope", &[]),
@@ -570,7 +553,7 @@ pub(crate) fn lower(cx: &LowerCtx, id: NodeId) -> Result<Lowered, String> {
                     x: BindRef::Value(ins[0]),
                     pos_in: BindRef::Value(ins[1]),
                     n_valid_in: BindRef::Value(ins[2]),
-                    inv_freq: BindRef::Const(0),
+                    inv_freq,
                     out,
                     status: BindRef::Status,
                 },
@@ -619,12 +602,11 @@ pub(crate) fn lower(cx: &LowerCtx, id: NodeId) -> Result<Lowered, String> {
                 v_cache: None,
             };
             if let Some((p, n_valid)) = cx.fused_rope(ins[1]) {
-                let (spec, inv_freq) = rope_spec(p)?;
+                let (spec, inv_freq) = rope_spec(p, &mut l.consts)?;
                 params.rope = spec;
                 defines.push("ROPE");
                 bind.n_valid_in = Some(BindRef::Value(n_valid));
-                bind.inv_freq = Some(BindRef::Const(0));
-                l.consts.push(inv_freq);
+                bind.inv_freq = Some(inv_freq);
             }
             let mut threads = n;
             if let Some(b) = cx.kv_pairs[id.0] {
@@ -684,11 +666,10 @@ pub(crate) fn lower(cx: &LowerCtx, id: NodeId) -> Result<Lowered, String> {
                 status: Some(BindRef::Status),
             };
             if let Some((p, _)) = cx.fused_rope(ins[0]) {
-                let (spec, inv_freq) = rope_spec(p)?;
+                let (spec, inv_freq) = rope_spec(p, &mut l.consts)?;
                 params.rope = spec;
                 defines.push("ROPE_Q");
-                bind.inv_freq = Some(BindRef::Const(0));
-                l.consts.push(inv_freq);
+                bind.inv_freq = Some(inv_freq);
             }
             let hd = format!("HEAD_DIM={head_dim}");
             defines.push(&hd);
@@ -1016,16 +997,14 @@ fn kv_defines(dtype: DType) -> &'static [&'static str] {
     }
 }
 
-/// A norm.wgsl row normalization (`rms_norm` or `layer_norm`, which also takes a bias)
-/// of `rows` rows of `h` values: `[x, weight]` into `out`.
+/// A norm.wgsl row operation over `rows` rows of `h` values: `rms_norm`, `layer_norm`
+/// (which also takes a bias) or `softmax` (no weight; eps unused).
 fn norm_dispatch(
     entry: &'static str,
     rows: usize,
     h: usize,
     eps: f32,
-    [x, w]: [BindRef; 2],
-    bias: Option<BindRef>,
-    out: BindRef,
+    bind: args::norm::Bindings,
 ) -> Result<Dispatch, String> {
     Ok(Dispatch::new(
         PipelineKey::new("norm.wgsl", entry, &[]),
@@ -1034,12 +1013,7 @@ fn norm_dispatch(
             h: as_u32(h, "row length")?,
             eps,
         },
-        args::norm::Bindings {
-            x,
-            weight: Some(w),
-            bias,
-            out,
-        },
+        bind,
         grid_1d(rows, 1)?,
     ))
 }
@@ -1200,15 +1174,14 @@ fn lower_matmul(
         };
         let t = l.temps.len();
         l.temps.push((m * k * 4) as u64);
-        l.dispatches.push(norm_dispatch(
-            "rms_norm",
-            m,
-            k,
-            eps,
-            [BindRef::Value(ins[0]), BindRef::Value(w)],
-            None,
-            BindRef::Temp(t),
-        )?);
+        let bind = args::norm::Bindings {
+            x: BindRef::Value(ins[0]),
+            weight: Some(BindRef::Value(w)),
+            bias: None,
+            out: BindRef::Temp(t),
+        };
+        l.dispatches
+            .push(norm_dispatch("rms_norm", m, k, eps, bind)?);
         Ok(BindRef::Temp(t))
     };
     let b = weight_operand(cx, ins[1]);
