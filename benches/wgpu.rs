@@ -2,7 +2,7 @@
 //! (m = 128, a prefill chunk; f32 activations, and i8 ones as `gemm_i8`) for Q4_0 and
 //! Q8_0 weights at SmolLM2 (576x576, 576x1536)
 //! and 2.7B-class (2560x2560, and 2560x6912 as its MLP's down projection) shapes, and causal GQA attention (SmolLM2 heads) over a
-//! 1024-row KV cache. Each iteration is one executable run (one submit) followed by
+//! 2048-row KV cache (decode at position 2000 also with its keys unsplit). Each iteration is one executable run (one submit) followed by
 //! `synchronize`, so the clock stops only when the GPU is done. Throughput is weight
 //! bytes per second (criterion's B/s); GEMM GOP/s = 2 m n k / time is printed too, as
 //! a fraction of the device's peak for the arithmetic used (f32 FMA; packed i8 dot
@@ -234,11 +234,30 @@ fn bench_matmul(c: &mut Criterion, be: &WgpuBackend, limits: Option<&DeviceLimit
     }
 }
 
-fn bench_attention(c: &mut Criterion, be: &WgpuBackend) {
-    // SmolLM2: 9 query heads, 3 KV heads, head_dim 64; a 1024-row cache.
-    let (nh, nkv, hd, cache) = (9, 3, 64, 1024);
+fn bench_attention(c: &mut Criterion, default_be: &WgpuBackend) {
+    // SmolLM2: 9 query heads, 3 KV heads, head_dim 64; a 2048-row cache.
+    let (nh, nkv, hd, cache) = (9, 3, 64, 2048);
     let mut group = c.benchmark_group("attention");
-    for (rows, pos) in [(1, 1000), (PREFILL_ROWS, 512)] {
+    // Decode also with its keys unsplit (`NPURT_WGPU_ATTN_SPLITS=1`): what the split
+    // into key ranges (flash-decoding, the default on GPUs) is worth at depth.
+    let unsplit = WgpuBackend::new(WgpuOptions {
+        attn_splits: Some(1),
+        ..Default::default()
+    });
+    let unsplit = match &unsplit {
+        Ok(b) => Some(b),
+        Err(e) => {
+            eprintln!("unsplit attention not benched: {e}");
+            None
+        }
+    };
+    let cases = [
+        (1, 2000, Some(default_be), ""),
+        (1, 2000, unsplit, "_unsplit"),
+        (PREFILL_ROWS, 512, Some(default_be), ""),
+    ];
+    for (rows, pos, be, label) in cases {
+        let Some(be) = be else { continue };
         let mut rng = SeededRng::new(9);
         let mut g = Graph::new();
         let input = |g: &mut Graph, name: &str, fact: TensorFact| {
@@ -303,7 +322,7 @@ fn bench_attention(c: &mut Criterion, be: &WgpuBackend) {
         let keys: usize = (0..rows).map(|t| pos + t + 1).sum();
         group.throughput(Throughput::Bytes((keys * 2 * nkv * hd * 4) as u64));
         group.bench_function(
-            BenchmarkId::new("gqa9x3x64", format!("t{rows}_pos{pos}")),
+            BenchmarkId::new("gqa9x3x64", format!("t{rows}_pos{pos}{label}")),
             |b| b.iter(|| prep.run(be)),
         );
     }

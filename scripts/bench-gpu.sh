@@ -40,8 +40,8 @@
 #        KERNEL_BENCH=1 (0: skip the WGSL kernel benches; WGPU_BENCH= their prebuilt
 #        criterion binary, packed as npurt-wgpu-bench)  VARIANTS_AB=1 (0: skip npurt's
 #        runs with NPURT_WGPU_VARIANTS=plain, with NPURT_WGPU_GEMM_ROWS=32, with
-#        NPURT_WGPU_GEMV_COLS=1, with --chunk 512 and, where the adapter has
-#        cooperative matrices, without them)
+#        NPURT_WGPU_GEMV_COLS=1, with --chunk 512, with NPURT_WGPU_ATTN_SPLITS=1 at
+#        DEPTH and, where the adapter has cooperative matrices, without them)
 #        QUICK=1: try it on a CPU-only box: the small shape cut to 4 layers, -p 32
 #        -n 8, one repetition, one round, llama.cpp's CPU build (lavapipe for wgpu)
 #        PACK=dir: make the offline bundle (above) and stop
@@ -286,20 +286,26 @@ for round in $(seq "$ROUNDS"); do
 done
 # The same npurt runs without the optional instructions (f16 tiles, subgroups, dot4),
 # with 32-row GEMM tiles, with one GEMV column per thread and with 512-row prefill
-# chunks (llama.cpp's batch; npurt's default is the NPU design's 128): what each is
-# worth, same run. A config is an environment assignment or (leading --) bench flags.
+# chunks (llama.cpp's batch; npurt's default is the NPU design's 128), and decode at
+# DEPTH with attention's keys unsplit: what each is worth, same run. A config is
+# environment assignments (NAME=value) and bench flags.
 if [ "$VARIANTS_AB" = 1 ] && [ "$BACKEND" = wgpu ]; then
     for shape in $SHAPES; do
         base="$OUT/models/$(tag "$shape")"
         configs=("NPURT_WGPU_VARIANTS=plain" "NPURT_WGPU_GEMM_ROWS=32" "NPURT_WGPU_GEMV_COLS=1" "--chunk 512")
         [ "$VARIANTS" = "$NO_COOP" ] || configs+=("NPURT_WGPU_VARIANTS=$NO_COOP")
+        # Decode attention's keys unsplit, where the split (flash-decoding) matters: at depth.
+        [ "$DEPTH" = 0 ] || configs+=("NPURT_WGPU_ATTN_SPLITS=1 -d 0,$DEPTH")
         for config in "${configs[@]}"; do
             assign=()
             flags=()
-            case "$config" in
-                --*) read -ra flags <<<"$config" ;;
-                *) assign=("$config") ;;
-            esac
+            read -ra words <<<"$config"
+            for w in "${words[@]}"; do
+                case "$w" in
+                    [A-Z]*=*) assign+=("$w") ;;
+                    *) flags+=("$w") ;;
+                esac
+            done
             log="$OUT/logs/$shape-$(printf %s "${config##*_}" | tr -c 'A-Za-z0-9=' _)"
             say "$shape: npurt bench --backend wgpu, $config..."
             env "${assign[@]}" "$NPURT" bench --model "$base-hf" --backend wgpu --precision "$PRECISION" \

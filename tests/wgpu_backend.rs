@@ -260,19 +260,24 @@ fn conformance_tiled_kernels_without_optional_instructions() {
     assert_eq!(kernels, "tiled (plain)");
 }
 
-/// The conformance suite's matmul cases on a tiled backend with these options
-/// (variants, tile sizes): none fails, and over a hundred run. Returns the backend's
-/// kernels description.
-fn tiled_matmul_conformance(opts: WgpuOptions) -> String {
+/// The conformance suite's cases of `op` on a tiled backend with these options
+/// (variants, tile sizes): none fails, and at least `min_cases` run. Returns the
+/// backend's kernels description.
+fn tiled_conformance(op: &str, min_cases: usize, opts: WgpuOptions) -> String {
     let be = WgpuBackend::new(WgpuOptions {
         kernels: Some(KernelFamily::Tiled),
         ..opts
     })
     .expect("wgpu backend");
-    let report = npurt_backends::conformance::run_suite(&be, Some("matmul"));
+    let report = npurt_backends::conformance::run_suite(&be, Some(op));
     assert_eq!(report.failed(), 0, "{report}");
-    assert!(report.passed() > 100, "{report}");
+    assert!(report.passed() >= min_cases, "{report}");
     be.capabilities().kernels.clone()
+}
+
+/// `tiled_conformance` of the matmul cases (over a hundred).
+fn tiled_matmul_conformance(opts: WgpuOptions) -> String {
+    tiled_conformance("matmul", 100, opts)
 }
 
 /// The tiled GEMM's 32-row tiles (`NPURT_WGPU_GEMM_ROWS=32`, for GPUs a 64-row grid
@@ -324,6 +329,129 @@ fn conformance_tiled_gemv_with_several_columns_per_thread() {
         matches!(&bad, Err(BackendError::Unavailable { reason, .. }) if reason.contains("3 columns")),
         "{:?}",
         bad.err()
+    );
+}
+
+/// Decode attention with each row's keys split into ranges, a workgroup each, merged
+/// by a second dispatch (flash-decoding; picked per node for long caches on GPUs,
+/// forced by `NPURT_WGPU_ATTN_SPLITS`) meets the attention cases with 2 ranges and
+/// with 32, most of them empty; more ranges than the merge holds is refused with a
+/// typed error.
+#[test]
+fn conformance_tiled_attention_with_split_keys() {
+    for splits in [2, 32] {
+        let kernels = tiled_conformance(
+            "attention",
+            50,
+            WgpuOptions {
+                attn_splits: Some(splits),
+                ..Default::default()
+            },
+        );
+        assert!(
+            kernels.ends_with(&format!(", attention keys in {splits} ranges)")),
+            "{kernels}"
+        );
+    }
+    let bad = WgpuBackend::new(WgpuOptions {
+        attn_splits: Some(33),
+        ..Default::default()
+    });
+    assert!(
+        matches!(&bad, Err(BackendError::Unavailable { reason, .. }) if reason.contains("33 ranges")),
+        "{:?}",
+        bad.err()
+    );
+}
+
+/// A decode step's attention with its keys split runs two dispatches (the attention,
+/// then the merge), on the tiled kernels only; lavapipe is a CPU driver, which
+/// splits nothing by itself (`attention_splits` picks for GPUs), so the count is
+/// forced. Its output over 1000 keys (4 ranges of 256, the last short) is the CPU
+/// backend's; positions past the cache are a typed error, and the next run is right
+/// again.
+#[test]
+fn split_decode_attention_runs_two_dispatches_and_checks_positions() {
+    let (nh, nkv, hd, cache_rows) = (4, 2, 16, 1024);
+    let mut g = G::new();
+    let q = g.input("q", TensorFact::f32([1, nh * hd]));
+    let k_cache = g.input("k_cache", TensorFact::f32([cache_rows, nkv * hd]));
+    let v_cache = g.input("v_cache", TensorFact::f32([cache_rows, nkv * hd]));
+    let pos = g.input("pos", TensorFact::i32([1]));
+    let nv = g.input("n_valid", TensorFact::i32([1]));
+    let attn = Op::Attention {
+        n_heads: nh,
+        n_kv_heads: nkv,
+        head_dim: hd,
+        scale: 0.25,
+        mode: npurt_graph::AttentionMode::Causal,
+        precision: npurt_graph::AttentionPrecision::F32,
+    };
+    let y = g.op("attention", attn, &[q, k_cache, v_cache, pos, nv]);
+    g.out("y", y);
+    let [tiled, lanes] = both();
+    let dispatches = |be: &WgpuBackend| be.compile_wgpu(&g.g, &[]).unwrap().dispatch_count();
+    assert_eq!(dispatches(tiled), 1, "lavapipe splits nothing by itself");
+    assert_eq!(dispatches(lanes), 1);
+    let with = |kernels, splits| {
+        WgpuBackend::new(WgpuOptions {
+            kernels: Some(kernels),
+            attn_splits: Some(splits),
+            ..Default::default()
+        })
+        .unwrap()
+    };
+    assert_eq!(dispatches(&with(KernelFamily::Tiled, 1)), 1);
+    assert_eq!(dispatches(&with(KernelFamily::Lanes, 4)), 1);
+    let split = with(KernelFamily::Tiled, 4);
+    assert_eq!(dispatches(&split), 2);
+
+    let kv = cache_rows * nkv * hd;
+    let feeds = |p: i32| Feeds {
+        inputs: vec![
+            (
+                "q",
+                HostTensor::f32(
+                    [1, nh * hd],
+                    SeededRng::new(900).uniform_vec(nh * hd, -2.0, 2.0),
+                ),
+            ),
+            (
+                "k_cache",
+                HostTensor::f32(
+                    [cache_rows, nkv * hd],
+                    SeededRng::new(901).uniform_vec(kv, -2.0, 2.0),
+                ),
+            ),
+            (
+                "v_cache",
+                HostTensor::f32(
+                    [cache_rows, nkv * hd],
+                    SeededRng::new(902).uniform_vec(kv, -2.0, 2.0),
+                ),
+            ),
+            ("pos", scalar(p)),
+            ("n_valid", scalar(1)),
+        ],
+        weights: vec![],
+    };
+    let cpu = npurt_backends::cpu::CpuBackend::new(Default::default());
+    let want = run_on(&cpu, &g.g, &feeds(999)).unwrap();
+    let got = run_on(&split, &g.g, &feeds(999)).unwrap();
+    assert_close("split attention", &got["y"], &want["y"], 1e-5);
+    match run_on(&split, &g.g, &feeds(cache_rows as i32)) {
+        Err(BackendError::Execution { node, reason }) => {
+            assert_eq!(node, "attention", "{reason}");
+            assert!(reason.contains("positions"), "{reason}");
+        }
+        other => panic!("expected a positions error, got {other:?}"),
+    }
+    let again = run_on(&split, &g.g, &feeds(999)).unwrap();
+    assert_close(
+        "split attention after an error",
+        &again["y"],
+        &want["y"],
+        1e-5,
     );
 }
 

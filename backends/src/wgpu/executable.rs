@@ -136,6 +136,7 @@ impl WgpuExecutable {
             kv_pairs: &kv_pairs,
             subgroup_min: ctx.info.subgroup_min_size,
             tiles: ctx.tiles,
+            cpu_driver: ctx.info.device_type == ::wgpu::DeviceType::Cpu,
             weights: &w,
         };
         let mut lowered = Vec::with_capacity(n);

@@ -75,6 +75,12 @@ pub struct WgpuOptions {
     /// serves that many columns). `None` reads `NPURT_WGPU_GEMV_COLS=1|2|4`, else picks
     /// per node by the size of its grid; another value is `BackendError::Unavailable`.
     pub gemv_cols: Option<u32>,
+    /// Key ranges each row of the tiled decode attention is split into, each its own
+    /// workgroup, merged by a second dispatch (flash-decoding): 1 (no split) ..
+    /// `MAX_ATTENTION_SPLITS`. `None` reads `NPURT_WGPU_ATTN_SPLITS`, else picks per
+    /// node from its heads and cache length; another value is
+    /// `BackendError::Unavailable`.
+    pub attn_splits: Option<u32>,
     /// How `Executable::profile` times nodes; `None` picks the best the adapter
     /// offers. `NPURT_WGPU_PROFILE=inside|pass|host` overrides the default.
     pub profile_timing: Option<ProfileTiming>,
@@ -125,6 +131,7 @@ impl Default for WgpuOptions {
             variants: None,
             gemm_rows: None,
             gemv_cols: None,
+            attn_splits: None,
             profile_timing,
         }
     }
@@ -167,6 +174,11 @@ impl WgpuBackend {
                 "NPURT_WGPU_GEMV_COLS",
                 TileSizes::DEFAULT.gemv_cols,
             )?,
+            attn_splits: knob(
+                opts.attn_splits,
+                "NPURT_WGPU_ATTN_SPLITS",
+                TileSizes::DEFAULT.attn_splits,
+            )?,
         };
         if tiles.gemm_rows != 32 && tiles.gemm_rows != 64 {
             return Err(device::unavailable(format!(
@@ -178,6 +190,13 @@ impl WgpuBackend {
             return Err(device::unavailable(format!(
                 "GEMV threads of {} columns (NPURT_WGPU_GEMV_COLS / WgpuOptions::gemv_cols): 1, 2 or 4",
                 tiles.gemv_cols
+            )));
+        }
+        if tiles.attn_splits as usize > ops::MAX_ATTENTION_SPLITS {
+            return Err(device::unavailable(format!(
+                "attention keys in {} ranges (NPURT_WGPU_ATTN_SPLITS / WgpuOptions::attn_splits): 1 to {}",
+                tiles.attn_splits,
+                ops::MAX_ATTENTION_SPLITS
             )));
         }
         let ctx = GpuContext::new(

@@ -105,6 +105,36 @@ impl GemvShape {
 
 /// attention.wgsl `MAX_HEAD_DIM`.
 pub(crate) const MAX_HEAD_DIM: usize = 256;
+/// attention_combine.wgsl `MAX_SPLITS`: the most key ranges a decode row's attention
+/// is split into.
+pub(crate) const MAX_ATTENTION_SPLITS: usize = 32;
+/// Workgroups a decode attention's grid is given by splitting its keys, where the
+/// cache is long enough: a decode step has one (row, head) per query head, 9 for
+/// SmolLM2-135M, which would leave all but 9 of a GPU's cores idle while one
+/// workgroup per head walks a long context. 256 fills a datacenter GPU's 100-odd
+/// cores twice; a phone GPU's few cores just run the ranges in turn.
+const ATTENTION_SPLIT_GROUPS: usize = 256;
+/// attention_split.wgsl `SPLIT_MIN_KEYS`: the shortest key range (one step of
+/// `attention`).
+const ATTENTION_STEP_KEYS: usize = 256;
+
+/// The key ranges (attention.wgsl `SPLIT_KEYS`) each of a decode attention's `grid`
+/// (rows x heads) rows is split into over a cache of `cache_rows`: `forced`
+/// (`TileSizes::attn_splits`), else on a GPU enough for `ATTENTION_SPLIT_GROUPS`
+/// workgroups but no more than the full cache has steps; 1 is no split. A CPU driver
+/// gets none: lavapipe spends about 25 us on each workgroup of 256 threads, even one
+/// that returns at once (SmolLM2's decode step at 16 tokens, tiled: 2.2 ms of
+/// attention per layer unsplit, 4.1 ms in 8 ranges), and its cores are busy anyway.
+fn attention_splits(forced: u32, cpu_driver: bool, grid: usize, cache_rows: usize) -> usize {
+    match forced {
+        0 if cpu_driver => 1,
+        0 => ATTENTION_SPLIT_GROUPS
+            .div_ceil(grid.max(1))
+            .min(cache_rows.div_ceil(ATTENTION_STEP_KEYS))
+            .clamp(1, MAX_ATTENTION_SPLITS),
+        n => n as usize,
+    }
+}
 /// transpose.wgsl handles up to 8 dims.
 pub(crate) const MAX_TRANSPOSE_RANK: usize = 8;
 
@@ -164,8 +194,11 @@ pub(crate) struct LowerCtx<'a> {
     pub kv_pairs: &'a [Option<NodeId>],
     /// The adapter's smallest subgroup size.
     pub subgroup_min: u32,
-    /// Tile sizes (gemm rows, gemv columns per thread).
+    /// Tile sizes (gemm rows, gemv columns per thread, attention key ranges).
     pub tiles: TileSizes,
+    /// The adapter runs on the CPU (lavapipe): its few cores are kept busy by a
+    /// decode step's heads already, so decode attention's keys are not split.
+    pub cpu_driver: bool,
     /// Prepared weights by node index.
     pub weights: &'a [Option<Arc<dyn DeviceBuffer>>],
 }
@@ -689,7 +722,42 @@ pub(crate) fn lower(cx: &LowerCtx, id: NodeId) -> Result<Lowered, String> {
             if groups[0] > MAX_GROUPS || groups[1] > MAX_GROUPS {
                 return Err("attention with more than 65535 heads or rows".into());
             }
-            l.dispatches.push(Dispatch::new(key, params, bind, groups));
+            let splits = match key.entry {
+                "attention" => {
+                    attention_splits(cx.tiles.attn_splits, cx.cpu_driver, t * n_heads, s)
+                }
+                _ => 1,
+            };
+            if splits == 1 {
+                l.dispatches.push(Dispatch::new(key, params, bind, groups));
+                return Ok(l);
+            }
+            // Flash-decoding: each of `splits` key ranges of a row and head is a
+            // workgroup that leaves its softmax state in a temporary, and
+            // attention_combine.wgsl merges them into the output.
+            defines.push("SPLIT_KEYS");
+            params.splits = splits as u32;
+            let states = l.temps.len();
+            l.temps
+                .push((t * n_heads * splits * (head_dim + 2) * 4) as u64);
+            bind.out = BindRef::Temp(states);
+            l.dispatches.push(Dispatch::new(
+                PipelineKey::new("attention.wgsl", "attention", &defines),
+                params,
+                bind,
+                [groups[0], groups[1], splits as u32],
+            ));
+            l.dispatches.push(Dispatch::new(
+                PipelineKey::new("attention_combine.wgsl", "attention_combine", &[]),
+                params,
+                args::attention_combine::Bindings {
+                    states: BindRef::Temp(states),
+                    pos_in: BindRef::Value(ins[3]),
+                    n_valid_in: BindRef::Value(ins[4]),
+                    out,
+                },
+                groups,
+            ));
             return Ok(l);
         }
         Op::Attention {
@@ -1353,7 +1421,24 @@ fn lower_matmul(
 
 #[cfg(test)]
 mod tests {
-    use super::GemvShape;
+    use super::{attention_splits, GemvShape};
+
+    /// Decode attention's key ranges on a GPU: SmolLM2's 9 heads over a 2048-row cache
+    /// in 8 ranges (each a step of 256 keys at a full cache), a 2.7B's 32 heads in 8,
+    /// none over a cache of one step or for a grid already wide (a 512-row chunk),
+    /// at most 32; a forced count wins; a CPU driver splits nothing by itself.
+    #[test]
+    fn attention_splits_fill_a_gpu_with_long_caches_only() {
+        assert_eq!(attention_splits(0, false, 9, 2048), 8);
+        assert_eq!(attention_splits(0, false, 32, 4096), 8);
+        assert_eq!(attention_splits(0, false, 9, 640), 3);
+        assert_eq!(attention_splits(0, false, 9, 256), 1);
+        assert_eq!(attention_splits(0, false, 512 * 9, 2048), 1);
+        assert_eq!(attention_splits(0, false, 1, 1 << 20), 32);
+        assert_eq!(attention_splits(4, false, 9, 100), 4);
+        assert_eq!(attention_splits(0, true, 9, 2048), 1);
+        assert_eq!(attention_splits(2, true, 9, 2048), 2);
+    }
 
     fn shape(lanes: u32, cols: u32, units: u32) -> GemvShape {
         GemvShape { lanes, cols, units }

@@ -207,7 +207,8 @@ pub(crate) mod attention {
             node: u32,
             q_stride: u32,
             q_offset: u32,
-            _pad: [u32; 3],
+            splits: u32,
+            _pad: [u32; 2],
             rope: RopeSpec,
         }
     }
@@ -216,6 +217,15 @@ pub(crate) mod attention {
         /// BIDIRECTIONAL mode the "caches" are the ViT's K and V activations.
         struct Bindings { q: 1, k_cache: 2, v_cache: 3, out: 6 }
         optional { pos_in: 4, n_valid_in: 5, inv_freq: 7, status: 15 }
+    }
+}
+
+/// attention_combine.wgsl (uniform: `attention::Params`): split-key attention's
+/// merge of the `attention` entry's states (SPLIT_KEYS, written to its `out`).
+pub(crate) mod attention_combine {
+    use super::*;
+    bindings! {
+        struct Bindings { states: 1, pos_in: 4, n_valid_in: 5, out: 6 }
     }
 }
 
@@ -511,6 +521,7 @@ mod tests {
             "attention.wgsl",
             "attention_lanes.wgsl",
             "attention_i8.wgsl",
+            "attention_combine.wgsl",
         ] {
             check_params::<attention::Params>(file, &["HEAD_DIM=64", "ROPE_Q"]);
         }
@@ -532,6 +543,7 @@ mod tests {
         check_bindings::<kv_write::Bindings>(&["kv_write.wgsl"]);
         check_bindings::<attention::Bindings>(&["attention.wgsl", "attention_lanes.wgsl"]);
         check_bindings::<attention_i8::Bindings>(&["attention_i8.wgsl"]);
+        check_bindings::<attention_combine::Bindings>(&["attention_combine.wgsl"]);
         check_bindings::<space_to_channel::Bindings>(&["space_to_channel.wgsl"]);
         check_bindings::<rows::Bindings>(&["rows.wgsl"]);
         check_bindings::<transpose::Bindings>(&["transpose.wgsl"]);

@@ -17,7 +17,7 @@ pub enum KernelFamily {
 }
 
 /// Tile sizes of the `Tiled` kernels, fixed per device. The defaults suit large GPUs;
-/// the options (`WgpuOptions::gemm_rows`, `gemv_cols`) force the others so that the
+/// the options (`WgpuOptions::gemm_rows`, `gemv_cols`, `attn_splits`) force the others so that the
 /// conformance suite runs every shape on lavapipe.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TileSizes {
@@ -27,12 +27,17 @@ pub struct TileSizes {
     /// Output columns per thread of the decode GEMV (matmul.wgsl GEMV_R): 1, 2 or 4;
     /// 0 picks per node (`LowerCtx::gemv_shape`).
     pub gemv_cols: u32,
+    /// Key ranges per row of decode attention (attention.wgsl SPLIT_KEYS, merged by
+    /// attention_combine.wgsl): 1 (none) .. `MAX_ATTENTION_SPLITS`; 0 picks per node
+    /// (`attention_splits`).
+    pub attn_splits: u32,
 }
 
 impl TileSizes {
     pub const DEFAULT: TileSizes = TileSizes {
         gemm_rows: 64,
         gemv_cols: 0,
+        attn_splits: 0,
     };
 
     /// What differs from the defaults, for `npurt bench`'s kernels column ("" if
@@ -44,6 +49,11 @@ impl TileSizes {
         }
         if self.gemv_cols != Self::DEFAULT.gemv_cols {
             parts.push(format!(", {}-column gemv threads", self.gemv_cols));
+        }
+        match self.attn_splits {
+            0 => {}
+            1 => parts.push(", attention keys unsplit".into()),
+            n => parts.push(format!(", attention keys in {n} ranges")),
         }
         parts.concat()
     }

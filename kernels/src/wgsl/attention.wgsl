@@ -6,7 +6,12 @@
 //       sums (head_dim <= 256). Each group keeps its own online softmax, merged at the
 //       end. Decode's kernel: one row has only its keys to spread, and a decode step
 //       has a workgroup per head and nothing else, so at long contexts the keys it
-//       reads at once (ATTN_GROUPS tiles, not one) set its speed.
+//       reads at once (ATTN_GROUPS tiles, not one) set its speed. With SPLIT_KEYS
+//       (flash-decoding) it is one workgroup per (query row, head, key range): the
+//       grid's z is `params.splits` ranges of a row's keys, each at least one step
+//       (ATTN_THREADS keys) long, so a long context fills a GPU that one workgroup per
+//       head leaves idle; each writes its softmax state to `out` (attention_split.wgsl)
+//       and attention_combine.wgsl merges the states of a row and head into its output.
 //   attention_rows: one workgroup per (block of ROWS_BLOCK query rows, head), for
 //       prefill (head_dim <= ROWS_HEAD_DIM). Each tile of KEYS_BLOCK keys is staged in
 //       workgroup memory once (K, then V in the same buffer) and serves all the
@@ -17,8 +22,9 @@
 // (the ViT's mode: K/V are activations of the same rows as q, `s_rows` is the sequence
 // length, and row t sees every key of its own sequence; no positions, bindings 4 and 5
 // unused); F16_OPERANDS (with BIDIRECTIONAL: q, k and v rounded to f16 as they are
-// read, the sums in f32, AttentionPrecision::F16 at its widest). Queries are read
-// through q_load.wgsl (a column slice in place, and with ROPE_Q rotated as they load).
+// read, the sums in f32, AttentionPrecision::F16 at its widest); SPLIT_KEYS (causal
+// only, the `attention` entry: above). Queries are read through q_load.wgsl (a column
+// slice in place, and with ROPE_Q rotated as they load).
 #include "status.wgsl"
 
 const ATTN_WG: u32 = 64u;
@@ -59,6 +65,10 @@ var<workgroup> group_max: array<f32, ATTN_GROUPS>;
 var<workgroup> group_sum: array<f32, ATTN_GROUPS>;
 var<workgroup> group_acc: array<f32, ATTN_GROUPS * MAX_HEAD_DIM>;
 
+#ifdef SPLIT_KEYS
+#include "attention_split.wgsl"
+#endif
+
 @compute @workgroup_size(ATTN_THREADS)
 fn attention(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lx: u32) {
     let h = wg.x;
@@ -75,21 +85,40 @@ fn attention(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_ind
     let first = t / params.s_rows * params.s_rows;
     let last = first + params.s_rows - 1u;
 #else
-    let first = 0u;
     let pos = pos_in[0];
     let n_valid = n_valid_in[0];
     let ok = positions_ok(pos, n_valid, params.t_rows, params.s_rows);
     if !ok {
-        if lx == 0u && h == 0u && t == 0u {
+        if lx == 0u && h == 0u && t == 0u && wg.z == 0u {
             raise_status(STATUS_BAD_POSITION, params.node);
         }
+#ifdef SPLIT_KEYS
+        // A state of weight 1 and zero sums in every range: the merged output is
+        // zeros too.
+        let st = split_state(t, h, wg.z);
+        for (var i = lx; i < hd + 2u; i += ATTN_THREADS) {
+            out[st + i] = select(0.0, 1.0, i == 1u);
+        }
+#else
         for (var d = lx; d < hd; d += ATTN_THREADS) {
             out[out_base + d] = 0.0;
         }
+#endif
         return;
     }
     let end = u32(pos) + u32(n_valid);
+#ifdef SPLIT_KEYS
+    // This workgroup's range of the row's keys (attention_split.wgsl).
+    let row_last = min(u32(pos) + t, end - 1u);
+    if wg.z >= splits_used(row_last) {
+        return;
+    }
+    let first = wg.z * split_len(row_last);
+    let last = min(row_last, first + split_len(row_last) - 1u);
+#else
+    let first = 0u;
     let last = min(u32(pos) + t, end - 1u);
+#endif
 #endif
     let kv_base = (h / (params.n_heads / params.n_kv_heads)) * hd;
 
@@ -185,6 +214,13 @@ fn attention(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_ind
             weight[i] = exp(group_max[i] - m);
             sum += group_sum[i] * weight[i];
         }
+#ifdef SPLIT_KEYS
+        let st = split_state(t, h, wg.z);
+        if li == 0u {
+            out[st] = m;
+            out[st + 1u] = sum;
+        }
+#endif
         for (var r = 0u; r < 4u; r++) {
             let d = li + r * ATTN_WG;
             if d < HEAD_DIM {
@@ -192,7 +228,11 @@ fn attention(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_ind
                 for (var i = 0u; i < ATTN_GROUPS; i++) {
                     a += group_acc[i * MAX_HEAD_DIM + d] * weight[i];
                 }
+#ifdef SPLIT_KEYS
+                out[st + 2u + d] = a;
+#else
                 out[out_base + d] = a / sum;
+#endif
             }
         }
     }

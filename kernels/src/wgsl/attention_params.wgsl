@@ -1,5 +1,5 @@
 // The attention shaders' uniform (attention.wgsl, attention_lanes.wgsl,
-// attention_i8.wgsl), one struct for all three so the host fills one.
+// attention_i8.wgsl, attention_combine.wgsl), one struct for all so the host fills one.
 #include "rope_spec.wgsl"
 
 struct Params {
@@ -14,6 +14,8 @@ struct Params {
     // q_load.wgsl's fields: where query row t is, and (ROPE_Q) its rope.
     q_stride: u32,
     q_offset: u32,
+    // Key ranges per row (attention.wgsl SPLIT_KEYS, attention_combine.wgsl).
+    splits: u32,
     @align(16) rope: RopeSpec,
 }
 

@@ -27,6 +27,11 @@ pub const FILES: &[(&str, &str)] = &[
         include_str!("attention_params.wgsl"),
     ),
     ("attention.wgsl", include_str!("attention.wgsl")),
+    (
+        "attention_combine.wgsl",
+        include_str!("attention_combine.wgsl"),
+    ),
+    ("attention_split.wgsl", include_str!("attention_split.wgsl")),
     ("attention_lanes.wgsl", include_str!("attention_lanes.wgsl")),
     ("attention_i8.wgsl", include_str!("attention_i8.wgsl")),
     ("matmul.wgsl", include_str!("matmul.wgsl")),
