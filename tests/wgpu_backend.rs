@@ -275,6 +275,17 @@ fn tiled_conformance(op: &str, min_cases: usize, opts: WgpuOptions) -> String {
     be.capabilities().kernels.clone()
 }
 
+/// `WgpuBackend::new` refuses these options with a typed `Unavailable` error whose
+/// reason names `what`.
+fn assert_refused(opts: WgpuOptions, what: &str) {
+    let bad = WgpuBackend::new(opts);
+    assert!(
+        matches!(&bad, Err(BackendError::Unavailable { reason, .. }) if reason.contains(what)),
+        "{:?}",
+        bad.err()
+    );
+}
+
 /// `tiled_conformance` of the matmul cases (over a hundred).
 fn tiled_matmul_conformance(opts: WgpuOptions) -> String {
     tiled_conformance("matmul", 100, opts)
@@ -293,14 +304,12 @@ fn conformance_tiled_gemm_with_32_row_tiles() {
         });
         assert!(kernels.ends_with(", 32-row gemm tiles)"), "{kernels}");
     }
-    let bad = WgpuBackend::new(WgpuOptions {
-        gemm_rows: Some(48),
-        ..Default::default()
-    });
-    assert!(
-        matches!(&bad, Err(BackendError::Unavailable { reason, .. }) if reason.contains("48 rows")),
-        "{:?}",
-        bad.err()
+    assert_refused(
+        WgpuOptions {
+            gemm_rows: Some(48),
+            ..Default::default()
+        },
+        "48 rows",
     );
 }
 
@@ -321,14 +330,12 @@ fn conformance_tiled_gemv_with_several_columns_per_thread() {
             "{kernels}"
         );
     }
-    let bad = WgpuBackend::new(WgpuOptions {
-        gemv_cols: Some(3),
-        ..Default::default()
-    });
-    assert!(
-        matches!(&bad, Err(BackendError::Unavailable { reason, .. }) if reason.contains("3 columns")),
-        "{:?}",
-        bad.err()
+    assert_refused(
+        WgpuOptions {
+            gemv_cols: Some(3),
+            ..Default::default()
+        },
+        "3 columns",
     );
 }
 
@@ -353,14 +360,12 @@ fn conformance_tiled_attention_with_split_keys() {
             "{kernels}"
         );
     }
-    let bad = WgpuBackend::new(WgpuOptions {
-        attn_splits: Some(33),
-        ..Default::default()
-    });
-    assert!(
-        matches!(&bad, Err(BackendError::Unavailable { reason, .. }) if reason.contains("33 ranges")),
-        "{:?}",
-        bad.err()
+    assert_refused(
+        WgpuOptions {
+            attn_splits: Some(33),
+            ..Default::default()
+        },
+        "33 ranges",
     );
 }
 
