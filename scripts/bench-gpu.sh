@@ -46,7 +46,7 @@
 #        -n 8, one repetition, one round, llama.cpp's CPU build (lavapipe for wgpu)
 #        PACK=dir: make the offline bundle (above) and stop
 # Writes target/gpu-bench/: models/, results.jsonl, conformance.txt, agreement.txt,
-# profile-<shape>.json (round 1's npurt bench, with --profile), table.md, logs/. The table also gives
+# profile-<shape>.json (round 1's npurt bench, with --profile: its decode step at DEPTH), table.md, logs/. The table also gives
 # npurt's kernels, the device's measured copy bandwidth and peaks, decode as a fraction
 # of that bandwidth and the prefill matmuls as a fraction of the f32 FMA peak (and of
 # the f16 matrix peak where the coop GEMM runs).
@@ -421,7 +421,8 @@ for shape in shapes:
             bfrac = mm.get("fraction_of_copy_bandwidth") if part == "decode" else None
             kinds = sorted(prof[part]["by_kind"], key=lambda k: -k["ms"])[:4]
             host = prof[part]["host"]
-            desc += (f"\n  {part} ({prof['prefill_rows'] if part == 'prefill' else 1} rows): "
+            rows = f"{prof['prefill_rows']} rows" if part == "prefill" else f"1 row, {prof.get('decode_depth', '?')} tokens in the cache"
+            desc += (f"\n  {part} ({rows}): "
                      f"{prof[part]['nodes_ms']:.2f} ms in nodes ("
                      + ", ".join(f"{k['op']} {k['ms']:.2f}" for k in kinds) + ")"
                      f"; matmuls {mm['ops_per_s'] / 1e12:.2f} TOP/s"

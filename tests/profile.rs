@@ -109,7 +109,7 @@ fn check(model: &Model, kind: GraphKind, p: &Profile, source: TimeSource) {
 /// Profiles a prefill chunk and a decode step through the bench API and the session
 /// API, and checks the profiled session's logits against an unprofiled one's.
 fn profile_model(model: &Arc<Model>, source: TimeSource) {
-    let bp = npurt_runtime::bench::profile(model).expect("bench::profile");
+    let bp = npurt_runtime::bench::profile(model, 0).expect("bench::profile");
     assert_eq!(bp.prefill_rows, CHUNK);
     check(model, GraphKind::Prefill, &bp.prefill, source);
     check(model, GraphKind::Decode, &bp.decode, source);
@@ -175,7 +175,7 @@ fn in_place_nodes_take_no_time(p: &Profile) {
 fn cpu_backend_profiles_every_node_on_the_host_clock() {
     let m = load("cpu", None);
     profile_model(&m, TimeSource::Host);
-    let p = npurt_runtime::bench::profile(&m).unwrap();
+    let p = npurt_runtime::bench::profile(&m, 0).unwrap();
     assert!(
         p.prefill.method.starts_with("cpu (2 threads)"),
         "{}",
@@ -183,6 +183,20 @@ fn cpu_backend_profiles_every_node_on_the_host_clock() {
     );
     // A synchronous backend computes on the host: nothing to submit or wait for.
     assert!(p.decode.host.compute_ms > 0.0 && p.decode.host.wait_ms == 0.0);
+    // The decode step after the chunk, or deeper in the cache (`npurt bench -d`'s
+    // deepest); a depth past the context is a typed error.
+    assert_eq!(p.decode_depth, CHUNK);
+    let deep = npurt_runtime::bench::profile(&m, 40).unwrap();
+    assert_eq!(deep.decode_depth, 40);
+    assert!(
+        deep.format(3)
+            .contains("decode step (1 row, 40 tokens in the KV cache)"),
+        "{}",
+        deep.format(3)
+    );
+    assert_eq!(deep.to_json()["decode_depth"], 40);
+    check(&m, GraphKind::Decode, &deep.decode, TimeSource::Host);
+    assert!(npurt_runtime::bench::profile(&m, 64).is_err());
 }
 
 #[test]
@@ -200,7 +214,7 @@ fn wgpu_profiles_with_timestamps_where_the_adapter_has_them() {
         };
     assert_eq!(be.profile_timing(), timing);
     profile_model(&m, source);
-    let p = npurt_runtime::bench::profile(&m).unwrap();
+    let p = npurt_runtime::bench::profile(&m, 0).unwrap();
     assert!(
         p.decode.method.contains(timing.name()),
         "{}",
@@ -232,7 +246,7 @@ fn wgpu_profiles_with_one_pass_per_node() {
     }
     let m = load("wgpu", Some(ProfileTiming::PassPerNode));
     profile_model(&m, TimeSource::Gpu);
-    in_place_nodes_take_no_time(&npurt_runtime::bench::profile(&m).unwrap().decode);
+    in_place_nodes_take_no_time(&npurt_runtime::bench::profile(&m, 0).unwrap().decode);
 }
 
 #[test]

@@ -150,6 +150,8 @@ pub fn read_bandwidth_gb_s(threads: usize) -> f64 {
 pub struct BenchProfile {
     /// Rows of the profiled prefill chunk (the model's chunk size).
     pub prefill_rows: usize,
+    /// Tokens in the KV cache before the profiled decode step.
+    pub decode_depth: usize,
     pub prefill: npurt_backends::Profile,
     pub decode: npurt_backends::Profile,
     /// The work of each graph's matmuls, to state their rates.
@@ -190,19 +192,24 @@ impl MatmulWork {
 }
 
 /// Profiles one full prefill chunk into an empty session and then one decode step
-/// after it, each after an unprofiled warm-up of the same graph (scratch, pipelines).
-pub fn profile(model: &Arc<Model>) -> Result<BenchProfile> {
+/// with `depth` tokens in the KV cache (at least the chunk's: `npurt bench -d`'s
+/// deepest, where attention's share of a step is largest), each after an unprofiled
+/// warm-up of the same graph (scratch, pipelines).
+pub fn profile(model: &Arc<Model>, depth: usize) -> Result<BenchProfile> {
     let rows = model.graph(crate::GraphKind::Prefill).rows;
-    let ids = tokens(rows + 2, model.config.vocab_size);
+    let depth = depth.max(rows.max(2));
+    let ids = tokens(depth + 1, model.config.vocab_size);
     let mut s = Session::new(model.clone())?;
     // Warm-up: both graphs once.
     s.feed(&ids[..rows.max(2)])?;
     s.feed(&ids[rows..rows + 1])?;
     s.reset();
     let prefill = s.feed_profiled(&ids[..rows.max(2)])?;
-    let decode = s.feed_profiled(&ids[rows + 1..rows + 2])?;
+    s.feed(&ids[rows.max(2)..depth])?;
+    let decode = s.feed_profiled(&ids[depth..depth + 1])?;
     Ok(BenchProfile {
         prefill_rows: rows,
+        decode_depth: depth,
         prefill,
         decode,
         prefill_matmuls: MatmulWork::of(&model.graph(crate::GraphKind::Prefill).graph),
@@ -253,6 +260,7 @@ impl BenchProfile {
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::json!({
             "prefill_rows": self.prefill_rows,
+            "decode_depth": self.decode_depth,
             "prefill": self.json_of(&self.prefill, self.prefill_matmuls),
             "decode": self.json_of(&self.decode, self.decode_matmuls),
         })
@@ -348,7 +356,14 @@ impl BenchProfile {
                 top
             ),
             self.matmul_line(&self.prefill, self.prefill_matmuls, false),
-            format_profile("decode step (1 row)", &self.decode, top),
+            format_profile(
+                &format!(
+                    "decode step (1 row, {} tokens in the KV cache)",
+                    self.decode_depth
+                ),
+                &self.decode,
+                top
+            ),
             self.matmul_line(&self.decode, self.decode_matmuls, true),
         )
     }

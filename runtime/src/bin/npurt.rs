@@ -603,9 +603,10 @@ fn run(cli: Cli) -> anyhow_lite::Result<()> {
                 .max()
                 .unwrap_or(128)
                 + 1;
-            // The profile feeds one whole chunk and then decodes one token.
+            // The profile feeds one whole chunk, fills the cache to the deepest depth
+            // and then decodes one token.
             let ctx = if profile {
-                ctx.max(common.chunk + 2)
+                ctx.max(common.chunk + 2).max(max_depth + 2)
             } else {
                 ctx
             };
@@ -669,7 +670,7 @@ fn run(cli: Cli) -> anyhow_lite::Result<()> {
                     limits.as_ref().map(|l| l.copy_gb_s)
                 };
                 if profile {
-                    let mut p = npurt_runtime::bench::profile(&model)?;
+                    let mut p = npurt_runtime::bench::profile(&model, max_depth)?;
                     p.limits = limits.clone();
                     profiles.push((t, p));
                 }
