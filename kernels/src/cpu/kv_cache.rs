@@ -22,6 +22,14 @@ pub trait KvElem: Copy + Send + Sync + 'static {
         head_dim
     }
 
+    /// `src` as f16 values when it holds them (the attention's AVX-512 K transpose
+    /// widens them as it loads); `None` otherwise.
+    #[inline(always)]
+    fn as_f16(src: &[Self]) -> Option<&[f16]> {
+        let _ = src;
+        None
+    }
+
     /// Rows `0..n` of `src` (row stride `stride`, `width` values each) as f32, with
     /// their row stride: `src` itself when it already is f32, else converted into
     /// `buf` (row stride `width`), which is grown as needed, on kernel path `path`.
@@ -50,6 +58,11 @@ impl KvElem for f32 {
 }
 
 impl KvElem for f16 {
+    #[inline(always)]
+    fn as_f16(src: &[f16]) -> Option<&[f16]> {
+        Some(src)
+    }
+
     #[inline(always)]
     fn rows_f32<'s>(
         path: Isa,
