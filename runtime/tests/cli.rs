@@ -925,7 +925,7 @@ fn bench_rows_name_the_kernels_and_quote_decode_against_measured_bandwidth() {
 }
 
 /// `npurt bench --profile` (issue #12 point 1): per-op-kind and slowest-node tables of a
-/// prefill chunk and a decode step, labelled with the time source, and the host share;
+/// prefill chunk and a decode step (at `-d`'s deepest depth), labelled with the time source, and the host share;
 /// `--json` carries the same profile.
 #[test]
 fn bench_profile_prints_per_kind_and_per_node_tables() {
@@ -940,6 +940,8 @@ fn bench_profile_prints_per_kind_and_per_node_tables() {
         "16",
         "--ctx",
         "64",
+        "-d",
+        "0,40",
         "--profile",
         "--model",
         &m,
@@ -964,7 +966,11 @@ fn bench_profile_prints_per_kind_and_per_node_tables() {
             "{out}"
         );
         assert!(out.contains("profile: prefill chunk (16 rows)"), "{out}");
-        assert!(out.contains("profile: decode step (1 row)"), "{out}");
+        // The decode step at -d's deepest depth.
+        assert!(
+            out.contains("profile: decode step (1 row, 40 tokens in the KV cache)"),
+            "{out}"
+        );
         assert_eq!(
             out.matches(&format!("time source: {source};")).count(),
             2,
@@ -1010,6 +1016,7 @@ fn bench_profile_prints_per_kind_and_per_node_tables() {
     let p = &v["profile"][0];
     assert_eq!(p["threads"], 2, "{v}");
     assert_eq!(p["prefill_rows"], 16, "{v}");
+    assert_eq!(p["decode_depth"], 40, "{v}");
     for part in ["prefill", "decode"] {
         let nodes = p[part]["nodes"].as_array().expect("nodes");
         assert!(nodes.len() > 100, "{part}: {} nodes", nodes.len());
