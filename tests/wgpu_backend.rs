@@ -253,17 +253,21 @@ fn conformance_tiled_kernels_without_optional_instructions() {
         "{:?}",
         coop.err()
     );
-    let kernels = tiled_matmul_conformance(WgpuOptions {
-        variants: Some(KernelVariants::PLAIN),
-        ..Default::default()
-    });
+    let kernels = tiled_matmul_conformance(
+        WgpuOptions {
+            variants: Some(KernelVariants::PLAIN),
+            ..Default::default()
+        },
+        "(plain)",
+    );
     assert_eq!(kernels, "tiled (plain)");
 }
 
 /// The conformance suite's cases of `op` on a tiled backend with these options
-/// (variants, tile sizes): none fails, and at least `min_cases` run. Returns the
-/// backend's kernels description.
-fn tiled_conformance(op: &str, min_cases: usize, opts: WgpuOptions) -> String {
+/// (variants, tile sizes): none fails, at least `min_cases` run, and the backend's
+/// kernels description, which is returned, ends with `kernels_end` (what the options
+/// force).
+fn tiled_conformance(op: &str, min_cases: usize, opts: WgpuOptions, kernels_end: &str) -> String {
     let be = WgpuBackend::new(WgpuOptions {
         kernels: Some(KernelFamily::Tiled),
         ..opts
@@ -272,7 +276,9 @@ fn tiled_conformance(op: &str, min_cases: usize, opts: WgpuOptions) -> String {
     let report = npurt_backends::conformance::run_suite(&be, Some(op));
     assert_eq!(report.failed(), 0, "{report}");
     assert!(report.passed() >= min_cases, "{report}");
-    be.capabilities().kernels.clone()
+    let kernels = be.capabilities().kernels.clone();
+    assert!(kernels.ends_with(kernels_end), "{kernels}");
+    kernels
 }
 
 /// `WgpuBackend::new` refuses these options with a typed `Unavailable` error whose
@@ -287,8 +293,8 @@ fn assert_refused(opts: WgpuOptions, what: &str) {
 }
 
 /// `tiled_conformance` of the matmul cases (over a hundred).
-fn tiled_matmul_conformance(opts: WgpuOptions) -> String {
-    tiled_conformance("matmul", 100, opts)
+fn tiled_matmul_conformance(opts: WgpuOptions, kernels_end: &str) -> String {
+    tiled_conformance("matmul", 100, opts, kernels_end)
 }
 
 /// The tiled GEMM's 32-row tiles (`NPURT_WGPU_GEMM_ROWS=32`, for GPUs a 64-row grid
@@ -297,12 +303,14 @@ fn tiled_matmul_conformance(opts: WgpuOptions) -> String {
 #[test]
 fn conformance_tiled_gemm_with_32_row_tiles() {
     for variants in [LAVAPIPE_VARIANTS, KernelVariants::PLAIN] {
-        let kernels = tiled_matmul_conformance(WgpuOptions {
-            variants: Some(variants),
-            gemm_rows: Some(32),
-            ..Default::default()
-        });
-        assert!(kernels.ends_with(", 32-row gemm tiles)"), "{kernels}");
+        tiled_matmul_conformance(
+            WgpuOptions {
+                variants: Some(variants),
+                gemm_rows: Some(32),
+                ..Default::default()
+            },
+            ", 32-row gemm tiles)",
+        );
     }
     assert_refused(
         WgpuOptions {
@@ -320,14 +328,13 @@ fn conformance_tiled_gemm_with_32_row_tiles() {
 #[test]
 fn conformance_tiled_gemv_with_several_columns_per_thread() {
     for (variants, cols) in [(LAVAPIPE_VARIANTS, 2), (KernelVariants::PLAIN, 4)] {
-        let kernels = tiled_matmul_conformance(WgpuOptions {
-            variants: Some(variants),
-            gemv_cols: Some(cols),
-            ..Default::default()
-        });
-        assert!(
-            kernels.ends_with(&format!(", {cols}-column gemv threads)")),
-            "{kernels}"
+        tiled_matmul_conformance(
+            WgpuOptions {
+                variants: Some(variants),
+                gemv_cols: Some(cols),
+                ..Default::default()
+            },
+            &format!(", {cols}-column gemv threads)"),
         );
     }
     assert_refused(
@@ -347,17 +354,14 @@ fn conformance_tiled_gemv_with_several_columns_per_thread() {
 #[test]
 fn conformance_tiled_attention_with_split_keys() {
     for splits in [2, 32] {
-        let kernels = tiled_conformance(
+        tiled_conformance(
             "attention",
             50,
             WgpuOptions {
                 attn_splits: Some(splits),
                 ..Default::default()
             },
-        );
-        assert!(
-            kernels.ends_with(&format!(", attention keys in {splits} ranges)")),
-            "{kernels}"
+            &format!(", attention keys in {splits} ranges)"),
         );
     }
     assert_refused(

@@ -106,10 +106,9 @@ fn attention(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_ind
 #endif
         return;
     }
-    let end = u32(pos) + u32(n_valid);
+    let row_last = min(u32(pos) + t, u32(pos) + u32(n_valid) - 1u);
 #ifdef SPLIT_KEYS
     // This workgroup's range of the row's keys (attention_split.wgsl).
-    let row_last = min(u32(pos) + t, end - 1u);
     if wg.z >= splits_used(row_last) {
         return;
     }
@@ -117,7 +116,7 @@ fn attention(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_ind
     let last = min(row_last, first + split_len(row_last) - 1u);
 #else
     let first = 0u;
-    let last = min(u32(pos) + t, end - 1u);
+    let last = row_last;
 #endif
 #endif
     let kv_base = (h / (params.n_heads / params.n_kv_heads)) * hd;
