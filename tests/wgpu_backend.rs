@@ -181,6 +181,19 @@ fn run_on(
     Ok(outputs)
 }
 
+/// An f32 causal GQA attention over a KV cache (`[q, k_cache, v_cache, pos, n_valid]`),
+/// scale 0.25.
+fn causal_attention(n_heads: usize, n_kv_heads: usize, head_dim: usize) -> Op {
+    Op::Attention {
+        n_heads,
+        n_kv_heads,
+        head_dim,
+        scale: 0.25,
+        mode: npurt_graph::AttentionMode::Causal,
+        precision: npurt_graph::AttentionPrecision::F32,
+    }
+}
+
 fn scalar(v: i32) -> HostTensor {
     HostTensor::i32([1], vec![v])
 }
@@ -388,15 +401,11 @@ fn split_decode_attention_runs_two_dispatches_and_checks_positions() {
     let v_cache = g.input("v_cache", TensorFact::f32([cache_rows, nkv * hd]));
     let pos = g.input("pos", TensorFact::i32([1]));
     let nv = g.input("n_valid", TensorFact::i32([1]));
-    let attn = Op::Attention {
-        n_heads: nh,
-        n_kv_heads: nkv,
-        head_dim: hd,
-        scale: 0.25,
-        mode: npurt_graph::AttentionMode::Causal,
-        precision: npurt_graph::AttentionPrecision::F32,
-    };
-    let y = g.op("attention", attn, &[q, k_cache, v_cache, pos, nv]);
+    let y = g.op(
+        "attention",
+        causal_attention(nh, nkv, hd),
+        &[q, k_cache, v_cache, pos, nv],
+    );
     g.out("y", y);
     let [tiled, lanes] = both();
     let dispatches = |be: &WgpuBackend| be.compile_wgpu(&g.g, &[]).unwrap().dispatch_count();
@@ -763,15 +772,11 @@ fn an_attention_block_runs_two_dispatches() {
     let (rq, rk) = ropes(&mut g, [q, k], [pos, nv], hd);
     let kc = g.op("write_k", Op::KvWrite, &[k_cache, rk, pos]);
     let vc = g.op("write_v", Op::KvWrite, &[v_cache, v, pos]);
-    let attn = Op::Attention {
-        n_heads: nh,
-        n_kv_heads: nkv,
-        head_dim: hd,
-        scale: 0.25,
-        mode: npurt_graph::AttentionMode::Causal,
-        precision: npurt_graph::AttentionPrecision::F32,
-    };
-    let y = g.op("attention", attn, &[rq, kc, vc, pos, nv]);
+    let y = g.op(
+        "attention",
+        causal_attention(nh, nkv, hd),
+        &[rq, kc, vc, pos, nv],
+    );
     g.out("y", y);
     for be in both() {
         assert_eq!(be.compile_wgpu(&g.g, &[]).unwrap().dispatch_count(), 2);
