@@ -699,6 +699,15 @@ fn attention_every_path_matches_reference() {
         (9, 3, 64, 1, 300, 37, 1),
         (9, 3, 64, 1, 300, 250, 1),
         (6, 2, 80, 1, 100, 70, 1),
+        // Decode shapes of the AVX-512 decode kernel: MHA, groups of 4 to 8 (passes of
+        // up to four query heads, two at head_dim 96 and 128), head_dims 32 to 128,
+        // keys that are not whole 16- or 32-key blocks, one key, several splits.
+        (8, 1, 128, 1, 100, 77, 1),
+        (4, 4, 32, 1, 50, 16, 1),
+        (12, 2, 96, 1, 70, 40, 1),
+        (10, 2, 64, 1, 600, 530, 1),
+        (8, 2, 80, 1, 40, 0, 1),
+        (2, 2, 128, 1, 1100, 1099, 1),
         (4, 4, 32, 5, 40, 20, 5),
         (2, 2, 24, 3, 16, 5, 3),
         (2, 1, 72, 20, 64, 30, 17),
@@ -720,28 +729,49 @@ fn attention_every_path_matches_reference() {
         let mut want16 = vec![0f32; q.len()];
         let (kw, vw) = (widen(&k16), widen(&v16));
         reference::attention(&q, &kw, &vw, pos, n_valid, nh, nkv, hd, scale, &mut want16).unwrap();
+        // And as an int8 cache (`DType::Q8Head`): its reference reads the dequantized
+        // values.
+        let to_q8 = |x: &[f32]| {
+            let mut c = vec![0u8; cache * nkv * (hd + 4)];
+            reference::kv_write_q8head(&mut c, x, nkv * hd, hd, 0).unwrap();
+            c
+        };
+        let (k8, v8) = (to_q8(&k), to_q8(&v));
+        let (kd, vd) = (
+            reference::dequantize_kv_q8head(&k8, hd),
+            reference::dequantize_kv_q8head(&v8, hd),
+        );
+        let mut want8 = vec![0f32; q.len()];
+        reference::attention(&q, &kd, &vd, pos, n_valid, nh, nkv, hd, scale, &mut want8).unwrap();
         for isa in Isa::supported() {
-            for ((t, pool), f16) in pools.iter().flat_map(|p| [(p, false), (p, true)]) {
+            for ((t, pool), kv) in pools
+                .iter()
+                .flat_map(|p| [(p, "f32"), (p, "f16"), (p, "int8")])
+            {
                 let mut got = vec![f32::NAN; q.len()];
                 pool.install(|| {
-                    with_isa(isa, || {
-                        if f16 {
-                            attention_f32(
-                                &q, &k16, &v16, pos, n_valid, nh, nkv, hd, scale, &mut got,
-                            )
-                        } else {
-                            attention_f32(&q, &k, &v, pos, n_valid, nh, nkv, hd, scale, &mut got)
+                    with_isa(isa, || match kv {
+                        "f16" => attention_f32(
+                            &q, &k16, &v16, pos, n_valid, nh, nkv, hd, scale, &mut got,
+                        ),
+                        "int8" => {
+                            attention_f32(&q, &k8, &v8, pos, n_valid, nh, nkv, hd, scale, &mut got)
                         }
+                        _ => attention_f32(&q, &k, &v, pos, n_valid, nh, nkv, hd, scale, &mut got),
                     })
                 })
                 .unwrap();
-                let want = if f16 { &want16 } else { &want };
+                let want = match kv {
+                    "f16" => &want16,
+                    "int8" => &want8,
+                    _ => &want,
+                };
                 // Rows past n_valid are padding: any finite value will do.
                 let valid = n_valid * nh * hd;
                 let e = nmse(&got[..valid], &want[..valid]);
                 assert!(
                     e < 1e-10,
-                    "attention {nh}/{nkv} hd{hd} rows{rows} pos{pos} n_valid{n_valid} f16 kv={f16} isa={} threads={t}: nmse {e:e}",
+                    "attention {nh}/{nkv} hd{hd} rows{rows} pos{pos} n_valid{n_valid} kv={kv} isa={} threads={t}: nmse {e:e}",
                     isa.name()
                 );
                 assert!(got.iter().all(|x| x.is_finite()));

@@ -42,7 +42,7 @@ fn key_mask(nk: usize, c: usize) -> __mmask16 {
 /// multiply-adds.
 #[inline]
 #[target_feature(enable = "avx512f")]
-fn exp_ps(x: __m512) -> __m512 {
+pub(super) fn exp_ps(x: __m512) -> __m512 {
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
     let x = _mm512_min_ps(

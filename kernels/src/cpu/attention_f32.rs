@@ -14,10 +14,11 @@
 //!   call's tasks are (sequence, KV head, row block), row blocks innermost, so
 //!   consecutive tasks on both threads reuse one head's K/V from L2. The bidirectional
 //!   mode also uses fused multiply-adds and vectorized softmax sums on the FMA paths
-//!   (`FUSED`); the causal mode keeps its unfused, in-order arithmetic, bit for bit
-//!   what the LLM goldens were recorded with;
+//!   (`FUSED`); the causal mode here keeps its unfused, in-order arithmetic;
 //! - decode on several threads also splits each head's keys ([`Plan::SplitKeys`]) and
-//!   merges the parts.
+//!   merges the parts ([`merge_partials`]). On AVX-512, decode with head_dim 32 to 128
+//!   runs `attention_decode_avx512.rs` instead: per-key dot products over whole cache
+//!   rows (one query row gives a KV head too few query vectors for register tiles).
 //!
 //! Portable Rust written for the vectorizer (plus an AVX-512 K transpose), compiled
 //! for the baseline, AVX2+FMA and AVX-512 and picked at run time: at 512-token prefill
@@ -535,14 +536,22 @@ fn write_outputs<C>(a: &Args<C>, g: usize, t0: usize, nq: usize, sc: &Scratch) {
 }
 
 /// Floats per query vector in a split-keys partial result: `m`, `l`, then `o`.
-fn partial_len(hd: usize) -> usize {
+pub(super) fn partial_len(hd: usize) -> usize {
     hd + 2
 }
 
 /// Folds the per-split partial results of one decode row into the output: the
 /// standard log-sum-exp merge, `o = sum_s e^(m_s - M) o_s / sum_s e^(m_s - M) l_s`.
-fn merge_splits<C>(a: &Args<C>, n_kv: usize, splits: usize, partials: &[f32], out: &mut [f32]) {
-    let (hd, group) = (a.head_dim, a.group);
+/// Query vector `i` of KV head `g` in split `si` is at `((g * splits + si) * group + i)`
+/// partials of [`partial_len`] floats.
+pub(super) fn merge_partials(
+    hd: usize,
+    group: usize,
+    n_kv: usize,
+    splits: usize,
+    partials: &[f32],
+    out: &mut [f32],
+) {
     let pl = partial_len(hd);
     for g in 0..n_kv {
         for i in 0..group {
@@ -732,8 +741,8 @@ fn run_tasks<C: KvElem>(a: &Args<C>, plan: Plan, n_tasks: usize) {
     let sizes = [nq * hd, nq * hd, nq, nq, hd * KB, nq * KB];
     let path = isa();
     // Fused multiply-adds and vectorized sums where the CPU has FMA, in the ViT's mode
-    // only: the causal (LLM) mode keeps its unfused, in-order arithmetic so its results
-    // stay bit for bit what the LLM goldens were recorded with.
+    // only: the causal (LLM) mode keeps its unfused, in-order arithmetic (the AVX-512
+    // decode kernel, which fuses, is within the same tolerances of the goldens).
     let fused = matches!(a.mask, Mask::Bidirectional { .. });
     super::pool::for_each(n_tasks, |id| {
         SCRATCH.with(|sc| {
@@ -796,6 +805,25 @@ pub fn attention_f32<C: KvElem>(
         n_kv: n_kv_heads,
         scale,
     };
+    // Decode on AVX-512: per-key dot products over whole cache rows, all heads in one
+    // walk (`attention_decode_avx512.rs`).
+    #[cfg(target_arch = "x86_64")]
+    if t_rows == 1 && isa() == Isa::Avx512Vnni && super::attention_decode_avx512::supports(head_dim)
+    {
+        let d = super::attention_decode_avx512::DecodeArgs {
+            q,
+            k: k_cache,
+            v: v_cache,
+            kw,
+            head_dim,
+            group,
+            n_kv: n_kv_heads,
+            n_keys: a.keys(0).end,
+            scale,
+        };
+        super::attention_decode_avx512::attention_decode(&d, out);
+        return Ok(());
+    }
     // Decode on several threads: cut each head's keys (16-key multiples) so that there
     // are about four tasks per thread.
     let threads = super::pool::current_threads();
@@ -839,7 +867,7 @@ pub fn attention_f32<C: KvElem>(
     }
     run_tasks(&a, plan, n_tasks);
     if let Plan::SplitKeys { splits, .. } = plan {
-        merge_splits(&a, n_kv_heads, splits, &partials, out);
+        merge_partials(head_dim, group, n_kv_heads, splits, &partials, out);
     }
     Ok(())
 }

@@ -12,8 +12,20 @@ use crate::reference::{kv_write_range, KernelError};
 use half::f16;
 use half::slice::HalfFloatSliceExt;
 
+/// What a KV cache's storage units are: the decode kernel widens each kind its own way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KvKind {
+    F32,
+    F16,
+    /// `DType::Q8Head` bytes: i8 values, then each head row's f32 scale.
+    I8,
+}
+
 /// What the attention kernel can read a KV cache as.
 pub trait KvElem: Copy + Send + Sync + 'static {
+    /// The storage kind.
+    const KIND: KvKind;
+
     /// Storage units (`Self`) one KV head's row takes: `head_dim` values, or for int8
     /// the block of `head_dim` bytes and its 4-byte scale. Heads are this far apart in
     /// a row, and a row is `n_kv_heads` of them.
@@ -44,6 +56,8 @@ pub trait KvElem: Copy + Send + Sync + 'static {
 }
 
 impl KvElem for f32 {
+    const KIND: KvKind = KvKind::F32;
+
     #[inline(always)]
     fn rows_f32<'s>(
         _path: Isa,
@@ -58,6 +72,8 @@ impl KvElem for f32 {
 }
 
 impl KvElem for f16 {
+    const KIND: KvKind = KvKind::F16;
+
     #[inline(always)]
     fn as_f16(src: &[f16]) -> Option<&[f16]> {
         Some(src)
@@ -117,6 +133,8 @@ unsafe fn f16_to_f32_f16c(src: &[f16], dst: &mut [f32]) {
 /// i8 values then the f32 scale (little endian), dequantized as `scale * q`, exactly
 /// what `quant::dequantize_kv_head` (the reference) computes.
 impl KvElem for u8 {
+    const KIND: KvKind = KvKind::I8;
+
     #[inline(always)]
     fn head_len(head_dim: usize) -> usize {
         head_dim + 4

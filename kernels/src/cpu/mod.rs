@@ -4,7 +4,8 @@
 //! - `matmul_f32`, [`attention_f32`] / [`attention_bidirectional_f32`] (causal over a
 //!   KV cache, and the ViT's bidirectional mode, one flash-style kernel): portable Rust
 //!   the compiler vectorizes, compiled for the baseline, AVX2+FMA and AVX-512, with
-//!   hand-written AVX-512 tiles for the bidirectional mode (`attention_avx512.rs`);
+//!   hand-written AVX-512 tiles for the bidirectional mode (`attention_avx512.rs`) and
+//!   an AVX-512 decode kernel (`attention_decode_avx512.rs`);
 //! - [`pack`] / [`matmul_packed`] / [`gather_packed`]: quantized weights (Q4_0, Q4_1,
 //!   Q8_0, Q8Channel, f32) repacked once into 16-row interleaved tiles, multiplied by
 //!   activations quantized on the fly (I16 per row, I8 per 32-value block, or f32) with
@@ -23,6 +24,8 @@
 mod act_quant;
 #[cfg(target_arch = "x86_64")]
 mod attention_avx512;
+#[cfg(target_arch = "x86_64")]
+mod attention_decode_avx512;
 mod attention_f16;
 #[cfg(target_arch = "x86_64")]
 mod attention_f16_avx512;
@@ -57,7 +60,7 @@ pub use attention_i8::attention_bidirectional_i8;
 pub use dispatch::{detected, isa, with_isa, Isa};
 pub use epilogue::epilogue_f32;
 pub use gelu_f32::{activation_f32, gelu_f32};
-pub use kv_cache::{kv_write_f16, kv_write_q8head, KvElem};
+pub use kv_cache::{kv_write_f16, kv_write_q8head, KvElem, KvKind};
 pub use layer_norm_f32::layer_norm_f32;
 pub use matmul_f32::matmul_f32;
 pub use matmul_packed::{matmul_packed, matmul_packed_rms_norm, matmul_packed_with};

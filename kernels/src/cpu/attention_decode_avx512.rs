@@ -1,0 +1,385 @@
+//! Decode attention on AVX-512: one query row (the LLM's step after its prefill) over
+//! an f32, f16 or int8 KV cache, every query head of every KV head in one walk of the
+//! cache.
+//!
+//! Why not the flash tiles of `attention_f32.rs`: with one row, a KV head has only its
+//! GQA group of query vectors (3 for SmolLM2), so transposing each K block for
+//! register tiles costs more shuffles than the tile has multiply-adds, and a
+//! 4-vector tile wastes a quarter of them on padding. Here:
+//!
+//! - **scores** are per-key dot products (one K row widened once, `NV` fused
+//!   multiply-adds per query head), and 16 keys' partial-sum vectors are folded into
+//!   one vector of 16 scores by a shuffle tree ([`fold4`], [`fold_lanes`]): 30 shuffles
+//!   per 16 keys and query head, not 64 per 16 keys and 16 columns of a transpose;
+//! - **the softmax** is online over 32-key blocks, on the score vectors;
+//! - **`P @ V`** widens each V row once and adds it into every query head's
+//!   accumulators (`HP x NV` registers);
+//! - **memory**: a task walks a range of whole cache rows, all KV heads, in order, so
+//!   the reads are one sequential stream the hardware prefetchers follow (a head's
+//!   columns alone are 128 bytes of every 384 at SmolLM2's shape: 2.3x slower to read
+//!   on this machine);
+//! - **int8 rows** (`DType::Q8Head`) are read as integers and their scales applied to
+//!   the 16 scores and the 32 probabilities, not to every value.
+//!
+//! Results equal `reference::attention` up to f32 rounding (another summation order,
+//! fused multiply-adds). `attention_f32` calls this for one-row calls on the AVX-512
+//! path with `head_dim` 32, 64, 80, 96 or 128.
+
+use super::kv_cache::{KvElem, KvKind};
+use super::SendPtr;
+use std::arch::x86_64::*;
+use std::cell::RefCell;
+
+/// Keys per online-softmax block: two score vectors per query head.
+const DKB: usize = 32;
+/// Query heads per pass over a K/V block: their value accumulators stay in registers
+/// (`HP x NV` zmm). Larger groups take several passes.
+const HP_MAX: usize = 4;
+
+/// Whether [`attention_decode`] runs this head size.
+pub(super) fn supports(head_dim: usize) -> bool {
+    matches!(head_dim, 32 | 64 | 80 | 96 | 128)
+}
+
+/// The decode call's checked arguments: `q` is the row's `n_kv * group` heads of
+/// `head_dim` values, the caches' rows are `kw` storage units apart, keys `0..n_keys`
+/// are visible.
+pub(super) struct DecodeArgs<'a, C> {
+    pub q: &'a [f32],
+    pub k: &'a [C],
+    pub v: &'a [C],
+    pub kw: usize,
+    pub head_dim: usize,
+    pub group: usize,
+    pub n_kv: usize,
+    pub n_keys: usize,
+    pub scale: f32,
+}
+
+/// One task's running state for every query head: scaled queries, running max, sum
+/// and unnormalised output, and one pass's probabilities.
+#[derive(Default)]
+struct State {
+    q: Vec<f32>,
+    m: Vec<f32>,
+    l: Vec<f32>,
+    o: Vec<f32>,
+    p: Vec<f32>,
+}
+
+thread_local! {
+    static STATE: RefCell<State> = RefCell::new(State::default());
+}
+
+/// `out [n_kv * group * head_dim] = softmax(q k^T * scale) v` for one query row. The
+/// keys are cut into ranges of whole 32-key blocks, about four per thread; each task
+/// walks its range for all heads, and the ranges' partial softmax states are merged by
+/// [`super::attention_f32::merge_partials`].
+pub(super) fn attention_decode<C: KvElem>(a: &DecodeArgs<C>, out: &mut [f32]) {
+    let (hd, n_heads) = (a.head_dim, a.n_kv * a.group);
+    assert!(supports(hd) && a.n_keys >= 1 && out.len() >= n_heads * hd);
+    assert!(a.q.len() >= n_heads * hd);
+    let hl = C::head_len(hd);
+    assert!(a.kw >= a.n_kv * hl);
+    assert!(a.k.len() >= (a.n_keys - 1) * a.kw + a.n_kv * hl);
+    assert!(a.v.len() >= (a.n_keys - 1) * a.kw + a.n_kv * hl);
+    let threads = super::pool::current_threads();
+    let blocks = a.n_keys.div_ceil(DKB);
+    let splits = if threads > 1 {
+        (4 * threads).min(blocks)
+    } else {
+        1
+    };
+    let per = blocks.div_ceil(splits) * DKB;
+    let splits = a.n_keys.div_ceil(per);
+    let pl = super::attention_f32::partial_len(hd);
+    let mut partials = vec![0f32; if splits > 1 { n_heads * splits * pl } else { 0 }];
+    let (parts, dst) = (SendPtr(partials.as_mut_ptr()), SendPtr(out.as_mut_ptr()));
+    super::pool::for_each(splits, |si| {
+        STATE.with(|st| {
+            let st = &mut *st.borrow_mut();
+            let keys = si * per..((si + 1) * per).min(a.n_keys);
+            // SAFETY: `attention_f32` calls this on the AVX-512 path only (the CPU has
+            // AVX-512F); the asserts above bound every row and head the task reads.
+            unsafe { walk_range(a, keys, st) };
+            for h in 0..n_heads {
+                let (m, l, o) = (st.m[h], st.l[h], &st.o[h * hd..][..hd]);
+                if splits == 1 {
+                    // SAFETY: one task: it alone writes the output's n_heads * hd values.
+                    let d = unsafe { std::slice::from_raw_parts_mut(dst.at(h * hd), hd) };
+                    d.iter_mut().zip(o).for_each(|(d, &x)| *d = x / l);
+                } else {
+                    // Head h = (g, i) of split si, as `merge_partials` reads them.
+                    let (g, i) = (h / a.group, h % a.group);
+                    let at = ((g * splits + si) * a.group + i) * pl;
+                    // SAFETY: task si owns its heads' partials.
+                    let p = unsafe { std::slice::from_raw_parts_mut(parts.at(at), pl) };
+                    p[0] = m;
+                    p[1] = l;
+                    p[2..].copy_from_slice(o);
+                }
+            }
+        })
+    });
+    if splits > 1 {
+        super::attention_f32::merge_partials(hd, a.group, a.n_kv, splits, &partials, out);
+    }
+}
+
+/// Runs keys `keys` for every query head into `st` (m, l, o per head).
+#[target_feature(enable = "avx512f")]
+unsafe fn walk_range<C: KvElem>(a: &DecodeArgs<C>, keys: std::ops::Range<usize>, st: &mut State) {
+    let (hd, n_heads) = (a.head_dim, a.n_kv * a.group);
+    st.q.clear();
+    st.q.extend(a.q[..n_heads * hd].iter().map(|x| x * a.scale));
+    st.m.clear();
+    st.m.resize(n_heads, f32::NEG_INFINITY);
+    st.l.clear();
+    st.l.resize(n_heads, 0.0);
+    st.o.clear();
+    st.o.resize(n_heads * hd, 0.0);
+    st.p.resize(HP_MAX * DKB, 0.0);
+    let hl = C::head_len(hd);
+    for j0 in keys.clone().step_by(DKB) {
+        let nk = DKB.min(keys.end - j0);
+        for g in 0..a.n_kv {
+            // SAFETY: rows j0..j0 + nk < n_keys and head g's columns are inside the
+            // caches (asserted by the caller).
+            let (k, v) = unsafe {
+                (
+                    a.k.as_ptr().add(j0 * a.kw + g * hl),
+                    a.v.as_ptr().add(j0 * a.kw + g * hl),
+                )
+            };
+            let mut h0 = g * a.group;
+            let end = h0 + a.group;
+            while h0 < end {
+                let hp = HP_MAX.min(end - h0);
+                let blk = Block { k, v, kw: a.kw, nk };
+                // SAFETY: heads h0..h0 + hp < n_heads: inside st's buffers.
+                unsafe {
+                    match (hd / 16, hp) {
+                        (2, n) => heads::<C, 2>(n, &blk, h0, st),
+                        (4, n) => heads::<C, 4>(n, &blk, h0, st),
+                        (5, n) => heads::<C, 5>(n, &blk, h0, st),
+                        (6, n) => heads::<C, 6>(n, &blk, h0, st),
+                        (_, n) => heads::<C, 8>(n, &blk, h0, st),
+                    }
+                }
+                h0 += hp;
+            }
+        }
+    }
+}
+
+/// One KV head's rows of one block: `nk` rows from `k` and `v` (its first row's head
+/// column), `kw` storage units apart.
+struct Block<C> {
+    k: *const C,
+    v: *const C,
+    kw: usize,
+    nk: usize,
+}
+
+/// [`pass`] for `hp` (1..=4) query heads from `h0`, at `NV` vectors per head. Widths
+/// past 5 vectors take two heads per pass (the accumulators stay in registers).
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn heads<C: KvElem, const NV: usize>(hp: usize, b: &Block<C>, h0: usize, st: &mut State) {
+    // SAFETY (all arms): forwarded from the caller.
+    unsafe {
+        match hp {
+            1 => pass::<C, NV, 1>(b, h0, st),
+            2 => pass::<C, NV, 2>(b, h0, st),
+            3 if NV <= 5 => pass::<C, NV, 3>(b, h0, st),
+            4 if NV <= 5 => pass::<C, NV, 4>(b, h0, st),
+            n => {
+                pass::<C, NV, 2>(b, h0, st);
+                heads::<C, NV>(n - 2, b, h0 + 2, st);
+            }
+        }
+    }
+}
+
+/// 16 values of a head row at `p`, as f32 (int8: the integers; the scale is applied
+/// by the caller).
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn load16<C: KvElem>(p: *const C) -> __m512 {
+    // SAFETY: the caller keeps 16 values at p inside the cache.
+    unsafe {
+        match C::KIND {
+            KvKind::F32 => _mm512_loadu_ps(p as *const f32),
+            KvKind::F16 => _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i)),
+            KvKind::I8 => {
+                _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(p as *const __m128i)))
+            }
+        }
+    }
+}
+
+/// The scales of rows `j0..j0 + 16` (those past `nk`: 0) of an int8 head column at `p`
+/// (each row's `hd` bytes are followed by its f32 scale); all 1 for float caches.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn row_scales<C: KvElem>(p: *const C, kw: usize, hd: usize, j0: usize, nk: usize) -> __m512 {
+    if C::KIND != KvKind::I8 {
+        return _mm512_set1_ps(1.0);
+    }
+    let mut s = [0f32; 16];
+    for (j, s) in s.iter_mut().enumerate().take(nk.saturating_sub(j0)) {
+        // SAFETY: row j0 + j < nk is inside the cache; its scale follows its hd bytes.
+        *s = unsafe { (p.add((j0 + j) * kw + hd) as *const f32).read_unaligned() };
+    }
+    // SAFETY: a 16-float array.
+    unsafe { _mm512_loadu_ps(s.as_ptr()) }
+}
+
+/// Four vectors of per-lane partial sums (keys e = 0..3) folded to one: in each
+/// 128-bit lane L, element e holds key e's sum over that lane's four values.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn fold4(p: [__m512; 4]) -> __m512 {
+    let t0 = _mm512_add_ps(
+        _mm512_unpacklo_ps(p[0], p[1]),
+        _mm512_unpackhi_ps(p[0], p[1]),
+    );
+    let t1 = _mm512_add_ps(
+        _mm512_unpacklo_ps(p[2], p[3]),
+        _mm512_unpackhi_ps(p[2], p[3]),
+    );
+    let (a, b) = (_mm512_castps_pd(t0), _mm512_castps_pd(t1));
+    _mm512_add_ps(
+        _mm512_castpd_ps(_mm512_unpacklo_pd(a, b)),
+        _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)),
+    )
+}
+
+/// Four [`fold4`] results (keys 4i..4i + 3 in vector i) summed across their 128-bit
+/// lanes: lane 4i + e of the result is key 4i + e's whole dot product.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn fold_lanes(w: [__m512; 4]) -> __m512 {
+    let x = _mm512_add_ps(
+        _mm512_shuffle_f32x4::<0x44>(w[0], w[1]),
+        _mm512_shuffle_f32x4::<0xEE>(w[0], w[1]),
+    );
+    let y = _mm512_add_ps(
+        _mm512_shuffle_f32x4::<0x44>(w[2], w[3]),
+        _mm512_shuffle_f32x4::<0xEE>(w[2], w[3]),
+    );
+    _mm512_add_ps(
+        _mm512_shuffle_f32x4::<0x88>(x, y),
+        _mm512_shuffle_f32x4::<0xDD>(x, y),
+    )
+}
+
+/// One block for query heads `h0..h0 + HP` (one KV head's, `NV` vectors of head_dim
+/// each): their scores, the online softmax step, and `P @ V` into their running
+/// outputs.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn pass<C: KvElem, const NV: usize, const HP: usize>(
+    b: &Block<C>,
+    h0: usize,
+    st: &mut State,
+) {
+    let (hd, nk, kw) = (16 * NV, b.nk, b.kw);
+    debug_assert!(st.q.len() >= (h0 + HP) * hd && st.p.len() >= HP * DKB);
+    let q = st.q.as_ptr().wrapping_add(h0 * hd);
+    // SAFETY (whole body): rows j < nk of the block and the first hd values of each
+    // (plus an int8 row's scale) are inside the caches; heads h0..h0 + HP are inside
+    // st's buffers (the caller's bounds).
+    unsafe {
+        // Scores: 16 keys at a time, a partial-sum vector per (key, head) folded to
+        // one score vector per head.
+        let mut s = [[_mm512_setzero_ps(); 2]; HP];
+        for half in 0..2 {
+            if 16 * half >= nk {
+                break;
+            }
+            let mut w = [[_mm512_setzero_ps(); 4]; HP];
+            for quad in 0..4 {
+                let mut parts = [[_mm512_setzero_ps(); 4]; HP];
+                for e in 0..4 {
+                    let j = 16 * half + 4 * quad + e;
+                    if j >= nk {
+                        break;
+                    }
+                    let row = b.k.add(j * kw);
+                    let kr: [__m512; NV] = std::array::from_fn(|c| load16(row.add(16 * c)));
+                    for (h, part) in parts.iter_mut().enumerate() {
+                        let qh = q.add(h * hd);
+                        let mut acc = _mm512_mul_ps(_mm512_loadu_ps(qh), kr[0]);
+                        for (c, &kc) in kr.iter().enumerate().skip(1) {
+                            acc = _mm512_fmadd_ps(_mm512_loadu_ps(qh.add(16 * c)), kc, acc);
+                        }
+                        part[e] = acc;
+                    }
+                }
+                for (w, part) in w.iter_mut().zip(&parts) {
+                    w[quad] = fold4(*part);
+                }
+            }
+            let ks = row_scales(b.k, kw, hd, 16 * half, nk);
+            for (s, w) in s.iter_mut().zip(&w) {
+                s[half] = _mm512_mul_ps(fold_lanes(*w), ks);
+            }
+        }
+        // Online softmax over the block's nk keys.
+        let masks = [
+            super::attention_avx512::first_lanes(nk),
+            super::attention_avx512::first_lanes(nk.saturating_sub(16)),
+        ];
+        let vs = [
+            row_scales(b.v, kw, hd, 0, nk),
+            row_scales(b.v, kw, hd, 16, nk),
+        ];
+        let neg_inf = _mm512_set1_ps(f32::NEG_INFINITY);
+        let mut corr = [0f32; HP];
+        for (h, s) in s.iter().enumerate() {
+            let mx = _mm512_mask_max_ps(neg_inf, masks[0], neg_inf, s[0]);
+            let mx = _mm512_mask_max_ps(mx, masks[1], mx, s[1]);
+            let (m_old, m_new) = (st.m[h0 + h], st.m[h0 + h].max(_mm512_reduce_max_ps(mx)));
+            corr[h] = super::math::exp(m_old - m_new);
+            let mv = _mm512_set1_ps(m_new);
+            let p: [__m512; 2] = std::array::from_fn(|c| {
+                _mm512_maskz_mov_ps(
+                    masks[c],
+                    super::attention_avx512::exp_ps(_mm512_sub_ps(s[c], mv)),
+                )
+            });
+            st.l[h0 + h] = st.l[h0 + h] * corr[h] + _mm512_reduce_add_ps(_mm512_add_ps(p[0], p[1]));
+            st.m[h0 + h] = m_new;
+            for c in 0..2 {
+                // int8: the V rows' scales, applied to the weights of their rows.
+                _mm512_storeu_ps(
+                    st.p.as_mut_ptr().add(h * DKB + 16 * c),
+                    _mm512_mul_ps(p[c], vs[c]),
+                );
+            }
+        }
+        // P @ V into the running outputs, rescaled by the softmax correction.
+        let o = st.o.as_mut_ptr().add(h0 * hd);
+        let mut acc: [[__m512; NV]; HP] = std::array::from_fn(|h| {
+            let cv = _mm512_set1_ps(corr[h]);
+            std::array::from_fn(|c| _mm512_mul_ps(_mm512_loadu_ps(o.add(h * hd + 16 * c)), cv))
+        });
+        let pp = st.p.as_ptr();
+        for j in 0..nk {
+            let row = b.v.add(j * kw);
+            let vr: [__m512; NV] = std::array::from_fn(|c| load16(row.add(16 * c)));
+            for (h, acc) in acc.iter_mut().enumerate() {
+                let x = _mm512_set1_ps(*pp.add(h * DKB + j));
+                for (a, &vc) in acc.iter_mut().zip(&vr) {
+                    *a = _mm512_fmadd_ps(x, vc, *a);
+                }
+            }
+        }
+        for (h, acc) in acc.iter().enumerate() {
+            for (c, &a) in acc.iter().enumerate() {
+                _mm512_storeu_ps(o.add(h * hd + 16 * c), a);
+            }
+        }
+    }
+}
