@@ -14,10 +14,13 @@
 //! - **the softmax** is online over 32-key blocks, on the score vectors;
 //! - **`P @ V`** widens each V row once and adds it into every query head's
 //!   accumulators (`HP x NV` registers);
-//! - **memory**: a task walks a range of whole cache rows, all KV heads, in order, so
-//!   the reads are one sequential stream the hardware prefetchers follow (a head's
-//!   columns alone are 128 bytes of every 384 at SmolLM2's shape: 2.3x slower to read
-//!   on this machine);
+//! - **memory**: a task (one per thread) walks a range of whole cache rows, 4 rows at a
+//!   time for every KV head (the K rows by the dot products, the V rows by one load per
+//!   line), so each line is first read in address order, a stream the hardware
+//!   prefetchers follow. Read head by head, 128 bytes of every 384-byte row at
+//!   SmolLM2's shape, the same bytes came at 9.7 GB/s on one core of this machine
+//!   against 23 GB/s in order; the softmax and `P @ V` then run head by head over the
+//!   block's rows, which are in L1;
 //! - **int8 rows** (`DType::Q8Head`) are read as integers and their scales applied to
 //!   the 16 scores and the 32 probabilities, not to every value.
 //!
@@ -32,6 +35,8 @@ use std::cell::RefCell;
 
 /// Keys per online-softmax block: two score vectors per query head.
 const DKB: usize = 32;
+/// Quads of 4 keys in a block.
+const QUADS: usize = DKB / 4;
 /// Query heads per pass over a K/V block: their value accumulators stay in registers
 /// (`HP x NV` zmm). Larger groups take several passes.
 const HP_MAX: usize = 4;
@@ -65,6 +70,8 @@ struct State {
     l: Vec<f32>,
     o: Vec<f32>,
     p: Vec<f32>,
+    /// Folded partial scores, `QUADS` vectors of 16 per head.
+    w: Vec<f32>,
 }
 
 thread_local! {
@@ -72,8 +79,8 @@ thread_local! {
 }
 
 /// `out [n_kv * group * head_dim] = softmax(q k^T * scale) v` for one query row. The
-/// keys are cut into ranges of whole 32-key blocks, about four per thread; each task
-/// walks its range for all heads, and the ranges' partial softmax states are merged by
+/// keys are cut into ranges of whole 32-key blocks, one per thread; each task walks its
+/// range for all heads, and the ranges' partial softmax states are merged by
 /// [`super::attention_f32::merge_partials`].
 pub(super) fn attention_decode<C: KvElem>(a: &DecodeArgs<C>, out: &mut [f32]) {
     let (hd, n_heads) = (a.head_dim, a.n_kv * a.group);
@@ -85,11 +92,9 @@ pub(super) fn attention_decode<C: KvElem>(a: &DecodeArgs<C>, out: &mut [f32]) {
     assert!(a.v.len() >= (a.n_keys - 1) * a.kw + a.n_kv * hl);
     let threads = super::pool::current_threads();
     let blocks = a.n_keys.div_ceil(DKB);
-    let splits = if threads > 1 {
-        (4 * threads).min(blocks)
-    } else {
-        1
-    };
+    // One range per thread: the longest streams. Four per thread measured 5-10% slower
+    // on two threads (each range start is a new stream for the prefetchers).
+    let splits = threads.min(blocks);
     let per = blocks.div_ceil(splits) * DKB;
     let splits = a.n_keys.div_ceil(per);
     let pl = super::attention_f32::partial_len(hd);
@@ -139,66 +144,87 @@ unsafe fn walk_range<C: KvElem>(a: &DecodeArgs<C>, keys: std::ops::Range<usize>,
     st.o.clear();
     st.o.resize(n_heads * hd, 0.0);
     st.p.resize(HP_MAX * DKB, 0.0);
-    let hl = C::head_len(hd);
+    st.w.resize(n_heads * QUADS * 16, 0.0);
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        match hd / 16 {
+            2 => walk::<C, 2>(a, keys, st),
+            4 => walk::<C, 4>(a, keys, st),
+            5 => walk::<C, 5>(a, keys, st),
+            6 => walk::<C, 6>(a, keys, st),
+            _ => walk::<C, 8>(a, keys, st),
+        }
+    }
+}
+
+/// [`walk_range`] at `NV` vectors per head.
+#[target_feature(enable = "avx512f")]
+unsafe fn walk<C: KvElem, const NV: usize>(
+    a: &DecodeArgs<C>,
+    keys: std::ops::Range<usize>,
+    st: &mut State,
+) {
+    let hl = C::head_len(16 * NV);
+    let row_bytes = a.kw * std::mem::size_of::<C>();
+    // Query heads per pass: their value accumulators stay in registers.
+    let per_pass = if NV <= 5 { HP_MAX } else { 2 };
     for j0 in keys.clone().step_by(DKB) {
         let nk = DKB.min(keys.end - j0);
-        for g in 0..a.n_kv {
-            // SAFETY: rows j0..j0 + nk < n_keys and head g's columns are inside the
-            // caches (asserted by the caller).
-            let (k, v) = unsafe {
-                (
-                    a.k.as_ptr().add(j0 * a.kw + g * hl),
-                    a.v.as_ptr().add(j0 * a.kw + g * hl),
-                )
-            };
-            let mut h0 = g * a.group;
-            let end = h0 + a.group;
-            while h0 < end {
-                let hp = HP_MAX.min(end - h0);
-                let blk = Block { k, v, kw: a.kw, nk };
-                // SAFETY: heads h0..h0 + hp < n_heads: inside st's buffers.
-                unsafe {
-                    match (hd / 16, hp) {
-                        (2, n) => heads::<C, 2>(n, &blk, h0, st),
-                        (4, n) => heads::<C, 4>(n, &blk, h0, st),
-                        (5, n) => heads::<C, 5>(n, &blk, h0, st),
-                        (6, n) => heads::<C, 6>(n, &blk, h0, st),
-                        (_, n) => heads::<C, 8>(n, &blk, h0, st),
+        // SAFETY (both phases): rows j0..j0 + nk < n_keys and every head's columns are
+        // inside the caches (asserted by the caller); heads < n_heads are inside st.
+        unsafe {
+            // Scores, 4 rows at a time, every head: the rows' lines are first read in
+            // order (K by the dot products, V by one load per line), a stream the
+            // hardware prefetchers follow. Head by head over the whole block, the first
+            // reads skip along the rows and ran at under half the bandwidth.
+            for quad in 0..nk.div_ceil(4) {
+                let (j, n) = (j0 + 4 * quad, (nk - 4 * quad).min(4));
+                for g in 0..a.n_kv {
+                    let k = a.k.as_ptr().add(j * a.kw + g * hl);
+                    for h0 in (g * a.group..(g + 1) * a.group).step_by(per_pass) {
+                        let hp = per_pass.min((g + 1) * a.group - h0);
+                        match hp {
+                            1 => scores::<C, NV, 1>(k, a.kw, n, h0, quad, st),
+                            2 => scores::<C, NV, 2>(k, a.kw, n, h0, quad, st),
+                            3 => scores::<C, NV, 3>(k, a.kw, n, h0, quad, st),
+                            _ => scores::<C, NV, 4>(k, a.kw, n, h0, quad, st),
+                        }
                     }
                 }
-                h0 += hp;
+                let v = a.v.as_ptr().add(j * a.kw) as *const u8;
+                for off in (0..n * row_bytes).step_by(64) {
+                    std::ptr::read_volatile(v.add(off));
+                }
+            }
+            // Softmax and P @ V, head by head (the block's rows are in L1 now).
+            for g in 0..a.n_kv {
+                let at = j0 * a.kw + g * hl;
+                let b = Block {
+                    k: a.k.as_ptr().add(at),
+                    v: a.v.as_ptr().add(at),
+                    kw: a.kw,
+                    nk,
+                };
+                for h0 in (g * a.group..(g + 1) * a.group).step_by(per_pass) {
+                    match per_pass.min((g + 1) * a.group - h0) {
+                        1 => values::<C, NV, 1>(&b, h0, st),
+                        2 => values::<C, NV, 2>(&b, h0, st),
+                        3 => values::<C, NV, 3>(&b, h0, st),
+                        _ => values::<C, NV, 4>(&b, h0, st),
+                    }
+                }
             }
         }
     }
 }
 
-/// One KV head's rows of one block: `nk` rows from `k` and `v` (its first row's head
+/// One KV head's rows of a block: `nk` rows from `k` and `v` (their first row's head
 /// column), `kw` storage units apart.
 struct Block<C> {
     k: *const C,
     v: *const C,
     kw: usize,
     nk: usize,
-}
-
-/// [`pass`] for `hp` (1..=4) query heads from `h0`, at `NV` vectors per head. Widths
-/// past 5 vectors take two heads per pass (the accumulators stay in registers).
-#[inline]
-#[target_feature(enable = "avx512f")]
-unsafe fn heads<C: KvElem, const NV: usize>(hp: usize, b: &Block<C>, h0: usize, st: &mut State) {
-    // SAFETY (all arms): forwarded from the caller.
-    unsafe {
-        match hp {
-            1 => pass::<C, NV, 1>(b, h0, st),
-            2 => pass::<C, NV, 2>(b, h0, st),
-            3 if NV <= 5 => pass::<C, NV, 3>(b, h0, st),
-            4 if NV <= 5 => pass::<C, NV, 4>(b, h0, st),
-            n => {
-                pass::<C, NV, 2>(b, h0, st);
-                heads::<C, NV>(n - 2, b, h0 + 2, st);
-            }
-        }
-    }
 }
 
 /// 16 values of a head row at `p`, as f32 (int8: the integers; the scale is applied
@@ -274,56 +300,76 @@ fn fold_lanes(w: [__m512; 4]) -> __m512 {
     )
 }
 
-/// One block for query heads `h0..h0 + HP` (one KV head's, `NV` vectors of head_dim
-/// each): their scores, the online softmax step, and `P @ V` into their running
-/// outputs.
+/// The scores of query heads `h0..h0 + HP` (one KV head's, `NV` vectors of head_dim)
+/// for the `n` (1..=4) keys of quad `quad` of a block, whose first K row (the head's
+/// column) is at `k`: one partial-sum vector per (key, head), folded ([`fold4`]) into
+/// one vector per head in `st.w`.
 #[inline]
 #[target_feature(enable = "avx512f")]
-unsafe fn pass<C: KvElem, const NV: usize, const HP: usize>(
+unsafe fn scores<C: KvElem, const NV: usize, const HP: usize>(
+    k: *const C,
+    kw: usize,
+    n: usize,
+    h0: usize,
+    quad: usize,
+    st: &mut State,
+) {
+    let hd = 16 * NV;
+    debug_assert!(st.q.len() >= (h0 + HP) * hd && st.w.len() >= (h0 + HP) * QUADS * 16);
+    let q = st.q.as_ptr().wrapping_add(h0 * hd);
+    let w = st.w.as_mut_ptr().wrapping_add(h0 * QUADS * 16);
+    // SAFETY: rows e < n and their first hd values are inside the cache, heads
+    // h0..h0 + HP inside st's buffers (the caller's bounds).
+    unsafe {
+        let mut parts = [[_mm512_setzero_ps(); 4]; HP];
+        for e in 0..n {
+            let row = k.add(e * kw);
+            let kr: [__m512; NV] = std::array::from_fn(|c| load16(row.add(16 * c)));
+            for (h, part) in parts.iter_mut().enumerate() {
+                let qh = q.add(h * hd);
+                let mut acc = _mm512_mul_ps(_mm512_loadu_ps(qh), kr[0]);
+                for (c, &kc) in kr.iter().enumerate().skip(1) {
+                    acc = _mm512_fmadd_ps(_mm512_loadu_ps(qh.add(16 * c)), kc, acc);
+                }
+                part[e] = acc;
+            }
+        }
+        for (h, part) in parts.iter().enumerate() {
+            _mm512_storeu_ps(w.add((h * QUADS + quad) * 16), fold4(*part));
+        }
+    }
+}
+
+/// The block's online softmax step and `P @ V` for query heads `h0..h0 + HP`: their
+/// scores from the folded quads in `st.w`, then the running (max, sum) and outputs.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn values<C: KvElem, const NV: usize, const HP: usize>(
     b: &Block<C>,
     h0: usize,
     st: &mut State,
 ) {
     let (hd, nk, kw) = (16 * NV, b.nk, b.kw);
-    debug_assert!(st.q.len() >= (h0 + HP) * hd && st.p.len() >= HP * DKB);
-    let q = st.q.as_ptr().wrapping_add(h0 * hd);
-    // SAFETY (whole body): rows j < nk of the block and the first hd values of each
-    // (plus an int8 row's scale) are inside the caches; heads h0..h0 + HP are inside
-    // st's buffers (the caller's bounds).
+    debug_assert!(st.o.len() >= (h0 + HP) * hd && st.p.len() >= HP * DKB);
+    debug_assert!(st.w.len() >= (h0 + HP) * QUADS * 16);
+    let w = st.w.as_ptr().wrapping_add(h0 * QUADS * 16);
+    // SAFETY (whole body): rows j < nk and the first hd values of each (plus an int8
+    // row's scale) are inside the caches; heads h0..h0 + HP are inside st's buffers
+    // (the caller's bounds).
     unsafe {
-        // Scores: 16 keys at a time, a partial-sum vector per (key, head) folded to
-        // one score vector per head.
+        // Each half's four folded quads summed across lanes (lanes past nk are
+        // masked below).
         let mut s = [[_mm512_setzero_ps(); 2]; HP];
         for half in 0..2 {
             if 16 * half >= nk {
                 break;
             }
-            let mut w = [[_mm512_setzero_ps(); 4]; HP];
-            for quad in 0..4 {
-                let mut parts = [[_mm512_setzero_ps(); 4]; HP];
-                for e in 0..4 {
-                    let j = 16 * half + 4 * quad + e;
-                    if j >= nk {
-                        break;
-                    }
-                    let row = b.k.add(j * kw);
-                    let kr: [__m512; NV] = std::array::from_fn(|c| load16(row.add(16 * c)));
-                    for (h, part) in parts.iter_mut().enumerate() {
-                        let qh = q.add(h * hd);
-                        let mut acc = _mm512_mul_ps(_mm512_loadu_ps(qh), kr[0]);
-                        for (c, &kc) in kr.iter().enumerate().skip(1) {
-                            acc = _mm512_fmadd_ps(_mm512_loadu_ps(qh.add(16 * c)), kc, acc);
-                        }
-                        part[e] = acc;
-                    }
-                }
-                for (w, part) in w.iter_mut().zip(&parts) {
-                    w[quad] = fold4(*part);
-                }
-            }
             let ks = row_scales(b.k, kw, hd, 16 * half, nk);
-            for (s, w) in s.iter_mut().zip(&w) {
-                s[half] = _mm512_mul_ps(fold_lanes(*w), ks);
+            for (h, s) in s.iter_mut().enumerate() {
+                let wq: [__m512; 4] = std::array::from_fn(|i| {
+                    _mm512_loadu_ps(w.add((h * QUADS + 4 * half + i) * 16))
+                });
+                s[half] = _mm512_mul_ps(fold_lanes(wq), ks);
             }
         }
         // Online softmax over the block's nk keys.
