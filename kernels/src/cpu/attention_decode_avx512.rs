@@ -1,150 +1,28 @@
-//! Decode attention on AVX-512: one query row (the LLM's step after its prefill) over
-//! an f32, f16 or int8 KV cache, every query head of every KV head in one walk of the
-//! cache.
-//!
-//! Why not the flash tiles of `attention_f32.rs`: with one row, a KV head has only its
-//! GQA group of query vectors (3 for SmolLM2), so transposing each K block for
-//! register tiles costs more shuffles than the tile has multiply-adds, and a
-//! 4-vector tile wastes a quarter of them on padding. Here:
-//!
-//! - **scores** are per-key dot products (one K row widened once, `NV` fused
-//!   multiply-adds per query head), and 16 keys' partial-sum vectors are folded into
-//!   one vector of 16 scores by a shuffle tree ([`fold4`], [`fold_lanes`]): 30 shuffles
-//!   per 16 keys and query head, not 64 per 16 keys and 16 columns of a transpose;
-//! - **the softmax** is online over 32-key blocks, on the score vectors;
-//! - **`P @ V`** widens each V row once and adds it into every query head's
-//!   accumulators (`HP x NV` registers);
-//! - **memory**: a task (one per thread) walks a range of whole cache rows, 4 rows at a
-//!   time for every KV head (the K rows by the dot products, the V rows by one load per
-//!   line), so each line is first read in address order, a stream the hardware
-//!   prefetchers follow. Read head by head, 128 bytes of every 384-byte row at
-//!   SmolLM2's shape, the same bytes came at 9.7 GB/s on one core of this machine
-//!   against 23 GB/s in order; the softmax and `P @ V` then run head by head over the
-//!   block's rows, which are in L1;
-//! - **int8 rows** (`DType::Q8Head`) are read as integers and their scales applied to
-//!   the 16 scores and the 32 probabilities, not to every value.
-//!
-//! Results equal `reference::attention` up to f32 rounding (another summation order,
-//! fused multiply-adds). `attention_f32` calls this for one-row calls on the AVX-512
-//! path with `head_dim` 32, 64, 80, 96 or 128.
+//! The AVX-512 kernel of decode attention (`attention_decode.rs` says what both
+//! kernels do): 16 keys' partial-sum vectors are folded into one vector of 16 scores
+//! ([`fold4`], [`fold_lanes`]: 30 shuffles per 16 keys and query head, not 64 per 16
+//! keys and 16 columns of a transpose), and up to 4 query heads keep their value
+//! accumulators in registers (`HP x NV` zmm).
 
+use super::attention_decode::{Block, DecodeArgs, State, DKB};
 use super::kv_cache::{KvElem, KvKind};
-use super::SendPtr;
 use std::arch::x86_64::*;
-use std::cell::RefCell;
 
-/// Keys per online-softmax block: two score vectors per query head.
-const DKB: usize = 32;
 /// Quads of 4 keys in a block.
 const QUADS: usize = DKB / 4;
 /// Query heads per pass over a K/V block: their value accumulators stay in registers
 /// (`HP x NV` zmm). Larger groups take several passes.
 const HP_MAX: usize = 4;
 
-/// Whether [`attention_decode`] runs this head size.
-pub(super) fn supports(head_dim: usize) -> bool {
-    matches!(head_dim, 32 | 64 | 80 | 96 | 128)
-}
-
-/// The decode call's checked arguments: `q` is the row's `n_kv * group` heads of
-/// `head_dim` values, the caches' rows are `kw` storage units apart, keys `0..n_keys`
-/// are visible.
-pub(super) struct DecodeArgs<'a, C> {
-    pub q: &'a [f32],
-    pub k: &'a [C],
-    pub v: &'a [C],
-    pub kw: usize,
-    pub head_dim: usize,
-    pub group: usize,
-    pub n_kv: usize,
-    pub n_keys: usize,
-    pub scale: f32,
-}
-
-/// One task's running state for every query head: scaled queries, running max, sum
-/// and unnormalised output, and one pass's probabilities.
-#[derive(Default)]
-struct State {
-    q: Vec<f32>,
-    m: Vec<f32>,
-    l: Vec<f32>,
-    o: Vec<f32>,
-    p: Vec<f32>,
-    /// Folded partial scores, `QUADS` vectors of 16 per head.
-    w: Vec<f32>,
-}
-
-thread_local! {
-    static STATE: RefCell<State> = RefCell::new(State::default());
-}
-
-/// `out [n_kv * group * head_dim] = softmax(q k^T * scale) v` for one query row. The
-/// keys are cut into ranges of whole 32-key blocks, one per thread; each task walks its
-/// range for all heads, and the ranges' partial softmax states are merged by
-/// [`super::attention_f32::merge_partials`].
-pub(super) fn attention_decode<C: KvElem>(a: &DecodeArgs<C>, out: &mut [f32]) {
-    let (hd, n_heads) = (a.head_dim, a.n_kv * a.group);
-    assert!(supports(hd) && a.n_keys >= 1 && out.len() >= n_heads * hd);
-    assert!(a.q.len() >= n_heads * hd);
-    let hl = C::head_len(hd);
-    assert!(a.kw >= a.n_kv * hl);
-    assert!(a.k.len() >= (a.n_keys - 1) * a.kw + a.n_kv * hl);
-    assert!(a.v.len() >= (a.n_keys - 1) * a.kw + a.n_kv * hl);
-    let threads = super::pool::current_threads();
-    let blocks = a.n_keys.div_ceil(DKB);
-    // One range per thread: the longest streams. Four per thread measured 5-10% slower
-    // on two threads (each range start is a new stream for the prefetchers).
-    let splits = threads.min(blocks);
-    let per = blocks.div_ceil(splits) * DKB;
-    let splits = a.n_keys.div_ceil(per);
-    let pl = super::attention_f32::partial_len(hd);
-    let mut partials = vec![0f32; if splits > 1 { n_heads * splits * pl } else { 0 }];
-    let (parts, dst) = (SendPtr(partials.as_mut_ptr()), SendPtr(out.as_mut_ptr()));
-    super::pool::for_each(splits, |si| {
-        STATE.with(|st| {
-            let st = &mut *st.borrow_mut();
-            let keys = si * per..((si + 1) * per).min(a.n_keys);
-            // SAFETY: `attention_f32` calls this on the AVX-512 path only (the CPU has
-            // AVX-512F); the asserts above bound every row and head the task reads.
-            unsafe { walk_range(a, keys, st) };
-            for h in 0..n_heads {
-                let (m, l, o) = (st.m[h], st.l[h], &st.o[h * hd..][..hd]);
-                if splits == 1 {
-                    // SAFETY: one task: it alone writes the output's n_heads * hd values.
-                    let d = unsafe { std::slice::from_raw_parts_mut(dst.at(h * hd), hd) };
-                    d.iter_mut().zip(o).for_each(|(d, &x)| *d = x / l);
-                } else {
-                    // Head h = (g, i) of split si, as `merge_partials` reads them.
-                    let (g, i) = (h / a.group, h % a.group);
-                    let at = ((g * splits + si) * a.group + i) * pl;
-                    // SAFETY: task si owns its heads' partials.
-                    let p = unsafe { std::slice::from_raw_parts_mut(parts.at(at), pl) };
-                    p[0] = m;
-                    p[1] = l;
-                    p[2..].copy_from_slice(o);
-                }
-            }
-        })
-    });
-    if splits > 1 {
-        super::attention_f32::merge_partials(hd, a.group, a.n_kv, splits, &partials, out);
-    }
-}
-
 /// Runs keys `keys` for every query head into `st` (m, l, o per head).
 #[target_feature(enable = "avx512f")]
-unsafe fn walk_range<C: KvElem>(a: &DecodeArgs<C>, keys: std::ops::Range<usize>, st: &mut State) {
+pub(super) unsafe fn walk_range<C: KvElem>(
+    a: &DecodeArgs<C>,
+    keys: std::ops::Range<usize>,
+    st: &mut State,
+) {
     let (hd, n_heads) = (a.head_dim, a.n_kv * a.group);
-    st.q.clear();
-    st.q.extend(a.q[..n_heads * hd].iter().map(|x| x * a.scale));
-    st.m.clear();
-    st.m.resize(n_heads, f32::NEG_INFINITY);
-    st.l.clear();
-    st.l.resize(n_heads, 0.0);
-    st.o.clear();
-    st.o.resize(n_heads * hd, 0.0);
-    st.p.resize(HP_MAX * DKB, 0.0);
-    st.w.resize(n_heads * QUADS * 16, 0.0);
+    st.start(a, HP_MAX * DKB, n_heads * QUADS * 16);
     // SAFETY: forwarded from the caller.
     unsafe {
         match hd / 16 {
@@ -216,15 +94,6 @@ unsafe fn walk<C: KvElem, const NV: usize>(
             }
         }
     }
-}
-
-/// One KV head's rows of a block: `nk` rows from `k` and `v` (their first row's head
-/// column), `kw` storage units apart.
-struct Block<C> {
-    k: *const C,
-    v: *const C,
-    kw: usize,
-    nk: usize,
 }
 
 /// 16 values of a head row at `p`, as f32 (int8: the integers; the scale is applied

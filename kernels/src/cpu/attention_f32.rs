@@ -16,9 +16,10 @@
 //!   mode also uses fused multiply-adds and vectorized softmax sums on the FMA paths
 //!   (`FUSED`); the causal mode here keeps its unfused, in-order arithmetic;
 //! - decode on several threads also splits each head's keys ([`Plan::SplitKeys`]) and
-//!   merges the parts ([`merge_partials`]). On AVX-512, decode with head_dim 32 to 128
-//!   runs `attention_decode_avx512.rs` instead: per-key dot products over whole cache
-//!   rows (one query row gives a KV head too few query vectors for register tiles).
+//!   merges the parts ([`merge_partials`]). On AVX2 and AVX-512, decode with head_dim
+//!   32 to 128 runs `attention_decode.rs` instead: per-key dot products over whole
+//!   cache rows (one query row gives a KV head too few query vectors for register
+//!   tiles).
 //!
 //! Portable Rust written for the vectorizer (plus an AVX-512 K transpose), compiled
 //! for the baseline, AVX2+FMA and AVX-512 and picked at run time: at 512-token prefill
@@ -741,8 +742,8 @@ fn run_tasks<C: KvElem>(a: &Args<C>, plan: Plan, n_tasks: usize) {
     let sizes = [nq * hd, nq * hd, nq, nq, hd * KB, nq * KB];
     let path = isa();
     // Fused multiply-adds and vectorized sums where the CPU has FMA, in the ViT's mode
-    // only: the causal (LLM) mode keeps its unfused, in-order arithmetic (the AVX-512
-    // decode kernel, which fuses, is within the same tolerances of the goldens).
+    // only: the causal (LLM) mode keeps its unfused, in-order arithmetic (the decode
+    // kernels, which fuse, are within the same tolerances of the goldens).
     let fused = matches!(a.mask, Mask::Bidirectional { .. });
     super::pool::for_each(n_tasks, |id| {
         SCRATCH.with(|sc| {
@@ -805,12 +806,11 @@ pub fn attention_f32<C: KvElem>(
         n_kv: n_kv_heads,
         scale,
     };
-    // Decode on AVX-512: per-key dot products over whole cache rows, all heads in one
-    // walk (`attention_decode_avx512.rs`).
+    // Decode on AVX2 and AVX-512: per-key dot products over whole cache rows, all heads
+    // in one walk (`attention_decode.rs`).
     #[cfg(target_arch = "x86_64")]
-    if t_rows == 1 && isa() == Isa::Avx512Vnni && super::attention_decode_avx512::supports(head_dim)
-    {
-        let d = super::attention_decode_avx512::DecodeArgs {
+    if t_rows == 1 && super::attention_decode::supports(isa(), head_dim) {
+        let d = super::attention_decode::DecodeArgs {
             q,
             k: k_cache,
             v: v_cache,
@@ -821,7 +821,7 @@ pub fn attention_f32<C: KvElem>(
             n_keys: a.keys(0).end,
             scale,
         };
-        super::attention_decode_avx512::attention_decode(&d, out);
+        super::attention_decode::attention_decode(isa(), &d, out);
         return Ok(());
     }
     // Decode on several threads: cut each head's keys (16-key multiples) so that there

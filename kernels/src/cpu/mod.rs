@@ -5,7 +5,7 @@
 //!   KV cache, and the ViT's bidirectional mode, one flash-style kernel): portable Rust
 //!   the compiler vectorizes, compiled for the baseline, AVX2+FMA and AVX-512, with
 //!   hand-written AVX-512 tiles for the bidirectional mode (`attention_avx512.rs`) and
-//!   an AVX-512 decode kernel (`attention_decode_avx512.rs`);
+//!   AVX2 and AVX-512 decode kernels (`attention_decode.rs`);
 //! - [`pack`] / [`matmul_packed`] / [`gather_packed`]: quantized weights (Q4_0, Q4_1,
 //!   Q8_0, Q8Channel, f32) repacked once into 16-row interleaved tiles, multiplied by
 //!   activations quantized on the fly (I16 per row, I8 per 32-value block, or f32) with
@@ -24,6 +24,10 @@
 mod act_quant;
 #[cfg(target_arch = "x86_64")]
 mod attention_avx512;
+#[cfg(target_arch = "x86_64")]
+mod attention_decode;
+#[cfg(target_arch = "x86_64")]
+mod attention_decode_avx2;
 #[cfg(target_arch = "x86_64")]
 mod attention_decode_avx512;
 mod attention_f16;
