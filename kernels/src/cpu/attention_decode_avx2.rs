@@ -287,7 +287,7 @@ unsafe fn values<C: KvElem, const NV: usize, const HP: usize>(
         }
         // P @ V, 4 column vectors at a time (2 for head_dim 80).
         let o = st.o.as_mut_ptr().add(h0 * hd);
-        if NV % 4 == 0 {
+        if NV.is_multiple_of(4) {
             for c0 in (0..NV).step_by(4) {
                 value_cols::<C, HP, 4>(b, o, hd, c0, &corr, st.p.as_ptr());
             }
