@@ -159,3 +159,61 @@ pub(super) struct Block<C> {
     pub kw: usize,
     pub nk: usize,
 }
+
+/// The walk both kernels make over a task's keys (see the module doc), in blocks of
+/// [`DKB`]: the scores 4 rows at a time for every KV head, `scores(k, n, j, h0, hp)`
+/// for `n` rows from K pointer `k` (keys `j..j + n` of the block) and query heads
+/// `h0..h0 + hp`, with the V rows' lines touched in the same order; then per KV head
+/// the softmax and `P @ V`, `values(b, h0, hp)` over [`Block`] `b`. At most `per_pass`
+/// query heads a call. A macro, so that the kernels' calls inline under their own
+/// target features.
+macro_rules! walk_blocks {
+    (
+        $c:ty, $a:expr, $keys:expr, $head_dim:expr, $per_pass:expr,
+        scores($k:ident, $n:ident, $j:ident, $h0:ident, $hp:ident) => $scores:expr,
+        values($b:ident, $vh0:ident, $vhp:ident) => $values:expr $(,)?
+    ) => {{
+        let (a, keys, per_pass) = ($a, $keys, $per_pass);
+        let hl = <$c as KvElem>::head_len($head_dim);
+        let row_bytes = a.kw * std::mem::size_of::<$c>();
+        for j0 in keys.clone().step_by(DKB) {
+            let nk = DKB.min(keys.end - j0);
+            // SAFETY (both phases): rows j0..j0 + nk < n_keys and every head's columns
+            // are inside the caches (asserted by `attention_decode`); heads < n_heads
+            // are inside the task's state.
+            unsafe {
+                // Scores, 4 rows at a time, every head: each line is first read in
+                // address order (K by the dot products, V by one load per line).
+                for quad in 0..nk.div_ceil(4) {
+                    let ($j, $n) = (4 * quad, (nk - 4 * quad).min(4));
+                    for g in 0..a.n_kv {
+                        let $k = a.k.as_ptr().add((j0 + $j) * a.kw + g * hl);
+                        for $h0 in (g * a.group..(g + 1) * a.group).step_by(per_pass) {
+                            let $hp = per_pass.min((g + 1) * a.group - $h0);
+                            $scores;
+                        }
+                    }
+                    let v = a.v.as_ptr().add((j0 + $j) * a.kw) as *const u8;
+                    for off in (0..$n * row_bytes).step_by(64) {
+                        std::ptr::read_volatile(v.add(off));
+                    }
+                }
+                // Softmax and P @ V, head by head (the block's rows are in L1 now).
+                for g in 0..a.n_kv {
+                    let at = j0 * a.kw + g * hl;
+                    let $b = Block {
+                        k: a.k.as_ptr().add(at),
+                        v: a.v.as_ptr().add(at),
+                        kw: a.kw,
+                        nk,
+                    };
+                    for $vh0 in (g * a.group..(g + 1) * a.group).step_by(per_pass) {
+                        let $vhp = per_pass.min((g + 1) * a.group - $vh0);
+                        $values;
+                    }
+                }
+            }
+        }
+    }};
+}
+pub(super) use walk_blocks;

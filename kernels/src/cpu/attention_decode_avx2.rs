@@ -5,7 +5,7 @@
 //! `P @ V` keeps up to 3 query heads' accumulators in registers over 4 (or 2) column
 //! vectors at a time.
 
-use super::attention_decode::{Block, DecodeArgs, State, DKB};
+use super::attention_decode::{walk_blocks, Block, DecodeArgs, State, DKB};
 use super::kv_cache::{KvElem, KvKind};
 use std::arch::x86_64::*;
 
@@ -41,50 +41,19 @@ unsafe fn walk<C: KvElem, const NV: usize>(
     keys: std::ops::Range<usize>,
     st: &mut State,
 ) {
-    let hl = C::head_len(8 * NV);
-    let row_bytes = a.kw * std::mem::size_of::<C>();
-    for j0 in keys.clone().step_by(DKB) {
-        let nk = DKB.min(keys.end - j0);
-        // SAFETY (both phases): rows j0..j0 + nk < n_keys and every head's columns are
-        // inside the caches (asserted by the caller); heads < n_heads are inside st.
-        unsafe {
-            // Scores, 4 rows at a time for every head, V lines touched in the same
-            // order (see attention_decode.rs).
-            for quad in 0..nk.div_ceil(4) {
-                let (j, n) = (j0 + 4 * quad, (nk - 4 * quad).min(4));
-                for g in 0..a.n_kv {
-                    let k = a.k.as_ptr().add(j * a.kw + g * hl);
-                    for h0 in (g * a.group..(g + 1) * a.group).step_by(HP_MAX) {
-                        match HP_MAX.min((g + 1) * a.group - h0) {
-                            1 => scores::<C, NV, 1>(k, a.kw, n, h0, j - j0, st),
-                            2 => scores::<C, NV, 2>(k, a.kw, n, h0, j - j0, st),
-                            _ => scores::<C, NV, 3>(k, a.kw, n, h0, j - j0, st),
-                        }
-                    }
-                }
-                let v = a.v.as_ptr().add(j * a.kw) as *const u8;
-                for off in (0..n * row_bytes).step_by(64) {
-                    std::ptr::read_volatile(v.add(off));
-                }
-            }
-            for g in 0..a.n_kv {
-                let at = j0 * a.kw + g * hl;
-                let b = Block {
-                    k: a.k.as_ptr().add(at),
-                    v: a.v.as_ptr().add(at),
-                    kw: a.kw,
-                    nk,
-                };
-                for h0 in (g * a.group..(g + 1) * a.group).step_by(HP_MAX) {
-                    match HP_MAX.min((g + 1) * a.group - h0) {
-                        1 => values::<C, NV, 1>(&b, h0, st),
-                        2 => values::<C, NV, 2>(&b, h0, st),
-                        _ => values::<C, NV, 3>(&b, h0, st),
-                    }
-                }
-            }
-        }
-    }
+    walk_blocks!(
+        C, a, keys, 8 * NV, HP_MAX,
+        scores(k, n, j, h0, hp) => match hp {
+            1 => scores::<C, NV, 1>(k, a.kw, n, h0, j, st),
+            2 => scores::<C, NV, 2>(k, a.kw, n, h0, j, st),
+            _ => scores::<C, NV, 3>(k, a.kw, n, h0, j, st),
+        },
+        values(b, h0, hp) => match hp {
+            1 => values::<C, NV, 1>(&b, h0, st),
+            2 => values::<C, NV, 2>(&b, h0, st),
+            _ => values::<C, NV, 3>(&b, h0, st),
+        },
+    )
 }
 
 /// 8 values of a head row at `p`, as f32 (int8: the integers; the scale is applied

@@ -4,7 +4,7 @@
 //! keys and 16 columns of a transpose), and up to 4 query heads keep their value
 //! accumulators in registers (`HP x NV` zmm).
 
-use super::attention_decode::{Block, DecodeArgs, State, DKB};
+use super::attention_decode::{walk_blocks, Block, DecodeArgs, State, DKB};
 use super::kv_cache::{KvElem, KvKind};
 use std::arch::x86_64::*;
 
@@ -42,58 +42,23 @@ unsafe fn walk<C: KvElem, const NV: usize>(
     keys: std::ops::Range<usize>,
     st: &mut State,
 ) {
-    let hl = C::head_len(16 * NV);
-    let row_bytes = a.kw * std::mem::size_of::<C>();
     // Query heads per pass: their value accumulators stay in registers.
     let per_pass = if NV <= 5 { HP_MAX } else { 2 };
-    for j0 in keys.clone().step_by(DKB) {
-        let nk = DKB.min(keys.end - j0);
-        // SAFETY (both phases): rows j0..j0 + nk < n_keys and every head's columns are
-        // inside the caches (asserted by the caller); heads < n_heads are inside st.
-        unsafe {
-            // Scores, 4 rows at a time, every head: the rows' lines are first read in
-            // order (K by the dot products, V by one load per line), a stream the
-            // hardware prefetchers follow. Head by head over the whole block, the first
-            // reads skip along the rows and ran at under half the bandwidth.
-            for quad in 0..nk.div_ceil(4) {
-                let (j, n) = (j0 + 4 * quad, (nk - 4 * quad).min(4));
-                for g in 0..a.n_kv {
-                    let k = a.k.as_ptr().add(j * a.kw + g * hl);
-                    for h0 in (g * a.group..(g + 1) * a.group).step_by(per_pass) {
-                        let hp = per_pass.min((g + 1) * a.group - h0);
-                        match hp {
-                            1 => scores::<C, NV, 1>(k, a.kw, n, h0, quad, st),
-                            2 => scores::<C, NV, 2>(k, a.kw, n, h0, quad, st),
-                            3 => scores::<C, NV, 3>(k, a.kw, n, h0, quad, st),
-                            _ => scores::<C, NV, 4>(k, a.kw, n, h0, quad, st),
-                        }
-                    }
-                }
-                let v = a.v.as_ptr().add(j * a.kw) as *const u8;
-                for off in (0..n * row_bytes).step_by(64) {
-                    std::ptr::read_volatile(v.add(off));
-                }
-            }
-            // Softmax and P @ V, head by head (the block's rows are in L1 now).
-            for g in 0..a.n_kv {
-                let at = j0 * a.kw + g * hl;
-                let b = Block {
-                    k: a.k.as_ptr().add(at),
-                    v: a.v.as_ptr().add(at),
-                    kw: a.kw,
-                    nk,
-                };
-                for h0 in (g * a.group..(g + 1) * a.group).step_by(per_pass) {
-                    match per_pass.min((g + 1) * a.group - h0) {
-                        1 => values::<C, NV, 1>(&b, h0, st),
-                        2 => values::<C, NV, 2>(&b, h0, st),
-                        3 => values::<C, NV, 3>(&b, h0, st),
-                        _ => values::<C, NV, 4>(&b, h0, st),
-                    }
-                }
-            }
-        }
-    }
+    walk_blocks!(
+        C, a, keys, 16 * NV, per_pass,
+        scores(k, n, j, h0, hp) => match hp {
+            1 => scores::<C, NV, 1>(k, a.kw, n, h0, j / 4, st),
+            2 => scores::<C, NV, 2>(k, a.kw, n, h0, j / 4, st),
+            3 => scores::<C, NV, 3>(k, a.kw, n, h0, j / 4, st),
+            _ => scores::<C, NV, 4>(k, a.kw, n, h0, j / 4, st),
+        },
+        values(b, h0, hp) => match hp {
+            1 => values::<C, NV, 1>(&b, h0, st),
+            2 => values::<C, NV, 2>(&b, h0, st),
+            3 => values::<C, NV, 3>(&b, h0, st),
+            _ => values::<C, NV, 4>(&b, h0, st),
+        },
+    )
 }
 
 /// 16 values of a head row at `p`, as f32 (int8: the integers; the scale is applied
