@@ -14,7 +14,9 @@
 //!   call's tasks are (sequence, KV head, row block), row blocks innermost, so
 //!   consecutive tasks on both threads reuse one head's K/V from L2. The bidirectional
 //!   mode also uses fused multiply-adds and vectorized softmax sums on the FMA paths
-//!   (`FUSED`); the causal mode here keeps its unfused, in-order arithmetic;
+//!   (`FUSED`); the causal mode keeps unfused, in-order arithmetic on the blocks its
+//!   mask cuts (and on the paths below AVX-512), while its whole blocks on AVX-512 run
+//!   the bidirectional mode's hand-written tiles;
 //! - decode on several threads also splits each head's keys ([`Plan::SplitKeys`]) and
 //!   merges the parts ([`merge_partials`]). On AVX2 and AVX-512, decode with head_dim
 //!   32 to 128 runs `attention_decode.rs` instead: per-key dot products over whole
@@ -24,8 +26,8 @@
 //! Portable Rust written for the vectorizer (plus an AVX-512 K transpose), compiled
 //! for the baseline, AVX2+FMA and AVX-512 and picked at run time: at 512-token prefill
 //! (and in every ViT layer) attention is a large share of the work, so it must never
-//! run scalar. The bidirectional mode's score, softmax and value tiles on AVX-512 are
-//! hand-written (`attention_avx512.rs`).
+//! run scalar. The score, softmax and value tiles of blocks every row sees whole on
+//! AVX-512 are hand-written (`attention_avx512.rs`).
 //!
 //! The caches are f32, f16 or int8 ([`KvElem`]); an f16 or int8 K/V block (int8: each
 //! row's head block of `head_dim` i8 values and its scale, read straight from the
@@ -438,12 +440,19 @@ fn block_task<C: KvElem, const FUSED: bool>(
                 transpose_k(path, kb, ks, nk, hd, &mut sc.kt);
             }
         }
-        // The bidirectional mode on AVX-512: register tiles with the softmax fused into
-        // the score tile (every row of a bidirectional task sees the whole block).
+        // On AVX-512, blocks that every row of the task sees whole (all of them in
+        // bidirectional mode; in causal mode those below the first row's limit) run
+        // register tiles with the softmax fused into the score tile. Causal prefill at
+        // 1024 rows: attention 370-396 -> 275-282 ms a chunk (the diagonal blocks keep
+        // the masked path below).
         #[cfg(target_arch = "x86_64")]
-        if FUSED && path == Isa::Avx512Vnni {
+        let whole = match a.mask {
+            Mask::Bidirectional { .. } => true,
+            Mask::Causal { .. } => j0 + nk <= a.keys(t0).end,
+        };
+        #[cfg(target_arch = "x86_64")]
+        if path == Isa::Avx512Vnni && whole {
             use super::attention_avx512::{score_softmax_tile, value_tile};
-            debug_assert!(matches!(a.mask, Mask::Bidirectional { .. }));
             for i0 in (0..nq_pad).step_by(QT) {
                 // SAFETY: the AVX-512 path runs only where the CPU has AVX-512F.
                 unsafe {
@@ -741,9 +750,10 @@ fn run_tasks<C: KvElem>(a: &Args<C>, plan: Plan, n_tasks: usize) {
     let hd = a.head_dim;
     let sizes = [nq * hd, nq * hd, nq, nq, hd * KB, nq * KB];
     let path = isa();
-    // Fused multiply-adds and vectorized sums where the CPU has FMA, in the ViT's mode
-    // only: the causal (LLM) mode keeps its unfused, in-order arithmetic (the decode
-    // kernels, which fuse, are within the same tolerances of the goldens).
+    // Fused multiply-adds and vectorized sums in the portable tiles where the CPU has
+    // FMA, in the ViT's mode only: the causal (LLM) mode keeps its unfused, in-order
+    // arithmetic there (its AVX-512 whole-block tiles and the decode kernels fuse, and
+    // are within the same tolerances of the goldens; fusing the rest measured 2%).
     let fused = matches!(a.mask, Mask::Bidirectional { .. });
     super::pool::for_each(n_tasks, |id| {
         SCRATCH.with(|sc| {
