@@ -211,8 +211,14 @@ pub fn run(model: Arc<Model>, a: PromptArgs, gen: GenerateOptions) -> anyhow_lit
         println!();
         let mib = |b: u64| b as f64 / (1 << 20) as f64;
         if !images.is_empty() {
+            // The JSON's signed figure, in words: a prompt that came first waited.
+            let ready = if ready_before_prompt_ms >= 0.0 {
+                format!("{ready_before_prompt_ms:.0} ms before the prompt")
+            } else {
+                format!("{:.0} ms after the prompt", -ready_before_prompt_ms)
+            };
             println!(
-                "[images: {} ({tiles} tiles, {image_tokens} tokens) | encode {encode_ms:.0} ms, {hidden_ms:.0} ms of it hidden behind the prompt | ready {ready_before_prompt_ms:.0} ms before the prompt | vision {}]",
+                "[images: {} ({tiles} tiles, {image_tokens} tokens) | encode {encode_ms:.0} ms, {hidden_ms:.0} ms of it hidden behind the prompt | ready {ready} | vision {}]",
                 images.len(),
                 if released { "released after encoding" } else { "kept" }
             );
