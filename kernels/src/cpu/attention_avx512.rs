@@ -43,8 +43,7 @@ fn key_mask(nk: usize, c: usize) -> __mmask16 {
 #[inline]
 #[target_feature(enable = "avx512f")]
 pub(super) fn exp_ps(x: __m512) -> __m512 {
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
+    use super::math::{EXP_LN2_HI as LN2_HI, EXP_LN2_LO as LN2_LO, EXP_POLY};
     let x = _mm512_min_ps(
         _mm512_max_ps(x, _mm512_set1_ps(-87.3)),
         _mm512_set1_ps(88.0),
@@ -55,14 +54,8 @@ pub(super) fn exp_ps(x: __m512) -> __m512 {
     );
     let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_HI), x);
     let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_LO), r);
-    let mut p = _mm512_set1_ps(1.987_569_2e-4);
-    for c in [
-        1.398_199_9e-3,
-        8.333_452e-3,
-        4.166_579_6e-2,
-        0.166_666_65,
-        0.5,
-    ] {
+    let mut p = _mm512_set1_ps(EXP_POLY[0]);
+    for &c in &EXP_POLY[1..] {
         p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
     }
     let e = _mm512_add_ps(

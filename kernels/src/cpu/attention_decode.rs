@@ -29,7 +29,7 @@
 //! fused multiply-adds). `attention_f32` calls this for one-row calls on the AVX2 and
 //! AVX-512 paths with `head_dim` 32, 64, 80, 96 or 128.
 
-use super::kv_cache::KvElem;
+use super::kv_cache::{KvElem, KvKind};
 use super::{Isa, SendPtr};
 use std::cell::RefCell;
 
@@ -149,6 +149,31 @@ pub(super) fn attention_decode<C: KvElem>(path: Isa, a: &DecodeArgs<C>, out: &mu
     if splits > 1 {
         super::attention_f32::merge_partials(hd, a.group, a.n_kv, splits, &partials, out);
     }
+}
+
+/// The scales of rows `j0..j0 + N` (those past `nk`: 0) of an int8 head column at `p`
+/// (each row's `hd` bytes are followed by its f32 scale); all 1 for float caches,
+/// whose kernels multiply by them all the same.
+///
+/// # Safety
+/// Rows `j0..nk` of the column, and their scales, are inside the cache.
+#[inline(always)]
+pub(super) unsafe fn row_scales<C: KvElem, const N: usize>(
+    p: *const C,
+    kw: usize,
+    hd: usize,
+    j0: usize,
+    nk: usize,
+) -> [f32; N] {
+    if C::KIND != KvKind::I8 {
+        return [1.0; N];
+    }
+    let mut s = [0f32; N];
+    for (j, s) in s.iter_mut().enumerate().take(nk.saturating_sub(j0)) {
+        // SAFETY: row j0 + j < nk is inside the cache; its scale follows its hd bytes.
+        *s = unsafe { (p.add((j0 + j) * kw + hd) as *const f32).read_unaligned() };
+    }
+    s
 }
 
 /// One KV head's rows of a block: `nk` rows from `k` and `v` (their first row's head

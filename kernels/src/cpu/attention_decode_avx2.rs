@@ -5,7 +5,7 @@
 //! `P @ V` keeps up to 3 query heads' accumulators in registers over 4 (or 2) column
 //! vectors at a time.
 
-use super::attention_decode::{walk_blocks, Block, DecodeArgs, State, DKB};
+use super::attention_decode::{row_scales, walk_blocks, Block, DecodeArgs, State, DKB};
 use super::kv_cache::{KvElem, KvKind};
 use std::arch::x86_64::*;
 
@@ -73,8 +73,7 @@ unsafe fn load8<C: KvElem>(p: *const C) -> __m256 {
     }
 }
 
-/// The scales of rows `j0..j0 + 8` (those past `nk`: 0) of an int8 head column at `p`;
-/// all 1 for float caches.
+/// [`row_scales`] of rows `j0..j0 + 8` as a vector.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn row_scales8<C: KvElem>(
@@ -84,16 +83,8 @@ unsafe fn row_scales8<C: KvElem>(
     j0: usize,
     nk: usize,
 ) -> __m256 {
-    if C::KIND != KvKind::I8 {
-        return _mm256_set1_ps(1.0);
-    }
-    let mut s = [0f32; 8];
-    for (j, s) in s.iter_mut().enumerate().take(nk.saturating_sub(j0)) {
-        // SAFETY: row j0 + j < nk is inside the cache; its scale follows its hd bytes.
-        *s = unsafe { (p.add((j0 + j) * kw + hd) as *const f32).read_unaligned() };
-    }
-    // SAFETY: an 8-float array.
-    unsafe { _mm256_loadu_ps(s.as_ptr()) }
+    // SAFETY: forwarded bounds; an 8-float array.
+    unsafe { _mm256_loadu_ps(row_scales::<C, 8>(p, kw, hd, j0, nk).as_ptr()) }
 }
 
 /// Eight keys' partial-sum vectors folded to one vector: lane e is key e's sum.
@@ -114,8 +105,7 @@ fn fold8(p: [__m256; 8]) -> __m256 {
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn exp8(x: __m256) -> __m256 {
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
+    use super::math::{EXP_LN2_HI as LN2_HI, EXP_LN2_LO as LN2_LO, EXP_POLY};
     let x = _mm256_min_ps(
         _mm256_max_ps(x, _mm256_set1_ps(-87.3)),
         _mm256_set1_ps(88.0),
@@ -126,14 +116,8 @@ fn exp8(x: __m256) -> __m256 {
     ));
     let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_HI), x);
     let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_LO), r);
-    let mut p = _mm256_set1_ps(1.987_569_2e-4);
-    for c in [
-        1.398_199_9e-3,
-        8.333_452e-3,
-        4.166_579_6e-2,
-        0.166_666_65,
-        0.5,
-    ] {
+    let mut p = _mm256_set1_ps(EXP_POLY[0]);
+    for &c in &EXP_POLY[1..] {
         p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
     }
     let e = _mm256_add_ps(

@@ -4,7 +4,7 @@
 //! keys and 16 columns of a transpose), and up to 4 query heads keep their value
 //! accumulators in registers (`HP x NV` zmm).
 
-use super::attention_decode::{walk_blocks, Block, DecodeArgs, State, DKB};
+use super::attention_decode::{row_scales, walk_blocks, Block, DecodeArgs, State, DKB};
 use super::kv_cache::{KvElem, KvKind};
 use std::arch::x86_64::*;
 
@@ -78,21 +78,18 @@ unsafe fn load16<C: KvElem>(p: *const C) -> __m512 {
     }
 }
 
-/// The scales of rows `j0..j0 + 16` (those past `nk`: 0) of an int8 head column at `p`
-/// (each row's `hd` bytes are followed by its f32 scale); all 1 for float caches.
+/// [`row_scales`] of rows `j0..j0 + 16` as a vector.
 #[inline]
 #[target_feature(enable = "avx512f")]
-unsafe fn row_scales<C: KvElem>(p: *const C, kw: usize, hd: usize, j0: usize, nk: usize) -> __m512 {
-    if C::KIND != KvKind::I8 {
-        return _mm512_set1_ps(1.0);
-    }
-    let mut s = [0f32; 16];
-    for (j, s) in s.iter_mut().enumerate().take(nk.saturating_sub(j0)) {
-        // SAFETY: row j0 + j < nk is inside the cache; its scale follows its hd bytes.
-        *s = unsafe { (p.add((j0 + j) * kw + hd) as *const f32).read_unaligned() };
-    }
-    // SAFETY: a 16-float array.
-    unsafe { _mm512_loadu_ps(s.as_ptr()) }
+unsafe fn row_scales16<C: KvElem>(
+    p: *const C,
+    kw: usize,
+    hd: usize,
+    j0: usize,
+    nk: usize,
+) -> __m512 {
+    // SAFETY: forwarded bounds; a 16-float array.
+    unsafe { _mm512_loadu_ps(row_scales::<C, 16>(p, kw, hd, j0, nk).as_ptr()) }
 }
 
 /// Four vectors of per-lane partial sums (keys e = 0..3) folded to one: in each
@@ -198,7 +195,7 @@ unsafe fn values<C: KvElem, const NV: usize, const HP: usize>(
             if 16 * half >= nk {
                 break;
             }
-            let ks = row_scales(b.k, kw, hd, 16 * half, nk);
+            let ks = row_scales16(b.k, kw, hd, 16 * half, nk);
             for (h, s) in s.iter_mut().enumerate() {
                 let wq: [__m512; 4] = std::array::from_fn(|i| {
                     _mm512_loadu_ps(w.add((h * QUADS + 4 * half + i) * 16))
@@ -212,8 +209,8 @@ unsafe fn values<C: KvElem, const NV: usize, const HP: usize>(
             super::attention_avx512::first_lanes(nk.saturating_sub(16)),
         ];
         let vs = [
-            row_scales(b.v, kw, hd, 0, nk),
-            row_scales(b.v, kw, hd, 16, nk),
+            row_scales16(b.v, kw, hd, 0, nk),
+            row_scales16(b.v, kw, hd, 16, nk),
         ];
         let neg_inf = _mm512_set1_ps(f32::NEG_INFINITY);
         let mut corr = [0f32; HP];

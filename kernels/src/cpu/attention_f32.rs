@@ -819,7 +819,9 @@ pub fn attention_f32<C: KvElem>(
     // Decode on AVX2 and AVX-512: per-key dot products over whole cache rows, all heads
     // in one walk (`attention_decode.rs`).
     #[cfg(target_arch = "x86_64")]
-    if t_rows == 1 && super::attention_decode::supports(isa(), head_dim) {
+    let path = isa();
+    #[cfg(target_arch = "x86_64")]
+    if t_rows == 1 && super::attention_decode::supports(path, head_dim) {
         let d = super::attention_decode::DecodeArgs {
             q,
             k: k_cache,
@@ -831,7 +833,7 @@ pub fn attention_f32<C: KvElem>(
             n_keys: a.keys(0).end,
             scale,
         };
-        super::attention_decode::attention_decode(isa(), &d, out);
+        super::attention_decode::attention_decode(path, &d, out);
         return Ok(());
     }
     // Decode on several threads: cut each head's keys (16-key multiples) so that there

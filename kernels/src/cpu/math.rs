@@ -4,6 +4,21 @@
 
 use npurt_graph::Activation;
 
+/// ln 2 in two parts for [`exp`]'s range reduction (`r = x - n ln 2` stays exact), shared
+/// with the vector `exp`s of the attention kernels.
+pub(crate) const EXP_LN2_HI: f32 = 0.693_359_4;
+pub(crate) const EXP_LN2_LO: f32 = -2.121_944_4e-4;
+/// [`exp`]'s degree-5 polynomial in `r`, highest coefficient first (Horner's order):
+/// `e^r ~ 1 + r + r^2 p(r)`.
+pub(crate) const EXP_POLY: [f32; 6] = [
+    1.987_569_2e-4,
+    1.398_199_9e-3,
+    8.333_452e-3,
+    4.166_579_6e-2,
+    0.166_666_65,
+    0.5,
+];
+
 /// `e^x` to about 1 ulp (Cephes `expf`: range reduction by ln 2 split in two parts and
 /// a degree-5 minimax polynomial). Written without NaN-aware `clamp`/`as` casts (which
 /// compile to scalar compare-and-move sequences) so loops over it vectorize: inputs are
@@ -12,8 +27,7 @@ use npurt_graph::Activation;
 #[inline(always)]
 pub(crate) fn exp(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
+    const P: [f32; 6] = EXP_POLY;
     // 1.5 * 2^23: adding it rounds x * log2(e) to an integer n (ties to even) held in
     // the low mantissa bits, so n is also `bits(t) - bits(ROUND)`.
     const ROUND: f32 = 12_582_912.0;
@@ -21,11 +35,8 @@ pub(crate) fn exp(x: f32) -> f32 {
     let x = if x > 88.0 { 88.0 } else { x };
     let t = x * LOG2E + ROUND;
     let n = t - ROUND;
-    let r = x - n * LN2_HI - n * LN2_LO;
-    let p = ((((1.987_569_2e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
-        + 0.166_666_65)
-        * r
-        + 0.5;
+    let r = x - n * EXP_LN2_HI - n * EXP_LN2_LO;
+    let p = ((((P[0] * r + P[1]) * r + P[2]) * r + P[3]) * r + P[4]) * r + P[5];
     let e = p * r * r + r + 1.0;
     let n = (t.to_bits() as i32).wrapping_sub(ROUND.to_bits() as i32);
     // n is in [-126, 127]: 2^n is a normal f32 built from its exponent bits.
