@@ -1,7 +1,7 @@
 //! Run-time instruction-set selection.
 //!
 //! The best path the CPU supports is detected once.
-//! `NPURT_CPU_ISA=portable|avx2|avx2vnni|avx512` forces a lower path for the whole
+//! `NPURT_CPU_ISA=portable|avx2|avx2vnni|avx512|neon` forces a lower path for the whole
 //! process; [`with_isa`] forces one for the calling thread only (tests use it to cover
 //! every path in one process). Kernels resolve [`isa()`] once at their API entry, on
 //! the calling thread, and pass it down to their pool tasks explicitly: a thread-local
@@ -10,11 +10,18 @@
 use std::cell::Cell;
 use std::sync::OnceLock;
 
-/// Kernel paths, ordered from least to most capable (so `min` is a downgrade).
+/// Kernel paths, ordered from least to most capable (so `min` is a downgrade). The
+/// x86-64 paths and the AArch64 path are two chains above `Portable`; a CPU only ever
+/// runs its own architecture's ([`Isa::ALL`]). `NeonDot` sits below the x86 paths so
+/// that `min` with any x86 path keeps it on an ARM CPU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Isa {
     /// Baseline target features only: plain Rust, correct on any CPU.
     Portable,
+    /// AArch64 Advanced SIMD plus the dot-product extension (`sdot`/`udot`, Armv8.2's
+    /// FEAT_DotProd: Cortex-A55/A75 and later, every Apple and recent phone core). CPUs
+    /// without it run `Portable`.
+    NeonDot,
     /// x86-64 AVX2 + FMA + F16C (Haswell and later, Zen 1 and later).
     Avx2Fma,
     /// The AVX2 path with 256-bit `vpdpbusd` in the integer matmul kernels. Either
@@ -34,20 +41,28 @@ impl Isa {
             Isa::Avx2Fma => "avx2+fma",
             Isa::Avx2Vnni => "avx2+vnni",
             Isa::Avx512Vnni => "avx512+vnni",
+            Isa::NeonDot => "neon+dotprod",
         }
     }
 
-    /// All paths, lowest first.
-    pub const ALL: [Isa; 4] = [Isa::Portable, Isa::Avx2Fma, Isa::Avx2Vnni, Isa::Avx512Vnni];
+    /// This architecture's paths, lowest first.
+    #[cfg(target_arch = "x86_64")]
+    pub const ALL: &'static [Isa] = &[Isa::Portable, Isa::Avx2Fma, Isa::Avx2Vnni, Isa::Avx512Vnni];
+    /// This architecture's paths, lowest first.
+    #[cfg(target_arch = "aarch64")]
+    pub const ALL: &'static [Isa] = &[Isa::Portable, Isa::NeonDot];
+    /// This architecture's paths, lowest first.
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    pub const ALL: &'static [Isa] = &[Isa::Portable];
 
     /// Whether this CPU can run the path.
     pub fn is_supported(self) -> bool {
-        self <= detected()
+        Isa::ALL.contains(&self) && self <= detected()
     }
 
     /// The paths this CPU can run, lowest first (tests loop over these).
     pub fn supported() -> Vec<Isa> {
-        Isa::ALL.into_iter().filter(|i| i.is_supported()).collect()
+        Isa::ALL.iter().copied().filter(|i| i.is_supported()).collect()
     }
 }
 
@@ -68,6 +83,10 @@ pub fn detected() -> Isa {
                 return Isa::Avx2Fma;
             }
         }
+        #[cfg(target_arch = "aarch64")]
+        if std::arch::is_aarch64_feature_detected!("dotprod") {
+            return Isa::NeonDot;
+        }
         Isa::Portable
     })
 }
@@ -82,15 +101,24 @@ fn process_isa() -> Isa {
             Ok("avx2") => Isa::Avx2Fma,
             Ok("avx2vnni") => Isa::Avx2Vnni,
             Ok("avx512") => Isa::Avx512Vnni,
+            Ok("neon") => Isa::NeonDot,
             Ok(other) if !other.is_empty() => {
                 log::warn!(
-                    "NPURT_CPU_ISA={other} is not one of portable|avx2|avx2vnni|avx512; using {}",
+                    "NPURT_CPU_ISA={other} is not one of portable|avx2|avx2vnni|avx512|neon; using {}",
                     best.name()
                 );
                 best
             }
             _ => best,
         };
+        if !Isa::ALL.contains(&want) {
+            log::warn!(
+                "NPURT_CPU_ISA asks for {}, which is not this architecture's; using {}",
+                want.name(),
+                best.name()
+            );
+            return best;
+        }
         if want > best {
             log::warn!(
                 "NPURT_CPU_ISA asks for {} but this CPU supports at most {}; using it",

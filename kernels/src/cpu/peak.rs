@@ -157,7 +157,7 @@ fn select(kind: PeakKind, path: Isa) -> Option<(Impl, Isa)> {
     // forms (the `Avx2Vnni` path accepts either, see `Isa::Avx2Vnni`).
     let vex = || has!("avxvnni");
     Some(match (kind, path) {
-        (_, Isa::Portable) => return None,
+        (_, Isa::Portable | Isa::NeonDot) => return None,
         (PeakKind::Int8Vnni, Isa::Avx512Vnni) => (imp(x86::vpdpbusd_zmm, "vpdpbusd zmm", 64), path),
         (PeakKind::Int8Vnni, Isa::Avx2Vnni) if vex() => {
             (imp(x86::vpdpbusd_ymm_vex, "{vex} vpdpbusd ymm", 32), path)

@@ -9,7 +9,10 @@
 //! `avx2_vnni.rs` (the AVX2 path's I8 and I16 kernels with 256-bit `vpdpbusd`, the
 //! AVX-512 kernels' arithmetic on two 8-lane halves; compiled for both VNNI encodings),
 //! `avx512_q4.rs`/`avx512_q8.rs`/`avx512_f32.rs` (AVX-512 BW + VNNI, a tile per zmm;
-//! I8 and I16 both via `vpdpbusd`, I16 as two byte planes).
+//! I8 and I16 both via `vpdpbusd`, I16 as two byte planes),
+//! `neon_q4.rs`/`neon_q8.rs`/`neon_f32.rs` (AArch64 NEON + dot product, a tile as four
+//! 4-row quarters; I8 and I16 via `sdot`/`udot` by element, I16 as two byte planes;
+//! the instructions Rust's stable intrinsics lack in `neon_dot.rs`).
 //!
 //! Per (format, activation precision, ISA), [`select`] returns the activation plan
 //! (`act_quant::ActPlan`) and kernels for row blocks of 1, 2, 4 and 8 rows (the AVX2
@@ -42,6 +45,14 @@ mod avx512_f32;
 mod avx512_q4;
 #[cfg(target_arch = "x86_64")]
 mod avx512_q8;
+#[cfg(target_arch = "aarch64")]
+mod neon_dot;
+#[cfg(target_arch = "aarch64")]
+mod neon_f32;
+#[cfg(target_arch = "aarch64")]
+mod neon_q4;
+#[cfg(target_arch = "aarch64")]
+mod neon_q8;
 mod portable;
 
 /// A kernel's results: `[row of the block][column of the tile]`.
@@ -239,6 +250,15 @@ pub(crate) fn select(format: Format, act: ActPrecision, isa: Isa) -> KernelSet {
                 by_rows: by_rows!(avx512_q8::q8c_u8row),
             };
         }
+        // Signed activations with no block bias (offset 0): `q8c_i8row` keeps whole
+        // rows in i32.
+        #[cfg(target_arch = "aarch64")]
+        if (isa, format) == (Isa::NeonDot, F::Q8Channel) {
+            return KernelSet {
+                plan: ActPlan::I8Row { offset: 0 },
+                by_rows: by_rows_4!(neon_q8::q8c_i8row),
+            };
+        }
         let mut set = select(format, A::I8, isa);
         set.plan = match set.plan {
             ActPlan::I8 { offset } => ActPlan::I8Row { offset },
@@ -321,6 +341,8 @@ pub(crate) fn select(format: Format, act: ActPrecision, isa: Isa) -> KernelSet {
         }
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2Vnni => avx2_vnni_set(format, act, avx2_vnni::has_vex()),
+        #[cfg(target_arch = "aarch64")]
+        Isa::NeonDot => neon_set(format, act),
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2Fma => {
             use {avx2_f32 as f32w, avx2_q4 as q4, avx2_q8 as q8};
@@ -518,6 +540,54 @@ fn avx2_vnni_set(format: Format, act: ActPrecision, vex: bool) -> KernelSet {
     KernelSet { plan, by_rows }
 }
 
+/// The `Isa::NeonDot` set. Weights and activations are both signed `sdot` operands,
+/// so the I8 plans carry only Q4_0's offset, and I16 comes as byte planes as on the
+/// VNNI paths (`neon_q8.rs` says how the unsigned low plane meets signed weights).
+/// Quantized weights with f32 activations have no dot product to gain and take the
+/// portable kernels.
+#[cfg(target_arch = "aarch64")]
+fn neon_set(format: Format, act: ActPrecision) -> KernelSet {
+    use ActPrecision as A;
+    use Format as F;
+    use {neon_f32 as f32w, neon_q4 as q4, neon_q8 as q8};
+    let (plan, by_rows) = match (format, act) {
+        (F::Q4_0, A::I8 | A::I8Row) => (ActPlan::I8 { offset: 8 }, by_rows_4!(q4::q4_i8, false)),
+        (F::Q4_1, A::I8 | A::I8Row) => (ActPlan::I8 { offset: 0 }, by_rows_4!(q4::q4_i8, true)),
+        (F::Q4_0, A::I16) => (
+            ActPlan::I16Bytes {
+                offset: 8,
+                hi_offset: 0,
+            },
+            by_rows_4!(q4::q4_i16b, false),
+        ),
+        (F::Q4_1, A::I16) => (
+            ActPlan::I16Bytes {
+                offset: 0,
+                hi_offset: 0,
+            },
+            by_rows_4!(q4::q4_i16b, true),
+        ),
+        (F::Q8_0, A::I8 | A::I8Row) => (ActPlan::I8 { offset: 0 }, by_rows_4!(q8::q8_i8, false)),
+        (F::Q8Channel, A::I8 | A::I8Row) => {
+            (ActPlan::I8 { offset: 0 }, by_rows_4!(q8::q8_i8, true))
+        }
+        (F::Q8_0 | F::Q8Channel, A::I16) => (
+            ActPlan::I16Bytes {
+                offset: 0,
+                hi_offset: 0,
+            },
+            if format == F::Q8Channel {
+                by_rows_4!(q8::q8_i16b, true)
+            } else {
+                by_rows_4!(q8::q8_i16b, false)
+            },
+        ),
+        (F::F32, a) => (f32_plan(a), by_rows_4!(f32w::f32w_f32)),
+        _ => return select(format, act, Isa::Portable),
+    };
+    KernelSet { plan, by_rows }
+}
+
 /// f32 weights with an integer activation policy: quantize-dequantize the activations
 /// (same numerics as the integer kernels would give), then multiply in f32.
 fn f32_plan(act: ActPrecision) -> ActPlan {
@@ -529,7 +599,7 @@ fn f32_plan(act: ActPrecision) -> ActPlan {
     }
 }
 
-#[cfg(all(test, target_arch = "x86_64"))]
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::cpu::{act_quant, pack};
@@ -563,10 +633,65 @@ mod tests {
             .collect()
     }
 
+    /// Every kernel of every path this CPU runs, at every row-block size, against the
+    /// portable kernels (the readable statement of what they compute) on the same
+    /// activation integers: only the f32 steps may differ. Outputs of different rows and
+    /// tiles differ in magnitude, so a wrong lane, row, scale or offset shows.
+    #[test]
+    fn every_path_kernel_set_matches_the_portable_kernels() {
+        let mut seed = 0x0a11_u32;
+        let mut rnd = move || {
+            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (seed >> 8) as f32 / (1 << 23) as f32 - 1.0
+        };
+        // Two tiles, five blocks; rows and weight rows of different magnitudes.
+        let (n, k) = (32, 160);
+        let a: Vec<f32> = (0..GROUP * k).map(|i| rnd() * (1 + i / k) as f32).collect();
+        let mut checked = 0;
+        for dtype in [DType::Q4_0, DType::Q4_1, DType::Q8_0, DType::Q8Channel, DType::F32] {
+            let x: Vec<f32> = (0..n * k).map(|i| rnd() * (1 + i / k % 5) as f32 * 0.05).collect();
+            let raw = if dtype == DType::F32 {
+                bytemuck::cast_slice(&x).to_vec()
+            } else {
+                crate::quant::quantize(dtype, &x, k).expect("quantize")
+            };
+            let w = pack(dtype, &raw, n, k).expect("pack");
+            for act in [ActPrecision::F32, ActPrecision::I8, ActPrecision::I8Row, ActPrecision::I16] {
+                let portable = select(w.format, act, Isa::Portable);
+                let want = &run(&portable, Isa::Portable, &w, &a)[0];
+                let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+                for isa in Isa::supported() {
+                    let set = select(w.format, act, isa);
+                    for (i, got) in run(&set, isa, &w, &a).iter().enumerate() {
+                        let (at, err) = got
+                            .iter()
+                            .zip(want)
+                            .map(|(g, p)| (g - p).abs())
+                            .enumerate()
+                            .fold((0, 0f32), |m, (j, e)| if e > m.1 { (j, e) } else { m });
+                        assert!(
+                            err <= 1e-5 * scale,
+                            "{dtype} x {} on {}: the {}-row kernel is off the portable one by \
+                             {err} at row {} column {} (outputs up to {scale})",
+                            act.name(),
+                            isa.name(),
+                            [1, 2, 4, 8][i],
+                            at / n,
+                            at % n
+                        );
+                        checked += 1;
+                    }
+                }
+            }
+        }
+        assert!(checked >= 5 * 4 * 3, "only {checked} kernels compared");
+    }
+
     /// The `Avx2Vnni` kernels do the AVX-512 kernels' arithmetic lane for lane, so they
     /// must agree with them bit for bit, at every row-block size, in both encodings (the
     /// VEX and EVEX instances are one `avx2_vnni::kernels!` source; each runs where the
     /// CPU has it). Against the portable kernels, whose f32 steps differ, only closely.
+    #[cfg(target_arch = "x86_64")]
     #[test]
     fn avx2_vnni_kernels_equal_avx512_bit_for_bit() {
         let instances: Vec<(bool, &str)> = [(true, "vex"), (false, "evex")]
