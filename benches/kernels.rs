@@ -471,7 +471,7 @@ fn summary(since: std::time::SystemTime) {
         .filter_map(|t| {
             Some((
                 t,
-                measure_peak(PeakKind::Int8Vnni, t, Duration::from_millis(300))?.gops,
+                measure_peak(PeakKind::Int8Dot, t, Duration::from_millis(300))?.gops,
             ))
         })
         .collect();

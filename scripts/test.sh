@@ -37,4 +37,15 @@ if [ $# -eq 0 ]; then
   NPURT_WGPU_KERNELS=tiled cargo test --release -p npurt-tests --test wgpu_backend -- \
     --exact smollm2::smollm2_top1_logits_match_hf_at_every_position || status=$?
 fi
+# The AArch64 kernels (phones' CPUs: `Isa::NeonDot`), cross-built and run under
+# qemu-user with every extension on (`-cpu max`): the kernel tests, which check each
+# path against the reference kernels, and the CPU conformance suite. Only in a
+# whole-suite run; NPURT_TEST_AARCH64=0 leaves them out (and says so).
+if [ $# -eq 0 ]; then
+  if [ "${NPURT_TEST_AARCH64:-1}" = 0 ]; then
+    echo "test.sh: NPURT_TEST_AARCH64=0: the AArch64 kernels are NOT tested in this run" >&2
+  else
+    scripts/test-aarch64.sh || status=$?
+  fi
+fi
 exit "$status"

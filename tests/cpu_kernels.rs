@@ -292,6 +292,14 @@ fn every_format_act_epilogue_isa_and_thread_count() {
         "kernel paths under test: {:?}",
         isas.iter().map(|i| i.name()).collect::<Vec<_>>()
     );
+    // A run meant for one path (scripts/test-aarch64.sh: neon+dotprod under qemu) must
+    // not pass on the portable kernels alone because the CPU lacked it.
+    if let Ok(want) = std::env::var("NPURT_REQUIRE_ISA") {
+        assert!(
+            isas.iter().any(|i| i.name() == want),
+            "NPURT_REQUIRE_ISA={want}, but this CPU offers only {isas:?}"
+        );
+    }
     let pools = pools();
     let mut rng = SeededRng::new(0x5eed_0001);
     for dtype in formats() {

@@ -297,8 +297,8 @@ impl VisionEncoder {
         use npurt_kernels::cpu::{measure_peak, PeakKind};
         let (kind, per_product) = match self.options.precision.linear_act {
             A::F32 => (PeakKind::F32Fma, 1.0),
-            A::I16 => (PeakKind::Int8Vnni, 2.0),
-            A::I8 | A::I8Row => (PeakKind::Int8Vnni, 1.0),
+            A::I16 => (PeakKind::Int8Dot, 2.0),
+            A::I8 | A::I8Row => (PeakKind::Int8Dot, 1.0),
         };
         let peak = measure_peak(kind, threads, duration)?;
         Some((peak, peak.gops / per_product))

@@ -12,8 +12,11 @@
 //!
 //! The integers equal the reference's (same products, same round-half-to-even); only
 //! `exp` differs, which can move a weight to the neighbouring u8. Without AVX-512 VNNI,
-//! or with a head_dim that is not a multiple of 4, the reference's loop runs.
+//! or with a head_dim that is not a multiple of 4, the portable panel kernel runs
+//! (`attention_i8_portable.rs`: the reference's arithmetic, vectorized by the
+//! compiler and threaded by the same driver).
 
+use super::attention_i8_portable::PortablePanel;
 use super::attention_panels::{self, Args, PanelKernel, RowScratch};
 use super::{isa, Isa};
 use crate::reference::{self, check_bidirectional_args, KernelError, MAX_I8_ATTENTION_SEQ};
@@ -131,6 +134,15 @@ pub fn attention_bidirectional_i8(
         unsafe { attention_panels::run(&a, &Panel::new(seq, head_dim)) };
         return Ok(());
     }
-    let _ = (qw, kw);
-    reference::attention_bidirectional_i8(q, k, v, seq, n_heads, n_kv_heads, head_dim, scale, out)
+    if seq > MAX_I8_ATTENTION_SEQ {
+        // The reference's typed error.
+        return reference::attention_bidirectional_i8(
+            q, k, v, seq, n_heads, n_kv_heads, head_dim, scale, out,
+        );
+    }
+    let a = Args::new([q, k, v], seq, [qw, kw], n_heads, n_kv_heads, scale, out);
+    // SAFETY: the portable kernel needs no CPU feature beyond `isa()`'s (AVX2 + FMA on
+    // the x86 AVX2 paths); the arguments were checked.
+    unsafe { attention_panels::run(&a, &PortablePanel::new(seq, head_dim, isa())) };
+    Ok(())
 }

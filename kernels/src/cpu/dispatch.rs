@@ -62,7 +62,11 @@ impl Isa {
 
     /// The paths this CPU can run, lowest first (tests loop over these).
     pub fn supported() -> Vec<Isa> {
-        Isa::ALL.iter().copied().filter(|i| i.is_supported()).collect()
+        Isa::ALL
+            .iter()
+            .copied()
+            .filter(|i| i.is_supported())
+            .collect()
     }
 }
 

@@ -9,7 +9,8 @@
 //! - [`pack`] / [`matmul_packed`] / [`gather_packed`]: quantized weights (Q4_0, Q4_1,
 //!   Q8_0, Q8Channel, f32) repacked once into 16-row interleaved tiles, multiplied by
 //!   activations quantized on the fly (I16 per row, I8 per 32-value block, or f32) with
-//!   hand-written microkernels per ISA (`microkernels/`), the epilogue's steps walked
+//!   hand-written microkernels per ISA (`microkernels/`: AVX2, AVX2/AVX-512 VNNI, and
+//!   AArch64 NEON with the dot-product extension), the epilogue's steps walked
 //!   on each output tile (`epilogue.rs`, also [`epilogue_f32`] for f32 weights), and
 //!   the rms_norm prologue computed inside the activation quantization
 //!   ([`matmul_packed_rms_norm`]);
@@ -19,7 +20,12 @@
 //! - [`space_to_channel_f32`]: the ViT downsampler's pad + merge, as row copies;
 //! - [`kv_write_f16`] and [`KvElem`]: f16 KV caches (attention reads f32 or f16);
 //! - [`measure_peak`]: the instruction-peak microbenchmark (`vpdpbusd`, `vpdpwssd`,
-//!   `vfmadd231ps` in a tight loop) that kernel speeds are reported against.
+//!   `vfmadd231ps`, or AArch64's `sdot` and `fmla`, in a tight loop) that kernel speeds
+//!   are reported against.
+//!
+//! Outside x86-64 the x86 attention kernels are not compiled, which leaves parts of
+//! their shared frames (`attention_panels.rs`, the i16 permutations) unused there.
+#![cfg_attr(not(target_arch = "x86_64"), allow(dead_code, unused_imports))]
 
 mod act_quant;
 #[cfg(target_arch = "x86_64")]
@@ -37,6 +43,7 @@ mod attention_f32;
 mod attention_i8;
 #[cfg(target_arch = "x86_64")]
 mod attention_i8_avx512;
+mod attention_i8_portable;
 mod attention_panels;
 mod dispatch;
 mod epilogue;

@@ -4,9 +4,9 @@
 //! fraction of it in the same run.
 //!
 //! For each [`PeakKind`], every thread runs `N` independent accumulator chains of the
-//! one instruction on register operands (16 chains on zmm, 12 on ymm: more than
-//! latency x throughput on every x86 core with these units, so the loop is bound by
-//! issue throughput alone) in a tight loop for a fixed time. The threads are OS threads
+//! one instruction on register operands (16 chains on zmm and on AArch64's q
+//! registers, 12 on ymm: more than latency x throughput on every core with these
+//! units, so the loop is bound by issue throughput alone) in a tight loop for a fixed time. The threads are OS threads
 //! of their own (not the kernel pool, whose size is fixed), started together behind a
 //! barrier after a short warm-up (which also lets the core settle at its
 //! AVX-512 / AVX2 clock); each counts the instructions it retired and its own elapsed
@@ -16,11 +16,13 @@
 //! The instruction picked follows the kernel path in use ([`isa()`], so
 //! `NPURT_CPU_ISA` and [`with_isa`](super::with_isa) lower it too): zmm on the
 //! AVX-512 path, ymm on the AVX2 paths, VEX `{vex} vpdpbusd`/`vpdpwssd` where only
-//! AVX-VNNI exists; where the path has no such instruction the result is `None`.
+//! AVX-VNNI exists, `sdot`/`fmla` on 128-bit vectors on the AArch64 path (which has
+//! no 16-bit dot product: its I16 kernels run `sdot` on byte planes); where the path
+//! has no such instruction the result is `None`.
 //!
 //! 1 MAC = 2 operations: a `vpdpbusd` zmm counts 64 u8 x i8 MACs = 128 ops, a
 //! `vpdpwssd` zmm 32 i16 x i16 MACs = 64 ops, a `vfmadd231ps` zmm 16 MACs = 32 ops
-//! (half that on ymm).
+//! (half that on ymm), an `sdot` 16 i8 x i8 MACs, an `fmla` 4.
 
 use super::dispatch::{isa, Isa};
 use std::time::{Duration, Instant};
@@ -28,24 +30,24 @@ use std::time::{Duration, Instant};
 /// The instruction whose peak is measured.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum PeakKind {
-    /// `vpdpbusd`: u8 x i8 dot products of 4 accumulated into i32 lanes (the w8a8 and
-    /// Q4/Q8 x I8 integer kernels).
-    Int8Vnni,
-    /// `vfmadd231ps`: f32 fused multiply-add (the f32 kernels).
+    /// `vpdpbusd` (x86) or `sdot` (AArch64): 8-bit dot products of 4 accumulated into
+    /// i32 lanes (the w8a8 and Q4/Q8 x I8 integer kernels).
+    Int8Dot,
+    /// `vfmadd231ps` / `fmla`: f32 fused multiply-add (the f32 kernels).
     F32Fma,
     /// `vpdpwssd`: i16 x i16 dot products of 2 accumulated into i32 lanes (16-bit
-    /// activation kernels).
-    Int16Vnni,
+    /// activation kernels; x86 only).
+    Int16Dot,
 }
 
 impl PeakKind {
-    pub const ALL: [PeakKind; 3] = [PeakKind::Int8Vnni, PeakKind::F32Fma, PeakKind::Int16Vnni];
+    pub const ALL: [PeakKind; 3] = [PeakKind::Int8Dot, PeakKind::F32Fma, PeakKind::Int16Dot];
 
     pub fn name(self) -> &'static str {
         match self {
-            PeakKind::Int8Vnni => "int8-vnni",
+            PeakKind::Int8Dot => "int8-dot",
             PeakKind::F32Fma => "f32-fma",
-            PeakKind::Int16Vnni => "int16-vnni",
+            PeakKind::Int16Dot => "int16-dot",
         }
     }
 }
@@ -158,23 +160,21 @@ fn select(kind: PeakKind, path: Isa) -> Option<(Impl, Isa)> {
     let vex = || has!("avxvnni");
     Some(match (kind, path) {
         (_, Isa::Portable | Isa::NeonDot) => return None,
-        (PeakKind::Int8Vnni, Isa::Avx512Vnni) => (imp(x86::vpdpbusd_zmm, "vpdpbusd zmm", 64), path),
-        (PeakKind::Int8Vnni, Isa::Avx2Vnni) if vex() => {
+        (PeakKind::Int8Dot, Isa::Avx512Vnni) => (imp(x86::vpdpbusd_zmm, "vpdpbusd zmm", 64), path),
+        (PeakKind::Int8Dot, Isa::Avx2Vnni) if vex() => {
             (imp(x86::vpdpbusd_ymm_vex, "{vex} vpdpbusd ymm", 32), path)
         }
-        (PeakKind::Int8Vnni, Isa::Avx2Vnni) => {
+        (PeakKind::Int8Dot, Isa::Avx2Vnni) => {
             (imp(x86::vpdpbusd_ymm_evex, "vpdpbusd ymm", 32), path)
         }
-        (PeakKind::Int16Vnni, Isa::Avx512Vnni) => {
-            (imp(x86::vpdpwssd_zmm, "vpdpwssd zmm", 32), path)
-        }
-        (PeakKind::Int16Vnni, Isa::Avx2Vnni) if vex() => {
+        (PeakKind::Int16Dot, Isa::Avx512Vnni) => (imp(x86::vpdpwssd_zmm, "vpdpwssd zmm", 32), path),
+        (PeakKind::Int16Dot, Isa::Avx2Vnni) if vex() => {
             (imp(x86::vpdpwssd_ymm_vex, "{vex} vpdpwssd ymm", 16), path)
         }
-        (PeakKind::Int16Vnni, Isa::Avx2Vnni) => {
+        (PeakKind::Int16Dot, Isa::Avx2Vnni) => {
             (imp(x86::vpdpwssd_ymm_evex, "vpdpwssd ymm", 16), path)
         }
-        (PeakKind::Int8Vnni | PeakKind::Int16Vnni, Isa::Avx2Fma) => return None,
+        (PeakKind::Int8Dot | PeakKind::Int16Dot, Isa::Avx2Fma) => return None,
         (PeakKind::F32Fma, Isa::Avx512Vnni) => {
             (imp(x86::vfmadd231ps_zmm, "vfmadd231ps zmm", 16), path)
         }
@@ -184,48 +184,94 @@ fn select(kind: PeakKind, path: Isa) -> Option<(Impl, Isa)> {
     })
 }
 
-#[cfg(not(target_arch = "x86_64"))]
+#[cfg(target_arch = "aarch64")]
+fn select(kind: PeakKind, path: Isa) -> Option<(Impl, Isa)> {
+    let imp = |run, instruction, macs| Impl {
+        run,
+        instruction,
+        macs,
+    };
+    Some(match (kind, path) {
+        (PeakKind::Int8Dot, Isa::NeonDot) => (imp(arm::sdot_q, "sdot v.4s", 16), path),
+        (PeakKind::F32Fma, Isa::NeonDot) => (imp(arm::fmla_q, "fmla v.4s", 4), path),
+        _ => return None,
+    })
+}
+
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
 fn select(_kind: PeakKind, _path: Isa) -> Option<(Impl, Isa)> {
     None
 }
 
-#[cfg(target_arch = "x86_64")]
-mod x86 {
-    use std::arch::x86_64::*;
+/// Rounds of all chains between two clock reads: 256 x 16 instructions is some
+/// 4k-8k cycles, against a ~25 ns clock read (and the accumulators' spill around
+/// it): under 1% overhead.
+const ROUNDS: u64 = 256;
+
+macro_rules! peak_loop {
+    ($name:ident, $features:literal, $vec:ty, $chains:literal,
+     a = $a:expr, b = $b:expr, zero = $zero:expr, |$acc:ident, $x:ident, $y:ident| $op:expr) => {
+        #[target_feature(enable = $features)]
+        pub(super) unsafe fn $name(deadline: Instant) -> u64 {
+            let $x: $vec = black_box($a);
+            let $y: $vec = black_box($b);
+            let mut acc: [$vec; $chains] = black_box([$zero; $chains]);
+            let mut count = 0u64;
+            loop {
+                for _ in 0..ROUNDS {
+                    for c in 0..$chains {
+                        let $acc = acc[c];
+                        acc[c] = $op;
+                    }
+                }
+                count += ROUNDS * $chains;
+                if Instant::now() >= deadline {
+                    break;
+                }
+            }
+            black_box(acc);
+            count
+        }
+    };
+}
+
+#[cfg(target_arch = "aarch64")]
+mod arm {
+    use super::super::microkernels::neon_dot::sdot_lane;
+    use super::ROUNDS;
+    use std::arch::aarch64::*;
     use std::hint::black_box;
     use std::time::Instant;
 
-    /// Rounds of all chains between two clock reads: 256 x 16 instructions is some
-    /// 4k-8k cycles, against a ~25 ns clock read (and the accumulators' spill around
-    /// it): under 1% overhead.
-    const ROUNDS: u64 = 256;
+    peak_loop!(
+        sdot_q,
+        "neon,dotprod",
+        int32x4_t,
+        16,
+        a = vreinterpretq_s32_s8(vdupq_n_s8(3)),
+        b = vreinterpretq_s32_s8(vdupq_n_s8(-5)),
+        zero = vdupq_n_s32(0),
+        |acc, x, y| sdot_lane::<0>(acc, vreinterpretq_s8_s32(x), vreinterpretq_s8_s32(y))
+    );
+    // As on x86: 1e-3 x 1e-3 stays normal and the sums finite.
+    peak_loop!(
+        fmla_q,
+        "neon",
+        float32x4_t,
+        16,
+        a = vdupq_n_f32(1e-3),
+        b = vdupq_n_f32(1e-3),
+        zero = vdupq_n_f32(1.0),
+        |acc, x, y| vfmaq_f32(acc, x, y)
+    );
+}
 
-    macro_rules! peak_loop {
-        ($name:ident, $features:literal, $vec:ty, $chains:literal,
-         a = $a:expr, b = $b:expr, zero = $zero:expr, |$acc:ident, $x:ident, $y:ident| $op:expr) => {
-            #[target_feature(enable = $features)]
-            pub(super) unsafe fn $name(deadline: Instant) -> u64 {
-                let $x: $vec = black_box($a);
-                let $y: $vec = black_box($b);
-                let mut acc: [$vec; $chains] = black_box([$zero; $chains]);
-                let mut count = 0u64;
-                loop {
-                    for _ in 0..ROUNDS {
-                        for c in 0..$chains {
-                            let $acc = acc[c];
-                            acc[c] = $op;
-                        }
-                    }
-                    count += ROUNDS * $chains;
-                    if Instant::now() >= deadline {
-                        break;
-                    }
-                }
-                black_box(acc);
-                count
-            }
-        };
-    }
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::ROUNDS;
+    use std::arch::x86_64::*;
+    use std::hint::black_box;
+    use std::time::Instant;
 
     peak_loop!(
         vpdpbusd_zmm,
@@ -322,12 +368,16 @@ mod tests {
             let path = isa();
             match kind {
                 PeakKind::F32Fma => path >= Isa::Avx2Fma && (has!("fma") || has!("avx512f")),
-                PeakKind::Int8Vnni | PeakKind::Int16Vnni => {
+                PeakKind::Int8Dot | PeakKind::Int16Dot => {
                     path >= Isa::Avx2Vnni && (has!("avxvnni") || has!("avx512vnni"))
                 }
             }
         }
-        #[cfg(not(target_arch = "x86_64"))]
+        #[cfg(target_arch = "aarch64")]
+        {
+            kind != PeakKind::Int16Dot && isa() == Isa::NeonDot
+        }
+        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
         {
             let _ = kind;
             false
@@ -355,7 +405,7 @@ mod tests {
     fn every_supported_path_measures_f32() {
         for path in Isa::supported() {
             let r = measure_peak_on(PeakKind::F32Fma, path, 1, Duration::from_millis(5));
-            assert_eq!(r.is_some(), path >= Isa::Avx2Fma, "{path:?}");
+            assert_eq!(r.is_some(), path != Isa::Portable, "{path:?}");
             if let Some(r) = r {
                 assert!(r.gops > 0.0, "{r:?}");
                 assert_eq!(r.isa, path);
@@ -363,10 +413,34 @@ mod tests {
         }
     }
 
+    #[cfg(target_arch = "aarch64")]
+    #[test]
+    fn the_instruction_matches_the_path() {
+        if let Some(r) =
+            measure_peak_on(PeakKind::Int8Dot, Isa::NeonDot, 1, Duration::from_millis(2))
+        {
+            assert_eq!((r.instruction, r.ops_per_instruction()), ("sdot v.4s", 32));
+        }
+        assert_eq!(
+            measure_peak_on(
+                PeakKind::Int16Dot,
+                Isa::NeonDot,
+                1,
+                Duration::from_millis(2)
+            ),
+            None
+        );
+        assert_eq!(
+            measure_peak_on(PeakKind::F32Fma, Isa::Portable, 1, Duration::from_millis(2)),
+            None
+        );
+    }
+
+    #[cfg(target_arch = "x86_64")]
     #[test]
     fn the_instruction_matches_the_path() {
         if let Some(r) = measure_peak_on(
-            PeakKind::Int8Vnni,
+            PeakKind::Int8Dot,
             Isa::Avx512Vnni,
             1,
             Duration::from_millis(2),
@@ -378,7 +452,7 @@ mod tests {
             assert_eq!(r.ops_per_instruction(), 128);
         }
         if let Some(r) = measure_peak_on(
-            PeakKind::Int16Vnni,
+            PeakKind::Int16Dot,
             Isa::Avx2Vnni,
             1,
             Duration::from_millis(2),
@@ -387,12 +461,7 @@ mod tests {
             assert_eq!(r.macs_per_instruction, 16);
         }
         assert_eq!(
-            measure_peak_on(
-                PeakKind::Int8Vnni,
-                Isa::Avx2Fma,
-                1,
-                Duration::from_millis(2)
-            ),
+            measure_peak_on(PeakKind::Int8Dot, Isa::Avx2Fma, 1, Duration::from_millis(2)),
             None
         );
         assert_eq!(

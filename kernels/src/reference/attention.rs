@@ -166,7 +166,7 @@ pub const MAX_I8_ATTENTION_SEQ: usize = 65536;
 /// (127 / amax))` clamped to +-127 (0 for a zero row). Returns the scale. The SIMD
 /// kernels compute the same products and round the same way, so they get the same
 /// integers.
-fn quantize_row_i8(x: &[f32], out: &mut [i8]) -> f32 {
+pub(crate) fn quantize_row_i8(x: &[f32], out: &mut [i8]) -> f32 {
     let amax = x.iter().fold(0f32, |a, v| a.max(v.abs()));
     let inv = if amax > 0.0 { 127.0 / amax } else { 0.0 };
     for (o, v) in out.iter_mut().zip(x) {
@@ -178,7 +178,7 @@ fn quantize_row_i8(x: &[f32], out: &mut [i8]) -> f32 {
 /// A softmax weight `p = exp(s - max)` in `[0, 1]` as the u8 `round(255 p)` the integer
 /// `P V` multiplies.
 #[inline]
-fn quantize_prob(p: f32) -> u8 {
+pub(crate) fn quantize_prob(p: f32) -> u8 {
     (255.0 * p).round_ties_even().clamp(0.0, 255.0) as u8
 }
 

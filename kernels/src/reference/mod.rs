@@ -22,6 +22,7 @@ pub use attention::{
 pub(crate) use attention::{
     check_args as check_attention_args, check_bidirectional_args, Dims as AttentionDims,
 };
+pub(crate) use attention::{quantize_prob, quantize_row_i8};
 pub use elementwise::{activation, add, erf, gelu, gelu_erf, gelu_tanh, mul, silu, softmax};
 pub use gather::gather;
 pub(crate) use kv_write::kv_write_range;

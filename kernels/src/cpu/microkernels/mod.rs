@@ -46,7 +46,7 @@ mod avx512_q4;
 #[cfg(target_arch = "x86_64")]
 mod avx512_q8;
 #[cfg(target_arch = "aarch64")]
-mod neon_dot;
+pub(crate) mod neon_dot;
 #[cfg(target_arch = "aarch64")]
 mod neon_f32;
 #[cfg(target_arch = "aarch64")]
@@ -648,15 +648,28 @@ mod tests {
         let (n, k) = (32, 160);
         let a: Vec<f32> = (0..GROUP * k).map(|i| rnd() * (1 + i / k) as f32).collect();
         let mut checked = 0;
-        for dtype in [DType::Q4_0, DType::Q4_1, DType::Q8_0, DType::Q8Channel, DType::F32] {
-            let x: Vec<f32> = (0..n * k).map(|i| rnd() * (1 + i / k % 5) as f32 * 0.05).collect();
+        for dtype in [
+            DType::Q4_0,
+            DType::Q4_1,
+            DType::Q8_0,
+            DType::Q8Channel,
+            DType::F32,
+        ] {
+            let x: Vec<f32> = (0..n * k)
+                .map(|i| rnd() * (1 + i / k % 5) as f32 * 0.05)
+                .collect();
             let raw = if dtype == DType::F32 {
                 bytemuck::cast_slice(&x).to_vec()
             } else {
                 crate::quant::quantize(dtype, &x, k).expect("quantize")
             };
             let w = pack(dtype, &raw, n, k).expect("pack");
-            for act in [ActPrecision::F32, ActPrecision::I8, ActPrecision::I8Row, ActPrecision::I16] {
+            for act in [
+                ActPrecision::F32,
+                ActPrecision::I8,
+                ActPrecision::I8Row,
+                ActPrecision::I16,
+            ] {
                 let portable = select(w.format, act, Isa::Portable);
                 let want = &run(&portable, Isa::Portable, &w, &a)[0];
                 let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));

@@ -16,7 +16,7 @@ use std::arch::asm;
 /// `acc[i] += sum_j w[4i + j] * a[4L + j]` (signed bytes).
 #[inline]
 #[target_feature(enable = "neon,dotprod")]
-pub(super) unsafe fn sdot_lane<const L: i32>(
+pub(crate) unsafe fn sdot_lane<const L: i32>(
     mut acc: int32x4_t,
     w: int8x16_t,
     a: int8x16_t,

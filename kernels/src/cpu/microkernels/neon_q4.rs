@@ -63,16 +63,16 @@ pub(super) unsafe fn store<const MR: usize, const NC: usize>(
 
 /// Runs `$part::<.., MR, NC>` over the tile's four quarters, `NC = 4 / MR` at a time.
 macro_rules! quarters {
-    ($part:ident :: <$($g:ident),*>, $job:expr, $out:expr) => {
+    ($part:ident $(:: <$($g:ident),*>)?, $job:expr, $out:expr) => {
         match MR {
-            1 => $part::<$($g,)* MR, 4>($job, $out, 0),
+            1 => $part::<$($($g,)*)? MR, 4>($job, $out, 0),
             2 => {
-                $part::<$($g,)* MR, 2>($job, $out, 0);
-                $part::<$($g,)* MR, 2>($job, $out, 2);
+                $part::<$($($g,)*)? MR, 2>($job, $out, 0);
+                $part::<$($($g,)*)? MR, 2>($job, $out, 2);
             }
             _ => {
                 for q in 0..4 {
-                    $part::<$($g,)* MR, 1>($job, $out, q);
+                    $part::<$($($g,)*)? MR, 1>($job, $out, q);
                 }
             }
         }

@@ -55,7 +55,12 @@ unsafe fn row_scales<const PER_ROW: bool>(job: &Job, q: usize) -> float32x4_t {
 #[target_feature(enable = "neon")]
 unsafe fn halves<const MR: usize>(a: *const i8, row_bytes: usize) -> [[int8x16_t; 2]; MR] {
     // SAFETY: callers pass a block with MR rows of row_bytes >= 32.
-    std::array::from_fn(|r| unsafe { [vld1q_s8(a.add(r * row_bytes)), vld1q_s8(a.add(r * row_bytes + 16))] })
+    std::array::from_fn(|r| unsafe {
+        [
+            vld1q_s8(a.add(r * row_bytes)),
+            vld1q_s8(a.add(r * row_bytes + 16)),
+        ]
+    })
 }
 
 /// Q8 x I8, scaled per block: `sdot`, two chains (loads 0..4 and 4..8) per row and
@@ -120,12 +125,16 @@ unsafe fn q8_i8_part<const PER_ROW: bool, const MR: usize, const NC: usize>(
 #[target_feature(enable = "neon,dotprod")]
 pub(crate) unsafe fn q8c_i8row<const MR: usize>(job: &Job, out: &mut TileOut) {
     // SAFETY: the Job contract, as every part's.
-    unsafe { quarters!(q8c_i8row_part::<>, job, out) }
+    unsafe { quarters!(q8c_i8row_part, job, out) }
 }
 
 #[inline]
 #[target_feature(enable = "neon,dotprod")]
-unsafe fn q8c_i8row_part<const MR: usize, const NC: usize>(job: &Job, out: &mut TileOut, q0: usize) {
+unsafe fn q8c_i8row_part<const MR: usize, const NC: usize>(
+    job: &Job,
+    out: &mut TileOut,
+    q0: usize,
+) {
     let mut lo = [[vdupq_n_s32(0); NC]; MR];
     let mut hi = [[vdupq_n_s32(0); NC]; MR];
     for b in 0..job.kb {
