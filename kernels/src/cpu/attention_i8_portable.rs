@@ -1,8 +1,9 @@
 //! The integer bidirectional attention's portable panel kernel (`attention_i8.rs` says
 //! what runs when): every path without AVX-512 VNNI, the x86 AVX2 paths and AArch64
 //! among them. Plain Rust that the compiler vectorizes (compiled for AVX2 + FMA on the
-//! x86 AVX2 paths, for NEON on AArch64), run per (head, row block) on the pool by the
-//! panel driver, where the reference runs one scalar loop on one thread.
+//! x86 AVX2 paths, and with the dot-product extension on `Isa::NeonDot`, where LLVM
+//! turns the score's i8 dot products into `sdot`), run per (head, row block) on the
+//! pool by the panel driver, where the reference runs one scalar loop on one thread.
 //!
 //! The panel keeps K row-major (a score is one contiguous dot product of `hd` bytes)
 //! and V transposed, channel-major (an output is one contiguous dot product of `seq`
@@ -168,6 +169,21 @@ unsafe fn rows_avx2(
     unsafe { k.rows_generic(a, b, h, rows, panel, sc) }
 }
 
+#[cfg(target_arch = "aarch64")]
+#[target_feature(enable = "neon,dotprod")]
+unsafe fn rows_neon(
+    k: &PortablePanel,
+    a: &Args,
+    b: usize,
+    h: usize,
+    rows: Range<usize>,
+    panel: &[u8],
+    sc: &mut RowScratch,
+) {
+    // SAFETY: the caller's (`PanelKernel::rows`).
+    unsafe { k.rows_generic(a, b, h, rows, panel, sc) }
+}
+
 impl PanelKernel for PortablePanel {
     fn panel_bytes(&self) -> usize {
         self.bytes
@@ -197,6 +213,11 @@ impl PanelKernel for PortablePanel {
         if self.isa >= Isa::Avx2Fma {
             // SAFETY: as in `pack`.
             return unsafe { rows_avx2(self, a, b, h, rows, panel, sc) };
+        }
+        #[cfg(target_arch = "aarch64")]
+        if self.isa == Isa::NeonDot {
+            // SAFETY: NeonDot is only detected with FEAT_DotProd (dispatch.rs).
+            return unsafe { rows_neon(self, a, b, h, rows, panel, sc) };
         }
         // SAFETY: the trait's contract.
         unsafe { self.rows_generic(a, b, h, rows, panel, sc) }
