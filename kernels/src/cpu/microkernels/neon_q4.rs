@@ -61,6 +61,64 @@ pub(super) unsafe fn store<const MR: usize, const NC: usize>(
     }
 }
 
+/// The two 16-byte halves of the first 32 bytes of rows `0..MR` of an activation block
+/// (`row_bytes` apart: 32 for I8, 64 for I16's byte planes).
+#[inline]
+#[target_feature(enable = "neon")]
+pub(super) unsafe fn halves<const MR: usize>(
+    a: *const i8,
+    row_bytes: usize,
+) -> [[int8x16_t; 2]; MR] {
+    // SAFETY: callers pass a block with MR rows of row_bytes >= 32.
+    std::array::from_fn(|r| unsafe {
+        [
+            vld1q_s8(a.add(r * row_bytes)),
+            vld1q_s8(a.add(r * row_bytes + 16)),
+        ]
+    })
+}
+
+/// The per-block I8 kernels' step: `acc += (lo + hi + bias) * d * s_a` for block `b`
+/// of each row, with `d` the weights' block scales of each quarter.
+#[inline]
+#[target_feature(enable = "neon")]
+pub(super) unsafe fn add_block_i8<const MR: usize, const NC: usize>(
+    acc: &mut [[float32x4_t; NC]; MR],
+    lo: &[[int32x4_t; NC]; MR],
+    hi: &[[int32x4_t; NC]; MR],
+    d: [float32x4_t; NC],
+    job: &Job,
+    b: usize,
+) {
+    let side = b * GROUP;
+    for r in 0..MR {
+        // SAFETY: block b's side data of rows r0..r0+MR exists (the Job contract).
+        let (bias, sa) = unsafe { (*job.blk_bias.add(side + r), *job.blk_scale.add(side + r)) };
+        for c in 0..NC {
+            let dot = vaddq_s32(vaddq_s32(lo[r][c], hi[r][c]), vdupq_n_s32(bias));
+            acc[r][c] = vfmaq_f32(acc[r][c], vcvtq_f32_s32(dot), vmulq_n_f32(d[c], sa));
+        }
+    }
+}
+
+/// Q4_1's offset term: `acc += m * blk_sum` for block `b` of each row.
+#[inline]
+#[target_feature(enable = "neon")]
+unsafe fn add_block_min<const MR: usize, const NC: usize>(
+    acc: &mut [[float32x4_t; NC]; MR],
+    m: [float32x4_t; NC],
+    job: &Job,
+    b: usize,
+) {
+    for r in 0..MR {
+        // SAFETY: block b's side data of rows r0..r0+MR exists (the Job contract).
+        let sum = unsafe { *job.blk_sum.add(b * GROUP + r) };
+        for c in 0..NC {
+            acc[r][c] = vfmaq_n_f32(acc[r][c], m[c], sum);
+        }
+    }
+}
+
 /// Runs `$part::<.., MR, NC>` over the tile's four quarters, `NC = 4 / MR` at a time.
 macro_rules! quarters {
     ($part:ident $(:: <$($g:ident),*>)?, $job:expr, $out:expr) => {
@@ -100,9 +158,7 @@ unsafe fn q4_i8_part<const HAS_MIN: bool, const MR: usize, const NC: usize>(
         // SAFETY (whole body): offsets stay inside the tile (kb blocks) and the prepared
         // activation arrays (rows r0..r0+MR of the group), per the Job contract.
         unsafe {
-            let a = job.q8.add(b * GROUP * 32);
-            let a_lo: [int8x16_t; MR] = std::array::from_fn(|r| vld1q_s8(a.add(r * 32)));
-            let a_hi: [int8x16_t; MR] = std::array::from_fn(|r| vld1q_s8(a.add(r * 32 + 16)));
+            let a = halves::<MR>(job.q8.add(b * GROUP * 32), 32);
             let mut lo = [[vdupq_n_s32(0); NC]; MR];
             let mut hi = [[vdupq_n_s32(0); NC]; MR];
             for_lanes!(L, {
@@ -110,23 +166,15 @@ unsafe fn q4_i8_part<const HAS_MIN: bool, const MR: usize, const NC: usize>(
                     let (wl, wh) = nibbles(job, b, L as usize, q0 + c);
                     let (wl, wh) = (vreinterpretq_s8_u8(wl), vreinterpretq_s8_u8(wh));
                     for r in 0..MR {
-                        lo[r][c] = sdot_lane::<L>(lo[r][c], wl, a_lo[r]);
-                        hi[r][c] = sdot_lane::<L>(hi[r][c], wh, a_hi[r]);
+                        lo[r][c] = sdot_lane::<L>(lo[r][c], wl, a[r][0]);
+                        hi[r][c] = sdot_lane::<L>(hi[r][c], wh, a[r][1]);
                     }
                 }
             });
-            let side = b * GROUP;
-            for c in 0..NC {
-                let (d, m) = scales::<HAS_MIN>(job, b, q0 + c);
-                for r in 0..MR {
-                    let bias = vdupq_n_s32(*job.blk_bias.add(side + r));
-                    let dot = vaddq_s32(vaddq_s32(lo[r][c], hi[r][c]), bias);
-                    let ds = vmulq_n_f32(d, *job.blk_scale.add(side + r));
-                    acc[r][c] = vfmaq_f32(acc[r][c], vcvtq_f32_s32(dot), ds);
-                    if HAS_MIN {
-                        acc[r][c] = vfmaq_n_f32(acc[r][c], m, *job.blk_sum.add(side + r));
-                    }
-                }
+            let dm: [_; NC] = std::array::from_fn(|c| scales::<HAS_MIN>(job, b, q0 + c));
+            add_block_i8(&mut acc, &lo, &hi, dm.map(|(d, _)| d), job, b);
+            if HAS_MIN {
+                add_block_min(&mut acc, dm.map(|(_, m)| m), job, b);
             }
         }
     }
@@ -154,11 +202,8 @@ unsafe fn q4_i16b_part<const HAS_MIN: bool, const MR: usize, const NC: usize>(
         // SAFETY: as in q4_i8_part; a block row is 64 bytes here (high plane, low plane).
         unsafe {
             let a = job.q8.add(b * GROUP * 64);
-            let plane = |r: usize, off: usize| vld1q_s8(a.add(r * 64 + off));
-            let hi_a: [int8x16_t; MR] = std::array::from_fn(|r| plane(r, 0));
-            let hi_b: [int8x16_t; MR] = std::array::from_fn(|r| plane(r, 16));
-            let lo_a: [uint8x16_t; MR] = std::array::from_fn(|r| vreinterpretq_u8_s8(plane(r, 32)));
-            let lo_b: [uint8x16_t; MR] = std::array::from_fn(|r| vreinterpretq_u8_s8(plane(r, 48)));
+            let hi_a = halves::<MR>(a, 64);
+            let lo_a = halves::<MR>(a.add(32), 64).map(|h| h.map(|v| vreinterpretq_u8_s8(v)));
             let mut hi = [[vdupq_n_s32(0); NC]; MR];
             let mut lo = [[vdupq_n_u32(0); NC]; MR];
             for_lanes!(L, {
@@ -166,25 +211,25 @@ unsafe fn q4_i16b_part<const HAS_MIN: bool, const MR: usize, const NC: usize>(
                     let (wl, wh) = nibbles(job, b, L as usize, q0 + c);
                     let (sl, sh) = (vreinterpretq_s8_u8(wl), vreinterpretq_s8_u8(wh));
                     for r in 0..MR {
-                        hi[r][c] = sdot_lane::<L>(hi[r][c], sl, hi_a[r]);
-                        hi[r][c] = sdot_lane::<L>(hi[r][c], sh, hi_b[r]);
-                        lo[r][c] = udot_lane::<L>(lo[r][c], wl, lo_a[r]);
-                        lo[r][c] = udot_lane::<L>(lo[r][c], wh, lo_b[r]);
+                        hi[r][c] = sdot_lane::<L>(hi[r][c], sl, hi_a[r][0]);
+                        hi[r][c] = sdot_lane::<L>(hi[r][c], sh, hi_a[r][1]);
+                        lo[r][c] = udot_lane::<L>(lo[r][c], wl, lo_a[r][0]);
+                        lo[r][c] = udot_lane::<L>(lo[r][c], wh, lo_a[r][1]);
                     }
                 }
             });
             let side = b * GROUP;
+            let dm: [_; NC] = std::array::from_fn(|c| scales::<HAS_MIN>(job, b, q0 + c));
             for c in 0..NC {
-                let (d, m) = scales::<HAS_MIN>(job, b, q0 + c);
                 for r in 0..MR {
                     let bias = vdupq_n_s32(*job.blk_bias.add(side + r));
                     let lo = vaddq_s32(vreinterpretq_s32_u32(lo[r][c]), bias);
                     let dot = vaddq_s32(vshlq_n_s32::<8>(hi[r][c]), lo);
-                    acc[r][c] = vfmaq_f32(acc[r][c], vcvtq_f32_s32(dot), d);
-                    if HAS_MIN {
-                        acc[r][c] = vfmaq_n_f32(acc[r][c], m, *job.blk_sum.add(side + r));
-                    }
+                    acc[r][c] = vfmaq_f32(acc[r][c], vcvtq_f32_s32(dot), dm[c].0);
                 }
+            }
+            if HAS_MIN {
+                add_block_min(&mut acc, dm.map(|(_, m)| m), job, b);
             }
         }
     }

@@ -14,7 +14,7 @@
 //! k = 132k.
 
 use super::neon_dot::{f16x4, for_lanes, sdot_lane};
-use super::neon_q4::{quarters, store};
+use super::neon_q4::{add_block_i8, halves, quarters, store};
 use super::{Job, TileOut, GROUP};
 use std::arch::aarch64::*;
 
@@ -50,19 +50,6 @@ unsafe fn row_scales<const PER_ROW: bool>(job: &Job, q: usize) -> float32x4_t {
     }
 }
 
-/// The two 16-byte halves of rows `0..MR` of a 32-byte-per-row activation block.
-#[inline]
-#[target_feature(enable = "neon")]
-unsafe fn halves<const MR: usize>(a: *const i8, row_bytes: usize) -> [[int8x16_t; 2]; MR] {
-    // SAFETY: callers pass a block with MR rows of row_bytes >= 32.
-    std::array::from_fn(|r| unsafe {
-        [
-            vld1q_s8(a.add(r * row_bytes)),
-            vld1q_s8(a.add(r * row_bytes + 16)),
-        ]
-    })
-}
-
 /// Q8 x I8, scaled per block: `sdot`, two chains (loads 0..4 and 4..8) per row and
 /// quarter.
 #[target_feature(enable = "neon,dotprod")]
@@ -96,16 +83,8 @@ unsafe fn q8_i8_part<const PER_ROW: bool, const MR: usize, const NC: usize>(
                     }
                 }
             });
-            let side = b * GROUP;
-            for c in 0..NC {
-                let d = block_scale::<PER_ROW>(job, b, q0 + c);
-                for r in 0..MR {
-                    let bias = vdupq_n_s32(*job.blk_bias.add(side + r));
-                    let dot = vaddq_s32(vaddq_s32(lo[r][c], hi[r][c]), bias);
-                    let ds = vmulq_n_f32(d, *job.blk_scale.add(side + r));
-                    acc[r][c] = vfmaq_f32(acc[r][c], vcvtq_f32_s32(dot), ds);
-                }
-            }
+            let d = std::array::from_fn(|c| block_scale::<PER_ROW>(job, b, q0 + c));
+            add_block_i8(&mut acc, &lo, &hi, d, job, b);
         }
     }
     for c in 0..NC {
