@@ -142,14 +142,17 @@ thread_local! {
 pub fn isa() -> Isa {
     let base = process_isa();
     match OVERRIDE.with(|o| o.get()) {
+        // Another architecture's path has none of its kernels here.
+        Some(o) if !Isa::ALL.contains(&o) => Isa::Portable,
         Some(o) => o.min(base),
         None => base,
     }
 }
 
 /// Runs `f` with kernels called from this thread using at most `isa` (a request above
-/// what the CPU or `NPURT_CPU_ISA` allows is lowered to that). Nests; restores the
-/// previous setting even if `f` panics.
+/// what the CPU or `NPURT_CPU_ISA` allows is lowered to that; another architecture's
+/// path runs the portable kernels). Nests; restores the previous setting even if `f`
+/// panics.
 pub fn with_isa<R>(isa: Isa, f: impl FnOnce() -> R) -> R {
     struct Restore(Option<Isa>);
     impl Drop for Restore {
@@ -159,4 +162,25 @@ pub fn with_isa<R>(isa: Isa, f: impl FnOnce() -> R) -> R {
     }
     let _restore = Restore(OVERRIDE.with(|o| o.replace(Some(isa))));
     f()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Another architecture's path, asked for, runs the portable kernels and says so;
+    /// this architecture's paths are lowered to what the CPU has, and restored.
+    #[test]
+    fn with_isa_keeps_to_this_architecture_and_this_cpu() {
+        #[cfg(target_arch = "aarch64")]
+        let foreign = Isa::Avx512Vnni;
+        #[cfg(not(target_arch = "aarch64"))]
+        let foreign = Isa::NeonDot;
+        let outside = isa();
+        assert_eq!(with_isa(foreign, isa), Isa::Portable);
+        for &path in Isa::ALL {
+            assert_eq!(with_isa(path, isa), path.min(outside));
+        }
+        assert_eq!(isa(), outside);
+    }
 }
