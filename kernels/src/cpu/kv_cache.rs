@@ -100,9 +100,9 @@ impl KvElem for f16 {
                 continue;
             }
             let _ = path;
-            // half's slice conversion: vector instructions where the CPU reports them
-            // (AArch64 FP16, detected once per slice), where `to_f32` checks the
-            // feature for every value.
+            // half's slice conversion: vector instructions where half detects them
+            // (F16C, AArch64 FP16; once per slice, where `to_f32` checks for every
+            // value). The conversion is exact either way.
             half::slice::HalfFloatSliceExt::convert_to_f32_slice(row, dst);
         }
         (&buf[..n * width], width)

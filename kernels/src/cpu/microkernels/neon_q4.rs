@@ -101,6 +101,28 @@ pub(super) unsafe fn add_block_i8<const MR: usize, const NC: usize>(
     }
 }
 
+/// The per-block I16 (byte-plane) kernels' step: `acc += (256 hi + lo + bias) * d` for
+/// block `b` of each row (the activation row's scale comes once, at the end).
+#[inline]
+#[target_feature(enable = "neon")]
+pub(super) unsafe fn add_block_i16<const MR: usize, const NC: usize>(
+    acc: &mut [[float32x4_t; NC]; MR],
+    hi: &[[int32x4_t; NC]; MR],
+    lo: &[[int32x4_t; NC]; MR],
+    d: [float32x4_t; NC],
+    job: &Job,
+    b: usize,
+) {
+    for r in 0..MR {
+        // SAFETY: block b's side data of rows r0..r0+MR exists (the Job contract).
+        let bias = vdupq_n_s32(unsafe { *job.blk_bias.add(b * GROUP + r) });
+        for c in 0..NC {
+            let dot = vaddq_s32(vshlq_n_s32::<8>(hi[r][c]), vaddq_s32(lo[r][c], bias));
+            acc[r][c] = vfmaq_f32(acc[r][c], vcvtq_f32_s32(dot), d[c]);
+        }
+    }
+}
+
 /// Q4_1's offset term: `acc += m * blk_sum` for block `b` of each row.
 #[inline]
 #[target_feature(enable = "neon")]
@@ -218,16 +240,9 @@ unsafe fn q4_i16b_part<const HAS_MIN: bool, const MR: usize, const NC: usize>(
                     }
                 }
             });
-            let side = b * GROUP;
+            let lo = lo.map(|row| row.map(|v| vreinterpretq_s32_u32(v)));
             let dm: [_; NC] = std::array::from_fn(|c| scales::<HAS_MIN>(job, b, q0 + c));
-            for c in 0..NC {
-                for r in 0..MR {
-                    let bias = vdupq_n_s32(*job.blk_bias.add(side + r));
-                    let lo = vaddq_s32(vreinterpretq_s32_u32(lo[r][c]), bias);
-                    let dot = vaddq_s32(vshlq_n_s32::<8>(hi[r][c]), lo);
-                    acc[r][c] = vfmaq_f32(acc[r][c], vcvtq_f32_s32(dot), dm[c].0);
-                }
-            }
+            add_block_i16(&mut acc, &hi, &lo, dm.map(|(d, _)| d), job, b);
             if HAS_MIN {
                 add_block_min(&mut acc, dm.map(|(_, m)| m), job, b);
             }

@@ -14,7 +14,7 @@
 //! k = 132k.
 
 use super::neon_dot::{f16x4, for_lanes, sdot_lane};
-use super::neon_q4::{add_block_i8, halves, quarters, store};
+use super::neon_q4::{add_block_i16, add_block_i8, halves, quarters, store};
 use super::{Job, TileOut, GROUP};
 use std::arch::aarch64::*;
 
@@ -50,6 +50,34 @@ unsafe fn row_scales<const PER_ROW: bool>(job: &Job, q: usize) -> float32x4_t {
     }
 }
 
+/// Block `b`'s I8 dot products of rows `0..MR` and quarters `q0..q0 + NC`, added to
+/// `lo` (loads 0..4) and `hi` (loads 4..8): two chains per row and quarter.
+#[inline]
+#[target_feature(enable = "neon,dotprod")]
+unsafe fn add_i8_dots<const MR: usize, const NC: usize>(
+    job: &Job,
+    b: usize,
+    q0: usize,
+    lo: &mut [[int32x4_t; NC]; MR],
+    hi: &mut [[int32x4_t; NC]; MR],
+) {
+    // SAFETY: offsets stay inside the tile (kb blocks) and the prepared activation
+    // arrays (rows r0..r0+MR of the group), per the Job contract.
+    unsafe {
+        let a = halves::<MR>(job.q8.add(b * GROUP * 32), 32);
+        for_lanes!(L, {
+            for c in 0..NC {
+                let w0 = weights(job, b, L as usize, q0 + c);
+                let w1 = weights(job, b, L as usize + 4, q0 + c);
+                for r in 0..MR {
+                    lo[r][c] = sdot_lane::<L>(lo[r][c], w0, a[r][0]);
+                    hi[r][c] = sdot_lane::<L>(hi[r][c], w1, a[r][1]);
+                }
+            }
+        });
+    }
+}
+
 /// Q8 x I8, scaled per block: `sdot`, two chains (loads 0..4 and 4..8) per row and
 /// quarter.
 #[target_feature(enable = "neon,dotprod")]
@@ -67,22 +95,11 @@ unsafe fn q8_i8_part<const PER_ROW: bool, const MR: usize, const NC: usize>(
 ) {
     let mut acc = [[vdupq_n_f32(0.0); NC]; MR];
     for b in 0..job.kb {
-        // SAFETY (whole body): offsets stay inside the tile (kb blocks) and the prepared
-        // activation arrays (rows r0..r0+MR of the group), per the Job contract.
+        let mut lo = [[vdupq_n_s32(0); NC]; MR];
+        let mut hi = [[vdupq_n_s32(0); NC]; MR];
+        // SAFETY: block b < kb of this quarter range, per the Job contract.
         unsafe {
-            let a = halves::<MR>(job.q8.add(b * GROUP * 32), 32);
-            let mut lo = [[vdupq_n_s32(0); NC]; MR];
-            let mut hi = [[vdupq_n_s32(0); NC]; MR];
-            for_lanes!(L, {
-                for c in 0..NC {
-                    let w0 = weights(job, b, L as usize, q0 + c);
-                    let w1 = weights(job, b, L as usize + 4, q0 + c);
-                    for r in 0..MR {
-                        lo[r][c] = sdot_lane::<L>(lo[r][c], w0, a[r][0]);
-                        hi[r][c] = sdot_lane::<L>(hi[r][c], w1, a[r][1]);
-                    }
-                }
-            });
+            add_i8_dots(job, b, q0, &mut lo, &mut hi);
             let d = std::array::from_fn(|c| block_scale::<PER_ROW>(job, b, q0 + c));
             add_block_i8(&mut acc, &lo, &hi, d, job, b);
         }
@@ -118,19 +135,7 @@ unsafe fn q8c_i8row_part<const MR: usize, const NC: usize>(
     let mut hi = [[vdupq_n_s32(0); NC]; MR];
     for b in 0..job.kb {
         // SAFETY: as in q8_i8_part.
-        unsafe {
-            let a = halves::<MR>(job.q8.add(b * GROUP * 32), 32);
-            for_lanes!(L, {
-                for c in 0..NC {
-                    let w0 = weights(job, b, L as usize, q0 + c);
-                    let w1 = weights(job, b, L as usize + 4, q0 + c);
-                    for r in 0..MR {
-                        lo[r][c] = sdot_lane::<L>(lo[r][c], w0, a[r][0]);
-                        hi[r][c] = sdot_lane::<L>(hi[r][c], w1, a[r][1]);
-                    }
-                }
-            });
-        }
+        unsafe { add_i8_dots(job, b, q0, &mut lo, &mut hi) };
     }
     let mut acc = [[vdupq_n_f32(0.0); NC]; MR];
     for c in 0..NC {
@@ -189,17 +194,11 @@ unsafe fn q8_i16b_part<const PER_ROW: bool, const MR: usize, const NC: usize>(
                     }
                 }
             });
-            let side = b * GROUP;
-            for c in 0..NC {
-                let d = block_scale::<PER_ROW>(job, b, q0 + c);
-                let lo_fix = vshlq_n_s32::<7>(wsum[c]);
-                for r in 0..MR {
-                    let bias = vdupq_n_s32(*job.blk_bias.add(side + r));
-                    let lo = vaddq_s32(vaddq_s32(lo[r][c], lo_fix), bias);
-                    let dot = vaddq_s32(vshlq_n_s32::<8>(hi[r][c]), lo);
-                    acc[r][c] = vfmaq_f32(acc[r][c], vcvtq_f32_s32(dot), d);
-                }
-            }
+            let lo = std::array::from_fn(|r| {
+                std::array::from_fn(|c| vaddq_s32(lo[r][c], vshlq_n_s32::<7>(wsum[c])))
+            });
+            let d = std::array::from_fn(|c| block_scale::<PER_ROW>(job, b, q0 + c));
+            add_block_i16(&mut acc, &hi, &lo, d, job, b);
         }
     }
     for c in 0..NC {
