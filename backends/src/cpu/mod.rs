@@ -186,7 +186,7 @@ impl Backend for CpuBackend {
                 precision: npurt_graph::AttentionPrecision::I8,
                 ..
             } => format!(
-                "attention_bidirectional_i8[sequences of {seq}, vpdpbusd panels, u8 softmax, {isa}]"
+                "attention_bidirectional_i8[sequences of {seq}, int8 dot-product panels, u8 softmax, {isa}]"
             ),
             Op::Attention {
                 mode: npurt_graph::AttentionMode::Bidirectional { seq },

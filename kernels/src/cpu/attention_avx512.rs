@@ -67,20 +67,11 @@ pub(super) fn exp_ps(x: __m512) -> __m512 {
 }
 
 /// `c * 2^t` per lane for `t <= 0` (clamped at -30, below which a softmax weight of 8 or
-/// 11 bits is 0 anyway): a degree-5 Taylor polynomial of `2^f` on the fraction
-/// (relative error < 3e-6) scaled by `vscalefps`. The panel attentions' softmax weights
-/// (u8 and f16) need no more than that, and their scores are kept in base 2.
+/// 11 bits is 0 anyway): `math::POW2_TAYLOR` on the fraction, scaled by `vscalefps`.
 #[inline]
 #[target_feature(enable = "avx512f")]
 pub(super) fn pow2_ps(t: __m512, c: f32) -> __m512 {
-    const TAYLOR: [f32; 6] = [
-        0.001_333_355_8,
-        0.009_618_129,
-        0.055_504_11,
-        0.240_226_5,
-        std::f32::consts::LN_2,
-        1.0,
-    ];
+    use super::math::POW2_TAYLOR as TAYLOR;
     let t = _mm512_max_ps(t, _mm512_set1_ps(-30.0));
     let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(t);
     let f = _mm512_sub_ps(t, n);

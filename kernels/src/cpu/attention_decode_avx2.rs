@@ -135,7 +135,7 @@ fn exp8(x: __m256) -> __m256 {
 /// Horizontal max and sum of 8 lanes.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn hmax8(x: __m256) -> f32 {
+pub(super) fn hmax8(x: __m256) -> f32 {
     let m = _mm_max_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps::<1>(x));
     let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
     _mm_cvtss_f32(_mm_max_ss(m, _mm_shuffle_ps::<1>(m, m)))

@@ -11,11 +11,15 @@
 //!   softmax's u8 weights, `P V` in i32 (`attention_i8_avx512.rs`).
 //!
 //! The integers equal the reference's (same products, same round-half-to-even); only
-//! `exp` differs, which can move a weight to the neighbouring u8. Without AVX-512 VNNI,
-//! or with a head_dim that is not a multiple of 4, the portable panel kernel runs
-//! (`attention_i8_portable.rs`: the reference's arithmetic, vectorized by the
-//! compiler and threaded by the same driver).
+//! `exp` differs, which can move a weight to the neighbouring u8. On the x86 AVX2 paths
+//! the same tiles run on 8 lanes (`attention_i8_avx2.rs`: `vpmaddubsw`, or 256-bit
+//! `vpdpbusd` with AVX-VNNI). Elsewhere (AArch64, the portable path), or with a
+//! head_dim that is not a multiple of 4, the portable panel kernel runs
+//! (`attention_i8_portable.rs`: the reference's arithmetic, vectorized by the compiler
+//! and threaded by the same driver).
 
+#[cfg(target_arch = "x86_64")]
+use super::attention_i8_avx2::{Avx2Panel, Dots};
 use super::attention_i8_portable::PortablePanel;
 use super::attention_panels::{self, Args, PanelKernel, RowScratch};
 use super::{isa, Isa};
@@ -123,17 +127,6 @@ pub fn attention_bidirectional_i8(
     out: &mut [f32],
 ) -> Result<(), KernelError> {
     let (qw, kw, _) = check_bidirectional_args(q, k, v, seq, n_heads, n_kv_heads, head_dim, out)?;
-    #[cfg(target_arch = "x86_64")]
-    if isa() == Isa::Avx512Vnni
-        && head_dim.is_multiple_of(4)
-        && head_dim <= MAX_PACKED_HEAD_DIM
-        && seq <= MAX_I8_ATTENTION_SEQ
-    {
-        let a = Args::new([q, k, v], seq, [qw, kw], n_heads, n_kv_heads, scale, out);
-        // SAFETY: isa() reported AVX-512 VNNI; the arguments were checked.
-        unsafe { attention_panels::run(&a, &Panel::new(seq, head_dim)) };
-        return Ok(());
-    }
     if seq > MAX_I8_ATTENTION_SEQ {
         // The reference's typed error.
         return reference::attention_bidirectional_i8(
@@ -141,8 +134,26 @@ pub fn attention_bidirectional_i8(
         );
     }
     let a = Args::new([q, k, v], seq, [qw, kw], n_heads, n_kv_heads, scale, out);
-    // SAFETY: the portable kernel needs no CPU feature beyond `isa()`'s (AVX2 + FMA on
-    // the x86 AVX2 paths); the arguments were checked.
+    #[cfg(target_arch = "x86_64")]
+    if head_dim.is_multiple_of(4) && head_dim <= MAX_PACKED_HEAD_DIM {
+        match isa() {
+            Isa::Avx512Vnni => {
+                // SAFETY: isa() reported AVX-512 VNNI; the arguments were checked.
+                unsafe { attention_panels::run(&a, &Panel::new(seq, head_dim)) };
+                return Ok(());
+            }
+            isa @ (Isa::Avx2Fma | Isa::Avx2Vnni) => {
+                let panel = Avx2Panel::new(seq, head_dim, Dots::for_isa(isa));
+                // SAFETY: an AVX2 path, whose CPU has the instructions `Dots::for_isa`
+                // picked; the arguments were checked.
+                unsafe { attention_panels::run(&a, &panel) };
+                return Ok(());
+            }
+            _ => {}
+        }
+    }
+    // SAFETY: the portable kernel needs no CPU feature beyond `isa()`'s; the arguments
+    // were checked.
     unsafe { attention_panels::run(&a, &PortablePanel::new(seq, head_dim, isa())) };
     Ok(())
 }

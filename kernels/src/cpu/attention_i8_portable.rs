@@ -1,9 +1,9 @@
 //! The integer bidirectional attention's portable panel kernel (`attention_i8.rs` says
-//! what runs when): every path without AVX-512 VNNI, the x86 AVX2 paths and AArch64
-//! among them. Plain Rust that the compiler vectorizes (compiled for AVX2 + FMA on the
-//! x86 AVX2 paths, and with the dot-product extension on `Isa::NeonDot`, where LLVM
-//! turns the score's i8 dot products into `sdot`), run per (head, row block) on the
-//! pool by the panel driver, where the reference runs one scalar loop on one thread.
+//! what runs when): AArch64, the portable path, and head sizes that are not a multiple
+//! of 4 on x86. Plain Rust that the compiler vectorizes (compiled with the dot-product
+//! extension on `Isa::NeonDot`, where LLVM turns the score's i8 dot products into
+//! `sdot`), run per (head, row block) on the pool by the panel driver, where the
+//! reference runs one scalar loop on one thread.
 //!
 //! The panel keeps K row-major (a score is one contiguous dot product of `hd` bytes)
 //! and V transposed, channel-major (an output is one contiguous dot product of `seq`
@@ -30,7 +30,8 @@ pub(super) struct PortablePanel {
     /// `[hd]` f32: the channels' scales.
     sv: usize,
     bytes: usize,
-    /// The path the code is compiled for (AVX2 + FMA where the CPU has it).
+    /// The path the code is compiled for (the dot-product extension on `NeonDot`).
+    #[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
     isa: Isa,
 }
 
@@ -148,27 +149,6 @@ fn dot_u8_i8(p: &[u8], v: &[i8]) -> i32 {
         .sum()
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn pack_avx2(k: &PortablePanel, a: &Args, b: usize, g: usize, panel: &mut [u8]) {
-    k.pack_generic(a, b, g, panel)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn rows_avx2(
-    k: &PortablePanel,
-    a: &Args,
-    b: usize,
-    h: usize,
-    rows: Range<usize>,
-    panel: &[u8],
-    sc: &mut RowScratch,
-) {
-    // SAFETY: the caller's (`PanelKernel::rows`).
-    unsafe { k.rows_generic(a, b, h, rows, panel, sc) }
-}
-
 #[cfg(target_arch = "aarch64")]
 #[target_feature(enable = "neon,dotprod")]
 unsafe fn rows_neon(
@@ -193,11 +173,6 @@ impl PanelKernel for PortablePanel {
         [self.hd, 4 * self.seq, self.seq]
     }
     unsafe fn pack(&self, a: &Args, b: usize, g: usize, panel: &mut [u8]) {
-        #[cfg(target_arch = "x86_64")]
-        if self.isa >= Isa::Avx2Fma {
-            // SAFETY: every path from Avx2Fma up has AVX2 and FMA (dispatch.rs).
-            return unsafe { pack_avx2(self, a, b, g, panel) };
-        }
         self.pack_generic(a, b, g, panel)
     }
     unsafe fn rows(
@@ -209,11 +184,6 @@ impl PanelKernel for PortablePanel {
         panel: &[u8],
         sc: &mut RowScratch,
     ) {
-        #[cfg(target_arch = "x86_64")]
-        if self.isa >= Isa::Avx2Fma {
-            // SAFETY: as in `pack`.
-            return unsafe { rows_avx2(self, a, b, h, rows, panel, sc) };
-        }
         #[cfg(target_arch = "aarch64")]
         if self.isa == Isa::NeonDot {
             // SAFETY: NeonDot is only detected with FEAT_DotProd (dispatch.rs).

@@ -19,6 +19,19 @@ pub(crate) const EXP_POLY: [f32; 6] = [
     0.5,
 ];
 
+/// `2^f` on `f` in `[-1/2, 1/2]` as a degree-5 Taylor polynomial (relative error
+/// < 3e-6), highest coefficient first: the panel attentions' softmax weights (u8 and
+/// f16) need no more, and their scores are kept in base 2 (`attention_avx512::pow2_ps`,
+/// `attention_i8_avx2::pow2`).
+pub(crate) const POW2_TAYLOR: [f32; 6] = [
+    0.001_333_355_8,
+    0.009_618_129,
+    0.055_504_11,
+    0.240_226_5,
+    std::f32::consts::LN_2,
+    1.0,
+];
+
 /// `e^x` to about 1 ulp (Cephes `expf`: range reduction by ln 2 split in two parts and
 /// a degree-5 minimax polynomial). Written without NaN-aware `clamp`/`as` casts (which
 /// compile to scalar compare-and-move sequences) so loops over it vectorize: inputs are

@@ -42,6 +42,8 @@ mod attention_f16_avx512;
 mod attention_f32;
 mod attention_i8;
 #[cfg(target_arch = "x86_64")]
+mod attention_i8_avx2;
+#[cfg(target_arch = "x86_64")]
 mod attention_i8_avx512;
 mod attention_i8_portable;
 mod attention_panels;

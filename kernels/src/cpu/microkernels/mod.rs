@@ -40,6 +40,8 @@ mod avx2_q8;
 #[cfg(target_arch = "x86_64")]
 mod avx2_vnni;
 #[cfg(target_arch = "x86_64")]
+pub(crate) use avx2_vnni::has_vex;
+#[cfg(target_arch = "x86_64")]
 mod avx512_f32;
 #[cfg(target_arch = "x86_64")]
 mod avx512_q4;
