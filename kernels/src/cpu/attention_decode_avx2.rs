@@ -104,7 +104,7 @@ fn fold8(p: [__m256; 8]) -> __m256 {
 /// multiply-adds, `2^n` from its exponent bits (the AVX-512 kernel's `exp_ps`).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn exp8(x: __m256) -> __m256 {
+pub(super) fn exp8(x: __m256) -> __m256 {
     use super::math::{EXP_LN2_HI as LN2_HI, EXP_LN2_LO as LN2_LO, EXP_POLY};
     let x = _mm256_min_ps(
         _mm256_max_ps(x, _mm256_set1_ps(-87.3)),
@@ -143,7 +143,7 @@ pub(super) fn hmax8(x: __m256) -> f32 {
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn hsum8(x: __m256) -> f32 {
+pub(super) fn hsum8(x: __m256) -> f32 {
     let m = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps::<1>(x));
     let m = _mm_add_ps(m, _mm_movehl_ps(m, m));
     _mm_cvtss_f32(_mm_add_ss(m, _mm_shuffle_ps::<1>(m, m)))

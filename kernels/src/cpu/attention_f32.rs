@@ -15,8 +15,8 @@
 //!   consecutive tasks on both threads reuse one head's K/V from L2. The bidirectional
 //!   mode also uses fused multiply-adds and vectorized softmax sums on the FMA paths
 //!   (`FUSED`); the causal mode keeps unfused, in-order arithmetic on the blocks its
-//!   mask cuts (and on the paths below AVX-512), while its whole blocks on AVX-512 run
-//!   the bidirectional mode's hand-written tiles;
+//!   mask cuts (and on the portable path), while its whole blocks on AVX2 and AVX-512
+//!   run the bidirectional mode's hand-written tiles;
 //! - decode on several threads also splits each head's keys ([`Plan::SplitKeys`]) and
 //!   merges the parts ([`merge_partials`]). On AVX2 and AVX-512, decode with head_dim
 //!   32 to 128 runs `attention_decode.rs` instead: per-key dot products over whole
@@ -26,8 +26,8 @@
 //! Portable Rust written for the vectorizer (plus an AVX-512 K transpose), compiled
 //! for the baseline, AVX2+FMA and AVX-512 and picked at run time: at 512-token prefill
 //! (and in every ViT layer) attention is a large share of the work, so it must never
-//! run scalar. The score, softmax and value tiles of blocks every row sees whole on
-//! AVX-512 are hand-written (`attention_avx512.rs`).
+//! run scalar. The score, softmax and value tiles of blocks every row sees whole are
+//! hand-written for AVX-512 (`attention_avx512.rs`) and AVX2 (`attention_avx2.rs`).
 //!
 //! The caches are f32, f16 or int8 ([`KvElem`]); an f16 or int8 K/V block (int8: each
 //! row's head block of `head_dim` i8 values and its scale, read straight from the
@@ -440,23 +440,23 @@ fn block_task<C: KvElem, const FUSED: bool>(
                 transpose_k(path, kb, ks, nk, hd, &mut sc.kt);
             }
         }
-        // On AVX-512, blocks that every row of the task sees whole (all of them in
-        // bidirectional mode; in causal mode those below the first row's limit) run
+        // On AVX2 and AVX-512, blocks that every row of the task sees whole (all of them
+        // in bidirectional mode; in causal mode those below the first row's limit) run
         // register tiles with the softmax fused into the score tile. Causal prefill at
-        // 1024 rows: attention 370-396 -> 275-282 ms a chunk (the diagonal blocks keep
-        // the masked path below).
+        // 1024 rows on AVX-512: attention 370-396 -> 275-282 ms a chunk (the diagonal
+        // blocks keep the masked path below).
         #[cfg(target_arch = "x86_64")]
         let whole = match a.mask {
             Mask::Bidirectional { .. } => true,
             Mask::Causal { .. } => j0 + nk <= a.keys(t0).end,
         };
         #[cfg(target_arch = "x86_64")]
-        if path == Isa::Avx512Vnni && whole {
-            use super::attention_avx512::{score_softmax_tile, value_tile};
+        if path >= Isa::Avx2Fma && whole {
+            let tiles = WholeBlockTiles::of(path);
             for i0 in (0..nq_pad).step_by(QT) {
-                // SAFETY: the AVX-512 path runs only where the CPU has AVX-512F.
+                // SAFETY: the tiles of `path`, whose CPU features this task runs with.
                 unsafe {
-                    score_softmax_tile(
+                    (tiles.score_softmax)(
                         &sc.q[i0 * hd..],
                         &sc.kt,
                         hd,
@@ -472,7 +472,7 @@ fn block_task<C: KvElem, const FUSED: bool>(
             for i0 in (0..nq_pad).step_by(QT) {
                 let (p, o) = (&sc.s[i0 * KB..], &mut sc.o[i0 * hd..]);
                 // SAFETY: as above.
-                unsafe { value_tile(p, vb, vs, nk, o, hd) };
+                unsafe { (tiles.value)(p, vb, vs, nk, o, hd) };
             }
             continue;
         }
@@ -525,6 +525,41 @@ fn block_task<C: KvElem, const FUSED: bool>(
                     8.. => value_tile::<8, 0, FUSED>(p, vc, vs, nk, oc, hd, col),
                     _ => value_tile::<1, 0, FUSED>(p, vc, vs, nk, oc, hd, col),
                 };
+            }
+        }
+    }
+}
+
+/// `score_softmax_tile(q, kt, hd, nk, m, l, s, o)` of a tiles module.
+#[cfg(target_arch = "x86_64")]
+type ScoreSoftmaxTile =
+    unsafe fn(&[f32], &[f32], usize, usize, &mut [f32], &mut [f32], &mut [f32], &mut [f32]);
+/// `value_tile(p, v, kw, nk, o, hd)` of a tiles module.
+#[cfg(target_arch = "x86_64")]
+type ValueTile = unsafe fn(&[f32], &[f32], usize, usize, &mut [f32], usize);
+
+/// The hand-written tiles of whole key blocks (`attention_avx512.rs`,
+/// `attention_avx2.rs`: the same signatures).
+#[cfg(target_arch = "x86_64")]
+struct WholeBlockTiles {
+    score_softmax: ScoreSoftmaxTile,
+    value: ValueTile,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl WholeBlockTiles {
+    /// The tiles of an AVX2 or AVX-512 path.
+    fn of(path: Isa) -> Self {
+        use super::{attention_avx2 as avx2, attention_avx512 as avx512};
+        if path == Isa::Avx512Vnni {
+            WholeBlockTiles {
+                score_softmax: avx512::score_softmax_tile,
+                value: avx512::value_tile,
+            }
+        } else {
+            WholeBlockTiles {
+                score_softmax: avx2::score_softmax_tile,
+                value: avx2::value_tile,
             }
         }
     }
@@ -752,7 +787,7 @@ fn run_tasks<C: KvElem>(a: &Args<C>, plan: Plan, n_tasks: usize) {
     let path = isa();
     // Fused multiply-adds and vectorized sums in the portable tiles where the CPU has
     // FMA, in the ViT's mode only: the causal (LLM) mode keeps its unfused, in-order
-    // arithmetic there (its AVX-512 whole-block tiles and the decode kernels fuse, and
+    // arithmetic there (its AVX2 and AVX-512 whole-block tiles and the decode kernels fuse, and
     // are within the same tolerances of the goldens; fusing the rest measured 2%).
     let fused = matches!(a.mask, Mask::Bidirectional { .. });
     super::pool::for_each(n_tasks, |id| {

@@ -22,6 +22,7 @@
 //! base 2, the softmax's `2^x` a polynomial), which may round a weight to the
 //! neighbouring u8, as the op's definition allows.
 
+use super::attention_avx2::first_lanes;
 use super::attention_decode_avx2::hmax8;
 use super::attention_i8::MAX_PACKED_HEAD_DIM;
 use super::attention_panels::{Args, PanelKernel, RowScratch};
@@ -182,17 +183,6 @@ impl PanelKernel for Avx2Panel {
             }
         }
     }
-}
-
-/// The first `n` of 8 i32 lanes set (none for `n <= 0`).
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn first_lanes(n: usize) -> __m256i {
-    let n = n.min(8) as i32;
-    _mm256_cmpgt_epi32(
-        _mm256_set1_epi32(n),
-        _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
-    )
 }
 
 /// `c * 2^t` per lane for `t` in `[-30, 0]` (clamped): `attention_avx512::pow2_ps` on

@@ -29,6 +29,8 @@
 
 mod act_quant;
 #[cfg(target_arch = "x86_64")]
+mod attention_avx2;
+#[cfg(target_arch = "x86_64")]
 mod attention_avx512;
 #[cfg(target_arch = "x86_64")]
 mod attention_decode;
