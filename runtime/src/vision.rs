@@ -285,19 +285,20 @@ impl VisionEncoder {
 
     /// The peak the encoder's matmuls can reach on this CPU with `threads` threads,
     /// measured now by a dependency-free loop of their instruction (`duration` long):
-    /// the int8 VNNI dot product for the integer presets, halved for 16-bit activations
-    /// (two `vpdpbusd` per product, byte planes), FMA for f32. Returns the measurement
-    /// and the attainable GOP/s; `None` where the CPU lacks the instruction.
+    /// the int8 dot product for the integer presets (for 16-bit activations, as
+    /// `i16_activation_peak` says: halved where they run as two byte planes), FMA for
+    /// f32. Returns the measurement and the attainable GOP/s; `None` where the CPU lacks
+    /// the instruction.
     pub fn matmul_peak(
         &self,
         threads: usize,
         duration: std::time::Duration,
     ) -> Option<(npurt_kernels::cpu::PeakReport, f64)> {
         use npurt_graph::ActPrecision as A;
-        use npurt_kernels::cpu::{measure_peak, PeakKind};
+        use npurt_kernels::cpu::{i16_activation_peak, measure_peak, PeakKind};
         let (kind, per_product) = match self.options.precision.linear_act {
             A::F32 => (PeakKind::F32Fma, 1.0),
-            A::I16 => (PeakKind::Int8Dot, 2.0),
+            A::I16 => i16_activation_peak(),
             A::I8 | A::I8Row => (PeakKind::Int8Dot, 1.0),
         };
         let peak = measure_peak(kind, threads, duration)?;

@@ -81,7 +81,7 @@ pub use matmul_f32::matmul_f32;
 pub use matmul_packed::{matmul_packed, matmul_packed_rms_norm, matmul_packed_with};
 pub use packed::{gather_packed, pack, PackedMatrix, BLOCK, TILE_ROWS};
 pub use patch_embed_f32::patch_embed_f32;
-pub use peak::{measure_peak, measure_peak_on, PeakKind, PeakReport};
+pub use peak::{i16_activation_peak, measure_peak, measure_peak_on, PeakKind, PeakReport};
 pub use pool::{current_threads, ThreadPool};
 pub use rms_norm_f32::rms_norm_f32;
 pub use rope_f32::rope_f32;

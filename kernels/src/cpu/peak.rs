@@ -16,9 +16,11 @@
 //! The instruction picked follows the kernel path in use ([`isa()`], so
 //! `NPURT_CPU_ISA` and [`with_isa`](super::with_isa) lower it too): zmm on the
 //! AVX-512 path, ymm on the AVX2 paths, VEX `{vex} vpdpbusd`/`vpdpwssd` where only
-//! AVX-VNNI exists, `sdot`/`fmla` on 128-bit vectors on the AArch64 path (which has
-//! no 16-bit dot product: its I16 kernels run `sdot` on byte planes); where the path
-//! has no such instruction the result is `None`.
+//! AVX-VNNI exists, the `vpmaddubsw` / `vpmaddwd` sequences the AVX2 kernels use
+//! where there is no VNNI (one sequence counts as one "instruction"), `sdot`/`fmla` on
+//! 128-bit vectors on the AArch64 path (which has no 16-bit dot product: its I16
+//! kernels run `sdot` on byte planes); where the path has no such instruction the
+//! result is `None`.
 //!
 //! 1 MAC = 2 operations: a `vpdpbusd` zmm counts 64 u8 x i8 MACs = 128 ops, a
 //! `vpdpwssd` zmm 32 i16 x i16 MACs = 64 ops, a `vfmadd231ps` zmm 16 MACs = 32 ops
@@ -30,13 +32,14 @@ use std::time::{Duration, Instant};
 /// The instruction whose peak is measured.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum PeakKind {
-    /// `vpdpbusd` (x86) or `sdot` (AArch64): 8-bit dot products of 4 accumulated into
-    /// i32 lanes (the w8a8 and Q4/Q8 x I8 integer kernels).
+    /// `vpdpbusd` (x86; `vpmaddubsw` + `vpmaddwd` without VNNI) or `sdot` (AArch64):
+    /// 8-bit dot products accumulated into i32 lanes (the w8a8 and Q4/Q8 x I8 integer
+    /// kernels).
     Int8Dot,
     /// `vfmadd231ps` / `fmla`: f32 fused multiply-add (the f32 kernels).
     F32Fma,
-    /// `vpdpwssd`: i16 x i16 dot products of 2 accumulated into i32 lanes (16-bit
-    /// activation kernels; x86 only).
+    /// `vpdpwssd` (`vpmaddwd` + `vpaddd` without VNNI): i16 x i16 dot products of 2
+    /// accumulated into i32 lanes (16-bit activation kernels; x86 only).
     Int16Dot,
 }
 
@@ -81,6 +84,18 @@ impl PeakReport {
     /// `achieved_gops` as a fraction of this peak.
     pub fn fraction(&self, achieved_gops: f64) -> f64 {
         achieved_gops / self.gops
+    }
+}
+
+/// The peak that bounds the integer kernels with 16-bit activations on the kernel path
+/// in use, and how many of its instructions one product takes: two 8-bit dot products
+/// (byte planes) with VNNI and on AArch64, one `vpmaddwd` on whole i16 values on AVX2
+/// without VNNI.
+pub fn i16_activation_peak() -> (PeakKind, f64) {
+    if isa() == Isa::Avx2Fma {
+        (PeakKind::Int16Dot, 1.0)
+    } else {
+        (PeakKind::Int8Dot, 2.0)
     }
 }
 
@@ -174,7 +189,17 @@ fn select(kind: PeakKind, path: Isa) -> Option<(Impl, Isa)> {
         (PeakKind::Int16Dot, Isa::Avx2Vnni) => {
             (imp(x86::vpdpwssd_ymm_evex, "vpdpwssd ymm", 16), path)
         }
-        (PeakKind::Int8Dot | PeakKind::Int16Dot, Isa::Avx2Fma) => return None,
+        (PeakKind::Int8Dot, Isa::Avx2Fma) => (
+            imp(
+                x86::vpmaddubsw_ymm,
+                "vpmaddubsw + vpmaddwd + vpaddd ymm",
+                32,
+            ),
+            path,
+        ),
+        (PeakKind::Int16Dot, Isa::Avx2Fma) => {
+            (imp(x86::vpmaddwd_ymm, "vpmaddwd + vpaddd ymm", 16), path)
+        }
         (PeakKind::F32Fma, Isa::Avx512Vnni) => {
             (imp(x86::vfmadd231ps_zmm, "vfmadd231ps zmm", 16), path)
         }
@@ -333,6 +358,31 @@ mod x86 {
         zero = _mm256_setzero_si256(),
         |acc, x, y| _mm256_dpwssd_avx_epi32(acc, x, y)
     );
+    // AVX2 without VNNI: the integer kernels' dot products are instruction sequences,
+    // `vpmaddubsw` (u8 x i8 pairs to i16) then `vpmaddwd` (by ones: i16 pairs to i32)
+    // then `vpaddd`, or `vpmaddwd` on i16 operands then `vpaddd`. The accumulator is
+    // an operand of the first multiply, so the compiler cannot hoist the products out
+    // of the loop.
+    peak_loop!(
+        vpmaddubsw_ymm,
+        "avx2",
+        __m256i,
+        12,
+        a = _mm256_set1_epi8(3),
+        b = _mm256_set1_epi16(1),
+        zero = _mm256_setzero_si256(),
+        |acc, x, y| _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(acc, x), y))
+    );
+    peak_loop!(
+        vpmaddwd_ymm,
+        "avx2",
+        __m256i,
+        12,
+        a = _mm256_set1_epi16(3),
+        b = _mm256_set1_epi16(-5),
+        zero = _mm256_setzero_si256(),
+        |acc, x, y| _mm256_add_epi32(_mm256_madd_epi16(acc, y), x)
+    );
     // Products of 1e-3 x 1e-3 stay normal (no denormal slow path) and the sums stay
     // finite for far longer than any run.
     peak_loop!(
@@ -369,7 +419,8 @@ mod tests {
             match kind {
                 PeakKind::F32Fma => path >= Isa::Avx2Fma && (has!("fma") || has!("avx512f")),
                 PeakKind::Int8Dot | PeakKind::Int16Dot => {
-                    path >= Isa::Avx2Vnni && (has!("avxvnni") || has!("avx512vnni"))
+                    path == Isa::Avx2Fma
+                        || path >= Isa::Avx2Vnni && (has!("avxvnni") || has!("avx512vnni"))
                 }
             }
         }
@@ -460,10 +511,12 @@ mod tests {
             assert!(r.instruction.ends_with("vpdpwssd ymm"), "{r:?}");
             assert_eq!(r.macs_per_instruction, 16);
         }
-        assert_eq!(
-            measure_peak_on(PeakKind::Int8Dot, Isa::Avx2Fma, 1, Duration::from_millis(2)),
-            None
-        );
+        if let Some(r) =
+            measure_peak_on(PeakKind::Int8Dot, Isa::Avx2Fma, 1, Duration::from_millis(2))
+        {
+            assert!(r.instruction.starts_with("vpmaddubsw"), "{r:?}");
+            assert_eq!(r.macs_per_instruction, 32);
+        }
         assert_eq!(
             measure_peak_on(PeakKind::F32Fma, Isa::Portable, 1, Duration::from_millis(2)),
             None
