@@ -17,6 +17,7 @@
 
 use super::avx2_q4::{bcast, scales};
 use super::avx2_q8::{block_scales, row_scales};
+use super::avx512_q8::LONG_BLOCKS;
 use super::{prefetch_block, Job, TileOut, GROUP};
 use std::arch::x86_64::*;
 
@@ -26,6 +27,38 @@ use std::arch::x86_64::*;
 pub(crate) fn has_vex() -> bool {
     // std caches the CPUID result: one relaxed atomic load.
     std::arch::is_x86_feature_detected!("avxvnni")
+}
+
+/// `-128 * sum(w)` per weight row of half `h` of `job`'s tile: where the whole-row
+/// kernel's sums start, undoing the activations' `+ 128` (`ActPlan::U8Row`).
+///
+/// # Safety
+/// `job`'s tile is Q8Channel (16 i32 row sums after its 16 f32 scales).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn row_sum_bias(job: &Job, h: usize) -> __m256i {
+    // SAFETY: the caller's contract.
+    let sums = unsafe { _mm256_loadu_si256(job.scales.add(64 + 32 * h) as *const __m256i) };
+    _mm256_mullo_epi32(sums, _mm256_set1_epi32(-128))
+}
+
+/// Stores the whole-row kernels' f32 sums (`[row][half]`) scaled by the tile's weight-row
+/// scales and each activation row's scale (`avx512_q8::store_row_scaled`'s order).
+///
+/// # Safety
+/// `job`'s tile is Q8Channel; rows `r0..r0 + MR` exist.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn store_row_scaled<const MR: usize>(job: &Job, acc: &[[__m256; 2]; MR], out: &mut TileOut) {
+    for (r, acc) in acc.iter().enumerate() {
+        for (h, &acc) in acc.iter().enumerate() {
+            // SAFETY: the caller's contract; out rows hold 16 f32.
+            unsafe {
+                let s = _mm256_mul_ps(row_scales(job, h), _mm256_set1_ps(*job.row_scale.add(r)));
+                _mm256_storeu_ps(out[r].as_mut_ptr().add(8 * h), _mm256_mul_ps(acc, s));
+            }
+        }
+    }
 }
 
 /// The kernels, for one encoding: `$features` are the target features and `$dpbusd`
@@ -253,6 +286,126 @@ macro_rules! kernels {
                         _mm256_storeu_ps(out[r].as_mut_ptr().add(8 * h), v);
                     }
                 }
+            }
+        }
+
+        /// Q8Channel x I8 with one scale per activation row, stored as `u8 = q + 128`
+        /// (`ActPlan::U8Row`): `avx512_q8::q8c_u8row` on ymm. The weights are
+        /// `vpdpbusd`'s signed operand as stored, the sums start at `-128 * sum(w)` per
+        /// weight row and stay in i32 over `LONG_BLOCKS` blocks (no per-block factor),
+        /// and both 8-row halves of the tile run in one pass, so each activation
+        /// broadcast feeds two `vpdpbusd` (against one load and one `vpxor` per
+        /// `vpdpbusd` in the per-block `q8_i8`). Same integers and f32 steps as the
+        /// AVX-512 kernel.
+        #[target_feature(enable = $features)]
+        pub(crate) unsafe fn q8c_u8row<const MR: usize>(job: &Job, out: &mut TileOut) {
+            // One or two rows: split each (row, half) chain over even and odd loads, so
+            // latency does not bound it (four chains are too few for vpdpbusd).
+            let split = MR <= 2;
+            // SAFETY (whole body): offsets stay inside the tile (Q8Channel: 16 i32 row
+            // sums after its 16 f32 scales) and the prepared activation arrays (32
+            // bytes per block and row), per the Job contract.
+            unsafe {
+                let bias = [row_sum_bias(job, 0), row_sum_bias(job, 1)];
+                let mut acc = [[_mm256_setzero_ps(); 2]; MR];
+                let mut b0 = 0;
+                while b0 < job.kb {
+                    let b1 = (b0 + LONG_BLOCKS).min(job.kb);
+                    // [chain][row][half]
+                    let mut sums = [[[_mm256_setzero_si256(); 2]; MR]; 2];
+                    if b0 == 0 {
+                        sums[0] = [bias; MR];
+                    }
+                    for b in b0..b1 {
+                        if MR <= 2 {
+                            prefetch_block(job, b);
+                        }
+                        let w = job.vals.add(b * 512);
+                        let a = job.q8.add(b * GROUP * 32);
+                        for l in 0..8 {
+                            let v = [
+                                _mm256_loadu_si256(w.add(l * 64) as *const __m256i),
+                                _mm256_loadu_si256(w.add(l * 64 + 32) as *const __m256i),
+                            ];
+                            let c = if split { l % 2 } else { 0 };
+                            for r in 0..MR {
+                                let x = bcast(a.add(r * 32), l);
+                                for h in 0..2 {
+                                    sums[c][r][h] = $dpbusd(sums[c][r][h], x, v[h]);
+                                }
+                            }
+                        }
+                    }
+                    for r in 0..MR {
+                        for h in 0..2 {
+                            let dot = if split {
+                                _mm256_add_epi32(sums[0][r][h], sums[1][r][h])
+                            } else {
+                                sums[0][r][h]
+                            };
+                            acc[r][h] = _mm256_add_ps(acc[r][h], _mm256_cvtepi32_ps(dot));
+                        }
+                    }
+                    b0 = b1;
+                }
+                store_row_scaled(job, &acc, out);
+            }
+        }
+
+        /// Q8Channel x I16 on byte planes with one scale per activation row
+        /// (`ActPlan::I16BytesHiU8`: both planes unsigned, the high one as `hi + 128`):
+        /// `avx512_q8::q8c_i16b` on ymm, the sums kept in i32 over `LONG_BLOCKS`
+        /// blocks as in [`q8c_u8row`], both halves of the tile in one pass. Per row
+        /// and half that is two chains (the planes), so at most two rows fit the 16
+        /// registers.
+        #[target_feature(enable = $features)]
+        pub(crate) unsafe fn q8c_i16b<const MR: usize>(job: &Job, out: &mut TileOut) {
+            // SAFETY (whole body): as `q8c_u8row`, with 64 activation bytes per block
+            // and row (the high plane, then the low one).
+            unsafe {
+                let bias = [row_sum_bias(job, 0), row_sum_bias(job, 1)];
+                let mut acc = [[_mm256_setzero_ps(); 2]; MR];
+                let mut b0 = 0;
+                while b0 < job.kb {
+                    let b1 = (b0 + LONG_BLOCKS).min(job.kb);
+                    // [plane: hi, lo][row][half]
+                    let mut sums = [[[_mm256_setzero_si256(); 2]; MR]; 2];
+                    if b0 == 0 {
+                        sums[0] = [bias; MR];
+                    }
+                    for b in b0..b1 {
+                        prefetch_block(job, b);
+                        let w = job.vals.add(b * 512);
+                        let a = job.q8.add(b * GROUP * 64);
+                        for l in 0..8 {
+                            let v = [
+                                _mm256_loadu_si256(w.add(l * 64) as *const __m256i),
+                                _mm256_loadu_si256(w.add(l * 64 + 32) as *const __m256i),
+                            ];
+                            for r in 0..MR {
+                                let ar = a.add(r * 64);
+                                let x = [bcast(ar, l), bcast(ar.add(32), l)];
+                                for (p, &x) in x.iter().enumerate() {
+                                    for h in 0..2 {
+                                        sums[p][r][h] = $dpbusd(sums[p][r][h], x, v[h]);
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    for r in 0..MR {
+                        for h in 0..2 {
+                            let stretch = _mm256_fmadd_ps(
+                                _mm256_cvtepi32_ps(sums[0][r][h]),
+                                _mm256_set1_ps(256.0),
+                                _mm256_cvtepi32_ps(sums[1][r][h]),
+                            );
+                            acc[r][h] = _mm256_add_ps(acc[r][h], stretch);
+                        }
+                    }
+                    b0 = b1;
+                }
+                store_row_scaled(job, &acc, out);
             }
         }
 

@@ -218,8 +218,9 @@ pub(crate) unsafe fn q8_i16b<const MR: usize>(job: &Job, out: &mut TileOut) {
 }
 
 /// Blocks accumulated in i32 before [`q8c_i16b`] converts to f32: each plane's sum over
-/// 256 blocks (8192 values) is at most 8192 * 255 * 128 = 267_386_880 < 2^31.
-const LONG_BLOCKS: usize = 256;
+/// 256 blocks (8192 values) is at most 8192 * 255 * 128 = 267_386_880 < 2^31 (also
+/// the stretch of `avx2_vnni`'s whole-row kernel).
+pub(super) const LONG_BLOCKS: usize = 256;
 
 /// Stores the whole-row kernels' f32 sums scaled by the tile's 16 weight-row scales and
 /// each activation row's scale.

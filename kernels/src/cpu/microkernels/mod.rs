@@ -242,8 +242,8 @@ pub(crate) fn select(format: Format, act: ActPrecision, isa: Isa) -> KernelSet {
     let q4_off = |f: Format| if f == F::Q4_0 { 8 } else { 0 };
     // Per-row i8 (`I8Row`) runs the I8 kernels on activations whose blocks all carry
     // their row's scale, except where a kernel of its own pays: per-channel weights on
-    // AVX-512 VNNI (`q8c_u8row`: no per-block scaling at all). The `A::I8 | A::I8Row`
-    // arms below therefore only ever see `I8`.
+    // the VNNI paths and NEON (`q8c_u8row`, `q8c_i8row`: no per-block scaling at all).
+    // The `A::I8 | A::I8Row` arms below therefore only ever see `I8`.
     if act == A::I8Row {
         #[cfg(target_arch = "x86_64")]
         if (isa, format) == (Isa::Avx512Vnni, F::Q8Channel) {
@@ -259,6 +259,19 @@ pub(crate) fn select(format: Format, act: ActPrecision, isa: Isa) -> KernelSet {
             return KernelSet {
                 plan: ActPlan::I8Row { offset: 0 },
                 by_rows: by_rows_4!(neon_q8::q8c_i8row),
+            };
+        }
+        #[cfg(target_arch = "x86_64")]
+        if (isa, format) == (Isa::Avx2Vnni, F::Q8Channel) {
+            use avx2_vnni::{evex, vex};
+            let by_rows = if avx2_vnni::has_vex() {
+                by_rows_4!(vex::q8c_u8row)
+            } else {
+                by_rows_4!(evex::q8c_u8row)
+            };
+            return KernelSet {
+                plan: ActPlan::U8Row,
+                by_rows,
             };
         }
         let mut set = select(format, A::I8, isa);
@@ -531,11 +544,22 @@ fn avx2_vnni_set(format: Format, act: ActPrecision, vex: bool) -> KernelSet {
             pick!(q8_i16b, false),
         ),
         (F::Q8Channel, A::I16) => (
-            ActPlan::I16Bytes {
-                offset: 0,
-                hi_offset: 32768,
+            ActPlan::I16BytesHiU8,
+            if vex {
+                [
+                    Some(vex::q8c_i16b::<1> as TileKernel),
+                    Some(vex::q8c_i16b::<2>),
+                    None,
+                    None,
+                ]
+            } else {
+                [
+                    Some(evex::q8c_i16b::<1> as TileKernel),
+                    Some(evex::q8c_i16b::<2>),
+                    None,
+                    None,
+                ]
             },
-            pick!(q8_i16b, true),
         ),
         _ => return select(format, act, Isa::Avx2Fma),
     };
