@@ -13,17 +13,22 @@
 //! The integers equal the reference's (same products, same round-half-to-even); only
 //! `exp` differs, which can move a weight to the neighbouring u8. On the x86 AVX2 paths
 //! the same tiles run on 8 lanes (`attention_i8_avx2.rs`: `vpmaddubsw`, or 256-bit
-//! `vpdpbusd` with AVX-VNNI). Elsewhere (AArch64, the portable path), or with a
-//! head_dim that is not a multiple of 4, the portable panel kernel runs
+//! `vpdpbusd` with AVX-VNNI), and on AArch64 on 128-bit vectors
+//! (`attention_i8_neon.rs`: `sdot`, and `udot` on `v + 128`). Elsewhere (the portable
+//! path), or with a head_dim that is not a multiple of 4, the portable panel kernel runs
 //! (`attention_i8_portable.rs`: the reference's arithmetic, vectorized by the compiler
 //! and threaded by the same driver).
 
 #[cfg(target_arch = "x86_64")]
 use super::attention_i8_avx2::{Avx2Panel, Dots};
+#[cfg(target_arch = "aarch64")]
+use super::attention_i8_neon::NeonPanel;
 use super::attention_i8_portable::PortablePanel;
 use super::attention_panels::{self, Args, PanelKernel, RowScratch};
 use super::{isa, Isa};
-use crate::reference::{self, check_bidirectional_args, KernelError, MAX_I8_ATTENTION_SEQ};
+use crate::reference::{
+    self, check_bidirectional_args, quantize_row_i8, KernelError, MAX_I8_ATTENTION_SEQ,
+};
 
 /// Keys per score step (two vectors of 16).
 pub(super) const KEY_STEP: usize = 32;
@@ -111,6 +116,46 @@ impl PanelKernel for Panel {
     }
 }
 
+/// KV head `g` of sequence `b`'s key rows, each quantized to i8 with its own scale as
+/// the reference does (`quantize_row_i8`): the scale of key `j` goes to `sk[j]` and its
+/// `hd` bytes to `store(j, row)`, which lays them out for a panel.
+pub(super) fn quantize_keys(
+    a: &Args,
+    b: usize,
+    g: usize,
+    hd: usize,
+    sk: &mut [f32],
+    mut store: impl FnMut(usize, &[i8]),
+) {
+    let mut row = vec![0i8; hd];
+    for (j, sk) in sk.iter_mut().enumerate().take(a.seq) {
+        let at = (b * a.seq + j) * a.kw + g * hd;
+        *sk = quantize_row_i8(&a.k[at..at + hd], &mut row);
+        store(j, &row);
+    }
+}
+
+/// KV head `g` of sequence `b`'s value channels, each quantized to i8 over the
+/// sequence's keys as the reference does: the scale of channel `d` goes to `sv[d]` and
+/// its `seq` bytes to `store(d, column)`.
+pub(super) fn quantize_values(
+    a: &Args,
+    b: usize,
+    g: usize,
+    hd: usize,
+    sv: &mut [f32],
+    mut store: impl FnMut(usize, &[i8]),
+) {
+    let (mut column, mut cq) = (vec![0f32; a.seq], vec![0i8; a.seq]);
+    for (d, sv) in sv.iter_mut().enumerate().take(hd) {
+        for (j, c) in column.iter_mut().enumerate() {
+            *c = a.v[(b * a.seq + j) * a.kw + g * hd + d];
+        }
+        *sv = quantize_row_i8(&column, &mut cq);
+        store(d, &cq);
+    }
+}
+
 /// Bidirectional attention with integer products (`Op::Attention`,
 /// `AttentionPrecision::I8`): `q [B * seq, n_heads * head_dim]`, `k, v [B * seq,
 /// n_kv_heads * head_dim]`, as `reference::attention_bidirectional_i8` defines it.
@@ -151,6 +196,13 @@ pub fn attention_bidirectional_i8(
             }
             _ => {}
         }
+    }
+    #[cfg(target_arch = "aarch64")]
+    if isa() == Isa::NeonDot && head_dim.is_multiple_of(4) && head_dim <= MAX_PACKED_HEAD_DIM {
+        // SAFETY: NeonDot is only detected with FEAT_DotProd (dispatch.rs); the
+        // arguments were checked.
+        unsafe { attention_panels::run(&a, &NeonPanel::new(seq, head_dim)) };
+        return Ok(());
     }
     // SAFETY: the portable kernel needs no CPU feature beyond `isa()`'s; the arguments
     // were checked.

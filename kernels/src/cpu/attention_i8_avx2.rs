@@ -24,7 +24,7 @@
 
 use super::attention_avx2::first_lanes;
 use super::attention_decode_avx2::hmax8;
-use super::attention_i8::MAX_PACKED_HEAD_DIM;
+use super::attention_i8::{quantize_keys, quantize_values, MAX_PACKED_HEAD_DIM};
 use super::attention_panels::{Args, PanelKernel, RowScratch};
 use super::math::POW2_TAYLOR;
 use super::Isa;
@@ -114,31 +114,23 @@ impl Avx2Panel {
     #[inline(always)]
     fn pack_generic(&self, a: &Args, b: usize, g: usize, panel: &mut [u8]) {
         let (hd, npad, cpad) = (self.hd, self.npad, self.cpad);
-        let at = |j: usize| (b * a.seq + j) * a.kw + g * hd;
         let (kt, rest) = panel.split_at_mut(self.sk);
         let (sk, rest) = rest.split_at_mut(self.vt - self.sk);
         let (vt, sv) = rest.split_at_mut(self.sv - self.vt);
         let sk: &mut [f32] = bytemuck::cast_slice_mut(&mut sk[..4 * npad]);
         let vt: &mut [i16] = bytemuck::cast_slice_mut(&mut vt[..2 * npad * cpad]);
         let sv: &mut [f32] = bytemuck::cast_slice_mut(&mut sv[..4 * cpad]);
-        let mut row = [0i8; MAX_PACKED_HEAD_DIM];
-        for (j, sk) in sk.iter_mut().enumerate().take(a.seq) {
-            *sk = quantize_row_i8(&a.k[at(j)..at(j) + hd], &mut row[..hd]);
-            for (d4, w) in row[..hd].chunks_exact(4).enumerate() {
+        quantize_keys(a, b, g, hd, sk, |j, row| {
+            for (d4, w) in row.chunks_exact(4).enumerate() {
                 let o = (d4 * npad + j) * 4;
                 kt[o..o + 4].copy_from_slice(bytemuck::cast_slice(w));
             }
-        }
-        let (mut column, mut cq) = (vec![0f32; a.seq], vec![0i8; a.seq]);
-        for d in 0..hd {
-            for (j, c) in column.iter_mut().enumerate() {
-                *c = a.v[at(j) + d];
-            }
-            sv[d] = quantize_row_i8(&column, &mut cq);
-            for (j, &x) in cq.iter().enumerate() {
+        });
+        quantize_values(a, b, g, hd, sv, |d, column| {
+            for (j, &x) in column.iter().enumerate() {
                 vt[(j / 2 * cpad + d) * 2 + j % 2] = i16::from(x);
             }
-        }
+        });
     }
 }
 

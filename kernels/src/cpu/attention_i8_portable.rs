@@ -1,9 +1,9 @@
 //! The integer bidirectional attention's portable panel kernel (`attention_i8.rs` says
-//! what runs when): AArch64, the portable path, and head sizes that are not a multiple
-//! of 4 on x86. Plain Rust that the compiler vectorizes (compiled with the dot-product
-//! extension on `Isa::NeonDot`, where LLVM turns the score's i8 dot products into
-//! `sdot`), run per (head, row block) on the pool by the panel driver, where the
-//! reference runs one scalar loop on one thread.
+//! what runs when): the portable path, and head sizes that are not a multiple of 4.
+//! Plain Rust that the compiler vectorizes (compiled with the dot-product extension on
+//! `Isa::NeonDot`, where LLVM turns the score's i8 dot products into `sdot`), run per
+//! (head, row block) on the pool by the panel driver, where the reference runs one
+//! scalar loop on one thread.
 //!
 //! The panel keeps K row-major (a score is one contiguous dot product of `hd` bytes)
 //! and V transposed, channel-major (an output is one contiguous dot product of `seq`
@@ -11,6 +11,7 @@
 //! order; only `exp` is `math::exp` (within 2 ulp of libm, and vectorizable), which may
 //! round a softmax weight to the neighbouring u8, as the IR allows.
 
+use super::attention_i8::{quantize_keys, quantize_values};
 use super::attention_panels::{Args, PanelKernel, RowScratch};
 use super::{math, Isa};
 use crate::reference::{quantize_prob, quantize_row_i8};
@@ -56,27 +57,21 @@ impl PortablePanel {
     }
 
     /// Packs KV head `g` of sequence `b` (the reference's quantization).
-    #[inline(always)]
     fn pack_generic(&self, a: &Args, b: usize, g: usize, panel: &mut [u8]) {
         let (hd, seq) = (self.hd, self.seq);
-        let at = |j: usize| (b * a.seq + j) * a.kw + g * hd;
         let (k_part, rest) = panel.split_at_mut(self.sk);
         let (sk_part, rest) = rest.split_at_mut(self.vt - self.sk);
         let (vt_part, sv_part) = rest.split_at_mut(self.sv - self.vt);
         let kq: &mut [i8] = bytemuck::cast_slice_mut(&mut k_part[..seq * hd]);
         let sk: &mut [f32] = bytemuck::cast_slice_mut(&mut sk_part[..4 * seq]);
-        for j in 0..seq {
-            sk[j] = quantize_row_i8(&a.k[at(j)..at(j) + hd], &mut kq[j * hd..(j + 1) * hd]);
-        }
+        quantize_keys(a, b, g, hd, sk, |j, row| {
+            kq[j * hd..(j + 1) * hd].copy_from_slice(row)
+        });
         let vt: &mut [i8] = bytemuck::cast_slice_mut(&mut vt_part[..hd * seq]);
         let sv: &mut [f32] = bytemuck::cast_slice_mut(&mut sv_part[..4 * hd]);
-        let mut column = vec![0f32; seq];
-        for d in 0..hd {
-            for (j, c) in column.iter_mut().enumerate() {
-                *c = a.v[at(j) + d];
-            }
-            sv[d] = quantize_row_i8(&column, &mut vt[d * seq..(d + 1) * seq]);
-        }
+        quantize_values(a, b, g, hd, sv, |d, column| {
+            vt[d * seq..(d + 1) * seq].copy_from_slice(column)
+        });
     }
 
     /// Query rows `rows` of head `h` of sequence `b`, one at a time.

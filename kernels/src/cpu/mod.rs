@@ -47,6 +47,8 @@ mod attention_i8;
 mod attention_i8_avx2;
 #[cfg(target_arch = "x86_64")]
 mod attention_i8_avx512;
+#[cfg(target_arch = "aarch64")]
+mod attention_i8_neon;
 mod attention_i8_portable;
 mod attention_panels;
 mod dispatch;

@@ -38,7 +38,7 @@ pub(crate) unsafe fn sdot_lane<const L: i32>(
 /// `acc[i] += sum_j w[4i + j] * a[4L + j]` (unsigned bytes).
 #[inline]
 #[target_feature(enable = "neon,dotprod")]
-pub(super) unsafe fn udot_lane<const L: i32>(
+pub(crate) unsafe fn udot_lane<const L: i32>(
     mut acc: uint32x4_t,
     w: uint8x16_t,
     a: uint8x16_t,
@@ -97,4 +97,4 @@ macro_rules! for_lanes {
         }
     }};
 }
-pub(super) use for_lanes;
+pub(crate) use for_lanes;
