@@ -15,8 +15,8 @@
 //!   consecutive tasks on both threads reuse one head's K/V from L2. The bidirectional
 //!   mode also uses fused multiply-adds and vectorized softmax sums on the FMA paths
 //!   (`FUSED`); the causal mode keeps unfused, in-order arithmetic on the blocks its
-//!   mask cuts (and on the portable path), while its whole blocks on AVX2 and AVX-512
-//!   run the bidirectional mode's hand-written tiles;
+//!   mask cuts (and on the portable path), while its whole blocks on AVX2, AVX-512 and
+//!   NEON run the bidirectional mode's hand-written tiles;
 //! - decode on several threads also splits each head's keys ([`Plan::SplitKeys`]) and
 //!   merges the parts ([`merge_partials`]). On AVX2 and AVX-512, decode with head_dim
 //!   32 to 128 runs `attention_decode.rs` instead: per-key dot products over whole
@@ -27,7 +27,8 @@
 //! for the baseline, AVX2+FMA and AVX-512 and picked at run time: at 512-token prefill
 //! (and in every ViT layer) attention is a large share of the work, so it must never
 //! run scalar. The score, softmax and value tiles of blocks every row sees whole are
-//! hand-written for AVX-512 (`attention_avx512.rs`) and AVX2 (`attention_avx2.rs`).
+//! hand-written for AVX-512 (`attention_avx512.rs`), AVX2 (`attention_avx2.rs`) and
+//! NEON (`attention_neon.rs`).
 //!
 //! The caches are f32, f16 or int8 ([`KvElem`]); an f16 or int8 K/V block (int8: each
 //! row's head block of `head_dim` i8 values and its scale, read straight from the
@@ -440,19 +441,19 @@ fn block_task<C: KvElem, const FUSED: bool>(
                 transpose_k(path, kb, ks, nk, hd, &mut sc.kt);
             }
         }
-        // On AVX2 and AVX-512, blocks that every row of the task sees whole (all of them
-        // in bidirectional mode; in causal mode those below the first row's limit) run
-        // register tiles with the softmax fused into the score tile. Causal prefill at
+        // On AVX2, AVX-512 and NEON, blocks that every row of the task sees whole (all of
+        // them in bidirectional mode; in causal mode those below the first row's limit)
+        // run register tiles with the softmax fused into the score tile. Causal prefill at
         // 1024 rows on AVX-512: attention 370-396 -> 275-282 ms a chunk (the diagonal
         // blocks keep the masked path below).
-        #[cfg(target_arch = "x86_64")]
-        let whole = match a.mask {
-            Mask::Bidirectional { .. } => true,
-            Mask::Causal { .. } => j0 + nk <= a.keys(t0).end,
+        #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+        let tiles = match a.mask {
+            Mask::Bidirectional { .. } => WholeBlockTiles::for_path(path),
+            Mask::Causal { .. } if j0 + nk <= a.keys(t0).end => WholeBlockTiles::for_path(path),
+            Mask::Causal { .. } => None,
         };
-        #[cfg(target_arch = "x86_64")]
-        if path >= Isa::Avx2Fma && whole {
-            let tiles = WholeBlockTiles::of(path);
+        #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+        if let Some(tiles) = tiles {
             for i0 in (0..nq_pad).step_by(QT) {
                 // SAFETY: the tiles of `path`, whose CPU features this task runs with.
                 unsafe {
@@ -531,37 +532,43 @@ fn block_task<C: KvElem, const FUSED: bool>(
 }
 
 /// `score_softmax_tile(q, kt, hd, nk, m, l, s, o)` of a tiles module.
-#[cfg(target_arch = "x86_64")]
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 type ScoreSoftmaxTile =
     unsafe fn(&[f32], &[f32], usize, usize, &mut [f32], &mut [f32], &mut [f32], &mut [f32]);
 /// `value_tile(p, v, kw, nk, o, hd)` of a tiles module.
-#[cfg(target_arch = "x86_64")]
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 type ValueTile = unsafe fn(&[f32], &[f32], usize, usize, &mut [f32], usize);
 
 /// The hand-written tiles of whole key blocks (`attention_avx512.rs`,
-/// `attention_avx2.rs`: the same signatures).
-#[cfg(target_arch = "x86_64")]
+/// `attention_avx2.rs`, `attention_neon.rs`: the same signatures).
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+#[derive(Clone, Copy)]
 struct WholeBlockTiles {
     score_softmax: ScoreSoftmaxTile,
     value: ValueTile,
 }
 
-#[cfg(target_arch = "x86_64")]
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 impl WholeBlockTiles {
-    /// The tiles of an AVX2 or AVX-512 path.
-    fn of(path: Isa) -> Self {
+    /// The tiles of a path, where it has them.
+    fn for_path(path: Isa) -> Option<Self> {
+        #[cfg(target_arch = "aarch64")]
+        use super::attention_neon as neon;
+        #[cfg(target_arch = "x86_64")]
         use super::{attention_avx2 as avx2, attention_avx512 as avx512};
-        if path == Isa::Avx512Vnni {
-            WholeBlockTiles {
-                score_softmax: avx512::score_softmax_tile,
-                value: avx512::value_tile,
-            }
-        } else {
-            WholeBlockTiles {
-                score_softmax: avx2::score_softmax_tile,
-                value: avx2::value_tile,
-            }
-        }
+        let (score_softmax, value): (ScoreSoftmaxTile, ValueTile) = match path {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512Vnni => (avx512::score_softmax_tile, avx512::value_tile),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2Fma | Isa::Avx2Vnni => (avx2::score_softmax_tile, avx2::value_tile),
+            #[cfg(target_arch = "aarch64")]
+            Isa::NeonDot => (neon::score_softmax_tile, neon::value_tile),
+            _ => return None,
+        };
+        Some(WholeBlockTiles {
+            score_softmax,
+            value,
+        })
     }
 }
 
@@ -787,7 +794,7 @@ fn run_tasks<C: KvElem>(a: &Args<C>, plan: Plan, n_tasks: usize) {
     let path = isa();
     // Fused multiply-adds and vectorized sums in the portable tiles where the CPU has
     // FMA, in the ViT's mode only: the causal (LLM) mode keeps its unfused, in-order
-    // arithmetic there (its AVX2 and AVX-512 whole-block tiles and the decode kernels fuse, and
+    // arithmetic there (its whole-block tiles and the decode kernels fuse, and
     // are within the same tolerances of the goldens; fusing the rest measured 2%).
     let fused = matches!(a.mask, Mask::Bidirectional { .. });
     super::pool::for_each(n_tasks, |id| {
@@ -808,7 +815,12 @@ fn run_tasks<C: KvElem>(a: &Args<C>, plan: Plan, n_tasks: usize) {
                 (Isa::Avx2Fma | Isa::Avx2Vnni, false) => unsafe {
                     task_avx2::<C, false>(a, plan, id, sc)
                 },
-                // No FMA unit on the baseline: `mul_add` would be a libm call.
+                // AArch64 always has FMA (and NEON): the path's tiles, fused.
+                #[cfg(target_arch = "aarch64")]
+                (Isa::NeonDot, true) => task::<C, true>(Isa::NeonDot, a, plan, id, sc),
+                #[cfg(target_arch = "aarch64")]
+                (Isa::NeonDot, false) => task::<C, false>(Isa::NeonDot, a, plan, id, sc),
+                // No FMA unit on the x86 baseline: `mul_add` would be a libm call.
                 _ => task::<C, false>(Isa::Portable, a, plan, id, sc),
             }
         })

@@ -50,6 +50,8 @@ mod attention_i8_avx512;
 #[cfg(target_arch = "aarch64")]
 mod attention_i8_neon;
 mod attention_i8_portable;
+#[cfg(target_arch = "aarch64")]
+mod attention_neon;
 mod attention_panels;
 mod dispatch;
 mod epilogue;
