@@ -24,6 +24,7 @@
 //! Checked under qemu (the kernel tests); not yet timed on ARM hardware.
 
 use super::attention_i8::{quantize_keys, quantize_values, MAX_PACKED_HEAD_DIM};
+use super::attention_neon::first_lanes;
 use super::attention_panels::{Args, PanelKernel, RowScratch};
 use super::math::POW2_TAYLOR;
 use super::microkernels::neon_dot::{for_lanes, sdot_lane, udot_lane};
@@ -209,16 +210,6 @@ unsafe fn row_block(
         }
         i0 += mr;
     }
-}
-
-/// The first `n` of 4 u32 lanes set (all for `n >= 4`, none for 0).
-#[inline]
-#[target_feature(enable = "neon")]
-fn first_lanes(n: usize) -> uint32x4_t {
-    const IOTA: [u32; 4] = [0, 1, 2, 3];
-    // SAFETY: IOTA is 4 readable u32.
-    let iota = unsafe { vld1q_u32(IOTA.as_ptr()) };
-    vcltq_u32(iota, vdupq_n_u32(n.min(4) as u32))
 }
 
 /// Scores of `MR` quantized rows against keys `j0..j0 + 16`: `sum q k * c[r] * sk[j]`,

@@ -50,7 +50,7 @@ fn exp4(x: float32x4_t) -> float32x4_t {
 /// The first `n` of 4 lanes set (all for `n >= 4`, none for 0).
 #[inline]
 #[target_feature(enable = "neon")]
-fn first_lanes(n: usize) -> uint32x4_t {
+pub(super) fn first_lanes(n: usize) -> uint32x4_t {
     const IOTA: [u32; 4] = [0, 1, 2, 3];
     // SAFETY: IOTA is 4 readable u32.
     let iota = unsafe { vld1q_u32(IOTA.as_ptr()) };

@@ -29,31 +29,66 @@ pub(crate) fn has_vex() -> bool {
     std::arch::is_x86_feature_detected!("avxvnni")
 }
 
-/// `-128 * sum(w)` per weight row of half `h` of `job`'s tile: where the whole-row
-/// kernel's sums start, undoing the activations' `+ 128` (`ActPlan::U8Row`).
+/// A 64-byte weight load's two 8-row halves (bytes 0..32, 32..64).
 ///
 /// # Safety
-/// `job`'s tile is Q8Channel (16 i32 row sums after its 16 f32 scales).
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn row_sum_bias(job: &Job, h: usize) -> __m256i {
+/// `p` points at 64 readable bytes.
+#[inline(always)]
+unsafe fn halves(p: *const u8) -> [__m256i; 2] {
     // SAFETY: the caller's contract.
-    let sums = unsafe { _mm256_loadu_si256(job.scales.add(64 + 32 * h) as *const __m256i) };
-    _mm256_mullo_epi32(sums, _mm256_set1_epi32(-128))
+    unsafe {
+        [
+            _mm256_loadu_si256(p as *const __m256i),
+            _mm256_loadu_si256(p.add(32) as *const __m256i),
+        ]
+    }
 }
 
-/// Stores the whole-row kernels' f32 sums (`[row][half]`) scaled by the tile's weight-row
-/// scales and each activation row's scale (`avx512_q8::store_row_scaled`'s order).
+/// The frame of the whole-row kernels (`avx512_q8::whole_rows` for one tile, both 8-row
+/// halves at once): two planes of i32 sums per (row, half), plane 0 starting at the
+/// tile's `-128 * sum(w)` per weight row (undoing the activations' `+ 128`:
+/// `ActPlan::U8Row`, `I16BytesHiU8`), run over
+/// stretches of `LONG_BLOCKS` blocks by `block(b, sums)` (`sums[plane][row][half]`);
+/// after each stretch `fold` turns a (row, half)'s planes into f32, and the totals are
+/// stored scaled by the weight rows' and the activation row's scales (the AVX-512
+/// kernels' order).
 ///
 /// # Safety
-/// `job`'s tile is Q8Channel; rows `r0..r0 + MR` exist.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn store_row_scaled<const MR: usize>(job: &Job, acc: &[[__m256; 2]; MR], out: &mut TileOut) {
-    for (r, acc) in acc.iter().enumerate() {
-        for (h, &acc) in acc.iter().enumerate() {
-            // SAFETY: the caller's contract; out rows hold 16 f32.
-            unsafe {
+/// A [`TileKernel`](super::TileKernel)'s contract; the tile is Q8Channel (16 i32 row
+/// sums after its 16 f32 scales); the caller has AVX2, FMA and F16C.
+#[inline(always)]
+unsafe fn whole_rows<const MR: usize>(
+    job: &Job,
+    out: &mut TileOut,
+    mut block: impl FnMut(usize, &mut [[[__m256i; 2]; MR]; 2]),
+    fold: impl Fn(__m256i, __m256i) -> __m256,
+) {
+    // SAFETY (whole body): the caller's contract.
+    unsafe {
+        let bias: [__m256i; 2] = std::array::from_fn(|h| {
+            let sums = _mm256_loadu_si256(job.scales.add(64 + 32 * h) as *const __m256i);
+            _mm256_mullo_epi32(sums, _mm256_set1_epi32(-128))
+        });
+        let mut acc = [[_mm256_setzero_ps(); 2]; MR];
+        let mut b0 = 0;
+        while b0 < job.kb {
+            let b1 = (b0 + LONG_BLOCKS).min(job.kb);
+            let mut sums = [[[_mm256_setzero_si256(); 2]; MR]; 2];
+            if b0 == 0 {
+                sums[0] = [bias; MR];
+            }
+            for b in b0..b1 {
+                block(b, &mut sums);
+            }
+            for (r, acc) in acc.iter_mut().enumerate() {
+                for (h, acc) in acc.iter_mut().enumerate() {
+                    *acc = _mm256_add_ps(*acc, fold(sums[0][r][h], sums[1][r][h]));
+                }
+            }
+            b0 = b1;
+        }
+        for (r, acc) in acc.iter().enumerate() {
+            for (h, &acc) in acc.iter().enumerate() {
                 let s = _mm256_mul_ps(row_scales(job, h), _mm256_set1_ps(*job.row_scale.add(r)));
                 _mm256_storeu_ps(out[r].as_mut_ptr().add(8 * h), _mm256_mul_ps(acc, s));
             }
@@ -299,34 +334,24 @@ macro_rules! kernels {
         /// AVX-512 kernel.
         #[target_feature(enable = $features)]
         pub(crate) unsafe fn q8c_u8row<const MR: usize>(job: &Job, out: &mut TileOut) {
-            // One or two rows: split each (row, half) chain over even and odd loads, so
-            // latency does not bound it (four chains are too few for vpdpbusd).
+            // One or two rows: split each (row, half) chain over even and odd loads
+            // (the frame's two planes), so latency does not bound it (four chains are
+            // too few for vpdpbusd).
             let split = MR <= 2;
-            // SAFETY (whole body): offsets stay inside the tile (Q8Channel: 16 i32 row
-            // sums after its 16 f32 scales) and the prepared activation arrays (32
-            // bytes per block and row), per the Job contract.
+            // SAFETY: the frame's contract; the block offsets stay inside the tile and
+            // the prepared activations (32 bytes per block and row).
             unsafe {
-                let bias = [row_sum_bias(job, 0), row_sum_bias(job, 1)];
-                let mut acc = [[_mm256_setzero_ps(); 2]; MR];
-                let mut b0 = 0;
-                while b0 < job.kb {
-                    let b1 = (b0 + LONG_BLOCKS).min(job.kb);
-                    // [chain][row][half]
-                    let mut sums = [[[_mm256_setzero_si256(); 2]; MR]; 2];
-                    if b0 == 0 {
-                        sums[0] = [bias; MR];
-                    }
-                    for b in b0..b1 {
+                whole_rows::<MR>(
+                    job,
+                    out,
+                    |b, sums| {
                         if MR <= 2 {
                             prefetch_block(job, b);
                         }
                         let w = job.vals.add(b * 512);
                         let a = job.q8.add(b * GROUP * 32);
                         for l in 0..8 {
-                            let v = [
-                                _mm256_loadu_si256(w.add(l * 64) as *const __m256i),
-                                _mm256_loadu_si256(w.add(l * 64 + 32) as *const __m256i),
-                            ];
+                            let v = halves(w.add(l * 64));
                             let c = if split { l % 2 } else { 0 };
                             for r in 0..MR {
                                 let x = bcast(a.add(r * 32), l);
@@ -335,20 +360,9 @@ macro_rules! kernels {
                                 }
                             }
                         }
-                    }
-                    for r in 0..MR {
-                        for h in 0..2 {
-                            let dot = if split {
-                                _mm256_add_epi32(sums[0][r][h], sums[1][r][h])
-                            } else {
-                                sums[0][r][h]
-                            };
-                            acc[r][h] = _mm256_add_ps(acc[r][h], _mm256_cvtepi32_ps(dot));
-                        }
-                    }
-                    b0 = b1;
-                }
-                store_row_scaled(job, &acc, out);
+                    },
+                    |even, odd| _mm256_cvtepi32_ps(_mm256_add_epi32(even, odd)),
+                )
             }
         }
 
@@ -360,28 +374,18 @@ macro_rules! kernels {
         /// registers.
         #[target_feature(enable = $features)]
         pub(crate) unsafe fn q8c_i16b<const MR: usize>(job: &Job, out: &mut TileOut) {
-            // SAFETY (whole body): as `q8c_u8row`, with 64 activation bytes per block
-            // and row (the high plane, then the low one).
+            // SAFETY: as `q8c_u8row`, with 64 activation bytes per block and row (the
+            // high plane, then the low one).
             unsafe {
-                let bias = [row_sum_bias(job, 0), row_sum_bias(job, 1)];
-                let mut acc = [[_mm256_setzero_ps(); 2]; MR];
-                let mut b0 = 0;
-                while b0 < job.kb {
-                    let b1 = (b0 + LONG_BLOCKS).min(job.kb);
-                    // [plane: hi, lo][row][half]
-                    let mut sums = [[[_mm256_setzero_si256(); 2]; MR]; 2];
-                    if b0 == 0 {
-                        sums[0] = [bias; MR];
-                    }
-                    for b in b0..b1 {
+                whole_rows::<MR>(
+                    job,
+                    out,
+                    |b, sums| {
                         prefetch_block(job, b);
                         let w = job.vals.add(b * 512);
                         let a = job.q8.add(b * GROUP * 64);
                         for l in 0..8 {
-                            let v = [
-                                _mm256_loadu_si256(w.add(l * 64) as *const __m256i),
-                                _mm256_loadu_si256(w.add(l * 64 + 32) as *const __m256i),
-                            ];
+                            let v = halves(w.add(l * 64));
                             for r in 0..MR {
                                 let ar = a.add(r * 64);
                                 let x = [bcast(ar, l), bcast(ar.add(32), l)];
@@ -392,20 +396,15 @@ macro_rules! kernels {
                                 }
                             }
                         }
-                    }
-                    for r in 0..MR {
-                        for h in 0..2 {
-                            let stretch = _mm256_fmadd_ps(
-                                _mm256_cvtepi32_ps(sums[0][r][h]),
-                                _mm256_set1_ps(256.0),
-                                _mm256_cvtepi32_ps(sums[1][r][h]),
-                            );
-                            acc[r][h] = _mm256_add_ps(acc[r][h], stretch);
-                        }
-                    }
-                    b0 = b1;
-                }
-                store_row_scaled(job, &acc, out);
+                    },
+                    |hi, lo| {
+                        _mm256_fmadd_ps(
+                            _mm256_cvtepi32_ps(hi),
+                            _mm256_set1_ps(256.0),
+                            _mm256_cvtepi32_ps(lo),
+                        )
+                    },
+                )
             }
         }
 

@@ -242,7 +242,9 @@ pub(crate) fn select(format: Format, act: ActPrecision, isa: Isa) -> KernelSet {
     let q4_off = |f: Format| if f == F::Q4_0 { 8 } else { 0 };
     // Per-row i8 (`I8Row`) runs the I8 kernels on activations whose blocks all carry
     // their row's scale, except where a kernel of its own pays: per-channel weights on
-    // the VNNI paths and NEON (`q8c_u8row`, `q8c_i8row`: no per-block scaling at all).
+    // the VNNI paths and NEON (`q8c_u8row`, `q8c_i8row`: no per-block scaling at all;
+    // on `avx2` the sign trick's ports bound the per-block kernel, and a whole-row one
+    // measured level with it).
     // The `A::I8 | A::I8Row` arms below therefore only ever see `I8`.
     if act == A::I8Row {
         #[cfg(target_arch = "x86_64")]
