@@ -421,6 +421,9 @@ fn block_task<C: KvElem, const FUSED: bool>(
     if prefetch {
         prefetch_rows(k, v, a.kw, hl, keys.start..(keys.start + KB).min(keys.end));
     }
+    // The path's hand-written tiles for whole key blocks, where it has them.
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    let whole_block_tiles = WholeBlockTiles::for_path(path);
     for j0 in keys.clone().step_by(KB) {
         let nk = KB.min(keys.end - j0);
         // The next block's rows load while this one computes (at decode the cache is
@@ -447,13 +450,12 @@ fn block_task<C: KvElem, const FUSED: bool>(
         // 1024 rows on AVX-512: attention 370-396 -> 275-282 ms a chunk (the diagonal
         // blocks keep the masked path below).
         #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
-        let tiles = match a.mask {
-            Mask::Bidirectional { .. } => WholeBlockTiles::for_path(path),
-            Mask::Causal { .. } if j0 + nk <= a.keys(t0).end => WholeBlockTiles::for_path(path),
-            Mask::Causal { .. } => None,
+        let whole = match a.mask {
+            Mask::Bidirectional { .. } => true,
+            Mask::Causal { .. } => j0 + nk <= a.keys(t0).end,
         };
         #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
-        if let Some(tiles) = tiles {
+        if let Some(tiles) = whole_block_tiles.filter(|_| whole) {
             for i0 in (0..nq_pad).step_by(QT) {
                 // SAFETY: the tiles of `path`, whose CPU features this task runs with.
                 unsafe {

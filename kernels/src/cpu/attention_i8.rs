@@ -179,8 +179,11 @@ pub fn attention_bidirectional_i8(
         );
     }
     let a = Args::new([q, k, v], seq, [qw, kw], n_heads, n_kv_heads, scale, out);
+    // The tiled kernels take whole 4-value groups of a head, at most this wide.
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    let tiled = head_dim.is_multiple_of(4) && head_dim <= MAX_PACKED_HEAD_DIM;
     #[cfg(target_arch = "x86_64")]
-    if head_dim.is_multiple_of(4) && head_dim <= MAX_PACKED_HEAD_DIM {
+    if tiled {
         match isa() {
             Isa::Avx512Vnni => {
                 // SAFETY: isa() reported AVX-512 VNNI; the arguments were checked.
@@ -198,14 +201,13 @@ pub fn attention_bidirectional_i8(
         }
     }
     #[cfg(target_arch = "aarch64")]
-    if isa() == Isa::NeonDot && head_dim.is_multiple_of(4) && head_dim <= MAX_PACKED_HEAD_DIM {
+    if tiled && isa() == Isa::NeonDot {
         // SAFETY: NeonDot is only detected with FEAT_DotProd (dispatch.rs); the
         // arguments were checked.
         unsafe { attention_panels::run(&a, &NeonPanel::new(seq, head_dim)) };
         return Ok(());
     }
-    // SAFETY: the portable kernel needs no CPU feature beyond `isa()`'s; the arguments
-    // were checked.
-    unsafe { attention_panels::run(&a, &PortablePanel::new(seq, head_dim, isa())) };
+    // SAFETY: the portable kernel needs no CPU feature; the arguments were checked.
+    unsafe { attention_panels::run(&a, &PortablePanel::new(seq, head_dim)) };
     Ok(())
 }

@@ -1,9 +1,8 @@
 //! The integer bidirectional attention's portable panel kernel (`attention_i8.rs` says
-//! what runs when): the portable path, and head sizes that are not a multiple of 4.
-//! Plain Rust that the compiler vectorizes (compiled with the dot-product extension on
-//! `Isa::NeonDot`, where LLVM turns the score's i8 dot products into `sdot`), run per
-//! (head, row block) on the pool by the panel driver, where the reference runs one
-//! scalar loop on one thread.
+//! what runs when): the portable path, and head sizes that are not a multiple of 4 (no
+//! real model's). Plain Rust that the compiler vectorizes, run per (head, row block) on
+//! the pool by the panel driver, where the reference runs one scalar loop on one
+//! thread.
 //!
 //! The panel keeps K row-major (a score is one contiguous dot product of `hd` bytes)
 //! and V transposed, channel-major (an output is one contiguous dot product of `seq`
@@ -13,7 +12,7 @@
 
 use super::attention_i8::{quantize_keys, quantize_values};
 use super::attention_panels::{Args, PanelKernel, RowScratch};
-use super::{math, Isa};
+use super::math;
 use crate::reference::{quantize_prob, quantize_row_i8};
 use std::ops::Range;
 
@@ -31,13 +30,10 @@ pub(super) struct PortablePanel {
     /// `[hd]` f32: the channels' scales.
     sv: usize,
     bytes: usize,
-    /// The path the code is compiled for (the dot-product extension on `NeonDot`).
-    #[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
-    isa: Isa,
 }
 
 impl PortablePanel {
-    pub(super) fn new(seq: usize, hd: usize, isa: Isa) -> Self {
+    pub(super) fn new(seq: usize, hd: usize) -> Self {
         let at64 = |x: usize| x.next_multiple_of(64);
         let kq = 0;
         let sk = at64(kq + seq * hd);
@@ -52,7 +48,6 @@ impl PortablePanel {
             vt,
             sv,
             bytes,
-            isa,
         }
     }
 
@@ -144,21 +139,6 @@ fn dot_u8_i8(p: &[u8], v: &[i8]) -> i32 {
         .sum()
 }
 
-#[cfg(target_arch = "aarch64")]
-#[target_feature(enable = "neon,dotprod")]
-unsafe fn rows_neon(
-    k: &PortablePanel,
-    a: &Args,
-    b: usize,
-    h: usize,
-    rows: Range<usize>,
-    panel: &[u8],
-    sc: &mut RowScratch,
-) {
-    // SAFETY: the caller's (`PanelKernel::rows`).
-    unsafe { k.rows_generic(a, b, h, rows, panel, sc) }
-}
-
 impl PanelKernel for PortablePanel {
     fn panel_bytes(&self) -> usize {
         self.bytes
@@ -179,11 +159,6 @@ impl PanelKernel for PortablePanel {
         panel: &[u8],
         sc: &mut RowScratch,
     ) {
-        #[cfg(target_arch = "aarch64")]
-        if self.isa == Isa::NeonDot {
-            // SAFETY: NeonDot is only detected with FEAT_DotProd (dispatch.rs).
-            return unsafe { rows_neon(self, a, b, h, rows, panel, sc) };
-        }
         // SAFETY: the trait's contract.
         unsafe { self.rows_generic(a, b, h, rows, panel, sc) }
     }
