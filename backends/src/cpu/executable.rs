@@ -525,7 +525,8 @@ impl CpuExecutable {
                     .map_err(kerr)?;
                 }
                 Op::SliceCols { start, len } => {
-                    r::slice_cols(f32_of(ins[0])?, g.fact(ins[0]).shape[1], *start, *len, out)
+                    k::slice_cols_f32(f32_of(ins[0])?, g.fact(ins[0]).shape[1], *start, *len, out)
+                        .map_err(kerr)?
                 }
                 Op::Add => r::add(f32_of(ins[0])?, f32_of(ins[1])?, out),
                 Op::Mul => r::mul(f32_of(ins[0])?, f32_of(ins[1])?, out),

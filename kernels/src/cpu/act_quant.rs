@@ -63,7 +63,8 @@ pub(crate) enum ActPlan {
     },
     /// `I8Row`'s values stored as `u8 = q + 128` (the unsigned operand of `vpdpbusd`,
     /// so the weights stay signed: the kernel subtracts `128 * sum(w)` per weight row
-    /// itself); `blk_bias` is 0.
+    /// itself). Values and row scales only: its kernels keep whole rows in i32 and read
+    /// no per-block data, so none is computed ([`ActPlan::whole_rows`]).
     U8Row,
     /// i16 with one scale per row (`q16`, `row_scale`); within each 32-value block
     /// position `p` holds value `perm[p]` (the order the kernel's weight unpacking
@@ -83,14 +84,23 @@ pub(crate) enum ActPlan {
     },
     /// `I16Bytes` with the high-byte plane stored as `u8 = hi + 128`, so both planes
     /// are `vpdpbusd`'s unsigned operand and the weights stay signed (the kernel
-    /// subtracts `128 * sum(w)` per weight row from the high plane itself);
-    /// `blk_bias` is 0.
+    /// subtracts `128 * sum(w)` per weight row from the high plane itself). Values and
+    /// row scales only, as `U8Row`.
     I16BytesHiU8,
     /// The f32 layout holding quantize-then-dequantize values (f32 weights with an
     /// integer activation policy: the same numerics, computed in f32).
     FakeI8,
     FakeI8Row,
     FakeI16,
+}
+
+impl ActPlan {
+    /// Plans whose kernels keep whole rows' dot products in i32 and read only the
+    /// values and `row_scale`: no per-block scales, biases or sums are made for them
+    /// (their per-block reductions were a third of the quantizer's time).
+    pub(crate) fn whole_rows(self) -> bool {
+        matches!(self, ActPlan::U8Row | ActPlan::I16BytesHiU8)
+    }
 }
 
 /// The quantized activations, reused across calls (thread-local in the driver).
@@ -189,7 +199,7 @@ pub(crate) fn prepare(
             | ActPlan::U8Row
             | ActPlan::FakeI16
     );
-    let uses_blk = uses_q8 || uses_q16;
+    let uses_blk = (uses_q8 || uses_q16) && !plan.whole_rows();
     s.q8_block_bytes = if matches!(plan, ActPlan::I16Bytes { .. } | ActPlan::I16BytesHiU8) {
         2 * BLOCK
     } else {
@@ -203,10 +213,7 @@ pub(crate) fn prepare(
         0
     };
     let q16k = if uses_q16 { GROUP * kb * BLOCK } else { 0 };
-    let bsk = if matches!(
-        plan,
-        ActPlan::I8 { .. } | ActPlan::I8Row { .. } | ActPlan::U8Row
-    ) {
+    let bsk = if matches!(plan, ActPlan::I8 { .. } | ActPlan::I8Row { .. }) {
         GROUP * kb
     } else {
         0
@@ -374,23 +381,23 @@ unsafe fn group_avx512(
     match plan {
         // SAFETY: the caller sized every array for `rows` rows of `k` (a multiple of 32).
         ActPlan::I8 { offset } => unsafe {
-            avx512::i8_blocks(a, rows, k, offset, None, 0, q8, bs, bb, bsum)
+            avx512::i8_blocks::<true>(a, rows, k, offset, None, 0, q8, bs, bb, bsum)
         },
         // SAFETY: as above.
         ActPlan::I8Row { offset } => unsafe {
-            avx512::i8_blocks(a, rows, k, offset, Some(rs), 0, q8, bs, bb, bsum)
+            avx512::i8_blocks::<true>(a, rows, k, offset, Some(rs), 0, q8, bs, bb, bsum)
         },
-        // SAFETY: as above.
+        // SAFETY: as above (no block arrays: `ActPlan::whole_rows`).
         ActPlan::U8Row => unsafe {
-            avx512::i8_blocks(a, rows, k, 0, Some(rs), 0x80u8 as i8, q8, bs, bb, bsum)
+            avx512::i8_blocks::<false>(a, rows, k, 0, Some(rs), 0x80u8 as i8, q8, bs, bb, bsum)
         },
         // SAFETY: as above.
         ActPlan::I16Bytes { offset, hi_offset } => unsafe {
-            avx512::i16_byte_planes(a, rows, k, offset, hi_offset, 0, q8, bb, bsum, rs)
+            avx512::i16_byte_planes::<true>(a, rows, k, offset, hi_offset, 0, q8, bb, bsum, rs)
         },
-        // SAFETY: as above.
+        // SAFETY: as above (no block arrays).
         ActPlan::I16BytesHiU8 => unsafe {
-            avx512::i16_byte_planes(a, rows, k, 0, 0, 0x80u8 as i8, q8, bb, bsum, rs)
+            avx512::i16_byte_planes::<false>(a, rows, k, 0, 0, 0x80u8 as i8, q8, bb, bsum, rs)
         },
         _ => group(a, rows, k, plan, f, q8, q16, bs, bb, bsum, rs),
     }
@@ -419,11 +426,12 @@ mod avx512 {
     }
 
     /// I8 per 32-value block; with `row_scales` (`ActPlan::I8Row`) one scale per row,
-    /// written there and into every block's slot. The stored bytes are xor `flip`
-    /// (0x80: `u8 = q + 128`, `ActPlan::U8Row`).
+    /// written there and, with `BLOCKS`, into every block's slot. The stored bytes are
+    /// xor `flip` (0x80: `u8 = q + 128`, `ActPlan::U8Row`). Without `BLOCKS` (a plan
+    /// that `whole_rows`) `bs`, `bb` and `bsum` are not touched and may be empty.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
     #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn i8_blocks(
+    pub(super) unsafe fn i8_blocks<const BLOCKS: bool>(
         a: &[f32],
         rows: usize,
         k: usize,
@@ -438,12 +446,14 @@ mod avx512 {
         let kb = k / BLOCK;
         // `prepare` sizes the arrays; checked anyway because the loop below does not
         // bounds-check (a failure would be a bug here, so it is loud in debug builds).
+        let block_arrays = kb * GROUP * usize::from(BLOCKS);
         if a.len() < rows * k
             || q8.len() < kb * GROUP * BLOCK
-            || bs.len() < kb * GROUP
-            || bb.len() < kb * GROUP
-            || bsum.len() < kb * GROUP
+            || bs.len() < block_arrays
+            || bb.len() < block_arrays
+            || bsum.len() < block_arrays
             || row_scales.as_ref().is_some_and(|rs| rs.len() < rows)
+            || (!BLOCKS && row_scales.is_none())
         {
             debug_assert!(false, "act_quant::i8_blocks: arrays too small");
             return;
@@ -480,6 +490,9 @@ mod avx512 {
                     let flip = _mm_set1_epi8(flip);
                     _mm_storeu_si128(dst, _mm_xor_si128(_mm512_cvtepi32_epi8(q0), flip));
                     _mm_storeu_si128(dst.add(1), _mm_xor_si128(_mm512_cvtepi32_epi8(q1), flip));
+                    if !BLOCKS {
+                        continue;
+                    }
                     let sum = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
                     *bs.get_unchecked_mut(i) = s;
                     *bb.get_unchecked_mut(i) = -offset * sum;
@@ -491,10 +504,11 @@ mod avx512 {
 
     /// I16 as byte planes (`ActPlan::I16Bytes`): one scale per row, then per block the
     /// high bytes (i8, xor `hi_flip`: 0x80 stores `hi + 128`) and the low bytes (u8) of
-    /// the rounded values.
+    /// the rounded values; with `BLOCKS`, each block's bias and sum (`bb`, `bsum`,
+    /// untouched and possibly empty without).
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
     #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn i16_byte_planes(
+    pub(super) unsafe fn i16_byte_planes<const BLOCKS: bool>(
         a: &[f32],
         rows: usize,
         k: usize,
@@ -508,10 +522,11 @@ mod avx512 {
     ) {
         let kb = k / BLOCK;
         // As in `i8_blocks`.
+        let block_arrays = kb * GROUP * usize::from(BLOCKS);
         if a.len() < rows * k
             || q8.len() < kb * GROUP * 2 * BLOCK
-            || bb.len() < kb * GROUP
-            || bsum.len() < kb * GROUP
+            || bb.len() < block_arrays
+            || bsum.len() < block_arrays
             || rs.len() < rows
         {
             debug_assert!(false, "act_quant::i16_byte_planes: arrays too small");
@@ -550,6 +565,9 @@ mod avx512 {
                     _mm_storeu_si128(dst.add(1), _mm_xor_si128(_mm512_cvtepi32_epi8(h1), flip));
                     _mm_storeu_si128(dst.add(2), _mm512_cvtepi32_epi8(q0));
                     _mm_storeu_si128(dst.add(3), _mm512_cvtepi32_epi8(q1));
+                    if !BLOCKS {
+                        continue;
+                    }
                     let sum = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
                     let sum_hi = _mm512_reduce_add_epi32(_mm512_add_epi32(h0, h1));
                     // |sum| <= 32 * 32767 and |sum_hi| <= 32 * 128: with offset <= 8 and
@@ -677,6 +695,9 @@ fn group(
                         *d = q as i8 ^ flip;
                         sum += q;
                     }
+                    if plan.whole_rows() {
+                        continue;
+                    }
                     let i = b * GROUP + r;
                     bs[i] = s;
                     // |sum| <= 32 * 127 = 4064, so offset * sum fits easily (offset <= 128).
@@ -717,6 +738,9 @@ fn group(
                             dst[j] = (q >> 8) as i8 ^ hi_flip;
                             dst[BLOCK + j] = q as i8;
                             sum_hi += (q >> 8) as i32;
+                        }
+                        if plan.whole_rows() {
+                            continue;
                         }
                         let i = b * GROUP + r;
                         bb[i] = -offset * sum - hi_offset * sum_hi;

@@ -68,6 +68,7 @@ mod peak;
 mod pool;
 mod rms_norm_f32;
 mod rope_f32;
+mod slice_cols;
 mod softmax_f32;
 mod space_to_channel;
 mod weight_memory;
@@ -89,6 +90,7 @@ pub use peak::{i16_activation_peak, measure_peak, measure_peak_on, PeakKind, Pea
 pub use pool::{current_threads, ThreadPool};
 pub use rms_norm_f32::rms_norm_f32;
 pub use rope_f32::rope_f32;
+pub use slice_cols::slice_cols_f32;
 pub use softmax_f32::softmax_f32;
 pub use space_to_channel::space_to_channel_f32;
 
