@@ -17,7 +17,7 @@ pub fn slice_cols_f32(
     len: usize,
     out: &mut [f32],
 ) -> Result<(), KernelError> {
-    let rows = if width == 0 { 0 } else { x.len() / width };
+    let rows = x.len().checked_div(width).unwrap_or(0);
     let fits = start.checked_add(len).is_some_and(|end| end <= width);
     if width == 0 || len == 0 || !fits || rows * width != x.len() || rows * len != out.len() {
         return Err(KernelError(format!(
