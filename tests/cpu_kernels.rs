@@ -318,65 +318,98 @@ fn every_format_act_epilogue_isa_and_thread_count() {
     report();
 }
 
-/// The rms_norm prologue (`matmul_packed_rms_norm`) on every path, format and activation
+/// The norm prologues (`matmul_packed_norm`) on every path, format and activation
 /// precision, at 1 and 2 threads, with m = 1, 5 and 130 (one and several row groups, the
-/// parallel quantization path): it must give what normalizing first gives. The norm's
-/// factor goes into the scales instead of the values, so an i8/i16 value may round the
-/// other way at a tie; the tolerance admits that and nothing like a wrong scale.
+/// parallel quantization path): each must give what normalizing first gives.
+/// - rms_norm, against the reference norm: the norm's factor goes into the scales
+///   instead of the values, so an i8/i16 value may round the other way at a tie; the
+///   tolerance admits that and nothing like a wrong scale;
+/// - layer_norm, against `layer_norm_f32` on the same path: the prologue normalizes
+///   with that kernel's row code, so the results are equal bit for bit.
 #[test]
-fn rms_norm_prologue_on_every_path() {
-    use npurt_kernels::cpu::{matmul_packed_rms_norm, RowNorm};
+fn norm_prologues_on_every_path() {
+    use npurt_kernels::cpu::{layer_norm_f32, matmul_packed_norm, RowNorm};
     let pools = pools();
     let mut rng = SeededRng::new(0x5eed_0003);
     for dtype in formats() {
         let w = weight(&mut rng, dtype, 48, 576);
-        let norm_w: Vec<f32> = rng
-            .uniform_vec(w.k, -0.5, 0.5)
-            .iter()
-            .map(|x| 1.0 + x)
-            .collect();
-        let norm = RowNorm {
-            weight: &norm_w,
-            eps: 1e-5,
+        let mut norm_w = || -> Vec<f32> {
+            let v = rng.uniform_vec(w.k, -0.5, 0.5);
+            v.iter().map(|x| 1.0 + x).collect()
         };
+        let (rms_w, ln_w) = (norm_w(), norm_w());
+        let ln_b = rng.uniform_vec(w.k, -0.5, 0.5);
+        let norms = [
+            RowNorm::Rms {
+                weight: &rms_w,
+                eps: 1e-5,
+            },
+            RowNorm::Layer {
+                weight: &ln_w,
+                bias: &ln_b,
+                eps: 1e-6,
+            },
+        ];
         for m in [1, 5, 130] {
-            let a = activations(&mut rng, m, w.k);
-            let mut normed = vec![0f32; a.len()];
-            reference::rms_norm(&a, &norm_w, norm.eps, &mut normed);
-            for act in ACTS {
-                for isa in Isa::supported() {
-                    for (t, pool) in &pools {
-                        let run = |fused: bool| {
-                            let mut out = vec![f32::NAN; m * w.n];
-                            pool.install(|| {
-                                with_isa(isa, || {
-                                    let e = Epilogue::NONE;
-                                    if fused {
-                                        matmul_packed_rms_norm(
-                                            &a, m, norm, &w.packed, act, e, None, None, &mut out,
-                                        )
-                                    } else {
+            // A mean away from zero, as a ViT's residual stream has (LayerNorm removes it).
+            let a: Vec<f32> = activations(&mut rng, m, w.k)
+                .iter()
+                .map(|x| x + 2.0)
+                .collect();
+            for norm in norms {
+                for act in ACTS {
+                    for isa in Isa::supported() {
+                        for (t, pool) in &pools {
+                            let run = |fused: bool| {
+                                let mut out = vec![f32::NAN; m * w.n];
+                                pool.install(|| {
+                                    with_isa(isa, || {
+                                        let e = Epilogue::NONE;
+                                        if fused {
+                                            return matmul_packed_norm(
+                                                &a, m, norm, &w.packed, act, e, None, None,
+                                                &mut out,
+                                            );
+                                        }
+                                        let mut normed = vec![0f32; a.len()];
+                                        match norm {
+                                            RowNorm::Rms { weight, eps } => {
+                                                reference::rms_norm(&a, weight, eps, &mut normed)
+                                            }
+                                            RowNorm::Layer { weight, bias, eps } => {
+                                                layer_norm_f32(&a, weight, bias, eps, &mut normed)?
+                                            }
+                                        }
                                         matmul_packed(
                                             &normed, m, &w.packed, act, e, None, None, &mut out,
                                         )
-                                    }
+                                    })
                                 })
-                            })
-                            .unwrap();
-                            out
-                        };
-                        let e = nmse(&run(true), &run(false));
-                        let tol = if act == ActPrecision::F32 {
-                            1e-10
-                        } else {
-                            1e-6
-                        };
-                        assert!(
-                            e <= tol,
-                            "{dtype} m={m} act={} isa={} threads={t}: fused norm NMSE {e:.2e}",
-                            act.name(),
-                            isa.name()
-                        );
+                                .unwrap();
+                                out
+                            };
+                            let (fused, unfused) = (run(true), run(false));
+                            let kind = match norm {
+                                RowNorm::Rms { .. } => "rms_norm",
+                                RowNorm::Layer { .. } => "layer_norm",
+                            };
+                            let label = format!(
+                                "{dtype} m={m} act={} isa={} threads={t} {kind}",
+                                act.name(),
+                                isa.name()
+                            );
+                            if let RowNorm::Layer { .. } = norm {
+                                assert!(fused == unfused, "{label}: the fused norm differs");
+                                continue;
+                            }
+                            let e = nmse(&fused, &unfused);
+                            let tol = if act == ActPrecision::F32 {
+                                1e-10
+                            } else {
+                                1e-6
+                            };
+                            assert!(e <= tol, "{label}: fused norm NMSE {e:.2e}");
+                        }
                     }
                 }
             }

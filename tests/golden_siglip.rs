@@ -188,51 +188,80 @@ fn siglip_tiny_and_projector_on_wgpu() {
 /// The compiler fuses the ViT into few kernels: every block is LayerNorm, one q/k/v
 /// matmul (+bias), attention, o_proj [+bias+residual], LayerNorm, fc1 [+bias+gelu],
 /// fc2 [+bias+residual]; the projector is merge, LayerNorm, fc1 [+bias+gelu],
-/// fc2 [+bias]. No stand-alone add or gelu is left in either.
+/// fc2 [+bias]. No stand-alone add or gelu is left in either. With quantized
+/// activations (w8a8, w8a16) each LayerNorm becomes the prologue of the matmul that
+/// reads it (computed while its activations are quantized): only the tower's
+/// post-layernorm, an output, stays a node.
 #[test]
 fn vit_and_projector_are_fused() {
-    let enc = encoder("cpu", 1, VisionFeature::Last, true);
-    let kinds = |name: &str| -> Vec<String> {
-        let st = enc.stages.iter().find(|s| s.name == name).unwrap();
-        st.graph
-            .nodes
-            .iter()
-            .filter(|n| !n.op.is_source())
-            .map(|n| match &n.op {
-                npurt_graph::Op::MatMul { epilogue, .. } => format!("matmul{epilogue}"),
-                op => op.kind().to_string(),
-            })
-            .collect()
-    };
-    let enc_kinds = kinds("encoder");
-    let count = |k: &str| enc_kinds.iter().filter(|x| *x == k).count();
-    eprintln!("encoder: {enc_kinds:?}");
-    let layers = enc.config.num_hidden_layers;
-    assert_eq!(count("matmul+bias+gelu_tanh"), layers, "fc1 with bias+GELU");
-    assert_eq!(
-        count("matmul+bias+residual"),
-        2 * layers,
-        "o_proj and fc2 with bias+residual"
-    );
-    assert_eq!(
-        count("matmul+bias"),
-        layers,
-        "one fused q/k/v matmul per layer"
-    );
-    for k in ["add", "gelu", "matmul"] {
-        assert_eq!(count(k), 0, "a stand-alone {k} is left: {enc_kinds:?}");
+    use npurt_graph::PrecisionPolicy;
+    for precision in [
+        PrecisionPolicy::F32,
+        PrecisionPolicy::W8A8,
+        PrecisionPolicy::W8A16,
+    ] {
+        let fused = precision.name != "f32";
+        let opts = VisionOptions {
+            precision: precision.clone(),
+            ..options("cpu", 1, VisionFeature::Last)
+        };
+        let enc = load(opts, true);
+        let kinds = |name: &str| -> Vec<String> {
+            let st = enc.stages.iter().find(|s| s.name == name).unwrap();
+            st.graph
+                .nodes
+                .iter()
+                .filter(|n| !n.op.is_source())
+                .map(|n| match &n.op {
+                    npurt_graph::Op::MatMul {
+                        prologue, epilogue, ..
+                    } => format!("{}matmul{epilogue}", prologue.name()),
+                    op => op.kind().to_string(),
+                })
+                .collect()
+        };
+        let enc_kinds = kinds("encoder");
+        let count = |k: &str| enc_kinds.iter().filter(|x| *x == k).count();
+        eprintln!("{}: encoder: {enc_kinds:?}", precision.name);
+        let layers = enc.config.num_hidden_layers;
+        let ln = if fused { "layer_norm+" } else { "" };
+        assert_eq!(
+            count(&format!("{ln}matmul+bias+gelu_tanh")),
+            layers,
+            "fc1 with bias+GELU"
+        );
+        assert_eq!(
+            count("matmul+bias+residual"),
+            2 * layers,
+            "o_proj and fc2 with bias+residual"
+        );
+        assert_eq!(
+            count(&format!("{ln}matmul+bias")),
+            layers,
+            "one fused q/k/v matmul per layer"
+        );
+        let norms = if fused { 1 } else { 2 * layers + 1 };
+        assert_eq!(count("layer_norm"), norms, "{enc_kinds:?}");
+        for k in ["add", "gelu", "matmul"] {
+            assert_eq!(count(k), 0, "a stand-alone {k} is left: {enc_kinds:?}");
+        }
+        let proj = kinds("projector");
+        let want: &[&str] = if fused {
+            &[
+                "space_to_channel",
+                "layer_norm+matmul+bias+gelu",
+                "matmul+bias",
+            ]
+        } else {
+            &[
+                "space_to_channel",
+                "layer_norm",
+                "matmul+bias+gelu",
+                "matmul+bias",
+            ]
+        };
+        assert_eq!(proj, want, "projector kernels at {}", precision.name);
     }
-    let proj = kinds("projector");
-    assert_eq!(
-        proj,
-        [
-            "space_to_channel",
-            "layer_norm",
-            "matmul+bias+gelu",
-            "matmul+bias"
-        ],
-        "projector kernels"
-    );
 }
 
 /// Precision is a compile option of one graph: w8a8 compiles the tower's attention to

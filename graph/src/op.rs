@@ -71,7 +71,7 @@ impl ActPrecision {
 
 /// Work fused into a matmul's input stage: the activation row is transformed while it
 /// is read for quantization, so the transformed f32 tensor never exists. Its weight
-/// follows `a, b` (before the epilogue's extra inputs).
+/// (and bias) follow `a, b` (before the epilogue's extra inputs).
 #[derive(Clone, Copy, Debug, PartialEq, Default)]
 pub enum Prologue {
     #[default]
@@ -80,6 +80,10 @@ pub enum Prologue {
     /// pre-MLP norms of a LLaMA block, computed in the matmul's activation
     /// quantization pass (one read of the residual stream, no normalized copy).
     RmsNorm { eps: f32 },
+    /// `a` is replaced by `layer_norm(a, w, b, eps)` (`w [K]`, `b [K]`, as
+    /// [`Op::LayerNorm`]): the pre-attention and pre-MLP norms of a pre-LN ViT block and
+    /// the projector's input norm, computed the same way.
+    LayerNorm { eps: f32 },
 }
 
 impl Prologue {
@@ -87,22 +91,34 @@ impl Prologue {
         match self {
             Prologue::None => 0,
             Prologue::RmsNorm { .. } => 1,
+            Prologue::LayerNorm { .. } => 2,
         }
     }
     pub fn name(self) -> &'static str {
         match self {
             Prologue::None => "",
             Prologue::RmsNorm { .. } => "rms_norm+",
+            Prologue::LayerNorm { .. } => "layer_norm+",
+        }
+    }
+    /// The norm this prologue computes, as its own op (same inputs after `a`).
+    pub fn norm_op(self) -> Option<Op> {
+        match self {
+            Prologue::None => None,
+            Prologue::RmsNorm { eps } => Some(Op::RmsNorm { eps }),
+            Prologue::LayerNorm { eps } => Some(Op::LayerNorm { eps }),
         }
     }
 }
 
 /// Where a matmul's optional operands sit in its input list: `a, b`, then the
-/// prologue's weight, then the epilogue's inputs in step order (bias, residual), each
-/// only when present.
+/// prologue's weight and bias, then the epilogue's inputs in step order (bias,
+/// residual), each only when present.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MatMulOperands {
     pub norm: Option<usize>,
+    /// A LayerNorm prologue's bias.
+    pub norm_bias: Option<usize>,
     pub bias: Option<usize>,
     pub residual: Option<usize>,
 }
@@ -118,6 +134,7 @@ impl MatMulOperands {
         };
         MatMulOperands {
             norm: take(prologue != Prologue::None),
+            norm_bias: take(matches!(prologue, Prologue::LayerNorm { .. })),
             bias: take(epilogue.has_bias()),
             residual: take(epilogue.has_residual()),
         }
@@ -476,11 +493,12 @@ impl Op {
                     format!("{epilogue} matmul needs an even number of weight rows, got {b}")
                 })?;
                 let mut extra = inputs[2..].iter();
-                if *prologue != Prologue::None {
-                    let want = [a.shape[1]];
-                    let bad = |f: &&TensorFact| f.shape != want || !f.dtype.is_float();
-                    if extra.next().map(bad).unwrap_or(true) {
-                        return Err(format!("matmul rms_norm weight must be [{}]", a.shape[1]));
+                let want = [a.shape[1]];
+                let bad = |f: &TensorFact| f.shape != want || !f.dtype.is_float();
+                let norm = prologue.norm_op().map_or("", |op| op.kind());
+                for what in ["weight", "bias"].iter().take(prologue.extra_inputs()) {
+                    if extra.next().is_none_or(|f| bad(f)) {
+                        return Err(format!("matmul {norm} {what} must be [{}]", a.shape[1]));
                     }
                 }
                 if epilogue.has_bias() && extra.next().map(|f| f.shape != [n]).unwrap_or(true) {

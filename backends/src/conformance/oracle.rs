@@ -138,8 +138,12 @@ fn evaluate(graph: &Graph, sources: &[(NodeId, HostTensor)]) -> Result<Vec<Value
                 let opt = |slot: Option<usize>| slot.map(f).transpose();
                 // The prologue, unfused: the plain reference norm, then the product.
                 let mut a = f(0)?.to_vec();
-                if let (Prologue::RmsNorm { eps }, Some(w)) = (prologue, opt(slots.norm)?) {
-                    r::rms_norm(f(0)?, w, *eps, &mut a);
+                match (prologue, opt(slots.norm)?, opt(slots.norm_bias)?) {
+                    (Prologue::RmsNorm { eps }, Some(w), _) => r::rms_norm(f(0)?, w, *eps, &mut a),
+                    (Prologue::LayerNorm { eps }, Some(w), Some(b)) => {
+                        r::layer_norm(f(0)?, w, b, *eps, &mut a)
+                    }
+                    _ => {}
                 }
                 let mut pre = vec![0f32; m * n_b];
                 r::matmul(&a, f(1)?, m, k, n_b, *transpose_b, &mut pre);

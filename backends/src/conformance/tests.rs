@@ -25,10 +25,11 @@ fn every_op_has_cases_and_labels_are_unique() {
             c.label()
         );
     }
-    // Keep the suite a quick run, not a sweep (about 470 cases since it took over the
+    // Keep the suite a quick run, not a sweep (about 500 cases since it took over the
     // wgpu tests' per-op sweeps: every epilogue at decode, odd K, every rope scaling;
-    // the whole suite on every CPU kernel path takes a few seconds).
-    assert!(all.len() < 500, "{} cases", all.len());
+    // and the layer_norm prologue's; the whole suite on every CPU kernel path takes a
+    // few seconds).
+    assert!(all.len() < 520, "{} cases", all.len());
 }
 
 /// A case is one node of the op under test, alone or with the ops a backend may fuse
@@ -185,19 +186,25 @@ fn activation_thresholds_admit_an_exact_quantizer_with_margin() {
             t.as_f32().unwrap().to_vec()
         };
         let mut x = source(&data, a);
-        if let Prologue::RmsNorm { eps } = prologue {
+        if prologue != Prologue::None {
             // The quantizer sees the normalized rows: apply the norm here and run the
             // matmul without its prologue.
             let w = source(&data, mm.inputs[2]);
             let raw = x.clone();
-            r::rms_norm(&raw, &w, eps, &mut x);
+            match prologue {
+                Prologue::RmsNorm { eps } => r::rms_norm(&raw, &w, eps, &mut x),
+                Prologue::LayerNorm { eps } => {
+                    r::layer_norm(&raw, &w, &source(&data, mm.inputs[3]), eps, &mut x)
+                }
+                Prologue::None => unreachable!(),
+            }
             let node = data
                 .graph
                 .nodes
                 .iter_mut()
                 .find(|n| n.name == mm.name)
                 .unwrap();
-            node.inputs.remove(2);
+            node.inputs.drain(2..2 + prologue.extra_inputs());
             if let Op::MatMul { prologue, .. } = &mut node.op {
                 *prologue = Prologue::None;
             }

@@ -467,9 +467,12 @@ impl CpuExecutable {
                     let slots = MatMulOperands::new(*prologue, *epilogue);
                     let opt = |slot: Option<usize>| slot.map(|i| f32_of(ins[i])).transpose();
                     let (bias, residual) = (opt(slots.bias)?, opt(slots.residual)?);
-                    let norm = match (*prologue, opt(slots.norm)?) {
-                        (Prologue::RmsNorm { eps }, Some(weight)) => {
-                            Some(k::RowNorm { weight, eps })
+                    let norm = match (*prologue, opt(slots.norm)?, opt(slots.norm_bias)?) {
+                        (Prologue::RmsNorm { eps }, Some(weight), _) => {
+                            Some(k::RowNorm::Rms { weight, eps })
+                        }
+                        (Prologue::LayerNorm { eps }, Some(weight), Some(bias)) => {
+                            Some(k::RowNorm::Layer { weight, bias, eps })
                         }
                         _ => None,
                     };
@@ -477,7 +480,7 @@ impl CpuExecutable {
                     let m = g.fact(ins[0]).shape[0];
                     if let Some(w) = packed(ins[1]) {
                         match norm {
-                            Some(norm) => k::matmul_packed_rms_norm(
+                            Some(norm) => k::matmul_packed_norm(
                                 a, m, norm, w, *act, *epilogue, bias, residual, out,
                             ),
                             None => k::matmul_packed(a, m, w, *act, *epilogue, bias, residual, out),
@@ -489,7 +492,15 @@ impl CpuExecutable {
                         let mut normed = Vec::new();
                         if let Some(nm) = norm {
                             normed.resize(a.len(), 0f32);
-                            k::rms_norm_f32(a, nm.weight, nm.eps, &mut normed).map_err(kerr)?;
+                            match nm {
+                                k::RowNorm::Rms { weight, eps } => {
+                                    k::rms_norm_f32(a, weight, eps, &mut normed)
+                                }
+                                k::RowNorm::Layer { weight, bias, eps } => {
+                                    k::layer_norm_f32(a, weight, bias, eps, &mut normed)
+                                }
+                            }
+                            .map_err(kerr)?;
                         }
                         let a = if norm.is_some() { &normed[..] } else { a };
                         let b = g.fact(ins[1]);

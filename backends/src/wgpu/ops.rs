@@ -1229,15 +1229,20 @@ fn lower_matmul(
     let a = g.fact(ins[0]);
     let (m, k) = (a.shape[0], a.shape[1]);
     let slots = MatMulOperands::new(prologue, epilogue);
-    // The rms_norm prologue: its eps and weight.
-    let norm = match (prologue, slots.norm) {
-        (Prologue::RmsNorm { eps }, Some(w)) => Some((eps, ins[w])),
-        _ => None,
-    };
-    // The prologue as its own dispatch into a temporary (the lanes kernels, [K, N]
-    // weights, dot4's quantization pass); the activations as they are without one.
+    // The norm prologue: the norm as an op (its norm.wgsl entry and eps), its weight
+    // and, for a LayerNorm, its bias.
+    let norm = prologue.norm_op().zip(slots.norm).map(|(op, w)| {
+        let eps = match op {
+            Op::RmsNorm { eps } | Op::LayerNorm { eps } => eps,
+            _ => unreachable!("a prologue's norm is a norm"),
+        };
+        (op.kind(), eps, ins[w], slots.norm_bias.map(|b| ins[b]))
+    });
+    // The prologue as its own dispatch into a temporary (a LayerNorm, the lanes kernels,
+    // [K, N] weights, dot4's quantization pass); the activations as they are without
+    // one.
     let separate_norm = |l: &mut Lowered| -> Result<BindRef, String> {
-        let Some((eps, w)) = norm else {
+        let Some((entry, eps, w, bias)) = norm else {
             return Ok(BindRef::Value(ins[0]));
         };
         let t = l.temps.len();
@@ -1245,11 +1250,10 @@ fn lower_matmul(
         let bind = args::norm::Bindings {
             x: BindRef::Value(ins[0]),
             weight: Some(BindRef::Value(w)),
-            bias: None,
+            bias: bias.map(BindRef::Value),
             out: BindRef::Temp(t),
         };
-        l.dispatches
-            .push(norm_dispatch("rms_norm", m, k, eps, bind)?);
+        l.dispatches.push(norm_dispatch(entry, m, k, eps, bind)?);
         Ok(BindRef::Temp(t))
     };
     let b = weight_operand(cx, ins[1]);
@@ -1316,16 +1320,17 @@ fn lower_matmul(
         lda: k32,
         ..Default::default()
     };
-    // The GEMV and the f32 GEMM fold the rms_norm prologue in: each workgroup computes
+    // The GEMV and the f32 GEMM fold an rms_norm prologue in: each workgroup computes
     // its rows' inverse RMS and scales the activations as it reads them (matmul.wgsl
     // NORM), which saves a dispatch and a round trip of the activations.
     let mut norm_w = None;
     let a_in = match norm {
-        Some((eps, w))
-            if matches!(
-                entry,
-                MatmulEntry::Gemv | MatmulEntry::Gemm | MatmulEntry::GemmCoop
-            ) =>
+        Some((_, eps, w, None))
+            if matches!(prologue, Prologue::RmsNorm { .. })
+                && matches!(
+                    entry,
+                    MatmulEntry::Gemv | MatmulEntry::Gemm | MatmulEntry::GemmCoop
+                ) =>
         {
             defines.push("NORM");
             norm_w = Some(BindRef::Value(w));

@@ -10,9 +10,10 @@
 //! - `FuseActivation`: `gelu(matmul)` / `silu(matmul)` where the matmul has no other
 //!   reader and its epilogue is empty or a bias -> the matmul with the activation step
 //!   (ViT MLP fc1 and the projector: `+bias+gelu`);
-//! - `FuseNormQuant`: `rms_norm(x, w)` read only by quantizing matmuls -> those
-//!   matmuls with an rms_norm prologue, so the norm is computed in the pass that
-//!   quantizes their activations (runs last: the other fusions match plain matmuls).
+//! - `FuseNormQuant`: `rms_norm(x, w)` or `layer_norm(x, w, b)` read only by
+//!   quantizing matmuls -> those matmuls with the norm as their prologue, so the norm
+//!   is computed in the pass that quantizes their activations (runs last: the other
+//!   fusions match plain matmuls).
 //!
 //! Epilogues are lists ([`Epilogue`]): each pass appends its step with
 //! [`Epilogue::then`], which refuses a step that would break the list's order, so a
@@ -390,16 +391,18 @@ impl Pass for FuseActivation {
 pub struct FuseNormQuant;
 
 impl FuseNormQuant {
-    /// The rms_norm nodes every reader of which is a matmul that quantizes its
-    /// activations (`act` not f32) and reads the norm as `a` only, with its eps.
-    fn fusable(g: &Graph) -> Vec<Option<f32>> {
+    /// The norm nodes every reader of which is a matmul that quantizes its activations
+    /// (`act` not f32) and reads the norm as `a` only, as the prologue they become.
+    fn fusable(g: &Graph) -> Vec<Option<Prologue>> {
         let outputs: Vec<NodeId> = g.outputs.iter().map(|(_, id)| *id).collect();
-        let mut eps: Vec<Option<f32>> = g
+        let mut eps: Vec<Option<Prologue>> = g
             .nodes
             .iter()
             .enumerate()
             .map(|(i, n)| match n.op {
-                Op::RmsNorm { eps } if !outputs.contains(&NodeId(i)) => Some(eps),
+                _ if outputs.contains(&NodeId(i)) => None,
+                Op::RmsNorm { eps } => Some(Prologue::RmsNorm { eps }),
+                Op::LayerNorm { eps } => Some(Prologue::LayerNorm { eps }),
                 _ => None,
             })
             .collect();
@@ -446,11 +449,14 @@ impl Pass for FuseNormQuant {
                 return Ok(None);
             };
             let norm = n.inputs[0];
-            let Some(eps) = fusable[norm.0] else {
+            let Some(prologue) = fusable[norm.0] else {
                 return Ok(None);
             };
-            let (x, w) = (rw.old.node(norm).inputs[0], rw.old.node(norm).inputs[1]);
-            let mut ins = vec![rw.get(x), rw.get(n.inputs[1]), rw.get(w)];
+            // The norm's x, the matmul's weight, the norm's weight (and bias), then the
+            // matmul's epilogue operands.
+            let norm_ins = &rw.old.node(norm).inputs;
+            let mut ins = vec![rw.get(norm_ins[0]), rw.get(n.inputs[1])];
+            ins.extend(norm_ins[1..].iter().map(|&i| rw.get(i)));
             ins.extend(n.inputs[2..].iter().map(|&i| rw.get(i)));
             let name = format!("{}+{}", rw.old.node(norm).name, n.name);
             Ok(Some(rw.new.add(
@@ -458,7 +464,7 @@ impl Pass for FuseNormQuant {
                 Op::MatMul {
                     transpose_b,
                     act,
-                    prologue: Prologue::RmsNorm { eps },
+                    prologue,
                     epilogue,
                 },
                 &ins,
@@ -539,6 +545,72 @@ mod tests {
                     "{kinds:?}"
                 );
             }
+        }
+    }
+
+    /// A layer_norm read only by a quantizing matmul becomes its prologue (inputs `x,
+    /// W, norm weight, norm bias`); one that another op also reads stays, and at f32
+    /// (no quantization pass to fold it into) nothing is folded.
+    #[test]
+    fn layer_norm_folds_into_the_quantizing_matmul_that_alone_reads_it() {
+        use crate::{NodeId, Prologue};
+        let build = || {
+            let mut b = Builder::new();
+            let x = b.input("x", TensorFact::f32([5, 32])).unwrap();
+            let w = |b: &mut Builder, name: &str, shape: &[usize]| {
+                b.weight(name, TensorFact::f32(shape.to_vec())).unwrap()
+            };
+            let (g1, b1) = (w(&mut b, "ln1.weight", &[32]), w(&mut b, "ln1.bias", &[32]));
+            let (g2, b2) = (w(&mut b, "ln2.weight", &[32]), w(&mut b, "ln2.bias", &[32]));
+            let (w1, w2) = (
+                w(&mut b, "fc1.weight", &[32, 32]),
+                w(&mut b, "fc2.weight", &[32, 32]),
+            );
+            let h1 = b.layer_norm("ln1", x, g1, b1, 1e-6).unwrap();
+            let y1 = b.linear("fc1", h1, w1).unwrap();
+            let h2 = b.layer_norm("ln2", y1, g2, b2, 1e-6).unwrap();
+            let y2 = b.linear("fc2", h2, w2).unwrap();
+            // ln2 is read by the residual add too (and fc2, producing the output, is the
+            // head: quantized as well).
+            let y2 = b.add("shared", y2, h2).unwrap();
+            b.output("y", y2);
+            b.finish().unwrap()
+        };
+        for (policy, folds) in [(PrecisionPolicy::W8A8, true), (PrecisionPolicy::F32, false)] {
+            let mut g = build();
+            let stored: StoredDType = Box::new(|_| None);
+            Pipeline::compile(policy, stored).run(&mut g).unwrap();
+            let norms: Vec<&str> = g
+                .nodes
+                .iter()
+                .filter(|n| n.op.kind() == "layer_norm")
+                .map(|n| &n.name[..])
+                .collect();
+            assert_eq!(
+                norms,
+                if folds {
+                    vec!["ln2"]
+                } else {
+                    vec!["ln1", "ln2"]
+                },
+                "{g}"
+            );
+            let fc1 = g.nodes.iter().find(|n| n.name.ends_with("fc1")).unwrap();
+            let Op::MatMul { prologue, .. } = fc1.op else {
+                panic!("{g}")
+            };
+            if !folds {
+                assert_eq!(prologue, Prologue::None, "{g}");
+                continue;
+            }
+            assert_eq!(prologue, Prologue::LayerNorm { eps: 1e-6 }, "{g}");
+            assert_eq!(fc1.name, "ln1+fc1");
+            let names: Vec<&str> = fc1
+                .inputs
+                .iter()
+                .map(|&NodeId(i)| &g.nodes[i].name[..])
+                .collect();
+            assert_eq!(names, ["x", "fc1.weight", "ln1.weight", "ln1.bias"], "{g}");
         }
     }
 

@@ -15,11 +15,16 @@
 //!
 //! # Fused RMSNorm
 //!
-//! With a [`RowNorm`] (the matmul's rms_norm prologue) each row is normalized in the
-//! same pass: one read of `x` gives both `sum(x^2)` and `x * w`, which is quantized as
-//! usual, and the row's `rsqrt(mean(x^2) + eps)` is folded into its scales (a common
-//! factor of a row does not change the integers, only the scale). f32 plans store the
-//! normalized values themselves.
+//! With a [`RowNorm`] (the matmul's norm prologue) each row is normalized in the same
+//! pass, into a row buffer that stays in L1, and quantized from there:
+//! - RMSNorm: one read of `x` gives both `sum(x^2)` and `x * w`, which is quantized as
+//!   usual, and the row's `rsqrt(mean(x^2) + eps)` is folded into its scales (a common
+//!   factor of a row does not change the integers, only the scale);
+//! - LayerNorm: its bias comes after the scale, so the rows are normalized whole, by
+//!   the LayerNorm kernel's own row code (the fused result is the unfused one, bit for
+//!   bit), and the normalized tensor is never written out.
+//!
+//! f32 plans store the normalized values themselves.
 //!
 //! Rounding is round-half-to-even (`vcvtps2dq`'s default, and `round_ties_even` in the
 //! portable path), so every path produces the same integers.
@@ -27,12 +32,28 @@
 use super::Isa;
 use std::cell::RefCell;
 
-/// The rms_norm a matmul applies to its activation rows before quantizing them
-/// (`Prologue::RmsNorm`): `x * rsqrt(mean(x^2) + eps) * weight`, `weight [k]`.
+/// The norm a matmul applies to its activation rows before quantizing them (its
+/// prologue; `weight` and `bias` are `[k]`).
 #[derive(Clone, Copy, Debug)]
-pub struct RowNorm<'a> {
-    pub weight: &'a [f32],
-    pub eps: f32,
+pub enum RowNorm<'a> {
+    /// `Prologue::RmsNorm`: `x * rsqrt(mean(x^2) + eps) * weight`.
+    Rms { weight: &'a [f32], eps: f32 },
+    /// `Prologue::LayerNorm`: `(x - mean) * rsqrt(var + eps) * weight + bias`.
+    Layer {
+        weight: &'a [f32],
+        bias: &'a [f32],
+        eps: f32,
+    },
+}
+
+impl RowNorm<'_> {
+    /// Whether the weight (and bias) are `k` values long.
+    pub(crate) fn fits(&self, k: usize) -> bool {
+        match *self {
+            RowNorm::Rms { weight, .. } => weight.len() == k,
+            RowNorm::Layer { weight, bias, .. } => weight.len() == k && bias.len() == k,
+        }
+    }
 }
 
 thread_local! {
@@ -162,7 +183,7 @@ pub(crate) const Q8_I16_PERM: [u8; 32] = {
 
 /// Quantizes (or copies) `a [m, k]`, normalized by `norm` if given, into `s` for
 /// `plan`. Large inputs are split over groups on the current kernel thread pool.
-/// The caller checked `norm.weight.len() == k`.
+/// The caller checked `norm.fits(k)`.
 pub(crate) fn prepare(
     a: &[f32],
     m: usize,
@@ -245,15 +266,22 @@ pub(crate) fn prepare(
             let mut buf = buf.borrow_mut();
             refill(&mut buf, rows_here * k);
             let mut inv_rms = [0f32; GROUP];
-            for ((x, xw), inv) in a
-                .chunks_exact(k)
-                .zip(buf.chunks_exact_mut(k))
-                .zip(&mut inv_rms)
-            {
-                *inv = scale_row(x, norm, !uses_f, xw);
+            match norm {
+                RowNorm::Rms { weight, eps } => {
+                    for ((x, xw), inv) in a
+                        .chunks_exact(k)
+                        .zip(buf.chunks_exact_mut(k))
+                        .zip(&mut inv_rms)
+                    {
+                        *inv = scale_row(x, weight, eps, !uses_f, xw);
+                    }
+                }
+                RowNorm::Layer { weight, bias, eps } => {
+                    super::layer_norm_f32::rows_on(isa, a, weight, bias, eps, &mut buf);
+                }
             }
             dispatch_group(isa, &buf, rows_here, k, plan, f, q8, q16, bs, bb, bsum, rs);
-            if uses_f {
+            if uses_f || matches!(norm, RowNorm::Layer { .. }) {
                 return; // the values themselves are normalized
             }
             for (r, &inv) in inv_rms[..rows_here].iter().enumerate() {
@@ -324,11 +352,11 @@ pub(crate) fn prepare(
 /// Writes `x * w` (times the row's `rsqrt(mean(x^2) + eps)` unless `defer_rms`) into
 /// `out` and returns that factor.
 #[inline]
-fn scale_row(x: &[f32], norm: RowNorm, defer_rms: bool, out: &mut [f32]) -> f32 {
+fn scale_row(x: &[f32], weight: &[f32], eps: f32, defer_rms: bool, out: &mut [f32]) -> f32 {
     let ms = super::math::sum_squares(x) / x.len() as f32;
-    let inv = 1.0 / (ms + norm.eps).sqrt();
+    let inv = 1.0 / (ms + eps).sqrt();
     let r = if defer_rms { 1.0 } else { inv };
-    for ((o, &v), &w) in out.iter_mut().zip(x).zip(norm.weight) {
+    for ((o, &v), &w) in out.iter_mut().zip(x).zip(weight) {
         *o = v * r * w;
     }
     inv

@@ -28,17 +28,25 @@ pub fn layer_norm_f32(
         )));
     }
     let isa = isa();
-    let run = |x: &[f32], out: &mut [f32]| match isa {
+    let run = |x: &[f32], out: &mut [f32]| rows_on(isa, x, w, b, eps, out);
+    super::pool::for_row_chunks(x, out, h, PARALLEL_MIN_VALUES, run);
+    Ok(())
+}
+
+/// The rows of `x` normalized into `out` on this thread with `isa`'s code (also the
+/// matmul's LayerNorm prologue, `act_quant`, which so gives this kernel's values bit
+/// for bit). The caller checked the lengths (whole rows of `w.len()`); `isa` is at most
+/// what the CPU supports.
+pub(crate) fn rows_on(isa: Isa, x: &[f32], w: &[f32], b: &[f32], eps: f32, out: &mut [f32]) {
+    match isa {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `isa()` only reports paths the CPU supports.
+        // SAFETY: the caller's contract: the CPU supports `isa`.
         Isa::Avx512Vnni => unsafe { rows_avx512(x, w, b, eps, out) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
         Isa::Avx2Fma | Isa::Avx2Vnni => unsafe { rows_avx2(x, w, b, eps, out) },
         _ => rows(x, w, b, eps, out),
-    };
-    super::pool::for_row_chunks(x, out, h, PARALLEL_MIN_VALUES, run);
-    Ok(())
+    }
 }
 
 #[cfg(target_arch = "x86_64")]

@@ -61,10 +61,10 @@ pub fn matmul_packed(
     matmul_packed_with(isa(), a, m, None, w, act, epilogue, bias, residual, out)
 }
 
-/// [`matmul_packed`] of `rms_norm(a, norm.weight, norm.eps)`, the norm computed while
-/// the activations are quantized (`Prologue::RmsNorm`; see `act_quant`).
+/// [`matmul_packed`] of `norm(a)` (an rms_norm or layer_norm prologue), the norm
+/// computed while the activations are quantized (see `act_quant`).
 #[allow(clippy::too_many_arguments)]
-pub fn matmul_packed_rms_norm(
+pub fn matmul_packed_norm(
     a: &[f32],
     m: usize,
     norm: RowNorm,
@@ -89,7 +89,7 @@ pub fn matmul_packed_rms_norm(
     )
 }
 
-/// [`matmul_packed`] (with an optional rms_norm prologue) on an explicit kernel path
+/// [`matmul_packed`] (with an optional norm prologue) on an explicit kernel path
 /// (lowered to what the CPU supports).
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_packed_with(
@@ -118,13 +118,8 @@ pub fn matmul_packed_with(
     if Some(a.len()) != m.checked_mul(k) {
         return fail(format!("a has {} values, want m * k", a.len()));
     }
-    if let Some(norm) = norm {
-        if norm.weight.len() != k {
-            return fail(format!(
-                "rms_norm weight has {} values, want k",
-                norm.weight.len()
-            ));
-        }
+    if norm.is_some_and(|norm| !norm.fits(k)) {
+        return fail("the norm's weight or bias does not have k values".into());
     }
     if Some(out.len()) != m.checked_mul(n_out) {
         return fail(format!("out has {} values, want {m} * {n_out}", out.len()));

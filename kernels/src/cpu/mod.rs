@@ -12,8 +12,8 @@
 //!   hand-written microkernels per ISA (`microkernels/`: AVX2, AVX2/AVX-512 VNNI, and
 //!   AArch64 NEON with the dot-product extension), the epilogue's steps walked
 //!   on each output tile (`epilogue.rs`, also [`epilogue_f32`] for f32 weights), and
-//!   the rms_norm prologue computed inside the activation quantization
-//!   ([`matmul_packed_rms_norm`]);
+//!   the norm prologue (rms_norm or layer_norm) computed inside the activation
+//!   quantization ([`matmul_packed_norm`]);
 //! - [`rms_norm_f32`], [`layer_norm_f32`], [`rope_f32`], [`softmax_f32`], [`gelu_f32`]:
 //!   vectorized RMSNorm, LayerNorm, RoPE, row softmax and GELU (erf and tanh; SiLU
 //!   too, [`activation_f32`]);
@@ -83,7 +83,7 @@ pub use gelu_f32::{activation_f32, gelu_f32};
 pub use kv_cache::{kv_write_f16, kv_write_q8head, KvElem, KvKind};
 pub use layer_norm_f32::layer_norm_f32;
 pub use matmul_f32::matmul_f32;
-pub use matmul_packed::{matmul_packed, matmul_packed_rms_norm, matmul_packed_with};
+pub use matmul_packed::{matmul_packed, matmul_packed_norm, matmul_packed_with};
 pub use packed::{gather_packed, pack, PackedMatrix, BLOCK, TILE_ROWS};
 pub use patch_embed_f32::patch_embed_f32;
 pub use peak::{i16_activation_peak, measure_peak, measure_peak_on, PeakKind, PeakReport};

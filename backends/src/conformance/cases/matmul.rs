@@ -1,5 +1,5 @@
-//! MatMul: every weight format x layout x activation precision x prologue x epilogue
-//! the IR allows, over shapes that are not multiples of any tile or workgroup size
+//! MatMul: every weight format x layout x activation precision x prologue (none,
+//! rms_norm, layer_norm) x epilogue the IR allows, over shapes that are not multiples of any tile or workgroup size
 //! (M in {1, 7, 33, 40}, K in {32, 37, 64, 65, 96, 576}, N in {1, 7, 13, 37, 65, 200}).
 //! Odd K (37, 65) only where the format has no blocks. Not the full cross
 //! product: each axis is swept against a fixed point of the others, which keeps the
@@ -92,6 +92,13 @@ impl Spec {
             ..self
         }
     }
+    /// The layer_norm prologue (eps as SigLIP's).
+    fn layer_norm(self) -> Self {
+        Spec {
+            prologue: Prologue::LayerNorm { eps: 1e-6 },
+            ..self
+        }
+    }
     fn act(self, act: ActPrecision) -> Self {
         Spec { act, ..self }
     }
@@ -155,6 +162,9 @@ impl Spec {
         let mut inputs = vec![a, b];
         if prologue != Prologue::None {
             inputs.push(cb.weight("norm", DType::F32, &[k], 0.5, 1.5)?);
+        }
+        if let Prologue::LayerNorm { .. } = prologue {
+            inputs.push(cb.weight("norm_bias", DType::F32, &[k], -0.5, 0.5)?);
         }
         if epilogue.has_bias() {
             inputs.push(cb.weight("bias", DType::F32, &[n], -1.0, 1.0)?);
@@ -364,6 +374,38 @@ pub(super) fn cases() -> Vec<Case> {
             );
         }
     }
+    // The layer_norm prologue (a pre-LN ViT block's norms and the projector's, folded
+    // into the activation quantization on the CPU): per-channel int8 at each
+    // activation precision, f32 weights (the prologue before an f32 product), a
+    // per-block format, several row groups, decode, and the epilogues the norms'
+    // readers have (q/k/v +bias, fc1 +bias+gelu_tanh).
+    let acts = [
+        ActPrecision::F32,
+        ActPrecision::I16,
+        ActPrecision::I8,
+        ActPrecision::I8Row,
+    ];
+    specs.extend(
+        acts.iter()
+            .map(|&act| Spec::new(DType::Q8Channel, SHAPES[1]).act(act).layer_norm()),
+    );
+    specs.push(Spec::new(DType::F32, SHAPES[1]).layer_norm());
+    specs.push(
+        Spec::new(DType::Q4_1, SHAPES[1])
+            .act(ActPrecision::I8)
+            .layer_norm(),
+    );
+    for act in [ActPrecision::I16, ActPrecision::I8Row] {
+        let s = Spec::new(DType::Q8Channel, SHAPES[2]).act(act).layer_norm();
+        specs.push(s);
+        specs.push(s.epilogue(vit_epilogues()[1]));
+    }
+    specs.push(
+        Spec::new(DType::Q8Channel, SHAPES[3])
+            .act(ActPrecision::I8Row)
+            .layer_norm()
+            .epilogue(Epilogue::BIAS),
+    );
     // The lists above overlap (the ViT's +bias+residual on f32 is also a plain
     // epilogue case): each case once, in first-declared order.
     let mut seen = std::collections::HashSet::new();
