@@ -28,7 +28,7 @@ use criterion::{BenchmarkId, Criterion, Throughput};
 use npurt_graph::{ActPrecision, DType, Epilogue, SeededRng};
 use npurt_kernels::cpu::{
     attention_bidirectional_f32, attention_f32, i16_activation_peak, isa, kv_write_q8head,
-    matmul_f32, matmul_packed, measure_peak, pack, KvElem, PackedMatrix, PeakKind, ThreadPool,
+    matmul_f32, matmul_packed, measure_peak, pack, KvElem, PackedMatrix, PeakKind, Qkv, ThreadPool,
 };
 use std::cell::RefCell;
 use std::time::Duration;
@@ -247,10 +247,9 @@ fn vit_attention(c: &mut Criterion) {
         g.bench_function(BenchmarkId::new(format!("t{t}"), param), |b| {
             pool.install(|| {
                 b.iter(|| {
-                    attention_bidirectional_f32(
-                        &q, &k, &v, SEQ, HEADS, HEADS, HEAD_DIM, scale, &mut out,
-                    )
-                    .expect("valid shapes")
+                    let qkv = Qkv::dense(&q, &k, &v, [w, w]);
+                    attention_bidirectional_f32(qkv, SEQ, HEADS, HEADS, HEAD_DIM, scale, &mut out)
+                        .expect("valid shapes")
                 })
             })
         });

@@ -731,7 +731,7 @@ fn to_f16(x: &[f32]) -> Vec<half::f16> {
 /// blocks, GQA).
 #[test]
 fn attention_every_path_matches_reference() {
-    use npurt_kernels::cpu::{attention_bidirectional_f32, attention_f32};
+    use npurt_kernels::cpu::{attention_bidirectional_f32, attention_f32, Qkv};
     // (heads, kv heads, head_dim, rows, cache rows, pos, n_valid)
     let cases = [
         (9, 3, 64, 40, 200, 100, 40),
@@ -837,13 +837,14 @@ fn attention_every_path_matches_reference() {
         reference::attention_bidirectional(&q, &k, &v, seq, nh, nkv, hd, scale, &mut want).unwrap();
         for isa in Isa::supported() {
             for (t, pool) in &pools {
-                let mut got = vec![f32::NAN; q.len()];
-                pool.install(|| {
-                    with_isa(isa, || {
-                        attention_bidirectional_f32(&q, &k, &v, seq, nh, nkv, hd, scale, &mut got)
-                    })
-                })
-                .unwrap();
+                let got = in_place_matches_dense(
+                    attention_bidirectional_f32,
+                    [&q, &k, &v],
+                    [seq, nh, nkv, hd],
+                    scale,
+                    pool,
+                    isa,
+                );
                 let e = nmse(&got, &want);
                 assert!(
                     e < 1e-10,
@@ -861,12 +862,74 @@ fn attention_every_path_matches_reference() {
         (&q[..], 5, 3),
         (&q[..], 0, 2),
     ] {
-        assert!(attention_bidirectional_f32(&q, k, k, seq, 2, nkv, 4, 0.5, &mut out).is_err());
+        let qkv = Qkv::dense(&q, k, k, [8, nkv * 4]);
+        assert!(attention_bidirectional_f32(qkv, seq, 2, nkv, 4, 0.5, &mut out).is_err());
+    }
+    // Strides narrower than a row, or rows past the end of an operand, are errors;
+    // ranges that overlap are read as they are.
+    let x = vec![0f32; 10 * 24];
+    for (width, cols, ok) in [
+        (24, [0, 8, 16], true),
+        (12, [0, 4, 8], true),
+        (24, [0, 8, 17], false),
+        (7, [0, 0, 0], false),
+    ] {
+        let qkv = Qkv::columns_of(&x, width, cols);
+        let got = attention_bidirectional_f32(qkv, 5, 2, 2, 4, 0.5, &mut out);
+        assert_eq!(got.is_ok(), ok, "width {width}, columns {cols:?}: {got:?}");
     }
 }
 
-/// A bidirectional attention kernel's signature (q, k, v, seq, heads, kv heads,
-/// head_dim, scale, out).
+/// A bidirectional attention kernel's signature (q, k, v read in place, seq, heads, kv
+/// heads, head_dim, scale, out).
+type AttentionKernel = fn(
+    npurt_kernels::cpu::Qkv,
+    usize,
+    usize,
+    usize,
+    usize,
+    f32,
+    &mut [f32],
+) -> Result<(), reference::KernelError>;
+
+/// `kernel` on dense `q`, `k`, `v` in `pool` on path `isa`, and again on the same
+/// values as the column ranges of one fused `[rows, q + 2 kv]` product read in place
+/// (`Qkv::columns_of`, as the CPU backend passes a ViT's q/k/v): the two must be equal
+/// bit for bit. Returns the dense run's output.
+fn in_place_matches_dense(
+    kernel: AttentionKernel,
+    [q, k, v]: [&[f32]; 3],
+    [seq, nh, nkv, hd]: [usize; 4],
+    scale: f32,
+    pool: &ThreadPool,
+    isa: Isa,
+) -> Vec<f32> {
+    use npurt_kernels::cpu::Qkv;
+    let (qw, kw) = (nh * hd, nkv * hd);
+    let width = qw + 2 * kw;
+    let fused: Vec<f32> = (0..q.len() / qw)
+        .flat_map(|r| [&q[r * qw..][..qw], &k[r * kw..][..kw], &v[r * kw..][..kw]])
+        .flatten()
+        .copied()
+        .collect();
+    let run = |qkv: Qkv| {
+        let mut out = vec![f32::NAN; q.len()];
+        pool.install(|| with_isa(isa, || kernel(qkv, seq, nh, nkv, hd, scale, &mut out)))
+            .unwrap();
+        out
+    };
+    let dense = run(Qkv::dense(q, k, v, [qw, kw]));
+    let in_place = run(Qkv::columns_of(&fused, width, [0, qw, qw + kw]));
+    assert!(
+        dense == in_place,
+        "{nh}/{nkv} hd{hd} seq{seq} isa={}: q/k/v read in place differ from dense ones",
+        isa.name()
+    );
+    dense
+}
+
+/// A reference bidirectional attention's signature (dense q, k, v, seq, heads, kv
+/// heads, head_dim, scale, out).
 type AttentionFn = fn(
     &[f32],
     &[f32],
@@ -886,7 +949,7 @@ type AttentionFn = fn(
 /// errors.
 fn attention_variant_matches_reference(
     name: &str,
-    kernel: AttentionFn,
+    kernel: AttentionKernel,
     reference: AttentionFn,
     nmse_max: f64,
     to_f32: f64,
@@ -920,13 +983,14 @@ fn attention_variant_matches_reference(
         );
         for isa in Isa::supported() {
             for (t, pool) in &pools {
-                let mut got = vec![f32::NAN; q.len()];
-                pool.install(|| {
-                    with_isa(isa, || {
-                        kernel(&q, &k, &v, seq, nh, nkv, hd, scale, &mut got)
-                    })
-                })
-                .unwrap();
+                let got = in_place_matches_dense(
+                    kernel,
+                    [&q, &k, &v],
+                    [seq, nh, nkv, hd],
+                    scale,
+                    pool,
+                    isa,
+                );
                 let e = nmse(&got, &want);
                 println!(
                     "  isa={} threads={t}: nmse {e:.2e} to the reference",
@@ -942,7 +1006,8 @@ fn attention_variant_matches_reference(
     }
     let (q, mut out) = (vec![0f32; 10 * 8], vec![0f32; 10 * 8]);
     for (k, seq, nkv) in [(&q[..], 3, 2), (&q[..8], 5, 2), (&q[..], 0, 2)] {
-        assert!(kernel(&q, k, k, seq, 2, nkv, 4, 0.5, &mut out).is_err());
+        let qkv = npurt_kernels::cpu::Qkv::dense(&q, k, k, [8, nkv * 4]);
+        assert!(kernel(qkv, seq, 2, nkv, 4, 0.5, &mut out).is_err());
     }
 }
 

@@ -105,8 +105,9 @@ pub fn root(graph: &Graph, id: NodeId) -> NodeId {
 }
 
 /// `root`, also through the nodes `views` marks: a backend's views, values it reads in
-/// place from their first input's storage (wgpu's column slices read by strided
-/// kernels) rather than computes.
+/// place from their first input's storage (column slices read by strided kernels:
+/// wgpu's RoPE, KV writes and attention, the CPU's bidirectional attention) rather
+/// than computes.
 fn root_with(graph: &Graph, mut id: NodeId, views: &[bool]) -> NodeId {
     while is_alias(&graph.node(id).op) || views.get(id.0) == Some(&true) {
         id = graph.node(id).inputs[0];
@@ -146,13 +147,20 @@ fn lifetimes_with(graph: &Graph, views: &[bool]) -> Vec<(usize, usize)> {
 /// Plans `graph`'s intermediates into one arena, offsets aligned to `align` bytes
 /// (a power of two; 64 keeps CPU rows cache-line aligned, GPUs want 256).
 pub fn plan(graph: &Graph, align: u64) -> MemoryPlan {
+    plan_with_views(graph, align, &[])
+}
+
+/// [`plan`], with the nodes `views` marks placed as aliases of their first input's
+/// storage (see `root_with`; the CPU's column slices read in place by the
+/// bidirectional attention), which so stays live for their readers.
+pub fn plan_with_views(graph: &Graph, align: u64, views: &[bool]) -> MemoryPlan {
     let align = align.max(1).next_power_of_two();
     let n = graph.nodes.len();
     let mut placement = Vec::with_capacity(n);
-    for node in &graph.nodes {
+    for (i, node) in graph.nodes.iter().enumerate() {
         placement.push(if node.op.is_source() {
             Placement::Source
-        } else if is_alias(&node.op) {
+        } else if is_alias(&node.op) || views.get(i) == Some(&true) {
             let first = node.inputs[0];
             Placement::Alias(match placement[first.0] {
                 Placement::Alias(r) => r,
@@ -165,7 +173,7 @@ pub fn plan(graph: &Graph, align: u64) -> MemoryPlan {
             }
         });
     }
-    let lifetime = lifetimes(graph);
+    let lifetime = lifetimes_with(graph, views);
     // Largest first; ties in node order (deterministic).
     let mut order: Vec<(usize, u64)> = placement
         .iter()

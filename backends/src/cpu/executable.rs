@@ -36,12 +36,75 @@ enum Loc {
     Source,
     /// Another node's storage: a KV write is the cache it updated, a reshape its input.
     Alias(NodeId),
+    /// Columns `start..` of the `[rows, width]` value of `src` (an arena value), read in
+    /// place: a q, k or v slice of a fused q/k/v product that only bidirectional
+    /// attentions read ([`bidirectional_views`]).
+    View {
+        src: NodeId,
+        start: usize,
+        width: usize,
+    },
     /// These f32 elements of the arena.
     Arena(std::ops::Range<usize>),
 }
 
 /// Arena offsets are multiples of a cache line.
 const ARENA_ALIGN: u64 = 64;
+
+/// The column slices this backend reads in place rather than copies: the q, k and v
+/// of bidirectional attentions whose three operands are slices of one value (a fused
+/// q/k/v product; the attention kernels take row strides, [`k::Qkv`]), when nothing
+/// else reads them. An attention reads all three in place or none. Graph outputs are
+/// always computed.
+pub(crate) fn bidirectional_views(graph: &Graph) -> Vec<bool> {
+    let n = graph.nodes.len();
+    let slice_src = |x: NodeId| match graph.node(x).op {
+        Op::SliceCols { .. } => Some(graph.node(x).inputs[0]),
+        _ => None,
+    };
+    let is_bidirectional = |op: &Op| {
+        matches!(
+            op,
+            Op::Attention {
+                mode: AttentionMode::Bidirectional { .. },
+                ..
+            }
+        )
+    };
+    let of_one_value = |ins: &[NodeId]| {
+        let first = slice_src(ins[0]);
+        first.is_some() && ins.iter().all(|&x| slice_src(x) == first)
+    };
+    // Start from every slice such an attention reads, then drop those something else
+    // reads, and the other operands of an attention with a dropped one, until nothing
+    // changes (a slice may feed two attentions).
+    let mut view = vec![false; n];
+    for node in graph.nodes.iter().filter(|n| is_bidirectional(&n.op)) {
+        if of_one_value(&node.inputs) {
+            node.inputs.iter().for_each(|x| view[x.0] = true);
+        }
+    }
+    for (_, id) in &graph.outputs {
+        view[id.0] = false;
+    }
+    loop {
+        let mut changed = false;
+        for node in &graph.nodes {
+            let in_place = is_bidirectional(&node.op)
+                && of_one_value(&node.inputs)
+                && node.inputs.iter().all(|x| view[x.0]);
+            for x in &node.inputs {
+                if view[x.0] && !in_place {
+                    view[x.0] = false;
+                    changed = true;
+                }
+            }
+        }
+        if !changed {
+            return view;
+        }
+    }
+}
 
 pub struct CpuExecutable {
     graph: Graph,
@@ -127,14 +190,21 @@ impl CpuExecutable {
                 w[id] = Some(b.clone());
             }
         }
-        let plan = plan::plan(graph, ARENA_ALIGN);
+        let views = bidirectional_views(graph);
+        let plan = plan::plan_with_views(graph, ARENA_ALIGN, &views);
         let loc = plan
             .placement
             .iter()
-            .map(|p| match *p {
-                Placement::Source => Loc::Source,
-                Placement::Alias(r) => Loc::Alias(r),
-                Placement::Arena { offset, bytes } => {
+            .enumerate()
+            .map(|(i, p)| match (*p, &graph.nodes[i].op) {
+                (Placement::Source, _) => Loc::Source,
+                (Placement::Alias(src), Op::SliceCols { start, .. }) if views[i] => Loc::View {
+                    src,
+                    start: *start,
+                    width: graph.fact(graph.nodes[i].inputs[0]).shape[1],
+                },
+                (Placement::Alias(r), _) => Loc::Alias(r),
+                (Placement::Arena { offset, bytes }, _) => {
                     let start = (offset / 4) as usize;
                     Loc::Arena(start..start + (bytes / 4) as usize)
                 }
@@ -153,6 +223,14 @@ impl CpuExecutable {
         match self.loc[id.0] {
             Loc::Alias(s) => s,
             _ => id,
+        }
+    }
+
+    /// A view's source value, first column and the source's row width.
+    fn view(&self, id: NodeId) -> Option<(NodeId, usize, usize)> {
+        match self.loc[id.0] {
+            Loc::View { src, start, width } => Some((src, start, width)),
+            _ => None,
         }
     }
 
@@ -396,6 +474,11 @@ impl CpuExecutable {
                 let x = self.resolve(x);
                 match self.loc[x.0] {
                     Loc::Arena(_) => arena_of(x),
+                    Loc::View { .. } => Err(exec_err(
+                        g,
+                        id,
+                        format!("`{}` is read in place by attention only", g.node(x).name),
+                    )),
                     _ => match guards[guard_of[x.0]].data().as_f32() {
                         Some(v) => Ok(v),
                         _ => Err(exec_err(
@@ -571,18 +654,21 @@ impl CpuExecutable {
                         AttentionPrecision::I8 => k::attention_bidirectional_i8,
                         AttentionPrecision::F16 => k::attention_bidirectional_f16,
                     };
-                    kernel(
-                        f32_of(ins[0])?,
-                        f32_of(ins[1])?,
-                        f32_of(ins[2])?,
-                        *seq,
-                        *n_heads,
-                        *n_kv_heads,
-                        *head_dim,
-                        *scale,
-                        out,
-                    )
-                    .map_err(kerr)?
+                    // q, k and v in place in the fused product they were sliced from, or
+                    // as they are.
+                    let qkv = match [ins[0], ins[1], ins[2]].map(|x| self.view(x)) {
+                        [Some((src, q0, width)), Some((_, k0, _)), Some((_, v0, _))] => {
+                            k::Qkv::columns_of(f32_of(src)?, width, [q0, k0, v0])
+                        }
+                        _ => k::Qkv::dense(
+                            f32_of(ins[0])?,
+                            f32_of(ins[1])?,
+                            f32_of(ins[2])?,
+                            [n_heads * head_dim, n_kv_heads * head_dim],
+                        ),
+                    };
+                    kernel(qkv, *seq, *n_heads, *n_kv_heads, *head_dim, *scale, out)
+                        .map_err(kerr)?
                 }
                 Op::SpaceToChannel { grid, block } => k::space_to_channel_f32(
                     f32_of(ins[0])?,
@@ -687,5 +773,42 @@ impl Executable for CpuExecutable {
             None => self.run_inner(bindings, scratch, Some(&mut p))?,
         }
         Ok(p)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bidirectional_views;
+    use npurt_graph::{Builder, Op, TensorFact};
+
+    /// q, k and v slices of one product read only by a bidirectional attention are
+    /// views; a slice anything else reads, or of another value, is copied.
+    #[test]
+    fn only_slices_of_one_product_read_by_bidirectional_attention_are_views() {
+        let mut b = Builder::new();
+        let x = b.input("qkv", TensorFact::f32([10, 24])).unwrap();
+        let y = b.input("other", TensorFact::f32([10, 24])).unwrap();
+        let cols =
+            |b: &mut Builder, x, start| b.op("s", Op::SliceCols { start, len: 8 }, &[x]).unwrap();
+        let (q, k, v) = (cols(&mut b, x, 0), cols(&mut b, x, 8), cols(&mut b, x, 16));
+        let a = b.attention_bidirectional("a", [q, k, v], 2, 4, 5).unwrap();
+        // v also read by an add: every slice of this attention is copied.
+        let (q2, k2, v2) = (cols(&mut b, x, 0), cols(&mut b, x, 8), cols(&mut b, x, 16));
+        let a2 = b
+            .attention_bidirectional("a2", [q2, k2, v2], 2, 4, 5)
+            .unwrap();
+        let s = b.add("sum", v2, v2).unwrap();
+        // k from another value.
+        let (q3, k3, v3) = (cols(&mut b, x, 0), cols(&mut b, y, 8), cols(&mut b, x, 16));
+        let a3 = b
+            .attention_bidirectional("a3", [q3, k3, v3], 2, 4, 5)
+            .unwrap();
+        for (name, id) in [("a", a), ("a2", a2), ("s", s), ("a3", a3)] {
+            b.output(name, id);
+        }
+        let g = b.finish().unwrap();
+        let views = bidirectional_views(&g);
+        let viewed: Vec<usize> = (0..views.len()).filter(|&i| views[i]).collect();
+        assert_eq!(viewed, [q.0, k.0, v.0], "{g}");
     }
 }

@@ -21,8 +21,9 @@
 //! AVX512-FP16 the f32 kernel runs, which the definition allows (wider sums).
 
 use super::attention_panels::{self, Args, PanelKernel, RowScratch};
+use super::attention_qkv::Qkv;
 use super::{isa, Isa};
-use crate::reference::{check_bidirectional_args, KernelError};
+use crate::reference::KernelError;
 
 /// Keys per score step (two vectors of 16 keys, each with two dims).
 pub(super) const KEY_STEP: usize = 32;
@@ -114,12 +115,10 @@ fn has_fp16() -> bool {
 }
 
 /// Bidirectional attention in f16 (`Op::Attention`, `AttentionPrecision::F16`): `q
-/// [B * seq, n_heads * head_dim]`, `k, v [B * seq, n_kv_heads * head_dim]`.
-#[allow(clippy::too_many_arguments)]
+/// [B * seq, n_heads * head_dim]`, `k, v [B * seq, n_kv_heads * head_dim]` read in
+/// place ([`Qkv`]).
 pub fn attention_bidirectional_f16(
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
+    qkv: Qkv,
     seq: usize,
     n_heads: usize,
     n_kv_heads: usize,
@@ -127,14 +126,13 @@ pub fn attention_bidirectional_f16(
     scale: f32,
     out: &mut [f32],
 ) -> Result<(), KernelError> {
-    let (qw, kw, _) = check_bidirectional_args(q, k, v, seq, n_heads, n_kv_heads, head_dim, out)?;
     #[cfg(target_arch = "x86_64")]
     if isa() == Isa::Avx512Vnni && has_fp16() && head_dim <= MAX_HEAD_DIM {
-        let a = Args::new([q, k, v], seq, [qw, kw], n_heads, n_kv_heads, scale, out);
+        let shape = qkv.check(seq, n_heads, n_kv_heads, head_dim, out)?;
+        let a = Args::new(qkv, seq, shape, n_heads, n_kv_heads, scale, out);
         // SAFETY: the CPU has AVX-512 and AVX512-FP16; the arguments were checked.
         unsafe { attention_panels::run(&a, &F16Panel::new(seq, head_dim)) };
         return Ok(());
     }
-    let _ = (qw, kw);
-    super::attention_bidirectional_f32(q, k, v, seq, n_heads, n_kv_heads, head_dim, scale, out)
+    super::attention_bidirectional_f32(qkv, seq, n_heads, n_kv_heads, head_dim, scale, out)
 }

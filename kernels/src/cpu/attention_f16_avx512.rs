@@ -115,7 +115,7 @@ pub(super) unsafe fn row_block(
         // stay inside the sizes the caller fitted.
         unsafe {
             for r in 0..mr {
-                let x = a.q.as_ptr().add((b * a.seq + i0 + r) * a.qw + h * hd);
+                let x = a.q.as_ptr().add((b * a.seq + i0 + r) * a.q_stride + h * hd);
                 // Scores in base 2: the softmax's exp becomes 2^x. An odd head's pad
                 // dim is zero.
                 to_f16(x, hd, a.scale * LOG2_E, qh.add(r * hd2));

@@ -35,11 +35,10 @@
 //! cache's bytes) is converted to f32 once when a task loads it, so the tiles below
 //! always compute in f32.
 
+use super::attention_qkv::Qkv;
 use super::kv_cache::KvElem;
 use super::{isa, Isa, SendPtr};
-use crate::reference::{
-    check_attention_args, check_bidirectional_args, AttentionDims, KernelError,
-};
+use crate::reference::{check_attention_args, AttentionDims, KernelError};
 use std::cell::RefCell;
 
 /// Keys per block: one score-tile row, and the unit of the online softmax.
@@ -398,7 +397,7 @@ fn block_task<C: KvElem, const FUSED: bool>(
         let qs = &mut sc.q[i * hd..][..hd];
         if i < nq {
             let (t, h) = (t0 + i / group, g * group + i % group);
-            for (d, x) in qs.iter_mut().zip(&a.q[t * a.qw + h * hd..][..hd]) {
+            for (d, x) in qs.iter_mut().zip(&a.q[t * a.q_stride + h * hd..][..hd]) {
                 *d = x * a.scale;
             }
         } else {
@@ -649,8 +648,12 @@ struct Args<'a, C> {
     mask: Mask,
     /// Query rows in the call.
     t_rows: usize,
+    /// The output's row width (`n_heads * head_dim`).
     qw: usize,
-    /// K/V row stride in storage units (`C`): `n_kv * C::head_len(head_dim)`.
+    /// q's row stride: `qw`, or wider where q is read in place ([`Qkv`]).
+    q_stride: usize,
+    /// K/V row stride in storage units (`C`): a cache's `n_kv * C::head_len(head_dim)`,
+    /// or a fused q/k/v product's width ([`Qkv`]).
     kw: usize,
     head_dim: usize,
     group: usize,
@@ -859,6 +862,7 @@ pub fn attention_f32<C: KvElem>(
         mask: Mask::Causal { pos, end },
         t_rows,
         qw,
+        q_stride: qw,
         kw,
         head_dim,
         group,
@@ -934,13 +938,11 @@ pub fn attention_f32<C: KvElem>(
 }
 
 /// Bidirectional GQA attention (`Op::Attention`, `AttentionMode::Bidirectional`, the
-/// ViT): `q [B * seq, n_heads * head_dim]`, `k, v [B * seq, n_kv_heads * head_dim]`;
-/// every query row sees all `seq` keys of its own sequence. No cache, no positions.
-#[allow(clippy::too_many_arguments)]
+/// ViT): `q [B * seq, n_heads * head_dim]`, `k, v [B * seq, n_kv_heads * head_dim]`,
+/// read in place ([`Qkv`]); every query row sees all `seq` keys of its own sequence. No
+/// cache, no positions. `out` is dense, `[B * seq, n_heads * head_dim]`.
 pub fn attention_bidirectional_f32(
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
+    qkv: Qkv,
     seq: usize,
     n_heads: usize,
     n_kv_heads: usize,
@@ -948,17 +950,17 @@ pub fn attention_bidirectional_f32(
     scale: f32,
     out: &mut [f32],
 ) -> Result<(), KernelError> {
-    let (qw, kw, t_rows) =
-        check_bidirectional_args(q, k, v, seq, n_heads, n_kv_heads, head_dim, out)?;
+    let shape = qkv.check(seq, n_heads, n_kv_heads, head_dim, out)?;
     let a = Args {
-        q,
-        k,
-        v,
+        q: qkv.q,
+        k: qkv.k,
+        v: qkv.v,
         out: SendPtr(out.as_mut_ptr()),
         mask: Mask::Bidirectional { seq },
-        t_rows,
-        qw,
-        kw,
+        t_rows: shape.rows,
+        qw: shape.qw,
+        q_stride: qkv.q_stride,
+        kw: qkv.kv_stride,
         head_dim,
         group: n_heads / n_kv_heads,
         n_kv: n_kv_heads,

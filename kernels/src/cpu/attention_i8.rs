@@ -25,10 +25,9 @@ use super::attention_i8_avx2::{Avx2Panel, Dots};
 use super::attention_i8_neon::NeonPanel;
 use super::attention_i8_portable::PortablePanel;
 use super::attention_panels::{self, Args, PanelKernel, RowScratch};
+use super::attention_qkv::Qkv;
 use super::{isa, Isa};
-use crate::reference::{
-    self, check_bidirectional_args, quantize_row_i8, KernelError, MAX_I8_ATTENTION_SEQ,
-};
+use crate::reference::{self, quantize_row_i8, KernelError, MAX_I8_ATTENTION_SEQ};
 
 /// Keys per score step (two vectors of 16).
 pub(super) const KEY_STEP: usize = 32;
@@ -158,12 +157,10 @@ pub(super) fn quantize_values(
 
 /// Bidirectional attention with integer products (`Op::Attention`,
 /// `AttentionPrecision::I8`): `q [B * seq, n_heads * head_dim]`, `k, v [B * seq,
-/// n_kv_heads * head_dim]`, as `reference::attention_bidirectional_i8` defines it.
-#[allow(clippy::too_many_arguments)]
+/// n_kv_heads * head_dim]` read in place ([`Qkv`]), as
+/// `reference::attention_bidirectional_i8` defines it.
 pub fn attention_bidirectional_i8(
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
+    qkv: Qkv,
     seq: usize,
     n_heads: usize,
     n_kv_heads: usize,
@@ -171,14 +168,15 @@ pub fn attention_bidirectional_i8(
     scale: f32,
     out: &mut [f32],
 ) -> Result<(), KernelError> {
-    let (qw, kw, _) = check_bidirectional_args(q, k, v, seq, n_heads, n_kv_heads, head_dim, out)?;
+    let shape = qkv.check(seq, n_heads, n_kv_heads, head_dim, out)?;
     if seq > MAX_I8_ATTENTION_SEQ {
         // The reference's typed error.
+        let [q, k, v] = qkv.to_dense(shape);
         return reference::attention_bidirectional_i8(
-            q, k, v, seq, n_heads, n_kv_heads, head_dim, scale, out,
+            &q, &k, &v, seq, n_heads, n_kv_heads, head_dim, scale, out,
         );
     }
-    let a = Args::new([q, k, v], seq, [qw, kw], n_heads, n_kv_heads, scale, out);
+    let a = Args::new(qkv, seq, shape, n_heads, n_kv_heads, scale, out);
     // The tiled kernels take whole 4-value groups of a head, at most this wide.
     #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
     let tiled = head_dim.is_multiple_of(4) && head_dim <= MAX_PACKED_HEAD_DIM;

@@ -300,7 +300,7 @@ macro_rules! tiles {
                 // offsets stay inside the sizes the caller fitted (`Avx2Panel`).
                 unsafe {
                     for (r, c) in c.iter_mut().enumerate().take(mr) {
-                        let x = (b * a.seq + i0 + r) * a.qw + h * hd;
+                        let x = (b * a.seq + i0 + r) * a.q_stride + h * hd;
                         let row = std::slice::from_raw_parts_mut(qq.add(r * hd), hd);
                         *c = quantize_row_i8(&a.q[x..x + hd], row) * a.scale * LOG2_E;
                     }

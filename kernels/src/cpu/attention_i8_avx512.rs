@@ -178,7 +178,7 @@ pub(super) unsafe fn row_block(
         // stay inside the sizes the caller fitted (`Panel` layout).
         unsafe {
             for (r, c) in c.iter_mut().enumerate().take(mr) {
-                let x = a.q.as_ptr().add((b * a.seq + i0 + r) * a.qw + h * hd);
+                let x = a.q.as_ptr().add((b * a.seq + i0 + r) * a.q_stride + h * hd);
                 *c = quantize_row(x, hd, qu.add(r * hd), 0x80).0 * a.scale * LOG2_E;
             }
             for j0 in (0..npad).step_by(KEY_STEP) {

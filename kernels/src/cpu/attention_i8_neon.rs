@@ -167,7 +167,7 @@ unsafe fn row_block(
         // stay inside the sizes the caller fitted (`NeonPanel`).
         unsafe {
             for (r, c) in c.iter_mut().enumerate().take(mr) {
-                let x = (b * a.seq + i0 + r) * a.qw + h * hd;
+                let x = (b * a.seq + i0 + r) * a.q_stride + h * hd;
                 let row = std::slice::from_raw_parts_mut(qq.add(r * hd16), hd16);
                 row[hd..].fill(0);
                 *c = quantize_row_i8(&a.q[x..x + hd], &mut row[..hd]) * a.scale * LOG2_E;

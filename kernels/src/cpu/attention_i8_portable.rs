@@ -99,7 +99,8 @@ impl PortablePanel {
             )
         };
         for i in rows {
-            let row = (b * a.seq + i) * a.qw + h * hd;
+            let (t, col) = (b * a.seq + i, h * hd);
+            let row = t * a.q_stride + col;
             let c = quantize_row_i8(&a.q[row..row + hd], qq) * a.scale;
             for (j, s) in s.iter_mut().enumerate() {
                 *s = dot_i8(qq, &kq[j * hd..(j + 1) * hd]) as f32 * c * sk[j];
@@ -113,8 +114,8 @@ impl PortablePanel {
             for d in 0..hd {
                 let acc = dot_u8_i8(p, &vt[d * seq..(d + 1) * seq]);
                 // SAFETY: this task alone writes head h's columns of rows `rows` (the
-                // panel driver's contract); `row + d` is inside `out`, `q`'s shape.
-                unsafe { *a.out.0.add(row + d) = acc as f32 * sv[d] * inv_l };
+                // panel driver's contract); the value is inside `out` ([rows, qw]).
+                unsafe { *a.out.0.add(t * a.qw + col + d) = acc as f32 * sv[d] * inv_l };
             }
         }
     }

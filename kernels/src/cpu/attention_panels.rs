@@ -10,6 +10,7 @@
 //! The panels of one sequence are the calling thread's, reused across calls; each pool
 //! thread has its own phase-2 scratch.
 
+use super::attention_qkv::{Qkv, QkvShape};
 use super::{pool, SendPtr};
 use std::cell::RefCell;
 use std::ops::Range;
@@ -29,7 +30,12 @@ pub(super) struct Args<'a> {
     pub k: &'a [f32],
     pub v: &'a [f32],
     pub seq: usize,
+    /// Query rows (whole sequences).
+    pub rows: usize,
+    /// The output's row width, `n_heads * head_dim`.
     pub qw: usize,
+    /// Row strides of q and of k and v ([`Qkv`]).
+    pub q_stride: usize,
     pub kw: usize,
     pub group: usize,
     pub n_heads: usize,
@@ -40,24 +46,25 @@ pub(super) struct Args<'a> {
 }
 
 impl<'a> Args<'a> {
-    /// A call's arguments after `check_bidirectional_args` gave `qw` and `kw`.
-    #[allow(clippy::too_many_arguments)]
+    /// A call's arguments after `Qkv::check` gave their `shape`.
     pub(super) fn new(
-        [q, k, v]: [&'a [f32]; 3],
+        qkv: Qkv<'a>,
         seq: usize,
-        [qw, kw]: [usize; 2],
+        shape: QkvShape,
         n_heads: usize,
         n_kv_heads: usize,
         scale: f32,
         out: &'a mut [f32],
     ) -> Self {
         Args {
-            q,
-            k,
-            v,
+            q: qkv.q,
+            k: qkv.k,
+            v: qkv.v,
             seq,
-            qw,
-            kw,
+            rows: shape.rows,
+            qw: shape.qw,
+            q_stride: qkv.q_stride,
+            kw: qkv.kv_stride,
             group: n_heads / n_kv_heads,
             n_heads,
             n_kv_heads,
@@ -127,8 +134,7 @@ thread_local! {
 /// The CPU has the features `kernel` needs; `a` was checked (whole sequences, matching
 /// k/v/out).
 pub(super) unsafe fn run<K: PanelKernel>(a: &Args, kernel: &K) {
-    let rows = a.q.len() / a.qw;
-    for b in 0..rows / a.seq {
+    for b in 0..a.rows / a.seq {
         // SAFETY: the caller's contract.
         unsafe { run_sequence(a, kernel, b) };
     }

@@ -53,6 +53,7 @@ mod attention_i8_portable;
 #[cfg(target_arch = "aarch64")]
 mod attention_neon;
 mod attention_panels;
+mod attention_qkv;
 mod dispatch;
 mod epilogue;
 mod gelu_f32;
@@ -77,6 +78,7 @@ pub use act_quant::RowNorm;
 pub use attention_f16::attention_bidirectional_f16;
 pub use attention_f32::{attention_bidirectional_f32, attention_f32};
 pub use attention_i8::attention_bidirectional_i8;
+pub use attention_qkv::Qkv;
 pub use dispatch::{detected, isa, with_isa, Isa};
 pub use epilogue::epilogue_f32;
 pub use gelu_f32::{activation_f32, gelu_f32};

@@ -19,9 +19,7 @@ pub use attention::{
     attention, attention_bidirectional, attention_bidirectional_f16, attention_bidirectional_i8,
     attention_q8head, MAX_I8_ATTENTION_SEQ,
 };
-pub(crate) use attention::{
-    check_args as check_attention_args, check_bidirectional_args, Dims as AttentionDims,
-};
+pub(crate) use attention::{check_args as check_attention_args, Dims as AttentionDims};
 pub(crate) use attention::{quantize_prob, quantize_row_i8};
 pub use elementwise::{activation, add, erf, gelu, gelu_erf, gelu_tanh, mul, silu, softmax};
 pub use gather::gather;

@@ -6,7 +6,7 @@
 //! backend may fuse.
 
 use super::{ATTENTION, ATTENTION_F16, ATTENTION_I8, EXACT, KV_INT8_WRITE, ROPE};
-use crate::conformance::case::{Case, Compared};
+use crate::conformance::case::{Case, CaseBuilder, Compared};
 use npurt_graph::AttentionPrecision::{self, F16 as F16_ATTN, F32 as F32_ATTN, I8 as I8_ATTN};
 use npurt_graph::DType::{self, F16, F32};
 use npurt_graph::{AttentionMode, Op, RopeParams, RopeScaling};
@@ -257,6 +257,31 @@ fn bidirectional_case(
     images: usize,
     seq: usize,
 ) -> Case {
+    bidirectional(
+        name,
+        precision,
+        [n_heads, n_kv_heads, head_dim],
+        images,
+        seq,
+        false,
+    )
+}
+
+/// A ViT block's attention as the compiler leaves it: q, k and v column slices of one
+/// fused q/k/v product (`bidir[.i8|.f16].block.<name>`), which a backend may read in
+/// place (the CPU does).
+fn bidirectional_block_case(name: &str, precision: AttentionPrecision, heads: [usize; 3]) -> Case {
+    bidirectional(&format!("block.{name}"), precision, heads, 2, 50, true)
+}
+
+fn bidirectional(
+    name: &str,
+    precision: AttentionPrecision,
+    [n_heads, n_kv_heads, head_dim]: [usize; 3],
+    images: usize,
+    seq: usize,
+    fused: bool,
+) -> Case {
     let (name, threshold) = match precision {
         AttentionPrecision::F32 => (format!("bidir.{name}"), ATTENTION),
         AttentionPrecision::I8 => (format!("bidir.i8.{name}"), ATTENTION_I8),
@@ -264,9 +289,23 @@ fn bidirectional_case(
     };
     Case::new("attention", name, threshold, move |cb| {
         let (qw, kw) = (n_heads * head_dim, n_kv_heads * head_dim);
-        let q = cb.input("q", &[images * seq, qw], -2.0, 2.0)?;
-        let k = cb.input("k", &[images * seq, kw], -2.0, 2.0)?;
-        let v = cb.input("v", &[images * seq, kw], -1.0, 1.0)?;
+        let rows = images * seq;
+        let (q, k, v) = if fused {
+            let qkv = cb.input("qkv", &[rows, qw + 2 * kw], -2.0, 2.0)?;
+            let slice =
+                |cb: &mut CaseBuilder, start, len| cb.op(Op::SliceCols { start, len }, &[qkv]);
+            (
+                slice(cb, 0, qw)?,
+                slice(cb, qw, kw)?,
+                slice(cb, qw + kw, kw)?,
+            )
+        } else {
+            (
+                cb.input("q", &[rows, qw], -2.0, 2.0)?,
+                cb.input("k", &[rows, kw], -2.0, 2.0)?,
+                cb.input("v", &[rows, kw], -1.0, 1.0)?,
+            )
+        };
         let y = cb.op(
             Op::Attention {
                 n_heads,
@@ -494,6 +533,11 @@ pub(super) fn cases() -> Vec<Case> {
         bidirectional_case("1x40.h2.hd128", F16_ATTN, 2, 2, 128, 1, 40),
         bidirectional_case("2x33.gqa4_2.hd20", F16_ATTN, 4, 2, 20, 2, 33),
     ]);
+    // A ViT block's q/k/v slices of one product feeding the attention, at each
+    // precision.
+    for p in [F32_ATTN, I8_ATTN, F16_ATTN] {
+        v.push(bidirectional_block_case("2x50.gqa4_2.hd32", p, [4, 2, 32]));
+    }
     v
 }
 
