@@ -196,6 +196,10 @@ impl Backend for CpuBackend {
                 "attention_bidirectional_f16[sequences of {seq}, vfmadd231ph panels where the CPU has AVX512-FP16, else f32, {isa}]"
             ),
             Op::SpaceToChannel { .. } => "space_to_channel_f32[row copies]".into(),
+            Op::SliceCols { .. } if executable::bidirectional_views(graph)[id.0] => {
+                "slice_cols[read in place by the attention]".into()
+            }
+            Op::SliceCols { .. } => "slice_cols_f32[row copies]".into(),
             Op::KvWrite if n.fact.dtype == DType::F16 => "kv_write_f16".into(),
             Op::KvWrite if matches!(n.fact.dtype, DType::Q8Head { .. }) => {
                 format!("kv_write_q8head[{}]", n.fact.dtype)
