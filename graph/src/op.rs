@@ -101,6 +101,13 @@ impl Prologue {
             Prologue::LayerNorm { .. } => "layer_norm+",
         }
     }
+    /// The norm's epsilon.
+    pub fn eps(self) -> Option<f32> {
+        match self {
+            Prologue::None => None,
+            Prologue::RmsNorm { eps } | Prologue::LayerNorm { eps } => Some(eps),
+        }
+    }
     /// The norm this prologue computes, as its own op (same inputs after `a`).
     pub fn norm_op(self) -> Option<Op> {
         match self {

@@ -1231,13 +1231,8 @@ fn lower_matmul(
     let slots = MatMulOperands::new(prologue, epilogue);
     // The norm prologue: the norm as an op (its norm.wgsl entry and eps), its weight
     // and, for a LayerNorm, its bias.
-    let norm = prologue.norm_op().zip(slots.norm).map(|(op, w)| {
-        let eps = match op {
-            Op::RmsNorm { eps } | Op::LayerNorm { eps } => eps,
-            _ => unreachable!("a prologue's norm is a norm"),
-        };
-        (op.kind(), eps, ins[w], slots.norm_bias.map(|b| ins[b]))
-    });
+    let norm = (prologue.norm_op().zip(prologue.eps()).zip(slots.norm))
+        .map(|((op, eps), w)| (op.kind(), eps, ins[w], slots.norm_bias.map(|b| ins[b])));
     // The prologue as its own dispatch into a temporary (a LayerNorm, the lanes kernels,
     // [K, N] weights, dot4's quantization pass); the activations as they are without
     // one.

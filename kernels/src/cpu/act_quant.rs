@@ -13,10 +13,11 @@
 //! offset, instead of juggling MR row pointers (the ggml `block_q8_0x4` idea).
 //! Per-block side data (`blk_scale`, `blk_bias`, `blk_sum`) is `[group][block][row]`.
 //!
-//! # Fused RMSNorm
+//! # Fused norms
 //!
-//! With a [`RowNorm`] (the matmul's norm prologue) each row is normalized in the same
-//! pass, into a row buffer that stays in L1, and quantized from there:
+//! With a [`RowNorm`] (the matmul's norm prologue) each group of 8 rows is normalized
+//! in the same pass, into a buffer that stays in the core's caches, and quantized from
+//! there:
 //! - RMSNorm: one read of `x` gives both `sum(x^2)` and `x * w`, which is quantized as
 //!   usual, and the row's `rsqrt(mean(x^2) + eps)` is folded into its scales (a common
 //!   factor of a row does not change the integers, only the scale);
