@@ -1,8 +1,8 @@
 //! SliceCols (`Op::SliceCols`; reference `reference::slice_cols`): columns
 //! `start..start + len` of `x [rows, width]`, the split of a fused q/k/v product. Pure
-//! data movement, copied in row chunks on the pool when the slice is large: a batch of 4
-//! so400m tiles splits three [2916, 1152] slices out of [2916, 3456] per layer, and on
-//! one thread those copies (3% of the w8a8 encode) left the other threads spinning.
+//! data movement, copied in row chunks on the pool when the slice is large (a copy on
+//! one thread leaves the others spinning). A ViT block's slices are not copied at all:
+//! its attention reads them in place (`attention_qkv.rs`).
 
 use crate::reference::KernelError;
 
