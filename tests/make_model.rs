@@ -195,3 +195,82 @@ fn bad_shapes_and_paths_are_typed_errors() {
     );
     std::fs::remove_file(&dir).unwrap();
 }
+
+/// `make-model --shape bluelm-v-3b` (`random_vlm`): the directory loads as a BlueLM-V
+/// model; its tower and projector are, value for value, the synthetic ones
+/// `encode-image --synthetic` builds in memory (same features and projected rows, bit
+/// for bit, at f32 and w8a16); and `bench --image-size`'s image prompt runs on it with
+/// the plan's counts.
+#[test]
+fn a_bluelm_v_directory_holds_the_synthetic_tower_and_benches_an_image_prompt() {
+    use npurt_models::random_vlm::{LlmForm, RandomBlueLmV};
+    use npurt_runtime::{bench, VisionEncoder, VisionOptions};
+    let tok = TokenizerKvs::byte_level(300).unwrap();
+    let mut m = RandomBlueLmV::by_name("bluelm-v-3b", 0, WeightDType::F32, LlmForm::Gguf).unwrap();
+    // One encoder block and a small LLM: the tower's widths stay so400m's.
+    m.tower.num_hidden_layers = 1;
+    m.llm.shape = LlamaShape {
+        context: 2048,
+        ..small_shape(300, true)
+    };
+    let dir = temp_path("make_model_bluelm_v");
+    m.write_dir(&dir, &tok).unwrap();
+
+    let rt = Runtime::new();
+    let pixels = npurt_graph::SeededRng::new(5).uniform_vec(3 * 384 * 384, -1.0, 1.0);
+    for precision in [PrecisionPolicy::F32, PrecisionPolicy::W8A16] {
+        let opts = VisionOptions {
+            precision: precision.clone(),
+            ..VisionOptions::default()
+        };
+        let written = VisionEncoder::load(
+            &rt,
+            &dir.join("vision"),
+            Some(&dir.join("projector.safetensors")),
+            opts.clone(),
+        )
+        .unwrap();
+        let synthetic = VisionEncoder::synthetic(&rt, m.tower.clone(), 64, opts).unwrap();
+        let (a, b) = (
+            written.encode(&pixels, 1).unwrap(),
+            synthetic.encode(&pixels, 1).unwrap(),
+        );
+        assert_eq!(a.features.len(), 729 * 1152, "{}", precision.name);
+        assert!(
+            a.features == b.features,
+            "{}: tower features differ",
+            precision.name
+        );
+        let (pa, pb) = (a.projected.unwrap(), b.projected.unwrap());
+        assert_eq!(pa.len(), 196 * 64, "{}", precision.name);
+        assert!(pa == pb, "{}: projected rows differ", precision.name);
+    }
+
+    let model = rt.load(&dir, LoadOptions::default()).unwrap();
+    let run = bench::image_prompt(&model, "768x1536", 1).unwrap();
+    assert_eq!((run.tiles, run.image_tokens), (9, 9 * 196));
+    let question = model.encode(bench::IMAGE_QUESTION).unwrap().len();
+    assert!(
+        run.prompt_tokens >= run.image_tokens + question,
+        "{} rows for {} image rows and a {question}-token question",
+        run.prompt_tokens,
+        run.image_tokens
+    );
+    assert!(run.encode_s[0] > 0.0 && run.prefill_s[0] > 0.0);
+    let rows = run.rows(&model, 2);
+    assert_eq!(rows[0].test, "enc 768x1536 (9 tiles)");
+    assert_eq!(rows[1].test, format!("pp{} image+text", run.prompt_tokens));
+    let err = bench::image_prompt(&model, "768", 1).unwrap_err();
+    assert!(err.to_string().contains("not WIDTHxHEIGHT"), "{err}");
+
+    // A text-only model has no vision part.
+    let text_only = rt
+        .load(&dir.join("llm.gguf"), LoadOptions::default())
+        .unwrap();
+    let err = bench::image_prompt(&text_only, "768x1536", 1).unwrap_err();
+    assert!(
+        matches!(err, npurt_runtime::RuntimeError::NotMultimodal),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -9,7 +9,8 @@
 //! - [`projector`]: BlueLM-V's 2x2 token downsampler + MLP projector;
 //! - [`vlm`]: the BlueLM-V model directory (vision + projector + LLM);
 //! - [`random_llama`]: seeded random-weight LLaMAs of named shapes, written as an HF
-//!   directory or a GGUF ([`stream_write`], `gguf::start_gguf`: the streaming writers).
+//!   directory or a GGUF ([`stream_write`], `gguf::start_gguf`: the streaming writers);
+//!   [`random_vlm`]: the same for a whole BlueLM-V directory (tower, projector, LLM).
 
 pub mod chat;
 pub mod config;
@@ -19,6 +20,7 @@ pub mod hf_dir;
 pub mod llama;
 pub mod projector;
 pub mod random_llama;
+pub mod random_vlm;
 pub mod siglip;
 pub mod source;
 pub mod stream_write;

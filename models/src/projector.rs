@@ -36,6 +36,25 @@ pub struct ProjectorConfig {
 }
 
 impl ProjectorConfig {
+    /// The projector BlueLM-V puts after `tower` (as LLaVA's two-layer MLP: fc1 already
+    /// maps to the LLM's width), merging `merge x merge` tokens, into an LLM of width
+    /// `llm_hidden`.
+    pub fn for_tower(
+        tower: &crate::siglip::SiglipVisionConfig,
+        merge: usize,
+        llm_hidden: usize,
+        ln_eps: f32,
+    ) -> Self {
+        ProjectorConfig {
+            vision_hidden: tower.hidden_size,
+            grid: tower.grid(),
+            merge,
+            mlp_hidden: llm_hidden,
+            llm_hidden,
+            ln_eps,
+        }
+    }
+
     /// Width of a merged token (the projector's input).
     pub fn merged_width(&self) -> usize {
         self.merge * self.merge * self.vision_hidden

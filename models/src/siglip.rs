@@ -121,6 +121,21 @@ impl SiglipVisionConfig {
         Ok(cfg)
     }
 
+    /// The HF `config.json` of a `SiglipVisionModel` of this shape: what
+    /// [`SiglipVisionConfig::from_hf_json`] reads back as `self`.
+    pub fn to_hf_json(&self) -> Value {
+        serde_json::json!({
+            "architectures": ["SiglipVisionModel"], "model_type": "siglip_vision_model",
+            "hidden_size": self.hidden_size, "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_hidden_layers,
+            "num_attention_heads": self.num_attention_heads,
+            "num_channels": self.num_channels, "image_size": self.image_size,
+            "patch_size": self.patch_size,
+            "hidden_act": if self.gelu_tanh { "gelu_pytorch_tanh" } else { "gelu" },
+            "layer_norm_eps": self.layer_norm_eps, "vision_use_head": false,
+        })
+    }
+
     pub fn validate(&self) -> Result<()> {
         let within = |field: &str, v: usize, max: usize| {
             if v == 0 || v > max {
@@ -448,6 +463,10 @@ pub fn build(cfg: &SiglipVisionConfig, opts: &SiglipGraphOptions) -> Result<Grap
     cx.b.output(name, out);
     Ok(cx.b.finish()?)
 }
+
+/// The seed of the synthetic towers (`encode-image --synthetic`) and of
+/// `make-model --shape bluelm-v-3b` at `--seed 0`; the projector's is one more.
+pub const SYNTHETIC_SEED: u64 = 0x5EED_0400;
 
 /// Seeded random weights of `cfg`'s shapes, roughly like a trained tower's (uniform
 /// noise: LayerNorm weights 1 +- std 0.1, biases std 0.02, other weights std 0.04),

@@ -91,6 +91,111 @@ pub fn decode(model: &Arc<Model>, n: usize, depth: usize, reps: usize) -> Result
     Ok(rates)
 }
 
+/// The question of an image benchmark's prompt (any text does: its length is what
+/// costs).
+pub const IMAGE_QUESTION: &str = "Describe this image in detail.";
+
+/// What an image prompt cost, per repetition: the image's encode (submission to
+/// embeddings ready: preprocessing, tower, projector) and then the prefill of the whole
+/// chat prompt (template, image rows, question), whose last row's logits give the first
+/// token. Time to first token is their sum when the image arrives with the question,
+/// and the prefill alone when it was encoded while the question was typed (BlueLM-V's
+/// scheme, `run`'s default).
+#[derive(Clone, Debug)]
+pub struct ImagePromptBench {
+    /// The image size (`WIDTHxHEIGHT`).
+    pub size: String,
+    pub tiles: usize,
+    pub image_tokens: usize,
+    /// Rows of the whole prompt: the image's and the text's.
+    pub prompt_tokens: usize,
+    pub encode_s: Vec<f64>,
+    pub prefill_s: Vec<f64>,
+}
+
+impl ImagePromptBench {
+    /// Mean seconds of the encode and of the prefill.
+    pub fn means(&self) -> (f64, f64) {
+        (mean_sd(&self.encode_s).0, mean_sd(&self.prefill_s).0)
+    }
+
+    /// The two table rows: the encode in image tokens/s, the prompt's prefill in rows/s.
+    pub fn rows(&self, model: &Model, threads: usize) -> [BenchRow; 2] {
+        let rate = |n: usize, secs: &[f64]| secs.iter().map(|s| n as f64 / s).collect::<Vec<_>>();
+        [
+            row(
+                model,
+                format!("enc {} ({} tiles)", self.size, self.tiles),
+                threads,
+                &rate(self.image_tokens, &self.encode_s),
+            ),
+            row(
+                model,
+                format!("pp{} image+text", self.prompt_tokens),
+                threads,
+                &rate(self.prompt_tokens, &self.prefill_s),
+            ),
+        ]
+    }
+
+    pub fn to_json(&self, threads: Option<usize>) -> serde_json::Value {
+        let (enc, pre) = self.means();
+        serde_json::json!({
+            "image": self.size, "threads": threads, "tiles": self.tiles,
+            "image_tokens": self.image_tokens, "prompt_tokens": self.prompt_tokens,
+            "encode_ms": enc * 1e3, "prefill_ms": pre * 1e3,
+            "ttft_ms": (enc + pre) * 1e3, "ttft_encoded_while_typing_ms": pre * 1e3,
+        })
+    }
+}
+
+/// Encodes a generated `size` image ([`crate::image::test_pattern`]) and prefills a
+/// one-turn chat prompt with it and [`IMAGE_QUESTION`] (as is if the model has no chat
+/// template) into an empty session, `reps` times, on a BlueLM-V model (`RuntimeError::NotMultimodal` otherwise; an image the
+/// context cannot hold is `ImageTooLarge` before any encode).
+pub fn image_prompt(model: &Arc<Model>, size: &str, reps: usize) -> Result<ImagePromptBench> {
+    check_reps(reps)?;
+    let img = crate::image::test_pattern(size)?;
+    // The prompt: the question with the placeholder before it, in the chat template
+    // (as is where the model has none).
+    let token = &model
+        .vision
+        .as_ref()
+        .ok_or(RuntimeError::NotMultimodal)?
+        .image_token;
+    let content = crate::multimodal::attach_placeholders(IMAGE_QUESTION, token, 1)?;
+    let text = match model.render_chat(&[npurt_models::ChatMessage::new("user", &content)]) {
+        Err(RuntimeError::NoChatTemplate) => content,
+        text => text?,
+    };
+    let mut s = Session::new(model.clone())?;
+    s.feed(&tokens(8, model.config.vocab_size))?; // warm-up, as `prefill`'s
+    let mut out = None;
+    for _ in 0..reps {
+        let t = Instant::now();
+        let pending = model.encode_image(crate::ImageInput::Rgb(img.clone()))?;
+        pending.wait()?;
+        let encode = t.elapsed().as_secs_f64();
+        let parts = model.split_prompt(&text, &[&pending])?;
+        s.reset();
+        let t = Instant::now();
+        let fed = s.feed_pending(&parts)?;
+        let prefill = t.elapsed().as_secs_f64();
+        let plan = pending.plan();
+        let b = out.get_or_insert_with(|| ImagePromptBench {
+            size: size.to_string(),
+            tiles: plan.tiles,
+            image_tokens: plan.image_tokens,
+            prompt_tokens: fed,
+            encode_s: Vec::new(),
+            prefill_s: Vec::new(),
+        });
+        b.encode_s.push(encode);
+        b.prefill_s.push(prefill);
+    }
+    Ok(out.expect("reps >= 1"))
+}
+
 pub fn row(model: &Model, test: String, threads: usize, rates: &[f64]) -> BenchRow {
     let (m, sd) = mean_sd(rates);
     let cpu = is_cpu(model);

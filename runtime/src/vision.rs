@@ -43,8 +43,8 @@ use std::time::Instant;
 /// BlueLM-V encodes 4 tiles per NPU call (1, 2, 4 and 6 were measured; 4 was fastest).
 pub const DEFAULT_BATCH: usize = 4;
 
-/// The seed of the synthetic (random-weight) towers and projectors.
-pub const SYNTHETIC_SEED: u64 = 0x5EED_0400;
+/// The seed of the synthetic (random-weight) towers; their projectors' is one more.
+pub use npurt_models::siglip::SYNTHETIC_SEED;
 
 #[derive(Clone, Debug)]
 pub struct VisionOptions {
@@ -308,20 +308,30 @@ impl VisionEncoder {
     /// SigLIP-so400m's real shapes with seeded random weights, and a projector into an
     /// LLM of width `llm_hidden` (BlueLM-V-3B's is 2560): for speed runs.
     pub fn synthetic_so400m(rt: &Runtime, llm_hidden: usize, opts: VisionOptions) -> Result<Self> {
+        Self::synthetic(rt, SiglipVisionConfig::so400m(), llm_hidden, opts)
+    }
+
+    /// A tower of `cfg`'s shapes with seeded random weights ([`SYNTHETIC_SEED`]) and a
+    /// projector into an LLM of width `llm_hidden`: the weights
+    /// `npurt make-model --shape bluelm-v-3b` writes at seed 0 for such a tower.
+    pub fn synthetic(
+        rt: &Runtime,
+        cfg: SiglipVisionConfig,
+        llm_hidden: usize,
+        opts: VisionOptions,
+    ) -> Result<Self> {
         let t0 = Instant::now();
-        let cfg = SiglipVisionConfig::so400m();
         let weights = siglip::synthetic_weights(&cfg, SYNTHETIC_SEED)?;
-        let pc = ProjectorConfig {
-            vision_hidden: cfg.hidden_size,
-            grid: cfg.grid(),
-            merge: opts.merge,
-            mlp_hidden: llm_hidden,
-            llm_hidden,
-            ln_eps: opts.projector_ln_eps,
-        };
+        let pc = ProjectorConfig::for_tower(&cfg, opts.merge, llm_hidden, opts.projector_ln_eps);
         let pw = projector::synthetic_weights(&pc, SYNTHETIC_SEED + 1)?;
-        let desc =
-            format!("synthetic SigLIP-so400m (seeded random weights) + projector to {llm_hidden}");
+        let desc = if cfg == SiglipVisionConfig::so400m() {
+            format!("synthetic SigLIP-so400m (seeded random weights) + projector to {llm_hidden}")
+        } else {
+            format!(
+                "synthetic SigLIP ({} layers, hidden {}; seeded random weights) + projector to {llm_hidden}",
+                cfg.num_hidden_layers, cfg.hidden_size
+            )
+        };
         let backends = StageBackends::new(rt, &opts, rt.backends(&opts.backend, opts.threads)?)?;
         let prepared = PreparedWeights::default();
         let mut enc = Self::compile(

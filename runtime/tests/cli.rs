@@ -1047,3 +1047,144 @@ fn bench_profile_prints_per_kind_and_per_node_tables() {
         assert!(p[part]["matmul"]["ms"].as_f64().unwrap() > 0.0, "{part}");
     }
 }
+
+/// `make-model --shape bluelm-v-3b` writes a BlueLM-V directory that `bench
+/// --image-size` measures end to end: the encode and image-prompt rows in the table,
+/// and per size the time to first token, cold (encode + prefill) and with the encode
+/// hidden behind typing (the prefill). Bad sizes and a text-only model are refused.
+#[test]
+fn bench_times_an_image_prompt_on_a_made_bluelm_v_directory() {
+    let dir = std::env::temp_dir().join(format!("npurt-cli-bluelm-{}", std::process::id()));
+    let d = dir.to_string_lossy().into_owned();
+    let small = [
+        "--vision-layers",
+        "1",
+        "--layers",
+        "1",
+        "--hidden",
+        "64",
+        "--heads",
+        "2",
+        "--kv-heads",
+        "1",
+        "--mlp",
+        "128",
+        "--vocab",
+        "300",
+    ];
+    let mut args = vec![
+        "make-model",
+        "--shape",
+        "bluelm-v-3b",
+        "--format",
+        "hf",
+        "--out",
+        &d,
+    ];
+    args.extend(small);
+    let (code, _, err) = npurt_code(&args, &[]);
+    assert_eq!(code, Some(0), "{err}");
+
+    let bench = [
+        "bench",
+        "--model",
+        &d,
+        "-p",
+        "0",
+        "-n",
+        "0",
+        "-r",
+        "1",
+        "--threads",
+        "2",
+    ];
+    let (code, out, err) = npurt_code(
+        &[&bench[..], &["--image-size", "768x1536", "--json"]].concat(),
+        &[],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    let v = json(&out);
+    let tests: Vec<&str> = v["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["test"].as_str().unwrap())
+        .collect();
+    let p = &v["image_prompts"][0];
+    let prompt = p["prompt_tokens"].as_u64().unwrap();
+    assert_eq!(
+        tests,
+        [
+            "enc 768x1536 (9 tiles)".to_string(),
+            format!("pp{prompt} image+text")
+        ],
+        "{out}"
+    );
+    assert_eq!(
+        (p["tiles"].as_u64(), p["image_tokens"].as_u64()),
+        (Some(9), Some(9 * 196)),
+        "{out}"
+    );
+    assert!(prompt > 9 * 196, "{out}");
+    let ms = |k: &str| p[k].as_f64().unwrap_or_else(|| panic!("{k}: {out}"));
+    assert!(ms("encode_ms") > 0.0 && ms("prefill_ms") > 0.0, "{out}");
+    assert!(
+        (ms("ttft_ms") - ms("encode_ms") - ms("prefill_ms")).abs() < 1e-6,
+        "{out}"
+    );
+    assert_eq!(
+        ms("ttft_encoded_while_typing_ms"),
+        ms("prefill_ms"),
+        "{out}"
+    );
+
+    let (code, out, err) = npurt_code(&[&bench[..], &["--image-size", "451x300"]].concat(), &[]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("| enc 451x300 (3 tiles) |"), "{out}");
+    assert!(
+        out.contains("time to first token, 451x300 image (3 tiles, 588 image tokens)")
+            && out.contains("with the image encoded while the question is typed"),
+        "{out}"
+    );
+
+    let (code, _, err) = npurt_code(&[&bench[..], &["--image-size", "0x5"]].concat(), &[]);
+    assert_ne!(code, Some(0));
+    assert!(error_line(&err).contains("0x5 is outside"), "{err}");
+    let m = model_path();
+    let (code, _, err) = npurt_code(
+        &[
+            "bench",
+            "--model",
+            &m,
+            "-p",
+            "0",
+            "-n",
+            "0",
+            "-r",
+            "1",
+            "--image-size",
+            "768x1536",
+        ],
+        &[],
+    );
+    assert_ne!(code, Some(0));
+    assert!(error_line(&err).contains("no vision part"), "{err}");
+    let (code, _, err) = npurt_code(
+        &[
+            "make-model",
+            "--vision-layers",
+            "1",
+            "--format",
+            "hf",
+            "--out",
+            &d,
+        ],
+        &[],
+    );
+    assert_ne!(code, Some(0));
+    assert!(
+        error_line(&err).contains("--vision-layers needs a BlueLM-V shape"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -41,31 +41,47 @@ impl RandomLlama {
             tokenizer_config.to_string().as_bytes(),
         )?;
 
-        let (st_dtype, width) = match self.dtype {
-            WeightDType::F32 => ("F32", 4),
-            WeightDType::F16 => ("F16", 2),
-        };
-        let entries: Vec<SafetensorsEntry> = tensors
-            .iter()
-            .map(|(name, shape)| SafetensorsEntry {
-                name: name.clone(),
-                dtype: st_dtype.into(),
-                shape: shape.clone(),
-                bytes: (shape.iter().product::<usize>() * width) as u64,
-            })
-            .collect();
-        let path = dir.join("model.safetensors");
-        super::write_atomically(&path, |out| {
-            let mut st = start_safetensors(out, &entries)?;
-            for (name, shape) in &tensors {
-                let elems = shape.iter().product();
-                st.tensor(|o| self.write_values(name, elems, self.dtype, o))?;
-            }
-            st.finish().map(drop)
-        })
+        write_safetensors(
+            &dir.join("model.safetensors"),
+            self.dtype,
+            &tensors,
+            |name, elems, out| self.write_values(name, elems, self.dtype, out),
+        )
     }
 }
 
-fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
+/// Writes `tensors` (HF names and shapes, in this order) as a safetensors file of
+/// `dtype`, each tensor's values streamed by `values(name, elems, out)`, through
+/// `PATH.partial` (see `write_atomically`).
+pub(crate) fn write_safetensors(
+    path: &Path,
+    dtype: WeightDType,
+    tensors: &[(String, Vec<usize>)],
+    mut values: impl FnMut(&str, usize, &mut dyn std::io::Write) -> std::io::Result<()>,
+) -> Result<()> {
+    let st_dtype = match dtype {
+        WeightDType::F32 => "F32",
+        WeightDType::F16 => "F16",
+    };
+    let entries: Vec<SafetensorsEntry> = tensors
+        .iter()
+        .map(|(name, shape)| SafetensorsEntry {
+            name: name.clone(),
+            dtype: st_dtype.into(),
+            shape: shape.clone(),
+            bytes: (shape.iter().product::<usize>() * dtype.bytes_per_value()) as u64,
+        })
+        .collect();
+    super::write_atomically(path, |out| {
+        let mut st = start_safetensors(out, &entries)?;
+        for (name, shape) in tensors {
+            let elems = shape.iter().product();
+            st.tensor(|o| values(name, elems, o))?;
+        }
+        st.finish().map(drop)
+    })
+}
+
+pub(crate) fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::write(path, bytes).map_err(|e| write_error(path, e))
 }

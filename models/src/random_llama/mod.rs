@@ -16,7 +16,7 @@
 //! undoes, so both forms are the same model.
 
 mod gguf;
-mod hf;
+pub(crate) mod hf;
 mod tokenizer;
 
 use crate::config::bad;
@@ -155,7 +155,7 @@ impl WeightDType {
     }
 
     /// Writes `values` in this dtype, little-endian.
-    fn write(self, values: &[f32], out: &mut dyn Write) -> io::Result<()> {
+    pub(crate) fn write(self, values: &[f32], out: &mut dyn Write) -> io::Result<()> {
         let mut buf = Vec::with_capacity(values.len() * self.bytes_per_value());
         match self {
             WeightDType::F32 => values
@@ -248,7 +248,7 @@ fn write_atomically(
     }
 }
 
-fn write_error(path: &Path, source: io::Error) -> ModelError {
+pub(crate) fn write_error(path: &Path, source: io::Error) -> ModelError {
     ModelError::Write {
         path: path.to_path_buf(),
         source,

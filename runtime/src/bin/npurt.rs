@@ -238,6 +238,12 @@ enum Cmd {
         /// Slowest nodes listed per profile (with --profile).
         #[arg(long, default_value_t = 15)]
         profile_top: usize,
+        /// A BlueLM-V model only: also time an image prompt per size (`WIDTHxHEIGHT`,
+        /// a generated pattern; e.g. `768x1536`, the paper's 9 tiles): the image's
+        /// encode, the prefill of a chat prompt holding it and a question, and the time
+        /// to first token with and without the encode hidden behind typing.
+        #[arg(long, value_delimiter = ',')]
+        image_size: Vec<String>,
     },
     /// Run the backend conformance suite: every op case against the scalar reference
     /// kernels by NMSE; prints the table and exits non-zero on any failure.
@@ -583,6 +589,7 @@ fn run(cli: Cli) -> anyhow_lite::Result<()> {
             json,
             profile,
             profile_top,
+            image_size,
         } => {
             // Host threads matter to the CPU backend only: another backend runs once,
             // and its rows name its device instead of a thread count.
@@ -610,6 +617,18 @@ fn run(cli: Cli) -> anyhow_lite::Result<()> {
             } else {
                 ctx
             };
+            // An image prompt needs the default context (a 9-tile image is 1960 rows);
+            // one that does not fit is refused before encoding (`ImageTooLarge`).
+            let ctx = if image_size.is_empty() {
+                ctx
+            } else {
+                ctx.max(npurt_runtime::DEFAULT_CTX)
+            };
+            let mut image_runs = Vec::new();
+            // A bad size is reported before the model loads.
+            for size in &image_size {
+                npurt_runtime::image::test_pattern(size)?;
+            }
             let mut rows = Vec::new();
             let mut machine = Vec::new();
             let mut peak_rss = 0u64;
@@ -647,6 +666,12 @@ fn run(cli: Cli) -> anyhow_lite::Result<()> {
                         };
                         rows.push(npurt_runtime::bench::row(&model, test, t, &r));
                     }
+                }
+
+                for size in &image_size {
+                    let b = npurt_runtime::bench::image_prompt(&model, size, reps)?;
+                    rows.extend(b.rows(&model, t));
+                    image_runs.push((host.then_some(t), b));
                 }
 
                 let peak = npurt_runtime::stats::peak_rss_bytes().unwrap_or(0);
@@ -697,6 +722,9 @@ fn run(cli: Cli) -> anyhow_lite::Result<()> {
                 // `peak_rss_bytes`: the largest of the per-thread-count peaks (0 where
                 // the OS does not report it).
                 let mut v = serde_json::json!({"rows": rows, "machine": machine, "peak_rss_bytes": peak_rss});
+                if !image_runs.is_empty() {
+                    v["image_prompts"] = image_runs.iter().map(|(t, b)| b.to_json(*t)).collect();
+                }
                 if profile {
                     v["profile"] = profiles
                         .iter()
@@ -752,6 +780,15 @@ fn run(cli: Cli) -> anyhow_lite::Result<()> {
                         let at = t.map(|t| format!(" at {t} thread(s)")).unwrap_or_default();
                         println!("decode{at} reads {gbs:.1} GB/s of weights = {:.0}% of the measured {bw:.1} GB/s {what}", 100.0 * gbs / bw);
                     }
+                }
+                for (t, b) in &image_runs {
+                    let (enc, pre) = b.means();
+                    let at = t.map(|t| format!(", {t} thread(s)")).unwrap_or_default();
+                    println!(
+                        "time to first token, {} image ({} tiles, {} image tokens) + question ({}-row prompt{at}): {:.0} ms = encode {:.0} + prefill {:.0}; {:.0} ms with the image encoded while the question is typed",
+                        b.size, b.tiles, b.image_tokens, b.prompt_tokens,
+                        (enc + pre) * 1e3, enc * 1e3, pre * 1e3, pre * 1e3
+                    );
                 }
                 for (t, p) in &profiles {
                     if host {

@@ -204,6 +204,30 @@ pub fn plan(width: u32, height: u32, opts: &TilingOptions) -> Result<ImagePlan, 
     })
 }
 
+/// A deterministic test pattern of `size` (`WIDTHxHEIGHT`, e.g. `768x1536`: the
+/// paper's 9-tile example), gradients and a checkerboard, for speed runs
+/// (`encode-image --image-size`, `bench --image-size`): content does not change what an
+/// encode costs, only the size does. Sizes outside [`DecodeLimits`]' pixel budget are
+/// refused, as a decoded file of that size would be.
+pub fn test_pattern(size: &str) -> Result<RgbImage, ImageError> {
+    let bad = |reason: String| ImageError::InvalidOption {
+        option: "image size",
+        reason,
+    };
+    let (w, h) = size
+        .split_once('x')
+        .and_then(|(w, h)| Some((w.parse::<u32>().ok()?, h.parse::<u32>().ok()?)))
+        .ok_or_else(|| bad(format!("`{size}` is not WIDTHxHEIGHT (e.g. 768x1536)")))?;
+    let max = DecodeLimits::default().max_pixels;
+    if w == 0 || h == 0 || u64::from(w) * u64::from(h) > max {
+        return Err(bad(format!("{w}x{h} is outside 1..={max} pixels")));
+    }
+    Ok(RgbImage::from_fn(w, h, |x, y| {
+        let c = if (x / 32 + y / 32) % 2 == 0 { 40 } else { 0 };
+        ::image::Rgb([(x * 255 / w) as u8, (y * 255 / h) as u8, (128 + c) as u8])
+    }))
+}
+
 /// Decodes, plans and preprocesses an image file in one call.
 pub fn load_pixel_tiles(
     path: &std::path::Path,

@@ -141,7 +141,7 @@ fn image_tiles(a: &EncodeImageArgs, enc: &VisionEncoder) -> anyhow_lite::Result<
     let (plan, px) = match (&a.image, &a.image_size) {
         (Some(path), _) => image::load_pixel_tiles(path, &opts, &image::DecodeLimits::default())?,
         (None, Some(size)) => {
-            let img = test_pattern(size)?;
+            let img = image::test_pattern(size)?;
             let plan = image::plan(img.width(), img.height(), &opts)?;
             let px = image::preprocess(&img, &plan)?;
             (plan, px)
@@ -154,29 +154,6 @@ fn image_tiles(a: &EncodeImageArgs, enc: &VisionEncoder) -> anyhow_lite::Result<
         grid: Some([plan.grid[0] as usize, plan.grid[1] as usize]),
         preprocess_ms: t0.elapsed().as_secs_f64() * 1e3,
     })
-}
-
-/// A deterministic `WxH` RGB pattern (gradients and a checkerboard): content does not
-/// change the encode time, only the size does.
-fn test_pattern(size: &str) -> anyhow_lite::Result<image::RgbImage> {
-    let bad = || {
-        msg(format!(
-            "--image-size `{size}` is not WIDTHxHEIGHT (e.g. 768x1536)"
-        ))
-    };
-    let (w, h) = size.split_once('x').ok_or_else(bad)?;
-    let (w, h): (u32, u32) = (w.parse().map_err(|_| bad())?, h.parse().map_err(|_| bad())?);
-    let limits = image::DecodeLimits::default();
-    if w == 0 || h == 0 || u64::from(w) * u64::from(h) > limits.max_pixels {
-        return Err(msg(format!(
-            "--image-size {w}x{h} is outside 1..={} pixels",
-            limits.max_pixels
-        )));
-    }
-    Ok(image::RgbImage::from_fn(w, h, |x, y| {
-        let c = if (x / 32 + y / 32) % 2 == 0 { 40 } else { 0 };
-        ::image::Rgb([(x * 255 / w) as u8, (y * 255 / h) as u8, (128 + c) as u8])
-    }))
 }
 
 fn write_out(
