@@ -257,8 +257,13 @@ fn a_bluelm_v_directory_holds_the_synthetic_tower_and_benches_an_image_prompt() 
         run.image_tokens
     );
     assert!(run.encode_s[0] > 0.0 && run.prefill_s[0] > 0.0);
+    // The tower's blocks (attention included) and the projector, one so400m block.
+    let block: u64 = 729 * (4 * 1152 * 1152 + 2 * 1152 * 4304) + 2 * 729 * 729 * 1152;
+    let projector: u64 = 196 * (4608 * 64 + 64 * 64);
+    assert_eq!(run.encode_ops, 2.0 * 9.0 * (block + projector) as f64);
     let rows = run.rows(&model, 2);
     assert_eq!(rows[0].test, "enc 768x1536 (9 tiles)");
+    assert_eq!(rows[0].precision, "vision w8a16");
     assert_eq!(rows[1].test, format!("pp{} image+text", run.prompt_tokens));
     let err = bench::image_prompt(&model, "768", 1).unwrap_err();
     assert!(err.to_string().contains("not WIDTHxHEIGHT"), "{err}");

@@ -91,6 +91,28 @@ pub fn decode(model: &Arc<Model>, n: usize, depth: usize, reps: usize) -> Result
     Ok(rates)
 }
 
+/// The peak the CPU's matmuls with `act` activations can reach with `threads`
+/// threads, measured now by a dependency-free loop of their instruction (`duration`
+/// long): the int8 dot product for i8 activations (for 16-bit ones, as
+/// `i16_activation_peak` says: halved where they run as two byte planes), FMA for f32.
+/// Returns the measurement and the attainable GOP/s; `None` where the CPU lacks the
+/// instruction.
+pub fn cpu_matmul_peak(
+    act: npurt_graph::ActPrecision,
+    threads: usize,
+    duration: std::time::Duration,
+) -> Option<(npurt_kernels::cpu::PeakReport, f64)> {
+    use npurt_graph::ActPrecision as A;
+    use npurt_kernels::cpu::{i16_activation_peak, measure_peak, PeakKind};
+    let (kind, per_product) = match act {
+        A::F32 => (PeakKind::F32Fma, 1.0),
+        A::I16 => i16_activation_peak(),
+        A::I8 | A::I8Row => (PeakKind::Int8Dot, 1.0),
+    };
+    let peak = measure_peak(kind, threads, duration)?;
+    Some((peak, peak.gops / per_product))
+}
+
 /// The question of an image benchmark's prompt (any text does: its length is what
 /// costs).
 pub const IMAGE_QUESTION: &str = "Describe this image in detail.";
@@ -111,6 +133,11 @@ pub struct ImagePromptBench {
     pub prompt_tokens: usize,
     pub encode_s: Vec<f64>,
     pub prefill_s: Vec<f64>,
+    /// Operations (2 per multiply-add) of the encode's matmuls and attention products
+    /// ([`crate::VisionEncoder::ops`]) and of the prefill's matmuls (the LLM's
+    /// linears for every prompt row; its attention is not counted).
+    pub encode_ops: f64,
+    pub prefill_ops: f64,
 }
 
 impl ImagePromptBench {
@@ -119,16 +146,21 @@ impl ImagePromptBench {
         (mean_sd(&self.encode_s).0, mean_sd(&self.prefill_s).0)
     }
 
-    /// The two table rows: the encode in image tokens/s, the prompt's prefill in rows/s.
+    /// The two table rows: the encode in image tokens/s (its precision column names
+    /// the vision precision), the prompt's prefill in rows/s.
     pub fn rows(&self, model: &Model, threads: usize) -> [BenchRow; 2] {
         let rate = |n: usize, secs: &[f64]| secs.iter().map(|s| n as f64 / s).collect::<Vec<_>>();
+        let mut encode = row(
+            model,
+            format!("enc {} ({} tiles)", self.size, self.tiles),
+            threads,
+            &rate(self.image_tokens, &self.encode_s),
+        );
+        if let Some(enc) = model.vision.as_ref().and_then(|v| v.encoder()) {
+            encode.precision = format!("vision {}", enc.options.precision.name);
+        }
         [
-            row(
-                model,
-                format!("enc {} ({} tiles)", self.size, self.tiles),
-                threads,
-                &rate(self.image_tokens, &self.encode_s),
-            ),
+            encode,
             row(
                 model,
                 format!("pp{} image+text", self.prompt_tokens),
@@ -138,13 +170,24 @@ impl ImagePromptBench {
         ]
     }
 
-    pub fn to_json(&self, threads: Option<usize>) -> serde_json::Value {
+    /// GOP/s of the encode and of the prefill (means).
+    pub fn gops(&self) -> (f64, f64) {
         let (enc, pre) = self.means();
+        (self.encode_ops / enc / 1e9, self.prefill_ops / pre / 1e9)
+    }
+
+    /// `peaks`: the attainable GOP/s of the encode's and the prefill's matmuls where
+    /// they were measured ([`cpu_matmul_peak`]).
+    pub fn to_json(&self, threads: Option<usize>, peaks: [Option<f64>; 2]) -> serde_json::Value {
+        let (enc, pre) = self.means();
+        let (enc_gops, pre_gops) = self.gops();
         serde_json::json!({
             "image": self.size, "threads": threads, "tiles": self.tiles,
             "image_tokens": self.image_tokens, "prompt_tokens": self.prompt_tokens,
             "encode_ms": enc * 1e3, "prefill_ms": pre * 1e3,
             "ttft_ms": (enc + pre) * 1e3, "ttft_encoded_while_typing_ms": pre * 1e3,
+            "encode_gop_s": enc_gops, "prefill_matmul_gop_s": pre_gops,
+            "encode_peak_gop_s": peaks[0], "prefill_peak_gop_s": peaks[1],
         })
     }
 }
@@ -182,6 +225,8 @@ pub fn image_prompt(model: &Arc<Model>, size: &str, reps: usize) -> Result<Image
         let fed = s.feed_pending(&parts)?;
         let prefill = t.elapsed().as_secs_f64();
         let plan = pending.plan();
+        let encoder = model.vision.as_ref().and_then(|v| v.encoder());
+        let llm = MatmulWork::of(&model.graph(crate::GraphKind::PrefillEmbeds).graph);
         let b = out.get_or_insert_with(|| ImagePromptBench {
             size: size.to_string(),
             tiles: plan.tiles,
@@ -189,6 +234,8 @@ pub fn image_prompt(model: &Arc<Model>, size: &str, reps: usize) -> Result<Image
             prompt_tokens: fed,
             encode_s: Vec::new(),
             prefill_s: Vec::new(),
+            encode_ops: encoder.map_or(0.0, |e| e.ops(plan.tiles)),
+            prefill_ops: llm.ops / model.options.chunk as f64 * fed as f64,
         });
         b.encode_s.push(encode);
         b.prefill_s.push(prefill);

@@ -283,26 +283,25 @@ impl VisionEncoder {
         Ok(enc)
     }
 
-    /// The peak the encoder's matmuls can reach on this CPU with `threads` threads,
-    /// measured now by a dependency-free loop of their instruction (`duration` long):
-    /// the int8 dot product for the integer presets (for 16-bit activations, as
-    /// `i16_activation_peak` says: halved where they run as two byte planes), FMA for
-    /// f32. Returns the measurement and the attainable GOP/s; `None` where the CPU lacks
-    /// the instruction.
+    /// The peak the encoder's matmuls can reach on this CPU with `threads` threads
+    /// ([`crate::bench::cpu_matmul_peak`] for its activation precision).
     pub fn matmul_peak(
         &self,
         threads: usize,
         duration: std::time::Duration,
     ) -> Option<(npurt_kernels::cpu::PeakReport, f64)> {
-        use npurt_graph::ActPrecision as A;
-        use npurt_kernels::cpu::{i16_activation_peak, measure_peak, PeakKind};
-        let (kind, per_product) = match self.options.precision.linear_act {
-            A::F32 => (PeakKind::F32Fma, 1.0),
-            A::I16 => i16_activation_peak(),
-            A::I8 | A::I8Row => (PeakKind::Int8Dot, 1.0),
-        };
-        let peak = measure_peak(kind, threads, duration)?;
-        Some((peak, peak.gops / per_product))
+        crate::bench::cpu_matmul_peak(self.options.precision.linear_act, threads, duration)
+    }
+
+    /// Operations (2 per multiply-add) of the matmuls and attention products that
+    /// encode `tiles` tiles: the tower's blocks and the projector.
+    pub fn ops(&self, tiles: usize) -> f64 {
+        let tower = self.config.encoder_macs_per_tile(self.options.feature);
+        let projector = self.projector_config.as_ref().map_or(0, |pc| {
+            pc.tokens_per_tile()
+                * (pc.merged_width() * pc.mlp_hidden + pc.mlp_hidden * pc.llm_hidden)
+        });
+        2.0 * (tower as f64 + projector as f64) * tiles as f64
     }
 
     /// SigLIP-so400m's real shapes with seeded random weights, and a projector into an

@@ -1143,7 +1143,8 @@ fn bench_times_an_image_prompt_on_a_made_bluelm_v_directory() {
     assert!(out.contains("| enc 451x300 (3 tiles) |"), "{out}");
     assert!(
         out.contains("time to first token, 451x300 image (3 tiles, 588 image tokens)")
-            && out.contains("with the image encoded while the question is typed"),
+            && out.contains("with the image encoded while the question is typed")
+            && out.contains("encode (tower + projector) "),
         "{out}"
     );
 

@@ -16,6 +16,7 @@ use npurt_runtime::{
 };
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 #[path = "npurt/encode_image.rs"]
 mod encode_image;
@@ -671,7 +672,25 @@ fn run(cli: Cli) -> anyhow_lite::Result<()> {
                 for size in &image_size {
                     let b = npurt_runtime::bench::image_prompt(&model, size, reps)?;
                     rows.extend(b.rows(&model, t));
-                    image_runs.push((host.then_some(t), b));
+                    // On the CPU: what each stage's matmul instruction can do on as
+                    // many threads, measured now.
+                    let peak = |act| {
+                        host.then(|| {
+                            npurt_runtime::bench::cpu_matmul_peak(
+                                act,
+                                t,
+                                Duration::from_millis(150),
+                            )
+                        })
+                        .flatten()
+                        .map(|p| p.1)
+                    };
+                    let vision_act = model.vision.as_ref().and_then(|v| v.encoder());
+                    let peaks = [
+                        vision_act.and_then(|e| peak(e.options.precision.linear_act)),
+                        peak(model.options.precision.linear_act),
+                    ];
+                    image_runs.push((host.then_some(t), b, peaks));
                 }
 
                 let peak = npurt_runtime::stats::peak_rss_bytes().unwrap_or(0);
@@ -723,7 +742,10 @@ fn run(cli: Cli) -> anyhow_lite::Result<()> {
                 // the OS does not report it).
                 let mut v = serde_json::json!({"rows": rows, "machine": machine, "peak_rss_bytes": peak_rss});
                 if !image_runs.is_empty() {
-                    v["image_prompts"] = image_runs.iter().map(|(t, b)| b.to_json(*t)).collect();
+                    v["image_prompts"] = image_runs
+                        .iter()
+                        .map(|(t, b, p)| b.to_json(*t, *p))
+                        .collect();
                 }
                 if profile {
                     v["profile"] = profiles
@@ -781,13 +803,25 @@ fn run(cli: Cli) -> anyhow_lite::Result<()> {
                         println!("decode{at} reads {gbs:.1} GB/s of weights = {:.0}% of the measured {bw:.1} GB/s {what}", 100.0 * gbs / bw);
                     }
                 }
-                for (t, b) in &image_runs {
+                for (t, b, peaks) in &image_runs {
                     let (enc, pre) = b.means();
                     let at = t.map(|t| format!(", {t} thread(s)")).unwrap_or_default();
                     println!(
                         "time to first token, {} image ({} tiles, {} image tokens) + question ({}-row prompt{at}): {:.0} ms = encode {:.0} + prefill {:.0}; {:.0} ms with the image encoded while the question is typed",
                         b.size, b.tiles, b.image_tokens, b.prompt_tokens,
                         (enc + pre) * 1e3, enc * 1e3, pre * 1e3, pre * 1e3
+                    );
+                    let (enc_gops, pre_gops) = b.gops();
+                    let of = |gops: f64, peak: Option<f64>| {
+                        match peak {
+                        Some(p) => format!("{gops:.0} GOP/s = {:.0}% of the {p:.0} GOP/s measured for its instruction", 100.0 * gops / p),
+                        None => format!("{gops:.0} GOP/s"),
+                    }
+                    };
+                    println!(
+                        "  encode (tower + projector) {}; prefill (the LLM's matmuls) {}",
+                        of(enc_gops, peaks[0]),
+                        of(pre_gops, peaks[1])
                     );
                 }
                 for (t, p) in &profiles {
