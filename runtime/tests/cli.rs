@@ -396,6 +396,8 @@ fn run_image_json(backend: &str) {
     for key in [
         "encode_ms",
         "hidden_ms",
+        "image_wait_ms",
+        "first_token_ms",
         "image_ready_before_prompt_ms",
         "vision_stage_peak_rss_bytes",
         "llm_stage_peak_rss_bytes",
@@ -405,6 +407,11 @@ fn run_image_json(backend: &str) {
     }
     assert_eq!(v["vision_released"], true);
     assert!(v["load"]["vision_ms"].as_f64().unwrap() > 0.0);
+    // The prefill's own time leaves out the wait for the image; the first token comes
+    // after both.
+    let f = |k: &str| v[k].as_f64().unwrap();
+    assert!(f("image_wait_ms") <= f("encode_ms"), "{v}");
+    assert!(f("first_token_ms") >= f("prefill_ms") + f("image_wait_ms"), "{v}");
 
     // The last 16 positions' logits against HF's top-16 and logsumexp, and the last
     // row against `logits_last` (README: within 1e-3 x the logit range, rank 1 equal).

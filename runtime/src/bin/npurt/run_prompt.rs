@@ -124,6 +124,8 @@ pub fn run(model: Arc<Model>, a: PromptArgs, gen: GenerateOptions) -> anyhow_lit
         .iter()
         .map(PendingImage::wait)
         .collect::<Result<Vec<_>, _>>()?;
+    // What the prompt waited for the images is not prefill time.
+    let image_wait = t_wait.elapsed();
     let t_ready = pending
         .iter()
         .filter_map(PendingImage::finished_at)
@@ -145,7 +147,9 @@ pub fn run(model: Arc<Model>, a: PromptArgs, gen: GenerateOptions) -> anyhow_lit
             super::write_logits(path, &rows, model.config.vocab_size)?;
         }
     }
-    let prefill_ms = ms(t_prefill.elapsed());
+    let prefill_ms = ms(t_prefill.elapsed().saturating_sub(image_wait));
+    // The first token's logits are those of the prompt's last row: ready now.
+    let first_token_ms = ms(t_prompt.elapsed());
 
     let mut stdout = std::io::stdout();
     let g = session.generate(&[], &gen, |piece, _| {
@@ -183,6 +187,7 @@ pub fn run(model: Arc<Model>, a: PromptArgs, gen: GenerateOptions) -> anyhow_lit
             "prompt_tokens": prompt_tokens, "prompt_dropped": dropped, "load_ms": model.load_ms,
             "load": {"llm_ms": lr.llm_ms, "vision_ms": lr.vision_ms, "wall_ms": lr.wall_ms},
             "prefill_ms": prefill_ms, "prefill_tok_s": prefill_tok_s, "decode_tok_s": decode_tok_s,
+            "first_token_ms": first_token_ms,
             "peak_rss_bytes": peak,
         });
         if !images.is_empty() {
@@ -190,7 +195,7 @@ pub fn run(model: Arc<Model>, a: PromptArgs, gen: GenerateOptions) -> anyhow_lit
                 "images": images.len(),
                 "grid": if grids.len() == 1 { serde_json::json!(grids[0]) } else { serde_json::json!(grids) },
                 "tiles": tiles, "image_tokens": image_tokens,
-                "encode_ms": encode_ms, "hidden_ms": hidden_ms,
+                "encode_ms": encode_ms, "hidden_ms": hidden_ms, "image_wait_ms": ms(image_wait),
                 "image_ready_before_prompt_ms": ready_before_prompt_ms,
                 "preprocess_ms": stage(|e| e.preprocess_ms),
                 "conv_ms": stage(|e| e.timings.conv_ms),
@@ -218,8 +223,9 @@ pub fn run(model: Arc<Model>, a: PromptArgs, gen: GenerateOptions) -> anyhow_lit
                 format!("{:.0} ms after the prompt", -ready_before_prompt_ms)
             };
             println!(
-                "[images: {} ({tiles} tiles, {image_tokens} tokens) | encode {encode_ms:.0} ms, {hidden_ms:.0} ms of it hidden behind the prompt | ready {ready} | vision {}]",
+                "[images: {} ({tiles} tiles, {image_tokens} tokens) | encode {encode_ms:.0} ms, {hidden_ms:.0} ms of it hidden behind the prompt | ready {ready}, the prompt waited {:.0} ms | vision {}]",
                 images.len(),
+                ms(image_wait),
                 if released { "released after encoding" } else { "kept" }
             );
         }
@@ -232,7 +238,7 @@ pub fn run(model: Arc<Model>, a: PromptArgs, gen: GenerateOptions) -> anyhow_lit
             format!("load {:.0} ms", lr.wall_ms)
         };
         println!(
-            "[{load} | prefill {prompt_tokens} tok at {prefill_tok_s:.1} tok/s | decode {} tok at {decode_tok_s:.1} tok/s | peak RSS {:.1} MiB | {} | stop: {:?}]",
+            "[{load} | prefill {prompt_tokens} tok at {prefill_tok_s:.1} tok/s | first token {first_token_ms:.0} ms after the prompt | decode {} tok at {decode_tok_s:.1} tok/s | peak RSS {:.1} MiB | {} | stop: {:?}]",
             g.tokens.len(),
             mib(peak),
             model.backend.capabilities().device,
