@@ -411,7 +411,10 @@ fn run_image_json(backend: &str) {
     // after both.
     let f = |k: &str| v[k].as_f64().unwrap();
     assert!(f("image_wait_ms") <= f("encode_ms"), "{v}");
-    assert!(f("first_token_ms") >= f("prefill_ms") + f("image_wait_ms"), "{v}");
+    assert!(
+        f("first_token_ms") >= f("prefill_ms") + f("image_wait_ms"),
+        "{v}"
+    );
 
     // The last 16 positions' logits against HF's top-16 and logsumexp, and the last
     // row against `logits_last` (README: within 1e-3 x the logit range, rank 1 equal).
