@@ -13,6 +13,7 @@ use std::sync::Arc;
 fn cpu(threads: usize) -> CpuBackend {
     CpuBackend::new(CpuOptions {
         threads: Some(threads),
+        ..Default::default()
     })
 }
 

@@ -103,7 +103,10 @@ fn a_backend_defined_outside_npurt_runs_the_real_model() {
     let mut registry = Registry::with_builtin();
     let c = counts.clone();
     registry.register("counting", move |o| {
-        let inner = CpuBackend::new(CpuOptions { threads: o.threads });
+        let inner = CpuBackend::new(CpuOptions {
+            threads: o.threads,
+            ..Default::default()
+        });
         let caps = Capabilities {
             name: "counting".into(),
             device: "counting wrapper over cpu".into(),

@@ -77,7 +77,10 @@ impl Device {
         declines: &'static [&'static str],
         profiles: bool,
     ) -> Arc<dyn Backend> {
-        let cpu = CpuBackend::new(CpuOptions { threads: Some(1) });
+        let cpu = CpuBackend::new(CpuOptions {
+            threads: Some(1),
+            ..Default::default()
+        });
         let caps = Capabilities {
             name: name.into(),
             host_memory: false,
@@ -295,7 +298,10 @@ fn run_chunks(
 
 /// The unsplit graph on the CPU backend.
 fn reference(g: &Graph) -> Vec<Vec<f32>> {
-    let cpu: Arc<dyn Backend> = Arc::new(CpuBackend::new(CpuOptions { threads: Some(1) }));
+    let cpu: Arc<dyn Backend> = Arc::new(CpuBackend::new(CpuOptions {
+        threads: Some(1),
+        ..Default::default()
+    }));
     let w = weights(g);
     let prepared: Vec<_> = g
         .sources("weight")
@@ -385,7 +391,10 @@ fn assert_same_logits(got: &[Vec<f32>], want: &[Vec<f32>]) {
 }
 
 fn cpu() -> Arc<dyn Backend> {
-    Arc::new(CpuBackend::new(CpuOptions { threads: Some(1) }))
+    Arc::new(CpuBackend::new(CpuOptions {
+        threads: Some(1),
+        ..Default::default()
+    }))
 }
 
 fn count(kinds: &[(&'static str, usize)], kind: &str) -> usize {

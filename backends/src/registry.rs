@@ -50,6 +50,7 @@ impl Registry {
             Ok(
                 Arc::new(crate::cpu::CpuBackend::new(crate::cpu::CpuOptions {
                     threads: o.threads,
+                    padded_rows: std::env::var("NPURT_CPU_PADDED_ROWS").is_ok_and(|v| v == "1"),
                 })) as Arc<dyn Backend>,
             )
         });

@@ -6,6 +6,7 @@
 //! - [`Graph`], [`Builder`]: construction with inference at every node;
 //! - [`passes`]: the pass manager and rewrite passes;
 //! - [`plan`]: the memory planner (value lifetimes, one arena per compiled graph);
+//! - [`rows`]: which values of a prefill chunk need only its valid rows;
 //! - [`rng`]: [`SeededRng`], the one seeded generator of every crate's tests, benches,
 //!   synthetic weights and sampler.
 
@@ -19,6 +20,7 @@ pub mod passes;
 pub mod plan;
 mod precision;
 pub mod rng;
+pub mod rows;
 
 pub use builder::Builder;
 pub use dtype::DType;

@@ -153,7 +153,9 @@ impl MatMulOperands {
 pub enum AttentionMode {
     /// The LLM: `(q, k_cache, v_cache, pos i32[1], n_valid i32[1])`; query `t`
     /// (absolute position `pos+t`) sees cache rows `0 ..= pos+t`, and never rows at or
-    /// past `pos + n_valid` (padding of the last chunk).
+    /// past `pos + n_valid` (padding of the last chunk). The output rows `t >= n_valid`
+    /// are padding too: their values are unspecified, and a backend may skip every
+    /// row-wise value's padding rows in such a chunk (`crate::rows`).
     Causal,
     /// The ViT: `(q, k, v)`, all `[B * seq, width]` activations (no cache, no
     /// positions); the rows are `B` independent sequences of `seq` tokens (a batch of

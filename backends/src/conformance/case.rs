@@ -11,8 +11,30 @@ use npurt_kernels::{quant, HostTensor};
 pub enum Compared {
     /// A graph output, by name.
     Output(String),
+    /// The first rows of a graph output: a padded prefill chunk's valid rows. What a
+    /// backend leaves in the padding rows is unspecified (the CPU computes only the
+    /// valid rows, `npurt_graph::rows`).
+    OutputRows(String, usize),
     /// The final contents of a state buffer (ops that write state, e.g. `kv_write`).
     State(NodeId),
+}
+
+impl Compared {
+    /// The output's name, for the two output forms.
+    pub fn output_name(&self) -> Option<&str> {
+        match self {
+            Compared::Output(name) | Compared::OutputRows(name, _) => Some(name),
+            Compared::State(_) => None,
+        }
+    }
+
+    /// The compared part of `values`, the whole value of `fact`.
+    pub fn kept(&self, fact: &TensorFact, mut values: Vec<f32>) -> Vec<f32> {
+        if let (Compared::OutputRows(_, rows), Some(&all)) = (self, fact.shape.first()) {
+            values.truncate(rows * (values.len() / all.max(1)));
+        }
+        values
+    }
 }
 
 /// One instantiated case: the graph and the host data of every source.
@@ -221,5 +243,11 @@ impl CaseBuilder {
     pub fn output(&mut self, id: NodeId) -> Compared {
         self.b.output("y", id);
         Compared::Output("y".into())
+    }
+
+    /// The output's first `rows` rows only ([`Compared::OutputRows`]).
+    pub fn output_rows(&mut self, id: NodeId, rows: usize) -> Compared {
+        self.b.output("y", id);
+        Compared::OutputRows("y".into(), rows)
     }
 }

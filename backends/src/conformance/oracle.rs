@@ -26,15 +26,16 @@ pub fn expected(case: &CaseData) -> Result<Vec<Vec<f32>>, String> {
     case.compared
         .iter()
         .map(|c| {
-            let id = match c {
-                Compared::Output(name) => case
+            let id = match (c, c.output_name()) {
+                (_, Some(name)) => case
                     .graph
                     .output(name)
                     .ok_or_else(|| format!("no output `{name}`"))?,
-                Compared::State(state) => final_state_value(&case.graph, *state),
+                (Compared::State(state), _) => final_state_value(&case.graph, *state),
+                (_, None) => unreachable!("only a state has no output name"),
             };
             match &values[id.0] {
-                Value::F32(v) => Ok(v.clone()),
+                Value::F32(v) => Ok(c.kept(case.graph.fact(id), v.clone())),
                 Value::I32(_) => Err(format!(
                     "compared value `{}` is not f32",
                     case.graph.node(id).name

@@ -152,9 +152,10 @@ fn execute(backend: &dyn Backend, data: &CaseData) -> Result<Vec<Vec<f32>>, Stri
     data.compared
         .iter()
         .map(|c| {
-            let buf = match c {
-                Compared::Output(name) => bindings.output(name),
-                Compared::State(id) => bindings.source(*id),
+            let buf = match (c, c.output_name()) {
+                (_, Some(name)) => bindings.output(name),
+                (Compared::State(id), _) => bindings.source(*id),
+                (_, None) => None,
             }
             .ok_or_else(|| format!("suite bug: {c:?} is not bound"))?;
             let t = backend
@@ -167,7 +168,7 @@ fn execute(backend: &dyn Backend, data: &CaseData) -> Result<Vec<Vec<f32>>, Stri
                     buf.fact()
                 ));
             }
-            match t.data {
+            let values = match t.data {
                 HostData::F32(v) if t.fact.dtype == DType::F32 => Ok(v),
                 // An f16 state compares by value (the oracle's are f16-rounded f32).
                 HostData::F16(v) if t.fact.dtype == DType::F16 => {
@@ -187,7 +188,8 @@ fn execute(backend: &dyn Backend, data: &CaseData) -> Result<Vec<Vec<f32>>, Stri
                     "read returned {} storage that does not match",
                     t.fact
                 )),
-            }
+            };
+            values.map(|v| c.kept(&t.fact, v))
         })
         .collect()
 }

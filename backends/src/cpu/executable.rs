@@ -22,6 +22,7 @@ use crate::{
     Scratch, TimeSource,
 };
 use npurt_graph::plan::{self, Placement};
+use npurt_graph::rows::ValidRows;
 use npurt_graph::{AttentionMode, AttentionPrecision, Graph, MatMulOperands, NodeId, Op, Prologue};
 use npurt_kernels::cpu::ThreadPool;
 use npurt_kernels::{cpu as k, reference as r, HostData};
@@ -113,6 +114,9 @@ pub struct CpuExecutable {
     arena_len: usize,
     weights: Vec<Option<Arc<dyn DeviceBuffer>>>,
     pool: Option<Arc<ThreadPool>>,
+    /// A prefill chunk's row-wise values ([`ValidRows`]): each run computes only the
+    /// rows its `n_valid` input says are tokens (`None`: every row, as compiled).
+    valid_rows: Option<ValidRows>,
 }
 
 /// The arena: `len` f32 from element `start` of `buf`, which puts its first element on
@@ -168,10 +172,13 @@ fn exec_err(graph: &Graph, id: NodeId, reason: impl Into<String>) -> BackendErro
 }
 
 impl CpuExecutable {
+    /// `padded_rows`: compute a chunk's padding rows too, as a static-shape device
+    /// does (`CpuOptions::padded_rows`).
     pub(crate) fn new(
         graph: &Graph,
         weights: &[(NodeId, Arc<dyn DeviceBuffer>)],
         pool: Option<Arc<ThreadPool>>,
+        padded_rows: bool,
     ) -> Result<Self> {
         let mut w: Vec<Option<Arc<dyn DeviceBuffer>>> = vec![None; graph.nodes.len()];
         for (id, n) in graph.nodes.iter().enumerate() {
@@ -216,6 +223,11 @@ impl CpuExecutable {
             arena_len: (plan.arena_bytes / 4) as usize,
             weights: w,
             pool,
+            valid_rows: if padded_rows {
+                None
+            } else {
+                ValidRows::of(graph)
+            },
         })
     }
 
@@ -242,13 +254,15 @@ impl CpuExecutable {
         }
     }
 
-    /// A KV write: the new rows (arena or bound) into the state's cache at `pos`.
+    /// A KV write: the new rows (arena or bound; the first `rows` of them when given)
+    /// into the state's cache at `pos`.
     fn kv_write(
         &self,
         id: NodeId,
         arena: &[f32],
         guards: &mut [Guard],
         guard_of: &[usize],
+        rows: Option<usize>,
     ) -> Result<()> {
         let g = &self.graph;
         let node = g.node(id);
@@ -283,6 +297,10 @@ impl CpuExecutable {
         };
         let state = self.resolve(ins[0]);
         let width = node.fact.shape[1];
+        let new = match rows {
+            Some(n) => &new[..n * width],
+            None => new,
+        };
         match &mut guards[guard_of[state.0]] {
             Guard::Write(gd) => match &mut **gd {
                 HostData::F32(cache) => {
@@ -372,17 +390,37 @@ impl CpuExecutable {
             });
         }
 
+        // The chunk's valid rows, where only they are computed.
+        let valid = match &self.valid_rows {
+            None => None,
+            Some(v) => match guards.get(guard_of[v.n_valid.0]).map(Guard::data) {
+                Some(HostData::I32(x))
+                    if x.len() == 1 && (0..=v.rows as i64).contains(&(x[0] as i64)) =>
+                {
+                    Some((v, x[0] as usize))
+                }
+                _ => {
+                    return Err(exec_err(
+                        g,
+                        v.n_valid,
+                        format!("must be an i32 scalar in 0..={}", v.rows),
+                    ))
+                }
+            },
+        };
+        let rows_of = |id: NodeId| valid.and_then(|(v, n)| v.limits(g, id).then_some(n));
+
         let t_bound = Instant::now();
         match profile {
             None => {
                 for id in g.ids() {
-                    self.run_node(id, scratch.arena(), &mut guards, &guard_of)?;
+                    self.run_node(id, scratch.arena(), &mut guards, &guard_of, rows_of(id))?;
                 }
             }
             Some(ref mut p) => {
                 for id in g.ids() {
                     let t = Instant::now();
-                    self.run_node(id, scratch.arena(), &mut guards, &guard_of)?;
+                    self.run_node(id, scratch.arena(), &mut guards, &guard_of, rows_of(id))?;
                     let node = g.node(id);
                     if crate::profile::is_compute(&node.op) {
                         p.nodes.push(NodeTime {
@@ -418,8 +456,16 @@ impl CpuExecutable {
                 .data
                 .write()
                 .map_err(|_| BackendError::Binding(format!("output `{name}` buffer poisoned")))?;
+            // Rows past the valid ones were not computed: they read as zeros.
+            let computed = match valid {
+                Some((v, n)) if v.token_rows[src.0] => n * (data.len() / v.rows),
+                _ => data.len(),
+            };
             match &mut *dst {
-                HostData::F32(v) if v.len() == data.len() => v.copy_from_slice(data),
+                HostData::F32(v) if v.len() == data.len() => {
+                    v[..computed].copy_from_slice(&data[..computed]);
+                    v[computed..].fill(0.0);
+                }
                 _ => {
                     return Err(BackendError::Binding(format!(
                         "output `{name}` buffer is not f32{:?}",
@@ -435,18 +481,21 @@ impl CpuExecutable {
         Ok(())
     }
 
-    /// Runs node `id` (a no-op for sources and aliases).
+    /// Runs node `id` (a no-op for sources and aliases). `rows`: compute only the
+    /// first `rows` rows of a chunk's row-wise value ([`ValidRows`]), reading the same
+    /// rows of its row-wise inputs.
     fn run_node(
         &self,
         id: NodeId,
         arena: &mut [f32],
         guards: &mut [Guard],
         guard_of: &[usize],
+        rows: Option<usize>,
     ) -> Result<()> {
         let g = &self.graph;
         let node = g.node(id);
         if let Op::KvWrite = node.op {
-            return self.kv_write(id, arena, guards, guard_of);
+            return self.kv_write(id, arena, guards, guard_of, rows);
         }
         let Loc::Arena(range) = self.loc[id.0].clone() else {
             return Ok(()); // sources and aliases are not computed
@@ -455,6 +504,12 @@ impl CpuExecutable {
         // input lives: the plan never overlaps values live at the same node).
         let (lo, rest) = arena.split_at_mut(range.start);
         let (out, hi) = rest.split_at_mut(range.len());
+        // The valid rows of a row-wise value: a prefix of its elements.
+        let first_rows = |x: NodeId, len: usize| match (rows, &self.valid_rows) {
+            (Some(n), Some(v)) if v.token_rows[x.0] => n * (len / v.rows),
+            _ => len,
+        };
+        let out = &mut out[..first_rows(id, range.len())];
         {
             let arena_of = |x: NodeId| -> Result<&[f32]> {
                 let r = self.arena_range(x).expect("caller checked");
@@ -470,7 +525,7 @@ impl CpuExecutable {
                     ))
                 }
             };
-            let f32_of = |x: NodeId| -> Result<&[f32]> {
+            let full_f32_of = |x: NodeId| -> Result<&[f32]> {
                 let x = self.resolve(x);
                 match self.loc[x.0] {
                     Loc::Arena(_) => arena_of(x),
@@ -488,6 +543,11 @@ impl CpuExecutable {
                         )),
                     },
                 }
+            };
+            // An input as this node reads it: a row-wise input's valid rows only.
+            let f32_of = |x: NodeId| -> Result<&[f32]> {
+                let v = full_f32_of(x)?;
+                Ok(&v[..first_rows(x, v.len())])
             };
             // Attention's K/V: f32 values, or an f16 or int8 cache state.
             let kv_of = |x: NodeId| -> Result<KvRef> {
@@ -532,7 +592,7 @@ impl CpuExecutable {
             match &node.op {
                 Op::Gather => {
                     let ids = match guards.get(guard_of[ins[1].0]).map(Guard::data) {
-                        Some(HostData::I32(v)) => v.as_slice(),
+                        Some(HostData::I32(v)) => &v[..first_rows(ins[1], v.len())],
                         _ => return Err(exec_err(g, id, "gather ids must be a bound i32 input")),
                     };
                     match packed(ins[0]) {
@@ -560,7 +620,7 @@ impl CpuExecutable {
                         _ => None,
                     };
                     let a = f32_of(ins[0])?;
-                    let m = g.fact(ins[0]).shape[0];
+                    let m = a.len() / g.fact(ins[0]).shape[1];
                     if let Some(w) = packed(ins[1]) {
                         match norm {
                             Some(norm) => k::matmul_packed_norm(

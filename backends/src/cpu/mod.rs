@@ -24,11 +24,16 @@ fn packs(dtype: DType) -> bool {
 pub struct CpuOptions {
     /// Kernel threads; `None` uses the kernels' global pool (one per core).
     pub threads: Option<usize>,
+    /// Compute a prefill chunk's padding rows too, as a static-shape device does (for
+    /// comparisons; `NPURT_CPU_PADDED_ROWS=1` in the registry). By default a chunk
+    /// costs its valid rows only (`npurt_graph::rows`).
+    pub padded_rows: bool,
 }
 
 pub struct CpuBackend {
     caps: Capabilities,
     pool: Option<Arc<ThreadPool>>,
+    padded_rows: bool,
 }
 
 impl CpuBackend {
@@ -56,7 +61,11 @@ impl CpuBackend {
             max_buffer_bytes: isize::MAX as usize,
             host_memory: true,
         };
-        CpuBackend { caps, pool }
+        CpuBackend {
+            caps,
+            pool,
+            padded_rows: opts.padded_rows,
+        }
     }
 
     pub fn threads(&self) -> usize {
@@ -294,6 +303,7 @@ impl Backend for CpuBackend {
             graph,
             weights,
             self.pool.clone(),
+            self.padded_rows,
         )?))
     }
 

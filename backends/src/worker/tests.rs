@@ -46,7 +46,10 @@ const SUM: [f32; 6] = [1.5, 1.0, 5.0, 4.0, 15.0, 0.0];
 
 #[test]
 fn default_submit_runs_synchronously_on_the_cpu_backend() {
-    let be = CpuBackend::new(CpuOptions { threads: Some(1) });
+    let be = CpuBackend::new(CpuOptions {
+        threads: Some(1),
+        ..Default::default()
+    });
     let g = add_graph();
     let exec = be.compile(&g, &[]).unwrap();
     let mut scratch = exec.new_scratch().unwrap();
@@ -66,7 +69,10 @@ fn default_submit_runs_synchronously_on_the_cpu_backend() {
 
 #[test]
 fn worker_runs_submissions_on_its_thread_in_order() {
-    let be = CpuBackend::new(CpuOptions { threads: Some(1) });
+    let be = CpuBackend::new(CpuOptions {
+        threads: Some(1),
+        ..Default::default()
+    });
     let g = add_graph();
     let worker = WorkerExecutable::spawn("test", be.compile(&g, &[]).unwrap()).unwrap();
     let mut scratch = worker.new_scratch().unwrap();

@@ -1,6 +1,7 @@
 //! The attention block's ops: rope (every scaling, pos > 0, partial rotary dims),
 //! kv_write (prefill chunk and last-row decode), attention (GQA 9/3 as SmolLM2, MHA 4/4,
-//! pos 0 and pos > 0, padded chunks with n_valid < rows, garbage past the valid rows,
+//! pos 0 and pos > 0, padded chunks with n_valid < rows (compared on their valid rows:
+//! the padding rows' values are unspecified), garbage past the valid rows,
 //! chunks spanning several query and key blocks, odd head_dims), over f32, f16 and
 //! int8 (`Q8Head`) KV caches; and whole attention blocks (`block_case`), the chain a
 //! backend may fuse.
@@ -106,14 +107,14 @@ fn attention_case(
             },
             &[q, k, v, p, nv],
         )?;
-        Ok(cb.output(y))
+        Ok(cb.output_rows(y, n_valid as usize))
     })
 }
 
 /// One LLaMA attention block as the builder emits it after `FuseSharedInput`: q, k and
 /// v sliced from one fused matrix, RoPE on q and k, both written into the caches, then
 /// attention over the written caches (named `block.<kv>.<name>`; compared: the
-/// attention's output, which every KV write feeds). A backend may run this chain
+/// attention's output on the valid rows, which every KV write feeds). A backend may run this chain
 /// fused: the wgpu backend reads the slices in place and rotates k in the KV write and
 /// q in the attention's query loads, with no dispatch of their own.
 #[allow(clippy::too_many_arguments)]
@@ -173,7 +174,7 @@ fn block_case(
                 },
                 &[q, k_cache, v_cache, p, nv],
             )?;
-            Ok(cb.output(y))
+            Ok(cb.output_rows(y, n_valid as usize))
         },
     )
 }

@@ -1,0 +1,122 @@
+//! A prefill chunk's valid rows. The chunk graphs are static, as an NPU needs them: `C`
+//! rows, of which the run-time input `n_valid` says how many are tokens (the last
+//! chunk of a prompt, a short chat turn, the text beside an image fill the rest with
+//! padding). Every LLaMA op computes its output rows one by one from the same rows of
+//! its input, and causal attention lets no query see a later position, so no padding
+//! row ever reaches a valid row. A backend that can size its work at run time (the
+//! CPU) may therefore compute only the first `n_valid` rows of those values
+//! ([`ValidRows`]); one that cannot computes all `C`, with the same valid rows.
+
+use crate::{AttentionMode, Graph, NodeId, Op};
+
+/// Which values of a graph are computed row by row from the chunk's token rows, and
+/// the input that says how many of those rows are valid.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ValidRows {
+    /// The `n_valid` input (i32[1]) of the graph's causal attentions.
+    pub n_valid: NodeId,
+    /// The chunk's static row count `C`.
+    pub rows: usize,
+    /// Per node: its value's rows are the chunk's token rows, row `r` computed from
+    /// row `r` of its row-wise inputs only (and, for causal attention, keys at earlier
+    /// positions), so only the first `n_valid` rows need computing. (A KV write's
+    /// value is its cache; it needs to write only the valid rows of its new rows,
+    /// [`ValidRows::limits`].)
+    pub token_rows: Vec<bool>,
+}
+
+/// The input whose rows an op's output rows are computed from, one by one (`None`: the
+/// op mixes rows, or its output has no token rows).
+fn row_operand(op: &Op) -> Option<usize> {
+    match op {
+        Op::Gather => Some(1),
+        Op::MatMul { .. }
+        | Op::SliceCols { .. }
+        | Op::Add
+        | Op::Mul
+        | Op::RmsNorm { .. }
+        | Op::LayerNorm { .. }
+        | Op::Rope { .. }
+        | Op::Silu
+        | Op::Gelu { .. }
+        | Op::Softmax
+        | Op::Attention {
+            mode: AttentionMode::Causal,
+            ..
+        } => Some(0),
+        _ => None,
+    }
+}
+
+impl ValidRows {
+    /// Whether node `id` needs to compute (or, a KV write, write) only the first
+    /// `n_valid` rows.
+    pub fn limits(&self, g: &Graph, id: NodeId) -> bool {
+        match g.node(id).op {
+            Op::KvWrite => self.token_rows[g.node(id).inputs[1].0],
+            _ => self.token_rows[id.0],
+        }
+    }
+
+    /// The valid-row structure of a chunk graph: `None` when the graph has no causal
+    /// attention (nothing says which rows are valid), one row, attentions that
+    /// disagree on `n_valid`, or a token-row value that an op other than the row-wise
+    /// ones, `select_row` (which reads one valid row) or a graph output reads.
+    pub fn of(g: &Graph) -> Option<ValidRows> {
+        let mut found = None;
+        for id in g.ids() {
+            let n = g.node(id);
+            if let Op::Attention {
+                mode: AttentionMode::Causal,
+                ..
+            } = n.op
+            {
+                let here = (n.inputs[4], g.fact(n.inputs[0]).shape[0]);
+                match found {
+                    None => found = Some(here),
+                    Some(f) if f != here => return None,
+                    Some(_) => {}
+                }
+            }
+        }
+        let (n_valid, rows) = found?;
+        if rows < 2 || !matches!(g.node(n_valid).op, Op::Input { .. }) {
+            return None;
+        }
+        let leads = |x: NodeId| g.fact(x).shape.first() == Some(&rows);
+        let mut token_rows = vec![false; g.nodes.len()];
+        for id in g.ids() {
+            let n = g.node(id);
+            token_rows[id.0] = match (&n.op, row_operand(&n.op)) {
+                // The chunk's ids or embeddings (not the scalars pos and n_valid).
+                (Op::Input { .. }, _) => leads(id) && id != n_valid,
+                (_, Some(i)) if token_rows[n.inputs[i].0] => {
+                    // Every other input with the rows' leading dimension and the same
+                    // rank must be token rows too (a residual, an elementwise operand);
+                    // a broadcast operand, a weight or a cache has another shape.
+                    let rank = g.fact(n.inputs[i]).rank();
+                    n.inputs.iter().enumerate().all(|(j, &x)| {
+                        j == i || token_rows[x.0] || !(leads(x) && g.fact(x).rank() == rank)
+                    })
+                }
+                _ => false,
+            };
+        }
+        // Every reader of a token-row value must compute rows alone, or read a valid
+        // row only; outputs get their padding rows cleared by the backend.
+        for id in g.ids() {
+            let n = g.node(id);
+            if token_rows[id.0] || matches!(n.op, Op::SelectRow | Op::KvWrite) {
+                continue;
+            }
+            if n.inputs.iter().any(|x| token_rows[x.0]) {
+                return None;
+            }
+        }
+        Some(ValidRows {
+            n_valid,
+            rows,
+            token_rows,
+        })
+    }
+}

@@ -1,0 +1,169 @@
+//! A prefill chunk costs its valid rows (`npurt_graph::rows`): the CPU backend computes
+//! only the rows its `n_valid` input says are tokens. On the real SmolLM2 the logits of
+//! every prompt row, the KV cache they leave behind (seen through the next tokens'
+//! logits) and the greedy continuation equal those of a backend that computes every
+//! padded row, bit for bit, at each preset; and the graphs where rows mix (the ViT)
+//! are left whole.
+
+use npurt_backends::cpu::{CpuBackend, CpuOptions};
+use npurt_backends::{Backend, Registry};
+use npurt_graph::passes::Pipeline;
+use npurt_graph::rows::ValidRows;
+use npurt_graph::{Op, PrecisionPolicy};
+use npurt_models::llama::{self, InputKind, LlamaGraphOptions, LogitsMode};
+use npurt_models::siglip::{self, SiglipGraphOptions, SiglipVisionConfig, VisionStage};
+use npurt_models::ModelSource;
+use npurt_runtime::{GenerateOptions, LoadOptions, Runtime, Session};
+use npurt_tests::smollm2_gguf;
+use std::sync::Arc;
+
+/// A runtime whose `cpu` backend computes a chunk's padding rows too.
+fn padded_runtime() -> Runtime {
+    let mut r = Registry::with_builtin();
+    r.register("cpu", |o| {
+        Ok(Arc::new(CpuBackend::new(CpuOptions {
+            threads: o.threads,
+            padded_rows: true,
+        })) as Arc<dyn Backend>)
+    });
+    Runtime::with_registry(r)
+}
+
+#[test]
+fn llama_chunks_have_valid_rows_and_the_vit_has_none() {
+    let src = ModelSource::open(&smollm2_gguf()).unwrap();
+    let stored = src.weights.stored_dtypes();
+    for (logits, input) in [
+        (LogitsMode::Last, InputKind::Ids),
+        (LogitsMode::All, InputKind::Ids),
+        (LogitsMode::Last, InputKind::Embeddings),
+    ] {
+        let mut g = llama::build(
+            &src.config,
+            &LlamaGraphOptions {
+                rows: 128,
+                cache_rows: 2048 + 127,
+                logits,
+                input,
+                taps: false,
+            },
+        )
+        .unwrap();
+        let st = stored.clone();
+        Pipeline::compile(
+            PrecisionPolicy::W4A16,
+            Box::new(move |n| st.get(n).copied()),
+        )
+        .run(&mut g)
+        .unwrap();
+        let what = format!("{logits:?} {input:?}");
+        let v = ValidRows::of(&g).unwrap_or_else(|| panic!("{what}: no valid rows"));
+        assert_eq!(v.rows, 128, "{what}");
+        assert!(matches!(&g.node(v.n_valid).op, Op::Input { name, .. } if name == "n_valid"));
+        let count = |pred: &dyn Fn(&Op) -> bool| {
+            g.ids()
+                .filter(|&id| pred(&g.node(id).op) && v.limits(&g, id))
+                .count()
+        };
+        // Every matmul, attention and KV write of the 30 layers runs on valid rows only.
+        let matmuls = g
+            .ids()
+            .filter(|&id| matches!(g.node(id).op, Op::MatMul { .. }))
+            .count();
+        let limited_matmuls = count(&|op| matches!(op, Op::MatMul { .. }));
+        let head = usize::from(logits == LogitsMode::Last);
+        assert_eq!(
+            limited_matmuls + head,
+            matmuls,
+            "{what}: the head reads one row"
+        );
+        assert_eq!(
+            count(&|op| matches!(op, Op::Attention { .. })),
+            30,
+            "{what}"
+        );
+        assert_eq!(count(&|op| matches!(op, Op::KvWrite)), 60, "{what}");
+        let logits_out = g.outputs.iter().find(|(n, _)| n == "logits").unwrap().1;
+        assert_eq!(
+            v.token_rows[logits_out.0],
+            logits == LogitsMode::All,
+            "{what}"
+        );
+    }
+    // Decode has one row; the ViT's attention mixes a tile's rows.
+    let mut g = llama::build(
+        &src.config,
+        &LlamaGraphOptions {
+            rows: 1,
+            cache_rows: 2048,
+            logits: LogitsMode::Last,
+            input: InputKind::Ids,
+            taps: false,
+        },
+    )
+    .unwrap();
+    Pipeline::compile(PrecisionPolicy::W4A16, Box::new(|_| None))
+        .run(&mut g)
+        .unwrap();
+    assert_eq!(ValidRows::of(&g), None);
+    let vit = siglip::build(
+        &SiglipVisionConfig::so400m(),
+        &SiglipGraphOptions {
+            batch: 1,
+            stage: VisionStage::Encoder,
+            feature: Default::default(),
+            taps: false,
+        },
+    )
+    .unwrap();
+    assert_eq!(ValidRows::of(&vit), None);
+}
+
+#[test]
+fn valid_rows_give_the_logits_cache_and_text_of_padded_chunks() {
+    let model_path = smollm2_gguf();
+    // 150 tokens: a whole chunk and one of 22 valid rows, then 3 tokens fed as a short
+    // turn (a chunk of 3 rows), then greedy decode.
+    let src = ModelSource::open(&model_path).unwrap();
+    let ids = src
+        .tokenizer
+        .encode(
+            "The quick brown fox jumps over the lazy dog. ".repeat(15),
+            false,
+        )
+        .unwrap()
+        .get_ids()[..150]
+        .to_vec();
+    let turn = &ids[10..13];
+    for precision in [
+        PrecisionPolicy::W4A16,
+        PrecisionPolicy::W4A8,
+        PrecisionPolicy::F32,
+    ] {
+        let run = |rt: &Runtime| {
+            let opts = LoadOptions {
+                threads: Some(2),
+                precision: precision.clone(),
+                ctx: Some(512),
+                ..Default::default()
+            };
+            let model = rt.load(&model_path, opts).unwrap();
+            let mut s = Session::new(model).unwrap();
+            let mut logits = s.feed_all_logits(&ids).unwrap();
+            logits.extend(s.feed_all_logits(turn).unwrap());
+            let gen = GenerateOptions {
+                max_tokens: 12,
+                ..Default::default()
+            };
+            let text = s.generate(&[], &gen, |_, _| true).unwrap().text;
+            (logits, text)
+        };
+        let (ours, text) = run(&Runtime::new());
+        let (padded, padded_text) = run(&padded_runtime());
+        assert_eq!(ours.len(), 153, "{}", precision.name);
+        for (i, (a, b)) in ours.iter().zip(&padded).enumerate() {
+            assert!(a == b, "{}: row {i}'s logits differ", precision.name);
+        }
+        assert_eq!(text, padded_text, "{}", precision.name);
+    }
+}
