@@ -5,12 +5,11 @@
 
 use npurt_graph::passes::Pipeline;
 use npurt_graph::{plan, Graph, PrecisionPolicy};
-use npurt_models::llama::{self, InputKind, LlamaGraphOptions, LogitsMode};
+use npurt_models::llama::{InputKind, LogitsMode};
 use npurt_models::siglip::{
     self, SiglipGraphOptions, SiglipVisionConfig, VisionFeature, VisionStage,
 };
-use npurt_models::ModelSource;
-use npurt_tests::smollm2_gguf;
+use npurt_tests::smollm2_graph;
 
 fn check(name: &str, g: &Graph, at_most: f64) {
     let p = plan::plan(g, 64);
@@ -31,32 +30,13 @@ fn check(name: &str, g: &Graph, at_most: f64) {
 
 #[test]
 fn llama_graphs_plan_into_a_small_arena() {
-    let src = ModelSource::open(&smollm2_gguf()).unwrap();
-    let stored = src.weights.stored_dtypes();
     for (rows, logits, input, at_most) in [
         (128, LogitsMode::Last, InputKind::Ids, 0.05),
         (128, LogitsMode::All, InputKind::Ids, 0.5),
         (128, LogitsMode::Last, InputKind::Embeddings, 0.05),
         (1, LogitsMode::Last, InputKind::Ids, 0.5),
     ] {
-        let mut g = llama::build(
-            &src.config,
-            &LlamaGraphOptions {
-                rows,
-                cache_rows: 2048 + 127,
-                logits,
-                input,
-                taps: false,
-            },
-        )
-        .unwrap();
-        let st = stored.clone();
-        Pipeline::compile(
-            PrecisionPolicy::W4A16,
-            Box::new(move |n| st.get(n).copied()),
-        )
-        .run(&mut g)
-        .unwrap();
+        let g = smollm2_graph(rows, logits, input, PrecisionPolicy::W4A16);
         check(
             &format!("llama rows {rows} {logits:?} {input:?}"),
             &g,

@@ -7,14 +7,13 @@
 
 use npurt_backends::cpu::{CpuBackend, CpuOptions};
 use npurt_backends::{Backend, Registry};
-use npurt_graph::passes::Pipeline;
 use npurt_graph::rows::ValidRows;
 use npurt_graph::{Op, PrecisionPolicy};
-use npurt_models::llama::{self, InputKind, LlamaGraphOptions, LogitsMode};
+use npurt_models::llama::{InputKind, LogitsMode};
 use npurt_models::siglip::{self, SiglipGraphOptions, SiglipVisionConfig, VisionStage};
 use npurt_models::ModelSource;
 use npurt_runtime::{GenerateOptions, LoadOptions, Runtime, Session};
-use npurt_tests::smollm2_gguf;
+use npurt_tests::{smollm2_gguf, smollm2_graph};
 use std::sync::Arc;
 
 /// A runtime whose `cpu` backend computes a chunk's padding rows too.
@@ -31,31 +30,12 @@ fn padded_runtime() -> Runtime {
 
 #[test]
 fn llama_chunks_have_valid_rows_and_the_vit_has_none() {
-    let src = ModelSource::open(&smollm2_gguf()).unwrap();
-    let stored = src.weights.stored_dtypes();
     for (logits, input) in [
         (LogitsMode::Last, InputKind::Ids),
         (LogitsMode::All, InputKind::Ids),
         (LogitsMode::Last, InputKind::Embeddings),
     ] {
-        let mut g = llama::build(
-            &src.config,
-            &LlamaGraphOptions {
-                rows: 128,
-                cache_rows: 2048 + 127,
-                logits,
-                input,
-                taps: false,
-            },
-        )
-        .unwrap();
-        let st = stored.clone();
-        Pipeline::compile(
-            PrecisionPolicy::W4A16,
-            Box::new(move |n| st.get(n).copied()),
-        )
-        .run(&mut g)
-        .unwrap();
+        let g = smollm2_graph(128, logits, input, PrecisionPolicy::W4A16);
         let what = format!("{logits:?} {input:?}");
         let v = ValidRows::of(&g).unwrap_or_else(|| panic!("{what}: no valid rows"));
         assert_eq!(v.rows, 128, "{what}");
@@ -91,20 +71,7 @@ fn llama_chunks_have_valid_rows_and_the_vit_has_none() {
         );
     }
     // Decode has one row; the ViT's attention mixes a tile's rows.
-    let mut g = llama::build(
-        &src.config,
-        &LlamaGraphOptions {
-            rows: 1,
-            cache_rows: 2048,
-            logits: LogitsMode::Last,
-            input: InputKind::Ids,
-            taps: false,
-        },
-    )
-    .unwrap();
-    Pipeline::compile(PrecisionPolicy::W4A16, Box::new(|_| None))
-        .run(&mut g)
-        .unwrap();
+    let g = smollm2_graph(1, LogitsMode::Last, InputKind::Ids, PrecisionPolicy::W4A16);
     assert_eq!(ValidRows::of(&g), None);
     let vit = siglip::build(
         &SiglipVisionConfig::so400m(),

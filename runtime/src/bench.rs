@@ -226,7 +226,10 @@ pub fn image_prompt(model: &Arc<Model>, size: &str, reps: usize) -> Result<Image
         let prefill = t.elapsed().as_secs_f64();
         let plan = pending.plan();
         let encoder = model.vision.as_ref().and_then(|v| v.encoder());
-        let llm = MatmulWork::of(&model.graph(crate::GraphKind::PrefillEmbeds).graph);
+        // The LLM's matmul work per prompt row: a chunk graph's over its rows.
+        let chunk = &model.graph(crate::GraphKind::PrefillEmbeds).graph;
+        let rows = npurt_graph::rows::ValidRows::of(chunk).map_or(model.options.chunk, |v| v.rows);
+        let per_row = MatmulWork::of(chunk).ops / rows as f64;
         let b = out.get_or_insert_with(|| ImagePromptBench {
             size: size.to_string(),
             tiles: plan.tiles,
@@ -235,7 +238,7 @@ pub fn image_prompt(model: &Arc<Model>, size: &str, reps: usize) -> Result<Image
             encode_s: Vec::new(),
             prefill_s: Vec::new(),
             encode_ops: encoder.map_or(0.0, |e| e.ops(plan.tiles)),
-            prefill_ops: llm.ops / model.options.chunk as f64 * fed as f64,
+            prefill_ops: per_row * fed as f64,
         });
         b.encode_s.push(encode);
         b.prefill_s.push(prefill);

@@ -54,6 +54,33 @@ pub fn smollm2_gguf() -> PathBuf {
     p
 }
 
+/// SmolLM2's LLaMA graph of `rows` rows (a prefill chunk, or 1: decode) as the runtime
+/// compiles it at `policy`, over a 2048-position context.
+pub fn smollm2_graph(
+    rows: usize,
+    logits: npurt_models::llama::LogitsMode,
+    input: npurt_models::llama::InputKind,
+    policy: npurt_graph::PrecisionPolicy,
+) -> npurt_graph::Graph {
+    let src = npurt_models::ModelSource::open(&smollm2_gguf()).unwrap();
+    let stored = src.weights.stored_dtypes();
+    let mut g = npurt_models::llama::build(
+        &src.config,
+        &npurt_models::llama::LlamaGraphOptions {
+            rows,
+            cache_rows: 2048 + rows - 1,
+            logits,
+            input,
+            taps: false,
+        },
+    )
+    .unwrap();
+    npurt_graph::passes::Pipeline::compile(policy, Box::new(move |n| stored.get(n).copied()))
+        .run(&mut g)
+        .unwrap();
+    g
+}
+
 /// Reads a golden safetensors file into (name -> (shape, f32 or i32 values as f64-free vecs)).
 pub struct GoldenTensors {
     bytes: Vec<u8>,
