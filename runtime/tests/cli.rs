@@ -177,6 +177,8 @@ fn inspect_prints_passes_kernels_and_weight_bytes() {
         "kv_write_f16",
         "q8_0",
         "partition: 1 segment(s)",
+        // Every node but the head's row selection and its matmul.
+        "valid rows 361 of 363 nodes compute only the chunk's n_valid rows",
     ] {
         assert!(
             out.contains(needle),
