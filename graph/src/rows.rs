@@ -90,6 +90,8 @@ impl ValidRows {
             token_rows[id.0] = match (&n.op, row_operand(&n.op)) {
                 // The chunk's ids or embeddings (not the scalars pos and n_valid).
                 (Op::Input { .. }, _) => leads(id) && id != n_valid,
+                // A product of two activations sums over the chunk's rows.
+                (Op::MatMul { .. }, _) if token_rows[n.inputs[1].0] => false,
                 (_, Some(i)) if token_rows[n.inputs[i].0] => {
                     // Every other input with the rows' leading dimension and the same
                     // rank must be token rows too (a residual, an elementwise operand);
@@ -118,5 +120,57 @@ impl ValidRows {
             rows,
             token_rows,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Builder, TensorFact};
+
+    /// A one-head causal block over a 4-row chunk: q from the input, k/v written into
+    /// caches, attention, then `tail` on its output.
+    fn block(tail: impl Fn(&mut Builder, NodeId, NodeId) -> NodeId) -> Graph {
+        let mut b = Builder::new();
+        let x = b.input("x", TensorFact::f32([4, 8])).unwrap();
+        let pos = b.input("pos", TensorFact::i32([1])).unwrap();
+        let nv = b.input("n_valid", TensorFact::i32([1])).unwrap();
+        let kc = b.state("k", TensorFact::f32([16, 8])).unwrap();
+        let vc = b.state("v", TensorFact::f32([16, 8])).unwrap();
+        let w = b.weight("w", TensorFact::f32([8, 8])).unwrap();
+        let q = b.linear("q", x, w).unwrap();
+        let kc = b.kv_write("kw", kc, q, pos).unwrap();
+        let vc = b.kv_write("vw", vc, x, pos).unwrap();
+        let a = b.attention("attn", q, kc, vc, pos, nv, 1, 1, 8).unwrap();
+        let y = tail(&mut b, a, x);
+        b.output("y", y);
+        b.finish().unwrap()
+    }
+
+    #[test]
+    fn row_wise_chains_are_marked_and_row_mixing_readers_decline() {
+        let g = block(|b, a, x| b.add("res", a, x).unwrap());
+        let v = ValidRows::of(&g).expect("a row-wise chunk");
+        assert_eq!(v.rows, 4);
+        let marked: Vec<&str> = g
+            .ids()
+            .filter(|&id| v.limits(&g, id))
+            .map(|id| g.node(id).name.as_str())
+            .collect();
+        assert_eq!(marked, ["x", "q", "kw", "vw", "attn", "res"]);
+
+        // A product of two activations (a x^T) mixes rows; a transpose moves them.
+        let g = block(|b, a, x| {
+            let mm = Op::MatMul {
+                transpose_b: true,
+                act: Default::default(),
+                prologue: Default::default(),
+                epilogue: Default::default(),
+            };
+            b.op("axt", mm, &[a, x]).unwrap()
+        });
+        assert_eq!(ValidRows::of(&g), None);
+        let g = block(|b, a, _| b.transpose("t", a, &[1, 0]).unwrap());
+        assert_eq!(ValidRows::of(&g), None);
     }
 }

@@ -13,8 +13,9 @@
 //!
 //! The tower and projector take their values from `siglip::synthetic_weights`' and
 //! `projector::synthetic_weights`' generators: at [`SYNTHETIC_SEED`] (`--seed 0`) they
-//! are the weights `npurt encode-image --synthetic so400m` builds in memory. The tower
-//! is written unpadded, as HF stores it (`intermediate_size` 4304); the loader pads it.
+//! are the weights `npurt encode-image --synthetic so400m` builds in memory (rounded to
+//! f16 at `--dtype f16`). The tower is written unpadded, as HF stores it
+//! (`intermediate_size` 4304); the loader pads it.
 
 use crate::projector::{self, ProjectorConfig};
 use crate::random_llama::hf::{write_file, write_safetensors};
@@ -28,9 +29,10 @@ use std::path::Path;
 /// The named shapes a BlueLM-V directory is made in.
 pub const VLM_SHAPE_NAMES: &[&str] = &["bluelm-v-3b"];
 
-/// The token merge of BlueLM-V's downsampler (2x2) and its projector LayerNorm's eps.
+/// The token merge of BlueLM-V's downsampler (2x2).
 const MERGE: usize = 2;
-/// (f64 in `config.json`, which the reader narrows to f32.)
+/// Its projector LayerNorm's eps (written to `config.json` as f64; the reader narrows
+/// it to f32).
 const PROJECTOR_LN_EPS: f64 = 1e-5;
 
 /// How the LLM part is stored inside the directory.

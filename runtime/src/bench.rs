@@ -194,8 +194,9 @@ impl ImagePromptBench {
 
 /// Encodes a generated `size` image ([`crate::image::test_pattern`]) and prefills a
 /// one-turn chat prompt with it and [`IMAGE_QUESTION`] (as is if the model has no chat
-/// template) into an empty session, `reps` times, on a BlueLM-V model (`RuntimeError::NotMultimodal` otherwise; an image the
-/// context cannot hold is `ImageTooLarge` before any encode).
+/// template) into an empty session, `reps` times, on a BlueLM-V model
+/// (`RuntimeError::NotMultimodal` otherwise; an image the context cannot hold is
+/// `ImageTooLarge` before any encode).
 pub fn image_prompt(model: &Arc<Model>, size: &str, reps: usize) -> Result<ImagePromptBench> {
     check_reps(reps)?;
     let img = crate::image::test_pattern(size)?;
