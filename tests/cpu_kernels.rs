@@ -829,8 +829,9 @@ fn attention_every_path_matches_reference() {
         f64::MIN_POSITIVE,
         0x5eed_0b1d,
     );
-    // Bad dense shapes are checked by the sweep above. Strides narrower than a row, or rows past the end of an operand, are errors;
-    // ranges that overlap are read as they are.
+    // Bad dense shapes are checked by the sweep above. Strides narrower than a row, or
+    // rows past the end of an operand, are errors; ranges that overlap are read as they
+    // are.
     let (x, mut out) = (vec![0f32; 10 * 24], vec![0f32; 10 * 8]);
     for (width, cols, ok) in [
         (24, [0, 8, 16], true),

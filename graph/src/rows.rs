@@ -49,6 +49,15 @@ fn row_operand(op: &Op) -> Option<usize> {
 }
 
 impl ValidRows {
+    /// How many of the `len` elements of value `id` its first `n` rows hold: all of
+    /// them unless its rows are the chunk's token rows.
+    pub fn prefix(&self, id: NodeId, n: usize, len: usize) -> usize {
+        match self.token_rows[id.0] {
+            true => n * (len / self.rows),
+            false => len,
+        }
+    }
+
     /// Whether node `id` needs to compute (or, a KV write, write) only the first
     /// `n_valid` rows.
     pub fn limits(&self, g: &Graph, id: NodeId) -> bool {

@@ -212,6 +212,10 @@ pub fn image_prompt(model: &Arc<Model>, size: &str, reps: usize) -> Result<Image
         Err(RuntimeError::NoChatTemplate) => content,
         text => text?,
     };
+    // The LLM's matmul work per prompt row: a chunk graph's over its rows.
+    let chunk = &model.graph(crate::GraphKind::PrefillEmbeds).graph;
+    let rows = npurt_graph::rows::ValidRows::of(chunk).map_or(model.options.chunk, |v| v.rows);
+    let per_row = MatmulWork::of(chunk).ops / rows as f64;
     let mut s = Session::new(model.clone())?;
     s.feed(&tokens(8, model.config.vocab_size))?; // warm-up, as `prefill`'s
     let mut out = None;
@@ -227,10 +231,6 @@ pub fn image_prompt(model: &Arc<Model>, size: &str, reps: usize) -> Result<Image
         let prefill = t.elapsed().as_secs_f64();
         let plan = pending.plan();
         let encoder = model.vision.as_ref().and_then(|v| v.encoder());
-        // The LLM's matmul work per prompt row: a chunk graph's over its rows.
-        let chunk = &model.graph(crate::GraphKind::PrefillEmbeds).graph;
-        let rows = npurt_graph::rows::ValidRows::of(chunk).map_or(model.options.chunk, |v| v.rows);
-        let per_row = MatmulWork::of(chunk).ops / rows as f64;
         let b = out.get_or_insert_with(|| ImagePromptBench {
             size: size.to_string(),
             tiles: plan.tiles,

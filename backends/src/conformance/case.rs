@@ -20,14 +20,6 @@ pub enum Compared {
 }
 
 impl Compared {
-    /// The output's name, for the two output forms.
-    pub fn output_name(&self) -> Option<&str> {
-        match self {
-            Compared::Output(name) | Compared::OutputRows(name, _) => Some(name),
-            Compared::State(_) => None,
-        }
-    }
-
     /// The compared part of `values`, the whole value of `fact`.
     pub fn kept(&self, fact: &TensorFact, mut values: Vec<f32>) -> Vec<f32> {
         if let (Compared::OutputRows(_, rows), Some(&all)) = (self, fact.shape.first()) {

@@ -26,13 +26,13 @@ pub fn expected(case: &CaseData) -> Result<Vec<Vec<f32>>, String> {
     case.compared
         .iter()
         .map(|c| {
-            let id = match (c, c.output_name()) {
-                (_, Some(name)) => case
-                    .graph
-                    .output(name)
-                    .ok_or_else(|| format!("no output `{name}`"))?,
-                (Compared::State(state), _) => final_state_value(&case.graph, *state),
-                (_, None) => unreachable!("only a state has no output name"),
+            let id = match c {
+                Compared::Output(name) | Compared::OutputRows(name, _) => {
+                    case.graph
+                        .output(name)
+                        .ok_or_else(|| format!("no output `{name}`"))?
+                }
+                Compared::State(state) => final_state_value(&case.graph, *state),
             };
             match &values[id.0] {
                 Value::F32(v) => Ok(c.kept(case.graph.fact(id), v.clone())),

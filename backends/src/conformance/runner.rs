@@ -152,10 +152,9 @@ fn execute(backend: &dyn Backend, data: &CaseData) -> Result<Vec<Vec<f32>>, Stri
     data.compared
         .iter()
         .map(|c| {
-            let buf = match (c, c.output_name()) {
-                (_, Some(name)) => bindings.output(name),
-                (Compared::State(id), _) => bindings.source(*id),
-                (_, None) => None,
+            let buf = match c {
+                Compared::Output(name) | Compared::OutputRows(name, _) => bindings.output(name),
+                Compared::State(id) => bindings.source(*id),
             }
             .ok_or_else(|| format!("suite bug: {c:?} is not bound"))?;
             let t = backend

@@ -457,10 +457,7 @@ impl CpuExecutable {
                 .write()
                 .map_err(|_| BackendError::Binding(format!("output `{name}` buffer poisoned")))?;
             // Rows past the valid ones were not computed: they read as zeros.
-            let computed = match valid {
-                Some((v, n)) if v.token_rows[src.0] => n * (data.len() / v.rows),
-                _ => data.len(),
-            };
+            let computed = valid.map_or(data.len(), |(v, n)| v.prefix(src, n, data.len()));
             match &mut *dst {
                 HostData::F32(v) if v.len() == data.len() => {
                     v[..computed].copy_from_slice(&data[..computed]);
@@ -506,7 +503,7 @@ impl CpuExecutable {
         let (out, hi) = rest.split_at_mut(range.len());
         // The valid rows of a row-wise value: a prefix of its elements.
         let first_rows = |x: NodeId, len: usize| match (rows, &self.valid_rows) {
-            (Some(n), Some(v)) if v.token_rows[x.0] => n * (len / v.rows),
+            (Some(n), Some(v)) => v.prefix(x, n, len),
             _ => len,
         };
         let out = &mut out[..first_rows(id, range.len())];

@@ -628,7 +628,7 @@ fn run(cli: Cli) -> anyhow_lite::Result<()> {
             let mut image_runs = Vec::new();
             // A bad size is reported before the model loads.
             for size in &image_size {
-                npurt_runtime::image::test_pattern(size)?;
+                npurt_runtime::image::parse_size(size)?;
             }
             let mut rows = Vec::new();
             let mut machine = Vec::new();
@@ -672,25 +672,23 @@ fn run(cli: Cli) -> anyhow_lite::Result<()> {
                 for size in &image_size {
                     let b = npurt_runtime::bench::image_prompt(&model, size, reps)?;
                     rows.extend(b.rows(&model, t));
-                    // On the CPU: what each stage's matmul instruction can do on as
-                    // many threads, measured now.
+                    image_runs.push((host.then_some(t), b, [None; 2]));
+                }
+                // On the CPU: what each stage's matmul instruction can do on as many
+                // threads, measured once after the image runs.
+                if host && !image_size.is_empty() {
                     let peak = |act| {
-                        host.then(|| {
-                            npurt_runtime::bench::cpu_matmul_peak(
-                                act,
-                                t,
-                                Duration::from_millis(150),
-                            )
-                        })
-                        .flatten()
-                        .map(|p| p.1)
+                        npurt_runtime::bench::cpu_matmul_peak(act, t, Duration::from_millis(150))
+                            .map(|p| p.1)
                     };
-                    let vision_act = model.vision.as_ref().and_then(|v| v.encoder());
+                    let encoder = model.vision.as_ref().and_then(|v| v.encoder());
                     let peaks = [
-                        vision_act.and_then(|e| peak(e.options.precision.linear_act)),
+                        encoder.and_then(|e| peak(e.options.precision.linear_act)),
                         peak(model.options.precision.linear_act),
                     ];
-                    image_runs.push((host.then_some(t), b, peaks));
+                    for run in image_runs.iter_mut().filter(|r| r.0 == Some(t)) {
+                        run.2 = peaks;
+                    }
                 }
 
                 let peak = npurt_runtime::stats::peak_rss_bytes().unwrap_or(0);

@@ -204,12 +204,10 @@ pub fn plan(width: u32, height: u32, opts: &TilingOptions) -> Result<ImagePlan, 
     })
 }
 
-/// A deterministic test pattern of `size` (`WIDTHxHEIGHT`, e.g. `768x1536`: the
-/// paper's 9-tile example), gradients and a checkerboard, for speed runs
-/// (`encode-image --image-size`, `bench --image-size`): content does not change what an
-/// encode costs, only the size does. Sizes outside [`DecodeLimits`]' pixel budget are
-/// refused, as a decoded file of that size would be.
-pub fn test_pattern(size: &str) -> Result<RgbImage, ImageError> {
+/// A `WIDTHxHEIGHT` size (e.g. `768x1536`: the paper's 9-tile example) as
+/// `(width, height)`. Sizes outside [`DecodeLimits`]' pixel budget are refused, as a
+/// decoded file of that size would be.
+pub fn parse_size(size: &str) -> Result<(u32, u32), ImageError> {
     let bad = |reason: String| ImageError::InvalidOption {
         option: "image size",
         reason,
@@ -222,6 +220,14 @@ pub fn test_pattern(size: &str) -> Result<RgbImage, ImageError> {
     if w == 0 || h == 0 || u64::from(w) * u64::from(h) > max {
         return Err(bad(format!("{w}x{h} is outside 1..={max} pixels")));
     }
+    Ok((w, h))
+}
+
+/// A deterministic test pattern of `size` ([`parse_size`]), gradients and a
+/// checkerboard, for speed runs (`encode-image --image-size`, `bench --image-size`):
+/// content does not change what an encode costs, only the size does.
+pub fn test_pattern(size: &str) -> Result<RgbImage, ImageError> {
+    let (w, h) = parse_size(size)?;
     Ok(RgbImage::from_fn(w, h, |x, y| {
         let c = if (x / 32 + y / 32) % 2 == 0 { 40 } else { 0 };
         ::image::Rgb([(x * 255 / w) as u8, (y * 255 / h) as u8, (128 + c) as u8])

@@ -114,9 +114,9 @@ fn attention_case(
 /// One LLaMA attention block as the builder emits it after `FuseSharedInput`: q, k and
 /// v sliced from one fused matrix, RoPE on q and k, both written into the caches, then
 /// attention over the written caches (named `block.<kv>.<name>`; compared: the
-/// attention's output on the valid rows, which every KV write feeds). A backend may run this chain
-/// fused: the wgpu backend reads the slices in place and rotates k in the KV write and
-/// q in the attention's query loads, with no dispatch of their own.
+/// attention's output on the valid rows, which every KV write feeds). A backend may run
+/// this chain fused: the wgpu backend reads the slices in place and rotates k in the KV
+/// write and q in the attention's query loads, with no dispatch of their own.
 #[allow(clippy::too_many_arguments)]
 fn block_case(
     kv: DType,

@@ -70,27 +70,23 @@ pub struct MakeModelArgs {
 }
 
 pub fn run(a: MakeModelArgs) -> anyhow_lite::Result<()> {
-    let vlm = VLM_SHAPE_NAMES.contains(&a.shape.as_str());
-    if a.vision_layers.is_some() && !vlm {
-        return Err(msg(format!(
-            "--vision-layers needs a BlueLM-V shape ({}), not `{}`",
-            VLM_SHAPE_NAMES.join(", "),
-            a.shape
-        )));
-    }
     let dtype = WeightDType::by_name(&a.dtype)
         .ok_or_else(|| msg(format!("unknown dtype `{}`", a.dtype)))?;
     let form = match a.format.as_str() {
         "hf" => LlmForm::Hf,
         _ => LlmForm::Gguf,
     };
-    let mut vlm = match vlm {
-        true => RandomBlueLmV::by_name(&a.shape, a.seed, dtype, form),
-        false => None,
-    };
-    let base = vlm.as_ref().map(|v| &v.llm.shape);
-    let mut shape = match base {
-        Some(s) => s.clone(),
+    // A BlueLM-V shape, or an LLM's.
+    let mut vlm = RandomBlueLmV::by_name(&a.shape, a.seed, dtype, form);
+    if a.vision_layers.is_some() && vlm.is_none() {
+        return Err(msg(format!(
+            "--vision-layers needs a BlueLM-V shape ({}), not `{}`",
+            VLM_SHAPE_NAMES.join(", "),
+            a.shape
+        )));
+    }
+    let mut shape = match &vlm {
+        Some(v) => v.llm.shape.clone(),
         None => LlamaShape::by_name(&a.shape).ok_or_else(|| {
             msg(format!(
                 "unknown shape `{}` (known: {})",
