@@ -3,17 +3,21 @@
 //! every prompt row, the KV cache they leave behind (seen through the next tokens'
 //! logits) and the greedy continuation equal those of a backend that computes every
 //! padded row, bit for bit, at each preset; and the graphs where rows mix (the ViT)
-//! are left whole.
+//! are left whole. The wgpu backend sizes its dispatches to the valid rows on the GPU;
+//! a LLaMA model there gives the same bits as its padded runs too, with either kernel
+//! family.
 
 use npurt_backends::cpu::{CpuBackend, CpuOptions};
+use npurt_backends::wgpu::{KernelFamily, WgpuBackend, WgpuOptions};
 use npurt_backends::{Backend, Registry};
 use npurt_graph::rows::ValidRows;
 use npurt_graph::{Op, PrecisionPolicy};
 use npurt_models::llama::{InputKind, LogitsMode};
+use npurt_models::random_llama::{LlamaShape, RandomLlama, TokenizerKvs, WeightDType};
 use npurt_models::siglip::{self, SiglipGraphOptions, SiglipVisionConfig, VisionStage};
 use npurt_models::ModelSource;
 use npurt_runtime::{GenerateOptions, LoadOptions, Runtime, Session};
-use npurt_tests::{smollm2_gguf, smollm2_graph};
+use npurt_tests::{llama_graph, smollm2_gguf, smollm2_graph};
 use std::sync::Arc;
 
 /// A runtime whose `cpu` backend computes a chunk's padding rows too.
@@ -133,4 +137,85 @@ fn valid_rows_give_the_logits_cache_and_text_of_padded_chunks() {
         }
         assert_eq!(text, padded_text, "{}", precision.name);
     }
+}
+
+/// A small random LLaMA (GQA, 2 layers, a byte-level vocabulary) on wgpu, each kernel
+/// family, valid rows against padded rows: the logits of 150 prompt rows (a whole
+/// 128-row chunk and one of 22 valid rows), of a 3-token turn and the greedy text after
+/// them are bit-identical, at w4a16 and at w4a8 (whose tiled GEMM quantizes the
+/// activations in a pass of its own).
+#[test]
+fn wgpu_valid_rows_give_the_logits_cache_and_text_of_padded_chunks() {
+    let root = npurt_models::testfiles::temp_path("wgpu-valid-rows");
+    std::fs::create_dir_all(&root).unwrap();
+    let path = root.join("model.gguf");
+    let m = RandomLlama {
+        shape: LlamaShape {
+            hidden: 64,
+            layers: 2,
+            heads: 4,
+            kv_heads: 2,
+            head_dim: None,
+            mlp: 128,
+            vocab: 259,
+            tied: false,
+            context: 512,
+            rope_theta: 10_000.0,
+            rms_norm_eps: 1e-5,
+        },
+        seed: 5,
+        dtype: WeightDType::F16,
+    };
+    m.write_gguf(&path, &TokenizerKvs::byte_level(259).unwrap())
+        .unwrap();
+    let ids: Vec<u32> = (0..150u32).map(|i| (i * 37 + 11) % 256 + 3).collect();
+    let turn = &ids[10..13];
+    for kernels in [KernelFamily::Lanes, KernelFamily::Tiled] {
+        for precision in [PrecisionPolicy::W4A16, PrecisionPolicy::W4A8] {
+            // (Its fused QKV weight has 128 rows, as many as the chunk: still a weight.)
+            let chunk = llama_graph(
+                &path,
+                128,
+                LogitsMode::All,
+                InputKind::Ids,
+                precision.clone(),
+            );
+            assert!(ValidRows::of(&chunk).is_some(), "{}", precision.name);
+            let run = |padded_rows: bool| {
+                let mut r = Registry::with_builtin();
+                r.register("wgpu", move |_| {
+                    Ok(Arc::new(WgpuBackend::new(WgpuOptions {
+                        kernels: Some(kernels),
+                        padded_rows,
+                        ..Default::default()
+                    })?) as Arc<dyn Backend>)
+                });
+                let opts = LoadOptions {
+                    backend: "wgpu".into(),
+                    precision: precision.clone(),
+                    ctx: Some(256),
+                    ..Default::default()
+                };
+                let model = Runtime::with_registry(r).load(&path, opts).unwrap();
+                let mut s = Session::new(model).unwrap();
+                let mut logits = s.feed_all_logits(&ids).unwrap();
+                logits.extend(s.feed_all_logits(turn).unwrap());
+                let gen = GenerateOptions {
+                    max_tokens: 12,
+                    ..Default::default()
+                };
+                let text = s.generate(&[], &gen, |_, _| true).unwrap().text;
+                (logits, text)
+            };
+            let what = format!("{} {}", kernels.name(), precision.name);
+            let (ours, text) = run(false);
+            let (padded, padded_text) = run(true);
+            assert_eq!(ours.len(), 153, "{what}");
+            for (i, (a, b)) in ours.iter().zip(&padded).enumerate() {
+                assert!(a == b, "{what}: row {i}'s logits differ");
+            }
+            assert_eq!(text, padded_text, "{what}");
+        }
+    }
+    std::fs::remove_dir_all(&root).ok();
 }

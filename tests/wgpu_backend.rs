@@ -783,6 +783,132 @@ fn an_attention_block_runs_two_dispatches() {
     }
 }
 
+/// A prefill chunk runs its valid rows only (`npurt_graph::rows`): every dispatch of a
+/// 128-row chunk (a norm, matmuls, causal attention, elementwise ops) takes its
+/// workgroup counts from `n_valid` on the GPU. A workgroup covers a block of rows (the
+/// tiled GEMM 64), so on a fresh scratch the rows past the valid rows' last 64-row
+/// block are never written (zeros), while a backend with `padded_rows` computes them;
+/// the valid rows agree with the CPU and, bit for bit, with the padded run. An
+/// `n_valid` past the chunk is the attention's typed error, and the grids stay in
+/// bounds.
+#[test]
+fn a_chunk_dispatches_its_valid_rows_only() {
+    let (rows, width, nh, nkv, hd, cache_rows) = (128, 32, 2, 1, 16, 256);
+    let mut g = G::new();
+    let x = g.input("x", TensorFact::f32([rows, width]));
+    let pos = g.input("pos", TensorFact::i32([1]));
+    let nv = g.input("n_valid", TensorFact::i32([1]));
+    let k_cache = g.input("k_cache", TensorFact::f32([cache_rows, nkv * hd]));
+    let v_cache = g.input("v_cache", TensorFact::f32([cache_rows, nkv * hd]));
+    let norm_w = g.weight("norm", TensorFact::f32([width]));
+    let wq = g.weight("wq", TensorFact::f32([nh * hd, width]));
+    let wo = g.weight("wo", TensorFact::f32([width, nh * hd]));
+    let linear = Op::MatMul {
+        transpose_b: true,
+        act: ActPrecision::F32,
+        prologue: Prologue::None,
+        epilogue: Epilogue::NONE,
+    };
+    let h = g.op("norm", Op::RmsNorm { eps: 1e-5 }, &[x, norm_w]);
+    let q = g.op("q", linear.clone(), &[h, wq]);
+    let a = g.op(
+        "attention",
+        causal_attention(nh, nkv, hd),
+        &[q, k_cache, v_cache, pos, nv],
+    );
+    let o = g.op("o", linear, &[a, wo]);
+    let r = g.op("residual", Op::Add, &[o, x]);
+    let y = g.op("y", Op::Silu, &[r]);
+    g.out("y", y);
+
+    let mut rng = SeededRng::new(77);
+    let mut f32s =
+        |shape: [usize; 2]| HostTensor::f32(shape, rng.uniform_vec(shape[0] * shape[1], -1.0, 1.0));
+    let (xv, kv, vv) = (
+        f32s([rows, width]),
+        f32s([cache_rows, nkv * hd]),
+        f32s([cache_rows, nkv * hd]),
+    );
+    let weights = vec![
+        ("norm", HostTensor::f32([width], vec![1.25; width])),
+        ("wq", f32s([nh * hd, width])),
+        ("wo", f32s([width, nh * hd])),
+    ];
+    let feeds = |n: i32| Feeds {
+        inputs: vec![
+            ("x", xv.clone()),
+            ("pos", scalar(3)),
+            ("n_valid", scalar(n)),
+            ("k_cache", kv.clone()),
+            ("v_cache", vv.clone()),
+        ],
+        weights: weights.clone(),
+    };
+    let dispatches = |be: &WgpuBackend| {
+        let w: Vec<_> =
+            g.g.sources("weight")
+                .into_iter()
+                .map(|(id, name, _)| {
+                    let t = &weights.iter().find(|(n, _)| *n == name).unwrap().1;
+                    (id, be.prepare_weight(name, t.clone()).unwrap())
+                })
+                .collect();
+        let e = be.compile_wgpu(&g.g, &w).unwrap();
+        (e.valid_row_dispatches(), e.dispatch_count())
+    };
+    let cpu = npurt_backends::cpu::CpuBackend::new(Default::default());
+    for (be, kernels) in both()
+        .into_iter()
+        .zip([KernelFamily::Tiled, KernelFamily::Lanes])
+    {
+        let padded = WgpuBackend::new(WgpuOptions {
+            kernels: Some(kernels),
+            padded_rows: true,
+            ..Default::default()
+        })
+        .unwrap();
+        let k = kernels.name();
+        assert_eq!(
+            dispatches(be),
+            (6, 6),
+            "{k}: every dispatch follows n_valid"
+        );
+        assert_eq!(dispatches(&padded).0, 0, "{k}: padded rows");
+        // Where the rows no workgroup of `n` valid rows reaches begin.
+        let untouched = |n: usize| n.div_ceil(64) * 64 * width;
+        for n in [128, 40, 1] {
+            let what = format!("{k}, {n} valid rows");
+            let valid = n as usize * width;
+            let want = run_on(&cpu, &g.g, &feeds(n)).unwrap();
+            let ours = run_on(be, &g.g, &feeds(n)).unwrap();
+            let all = run_on(&padded, &g.g, &feeds(n)).unwrap();
+            assert_close(&what, &ours["y"][..valid], &want["y"][..valid], 1e-5);
+            assert!(
+                ours["y"][..valid] == all["y"][..valid],
+                "{what}: padded run differs"
+            );
+            let skipped = untouched(n as usize);
+            assert!(
+                ours["y"][skipped..].iter().all(|&v| v == 0.0),
+                "{what}: padding rows were computed"
+            );
+            assert!(
+                all["y"][skipped..].iter().all(|&v| v != 0.0),
+                "{what}: the padded run skipped rows"
+            );
+        }
+        match run_on(be, &g.g, &feeds(rows as i32 + 1)) {
+            Err(BackendError::Execution { node, .. }) => assert_eq!(node, "attention", "{k}"),
+            other => panic!("{k}: n_valid past the chunk gave {other:?}"),
+        }
+        let again = run_on(be, &g.g, &feeds(1)).unwrap();
+        assert!(
+            again["y"][untouched(1)..].iter().all(|&v| v == 0.0),
+            "{k}: after the error"
+        );
+    }
+}
+
 /// Two KV writes share a dispatch only into different caches: a second write into the
 /// first's cache (the same rows written twice, the second winning) stays a dispatch of
 /// its own, after the first.

@@ -48,6 +48,18 @@ fn row_operand(op: &Op) -> Option<usize> {
     }
 }
 
+/// Whether `id` is a weight or a state (through reshapes): stored, not computed from
+/// the chunk's rows.
+fn is_parameter(g: &Graph, mut id: NodeId) -> bool {
+    loop {
+        match g.node(id).op {
+            Op::Reshape { .. } => id = g.node(id).inputs[0],
+            Op::Weight { .. } | Op::State { .. } => return true,
+            _ => return false,
+        }
+    }
+}
+
 impl ValidRows {
     /// How many of the `len` elements of value `id` its first `n` rows hold: all of
     /// them unless its rows are the chunk's token rows.
@@ -102,12 +114,17 @@ impl ValidRows {
                 // A product of two activations sums over the chunk's rows.
                 (Op::MatMul { .. }, _) if token_rows[n.inputs[1].0] => false,
                 (_, Some(i)) if token_rows[n.inputs[i].0] => {
-                    // Every other input with the rows' leading dimension and the same
-                    // rank must be token rows too (a residual, an elementwise operand);
-                    // a broadcast operand, a weight or a cache has another shape.
+                    // Every other activation with the rows' leading dimension and the
+                    // same rank must be token rows too (a residual, an elementwise
+                    // operand); a broadcast operand has another shape, and a weight or
+                    // a cache is no activation (whatever its rows: a fused QKV weight
+                    // of a 128-row chunk may have 128 rows).
                     let rank = g.fact(n.inputs[i]).rank();
                     n.inputs.iter().enumerate().all(|(j, &x)| {
-                        j == i || token_rows[x.0] || !(leads(x) && g.fact(x).rank() == rank)
+                        j == i
+                            || token_rows[x.0]
+                            || is_parameter(g, x)
+                            || !(leads(x) && g.fact(x).rank() == rank)
                     })
                 }
                 _ => false,
@@ -167,6 +184,15 @@ mod tests {
             .map(|id| g.node(id).name.as_str())
             .collect();
         assert_eq!(marked, ["x", "q", "kw", "vw", "attn", "res"]);
+
+        // A weight with as many rows as the chunk is a weight, not token rows to match.
+        let g = block(|b, a, _| {
+            let w = b.weight("w4", TensorFact::f32([4, 8])).unwrap();
+            b.linear("o", a, w).unwrap()
+        });
+        let v = ValidRows::of(&g).expect("a weight of the chunk's rows");
+        let o = g.ids().find(|&id| g.node(id).name == "o").unwrap();
+        assert!(v.limits(&g, o));
 
         // A product of two activations (a x^T) mixes rows; a transpose moves them.
         let g = block(|b, a, x| {

@@ -24,15 +24,21 @@ pub fn describe(model: &Model, kind: GraphKind, nodes: bool) -> String {
         "graph      {kind:?}: {} rows, context {}, KV cache {} rows",
         cg.rows, model.ctx, model.cache_rows
     );
-    // The CPU backend computes only a chunk's valid rows of these (`npurt_graph::rows`).
-    if let Some(v) = npurt_graph::rows::ValidRows::of(g).filter(|_| be.name() == "cpu") {
+    // The built-in backends compute only a chunk's valid rows of these
+    // (`npurt_graph::rows`), unless their variable says otherwise.
+    let padded_var = match be.name() {
+        "cpu" => Some("NPURT_CPU_PADDED_ROWS"),
+        "wgpu" => Some("NPURT_WGPU_PADDED_ROWS"),
+        _ => None,
+    };
+    if let (Some(v), Some(var)) = (npurt_graph::rows::ValidRows::of(g), padded_var) {
         let computed = g.ids().filter(|&id| !g.node(id).op.is_source());
         let (limited, all) = computed.fold((0, 0), |(l, a), id| {
             (l + usize::from(v.limits(g, id)), a + 1)
         });
         let _ = writeln!(
             s,
-            "valid rows {limited} of {all} nodes compute only the chunk's n_valid rows (NPURT_CPU_PADDED_ROWS=1: every row)"
+            "valid rows {limited} of {all} nodes compute only the chunk's n_valid rows ({var}=1: every row)"
         );
     }
     let _ = writeln!(s, "\npasses (nodes before -> after):");

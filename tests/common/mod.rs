@@ -1,7 +1,7 @@
 //! Shared helpers for npurt's integration tests: locating `../shared/golden` and the
 //! fetched model, reading golden tensors, and the tolerances the golden README states.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// The project root (the workspace directory).
 pub fn project_root() -> PathBuf {
@@ -62,7 +62,18 @@ pub fn smollm2_graph(
     input: npurt_models::llama::InputKind,
     policy: npurt_graph::PrecisionPolicy,
 ) -> npurt_graph::Graph {
-    let src = npurt_models::ModelSource::open(&smollm2_gguf()).unwrap();
+    llama_graph(&smollm2_gguf(), rows, logits, input, policy)
+}
+
+/// The LLaMA graph of the model at `path`, as [`smollm2_graph`] builds SmolLM2's.
+pub fn llama_graph(
+    path: &Path,
+    rows: usize,
+    logits: npurt_models::llama::LogitsMode,
+    input: npurt_models::llama::InputKind,
+    policy: npurt_graph::PrecisionPolicy,
+) -> npurt_graph::Graph {
+    let src = npurt_models::ModelSource::open(path).unwrap();
     let stored = src.weights.stored_dtypes();
     let mut g = npurt_models::llama::build(
         &src.config,

@@ -8,8 +8,9 @@
 
 use super::buffers::{self, WgpuBuffer};
 use super::device::{GpuCompletion, GpuContext, StatusCheck};
-use super::ops::{self, BindRef, LowerCtx};
-use super::pipelines;
+use super::ops::{self, BindRef, LowerCtx, RowGrid};
+use super::pipelines::{self, PipelineKey};
+use super::shader_args::{self as args, PARAMS_BINDING};
 use super::ProfileTiming;
 use crate::profile::ms;
 use crate::{
@@ -17,6 +18,7 @@ use crate::{
     Profile, Result, Scratch, TimeSource,
 };
 use npurt_graph::plan::{self, SlotPlan, Storage};
+use npurt_graph::rows::ValidRows;
 use npurt_graph::{Graph, NodeId, Op};
 use std::any::Any;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -29,12 +31,17 @@ const BIND_CACHE_ENTRIES: usize = 4;
 /// A binding resolved against the memory plan.
 #[derive(Clone, Copy, Debug)]
 enum Resolved {
-    Params { offset: u64, size: u64 },
+    Params {
+        offset: u64,
+        size: u64,
+    },
     Bound(usize),
     WeightPart(NodeId, usize),
     Slot(usize),
     Const(usize),
     Status,
+    /// The scratch's valid-row grids (`RowGrids`).
+    Grids,
 }
 
 struct Step {
@@ -42,7 +49,25 @@ struct Step {
     pipeline: Arc<::wgpu::ComputePipeline>,
     bindings: Vec<(u32, Resolved)>,
     groups: [u32; 3],
+    /// Where in the scratch's valid-row grids this dispatch reads its workgroup counts
+    /// (`None`: `groups`, the whole grid).
+    indirect: Option<u64>,
 }
+
+/// A prefill chunk's valid rows on the GPU (`npurt_graph::rows`): the first dispatch
+/// of each run (valid_rows.wgsl) writes, for every dispatch of a row-wise node, the
+/// workgroups that cover the chunk's first `n_valid` rows into the scratch's grid
+/// buffer, and those dispatches read their counts from it. A 16-row chunk of a
+/// 128-row graph then costs its 16 rows, and the host never reads `n_valid`.
+struct RowGrids {
+    pipeline: Arc<::wgpu::ComputePipeline>,
+    bindings: Vec<(u32, Resolved)>,
+    /// Entries in the table: dispatches sized by `n_valid`.
+    count: u32,
+}
+
+/// Bytes of one indirect dispatch's workgroup counts (x, y, z).
+const INDIRECT_BYTES: u64 = 12;
 
 pub struct WgpuExecutable {
     ctx: Arc<GpuContext>,
@@ -58,6 +83,8 @@ pub struct WgpuExecutable {
     weights: Vec<Option<Arc<dyn DeviceBuffer>>>,
     /// Bound nodes written by the graph (KV caches).
     written: Vec<bool>,
+    /// A chunk graph's valid-row grids (`None`: every dispatch runs its whole grid).
+    row_grids: Option<RowGrids>,
 }
 
 /// Runs one scratch may have in flight before a submit waits for the oldest one's
@@ -82,7 +109,16 @@ pub struct WgpuScratch {
     ring: Vec<StatusSlot>,
     /// The ring slot the next run copies its status words into.
     next: usize,
-    bind_cache: Vec<(Vec<u64>, Vec<::wgpu::BindGroup>)>,
+    /// The valid-row grids' workgroup counts (`RowGrids`), written by each run.
+    grids: Option<::wgpu::Buffer>,
+    bind_cache: Vec<(Vec<u64>, BindSet)>,
+}
+
+/// A run's bind groups for one set of bound buffers: one per step, and the valid-row
+/// grids' own.
+struct BindSet {
+    steps: Vec<::wgpu::BindGroup>,
+    grids: Option<::wgpu::BindGroup>,
 }
 
 impl Scratch for WgpuScratch {
@@ -102,10 +138,12 @@ fn compile_err(graph: &Graph, id: NodeId, reason: impl Into<String>) -> BackendE
 }
 
 impl WgpuExecutable {
+    /// `padded_rows`: run a prefill chunk's padding rows too (`WgpuOptions::padded_rows`).
     pub(crate) fn new(
         ctx: Arc<GpuContext>,
         graph: &Graph,
         weights: &[(NodeId, Arc<dyn DeviceBuffer>)],
+        padded_rows: bool,
     ) -> Result<Self> {
         let n = graph.nodes.len();
         let mut w: Vec<Option<Arc<dyn DeviceBuffer>>> = vec![None; n];
@@ -179,6 +217,26 @@ impl WgpuExecutable {
         // Parameters: one aligned slot per dispatch, uploaded once.
         let align = u64::from(ctx.limits.min_uniform_buffer_offset_alignment).max(16);
         let mut params_bytes: Vec<u8> = Vec::new();
+        let mut push_params = |bytes: &[u8]| {
+            let offset = (params_bytes.len() as u64).div_ceil(align) * align;
+            params_bytes.resize(offset as usize, 0);
+            // A uniform binding's size is a multiple of 16 bytes.
+            let size = (bytes.len() as u64).div_ceil(16) * 16;
+            params_bytes.extend(bytes);
+            params_bytes.resize(offset as usize + size as usize, 0);
+            Resolved::Params { offset, size }
+        };
+        let resolve_value = |v: NodeId| match plan.storage[plan::root(graph, v).0] {
+            Storage::Bound(k) => Resolved::Bound(k),
+            Storage::Slot(s) => Resolved::Slot(s),
+            Storage::Weight(wid) => Resolved::WeightPart(wid, 0),
+        };
+        let valid_rows = if padded_rows {
+            None
+        } else {
+            ValidRows::of(graph)
+        };
+        let mut grid_table: Vec<args::valid_rows::GridEntry> = Vec::new();
         let mut consts = Vec::new();
         let mut steps = Vec::new();
         for (i, l) in lowered.into_iter().enumerate() {
@@ -192,40 +250,70 @@ impl WgpuExecutable {
                 )?);
             }
             for d in l.dispatches {
-                let offset = (params_bytes.len() as u64).div_ceil(align) * align;
-                params_bytes.resize(offset as usize, 0);
-                // A uniform binding's size is a multiple of 16 bytes.
-                let size = (d.params.len() as u64).div_ceil(16) * 16;
-                params_bytes.extend(&d.params);
-                params_bytes.resize(offset as usize + size as usize, 0);
+                let params_at = push_params(&d.params);
                 let pipeline = pipelines::get(&ctx, &d.key)?;
                 let bindings = d
                     .bindings
                     .iter()
                     .map(|&(b, r)| {
                         let res = match r {
-                            BindRef::Params => Resolved::Params { offset, size },
+                            BindRef::Params => params_at,
                             BindRef::Status => Resolved::Status,
                             BindRef::Const(c) => Resolved::Const(const_base + c),
                             BindRef::Temp(t) => Resolved::Slot(plan.temp_slots[i][t]),
                             BindRef::WeightPart(wid, p) => Resolved::WeightPart(wid, p),
-                            BindRef::Value(v) => match plan.storage[plan::root(graph, v).0] {
-                                Storage::Bound(k) => Resolved::Bound(k),
-                                Storage::Slot(s) => Resolved::Slot(s),
-                                Storage::Weight(wid) => Resolved::WeightPart(wid, 0),
-                            },
+                            BindRef::Value(v) => resolve_value(v),
                         };
                         (b, res)
                     })
                     .collect();
+                let grid = valid_rows
+                    .as_ref()
+                    .filter(|v| v.limits(graph, id))
+                    .and_then(|v| grid_entry(d.rows, d.groups, v.rows));
+                let indirect = grid.map(|e| {
+                    grid_table.push(e);
+                    (grid_table.len() as u64 - 1) * INDIRECT_BYTES
+                });
                 steps.push(Step {
                     node: id,
                     pipeline,
                     bindings,
                     groups: d.groups,
+                    indirect,
                 });
             }
         }
+        let row_grids = match &valid_rows {
+            Some(v) if !grid_table.is_empty() => {
+                let params = args::valid_rows::Params {
+                    grids: grid_table.len() as u32,
+                    rows: v.rows as u32,
+                };
+                let params_at = push_params(bytemuck::bytes_of(&params));
+                consts.push(buffers::create_init(
+                    &ctx,
+                    "valid-row grids",
+                    bytemuck::cast_slice(&grid_table),
+                )?);
+                let table = Resolved::Const(consts.len() - 1);
+                let b = args::valid_rows::NUMBERS;
+                Some(RowGrids {
+                    pipeline: pipelines::get(
+                        &ctx,
+                        &PipelineKey::new("valid_rows.wgsl", "valid_row_grids", &[]),
+                    )?,
+                    bindings: vec![
+                        (PARAMS_BINDING, params_at),
+                        (b.n_valid_in, resolve_value(v.n_valid)),
+                        (b.grids, table),
+                        (b.out, Resolved::Grids),
+                    ],
+                    count: grid_table.len() as u32,
+                })
+            }
+            _ => None,
+        };
         for s in &steps {
             for &(_, r) in &s.bindings {
                 if let Resolved::WeightPart(wid, p) = r {
@@ -252,9 +340,10 @@ impl WgpuExecutable {
         let label: Arc<str> =
             format!("wgpu graph #{id} ({} nodes, {} dispatches)", n, steps.len()).into();
         log::debug!(
-            "{label}: {} scratch slots, {} bytes",
+            "{label}: {} scratch slots, {} bytes; {} dispatches sized by n_valid",
             plan.slot_bytes.len(),
-            plan.slot_bytes.iter().sum::<u64>()
+            plan.slot_bytes.iter().sum::<u64>(),
+            steps.iter().filter(|s| s.indirect.is_some()).count()
         );
         Ok(WgpuExecutable {
             ctx,
@@ -268,7 +357,13 @@ impl WgpuExecutable {
             consts,
             weights: w,
             written,
+            row_grids,
         })
+    }
+
+    /// Dispatches whose grids follow a chunk's valid rows (0 where every row runs).
+    pub fn valid_row_dispatches(&self) -> usize {
+        self.steps.iter().filter(|s| s.indirect.is_some()).count()
     }
 
     /// Dispatches recorded per run.
@@ -313,11 +408,37 @@ impl WgpuExecutable {
         Ok(out)
     }
 
-    fn bind_groups(
+    fn bind_groups(&self, scratch: &WgpuScratch, bound: &[&WgpuBuffer]) -> Result<BindSet> {
+        let steps = self
+            .steps
+            .iter()
+            .map(|step| {
+                let node = &self.graph.node(step.node).name;
+                self.bind_group(scratch, bound, &step.pipeline, &step.bindings, node)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let grids = match &self.row_grids {
+            Some(g) => Some(self.bind_group(
+                scratch,
+                bound,
+                &g.pipeline,
+                &g.bindings,
+                "valid-row grids",
+            )?),
+            None => None,
+        };
+        Ok(BindSet { steps, grids })
+    }
+
+    /// The bind group of one dispatch's resolved bindings (`what` names it in errors).
+    fn bind_group(
         &self,
         scratch: &WgpuScratch,
         bound: &[&WgpuBuffer],
-    ) -> Result<Vec<::wgpu::BindGroup>> {
+        pipeline: &::wgpu::ComputePipeline,
+        bindings: &[(u32, Resolved)],
+        what: &str,
+    ) -> Result<::wgpu::BindGroup> {
         let weight_part = |wid: NodeId, p: usize| -> Result<&::wgpu::Buffer> {
             let b = self.weights[wid.0]
                 .as_ref()
@@ -328,49 +449,78 @@ impl WgpuExecutable {
                 .map(|part| &part.buffer)
                 .ok_or_else(|| BackendError::Binding("weight part missing".into()))
         };
-        let mut groups = Vec::with_capacity(self.steps.len());
-        for step in &self.steps {
-            let mut entries = Vec::with_capacity(step.bindings.len());
-            for &(binding, r) in &step.bindings {
-                let (buffer, offset, size) = match r {
-                    Resolved::Params { offset, size } => {
-                        (&self.params, offset, std::num::NonZeroU64::new(size))
-                    }
-                    Resolved::Bound(k) => (bound[k].whole()?, 0, None),
-                    Resolved::WeightPart(wid, p) => (weight_part(wid, p)?, 0, None),
-                    Resolved::Slot(s) => (&scratch.slots[s], 0, None),
-                    Resolved::Const(c) => (&self.consts[c], 0, None),
-                    Resolved::Status => (&scratch.status, 0, None),
-                };
-                entries.push(::wgpu::BindGroupEntry {
-                    binding,
-                    resource: ::wgpu::BindingResource::Buffer(::wgpu::BufferBinding {
-                        buffer,
-                        offset,
-                        size,
-                    }),
-                });
-            }
-            let layout = step.pipeline.get_bind_group_layout(0);
-            self.ctx.counters.bind_group_created();
-            let bg = self.ctx.scoped(
-                || {
-                    self.ctx
-                        .device
-                        .create_bind_group(&::wgpu::BindGroupDescriptor {
-                            label: None,
-                            layout: &layout,
-                            entries: &entries,
-                        })
-                },
-                |msg, _| BackendError::Execution {
-                    node: self.graph.node(step.node).name.clone(),
-                    reason: format!("bind group: {msg}"),
-                },
-            )?;
-            groups.push(bg);
+        let mut entries = Vec::with_capacity(bindings.len());
+        for &(binding, r) in bindings {
+            let (buffer, offset, size) = match r {
+                Resolved::Params { offset, size } => {
+                    (&self.params, offset, std::num::NonZeroU64::new(size))
+                }
+                Resolved::Bound(k) => (bound[k].whole()?, 0, None),
+                Resolved::WeightPart(wid, p) => (weight_part(wid, p)?, 0, None),
+                Resolved::Slot(s) => (&scratch.slots[s], 0, None),
+                Resolved::Const(c) => (&self.consts[c], 0, None),
+                Resolved::Status => (&scratch.status, 0, None),
+                Resolved::Grids => (
+                    scratch
+                        .grids
+                        .as_ref()
+                        .ok_or_else(|| BackendError::Binding("no valid-row grids".into()))?,
+                    0,
+                    None,
+                ),
+            };
+            entries.push(::wgpu::BindGroupEntry {
+                binding,
+                resource: ::wgpu::BindingResource::Buffer(::wgpu::BufferBinding {
+                    buffer,
+                    offset,
+                    size,
+                }),
+            });
         }
-        Ok(groups)
+        let layout = pipeline.get_bind_group_layout(0);
+        self.ctx.counters.bind_group_created();
+        self.ctx.scoped(
+            || {
+                self.ctx
+                    .device
+                    .create_bind_group(&::wgpu::BindGroupDescriptor {
+                        label: None,
+                        layout: &layout,
+                        entries: &entries,
+                    })
+            },
+            |msg, _| BackendError::Execution {
+                node: what.to_string(),
+                reason: format!("bind group: {msg}"),
+            },
+        )
+    }
+
+    /// Records the valid-row grids' dispatch (before every step that reads them).
+    fn record_grids(&self, pass: &mut ::wgpu::ComputePass, set: &BindSet) {
+        if let (Some(g), Some(bg)) = (&self.row_grids, &set.grids) {
+            pass.set_pipeline(&g.pipeline);
+            pass.set_bind_group(0, bg, &[]);
+            pass.dispatch_workgroups(g.count.div_ceil(64), 1, 1);
+        }
+    }
+
+    /// Records step `i`: its whole grid, or the one the valid-row grids hold for it.
+    fn record_step(
+        &self,
+        pass: &mut ::wgpu::ComputePass,
+        scratch: &WgpuScratch,
+        set: &BindSet,
+        i: usize,
+    ) {
+        let step = &self.steps[i];
+        pass.set_pipeline(&step.pipeline);
+        pass.set_bind_group(0, &set.steps[i], &[]);
+        match (step.indirect, &scratch.grids) {
+            (Some(offset), Some(grids)) => pass.dispatch_workgroups_indirect(grids, offset),
+            _ => pass.dispatch_workgroups(step.groups[0], step.groups[1], step.groups[2]),
+        }
     }
 
     fn storage_buffer<'a>(
@@ -397,6 +547,38 @@ impl WgpuExecutable {
             }
         }
     }
+}
+
+/// The valid-row table's entry for a dispatch of a token-row node in a chunk of
+/// `rows` rows (`None`: its grid does not follow the rows one by one, so it runs
+/// whole).
+fn grid_entry(grid: RowGrid, groups: [u32; 3], rows: usize) -> Option<args::valid_rows::GridEntry> {
+    use args::valid_rows::{AXIS, FLAT};
+    let (kind, a, b) = match grid {
+        RowGrid::Whole => return None,
+        RowGrid::Flat { threads, wg } => {
+            let threads = threads as usize;
+            if rows == 0 || !threads.is_multiple_of(rows) {
+                return None;
+            }
+            (FLAT, (threads / rows) as u32, wg)
+        }
+        RowGrid::Axis { axis, rows: per } => {
+            // The grid along `axis` must be the chunk's blocks of rows, no more.
+            let dim = *groups.get(axis as usize)?;
+            if per == 0 || dim as usize != rows.div_ceil(per as usize) {
+                return None;
+            }
+            (AXIS, axis, per)
+        }
+    };
+    Some(args::valid_rows::GridEntry {
+        kind,
+        a,
+        b,
+        _pad: 0,
+        whole: [groups[0], groups[1], groups[2], 0],
+    })
 }
 
 fn pad4(data: &[u8]) -> Vec<u8> {
@@ -462,12 +644,30 @@ impl Executable for WgpuExecutable {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
+        let grids = match &self.row_grids {
+            Some(g) => Some(ctx.scoped(
+                || {
+                    ctx.create_buffer(&::wgpu::BufferDescriptor {
+                        label: Some("valid-row grids"),
+                        size: u64::from(g.count) * INDIRECT_BYTES,
+                        usage: ::wgpu::BufferUsages::STORAGE | ::wgpu::BufferUsages::INDIRECT,
+                        mapped_at_creation: false,
+                    })
+                },
+                |msg, _| BackendError::OutOfMemory {
+                    what: format!("valid-row grids: {msg}"),
+                    bytes: (u64::from(g.count) * INDIRECT_BYTES) as usize,
+                },
+            )?),
+            None => None,
+        };
         Ok(Box::new(WgpuScratch {
             exec_id: self.id,
             slots,
             status,
             ring,
             next: 0,
+            grids,
             bind_cache: Vec::new(),
         }))
     }
@@ -681,15 +881,14 @@ impl WgpuExecutable {
         self.reset_status(&p);
         let mut enc = self.new_encoder();
         {
-            let groups = &p.scratch.bind_cache[p.groups_at].1;
+            let set = &p.scratch.bind_cache[p.groups_at].1;
             let mut pass = enc.begin_compute_pass(&::wgpu::ComputePassDescriptor {
                 label: Some(&self.label),
                 timestamp_writes: None,
             });
-            for (step, bg) in self.steps.iter().zip(groups) {
-                pass.set_pipeline(&step.pipeline);
-                pass.set_bind_group(0, bg, &[]);
-                pass.dispatch_workgroups(step.groups[0], step.groups[1], step.groups[2]);
+            self.record_grids(&mut pass, set);
+            for i in 0..self.steps.len() {
+                self.record_step(&mut pass, p.scratch, set, i);
             }
         }
         self.record_tail(&p, &mut enc)?;
@@ -733,17 +932,29 @@ impl WgpuExecutable {
         self.reset_status(&p);
         let mut times = vec![0f64; spans.len()];
         let dispatch = |pass: &mut ::wgpu::ComputePass,
-                        groups: &[::wgpu::BindGroup],
+                        scratch: &WgpuScratch,
+                        set: &BindSet,
                         r: &std::ops::Range<usize>| {
             for i in r.clone() {
-                let step = &self.steps[i];
-                pass.set_pipeline(&step.pipeline);
-                pass.set_bind_group(0, &groups[i], &[]);
-                pass.dispatch_workgroups(step.groups[0], step.groups[1], step.groups[2]);
+                self.record_step(pass, scratch, set, i);
             }
+        };
+        // The valid-row grids first, untimed (a few words per dispatch): in a pass of
+        // their own, which the passes after see.
+        let grids_pass = |enc: &mut ::wgpu::CommandEncoder, p: &Prepared| {
+            let mut pass = enc.begin_compute_pass(&::wgpu::ComputePassDescriptor {
+                label: Some("valid-row grids"),
+                timestamp_writes: None,
+            });
+            self.record_grids(&mut pass, &p.scratch.bind_cache[p.groups_at].1);
         };
         let timing = ctx.profile_timing;
         if timing == ProfileTiming::HostPerNode {
+            if self.row_grids.is_some() {
+                let mut enc = self.new_encoder();
+                grids_pass(&mut enc, &p);
+                ctx.wait_for(Some(ctx.submit([enc.finish()])))?;
+            }
             for (k, (_, r)) in spans.iter().enumerate() {
                 if r.is_empty() {
                     continue;
@@ -751,12 +962,12 @@ impl WgpuExecutable {
                 let t = Instant::now();
                 let mut enc = self.new_encoder();
                 {
-                    let groups = &p.scratch.bind_cache[p.groups_at].1;
+                    let set = &p.scratch.bind_cache[p.groups_at].1;
                     let mut pass = enc.begin_compute_pass(&::wgpu::ComputePassDescriptor {
                         label: Some(&self.label),
                         timestamp_writes: None,
                     });
-                    dispatch(&mut pass, groups, r);
+                    dispatch(&mut pass, p.scratch, set, r);
                 }
                 let index = ctx.submit([enc.finish()]);
                 ctx.wait_for(Some(index))?;
@@ -799,8 +1010,9 @@ impl WgpuExecutable {
             mapped_at_creation: false,
         });
         let mut enc = self.new_encoder();
+        grids_pass(&mut enc, &p);
         {
-            let groups = &p.scratch.bind_cache[p.groups_at].1;
+            let binds = &p.scratch.bind_cache[p.groups_at].1;
             if inside {
                 let mut pass = enc.begin_compute_pass(&::wgpu::ComputePassDescriptor {
                     label: Some(&self.label),
@@ -809,7 +1021,7 @@ impl WgpuExecutable {
                 let (set, i) = at(0);
                 pass.write_timestamp(set, i);
                 for (q, &k) in timed.iter().enumerate() {
-                    dispatch(&mut pass, groups, &spans[k].1);
+                    dispatch(&mut pass, p.scratch, binds, &spans[k].1);
                     let (set, i) = at(q as u32 + 1);
                     pass.write_timestamp(set, i);
                 }
@@ -827,7 +1039,7 @@ impl WgpuExecutable {
                             end_of_pass_write_index: Some(j),
                         }),
                     });
-                    dispatch(&mut pass, groups, &spans[k].1);
+                    dispatch(&mut pass, p.scratch, binds, &spans[k].1);
                 }
             }
         }

@@ -84,6 +84,10 @@ pub struct WgpuOptions {
     /// How `Executable::profile` times nodes; `None` picks the best the adapter
     /// offers. `NPURT_WGPU_PROFILE=inside|pass|host` overrides the default.
     pub profile_timing: Option<ProfileTiming>,
+    /// Run a prefill chunk's padding rows too, as a static-shape device does (for
+    /// comparisons; `NPURT_WGPU_PADDED_ROWS=1`). By default a chunk's row-wise
+    /// dispatches are sized to its valid rows on the GPU (`npurt_graph::rows`).
+    pub padded_rows: bool,
 }
 
 /// How the wgpu backend's profiler times each node.
@@ -133,6 +137,7 @@ impl Default for WgpuOptions {
             gemv_cols: None,
             attn_splits: None,
             profile_timing,
+            padded_rows: std::env::var("NPURT_WGPU_PADDED_ROWS").is_ok_and(|v| v == "1"),
         }
     }
 }
@@ -140,6 +145,7 @@ impl Default for WgpuOptions {
 pub struct WgpuBackend {
     caps: Capabilities,
     ctx: Arc<GpuContext>,
+    padded_rows: bool,
 }
 
 impl WgpuBackend {
@@ -227,7 +233,11 @@ impl WgpuBackend {
             max_buffer_bytes: ctx.max_binding as usize,
             host_memory: false,
         };
-        Ok(WgpuBackend { caps, ctx })
+        Ok(WgpuBackend {
+            caps,
+            ctx,
+            padded_rows: opts.padded_rows,
+        })
     }
 
     /// The adapter's name and API, e.g. "llvmpipe (LLVM 15.0.6, 256 bits) (Vulkan, Cpu)".
@@ -279,7 +289,7 @@ impl WgpuBackend {
         weights: &[(NodeId, Arc<dyn DeviceBuffer>)],
     ) -> Result<WgpuExecutable> {
         crate::check_support(self, graph)?;
-        WgpuExecutable::new(self.ctx.clone(), graph, weights)
+        WgpuExecutable::new(self.ctx.clone(), graph, weights, self.padded_rows)
     }
 
     /// Parts a prepared weight is split into.

@@ -161,6 +161,24 @@ pub(crate) struct Dispatch {
     pub params: Vec<u8>,
     pub bindings: Vec<(u32, BindRef)>,
     pub groups: [u32; 3],
+    /// How `groups` covers the node's rows.
+    pub rows: RowGrid,
+}
+
+/// How a dispatch's grid covers its node's output rows, so that a prefill chunk can
+/// run on its valid rows only (`npurt_graph::rows`): for a node whose rows are the
+/// chunk's token rows, the executable sizes such a grid to the first `n_valid` rows on
+/// the GPU (valid_rows.wgsl) and dispatches it indirectly.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RowGrid {
+    /// The grid does not map rows to workgroups in order: it always runs whole.
+    Whole,
+    /// A flat grid (`grid_1d`) of `threads` threads in groups of `wg`, thread `i`
+    /// working on element `i` of the row-major output (or of a row-major block list):
+    /// the first rows are the first threads.
+    Flat { threads: u32, wg: u32 },
+    /// Grid dimension `axis` counts blocks of `rows` rows, in order.
+    Axis { axis: u32, rows: u32 },
 }
 
 impl Dispatch {
@@ -170,7 +188,34 @@ impl Dispatch {
             params: bytemuck::bytes_of(&params).to_vec(),
             bindings: bind.entries(),
             groups,
+            rows: RowGrid::Whole,
         }
+    }
+
+    /// A dispatch over a flat grid of `threads` in groups of `wg` (`grid_1d`), one
+    /// thread per element (or block) of the row-major output.
+    fn flat(
+        key: PipelineKey,
+        params: impl Uniform,
+        bind: impl Bindings,
+        threads: usize,
+        wg: usize,
+    ) -> Result<Self, String> {
+        let mut d = Dispatch::new(key, params, bind, grid_1d(threads, wg)?);
+        d.rows = RowGrid::Flat {
+            threads: as_u32(threads, "threads")?,
+            wg: wg as u32,
+        };
+        Ok(d)
+    }
+
+    /// This dispatch with grid dimension `axis` counting blocks of `rows` rows.
+    fn row_axis(mut self, axis: u32, rows: usize) -> Self {
+        self.rows = RowGrid::Axis {
+            axis,
+            rows: rows as u32,
+        };
+        self
     }
 }
 
@@ -489,7 +534,7 @@ fn elementwise(
     y: Option<BindRef>,
     out: BindRef,
 ) -> Result<Dispatch, String> {
-    Ok(Dispatch::new(
+    Dispatch::flat(
         PipelineKey::new("elementwise.wgsl", entry, &[]),
         args::elementwise::Params {
             n: as_u32(n, "elements")?,
@@ -497,8 +542,9 @@ fn elementwise(
             cols: as_u32(cols, "columns")?,
         },
         args::elementwise::Bindings { x, y, out },
-        grid_1d(n, EW)?,
-    ))
+        n,
+        EW,
+    )
 }
 
 /// Lowers node `id`. Sources and reshapes produce no dispatch.
@@ -571,7 +617,7 @@ pub(crate) fn lower(cx: &LowerCtx, id: NodeId) -> Result<Lowered, String> {
             let width = node.fact.shape[1];
             let (spec, inv_freq) = rope_spec(p, &mut l.consts)?;
             let (stride, offset) = cx.strided(ins[0]);
-            l.dispatches.push(Dispatch::new(
+            l.dispatches.push(Dispatch::flat(
                 PipelineKey::new("rope.wgsl", "rope", &[]),
                 args::rope::Params {
                     n: as_u32(n_out, "elements")?,
@@ -590,8 +636,9 @@ pub(crate) fn lower(cx: &LowerCtx, id: NodeId) -> Result<Lowered, String> {
                     out,
                     status: BindRef::Status,
                 },
-                grid_1d(n_out, EW)?,
-            ));
+                n_out,
+                EW,
+            )?);
             return Ok(l);
         }
         // Written by the first of its pair (KV_PAIR).
@@ -706,7 +753,8 @@ pub(crate) fn lower(cx: &LowerCtx, id: NodeId) -> Result<Lowered, String> {
             }
             let hd = format!("HEAD_DIM={head_dim}");
             defines.push(&hd);
-            let (key, groups) = if lanes {
+            // (.., the grid dimension that counts query rows and its rows per group)
+            let (key, groups, row_axis) = if lanes {
                 (
                     PipelineKey::new("attention_lanes.wgsl", "attention_lanes", &defines),
                     [
@@ -714,10 +762,20 @@ pub(crate) fn lower(cx: &LowerCtx, id: NodeId) -> Result<Lowered, String> {
                         as_u32(*n_heads, "heads")?,
                         1,
                     ],
+                    (0, 64),
                 )
             } else {
                 let (entry, groups) = tiled_attention_entry(t, *n_heads, *head_dim)?;
-                (PipelineKey::new("attention.wgsl", entry, &defines), groups)
+                let rows = if entry == "attention_rows" {
+                    ROWS_BLOCK
+                } else {
+                    1
+                };
+                (
+                    PipelineKey::new("attention.wgsl", entry, &defines),
+                    groups,
+                    (1, rows),
+                )
             };
             if groups[0] > MAX_GROUPS || groups[1] > MAX_GROUPS {
                 return Err("attention with more than 65535 heads or rows".into());
@@ -729,7 +787,9 @@ pub(crate) fn lower(cx: &LowerCtx, id: NodeId) -> Result<Lowered, String> {
                 _ => 1,
             };
             if splits == 1 {
-                l.dispatches.push(Dispatch::new(key, params, bind, groups));
+                l.dispatches.push(
+                    Dispatch::new(key, params, bind, groups).row_axis(row_axis.0, row_axis.1),
+                );
                 return Ok(l);
             }
             // Flash-decoding: each of `splits` key ranges of a row and head is a
@@ -741,23 +801,29 @@ pub(crate) fn lower(cx: &LowerCtx, id: NodeId) -> Result<Lowered, String> {
             l.temps
                 .push((t * n_heads * splits * (head_dim + 2) * 4) as u64);
             bind.out = BindRef::Temp(states);
-            l.dispatches.push(Dispatch::new(
-                PipelineKey::new("attention.wgsl", "attention", &defines),
-                params,
-                bind,
-                [groups[0], groups[1], splits as u32],
-            ));
-            l.dispatches.push(Dispatch::new(
-                PipelineKey::new("attention_combine.wgsl", "attention_combine", &[]),
-                params,
-                args::attention_combine::Bindings {
-                    states: BindRef::Temp(states),
-                    pos_in: BindRef::Value(ins[3]),
-                    n_valid_in: BindRef::Value(ins[4]),
-                    out,
-                },
-                groups,
-            ));
+            l.dispatches.push(
+                Dispatch::new(
+                    PipelineKey::new("attention.wgsl", "attention", &defines),
+                    params,
+                    bind,
+                    [groups[0], groups[1], splits as u32],
+                )
+                .row_axis(row_axis.0, row_axis.1),
+            );
+            l.dispatches.push(
+                Dispatch::new(
+                    PipelineKey::new("attention_combine.wgsl", "attention_combine", &[]),
+                    params,
+                    args::attention_combine::Bindings {
+                        states: BindRef::Temp(states),
+                        pos_in: BindRef::Value(ins[3]),
+                        n_valid_in: BindRef::Value(ins[4]),
+                        out,
+                    },
+                    groups,
+                )
+                .row_axis(row_axis.0, row_axis.1),
+            );
             return Ok(l);
         }
         Op::Attention {
@@ -802,7 +868,7 @@ pub(crate) fn lower(cx: &LowerCtx, id: NodeId) -> Result<Lowered, String> {
         Op::SliceCols { .. } if cx.views[id.0] => {}
         Op::SliceCols { start, len } => {
             let x = g.fact(ins[0]);
-            d.push(Dispatch::new(
+            d.push(Dispatch::flat(
                 PipelineKey::new("rows.wgsl", "slice_cols", &[]),
                 args::rows::Params {
                     n: as_u32(n_out, "elements")?,
@@ -818,8 +884,9 @@ pub(crate) fn lower(cx: &LowerCtx, id: NodeId) -> Result<Lowered, String> {
                     index_in: None,
                     status: None,
                 },
-                grid_1d(n_out, EW)?,
-            ));
+                n_out,
+                EW,
+            )?);
         }
         Op::SelectRow => {
             let x = g.fact(ins[0]);
@@ -906,7 +973,7 @@ pub(crate) fn lower(cx: &LowerCtx, id: NodeId) -> Result<Lowered, String> {
             let tokens = g.fact(ins[1]).shape[0];
             let threads = tokens * width.div_ceil(4);
             for (w, rows, soff) in table.parts {
-                d.push(Dispatch::new(
+                d.push(Dispatch::flat(
                     PipelineKey::new("gather.wgsl", "gather", weight_defines(table.dtype)?),
                     args::gather::Params {
                         tokens: as_u32(tokens, "tokens")?,
@@ -923,8 +990,9 @@ pub(crate) fn lower(cx: &LowerCtx, id: NodeId) -> Result<Lowered, String> {
                         out,
                         status: BindRef::Status,
                     },
-                    grid_1d(threads, EW)?,
-                ));
+                    threads,
+                    EW,
+                )?);
             }
         }
         Op::MatMul {
@@ -1074,7 +1142,8 @@ fn norm_dispatch(
     eps: f32,
     bind: args::norm::Bindings,
 ) -> Result<Dispatch, String> {
-    Ok(Dispatch::new(
+    // One workgroup per row.
+    Dispatch::flat(
         PipelineKey::new("norm.wgsl", entry, &[]),
         args::norm::Params {
             rows: as_u32(rows, "rows")?,
@@ -1082,8 +1151,9 @@ fn norm_dispatch(
             eps,
         },
         bind,
-        grid_1d(rows, 1)?,
-    ))
+        rows,
+        1,
+    )
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -1127,7 +1197,9 @@ fn matmul_dispatch(
     // gemv's static shape (matmul.wgsl splits K in units of a block, W_BLOCKS, or a
     // quad), as defines.
     let mut gemv_shape = Vec::new();
-    let (gx, gy, name) = match entry {
+    // (workgroups along N, along M, the entry point, rows per workgroup along M: gemv
+    // takes all its rows in each workgroup).
+    let (gx, gy, name, row_block) = match entry {
         MatmulEntry::Gemv => {
             let unit = if defines.contains(&"W_BLOCKS") { 32 } else { 4 };
             let gemv = cx.gemv_shape(m, k.div_ceil(unit), n, defines.contains(&"GLU"));
@@ -1139,7 +1211,7 @@ fn matmul_dispatch(
             ];
             // 64 threads, GEMV_LANES per group of GEMV_R columns.
             let g = grid_1d(n.div_ceil((64 / gemv.lanes * gemv.cols) as usize), 1)?;
-            (g[0] as usize, g[1] as usize, "gemv")
+            (g[0] as usize, g[1] as usize, "gemv", None)
         }
         MatmulEntry::Gemm | MatmulEntry::GemmDot4 | MatmulEntry::GemmCoop => {
             // matmul.wgsl's gemm: tiles of cx.tiles.gemm_rows rows (gemm_coop: 64) and 64
@@ -1150,13 +1222,12 @@ fn matmul_dispatch(
                 MatmulEntry::GemmDot4 => ("gemm_dot4", cx.tiles.gemm_rows as usize),
                 _ => ("gemm_coop", 64),
             };
-            (n.div_ceil(cols), m.div_ceil(rows), name)
+            (n.div_ceil(cols), m.div_ceil(rows), name, Some(rows))
         }
-        MatmulEntry::Lanes => (
-            n.div_ceil(256),
-            m.div_ceil(if m == 1 { 1 } else { 4 }),
-            "lanes",
-        ),
+        MatmulEntry::Lanes => {
+            let rows = if m == 1 { 1 } else { 4 };
+            (n.div_ceil(256), m.div_ceil(rows), "lanes", Some(rows))
+        }
     };
     if gx > MAX_GROUPS as usize || gy > MAX_GROUPS as usize {
         return Err(format!("matmul {}x{} exceeds one dispatch", m, n));
@@ -1183,12 +1254,16 @@ fn matmul_dispatch(
     if entry == MatmulEntry::Lanes && m == 1 {
         defines.push("ROWS_1");
     }
-    Ok(Dispatch::new(
+    let d = Dispatch::new(
         PipelineKey::new("matmul.wgsl", name, &defines),
         params,
         bind,
         [gx as u32, gy as u32, 1],
-    ))
+    );
+    Ok(match row_block {
+        Some(rows) => d.row_axis(1, rows),
+        None => d,
+    })
 }
 
 /// matmul.wgsl's defines for an epilogue: one flag per step (plus its activation),
@@ -1339,7 +1414,7 @@ fn lower_matmul(
         let t = l.temps.len();
         let blocks = k.div_ceil(32);
         l.temps.push((m * blocks * ACT_QUANT_WORDS * 4) as u64);
-        l.dispatches.push(Dispatch::new(
+        l.dispatches.push(Dispatch::flat(
             PipelineKey::new("act_quant.wgsl", "quantize_blocks", &[]),
             args::act_quant::Params {
                 m: m32,
@@ -1350,8 +1425,9 @@ fn lower_matmul(
                 a: a_in,
                 aq: BindRef::Temp(t),
             },
-            grid_1d(m * blocks, 64)?,
-        ));
+            m * blocks,
+            64,
+        )?);
         (None, Some(BindRef::Temp(t)))
     } else {
         (Some(a_in), None)

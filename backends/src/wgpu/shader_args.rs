@@ -377,6 +377,29 @@ pub(crate) mod probe {
     }
 }
 
+/// valid_rows.wgsl: a chunk's row-wise grids sized to its valid rows.
+pub(crate) mod valid_rows {
+    use super::*;
+    uniform_struct! {
+        struct Params { grids: u32, rows: u32 }
+    }
+    uniform_struct! {
+        /// One entry of the `grids` table (the shader's `RowGrid`): how a dispatch's
+        /// grid covers the rows (ops.rs `RowGrid`) and its whole grid.
+        struct GridEntry { kind: u32, a: u32, b: u32, _pad: u32, whole: [u32; 4] }
+    }
+    /// `GridEntry::kind` of a `RowGrid::Flat` and of a `RowGrid::Axis` (the shader's
+    /// FLAT and AXIS).
+    pub(crate) const FLAT: u32 = 1;
+    pub(crate) const AXIS: u32 = 2;
+    bindings! {
+        /// Only its `NUMBERS` are used (the executable binds the scratch's grid
+        /// buffer, which no `BindRef` names).
+        #[allow(dead_code)]
+        struct Bindings { n_valid_in: 1, grids: 2, out: 3 }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -448,6 +471,33 @@ mod tests {
     fn check_params<P: Uniform>(file: &str, defines: &[&str]) {
         let (module, ty) = wgsl_params(file, defines);
         same_layout(file, &module, ty, P::FIELDS, std::mem::size_of::<P>());
+    }
+
+    /// valid_rows.wgsl's `RowGrid` (the element of its `grids` table) as the host's
+    /// `GridEntry`, and its kinds as the host's.
+    #[test]
+    fn the_row_grid_table_matches_its_shader() {
+        let src = wgsl::preprocess("valid_rows.wgsl", &[] as &[&str]).unwrap();
+        let module = naga::front::wgsl::parse_str(&src).unwrap();
+        let ty = module
+            .types
+            .iter()
+            .find(|(_, t)| t.name.as_deref() == Some("RowGrid"))
+            .map(|(h, _)| h)
+            .expect("RowGrid");
+        same_layout(
+            "valid_rows.wgsl",
+            &module,
+            ty,
+            valid_rows::GridEntry::FIELDS,
+            std::mem::size_of::<valid_rows::GridEntry>(),
+        );
+        for (name, host) in [("FLAT", valid_rows::FLAT), ("AXIS", valid_rows::AXIS)] {
+            assert!(
+                src.contains(&format!("const {name}: u32 = {host}u;")),
+                "valid_rows.wgsl's {name} is not {host}"
+            );
+        }
     }
 
     /// `@binding(N) var<...> name` of `file` and the files it includes, under every
@@ -533,6 +583,7 @@ mod tests {
         check_params::<matmul::Params>("matmul.wgsl", &["W_F32", "NORM"]);
         check_params::<act_quant::Params>("act_quant.wgsl", &[]);
         check_params::<probe::Params>("probe.wgsl", &[]);
+        check_params::<valid_rows::Params>("valid_rows.wgsl", &[]);
     }
 
     #[test]
@@ -552,6 +603,7 @@ mod tests {
         check_bindings::<matmul::Bindings>(&["matmul.wgsl"]);
         check_bindings::<act_quant::Bindings>(&["act_quant.wgsl"]);
         check_bindings::<probe::Bindings>(&["probe.wgsl"]);
+        check_bindings::<valid_rows::Bindings>(&["valid_rows.wgsl"]);
     }
 
     /// The checks can fail: a field out of place, a binding renumbered.

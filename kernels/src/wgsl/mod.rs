@@ -44,6 +44,7 @@ pub const FILES: &[(&str, &str)] = &[
     ("rows.wgsl", include_str!("rows.wgsl")),
     ("patch_embed.wgsl", include_str!("patch_embed.wgsl")),
     ("probe.wgsl", include_str!("probe.wgsl")),
+    ("valid_rows.wgsl", include_str!("valid_rows.wgsl")),
     (
         "space_to_channel.wgsl",
         include_str!("space_to_channel.wgsl"),
