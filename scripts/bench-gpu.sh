@@ -28,7 +28,7 @@
 #
 # Usage: scripts/bench-gpu.sh
 #   env: BACKEND=wgpu (npurt's backend)  SHAPES="smollm2-135m llama-2.7b"
-#        PROMPTS=128,512 GEN=128 REPS=3 ROUNDS=2 SEED=0 PRECISION=w4a16
+#        PROMPTS=16,128,512 GEN=128 REPS=3 ROUNDS=2 SEED=0 PRECISION=w4a16
 #        DEPTH=2048 (round 1 also decodes GEN tokens after DEPTH tokens of context,
 #        both engines: long-context decode, as after an image's tokens; 0: skip)
 #        LLAMA_BUILD=vulkan|cpu (which llama.cpp build to use or make)
@@ -40,8 +40,9 @@
 #        KERNEL_BENCH=1 (0: skip the WGSL kernel benches; WGPU_BENCH= their prebuilt
 #        criterion binary, packed as npurt-wgpu-bench)  VARIANTS_AB=1 (0: skip npurt's
 #        runs with NPURT_WGPU_VARIANTS=plain, with NPURT_WGPU_GEMM_ROWS=32, with
-#        NPURT_WGPU_GEMV_COLS=1, with --chunk 512, with NPURT_WGPU_ATTN_SPLITS=1 at
-#        DEPTH and, where the adapter has cooperative matrices, without them)
+#        NPURT_WGPU_GEMV_COLS=1, with --chunk 512, with NPURT_WGPU_PADDED_ROWS=1,
+#        with NPURT_WGPU_ATTN_SPLITS=1 at DEPTH and, where the adapter has
+#        cooperative matrices, without them)
 #        QUICK=1: try it on a CPU-only box: the small shape cut to 4 layers, -p 32
 #        -n 8, one repetition, one round, llama.cpp's CPU build (lavapipe for wgpu)
 #        PACK=dir: make the offline bundle (above) and stop
@@ -64,7 +65,8 @@ if [ "$QUICK" = 1 ]; then
 fi
 BACKEND=${BACKEND:-wgpu}
 SHAPES=${SHAPES:-smollm2-135m llama-2.7b}
-PROMPTS=${PROMPTS:-128,512}
+# 16: a short chat turn in one 128-row chunk (its valid rows only, unless padded).
+PROMPTS=${PROMPTS:-16,128,512}
 GEN=${GEN:-128}
 DEPTH=${DEPTH:-2048}
 REPS=${REPS:-3}
@@ -286,13 +288,14 @@ for round in $(seq "$ROUNDS"); do
 done
 # The same npurt runs without the optional instructions (f16 tiles, subgroups, dot4),
 # with 32-row GEMM tiles, with one GEMV column per thread and with 512-row prefill
-# chunks (llama.cpp's batch; npurt's default is the NPU design's 128), and decode at
-# DEPTH with attention's keys unsplit: what each is worth, same run. A config is
+# chunks (llama.cpp's batch; npurt's default is the NPU design's 128), with every
+# padding row of a chunk computed (pp16's chunk), and decode at DEPTH with attention's
+# keys unsplit: what each is worth, same run. A config is
 # environment assignments (NAME=value) and bench flags.
 if [ "$VARIANTS_AB" = 1 ] && [ "$BACKEND" = wgpu ]; then
     for shape in $SHAPES; do
         base="$OUT/models/$(tag "$shape")"
-        configs=("NPURT_WGPU_VARIANTS=plain" "NPURT_WGPU_GEMM_ROWS=32" "NPURT_WGPU_GEMV_COLS=1" "--chunk 512")
+        configs=("NPURT_WGPU_VARIANTS=plain" "NPURT_WGPU_GEMM_ROWS=32" "NPURT_WGPU_GEMV_COLS=1" "--chunk 512" "NPURT_WGPU_PADDED_ROWS=1")
         [ "$VARIANTS" = "$NO_COOP" ] || configs+=("NPURT_WGPU_VARIANTS=$NO_COOP")
         # Decode attention's keys unsplit, where the split (flash-decoding) matters: at depth.
         [ "$DEPTH" = 0 ] || configs+=("NPURT_WGPU_ATTN_SPLITS=1 -d 0,$DEPTH")
