@@ -27,7 +27,9 @@ if [ -d "$GOLDEN" ]; then
     scripts/make-vlm-tiny.sh "$VLM"
     echo "== vlm_tiny on $IMAGE (RANDOM vision weights: the answer is not meaningful; at --precision f32 every number matches HF transformers, as the tests check)"
     $NPURT image-plan --image "$IMAGE"
-    $NPURT run --model "$VLM" --image "$IMAGE" --chat "Describe this image." --max-tokens 16
+    # The question is "typed" a second after the image is given: the image is encoded
+    # and prefilled meanwhile, so the answer starts right after the question.
+    (sleep 1; echo "Describe this image.") | $NPURT run --model "$VLM" --image "$IMAGE" --chat - --max-tokens 16
 fi
 echo
 echo "== SigLIP-so400m's real shapes (SYNTHETIC seeded random weights): a 768x1536 image, 9 tiles"

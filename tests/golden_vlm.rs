@@ -319,3 +319,96 @@ fn inconsistent_model_directories_are_refused() {
         "{msg}"
     );
 }
+
+/// A frontend prefills a conversation's start and its image while the user types
+/// (`render_multimodal_chat_ahead`), then feeds the whole prompt with
+/// `feed_pending_reusing`: only the question and the template's tail are fed then, and
+/// the last logits and the greedy answer are those of the whole prompt fed at once
+/// (within 1e-4 of the logit range: the chunks split the rows differently, which
+/// reorders attention's sums).
+/// The same prompt again feeds nothing; a session holding another question keeps the
+/// shared start; another encode of the same picture is another image (fed again, with
+/// the same result).
+#[test]
+fn a_prompt_start_prefilled_while_typing_is_reused() {
+    let m = load("cpu", None);
+    let pending = m.encode_image(chelsea()).unwrap();
+    let turn = |text: &str| vec![(ChatMessage::new("user", text), vec![&pending])];
+    let question = "What animal is this?";
+    let (text, images) = m.render_multimodal_chat(&turn(question)).unwrap();
+    let full = m.split_prompt(&text, &images).unwrap();
+    let total: usize = full
+        .iter()
+        .map(|p| match p {
+            PromptPart::Text(ids) => ids.len(),
+            PromptPart::Image(i) => i.plan().image_tokens,
+        })
+        .sum();
+    let gen = GenerateOptions {
+        max_tokens: 8,
+        ..Default::default()
+    };
+    let answer = |s: &mut Session| s.generate(&[], &gen, |_, _| true).unwrap().text;
+    let same_logits = |what: &str, s: &Session, want: &[f32]| {
+        let ours = s.last_logits().expect("logits");
+        let d = max_abs_diff(ours, want);
+        assert!(
+            d <= 1e-4 * logit_range(want),
+            "{what}: logits differ by {d}"
+        );
+    };
+    let mut whole = Session::new(m.clone()).unwrap();
+    whole.feed_pending(&full).unwrap();
+    let want = whole.last_logits().unwrap().to_vec();
+    let want_text = answer(&mut whole);
+
+    // While typing: the start, whatever was typed so far left out.
+    let (start, images) = m.render_multimodal_chat_ahead(&turn("What ani")).unwrap();
+    assert!(text.starts_with(&start), "{start:?} starts {text:?}");
+    assert!(!start.contains("ani"), "{start:?}");
+    let ahead = m.split_prompt(&start, &images).unwrap();
+    let mut s = Session::new(m.clone()).unwrap();
+    let fed_ahead = s.feed_pending(&ahead).unwrap();
+    // The question typed: the start (header, image) is kept.
+    let PromptPart::Text(header) = &full[0] else {
+        panic!("text first")
+    };
+    let image_end = header.len() + 588;
+    let r = s.feed_pending_reusing(&full).unwrap();
+    assert_eq!(r.reused + r.fed, total);
+    assert!(
+        r.reused >= image_end && r.reused <= fed_ahead,
+        "{r:?}: the header and the image ({image_end} positions) are kept"
+    );
+    assert!(r.fed < 20, "{r:?}: the question and the template's tail");
+    assert_eq!(s.len(), total);
+    same_logits("prefilled while typing", &s, &want);
+    assert_eq!(answer(&mut s), want_text);
+
+    // The same prompt into a session that holds just it: nothing to feed.
+    let mut again = Session::new(m.clone()).unwrap();
+    again.feed_pending(&full).unwrap();
+    let r = again.feed_pending_reusing(&full).unwrap();
+    assert_eq!((r.reused, r.fed), (total, 0));
+    assert_eq!(again.last_logits().unwrap(), &want[..], "untouched");
+    // Holding it and its answer: the answer goes, the last token is fed again.
+    let r = s.feed_pending_reusing(&full).unwrap();
+    assert_eq!((r.reused, r.fed), (total - 1, 1));
+    same_logits("the last token again", &s, &want);
+
+    // Another question after the same start: the header and the image are kept.
+    let (other_text, images) = m.render_multimodal_chat(&turn("Where is it?")).unwrap();
+    let other = m.split_prompt(&other_text, &images).unwrap();
+    let r = s.feed_pending_reusing(&other).unwrap();
+    assert!(r.reused >= image_end, "{r:?}");
+
+    // Another encode of the same picture: the image is fed again (after the header).
+    let twin = m.encode_image(chelsea()).unwrap();
+    let (twin_text, images) = m
+        .render_multimodal_chat(&[(ChatMessage::new("user", question), vec![&twin])])
+        .unwrap();
+    let twin_parts = m.split_prompt(&twin_text, &images).unwrap();
+    let r = s.feed_pending_reusing(&twin_parts).unwrap();
+    assert_eq!((r.reused, r.fed), (header.len(), total - header.len()));
+    same_logits("another encode", &s, &want);
+}

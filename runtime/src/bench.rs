@@ -3,7 +3,7 @@
 //! and standard deviation in tokens/s. The same run measures the machine's memory
 //! read bandwidth, so decode can be quoted as a fraction of what the memory allows.
 
-use crate::{Model, Result, RuntimeError, Session};
+use crate::{Model, PendingImage, Result, RuntimeError, Session};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -122,7 +122,11 @@ pub const IMAGE_QUESTION: &str = "Describe this image in detail.";
 /// chat prompt (template, image rows, question), whose last row's logits give the first
 /// token. Time to first token is their sum when the image arrives with the question,
 /// and the prefill alone when it was encoded while the question was typed (BlueLM-V's
-/// scheme, `run`'s default).
+/// scheme, `run`'s default). When the conversation's start and the image were also
+/// prefilled while the question was typed
+/// ([`crate::Model::render_multimodal_chat_ahead`],
+/// [`Session::feed_pending_reusing`]), it is the prefill of what is left: the question
+/// and the template's tail.
 #[derive(Clone, Debug)]
 pub struct ImagePromptBench {
     /// The image size (`WIDTHxHEIGHT`).
@@ -133,6 +137,10 @@ pub struct ImagePromptBench {
     pub prompt_tokens: usize,
     pub encode_s: Vec<f64>,
     pub prefill_s: Vec<f64>,
+    /// Rows left to prefill once the question is typed, when the prompt's start and the
+    /// image were prefilled before, and the seconds that took.
+    pub rows_after_typing: usize,
+    pub after_typing_s: Vec<f64>,
     /// Operations (2 per multiply-add) of the encode's matmuls and attention products
     /// ([`crate::VisionEncoder::ops`]) and of the prefill's matmuls (the LLM's
     /// linears for every prompt row; its attention is not counted).
@@ -144,6 +152,12 @@ impl ImagePromptBench {
     /// Mean seconds of the encode and of the prefill.
     pub fn means(&self) -> (f64, f64) {
         (mean_sd(&self.encode_s).0, mean_sd(&self.prefill_s).0)
+    }
+
+    /// Mean seconds of the prefill left once the question is typed, the prompt's start
+    /// and the image prefilled before.
+    pub fn after_typing_mean(&self) -> f64 {
+        mean_sd(&self.after_typing_s).0
     }
 
     /// The two table rows: the encode in image tokens/s (its precision column names
@@ -186,6 +200,8 @@ impl ImagePromptBench {
             "image_tokens": self.image_tokens, "prompt_tokens": self.prompt_tokens,
             "encode_ms": enc * 1e3, "prefill_ms": pre * 1e3,
             "ttft_ms": (enc + pre) * 1e3, "ttft_encoded_while_typing_ms": pre * 1e3,
+            "ttft_prefilled_while_typing_ms": self.after_typing_mean() * 1e3,
+            "rows_after_typing": self.rows_after_typing,
             "encode_gop_s": enc_gops, "prefill_matmul_gop_s": pre_gops,
             "encode_peak_gop_s": peaks[0], "prefill_peak_gop_s": peaks[1],
         })
@@ -212,6 +228,20 @@ pub fn image_prompt(model: &Arc<Model>, size: &str, reps: usize) -> Result<Image
         Err(RuntimeError::NoChatTemplate) => content,
         text => text?,
     };
+    // The prompt's start, as a frontend prefills it while the question is typed: up to
+    // the question (the placeholder line alone without a template).
+    let ahead = |pending: &PendingImage| {
+        let turn = [(
+            npurt_models::ChatMessage::new("user", IMAGE_QUESTION),
+            vec![pending],
+        )];
+        match model.render_multimodal_chat_ahead(&turn) {
+            Err(RuntimeError::NoChatTemplate) => {
+                crate::multimodal::attach_placeholders("", token, 1)
+            }
+            text => text.map(|(text, _)| text),
+        }
+    };
     // The LLM's matmul work per prompt row: a chunk graph's over its rows.
     let chunk = &model.graph(crate::GraphKind::PrefillEmbeds).graph;
     let rows = npurt_graph::rows::ValidRows::of(chunk).map_or(model.options.chunk, |v| v.rows);
@@ -229,6 +259,12 @@ pub fn image_prompt(model: &Arc<Model>, size: &str, reps: usize) -> Result<Image
         let t = Instant::now();
         let fed = s.feed_pending(&parts)?;
         let prefill = t.elapsed().as_secs_f64();
+        // Again with the start prefilled before the question came: the session keeps
+        // the start it holds, and what is left is timed.
+        s.feed_pending_reusing(&model.split_prompt(&ahead(&pending)?, &[&pending])?)?;
+        let t = Instant::now();
+        let after = s.feed_pending_reusing(&parts)?;
+        let after_typing = t.elapsed().as_secs_f64();
         let plan = pending.plan();
         let encoder = model.vision.as_ref().and_then(|v| v.encoder());
         let b = out.get_or_insert_with(|| ImagePromptBench {
@@ -238,11 +274,14 @@ pub fn image_prompt(model: &Arc<Model>, size: &str, reps: usize) -> Result<Image
             prompt_tokens: fed,
             encode_s: Vec::new(),
             prefill_s: Vec::new(),
+            rows_after_typing: after.fed,
+            after_typing_s: Vec::new(),
             encode_ops: encoder.map_or(0.0, |e| e.ops(plan.tiles)),
             prefill_ops: per_row * fed as f64,
         });
         b.encode_s.push(encode);
         b.prefill_s.push(prefill);
+        b.after_typing_s.push(after_typing);
     }
     Ok(out.expect("reps >= 1"))
 }

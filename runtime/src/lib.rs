@@ -37,6 +37,7 @@ pub use multimodal::{ImageEmbeddings, ImageInput, PendingImage, PromptPart};
 pub use perplexity::{perplexity, Perplexity};
 pub use sampling::SamplingOptions;
 pub use session::{
-    FittedPrompt, GenerateOptions, Generation, Position, PromptOverflow, Session, StopReason,
+    FittedPrompt, GenerateOptions, Generation, Position, PromptOverflow, PromptReuse, Session,
+    StopReason,
 };
 pub use vision::{VisionEncoder, VisionOptions, VisionOutput};

@@ -14,8 +14,17 @@ use crate::{LoadOptions, Result, Runtime, RuntimeError};
 use npurt_models::vlm::VlmConfig;
 use npurt_models::{ChatMessage, ModelError, ModelSource};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Instant;
+
+/// The next [`PendingImage::id`].
+static NEXT_IMAGE_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Stands for the text of a message not typed yet
+/// ([`Model::render_multimodal_chat_ahead`]): characters of Unicode's private use area,
+/// which no template adds and no tokenizer sees (the prompt is cut before them).
+const TEXT_NOT_TYPED: &str = "\u{E000}npurt: the text to come\u{E000}";
 
 /// The image half of a multimodal model: the encoder (until released) and how images
 /// are cut into tiles and marked in prompts.
@@ -41,6 +50,9 @@ impl VisionPart {
 
 /// An image's projected embeddings: the rows it takes in the LLM's context.
 pub struct ImageEmbeddings {
+    /// The encode that made them ([`PendingImage::id`]): a session recognises its
+    /// rows by it ([`crate::Session::feed_pending_reusing`]).
+    pub id: u64,
     pub plan: ImagePlan,
     /// `[plan.image_tokens, hidden]` row-major: the thumbnail's rows first, then each
     /// tile's, tiles row-major.
@@ -83,6 +95,7 @@ impl From<&Path> for ImageInput {
 /// known at once from the header; [`PendingImage::wait`] returns the embeddings,
 /// blocking only for what is left of the encode.
 pub struct PendingImage {
+    id: u64,
     plan: ImagePlan,
     submitted: Instant,
     finished: Arc<OnceLock<Instant>>,
@@ -91,6 +104,12 @@ pub struct PendingImage {
 }
 
 impl PendingImage {
+    /// Unique in the process: this encode's rows in a session's positions are the same
+    /// image's rows exactly when their ids match (two encodes of one picture are two
+    /// images).
+    pub fn id(&self) -> u64 {
+        self.id
+    }
     pub fn plan(&self) -> &ImagePlan {
         &self.plan
     }
@@ -346,11 +365,12 @@ impl Model {
         let finished = Arc::new(OnceLock::new());
         let done = finished.clone();
         let want = plan.clone();
+        let id = NEXT_IMAGE_ID.fetch_add(1, Ordering::Relaxed);
         let worker = std::thread::Builder::new()
             .name("npurt-encode-image".into())
             .spawn(move || {
                 let _held = reservation;
-                let r = encode_now(&encoder, input, &tiling, &limits, want);
+                let r = encode_now(&encoder, input, &tiling, &limits, want, id);
                 let _ = done.set(Instant::now());
                 r
             })
@@ -358,6 +378,7 @@ impl Model {
                 RuntimeError::ImageFailed(format!("cannot start the encoder thread: {e}"))
             })?;
         Ok(PendingImage {
+            id,
             plan,
             submitted: Instant::now(),
             finished,
@@ -395,6 +416,35 @@ impl Model {
             order.extend(imgs.iter().copied());
         }
         Ok((self.render_chat(&messages)?, order))
+    }
+
+    /// The start of a conversation's prompt before the user has typed its last message:
+    /// `turns` rendered as [`Model::render_multimodal_chat`] renders them, cut where the
+    /// last message's text begins (that text, typed or not, is left out; its images'
+    /// placeholders come before it, so the start holds them). A frontend feeds it as
+    /// soon as the images are encoded, while the user types, and the whole prompt with
+    /// [`crate::Session::feed_pending_reusing`] once the text is there: only the text
+    /// and the template's tail are left to prefill. A template that does not render a
+    /// message's text as written is [`RuntimeError::InvalidOption`].
+    pub fn render_multimodal_chat_ahead<'a>(
+        &self,
+        turns: &[(ChatMessage, Vec<&'a PendingImage>)],
+    ) -> Result<(String, Vec<&'a PendingImage>)> {
+        let mut turns = turns.to_vec();
+        let (last, _) = turns
+            .last_mut()
+            .ok_or_else(|| invalid("messages", "no message to render"))?;
+        last.content = TEXT_NOT_TYPED.to_string();
+        let (text, images) = self.render_multimodal_chat(&turns)?;
+        match text.split_once(TEXT_NOT_TYPED) {
+            Some((start, rest)) if !rest.contains(TEXT_NOT_TYPED) => {
+                Ok((start.to_string(), images))
+            }
+            _ => Err(invalid(
+                "chat template",
+                "does not render the last message's text as written, so the prompt cannot be started before it",
+            )),
+        }
     }
 
     /// Splits a rendered prompt at the image placeholder and tokenizes each side on its
@@ -477,6 +527,7 @@ fn encode_now(
     tiling: &TilingOptions,
     limits: &DecodeLimits,
     want: ImagePlan,
+    id: u64,
 ) -> Result<Arc<ImageEmbeddings>> {
     let t0 = Instant::now();
     let img = match input {
@@ -515,6 +566,7 @@ fn encode_now(
         ));
     }
     Ok(Arc::new(ImageEmbeddings {
+        id,
         plan,
         data,
         hidden,

@@ -56,6 +56,14 @@ impl ChunkRows<'_> {
     }
 }
 
+/// How [`Session::feed_pending_reusing`] fed a prompt: positions kept from what the
+/// session held, then positions fed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PromptReuse {
+    pub reused: usize,
+    pub fed: usize,
+}
+
 pub struct Session {
     model: Arc<Model>,
     kv: HashMap<String, Arc<dyn DeviceBuffer>>,
@@ -66,6 +74,8 @@ pub struct Session {
     tokens: Vec<u32>,
     /// Images fed so far (their positions may have been truncated away since).
     images_fed: u32,
+    /// The id ([`ImageEmbeddings::id`]) of each image fed, by its number.
+    image_ids: Vec<u64>,
     last_logits: Option<Vec<f32>>,
     /// This session's share of the model's memory budget.
     _reservation: crate::budget::Reservation,
@@ -212,6 +222,7 @@ impl Session {
             positions: Vec::new(),
             tokens: Vec::new(),
             images_fed: 0,
+            image_ids: Vec::new(),
             last_logits: None,
             _reservation: reservation,
         })
@@ -507,6 +518,87 @@ impl Session {
         Ok(needed)
     }
 
+    /// Feeds a whole prompt into a session that may already hold its start, as when a
+    /// frontend prefilled the conversation and an image while the user was still
+    /// typing ([`crate::Model::render_multimodal_chat_ahead`]). The positions the
+    /// session holds that equal the prompt's first positions (the same tokens; the same
+    /// rows of the same encode, by [`PendingImage::id`]) are kept, everything after
+    /// them is truncated, and only the rest of the prompt is fed (waiting for its
+    /// images). An image is kept or fed whole. When the session already holds the
+    /// whole prompt, its logits are those of the prompt's end if nothing follows it;
+    /// otherwise the last token (or image) is fed again.
+    pub fn feed_pending_reusing(
+        &mut self,
+        parts: &[PromptPart<&PendingImage>],
+    ) -> Result<PromptReuse> {
+        let len = |p: &PromptPart<&PendingImage>| match p {
+            PromptPart::Text(ids) => ids.len(),
+            PromptPart::Image(img) => img.plan().image_tokens,
+        };
+        let total: usize = parts.iter().map(len).sum();
+        // The positions held that equal the prompt's start.
+        let mut same = 0;
+        'parts: for p in parts {
+            match p {
+                PromptPart::Text(ids) => {
+                    for &t in ids {
+                        if self.positions.get(same) != Some(&Position::Token(t)) {
+                            break 'parts;
+                        }
+                        same += 1;
+                    }
+                }
+                PromptPart::Image(img) => {
+                    let n = img.plan().image_tokens;
+                    let held = (0..n).all(|r| match self.positions.get(same + r) {
+                        Some(&Position::Image { image, row }) => {
+                            row as usize == r
+                                && self.image_ids.get(image as usize) == Some(&img.id())
+                        }
+                        _ => false,
+                    });
+                    if !held {
+                        break 'parts;
+                    }
+                    same += n;
+                }
+            }
+        }
+        if same == total && self.positions.len() == total && self.last_logits.is_some() {
+            return Ok(PromptReuse {
+                reused: total,
+                fed: 0,
+            });
+        }
+        if same == total {
+            // The prompt's end must be fed again for its logits: its last token, or
+            // its last part if that is an image.
+            same -= match parts.iter().rev().find(|p| len(p) > 0) {
+                Some(PromptPart::Text(_)) => 1,
+                Some(image) => len(image),
+                None => 0,
+            };
+        }
+        // What follows the kept positions.
+        let mut rest = Vec::new();
+        let mut skip = same;
+        for p in parts {
+            let n = len(p);
+            if skip >= n {
+                skip -= n;
+                continue;
+            }
+            rest.push(match p {
+                PromptPart::Text(ids) => PromptPart::Text(ids[skip..].to_vec()),
+                image => image.clone(),
+            });
+            skip = 0;
+        }
+        self.truncate(same);
+        let fed = self.feed_pending(&rest)?;
+        Ok(PromptReuse { reused: same, fed })
+    }
+
     /// Feeds `parts`; returns the logits of every fed row from index `logits_from` on.
     fn feed_parts(
         &mut self,
@@ -545,13 +637,16 @@ impl Session {
         }
         self.check_ids(&ids)?;
         self.check_room(rows.len())?;
-        // Image numbers: the session's count plus the index among this prompt's images.
+        // Image numbers: the session's count plus the index among this prompt's images
+        // (taken before any chunk runs, so rows fed before an error keep theirs).
         let mut image_no = HashMap::new();
         for (k, p) in parts.iter().enumerate() {
-            if matches!(p, PromptPart::Image(_)) {
+            if let PromptPart::Image(img) = p {
                 image_no.insert(k, self.images_fed + image_no.len() as u32);
+                self.image_ids.push(img.id);
             }
         }
+        self.images_fed += image_no.len() as u32;
         let vocab = self.model.config.vocab_size;
         let mut logits = Vec::new();
         let c = self.chunk_rows();
@@ -624,7 +719,6 @@ impl Session {
                 self.last_logits = Some(v);
             }
         }
-        self.images_fed += image_no.len() as u32;
         Ok(logits)
     }
 

@@ -477,6 +477,63 @@ fn run_answers_about_an_image_on_cpu() {
     run_image_json("cpu");
 }
 
+/// `run --chat -` with an image prefills the conversation's start and the image while
+/// the message is still being typed (here: written to stdin a while later). Only the
+/// message and the template's tail are fed after it, and the answer is the golden one.
+#[test]
+fn run_prefills_the_image_while_the_message_is_typed() {
+    use std::io::Write;
+    let dir = std::env::temp_dir().join(format!("npurt-cli-vlm-typed-{}", std::process::id()));
+    let made = Command::new("bash")
+        .arg(root().join("scripts/make-vlm-tiny.sh"))
+        .arg(&dir)
+        .status()
+        .expect("make-vlm-tiny.sh");
+    assert!(made.success());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_npurt"))
+        .args(["run", "--model"])
+        .arg(&dir)
+        .arg("--image")
+        .arg(golden("images/chelsea.png"))
+        .args([
+            "--chat",
+            "-",
+            "--max-tokens",
+            "16",
+            "--precision",
+            "f32",
+            "--json",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run npurt");
+    let mut stdin = child.stdin.take().expect("stdin");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    stdin.write_all(b"Describe this image.\n").unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().expect("npurt run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v = json(&String::from_utf8_lossy(&out.stdout));
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(golden("vlm_tiny/config.json")).unwrap())
+            .unwrap();
+    assert_eq!(v["text"], cfg["golden"]["greedy_16"]["text"], "{v}");
+    assert_eq!(v["prompt_tokens"].as_u64(), Some(623));
+    // The template's start and the 588 image rows, not the message.
+    let ahead = v["prefilled_while_typing"]
+        .as_u64()
+        .expect("prefilled_while_typing");
+    assert!((600..623).contains(&ahead), "{v}");
+    assert!(v["prefilled_while_typing_ms"].is_number(), "{v}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 #[test]
 fn run_answers_about_an_image_on_wgpu() {
     run_image_json("wgpu");

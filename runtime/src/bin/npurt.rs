@@ -242,7 +242,8 @@ enum Cmd {
         /// A BlueLM-V model only: also time an image prompt per size (`WIDTHxHEIGHT`,
         /// a generated pattern; e.g. `768x1536`, the paper's 9 tiles): the image's
         /// encode, the prefill of a chat prompt holding it and a question, and the time
-        /// to first token with and without the encode hidden behind typing.
+        /// to first token with nothing, the encode, or the encode and the prefill of
+        /// the prompt's start up to the question hidden behind typing.
         #[arg(long, value_delimiter = ',')]
         image_size: Vec<String>,
     },
@@ -805,9 +806,10 @@ fn run(cli: Cli) -> anyhow_lite::Result<()> {
                     let (enc, pre) = b.means();
                     let at = t.map(|t| format!(", {t} thread(s)")).unwrap_or_default();
                     println!(
-                        "time to first token, {} image ({} tiles, {} image tokens) + question ({}-row prompt{at}): {:.0} ms = encode {:.0} + prefill {:.0}; {:.0} ms with the image encoded while the question is typed",
+                        "time to first token, {} image ({} tiles, {} image tokens) + question ({}-row prompt{at}): {:.0} ms = encode {:.0} + prefill {:.0}; {:.0} ms with the image encoded while the question is typed; {:.0} ms with the image also prefilled (the {} rows after it)",
                         b.size, b.tiles, b.image_tokens, b.prompt_tokens,
-                        (enc + pre) * 1e3, enc * 1e3, pre * 1e3, pre * 1e3
+                        (enc + pre) * 1e3, enc * 1e3, pre * 1e3, pre * 1e3,
+                        b.after_typing_mean() * 1e3, b.rows_after_typing
                     );
                     let (enc_gops, pre_gops) = b.gops();
                     let of = |gops: f64, peak: Option<f64>| {

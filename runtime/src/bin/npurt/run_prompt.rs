@@ -3,6 +3,8 @@
 //! the images start encoding as soon as the model is loaded, the prompt is read (typed,
 //! with `--chat -`) and the text before the first image is prefilled while they encode;
 //! then the vision part is released (unless `--keep-vision`) and the rest is prefilled.
+//! With `--chat -` the conversation's start and the images are prefilled while the
+//! message is typed, so only the message and the template's tail are left after it.
 
 use super::anyhow_lite::{self, msg};
 use npurt_models::ChatMessage;
@@ -47,6 +49,37 @@ pub fn run(model: Arc<Model>, a: PromptArgs, gen: GenerateOptions) -> anyhow_lit
         .collect::<Result<Vec<_>, _>>()?;
     let refs: Vec<&PendingImage> = pending.iter().collect();
 
+    // `--chat -` with images: the message is read on a thread while this one prefills
+    // the conversation's start and the images (`render_multimodal_chat_ahead`).
+    let typed = match &a.chat {
+        Some(c) if c == "-" && !refs.is_empty() && a.logits_out.is_none() => {
+            Some(std::thread::spawn(read_stdin))
+        }
+        _ => None,
+    };
+    let turns_with = |user: String| {
+        let mut turns = Vec::new();
+        if let Some(sys) = &a.system {
+            turns.push((ChatMessage::new("system", sys), vec![]));
+        }
+        turns.push((ChatMessage::new("user", user), refs.clone()));
+        turns
+    };
+    let mut session = Session::new(model.clone())?;
+    let mut ahead_ms = None;
+    let mut typed_message = None;
+    if let Some(reader) = typed {
+        let t = Instant::now();
+        let (start, images) = model.render_multimodal_chat_ahead(&turns_with(String::new()))?;
+        session.feed_pending(&model.split_prompt(&start, &images)?)?;
+        ahead_ms = Some(ms(t.elapsed()));
+        typed_message = Some(
+            reader
+                .join()
+                .map_err(|_| msg("the thread reading stdin panicked".into()))??,
+        );
+    }
+
     let (text, order) = match (&a.prompt, &a.chat) {
         (Some(p), _) => {
             let text = if refs.is_empty() {
@@ -62,20 +95,12 @@ pub fn run(model: Arc<Model>, a: PromptArgs, gen: GenerateOptions) -> anyhow_lit
             (text, refs.clone())
         }
         (None, Some(c)) => {
-            let user = if c == "-" {
-                let mut s = String::new();
-                std::io::stdin()
-                    .read_to_string(&mut s)
-                    .map_err(|e| msg(format!("reading the chat message from stdin: {e}")))?;
-                s.trim_end_matches('\n').to_string()
-            } else {
-                c.clone()
+            let user = match (&typed_message, c.as_str()) {
+                (Some((m, _)), _) => m.clone(),
+                (None, "-") => read_stdin()?.0,
+                (None, _) => c.clone(),
             };
-            let mut turns = Vec::new();
-            if let Some(sys) = &a.system {
-                turns.push((ChatMessage::new("system", sys), vec![]));
-            }
-            turns.push((ChatMessage::new("user", user), refs.clone()));
+            let turns = turns_with(user);
             if refs.is_empty() {
                 let msgs: Vec<ChatMessage> = turns.into_iter().map(|(m, _)| m).collect();
                 (model.render_chat(&msgs)?, vec![])
@@ -85,9 +110,9 @@ pub fn run(model: Arc<Model>, a: PromptArgs, gen: GenerateOptions) -> anyhow_lit
         }
         (None, None) => return Err(msg("give --prompt TEXT or --chat TEXT".into())),
     };
-    let t_prompt = Instant::now();
+    // When the prompt was there: read (or typed) in full.
+    let t_prompt = typed_message.map_or_else(Instant::now, |(_, at)| at);
 
-    let mut session = Session::new(model.clone())?;
     let mut dropped = 0;
     let parts: Vec<PromptPart<&PendingImage>> = if order.is_empty() {
         let fitted =
@@ -106,13 +131,15 @@ pub fn run(model: Arc<Model>, a: PromptArgs, gen: GenerateOptions) -> anyhow_lit
         .sum();
     let t_prefill = Instant::now();
     // The text before the first image is prefilled while the images encode (all of
-    // the prompt at once when its last logits are written).
-    let first_image = match a.logits_out {
-        Some(_) => 0,
-        None => parts
+    // the prompt at once when its last logits are written; none of it here when the
+    // session holds the prompt's start already).
+    let first_image = if a.logits_out.is_some() || ahead_ms.is_some() {
+        0
+    } else {
+        parts
             .iter()
             .position(|p| matches!(p, PromptPart::Image(_)))
-            .unwrap_or(parts.len()),
+            .unwrap_or(parts.len())
     };
     for p in &parts[..first_image] {
         if let PromptPart::Text(ids) = p {
@@ -137,7 +164,10 @@ pub fn run(model: Arc<Model>, a: PromptArgs, gen: GenerateOptions) -> anyhow_lit
         model.release_vision();
         stats::reset_peak_rss();
     }
+    let mut reused = 0;
     match &a.logits_out {
+        // The start is in the session: only what follows it is fed.
+        None if ahead_ms.is_some() => reused = session.feed_pending_reusing(&parts)?.reused,
         None => {
             session.feed_pending(&parts[first_image..])?;
         }
@@ -162,7 +192,8 @@ pub fn run(model: Arc<Model>, a: PromptArgs, gen: GenerateOptions) -> anyhow_lit
     let llm_peak = stats::peak_rss_bytes().unwrap_or(0);
     let peak = vision_peak.max(llm_peak);
     let decode_tok_s = g.decode_tok_s();
-    let prefill_tok_s = prompt_tokens as f64 / (prefill_ms / 1e3);
+    // The rate of what was prefilled after the prompt came (not the start fed ahead).
+    let prefill_tok_s = (prompt_tokens - reused) as f64 / (prefill_ms / 1e3);
     let lr = model.load_report;
 
     // Image figures: the encode's wall time, how much of it ran beside the caller
@@ -202,6 +233,7 @@ pub fn run(model: Arc<Model>, a: PromptArgs, gen: GenerateOptions) -> anyhow_lit
                 "blocks_ms": stage(|e| e.timings.blocks_ms),
                 "project_ms": stage(|e| e.timings.project_ms),
                 "vision_released": released,
+                "prefilled_while_typing": reused, "prefilled_while_typing_ms": ahead_ms,
                 "vision_stage_peak_rss_bytes": vision_peak,
                 "llm_stage_peak_rss_bytes": llm_peak,
             });
@@ -222,8 +254,12 @@ pub fn run(model: Arc<Model>, a: PromptArgs, gen: GenerateOptions) -> anyhow_lit
             } else {
                 format!("{:.0} ms after the prompt", -ready_before_prompt_ms)
             };
+            let ahead = match ahead_ms {
+                Some(t) => format!(" | {reused} positions (the conversation's start and the images) prefilled in {t:.0} ms while the message was typed"),
+                None => String::new(),
+            };
             println!(
-                "[images: {} ({tiles} tiles, {image_tokens} tokens) | encode {encode_ms:.0} ms, {hidden_ms:.0} ms of it hidden behind the prompt | ready {ready}, the prompt waited {:.0} ms | vision {}]",
+                "[images: {} ({tiles} tiles, {image_tokens} tokens) | encode {encode_ms:.0} ms, {hidden_ms:.0} ms of it hidden behind the prompt | ready {ready}, the prompt waited {:.0} ms{ahead} | vision {}]",
                 images.len(),
                 ms(image_wait),
                 if released { "released after encoding" } else { "kept" }
@@ -238,7 +274,11 @@ pub fn run(model: Arc<Model>, a: PromptArgs, gen: GenerateOptions) -> anyhow_lit
             format!("load {:.0} ms", lr.wall_ms)
         };
         println!(
-            "[{load} | prefill {prompt_tokens} tok at {prefill_tok_s:.1} tok/s | first token {first_token_ms:.0} ms after the prompt | decode {} tok at {decode_tok_s:.1} tok/s | peak RSS {:.1} MiB | {} | stop: {:?}]",
+            "[{load} | prefill {}{prompt_tokens} tok at {prefill_tok_s:.1} tok/s | first token {first_token_ms:.0} ms after the prompt | decode {} tok at {decode_tok_s:.1} tok/s | peak RSS {:.1} MiB | {} | stop: {:?}]",
+            match reused {
+                0 => String::new(),
+                r => format!("{} of ", prompt_tokens - r),
+            },
             g.tokens.len(),
             mib(peak),
             model.backend.capabilities().device,
@@ -246,4 +286,13 @@ pub fn run(model: Arc<Model>, a: PromptArgs, gen: GenerateOptions) -> anyhow_lit
         );
     }
     Ok(())
+}
+
+/// The chat message from stdin (its trailing newlines cut) and when it was there.
+fn read_stdin() -> anyhow_lite::Result<(String, Instant)> {
+    let mut s = String::new();
+    std::io::stdin()
+        .read_to_string(&mut s)
+        .map_err(|e| msg(format!("reading the chat message from stdin: {e}")))?;
+    Ok((s.trim_end_matches('\n').to_string(), Instant::now()))
 }
