@@ -41,8 +41,9 @@
 #        criterion binary, packed as npurt-wgpu-bench)  VARIANTS_AB=1 (0: skip npurt's
 #        runs with NPURT_WGPU_VARIANTS=plain, with NPURT_WGPU_GEMM_ROWS=32, with
 #        NPURT_WGPU_GEMV_COLS=1, with --chunk 512, with NPURT_WGPU_PADDED_ROWS=1,
-#        with NPURT_WGPU_ATTN_SPLITS=1 at DEPTH and, where the adapter has
-#        cooperative matrices, without them)
+#        with wgpu's indirect-dispatch check (WGPU_VALIDATION_INDIRECT_CALL=1), with
+#        NPURT_WGPU_ATTN_SPLITS=1 at DEPTH and, where the adapter has cooperative
+#        matrices, without them)
 #        QUICK=1: try it on a CPU-only box: the small shape cut to 4 layers, -p 32
 #        -n 8, one repetition, one round, llama.cpp's CPU build (lavapipe for wgpu)
 #        PACK=dir: make the offline bundle (above) and stop
@@ -289,13 +290,14 @@ done
 # The same npurt runs without the optional instructions (f16 tiles, subgroups, dot4),
 # with 32-row GEMM tiles, with one GEMV column per thread and with 512-row prefill
 # chunks (llama.cpp's batch; npurt's default is the NPU design's 128), with every
-# padding row of a chunk computed (pp16's chunk), and decode at DEPTH with attention's
-# keys unsplit: what each is worth, same run. A config is
+# padding row of a chunk computed (pp16's chunk), with wgpu checking each indirect
+# dispatch (a dispatch of its own each), and decode at DEPTH with attention's keys
+# unsplit: what each is worth, same run. A config is
 # environment assignments (NAME=value) and bench flags.
 if [ "$VARIANTS_AB" = 1 ] && [ "$BACKEND" = wgpu ]; then
     for shape in $SHAPES; do
         base="$OUT/models/$(tag "$shape")"
-        configs=("NPURT_WGPU_VARIANTS=plain" "NPURT_WGPU_GEMM_ROWS=32" "NPURT_WGPU_GEMV_COLS=1" "--chunk 512" "NPURT_WGPU_PADDED_ROWS=1")
+        configs=("NPURT_WGPU_VARIANTS=plain" "NPURT_WGPU_GEMM_ROWS=32" "NPURT_WGPU_GEMV_COLS=1" "--chunk 512" "NPURT_WGPU_PADDED_ROWS=1" "WGPU_VALIDATION_INDIRECT_CALL=1")
         [ "$VARIANTS" = "$NO_COOP" ] || configs+=("NPURT_WGPU_VARIANTS=$NO_COOP")
         # Decode attention's keys unsplit, where the split (flash-decoding) matters: at depth.
         [ "$DEPTH" = 0 ] || configs+=("NPURT_WGPU_ATTN_SPLITS=1 -d 0,$DEPTH")

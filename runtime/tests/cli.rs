@@ -359,16 +359,22 @@ fn image_plan_errors_name_the_problem() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
-/// vlm_tiny as a BlueLM-V directory (scripts/make-vlm-tiny.sh) answering about
-/// chelsea.png at fp32 through the CLI: the README's greedy 16 tokens, on `backend`.
-fn run_image_json(backend: &str) {
-    let dir = std::env::temp_dir().join(format!("npurt-cli-vlm-{backend}-{}", std::process::id()));
+/// vlm_tiny as a fresh BlueLM-V directory (scripts/make-vlm-tiny.sh), named by `tag`.
+fn vlm_tiny_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("npurt-cli-vlm-{tag}-{}", std::process::id()));
     let made = Command::new("bash")
         .arg(root().join("scripts/make-vlm-tiny.sh"))
         .arg(&dir)
         .status()
         .expect("make-vlm-tiny.sh");
     assert!(made.success());
+    dir
+}
+
+/// vlm_tiny as a BlueLM-V directory (scripts/make-vlm-tiny.sh) answering about
+/// chelsea.png at fp32 through the CLI: the README's greedy 16 tokens, on `backend`.
+fn run_image_json(backend: &str) {
+    let dir = vlm_tiny_dir(backend);
     let img = golden("images/chelsea.png");
     let logits_file = dir.join("last16.safetensors");
     let out = Command::new(env!("CARGO_BIN_EXE_npurt"))
@@ -477,19 +483,101 @@ fn run_answers_about_an_image_on_cpu() {
     run_image_json("cpu");
 }
 
+/// `npurt chat` with `--json`: one object per answered turn.
+fn chat_turns(args: &[&str], input: &str) -> (Vec<serde_json::Value>, String) {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_npurt"))
+        .arg("chat")
+        .args(args)
+        .arg("--json")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("npurt chat");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().expect("npurt chat");
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "{err}");
+    let turns = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(json)
+        .collect();
+    (turns, err)
+}
+
+/// `npurt chat` keeps the conversation in its session: the second turn feeds only its
+/// own rows (the first turn's prompt and answer are held), and it answers.
+#[test]
+fn chat_turns_feed_only_their_new_rows() {
+    let (turns, _) = chat_turns(
+        &["--max-tokens", "12"],
+        "What is the capital of France?\nAnd of Italy?\n/quit\nNot read.\n",
+    );
+    assert_eq!(turns.len(), 2, "{turns:?}");
+    let n = |t: &serde_json::Value, k: &str| t[k].as_u64().unwrap_or_else(|| panic!("{k}: {t}"));
+    assert_eq!(n(&turns[0], "reused"), 0);
+    assert_eq!(n(&turns[0], "fed"), n(&turns[0], "prompt_positions"));
+    assert!(
+        turns[0]["text"].as_str().unwrap().contains("Paris"),
+        "{}",
+        turns[0]
+    );
+    let held = n(&turns[1], "reused");
+    assert!(held >= n(&turns[0], "prompt_positions"), "{}", turns[1]);
+    assert_eq!(held + n(&turns[1], "fed"), n(&turns[1], "prompt_positions"));
+    assert!(n(&turns[1], "fed") < 20, "{}", turns[1]);
+    assert!(!turns[1]["text"].as_str().unwrap().is_empty());
+}
+
+/// `npurt chat` with `/image`: the image is encoded and the conversation prefilled up
+/// to it before the question is read, so the question's turn feeds only its own rows
+/// and gives the golden answer; a bad image is an error line, and the chat goes on.
+#[test]
+fn chat_prefills_an_image_before_its_question() {
+    let dir = vlm_tiny_dir("chat");
+    let img = golden("images/chelsea.png");
+    let input = format!(
+        "/image {}\nDescribe this image.\n/image {}\nAnd now?\n",
+        img.display(),
+        dir.join("missing.png").display()
+    );
+    let model = dir.to_str().unwrap();
+    let (turns, err) = chat_turns(
+        &["--model", model, "--precision", "f32", "--max-tokens", "16"],
+        &input,
+    );
+    assert_eq!(turns.len(), 2, "{turns:?}\n{err}");
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(golden("vlm_tiny/config.json")).unwrap())
+            .unwrap();
+    let t = &turns[0];
+    assert_eq!(t["text"], cfg["golden"]["greedy_16"]["text"], "{t}");
+    assert_eq!(t["prompt_positions"].as_u64(), Some(623), "{t}");
+    assert_eq!(t["images"].as_u64(), Some(1), "{t}");
+    let ahead = t["prefilled_ahead"].as_u64().unwrap();
+    assert!((600..623).contains(&ahead), "{t}");
+    assert!(t["reused"].as_u64().unwrap() >= 600, "{t}");
+    assert!(err.contains("missing.png"), "{err}");
+    // The second turn holds the first (its image included) and has no image of its own.
+    let t = &turns[1];
+    assert_eq!(t["images"].as_u64(), Some(0), "{t}");
+    assert!(t["reused"].as_u64().unwrap() >= 623, "{t}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 /// `run --chat -` with an image prefills the conversation's start and the image while
 /// the message is still being typed (here: written to stdin a while later). Only the
 /// message and the template's tail are fed after it, and the answer is the golden one.
 #[test]
 fn run_prefills_the_image_while_the_message_is_typed() {
     use std::io::Write;
-    let dir = std::env::temp_dir().join(format!("npurt-cli-vlm-typed-{}", std::process::id()));
-    let made = Command::new("bash")
-        .arg(root().join("scripts/make-vlm-tiny.sh"))
-        .arg(&dir)
-        .status()
-        .expect("make-vlm-tiny.sh");
-    assert!(made.success());
+    let dir = vlm_tiny_dir("typed");
     let mut child = Command::new(env!("CARGO_BIN_EXE_npurt"))
         .args(["run", "--model"])
         .arg(&dir)

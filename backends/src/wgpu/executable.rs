@@ -1,7 +1,8 @@
 //! A compiled graph on the GPU: the lowered dispatches with their pipelines and
 //! parameters, the memory plan, and per-session scratch. `run` records the whole graph
 //! into one command encoder (one compute pass), copies the outputs into their bound
-//! buffers and submits once. Bind groups are built once per scratch and set of bound
+//! buffers and submits once. A prefill chunk's row-wise dispatches take their
+//! workgroup counts from its `n_valid` on the GPU (`RowGrids`). Bind groups are built once per scratch and set of bound
 //! buffers, and reused by every later run that binds the same buffers. A run never
 //! waits on the host: its kernel status words go to a readback of its own
 //! (`STATUS_RING` per scratch), checked later by `synchronize`, `read` or a handle.
@@ -339,13 +340,7 @@ impl WgpuExecutable {
         let id = NEXT_EXEC.fetch_add(1, Ordering::Relaxed);
         let label: Arc<str> =
             format!("wgpu graph #{id} ({} nodes, {} dispatches)", n, steps.len()).into();
-        log::debug!(
-            "{label}: {} scratch slots, {} bytes; {} dispatches sized by n_valid",
-            plan.slot_bytes.len(),
-            plan.slot_bytes.iter().sum::<u64>(),
-            steps.iter().filter(|s| s.indirect.is_some()).count()
-        );
-        Ok(WgpuExecutable {
+        let exec = WgpuExecutable {
             ctx,
             id,
             graph: graph.clone(),
@@ -358,7 +353,15 @@ impl WgpuExecutable {
             weights: w,
             written,
             row_grids,
-        })
+        };
+        log::debug!(
+            "{}: {} scratch slots, {} bytes; {} dispatches sized by n_valid",
+            exec.label,
+            exec.plan.slot_bytes.len(),
+            exec.plan.slot_bytes.iter().sum::<u64>(),
+            exec.valid_row_dispatches()
+        );
+        Ok(exec)
     }
 
     /// Dispatches whose grids follow a chunk's valid rows (0 where every row runs).

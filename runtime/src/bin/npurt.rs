@@ -1,5 +1,5 @@
-//! `npurt`: the command-line frontend. The LLM subcommands (`run`, `logits`, `tokenize`,
-//! `perplexity`, `inspect`, `bench`) share `--model` (default: the fetched SmolLM2 GGUF),
+//! `npurt`: the command-line frontend. The LLM subcommands (`run`, `chat`, `logits`,
+//! `tokenize`, `perplexity`, `inspect`, `bench`) share `--model` (default: the fetched SmolLM2 GGUF),
 //! `--backend`, `--precision`, `--kv-cache`, `--threads`, `--chunk` and `--ctx`;
 //! `conformance` takes `--backend`, `--op` and `--threads`; `encode-image` has its own
 //! flags; `image-plan`, `make-model` and `backends` need no model.
@@ -18,6 +18,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+#[path = "npurt/chat.rs"]
+mod chat;
 #[path = "npurt/encode_image.rs"]
 mod encode_image;
 #[path = "npurt/make_model.rs"]
@@ -77,6 +79,51 @@ struct Common {
     mem_budget: Option<String>,
 }
 
+/// How an answer is generated (`run`, `chat`).
+#[derive(Args, Clone)]
+struct GenerationArgs {
+    /// Most tokens to generate (generation also stops at EOS and at --stop).
+    #[arg(long, default_value_t = 128)]
+    max_tokens: usize,
+    /// Sampling temperature: 0 is greedy (argmax); must be finite and >= 0.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    /// Sample only among the K most likely tokens (0: no limit).
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    /// Nucleus sampling: the smallest set of tokens whose probability reaches P,
+    /// in (0, 1] (1: no limit).
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    /// HF's repetition penalty on tokens already in the session (> 0; 1: off).
+    #[arg(long, default_value_t = 1.0)]
+    repetition_penalty: f32,
+    /// Seed of the sampler's random numbers (same seed, same text).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Stop when the text contains this string (repeatable).
+    #[arg(long)]
+    stop: Vec<String>,
+}
+
+impl GenerationArgs {
+    fn options(self, prompt_overflow: npurt_runtime::PromptOverflow) -> GenerateOptions {
+        GenerateOptions {
+            max_tokens: self.max_tokens,
+            sampling: SamplingOptions {
+                temperature: self.temperature,
+                top_k: self.top_k,
+                top_p: self.top_p,
+                repetition_penalty: self.repetition_penalty,
+                seed: self.seed,
+            },
+            stop_at_eos: true,
+            stop_strings: self.stop,
+            prompt_overflow,
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Generate text from a raw prompt or a chat message.
@@ -114,29 +161,25 @@ enum Cmd {
         /// Prompt positions whose logits --logits-out writes.
         #[arg(long, default_value_t = 16)]
         logits_last: usize,
-        /// Most tokens to generate (generation also stops at EOS and at --stop).
-        #[arg(long, default_value_t = 128)]
-        max_tokens: usize,
-        /// Sampling temperature: 0 is greedy (argmax); must be finite and >= 0.
-        #[arg(long, default_value_t = 0.0)]
-        temperature: f32,
-        /// Sample only among the K most likely tokens (0: no limit).
-        #[arg(long, default_value_t = 0)]
-        top_k: usize,
-        /// Nucleus sampling: the smallest set of tokens whose probability reaches P,
-        /// in (0, 1] (1: no limit).
-        #[arg(long, default_value_t = 1.0)]
-        top_p: f32,
-        /// HF's repetition penalty on tokens already in the session (> 0; 1: off).
-        #[arg(long, default_value_t = 1.0)]
-        repetition_penalty: f32,
-        /// Seed of the sampler's random numbers (same seed, same text).
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-        /// Stop when the text contains this string (repeatable).
-        #[arg(long)]
-        stop: Vec<String>,
+        #[command(flatten)]
+        sampling: GenerationArgs,
         /// Print one JSON object instead of streaming text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A conversation on stdin, a line a turn: the session keeps it, so each turn feeds
+    /// only its new rows. `/image PATH` (a BlueLM-V model) encodes the image at once
+    /// and prefills the conversation up to it while the question is typed; `/reset`
+    /// starts over; `/quit` or the end of input ends. Stats per turn on stderr.
+    Chat {
+        #[command(flatten)]
+        common: Common,
+        /// A system message at the start of the conversation.
+        #[arg(long)]
+        system: Option<String>,
+        #[command(flatten)]
+        sampling: GenerationArgs,
+        /// One JSON object per turn (the answer and its stats) instead of streaming.
         #[arg(long)]
         json: bool,
     },
@@ -475,32 +518,14 @@ fn run(cli: Cli) -> anyhow_lite::Result<()> {
             sliding_window,
             logits_out,
             logits_last,
-            max_tokens,
-            temperature,
-            top_k,
-            top_p,
-            repetition_penalty,
-            seed,
-            stop,
+            sampling,
             json,
         } => {
             let model = load(&common, None, json)?;
-            let gen = GenerateOptions {
-                max_tokens,
-                sampling: SamplingOptions {
-                    temperature,
-                    top_k,
-                    top_p,
-                    repetition_penalty,
-                    seed,
-                },
-                stop_at_eos: true,
-                stop_strings: stop,
-                prompt_overflow: match sliding_window {
-                    Some(keep_first) => npurt_runtime::PromptOverflow::SlidingWindow { keep_first },
-                    None => npurt_runtime::PromptOverflow::Error,
-                },
-            };
+            let gen = sampling.options(match sliding_window {
+                Some(keep_first) => npurt_runtime::PromptOverflow::SlidingWindow { keep_first },
+                None => npurt_runtime::PromptOverflow::Error,
+            });
             let args = run_prompt::PromptArgs {
                 prompt,
                 chat,
@@ -511,6 +536,16 @@ fn run(cli: Cli) -> anyhow_lite::Result<()> {
                 json,
             };
             run_prompt::run(model, args, gen)?;
+        }
+        Cmd::Chat {
+            common,
+            system,
+            sampling,
+            json,
+        } => {
+            let model = load(&common, None, json)?;
+            let gen = sampling.options(npurt_runtime::PromptOverflow::Error);
+            chat::run(model, chat::ChatArgs { system, json }, gen)?;
         }
         Cmd::Logits { common, ids, out } => {
             let model = load(&common, Some(ids.len()), false)?;

@@ -1,0 +1,200 @@
+//! `npurt chat`: a conversation on stdin, one line a turn, run the way a frontend runs
+//! one. The session keeps the conversation: each turn renders the whole of it and feeds
+//! only what the session does not hold yet (`Session::feed_pending_reusing`), so a
+//! turn costs its new rows, not the history's. `/image PATH` starts encoding the image
+//! at once and prefills the conversation up to it (`render_multimodal_chat_ahead`)
+//! before the next line, the question, is read: the BlueLM-V order of work, with the
+//! prefill hidden behind the typing too. A reader thread timestamps each line as it
+//! arrives, so a turn's first token counts from when its line was there, whatever was
+//! still being prefilled then.
+//!
+//! Lines: `/image PATH` (an image for the next message; repeatable), `/reset` (a new
+//! conversation), `/quit` (or the end of input), anything else: the user's message.
+
+use super::anyhow_lite;
+use npurt_models::ChatMessage;
+use npurt_runtime::{GenerateOptions, ImageInput, Model, PendingImage, PromptPart, Session};
+use std::io::{BufRead, Write};
+use std::sync::Arc;
+use std::time::Instant;
+
+pub struct ChatArgs {
+    pub system: Option<String>,
+    /// One JSON object per turn instead of the streamed answer and a stats line.
+    pub json: bool,
+}
+
+fn ms(d: std::time::Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// The conversation: every image given so far (a message refers to them by index) and
+/// the messages with their images.
+struct Conversation {
+    images: Vec<PendingImage>,
+    messages: Vec<(ChatMessage, Vec<usize>)>,
+    /// The images for the message being typed.
+    attached: Vec<usize>,
+}
+
+impl Conversation {
+    fn new(system: &Option<String>) -> Self {
+        Conversation {
+            images: Vec::new(),
+            messages: system
+                .iter()
+                .map(|s| (ChatMessage::new("system", s), vec![]))
+                .collect(),
+            attached: Vec::new(),
+        }
+    }
+
+    /// The prompt of the messages so far plus `user` (with the attached images), cut
+    /// before `user`'s text when `ahead`; as parts for a session.
+    fn prompt(
+        &self,
+        model: &Model,
+        user: &str,
+        ahead: bool,
+    ) -> npurt_runtime::Result<Vec<PromptPart<&PendingImage>>> {
+        let mut turns: Vec<(ChatMessage, Vec<&PendingImage>)> = self
+            .messages
+            .iter()
+            .map(|(m, imgs)| (m.clone(), imgs.iter().map(|&i| &self.images[i]).collect()))
+            .collect();
+        let attached = self.attached.iter().map(|&i| &self.images[i]).collect();
+        turns.push((ChatMessage::new("user", user), attached));
+        if model.vision.is_none() {
+            let messages: Vec<ChatMessage> = turns.into_iter().map(|(m, _)| m).collect();
+            return Ok(vec![PromptPart::Text(
+                model.encode(&model.render_chat(&messages)?)?,
+            )]);
+        }
+        let (text, images) = if ahead {
+            model.render_multimodal_chat_ahead(&turns)?
+        } else {
+            model.render_multimodal_chat(&turns)?
+        };
+        model.split_prompt(&text, &images)
+    }
+}
+
+pub fn run(model: Arc<Model>, a: ChatArgs, gen: GenerateOptions) -> anyhow_lite::Result<()> {
+    let (tx, lines) = std::sync::mpsc::channel::<(String, Instant)>();
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lock().lines() {
+            let Ok(line) = line else { break };
+            if tx.send((line, Instant::now())).is_err() {
+                break;
+            }
+        }
+    });
+    let mut session = Session::new(model.clone())?;
+    let mut chat = Conversation::new(&a.system);
+    // Positions prefilled for the message being typed (its images, the history).
+    let mut ahead = 0;
+    let mut turn = 0;
+    let mut stdout = std::io::stdout();
+    for (line, at) in lines {
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        if line == "/quit" {
+            break;
+        }
+        if line == "/reset" {
+            session.reset();
+            chat = Conversation::new(&a.system);
+            ahead = 0;
+            continue;
+        }
+        if let Some(path) = line.strip_prefix("/image ") {
+            // A bad image is reported and left out; the conversation goes on.
+            let pending = match model.encode_image(ImageInput::File(path.trim().into())) {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    continue;
+                }
+            };
+            chat.images.push(pending);
+            chat.attached.push(chat.images.len() - 1);
+            match chat
+                .prompt(&model, "", true)
+                .and_then(|parts| session.feed_pending_reusing(&parts))
+            {
+                Ok(r) => ahead = r.reused + r.fed,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    chat.attached.pop();
+                }
+            }
+            continue;
+        }
+        turn += 1;
+        let t = Instant::now();
+        let fed = chat
+            .prompt(&model, line, false)
+            .and_then(|parts| session.feed_pending_reusing(&parts));
+        let reuse = match fed {
+            Ok(r) => r,
+            Err(e) => {
+                // The turn is not in the conversation; the next one feeds what differs.
+                eprintln!("error: {e}");
+                continue;
+            }
+        };
+        let prefill_ms = ms(t.elapsed());
+        let first_token_ms = ms(at.elapsed());
+        let g = session.generate(&[], &gen, |piece, _| {
+            if !a.json {
+                print!("{piece}");
+                let _ = stdout.flush();
+            }
+            true
+        });
+        let g = match g {
+            Ok(g) => g,
+            Err(e) => {
+                eprintln!("\nerror: {e}");
+                continue;
+            }
+        };
+        let images = std::mem::take(&mut chat.attached);
+        let n_images = images.len();
+        chat.messages.push((ChatMessage::new("user", line), images));
+        chat.messages
+            .push((ChatMessage::new("assistant", &g.text), vec![]));
+        let prompt = reuse.reused + reuse.fed;
+        if a.json {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "turn": turn, "text": g.text, "tokens": g.tokens.len(),
+                    "images": n_images, "prompt_positions": prompt,
+                    "reused": reuse.reused, "fed": reuse.fed, "prefilled_ahead": ahead,
+                    "prefill_ms": prefill_ms, "first_token_ms": first_token_ms,
+                    "decode_tok_s": g.decode_tok_s(), "context_positions": session.len(),
+                })
+            );
+        } else {
+            println!();
+            let typed = match ahead {
+                0 => String::new(),
+                n => format!(" ({n} of them prefilled while the message was typed)"),
+            };
+            eprintln!(
+                "[turn {turn}: {prompt}-position prompt, {} held already{typed}, {} fed in {prefill_ms:.0} ms | first token {first_token_ms:.0} ms after the message | {} tokens at {:.1} tok/s | {} of {} positions used]",
+                reuse.reused,
+                reuse.fed,
+                g.tokens.len(),
+                g.decode_tok_s(),
+                session.len(),
+                model.ctx
+            );
+        }
+        ahead = 0;
+    }
+    Ok(())
+}
