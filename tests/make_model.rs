@@ -13,23 +13,6 @@ use npurt_runtime::{LoadOptions, Runtime, Session};
 use npurt_tests::*;
 use std::path::Path;
 
-/// A small GQA shape with head width 16 (8 rotated pairs per head).
-fn small_shape(vocab: usize, tied: bool) -> LlamaShape {
-    LlamaShape {
-        hidden: 64,
-        layers: 2,
-        heads: 4,
-        kv_heads: 2,
-        head_dim: None,
-        mlp: 128,
-        vocab,
-        tied,
-        context: 256,
-        rope_theta: 10_000.0,
-        rms_norm_eps: 1e-5,
-    }
-}
-
 fn logits_f32(path: &Path, ids: &[u32]) -> Vec<Vec<f32>> {
     let opts = LoadOptions {
         ctx: Some(64),
@@ -71,7 +54,7 @@ fn hf_and_gguf_forms_give_the_same_logits() {
     let ids = [5u32, 17, 200, 3, 99, 258, 42, 7];
     for (dtype, tied) in [(WeightDType::F32, false), (WeightDType::F16, true)] {
         let m = RandomLlama {
-            shape: small_shape(300, tied),
+            shape: small_llama_shape(300, tied),
             seed: 11,
             dtype,
         };
@@ -108,7 +91,7 @@ fn a_real_tokenizer_carries_over_to_both_forms() {
     let src = smollm2_gguf();
     let tok = TokenizerKvs::from_gguf(&src).unwrap();
     let m = RandomLlama {
-        shape: small_shape(tok.token_count().unwrap(), true),
+        shape: small_llama_shape(tok.token_count().unwrap(), true),
         seed: 3,
         dtype: WeightDType::F16,
     };
@@ -139,7 +122,7 @@ fn bad_shapes_and_paths_are_typed_errors() {
     let bad_heads = RandomLlama {
         shape: LlamaShape {
             heads: 5,
-            ..small_shape(300, true)
+            ..small_llama_shape(300, true)
         },
         seed: 0,
         dtype: WeightDType::F32,
@@ -154,7 +137,7 @@ fn bad_shapes_and_paths_are_typed_errors() {
     let odd_kv = RandomLlama {
         shape: LlamaShape {
             kv_heads: 3,
-            ..small_shape(300, true)
+            ..small_llama_shape(300, true)
         },
         ..bad_heads.clone()
     };
@@ -165,7 +148,7 @@ fn bad_shapes_and_paths_are_typed_errors() {
     );
 
     let good = RandomLlama {
-        shape: small_shape(300, true),
+        shape: small_llama_shape(300, true),
         ..bad_heads.clone()
     };
     let err = good
@@ -211,7 +194,7 @@ fn a_bluelm_v_directory_holds_the_synthetic_tower_and_benches_an_image_prompt() 
     m.tower.num_hidden_layers = 1;
     m.llm.shape = LlamaShape {
         context: 2048,
-        ..small_shape(300, true)
+        ..small_llama_shape(300, true)
     };
     let dir = temp_path("make_model_bluelm_v");
     m.write_dir(&dir, &tok).unwrap();

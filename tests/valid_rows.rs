@@ -13,11 +13,11 @@ use npurt_backends::{Backend, Registry};
 use npurt_graph::rows::ValidRows;
 use npurt_graph::{Op, PrecisionPolicy};
 use npurt_models::llama::{InputKind, LogitsMode};
-use npurt_models::random_llama::{LlamaShape, RandomLlama, TokenizerKvs, WeightDType};
+use npurt_models::random_llama::{RandomLlama, TokenizerKvs, WeightDType};
 use npurt_models::siglip::{self, SiglipGraphOptions, SiglipVisionConfig, VisionStage};
 use npurt_models::ModelSource;
-use npurt_runtime::{GenerateOptions, LoadOptions, Runtime, Session};
-use npurt_tests::{llama_graph, smollm2_gguf, smollm2_graph};
+use npurt_runtime::{GenerateOptions, LoadOptions, Model, Runtime, Session};
+use npurt_tests::{llama_graph, small_llama_shape, smollm2_gguf, smollm2_graph};
 use std::sync::Arc;
 
 /// A runtime whose `cpu` backend computes a chunk's padding rows too.
@@ -30,6 +30,29 @@ fn padded_runtime() -> Runtime {
         })) as Arc<dyn Backend>)
     });
     Runtime::with_registry(r)
+}
+
+/// The logits of `ids` and then of `turn` fed into a fresh session of `model`, and the
+/// greedy text of 12 tokens after them.
+fn prompt_turn_and_text(model: Arc<Model>, ids: &[u32], turn: &[u32]) -> (Vec<Vec<f32>>, String) {
+    let mut s = Session::new(model).unwrap();
+    let mut logits = s.feed_all_logits(ids).unwrap();
+    logits.extend(s.feed_all_logits(turn).unwrap());
+    let gen = GenerateOptions {
+        max_tokens: 12,
+        ..Default::default()
+    };
+    let text = s.generate(&[], &gen, |_, _| true).unwrap().text;
+    (logits, text)
+}
+
+/// Two runs' logits, row by row, bit for bit, and their texts.
+fn assert_same(what: &str, ours: &(Vec<Vec<f32>>, String), padded: &(Vec<Vec<f32>>, String)) {
+    assert_eq!(ours.0.len(), 153, "{what}");
+    for (i, (a, b)) in ours.0.iter().zip(&padded.0).enumerate() {
+        assert!(a == b, "{what}: row {i}'s logits differ");
+    }
+    assert_eq!(ours.1, padded.1, "{what}");
 }
 
 #[test]
@@ -118,24 +141,13 @@ fn valid_rows_give_the_logits_cache_and_text_of_padded_chunks() {
                 ctx: Some(512),
                 ..Default::default()
             };
-            let model = rt.load(&model_path, opts).unwrap();
-            let mut s = Session::new(model).unwrap();
-            let mut logits = s.feed_all_logits(&ids).unwrap();
-            logits.extend(s.feed_all_logits(turn).unwrap());
-            let gen = GenerateOptions {
-                max_tokens: 12,
-                ..Default::default()
-            };
-            let text = s.generate(&[], &gen, |_, _| true).unwrap().text;
-            (logits, text)
+            prompt_turn_and_text(rt.load(&model_path, opts).unwrap(), &ids, turn)
         };
-        let (ours, text) = run(&Runtime::new());
-        let (padded, padded_text) = run(&padded_runtime());
-        assert_eq!(ours.len(), 153, "{}", precision.name);
-        for (i, (a, b)) in ours.iter().zip(&padded).enumerate() {
-            assert!(a == b, "{}: row {i}'s logits differ", precision.name);
-        }
-        assert_eq!(text, padded_text, "{}", precision.name);
+        assert_same(
+            &precision.name,
+            &run(&Runtime::new()),
+            &run(&padded_runtime()),
+        );
     }
 }
 
@@ -150,19 +162,7 @@ fn wgpu_valid_rows_give_the_logits_cache_and_text_of_padded_chunks() {
     std::fs::create_dir_all(&root).unwrap();
     let path = root.join("model.gguf");
     let m = RandomLlama {
-        shape: LlamaShape {
-            hidden: 64,
-            layers: 2,
-            heads: 4,
-            kv_heads: 2,
-            head_dim: None,
-            mlp: 128,
-            vocab: 259,
-            tied: false,
-            context: 512,
-            rope_theta: 10_000.0,
-            rms_norm_eps: 1e-5,
-        },
+        shape: small_llama_shape(259, false),
         seed: 5,
         dtype: WeightDType::F16,
     };
@@ -197,24 +197,10 @@ fn wgpu_valid_rows_give_the_logits_cache_and_text_of_padded_chunks() {
                     ..Default::default()
                 };
                 let model = Runtime::with_registry(r).load(&path, opts).unwrap();
-                let mut s = Session::new(model).unwrap();
-                let mut logits = s.feed_all_logits(&ids).unwrap();
-                logits.extend(s.feed_all_logits(turn).unwrap());
-                let gen = GenerateOptions {
-                    max_tokens: 12,
-                    ..Default::default()
-                };
-                let text = s.generate(&[], &gen, |_, _| true).unwrap().text;
-                (logits, text)
+                prompt_turn_and_text(model, &ids, turn)
             };
             let what = format!("{} {}", kernels.name(), precision.name);
-            let (ours, text) = run(false);
-            let (padded, padded_text) = run(true);
-            assert_eq!(ours.len(), 153, "{what}");
-            for (i, (a, b)) in ours.iter().zip(&padded).enumerate() {
-                assert!(a == b, "{what}: row {i}'s logits differ");
-            }
-            assert_eq!(text, padded_text, "{what}");
+            assert_same(&what, &run(false), &run(true));
         }
     }
     std::fs::remove_dir_all(&root).ok();

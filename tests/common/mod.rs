@@ -65,6 +65,23 @@ pub fn smollm2_graph(
     llama_graph(&smollm2_gguf(), rows, logits, input, policy)
 }
 
+/// A small GQA LLaMA shape with head width 16 (8 rotated pairs per head), 2 layers.
+pub fn small_llama_shape(vocab: usize, tied: bool) -> npurt_models::random_llama::LlamaShape {
+    npurt_models::random_llama::LlamaShape {
+        hidden: 64,
+        layers: 2,
+        heads: 4,
+        kv_heads: 2,
+        head_dim: None,
+        mlp: 128,
+        vocab,
+        tied,
+        context: 256,
+        rope_theta: 10_000.0,
+        rms_norm_eps: 1e-5,
+    }
+}
+
 /// The LLaMA graph of the model at `path`, as [`smollm2_graph`] builds SmolLM2's.
 pub fn llama_graph(
     path: &Path,
