@@ -144,7 +144,7 @@ fn valid_rows_give_the_logits_cache_and_text_of_padded_chunks() {
             prompt_turn_and_text(rt.load(&model_path, opts).unwrap(), &ids, turn)
         };
         assert_same(
-            &precision.name,
+            precision.name,
             &run(&Runtime::new()),
             &run(&padded_runtime()),
         );
