@@ -535,6 +535,23 @@ fn chat_turns_feed_only_their_new_rows() {
     assert!(!turns[1]["text"].as_str().unwrap().is_empty());
 }
 
+/// A chat that outgrows the context drops its oldest exchanges, and goes on.
+#[test]
+fn chat_drops_the_oldest_turns_to_fit_the_context() {
+    let (turns, _) = chat_turns(
+        &["--ctx", "100", "--max-tokens", "10"],
+        "What is the capital of France?\nAnd of Italy?\nAnd of Spain?\nAnd of Germany?\n",
+    );
+    assert_eq!(turns.len(), 4, "{turns:?}");
+    let n = |t: &serde_json::Value, k: &str| t[k].as_u64().unwrap_or_else(|| panic!("{k}: {t}"));
+    assert_eq!(n(&turns[0], "dropped_turns"), 0);
+    let last = &turns[3];
+    assert!(n(last, "dropped_turns") >= 1, "{last}");
+    assert!(n(last, "prompt_positions") + 10 <= 100, "{last}");
+    assert!(n(last, "context_positions") <= 100, "{last}");
+    assert!(!last["text"].as_str().unwrap().is_empty(), "{last}");
+}
+
 /// `npurt chat` with `/image`: the image is encoded and the conversation prefilled up
 /// to it before the question is read, so the question's turn feeds only its own rows
 /// and gives the golden answer; a bad image is an error line, and the chat goes on.

@@ -10,6 +10,8 @@
 //!
 //! Lines: `/image PATH` (an image for the next message; repeatable), `/reset` (a new
 //! conversation), `/quit` (or the end of input), anything else: the user's message.
+//! When a turn's prompt and an answer of `--max-tokens` outgrow the context, the
+//! oldest exchanges are dropped until they fit.
 
 use super::anyhow_lite;
 use npurt_models::ChatMessage;
@@ -47,6 +49,16 @@ impl Conversation {
                 .collect(),
             attached: Vec::new(),
         }
+    }
+
+    /// Where the oldest exchange (a user message and the answers after it) is, if any.
+    fn oldest_turn(&self) -> Option<std::ops::Range<usize>> {
+        let first = self.messages.iter().position(|(m, _)| m.role == "user")?;
+        let end = self.messages[first + 1..]
+            .iter()
+            .position(|(m, _)| m.role == "user")
+            .map_or(self.messages.len(), |i| first + 1 + i);
+        Some(first..end)
     }
 
     /// The prompt of the messages so far plus `user` (with the attached images), cut
@@ -128,15 +140,37 @@ pub fn run(model: Arc<Model>, a: ChatArgs, gen: GenerateOptions) -> anyhow_lite:
                 Err(e) => {
                     eprintln!("error: {e}");
                     chat.attached.pop();
+                    chat.images.pop();
                 }
             }
             continue;
         }
         turn += 1;
         let t = Instant::now();
-        let fed = chat
-            .prompt(&model, line, false)
-            .and_then(|parts| session.feed_pending_reusing(&parts));
+        // The oldest exchanges go, one at a time, until the prompt and an answer of
+        // --max-tokens fit the context: the chat goes on, its start forgotten.
+        let mut dropped = 0;
+        let fed = loop {
+            let parts = match chat.prompt(&model, line, false) {
+                Ok(p) => p,
+                Err(e) => break Err(e),
+            };
+            let positions: usize = parts
+                .iter()
+                .map(|p| match p {
+                    PromptPart::Text(ids) => ids.len(),
+                    PromptPart::Image(img) => img.plan().image_tokens,
+                })
+                .sum();
+            match chat.oldest_turn() {
+                Some(turn) if positions + gen.max_tokens > model.ctx => {
+                    drop(parts);
+                    chat.messages.drain(turn);
+                    dropped += 1;
+                }
+                _ => break session.feed_pending_reusing(&parts),
+            }
+        };
         let reuse = match fed {
             Ok(r) => r,
             Err(e) => {
@@ -174,6 +208,7 @@ pub fn run(model: Arc<Model>, a: ChatArgs, gen: GenerateOptions) -> anyhow_lite:
                     "turn": turn, "text": g.text, "tokens": g.tokens.len(),
                     "images": n_images, "prompt_positions": prompt,
                     "reused": reuse.reused, "fed": reuse.fed, "prefilled_ahead": ahead,
+                    "dropped_turns": dropped,
                     "prefill_ms": prefill_ms, "first_token_ms": first_token_ms,
                     "decode_tok_s": g.decode_tok_s(), "context_positions": session.len(),
                 })
@@ -184,8 +219,13 @@ pub fn run(model: Arc<Model>, a: ChatArgs, gen: GenerateOptions) -> anyhow_lite:
                 0 => String::new(),
                 n => format!(" ({n} of them prefilled while the message was typed)"),
             };
+            let forgot = match dropped {
+                0 => String::new(),
+                1 => ", its oldest exchange dropped to fit the context".to_string(),
+                n => format!(", its {n} oldest exchanges dropped to fit the context"),
+            };
             eprintln!(
-                "[turn {turn}: {prompt}-position prompt, {} held already{typed}, {} fed in {prefill_ms:.0} ms | first token {first_token_ms:.0} ms after the message | {} tokens at {:.1} tok/s | {} of {} positions used]",
+                "[turn {turn}: {prompt}-position prompt{forgot}, {} held already{typed}, {} fed in {prefill_ms:.0} ms | first token {first_token_ms:.0} ms after the message | {} tokens at {:.1} tok/s | {} of {} positions used]",
                 reuse.reused,
                 reuse.fed,
                 g.tokens.len(),
