@@ -436,15 +436,7 @@ impl Model {
             .ok_or_else(|| invalid("messages", "no message to render"))?;
         last.content = TEXT_NOT_TYPED.to_string();
         let (text, images) = self.render_multimodal_chat(&turns)?;
-        match text.split_once(TEXT_NOT_TYPED) {
-            Some((start, rest)) if !rest.contains(TEXT_NOT_TYPED) => {
-                Ok((start.to_string(), images))
-            }
-            _ => Err(invalid(
-                "chat template",
-                "does not render the last message's text as written, so the prompt cannot be started before it",
-            )),
-        }
+        Ok((start_before_text(&text)?.to_string(), images))
     }
 
     /// Splits a rendered prompt at the image placeholder and tokenizes each side on its
@@ -467,6 +459,18 @@ impl Model {
             }
         }
         Ok(parts)
+    }
+}
+
+/// What a prompt rendered with [`TEXT_NOT_TYPED`] as its last message holds before
+/// that message's text: an error unless the text is there once, as written.
+fn start_before_text(rendered: &str) -> Result<&str> {
+    match rendered.split_once(TEXT_NOT_TYPED) {
+        Some((start, rest)) if !rest.contains(TEXT_NOT_TYPED) => Ok(start),
+        _ => Err(invalid(
+            "chat template",
+            "does not render the last message's text once and as written, so the prompt cannot be started before it",
+        )),
     }
 }
 
@@ -578,6 +582,30 @@ fn encode_now(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The start before the message's text, only where a template writes the text
+    /// once and unchanged.
+    #[test]
+    fn a_prompt_starts_before_the_text_written_once() {
+        let t = TEXT_NOT_TYPED;
+        assert_eq!(
+            start_before_text(&format!("<s>user\n<image>\n{t}</s>")).unwrap(),
+            "<s>user\n<image>\n"
+        );
+        for bad in [
+            format!("{t}{t}"),
+            "user: TEXT".to_string(),
+            t.to_uppercase().replace('\u{E000}', ""),
+        ] {
+            assert!(
+                matches!(
+                    start_before_text(&bad),
+                    Err(RuntimeError::InvalidOption { .. })
+                ),
+                "{bad:?}"
+            );
+        }
+    }
 
     #[test]
     fn placeholders_attach_before_text_or_must_match() {
