@@ -1000,7 +1000,8 @@ fn int8_attention_every_path_matches_reference() {
 
 /// f16 attention (`AttentionPrecision::F16`) against the reference (f16-rounded
 /// operands summed in f32): the AVX512-FP16 tiles sum in f16 (NMSE ~1e-5, the
-/// conformance threshold is 1e-4); the other paths run the f32 kernel (~1e-7).
+/// conformance threshold is 1e-4), the VNNI tiles in 16-bit integers (~5e-6); the
+/// other paths run the f32 kernel (~1e-7).
 #[test]
 fn f16_attention_every_path_matches_reference() {
     attention_variant_matches_reference(

@@ -202,7 +202,7 @@ impl Backend for CpuBackend {
                 precision: npurt_graph::AttentionPrecision::F16,
                 ..
             } => format!(
-                "attention_bidirectional_f16[sequences of {seq}, vfmadd231ph panels where the CPU has AVX512-FP16, else f32, {isa}]"
+                "attention_bidirectional_f16[sequences of {seq}, vfmadd231ph panels where the CPU has AVX512-FP16, vpdpwssd i16 panels with AVX512-VNNI alone, else f32, {isa}]"
             ),
             Op::SpaceToChannel { .. } => "space_to_channel_f32[row copies]".into(),
             Op::SliceCols { .. } if executable::bidirectional_views(graph)[id.0] => {

@@ -18,7 +18,9 @@
 //!
 //! The reference (`reference::attention_bidirectional_f16`) rounds the inputs and sums
 //! in f32; the f16 sums here stay within the conformance threshold of it. Without
-//! AVX512-FP16 the f32 kernel runs, which the definition allows (wider sums).
+//! AVX512-FP16 but with AVX512-VNNI (Zen 4), the same pairs run as 16-bit integers
+//! ([`I16Panel`], `attention_f16_vnni.rs`: `vpdpwssd`, also twice the f32 FMA's
+//! products); elsewhere the f32 kernel runs, which the definition allows (wider sums).
 
 use super::attention_panels::{self, Args, PanelKernel, RowScratch};
 use super::attention_qkv::Qkv;
@@ -104,6 +106,76 @@ impl PanelKernel for F16Panel {
     }
 }
 
+/// One KV head's K and V as 16-bit integers inside its panel, in [`F16Panel`]'s
+/// layout (pairs of dims for K, pairs of keys for V), with each key's K and V scale
+/// (`attention_f16_vnni.rs`).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct I16Panel {
+    pub hd: usize,
+    pub hd2: usize,
+    pub npad: usize,
+    pub cpad: usize,
+    /// `[hd2 / 2][npad][2]` i16, as [`F16Panel::kt`].
+    pub kt: usize,
+    /// `[npad / 2][cpad][2]` i16, as [`F16Panel::vt`].
+    pub vt: usize,
+    /// `[npad]` f32: each key's K scale (0 for the padding keys).
+    pub sk: usize,
+    /// `[npad]` f32: each key's V scale.
+    pub sv: usize,
+    pub bytes: usize,
+}
+
+impl I16Panel {
+    fn new(seq: usize, hd: usize) -> Self {
+        let f = F16Panel::new(seq, hd);
+        let sk = f.bytes;
+        let sv = sk + 4 * f.npad;
+        I16Panel {
+            hd,
+            hd2: f.hd2,
+            npad: f.npad,
+            cpad: f.cpad,
+            kt: f.kt,
+            vt: f.vt,
+            sk,
+            sv,
+            bytes: (sv + 4 * f.npad).next_multiple_of(64),
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl PanelKernel for I16Panel {
+    fn panel_bytes(&self) -> usize {
+        self.bytes
+    }
+    /// [`SCORE_ROWS`] i16 query rows, their f32 scores and i16 weights (`npad` each).
+    fn scratch_bytes(&self) -> [usize; 3] {
+        [
+            SCORE_ROWS * self.hd2 * 2,
+            SCORE_ROWS * self.npad * 4,
+            SCORE_ROWS * self.npad * 2,
+        ]
+    }
+    unsafe fn pack(&self, a: &Args, b: usize, g: usize, panel: &mut [u8]) {
+        // SAFETY: the trait's contract (AVX-512 with VNNI, checked by the caller).
+        unsafe { super::attention_f16_vnni::pack_panel(a, self, b, g, panel) }
+    }
+    unsafe fn rows(
+        &self,
+        a: &Args,
+        b: usize,
+        h: usize,
+        rows: std::ops::Range<usize>,
+        panel: &[u8],
+        sc: &mut RowScratch,
+    ) {
+        // SAFETY: the trait's contract.
+        unsafe { super::attention_f16_vnni::row_block(a, self, b, h, rows, panel, sc) }
+    }
+}
+
 /// Whether this CPU multiplies f16 natively (AVX512-FP16).
 fn has_fp16() -> bool {
     #[cfg(target_arch = "x86_64")]
@@ -127,11 +199,17 @@ pub fn attention_bidirectional_f16(
     out: &mut [f32],
 ) -> Result<(), KernelError> {
     #[cfg(target_arch = "x86_64")]
-    if isa() == Isa::Avx512Vnni && has_fp16() && head_dim <= MAX_HEAD_DIM {
+    if isa() == Isa::Avx512Vnni && head_dim <= MAX_HEAD_DIM {
         let shape = qkv.check(seq, n_heads, n_kv_heads, head_dim, out)?;
         let a = Args::new(qkv, seq, shape, n_heads, n_kv_heads, scale, out);
-        // SAFETY: the CPU has AVX-512 and AVX512-FP16; the arguments were checked.
-        unsafe { attention_panels::run(&a, &F16Panel::new(seq, head_dim)) };
+        // SAFETY: the CPU has AVX-512 with VNNI (and AVX512-FP16 for the f16 tiles);
+        // the arguments were checked.
+        unsafe {
+            match has_fp16() {
+                true => attention_panels::run(&a, &F16Panel::new(seq, head_dim)),
+                false => attention_panels::run(&a, &I16Panel::new(seq, head_dim)),
+            }
+        };
         return Ok(());
     }
     super::attention_bidirectional_f32(qkv, seq, n_heads, n_kv_heads, head_dim, scale, out)

@@ -41,6 +41,8 @@ mod attention_decode_avx512;
 mod attention_f16;
 #[cfg(target_arch = "x86_64")]
 mod attention_f16_avx512;
+#[cfg(target_arch = "x86_64")]
+mod attention_f16_vnni;
 mod attention_f32;
 mod attention_i8;
 #[cfg(target_arch = "x86_64")]

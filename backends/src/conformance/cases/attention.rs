@@ -533,6 +533,10 @@ pub(super) fn cases() -> Vec<Case> {
         bidirectional_case("1x729.h2.hd72", F16_ATTN, 2, 2, 72, 1, 729),
         bidirectional_case("1x40.h2.hd128", F16_ATTN, 2, 2, 128, 1, 40),
         bidirectional_case("2x33.gqa4_2.hd20", F16_ATTN, 4, 2, 20, 2, 33),
+        // An odd head dim (its pairs end in a zero dim) over an odd count of keys, and
+        // the widest head the CPU's integer tiles sum in i32.
+        bidirectional_case("2x9.h2.hd13", F16_ATTN, 2, 2, 13, 2, 9),
+        bidirectional_case("1x20.h1.hd256", F16_ATTN, 1, 1, 256, 1, 20),
     ]);
     // A ViT block's q/k/v slices of one product feeding the attention, at each
     // precision.
