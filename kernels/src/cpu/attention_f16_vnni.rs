@@ -129,8 +129,8 @@ pub(super) unsafe fn pack_panel(a: &Args, p: &I16Panel, b: usize, g: usize, pane
                 if j % 2 == 0 {
                     vq[1] = [0; MAX_HEAD_DIM];
                 }
-                for c in 0..hd {
-                    let pair = (vq[0][c] as u16 as u32) | ((vq[1][c] as u16 as u32) << 16);
+                for (c, (&v0, &v1)) in vq[0].iter().zip(&vq[1]).take(hd).enumerate() {
+                    let pair = (v0 as u16 as u32) | ((v1 as u16 as u32) << 16);
                     vt.add((j / 2) * cpad + c).write(pair);
                 }
             }
