@@ -368,7 +368,12 @@ fn a_prompt_start_prefilled_while_typing_is_reused() {
     assert!(!start.contains("ani"), "{start:?}");
     let ahead = m.split_prompt(&start, &images).unwrap();
     let mut s = Session::new(m.clone()).unwrap();
-    let fed_ahead = s.feed_pending(&ahead).unwrap();
+    // On a worker thread, as a frontend whose own thread takes the typing does.
+    let fed_ahead = std::thread::scope(|t| {
+        t.spawn(|| s.feed_pending(&ahead).unwrap())
+            .join()
+            .unwrap()
+    });
     // The question typed: the start (header, image) is kept.
     let PromptPart::Text(header) = &full[0] else {
         panic!("text first")
