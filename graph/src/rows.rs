@@ -4,8 +4,9 @@
 //! padding). Every LLaMA op computes its output rows one by one from the same rows of
 //! its input, and causal attention lets no query see a later position, so no padding
 //! row ever reaches a valid row. A backend that can size its work at run time (the
-//! CPU) may therefore compute only the first `n_valid` rows of those values
-//! ([`ValidRows`]); one that cannot computes all `C`, with the same valid rows.
+//! CPU; wgpu, through indirect dispatches sized on the GPU) may therefore compute only
+//! the first `n_valid` rows of those values ([`ValidRows`]); one that cannot computes
+//! all `C`, with the same valid rows.
 
 use crate::{AttentionMode, Graph, NodeId, Op};
 
@@ -131,7 +132,7 @@ impl ValidRows {
             };
         }
         // Every reader of a token-row value must compute rows alone, or read a valid
-        // row only; outputs get their padding rows cleared by the backend.
+        // row only; an output's padding rows are unspecified (the CPU clears them).
         for id in g.ids() {
             let n = g.node(id);
             if token_rows[id.0] || matches!(n.op, Op::SelectRow | Op::KvWrite) {
