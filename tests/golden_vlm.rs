@@ -337,13 +337,7 @@ fn a_prompt_start_prefilled_while_typing_is_reused() {
     let question = "What animal is this?";
     let (text, images) = m.render_multimodal_chat(&turn(question)).unwrap();
     let full = m.split_prompt(&text, &images).unwrap();
-    let total: usize = full
-        .iter()
-        .map(|p| match p {
-            PromptPart::Text(ids) => ids.len(),
-            PromptPart::Image(i) => i.plan().image_tokens,
-        })
-        .sum();
+    let total: usize = full.iter().map(PromptPart::positions).sum();
     let gen = GenerateOptions {
         max_tokens: 8,
         ..Default::default()
@@ -369,11 +363,8 @@ fn a_prompt_start_prefilled_while_typing_is_reused() {
     let ahead = m.split_prompt(&start, &images).unwrap();
     let mut s = Session::new(m.clone()).unwrap();
     // On a worker thread, as a frontend whose own thread takes the typing does.
-    let fed_ahead = std::thread::scope(|t| {
-        t.spawn(|| s.feed_pending(&ahead).unwrap())
-            .join()
-            .unwrap()
-    });
+    let fed_ahead =
+        std::thread::scope(|t| t.spawn(|| s.feed_pending(&ahead).unwrap()).join().unwrap());
     // The question typed: the start (header, image) is kept.
     let PromptPart::Text(header) = &full[0] else {
         panic!("text first")

@@ -482,6 +482,16 @@ pub enum PromptPart<I> {
     Image(I),
 }
 
+impl PromptPart<&PendingImage> {
+    /// The context positions this part takes: its tokens, or its image's rows.
+    pub fn positions(&self) -> usize {
+        match self {
+            PromptPart::Text(ids) => ids.len(),
+            PromptPart::Image(img) => img.plan().image_tokens,
+        }
+    }
+}
+
 /// `parts` with every image waited for (only what is left of each encode).
 pub fn wait_parts(
     parts: &[PromptPart<&PendingImage>],

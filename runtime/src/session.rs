@@ -505,13 +505,7 @@ impl Session {
     /// what is left of its encode) and feeds the whole prompt. Returns how many
     /// positions were fed.
     pub fn feed_pending(&mut self, parts: &[PromptPart<&PendingImage>]) -> Result<usize> {
-        let needed = parts
-            .iter()
-            .map(|p| match p {
-                PromptPart::Text(ids) => ids.len(),
-                PromptPart::Image(img) => img.plan().image_tokens,
-            })
-            .sum();
+        let needed = parts.iter().map(PromptPart::positions).sum();
         self.check_room(needed)?;
         let ready = crate::multimodal::wait_parts(parts)?;
         self.feed_prompt(&ready)?;
@@ -531,10 +525,7 @@ impl Session {
         &mut self,
         parts: &[PromptPart<&PendingImage>],
     ) -> Result<PromptReuse> {
-        let len = |p: &PromptPart<&PendingImage>| match p {
-            PromptPart::Text(ids) => ids.len(),
-            PromptPart::Image(img) => img.plan().image_tokens,
-        };
+        let len = PromptPart::positions;
         let total: usize = parts.iter().map(len).sum();
         // The positions held that equal the prompt's start.
         let mut same = 0;

@@ -82,11 +82,7 @@ impl PanelKernel for F16Panel {
     }
     /// [`SCORE_ROWS`] f16 query rows, their f32 scores and f16 weights (`npad` each).
     fn scratch_bytes(&self) -> [usize; 3] {
-        [
-            SCORE_ROWS * self.hd2 * 2,
-            SCORE_ROWS * self.npad * 4,
-            SCORE_ROWS * self.npad * 2,
-        ]
+        pair_tile_scratch(self.hd2, self.npad)
     }
     unsafe fn pack(&self, a: &Args, b: usize, g: usize, panel: &mut [u8]) {
         // SAFETY: the trait's contract (AVX512-FP16, checked by the caller).
@@ -104,6 +100,17 @@ impl PanelKernel for F16Panel {
         // SAFETY: the trait's contract.
         unsafe { super::attention_f16_avx512::row_block(a, self, b, h, rows, panel, sc) }
     }
+}
+
+/// The row scratch of the pair tiles (f16 or i16): [`SCORE_ROWS`] 16-bit query rows,
+/// their f32 scores and 16-bit weights.
+#[cfg(target_arch = "x86_64")]
+fn pair_tile_scratch(hd2: usize, npad: usize) -> [usize; 3] {
+    [
+        SCORE_ROWS * hd2 * 2,
+        SCORE_ROWS * npad * 4,
+        SCORE_ROWS * npad * 2,
+    ]
 }
 
 /// One KV head's K and V as 16-bit integers inside its panel, in [`F16Panel`]'s
@@ -152,11 +159,7 @@ impl PanelKernel for I16Panel {
     }
     /// [`SCORE_ROWS`] i16 query rows, their f32 scores and i16 weights (`npad` each).
     fn scratch_bytes(&self) -> [usize; 3] {
-        [
-            SCORE_ROWS * self.hd2 * 2,
-            SCORE_ROWS * self.npad * 4,
-            SCORE_ROWS * self.npad * 2,
-        ]
+        pair_tile_scratch(self.hd2, self.npad)
     }
     unsafe fn pack(&self, a: &Args, b: usize, g: usize, panel: &mut [u8]) {
         // SAFETY: the trait's contract (AVX-512 with VNNI, checked by the caller).

@@ -155,13 +155,7 @@ pub fn run(model: Arc<Model>, a: ChatArgs, gen: GenerateOptions) -> anyhow_lite:
                 Ok(p) => p,
                 Err(e) => break Err(e),
             };
-            let positions: usize = parts
-                .iter()
-                .map(|p| match p {
-                    PromptPart::Text(ids) => ids.len(),
-                    PromptPart::Image(img) => img.plan().image_tokens,
-                })
-                .sum();
+            let positions: usize = parts.iter().map(PromptPart::positions).sum();
             match chat.oldest_turn() {
                 Some(turn) if positions + gen.max_tokens > model.ctx => {
                     drop(parts);

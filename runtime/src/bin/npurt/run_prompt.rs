@@ -122,13 +122,7 @@ pub fn run(model: Arc<Model>, a: PromptArgs, gen: GenerateOptions) -> anyhow_lit
     } else {
         model.split_prompt(&text, &order)?
     };
-    let prompt_tokens: usize = parts
-        .iter()
-        .map(|p| match p {
-            PromptPart::Text(ids) => ids.len(),
-            PromptPart::Image(i) => i.plan().image_tokens,
-        })
-        .sum();
+    let prompt_tokens: usize = parts.iter().map(PromptPart::positions).sum();
     let t_prefill = Instant::now();
     // The text before the first image is prefilled while the images encode (all of
     // the prompt at once when its last logits are written; none of it here when the
