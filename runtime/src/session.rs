@@ -72,9 +72,8 @@ pub struct Session {
     positions: Vec<Position>,
     /// The token ids among `positions`, in order (the sampler's history).
     tokens: Vec<u32>,
-    /// Images fed so far (their positions may have been truncated away since).
-    images_fed: u32,
-    /// The id ([`ImageEmbeddings::id`]) of each image fed, by its number.
+    /// The id ([`ImageEmbeddings::id`]) of each image fed so far, by its number (their
+    /// positions may have been truncated away since).
     image_ids: Vec<u64>,
     last_logits: Option<Vec<f32>>,
     /// This session's share of the model's memory budget.
@@ -221,7 +220,6 @@ impl Session {
             runners: HashMap::new(),
             positions: Vec::new(),
             tokens: Vec::new(),
-            images_fed: 0,
             image_ids: Vec::new(),
             last_logits: None,
             _reservation: reservation,
@@ -633,11 +631,10 @@ impl Session {
         let mut image_no = HashMap::new();
         for (k, p) in parts.iter().enumerate() {
             if let PromptPart::Image(img) = p {
-                image_no.insert(k, self.images_fed + image_no.len() as u32);
+                image_no.insert(k, self.image_ids.len() as u32);
                 self.image_ids.push(img.id);
             }
         }
-        self.images_fed += image_no.len() as u32;
         let vocab = self.model.config.vocab_size;
         let mut logits = Vec::new();
         let c = self.chunk_rows();

@@ -209,12 +209,9 @@ impl Dispatch {
         Ok(d)
     }
 
-    /// This dispatch with grid dimension `axis` counting blocks of `rows` rows.
-    fn row_axis(mut self, axis: u32, rows: usize) -> Self {
-        self.rows = RowGrid::Axis {
-            axis,
-            rows: rows as u32,
-        };
+    /// This dispatch with its grid covering the rows as `rows` says.
+    fn with_rows(mut self, rows: RowGrid) -> Self {
+        self.rows = rows;
         self
     }
 }
@@ -753,8 +750,7 @@ pub(crate) fn lower(cx: &LowerCtx, id: NodeId) -> Result<Lowered, String> {
             }
             let hd = format!("HEAD_DIM={head_dim}");
             defines.push(&hd);
-            // (.., the grid dimension that counts query rows and its rows per group)
-            let (key, groups, row_axis) = if lanes {
+            let (key, groups, rows) = if lanes {
                 (
                     PipelineKey::new("attention_lanes.wgsl", "attention_lanes", &defines),
                     [
@@ -762,19 +758,18 @@ pub(crate) fn lower(cx: &LowerCtx, id: NodeId) -> Result<Lowered, String> {
                         as_u32(*n_heads, "heads")?,
                         1,
                     ],
-                    (0, 64),
+                    RowGrid::Axis { axis: 0, rows: 64 },
                 )
             } else {
                 let (entry, groups) = tiled_attention_entry(t, *n_heads, *head_dim)?;
-                let rows = if entry == "attention_rows" {
-                    ROWS_BLOCK
-                } else {
-                    1
+                let rows = match entry {
+                    "attention_rows" => ROWS_BLOCK as u32,
+                    _ => 1,
                 };
                 (
                     PipelineKey::new("attention.wgsl", entry, &defines),
                     groups,
-                    (1, rows),
+                    RowGrid::Axis { axis: 1, rows },
                 )
             };
             if groups[0] > MAX_GROUPS || groups[1] > MAX_GROUPS {
@@ -787,9 +782,8 @@ pub(crate) fn lower(cx: &LowerCtx, id: NodeId) -> Result<Lowered, String> {
                 _ => 1,
             };
             if splits == 1 {
-                l.dispatches.push(
-                    Dispatch::new(key, params, bind, groups).row_axis(row_axis.0, row_axis.1),
-                );
+                l.dispatches
+                    .push(Dispatch::new(key, params, bind, groups).with_rows(rows));
                 return Ok(l);
             }
             // Flash-decoding: each of `splits` key ranges of a row and head is a
@@ -808,7 +802,7 @@ pub(crate) fn lower(cx: &LowerCtx, id: NodeId) -> Result<Lowered, String> {
                     bind,
                     [groups[0], groups[1], splits as u32],
                 )
-                .row_axis(row_axis.0, row_axis.1),
+                .with_rows(rows),
             );
             l.dispatches.push(
                 Dispatch::new(
@@ -822,7 +816,7 @@ pub(crate) fn lower(cx: &LowerCtx, id: NodeId) -> Result<Lowered, String> {
                     },
                     groups,
                 )
-                .row_axis(row_axis.0, row_axis.1),
+                .with_rows(rows),
             );
             return Ok(l);
         }
@@ -1197,9 +1191,9 @@ fn matmul_dispatch(
     // gemv's static shape (matmul.wgsl splits K in units of a block, W_BLOCKS, or a
     // quad), as defines.
     let mut gemv_shape = Vec::new();
-    // (workgroups along N, along M, the entry point, rows per workgroup along M: gemv
-    // takes all its rows in each workgroup).
-    let (gx, gy, name, row_block) = match entry {
+    // (workgroups along N, along M, the entry point, how the grid covers the rows:
+    // gemv takes all its rows in each workgroup).
+    let (gx, gy, name, rows) = match entry {
         MatmulEntry::Gemv => {
             let unit = if defines.contains(&"W_BLOCKS") { 32 } else { 4 };
             let gemv = cx.gemv_shape(m, k.div_ceil(unit), n, defines.contains(&"GLU"));
@@ -1211,7 +1205,7 @@ fn matmul_dispatch(
             ];
             // 64 threads, GEMV_LANES per group of GEMV_R columns.
             let g = grid_1d(n.div_ceil((64 / gemv.lanes * gemv.cols) as usize), 1)?;
-            (g[0] as usize, g[1] as usize, "gemv", None)
+            (g[0] as usize, g[1] as usize, "gemv", RowGrid::Whole)
         }
         MatmulEntry::Gemm | MatmulEntry::GemmDot4 | MatmulEntry::GemmCoop => {
             // matmul.wgsl's gemm: tiles of cx.tiles.gemm_rows rows (gemm_coop: 64) and 64
@@ -1222,11 +1216,19 @@ fn matmul_dispatch(
                 MatmulEntry::GemmDot4 => ("gemm_dot4", cx.tiles.gemm_rows as usize),
                 _ => ("gemm_coop", 64),
             };
-            (n.div_ceil(cols), m.div_ceil(rows), name, Some(rows))
+            let grid = RowGrid::Axis {
+                axis: 1,
+                rows: rows as u32,
+            };
+            (n.div_ceil(cols), m.div_ceil(rows), name, grid)
         }
         MatmulEntry::Lanes => {
             let rows = if m == 1 { 1 } else { 4 };
-            (n.div_ceil(256), m.div_ceil(rows), "lanes", Some(rows))
+            let grid = RowGrid::Axis {
+                axis: 1,
+                rows: rows as u32,
+            };
+            (n.div_ceil(256), m.div_ceil(rows), "lanes", grid)
         }
     };
     if gx > MAX_GROUPS as usize || gy > MAX_GROUPS as usize {
@@ -1254,16 +1256,13 @@ fn matmul_dispatch(
     if entry == MatmulEntry::Lanes && m == 1 {
         defines.push("ROWS_1");
     }
-    let d = Dispatch::new(
+    Ok(Dispatch::new(
         PipelineKey::new("matmul.wgsl", name, &defines),
         params,
         bind,
         [gx as u32, gy as u32, 1],
-    );
-    Ok(match row_block {
-        Some(rows) => d.row_axis(1, rows),
-        None => d,
-    })
+    )
+    .with_rows(rows))
 }
 
 /// matmul.wgsl's defines for an epilogue: one flag per step (plus its activation),
