@@ -51,7 +51,7 @@ pub(crate) unsafe fn q4_i8<const HAS_MIN: bool, const MR: usize>(job: &Job, out:
     for h in 0..2 {
         let mut acc = [_mm256_setzero_ps(); MR];
         for b in 0..job.kb {
-            if MR <= 2 && h == 0 {
+            if h == 0 {
                 prefetch_block(job, b);
             }
             // SAFETY (whole body): offsets stay inside the tile and the prepared
@@ -106,7 +106,7 @@ pub(crate) unsafe fn q4_i16<const HAS_MIN: bool, const MR: usize>(job: &Job, out
     for h in 0..2 {
         let mut acc = [_mm256_setzero_ps(); MR];
         for b in 0..job.kb {
-            if MR <= 2 && h == 0 {
+            if h == 0 {
                 prefetch_block(job, b);
             }
             // SAFETY: as in q4_i8.

@@ -42,7 +42,7 @@ pub(crate) unsafe fn q8_i8<const PER_ROW: bool, const MR: usize>(job: &Job, out:
     for h in 0..2 {
         let mut acc = [_mm256_setzero_ps(); MR];
         for b in 0..job.kb {
-            if MR <= 2 && h == 0 {
+            if h == 0 {
                 prefetch_block(job, b);
             }
             // SAFETY (whole body): offsets stay inside the tile and the prepared
@@ -94,7 +94,7 @@ pub(crate) unsafe fn q8_i16<const PER_ROW: bool, const MR: usize>(job: &Job, out
     for h in 0..2 {
         let mut acc = [_mm256_setzero_ps(); MR];
         for b in 0..job.kb {
-            if MR <= 2 && h == 0 {
+            if h == 0 {
                 prefetch_block(job, b);
             }
             // SAFETY: as in q8_i8.

@@ -115,7 +115,7 @@ macro_rules! kernels {
             for h in 0..2 {
                 let mut acc = [_mm256_setzero_ps(); MR];
                 for b in 0..job.kb {
-                    if MR <= 2 && h == 0 {
+                    if h == 0 {
                         prefetch_block(job, b);
                     }
                     // SAFETY (whole body): offsets stay inside the tile and the prepared
@@ -187,7 +187,7 @@ macro_rules! kernels {
             for h in 0..2 {
                 let mut acc = [_mm256_setzero_ps(); MR];
                 for b in 0..job.kb {
-                    if MR <= 2 && h == 0 {
+                    if h == 0 {
                         prefetch_block(job, b);
                     }
                     // SAFETY (whole body): offsets stay inside the tile and the prepared
@@ -266,7 +266,7 @@ macro_rules! kernels {
             for h in 0..2 {
                 let mut acc = [_mm256_setzero_ps(); MR];
                 for b in 0..job.kb {
-                    if MR <= 2 && h == 0 {
+                    if h == 0 {
                         prefetch_block(job, b);
                     }
                     // SAFETY (whole body): offsets stay inside the tile and the prepared
@@ -345,9 +345,7 @@ macro_rules! kernels {
                     job,
                     out,
                     |b, sums| {
-                        if MR <= 2 {
-                            prefetch_block(job, b);
-                        }
+                        prefetch_block(job, b);
                         let w = job.vals.add(b * 512);
                         let a = job.q8.add(b * GROUP * 32);
                         for l in 0..8 {
@@ -420,7 +418,7 @@ macro_rules! kernels {
             for h in 0..2 {
                 let mut acc = [_mm256_setzero_ps(); MR];
                 for b in 0..job.kb {
-                    if MR <= 2 && h == 0 {
+                    if h == 0 {
                         prefetch_block(job, b);
                     }
                     // SAFETY (whole body): offsets stay inside the tile and the prepared

@@ -53,9 +53,7 @@ pub(crate) unsafe fn q4_i8<const HAS_MIN: bool, const MR: usize>(job: &Job, out:
     let mask = _mm512_set1_epi8(0x0f);
     let mut acc = [_mm512_setzero_ps(); MR];
     for b in 0..job.kb {
-        if MR <= 2 {
-            prefetch_block(job, b);
-        }
+        prefetch_block(job, b);
         // SAFETY (whole body): offsets stay inside the tile (kb blocks) and the prepared
         // activation arrays (rows r0..r0+MR of the group), per the Job contract.
         unsafe {
@@ -183,9 +181,7 @@ pub(crate) unsafe fn q4_i16b<const HAS_MIN: bool, const MR: usize>(job: &Job, ou
     let mask = _mm512_set1_epi8(0x0f);
     let mut acc = [_mm512_setzero_ps(); MR];
     for b in 0..job.kb {
-        if MR <= 2 {
-            prefetch_block(job, b);
-        }
+        prefetch_block(job, b);
         // SAFETY (whole body): offsets stay inside the tile and the prepared activation
         // arrays (64 bytes per block and row), per the Job contract.
         unsafe {

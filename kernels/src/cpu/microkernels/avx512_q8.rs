@@ -40,9 +40,7 @@ pub(crate) unsafe fn q8_i8<const PER_ROW: bool, const MR: usize>(job: &Job, out:
     let flip = _mm512_set1_epi8(-128);
     let mut acc = [_mm512_setzero_ps(); MR];
     for b in 0..job.kb {
-        if MR <= 2 {
-            prefetch_block(job, b);
-        }
+        prefetch_block(job, b);
         // SAFETY (whole body): offsets stay inside the tile and the prepared activation
         // arrays, per the Job contract.
         unsafe {
@@ -163,9 +161,7 @@ pub(crate) unsafe fn q8_i16b<const MR: usize>(job: &Job, out: &mut TileOut) {
     let flip = _mm512_set1_epi8(-128);
     let mut acc = [_mm512_setzero_ps(); MR];
     for b in 0..job.kb {
-        if MR <= 2 {
-            prefetch_block(job, b);
-        }
+        prefetch_block(job, b);
         // SAFETY (whole body): offsets stay inside the tile and the prepared activation
         // arrays (64 bytes per block and row), per the Job contract.
         unsafe {
@@ -255,9 +251,7 @@ pub(crate) unsafe fn q8c_i16b<const MR: usize>(job: &Job, out: &mut TileOut) {
             [job],
             [out],
             |b, sums| {
-                if MR <= 2 {
-                    prefetch_block(job, b);
-                }
+                prefetch_block(job, b);
                 let w = job.vals.add(b * 512);
                 let a = job.q8.add(b * GROUP * 64);
                 for l in 0..8 {
@@ -292,9 +286,7 @@ pub(crate) unsafe fn q8c_u8row<const MR: usize>(job: &Job, out: &mut TileOut) {
             [job],
             [out],
             |b, sums| {
-                if MR <= 2 {
-                    prefetch_block(job, b);
-                }
+                prefetch_block(job, b);
                 let w = job.vals.add(b * 512);
                 let a = job.q8.add(b * GROUP * 32);
                 for l in 0..8 {

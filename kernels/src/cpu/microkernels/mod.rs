@@ -17,9 +17,11 @@
 //! Per (format, activation precision, ISA), [`select`] returns the activation plan
 //! (`act_quant::ActPlan`) and kernels for row blocks of 1, 2, 4 and 8 rows (the AVX2
 //! paths: up to 4, AVX2 has 16 vector registers). One- and two-row kernels are the
-//! decode (GEMV) path: they split dependency chains over extra accumulators and
-//! prefetch the weight stream ([`PREFETCH_AHEAD`]); the 4- and 8-row kernels reuse each
-//! unpacked weight vector across rows (GEMM).
+//! decode (GEMV) path: they split dependency chains over extra accumulators; the 4- and
+//! 8-row kernels reuse each unpacked weight vector across rows (GEMM). Every quantized
+//! kernel prefetches the weight stream ([`PREFETCH_AHEAD`]): the first row block of a
+//! chunk reads each tile from DRAM, which a short prompt, a speculative draft's
+//! verification or the last rows of a chunk also do.
 //!
 //! The kernels index small register arrays (`acc[r]`, `dot[r]`) by row in loops of
 //! constant trip count: after unrolling every index is a constant and the arrays live
@@ -125,13 +127,18 @@ impl Job {
     }
 }
 
-/// How far ahead of the block being multiplied the streaming (one- and two-row) kernels
-/// prefetch weights into L2. Decode reads every weight once from DRAM; the hardware
-/// prefetchers do not run far enough ahead of a loop that spends ~40 instructions per
-/// 320-byte block (and stop at 4 KiB pages), so single-thread GEMV streamed at ~10
-/// GB/s on Zen 4 where a plain read loop gets ~22. Measured on Zen 4 (Q4_1 x I8 GEMV,
-/// weights far beyond L3): none 9.9 GB/s, 2 KiB 12.8, 4 KiB 15.0, 8 KiB 21.8, 16 KiB
-/// 20.1. `prefetcht1` (to L2): into L1 the misses queue up behind its few fill buffers.
+/// How far ahead of the block being multiplied the quantized kernels prefetch weights
+/// into L2. Decode reads every weight once from DRAM; the hardware prefetchers do not
+/// run far enough ahead of a loop that spends ~40 instructions per 320-byte block (and
+/// stop at 4 KiB pages), so single-thread GEMV streamed at ~10 GB/s on Zen 4 where a
+/// plain read loop gets ~22. Measured on Zen 4 (Q4_1 x I8 GEMV, weights far beyond L3):
+/// none 9.9 GB/s, 2 KiB 12.8, 4 KiB 15.0, 8 KiB 21.8, 16 KiB 20.1. `prefetcht1` (to
+/// L2): into L1 the misses queue up behind its few fill buffers. The GEMM kernels
+/// prefetch too: a 4-row prompt's tiles come from DRAM as a decode step's do, and without
+/// it SmolLM2 prefilled 4 rows slower than 3 (464 against 548 tokens/s at w4a16, 2
+/// threads; 772 with it), the 2.7B shape's 8 rows at 63 tokens/s (72 with it). Where a
+/// tile is already cached the hint costs a few loads per block: 128-row chunks and the
+/// so400m encoder's GEMMs measured level or faster.
 pub(crate) const PREFETCH_AHEAD: usize = 8192;
 
 /// Prefetches the tile bytes `PREFETCH_AHEAD` past block `b` (tiles are contiguous, so
