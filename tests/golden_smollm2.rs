@@ -16,7 +16,10 @@ use npurt_graph::PrecisionPolicy;
 use npurt_kernels::HostTensor;
 use npurt_models::llama::{self, InputKind, LlamaGraphOptions, LogitsMode};
 use npurt_models::ModelSource;
-use npurt_runtime::{GenerateOptions, LoadOptions, Model, Runtime, Session, StopReason};
+use npurt_runtime::{
+    GenerateOptions, LoadOptions, Model, PromptLookup, Runtime, Session, SpeculationStats,
+    StopReason,
+};
 use npurt_tests::*;
 use std::sync::{Arc, OnceLock};
 
@@ -201,6 +204,16 @@ fn hidden_states_match_hf_layer_by_layer() {
 }
 
 fn greedy_case(m: &Arc<Model>, case: &serde_json::Value) {
+    greedy_case_with(m, case, None);
+}
+
+/// A golden greedy case, generated with `speculation` (the text must not change);
+/// returns what speculation did.
+fn greedy_case_with(
+    m: &Arc<Model>,
+    case: &serde_json::Value,
+    speculation: Option<PromptLookup>,
+) -> SpeculationStats {
     let ids: Vec<u32> = golden_ids(&case["prompt_ids"]);
     let want: Vec<u32> = golden_ids(&case["new_ids"]);
     let mut s = Session::new(m.clone()).unwrap();
@@ -210,6 +223,7 @@ fn greedy_case(m: &Arc<Model>, case: &serde_json::Value) {
             &ids,
             &GenerateOptions {
                 max_tokens: want.len(),
+                speculation,
                 ..Default::default()
             },
             |piece, _| {
@@ -236,6 +250,18 @@ fn greedy_case(m: &Arc<Model>, case: &serde_json::Value) {
         case["text_skip_special"].as_str().unwrap(),
         "{name}: text"
     );
+    // The session holds the prompt and every new token but the last, as without a draft.
+    assert_eq!(
+        s.tokens().len(),
+        ids.len() + want.len() - 1,
+        "{name}: session length"
+    );
+    assert_eq!(
+        &s.tokens()[ids.len()..],
+        &want[..want.len() - 1],
+        "{name}: session tokens"
+    );
+    out.speculation
 }
 
 #[test]
@@ -245,6 +271,37 @@ fn greedy_continuations_match_hf() {
     for case in g["results"].as_array().unwrap() {
         greedy_case(&m, case);
     }
+}
+
+/// Speculative decoding by prompt lookup gives HF's greedy continuations token for
+/// token, and the cases exercise both outcomes: drafts kept and drafts rejected.
+#[test]
+fn greedy_continuations_match_hf_with_speculation() {
+    let m = model();
+    let g = read_json("smollm2/greedy.json");
+    let mut total = SpeculationStats::default();
+    for case in g["results"].as_array().unwrap() {
+        for max_draft in [1, 7] {
+            let st = greedy_case_with(
+                &m,
+                case,
+                Some(PromptLookup {
+                    max_draft,
+                    min_ngram: 1,
+                    ..Default::default()
+                }),
+            );
+            assert!(st.accepted <= st.drafted && st.verify_calls <= st.drafted);
+            total.verify_calls += st.verify_calls;
+            total.drafted += st.drafted;
+            total.accepted += st.accepted;
+        }
+    }
+    assert!(total.accepted > 0, "no draft token was kept: {total:?}");
+    assert!(
+        total.accepted < total.drafted,
+        "no draft token was rejected: {total:?}"
+    );
 }
 
 #[test]

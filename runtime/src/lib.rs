@@ -26,6 +26,7 @@ pub mod partition;
 mod perplexity;
 pub mod sampling;
 mod session;
+pub mod speculative;
 pub mod stats;
 pub mod vision;
 
@@ -40,4 +41,5 @@ pub use session::{
     FittedPrompt, GenerateOptions, Generation, Position, PromptOverflow, PromptReuse, Session,
     StopReason,
 };
+pub use speculative::{PromptLookup, SpeculationStats};
 pub use vision::{VisionEncoder, VisionOptions, VisionOutput};

@@ -5,6 +5,7 @@
 
 use crate::budget::{MemoryBudget, Reservation};
 use crate::partition::{compile_partitioned, Partitioned};
+use crate::speculative::VERIFY_ROWS;
 use crate::{Result, RuntimeError};
 use npurt_backends::{Backend, BackendOptions, DeviceBuffer, Registry};
 use npurt_graph::passes::{PassReport, Pipeline};
@@ -60,6 +61,9 @@ pub enum GraphKind {
     PrefillAllLogits,
     /// 1 row.
     Decode,
+    /// `speculative::VERIFY_ROWS` rows, logits of every row: a sampled token and its
+    /// draft, verified in one execution.
+    Verify,
     /// C rows of input embeddings (a chunk holding image rows), logits of the last row.
     /// Multimodal models only.
     PrefillEmbeds,
@@ -380,6 +384,7 @@ impl Model {
             (GraphKind::Prefill, opts.chunk, LogitsMode::Last),
             (GraphKind::PrefillAllLogits, opts.chunk, LogitsMode::All),
             (GraphKind::Decode, 1, LogitsMode::Last),
+            (GraphKind::Verify, VERIFY_ROWS, LogitsMode::All),
         ];
         if embeddings {
             kinds.extend([

@@ -6,12 +6,13 @@
 use crate::model::{invalid, CompiledGraph, GraphKind, Model};
 use crate::multimodal::{ImageEmbeddings, PendingImage, PromptPart};
 use crate::sampling::{Sampler, SamplingOptions};
+use crate::speculative::{lookup_draft, PromptLookup, SpeculationStats, START_DRAFT, VERIFY_ROWS};
 use crate::{Result, RuntimeError};
 use npurt_backends::{Bindings, BufferUsage, DeviceBuffer, Executable, Profile, Scratch};
 use npurt_graph::TensorFact;
 use npurt_kernels::HostTensor;
 use npurt_models::tokenizer::StreamDecoder;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -89,6 +90,10 @@ pub struct GenerateOptions {
     pub stop_strings: Vec<String>,
     /// What a prompt longer than the room left in the context gets.
     pub prompt_overflow: PromptOverflow,
+    /// Draft tokens by prompt lookup and verify them in one execution
+    /// ([`crate::speculative`]; `None`: one decode step a token). The text is the same
+    /// either way.
+    pub speculation: Option<PromptLookup>,
 }
 
 /// What happens to a prompt longer than the room left in the context.
@@ -111,6 +116,7 @@ impl Default for GenerateOptions {
             stop_at_eos: true,
             stop_strings: Vec::new(),
             prompt_overflow: PromptOverflow::Error,
+            speculation: None,
         }
     }
 }
@@ -145,6 +151,8 @@ pub struct Generation {
     pub prompt_dropped: usize,
     pub prefill_time: Duration,
     pub decode_time: Duration,
+    /// Drafts verified and kept (all zero without [`GenerateOptions::speculation`]).
+    pub speculation: SpeculationStats,
 }
 
 impl Generation {
@@ -439,6 +447,35 @@ impl Session {
         self.push_tokens(ids);
         self.last_logits = out.into_f32();
         profile.ok_or_else(|| invalid("profile", "the run returned no profile"))
+    }
+
+    /// Feeds 1 to [`VERIFY_ROWS`] token ids in one execution of the `Verify` graph and
+    /// returns the logits after each (`[ids.len()][vocab]`; the last is also
+    /// `last_logits`): a sampled token and its draft.
+    pub fn feed_verify(&mut self, ids: &[u32]) -> Result<Vec<Vec<f32>>> {
+        self.check_ids(ids)?;
+        if ids.is_empty() || ids.len() > VERIFY_ROWS {
+            return Err(invalid(
+                "ids",
+                format!(
+                    "a verification feeds 1 to {VERIFY_ROWS} ids, got {}",
+                    ids.len()
+                ),
+            ));
+        }
+        let out = self.run_chunk(GraphKind::Verify, ChunkRows::Ids(ids))?;
+        self.push_tokens(ids);
+        let vocab = self.model.config.vocab_size;
+        let v = out
+            .into_f32()
+            .ok_or_else(|| invalid("graph", "verification logits are not f32"))?;
+        let rows: Vec<Vec<f32>> = v
+            .chunks_exact(vocab)
+            .take(ids.len())
+            .map(<[f32]>::to_vec)
+            .collect();
+        self.last_logits = rows.last().cloned();
+        Ok(rows)
     }
 
     /// Feeds token ids (chunked prefill, or one decode step for a single token);
@@ -765,6 +802,9 @@ impl Session {
         mut on_text: impl FnMut(&str, u32) -> bool,
     ) -> Result<Generation> {
         let mut sampler = Sampler::new(opts.sampling.clone())?;
+        if let Some(l) = &opts.speculation {
+            l.validate()?;
+        }
         let t0 = Instant::now();
         let prompt = self.fit_prompt(prompt, opts.prompt_overflow, opts.max_tokens)?;
         let prompt_dropped = prompt.dropped;
@@ -773,9 +813,8 @@ impl Session {
             self.feed(&prompt)?;
         }
         let prefill_time = t0.elapsed();
-        if self.last_logits.is_none() {
-            return Err(RuntimeError::EmptySession);
-        }
+        // The logits the next token is drawn from.
+        let mut logits = self.last_logits.take().ok_or(RuntimeError::EmptySession)?;
         let eos = if opts.stop_at_eos {
             self.model.eos_ids()
         } else {
@@ -793,14 +832,17 @@ impl Session {
             .saturating_sub(1);
         let (mut text, mut emitted) = (String::new(), 0usize);
         let mut new_tokens = Vec::new();
+        // Drafted tokens already in the cache but not yet drawn, each with the logits
+        // after it; the draft length adapts between 1 and `max_draft`.
+        let mut pending: VecDeque<(u32, Vec<f32>)> = VecDeque::new();
+        let mut stats = SpeculationStats::default();
+        let mut draft_len = opts.speculation.map_or(0, |l| l.max_draft.min(START_DRAFT));
         let t1 = Instant::now();
         let mut stop = StopReason::MaxTokens;
         while new_tokens.len() < opts.max_tokens {
-            let logits = self
-                .last_logits
-                .as_deref()
-                .ok_or(RuntimeError::EmptySession)?;
-            let id = sampler.sample(logits, &self.tokens);
+            // The sampler's history is what has been drawn, not the pending draft.
+            let drawn = self.tokens.len() - pending.len();
+            let id = sampler.sample(&logits, &self.tokens[..drawn]);
             new_tokens.push(id);
             if eos.contains(&id) {
                 stop = StopReason::Eos;
@@ -830,14 +872,64 @@ impl Session {
                     break;
                 }
             }
-            if self.positions.len() >= self.model.ctx {
+            let held = self.positions.len() - pending.len();
+            if held >= self.model.ctx {
                 stop = StopReason::ContextFull;
                 break;
             }
-            if new_tokens.len() < opts.max_tokens {
+            if new_tokens.len() == opts.max_tokens {
+                break;
+            }
+            // A drafted token equal to the one drawn is already in the cache.
+            match pending.pop_front() {
+                Some((d, next)) if d == id => {
+                    stats.accepted += 1;
+                    logits = next;
+                    if pending.is_empty() {
+                        draft_len =
+                            (draft_len + 2).min(opts.speculation.map_or(0, |l| l.max_draft));
+                    }
+                    continue;
+                }
+                Some(_) => {
+                    self.truncate(held);
+                    pending.clear();
+                    draft_len = draft_len.saturating_sub(1).max(1);
+                }
+                None => {}
+            }
+            // Feed the token drawn, and a draft after it if the history has one (no
+            // longer than the tokens still to draw and the room left need).
+            let draft: Vec<u32> = match opts.speculation {
+                Some(l) => {
+                    let room = self.model.ctx - held - 1;
+                    let left = opts.max_tokens - new_tokens.len() - 1;
+                    let mut h = self.tokens.clone();
+                    h.push(id);
+                    lookup_draft(&h, l.min_ngram, l.max_ngram, draft_len.min(room).min(left))
+                }
+                None => Vec::new(),
+            };
+            if draft.is_empty() {
                 self.feed(&[id])?;
+                logits = self.last_logits.take().ok_or(RuntimeError::EmptySession)?;
+            } else {
+                let mut ids = vec![id];
+                ids.extend_from_slice(&draft);
+                let mut rows = self.feed_verify(&ids)?.into_iter();
+                logits = rows.next().ok_or(RuntimeError::EmptySession)?;
+                pending.extend(draft.iter().copied().zip(rows));
+                stats.verify_calls += 1;
+                stats.drafted += draft.len();
             }
         }
+        // The session keeps what was drawn, except the last token (not fed, as without
+        // a draft), and the logits after it.
+        if !pending.is_empty() {
+            let held = self.positions.len() - pending.len();
+            self.truncate(held);
+        }
+        self.last_logits = Some(logits);
         if stop != StopReason::Cancelled {
             text.push_str(&decoder.finish(tok)?);
             if emitted < text.len() {
@@ -852,6 +944,7 @@ impl Session {
             prompt_dropped,
             prefill_time,
             decode_time: t1.elapsed(),
+            speculation: stats,
         })
     }
 }

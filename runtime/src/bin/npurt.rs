@@ -104,6 +104,11 @@ struct GenerationArgs {
     /// Stop when the text contains this string (repeatable).
     #[arg(long)]
     stop: Vec<String>,
+    /// Speculative decoding by prompt lookup: draft up to N tokens a step from what
+    /// followed the last tokens earlier in the session, verified in one execution
+    /// (1 to 7; 0: off). The text does not change.
+    #[arg(long, default_value_t = 0)]
+    speculate: usize,
 }
 
 impl GenerationArgs {
@@ -120,6 +125,10 @@ impl GenerationArgs {
             stop_at_eos: true,
             stop_strings: self.stop,
             prompt_overflow,
+            speculation: (self.speculate > 0).then(|| npurt_runtime::PromptLookup {
+                max_draft: self.speculate,
+                ..Default::default()
+            }),
         }
     }
 }
@@ -226,7 +235,7 @@ enum Cmd {
     Inspect {
         #[command(flatten)]
         common: Common,
-        /// Which graph: prefill, prefill-all, decode.
+        /// Which graph: prefill, prefill-all, decode, verify.
         #[arg(long, default_value = "prefill")]
         graph: String,
         /// Only the summary (no per-node listing).
@@ -606,9 +615,10 @@ fn run(cli: Cli) -> anyhow_lite::Result<()> {
                 "prefill" => npurt_runtime::GraphKind::Prefill,
                 "prefill-all" => npurt_runtime::GraphKind::PrefillAllLogits,
                 "decode" => npurt_runtime::GraphKind::Decode,
+                "verify" => npurt_runtime::GraphKind::Verify,
                 other => {
                     return Err(anyhow_lite::msg(format!(
-                        "unknown graph `{other}` (prefill, prefill-all, decode)"
+                        "unknown graph `{other}` (prefill, prefill-all, decode, verify)"
                     )))
                 }
             };

@@ -205,6 +205,7 @@ pub fn run(model: Arc<Model>, a: ChatArgs, gen: GenerateOptions) -> anyhow_lite:
                     "dropped_turns": dropped,
                     "prefill_ms": prefill_ms, "first_token_ms": first_token_ms,
                     "decode_tok_s": g.decode_tok_s(), "context_positions": session.len(),
+                    "speculation": g.speculation.to_json(),
                 })
             );
         } else {
@@ -219,11 +220,12 @@ pub fn run(model: Arc<Model>, a: ChatArgs, gen: GenerateOptions) -> anyhow_lite:
                 n => format!(", its {n} oldest exchanges dropped to fit the context"),
             };
             eprintln!(
-                "[turn {turn}: {prompt}-position prompt{forgot}, {} held already{typed}, {} fed in {prefill_ms:.0} ms | first token {first_token_ms:.0} ms after the message | {} tokens at {:.1} tok/s | {} of {} positions used]",
+                "[turn {turn}: {prompt}-position prompt{forgot}, {} held already{typed}, {} fed in {prefill_ms:.0} ms | first token {first_token_ms:.0} ms after the message | {} tokens at {:.1} tok/s{} | {} of {} positions used]",
                 reuse.reused,
                 reuse.fed,
                 g.tokens.len(),
                 g.decode_tok_s(),
+                g.speculation.describe(),
                 session.len(),
                 model.ctx
             );

@@ -213,7 +213,7 @@ pub fn run(model: Arc<Model>, a: PromptArgs, gen: GenerateOptions) -> anyhow_lit
             "load": {"llm_ms": lr.llm_ms, "vision_ms": lr.vision_ms, "wall_ms": lr.wall_ms},
             "prefill_ms": prefill_ms, "prefill_tok_s": prefill_tok_s, "decode_tok_s": decode_tok_s,
             "first_token_ms": first_token_ms,
-            "peak_rss_bytes": peak,
+            "peak_rss_bytes": peak, "speculation": g.speculation.to_json(),
         });
         if !images.is_empty() {
             let extra = serde_json::json!({
@@ -268,12 +268,13 @@ pub fn run(model: Arc<Model>, a: PromptArgs, gen: GenerateOptions) -> anyhow_lit
             format!("load {:.0} ms", lr.wall_ms)
         };
         println!(
-            "[{load} | prefill {}{prompt_tokens} tok at {prefill_tok_s:.1} tok/s | first token {first_token_ms:.0} ms after the prompt | decode {} tok at {decode_tok_s:.1} tok/s | peak RSS {:.1} MiB | {} | stop: {:?}]",
+            "[{load} | prefill {}{prompt_tokens} tok at {prefill_tok_s:.1} tok/s | first token {first_token_ms:.0} ms after the prompt | decode {} tok at {decode_tok_s:.1} tok/s{} | peak RSS {:.1} MiB | {} | stop: {:?}]",
             match reused {
                 0 => String::new(),
                 r => format!("{} of ", prompt_tokens - r),
             },
             g.tokens.len(),
+            g.speculation.describe(),
             mib(peak),
             model.backend.capabilities().device,
             g.stop

@@ -1,0 +1,187 @@
+//! Speculative decoding by prompt lookup: the tokens that followed the last few
+//! generated tokens the previous time they occurred in the session (the prompt or the
+//! answer so far) are proposed as a draft, and one execution of the `Verify` graph
+//! (`GraphKind::Verify`, [`VERIFY_ROWS`] rows) feeds the sampled token with its draft
+//! and returns the logits after each. Decode reads every weight once per step and is
+//! bound by memory bandwidth, so a few more rows cost little, and each drafted token
+//! the model agrees with saves a step. Answers that quote the prompt (summaries,
+//! extraction, code edits) and repetitive text gain the most.
+//!
+//! The output does not change: the sampler draws each token from the logits at its
+//! position, as without a draft, and a draft token is kept only where it equals the
+//! token drawn, so the same seed gives the same text (the logits of a verification
+//! and of a decode step agree to rounding, the kernels being different). Where a draft
+//! token differs, the session is truncated to the tokens kept.
+
+/// Rows of the `Verify` graph: the token just sampled and up to `VERIFY_ROWS - 1`
+/// drafted ones.
+pub const VERIFY_ROWS: usize = 8;
+
+/// The first draft's most tokens (then adapted, see [`PromptLookup::max_draft`]): a
+/// rejected token costs a row of compute, which on a CPU is a fraction of a decode
+/// step (SmolLM2 on 2 Zen 4 cores: 8 rows cost 1.8 steps), so drafts start short.
+pub const START_DRAFT: usize = 3;
+
+/// How drafts are found ([`crate::GenerateOptions::speculation`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PromptLookup {
+    /// Most tokens drafted per step, 1 to `VERIFY_ROWS - 1`. The draft shrinks by one
+    /// after a step whose draft was not all kept and grows by two after one that was
+    /// (as Hugging Face's assisted generation adapts its draft length), between 1 and
+    /// this.
+    pub max_draft: usize,
+    /// Longest run of last tokens looked up (the longest one found wins); runs down to
+    /// `min_ngram` tokens are tried.
+    pub max_ngram: usize,
+    pub min_ngram: usize,
+}
+
+impl Default for PromptLookup {
+    fn default() -> Self {
+        PromptLookup {
+            max_draft: VERIFY_ROWS - 1,
+            max_ngram: 3,
+            min_ngram: 2,
+        }
+    }
+}
+
+impl PromptLookup {
+    pub fn validate(&self) -> crate::Result<()> {
+        let bad =
+            |option, reason: String| Err(crate::RuntimeError::InvalidOption { option, reason });
+        if !(1..VERIFY_ROWS).contains(&self.max_draft) {
+            return bad(
+                "speculation max_draft",
+                format!("must be 1 to {}, got {}", VERIFY_ROWS - 1, self.max_draft),
+            );
+        }
+        if self.min_ngram == 0 || self.min_ngram > self.max_ngram || self.max_ngram > 64 {
+            return bad(
+                "speculation ngram",
+                format!(
+                    "needs 1 <= min_ngram <= max_ngram <= 64, got {}..={}",
+                    self.min_ngram, self.max_ngram
+                ),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// What speculation did during one generation.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SpeculationStats {
+    /// Executions of the `Verify` graph (each fed a sampled token and its draft).
+    pub verify_calls: usize,
+    /// Tokens drafted, and those the model agreed with (each one a decode step saved).
+    pub drafted: usize,
+    pub accepted: usize,
+}
+
+impl SpeculationStats {
+    /// `{"verify_calls", "drafted", "accepted"}`, for the CLI's JSON.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "verify_calls": self.verify_calls, "drafted": self.drafted, "accepted": self.accepted,
+        })
+    }
+
+    /// One phrase for a stats line ("" when nothing was drafted).
+    pub fn describe(&self) -> String {
+        match self.verify_calls {
+            0 => String::new(),
+            v => format!(
+                " | speculation: {} of {} drafted tokens kept, {v} verifications",
+                self.accepted, self.drafted
+            ),
+        }
+    }
+}
+
+/// The draft for `history`: the up to `max_draft` tokens that followed the most recent
+/// earlier occurrence of its last `n` tokens, for the largest `n` in
+/// `min_ngram..=max_ngram` that occurred before. Empty when none did. A copy that
+/// reaches the end of the history goes on through what it copied (as an LZ77 match
+/// overlaps itself), so a loop of period `p` drafts `max_draft` tokens, not `p`.
+pub fn lookup_draft(
+    history: &[u32],
+    min_ngram: usize,
+    max_ngram: usize,
+    max_draft: usize,
+) -> Vec<u32> {
+    let len = history.len();
+    for n in (min_ngram.max(1)..=max_ngram).rev() {
+        if n >= len {
+            continue;
+        }
+        let tail = &history[len - n..];
+        // Starts of earlier occurrences, latest first; the tail itself (start len - n)
+        // is not one.
+        if let Some(i) = (0..len - n).rev().find(|&i| &history[i..i + n] == tail) {
+            let from = i + n;
+            let mut draft = Vec::with_capacity(max_draft);
+            for j in from..from + max_draft {
+                let t = if j < len { history[j] } else { draft[j - len] };
+                draft.push(t);
+            }
+            return draft;
+        }
+    }
+    Vec::new()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_longest_recent_match_gives_the_draft() {
+        // ... 1 2 3 [7 8 9] ... 5 2 3 [4 5 6] ... 2 3 -> the later "2 3" wins.
+        let h = [1, 2, 3, 7, 8, 9, 5, 2, 3, 4, 5, 6, 0, 2, 3];
+        assert_eq!(lookup_draft(&h, 1, 3, 3), [4, 5, 6]);
+        // A 3-token match beats a later 2-token one.
+        let h = [9, 2, 3, 7, 7, 1, 2, 3, 4, 4, 9, 2, 3];
+        assert_eq!(lookup_draft(&h, 1, 3, 2), [7, 7]);
+        // At the end of the history the copy goes on through itself: a loop.
+        let h = [1, 2, 1, 2];
+        assert_eq!(lookup_draft(&h, 2, 2, 5), [1, 2, 1, 2, 1]);
+        let h = [5, 1, 2, 3, 1, 2];
+        assert_eq!(lookup_draft(&h, 2, 2, 4), [3, 1, 2, 3]);
+    }
+
+    #[test]
+    fn no_match_no_draft() {
+        assert!(lookup_draft(&[1, 2, 3, 4], 1, 3, 4).is_empty());
+        assert!(lookup_draft(&[5], 1, 3, 4).is_empty());
+        assert!(lookup_draft(&[], 1, 3, 4).is_empty());
+        // Only one-token matches exist, and two are required.
+        assert!(lookup_draft(&[1, 2, 3, 1], 2, 3, 4).is_empty());
+        assert_eq!(lookup_draft(&[1, 2, 3, 1], 1, 3, 4), [2, 3, 1, 2]);
+    }
+
+    #[test]
+    fn options_out_of_range_are_refused() {
+        let ok = PromptLookup::default();
+        assert!(ok.validate().is_ok());
+        for bad in [
+            PromptLookup { max_draft: 0, ..ok },
+            PromptLookup {
+                max_draft: VERIFY_ROWS,
+                ..ok
+            },
+            PromptLookup { min_ngram: 0, ..ok },
+            PromptLookup {
+                min_ngram: 4,
+                max_ngram: 3,
+                ..ok
+            },
+            PromptLookup {
+                max_ngram: 1000,
+                ..ok
+            },
+        ] {
+            assert!(bad.validate().is_err(), "{bad:?}");
+        }
+    }
+}
