@@ -3,8 +3,9 @@
 //! string, a full context and a cancelling callback, the generation and the session it
 //! leaves are those of plain decoding. Tokens and text must be identical; the logits
 //! the session is left with agree within 1e-3 of their range (the verification and
-//! the decode step are different kernels). The greedy goldens with speculation are in
-//! `golden_smollm2.rs`.
+//! the decode step are different kernels; these requests have no near-tie that the
+//! difference flips, see `runtime/src/speculative.rs`). The greedy goldens with
+//! speculation are in `golden_smollm2.rs`.
 
 use npurt_runtime::{
     GenerateOptions, Generation, LoadOptions, Model, PromptLookup, Runtime, SamplingOptions,

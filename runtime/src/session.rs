@@ -92,7 +92,7 @@ pub struct GenerateOptions {
     pub prompt_overflow: PromptOverflow,
     /// Draft tokens by prompt lookup and verify them in one execution
     /// ([`crate::speculative`]; `None`: one decode step a token). The text is the same
-    /// either way.
+    /// either way, up to rounding at near-ties (see there).
     pub speculation: Option<PromptLookup>,
 }
 

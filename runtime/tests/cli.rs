@@ -167,6 +167,41 @@ fn run_json_prints_exactly_one_object_with_the_stats() {
 }
 
 #[test]
+fn run_speculate_keeps_drafts_and_the_text() {
+    // The small model loops on this request, so drafts are found and kept.
+    let list = "Rewrite this list in the same order, one item per line, each starting with a dash: apples, bananas, cherries, dates, elderberries, figs, grapes, honeydew melons, kiwis, lemons, mangoes, nectarines, oranges, papayas.";
+    let run = |speculate: &str| {
+        let (ok, out, err) = npurt(&[
+            "run",
+            "--chat",
+            list,
+            "--max-tokens",
+            "40",
+            "--speculate",
+            speculate,
+            "--json",
+        ]);
+        assert!(ok, "{err}");
+        json(&out)
+    };
+    let (plain, spec) = (run("0"), run("7"));
+    assert_eq!(spec["text"], plain["text"]);
+    assert_eq!(plain["speculation"]["drafted"], 0, "{plain}");
+    let s = &spec["speculation"];
+    let (kept, drafted) = (
+        s["accepted"].as_u64().unwrap(),
+        s["drafted"].as_u64().unwrap(),
+    );
+    assert!(
+        kept > 0 && kept <= drafted && s["verify_calls"].as_u64().unwrap() > 0,
+        "{s}"
+    );
+    // A draft longer than the verification graph holds is refused, naming the option.
+    let (ok, _, err) = npurt(&["run", "--prompt", "hi", "--speculate", "8"]);
+    assert!(!ok && err.contains("max_draft"), "{err}");
+}
+
+#[test]
 fn inspect_prints_passes_kernels_and_weight_bytes() {
     let (ok, out, err) = npurt(&["inspect", "--precision", "w4a16"]);
     assert!(ok, "{err}");

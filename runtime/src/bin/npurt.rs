@@ -106,7 +106,7 @@ struct GenerationArgs {
     stop: Vec<String>,
     /// Speculative decoding by prompt lookup: draft up to N tokens a step from what
     /// followed the last tokens earlier in the session, verified in one execution
-    /// (1 to 7; 0: off). The text does not change.
+    /// (1 to 7; 0: off). The text is the same, up to rounding at near-ties.
     #[arg(long, default_value_t = 0)]
     speculate: usize,
 }
