@@ -29,7 +29,9 @@ typedef enum npurt_status {
     /* Any other error at run time (the backend, the memory budget, ...). */
     NPURT_RUNTIME_ERROR = 4,
     /* A bug in npurt: a panic, caught at the boundary. */
-    NPURT_PANIC = 5
+    NPURT_PANIC = 5,
+    /* An image that could not be read, decoded or encoded (corrupt, too large). */
+    NPURT_IMAGE_ERROR = 6
 } npurt_status;
 
 typedef struct NpurtModel npurt_model;
@@ -74,10 +76,17 @@ npurt_status npurt_session_context(const npurt_session *session, uint32_t *used,
 /* 128 tokens, greedy, no top-k / top-p / penalty, seed 0, no drafts. */
 void npurt_generate_options_default(npurt_generate_options *opts);
 
-/* One chat turn: the message joins the session's conversation, which is rendered with
- * the model's chat template; only what the session does not hold yet is fed, and the
- * answer is streamed through callback (may be NULL), returned in *out_text (if out_text
- * is not NULL; free it with npurt_string_free) and kept in the conversation. opts may
+/* Attaches an image (PNG, JPEG, WebP file) to the next chat message, on a model with a
+ * vision part (a BlueLM-V directory). Encoding starts at once and the conversation up
+ * to the image is prefilled while the message is still being typed. */
+npurt_status npurt_session_attach_image(npurt_session *session, const char *path);
+
+/* One chat turn: the message (with the images attached since the last turn) joins the
+ * session's conversation, which is rendered with the model's chat template; only what
+ * the session does not hold yet is fed, and the answer is streamed through callback
+ * (may be NULL), returned in *out_text (if out_text is not NULL; free it with
+ * npurt_string_free) and kept in the conversation. When the conversation and an answer
+ * of max_tokens outgrow the context, its oldest exchanges are dropped first. opts may
  * be NULL for the defaults. */
 npurt_status npurt_chat(npurt_session *session, const char *message,
                         const npurt_generate_options *opts, npurt_token_callback callback,

@@ -14,10 +14,9 @@
 //!   `_free` function. A model may be shared by sessions on any threads; a session is
 //!   used by one thread at a time.
 
-use npurt_models::ChatMessage;
 use npurt_runtime::{
-    GenerateOptions, LoadOptions, Model, PromptLookup, PromptPart, Runtime, RuntimeError,
-    SamplingOptions, Session,
+    Conversation, GenerateOptions, ImageInput, LoadOptions, Model, PromptLookup, Runtime,
+    RuntimeError, SamplingOptions, Session,
 };
 use std::cell::RefCell;
 use std::ffi::{c_char, c_void, CStr, CString};
@@ -39,6 +38,8 @@ pub enum npurt_status {
     NPURT_RUNTIME_ERROR = 4,
     /// A bug in npurt: a panic, caught at the boundary.
     NPURT_PANIC = 5,
+    /// An image that could not be read, decoded or encoded (corrupt, too large).
+    NPURT_IMAGE_ERROR = 6,
 }
 use npurt_status::*;
 
@@ -50,8 +51,7 @@ pub struct NpurtModel {
 /// A session and the conversation it holds (`npurt_session`).
 pub struct NpurtSession {
     session: Session,
-    system: Option<String>,
-    messages: Vec<ChatMessage>,
+    conversation: Conversation,
 }
 
 /// `npurt_generate_options`: field for field as in the header.
@@ -87,9 +87,12 @@ impl From<RuntimeError> for Failure {
         let status = match &e {
             RuntimeError::Model(_) => NPURT_MODEL_ERROR,
             RuntimeError::ContextOverflow { .. } => NPURT_CONTEXT_OVERFLOW,
-            RuntimeError::InvalidOption { .. } | RuntimeError::TokenOutOfRange { .. } => {
-                NPURT_INVALID_ARGUMENT
-            }
+            RuntimeError::InvalidOption { .. }
+            | RuntimeError::TokenOutOfRange { .. }
+            | RuntimeError::NotMultimodal => NPURT_INVALID_ARGUMENT,
+            RuntimeError::Image(_)
+            | RuntimeError::ImageTooLarge { .. }
+            | RuntimeError::ImageFailed(_) => NPURT_IMAGE_ERROR,
             _ => NPURT_RUNTIME_ERROR,
         };
         Failure(status, error_chain(&e))
@@ -246,12 +249,11 @@ pub unsafe extern "C" fn npurt_session_new(
         }
         // SAFETY: a live handle per the contract.
         let model = unsafe { &*model }.model.clone();
-        let system = unsafe { optional_str(system, "system") }?.map(str::to_string);
+        let system = unsafe { optional_str(system, "system") }?;
         let session = Session::new(model)?;
         let handle = Box::new(NpurtSession {
             session,
-            system,
-            messages: Vec::new(),
+            conversation: Conversation::new(system),
         });
         // SAFETY: checked non-null.
         unsafe { *out = Box::into_raw(handle) };
@@ -281,7 +283,7 @@ pub unsafe extern "C" fn npurt_session_reset(session: *mut NpurtSession) -> npur
         // SAFETY: the caller's contract.
         let s = unsafe { session.as_mut() }.ok_or_else(|| invalid("`session` is null"))?;
         s.session.reset();
-        s.messages.clear();
+        s.conversation.reset();
         Ok(())
     })
 }
@@ -392,10 +394,44 @@ unsafe fn generate_into(
     Ok(g.text)
 }
 
-/// One chat turn: `message` from the user is added to the session's conversation, the
-/// conversation is rendered with the model's chat template, only what the session does
-/// not hold yet is fed (earlier turns are reused), and the answer is generated,
-/// streamed and added to the conversation.
+/// Attaches an image (a PNG, JPEG or WebP file) to the next chat message, on a model
+/// with a vision part (a BlueLM-V directory). Its encoding starts at once, and the
+/// conversation up to it is prefilled while the message is still being typed, so the
+/// answer starts soon after `npurt_chat` is called.
+///
+/// # Safety
+/// `session` is null or a live handle used by no other thread meanwhile; `path` is
+/// null or NUL-terminated.
+#[no_mangle]
+pub unsafe extern "C" fn npurt_session_attach_image(
+    session: *mut NpurtSession,
+    path: *const c_char,
+) -> npurt_status {
+    boundary(|| {
+        // SAFETY: the caller's contract.
+        let s = unsafe { session.as_mut() }.ok_or_else(|| invalid("`session` is null"))?;
+        let path = unsafe { required_str(path, "path") }?;
+        let model = s.session.model().clone();
+        let pending = model.encode_image(ImageInput::File(path.into()))?;
+        s.conversation.attach(pending);
+        let fed = s
+            .conversation
+            .prompt(&model, "", true)
+            .and_then(|parts| s.session.feed_pending_reusing(&parts));
+        if let Err(e) = fed {
+            s.conversation.detach_last();
+            return Err(e.into());
+        }
+        Ok(())
+    })
+}
+
+/// One chat turn: `message` from the user (with the images attached since the last
+/// turn) joins the session's conversation, which is rendered with the model's chat
+/// template; only what the session does not hold yet is fed (earlier turns are
+/// reused), and the answer is generated, streamed and added to the conversation. When
+/// the conversation and an answer of `max_tokens` outgrow the context, its oldest
+/// exchanges are dropped first.
 ///
 /// # Safety
 /// `session` is null or a live handle used by no other thread meanwhile; `message` is
@@ -415,19 +451,13 @@ pub unsafe extern "C" fn npurt_chat(
         let s = unsafe { session.as_mut() }.ok_or_else(|| invalid("`session` is null"))?;
         let message = unsafe { required_str(message, "message") }?;
         let opts = unsafe { generate_options(opts) }?;
-        let mut turns: Vec<ChatMessage> = s
-            .system
-            .iter()
-            .map(|t| ChatMessage::new("system", t))
-            .collect();
-        turns.extend(s.messages.iter().cloned());
-        turns.push(ChatMessage::new("user", message));
         let model = s.session.model().clone();
-        let ids = model.encode(&model.render_chat(&turns)?)?;
-        s.session.feed_pending_reusing(&[PromptPart::Text(ids)])?;
+        s.conversation.fit(&model, message, opts.max_tokens)?;
+        let parts = s.conversation.prompt(&model, message, false)?;
+        s.session.feed_pending_reusing(&parts)?;
+        drop(parts);
         let text = unsafe { generate_into(&mut s.session, &[], &opts, callback, user, out_text) }?;
-        s.messages.push(ChatMessage::new("user", message));
-        s.messages.push(ChatMessage::new("assistant", &text));
+        s.conversation.push_exchange(message, &text);
         Ok(())
     })
 }

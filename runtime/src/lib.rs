@@ -16,6 +16,7 @@
 
 pub mod bench;
 pub mod budget;
+mod conversation;
 mod error;
 mod heap;
 pub mod image;
@@ -30,6 +31,7 @@ pub mod speculative;
 pub mod stats;
 pub mod vision;
 
+pub use conversation::Conversation;
 pub use error::{Result, RuntimeError};
 pub use model::{
     CompiledGraph, GraphKind, LoadOptions, LoadReport, Model, Runtime, DEFAULT_CHUNK, DEFAULT_CTX,

@@ -14,8 +14,7 @@
 //! oldest exchanges are dropped until they fit.
 
 use super::anyhow_lite;
-use npurt_models::ChatMessage;
-use npurt_runtime::{GenerateOptions, ImageInput, Model, PendingImage, PromptPart, Session};
+use npurt_runtime::{Conversation, GenerateOptions, ImageInput, Model, Session};
 use std::io::{BufRead, Write};
 use std::sync::Arc;
 use std::time::Instant;
@@ -30,67 +29,6 @@ fn ms(d: std::time::Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-/// The conversation: every image given so far (a message refers to them by index) and
-/// the messages with their images.
-struct Conversation {
-    images: Vec<PendingImage>,
-    messages: Vec<(ChatMessage, Vec<usize>)>,
-    /// The images for the message being typed.
-    attached: Vec<usize>,
-}
-
-impl Conversation {
-    fn new(system: &Option<String>) -> Self {
-        Conversation {
-            images: Vec::new(),
-            messages: system
-                .iter()
-                .map(|s| (ChatMessage::new("system", s), vec![]))
-                .collect(),
-            attached: Vec::new(),
-        }
-    }
-
-    /// Where the oldest exchange (a user message and the answers after it) is, if any.
-    fn oldest_turn(&self) -> Option<std::ops::Range<usize>> {
-        let first = self.messages.iter().position(|(m, _)| m.role == "user")?;
-        let end = self.messages[first + 1..]
-            .iter()
-            .position(|(m, _)| m.role == "user")
-            .map_or(self.messages.len(), |i| first + 1 + i);
-        Some(first..end)
-    }
-
-    /// The prompt of the messages so far plus `user` (with the attached images), cut
-    /// before `user`'s text when `ahead`; as parts for a session.
-    fn prompt(
-        &self,
-        model: &Model,
-        user: &str,
-        ahead: bool,
-    ) -> npurt_runtime::Result<Vec<PromptPart<&PendingImage>>> {
-        let mut turns: Vec<(ChatMessage, Vec<&PendingImage>)> = self
-            .messages
-            .iter()
-            .map(|(m, imgs)| (m.clone(), imgs.iter().map(|&i| &self.images[i]).collect()))
-            .collect();
-        let attached = self.attached.iter().map(|&i| &self.images[i]).collect();
-        turns.push((ChatMessage::new("user", user), attached));
-        if model.vision.is_none() {
-            let messages: Vec<ChatMessage> = turns.into_iter().map(|(m, _)| m).collect();
-            return Ok(vec![PromptPart::Text(
-                model.encode(&model.render_chat(&messages)?)?,
-            )]);
-        }
-        let (text, images) = if ahead {
-            model.render_multimodal_chat_ahead(&turns)?
-        } else {
-            model.render_multimodal_chat(&turns)?
-        };
-        model.split_prompt(&text, &images)
-    }
-}
-
 pub fn run(model: Arc<Model>, a: ChatArgs, gen: GenerateOptions) -> anyhow_lite::Result<()> {
     let (tx, lines) = std::sync::mpsc::channel::<(String, Instant)>();
     std::thread::spawn(move || {
@@ -102,7 +40,7 @@ pub fn run(model: Arc<Model>, a: ChatArgs, gen: GenerateOptions) -> anyhow_lite:
         }
     });
     let mut session = Session::new(model.clone())?;
-    let mut chat = Conversation::new(&a.system);
+    let mut chat = Conversation::new(a.system.as_deref());
     // Positions prefilled for the message being typed (its images, the history).
     let mut ahead = 0;
     let mut turn = 0;
@@ -117,7 +55,7 @@ pub fn run(model: Arc<Model>, a: ChatArgs, gen: GenerateOptions) -> anyhow_lite:
         }
         if line == "/reset" {
             session.reset();
-            chat = Conversation::new(&a.system);
+            chat.reset();
             ahead = 0;
             continue;
         }
@@ -130,8 +68,7 @@ pub fn run(model: Arc<Model>, a: ChatArgs, gen: GenerateOptions) -> anyhow_lite:
                     continue;
                 }
             };
-            chat.images.push(pending);
-            chat.attached.push(chat.images.len() - 1);
+            chat.attach(pending);
             match chat
                 .prompt(&model, "", true)
                 .and_then(|parts| session.feed_pending_reusing(&parts))
@@ -139,8 +76,7 @@ pub fn run(model: Arc<Model>, a: ChatArgs, gen: GenerateOptions) -> anyhow_lite:
                 Ok(r) => ahead = r.reused + r.fed,
                 Err(e) => {
                     eprintln!("error: {e}");
-                    chat.attached.pop();
-                    chat.images.pop();
+                    chat.detach_last();
                 }
             }
             continue;
@@ -150,21 +86,13 @@ pub fn run(model: Arc<Model>, a: ChatArgs, gen: GenerateOptions) -> anyhow_lite:
         // The oldest exchanges go, one at a time, until the prompt and an answer of
         // --max-tokens fit the context: the chat goes on, its start forgotten.
         let mut dropped = 0;
-        let fed = loop {
-            let parts = match chat.prompt(&model, line, false) {
-                Ok(p) => p,
-                Err(e) => break Err(e),
-            };
-            let positions: usize = parts.iter().map(PromptPart::positions).sum();
-            match chat.oldest_turn() {
-                Some(turn) if positions + gen.max_tokens > model.ctx => {
-                    drop(parts);
-                    chat.messages.drain(turn);
-                    dropped += 1;
-                }
-                _ => break session.feed_pending_reusing(&parts),
-            }
-        };
+        let fed = chat
+            .fit(&model, line, gen.max_tokens)
+            .and_then(|d| {
+                dropped = d;
+                chat.prompt(&model, line, false)
+            })
+            .and_then(|parts| session.feed_pending_reusing(&parts));
         let reuse = match fed {
             Ok(r) => r,
             Err(e) => {
@@ -189,11 +117,8 @@ pub fn run(model: Arc<Model>, a: ChatArgs, gen: GenerateOptions) -> anyhow_lite:
                 continue;
             }
         };
-        let images = std::mem::take(&mut chat.attached);
-        let n_images = images.len();
-        chat.messages.push((ChatMessage::new("user", line), images));
-        chat.messages
-            .push((ChatMessage::new("assistant", &g.text), vec![]));
+        let n_images = chat.attached();
+        chat.push_exchange(line, &g.text);
         let prompt = reuse.reused + reuse.fed;
         if a.json {
             println!(
