@@ -162,6 +162,26 @@ unsafe fn optional_str<'a>(p: *const c_char, name: &str) -> Result<Option<&'a st
     }
 }
 
+/// Stores a new handle in `*out` (checked non-null by the caller); the caller owns it.
+///
+/// # Safety
+/// `out` is non-null and writable.
+unsafe fn hand_out<T>(out: *mut *mut T, value: T) {
+    // SAFETY: the caller's contract.
+    unsafe { *out = Box::into_raw(Box::new(value)) };
+}
+
+/// Frees a handle made by [`hand_out`] (null: nothing).
+///
+/// # Safety
+/// `p` is null or from `hand_out`, not freed before.
+unsafe fn free_handle<T>(p: *mut T) {
+    if !p.is_null() {
+        // SAFETY: from Box::into_raw, freed once per the contract.
+        drop(unsafe { Box::from_raw(p) });
+    }
+}
+
 /// The message of the last failed call on this thread ("" if none); valid until the
 /// next call on this thread.
 #[no_mangle]
@@ -212,9 +232,8 @@ pub unsafe extern "C" fn npurt_model_load(
             ..Default::default()
         };
         let model = Runtime::new().load(path.as_ref(), opts)?;
-        let handle = Box::new(NpurtModel { model });
-        // SAFETY: checked non-null; the caller owns the handle from here.
-        unsafe { *out = Box::into_raw(handle) };
+        // SAFETY: checked non-null above.
+        unsafe { hand_out(out, NpurtModel { model }) };
         Ok(())
     })
 }
@@ -225,10 +244,8 @@ pub unsafe extern "C" fn npurt_model_load(
 /// `model` is null or a handle from `npurt_model_load`, not freed before.
 #[no_mangle]
 pub unsafe extern "C" fn npurt_model_free(model: *mut NpurtModel) {
-    if !model.is_null() {
-        // SAFETY: a handle from Box::into_raw, freed once per the contract.
-        drop(unsafe { Box::from_raw(model) });
-    }
+    // SAFETY: the caller's contract.
+    unsafe { free_handle(model) }
 }
 
 /// Opens a session on `model`, with `system` (null: none) as the system message of its
@@ -250,13 +267,12 @@ pub unsafe extern "C" fn npurt_session_new(
         // SAFETY: a live handle per the contract.
         let model = unsafe { &*model }.model.clone();
         let system = unsafe { optional_str(system, "system") }?;
-        let session = Session::new(model)?;
-        let handle = Box::new(NpurtSession {
-            session,
+        let session = NpurtSession {
+            session: Session::new(model)?,
             conversation: Conversation::new(system),
-        });
-        // SAFETY: checked non-null.
-        unsafe { *out = Box::into_raw(handle) };
+        };
+        // SAFETY: checked non-null above.
+        unsafe { hand_out(out, session) };
         Ok(())
     })
 }
@@ -267,10 +283,8 @@ pub unsafe extern "C" fn npurt_session_new(
 /// `session` is null or a handle from `npurt_session_new`, not freed before.
 #[no_mangle]
 pub unsafe extern "C" fn npurt_session_free(session: *mut NpurtSession) {
-    if !session.is_null() {
-        // SAFETY: as in npurt_model_free.
-        drop(unsafe { Box::from_raw(session) });
-    }
+    // SAFETY: the caller's contract.
+    unsafe { free_handle(session) }
 }
 
 /// Forgets the conversation and the KV cache (the system message stays).
