@@ -149,9 +149,11 @@ fn a_backend_defined_outside_npurt_runs_the_real_model() {
         .unwrap();
     assert_eq!(out.tokens, want);
 
-    // 3 graphs compiled, every weight prepared once (shared by the graphs), and one
-    // run per prefill chunk + decode step.
-    assert_eq!(counts.compiled.load(Relaxed), 3);
+    // 4 graphs compiled (prefill, prefill with every row's logits, decode, a draft's
+    // verification), every weight prepared once (shared by the graphs), and one run
+    // per prefill chunk + decode step.
+    assert_eq!(model.graphs.len(), 4);
+    assert_eq!(counts.compiled.load(Relaxed), 4);
     let mut weights: Vec<&str> = model
         .graphs
         .values()
