@@ -27,13 +27,75 @@ pub const VERIFY_ROWS: usize = 8;
 /// step (SmolLM2 on 2 Zen 4 cores: 8 rows cost 1.8 steps), so drafts start short.
 pub const START_DRAFT: usize = 3;
 
+/// Most decode steps drafting pauses after drafts of which nothing was kept.
+pub const MAX_PAUSE: usize = 16;
+
+/// How long the next draft may be. The length adapts as Hugging Face's assisted
+/// generation adapts it (see [`PromptLookup::max_draft`]); and after a draft of which
+/// nothing was kept, drafting pauses for 1, 2, 4 ... up to [`MAX_PAUSE`] decode steps
+/// (reset by a kept token), so text that does not quote its history pays for few
+/// verifications.
+pub(crate) struct DraftLength {
+    max: usize,
+    len: usize,
+    /// Tokens kept of the current draft.
+    kept: usize,
+    pause: usize,
+    backoff: usize,
+}
+
+impl DraftLength {
+    pub(crate) fn new(lookup: &PromptLookup) -> Self {
+        DraftLength {
+            max: lookup.max_draft,
+            len: lookup.max_draft.min(START_DRAFT),
+            kept: 0,
+            pause: 0,
+            backoff: 1,
+        }
+    }
+
+    /// The most tokens to draft at this step (0 while pausing); once per step fed.
+    pub(crate) fn allowed(&mut self) -> usize {
+        if self.pause > 0 {
+            self.pause -= 1;
+            0
+        } else {
+            self.len
+        }
+    }
+
+    /// A draft was fed.
+    pub(crate) fn drafted(&mut self) {
+        self.kept = 0;
+    }
+
+    /// A draft token was kept; `whole`: the last of its draft.
+    pub(crate) fn kept(&mut self, whole: bool) {
+        self.kept += 1;
+        self.backoff = 1;
+        if whole {
+            self.len = (self.len + 2).min(self.max);
+        }
+    }
+
+    /// A draft token was not the one drawn (the rest of its draft goes too).
+    pub(crate) fn rejected(&mut self) {
+        self.len = self.len.saturating_sub(1).max(1);
+        if self.kept == 0 {
+            self.pause = self.backoff;
+            self.backoff = (self.backoff * 2).min(MAX_PAUSE);
+        }
+    }
+}
+
 /// How drafts are found ([`crate::GenerateOptions::speculation`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PromptLookup {
-    /// Most tokens drafted per step, 1 to `VERIFY_ROWS - 1`. The draft shrinks by one
-    /// after a step whose draft was not all kept and grows by two after one that was
-    /// (as Hugging Face's assisted generation adapts its draft length), between 1 and
-    /// this.
+    /// Most tokens drafted per step, 1 to `VERIFY_ROWS - 1`. The draft starts at
+    /// [`START_DRAFT`], shrinks by one after a step whose draft was not all kept and
+    /// grows by two after one that was (as Hugging Face's assisted generation adapts
+    /// its draft length), between 1 and this; see `DraftLength` for the pauses.
     pub max_draft: usize,
     /// Longest run of last tokens looked up (the longest one found wins); runs down to
     /// `min_ngram` tokens are tried.
@@ -163,6 +225,44 @@ mod tests {
         // Only one-token matches exist, and two are required.
         assert!(lookup_draft(&[1, 2, 3, 1], 2, 3, 4).is_empty());
         assert_eq!(lookup_draft(&[1, 2, 3, 1], 1, 3, 4), [2, 3, 1, 2]);
+    }
+
+    #[test]
+    fn drafts_grow_when_kept_and_pause_when_not() {
+        let mut d = DraftLength::new(&PromptLookup::default());
+        assert_eq!(d.allowed(), START_DRAFT);
+        // A draft of 3 kept whole: the next may be 5, then 7 (the most).
+        d.drafted();
+        d.kept(false);
+        d.kept(false);
+        d.kept(true);
+        assert_eq!(d.allowed(), 5);
+        d.drafted();
+        d.kept(true);
+        assert_eq!(d.allowed(), 7);
+        d.drafted();
+        d.kept(true);
+        assert_eq!(d.allowed(), 7);
+        // One kept, then a rejection: shorter, no pause.
+        d.drafted();
+        d.kept(false);
+        d.rejected();
+        assert_eq!(d.allowed(), 6);
+        // Nothing kept: pauses of 1, 2, 4 ... 16 steps, then drafts again.
+        for pause in [1, 2, 4, 8, 16, 16] {
+            d.drafted();
+            d.rejected();
+            assert!((0..pause).all(|_| d.allowed() == 0), "pause {pause}");
+            assert!(d.allowed() >= 1, "after a pause of {pause}");
+        }
+        // A kept token resets the back-off.
+        d.drafted();
+        d.kept(false);
+        d.rejected();
+        d.drafted();
+        d.rejected();
+        assert_eq!(d.allowed(), 0);
+        assert_eq!(d.allowed(), 1);
     }
 
     #[test]
