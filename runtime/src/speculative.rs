@@ -13,10 +13,11 @@
 //! exactly this), so the same seed gives the same text. Where a draft token differs,
 //! the session is truncated to the tokens kept. The one caveat is rounding: a row of a
 //! multi-row execution and a one-row decode step are computed by different kernels
-//! (as are different chunkings of a prompt), and at w4a16 their logits differ by
-//! about 2e-4 of the logit range, enough to flip a near-tie between the top two
-//! tokens (seen once in the history request of `scripts/bench-speculative.sh` with
-//! 3-token lookups: gap 0.002 at a logit of 18.7). At f32 the goldens hold.
+//! (as are different chunkings of a prompt), and their logits differ by 1.5e-5 at f32,
+//! about 2e-4 of the logit range at w4a16 and more at w4a8, enough to flip a near-tie
+//! between the top two tokens (seen once in the history request of
+//! `scripts/bench-speculative.sh` with 3-token lookups: gap 0.002 at a logit of 18.7).
+//! At f32 the goldens hold.
 
 /// Rows of the `Verify` graph: the token just sampled and up to `VERIFY_ROWS - 1`
 /// drafted ones.
