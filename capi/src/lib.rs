@@ -380,6 +380,24 @@ unsafe fn generate_options(
     Ok(g)
 }
 
+/// The arguments `npurt_chat` and `npurt_generate` check first: the session, its
+/// text (named `name` in errors) and the options.
+///
+/// # Safety
+/// As those functions'.
+unsafe fn turn_args<'a>(
+    session: *mut NpurtSession,
+    text: *const c_char,
+    name: &str,
+    opts: *const npurt_generate_options,
+) -> Result<(&'a mut NpurtSession, &'a str, GenerateOptions), Failure> {
+    // SAFETY: the caller's contract.
+    let s = unsafe { session.as_mut() }.ok_or_else(|| invalid("`session` is null"))?;
+    let text = unsafe { required_str(text, name) }?;
+    let opts = unsafe { generate_options(opts) }?;
+    Ok((s, text, opts))
+}
+
 /// Generates after what the session holds, streaming through `callback` (may be
 /// null), and returns the answer in `*out_text` (if not null; free it with
 /// `npurt_string_free`).
@@ -462,16 +480,17 @@ pub unsafe extern "C" fn npurt_chat(
 ) -> npurt_status {
     boundary(|| {
         // SAFETY: the caller's contract (all pointers below).
-        let s = unsafe { session.as_mut() }.ok_or_else(|| invalid("`session` is null"))?;
-        let message = unsafe { required_str(message, "message") }?;
-        let opts = unsafe { generate_options(opts) }?;
+        let (s, message, opts) = unsafe { turn_args(session, message, "message", opts) }?;
         let model = s.session.model().clone();
-        s.conversation.fit(&model, message, opts.max_tokens)?;
-        let parts = s.conversation.prompt(&model, message, false)?;
-        s.session.feed_pending_reusing(&parts)?;
-        drop(parts);
-        let text = unsafe { generate_into(&mut s.session, &[], &opts, callback, user, out_text) }?;
-        s.conversation.push_exchange(message, &text);
+        let NpurtSession {
+            session,
+            conversation,
+        } = s;
+        conversation.fit(&model, message, opts.max_tokens, |parts| {
+            session.feed_pending_reusing(parts)
+        })?;
+        let text = unsafe { generate_into(session, &[], &opts, callback, user, out_text) }?;
+        conversation.push_exchange(message, &text);
         Ok(())
     })
 }
@@ -491,9 +510,7 @@ pub unsafe extern "C" fn npurt_generate(
 ) -> npurt_status {
     boundary(|| {
         // SAFETY: the caller's contract.
-        let s = unsafe { session.as_mut() }.ok_or_else(|| invalid("`session` is null"))?;
-        let prompt = unsafe { required_str(prompt, "prompt") }?;
-        let opts = unsafe { generate_options(opts) }?;
+        let (s, prompt, opts) = unsafe { turn_args(session, prompt, "prompt", opts) }?;
         let ids = s.session.model().encode(prompt)?;
         unsafe { generate_into(&mut s.session, &ids, &opts, callback, user, out_text) }?;
         Ok(())

@@ -1,8 +1,9 @@
 //! The C ABI as a C program uses it: `examples/chat.c` is compiled with the system's C
 //! compiler against `include/npurt.h` and the cdylib cargo built beside this test, and
-//! run on the real SmolLM2. Its two chat turns must stream exactly the answers the Rust
-//! API gives for the same conversation, and each bad argument must return its status
-//! with a message naming the problem.
+//! run: on the real SmolLM2 its two chat turns must stream exactly the answers the Rust
+//! API gives for the same conversation; on vlm_tiny with an image attached it must give
+//! the golden answer; and each bad argument must return its status with a message
+//! naming the problem.
 
 use npurt_models::ChatMessage;
 use npurt_runtime::{GenerateOptions, LoadOptions, Runtime, Session};

@@ -82,23 +82,28 @@ impl Conversation {
         model.split_prompt(&text, &images)
     }
 
-    /// Drops the oldest exchanges (a user message and the answers after it), one at a
-    /// time, until the prompt for `user` and `answer_room` more positions fit the
-    /// model's context, or none is left to drop; returns how many were dropped.
-    pub fn fit(&mut self, model: &Model, user: &str, answer_room: usize) -> Result<usize> {
+    /// The prompt for `user` ([`Conversation::prompt`]) handed to `feed`, after dropping
+    /// the oldest exchanges (a user message and the answers after it), one at a time,
+    /// until it and `answer_room` more positions fit the model's context, or none is
+    /// left to drop. Returns how many were dropped and what `feed` returned.
+    pub fn fit<R>(
+        &mut self,
+        model: &Model,
+        user: &str,
+        answer_room: usize,
+        feed: impl FnOnce(&[PromptPart<&PendingImage>]) -> Result<R>,
+    ) -> Result<(usize, R)> {
         let mut dropped = 0;
         loop {
-            let positions: usize = self
-                .prompt(model, user, false)?
-                .iter()
-                .map(PromptPart::positions)
-                .sum();
+            let parts = self.prompt(model, user, false)?;
+            let positions: usize = parts.iter().map(PromptPart::positions).sum();
             match self.oldest_turn() {
                 Some(turn) if positions + answer_room > model.ctx => {
+                    drop(parts);
                     self.messages.drain(turn);
                     dropped += 1;
                 }
-                _ => return Ok(dropped),
+                _ => return Ok((dropped, feed(&parts)?)),
             }
         }
     }

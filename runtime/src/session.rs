@@ -6,7 +6,7 @@
 use crate::model::{invalid, CompiledGraph, GraphKind, Model};
 use crate::multimodal::{ImageEmbeddings, PendingImage, PromptPart};
 use crate::sampling::{Sampler, SamplingOptions};
-use crate::speculative::{lookup_draft, DraftLength, PromptLookup, SpeculationStats, VERIFY_ROWS};
+use crate::speculative::{Drafter, PromptLookup, SpeculationStats, VERIFY_ROWS};
 use crate::{Result, RuntimeError};
 use npurt_backends::{Bindings, BufferUsage, DeviceBuffer, Executable, Profile, Scratch};
 use npurt_graph::TensorFact;
@@ -833,10 +833,10 @@ impl Session {
         let (mut text, mut emitted) = (String::new(), 0usize);
         let mut new_tokens = Vec::new();
         // Drafted tokens already in the cache but not yet drawn, each with the logits
-        // after it, and how long the next draft may be.
+        // after it, and what makes the drafts.
         let mut pending: VecDeque<(u32, Vec<f32>)> = VecDeque::new();
         let mut stats = SpeculationStats::default();
-        let mut draft_len = opts.speculation.as_ref().map(DraftLength::new);
+        let mut drafter = opts.speculation.as_ref().map(Drafter::new);
         let t1 = Instant::now();
         let mut stop = StopReason::MaxTokens;
         while new_tokens.len() < opts.max_tokens {
@@ -885,33 +885,26 @@ impl Session {
                 Some((d, next)) if d == id => {
                     stats.accepted += 1;
                     logits = next;
-                    if let Some(l) = &mut draft_len {
-                        l.kept(pending.is_empty());
+                    if let Some(d) = &mut drafter {
+                        d.kept(pending.is_empty());
                     }
                     continue;
                 }
                 Some(_) => {
                     self.truncate(held);
                     pending.clear();
-                    if let Some(l) = &mut draft_len {
-                        l.rejected();
+                    if let Some(d) = &mut drafter {
+                        d.rejected();
                     }
                 }
                 None => {}
             }
             // Feed the token drawn, and a draft after it if the history has one (no
             // longer than the tokens still to draw and the room left need).
-            let draft: Vec<u32> = match (&opts.speculation, &mut draft_len) {
-                (Some(l), Some(len)) => {
-                    let most = len
-                        .allowed()
-                        .min(self.model.ctx - held - 1)
-                        .min(opts.max_tokens - new_tokens.len() - 1);
-                    let mut h = self.tokens.clone();
-                    h.push(id);
-                    lookup_draft(&h, l.min_ngram, l.max_ngram, most)
-                }
-                _ => Vec::new(),
+            let most = (self.model.ctx - held - 1).min(opts.max_tokens - new_tokens.len() - 1);
+            let draft = match &mut drafter {
+                Some(d) => d.draft(&self.tokens, id, most),
+                None => Vec::new(),
             };
             if draft.is_empty() {
                 self.feed(&[id])?;
@@ -922,9 +915,6 @@ impl Session {
                 let mut rows = self.feed_verify(&ids)?.into_iter();
                 logits = rows.next().ok_or(RuntimeError::EmptySession)?;
                 pending.extend(draft.iter().copied().zip(rows));
-                if let Some(l) = &mut draft_len {
-                    l.drafted();
-                }
                 stats.verify_calls += 1;
                 stats.drafted += draft.len();
             }

@@ -25,18 +25,19 @@ pub const VERIFY_ROWS: usize = 8;
 
 /// The first draft's most tokens (then adapted, see [`PromptLookup::max_draft`]): a
 /// rejected token costs a row of compute, which on a CPU is a fraction of a decode
-/// step (SmolLM2 on 2 Zen 4 cores: 8 rows cost 1.8 steps), so drafts start short.
+/// step (SmolLM2 on 2 Zen 4 cores: 8 rows cost 2 to 3 steps), so drafts start short.
 pub const START_DRAFT: usize = 3;
 
 /// Most decode steps drafting pauses after drafts of which nothing was kept.
 pub const MAX_PAUSE: usize = 16;
 
-/// How long the next draft may be. The length adapts as Hugging Face's assisted
-/// generation adapts it (see [`PromptLookup::max_draft`]); and after a draft of which
-/// nothing was kept, drafting pauses for 1, 2, 4 ... up to [`MAX_PAUSE`] decode steps
-/// (reset by a kept token), so text that does not quote its history pays for few
-/// verifications.
-pub(crate) struct DraftLength {
+/// The drafts of one generation: [`lookup_draft`] with the lookup's n-grams, at a
+/// length that adapts as Hugging Face's assisted generation adapts it (see
+/// [`PromptLookup::max_draft`]); and after a draft of which nothing was kept, drafting
+/// pauses for 1, 2, 4 ... up to [`MAX_PAUSE`] decode steps (reset by a kept token), so
+/// text that does not quote its history pays for few verifications.
+pub(crate) struct Drafter {
+    lookup: PromptLookup,
     max: usize,
     len: usize,
     /// Tokens kept of the current draft.
@@ -45,9 +46,10 @@ pub(crate) struct DraftLength {
     backoff: usize,
 }
 
-impl DraftLength {
+impl Drafter {
     pub(crate) fn new(lookup: &PromptLookup) -> Self {
-        DraftLength {
+        Drafter {
+            lookup: *lookup,
             max: lookup.max_draft,
             len: lookup.max_draft.min(START_DRAFT),
             kept: 0,
@@ -56,8 +58,26 @@ impl DraftLength {
         }
     }
 
+    /// The draft to feed after `next`, the token just drawn (`history` is what the
+    /// session holds before it): at most `most` tokens, none while pausing. Once per
+    /// step fed.
+    pub(crate) fn draft(&mut self, history: &[u32], next: u32, most: usize) -> Vec<u32> {
+        let most = self.allowed().min(most);
+        if most == 0 {
+            return Vec::new();
+        }
+        let mut h = Vec::with_capacity(history.len() + 1);
+        h.extend_from_slice(history);
+        h.push(next);
+        let draft = lookup_draft(&h, self.lookup.min_ngram, self.lookup.max_ngram, most);
+        if !draft.is_empty() {
+            self.drafted();
+        }
+        draft
+    }
+
     /// The most tokens to draft at this step (0 while pausing); once per step fed.
-    pub(crate) fn allowed(&mut self) -> usize {
+    fn allowed(&mut self) -> usize {
         if self.pause > 0 {
             self.pause -= 1;
             0
@@ -66,8 +86,8 @@ impl DraftLength {
         }
     }
 
-    /// A draft was fed.
-    pub(crate) fn drafted(&mut self) {
+    /// A draft was made (and is fed).
+    fn drafted(&mut self) {
         self.kept = 0;
     }
 
@@ -96,7 +116,7 @@ pub struct PromptLookup {
     /// Most tokens drafted per step, 1 to `VERIFY_ROWS - 1`. The draft starts at
     /// [`START_DRAFT`], shrinks by one after a step whose draft was not all kept and
     /// grows by two after one that was (as Hugging Face's assisted generation adapts
-    /// its draft length), between 1 and this; see `DraftLength` for the pauses.
+    /// its draft length), between 1 and this; see `Drafter` for the pauses.
     pub max_draft: usize,
     /// Longest run of last tokens looked up (the longest one found wins); runs down to
     /// `min_ngram` tokens are tried.
@@ -230,7 +250,7 @@ mod tests {
 
     #[test]
     fn drafts_grow_when_kept_and_pause_when_not() {
-        let mut d = DraftLength::new(&PromptLookup::default());
+        let mut d = Drafter::new(&PromptLookup::default());
         assert_eq!(d.allowed(), START_DRAFT);
         // A draft of 3 kept whole: the next may be 5, then 7 (the most).
         d.drafted();

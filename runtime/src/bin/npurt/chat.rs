@@ -85,15 +85,10 @@ pub fn run(model: Arc<Model>, a: ChatArgs, gen: GenerateOptions) -> anyhow_lite:
         let t = Instant::now();
         // The oldest exchanges go, one at a time, until the prompt and an answer of
         // --max-tokens fit the context: the chat goes on, its start forgotten.
-        let mut dropped = 0;
-        let fed = chat
-            .fit(&model, line, gen.max_tokens)
-            .and_then(|d| {
-                dropped = d;
-                chat.prompt(&model, line, false)
-            })
-            .and_then(|parts| session.feed_pending_reusing(&parts));
-        let reuse = match fed {
+        let fed = chat.fit(&model, line, gen.max_tokens, |parts| {
+            session.feed_pending_reusing(parts)
+        });
+        let (dropped, reuse) = match fed {
             Ok(r) => r,
             Err(e) => {
                 // The turn is not in the conversation; the next one feeds what differs.
